@@ -1,0 +1,19 @@
+.PHONY: help install lint test bench demo
+
+help:  ## Show the targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install:  ## Create .venv and install the project with its dev extra
+	python3 -m venv .venv && .venv/bin/pip install -e '.[dev]'
+
+lint:  ## ruff check and format check
+	ruff check . && ruff format --check .
+
+test:  ## Run the test suite (the README's command)
+	python -m pytest -q
+
+bench:  ## Run every benchmark and print one table
+	python scripts/bench.py
+
+demo:  ## Run the end-to-end demo on embedded defaults
+	lake demo

@@ -1,0 +1,196 @@
+"""The Iceberg catalog: pyiceberg's `SqlCatalog` opened from settings, plus the lake's tables.
+
+`LakeCatalog` is the one place that opens the catalog, creates namespaces and declared tables,
+creates the warehouse bucket on S3, and translates catalog failures into `LakeError`s.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlparse
+
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import (
+    NamespaceAlreadyExistsError,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+)
+from pyiceberg.table import Table
+from sqlalchemy.exc import SQLAlchemyError
+
+from iceberg_lake.config import Settings
+from iceberg_lake.exceptions import CatalogUnavailableError, ConfigError, UnknownTableError
+from iceberg_lake.tables import NAMESPACES, TableDefinition, TableRegistry, registry
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def catalog_errors(what: str) -> Iterator[None]:
+    """Translate database and storage failures raised inside the block into lake errors."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        reason = str(exc.orig) if getattr(exc, "orig", None) else type(exc).__name__
+        raise CatalogUnavailableError(
+            f"{what}: catalog database unavailable ({reason.strip()})"
+        ) from exc
+    except (OSError, ConnectionError) as exc:
+        raise CatalogUnavailableError(f"{what}: storage unavailable ({exc})") from exc
+
+
+class LakeCatalog:
+    """The lake's catalog and its declared tables.
+
+    Args:
+        settings: where the catalog database and the warehouse are.
+        tables: the declared tables (default: the shipped `catalog/` definitions).
+    """
+
+    def __init__(self, settings: Settings, tables: TableRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = tables or registry()
+        if settings.catalog_uri.startswith("sqlite"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            db_path = settings.catalog_uri.removeprefix("sqlite:///")
+            if db_path and db_path != ":memory:":
+                from pathlib import Path
+
+                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        with catalog_errors("opening the catalog"):
+            self.catalog = SqlCatalog(settings.catalog_name, **settings.catalog_properties())
+
+    # ---- set-up -------------------------------------------------------------------------------
+
+    def ensure_warehouse(self) -> bool:
+        """Create the warehouse bucket (s3://) or directory (file://) if missing.
+
+        Idempotent. Returns True if something was created.
+        """
+        parsed = urlparse(self.settings.warehouse)
+        if parsed.scheme == "file":
+            from pathlib import Path
+
+            path = Path(parsed.path)
+            existed = path.is_dir()
+            path.mkdir(parents=True, exist_ok=True)
+            return not existed
+        return ensure_bucket(self.settings, parsed.netloc)
+
+    def ensure_namespaces(self) -> list[str]:
+        """Create the `bronze`, `silver` and `gold` namespaces if missing; return those created."""
+        created = []
+        with catalog_errors("creating namespaces"):
+            existing = {ns[0] for ns in self.catalog.list_namespaces()}
+            for ns in NAMESPACES:
+                if ns not in existing:
+                    try:
+                        self.catalog.create_namespace(ns)
+                        created.append(ns)
+                    except NamespaceAlreadyExistsError:
+                        pass
+        return created
+
+    def create_table(self, definition: TableDefinition) -> bool:
+        """Create one declared table if it does not exist. Returns True if created."""
+        schema = definition.iceberg_schema()
+        with catalog_errors(f"creating {definition.identifier}"):
+            if self.catalog.table_exists(definition.identifier):
+                return False
+            try:
+                self.catalog.create_table(
+                    definition.identifier,
+                    schema=schema,
+                    partition_spec=definition.partition_spec(schema),
+                    sort_order=definition.iceberg_sort_order(schema),
+                    properties=definition.properties(),
+                )
+            except TableAlreadyExistsError:
+                return False
+        log.info("created table %s", definition.identifier)
+        return True
+
+    def init(self) -> list[str]:
+        """Create the warehouse, namespaces and every declared table that is missing.
+
+        Idempotent: a second call creates nothing and returns an empty list.
+
+        Returns:
+            What was created: namespaces as `namespace/`, then table identifiers.
+        """
+        self.ensure_warehouse()
+        created = [f"{ns}/" for ns in self.ensure_namespaces()]
+        for definition in self.registry:
+            if self.create_table(definition):
+                created.append(definition.identifier)
+        return created
+
+    # ---- access -------------------------------------------------------------------------------
+
+    def definition(self, identifier: str) -> TableDefinition:
+        """The declared definition of `identifier` (raises `UnknownTableError`)."""
+        return self.registry.get(identifier)
+
+    def load_table(self, identifier: str) -> Table:
+        """Load a table from the catalog.
+
+        Raises:
+            UnknownTableError: the name is malformed or the catalog has no such table.
+            CatalogUnavailableError: the catalog cannot be reached.
+        """
+        if identifier.count(".") != 1:
+            raise UnknownTableError(
+                f"table name '{identifier}' must be namespace.table, e.g. bronze.stocks_trades"
+            )
+        with catalog_errors(f"loading {identifier}"):
+            try:
+                return self.catalog.load_table(identifier)
+            except NoSuchTableError:
+                hint = " (run `lake init`)" if identifier in self.registry else ""
+                raise UnknownTableError(f"no table '{identifier}' in the catalog{hint}") from None
+
+    def existing_tables(self) -> list[str]:
+        """Identifiers of every table the catalog holds in the lake's namespaces, sorted."""
+        found: list[str] = []
+        with catalog_errors("listing tables"):
+            namespaces = {ns[0] for ns in self.catalog.list_namespaces()}
+            for ns in NAMESPACES:
+                if ns in namespaces:
+                    found.extend(".".join(t) for t in self.catalog.list_tables(ns))
+        return sorted(found)
+
+
+def ensure_bucket(settings: Settings, bucket: str) -> bool:
+    """Create an S3 bucket if it does not exist. Returns True if created.
+
+    Raises:
+        ConfigError: no S3 endpoint is configured for a non-AWS store.
+        CatalogUnavailableError: the object store cannot be reached.
+    """
+    from minio import Minio
+    from minio.error import S3Error
+
+    endpoint = settings.s3_endpoint or "https://s3.amazonaws.com"
+    parsed = urlparse(endpoint)
+    if not parsed.netloc:
+        raise ConfigError(f"LAKE_S3_ENDPOINT is not a valid URL: {endpoint!r}")
+    client = Minio(
+        parsed.netloc,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key,
+        region=settings.s3_region,
+        secure=parsed.scheme == "https",
+    )
+    try:
+        if client.bucket_exists(bucket):
+            return False
+        client.make_bucket(bucket)
+        return True
+    except S3Error as exc:
+        if exc.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            return False
+        raise CatalogUnavailableError(f"cannot create bucket {bucket}: {exc.code}") from exc
+    except Exception as exc:  # urllib3 raises many connection error types
+        raise CatalogUnavailableError(f"object store {endpoint} unreachable: {exc}") from exc

@@ -1,0 +1,87 @@
+"""The `lake` command: one Typer app, sub-apps per concern, one place that reports errors.
+
+Every `LakeError` (bad configuration, unknown table, unreachable catalog, refused schema change)
+ends as one line on stderr and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from iceberg_lake import __version__
+from iceberg_lake.cli import (
+    compact_cmd,
+    demo_cmd,
+    ingest_cmd,
+    ops_cmd,
+    query_cmd,
+    schema_cmd,
+    tables_cmd,
+)
+from iceberg_lake.cli.common import err_console
+from iceberg_lake.exceptions import LakeError
+
+
+class LakeGroup(TyperGroup):
+    """Top-level group: turns a `LakeError` raised by any sub-command into one line, exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LakeError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            ctx.exit(1)
+
+
+app = typer.Typer(
+    cls=LakeGroup,
+    name="lake",
+    help="iceberg_lake: market data from NATS JetStream into Bronze/Silver/Gold Iceberg tables.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lake {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    log_level: str = typer.Option(
+        "WARNING", "--log-level", envvar="LAKE_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR."
+    ),
+) -> None:
+    """iceberg_lake: market data from NATS JetStream into Bronze/Silver/Gold Iceberg tables."""
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+for _module in (
+    tables_cmd,
+    ingest_cmd,
+    compact_cmd,
+    query_cmd,
+    schema_cmd,
+    ops_cmd,
+    demo_cmd,
+):
+    _module.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

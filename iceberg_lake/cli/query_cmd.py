@@ -1,0 +1,9 @@
+"""`lake` commands: query, snapshot, replay."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the `lake` app."""

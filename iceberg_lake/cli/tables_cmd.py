@@ -1,0 +1,132 @@
+"""`lake init`, `lake tables`, `lake describe`: create and inspect the declared tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from pyiceberg.table import Table
+
+from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit, format_ms
+from iceberg_lake.cli.common import open_catalog as _open_catalog
+from iceberg_lake.tables import SCHEMA_NAME_PROPERTY, SCHEMA_VERSION_PROPERTY
+
+
+def register(app: typer.Typer) -> None:
+    """Add `init`, `tables` and `describe` to the `lake` app."""
+    app.command("init")(init)
+    app.command("tables")(tables)
+    app.command("describe")(describe)
+
+
+def init(output: OutputFormat = OUTPUT_OPTION) -> None:
+    """Create the warehouse, the namespaces and every declared table that is missing.
+
+    Idempotent: a second run creates nothing.
+    """
+    catalog = _open_catalog()
+    created = catalog.init()
+    if output == OutputFormat.json:
+        emit([{"created": c} for c in created], output)
+        return
+    if created:
+        for c in created:
+            console.print(f"created {c}")
+        console.print(f"{len(created)} created; warehouse {catalog.settings.warehouse}")
+    else:
+        console.print(f"nothing to create: all {len(catalog.registry)} tables exist")
+
+
+def table_stats(table: Table) -> dict[str, Any]:
+    """Rows, data files, size, snapshots and last commit of a table, from metadata only."""
+    snap = table.current_snapshot()
+    summary = snap.summary if snap is not None and snap.summary is not None else None
+    return {
+        "rows": int(summary.get("total-records", 0)) if summary else 0,
+        "data_files": int(summary.get("total-data-files", 0)) if summary else 0,
+        "bytes": int(summary.get("total-files-size", 0)) if summary else 0,
+        "snapshots": len(table.metadata.snapshots),
+        "last_commit": format_ms(snap.timestamp_ms) if snap else "-",
+        "last_commit_ms": snap.timestamp_ms if snap else None,
+    }
+
+
+def tables(output: OutputFormat = OUTPUT_OPTION) -> None:
+    """List the lake's tables: rows, data files, snapshots and last commit."""
+    catalog = _open_catalog()
+    rows = []
+    for identifier in catalog.existing_tables():
+        stats = table_stats(catalog.load_table(identifier))
+        stats.pop("last_commit_ms")
+        rows.append({"table": identifier, **stats})
+    if not rows and output == OutputFormat.text:
+        console.print("no tables yet: run `lake init`")
+        return
+    emit(rows, output, title="tables")
+
+
+def describe(
+    table: str = typer.Argument(..., help="namespace.table, e.g. bronze.stocks_trades"),
+    output: OutputFormat = OUTPUT_OPTION,
+) -> None:
+    """Show a table's schema, partition spec, properties and current snapshot."""
+    catalog = _open_catalog()
+    tbl = catalog.load_table(table)
+    schema = tbl.schema()
+    columns = [
+        {
+            "id": f.field_id,
+            "name": f.name,
+            "type": str(f.field_type),
+            "required": f.required,
+            "doc": f.doc or "",
+        }
+        for f in schema.fields
+    ]
+    partition = [
+        {
+            "name": p.name,
+            "transform": str(p.transform),
+            "source": schema.find_column_name(p.source_id),
+        }
+        for p in tbl.spec().fields
+    ]
+    snap = tbl.current_snapshot()
+    current = None
+    if snap is not None:
+        current = {
+            "snapshot_id": snap.snapshot_id,
+            "time": format_ms(snap.timestamp_ms),
+            "operation": snap.summary.operation.value if snap.summary else None,
+            "summary": dict(snap.summary.additional_properties) if snap.summary else {},
+        }
+    info = {
+        "table": table,
+        "location": tbl.location(),
+        "schema_name": tbl.properties.get(SCHEMA_NAME_PROPERTY),
+        "schema_version": tbl.properties.get(SCHEMA_VERSION_PROPERTY),
+        "format_version": tbl.format_version,
+        "columns": columns,
+        "partition_spec": partition,
+        "properties": dict(tbl.properties),
+        "current_snapshot": current,
+    }
+    if output == OutputFormat.json:
+        emit([info], output)
+        return
+    console.print(f"[bold]{table}[/bold]  ({info['location']})")
+    console.print(
+        f"schema {info['schema_name']} v{info['schema_version']}, format v{info['format_version']}"
+    )
+    emit(columns, output, title="schema")
+    emit(partition, output, title="partition spec")
+    emit([{"key": k, "value": v} for k, v in sorted(tbl.properties.items())], output, "properties")
+    if current:
+        console.print(
+            f"current snapshot {current['snapshot_id']} at {current['time']}"
+            f" ({current['operation']})"
+        )
+        for k, v in sorted(current["summary"].items()):
+            console.print(f"  {k} = {v}")
+    else:
+        console.print("no snapshot yet (empty table)")

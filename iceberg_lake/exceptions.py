@@ -1,0 +1,48 @@
+"""The lake's exception hierarchy.
+
+Every error a user can cause or an operator must act on is a `LakeError`; the CLI turns one into a
+single line on stderr and exit code 1. Errors that a retry can fix (an unreachable object store, a
+commit conflict) are `TransientError`s, so retry loops ask the type, never the message.
+"""
+
+from __future__ import annotations
+
+
+class LakeError(Exception):
+    """Root of every error iceberg_lake raises on purpose."""
+
+
+class TransientError(LakeError):
+    """An error that may succeed when retried (outage, conflict, timeout)."""
+
+
+class ConfigError(LakeError):
+    """Invalid or incomplete configuration; the message names the variable to fix."""
+
+
+class CatalogUnavailableError(TransientError):
+    """The catalog database or the warehouse storage cannot be reached."""
+
+
+class CommitConflictError(TransientError):
+    """A concurrent commit won the compare-and-swap on the table metadata."""
+
+
+class UnknownTableError(LakeError):
+    """A table name that the lake does not declare or the catalog does not hold."""
+
+
+class SchemaChangeError(LakeError):
+    """A schema or partition change that Iceberg cannot make safely."""
+
+
+class ValidationError(LakeError):
+    """A message that cannot be stored; `reason` is what goes to the dead-letter record."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class MigrationError(LakeError):
+    """A migration that failed, was edited after being applied, or is otherwise invalid."""

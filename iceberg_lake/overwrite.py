@@ -1,0 +1,103 @@
+"""Atomic replacement of partitions: ONE Iceberg `overwrite` snapshot that swaps files.
+
+`Table.overwrite(df, overwrite_filter=...)` commits a DELETE snapshot and then an APPEND snapshot,
+so a reader pinned between them sees an empty partition; `dynamic_partition_overwrite` refuses
+hour/day transforms. This module drives pyiceberg's overwrite snapshot producer directly: the new
+data files are written first (partition by partition, so memory stays bounded), then one commit
+removes exactly the old files of the replaced partitions and adds the new ones.
+
+It is used by the Silver compactor and by small-file compaction (`lake maintain compact-files`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.expressions import AlwaysFalse, BooleanExpression, Or
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import Table
+
+from iceberg_lake.exceptions import CommitConflictError
+
+
+def write_data_files(table: Table, rows: pa.Table, write_uuid: uuid.UUID) -> list[DataFile]:
+    """Write `rows` as Parquet data files of `table` (not yet committed).
+
+    Wraps pyiceberg's private `_dataframe_to_data_files` in this one place. The rows must already
+    be sorted the way they should be stored (pyiceberg does not sort on write).
+    """
+    from pyiceberg.io.pyarrow import _dataframe_to_data_files
+
+    if rows.num_rows == 0:
+        return []
+    return list(_dataframe_to_data_files(table.metadata, rows, table.io, write_uuid=write_uuid))
+
+
+@dataclass
+class PartitionReplacement:
+    """Collects partition replacements and commits them as one `overwrite` snapshot.
+
+    Usage::
+
+        rep = PartitionReplacement(table, {"lake.source-snapshot-id": "123"})
+        for predicate, rows in partitions:
+            rep.replace(predicate, rows, old_files)   # writes new files now
+        snapshot_id = rep.commit()
+
+    Not idempotent by itself: callers decide whether a replacement is needed. If the commit fails,
+    the written files are orphans (removed by `lake maintain remove-orphans`).
+    """
+
+    table: Table
+    snapshot_properties: dict[str, str]
+    write_uuid: uuid.UUID = field(default_factory=uuid.uuid4)
+    predicate: BooleanExpression = field(default_factory=AlwaysFalse)
+    old_files: list[DataFile] = field(default_factory=list)
+    new_files: list[DataFile] = field(default_factory=list)
+
+    def replace(
+        self, predicate: BooleanExpression, rows: pa.Table, old_files: list[DataFile]
+    ) -> None:
+        """Replace the files `old_files` (all inside `predicate`) with `rows`.
+
+        Args:
+            predicate: a row filter that covers exactly the replaced partition(s); it scopes the
+                commit's conflict validation so appends to other partitions do not conflict.
+            rows: the new content of the partition(s), sorted; may be empty (partition emptied).
+            old_files: the data files currently holding the partition(s).
+        """
+        self.predicate = Or(self.predicate, predicate)
+        self.old_files.extend(old_files)
+        self.new_files.extend(write_data_files(self.table, rows, self.write_uuid))
+
+    @property
+    def is_empty(self) -> bool:
+        """True when nothing would change."""
+        return not self.old_files and not self.new_files
+
+    def commit(self) -> int | None:
+        """Commit all replacements as one snapshot; return its id (None if nothing to do).
+
+        Raises:
+            CommitConflictError: a concurrent commit touched the same partitions.
+        """
+        if self.is_empty:
+            return None
+        try:
+            with self.table.transaction() as tx:
+                with tx.update_snapshot(snapshot_properties=self.snapshot_properties).overwrite(
+                    commit_uuid=self.write_uuid
+                ) as producer:
+                    producer.delete_by_predicate(self.predicate)
+                    for f in self.old_files:
+                        producer.delete_data_file(f)
+                    for f in self.new_files:
+                        producer.append_data_file(f)
+        except CommitFailedException as exc:
+            self.table.refresh()
+            raise CommitConflictError(f"{self.table.name()}: concurrent commit ({exc})") from exc
+        snapshot = self.table.current_snapshot()
+        return snapshot.snapshot_id if snapshot else None

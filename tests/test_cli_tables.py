@@ -1,0 +1,93 @@
+"""`lake init`, `tables`, `describe`, `--version` through Typer and the real executable."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from iceberg_lake import __version__
+from iceberg_lake.cli import app
+
+runner = CliRunner()
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {"LAKE_DATA_DIR": str(tmp_path / "data")}
+
+
+def test_init_is_idempotent_and_reports_what_it_created(tmp_path: Path) -> None:
+    first = runner.invoke(app, ["init"], env=_env(tmp_path))
+    assert first.exit_code == 0, first.output
+    assert "created bronze.stocks_trades" in first.output
+    assert "created gold.levels_signals" in first.output
+    second = runner.invoke(app, ["init"], env=_env(tmp_path))
+    assert second.exit_code == 0
+    assert "created" not in second.output.replace("nothing to create", "")
+
+
+def test_tables_lists_every_table_as_json(tmp_path: Path) -> None:
+    runner.invoke(app, ["init"], env=_env(tmp_path))
+    result = runner.invoke(app, ["tables", "--output", "json"], env=_env(tmp_path))
+    assert result.exit_code == 0, result.output
+    rows = {r["table"]: r for r in json.loads(result.output)}
+    assert rows["silver.futures_mbp10"]["rows"] == 0
+    assert rows["bronze.stocks_trades"]["snapshots"] == 0
+    assert len(rows) >= 13
+
+
+def test_describe_shows_schema_and_hidden_partitioning(tmp_path: Path) -> None:
+    runner.invoke(app, ["init"], env=_env(tmp_path))
+    result = runner.invoke(
+        app, ["describe", "bronze.options_trades", "-o", "json"], env=_env(tmp_path)
+    )
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)[0]
+    assert [p["transform"] for p in info["partition_spec"]] == ["identity", "hour"]
+    assert info["partition_spec"][0]["source"] == "underlying"
+    assert info["schema_name"] == "options.trades"
+
+
+def test_unknown_table_is_one_line_and_non_zero(tmp_path: Path) -> None:
+    runner.invoke(app, ["init"], env=_env(tmp_path))
+    result = runner.invoke(app, ["describe", "nosuch.table"], env=_env(tmp_path))
+    assert result.exit_code == 1
+    assert result.output.strip().count("\n") == 0
+    assert "nosuch.table" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_config_is_one_line_and_non_zero(tmp_path: Path) -> None:
+    env = {**_env(tmp_path), "LAKE_BRONZE_BATCH_SIZE": "0"}
+    result = runner.invoke(app, ["tables"], env=env)
+    assert result.exit_code == 1
+    assert "LAKE_BRONZE_BATCH_SIZE" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unreachable_catalog_is_one_line(tmp_path: Path) -> None:
+    env = {**_env(tmp_path), "LAKE_CATALOG_URI": "postgresql://u:p@127.0.0.1:1/nodb"}
+    result = runner.invoke(app, ["tables"], env=env)
+    assert result.exit_code == 1
+    assert "catalog database unavailable" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_installed_lake_executable_runs(tmp_path: Path) -> None:
+    exe = shutil.which("lake", path=os.path.dirname(sys.executable)) or shutil.which("lake")
+    assert exe, "the `lake` console script must be installed"
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.strip() == f"lake {__version__}"
+    env = {**os.environ, **_env(tmp_path)}
+    init = subprocess.run([exe, "init"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert init.returncode == 0, init.stderr
+    bad = subprocess.run(
+        [exe, "describe", "bronze.nope"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.strip().startswith("error:") and "Traceback" not in bad.stderr

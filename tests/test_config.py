@@ -1,0 +1,86 @@
+"""Settings: defaults, precedence, and one clear error naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from iceberg_lake.config import load_settings, setting_names
+from iceberg_lake.exceptions import ConfigError
+
+
+def test_embedded_defaults_live_under_the_data_dir(tmp_path: Path) -> None:
+    s = load_settings({"LAKE_DATA_DIR": str(tmp_path / "d")})
+    assert s.data_dir == tmp_path / "d"
+    assert s.catalog_uri == f"sqlite:///{tmp_path / 'd' / 'catalog.db'}"
+    assert s.warehouse == (tmp_path / "d" / "warehouse").as_uri()
+    assert s.nats_url == "nats://127.0.0.1:4222"
+    assert (s.bronze_batch_size, s.bronze_batch_seconds) == (1000, 5.0)
+    assert (s.gold_batch_size, s.gold_batch_seconds) == (500, 10.0)
+    assert not s.is_s3
+
+
+def test_default_data_dir_is_lake_data_in_the_working_directory() -> None:
+    s = load_settings({})
+    assert s.data_dir == Path.cwd() / "lake-data"
+
+
+def test_environment_overrides_the_toml_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "lake.toml"
+    cfg.write_text('bronze_batch_size = 50\nnats_url = "nats://10.0.0.1:4222"\n')
+    s = load_settings({"LAKE_CONFIG": str(cfg), "LAKE_BRONZE_BATCH_SIZE": "7"})
+    assert s.bronze_batch_size == 7
+    assert s.nats_url == "nats://10.0.0.1:4222"
+
+
+def test_postgres_uri_gets_the_psycopg2_driver() -> None:
+    s = load_settings({"LAKE_CATALOG_URI": "postgresql://u:p@db:5432/lake"})
+    assert s.catalog_uri == "postgresql+psycopg2://u:p@db:5432/lake"
+
+
+def test_s3_warehouse_produces_pyiceberg_s3_properties() -> None:
+    s = load_settings(
+        {
+            "LAKE_WAREHOUSE": "s3://lake/wh",
+            "LAKE_S3_ENDPOINT": "http://127.0.0.1:9000",
+            "LAKE_S3_ACCESS_KEY": "ak",
+            "LAKE_S3_SECRET_KEY": "sk",
+        }
+    )
+    props = s.catalog_properties()
+    assert s.is_s3
+    assert props["s3.endpoint"] == "http://127.0.0.1:9000"
+    assert props["s3.access-key-id"] == "ak" and props["s3.secret-access-key"] == "sk"
+    assert "sk" not in repr(s), "secrets must not appear in the settings repr"
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"LAKE_CATALOG_URI": "mysql://x/y"}, "LAKE_CATALOG_URI"),
+        ({"LAKE_WAREHOUSE": "hdfs://nn/wh"}, "LAKE_WAREHOUSE"),
+        ({"LAKE_WAREHOUSE": "s3://bucket/wh"}, "LAKE_S3_ACCESS_KEY"),
+        ({"LAKE_BRONZE_BATCH_SIZE": "0"}, "LAKE_BRONZE_BATCH_SIZE"),
+        ({"LAKE_GOLD_BATCH_SIZE": "-3"}, "LAKE_GOLD_BATCH_SIZE"),
+        ({"LAKE_BRONZE_BATCH_SECONDS": "soon"}, "LAKE_BRONZE_BATCH_SECONDS"),
+        ({"LAKE_NATS_URL": "http://x:4222"}, "LAKE_NATS_URL"),
+        ({"LAKE_NATS_CREDS": "/nonexistent/x.creds"}, "LAKE_NATS_CREDS"),
+        ({"LAKE_BATCH_SIZ": "5"}, "LAKE_BATCH_SIZ"),
+    ],
+)
+def test_invalid_settings_name_the_variable(environ: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ)
+    message = str(info.value)
+    assert variable in message
+    assert "\n" not in message
+
+
+def test_setting_names_cover_the_documented_variables() -> None:
+    documented = {
+        "LAKE_DATA_DIR", "LAKE_CATALOG_URI", "LAKE_WAREHOUSE", "LAKE_S3_ENDPOINT",
+        "LAKE_S3_ACCESS_KEY", "LAKE_S3_SECRET_KEY", "LAKE_S3_REGION", "LAKE_NATS_URL",
+        "LAKE_NATS_USER", "LAKE_NATS_PASSWORD", "LAKE_NATS_TOKEN", "LAKE_NATS_CREDS",
+    }  # fmt: skip
+    assert documented <= set(setting_names())
