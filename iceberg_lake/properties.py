@@ -1,0 +1,45 @@
+"""Keys of the table properties and snapshot summary properties the lake writes and reads.
+
+One place for every key so writers, the compactor, maintenance and replay agree on them.
+"""
+
+from __future__ import annotations
+
+from iceberg_lake.tables.definitions import SCHEMA_NAME_PROPERTY, SCHEMA_VERSION_PROPERTY
+
+# ---- snapshot summary: who made the snapshot --------------------------------------------------
+#: What produced a snapshot: `ingest`, `silver-compaction`, `compact-files`, `migration`.
+LAKE_OPERATION = "lake.operation"
+
+# ---- snapshot summary: ingest (Bronze/Gold appends) -------------------------------------------
+STREAM = "lake.stream"
+CONSUMER = "lake.consumer"
+FIRST_STREAM_SEQ = "lake.first-stream-seq"
+LAST_STREAM_SEQ = "lake.last-stream-seq"
+EVENT_COUNT = "lake.event-count"
+
+#: Table property prefix for the exactly-once watermark, one key per consumer:
+#: `lake.watermark.<stream>.<consumer>` = last committed stream sequence. Written in the same
+#: transaction as the append, so it survives snapshot expiry and commits by other components.
+WATERMARK_PREFIX = "lake.watermark."
+
+# ---- snapshot summary: Silver compaction / file rewrites ---------------------------------------
+SOURCE_TABLE = "lake.source-table"
+SOURCE_SNAPSHOT_ID = "lake.source-snapshot-id"
+#: JSON list of the replaced partitions, e.g. `[["SPY", "2025-12-16T14"]]`.
+REPLACED_PARTITIONS = "lake.replaced-partitions"
+
+__all__ = [
+    "CONSUMER",
+    "EVENT_COUNT",
+    "FIRST_STREAM_SEQ",
+    "LAKE_OPERATION",
+    "LAST_STREAM_SEQ",
+    "REPLACED_PARTITIONS",
+    "SCHEMA_NAME_PROPERTY",
+    "SCHEMA_VERSION_PROPERTY",
+    "SOURCE_SNAPSHOT_ID",
+    "SOURCE_TABLE",
+    "STREAM",
+    "WATERMARK_PREFIX",
+]
