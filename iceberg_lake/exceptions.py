@@ -46,3 +46,7 @@ class ValidationError(LakeError):
 
 class MigrationError(LakeError):
     """A migration that failed, was edited after being applied, or is otherwise invalid."""
+
+
+class CompactionError(LakeError):
+    """Silver compaction cannot run as asked (bad date, unknown snapshot or tag, bad layout)."""

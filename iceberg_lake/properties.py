@@ -29,7 +29,17 @@ SOURCE_SNAPSHOT_ID = "lake.source-snapshot-id"
 #: JSON list of the replaced partitions, e.g. `[["SPY", "2025-12-16T14"]]`.
 REPLACED_PARTITIONS = "lake.replaced-partitions"
 
+# ---- Silver compaction ---------------------------------------------------------------------------
+#: `lake.operation` value of Silver compaction snapshots.
+SILVER_COMPACTION = "silver-compaction"
+#: `lake.operation` value of small-file rewrites (same rows, new files) made by maintenance.
+COMPACT_FILES = "compact-files"
+#: Silver table property: the Bronze snapshot id up to which `lake compact --incremental` has
+#: compacted every changed partition (the start of the next incremental run's change scan).
+SILVER_INCREMENTAL_SOURCE = "lake.silver.incremental-source-snapshot-id"
+
 __all__ = [
+    "COMPACT_FILES",
     "CONSUMER",
     "EVENT_COUNT",
     "FIRST_STREAM_SEQ",
@@ -38,6 +48,8 @@ __all__ = [
     "REPLACED_PARTITIONS",
     "SCHEMA_NAME_PROPERTY",
     "SCHEMA_VERSION_PROPERTY",
+    "SILVER_COMPACTION",
+    "SILVER_INCREMENTAL_SOURCE",
     "SOURCE_SNAPSHOT_ID",
     "SOURCE_TABLE",
     "STREAM",
