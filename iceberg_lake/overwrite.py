@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import AlwaysFalse, BooleanExpression, Or
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
@@ -57,6 +57,8 @@ class PartitionReplacement:
     predicate: BooleanExpression = field(default_factory=AlwaysFalse)
     old_files: list[DataFile] = field(default_factory=list)
     new_files: list[DataFile] = field(default_factory=list)
+    #: Table properties set in the same transaction as the snapshot (e.g. a progress watermark).
+    table_properties: dict[str, str] = field(default_factory=dict)
 
     def replace(
         self, predicate: BooleanExpression, rows: pa.Table, old_files: list[DataFile]
@@ -73,6 +75,28 @@ class PartitionReplacement:
         self.old_files.extend(old_files)
         self.new_files.extend(write_data_files(self.table, rows, self.write_uuid))
 
+    def replace_files(
+        self, predicate: BooleanExpression, new_files: list[DataFile], old_files: list[DataFile]
+    ) -> None:
+        """Like `replace`, with data files the caller already wrote (e.g. streamed).
+
+        Args:
+            predicate: a row filter that covers exactly the replaced partition(s).
+            new_files: uncommitted data files holding the partition's new content (may be empty).
+            old_files: the data files currently holding the partition(s).
+        """
+        self.predicate = Or(self.predicate, predicate)
+        self.old_files.extend(old_files)
+        self.new_files.extend(new_files)
+
+    def discard_new_files(self) -> None:
+        """Delete the written, uncommitted new files (best effort; after a failed commit)."""
+        for f in self.new_files:
+            try:
+                self.table.io.delete(f.file_path)
+            except Exception:  # noqa: BLE001 - an orphan left behind is harmless
+                pass
+
     @property
     def is_empty(self) -> bool:
         """True when nothing would change."""
@@ -82,12 +106,15 @@ class PartitionReplacement:
         """Commit all replacements as one snapshot; return its id (None if nothing to do).
 
         Raises:
-            CommitConflictError: a concurrent commit touched the same partitions.
+            CommitConflictError: a concurrent commit touched the same partitions (also when
+                pyiceberg's retry found the replaced files already gone).
         """
         if self.is_empty:
             return None
         try:
             with self.table.transaction() as tx:
+                if self.table_properties:
+                    tx.set_properties(self.table_properties)
                 with tx.update_snapshot(snapshot_properties=self.snapshot_properties).overwrite(
                     commit_uuid=self.write_uuid
                 ) as producer:
@@ -96,7 +123,7 @@ class PartitionReplacement:
                         producer.delete_data_file(f)
                     for f in self.new_files:
                         producer.append_data_file(f)
-        except CommitFailedException as exc:
+        except (CommitFailedException, ValidationException) as exc:
             self.table.refresh()
             raise CommitConflictError(f"{self.table.name()}: concurrent commit ({exc})") from exc
         snapshot = self.table.current_snapshot()

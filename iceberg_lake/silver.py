@@ -1,0 +1,797 @@
+"""Silver compaction: deterministic DuckDB dedup of pinned Bronze snapshots into Silver tables.
+
+For each Bronze partition (partition value, hour; greeks: day) the compactor reads the Parquet
+files of a pinned Bronze snapshot with DuckDB, removes duplicate events (see
+`iceberg_lake.compaction.dedup` for the event identity and the survivor rule), sorts by event time
+and streams the result into new Silver data files. All replaced partitions of a run are swapped in
+ONE Iceberg `overwrite` snapshot, so every Silver snapshot holds every partition complete.
+
+Idempotent: a partition whose Bronze content is unchanged since the source snapshot of its last
+compaction is skipped without reading data (see `iceberg_lake.compaction.state`); a run that
+changes nothing makes no commit.
+
+Example::
+
+    compactor = SilverCompactor(load_settings())
+    compactor.compact_date("2025-12-16", schema="futures.trades", partition_value="ES")
+    compactor.compact_incremental()          # every few minutes: only what Bronze changed
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import duckdb
+from pyiceberg.expressions import (
+    AlwaysTrue,
+    And,
+    BooleanExpression,
+    EqualTo,
+    GreaterThanOrEqual,
+    LessThan,
+    Or,
+)
+from pyiceberg.manifest import DataFile
+from pyiceberg.partitioning import PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.typedef import Record
+
+from iceberg_lake import duck
+from iceberg_lake import properties as P
+from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.compaction.dedup import dedup_query, quote_ident, quote_str
+from iceberg_lake.compaction.state import (
+    BronzeHistory,
+    PartitionId,
+    file_prefix,
+    fingerprint,
+    parse_state,
+)
+from iceberg_lake.compaction.writer import write_partition_files
+from iceberg_lake.config import Settings
+from iceberg_lake.exceptions import CommitConflictError, CompactionError, UnknownTableError
+from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SilverCompactor", "resolve_bronze_table", "silver_source_snapshots"]
+
+#: `Progress(table, partitions_done, partitions_total)`, called after each partition.
+Progress = Callable[[str, int, int], None]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def resolve_bronze_table(lake: LakeCatalog, schema: str) -> TableDefinition:
+    """The Bronze definition named by a spec schema name or a table name.
+
+    Accepts `futures.trades` (the spec's schema name), `futures_trades`, `bronze.futures_trades`
+    and `silver.futures_trades`.
+
+    Raises:
+        UnknownTableError: nothing matches, or the table has no Silver counterpart.
+    """
+    reg = lake.registry
+    name = schema.strip()
+    found = reg.by_schema_name(name, BRONZE)
+    if found is None:
+        table = name.split(".", 1)[1] if name.startswith((f"{BRONZE}.", f"{SILVER}.")) else name
+        if "." not in table and f"{BRONZE}.{table}" in reg:
+            found = reg.get(f"{BRONZE}.{table}")
+    if found is None or f"{SILVER}.{found.name}" not in reg:
+        known = ", ".join(sorted(d.schema_name for d in reg.in_namespace(SILVER)))
+        raise UnknownTableError(f"no Silver table for '{schema}' (known schemas: {known})")
+    return found
+
+
+def _parse_date(value: str | date) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise CompactionError(f"invalid date {value!r} (expected YYYY-MM-DD)") from None
+
+
+def _local_path(uri: str) -> str:
+    """A path DuckDB can open: `file:` URIs become local paths, `s3a://` becomes `s3://`."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return unquote(parsed.path)
+    if parsed.scheme == "s3a":
+        return "s3://" + uri[len("s3a://") :]
+    return uri
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the partition key and the time bucket sit in a (shared) partition spec."""
+
+    key_column: str | None
+    key_pos: int | None
+    time_pos: int
+    time_unit: str  # "hour" or "day"
+
+    def bounds(self, record: Record) -> tuple[Any, datetime, datetime]:
+        value = record[self.key_pos] if self.key_pos is not None else None
+        bucket = int(record[self.time_pos])
+        step = timedelta(hours=1) if self.time_unit == "hour" else timedelta(days=1)
+        lo = _EPOCH + bucket * step
+        return value, lo, lo + step
+
+    def label(self, record: Record) -> list[Any]:
+        value, lo, _ = self.bounds(record)
+        fmt = "%Y-%m-%dT%H" if self.time_unit == "hour" else "%Y-%m-%d"
+        return [value, lo.strftime(fmt)]
+
+    def predicate(self, record: Record) -> BooleanExpression:
+        value, lo, hi = self.bounds(record)
+        expr: BooleanExpression = And(
+            GreaterThanOrEqual("ts_event", lo.isoformat()), LessThan("ts_event", hi.isoformat())
+        )
+        if self.key_column is not None:
+            expr = And(EqualTo(self.key_column, value), expr)
+        return expr
+
+    def sql_filter(self, record: Record) -> str:
+        value, lo, hi = self.bounds(record)
+        parts = [
+            f"ts_event >= TIMESTAMPTZ {quote_str(lo.isoformat())}",
+            f"ts_event < TIMESTAMPTZ {quote_str(hi.isoformat())}",
+        ]
+        if self.key_column is not None:
+            parts.insert(0, f"{quote_ident(self.key_column)} = {quote_str(str(value))}")
+        return " AND ".join(parts)
+
+
+def _spec_signature(spec: PartitionSpec, schema: Schema) -> list[tuple[str, str]]:
+    return [(schema.find_column_name(f.source_id) or "", str(f.transform)) for f in spec.fields]
+
+
+def _layout(bronze: Table, silver: Table) -> _Layout:
+    b_sig = _spec_signature(bronze.spec(), bronze.schema())
+    s_sig = _spec_signature(silver.spec(), silver.schema())
+    if b_sig != s_sig:
+        raise CompactionError(
+            f"{silver.name()} is partitioned as {s_sig} but {bronze.name()} as {b_sig}; "
+            "Silver compaction needs the same partition spec"
+        )
+    key_pos = next((i for i, (_, t) in enumerate(b_sig) if t == "identity"), None)
+    time_pos = next((i for i, (_, t) in enumerate(b_sig) if t in ("hour", "day")), None)
+    if time_pos is None or b_sig[time_pos][0] != "ts_event" or len(b_sig) > 2:
+        raise CompactionError(f"{bronze.name()} must be partitioned by [key,] hour/day(ts_event)")
+    return _Layout(
+        key_column=b_sig[key_pos][0] if key_pos is not None else None,
+        key_pos=key_pos,
+        time_pos=time_pos,
+        time_unit=b_sig[time_pos][1],
+    )
+
+
+@dataclass
+class _Partition:
+    record: Record
+    bronze: list[DataFile] = field(default_factory=list)
+    deletes: dict[str, DataFile] = field(default_factory=dict)
+    silver: list[DataFile] = field(default_factory=list)
+
+    @property
+    def pid(self) -> tuple[Any, ...]:
+        return tuple(self.record)
+
+
+@dataclass
+class _Totals:
+    rows_read: int = 0
+    rows_written: int = 0
+    bytes_read: int = 0
+    replaced: list[list[Any]] = field(default_factory=list)
+    unchanged: int = 0
+
+
+class SilverCompactor:
+    """Compacts Bronze tables into their Silver counterparts.
+
+    Every public method is idempotent: partitions whose Bronze content is unchanged since their
+    last compaction are skipped, and a run with nothing to do makes no commit. A run that replaces
+    partitions makes exactly one Silver snapshot (operation `overwrite`) per table and call, or
+    one per `partitions_per_commit` partitions, whose summary carries `lake.operation`,
+    `lake.source-table`, `lake.source-snapshot-id` and `lake.replaced-partitions`.
+
+    Args:
+        settings: lake settings, or an open `LakeCatalog`.
+        progress: called after each partition with (table, done, total), e.g. for a progress bar.
+        partitions_per_commit: bound on the partitions replaced by one snapshot.
+        batch_rows: rows per Arrow record batch streamed from DuckDB (bounds memory).
+        max_attempts: how often a run that lost a commit race is re-planned and retried.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | LakeCatalog,
+        *,
+        progress: Progress | None = None,
+        partitions_per_commit: int = 500,
+        batch_rows: int = 250_000,
+        max_attempts: int = 4,
+    ) -> None:
+        self.lake = settings if isinstance(settings, LakeCatalog) else LakeCatalog(settings)
+        self.progress = progress
+        self.partitions_per_commit = max(1, partitions_per_commit)
+        self.batch_rows = batch_rows
+        self.max_attempts = max(1, max_attempts)
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    # ---- public API -----------------------------------------------------------------------------
+
+    def compact_date(
+        self,
+        date: str | date,
+        schema: str | None = None,
+        partition_value: str | None = None,
+        snapshot_id: int | None = None,
+        tag: str | None = None,
+    ) -> dict[str, Any]:
+        """Compact one UTC day of one schema (or of all schemas when `schema` is None).
+
+        Args:
+            date: the day, `YYYY-MM-DD`.
+            schema: `futures.trades`, `futures_trades` or `bronze.futures_trades`; None = all.
+            partition_value: only this symbol/underlying.
+            snapshot_id: pin this Bronze snapshot instead of the current one.
+            tag: pin the Bronze snapshot of this tag (or branch).
+
+        Returns:
+            The result: status (`success`, `unchanged` or `empty`), rows_read, rows_written,
+            duplicates_removed, source_snapshot_id, silver_snapshot_id, partitions (replaced),
+            partitions_unchanged, replaced_partitions, table, date, seconds. With `schema=None`
+            the counts are summed and `tables` holds the per-table results.
+        """
+        day = _parse_date(date)
+        if schema is None:
+            return _merge(self.compact_all_schemas(day, partition_value, snapshot_id, tag), day)
+        definition = resolve_bronze_table(self.lake, schema)
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        window = And(
+            GreaterThanOrEqual("ts_event", start.isoformat()),
+            LessThan("ts_event", (start + timedelta(days=1)).isoformat()),
+        )
+        results = self._compact(definition, window, partition_value, snapshot_id, tag, by_day=False)
+        result = results[0] if results else self._empty(definition, None)
+        result["date"] = day.isoformat()
+        return result
+
+    def compact_all_schemas(
+        self,
+        date: str | date,
+        partition_value: str | None = None,
+        snapshot_id: int | None = None,
+        tag: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Compact one day of every Silver table; one result per table (see `compact_date`).
+
+        A `snapshot_id` only makes sense with one table; `tag` applies to every Bronze table
+        that has it.
+        """
+        day = _parse_date(date)
+        return [
+            self.compact_date(day, d.identifier, partition_value, snapshot_id, tag)
+            for d in self._bronze_definitions()
+        ]
+
+    def compact_all_dates(
+        self,
+        schema: str,
+        partition_value: str | None = None,
+        snapshot_id: int | None = None,
+        tag: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Compact every day of one schema; one result per day that has Bronze data.
+
+        Bronze metadata is planned once; each day is committed as its own snapshot.
+        """
+        definition = resolve_bronze_table(self.lake, schema)
+        return self._compact(
+            definition, AlwaysTrue(), partition_value, snapshot_id, tag, by_day=True
+        )
+
+    def compact_incremental(self, tables: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Compact every partition Bronze changed since the previous incremental run.
+
+        The Bronze snapshot the previous run reached is kept in the Silver table property
+        `lake.silver.incremental-source-snapshot-id`; the changed partitions are read from the
+        manifests of the Bronze snapshots after it (file rewrites ignored). With no usable
+        mark (first run, or that snapshot was expired) every partition is checked from metadata.
+        Cheap when nothing changed: two metadata loads per table, no commit.
+
+        Args:
+            tables: schemas or table names to consider (default: every Silver table).
+
+        Returns:
+            One result per table (see `compact_date`), with `date` None.
+        """
+        definitions = (
+            [resolve_bronze_table(self.lake, t) for t in tables]
+            if tables
+            else self._bronze_definitions()
+        )
+        return [self._incremental(d) for d in definitions]
+
+    def close(self) -> None:
+        """Close the DuckDB connection."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def __enter__(self) -> SilverCompactor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- orchestration --------------------------------------------------------------------------
+
+    def _bronze_definitions(self) -> list[TableDefinition]:
+        return [
+            d
+            for d in self.lake.registry.in_namespace(BRONZE)
+            if d.subject and f"{SILVER}.{d.name}" in self.lake.registry and d.dedup_columns
+        ]
+
+    def _tables(self, definition: TableDefinition) -> tuple[Table, Table]:
+        return (
+            self.lake.load_table(definition.identifier),
+            self.lake.load_table(f"{SILVER}.{definition.name}"),
+        )
+
+    @staticmethod
+    def _pin(bronze: Table, snapshot_id: int | None, tag: str | None) -> Snapshot | None:
+        if snapshot_id is not None and tag is not None:
+            raise CompactionError("give a snapshot id or a tag, not both")
+        if snapshot_id is not None:
+            snap = bronze.snapshot_by_id(int(snapshot_id))
+            if snap is None:
+                raise CompactionError(f"{bronze.name()} has no snapshot {snapshot_id}")
+            return snap
+        if tag is not None:
+            snap = bronze.snapshot_by_name(tag)
+            if snap is None:
+                raise CompactionError(f"{bronze.name()} has no tag or branch '{tag}'")
+            return snap
+        return bronze.current_snapshot()
+
+    def _empty(self, definition: TableDefinition, snap: Snapshot | None) -> dict[str, Any]:
+        return _result("empty", definition, snap, None, _Totals(), 0.0)
+
+    def _compact(
+        self,
+        definition: TableDefinition,
+        window: BooleanExpression,
+        partition_value: str | None,
+        snapshot_id: int | None,
+        tag: str | None,
+        *,
+        by_day: bool,
+    ) -> list[dict[str, Any]]:
+        """Plan, compact and commit; one result per day (`by_day`) or one for everything."""
+        for attempt in range(1, self.max_attempts + 1):
+            bronze, silver = self._tables(definition)
+            snap = self._pin(bronze, snapshot_id, tag)
+            if snap is None:
+                return [self._empty(definition, None)]
+            layout = _layout(bronze, silver)
+            row_filter = window
+            if partition_value is not None:
+                if layout.key_column is None:
+                    raise CompactionError(f"{definition.identifier} has no partition key")
+                row_filter = And(EqualTo(layout.key_column, partition_value), window)
+            is_current = snap.snapshot_id == _current_id(bronze)
+            parts = self._plan(bronze, silver, snap, row_filter, include_silver_only=is_current)
+            if not parts:
+                return [self._empty(definition, snap)]
+            groups = _group_by_day(parts, layout) if by_day else {None: parts}
+            try:
+                results = []
+                for day, group in groups.items():
+                    res = self._run(definition, bronze, silver, snap, layout, group, {})
+                    res["date"] = day
+                    results.append(res)
+                return results
+            except CommitConflictError:
+                if attempt == self.max_attempts:
+                    raise
+                log.warning(
+                    "%s: concurrent commit, re-planning (attempt %d)", silver.name(), attempt
+                )
+        raise AssertionError("unreachable")
+
+    def _incremental(self, definition: TableDefinition) -> dict[str, Any]:
+        for attempt in range(1, self.max_attempts + 1):
+            bronze, silver = self._tables(definition)
+            snap = bronze.current_snapshot()
+            if snap is None:
+                return self._empty(definition, None)
+            mark = silver.properties.get(P.SILVER_INCREMENTAL_SOURCE)
+            marks = {P.SILVER_INCREMENTAL_SOURCE: str(snap.snapshot_id)}
+            if mark == str(snap.snapshot_id):
+                return _result("unchanged", definition, snap, None, _Totals(), 0.0)
+            layout = _layout(bronze, silver)
+            changed = (
+                BronzeHistory(bronze).changed_since(int(mark), snap.snapshot_id)
+                if mark and mark.isdigit()
+                else None
+            )
+            if changed is None:
+                row_filter: BooleanExpression = AlwaysTrue()
+                log.info("%s: no usable incremental mark, checking every partition", silver.name())
+            elif not changed:
+                self._set_mark(silver, marks)
+                return _result("unchanged", definition, snap, None, _Totals(), 0.0)
+            else:
+                row_filter = _or(
+                    layout.predicate(Record(*pid[1])) for pid in sorted(changed, key=str)
+                )
+            parts = self._plan(bronze, silver, snap, row_filter, include_silver_only=True)
+            if changed is not None:
+                wanted = {pid[1] for pid in changed}
+                parts = {k: v for k, v in parts.items() if k in wanted}
+            try:
+                res = self._run(definition, bronze, silver, snap, layout, parts, marks)
+            except CommitConflictError:
+                if attempt == self.max_attempts:
+                    raise
+                continue
+            if res["silver_snapshot_id"] is None:
+                self._set_mark(silver, marks)
+            res["date"] = None
+            return res
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _set_mark(silver: Table, marks: dict[str, str]) -> None:
+        """Advance the incremental mark without a snapshot (best effort: next run redoes it)."""
+        from pyiceberg.exceptions import CommitFailedException
+
+        try:
+            with catalog_errors(f"updating {silver.name()}"):
+                with silver.transaction() as tx:
+                    tx.set_properties(marks)
+        except CommitFailedException:
+            silver.refresh()
+
+    def _plan(
+        self,
+        bronze: Table,
+        silver: Table,
+        snap: Snapshot,
+        row_filter: BooleanExpression,
+        *,
+        include_silver_only: bool,
+    ) -> dict[tuple[Any, ...], _Partition]:
+        """Bronze files of `snap` and current Silver files, grouped by partition (metadata only)."""
+        parts: dict[tuple[Any, ...], _Partition] = {}
+        spec_id = bronze.spec().spec_id
+        with catalog_errors(f"planning {bronze.name()}"):
+            tasks = list(
+                bronze.scan(snapshot_id=snap.snapshot_id, row_filter=row_filter).plan_files()
+            )
+        for task in tasks:
+            f = task.file
+            if f.spec_id != spec_id:
+                raise CompactionError(
+                    f"{bronze.name()} has files of an older partition spec ({f.spec_id}); "
+                    "Silver compaction supports one spec"
+                )
+            p = parts.setdefault(tuple(f.partition), _Partition(Record(*f.partition)))
+            p.bronze.append(f)
+            for d in task.delete_files:
+                p.deletes[d.file_path] = d
+        if silver.current_snapshot() is not None:
+            with catalog_errors(f"planning {silver.name()}"):
+                silver_tasks = list(silver.scan(row_filter=row_filter).plan_files())
+            for task in silver_tasks:
+                key = tuple(task.file.partition)
+                if key not in parts:
+                    if not include_silver_only:
+                        continue
+                    parts[key] = _Partition(Record(*task.file.partition))
+                parts[key].silver.append(task.file)
+        return dict(sorted(parts.items(), key=lambda kv: str(kv[0])))
+
+    def _run(
+        self,
+        definition: TableDefinition,
+        bronze: Table,
+        silver: Table,
+        snap: Snapshot,
+        layout: _Layout,
+        parts: dict[tuple[Any, ...], _Partition],
+        table_properties: dict[str, str],
+    ) -> dict[str, Any]:
+        """Compact the partitions that changed and commit them; return the result."""
+        from iceberg_lake.overwrite import PartitionReplacement
+
+        started = time.perf_counter()
+        history = BronzeHistory(bronze)
+        totals = _Totals()
+        write_id = uuid.uuid4().hex[:12]
+        pending: list[PartitionReplacement] = []
+        rep: PartitionReplacement | None = None
+        spec_id = bronze.spec().spec_id
+        sid = snap.snapshot_id
+        snapshot_ids: list[int] = []
+        todo = list(parts.values())
+        for done, part in enumerate(todo, start=1):
+            paths = [f.file_path for f in part.bronze] + list(part.deletes)
+            digest = fingerprint(paths)
+            state = parse_state(f.file_path for f in part.silver) if part.silver else None
+            pid: PartitionId = (spec_id, part.pid)
+            if not part.bronze and not part.silver:
+                pass
+            elif (
+                state is not None
+                and part.bronze
+                and (
+                    state.fingerprint == digest
+                    or history.rows_unchanged(state.source_snapshot_id, sid, pid)
+                )
+            ):
+                totals.unchanged += 1
+            else:
+                new_files, read, written, nbytes = self._compact_partition(
+                    bronze,
+                    silver,
+                    snap,
+                    layout,
+                    part,
+                    definition.dedup_columns,
+                    file_prefix(sid, digest, write_id),
+                )
+                if rep is None:
+                    rep = PartitionReplacement(silver, {})
+                    pending.append(rep)
+                rep.replace_files(layout.predicate(part.record), new_files, part.silver)
+                totals.rows_read += read
+                totals.rows_written += written
+                totals.bytes_read += nbytes
+                totals.replaced.append(layout.label(part.record))
+                if len(totals.replaced) % self.partitions_per_commit == 0:
+                    snapshot_ids.append(self._commit(rep, definition, snap, layout, {}))
+                    rep = None
+            if self.progress is not None:
+                self.progress(silver.name(), done, len(todo))
+        if rep is not None:
+            snapshot_ids.append(self._commit(rep, definition, snap, layout, table_properties))
+        status = "success" if totals.replaced else "unchanged"
+        silver_id = snapshot_ids[-1] if snapshot_ids else None
+        return _result(status, definition, snap, silver_id, totals, time.perf_counter() - started)
+
+    @staticmethod
+    def _commit(
+        rep: Any,
+        definition: TableDefinition,
+        snap: Snapshot,
+        layout: _Layout,
+        table_properties: dict[str, str],
+    ) -> int:
+        labels = []
+        for f in rep.old_files + rep.new_files:
+            label = layout.label(f.partition)
+            if label not in labels:
+                labels.append(label)
+        rep.snapshot_properties = {
+            P.LAKE_OPERATION: P.SILVER_COMPACTION,
+            P.SOURCE_TABLE: definition.identifier,
+            P.SOURCE_SNAPSHOT_ID: str(snap.snapshot_id),
+            P.REPLACED_PARTITIONS: json.dumps(sorted(labels, key=str), default=str),
+        }
+        rep.table_properties = dict(table_properties)
+        try:
+            with catalog_errors(f"committing {rep.table.name()}"):
+                snapshot_id = rep.commit()
+        except Exception:
+            rep.discard_new_files()
+            raise
+        assert snapshot_id is not None
+        log.info(
+            "%s: committed %d partitions as snapshot %s", rep.table.name(), len(labels), snapshot_id
+        )
+        return int(snapshot_id)
+
+    # ---- one partition ---------------------------------------------------------------------
+
+    def _duck(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            con = duck.connect()
+            con.execute("SET TimeZone = 'UTC'")
+            s = self.lake.settings
+            if s.is_s3 or s.s3_endpoint:
+                duck.configure_s3(
+                    con,
+                    s.s3_endpoint or "https://s3.amazonaws.com",
+                    s.s3_access_key or "",
+                    s.s3_secret_key or "",
+                    s.s3_region,
+                )
+            self._con = con
+        return self._con
+
+    def _compact_partition(
+        self,
+        bronze: Table,
+        silver: Table,
+        snap: Snapshot,
+        layout: _Layout,
+        part: _Partition,
+        dedup_columns: Sequence[str],
+        prefix: str,
+    ) -> tuple[list[DataFile], int, int, int]:
+        """Dedup + sort one partition into new Silver files: (files, read, written, bytes)."""
+        con = self._duck()
+        if not part.bronze:
+            return [], 0, 0, 0
+        available = set(bronze.schema().column_names)
+        nbytes = sum(f.file_size_in_bytes for f in part.bronze)
+        if part.deletes or _renamed_columns(bronze):
+            # Delete files or renamed columns: let DuckDB's Iceberg reader apply them.
+            source = (
+                f"(SELECT * FROM iceberg_scan({quote_str(bronze.metadata_location)}, "
+                f"snapshot_from_id={snap.snapshot_id}) WHERE {layout.sql_filter(part.record)})"
+            )
+            rows_read = int(con.execute(f"SELECT count(*) FROM {source}").fetchone()[0])  # type: ignore[index]
+        else:
+            files = ", ".join(quote_str(_local_path(f.file_path)) for f in part.bronze)
+            union = ", union_by_name = true" if len(bronze.metadata.schemas) > 1 else ""
+            source = f"read_parquet([{files}]{union})"
+            rows_read = sum(f.record_count for f in part.bronze)
+        sql = dedup_query(source, silver.schema(), dedup_columns, available)
+        with catalog_errors(f"compacting {bronze.name()} {layout.label(part.record)}"):
+            try:
+                reader = con.execute(sql).fetch_record_batch(self.batch_rows)
+            except duckdb.Error as exc:
+                raise CompactionError(f"{bronze.name()}: DuckDB failed: {exc}") from exc
+            files, written = write_partition_files(silver, _batches(reader), part.record, prefix)
+        return files, rows_read, written, nbytes
+
+
+def _batches(reader: Any) -> Iterable[Any]:
+    while True:
+        try:
+            yield reader.read_next_batch()
+        except StopIteration:
+            return
+
+
+def _renamed_columns(table: Table) -> bool:
+    """True if a column's name differs between the current and an older schema."""
+    current = {f.field_id: f.name for f in table.schema().fields}
+    for schema in table.metadata.schemas:
+        for f in schema.fields:
+            if f.field_id in current and current[f.field_id] != f.name:
+                return True
+    return False
+
+
+def _current_id(table: Table) -> int | None:
+    snap = table.current_snapshot()
+    return snap.snapshot_id if snap else None
+
+
+def _or(exprs: Iterable[BooleanExpression]) -> BooleanExpression:
+    out: BooleanExpression | None = None
+    for e in exprs:
+        out = e if out is None else Or(out, e)
+    return out if out is not None else AlwaysTrue()
+
+
+def _group_by_day(
+    parts: dict[tuple[Any, ...], _Partition], layout: _Layout
+) -> dict[str, dict[tuple[Any, ...], _Partition]]:
+    groups: dict[str, dict[tuple[Any, ...], _Partition]] = {}
+    for key, part in parts.items():
+        _, lo, _ = layout.bounds(part.record)
+        groups.setdefault(lo.date().isoformat(), {})[key] = part
+    return dict(sorted(groups.items()))
+
+
+def _result(
+    status: str,
+    definition: TableDefinition,
+    snap: Snapshot | None,
+    silver_snapshot_id: int | None,
+    totals: _Totals,
+    seconds: float,
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "table": f"{SILVER}.{definition.name}",
+        "date": None,
+        "rows_read": totals.rows_read,
+        "rows_written": totals.rows_written,
+        "duplicates_removed": totals.rows_read - totals.rows_written,
+        "source_snapshot_id": snap.snapshot_id if snap else None,
+        "silver_snapshot_id": silver_snapshot_id,
+        "partitions": len(totals.replaced),
+        "partitions_unchanged": totals.unchanged,
+        "replaced_partitions": totals.replaced,
+        "bytes_read": totals.bytes_read,
+        "seconds": round(seconds, 3),
+    }
+
+
+def _merge(results: list[dict[str, Any]], day: date) -> dict[str, Any]:
+    summed = {
+        k: sum(r[k] for r in results)
+        for k in (
+            "rows_read",
+            "rows_written",
+            "duplicates_removed",
+            "partitions",
+            "partitions_unchanged",
+            "bytes_read",
+            "seconds",
+        )
+    }
+    statuses = {r["status"] for r in results}
+    status = (
+        "success"
+        if "success" in statuses
+        else ("unchanged" if "unchanged" in statuses else "empty")
+    )
+    return {
+        "status": status,
+        "table": None,
+        "date": day.isoformat(),
+        **summed,
+        "source_snapshot_id": None,
+        "silver_snapshot_id": None,
+        "replaced_partitions": [p for r in results for p in r["replaced_partitions"]],
+        "tables": results,
+    }
+
+
+def silver_source_snapshots(settings: Settings | LakeCatalog) -> dict[str, set[int]]:
+    """Bronze snapshots that current Silver partitions (and incremental marks) still name.
+
+    Change detection works without them (it falls back to recompacting a partition once), but
+    while they exist a Bronze file rewrite (`compact-files`) does not force a recompaction, and
+    the next incremental run reads only the manifests added since the mark. Maintenance can pass
+    them to snapshot expiry as snapshots to keep. Reads Silver manifests only.
+
+    Returns:
+        `{"bronze.stocks_trades": {snapshot ids}, ...}` for every existing Silver table.
+    """
+    lake = settings if isinstance(settings, LakeCatalog) else LakeCatalog(settings)
+    out: dict[str, set[int]] = {}
+    existing = set(lake.existing_tables())
+    for definition in lake.registry.in_namespace(SILVER):
+        if definition.identifier not in existing:
+            continue
+        silver = lake.load_table(definition.identifier)
+        ids: set[int] = set()
+        mark = silver.properties.get(P.SILVER_INCREMENTAL_SOURCE)
+        if mark and mark.isdigit():
+            ids.add(int(mark))
+        if silver.current_snapshot() is not None:
+            with catalog_errors(f"planning {definition.identifier}"):
+                by_part: dict[tuple[Any, ...], list[str]] = {}
+                for task in silver.scan().plan_files():
+                    by_part.setdefault(tuple(task.file.partition), []).append(task.file.file_path)
+            for paths in by_part.values():
+                state = parse_state(paths)
+                if state is not None:
+                    ids.add(state.source_snapshot_id)
+        out[f"{BRONZE}.{definition.name}"] = ids
+    return out
