@@ -28,7 +28,7 @@ def test_stocks_trades_has_the_spec_columns_in_order() -> None:
     d = registry().get("bronze.stocks_trades")
     assert d.column_names == [
         "ts_event_ns", "ts_recv_ns", "source", "symbol", "price", "size", "exchange", "seq",
-        "ts_event",
+        "ts_event", "conditions",
     ]  # fmt: skip
     schema = d.iceberg_schema()
     assert str(schema.find_field("size").field_type) == "int"

@@ -1,9 +1,244 @@
-"""`lake` commands: migrate, table."""
+"""`lake migrate status|up|new|check` and `lake table create|evolve`: schema evolution."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit
+from iceberg_lake.cli.common import open_catalog as _open_catalog
+from iceberg_lake.drift import ERROR, find_drift
+from iceberg_lake.evolve import (
+    AddColumn,
+    AddPartitionField,
+    Change,
+    DropColumn,
+    RenameColumn,
+    WidenColumn,
+    evolve_table,
+)
+from iceberg_lake.exceptions import LakeError, SchemaChangeError
+from iceberg_lake.migrations import DEFAULT_LOCK_TIMEOUT, MigrationRunner
+
+migrate_app = typer.Typer(help="Versioned schema migrations (migrations/NNNN_name.py).")
+table_app = typer.Typer(help="Create a declared table or evolve a live one safely.")
+
+DIR_OPTION = typer.Option(
+    None, "--dir", help="Migrations folder (default: the shipped migrations/).", show_default=False
+)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the `lake` app."""
+    """Add the `migrate` and `table` sub-apps to the `lake` app."""
+    app.add_typer(migrate_app, name="migrate")
+    app.add_typer(table_app, name="table")
+
+
+def _runner(directory: Path | None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> MigrationRunner:
+    return MigrationRunner(_open_catalog(), directory, lock_timeout=lock_timeout)
+
+
+# ---- lake migrate -----------------------------------------------------------------------------
+
+
+@migrate_app.command("status")
+def migrate_status(
+    directory: Path | None = DIR_OPTION, output: OutputFormat = OUTPUT_OPTION
+) -> None:
+    """List migrations: applied (with checksum and time), pending, edited or missing."""
+    runner = _runner(directory)
+    try:
+        rows = [s.as_row() for s in runner.status()]
+    finally:
+        runner.close()
+    if not rows and output == OutputFormat.text:
+        console.print(f"no migrations in {runner.directory}")
+        return
+    columns = ["version", "name", "state", "checksum", "applied_at"]
+    if any(r["state"] in ("edited", "missing") for r in rows):
+        columns.insert(4, "applied_checksum")
+    emit(rows, output, title="migrations", columns=columns)
+
+
+@migrate_app.command("up")
+def migrate_up(
+    to: int | None = typer.Option(None, "--to", help="Apply up to and including this version."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact changes, commit none."),
+    lock_timeout: float = typer.Option(
+        DEFAULT_LOCK_TIMEOUT, "--lock-timeout", help="Seconds to wait for another `migrate up`."
+    ),
+    directory: Path | None = DIR_OPTION,
+    output: OutputFormat = OUTPUT_OPTION,
+) -> None:
+    """Apply pending migrations in order (idempotent: a second run does nothing)."""
+    runner = _runner(directory, lock_timeout)
+    try:
+        results = runner.up(to, dry_run=dry_run)
+    finally:
+        runner.close()
+    if output == OutputFormat.json:
+        emit(
+            [
+                {
+                    "version": r.migration.version,
+                    "name": r.migration.name,
+                    "dry_run": dry_run,
+                    "recorded": r.recorded,
+                    "duration_ms": r.duration_ms,
+                    "changes": r.lines(),
+                }
+                for r in results
+            ],
+            output,
+        )
+        return
+    if not results:
+        console.print("nothing to apply: every migration is applied")
+        return
+    verb = "would apply" if dry_run else "applied"
+    for r in results:
+        console.print(f"[bold]{verb} {r.migration.id}[/bold] ({r.duration_ms} ms)", highlight=False)
+        for line in r.lines():
+            console.print(f"  {line}", highlight=False, soft_wrap=True)
+    if dry_run:
+        console.print("dry run: nothing committed or recorded")
+
+
+@migrate_app.command("new")
+def migrate_new(
+    name: str = typer.Argument(..., help="Short name, e.g. quotes_venue."),
+    directory: Path | None = DIR_OPTION,
+) -> None:
+    """Write a numbered migration template NNNN_name.py to fill in."""
+    runner = _runner(directory)
+    try:
+        path = runner.new(name)
+    finally:
+        runner.close()
+    console.print(f"created {path}", highlight=False, soft_wrap=True)
+
+
+@migrate_app.command("check")
+def migrate_check(
+    directory: Path | None = DIR_OPTION, output: OutputFormat = OUTPUT_OPTION
+) -> None:
+    """Compare catalog/ with the live tables; exit 1 if they differ."""
+    drift = find_drift(_open_catalog(), directory)
+    errors = [d for d in drift if d.severity == ERROR]
+    if output == OutputFormat.json:
+        emit([d.as_row() for d in drift], output)
+    elif drift:
+        emit([d.as_row() for d in drift], output, title="drift")
+    if output == OutputFormat.text:
+        if errors:
+            console.print(f"{len(errors)} difference(s) between catalog/ and the live tables")
+        else:
+            console.print("no drift: the live tables match catalog/")
+    if errors:
+        raise typer.Exit(1)
+
+
+# ---- lake table -------------------------------------------------------------------------------
+
+
+@table_app.command("create")
+def table_create(
+    name: str = typer.Argument(..., help="Declared table, e.g. silver.stocks_trades."),
+) -> None:
+    """Create one table from its catalog/ definition (idempotent)."""
+    catalog = _open_catalog()
+    definition = catalog.definition(name)
+    catalog.ensure_warehouse()
+    catalog.ensure_namespaces()
+    if catalog.create_table(definition):
+        version = f"{definition.schema_name} v{definition.schema_version}"
+        console.print(f"created {name} (schema {version})")
+    else:
+        console.print(f"{name} already exists")
+
+
+ADD_COLUMN_OPTION = typer.Option(
+    [], "--add-column", help="col:type, e.g. venue:string (repeatable)."
+)
+RENAME_OPTION = typer.Option([], "--rename", help="old:new (repeatable).")
+WIDEN_OPTION = typer.Option(
+    [], "--widen", help="col:type: int->long, float->double, decimal precision (repeatable)."
+)
+DROP_OPTION = typer.Option([], "--drop-column", help="Column to drop (needs --force; repeatable).")
+PARTITION_OPTION = typer.Option(
+    [], "--add-partition-field", help="col:transform, e.g. venue:identity or ts_event:day."
+)
+
+
+def _pair(text: str, option: str, what: str) -> tuple[str, str]:
+    left, sep, right = text.partition(":")
+    if not sep or not left.strip() or not right.strip():
+        raise SchemaChangeError(f"{option} expects {what}, got {text!r}")
+    return left.strip(), right.strip()
+
+
+@table_app.command("evolve")
+def table_evolve(
+    name: str = typer.Argument(..., help="Table, e.g. bronze.stocks_trades."),
+    add_column: list[str] = ADD_COLUMN_OPTION,
+    doc: str = typer.Option("", "--doc", help="Doc string of the added column(s)."),
+    required: bool = typer.Option(
+        False, "--required", help="Add the column(s) as required (only on an empty table)."
+    ),
+    rename: list[str] = RENAME_OPTION,
+    widen: list[str] = WIDEN_OPTION,
+    drop_column: list[str] = DROP_OPTION,
+    force: bool = typer.Option(False, "--force", help="Confirm --drop-column."),
+    add_partition_field: list[str] = PARTITION_OPTION,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the changes, commit none."),
+    output: OutputFormat = OUTPUT_OPTION,
+) -> None:
+    """Change a live table safely in one commit that bumps lake.schema-version.
+
+    Refused (exit 1, with the reason): narrowing a type, adding a required column to a table with
+    data, unknown types, dropping a partition source. Remember to update catalog/ (or write a
+    migration) so `lake migrate check` agrees.
+    """
+    changes: list[Change] = []
+    for spec in add_column:
+        col, typ = _pair(spec, "--add-column", "col:type")
+        changes.append(AddColumn(col, typ, doc, required))
+    for spec in rename:
+        changes.append(RenameColumn(*_pair(spec, "--rename", "old:new")))
+    for spec in widen:
+        changes.append(WidenColumn(*_pair(spec, "--widen", "col:type")))
+    if drop_column and not force:
+        raise SchemaChangeError(
+            f"dropping {', '.join(drop_column)} removes it from the current schema (old snapshots"
+            " keep it); pass --force to confirm"
+        )
+    changes.extend(DropColumn(c.strip()) for c in drop_column)
+    for spec in add_partition_field:
+        changes.append(AddPartitionField(*_pair(spec, "--add-partition-field", "col:transform")))
+    if not changes:
+        raise LakeError(
+            "nothing to change: pass --add-column, --rename, --widen, --drop-column"
+            " or --add-partition-field"
+        )
+    catalog = _open_catalog()
+    result = evolve_table(catalog.load_table(name), name, changes, dry_run=dry_run)
+    lines = result.plan.describe()
+    if output == OutputFormat.json:
+        emit(
+            [
+                {
+                    "table": name,
+                    "dry_run": dry_run,
+                    "committed": result.committed,
+                    "schema_version": result.plan.after.schema_version,
+                    "changes": lines,
+                }
+            ],
+            output,
+        )
+        return
+    verb = "would change" if dry_run else ("changed" if result.committed else "unchanged")
+    console.print(f"[bold]{verb} {name}[/bold]", highlight=False)
+    for line in lines:
+        console.print(f"  {line}", highlight=False, soft_wrap=True)

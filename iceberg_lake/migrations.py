@@ -1,0 +1,722 @@
+"""Versioned schema migrations: discover `migrations/NNNN_name.py`, apply pending ones in order.
+
+A migration is a forward-only Python file with a docstring and `upgrade(ctx)`. The step does not
+commit anything itself: it *declares* changes through the `MigrationContext` (`ctx.add_column`,
+`ctx.rename_column`, ...). The runner plans them against the live tables (`evolve.plan_changes`:
+changes already in effect become no-ops, unsafe ones are refused) and then commits each table's
+changes as one metadata commit that also bumps `lake.schema-version`. A dry run plans the same
+way against a simulated state and prints the exact changes instead of committing.
+
+Why steps are idempotent instead of `lake init` marking them applied: `lake init` creates missing
+tables from the newest `catalog/` definitions, so on a fresh lake (or for a table created later)
+every shipped step finds its changes already in effect; `lake migrate up` then records it as
+applied without committing anything. A table that does not exist yet is skipped for the same
+reason (`lake init` / `lake table create` will create it in the newest shape). A step that failed
+half-way (a commit on one table landed, the next one failed) is simply run again.
+
+The ledger `lake_migrations` lives in the catalog database (SQLAlchemy, SQLite or PostgreSQL):
+version, name, checksum (SHA-256 of the file), applied time, duration and the changes made. A
+migration edited after it was applied is reported by `status` and `check` and refused by `up`.
+Two `up` at once cannot both apply a step: `up` holds a lock in the same database while it runs
+(PostgreSQL: `SELECT ... FOR UPDATE` on a lock row, released with the connection even if the
+process dies; SQLite: a lease row taken by a conditional UPDATE, because holding a SQLite write
+transaction would block the catalog commits the migration itself makes) and re-reads the ledger
+after taking it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import sqlalchemy as sa
+from pyiceberg.table import Table
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.evolve import (
+    AddColumn,
+    AddPartitionField,
+    Change,
+    DropColumn,
+    Plan,
+    RenameColumn,
+    TableState,
+    WidenColumn,
+    evolve_table,
+    plan_changes,
+)
+from iceberg_lake.exceptions import LakeError, MigrationError, UnknownTableError
+from iceberg_lake.tables import declared_dir
+
+log = logging.getLogger(__name__)
+
+LEDGER_TABLE = "lake_migrations"
+LOCK_TABLE = "lake_migrations_lock"
+#: `NNNN_short_name.py`: four digits, then lower-case letters, digits and underscores.
+MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9][a-z0-9_]*)\.py$")
+#: A SQLite lease older than this is considered left behind by a dead process.
+SQLITE_LEASE_STALE_SECONDS = 3600.0
+DEFAULT_LOCK_TIMEOUT = 120.0
+
+_metadata = sa.MetaData()
+ledger_table = sa.Table(
+    LEDGER_TABLE,
+    _metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("checksum", sa.String(64), nullable=False),
+    sa.Column("applied_at", sa.String(40), nullable=False),
+    sa.Column("duration_ms", sa.Integer, nullable=False),
+    sa.Column("applied_by", sa.String(255), nullable=False),
+    sa.Column("changes", sa.Text, nullable=False),
+)
+lock_table = sa.Table(
+    LOCK_TABLE,
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("holder", sa.String(255), nullable=True),
+    sa.Column("acquired_at", sa.Float, nullable=True),
+)
+
+
+def migrations_dir() -> Path:
+    """The shipped migrations folder (`migrations/` in a checkout, packaged in a wheel)."""
+    return declared_dir("migrations")
+
+
+# ---- migration files --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One migration file."""
+
+    version: int
+    name: str
+    path: Path
+    checksum: str
+
+    @property
+    def id(self) -> str:
+        """`0001_trades_conditions`."""
+        return f"{self.version:04d}_{self.name}"
+
+    def load(self) -> Callable[[MigrationContext], Any]:
+        """Import the file and return its `upgrade` function.
+
+        Raises:
+            MigrationError: the file cannot be imported, has no docstring or no `upgrade(ctx)`.
+        """
+        spec = importlib.util.spec_from_file_location(f"lake_migration_{self.id}", self.path)
+        if spec is None or spec.loader is None:
+            raise MigrationError(f"cannot load migration {self.path}")
+        module: ModuleType = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise MigrationError(
+                f"migration {self.id} cannot be imported: {type(exc).__name__}: {exc}"
+            ) from exc
+        upgrade = getattr(module, "upgrade", None)
+        if not callable(upgrade):
+            raise MigrationError(f"migration {self.id} has no upgrade(ctx) function")
+        if not (module.__doc__ or "").strip():
+            raise MigrationError(f"migration {self.id} has no docstring saying what it does")
+        return upgrade  # type: ignore[no-any-return]
+
+
+def file_checksum(path: Path) -> str:
+    """SHA-256 of a migration file's bytes (hex)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def discover(directory: Path | None = None) -> list[Migration]:
+    """The migrations in `directory` (default: the shipped ones), ordered by version.
+
+    Files starting with `_` or `.` and non-Python files are ignored.
+
+    Raises:
+        MigrationError: a Python file is misnamed, or two files share a version number.
+    """
+    directory = directory or migrations_dir()
+    if not directory.is_dir():
+        return []
+    found: dict[int, Migration] = {}
+    for path in sorted(directory.iterdir()):
+        if path.suffix != ".py" or path.name.startswith(("_", ".")):
+            continue
+        m = MIGRATION_FILE.match(path.name)
+        if m is None:
+            raise MigrationError(
+                f"migration file {path.name} must be named NNNN_short_name.py"
+                " (four digits, lower-case name)"
+            )
+        version = int(m.group(1))
+        if version in found:
+            raise MigrationError(
+                f"migrations {found[version].path.name} and {path.name} share version {version}"
+            )
+        found[version] = Migration(version, m.group(2), path, file_checksum(path))
+    return [found[v] for v in sorted(found)]
+
+
+# ---- the context a step declares its changes through ------------------------------------------
+
+
+@dataclass
+class TableChanges:
+    """What one migration step does to one table."""
+
+    identifier: str
+    plan: Plan | None = None
+    note: str = ""
+    committed: bool = False
+
+    def lines(self) -> list[str]:
+        """Human-readable lines: the planned changes or why the table was skipped."""
+        if self.plan is None:
+            return [f"skip: {self.note}"]
+        return self.plan.describe() or ["no change"]
+
+
+class MigrationContext:
+    """What a migration's `upgrade(ctx)` uses: declare changes, look at tables.
+
+    Changes are recorded, not committed, while `upgrade` runs; the runner plans and commits them
+    afterwards (or only prints them for a dry run). Changes to a table the catalog does not hold
+    yet are skipped: `lake init` creates it from the newest definitions.
+
+    Args:
+        catalog: the lake's catalog.
+        migration: the step being run.
+        dry_run: plan only.
+        simulated: for dry runs, table states as earlier dry-run steps left them.
+    """
+
+    def __init__(
+        self,
+        catalog: LakeCatalog,
+        migration: Migration,
+        *,
+        dry_run: bool = False,
+        simulated: dict[str, TableState] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.migration = migration
+        self.dry_run = dry_run
+        self._simulated = simulated if simulated is not None else {}
+        self._changes: dict[str, list[Change]] = {}
+        self._existing: list[str] | None = None
+        self.messages: list[str] = []
+
+    # ---- looking ------------------------------------------------------------------------------
+
+    def existing_tables(self) -> list[str]:
+        """Every table the catalog holds in the lake's namespaces."""
+        if self._existing is None:
+            self._existing = self.catalog.existing_tables()
+        return self._existing
+
+    def table_exists(self, identifier: str) -> bool:
+        """True if the catalog holds `identifier`."""
+        return identifier in self.existing_tables()
+
+    def tables(self, *, schema_name: str | None = None, namespace: str | None = None) -> list[str]:
+        """Declared tables, optionally of one schema (`stocks.trades`) or namespace."""
+        return [
+            d.identifier
+            for d in self.catalog.registry
+            if (schema_name is None or d.schema_name == schema_name)
+            and (namespace is None or d.namespace == namespace)
+        ]
+
+    def load_table(self, identifier: str) -> Table:
+        """The live pyiceberg table, for steps that must read or rewrite data themselves."""
+        return self.catalog.load_table(identifier)
+
+    def log(self, message: str) -> None:
+        """Report something in the step's output."""
+        self.messages.append(message)
+
+    # ---- declaring changes --------------------------------------------------------------------
+
+    def add_column(
+        self,
+        tables: str | Iterable[str],
+        name: str,
+        type: str,
+        *,
+        doc: str = "",
+        required: bool = False,
+    ) -> None:
+        """Add a column (optional by default) to one or more tables."""
+        self._declare(tables, AddColumn(name, type, doc, required))
+
+    def rename_column(self, tables: str | Iterable[str], old: str, new: str) -> None:
+        """Rename a column; data written under the old name stays readable under the new one."""
+        self._declare(tables, RenameColumn(old, new))
+
+    def widen_column(self, tables: str | Iterable[str], name: str, type: str) -> None:
+        """Widen a column's type (int→long, float→double, decimal precision)."""
+        self._declare(tables, WidenColumn(name, type))
+
+    def drop_column(self, tables: str | Iterable[str], name: str) -> None:
+        """Drop a column from the current schema (old snapshots keep it)."""
+        self._declare(tables, DropColumn(name))
+
+    def add_partition_field(self, tables: str | Iterable[str], source: str, transform: str) -> None:
+        """Add a hidden partition field (applies to data written from now on)."""
+        self._declare(tables, AddPartitionField(source, transform))
+
+    def _declare(self, tables: str | Iterable[str], change: Change) -> None:
+        for identifier in [tables] if isinstance(tables, str) else list(tables):
+            self._changes.setdefault(identifier, []).append(change)
+
+    # ---- run by the runner --------------------------------------------------------------------
+
+    def apply(self) -> list[TableChanges]:
+        """Plan every declared change; commit them unless this is a dry run.
+
+        All tables are planned before the first commit, so a refused change commits nothing.
+        """
+        staged: list[tuple[TableChanges, Table | None, list[Change]]] = []
+        for identifier, changes in self._changes.items():
+            result = TableChanges(identifier)
+            table: Table | None = None
+            if identifier in self._simulated:
+                state = self._simulated[identifier]
+            elif self.table_exists(identifier):
+                table = self.catalog.load_table(identifier)
+                state = TableState.from_table(identifier, table)
+            elif identifier in self.catalog.registry:
+                result.note = (
+                    f"{identifier} does not exist yet (lake init creates it in the current shape)"
+                )
+                staged.append((result, None, changes))
+                continue
+            else:
+                raise UnknownTableError(f"no table '{identifier}' in the catalog or in catalog/")
+            result.plan = plan_changes(state, changes)
+            staged.append((result, table, changes))
+        for result, table, changes in staged:
+            if result.plan is None:
+                continue
+            if self.dry_run or table is None:
+                self._simulated[result.identifier] = result.plan.after
+                continue
+            outcome = evolve_table(table, result.identifier, changes)
+            result.plan, result.committed = outcome.plan, outcome.committed
+        return [r for r, _, _ in staged]
+
+
+# ---- the ledger and the lock ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AppliedMigration:
+    """One row of `lake_migrations`."""
+
+    version: int
+    name: str
+    checksum: str
+    applied_at: str
+    duration_ms: int
+    applied_by: str
+    changes: str
+
+
+class MigrationLedger:
+    """The `lake_migrations` table and the migration lock, in the catalog database.
+
+    Args:
+        catalog_uri: SQLAlchemy URI of the catalog database (SQLite or PostgreSQL).
+    """
+
+    def __init__(self, catalog_uri: str) -> None:
+        self.uri = catalog_uri
+        self.is_postgres = catalog_uri.startswith("postgresql")
+        with catalog_errors("opening the migration ledger"):
+            self.engine = sa.create_engine(catalog_uri, pool_pre_ping=True)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.engine.dispose()
+
+    def exists(self) -> bool:
+        """True once the ledger table has been created."""
+        with catalog_errors("reading the migration ledger"):
+            return sa.inspect(self.engine).has_table(LEDGER_TABLE)
+
+    def ensure(self) -> None:
+        """Create the ledger and lock tables and the lock row if missing. Idempotent."""
+        for attempt in range(3):
+            try:
+                self._create()
+                return
+            except (IntegrityError, ProgrammingError, OperationalError):
+                # Another process created the tables or the lock row at the same moment.
+                if attempt == 1:
+                    break
+        with catalog_errors("creating the migration ledger"):
+            self._create()
+
+    def _create(self) -> None:
+        _metadata.create_all(self.engine, checkfirst=True)
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(lock_table.c.id)).first() is None:
+                conn.execute(sa.insert(lock_table).values(id=1))
+
+    def applied(self) -> dict[int, AppliedMigration]:
+        """Every applied migration, by version (empty if the ledger does not exist yet)."""
+        if not self.exists():
+            return {}
+        with catalog_errors("reading the migration ledger"), self.engine.connect() as conn:
+            rows = conn.execute(sa.select(ledger_table).order_by(ledger_table.c.version)).all()
+        return {r.version: AppliedMigration(**r._mapping) for r in rows}
+
+    def record(self, migration: Migration, duration_ms: int, changes: str) -> None:
+        """Record `migration` as applied (its checksum, now, who, what changed).
+
+        Raises:
+            MigrationError: it is already recorded (another process applied it).
+        """
+        values = {
+            "version": migration.version,
+            "name": migration.name,
+            "checksum": migration.checksum,
+            "applied_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "duration_ms": duration_ms,
+            "applied_by": lock_holder(),
+            "changes": changes,
+        }
+        with catalog_errors("recording a migration"):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(sa.insert(ledger_table).values(**values))
+            except IntegrityError:
+                raise MigrationError(
+                    f"migration {migration.id} was recorded by another process meanwhile"
+                ) from None
+
+    @contextmanager
+    def lock(self, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
+        """Hold the migration lock while the block runs; wait up to `timeout` seconds for it.
+
+        Raises:
+            MigrationError: another process held the lock for the whole timeout.
+        """
+        self.ensure()
+        if self.is_postgres:
+            with self._pg_lock(timeout):
+                yield
+        else:
+            with self._lease_lock(timeout):
+                yield
+
+    @contextmanager
+    def _pg_lock(self, timeout: float) -> Iterator[None]:
+        with catalog_errors("taking the migration lock"):
+            conn = self.engine.connect()
+        try:
+            trans = conn.begin()
+            try:
+                conn.execute(sa.text(f"SET LOCAL lock_timeout = '{max(1, int(timeout * 1000))}ms'"))
+                conn.execute(sa.select(lock_table).where(lock_table.c.id == 1).with_for_update())
+            except OperationalError as exc:
+                trans.rollback()
+                raise MigrationError(
+                    f"another `lake migrate up` held the migration lock for {timeout:g} s;"
+                    " try again when it has finished"
+                ) from exc
+            try:
+                yield
+            finally:
+                trans.rollback()
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _lease_lock(self, timeout: float) -> Iterator[None]:
+        me = lock_holder()
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            now = time.time()
+            with catalog_errors("taking the migration lock"), self.engine.begin() as conn:
+                taken = conn.execute(
+                    sa.update(lock_table)
+                    .where(lock_table.c.id == 1)
+                    .where(
+                        sa.or_(
+                            lock_table.c.holder.is_(None),
+                            lock_table.c.acquired_at < now - SQLITE_LEASE_STALE_SECONDS,
+                        )
+                    )
+                    .values(holder=me, acquired_at=now)
+                ).rowcount
+                holder = None
+                if taken != 1:
+                    holder = conn.execute(
+                        sa.select(lock_table.c.holder).where(lock_table.c.id == 1)
+                    ).scalar()
+            if taken == 1:
+                break
+            if time.monotonic() >= deadline:
+                raise MigrationError(
+                    f"another `lake migrate up` ({holder}) held the migration lock for"
+                    f" {timeout:g} s; try again when it has finished"
+                )
+            time.sleep(delay)  # polling the lease; bounded by the deadline above
+            delay = min(delay * 2, 0.5)
+        try:
+            yield
+        finally:
+            with catalog_errors("releasing the migration lock"), self.engine.begin() as conn:
+                conn.execute(
+                    sa.update(lock_table)
+                    .where(lock_table.c.id == 1, lock_table.c.holder == me)
+                    .values(holder=None, acquired_at=None)
+                )
+
+
+def lock_holder() -> str:
+    """Who is running: `host:pid`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# ---- the runner -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    """One migration's state: `applied`, `pending`, `edited` (changed after being applied) or
+    `missing` (applied, but the file is gone)."""
+
+    version: int
+    name: str
+    state: str
+    checksum: str
+    applied_checksum: str | None = None
+    applied_at: str | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        """For `lake migrate status` output."""
+        return {
+            "version": f"{self.version:04d}",
+            "name": self.name,
+            "state": self.state,
+            "checksum": self.checksum[:12],
+            "applied_checksum": (self.applied_checksum or "")[:12] or None,
+            "applied_at": self.applied_at,
+        }
+
+
+@dataclass
+class StepResult:
+    """What `up` did for one migration."""
+
+    migration: Migration
+    tables: list[TableChanges] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    duration_ms: int = 0
+    recorded: bool = False
+
+    def lines(self) -> list[str]:
+        """Every change of the step, `table: change`."""
+        out = [f"{t.identifier}: {line}" for t in self.tables for line in t.lines()]
+        out.extend(self.messages)
+        return out or ["no changes declared"]
+
+
+class MigrationRunner:
+    """Applies the migrations of a folder to a lake.
+
+    Args:
+        catalog: the lake's catalog.
+        directory: the migrations folder (default: the shipped `migrations/`).
+        lock_timeout: how long `up` waits for another `up` to finish.
+    """
+
+    def __init__(
+        self,
+        catalog: LakeCatalog,
+        directory: Path | None = None,
+        *,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    ) -> None:
+        self.catalog = catalog
+        self.directory = directory or migrations_dir()
+        self.lock_timeout = lock_timeout
+        self.ledger = MigrationLedger(catalog.settings.catalog_uri)
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.ledger.close()
+
+    def migrations(self) -> list[Migration]:
+        """The migration files, ordered."""
+        return discover(self.directory)
+
+    def status(self) -> list[MigrationStatus]:
+        """Every migration, applied or pending, plus applied ones whose file is gone."""
+        applied = self.ledger.applied()
+        out: list[MigrationStatus] = []
+        for m in self.migrations():
+            a = applied.pop(m.version, None)
+            if a is None:
+                out.append(MigrationStatus(m.version, m.name, "pending", m.checksum))
+                continue
+            state = "applied" if a.checksum == m.checksum else "edited"
+            out.append(
+                MigrationStatus(m.version, m.name, state, m.checksum, a.checksum, a.applied_at)
+            )
+        for a in applied.values():
+            out.append(MigrationStatus(a.version, a.name, "missing", "", a.checksum, a.applied_at))
+        return sorted(out, key=lambda s: s.version)
+
+    def up(self, to: int | None = None, *, dry_run: bool = False) -> list[StepResult]:
+        """Apply pending migrations in order, up to and including version `to`.
+
+        Idempotent: applied migrations are skipped, so a second run does nothing. Each step's
+        changes are planned for every table before the first commit; each table's changes are one
+        metadata commit. A step is recorded only after all its commits succeeded.
+
+        Args:
+            to: last version to apply (default: all).
+            dry_run: print the changes only; nothing is committed or recorded and no lock is taken.
+
+        Returns:
+            One result per step run (empty when nothing was pending).
+
+        Raises:
+            MigrationError: an applied migration was edited, a pending one is older than an
+                applied one, a step failed (it is not recorded; later steps do not run), or the
+                lock could not be taken.
+        """
+        migrations = self.migrations()
+        if to is not None and to not in {m.version for m in migrations}:
+            raise MigrationError(f"--to {to}: no migration with that version")
+        if dry_run:
+            return self._run(migrations, self.ledger.applied(), to, dry_run=True)
+        with self.ledger.lock(self.lock_timeout):
+            # Re-read after taking the lock: another process may have applied steps meanwhile.
+            return self._run(migrations, self.ledger.applied(), to, dry_run=False)
+
+    def _run(
+        self,
+        migrations: list[Migration],
+        applied: dict[int, AppliedMigration],
+        to: int | None,
+        *,
+        dry_run: bool,
+    ) -> list[StepResult]:
+        for m in migrations:
+            a = applied.get(m.version)
+            if a is not None and a.checksum != m.checksum:
+                raise MigrationError(
+                    f"migration {m.id} was edited after it was applied (checksum"
+                    f" {m.checksum[:12]}, applied {a.checksum[:12]}); restore it and put the"
+                    " change in a new migration"
+                )
+        newest = max(applied, default=0)
+        pending = [
+            m for m in migrations if m.version not in applied and (to is None or m.version <= to)
+        ]
+        for m in pending:
+            if m.version < newest:
+                raise MigrationError(
+                    f"migration {m.id} is older than the applied migration {newest:04d};"
+                    " renumber it after the newest one"
+                )
+        simulated: dict[str, TableState] = {}
+        results = []
+        for m in pending:
+            results.append(self._step(m, dry_run=dry_run, simulated=simulated))
+        return results
+
+    def _step(
+        self, migration: Migration, *, dry_run: bool, simulated: dict[str, TableState]
+    ) -> StepResult:
+        started = time.monotonic()
+        ctx = MigrationContext(self.catalog, migration, dry_run=dry_run, simulated=simulated)
+        try:
+            upgrade = migration.load()
+            upgrade(ctx)
+            tables = ctx.apply()
+        except MigrationError:
+            raise
+        except LakeError as exc:
+            raise MigrationError(
+                f"migration {migration.id} failed: {exc} (not recorded as applied;"
+                " later migrations not run)"
+            ) from exc
+        except Exception as exc:
+            raise MigrationError(
+                f"migration {migration.id} failed: {type(exc).__name__}: {exc} (not recorded"
+                " as applied; later migrations not run)"
+            ) from exc
+        result = StepResult(migration, tables, ctx.messages)
+        result.duration_ms = int((time.monotonic() - started) * 1000)
+        if not dry_run:
+            self.ledger.record(migration, result.duration_ms, "\n".join(result.lines()))
+            result.recorded = True
+            log.info("applied migration %s in %d ms", migration.id, result.duration_ms)
+        return result
+
+    def new(self, name: str) -> Path:
+        """Write a numbered migration template `NNNN_name.py` (next free number).
+
+        Raises:
+            MigrationError: the name is not a short lower-case identifier.
+        """
+        slug = re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+        if not slug or not slug[0].isalnum():
+            raise MigrationError(f"migration name {name!r} must contain letters or digits")
+        version = max((m.version for m in self.migrations()), default=0) + 1
+        if version > 9999:
+            raise MigrationError("migration numbers are exhausted (9999)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{version:04d}_{slug}.py"
+        path.write_text(TEMPLATE.format(title=name.strip()))
+        return path
+
+
+TEMPLATE = '''"""{title}.
+
+Say in a sentence or two what this migration changes and why.
+
+Forward-only and idempotent: `upgrade` declares changes through `ctx`; the runner skips the ones
+already in effect and commits each table's changes in one commit that bumps lake.schema-version.
+Also update the table definitions in catalog/ (the columns and `schema_version` + 1) so that
+`lake init` creates the new shape and `lake migrate check` finds no drift.
+"""
+
+from __future__ import annotations
+
+from iceberg_lake.migrations import MigrationContext
+
+
+def upgrade(ctx: MigrationContext) -> None:
+    """Declare the changes, e.g.:
+
+    ctx.add_column(["bronze.stocks_trades", "silver.stocks_trades"], "venue", "string",
+                   doc="reporting venue")
+    ctx.rename_column("bronze.stocks_trades", "old_name", "new_name")
+    ctx.widen_column("bronze.stocks_trades", "size", "long")
+    ctx.add_partition_field("gold.levels_signals", "level_kind", "identity")
+    """
+    raise NotImplementedError("write this migration before running `lake migrate up`")
+'''
