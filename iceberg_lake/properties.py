@@ -22,6 +22,10 @@ EVENT_COUNT = "lake.event-count"
 #: `lake.watermark.<stream>.<consumer>` = last committed stream sequence. Written in the same
 #: transaction as the append, so it survives snapshot expiry and commits by other components.
 WATERMARK_PREFIX = "lake.watermark."
+#: Table property prefix for a consumer's completed position: `lake.position.<stream>.<consumer>`
+#: = the last stream sequence of the last fully committed flush (all its tables). Set on the
+#: last commit of each flush; a writer restarts its consumer at max(position) + 1.
+POSITION_PREFIX = "lake.position."
 
 # ---- snapshot summary: Silver compaction / file rewrites ---------------------------------------
 SOURCE_TABLE = "lake.source-table"
@@ -45,6 +49,7 @@ __all__ = [
     "FIRST_STREAM_SEQ",
     "LAKE_OPERATION",
     "LAST_STREAM_SEQ",
+    "POSITION_PREFIX",
     "REPLACED_PARTITIONS",
     "SCHEMA_NAME_PROPERTY",
     "SCHEMA_VERSION_PROPERTY",
