@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
-from pyiceberg.transforms import parse_transform
+from pyiceberg.transforms import UnknownTransform, parse_transform
 from pyiceberg.types import (
     DecimalType,
     DoubleType,
@@ -301,6 +301,8 @@ def _plan_one(state: TableState, change: Change) -> tuple[str | None, TableState
             )
         try:
             transform = parse_transform(change.transform.strip().lower())
+            if isinstance(transform, UnknownTransform):
+                raise ValueError(change.transform)
         except (ValueError, KeyError):
             raise SchemaChangeError(
                 f"{where}: unknown partition transform '{change.transform}' (use identity, year,"
