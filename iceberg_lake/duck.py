@@ -1,0 +1,148 @@
+"""DuckDB connections with the Iceberg, Avro and httpfs extensions, loaded offline.
+
+DuckDB normally downloads extensions on first ``LOAD``; this machine (and many locked-down hosts)
+cannot. The extensions ship as PyPI wheels (``duckdb-extension-<name>``) whose version must equal
+``duckdb.__version__``. :func:`connect` installs them from the wheel files (once per process) and
+loads them, so every connection it returns can run ``iceberg_scan`` and read ``s3://`` objects.
+
+Example::
+
+    from iceberg_lake import duck
+
+    con = duck.connect()
+    duck.configure_s3(con, "http://127.0.0.1:8333", "AK", "SK", "us-east-1")
+    con.sql("SELECT count(*) FROM iceberg_scan('s3://bucket/t/metadata/v3.metadata.json')")
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import duckdb
+
+__all__ = ["EXTENSIONS", "configure_s3", "connect", "extension_path"]
+
+#: Extensions loaded by :func:`connect`, in load order (``iceberg`` needs ``avro``).
+EXTENSIONS: tuple[str, ...] = ("avro", "httpfs", "iceberg")
+
+_install_lock = threading.Lock()
+_installed: set[str] = set()
+
+
+def extension_path(name: str) -> Path:
+    """Return the extension file shipped by the ``duckdb-extension-<name>`` wheel.
+
+    Args:
+        name: Extension name, e.g. ``"iceberg"``.
+
+    Returns:
+        Path of ``<name>.duckdb_extension`` for the running DuckDB version.
+
+    Raises:
+        RuntimeError: If the wheel is not installed or was built for another DuckDB version.
+    """
+    module_name = f"duckdb_extension_{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RuntimeError(
+            f"DuckDB extension {name!r} is not installed: pip install "
+            f"duckdb-extension-{name}=={duckdb.__version__}"
+        ) from exc
+    assert module.__file__ is not None
+    path = (
+        Path(module.__file__).parent
+        / "extensions"
+        / f"v{duckdb.__version__}"
+        / f"{name}.duckdb_extension"
+    )
+    if not path.is_file():
+        raise RuntimeError(
+            f"{module_name} has no extension for DuckDB {duckdb.__version__} (looked for {path}); "
+            f"install duckdb-extension-{name}=={duckdb.__version__}"
+        )
+    return path
+
+
+def _install(con: duckdb.DuckDBPyConnection, names: tuple[str, ...]) -> None:
+    """INSTALL each extension from its wheel once per process (copies it to DuckDB's dir)."""
+    with _install_lock:
+        for name in names:
+            if name not in _installed:
+                con.execute(f"INSTALL {_sql_str(str(extension_path(name)))}")
+                _installed.add(name)
+
+
+def connect(
+    database: str | Path = ":memory:",
+    *,
+    extensions: tuple[str, ...] = EXTENSIONS,
+    read_only: bool = False,
+) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB connection with the lake's extensions loaded, without network access.
+
+    Automatic extension *installation* is switched off on the connection, so a query that needs
+    a missing extension fails at once instead of trying to download it.
+
+    Args:
+        database: Database file, or ``":memory:"`` (default).
+        extensions: Extensions to install from their wheels and load, in order.
+        read_only: Open ``database`` read-only.
+
+    Returns:
+        The connection, with ``extensions`` loaded.
+    """
+    con = duckdb.connect(str(database), read_only=read_only)
+    try:
+        con.execute("SET autoinstall_known_extensions = false")
+        _install(con, extensions)
+        for name in extensions:
+            con.execute(f"LOAD {name}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def configure_s3(
+    con: duckdb.DuckDBPyConnection,
+    endpoint: str,
+    access_key: str,
+    secret_key: str,
+    region: str = "us-east-1",
+    *,
+    name: str = "lake_s3",
+) -> None:
+    """Create (or replace) a DuckDB S3 secret for an S3-compatible endpoint.
+
+    Path-style URLs are used (``http://host:port/bucket/key``), which SeaweedFS and MinIO need;
+    SSL is off for ``http://`` endpoints.
+
+    Args:
+        con: Connection with ``httpfs`` loaded (see :func:`connect`).
+        endpoint: ``http://host:port`` or ``https://host:port``; a bare ``host:port`` means https.
+        access_key: S3 access key id.
+        secret_key: S3 secret access key.
+        region: S3 region (any value for SeaweedFS).
+        name: Secret name; a secret of that name is replaced.
+    """
+    parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"S3 endpoint must look like http://host:port, got {endpoint!r}")
+    use_ssl = "true" if parts.scheme == "https" else "false"
+    if not name.isidentifier():
+        raise ValueError(f"secret name must be an identifier, got {name!r}")
+    con.execute(
+        f"CREATE OR REPLACE SECRET {name} ("
+        f"TYPE s3, KEY_ID {_sql_str(access_key)}, SECRET {_sql_str(secret_key)}, "
+        f"REGION {_sql_str(region)}, ENDPOINT {_sql_str(parts.netloc)}, "
+        f"URL_STYLE 'path', USE_SSL {use_ssl})"
+    )
+
+
+def _sql_str(value: str) -> str:
+    """Quote ``value`` as a SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"

@@ -1,0 +1,79 @@
+"""Shared fixtures: an isolated environment for every test, and real servers for the session.
+
+The servers (nats-server, SeaweedFS, PostgreSQL) are started once per session, on free loopback
+ports, in pytest's temporary directories, and stopped at the end. A server that fails to start
+fails the tests that need it (``ServerStartError`` with the tail of its log); nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from iceberg_lake import duck as duck_module
+from iceberg_lake.testing import (
+    NatsServer,
+    PostgresServer,
+    S3Server,
+    run_nats_server,
+    run_postgres,
+    run_seaweedfs,
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the project's markers."""
+    config.addinivalue_line(
+        "markers",
+        "integration: uses real servers (nats-server, SeaweedFS, PostgreSQL) started by fixtures",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Drop every ``LAKE_*`` variable and run the test in its own temporary directory.
+
+    Relative defaults such as ``./lake-data`` then land in ``tmp_path``, never in the repository.
+    """
+    for name in list(os.environ):
+        if name.startswith("LAKE_"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A JetStream-enabled nats-server for the whole session (``.url``)."""
+    with run_nats_server(tmp_path_factory.mktemp("nats")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A SeaweedFS S3 server for the whole session (``.endpoint``, ``.access_key``, ...).
+
+    A test that stops it must start it again (``s3_server.start()``) before it returns.
+    """
+    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole session (``.uri`` is a SQLAlchemy URI)."""
+    with run_postgres(tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
+@pytest.fixture
+def duck() -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB connection with avro, httpfs and iceberg loaded offline."""
+    con = duck_module.connect()
+    try:
+        yield con
+    finally:
+        con.close()
