@@ -50,3 +50,7 @@ class MigrationError(LakeError):
 
 class CompactionError(LakeError):
     """Silver compaction cannot run as asked (bad date, unknown snapshot or tag, bad layout)."""
+
+
+class TimeTravelError(LakeError):
+    """An `as_of` pin that names no snapshot, tag or usable timestamp, or a bad replay range."""

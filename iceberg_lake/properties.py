@@ -42,9 +42,16 @@ COMPACT_FILES = "compact-files"
 #: compacted every changed partition (the start of the next incremental run's change scan).
 SILVER_INCREMENTAL_SOURCE = "lake.silver.incremental-source-snapshot-id"
 
+# ---- time travel -------------------------------------------------------------------------------
+#: Table property prefix recording that tag `<name>` was made while the table had no snapshot:
+#: `lake.empty-tag.<name>` = creation time (epoch ms). Iceberg cannot tag "no snapshot", and a
+#: backtest pinned to the tag must still see the table, empty.
+EMPTY_TAG_PREFIX = "lake.empty-tag."
+
 __all__ = [
     "COMPACT_FILES",
     "CONSUMER",
+    "EMPTY_TAG_PREFIX",
     "EVENT_COUNT",
     "FIRST_STREAM_SEQ",
     "LAKE_OPERATION",
