@@ -1,0 +1,109 @@
+"""Gold: flatten `levels.signals` payloads into one row per level (the spec's levels.signals.v1).
+
+Rules (the spec's "Flattening Logic"):
+
+* `ts` is Unix milliseconds → `ts_event_ns = ts * 1_000_000` (a payload may carry `ts_event_ns`
+  instead, which is used as is).
+* `underlying`: the `underlying` argument if given, else the payload's `underlying` or `symbol`
+  key, else the market-context key — the top-level object holding `spot` (the spec's example
+  `"spy": {...}` → `"SPY"`, upper-cased). The same object gives `spot`, `bid`, `ask` (top-level
+  `spot`/`bid`/`ask` are used when there is no such object).
+* each level: `id` → `level_id`, `kind` → `level_kind`, `price` → `level_price`, `direction`,
+  `distance`, `break_score_raw`, `break_score_smooth`, `signal`, `confidence`, `note`; nested
+  objects are flattened with `_` (`barrier.delta_liq` → `barrier_delta_liq`,
+  `tape.sweep.detected` → `tape_sweep_detected`, `runway.next_level.id` →
+  `runway_next_level_id`). Anything else is kept under its own name, so the writer can count it
+  as a field the table does not know.
+* an envelope (`{"schema_name": "levels.signals.v1", "payload": {...}}`) is unwrapped; its
+  `ts_event_ns` and `key` fill a payload without `ts` / `underlying`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_LEVEL_RENAMES = {"id": "level_id", "kind": "level_kind", "price": "level_price"}
+_CONTEXT = ("spot", "bid", "ask")
+
+
+def _flatten(prefix: str, obj: dict[str, Any], out: dict[str, Any]) -> None:
+    for key, value in obj.items():
+        name = f"{prefix}_{key}" if prefix else key
+        if isinstance(value, dict):
+            _flatten(name, value, out)
+        else:
+            out[name] = value
+
+
+def _context(payload: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The market-context key and object (`"spy": {"spot": ...}`), if any."""
+    for key, value in payload.items():
+        if key not in ("levels", "payload") and isinstance(value, dict) and "spot" in value:
+            return key, value
+    return None, payload
+
+
+def unwrap(message: dict[str, Any]) -> dict[str, Any]:
+    """A `levels.signals` payload from a message: envelopes are unwrapped, flat payloads kept."""
+    inner = message.get("payload")
+    if "levels" not in message and isinstance(inner, dict):
+        payload = dict(inner)
+        if "ts" not in payload and "ts_event_ns" not in payload and "ts_event_ns" in message:
+            payload["ts_event_ns"] = message["ts_event_ns"]
+        if "underlying" not in payload and "symbol" not in payload and message.get("key"):
+            payload["underlying"] = message["key"]
+        return payload
+    return message
+
+
+def flatten_level_signals(payload: dict[str, Any], underlying: str | None = None) -> list[dict]:
+    """Flatten one `levels.signals` payload into one row per level.
+
+    Args:
+        payload: the spec's payload (`ts` in ms, a market-context object, `levels`), or an
+            envelope around it.
+        underlying: the underlying to store; default from the payload (see module docstring).
+
+    Returns:
+        One dict per level with the Gold column names (plus any unknown fields, unchanged).
+        Values are not validated here; the writer validates them against the live schema.
+
+    Raises:
+        ValueError: the payload has no `levels` list or no usable timestamp.
+    """
+    payload = unwrap(payload)
+    levels = payload.get("levels")
+    if not isinstance(levels, list):
+        raise ValueError("levels.signals payload has no 'levels' list")
+    if payload.get("ts_event_ns") is not None:
+        ts_event_ns = payload["ts_event_ns"]
+    elif payload.get("ts") is not None:
+        ts = payload["ts"]
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+            raise ValueError(f"'ts' must be Unix milliseconds, got {ts!r}")
+        ts_event_ns = int(ts) * 1_000_000
+    else:
+        raise ValueError("levels.signals payload has no 'ts'")
+    key, context = _context(payload)
+    if underlying is None:
+        found = payload.get("underlying") or payload.get("symbol")
+        if found is None and key is not None:
+            found = key.upper()
+        underlying = found
+    base = {
+        "ts_event_ns": ts_event_ns,
+        "underlying": underlying,
+        **{c: context.get(c) for c in _CONTEXT},
+    }
+    rows: list[dict[str, Any]] = []
+    for level in levels:
+        if not isinstance(level, dict):
+            raise ValueError(f"a level must be an object, got {type(level).__name__}")
+        row = dict(base)
+        for name, value in level.items():
+            if isinstance(value, dict):
+                _flatten(name, value, row)
+            else:
+                row[_LEVEL_RENAMES.get(name, name)] = value
+        rows.append(row)
+    return rows

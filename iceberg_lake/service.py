@@ -1,0 +1,183 @@
+"""`LakeService`: the writers of every Bronze/Gold table in one asyncio process.
+
+Start: connect to NATS, create the streams, create missing tables, start one `ConsumerWriter`
+per consumer (each recreates its consumer at its committed position). Run until `stop()`, a
+SIGTERM/SIGINT, or — with `stop_when_idle` — until every consumer is drained and everything is
+committed. Stop: each writer flushes, commits and acks what it buffered, then the connection
+closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from iceberg_lake import bus
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.config import Settings
+from iceberg_lake.exceptions import LakeError
+from iceberg_lake.ingest.writer import ConsumerWriter
+from iceberg_lake.tables import registry
+
+log = logging.getLogger(__name__)
+
+#: How often the service polls consumer lag (metrics, idle detection).
+LAG_POLL_SECONDS = 0.25
+
+
+def default_targets() -> list[str]:
+    """Every table fed from the bus, plus the schema-inference consumer."""
+    return [d.identifier for d in registry().ingest_tables()] + [bus.INFERRED_TARGET]
+
+
+def resolve_targets(tables: list[str] | None) -> list[str]:
+    """Validate `--tables` (identifiers, bare names, or `inferred`).
+
+    Raises:
+        LakeError: a name that is not fed from the bus.
+    """
+    if not tables:
+        return default_targets()
+    known = {d.identifier: d for d in registry().ingest_tables()}
+    out: list[str] = []
+    for name in tables:
+        for part in name.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if part == bus.INFERRED_TARGET:
+                out.append(part)
+                continue
+            matches = [t for t in known if t == part or t.split(".", 1)[1] == part]
+            if not matches:
+                choices = ", ".join([*sorted(known), bus.INFERRED_TARGET])
+                raise LakeError(f"'{part}' is not a table the writers fill (choose from {choices})")
+            out.append(matches[0])
+    return list(dict.fromkeys(out))
+
+
+class LakeService:
+    """The writers of the chosen tables in one process.
+
+    Args:
+        settings: the lake's settings.
+        tables: table identifiers (default: every Bronze/Gold table fed from the bus plus the
+            schema-inference consumer).
+    """
+
+    def __init__(self, settings: Settings, tables: list[str] | None = None) -> None:
+        self.settings = settings
+        self.targets = resolve_targets(tables)
+        self.writers: list[ConsumerWriter] = []
+        self._stop = asyncio.Event()
+        self._nc = None
+        self._closing = False
+
+    async def stop(self) -> None:
+        """Ask the service to stop: writers flush, commit and ack, then `run` returns."""
+        self._stop.set()
+
+    async def _on_disconnect(self) -> None:
+        if self._closing:
+            return
+        for w in self.writers:
+            w.request_reset()
+
+    async def run(self, stop_when_idle: bool = False, idle_seconds: float = 1.0) -> None:
+        """Run the writers.
+
+        Args:
+            stop_when_idle: return once every consumer has no pending messages, nothing is
+                buffered and everything is committed, for `idle_seconds` in a row.
+            idle_seconds: how long the idle state must last.
+
+        Raises:
+            LakeError: NATS or the catalog cannot be reached at start.
+        """
+        self._stop = asyncio.Event()
+        self._closing = False
+        await asyncio.to_thread(LakeCatalog(self.settings).init)
+        nc = await bus.connect(self.settings, name="lake-serve", on_disconnect=self._on_disconnect)
+        self._nc = nc
+        js = nc.jetstream(timeout=10.0)
+        loop = asyncio.get_running_loop()
+        installed: list[int] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self._stop.set)
+                installed.append(sig)
+        try:
+            await bus.ensure_streams(js, self.settings)
+            self.writers = [
+                ConsumerWriter(self.settings, t, js, flush_when_drained=stop_when_idle)
+                for t in self.targets
+            ]
+            await asyncio.gather(*(w.start() for w in self.writers))
+            log.info(
+                "lake serve: %d writers (%s), NATS %s",
+                len(self.writers),
+                ", ".join(self.targets),
+                self.settings.nats_url,
+            )
+            tasks = [asyncio.create_task(w.run(self._stop)) for w in self.writers]
+            watcher = asyncio.create_task(self._watch(stop_when_idle, idle_seconds))
+            done, _ = await asyncio.wait([*tasks, watcher], return_when=asyncio.FIRST_EXCEPTION)
+            self._stop.set()
+            for t in done:
+                if t.exception() is not None:
+                    log.error("writer failed: %s", t.exception())
+            await asyncio.gather(*tasks, return_exceptions=True)
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            for t in tasks:
+                if t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            self._closing = True
+            for w in self.writers:
+                await w.close()
+            # Acks are plain publishes: flush them to the server before closing.
+            with contextlib.suppress(Exception):
+                await nc.flush(timeout=5)
+            with contextlib.suppress(Exception):
+                await nc.close()
+        log.info(
+            "lake serve stopped: %d events committed", sum(w.committed_events for w in self.writers)
+        )
+
+    async def _watch(self, stop_when_idle: bool, idle_seconds: float) -> None:
+        """Poll consumer lag (metric) and, when asked, stop once everything is stored."""
+        idle_since: float | None = None
+        while not self._stop.is_set():
+            all_idle = True
+            for w in self.writers:
+                try:
+                    pending, ack_pending = await w.consumer_state()
+                except Exception:
+                    all_idle = False
+                    continue
+                if pending or ack_pending or not w.idle():
+                    all_idle = False
+            if stop_when_idle:
+                now = time.monotonic()
+                if all_idle:
+                    idle_since = idle_since or now
+                    if now - idle_since >= idle_seconds:
+                        log.info("all consumers drained and committed; stopping")
+                        self._stop.set()
+                        return
+                else:
+                    idle_since = None
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), LAG_POLL_SECONDS)
+
+    @property
+    def committed_events(self) -> int:
+        """Rows committed by all writers since `run` started."""
+        return sum(w.committed_events for w in self.writers)
