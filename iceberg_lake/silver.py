@@ -233,6 +233,7 @@ class SilverCompactor:
         self.batch_rows = batch_rows
         self.max_attempts = max(1, max_attempts)
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._existing: set[str] | None = None
 
     # ---- public API -----------------------------------------------------------------------------
 
@@ -286,10 +287,15 @@ class SilverCompactor:
         that has it.
         """
         day = _parse_date(date)
-        return [
-            self.compact_date(day, d.identifier, partition_value, snapshot_id, tag)
-            for d in self._bronze_definitions()
-        ]
+        results = []
+        for d in self._bronze_definitions():
+            if not self._exists(d):
+                results.append(
+                    {**self._empty(d, None), "status": "missing", "date": day.isoformat()}
+                )
+                continue
+            results.append(self.compact_date(day, d.identifier, partition_value, snapshot_id, tag))
+        return results
 
     def compact_all_dates(
         self,
@@ -322,12 +328,14 @@ class SilverCompactor:
         Returns:
             One result per table (see `compact_date`), with `date` None.
         """
-        definitions = (
-            [resolve_bronze_table(self.lake, t) for t in tables]
-            if tables
-            else self._bronze_definitions()
-        )
-        return [self._incremental(d) for d in definitions]
+        if tables:
+            return [self._incremental(resolve_bronze_table(self.lake, t)) for t in tables]
+        return [
+            self._incremental(d)
+            if self._exists(d)
+            else {**self._empty(d, None), "status": "missing"}
+            for d in self._bronze_definitions()
+        ]
 
     def close(self) -> None:
         """Close the DuckDB connection."""
@@ -349,6 +357,12 @@ class SilverCompactor:
             for d in self.lake.registry.in_namespace(BRONZE)
             if d.subject and f"{SILVER}.{d.name}" in self.lake.registry and d.dedup_columns
         ]
+
+    def _exists(self, definition: TableDefinition) -> bool:
+        """Both tables are in the catalog (listing all-schema runs skip missing ones)."""
+        if self._existing is None:
+            self._existing = set(self.lake.existing_tables())
+        return {definition.identifier, f"{SILVER}.{definition.name}"} <= self._existing
 
     def _tables(self, definition: TableDefinition) -> tuple[Table, Table]:
         return (
@@ -659,7 +673,7 @@ class SilverCompactor:
         sql = dedup_query(source, silver.schema(), dedup_columns, available)
         with catalog_errors(f"compacting {bronze.name()} {layout.label(part.record)}"):
             try:
-                reader = con.execute(sql).fetch_record_batch(self.batch_rows)
+                reader = con.execute(sql).to_arrow_reader(self.batch_rows)
             except duckdb.Error as exc:
                 raise CompactionError(f"{bronze.name()}: DuckDB failed: {exc}") from exc
             files, written = write_partition_files(silver, _batches(reader), part.record, prefix)

@@ -1,9 +1,118 @@
-"""`lake` commands: compact."""
+"""`lake compact`: Bronze → Silver compaction (dedup + sort, atomic partition replacement)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, emit, err_console, settings
+
+SUMMARY_COLUMNS = [
+    "table",
+    "date",
+    "status",
+    "rows_read",
+    "rows_written",
+    "duplicates_removed",
+    "partitions",
+    "partitions_unchanged",
+    "source_snapshot_id",
+    "silver_snapshot_id",
+    "seconds",
+]
+
+#: Text output: column title → result key (narrow enough for an 80-column terminal).
+TEXT_COLUMNS = {
+    "table": "table",
+    "date": "date",
+    "status": "status",
+    "read": "rows_read",
+    "written": "rows_written",
+    "dups": "duplicates_removed",
+    "parts": "partitions",
+    "same": "partitions_unchanged",
+    "s": "seconds",
+}
+
+
+def compact(
+    date: str | None = typer.Option(None, "--date", help="UTC day to compact, YYYY-MM-DD."),
+    all_dates: bool = typer.Option(False, "--all-dates", help="Compact every day (needs --table)."),
+    incremental: bool = typer.Option(
+        False, "--incremental", help="Compact only what Bronze changed since the last run."
+    ),
+    table: str | None = typer.Option(
+        None, "--table", "-t", help="Schema or table: futures.trades, futures_trades, ..."
+    ),
+    symbol: str | None = typer.Option(
+        None, "--symbol", "-s", help="Only this partition value (symbol or underlying)."
+    ),
+    snapshot: int | None = typer.Option(None, "--snapshot", help="Pin this Bronze snapshot id."),
+    tag: str | None = typer.Option(None, "--tag", help="Pin the Bronze snapshot of this tag."),
+    output: OutputFormat = OUTPUT_OPTION,
+) -> None:
+    """Deduplicate and sort Bronze into Silver; one atomic snapshot per table. Idempotent."""
+    from iceberg_lake.silver import SilverCompactor
+
+    modes = [
+        m
+        for m, on in (("--date", date), ("--all-dates", all_dates), ("--incremental", incremental))
+        if on
+    ]
+    if len(modes) != 1:
+        raise typer.BadParameter(
+            "give exactly one of --date D, --all-dates or --incremental", param_hint="--date"
+        )
+    if all_dates and not table:
+        raise typer.BadParameter("--all-dates needs --table", param_hint="--table")
+    if incremental and (snapshot is not None or tag or symbol):
+        raise typer.BadParameter(
+            "--incremental always uses the current Bronze snapshot and every partition",
+            param_hint="--incremental",
+        )
+    if snapshot is not None and tag:
+        raise typer.BadParameter("give --snapshot or --tag, not both", param_hint="--snapshot")
+
+    show_progress = output == OutputFormat.text and err_console.is_terminal
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=not show_progress,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done, total=total)
+
+        with SilverCompactor(settings(), progress=progress) as compactor:
+            if incremental:
+                results = compactor.compact_incremental([table] if table else None)
+            elif all_dates:
+                assert table is not None
+                results = compactor.compact_all_dates(table, symbol, snapshot, tag)
+            elif table:
+                results = [compactor.compact_date(date, table, symbol, snapshot, tag)]  # type: ignore[arg-type]
+            else:
+                results = compactor.compact_all_schemas(date, symbol, snapshot, tag)  # type: ignore[arg-type]
+
+    if output == OutputFormat.json:
+        emit(
+            [{k: r.get(k) for k in [*SUMMARY_COLUMNS, "replaced_partitions"]} for r in results],
+            output,
+        )
+        return
+    text_rows = [{label: r.get(key) for label, key in TEXT_COLUMNS.items()} for r in results]
+    emit(text_rows, output, title="Silver compaction", columns=list(TEXT_COLUMNS))
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `lake` app."""
+    app.command("compact")(compact)
