@@ -70,11 +70,13 @@ MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9][a-z0-9_]*)\.py$")
 #: A SQLite lease older than this is considered left behind by a dead process.
 SQLITE_LEASE_STALE_SECONDS = 3600.0
 DEFAULT_LOCK_TIMEOUT = 120.0
+WAITING = "waiting for the migration lock held by %s (up to %g s)"
 
 _metadata = sa.MetaData()
 ledger_table = sa.Table(
     LEDGER_TABLE,
     _metadata,
+    sa.Column("catalog_name", sa.String(255), primary_key=True),
     sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("name", sa.String(255), nullable=False),
     sa.Column("checksum", sa.String(64), nullable=False),
@@ -86,7 +88,7 @@ ledger_table = sa.Table(
 lock_table = sa.Table(
     LOCK_TABLE,
     _metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("catalog_name", sa.String(255), primary_key=True),
     sa.Column("holder", sa.String(255), nullable=True),
     sa.Column("acquired_at", sa.Float, nullable=True),
 )
@@ -341,12 +343,17 @@ class AppliedMigration:
 class MigrationLedger:
     """The `lake_migrations` table and the migration lock, in the catalog database.
 
+    Several lakes may share one catalog database (pyiceberg's SQL catalog keys its rows by
+    catalog name); so do the ledger rows and the lock row.
+
     Args:
         catalog_uri: SQLAlchemy URI of the catalog database (SQLite or PostgreSQL).
+        catalog_name: the lake's catalog name (`LAKE_CATALOG_NAME`).
     """
 
-    def __init__(self, catalog_uri: str) -> None:
+    def __init__(self, catalog_uri: str, catalog_name: str) -> None:
         self.uri = catalog_uri
+        self.catalog_name = catalog_name
         self.is_postgres = catalog_uri.startswith("postgresql")
         with catalog_errors("opening the migration ledger"):
             self.engine = sa.create_engine(catalog_uri, pool_pre_ping=True)
@@ -376,16 +383,26 @@ class MigrationLedger:
     def _create(self) -> None:
         _metadata.create_all(self.engine, checkfirst=True)
         with self.engine.begin() as conn:
-            if conn.execute(sa.select(lock_table.c.id)).first() is None:
-                conn.execute(sa.insert(lock_table).values(id=1))
+            mine = lock_table.c.catalog_name == self.catalog_name
+            if conn.execute(sa.select(lock_table.c.catalog_name).where(mine)).first() is None:
+                conn.execute(sa.insert(lock_table).values(catalog_name=self.catalog_name))
 
     def applied(self) -> dict[int, AppliedMigration]:
         """Every applied migration, by version (empty if the ledger does not exist yet)."""
         if not self.exists():
             return {}
         with catalog_errors("reading the migration ledger"), self.engine.connect() as conn:
-            rows = conn.execute(sa.select(ledger_table).order_by(ledger_table.c.version)).all()
-        return {r.version: AppliedMigration(**r._mapping) for r in rows}
+            rows = conn.execute(
+                sa.select(ledger_table)
+                .where(ledger_table.c.catalog_name == self.catalog_name)
+                .order_by(ledger_table.c.version)
+            ).all()
+        return {
+            r.version: AppliedMigration(
+                **{k: v for k, v in r._mapping.items() if k != "catalog_name"}
+            )
+            for r in rows
+        }
 
     def record(self, migration: Migration, duration_ms: int, changes: str) -> None:
         """Record `migration` as applied (its checksum, now, who, what changed).
@@ -394,6 +411,7 @@ class MigrationLedger:
             MigrationError: it is already recorded (another process applied it).
         """
         values = {
+            "catalog_name": self.catalog_name,
             "version": migration.version,
             "name": migration.name,
             "checksum": migration.checksum,
@@ -431,16 +449,24 @@ class MigrationLedger:
         with catalog_errors("taking the migration lock"):
             conn = self.engine.connect()
         try:
+            mine = lock_table.c.catalog_name == self.catalog_name
             trans = conn.begin()
             try:
-                conn.execute(sa.text(f"SET LOCAL lock_timeout = '{max(1, int(timeout * 1000))}ms'"))
-                conn.execute(sa.select(lock_table).where(lock_table.c.id == 1).with_for_update())
-            except OperationalError as exc:
+                conn.execute(sa.select(lock_table).where(mine).with_for_update(nowait=True))
+            except OperationalError:
                 trans.rollback()
-                raise MigrationError(
-                    f"another `lake migrate up` held the migration lock for {timeout:g} s;"
-                    " try again when it has finished"
-                ) from exc
+                log.info(WAITING, "another process", timeout)
+                trans = conn.begin()
+                try:
+                    ms = max(1, int(timeout * 1000))
+                    conn.execute(sa.text(f"SET LOCAL lock_timeout = '{ms}ms'"))
+                    conn.execute(sa.select(lock_table).where(mine).with_for_update())
+                except OperationalError as exc:
+                    trans.rollback()
+                    raise MigrationError(
+                        f"another `lake migrate up` held the migration lock for {timeout:g} s;"
+                        " try again when it has finished"
+                    ) from exc
             try:
                 yield
             finally:
@@ -458,7 +484,7 @@ class MigrationLedger:
             with catalog_errors("taking the migration lock"), self.engine.begin() as conn:
                 taken = conn.execute(
                     sa.update(lock_table)
-                    .where(lock_table.c.id == 1)
+                    .where(lock_table.c.catalog_name == self.catalog_name)
                     .where(
                         sa.or_(
                             lock_table.c.holder.is_(None),
@@ -470,10 +496,14 @@ class MigrationLedger:
                 holder = None
                 if taken != 1:
                     holder = conn.execute(
-                        sa.select(lock_table.c.holder).where(lock_table.c.id == 1)
+                        sa.select(lock_table.c.holder).where(
+                            lock_table.c.catalog_name == self.catalog_name
+                        )
                     ).scalar()
             if taken == 1:
                 break
+            if delay == 0.05:
+                log.info(WAITING, holder, timeout)
             if time.monotonic() >= deadline:
                 raise MigrationError(
                     f"another `lake migrate up` ({holder}) held the migration lock for"
@@ -487,7 +517,8 @@ class MigrationLedger:
             with catalog_errors("releasing the migration lock"), self.engine.begin() as conn:
                 conn.execute(
                     sa.update(lock_table)
-                    .where(lock_table.c.id == 1, lock_table.c.holder == me)
+                    .where(lock_table.c.catalog_name == self.catalog_name)
+                    .where(lock_table.c.holder == me)
                     .values(holder=None, acquired_at=None)
                 )
 
@@ -560,7 +591,7 @@ class MigrationRunner:
         self.catalog = catalog
         self.directory = directory or migrations_dir()
         self.lock_timeout = lock_timeout
-        self.ledger = MigrationLedger(catalog.settings.catalog_uri)
+        self.ledger = MigrationLedger(catalog.settings.catalog_uri, catalog.settings.catalog_name)
 
     def close(self) -> None:
         """Release database connections."""
