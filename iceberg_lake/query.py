@@ -1,0 +1,183 @@
+"""Queries by table name: a DuckDB session where every catalog table is a view, optionally AS OF.
+
+`Lake.duckdb()` opens a DuckDB connection (Iceberg extension loaded offline) with the schemas
+`bronze`, `silver` and `gold` and one view per catalog table, so SQL names tables as the catalog
+does (`bronze.stocks_trades`, `silver.futures_mbp10`, `gold.levels_signals`). Each view reads a
+fixed snapshot through `iceberg_scan(<metadata file>, snapshot_from_id=<id>)`: the current one,
+or the one an `as_of` pin names (snapshot id, tag or timestamp, for all tables or per table; see
+`iceberg_lake.snapshots`). A table without a snapshot (never written, or empty at that point) is
+an empty view with the table's columns. The views are pinned when the connection is made, so
+every query on it sees the same data even while writers commit.
+
+Example::
+
+    lake = Lake(load_settings())
+    lake.query("SELECT symbol, count(*) FROM bronze.stocks_trades GROUP BY 1", as_of="bt-1")
+    con = lake.duckdb(as_of={"silver.stocks_trades": 5120938471})
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import duckdb
+import pyarrow as pa
+from pyiceberg.table import Table
+
+from iceberg_lake import duck
+from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.compaction.dedup import duck_type, quote_ident, quote_str
+from iceberg_lake.config import Settings
+from iceberg_lake.exceptions import LakeError
+from iceberg_lake.snapshots import AsOfSpec, pin_for, resolve_as_of
+from iceberg_lake.tables import NAMESPACES
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Lake", "duckdb_path", "scan_sql"]
+
+_TABLE_REF = re.compile(r"\b(" + "|".join(NAMESPACES) + r")\s*\.\s*\"?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def duckdb_path(uri: str) -> str:
+    """A location DuckDB can open: `file:` URIs become local paths, `s3a://` becomes `s3://`."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return unquote(parsed.path)
+    if parsed.scheme == "s3a":
+        return "s3://" + uri[len("s3a://") :]
+    return uri
+
+
+def scan_sql(table: Table, snapshot_id: int | None) -> str:
+    """SQL for the rows of `table` at `snapshot_id` (None: an empty relation, same columns)."""
+    if snapshot_id is None:
+        cols = ", ".join(
+            f"CAST(NULL AS {duck_type(f.field_type)}) AS {quote_ident(f.name)}"
+            for f in table.schema().fields
+        )
+        return f"SELECT {cols} WHERE false"
+    location = quote_str(duckdb_path(table.metadata_location))
+    return f"SELECT * FROM iceberg_scan({location}, snapshot_from_id={snapshot_id})"
+
+
+class Lake:
+    """The lake as DuckDB sees it: every catalog table queryable by name, at any snapshot.
+
+    Args:
+        settings: lake settings, or an open `LakeCatalog`.
+    """
+
+    def __init__(self, settings: Settings | LakeCatalog) -> None:
+        self.catalog = settings if isinstance(settings, LakeCatalog) else LakeCatalog(settings)
+        self.settings = self.catalog.settings
+        #: Snapshot id each view of the last `duckdb()`/`query()` call read (None: empty).
+        self.last_pins: dict[str, int | None] = {}
+
+    def pins(
+        self, as_of: AsOfSpec = None, tables: Iterable[str] | None = None
+    ) -> dict[str, int | None]:
+        """Resolve `as_of` for each table (default: every catalog table).
+
+        Returns:
+            Table identifier → snapshot id (None: the table had no snapshot then).
+
+        Raises:
+            TimeTravelError: a pin names no snapshot or tag of some table.
+            UnknownTableError: a table does not exist.
+        """
+        identifiers = list(tables) if tables is not None else self.catalog.existing_tables()
+        if isinstance(as_of, dict):
+            unknown = sorted(set(as_of) - set(self.catalog.existing_tables()))
+            if unknown:
+                self.catalog.load_table(unknown[0])  # raises a clear UnknownTableError
+        return {
+            ident: resolve_as_of(self.catalog.load_table(ident), pin_for(as_of, ident))
+            for ident in identifiers
+        }
+
+    def duckdb(
+        self, as_of: AsOfSpec = None, tables: Iterable[str] | None = None
+    ) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with one view per table, pinned to `as_of`.
+
+        Read-only with respect to the lake; creates nothing in the catalog. The caller closes
+        the connection.
+
+        Args:
+            as_of: one pin for all tables, or a mapping table → pin (others: current).
+            tables: only these tables get views (default: every catalog table).
+
+        Returns:
+            The connection; time zone UTC, schemas `bronze`, `silver`, `gold`.
+
+        Raises:
+            TimeTravelError: a pin names no snapshot or tag of some table.
+        """
+        identifiers = list(tables) if tables is not None else self.catalog.existing_tables()
+        loaded = {ident: self.catalog.load_table(ident) for ident in identifiers}
+        if isinstance(as_of, dict):
+            self.pins(as_of, [])  # validate the mapping's table names
+        pins = {ident: resolve_as_of(t, pin_for(as_of, ident)) for ident, t in loaded.items()}
+        con = duck.connect()
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            s = self.settings
+            if s.is_s3 or s.s3_endpoint:
+                duck.configure_s3(
+                    con,
+                    s.s3_endpoint or "https://s3.amazonaws.com",
+                    s.s3_access_key or "",
+                    s.s3_secret_key or "",
+                    s.s3_region,
+                )
+            for ns in NAMESPACES:
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS {ns}")
+            for ident, table in loaded.items():
+                ns, name = ident.split(".", 1)
+                with catalog_errors(f"opening {ident}"):
+                    con.execute(
+                        f"CREATE OR REPLACE VIEW {ns}.{quote_ident(name)} AS "
+                        f"{scan_sql(table, pins[ident])}"
+                    )
+        except BaseException:
+            con.close()
+            raise
+        self.last_pins = pins
+        return con
+
+    def query(self, sql: str, as_of: AsOfSpec = None) -> pa.Table:
+        """Run `sql` against the lake and return the result as an Arrow table.
+
+        Only the tables the SQL names (`namespace.table`) get views, so a query on one table
+        does not read every table's metadata. `as_of` pins as in `duckdb()`.
+
+        Raises:
+            LakeError: the SQL is invalid or names an unknown table (one-line message).
+            TimeTravelError: a pin names no snapshot or tag of some table.
+        """
+        existing = set(self.catalog.existing_tables())
+        named = {f"{m.group(1)}.{m.group(2)}".lower() for m in _TABLE_REF.finditer(sql)}
+        wanted = sorted(named & existing) if named else sorted(existing)
+        unknown = sorted(named - existing)
+        if unknown:
+            raise LakeError(
+                f"no table '{unknown[0]}' in the catalog (tables: {', '.join(sorted(existing))})"
+            )
+        con = self.duckdb(as_of, wanted)
+        try:
+            return con.execute(sql).arrow().read_all()
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LakeError(f"query failed: {first}") from None
+        finally:
+            con.close()
+
+    def df(self, sql: str, as_of: AsOfSpec = None) -> pd.DataFrame:
+        """Like `query`, as a pandas DataFrame."""
+        return self.query(sql, as_of).to_pandas()

@@ -1,0 +1,420 @@
+"""Readers with the spec's API: `BronzeReader`, `SilverReader`, `GoldReader`.
+
+Each read names one partition value (symbol or underlying) and a UTC day, optionally narrowed to
+a nanosecond range `[start_ns, end_ns)`, and returns a pandas DataFrame with the spec's columns
+(the derived partition column `ts_event` is left out) sorted by event time. The day and range are
+turned into predicates on the hidden partition source `ts_event` (and on `ts_event_ns`), so
+Iceberg's planning skips every data file outside the partition value and the hours asked for;
+`last_scan` reports how many files were read out of how many the snapshot holds.
+
+Every read can be pinned with `snapshot_id=` or `tag=` (a reader-wide pin may be given to the
+constructor). Bronze is not deduplicated: rows come back as stored, ordered by
+`(ts_event_ns, ts_recv_ns)`. Silver rows are deduplicated and already sorted.
+
+Example::
+
+    reader = BronzeReader()
+    df = reader.read_stock_trades("SPY", "2025-12-16", start_ns=..., end_ns=...)
+    reader.get_available_dates("stocks/trades", "symbol=SPY")   # ["2025-12-16", ...]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.expressions import (
+    AlwaysTrue,
+    And,
+    BooleanExpression,
+    EqualTo,
+    GreaterThanOrEqual,
+    LessThan,
+)
+from pyiceberg.io.pyarrow import ArrowScan
+from pyiceberg.table import Table
+
+from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
+from iceberg_lake.snapshots import AsOf, resolve_as_of
+from iceberg_lake.tables import BRONZE, GOLD, SILVER, TableDefinition
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["BronzeReader", "GoldReader", "ScanStats", "SilverReader", "time_window"]
+
+_NS_PER_US = 1_000
+
+
+@dataclass(frozen=True)
+class ScanStats:
+    """What the last read touched: proof that partition pruning happened."""
+
+    table: str
+    snapshot_id: int | None
+    files_scanned: int
+    files_total: int
+    rows: int
+
+
+def _to_date(value: str | date) -> date:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).date() if value.tzinfo else value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise TimeTravelError(f"invalid date {value!r} (expected YYYY-MM-DD)") from None
+
+
+def _us(ns: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // _NS_PER_US)
+
+
+def time_window(
+    day: str | date | None, start_ns: int | None, end_ns: int | None
+) -> tuple[int | None, int | None]:
+    """The half-open nanosecond window `[lo, hi)` of a UTC day narrowed by a range.
+
+    Raises:
+        TimeTravelError: an invalid date, or `start_ns >= end_ns`.
+    """
+    lo, hi = start_ns, end_ns
+    if day is not None:
+        d = _to_date(day)
+        d0 = int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()) * 1_000_000_000
+        lo = d0 if lo is None else max(lo, d0)
+        hi = d0 + 86_400 * 1_000_000_000 if hi is None else min(hi, d0 + 86_400 * 1_000_000_000)
+    if lo is not None and hi is not None and lo >= hi:
+        if start_ns is not None and end_ns is not None and start_ns >= end_ns:
+            raise TimeTravelError(f"start_ns ({start_ns}) must be before end_ns ({end_ns})")
+    return lo, hi
+
+
+def window_filter(lo: int | None, hi: int | None) -> BooleanExpression:
+    """Predicates on `ts_event` (partition pruning) and `ts_event_ns` (exact) for `[lo, hi)`."""
+    expr: BooleanExpression = AlwaysTrue()
+    if lo is not None:
+        expr = And(expr, GreaterThanOrEqual("ts_event", _us(lo).isoformat()))
+        expr = And(expr, GreaterThanOrEqual("ts_event_ns", lo))
+    if hi is not None:
+        # ts_event is ts_event_ns truncated to microseconds: include the microsecond of hi - 1.
+        expr = And(
+            expr, LessThan("ts_event", (_us(hi - 1) + timedelta(microseconds=1)).isoformat())
+        )
+        expr = And(expr, LessThan("ts_event_ns", hi))
+    return expr
+
+
+class _Reader:
+    """Shared machinery of the tier readers."""
+
+    namespace: str = BRONZE
+
+    def __init__(
+        self,
+        settings: Settings | LakeCatalog | None = None,
+        *,
+        snapshot_id: int | None = None,
+        tag: str | None = None,
+    ) -> None:
+        if settings is None:
+            settings = load_settings()
+        self.catalog = settings if isinstance(settings, LakeCatalog) else LakeCatalog(settings)
+        self._default_pin: AsOf = _pin(snapshot_id, tag)
+        #: Files scanned vs total of the last read (None before the first read).
+        self.last_scan: ScanStats | None = None
+
+    # ---- generic API ------------------------------------------------------------------------
+
+    def definition(self, table: str) -> TableDefinition:
+        """The definition of a table of this tier named `stocks/trades`, `stocks.trades`,
+        `stocks_trades` or `bronze.stocks_trades`."""
+        name = table.strip()
+        if "." in name and name.split(".", 1)[0] in (BRONZE, SILVER, GOLD):
+            ident = name
+        else:
+            ident = f"{self.namespace}.{name.replace('/', '_').replace('.', '_')}"
+        if ident.split(".", 1)[0] != self.namespace:
+            raise UnknownTableError(
+                f"{type(self).__name__} reads {self.namespace} tables, not {ident}"
+            )
+        return self.catalog.definition(ident)
+
+    def read_arrow(
+        self,
+        table: str,
+        partition_value: str | None,
+        date: str | date | None = None,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        *,
+        snapshot_id: int | None = None,
+        tag: str | None = None,
+        columns: list[str] | None = None,
+    ) -> pa.Table:
+        """Rows of one partition value and window as Arrow, sorted by event time.
+
+        Args:
+            table: table of this tier (`stocks_trades`, `stocks/trades`, ...).
+            partition_value: the symbol or underlying; None = all.
+            date: UTC day `YYYY-MM-DD`; None = no day bound.
+            start_ns: inclusive lower bound on `ts_event_ns`.
+            end_ns: exclusive upper bound on `ts_event_ns`.
+            snapshot_id: read this snapshot.
+            tag: read the snapshot of this tag.
+            columns: columns to return (default: the spec's columns).
+
+        Returns:
+            The rows; no rows (right columns) when the table or snapshot is empty.
+
+        Raises:
+            TimeTravelError: unknown snapshot/tag, bad date or range.
+            UnknownTableError: the table does not exist.
+        """
+        definition = self.definition(table)
+        iceberg = self.catalog.load_table(definition.identifier)
+        pin = _pin(snapshot_id, tag) if (snapshot_id is not None or tag) else self._default_pin
+        sid = resolve_as_of(iceberg, pin)
+        names = columns or _spec_columns(iceberg, definition)
+        expr = window_filter(*time_window(date, start_ns, end_ns))
+        if partition_value is not None and definition.partition_key:
+            expr = And(EqualTo(definition.partition_key, partition_value), expr)
+        result = self._scan(iceberg, definition, sid, expr, names)
+        return result
+
+    def read(
+        self, table: str, partition_value: str | None, *args: Any, **kwargs: Any
+    ) -> pd.DataFrame:
+        """`read_arrow` as a pandas DataFrame."""
+        return self.read_arrow(table, partition_value, *args, **kwargs).to_pandas()
+
+    def get_available_dates(
+        self,
+        table: str,
+        partition: str | None = None,
+        *,
+        snapshot_id: int | None = None,
+        tag: str | None = None,
+    ) -> list[str]:
+        """UTC days (`YYYY-MM-DD`, sorted) that hold data, from metadata only.
+
+        Args:
+            table: `stocks/trades`, `stocks_trades`, `bronze.stocks_trades`, ...
+            partition: `symbol=SPY`, `underlying=SPY` or just `SPY`; None = any.
+            snapshot_id: look at this snapshot.
+            tag: look at the snapshot of this tag.
+        """
+        definition = self.definition(table)
+        iceberg = self.catalog.load_table(definition.identifier)
+        pin = _pin(snapshot_id, tag) if (snapshot_id is not None or tag) else self._default_pin
+        sid = resolve_as_of(iceberg, pin)
+        if sid is None:
+            return []
+        expr: BooleanExpression = AlwaysTrue()
+        if partition and definition.partition_key:
+            value = partition.split("=", 1)[1] if "=" in partition else partition
+            expr = EqualTo(definition.partition_key, value)
+        days: set[str] = set()
+        with catalog_errors(f"planning {definition.identifier}"):
+            for task in iceberg.scan(row_filter=expr, snapshot_id=sid).plan_files():
+                lower = task.file.lower_bounds or {}
+                upper = task.file.upper_bounds or {}
+                field_id = iceberg.schema().find_field("ts_event_ns").field_id
+                if field_id in lower and field_id in upper:
+                    lo = int.from_bytes(lower[field_id], "little", signed=True)
+                    hi = int.from_bytes(upper[field_id], "little", signed=True)
+                    d = _us(lo).date()
+                    while d <= _us(hi).date():
+                        days.add(d.isoformat())
+                        d += timedelta(days=1)
+        return sorted(days)
+
+    # ---- internals --------------------------------------------------------------------------
+
+    def _scan(
+        self,
+        iceberg: Table,
+        definition: TableDefinition,
+        sid: int | None,
+        expr: BooleanExpression,
+        names: list[str],
+    ) -> pa.Table:
+        if sid is None:
+            full = _arrow_schema(iceberg)
+            self.last_scan = ScanStats(definition.identifier, None, 0, 0, 0)
+            return pa.schema([full.field(n) for n in names]).empty_table()
+        sort_cols = _sort_columns(definition, names)
+        wanted = list(dict.fromkeys([*names, *sort_cols]))
+        with catalog_errors(f"reading {definition.identifier}"):
+            scan = iceberg.scan(row_filter=expr, snapshot_id=sid, selected_fields=tuple(wanted))
+            tasks = list(scan.plan_files())
+            snap = iceberg.snapshot_by_id(sid)
+            total = int(snap.summary.get("total-data-files", 0)) if snap and snap.summary else 0
+            data = ArrowScan(iceberg.metadata, iceberg.io, scan.projection(), expr).to_table(tasks)
+        if data.num_rows:
+            data = data.take(pc.sort_indices(data, [(c, "ascending") for c in sort_cols]))
+        data = data.select(names)
+        self.last_scan = ScanStats(definition.identifier, sid, len(tasks), total, data.num_rows)
+        return data
+
+
+def _pin(snapshot_id: int | None, tag: str | None) -> AsOf:
+    if snapshot_id is not None and tag:
+        raise TimeTravelError("give snapshot_id or tag, not both")
+    return snapshot_id if snapshot_id is not None else tag
+
+
+def _arrow_schema(iceberg: Table) -> pa.Schema:
+    from pyiceberg.io.pyarrow import schema_to_pyarrow
+
+    return schema_to_pyarrow(iceberg.schema(), include_field_ids=False)
+
+
+def _spec_columns(iceberg: Table, definition: TableDefinition) -> list[str]:
+    """Live columns minus derived ones (`ts_event`), in schema order."""
+    derived = {c.name for c in definition.columns if c.derived_from}
+    return [n for n in iceberg.schema().column_names if n not in derived]
+
+
+def _sort_columns(definition: TableDefinition, names: list[str]) -> list[str]:
+    """Event time first, then the declared sort order and the receive time (a stable tie-break)."""
+    cols = ["ts_event_ns", *definition.sort_order]
+    if "ts_recv_ns" in definition.column_names:
+        cols.append("ts_recv_ns")
+    return list(dict.fromkeys(cols))
+
+
+class BronzeReader(_Reader):
+    """Reads Bronze tables (raw, not deduplicated), sorted by `(ts_event_ns, ts_recv_ns)`."""
+
+    namespace = BRONZE
+
+    def read_stock_trades(
+        self,
+        symbol: str,
+        date: str | date,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        *,
+        snapshot_id: int | None = None,
+        tag: str | None = None,
+    ) -> pd.DataFrame:
+        """Stock trades of `symbol` on `date` (UTC), optionally within `[start_ns, end_ns)`."""
+        return self.read(
+            "stocks_trades", symbol, date, start_ns, end_ns, snapshot_id=snapshot_id, tag=tag
+        )
+
+    def read_stock_quotes(
+        self,
+        symbol: str,
+        date: str | date,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        *,
+        snapshot_id: int | None = None,
+        tag: str | None = None,
+    ) -> pd.DataFrame:
+        """Stock quotes of `symbol` on `date` (UTC), optionally within `[start_ns, end_ns)`."""
+        return self.read(
+            "stocks_quotes", symbol, date, start_ns, end_ns, snapshot_id=snapshot_id, tag=tag
+        )
+
+    def read_futures_trades(
+        self,
+        symbol: str,
+        date: str | date,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        *,
+        snapshot_id: int | None = None,
+        tag: str | None = None,
+    ) -> pd.DataFrame:
+        """Futures trades (time and sales) of `symbol` on `date` (UTC)."""
+        return self.read(
+            "futures_trades", symbol, date, start_ns, end_ns, snapshot_id=snapshot_id, tag=tag
+        )
+
+    def read_futures_mbp10(
+        self,
+        symbol: str,
+        date: str | date,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        *,
+        snapshot_id: int | None = None,
+        tag: str | None = None,
+    ) -> pd.DataFrame:
+        """Futures MBP-10 book updates of `symbol` on `date` (UTC)."""
+        return self.read(
+            "futures_mbp10", symbol, date, start_ns, end_ns, snapshot_id=snapshot_id, tag=tag
+        )
+
+    def read_option_trades(
+        self,
+        underlying: str,
+        date: str | date,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        *,
+        snapshot_id: int | None = None,
+        tag: str | None = None,
+    ) -> pd.DataFrame:
+        """Option trades on `underlying` on `date` (UTC)."""
+        return self.read(
+            "options_trades", underlying, date, start_ns, end_ns, snapshot_id=snapshot_id, tag=tag
+        )
+
+    def read_option_greeks(
+        self,
+        underlying: str,
+        date: str | date,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        *,
+        snapshot_id: int | None = None,
+        tag: str | None = None,
+    ) -> pd.DataFrame:
+        """Greeks snapshots on `underlying` on `date` (UTC; day partitions)."""
+        return self.read(
+            "options_greeks_snapshots",
+            underlying,
+            date,
+            start_ns,
+            end_ns,
+            snapshot_id=snapshot_id,
+            tag=tag,
+        )
+
+
+class SilverReader(BronzeReader):
+    """Reads Silver tables: deduplicated, sorted by event time. Same methods as `BronzeReader`."""
+
+    namespace = SILVER
+
+
+class GoldReader(_Reader):
+    """Reads `gold.levels_signals`, sorted by `(ts_event_ns, level_id)`."""
+
+    namespace = GOLD
+
+    def read_level_signals(
+        self,
+        underlying: str | None = None,
+        date: str | date | None = None,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        *,
+        snapshot_id: int | None = None,
+        tag: str | None = None,
+    ) -> pd.DataFrame:
+        """Level signals of `underlying` (None: all) on `date` (UTC) within `[start_ns, end_ns)`."""
+        return self.read(
+            "levels_signals", underlying, date, start_ns, end_ns, snapshot_id=snapshot_id, tag=tag
+        )
