@@ -1,0 +1,317 @@
+"""Helpers for the writer tests: valid events per table, publishing, counting through DuckDB."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from iceberg_lake import bus
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.service import LakeService
+
+SUBJECTS = {
+    "bronze.stocks_trades": "market.stocks.trades",
+    "bronze.stocks_quotes": "market.stocks.quotes",
+    "bronze.options_trades": "market.options.trades",
+    "bronze.options_greeks_snapshots": "market.options.greeks",
+    "bronze.futures_trades": "market.futures.trades",
+    "bronze.futures_mbp10": "market.futures.mbp10",
+}
+BASE_NS = 1_765_900_000 * 1_000_000_000  # 2025-12-16
+
+
+def make_event(table: str, i: int, base_ns: int = BASE_NS, symbol: str | None = None) -> dict:
+    """A valid flat event for `table`; `seq` = i, event times spread over 3 hours."""
+    ts = base_ns + (i * 7919 % 10_800) * 1_000_000_000 + i
+    common: dict[str, Any] = {"ts_event_ns": ts, "ts_recv_ns": ts + 1000, "source": "test"}
+    if table == "bronze.stocks_trades":
+        return {
+            **common,
+            "symbol": symbol or ("SPY", "QQQ")[i % 2],
+            "price": 500.0 + i % 7,
+            "size": 1 + i % 100,
+            "exchange": 4,
+            "seq": i,
+        }
+    if table == "bronze.stocks_quotes":
+        return {
+            **common,
+            "symbol": symbol or "SPY",
+            "bid_px": 500.0,
+            "ask_px": 500.01,
+            "bid_sz": 3,
+            "ask_sz": 4,
+            "bid_exch": 1,
+            "ask_exch": 2,
+            "seq": i,
+        }
+    if table == "bronze.options_trades":
+        return {
+            **common,
+            "underlying": symbol or "SPY",
+            "option_symbol": "SPY251219C00500000",
+            "exp_date": "2025-12-19",
+            "strike": 500.0,
+            "right": "C",
+            "price": 1.25,
+            "size": 2,
+            "opt_bid": 1.2,
+            "opt_ask": 1.3,
+            "aggressor": 1,
+            "seq": i,
+        }
+    if table == "bronze.options_greeks_snapshots":
+        common.pop("ts_recv_ns")
+        return {
+            **common,
+            "underlying": symbol or "SPY",
+            "option_symbol": f"SPY_C{i}",
+            "delta": 0.5,
+            "gamma": 0.01,
+            "theta": -0.2,
+            "vega": 0.1,
+            "implied_volatility": 0.2,
+            "open_interest": 100,
+            "snapshot_id": f"s{i}",
+        }
+    if table == "bronze.futures_trades":
+        return {
+            **common,
+            "symbol": symbol or "ES.c.0",
+            "price": 6000.25,
+            "size": 1,
+            "aggressor": -1,
+            "exchange": "CME",
+            "seq": i,
+        }
+    if table == "bronze.futures_mbp10":
+        book = {
+            f"{side}_{kind}_{n}": (6000.0 - n if kind == "px" else n)
+            for side in ("bid", "ask")
+            for kind in ("px", "sz")
+            for n in range(1, 11)
+        }
+        return {**common, "symbol": symbol or "ES", "is_snapshot": False, "seq": i, **book}
+    raise ValueError(table)
+
+
+def gold_payload(i: int, levels: int = 2, base_ms: int = BASE_NS // 1_000_000) -> dict:
+    """A spec-shaped `levels.signals` payload (`ts` in ms, `spy` context) with `levels` levels."""
+    return {
+        "ts": base_ms + i * 1000,
+        "spy": {"spot": 545.42, "bid": 545.41, "ask": 545.43},
+        "levels": [
+            {
+                "id": f"STRIKE_{545 + n}_{i}",
+                "price": 545.0 + n,
+                "kind": "STRIKE",
+                "direction": "SUPPORT",
+                "distance": 0.42,
+                "break_score_raw": 88,
+                "break_score_smooth": 81,
+                "signal": "BREAK",
+                "confidence": "HIGH",
+                "barrier": {
+                    "state": "WEAK",
+                    "delta_liq": -1.5,
+                    "replenishment_ratio": 0.3,
+                    "added": 10,
+                    "canceled": 4,
+                    "filled": 2,
+                },
+                "tape": {
+                    "imbalance": 0.6,
+                    "buy_vol": 1000,
+                    "sell_vol": 400,
+                    "velocity": 2.5,
+                    "sweep": {"detected": True, "direction": "DOWN", "notional": 1e6},
+                },
+                "fuel": {
+                    "effect": "AMPLIFY",
+                    "net_dealer_gamma": -2e6,
+                    "call_wall": 550.0,
+                    "put_wall": 540.0,
+                    "hvl": 544.0,
+                },
+                "runway": {
+                    "direction": "DOWN",
+                    "next_level_id": "PUT_WALL",
+                    "next_level_price": 540.0,
+                    "distance": 5.0,
+                    "quality": "CLEAN",
+                },
+                "note": "test",
+            }
+            for n in range(levels)
+        ],
+    }
+
+
+def settings_for(
+    tmp_path: Path,
+    nats_url: str,
+    *,
+    catalog_uri: str | None = None,
+    s3: Any = None,
+    **extra: str,
+) -> Settings:
+    """Settings for a fresh lake in `tmp_path` (optionally PostgreSQL and/or S3)."""
+    env = {
+        "LAKE_DATA_DIR": str(tmp_path / "lake"),
+        "LAKE_NATS_URL": nats_url,
+        "LAKE_CATALOG_NAME": f"c{uuid.uuid4().hex[:8]}",
+        "LAKE_BRONZE_BATCH_SECONDS": "0.5",
+        "LAKE_GOLD_BATCH_SECONDS": "0.5",
+    }
+    if catalog_uri:
+        env["LAKE_CATALOG_URI"] = catalog_uri
+    if s3 is not None:
+        bucket = f"lake-{uuid.uuid4().hex[:8]}"
+        env.update(
+            LAKE_WAREHOUSE=f"s3://{bucket}/warehouse",
+            LAKE_S3_ENDPOINT=s3.endpoint,
+            LAKE_S3_ACCESS_KEY=s3.access_key,
+            LAKE_S3_SECRET_KEY=s3.secret_key,
+            LAKE_S3_REGION=s3.region,
+        )
+    env.update(extra)
+    return load_settings(env)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """`LAKE_*` variables reproducing `settings` (for a `lake serve` subprocess)."""
+    env = {
+        "LAKE_DATA_DIR": str(settings.data_dir),
+        "LAKE_NATS_URL": settings.nats_url,
+        "LAKE_CATALOG_NAME": settings.catalog_name,
+        "LAKE_CATALOG_URI": settings.catalog_uri,
+        "LAKE_WAREHOUSE": settings.warehouse,
+        "LAKE_BRONZE_BATCH_SIZE": str(settings.bronze_batch_size),
+        "LAKE_BRONZE_BATCH_SECONDS": str(settings.bronze_batch_seconds),
+        "LAKE_GOLD_BATCH_SIZE": str(settings.gold_batch_size),
+        "LAKE_GOLD_BATCH_SECONDS": str(settings.gold_batch_seconds),
+    }
+    if settings.s3_endpoint:
+        env.update(
+            LAKE_S3_ENDPOINT=settings.s3_endpoint,
+            LAKE_S3_ACCESS_KEY=settings.s3_access_key or "",
+            LAKE_S3_SECRET_KEY=settings.s3_secret_key or "",
+            LAKE_S3_REGION=settings.s3_region,
+        )
+    return env
+
+
+Item = tuple[str, bytes, dict[str, str] | None]
+
+
+async def publish_async(settings: Settings, items: Iterable[Item], *, acked: bool = False) -> int:
+    """Publish `(subject, body, headers)` items (streams created first). Returns the count.
+
+    Core publishes (fast) unless `acked`, in which case each publish waits for JetStream's ack
+    (needed for `Nats-Msg-Id` duplicate checks).
+    """
+    nc = await bus.connect(settings, name="test-publisher")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_streams(js, settings)
+        n = 0
+        for subject, body, headers in items:
+            if acked:
+                await js.publish(subject, body, headers=headers)
+            else:
+                await nc.publish(subject, body, headers=headers)
+            n += 1
+            if n % 2000 == 0:
+                await nc.flush()
+        await nc.flush()
+        return n
+    finally:
+        await nc.close()
+
+
+def publish(settings: Settings, items: Iterable[Item], *, acked: bool = False) -> int:
+    """Synchronous `publish_async`."""
+    return asyncio.run(publish_async(settings, list(items), acked=acked))
+
+
+def encode(obj: Any) -> bytes:
+    """JSON bytes."""
+    return json.dumps(obj).encode()
+
+
+async def stream_messages(settings: Settings, stream: str) -> int:
+    """Messages stored in `stream`."""
+    nc = await bus.connect(settings, name="test-info")
+    try:
+        info = await nc.jetstream().stream_info(stream)
+        return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
+def wait_stream(settings: Settings, stream: str, count: int, timeout: float = 20.0) -> None:
+    """Wait until `stream` holds `count` messages (core publishes are asynchronous)."""
+    deadline = time.monotonic() + timeout
+    got = -1
+    while time.monotonic() < deadline:
+        got = asyncio.run(stream_messages(settings, stream))
+        if got >= count:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"stream {stream} holds {got} messages, expected {count}")
+
+
+def run_until_idle(settings: Settings, tables: list[str] | None = None) -> LakeService:
+    """Run the writers until everything published is committed."""
+    service = LakeService(settings, tables)
+    asyncio.run(asyncio.wait_for(service.run(stop_when_idle=True, idle_seconds=0.3), 120))
+    return service
+
+
+def duck_for(con: duckdb.DuckDBPyConnection, settings: Settings) -> duckdb.DuckDBPyConnection:
+    """`con` with the S3 secret of `settings` (when the warehouse is on S3)."""
+    if settings.s3_endpoint:
+        from iceberg_lake import duck
+
+        duck.configure_s3(
+            con,
+            settings.s3_endpoint,
+            settings.s3_access_key or "",
+            settings.s3_secret_key or "",
+            settings.s3_region,
+        )
+    return con
+
+
+def scan_sql(settings: Settings, table: str) -> str:
+    """`iceberg_scan(...)` of the current metadata of `table`."""
+    location = LakeCatalog(settings).load_table(table).metadata_location
+    return "iceberg_scan('" + location.replace("'", "''") + "')"
+
+
+def count_rows(con: duckdb.DuckDBPyConnection, settings: Settings, table: str) -> int:
+    """Rows of `table` counted by DuckDB."""
+    return con.sql(f"SELECT count(*) FROM {scan_sql(settings, table)}").fetchone()[0]
+
+
+def data_files_sorted(settings: Settings, table: str, keys: tuple[str, ...] = ("ts_event_ns",)):
+    """(number of data files, whether each is sorted by `keys`)."""
+    t = LakeCatalog(settings).load_table(table)
+    files = [task.file.file_path for task in t.scan().plan_files()]
+    ok = True
+    for path in files:
+        with t.io.new_input(path).open() as f:
+            data = pq.read_table(f, columns=list(keys))
+        rows = list(zip(*(data.column(k).to_pylist() for k in keys), strict=True))
+        ok = ok and rows == sorted(rows)
+    return len(files), ok

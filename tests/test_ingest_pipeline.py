@@ -1,0 +1,248 @@
+"""End-to-end ingestion against a real nats-server: every subject, every catalog × warehouse."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ingest_support import (
+    SUBJECTS,
+    count_rows,
+    data_files_sorted,
+    duck_for,
+    encode,
+    gold_payload,
+    make_event,
+    publish,
+    run_until_idle,
+    scan_sql,
+    settings_for,
+    wait_stream,
+)
+from pyiceberg.table.snapshots import ancestors_of
+
+from iceberg_lake import properties
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.testing import NatsServer, run_nats_server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A private nats-server: the tests own the MARKET/SIGNALS streams (fixed names)."""
+    with run_nats_server(tmp_path / "nats") as server:
+        yield server
+
+
+@pytest.mark.parametrize(
+    ("catalog_kind", "warehouse_kind"),
+    [("sqlite", "file"), ("sqlite", "s3"), ("postgresql", "file"), ("postgresql", "s3")],
+)
+def test_events_on_every_subject_land_once_in_their_tables(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    nats: NatsServer,
+    duck,
+    catalog_kind: str,
+    warehouse_kind: str,
+) -> None:
+    pg = request.getfixturevalue("postgres_server").uri if catalog_kind == "postgresql" else None
+    s3 = request.getfixturevalue("s3_server") if warehouse_kind == "s3" else None
+    settings = settings_for(tmp_path, nats.url, catalog_uri=pg, s3=s3)
+    per_table = 40
+    items = []
+    for table, subject in SUBJECTS.items():
+        events = [make_event(table, i) for i in range(per_table)]
+        # one event per message, then a batched message (JSON array) and an NDJSON message
+        items += [(subject, encode(e), None) for e in events[:30]]
+        items.append((subject, encode(events[30:35]), None))
+        items.append((subject, b"\n".join(encode(e) for e in events[35:]), None))
+    items += [("levels.signals", encode(gold_payload(i, levels=3)), None) for i in range(10)]
+    publish(settings, items)
+    wait_stream(settings, "MARKET", sum(1 for s, _, _ in items if s.startswith("market.")))
+
+    run_until_idle(settings)
+
+    con = duck_for(duck, settings)
+    for table in SUBJECTS:
+        assert count_rows(con, settings, table) == per_table, table
+        files, ordered = data_files_sorted(settings, table)
+        assert files >= 1 and ordered, f"{table}: a data file is not sorted by ts_event_ns"
+    assert count_rows(con, settings, "gold.levels_signals") == 30
+    assert data_files_sorted(settings, "gold.levels_signals", ("ts_event_ns", "level_id"))[1]
+    assert count_rows(con, settings, "bronze.dead_letters") == 0
+    distinct = con.sql(
+        f"SELECT count(DISTINCT (source, seq)) FROM {scan_sql(settings, 'bronze.stocks_trades')}"
+    ).fetchone()[0]
+    assert distinct == per_table
+
+
+def test_append_is_one_snapshot_with_watermark_and_summary(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    settings = settings_for(tmp_path, nats.url, LAKE_BRONZE_BATCH_SIZE="10")
+    publish(
+        settings,
+        [
+            ("market.stocks.trades", encode(make_event("bronze.stocks_trades", i)), None)
+            for i in range(25)
+        ],
+    )
+    wait_stream(settings, "MARKET", 25)
+    run_until_idle(settings, ["bronze.stocks_trades"])
+
+    table = LakeCatalog(settings).load_table("bronze.stocks_trades")
+    snaps = list(ancestors_of(table.current_snapshot(), table.metadata))
+    summaries = [s.summary.additional_properties for s in snaps]
+    assert all(s[properties.LAKE_OPERATION] == "ingest" for s in summaries)
+    assert sum(int(s[properties.EVENT_COUNT]) for s in summaries) == 25
+    assert sum(int(s["added-records"]) for s in summaries) == 25
+    assert int(summaries[0][properties.LAST_STREAM_SEQ]) == 25
+    # one snapshot per flush: the watermark property came with the append, not in its own commit
+    firsts = sorted(int(s[properties.FIRST_STREAM_SEQ]) for s in summaries)
+    assert firsts[0] == 1 and len(snaps) == len(set(firsts))
+    key = f"{properties.WATERMARK_PREFIX}MARKET.lake_bronze_stocks_trades"
+    assert table.properties[key] == "25"
+    log = table.metadata.metadata_log
+    assert len(snaps) <= len(log) + 1
+
+
+def test_publisher_duplicates_with_same_msg_id_are_stored_once(
+    tmp_path: Path, nats: NatsServer, duck
+) -> None:
+    settings = settings_for(tmp_path, nats.url)
+    items = []
+    for i in range(30):
+        body = encode(make_event("bronze.stocks_trades", i))
+        items.append(("market.stocks.trades", body, {"Nats-Msg-Id": f"trade-{i}"}))
+        if i % 3 == 0:
+            items.append(("market.stocks.trades", body, {"Nats-Msg-Id": f"trade-{i}"}))
+    publish(settings, items, acked=True)
+    run_until_idle(settings, ["bronze.stocks_trades"])
+    assert count_rows(duck, settings, "bronze.stocks_trades") == 30
+
+
+def test_bad_messages_are_quarantined_and_good_ones_around_them_stored(
+    tmp_path: Path, nats: NatsServer, duck
+) -> None:
+    settings = settings_for(tmp_path, nats.url)
+    good = [make_event("bronze.stocks_trades", i) for i in range(20)]
+    bad: list[tuple[bytes, str]] = [
+        (b'{"ts_event_ns": 1, "symbol": ', "malformed JSON"),
+        (encode({k: v for k, v in good[0].items() if k != "price"}), "missing required field"),
+        (encode({**good[0], "size": "ten"}), "invalid value"),
+        (
+            b'{"ts_event_ns": 1765900000000000000, "source": "t", "symbol": "SPY", '
+            b'"price": NaN, "size": 1}',
+            "price must be a finite number",
+        ),
+        (encode({**good[0], "price": -5.0}), "price must be a finite number > 0"),
+        (encode({**good[0], "ts_event_ns": 1765900000}), "plausible"),
+        (encode([good[0], {**good[1], "size": -1}]), "size must be >= 0"),
+    ]
+    items = []
+    for i, event in enumerate(good):
+        items.append(("market.stocks.trades", encode(event), None))
+        if i < len(bad):
+            items.append(("market.stocks.trades", bad[i][0], None))
+    items.append(("levels.signals", b'{"ts": 1765900000000}', None))  # no levels
+    items.append(("levels.signals", encode(gold_payload(1)), None))
+    publish(settings, items)
+    wait_stream(settings, "MARKET", len(good) + len(bad))
+
+    run_until_idle(settings, ["bronze.stocks_trades", "gold.levels_signals"])
+
+    assert count_rows(duck, settings, "bronze.stocks_trades") == len(good)
+    assert count_rows(duck, settings, "gold.levels_signals") == 2
+    rows = duck.sql(
+        "SELECT target_table, subject, stream, stream_seq, reason, raw "
+        f"FROM {scan_sql(settings, 'bronze.dead_letters')} ORDER BY stream, stream_seq"
+    ).fetchall()
+    assert len(rows) == len(bad) + 1
+    market = [r for r in rows if r[2] == "MARKET"]
+    for (target, subject, _, seq, reason, raw), (body, expected) in zip(market, bad, strict=True):
+        assert target == "bronze.stocks_trades" and subject == "market.stocks.trades"
+        assert expected in reason, reason
+        assert bytes(raw) == body and seq > 0
+    gold = [r for r in rows if r[2] == "SIGNALS"]
+    assert gold[0][0] == "gold.levels_signals" and "levels" in gold[0][4]
+
+    async def dlq_count() -> int:
+        from iceberg_lake import bus
+
+        nc = await bus.connect(settings)
+        try:
+            return (await nc.jetstream().stream_info("LAKE_DLQ")).state.messages
+        finally:
+            await nc.close()
+
+    assert asyncio.run(dlq_count()) == len(bad) + 1
+
+
+def test_path_like_partition_values_round_trip_inside_the_warehouse(
+    tmp_path: Path, nats: NatsServer, duck
+) -> None:
+    settings = settings_for(tmp_path, nats.url)
+    symbols = ["../x", "a/b", "with space", "ünïcødé✓", "..", "%2F", "a=b"]
+    items = [
+        ("market.stocks.trades", encode(make_event("bronze.stocks_trades", i, symbol=s)), None)
+        for i, s in enumerate(symbols)
+    ]
+    publish(settings, items)
+    wait_stream(settings, "MARKET", len(symbols))
+    run_until_idle(settings, ["bronze.stocks_trades"])
+
+    got = duck.sql(
+        f"SELECT symbol FROM {scan_sql(settings, 'bronze.stocks_trades')} ORDER BY seq"
+    ).fetchall()
+    assert [r[0] for r in got] == symbols
+    warehouse = (settings.data_dir / "warehouse").resolve()
+    outside = [p for p in tmp_path.rglob("*.parquet") if not p.resolve().is_relative_to(warehouse)]
+    assert outside == []
+    table = LakeCatalog(settings).load_table("bronze.stocks_trades")
+    for task in table.scan().plan_files():
+        path = Path(task.file.file_path.removeprefix("file://"))
+        assert path.resolve().is_relative_to(warehouse), path
+
+
+def test_unmapped_subjects_are_routed_by_schema_inference(
+    tmp_path: Path, nats: NatsServer, duck
+) -> None:
+    settings = settings_for(tmp_path, nats.url)
+    quote = make_event("bronze.stocks_quotes", 1)
+    es = make_event("bronze.futures_trades", 2)
+    greek = make_event("bronze.options_greeks_snapshots", 3)
+    env = {
+        "schema_name": "stocks.trades.v1",
+        "source": "x",
+        "ts_event_ns": quote["ts_event_ns"],
+        "key": "IWM",
+        "seq": 9,
+        "payload": {"price": 200.0, "size": 5},
+    }
+    items = [
+        ("market.raw", encode(quote), None),
+        ("market.raw", encode(es), None),
+        ("market.feed.x", encode(greek), None),
+        ("market.raw", encode(env), None),
+        ("market.raw", encode({"hello": "world"}), None),
+        ("market.stocks.trades", encode(make_event("bronze.stocks_trades", 4)), None),
+    ]
+    publish(settings, items)
+    wait_stream(settings, "MARKET", len(items))
+    run_until_idle(settings)
+
+    assert count_rows(duck, settings, "bronze.stocks_quotes") == 1
+    assert count_rows(duck, settings, "bronze.futures_trades") == 1
+    assert count_rows(duck, settings, "bronze.options_greeks_snapshots") == 1
+    trades = duck.sql(
+        f"SELECT symbol, seq FROM {scan_sql(settings, 'bronze.stocks_trades')} ORDER BY seq"
+    ).fetchall()
+    assert trades == [("SPY", 4), ("IWM", 9)]  # the mapped one once, the envelope via its key
+    dead = duck.sql(
+        f"SELECT target_table, reason FROM {scan_sql(settings, 'bronze.dead_letters')}"
+    ).fetchall()
+    assert dead == [("unrouted", "cannot infer schema from message")]
