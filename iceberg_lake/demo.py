@@ -411,7 +411,11 @@ def _queries(steps: _Steps, settings: Settings, result: _Result) -> None:
 
 
 def _replay(steps: _Steps, settings: Settings, result: _Result) -> None:
-    from iceberg_lake.replay import ReplayEngine
+    try:
+        from iceberg_lake.replay import ReplayEngine
+    except ImportError:  # TODO(demo): drop once iceberg_lake.replay is committed
+        steps.skip("replay a slice", "not available yet (iceberg_lake.replay has not landed)")
+        return
 
     tables = REPLAY_TABLES
     start = SimulationConfig().start_ns
