@@ -278,8 +278,10 @@ def create_tag(
     if not replace:
         taken = [i for i, t in loaded.items() if name in list_tags(t)]
         if taken:
+            more = f" and {len(taken) - 3} more" if len(taken) > 3 else ""
             raise TimeTravelError(
-                f"tag '{name}' already exists on {', '.join(taken)} (use --replace to move it)"
+                f"tag '{name}' already exists on {', '.join(taken[:3])}{more} "
+                "(use --replace to move it)"
             )
     result: dict[str, int | None] = {}
     for ident, table in loaded.items():

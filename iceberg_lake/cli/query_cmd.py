@@ -1,9 +1,363 @@
-"""`lake` commands: query, snapshot, replay."""
+"""`lake` commands: query, snapshot (tag, untag, list), replay."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import pyarrow as pa
 import typer
+
+from iceberg_lake import snapshots
+from iceberg_lake.cli.common import (
+    OUTPUT_OPTION,
+    OutputFormat,
+    console,
+    emit,
+    err_console,
+    format_ms,
+    open_catalog,
+)
+from iceberg_lake.exceptions import TimeTravelError
+from iceberg_lake.snapshots import AsOf, AsOfSpec
+
+snapshot_app = typer.Typer(help="Snapshots and tags: what a backtest cites.", no_args_is_help=True)
+
+
+class QueryOutput(StrEnum):
+    """How `lake query` prints its result."""
+
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the `lake` app."""
+    """Add `query`, `snapshot` and `replay` to the `lake` app."""
+    app.command("query")(query)
+    app.command("replay")(replay)
+    app.add_typer(snapshot_app, name="snapshot")
+
+
+# ---- shared parsing ------------------------------------------------------------------------------
+
+
+def parse_as_of(values: list[str] | None) -> AsOfSpec:
+    """`--as-of` values: one `PIN` for all tables, and/or `TABLE=PIN` per table.
+
+    A pin is a tag, a snapshot id or an ISO timestamp. A global pin plus per-table pins is not
+    allowed (ambiguous for the tables not named).
+    """
+    if not values:
+        return None
+    global_pin: AsOf = None
+    per_table: dict[str, AsOf] = {}
+    for raw in values:
+        head, sep, tail = raw.partition("=")
+        if sep and head.count(".") == 1 and " " not in head:
+            per_table[head.strip()] = _pin(tail)
+        elif global_pin is None:
+            global_pin = _pin(raw)
+        else:
+            raise typer.BadParameter(
+                "give one global pin, or TABLE=PIN pairs", param_hint="--as-of"
+            )
+    if per_table and global_pin is not None:
+        raise typer.BadParameter(
+            "use either one pin for all tables or TABLE=PIN pairs", param_hint="--as-of"
+        )
+    return per_table or global_pin
+
+
+def _pin(text: str) -> AsOf:
+    text = text.strip()
+    return int(text) if text.isdigit() else text
+
+
+def parse_time_ns(text: str, option: str) -> int:
+    """`--start/--end`: Unix nanoseconds, or an ISO time/date (naive = UTC)."""
+    raw = text.strip()
+    if raw.lstrip("-").isdigit():
+        return int(raw)
+    when = snapshots.parse_timestamp(raw)
+    if when is None:
+        raise typer.BadParameter(
+            f"{text!r} is neither Unix nanoseconds nor an ISO time", param_hint=option
+        )
+    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    out = [t.strip() for v in values for t in v.split(",") if t.strip()]
+    return out or None
+
+
+# ---- lake query --------------------------------------------------------------------------------
+
+
+def query(
+    sql: str = typer.Argument(..., help="SQL; tables by name, e.g. bronze.stocks_trades."),
+    as_of: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--as-of", help="Tag, snapshot id or ISO time for all tables, or TABLE=PIN (repeat)."
+        ),
+    ] = None,
+    output: Annotated[
+        QueryOutput, typer.Option("--output", "-o", help="table, csv, json or parquet.")
+    ] = QueryOutput.table,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="Write the result here (required for parquet)."),
+    ] = None,
+) -> None:
+    """Run SQL against the lake's tables, optionally as of a tag, snapshot or time."""
+    from iceberg_lake.query import Lake
+
+    pins = parse_as_of(as_of)
+    if output == QueryOutput.parquet and file is None:
+        raise typer.BadParameter("parquet output needs --file PATH", param_hint="--output")
+    result = Lake(open_catalog()).query(sql, as_of=pins)
+    write_result(result, output, file)
+
+
+def write_result(result: pa.Table, output: QueryOutput, file: Path | None) -> None:
+    """Print or write a query result in the chosen format."""
+    if output == QueryOutput.parquet:
+        import pyarrow.parquet as pq
+
+        assert file is not None
+        pq.write_table(result, file, compression="zstd")
+        err_console.print(f"wrote {result.num_rows} rows to {file}")
+        return
+    if output == QueryOutput.csv:
+        import pyarrow.csv as pcsv
+
+        sink: Any = str(file) if file else pa.BufferOutputStream()
+        pcsv.write_csv(result, sink)
+        if file is None:
+            sys.stdout.write(sink.getvalue().to_pybytes().decode())
+        return
+    rows = result.to_pylist()
+    if output == QueryOutput.json:
+        text = json.dumps(rows, default=str, indent=2)
+        if file:
+            file.write_text(text + "\n")
+        else:
+            typer.echo(text)
+        return
+    if file:
+        file.write_text("\n".join(json.dumps(r, default=str) for r in rows) + "\n")
+        return
+    emit(rows, OutputFormat.text, columns=result.column_names)
+    err_console.print(f"{result.num_rows} rows")
+
+
+# ---- lake snapshot -----------------------------------------------------------------------------
+
+
+@snapshot_app.command("tag")
+def tag(
+    name: str = typer.Argument(..., help="Tag name, e.g. bt-2025-12-16."),
+    tables: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tables", "-t", help="Tables to tag (comma-separated or repeated); default all."
+        ),
+    ] = None,
+    replace: bool = typer.Option(False, "--replace", help="Move an existing tag of that name."),
+    output: OutputFormat = OUTPUT_OPTION,
+) -> None:
+    """Tag each table's current snapshot; a backtest cites the tag."""
+    result = snapshots.create_tag(open_catalog(), name, _split(tables), replace=replace)
+    rows = [{"table": t, "snapshot_id": sid, "tag": name} for t, sid in result.items()]
+    if output == OutputFormat.json:
+        emit(rows, output)
+        return
+    for row in rows:
+        sid = row["snapshot_id"]
+        console.print(f"{row['table']}: {sid if sid is not None else 'empty (no snapshot)'}")
+    console.print(f"tagged {len(rows)} tables as '{name}'")
+
+
+@snapshot_app.command("untag")
+def untag(
+    name: str = typer.Argument(..., help="Tag to remove."),
+    tables: Annotated[
+        list[str] | None, typer.Option("--tables", "-t", help="Only these tables.")
+    ] = None,
+) -> None:
+    """Remove a tag (its snapshots become expirable again)."""
+    removed = snapshots.remove_tag(open_catalog(), name, _split(tables))
+    if not removed:
+        raise TimeTravelError(f"no table has tag '{name}'")
+    console.print(f"removed tag '{name}' from {', '.join(removed)}")
+
+
+@snapshot_app.command("list")
+def list_(
+    table: str | None = typer.Argument(None, help="A table; without it, one line per table."),
+    output: OutputFormat = OUTPUT_OPTION,
+) -> None:
+    """Show a table's snapshots (id, time, operation, rows added, lake properties) and tags."""
+    catalog = open_catalog()
+    if table is None:
+        rows = []
+        for ident in catalog.existing_tables():
+            t = catalog.load_table(ident)
+            current = t.current_snapshot()
+            rows.append(
+                {
+                    "table": ident,
+                    "current_snapshot": current.snapshot_id if current else None,
+                    "snapshots": len(t.metadata.snapshots),
+                    "tags": ", ".join(
+                        f"{n}={s if s is not None else 'empty'}"
+                        for n, s in snapshots.list_tags(t).items()
+                    ),
+                }
+            )
+        emit(rows, output, title="snapshots", columns=list(rows[0]) if rows else None)
+        return
+    t = catalog.load_table(table)
+    rows = snapshots.list_snapshots(t)
+    if output == OutputFormat.json:
+        emit([{**r, "table": table} for r in rows], output)
+        return
+    text_rows = [
+        {
+            "snapshot_id": r["snapshot_id"],
+            "time": format_ms(r["timestamp_ms"]),
+            "operation": r["operation"],
+            "rows_added": r["added_records"],
+            "total_rows": r["total_records"],
+            "tags": ", ".join(r["tags"]),
+            "current": "*" if r["current"] else "",
+            "properties": " ".join(f"{k}={v}" for k, v in r["properties"].items()),
+        }
+        for r in rows
+    ]
+    emit(text_rows, output, title=f"{table} snapshots", columns=list(text_rows[0]) if rows else [])
+    empty_tags = [n for n, s in snapshots.list_tags(t).items() if s is None]
+    if empty_tags:
+        console.print(f"tags made while empty: {', '.join(empty_tags)}")
+
+
+# ---- lake replay -------------------------------------------------------------------------------
+
+
+def replay(
+    tables: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tables", "-t", help="Tables in tie-break order (comma-separated or repeated)."
+        ),
+    ] = None,
+    start: str | None = typer.Option(None, "--start", help="Unix ns or ISO time/date (UTC)."),
+    end: str | None = typer.Option(
+        None, "--end", help="Exclusive end; default: start + 1 day when start is a date."
+    ),
+    as_of: Annotated[
+        list[str] | None,
+        typer.Option("--as-of", help="Tag, snapshot id or ISO time, or TABLE=PIN (repeat)."),
+    ] = None,
+    from_manifest: Annotated[
+        Path | None,
+        typer.Option("--from-manifest", help="Replay exactly the pins and window of a manifest."),
+    ] = None,
+    to_nats: bool = typer.Option(False, "--to-nats", help="Publish to NATS (LAKE_NATS_URL)."),
+    prefix: str | None = typer.Option(
+        None, "--prefix", help="Subject prefix for --to-nats, e.g. replay → replay.market.…"
+    ),
+    speed: float = typer.Option(0.0, "--speed", help="0 = as fast as possible; N = N× real time."),
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Without --to-nats: write NDJSON events here (default stdout)."),
+    ] = None,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="Write the replay manifest (JSON).")
+    ] = None,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Replay pinned snapshots of tables merged by event time, to NATS or NDJSON."""
+    from iceberg_lake.replay import ReplayEngine, read_manifest
+
+    if prefix and not to_nats:
+        raise typer.BadParameter("--prefix needs --to-nats", param_hint="--prefix")
+    catalog = open_catalog()
+    if from_manifest is not None:
+        engine = ReplayEngine.from_manifest(catalog, read_manifest(from_manifest), speed=speed)
+    else:
+        names = _split(tables)
+        if not names:
+            raise typer.BadParameter("name at least one table", param_hint="--tables")
+        if start is None:
+            raise typer.BadParameter("--start is required", param_hint="--start")
+        start_ns = parse_time_ns(start, "--start")
+        if end is None:
+            if len(start.strip()) != 10:
+                raise typer.BadParameter("--end is required unless --start is a date")
+            end_ns = start_ns + 86_400 * 1_000_000_000
+        else:
+            end_ns = parse_time_ns(end, "--end")
+        engine = ReplayEngine(catalog, names, start_ns, end_ns, parse_as_of(as_of), speed=speed)
+    result = _run_with_progress(engine, to_nats, prefix, out, progress)
+    if manifest is not None:
+        manifest.write_text(json.dumps(result, indent=2) + "\n")
+    err_console.print(
+        f"replayed {result['event_count']} events, {result['sequence_hash']}"
+        + (f"; manifest {manifest}" if manifest else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _run_with_progress(
+    engine: Any, to_nats: bool, prefix: str | None, out: Path | None, show: bool
+) -> dict[str, Any]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    span = engine.end_ns - engine.start_ns
+    bar = Progress(
+        TextColumn("replay"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}% of the window"),
+        TextColumn("{task.fields[events]} events"),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=not show,
+        transient=False,
+    )
+    with bar:
+        task = bar.add_task("replay", total=span, events=0)
+
+        def progress(count: int, ts: int) -> None:
+            bar.update(task, completed=max(0, min(span, ts - engine.start_ns)), events=count)
+
+        if to_nats:
+            return asyncio.run(engine.publish(prefix=prefix, progress=progress))
+        stream = out.open("wb") if out else sys.stdout.buffer
+        try:
+            count = 0
+            for event in engine.paced_events():
+                stream.write(msgspec.json.encode(event.as_dict()) + b"\n")
+                count += 1
+                if count % 1_000 == 0:
+                    progress(count, event.row["ts_event_ns"])
+            progress(count, engine.end_ns)
+        finally:
+            if out:
+                stream.close()
+            else:
+                stream.flush()
+        return engine.manifest()
