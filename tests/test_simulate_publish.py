@@ -66,3 +66,46 @@ def test_paced_publish_follows_event_time(nats_server: NatsServer) -> None:
     _, report = simulate(settings, config, speed=2.0)  # 1 s of session in about 0.5 s
     assert report.messages > 50
     assert report.seconds >= 0.4
+
+
+def test_lake_simulate_cli_publishes_and_reports(nats_server: NatsServer) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from iceberg_lake.cli.app import app
+
+    args = ["simulate", "--rate", "100", "--duration", "2", "--seed", "5", "--speed", "0"]
+    args += ["--duplicates", "0.1", "--bad", "0.05", "--batch", "2", "--start", "2024-06-04T14:00Z"]
+    result = CliRunner().invoke(
+        app, [*args, "--output", "json"], env={"LAKE_NATS_URL": nats_server.url}
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)[0]
+    expected, stats = build_messages(
+        SimulationConfig(
+            seed=5,
+            start=datetime(2024, 6, 4, 14, 0, tzinfo=UTC),
+            duration_s=2.0,
+            rate=100.0,
+            duplicates=0.1,
+            bad=0.05,
+            batch=2,
+        )  # fmt: skip
+    )
+    assert report["messages_stored"] == len(expected)
+    assert report["events"] == stats.total_events
+    assert report["bad_messages"] == stats.total_bad
+
+
+def test_lake_simulate_cli_refuses_bad_arguments() -> None:
+    from typer.testing import CliRunner
+
+    from iceberg_lake.cli.app import app
+
+    result = CliRunner().invoke(app, ["simulate", "--bad", "2"])
+    assert result.exit_code == 1
+    assert "--bad must be a probability" in result.output
+    result = CliRunner().invoke(app, ["simulate", "--start", "yesterday"])
+    assert result.exit_code == 1
+    assert "--start must be an ISO time" in result.output
