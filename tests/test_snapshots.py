@@ -1,0 +1,149 @@
+"""Tags, snapshot listing and `as_of` resolution (`iceberg_lake.snapshots`, `lake snapshot`)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from timetravel_data import HOUR_NS, T14, append, trades
+from typer.testing import CliRunner
+
+from iceberg_lake import snapshots
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.cli.app import app
+from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
+
+TRADES = "bronze.stocks_trades"
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> tuple[Settings, LakeCatalog]:
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    return settings, catalog
+
+
+def test_tag_pins_current_snapshots_and_is_never_moved_silently(lake) -> None:
+    settings, catalog = lake
+    first = append(catalog.load_table(TRADES), trades("SPY", T14, 5, 10**9))
+
+    pins = snapshots.create_tag(settings, "bt-1", [TRADES, "silver.stocks_trades"])
+    assert pins == {TRADES: first, "silver.stocks_trades": None}
+
+    second = append(catalog.load_table(TRADES), trades("SPY", T14 + HOUR_NS, 5, 10**9))
+    table = catalog.load_table(TRADES)
+    assert snapshots.resolve_as_of(table, "bt-1") == first
+    assert snapshots.resolve_as_of(table, None) == second
+    assert snapshots.list_tags(table) == {"bt-1": first}
+
+    with pytest.raises(TimeTravelError, match="already exists"):
+        snapshots.create_tag(settings, "bt-1", [TRADES])
+    assert snapshots.resolve_as_of(catalog.load_table(TRADES), "bt-1") == first
+
+    assert snapshots.create_tag(settings, "bt-1", [TRADES], replace=True) == {TRADES: second}
+    assert snapshots.remove_tag(settings, "bt-1") == [TRADES, "silver.stocks_trades"]
+    assert snapshots.list_tags(catalog.load_table(TRADES)) == {}
+
+
+def test_tag_of_an_empty_table_reads_empty_and_survives_later_appends(lake) -> None:
+    settings, catalog = lake
+    assert snapshots.create_tag(settings, "before", [TRADES]) == {TRADES: None}
+    append(catalog.load_table(TRADES), trades("SPY", T14, 3, 10**9))
+    table = catalog.load_table(TRADES)
+    assert snapshots.resolve_as_of(table, "before") is None
+    assert snapshots.list_tags(table) == {"before": None}
+    # Tagging again once data exists turns the empty marker into a real Iceberg tag.
+    pins = snapshots.create_tag(settings, "before", [TRADES], replace=True)
+    table = catalog.load_table(TRADES)
+    assert snapshots.resolve_as_of(table, "before") == pins[TRADES] is not None
+    assert table.snapshot_by_name("before") is not None
+
+
+def test_resolve_snapshot_ids_timestamps_and_clear_errors(lake) -> None:
+    _settings, catalog = lake
+    before = datetime.now(UTC) - timedelta(days=1)
+    first = append(catalog.load_table(TRADES), trades("SPY", T14, 3, 10**9))
+    second = append(catalog.load_table(TRADES), trades("SPY", T14, 3, 10**9, seq0=10))
+    table = catalog.load_table(TRADES)
+    first_ms = table.snapshot_by_id(first).timestamp_ms
+
+    assert snapshots.resolve_as_of(table, first) == first
+    assert snapshots.resolve_as_of(table, str(first)) == first
+    assert snapshots.resolve_as_of(table, before) is None  # before the first snapshot: empty
+    at_first = datetime.fromtimestamp(first_ms / 1000, tz=UTC)
+    assert snapshots.resolve_as_of(table, at_first) == first
+    assert snapshots.resolve_as_of(table, datetime.now(UTC).isoformat()) == second
+
+    with pytest.raises(TimeTravelError, match="no snapshot 123"):
+        snapshots.resolve_as_of(table, 123)
+    with pytest.raises(TimeTravelError, match="no tag or snapshot 'nope'"):
+        snapshots.resolve_as_of(table, "nope")
+    for bad in ("main", "12345", "2025-12-16", "has space"):
+        with pytest.raises(TimeTravelError, match="invalid tag name"):
+            snapshots.create_tag(catalog, bad, [TRADES])
+    with pytest.raises(UnknownTableError):
+        snapshots.create_tag(catalog, "ok", ["bronze.nope"])
+
+
+def test_list_snapshots_shows_operation_rows_tags_and_lake_properties(lake) -> None:
+    settings, catalog = lake
+    table = catalog.load_table(TRADES)
+    from timetravel_data import to_arrow
+
+    table.append(
+        to_arrow(table, trades("SPY", T14, 4, 10**9)),
+        snapshot_properties={"lake.stream": "MARKET", "lake.last-stream-seq": "42"},
+    )
+    append(catalog.load_table(TRADES), trades("QQQ", T14, 2, 10**9))
+    snapshots.create_tag(settings, "cite-me", [TRADES])
+
+    rows = snapshots.list_snapshots(catalog.load_table(TRADES))
+    assert [r["operation"] for r in rows] == ["append", "append"]
+    assert [r["added_records"] for r in rows] == [4, 2]
+    assert [r["total_records"] for r in rows] == [4, 6]
+    assert rows[0]["properties"] == {"lake.stream": "MARKET", "lake.last-stream-seq": "42"}
+    assert rows[1]["tags"] == ["cite-me"] and rows[1]["current"] and not rows[0]["current"]
+
+
+def test_expiring_snapshots_never_removes_a_tagged_one(lake) -> None:
+    settings, catalog = lake
+    tagged = append(catalog.load_table(TRADES), trades("SPY", T14, 3, 10**9))
+    snapshots.create_tag(settings, "keep", [TRADES])
+    middle = append(catalog.load_table(TRADES), trades("SPY", T14, 3, 10**9, seq0=5))
+    last = append(catalog.load_table(TRADES), trades("SPY", T14, 3, 10**9, seq0=9))
+
+    table = catalog.load_table(TRADES)
+    assert snapshots.tagged_snapshot_ids(table) == {tagged, last}  # tag + main branch head
+    table.maintenance.expire_snapshots().by_ids([middle]).commit()
+    table.maintenance.expire_snapshots().older_than(datetime.now(UTC)).commit()
+    table = catalog.load_table(TRADES)
+    assert {s.snapshot_id for s in table.snapshots()} == {tagged, last}
+    assert snapshots.resolve_as_of(table, "keep") == tagged
+
+
+def test_cli_snapshot_tag_list_and_errors(lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, catalog = lake
+    monkeypatch.setenv("LAKE_DATA_DIR", str(settings.data_dir))
+    first = append(catalog.load_table(TRADES), trades("SPY", T14, 3, 10**9))
+    runner = CliRunner()
+
+    tagged = runner.invoke(app, ["snapshot", "tag", "bt-cli", "--tables", TRADES, "-o", "json"])
+    assert tagged.exit_code == 0, tagged.output
+    assert json.loads(tagged.stdout) == [{"table": TRADES, "snapshot_id": first, "tag": "bt-cli"}]
+
+    listed = runner.invoke(app, ["snapshot", "list", TRADES, "-o", "json"])
+    assert listed.exit_code == 0, listed.output
+    (row,) = json.loads(listed.stdout)
+    assert row["snapshot_id"] == first and row["tags"] == ["bt-cli"]
+
+    overview = runner.invoke(app, ["snapshot", "list"])
+    assert overview.exit_code == 0 and "bt-cli" in overview.stdout
+
+    again = runner.invoke(app, ["snapshot", "tag", "bt-cli", "--tables", TRADES])
+    assert again.exit_code == 1
+    assert "already exists" in again.stderr and "Traceback" not in again.output
+    assert len(again.stderr.strip().splitlines()) == 1
