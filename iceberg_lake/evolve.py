@@ -379,7 +379,12 @@ class EvolveResult:
 
 
 def evolve_table(
-    table: Table, identifier: str, changes: list[Change], *, dry_run: bool = False
+    table: Table,
+    identifier: str,
+    changes: list[Change],
+    *,
+    dry_run: bool = False,
+    fresh: bool = False,
 ) -> EvolveResult:
     """Plan and commit `changes` to one table as ONE metadata commit.
 
@@ -394,6 +399,7 @@ def evolve_table(
         identifier: its name, for messages.
         changes: the requested changes, applied in order.
         dry_run: plan only; commit nothing.
+        fresh: `table` was just loaded; skip the reload before planning.
 
     Returns:
         The plan and whether it was committed.
@@ -403,6 +409,9 @@ def evolve_table(
         CommitConflictError: concurrent commits kept winning.
     """
     for attempt in range(COMMIT_ATTEMPTS):
+        if attempt == 0 and not fresh:
+            with catalog_errors(f"reloading {identifier}"):
+                table.refresh()  # plan against the current metadata, not a stale copy
         plan = plan_changes(TableState.from_table(identifier, table), changes)
         if dry_run or plan.is_noop:
             return EvolveResult(plan)

@@ -20,8 +20,9 @@ migration edited after it was applied is reported by `status` and `check` and re
 Two `up` at once cannot both apply a step: `up` holds a lock in the same database while it runs
 (PostgreSQL: `SELECT ... FOR UPDATE` on a lock row, released with the connection even if the
 process dies; SQLite: a lease row taken by a conditional UPDATE, because holding a SQLite write
-transaction would block the catalog commits the migration itself makes) and re-reads the ledger
-after taking it.
+transaction would block the catalog commits the migration itself makes; a lease whose holder
+process on this host is gone, or that is older than an hour, is taken over) and re-reads the
+ledger after taking it.
 """
 
 from __future__ import annotations
@@ -319,7 +320,7 @@ class MigrationContext:
             if self.dry_run or table is None:
                 self._simulated[result.identifier] = result.plan.after
                 continue
-            outcome = evolve_table(table, result.identifier, changes)
+            outcome = evolve_table(table, result.identifier, changes, fresh=True)
             result.plan, result.committed = outcome.plan, outcome.committed
         return [r for r, _, _ in staged]
 
@@ -502,6 +503,19 @@ class MigrationLedger:
                     ).scalar()
             if taken == 1:
                 break
+            if holder and _local_process_gone(holder):
+                # Left behind by a process of this host that died: take it over at once.
+                log.warning(
+                    "taking over the migration lock of %s, which is no longer running", holder
+                )
+                with catalog_errors("taking the migration lock"), self.engine.begin() as conn:
+                    conn.execute(
+                        sa.update(lock_table)
+                        .where(lock_table.c.catalog_name == self.catalog_name)
+                        .where(lock_table.c.holder == holder)
+                        .values(holder=None, acquired_at=None)
+                    )
+                continue
             if delay == 0.05:
                 log.info(WAITING, holder, timeout)
             if time.monotonic() >= deadline:
@@ -526,6 +540,20 @@ class MigrationLedger:
 def lock_holder() -> str:
     """Who is running: `host:pid`."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _local_process_gone(holder: str) -> bool:
+    """True if `holder` (`host:pid`) names a process of this host that no longer exists."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by another user
+        return False
+    return False
 
 
 # ---- the runner -------------------------------------------------------------------------------

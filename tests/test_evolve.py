@@ -6,6 +6,7 @@ Time travel is checked with both readers: pyiceberg (`scan(snapshot_id=...)`) an
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -280,3 +281,49 @@ def test_cli_refused_changes_exit_1_with_the_reason(
     assert reason in res.output
     assert "Traceback" not in res.output
     assert catalog.load_table(TRADES).properties[SCHEMA_VERSION_PROPERTY] == "2"
+
+
+def test_a_stale_table_object_is_refreshed_and_the_writer_watermark_kept(
+    catalog: LakeCatalog,
+) -> None:
+    stale = catalog.load_table(TRADES)
+    writer = catalog.load_table(TRADES)
+    watermark = f"{WATERMARK_PREFIX}MARKET.lake_bronze_stocks_trades"
+    with writer.transaction() as tx:  # a writer's watermark and append land first
+        tx.set_properties({watermark: "7"})
+    _append(writer, [{"size": 1}])
+    evolve_table(catalog.load_table(TRADES), TRADES, [AddColumn("other", "long")])
+
+    # "other" exists now although the stale object does not know it: a no-op, not an error
+    result = evolve_table(stale, TRADES, [AddColumn("other", "long"), AddColumn("venue", "string")])
+    assert result.committed
+    assert [c.describe() for c in result.plan.apply] == ["add column venue string (optional)"]
+    table = catalog.load_table(TRADES)
+    assert table.properties[watermark] == "7"
+    assert table.properties[SCHEMA_VERSION_PROPERTY] == "4"
+    assert table.scan().to_arrow().num_rows == 1
+
+
+def test_a_commit_race_is_replanned_and_retried(
+    catalog: LakeCatalog, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import iceberg_lake.evolve as evolve_module
+
+    real_plan = evolve_module.plan_changes
+    raced: list[bool] = []
+
+    def plan_then_race(state: TableState, changes: list) -> object:
+        plan = real_plan(state, changes)
+        if not raced:  # another process changes the schema between our plan and our commit
+            raced.append(True)
+            evolve_table(catalog.load_table(TRADES), TRADES, [AddColumn("other", "long")])
+        return plan
+
+    monkeypatch.setattr(evolve_module, "plan_changes", plan_then_race)
+    with caplog.at_level(logging.INFO, logger="iceberg_lake.evolve"):
+        result = evolve_table(catalog.load_table(TRADES), TRADES, [AddColumn("venue", "string")])
+    assert result.committed
+    assert any("concurrent commit" in r.getMessage() for r in caplog.records)
+    table = catalog.load_table(TRADES)
+    assert {"venue", "other"} <= set(table.schema().column_names)
+    assert table.properties[SCHEMA_VERSION_PROPERTY] == "4"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -17,11 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import load_settings
 from iceberg_lake.exceptions import MigrationError
-from iceberg_lake.migrations import MigrationLedger
+from iceberg_lake.migrations import MigrationLedger, lock_holder, lock_table
 from iceberg_lake.properties import SCHEMA_VERSION_PROPERTY
 from iceberg_lake.tables import registry
 
@@ -179,3 +181,25 @@ def test_a_held_lease_times_out_with_a_clear_message(tmp_path: Path) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_a_lease_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
+    LakeCatalog(settings)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    ledger = MigrationLedger(settings.catalog_uri, settings.catalog_name)
+    try:
+        ledger.ensure()
+        with ledger.engine.begin() as conn:
+            conn.execute(
+                sa.update(lock_table).values(
+                    holder=f"{socket.gethostname()}:{dead.stdout.strip()}", acquired_at=time.time()
+                )
+            )
+        with ledger.lock(timeout=5):
+            with ledger.engine.connect() as conn:
+                holder = conn.execute(sa.select(lock_table.c.holder)).scalar()
+            assert holder == lock_holder()
+    finally:
+        ledger.close()

@@ -222,7 +222,7 @@ def table_evolve(
             " or --add-partition-field"
         )
     catalog = _open_catalog()
-    result = evolve_table(catalog.load_table(name), name, changes, dry_run=dry_run)
+    result = evolve_table(catalog.load_table(name), name, changes, dry_run=dry_run, fresh=True)
     lines = result.plan.describe()
     if output == OutputFormat.json:
         emit(
