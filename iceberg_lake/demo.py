@@ -411,11 +411,7 @@ def _queries(steps: _Steps, settings: Settings, result: _Result) -> None:
 
 
 def _replay(steps: _Steps, settings: Settings, result: _Result) -> None:
-    try:
-        from iceberg_lake.replay import ReplayEngine
-    except ImportError:  # TODO(demo): drop once iceberg_lake.replay is committed
-        steps.skip("replay a slice", "not available yet (iceberg_lake.replay has not landed)")
-        return
+    from iceberg_lake.replay import ReplayEngine
 
     tables = REPLAY_TABLES
     start = SimulationConfig().start_ns
@@ -468,17 +464,20 @@ def _next_commands(data_dir: Path) -> list[str]:
     candidates = [
         ("", f"export LAKE_CONFIG={data_dir / 'lake.toml'}"),
         ("tables", "lake tables"),
-        ("describe", "lake describe silver.futures_mbp10"),
         ("snapshot", "lake snapshot list silver.stocks_trades"),
         (
             "query",
-            'lake query "SELECT symbol, count(*) AS trades, avg(price) FROM '
-            'silver.futures_trades GROUP BY symbol"',
+            'lake query "SELECT symbol, count(*) AS trades, round(avg(price), 2) AS avg_price '
+            'FROM silver.futures_trades GROUP BY symbol"',
         ),
         ("query", f'lake query --as-of {DEMO_TAG} "SELECT count(*) FROM bronze.stocks_quotes"'),
-        ("replay", "lake replay --help"),
-        ("compact", "lake compact --incremental"),
-        ("serve", "lake serve & lake simulate --rate 500 --duration 30   # needs a nats-server"),
+        (
+            "replay",
+            f"lake replay --tables silver.stocks_trades,silver.futures_trades --as-of {DEMO_TAG} "
+            "--start 2024-05-13T13:30:00Z --end 2024-05-13T13:30:01Z",
+        ),
+        ("compact", "lake compact --incremental   # nothing left to do: no commit"),
+        ("serve", "lake serve   # with LAKE_NATS_URL set; feed it: lake simulate --rate 500"),
     ]
     available = _available_commands()
     return [cmd for name, cmd in candidates if not name or name in available]
