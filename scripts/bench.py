@@ -33,28 +33,29 @@ PREFERRED = ("ingest", "silver", "replay", "commits")
 COLUMNS = ("benchmark", "metric", "value", "unit", "baseline", "baseline_value")
 
 
-def discover(only: list[str] | None = None) -> list[str]:
+def discover(only: list[str] | None = None, scripts: Path = SCRIPTS) -> list[str]:
     """Benchmark topics to run: the preferred ones (present or not), then the others found.
 
     Args:
         only: restrict to these topics.
+        scripts: directory holding the `bench_*.py` files.
 
     Returns:
         Topic names (`ingest` for `bench_ingest.py`).
     """
-    found = sorted(p.stem.removeprefix("bench_") for p in SCRIPTS.glob("bench_*.py"))
+    found = sorted(p.stem.removeprefix("bench_") for p in scripts.glob("bench_*.py"))
     topics = list(PREFERRED) + [t for t in found if t not in PREFERRED]
     if only:
         topics = [t for t in topics if t in only] + [t for t in only if t not in topics]
     return topics
 
 
-def _load(topic: str) -> ModuleType | None:
-    path = SCRIPTS / f"bench_{topic}.py"
+def _load(topic: str, scripts: Path) -> ModuleType | None:
+    path = scripts / f"bench_{topic}.py"
     if not path.is_file():
         return None
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))  # benchmarks may import shared helpers from here
+    if str(scripts) not in sys.path:
+        sys.path.insert(0, str(scripts))  # benchmarks may import shared helpers from here
     spec = importlib.util.spec_from_file_location(f"bench_{topic}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -71,12 +72,15 @@ def ratio(row: dict[str, Any]) -> float | None:
     return None
 
 
-def run(quick: bool = False, only: list[str] | None = None) -> dict[str, Any]:
+def run(
+    quick: bool = False, only: list[str] | None = None, scripts: Path = SCRIPTS
+) -> dict[str, Any]:
     """Run the benchmarks.
 
     Args:
         quick: pass `quick=True` to every benchmark (small data, for a smoke run).
         only: run only these topics.
+        scripts: directory holding the `bench_*.py` files.
 
     Returns:
         `{"rows": [...], "notes": [...], "topics": {topic: {"status", "seconds", "rows"}}, ...}`;
@@ -86,10 +90,10 @@ def run(quick: bool = False, only: list[str] | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     topics: dict[str, dict[str, Any]] = {}
-    for topic in discover(only):
+    for topic in discover(only, scripts):
         began = time.monotonic()
         try:
-            module = _load(topic)
+            module = _load(topic, scripts)
         except Exception as exc:
             notes.append(f"bench_{topic}.py failed to import: {type(exc).__name__}: {exc}")
             topics[topic] = {"status": "import error", "seconds": 0.0, "rows": 0}
