@@ -55,12 +55,11 @@ import duckdb
 import msgspec
 from pyiceberg.table import Table
 
-from iceberg_lake import duck
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.compaction.dedup import quote_ident, quote_str
 from iceberg_lake.config import Settings
 from iceberg_lake.exceptions import TimeTravelError
-from iceberg_lake.query import duckdb_path
+from iceberg_lake.query import Lake, duckdb_path
 from iceberg_lake.readers import window_filter
 from iceberg_lake.snapshots import AsOfSpec, pin_for, resolve_as_of
 from iceberg_lake.tables import TableDefinition
@@ -298,18 +297,8 @@ class ReplayEngine:
         self._per_table = dict.fromkeys(self.tables, 0)
         self._hash = hashlib.sha256()
         self.partition_reads = self.max_partition_rows = 0
-        con = duck.connect()
+        con = Lake(self.catalog).connect()
         try:
-            con.execute("SET TimeZone = 'UTC'")
-            s = self.catalog.settings
-            if s.is_s3 or s.s3_endpoint:
-                duck.configure_s3(
-                    con,
-                    s.s3_endpoint or "https://s3.amazonaws.com",
-                    s.s3_access_key or "",
-                    s.s3_secret_key or "",
-                    s.s3_region,
-                )
             prefixes = {t: t.encode() + b"\x1f" for t in self.tables}
             streams = [self._stream(i, src, con.cursor()) for i, src in enumerate(self._sources)]
             for _key, event in heapq.merge(*streams, key=lambda item: item[0]):
