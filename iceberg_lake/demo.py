@@ -220,7 +220,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
     Raises:
         LakeError: the data directory is not new, or a step failed.
     """
-    from iceberg_lake.testing import start_nats_server
+    from iceberg_lake.testing import ServerStartError, start_nats_server
 
     began = time.monotonic()
     data_dir = _prepare_data_dir(options.data_dir or default_data_dir())
@@ -243,7 +243,11 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
     pyiceberg_log.setLevel(logging.ERROR)
     try:
         with steps.step("started nats-server"):
-            server = start_nats_server(nats_dir)
+            try:
+                server = start_nats_server(nats_dir)
+            except ServerStartError as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no output"
+                raise LakeError(f"lake demo could not start nats-server: {first}") from None
         settings = _demo_settings(data_dir, server.url)
         _init(steps, settings)
         stats = _publish(steps, settings, options, result)
