@@ -24,12 +24,16 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.expressions import (
     AlwaysTrue,
     And,
@@ -49,7 +53,7 @@ from pyiceberg.typedef import Record
 from iceberg_lake import duck
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.compaction.dedup import dedup_query, quote_ident, quote_str
+from iceberg_lake.compaction.dedup import BUCKET_COLUMN, dedup_query, quote_ident, quote_str
 from iceberg_lake.compaction.state import (
     BronzeHistory,
     PartitionId,
@@ -57,7 +61,7 @@ from iceberg_lake.compaction.state import (
     fingerprint,
     parse_state,
 )
-from iceberg_lake.compaction.writer import write_partition_files
+from iceberg_lake.compaction.writer import PartitionFileWriter
 from iceberg_lake.config import Settings
 from iceberg_lake.exceptions import CommitConflictError, CompactionError, UnknownTableError
 from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
@@ -131,6 +135,11 @@ class _Layout:
         lo = _EPOCH + bucket * step
         return value, lo, lo + step
 
+    def bucket_key(self, record: Record) -> tuple[Any, int]:
+        """`(key value, time bucket)` as the grouped dedup query reports it."""
+        value = record[self.key_pos] if self.key_pos is not None else None
+        return value, int(record[self.time_pos])
+
     def label(self, record: Record) -> list[Any]:
         value, lo, _ = self.bounds(record)
         fmt = "%Y-%m-%dT%H" if self.time_unit == "hour" else "%Y-%m-%d"
@@ -186,6 +195,7 @@ class _Partition:
     bronze: list[DataFile] = field(default_factory=list)
     deletes: dict[str, DataFile] = field(default_factory=dict)
     silver: list[DataFile] = field(default_factory=list)
+    digest: str = ""
 
     @property
     def pid(self) -> tuple[Any, ...]:
@@ -214,7 +224,10 @@ class SilverCompactor:
         settings: lake settings, or an open `LakeCatalog`.
         progress: called after each partition with (table, done, total), e.g. for a progress bar.
         partitions_per_commit: bound on the partitions replaced by one snapshot.
-        batch_rows: rows per Arrow record batch streamed from DuckDB (bounds memory).
+        batch_rows: rows per Arrow record batch streamed from DuckDB.
+        rows_per_query: Bronze rows (from metadata) one DuckDB query may read; partitions are
+            batched up to this bound (a larger partition goes alone), which bounds memory.
+        workers: DuckDB queries running at once (each streams into its own files).
         max_attempts: how often a run that lost a commit race is re-planned and retried.
     """
 
@@ -225,12 +238,16 @@ class SilverCompactor:
         progress: Progress | None = None,
         partitions_per_commit: int = 500,
         batch_rows: int = 250_000,
+        rows_per_query: int = 2_000_000,
+        workers: int = 2,
         max_attempts: int = 4,
     ) -> None:
         self.lake = settings if isinstance(settings, LakeCatalog) else LakeCatalog(settings)
         self.progress = progress
         self.partitions_per_commit = max(1, partitions_per_commit)
         self.batch_rows = batch_rows
+        self.rows_per_query = max(1, rows_per_query)
+        self.workers = max(1, workers)
         self.max_attempts = max(1, max_attempts)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._existing: set[str] | None = None
@@ -540,57 +557,82 @@ class SilverCompactor:
         started = time.perf_counter()
         history = BronzeHistory(bronze)
         totals = _Totals()
-        write_id = uuid.uuid4().hex[:12]
-        pending: list[PartitionReplacement] = []
-        rep: PartitionReplacement | None = None
         spec_id = bronze.spec().spec_id
         sid = snap.snapshot_id
-        snapshot_ids: list[int] = []
-        todo = list(parts.values())
-        for done, part in enumerate(todo, start=1):
-            paths = [f.file_path for f in part.bronze] + list(part.deletes)
-            digest = fingerprint(paths)
+        todo: list[_Partition] = []
+        for part in parts.values():
+            part.digest = fingerprint([f.file_path for f in part.bronze] + list(part.deletes))
             state = parse_state(f.file_path for f in part.silver) if part.silver else None
             pid: PartitionId = (spec_id, part.pid)
-            if not part.bronze and not part.silver:
-                pass
-            elif (
+            if (
                 state is not None
                 and part.bronze
                 and (
-                    state.fingerprint == digest
+                    state.fingerprint == part.digest
                     or history.rows_unchanged(state.source_snapshot_id, sid, pid)
                 )
             ):
                 totals.unchanged += 1
             else:
-                new_files, read, written, nbytes = self._compact_partition(
-                    bronze,
-                    silver,
-                    snap,
-                    layout,
-                    part,
-                    definition.dedup_columns,
-                    file_prefix(sid, digest, write_id),
-                )
-                if rep is None:
-                    rep = PartitionReplacement(silver, {})
-                    pending.append(rep)
-                rep.replace_files(layout.predicate(part.record), new_files, part.silver)
-                totals.rows_read += read
-                totals.rows_written += written
-                totals.bytes_read += nbytes
-                totals.replaced.append(layout.label(part.record))
-                if len(totals.replaced) % self.partitions_per_commit == 0:
-                    snapshot_ids.append(self._commit(rep, definition, snap, layout, {}))
-                    rep = None
-            if self.progress is not None:
-                self.progress(silver.name(), done, len(todo))
-        if rep is not None:
-            snapshot_ids.append(self._commit(rep, definition, snap, layout, table_properties))
+                todo.append(part)
+        done, total = totals.unchanged, len(parts)
+        self._report(silver, done, total)
+        job = _Job(self, definition, bronze, silver, snap, layout, uuid.uuid4().hex[:12])
+        snapshot_ids: list[int] = []
+        chunks = [
+            todo[i : i + self.partitions_per_commit]
+            for i in range(0, len(todo), self.partitions_per_commit)
+        ]
+        for n, chunk in enumerate(chunks, start=1):
+            rep = PartitionReplacement(silver, {})
+            try:
+                with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                    for outputs in pool.map(job.compact_group, self._groups(chunk, bronze)):
+                        for out in outputs:
+                            rep.replace_files(
+                                layout.predicate(out.part.record), out.files, out.part.silver
+                            )
+                            totals.rows_read += out.rows_read
+                            totals.rows_written += out.rows_written
+                            totals.bytes_read += out.bytes_read
+                            totals.replaced.append(layout.label(out.part.record))
+                        done += len(outputs)
+                        self._report(silver, done, total)
+            except BaseException:
+                rep.discard_new_files()
+                raise
+            marks = table_properties if n == len(chunks) else {}
+            snapshot_ids.append(self._commit(rep, definition, snap, layout, marks))
         status = "success" if totals.replaced else "unchanged"
         silver_id = snapshot_ids[-1] if snapshot_ids else None
         return _result(status, definition, snap, silver_id, totals, time.perf_counter() - started)
+
+    def _report(self, silver: Table, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(str(silver.name()), done, total)
+
+    def _groups(self, parts: list[_Partition], bronze: Table) -> list[list[_Partition]]:
+        """Batches of partitions read by one DuckDB query each (about `rows_per_query` rows).
+
+        Partitions with delete files, or a table with renamed columns, go alone through
+        DuckDB's Iceberg reader; emptied partitions (no Bronze files) need no query.
+        """
+        groups: list[list[_Partition]] = []
+        current: list[_Partition] = []
+        rows = 0
+        renamed = _renamed_columns(bronze)
+        for part in parts:
+            if not part.bronze or part.deletes or renamed:
+                groups.append([part])
+                continue
+            current.append(part)
+            rows += sum(f.record_count for f in part.bronze)
+            if rows >= self.rows_per_query:
+                groups.append(current)
+                current, rows = [], 0
+        if current:
+            groups.append(current)
+        return groups
 
     @staticmethod
     def _commit(
@@ -642,50 +684,116 @@ class SilverCompactor:
             self._con = con
         return self._con
 
-    def _compact_partition(
-        self,
-        bronze: Table,
-        silver: Table,
-        snap: Snapshot,
-        layout: _Layout,
-        part: _Partition,
-        dedup_columns: Sequence[str],
-        prefix: str,
-    ) -> tuple[list[DataFile], int, int, int]:
-        """Dedup + sort one partition into new Silver files: (files, read, written, bytes)."""
-        con = self._duck()
-        if not part.bronze:
-            return [], 0, 0, 0
-        available = set(bronze.schema().column_names)
-        nbytes = sum(f.file_size_in_bytes for f in part.bronze)
-        if part.deletes or _renamed_columns(bronze):
-            # Delete files or renamed columns: let DuckDB's Iceberg reader apply them.
-            source = (
-                f"(SELECT * FROM iceberg_scan({quote_str(bronze.metadata_location)}, "
-                f"snapshot_from_id={snap.snapshot_id}) WHERE {layout.sql_filter(part.record)})"
-            )
-            rows_read = int(con.execute(f"SELECT count(*) FROM {source}").fetchone()[0])  # type: ignore[index]
-        else:
-            files = ", ".join(quote_str(_local_path(f.file_path)) for f in part.bronze)
-            union = ", union_by_name = true" if len(bronze.metadata.schemas) > 1 else ""
-            source = f"read_parquet([{files}]{union})"
-            rows_read = sum(f.record_count for f in part.bronze)
-        sql = dedup_query(source, silver.schema(), dedup_columns, available)
-        with catalog_errors(f"compacting {bronze.name()} {layout.label(part.record)}"):
-            try:
-                reader = con.execute(sql).to_arrow_reader(self.batch_rows)
-            except duckdb.Error as exc:
-                raise CompactionError(f"{bronze.name()}: DuckDB failed: {exc}") from exc
-            files, written = write_partition_files(silver, _batches(reader), part.record, prefix)
-        return files, rows_read, written, nbytes
+
+@dataclass
+class _Output:
+    part: _Partition
+    files: list[DataFile]
+    rows_read: int
+    rows_written: int
+    bytes_read: int
 
 
-def _batches(reader: Any) -> Iterable[Any]:
-    while True:
+@dataclass
+class _Job:
+    """What every DuckDB query of one run shares (runs in worker threads)."""
+
+    compactor: SilverCompactor
+    definition: TableDefinition
+    bronze: Table
+    silver: Table
+    snap: Snapshot
+    layout: _Layout
+    write_id: str
+
+    def compact_group(self, group: list[_Partition]) -> list[_Output]:
+        """Dedup + sort the partitions of `group` with one query; stream them into new files."""
+        if len(group) == 1 and not group[0].bronze:
+            return [_Output(group[0], [], 0, 0, 0)]  # Bronze partition gone: empty it in Silver
+        bronze, layout = self.bronze, self.layout
+        con = self.compactor._duck().cursor()  # one cursor per thread, same database
         try:
-            yield reader.read_next_batch()
-        except StopIteration:
-            return
+            con.execute("SET TimeZone = 'UTC'")
+            counts = {p.pid: sum(f.record_count for f in p.bronze) for p in group}
+            if group[0].deletes or _renamed_columns(bronze):
+                # Delete files or renamed columns: DuckDB's Iceberg reader applies them.
+                part = group[0]
+                source = (
+                    f"(SELECT * FROM iceberg_scan({quote_str(bronze.metadata_location)}, "
+                    f"snapshot_from_id={self.snap.snapshot_id}) "
+                    f"WHERE {layout.sql_filter(part.record)})"
+                )
+                row = con.execute(f"SELECT count(*) FROM {source}").fetchone()
+                counts[part.pid] = int(row[0]) if row else 0
+            else:
+                files = ", ".join(
+                    quote_str(_local_path(f.file_path)) for p in group for f in p.bronze
+                )
+                union = ", union_by_name = true" if len(bronze.metadata.schemas) > 1 else ""
+                source = f"read_parquet([{files}]{union})"
+            sql = dedup_query(
+                source,
+                self.silver.schema(),
+                self.definition.dedup_columns,
+                set(bronze.schema().column_names),
+                partitioned_by=(layout.key_column, layout.time_unit),
+            )
+            by_bucket = {layout.bucket_key(p.record): p for p in group}
+            writers: dict[tuple[Any, ...], PartitionFileWriter] = {}
+            what = f"compacting {bronze.name()}"
+            with catalog_errors(what):
+                try:
+                    reader = con.execute(sql).to_arrow_reader(self.compactor.batch_rows)
+                    for batch in reader:
+                        for bucket_key, rows in _segments(batch, layout.key_column):
+                            part = by_bucket.get(bucket_key)
+                            if part is None:
+                                raise CompactionError(
+                                    f"{bronze.name()}: row outside the planned partitions "
+                                    f"({bucket_key})"
+                                )
+                            if part.pid not in writers:
+                                prefix = file_prefix(
+                                    self.snap.snapshot_id, part.digest, self.write_id
+                                )
+                                writers[part.pid] = PartitionFileWriter(
+                                    self.silver, part.record, prefix
+                                )
+                            writers[part.pid].write(rows)
+                except duckdb.Error as exc:
+                    raise CompactionError(f"{what}: DuckDB failed: {exc}") from exc
+        finally:
+            con.close()
+        outputs = []
+        for p in group:
+            writer = writers.get(p.pid)
+            files = writer.close() if writer else []
+            written = writer.rows if writer else 0
+            nbytes = sum(f.file_size_in_bytes for f in p.bronze)
+            outputs.append(_Output(p, files, counts[p.pid], written, nbytes))
+        return outputs
+
+
+def _segments(
+    batch: pa.RecordBatch, key_column: str | None
+) -> Iterable[tuple[Any, pa.RecordBatch]]:
+    """Split a batch ordered by (key, bucket) into runs of one partition each.
+
+    Yields `((key, bucket), rows without the bucket column)`.
+    """
+    n = batch.num_rows
+    if n == 0:
+        return
+    bucket = batch.column(BUCKET_COLUMN)
+    data = batch.drop_columns([BUCKET_COLUMN])
+    change = pc.not_equal(bucket.slice(1), bucket.slice(0, n - 1))
+    key = batch.column(key_column) if key_column else None
+    if key is not None:
+        change = pc.or_(change, pc.not_equal(key.slice(1), key.slice(0, n - 1)))
+    cuts = (np.flatnonzero(change.to_numpy(zero_copy_only=False)) + 1).tolist()
+    for lo, hi in zip([0, *cuts], [*cuts, n], strict=True):
+        k = key[lo].as_py() if key is not None else None
+        yield (k, bucket[lo].as_py()), data.slice(lo, hi - lo)
 
 
 def _renamed_columns(table: Table) -> bool:

@@ -73,19 +73,30 @@ def duck_type(t: IcebergType) -> str:
     raise CompactionError(f"column type {t} is not supported by Silver compaction")
 
 
+#: Extra output column (last) holding the time bucket when several partitions are compacted by
+#: one query; the rows then come partition by partition.
+BUCKET_COLUMN = "_lake_bucket"
+_BUCKET_MICROS = {"hour": 3_600_000_000, "day": 86_400_000_000}
+
+
 def dedup_query(
     source_sql: str,
     schema: Schema,
     dedup_columns: Sequence[str],
     available: set[str],
+    partitioned_by: tuple[str | None, str] | None = None,
 ) -> str:
-    """Build the dedup-and-sort query over one partition's rows.
+    """Build the dedup-and-sort query over the rows of one or more partitions.
 
     Args:
         source_sql: a DuckDB table expression yielding the Bronze rows (e.g. `read_parquet(...)`).
         schema: the Silver table's current schema; the output has exactly its columns, in order.
         dedup_columns: the columns that identify an event.
         available: the columns the source actually has; others are filled with typed NULLs.
+        partitioned_by: `(key column or None, "hour" | "day")` when the source spans several
+            partitions: the output then gets a last column `_lake_bucket` (hours or days since
+            the epoch of `ts_event`) and is ordered by key and bucket first, so each partition's
+            rows are contiguous and in Silver order.
 
     Returns:
         The SQL text.
@@ -134,8 +145,17 @@ def dedup_query(
         order.append(RECEIVE_TIME)
     order += [k for k in keys if k not in order]
     order_sql = ", ".join(f"{quote_ident(c)} ASC NULLS LAST" for c in order)
-    return (
+    body = (
         f"WITH src AS (SELECT {select_src} FROM {source_sql}), "
         f"grouped AS (SELECT {key_sql}{agg} FROM src GROUP BY {key_sql}) "
-        f"SELECT {', '.join(outputs)} FROM grouped ORDER BY {order_sql}"
+        f"SELECT {', '.join(outputs)} FROM grouped"
+    )
+    if partitioned_by is None:
+        return f"{body} ORDER BY {order_sql}"
+    key, unit = partitioned_by
+    bucket = f"epoch_us(ts_event) // {_BUCKET_MICROS[unit]}"
+    first = ([quote_ident(key)] if key else []) + [quote_ident(BUCKET_COLUMN)]
+    return (
+        f"SELECT *, {bucket} AS {quote_ident(BUCKET_COLUMN)} FROM ({body}) "
+        f"ORDER BY {', '.join(first)}, {order_sql}"
     )

@@ -34,87 +34,100 @@ class _PartitionPath:
         return self.spec.partition_to_path(self.record, self.schema)
 
 
+class PartitionFileWriter:
+    """Streams sorted record batches of ONE partition into data files of `table`.
+
+    Files roll over at `write.target-file-size-bytes` (uncompressed Arrow bytes, as pyiceberg
+    measures it) and are named `<prefix>-<n>.parquet`. Nothing is committed.
+
+    Args:
+        table: the target table (its current schema, default spec and properties are used).
+        partition: the partition tuple of the default spec that all rows belong to.
+        file_prefix: file name prefix.
+    """
+
+    def __init__(self, table: Table, partition: Record, file_prefix: str) -> None:
+        metadata = table.metadata
+        self._table = table
+        self._schema = metadata.schema()
+        self._partition = partition
+        self._prefix = file_prefix
+        self._spec_id = metadata.default_spec_id
+        self._properties = metadata.properties
+        target = property_as_int(
+            metadata.properties,
+            TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
+            TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT,
+        )
+        assert target is not None
+        self._target_bytes = target
+        self._arrow_schema = schema_to_pyarrow(self._schema, include_field_ids=True)
+        self._loose = pa.schema([f.with_nullable(True) for f in self._arrow_schema])
+        self._locations = load_location_provider(
+            table_location=metadata.location, table_properties=metadata.properties
+        )
+        self._key = _PartitionPath(metadata.spec(), self._schema, partition)
+        self._writer: ParquetFormatWriter | None = None
+        self._path = ""
+        self._size = 0
+        self.files: list[DataFile] = []
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Append rows (columns: the table schema's, in order; types are cast)."""
+        if batch.num_rows == 0:
+            return
+        if batch.schema != self._loose:
+            batch = batch.rename_columns(self._loose.names).cast(self._loose)
+        # Same buffers, declared (non-)nullability of the table schema; nulls in a required
+        # column would be a bug upstream, and pyarrow's writer rejects them.
+        batch = pa.RecordBatch.from_arrays(batch.columns, schema=self._arrow_schema)
+        if self._writer is None:
+            name = f"{self._prefix}-{len(self.files):05d}.parquet"
+            self._path = self._locations.new_data_location(name, self._key)  # type: ignore[arg-type]
+            output = self._table.io.new_output(self._path)
+            self._writer = ParquetFormatWriter(output, self._schema, self._properties)
+            self._size = 0
+        self._writer.write(pa.Table.from_batches([batch]))
+        self.rows += batch.num_rows
+        self._size += batch.nbytes
+        if self._size >= self._target_bytes:
+            self._finish()
+
+    def close(self) -> list[DataFile]:
+        """Finish the open file; return every data file written."""
+        self._finish()
+        return self.files
+
+    def _finish(self) -> None:
+        if self._writer is None:
+            return
+        stats = self._writer.close()
+        self.files.append(
+            DataFile.from_args(
+                content=DataFileContent.DATA,
+                file_path=self._path,
+                file_format=FileFormat.PARQUET,
+                partition=self._partition,
+                file_size_in_bytes=len(self._table.io.new_input(self._path)),
+                sort_order_id=None,
+                spec_id=self._spec_id,
+                equality_ids=None,
+                key_metadata=None,
+                **stats.to_serialized_dict(),
+            )
+        )
+        self._writer = None
+
+
 def write_partition_files(
     table: Table,
     batches: Iterable[pa.RecordBatch],
     partition: Record,
     file_prefix: str,
 ) -> tuple[list[DataFile], int]:
-    """Write a stream of sorted batches as data files of one partition of `table`.
-
-    Files roll over at `write.target-file-size-bytes` (uncompressed Arrow bytes, as pyiceberg
-    measures it). Nothing is committed.
-
-    Args:
-        table: the target table (its current schema, default spec and properties are used).
-        batches: rows of exactly one partition, already in storage order; their columns must be
-            the table schema's columns in order (types are cast, nullability set from the schema).
-        partition: the partition tuple of the default spec that all rows belong to.
-        file_prefix: file name prefix; files are `<prefix>-<n>.parquet`.
-
-    Returns:
-        The data files written and the number of rows.
-    """
-    metadata = table.metadata
-    schema = metadata.schema()
-    spec = metadata.spec()
-    properties = metadata.properties
-    target_bytes = property_as_int(
-        properties,
-        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
-        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT,
-    )
-    assert target_bytes is not None
-    arrow_schema = schema_to_pyarrow(schema, include_field_ids=True)
-    loose = pa.schema([f.with_nullable(True) for f in arrow_schema])
-    locations = load_location_provider(
-        table_location=metadata.location, table_properties=properties
-    )
-    key = _PartitionPath(spec, schema, partition)
-
-    files: list[DataFile] = []
-    rows = 0
-    writer: ParquetFormatWriter | None = None
-    path = ""
-    size = 0
-
-    def finish() -> None:
-        nonlocal writer
-        if writer is None:
-            return
-        stats = writer.close()
-        files.append(
-            DataFile.from_args(
-                content=DataFileContent.DATA,
-                file_path=path,
-                file_format=FileFormat.PARQUET,
-                partition=partition,
-                file_size_in_bytes=len(table.io.new_input(path)),
-                sort_order_id=None,
-                spec_id=metadata.default_spec_id,
-                equality_ids=None,
-                key_metadata=None,
-                **stats.to_serialized_dict(),
-            )
-        )
-        writer = None
-
+    """Write a stream of sorted batches of one partition; return (data files, rows)."""
+    writer = PartitionFileWriter(table, partition, file_prefix)
     for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        if batch.schema != loose:
-            batch = batch.rename_columns(loose.names).cast(loose)
-        # Same buffers, declared (non-)nullability of the table schema; nulls in a required
-        # column would be a bug upstream, and pyarrow's writer rejects them.
-        batch = pa.RecordBatch.from_arrays(batch.columns, schema=arrow_schema)
-        if writer is None:
-            path = locations.new_data_location(f"{file_prefix}-{len(files):05d}.parquet", key)  # type: ignore[arg-type]
-            writer = ParquetFormatWriter(table.io.new_output(path), schema, properties)
-            size = 0
-        writer.write(pa.Table.from_batches([batch]))
-        rows += batch.num_rows
-        size += batch.nbytes
-        if size >= target_bytes:
-            finish()
-    finish()
-    return files, rows
+        writer.write(batch)
+    return writer.close(), writer.rows
