@@ -214,11 +214,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
 Item = tuple[str, bytes, dict[str, str] | None]
 
 
-async def publish_async(settings: Settings, items: Iterable[Item], *, acked: bool = False) -> int:
+async def publish_async(
+    settings: Settings, items: Iterable[Item], *, acked: bool = False, pace: float = 0.0
+) -> int:
     """Publish `(subject, body, headers)` items (streams created first). Returns the count.
 
     Core publishes (fast) unless `acked`, in which case each publish waits for JetStream's ack
-    (needed for `Nats-Msg-Id` duplicate checks).
+    (needed for `Nats-Msg-Id` duplicate checks). `pace`: at most this many messages per second.
     """
     nc = await bus.connect(settings, name="test-publisher")
     try:
@@ -231,7 +233,10 @@ async def publish_async(settings: Settings, items: Iterable[Item], *, acked: boo
             else:
                 await nc.publish(subject, body, headers=headers)
             n += 1
-            if n % 2000 == 0:
+            if pace and n % 50 == 0:
+                await nc.flush()
+                await asyncio.sleep(50 / pace)
+            elif n % 2000 == 0:
                 await nc.flush()
         await nc.flush()
         return n
@@ -239,9 +244,11 @@ async def publish_async(settings: Settings, items: Iterable[Item], *, acked: boo
         await nc.close()
 
 
-def publish(settings: Settings, items: Iterable[Item], *, acked: bool = False) -> int:
+def publish(
+    settings: Settings, items: Iterable[Item], *, acked: bool = False, pace: float = 0.0
+) -> int:
     """Synchronous `publish_async`."""
-    return asyncio.run(publish_async(settings, list(items), acked=acked))
+    return asyncio.run(publish_async(settings, list(items), acked=acked, pace=pace))
 
 
 def encode(obj: Any) -> bytes:

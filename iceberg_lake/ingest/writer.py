@@ -40,6 +40,7 @@ from iceberg_lake.config import Settings
 from iceberg_lake.ingest.batch import MicroBatch
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
 from iceberg_lake.ingest.decode import TableCodec
+from iceberg_lake.ingest.pull import BatchPuller
 from iceberg_lake.ingest.routing import (
     UNROUTED,
     BronzeDecoder,
@@ -173,14 +174,12 @@ class ConsumerWriter:
     async def _resubscribe(self) -> None:
         if self.psub is not None:
             with contextlib.suppress(Exception):
-                await self.psub.unsubscribe()
+                await self.psub.close()
+            self.psub = None
         await reset_consumer(self.js, self.target, self.position + 1)
-        self.psub = await self.js.pull_subscribe_bind(
-            consumer=self.consumer,
-            stream=self.stream,
-            pending_msgs_limit=2_000_000,
-            pending_bytes_limit=1024 * 1024 * 1024,
-        )
+        puller = BatchPuller(self.js._nc, self.stream, self.consumer)
+        await puller.start()
+        self.psub = puller
         self.max_sseq = self.position
         self.max_dseq = 0
 
@@ -188,7 +187,7 @@ class ConsumerWriter:
         """Unsubscribe the pull subscription (the consumer stays)."""
         if self.psub is not None:
             with contextlib.suppress(Exception):
-                await self.psub.unsubscribe()
+                await self.psub.close()
             self.psub = None
 
     def request_reset(self) -> None:
@@ -199,8 +198,6 @@ class ConsumerWriter:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then flush, commit and ack what is buffered."""
-        import nats.errors
-
         limit = self.settings.max_buffered_events
         while not stop.is_set():
             if self.reset_needed:
@@ -227,9 +224,7 @@ class ConsumerWriter:
                 timeout = min(1.0, max(0.05, self.batch_seconds - self.batch.age()))
             want = max(1, min(FETCH_BATCH, limit - self.batch.events))
             try:
-                msgs = await self.psub.fetch(want, timeout=timeout)
-            except (TimeoutError, nats.errors.TimeoutError):
-                msgs = []
+                msgs = await self.psub.fetch(want, timeout)
             except Exception as exc:  # connection closed/reconnecting, consumer deleted
                 log.debug("writer %s: fetch failed: %s", self.target, exc)
                 msgs = []
