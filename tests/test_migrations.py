@@ -185,6 +185,10 @@ def test_edited_applied_migration_is_reported_and_refused(
     check = _lake(tmp_path, "migrate", "check", "--dir", str(d))
     assert check.exit_code == 1 and "edited" in check.output
 
+    step.unlink()  # an applied migration whose file is gone is reported too
+    status = _lake(tmp_path, "migrate", "status", "--dir", str(d), "-o", "json").output
+    assert '"state": "missing"' in status
+
 
 def test_failing_step_stops_with_a_clear_message_and_is_not_recorded(
     one_table: LakeCatalog, tmp_path: Path
