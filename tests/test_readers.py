@@ -1,0 +1,144 @@
+"""Spec readers (`BronzeReader`, `SilverReader`, `GoldReader`): columns, order, pins, pruning."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from timetravel_data import DAY_NS, HOUR_NS, T14, append, futures, to_arrow, trades
+
+from iceberg_lake import snapshots
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.config import load_settings
+from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
+from iceberg_lake.ingest.gold import flatten_level_signals
+from iceberg_lake.readers import BronzeReader, GoldReader, SilverReader
+from iceberg_lake.silver import SilverCompactor
+
+DAY = "2025-12-16"
+TRADES = "bronze.stocks_trades"
+SPEC_TRADE_COLUMNS = [
+    "ts_event_ns",
+    "ts_recv_ns",
+    "source",
+    "symbol",
+    "price",
+    "size",
+    "exchange",
+    "seq",
+    "conditions",
+]
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """SPY and QQQ, 20 trades an hour for 14:00-17:59 (shuffled, 5 duplicated per symbol-hour),
+    tagged `r1`; then one more SPY hour (18:00) and a QQQ trade the next day; Silver compacted;
+    ES futures; two Gold level-signal payloads."""
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path_factory.mktemp("readers") / "lake")})
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    rows: list[dict] = []
+    for symbol in ("SPY", "QQQ"):
+        for h in range(4):
+            hour = trades(symbol, T14 + h * HOUR_NS, 20, 180 * 10**9, seq0=h * 100)
+            rows += hour + hour[:5]  # redelivered duplicates: Bronze keeps them
+    random.Random(7).shuffle(rows)
+    append(catalog.load_table(TRADES), rows)
+    tagged = snapshots.create_tag(settings, "r1", [TRADES])[TRADES]
+    append(
+        catalog.load_table(TRADES),
+        trades("SPY", T14 + 4 * HOUR_NS, 20, 180 * 10**9, seq0=400)
+        + trades("QQQ", DAY_NS + 24 * HOUR_NS + HOUR_NS, 1, 1),
+    )
+    with SilverCompactor(settings) as compactor:
+        assert compactor.compact_date(DAY, "stocks.trades")["status"] == "success"
+    append(catalog.load_table("bronze.futures_trades"), futures("ES", T14, 30, 60 * 10**9))
+    gold = catalog.load_table("gold.levels_signals")
+    signals = []
+    for i, ts_ms in enumerate((T14 // 10**6 + 1_000, T14 // 10**6)):
+        payload = {
+            "ts": ts_ms,
+            "spy": {"spot": 545.1 + i, "bid": 545.0, "ask": 545.2},
+            "levels": [
+                {"id": "STRIKE_546", "kind": "STRIKE", "price": 546.0, "signal": "BREAK"},
+                {"id": "STRIKE_545", "kind": "STRIKE", "price": 545.0, "signal": "REJECT"},
+            ],
+        }
+        signals += flatten_level_signals(payload)
+    gold.append(to_arrow(gold, signals))
+    return {"settings": settings, "tagged": tagged}
+
+
+def test_bronze_reader_reads_one_symbol_hour_from_one_file(lake) -> None:
+    reader = BronzeReader(lake["settings"])
+    start, end = T14 + HOUR_NS, T14 + 2 * HOUR_NS
+    df = reader.read_stock_trades("SPY", DAY, start_ns=start, end_ns=end)
+
+    assert list(df.columns) == SPEC_TRADE_COLUMNS
+    assert len(df) == 25  # 20 trades + 5 duplicates: Bronze is not deduplicated
+    assert set(df["symbol"]) == {"SPY"}
+    assert df["ts_event_ns"].between(start, end - 1).all()
+    assert df["ts_event_ns"].is_monotonic_increasing
+    scan = reader.last_scan
+    assert scan is not None and scan.files_scanned == 1 and scan.files_total == 10
+
+    whole_day = reader.read_stock_trades("SPY", DAY)
+    assert len(whole_day) == 4 * 25 + 20
+    assert reader.last_scan.files_scanned == 5  # the five SPY hours, none of QQQ's
+
+
+def test_readers_pin_a_tag_or_a_snapshot(lake) -> None:
+    reader = BronzeReader(lake["settings"])
+    assert len(reader.read_stock_trades("SPY", DAY, tag="r1")) == 4 * 25
+    assert reader.last_scan.snapshot_id == lake["tagged"]
+    assert len(reader.read_stock_trades("SPY", DAY, snapshot_id=lake["tagged"])) == 100
+    pinned = BronzeReader(lake["settings"], tag="r1")
+    assert len(pinned.read_stock_trades("SPY", DAY)) == 100
+    assert pinned.get_available_dates("stocks/trades", "symbol=QQQ") == [DAY]
+    assert reader.get_available_dates("stocks/trades", "symbol=QQQ") == [DAY, "2025-12-17"]
+    assert reader.get_available_dates("bronze.stocks_trades", "SPY") == [DAY]
+    assert reader.get_available_dates("stocks_trades", "symbol=XYZ") == []
+    with pytest.raises(TimeTravelError, match="no tag or snapshot"):
+        reader.read_stock_trades("SPY", DAY, tag="nope")
+
+
+def test_silver_reader_returns_deduplicated_sorted_rows(lake) -> None:
+    reader = SilverReader(lake["settings"])
+    df = reader.read_stock_trades("QQQ", DAY)
+    assert len(df) == 4 * 20
+    assert df["ts_event_ns"].is_monotonic_increasing
+    assert df["seq"].is_unique
+    hour = reader.read_stock_trades("QQQ", DAY, start_ns=T14 + 3 * HOUR_NS)
+    assert len(hour) == 20 and reader.last_scan.files_scanned == 1
+
+
+def test_futures_and_gold_readers(lake) -> None:
+    es = BronzeReader(lake["settings"]).read_futures_trades(
+        "ES", DAY, start_ns=T14 + 10 * 60 * 10**9, end_ns=T14 + 20 * 60 * 10**9
+    )
+    assert len(es) == 10 and es["ts_event_ns"].is_monotonic_increasing
+    assert "aggressor" in es.columns and "ts_event" not in es.columns
+
+    gold = GoldReader(lake["settings"])
+    df = gold.read_level_signals("SPY", DAY, T14, T14 + HOUR_NS)
+    assert list(zip(df["ts_event_ns"], df["level_id"], strict=True)) == [
+        (T14, "STRIKE_545"),
+        (T14, "STRIKE_546"),
+        (T14 + 10**9, "STRIKE_545"),
+        (T14 + 10**9, "STRIKE_546"),
+    ]
+    assert df["spot"].tolist() == [546.1, 546.1, 545.1, 545.1]
+    assert gold.read_level_signals("QQQ", DAY).empty
+    assert len(gold.read_level_signals(date=DAY)) == 4
+
+
+def test_empty_tables_bad_dates_and_wrong_tier(lake) -> None:
+    reader = BronzeReader(lake["settings"])
+    empty = reader.read_option_trades("SPY", DAY)
+    assert empty.empty and "option_symbol" in empty.columns and "ts_event" not in empty.columns
+    assert reader.last_scan.snapshot_id is None
+    with pytest.raises(TimeTravelError, match="invalid date"):
+        reader.read_stock_trades("SPY", "16/12/2025")
+    with pytest.raises(UnknownTableError):
+        reader.read("silver.stocks_trades", "SPY", DAY)
