@@ -370,9 +370,9 @@ def _count(steps: _Steps, settings: Settings, stats: SimulationStats, result: _R
     with steps.step("counted the tables (DuckDB)"):
         catalog = LakeCatalog(settings)
         existing = catalog.existing_tables()
-        lake = Lake(catalog)
         parts = [f"SELECT '{t}' AS t, count(*) AS n FROM {t}" for t in existing]
-        counts = {r["t"]: r["n"] for r in lake.query(" UNION ALL ".join(parts)).to_pylist()}
+        with Lake(catalog) as lake:
+            counts = {r["t"]: r["n"] for r in lake.query(" UNION ALL ".join(parts)).to_pylist()}
         rows = []
         for ident in existing:
             table = catalog.load_table(ident)
@@ -398,15 +398,10 @@ def _count(steps: _Steps, settings: Settings, stats: SimulationStats, result: _R
 def _queries(steps: _Steps, settings: Settings, result: _Result) -> None:
     from iceberg_lake.query import Lake
 
-    lake = Lake(settings)
-    with steps.step("ran the example queries"):
-        con = lake.duckdb()  # one connection, a view per table
-        try:
-            for title, sql in EXAMPLE_QUERIES:
-                rows = con.execute(sql).arrow().read_all().to_pylist()
-                result.queries.append({"title": title, "sql": " ".join(sql.split()), "rows": rows})
-        finally:
-            con.close()
+    with steps.step("ran the example queries"), Lake(settings) as lake:
+        for title, sql in EXAMPLE_QUERIES:
+            rows = lake.query(sql).to_pylist()
+            result.queries.append({"title": title, "sql": " ".join(sql.split()), "rows": rows})
         sql = "SELECT count(*) AS n FROM silver.stocks_trades"
         rows = lake.query(sql, as_of=DEMO_TAG).to_pylist()
         result.queries.append(
