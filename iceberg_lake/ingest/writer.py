@@ -401,7 +401,7 @@ class ConsumerWriter:
                     batch.last_seq,
                     attempt,
                     delay,
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                    (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:300],
                 )
                 await asyncio.sleep(delay)
                 with contextlib.suppress(Exception):

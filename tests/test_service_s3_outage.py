@@ -1,0 +1,91 @@
+"""The object store goes away for 10 s mid-run: the writers retry and store everything once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ingest_support import (
+    duck_for,
+    encode,
+    make_event,
+    publish_async,
+    scan_sql,
+    settings_for,
+)
+
+from iceberg_lake import metrics
+from iceberg_lake.service import LakeService
+from iceberg_lake.testing import NatsServer, S3Server, run_nats_server
+
+pytestmark = pytest.mark.integration
+
+OUTAGE_SECONDS = 10.0
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A private nats-server: the tests own the MARKET/SIGNALS streams (fixed names)."""
+    with run_nats_server(tmp_path / "nats") as server:
+        yield server
+
+
+async def _until(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def _errors(table: str) -> float:
+    return metrics.COMMIT_ERRORS.labels(table)._value.get()
+
+
+def test_s3_outage_of_ten_seconds_is_retried_and_loses_nothing(
+    tmp_path: Path, nats: NatsServer, s3_server: S3Server, duck
+) -> None:
+    settings = settings_for(
+        tmp_path,
+        nats.url,
+        s3=s3_server,
+        LAKE_BRONZE_BATCH_SIZE="300",
+        LAKE_BRONZE_BATCH_SECONDS="0.3",
+    )
+    table = "bronze.stocks_trades"
+    n = 3000
+    items = [("market.stocks.trades", encode(make_event(table, i)), None) for i in range(n)]
+
+    async def scenario() -> LakeService:
+        service = LakeService(settings, [table])
+        runner = asyncio.create_task(service.run())
+        try:
+            await publish_async(settings, items[: n // 3])
+            await _until(lambda: service.committed_events >= n // 3, 60, "first third committed")
+            errors_before = _errors(table)
+            await asyncio.to_thread(s3_server.stop)
+            try:
+                await publish_async(settings, items[n // 3 :], pace=1000)
+                # The outage itself: the writer must keep retrying for this long.
+                await asyncio.sleep(OUTAGE_SECONDS)
+                assert _errors(table) > errors_before, "no failed commit during the outage"
+                stored_during_outage = service.committed_events
+            finally:
+                await asyncio.to_thread(s3_server.start)
+            await _until(lambda: service.committed_events >= n, 90, "everything committed")
+            assert stored_during_outage < n
+        finally:
+            await service.stop()
+            await asyncio.wait_for(runner, 60)
+        return service
+
+    service = asyncio.run(scenario())
+    assert service.committed_events == n
+    con = duck_for(duck, settings)
+    count, distinct = con.sql(
+        f"SELECT count(*), count(DISTINCT (source, seq)) FROM {scan_sql(settings, table)}"
+    ).fetchone()
+    assert (count, distinct) == (n, n)
