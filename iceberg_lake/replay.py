@@ -320,9 +320,7 @@ class ReplayEngine:
             lo = max(self.start_ns, bucket)
             hi = min(self.end_ns, bucket + source.bucket_ns)
             with catalog_errors(f"replaying {ident}"):
-                reader = con.execute(source.partition_sql(lo, hi)).fetch_record_batch(
-                    self.batch_rows
-                )
+                reader = con.execute(source.partition_sql(lo, hi)).to_arrow_reader(self.batch_rows)
             self.partition_reads += 1
             rows_in_partition = 0
             for batch in reader:

@@ -1,0 +1,184 @@
+"""Deterministic snapshot-pinned replay (`iceberg_lake.replay.ReplayEngine`, `lake replay`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+
+import pytest
+from timetravel_data import HOUR_NS, T14, append, futures, trades
+from typer.testing import CliRunner
+
+from iceberg_lake import snapshots
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.cli.app import app
+from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
+from iceberg_lake.replay import MANIFEST_FORMAT, ReplayEngine, read_manifest
+from iceberg_lake.silver import SilverCompactor
+
+STOCKS = "bronze.stocks_trades"
+FUTURES = "bronze.futures_trades"
+SILVER = "silver.stocks_trades"
+SEC = 10**9
+
+
+def _lake(path: Path) -> tuple[Settings, LakeCatalog]:
+    settings = load_settings({"LAKE_DATA_DIR": str(path / "lake")})
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    return settings, catalog
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """SPY and QQQ trades every 2 s and ES futures every 3 s for 3 hours from 14:00.
+
+    Equal timestamps happen across symbols (same table) and across tables (every 6 s).
+    """
+    settings, catalog = _lake(tmp_path_factory.mktemp("replay"))
+    stock_rows = trades("SPY", T14, 3 * 1800, 2 * SEC) + trades("QQQ", T14, 3 * 1800, 2 * SEC)
+    random.Random(3).shuffle(stock_rows)
+    append(catalog.load_table(STOCKS), stock_rows)
+    future_rows = futures("ES", T14, 3 * 1200, 3 * SEC)
+    append(catalog.load_table(FUTURES), future_rows)
+    return {"settings": settings, "stocks": stock_rows, "futures": future_rows}
+
+
+def test_events_are_merged_by_time_with_the_documented_tie_break(merged) -> None:
+    start, end = T14 + 10 * 60 * SEC, T14 + 70 * 60 * SEC  # crosses the 15:00 partition
+    engine = ReplayEngine(merged["settings"], [FUTURES, STOCKS], start, end)
+    events = list(engine)
+
+    tagged = [(0, r) for r in merged["futures"]] + [(1, r) for r in merged["stocks"]]
+    expected = sorted(
+        (p for p in tagged if start <= p[1]["ts_event_ns"] < end),
+        key=lambda p: (p[1]["ts_event_ns"], p[0], p[1]["symbol"]),
+    )
+    got = [(e["table"], e["ts_event_ns"], e["symbol"]) for e in events]
+    names = (FUTURES, STOCKS)
+    assert got == [(names[i], r["ts_event_ns"], r["symbol"]) for i, r in expected]
+    # Ties at the same nanosecond: table order first, then the partition key (QQQ < SPY).
+    assert got[:3] == [(FUTURES, start, "ES"), (STOCKS, start, "QQQ"), (STOCKS, start, "SPY")]
+    assert set(events[0]) == {"table", *merged["futures"][0].keys(), "conditions"}
+
+    manifest = engine.manifest()
+    assert manifest["complete"] and manifest["format"] == MANIFEST_FORMAT
+    assert manifest["event_count"] == len(events) == len(expected)
+    assert manifest["events_per_table"] == {
+        FUTURES: sum(1 for i, _ in expected if i == 0),
+        STOCKS: sum(1 for i, _ in expected if i == 1),
+    }
+    # Bounded memory: one DuckDB read per table and hour partition, never the whole window.
+    assert engine.partition_reads == 4
+    assert engine.max_partition_rows == 2 * 1500  # SPY+QQQ 14:10-15:00, not the window
+
+
+def test_reads_partition_by_partition(merged) -> None:
+    engine = ReplayEngine(merged["settings"], [STOCKS], T14, T14 + 3 * HOUR_NS)
+    count = sum(1 for _ in engine.events())
+    assert count == len(merged["stocks"])
+    assert engine.partition_reads == 3  # 14:00, 15:00, 16:00: each holds all symbols' rows
+    assert engine.max_partition_rows == 2 * 1800 == count // 3
+
+
+def test_same_pins_give_the_same_sequence_after_appends_and_recompaction(tmp_path) -> None:
+    settings, catalog = _lake(tmp_path)
+    rows = trades("SPY", T14, 600, SEC) + trades("QQQ", T14, 600, SEC)
+    append(catalog.load_table(STOCKS), rows + rows[:50])  # with duplicates
+    with SilverCompactor(settings) as compactor:
+        compactor.compact_date("2025-12-16", "stocks.trades")
+    snapshots.create_tag(settings, "bt", [STOCKS, SILVER])
+    window = (T14, T14 + HOUR_NS)
+
+    first = ReplayEngine(settings, [SILVER, STOCKS], *window, as_of="bt")
+    first_events = list(first)
+    manifest = first.manifest()
+    assert manifest["events_per_table"] == {SILVER: 1200, STOCKS: 1250}
+    assert manifest["snapshots"] == snapshots.create_tag(settings, "bt2", [SILVER, STOCKS])
+
+    # More data in the replayed hour, and Silver recompacted into new files (new snapshot).
+    append(catalog.load_table(STOCKS), trades("SPY", T14 + 30 * SEC, 100, SEC, seq0=10_000))
+    with SilverCompactor(settings) as compactor:
+        assert compactor.compact_date("2025-12-16", "stocks.trades")["status"] == "success"
+    assert (
+        catalog.load_table(SILVER).current_snapshot().snapshot_id != manifest["snapshots"][SILVER]
+    )
+
+    again = ReplayEngine(settings, [SILVER, STOCKS], *window, as_of="bt")
+    assert list(again) == first_events
+    assert again.manifest()["sequence_hash"] == manifest["sequence_hash"]
+    replayed = ReplayEngine.from_manifest(settings, manifest)
+    assert sum(1 for _ in replayed.events()) == manifest["event_count"]
+    assert replayed.manifest()["sequence_hash"] == manifest["sequence_hash"]
+
+    current = ReplayEngine(settings, [SILVER, STOCKS], *window)
+    assert sum(1 for _ in current.events()) == 1200 + 1250 + 200
+    assert current.manifest()["sequence_hash"] != manifest["sequence_hash"]
+
+
+def test_async_iteration_matches_and_speed_paces_in_event_time(merged) -> None:
+    settings = merged["settings"]
+    window = (T14, T14 + 8 * SEC)  # SPY+QQQ at 0,2,4,6 s: 8 events spanning 6 s
+    expected = list(ReplayEngine(settings, [STOCKS], *window))
+
+    async def collect(speed: float | None) -> tuple[list[dict], float]:
+        began = time.monotonic()
+        got = [e async for e in ReplayEngine(settings, [STOCKS], *window, speed=speed)]
+        return got, time.monotonic() - began
+
+    fast, _ = asyncio.run(collect(None))
+    assert fast == expected
+    paced, elapsed = asyncio.run(collect(20.0))  # 6 s of event time at 20x: >= 0.3 s
+    assert paced == expected and elapsed >= 0.29
+
+    began = time.monotonic()
+    assert list(ReplayEngine(settings, [STOCKS], *window, speed=30.0)) == expected
+    assert time.monotonic() - began >= 0.19
+
+
+def test_bad_arguments_are_clear_errors(merged) -> None:
+    settings = merged["settings"]
+    with pytest.raises(TimeTravelError, match="at least one table"):
+        ReplayEngine(settings, [], T14, T14 + SEC)
+    with pytest.raises(TimeTravelError, match="must be before"):
+        ReplayEngine(settings, [STOCKS], T14, T14)
+    with pytest.raises(TimeTravelError, match="listed twice"):
+        ReplayEngine(settings, [STOCKS, STOCKS], T14, T14 + SEC)
+    with pytest.raises(TimeTravelError, match="no ts_event_ns"):
+        ReplayEngine(settings, ["bronze.dead_letters"], T14, T14 + SEC)
+    with pytest.raises(UnknownTableError):
+        ReplayEngine(settings, ["bronze.nope"], T14, T14 + SEC)
+    with pytest.raises(TimeTravelError, match="no tag or snapshot"):
+        ReplayEngine(settings, [STOCKS], T14, T14 + SEC, as_of="nope")
+    # An empty table replays as nothing, not as an error.
+    engine = ReplayEngine(settings, ["gold.levels_signals"], T14, T14 + HOUR_NS)
+    assert list(engine) == [] and engine.manifest()["snapshots"] == {"gold.levels_signals": None}
+
+
+def test_cli_replay_writes_ndjson_and_a_manifest_that_reproduces_it(
+    merged, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAKE_DATA_DIR", str(merged["settings"].data_dir))
+    runner = CliRunner()
+    out, again, manifest = tmp_path / "a.ndjson", tmp_path / "b.ndjson", tmp_path / "m.json"
+    args = ["replay", "-t", f"{FUTURES},{STOCKS}", "--start", "2025-12-16T14:00:00Z"]
+    res = runner.invoke(
+        app, [*args, "--end", str(T14 + 60 * SEC), "--out", str(out), "--manifest", str(manifest)]
+    )
+    assert res.exit_code == 0, res.output
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(events) == 20 + 30 + 30
+    assert events[0] == {"table": FUTURES, **merged["futures"][0], "conditions": None}
+    saved = read_manifest(manifest)
+    assert saved["event_count"] == 80 and saved["sequence_hash"] in res.stderr
+
+    res = runner.invoke(app, ["replay", "--from-manifest", str(manifest), "--out", str(again)])
+    assert res.exit_code == 0, res.output
+    assert again.read_bytes() == out.read_bytes()
+
+    bad = runner.invoke(app, ["replay", "-t", STOCKS, "--start", "yesterday"])
+    assert bad.exit_code == 2 and "--start" in bad.output and "Traceback" not in bad.output
