@@ -62,7 +62,7 @@ from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.query import Lake, duckdb_path
 from iceberg_lake.readers import window_filter
 from iceberg_lake.snapshots import AsOfSpec, pin_for, resolve_as_of
-from iceberg_lake.tables import TableDefinition
+from iceberg_lake.tables import GOLD, TableDefinition
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -398,7 +398,16 @@ class ReplayEngine:
             nc: a connected client (default: connect with the lake's settings, close after).
             prefix: subject prefix; None publishes on the original subjects.
             progress: called every 1,000 events and at the end.
+
+        Raises:
+            TimeTravelError: Gold tables without a prefix (their rows are flattened payloads).
         """
+        flat = [s.definition.identifier for s in self._sources if s.definition.namespace == GOLD]
+        if flat and not prefix:
+            raise TimeTravelError(
+                f"{', '.join(flat)} rows are flattened (one per level); the Gold writer would "
+                "dead-letter them on their original subject: replay them under a prefix"
+            )
         own = nc is None
         if nc is None:
             from iceberg_lake.bus import connect

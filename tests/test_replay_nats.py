@@ -20,6 +20,7 @@ from timetravel_data import T14, append, futures, trades
 from iceberg_lake import bus, snapshots
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.readers import GoldReader
 from iceberg_lake.replay import ReplayEngine
 from iceberg_lake.service import LakeService
@@ -92,6 +93,10 @@ def test_publish_on_original_subjects_and_under_a_prefix(source: Settings, tmp_p
         {k: v for k, v in e.items() if k != "table"} for e in expected
     ]
     assert original["event_count"] == 600 and stored == 600
+
+    gold = ReplayEngine(source, ["gold.levels_signals"], *WINDOW)
+    with pytest.raises(TimeTravelError, match="under a prefix"):
+        asyncio.run(gold.publish())
 
 
 # ---- the backtest round trip --------------------------------------------------------------------
