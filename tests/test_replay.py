@@ -179,6 +179,8 @@ def test_cli_replay_writes_ndjson_and_a_manifest_that_reproduces_it(
     res = runner.invoke(app, ["replay", "--from-manifest", str(manifest), "--out", str(again)])
     assert res.exit_code == 0, res.output
     assert again.read_bytes() == out.read_bytes()
+    default = Path(f"replay-{saved['sequence_hash'].removeprefix('sha256:')[:12]}.json")
+    assert read_manifest(default)["snapshots"] == saved["snapshots"]  # written by default
 
     bad = runner.invoke(app, ["replay", "-t", STOCKS, "--start", "yesterday"])
     assert bad.exit_code == 2 and "--start" in bad.output and "Traceback" not in bad.output

@@ -140,6 +140,14 @@ def test_cli_snapshot_tag_list_and_errors(lake, monkeypatch: pytest.MonkeyPatch)
     (row,) = json.loads(listed.stdout)
     assert row["snapshot_id"] == first and row["tags"] == ["bt-cli"]
 
+    table = catalog.load_table(TRADES)
+    with table.transaction() as tx:
+        tx.set_properties({"lake.watermark.MARKET.lake_bronze_stocks_trades": "42"})
+    text = runner.invoke(app, ["snapshot", "list", TRADES])
+    assert text.exit_code == 0, text.output
+    assert "lake.watermark.MARKET.lake_bronze_stocks_trades = 42" in text.stdout
+    assert "bt-cli" in text.stdout and "append" in text.stdout
+
     overview = runner.invoke(app, ["snapshot", "list"])
     assert overview.exit_code == 0 and "bt-cli" in overview.stdout
 

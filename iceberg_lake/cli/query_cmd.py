@@ -14,6 +14,7 @@ import msgspec
 import pyarrow as pa
 import typer
 
+from iceberg_lake import properties as P
 from iceberg_lake import snapshots
 from iceberg_lake.cli.common import (
     OUTPUT_OPTION,
@@ -251,6 +252,13 @@ def list_(
     empty_tags = [n for n, s in snapshots.list_tags(t).items() if s is None]
     if empty_tags:
         console.print(f"tags made while empty: {', '.join(empty_tags)}")
+    marks = {
+        k: v
+        for k, v in t.metadata.properties.items()
+        if k.startswith((P.WATERMARK_PREFIX, P.POSITION_PREFIX, P.SILVER_INCREMENTAL_SOURCE))
+    }
+    for key, value in sorted(marks.items()):
+        console.print(f"{key} = {value}", highlight=False)
 
 
 # ---- lake replay -------------------------------------------------------------------------------
@@ -285,7 +293,10 @@ def replay(
         typer.Option("--out", help="Without --to-nats: write NDJSON events here (default stdout)."),
     ] = None,
     manifest: Annotated[
-        Path | None, typer.Option("--manifest", help="Write the replay manifest (JSON).")
+        Path | None,
+        typer.Option(
+            "--manifest", help="Where to write the replay manifest (default replay-<hash>.json)."
+        ),
     ] = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
@@ -312,11 +323,12 @@ def replay(
             end_ns = parse_time_ns(end, "--end")
         engine = ReplayEngine(catalog, names, start_ns, end_ns, parse_as_of(as_of), speed=speed)
     result = _run_with_progress(engine, to_nats, prefix, out, progress)
-    if manifest is not None:
-        manifest.write_text(json.dumps(result, indent=2) + "\n")
+    if manifest is None:
+        # Every run leaves what reproduces it; identical replays share one file name.
+        manifest = Path(f"replay-{result['sequence_hash'].removeprefix('sha256:')[:12]}.json")
+    manifest.write_text(json.dumps(result, indent=2) + "\n")
     err_console.print(
-        f"replayed {result['event_count']} events, {result['sequence_hash']}"
-        + (f"; manifest {manifest}" if manifest else ""),
+        f"replayed {result['event_count']} events, {result['sequence_hash']}; manifest {manifest}",
         highlight=False,
         soft_wrap=True,
     )
