@@ -53,7 +53,13 @@ from pyiceberg.typedef import Record
 from iceberg_lake import duck
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.compaction.dedup import BUCKET_COLUMN, dedup_query, quote_ident, quote_str
+from iceberg_lake.compaction.dedup import (
+    BUCKET_COLUMN,
+    AdjacentDedup,
+    dedup_query,
+    quote_ident,
+    quote_str,
+)
 from iceberg_lake.compaction.state import (
     BronzeHistory,
     PartitionId,
@@ -621,13 +627,16 @@ class SilverCompactor:
         current: list[_Partition] = []
         rows = 0
         renamed = _renamed_columns(bronze)
+        # Spread the work over the workers, but never exceed the memory bound.
+        total = sum(f.record_count for p in parts for f in p.bronze)
+        limit = min(self.rows_per_query, max(1, -(-total // self.workers)))
         for part in parts:
             if not part.bronze or part.deletes or renamed:
                 groups.append([part])
                 continue
             current.append(part)
             rows += sum(f.record_count for f in part.bronze)
-            if rows >= self.rows_per_query:
+            if rows >= limit:
                 groups.append(current)
                 current, rows = [], 0
         if current:
@@ -744,8 +753,9 @@ class _Job:
             with catalog_errors(what):
                 try:
                     reader = con.execute(sql).to_arrow_reader(self.compactor.batch_rows)
+                    dedup = AdjacentDedup(self.silver.schema(), self.definition.dedup_columns)
                     for batch in reader:
-                        for bucket_key, rows in _segments(batch, layout.key_column):
+                        for bucket_key, rows in _segments(dedup.apply(batch), layout.key_column):
                             part = by_bucket.get(bucket_key)
                             if part is None:
                                 raise CompactionError(

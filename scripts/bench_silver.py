@@ -8,6 +8,8 @@ hold several files) into a fresh local lake, then measures in the same run:
 * `SilverCompactor.compact_all_dates` end to end: planning, dedup, sort, streamed Parquet
   writing per partition and the Iceberg commit.
 
+Each is run twice (once with --quick) and the best time kept, since the machine is shared.
+
 MB/s are compressed Bronze bytes read per second. Usage::
 
     python scripts/bench_silver.py [--quick] [--json] [--rows N]
@@ -100,35 +102,39 @@ def run(quick: bool = False, rows: int | None = None) -> list[dict[str, Any]]:
         nbytes = sum(f.file_size_in_bytes for f in files)
         paths = ", ".join(f"'{f.file_path.removeprefix('file://')}'" for f in files)
 
-        con = duck.connect()
-        out = Path(tmp) / "baseline.parquet"
-        t = time.perf_counter()
-        con.execute(
-            f"COPY (SELECT * FROM read_parquet([{paths}]) ORDER BY ts_event_ns) TO '{out}' "
-            "(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 3)"
-        )
-        base_s = time.perf_counter() - t
-        con.close()
+        base_s = silver_s = float("inf")
+        for rep in range(1 if quick else 2):  # best of N: the machine is shared and noisy
+            con = duck.connect()
+            out = Path(tmp) / f"baseline{rep}.parquet"
+            t = time.perf_counter()
+            con.execute(
+                f"COPY (SELECT * FROM read_parquet([{paths}]) ORDER BY ts_event_ns) TO '{out}' "
+                "(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 3)"
+            )
+            base_s = min(base_s, time.perf_counter() - t)
+            con.close()
 
-        t = time.perf_counter()
-        with SilverCompactor(settings) as compactor:
-            results = compactor.compact_all_dates("futures.trades")
-        silver_s = time.perf_counter() - t
-        written = sum(r["rows_written"] for r in results)
-        parts = sum(r["partitions"] for r in results)
+            lake.catalog.drop_table("silver.futures_trades")
+            lake.create_table(lake.definition("silver.futures_trades"))
+            t = time.perf_counter()
+            with SilverCompactor(settings) as compactor:
+                results = compactor.compact_all_dates("futures.trades")
+            silver_s = min(silver_s, time.perf_counter() - t)
+            written = sum(r["rows_written"] for r in results)
+            parts = sum(r["partitions"] for r in results)
 
     mb = nbytes / 1e6
     base = "duckdb read-sort-write (same files)"
     return [
-        _row("bronze→silver", "rows_per_s", n / silver_s, "rows/s", base, n / base_s),
-        _row("bronze→silver", "mb_per_s", mb / silver_s, "MB/s", base, mb / base_s),
-        _row("bronze→silver", "seconds", silver_s, "s", base, base_s),
-        _row("bronze→silver", "fraction_of_ceiling", base_s / silver_s, "ratio", base, 1.0),
-        _row("bronze→silver", "rows_in", n, "rows", "", None),
-        _row("bronze→silver", "rows_out", written, "rows", "", None),
-        _row("bronze→silver", "partitions", parts, "count", "", None),
-        _row("bronze→silver", "bronze_files", len(files), "count", "", None),
-        _row("bronze→silver", "bronze_bytes", nbytes, "bytes", "", None),
+        _row("bronze->silver", "rows_per_s", n / silver_s, "rows/s", base, n / base_s),
+        _row("bronze->silver", "mb_per_s", mb / silver_s, "MB/s", base, mb / base_s),
+        _row("bronze->silver", "seconds", silver_s, "s", base, base_s),
+        _row("bronze->silver", "fraction_of_ceiling", base_s / silver_s, "ratio", base, 1.0),
+        _row("bronze->silver", "rows_in", n, "rows", "", None),
+        _row("bronze->silver", "rows_out", written, "rows", "", None),
+        _row("bronze->silver", "partitions", parts, "count", "", None),
+        _row("bronze->silver", "bronze_files", len(files), "count", "", None),
+        _row("bronze->silver", "bronze_bytes", nbytes, "bytes", "", None),
     ]
 
 

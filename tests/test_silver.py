@@ -137,7 +137,7 @@ def expected_silver(rows: list[dict[str, Any]]) -> pd.DataFrame:
     others = ["ts_recv_ns", "aggressor", "exchange", "ts_event"]
     df = df.sort_values(["_id", *others], na_position="last", kind="stable")
     df = df.drop_duplicates("_id", keep="first").drop(columns="_id")
-    order = ["ts_event_ns", "ts_recv_ns", "source", "symbol", "price", "size", "seq"]
+    order = ["ts_event_ns", "source", "symbol", "price", "size", "seq"]
     return df.sort_values(order, na_position="last", kind="stable").reset_index(drop=True)
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import duckdb
+import pyarrow as pa
 import pytest
 
-from iceberg_lake.compaction.dedup import dedup_query, duck_type
+from iceberg_lake.compaction.dedup import AdjacentDedup, dedup_query, duck_type
 from iceberg_lake.compaction.state import fingerprint, parse_state
 from iceberg_lake.exceptions import CompactionError
 from iceberg_lake.tables import registry
@@ -30,9 +31,10 @@ def _run(rows: list[dict], definition=FUTURES) -> list[dict]:
         [[r.get(n) for n in names] for r in rows],
     )
     sql = dedup_query("src", schema, definition.dedup_columns, set(names))
-    cur = con.execute(sql)
-    out_names = [d[0] for d in cur.description]
-    return [dict(zip(out_names, row, strict=True)) for row in cur.fetchall()]
+    dedup = AdjacentDedup(schema, definition.dedup_columns)
+    # Tiny batches: duplicate groups span batch boundaries.
+    batches = [dedup.apply(b) for b in con.execute(sql).to_arrow_reader(2)]
+    return pa.Table.from_batches(batches).to_pylist()
 
 
 def _t(ts: int, recv: int, price: float = 1.0, aggressor: int | None = 1, seq: int | None = 1):
@@ -50,12 +52,13 @@ def _t(ts: int, recv: int, price: float = 1.0, aggressor: int | None = 1, seq: i
 
 
 def test_earliest_receive_survives_and_rows_are_ordered_by_event_time() -> None:
-    rows = [_t(20, 9), _t(20, 5), _t(10, 7), _t(10, 3, seq=2), _t(20, 6)]
+    rows = [_t(20, 9), _t(20, 5), _t(10, 7), _t(10, 3, seq=2), _t(20, 6), _t(20, 4), _t(20, 8)]
     out = _run(rows)
+    # Order: ts_event_ns, then the other dedup columns (here seq), NULLs last.
     assert [(r["ts_event_ns"], r["ts_recv_ns"], r["seq"]) for r in out] == [
-        (10, 3, 2),
         (10, 7, 1),
-        (20, 5, 1),
+        (10, 3, 2),
+        (20, 4, 1),
     ]
     assert list(out[0]) == FUTURES.iceberg_schema().column_names
 

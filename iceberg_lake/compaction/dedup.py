@@ -1,23 +1,32 @@
-"""The DuckDB query that deduplicates and orders one Bronze partition.
+"""Deduplicate and order Bronze rows: one DuckDB sort, then drop adjacent duplicates.
 
 Event identity (DESIGN.md): two rows are the same event when all the table's dedup columns are
 equal, NULL equal to NULL, with floats compared by value (`-0.0` = `0.0`, every NaN = NaN). The
-spec phrases this as `md5` over a text form of those columns; a hash `GROUP BY` on the columns
-themselves gives the same groups and is about twice as fast as `ROW_NUMBER() OVER (PARTITION BY
-md5(...))`, so that is what runs.
+spec phrases this as `md5` over a text form of those columns; comparing the columns themselves
+gives the same groups without hashing text.
 
 Survivor rule: within a group the row with the smallest tuple
-`(ts_recv_ns, <every non-key column in declaration order>)` wins, NULLs sorting after values.
+`(ts_recv_ns, <every non-dedup column in declaration order>)` wins, NULLs sorting after values.
 So the earliest receive wins, and a tie on `ts_recv_ns` is broken by the row's content, never by
 file or row order. Tables without `ts_recv_ns` (greeks snapshots) use the same rule without it:
-the smallest non-key tuple wins. Output order: `ts_event_ns`, `ts_recv_ns`, then the remaining
-dedup columns, a total order because the dedup columns are unique after deduplication.
+the smallest non-dedup tuple wins.
+
+Output order: `ts_event_ns`, then the other dedup columns in declaration order (NULLs last): a
+total order, because the dedup columns are unique after deduplication.
+
+How: DuckDB sorts by `(partition key, ts_event_ns, other dedup columns, ts_recv_ns, non-dedup
+columns)`, which puts every duplicate group together with its survivor first and is already the
+output order; `AdjacentDedup` then keeps the first row of each group while the batches stream
+out. Measured here on 2M trades this is ~1.8x faster than a hash `GROUP BY` with `min(struct)`
+(and `ROW_NUMBER() OVER (PARTITION BY md5(...))` is slower still).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.schema import Schema
 from pyiceberg.types import (
     BinaryType,
@@ -38,7 +47,6 @@ from iceberg_lake.exceptions import CompactionError
 
 RECEIVE_TIME = "ts_recv_ns"
 EVENT_TIME = "ts_event_ns"
-_STRUCT = "_lake_survivor"
 
 
 def quote_ident(name: str) -> str:
@@ -86,17 +94,18 @@ def dedup_query(
     available: set[str],
     partitioned_by: tuple[str | None, str] | None = None,
 ) -> str:
-    """Build the dedup-and-sort query over the rows of one or more partitions.
+    """Build the query that sorts Bronze rows so that `AdjacentDedup` can deduplicate them.
 
     Args:
         source_sql: a DuckDB table expression yielding the Bronze rows (e.g. `read_parquet(...)`).
-        schema: the Silver table's current schema; the output has exactly its columns, in order.
+        schema: the Silver table's current schema; the output has exactly its columns, in order
+            (plus `_lake_bucket` with `partitioned_by`).
         dedup_columns: the columns that identify an event.
         available: the columns the source actually has; others are filled with typed NULLs.
         partitioned_by: `(key column or None, "hour" | "day")` when the source spans several
             partitions: the output then gets a last column `_lake_bucket` (hours or days since
-            the epoch of `ts_event`) and is ordered by key and bucket first, so each partition's
-            rows are contiguous and in Silver order.
+            the epoch of `ts_event`) and is ordered by the key first, so each partition's rows
+            are contiguous (the bucket is a function of `ts_event_ns`, the next sort column).
 
     Returns:
         The SQL text.
@@ -115,8 +124,8 @@ def dedup_query(
             return f"CAST(NULL AS {duck_type(t)})"
         col = quote_ident(name)
         if name in dedup_columns and isinstance(t, (FloatType, DoubleType)):
-            # One canonical value per float: -0.0 -> 0.0 and every NaN payload -> NaN, so the
-            # group key (which is also the stored value) never depends on which row came first.
+            # One canonical value per float: -0.0 -> 0.0 and every NaN payload -> NaN, so equal
+            # events compare equal and the stored value never depends on which row survived.
             kind = duck_type(t)
             return (
                 f"CASE WHEN isnan({col}) THEN CAST('NaN' AS {kind}) "
@@ -124,38 +133,77 @@ def dedup_query(
             )
         return col
 
-    select_src = ", ".join(f"{source_expr(n, t)} AS {quote_ident(n)}" for n, t in columns)
-    keys = [c for c in names if c in dedup_columns]  # declaration order, stable
-    others = [n for n in names if n not in dedup_columns]
-    tie = ([RECEIVE_TIME] if RECEIVE_TIME in others else []) + [
-        n for n in others if n != RECEIVE_TIME
-    ]
-    key_sql = ", ".join(quote_ident(k) for k in keys)
-    if tie:
-        struct = ", ".join(f"{quote_ident(n)}: {quote_ident(n)}" for n in tie)
-        agg = f", min({{{struct}}}) AS {_STRUCT}"
-    else:
-        agg = ""
-    outputs = [
-        quote_ident(n) if n in dedup_columns else f"{_STRUCT}.{quote_ident(n)} AS {quote_ident(n)}"
-        for n in names
-    ]
-    order = [EVENT_TIME] if EVENT_TIME in names else []
-    if RECEIVE_TIME in names:
-        order.append(RECEIVE_TIME)
-    order += [k for k in keys if k not in order]
+    select = [f"{source_expr(n, t)} AS {quote_ident(n)}" for n, t in columns]
+    order = sort_columns(names, dedup_columns)
+    if partitioned_by is not None:
+        key, unit = partitioned_by
+        select.append(
+            f"epoch_us({quote_ident('ts_event')}) // {_BUCKET_MICROS[unit]} "
+            f"AS {quote_ident(BUCKET_COLUMN)}"
+        )
+        if key:
+            order = [key, *[c for c in order if c != key]]
     order_sql = ", ".join(f"{quote_ident(c)} ASC NULLS LAST" for c in order)
-    body = (
-        f"WITH src AS (SELECT {select_src} FROM {source_sql}), "
-        f"grouped AS (SELECT {key_sql}{agg} FROM src GROUP BY {key_sql}) "
-        f"SELECT {', '.join(outputs)} FROM grouped"
-    )
-    if partitioned_by is None:
-        return f"{body} ORDER BY {order_sql}"
-    key, unit = partitioned_by
-    bucket = f"epoch_us(ts_event) // {_BUCKET_MICROS[unit]}"
-    first = ([quote_ident(key)] if key else []) + [quote_ident(BUCKET_COLUMN)]
-    return (
-        f"SELECT *, {bucket} AS {quote_ident(BUCKET_COLUMN)} FROM ({body}) "
-        f"ORDER BY {', '.join(first)}, {order_sql}"
-    )
+    return f"SELECT {', '.join(select)} FROM {source_sql} ORDER BY {order_sql}"
+
+
+def sort_columns(names: Sequence[str], dedup_columns: Sequence[str]) -> list[str]:
+    """`ts_event_ns`, other dedup columns, `ts_recv_ns`, the rest (declaration order)."""
+    keys = [n for n in names if n in dedup_columns]
+    first = [EVENT_TIME] if EVENT_TIME in keys else []
+    rest = [n for n in names if n not in dedup_columns]
+    recv = [RECEIVE_TIME] if RECEIVE_TIME in rest else []
+    return first + [k for k in keys if k not in first] + recv + [n for n in rest if n not in recv]
+
+
+class AdjacentDedup:
+    """Keeps the first row of each run of equal dedup keys in a sorted batch stream.
+
+    Equality is null-safe and NaN-safe. State carries over batch boundaries, so a group split
+    between two batches still yields one row.
+
+    Args:
+        schema: the Silver schema (for the float columns).
+        dedup_columns: the columns that identify an event.
+    """
+
+    def __init__(self, schema: Schema, dedup_columns: Sequence[str]) -> None:
+        self._keys = [f.name for f in schema.fields if f.name in dedup_columns]
+        self._floats = {
+            f.name
+            for f in schema.fields
+            if f.name in dedup_columns and isinstance(f.field_type, (FloatType, DoubleType))
+        }
+        self._last: pa.RecordBatch | None = None
+
+    def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The rows of `batch` that are not duplicates of an earlier row."""
+        n = batch.num_rows
+        if n == 0:
+            return batch
+        keep: pa.Array | None = None
+        for name in self._keys:
+            col = batch.column(name)
+            if self._last is not None:
+                prev = pa.concat_arrays([self._last.column(name), col.slice(0, n - 1)])
+            else:
+                prev = pa.concat_arrays([col.slice(0, 1), col.slice(0, n - 1)])
+            same = _same(col, prev, name in self._floats)
+            keep = same if keep is None else pc.and_(keep, same)
+        assert keep is not None
+        mask = pc.invert(keep)
+        if self._last is None:
+            mask = pa.concat_arrays([pa.array([True]), mask.slice(1)])
+        self._last = batch.slice(n - 1, 1)
+        return batch.filter(mask)
+
+
+def _same(a: pa.Array, b: pa.Array, is_float: bool) -> pa.Array:
+    """Element-wise null-safe (and NaN-safe) equality, never null."""
+    eq = pc.fill_null(pc.equal(a, b), False)
+    both_null = pc.and_(pc.is_null(a), pc.is_null(b))
+    eq = pc.or_(eq, both_null)
+    if is_float:
+        both_nan = pc.fill_null(pc.and_(pc.is_nan(a), pc.is_nan(b)), False)
+        eq = pc.or_(eq, both_nan)
+    return eq
