@@ -85,6 +85,38 @@ def test_reads_partition_by_partition(merged) -> None:
     assert engine.max_partition_rows == 2 * 1800 == count // 3
 
 
+def test_day_partitioned_greeks_merge_with_hourly_trades(tmp_path: Path) -> None:
+    settings, catalog = _lake(tmp_path)
+    greeks_table = "bronze.options_greeks_snapshots"
+    greeks = [
+        {
+            "ts_event_ns": T14 + i * 40 * 60 * SEC,
+            "source": "test",
+            "underlying": "SPY",
+            "option_symbol": f"SPY251216C00{600 + k}000",
+            "delta": 0.5 - k / 100,
+            "snapshot_id": f"g{i}",
+        }
+        for i in range(6)  # every 40 min over 4 hours: one day partition
+        for k in (2, 1)
+    ]
+    append(catalog.load_table(greeks_table), greeks)
+    append(catalog.load_table(STOCKS), trades("SPY", T14, 240, 60 * SEC))
+    engine = ReplayEngine(settings, [greeks_table, STOCKS], T14, T14 + 4 * HOUR_NS)
+    events = list(engine)
+    assert len(events) == 12 + 240
+    assert engine.partition_reads == 1 + 4  # one day read for greeks, four hours for trades
+    at_start = [(e["table"], e.get("option_symbol")) for e in events[:3]]
+    # Equal times: greeks (first table) first, sorted by the remaining columns (option_symbol).
+    assert at_start == [
+        (greeks_table, "SPY251216C00601000"),
+        (greeks_table, "SPY251216C00602000"),
+        (STOCKS, None),
+    ]
+    times = [e["ts_event_ns"] for e in events]
+    assert times == sorted(times)
+
+
 def test_same_pins_give_the_same_sequence_after_appends_and_recompaction(tmp_path) -> None:
     settings, catalog = _lake(tmp_path)
     rows = trades("SPY", T14, 600, SEC) + trades("QQQ", T14, 600, SEC)
