@@ -16,9 +16,11 @@ from typing import Any
 import pandas as pd
 import pytest
 from timetravel_data import T14, append, futures, trades
+from typer.testing import CliRunner
 
 from iceberg_lake import bus, snapshots
 from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.cli.app import app
 from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.readers import GoldReader
@@ -84,6 +86,32 @@ def test_publish_on_original_subjects_and_under_a_prefix(source: Settings, tmp_p
             return prefixed, original, got, stored
 
         prefixed, original, got, stored = asyncio.run(scenario())
+
+        # The CLI path: `lake replay --to-nats` onto the original subjects (MARKET stores them).
+        env = {"LAKE_DATA_DIR": str(source.data_dir), "LAKE_NATS_URL": server.url}
+        res = CliRunner().invoke(
+            app,
+            ["replay", "-t", STOCKS, "--start", str(WINDOW[0]), "--end", str(WINDOW[1])]
+            + ["--as-of", "bt", "--to-nats", "--no-progress"],
+            env=env,
+        )
+        assert res.exit_code == 0, res.output
+        assert "replayed 600 events" in res.stderr
+
+        async def market_messages() -> int:
+            nc = await bus.connect(settings, name="test-count")
+            try:
+                js = nc.jetstream()
+                deadline = time.monotonic() + 30
+                while True:
+                    n = (await js.stream_info("MARKET")).state.messages
+                    if n >= 1200 or time.monotonic() > deadline:
+                        return n
+                    await asyncio.sleep(0.05)
+            finally:
+                await nc.close()
+
+        assert asyncio.run(market_messages()) == 1200
 
     expected = list(ReplayEngine(source, [FUTURES, STOCKS], *WINDOW, as_of="bt"))
     assert prefixed["event_count"] == len(expected) == 600 + 400
