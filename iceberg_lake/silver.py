@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -57,6 +58,7 @@ from iceberg_lake.compaction.dedup import (
     BUCKET_COLUMN,
     AdjacentDedup,
     dedup_query,
+    duck_type,
     quote_ident,
     quote_str,
 )
@@ -180,13 +182,13 @@ def _layout(bronze: Table, silver: Table) -> _Layout:
     s_sig = _spec_signature(silver.spec(), silver.schema())
     if b_sig != s_sig:
         raise CompactionError(
-            f"{silver.name()} is partitioned as {s_sig} but {bronze.name()} as {b_sig}; "
+            f"{_name(silver)} is partitioned as {s_sig} but {_name(bronze)} as {b_sig}; "
             "Silver compaction needs the same partition spec"
         )
     key_pos = next((i for i, (_, t) in enumerate(b_sig) if t == "identity"), None)
     time_pos = next((i for i, (_, t) in enumerate(b_sig) if t in ("hour", "day")), None)
     if time_pos is None or b_sig[time_pos][0] != "ts_event" or len(b_sig) > 2:
-        raise CompactionError(f"{bronze.name()} must be partitioned by [key,] hour/day(ts_event)")
+        raise CompactionError(f"{_name(bronze)} must be partitioned by [key,] hour/day(ts_event)")
     return _Layout(
         key_column=b_sig[key_pos][0] if key_pos is not None else None,
         key_pos=key_pos,
@@ -257,6 +259,8 @@ class SilverCompactor:
         self.max_attempts = max(1, max_attempts)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._existing: set[str] | None = None
+        self._lock = threading.Lock()
+        self._iceberg_loaded = False
 
     # ---- public API -----------------------------------------------------------------------------
 
@@ -365,6 +369,7 @@ class SilverCompactor:
         if self._con is not None:
             self._con.close()
             self._con = None
+            self._iceberg_loaded = False
 
     def __enter__(self) -> SilverCompactor:
         return self
@@ -400,12 +405,12 @@ class SilverCompactor:
         if snapshot_id is not None:
             snap = bronze.snapshot_by_id(int(snapshot_id))
             if snap is None:
-                raise CompactionError(f"{bronze.name()} has no snapshot {snapshot_id}")
+                raise CompactionError(f"{_name(bronze)} has no snapshot {snapshot_id}")
             return snap
         if tag is not None:
             snap = bronze.snapshot_by_name(tag)
             if snap is None:
-                raise CompactionError(f"{bronze.name()} has no tag or branch '{tag}'")
+                raise CompactionError(f"{_name(bronze)} has no tag or branch '{tag}'")
             return snap
         return bronze.current_snapshot()
 
@@ -450,7 +455,7 @@ class SilverCompactor:
                 if attempt == self.max_attempts:
                     raise
                 log.warning(
-                    "%s: concurrent commit, re-planning (attempt %d)", silver.name(), attempt
+                    "%s: concurrent commit, re-planning (attempt %d)", _name(silver), attempt
                 )
         raise AssertionError("unreachable")
 
@@ -472,7 +477,7 @@ class SilverCompactor:
             )
             if changed is None:
                 row_filter: BooleanExpression = AlwaysTrue()
-                log.info("%s: no usable incremental mark, checking every partition", silver.name())
+                log.info("%s: no usable incremental mark, checking every partition", _name(silver))
             elif not changed:
                 self._set_mark(silver, marks)
                 return _result("unchanged", definition, snap, None, _Totals(), 0.0)
@@ -502,7 +507,7 @@ class SilverCompactor:
         from pyiceberg.exceptions import CommitFailedException
 
         try:
-            with catalog_errors(f"updating {silver.name()}"):
+            with catalog_errors(f"updating {_name(silver)}"):
                 with silver.transaction() as tx:
                     tx.set_properties(marks)
         except CommitFailedException:
@@ -520,7 +525,7 @@ class SilverCompactor:
         """Bronze files of `snap` and current Silver files, grouped by partition (metadata only)."""
         parts: dict[tuple[Any, ...], _Partition] = {}
         spec_id = bronze.spec().spec_id
-        with catalog_errors(f"planning {bronze.name()}"):
+        with catalog_errors(f"planning {_name(bronze)}"):
             tasks = list(
                 bronze.scan(snapshot_id=snap.snapshot_id, row_filter=row_filter).plan_files()
             )
@@ -528,7 +533,7 @@ class SilverCompactor:
             f = task.file
             if f.spec_id != spec_id:
                 raise CompactionError(
-                    f"{bronze.name()} has files of an older partition spec ({f.spec_id}); "
+                    f"{_name(bronze)} has files of an older partition spec ({f.spec_id}); "
                     "Silver compaction supports one spec"
                 )
             p = parts.setdefault(tuple(f.partition), _Partition(Record(*f.partition)))
@@ -536,7 +541,7 @@ class SilverCompactor:
             for d in task.delete_files:
                 p.deletes[d.file_path] = d
         if silver.current_snapshot() is not None:
-            with catalog_errors(f"planning {silver.name()}"):
+            with catalog_errors(f"planning {_name(silver)}"):
                 silver_tasks = list(silver.scan(row_filter=row_filter).plan_files())
             for task in silver_tasks:
                 key = tuple(task.file.partition)
@@ -615,23 +620,23 @@ class SilverCompactor:
 
     def _report(self, silver: Table, done: int, total: int) -> None:
         if self.progress is not None:
-            self.progress(str(silver.name()), done, total)
+            self.progress(_name(silver), done, total)
 
     def _groups(self, parts: list[_Partition], bronze: Table) -> list[list[_Partition]]:
         """Batches of partitions read by one DuckDB query each (about `rows_per_query` rows).
 
-        Partitions with delete files, or a table with renamed columns, go alone through
-        DuckDB's Iceberg reader; emptied partitions (no Bronze files) need no query.
+        Partitions with delete files go alone through DuckDB's Iceberg reader; emptied
+        partitions (no Bronze files) need no query.
         """
         groups: list[list[_Partition]] = []
         current: list[_Partition] = []
         rows = 0
-        renamed = _renamed_columns(bronze)
-        # Spread the work over the workers, but never exceed the memory bound.
+        # Two queries per worker keep every worker busy to the end (one sorts while another
+        # writes), but never more rows per query than the memory bound.
         total = sum(f.record_count for p in parts for f in p.bronze)
-        limit = min(self.rows_per_query, max(1, -(-total // self.workers)))
+        limit = min(self.rows_per_query, max(1, -(-total // (2 * self.workers))))
         for part in parts:
-            if not part.bronze or part.deletes or renamed:
+            if not part.bronze or part.deletes:
                 groups.append([part])
                 continue
             current.append(part)
@@ -664,34 +669,47 @@ class SilverCompactor:
         }
         rep.table_properties = dict(table_properties)
         try:
-            with catalog_errors(f"committing {rep.table.name()}"):
+            with catalog_errors(f"committing {_name(rep.table)}"):
                 snapshot_id = rep.commit()
         except Exception:
             rep.discard_new_files()
             raise
         assert snapshot_id is not None
         log.info(
-            "%s: committed %d partitions as snapshot %s", rep.table.name(), len(labels), snapshot_id
+            "%s: committed %d partitions as snapshot %s", _name(rep.table), len(labels), snapshot_id
         )
         return int(snapshot_id)
 
     # ---- one partition ---------------------------------------------------------------------
 
-    def _duck(self) -> duckdb.DuckDBPyConnection:
-        if self._con is None:
-            con = duck.connect()
-            con.execute("SET TimeZone = 'UTC'")
-            s = self.lake.settings
-            if s.is_s3 or s.s3_endpoint:
-                duck.configure_s3(
-                    con,
-                    s.s3_endpoint or "https://s3.amazonaws.com",
-                    s.s3_access_key or "",
-                    s.s3_secret_key or "",
-                    s.s3_region,
-                )
-            self._con = con
-        return self._con
+    def _duck(self, iceberg: bool = False) -> duckdb.DuckDBPyConnection:
+        """The shared DuckDB database (workers take cursors of it).
+
+        Plain Parquet reads need no extension (httpfs for S3); the Iceberg reader, needed only
+        for partitions with delete files, is loaded on first use: loading it
+        costs a few hundred milliseconds that most runs do not need.
+        """
+        with self._lock:
+            if self._con is None:
+                s = self.lake.settings
+                s3 = s.is_s3 or bool(s.s3_endpoint)
+                con = duck.connect(extensions=("httpfs",) if s3 else ())
+                if s3:
+                    duck.configure_s3(
+                        con,
+                        s.s3_endpoint or "https://s3.amazonaws.com",
+                        s.s3_access_key or "",
+                        s.s3_secret_key or "",
+                        s.s3_region,
+                    )
+                self._con = con
+            if iceberg and not self._iceberg_loaded:
+                extra = duck.connect(extensions=("avro", "iceberg"))  # installs from the wheels
+                extra.close()
+                self._con.execute("LOAD avro")
+                self._con.execute("LOAD iceberg")
+                self._iceberg_loaded = True
+            return self._con
 
 
 @dataclass
@@ -720,12 +738,13 @@ class _Job:
         if len(group) == 1 and not group[0].bronze:
             return [_Output(group[0], [], 0, 0, 0)]  # Bronze partition gone: empty it in Silver
         bronze, layout = self.bronze, self.layout
-        con = self.compactor._duck().cursor()  # one cursor per thread, same database
+        needs_iceberg = bool(group[0].deletes)
+        con = self.compactor._duck(needs_iceberg).cursor()  # one cursor per thread
         try:
             con.execute("SET TimeZone = 'UTC'")
             counts = {p.pid: sum(f.record_count for f in p.bronze) for p in group}
-            if group[0].deletes or _renamed_columns(bronze):
-                # Delete files or renamed columns: DuckDB's Iceberg reader applies them.
+            if needs_iceberg:
+                # Delete files: DuckDB's Iceberg reader applies them.
                 part = group[0]
                 source = (
                     f"(SELECT * FROM iceberg_scan({quote_str(bronze.metadata_location)}, "
@@ -738,8 +757,7 @@ class _Job:
                 files = ", ".join(
                     quote_str(_local_path(f.file_path)) for p in group for f in p.bronze
                 )
-                union = ", union_by_name = true" if len(bronze.metadata.schemas) > 1 else ""
-                source = f"read_parquet([{files}]{union})"
+                source = f"read_parquet([{files}]{_field_id_schema(bronze)})"
             sql = dedup_query(
                 source,
                 self.silver.schema(),
@@ -749,7 +767,7 @@ class _Job:
             )
             by_bucket = {layout.bucket_key(p.record): p for p in group}
             writers: dict[tuple[Any, ...], PartitionFileWriter] = {}
-            what = f"compacting {bronze.name()}"
+            what = f"compacting {_name(bronze)}"
             with catalog_errors(what):
                 try:
                     reader = con.execute(sql).to_arrow_reader(self.compactor.batch_rows)
@@ -759,7 +777,7 @@ class _Job:
                             part = by_bucket.get(bucket_key)
                             if part is None:
                                 raise CompactionError(
-                                    f"{bronze.name()}: row outside the planned partitions "
+                                    f"{_name(bronze)}: row outside the planned partitions "
                                     f"({bucket_key})"
                                 )
                             if part.pid not in writers:
@@ -806,14 +824,25 @@ def _segments(
         yield (k, bucket[lo].as_py()), data.slice(lo, hi - lo)
 
 
-def _renamed_columns(table: Table) -> bool:
-    """True if a column's name differs between the current and an older schema."""
-    current = {f.field_id: f.name for f in table.schema().fields}
-    for schema in table.metadata.schemas:
-        for f in schema.fields:
-            if f.field_id in current and current[f.field_id] != f.name:
-                return True
-    return False
+def _field_id_schema(table: Table) -> str:
+    """`read_parquet` option that reads columns by Iceberg field id (after schema evolution).
+
+    Files written before a column was added lack it (read as NULL); files written before a
+    rename carry the old name; a promoted type is cast. Empty when the table never evolved.
+    """
+    if len(table.metadata.schemas) <= 1:
+        return ""
+    fields = ", ".join(
+        f"{f.field_id}: {{name: {quote_str(f.name)}, type: {quote_str(duck_type(f.field_type))}, "
+        "default_value: NULL}"
+        for f in table.schema().fields
+    )
+    return f", schema = MAP {{{fields}}}"
+
+
+def _name(table: Table) -> str:
+    """`namespace.table` (pyiceberg's `Table.name()` is a tuple)."""
+    return ".".join(table.name())
 
 
 def _current_id(table: Table) -> int | None:
