@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import (
+    AlwaysFalse,
     AlwaysTrue,
     And,
     BooleanExpression,
@@ -153,13 +154,15 @@ class _Layout:
         fmt = "%Y-%m-%dT%H" if self.time_unit == "hour" else "%Y-%m-%d"
         return [value, lo.strftime(fmt)]
 
-    def predicate(self, record: Record) -> BooleanExpression:
-        value, lo, hi = self.bounds(record)
+    def range_predicate(self, key: Any, first: int, end: int) -> BooleanExpression:
+        """Rows of partition value `key` in time buckets `first` .. `end - 1`."""
+        step = timedelta(hours=1) if self.time_unit == "hour" else timedelta(days=1)
+        lo, hi = _EPOCH + first * step, _EPOCH + end * step
         expr: BooleanExpression = And(
             GreaterThanOrEqual("ts_event", lo.isoformat()), LessThan("ts_event", hi.isoformat())
         )
         if self.key_column is not None:
-            expr = And(EqualTo(self.key_column, value), expr)
+            expr = And(EqualTo(self.key_column, key), expr)
         return expr
 
     def sql_filter(self, record: Record) -> str:
@@ -482,9 +485,7 @@ class SilverCompactor:
                 self._set_mark(silver, marks)
                 return _result("unchanged", definition, snap, None, _Totals(), 0.0)
             else:
-                row_filter = _or(
-                    layout.predicate(Record(*pid[1])) for pid in sorted(changed, key=str)
-                )
+                row_filter = _cover(layout, [Record(*pid[1]) for pid in changed])
             parts = self._plan(bronze, silver, snap, row_filter, include_silver_only=True)
             if changed is not None:
                 wanted = {pid[1] for pid in changed}
@@ -600,9 +601,8 @@ class SilverCompactor:
                 with ThreadPoolExecutor(max_workers=self.workers) as pool:
                     for outputs in pool.map(job.compact_group, self._groups(chunk, bronze)):
                         for out in outputs:
-                            rep.replace_files(
-                                layout.predicate(out.part.record), out.files, out.part.silver
-                            )
+                            # Files only; the predicate covering the whole chunk is set below.
+                            rep.replace_files(AlwaysFalse(), out.files, out.part.silver)
                             totals.rows_read += out.rows_read
                             totals.rows_written += out.rows_written
                             totals.bytes_read += out.bytes_read
@@ -612,6 +612,9 @@ class SilverCompactor:
             except BaseException:
                 rep.discard_new_files()
                 raise
+            # One compact predicate (ranges of adjacent hours, balanced ORs): a chain of
+            # hundreds of nested ORs would exceed Python's recursion limit in pyiceberg.
+            rep.predicate = _cover(layout, [p.record for p in chunk])
             marks = table_properties if n == len(chunks) else {}
             snapshot_ids.append(self._commit(rep, definition, snap, layout, marks))
         status = "success" if totals.replaced else "unchanged"
@@ -850,11 +853,35 @@ def _current_id(table: Table) -> int | None:
     return snap.snapshot_id if snap else None
 
 
-def _or(exprs: Iterable[BooleanExpression]) -> BooleanExpression:
-    out: BooleanExpression | None = None
-    for e in exprs:
-        out = e if out is None else Or(out, e)
-    return out if out is not None else AlwaysTrue()
+def _cover(layout: _Layout, records: Sequence[Record]) -> BooleanExpression:
+    """A small row filter matching exactly the given partitions.
+
+    Adjacent time buckets of one key merge into one range; the ranges are ORed as a balanced
+    tree, so the expression depth grows with log(n), not n.
+    """
+    by_key: dict[Any, list[int]] = {}
+    for r in records:
+        key, bucket = layout.bucket_key(r)
+        by_key.setdefault(key, []).append(bucket)
+    ranges: list[BooleanExpression] = []
+    for key in sorted(by_key, key=str):
+        buckets = sorted(set(by_key[key]))
+        start = prev = buckets[0]
+        for b in [*buckets[1:], None]:
+            if b is not None and b == prev + 1:
+                prev = b
+                continue
+            ranges.append(layout.range_predicate(key, start, prev + 1))
+            if b is not None:
+                start = prev = b
+    return _balanced_or(ranges) if ranges else AlwaysFalse()
+
+
+def _balanced_or(exprs: Sequence[BooleanExpression]) -> BooleanExpression:
+    if len(exprs) == 1:
+        return exprs[0]
+    mid = len(exprs) // 2
+    return Or(_balanced_or(exprs[:mid]), _balanced_or(exprs[mid:]))
 
 
 def _group_by_day(

@@ -574,3 +574,22 @@ def test_schema_evolution_added_and_renamed_columns(lake: LakeCatalog, duck) -> 
     assert venues[901] == "ICE" and venues[900] == "CME"
     assert all(venues[r["seq"]] == r["exchange"] for r in old_rows)
     compactor.close()
+
+
+def test_a_day_of_480_partitions_in_one_commit(lake: LakeCatalog) -> None:
+    """20 symbols × 24 hours: one snapshot, and a conflict-scoping predicate that stays small."""
+    bronze = lake.load_table(BRONZE)
+    day0 = T0 - 14 * HOUR_NS
+    rows = [
+        trade(day0 + h * HOUR_NS + i, sym=f"S{i:02d}", seq=h) for h in range(24) for i in range(20)
+    ]
+    append(bronze, rows)
+    compactor = SilverCompactor(lake)
+    result = compactor.compact_date(DAY, "futures.trades")
+    assert result["partitions"] == 480 and result["rows_written"] == 480
+    silver = lake.load_table(SILVER)
+    assert len(silver.snapshots()) == 1
+    append(bronze, [{**r, "ts_recv_ns": r["ts_recv_ns"] + 1} for r in rows])  # all redelivered
+    again = compactor.compact_incremental(["futures.trades"])[0]
+    assert again["partitions"] == 480 and again["duplicates_removed"] == 480
+    compactor.close()
