@@ -12,6 +12,7 @@ table, and `reset_consumer` recreates the consumer at that position (see `iceber
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import ssl
@@ -153,9 +154,12 @@ async def connect(
         options["tls"] = tls
     try:
         # First connect: no reconnect loop, so a wrong URL fails fast with a clear message.
-        first = dict(options, allow_reconnect=False, max_reconnect_attempts=0)
+        first = dict(options, allow_reconnect=False, max_reconnect_attempts=1)
         first.pop("disconnected_cb")
-        nc = await nats.connect(**first)  # type: ignore[arg-type]
+        nc = await asyncio.wait_for(
+            nats.connect(**first),  # type: ignore[arg-type]
+            timeout=3 * connect_timeout + 5,
+        )
         await nc.close()
         client = await nats.connect(**options)  # type: ignore[arg-type]
         holder.append(client)

@@ -387,7 +387,10 @@ class TableCodec:
             ts = arrays["ts_event_ns"]
             ok = pc.and_(pc.greater_equal(ts, MIN_TS_NS), pc.less(ts, MAX_TS_NS))
             self._flag(ts, ok, bad, "ts_event_ns is not a plausible Unix time in nanoseconds")
-        if self.partition_key in arrays and pa.types.is_string(arrays[self.partition_key].type):
+        pk_type = arrays[self.partition_key].type if self.partition_key in arrays else None
+        if pk_type is not None and (
+            pa.types.is_string(pk_type) or pa.types.is_large_string(pk_type)
+        ):
             ok = pc.greater(pc.utf8_length(arrays[self.partition_key]), 0)
             self._flag(arrays[self.partition_key], ok, bad, f"{self.partition_key} is empty")
         if self.has_derived_ts:
