@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.schema import Schema
@@ -160,7 +161,9 @@ class AdjacentDedup:
     """Keeps the first row of each run of equal dedup keys in a sorted batch stream.
 
     Equality is null-safe and NaN-safe. State carries over batch boundaries, so a group split
-    between two batches still yields one row.
+    between two batches still yields one row. Only rows whose first sort column (`ts_event_ns`)
+    equals the previous row's are compared on the other columns, so the cost is one vectorised
+    integer comparison per row plus a little work per candidate.
 
     Args:
         schema: the Silver schema (for the float columns).
@@ -168,7 +171,9 @@ class AdjacentDedup:
     """
 
     def __init__(self, schema: Schema, dedup_columns: Sequence[str]) -> None:
-        self._keys = [f.name for f in schema.fields if f.name in dedup_columns]
+        keys = [f.name for f in schema.fields if f.name in dedup_columns]
+        self._first = EVENT_TIME if EVENT_TIME in keys else keys[0]
+        self._rest = [k for k in keys if k != self._first]
         self._floats = {
             f.name
             for f in schema.fields
@@ -181,21 +186,42 @@ class AdjacentDedup:
         n = batch.num_rows
         if n == 0:
             return batch
-        keep: pa.Array | None = None
-        for name in self._keys:
-            col = batch.column(name)
-            if self._last is not None:
-                prev = pa.concat_arrays([self._last.column(name), col.slice(0, n - 1)])
+        last, self._last = self._last, batch.slice(n - 1, 1)
+        # Candidates: rows whose first sort column equals the previous row's.
+        cand = self._equal_to_previous(self._first, batch, last, np.arange(1, n))
+        if last is not None:
+            head = self._equal_to_previous(self._first, batch, last, np.array([0]))
+            cand = np.concatenate([head, cand])
+        for name in self._rest:
+            if len(cand) == 0:
+                break
+            cand = self._equal_to_previous(name, batch, last, cand)
+        if len(cand) == 0:
+            return batch
+        keep = np.ones(n, dtype=bool)
+        keep[cand] = False
+        return batch.filter(pa.array(keep))
+
+    def _equal_to_previous(
+        self, name: str, batch: pa.RecordBatch, last: pa.RecordBatch | None, rows: np.ndarray
+    ) -> np.ndarray:
+        """The subset of `rows` whose `name` value equals the previous row's."""
+        col = batch.column(name)
+        if len(rows) == 0:
+            return rows
+        if len(rows) == batch.num_rows - 1 and rows[0] == 1:
+            current, previous = col.slice(1), col.slice(0, batch.num_rows - 1)
+        else:
+            current = col.take(pa.array(rows))
+            if rows[0] == 0:
+                assert last is not None
+                previous = pa.concat_arrays(
+                    [last.column(name), col.take(pa.array(rows[1:] - 1, type=pa.int64()))]
+                )
             else:
-                prev = pa.concat_arrays([col.slice(0, 1), col.slice(0, n - 1)])
-            same = _same(col, prev, name in self._floats)
-            keep = same if keep is None else pc.and_(keep, same)
-        assert keep is not None
-        mask = pc.invert(keep)
-        if self._last is None:
-            mask = pa.concat_arrays([pa.array([True]), mask.slice(1)])
-        self._last = batch.slice(n - 1, 1)
-        return batch.filter(mask)
+                previous = col.take(pa.array(rows - 1))
+        same = _same(current, previous, name in self._floats).to_numpy(zero_copy_only=False)
+        return rows[same]
 
 
 def _same(a: pa.Array, b: pa.Array, is_float: bool) -> pa.Array:
