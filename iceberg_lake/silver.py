@@ -805,23 +805,21 @@ class _Job:
         return outputs
 
 
-def _segments(
-    batch: pa.RecordBatch, key_column: str | None
-) -> Iterable[tuple[Any, pa.RecordBatch]]:
-    """Split a batch ordered by (key, bucket) into runs of one partition each.
+def _segments(rows: pa.Table, key_column: str | None) -> Iterable[tuple[Any, pa.Table]]:
+    """Split rows ordered by (key, ts_event_ns) into runs of one partition each.
 
-    Yields `((key, bucket), rows without the bucket column)`.
+    Yields `((key, bucket), rows without the bucket column)`; the slices are zero-copy.
     """
-    n = batch.num_rows
+    n = rows.num_rows
     if n == 0:
         return
-    bucket = batch.column(BUCKET_COLUMN)
-    data = batch.drop_columns([BUCKET_COLUMN])
+    bucket = rows.column(BUCKET_COLUMN)
+    data = rows.drop_columns([BUCKET_COLUMN])
     change = pc.not_equal(bucket.slice(1), bucket.slice(0, n - 1))
-    key = batch.column(key_column) if key_column else None
+    key = rows.column(key_column) if key_column else None
     if key is not None:
         change = pc.or_(change, pc.not_equal(key.slice(1), key.slice(0, n - 1)))
-    cuts = (np.flatnonzero(change.to_numpy(zero_copy_only=False)) + 1).tolist()
+    cuts = (np.flatnonzero(change.to_numpy()) + 1).tolist()
     for lo, hi in zip([0, *cuts], [*cuts, n], strict=True):
         k = key[lo].as_py() if key is not None else None
         yield (k, bucket[lo].as_py()), data.slice(lo, hi - lo)

@@ -33,8 +33,8 @@ def _run(rows: list[dict], definition=FUTURES) -> list[dict]:
     sql = dedup_query("src", schema, definition.dedup_columns, set(names))
     dedup = AdjacentDedup(schema, definition.dedup_columns)
     # Tiny batches: duplicate groups span batch boundaries.
-    batches = [dedup.apply(b) for b in con.execute(sql).to_arrow_reader(2)]
-    return pa.Table.from_batches(batches).to_pylist()
+    tables = [dedup.apply(b) for b in con.execute(sql).to_arrow_reader(2)]
+    return pa.concat_tables(tables).to_pylist()
 
 
 def _t(ts: int, recv: int, price: float = 1.0, aggressor: int | None = 1, seq: int | None = 1):
@@ -133,7 +133,7 @@ def test_streamed_dedup_equals_a_plain_python_reference(batch_rows: int) -> None
     )
     sql = dedup_query("src", schema, FUTURES.dedup_columns, set(schema.column_names))
     dedup = AdjacentDedup(schema, FUTURES.dedup_columns)
-    got = pa.Table.from_batches(
+    got = pa.concat_tables(
         [dedup.apply(b) for b in con.execute(sql).to_arrow_reader(batch_rows)]
     ).to_pylist()
 

@@ -181,11 +181,15 @@ class AdjacentDedup:
         }
         self._last: pa.RecordBatch | None = None
 
-    def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """The rows of `batch` that are not duplicates of an earlier row."""
+    def apply(self, batch: pa.RecordBatch) -> pa.Table:
+        """The rows of `batch` that are not duplicates of an earlier row.
+
+        Returns a table of zero-copy slices of `batch` (duplicates are rare; copying the whole
+        batch to drop a few rows would cost more than the comparison).
+        """
         n = batch.num_rows
         if n == 0:
-            return batch
+            return pa.Table.from_batches([batch])
         last, self._last = self._last, batch.slice(n - 1, 1)
         # Candidates: rows whose first sort column equals the previous row's.
         cand = self._equal_to_previous(self._first, batch, last, np.arange(1, n))
@@ -197,10 +201,15 @@ class AdjacentDedup:
                 break
             cand = self._equal_to_previous(name, batch, last, cand)
         if len(cand) == 0:
-            return batch
-        keep = np.ones(n, dtype=bool)
-        keep[cand] = False
-        return batch.filter(pa.array(keep))
+            return pa.Table.from_batches([batch])
+        if len(cand) > 32:  # many holes: one copy is cheaper than many slices
+            keep = np.ones(n, dtype=bool)
+            keep[cand] = False
+            return pa.Table.from_batches([batch.filter(pa.array(keep))])
+        starts = np.concatenate([[0], cand + 1])
+        ends = np.concatenate([cand, [n]])
+        pieces = [batch.slice(a, b - a) for a, b in zip(starts, ends, strict=True) if b > a]
+        return pa.Table.from_batches(pieces, schema=batch.schema)
 
     def _equal_to_previous(
         self, name: str, batch: pa.RecordBatch, last: pa.RecordBatch | None, rows: np.ndarray
@@ -210,6 +219,9 @@ class AdjacentDedup:
         if len(rows) == 0:
             return rows
         if len(rows) == batch.num_rows - 1 and rows[0] == 1:
+            if col.null_count == 0 and pa.types.is_integer(col.type):
+                values = col.to_numpy()  # zero-copy: the common case (ts_event_ns)
+                return np.flatnonzero(values[1:] == values[:-1]) + 1
             current, previous = col.slice(1), col.slice(0, batch.num_rows - 1)
         else:
             current = col.take(pa.array(rows))

@@ -73,24 +73,25 @@ class PartitionFileWriter:
         self.files: list[DataFile] = []
         self.rows = 0
 
-    def write(self, batch: pa.RecordBatch) -> None:
+    def write(self, rows: pa.RecordBatch | pa.Table) -> None:
         """Append rows (columns: the table schema's, in order; types are cast)."""
-        if batch.num_rows == 0:
+        if rows.num_rows == 0:
             return
-        if batch.schema != self._loose:
-            batch = batch.rename_columns(self._loose.names).cast(self._loose)
+        table = pa.Table.from_batches([rows]) if isinstance(rows, pa.RecordBatch) else rows
+        if table.schema != self._loose:
+            table = table.rename_columns(self._loose.names).cast(self._loose)
         # Same buffers, declared (non-)nullability of the table schema; nulls in a required
         # column would be a bug upstream, and pyarrow's writer rejects them.
-        batch = pa.RecordBatch.from_arrays(batch.columns, schema=self._arrow_schema)
+        table = pa.Table.from_arrays(table.columns, schema=self._arrow_schema)
         if self._writer is None:
             name = f"{self._prefix}-{len(self.files):05d}.parquet"
             self._path = self._locations.new_data_location(name, self._key)  # type: ignore[arg-type]
             output = self._table.io.new_output(self._path)
             self._writer = ParquetFormatWriter(output, self._schema, self._properties)
             self._size = 0
-        self._writer.write(pa.Table.from_batches([batch]))
-        self.rows += batch.num_rows
-        self._size += batch.nbytes
+        self._writer.write(table)
+        self.rows += table.num_rows
+        self._size += table.nbytes
         if self._size >= self._target_bytes:
             self._finish()
 
