@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 from ingest_support import make_event
+from pyiceberg.table import Transaction
 
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import load_settings
 from iceberg_lake.ingest.decode import TableCodec
+from iceberg_lake.ingest.writer import _MemoTransaction
 from iceberg_lake.tables import registry
 
 TABLE = "bronze.stocks_trades"
@@ -26,18 +29,22 @@ def rows(n: int, start: int) -> pa.Table:
     return batch.table.cast(c.arrow_schema)
 
 
-def test_one_transaction_one_snapshot_and_conflict_retry_keeps_both(tmp_path: Path) -> None:
+@pytest.mark.parametrize("memo", [False, True], ids=["pyiceberg", "writer-transaction"])
+def test_one_transaction_one_snapshot_and_conflict_retry_keeps_both(
+    tmp_path: Path, memo: bool
+) -> None:
+    transaction = _MemoTransaction if memo else Transaction
     settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
     LakeCatalog(settings).init()
     a = LakeCatalog(settings).load_table(TABLE)
     b = LakeCatalog(settings).load_table(TABLE)  # will be stale after a's commit
 
-    with a.transaction() as tx:
+    with transaction(a) as tx:
         tx.set_properties({"lake.watermark.MARKET.a": "10"})
         tx.append(rows(3, 0), snapshot_properties={properties.LAST_STREAM_SEQ: "10"})
     assert len(a.metadata.snapshots) == 1
 
-    with b.transaction() as tx:  # CommitFailed inside, retried by pyiceberg on a fresh base
+    with transaction(b) as tx:  # CommitFailed inside, retried by pyiceberg on a fresh base
         tx.set_properties({"lake.watermark.MARKET.b": "20"})
         tx.append(rows(2, 3), snapshot_properties={properties.LAST_STREAM_SEQ: "20"})
 
