@@ -246,3 +246,46 @@ def test_unmapped_subjects_are_routed_by_schema_inference(
         f"SELECT target_table, reason FROM {scan_sql(settings, 'bronze.dead_letters')}"
     ).fetchall()
     assert dead == [("unrouted", "cannot infer schema from message")]
+
+
+def test_running_writer_follows_a_new_optional_column(
+    tmp_path: Path, nats: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingest_support import publish_async
+    from pyiceberg.types import StringType
+
+    from iceberg_lake import metrics
+    from iceberg_lake.ingest import writer
+    from iceberg_lake.service import LakeService
+
+    # The writer rate-limits schema reloads (1 s); here every unknown field may trigger one.
+    monkeypatch.setattr(writer, "SCHEMA_CHECK_SECONDS", 0.0)
+    settings = settings_for(tmp_path, nats.url)
+    table = "bronze.stocks_trades"
+
+    async def scenario() -> None:
+        service = LakeService(settings, [table])
+        runner = asyncio.create_task(service.run())
+        try:
+            first = {**make_event(table, 1), "venue_x": "DARK"}
+            await publish_async(settings, [("market.stocks.trades", encode(first), None)])
+            while service.committed_events < 1:
+                assert not runner.done()
+                await asyncio.sleep(0.05)
+            unknown = metrics.UNKNOWN_FIELDS.labels(table, "venue_x")._value.get()
+            assert unknown >= 1
+            t = LakeCatalog(settings).load_table(table)
+            with t.update_schema() as update:  # what a migration does
+                update.add_column("venue_x", StringType())
+            second = {**make_event(table, 2), "venue_x": "LIT"}
+            await publish_async(settings, [("market.stocks.trades", encode(second), None)])
+            while service.committed_events < 2:
+                assert not runner.done()
+                await asyncio.sleep(0.05)
+        finally:
+            await service.stop()
+            await asyncio.wait_for(runner, 60)
+
+    asyncio.run(scenario())
+    got = LakeCatalog(settings).load_table(table).scan().to_arrow().sort_by("seq")
+    assert got.column("venue_x").to_pylist() == [None, "LIT"]

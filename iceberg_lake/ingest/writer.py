@@ -155,7 +155,6 @@ class ConsumerWriter:
         self._last_schema_check = 0.0
         self._unknown_logged: set[tuple[str, str]] = set()
         self._stopping = False
-        self._pending_unknown = False
         self._needs_refresh = False
 
     # ---- start ----------------------------------------------------------------------------------
@@ -254,10 +253,9 @@ class ConsumerWriter:
                 await asyncio.sleep(0.2)
             self.drained = not msgs
             if msgs:
-                self._ingest(msgs)
+                await self._ingest(msgs)
                 if self.reset_needed:
                     continue
-                await self._check_unknown()
             self._maybe_flush(force=self.drained and self.flush_when_drained)
             metrics.BUFFER_EVENTS.labels(self.consumer).set(self.batch.events)
             await asyncio.sleep(0)
@@ -284,8 +282,8 @@ class ConsumerWriter:
 
     # ---- ingest ---------------------------------------------------------------------------------
 
-    def _ingest(self, msgs: list[Any]) -> None:
-        """Decode a fetch into the micro-batch (runs on the event loop; no I/O)."""
+    async def _ingest(self, msgs: list[Any]) -> None:
+        """Decode a fetch into the micro-batch (on the event loop; I/O only for schema checks)."""
         recv_ns = time.time_ns()
         keep: list[Any] = []
         seqs: list[int] = []
@@ -321,6 +319,9 @@ class ConsumerWriter:
         subjects = [m.subject for m in keep]
         assert self.decoder is not None
         routed: RoutedBatch = self.decoder.decode(bodies, subjects, recv_ns)
+        if routed.unknown_fields and await self._schema_changed():
+            # A migration added the fields: decode the same messages again with the new schema.
+            routed = self.decoder.decode(bodies, subjects, recv_ns)
         seq_arr = np.asarray(seqs, dtype=np.int64)
         for tid, decoded in routed.tables.items():
             rows = decoded.table
@@ -344,24 +345,21 @@ class ConsumerWriter:
             if (tid, name) not in self._unknown_logged:
                 self._unknown_logged.add((tid, name))
                 log.warning("%s has no column '%s': the field is dropped from its rows", tid, name)
-        self._pending_unknown = bool(routed.unknown_fields)
 
-    async def _check_unknown(self) -> None:
-        """A message carried fields the table lacks: reload the schema (a migration may have
-        added them) so the following messages keep them."""
-        if not self._pending_unknown:
-            return
-        self._pending_unknown = False
+    async def _schema_changed(self) -> bool:
+        """Messages carried fields the table lacks: reload the schemas (at most once a second),
+        since a migration may just have added them. True if a schema changed."""
         now = time.monotonic()
         if now - self._last_schema_check < SCHEMA_CHECK_SECONDS:
-            return
+            return False
         self._last_schema_check = now
         try:
-            await asyncio.to_thread(self._reload_schemas)
+            return await asyncio.to_thread(self._reload_schemas)
         except Exception as exc:
             log.debug("schema check failed: %s", exc)
+            return False
 
-    def _reload_schemas(self) -> None:
+    def _reload_schemas(self) -> bool:
         changed = False
         for tid in self.target_ids:
             fresh = self.catalog.load_table(tid).schema()
@@ -374,6 +372,7 @@ class ConsumerWriter:
             # The Table objects used by commits are refreshed before their next commit.
             self._needs_refresh = True
             self._rebuild_decoder()
+        return changed
 
     def _rebuild_decoder(self) -> None:
         if self.target == INFERRED_TARGET:
