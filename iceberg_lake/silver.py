@@ -313,10 +313,12 @@ class SilverCompactor:
     ) -> list[dict[str, Any]]:
         """Compact one day of every Silver table; one result per table (see `compact_date`).
 
-        A `snapshot_id` only makes sense with one table; `tag` applies to every Bronze table
-        that has it.
+        A `tag` applies to every Bronze table (each must have it); a `snapshot_id` belongs to
+        one table, so it is refused here (CompactionError).
         """
         day = _parse_date(date)
+        if snapshot_id is not None:
+            raise CompactionError("a snapshot id belongs to one Bronze table: name the table")
         results = []
         for d in self._bronze_definitions():
             if not self._exists(d):

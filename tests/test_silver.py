@@ -504,6 +504,12 @@ def test_cli_compact_prints_a_summary_and_clear_errors(lake: LakeCatalog, monkey
     assert "invalid date 'yesterday'" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["compact", "--table", "futures.trades"])
     assert res.exit_code != 0 and "--date" in res.output
+    res = runner.invoke(app, ["compact", "--date", "2025-12-16", "--snapshot", "1"])
+    assert res.exit_code != 0 and "--snapshot needs --table" in res.output
+    res = runner.invoke(
+        app, ["compact", "--date", "2025-12-16", "-t", "futures_trades", "--snapshot", "1"]
+    )
+    assert res.exit_code == 1 and "has no snapshot 1" in res.output
 
 
 def test_s3_warehouse_and_postgres_catalog(

@@ -72,6 +72,8 @@ def compact(
             "--incremental always uses the current Bronze snapshot and every partition",
             param_hint="--incremental",
         )
+    if snapshot is not None and not table:
+        raise typer.BadParameter("--snapshot needs --table", param_hint="--snapshot")
     if snapshot is not None and tag:
         raise typer.BadParameter("give --snapshot or --tag, not both", param_hint="--snapshot")
 
