@@ -218,3 +218,21 @@ def test_metrics_while_serving_and_sigterm_flushes_the_buffer(
             proc.wait()
     assert count_rows(duck, settings, table) == 1500
     assert count_rows(duck, settings, "bronze.dead_letters") == 1
+
+
+def test_workers_split_the_tables_over_processes(tmp_path: Path, nats: NatsServer, duck) -> None:
+    from ingest_support import gold_payload
+
+    settings = settings_for(tmp_path, nats.url)
+    items = [
+        ("market.stocks.trades", encode(make_event("bronze.stocks_trades", i)), None)
+        for i in range(200)
+    ] + [("levels.signals", encode(gold_payload(i)), None) for i in range(20)]
+    publish(settings, items)
+    log = tmp_path / "serve.log"
+    args = ["--workers", "2", "--tables", "stocks_trades,levels_signals", "--until-idle"]
+    proc = start_serve(settings, log, *args)
+    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    assert log.read_text().count("worker ") >= 2
+    assert count_rows(duck, settings, "bronze.stocks_trades") == 200
+    assert count_rows(duck, settings, "gold.levels_signals") == 40

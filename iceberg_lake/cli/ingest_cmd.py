@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from iceberg_lake.cli.common import err_console, settings
+from iceberg_lake.config import Settings
 
 
 def register(app: typer.Typer) -> None:
@@ -39,11 +40,26 @@ def register(app: typer.Typer) -> None:
             float,
             typer.Option("--idle-seconds", help="With --until-idle: how long it must stay idle."),
         ] = 1.0,
+        workers: Annotated[
+            int,
+            typer.Option(
+                "--workers",
+                min=1,
+                help="Processes: the tables are split round-robin into this many groups, one "
+                "`lake serve` process each (metrics on P, P+1, ...).",
+            ),
+        ] = 1,
     ) -> None:
         """Run the Bronze/Gold writers: JetStream in, Iceberg commits out."""
-        from iceberg_lake.service import LakeService
+        from iceberg_lake.service import LakeService, resolve_targets
 
         s = settings()
+        if workers > 1:
+            raise typer.Exit(
+                _run_workers(
+                    s, resolve_targets(tables), workers, metrics_port, until_idle, idle_seconds
+                )
+            )
         if not logging.getLogger().isEnabledFor(logging.INFO):
             # Startup and each flush are logged at INFO: the service's own loggers say them.
             for name in ("iceberg_lake.service", "iceberg_lake.ingest.writer"):
@@ -57,3 +73,42 @@ def register(app: typer.Typer) -> None:
             serve_metrics(metrics_port)
             err_console.print(f"metrics on http://0.0.0.0:{metrics_port}/metrics", highlight=False)
         asyncio.run(service.run(stop_when_idle=until_idle, idle_seconds=idle_seconds))
+
+
+def _run_workers(
+    s: Settings,
+    targets: list[str],
+    workers: int,
+    metrics_port: int | None,
+    until_idle: bool,
+    idle_seconds: float,
+) -> int:
+    """Run one `lake serve` process per table group; forward SIGTERM/SIGINT; worst exit code."""
+    import signal
+    import subprocess
+    import sys
+
+    from iceberg_lake.catalog import LakeCatalog
+
+    LakeCatalog(s).init()  # once, before the workers race to create tables
+    groups = [targets[i::workers] for i in range(workers) if targets[i::workers]]
+    procs = []
+    for i, group in enumerate(groups):
+        argv = [sys.executable, "-c", "from iceberg_lake.cli import main; main()", "serve"]
+        argv += ["--tables", ",".join(group), "--idle-seconds", str(idle_seconds)]
+        if metrics_port is not None:
+            argv += ["--metrics-port", str(metrics_port + i)]
+        if until_idle:
+            argv.append("--until-idle")
+        procs.append(subprocess.Popen(argv))
+        err_console.print(f"worker {procs[-1].pid}: {', '.join(group)}", highlight=False)
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [p.wait() for p in procs]
+    return max((abs(c) for c in codes), default=0)
