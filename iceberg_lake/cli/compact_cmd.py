@@ -112,6 +112,8 @@ def compact(
         )
         return
     text_rows = [{label: r.get(key) for label, key in TEXT_COLUMNS.items()} for r in results]
+    for row in text_rows:  # every row is a Silver table: the namespace only costs width
+        row["table"] = str(row["table"] or "").removeprefix("silver.")
     emit(text_rows, output, title="Silver compaction", columns=list(TEXT_COLUMNS))
 
 
