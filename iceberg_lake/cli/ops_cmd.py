@@ -1,9 +1,140 @@
-"""`lake` commands: maintain, status."""
+"""`lake maintain compact-files|expire-snapshots|remove-orphans` and `lake status`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+
+from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit, open_catalog
+from iceberg_lake.maintenance import (
+    TableMaintenance,
+    maintained_tables,
+    parse_duration,
+    parse_size,
+)
+
+maintain_app = typer.Typer(
+    name="maintain",
+    help="Keep tables healthy: compact small files, expire snapshots, remove orphan files.",
+    no_args_is_help=True,
+)
+
+TABLE_OPTION = typer.Option(
+    None, "--table", "-t", help="namespace.table (default: every table in the catalog)"
+)
+DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="Only list what would change.")
+
+
+@maintain_app.command("compact-files")
+def compact_files(
+    table: str | None = TABLE_OPTION,
+    older_than: str = typer.Option(
+        "1h", "--older-than", help="Only time partitions closed at least this long ago."
+    ),
+    target_size: str = typer.Option("256MB", "--target-size", help="Desired data file size."),
+    dry_run: bool = DRY_RUN_OPTION,
+    output: OutputFormat = OUTPUT_OPTION,
+) -> None:
+    """Bin-pack small data files of closed hour partitions, sorted by event time.
+
+    One `overwrite` snapshot per table; the rows a reader sees do not change.
+    """
+    age, size = parse_duration(older_than), parse_size(target_size)
+    catalog = open_catalog()
+    rows = [
+        TableMaintenance(catalog, t).compact_files(age, size, dry_run=dry_run).as_dict()
+        for t in maintained_tables(catalog, table)
+    ]
+    _emit(rows, output, "compact-files", lambda r: r["files_before"] > 0)
+
+
+@maintain_app.command("expire-snapshots")
+def expire_snapshots(
+    table: str | None = TABLE_OPTION,
+    older_than: str = typer.Option(
+        "7d", "--older-than", help="Expire snapshots committed at least this long ago."
+    ),
+    retain_last: int = typer.Option(
+        1, "--retain-last", min=1, help="Always keep this many newest snapshots."
+    ),
+    dry_run: bool = DRY_RUN_OPTION,
+    output: OutputFormat = OUTPUT_OPTION,
+) -> None:
+    """Expire old snapshots and delete the files no remaining snapshot needs.
+
+    Never expires the current snapshot, a tagged one, or a Bronze snapshot Silver names as its
+    source.
+    """
+    age = parse_duration(older_than)
+    catalog = open_catalog()
+    results = [
+        TableMaintenance(catalog, t).expire_snapshots(age, retain_last=retain_last, dry_run=dry_run)
+        for t in maintained_tables(catalog, table)
+    ]
+    rows = [r.as_dict() for r in results]
+    if output == OutputFormat.text:
+        for row in rows:
+            row.pop("expired")
+            files = row.pop("files")
+            if dry_run:
+                for f in files:
+                    console.print(f"would delete {f}", highlight=False)
+    _emit(rows, output, "expire-snapshots", lambda r: r["expired_snapshots"] > 0)
+
+
+@maintain_app.command("remove-orphans")
+def remove_orphans(
+    table: str | None = TABLE_OPTION,
+    older_than: str = typer.Option(
+        "1d", "--older-than", help="Only delete orphans last modified at least this long ago."
+    ),
+    dry_run: bool = DRY_RUN_OPTION,
+    output: OutputFormat = OUTPUT_OPTION,
+) -> None:
+    """Delete files under a table's location that no metadata references."""
+    age = parse_duration(older_than)
+    catalog = open_catalog()
+    rows = [
+        TableMaintenance(catalog, t).remove_orphans(age, dry_run=dry_run).as_dict()
+        for t in maintained_tables(catalog, table)
+    ]
+    if output == OutputFormat.text:
+        for row in rows:
+            for f in row.pop("files"):
+                console.print(f"{'orphan' if dry_run else 'deleted'} {f}", highlight=False)
+    _emit(rows, output, "remove-orphans", lambda r: r["orphans"] > 0)
+
+
+def _emit(rows: list[dict[str, Any]], output: OutputFormat, title: str, changed: Any) -> None:
+    if output == OutputFormat.json:
+        emit(rows, output)
+        return
+    shown = [r for r in rows if changed(r)]
+    if not shown:
+        console.print(f"{title}: nothing to do in {len(rows)} table(s)")
+        return
+    emit(shown, output, title=title)
+
+
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (same as --output json)."),
+    output: OutputFormat = OUTPUT_OPTION,
+    nats_timeout: float = typer.Option(
+        3.0, "--nats-timeout", help="Seconds to wait for NATS before reporting it unreachable."
+    ),
+) -> None:
+    """Tables (rows, files, mean file size, snapshots, last commit), consumer lag, dead letters."""
+    from iceberg_lake.status import collect_status, print_status
+
+    report = collect_status(open_catalog(), nats_timeout=nats_timeout)
+    if as_json or output == OutputFormat.json:
+        typer.echo(report.to_json())
+    else:
+        print_status(report, console)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the `lake` app."""
+    """Add `lake maintain ...` and `lake status` to the `lake` app."""
+    app.add_typer(maintain_app, name="maintain")
+    app.command("status")(status)

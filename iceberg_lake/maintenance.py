@@ -1,0 +1,682 @@
+"""Table maintenance: small-file compaction, snapshot expiry with file cleanup, orphan removal.
+
+Micro-batch writers make one small data file per touched partition per flush, plus a manifest,
+a manifest list and a metadata file per commit. `TableMaintenance` keeps a long-running table
+healthy::
+
+    m = TableMaintenance(catalog, "bronze.stocks_trades")
+    m.compact_files(older_than=timedelta(hours=1), target_size=256 * MB)
+    m.expire_snapshots(older_than=timedelta(days=7))
+    m.remove_orphans(older_than=timedelta(days=1))
+
+Every operation returns a small frozen result record (also used for `--dry-run` output).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+from pyiceberg.expressions import (
+    AlwaysTrue,
+    And,
+    BooleanExpression,
+    EqualTo,
+    GreaterThanOrEqual,
+    IsNull,
+    LessThan,
+)
+from pyiceberg.io.pyarrow import ArrowScan, PyArrowFileIO, schema_to_pyarrow
+from pyiceberg.manifest import ManifestFile
+from pyiceberg.partitioning import PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import FileScanTask, Table
+from pyiceberg.table.snapshots import Snapshot, ancestors_of
+from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform
+
+from iceberg_lake import properties as P
+from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.exceptions import LakeError
+from iceberg_lake.overwrite import PartitionReplacement, write_data_files
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+DEFAULT_TARGET_SIZE = 256 * MB
+#: Files at least this fraction of the target size are left alone by `compact_files`.
+MIN_INPUT_FRACTION = 0.75
+
+_US_PER_HOUR = 3_600_000_000
+_US_PER_DAY = 24 * _US_PER_HOUR
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# ---- argument parsing (shared with the CLI) --------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse `90s`, `30m`, `1h`, `7d`, `1d12h` or `0` into a timedelta.
+
+    Raises:
+        LakeError: the text is not a duration.
+    """
+    value = text.strip().lower()
+    if value == "0":
+        return timedelta(0)
+    parts = _DURATION_PART.findall(value)
+    if not parts or _DURATION_PART.sub("", value).strip():
+        raise LakeError(f"invalid duration {text!r} (use e.g. 90s, 30m, 1h, 7d, 1d12h)")
+    return timedelta(seconds=sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
+
+
+def parse_size(text: str) -> int:
+    """Parse `256MB`, `1GB`, `512KiB` or a byte count (binary multiples) into bytes.
+
+    Raises:
+        LakeError: the text is not a positive size.
+    """
+    m = _SIZE.match(text)
+    if not m:
+        raise LakeError(f"invalid size {text!r} (use e.g. 128MB, 1GB)")
+    unit = (m.group(2) or "").lower()[:1]
+    size = int(float(m.group(1)) * _SIZE_UNITS[unit])
+    if size <= 0:
+        raise LakeError(f"size must be positive, got {text!r}")
+    return size
+
+
+# ---- results -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    """What `compact_files` did (or would do, with `dry_run`)."""
+
+    table: str
+    snapshot_id: int | None
+    partitions: list[str]
+    files_before: int
+    files_after: int
+    rows: int
+    bytes_before: int
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "table": self.table,
+            "snapshot_id": self.snapshot_id,
+            "partitions": len(self.partitions),
+            "files_before": self.files_before,
+            "files_after": self.files_after,
+            "rows": self.rows,
+            "bytes_before": self.bytes_before,
+            "dry_run": self.dry_run,
+        }
+
+
+@dataclass(frozen=True)
+class ExpiryResult:
+    """What `expire_snapshots` expired and deleted (or would, with `dry_run`)."""
+
+    table: str
+    expired: list[int]
+    protected: list[int]
+    deleted_files: list[str]
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "table": self.table,
+            "expired_snapshots": len(self.expired),
+            "protected_snapshots": len(self.protected),
+            "deleted_files": len(self.deleted_files),
+            "dry_run": self.dry_run,
+            "expired": self.expired,
+            "files": self.deleted_files,
+        }
+
+
+@dataclass(frozen=True)
+class OrphanResult:
+    """Files under a table's location that no metadata references."""
+
+    table: str
+    orphans: list[str]
+    bytes: int
+    scanned: int
+    dry_run: bool = False
+    kept_recent: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "table": self.table,
+            "orphans": len(self.orphans),
+            "bytes": self.bytes,
+            "scanned_files": self.scanned,
+            "kept_recent": self.kept_recent,
+            "dry_run": self.dry_run,
+            "files": self.orphans,
+        }
+
+
+# ---- the table-level object --------------------------------------------------------------------
+
+
+@dataclass
+class TableMaintenance:
+    """Maintenance operations of one lake table.
+
+    Args:
+        catalog: the lake catalog.
+        table_id: `namespace.table`.
+        protected_snapshots: extra snapshot ids `expire_snapshots` must keep (default: for a
+            Bronze table, the snapshots Silver names as its sources).
+    """
+
+    catalog: LakeCatalog
+    table_id: str
+    protected_snapshots: set[int] | None = None
+    _table: Table | None = field(default=None, repr=False)
+
+    @property
+    def table(self) -> Table:
+        """The table, loaded once (refreshed by each operation)."""
+        if self._table is None:
+            self._table = self.catalog.load_table(self.table_id)
+        return self._table
+
+    def _refresh(self) -> Table:
+        with catalog_errors(f"refreshing {self.table_id}"):
+            self.table.refresh()
+        return self.table
+
+    # ---- compact-files ----------------------------------------------------------------------
+
+    def compact_files(
+        self,
+        older_than: timedelta = timedelta(hours=1),
+        target_size: int = DEFAULT_TARGET_SIZE,
+        *,
+        now: datetime | None = None,
+        dry_run: bool = False,
+    ) -> CompactionResult:
+        """Bin-pack the small data files of closed time partitions into files near `target_size`.
+
+        A partition is closed when its whole time range (hour or day of `ts_event`) ended at least
+        `older_than` before `now`. In each closed partition, the files smaller than 75% of the
+        target are read, sorted by the table's sort order (`ts_event_ns`), cut into
+        `ceil(bytes / target_size)` files of contiguous event time, and swapped in.
+
+        Produces ONE `overwrite` snapshot for the whole table (summary `lake.operation` =
+        `compact-files`, `lake.replaced-partitions`), or none when nothing needs compacting. The
+        rows a reader sees are unchanged; table properties (writer watermarks) are kept.
+        Idempotent: a second run finds nothing to do.
+
+        Args:
+            older_than: only partitions that closed at least this long ago.
+            target_size: desired data file size in bytes (estimated from the input files'
+                bytes per row).
+            now: the reference time (default: the current time).
+            dry_run: only report what would be compacted.
+
+        Returns:
+            What was compacted.
+
+        Raises:
+            CommitConflictError: a concurrent commit replaced the same files; retry later.
+        """
+        if target_size <= 0:
+            raise LakeError("target size must be positive")
+        table = self._refresh()
+        cutoff_us = _to_us(now or datetime.now(UTC)) - int(older_than.total_seconds() * 1e6)
+        groups = self._closed_partition_groups(table, cutoff_us, target_size)
+        files_before = sum(len(tasks) for _, _, tasks in groups)
+        bytes_before = sum(t.file.file_size_in_bytes for _, _, ts in groups for t in ts)
+        rows = sum(t.file.record_count for _, _, ts in groups for t in ts)
+        labels = [label for label, _, _ in groups]
+        if dry_run or not groups:
+            estimate = sum(
+                max(1, math.ceil(sum(t.file.file_size_in_bytes for t in ts) / target_size))
+                for _, _, ts in groups
+            )
+            return CompactionResult(
+                self.table_id, None, labels, files_before, estimate, rows, bytes_before, dry_run
+            )
+
+        props = {
+            P.LAKE_OPERATION: P.COMPACT_FILES,
+            P.REPLACED_PARTITIONS: json.dumps([label.split("/") for label in labels]),
+        }
+        rep = PartitionReplacement(table, props)
+        out_schema = schema_to_pyarrow(table.schema(), include_field_ids=False)
+        sort_keys = _sort_columns(table)
+        files_after = 0
+        for label, predicate, tasks in groups:
+            data = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table(tasks)
+            data = data.select(out_schema.names).cast(out_schema)
+            if sort_keys:
+                data = data.sort_by([(c, "ascending") for c in sort_keys])
+            size = sum(t.file.file_size_in_bytes for t in tasks)
+            n_files = max(1, math.ceil(size / target_size))
+            per_file = max(1, math.ceil(data.num_rows / n_files))
+            old = [t.file for t in tasks]
+            before = len(rep.new_files)
+            for i, start in enumerate(range(0, max(data.num_rows, 1), per_file)):
+                # A copy, not a zero-copy slice: pyiceberg's partitioning of a sliced table
+                # reads the wrong rows (it ignores the slice offset).
+                chunk = data.take(pa.array(range(start, min(start + per_file, data.num_rows))))
+                if i == 0:
+                    rep.replace(predicate, chunk, old)
+                else:
+                    # A fresh write id per extra file of the same partition: the replacement's
+                    # own id would give every file of that partition the same name.
+                    rep.new_files.extend(write_data_files(table, chunk, uuid.uuid4()))
+            files_after += len(rep.new_files) - before
+            log.info(
+                "compact-files %s %s: %d files -> %d", self.table_id, label, len(tasks), n_files
+            )
+        snapshot_id = rep.commit()
+        return CompactionResult(
+            self.table_id, snapshot_id, labels, files_before, files_after, rows, bytes_before
+        )
+
+    def _closed_partition_groups(
+        self, table: Table, cutoff_us: int, target_size: int
+    ) -> list[tuple[str, BooleanExpression, list[FileScanTask]]]:
+        """Closed partitions with at least two small files: (label, predicate, tasks)."""
+        if table.current_snapshot() is None:
+            return []
+        with catalog_errors(f"planning {self.table_id}"):
+            tasks = list(table.scan().plan_files())
+        by_partition: dict[tuple[int, tuple[Any, ...]], list[FileScanTask]] = {}
+        for task in tasks:
+            if task.file.file_size_in_bytes >= target_size * MIN_INPUT_FRACTION:
+                continue
+            key = (task.file.spec_id, tuple(task.file.partition))
+            by_partition.setdefault(key, []).append(task)
+        schema = table.schema()
+        groups = []
+        for (spec_id, values), group in sorted(by_partition.items(), key=lambda kv: str(kv[0])):
+            if len(group) < 2:
+                continue
+            bounds = _partition_bounds(table.specs()[spec_id], schema, values)
+            if bounds is None:
+                continue
+            label, predicate, end_us = bounds
+            if end_us is None or end_us > cutoff_us:
+                continue
+            groups.append((label, predicate, group))
+        return groups
+
+    # ---- expire-snapshots -------------------------------------------------------------------
+
+    def expire_snapshots(
+        self,
+        older_than: timedelta = timedelta(days=7),
+        *,
+        retain_last: int = 1,
+        now: datetime | None = None,
+        dry_run: bool = False,
+    ) -> ExpiryResult:
+        """Expire snapshots older than `older_than` and delete the files only they needed.
+
+        Never expires: the current snapshot, the `retain_last` newest snapshots of the main
+        branch, any snapshot a tag or branch points at, and (for Bronze tables) any snapshot a
+        Silver partition names as its source (`iceberg_lake.silver.silver_source_snapshots`).
+        Files deleted are the manifest lists, manifests, data/delete files and statistics files
+        reachable from an expired snapshot and from no remaining one.
+
+        Produces no snapshot: one metadata commit that removes the expired snapshots.
+        Idempotent: a second run with the same arguments expires nothing.
+
+        Args:
+            older_than: expire snapshots committed at least this long ago.
+            retain_last: always keep this many newest snapshots (at least 1).
+            now: the reference time (default: the current time).
+            dry_run: only list what would be expired and deleted.
+
+        Returns:
+            The expired snapshot ids, the protected ones, and the deleted files.
+        """
+        table = self._refresh()
+        cutoff_ms = int(((now or datetime.now(UTC)) - older_than).timestamp() * 1000)
+        protected = self._protected_snapshot_ids(table, max(1, retain_last))
+        expired = [
+            s.snapshot_id
+            for s in table.metadata.snapshots
+            if s.timestamp_ms < cutoff_ms and s.snapshot_id not in protected
+        ]
+        kept_old = sorted(
+            s.snapshot_id
+            for s in table.metadata.snapshots
+            if s.timestamp_ms < cutoff_ms and s.snapshot_id in protected
+        )
+        if not expired:
+            return ExpiryResult(self.table_id, [], kept_old, [], dry_run)
+        reach = _Reachability(table)
+        expired_set = set(expired)
+        expired_files = reach.files_of(
+            s for s in table.metadata.snapshots if s.snapshot_id in expired_set
+        )
+        expired_files |= reach.statistics_of(table, expired_set)
+        if dry_run:
+            remaining = [s for s in table.metadata.snapshots if s.snapshot_id not in expired_set]
+            still = reach.files_of(remaining) | reach.statistics_of(
+                table, {s.snapshot_id for s in remaining}
+            )
+            doomed = sorted(expired_files - still)
+            return ExpiryResult(self.table_id, sorted(expired), kept_old, doomed, True)
+
+        with catalog_errors(f"expiring snapshots of {self.table_id}"):
+            table.maintenance.expire_snapshots().by_ids(expired).commit()
+        # Compute what is still needed from the committed metadata, so snapshots that a
+        # concurrent writer added meanwhile are accounted for.
+        table = self._refresh()
+        still = reach.files_of(table.metadata.snapshots) | reach.statistics_of(
+            table, {s.snapshot_id for s in table.metadata.snapshots}
+        )
+        doomed = sorted(expired_files - still)
+        io = _listing_io(table)
+        for path in doomed:
+            _delete(io, path)
+        log.info(
+            "expire-snapshots %s: %d snapshots, %d files", self.table_id, len(expired), len(doomed)
+        )
+        return ExpiryResult(self.table_id, sorted(expired), kept_old, doomed)
+
+    def _protected_snapshot_ids(self, table: Table, retain_last: int) -> set[int]:
+        protected = {ref.snapshot_id for ref in table.metadata.refs.values()}
+        current = table.current_snapshot()
+        if current is not None:
+            protected.add(current.snapshot_id)
+            for i, snap in enumerate(ancestors_of(current, table.metadata)):
+                if i >= retain_last:
+                    break
+                protected.add(snap.snapshot_id)
+        if self.protected_snapshots is not None:
+            protected |= self.protected_snapshots
+        elif self.table_id.startswith("bronze."):
+            protected |= silver_sources(self.catalog).get(self.table_id, set())
+        return protected
+
+    # ---- remove-orphans ---------------------------------------------------------------------
+
+    def remove_orphans(
+        self,
+        older_than: timedelta = timedelta(days=1),
+        *,
+        now: datetime | None = None,
+        dry_run: bool = False,
+    ) -> OrphanResult:
+        """Delete files under the table's location that no metadata references.
+
+        Referenced files: every snapshot's manifest list, manifests and data/delete files (live
+        or deleted entries), the current and logged metadata files, statistics files. Files
+        modified less than `older_than` ago are kept, since a writer may be about to commit them.
+
+        Produces no snapshot and no metadata change. Idempotent.
+
+        Args:
+            older_than: only delete orphans last modified at least this long ago.
+            now: the reference time (default: the current time).
+            dry_run: only list the orphans.
+
+        Returns:
+            The orphans deleted (or found, with `dry_run`).
+        """
+        table = self._refresh()
+        referenced = _Reachability(table).all_referenced(table)
+        io = _listing_io(table)
+        cutoff = (now or datetime.now(UTC)) - older_than
+        orphans: list[str] = []
+        size = scanned = recent = 0
+        for path, mtime, nbytes in _list_files(io, table.location()):
+            scanned += 1
+            if _norm(path) in referenced:
+                continue
+            if mtime is not None and mtime > cutoff:
+                recent += 1
+                continue
+            orphans.append(path)
+            size += nbytes
+        if not dry_run:
+            for path in orphans:
+                _delete(io, path)
+            if orphans:
+                log.info("remove-orphans %s: %d files", self.table_id, len(orphans))
+        return OrphanResult(self.table_id, sorted(orphans), size, scanned, dry_run, recent)
+
+
+# ---- Silver sources ------------------------------------------------------------------------------
+
+
+def silver_sources(catalog: LakeCatalog) -> dict[str, set[int]]:
+    """Bronze snapshot ids that Silver still names as sources, by Bronze table id.
+
+    Uses the Silver compactor's `silver_source_snapshots`, plus any Silver snapshot summary that
+    records `lake.source-table` / `lake.source-snapshot-id`.
+    """
+    out: dict[str, set[int]] = {}
+    try:
+        from iceberg_lake.silver import silver_source_snapshots
+
+        for table_id, ids in silver_source_snapshots(catalog).items():
+            out.setdefault(table_id, set()).update(ids)
+    except ImportError:  # pragma: no cover - the Silver module ships with the package
+        pass
+    for table_id in catalog.existing_tables():
+        if not table_id.startswith("silver."):
+            continue
+        silver = catalog.load_table(table_id)
+        for snap in silver.metadata.snapshots:
+            summary = snap.summary.additional_properties if snap.summary else {}
+            source, sid = summary.get(P.SOURCE_TABLE), summary.get(P.SOURCE_SNAPSHOT_ID)
+            if source and sid and sid.isdigit():
+                out.setdefault(source, set()).add(int(sid))
+    return out
+
+
+# ---- reachability --------------------------------------------------------------------------------
+
+
+class _Reachability:
+    """Files referenced by snapshots; each manifest is read once."""
+
+    def __init__(self, table: Table) -> None:
+        self.io = table.io
+        self._manifest_files: dict[str, set[str]] = {}
+        self._all_entries: dict[str, set[str]] = {}
+        self._lists: dict[str, list[ManifestFile]] = {}
+
+    def _manifests(self, snapshot: Snapshot) -> list[ManifestFile]:
+        if snapshot.manifest_list not in self._lists:
+            self._lists[snapshot.manifest_list] = snapshot.manifests(self.io)
+        return self._lists[snapshot.manifest_list]
+
+    def _entries(self, manifest: ManifestFile, live_only: bool) -> set[str]:
+        cache = self._manifest_files if live_only else self._all_entries
+        if manifest.manifest_path not in cache:
+            entries = manifest.fetch_manifest_entry(self.io, discard_deleted=live_only)
+            cache[manifest.manifest_path] = {_norm(e.data_file.file_path) for e in entries}
+        return cache[manifest.manifest_path]
+
+    def files_of(self, snapshots: Iterable[Snapshot], live_only: bool = True) -> set[str]:
+        """Manifest lists, manifests and data files the snapshots need (normalised paths)."""
+        out: set[str] = set()
+        for snap in snapshots:
+            out.add(_norm(snap.manifest_list))
+            for manifest in self._manifests(snap):
+                out.add(_norm(manifest.manifest_path))
+                out |= self._entries(manifest, live_only)
+        return out
+
+    @staticmethod
+    def statistics_of(table: Table, snapshot_ids: set[int]) -> set[str]:
+        """Statistics files recorded for the given snapshots."""
+        stats = [*table.metadata.statistics, *table.metadata.partition_statistics]
+        return {_norm(s.statistics_path) for s in stats if s.snapshot_id in snapshot_ids}
+
+    def all_referenced(self, table: Table) -> set[str]:
+        """Everything the table's metadata references, including metadata files."""
+        md = table.metadata
+        out = self.files_of(md.snapshots, live_only=False)
+        out |= self.statistics_of(table, {s.snapshot_id for s in md.snapshots})
+        out |= {_norm(e.metadata_file) for e in md.metadata_log}
+        if table.metadata_location:
+            out.add(_norm(table.metadata_location))
+        return out
+
+
+# ---- storage helpers -----------------------------------------------------------------------------
+
+
+def _norm(location: str) -> str:
+    """A location without scheme: `/abs/path` for files, `bucket/key` for object stores."""
+    parsed = urlparse(location)
+    if parsed.scheme in ("", "file"):
+        return parsed.path
+    return f"{parsed.netloc}{parsed.path}"
+
+
+def _listing_io(table: Table) -> PyArrowFileIO:
+    """A pyarrow FileIO with the table's properties (listing needs a pyarrow filesystem)."""
+    if isinstance(table.io, PyArrowFileIO):
+        return table.io
+    return PyArrowFileIO(table.io.properties)
+
+
+def _list_files(io: PyArrowFileIO, location: str) -> list[tuple[str, datetime | None, int]]:
+    """Every file under `location`: (URI, modification time, size)."""
+    from pyarrow.fs import FileSelector, FileType
+
+    scheme, netloc, path = PyArrowFileIO.parse_location(location, io.properties)
+    fs = io.fs_by_scheme(scheme, netloc)
+    try:
+        infos = fs.get_file_info(
+            FileSelector(path.rstrip("/"), recursive=True, allow_not_found=True)
+        )
+    except OSError as exc:
+        raise LakeError(f"cannot list {location}: {exc}") from exc
+    out = []
+    for info in infos:
+        if info.type != FileType.File:
+            continue
+        uri = f"file://{info.path}" if scheme == "file" else f"{scheme}://{info.path}"
+        mtime = info.mtime
+        if mtime is not None and mtime.tzinfo is None:
+            mtime = mtime.replace(tzinfo=UTC)
+        out.append((uri, mtime, info.size or 0))
+    return out
+
+
+def _delete(io: PyArrowFileIO, location: str) -> None:
+    try:
+        io.delete(location)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise LakeError(f"cannot delete {location}: {exc}") from exc
+
+
+# ---- partitions ----------------------------------------------------------------------------------
+
+
+def _to_us(dt: datetime) -> int:
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    delta = dt - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _iso(us: int) -> str:
+    return (_EPOCH + timedelta(microseconds=us)).isoformat()
+
+
+def _partition_bounds(
+    spec: PartitionSpec, schema: Schema, values: tuple[Any, ...]
+) -> tuple[str, BooleanExpression, int | None] | None:
+    """(label, row predicate, end of time range in µs) of a partition; None if unsupported."""
+    predicate: BooleanExpression = AlwaysTrue()
+    labels: list[str] = []
+    end_us: int | None = None
+    for pfield, value in zip(spec.fields, values, strict=True):
+        column = schema.find_column_name(pfield.source_id)
+        if column is None:
+            return None
+        transform = pfield.transform
+        if isinstance(transform, IdentityTransform):
+            term = IsNull(column) if value is None else EqualTo(column, value)
+            labels.append(str(value))
+        elif isinstance(transform, HourTransform | DayTransform) and value is not None:
+            unit = _US_PER_HOUR if isinstance(transform, HourTransform) else _US_PER_DAY
+            ordinal = (value - date(1970, 1, 1)).days if isinstance(value, date) else int(value)
+            lo, hi = ordinal * unit, (ordinal + 1) * unit
+            term = And(GreaterThanOrEqual(column, _iso(lo)), LessThan(column, _iso(hi)))
+            text = _iso(lo)
+            labels.append(text[:13] if unit == _US_PER_HOUR else text[:10])
+            end_us = hi if end_us is None else max(end_us, hi)
+        else:
+            return None
+        predicate = term if isinstance(predicate, AlwaysTrue) else And(predicate, term)
+    return "/".join(labels), predicate, end_us
+
+
+def _sort_columns(table: Table) -> list[str]:
+    names = []
+    for f in table.sort_order().fields:
+        name = table.schema().find_column_name(f.source_id)
+        if name:
+            names.append(name)
+    if not names and "ts_event_ns" in table.schema().column_names:
+        names = ["ts_event_ns"]
+    return names
+
+
+def maintained_tables(catalog: LakeCatalog, table: str | None = None) -> list[str]:
+    """The tables an operation applies to: `table`, or every existing lake table.
+
+    Raises:
+        UnknownTableError: `table` is not in the catalog.
+    """
+    if table is not None:
+        catalog.load_table(table)
+        return [table]
+    return catalog.existing_tables()
+
+
+def rows_fingerprint(table: Table, snapshot_id: int | None = None) -> pa.Table:
+    """All rows of a snapshot sorted by every column (tests and checks compare these)."""
+    data = table.scan(snapshot_id=snapshot_id).to_arrow()
+    return data.sort_by([(c, "ascending") for c in data.column_names])
+
+
+__all__ = [
+    "DEFAULT_TARGET_SIZE",
+    "MB",
+    "CompactionResult",
+    "ExpiryResult",
+    "OrphanResult",
+    "TableMaintenance",
+    "maintained_tables",
+    "parse_duration",
+    "parse_size",
+    "rows_fingerprint",
+    "silver_sources",
+]
