@@ -1,0 +1,264 @@
+"""`lake status`: table health, JetStream consumer lag and dead-letter counts in one report.
+
+Tables come from catalog metadata only (snapshot summaries), so the report is cheap. Consumer lag
+is read from JetStream (`pending + ack pending` of each table's durable consumer). If NATS cannot
+be reached the report still lists the tables and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from iceberg_lake.bus import connect, consumer_target
+from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.config import Settings
+from iceberg_lake.exceptions import LakeError
+
+DEAD_LETTERS_TABLE = "bronze.dead_letters"
+
+
+@dataclass(frozen=True)
+class TableStatus:
+    """One table's size and freshness, from its current snapshot summary."""
+
+    table: str
+    rows: int
+    data_files: int
+    mean_file_bytes: int
+    snapshots: int
+    last_commit: str | None
+    last_commit_age_seconds: float | None
+
+
+@dataclass(frozen=True)
+class ConsumerStatus:
+    """One durable JetStream consumer feeding a table."""
+
+    table: str
+    stream: str
+    consumer: str
+    exists: bool
+    pending: int = 0
+    ack_pending: int = 0
+    redelivered: int = 0
+
+    @property
+    def lag(self) -> int:
+        """Messages published and not yet stored: not delivered plus delivered but unacked."""
+        return self.pending + self.ack_pending
+
+
+@dataclass
+class LakeStatus:
+    """The whole report."""
+
+    tables: list[TableStatus]
+    consumers: list[ConsumerStatus] = field(default_factory=list)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    nats: str = "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (consumers carry their `lag`)."""
+        return {
+            "tables": [asdict(t) for t in self.tables],
+            "consumers": [{**asdict(c), "lag": c.lag} for c in self.consumers],
+            "dead_letters": dict(sorted(self.dead_letters.items())),
+            "nats": self.nats,
+        }
+
+    def to_json(self) -> str:
+        """The report as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+
+def table_status(catalog: LakeCatalog, identifier: str, now: datetime) -> TableStatus:
+    """Rows, data files, mean file size, snapshots and last-commit age of one table."""
+    table = catalog.load_table(identifier)
+    snap = table.current_snapshot()
+    summary = snap.summary if snap is not None else None
+    rows = int(summary.get("total-records") or 0) if summary else 0
+    files = int(summary.get("total-data-files") or 0) if summary else 0
+    size = int(summary.get("total-files-size") or 0) if summary else 0
+    when = datetime.fromtimestamp(snap.timestamp_ms / 1000, tz=UTC) if snap else None
+    return TableStatus(
+        table=identifier,
+        rows=rows,
+        data_files=files,
+        mean_file_bytes=size // files if files else 0,
+        snapshots=len(table.metadata.snapshots),
+        last_commit=when.isoformat(timespec="seconds") if when else None,
+        last_commit_age_seconds=round((now - when).total_seconds(), 1) if when else None,
+    )
+
+
+def dead_letter_counts(catalog: LakeCatalog) -> dict[str, int]:
+    """Rows of `bronze.dead_letters` per target table (empty if the table does not exist)."""
+    if DEAD_LETTERS_TABLE not in catalog.existing_tables():
+        return {}
+    table = catalog.load_table(DEAD_LETTERS_TABLE)
+    if table.current_snapshot() is None:
+        return {}
+    with catalog_errors("reading dead letters"):
+        data = table.scan(selected_fields=("target_table",)).to_arrow()
+    counts = data.group_by("target_table").aggregate([("target_table", "count")])
+    return {
+        str(t): int(n)
+        for t, n in zip(
+            counts.column("target_table").to_pylist(),
+            counts.column("target_table_count").to_pylist(),
+            strict=True,
+        )
+    }
+
+
+def fed_tables(catalog: LakeCatalog) -> list[str]:
+    """Declared tables fed by a JetStream consumer (Bronze market tables and Gold)."""
+    out = []
+    for definition in catalog.registry:
+        try:
+            consumer_target(definition.identifier)
+        except LakeError:
+            continue
+        out.append(definition.identifier)
+    return sorted(out)
+
+
+async def _consumers(settings: Settings, tables: list[str], timeout: float) -> list[ConsumerStatus]:
+    from nats.js.errors import NotFoundError
+
+    nc = await connect(settings, name="lake-status", connect_timeout=timeout)
+    try:
+        js = nc.jetstream(timeout=timeout)
+        out = []
+        for identifier in tables:
+            stream, durable, _subject = consumer_target(identifier)
+            try:
+                info = await js.consumer_info(stream, durable)
+            except NotFoundError:
+                out.append(ConsumerStatus(identifier, stream, durable, exists=False))
+                continue
+            out.append(
+                ConsumerStatus(
+                    identifier,
+                    stream,
+                    durable,
+                    exists=True,
+                    pending=int(info.num_pending or 0),
+                    ack_pending=int(info.num_ack_pending or 0),
+                    redelivered=int(info.num_redelivered or 0),
+                )
+            )
+        return out
+    finally:
+        await nc.close()
+
+
+def consumer_status(
+    settings: Settings, tables: list[str], timeout: float = 3.0
+) -> tuple[list[ConsumerStatus], str]:
+    """Lag of each table's durable consumer, and `ok` or why NATS could not be read.
+
+    Never raises for an unreachable or misbehaving NATS: the reason is returned instead.
+    """
+    try:
+        consumers = asyncio.run(
+            asyncio.wait_for(_consumers(settings, tables, timeout), timeout=timeout * 4)
+        )
+    except (LakeError, OSError, TimeoutError) as exc:
+        return [], f"unreachable ({exc})"
+    except Exception as exc:  # nats-py raises its own types (auth, JetStream disabled, ...)
+        return [], f"unreachable ({type(exc).__name__}: {exc})"
+    return consumers, "ok"
+
+
+def collect_status(
+    catalog: LakeCatalog, *, nats_timeout: float = 3.0, now: datetime | None = None
+) -> LakeStatus:
+    """Build the status report.
+
+    Args:
+        catalog: the lake catalog (its settings name the NATS server).
+        nats_timeout: seconds to wait for NATS.
+        now: reference time for commit ages (default: now).
+
+    Returns:
+        Tables, consumers, dead-letter counts and the NATS state.
+
+    Raises:
+        CatalogUnavailableError: the catalog cannot be read.
+    """
+    now = now or datetime.now(UTC)
+    tables = [table_status(catalog, t, now) for t in catalog.existing_tables()]
+    consumers, nats_state = consumer_status(catalog.settings, fed_tables(catalog), nats_timeout)
+    return LakeStatus(tables, consumers, dead_letter_counts(catalog), nats_state)
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _human_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= span:
+            return f"{seconds / span:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def print_status(report: LakeStatus, console: Console) -> None:
+    """Print the report as rich tables."""
+    tables = RichTable(title="tables")
+    for col in ("table", "rows", "data files", "mean file", "snapshots", "last commit"):
+        tables.add_column(col, justify="left" if col == "table" else "right")
+    for t in report.tables:
+        tables.add_row(
+            t.table,
+            f"{t.rows:,}",
+            f"{t.data_files:,}",
+            _human_bytes(t.mean_file_bytes),
+            str(t.snapshots),
+            f"{_human_age(t.last_commit_age_seconds)} ago" if t.last_commit else "never",
+        )
+    console.print(tables)
+    if report.nats != "ok":
+        console.print(f"[yellow]NATS {report.nats}[/yellow]: consumer lag unknown", highlight=False)
+    else:
+        consumers = RichTable(title="consumers")
+        for col in ("table", "stream", "consumer", "lag", "pending", "ack pending", "redelivered"):
+            consumers.add_column(col)
+        for c in report.consumers:
+            if not c.exists:
+                consumers.add_row(c.table, c.stream, c.consumer, "-", "not created", "", "")
+                continue
+            consumers.add_row(
+                c.table,
+                c.stream,
+                c.consumer,
+                str(c.lag),
+                str(c.pending),
+                str(c.ack_pending),
+                str(c.redelivered),
+            )
+        console.print(consumers)
+    if report.dead_letters:
+        dl = RichTable(title="dead letters")
+        dl.add_column("target table")
+        dl.add_column("rows", justify="right")
+        for name, n in sorted(report.dead_letters.items()):
+            dl.add_row(name, f"{n:,}")
+        console.print(dl)
+    else:
+        console.print("dead letters: none")

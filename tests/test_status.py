@@ -1,0 +1,122 @@
+"""`lake status`: tables, JetStream consumer lag against a real nats-server, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from iceberg_lake.bus import connect, consumer_target, ensure_consumer, ensure_streams
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.cli import app
+from iceberg_lake.config import load_settings
+from iceberg_lake.status import collect_status
+from iceberg_lake.testing import free_port
+
+TABLE = "bronze.stocks_trades"
+runner = CliRunner()
+
+
+def _env(tmp_path: Path, nats_url: str) -> dict[str, str]:
+    return {"LAKE_DATA_DIR": str(tmp_path / "data"), "LAKE_NATS_URL": nats_url}
+
+
+def _lag(tmp_path: Path, nats_url: str) -> dict[str, object]:
+    out = runner.invoke(app, ["status", "--json"], env=_env(tmp_path, nats_url))
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["nats"] == "ok"
+    return next(c for c in report["consumers"] if c["table"] == TABLE)
+
+
+def _dead_letters(lake: LakeCatalog, targets: list[str]) -> None:
+    table = lake.load_table("bronze.dead_letters")
+    schema = lake.definition("bronze.dead_letters").arrow_schema()
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "received_at": now,
+            "target_table": t,
+            "subject": "market.stocks.trades",
+            "stream": "MARKET",
+            "stream_seq": i,
+            "reason": "bad price",
+            "raw": b"{}",
+        }
+        for i, t in enumerate(targets)
+    ]
+    table.append(pa.Table.from_pylist(rows, schema=schema).select(table.schema().column_names))
+
+
+@pytest.mark.integration
+def test_status_consumer_lag_matches_published_not_yet_stored(tmp_path: Path, nats_server) -> None:
+    settings = load_settings(_env(tmp_path, nats_server.url))
+    lake = LakeCatalog(settings)
+    lake.init()
+    _dead_letters(lake, [TABLE, TABLE, "bronze.futures_trades"])
+    stream, durable, subject = consumer_target(TABLE)
+
+    async def setup() -> None:
+        nc = await connect(settings)
+        js = nc.jetstream()
+        await ensure_streams(js, settings)
+        await ensure_consumer(js, TABLE)
+        await nc.close()
+
+    asyncio.run(setup())
+    before = _lag(tmp_path, nats_server.url)
+    assert before["exists"] is True
+    base = int(before["lag"])
+
+    async def publish_and_fetch(n: int, fetch: int) -> None:
+        nc = await connect(settings)
+        js = nc.jetstream()
+        for i in range(n):
+            await js.publish(subject, json.dumps({"i": i}).encode())
+        if fetch:
+            sub = await js.pull_subscribe(subject, durable=durable, stream=stream)
+            got = []
+            while len(got) < fetch:
+                got += await sub.fetch(fetch - len(got), timeout=5)
+        await nc.close()
+
+    asyncio.run(publish_and_fetch(7, 0))
+    lagging = _lag(tmp_path, nats_server.url)
+    assert lagging["lag"] == base + 7
+    assert lagging["pending"] == base + 7
+
+    # Delivered but not acked (a writer holding an uncommitted batch) is still lag.
+    asyncio.run(publish_and_fetch(0, base + 7))
+    held = _lag(tmp_path, nats_server.url)
+    assert held["lag"] == base + 7
+    assert held["ack_pending"] == base + 7 and held["pending"] == 0
+
+    report = collect_status(lake)
+    assert report.dead_letters == {TABLE: 2, "bronze.futures_trades": 1}
+    row = next(t for t in report.tables if t.table == "bronze.dead_letters")
+    assert row.rows == 3 and row.data_files >= 1 and row.mean_file_bytes > 0
+    assert row.snapshots == 1 and row.last_commit_age_seconds is not None
+    assert 0 <= row.last_commit_age_seconds < 600
+    wide = {**_env(tmp_path, nats_server.url), "COLUMNS": "200"}
+    text = runner.invoke(app, ["status"], env=wide)
+    assert text.exit_code == 0, text.output
+    assert "lake_bronze_stocks_trades" in text.output and "dead letters" in text.output
+
+
+def test_status_reports_tables_when_nats_is_unreachable(tmp_path: Path) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    lake = LakeCatalog(load_settings(_env(tmp_path, url)))
+    lake.init()
+    out = runner.invoke(app, ["status", "--json", "--nats-timeout", "1"], env=_env(tmp_path, url))
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["nats"].startswith("unreachable")
+    assert report["consumers"] == []
+    assert {t["table"] for t in report["tables"]} >= {TABLE, "silver.stocks_trades"}
+    text = runner.invoke(app, ["status", "--nats-timeout", "1"], env=_env(tmp_path, url))
+    assert text.exit_code == 0 and "NATS unreachable" in text.output
