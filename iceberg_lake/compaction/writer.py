@@ -12,7 +12,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pyarrow as pa
-from pyiceberg.io.pyarrow import ParquetFormatWriter, schema_to_pyarrow
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyiceberg.io import OutputFile
+from pyiceberg.io.pyarrow import (
+    DataFileStatistics,
+    _get_parquet_writer_kwargs,
+    compute_statistics_plan,
+    data_file_statistics_from_parquet_metadata,
+    parquet_path_to_id_mapping,
+    schema_to_pyarrow,
+)
 from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
 from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
@@ -20,6 +30,64 @@ from pyiceberg.table import Table, TableProperties
 from pyiceberg.table.locations import load_location_provider
 from pyiceberg.typedef import Record
 from pyiceberg.utils.properties import property_as_int
+
+#: Dictionary-encode a column only if a sample of its first batch repeats values this much
+#: (distinct / rows). Dictionary pages for near-unique columns (timestamps, sequence numbers)
+#: cost about half the write time and make files larger: measured 1.33 → 0.66 CPU-s and
+#: 51 → 34 MB for 2M trades.
+DICTIONARY_MAX_DISTINCT_RATIO = 0.5
+_SAMPLE_ROWS = 10_000
+
+
+def dictionary_columns(table: pa.Table) -> list[str]:
+    """Columns worth dictionary encoding, judged on a sample of `table`'s first rows."""
+    sample = table.slice(0, _SAMPLE_ROWS)
+    n = max(1, sample.num_rows)
+    chosen = []
+    for name, column in zip(sample.column_names, sample.columns, strict=True):
+        if pa.types.is_boolean(column.type):
+            continue
+        distinct = pc.count_distinct(column, mode="all").as_py()
+        if distinct / n <= DICTIONARY_MAX_DISTINCT_RATIO:
+            chosen.append(name)
+    return chosen
+
+
+class _ParquetFile:
+    """One Parquet data file being written with the table's writer properties."""
+
+    def __init__(
+        self, output: OutputFile, schema: Schema, properties: dict[str, str], first: pa.Table
+    ) -> None:
+        self._schema = schema
+        self._properties = properties
+        kwargs = _get_parquet_writer_kwargs(properties)
+        kwargs["use_dictionary"] = dictionary_columns(first)
+        self._row_group = property_as_int(
+            properties,
+            TableProperties.PARQUET_ROW_GROUP_LIMIT,
+            TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT,
+        )
+        self._stream = output.create(overwrite=True)
+        try:
+            self._writer = pq.ParquetWriter(
+                self._stream, schema=first.schema, store_decimal_as_integer=True, **kwargs
+            )
+        except Exception:
+            self._stream.close()
+            raise
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table, row_group_size=self._row_group)
+
+    def close(self) -> DataFileStatistics:
+        with self._stream:
+            self._writer.close()
+        return data_file_statistics_from_parquet_metadata(
+            parquet_metadata=self._writer.writer.metadata,
+            stats_columns=compute_statistics_plan(self._schema, self._properties),
+            parquet_column_mapping=parquet_path_to_id_mapping(self._schema),
+        )
 
 
 @dataclass(frozen=True)
@@ -67,7 +135,7 @@ class PartitionFileWriter:
             table_location=metadata.location, table_properties=metadata.properties
         )
         self._key = _PartitionPath(metadata.spec(), self._schema, partition)
-        self._writer: ParquetFormatWriter | None = None
+        self._writer: _ParquetFile | None = None
         self._path = ""
         self._size = 0
         self.files: list[DataFile] = []
@@ -87,7 +155,7 @@ class PartitionFileWriter:
             name = f"{self._prefix}-{len(self.files):05d}.parquet"
             self._path = self._locations.new_data_location(name, self._key)  # type: ignore[arg-type]
             output = self._table.io.new_output(self._path)
-            self._writer = ParquetFormatWriter(output, self._schema, self._properties)
+            self._writer = _ParquetFile(output, self._schema, self._properties, table)
             self._size = 0
         self._writer.write(table)
         self.rows += table.num_rows
