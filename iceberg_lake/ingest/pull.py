@@ -88,7 +88,7 @@ class BatchPuller:
         await self._request(batch - len(out), None)
         deadline = loop.time() + max(timeout, 0.05)
         while len(out) < batch:
-            if self._drain(out, batch):
+            if self._drain(out, batch) or len(out) >= batch:
                 break
             remaining = deadline - loop.time()
             if remaining <= 0:
