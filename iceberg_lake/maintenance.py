@@ -58,6 +58,7 @@ MIN_INPUT_FRACTION = 0.75
 _US_PER_HOUR = 3_600_000_000
 _US_PER_DAY = 24 * _US_PER_HOUR
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SILVER_PREFIX = "silver."
 
 
 # ---- argument parsing (shared with the CLI) --------------------------------------------------
@@ -227,7 +228,8 @@ class TableMaintenance:
         Produces ONE `overwrite` snapshot for the whole table (summary `lake.operation` =
         `compact-files`, `lake.replaced-partitions`), or none when nothing needs compacting. The
         rows a reader sees are unchanged; table properties (writer watermarks) are kept.
-        Idempotent: a second run finds nothing to do.
+        Idempotent: a second run finds nothing to do. Silver tables are skipped: the Silver
+        compactor already writes sorted, target-sized files and keeps its state in their names.
 
         Args:
             older_than: only partitions that closed at least this long ago.
@@ -244,6 +246,11 @@ class TableMaintenance:
         """
         if target_size <= 0:
             raise LakeError("target size must be positive")
+        if self.table_id.startswith(SILVER_PREFIX):
+            # The Silver compactor writes target-sized, sorted files whose names carry its
+            # change-detection state (`iceberg_lake.compaction.state`); rewriting them would
+            # only force a recompaction.
+            return CompactionResult(self.table_id, None, [], 0, 0, 0, 0, dry_run)
         table = self._refresh()
         cutoff_us = _to_us(now or datetime.now(UTC)) - int(older_than.total_seconds() * 1e6)
         groups = self._closed_partition_groups(table, cutoff_us, target_size)
