@@ -36,6 +36,7 @@ from iceberg_lake.maintenance import (
 )
 
 TABLE = "bronze.stocks_trades"
+runner = CliRunner()
 HOUR_NS = 3_600_000_000_000
 #: A closed hour long ago (2025-12-06T05:00Z) and the hour after it.
 BASE_NS = 1_765_000_000_000_000_000 - 1_765_000_000_000_000_000 % HOUR_NS
@@ -291,7 +292,9 @@ def test_expire_snapshots_keeps_tagged_readable_and_deletes_expired_only_files(
     assert again.expired == [] and again.deleted_files == []
 
 
-def test_expire_snapshots_keeps_bronze_snapshots_silver_names_as_source(lake: LakeCatalog) -> None:
+def test_expire_snapshots_keeps_bronze_snapshots_silver_names_as_source(
+    lake: LakeCatalog, tmp_path: Path
+) -> None:
     table = lake.load_table(TABLE)
     for i in range(3):
         table.append(_rows(table, i * 10, 10, "SPY"))
@@ -302,7 +305,17 @@ def test_expire_snapshots_keeps_bronze_snapshots_silver_names_as_source(lake: La
         _rows(silver, 0, 10, "SPY"),
         snapshot_properties={P.SOURCE_TABLE: TABLE, P.SOURCE_SNAPSHOT_ID: str(source.snapshot_id)},
     )
+    cli = runner.invoke(
+        app,
+        ["maintain", "expire-snapshots", "-t", TABLE, "--older-than", "0", "--dry-run"]
+        + ["-o", "json"],
+        env={"LAKE_DATA_DIR": str(tmp_path / "data")},
+    )
+    assert cli.exit_code == 0, cli.output
+    would = json.loads(cli.output)[0]["expired"]
+    assert len(would) == 1 and source.snapshot_id not in would
     result = TableMaintenance(lake, TABLE).expire_snapshots(older_than=timedelta(0))
+    assert result.expired == would
     assert source.snapshot_id not in result.expired
     assert source.snapshot_id in result.protected
     table.refresh()
@@ -397,9 +410,6 @@ def test_parse_duration_and_size() -> None:
     for bad in ("big", "0MB", "-1"):
         with pytest.raises(LakeError):
             parse_size(bad)
-
-
-runner = CliRunner()
 
 
 def test_cli_maintain_commands(lake: LakeCatalog, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from iceberg_lake.maintenance import (
     maintained_tables,
     parse_duration,
     parse_size,
+    silver_sources,
 )
 
 maintain_app = typer.Typer(
@@ -68,9 +69,14 @@ def expire_snapshots(
     """
     age = parse_duration(older_than)
     catalog = open_catalog()
+    tables = maintained_tables(catalog, table)
+    # Read Silver's source snapshots once, not once per Bronze table.
+    sources = silver_sources(catalog) if any(t.startswith("bronze.") for t in tables) else {}
     results = [
-        TableMaintenance(catalog, t).expire_snapshots(age, retain_last=retain_last, dry_run=dry_run)
-        for t in maintained_tables(catalog, table)
+        TableMaintenance(catalog, t, protected_snapshots=sources.get(t, set())).expire_snapshots(
+            age, retain_last=retain_last, dry_run=dry_run
+        )
+        for t in tables
     ]
     rows = [r.as_dict() for r in results]
     if output == OutputFormat.text:
