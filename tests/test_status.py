@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -108,15 +112,31 @@ def test_status_consumer_lag_matches_published_not_yet_stored(tmp_path: Path, na
     assert "lake_bronze_stocks_trades" in text.output and "dead letters" in text.output
 
 
-def test_status_reports_tables_when_nats_is_unreachable(tmp_path: Path) -> None:
+def test_status_text_says_nats_is_unreachable(tmp_path: Path) -> None:
     url = f"nats://127.0.0.1:{free_port()}"
     lake = LakeCatalog(load_settings(_env(tmp_path, url)))
     lake.init()
-    out = runner.invoke(app, ["status", "--json", "--nats-timeout", "1"], env=_env(tmp_path, url))
-    assert out.exit_code == 0, out.output
-    report = json.loads(out.output)
+    wide = {**_env(tmp_path, url), "COLUMNS": "200"}
+    text = runner.invoke(app, ["status", "--nats-timeout", "1"], env=wide)
+    assert text.exit_code == 0, text.output
+    assert "NATS unreachable" in text.output and "stocks_trades" in text.output
+
+
+def test_installed_lake_status_executable_reports_json(tmp_path: Path) -> None:
+    exe = shutil.which("lake") or str(Path(sys.executable).parent / "lake")
+    url = f"nats://127.0.0.1:{free_port()}"
+    env = {**os.environ, **_env(tmp_path, url)}
+    LakeCatalog(load_settings(_env(tmp_path, url))).init()
+    done = subprocess.run(
+        [exe, "status", "--json", "--nats-timeout", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
     assert report["nats"].startswith("unreachable")
     assert report["consumers"] == []
     assert {t["table"] for t in report["tables"]} >= {TABLE, "silver.stocks_trades"}
-    text = runner.invoke(app, ["status", "--nats-timeout", "1"], env=_env(tmp_path, url))
-    assert text.exit_code == 0 and "NATS unreachable" in text.output
+    assert any(t["table"] == TABLE and t["rows"] == 0 for t in report["tables"])
