@@ -176,6 +176,9 @@ class TableCodec:
         self._one = msgspec.json.Decoder(self.event_type | list[self.event_type])  # type: ignore[operator]
         self._many = msgspec.json.Decoder(list[self.event_type])  # type: ignore[name-defined]
         self._getter = attrgetter(*self.column_names)
+        self._column_getters = [attrgetter(n) for n in self.column_names]
+        self._payload_attr = attrgetter("payload")
+        self._key_attr = attrgetter("key")
         self._payload_getter = attrgetter(*self.column_names)
         self.partition_from_key = partition_key if partition_key in names else None
 
@@ -330,29 +333,28 @@ class TableCodec:
         n = len(self.column_names)
         if not events:
             return [[] for _ in range(n)]
-        rows = list(map(self._getter, events))
-        if n == 1:
-            rows = [(r,) for r in rows]
-        columns = [list(c) for c in zip(*rows, strict=True)]
+        # One C-level pass per column (no per-event tuples).
+        columns = [list(map(g, events)) for g in self._column_getters]
         # Envelopes: payload fields win over envelope fields; the envelope's `key` fills the
-        # partition column.
-        enveloped = [i for i, e in enumerate(events) if e.payload is not None]
-        keyed = self.partition_from_key is not None
-        if enveloped or keyed:
-            pk_idx = self.column_names.index(self.partition_from_key) if keyed else -1
-            for i in enveloped:
-                e = events[i]
-                values = self._payload_getter(e.payload)
+        # partition column. Checked with C-level `count` first: flat events skip all of it.
+        payloads = list(map(self._payload_attr, events))
+        if payloads.count(None) != len(payloads):
+            for i, payload in enumerate(payloads):
+                if payload is None:
+                    continue
+                values = self._payload_getter(payload)
                 if n == 1:
                     values = (values,)
                 for c, v in enumerate(values):
                     if v is not None:
                         columns[c][i] = v
-            if keyed:
-                col = columns[pk_idx]
-                for i, e in enumerate(events):
-                    if col[i] is None and e.key is not None:
-                        col[i] = e.key
+        if self.partition_from_key is not None:
+            col = columns[self.column_names.index(self.partition_from_key)]
+            if col.count(None):
+                keys = list(map(self._key_attr, events))
+                for i, value in enumerate(col):
+                    if value is None and keys[i] is not None:
+                        col[i] = keys[i]
         return columns
 
     def to_arrow(self, events: list[Any], recv_ns: int) -> tuple[pa.Table, list[tuple[int, str]]]:
