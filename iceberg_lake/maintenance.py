@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
+from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import (
     AlwaysTrue,
     And,
@@ -45,7 +46,7 @@ from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.exceptions import LakeError
+from iceberg_lake.exceptions import CommitConflictError, LakeError
 from iceberg_lake.overwrite import PartitionReplacement, write_data_files
 
 log = logging.getLogger(__name__)
@@ -361,6 +362,9 @@ class TableMaintenance:
 
         Returns:
             The expired snapshot ids, the protected ones, and the deleted files.
+
+        Raises:
+            CommitConflictError: a concurrent commit won; nothing was deleted, retry.
         """
         table = self._refresh()
         cutoff_ms = int(((now or datetime.now(UTC)) - older_than).timestamp() * 1000)
@@ -392,7 +396,13 @@ class TableMaintenance:
             return ExpiryResult(self.table_id, sorted(expired), kept_old, doomed, True)
 
         with catalog_errors(f"expiring snapshots of {self.table_id}"):
-            table.maintenance.expire_snapshots().by_ids(expired).commit()
+            try:
+                table.maintenance.expire_snapshots().by_ids(expired).commit()
+            except CommitFailedException as exc:
+                table.refresh()
+                raise CommitConflictError(
+                    f"{self.table_id}: concurrent commit while expiring snapshots; retry ({exc})"
+                ) from exc
         # Compute what is still needed from the committed metadata, so snapshots that a
         # concurrent writer added meanwhile are accounted for.
         table = self._refresh()
