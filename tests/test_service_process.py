@@ -197,12 +197,16 @@ def test_metrics_while_serving_and_sigterm_flushes_the_buffer(
         wait_for(lambda: committed(1000), 60, "1000 committed events in /metrics", proc)
         publish(settings, [("market.stocks.trades", encode(make_event(table, i)), None)
                            for i in range(1000, 1500)])  # fmt: skip
-        wait_for(
-            lambda: _value(_metrics(port), "lake_ingest_buffer_events", consumer) == 500,
-            30,
-            "500 buffered events",
-            proc,
-        )
+
+        def buffered_and_drained() -> bool:
+            text = _metrics(port)
+            return (
+                _value(text, "lake_ingest_buffer_events", consumer) == 500
+                and _value(text, "lake_ingest_consumer_lag", consumer) == 0
+            )
+
+        # The lag gauge is polled every 0.25 s: wait for both series to settle.
+        wait_for(buffered_and_drained, 30, "500 buffered events and no lag", proc)
         text = _metrics(port)
         assert _value(text, "lake_ingest_events_consumed_total", label) == 1501  # + the bad one
         assert _value(text, "lake_ingest_dead_letters_total", label) == 1
