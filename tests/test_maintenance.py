@@ -153,7 +153,10 @@ def test_compact_files_after_2000_small_commits_cuts_files_50x_and_keeps_rows(
     assert len(table.metadata.snapshots) >= 2000
     before_files = len(list(table.scan().plan_files()))
     assert before_files == 2002
-    before_rows = rows_fingerprint(table)
+    # DuckDB reads 2,000 files an order of magnitude faster than pyiceberg
+    all_rows = "SELECT * FROM iceberg_scan('{}') ORDER BY ts_event_ns, symbol, seq"
+    before_rows = duck.sql(all_rows.format(table.metadata_location)).arrow().read_all()
+    assert before_rows.num_rows == 6004
     before_snapshots = len(table.metadata.snapshots)
 
     maint = TableMaintenance(lake, TABLE)
@@ -175,7 +178,8 @@ def test_compact_files_after_2000_small_commits_cuts_files_50x_and_keeps_rows(
     assert snap.summary[P.LAKE_OPERATION] == P.COMPACT_FILES
     replaced = json.loads(snap.summary[P.REPLACED_PARTITIONS])
     assert ["SPY", "2025-12-06T05"] in replaced
-    assert rows_fingerprint(table).equals(before_rows)
+    after_rows = duck.sql(all_rows.format(table.metadata_location)).arrow().read_all()
+    assert after_rows.equals(before_rows)
     assert table.properties[P.WATERMARK_PREFIX + "MARKET.lake_bronze_stocks_trades"] == "4242"
     # the open hour kept its two files
     open_files = [t for t in after_files if t.file.record_count == 2]
@@ -186,12 +190,10 @@ def test_compact_files_after_2000_small_commits_cuts_files_50x_and_keeps_rows(
         ts = pa.parquet.read_table(_local(task.file.file_path), columns=["ts_event_ns"])
         values = ts.column(0).to_pylist()
         assert values == sorted(values)
-    # DuckDB reads the same rows at the current snapshot
-    count, total = duck.sql(
-        f"SELECT count(*), sum(seq) FROM iceberg_scan('{table.metadata_location}')"
-    ).fetchone()
-    assert count == before_rows.num_rows
-    assert total == pa.compute.sum(before_rows.column("seq")).as_py()
+    # pyiceberg reads the same rows at the current snapshot
+    now_rows = table.scan().to_arrow()
+    assert now_rows.num_rows == before_rows.num_rows
+    assert pa.compute.sum(now_rows.column("seq")) == pa.compute.sum(before_rows.column("seq"))
     # idempotent: nothing left to compact
     again = maint.compact_files(older_than=timedelta(hours=1))
     assert again.snapshot_id is None and again.files_before == 0
