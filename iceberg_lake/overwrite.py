@@ -11,6 +11,7 @@ It is used by the Silver compactor and by small-file compaction (`lake maintain 
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from dataclasses import dataclass, field
 
@@ -23,17 +24,28 @@ from pyiceberg.table import Table
 from iceberg_lake.exceptions import CommitConflictError
 
 
-def write_data_files(table: Table, rows: pa.Table, write_uuid: uuid.UUID) -> list[DataFile]:
+def write_data_files(
+    table: Table,
+    rows: pa.Table,
+    write_uuid: uuid.UUID,
+    counter: itertools.count[int] | None = None,
+) -> list[DataFile]:
     """Write `rows` as Parquet data files of `table` (not yet committed).
 
     Wraps pyiceberg's private `_dataframe_to_data_files` in this one place. The rows must already
-    be sorted the way they should be stored (pyiceberg does not sort on write).
+    be sorted the way they should be stored (pyiceberg does not sort on write). File names are
+    `<n>-<task>-<write_uuid>`: calls that share a `write_uuid` must share `counter` too, or a
+    later call overwrites an earlier call's files.
     """
     from pyiceberg.io.pyarrow import _dataframe_to_data_files
 
     if rows.num_rows == 0:
         return []
-    return list(_dataframe_to_data_files(table.metadata, rows, table.io, write_uuid=write_uuid))
+    return list(
+        _dataframe_to_data_files(
+            table.metadata, rows, table.io, write_uuid=write_uuid, counter=counter
+        )
+    )
 
 
 @dataclass
@@ -54,6 +66,7 @@ class PartitionReplacement:
     table: Table
     snapshot_properties: dict[str, str]
     write_uuid: uuid.UUID = field(default_factory=uuid.uuid4)
+    _file_counter: itertools.count[int] = field(default_factory=itertools.count, repr=False)
     predicate: BooleanExpression = field(default_factory=AlwaysFalse)
     old_files: list[DataFile] = field(default_factory=list)
     new_files: list[DataFile] = field(default_factory=list)
@@ -73,7 +86,9 @@ class PartitionReplacement:
         """
         self.predicate = Or(self.predicate, predicate)
         self.old_files.extend(old_files)
-        self.new_files.extend(write_data_files(self.table, rows, self.write_uuid))
+        self.new_files.extend(
+            write_data_files(self.table, rows, self.write_uuid, self._file_counter)
+        )
 
     def replace_files(
         self, predicate: BooleanExpression, new_files: list[DataFile], old_files: list[DataFile]
