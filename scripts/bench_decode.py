@@ -112,7 +112,7 @@ def run() -> list[dict[str, Any]]:
             for poison in (False, True):
                 bodies = _bodies(make, 5000, per_message, poison)
                 n = 5000
-                rate = _best(lambda b=bodies: codec.decode(b, recv_ns=1), n)
+                rate = _best(lambda b=bodies, c=codec: c.decode(b, recv_ns=1), n)
                 rows.append(
                     {
                         "table": table,

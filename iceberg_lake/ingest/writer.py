@@ -38,8 +38,8 @@ from iceberg_lake.bus import (
 )
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.config import Settings
-from iceberg_lake.ingest.batch import MicroBatch
 from iceberg_lake.ingest import dead_letters
+from iceberg_lake.ingest.batch import MicroBatch
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
 from iceberg_lake.ingest.decode import TableCodec
 from iceberg_lake.ingest.pull import BatchPuller
