@@ -12,7 +12,7 @@ migration already has it and this step is a recorded no-op there.
 
 from __future__ import annotations
 
-from iceberg_lake.migrations import MigrationContext
+from iceberg_lake.schema.migrations import MigrationContext
 
 
 def upgrade(ctx: MigrationContext) -> None:
