@@ -107,16 +107,18 @@ def _json_type(obj: Any) -> str:
 # ---- parsing (slow path) --------------------------------------------------------------------
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes) -> tuple[Any, bool]:
     """Parse one JSON document: msgspec, with the stdlib as fallback for `NaN`/`Infinity`.
 
-    The values are checked afterwards by `check_values` (the stdlib accepts lone surrogates).
+    Returns:
+        The value and whether the stdlib parsed it (its values then need `check_values`: the
+        stdlib accepts non-finite numbers and lone surrogates, msgspec refuses them).
 
     Raises:
         MessageError: not UTF-8, not JSON, or nested too deeply.
     """
     try:
-        return msgspec.json.decode(body)
+        return msgspec.json.decode(body), False
     except UnicodeDecodeError as exc:
         raise MessageError(f"invalid UTF-8: {exc}") from None
     except RecursionError:
@@ -124,7 +126,7 @@ def parse_json(body: bytes) -> Any:
     except msgspec.DecodeError as exc:
         first = str(exc)
     try:
-        return json.loads(body)
+        return json.loads(body), True
     except RecursionError:
         raise MessageError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, TypeError):
@@ -156,6 +158,21 @@ def check_values(obj: Any, where: str = "$") -> None:
             _check_string(value, path)
 
 
+def check_depth(obj: Any) -> None:
+    """Refuse nesting deeper than `MAX_DEPTH` (containers only: cheap for flat events).
+
+    Raises:
+        MessageError: too deep.
+    """
+    stack = [(obj, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise MessageError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
+
+
 def _check_string(value: str, path: str) -> None:
     try:
         value.encode("utf-8")
@@ -163,35 +180,67 @@ def _check_string(value: str, path: str) -> None:
         raise MessageError(f"{path}: string is not valid UTF-8 (lone surrogate)") from None
 
 
-@dataclass
-class SplitMessage:
-    """A message body split into its events.
-
-    Attributes:
-        items: parsed events (anything; not yet checked), or a `MessageError` for an NDJSON
-            line that did not parse.
-        batch: the message is an array or NDJSON (its events are dead-lettered one by one).
-        raws: each event's own bytes (NDJSON lines; re-encoded array elements).
-    """
-
-    items: list[Any]
-    batch: bool
-    raws: list[bytes]
+def _checked(obj: Any, fallback: bool) -> Any:
+    if fallback:
+        check_values(obj)
+    elif isinstance(obj, (dict, list)):
+        check_depth(obj)
+    return obj
 
 
 def encode_event(item: Any) -> bytes:
     """JSON bytes of one parsed event of a batch (what its dead letter stores)."""
     try:
         return json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:  # a lone surrogate: keep it as a \\u escape
+    except UnicodeEncodeError:  # a lone surrogate: keep it as a \u escape
         return json.dumps(item, separators=(",", ":")).encode()
 
 
+class SplitMessage:
+    """A message body split into its events.
+
+    Attributes:
+        items: parsed, checked events, or a `MessageError` in place of an event that failed
+            (an NDJSON line that did not parse, a value the table cannot hold).
+        batch: the message is an array or NDJSON (its events are dead-lettered one by one).
+    """
+
+    def __init__(self, data: bytes, items: list[Any], batch: bool, lines: list[bytes] | None):
+        self.data = data
+        self.items = items
+        self.batch = batch
+        self._lines = lines
+
+    def raw(self, event: int) -> bytes:
+        """The bytes of one event: its NDJSON line, or the array element re-encoded as JSON
+        (the whole message if it is not a batch or the element cannot be encoded)."""
+        if not self.batch:
+            return self.data
+        if self._lines is not None:
+            return self._lines[event]
+        item = self.items[event]
+        if isinstance(item, MessageError):
+            item = getattr(item, "item", None)
+        try:
+            return encode_event(item)
+        except Exception:  # never lose the bytes
+            return self.data
+
+
+def _item_or_error(obj: Any, fallback: bool) -> Any:
+    try:
+        return _checked(obj, fallback)
+    except MessageError as exc:
+        exc.item = obj  # type: ignore[attr-defined]  # for the dead letter's bytes
+        return exc
+
+
 def split_message(data: bytes) -> SplitMessage:
-    """Parse a message body into events (object, array or NDJSON).
+    """Parse a message body into events (object, array or NDJSON) and check their values.
 
     Raises:
-        MessageError: the body as a whole is empty, not JSON, or an empty batch.
+        MessageError: the body as a whole is empty, not JSON, too deep, an empty batch, or a
+            single event with a value no table can hold.
     """
     body = data.strip()
     if not body:
@@ -201,37 +250,46 @@ def split_message(data: bytes) -> SplitMessage:
         items: list[Any] = []
         for line in lines:
             try:
-                items.append(parse_json(line))
+                items.append(_item_or_error(*parse_json(line)))
             except MessageError as exc:
-                if len(items) == 0 and len(lines) > 1:
+                if not items and len(lines) > 1:
                     # Maybe one pretty-printed object rather than NDJSON.
                     try:
-                        return SplitMessage([parse_json(body)], False, [data])
+                        whole = parse_json(body)
                     except MessageError:
                         pass
+                    else:
+                        return SplitMessage(data, [_checked(*whole)], False, None)
                 items.append(exc)
-        return SplitMessage(items, True, lines)
-    obj = parse_json(body)
+        return SplitMessage(data, items, True, lines)
+    obj, fallback = parse_json(body)
     if isinstance(obj, list):
         if not obj:
             raise MessageError("empty batch: the message is an empty JSON array")
-        raws = []
-        for item in obj:
+        return SplitMessage(data, [_item_or_error(x, fallback) for x in obj], True, None)
+    return SplitMessage(data, [_checked(obj, fallback)], False, None)
+
+
+class EventBytes:
+    """The bytes of single events of batched messages, each message split once (lazily)."""
+
+    def __init__(self, bodies: Sequence[bytes] | None) -> None:
+        self.bodies = bodies
+        self._splits: dict[int, SplitMessage | None] = {}
+
+    def __call__(self, message: int, event: int) -> bytes:
+        """Bytes of event `event` of message `message` (the whole body if unknown)."""
+        if self.bodies is None:
+            return b""
+        if message not in self._splits:
             try:
-                raws.append(encode_event(item))
-            except Exception:  # never lose the bytes: fall back to the whole message
-                raws.append(data)
-        return SplitMessage(obj, True, raws)
-    return SplitMessage([obj], False, [data])
-
-
-def event_bytes(data: bytes, event: int) -> bytes:
-    """The bytes of event number `event` of a batched message (the whole body if unknown)."""
-    try:
-        split = split_message(data)
-        return split.raws[event] if split.batch and event < len(split.raws) else data
-    except Exception:
-        return data
+                self._splits[message] = split_message(self.bodies[message])
+            except Exception:
+                self._splits[message] = None
+        split = self._splits[message]
+        if split is None or event >= len(split.items):
+            return self.bodies[message]
+        return split.raw(event)
 
 
 # ---- column rules -----------------------------------------------------------------------------
@@ -355,23 +413,47 @@ class Pending:
 
     events: list[Any] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
-    row_event: list[int] = field(default_factory=list)
     batches: set[int] = field(default_factory=set)
+    event_ids: dict[int, list[int]] = field(default_factory=dict)
     rejected: list[tuple[int, str]] = field(default_factory=list)
     rejected_events: list[tuple[int, int, str, bytes]] = field(default_factory=list)
     unknown: dict[str, int] = field(default_factory=dict)
 
-    def add(self, message: int, events: list[Any], event_ids: list[int] | None) -> None:
-        """Events of message `message` (`event_ids`: their positions in a batch, else None)."""
-        while len(self.counts) <= message:
-            self.counts.append(0)
-        self.counts[message] += len(events)
+    def add(
+        self,
+        message: int,
+        events: list[Any],
+        event_ids: list[int] | None = None,
+        batch: bool = False,
+    ) -> None:
+        """Events of message `message`.
+
+        Args:
+            message: the message index.
+            events: its (next) events.
+            event_ids: the position in the batch of each event, when not simply 0..n-1.
+            batch: the message is a batch (array/NDJSON).
+        """
+        counts = self.counts
+        if len(counts) <= message:
+            counts.extend([0] * (message + 1 - len(counts)))
+        counts[message] += len(events)
         self.events.extend(events)
-        if event_ids is None:
-            self.row_event.extend([-1] * len(events))
-        else:
+        if batch or event_ids is not None:
             self.batches.add(message)
-            self.row_event.extend(event_ids)
+        if event_ids is not None:
+            self.event_ids.setdefault(message, []).extend(event_ids)
+
+    def row_events(self) -> np.ndarray:
+        """For each row, its event's position in a batched message (-1: not a batch)."""
+        out = np.full(len(self.events), -1, dtype=np.int64)
+        start = 0
+        for m, count in enumerate(self.counts):
+            if m in self.batches and count:
+                ids = self.event_ids.get(m)
+                out[start : start + count] = ids if ids is not None else np.arange(count)
+            start += count
+        return out
 
     def merge_unknown(self, unknown: dict[str, int]) -> None:
         for k, v in unknown.items():
@@ -467,7 +549,7 @@ class TableCodec:
                     (message, "empty batch: the message is an empty JSON array")
                 )
                 return
-            pending.add(message, decoded, list(range(len(decoded))))
+            pending.add(message, decoded, batch=True)
         else:
             pending.add(message, [decoded], None)
 
@@ -495,18 +577,20 @@ class TableCodec:
                 events.append(self.convert_one(item, pending.unknown))
                 ids.append(n)
             except Exception as exc:
-                pending.rejected_events.append((message, n, _reason(exc), split.raws[n]))
+                pending.rejected_events.append((message, n, _reason(exc), split.raw(n)))
         pending.add(message, events, ids)
 
     def convert_one(self, item: Any, unknown: dict[str, int]) -> Any:
         """Convert one parsed event (a dict), dropping and counting unknown fields.
+
+        The event's values must have been checked (`split_message` does it: finite numbers,
+        valid strings, nesting depth); the types and declared rules are checked here.
 
         Raises:
             MessageError: the event is not an object or does not fit the table.
         """
         if not isinstance(item, dict):
             raise MessageError(f"expected a JSON object, got {_json_type(item)}")
-        check_values(item)
         self._strip_unknown(item, unknown)
         payload = item.get("payload")
         if isinstance(payload, dict):
@@ -590,11 +674,8 @@ class TableCodec:
             return self._assemble_each(pending, recv_ns, bodies, exc)
         if not bad_rows:
             return DecodedBatch(table, row_message, rejected, rejected_events, pending.unknown)
-        row_event = (
-            np.asarray(pending.row_event, dtype=np.int64)
-            if pending.row_event
-            else np.full(len(row_message), -1, dtype=np.int64)
-        )
+        row_event = pending.row_events()
+        event_raw = EventBytes(bodies)
         bad_messages: set[int] = set()
         bad_events: set[tuple[int, int]] = set()
         for row, reason in bad_rows:
@@ -602,7 +683,7 @@ class TableCodec:
             if m in pending.batches and e >= 0:
                 if (m, e) not in bad_events:
                     bad_events.add((m, e))
-                    raw = event_bytes(bodies[m], e) if bodies is not None else b""
+                    raw = event_raw(m, e)
                     rejected_events.append((m, e, reason, raw))
             elif m not in bad_messages:
                 bad_messages.add(m)
@@ -623,6 +704,8 @@ class TableCodec:
         self, pending: Pending, recv_ns: int, bodies: Sequence[bytes] | None, exc: Exception
     ) -> DecodedBatch:
         """Column-wise building failed as a whole: build each message's/event's rows alone."""
+        event_raw = EventBytes(bodies)
+        row_events = pending.row_events()
         tables: list[pa.Table] = []
         messages: list[np.ndarray] = []
         rejected = list(pending.rejected)
@@ -630,7 +713,7 @@ class TableCodec:
         start = 0
         for m, count in enumerate(pending.counts):
             events = pending.events[start : start + count]
-            ids = pending.row_event[start : start + count] if pending.row_event else [-1] * count
+            ids = row_events[start : start + count].tolist()
             start += count
             units = [[i] for i in range(count)] if m in pending.batches else [list(range(count))]
             for unit in units:
@@ -643,7 +726,7 @@ class TableCodec:
                 except Exception as err:
                     e = ids[unit[0]]
                     if m in pending.batches and e >= 0:
-                        raw = event_bytes(bodies[m], e) if bodies is not None else b""
+                        raw = event_raw(m, e)
                         rejected_events.append((m, e, _reason(err), raw))
                     else:
                         rejected.append((m, _reason(err)))
@@ -756,23 +839,29 @@ class TableCodec:
             pa.types.is_string(pk_type) or pa.types.is_large_string(pk_type)
         ):
             key = arrays[self.partition_key]
-            self._flag(
-                key, pc.greater(pc.utf8_length(key), 0), bad, f"{self.partition_key} is empty"
+            # Checked on the distinct values (a fetch holds few symbols), rows only on failure.
+            distinct = pc.unique(key)
+            size = pc.binary_length(distinct)
+            clean = pc.and_(
+                pc.and_(pc.greater(size, 0), pc.less_equal(size, MAX_PARTITION_VALUE_BYTES)),
+                pc.invert(pc.match_substring_regex(distinct, _CONTROL_CHARS)),
             )
-            size = pc.binary_length(key)
-            self._flag(
-                key,
-                pc.less_equal(size, MAX_PARTITION_VALUE_BYTES),
-                bad,
-                f"{self.partition_key} is longer than {MAX_PARTITION_VALUE_BYTES} bytes "
-                "(a partition value must fit in a file path)",
-            )
-            self._flag(
-                key,
-                pc.invert(pc.match_substring_regex(key, _CONTROL_CHARS)),
-                bad,
-                f"{self.partition_key} contains a control character",
-            )
+            if not pc.all(pc.fill_null(clean, True)).as_py():
+                name = self.partition_key
+                self._flag(key, pc.greater(pc.utf8_length(key), 0), bad, f"{name} is empty")
+                self._flag(
+                    key,
+                    pc.less_equal(pc.binary_length(key), MAX_PARTITION_VALUE_BYTES),
+                    bad,
+                    f"{name} is longer than {MAX_PARTITION_VALUE_BYTES} bytes "
+                    "(a partition value must fit in a file path)",
+                )
+                self._flag(
+                    key,
+                    pc.invert(pc.match_substring_regex(key, _CONTROL_CHARS)),
+                    bad,
+                    f"{name} contains a control character",
+                )
         if self.has_derived_ts:
             ts_ns = arrays["ts_event_ns"]
             filled = pc.fill_null(ts_ns, MIN_TS_NS)

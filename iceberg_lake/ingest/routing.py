@@ -130,7 +130,7 @@ class GoldDecoder:
                 try:
                     rows = self._payload_rows(payload, pending.unknown)
                 except Exception as exc:
-                    pending.rejected_events.append((i, n, _reason(exc), split.raws[n]))
+                    pending.rejected_events.append((i, n, _reason(exc), split.raw(n)))
                     continue
                 pending.add(i, rows, [n] * len(rows))
         while len(pending.counts) < len(bodies):
@@ -231,7 +231,7 @@ class InferredDecoder:
                     events.append(codec.convert_one(item, pending.unknown))
                     ids.append(n)
                 except Exception as exc:
-                    pending.rejected_events.append((i, n, _reason(exc), split.raws[n]))
+                    pending.rejected_events.append((i, n, _reason(exc), split.raw(n)))
             pending.add(i, events, ids)
         for schema, pending in per.items():
             if not pending.events and not pending.rejected and not pending.rejected_events:
