@@ -159,18 +159,22 @@ def check_values(obj: Any, where: str = "$") -> None:
 
 
 def check_depth(obj: Any) -> None:
-    """Refuse nesting deeper than `MAX_DEPTH` (containers only: cheap for flat events).
+    """Refuse nesting deeper than `MAX_DEPTH` (level by level, containers only).
 
     Raises:
         MessageError: too deep.
     """
-    stack = [(obj, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
+    level = [obj]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH + 1:
             raise MessageError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels")
-        children = value.values() if isinstance(value, dict) else value
-        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
+        nxt: list[Any] = []
+        for v in level:
+            children = v.values() if type(v) is dict else v
+            nxt += [c for c in children if type(c) is dict or type(c) is list]
+        level = nxt
 
 
 def _check_string(value: str, path: str) -> None:
@@ -180,10 +184,13 @@ def _check_string(value: str, path: str) -> None:
         raise MessageError(f"{path}: string is not valid UTF-8 (lone surrogate)") from None
 
 
-def _checked(obj: Any, fallback: bool) -> Any:
+def _checked(obj: Any, fallback: bool, body: bytes = b"") -> Any:
     if fallback:
         check_values(obj)
-    elif isinstance(obj, (dict, list)):
+    elif isinstance(obj, (dict, list)) and (
+        # Nesting is at most the number of openers: most messages skip the walk.
+        not body or body.count(b"{") + body.count(b"[") > MAX_DEPTH
+    ):
         check_depth(obj)
     return obj
 
@@ -227,9 +234,9 @@ class SplitMessage:
             return self.data
 
 
-def _item_or_error(obj: Any, fallback: bool) -> Any:
+def _item_or_error(obj: Any, fallback: bool, body: bytes = b"") -> Any:
     try:
-        return _checked(obj, fallback)
+        return _checked(obj, fallback, body)
     except MessageError as exc:
         exc.item = obj  # type: ignore[attr-defined]  # for the dead letter's bytes
         return exc
@@ -250,7 +257,7 @@ def split_message(data: bytes) -> SplitMessage:
         items: list[Any] = []
         for line in lines:
             try:
-                items.append(_item_or_error(*parse_json(line)))
+                items.append(_item_or_error(*parse_json(line), line))
             except MessageError as exc:
                 if not items and len(lines) > 1:
                     # Maybe one pretty-printed object rather than NDJSON.
@@ -259,15 +266,17 @@ def split_message(data: bytes) -> SplitMessage:
                     except MessageError:
                         pass
                     else:
-                        return SplitMessage(data, [_checked(*whole)], False, None)
+                        return SplitMessage(data, [_checked(*whole, body)], False, None)
                 items.append(exc)
         return SplitMessage(data, items, True, lines)
     obj, fallback = parse_json(body)
     if isinstance(obj, list):
         if not obj:
             raise MessageError("empty batch: the message is an empty JSON array")
+        if not fallback and body.count(b"{") + body.count(b"[") <= MAX_DEPTH + 1:
+            return SplitMessage(data, obj, True, None)  # nothing to check: shallow, msgspec
         return SplitMessage(data, [_item_or_error(x, fallback) for x in obj], True, None)
-    return SplitMessage(data, [_checked(obj, fallback)], False, None)
+    return SplitMessage(data, [_checked(obj, fallback, body)], False, None)
 
 
 class EventBytes:
@@ -786,13 +795,13 @@ class TableCodec:
             target = self.arrow_schema.field(name).type
             if name == "ts_recv_ns":
                 values = [recv_ns if v is None else v for v in values]
-            elif name in self.defaults and values.count(None):
-                default = self.defaults[name]
-                values = [default if v is None else v for v in values]
             try:
-                arrays[name] = pa.array(values, type=target)
+                arr = pa.array(values, type=target)
             except Exception:  # a value Arrow cannot hold: find it, reject its row
-                arrays[name] = _array_isolating(name, values, target, bad)
+                arr = _array_isolating(name, values, target, bad)
+            if arr.null_count and name in self.defaults:
+                arr = pc.fill_null(arr, pa.scalar(self.defaults[name], target))
+            arrays[name] = arr
         for name in self.required:
             arr = arrays[name]
             if arr.null_count:
