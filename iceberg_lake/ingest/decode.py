@@ -503,7 +503,7 @@ class TableCodec:
         }
         self.defaults = {n: r.default for n, r in self.rules.items() if r.default is not None}
         self.has_recv = "ts_recv_ns" in self.column_names
-        self.has_derived_ts = schema._name_to_id.get(DERIVED_TS) is not None
+        self.has_derived_ts = any(f.name == DERIVED_TS for f in schema.fields)
         col_fields = [
             (f.name, _python_type(f.field_type, self.rules[f.name]) | None, None)
             for f in self.columns
