@@ -20,7 +20,6 @@ import contextlib
 import logging
 import random
 import time
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,6 +50,7 @@ from iceberg_lake.ingest.routing import (
     RoutedBatch,
 )
 from iceberg_lake.ops import metrics
+from iceberg_lake.ops.maintenance import expire_inline
 from iceberg_lake.tables import DEAD_LETTERS_TABLE, GOLD
 
 if TYPE_CHECKING:
@@ -527,18 +527,14 @@ class ConsumerWriter:
             self.position = seq
 
     def _maybe_expire(self, tid: str, table: Table) -> None:
-        """Expire snapshots older than the retention window (never tagged, never current)."""
+        """Apply the lake's expiry policy in-line (`ops.maintenance.expire_inline`)."""
         now = time.monotonic()
         interval = max(1.0, min(60.0, self.retention / 4))
         if now - self._last_expire.get(tid, 0.0) < interval:
             return
         self._last_expire[tid] = now
-        cutoff = datetime.now(UTC) - timedelta(seconds=self.retention)
-        cutoff_ms = int(cutoff.timestamp() * 1000)
-        if not any(s.timestamp_ms < cutoff_ms for s in table.metadata.snapshots):
-            return
         try:
-            table.maintenance.expire_snapshots().older_than(cutoff).commit()
+            expire_inline(self.catalog, table, tid)
         except Exception as exc:  # a concurrent commit won; next time
             log.debug("expiring snapshots of %s failed: %s", tid, exc)
             with contextlib.suppress(Exception):
