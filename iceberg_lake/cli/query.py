@@ -238,8 +238,15 @@ def list_(
         return
     t = catalog.load_table(table)
     rows = snapshots.list_snapshots(t)
+    refs = snapshots.list_refs(t)
     if output == OutputFormat.json:
-        emit([{**r, "table": table} for r in rows], output)
+        by_snapshot: dict[int, list[dict[str, Any]]] = {}
+        for ref in refs:
+            by_snapshot.setdefault(ref["snapshot_id"], []).append(ref)
+        emit(
+            [{**r, "table": table, "refs": by_snapshot.get(r["snapshot_id"], [])} for r in rows],
+            output,
+        )
         return
     text_rows = [
         {
@@ -255,7 +262,6 @@ def list_(
         for r in rows
     ]
     emit(text_rows, output, title=f"{table} snapshots", columns=list(text_rows[0]) if rows else [])
-    refs = snapshots.list_refs(t)
     if refs:
         emit(
             [{**r, "expires": r["expires"] or "never"} for r in refs],
