@@ -92,6 +92,24 @@ def expire_snapshots(
     _emit(rows, output, "expire-snapshots", lambda r: r["expired_snapshots"] > 0)
 
 
+@maintain_app.command("rewrite-manifests")
+def rewrite_manifests(
+    table: str | None = TABLE_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
+    output: OutputFormat = OUTPUT_OPTION,
+) -> None:
+    """Merge each table's manifests into few large ones (writers fast-append one per commit).
+
+    One snapshot per table that adds no rows; readers see the same data.
+    """
+    catalog = open_catalog()
+    rows = [
+        TableMaintenance(catalog, t).rewrite_manifests(dry_run=dry_run)
+        for t in maintained_tables(catalog, table)
+    ]
+    _emit(rows, output, "rewrite-manifests", lambda r: r["manifests_before"] > 1)
+
+
 @maintain_app.command("remove-orphans")
 def remove_orphans(
     table: str | None = TABLE_OPTION,

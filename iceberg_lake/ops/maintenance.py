@@ -46,7 +46,11 @@ from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.engine.iceberg import PartitionReplacement, write_data_files
+from iceberg_lake.engine.iceberg import (
+    PartitionReplacement,
+    rewrite_manifests,
+    write_data_files,
+)
 from iceberg_lake.exceptions import CommitConflictError, LakeError
 
 log = logging.getLogger(__name__)
@@ -438,6 +442,40 @@ class TableMaintenance:
             return silver_sources(self.catalog).get(self.table_id, set())
         return None
 
+    # ---- rewrite-manifests ------------------------------------------------------------------
+
+    def rewrite_manifests(self, *, dry_run: bool = False) -> dict[str, Any]:
+        """Merge the current snapshot's manifests into few large ones.
+
+        Writers fast-append (one manifest per commit, folded 128 at a time), so manifests pile
+        up between maintenance runs; this merges them all (`engine.iceberg.rewrite_manifests`)
+        so planning reads few manifests. One `append` snapshot that adds no rows
+        (`lake.operation` = `rewrite-manifests`), or none with fewer than 2 manifests.
+
+        Returns:
+            `{"table", "manifests_before", "manifests_after", "snapshot_id", "dry_run"}`.
+
+        Raises:
+            CommitConflictError: a concurrent commit won; retry.
+        """
+        table = self._refresh()
+        current = table.current_snapshot()
+        before = len(current.manifests(table.io)) if current is not None else 0
+        snapshot_id = None
+        after = before
+        if not dry_run and before >= 2:
+            with catalog_errors(f"rewriting manifests of {self.table_id}"):
+                snapshot_id = rewrite_manifests(table, {P.LAKE_OPERATION: "rewrite-manifests"})
+            current = table.current_snapshot()
+            after = len(current.manifests(table.io)) if current is not None else 0
+        return {
+            "table": self.table_id,
+            "manifests_before": before,
+            "manifests_after": after,
+            "snapshot_id": snapshot_id,
+            "dry_run": dry_run,
+        }
+
     # ---- remove-orphans ---------------------------------------------------------------------
 
     def remove_orphans(
@@ -575,7 +613,9 @@ class ExpiryPolicy:
                     break
                 keep.add(snap.snapshot_id)
         cutoff_ms = int((now - self.window).timestamp() * 1000)
-        snaps = sorted(table.metadata.snapshots, key=lambda s: (s.timestamp_ms, s.sequence_number or 0))
+        snaps = sorted(
+            table.metadata.snapshots, key=lambda s: (s.timestamp_ms, s.sequence_number or 0)
+        )
         expired = [
             s.snapshot_id for s in snaps if s.timestamp_ms < cutoff_ms and s.snapshot_id not in keep
         ]
