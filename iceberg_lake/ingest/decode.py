@@ -464,10 +464,6 @@ class Pending:
             start += count
         return out
 
-    def merge_unknown(self, unknown: dict[str, int]) -> None:
-        for k, v in unknown.items():
-            self.unknown[k] = self.unknown.get(k, 0) + v
-
 
 class TableCodec:
     """Decoder and validator for one table, built from its live Iceberg schema.
@@ -532,6 +528,7 @@ class TableCodec:
             f"Event_{identifier.replace('.', '_')}", env_fields, forbid_unknown_fields=True
         )
         self.allowed = names | set(ENVELOPE_FIELDS)
+        self._column_set = names
         self._one = msgspec.json.Decoder(self.event_type | list[self.event_type])  # type: ignore[operator]
         self._many = msgspec.json.Decoder(list[self.event_type])  # type: ignore[name-defined]
         self._column_getters = [attrgetter(n) for n in self.column_names]
@@ -600,10 +597,13 @@ class TableCodec:
         """
         if not isinstance(item, dict):
             raise MessageError(f"expected a JSON object, got {_json_type(item)}")
-        self._strip_unknown(item, unknown)
+        # Copies, not edits: a rejected event of a batch is dead-lettered as it was sent.
+        item = self._strip_unknown(item, unknown)
         payload = item.get("payload")
         if isinstance(payload, dict):
-            self._strip_unknown(payload, unknown, envelope=False)
+            stripped = self._strip_unknown(payload, unknown, envelope=False)
+            if stripped is not payload:
+                item = {**item, "payload": stripped}
         try:
             return msgspec.convert(item, self.event_type)
         except msgspec.ValidationError as exc:
@@ -623,11 +623,15 @@ class TableCodec:
 
     def _strip_unknown(
         self, item: dict[str, Any], unknown: dict[str, int], envelope: bool = True
-    ) -> None:
-        allowed = self.allowed if envelope else set(self.column_names)
-        for key in [k for k in item if k not in allowed]:
-            del item[key]
+    ) -> dict[str, Any]:
+        """`item` without the fields the table does not know (a copy if any), counted."""
+        allowed = self.allowed if envelope else self._column_set
+        extra = [k for k in item if k not in allowed]
+        if not extra:
+            return item
+        for key in extra:
             unknown[key] = unknown.get(key, 0) + 1
+        return {k: v for k, v in item.items() if k in allowed}
 
     def decode(self, bodies: Sequence[bytes], recv_ns: int | None = None) -> DecodedBatch:
         """Decode and validate a batch of message bodies. Never raises.
