@@ -337,7 +337,7 @@ class ColumnRule:
         return " and ".join(parts)
 
 
-_INT_TYPES = {IntegerType: "int32", LongType: "int64"}
+_INT_TYPES: dict[type, str] = {IntegerType: "int32", LongType: "int64"}
 
 
 def column_rule(name: str, t: IcebergType, declared: ColumnDefinition | None) -> ColumnRule:
@@ -529,7 +529,7 @@ class TableCodec:
         )
         self.allowed = names | set(ENVELOPE_FIELDS)
         self._column_set = names
-        self._one = msgspec.json.Decoder(self.event_type | list[self.event_type])  # type: ignore[operator]
+        self._one = msgspec.json.Decoder(self.event_type | list[self.event_type])  # type: ignore[operator,name-defined]
         self._many = msgspec.json.Decoder(list[self.event_type])  # type: ignore[name-defined]
         self._column_getters = [attrgetter(n) for n in self.column_names]
         self._payload_attr = attrgetter("payload")
@@ -847,11 +847,14 @@ class TableCodec:
             ts = arrays["ts_event_ns"]
             ok = pc.and_(pc.greater_equal(ts, MIN_TS_NS), pc.less(ts, MAX_TS_NS))
             self._flag(ts, ok, bad, "ts_event_ns is not a plausible Unix time in nanoseconds")
-        pk_type = arrays[self.partition_key].type if self.partition_key in arrays else None
-        if pk_type is not None and (
-            pa.types.is_string(pk_type) or pa.types.is_large_string(pk_type)
+        pk = self.partition_key
+        pk_type = arrays[pk].type if pk is not None and pk in arrays else None
+        if (
+            pk is not None
+            and pk_type is not None
+            and (pa.types.is_string(pk_type) or pa.types.is_large_string(pk_type))
         ):
-            key = arrays[self.partition_key]
+            key = arrays[pk]
             # Checked on the distinct values (a fetch holds few symbols), rows only on failure.
             distinct = pc.unique(key)
             size = pc.binary_length(distinct)
@@ -860,7 +863,7 @@ class TableCodec:
                 pc.invert(pc.match_substring_regex(distinct, _CONTROL_CHARS)),
             )
             if not pc.all(pc.fill_null(clean, True)).as_py():
-                name = self.partition_key
+                name = pk
                 self._flag(key, pc.greater(pc.utf8_length(key), 0), bad, f"{name} is empty")
                 self._flag(
                     key,
