@@ -121,6 +121,13 @@ def query(
         Path | None,
         typer.Option("--file", "-f", help="Write the result here (required for parquet)."),
     ] = None,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="Bronze/Gold tables include the JetStream messages after their last commit.",
+        ),
+    ] = False,
 ) -> None:
     """Run SQL against the lake's tables, optionally as of a tag, snapshot or time."""
     from iceberg_lake.timetravel.query import Lake
@@ -128,14 +135,21 @@ def query(
     pins = parse_as_of(as_of)
     if output == QueryOutput.parquet and file is None:
         raise typer.BadParameter("parquet output needs --file PATH", param_hint="--output")
+    if live and pins is not None:
+        raise typer.BadParameter("--live reads the current snapshots", param_hint="--as-of")
     lake = Lake(open_catalog())
-    result = lake.query(sql, as_of=pins)
+    try:
+        result = lake.query(sql, as_of=pins, live=live)
+    finally:
+        lake.close()
     write_result(result, output, file)
-    # Every result says which snapshots it read (stderr, so stdout stays the data).
-    read = ", ".join(
-        f"{t}@{sid if sid is not None else 'empty'}" for t, sid in sorted(lake.last_pins.items())
-    )
-    err_console.print(f"read {read}", highlight=False, soft_wrap=True)
+    # Every result says which snapshots (and, live, which stream range) it read (stderr, so
+    # stdout stays the data).
+    parts = []
+    for t, sid in sorted(lake.last_pins.items()):
+        rng = lake.last_live.get(t)
+        parts.append(rng.describe() if rng else f"{t}@{sid if sid is not None else 'empty'}")
+    err_console.print(f"read {', '.join(parts)}", highlight=False, soft_wrap=True)
 
 
 def write_result(result: pa.Table, output: QueryOutput, file: Path | None) -> None:
@@ -324,12 +338,25 @@ def replay(
         "--pin/--no-pin",
         help="Tag the snapshots read (replay-<hash>) so expiry keeps them for the manifest.",
     ),
+    live: bool = typer.Option(
+        False, "--live", help="Continue past the current snapshots into the JetStream tail."
+    ),
+    follow: bool = typer.Option(
+        False, "--follow", help="With --live: keep going as events arrive until --end passes."
+    ),
 ) -> None:
     """Replay pinned snapshots of tables merged by event time, to NATS or NDJSON."""
     from iceberg_lake.timetravel.replay import ReplayEngine, read_manifest
 
     if prefix and not to_nats:
         raise typer.BadParameter("--prefix needs --to-nats", param_hint="--prefix")
+    if follow and not live:
+        raise typer.BadParameter("--follow needs --live", param_hint="--follow")
+    if live and (from_manifest is not None or as_of):
+        raise typer.BadParameter(
+            "--live starts at the current snapshots (no --as-of/--from-manifest)",
+            param_hint="--live",
+        )
     catalog = open_catalog()
     if from_manifest is not None:
         engine = ReplayEngine.from_manifest(
@@ -349,9 +376,21 @@ def replay(
         else:
             end_ns = parse_time_ns(end, "--end")
         engine = ReplayEngine(
-            catalog, names, start_ns, end_ns, parse_as_of(as_of), speed=speed, pin=pin
+            catalog,
+            names,
+            start_ns,
+            end_ns,
+            parse_as_of(as_of),
+            speed=speed,
+            pin=pin,
+            live=live,
+            follow=follow,
         )
-    result = _run_with_progress(engine, to_nats, prefix, out, progress)
+    try:
+        result = _run_with_progress(engine, to_nats, prefix, out, progress)
+    except KeyboardInterrupt:
+        # Ctrl-C ends a --follow replay: what was delivered is in the manifest (complete: false).
+        result = engine.manifest()
     if manifest is None:
         # Every run leaves what reproduces it; identical replays share one file name.
         manifest = Path(f"replay-{result['sequence_hash'].removeprefix('sha256:')[:12]}.json")

@@ -223,6 +223,9 @@ class ReplayEngine:
         speed: None or 0 = as fast as possible; N = N× real time.
         batch_rows: rows fetched from DuckDB at a time.
         pin: tag the snapshots read (`replay-<hash>`) so they survive expiry (`_pin`).
+        live: continue past the pinned (current) snapshots into the JetStream tail after their
+            watermarks (`iceberg_lake.timetravel.live.LiveTail`); `follow` keeps reading as
+            events arrive until the window's end has passed.
 
     Raises:
         TimeTravelError: empty table list, bad window, unknown pin, table without event time.
@@ -240,6 +243,8 @@ class ReplayEngine:
         speed: float | None = None,
         batch_rows: int = 10_000,
         pin: bool = True,
+        live: bool = False,
+        follow: bool = False,
     ) -> None:
         self.catalog = settings if isinstance(settings, LakeCatalog) else LakeCatalog(settings)
         tables = list(tables)
@@ -265,6 +270,11 @@ class ReplayEngine:
         self.pins: dict[str, int | None] = {
             s.definition.identifier: s.snapshot_id for s in self._sources
         }
+        self._live: Any = None
+        if live:
+            from iceberg_lake.timetravel.live import LiveTail
+
+            self._live = LiveTail(self, follow=follow)
         #: The tag protecting the snapshots read (None: `pin=False`); see `_pin`.
         self.pin_tag: str | None = None
         if pin:
@@ -357,10 +367,16 @@ class ReplayEngine:
                     yield (row["ts_event_ns"], index, next(counter)), event
             self.max_partition_rows = max(self.max_partition_rows, rows_in_partition)
 
+    def all_events(self) -> Iterator[ReplayEvent]:
+        """`events()`, continued into the live tail when the engine is live."""
+        if self._live is None:
+            return self.events()
+        return self._live.events(self.events())
+
     def paced_events(self) -> Iterator[ReplayEvent]:
         """`events()` paced by `speed` (sleeps between events when replaying in real time)."""
         pacer = _Pacer(self.speed)
-        for event in self.events():
+        for event in self.all_events():
             delay = pacer.delay(event.row["ts_event_ns"])
             if delay > 0:
                 time.sleep(delay)
@@ -378,7 +394,7 @@ class ReplayEngine:
 
     async def aevents(self, chunk: int = 2_000) -> AsyncIterator[ReplayEvent]:
         """`events()` for asyncio code: DuckDB reads run off the event loop, pacing awaits."""
-        source = self.events()
+        source = self.all_events()
         pacer = _Pacer(self.speed)
         try:
             while True:
@@ -447,7 +463,8 @@ class ReplayEngine:
 
     def manifest(self) -> dict[str, Any]:
         """What this replay read and produced; `complete` is False until a full iteration."""
-        return {
+        extra = self._live.manifest_extra() if self._live is not None else {}
+        return extra | {
             "format": MANIFEST_FORMAT,
             "tables": list(self.tables),
             "snapshots": dict(self.pins),

@@ -1,0 +1,268 @@
+"""Live tail (issue 18): live queries and live replays against a real nats-server and `lake serve`.
+
+Budget: about 30 s for the module (two `lake serve` processes per test, ~100 live probes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ingest_support import encode, make_event, settings_env, settings_for
+
+from iceberg_lake import properties
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.config import Settings
+from iceberg_lake.engine import nats as bus
+from iceberg_lake.testing import NatsServer, run_nats_server
+from iceberg_lake.timetravel.query import Lake
+from iceberg_lake.timetravel.replay import ReplayEngine
+
+pytestmark = pytest.mark.integration
+
+LAKE = str(Path(sys.executable).parent / "lake")
+TABLE = "bronze.stocks_trades"
+SUBJECT = "market.stocks.trades"
+COUNT_SQL = f"SELECT count(*) AS n, count(DISTINCT seq) AS d FROM {TABLE}"
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A private nats-server: the tests own the MARKET stream (fixed name, counts from seq 1)."""
+    with run_nats_server(tmp_path / "nats") as server:
+        yield server
+
+
+def lake_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
+    env.update(settings_env(settings))
+    env["LAKE_MAX_BUFFERED_EVENTS"] = str(max(200_000, settings.bronze_batch_size))
+    return env
+
+
+def start_serve(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [LAKE, "--log-level", "INFO", "serve", "--tables", TABLE],
+            env=lake_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+def watermark(settings: Settings) -> int:
+    key = f"{properties.WATERMARK_PREFIX}MARKET.{bus.consumer_name(TABLE)}"
+    try:
+        return int(LakeCatalog(settings).load_table(TABLE).properties.get(key, 0))
+    except Exception:
+        return 0
+
+
+def event(i: int, ts_ns: int | None = None) -> dict:
+    e = make_event(TABLE, i)
+    if ts_ns is not None:
+        e["ts_event_ns"], e["ts_recv_ns"] = ts_ns, ts_ns + 1_000
+    return e
+
+
+class Publisher:
+    """Acked JetStream publishes from a background loop (each call returns once stored)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.nc = self.loop.run_until_complete(bus.connect(settings, name="test-live"))
+        self.js = self.nc.jetstream()
+        self.loop.run_until_complete(bus.ensure_streams(self.js, settings))
+
+    def publish(self, events: list[dict]) -> int:
+        async def go() -> int:
+            seq = 0
+            for e in events:
+                ack = await self.js.publish(SUBJECT, encode(e))
+                seq = ack.seq
+            return seq
+
+        return self.loop.run_until_complete(go())
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.nc.close())
+        self.loop.close()
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_live_query_sees_events_within_a_second_and_counts_exactly(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """p99 visibility ≤ 1 s with 60 s flushes; the live count equals the distinct published
+    events at every probe across a size-forced commit, a SIGKILL and a restart."""
+    settings = settings_for(tmp_path, nats.url).with_overrides(
+        bronze_batch_seconds=60.0, bronze_batch_size=60, max_buffered_events=200_000
+    )
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    serve = start_serve(settings, tmp_path / "serve.log")
+    lake = Lake(settings)
+    published = 0
+
+    def probe() -> tuple[int, int]:
+        row = lake.query(COUNT_SQL, live=True).to_pylist()[0]
+        # Every probe: each published event exactly once, whatever the writer is doing.
+        assert row["n"] == row["d"] == published, (row, published, lake.last_live)
+        return row["n"], lake.last_live[TABLE].watermark
+
+    try:
+        # 1. 50 probes, one event each, none committed yet (60 s flush, batch of 60).
+        latencies = []
+        for i in range(50):
+            t0 = time.perf_counter()
+            pub.publish([event(i)])
+            published += 1
+            while probe()[0] < published:
+                assert time.perf_counter() - t0 < 5, "event not visible after 5 s"
+            latencies.append(time.perf_counter() - t0)
+        latencies.sort()
+        p99 = latencies[int(0.99 * (len(latencies) - 1))]
+        print(f"visibility p50 {latencies[25]:.3f} s, p99 {p99:.3f} s, t={time.perf_counter()}")
+        assert p99 <= 1.0, f"p99 visibility {p99:.3f} s"
+        assert lake.last_live[TABLE].snapshot_id is None  # nothing committed: all from the tail
+
+        # 2. Cross the batch size: the writer commits while we keep probing.
+        pub.publish([event(i) for i in range(50, 80)])
+        published = 80
+        deadline = time.monotonic() + 15
+        while probe()[1] == 0:
+            assert time.monotonic() < deadline, "the writer did not commit by size"
+        rng = lake.last_live[TABLE]
+        assert rng.snapshot_id is not None and rng.watermark >= 60
+        assert rng.tail_rows == 80 - rng.watermark
+
+        # 3. More events, then kill the writer mid-batch: nothing lost, nothing doubled.
+        pub.publish([event(i) for i in range(80, 90)])
+        published = 90
+        stop(serve, signal.SIGKILL)
+        for _ in range(5):
+            probe()
+
+        # 4. Restart with short flushes: the writer commits the rest while we probe.
+        quick = settings.with_overrides(bronze_batch_seconds=0.3)
+        serve = start_serve(quick, tmp_path / "serve2.log")
+        deadline = time.monotonic() + 20
+        while probe()[1] < 90:
+            assert time.monotonic() < deadline, "the restarted writer did not catch up"
+            assert serve.poll() is None
+        assert lake.last_live[TABLE].tail_rows == 0
+
+        # 5. The CLI says what it read.
+        out = subprocess.run(
+            [LAKE, "query", "--live", "-o", "json", COUNT_SQL],
+            env=lake_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)[0]["n"] == 90
+        assert f"{TABLE}@" in out.stderr and "MARKET seq" in out.stderr
+    finally:
+        lake.close()
+        pub.close()
+        stop(serve)
+
+
+def test_live_follow_replay_is_exactly_once_and_matches_committed_replay(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """`lake replay --live --follow` over a window ending in the future: every event once
+    across history and tail; the committed replay of the same window holds the same events."""
+    settings = settings_for(tmp_path, nats.url).with_overrides(
+        bronze_batch_seconds=60.0, bronze_batch_size=20, max_buffered_events=200_000
+    )
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    serve = start_serve(settings, tmp_path / "serve.log")
+    now = time.time_ns()
+    start_ns = now - 10 * 10**9
+    out_file = tmp_path / "live.ndjson"
+    try:
+        # History: 20 committed (by size), 5 in the tail before the replay starts.
+        pub.publish([event(i, now - (10 - i % 9) * 10**9 + i) for i in range(25)])
+        wait_for(lambda: watermark(settings) >= 20, 15, "the size-forced commit")
+        end_ns = time.time_ns() + 5 * 10**9  # the window ends in the future
+        replay = subprocess.Popen(
+            [
+                LAKE,
+                "replay",
+                "-t",
+                TABLE,
+                "--start",
+                str(start_ns),
+                "--end",
+                str(end_ns),
+                "--live",
+                "--follow",
+                "--no-progress",
+                "--out",
+                str(out_file),
+                "--manifest",
+                str(tmp_path / "m.json"),
+            ],
+            env=lake_env(settings),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        # Events arriving while it follows (5 + 10 stay below the batch size: uncommitted),
+        # plus one stamped after the window that must not be delivered.
+        for i in range(25, 35):
+            time.sleep(0.2)  # pacing the publisher over the follow phase
+            pub.publish([event(i, time.time_ns())])
+        pub.publish([event(999, end_ns + 10**9)])
+        _, err = replay.communicate(timeout=30)
+        assert replay.returncode == 0, err
+        live = [json.loads(line) for line in out_file.read_text().splitlines()]
+        seqs = [e["seq"] for e in live]
+        assert sorted(seqs) == list(range(35)), "each window event exactly once"
+        manifest = json.loads((tmp_path / "m.json").read_text())
+        assert manifest["event_count"] == 35 and manifest["complete"] is True
+        assert manifest["live"]["tables"][TABLE]["watermark"] >= 20
+        assert manifest["live"]["tail_events"] >= 10
+        # History part in replay order.
+        history = live[: 35 - manifest["live"]["tail_events"]]
+        assert [e["ts_event_ns"] for e in history] == sorted(e["ts_event_ns"] for e in history)
+
+        # Let the writer commit everything (graceful stop flushes), replay from snapshots.
+        stop(serve)
+        engine = ReplayEngine(settings, [TABLE], start_ns, end_ns, pin=False)
+        committed = [e.as_dict() for e in engine.events()]
+        key = lambda e: json.dumps(e, sort_keys=True)  # noqa: E731
+        assert sorted(map(key, committed)) == sorted(map(key, live))
+    finally:
+        pub.close()
+        stop(serve)
