@@ -14,6 +14,7 @@ from iceberg_lake.ops.maintenance import (
     parse_size,
     silver_sources,
 )
+from iceberg_lake.ops.maintenance import remove_orphans as orphan_removal
 
 maintain_app = typer.Typer(
     name="maintain",
@@ -95,16 +96,23 @@ def remove_orphans(
     older_than: str = typer.Option(
         "1d", "--older-than", help="Only delete orphans last modified at least this long ago."
     ),
+    force: bool = typer.Option(
+        False, "--force", help="Allow --older-than below 1h (files of in-flight commits at risk)."
+    ),
     dry_run: bool = DRY_RUN_OPTION,
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
-    """Delete files under a table's location that no metadata references."""
+    """Delete files under a table's location that no retained metadata references.
+
+    Safe during ingest: candidates are re-checked against freshly refreshed metadata of every
+    table right before deletion. Intervals below 1h are refused unless --force is given.
+    """
     age = parse_duration(older_than)
     catalog = open_catalog()
-    rows = [
-        TableMaintenance(catalog, t).remove_orphans(age, dry_run=dry_run).as_dict()
-        for t in maintained_tables(catalog, table)
-    ]
+    results = orphan_removal(
+        catalog, maintained_tables(catalog, table), age, dry_run=dry_run, force=force
+    )
+    rows = [r.as_dict() for r in results]
     if output == OutputFormat.text:
         for row in rows:
             for f in row.pop("files"):
