@@ -23,6 +23,8 @@ from typer.testing import CliRunner
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli import app
 from iceberg_lake.config import load_settings
+from iceberg_lake.exceptions import CommitConflictError
+from iceberg_lake.ops.maintenance import TableMaintenance
 
 TABLES = ("bronze.stocks_trades", "bronze.futures_trades", "bronze.stocks_quotes")
 BASE_NS = 1_765_000_000_000_000_000
@@ -178,3 +180,95 @@ def test_remove_orphans_0s_force_in_a_loop_during_ingest_keeps_every_table_reada
         assert t.scan().to_arrow().num_rows == writer.rows[ident]
         (n,) = duck.sql(f"SELECT count(*) FROM iceberg_scan('{t.metadata_location}')").fetchone()
         assert n == writer.rows[ident]
+
+
+# ---- expire-snapshots against a concurrent committer -------------------------------------------
+
+
+def test_expire_snapshot_ids_precondition_guards_pyiceberg_behaviour(data_dir: Path) -> None:
+    """Guard for `engine.iceberg.expire_snapshot_ids`: the SQL catalog validates our requirement.
+
+    pyiceberg's own expiry on stale metadata raises a bare ValueError; ours a retryable
+    CommitFailedException, and it never drops a tag created meanwhile.
+    """
+    from pyiceberg.exceptions import CommitFailedException
+
+    from iceberg_lake.engine.iceberg import expire_snapshot_ids
+
+    catalog = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(data_dir)}))
+    ident = TABLES[0]
+    writer = catalog.load_table(ident)
+    for i in range(4):
+        writer.append(make_rows(writer, i * 10, 10))
+    s0, s1, s2, _ = (s.snapshot_id for s in writer.metadata.snapshots)
+    stale = catalog.load_table(ident)
+    # the behaviour that made `lake maintain expire-snapshots` print a traceback
+    writer.maintenance.expire_snapshots().by_ids([s0]).commit()
+    with pytest.raises(ValueError, match="does not exist"):
+        stale.maintenance.expire_snapshots().by_ids([s0]).commit()
+    stale.refresh()
+    writer.refresh()
+    writer.maintenance.expire_snapshots().by_ids([s1]).commit()
+    with pytest.raises(CommitFailedException, match="expired concurrently"):
+        expire_snapshot_ids(stale, [s1])
+    stale.refresh()
+    writer.manage_snapshots().create_tag(s2, "pinned").commit()
+    with pytest.raises(CommitFailedException, match="pinned"):
+        expire_snapshot_ids(stale, [s2])
+    writer.refresh()
+    assert writer.snapshot_by_name("pinned").snapshot_id == s2
+    # a concurrent append is no conflict: the removal applies on top of it
+    stale.refresh()
+    s3 = stale.metadata.snapshots[-1].snapshot_id
+    writer.append(make_rows(writer, 100, 10))
+    appended = writer.current_snapshot().snapshot_id
+    expire_snapshot_ids(stale, [s3])
+    assert stale.current_snapshot().snapshot_id == appended
+    assert s3 not in {s.snapshot_id for s in stale.metadata.snapshots}
+    assert stale.scan().to_arrow().num_rows == 50
+
+
+def test_expire_snapshots_while_a_writer_commits_and_expires_retries_or_says_one_line(
+    data_dir: Path,
+) -> None:
+    env = {"LAKE_DATA_DIR": str(data_dir)}
+    catalog = LakeCatalog(load_settings(env))
+    ident = TABLES[0]
+
+    def writer_retention(table: Table) -> None:
+        # What the ingest writer does after its commits: expire its own retention window
+        # with pyiceberg, a failure is retried next time.
+        try:
+            table.maintenance.expire_snapshots().older_than(datetime.now(UTC)).commit()
+        except Exception:
+            table.refresh()
+
+    writer = Writer(data_dir, (ident,), action=writer_retention)
+    writer.start()
+    outcomes: dict[str, int] = {"ok": 0, "conflict": 0}
+    try:
+        deadline = time.monotonic() + 10
+        while writer.commits < 3 and time.monotonic() < deadline and writer.error is None:
+            time.sleep(0.02)
+        for _ in range(25):
+            maint = TableMaintenance(catalog, ident, protected_snapshots=set())
+            try:
+                maint.expire_snapshots(older_than=timedelta(0))
+                outcomes["ok"] += 1
+            except CommitConflictError as exc:
+                assert "\n" not in str(exc) and ident in str(exc)
+                outcomes["conflict"] += 1
+        cli = runner.invoke(
+            app, ["maintain", "expire-snapshots", "-t", ident, "--older-than", "0"], env=env
+        )
+        assert cli.exit_code in (0, 1), cli.output
+        assert "Traceback" not in cli.output
+        if cli.exit_code == 1:
+            assert "concurrent commits" in cli.output
+    finally:
+        writer.stop.set()
+        writer.join(timeout=30)
+    assert writer.error is None, repr(writer.error)
+    assert outcomes["ok"] > 0
+    table = catalog.load_table(ident)
+    assert table.scan().to_arrow().num_rows == writer.rows[ident]

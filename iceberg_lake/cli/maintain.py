@@ -7,6 +7,7 @@ from typing import Any
 import typer
 
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit, open_catalog
+from iceberg_lake.exceptions import CommitConflictError
 from iceberg_lake.ops.maintenance import (
     TableMaintenance,
     maintained_tables,
@@ -73,12 +74,14 @@ def expire_snapshots(
     tables = maintained_tables(catalog, table)
     # Read Silver's source snapshots once, not once per Bronze table.
     sources = silver_sources(catalog) if any(t.startswith("bronze.") for t in tables) else {}
-    results = [
-        TableMaintenance(catalog, t, protected_snapshots=sources.get(t, set())).expire_snapshots(
-            age, retain_last=retain_last, dry_run=dry_run
-        )
-        for t in tables
-    ]
+    results, conflicts = [], []
+    for t in tables:
+        maint = TableMaintenance(catalog, t, protected_snapshots=sources.get(t, set()))
+        try:
+            results.append(maint.expire_snapshots(age, retain_last=retain_last, dry_run=dry_run))
+        except CommitConflictError as exc:
+            # Other tables still get expired; the conflict is reported once at the end.
+            conflicts.append(str(exc))
     rows = [r.as_dict() for r in results]
     if output == OutputFormat.text:
         for row in rows:
@@ -88,6 +91,9 @@ def expire_snapshots(
                 for f in files:
                     console.print(f"would delete {f}", highlight=False)
     _emit(rows, output, "expire-snapshots", lambda r: r["expired_snapshots"] > 0)
+    if conflicts:
+        more = f" (and {len(conflicts) - 1} more table(s))" if len(conflicts) > 1 else ""
+        raise CommitConflictError(conflicts[0] + more)
 
 
 @maintain_app.command("remove-orphans")

@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import re
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -48,7 +50,11 @@ from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.engine.iceberg import PartitionReplacement, write_data_files
+from iceberg_lake.engine.iceberg import (
+    PartitionReplacement,
+    expire_snapshot_ids,
+    write_data_files,
+)
 from iceberg_lake.exceptions import CommitConflictError, LakeError
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,8 @@ _US_PER_HOUR = 3_600_000_000
 _US_PER_DAY = 24 * _US_PER_HOUR
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SILVER_PREFIX = "silver."
+#: `expire_snapshots` recomputes and retries this often when concurrent commits invalidate it.
+EXPIRE_ATTEMPTS = 5
 
 
 # ---- argument parsing (shared with the CLI) --------------------------------------------------
@@ -367,8 +375,30 @@ class TableMaintenance:
             The expired snapshot ids, the protected ones, and the deleted files.
 
         Raises:
-            CommitConflictError: a concurrent commit won; nothing was deleted, retry.
+            CommitConflictError: concurrent commits kept invalidating the expiry (a snapshot
+                expired or tagged meanwhile) for `EXPIRE_ATTEMPTS` attempts, each recomputed
+                from refreshed metadata; nothing was deleted.
         """
+        last: CommitConflictError | None = None
+        for attempt in range(EXPIRE_ATTEMPTS):
+            if attempt:
+                # Back off with jitter: the concurrent committer (usually a writer expiring its
+                # own retention window) is done within milliseconds.
+                time.sleep(min(1.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+            try:
+                return self._expire_snapshots_once(older_than, retain_last, now, dry_run)
+            except CommitConflictError as exc:
+                last = exc
+                log.info("expire-snapshots %s: %s; retrying", self.table_id, exc)
+        raise CommitConflictError(
+            f"{self.table_id}: concurrent commits kept changing the snapshots while expiring "
+            f"({EXPIRE_ATTEMPTS} attempts, last: {last}); nothing was deleted, run it again"
+        )
+
+    def _expire_snapshots_once(
+        self, older_than: timedelta, retain_last: int, now: datetime | None, dry_run: bool
+    ) -> ExpiryResult:
+        """One attempt of `expire_snapshots` on freshly refreshed metadata."""
         table = self._refresh()
         cutoff_ms = int(((now or datetime.now(UTC)) - older_than).timestamp() * 1000)
         protected = self._protected_snapshot_ids(table, max(1, retain_last))
@@ -400,12 +430,10 @@ class TableMaintenance:
 
         with catalog_errors(f"expiring snapshots of {self.table_id}"):
             try:
-                table.maintenance.expire_snapshots().by_ids(expired).commit()
+                expire_snapshot_ids(table, expired)
             except CommitFailedException as exc:
-                table.refresh()
-                raise CommitConflictError(
-                    f"{self.table_id}: concurrent commit while expiring snapshots; retry ({exc})"
-                ) from exc
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "conflict"
+                raise CommitConflictError(reason) from None
         # Compute what is still needed from the committed metadata, so snapshots that a
         # concurrent writer added meanwhile are accounted for.
         table = self._refresh()
