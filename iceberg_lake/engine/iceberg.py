@@ -172,7 +172,7 @@ class AssertExpirable(ValidatableTableRequirement):
     type: Literal["lake-assert-expirable"] = Field(default="lake-assert-expirable")
     snapshot_ids: list[int] = Field(default_factory=list)
 
-    def validate(self, base_metadata: TableMetadata | None) -> None:
+    def validate(self, base_metadata: TableMetadata | None) -> None:  # type: ignore[override]
         """Raise `CommitFailedException` if a snapshot is gone or now referenced by a ref."""
         if base_metadata is None:
             raise CommitFailedException("Requirement failed: current table metadata is missing")
@@ -212,9 +212,10 @@ def expire_snapshot_ids(table: Table, snapshot_ids: Iterable[int]) -> None:
         AssertTableUUID(uuid=table.metadata.table_uuid),
         AssertExpirable(snapshot_ids=ids),
     )
-    updates = (RemoveSnapshotsUpdate(snapshot_ids=ids),)
+    # (pydantic aliases and the closed union of requirement types confuse mypy here)
+    updates = (RemoveSnapshotsUpdate(snapshot_ids=ids),)  # type: ignore[call-arg]
     try:
-        table.catalog.commit_table(table, requirements, updates)
+        table.catalog.commit_table(table, requirements, updates)  # type: ignore[arg-type]
     except ValueError as exc:
         # Defensive: a catalog that applies the updates without validating requirements.
         if "does not exist" not in str(exc):
