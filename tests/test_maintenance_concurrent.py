@@ -1,6 +1,6 @@
 """Maintenance while writers commit: orphan removal and snapshot expiry never break a table.
 
-Budget: about 30 s on 2 cores (one writer thread, a few maintenance rounds).
+Budget: about 20 s on an idle 2-core machine (one writer thread, a few maintenance rounds).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli import app
 from iceberg_lake.config import load_settings
-from iceberg_lake.exceptions import CommitConflictError
+from iceberg_lake.exceptions import CommitConflictError, LakeError
 from iceberg_lake.ops.maintenance import TableMaintenance
 
 TABLES = ("bronze.stocks_trades", "bronze.futures_trades", "bronze.stocks_quotes")
@@ -147,7 +147,8 @@ def test_remove_orphans_0s_force_in_a_loop_during_ingest_keeps_every_table_reada
         for i in range(6):
             table = catalog.load_table(TABLES[i % len(TABLES)])
             old = _plant(table.location(), f"00000-{i}-crashed.parquet", timedelta(days=2))
-            fresh = _plant(table.location(), f"00000-{i}-inflight.parquet", None)
+            # written after the cutoff (the run's start): kept whatever the grace
+            fresh = _plant(table.location(), f"00000-{i}-inflight.parquet", -timedelta(minutes=1))
             out = runner.invoke(
                 app,
                 ["maintain", "remove-orphans", "--older-than", "0s", "--force", "-o", "json"],
@@ -180,6 +181,41 @@ def test_remove_orphans_0s_force_in_a_loop_during_ingest_keeps_every_table_reada
         assert t.scan().to_arrow().num_rows == writer.rows[ident]
         (n,) = duck.sql(f"SELECT count(*) FROM iceberg_scan('{t.metadata_location}')").fetchone()
         assert n == writer.rows[ident]
+
+
+def test_remove_orphans_grace_in_flight_metadata_and_unreadable_tables(data_dir: Path) -> None:
+    catalog = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(data_dir)}))
+    ident = TABLES[0]
+    table = catalog.load_table(ident)
+    for i in range(3):
+        table.append(make_rows(table, i * 10, 10))
+    location = table.location()
+    metadata_dir = Path(_local(location)) / "metadata"
+    just_written = _plant(location, "00000-9-just-written.parquet", None)
+    in_flight = metadata_dir / "00099-in-flight.metadata.json"
+    lost_race = metadata_dir / "00001-lost-the-race.metadata.json"
+    for path in (in_flight, lost_race):
+        path.write_text("{}")
+        old = time.time() - 3600
+        os.utime(path, (old, old))
+    maint = TableMaintenance(catalog, ident)
+    with pytest.raises(LakeError, match="below 1h.*--force"):
+        maint.remove_orphans(older_than=timedelta(minutes=59))
+    result = maint.remove_orphans(older_than=timedelta(0), force=True)
+    # older than the cutoff but within COMMIT_GRACE of the final check: kept
+    assert just_written.exists()
+    # a metadata file newer than the current version may be a commit in flight: kept
+    assert in_flight.exists() and not lost_race.exists()
+    assert result.orphans == [lost_race.as_uri()] and result.kept_recent == 2
+
+    # a table whose current snapshot cannot be read stops the run before anything is deleted
+    other = catalog.load_table(TABLES[1])
+    other.append(make_rows(other, 0, 10))
+    Path(_local(other.current_snapshot().manifest_list)).unlink()
+    doomed = _plant(location, "00000-9-crashed.parquet", timedelta(days=2))
+    with pytest.raises(LakeError, match=f"{TABLES[1]}: current snapshot .* cannot be read"):
+        maint.remove_orphans(older_than=timedelta(days=1))
+    assert doomed.exists()
 
 
 # ---- expire-snapshots against a concurrent committer -------------------------------------------

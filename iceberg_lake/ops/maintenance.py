@@ -506,7 +506,7 @@ MIN_ORPHAN_AGE = timedelta(hours=1)
 #: Files written this shortly before the final re-check are always kept, whatever `older_than`
 #: says: an ordinary commit in flight at that moment (files written, catalog swap pending) lands
 #: well within it. Commits that keep retrying for longer are what `MIN_ORPHAN_AGE` protects.
-COMMIT_GRACE = timedelta(seconds=10)
+COMMIT_GRACE = timedelta(seconds=30)
 _METADATA_VERSION = re.compile(r"^(\d+)-.*\.metadata\.json$")
 
 
