@@ -788,16 +788,6 @@ class _Reachability:
         stats = [*table.metadata.statistics, *table.metadata.partition_statistics]
         return {_norm(s.statistics_path) for s in stats if s.snapshot_id in snapshot_ids}
 
-    def all_referenced(self, table: Table) -> set[str]:
-        """Everything the table's metadata references, including metadata files."""
-        md = table.metadata
-        out = self.files_of(md.snapshots, live_only=False)
-        out |= self.statistics_of(table, {s.snapshot_id for s in md.snapshots})
-        out |= {_norm(e.metadata_file) for e in md.metadata_log}
-        if table.metadata_location:
-            out.add(_norm(table.metadata_location))
-        return out
-
 
 # ---- storage helpers -----------------------------------------------------------------------------
 
