@@ -16,7 +16,17 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from iceberg_lake import __version__
-from iceberg_lake.cli import check, compact, demo, maintain, query, schema, serve, tables
+from iceberg_lake.cli import (
+    check,
+    compact,
+    dead_letters,
+    demo,
+    maintain,
+    query,
+    schema,
+    serve,
+    tables,
+)
 from iceberg_lake.cli.common import err_console
 from iceberg_lake.config import load_settings, redact
 from iceberg_lake.exceptions import LakeError
@@ -76,7 +86,7 @@ def _root(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _module in (tables, serve, compact, query, schema, maintain, check, demo):
+for _module in (tables, serve, compact, query, schema, maintain, check, demo, dead_letters):
     _module.register(app)
 
 
