@@ -57,9 +57,10 @@ def _quotes(table: Table) -> list[dict[str, Any]]:
         r["bid_px"], r["ask_px"] = 101.0, 100.0
     a[6]["bid_px"] = a[6]["ask_px"] = 100.0
     a[7]["bid_px"], a[7]["ask_px"] = 101.0, 0.0
-    # out of range: a negative size and a NaN price -> 2 rows
+    # out of range: a negative size, a NaN price, an exchange code beyond the declared int16 -> 3
     a[8]["bid_sz"] = -1
     a[9]["ask_px"] = math.nan
+    a[13]["bid_exch"] = 40_000
     # duplicates: a[10] stored 3 times (2 extra), a[12] again with another receive time (1 extra)
     rows += [dict(a[10]), dict(a[10]), dict(a[12], ts_recv_ns=a[12]["ts_recv_ns"] + 7)]
     return rows
@@ -113,16 +114,17 @@ def test_check_counts_planted_defects_exactly(lake_dir: Path) -> None:
         assert report.count(q, "seq_gap") == 4
         assert report.count(q, "recv_before_event") == 2
         assert report.count(q, "crossed_book") == 3
-        assert report.count(q, "out_of_range") == 2
+        assert report.count(q, "out_of_range") == 3
         assert report.count(q, "duplicates") == 3
         f = "bronze.futures_trades"
         assert report.count(f, "out_of_range") == 3
         assert report.count(f, "seq_gap") == 0 and report.count(f, "recv_before_event") == 0
         assert report.count("bronze.futures_mbp10", "crossed_book") == 1
-        assert report.issues == 4 + 2 + 3 + 2 + 3 + 3 + 1
+        assert report.issues == 4 + 2 + 3 + 3 + 3 + 3 + 1
         detail = {(r.table, r.check): r.detail for r in report.rows}
         assert detail[(f, "out_of_range")] == "price: 1, size: 1, aggressor: 2"
         assert detail[(q, "seq_gap")] == "3 gap(s), largest 2, source(s): a, b"
+        assert detail[(q, "out_of_range")] == "ask_px: 1, bid_sz: 1, bid_exch: 1"
         assert all(r.count == 0 for r in report.rows if r.table.startswith("silver."))
         assert set(report.snapshots) >= {q, f}
 
@@ -155,7 +157,7 @@ def test_cli_check_json_text_and_strict(lake_dir: Path) -> None:
     assert counts[("bronze.stocks_quotes", "duplicates")] == 3
     assert counts[("bronze.futures_trades", "out_of_range")] == 3
     assert {t for t, _ in counts} == {"bronze.stocks_quotes", "bronze.futures_trades"}
-    assert data["issues"] == 17 and data["until_ns"] == LATE_NS
+    assert data["issues"] == 18 and data["until_ns"] == LATE_NS
 
     text = runner.invoke(app, ["check", "--table", "bronze.futures_mbp10"], env=env)
     assert text.exit_code == 0, text.output

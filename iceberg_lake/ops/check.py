@@ -12,7 +12,10 @@ Checks:
 - `recv_before_event`: rows with `ts_recv_ns < ts_event_ns` (received before they happened).
 - `crossed_book`: quotes with `bid_px > ask_px`, MBP-10 with `bid_px_1 > ask_px_1`, both sides
   present (> 0). A locked book (equal) is not counted.
-- `out_of_range`: rows with any value outside its domain (`OUT_OF_RANGE`); `detail` per column.
+- `out_of_range`: rows with any value outside its domain; `detail` per column. A column's domain
+  is what `catalog/` declares for it (`enum`, `ge`/`gt`/`le`, an int8/int16 `spec_type`; the
+  writers enforce the same), plus "finite" for a bounded float; a column that declares nothing
+  falls back to `OUT_OF_RANGE` (prices > 0, sizes >= 0, ...).
 - `duplicates`: rows beyond the first of each event identity, by the Silver dedup key
   (`iceberg_lake.silver.dedup.key_expression` over the table's declared `dedup_columns`):
   duplicates still in Bronze. A Silver table must show 0.
@@ -34,7 +37,8 @@ from typing import Any
 import duckdb
 
 from iceberg_lake.exceptions import LakeError, UnknownTableError
-from iceberg_lake.silver.dedup import key_expression, quote_ident
+from iceberg_lake.silver.dedup import key_expression, quote_ident, quote_str
+from iceberg_lake.tables.definitions import TableDefinition
 from iceberg_lake.timetravel.query import Lake
 from iceberg_lake.timetravel.snapshots import AsOfSpec
 
@@ -48,8 +52,9 @@ _NON_NEGATIVE_FLOAT = "({c} < 0 OR NOT isfinite({c}))"
 _NON_NEGATIVE = "({c} < 0)"
 _LEVELS = range(1, 11)
 
-#: Column → SQL condition (with `{c}` for the quoted column) that is true when a value is out of
-#: its domain. NULLs are never out of range (a missing side of a quote is allowed).
+#: Fallback domains for columns `catalog/` declares no constraint for: column → SQL condition
+#: (`{c}` is the quoted column) true when a value is out of range. NULLs are never out of range
+#: (a missing side of a quote is allowed).
 OUT_OF_RANGE: dict[str, str] = {
     "price": _PRICE,
     "strike": _PRICE,
@@ -207,8 +212,10 @@ def _check_table(
         bid, ask = (quote_ident(c) for c in sides[0])
         aggregates.append(f"count(*) FILTER (WHERE {bid} > 0 AND {ask} > 0 AND {bid} > {ask})")
         labels.append("crossed_book")
-    ranged = [c for c in OUT_OF_RANGE if c in fields]
-    rules = [OUT_OF_RANGE[c].format(c=quote_ident(c)) for c in ranged]
+    definition = lake.catalog.registry.get(ident) if ident in lake.catalog.registry else None
+    domains = range_rules(definition, fields)
+    ranged = list(domains)
+    rules = list(domains.values())
     if rules:
         # NULL in a rule is "unknown": coalesce so one NULL column cannot hide another's value.
         any_rule = " OR ".join(f"coalesce({r}, false)" for r in rules)
@@ -231,7 +238,6 @@ def _check_table(
         elif label == "crossed_book" and count:
             detail = f"{sides[0][0]} > {sides[0][1]}"
         rows[label] = CheckRow(ident, label, count, total, detail)
-    definition = lake.catalog.registry.get(ident) if ident in lake.catalog.registry else None
     key = [c for c in (definition.dedup_columns if definition else ()) if c in fields]
     if key and definition is not None and len(key) == len(definition.dedup_columns):
         rows["duplicates"] = _duplicates(con, ident, window, total, key, fields)
@@ -270,3 +276,36 @@ def _duplicates(
     ).fetchone()  # type: ignore[misc]
     detail = f"{groups} event(s) stored more than once" if groups else ""
     return CheckRow(ident, "duplicates", int(extra), total, detail)
+
+
+def range_rules(definition: TableDefinition | None, fields: dict[str, Any]) -> dict[str, str]:
+    """Column → SQL condition true when its value is out of range, in the table's column order.
+
+    From the column's declaration in `catalog/` when it declares a constraint, else from
+    `OUT_OF_RANGE`.
+    """
+    declared = {c.name: c for c in (definition.columns if definition else ())}
+    out: dict[str, str] = {}
+    for name, kind in fields.items():
+        col = quote_ident(name)
+        column = declared.get(name)
+        conditions: list[str] = []
+        if column is not None:
+            if column.enum is not None:
+                values = ", ".join(
+                    quote_str(v) if isinstance(v, str) else repr(v) for v in column.enum
+                )
+                conditions.append(f"{col} NOT IN ({values})")
+            for bound, op in ((column.ge, "<"), (column.gt, "<="), (column.le, ">")):
+                if bound is not None:
+                    conditions.append(f"{col} {op} {bound!r}")
+            if column.spec_type in ("int8", "int16") and column.int_range is not None:
+                lo, hi = column.int_range
+                conditions.append(f"{col} NOT BETWEEN {lo} AND {hi}")
+            if conditions and str(kind) in ("double", "float"):
+                conditions.append(f"NOT isfinite({col})")
+        if conditions:
+            out[name] = "(" + " OR ".join(conditions) + ")"
+        elif name in OUT_OF_RANGE:
+            out[name] = OUT_OF_RANGE[name].format(c=col)
+    return out
