@@ -717,8 +717,9 @@ class _CatalogReferences:
                 )
             except FileNotFoundError:
                 self._metadata[location] = None  # no longer retained
-            except OSError as exc:
-                raise LakeError(f"cannot read metadata file {location}: {exc}") from exc
+            except Exception as exc:  # unreadable or corrupt: delete nothing
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                raise LakeError(f"cannot read metadata file {location}: {reason}") from None
         return self._metadata[location]
 
     def _metadata_refs(
@@ -751,8 +752,9 @@ class _CatalogReferences:
                 # A snapshot whose manifest list or a manifest is gone can be read by no one;
                 # what only it reached is unreachable. Keep the manifest list path itself.
                 out.add(_norm(snap.manifest_list))
-            except OSError as exc:
-                raise LakeError(f"{ident}: cannot read {snap.manifest_list}: {exc}") from exc
+            except Exception as exc:  # unreadable or corrupt: delete nothing
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                raise LakeError(f"{ident}: cannot read {snap.manifest_list}: {reason}") from None
         return out
 
 
