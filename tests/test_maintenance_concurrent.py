@@ -308,3 +308,24 @@ def test_expire_snapshots_while_a_writer_commits_and_expires_retries_or_says_one
     assert outcomes["ok"] > 0
     table = catalog.load_table(ident)
     assert table.scan().to_arrow().num_rows == writer.rows[ident]
+
+
+def test_remove_orphans_keeps_files_of_any_catalog_table_under_a_lake_location(
+    data_dir: Path,
+) -> None:
+    catalog = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(data_dir)}))
+    lake_table = catalog.load_table(TABLES[0])
+    lake_table.append(make_rows(lake_table, 0, 10))
+    catalog.catalog.create_namespace("scratch")
+    other = catalog.catalog.create_table(
+        "scratch.nested", schema=lake_table.schema(), location=f"{lake_table.location()}/nested"
+    )
+    other.append(make_rows(other, 0, 5))
+    crashed = _plant(lake_table.location(), "00000-9-crashed.parquet", timedelta(days=2))
+    old = time.time() - 3 * 86_400
+    for path in Path(_local(lake_table.location())).rglob("*"):
+        os.utime(path, (old, old))
+    result = TableMaintenance(catalog, TABLES[0]).remove_orphans(older_than=timedelta(days=1))
+    assert result.orphans == [crashed.as_uri()]
+    other.refresh()
+    assert other.scan().to_arrow().num_rows == 5

@@ -563,9 +563,10 @@ def remove_orphans(
     1. The age cutoff (`now - older_than`) is fixed before any metadata is read.
     2. Each table's location is listed.
     3. The referenced set is computed afterwards, from freshly refreshed metadata of *every*
-       table in the catalog (a location may hold another table's files): every retained
-       metadata file (current and metadata log), and everything each of them reaches — manifest
-       lists, manifests, data and delete files (live or deleted entries), statistics files.
+       table in the catalog database, any namespace (a location may hold another table's
+       files): every retained metadata file (current and metadata log), and everything each of
+       them reaches — manifest lists, manifests, data and delete files (live or deleted
+       entries), statistics files.
     4. Right before deleting, every table is refreshed again and the candidates are re-checked
        against that metadata; files written within `COMMIT_GRACE` of that moment and metadata
        files newer than the table's current version (a commit in flight) are kept.
@@ -680,6 +681,13 @@ class _CatalogReferences:
             self._tables[ident] = self.catalog.load_table(ident)
         return self._tables[ident]
 
+    def _all_tables(self) -> list[str]:
+        """Every table of the catalog database, in the lake's namespaces or not: a table outside
+        them may still keep files under a lake table's location."""
+        sql = self.catalog.catalog
+        with catalog_errors("listing tables"):
+            return sorted(".".join(t) for ns in sql.list_namespaces() for t in sql.list_tables(ns))
+
     def collect(self) -> tuple[set[str], dict[str, int]]:
         """Refresh every table; return (referenced paths, metadata directory → current version).
 
@@ -689,7 +697,7 @@ class _CatalogReferences:
         out: set[str] = set()
         versions: dict[str, int] = {}
         self._seen = set()
-        for ident in self.catalog.existing_tables():
+        for ident in self._all_tables():
             table = self.table(ident)
             with catalog_errors(f"refreshing {ident}"):
                 table.refresh()
