@@ -124,7 +124,10 @@ def remove_orphans(
         "1d", "--older-than", help="Only delete orphans last modified at least this long ago."
     ),
     force: bool = typer.Option(
-        False, "--force", help="Allow --older-than below 1h (files of in-flight commits at risk)."
+        False,
+        "--force",
+        help="Allow --older-than below 1h (files of in-flight commits at risk); "
+        "--dry-run needs no --force.",
     ),
     dry_run: bool = DRY_RUN_OPTION,
     output: OutputFormat = OUTPUT_OPTION,
