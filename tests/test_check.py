@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import pyarrow as pa
 import pytest
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
+from table_rows import BASE_NS, make_rows
 from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
@@ -20,9 +20,6 @@ from iceberg_lake.config import load_settings
 from iceberg_lake.exceptions import LakeError, UnknownTableError
 from iceberg_lake.ops.check import check_tables
 from iceberg_lake.timetravel.query import Lake
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_maintenance_concurrent import BASE_NS, make_rows  # noqa: E402
 
 runner = CliRunner()
 MS = 1_000_000

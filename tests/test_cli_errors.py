@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from table_rows import make_rows
 from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
@@ -20,9 +21,6 @@ from iceberg_lake.cli import app
 from iceberg_lake.config import load_settings, redact, redact_url
 from iceberg_lake.exceptions import ConfigError, LakeError
 from iceberg_lake.timetravel.query import Lake
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_maintenance_concurrent import make_rows  # noqa: E402
 
 SECRET = "s3cr3t-Pa55"
 runner = CliRunner()

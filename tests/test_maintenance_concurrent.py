@@ -9,15 +9,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
-import pyarrow as pa
 import pytest
-from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
+from table_rows import make_rows
 from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
@@ -27,43 +25,7 @@ from iceberg_lake.exceptions import CommitConflictError, LakeError
 from iceberg_lake.ops.maintenance import TableMaintenance
 
 TABLES = ("bronze.stocks_trades", "bronze.futures_trades", "bronze.stocks_quotes")
-BASE_NS = 1_765_000_000_000_000_000
 runner = CliRunner()
-
-
-def make_rows(table: Table, start: int, n: int, symbol: str = "SPY") -> pa.Table:
-    """`n` rows for any lake table: each column filled by its type (event times 1 ms apart)."""
-    schema = schema_to_pyarrow(table.schema(), include_field_ids=False)
-    columns: dict[str, list[Any]] = {}
-    for f in schema:
-        values: list[Any] = []
-        for k in range(start, start + n):
-            ts = BASE_NS + k * 1_000_000
-            t = f.type
-            if f.name in ("symbol", "underlying"):
-                values.append(symbol)
-            elif f.name == "ts_event_ns":
-                values.append(ts)
-            elif f.name == "ts_recv_ns":
-                values.append(ts + 5)
-            elif f.name == "seq":
-                values.append(k)
-            elif pa.types.is_timestamp(t):
-                values.append(datetime.fromtimestamp(ts // 1000 / 1e6, tz=UTC))
-            elif pa.types.is_integer(t):
-                values.append(k % 100)
-            elif pa.types.is_floating(t):
-                values.append(100.0 + k / 100)
-            elif pa.types.is_boolean(t):
-                values.append(False)
-            elif pa.types.is_date(t):
-                values.append(date(2026, 1, 16))
-            elif pa.types.is_list(t):
-                values.append([])
-            else:
-                values.append("x")
-        columns[f.name] = values
-    return pa.Table.from_pydict(columns, schema=schema)
 
 
 def _local(uri: str) -> str:
