@@ -121,6 +121,14 @@ def query(
         Path | None,
         typer.Option("--file", "-f", help="Write the result here (required for parquet)."),
     ] = None,
+    sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--sandbox",
+            help="Reads only, and DuckDB may open no file outside the warehouse (no read_csv of "
+            "local files, COPY, ATTACH, INSTALL). Off by default: a local tool.",
+        ),
+    ] = False,
     live: Annotated[
         bool,
         typer.Option(
@@ -137,7 +145,7 @@ def query(
         raise typer.BadParameter("parquet output needs --file PATH", param_hint="--output")
     if live and pins is not None:
         raise typer.BadParameter("--live reads the current snapshots", param_hint="--as-of")
-    lake = Lake(open_catalog())
+    lake = Lake(open_catalog(), sandbox=sandbox)
     try:
         result = lake.query(sql, as_of=pins, live=live)
     finally:
