@@ -22,7 +22,10 @@ from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings
 from iceberg_lake.engine import nats as bus
+from iceberg_lake.ops import metrics
+from iceberg_lake.ops.status import collect_status
 from iceberg_lake.testing import NatsServer, run_nats_server
+from iceberg_lake.timetravel.live import freshness
 from iceberg_lake.timetravel.query import Lake
 from iceberg_lake.timetravel.replay import ReplayEngine
 
@@ -105,7 +108,14 @@ class Publisher:
         return self.loop.run_until_complete(go())
 
     def close(self) -> None:
-        self.loop.run_until_complete(self.nc.close())
+        async def shut() -> None:
+            await self.nc.close()
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        self.loop.run_until_complete(shut())
         self.loop.close()
 
 
@@ -213,7 +223,8 @@ def test_live_follow_replay_is_exactly_once_and_matches_committed_replay(
     out_file = tmp_path / "live.ndjson"
     try:
         # History: 20 committed (by size), 5 in the tail before the replay starts.
-        pub.publish([event(i, now - (10 - i % 9) * 10**9 + i) for i in range(25)])
+        sent = [event(i, now - (10 - i % 9) * 10**9 + i) for i in range(25)]
+        pub.publish(sent)
         wait_for(lambda: watermark(settings) >= 20, 15, "the size-forced commit")
         end_ns = time.time_ns() + 5 * 10**9  # the window ends in the future
         replay = subprocess.Popen(
@@ -242,8 +253,10 @@ def test_live_follow_replay_is_exactly_once_and_matches_committed_replay(
         # plus one stamped after the window that must not be delivered.
         for i in range(25, 35):
             time.sleep(0.2)  # pacing the publisher over the follow phase
-            pub.publish([event(i, time.time_ns())])
-        pub.publish([event(999, end_ns + 10**9)])
+            sent.append(event(i, time.time_ns()))
+            pub.publish(sent[-1:])
+        sent.append(event(999, end_ns + 10**9))
+        pub.publish(sent[-1:])
         _, err = replay.communicate(timeout=30)
         assert replay.returncode == 0, err
         live = [json.loads(line) for line in out_file.read_text().splitlines()]
@@ -257,6 +270,17 @@ def test_live_follow_replay_is_exactly_once_and_matches_committed_replay(
         history = live[: 35 - manifest["live"]["tail_events"]]
         assert [e["ts_event_ns"] for e in history] == sorted(e["ts_event_ns"] for e in history)
 
+        # Freshness: committed = newest event up to the watermark; live = newest published.
+        catalog = LakeCatalog(settings)
+        wm = watermark(settings)
+        ts = [e["ts_event_ns"] for e in sent]  # stream seq n holds sent[n - 1]
+        fresh = freshness(catalog, [TABLE])[TABLE]
+        assert fresh.committed_newest_ns == max(ts[:wm]) and fresh.live_newest_ns == max(ts)
+        row = next(t for t in collect_status(catalog).tables if t.table == TABLE)
+        assert row.committed_freshness_seconds is not None
+        assert row.live_freshness_seconds is not None
+        assert row.live_freshness_seconds < row.committed_freshness_seconds
+
         # Let the writer commit everything (graceful stop flushes), replay from snapshots.
         stop(serve)
         engine = ReplayEngine(settings, [TABLE], start_ns, end_ns, pin=False)
@@ -266,3 +290,25 @@ def test_live_follow_replay_is_exactly_once_and_matches_committed_replay(
     finally:
         pub.close()
         stop(serve)
+
+
+def test_freshness_metrics_follow_the_newest_event() -> None:
+    """The writer's hooks: committed rows count for both views, decoded rows for the live one;
+    freshness is now − newest, computed at scrape time, and never moves backwards."""
+    import pyarrow as pa
+
+    now = time.time()
+    metrics.note_events("bronze.t_live", "live", pa.table({"ts_event_ns": [int(now * 1e9)]}))
+    old = pa.table({"ts_event_ns": [int((now - 30) * 1e9)]})
+    metrics.note_events("bronze.t_live", "committed", old)
+    metrics.note_events("bronze.t_live", "live", old)  # older: ignored
+
+    def value(view: str) -> float:
+        got = metrics.REGISTRY.get_sample_value(
+            "lake_table_freshness_seconds", {"table": "bronze.t_live", "view": view}
+        )
+        assert got is not None
+        return got
+
+    assert 29 <= value("committed") <= 40
+    assert 0 <= value("live") <= 10

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
-__all__ = ["TailFollower", "TailMessage", "last_subject_seq", "read_tail"]
+__all__ = ["TailFollower", "TailMessage", "last_subject_msg", "last_subject_seq", "read_tail"]
 
 #: Seconds the server keeps an ephemeral consumer after its subscriber went away.
 INACTIVE_THRESHOLD_SECONDS = 5.0
@@ -70,6 +70,19 @@ async def last_subject_seq(js: JetStreamContext, stream: str, subject: str) -> i
     except NotFoundError:
         return 0
     return int(msg.seq or 0)
+
+
+async def last_subject_msg(js: JetStreamContext, stream: str, subject: str) -> TailMessage | None:
+    """The newest message on `subject` (an exact subject), or None when there is none."""
+    from nats.js.errors import NotFoundError
+
+    try:
+        msg = await js.get_last_msg(stream, subject)
+    except NotFoundError:
+        return None
+    ts = getattr(msg, "time", None)
+    ts_ns = int(ts.timestamp() * 1e9) if ts is not None else time.time_ns()
+    return TailMessage(int(msg.seq or 0), msg.subject or subject, msg.data or b"", ts_ns)
 
 
 async def _subscribe(js: JetStreamContext, stream: str, subject: str, start_seq: int) -> Any:

@@ -310,6 +310,7 @@ class ConsumerWriter:
                 mask = seq_arr[decoded.row_message] > wm
                 rows = rows.filter(pa.array(mask))
             metrics.EVENTS_CONSUMED.labels(tid).inc(rows.num_rows)
+            metrics.note_events(tid, "live", rows)
             self.batch.add_rows(tid, rows)
         dl_wm = self.watermarks.get(DEAD_LETTERS_TABLE, 0)
         for d in dead_letters.from_routed(routed, keep, seqs, self.stream, recv_ns, dl_wm):
@@ -506,6 +507,7 @@ class ConsumerWriter:
                     metrics.DEAD_LETTERS.labels(d.target_table).inc()
             else:
                 metrics.EVENTS_COMMITTED.labels(tid).inc(rows.num_rows)
+                metrics.note_events(tid, "committed", rows)
                 self.committed_events += rows.num_rows
                 self.commit_latencies.append(elapsed)
             snapshot = table.current_snapshot()

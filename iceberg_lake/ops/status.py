@@ -35,6 +35,10 @@ class TableStatus:
     snapshots: int
     last_commit: str | None
     last_commit_age_seconds: float | None
+    #: Event-time freshness: now − newest `ts_event_ns` of the current snapshot, and of the
+    #: live view (snapshot ∪ JetStream tail; None when NATS was not read or no tail applies).
+    committed_freshness_seconds: float | None = None
+    live_freshness_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,34 @@ def collect_status(
     now = now or datetime.now(UTC)
     tables = [table_status(catalog, t, now) for t in catalog.existing_tables()]
     consumers, nats_state = consumer_status(catalog.settings, fed_tables(catalog), nats_timeout)
+    tables = _with_freshness(catalog, tables, now, live=nats_state == "ok", timeout=nats_timeout)
     return LakeStatus(tables, consumers, dead_letter_counts(catalog), nats_state)
+
+
+def _with_freshness(
+    catalog: LakeCatalog, tables: list[TableStatus], now: datetime, *, live: bool, timeout: float
+) -> list[TableStatus]:
+    """Add event-time freshness (committed, and live when NATS answers) to each table."""
+    import dataclasses
+
+    from iceberg_lake.timetravel.live import freshness
+
+    names = [t.table for t in tables if t.table != DEAD_LETTERS_TABLE]
+    now_ns = int(now.timestamp() * 1e9)
+    try:
+        fresh = freshness(catalog, names, live=live, now_ns=now_ns, timeout=timeout)
+    except Exception:  # NATS went away between the two reads: report committed only
+        fresh = freshness(catalog, names, live=False, now_ns=now_ns)
+    return [
+        dataclasses.replace(
+            t,
+            committed_freshness_seconds=fresh[t.table].committed_seconds,
+            live_freshness_seconds=fresh[t.table].live_seconds,
+        )
+        if t.table in fresh
+        else t
+        for t in tables
+    ]
 
 
 def _human_bytes(n: int) -> str:
@@ -221,10 +252,17 @@ def _human_age(seconds: float | None) -> str:
     return f"{seconds:.0f}s"
 
 
+def _freshness(seconds: float | None) -> str:
+    if seconds is not None and abs(seconds) < 60:
+        return f"{seconds:.1f}s"  # sub-second matters for the live view
+    return _human_age(seconds)
+
+
 def print_status(report: LakeStatus, console: Console) -> None:
     """Print the report as rich tables."""
     tables = RichTable(title="tables")
-    for col in ("table", "rows", "data files", "mean file", "snapshots", "last commit"):
+    cols = ("table", "rows", "data files", "mean file", "snapshots", "last commit")
+    for col in (*cols, "fresh (committed)", "fresh (live)"):
         tables.add_column(col, justify="left" if col == "table" else "right")
     for t in report.tables:
         tables.add_row(
@@ -234,6 +272,8 @@ def print_status(report: LakeStatus, console: Console) -> None:
             _human_bytes(t.mean_file_bytes),
             str(t.snapshots),
             f"{_human_age(t.last_commit_age_seconds)} ago" if t.last_commit else "never",
+            _freshness(t.committed_freshness_seconds),
+            _freshness(t.live_freshness_seconds),
         )
     console.print(tables)
     if report.nats != "ok":

@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
@@ -48,7 +49,13 @@ from pyiceberg.table import Table
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine.nats import consumer_target, stream_for_subject
-from iceberg_lake.engine.nats_tail import TailFollower, TailMessage, last_subject_seq, read_tail
+from iceberg_lake.engine.nats_tail import (
+    TailFollower,
+    TailMessage,
+    last_subject_msg,
+    last_subject_seq,
+    read_tail,
+)
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.ingest.decode import TableCodec
 from iceberg_lake.ingest.routing import BronzeDecoder, Decoder, GoldDecoder
@@ -62,11 +69,14 @@ if TYPE_CHECKING:
     from iceberg_lake.timetravel.replay import ReplayEngine, ReplayEvent
 
 __all__ = [
+    "Freshness",
     "LiveRange",
     "LiveTail",
     "NatsLoop",
     "TailSource",
+    "committed_newest_ns",
     "create_live_views",
+    "freshness",
     "is_live_table",
 ]
 
@@ -153,6 +163,11 @@ class NatsLoop:
         async def _close() -> None:
             if self.nc is not None and not self.nc.is_closed:
                 await self.nc.close()
+            # The client's per-subscription tasks: end them before the loop goes away.
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
 
         if self.loop.is_running():
             try:
@@ -308,6 +323,149 @@ def create_live_views(
             con.execute(f"CREATE OR REPLACE VIEW {ns}.{quote_ident(name)} AS {sql}")
     lake.last_pins = pins
     return ranges
+
+
+# ---- freshness ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """Event-time freshness of one table: how far behind now its newest event is.
+
+    Attributes:
+        table: table identifier.
+        committed_newest_ns: largest `ts_event_ns` in the current snapshot (None: no rows).
+        live_newest_ns: largest `ts_event_ns` of the live view (snapshot ∪ tail); None when
+            NATS was not read.
+        committed_seconds: now − committed newest (None: no rows).
+        live_seconds: now − live newest (None: unknown).
+    """
+
+    table: str
+    committed_newest_ns: int | None
+    live_newest_ns: int | None
+    committed_seconds: float | None
+    live_seconds: float | None
+
+
+def committed_newest_ns(table: Table) -> int | None:
+    """The largest `ts_event_ns` in `table`'s current snapshot, from column statistics.
+
+    Cheap: the manifest list's partition bounds name the newest time partition, and only the
+    data files of that partition (and later) are planned; their `ts_event_ns` upper bounds give
+    the answer. Falls back to every file's bounds when the partition bounds cannot be used.
+    """
+    from pyiceberg.conversions import from_bytes
+    from pyiceberg.expressions import AlwaysTrue, GreaterThanOrEqual
+    from pyiceberg.types import IntegerType
+
+    snap = table.current_snapshot()
+    if snap is None:
+        return None
+    schema = table.schema()
+    try:
+        field_id = schema.find_field("ts_event_ns").field_id
+    except ValueError:
+        return None
+    row_filter: Any = AlwaysTrue()
+    spec = table.spec()
+    unit_us = {"hour": 3_600_000_000, "day": 86_400_000_000}
+    for pos, pf in enumerate(spec.fields):
+        transform = str(pf.transform)
+        source = schema.find_column_name(pf.source_id)
+        if source != "ts_event" or transform not in unit_us:
+            continue
+        newest: int | None = None
+        for manifest in snap.manifests(table.io):
+            if manifest.partition_spec_id != spec.spec_id or not manifest.partitions:
+                newest = None
+                break
+            summary = manifest.partitions[pos]
+            if summary.upper_bound is not None:
+                value = int(from_bytes(IntegerType(), summary.upper_bound))
+                newest = value if newest is None else max(newest, value)
+        if newest is not None:
+            lo = datetime.fromtimestamp(newest * unit_us[transform] / 1e6, tz=UTC)
+            row_filter = GreaterThanOrEqual("ts_event", lo.isoformat())
+        break
+    best: int | None = None
+    with catalog_errors(f"planning {table.name()}"):
+        for task in table.scan(row_filter=row_filter, snapshot_id=snap.snapshot_id).plan_files():
+            upper = task.file.upper_bounds or {}
+            if field_id in upper:
+                value = int.from_bytes(upper[field_id], "little", signed=True)
+                best = value if best is None else max(best, value)
+    return best
+
+
+async def _tail_newest(loop: NatsLoop, src: TailSource) -> int | None:
+    """Newest event time of the tail: the newest message on the subject, if beyond the
+    watermark (decoded with the writer's codec; None when it is rejected or there is none)."""
+    js = await loop.js()
+    msg = await last_subject_msg(js, src.stream, src.subject)
+    if msg is None or msg.seq <= src.watermark:
+        return None
+    return _newest(src.decode([msg]))
+
+
+def freshness(
+    catalog: LakeCatalog,
+    identifiers: Sequence[str],
+    *,
+    live: bool = True,
+    now_ns: int | None = None,
+    timeout: float = 3.0,
+) -> dict[str, Freshness]:
+    """Event-time freshness of the committed tables and of their live views.
+
+    Args:
+        catalog: the lake catalog.
+        identifiers: tables to report (tables without `ts_event_ns` are left out).
+        live: also read the stream tails (NATS); otherwise `live_*` are None.
+        now_ns: reference time (default: now).
+        timeout: seconds for NATS.
+
+    Returns:
+        Table → `Freshness`.
+
+    Raises:
+        TransientError/LakeError: NATS cannot be reached (only with `live`).
+    """
+    now = time.time_ns() if now_ns is None else now_ns
+    committed: dict[str, int | None] = {}
+    sources: list[TailSource] = []
+    for ident in identifiers:
+        table = catalog.load_table(ident)
+        if "ts_event_ns" not in {f.name for f in table.schema().fields}:
+            continue
+        committed[ident] = committed_newest_ns(table)
+        if live and is_live_table(catalog.definition(ident)):
+            sources.append(TailSource(catalog.definition(ident), table))
+    tails: dict[str, int | None] = {}
+    if sources:
+        loop = NatsLoop(catalog)
+        try:
+
+            async def all_tails() -> list[int | None]:
+                return await asyncio.wait_for(
+                    asyncio.gather(*(_tail_newest(loop, s) for s in sources)), timeout
+                )
+
+            tails = dict(zip([s.identifier for s in sources], loop.run(all_tails()), strict=True))
+        finally:
+            loop.close()
+
+    def age(ns: int | None) -> float | None:
+        return None if ns is None else round((now - ns) / 1e9, 3)
+
+    out: dict[str, Freshness] = {}
+    for ident, c in committed.items():
+        lv: int | None = None
+        if ident in tails:
+            candidates = [v for v in (c, tails[ident]) if v is not None]
+            lv = max(candidates) if candidates else None
+        out[ident] = Freshness(ident, c, lv, age(c), age(lv) if ident in tails else None)
+    return out
 
 
 # ---- live replay ---------------------------------------------------------------------------------
