@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import msgspec
+import numpy as np
 import pyarrow as pa
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
@@ -144,6 +145,8 @@ class NatsLoop:
         self.thread = threading.Thread(target=self.loop.run_forever, name="lake-live", daemon=True)
         self.thread.start()
         self.nc: Client | None = None
+        #: Decoded tails kept between queries (table → cache).
+        self.tails: dict[str, _TailCache] = {}
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the loop and return its result (exceptions propagate)."""
@@ -201,6 +204,7 @@ class TailSource:
         key = f"{properties.WATERMARK_PREFIX}{self.stream}.{self.consumer}"
         self.watermark = int(table.properties.get(key, 0))
         schema = table.schema()
+        self.schema_id = schema.schema_id
         codec = TableCodec(self.identifier, schema, definition.partition_key)
         self.decoder: Decoder = (
             GoldDecoder(codec) if definition.namespace == GOLD else BronzeDecoder(codec)
@@ -213,15 +217,21 @@ class TailSource:
 
         `ts_recv_ns` of events that carry none is the decode time, as in the writer.
         """
+        return self.decode_with_seqs(messages, recv_ns)[0]
+
+    def decode_with_seqs(
+        self, messages: Sequence[TailMessage], recv_ns: int | None = None
+    ) -> tuple[pa.Table, np.ndarray]:
+        """`decode`, plus the stream sequence of each row's message."""
+        empty = (self.arrow_schema.empty_table(), np.zeros(0, dtype=np.int64))
         if not messages:
-            return self.arrow_schema.empty_table()
+            return empty
         recv = time.time_ns() if recv_ns is None else recv_ns
-        routed = self.decoder.decode(
-            [m.data for m in messages], [m.subject for m in messages], recv
-        )
+        bodies = [m.data for m in messages]
+        routed = self.decoder.decode(bodies, [m.subject for m in messages], recv)
         decoded = routed.tables.get(self.identifier)
         if decoded is None or decoded.table.num_rows == 0:
-            return self.arrow_schema.empty_table()
+            return empty
         rows = decoded.table
         arrays = [
             rows.column(f.name).cast(f.type)
@@ -229,7 +239,54 @@ class TailSource:
             else pa.nulls(rows.num_rows, f.type)
             for f in self.arrow_schema
         ]
-        return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
+        seqs = np.asarray([m.seq for m in messages], dtype=np.int64)[decoded.row_message]
+        return pa.Table.from_arrays(arrays, schema=self.arrow_schema), seqs
+
+
+class _TailCache:
+    """A table's decoded tail kept between live queries of one `Lake` session.
+
+    Holds the rows of messages `(after, last_seq]`; the next query reads only messages after
+    `last_seq` and drops rows at or below the table's new watermark. Valid while the table's
+    schema is the one the rows were decoded with.
+    """
+
+    def __init__(self, after: int, schema_id: int, arrow_schema: pa.Schema) -> None:
+        self.after = after
+        self.last_seq = after
+        self.schema_id = schema_id
+        self.rows = arrow_schema.empty_table()
+        self.row_seqs = np.zeros(0, dtype=np.int64)
+        self.msg_seqs = np.zeros(0, dtype=np.int64)
+
+    def advance(self, watermark: int) -> None:
+        """Forget what the snapshot now holds (sequences at or below `watermark`)."""
+        if watermark <= self.after:
+            return
+        keep = self.row_seqs > watermark
+        if not keep.all():
+            self.rows = self.rows.filter(pa.array(keep))
+            self.row_seqs = self.row_seqs[keep]
+        self.msg_seqs = self.msg_seqs[self.msg_seqs > watermark]
+        self.after = watermark
+        self.last_seq = max(self.last_seq, watermark)
+
+    def add(self, messages: list[TailMessage], rows: pa.Table, seqs: np.ndarray) -> None:
+        """Append newly read messages and their rows."""
+        if not messages:
+            return
+        self.last_seq = messages[-1].seq
+        self.msg_seqs = np.concatenate([self.msg_seqs, [m.seq for m in messages]])
+        if rows.num_rows:
+            self.rows = pa.concat_tables([self.rows, rows]) if self.rows.num_rows else rows
+            self.row_seqs = np.concatenate([self.row_seqs, seqs])
+
+    def view(self, upto: int) -> tuple[pa.Table, int]:
+        """Rows of messages `(after, upto]` and the number of such messages."""
+        messages = int((self.msg_seqs <= upto).sum())
+        if self.row_seqs.size and self.row_seqs[-1] > upto:
+            return self.rows.filter(pa.array(self.row_seqs <= upto)), messages
+        return self.rows, messages
 
 
 def _newest(rows: pa.Table) -> int | None:
@@ -241,21 +298,27 @@ def _newest(rows: pa.Table) -> int | None:
     return int(value) if value is not None else None
 
 
-async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> list[list[TailMessage]]:
+async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, int]:
+    """Bring each source's tail cache up to the subject's newest message; return the ends."""
     js = await loop.js()
 
-    async def one(src: TailSource) -> list[TailMessage]:
-        # The end of the range is fixed before the consumer exists: messages published later
-        # belong to the next query.
-        upto = await last_subject_seq(js, src.stream, src.subject)
-        src_last[src.identifier] = max(upto, src.watermark)
-        return await read_tail(js, src.stream, src.subject, src.watermark, upto)
+    async def one(src: TailSource) -> int:
+        # The end of the range is fixed before reading: later messages are the next query's.
+        upto = max(await last_subject_seq(js, src.stream, src.subject), src.watermark)
+        cache = loop.tails.get(src.identifier)
+        if cache is None or cache.schema_id != src.schema_id or cache.after > src.watermark:
+            cache = _TailCache(src.watermark, src.schema_id, src.arrow_schema)
+            loop.tails[src.identifier] = cache
+        cache.advance(src.watermark)
+        msgs = await read_tail(js, src.stream, src.subject, cache.last_seq, upto)
+        rows, seqs = src.decode_with_seqs(msgs)
+        cache.add(msgs, rows, seqs)
+        # Every message on the subject up to `upto` has been read (it was the newest one).
+        cache.last_seq = max(cache.last_seq, upto)
+        return upto
 
-    src_last: dict[str, int] = {}
-    results = await asyncio.gather(*(one(s) for s in sources))
-    for s in sources:
-        s.last_seq = src_last[s.identifier]  # type: ignore[attr-defined]
-    return list(results)
+    ends = await asyncio.gather(*(one(s) for s in sources))
+    return dict(zip([s.identifier for s in sources], ends, strict=True))
 
 
 def create_live_views(
@@ -287,14 +350,14 @@ def create_live_views(
         definition = catalog.definition(ident)
         if is_live_table(definition):
             sources.append(TailSource(definition, table))
-    tails: list[list[TailMessage]] = []
+    ends: dict[str, int] = {}
     if sources:
         if lake._live is None:
             lake._live = NatsLoop(catalog)
-        tails = lake._live.run(_read_tails(lake._live, sources))
+        ends = lake._live.run(_read_tails(lake._live, sources))
     ranges: dict[str, LiveRange] = {}
     pins: dict[str, int | None] = {}
-    by_ident = {s.identifier: (s, msgs) for s, msgs in zip(sources, tails, strict=True)}
+    by_ident = {s.identifier: s for s in sources}
     for ident, table in loaded.items():
         ns, name = ident.split(".", 1)
         current = table.metadata.current_snapshot_id
@@ -302,8 +365,9 @@ def create_live_views(
         pins[ident] = sid
         sql = scan_sql(table, sid)
         if ident in by_ident:
-            src, msgs = by_ident[ident]
-            rows = src.decode(msgs)
+            src = by_ident[ident]
+            assert lake._live is not None
+            rows, messages = lake._live.tails[ident].view(ends[ident])
             if rows.num_rows:
                 rel = f"__live_tail_{ns}_{name}"
                 con.register(rel, rows)
@@ -314,8 +378,8 @@ def create_live_views(
                 stream=src.stream,
                 subject=src.subject,
                 watermark=src.watermark,
-                last_seq=src.last_seq,  # type: ignore[attr-defined]
-                tail_messages=len(msgs),
+                last_seq=ends[ident],
+                tail_messages=messages,
                 tail_rows=rows.num_rows,
                 newest_tail_ns=_newest(rows),
             )
