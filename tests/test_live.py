@@ -316,3 +316,48 @@ def test_freshness_metrics_follow_the_newest_event() -> None:
 
     assert 29 <= value("committed") <= 40
     assert 0 <= value("live") <= 10
+
+
+def test_guard_ack_subject_fields_match_nats_py_metadata(nats_server: NatsServer) -> None:
+    """Guard: `engine.nats_tail` reads sequence, time and pending from the delivery's reply
+    subject; they must equal what nats-py's `msg.metadata` parses from the same subject."""
+    from nats.js.api import StreamConfig
+
+    from iceberg_lake.engine.nats_tail import _ack_fields
+
+    async def go() -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
+        import nats as nats_py
+
+        nc = await nats_py.connect(nats_server.url)
+        js = nc.jetstream()
+        name = f"LIVEGUARD{time.time_ns()}"
+        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
+        for i in range(3):
+            await js.publish(f"{name.lower()}.x", str(i).encode())
+        got: list[tuple[tuple[int, int, int], tuple[int, int, int]]] = []
+        done = asyncio.Event()
+
+        async def cb(msg) -> None:  # noqa: ANN001
+            meta = msg.metadata
+            want = (
+                meta.sequence.stream,
+                int(meta.timestamp.timestamp() * 1000),
+                meta.num_pending,
+            )
+            seq, ts_ns, pending = _ack_fields(msg.reply)
+            got.append(((seq, ts_ns // 1_000_000, pending), want))
+            if len(got) == 3:
+                done.set()
+
+        sub = await js.subscribe(f"{name.lower()}.x", stream=name, cb=cb, ordered_consumer=True)
+        await asyncio.wait_for(done.wait(), 10)
+        await sub.unsubscribe()
+        await js.delete_stream(name)
+        await nc.close()
+        return got
+
+    pairs = asyncio.run(go())
+    assert [p[0][0] for p in pairs] == [1, 2, 3]
+    for ours, theirs in pairs:
+        assert ours[0] == theirs[0] and ours[2] == theirs[2]
+        assert abs(ours[1] - theirs[1]) <= 1  # ms (nats-py's datetime has µs precision)
