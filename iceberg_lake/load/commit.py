@@ -1,0 +1,289 @@
+"""Exactly-once commits of a loaded file: a ledger of rows committed, set with every append.
+
+The ledger is a table property, `lake.load.<sha256 of the file>` = rows of the file committed so
+far (`<n>:done` once the whole file is in), set in the SAME transaction as the append that stores
+those rows, like the live writers' watermark. A commit either lands with its ledger entry or not
+at all, so after a kill -9 a re-run reads the entry, skips exactly the rows already committed and
+stores every row once; a file whose entry says `done` is skipped whole. The entry survives
+snapshot expiry and other components' commits (compaction, maintenance).
+
+Dead letters of a commit go first, to `bronze.dead_letters`, with their own entry
+(`lake.load.<table>.<sha256>`); the target table's commit follows. A re-run after a kill between
+the two skips the bad rows the quarantine already holds.
+
+Rows are sorted by partition and event time, and each (symbol, hour) partition is written as its
+own data files (pyiceberg would otherwise filter the whole batch once per partition), then one
+append snapshot adds them all. Concurrent loaders (other files, `--jobs`) and live writers commit
+to the same tables: a lost compare-and-swap is retried on a refreshed table, after checking the
+ledger so a commit whose response was lost is never repeated.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import Table
+
+from iceberg_lake import properties as P
+from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.exceptions import CommitConflictError
+from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
+from iceberg_lake.overwrite import write_data_files
+from iceberg_lake.tables import DEAD_LETTERS_TABLE
+
+log = logging.getLogger(__name__)
+
+HOUR_NS = 3600 * 10**9
+DONE = "done"
+#: Attempts at one commit before giving up (each on a refreshed table, with backoff).
+MAX_ATTEMPTS = 12
+
+
+def ledger_key(sha256: str) -> str:
+    """The target table's ledger property of a file."""
+    return f"{P.LOAD_PREFIX}{sha256}"
+
+
+def dead_letter_key(table: str, sha256: str) -> str:
+    """The quarantine table's ledger property of a file loaded into `table`."""
+    return f"{P.LOAD_PREFIX}{table}.{sha256}"
+
+
+def parse_ledger(value: str | None) -> tuple[int, bool]:
+    """(rows committed, whole file done) from a ledger property value."""
+    if not value:
+        return 0, False
+    rows, _, state = value.partition(":")
+    return int(rows), state == DONE
+
+
+def ledger_value(rows: int, done: bool) -> str:
+    """The ledger property value for `rows` committed (and `done`)."""
+    return f"{rows}:{DONE}" if done else str(rows)
+
+
+@dataclass
+class CommitOutcome:
+    """What one commit stored."""
+
+    rows: int
+    dead_letters: int
+    snapshot_id: int | None
+    partitions: set[tuple[str, int]]
+
+
+class FileCommitter:
+    """Commits the rows of one file to one table, exactly once.
+
+    Args:
+        lake: the catalog.
+        table_id: the target table (`bronze.stocks_trades`).
+        sha256: the file's content hash.
+        file_name: for snapshot summaries and dead letters.
+        threads: data files written at once.
+    """
+
+    def __init__(
+        self, lake: LakeCatalog, table_id: str, sha256: str, file_name: str, threads: int = 2
+    ) -> None:
+        self.lake = lake
+        self.table_id = table_id
+        self.sha256 = sha256
+        self.file_name = file_name
+        self.threads = max(1, threads)
+        self.table: Table = lake.load_table(table_id)
+        self._dl_table: Table | None = None
+        self.key = ledger_key(sha256)
+        self.dl_key = dead_letter_key(table_id, sha256)
+        definition = lake.definition(table_id)
+        self.partition_key = definition.partition_key
+
+    # ---- ledger ---------------------------------------------------------------------------------
+
+    @property
+    def dl_table(self) -> Table:
+        if self._dl_table is None:
+            self._dl_table = self.lake.load_table(DEAD_LETTERS_TABLE)
+        return self._dl_table
+
+    def state(self) -> tuple[int, bool, int]:
+        """(rows committed, done, rows whose dead letters are committed), from fresh metadata."""
+        with catalog_errors(f"reading the load ledger of {self.table_id}"):
+            self.table = self.lake.load_table(self.table_id)
+            rows, done = parse_ledger(self.table.properties.get(self.key))
+            dl_rows = 0
+            if not done:
+                self._dl_table = self.lake.load_table(DEAD_LETTERS_TABLE)
+                dl_rows, _ = parse_ledger(self._dl_table.properties.get(self.dl_key))
+        return rows, done, dl_rows
+
+    def arrow_schema(self) -> pa.Schema:
+        """The live Arrow schema of the target table."""
+        return schema_to_pyarrow(self.table.schema(), include_field_ids=False)
+
+    # ---- commits --------------------------------------------------------------------------------
+
+    def commit_dead_letters(self, letters: list[DeadLetter], end_row: int) -> None:
+        """Commit `letters` (rows of the file before `end_row`) with the quarantine's ledger."""
+        if not letters:
+            return
+        for attempt in range(MAX_ATTEMPTS):
+            table = self.dl_table
+            done_rows, _ = parse_ledger(table.properties.get(self.dl_key))
+            if done_rows >= end_row:
+                return  # landed before (lost response)
+            fresh = [d for d in letters if d.stream_seq >= done_rows]
+            try:
+                with catalog_errors(f"committing dead letters of {self.file_name}"):
+                    rows = dead_letter_table(
+                        fresh, schema_to_pyarrow(table.schema(), include_field_ids=False)
+                    )
+                    with table.transaction() as tx:
+                        tx.set_properties({self.dl_key: ledger_value(end_row, False)})
+                        tx.append(rows, snapshot_properties=self._summary(len(fresh), end_row))
+                return
+            except CommitFailedException as exc:
+                self._backoff(attempt, exc)
+                self._dl_table = self.lake.load_table(DEAD_LETTERS_TABLE)
+        raise CommitConflictError(f"{DEAD_LETTERS_TABLE}: gave up after {MAX_ATTEMPTS} conflicts")
+
+    def commit_rows(
+        self, rows: pa.Table, first_row: int, end_row: int, done: bool
+    ) -> CommitOutcome:
+        """Append `rows` (valid rows of file rows `first_row..end_row`) with the ledger entry.
+
+        Idempotent: if the ledger already covers `end_row`, nothing is written.
+
+        Returns:
+            Rows stored, the snapshot id (None for a ledger-only commit) and the partitions.
+        """
+        schema = self.arrow_schema()
+        prepared = self._sort(rows.cast(schema)) if rows.num_rows else rows
+        partitions = self._partitions(prepared)
+        files: list[DataFile] | None = None
+        for attempt in range(MAX_ATTEMPTS):
+            committed, was_done = parse_ledger(self.table.properties.get(self.key))
+            if was_done or committed >= end_row and not done:
+                return CommitOutcome(0, 0, None, set())
+            if committed > first_row:
+                # Another process loading the same file got further: never store rows twice.
+                raise CommitConflictError(
+                    f"{self.file_name} is being loaded into {self.table_id} by another process"
+                )
+            try:
+                with catalog_errors(f"committing {self.file_name} to {self.table_id}"):
+                    if prepared.num_rows and files is None:
+                        files = self._write_files(prepared)
+                    with self.table.transaction() as tx:
+                        tx.set_properties({self.key: ledger_value(end_row, done)})
+                        if files:
+                            summary = self._summary(prepared.num_rows, end_row, first_row)
+                            update = tx.update_snapshot(snapshot_properties=summary)
+                            merge = self.table.properties.get("commit.manifest-merge.enabled")
+                            producer = (
+                                update.merge_append()
+                                if str(merge).lower() == "true"
+                                else update.fast_append()
+                            )
+                            with producer as append:
+                                for f in files:
+                                    append.append_data_file(f)
+                snapshot = self.table.current_snapshot() if files else None
+                return CommitOutcome(
+                    prepared.num_rows, 0, snapshot.snapshot_id if snapshot else None, partitions
+                )
+            except CommitFailedException as exc:
+                self._backoff(attempt, exc)
+                with catalog_errors(f"refreshing {self.table_id}"):
+                    self.table = self.lake.load_table(self.table_id)
+        raise CommitConflictError(f"{self.table_id}: gave up after {MAX_ATTEMPTS} conflicts")
+
+    def _backoff(self, attempt: int, exc: Exception) -> None:
+        delay = min(5.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
+        log.info("load commit conflict on %s (attempt %d): %s", self.table_id, attempt + 1, exc)
+        time.sleep(delay)
+
+    def _summary(self, count: int, end_row: int, first_row: int | None = None) -> dict[str, str]:
+        summary = {
+            P.LAKE_OPERATION: P.LOAD,
+            P.LOAD_SHA256: self.sha256,
+            P.LOAD_FILE: self.file_name,
+            P.LOAD_END_ROW: str(end_row),
+            P.EVENT_COUNT: str(count),
+        }
+        if first_row is not None:
+            summary[P.LOAD_FIRST_ROW] = str(first_row)
+        return summary
+
+    # ---- layout ---------------------------------------------------------------------------------
+
+    def _sort(self, rows: pa.Table) -> pa.Table:
+        keys = [("ts_event_ns", "ascending")]
+        if self.partition_key:
+            keys.insert(0, (self.partition_key, "ascending"))
+        return rows.sort_by(keys)
+
+    def _bounds(self, rows: pa.Table) -> list[tuple[int, int]]:
+        """(offset, length) of each (partition key, hour) run of the sorted rows."""
+        n = rows.num_rows
+        if n == 0:
+            return []
+        hours = pc.divide(rows.column("ts_event_ns"), HOUR_NS).to_numpy()
+        change = np.zeros(n, dtype=bool)
+        change[0] = True
+        change[1:] = hours[1:] != hours[:-1]
+        if self.partition_key:
+            codes = rows.column(self.partition_key).combine_chunks().dictionary_encode()
+            idx = codes.indices.to_numpy(zero_copy_only=False)
+            change[1:] |= idx[1:] != idx[:-1]
+        starts = np.flatnonzero(change)
+        ends = np.append(starts[1:], n)
+        return [(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]
+
+    def _partitions(self, rows: pa.Table) -> set[tuple[str, int]]:
+        out: set[tuple[str, int]] = set()
+        if rows.num_rows == 0:
+            return out
+        ts = rows.column("ts_event_ns")
+        keys = rows.column(self.partition_key) if self.partition_key else None
+        for offset, _length in self._bounds(rows):
+            hour = int(ts[offset].as_py()) // HOUR_NS
+            out.add((str(keys[offset].as_py()) if keys is not None else "", hour))
+        return out
+
+    def _write_files(self, rows: pa.Table) -> list[DataFile]:
+        """Write each partition's run of rows as data files (not yet committed)."""
+        write_uuid = uuid.uuid4()
+        counter = itertools.count()
+        slices = [rows.slice(o, n) for o, n in self._bounds(rows)]
+        # Small partitions are grouped (pyiceberg splits a group cheaply); big ones go alone.
+        groups: list[pa.Table] = []
+        pending: list[pa.Table] = []
+        pending_rows = 0
+        for s in slices:
+            pending.append(s)
+            pending_rows += s.num_rows
+            if pending_rows >= 50_000:
+                groups.append(pa.concat_tables(pending) if len(pending) > 1 else pending[0])
+                pending, pending_rows = [], 0
+        if pending:
+            groups.append(pa.concat_tables(pending) if len(pending) > 1 else pending[0])
+        if len(groups) == 1 or self.threads == 1:
+            return [f for g in groups for f in write_data_files(self.table, g, write_uuid, counter)]
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            results = pool.map(
+                lambda g: write_data_files(self.table, g, write_uuid, counter), groups
+            )
+            return [f for fs in results for f in fs]
