@@ -32,7 +32,9 @@ from iceberg_lake.exceptions import LakeError
 from iceberg_lake.load.sources import SourceBatch
 
 #: Decoded bytes per read (records stay in the decoder between reads).
-READ_BYTES = 8 << 20
+READ_BYTES = 1 << 20
+#: Records per batch at most (a zstd megabyte can hold tens of megabytes of records).
+BATCH_RECORDS = 131_072
 _NS_PER_DAY = 86_400 * 10**9
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -223,10 +225,13 @@ class DbnSource:
     ) -> Iterator[SourceBatch]:
         if first_row + len(run) <= skip_rows:
             return
-        cut = max(0, skip_rows - first_row)
-        records = np.frombuffer(b"".join(run[cut:]), dtype=self.dtype)
-        table, problems = self._to_arrow(records, symbology)
-        yield SourceBatch(table, first_row + cut, problems, progress=min(1.0, progress))
+        start = max(0, skip_rows - first_row)
+        while start < len(run):
+            end = min(len(run), start + BATCH_RECORDS)
+            records = np.frombuffer(b"".join(run[start:end]), dtype=self.dtype)
+            table, problems = self._to_arrow(records, symbology)
+            yield SourceBatch(table, first_row + start, problems, progress=min(1.0, progress))
+            start = end
 
     def _to_arrow(
         self, records: np.ndarray, symbology: _Symbology

@@ -38,7 +38,13 @@ from iceberg_lake.load.mapping import (
     find_mapping,
     identity_mapping,
 )
-from iceberg_lake.load.sources import Source, detect_format, file_sha256, open_source
+from iceberg_lake.load.sources import (
+    Source,
+    SourceBatch,
+    detect_format,
+    file_sha256,
+    open_source,
+)
 from iceberg_lake.load.validate import validate
 from iceberg_lake.tables import BRONZE, DEAD_LETTERS_TABLE
 
@@ -170,6 +176,28 @@ def _dbn_mapping(source: Source, table: str | None) -> tuple[Mapping, str]:
     return preferred[0], preferred[0].table
 
 
+def _pieces(batch: SourceBatch, first: int, size: int) -> list[SourceBatch]:
+    """Split `batch` at commit boundaries: `first` rows, then `size` rows per piece."""
+    n = batch.table.num_rows
+    if n <= first:
+        return [batch]
+    out: list[SourceBatch] = []
+    start, take = 0, max(1, first)
+    while start < n:
+        end = min(n, start + take)
+        problems = {r - start: p for r, p in batch.problems.items() if start <= r < end}
+        out.append(
+            SourceBatch(
+                batch.table.slice(start, end - start),
+                batch.first_row + start,
+                problems,
+                batch.progress,
+            )
+        )
+        start, take = end, size
+    return out
+
+
 def _row_json(batch: pa.Table, rows: list[int]) -> list[bytes]:
     """The original rows as JSON (what the dead letter keeps as `raw`)."""
     taken = batch.take(pa.array(rows, pa.int64())).to_pylist()
@@ -228,13 +256,13 @@ def load_file(
     commit_rows = max(1, options.commit_rows)
     partitions: set[tuple[str, int]] = set()
     buffer: list[pa.Table] = []
-    buffered_rows = buffered_bytes = 0
+    buffered_bytes = 0
     letters: list[DeadLetter] = []
     chunk_first = committed
     position = committed
 
     def flush(end_row: int, last: bool) -> None:
-        nonlocal buffer, buffered_rows, buffered_bytes, letters, chunk_first
+        nonlocal buffer, buffered_bytes, letters, chunk_first
         committer.commit_dead_letters(letters, end_row)
         result.dead_lettered += len(letters)
         rows = pa.concat_tables(buffer) if buffer else target.empty_table()
@@ -243,32 +271,33 @@ def load_file(
         partitions.update(outcome.partitions)
         if outcome.snapshot_id is not None:
             result.snapshots.append(outcome.snapshot_id)
-        buffer, buffered_rows, buffered_bytes, letters = [], 0, 0, []
+        buffer, buffered_bytes, letters = [], 0, []
         chunk_first = end_row
 
-    for batch in source.batches(skip_rows=committed):
-        converted = convert(batch.table, mapping, target, source_name, batch.problems)
-        checked = validate(converted.table, required, definition.partition_key, converted.problems)
-        if checked.good.num_rows:
-            buffer.append(checked.good)
-            buffered_rows += checked.good.num_rows
-            buffered_bytes += checked.good.nbytes
-        if checked.bad:
-            now = time.time_ns()
-            rows = [r for r, _ in checked.bad]
-            raws = _row_json(batch.table, rows)
-            for (row, reason), raw in zip(checked.bad, raws, strict=True):
-                file_row = batch.first_row + row
-                if file_row >= dl_committed:
-                    letters.append(
-                        DeadLetter(now, table_id, subject, stream, file_row, reason, raw)
-                    )
-        position = batch.first_row + batch.table.num_rows
-        result.rows_read = position - committed
-        if progress is not None:
-            progress(path.name, result.rows_read, batch.progress)
-        if buffered_rows >= commit_rows or buffered_bytes >= MAX_BUFFER_BYTES:
-            flush(position, last=False)
+    for whole in source.batches(skip_rows=committed):
+        for batch in _pieces(whole, commit_rows - (position - chunk_first), commit_rows):
+            converted = convert(batch.table, mapping, target, source_name, batch.problems)
+            checked = validate(
+                converted.table, required, definition.partition_key, converted.problems
+            )
+            if checked.good.num_rows:
+                buffer.append(checked.good)
+                buffered_bytes += checked.good.nbytes
+            if checked.bad:
+                now = time.time_ns()
+                raws = _row_json(batch.table, [r for r, _ in checked.bad])
+                for (row, reason), raw in zip(checked.bad, raws, strict=True):
+                    file_row = batch.first_row + row
+                    if file_row >= dl_committed:
+                        letters.append(
+                            DeadLetter(now, table_id, subject, stream, file_row, reason, raw)
+                        )
+            position = batch.first_row + batch.table.num_rows
+            result.rows_read = position - committed
+            if progress is not None:
+                progress(path.name, result.rows_read, batch.progress)
+            if position - chunk_first >= commit_rows or buffered_bytes >= MAX_BUFFER_BYTES:
+                flush(position, last=False)
     flush(position, last=True)
     result.partitions = sorted(
         (sym, datetime.fromtimestamp(hour * HOUR_NS / 1e9, tz=UTC).strftime("%Y-%m-%dT%H"))
