@@ -77,19 +77,19 @@ def write_dbn(
         iid = 999 if i in unknown else ids[i % len(ids)]
         ts = T14 + (i * spread_ns) // max(1, n)
         price = 0 if i in bad_price else (100 * PX + i * PX // 100)
-        common = dict(
-            publisher_id=1,
-            instrument_id=iid,
-            ts_event=ts,
-            price=price,
-            size=i % 7 + 1,
-            action=dbn.Action.TRADE,
-            side=dbn.Side.BID if i % 2 else dbn.Side.ASK,
-            depth=0,
-            ts_recv=ts + 500,
-            flags=0,
-            sequence=i,
-        )
+        common = {
+            "publisher_id": 1,
+            "instrument_id": iid,
+            "ts_event": ts,
+            "price": price,
+            "size": i % 7 + 1,
+            "action": dbn.Action.TRADE,
+            "side": dbn.Side.BID if i % 2 else dbn.Side.ASK,
+            "depth": 0,
+            "ts_recv": ts + 500,
+            "flags": 0,
+            "sequence": i,
+        }
         if schema == "trades":
             rec: Any = dbn.TradeMsg(**common)
         elif schema == "mbp-1":

@@ -39,11 +39,20 @@ pytestmark = pytest.mark.integration
 runner = CliRunner()
 
 
+def make_lake(data_dir: Path) -> LakeCatalog:
+    """A lake with the namespaces, the Bronze market tables, the quarantine and one Silver table."""
+    lake = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(data_dir)}))
+    lake.ensure_warehouse()
+    lake.ensure_namespaces()
+    for d in lake.registry.in_namespace("bronze"):
+        lake.create_table(d)
+    lake.create_table(lake.definition("silver.futures_trades"))
+    return lake
+
+
 @pytest.fixture
 def lake(tmp_path: Path) -> LakeCatalog:
-    lake = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(tmp_path / "data")}))
-    lake.init()
-    return lake
+    return make_lake(tmp_path / "data")
 
 
 def rows(duck: duckdb.DuckDBPyConnection, lake: LakeCatalog, table: str, sql: str) -> list:
@@ -59,7 +68,7 @@ def snapshot_count(lake: LakeCatalog, table: str) -> int:
     return len(lake.load_table(table).metadata.snapshots)
 
 
-# ---- DBN ----------------------------------------------------------------------------------------
+# ---- DBN -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -119,7 +128,7 @@ def test_dbn_trades_default_to_stocks_outside_globex(lake: LakeCatalog, tmp_path
     assert (result.rows_stored, result.dead_lettered) == (49, 1)
 
 
-# ---- Polygon flat files ---------------------------------------------------------------------------
+# ---- Polygon flat files ------------------------------------------------------------------------
 
 
 def test_polygon_csv_gz_trades_dead_letters_bad_rows_and_keeps_neighbours(
@@ -180,7 +189,7 @@ def test_polygon_quotes_csv_gz(lake: LakeCatalog, duck, tmp_path: Path) -> None:
     assert got == [(2000, "polygon-flat", 150.0, 150.11, 11)]
 
 
-# ---- Parquet / NDJSON with a user mapping, CLI ----------------------------------------------------
+# ---- Parquet / NDJSON with a user mapping, CLI -------------------------------------------------
 
 
 def test_cli_parquet_with_mapping_jobs_and_compact(lake: LakeCatalog, duck, tmp_path: Path) -> None:
@@ -247,7 +256,7 @@ def test_cli_errors_are_one_line(lake: LakeCatalog, tmp_path: Path) -> None:
     assert "not gold.levels_signals" in out.output
 
 
-# ---- declared mappings ----------------------------------------------------------------------------
+# ---- declared mappings -------------------------------------------------------------------------
 
 
 def test_declared_mappings_target_declared_columns_and_are_not_tables() -> None:
