@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from iceberg_lake import duck as duck_module
+from iceberg_lake.engine import duck as duck_module
 from iceberg_lake.testing import (
     NatsServer,
     PostgresServer,

@@ -38,9 +38,9 @@ from pyiceberg.table import Table
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.engine.iceberg import write_data_files
 from iceberg_lake.exceptions import CommitConflictError
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
-from iceberg_lake.overwrite import write_data_files
 from iceberg_lake.tables import DEAD_LETTERS_TABLE
 
 log = logging.getLogger(__name__)
