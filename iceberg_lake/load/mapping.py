@@ -207,7 +207,7 @@ def convert(
             continue
         src = mapping.source_column(f.name, names)
         if f.name == "source" and (source or src is None):
-            arrays[f.name] = pa.array(np.full(n, source or DEFAULT_SOURCE, dtype=object), f.type)
+            arrays[f.name] = pa.repeat(pa.scalar(source or DEFAULT_SOURCE, f.type), n)
             continue
         if src is None:
             arrays[f.name] = pa.nulls(n, f.type)
