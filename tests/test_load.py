@@ -276,7 +276,15 @@ def test_ledger_records_rows_in_the_append_transaction(lake: LakeCatalog, tmp_pa
     path = write_parquet(tmp_path / "t.parquet", trades_table(2500), row_group_size=500)
     mapping = tmp_path / "m.toml"
     mapping.write_text(TRADES_MAPPING)
-    result = load_file(lake, path, LoadOptions(mapping=str(mapping), commit_rows=1000))
+    seen: list[tuple[int, float]] = []
+    result = load_file(
+        lake,
+        path,
+        LoadOptions(mapping=str(mapping), commit_rows=1000),
+        progress=lambda _name, rows, fraction, _s: seen.append((rows, fraction)),
+    )
+    assert seen[0] == (0, 0.0) and seen[-1] == (2500, 1.0)
+    assert [r for r, _ in seen] == sorted(r for r, _ in seen)
     table = lake.load_table("bronze.futures_trades")
     assert parse_ledger(table.properties[ledger_key(result.sha256)]) == (2500, True)
     summaries = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +79,6 @@ def load(
     )
     lake_settings = settings()
     show_progress = output == OutputFormat.text and err_console.is_terminal
-    started: dict[str, float] = {}
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -94,12 +92,11 @@ def load(
     ) as bar:
         tasks: dict[str, Any] = {}
 
-        def progress(name: str, rows: int, fraction: float) -> None:
+        def progress(name: str, rows: int, fraction: float, seconds: float) -> None:
             if name not in tasks:
                 tasks[name] = bar.add_task(name, total=1000, rows=0, rate=0.0)
-                started[name] = time.monotonic()
-            elapsed = max(1e-6, time.monotonic() - started[name])
-            bar.update(tasks[name], completed=int(fraction * 1000), rows=rows, rate=rows / elapsed)
+            rate = rows / seconds if seconds > 0 else 0.0
+            bar.update(tasks[name], completed=int(fraction * 1000), rows=rows, rate=rate)
 
         results = load_files(lake_settings, paths, options, jobs=jobs, progress=progress)
     compactions = compact_loaded(lake_settings, results) if compact else []
@@ -119,6 +116,9 @@ def load(
         d["table"] = r.table.removeprefix("bronze.")
         d["partitions"] = len(r.partitions)
         d["snapshots"] = len(r.snapshots)
+        for key in ("rows_read", "rows_stored", "dead_lettered", "rows_skipped"):
+            d[key] = f"{d[key]:,}"
+        d["seconds"] = f"{r.seconds:.1f}"
         rows.append({label: d.get(key) for label, key in TEXT_COLUMNS.items()})
     emit(rows, output, title="lake load", columns=list(TEXT_COLUMNS))
     total_stored = sum(r.rows_stored for r in results)

@@ -13,6 +13,7 @@ included) resumes at the last committed row when run again.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import time
@@ -54,8 +55,9 @@ DEFAULT_COMMIT_ROWS = 500_000
 #: A commit is also made once the buffered rows reach this many bytes (wide MBP-10 rows).
 MAX_BUFFER_BYTES = 192 << 20
 
-#: Progress callback: (file name, rows read so far, fraction of the file read).
-ProgressFn = Callable[[str, int, float], None]
+#: Progress callback: (file name, rows read so far, fraction of the file read, seconds since the
+#: file's load started).
+ProgressFn = Callable[[str, int, float, float], None]
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,7 @@ def load_file(
         lake: the catalog (or settings to open it).
         path: the file.
         options: target, format, mapping, source, commit size.
-        progress: called after each batch with (file name, rows read, fraction read).
+        progress: called after each batch with (file name, rows read, fraction read, seconds).
 
     Returns:
         What this run stored.
@@ -274,6 +276,8 @@ def load_file(
         buffer, buffered_bytes, letters = [], 0, []
         chunk_first = end_row
 
+    if progress is not None:
+        progress(path.name, 0, 0.0, time.perf_counter() - t0)
     for whole in source.batches(skip_rows=committed):
         for batch in _pieces(whole, commit_rows - (position - chunk_first), commit_rows):
             converted = convert(batch.table, mapping, target, source_name, batch.problems)
@@ -295,7 +299,7 @@ def load_file(
             position = batch.first_row + batch.table.num_rows
             result.rows_read = position - committed
             if progress is not None:
-                progress(path.name, result.rows_read, batch.progress)
+                progress(path.name, result.rows_read, batch.progress, time.perf_counter() - t0)
             if position - chunk_first >= commit_rows or buffered_bytes >= MAX_BUFFER_BYTES:
                 flush(position, last=False)
     flush(position, last=True)
@@ -305,7 +309,7 @@ def load_file(
     )
     result.seconds = round(time.perf_counter() - t0, 3)
     if progress is not None:
-        progress(path.name, result.rows_read, 1.0)
+        progress(path.name, result.rows_read, 1.0, time.perf_counter() - t0)
     return result
 
 
@@ -314,15 +318,19 @@ def load_file(
 _QUEUE: Any = None
 
 
-def _init_worker(queue: Any) -> None:
+def _init_worker(queue: Any, log_level: int) -> None:
     global _QUEUE
     _QUEUE = queue
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Files loading in parallel conflict on commits by design; pyiceberg retries them and says
+    # so at WARNING, which would scribble over the progress bars.
+    logging.getLogger("pyiceberg.table").setLevel(max(log_level, logging.ERROR))
 
 
 def _worker(settings: Settings, path: str, options: LoadOptions) -> LoadResult:
-    def report(name: str, rows: int, fraction: float) -> None:
+    def report(name: str, rows: int, fraction: float, seconds: float) -> None:
         if _QUEUE is not None:
-            _QUEUE.put((name, rows, fraction))
+            _QUEUE.put((name, rows, fraction, seconds))
 
     return load_file(settings, path, options, report)
 
@@ -363,7 +371,7 @@ def load_files(
         max_workers=min(jobs, len(paths), os.cpu_count() or 1) or 1,
         mp_context=ctx,
         initializer=_init_worker,
-        initargs=(queue,),
+        initargs=(queue, logging.getLogger().getEffectiveLevel()),
     ) as pool:
         futures = {
             pool.submit(_worker, settings, str(p), per_process): i for i, p in enumerate(paths)
