@@ -139,15 +139,9 @@ def _lake_load(args: list[str], data_dir: Path) -> dict[str, Any]:
     return _measure([*cmd, "-o", "json"], _env(data_dir))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--dbn-mbp10", type=int, default=0, help="also load an MBP-10 DBN file")
-    parser.add_argument("--csv", type=int, default=0, help="also load a Polygon CSV.gz")
-    parser.add_argument("--sweep", action="store_true", help="also try several --commit-rows")
-    parser.add_argument("--json", action="store_true")
-    opts = parser.parse_args()
-
+def measure(rows: int, dbn_mbp10: int = 0, csv: int = 0, sweep: bool = False) -> dict[str, Any]:
+    """Run the measurements; a JSON-friendly report."""
+    opts = argparse.Namespace(rows=rows, dbn_mbp10=dbn_mbp10, csv=csv, sweep=sweep)
     report: dict[str, Any] = {"rows": opts.rows, "load_average": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="bench_load_") as tmp:
         root = Path(tmp)
@@ -205,6 +199,45 @@ def main() -> None:
                 "peak_rss_mb": round(r["rss_mb"]),
             }
 
+    return report
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Rows for `scripts/bench.py`: lake load rows/s and peak RSS beside the plain append."""
+    rows = 200_000 if quick else 1_000_000
+    r = measure(rows)
+    base, load = r["baseline"], r["lake_load"]
+    name = f"lake load parquet {rows:,} rows"
+    baseline = "pyarrow read + one pyiceberg append"
+    return [
+        {
+            "benchmark": name,
+            "metric": "throughput",
+            "value": load["rows_per_s"],
+            "unit": "rows/s",
+            "baseline": baseline,
+            "baseline_value": base["rows_per_s"],
+        },
+        {
+            "benchmark": name,
+            "metric": "peak RSS",
+            "value": load["peak_rss_mb"],
+            "unit": "MB",
+            "baseline": baseline,
+            "baseline_value": base["peak_rss_mb"],
+        },
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dbn-mbp10", type=int, default=0, help="also load an MBP-10 DBN file")
+    parser.add_argument("--csv", type=int, default=0, help="also load a Polygon CSV.gz")
+    parser.add_argument("--sweep", action="store_true", help="also try several --commit-rows")
+    parser.add_argument("--json", action="store_true")
+    opts = parser.parse_args()
+    report = measure(opts.rows, opts.dbn_mbp10, opts.csv, opts.sweep)
     if opts.json:
         print(json.dumps(report, indent=2))
         return
