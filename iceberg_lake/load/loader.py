@@ -46,7 +46,7 @@ from iceberg_lake.load.sources import (
     file_sha256,
     open_source,
 )
-from iceberg_lake.load.validate import validate
+from iceberg_lake.load.validate import Validator
 from iceberg_lake.tables import BRONZE, DEAD_LETTERS_TABLE
 
 #: Default rows per commit: large enough that commit overhead is a few percent of the load time
@@ -249,7 +249,7 @@ def load_file(
         return result
     result.status = "resumed" if committed else "loaded"
     target = committer.arrow_schema()
-    required = [f.name for f in target if not f.nullable]
+    validator = Validator(table_id, committer.table.schema(), definition.partition_key)
     source_name = options.source or mapping.source or DEFAULT_SOURCE
     if options.source is None and mapping.columns.get("source"):
         source_name = ""  # the file's own column wins
@@ -281,9 +281,7 @@ def load_file(
     for whole in source.batches(skip_rows=committed):
         for batch in _pieces(whole, commit_rows - (position - chunk_first), commit_rows):
             converted = convert(batch.table, mapping, target, source_name, batch.problems)
-            checked = validate(
-                converted.table, required, definition.partition_key, converted.problems
-            )
+            checked = validator.check(converted.table, converted.problems)
             if checked.good.num_rows:
                 buffer.append(checked.good)
                 buffered_bytes += checked.good.nbytes

@@ -1,11 +1,12 @@
-"""Vectorised row validation for loaded files, with the writers' rules.
+"""Vectorised row validation for loaded files, with the live writers' rules.
 
-The rules are the live writers' (`iceberg_lake.ingest.decode`): required columns present, prices
-finite and > 0, sizes >= 0, other floats finite, `ts_event_ns` a plausible Unix time in
-nanoseconds, the partition column non-empty. The column classes (`is_price_column`,
-`is_size_column`) and the time bounds are imported from there, and which columns are required
-comes from the table's live schema (the declared definition), so a rule changed for the writers
-changes here too. The reasons read the same as the writers' dead letters.
+The rules are the writers' (`iceberg_lake.ingest.decode`), taken from there, not restated: each
+live column's rule comes from the decoder's `column_rule` (the declared bounds, enumerations,
+integer widths and defaults of `catalog/`, else the defaults by name: prices finite and > 0,
+sizes >= 0), which columns are required comes from the live schema, and the event-time bounds
+and partition-value limits are the decoder's constants. The reasons read like the writers' dead
+letters. Where the decoder does not (yet) publish a rule function, the same defaults are derived
+from its `is_price_column` / `is_size_column`.
 
 This module works on whole Arrow columns (one compute pass per rule) because a loaded file has
 millions of rows; only the rows that fail get a per-row reason string.
@@ -13,19 +14,72 @@ millions of rows; only the rows that fail get a per-row reason string.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyiceberg.schema import Schema
+from pyiceberg.types import DoubleType, FloatType, IntegerType, LongType
 
-from iceberg_lake.ingest.decode import (
-    DERIVED_TS,
-    MAX_TS_NS,
-    MIN_TS_NS,
-    is_price_column,
-    is_size_column,
-)
+from iceberg_lake.ingest import decode
+from iceberg_lake.ingest.decode import DERIVED_TS, MAX_TS_NS, MIN_TS_NS
+from iceberg_lake.tables import registry
+
+_INT_RANGES = {IntegerType: (-(2**31), 2**31 - 1), LongType: (-(2**63), 2**63 - 1)}
+#: Partition values become a path segment of every data file (the decoder's limit when it has one).
+MAX_PARTITION_VALUE_BYTES: int = getattr(decode, "MAX_PARTITION_VALUE_BYTES", 0)
+_CONTROL_CHARS: str | None = getattr(decode, "_CONTROL_CHARS", None)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one column accepts (the decoder's `ColumnRule` fields the loader uses)."""
+
+    name: str
+    int_range: tuple[int, int] | None = None
+    enum: tuple[Any, ...] | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    default: Any = None
+
+    def bounds_text(self) -> str:
+        parts = []
+        if self.gt is not None:
+            parts.append(f"> {self.gt:g}")
+        if self.ge is not None:
+            parts.append(f">= {self.ge:g}")
+        if self.le is not None:
+            parts.append(f"<= {self.le:g}")
+        return " and ".join(parts)
+
+
+def column_rules(identifier: str, schema: Schema) -> dict[str, Rule]:
+    """The writers' rule of every live column of `identifier`."""
+    declared = {}
+    if identifier in registry():
+        declared = {c.name: c for c in registry().get(identifier).columns}
+    writer_rule = getattr(decode, "column_rule", None)
+    rules: dict[str, Rule] = {}
+    for f in schema.fields:
+        if f.name == DERIVED_TS:
+            continue
+        if writer_rule is not None:
+            r = writer_rule(f.name, f.field_type, declared.get(f.name))
+            rules[f.name] = Rule(f.name, r.int_range, r.enum, r.ge, r.gt, r.le, r.default)
+            continue
+        is_float = isinstance(f.field_type, (DoubleType, FloatType))
+        is_int = type(f.field_type) in _INT_RANGES
+        rules[f.name] = Rule(
+            f.name,
+            int_range=_INT_RANGES.get(type(f.field_type)),
+            gt=0.0 if is_float and decode.is_price_column(f.name) else None,
+            ge=0 if is_int and decode.is_size_column(f.name) else None,
+        )
+    return rules
 
 
 @dataclass
@@ -34,81 +88,142 @@ class Checked:
 
     Attributes:
         good: the valid rows (nullable schema; cast to the table's schema before writing).
-        good_rows: batch row index of every valid row.
         bad: `(batch row index, reason)` of every invalid row, in row order.
     """
 
     good: pa.Table
-    good_rows: np.ndarray
     bad: list[tuple[int, str]]
 
 
-def validate(
-    table: pa.Table,
-    required: list[str],
-    partition_key: str | None,
-    problems: dict[int, str] | None = None,
-) -> Checked:
-    """Check every row of `table` (the target table's columns) with the writers' rules.
+class Validator:
+    """Checks converted rows of one table with the writers' rules.
 
     Args:
-        table: the converted rows.
-        required: the required columns of the live table (the derived `ts_event` excluded).
-        partition_key: the identity-partition column that must be non-empty (`symbol`).
-        problems: rows already known to be bad (reader or conversion problems); first reason wins.
-
-    Returns:
-        The valid rows and the reasons of the invalid ones.
+        identifier: the table (`bronze.stocks_trades`).
+        schema: its live Iceberg schema.
+        partition_key: the identity-partition column (`symbol`), if any.
     """
-    n = table.num_rows
-    reasons: dict[int, str] = dict(problems or {})
-    for name in required:
-        if name == DERIVED_TS or name not in table.column_names:
-            continue
-        arr = table.column(name)
-        if arr.null_count:
-            _flag(reasons, pc.is_valid(arr), lambda _v, c=name: f"missing required field '{c}'")
-    for name in table.column_names:
-        if name == DERIVED_TS:
-            continue
-        arr = table.column(name)
-        if arr.null_count == n:
-            continue
-        if is_price_column(name) and pa.types.is_floating(arr.type):
-            ok = pc.and_(pc.is_finite(arr), pc.greater(arr, 0.0))
-            _flag(reasons, ok, _with_value(arr, f"{name} must be a finite number > 0"))
-        elif is_size_column(name) and pa.types.is_integer(arr.type):
-            _flag(reasons, pc.greater_equal(arr, 0), _with_value(arr, f"{name} must be >= 0"))
-        elif pa.types.is_floating(arr.type):
-            _flag(reasons, pc.is_finite(arr), _with_value(arr, f"{name} must be a finite number"))
-    if "ts_event_ns" in table.column_names:
-        ts = table.column("ts_event_ns")
-        ok = pc.and_(pc.greater_equal(ts, MIN_TS_NS), pc.less(ts, MAX_TS_NS))
-        reason = "ts_event_ns is not a plausible Unix time in nanoseconds"
-        _flag(reasons, ok, _with_value(ts, reason))
-    if partition_key and partition_key in table.column_names:
-        key = table.column(partition_key)
-        if pa.types.is_string(key.type) or pa.types.is_large_string(key.type):
-            ok = pc.greater(pc.utf8_length(key), 0)
-            _flag(reasons, ok, lambda _v: f"{partition_key} is empty")
-    if not reasons:
-        return Checked(table, np.arange(n, dtype=np.int64), [])
-    keep = np.ones(n, dtype=bool)
-    bad_rows = np.fromiter(reasons.keys(), dtype=np.int64, count=len(reasons))
-    keep[bad_rows] = False
-    good_rows = np.flatnonzero(keep)
-    good = table.filter(pa.array(keep))
-    return Checked(good, good_rows, sorted(reasons.items()))
+
+    def __init__(self, identifier: str, schema: Schema, partition_key: str | None) -> None:
+        self.rules = column_rules(identifier, schema)
+        self.required = [f.name for f in schema.fields if f.required and f.name != DERIVED_TS]
+        self.partition_key = partition_key
+
+    def check(self, table: pa.Table, problems: dict[int, str] | None = None) -> Checked:
+        """Check every row; rows already known to be bad (`problems`) keep their first reason.
+
+        Declared defaults fill missing values first, as the writers do.
+        """
+        n = table.num_rows
+        reasons: dict[int, str] = dict(problems or {})
+        table = self._defaults(table)
+        for name in self.required:
+            if name in table.column_names and table.column(name).null_count:
+                _flag(
+                    reasons,
+                    pc.is_valid(table.column(name)),
+                    _fixed(f"missing required field '{name}'"),
+                )
+        for name, rule in self.rules.items():
+            if name not in table.column_names:
+                continue
+            arr = table.column(name)
+            if arr.null_count == n:
+                continue
+            self._check_column(arr, rule, reasons)
+        if "ts_event_ns" in table.column_names:
+            ts = table.column("ts_event_ns")
+            ok = pc.and_(pc.greater_equal(ts, MIN_TS_NS), pc.less(ts, MAX_TS_NS))
+            reason = "ts_event_ns is not a plausible Unix time in nanoseconds"
+            _flag(reasons, ok, _with_value(ts, reason))
+        self._check_partition_key(table, reasons)
+        if not reasons:
+            return Checked(table, [])
+        keep = np.ones(n, dtype=bool)
+        keep[np.fromiter(reasons.keys(), dtype=np.int64, count=len(reasons))] = False
+        return Checked(table.filter(pa.array(keep)), sorted(reasons.items()))
+
+    def _defaults(self, table: pa.Table) -> pa.Table:
+        for name, rule in self.rules.items():
+            if rule.default is None or name not in table.column_names:
+                continue
+            i = table.column_names.index(name)
+            column = table.column(i)
+            if column.null_count:
+                filled = pc.fill_null(column, pa.scalar(rule.default, column.type))
+                table = table.set_column(i, table.field(i), filled)
+        return table
+
+    @staticmethod
+    def _check_column(arr: Any, rule: Rule, reasons: dict[int, str]) -> None:
+        name = rule.name
+        if rule.enum:
+            allowed = pa.array(list(rule.enum)).cast(arr.type)
+            ok = pc.is_in(arr, value_set=allowed)
+            ok = pc.if_else(pc.is_null(arr), pa.scalar(None, pa.bool_()), ok)
+            _flag(reasons, ok, _with_value(arr, f"{name} must be one of {list(rule.enum)}"))
+        if pa.types.is_floating(arr.type):
+            ok = pc.is_finite(arr)
+            for fn, bound in ((pc.greater, rule.gt), (pc.greater_equal, rule.ge)):
+                if bound is not None:
+                    ok = pc.and_(ok, fn(arr, bound))
+            if rule.le is not None:
+                ok = pc.and_(ok, pc.less_equal(arr, rule.le))
+            bounds = rule.bounds_text()
+            text = f"{name} must be a finite number" + (f" {bounds}" if bounds else "")
+            _flag(reasons, ok, _with_value(arr, text))
+        elif pa.types.is_integer(arr.type):
+            if rule.int_range is not None:
+                lo, hi = rule.int_range
+                ok = pc.and_(pc.greater_equal(arr, lo), pc.less_equal(arr, hi))
+                _flag(reasons, ok, _with_value(arr, f"{name} must be between {lo} and {hi}"))
+            ok = None
+            for fn, bound in (
+                (pc.greater, rule.gt),
+                (pc.greater_equal, rule.ge),
+                (pc.less_equal, rule.le),
+            ):
+                if bound is not None:
+                    part = fn(arr, pa.scalar(bound))
+                    ok = part if ok is None else pc.and_(ok, part)
+            if ok is not None:
+                _flag(reasons, ok, _with_value(arr, f"{name} must be {rule.bounds_text()}"))
+
+    def _check_partition_key(self, table: pa.Table, reasons: dict[int, str]) -> None:
+        name = self.partition_key
+        if not name or name not in table.column_names:
+            return
+        key = table.column(name)
+        if not (pa.types.is_string(key.type) or pa.types.is_large_string(key.type)):
+            return
+        _flag(reasons, pc.greater(pc.utf8_length(key), 0), _fixed(f"{name} is empty"))
+        if MAX_PARTITION_VALUE_BYTES:
+            ok = pc.less_equal(pc.binary_length(key), MAX_PARTITION_VALUE_BYTES)
+            text = (
+                f"{name} is longer than {MAX_PARTITION_VALUE_BYTES} bytes "
+                "(a partition value must fit in a file path)"
+            )
+            _flag(reasons, ok, _with_value(key, text))
+        if _CONTROL_CHARS:
+            ok = pc.invert(pc.match_substring_regex(key, _CONTROL_CHARS))
+            _flag(reasons, ok, _with_value(key, f"{name} contains a control character"))
 
 
-def _with_value(arr: pa.ChunkedArray | pa.Array, reason: str):  # type: ignore[no-untyped-def]
+def _fixed(reason: str) -> Callable[[int], str]:
+    return lambda _row: reason
+
+
+def _with_value(arr: Any, reason: str) -> Callable[[int], str]:
     def text(row: int) -> str:
-        return f"{reason}, got {arr[row].as_py()!r}"
+        shown = repr(arr[row].as_py())
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        return f"{reason}, got {shown}"
 
     return text
 
 
-def _flag(reasons: dict[int, str], ok: pa.ChunkedArray | pa.Array, reason) -> None:  # type: ignore[no-untyped-def]
+def _flag(reasons: dict[int, str], ok: Any, reason: Callable[[int], str]) -> None:
     """Record `reason(row)` for rows where `ok` is false (null `ok` = null value: not this rule)."""
     failed = pc.invert(pc.fill_null(ok, True))
     if not pc.any(failed).as_py():
