@@ -25,7 +25,6 @@ import logging
 import random
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +37,7 @@ from pyiceberg.table import Table
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.engine.iceberg import write_data_files
+from iceberg_lake.engine.iceberg import write_partition_files
 from iceberg_lake.exceptions import CommitConflictError
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
 from iceberg_lake.tables import DEAD_LETTERS_TABLE
@@ -92,17 +91,13 @@ class FileCommitter:
         table_id: the target table (`bronze.stocks_trades`).
         sha256: the file's content hash.
         file_name: for snapshot summaries and dead letters.
-        threads: data files written at once.
     """
 
-    def __init__(
-        self, lake: LakeCatalog, table_id: str, sha256: str, file_name: str, threads: int = 2
-    ) -> None:
+    def __init__(self, lake: LakeCatalog, table_id: str, sha256: str, file_name: str) -> None:
         self.lake = lake
         self.table_id = table_id
         self.sha256 = sha256
         self.file_name = file_name
-        self.threads = max(1, threads)
         self.table: Table = lake.load_table(table_id)
         self._dl_table: Table | None = None
         self.key = ledger_key(sha256)
@@ -282,25 +277,5 @@ class FileCommitter:
 
     def _write_files(self, rows: pa.Table) -> list[DataFile]:
         """Write each partition's run of rows as data files (not yet committed)."""
-        write_uuid = uuid.uuid4()
-        counter = itertools.count()
-        slices = [rows.slice(o, n) for o, n in self._bounds(rows)]
-        # Small partitions are grouped (pyiceberg splits a group cheaply); big ones go alone.
-        groups: list[pa.Table] = []
-        pending: list[pa.Table] = []
-        pending_rows = 0
-        for s in slices:
-            pending.append(s)
-            pending_rows += s.num_rows
-            if pending_rows >= 50_000:
-                groups.append(pa.concat_tables(pending) if len(pending) > 1 else pending[0])
-                pending, pending_rows = [], 0
-        if pending:
-            groups.append(pa.concat_tables(pending) if len(pending) > 1 else pending[0])
-        if len(groups) == 1 or self.threads == 1:
-            return [f for g in groups for f in write_data_files(self.table, g, write_uuid, counter)]
-        with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            results = pool.map(
-                lambda g: write_data_files(self.table, g, write_uuid, counter), groups
-            )
-            return [f for fs in results for f in fs]
+        parts = [rows.slice(o, n) for o, n in self._bounds(rows)]
+        return write_partition_files(self.table, parts, uuid.uuid4(), itertools.count())

@@ -70,7 +70,6 @@ class LoadOptions:
         mapping: a shipped mapping name or a TOML path; None = detect or identity.
         source: the `source` column value; None = the mapping's, else `file`.
         commit_rows: rows per commit.
-        threads: data files written at once per file.
     """
 
     table: str | None = None
@@ -78,7 +77,6 @@ class LoadOptions:
     mapping: str | None = None
     source: str | None = None
     commit_rows: int = DEFAULT_COMMIT_ROWS
-    threads: int = 2
 
 
 @dataclass
@@ -241,7 +239,7 @@ def load_file(
         raise LakeError(f"lake load writes Bronze market tables, not {table_id}")
     definition = lake.definition(table_id)
     sha = file_sha256(path)
-    committer = FileCommitter(lake, table_id, sha, path.name, threads=options.threads)
+    committer = FileCommitter(lake, table_id, sha, path.name)
     committed, done, dl_committed = committer.state()
     result = LoadResult(str(path), sha, table_id, "already-loaded", rows_skipped=committed)
     if done:
@@ -363,17 +361,13 @@ def load_files(
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Manager().Queue()
     results: dict[int, LoadResult] = {}
-    # Each process writes its data files single-threaded: the processes use the cores.
-    per_process = LoadOptions(**{**asdict(options), "threads": 1})
     with ProcessPoolExecutor(
         max_workers=min(jobs, len(paths), os.cpu_count() or 1) or 1,
         mp_context=ctx,
         initializer=_init_worker,
         initargs=(queue, logging.getLogger().getEffectiveLevel()),
     ) as pool:
-        futures = {
-            pool.submit(_worker, settings, str(p), per_process): i for i, p in enumerate(paths)
-        }
+        futures = {pool.submit(_worker, settings, str(p), options): i for i, p in enumerate(paths)}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
