@@ -2,8 +2,8 @@
 
 Writes a Parquet file of N stock trades (8 symbols over 6.5 hours, columns named like the table,
 so the identity mapping applies) and measures, each in its own fresh lake and its own process
-(wall time of the process and the time of the work without interpreter start-up and imports,
-peak RSS of the process):
+(wall time of the process, the time of the work without interpreter start-up and imports, the
+CPU seconds of the whole process (steadier than wall time on a shared machine), peak RSS):
 
 * baseline: `pyarrow.parquet.read_table` + the derived columns + ONE `Table.append` (pyiceberg
   splits partitions itself), no validation, no dead letters, no ledger;
@@ -120,8 +120,9 @@ def _measure(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
         "t0 = time.perf_counter()\n"
         "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)\n"
         "out, err = p.communicate()\n"
-        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
-        "print(json.dumps({'seconds': time.perf_counter() - t0, 'rss_mb': rss,"
+        "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "rss, cpu = ru.ru_maxrss / 1024, ru.ru_utime + ru.ru_stime\n"
+        "print(json.dumps({'seconds': time.perf_counter() - t0, 'rss_mb': rss, 'cpu_s': cpu,"
         " 'status': p.returncode, 'err': err.decode()[-1500:], 'out': out.decode()}))\n"
     )
     res = _run([sys.executable, "-c", helper, *cmd], env)
@@ -157,6 +158,7 @@ def measure(rows: int, dbn_mbp10: int = 0, csv: int = 0, sweep: bool = False) ->
                 "process_s": round(r["seconds"], 2),
                 "work_s": round(r["inner_s"], 2),
                 "rows_per_s": round(opts.rows / r["inner_s"]),
+                "cpu_s": round(r["cpu_s"], 2),
                 "peak_rss_mb": round(r["rss_mb"]),
             }
         report["lake_load_vs_baseline"] = round(base["inner_s"] / load["inner_s"], 2)
@@ -249,7 +251,8 @@ def main() -> None:
         r = report[name]
         print(
             f"  {name:<10} {r['work_s']:>7.2f} s ({r['process_s']:.2f} s with start-up)  "
-            f"{r['rows_per_s']:>10,} rows/s  peak RSS {r['peak_rss_mb']:>5} MB"
+            f"{r['rows_per_s']:>10,} rows/s  CPU {r['cpu_s']:.1f} s  "
+            f"peak RSS {r['peak_rss_mb']:>5} MB"
         )
     print(f"  lake load / baseline throughput: {report['lake_load_vs_baseline']:.2f}")
     for key in ("dbn_mbp10", "polygon_csv_gz"):
