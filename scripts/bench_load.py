@@ -131,6 +131,7 @@ def _measure(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
         raise SystemExit(f"{cmd[:5]} failed: {info['err']}")
     results = json.loads(info["out"])["results"]
     info["inner_s"] = max(r["seconds"] for r in results)
+    info["stored"] = sum(r["rows_stored"] for r in results)
     return info
 
 
@@ -183,8 +184,11 @@ def measure(rows: int, dbn_mbp10: int = 0, csv: int = 0, sweep: bool = False) ->
                 root / "mbp10.dbn.zst", "mbp-10", opts.dbn_mbp10, {1: "ESH6", 2: "ESM6"}
             )
             r = _lake_load([str(dbn_path)], root / "dbn")
+            again = _measure_again([str(dbn_path)], root / "dbn")
             report["dbn_mbp10"] = {
                 "rows": opts.dbn_mbp10,
+                "stored": r["stored"],
+                "stored_again": again["stored"],
                 "seconds": round(r["inner_s"], 2),
                 "rows_per_s": round(opts.dbn_mbp10 / r["inner_s"]),
                 "peak_rss_mb": round(r["rss_mb"]),
@@ -194,8 +198,11 @@ def measure(rows: int, dbn_mbp10: int = 0, csv: int = 0, sweep: bool = False) ->
 
             csv_path = write_csv_gz(root / "trades.csv.gz", polygon_trades(opts.csv))
             r = _lake_load([str(csv_path)], root / "csv")
+            again = _measure_again([str(csv_path)], root / "csv")
             report["polygon_csv_gz"] = {
                 "rows": opts.csv,
+                "stored": r["stored"],
+                "stored_again": again["stored"],
                 "seconds": round(r["inner_s"], 2),
                 "rows_per_s": round(opts.csv / r["inner_s"]),
                 "peak_rss_mb": round(r["rss_mb"]),
@@ -231,6 +238,12 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     ]
 
 
+def _measure_again(args: list[str], data_dir: Path) -> dict[str, Any]:
+    """Load the same file into the same lake again (exactly once: stores nothing)."""
+    cmd = [sys.executable, "-c", "from iceberg_lake.cli import main; main()", "load", *args]
+    return _measure([*cmd, "-o", "json"], _env(data_dir))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -260,7 +273,8 @@ def main() -> None:
             r = report[key]
             print(
                 f"  {key:<14} {r['rows']:,} rows {r['seconds']:.2f} s  "
-                f"{r['rows_per_s']:,} rows/s  peak RSS {r['peak_rss_mb']} MB"
+                f"{r['rows_per_s']:,} rows/s  peak RSS {r['peak_rss_mb']} MB, "
+                f"stored {r['stored']:,}, loaded again: {r['stored_again']:,} stored"
             )
     for n, r in report.get("commit_rows_sweep", {}).items():
         print(
