@@ -142,8 +142,7 @@ def resolve(source: Source, options: LoadOptions) -> tuple[Mapping, str]:
     candidates = [
         m
         for m in declared_mappings()
-        if m.format in ("", source.format)
-        and not m.dbn_schemas
+        if not m.dbn_schemas
         and m.matches(source.columns)
         and (options.table is None or m.table == options.table)
     ]
@@ -174,6 +173,16 @@ def _dbn_mapping(source: Source, table: str | None) -> tuple[Mapping, str]:
     futures = dataset.upper().startswith("GLBX")
     preferred = [m for m in options if ("futures" in m.table) == futures] or options
     return preferred[0], preferred[0].table
+
+
+def _format_of(path: Path, options: LoadOptions) -> str:
+    """The format from the file name, else the format the `--mapping` declares."""
+    try:
+        return detect_format(path)
+    except LakeError:
+        if options.mapping and (declared := find_mapping(options.mapping).format):
+            return declared
+        raise
 
 
 def _pieces(batch: SourceBatch, first: int, size: int) -> list[SourceBatch]:
@@ -232,7 +241,7 @@ def load_file(
     options = options or LoadOptions()
     lake = lake if isinstance(lake, LakeCatalog) else LakeCatalog(lake)
     path = Path(path)
-    fmt = options.format or detect_format(path)
+    fmt = options.format or _format_of(path, options)
     source = open_source(path, fmt)
     mapping, table_id = resolve(source, options)
     if not table_id.startswith(BRONZE + ".") or table_id == DEAD_LETTERS_TABLE:
