@@ -23,7 +23,9 @@ DAY = dt.date(2025, 12, 16)
 PX = 10**9  # DBN fixed-point scale
 
 
-def dbn_metadata(schema: Any, symbols: dict[int, str], dataset: str = "GLBX.MDP3") -> Any:
+def dbn_metadata(
+    schema: Any, symbols: dict[int, str], dataset: str = "GLBX.MDP3", ts_out: bool = False
+) -> Any:
     """DBN metadata mapping each instrument id to its symbol for the whole test day."""
     mappings = [
         SimpleNamespace(
@@ -45,6 +47,7 @@ def dbn_metadata(schema: Any, symbols: dict[int, str], dataset: str = "GLBX.MDP3
         symbols=list(symbols.values()),
         mappings=mappings,
         end=T14 + 10 * HOUR_NS,
+        ts_out=ts_out,
     )
 
 
@@ -58,6 +61,7 @@ def write_dbn(
     bad_price: set[int] = frozenset(),  # type: ignore[assignment]
     spread_ns: int = 2 * HOUR_NS,
     dataset: str = "GLBX.MDP3",
+    ts_out: bool = False,
 ) -> Path:
     """Write `n` records of `schema` (`trades`, `mbp-1`, `mbp-10`) with databento-dbn's encoder.
 
@@ -72,7 +76,7 @@ def write_dbn(
         "mbp-10": dbn.Schema.MBP_10,
     }
     out = io.BytesIO()
-    out.write(dbn_metadata(dbn_schema[schema], symbols, dataset).encode())
+    out.write(dbn_metadata(dbn_schema[schema], symbols, dataset, ts_out).encode())
     for i in range(n):
         iid = 999 if i in unknown else ids[i % len(ids)]
         ts = T14 + (i * spread_ns) // max(1, n)
@@ -90,6 +94,8 @@ def write_dbn(
             "flags": 0,
             "sequence": i,
         }
+        if ts_out:
+            common["ts_out"] = ts + 900
         if schema == "trades":
             rec: Any = dbn.TradeMsg(**common)
         elif schema == "mbp-1":

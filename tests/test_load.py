@@ -119,13 +119,23 @@ def test_dbn_files_load_once_with_symbols_and_prices(
     assert rows(duck, lake, table, "SELECT count(*) FROM t") == [(n - 2,)]
 
 
-def test_dbn_trades_default_to_stocks_outside_globex(lake: LakeCatalog, tmp_path: Path) -> None:
+def test_dbn_trades_default_to_stocks_outside_globex(
+    lake: LakeCatalog, duck, tmp_path: Path
+) -> None:
     path = write_dbn(
-        tmp_path / "x.dbn", "trades", 50, {7: "AAPL"}, bad_price={3}, dataset="XNAS.ITCH"
+        tmp_path / "x.dbn",
+        "trades",
+        50,
+        {7: "AAPL"},
+        bad_price={3},
+        dataset="XNAS.ITCH",
+        ts_out=True,  # records carry 8 more bytes
     )
     result = load_file(lake, path)
     assert result.table == "bronze.stocks_trades"
     assert (result.rows_stored, result.dead_lettered) == (49, 1)
+    got = rows(duck, lake, result.table, "SELECT max(seq), max(price), min(symbol) FROM t")
+    assert got == [(49, 100.49, "AAPL")]
 
 
 # ---- Polygon flat files ------------------------------------------------------------------------

@@ -56,3 +56,20 @@ def test_record_bytes_are_one_item_of_the_published_dtype(cls) -> None:  # type:
         assert item["bid_px_00"] == 6_000 * 10**9
         assert item["ask_sz_00"] == 6
         assert "bid_px_00" in price_fields(cls)
+
+
+def test_ts_out_records_are_one_item_of_the_dtype_with_ts_out() -> None:
+    rec = dbn.TradeMsg(
+        publisher_id=1,
+        instrument_id=7,
+        ts_event=10**18,
+        price=10**9,
+        size=1,
+        action=dbn.Action.TRADE,
+        side=dbn.Side.ASK,
+        depth=0,
+        ts_recv=10**18 + 1,
+        ts_out=10**18 + 9,
+    )
+    item = np.frombuffer(bytes(rec), dtype=record_dtype(dbn.TradeMsg, ts_out=True))[0]
+    assert (item["instrument_id"], item["ts_out"]) == (7, 10**18 + 9)

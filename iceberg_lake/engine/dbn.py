@@ -15,9 +15,17 @@ from typing import Any
 import numpy as np
 
 
-def record_dtype(record_class: Any) -> np.dtype:
-    """The NumPy structured dtype of one record of `record_class` (its wire layout)."""
-    return np.dtype(record_class._dtypes)
+def record_dtype(record_class: Any, ts_out: bool = False) -> np.dtype:
+    """The NumPy structured dtype of one record of `record_class` (its wire layout).
+
+    Args:
+        record_class: e.g. `databento_dbn.TradeMsg`.
+        ts_out: the file's records carry the gateway send time (`Metadata.ts_out`): 8 more bytes.
+    """
+    fields = list(record_class._dtypes)
+    if ts_out:
+        fields.append(("ts_out", "u8"))
+    return np.dtype(fields)
 
 
 def price_fields(record_class: Any) -> frozenset[str]:

@@ -149,7 +149,8 @@ class DbnSource:
             raise LakeError(f"{path.name}: a DBN file of mixed schemas cannot be loaded")
         self.schema = str(schema)
         self.record_class = record_class(self.schema)
-        self.dtype = record_dtype(self.record_class)
+        self.ts_out = bool(self.metadata.ts_out)
+        self.dtype = record_dtype(self.record_class, self.ts_out)
         self.dataset = str(self.metadata.dataset)
 
     def _decoder(self) -> Any:
@@ -239,7 +240,7 @@ class DbnSource:
         d = _dbn()
         cls = self.record_class
         prices = price_fields(cls)
-        stamps = timestamp_fields(cls)
+        stamps = timestamp_fields(cls) | ({"ts_out"} if self.ts_out else set())
         hidden = hidden_fields(cls)
         columns: dict[str, pa.Array] = {}
         for name in self.dtype.names:
