@@ -25,10 +25,8 @@ TEXT_COLUMNS = {
     "read": "rows_read",
     "stored": "rows_stored",
     "dead": "dead_lettered",
-    "skipped": "rows_skipped",
     "parts": "partitions",
     "snaps": "snapshots",
-    "s": "seconds",
 }
 
 PATHS_ARGUMENT = typer.Argument(..., help="Files to load (DBN, CSV[.gz], Parquet, NDJSON).")
@@ -116,9 +114,10 @@ def load(
         d["table"] = r.table.removeprefix("bronze.")
         d["partitions"] = len(r.partitions)
         d["snapshots"] = len(r.snapshots)
-        for key in ("rows_read", "rows_stored", "dead_lettered", "rows_skipped"):
+        for key in ("rows_read", "rows_stored", "dead_lettered"):
             d[key] = f"{d[key]:,}"
-        d["seconds"] = f"{r.seconds:.1f}"
+        if r.status == "resumed":  # an earlier run had committed the first rows
+            d["status"] = f"resumed at row {r.rows_skipped:,}"
         rows.append({label: d.get(key) for label, key in TEXT_COLUMNS.items()})
     emit(rows, output, title="lake load", columns=list(TEXT_COLUMNS))
     total_stored = sum(r.rows_stored for r in results)
