@@ -197,11 +197,18 @@ class DbnSource:
                     records = dec.decode()
                 except d.DBNError as exc:
                     raise LakeError(f"{self.path.name}: corrupt DBN data ({exc})") from None
+                if records and isinstance(records[0], d.Metadata):
+                    records = records[1:]
                 # Runs of data records between symbol-mapping records share one mapping state.
-                run: list[bytes] = []
+                if set(map(type, records)) <= {cls}:
+                    if records:  # the usual case: only data records
+                        yield from self._emit(records, row, skip_rows, symbology, read / size)
+                        row += len(records)
+                    records = []
+                run: list[Any] = []
                 for rec in records:
                     if isinstance(rec, cls):
-                        run.append(bytes(rec))
+                        run.append(rec)
                     elif isinstance(rec, mapping_cls):
                         if run:
                             yield from self._emit(run, row, skip_rows, symbology, read / size)
@@ -218,7 +225,7 @@ class DbnSource:
 
     def _emit(
         self,
-        run: list[bytes],
+        run: list[Any],
         first_row: int,
         skip_rows: int,
         symbology: _Symbology,
@@ -229,7 +236,7 @@ class DbnSource:
         start = max(0, skip_rows - first_row)
         while start < len(run):
             end = min(len(run), start + BATCH_RECORDS)
-            records = np.frombuffer(b"".join(run[start:end]), dtype=self.dtype)
+            records = np.frombuffer(b"".join(map(bytes, run[start:end])), dtype=self.dtype)
             table, problems = self._to_arrow(records, symbology)
             yield SourceBatch(table, first_row + start, problems, progress=min(1.0, progress))
             start = end
