@@ -166,6 +166,7 @@ class FileCommitter:
         """
         schema = self.arrow_schema()
         prepared = self._sort(rows.cast(schema)) if rows.num_rows else rows
+        del rows  # the unsorted copy is not needed any more
         partitions = self._partitions(prepared)
         files: list[DataFile] | None = None
         for attempt in range(MAX_ATTEMPTS):

@@ -53,7 +53,7 @@ from iceberg_lake.tables import BRONZE, DEAD_LETTERS_TABLE
 #: (see docs/backfill.md for the measurement), small enough to bound memory and lost work.
 DEFAULT_COMMIT_ROWS = 500_000
 #: A commit is also made once the buffered rows reach this many bytes (wide MBP-10 rows).
-MAX_BUFFER_BYTES = 192 << 20
+MAX_BUFFER_BYTES = 128 << 20
 
 #: Progress callback: (file name, rows read so far, fraction of the file read, seconds since the
 #: file's load started).
@@ -175,6 +175,13 @@ def _dbn_mapping(source: Source, table: str | None) -> tuple[Mapping, str]:
     return preferred[0], preferred[0].table
 
 
+def _take_all(tables: list[pa.Table]) -> pa.Table:
+    """The tables as one (zero-copy), emptying the list."""
+    rows = pa.concat_tables(tables)
+    tables.clear()
+    return rows
+
+
 def _format_of(path: Path, options: LoadOptions) -> str:
     """The format from the file name, else the format the `--mapping` declares."""
     try:
@@ -271,16 +278,18 @@ def load_file(
     position = committed
 
     def flush(end_row: int, last: bool) -> None:
-        nonlocal buffer, buffered_bytes, letters, chunk_first
+        nonlocal buffered_bytes, letters, chunk_first
         committer.commit_dead_letters(letters, end_row)
         result.dead_lettered += len(letters)
-        rows = pa.concat_tables(buffer) if buffer else target.empty_table()
-        outcome = committer.commit_rows(rows, chunk_first, end_row, last)
+        # The commit holds the only reference to the rows, so they are freed once sorted.
+        outcome = committer.commit_rows(
+            _take_all(buffer) if buffer else target.empty_table(), chunk_first, end_row, last
+        )
         result.rows_stored += outcome.rows
         partitions.update(outcome.partitions)
         if outcome.snapshot_id is not None:
             result.snapshots.append(outcome.snapshot_id)
-        buffer, buffered_bytes, letters = [], 0, []
+        buffered_bytes, letters = 0, []
         chunk_first = end_row
 
     if progress is not None:
