@@ -102,3 +102,29 @@ def test_non_finite_and_out_of_range_values_are_rejected() -> None:
     assert bad[0].startswith("price must be a finite number")
     assert "size" in bad[2]
     assert checked.good.num_rows == 0
+
+
+def test_declared_enumerations_apply_to_loaded_rows() -> None:
+    table_id = "bronze.futures_trades"
+    definition = registry().get(table_id)
+    schema = definition.iceberg_schema()
+    events = [
+        {
+            "ts_event_ns": T,
+            "source": "s",
+            "symbol": "ESH6",
+            "price": 6000.25,
+            "size": 1,
+            "aggressor": a,
+        }
+        for a in (1, 5, -1)
+    ]
+    codec = TableCodec(table_id, schema, definition.partition_key)
+    writers = dict(codec.decode([json.dumps(e).encode() for e in events], recv_ns=T).rejected)
+    converted = convert(
+        pa.Table.from_pylist(events), identity_mapping(table_id), definition.arrow_schema(), "s"
+    )
+    validator = Validator(table_id, schema, definition.partition_key)
+    loader = dict(validator.check(converted.table, converted.problems).bad)
+    assert sorted(loader) == sorted(writers) == [1]
+    assert "aggressor" in loader[1] and "aggressor" in writers[1]

@@ -5,8 +5,7 @@ live column's rule comes from the decoder's `column_rule` (the declared bounds, 
 integer widths and defaults of `catalog/`, else the defaults by name: prices finite and > 0,
 sizes >= 0), which columns are required comes from the live schema, and the event-time bounds
 and partition-value limits are the decoder's constants. The reasons read like the writers' dead
-letters. Where the decoder does not (yet) publish a rule function, the same defaults are derived
-from its `is_price_column` / `is_size_column`.
+letters (`tests/test_load_validation.py` feeds the same events to both and compares).
 
 This module works on whole Arrow columns (one compute pass per rule) because a loaded file has
 millions of rows; only the rows that fail get a per-row reason string.
@@ -22,64 +21,29 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.schema import Schema
-from pyiceberg.types import DoubleType, FloatType, IntegerType, LongType
 
-from iceberg_lake.ingest import decode
-from iceberg_lake.ingest.decode import DERIVED_TS, MAX_TS_NS, MIN_TS_NS
+from iceberg_lake.ingest.decode import (
+    _CONTROL_CHARS,
+    DERIVED_TS,
+    MAX_PARTITION_VALUE_BYTES,
+    MAX_TS_NS,
+    MIN_TS_NS,
+    ColumnRule,
+    column_rule,
+)
 from iceberg_lake.tables import registry
 
-_INT_RANGES = {IntegerType: (-(2**31), 2**31 - 1), LongType: (-(2**63), 2**63 - 1)}
-#: Partition values become a path segment of every data file (the decoder's limit when it has one).
-MAX_PARTITION_VALUE_BYTES: int = getattr(decode, "MAX_PARTITION_VALUE_BYTES", 0)
-_CONTROL_CHARS: str | None = getattr(decode, "_CONTROL_CHARS", None)
 
-
-@dataclass(frozen=True)
-class Rule:
-    """What one column accepts (the decoder's `ColumnRule` fields the loader uses)."""
-
-    name: str
-    int_range: tuple[int, int] | None = None
-    enum: tuple[Any, ...] | None = None
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    default: Any = None
-
-    def bounds_text(self) -> str:
-        parts = []
-        if self.gt is not None:
-            parts.append(f"> {self.gt:g}")
-        if self.ge is not None:
-            parts.append(f">= {self.ge:g}")
-        if self.le is not None:
-            parts.append(f"<= {self.le:g}")
-        return " and ".join(parts)
-
-
-def column_rules(identifier: str, schema: Schema) -> dict[str, Rule]:
+def column_rules(identifier: str, schema: Schema) -> dict[str, ColumnRule]:
     """The writers' rule of every live column of `identifier`."""
     declared = {}
     if identifier in registry():
         declared = {c.name: c for c in registry().get(identifier).columns}
-    writer_rule = getattr(decode, "column_rule", None)
-    rules: dict[str, Rule] = {}
-    for f in schema.fields:
-        if f.name == DERIVED_TS:
-            continue
-        if writer_rule is not None:
-            r = writer_rule(f.name, f.field_type, declared.get(f.name))
-            rules[f.name] = Rule(f.name, r.int_range, r.enum, r.ge, r.gt, r.le, r.default)
-            continue
-        is_float = isinstance(f.field_type, (DoubleType, FloatType))
-        is_int = type(f.field_type) in _INT_RANGES
-        rules[f.name] = Rule(
-            f.name,
-            int_range=_INT_RANGES.get(type(f.field_type)),
-            gt=0.0 if is_float and decode.is_price_column(f.name) else None,
-            ge=0 if is_int and decode.is_size_column(f.name) else None,
-        )
-    return rules
+    return {
+        f.name: column_rule(f.name, f.field_type, declared.get(f.name))
+        for f in schema.fields
+        if f.name != DERIVED_TS
+    }
 
 
 @dataclass
@@ -155,7 +119,7 @@ class Validator:
         return table
 
     @staticmethod
-    def _check_column(arr: Any, rule: Rule, reasons: dict[int, str]) -> None:
+    def _check_column(arr: Any, rule: ColumnRule, reasons: dict[int, str]) -> None:
         name = rule.name
         if rule.enum:
             allowed = pa.array(list(rule.enum)).cast(arr.type)
@@ -197,16 +161,14 @@ class Validator:
         if not (pa.types.is_string(key.type) or pa.types.is_large_string(key.type)):
             return
         _flag(reasons, pc.greater(pc.utf8_length(key), 0), _fixed(f"{name} is empty"))
-        if MAX_PARTITION_VALUE_BYTES:
-            ok = pc.less_equal(pc.binary_length(key), MAX_PARTITION_VALUE_BYTES)
-            text = (
-                f"{name} is longer than {MAX_PARTITION_VALUE_BYTES} bytes "
-                "(a partition value must fit in a file path)"
-            )
-            _flag(reasons, ok, _with_value(key, text))
-        if _CONTROL_CHARS:
-            ok = pc.invert(pc.match_substring_regex(key, _CONTROL_CHARS))
-            _flag(reasons, ok, _with_value(key, f"{name} contains a control character"))
+        ok = pc.less_equal(pc.binary_length(key), MAX_PARTITION_VALUE_BYTES)
+        text = (
+            f"{name} is longer than {MAX_PARTITION_VALUE_BYTES} bytes "
+            "(a partition value must fit in a file path)"
+        )
+        _flag(reasons, ok, _with_value(key, text))
+        ok = pc.invert(pc.match_substring_regex(key, _CONTROL_CHARS))
+        _flag(reasons, ok, _with_value(key, f"{name} contains a control character"))
 
 
 def _fixed(reason: str) -> Callable[[int], str]:
