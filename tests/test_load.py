@@ -205,9 +205,11 @@ def test_polygon_quotes_csv_gz(lake: LakeCatalog, duck, tmp_path: Path) -> None:
 def test_cli_parquet_with_mapping_jobs_and_compact(lake: LakeCatalog, duck, tmp_path: Path) -> None:
     mapping = tmp_path / "vendor.toml"
     mapping.write_text(TRADES_MAPPING)
-    a = write_parquet(tmp_path / "a.parquet", trades_table(3000))
+    (tmp_path / "files").mkdir()
+    a = write_parquet(tmp_path / "files" / "a.parquet", trades_table(3000))
     b = write_parquet(
-        tmp_path / "b.parquet", trades_table(2000, symbols=("ESU6",), start=T14 + 3 * HOUR_NS)
+        tmp_path / "files" / "b.parquet",
+        trades_table(2000, symbols=("ESU6",), start=T14 + 3 * HOUR_NS),
     )
     env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
     args = ["load", str(a), str(b), "--mapping", str(mapping), "--jobs", "2", "--compact"]
@@ -222,9 +224,15 @@ def test_cli_parquet_with_mapping_jobs_and_compact(lake: LakeCatalog, duck, tmp_
     assert got == [(5000, "vendor")]
     assert rows(duck, lake, "silver.futures_trades", "SELECT count(*) FROM t") == [(5000,)]
 
-    again = runner.invoke(app, args, env=env)
+    again = runner.invoke(
+        app, ["load", str(tmp_path / "files"), "--mapping", str(mapping)], env=env
+    )
     assert again.exit_code == 0, again.output
     assert "0 rows stored" in again.output
+    folder = runner.invoke(
+        app, ["load", str(tmp_path / "files"), "--mapping", str(mapping), "-o", "json"], env=env
+    )
+    assert [r["status"] for r in json.loads(folder.output)["results"]] == ["already-loaded"] * 2
     assert rows(duck, lake, "bronze.futures_trades", "SELECT count(*) FROM t") == [(5000,)]
 
 

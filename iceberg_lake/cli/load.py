@@ -29,7 +29,9 @@ TEXT_COLUMNS = {
     "snaps": "snapshots",
 }
 
-PATHS_ARGUMENT = typer.Argument(..., help="Files to load (DBN, CSV[.gz], Parquet, NDJSON).")
+PATHS_ARGUMENT = typer.Argument(
+    ..., help="Files (or folders of files) to load: DBN, CSV[.gz], Parquet, NDJSON."
+)
 
 
 def load(
@@ -65,9 +67,19 @@ def load(
 
     if fmt is not None and fmt not in FORMATS:
         raise typer.BadParameter(f"one of {', '.join(FORMATS)}", param_hint="--format")
+    files: list[Path] = []
     for p in paths:
-        if not p.is_file():
+        if p.is_dir():  # every file of a folder, in name order (a month of daily files)
+            files.extend(
+                sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+            )
+        elif p.is_file():
+            files.append(p)
+        else:
             raise typer.BadParameter(f"no such file: {p}", param_hint="PATHS")
+    if not files:
+        raise typer.BadParameter("no files to load", param_hint="PATHS")
+    paths = files
     options = LoadOptions(
         table=table,
         format=fmt,
