@@ -202,7 +202,7 @@ def test_polygon_quotes_csv_gz(lake: LakeCatalog, duck, tmp_path: Path) -> None:
 # ---- Parquet / NDJSON with a user mapping, CLI -------------------------------------------------
 
 
-def test_cli_parquet_with_mapping_jobs_and_compact(lake: LakeCatalog, duck, tmp_path: Path) -> None:
+def test_cli_parquet_with_mapping_and_compact(lake: LakeCatalog, duck, tmp_path: Path) -> None:
     mapping = tmp_path / "vendor.toml"
     mapping.write_text(TRADES_MAPPING)
     (tmp_path / "files").mkdir()
@@ -212,7 +212,7 @@ def test_cli_parquet_with_mapping_jobs_and_compact(lake: LakeCatalog, duck, tmp_
         trades_table(2000, symbols=("ESU6",), start=T14 + 3 * HOUR_NS),
     )
     env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
-    args = ["load", str(a), str(b), "--mapping", str(mapping), "--jobs", "2", "--compact"]
+    args = ["load", str(a), str(b), "--mapping", str(mapping), "--compact"]
 
     out = runner.invoke(app, [*args, "-o", "json"], env=env)
 
