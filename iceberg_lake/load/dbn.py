@@ -151,6 +151,7 @@ class DbnSource:
         self.record_class = record_class(self.schema)
         self.ts_out = bool(self.metadata.ts_out)
         self.dtype = record_dtype(self.record_class, self.ts_out)
+        self.fields: tuple[str, ...] = self.dtype.names or ()
         self.dataset = str(self.metadata.dataset)
 
     def _decoder(self) -> Any:
@@ -175,7 +176,7 @@ class DbnSource:
 
     @property
     def columns(self) -> list[str]:
-        names = [n for n in self.dtype.names if n not in hidden_fields(self.record_class)]
+        names = [n for n in self.fields if n not in hidden_fields(self.record_class)]
         return [*names, "symbol", "aggressor", "is_snapshot"]
 
     def batches(self, skip_rows: int = 0) -> Iterator[SourceBatch]:
@@ -250,7 +251,7 @@ class DbnSource:
         stamps = timestamp_fields(cls) | ({"ts_out"} if self.ts_out else set())
         hidden = hidden_fields(cls)
         columns: dict[str, pa.Array] = {}
-        for name in self.dtype.names:
+        for name in self.fields:
             if name in hidden:
                 continue
             values = records[name]
@@ -270,12 +271,12 @@ class DbnSource:
                 columns[name] = pa.array(values)
         iids = records["instrument_id"]
         columns["symbol"] = symbology.symbols(iids, records["ts_event"])
-        if "side" in self.dtype.names:
+        if "side" in self.fields:
             side = records["side"]
             columns["aggressor"] = pa.array(
                 np.where(side == b"B", 1, np.where(side == b"A", -1, 0)).astype(np.int8)
             )
-        if "flags" in self.dtype.names:
+        if "flags" in self.fields:
             columns["is_snapshot"] = pa.array((records["flags"] & d.F_SNAPSHOT) != 0)
         table = pa.table(columns)
         problems: dict[int, str] = {}
