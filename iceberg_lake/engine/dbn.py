@@ -1,4 +1,6 @@
-"""databento-dbn internals the loader relies on, in one place (guarded by tests/test_load_dbn.py).
+"""databento-dbn internals the loader relies on, in one place.
+
+Guarded by `tests/engine/test_dbn_guard.py`.
 
 Each record class of `databento_dbn` publishes its wire layout as NumPy dtype pairs
 (`_dtypes`) and which fields are fixed-point prices (`_price_fields`), nanosecond timestamps

@@ -69,7 +69,7 @@ def write_partition_files(
     read from each part's first row and every part goes straight to pyiceberg's `write_file`
     (which writes the parts in its thread pool). Uses pyiceberg internals (`WriteTask`,
     `write_file`, `bin_pack_arrow_table`, `pyarrow_to_schema`, `PartitionKey`): guarded by
-    `tests/test_engine_partition_files.py`, which compares the result with `write_data_files`.
+    `tests/engine/test_partition_files_guard.py`, which compares the result with `write_data_files`.
     """
     from pyiceberg.io.pyarrow import bin_pack_arrow_table, pyarrow_to_schema, write_file
     from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
