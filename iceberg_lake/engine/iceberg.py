@@ -507,10 +507,17 @@ class WatermarkedAppend:
         self.watermark = dict(watermark)
         self.snapshot_properties = dict(snapshot_properties or {})
         self._chunks: list[pa.Table] = []
+        self._parts: list[pa.Table] = []
 
     def append(self, rows: pa.Table) -> WatermarkedAppend:
         """Add rows to the snapshot (written when the block exits)."""
         self._chunks.append(rows)
+        return self
+
+    def append_partitions(self, parts: list[pa.Table]) -> WatermarkedAppend:
+        """Add rows already split by partition, one table per partition (see
+        `write_partition_files`): written without pyiceberg's per-partition filter passes."""
+        self._parts.extend(p for p in parts if p.num_rows)
         return self
 
     def commit(self) -> int | None:
@@ -520,7 +527,14 @@ class WatermarkedAppend:
                 tx.set_properties(self.watermark)
             for rows in self._chunks:
                 tx.append(rows, snapshot_properties=self.snapshot_properties)
+            if self._parts:
+                with tx._append_snapshot_producer(self.snapshot_properties) as append_files:
+                    for f in write_partition_files(
+                        self.table, self._parts, append_files.commit_uuid
+                    ):
+                        append_files.append_data_file(f)
         self._chunks = []
+        self._parts = []
         snapshot = self.table.current_snapshot()
         return snapshot.snapshot_id if snapshot else None
 

@@ -11,8 +11,10 @@ Dead letters of a commit go first, to `bronze.dead_letters`, with their own entr
 (`lake.load.<table>.<sha256>`); the target table's commit follows. A re-run after a kill between
 the two skips the bad rows the quarantine already holds.
 
-Rows are sorted by partition and event time, and each (symbol, hour) partition is written as its
-own data files (pyiceberg would otherwise filter the whole batch once per partition), then one
+Commits go through the writers' append path (`engine.iceberg.watermarked_append`: memoised
+metadata, fast append with the bounded manifest fold, ledger and rows in one transaction). Rows
+are sorted by partition and event time and handed over one slice per (symbol, hour) partition
+(`append_partitions`: pyiceberg would otherwise filter the whole batch once per partition); one
 append snapshot adds them all. Concurrent loaders (other files, `--jobs`) and live writers commit
 to the same tables: a lost compare-and-swap is retried on a refreshed table, after checking the
 ledger so a commit whose response was lost is never repeated.
@@ -20,11 +22,9 @@ ledger so a commit whose response was lost is never repeated.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 import time
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,12 +32,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.io.pyarrow import schema_to_pyarrow
-from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.engine.iceberg import write_partition_files
+from iceberg_lake.engine.iceberg import watermarked_append
 from iceberg_lake.exceptions import CommitConflictError
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
 from iceberg_lake.tables import DEAD_LETTERS_TABLE
@@ -48,6 +47,10 @@ HOUR_NS = 3600 * 10**9
 DONE = "done"
 #: Attempts at one commit before giving up (each on a refreshed table, with backoff).
 MAX_ATTEMPTS = 12
+
+
+class ConcurrentLoadError(CommitConflictError):
+    """Another process is loading the same file (same content) into the same table right now."""
 
 
 def ledger_key(sha256: str) -> str:
@@ -145,9 +148,11 @@ class FileCommitter:
                     rows = dead_letter_table(
                         fresh, schema_to_pyarrow(table.schema(), include_field_ids=False)
                     )
-                    with table.transaction() as tx:
-                        tx.set_properties({self.dl_key: ledger_value(end_row, False)})
-                        tx.append(rows, snapshot_properties=self._summary(len(fresh), end_row))
+                    watermarked_append(
+                        table,
+                        watermark={self.dl_key: ledger_value(end_row, False)},
+                        snapshot_properties=self._summary(len(fresh), end_row),
+                    ).append(rows).commit()
                 return
             except CommitFailedException as exc:
                 self._backoff(attempt, exc)
@@ -168,37 +173,30 @@ class FileCommitter:
         prepared = self._sort(rows.cast(schema)) if rows.num_rows else rows
         del rows  # the unsorted copy is not needed any more
         partitions = self._partitions(prepared)
-        files: list[DataFile] | None = None
+        parts = [prepared.slice(o, n) for o, n in self._bounds(prepared)]
         for attempt in range(MAX_ATTEMPTS):
             committed, was_done = parse_ledger(self.table.properties.get(self.key))
             if was_done or committed >= end_row and not done:
                 return CommitOutcome(0, 0, None, set())
             if committed > first_row:
                 # Another process loading the same file got further: never store rows twice.
-                raise CommitConflictError(
+                raise ConcurrentLoadError(
                     f"{self.file_name} is being loaded into {self.table_id} by another process"
                 )
             try:
                 with catalog_errors(f"committing {self.file_name} to {self.table_id}"):
-                    if prepared.num_rows and files is None:
-                        files = self._write_files(prepared)
-                    with self.table.transaction() as tx:
-                        tx.set_properties({self.key: ledger_value(end_row, done)})
-                        if files:
-                            summary = self._summary(prepared.num_rows, end_row, first_row)
-                            update = tx.update_snapshot(snapshot_properties=summary)
-                            merge = self.table.properties.get("commit.manifest-merge.enabled")
-                            producer = (
-                                update.merge_append()
-                                if str(merge).lower() == "true"
-                                else update.fast_append()
-                            )
-                            with producer as append:
-                                for f in files:
-                                    append.append_data_file(f)
-                snapshot = self.table.current_snapshot() if files else None
+                    summary = self._summary(prepared.num_rows, end_row, first_row)
+                    snapshot_id = (
+                        watermarked_append(
+                            self.table,
+                            watermark={self.key: ledger_value(end_row, done)},
+                            snapshot_properties=summary,
+                        )
+                        .append_partitions(parts)
+                        .commit()
+                    )
                 return CommitOutcome(
-                    prepared.num_rows, 0, snapshot.snapshot_id if snapshot else None, partitions
+                    prepared.num_rows, 0, snapshot_id if parts else None, partitions
                 )
             except CommitFailedException as exc:
                 self._backoff(attempt, exc)
@@ -275,8 +273,3 @@ class FileCommitter:
             hour = int(ts[offset].as_py()) // HOUR_NS
             out.add((str(keys[offset].as_py()) if keys is not None else "", hour))
         return out
-
-    def _write_files(self, rows: pa.Table) -> list[DataFile]:
-        """Write each partition's run of rows as data files (not yet committed)."""
-        parts = [rows.slice(o, n) for o, n in self._bounds(rows)]
-        return write_partition_files(self.table, parts, uuid.uuid4(), itertools.count())

@@ -30,7 +30,7 @@ from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings
 from iceberg_lake.exceptions import LakeError
 from iceberg_lake.ingest.dead_letters import DeadLetter
-from iceberg_lake.load.commit import HOUR_NS, FileCommitter
+from iceberg_lake.load.commit import HOUR_NS, ConcurrentLoadError, FileCommitter
 from iceberg_lake.load.mapping import (
     DEFAULT_SOURCE,
     Mapping,
@@ -87,7 +87,9 @@ class LoadResult:
         file: the path.
         sha256: content hash (the file's identity in the ledger).
         table: target table.
-        status: `loaded`, `resumed` (continued an interrupted load) or `already-loaded`.
+        status: `loaded`, `resumed` (continued an interrupted load), `already-loaded`, or
+            `loading-elsewhere` (another process is loading the same content: it stores the
+            rows, this run stopped without storing any more).
         rows_read: file rows read by this run (rows committed before a resume excluded).
         rows_stored: rows appended to the table by this run.
         dead_lettered: rows sent to `bronze.dead_letters` by this run.
@@ -294,29 +296,33 @@ def load_file(
 
     if progress is not None:
         progress(path.name, 0, 0.0, time.perf_counter() - t0)
-    for whole in source.batches(skip_rows=committed):
-        for batch in _pieces(whole, commit_rows - (position - chunk_first), commit_rows):
-            converted = convert(batch.table, mapping, target, source_name, batch.problems)
-            checked = validator.check(converted.table, converted.problems)
-            if checked.good.num_rows:
-                buffer.append(checked.good)
-                buffered_bytes += checked.good.nbytes
-            if checked.bad:
-                now = time.time_ns()
-                raws = _row_json(batch.table, [r for r, _ in checked.bad])
-                for (row, reason), raw in zip(checked.bad, raws, strict=True):
-                    file_row = batch.first_row + row
-                    if file_row >= dl_committed:
-                        letters.append(
-                            DeadLetter(now, table_id, subject, stream, file_row, reason, raw)
-                        )
-            position = batch.first_row + batch.table.num_rows
-            result.rows_read = position - committed
-            if progress is not None:
-                progress(path.name, result.rows_read, batch.progress, time.perf_counter() - t0)
-            if position - chunk_first >= commit_rows or buffered_bytes >= MAX_BUFFER_BYTES:
-                flush(position, last=False)
-    flush(position, last=True)
+    try:
+        for whole in source.batches(skip_rows=committed):
+            for batch in _pieces(whole, commit_rows - (position - chunk_first), commit_rows):
+                converted = convert(batch.table, mapping, target, source_name, batch.problems)
+                checked = validator.check(converted.table, converted.problems)
+                if checked.good.num_rows:
+                    buffer.append(checked.good)
+                    buffered_bytes += checked.good.nbytes
+                if checked.bad:
+                    now = time.time_ns()
+                    raws = _row_json(batch.table, [r for r, _ in checked.bad])
+                    for (row, reason), raw in zip(checked.bad, raws, strict=True):
+                        file_row = batch.first_row + row
+                        if file_row >= dl_committed:
+                            letters.append(
+                                DeadLetter(now, table_id, subject, stream, file_row, reason, raw)
+                            )
+                position = batch.first_row + batch.table.num_rows
+                result.rows_read = position - committed
+                if progress is not None:
+                    progress(path.name, result.rows_read, batch.progress, time.perf_counter() - t0)
+                if position - chunk_first >= commit_rows or buffered_bytes >= MAX_BUFFER_BYTES:
+                    flush(position, last=False)
+        flush(position, last=True)
+    except ConcurrentLoadError:
+        # A copy of this file (same SHA-256) is loading in another process right now.
+        result.status = "loading-elsewhere"
     result.partitions = sorted(
         (sym, datetime.fromtimestamp(hour * HOUR_NS / 1e9, tz=UTC).strftime("%Y-%m-%dT%H"))
         for sym, hour in partitions

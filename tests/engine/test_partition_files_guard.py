@@ -70,3 +70,49 @@ def test_partition_files_match_pyicebergs_own_partitioned_write(tmp_path: Path) 
     back = lake.load_table("bronze.stocks_trades").scan().to_arrow()
     assert back.num_rows == n
     assert sorted(back.column("seq").to_pylist()) == list(range(n))
+
+
+def test_watermarked_append_of_partitions_is_one_snapshot_with_the_watermark(
+    tmp_path: Path,
+) -> None:
+    """`WatermarkedAppend.append_partitions` uses the transaction's private append producer."""
+    from iceberg_lake.engine.iceberg import watermarked_append
+
+    lake = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(tmp_path / "data")}))
+    lake.ensure_warehouse()
+    lake.ensure_namespaces()
+    lake.create_table(lake.definition("bronze.futures_trades"))
+    table = lake.load_table("bronze.futures_trades")
+    schema = lake.definition("bronze.futures_trades").arrow_schema()
+    parts = []
+    for k, sym in enumerate(("ESH6", "ESM6")):
+        ts = [T14 + k * HOUR_NS + i for i in range(50)]
+        cols = {
+            "ts_event_ns": pa.array(ts, pa.int64()),
+            "ts_recv_ns": pa.array(ts, pa.int64()),
+            "source": pa.array(["t"] * 50),
+            "symbol": pa.array([sym] * 50),
+            "price": pa.array([6000.0] * 50),
+            "size": pa.array([1] * 50, pa.int32()),
+            "seq": pa.array(range(50), pa.int64()),
+            "ts_event": pa.array([t // 1000 for t in ts], pa.int64()).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
+        }
+        n = 50
+        full = {f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in schema}
+        parts.append(pa.table(full).cast(schema))
+
+    snapshot_id = (
+        watermarked_append(table, watermark={"lake.x": "7"}, snapshot_properties={"k": "v"})
+        .append_partitions(parts)
+        .commit()
+    )
+
+    fresh = lake.load_table("bronze.futures_trades")
+    assert len(fresh.metadata.snapshots) == 1
+    assert fresh.current_snapshot().snapshot_id == snapshot_id  # type: ignore[union-attr]
+    assert fresh.current_snapshot().summary["k"] == "v"  # type: ignore[union-attr]
+    assert fresh.properties["lake.x"] == "7"
+    assert fresh.scan().count() == 100
+    assert len(fresh.inspect.files()) == 2
