@@ -365,7 +365,7 @@ def _run_with_progress(
                 stream.write(msgspec.json.encode(event.as_dict()) + b"\n")
                 count += 1
                 if count % 1_000 == 0:
-                    progress(count, event.row["ts_event_ns"])
+                    progress(count, event.ts_event_ns)
             progress(count, engine.end_ns)
         finally:
             if out:
