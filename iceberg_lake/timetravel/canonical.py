@@ -57,18 +57,18 @@ def _msgspec_each(values: pa.Array) -> pa.Array:
 def _floats(col: pa.Array) -> pa.Array:
     if not pa.types.is_float64(col.type):
         col = pc.cast(col, pa.float64())
-    text = pc.cast(col, pa.string())
-    integral = pc.invert(pc.match_substring(text, "."))
-    text = pc.if_else(integral, pc.binary_join_element_wise(text, ".0", ""), text)
+    values = col.to_numpy(zero_copy_only=False)  # nulls become NaN: handled as unsafe below
+    with np.errstate(invalid="ignore"):
+        magnitude = np.abs(values)
+        zero = values == 0.0
+        safe = ((magnitude >= _FLOAT_LO) & (magnitude < _FLOAT_HI)) | zero
+        integral = safe & (np.floor(values) == values)
     # -0.0 is written as 0.0: the replay always read rows through DuckDB's ORDER BY, whose
     # normalised sort keys turn -0.0 into 0.0, so that is what every recorded hash contains.
-    text = pc.if_else(pc.equal(col, 0.0), "0.0", text)
-    magnitude = pc.abs(col)
-    safe = pc.or_(
-        pc.and_(pc.greater_equal(magnitude, _FLOAT_LO), pc.less(magnitude, _FLOAT_HI)),
-        pc.equal(col, 0.0),
-    )
-    unsafe = pc.and_(pc.invert(safe), pc.is_valid(col))
+    text = pc.cast(pc.if_else(pa.array(zero), 0.0, col) if zero.any() else col, pa.string())
+    if integral.any():
+        text = pc.if_else(pa.array(integral), pc.binary_join_element_wise(text, ".0", ""), text)
+    unsafe = pc.and_(pc.invert(pa.array(safe)), pc.is_valid(col))
     if pc.any(unsafe).as_py():
         positions = np.flatnonzero(unsafe.to_numpy(zero_copy_only=False))
         picked = col.take(pa.array(positions)).to_pylist()

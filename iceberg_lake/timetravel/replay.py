@@ -66,6 +66,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -357,6 +358,7 @@ class ReplayEngine:
         self.prefetch = prefetch
         self._sources = self._resolve_pins()
         self.pins: dict[str, int | None] = {s.identifier: s.snapshot_id for s in self._sources}
+        self._stats_lock = threading.Lock()
         self._reset()
         self._schema: pa.Schema | None = None
 
@@ -419,8 +421,9 @@ class ReplayEngine:
     def _read(self, con: duckdb.DuckDBPyConnection, source: _Source, lo: int, hi: int) -> _Part:
         with catalog_errors(f"replaying {source.identifier}"):
             rows = con.execute(source.read_sql(lo, hi)).arrow().read_all()
-        self.partition_reads += 1
-        self.max_partition_rows = max(self.max_partition_rows, rows.num_rows)
+        with self._stats_lock:
+            self.partition_reads += 1
+            self.max_partition_rows = max(self.max_partition_rows, rows.num_rows)
         rows = source.sorted_rows(con, rows).combine_chunks()
         payloads = encode_rows(rows).cast(pa.binary())  # zero-copy
         ts = rows.column("ts_event_ns").to_numpy()
@@ -454,13 +457,21 @@ class ReplayEngine:
         )
 
     def _prepare(
-        self, con: duckdb.DuckDBPyConnection, buckets: list[set[int]], lo: int, hi: int
+        self,
+        cursors: list[duckdb.DuckDBPyConnection],
+        buckets: list[set[int]],
+        lo: int,
+        hi: int,
+        pool: ThreadPoolExecutor | None,
     ) -> _Window:
-        parts = [
-            p
-            for i in range(len(self._sources))
-            if (p := self._part(con, i, buckets[i], lo, hi)) is not None and len(p.ts)
-        ]
+        indexes = range(len(self._sources))
+        if pool is None:
+            found = [self._part(cursors[i], i, buckets[i], lo, hi) for i in indexes]
+        else:
+            # Tables are read, ordered and encoded in parallel (DuckDB and Arrow release the GIL).
+            futures = [pool.submit(self._part, cursors[i], i, buckets[i], lo, hi) for i in indexes]
+            found = [f.result() for f in futures]
+        parts = [p for p in found if p is not None and len(p.ts)]
         if not parts:
             return _Window(lo, hi, [], None, np.empty(0, np.int8), 0)
         if len(parts) == 1:
@@ -497,18 +508,19 @@ class ReplayEngine:
             source._cache = None
         hours, buckets = self._plan()
         con = Lake(self.catalog).connect()
-        pool = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay")
-            if self.prefetch
+        cursors = [con.cursor() for _ in self._sources]
+        pool = ThreadPoolExecutor(1, thread_name_prefix="replay") if self.prefetch else None
+        parts_pool = (
+            ThreadPoolExecutor(min(3, len(self._sources)), thread_name_prefix="replay-table")
+            if self.prefetch and len(self._sources) > 1
             else None
         )
         pending: Future[_Window] | None = None
         try:
 
             def prepare(h: int) -> _Window:
-                return self._prepare(
-                    con, buckets, max(self.start_ns, h), min(self.end_ns, h + _NS_PER_HOUR)
-                )
+                lo, hi = max(self.start_ns, h), min(self.end_ns, h + _NS_PER_HOUR)
+                return self._prepare(cursors, buckets, lo, hi, parts_pool)
 
             for i, hour in enumerate(hours):
                 if pool is None:
@@ -527,10 +539,13 @@ class ReplayEngine:
         finally:
             if pending is not None:
                 pending.cancel()
-            if pool is not None:
-                pool.shutdown(wait=True)
+            for executor in (pool, parts_pool):
+                if executor is not None:
+                    executor.shutdown(wait=True)
             for source in self._sources:
                 source._cache = None
+            for cursor in cursors:
+                cursor.close()
             con.close()
 
     # ---- Arrow output --------------------------------------------------------------------------
