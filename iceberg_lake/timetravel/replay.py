@@ -493,9 +493,7 @@ class ReplayEngine:
             framed = pc.binary_join_element_wise(prefixes, payloads, b"\n", b"")
         # The hash: one update over the window's bytes (offsets are contiguous after a join).
         framed = framed.cast(pa.binary())
-        offsets = np.frombuffer(
-            framed.buffers()[1], dtype=np.int32, count=len(framed) + 1, offset=framed.offset * 4
-        )
+        offsets = _offsets(framed)
         data = framed.buffers()[2]
         if data is not None:
             self._hash.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
@@ -733,14 +731,15 @@ class ReplayEngine:
                 f"{', '.join(flat)} rows are flattened (one per level); the Gold writer would "
                 "dead-letter them on their original subject: replay them under a prefix"
             )
+        from iceberg_lake.engine import nats as bus
+
+        headers = pa.array(
+            [bus.pub_frame_header(replay_subject(s.subject, prefix)) for s in self._sources],
+            pa.binary(),
+        )
         own = nc is None
         if nc is None:
-            from iceberg_lake.engine.nats import connect
-
-            nc = await connect(self.catalog.settings, name="iceberg_lake-replay")
-        subjects = np.array(
-            [replay_subject(s.subject, prefix) for s in self._sources], dtype=object
-        )
+            nc = await bus.connect(self.catalog.settings, name="iceberg_lake-replay")
         pacer = _Pacer(self.speed)
         sent = 0
         try:
@@ -750,16 +749,32 @@ class ReplayEngine:
                 if window.order is not None:
                     payloads = payloads.take(pa.array(window.order))
                     ts = ts[window.order]
-                data = payloads.to_pylist()
-                subj = subjects[window.sources].tolist()
-                i, n = 0, len(data)
+                sizes = pc.binary_length(payloads)
+                if pc.max(sizes).as_py() > nc.max_payload:
+                    raise TimeTravelError(
+                        f"an event is larger than NATS max_payload ({nc.max_payload})"
+                    )
+                # Every event's whole PUB frame, built at once: header, size, CRLF, payload, CRLF.
+                frames = pc.binary_join_element_wise(
+                    headers.take(pa.array(window.sources)),
+                    pc.cast(sizes, pa.string()).cast(pa.binary()),
+                    b"\r\n",
+                    payloads,
+                    b"\r\n",
+                    b"",
+                )
+                offsets = _offsets(frames)
+                data = memoryview(frames.buffers()[2])
+                size_offsets = np.concatenate([[0], np.cumsum(sizes.to_numpy())])
+                i, n = 0, len(frames)
                 while i < n:
                     hi = min(n, i + batch)
                     if self.speed:
                         hi = await _paced_cut(pacer, ts, i, hi)
-                    for s, p in zip(subj[i:hi], data[i:hi], strict=True):
-                        await nc.publish(s, p)
-                    await nc.flush()
+                    chunk = bytes(data[int(offsets[i]) : int(offsets[hi])])
+                    await bus.publish_frames(
+                        nc, chunk, hi - i, int(size_offsets[hi] - size_offsets[i])
+                    )
                     sent += hi - i
                     if progress is not None:
                         progress(sent, int(ts[hi - 1]))
@@ -810,6 +825,13 @@ async def _paced_cut(pacer: _Pacer, ts: np.ndarray, lo: int, hi: int) -> int:
         await asyncio.sleep(delay)
     horizon = pacer.event_time_now() + 1_000_000  # everything due within the next millisecond
     return lo + max(1, int(np.searchsorted(ts[lo:hi], horizon, side="right")))
+
+
+def _offsets(array: pa.Array) -> np.ndarray:
+    """The int32 value offsets of a binary array (n + 1 of them), as numpy (zero-copy)."""
+    return np.frombuffer(
+        array.buffers()[1], dtype=np.int32, count=len(array) + 1, offset=array.offset * 4
+    )
 
 
 def _unify(a: pa.DataType, b: pa.DataType) -> pa.DataType:
