@@ -10,9 +10,10 @@ encoding must never change: a manifest written by an older version has to verify
 * integers and booleans: Arrow's cast to string (`12`, `true`), identical to msgspec;
 * floats (float32 is widened to float64 first, as `to_pylist` does): Arrow's shortest round-trip
   digits, with `.0` appended to integral values; `-0.0` is written `0.0` (the replay has always
-  read rows through DuckDB's `ORDER BY`, which normalises it, so recorded hashes contain `0.0`). Arrow and msgspec agree on the digits but not on
-  the notation outside `1e-5 <= |x| < 1e9` (`1e+16` vs `1e16`), so values outside that range, and
-  NaN/±inf (msgspec writes `null`), are encoded one by one with msgspec;
+  read rows through DuckDB's `ORDER BY`, which normalises it, so recorded hashes contain `0.0`).
+  Arrow and msgspec agree on the digits but not on the notation outside `1e-5 <= |x| < 1e9`
+  (`1e+16` vs `1e16`), so values outside that range, and NaN/±inf (msgspec writes `null`), are
+  encoded one by one with msgspec;
 * strings: quoted as they are (msgspec writes non-ASCII as UTF-8); a string that needs escaping
   (`"`, `\\`, control characters) is encoded by msgspec; low-cardinality columns are formatted once
   per distinct value through a dictionary;
