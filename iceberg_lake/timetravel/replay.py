@@ -199,6 +199,10 @@ class _Window:
     #: Source index of every merged row.
     sources: np.ndarray
     count: int
+    #: Canonical JSON of every row, in replay order.
+    payloads: pa.Array | None = None
+    #: Event time of every row, in replay order.
+    ts: np.ndarray | None = None
 
 
 class _Source:
@@ -478,8 +482,9 @@ class ReplayEngine:
             # Single table: already in order, no merge.
             order = None
             sources = np.full(len(parts[0].ts), parts[0].index, dtype=np.int8)
+            payloads, ts = parts[0].payloads, parts[0].ts
             framed = pc.binary_join_element_wise(
-                self._sources[parts[0].index].prefix, parts[0].payloads, b"\n", b""
+                self._sources[parts[0].index].prefix, payloads, b"\n", b""
             )
         else:
             lengths = [len(p.ts) for p in parts]
@@ -487,6 +492,7 @@ class ReplayEngine:
             order = np.argsort(np.concatenate([p.ts for p in parts]), kind="stable")
             sources = np.repeat(np.array([p.index for p in parts], dtype=np.int8), lengths)[order]
             payloads = pa.concat_arrays([p.payloads for p in parts]).take(pa.array(order))
+            ts = np.concatenate([p.ts for p in parts])[order]
             prefixes = pa.array([s.prefix for s in self._sources], pa.binary()).take(
                 pa.array(sources)
             )
@@ -497,7 +503,7 @@ class ReplayEngine:
         data = framed.buffers()[2]
         if data is not None:
             self._hash.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
-        return _Window(lo, hi, parts, order, sources, len(sources))
+        return _Window(lo, hi, parts, order, sources, len(sources), payloads, ts)
 
     def _windows(self) -> Iterator[_Window]:
         """Every hour window in order, the next one prepared while the current is consumed."""
@@ -611,26 +617,15 @@ class ReplayEngine:
     # ---- the event stream ---------------------------------------------------------------------
 
     def _window_events(self, window: _Window) -> list[ReplayEvent]:
+        assert window.payloads is not None and window.ts is not None
+        payloads, ts = window.payloads.to_pylist(), window.ts.tolist()
+        if window.order is None:
+            src, n = self._sources[window.parts[0].index], len(ts)
+            return list(map(ReplayEvent, [src.identifier] * n, [src.subject] * n, payloads, ts))
         idents = np.array([s.identifier for s in self._sources], dtype=object)
         subjects = np.array([s.subject for s in self._sources], dtype=object)
-        if window.order is None:
-            part = window.parts[0]
-            payloads = part.payloads.to_pylist()
-            ts = part.ts.tolist()
-            n = len(ts)
-            src = self._sources[part.index]
-            return list(map(ReplayEvent, [src.identifier] * n, [src.subject] * n, payloads, ts))
-        payloads = pa.concat_arrays([p.payloads for p in window.parts]).take(pa.array(window.order))
-        ts = np.concatenate([p.ts for p in window.parts])[window.order].tolist()
-        return list(
-            map(
-                ReplayEvent,
-                idents[window.sources].tolist(),
-                subjects[window.sources].tolist(),
-                payloads.to_pylist(),
-                ts,
-            )
-        )
+        tables = idents[window.sources].tolist()
+        return list(map(ReplayEvent, tables, subjects[window.sources].tolist(), payloads, ts))
 
     def events(self) -> Iterator[ReplayEvent]:
         """Every event of the window in replay order (no pacing), updating the manifest."""
@@ -744,11 +739,8 @@ class ReplayEngine:
         sent = 0
         try:
             async for window in self._awindows():
-                payloads = pa.concat_arrays([p.payloads for p in window.parts])
-                ts = np.concatenate([p.ts for p in window.parts])
-                if window.order is not None:
-                    payloads = payloads.take(pa.array(window.order))
-                    ts = ts[window.order]
+                payloads, ts = window.payloads, window.ts
+                assert payloads is not None and ts is not None
                 sizes = pc.binary_length(payloads)
                 if pc.max(sizes).as_py() > nc.max_payload:
                     raise TimeTravelError(
