@@ -15,28 +15,31 @@ then every remaining column in schema order (nulls first). That is a total order
 rows, defined by the data alone, so it does not depend on how the rows are split into files:
 recompacting Silver, or appending newer data the pins do not see, leaves the sequence unchanged.
 
-How it runs (one pipeline behind every output). The window is cut into hour windows. For each,
-every table's rows of that hour are read through DuckDB's `iceberg_scan` of the pinned snapshot
-(partition pruning, no `ORDER BY`), then put in replay order without a full sort: a stable
-argsort of `ts_event_ns` (linear on the sorted runs that Silver files and time-ordered appends
-already are), and only rows that share a `ts_event_ns` with another row of the same table are
-ordered by the full tie-break key (by DuckDB, with the same `ORDER BY` as before, so equal keys
-order exactly as they always did). Tables are merged by one stable argsort of the concatenated
-event times (table order breaks ties, the within-table order is kept). Each row's canonical JSON
-is built column-wise (`iceberg_lake.timetravel.canonical`) and the sequence hash is one SHA-256
-update over the window's concatenated, merged bytes. A background thread prepares the next
-window while the current one is consumed. Day-partitioned tables (greeks) are read once per day
-and sliced by hour.
+How it runs (one pipeline behind every output). The window is cut into read windows: whole UTC
+hours, grouped while the rows they hold (estimated from the pinned files' statistics, all tables)
+stay under `window_rows` (400k), so sparse data costs few queries and dense data is read hour by
+hour. For each window, every table's rows are read through DuckDB's `iceberg_scan` of the pinned
+snapshot (partition pruning, no `ORDER BY`; one thread per table), then put in replay order without
+a full sort: a stable argsort of `ts_event_ns` (linear on the sorted runs that Silver files and
+time-ordered appends already are), and only rows that share a `ts_event_ns` with another row of the
+same table are ordered by the full tie-break key (by DuckDB, with the same `ORDER BY` as before, so
+equal keys order exactly as they always did). Tables are merged by one stable argsort of the
+concatenated event times (table order breaks ties, the within-table order is kept). Each row's
+canonical JSON is built column-wise (`iceberg_lake.timetravel.canonical`) and the sequence hash is
+one SHA-256 update over the window's concatenated, merged bytes. A background thread prepares the
+next window while the current one is consumed. Day-partitioned tables (greeks) are read once per
+day and sliced by window.
 
-Bounded memory: at most two hour windows (the current and the prefetched one) plus one day of a
-day-partitioned table are held, never the whole replay window.
+Bounded memory: at most two read windows (the current and the prefetched one; each about
+`window_rows` rows, or one hour if an hour holds more) plus one day of a day-partitioned table are
+held, never the whole replay window.
 
 Outputs.
 
 * `batches()` yields `pyarrow.RecordBatch`es in replay order: a `table` column (dictionary of
   table identifiers) followed by the union of the tables' columns (first-seen order; a table
   without a column has nulls there; a column whose type differs between tables, e.g. `exchange`
-  int in stocks and string in futures, is a string column). Batches never span two hour windows.
+  int in stocks and string in futures, is a string column). Batches never span two read windows.
 * `events()` yields `ReplayEvent`s (table, subject, canonical payload bytes, `ts_event_ns`); the
   row dict is decoded from the payload only when `event.row` is read. Iterating the engine
   yields dicts (`table` + row) as before.
@@ -236,12 +239,16 @@ class _Source:
         keys.extend(self.columns)
         return [k for k in dict.fromkeys(keys) if k in self.columns]
 
-    def buckets(self, start_ns: int, end_ns: int) -> list[int]:
-        """Start (ns) of every time partition in the window that holds data, ascending."""
+    def buckets(self, start_ns: int, end_ns: int) -> dict[int, float]:
+        """Start (ns) of every time partition in the window that holds data → rows (estimate).
+
+        From the pinned snapshot's file statistics (no data read): a file's `record_count` is
+        spread evenly over the partitions its `ts_event_ns` bounds span.
+        """
         if self.snapshot_id is None:
-            return []
+            return {}
         field_id = self.table.schema().find_field("ts_event_ns").field_id
-        found: set[int] = set()
+        found: dict[int, float] = {}
         scan = self.table.scan(
             row_filter=window_filter(start_ns, end_ns), snapshot_id=self.snapshot_id
         )
@@ -253,11 +260,11 @@ class _Source:
                 else:
                     lo = max(start_ns, int.from_bytes(lower[field_id], "little", signed=True))
                     hi = min(end_ns - 1, int.from_bytes(upper[field_id], "little", signed=True))
-                b = lo - lo % self.bucket_ns
-                while b <= hi:
-                    found.add(b)
-                    b += self.bucket_ns
-        return sorted(found)
+                first = lo - lo % self.bucket_ns
+                spanned = range(first, hi + 1, self.bucket_ns)
+                for b in spanned:
+                    found[b] = found.get(b, 0.0) + task.file.record_count / len(spanned)
+        return dict(sorted(found.items()))
 
     def read_sql(self, lo_ns: int, hi_ns: int) -> str:
         """SQL for the rows of `[lo_ns, hi_ns)` (no order: `_sorted` orders them)."""
@@ -325,7 +332,9 @@ class ReplayEngine:
             None pins each table's current snapshot.
         speed: None or 0 = as fast as possible; N = N× real time.
         batch_rows: largest record batch `batches()` yields.
-        prefetch: prepare the next hour window on a background thread.
+        window_rows: rows (estimated from file statistics, all tables) per read window; hours
+            are grouped up to it. Bounds memory: about 1 KB per row for the two windows held.
+        prefetch: prepare the next window on a background thread.
 
     Raises:
         TimeTravelError: empty table list, bad window, unknown pin, table without event time.
@@ -342,6 +351,7 @@ class ReplayEngine:
         *,
         speed: float | None = None,
         batch_rows: int = 65_536,
+        window_rows: int = 400_000,
         prefetch: bool = True,
     ) -> None:
         self.catalog = settings if isinstance(settings, LakeCatalog) else LakeCatalog(settings)
@@ -359,6 +369,7 @@ class ReplayEngine:
         self.as_of = as_of
         self.speed = speed or None
         self.batch_rows = batch_rows
+        self.window_rows = window_rows
         self.prefetch = prefetch
         self._sources = self._resolve_pins()
         self.pins: dict[str, int | None] = {s.identifier: s.snapshot_id for s in self._sources}
@@ -411,16 +422,36 @@ class ReplayEngine:
         self.partition_reads = 0
         self.max_partition_rows = 0
 
-    def _plan(self) -> tuple[list[int], list[set[int]]]:
-        """Hour windows that may hold data, and each source's partitions that hold data."""
-        buckets = [set(s.buckets(self.start_ns, self.end_ns)) for s in self._sources]
-        hours: set[int] = set()
-        for source, found in zip(self._sources, buckets, strict=True):
-            for b in found:
+    def _plan(self) -> tuple[list[tuple[int, int]], list[set[int]]]:
+        """The read windows, and each source's partitions that hold data.
+
+        Windows are whole UTC hours, grouped while their estimated rows (all tables) stay under
+        `window_rows`, so sparse data is read in few queries and dense data hour by hour. A
+        window never crosses midnight when a day-partitioned table takes part (its day is read
+        once and sliced).
+        """
+        planned = [s.buckets(self.start_ns, self.end_ns) for s in self._sources]
+        per_hour: dict[int, float] = {}
+        for source, found in zip(self._sources, planned, strict=True):
+            for b, rows in found.items():
                 lo = max(self.start_ns, b)
                 hi = min(self.end_ns, b + source.bucket_ns)
-                hours.update(range(lo - lo % _NS_PER_HOUR, hi, _NS_PER_HOUR))
-        return sorted(hours), buckets
+                hours = range(lo - lo % _NS_PER_HOUR, hi, _NS_PER_HOUR)
+                for h in hours:
+                    per_hour[h] = per_hour.get(h, 0.0) + rows / len(hours)
+        by_day = any(s.bucket_ns == _NS_PER_DAY for s in self._sources)
+        windows: list[tuple[int, int]] = []
+        rows_in = 0.0
+        for h in sorted(per_hour):
+            same_day = not by_day or (windows and windows[-1][0] // _NS_PER_DAY == h // _NS_PER_DAY)
+            if windows and same_day and rows_in + per_hour[h] <= self.window_rows:
+                windows[-1] = (windows[-1][0], h + _NS_PER_HOUR)
+                rows_in += per_hour[h]
+            else:
+                windows.append((h, h + _NS_PER_HOUR))
+                rows_in = per_hour[h]
+        clipped = [(max(self.start_ns, lo), min(self.end_ns, hi)) for lo, hi in windows]
+        return clipped, [set(found) for found in planned]
 
     def _read(self, con: duckdb.DuckDBPyConnection, source: _Source, lo: int, hi: int) -> _Part:
         with catalog_errors(f"replaying {source.identifier}"):
@@ -437,11 +468,14 @@ class ReplayEngine:
         self, con: duckdb.DuckDBPyConnection, index: int, buckets: set[int], lo: int, hi: int
     ) -> _Part | None:
         source = self._sources[index]
+        if source.bucket_ns == _NS_PER_HOUR:
+            first = lo - lo % _NS_PER_HOUR
+            if not any(b in buckets for b in range(first, hi, _NS_PER_HOUR)):
+                return None
+            return self._read(con, source, lo, hi)
         bucket = lo - lo % source.bucket_ns
         if bucket not in buckets:
             return None
-        if source.bucket_ns == _NS_PER_HOUR:
-            return self._read(con, source, lo, hi)
         # Coarser partitions (day): read the partition once, hand out hour slices.
         if source._cache is None or source._cache[0] != bucket:
             source._cache = None  # release the previous day before reading the next
@@ -506,11 +540,11 @@ class ReplayEngine:
         return _Window(lo, hi, parts, order, sources, len(sources), payloads, ts)
 
     def _windows(self) -> Iterator[_Window]:
-        """Every hour window in order, the next one prepared while the current is consumed."""
+        """Every read window in order, the next one prepared while the current is consumed."""
         self._reset()
         for source in self._sources:
             source._cache = None
-        hours, buckets = self._plan()
+        windows, buckets = self._plan()
         con = Lake(self.catalog).connect()
         cursors = [con.cursor() for _ in self._sources]
         pool = ThreadPoolExecutor(1, thread_name_prefix="replay") if self.prefetch else None
@@ -522,18 +556,18 @@ class ReplayEngine:
         pending: Future[_Window] | None = None
         try:
 
-            def prepare(h: int) -> _Window:
-                lo, hi = max(self.start_ns, h), min(self.end_ns, h + _NS_PER_HOUR)
-                return self._prepare(cursors, buckets, lo, hi, parts_pool)
+            def prepare(span: tuple[int, int]) -> _Window:
+                return self._prepare(cursors, buckets, span[0], span[1], parts_pool)
 
-            for i, hour in enumerate(hours):
+            for i, span in enumerate(windows):
                 if pool is None:
-                    window = prepare(hour)
+                    window = prepare(span)
                 else:
                     if pending is None:
-                        pending = pool.submit(prepare, hour)
+                        pending = pool.submit(prepare, span)
                     window = pending.result()
-                    pending = pool.submit(prepare, hours[i + 1]) if i + 1 < len(hours) else None
+                    nxt = windows[i + 1] if i + 1 < len(windows) else None
+                    pending = pool.submit(prepare, nxt) if nxt else None
                 if window.count:
                     yield window
                     self._count += window.count
@@ -783,7 +817,7 @@ class ReplayEngine:
     def manifest(self) -> dict[str, Any]:
         """What this replay read and produced; `complete` is False until a full iteration.
 
-        The count and hash cover whole hour windows (a partial iteration's are not exact).
+        The count and hash cover whole read windows (a partial iteration's are not exact).
         """
         return {
             "format": MANIFEST_FORMAT,
