@@ -10,7 +10,8 @@ same rows:
 
 * Arrow replay (`ReplayEngine.batches()`: pinned snapshots, hour windows, merge of the three
   tables, canonical encoding and the sequence hash) over the whole window;
-* Python replay (`ReplayEngine.events()`) over the whole window;
+* Python replay (`ReplayEngine.events()`) over the whole window, and over 2 hours beside the
+  iterator as it was before issue 16 (`tests/replay_reference.py`, same hash);
 * NATS replay (`publish()`, core publish to a local nats-server, `replay.` prefix) over 2 hours;
 * 1-minute OHLCV bars by symbol (`bars()`) over the day, and trades as-of joined with the
   prevailing NBBO quote (`asof_join()`) over the day;
@@ -140,7 +141,9 @@ def _row(
     }
 
 
-def duckdb_sorted_read(settings: Any, tables: tuple[str, ...], start: int, end: int) -> tuple[int, float]:
+def duckdb_sorted_read(
+    settings: Any, tables: tuple[str, ...], start: int, end: int
+) -> tuple[int, float]:
     """DuckDB's own sorted read of the same rows to Arrow: (rows, seconds), tables one by one."""
     from iceberg_lake.timetravel.query import Lake
 
@@ -204,6 +207,36 @@ def bench_replay(settings: Any, start: int, end: int, hours: int) -> list[dict]:
     ]
 
 
+def bench_old_iterator(settings: Any, start: int, end: int) -> list[dict]:
+    """The Python event path vs the pre-issue-16 iterator (`tests/replay_reference.py`), same
+    window and run, same hash."""
+    from iceberg_lake.timetravel.replay import ReplayEngine
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import replay_reference
+
+    old = replay_reference.ReplayEngine(settings, list(TABLES), start, end, as_of=TAG)
+    began = time.perf_counter()
+    old_rows = sum(1 for _ in old.events())
+    old_s = time.perf_counter() - began
+    new = ReplayEngine(settings, list(TABLES), start, end, as_of=TAG)
+    began = time.perf_counter()
+    new_rows = sum(1 for _ in new.events())
+    new_s = time.perf_counter() - began
+    assert old_rows == new_rows
+    assert old.manifest()["sequence_hash"] == new.manifest()["sequence_hash"]
+    return [
+        _row(
+            "replay to Python events vs the old iterator",
+            f"events/s ({new_rows:,} events, {(end - start) // HOUR_NS} h × 3 tables, same hash)",
+            new_rows / new_s,
+            "events/s",
+            "pre-issue-16 iterator (tests/replay_reference.py)",
+            old_rows / old_s,
+        )
+    ]
+
+
 def bench_nats(settings: Any, start: int, end: int) -> list[dict]:
     """Replay to NATS (core publish, batched flushes) vs DuckDB's sorted read."""
     from iceberg_lake.testing import run_nats_server
@@ -221,7 +254,7 @@ def bench_nats(settings: Any, start: int, end: int) -> list[dict]:
     return [
         _row(
             "replay to NATS",
-            f"events/s ({published:,} core publishes, {(end - start) // HOUR_NS} h, prefix replay.)",
+            f"events/s ({published:,} core publishes, {(end - start) // HOUR_NS} h, `replay.`)",
             published / nats_s,
             "events/s",
             "DuckDB sorted read to Arrow",
@@ -335,7 +368,16 @@ def run(
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
         out = subprocess.run(
-            [sys.executable, __file__, "--build", tmp, "--events", str(events), "--hours", str(hours)],
+            [
+                sys.executable,
+                __file__,
+                "--build",
+                tmp,
+                "--events",
+                str(events),
+                "--hours",
+                str(hours),
+            ],
             check=True,
             capture_output=True,
             text=True,
@@ -344,10 +386,12 @@ def run(
         build_s = time.perf_counter() - began
         settings = load_settings({"LAKE_DATA_DIR": built["data_dir"]})
         start, end = DAY_NS, DAY_NS + hours * HOUR_NS
-        want = only or {"replay", "nats", "backtest", "reads"}
+        want = only or {"replay", "old", "nats", "backtest", "reads"}
         rows: list[dict] = []
         if "replay" in want:
             rows += bench_replay(settings, start, end, hours)
+        if "old" in want:
+            rows += bench_old_iterator(settings, start, start + min(hours, 2) * HOUR_NS)
         if "nats" in want and nats:
             rows += bench_nats(settings, start, start + min(hours, 2) * HOUR_NS)
         if "backtest" in want:
@@ -384,7 +428,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=None, help="events in the lake")
     parser.add_argument("--hours", type=int, default=24, help="hours of the day (max 24)")
     parser.add_argument("--skip-nats", action="store_true", help="no NATS replay")
-    parser.add_argument("--only", default="", help="replay,nats,backtest,reads")
+    parser.add_argument("--only", default="", help="replay,old,nats,backtest,reads")
     parser.add_argument("--json", action="store_true", help="print JSON rows")
     parser.add_argument("--build", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

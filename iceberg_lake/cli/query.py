@@ -426,8 +426,14 @@ def _run_with_progress(
         stream = out.open("wb") if out else sys.stdout.buffer
         try:
             count = 0
+            heads: dict[str, bytes] = {}
             for event in engine.paced_events():
-                stream.write(msgspec.json.encode(event.as_dict()) + b"\n")
+                # `{"table": T, **row}` without decoding: the payload is the row's JSON with
+                # sorted keys, so splice the table in front (same bytes as encoding the dict).
+                head = heads.get(event.table)
+                if head is None:
+                    head = heads[event.table] = b'{"table":' + msgspec.json.encode(event.table)
+                stream.write(head + b"," + event.payload[1:] + b"\n")
                 count += 1
                 if count % 1_000 == 0:
                     progress(count, event.ts_event_ns)
