@@ -71,7 +71,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -539,7 +539,7 @@ class ReplayEngine:
             self._hash.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
         return _Window(lo, hi, parts, order, sources, len(sources), payloads, ts)
 
-    def _windows(self) -> Iterator[_Window]:
+    def _windows(self) -> Generator[_Window, None, None]:
         """Every read window in order, the next one prepared while the current is consumed."""
         self._reset()
         for source in self._sources:
