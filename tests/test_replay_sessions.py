@@ -68,7 +68,7 @@ def test_es_session_spanning_two_utc_days_is_one_window(lake: dict, tmp_path: Pa
     engine = ReplayEngine(lake["settings"], [FUT], window.open_ns, window.close_ns)
     assert [e.ts_event_ns for e in engine.events()] == [r["ts_event_ns"] for r in in_session]
     assert engine.partition_reads == 1  # 138 rows: one read window across both UTC days
-    hourly = ReplayEngine(lake["settings"], [FUT], window.open_ns, window.close_ns, window_rows=1)
+    hourly = ReplayEngine(lake["settings"], [FUT], window.open_ns, window.close_ns, window_rows=6)
     assert sum(1 for _ in hourly.events()) == len(in_session)
     assert hourly.partition_reads == 23  # hour partitions across both days
 

@@ -30,9 +30,9 @@ one SHA-256 update over the window's concatenated, merged bytes. A background th
 next window while the current one is consumed. Day-partitioned tables (greeks) are read once per
 day and sliced by window.
 
-Bounded memory: at most two read windows (the current and the prefetched one; each about
-`window_rows` rows, or one hour if an hour holds more) plus one day of a day-partitioned table are
-held, never the whole replay window.
+Bounded memory: at most two read windows (the current and the prefetched one, each about
+`window_rows` rows: sparse hours are grouped, dense hours split into time slices) plus one day of a
+day-partitioned table are held, never the whole replay window.
 
 Outputs.
 
@@ -426,9 +426,9 @@ class ReplayEngine:
         """The read windows, and each source's partitions that hold data.
 
         Windows are whole UTC hours, grouped while their estimated rows (all tables) stay under
-        `window_rows`, so sparse data is read in few queries and dense data hour by hour. A
-        window never crosses midnight when a day-partitioned table takes part (its day is read
-        once and sliced).
+        `window_rows`, so sparse data is read in few queries and dense data hour by hour; an hour
+        holding more is split into equal time slices. A window never crosses midnight when a
+        day-partitioned table takes part (its day is read once and sliced).
         """
         planned = [s.buckets(self.start_ns, self.end_ns) for s in self._sources]
         per_hour: dict[int, float] = {}
@@ -450,8 +450,18 @@ class ReplayEngine:
             else:
                 windows.append((h, h + _NS_PER_HOUR))
                 rows_in = per_hour[h]
-        clipped = [(max(self.start_ns, lo), min(self.end_ns, hi)) for lo, hi in windows]
-        return clipped, [set(found) for found in planned]
+        spans: list[tuple[int, int]] = []
+        for lo, hi in windows:
+            lo, hi = max(self.start_ns, lo), min(self.end_ns, hi)
+            rows = sum(
+                per_hour.get(h, 0.0) for h in range(lo - lo % _NS_PER_HOUR, hi, _NS_PER_HOUR)
+            )
+            # An hour denser than window_rows is read in equal slices of event time (the
+            # `ts_event_ns` filter is exact; row-group statistics keep the reads narrow).
+            pieces = max(1, min(60, -(-int(rows) // self.window_rows)))
+            edges = [lo + (hi - lo) * k // pieces for k in range(pieces + 1)]
+            spans.extend(zip(edges[:-1], edges[1:], strict=True))
+        return spans, [set(found) for found in planned]
 
     def _read(self, con: duckdb.DuckDBPyConnection, source: _Source, lo: int, hi: int) -> _Part:
         with catalog_errors(f"replaying {source.identifier}"):
