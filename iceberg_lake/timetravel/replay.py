@@ -93,7 +93,13 @@ from iceberg_lake.tables import GOLD, TableDefinition
 from iceberg_lake.timetravel.canonical import encode_rows
 from iceberg_lake.timetravel.query import Lake, duckdb_path
 from iceberg_lake.timetravel.readers import window_filter
-from iceberg_lake.timetravel.snapshots import AsOfSpec, pin_for, resolve_as_of
+from iceberg_lake.timetravel.snapshots import (
+    AsOfSpec,
+    pin_for,
+    pin_snapshots,
+    replay_pin_name,
+    resolve_as_of,
+)
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -335,6 +341,7 @@ class ReplayEngine:
         window_rows: rows (estimated from file statistics, all tables) per read window; hours
             are grouped up to it. Bounds memory: about 1 KB per row for the two windows held.
         prefetch: prepare the next window on a background thread.
+        pin: tag the snapshots read (`replay-<hash>`) so they survive expiry (`_pin`).
 
     Raises:
         TimeTravelError: empty table list, bad window, unknown pin, table without event time.
@@ -353,6 +360,7 @@ class ReplayEngine:
         batch_rows: int = 65_536,
         window_rows: int = 400_000,
         prefetch: bool = True,
+        pin: bool = True,
     ) -> None:
         self.catalog = settings if isinstance(settings, LakeCatalog) else LakeCatalog(settings)
         tables = list(tables)
@@ -373,6 +381,10 @@ class ReplayEngine:
         self.prefetch = prefetch
         self._sources = self._resolve_pins()
         self.pins: dict[str, int | None] = {s.identifier: s.snapshot_id for s in self._sources}
+        #: The tag protecting the snapshots read (None: `pin=False`); see `_pin`.
+        self.pin_tag: str | None = None
+        if pin:
+            self._pin()
         self._stats_lock = threading.Lock()
         self._reset()
         self._schema: pa.Schema | None = None
@@ -396,19 +408,34 @@ class ReplayEngine:
         A table whose pin is null (empty at the time) is read as empty.
         """
         snapshots = dict(manifest["snapshots"])
+        pin = kwargs.pop("pin", True)
         engine = cls(
             settings,
             list(manifest["tables"]),
             int(manifest["start_ns"]),
             int(manifest["end_ns"]),
             as_of={t: sid for t, sid in snapshots.items() if sid is not None},
+            pin=False,
             **kwargs,
         )
         for source in engine._sources:
             if snapshots.get(source.identifier) is None:
                 source.snapshot_id = None
         engine.pins = {s.identifier: s.snapshot_id for s in engine._sources}
+        if pin:
+            engine._pin()
         return engine
+
+    def _pin(self) -> None:
+        """Protect every snapshot this replay reads with one tag named from its manifest.
+
+        `replay-<hash of tables, pins and window>`, kept `LAKE_REPLAY_PIN_MAX_AGE_DAYS`: writer
+        expiry, `lake maintain expire-snapshots` and other engines' expiry keep the snapshots,
+        so `--from-manifest` reproduces the run later (`snapshots.pin_snapshots`).
+        """
+        self.pin_tag = replay_pin_name(self.tables, self.pins, self.start_ns, self.end_ns)
+        days = self.catalog.settings.replay_pin_max_age_days
+        pin_snapshots(self.catalog, self.pins, self.pin_tag, days)
 
     # ---- the window pipeline ------------------------------------------------------------------
 
@@ -833,6 +860,7 @@ class ReplayEngine:
             "format": MANIFEST_FORMAT,
             "tables": list(self.tables),
             "snapshots": dict(self.pins),
+            "pin_tag": self.pin_tag,
             "as_of": _describe_as_of(self.as_of),
             "start_ns": self.start_ns,
             "end_ns": self.end_ns,
