@@ -339,7 +339,7 @@ class ReplayEngine:
         speed: None or 0 = as fast as possible; N = N× real time.
         batch_rows: largest record batch `batches()` yields.
         window_rows: rows (estimated from file statistics, all tables) per read window; hours
-            are grouped up to it. Bounds memory: about 1 KB per row for the two windows held.
+            are grouped up to it, denser hours split. Bounds memory: ~1.3 KB per row per window.
         prefetch: prepare the next window on a background thread.
         pin: tag the snapshots read (`replay-<hash>`) so they survive expiry (`_pin`).
 
