@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -456,6 +456,24 @@ class _FastAppendTransaction(Transaction):
         )
 
 
+class _GuardedTransaction(_FastAppendTransaction):
+    """A `_FastAppendTransaction` that re-checks the caller's precondition before each retry.
+
+    pyiceberg retries a commit that lost the compare-and-swap by re-applying the same staged
+    updates on the refreshed metadata (`Transaction._rebuild_snapshot_updates`), without asking
+    the caller again. When the commit is only valid under a condition on the table (a loader's
+    ledger has not moved past its chunk), `guard(refreshed metadata)` raises to abort instead.
+    """
+
+    def __init__(self, table: Table, guard: Callable[[TableMetadata], None]) -> None:
+        super().__init__(table)
+        self._guard = guard
+
+    def _rebuild_snapshot_updates(self) -> None:
+        self._guard(self._table.metadata)
+        super()._rebuild_snapshot_updates()
+
+
 #: A fast append folds the manifests that earlier appends added (only ADDED entries, at most
 #: `SMALL_MANIFEST_FILES` each) into one manifest once there are this many. Without it, every
 #: fast append adds a manifest and each commit rewrites a manifest list that grows with the
@@ -510,10 +528,12 @@ class WatermarkedAppend:
         table: Table,
         watermark: Mapping[str, str],
         snapshot_properties: Mapping[str, str] | None = None,
+        guard: Callable[[TableMetadata], None] | None = None,
     ) -> None:
         self.table = table
         self.watermark = dict(watermark)
         self.snapshot_properties = dict(snapshot_properties or {})
+        self.guard = guard
         self._chunks: list[pa.Table] = []
         self._parts: list[pa.Table] = []
 
@@ -530,7 +550,11 @@ class WatermarkedAppend:
 
     def commit(self) -> int | None:
         """Commit now; returns the new current snapshot id (None if the table stays empty)."""
-        with _FastAppendTransaction(self.table) as tx:
+        tx_type: Any = _FastAppendTransaction
+        if self.guard is not None:
+            guard = self.guard
+            tx_type = lambda table: _GuardedTransaction(table, guard)  # noqa: E731
+        with tx_type(self.table) as tx:
             if self.watermark:
                 tx.set_properties(self.watermark)
             for rows in self._chunks:
@@ -559,6 +583,7 @@ def watermarked_append(
     *,
     watermark: Mapping[str, str],
     snapshot_properties: Mapping[str, str] | None = None,
+    guard: Callable[[TableMetadata], None] | None = None,
 ) -> WatermarkedAppend:
     """Append rows and set `watermark` properties in one fast-append commit.
 
@@ -569,9 +594,11 @@ def watermarked_append(
 
     The commit's cost does not grow with the number of snapshots kept (memoised, shallow
     metadata updates; no manifest merge). Raises what pyiceberg raises on commit
-    (`CommitFailedException` on a conflict): the caller retries on a refreshed table.
+    (`CommitFailedException` on a conflict): the caller retries on a refreshed table. With
+    `guard`, pyiceberg's own retries first call `guard(refreshed metadata)`, which raises
+    (e.g. `ValidationException`) when the commit is no longer valid on that metadata.
     """
-    return WatermarkedAppend(table, watermark, snapshot_properties)
+    return WatermarkedAppend(table, watermark, snapshot_properties, guard)
 
 
 def rewrite_manifests(table: Table, snapshot_properties: Mapping[str, str]) -> int | None:

@@ -25,14 +25,16 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
+from pyiceberg.table.metadata import TableMetadata
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
@@ -191,6 +193,7 @@ class FileCommitter:
                             self.table,
                             watermark={self.key: ledger_value(end_row, done)},
                             snapshot_properties=summary,
+                            guard=self._ledger_guard(first_row),
                         )
                         .append_partitions(parts)
                         .commit()
@@ -198,11 +201,22 @@ class FileCommitter:
                 return CommitOutcome(
                     prepared.num_rows, 0, snapshot_id if parts else None, partitions
                 )
-            except CommitFailedException as exc:
+            except (CommitFailedException, ValidationException) as exc:
                 self._backoff(attempt, exc)
                 with catalog_errors(f"refreshing {self.table_id}"):
                     self.table = self.lake.load_table(self.table_id)
         raise CommitConflictError(f"{self.table_id}: gave up after {MAX_ATTEMPTS} conflicts")
+
+    def _ledger_guard(self, first_row: int) -> Callable[[TableMetadata], None]:
+        """Abort pyiceberg's retry of a commit if the ledger moved past `first_row` meanwhile
+        (the same file loading in another process): the rows would be stored twice."""
+
+        def guard(metadata: TableMetadata) -> None:
+            committed, done = parse_ledger(metadata.properties.get(self.key))
+            if done or committed > first_row:
+                raise ValidationException(f"load ledger of {self.file_name} moved to {committed}")
+
+        return guard
 
     def _backoff(self, attempt: int, exc: Exception) -> None:
         delay = min(5.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
