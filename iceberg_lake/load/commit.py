@@ -154,9 +154,10 @@ class FileCommitter:
                         table,
                         watermark={self.dl_key: ledger_value(end_row, False)},
                         snapshot_properties=self._summary(len(fresh), end_row),
+                        guard=self._dead_letter_guard(done_rows),
                     ).append(rows).commit()
                 return
-            except CommitFailedException as exc:
+            except (CommitFailedException, ValidationException) as exc:
                 self._backoff(attempt, exc)
                 self._dl_table = self.lake.load_table(DEAD_LETTERS_TABLE)
         raise CommitConflictError(f"{DEAD_LETTERS_TABLE}: gave up after {MAX_ATTEMPTS} conflicts")
@@ -206,6 +207,16 @@ class FileCommitter:
                 with catalog_errors(f"refreshing {self.table_id}"):
                     self.table = self.lake.load_table(self.table_id)
         raise CommitConflictError(f"{self.table_id}: gave up after {MAX_ATTEMPTS} conflicts")
+
+    def _dead_letter_guard(self, done_rows: int) -> Callable[[TableMetadata], None]:
+        """Abort pyiceberg's retry of a dead-letter commit if the quarantine's ledger moved."""
+
+        def guard(metadata: TableMetadata) -> None:
+            now, _ = parse_ledger(metadata.properties.get(self.dl_key))
+            if now != done_rows:
+                raise ValidationException(f"dead-letter ledger of {self.file_name} moved to {now}")
+
+        return guard
 
     def _ledger_guard(self, first_row: int) -> Callable[[TableMetadata], None]:
         """Abort pyiceberg's retry of a commit if the ledger moved past `first_row` meanwhile
