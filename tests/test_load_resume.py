@@ -126,3 +126,36 @@ def test_peak_memory_is_bounded_by_the_commit_size_not_the_file(tmp_path: Path) 
     assert info["rc"] == 0
     assert json.loads(info["out"])["results"][0]["rows_stored"] == 600_000
     assert info["rss_mb"] < 700, info["rss_mb"]
+
+
+def test_two_copies_of_a_file_loading_at_once_store_every_row_once(tmp_path: Path, duck) -> None:
+    """Two processes load the same content (two names) into the same table at the same time:
+    whichever commits a chunk first stores it, the other skips it or stops; never twice."""
+    from iceberg_lake.config import load_settings
+    from iceberg_lake.load import load_files
+
+    lake = make_lake(tmp_path / "data")
+    data = trades_table(12_000)
+    px = data.column("px").to_pylist()
+    for i in (10, 6_010):
+        px[i] = -1.0
+    data = data.set_column(2, "px", pa.array(px))
+    a = write_parquet(tmp_path / "a.parquet", data, row_group_size=1_000)
+    b = tmp_path / "copy-of-a.parquet"
+    b.write_bytes(a.read_bytes())
+    mapping = tmp_path / "m.toml"
+    mapping.write_text(TRADES_MAPPING)
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "data")})
+
+    results = load_files(
+        settings, [a, b], LoadOptions(mapping=str(mapping), commit_rows=500), jobs=2
+    )
+
+    statuses = {"loaded", "resumed", "loading-elsewhere", "already-loaded"}
+    assert {r.status for r in results} <= statuses
+    assert sum(r.rows_stored for r in results) == 11_998
+    assert rows(duck, lake, TABLE, "SELECT count(*), count(DISTINCT seq) FROM t") == [
+        (11_998, 11_998)
+    ]
+    dead = rows(duck, lake, "bronze.dead_letters", "SELECT stream_seq FROM t ORDER BY 1")
+    assert dead == [(10,), (6_010,)]
