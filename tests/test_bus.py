@@ -54,13 +54,14 @@ def test_streams_consumers_and_reset(tmp_path: Path, nats: NatsServer) -> None:
                 await js.publish("market.stocks.trades", str(i).encode())
                 await js.publish("market.stocks.quotes", b"q")  # other subject: not delivered
             await bus.reset_consumer(js, "bronze.stocks_trades", 5)
-            puller = BatchPuller(nc, "MARKET", "lake_bronze_stocks_trades")
+            puller = BatchPuller(nc, "$JS.API", "MARKET", "lake_bronze_stocks_trades")
             await puller.start()
             got = []
             while len(got) < 3:
-                got += [m.data for m in await puller.fetch(100, 2.0)]
-            assert got == [b"2", b"3", b"4"]  # stream seqs 5, 7, 9
-            assert await puller.fetch(100, 0.2) == []
+                got += await puller.fetch(100, 2.0, 1 << 20)
+            assert [m.data for m in got] == [b"2", b"3", b"4"]
+            assert [m.metadata.sequence.stream for m in got] == [5, 7, 9]
+            assert await puller.fetch(100, 0.2, 1 << 20) == []
             await puller.close()
         finally:
             await nc.close()

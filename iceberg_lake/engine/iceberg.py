@@ -14,12 +14,16 @@ from __future__ import annotations
 import itertools
 import uuid
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pyarrow as pa
+from pydantic import Field
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import AlwaysFalse, BooleanExpression, Or
 from pyiceberg.manifest import DataFile
-from pyiceberg.table import Table
+from pyiceberg.table import Table, Transaction
+from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.table.update import ValidatableTableRequirement
 
 from iceberg_lake.exceptions import CommitConflictError
 
@@ -143,3 +147,42 @@ class PartitionReplacement:
             raise CommitConflictError(f"{self.table.name()}: concurrent commit ({exc})") from exc
         snapshot = self.table.current_snapshot()
         return snapshot.snapshot_id if snapshot else None
+
+
+# ---- compare-and-swap of table properties (writer fencing) --------------------------------------
+
+
+class AssertProperties(ValidatableTableRequirement):
+    """Commit requirement: table properties still hold the values this writer last saw.
+
+    Iceberg has no such requirement type; this one is checked where the built-in ones are, by
+    the catalog against the *current* metadata at commit time and again on every pyiceberg
+    conflict retry (which re-applies the staged property update on a refreshed base, so without
+    it a stale writer would overwrite another writer's watermark). A mismatch raises pyiceberg's
+    `ValidationException`, which the retry loop does not retry and after which it deletes the
+    attempt's files. Works with catalogs that validate requirements in-process (SQL catalog);
+    a REST catalog would reject the unknown type. Guard test: `tests/test_engine_fencing.py`.
+    """
+
+    type: Literal["lake-assert-properties"] = Field(default="lake-assert-properties")
+    expected: dict[str, str | None]
+
+    def validate(self, base_metadata: TableMetadata | None) -> None:
+        """Raise `ValidationException` unless every expected property has its value."""
+        if base_metadata is None:
+            raise ValidationException("table metadata is missing")
+        props = base_metadata.properties
+        for key, value in self.expected.items():
+            if props.get(key) != value:
+                raise ValidationException(
+                    f"property {key} is {props.get(key)!r}, this writer expected {value!r}"
+                )
+
+
+def require_properties(tx: Transaction, expected: dict[str, str | None]) -> None:
+    """Make the commit of `tx` fail unless the table properties equal `expected` at commit time.
+
+    `None` means "absent". Raises `ValidationException` at once if they already differ, or from
+    the commit. Uses the transaction's private `_stage` (the only way to add a requirement).
+    """
+    tx._stage((), (AssertProperties(expected=expected),))

@@ -15,7 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import ssl
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js import JetStreamContext
     from nats.js.api import ConsumerInfo
+    from nats.js.kv import KeyValue
 
     from iceberg_lake.config import Settings
 
@@ -49,6 +54,20 @@ INFERRED_FILTER = "market.>"
 #: How long the server waits for an ack before redelivering. Generous: a writer that retries
 #: through an outage keeps its buffer, and redeliveries of buffered messages are dropped anyway.
 DEFAULT_ACK_WAIT_SECONDS = 120.0
+
+
+#: KV bucket holding one lease per durable consumer (who may write it).
+LEASE_BUCKET = "LAKE_LEASES"
+
+
+def api_prefix(settings: Settings) -> str:
+    """The JetStream API subject prefix (`$JS.API`, or `$JS.<domain>.API` with a domain)."""
+    return f"$JS.{settings.nats_domain}.API" if settings.nats_domain else "$JS.API"
+
+
+def jetstream(nc: Client, settings: Settings, timeout: float = 10.0) -> JetStreamContext:
+    """A JetStream context addressing the lake's JetStream (its domain, if one is set)."""
+    return nc.jetstream(prefix=api_prefix(settings), timeout=timeout)
 
 
 def stream_for_subject(subject: str) -> str:
@@ -187,11 +206,19 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> list[str]:
 
     created: list[str] = []
     window = settings.stream_duplicate_window_seconds
+    max_age = settings.stream_max_age or None
+    max_bytes = settings.stream_max_bytes or None
     for stream, subjects in all_stream_subjects().items():
         try:
             info = await js.stream_info(stream)
         except NotFoundError:
-            config = StreamConfig(name=stream, subjects=subjects, duplicate_window=window)
+            config = StreamConfig(
+                name=stream,
+                subjects=subjects,
+                duplicate_window=window,
+                max_age=max_age,
+                max_bytes=max_bytes,
+            )
             try:
                 await js.add_stream(config)
                 created.append(stream)
@@ -199,9 +226,23 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> list[str]:
             except Exception as exc:  # raced with another process creating it
                 log.debug("add_stream %s: %s", stream, exc)
             continue
-        if not info.config.duplicate_window:
-            info.config.duplicate_window = window
-            await js.update_stream(info.config)
+        config = info.config
+        changed = False
+        if not config.duplicate_window:
+            config.duplicate_window = window
+            changed = True
+        # The server reports "no limit" as 0 (age) or -1 (bytes); the settings use 0.
+        if (config.max_age or 0) != (max_age or 0):
+            config.max_age = max_age or 0
+            changed = True
+        if max(config.max_bytes or 0, 0) != (max_bytes or 0):
+            config.max_bytes = max_bytes or -1
+            changed = True
+        if changed:
+            await js.update_stream(config)
+            log.info(
+                "stream %s: max_age %s s, max_bytes %s", stream, max_age or "-", max_bytes or "-"
+            )
     return created
 
 
@@ -289,3 +330,131 @@ async def reset_consumer(
     with contextlib.suppress(NotFoundError):
         await js.delete_consumer(stream, durable)
     return await js.add_consumer(stream, _consumer_config(durable, subject, start_seq))
+
+
+# ---- leases: one active writer per consumer ------------------------------------------------------
+
+
+def lease_holder_id() -> str:
+    """A name for this process in lease records (`host:pid:random`)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+async def lease_bucket(js: JetStreamContext, ttl_seconds: float) -> KeyValue:
+    """The lease KV bucket, created with a time to live of `ttl_seconds` if missing.
+
+    An existing bucket with another TTL gets this one (the last process started decides).
+    """
+    from nats.js.api import KeyValueConfig
+    from nats.js.errors import BucketNotFoundError
+
+    stream = f"KV_{LEASE_BUCKET}"
+    try:
+        kv = await js.key_value(LEASE_BUCKET)
+    except BucketNotFoundError:
+        try:
+            return await js.create_key_value(
+                KeyValueConfig(bucket=LEASE_BUCKET, ttl=ttl_seconds, history=1)
+            )
+        except Exception as exc:  # raced with another process creating it
+            log.debug("create lease bucket: %s", exc)
+            return await js.key_value(LEASE_BUCKET)
+    info = await js.stream_info(stream)
+    if info.config.max_age is None or abs(info.config.max_age - ttl_seconds) > 1e-3:
+        info.config.max_age = ttl_seconds
+        info.config.duplicate_window = min(ttl_seconds, 120.0)
+        await js.update_stream(info.config)
+    return kv
+
+
+class Lease:
+    """The right to be the one writer of a durable consumer, held in a NATS KV entry.
+
+    The entry expires `ttl` seconds after its last write (bucket TTL), so a holder that dies
+    without releasing it (SIGKILL, lost host) frees it within `ttl`. The holder renews it with a
+    revision compare-and-swap every `ttl / 3`; a renewal that finds another revision means
+    someone else took it. Locally, the lease counts as held only until `ttl` after the last
+    successful write was *sent* minus a margin, so this process stops before the server could
+    hand the lease to a standby even when NATS is unreachable.
+
+    Args:
+        kv: the lease bucket (`lease_bucket`).
+        key: one key per consumer (`<stream>.<durable>`).
+        ttl: the bucket's time to live in seconds.
+        holder: this process's name in the record.
+    """
+
+    def __init__(self, kv: KeyValue, key: str, ttl: float, holder: str) -> None:
+        self.kv = kv
+        self.key = key
+        self.ttl = ttl
+        self.holder = holder
+        self.revision = 0
+        self._valid_until = 0.0
+
+    def held(self) -> bool:
+        """True while this process may write (lease taken and not possibly expired)."""
+        return self.revision > 0 and time.monotonic() < self._valid_until
+
+    def remaining(self) -> float:
+        """Seconds of certain validity left (0 when not held)."""
+        return max(0.0, self._valid_until - time.monotonic()) if self.revision else 0.0
+
+    def _mark(self, sent_at: float) -> None:
+        # 20% margin for clock-rate differences and the server's expiry timer.
+        self._valid_until = sent_at + 0.8 * self.ttl
+
+    async def try_acquire(self) -> bool:
+        """Take the lease if nobody holds it. Returns True when taken."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        sent = time.monotonic()
+        try:
+            self.revision = await self.kv.create(self.key, self.holder.encode())
+        except KeyWrongLastSequenceError:
+            self.revision = 0
+            return False
+        self._mark(sent)
+        return True
+
+    async def renew(self) -> bool:
+        """Extend the lease. False if another process holds it now (lost for good).
+
+        Raises:
+            Exception: NATS unreachable (the lease may still be ours; `held()` tells how long).
+        """
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        if not self.revision:
+            return False
+        sent = time.monotonic()
+        try:
+            self.revision = await self.kv.update(self.key, self.holder.encode(), last=self.revision)
+        except KeyWrongLastSequenceError:
+            self.revision = 0
+            self._valid_until = 0.0
+            return False
+        self._mark(sent)
+        return True
+
+    async def release(self) -> None:
+        """Give the lease up (a standby takes over at once). Best effort."""
+        revision, self.revision, self._valid_until = self.revision, 0, 0.0
+        if revision:
+            with contextlib.suppress(Exception):
+                await self.kv.delete(self.key, last=revision)
+
+    async def current_holder(self) -> str | None:
+        """Who holds the lease now (None if nobody)."""
+        from nats.js.errors import NotFoundError
+
+        try:
+            entry = await self.kv.get(self.key)
+        except NotFoundError:  # missing, deleted or expired
+            return None
+        return entry.value.decode() if entry.value else None
+
+
+def lease_key(stream: str, durable: str) -> str:
+    """The lease key of a consumer."""
+    return f"{stream}.{durable}"
