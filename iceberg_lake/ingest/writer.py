@@ -620,7 +620,7 @@ class ConsumerWriter:
             return False
         self._last_schema_check = now
         try:
-            return await asyncio.to_thread(self._reload_schemas)
+            return await in_daemon_thread(self._reload_schemas)
         except Exception as exc:
             log.debug("schema check failed: %s", exc)
             return False
