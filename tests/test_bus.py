@@ -81,3 +81,48 @@ def test_subject_helpers() -> None:
     assert bus.stream_for_subject("levels.signals") == bus.SIGNALS_STREAM
     assert bus.stream_for_subject("market.stocks.trades") == bus.MARKET_STREAM
     assert bus.consumer_target(bus.INFERRED_TARGET) == ("MARKET", "lake_inferred", "market.>")
+
+
+def test_stream_limits_applied_and_status_warns_near_them(tmp_path: Path, nats: NatsServer) -> None:
+    from iceberg_lake.ops.status import consumer_status
+
+    limited = settings_for(
+        tmp_path, nats.url, LAKE_STREAM_MAX_AGE="86400", LAKE_STREAM_MAX_BYTES="200000"
+    )
+
+    async def scenario() -> None:
+        nc = await bus.connect(limited)
+        try:
+            js = nc.jetstream()
+            await bus.ensure_streams(js, limited)
+            config = (await js.stream_info("MARKET")).config
+            assert (config.max_age, config.max_bytes) == (86400, 200000)
+            assert (await js.stream_info("LAKE_DLQ")).config.max_bytes == 200000
+            await bus.ensure_consumer(js, "bronze.stocks_trades")
+            for _ in range(170):  # ~170 KB of 1 KB messages: 85% of max_bytes, none stored
+                await js.publish("market.stocks.trades", b"x" * 1000)
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())
+    consumers, state = consumer_status(limited, ["bronze.stocks_trades"])
+    assert state == "ok"
+    assert consumers[0].warning and "max_bytes" in consumers[0].warning
+
+    # Limits changed in the settings: existing streams follow (0 = unlimited).
+    unlimited = settings_for(tmp_path, nats.url, LAKE_STREAM_MAX_AGE="0")
+
+    async def update() -> tuple[float | None, int | None]:
+        nc = await bus.connect(unlimited)
+        try:
+            js = nc.jetstream()
+            await bus.ensure_streams(js, unlimited)
+            config = (await js.stream_info("MARKET")).config
+            return config.max_age, config.max_bytes
+        finally:
+            await nc.close()
+
+    max_age, max_bytes = asyncio.run(update())
+    assert not max_age and (max_bytes or -1) < 0
+    consumers, _ = consumer_status(unlimited, ["bronze.stocks_trades"])
+    assert consumers[0].warning is None

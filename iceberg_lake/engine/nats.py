@@ -458,3 +458,50 @@ class Lease:
 def lease_key(stream: str, durable: str) -> str:
     """The lease key of a consumer."""
     return f"{stream}.{durable}"
+
+
+#: `lake status` warns when a lagging consumer's data reaches this share of a stream limit.
+LIMIT_WARNING_SHARE = 0.8
+
+
+async def stream_limit_warning(
+    js: JetStreamContext, stream: str, consumer: ConsumerInfo, filter_subject: str
+) -> str | None:
+    """A warning when the stream's limits are about to discard what `consumer` has not stored.
+
+    With `max_age`: the oldest message the consumer has not acked is older than 80% of it.
+    With `max_bytes`: the stream is 80% full while the consumer lags. (The server discards the
+    oldest messages at a limit whether or not a writer stored them.)
+
+    Returns:
+        One line, or None when the consumer is far from the limits (or the stream has none).
+    """
+    info = await js.stream_info(stream)
+    config, state = info.config, info.state
+    lag = int(consumer.num_pending or 0) + int(consumer.num_ack_pending or 0)
+    if lag == 0:
+        return None
+    warnings: list[str] = []
+    if config.max_bytes and config.max_bytes > 0 and state.bytes:
+        share = state.bytes / config.max_bytes
+        if share >= LIMIT_WARNING_SHARE:
+            warnings.append(
+                f"stream {stream} is {share:.0%} of max_bytes ({config.max_bytes:,}) with "
+                f"{lag:,} messages not stored: the oldest are discarded at the limit"
+            )
+    if config.max_age and config.max_age > 0:
+        floor = consumer.ack_floor.stream_seq if consumer.ack_floor else 0
+        try:
+            oldest = await js.get_msg(
+                stream, seq=(floor or 0) + 1, subject=filter_subject, next=True
+            )
+        except Exception:  # nothing left to read (purged meanwhile)
+            oldest = None
+        if oldest is not None and oldest.time is not None:
+            age = time.time() - oldest.time.timestamp()
+            if age >= LIMIT_WARNING_SHARE * config.max_age:
+                warnings.append(
+                    f"oldest message not stored is {age:,.0f} s old, max_age of {stream} is "
+                    f"{config.max_age:,.0f} s: it is discarded at the limit"
+                )
+    return "; ".join(warnings) or None
