@@ -58,7 +58,7 @@ def test_two_serve_processes_one_killed_every_event_once(
         killed = time.monotonic()
         wait_for(lambda: "active on consumer" in log_b.read_text(), 30, "B takes over", b)
         takeover = time.monotonic() - killed
-        assert takeover < 10, f"standby took {takeover:.1f} s to take over"
+        assert takeover < 6, f"took {takeover:.1f} s: {log_b.read_text()[-3000:]}"
         publisher.join()
         wait_stream(settings, "MARKET", n)
 

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js import JetStreamContext
     from nats.js.api import ConsumerInfo
-    from nats.js.kv import KeyValue
 
     from iceberg_lake.config import Settings
 
@@ -340,31 +339,92 @@ def lease_holder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-async def lease_bucket(js: JetStreamContext, ttl_seconds: float) -> KeyValue:
-    """The lease KV bucket, created with a time to live of `ttl_seconds` if missing.
+class LeaseBucket:
+    """The lease KV bucket, written through JetStream's public API.
+
+    nats-py's `KeyValue` writes to `$KV.<bucket>.<key>`, which does not reach a bucket in
+    another JetStream domain; like the Go client, writes here go to
+    `$JS.<domain>.API.$KV.<bucket>.<key>` when a domain is set. Reads fetch the last message of
+    the key's subject from the bucket's stream.
+
+    Args:
+        js: JetStream context (its domain's API prefix).
+        prefix: that context's API prefix (`api_prefix(settings)`).
+    """
+
+    def __init__(self, js: JetStreamContext, prefix: str) -> None:
+        self.js = js
+        self.stream = f"KV_{LEASE_BUCKET}"
+        self.subject_prefix = f"$KV.{LEASE_BUCKET}."
+        self.write_prefix = (
+            self.subject_prefix if prefix == "$JS.API" else f"{prefix}.{self.subject_prefix}"
+        )
+
+    async def write(self, key: str, value: bytes, last: int) -> int:
+        """Write `key` if its last revision is `last` (0: absent). Returns the new revision.
+
+        Raises:
+            LeaseConflict: the key has another revision.
+        """
+        from nats.js.errors import APIError
+
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(last)}
+        try:
+            ack = await self.js.publish(self.write_prefix + key, value, headers=headers)
+        except APIError as exc:
+            if exc.err_code in (10071, 10164):  # wrong last subject sequence
+                raise LeaseConflict(key) from None
+            raise
+        return int(ack.seq)
+
+    async def delete(self, key: str, last: int) -> None:
+        """Put a delete marker on `key` if its last revision is `last`."""
+        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(last)}
+        await self.js.publish(self.write_prefix + key, b"", headers=headers)
+
+    async def read(self, key: str) -> tuple[int, bytes | None]:
+        """(last revision, value); value None when the key is absent, deleted or expired."""
+        from nats.js.errors import NotFoundError
+
+        try:
+            msg = await self.js.get_msg(self.stream, subject=self.subject_prefix + key)
+        except NotFoundError:
+            return 0, None
+        headers = msg.headers or {}
+        if headers.get("KV-Operation") in ("DEL", "PURGE"):
+            return int(msg.seq or 0), None
+        return int(msg.seq or 0), msg.data or b""
+
+
+class LeaseConflict(Exception):
+    """Internal: a lease write found another revision than expected."""
+
+
+async def lease_bucket(js: JetStreamContext, settings: Settings) -> LeaseBucket:
+    """The lease bucket, created with a TTL of `writer_lease_seconds` if missing.
 
     An existing bucket with another TTL gets this one (the last process started decides).
     """
     from nats.js.api import KeyValueConfig
-    from nats.js.errors import BucketNotFoundError
+    from nats.js.errors import NotFoundError
 
+    ttl_seconds = settings.writer_lease_seconds
     stream = f"KV_{LEASE_BUCKET}"
     try:
-        kv = await js.key_value(LEASE_BUCKET)
-    except BucketNotFoundError:
+        info = await js.stream_info(stream)
+    except NotFoundError:
         try:
-            return await js.create_key_value(
+            await js.create_key_value(
                 KeyValueConfig(bucket=LEASE_BUCKET, ttl=ttl_seconds, history=1)
             )
         except Exception as exc:  # raced with another process creating it
             log.debug("create lease bucket: %s", exc)
-            return await js.key_value(LEASE_BUCKET)
-    info = await js.stream_info(stream)
+        return LeaseBucket(js, api_prefix(settings))
     if info.config.max_age is None or abs(info.config.max_age - ttl_seconds) > 1e-3:
         info.config.max_age = ttl_seconds
         info.config.duplicate_window = min(ttl_seconds, 120.0)
         await js.update_stream(info.config)
-    return kv
+    return LeaseBucket(js, api_prefix(settings))
 
 
 class Lease:
@@ -373,19 +433,19 @@ class Lease:
     The entry expires `ttl` seconds after its last write (bucket TTL), so a holder that dies
     without releasing it (SIGKILL, lost host) frees it within `ttl`. The holder renews it with a
     revision compare-and-swap every `ttl / 3`; a renewal that finds another revision means
-    someone else took it. Locally, the lease counts as held only until `ttl` after the last
-    successful write was *sent* minus a margin, so this process stops before the server could
-    hand the lease to a standby even when NATS is unreachable.
+    someone else took it. Locally, the lease counts as held only until 80% of `ttl` after the
+    last successful write was *sent*, so this process stops before the server could hand the
+    lease to a standby even when NATS is unreachable.
 
     Args:
-        kv: the lease bucket (`lease_bucket`).
-        key: one key per consumer (`<stream>.<durable>`).
+        bucket: the lease bucket (`lease_bucket`).
+        key: one key per consumer (`lease_key`).
         ttl: the bucket's time to live in seconds.
         holder: this process's name in the record.
     """
 
-    def __init__(self, kv: KeyValue, key: str, ttl: float, holder: str) -> None:
-        self.kv = kv
+    def __init__(self, bucket: LeaseBucket, key: str, ttl: float, holder: str) -> None:
+        self.bucket = bucket
         self.key = key
         self.ttl = ttl
         self.holder = holder
@@ -396,24 +456,26 @@ class Lease:
         """True while this process may write (lease taken and not possibly expired)."""
         return self.revision > 0 and time.monotonic() < self._valid_until
 
-    def remaining(self) -> float:
-        """Seconds of certain validity left (0 when not held)."""
-        return max(0.0, self._valid_until - time.monotonic()) if self.revision else 0.0
-
     def _mark(self, sent_at: float) -> None:
         # 20% margin for clock-rate differences and the server's expiry timer.
         self._valid_until = sent_at + 0.8 * self.ttl
 
     async def try_acquire(self) -> bool:
         """Take the lease if nobody holds it. Returns True when taken."""
-        from nats.js.errors import KeyWrongLastSequenceError
-
         sent = time.monotonic()
         try:
-            self.revision = await self.kv.create(self.key, self.holder.encode())
-        except KeyWrongLastSequenceError:
-            self.revision = 0
-            return False
+            self.revision = await self.bucket.write(self.key, self.holder.encode(), 0)
+        except LeaseConflict:
+            # A delete marker (released lease) also counts as a revision: take it over.
+            last, value = await self.bucket.read(self.key)
+            if value is not None or not last:
+                self.revision = 0
+                return False
+            try:
+                self.revision = await self.bucket.write(self.key, self.holder.encode(), last)
+            except LeaseConflict:
+                self.revision = 0
+                return False
         self._mark(sent)
         return True
 
@@ -423,14 +485,12 @@ class Lease:
         Raises:
             Exception: NATS unreachable (the lease may still be ours; `held()` tells how long).
         """
-        from nats.js.errors import KeyWrongLastSequenceError
-
         if not self.revision:
             return False
         sent = time.monotonic()
         try:
-            self.revision = await self.kv.update(self.key, self.holder.encode(), last=self.revision)
-        except KeyWrongLastSequenceError:
+            self.revision = await self.bucket.write(self.key, self.holder.encode(), self.revision)
+        except LeaseConflict:
             self.revision = 0
             self._valid_until = 0.0
             return False
@@ -442,17 +502,12 @@ class Lease:
         revision, self.revision, self._valid_until = self.revision, 0, 0.0
         if revision:
             with contextlib.suppress(Exception):
-                await self.kv.delete(self.key, last=revision)
+                await self.bucket.delete(self.key, revision)
 
     async def current_holder(self) -> str | None:
         """Who holds the lease now (None if nobody)."""
-        from nats.js.errors import NotFoundError
-
-        try:
-            entry = await self.kv.get(self.key)
-        except NotFoundError:  # missing, deleted or expired
-            return None
-        return entry.value.decode() if entry.value else None
+        _, value = await self.bucket.read(self.key)
+        return value.decode() if value is not None else None
 
 
 def lease_key(stream: str, durable: str) -> str:

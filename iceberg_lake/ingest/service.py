@@ -113,7 +113,7 @@ class LakeService:
                 installed.append(sig)
         try:
             await bus.ensure_streams(js, self.settings)
-            leases = await bus.lease_bucket(js, self.settings.writer_lease_seconds)
+            leases = await bus.lease_bucket(js, self.settings)
             holder = bus.lease_holder_id()
             # All pull requests of this connection together stay within the byte budget, but
             # each may hold at least the largest message the server accepts.

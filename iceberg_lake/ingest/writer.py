@@ -52,6 +52,7 @@ from iceberg_lake.engine.iceberg import require_properties, write_data_files
 from iceberg_lake.engine.nats import (
     INFERRED_TARGET,
     Lease,
+    LeaseBucket,
     api_prefix,
     consumer_target,
     dead_letter_subject,
@@ -84,7 +85,6 @@ from iceberg_lake.tables import DEAD_LETTERS_TABLE, GOLD
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js import JetStreamContext
-    from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class ConsumerWriter:
         js: JetStreamContext,
         *,
         nc: Client | None = None,
-        leases: KeyValue | None = None,
+        leases: LeaseBucket | None = None,
         holder: str = "",
         fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES,
         flush_when_drained: bool = False,
@@ -332,6 +332,8 @@ class ConsumerWriter:
 
         Call only while holding the lease (`run` does).
         """
+        self.reset_needed = self.reload_needed = False
+        self.batch = MicroBatch()
         await in_daemon_thread(self._load)
         await self._resubscribe()
         log.info(
@@ -430,6 +432,8 @@ class ConsumerWriter:
             while not stop.is_set():
                 if not await self._acquire(stop):
                     break
+                if self.lease is not None:
+                    log.info("writer %s: lease of %s taken", self.target, self.consumer)
                 keeper = asyncio.create_task(self._keep_lease()) if self.lease else None
                 try:
                     await self.start()
