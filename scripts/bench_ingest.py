@@ -239,7 +239,7 @@ async def _puller_drain(settings: Any, messages: int, legacy: bool) -> float:
             seqs = [_legacy_seqs(m.reply) for m in msgs]
         else:
             msgs = await puller.fetch(5000, 2.0, 8 * 1024 * 1024)
-            seqs = [(m.metadata.sequence.stream, m.metadata.sequence.consumer) for m in msgs]
+            seqs = bus.message_sequences(msgs)
         if msgs:
             assert seqs[-1][0] > 0
             got += len(msgs)

@@ -126,3 +126,14 @@ def test_stream_limits_applied_and_status_warns_near_them(tmp_path: Path, nats: 
     assert not max_age and (max_bytes or -1) < 0
     consumers, _ = consumer_status(unlimited, ["bronze.stocks_trades"])
     assert consumers[0].warning is None
+
+
+def test_message_sequences_match_nats_metadata() -> None:
+    from nats.aio.msg import Msg
+
+    v1 = "$JS.ACK.MARKET.lake_bronze_stocks_trades.1.{s}.{c}.1795913227013931227.49"
+    v2 = "$JS.ACK.hub.ACCHASH.MARKET.lake_bronze_stocks_trades.1.{s}.{c}.1795913227013931227.0.r"
+    for layout in (v1, v2, v2.removesuffix(".r")):
+        msgs = [Msg(None, reply=layout.format(s=10 + 2 * i, c=1 + i)) for i in range(5)]  # type: ignore[arg-type]
+        expected = [(m.metadata.sequence.stream, m.metadata.sequence.consumer) for m in msgs]
+        assert bus.message_sequences(msgs) == expected == [(10 + 2 * i, 1 + i) for i in range(5)]

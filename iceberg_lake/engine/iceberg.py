@@ -167,7 +167,7 @@ class AssertProperties(ValidatableTableRequirement):
     type: Literal["lake-assert-properties"] = Field(default="lake-assert-properties")
     expected: dict[str, str | None]
 
-    def validate(self, base_metadata: TableMetadata | None) -> None:
+    def validate(self, base_metadata: TableMetadata | None) -> None:  # type: ignore[override]
         """Raise `ValidationException` unless every expected property has its value."""
         if base_metadata is None:
             raise ValidationException("table metadata is missing")
@@ -185,4 +185,4 @@ def require_properties(tx: Transaction, expected: dict[str, str | None]) -> None
     `None` means "absent". Raises `ValidationException` at once if they already differ, or from
     the commit. Uses the transaction's private `_stage` (the only way to add a requirement).
     """
-    tx._stage((), (AssertProperties(expected=expected),))
+    tx._stage((), (AssertProperties(expected=expected),))  # type: ignore[arg-type]

@@ -57,6 +57,7 @@ from iceberg_lake.engine.nats import (
     consumer_target,
     dead_letter_subject,
     lease_key,
+    message_sequences,
     reset_consumer,
 )
 from iceberg_lake.exceptions import (
@@ -549,10 +550,7 @@ class ConsumerWriter:
         recv_ns = time.time_ns()
         keep: list[Any] = []
         seqs: list[int] = []
-        for m in msgs:
-            # Sequences from the ack subject, parsed by nats-py (JetStream domains included).
-            sequence = m.metadata.sequence
-            sseq, dseq = sequence.stream, sequence.consumer
+        for m, (sseq, dseq) in zip(msgs, message_sequences(msgs), strict=True):
             if dseq > self.max_dseq + 1:
                 # A delivery never reached us (connection loss): committing past it would lose
                 # it, so drop the uncommitted batch and re-read from the committed position.
@@ -710,9 +708,10 @@ class ConsumerWriter:
                     future.add_done_callback(lambda f: f.cancelled() or f.exception())
                     raise self._shutdown_timeout()
                 return future.result()
-            stopper = asyncio.ensure_future(stop.wait())
+            stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+            waiting: list[asyncio.Future[Any]] = [future, stopper]
             try:
-                await asyncio.wait([future, stopper], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 stopper.cancel()
             if future.done():
