@@ -34,6 +34,12 @@ def test_classify_by_kind() -> None:
                       CatalogUnavailableError)  # fmt: skip
     assert isinstance(classify(OSError(errno.ECONNREFUSED, "refused"), "x"),
                       CatalogUnavailableError)  # fmt: skip
+    s3 = OSError(
+        "When initiating multiple part upload for key 'w/symbol=YYY/f.parquet' in bucket 'b': AWS"
+        " Error UNKNOWN (HTTP status 400) during CreateMultipartUpload operation: Unable to parse"
+        " ExceptionName: KeyTooLongError Message: Your key is too long."  # SeaweedFS, measured
+    )
+    assert isinstance(classify(s3, "x"), DataRejectedError)
     assert isinstance(classify(CommitFailedException("conflict"), "x"), CommitConflictError)
     assert isinstance(classify(pa.ArrowInvalid("cannot cast"), "x"), DataRejectedError)
 
