@@ -50,3 +50,20 @@ def test_stale_writer_cannot_move_the_watermark(tmp_path: Path) -> None:
         tx.set_properties({KEY: "20"})
         tx.append(rows(2, 3))
     assert LakeCatalog(settings).load_table(TABLE).properties[KEY] == "20"
+
+
+def test_watermarked_append_with_expected_fences_a_stale_writer(tmp_path: Path) -> None:
+    from iceberg_lake.engine.iceberg import watermarked_append
+
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
+    LakeCatalog(settings).init()
+    a = LakeCatalog(settings).load_table(TABLE)
+    b = LakeCatalog(settings).load_table(TABLE)
+    with watermarked_append(a, watermark={KEY: "10"}, expected={KEY: None}) as app:
+        app.append(rows(3, 0))
+    with pytest.raises(ValidationException, match="this writer expected"):
+        with watermarked_append(b, watermark={KEY: "20"}, expected={KEY: None}) as app:
+            app.append(rows(2, 3))
+    fresh = LakeCatalog(settings).load_table(TABLE)
+    assert fresh.properties[KEY] == "10"
+    assert fresh.scan().to_arrow().num_rows == 3
