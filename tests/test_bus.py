@@ -137,3 +137,28 @@ def test_message_sequences_match_nats_metadata() -> None:
         msgs = [Msg(None, reply=layout.format(s=10 + 2 * i, c=1 + i)) for i in range(5)]  # type: ignore[arg-type]
         expected = [(m.metadata.sequence.stream, m.metadata.sequence.consumer) for m in msgs]
         assert bus.message_sequences(msgs) == expected == [(10 + 2 * i, 1 + i) for i in range(5)]
+
+
+def test_lease_one_holder_release_and_takeover(tmp_path: Path, nats: NatsServer) -> None:
+    settings = settings_for(tmp_path, nats.url, LAKE_WRITER_LEASE_SECONDS="30")
+
+    async def scenario() -> None:
+        nc = await bus.connect(settings)
+        try:
+            bucket = await bus.lease_bucket(bus.jetstream(nc, settings), settings)
+            a = bus.Lease(bucket, "MARKET.c", 30, "A")
+            b = bus.Lease(bucket, "MARKET.c", 30, "B")
+            assert await a.try_acquire() and a.held()
+            assert not await b.try_acquire() and not b.held()
+            assert await b.current_holder() == "A"
+            assert await a.renew()
+            await a.release()  # clean stop: a standby takes over at once, not after the TTL
+            assert not a.held()
+            assert await b.try_acquire() and await b.current_holder() == "B"
+            a.revision = 1  # a stale holder's renewal finds another revision: lost for good
+            assert not await a.renew() and not a.held()
+            assert await b.renew()
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())

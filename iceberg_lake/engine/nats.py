@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
-    from nats.js.api import ConsumerInfo
+    from nats.js.api import ConsumerConfig, ConsumerInfo
 
     from iceberg_lake.config import Settings
 
@@ -246,7 +246,7 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> list[str]:
     return created
 
 
-def _consumer_config(durable: str, filter_subject: str, start_seq: int | None) -> object:
+def _consumer_config(durable: str, filter_subject: str, start_seq: int | None) -> ConsumerConfig:
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     config = ConsumerConfig(
