@@ -97,3 +97,29 @@ def test_a_whole_batch_refused_goes_to_dead_letters(tmp_path: Path, duck) -> Non
     asyncio.run(asyncio.wait_for(writer._commit(batch), 60))
     assert count_rows(duck, settings, TABLE) == 0
     assert count_rows(duck, settings, "bronze.dead_letters") == 5
+
+
+def test_a_stale_writer_is_fenced_by_the_watermark(tmp_path: Path, duck) -> None:
+    """Two writers of one consumer (e.g. a paused ex-holder of the lease): the second commit
+    over the same watermark is refused, nothing is duplicated."""
+    import pytest
+
+    from iceberg_lake.exceptions import WriterFencedError
+
+    settings = settings_for(tmp_path, "nats://127.0.0.1:1")
+    LakeCatalog(settings).init()
+    old = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
+    new = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
+    old._load()
+    new._load()
+
+    def batch() -> MicroBatch:
+        b = MicroBatch()
+        b.add_messages(10, 1, 10, None)
+        b.add_rows(TABLE, _rows(10, set()), np.arange(1, 11, dtype=np.int64))
+        return b
+
+    new._commit_sync(batch())
+    with pytest.raises(WriterFencedError):
+        old._commit_sync(batch())
+    assert count_rows(duck, settings, TABLE) == 10
