@@ -310,7 +310,7 @@ def _publish(
 
 
 def _ingest(steps: _Steps, settings: Settings, stats: SimulationStats, result: _Result) -> None:
-    from iceberg_lake.service import LakeService
+    from iceberg_lake.ingest.service import LakeService
 
     expected = sum(stats.bronze_rows(t) for t in SUBJECT_TABLES.values())
     service = LakeService(settings)
@@ -330,7 +330,7 @@ def _ingest(steps: _Steps, settings: Settings, stats: SimulationStats, result: _
 
 
 def _compact(steps: _Steps, settings: Settings, result: _Result) -> None:
-    from iceberg_lake.silver import SilverCompactor
+    from iceberg_lake.silver.compactor import SilverCompactor
 
     with steps.step("compacted Silver (dedup + sort)"), steps.progress() as bar:
         tasks: dict[str, Any] = {}
@@ -356,7 +356,7 @@ def _compact(steps: _Steps, settings: Settings, result: _Result) -> None:
 
 
 def _tag(steps: _Steps, settings: Settings, result: _Result) -> None:
-    from iceberg_lake.snapshots import create_tag
+    from iceberg_lake.timetravel.snapshots import create_tag
 
     with steps.step(f"tagged every table '{DEMO_TAG}'"):
         tagged = create_tag(settings, DEMO_TAG)
@@ -365,7 +365,7 @@ def _tag(steps: _Steps, settings: Settings, result: _Result) -> None:
 
 def _count(steps: _Steps, settings: Settings, stats: SimulationStats, result: _Result) -> None:
     from iceberg_lake.catalog import LakeCatalog
-    from iceberg_lake.query import Lake
+    from iceberg_lake.timetravel.query import Lake
 
     with steps.step("counted the tables (DuckDB)"):
         catalog = LakeCatalog(settings)
@@ -396,7 +396,7 @@ def _count(steps: _Steps, settings: Settings, stats: SimulationStats, result: _R
 
 
 def _queries(steps: _Steps, settings: Settings, result: _Result) -> None:
-    from iceberg_lake.query import Lake
+    from iceberg_lake.timetravel.query import Lake
 
     with steps.step("ran the example queries"), Lake(settings) as lake:
         for title, sql in EXAMPLE_QUERIES:
@@ -410,7 +410,7 @@ def _queries(steps: _Steps, settings: Settings, result: _Result) -> None:
 
 
 def _replay(steps: _Steps, settings: Settings, result: _Result) -> None:
-    from iceberg_lake.replay import ReplayEngine
+    from iceberg_lake.timetravel.replay import ReplayEngine
 
     tables = REPLAY_TABLES
     start = SimulationConfig().start_ns

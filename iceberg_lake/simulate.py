@@ -939,7 +939,7 @@ class PublishReport:
 
 
 async def _ensure_streams(js: Any, settings: Settings) -> None:
-    from iceberg_lake import bus
+    from iceberg_lake.engine import nats as bus
 
     await bus.ensure_streams(js, settings)
 
@@ -973,7 +973,7 @@ async def publish_messages(
         TransientError: NATS is unreachable.
         LakeError: the server refused a publish.
     """
-    from iceberg_lake import bus
+    from iceberg_lake.engine import nats as bus
 
     nc = await bus.connect(settings, name="lake-simulate")
     report = PublishReport()

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from iceberg_lake import duck
+from iceberg_lake.engine import duck
 
 if TYPE_CHECKING:
     import duckdb
@@ -984,7 +984,7 @@ def duckdb_connection() -> duckdb.DuckDBPyConnection:
     """Return an in-memory DuckDB connection with avro, httpfs and iceberg loaded offline.
 
     Returns:
-        The connection (see :func:`iceberg_lake.duck.connect`).
+        The connection (see :func:`iceberg_lake.engine.duck.connect`).
     """
     return duck.connect()
 
@@ -996,7 +996,7 @@ def configure_duckdb_s3(
     secret: str,
     region: str = "us-east-1",
 ) -> None:
-    """Create a path-style S3 secret on ``con`` (see :func:`iceberg_lake.duck.configure_s3`).
+    """Create a path-style S3 secret on ``con`` (see :func:`iceberg_lake.engine.duck.configure_s3`).
 
     Args:
         con: Connection with httpfs loaded.

@@ -11,7 +11,7 @@ so a lake created after this migration already has it and this step is a recorde
 
 from __future__ import annotations
 
-from iceberg_lake.migrations import MigrationContext
+from iceberg_lake.schema.migrations import MigrationContext
 
 TABLES = [
     "bronze.stocks_trades",

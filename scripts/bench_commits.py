@@ -37,7 +37,7 @@ from pyiceberg.table import Table
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import load_settings
-from iceberg_lake.maintenance import TableMaintenance
+from iceberg_lake.ops.maintenance import TableMaintenance
 
 ROWS_PER_COMMIT = 100
 EXPIRE_EVERY = 25

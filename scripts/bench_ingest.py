@@ -59,7 +59,7 @@ def _bodies(events: int, per_message: int) -> list[bytes]:
 
 
 async def _publish(settings: Any, bodies: list[bytes]) -> None:
-    from iceberg_lake import bus
+    from iceberg_lake.engine import nats as bus
 
     nc = await bus.connect(settings, name="bench-publisher")
     js = nc.jetstream()
@@ -76,7 +76,7 @@ async def _publish(settings: Any, bodies: list[bytes]) -> None:
 
 async def _fetch_ceiling(settings: Any, messages: int) -> float:
     """Messages/s of nats-py's PullSubscription.fetch + ack over the published backlog."""
-    from iceberg_lake import bus
+    from iceberg_lake.engine import nats as bus
 
     nc = await bus.connect(settings, name="bench-fetch")
     js = nc.jetstream()
@@ -100,7 +100,7 @@ async def _fetch_ceiling(settings: Any, messages: int) -> float:
 
 async def _drain(settings: Any, events: int) -> tuple[float, list[float], int]:
     """Run one LakeService over the backlog; (events/s, commit latencies, rows committed)."""
-    from iceberg_lake.service import LakeService
+    from iceberg_lake.ingest.service import LakeService
 
     service = LakeService(settings, [TABLE])
     task = asyncio.create_task(service.run())

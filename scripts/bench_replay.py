@@ -75,9 +75,9 @@ def build_lake(workdir: Path, rows: int) -> tuple[Any, int]:
     """A local lake whose `bronze.stocks_trades` holds about `rows` rows, tagged `bench`."""
     from pyiceberg.io.pyarrow import schema_to_pyarrow
 
-    from iceberg_lake import snapshots
     from iceberg_lake.catalog import LakeCatalog
     from iceberg_lake.config import load_settings
+    from iceberg_lake.timetravel import snapshots
 
     settings = load_settings({"LAKE_DATA_DIR": str(workdir / "lake")})
     catalog = LakeCatalog(settings)
@@ -116,8 +116,8 @@ def _row(
 
 def bench_reads(settings: Any, total: int, repeat: int) -> list[dict]:
     """Symbol-hour read latency vs a full scan, through the reader and through DuckDB."""
-    from iceberg_lake.query import Lake
-    from iceberg_lake.readers import BronzeReader
+    from iceberg_lake.timetravel.query import Lake
+    from iceberg_lake.timetravel.readers import BronzeReader
 
     reader = BronzeReader(settings, tag=TAG)
     start = DAY_NS + 14 * HOUR_NS
@@ -168,8 +168,8 @@ def bench_reads(settings: Any, total: int, repeat: int) -> list[dict]:
 
 def bench_replay(settings: Any, hours: int) -> list[dict]:
     """Replay events/s to an iterator and to NATS, vs DuckDB's plain sorted read."""
-    from iceberg_lake.query import Lake
-    from iceberg_lake.replay import ReplayEngine
+    from iceberg_lake.timetravel.query import Lake
+    from iceberg_lake.timetravel.replay import ReplayEngine
 
     start = DAY_NS + 14 * HOUR_NS
     end = start + hours * HOUR_NS
@@ -216,8 +216,8 @@ def bench_replay(settings: Any, hours: int) -> list[dict]:
 
 
 def _replay_to_nats(settings: Any, start: int, end: int) -> tuple[float, int]:
-    from iceberg_lake.replay import ReplayEngine
     from iceberg_lake.testing import run_nats_server
+    from iceberg_lake.timetravel.replay import ReplayEngine
 
     with tempfile.TemporaryDirectory() as tmp, run_nats_server(Path(tmp)) as server:
         s = settings.with_overrides(nats_url=server.url)

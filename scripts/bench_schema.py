@@ -87,7 +87,7 @@ def _median_ms(fn: Callable[[int], None], times: int) -> float:
 
 def bench_evolve_commit(root: Path, snapshots: int, changes: int) -> dict:
     """Median ms of an add-column evolve commit vs a bare property commit."""
-    from iceberg_lake.evolve import AddColumn, evolve_table
+    from iceberg_lake.schema.evolve import AddColumn, evolve_table
     from iceberg_lake.tables import registry
 
     lake = _lake(root)
@@ -118,7 +118,7 @@ def bench_evolve_commit(root: Path, snapshots: int, changes: int) -> dict:
 
 def bench_migrate_up(root: Path) -> list[dict]:
     """`migrate up` with real changes (old lake) and as recorded no-ops (fresh lake)."""
-    from iceberg_lake.migrations import MigrationRunner
+    from iceberg_lake.schema.migrations import MigrationRunner
     from iceberg_lake.tables import TableRegistry, registry
 
     touched = ["bronze.stocks_trades", "silver.stocks_trades", "bronze.futures_trades",
@@ -167,8 +167,8 @@ def bench_migrate_up(root: Path) -> list[dict]:
 
 def bench_read_across_versions(root: Path, rows: int) -> dict:
     """DuckDB full scan: files of two schema versions vs one."""
-    from iceberg_lake import duck
-    from iceberg_lake.evolve import AddColumn, evolve_table
+    from iceberg_lake.engine import duck
+    from iceberg_lake.schema.evolve import AddColumn, evolve_table
     from iceberg_lake.tables import registry
 
     lake = _lake(root)

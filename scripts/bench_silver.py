@@ -82,10 +82,10 @@ def _bronze_batches(rows: int, seed: int = 7) -> list[pa.Table]:
 
 def run(quick: bool = False, rows: int | None = None) -> list[dict[str, Any]]:
     """Run the benchmark; return rows of benchmark, metric, value, unit, baseline(_value)."""
-    from iceberg_lake import duck
     from iceberg_lake.catalog import LakeCatalog
     from iceberg_lake.config import load_settings
-    from iceberg_lake.silver import SilverCompactor
+    from iceberg_lake.engine import duck
+    from iceberg_lake.silver.compactor import SilverCompactor
 
     n = rows or (500_000 if quick else 5_000_000)
     with tempfile.TemporaryDirectory(prefix="bench_silver_") as tmp:

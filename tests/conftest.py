@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import pytest
 
-from iceberg_lake import duck as duck_module
+from iceberg_lake.engine import duck as duck_module
 from iceberg_lake.testing import (
     NatsServer,
     PostgresServer,

@@ -14,10 +14,10 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from iceberg_lake import bus
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings, load_settings
-from iceberg_lake.service import LakeService
+from iceberg_lake.engine import nats as bus
+from iceberg_lake.ingest.service import LakeService
 
 SUBJECTS = {
     "bronze.stocks_trades": "market.stocks.trades",
@@ -288,7 +288,7 @@ def run_until_idle(settings: Settings, tables: list[str] | None = None) -> LakeS
 def duck_for(con: duckdb.DuckDBPyConnection, settings: Settings) -> duckdb.DuckDBPyConnection:
     """`con` with the S3 secret of `settings` (when the warehouse is on S3)."""
     if settings.s3_endpoint:
-        from iceberg_lake import duck
+        from iceberg_lake.engine import duck
 
         duck.configure_s3(
             con,

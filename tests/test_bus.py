@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from ingest_support import settings_for
 
-from iceberg_lake import bus
+from iceberg_lake.engine import nats as bus
 from iceberg_lake.exceptions import TransientError
 from iceberg_lake.ingest.pull import BatchPuller
 from iceberg_lake.testing import NatsServer, free_port, run_nats_server

@@ -92,7 +92,7 @@ def test_one_row_written_by_pyiceberg_reads_back_through_duckdb(
     table.append(row)
     table = catalog.load_table("bronze.stocks_trades")
     if matrix_settings.is_s3:
-        from iceberg_lake.duck import configure_s3
+        from iceberg_lake.engine.duck import configure_s3
 
         configure_s3(
             duck,

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from iceberg_lake import duck
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import load_settings
 from iceberg_lake.demo import DEMO_TAG, DemoOptions
+from iceberg_lake.engine import duck
 from iceberg_lake.exceptions import LakeError
 from iceberg_lake.simulate import SUBJECT_TABLES, build_messages
 

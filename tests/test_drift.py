@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
 from iceberg_lake.config import load_settings
-from iceberg_lake.drift import ERROR, WARNING, find_drift
-from iceberg_lake.evolve import (
+from iceberg_lake.schema.drift import ERROR, WARNING, find_drift
+from iceberg_lake.schema.evolve import (
     AddColumn,
     AddPartitionField,
     RenameColumn,

@@ -21,7 +21,9 @@ from typer.testing import CliRunner
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
 from iceberg_lake.config import load_settings
-from iceberg_lake.evolve import (
+from iceberg_lake.exceptions import SchemaChangeError
+from iceberg_lake.properties import SCHEMA_VERSION_PROPERTY, WATERMARK_PREFIX
+from iceberg_lake.schema.evolve import (
     AddColumn,
     AddPartitionField,
     ColumnState,
@@ -32,8 +34,6 @@ from iceberg_lake.evolve import (
     evolve_table,
     plan_changes,
 )
-from iceberg_lake.exceptions import SchemaChangeError
-from iceberg_lake.properties import SCHEMA_VERSION_PROPERTY, WATERMARK_PREFIX
 from iceberg_lake.tables import registry
 
 TRADES = "bronze.stocks_trades"
@@ -307,7 +307,7 @@ def test_a_stale_table_object_is_refreshed_and_the_writer_watermark_kept(
 def test_a_commit_race_is_replanned_and_retried(
     catalog: LakeCatalog, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import iceberg_lake.evolve as evolve_module
+    import iceberg_lake.schema.evolve as evolve_module
 
     real_plan = evolve_module.plan_changes
     raced: list[bool] = []
@@ -320,7 +320,7 @@ def test_a_commit_race_is_replanned_and_retried(
         return plan
 
     monkeypatch.setattr(evolve_module, "plan_changes", plan_then_race)
-    with caplog.at_level(logging.INFO, logger="iceberg_lake.evolve"):
+    with caplog.at_level(logging.INFO, logger="iceberg_lake.schema.evolve"):
         result = evolve_table(catalog.load_table(TRADES), TRADES, [AddColumn("venue", "string")])
     assert result.committed
     assert any("concurrent commit" in r.getMessage() for r in caplog.records)

@@ -171,7 +171,7 @@ def test_bad_messages_are_quarantined_and_good_ones_around_them_stored(
     assert gold[0][0] == "gold.levels_signals" and "levels" in gold[0][4]
 
     async def dlq_count() -> int:
-        from iceberg_lake import bus
+        from iceberg_lake.engine import nats as bus
 
         nc = await bus.connect(settings)
         try:
@@ -254,9 +254,9 @@ def test_running_writer_follows_a_new_optional_column(
     from ingest_support import publish_async
     from pyiceberg.types import StringType
 
-    from iceberg_lake import metrics
     from iceberg_lake.ingest import writer
-    from iceberg_lake.service import LakeService
+    from iceberg_lake.ingest.service import LakeService
+    from iceberg_lake.ops import metrics
 
     # The writer rate-limits schema reloads (1 s); here every unknown field may trigger one.
     monkeypatch.setattr(writer, "SCHEMA_CHECK_SECONDS", 0.0)

@@ -27,7 +27,7 @@ from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli import app
 from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.exceptions import LakeError
-from iceberg_lake.maintenance import (
+from iceberg_lake.ops.maintenance import (
     MB,
     TableMaintenance,
     parse_duration,
@@ -362,7 +362,7 @@ def test_remove_orphans_deletes_old_orphans_and_nothing_referenced(lake: LakeCat
 
 @pytest.mark.integration
 def test_remove_orphans_and_expiry_on_s3(tmp_path: Path, s3_server, duck) -> None:
-    from iceberg_lake.duck import configure_s3
+    from iceberg_lake.engine.duck import configure_s3
 
     settings = _settings(
         tmp_path,

@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
 from iceberg_lake.config import Settings, load_settings
-from iceberg_lake.drift import find_drift
 from iceberg_lake.exceptions import MigrationError
-from iceberg_lake.migrations import MigrationRunner, discover, migrations_dir
 from iceberg_lake.properties import SCHEMA_VERSION_PROPERTY
+from iceberg_lake.schema.drift import find_drift
+from iceberg_lake.schema.migrations import MigrationRunner, discover, migrations_dir
 from iceberg_lake.tables import TableRegistry, registry
 
 TRADES = ["bronze.stocks_trades", "silver.stocks_trades"]

@@ -23,8 +23,8 @@ import sqlalchemy as sa
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import load_settings
 from iceberg_lake.exceptions import MigrationError
-from iceberg_lake.migrations import MigrationLedger, lock_holder, lock_table
 from iceberg_lake.properties import SCHEMA_VERSION_PROPERTY
+from iceberg_lake.schema.migrations import MigrationLedger, lock_holder, lock_table
 from iceberg_lake.tables import registry
 
 pytestmark = pytest.mark.integration

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from iceberg_lake import bus, metrics
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings, load_settings
-from iceberg_lake.migrations import MigrationRunner
+from iceberg_lake.engine import nats as bus
+from iceberg_lake.ingest.service import LakeService
+from iceberg_lake.ops import metrics
 from iceberg_lake.properties import WATERMARK_PREFIX
-from iceberg_lake.service import LakeService
-from iceberg_lake.silver import SilverCompactor
+from iceberg_lake.schema.migrations import MigrationRunner
+from iceberg_lake.silver.compactor import SilverCompactor
 from iceberg_lake.tables import TableRegistry, registry
 from iceberg_lake.testing import run_nats_server
 

@@ -10,7 +10,7 @@ from pyiceberg.expressions import EqualTo
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import load_settings
-from iceberg_lake.overwrite import PartitionReplacement
+from iceberg_lake.engine.iceberg import PartitionReplacement
 
 
 def _rows(table, n: int, offset: int) -> pa.Table:

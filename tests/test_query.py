@@ -1,4 +1,4 @@
-"""Queries by table name (`iceberg_lake.query.Lake`, `lake query`), current and AS OF."""
+"""Queries by table name (`iceberg_lake.timetravel.query.Lake`, `lake query`), current and AS OF."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ import pytest
 from timetravel_data import HOUR_NS, T14, append, futures, trades
 from typer.testing import CliRunner
 
-from iceberg_lake import snapshots
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
 from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.exceptions import LakeError, TimeTravelError
-from iceberg_lake.query import Lake
+from iceberg_lake.timetravel import snapshots
+from iceberg_lake.timetravel.query import Lake
 
 TRADES = "bronze.stocks_trades"
 FUTURES = "bronze.futures_trades"

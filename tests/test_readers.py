@@ -7,13 +7,13 @@ import random
 import pytest
 from timetravel_data import DAY_NS, HOUR_NS, T14, append, futures, to_arrow, trades
 
-from iceberg_lake import snapshots
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import load_settings
 from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
 from iceberg_lake.ingest.gold import flatten_level_signals
-from iceberg_lake.readers import BronzeReader, GoldReader, SilverReader
-from iceberg_lake.silver import SilverCompactor
+from iceberg_lake.silver.compactor import SilverCompactor
+from iceberg_lake.timetravel import snapshots
+from iceberg_lake.timetravel.readers import BronzeReader, GoldReader, SilverReader
 
 DAY = "2025-12-16"
 TRADES = "bronze.stocks_trades"

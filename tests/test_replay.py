@@ -1,4 +1,4 @@
-"""Deterministic snapshot-pinned replay (`iceberg_lake.replay.ReplayEngine`, `lake replay`)."""
+"""Deterministic snapshot-pinned replay (`timetravel.replay.ReplayEngine`, `lake replay`)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import pytest
 from timetravel_data import HOUR_NS, T14, append, futures, trades
 from typer.testing import CliRunner
 
-from iceberg_lake import snapshots
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
 from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
-from iceberg_lake.replay import MANIFEST_FORMAT, ReplayEngine, read_manifest
-from iceberg_lake.silver import SilverCompactor
+from iceberg_lake.silver.compactor import SilverCompactor
+from iceberg_lake.timetravel import snapshots
+from iceberg_lake.timetravel.replay import MANIFEST_FORMAT, ReplayEngine, read_manifest
 
 STOCKS = "bronze.stocks_trades"
 FUTURES = "bronze.futures_trades"

@@ -18,15 +18,16 @@ import pytest
 from timetravel_data import T14, append, futures, trades
 from typer.testing import CliRunner
 
-from iceberg_lake import bus, snapshots
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
 from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.engine import nats as bus
 from iceberg_lake.exceptions import TimeTravelError
-from iceberg_lake.readers import GoldReader
-from iceberg_lake.replay import ReplayEngine
-from iceberg_lake.service import LakeService
+from iceberg_lake.ingest.service import LakeService
 from iceberg_lake.testing import run_nats_server
+from iceberg_lake.timetravel import snapshots
+from iceberg_lake.timetravel.readers import GoldReader
+from iceberg_lake.timetravel.replay import ReplayEngine
 
 pytestmark = pytest.mark.integration
 

@@ -33,7 +33,7 @@ from pyiceberg.io.pyarrow import schema_to_pyarrow
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings
-from iceberg_lake.overwrite import PartitionReplacement
+from iceberg_lake.engine.iceberg import PartitionReplacement
 from iceberg_lake.testing import NatsServer, free_port, run_nats_server
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ from ingest_support import (
     settings_for,
 )
 
-from iceberg_lake import metrics
-from iceberg_lake.service import LakeService
+from iceberg_lake.ingest.service import LakeService
+from iceberg_lake.ops import metrics
 from iceberg_lake.testing import NatsServer, S3Server, run_nats_server
 
 pytestmark = pytest.mark.integration

@@ -29,9 +29,9 @@ from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
 from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.engine.iceberg import PartitionReplacement
 from iceberg_lake.exceptions import CompactionError, UnknownTableError
-from iceberg_lake.overwrite import PartitionReplacement
-from iceberg_lake.silver import SilverCompactor, silver_source_snapshots
+from iceberg_lake.silver.compactor import SilverCompactor, silver_source_snapshots
 
 pytestmark = pytest.mark.integration
 
@@ -534,7 +534,7 @@ def test_s3_warehouse_and_postgres_catalog(
         result = compactor.compact_date(DAY, "futures.trades")
         assert result["status"] == "success"
         assert compactor.compact_date(DAY, "futures.trades")["status"] == "unchanged"
-    from iceberg_lake import duck as duck_module
+    from iceberg_lake.engine import duck as duck_module
 
     duck_module.configure_s3(
         duck, s3_server.endpoint, s3_server.access_key, s3_server.secret_key, s3_server.region

@@ -6,9 +6,9 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from iceberg_lake.compaction.dedup import AdjacentDedup, dedup_query, duck_type
-from iceberg_lake.compaction.state import fingerprint, parse_state
 from iceberg_lake.exceptions import CompactionError
+from iceberg_lake.silver.dedup import AdjacentDedup, dedup_query, duck_type
+from iceberg_lake.silver.state import fingerprint, parse_state
 from iceberg_lake.tables import registry
 
 FUTURES = registry().get("silver.futures_trades")

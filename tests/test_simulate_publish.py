@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from iceberg_lake import bus
 from iceberg_lake.config import load_settings
+from iceberg_lake.engine import nats as bus
 from iceberg_lake.simulate import LEVELS_SIGNALS, SimulationConfig, build_messages, simulate
 from iceberg_lake.testing import NatsServer
 

@@ -1,4 +1,4 @@
-"""Tags, snapshot listing and `as_of` resolution (`iceberg_lake.snapshots`, `lake snapshot`)."""
+"""Tags, snapshot listing and `as_of` resolution (`timetravel.snapshots`, `lake snapshot`)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 from timetravel_data import HOUR_NS, T14, append, trades
 from typer.testing import CliRunner
 
-from iceberg_lake import snapshots
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
 from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
+from iceberg_lake.timetravel import snapshots
 
 TRADES = "bronze.stocks_trades"
 

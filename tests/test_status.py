@@ -15,11 +15,11 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from iceberg_lake.bus import connect, consumer_target, ensure_consumer, ensure_streams
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli import app
 from iceberg_lake.config import load_settings
-from iceberg_lake.status import collect_status
+from iceberg_lake.engine.nats import connect, consumer_target, ensure_consumer, ensure_streams
+from iceberg_lake.ops.status import collect_status
 from iceberg_lake.testing import free_port
 
 TABLE = "bronze.stocks_trades"

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from iceberg_lake import duck as duck_module
+from iceberg_lake.engine import duck as duck_module
 from iceberg_lake.testing import (
     ManagedProcess,
     NatsServer,

@@ -14,15 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from iceberg_lake import __version__
-from iceberg_lake.cli import (
-    compact_cmd,
-    demo_cmd,
-    ingest_cmd,
-    ops_cmd,
-    query_cmd,
-    schema_cmd,
-    tables_cmd,
-)
+from iceberg_lake.cli import compact, demo, maintain, query, schema, serve, tables
 from iceberg_lake.cli.common import err_console
 from iceberg_lake.exceptions import LakeError
 
@@ -70,15 +62,7 @@ def _root(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _module in (
-    tables_cmd,
-    ingest_cmd,
-    compact_cmd,
-    query_cmd,
-    schema_cmd,
-    ops_cmd,
-    demo_cmd,
-):
+for _module in (tables, serve, compact, query, schema, maintain, demo):
     _module.register(app)
 
 

@@ -29,15 +29,15 @@ from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table, Transaction
 from pyiceberg.table.metadata import TableMetadata
 
-from iceberg_lake import metrics, properties
-from iceberg_lake.bus import (
+from iceberg_lake import properties
+from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.config import Settings
+from iceberg_lake.engine.nats import (
     INFERRED_TARGET,
     consumer_target,
     dead_letter_subject,
     reset_consumer,
 )
-from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.config import Settings
 from iceberg_lake.ingest.batch import MicroBatch
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
 from iceberg_lake.ingest.decode import TableCodec
@@ -50,6 +50,7 @@ from iceberg_lake.ingest.routing import (
     InferredDecoder,
     RoutedBatch,
 )
+from iceberg_lake.ops import metrics
 from iceberg_lake.tables import DEAD_LETTERS_TABLE, GOLD
 
 if TYPE_CHECKING:

@@ -2,12 +2,12 @@
 
 For each Bronze partition (partition value, hour; greeks: day) the compactor reads the Parquet
 files of a pinned Bronze snapshot with DuckDB, removes duplicate events (see
-`iceberg_lake.compaction.dedup` for the event identity and the survivor rule), sorts by event time
+`iceberg_lake.silver.dedup` for the event identity and the survivor rule), sorts by event time
 and streams the result into new Silver data files. All replaced partitions of a run are swapped in
 ONE Iceberg `overwrite` snapshot, so every Silver snapshot holds every partition complete.
 
 Idempotent: a partition whose Bronze content is unchanged since the source snapshot of its last
-compaction is skipped without reading data (see `iceberg_lake.compaction.state`); a run that
+compaction is skipped without reading data (see `iceberg_lake.silver.state`); a run that
 changes nothing makes no commit.
 
 Example::
@@ -52,10 +52,12 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.typedef import Record
 
-from iceberg_lake import duck
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.compaction.dedup import (
+from iceberg_lake.config import Settings
+from iceberg_lake.engine import duck
+from iceberg_lake.exceptions import CommitConflictError, CompactionError, UnknownTableError
+from iceberg_lake.silver.dedup import (
     BUCKET_COLUMN,
     AdjacentDedup,
     dedup_query,
@@ -63,16 +65,14 @@ from iceberg_lake.compaction.dedup import (
     quote_ident,
     quote_str,
 )
-from iceberg_lake.compaction.state import (
+from iceberg_lake.silver.state import (
     BronzeHistory,
     PartitionId,
     file_prefix,
     fingerprint,
     parse_state,
 )
-from iceberg_lake.compaction.writer import PartitionFileWriter
-from iceberg_lake.config import Settings
-from iceberg_lake.exceptions import CommitConflictError, CompactionError, UnknownTableError
+from iceberg_lake.silver.writer import PartitionFileWriter
 from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
 
 log = logging.getLogger(__name__)
@@ -566,7 +566,7 @@ class SilverCompactor:
         table_properties: dict[str, str],
     ) -> dict[str, Any]:
         """Compact the partitions that changed and commit them; return the result."""
-        from iceberg_lake.overwrite import PartitionReplacement
+        from iceberg_lake.engine.iceberg import PartitionReplacement
 
         started = time.perf_counter()
         history = BronzeHistory(bronze)

@@ -19,7 +19,7 @@ table property `lake.empty-tag.<name>`, and resolving it gives `None` (empty).
 
 Example::
 
-    from iceberg_lake import snapshots
+    from iceberg_lake.timetravel import snapshots
 
     pins = snapshots.create_tag(settings, "bt-2025-12-16")   # {table: snapshot id | None}
     table = LakeCatalog(settings).load_table("bronze.stocks_trades")

@@ -46,8 +46,8 @@ from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.engine.iceberg import PartitionReplacement, write_data_files
 from iceberg_lake.exceptions import CommitConflictError, LakeError
-from iceberg_lake.overwrite import PartitionReplacement, write_data_files
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ class TableMaintenance:
             raise LakeError("target size must be positive")
         if self.table_id.startswith(SILVER_PREFIX):
             # The Silver compactor writes target-sized, sorted files whose names carry its
-            # change-detection state (`iceberg_lake.compaction.state`); rewriting them would
+            # change-detection state (`iceberg_lake.silver.state`); rewriting them would
             # only force a recompaction.
             return CompactionResult(self.table_id, None, [], 0, 0, 0, 0, dry_run)
         table = self._refresh()
@@ -347,7 +347,8 @@ class TableMaintenance:
 
         Never expires: the current snapshot, the `retain_last` newest snapshots of the main
         branch, any snapshot a tag or branch points at, and (for Bronze tables) any snapshot a
-        Silver partition names as its source (`iceberg_lake.silver.silver_source_snapshots`).
+        Silver partition names as its source
+        (`iceberg_lake.silver.compactor.silver_source_snapshots`).
         Files deleted are the manifest lists, manifests, data/delete files and statistics files
         reachable from an expired snapshot and from no remaining one.
 
@@ -492,7 +493,7 @@ def silver_sources(catalog: LakeCatalog) -> dict[str, set[int]]:
     """
     out: dict[str, set[int]] = {}
     try:
-        from iceberg_lake.silver import silver_source_snapshots
+        from iceberg_lake.silver.compactor import silver_source_snapshots
 
         for table_id, ids in silver_source_snapshots(catalog).items():
             out.setdefault(table_id, set()).update(ids)

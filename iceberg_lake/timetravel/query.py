@@ -5,9 +5,9 @@
 does (`bronze.stocks_trades`, `silver.futures_mbp10`, `gold.levels_signals`). Each view reads a
 fixed snapshot through `iceberg_scan(<metadata file>, snapshot_from_id=<id>)`: the current one,
 or the one an `as_of` pin names (snapshot id, tag or timestamp, for all tables or per table; see
-`iceberg_lake.snapshots`). A table without a snapshot (never written, or empty at that point) is
-an empty view with the table's columns. The views are pinned when the connection is made, so
-every query on it sees the same data even while writers commit.
+`iceberg_lake.timetravel.snapshots`). A table without a snapshot (never written, or empty at
+that point) is an empty view with the table's columns. The views are pinned when the connection
+is made, so every query on it sees the same data even while writers commit.
 
 Example::
 
@@ -26,13 +26,13 @@ import duckdb
 import pyarrow as pa
 from pyiceberg.table import Table
 
-from iceberg_lake import duck
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.compaction.dedup import duck_type, quote_ident, quote_str
 from iceberg_lake.config import Settings
+from iceberg_lake.engine import duck
 from iceberg_lake.exceptions import LakeError
-from iceberg_lake.snapshots import AsOfSpec, pin_for, resolve_as_of
+from iceberg_lake.silver.dedup import duck_type, quote_ident, quote_str
 from iceberg_lake.tables import NAMESPACES
+from iceberg_lake.timetravel.snapshots import AsOfSpec, pin_for, resolve_as_of
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -3,7 +3,7 @@
 pyiceberg's writer needs the whole partition as one Arrow table (and filters it once per
 partition); this writer takes a record-batch stream, so memory stays at one batch, and names each
 file itself: the Silver compactor encodes its change-detection state in the name (see
-`iceberg_lake.compaction.state`).
+`iceberg_lake.silver.state`).
 """
 
 from __future__ import annotations

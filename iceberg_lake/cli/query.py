@@ -15,7 +15,6 @@ import pyarrow as pa
 import typer
 
 from iceberg_lake import properties as P
-from iceberg_lake import snapshots
 from iceberg_lake.cli.common import (
     OUTPUT_OPTION,
     OutputFormat,
@@ -26,7 +25,8 @@ from iceberg_lake.cli.common import (
     open_catalog,
 )
 from iceberg_lake.exceptions import TimeTravelError
-from iceberg_lake.snapshots import AsOf, AsOfSpec
+from iceberg_lake.timetravel import snapshots
+from iceberg_lake.timetravel.snapshots import AsOf, AsOfSpec
 
 snapshot_app = typer.Typer(help="Snapshots and tags: what a backtest cites.", no_args_is_help=True)
 
@@ -123,7 +123,7 @@ def query(
     ] = None,
 ) -> None:
     """Run SQL against the lake's tables, optionally as of a tag, snapshot or time."""
-    from iceberg_lake.query import Lake
+    from iceberg_lake.timetravel.query import Lake
 
     pins = parse_as_of(as_of)
     if output == QueryOutput.parquet and file is None:
@@ -301,7 +301,7 @@ def replay(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
     """Replay pinned snapshots of tables merged by event time, to NATS or NDJSON."""
-    from iceberg_lake.replay import ReplayEngine, read_manifest
+    from iceberg_lake.timetravel.replay import ReplayEngine, read_manifest
 
     if prefix and not to_nats:
         raise typer.BadParameter("--prefix needs --to-nats", param_hint="--prefix")

@@ -40,8 +40,8 @@ from pyiceberg.table import Table
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
-from iceberg_lake.snapshots import AsOf, resolve_as_of
 from iceberg_lake.tables import BRONZE, GOLD, SILVER, TableDefinition
+from iceberg_lake.timetravel.snapshots import AsOf, resolve_as_of
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -47,7 +47,8 @@ from pyiceberg.table import Table
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.evolve import (
+from iceberg_lake.exceptions import LakeError, MigrationError, UnknownTableError
+from iceberg_lake.schema.evolve import (
     AddColumn,
     AddPartitionField,
     Change,
@@ -59,7 +60,6 @@ from iceberg_lake.evolve import (
     evolve_table,
     plan_changes,
 )
-from iceberg_lake.exceptions import LakeError, MigrationError, UnknownTableError
 from iceberg_lake.tables import declared_dir
 
 log = logging.getLogger(__name__)
@@ -765,7 +765,7 @@ Also update the table definitions in catalog/ (the columns and `schema_version` 
 
 from __future__ import annotations
 
-from iceberg_lake.migrations import MigrationContext
+from iceberg_lake.schema.migrations import MigrationContext
 
 
 def upgrade(ctx: MigrationContext) -> None:

@@ -56,13 +56,13 @@ import msgspec
 from pyiceberg.table import Table
 
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.compaction.dedup import quote_ident, quote_str
 from iceberg_lake.config import Settings
 from iceberg_lake.exceptions import TimeTravelError
-from iceberg_lake.query import Lake, duckdb_path
-from iceberg_lake.readers import window_filter
-from iceberg_lake.snapshots import AsOfSpec, pin_for, resolve_as_of
+from iceberg_lake.silver.dedup import quote_ident, quote_str
 from iceberg_lake.tables import GOLD, TableDefinition
+from iceberg_lake.timetravel.query import Lake, duckdb_path
+from iceberg_lake.timetravel.readers import window_filter
+from iceberg_lake.timetravel.snapshots import AsOfSpec, pin_for, resolve_as_of
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -410,7 +410,7 @@ class ReplayEngine:
             )
         own = nc is None
         if nc is None:
-            from iceberg_lake.bus import connect
+            from iceberg_lake.engine.nats import connect
 
             nc = await connect(self.catalog.settings, name="iceberg_lake-replay")
         sink = NatsSink(nc, prefix=prefix, close_client=own)

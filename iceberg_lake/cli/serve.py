@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         ] = 1,
     ) -> None:
         """Run the Bronze/Gold writers: JetStream in, Iceberg commits out."""
-        from iceberg_lake.service import LakeService, resolve_targets
+        from iceberg_lake.ingest.service import LakeService, resolve_targets
 
         s = settings()
         if workers > 1:
@@ -62,13 +62,13 @@ def register(app: typer.Typer) -> None:
             )
         if not logging.getLogger().isEnabledFor(logging.INFO):
             # Startup and each flush are logged at INFO: the service's own loggers say them.
-            for name in ("iceberg_lake.service", "iceberg_lake.ingest.writer"):
+            for name in ("iceberg_lake.ingest.service", "iceberg_lake.ingest.writer"):
                 logging.getLogger(name).setLevel(logging.INFO)
             if not logging.getLogger().handlers:
                 logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         service = LakeService(s, tables or None)
         if metrics_port is not None:
-            from iceberg_lake.metrics import serve_metrics
+            from iceberg_lake.ops.metrics import serve_metrics
 
             serve_metrics(metrics_port)
             err_console.print(f"metrics on http://0.0.0.0:{metrics_port}/metrics", highlight=False)

@@ -17,8 +17,8 @@ from typing import Any
 from pyiceberg.table import Table
 
 from iceberg_lake.catalog import LakeCatalog
-from iceberg_lake.evolve import TableState
 from iceberg_lake.properties import SCHEMA_NAME_PROPERTY
+from iceberg_lake.schema.evolve import TableState
 from iceberg_lake.tables import TableDefinition
 
 ERROR = "error"
@@ -101,7 +101,7 @@ def find_drift(catalog: LakeCatalog, migrations_dir: Path | None = None) -> list
     Returns:
         The differences, errors first; empty when the lake is exactly as declared.
     """
-    from iceberg_lake.migrations import MigrationRunner
+    from iceberg_lake.schema.migrations import MigrationRunner
 
     out: list[Drift] = []
     existing = set(catalog.existing_tables())

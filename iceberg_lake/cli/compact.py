@@ -54,7 +54,7 @@ def compact(
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Deduplicate and sort Bronze into Silver; one atomic snapshot per table. Idempotent."""
-    from iceberg_lake.silver import SilverCompactor
+    from iceberg_lake.silver.compactor import SilverCompactor
 
     modes = [
         m

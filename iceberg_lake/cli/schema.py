@@ -8,8 +8,9 @@ import typer
 
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit
 from iceberg_lake.cli.common import open_catalog as _open_catalog
-from iceberg_lake.drift import ERROR, find_drift
-from iceberg_lake.evolve import (
+from iceberg_lake.exceptions import LakeError, SchemaChangeError
+from iceberg_lake.schema.drift import ERROR, find_drift
+from iceberg_lake.schema.evolve import (
     AddColumn,
     AddPartitionField,
     Change,
@@ -18,8 +19,7 @@ from iceberg_lake.evolve import (
     WidenColumn,
     evolve_table,
 )
-from iceberg_lake.exceptions import LakeError, SchemaChangeError
-from iceberg_lake.migrations import DEFAULT_LOCK_TIMEOUT, MigrationRunner
+from iceberg_lake.schema.migrations import DEFAULT_LOCK_TIMEOUT, MigrationRunner
 
 migrate_app = typer.Typer(help="Versioned schema migrations (migrations/NNNN_name.py).")
 table_app = typer.Typer(help="Create a declared table or evolve a live one safely.")

@@ -15,9 +15,9 @@ import logging
 import signal
 import time
 
-from iceberg_lake import bus
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings
+from iceberg_lake.engine import nats as bus
 from iceberg_lake.exceptions import LakeError
 from iceberg_lake.ingest.writer import ConsumerWriter
 from iceberg_lake.tables import registry

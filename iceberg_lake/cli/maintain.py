@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit, open_catalog
-from iceberg_lake.maintenance import (
+from iceberg_lake.ops.maintenance import (
     TableMaintenance,
     maintained_tables,
     parse_duration,
@@ -131,7 +131,7 @@ def status(
     ),
 ) -> None:
     """Tables (rows, files, mean file size, snapshots, last commit), consumer lag, dead letters."""
-    from iceberg_lake.status import collect_status, print_status
+    from iceberg_lake.ops.status import collect_status, print_status
 
     report = collect_status(open_catalog(), nats_timeout=nats_timeout)
     if as_json or output == OutputFormat.json:

@@ -16,9 +16,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from iceberg_lake.bus import connect, consumer_target
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.config import Settings
+from iceberg_lake.engine.nats import connect, consumer_target
 from iceberg_lake.exceptions import LakeError
 
 DEAD_LETTERS_TABLE = "bronze.dead_letters"

@@ -7,7 +7,7 @@ loads them, so every connection it returns can run ``iceberg_scan`` and read ``s
 
 Example::
 
-    from iceberg_lake import duck
+    from iceberg_lake.engine import duck
 
     con = duck.connect()
     duck.configure_s3(con, "http://127.0.0.1:8333", "AK", "SK", "us-east-1")

@@ -1,0 +1,1 @@
+"""Operations: maintenance (small files, snapshot expiry, orphans), status and metrics."""

@@ -1,0 +1,1 @@
+"""Schema evolution: versioned migrations, safe evolve operations, drift vs. declarations."""
