@@ -1,0 +1,265 @@
+"""Spark as an engine: real Spark 3.5 + Iceberg 1.10 on the SQLite and PostgreSQL catalogs.
+
+One `local[2]` session (the `spark` fixture) serves every test; each catalog kind gets its own
+small lake, attached to Spark under its catalog name. Budget: about 2 minutes on 2 cores for the
+whole module, most of it JVM start and Spark's first queries.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from timetravel_data import DAY_NS, HOUR_NS, T14, append, futures, to_arrow, trades
+
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.schema.evolve import AddColumn, RenameColumn, WidenColumn, evolve_table
+from iceberg_lake.silver.compactor import SilverCompactor
+from iceberg_lake.testing import PostgresServer
+from iceberg_lake.testing_spark import TcpToUnixProxy, attach_catalog
+from iceberg_lake.timetravel import snapshots
+from iceberg_lake.timetravel.query import Lake
+from iceberg_lake.timetravel.readers import BronzeReader, SilverReader
+
+pytestmark = pytest.mark.integration
+
+TRADES = "bronze.stocks_trades"
+FUTURES = "bronze.futures_trades"
+DAY = "2025-12-16"
+
+
+def _build(settings: Settings) -> dict[str, Any]:
+    """A small lake: SPY and QQQ trades over two hours (tagged after the first), ES futures."""
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    first = append(catalog.load_table(TRADES), trades("SPY", T14, 6, 10**9))
+    append(catalog.load_table(TRADES), trades("QQQ", T14, 4, 10**9, seq0=50, price=500.0))
+    snapshots.create_tag(catalog, "bt-1", [TRADES])
+    append(catalog.load_table(TRADES), trades("SPY", T14 + HOUR_NS, 5, 10**9, seq0=100))
+    append(catalog.load_table(FUTURES), futures("ES", T14, 3, 10**9))
+    return {"settings": settings, "catalog": catalog, "first": first}
+
+
+@pytest.fixture(scope="module")
+def pg_proxy(postgres_server: PostgresServer) -> Iterator[TcpToUnixProxy]:
+    """The session's PostgreSQL on a loopback TCP port (JDBC cannot open its Unix socket)."""
+    proxy = TcpToUnixProxy(postgres_server.socket_dir / f".s.PGSQL.{postgres_server.port}")
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def lake(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, spark: Any
+) -> dict[str, Any]:
+    """A lake on the SQLite or PostgreSQL catalog, attached to the shared Spark session."""
+    root = tmp_path_factory.mktemp(f"spark-{request.param}")
+    env = {"LAKE_DATA_DIR": str(root / "lake")}
+    if request.param == "postgresql":
+        proxy = request.getfixturevalue("pg_proxy")
+        # A catalog name of its own: the session's PostgreSQL is shared with other tests.
+        env["LAKE_CATALOG_URI"] = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+        env["LAKE_CATALOG_NAME"] = "lake_pg"
+    built = _build(load_settings(env))
+    built["name"] = attach_catalog(spark, built["settings"])
+    return built
+
+
+def _spark_count(spark: Any, name: str, sql_from: str, where: str = "") -> int:
+    return int(spark.sql(f"SELECT count(*) AS n FROM {name}.{sql_from} {where}").first()["n"])
+
+
+def _refresh(spark: Any, name: str, table: str) -> None:
+    spark.sql(f"REFRESH TABLE {name}.{table}")
+
+
+def test_every_table_reads_by_name_with_duckdb_counts(spark: Any, lake: dict[str, Any]) -> None:
+    tables = lake["catalog"].existing_tables()
+    assert TRADES in tables and "silver.stocks_trades" in tables and len(tables) >= 13
+    duck = Lake(lake["settings"])
+    for table in tables:
+        expected = duck.query(f"SELECT count(*) AS n FROM {table}").to_pylist()[0]["n"]
+        assert _spark_count(spark, lake["name"], table) == expected, table
+    assert _spark_count(spark, lake["name"], TRADES) == 15
+
+
+def test_hidden_partitions_prune_in_spark(spark: Any, lake: dict[str, Any]) -> None:
+    name = lake["name"]
+    hour = datetime.fromtimestamp((T14 + HOUR_NS) / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+    where = f"WHERE symbol = 'SPY' AND ts_event >= TIMESTAMP '{hour}'"
+    df = spark.sql(f"SELECT * FROM {name}.{TRADES} {where}")
+    plan = df._jdf.queryExecution().executedPlan().toString()  # noqa: SLF001 - plan text only
+    # The filters reach Iceberg's scan (that is what prunes) ...
+    assert "BatchScan" in plan and "symbol" in plan and "ts_event" in plan
+    # ... and only the file of (SPY, 15:00) is read, out of the table's three (`_file` is
+    # Iceberg's metadata column naming each row's data file).
+    files = "SELECT count(DISTINCT _file) AS n FROM {}.{} {}"
+    assert int(spark.sql(files.format(name, TRADES, where)).first()["n"]) == 1
+    assert int(spark.sql(files.format(name, TRADES, "")).first()["n"]) == 3
+    assert df.count() == 5
+
+
+def test_version_as_of_a_snapshot_id_and_a_tag(spark: Any, lake: dict[str, Any]) -> None:
+    name = lake["name"]
+    assert _spark_count(spark, name, f"{TRADES} VERSION AS OF {lake['first']}") == 6
+    assert _spark_count(spark, name, f"{TRADES} VERSION AS OF 'bt-1'") == 10
+    refs = spark.sql(f"SELECT name, type FROM {name}.{TRADES}.refs").collect()
+    assert ("bt-1", "TAG") in {(r["name"], r["type"]) for r in refs}
+
+
+def test_evolved_columns_read_right(spark: Any, lake: dict[str, Any]) -> None:
+    catalog, name = lake["catalog"], lake["name"]
+    table = catalog.load_table(FUTURES)
+    result = evolve_table(
+        table,
+        FUTURES,
+        [
+            AddColumn("venue", "string"),
+            WidenColumn("size", "long"),
+            RenameColumn("exchange", "exchange_code"),
+        ],
+    )
+    assert result.committed
+    table = catalog.load_table(FUTURES)
+    new = [
+        {**r, "venue": "GLBX", "exchange_code": "CME2"}
+        for r in futures("ES", T14, 2, 10**9, seq0=10)
+    ]
+    new[1]["size"] = 3_000_000_000  # only fits the widened column
+    table.append(to_arrow(table, new))
+    _refresh(spark, name, FUTURES)
+    sql = f"SELECT seq, size, venue, exchange_code FROM {FUTURES} ORDER BY seq"
+    got = [tuple(r) for r in spark.sql(sql.replace("FROM ", f"FROM {name}.")).collect()]
+    assert got == [
+        (0, 1, None, "CME"),
+        (1, 2, None, "CME"),
+        (2, 3, None, "CME"),
+        (10, 1, "GLBX", "CME2"),
+        (11, 3_000_000_000, "GLBX", "CME2"),
+    ]
+    duck = Lake(lake["settings"]).query(sql)
+    assert [tuple(r.values()) for r in duck.to_pylist()] == got
+
+
+def _insert_sql(spark: Any, name: str, rows: list[dict[str, Any]]) -> str:
+    """`INSERT INTO` with every column of the table in order (`ts_event` derived by Spark)."""
+    columns = spark.table(f"{name}.{TRADES}").columns
+    values = []
+    for row in rows:
+        exprs = []
+        for col in columns:
+            if col == "ts_event":
+                exprs.append(f"timestamp_micros({row['ts_event_ns'] // 1000})")
+            elif row.get(col) is None:
+                exprs.append("NULL")
+            elif isinstance(row[col], str):
+                exprs.append(f"'{row[col]}'")
+            else:
+                exprs.append(repr(row[col]))
+        values.append("(" + ", ".join(exprs) + ")")
+    return f"INSERT INTO {name}.{TRADES} VALUES " + ", ".join(values)
+
+
+def test_spark_insert_is_read_by_the_lake_and_compacted_into_silver(
+    spark: Any, lake: dict[str, Any]
+) -> None:
+    name, settings = lake["name"], lake["settings"]
+    new = trades("SPY", T14 + 2 * HOUR_NS, 2, 10**9, seq0=200)
+    # An exact duplicate (received later) of a Bronze row: Silver must keep the earlier one.
+    duplicate = {**trades("SPY", T14, 1, 10**9)[0], "ts_recv_ns": T14 + 9_999}
+    spark.sql(_insert_sql(spark, name, [*new, duplicate]))
+    catalog = LakeCatalog(settings)
+    snap = catalog.load_table(TRADES).current_snapshot()
+    assert snap is not None and snap.summary is not None
+    assert snap.summary["added-records"] == "3"
+    bronze = BronzeReader(catalog).read_stock_trades("SPY", DAY)
+    assert len(bronze) == 14 and {r["seq"] for r in new} <= set(bronze["seq"])
+    result = SilverCompactor(catalog).compact_date(DAY, TRADES)
+    assert result["status"] == "success" and result["duplicates_removed"] == 1
+    silver = SilverReader(catalog).read_stock_trades("SPY", DAY)
+    assert len(silver) == 13
+    kept = silver[(silver["seq"] == 0)]
+    assert kept["ts_recv_ns"].tolist() == [T14 + 1_000]
+    _refresh(spark, name, "silver.stocks_trades")
+    assert _spark_count(spark, name, "silver.stocks_trades") == 13 + 4
+
+
+def test_spark_maintenance_then_the_lake_reads_and_compacts_without_loss(
+    spark: Any, lake: dict[str, Any]
+) -> None:
+    name, settings = lake["name"], lake["settings"]
+    catalog = LakeCatalog(settings)
+    before = BronzeReader(catalog).read_stock_trades("SPY", DAY)
+    files_before = len(catalog.load_table(TRADES).inspect.files())
+    rewritten = spark.sql(
+        f"CALL {name}.system.rewrite_data_files(table => '{TRADES}', "
+        "options => map('min-input-files', '2'))"
+    ).first()
+    assert rewritten["rewritten_data_files_count"] >= 2
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    spark.sql(
+        f"CALL {name}.system.expire_snapshots(table => '{TRADES}', "
+        f"older_than => TIMESTAMP '{now}', retain_last => 1)"
+    ).first()
+    table = LakeCatalog(settings).load_table(TRADES)
+    assert len(table.inspect.files()) < files_before
+    kept = {s.snapshot_id for s in table.snapshots()}
+    assert len(kept) == 2  # the current one and the tagged one
+    after = BronzeReader(catalog).read_stock_trades("SPY", DAY)
+    cols = ["ts_event_ns", "ts_recv_ns", "seq", "price", "size"]
+    assert (
+        after[cols].sort_values(cols).values.tolist()
+        == before[cols].sort_values(cols).values.tolist()
+    )
+    duck = Lake(settings).query(f"SELECT count(*) AS n FROM {TRADES}").to_pylist()[0]["n"]
+    assert duck == 18
+    result = SilverCompactor(catalog).compact_date(DAY, TRADES)
+    assert result["status"] in ("success", "unchanged")
+    silver = SilverReader(catalog).read_stock_trades("SPY", DAY)
+    assert len(silver) == 13
+    assert Lake(settings).query("SELECT count(*) AS n FROM silver.stocks_trades").to_pylist() == [
+        {"n": 17}
+    ]
+
+
+def test_spark_reads_while_the_lake_commits_on_sqlite(spark: Any, tmp_path: Path) -> None:
+    """WAL journal mode + no catalog-table check: no "database is locked", no stale catalog."""
+    settings = load_settings(
+        {"LAKE_DATA_DIR": str(tmp_path / "lake"), "LAKE_CATALOG_NAME": "lake_wal"}
+    )
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    append(catalog.load_table(TRADES), trades("SPY", DAY_NS, 10, 10**6))
+    name = attach_catalog(spark, settings)
+    assert _spark_count(spark, name, TRADES) == 10  # Spark now holds the catalog open
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def commit() -> None:
+        try:
+            table = LakeCatalog(settings).load_table(TRADES)
+            for i in range(1, 6):
+                append(table, trades("SPY", DAY_NS + i * HOUR_NS, 10, 10**6, seq0=i * 100))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    writer = threading.Thread(target=commit)
+    writer.start()
+    reads = 0
+    while not done.is_set() or reads == 0:
+        _refresh(spark, name, TRADES)
+        assert _spark_count(spark, name, TRADES) % 10 == 0
+        reads += 1
+    writer.join(timeout=60)
+    assert not errors, errors
+    _refresh(spark, name, TRADES)
+    assert _spark_count(spark, name, TRADES) == 60
+    mode = catalog.catalog.engine.connect().exec_driver_sql("PRAGMA journal_mode").scalar()
+    assert mode == "wal"
