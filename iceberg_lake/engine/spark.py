@@ -6,17 +6,38 @@ needs a JDBC catalog named like the lake's (`LAKE_CATALOG_NAME`: rows are keyed 
 the same database and warehouse. This module turns `Settings` into those engine settings; the CLI
 (`lake engines …`) prints them and the test harness starts Spark with them.
 
-Everything here is pure: no JVM is started and nothing is imported from pyspark.
+Below the settings: the few Spark calls the lake makes itself (`replace_partitions`, the one
+Silver write through Spark). pyspark is imported only inside them, so the library works without
+the `spark` extra.
 """
 
 from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlparse
 
+from pyiceberg.types import (
+    BinaryType,
+    BooleanType,
+    DateType,
+    DecimalType,
+    DoubleType,
+    FloatType,
+    IcebergType,
+    IntegerType,
+    LongType,
+    StringType,
+    TimestampType,
+    TimestamptzType,
+)
+
 from iceberg_lake.config import Settings
-from iceberg_lake.exceptions import ConfigError
+from iceberg_lake.exceptions import CompactionError, ConfigError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 #: Versions the lake was tested with (tests/test_spark.py): Spark 3.5 / Scala 2.12, Iceberg 1.10.
 ICEBERG_VERSION = "1.10.2"
@@ -240,3 +261,60 @@ def trino_properties(settings: Settings, *, show_secrets: bool = False) -> str:
         props["local.location"] = "/"
     lines.extend(f"{k}={v}" for k, v in props.items())
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Writing through Spark
+# --------------------------------------------------------------------------------------------
+
+#: Iceberg's Spark write options (`org.apache.iceberg.spark.SparkWriteOptions`).
+USE_TABLE_DISTRIBUTION_AND_ORDERING = "use-table-distribution-and-ordering"
+SNAPSHOT_PROPERTY_PREFIX = "snapshot-property."
+
+
+def spark_sql_type(t: IcebergType) -> str:
+    """The Spark SQL type of an Iceberg primitive type (for typed NULL columns).
+
+    Raises:
+        CompactionError: a type the lake's tables do not use.
+    """
+    simple: dict[type, str] = {
+        BooleanType: "BOOLEAN",
+        IntegerType: "INT",
+        LongType: "BIGINT",
+        FloatType: "FLOAT",
+        DoubleType: "DOUBLE",
+        StringType: "STRING",
+        BinaryType: "BINARY",
+        DateType: "DATE",
+        TimestamptzType: "TIMESTAMP",
+        TimestampType: "TIMESTAMP_NTZ",
+    }
+    if isinstance(t, DecimalType):
+        return f"DECIMAL({t.precision}, {t.scale})"
+    for cls, name in simple.items():
+        if isinstance(t, cls):
+            return name
+    raise CompactionError(f"column type {t} is not supported by Spark compaction")
+
+
+def replace_partitions(df: DataFrame, table: str, snapshot_properties: dict[str, str]) -> None:
+    """Replace every partition that `df` has rows in, in ONE Iceberg `overwrite` snapshot.
+
+    Iceberg's dynamic partition overwrite (`overwritePartitions`, a `ReplacePartitions` commit)
+    swaps the files of exactly the partitions present in `df`; other partitions keep theirs.
+    `df`'s own clustering and order are written as they are: the table's declared distribution
+    and sort order are switched off for this write (`use-table-distribution-and-ordering=false`),
+    because Iceberg would otherwise re-sort by its sort order alone (`ts_event_ns`), which leaves
+    the order of rows with equal keys to Spark's shuffle and spills. So `df` must be clustered by
+    partition within each Spark partition (e.g. `repartition(keys).sortWithinPartitions(keys…)`).
+
+    Args:
+        df: the rows, with the table's columns (matched by name).
+        table: the Spark table name, `catalog.namespace.table`.
+        snapshot_properties: summary properties of the new snapshot.
+    """
+    writer = df.writeTo(table).option(USE_TABLE_DISTRIBUTION_AND_ORDERING, "false")
+    for key, value in snapshot_properties.items():
+        writer = writer.option(SNAPSHOT_PROPERTY_PREFIX + key, value)
+    writer.overwritePartitions()
