@@ -8,6 +8,10 @@ whole module, most of it JVM start and Spark's first queries.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -269,9 +273,12 @@ def test_spark_reads_while_the_lake_commits_on_sqlite(spark: Any, tmp_path: Path
 # ---- Silver on Spark -------------------------------------------------------------------------
 
 
-def test_spark_silver_equals_duckdb_silver_row_for_row(spark: Any, tmp_path: Path, duck) -> None:
+def test_lake_compact_engine_spark_equals_duckdb_silver_row_for_row(
+    tmp_path: Path, duck: Any
+) -> None:
     """Same pinned Bronze snapshot, both engines: identical rows in identical order per
-    partition, each run ONE `overwrite` snapshot."""
+    partition, each run ONE `overwrite` snapshot. Spark runs in the installed `lake` executable
+    (its own local JVM), as an operator would run it."""
     from test_silver import (
         BRONZE,
         DAY,
@@ -283,11 +290,7 @@ def test_spark_silver_equals_duckdb_silver_row_for_row(spark: Any, tmp_path: Pat
     )
     from test_silver import append as bronze_append
 
-    from iceberg_lake.silver.spark import SparkSilverCompactor
-
-    settings = load_settings(
-        {"LAKE_DATA_DIR": str(tmp_path / "lake"), "LAKE_CATALOG_NAME": "lake_silver"}
-    )
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
     catalog = _make_lake(settings)
     bronze = catalog.load_table(BRONZE)
     rows = base_rows()
@@ -304,12 +307,19 @@ def test_spark_silver_equals_duckdb_silver_row_for_row(spark: Any, tmp_path: Pat
     duck_snap = silver.current_snapshot()
     assert duck_snap is not None and duck_snap.summary is not None
     assert duck_snap.summary.operation.value == "overwrite"
-
-    attach_catalog(spark, settings)
     before = {s.snapshot_id for s in silver.snapshots()}
-    by_spark = SparkSilverCompactor(spark, settings).compact_date(
-        DAY, "futures.trades", snapshot_id=pinned
+
+    exe = shutil.which("lake") or str(Path(sys.executable).with_name("lake"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
+    env.update({"LAKE_DATA_DIR": str(settings.data_dir), "SPARK_LOCAL_IP": "127.0.0.1"})
+    args = ["compact", "--engine", "spark", "--spark-master", "local[2]", "--date", str(DAY)]
+    args += ["--table", "futures.trades", "--snapshot", str(pinned), "-o", "json"]
+    proc = subprocess.run(
+        [exe, *args], env=env, capture_output=True, text=True, timeout=240, check=False
     )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (by_spark,) = json.loads(proc.stdout)
+
     silver = catalog.load_table(SILVER)
     new = [s for s in silver.snapshots() if s.snapshot_id not in before]
     assert len(new) == 1 and new[0].snapshot_id == by_spark["silver_snapshot_id"]
@@ -327,3 +337,12 @@ def test_spark_silver_equals_duckdb_silver_row_for_row(spark: Any, tmp_path: Pat
     assert int(props["deleted-data-files"]) == len(duck_files) > 0
     spark_rows = by_partition(silver_files_in_order(duck, silver))
     assert spark_rows == duck_rows, "rows or order differ per partition"
+
+
+def test_guard_pyspark_keeps_the_jvm_launcher_where_stop_spark_looks(spark: Any) -> None:
+    """`stop_spark` ends the JVM through `SparkContext._gateway.proc` (pyspark internals)."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway  # noqa: SLF001 - the internal this guard is about
+    assert gateway is not None and gateway.proc.poll() is None
+    assert spark.sparkContext._gateway is gateway  # noqa: SLF001

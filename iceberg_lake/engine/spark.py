@@ -6,15 +6,27 @@ needs a JDBC catalog named like the lake's (`LAKE_CATALOG_NAME`: rows are keyed 
 the same database and warehouse. This module turns `Settings` into those engine settings; the CLI
 (`lake engines …`) prints them and the test harness starts Spark with them.
 
-Below the settings: the few Spark calls the lake makes itself (`replace_partitions`, the one
-Silver write through Spark). pyspark is imported only inside them, so the library works without
-the `spark` extra.
+Below the settings: a local session for `lake compact --engine spark` (`spark_session`, with the
+jars of the `spark` extra: Iceberg's runtime from the `snowpark-connect-deps-iceberg` wheel lacks
+its relocated Jackson classes, which `jackson_patch_jar` builds from pyspark's own Jackson jars),
+and the one Silver write through Spark (`replace_partitions`). pyspark is imported only inside
+functions, so the library works without the `spark` extra.
+
+Engine internals relied on (guard tests in tests/test_spark.py): pyspark keeps the JVM launcher
+in `SparkContext._gateway.proc` (`stop_spark`); Iceberg's Spark writer honours the write option
+`use-table-distribution-and-ordering`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
 import shlex
+import struct
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -37,7 +49,7 @@ from iceberg_lake.config import Settings
 from iceberg_lake.exceptions import CompactionError, ConfigError
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
 #: Versions the lake was tested with (tests/test_spark.py): Spark 3.5 / Scala 2.12, Iceberg 1.10.
 ICEBERG_VERSION = "1.10.2"
@@ -261,6 +273,320 @@ def trino_properties(settings: Settings, *, show_secrets: bool = False) -> str:
         props["local.location"] = "/"
     lines.extend(f"{k}={v}" for k, v in props.items())
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# A local Spark with the lake's catalog (jars from the `spark` extra and Debian)
+# --------------------------------------------------------------------------------------------
+
+#: Environment variable naming a directory where Debian's JDBC packages were unpacked
+#: (`dpkg -x pkg.deb DIR`), for machines where they cannot be installed system-wide.
+DEBS_DIR_ENV = "ICEBERG_LAKE_SPARK_DEBS"
+#: Where Debian installs Java libraries and JNI libraries.
+SYSTEM_JAVA_DIR = Path("/usr/share/java")
+SYSTEM_JNI_DIRS = (Path("/usr/lib/x86_64-linux-gnu/jni"), Path("/usr/lib/aarch64-linux-gnu/jni"))
+
+JACKSON_FROM = "com/fasterxml/jackson/"
+JACKSON_TO = "org/apache/iceberg/shaded/com/fasterxml/jackson/"
+JACKSON_JARS = ("jackson-annotations", "jackson-core", "jackson-databind")
+
+
+class SparkSetupError(ConfigError):
+    """Something Spark needs (the `spark` extra, a JDBC driver) is missing."""
+
+
+# --------------------------------------------------------------------------------------------
+# Jar relocation: rewrite class names inside the constant pool of every class file
+# --------------------------------------------------------------------------------------------
+
+# Constant-pool entry sizes after the tag byte (JVMS §4.4); Utf8 (1) is variable-length.
+_CP_FIXED = {3: 4, 4: 4, 5: 8, 6: 8, 7: 2, 8: 2, 9: 4, 10: 4, 11: 4, 12: 4, 15: 3, 16: 2}
+_CP_FIXED.update({17: 4, 18: 4, 19: 2, 20: 2})
+
+
+def relocate_class(data: bytes, pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """Return a class file whose constant-pool strings have each `old` prefix replaced by `new`.
+
+    Every class, field and method reference in a class file names types through `CONSTANT_Utf8`
+    entries (internal names `a/b/C`, descriptors `La/b/C;`, generic signatures), and everything
+    after the constant pool refers to entries by index, so rewriting the Utf8 entries relocates
+    the class — what Maven's shade plugin does, minus its string-literal heuristics. Dotted names
+    (`a.b.C`, used reflectively) are rewritten too.
+
+    Args:
+        data: the class file.
+        pairs: `(old, new)` byte strings, slash form; the dotted form is derived.
+
+    Returns:
+        The rewritten class file.
+    """
+    if data[:4] != b"\xca\xfe\xba\xbe":
+        raise ValueError("not a class file")
+    replacements = [*pairs, *((o.replace(b"/", b"."), n.replace(b"/", b".")) for o, n in pairs)]
+    count = struct.unpack_from(">H", data, 8)[0]
+    out = bytearray(data[:10])
+    pos, index = 10, 1
+    while index < count:
+        tag = data[pos]
+        if tag == 1:
+            length = struct.unpack_from(">H", data, pos + 1)[0]
+            text = data[pos + 3 : pos + 3 + length]
+            for old, new in replacements:
+                if old in text:
+                    text = text.replace(old, new)
+            out += bytes([1]) + struct.pack(">H", len(text)) + text
+            pos += 3 + length
+        else:
+            size = _CP_FIXED[tag]
+            out += data[pos : pos + 1 + size]
+            pos += 1 + size
+            if tag in (5, 6):  # long and double take two slots
+                index += 1
+        index += 1
+    out += data[pos:]
+    return bytes(out)
+
+
+def relocate_jar(sources: list[Path], dest: Path, old: str, new: str) -> Path:
+    """Write one jar holding the classes of `sources` moved from package prefix `old` to `new`.
+
+    Class files get their constant pools rewritten (`relocate_class`), entry names move,
+    `META-INF/services/` files are renamed and rewritten; signatures, `module-info` and
+    multi-release variants are dropped. The jar is written to a temporary name and renamed, so
+    a concurrent builder never sees half a jar.
+
+    Args:
+        sources: jars to relocate.
+        dest: the jar to write.
+        old: prefix to move, slash form (`com/fasterxml/jackson/`).
+        new: its new name (`org/apache/iceberg/shaded/com/fasterxml/jackson/`).
+
+    Returns:
+        `dest`.
+    """
+    pairs = [(old.encode(), new.encode())]
+    old_dot, new_dot = old.replace("/", "."), new.replace("/", ".")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    seen: set[str] = set()
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as out:
+        out.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\r\n\r\n")
+        for source in sources:
+            with zipfile.ZipFile(source) as jar:
+                for info in jar.infolist():
+                    name = info.filename
+                    if info.is_dir() or name.startswith("META-INF/versions/"):
+                        continue
+                    if name.endswith("module-info.class") or name == "META-INF/MANIFEST.MF":
+                        continue
+                    if name.endswith((".SF", ".RSA", ".DSA")):
+                        continue
+                    data = jar.read(info)
+                    if name.endswith(".class") and name.startswith(old):
+                        name, data = new + name[len(old) :], relocate_class(data, pairs)
+                    elif name.startswith("META-INF/services/" + old_dot):
+                        name = (
+                            "META-INF/services/"
+                            + new_dot
+                            + name[len("META-INF/services/") + len(old_dot) :]
+                        )
+                        data = data.replace(old_dot.encode(), new_dot.encode())
+                    elif name.startswith("META-INF/"):
+                        name = f"META-INF/{source.stem}/{name[len('META-INF/') :]}"
+                    else:
+                        continue
+                    if name not in seen:
+                        seen.add(name)
+                        out.writestr(name, data)
+    tmp.replace(dest)
+    return dest
+
+
+def _pyspark_jars_dir() -> Path:
+    try:
+        import pyspark
+    except ImportError as exc:
+        raise SparkSetupError("pyspark is not installed (pip install -e '.[spark]')") from exc
+    return Path(pyspark.__file__).parent / "jars"
+
+
+def jackson_patch_jar(cache_dir: Path) -> Path:
+    """The relocated-Jackson jar that Iceberg's Spark runtime needs, built once per cache dir.
+
+    Args:
+        cache_dir: where to keep it (created if missing).
+
+    Returns:
+        Path of the jar (about 2 MB).
+    """
+    jars = _pyspark_jars_dir()
+    sources = sorted(
+        p for p in jars.glob("jackson-*.jar") if p.name.rsplit("-", 1)[0] in JACKSON_JARS
+    )
+    if len(sources) != len(JACKSON_JARS):
+        raise SparkSetupError(f"pyspark's Jackson jars not found in {jars}")
+    version = sources[0].stem.rsplit("-", 1)[1]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    dest = cache_dir / f"iceberg-shaded-jackson-{version}.jar"
+    if not dest.is_file():
+        relocate_jar(sources, dest, JACKSON_FROM, JACKSON_TO)
+    return dest
+
+
+# --------------------------------------------------------------------------------------------
+# Jars and drivers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SparkJars:
+    """The jars (and the SQLite JNI directory) a Spark session on the lake needs."""
+
+    iceberg_runtime: Path
+    jackson_patch: Path
+    sqlite_jdbc: Path
+    postgres_jdbc: Path
+    sqlite_jni_dir: Path
+
+    @property
+    def classpath(self) -> list[Path]:
+        """Every jar, in classpath order."""
+        return [self.iceberg_runtime, self.jackson_patch, self.sqlite_jdbc, self.postgres_jdbc]
+
+
+def _find_jar(pattern: str, dirs: list[Path], package: str) -> Path:
+    for d in dirs:
+        found = sorted(p for p in d.glob(pattern) if not p.is_symlink()) or sorted(d.glob(pattern))
+        if found:
+            return found[-1]
+    raise SparkSetupError(
+        f"{pattern} not found in {', '.join(map(str, dirs))}: apt-get install {package} "
+        f"(or dpkg -x its .deb into ${DEBS_DIR_ENV})"
+    )
+
+
+def find_spark_jars(cache_dir: Path) -> SparkJars:
+    """Locate Iceberg's runtime, the JDBC drivers, and build the Jackson patch if needed.
+
+    Args:
+        cache_dir: where the Jackson patch jar is kept.
+
+    Returns:
+        The jars.
+
+    Raises:
+        SparkSetupError: a wheel or Debian package is missing (the message names it).
+    """
+    try:
+        import snowpark_connect_deps_iceberg as deps
+    except ImportError as exc:
+        raise SparkSetupError(
+            "snowpark-connect-deps-iceberg is not installed (pip install -e '.[spark]')"
+        ) from exc
+    runtime = _find_jar(
+        "iceberg-spark-runtime-3.5_2.12-*.jar",
+        [Path(deps.get_jars_dir())],
+        "snowpark-connect-deps-iceberg",
+    )
+    java_dirs = [SYSTEM_JAVA_DIR]
+    jni_dirs = list(SYSTEM_JNI_DIRS)
+    if os.environ.get(DEBS_DIR_ENV):
+        root = Path(os.environ[DEBS_DIR_ENV])
+        java_dirs.insert(0, root / "usr/share/java")
+        jni_dirs[:0] = [root / d.relative_to("/") for d in SYSTEM_JNI_DIRS]
+    sqlite = _find_jar("xerial-sqlite-jdbc-*.jar", java_dirs, "libxerial-sqlite-jdbc-java")
+    postgres = _find_jar("postgresql-4*.jar", java_dirs, "libpostgresql-jdbc-java")
+    jni = next((d for d in jni_dirs if (d / "libsqlitejdbc.so").is_file()), None)
+    if jni is None:
+        raise SparkSetupError(
+            "libsqlitejdbc.so not found: apt-get install libxerial-sqlite-jdbc-jni "
+            f"(or dpkg -x its .deb into ${DEBS_DIR_ENV})"
+        )
+    return SparkJars(
+        iceberg_runtime=runtime,
+        jackson_patch=jackson_patch_jar(cache_dir),
+        sqlite_jdbc=sqlite,
+        postgres_jdbc=postgres,
+        sqlite_jni_dir=jni,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Sessions
+# --------------------------------------------------------------------------------------------
+
+
+def spark_session(
+    settings: Settings, *, master: str = "local[*]", cache_dir: Path | None = None
+) -> SparkSession:
+    """A SparkSession with the lake's catalog, for `lake compact --engine spark`.
+
+    Jars: with the `spark` extra installed, Iceberg's runtime from its wheel (plus the relocated
+    Jackson classes it lacks, built once into `cache_dir`) and the JDBC drivers from Debian;
+    without it, Maven coordinates (`spark.jars.packages`) for a machine that reaches Maven.
+    Settings from `spark-defaults.conf` / `PYSPARK_SUBMIT_ARGS` apply as usual.
+
+    Args:
+        settings: the lake's settings (its catalog becomes Spark catalog `catalog_name`).
+        master: Spark master URL.
+        cache_dir: where the Jackson jar is kept (default `<data dir>/.spark-jars`).
+
+    Returns:
+        The session; end it with `stop_spark`.
+
+    Raises:
+        SparkSetupError: pyspark or a JDBC driver is missing.
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise SparkSetupError(
+            "pyspark is not installed: pip install 'iceberg_lake[spark]'"
+        ) from exc
+    builder = SparkSession.builder.master(master).appName("iceberg_lake")
+    try:
+        jars = find_spark_jars(cache_dir or settings.data_dir / ".spark-jars")
+    except SparkSetupError:
+        if importlib.util.find_spec("snowpark_connect_deps_iceberg") is not None:
+            raise  # the extra is there but a driver is not: say which
+        builder = builder.config("spark.jars.packages", ",".join(spark_packages(settings)))
+    else:
+        builder = builder.config("spark.jars", ",".join(str(p) for p in jars.classpath))
+        builder = builder.config(
+            "spark.driver.extraJavaOptions", f"-Djava.library.path={jars.sqlite_jni_dir}"
+        )
+    for key, value in spark_catalog_conf(settings, show_secrets=True).items():
+        builder = builder.config(key, value)
+    builder = builder.config("spark.sql.session.timeZone", "UTC")
+    return builder.getOrCreate()
+
+
+def stop_spark(spark: SparkSession, timeout: float = 30.0) -> None:
+    """Stop the session and its JVM (pyspark otherwise keeps the JVM until Python exits).
+
+    Args:
+        spark: the session.
+        timeout: seconds to wait for the JVM to exit before killing it.
+    """
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway  # noqa: SLF001 - pyspark keeps the JVM handle only here
+    spark.stop()
+    if gateway is None:
+        return
+    proc = getattr(gateway, "proc", None)
+    with contextlib.suppress(Exception):
+        gateway.shutdown()
+    SparkContext._gateway = None  # noqa: SLF001
+    SparkContext._jvm = None  # noqa: SLF001
+    if proc is not None:
+        # The JVM's PythonGatewayServer exits when its stdin closes.
+        with contextlib.suppress(Exception):
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=timeout)
+        except Exception:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 # --------------------------------------------------------------------------------------------

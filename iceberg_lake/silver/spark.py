@@ -50,7 +50,7 @@ from iceberg_lake.engine.spark import replace_partitions, spark_sql_type
 from iceberg_lake.exceptions import CompactionError
 from iceberg_lake.silver.compactor import _layout, _parse_date, resolve_bronze_table
 from iceberg_lake.silver.dedup import sort_columns
-from iceberg_lake.tables import SILVER, TableDefinition
+from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -187,6 +187,26 @@ class SparkSilverCompactor:
         )
         log.info("%s: Spark replaced %d partitions", spark_silver, len(labels))
         return result
+
+    def compact_all_schemas(
+        self, date: str | date, partition_value: str | None = None, tag: str | None = None
+    ) -> list[dict[str, Any]]:
+        """`compact_date` for every Bronze table that has a Silver table in the catalog.
+
+        Returns:
+            One result per table (status `missing` when a table is not in the catalog).
+        """
+        existing = set(self.lake.existing_tables())
+        results = []
+        for d in self.lake.registry.in_namespace(BRONZE):
+            silver_name = f"{SILVER}.{d.name}"
+            if not d.subject or not d.dedup_columns or silver_name not in self.lake.registry:
+                continue
+            if {d.identifier, silver_name} <= existing:
+                results.append(self.compact_date(date, d.identifier, partition_value, tag=tag))
+            else:
+                results.append({**_result(d, None, _parse_date(date)), "status": "missing"})
+        return results
 
     def _dedup(
         self,
