@@ -346,3 +346,11 @@ def test_guard_pyspark_keeps_the_jvm_launcher_where_stop_spark_looks(spark: Any)
     gateway = SparkContext._gateway  # noqa: SLF001 - the internal this guard is about
     assert gateway is not None and gateway.proc.poll() is None
     assert spark.sparkContext._gateway is gateway  # noqa: SLF001
+
+
+def test_guard_iceberg_write_option_that_keeps_silver_order(spark: Any) -> None:
+    """`replace_partitions` turns off Iceberg's re-sort with this write option (Iceberg 1.10)."""
+    from iceberg_lake.engine.spark import USE_TABLE_DISTRIBUTION_AND_ORDERING
+
+    options = spark._jvm.org.apache.iceberg.spark.SparkWriteOptions  # noqa: SLF001
+    assert options.USE_TABLE_DISTRIBUTION_AND_ORDERING == USE_TABLE_DISTRIBUTION_AND_ORDERING
