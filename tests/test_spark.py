@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from timetravel_data import DAY_NS, HOUR_NS, T14, append, futures, to_arrow, trades
+from ingest_support import run_until_idle
+from timetravel_data import HOUR_NS, T14, append, futures, to_arrow, trades
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.schema.evolve import AddColumn, RenameColumn, WidenColumn, evolve_table
 from iceberg_lake.silver.compactor import SilverCompactor
-from iceberg_lake.testing import PostgresServer
+from iceberg_lake.testing import PostgresServer, run_nats_server
 from iceberg_lake.testing_spark import TcpToUnixProxy, attach_catalog
 from iceberg_lake.timetravel import snapshots
 from iceberg_lake.timetravel.query import Lake
@@ -232,42 +233,54 @@ def test_spark_maintenance_then_the_lake_reads_and_compacts_without_loss(
     ]
 
 
-def test_spark_reads_while_the_lake_commits_on_sqlite(spark: Any, tmp_path: Path) -> None:
-    """WAL journal mode + no catalog-table check: no "database is locked", no stale catalog."""
-    settings = load_settings(
-        {"LAKE_DATA_DIR": str(tmp_path / "lake"), "LAKE_CATALOG_NAME": "lake_wal"}
-    )
-    catalog = LakeCatalog(settings)
-    catalog.init()
-    append(catalog.load_table(TRADES), trades("SPY", DAY_NS, 10, 10**6))
-    name = attach_catalog(spark, settings)
-    assert _spark_count(spark, name, TRADES) == 10  # Spark now holds the catalog open
-    errors: list[BaseException] = []
-    done = threading.Event()
+def test_spark_reads_while_the_lake_service_commits_on_sqlite(spark: Any, tmp_path: Path) -> None:
+    """Spark holds the embedded catalog open while the writers of `lake serve` commit batches:
+    no "database is locked" (WAL), and Spark sees each commit (no pinned read transaction)."""
+    from ingest_support import SUBJECTS, encode, make_event, publish, settings_for, wait_stream
 
-    def commit() -> None:
-        try:
-            table = LakeCatalog(settings).load_table(TRADES)
-            for i in range(1, 6):
-                append(table, trades("SPY", DAY_NS + i * HOUR_NS, 10, 10**6, seq0=i * 100))
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-        finally:
-            done.set()
+    with run_nats_server(tmp_path / "nats") as nats:
+        settings = settings_for(
+            tmp_path, nats.url, LAKE_BRONZE_BATCH_SIZE="200", LAKE_BRONZE_BATCH_SECONDS="0.2"
+        )
+        catalog = LakeCatalog(settings)
+        catalog.init()
+        name = attach_catalog(spark, settings)
+        assert _spark_count(spark, name, TRADES) == 0  # Spark now holds the catalog open
+        events = [(SUBJECTS[TRADES], encode(make_event(TRADES, i)), None) for i in range(1000)]
+        publish(settings, events[:200])  # a first batch waits; the rest arrives while it runs
+        wait_stream(settings, "MARKET", 200)
+        errors: list[BaseException] = []
 
-    writer = threading.Thread(target=commit)
-    writer.start()
-    reads = 0
-    while not done.is_set() or reads == 0:
+        def serve() -> None:
+            try:
+                run_until_idle(settings, [TRADES])
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        def trickle() -> None:  # pauses (0.1 s) shorter than the service's idle stop (0.3 s)
+            try:
+                publish(settings, events[200:], pace=500)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=serve), threading.Thread(target=trickle)]
+        for t in threads:
+            t.start()
+        writer = threads[0]
+        reads = 0
+        while writer.is_alive() or reads == 0:  # Spark keeps reading during the commits
+            _refresh(spark, name, TRADES)
+            assert _spark_count(spark, name, TRADES) <= len(events)
+            reads += 1
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors, errors
         _refresh(spark, name, TRADES)
-        assert _spark_count(spark, name, TRADES) % 10 == 0
-        reads += 1
-    writer.join(timeout=60)
-    assert not errors, errors
-    _refresh(spark, name, TRADES)
-    assert _spark_count(spark, name, TRADES) == 60
-    mode = catalog.catalog.engine.connect().exec_driver_sql("PRAGMA journal_mode").scalar()
-    assert mode == "wal"
+        assert _spark_count(spark, name, TRADES) == len(events)
+        commits = len(catalog.load_table(TRADES).snapshots())
+        assert commits >= 3, commits  # batches of 200 events or 0.2 s
+        with catalog.catalog.engine.connect() as con:
+            assert con.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
 # ---- Silver on Spark -------------------------------------------------------------------------
