@@ -93,3 +93,9 @@ def test_jdbc_urls(uri: str, url: str) -> None:
     settings = load_settings({"LAKE_CATALOG_URI": uri})
     assert jdbc_catalog(settings).url == url
     assert spark_catalog_conf(settings)["spark.sql.catalog.lake.uri"] == url
+
+
+def test_compact_engine_spark_needs_a_date(tmp_path: Path) -> None:
+    env = {"LAKE_DATA_DIR": str(tmp_path / "d")}
+    result = CliRunner().invoke(app, ["compact", "--engine", "spark", "--incremental"], env=env)
+    assert result.exit_code == 2 and "--engine spark compacts one --date" in result.stderr

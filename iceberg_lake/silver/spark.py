@@ -110,6 +110,23 @@ class SparkSilverCompactor:
         Raises:
             CompactionError: bad date, unknown snapshot or tag, or a layout Silver cannot take.
         """
+        try:
+            return self._compact_date(date, schema, partition_value, snapshot_id, tag)
+        except Exception as exc:
+            if type(exc).__module__.startswith(("pyspark", "py4j")):
+                # Spark's own errors (analysis, JVM) as one line, like every lake error.
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CompactionError(f"Spark: {first}") from exc
+            raise
+
+    def _compact_date(
+        self,
+        date: str | date,
+        schema: str,
+        partition_value: str | None,
+        snapshot_id: int | None,
+        tag: str | None,
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         day = _parse_date(date)
         definition = resolve_bronze_table(self.lake, schema)
