@@ -557,6 +557,8 @@ def spark_session(
     for key, value in spark_catalog_conf(settings, show_secrets=True).items():
         builder = builder.config(key, value)
     builder = builder.config("spark.sql.session.timeZone", "UTC")
+    # The CLI prints its own summary: no console progress bars on stderr.
+    builder = builder.config("spark.ui.showConsoleProgress", "false")
     return builder.getOrCreate()
 
 
