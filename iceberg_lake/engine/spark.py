@@ -477,7 +477,7 @@ def find_spark_jars(cache_dir: Path) -> SparkJars:
         SparkSetupError: a wheel or Debian package is missing (the message names it).
     """
     try:
-        import snowpark_connect_deps_iceberg as deps
+        import snowpark_connect_deps_iceberg as deps  # type: ignore[import-untyped]
     except ImportError as exc:
         raise SparkSetupError(
             "snowpark-connect-deps-iceberg is not installed (pip install -e '.[spark]')"
