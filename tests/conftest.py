@@ -85,7 +85,12 @@ def spark(
     """
     from iceberg_lake.testing_spark import run_spark
 
-    cache = Path(request.config.cache.mkdir("spark-jars"))
+    pytest_cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
+    cache = (
+        Path(pytest_cache.mkdir("spark-jars"))
+        if pytest_cache is not None
+        else tmp_path_factory.mktemp("spark-jars")
+    )
     with run_spark(tmp_path_factory.mktemp("spark"), cache_dir=cache) as session:
         yield session
 
