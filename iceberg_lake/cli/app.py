@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 
 from iceberg_lake import __version__
 from iceberg_lake.cli import (
+    backtest,
     check,
     compact,
     dead_letters,
@@ -92,6 +93,7 @@ for _module in (
     serve,
     compact,
     query,
+    backtest,
     schema,
     maintain,
     check,

@@ -296,3 +296,43 @@ async def reset_consumer(
     with contextlib.suppress(NotFoundError):
         await js.delete_consumer(stream, durable)
     return await js.add_consumer(stream, _consumer_config(durable, subject, start_seq))
+
+
+def pub_frame_header(subject: str) -> bytes:
+    """The start of a core-NATS `PUB` frame for `subject` (the payload size follows).
+
+    A frame is `PUB <subject> <size>\\r\\n<payload>\\r\\n`; `publish_frames` sends many at once.
+
+    Raises:
+        LakeError: `subject` is empty or has whitespace (the server would reject the frame).
+    """
+    if not subject or any(c.isspace() for c in subject):
+        raise LakeError(f"invalid NATS subject {subject!r}")
+    return b"PUB " + subject.encode() + b" "
+
+
+async def publish_frames(nc: Client, frames: bytes, messages: int, payload_bytes: int) -> None:
+    """Queue pre-encoded core-NATS `PUB` frames in one write and flush (PING/PONG).
+
+    The batched counterpart of `nc.publish`: the replay builds the frames for thousands of
+    events with Arrow and hands them over in one call, instead of one coroutine per message.
+    The flush waits for the server, so at most one batch is in flight. Relies on nats-py's
+    `Client._send_command` (guarded by `tests/test_replay_nats_batch.py`).
+
+    Args:
+        nc: a connected client.
+        frames: concatenated `PUB` frames (see `pub_frame_header`).
+        messages: how many frames (for the client's statistics).
+        payload_bytes: their payload bytes (statistics).
+
+    Raises:
+        TransientError: the connection is closed, draining or not connected.
+    """
+    if nc.is_closed or nc.is_draining_pubs or not nc.is_connected:
+        raise TransientError("NATS connection is not open: cannot publish the replay batch")
+    if not frames:
+        return
+    await nc._send_command(frames)
+    nc.stats["out_msgs"] += messages
+    nc.stats["out_bytes"] += payload_bytes
+    await nc.flush()
