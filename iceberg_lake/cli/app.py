@@ -22,6 +22,7 @@ from iceberg_lake.cli import (
     compact,
     dead_letters,
     demo,
+    engines,
     load,
     maintain,
     query,
@@ -98,6 +99,7 @@ for _module in (
     schema,
     maintain,
     check,
+    engines,
     demo,
     dead_letters,
 ):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +33,6 @@ import pyarrow.compute as pc
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
-from pyiceberg.table.metadata import TableMetadata
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
@@ -154,7 +152,9 @@ class FileCommitter:
                         table,
                         watermark={self.dl_key: ledger_value(end_row, False)},
                         snapshot_properties=self._summary(len(fresh), end_row),
-                        guard=self._dead_letter_guard(done_rows),
+                        # Compare-and-swap on the ledger: a concurrent load of the same file
+                        # that moved it makes this commit fail (also in pyiceberg's retries).
+                        expected={self.dl_key: table.properties.get(self.dl_key)},
                     ).append(rows).commit()
                 return
             except (CommitFailedException, ValidationException) as exc:
@@ -194,7 +194,7 @@ class FileCommitter:
                             self.table,
                             watermark={self.key: ledger_value(end_row, done)},
                             snapshot_properties=summary,
-                            guard=self._ledger_guard(first_row),
+                            expected={self.key: self.table.properties.get(self.key)},
                         )
                         .append_partitions(parts)
                         .commit()
@@ -207,27 +207,6 @@ class FileCommitter:
                 with catalog_errors(f"refreshing {self.table_id}"):
                     self.table = self.lake.load_table(self.table_id)
         raise CommitConflictError(f"{self.table_id}: gave up after {MAX_ATTEMPTS} conflicts")
-
-    def _dead_letter_guard(self, done_rows: int) -> Callable[[TableMetadata], None]:
-        """Abort pyiceberg's retry of a dead-letter commit if the quarantine's ledger moved."""
-
-        def guard(metadata: TableMetadata) -> None:
-            now, _ = parse_ledger(metadata.properties.get(self.dl_key))
-            if now != done_rows:
-                raise ValidationException(f"dead-letter ledger of {self.file_name} moved to {now}")
-
-        return guard
-
-    def _ledger_guard(self, first_row: int) -> Callable[[TableMetadata], None]:
-        """Abort pyiceberg's retry of a commit if the ledger moved past `first_row` meanwhile
-        (the same file loading in another process): the rows would be stored twice."""
-
-        def guard(metadata: TableMetadata) -> None:
-            committed, done = parse_ledger(metadata.properties.get(self.key))
-            if done or committed > first_row:
-                raise ValidationException(f"load ledger of {self.file_name} moved to {committed}")
-
-        return guard
 
     def _backoff(self, attempt: int, exc: Exception) -> None:
         delay = min(5.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)

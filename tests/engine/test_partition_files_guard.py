@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
-import pytest
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import load_settings
@@ -117,59 +116,3 @@ def test_watermarked_append_of_partitions_is_one_snapshot_with_the_watermark(
     assert fresh.properties["lake.x"] == "7"
     assert fresh.scan().count() == 100
     assert len(fresh.inspect.files()) == 2
-
-
-def _one_row(schema: pa.Schema, seq: int) -> pa.Table:
-    ts = T14 + seq
-    cols = {
-        "ts_event_ns": pa.array([ts], pa.int64()),
-        "ts_recv_ns": pa.array([ts], pa.int64()),
-        "source": pa.array(["t"]),
-        "symbol": pa.array(["ESH6"]),
-        "price": pa.array([6000.0]),
-        "size": pa.array([1], pa.int32()),
-        "seq": pa.array([seq], pa.int64()),
-        "ts_event": pa.array([ts // 1000], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-    }
-    return pa.table({f.name: cols.get(f.name, pa.nulls(1, f.type)) for f in schema}).cast(schema)
-
-
-def test_guard_runs_before_pyicebergs_retry_and_can_abort_it(tmp_path: Path) -> None:
-    """pyiceberg retries a lost compare-and-swap through `_rebuild_snapshot_updates`; the guard
-    must see the refreshed metadata there (and its exception must abort the commit)."""
-    from pyiceberg.exceptions import ValidationException
-
-    from iceberg_lake.engine.iceberg import watermarked_append
-
-    lake = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(tmp_path / "data")}))
-    lake.ensure_warehouse()
-    lake.ensure_namespaces()
-    lake.create_table(lake.definition("bronze.futures_trades"))
-    schema = lake.definition("bronze.futures_trades").arrow_schema()
-    stale = lake.load_table("bronze.futures_trades")
-    other = lake.load_table("bronze.futures_trades")
-    watermarked_append(other, watermark={"lake.mark": "10"}).append(_one_row(schema, 1)).commit()
-    seen: list[str | None] = []
-
-    def allow(metadata) -> None:  # type: ignore[no-untyped-def]
-        seen.append(metadata.properties.get("lake.mark"))
-
-    watermarked_append(stale, watermark={"lake.x": "1"}, guard=allow).append_partitions(
-        [_one_row(schema, 2)]
-    ).commit()
-    assert seen == ["10"]  # called once, on the refreshed metadata; the retry then landed
-    assert lake.load_table("bronze.futures_trades").scan().count() == 2
-
-    stale = lake.load_table("bronze.futures_trades")
-    watermarked_append(other, watermark={"lake.mark": "20"}).append(_one_row(schema, 3)).commit()
-
-    def refuse(metadata) -> None:  # type: ignore[no-untyped-def]
-        raise ValidationException(f"mark moved to {metadata.properties.get('lake.mark')}")
-
-    with pytest.raises(ValidationException, match="mark moved to 20"):
-        watermarked_append(stale, watermark={"lake.y": "1"}, guard=refuse).append_partitions(
-            [_one_row(schema, 4)]
-        ).commit()
-    fresh = lake.load_table("bronze.futures_trades")
-    assert fresh.scan().count() == 3
-    assert "lake.y" not in fresh.properties
