@@ -63,6 +63,68 @@ def write_data_files(
     )
 
 
+def write_partition_files(
+    table: Table,
+    partitions: list[pa.Table],
+    write_uuid: uuid.UUID,
+    counter: itertools.count[int] | None = None,
+) -> list[DataFile]:
+    """Write rows already split by partition as data files of `table` (not yet committed).
+
+    Each table in `partitions` must hold rows of ONE partition of the table's current spec (the
+    caller sorted and sliced them). pyiceberg's `_dataframe_to_data_files` would find the
+    partitions again by filtering the whole input once per partition; here the partition key is
+    read from each part's first row and every part goes straight to pyiceberg's `write_file`
+    (which writes the parts in its thread pool). Uses pyiceberg internals (`WriteTask`,
+    `write_file`, `bin_pack_arrow_table`, `pyarrow_to_schema`, `PartitionKey`): guarded by
+    `tests/engine/test_partition_files_guard.py`, which compares the result with `write_data_files`.
+    """
+    from pyiceberg.io.pyarrow import bin_pack_arrow_table, pyarrow_to_schema, write_file
+    from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
+    from pyiceberg.table import TableProperties, WriteTask
+    from pyiceberg.utils.properties import property_as_int
+
+    parts = [p for p in partitions if p.num_rows]
+    if not parts:
+        return []
+    metadata = table.metadata
+    spec, schema = metadata.spec(), metadata.schema()
+    counter = counter if counter is not None else itertools.count()
+    target_size = property_as_int(
+        metadata.properties,
+        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
+        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT,
+    )
+    task_schema = pyarrow_to_schema(
+        parts[0].schema, name_mapping=schema.name_mapping, format_version=metadata.format_version
+    )
+
+    def key_of(part: pa.Table) -> PartitionKey | None:
+        if spec.is_unpartitioned():
+            return None
+        values = []
+        for f in spec.fields:
+            source = schema.find_field(f.source_id)
+            name = schema.find_column_name(f.source_id)
+            first = part.column(name).slice(0, 1).combine_chunks()
+            value = f.transform.pyarrow_transform(source.field_type)(first)[0].as_py()
+            values.append(PartitionFieldValue(field=f, value=value))
+        return PartitionKey(field_values=values, partition_spec=spec, schema=schema)
+
+    tasks = (
+        WriteTask(
+            write_uuid=write_uuid,
+            task_id=next(counter),
+            record_batches=batches,
+            partition_key=key_of(part),
+            schema=task_schema,
+        )
+        for part in parts
+        for batches in bin_pack_arrow_table(part, target_size)
+    )
+    return list(write_file(io=table.io, table_metadata=metadata, tasks=tasks))
+
+
 @dataclass
 class PartitionReplacement:
     """Collects partition replacements and commits them as one `overwrite` snapshot.
@@ -448,25 +510,43 @@ class WatermarkedAppend:
         table: Table,
         watermark: Mapping[str, str],
         snapshot_properties: Mapping[str, str] | None = None,
+        expected: Mapping[str, str | None] | None = None,
     ) -> None:
         self.table = table
         self.watermark = dict(watermark)
         self.snapshot_properties = dict(snapshot_properties or {})
+        self.expected = dict(expected) if expected is not None else None
         self._chunks: list[pa.Table] = []
+        self._parts: list[pa.Table] = []
 
     def append(self, rows: pa.Table) -> WatermarkedAppend:
         """Add rows to the snapshot (written when the block exits)."""
         self._chunks.append(rows)
         return self
 
+    def append_partitions(self, parts: list[pa.Table]) -> WatermarkedAppend:
+        """Add rows already split by partition, one table per partition (see
+        `write_partition_files`): written without pyiceberg's per-partition filter passes."""
+        self._parts.extend(p for p in parts if p.num_rows)
+        return self
+
     def commit(self) -> int | None:
         """Commit now; returns the new current snapshot id (None if the table stays empty)."""
         with _FastAppendTransaction(self.table) as tx:
+            if self.expected is not None:  # fencing: see `require_properties`
+                require_properties(tx, self.expected)
             if self.watermark:
                 tx.set_properties(self.watermark)
             for rows in self._chunks:
                 tx.append(rows, snapshot_properties=self.snapshot_properties)
+            if self._parts:
+                with tx._append_snapshot_producer(self.snapshot_properties) as append_files:
+                    for f in write_partition_files(
+                        self.table, self._parts, append_files.commit_uuid
+                    ):
+                        append_files.append_data_file(f)
         self._chunks = []
+        self._parts = []
         snapshot = self.table.current_snapshot()
         return snapshot.snapshot_id if snapshot else None
 
@@ -483,8 +563,13 @@ def watermarked_append(
     *,
     watermark: Mapping[str, str],
     snapshot_properties: Mapping[str, str] | None = None,
+    expected: Mapping[str, str | None] | None = None,
 ) -> WatermarkedAppend:
     """Append rows and set `watermark` properties in one fast-append commit.
+
+    `expected` (optional): property values the table must still have at commit time (None =
+    absent), a compare-and-swap that fences a stale writer (`require_properties`); a mismatch
+    raises `ValidationException` and nothing is committed.
 
     Usage::
 
@@ -495,7 +580,7 @@ def watermarked_append(
     metadata updates; no manifest merge). Raises what pyiceberg raises on commit
     (`CommitFailedException` on a conflict): the caller retries on a refreshed table.
     """
-    return WatermarkedAppend(table, watermark, snapshot_properties)
+    return WatermarkedAppend(table, watermark, snapshot_properties, expected)
 
 
 def rewrite_manifests(table: Table, snapshot_properties: Mapping[str, str]) -> int | None:
@@ -602,3 +687,42 @@ def expire_snapshot_ids(table: Table, snapshot_ids: Iterable[int]) -> None:
             raise
         raise CommitFailedException(f"snapshot expired concurrently: {exc}") from None
     table.refresh()
+
+
+# ---- compare-and-swap of table properties (writer fencing) --------------------------------------
+
+
+class AssertProperties(ValidatableTableRequirement):
+    """Commit requirement: table properties still hold the values this writer last saw.
+
+    Iceberg has no such requirement type; this one is checked where the built-in ones are, by
+    the catalog against the *current* metadata at commit time and again on every pyiceberg
+    conflict retry (which re-applies the staged property update on a refreshed base, so without
+    it a stale writer would overwrite another writer's watermark). A mismatch raises pyiceberg's
+    `ValidationException`, which the retry loop does not retry and after which it deletes the
+    attempt's files. Works with catalogs that validate requirements in-process (SQL catalog);
+    a REST catalog would reject the unknown type. Guard test: `tests/test_engine_fencing.py`.
+    """
+
+    type: Literal["lake-assert-properties"] = Field(default="lake-assert-properties")
+    expected: dict[str, str | None]
+
+    def validate(self, base_metadata: TableMetadata | None) -> None:  # type: ignore[override]
+        """Raise `ValidationException` unless every expected property has its value."""
+        if base_metadata is None:
+            raise ValidationException("table metadata is missing")
+        props = base_metadata.properties
+        for key, value in self.expected.items():
+            if props.get(key) != value:
+                raise ValidationException(
+                    f"property {key} is {props.get(key)!r}, this writer expected {value!r}"
+                )
+
+
+def require_properties(tx: Transaction, expected: dict[str, str | None]) -> None:
+    """Make the commit of `tx` fail unless the table properties equal `expected` at commit time.
+
+    `None` means "absent". Raises `ValidationException` at once if they already differ, or from
+    the commit. Uses the transaction's private `_stage` (the only way to add a requirement).
+    """
+    tx._stage((), (AssertProperties(expected=expected),))  # type: ignore[arg-type]

@@ -62,6 +62,7 @@ from iceberg_lake.ingest.decode import TableCodec
 from iceberg_lake.ingest.routing import BronzeDecoder, Decoder, GoldDecoder
 from iceberg_lake.silver.dedup import quote_ident
 from iceberg_lake.tables import GOLD, TableDefinition
+from iceberg_lake.timetravel.canonical import encode_rows
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -154,11 +155,12 @@ class NatsLoop:
 
     async def js(self) -> Any:
         """The JetStream context (connects on first use)."""
-        if self.nc is None or self.nc.is_closed:
-            from iceberg_lake.engine.nats import connect
+        from iceberg_lake.engine.nats import connect, jetstream
 
+        if self.nc is None or self.nc.is_closed:
             self.nc = await connect(self.settings, name="iceberg_lake-live")
-        return self.nc.jetstream(timeout=10.0)
+        # The lake's JetStream (its domain, if one is set).
+        return jetstream(self.nc, self.settings)
 
     def close(self) -> None:
         """Close the connection and stop the loop."""
@@ -688,12 +690,15 @@ class LiveTail:
             if rows.num_rows == 0:
                 continue
             order = [(c, "ascending") for c in replay_src.order]
-            rows = rows.sort_by(order, null_placement="at_start")
-            columns = list(replay_src.columns)
+            rows = rows.sort_by(order, null_placement="at_start").select(list(replay_src.columns))
+            # The engine's canonical encoding: tail events hash and compare like history ones.
+            payloads = encode_rows(rows).cast(pa.binary()).to_pylist()
             subject = src.definition.subject or src.identifier
-            for n, row in enumerate(rows.select(columns).to_pylist()):
-                event = ReplayEvent(src.identifier, subject, row, _encoder.encode(row))
-                keyed.append(((row["ts_event_ns"], index, n), event))
+            for n, (payload, ts_ns) in enumerate(
+                zip(payloads, rows.column("ts_event_ns").to_pylist(), strict=True)
+            ):
+                event = ReplayEvent(src.identifier, subject, payload, ts_ns)
+                keyed.append(((ts_ns, index, n), event))
         keyed.sort(key=lambda item: item[0])
         self.rounds += 1
         engine = self.engine
