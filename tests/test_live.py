@@ -361,3 +361,22 @@ def test_guard_ack_subject_fields_match_nats_py_metadata(nats_server: NatsServer
     for ours, theirs in pairs:
         assert ours[0] == theirs[0] and ours[2] == theirs[2]
         assert abs(ours[1] - theirs[1]) <= 1  # ms (nats-py's datetime has µs precision)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["replay", "-t", TABLE, "--start", "1", "--end", "2", "--follow"], "--follow needs"),
+        (["replay", "-t", TABLE, "--start", "1", "--end", "2", "--live", "--as-of", "x"], "live"),
+        (["query", "--live", "--as-of", "x", "SELECT 1"], "--live"),
+    ],
+)
+def test_live_cli_argument_errors_are_one_line(args: list[str], message: str) -> None:
+    """Bad combinations end with one readable message and a non-zero exit."""
+    from typer.testing import CliRunner
+
+    from iceberg_lake.cli.app import app
+
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code != 0
+    assert message in res.output and "Traceback" not in res.output
