@@ -162,6 +162,31 @@ class LakeCatalog:
         return sorted(found)
 
 
+#: What a stage's entry point accepts for "the catalog": settings (the catalog is opened from
+#: them) or an already open `LakeCatalog` (shared, e.g. by a test or a long-running service).
+CatalogSource = Settings | LakeCatalog
+
+
+def as_catalog(source: CatalogSource | None = None) -> LakeCatalog:
+    """The open catalog for `source`.
+
+    Args:
+        source: an open `LakeCatalog` (returned as is), `Settings` (opened), or None (settings
+            from the environment, `LAKE_*` and `lake.toml`).
+
+    Raises:
+        ConfigError: `source` is None and the environment's settings are invalid.
+        CatalogUnavailableError: the catalog cannot be opened.
+    """
+    if isinstance(source, LakeCatalog):
+        return source
+    if source is None:
+        from iceberg_lake.config import load_settings
+
+        source = load_settings()
+    return LakeCatalog(source)
+
+
 def ensure_bucket(settings: Settings, bucket: str) -> bool:
     """Create an S3 bucket if it does not exist. Returns True if created.
 

@@ -103,7 +103,7 @@ def compact(
             elif table:
                 results = [compactor.compact_date(date, table, symbol, snapshot, tag)]  # type: ignore[arg-type]
             else:
-                results = compactor.compact_all_schemas(date, symbol, snapshot, tag)  # type: ignore[arg-type]
+                results = list(compactor.compact_all_schemas(date, symbol, snapshot, tag).values())  # type: ignore[arg-type]
 
     if output == OutputFormat.json:
         emit(

@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import AlwaysFalse, BooleanExpression, Or
 from pyiceberg.manifest import DataFile
+from pyiceberg.partitioning import PartitionKey, PartitionSpec
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table
+from pyiceberg.typedef import Record
 
 from iceberg_lake.exceptions import CommitConflictError
 
@@ -143,3 +148,66 @@ class PartitionReplacement:
             raise CommitConflictError(f"{self.table.name()}: concurrent commit ({exc})") from exc
         snapshot = self.table.current_snapshot()
         return snapshot.snapshot_id if snapshot else None
+
+
+# ---- data files written by the lake's own writers (Silver streams them) ------------------------
+
+#: pyiceberg versions whose private members below are known to behave as relied on; the guard
+#: tests in `tests/engine/test_guards.py` fail on any other version until re-checked.
+PYICEBERG_VERSIONS_CHECKED = ("0.12.",)
+
+
+def parquet_writer_kwargs(properties: Mapping[str, str]) -> dict[str, Any]:
+    """`pyarrow.parquet.ParquetWriter` options from a table's `write.parquet.*` properties.
+
+    Wraps pyiceberg's private `_get_parquet_writer_kwargs` (compression codec and level, page
+    and dictionary sizes, the same options `Table.append` uses) in this one place. Guard test:
+    `test_parquet_writer_kwargs_guard`.
+    """
+    from pyiceberg.io.pyarrow import _get_parquet_writer_kwargs
+
+    return dict(_get_parquet_writer_kwargs(dict(properties)))
+
+
+@dataclass(frozen=True)
+class RecordPartitionKey(PartitionKey):
+    """A `PartitionKey` built from an already transformed partition record (a data file's).
+
+    pyiceberg's `PartitionKey` computes its record from source values; a writer that already
+    knows the partition tuple (`DataFile.partition`) passes it here. Relies on
+    `PartitionKey.to_path()` reading `self.partition`.
+    Guard test: `test_record_partition_key_guard`.
+    """
+
+    record: Record = field(default_factory=Record)
+
+    @property  # type: ignore[override]  # a plain attribute here, a cached_property upstream
+    def partition(self) -> Record:
+        """The partition tuple given at construction."""
+        return self.record
+
+
+def partition_key(spec: PartitionSpec, schema: Schema, record: Record) -> PartitionKey:
+    """The `PartitionKey` of a partition tuple of `spec` (for `LocationProvider` and friends)."""
+    return RecordPartitionKey(field_values=[], partition_spec=spec, schema=schema, record=record)
+
+
+def column_bounds(data_file: DataFile, schema: Schema, column: str) -> tuple[Any, Any] | None:
+    """The (lower, upper) bounds a data file's metadata records for `column`, decoded.
+
+    Decoded with `pyiceberg.conversions.from_bytes` for the column's type (a `long` comes back
+    as an `int`). None when the file has no bounds for the column.
+    """
+    from pyiceberg.conversions import from_bytes
+    from pyiceberg.types import PrimitiveType
+
+    field_ = schema.find_field(column)
+    lower, upper = data_file.lower_bounds or {}, data_file.upper_bounds or {}
+    if field_.field_id not in lower or field_.field_id not in upper:
+        return None
+    if not isinstance(field_.field_type, PrimitiveType):
+        return None
+    return (
+        from_bytes(field_.field_type, lower[field_.field_id]),
+        from_bytes(field_.field_type, upper[field_.field_id]),
+    )

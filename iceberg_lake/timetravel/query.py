@@ -26,11 +26,11 @@ import duckdb
 import pyarrow as pa
 from pyiceberg.table import Table
 
-from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.config import Settings
+from iceberg_lake.catalog import CatalogSource, as_catalog, catalog_errors
 from iceberg_lake.engine import duck
+from iceberg_lake.engine.duck import duckdb_path, quote_ident, quote_str
 from iceberg_lake.exceptions import LakeError
-from iceberg_lake.silver.dedup import duck_type, quote_ident, quote_str
+from iceberg_lake.silver.dedup import duck_type
 from iceberg_lake.tables import NAMESPACES
 from iceberg_lake.timetravel.snapshots import AsOfSpec, pin_for, resolve_as_of
 
@@ -40,18 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["Lake", "duckdb_path", "scan_sql"]
 
 _TABLE_REF = re.compile(r"\b(" + "|".join(NAMESPACES) + r")\s*\.\s*\"?([A-Za-z_][A-Za-z0-9_]*)")
-
-
-def duckdb_path(uri: str) -> str:
-    """A location DuckDB can open: `file:` URIs become local paths, `s3a://` becomes `s3://`."""
-    from urllib.parse import unquote, urlparse
-
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return unquote(parsed.path)
-    if parsed.scheme == "s3a":
-        return "s3://" + uri[len("s3a://") :]
-    return uri
 
 
 def scan_sql(table: Table, snapshot_id: int | None) -> str:
@@ -73,8 +61,8 @@ class Lake:
         settings: lake settings, or an open `LakeCatalog`.
     """
 
-    def __init__(self, settings: Settings | LakeCatalog) -> None:
-        self.catalog = settings if isinstance(settings, LakeCatalog) else LakeCatalog(settings)
+    def __init__(self, settings: CatalogSource) -> None:
+        self.catalog = as_catalog(settings)
         self.settings = self.catalog.settings
         #: Snapshot id each view of the last `duckdb()`/`query()` call read (None: empty).
         self.last_pins: dict[str, int | None] = {}

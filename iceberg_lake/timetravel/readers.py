@@ -37,8 +37,8 @@ from pyiceberg.expressions import (
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.table import Table
 
-from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.catalog import CatalogSource, as_catalog, catalog_errors
+from iceberg_lake.engine.iceberg import column_bounds
 from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
 from iceberg_lake.tables import BRONZE, GOLD, SILVER, TableDefinition
 from iceberg_lake.timetravel.snapshots import AsOf, resolve_as_of
@@ -119,14 +119,12 @@ class _Reader:
 
     def __init__(
         self,
-        settings: Settings | LakeCatalog | None = None,
+        settings: CatalogSource | None = None,
         *,
         snapshot_id: int | None = None,
         tag: str | None = None,
     ) -> None:
-        if settings is None:
-            settings = load_settings()
-        self.catalog = settings if isinstance(settings, LakeCatalog) else LakeCatalog(settings)
+        self.catalog = as_catalog(settings)
         self._default_pin: AsOf = _pin(snapshot_id, tag)
         #: Files scanned vs total of the last read (None before the first read).
         self.last_scan: ScanStats | None = None
@@ -224,12 +222,9 @@ class _Reader:
         days: set[str] = set()
         with catalog_errors(f"planning {definition.identifier}"):
             for task in iceberg.scan(row_filter=expr, snapshot_id=sid).plan_files():
-                lower = task.file.lower_bounds or {}
-                upper = task.file.upper_bounds or {}
-                field_id = iceberg.schema().find_field("ts_event_ns").field_id
-                if field_id in lower and field_id in upper:
-                    lo = int.from_bytes(lower[field_id], "little", signed=True)
-                    hi = int.from_bytes(upper[field_id], "little", signed=True)
+                bounds = column_bounds(task.file, iceberg.schema(), "ts_event_ns")
+                if bounds is not None:
+                    lo, hi = bounds
                     d = _us(lo).date()
                     while d <= _us(hi).date():
                         days.add(d.isoformat())

@@ -55,10 +55,10 @@ import duckdb
 import msgspec
 from pyiceberg.table import Table
 
-from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.config import Settings
+from iceberg_lake.catalog import CatalogSource, LakeCatalog, catalog_errors
+from iceberg_lake.engine.duck import quote_ident, quote_str
+from iceberg_lake.engine.iceberg import column_bounds
 from iceberg_lake.exceptions import TimeTravelError
-from iceberg_lake.silver.dedup import quote_ident, quote_str
 from iceberg_lake.tables import GOLD, TableDefinition
 from iceberg_lake.timetravel.query import Lake, duckdb_path
 from iceberg_lake.timetravel.readers import window_filter
@@ -168,19 +168,17 @@ class _Source:
         """Start (ns) of every time partition in the window that holds data, ascending."""
         if self.snapshot_id is None:
             return []
-        field_id = self.table.schema().find_field("ts_event_ns").field_id
         found: set[int] = set()
         scan = self.table.scan(
             row_filter=window_filter(start_ns, end_ns), snapshot_id=self.snapshot_id
         )
         with catalog_errors(f"planning {self.definition.identifier}"):
             for task in scan.plan_files():
-                lower, upper = task.file.lower_bounds or {}, task.file.upper_bounds or {}
-                if field_id not in lower or field_id not in upper:
+                bounds = column_bounds(task.file, self.table.schema(), "ts_event_ns")
+                if bounds is None:
                     lo, hi = start_ns, end_ns - 1  # no stats: consider the whole window
                 else:
-                    lo = max(start_ns, int.from_bytes(lower[field_id], "little", signed=True))
-                    hi = min(end_ns - 1, int.from_bytes(upper[field_id], "little", signed=True))
+                    lo, hi = max(start_ns, bounds[0]), min(end_ns - 1, bounds[1])
                 b = lo - lo % self.bucket_ns
                 while b <= hi:
                     found.add(b)
@@ -224,7 +222,7 @@ class ReplayEngine:
 
     def __init__(
         self,
-        settings: Settings | LakeCatalog,
+        settings: CatalogSource,
         tables: Sequence[str],
         start_ns: int,
         end_ns: int,
@@ -267,7 +265,7 @@ class ReplayEngine:
 
     @classmethod
     def from_manifest(
-        cls, settings: Settings | LakeCatalog, manifest: Mapping[str, Any], **kwargs: Any
+        cls, settings: CatalogSource, manifest: Mapping[str, Any], **kwargs: Any
     ) -> ReplayEngine:
         """An engine that replays exactly the pins and window of `manifest`.
 

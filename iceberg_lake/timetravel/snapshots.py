@@ -40,8 +40,7 @@ from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.update.snapshot import ManageSnapshots
 
 from iceberg_lake import properties as P
-from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.config import Settings
+from iceberg_lake.catalog import CatalogSource, LakeCatalog, as_catalog, catalog_errors
 from iceberg_lake.exceptions import TimeTravelError
 
 __all__ = [
@@ -68,8 +67,8 @@ _RESERVED_REFS = ("main",)
 _SUMMARY_KEYS = ("added-records", "deleted-records", "total-records", "added-data-files")
 
 
-def _open(lake: Settings | LakeCatalog) -> LakeCatalog:
-    return lake if isinstance(lake, LakeCatalog) else LakeCatalog(lake)
+def _open(lake: CatalogSource) -> LakeCatalog:
+    return as_catalog(lake)
 
 
 def _table_name(table: Table) -> str:
@@ -245,7 +244,7 @@ def _check_tag_name(name: str) -> None:
 
 
 def create_tag(
-    lake: Settings | LakeCatalog,
+    lake: CatalogSource,
     name: str,
     tables: Iterable[str] | None = None,
     *,
@@ -309,9 +308,7 @@ def _tag_one(table: Table, name: str) -> int | None:
     return current.snapshot_id
 
 
-def remove_tag(
-    lake: Settings | LakeCatalog, name: str, tables: Iterable[str] | None = None
-) -> list[str]:
+def remove_tag(lake: CatalogSource, name: str, tables: Iterable[str] | None = None) -> list[str]:
     """Remove tag `name` from the tables that have it (default: every table).
 
     Idempotent; makes no snapshot. After removal, maintenance may expire the snapshot.
