@@ -393,15 +393,14 @@ class MigrationLedger:
         if not self.exists():
             return {}
         with catalog_errors("reading the migration ledger"), self.engine.connect() as conn:
-            rows = conn.execute(
+            query = (
                 sa.select(ledger_table)
                 .where(ledger_table.c.catalog_name == self.catalog_name)
                 .order_by(ledger_table.c.version)
-            ).all()
-        return {
-            r.version: AppliedMigration(
-                **{k: v for k, v in r._mapping.items() if k != "catalog_name"}
             )
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        return {
+            r["version"]: AppliedMigration(**{k: v for k, v in r.items() if k != "catalog_name"})
             for r in rows
         }
 
