@@ -46,6 +46,8 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
+from iceberg_lake.exceptions import ValidationError
+
 #: The derived partition-source column (microseconds from `ts_event_ns`), never read from messages.
 DERIVED_TS = "ts_event"
 ENVELOPE_FIELDS = (
@@ -95,12 +97,8 @@ def is_size_column(name: str) -> bool:
     return name == "size" or "_sz" in name or name in ("open_interest",)
 
 
-class MessageError(Exception):
+class MessageError(ValidationError):
     """One message cannot be stored; `reason` goes to the dead letter."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass

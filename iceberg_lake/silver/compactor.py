@@ -61,6 +61,7 @@ from iceberg_lake.silver.plan import (
 from iceberg_lake.silver.result import CompactionResult, merge_results
 from iceberg_lake.silver.state import BronzeHistory, parse_state
 from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
+from iceberg_lake.timetravel.snapshots import AsOf
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ class SilverCompactor:
         partition_value: str | None = None,
         snapshot_id: int | None = None,
         tag: str | None = None,
+        *,
+        as_of: AsOf = None,
     ) -> CompactionResult:
         """Compact one UTC day of one schema (or of all schemas when `schema` is None).
 
@@ -135,6 +138,7 @@ class SilverCompactor:
             partition_value: only this symbol/underlying.
             snapshot_id: pin this Bronze snapshot instead of the current one.
             tag: pin the Bronze snapshot of this tag (or branch).
+            as_of: pin Bronze as the rest of the lake does (snapshot id, tag or timestamp).
 
         Returns:
             The result (also readable as the spec's dict): status (`success`, `unchanged` or
@@ -149,11 +153,13 @@ class SilverCompactor:
         """
         day = parse_date(date)
         if schema is None:
-            by_schema = self.compact_all_schemas(day, partition_value, snapshot_id, tag)
+            by_schema = self.compact_all_schemas(
+                day, partition_value, snapshot_id, tag, as_of=as_of
+            )
             return merge_results(by_schema, day.isoformat())
         definition = resolve_bronze_table(self.catalog, schema)
         results = self._compact(
-            definition, day_window(day), partition_value, snapshot_id, tag, by_day=False
+            definition, day_window(day), partition_value, (snapshot_id, tag, as_of), by_day=False
         )
         result = results[0] if results else _empty(definition, None)
         return result.with_date(day.isoformat())
@@ -164,18 +170,20 @@ class SilverCompactor:
         partition_value: str | None = None,
         snapshot_id: int | None = None,
         tag: str | None = None,
+        *,
+        as_of: AsOf = None,
     ) -> dict[str, CompactionResult]:
         """Compact one day of every Silver table.
 
-        A `tag` applies to every Bronze table (each must have it); a `snapshot_id` belongs to
-        one table, so it is refused here (CompactionError).
+        A `tag` (or an `as_of` tag or timestamp) applies to every Bronze table (each must have
+        it); a snapshot id belongs to one table, so it is refused here (CompactionError).
 
         Returns:
             Schema name (`futures.trades`, ...) → that table's result (see `compact_date`);
             a table not yet in the catalog has status `missing`.
         """
         day = parse_date(date)
-        if snapshot_id is not None:
+        if snapshot_id is not None or isinstance(as_of, int):
             raise CompactionError("a snapshot id belongs to one Bronze table: name the table")
         results: dict[str, CompactionResult] = {}
         for d in self._bronze_definitions():
@@ -185,7 +193,7 @@ class SilverCompactor:
                 )
                 continue
             results[d.schema_name] = self.compact_date(
-                day, d.identifier, partition_value, snapshot_id, tag
+                day, d.identifier, partition_value, snapshot_id, tag, as_of=as_of
             )
         return results
 
@@ -195,6 +203,8 @@ class SilverCompactor:
         partition_value: str | None = None,
         snapshot_id: int | None = None,
         tag: str | None = None,
+        *,
+        as_of: AsOf = None,
     ) -> list[CompactionResult]:
         """Compact every day of one schema; one result per day that has Bronze data.
 
@@ -202,7 +212,7 @@ class SilverCompactor:
         """
         definition = resolve_bronze_table(self.catalog, schema)
         return self._compact(
-            definition, AlwaysTrue(), partition_value, snapshot_id, tag, by_day=True
+            definition, AlwaysTrue(), partition_value, (snapshot_id, tag, as_of), by_day=True
         )
 
     def compact_incremental(self, tables: Sequence[str] | None = None) -> list[CompactionResult]:
@@ -266,15 +276,14 @@ class SilverCompactor:
         definition: TableDefinition,
         window: BooleanExpression,
         partition_value: str | None,
-        snapshot_id: int | None,
-        tag: str | None,
+        pin: tuple[int | None, str | None, AsOf],
         *,
         by_day: bool,
     ) -> list[CompactionResult]:
         """Plan, compact and commit; one result per day (`by_day`) or one for everything."""
         for attempt in range(1, self.max_attempts + 1):
             bronze, silver = self._tables(definition)
-            snap = pin_snapshot(bronze, snapshot_id, tag)
+            snap = pin_snapshot(bronze, *pin)
             if snap is None:
                 return [_empty(definition, None)]
             layout = layout_of(bronze, silver)

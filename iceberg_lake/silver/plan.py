@@ -30,9 +30,10 @@ from pyiceberg.typedef import Record
 
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine.duck import quote_ident, quote_str
-from iceberg_lake.exceptions import CompactionError, UnknownTableError
+from iceberg_lake.exceptions import CompactionError, TimeTravelError, UnknownTableError
 from iceberg_lake.silver.state import BronzeHistory, PartitionId, fingerprint, parse_state
 from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
+from iceberg_lake.timetravel.snapshots import AsOf, resolve_as_of
 
 __all__ = [
     "Layout",
@@ -111,14 +112,23 @@ def day_window(day: date) -> BooleanExpression:
     )
 
 
-def pin_snapshot(bronze: Table, snapshot_id: int | None, tag: str | None) -> Snapshot | None:
-    """The Bronze snapshot to compact: by id, by tag or branch, or the current one.
+def pin_snapshot(
+    bronze: Table, snapshot_id: int | None, tag: str | None, as_of: AsOf = None
+) -> Snapshot | None:
+    """The Bronze snapshot to compact: `as_of` (the lake's one pin vocabulary: snapshot id, tag
+    or branch, timestamp), or the older spelling `snapshot_id` / `tag`, or the current one.
 
     Raises:
-        CompactionError: both given, or the snapshot/tag does not exist.
+        CompactionError: more than one pin given, or the snapshot/tag does not exist.
     """
-    if snapshot_id is not None and tag is not None:
-        raise CompactionError("give a snapshot id or a tag, not both")
+    if sum(x is not None for x in (snapshot_id, tag, as_of)) > 1:
+        raise CompactionError("give one pin: a snapshot id, a tag or as_of")
+    if as_of is not None:
+        try:
+            sid = resolve_as_of(bronze, as_of)
+        except TimeTravelError as exc:
+            raise CompactionError(str(exc)) from None
+        return bronze.snapshot_by_id(sid) if sid is not None else None
     if snapshot_id is not None:
         snap = bronze.snapshot_by_id(int(snapshot_id))
         if snap is None:
