@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlparse
 
 from pyiceberg.catalog.sql import SqlCatalog
@@ -47,18 +48,29 @@ class LakeCatalog:
     Args:
         settings: where the catalog database and the warehouse are.
         tables: the declared tables (default: the shipped `catalog/` definitions).
+        create: create the local data directory and SQLite catalog file if missing; with
+            False (read-only commands) a missing SQLite catalog is a `ConfigError` and
+            nothing is created.
     """
 
-    def __init__(self, settings: Settings, tables: TableRegistry | None = None) -> None:
+    def __init__(
+        self, settings: Settings, tables: TableRegistry | None = None, *, create: bool = True
+    ) -> None:
         self.settings = settings
         self.registry = tables or registry()
         if settings.catalog_uri.startswith("sqlite"):
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
             db_path = settings.catalog_uri.removeprefix("sqlite:///")
-            if db_path and db_path != ":memory:":
-                from pathlib import Path
-
-                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            local = bool(db_path) and db_path != ":memory:"
+            if not create:
+                if local and not Path(db_path).exists():
+                    raise ConfigError(
+                        f"no lake at {db_path}: run `lake init`, or point LAKE_DATA_DIR "
+                        "(or LAKE_CONFIG) at an existing lake"
+                    )
+            else:
+                settings.data_dir.mkdir(parents=True, exist_ok=True)
+                if local:
+                    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         with catalog_errors("opening the catalog"):
             self.catalog = SqlCatalog(settings.catalog_name, **settings.catalog_properties())
 
@@ -71,8 +83,6 @@ class LakeCatalog:
         """
         parsed = urlparse(self.settings.warehouse)
         if parsed.scheme == "file":
-            from pathlib import Path
-
             path = Path(parsed.path)
             existed = path.is_dir()
             path.mkdir(parents=True, exist_ok=True)

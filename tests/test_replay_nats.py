@@ -92,7 +92,7 @@ def test_publish_on_original_subjects_and_under_a_prefix(source: Settings, tmp_p
         env = {"LAKE_DATA_DIR": str(source.data_dir), "LAKE_NATS_URL": server.url}
         res = CliRunner().invoke(
             app,
-            ["replay", "-t", STOCKS, "--start", str(WINDOW[0]), "--end", str(WINDOW[1])]
+            ["replay", "--tables", STOCKS, "--start", str(WINDOW[0]), "--end", str(WINDOW[1])]
             + ["--as-of", "bt", "--to-nats", "--no-progress"],
             env=env,
         )

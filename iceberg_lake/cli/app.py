@@ -7,6 +7,7 @@ ends as one line on stderr and exit code 1, never a traceback.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import click
@@ -15,7 +16,7 @@ from typer.core import TyperGroup
 
 from iceberg_lake import __version__
 from iceberg_lake.cli import compact, demo, maintain, query, schema, serve, tables
-from iceberg_lake.cli.common import err_console
+from iceberg_lake.cli.output import OutputFormat, err_console, set_root_format
 from iceberg_lake.exceptions import LakeError
 
 
@@ -46,20 +47,55 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Logs to whatever `sys.stderr` is now (a test runner swaps it per invocation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def _configure_logging(level: int) -> None:
+    root = logging.getLogger()
+    root.setLevel(level)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+
+
+_ROOT_OUTPUT = typer.Option(
+    OutputFormat.table,
+    "--output",
+    "-o",
+    envvar="LAKE_OUTPUT",
+    help="table (for people), json or csv (for scripts); every command's output.",
+)
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    output: OutputFormat = _ROOT_OUTPUT,
     log_level: str = typer.Option(
-        "WARNING", "--log-level", envvar="LAKE_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR."
+        "INFO", "--log-level", envvar="LAKE_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR."
     ),
 ) -> None:
     """iceberg_lake: market data from NATS JetStream into Bronze/Silver/Gold Iceberg tables."""
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(level)
+    set_root_format(output)
 
 
 for _module in (tables, serve, compact, query, schema, maintain, demo):

@@ -49,8 +49,13 @@ def compact(
     symbol: str | None = typer.Option(
         None, "--symbol", "-s", help="Only this partition value (symbol or underlying)."
     ),
-    snapshot: int | None = typer.Option(None, "--snapshot", help="Pin this Bronze snapshot id."),
-    tag: str | None = typer.Option(None, "--tag", help="Pin the Bronze snapshot of this tag."),
+    as_of: str | None = typer.Option(
+        None, "--as-of", help="Pin Bronze: tag, snapshot id or ISO time (default: current)."
+    ),
+    snapshot: int | None = typer.Option(
+        None, "--snapshot", hidden=True, help="Same as --as-of SNAPSHOT_ID."
+    ),
+    tag: str | None = typer.Option(None, "--tag", hidden=True, help="Same as --as-of TAG."),
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Deduplicate and sort Bronze into Silver; one atomic snapshot per table. Idempotent."""
@@ -67,13 +72,20 @@ def compact(
         )
     if all_dates and not table:
         raise typer.BadParameter("--all-dates needs --table", param_hint="--table")
+    if as_of is not None:
+        if snapshot is not None or tag:
+            raise typer.BadParameter("give --as-of alone", param_hint="--as-of")
+        if as_of.strip().isdigit():
+            snapshot = int(as_of)
+        else:
+            tag = as_of  # a tag, or a time: `SilverCompactor` resolves both as `as_of`
     if incremental and (snapshot is not None or tag or symbol):
         raise typer.BadParameter(
             "--incremental always uses the current Bronze snapshot and every partition",
             param_hint="--incremental",
         )
     if snapshot is not None and not table:
-        raise typer.BadParameter("--snapshot needs --table", param_hint="--snapshot")
+        raise typer.BadParameter("a snapshot id pins one table: add --table", param_hint="--as-of")
     if snapshot is not None and tag:
         raise typer.BadParameter("give --snapshot or --tag, not both", param_hint="--snapshot")
 
@@ -99,11 +111,14 @@ def compact(
                 results = compactor.compact_incremental([table] if table else None)
             elif all_dates:
                 assert table is not None
-                results = compactor.compact_all_dates(table, symbol, snapshot, tag)
+                results = compactor.compact_all_dates(table, symbol, snapshot, as_of=tag)
             elif table:
-                results = [compactor.compact_date(date, table, symbol, snapshot, tag)]  # type: ignore[arg-type]
+                assert date is not None
+                results = [compactor.compact_date(date, table, symbol, snapshot, as_of=tag)]
             else:
-                results = list(compactor.compact_all_schemas(date, symbol, snapshot, tag).values())  # type: ignore[arg-type]
+                assert date is not None
+                by_schema = compactor.compact_all_schemas(date, symbol, snapshot, as_of=tag)
+                results = list(by_schema.values())
 
     if output == OutputFormat.json:
         emit(

@@ -131,9 +131,10 @@ def status(
     ),
 ) -> None:
     """Tables (rows, files, mean file size, snapshots, last commit), consumer lag, dead letters."""
-    from iceberg_lake.ops.status import collect_status, print_status
+    from iceberg_lake.cli.output import print_status
+    from iceberg_lake.ops.status import collect_status
 
-    report = collect_status(open_catalog(), nats_timeout=nats_timeout)
+    report = collect_status(open_catalog(read_only=True), nats_timeout=nats_timeout)
     if as_json or output == OutputFormat.json:
         typer.echo(report.to_json())
     else:

@@ -21,7 +21,6 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(
                 "--tables",
-                "-t",
                 help="Tables to write (repeat or comma-separate; 'inferred' = schema inference "
                 "for unmapped subjects). Default: all.",
             ),

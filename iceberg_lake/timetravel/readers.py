@@ -41,12 +41,19 @@ from iceberg_lake.catalog import CatalogSource, as_catalog, catalog_errors
 from iceberg_lake.engine.iceberg import column_bounds
 from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
 from iceberg_lake.tables import BRONZE, GOLD, SILVER, TableDefinition
-from iceberg_lake.timetravel.snapshots import AsOf, resolve_as_of
+from iceberg_lake.timetravel.snapshots import AsOf, AsOfSpec, pin_for, resolve_as_of
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["BronzeReader", "GoldReader", "ScanStats", "SilverReader", "time_window"]
+__all__ = [
+    "BronzeReader",
+    "GoldReader",
+    "ScanStats",
+    "SilverReader",
+    "event_time_range",
+    "time_window",
+]
 
 _NS_PER_US = 1_000
 
@@ -258,6 +265,44 @@ class _Reader:
         data = data.select(names)
         self.last_scan = ScanStats(definition.identifier, sid, len(tasks), total, data.num_rows)
         return data
+
+
+def event_time_range(
+    catalog: CatalogSource, tables: list[str], as_of: AsOfSpec = None
+) -> tuple[int, int] | None:
+    """The `[first, last + 1)` event-time window (Unix ns) of the tables' pinned snapshots.
+
+    From file metadata only (`ts_event_ns` bounds); what "replay everything" needs.
+
+    Args:
+        catalog: settings or an open catalog.
+        tables: table identifiers.
+        as_of: one pin for all tables or a mapping per table (None: current snapshots).
+
+    Returns:
+        The window, or None when the pinned snapshots hold no rows with bounds.
+
+    Raises:
+        TimeTravelError: a pin names no snapshot or tag; UnknownTableError: no such table.
+    """
+    cat = as_catalog(catalog)
+    lo: int | None = None
+    hi: int | None = None
+    for identifier in tables:
+        iceberg = cat.load_table(identifier)
+        sid = resolve_as_of(iceberg, pin_for(as_of, identifier))
+        if sid is None:
+            continue
+        schema = iceberg.schema()
+        with catalog_errors(f"planning {identifier}"):
+            for task in iceberg.scan(snapshot_id=sid).plan_files():
+                bounds = column_bounds(task.file, schema, "ts_event_ns")
+                if bounds is not None:
+                    lo = bounds[0] if lo is None else min(lo, bounds[0])
+                    hi = bounds[1] if hi is None else max(hi, bounds[1])
+    if lo is None or hi is None:
+        return None
+    return int(lo), int(hi) + 1
 
 
 def _pin(snapshot_id: int | None, tag: str | None) -> AsOf:
