@@ -87,7 +87,10 @@ def _root(
     ),
     output: OutputFormat = _ROOT_OUTPUT,
     log_level: str = typer.Option(
-        "INFO", "--log-level", envvar="LAKE_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR."
+        "WARNING",
+        "--log-level",
+        envvar="LAKE_LOG_LEVEL",
+        help="DEBUG, INFO, WARNING or ERROR (`lake serve` always logs its startup and flushes).",
     ),
 ) -> None:
     """iceberg_lake: market data from NATS JetStream into Bronze/Silver/Gold Iceberg tables."""
