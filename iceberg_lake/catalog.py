@@ -34,7 +34,8 @@ def catalog_errors(what: str) -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        reason = str(exc.orig) if getattr(exc, "orig", None) else type(exc).__name__
+        orig = getattr(exc, "orig", None)  # DBAPIError has it; other SQLAlchemy errors do not
+        reason = str(orig) if orig else type(exc).__name__
         raise CatalogUnavailableError(
             f"{what}: catalog database unavailable ({reason.strip()})"
         ) from exc

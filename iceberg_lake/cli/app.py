@@ -10,7 +10,6 @@ import logging
 import sys
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -23,7 +22,8 @@ from iceberg_lake.exceptions import LakeError
 class LakeGroup(TyperGroup):
     """Top-level group: turns a `LakeError` raised by any sub-command into one line, exit 1."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    # `Any`: Typer vendors click, and its `Context` class has no public import path.
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except LakeError as exc:
@@ -47,13 +47,13 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):
     """Logs to whatever `sys.stderr` is now (a test runner swaps it per invocation)."""
 
     def __init__(self) -> None:
         super().__init__()
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

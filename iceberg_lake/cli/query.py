@@ -214,7 +214,7 @@ def list_(
     """Show a table's snapshots (id, time, operation, rows added, lake properties) and tags."""
     catalog = open_catalog(read_only=True)
     if table is None:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for ident in catalog.existing_tables():
             t = catalog.load_table(ident)
             current = t.current_snapshot()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit, format_ms
@@ -90,7 +92,7 @@ def describe(
         for p in tbl.spec().fields
     ]
     snap = tbl.current_snapshot()
-    current = None
+    current: dict[str, Any] | None = None
     if snap is not None:
         current = {
             "snapshot_id": snap.snapshot_id,

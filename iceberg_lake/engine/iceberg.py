@@ -181,7 +181,7 @@ class RecordPartitionKey(PartitionKey):
 
     record: Record = field(default_factory=Record)
 
-    @property  # type: ignore[override]  # a plain attribute here, a cached_property upstream
+    @property
     def partition(self) -> Record:
         """The partition tuple given at construction."""
         return self.record
@@ -211,3 +211,8 @@ def column_bounds(data_file: DataFile, schema: Schema, column: str) -> tuple[Any
         from_bytes(field_.field_type, lower[field_.field_id]),
         from_bytes(field_.field_type, upper[field_.field_id]),
     )
+
+
+def partition_values(record: Record) -> tuple[Any, ...]:
+    """A partition record (`DataFile.partition`) as a hashable tuple of its values."""
+    return tuple(record[i] for i in range(len(record)))

@@ -24,7 +24,7 @@ from iceberg_lake.exceptions import LakeError, TransientError
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js import JetStreamContext
-    from nats.js.api import ConsumerInfo
+    from nats.js.api import ConsumerConfig, ConsumerInfo
 
     from iceberg_lake.config import Settings
 
@@ -205,7 +205,7 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> list[str]:
     return created
 
 
-def _consumer_config(durable: str, filter_subject: str, start_seq: int | None) -> object:
+def _consumer_config(durable: str, filter_subject: str, start_seq: int | None) -> ConsumerConfig:
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     config = ConsumerConfig(

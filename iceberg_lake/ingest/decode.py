@@ -171,7 +171,7 @@ class TableCodec:
             f"Event_{identifier.replace('.', '_')}", env_fields, forbid_unknown_fields=True
         )
         self.allowed = names | set(ENVELOPE_FIELDS)
-        self._one = msgspec.json.Decoder(self.event_type | list[self.event_type])  # type: ignore[operator]
+        self._one = msgspec.json.Decoder(self.event_type | list[self.event_type])  # type: ignore[name-defined]
         self._many = msgspec.json.Decoder(list[self.event_type])  # type: ignore[name-defined]
         self._getter = attrgetter(*self.column_names)
         self._column_getters = [attrgetter(n) for n in self.column_names]
@@ -387,12 +387,13 @@ class TableCodec:
             ts = arrays["ts_event_ns"]
             ok = pc.and_(pc.greater_equal(ts, MIN_TS_NS), pc.less(ts, MAX_TS_NS))
             self._flag(ts, ok, bad, "ts_event_ns is not a plausible Unix time in nanoseconds")
-        pk_type = arrays[self.partition_key].type if self.partition_key in arrays else None
+        pk = self.partition_key or ""
+        pk_type = arrays[pk].type if pk in arrays else None
         if pk_type is not None and (
             pa.types.is_string(pk_type) or pa.types.is_large_string(pk_type)
         ):
-            ok = pc.greater(pc.utf8_length(arrays[self.partition_key]), 0)
-            self._flag(arrays[self.partition_key], ok, bad, f"{self.partition_key} is empty")
+            ok = pc.greater(pc.utf8_length(arrays[pk]), 0)
+            self._flag(arrays[pk], ok, bad, f"{pk} is empty")
         if self.has_derived_ts:
             ts_ns = arrays["ts_event_ns"]
             filled = pc.fill_null(ts_ns, MIN_TS_NS)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import time
+from typing import TYPE_CHECKING
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings
@@ -21,6 +22,9 @@ from iceberg_lake.engine import nats as bus
 from iceberg_lake.exceptions import LakeError
 from iceberg_lake.ingest.writer import ConsumerWriter
 from iceberg_lake.tables import registry
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ class LakeService:
         self.targets = resolve_targets(tables)
         self.writers: list[ConsumerWriter] = []
         self._stop = asyncio.Event()
-        self._nc = None
+        self._nc: Client | None = None
         self._closing = False
 
     async def stop(self) -> None:
@@ -104,7 +108,7 @@ class LakeService:
         self._nc = nc
         js = nc.jetstream(timeout=10.0)
         loop = asyncio.get_running_loop()
-        installed: list[int] = []
+        installed: list[signal.Signals] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._stop.set)

@@ -138,7 +138,7 @@ class Migration:
             raise MigrationError(f"migration {self.id} has no upgrade(ctx) function")
         if not (module.__doc__ or "").strip():
             raise MigrationError(f"migration {self.id} has no docstring saying what it does")
-        return upgrade  # type: ignore[no-any-return]
+        return upgrade
 
 
 def file_checksum(path: Path) -> str:

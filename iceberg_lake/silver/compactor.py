@@ -32,13 +32,15 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from typing import Any
 
-from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo
+from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.typedef import Record
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import CatalogSource, as_catalog, catalog_errors
+from iceberg_lake.engine.filters import eq
+from iceberg_lake.engine.iceberg import partition_values
 from iceberg_lake.exceptions import CommitConflictError, CompactionError
 from iceberg_lake.silver.commit import SilverCommit, advance_mark
 from iceberg_lake.silver.job import CompactionJob, DuckSession
@@ -291,7 +293,7 @@ class SilverCompactor:
             if partition_value is not None:
                 if layout.key_column is None:
                     raise CompactionError(f"{definition.identifier} has no partition key")
-                row_filter = And(EqualTo(layout.key_column, partition_value), window)
+                row_filter = And(eq(layout.key_column, partition_value), window)
             is_current = snap.snapshot_id == current_snapshot_id(bronze)
             parts = plan_partitions(
                 bronze, silver, snap, row_filter, include_silver_only=is_current
@@ -458,7 +460,9 @@ def silver_source_snapshots(catalog: CatalogSource | None = None) -> dict[str, s
             with catalog_errors(f"planning {definition.identifier}"):
                 by_part: dict[tuple[Any, ...], list[str]] = {}
                 for task in silver.scan().plan_files():
-                    by_part.setdefault(tuple(task.file.partition), []).append(task.file.file_path)
+                    by_part.setdefault(partition_values(task.file.partition), []).append(
+                        task.file.file_path
+                    )
             for paths in by_part.values():
                 state = parse_state(paths)
                 if state is not None:

@@ -118,19 +118,19 @@ class CompactionJob:
             counts = {p.pid: p.bronze_rows for p in group}
             if needs_iceberg:
                 # Delete files: DuckDB's Iceberg reader applies them.
-                part = group[0]
+                only = group[0]
                 source = (
                     f"(SELECT * FROM iceberg_scan({quote_str(bronze.metadata_location)}, "
                     f"snapshot_from_id={self.snap.snapshot_id}) "
-                    f"WHERE {layout.sql_filter(part.record)})"
+                    f"WHERE {layout.sql_filter(only.record)})"
                 )
                 row = con.execute(f"SELECT count(*) FROM {source}").fetchone()
-                counts[part.pid] = int(row[0]) if row else 0
+                counts[only.pid] = int(row[0]) if row else 0
             else:
-                files = ", ".join(
+                paths = ", ".join(
                     quote_str(duckdb_path(f.file_path)) for p in group for f in p.bronze
                 )
-                source = f"read_parquet([{files}]{field_id_schema(bronze)})"
+                source = f"read_parquet([{paths}]{field_id_schema(bronze)})"
             sql = dedup_query(
                 source,
                 self.silver.schema(),

@@ -16,9 +16,6 @@ from pyiceberg.expressions import (
     AlwaysFalse,
     And,
     BooleanExpression,
-    EqualTo,
-    GreaterThanOrEqual,
-    LessThan,
     Or,
 )
 from pyiceberg.manifest import DataFile
@@ -30,6 +27,8 @@ from pyiceberg.typedef import Record
 
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine.duck import quote_ident, quote_str
+from iceberg_lake.engine.filters import eq, ge, lt
+from iceberg_lake.engine.iceberg import partition_values
 from iceberg_lake.exceptions import CompactionError, TimeTravelError, UnknownTableError
 from iceberg_lake.silver.state import BronzeHistory, PartitionId, fingerprint, parse_state
 from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
@@ -107,8 +106,8 @@ def day_window(day: date) -> BooleanExpression:
     """Rows whose `ts_event` falls on UTC day `day`."""
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     return And(
-        GreaterThanOrEqual("ts_event", start.isoformat()),
-        LessThan("ts_event", (start + timedelta(days=1)).isoformat()),
+        ge("ts_event", start.isoformat()),
+        lt("ts_event", (start + timedelta(days=1)).isoformat()),
     )
 
 
@@ -177,10 +176,10 @@ class Layout:
         """Rows of partition value `key` in time buckets `first` .. `end - 1`."""
         lo, hi = _EPOCH + first * self.step, _EPOCH + end * self.step
         expr: BooleanExpression = And(
-            GreaterThanOrEqual("ts_event", lo.isoformat()), LessThan("ts_event", hi.isoformat())
+            ge("ts_event", lo.isoformat()), lt("ts_event", hi.isoformat())
         )
         if self.key_column is not None:
-            expr = And(EqualTo(self.key_column, key), expr)
+            expr = And(eq(self.key_column, key), expr)
         return expr
 
     def sql_filter(self, record: Record) -> str:
@@ -240,7 +239,7 @@ class Partition:
     @property
     def pid(self) -> tuple[Any, ...]:
         """The partition tuple as a hashable key."""
-        return tuple(self.record)
+        return partition_values(self.record)
 
     @property
     def bronze_rows(self) -> int:
@@ -280,7 +279,7 @@ def plan_partitions(
                 f"{table_name(bronze)} has files of an older partition spec ({f.spec_id}); "
                 "Silver compaction supports one spec"
             )
-        p = parts.setdefault(tuple(f.partition), Partition(Record(*f.partition)))
+        p = parts.setdefault(partition_values(f.partition), Partition(f.partition))
         p.bronze.append(f)
         for d in task.delete_files:
             p.deletes[d.file_path] = d
@@ -288,11 +287,11 @@ def plan_partitions(
         with catalog_errors(f"planning {table_name(silver)}"):
             silver_tasks = list(silver.scan(row_filter=row_filter).plan_files())
         for task in silver_tasks:
-            key = tuple(task.file.partition)
+            key = partition_values(task.file.partition)
             if key not in parts:
                 if not include_silver_only:
                     continue
-                parts[key] = Partition(Record(*task.file.partition))
+                parts[key] = Partition(task.file.partition)
             parts[key].silver.append(task.file)
     return dict(sorted(parts.items(), key=lambda kv: str(kv[0])))
 

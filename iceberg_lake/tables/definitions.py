@@ -236,7 +236,7 @@ def load_definition_file(path: Path) -> list[TableDefinition]:
         tables = list(data["tables"])
     except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
         raise LakeError(f"invalid table definition {path}: {exc}") from None
-    definitions = [TableDefinition(identifier=t, **common) for t in tables]  # type: ignore[arg-type]
+    definitions = [TableDefinition(identifier=t, **common) for t in tables]
     for d in definitions:
         names = d.column_names
         for p in d.partition:
@@ -245,6 +245,6 @@ def load_definition_file(path: Path) -> list[TableDefinition]:
         for c in (*d.sort_order, *d.dedup_columns):
             if c not in names:
                 raise LakeError(f"{path}: column '{c}' is not declared")
-        for c in d.columns:
-            parse_type(c.type)
+        for col in d.columns:
+            parse_type(col.type)
     return definitions

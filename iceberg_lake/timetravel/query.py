@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
+from duckdb import DuckDBPyConnection
 from pyiceberg.table import Table
 
 from iceberg_lake.catalog import CatalogSource, as_catalog, catalog_errors
@@ -66,7 +67,7 @@ class Lake:
         self.settings = self.catalog.settings
         #: Snapshot id each view of the last `duckdb()`/`query()` call read (None: empty).
         self.last_pins: dict[str, int | None] = {}
-        self._session: duckdb.DuckDBPyConnection | None = None
+        self._session: DuckDBPyConnection | None = None
 
     def pins(
         self, as_of: AsOfSpec = None, tables: Iterable[str] | None = None
@@ -92,7 +93,7 @@ class Lake:
 
     def duckdb(
         self, as_of: AsOfSpec = None, tables: Iterable[str] | None = None
-    ) -> duckdb.DuckDBPyConnection:
+    ) -> DuckDBPyConnection:
         """A DuckDB connection with one view per table, pinned to `as_of`.
 
         Read-only with respect to the lake; creates nothing in the catalog. The caller closes
@@ -116,7 +117,7 @@ class Lake:
             raise
         return con
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
+    def connect(self) -> DuckDBPyConnection:
         """A bare DuckDB connection for this lake: Iceberg extension (plus httpfs and the S3
         secret for object-store warehouses), UTC, the `bronze`/`silver`/`gold` schemas, no views.
         """
@@ -142,7 +143,7 @@ class Lake:
         return con
 
     def _create_views(
-        self, con: duckdb.DuckDBPyConnection, as_of: AsOfSpec, tables: Iterable[str] | None
+        self, con: DuckDBPyConnection, as_of: AsOfSpec, tables: Iterable[str] | None
     ) -> None:
         identifiers = list(tables) if tables is not None else self.catalog.existing_tables()
         loaded = {ident: self.catalog.load_table(ident) for ident in identifiers}

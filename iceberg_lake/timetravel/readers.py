@@ -30,14 +30,12 @@ from pyiceberg.expressions import (
     AlwaysTrue,
     And,
     BooleanExpression,
-    EqualTo,
-    GreaterThanOrEqual,
-    LessThan,
 )
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.table import Table
 
 from iceberg_lake.catalog import CatalogSource, as_catalog, catalog_errors
+from iceberg_lake.engine.filters import eq, ge, lt
 from iceberg_lake.engine.iceberg import column_bounds
 from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
 from iceberg_lake.tables import BRONZE, GOLD, SILVER, TableDefinition
@@ -108,14 +106,12 @@ def window_filter(lo: int | None, hi: int | None) -> BooleanExpression:
     """Predicates on `ts_event` (partition pruning) and `ts_event_ns` (exact) for `[lo, hi)`."""
     expr: BooleanExpression = AlwaysTrue()
     if lo is not None:
-        expr = And(expr, GreaterThanOrEqual("ts_event", _us(lo).isoformat()))
-        expr = And(expr, GreaterThanOrEqual("ts_event_ns", lo))
+        expr = And(expr, ge("ts_event", _us(lo).isoformat()))
+        expr = And(expr, ge("ts_event_ns", lo))
     if hi is not None:
         # ts_event is ts_event_ns truncated to microseconds: include the microsecond of hi - 1.
-        expr = And(
-            expr, LessThan("ts_event", (_us(hi - 1) + timedelta(microseconds=1)).isoformat())
-        )
-        expr = And(expr, LessThan("ts_event_ns", hi))
+        expr = And(expr, lt("ts_event", (_us(hi - 1) + timedelta(microseconds=1)).isoformat()))
+        expr = And(expr, lt("ts_event_ns", hi))
     return expr
 
 
@@ -190,7 +186,7 @@ class _Reader:
         names = columns or _spec_columns(iceberg, definition)
         expr = window_filter(*time_window(date, start_ns, end_ns))
         if partition_value is not None and definition.partition_key:
-            expr = And(EqualTo(definition.partition_key, partition_value), expr)
+            expr = And(eq(definition.partition_key, partition_value), expr)
         result = self._scan(iceberg, definition, sid, expr, names)
         return result
 
@@ -225,7 +221,7 @@ class _Reader:
         expr: BooleanExpression = AlwaysTrue()
         if partition and definition.partition_key:
             value = partition.split("=", 1)[1] if "=" in partition else partition
-            expr = EqualTo(definition.partition_key, value)
+            expr = eq(definition.partition_key, value)
         days: set[str] = set()
         with catalog_errors(f"planning {definition.identifier}"):
             for task in iceberg.scan(row_filter=expr, snapshot_id=sid).plan_files():

@@ -46,7 +46,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -289,7 +289,7 @@ class ReplayEngine:
 
     # ---- the event stream ---------------------------------------------------------------------
 
-    def events(self) -> Iterator[ReplayEvent]:
+    def events(self) -> Generator[ReplayEvent, None, None]:
         """Every event of the window in replay order (no pacing), updating the manifest."""
         self._count, self._complete = 0, False
         self._per_table = dict.fromkeys(self.tables, 0)
