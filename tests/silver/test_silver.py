@@ -54,11 +54,6 @@ def _make_lake(settings: Settings) -> LakeCatalog:
     return lake
 
 
-@pytest.fixture
-def lake(tmp_path: Path) -> LakeCatalog:
-    return _make_lake(load_settings({"LAKE_DATA_DIR": str(tmp_path / "data")}))
-
-
 def trade(
     ts: int,
     recv: int | None = None,
