@@ -75,7 +75,6 @@ _ROOT_OUTPUT = typer.Option(
     OutputFormat.table,
     "--output",
     "-o",
-    envvar="LAKE_OUTPUT",
     help="table (for people), json or csv (for scripts); every command's output.",
 )
 

@@ -124,7 +124,9 @@ def _emit(rows: list[dict[str, Any]], output: OutputFormat, title: str, changed:
 
 
 def status(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (same as --output json)."),
+    as_json: bool = typer.Option(
+        False, "--json", hidden=True, help="Same as --output json (kept for old scripts)."
+    ),
     output: OutputFormat = OUTPUT_OPTION,
     nats_timeout: float = typer.Option(
         3.0, "--nats-timeout", help="Seconds to wait for NATS before reporting it unreachable."

@@ -1,6 +1,6 @@
 """The CLI's one output layer: every command hands data to an `Output`, which renders it.
 
-The format is chosen once, at the root (`lake --output json status`, or `LAKE_OUTPUT`); a
+The format is chosen once, at the root (`lake --output json status`); a
 command's own `--output/-o` is an alias that overrides it for that command. `table` renders rich
 tables for people; `json` and `csv` are for scripts: the data alone on stdout, human messages on
 stderr. Modeled on pyiceberg's `cli/output.py` (an `Output` base with a `ConsoleOutput` and a

@@ -67,8 +67,8 @@ _RESERVED_REFS = ("main",)
 _SUMMARY_KEYS = ("added-records", "deleted-records", "total-records", "added-data-files")
 
 
-def _open(lake: CatalogSource) -> LakeCatalog:
-    return as_catalog(lake)
+def _open(source: CatalogSource) -> LakeCatalog:
+    return as_catalog(source)
 
 
 def _table_name(table: Table) -> str:
@@ -244,7 +244,7 @@ def _check_tag_name(name: str) -> None:
 
 
 def create_tag(
-    lake: CatalogSource,
+    source: CatalogSource,
     name: str,
     tables: Iterable[str] | None = None,
     *,
@@ -258,7 +258,7 @@ def create_tag(
     the other, not atomically across tables: pause writers for a cross-table cut.
 
     Args:
-        lake: settings or an open catalog.
+        source: settings or an open catalog.
         name: tag name (not only digits, not a timestamp, not `main`).
         tables: table identifiers (default: every table in the catalog).
         replace: move an existing tag of that name.
@@ -271,7 +271,7 @@ def create_tag(
         UnknownTableError: a table does not exist.
     """
     _check_tag_name(name)
-    catalog = _open(lake)
+    catalog = _open(source)
     identifiers = list(tables) if tables is not None else catalog.existing_tables()
     loaded = {ident: catalog.load_table(ident) for ident in identifiers}
     if not replace:
@@ -308,7 +308,7 @@ def _tag_one(table: Table, name: str) -> int | None:
     return current.snapshot_id
 
 
-def remove_tag(lake: CatalogSource, name: str, tables: Iterable[str] | None = None) -> list[str]:
+def remove_tag(source: CatalogSource, name: str, tables: Iterable[str] | None = None) -> list[str]:
     """Remove tag `name` from the tables that have it (default: every table).
 
     Idempotent; makes no snapshot. After removal, maintenance may expire the snapshot.
@@ -316,7 +316,7 @@ def remove_tag(lake: CatalogSource, name: str, tables: Iterable[str] | None = No
     Returns:
         Identifiers of the tables the tag was removed from.
     """
-    catalog = _open(lake)
+    catalog = _open(source)
     identifiers = list(tables) if tables is not None else catalog.existing_tables()
     removed: list[str] = []
     for ident in identifiers:
