@@ -57,8 +57,14 @@ class Settings:
     gold_batch_size: int = 500
     gold_batch_seconds: float = 10.0
     max_buffered_events: int = 200_000
-    bronze_snapshot_retention_seconds: float = 3600.0
-    gold_snapshot_retention_seconds: float = 3600.0
+    # Time travel (docs/time-travel.md, "Retention"): every snapshot is kept for the window;
+    # closed hours are kept as checkpoint tags, replays pin what they read.
+    bronze_snapshot_retention_seconds: float = 21600.0
+    gold_snapshot_retention_seconds: float = 21600.0
+    silver_snapshot_retention_seconds: float = 21600.0
+    snapshot_max_count: int = 10000
+    checkpoint_max_age_days: float = 30.0
+    replay_pin_max_age_days: float = 90.0
     stream_duplicate_window_seconds: float = 120.0
     log_level: str = "INFO"
 
@@ -177,6 +183,10 @@ def _validate(s: Settings) -> Settings:
         "gold_batch_seconds",
         "bronze_snapshot_retention_seconds",
         "gold_snapshot_retention_seconds",
+        "silver_snapshot_retention_seconds",
+        "snapshot_max_count",
+        "checkpoint_max_age_days",
+        "replay_pin_max_age_days",
         "stream_duplicate_window_seconds",
     ):
         if getattr(s, name) <= 0:

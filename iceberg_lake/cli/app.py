@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from iceberg_lake import __version__
-from iceberg_lake.cli import compact, demo, maintain, query, schema, serve, tables
+from iceberg_lake.cli import compact, dead_letters, demo, maintain, query, schema, serve, tables
 from iceberg_lake.cli.output import OutputFormat, err_console, set_root_format
 from iceberg_lake.exceptions import LakeError
 
@@ -100,7 +100,7 @@ def _root(
     set_root_format(output)
 
 
-for _module in (tables, serve, compact, query, schema, maintain, demo):
+for _module in (tables, serve, compact, query, schema, maintain, demo, dead_letters):
     _module.register(app)
 
 

@@ -53,8 +53,10 @@ def compact_files(
 @maintain_app.command("expire-snapshots")
 def expire_snapshots(
     table: str | None = TABLE_OPTION,
-    older_than: str = typer.Option(
-        "7d", "--older-than", help="Expire snapshots committed at least this long ago."
+    older_than: str | None = typer.Option(
+        None,
+        "--older-than",
+        help="Retention window (default: LAKE_<NS>_SNAPSHOT_RETENTION_SECONDS of each table).",
     ),
     retain_last: int = typer.Option(
         1, "--retain-last", min=1, help="Always keep this many newest snapshots."
@@ -64,10 +66,11 @@ def expire_snapshots(
 ) -> None:
     """Expire old snapshots and delete the files no remaining snapshot needs.
 
-    Never expires the current snapshot, a tagged one, or a Bronze snapshot Silver names as its
-    source.
+    The lake's expiry policy (docs/time-travel.md, "Retention"): hourly checkpoints are tagged
+    first; never expires the current snapshot, one inside the retention window, a tagged one
+    (checkpoints, replay pins, user tags) or a Bronze snapshot Silver names as its source.
     """
-    age = parse_duration(older_than)
+    age = parse_duration(older_than) if older_than is not None else None
     catalog = open_catalog()
     tables = maintained_tables(catalog, table)
     # Read Silver's source snapshots once, not once per Bronze table.
@@ -87,6 +90,24 @@ def expire_snapshots(
                 for f in files:
                     console.print(f"would delete {f}", highlight=False)
     _emit(rows, output, "expire-snapshots", lambda r: r["expired_snapshots"] > 0)
+
+
+@maintain_app.command("rewrite-manifests")
+def rewrite_manifests(
+    table: str | None = TABLE_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
+    output: OutputFormat = OUTPUT_OPTION,
+) -> None:
+    """Merge each table's manifests into few large ones (writers fast-append one per commit).
+
+    One snapshot per table that adds no rows; readers see the same data.
+    """
+    catalog = open_catalog()
+    rows = [
+        TableMaintenance(catalog, t).rewrite_manifests(dry_run=dry_run)
+        for t in maintained_tables(catalog, table)
+    ]
+    _emit(rows, output, "rewrite-manifests", lambda r: r["manifests_before"] > 1)
 
 
 @maintain_app.command("remove-orphans")

@@ -133,8 +133,14 @@ def query(
     pins = parse_as_of(as_of)
     if output == QueryOutput.parquet and file is None:
         raise typer.BadParameter("parquet output needs --out PATH", param_hint="--output")
-    result = Lake(open_catalog(read_only=True)).query(sql, as_of=pins)
+    lake = Lake(open_catalog(read_only=True))
+    result = lake.query(sql, as_of=pins)
     write_result(result, output, file)
+    # Every result says which snapshots it read (stderr, so stdout stays the data).
+    read = ", ".join(
+        f"{t}@{sid if sid is not None else 'empty'}" for t, sid in sorted(lake.last_pins.items())
+    )
+    err_console.print(f"read {read}", highlight=False, soft_wrap=True)
 
 
 def write_result(result: pa.Table, output: QueryOutput, file: Path | None) -> None:
@@ -233,8 +239,15 @@ def list_(
         return
     t = catalog.load_table(table)
     rows = snapshots.list_snapshots(t)
+    refs = snapshots.list_refs(t)
     if output == OutputFormat.json:
-        emit([{**r, "table": table} for r in rows], output)
+        by_snapshot: dict[int, list[dict[str, Any]]] = {}
+        for ref in refs:
+            by_snapshot.setdefault(ref["snapshot_id"], []).append(ref)
+        emit(
+            [{**r, "table": table, "refs": by_snapshot.get(r["snapshot_id"], [])} for r in rows],
+            output,
+        )
         return
     text_rows = [
         {
@@ -250,6 +263,13 @@ def list_(
         for r in rows
     ]
     emit(text_rows, output, title=f"{table} snapshots", columns=list(text_rows[0]) if rows else [])
+    if refs:
+        emit(
+            [{**r, "expires": r["expires"] or "never"} for r in refs],
+            output,
+            title=f"{table} refs",
+            columns=["ref", "kind", "snapshot_id", "expires"],
+        )
     empty_tags = [n for n, s in snapshots.list_tags(t).items() if s is None]
     if empty_tags:
         console.print(f"tags made while empty: {', '.join(empty_tags)}")
@@ -302,6 +322,11 @@ def replay(
         ),
     ] = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+    pin: bool = typer.Option(
+        True,
+        "--pin/--no-pin",
+        help="Tag the snapshots read (replay-<hash>) so expiry keeps them for the manifest.",
+    ),
 ) -> None:
     """Replay pinned snapshots of tables merged by event time, to NATS or NDJSON."""
     from iceberg_lake.timetravel.replay import ReplayEngine, read_manifest
@@ -310,7 +335,9 @@ def replay(
         raise typer.BadParameter("--prefix needs --to-nats", param_hint="--prefix")
     catalog = open_catalog()
     if from_manifest is not None:
-        engine = ReplayEngine.from_manifest(catalog, read_manifest(from_manifest), speed=speed)
+        engine = ReplayEngine.from_manifest(
+            catalog, read_manifest(from_manifest), speed=speed, pin=pin
+        )
     else:
         names = _split(tables)
         if not names:
@@ -332,14 +359,21 @@ def replay(
             end_ns = start_ns + 86_400 * 1_000_000_000
         else:
             start_ns, end_ns = parse_time_ns(start, "--start"), parse_time_ns(end, "--end")
-        engine = ReplayEngine(catalog, names, start_ns, end_ns, parse_as_of(as_of), speed=speed)
+        engine = ReplayEngine(
+            catalog, names, start_ns, end_ns, parse_as_of(as_of), speed=speed, pin=pin
+        )
     result = _run_with_progress(engine, to_nats, prefix, out, progress)
     if manifest is None:
         # Every run leaves what reproduces it; identical replays share one file name.
         manifest = Path(f"replay-{result['sequence_hash'].removeprefix('sha256:')[:12]}.json")
     manifest.write_text(json.dumps(result, indent=2) + "\n")
+    read = ", ".join(
+        f"{t}@{sid if sid is not None else 'empty'}" for t, sid in result["snapshots"].items()
+    )
+    pinned = f", pinned as {result['pin_tag']}" if result.get("pin_tag") else ""
     err_console.print(
-        f"replayed {result['event_count']} events, {result['sequence_hash']}; manifest {manifest}",
+        f"replayed {result['event_count']} events, {result['sequence_hash']}; manifest {manifest}"
+        f"; read {read}{pinned}",
         highlight=False,
         soft_wrap=True,
     )

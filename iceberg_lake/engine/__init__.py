@@ -17,6 +17,16 @@ Private members of dependencies kept here, each with its guard test in
   (a key from an already transformed partition tuple; relies on `to_path()` reading it).
   Guard: `test_record_partition_key_guard`.
 
+The commit-path fixes of issue 13 (`iceberg.install_commit_fixes`, `WatermarkedAppend`,
+`rewrite_manifests`) rely on pyiceberg internals, all guarded in
+`tests/engine/test_iceberg_commit_guard.py` (version, a hash of each function's source, and the
+behaviour): `_FastAppendFiles` (and `_existing_manifests`), `_ManifestMergeManager` (and
+`_create_manifest`, `merge_manifests`), `_MergeAppendFiles` (`_merge_enabled`,
+`_min_count_to_merge`), `_SnapshotProducer._manifests`, `update_table_metadata` with `_apply_table_update`,
+`_update_table_metadata_log` and `_TableMetadataUpdateContext`,
+`MetastoreCatalog._update_and_stage_table`, `Catalog._write_metadata`,
+`Transaction._append_snapshot_producer`, `Table._do_commit`.
+
 `test_engine_docstring_lists_every_private_member` fails when an engine module imports or
 reads another library's private member that this list does not name.
 """

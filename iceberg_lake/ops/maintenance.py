@@ -43,7 +43,12 @@ from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine.filters import eq, ge, is_null, lt
-from iceberg_lake.engine.iceberg import PartitionReplacement, partition_values, write_data_files
+from iceberg_lake.engine.iceberg import (
+    PartitionReplacement,
+    partition_values,
+    rewrite_manifests,
+    write_data_files,
+)
 from iceberg_lake.exceptions import CommitConflictError, LakeError
 
 log = logging.getLogger(__name__)
@@ -334,29 +339,34 @@ class TableMaintenance:
 
     def expire_snapshots(
         self,
-        older_than: timedelta = timedelta(days=7),
+        older_than: timedelta | None = None,
         *,
         retain_last: int = 1,
         now: datetime | None = None,
         dry_run: bool = False,
     ) -> ExpiryResult:
-        """Expire snapshots older than `older_than` and delete the files only they needed.
+        """Apply the lake's expiry policy (`ExpiryPolicy`) and delete the files only expired
+        snapshots needed.
 
-        Never expires: the current snapshot, the `retain_last` newest snapshots of the main
-        branch, any snapshot a tag or branch points at, and (for Bronze tables) any snapshot a
-        Silver partition names as its source
-        (`iceberg_lake.silver.compactor.silver_source_snapshots`).
+        First the table's refs are brought up to date (`snapshots.maintain_refs`: aged-out tags
+        dropped, hourly checkpoints tagged, Bronze snapshots Silver names as sources tagged).
+        Then it never expires: the current snapshot, the `retain_last` newest snapshots of the
+        main branch, any snapshot a tag or branch points at (checkpoints, replay pins, Silver
+        sources, user tags), and the snapshots inside the retention window; beyond the window
+        everything else is expired, and inside it the oldest unprotected snapshots go when the
+        table keeps more than `LAKE_SNAPSHOT_MAX_COUNT`.
         Files deleted are the manifest lists, manifests, data/delete files and statistics files
         reachable from an expired snapshot and from no remaining one.
 
-        Produces no snapshot: one metadata commit that removes the expired snapshots.
-        Idempotent: a second run with the same arguments expires nothing.
+        Produces no snapshot: one metadata commit for the refs (if any changed) and one that
+        removes the expired snapshots. Idempotent: a second run expires nothing.
 
         Args:
-            older_than: expire snapshots committed at least this long ago.
+            older_than: the retention window (default: the table's `LAKE_*_SNAPSHOT_RETENTION_
+                SECONDS`).
             retain_last: always keep this many newest snapshots (at least 1).
             now: the reference time (default: the current time).
-            dry_run: only list what would be expired and deleted.
+            dry_run: only list what would be expired and deleted (refs are not changed).
 
         Returns:
             The expired snapshot ids, the protected ones, and the deleted files.
@@ -365,18 +375,24 @@ class TableMaintenance:
             CommitConflictError: a concurrent commit won; nothing was deleted, retry.
         """
         table = self._refresh()
-        cutoff_ms = int(((now or datetime.now(UTC)) - older_than).timestamp() * 1000)
-        protected = self._protected_snapshot_ids(table, max(1, retain_last))
-        expired = [
-            s.snapshot_id
-            for s in table.metadata.snapshots
-            if s.timestamp_ms < cutoff_ms and s.snapshot_id not in protected
-        ]
-        kept_old = sorted(
-            s.snapshot_id
-            for s in table.metadata.snapshots
-            if s.timestamp_ms < cutoff_ms and s.snapshot_id in protected
+        policy = ExpiryPolicy.for_table(
+            self.catalog.settings, self.table_id, window=older_than, retain_last=retain_last
         )
+        moment = now or datetime.now(UTC)
+        sources = self._silver_sources()
+        extra = set(sources or ())
+        if dry_run:
+            extra |= policy.refs_due(table, self.table_id, moment)
+        else:
+            with catalog_errors(f"updating refs of {self.table_id}"):
+                try:
+                    policy.maintain_refs(table, self.table_id, sources, moment)
+                except CommitFailedException as exc:
+                    table.refresh()
+                    raise CommitConflictError(
+                        f"{self.table_id}: concurrent commit while updating refs; retry ({exc})"
+                    ) from exc
+        expired, kept_old = policy.select(table, extra, moment)
         if not expired:
             return ExpiryResult(self.table_id, [], kept_old, [], dry_run)
         reach = _Reachability(table)
@@ -416,20 +432,47 @@ class TableMaintenance:
         )
         return ExpiryResult(self.table_id, sorted(expired), kept_old, doomed)
 
-    def _protected_snapshot_ids(self, table: Table, retain_last: int) -> set[int]:
-        protected = {ref.snapshot_id for ref in table.metadata.refs.values()}
-        current = table.current_snapshot()
-        if current is not None:
-            protected.add(current.snapshot_id)
-            for i, snap in enumerate(ancestors_of(current, table.metadata)):
-                if i >= retain_last:
-                    break
-                protected.add(snap.snapshot_id)
+    def _silver_sources(self) -> set[int] | None:
+        """Snapshots Silver names as sources (Bronze tables only; None for others)."""
         if self.protected_snapshots is not None:
-            protected |= self.protected_snapshots
-        elif self.table_id.startswith("bronze."):
-            protected |= silver_sources(self.catalog).get(self.table_id, set())
-        return protected
+            return set(self.protected_snapshots)
+        if self.table_id.startswith("bronze."):
+            return silver_sources(self.catalog).get(self.table_id, set())
+        return None
+
+    # ---- rewrite-manifests ------------------------------------------------------------------
+
+    def rewrite_manifests(self, *, dry_run: bool = False) -> dict[str, Any]:
+        """Merge the current snapshot's manifests into few large ones.
+
+        Writers fast-append (one manifest per commit, folded 128 at a time), so manifests pile
+        up between maintenance runs; this merges them all (`engine.iceberg.rewrite_manifests`)
+        so planning reads few manifests. One `append` snapshot that adds no rows
+        (`lake.operation` = `rewrite-manifests`), or none with fewer than 2 manifests.
+
+        Returns:
+            `{"table", "manifests_before", "manifests_after", "snapshot_id", "dry_run"}`.
+
+        Raises:
+            CommitConflictError: a concurrent commit won; retry.
+        """
+        table = self._refresh()
+        current = table.current_snapshot()
+        before = len(current.manifests(table.io)) if current is not None else 0
+        snapshot_id = None
+        after = before
+        if not dry_run and before >= 2:
+            with catalog_errors(f"rewriting manifests of {self.table_id}"):
+                snapshot_id = rewrite_manifests(table, {P.LAKE_OPERATION: "rewrite-manifests"})
+            current = table.current_snapshot()
+            after = len(current.manifests(table.io)) if current is not None else 0
+        return {
+            "table": self.table_id,
+            "manifests_before": before,
+            "manifests_after": after,
+            "snapshot_id": snapshot_id,
+            "dry_run": dry_run,
+        }
 
     # ---- remove-orphans ---------------------------------------------------------------------
 
@@ -477,6 +520,152 @@ class TableMaintenance:
             if orphans:
                 log.info("remove-orphans %s: %d files", self.table_id, len(orphans))
         return OrphanResult(self.table_id, sorted(orphans), size, scanned, dry_run, recent)
+
+
+# ---- the expiry policy ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExpiryPolicy:
+    """The one snapshot-expiry policy: writers' in-line expiry and `lake maintain expire-snapshots`.
+
+    Kept (never expired): the current snapshot and its `retain_last - 1` ancestors; every ref
+    head (user tags; `checkpoint-*` hourly checkpoints for `checkpoint_max_age`; `replay-*` pins
+    for `LAKE_REPLAY_PIN_MAX_AGE_DAYS`; `silver-source-*` while Silver names them); every
+    snapshot younger than `window`, unless the table keeps more than `max_snapshots` (then the
+    oldest unprotected ones go first). Everything else is expired.
+    """
+
+    window: timedelta
+    max_snapshots: int
+    checkpoint_max_age: timedelta
+    retain_last: int = 1
+
+    @classmethod
+    def for_table(
+        cls,
+        settings: Any,
+        table_id: str,
+        *,
+        window: timedelta | None = None,
+        retain_last: int = 1,
+    ) -> ExpiryPolicy:
+        """The policy of `table_id` from the settings (`window` overrides the retention)."""
+        if window is None:
+            ns = table_id.split(".", 1)[0]
+            seconds = {
+                "gold": settings.gold_snapshot_retention_seconds,
+                "silver": settings.silver_snapshot_retention_seconds,
+            }.get(ns, settings.bronze_snapshot_retention_seconds)
+            window = timedelta(seconds=seconds)
+        return cls(
+            window=window,
+            max_snapshots=settings.snapshot_max_count,
+            checkpoint_max_age=timedelta(days=settings.checkpoint_max_age_days),
+            retain_last=max(1, retain_last),
+        )
+
+    def maintain_refs(
+        self, table: Table, table_id: str, silver: set[int] | None, now: datetime
+    ) -> dict[str, int]:
+        """Update the table's lake refs (`snapshots.maintain_refs`) before expiring."""
+        from iceberg_lake.timetravel import snapshots
+
+        return snapshots.maintain_refs(
+            table,
+            table_id,
+            checkpoint_max_age_ms=int(self.checkpoint_max_age.total_seconds() * 1000),
+            silver_sources=silver,
+            now_ms=int(now.timestamp() * 1000),
+        )
+
+    def refs_due(self, table: Table, table_id: str, now: datetime) -> set[int]:
+        """Snapshots `maintain_refs` would tag as checkpoints now (for dry runs)."""
+        from iceberg_lake.timetravel import snapshots
+
+        due = snapshots._checkpoints_due(
+            table,
+            table_id,
+            int(self.checkpoint_max_age.total_seconds() * 1000),
+            int(now.timestamp() * 1000),
+        )
+        return {sid for sid, _age in due.values()}
+
+    def select(
+        self, table: Table, protected: set[int], now: datetime
+    ) -> tuple[list[int], list[int]]:
+        """(snapshot ids to expire, protected ids older than the window), by the policy."""
+        from iceberg_lake.timetravel.snapshots import ref_expires_ms
+
+        now_ms = int(now.timestamp() * 1000)
+        keep = set(protected)
+        for name, ref in table.metadata.refs.items():
+            expires = ref_expires_ms(table, name)
+            if expires is None or expires >= now_ms:
+                keep.add(ref.snapshot_id)
+        current = table.current_snapshot()
+        if current is not None:
+            keep.add(current.snapshot_id)
+            for i, snap in enumerate(ancestors_of(current, table.metadata)):
+                if i >= self.retain_last:
+                    break
+                keep.add(snap.snapshot_id)
+        cutoff_ms = int((now - self.window).timestamp() * 1000)
+        snaps = sorted(
+            table.metadata.snapshots, key=lambda s: (s.timestamp_ms, s.sequence_number or 0)
+        )
+        expired = [
+            s.snapshot_id for s in snaps if s.timestamp_ms < cutoff_ms and s.snapshot_id not in keep
+        ]
+        excess = len(snaps) - len(expired) - self.max_snapshots
+        if excess > 0:
+            gone = set(expired)
+            for s in snaps:
+                if excess <= 0:
+                    break
+                if s.snapshot_id not in keep and s.snapshot_id not in gone:
+                    expired.append(s.snapshot_id)
+                    excess -= 1
+        kept_old = sorted(
+            s.snapshot_id for s in snaps if s.timestamp_ms < cutoff_ms and s.snapshot_id in keep
+        )
+        return expired, kept_old
+
+
+#: Silver's sources per catalog, cached for in-line expiry: (monotonic time, sources).
+_SILVER_CACHE: dict[int, tuple[float, dict[str, set[int]]]] = {}
+SILVER_SOURCES_TTL_SECONDS = 300.0
+
+
+def expire_inline(catalog: LakeCatalog, table: Table, table_id: str) -> int:
+    """A writer's in-line expiry: the same `ExpiryPolicy`, without deleting files.
+
+    Refs are updated first (checkpoints, Silver sources read at most every 5 minutes), then the
+    policy's snapshots are removed from the metadata; their files become orphans for
+    `lake maintain remove-orphans` (reading every manifest to find them costs too much in-line).
+
+    Returns:
+        The number of snapshots expired.
+
+    Raises:
+        CommitFailedException: a concurrent commit; the writer tries again next time.
+    """
+    import time as _time
+
+    policy = ExpiryPolicy.for_table(catalog.settings, table_id)
+    now = datetime.now(UTC)
+    silver: set[int] | None = None
+    if table_id.startswith("bronze."):
+        cached = _SILVER_CACHE.get(id(catalog))
+        if cached is None or _time.monotonic() - cached[0] > SILVER_SOURCES_TTL_SECONDS:
+            cached = (_time.monotonic(), silver_sources(catalog))
+            _SILVER_CACHE[id(catalog)] = cached
+        silver = cached[1].get(table_id, set())
+    policy.maintain_refs(table, table_id, silver, now)
+    expired, _ = policy.select(table, silver or set(), now)
+    if expired:
+        table.maintenance.expire_snapshots().by_ids(expired).commit()
+    return len(expired)
 
 
 # ---- Silver sources ------------------------------------------------------------------------------
@@ -686,12 +875,14 @@ __all__ = [
     "DEFAULT_TARGET_SIZE",
     "MB",
     "CompactionResult",
+    "ExpiryPolicy",
     "ExpiryResult",
     "OrphanResult",
     "TableMaintenance",
     "maintained_tables",
     "parse_duration",
     "parse_size",
+    "expire_inline",
     "rows_fingerprint",
     "silver_sources",
 ]

@@ -62,7 +62,13 @@ from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.tables import GOLD, TableDefinition
 from iceberg_lake.timetravel.query import Lake, duckdb_path
 from iceberg_lake.timetravel.readers import window_filter
-from iceberg_lake.timetravel.snapshots import AsOfSpec, pin_for, resolve_as_of
+from iceberg_lake.timetravel.snapshots import (
+    AsOfSpec,
+    pin_for,
+    pin_snapshots,
+    replay_pin_name,
+    resolve_as_of,
+)
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -214,6 +220,7 @@ class ReplayEngine:
             None pins each table's current snapshot.
         speed: None or 0 = as fast as possible; N = N× real time.
         batch_rows: rows fetched from DuckDB at a time.
+        pin: tag the snapshots read (`replay-<hash>`) so they survive expiry (`_pin`).
 
     Raises:
         TimeTravelError: empty table list, bad window, unknown pin, table without event time.
@@ -230,6 +237,7 @@ class ReplayEngine:
         *,
         speed: float | None = None,
         batch_rows: int = 10_000,
+        pin: bool = True,
     ) -> None:
         self.catalog = settings if isinstance(settings, LakeCatalog) else LakeCatalog(settings)
         tables = list(tables)
@@ -255,6 +263,10 @@ class ReplayEngine:
         self.pins: dict[str, int | None] = {
             s.definition.identifier: s.snapshot_id for s in self._sources
         }
+        #: The tag protecting the snapshots read (None: `pin=False`); see `_pin`.
+        self.pin_tag: str | None = None
+        if pin:
+            self._pin()
         self._count = 0
         self._per_table: dict[str, int] = {}
         self._hash = hashlib.sha256()
@@ -273,19 +285,34 @@ class ReplayEngine:
         i.e. read as empty.
         """
         snapshots = dict(manifest["snapshots"])
+        pin = kwargs.pop("pin", True)
         engine = cls(
             settings,
             list(manifest["tables"]),
             int(manifest["start_ns"]),
             int(manifest["end_ns"]),
             as_of={t: sid for t, sid in snapshots.items() if sid is not None},
+            pin=False,
             **kwargs,
         )
         for source in engine._sources:
             if snapshots.get(source.definition.identifier) is None:
                 source.snapshot_id = None
         engine.pins = {s.definition.identifier: s.snapshot_id for s in engine._sources}
+        if pin:
+            engine._pin()
         return engine
+
+    def _pin(self) -> None:
+        """Protect every snapshot this replay reads with one tag named from its manifest.
+
+        `replay-<hash of tables, pins and window>`, kept `LAKE_REPLAY_PIN_MAX_AGE_DAYS`: writer
+        expiry, `lake maintain expire-snapshots` and other engines' expiry keep the snapshots,
+        so `--from-manifest` reproduces the run later (`snapshots.pin_snapshots`).
+        """
+        self.pin_tag = replay_pin_name(self.tables, self.pins, self.start_ns, self.end_ns)
+        days = self.catalog.settings.replay_pin_max_age_days
+        pin_snapshots(self.catalog, self.pins, self.pin_tag, days)
 
     # ---- the event stream ---------------------------------------------------------------------
 
@@ -422,6 +449,7 @@ class ReplayEngine:
             "format": MANIFEST_FORMAT,
             "tables": list(self.tables),
             "snapshots": dict(self.pins),
+            "pin_tag": self.pin_tag,
             "as_of": _describe_as_of(self.as_of),
             "start_ns": self.start_ns,
             "end_ns": self.end_ns,

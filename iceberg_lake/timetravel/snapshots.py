@@ -29,12 +29,15 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any, TypeAlias
 
+from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.update.snapshot import ManageSnapshots
@@ -44,7 +47,15 @@ from iceberg_lake.catalog import CatalogSource, LakeCatalog, as_catalog, catalog
 from iceberg_lake.exceptions import TimeTravelError
 
 __all__ = [
+    "CHECKPOINT_PREFIX",
+    "REPLAY_PIN_PREFIX",
+    "SILVER_SOURCE_PREFIX",
     "AsOf",
+    "contiguous_since",
+    "list_refs",
+    "maintain_refs",
+    "pin_snapshots",
+    "replay_pin_name",
     "AsOfSpec",
     "create_tag",
     "list_snapshots",
@@ -60,6 +71,16 @@ __all__ = [
 AsOf: TypeAlias = int | str | datetime | None
 #: A pin for every table, or a mapping of table identifier to pin.
 AsOfSpec: TypeAlias = AsOf | Mapping[str, AsOf]
+
+#: Tags the lake makes itself (docs/time-travel.md, "Retention"):
+#: `checkpoint-<table>-YYYYMMDDTHH`: the snapshot current at the end of that closed UTC hour.
+CHECKPOINT_PREFIX = "checkpoint-"
+#: `replay-<16 hex>`: a snapshot a replay read (named from the replay manifest's pins and window).
+REPLAY_PIN_PREFIX = "replay-"
+#: `silver-source-<snapshot id>`: a Bronze snapshot a Silver partition names as its source.
+SILVER_SOURCE_PREFIX = "silver-source-"
+_HOUR_MS = 3_600_000
+_DAY_MS = 86_400_000
 
 _TAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}$")
 _RESERVED_REFS = ("main",)
@@ -157,23 +178,91 @@ def _existing_snapshot(table: Table, snapshot_id: int, name: str) -> int:
 
 
 def _snapshot_at(table: Table, when: datetime, name: str) -> int | None:
+    """The snapshot current at `when`, exactly, or a one-line error naming the nearest pins.
+
+    The snapshot log loses the entries of expired snapshots, so "the last logged snapshot at or
+    before `when`" may be a checkpoint hours older than the snapshot that really was current.
+    It is the answer only when nothing was committed between it and `when`: its successor in the
+    log has the next sequence number (no snapshot in between was expired), or it is the current
+    snapshot, or it is a checkpoint whose hour ends after `when` (a checkpoint is the snapshot
+    current at the end of its hour).
+    """
     aware = when if when.tzinfo else when.replace(tzinfo=UTC)
     ms = int(aware.timestamp() * 1000)
-    log = table.history()
-    for entry in reversed(log):
-        if entry.timestamp_ms <= ms:
-            if table.snapshot_by_id(entry.snapshot_id) is None:
-                raise TimeTravelError(
-                    f"{name}: the snapshot current at {aware.isoformat()} "
-                    f"({entry.snapshot_id}) has been expired"
-                )
+    log = [e for e in table.history() if table.snapshot_by_id(e.snapshot_id) is not None]
+    seq = {s.snapshot_id: s.sequence_number for s in table.metadata.snapshots}
+    idx = next((i for i in range(len(log) - 1, -1, -1) if log[i].timestamp_ms <= ms), None)
+    if idx is None:
+        first = log[0] if log else None
+        if first is None or seq.get(first.snapshot_id) in (None, 0, 1):
+            return None  # before the table's first snapshot: empty
+        raise TimeTravelError(_expired_message(table, name, aware, ms))
+    entry = log[idx]
+    nxt = log[idx + 1] if idx + 1 < len(log) else None
+    current = table.current_snapshot()
+    if nxt is None and current is not None and current.snapshot_id == entry.snapshot_id:
+        return entry.snapshot_id
+    if nxt is not None:
+        a, b = seq.get(entry.snapshot_id), seq.get(nxt.snapshot_id)
+        if a is None or b is None or b == a + 1:
             return entry.snapshot_id
-    # Before the first logged snapshot. If older snapshots exist whose log entries were
-    # dropped, we cannot tell which one was current: refuse rather than guess "empty".
-    oldest = min((s.timestamp_ms for s in table.snapshots()), default=None)
-    if oldest is not None and oldest <= ms:
-        raise TimeTravelError(f"{name}: no snapshot log entry covers {aware.isoformat()}")
-    return None
+    if any(end_ms > ms for end_ms in _checkpoint_ends(table, entry.snapshot_id)):
+        return entry.snapshot_id
+    raise TimeTravelError(_expired_message(table, name, aware, ms))
+
+
+def _checkpoint_ends(table: Table, snapshot_id: int) -> list[int]:
+    """End (epoch ms) of each checkpoint hour whose tag points at `snapshot_id`."""
+    out = []
+    for ref_name, ref in table.metadata.refs.items():
+        if ref.snapshot_id == snapshot_id and ref_name.startswith(CHECKPOINT_PREFIX):
+            hour = _checkpoint_hour(ref_name)
+            if hour is not None:
+                out.append(int(hour.timestamp() * 1000) + _HOUR_MS)
+    return out
+
+
+def _expired_message(table: Table, name: str, when: datetime, ms: int) -> str:
+    """One line: the state at `when` is gone; the nearest retained pins before and after it."""
+    pins = []
+    for ref_name, ref in table.metadata.refs.items():
+        snap = table.snapshot_by_id(ref.snapshot_id)
+        if snap is None or ref_name == "main":
+            continue
+        hour = _checkpoint_hour(ref_name)
+        at = int(hour.timestamp() * 1000) + _HOUR_MS if hour is not None else snap.timestamp_ms
+        pins.append((at, ref_name))
+    window_start = contiguous_since(table)
+    before = max((p for p in pins if p[0] <= ms), default=None)
+    after = min((p for p in pins if p[0] > ms), default=None)
+    parts = []
+    if before is not None:
+        parts.append(f"{before[1]} (state at {_fmt_ms(before[0])})")
+    if after is not None:
+        label = "oldest pin " if before is None else ""
+        parts.append(f"{label}{after[1]} (state at {_fmt_ms(after[0])})")
+    kept = f"; every snapshot kept since {_fmt_ms(window_start)}" if window_start else ""
+    nearest = "; nearest retained pins: " + ", ".join(parts) if parts else "; no pins retained"
+    return f"{name}: the snapshot current at {when.isoformat()} has been expired{kept}{nearest}"
+
+
+def contiguous_since(table: Table) -> int | None:
+    """Epoch ms from which every snapshot of the table is still kept (the retention window)."""
+    seq = {s.snapshot_id: s.sequence_number for s in table.metadata.snapshots}
+    log = [e for e in table.history() if e.snapshot_id in seq]
+    if not log:
+        return None
+    start = log[-1].timestamp_ms
+    for prev, nxt in zip(reversed(log[:-1]), reversed(log[1:]), strict=True):
+        a, b = seq.get(prev.snapshot_id), seq.get(nxt.snapshot_id)
+        if a is not None and b is not None and b != a + 1:
+            break
+        start = prev.timestamp_ms
+    return start
+
+
+def _fmt_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def list_tags(table: Table) -> dict[str, int | None]:
@@ -332,3 +421,209 @@ def remove_tag(source: CatalogSource, name: str, tables: Iterable[str] | None = 
                 tx.remove_properties(empty_key)
         removed.append(ident)
     return removed
+
+
+# ---- refs the lake keeps: checkpoints, replay pins, Silver sources ------------------------------
+
+
+def checkpoint_tag(identifier: str, hour_start_ms: int) -> str:
+    """`checkpoint-<table>-YYYYMMDDTHH` for the UTC hour starting at `hour_start_ms`."""
+    hour = datetime.fromtimestamp(hour_start_ms / 1000, tz=UTC)
+    return f"{CHECKPOINT_PREFIX}{identifier}-{hour:%Y%m%dT%H}"
+
+
+def _checkpoint_hour(ref_name: str) -> datetime | None:
+    if not ref_name.startswith(CHECKPOINT_PREFIX):
+        return None
+    suffix = ref_name.rsplit("-", 1)[-1]
+    try:
+        return datetime.strptime(suffix, "%Y%m%dT%H").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def ref_expires_ms(table: Table, ref_name: str) -> int | None:
+    """When a ref's max-ref-age runs out (epoch ms; None: never).
+
+    Iceberg measures a ref's age from its snapshot's commit time (what Spark's and Trino's
+    expiry use to drop refs).
+    """
+    ref = table.metadata.refs.get(ref_name)
+    if ref is None or ref.max_ref_age_ms is None:
+        return None
+    snap = table.snapshot_by_id(ref.snapshot_id)
+    return None if snap is None else snap.timestamp_ms + ref.max_ref_age_ms
+
+
+def list_refs(table: Table) -> list[dict[str, Any]]:
+    """Every ref of `table`: ref, kind, snapshot_id, expires (ISO time or None: never)."""
+    rows = []
+    for name, ref in sorted(table.metadata.refs.items()):
+        expires = ref_expires_ms(table, name)
+        if name.startswith(CHECKPOINT_PREFIX):
+            kind = "checkpoint"
+        elif name.startswith(REPLAY_PIN_PREFIX):
+            kind = "replay pin"
+        elif name.startswith(SILVER_SOURCE_PREFIX):
+            kind = "silver source"
+        else:
+            kind = ref.snapshot_ref_type.value
+        rows.append(
+            {
+                "ref": name,
+                "kind": kind,
+                "snapshot_id": ref.snapshot_id,
+                "expires": _fmt_ms(expires) if expires is not None else None,
+            }
+        )
+    return rows
+
+
+def _checkpoints_due(
+    table: Table, identifier: str, max_age_ms: int, now_ms: int
+) -> dict[str, tuple[int, int]]:
+    """Checkpoint tags to create: name -> (snapshot id, max-ref-age ms).
+
+    The checkpoint of a closed hour is the last snapshot committed in it, made a tag only when
+    that is certain (its successor is the next sequence number, or it is still current).
+    """
+    seq = {s.snapshot_id: s.sequence_number for s in table.metadata.snapshots}
+    log = [e for e in table.history() if e.snapshot_id in seq]
+    current = table.current_snapshot()
+    refs = table.metadata.refs
+    due: dict[str, tuple[int, int]] = {}
+    for i, entry in enumerate(log):
+        hour_start = entry.timestamp_ms - entry.timestamp_ms % _HOUR_MS
+        hour_end = hour_start + _HOUR_MS
+        if hour_end > now_ms or hour_end + max_age_ms <= now_ms:
+            continue
+        nxt = log[i + 1] if i + 1 < len(log) else None
+        if nxt is not None and nxt.timestamp_ms < hour_end:
+            continue  # not the hour's last commit
+        if nxt is None:
+            certain = current is not None and current.snapshot_id == entry.snapshot_id
+        else:
+            a, b = seq.get(entry.snapshot_id), seq.get(nxt.snapshot_id)
+            certain = a is not None and b is not None and b == a + 1
+        name = checkpoint_tag(identifier, hour_start)
+        if certain and name not in refs:
+            due[name] = (entry.snapshot_id, hour_end + max_age_ms - entry.timestamp_ms)
+    return due
+
+
+def maintain_refs(
+    table: Table,
+    identifier: str,
+    *,
+    checkpoint_max_age_ms: int,
+    silver_sources: set[int] | None = None,
+    now_ms: int | None = None,
+) -> dict[str, int]:
+    """Bring the lake's refs of one table up to date, in one metadata commit (or none).
+
+    * drop tags whose max-ref-age ran out (as Spark/Trino expiry does; pyiceberg's doesn't);
+    * tag the checkpoint of every closed hour not yet tagged (within `checkpoint_max_age_ms`);
+    * with `silver_sources` (Bronze tables): tag each snapshot Silver names as its source,
+      untag those it no longer names.
+
+    Returns:
+        Counts: `dropped`, `checkpoints`, `silver_tagged`, `silver_untagged`.
+
+    Raises:
+        CommitFailedException (pyiceberg): a concurrent commit; the caller retries later.
+    """
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    refs = table.metadata.refs
+    drop = [
+        name
+        for name, ref in refs.items()
+        if ref.snapshot_ref_type == SnapshotRefType.TAG
+        and (expires := ref_expires_ms(table, name)) is not None
+        and expires < now
+    ]
+    due = _checkpoints_due(table, identifier, checkpoint_max_age_ms, now)
+    add_silver: list[int] = []
+    remove_silver: list[str] = []
+    if silver_sources is not None:
+        existing = {s.snapshot_id for s in table.metadata.snapshots}
+        wanted = {sid for sid in silver_sources if sid in existing}
+        tagged = {
+            int(n[len(SILVER_SOURCE_PREFIX) :]): n
+            for n in refs
+            if n.startswith(SILVER_SOURCE_PREFIX) and n[len(SILVER_SOURCE_PREFIX) :].isdigit()
+        }
+        add_silver = sorted(wanted - set(tagged))
+        remove_silver = [n for sid, n in tagged.items() if sid not in wanted]
+    counts = {
+        "dropped": len(drop),
+        "checkpoints": len(due),
+        "silver_tagged": len(add_silver),
+        "silver_untagged": len(remove_silver),
+    }
+    if not (drop or due or add_silver or remove_silver):
+        return counts
+    with table.transaction() as tx:
+        ms = ManageSnapshots(tx)
+        for name in [*drop, *remove_silver]:
+            ms = ms.remove_tag(name)
+        for name, (sid, age) in due.items():
+            ms = ms.create_tag(sid, name, max_ref_age_ms=age)
+        for sid in add_silver:
+            ms = ms.create_tag(sid, f"{SILVER_SOURCE_PREFIX}{sid}")
+        ms.commit()
+    return counts
+
+
+def replay_pin_name(
+    tables: Iterable[str], pins: Mapping[str, int | None], start_ns: int, end_ns: int
+) -> str:
+    """`replay-<16 hex>`: a hash of what a replay reads (tables, pins, window).
+
+    The same manifest always gives the same name, so re-running it refreshes its own pin.
+    """
+    body = json.dumps(
+        {"tables": list(tables), "snapshots": dict(pins), "start_ns": start_ns, "end_ns": end_ns},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return REPLAY_PIN_PREFIX + hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def pin_snapshots(
+    lake: CatalogSource,
+    pins: Mapping[str, int | None],
+    name: str,
+    max_age_days: float,
+) -> dict[str, int]:
+    """Tag each pinned snapshot as `name`, kept `max_age_days` from now (max-ref-age).
+
+    Idempotent: an existing tag of that name is moved/refreshed. Tables pinned to None (empty)
+    need no tag.
+
+    Returns:
+        Table identifier -> tagged snapshot id.
+    """
+    catalog = _open(lake)
+    now = int(time.time() * 1000)
+    done: dict[str, int] = {}
+    for ident, sid in pins.items():
+        if sid is None:
+            continue
+        for attempt in range(3):
+            table = catalog.load_table(ident)
+            snap = table.snapshot_by_id(sid)
+            if snap is None:
+                raise TimeTravelError(f"{ident} has no snapshot {sid} to pin (expired)")
+            age = max(1, now - snap.timestamp_ms + int(max_age_days * _DAY_MS))
+            try:
+                with catalog_errors(f"pinning {ident}"), table.transaction() as tx:
+                    ms = ManageSnapshots(tx)
+                    if name in table.metadata.refs:
+                        ms = ms.remove_tag(name)
+                    ms.create_tag(sid, name, max_ref_age_ms=age).commit()
+                break
+            except CommitFailedException:
+                if attempt == 2:
+                    raise
+        done[ident] = sid
+    return done

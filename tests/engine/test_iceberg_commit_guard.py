@@ -1,0 +1,162 @@
+"""Guard tests for the commit-path fixes in `iceberg_lake.engine.iceberg` (issue 13).
+
+They fail loudly when a pyiceberg upgrade changes what the fixes rely on: the version, the source
+of every pyiceberg function the fixes replace or reuse (re-verify the fix, then update the hash),
+and the behaviour (same metadata as stock pyiceberg, shared unchanged parts, same JSON).
+Budget: about 5 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyiceberg
+import pytest
+from pyiceberg.catalog import MetastoreCatalog
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.serializers import ToOutputFile
+from pyiceberg.table import Table, Transaction
+from pyiceberg.table.update.snapshot import (
+    _FastAppendFiles,
+    _ManifestMergeManager,
+    _MergeAppendFiles,
+    _SnapshotProducer,
+)
+
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.config import load_settings
+from iceberg_lake.engine import iceberg as engine
+
+TABLE = "bronze.stocks_trades"
+
+#: sha256[:16] of the source of each pyiceberg function the fixes copy, replace or reuse.
+PYICEBERG_SOURCES = {
+    "update_table_metadata": "cdfaa6553c2f4d68",
+    "SqlCatalog.commit_table": "fb22ea690ba68b07",
+    "MetastoreCatalog._update_and_stage_table": "2a491d0056395468",
+    "Transaction.table_metadata": "b17e042b477c6adb",
+    "Transaction._append_snapshot_producer": "1094520849e4f4bc",
+    "Transaction.commit_transaction": "31e91e28f2729338",
+    "Table._do_commit": "794b91fe1dcf7b5f",
+    "_SnapshotProducer._manifests": "f57f3aac3c95f9f3",
+    "_FastAppendFiles._existing_manifests": "d0255db202bdc4a0",
+    "_MergeAppendFiles.__init__": "1643051b9eac538c",
+    "_ManifestMergeManager._create_manifest": "4b92b581460f2a82",
+    "_ManifestMergeManager.merge_manifests": "253237ff3eb47774",
+    "ToOutputFile.table_metadata": "5fae1315550ee2b5",
+}
+
+
+def _sources() -> dict[str, object]:
+    stock_update, stock_commit = engine.stock_functions()
+    return {
+        "update_table_metadata": stock_update,
+        "SqlCatalog.commit_table": stock_commit,
+        "MetastoreCatalog._update_and_stage_table": MetastoreCatalog._update_and_stage_table,
+        "Transaction.table_metadata": Transaction.table_metadata.fget,
+        "Transaction._append_snapshot_producer": Transaction._append_snapshot_producer,
+        "Transaction.commit_transaction": Transaction.commit_transaction,
+        "Table._do_commit": Table._do_commit,
+        "_SnapshotProducer._manifests": _SnapshotProducer._manifests,
+        "_FastAppendFiles._existing_manifests": _FastAppendFiles._existing_manifests,
+        "_MergeAppendFiles.__init__": _MergeAppendFiles.__init__,
+        "_ManifestMergeManager._create_manifest": _ManifestMergeManager._create_manifest,
+        "_ManifestMergeManager.merge_manifests": _ManifestMergeManager.merge_manifests,
+        "ToOutputFile.table_metadata": ToOutputFile.table_metadata,
+    }
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> LakeCatalog:
+    catalog = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")}))
+    catalog.init()
+    return catalog
+
+
+def _rows(table: Table, start: int, n: int = 10) -> pa.Table:
+    schema = schema_to_pyarrow(table.schema(), include_field_ids=False)
+    base = 1_765_900_800_000_000_000 + start * 1_000_000
+    ts = [base + i * 1_000_000 for i in range(n)]
+    cols = {
+        "ts_event_ns": ts,
+        "ts_recv_ns": ts,
+        "source": ["t"] * n,
+        "symbol": ["SPY"] * n,
+        "price": [1.0] * n,
+        "size": [1] * n,
+        "exchange": [1] * n,
+        "seq": list(range(start, start + n)),
+        "ts_event": pa.array([t // 1000 for t in ts], pa.timestamp("us", "UTC")),
+    }
+    return pa.Table.from_pydict(
+        {f.name: pa.array(cols.get(f.name, [None] * n), f.type) for f in schema}, schema=schema
+    )
+
+
+def test_pyiceberg_is_the_version_and_source_the_commit_fixes_were_written_for() -> None:
+    assert pyiceberg.__version__ == engine.PYICEBERG_COMMIT_FIX_VERSION, (
+        "pyiceberg was upgraded: re-verify iceberg_lake/engine/iceberg.py's commit fixes "
+        "(shallow metadata updates, known-base SQL commit, snapshot JSON cache, manifest fold)"
+    )
+    changed = [
+        name
+        for name, obj in _sources().items()
+        if hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
+        != PYICEBERG_SOURCES[name]
+    ]
+    assert not changed, f"pyiceberg changed {changed}: re-verify engine/iceberg.py's fixes"
+    # What the fix removes is still there in stock pyiceberg.
+    assert "model_copy(deep=True)" in inspect.getsource(engine.stock_functions()[0])
+    assert engine.commit_fixes_installed()
+
+
+def test_shallow_update_equals_stock_and_shares_unchanged_parts(lake: LakeCatalog) -> None:
+    table = lake.load_table(TABLE)
+    for i in range(3):
+        table.append(_rows(table, i * 10))
+    tx = Transaction(table)
+    tx.set_properties({"lake.watermark.x": "1"})
+    tx.append(_rows(table, 100))
+    stock_update = engine.stock_functions()[0]
+    stock = stock_update(table.metadata, tx._updates)
+    shallow = engine._update_table_metadata_shallow(table.metadata, tx._updates)
+    same_time = {**stock.model_dump(), "last-updated-ms": shallow.last_updated_ms}
+    assert shallow.model_dump() == same_time
+    # The unchanged snapshots are the very same (frozen) objects: nothing was deep-copied.
+    assert all(a is b for a, b in zip(table.metadata.snapshots, shallow.snapshots, strict=False))
+    assert not any(a is b for a, b in zip(table.metadata.snapshots, stock.snapshots, strict=False))
+    # The cached-snapshot JSON is the JSON pyiceberg writes.
+    assert json.loads(engine.metadata_json(shallow)) == json.loads(shallow.model_dump_json())
+
+
+def test_watermarked_append_is_one_fast_append_and_stale_tables_still_commit(
+    lake: LakeCatalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "SMALL_MANIFEST_MERGE_COUNT", 4)
+    table = lake.load_table(TABLE)
+    stale = lake.load_table(TABLE)
+    for i in range(6):
+        with engine.watermarked_append(table, watermark={"lake.watermark.s.c": str(i)}) as app:
+            app.append(_rows(table, i * 10))
+    fresh = lake.load_table(TABLE)
+    assert fresh.properties["lake.watermark.s.c"] == "5"
+    assert len(fresh.metadata.snapshots) == 6
+    assert {s.summary.operation.value for s in fresh.metadata.snapshots} == {"append"}
+    # The 4 single-append manifests were folded into one: 1 fold + 2 newer = 3, not 6.
+    assert len(fresh.current_snapshot().manifests(fresh.io)) == 3
+    assert fresh.scan().to_arrow().num_rows == 60
+    # A commit from a table loaded before those 6 falls back to pyiceberg's own path and lands.
+    with engine.watermarked_append(stale, watermark={"lake.watermark.s.c": "6"}) as app:
+        app.append(_rows(stale, 1000))
+    fresh = lake.load_table(TABLE)
+    assert fresh.scan().to_arrow().num_rows == 70
+    assert fresh.properties["lake.watermark.s.c"] == "6"
+    # Maintenance's manifest rewrite leaves one manifest and the same rows.
+    assert engine.rewrite_manifests(fresh, {"lake.operation": "rewrite-manifests"}) is not None
+    fresh = lake.load_table(TABLE)
+    assert len(fresh.current_snapshot().manifests(fresh.io)) == 1
+    assert fresh.scan().to_arrow().num_rows == 70
