@@ -22,8 +22,8 @@ The commit-path fixes of issue 13 (`iceberg.install_commit_fixes`, `WatermarkedA
 `tests/engine/test_iceberg_commit_guard.py` (version, a hash of each function's source, and the
 behaviour): `_FastAppendFiles` (and `_existing_manifests`), `_ManifestMergeManager` (and
 `_create_manifest`, `merge_manifests`), `_MergeAppendFiles` (`_merge_enabled`,
-`_min_count_to_merge`), `_SnapshotProducer._manifests`, `update_table_metadata` with `_apply_table_update`,
-`_update_table_metadata_log` and `_TableMetadataUpdateContext`,
+`_min_count_to_merge`), `_SnapshotProducer._manifests`, `update_table_metadata` with
+`_apply_table_update`, `_update_table_metadata_log` and `_TableMetadataUpdateContext`,
 `MetastoreCatalog._update_and_stage_table`, `Catalog._write_metadata`,
 `Transaction._append_snapshot_producer`, `Table._do_commit`.
 
