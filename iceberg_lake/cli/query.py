@@ -125,6 +125,14 @@ def query(
         Path | None,
         typer.Option("--out", "--file", "-f", help="Write the result here (required for parquet)."),
     ] = None,
+    sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--sandbox",
+            help="Reads only, and DuckDB may open no file outside the warehouse (no read_csv of "
+            "local files, COPY, ATTACH, INSTALL). Off by default: a local tool.",
+        ),
+    ] = False,
 ) -> None:
     """Run SQL against the lake's tables, optionally as of a tag, snapshot or time."""
     from iceberg_lake.timetravel.query import Lake
@@ -133,7 +141,7 @@ def query(
     pins = parse_as_of(as_of)
     if output == QueryOutput.parquet and file is None:
         raise typer.BadParameter("parquet output needs --out PATH", param_hint="--output")
-    lake = Lake(open_catalog(read_only=True))
+    lake = Lake(open_catalog(read_only=True), sandbox=sandbox)
     result = lake.query(sql, as_of=pins)
     write_result(result, output, file)
     # Every result says which snapshots it read (stderr, so stdout stays the data).

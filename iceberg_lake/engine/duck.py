@@ -25,12 +25,16 @@ import duckdb
 
 __all__ = [
     "EXTENSIONS",
+    "READ_ONLY_STATEMENTS",
+    "SandboxError",
+    "check_read_only",
     "configure_s3",
     "connect",
     "duckdb_path",
     "extension_path",
     "quote_ident",
     "quote_str",
+    "sandbox",
 ]
 
 #: Extensions loaded by :func:`connect`, in load order (``iceberg`` needs ``avro``).
@@ -169,3 +173,49 @@ def duckdb_path(uri: str) -> str:
     if parsed.scheme == "s3a":
         return "s3://" + uri[len("s3a://") :]
     return uri
+
+
+# ---- sandbox ----------------------------------------------------------------------------------
+
+#: Statement types a sandboxed query may run: reads only (`SHOW`, `DESCRIBE`, `SUMMARIZE`,
+#: `VALUES`, `FROM t` and `PRAGMA` table functions parse as SELECT).
+READ_ONLY_STATEMENTS: frozenset[duckdb.StatementType] = frozenset(
+    {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+)
+
+
+class SandboxError(ValueError):
+    """A statement a sandboxed connection refuses (the caller turns it into a lake error)."""
+
+
+def sandbox(con: duckdb.DuckDBPyConnection, allowed: list[str]) -> None:
+    """Turn off DuckDB's access to files, the network and extensions, except `allowed`.
+
+    After this the connection can read only below the `allowed` directories (local paths or
+    ``s3://bucket/prefix/`` URLs): ``read_csv('/etc/passwd')``, ``COPY … TO '/tmp/x'``,
+    ``ATTACH``, ``INSTALL``/``LOAD`` and ``glob`` elsewhere fail with a permission error, and the
+    configuration is locked so SQL cannot switch it back. Extensions, secrets and views created
+    before stay usable. Writing *into* an allowed directory is still possible at this level:
+    `check_read_only` refuses the statements that write.
+
+    Args:
+        con: the connection (extensions loaded, S3 secret created).
+        allowed: directories the connection may still read.
+    """
+    dirs = ", ".join(quote_str(d if d.endswith("/") else d + "/") for d in allowed)
+    con.execute(f"SET allowed_directories = [{dirs}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse SQL that is not purely a read (`COPY`, `ATTACH`, `CREATE`, `SET`, `EXPORT`, …).
+
+    Raises:
+        SandboxError: a statement is not in `READ_ONLY_STATEMENTS`.
+        duckdb.Error: the SQL does not parse.
+    """
+    for statement in con.extract_statements(sql):
+        if statement.type not in READ_ONLY_STATEMENTS:
+            kind = statement.type.name.replace("_STATEMENT", "")
+            raise SandboxError(f"{kind} statements are not allowed in sandbox mode (reads only)")

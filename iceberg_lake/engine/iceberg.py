@@ -7,18 +7,21 @@ data files are written first (partition by partition, so memory stays bounded), 
 removes exactly the old files of the replaced partitions and adds the new ones.
 
 It is used by the Silver compactor and by small-file compaction (`lake maintain compact-files`).
+`expire_snapshot_ids` removes snapshots with a commit precondition (pyiceberg's expiry has none),
+for `lake maintain expire-snapshots`.
 """
 
 from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
+from pydantic import Field
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import AlwaysFalse, BooleanExpression, Or
 from pyiceberg.manifest import DataFile, ManifestContent, ManifestFile
@@ -28,6 +31,11 @@ from pyiceberg.table import Table, Transaction
 from pyiceberg.table.metadata import TableMetadata, TableMetadataUtil
 from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Operation
+from pyiceberg.table.update import (
+    AssertTableUUID,
+    RemoveSnapshotsUpdate,
+    ValidatableTableRequirement,
+)
 from pyiceberg.table.update.snapshot import _FastAppendFiles, _ManifestMergeManager
 from pyiceberg.typedef import Record
 
@@ -597,3 +605,70 @@ def rewrite_manifests(table: Table, snapshot_properties: Mapping[str, str]) -> i
 
 
 install_commit_fixes()
+
+
+# ---- snapshot expiry with a precondition ------------------------------------------------------
+
+
+class AssertExpirable(ValidatableTableRequirement):
+    """Commit precondition: every snapshot to remove still exists and no branch or tag points at it.
+
+    pyiceberg's own `ExpireSnapshots` commits with no requirement at all, so against metadata
+    that moved meanwhile it either fails with a bare `ValueError` (a concurrent expiry removed
+    a snapshot first) or silently drops a tag created meanwhile on an expired snapshot. The SQL
+    catalog validates requirements against the current metadata inside its compare-and-swap,
+    so this turns both cases into a `CommitFailedException` the caller can retry.
+    """
+
+    type: Literal["lake-assert-expirable"] = Field(default="lake-assert-expirable")
+    snapshot_ids: list[int] = Field(default_factory=list)
+
+    def validate(self, base_metadata: TableMetadata | None) -> None:  # type: ignore[override]
+        """Raise `CommitFailedException` if a snapshot is gone or now referenced by a ref."""
+        if base_metadata is None:
+            raise CommitFailedException("Requirement failed: current table metadata is missing")
+        existing = {s.snapshot_id for s in base_metadata.snapshots}
+        gone = [i for i in self.snapshot_ids if i not in existing]
+        if gone:
+            raise CommitFailedException(
+                f"Requirement failed: snapshot {gone[0]} was expired concurrently"
+            )
+        wanted = set(self.snapshot_ids)
+        for name, ref in base_metadata.refs.items():
+            if ref.snapshot_id in wanted:
+                raise CommitFailedException(
+                    f"Requirement failed: {name} now points at snapshot {ref.snapshot_id}"
+                )
+
+
+def expire_snapshot_ids(table: Table, snapshot_ids: Iterable[int]) -> None:
+    """Remove snapshots from the table's metadata in one commit, if they are still expirable.
+
+    Deletes no files. Concurrent appends do not conflict (the removal applies to whatever the
+    current metadata is); a concurrent expiry of one of the snapshots, or a branch/tag now
+    pointing at one, does. On success `table` is refreshed.
+
+    Args:
+        table: the table (may be stale).
+        snapshot_ids: the snapshots to remove.
+
+    Raises:
+        CommitFailedException: a concurrent commit made the removal invalid, or lost the
+            catalog's compare-and-swap; refresh, recompute and retry.
+    """
+    ids = sorted(set(snapshot_ids))
+    if not ids:
+        return
+    requirements = (
+        AssertTableUUID(uuid=table.metadata.table_uuid),
+        AssertExpirable(snapshot_ids=ids),
+    )
+    updates = (RemoveSnapshotsUpdate(snapshot_ids=ids),)
+    try:
+        table.catalog.commit_table(table, requirements, updates)  # type: ignore[arg-type]
+    except ValueError as exc:
+        # Defensive: a catalog that applies the updates without validating requirements.
+        if "does not exist" not in str(exc):
+            raise
+        raise CommitFailedException(f"snapshot expired concurrently: {exc}") from None
+    table.refresh()

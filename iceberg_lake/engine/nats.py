@@ -19,6 +19,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from iceberg_lake.config import redact, redact_url
 from iceberg_lake.exceptions import LakeError, TransientError
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ async def connect(
         log.info("NATS reconnected")
 
     async def _error(exc: Exception) -> None:
-        log.debug("NATS client error: %s", exc)
+        log.debug("NATS client error: %s", redact(str(exc), settings))
 
     options: dict[str, object] = {
         "servers": [u.strip() for u in settings.nats_url.split(",")],
@@ -165,9 +166,15 @@ async def connect(
         holder.append(client)
         return client
     except (TimeoutError, NoServersError, OSError) as exc:
-        raise TransientError(f"cannot connect to NATS at {settings.nats_url}: {exc}") from None
+        raise TransientError(_connect_error(settings, exc)) from None
     except Exception as exc:  # nats raises its own error types for auth/TLS
-        raise LakeError(f"cannot connect to NATS at {settings.nats_url}: {exc}") from None
+        raise LakeError(_connect_error(settings, exc)) from None
+
+
+def _connect_error(settings: Settings, exc: BaseException) -> str:
+    """One line naming the server; credentials in the URL or the client's message are masked."""
+    reason = redact(str(exc), settings) or type(exc).__name__
+    return f"cannot connect to NATS at {redact_url(settings.nats_url)}: {reason}"
 
 
 async def ensure_streams(js: JetStreamContext, settings: Settings) -> list[str]:

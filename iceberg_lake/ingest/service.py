@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from iceberg_lake.catalog import LakeCatalog
-from iceberg_lake.config import Settings
+from iceberg_lake.config import Settings, redact_url
 from iceberg_lake.engine import nats as bus
 from iceberg_lake.exceptions import LakeError
 from iceberg_lake.ingest.writer import ConsumerWriter
@@ -124,7 +124,7 @@ class LakeService:
                 "lake serve: %d writers (%s), NATS %s",
                 len(self.writers),
                 ", ".join(self.targets),
-                self.settings.nats_url,
+                redact_url(self.settings.nats_url),
             )
             tasks = [asyncio.create_task(w.run(self._stop)) for w in self.writers]
             watcher = asyncio.create_task(self._watch(stop_when_idle, idle_seconds))

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.config import Settings
+from iceberg_lake.config import Settings, redact, redact_url
 from iceberg_lake.engine.nats import connect, consumer_target
 from iceberg_lake.exceptions import LakeError
 
@@ -172,9 +172,12 @@ def consumer_status(
             asyncio.wait_for(_consumers(settings, tables, timeout), timeout=timeout * 4)
         )
     except (LakeError, OSError, TimeoutError) as exc:
-        return [], f"unreachable ({exc})"
+        reason = redact(str(exc), settings) or (
+            f"no answer from {redact_url(settings.nats_url)} within {timeout * 4:g}s"
+        )
+        return [], f"unreachable ({reason})"
     except Exception as exc:  # nats-py raises its own types (auth, JetStream disabled, ...)
-        return [], f"unreachable ({type(exc).__name__}: {exc})"
+        return [], f"unreachable ({type(exc).__name__}: {redact(str(exc), settings)})"
     return consumers, "ok"
 
 

@@ -60,11 +60,17 @@ class Lake:
 
     Args:
         settings: lake settings, or an open `LakeCatalog`.
+        sandbox: lock DuckDB down (`iceberg_lake.engine.duck.sandbox`): no file, network or
+            extension access except reading the warehouse, and `query()` runs reads only
+            (SELECT, EXPLAIN). Off by default: `lake query` is a local tool run by someone who
+            can read those files anyway. Anything that runs SQL it did not write — a service,
+            a notebook server — must turn it on.
     """
 
-    def __init__(self, settings: CatalogSource) -> None:
+    def __init__(self, settings: CatalogSource, *, sandbox: bool = False) -> None:
         self.catalog = as_catalog(settings)
         self.settings = self.catalog.settings
+        self.sandbox = sandbox
         #: Snapshot id each view of the last `duckdb()`/`query()` call read (None: empty).
         self.last_pins: dict[str, int | None] = {}
         self._session: DuckDBPyConnection | None = None
@@ -137,6 +143,9 @@ class Lake:
                 )
             for ns in NAMESPACES:
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {ns}")
+            if self.sandbox:
+                # Views are (re)created per query; they read below the warehouse only.
+                duck.sandbox(con, [duckdb_path(s.warehouse)])
         except BaseException:
             con.close()
             raise
@@ -153,10 +162,16 @@ class Lake:
         for ident, table in loaded.items():
             ns, name = ident.split(".", 1)
             with catalog_errors(f"opening {ident}"):
-                con.execute(
-                    f"CREATE OR REPLACE VIEW {ns}.{quote_ident(name)} AS "
-                    f"{scan_sql(table, pins[ident])}"
-                )
+                try:
+                    con.execute(
+                        f"CREATE OR REPLACE VIEW {ns}.{quote_ident(name)} AS "
+                        f"{scan_sql(table, pins[ident])}"
+                    )
+                except duckdb.Error as exc:
+                    # e.g. a manifest list or metadata file deleted from the warehouse
+                    raise LakeError(
+                        f"cannot read {ident} (snapshot {pins[ident]}): {_first_line(exc)}"
+                    ) from None
         self.last_pins = pins
 
     def query(self, sql: str, as_of: AsOfSpec = None) -> pa.Table:
@@ -169,6 +184,10 @@ class Lake:
             LakeError: the SQL is invalid or names an unknown table (one-line message).
             TimeTravelError: a pin names no snapshot or tag of some table.
         """
+        if not sql.strip():
+            raise LakeError(
+                "empty SQL: give a query, e.g. 'SELECT count(*) FROM bronze.stocks_trades'"
+            )
         existing = set(self.catalog.existing_tables())
         named = {f"{m.group(1)}.{m.group(2)}".lower() for m in _TABLE_REF.finditer(sql)}
         wanted = sorted(named & existing) if named else sorted(existing)
@@ -184,10 +203,15 @@ class Lake:
         # tables this SQL names are recreated, so each call reads its own pins.
         self._create_views(con, as_of, wanted)
         try:
-            return con.execute(sql).arrow().read_all()
+            if self.sandbox:
+                duck.check_read_only(con, sql)
+            result = con.execute(sql).arrow()
+            # A statement without a result set (SET, CREATE, ...) has nothing to return.
+            return pa.table({}) if result is None else result.read_all()
+        except duck.SandboxError as exc:
+            raise LakeError(f"query refused: {exc}") from None
         except duckdb.Error as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise LakeError(f"query failed: {first}") from None
+            raise LakeError(f"query failed: {_first_line(exc)}") from None
 
     def close(self) -> None:
         """Close the connection `query()` keeps between calls (connections from `duckdb()` are
@@ -205,3 +229,8 @@ class Lake:
     def df(self, sql: str, as_of: AsOfSpec = None) -> pd.DataFrame:
         """Like `query`, as a pandas DataFrame."""
         return self.query(sql, as_of).to_pandas()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
