@@ -55,7 +55,7 @@ import duckdb
 import msgspec
 from pyiceberg.table import Table
 
-from iceberg_lake.catalog import CatalogSource, LakeCatalog, catalog_errors
+from iceberg_lake.catalog import CatalogSource, as_catalog, catalog_errors
 from iceberg_lake.engine.duck import quote_ident, quote_str
 from iceberg_lake.engine.iceberg import column_bounds
 from iceberg_lake.exceptions import TimeTravelError
@@ -239,7 +239,7 @@ class ReplayEngine:
         batch_rows: int = 10_000,
         pin: bool = True,
     ) -> None:
-        self.catalog = settings if isinstance(settings, LakeCatalog) else LakeCatalog(settings)
+        self.catalog = as_catalog(settings)
         tables = list(tables)
         if not tables:
             raise TimeTravelError("replay needs at least one table")
