@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 
 from iceberg_lake import __version__
 from iceberg_lake.cli import (
+    backtest,
     check,
     compact,
     dead_letters,
@@ -124,7 +125,18 @@ def _root(
     set_root_format(output)
 
 
-for _module in (tables, serve, compact, query, schema, maintain, check, demo, dead_letters):
+for _module in (
+    tables,
+    serve,
+    compact,
+    query,
+    backtest,
+    schema,
+    maintain,
+    check,
+    demo,
+    dead_letters,
+):
     _module.register(app)
 
 

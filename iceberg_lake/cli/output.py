@@ -267,6 +267,9 @@ def print_status(report: LakeStatus, out: Console | Output | None = None) -> Non
                 str(c.redelivered),
             )
         target.print(consumers)
+        for c in report.consumers:
+            if c.warning:
+                target.print(f"[yellow]warning[/yellow] {c.consumer}: {c.warning}", highlight=False)
     if report.dead_letters:
         dl = RichTable(title="dead letters")
         dl.add_column("target table")

@@ -35,6 +35,7 @@ __all__ = [
     "quote_ident",
     "quote_str",
     "sandbox",
+    "timestamptz_literal",
 ]
 
 #: Extensions loaded by :func:`connect`, in load order (``iceberg`` needs ``avro``).
@@ -173,6 +174,14 @@ def duckdb_path(uri: str) -> str:
     if parsed.scheme == "s3a":
         return "s3://" + uri[len("s3a://") :]
     return uri
+
+
+def timestamptz_literal(us: int) -> str:
+    """A DuckDB ``TIMESTAMPTZ`` literal for Unix microseconds (exact, no float rounding)."""
+    from datetime import UTC, datetime, timedelta
+
+    value = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+    return f"TIMESTAMPTZ '{value.isoformat()}'"
 
 
 # ---- sandbox ----------------------------------------------------------------------------------
