@@ -27,6 +27,9 @@ behaviour): `_FastAppendFiles` (and `_existing_manifests`), `_ManifestMergeManag
 `MetastoreCatalog._update_and_stage_table`, `Catalog._write_metadata`,
 `Transaction._append_snapshot_producer`, `Table._do_commit`.
 
+nats-py: `Client._send_command` (`nats.publish_frames`, one write for a batch of publish frames
+while replaying to NATS), guarded by `tests/test_replay_nats_batch.py`.
+
 `test_engine_docstring_lists_every_private_member` fails when an engine module imports or
 reads another library's private member that this list does not name.
 """
