@@ -22,6 +22,7 @@ from iceberg_lake.cli import (
     compact,
     dead_letters,
     demo,
+    engines,
     maintain,
     query,
     schema,
@@ -134,6 +135,7 @@ for _module in (
     schema,
     maintain,
     check,
+    engines,
     demo,
     dead_letters,
 ):
