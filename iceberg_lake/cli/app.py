@@ -23,6 +23,7 @@ from iceberg_lake.cli import (
     dead_letters,
     demo,
     engines,
+    load,
     maintain,
     query,
     schema,
@@ -129,6 +130,7 @@ def _root(
 for _module in (
     tables,
     serve,
+    load,
     compact,
     query,
     backtest,

@@ -2,7 +2,8 @@
 
 `iceberg` (data files, the watermarked append, the atomic partition replacement, partition keys,
 bounds decoding), `duck` (DuckDB connections, SQL quoting, paths DuckDB can open), `nats`
-(connections, streams, consumers, the pull path). The stages above (ingest, silver, timetravel,
+(connections, streams, consumers, the pull path), `dbn` (databento-dbn record layouts, for
+`lake load`), `filters` (typed row filters), `spark`. The stages above (ingest, silver, timetravel,
 schema, ops, load) talk to dependencies' internals only through this package.
 
 Private members of dependencies kept here, each with its guard test in
@@ -29,6 +30,11 @@ behaviour): `_FastAppendFiles` (and `_existing_manifests`), `_ManifestMergeManag
 
 nats-py: `Client._send_command` (`nats.publish_frames`, one write for a batch of publish frames
 while replaying to NATS), guarded by `tests/test_replay_nats_batch.py`.
+
+databento-dbn: the record classes' `_dtypes`, `_price_fields`, `_timestamp_fields` and
+`_hidden_fields` (`dbn`, columnar decoding for `lake load`), guarded by
+`tests/engine/test_dbn_guard.py`. pyspark: `SparkContext._gateway` and `SparkContext._jvm`
+(`spark.stop_spark` stops the JVM it launched), guarded in `tests/test_spark.py`.
 
 `test_engine_docstring_lists_every_private_member` fails when an engine module imports or
 reads another library's private member that this list does not name.
