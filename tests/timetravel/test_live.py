@@ -1,6 +1,6 @@
 """Live tail (issue 18): live queries and live replays against a real nats-server and `lake serve`.
 
-Budget: about 30 s for the module (two `lake serve` processes per test, ~100 live probes).
+Budget: about 40 s for the module (two `lake serve` processes per test, ~100 live probes).
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def test_live_follow_replay_is_exactly_once_and_matches_committed_replay(
             [
                 LAKE,
                 "replay",
-                "-t",
+                "--tables",
                 TABLE,
                 "--start",
                 str(start_ns),
@@ -366,8 +366,11 @@ def test_guard_ack_subject_fields_match_nats_py_metadata(nats_server: NatsServer
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["replay", "-t", TABLE, "--start", "1", "--end", "2", "--follow"], "--follow needs"),
-        (["replay", "-t", TABLE, "--start", "1", "--end", "2", "--live", "--as-of", "x"], "live"),
+        (["replay", "--tables", TABLE, "--start", "1", "--end", "2", "--follow"], "--follow needs"),
+        (
+            ["replay", "--tables", TABLE, "--start", "1", "--end", "2", "--live", "--as-of", "x"],
+            "live",
+        ),
         (["query", "--live", "--as-of", "x", "SELECT 1"], "--live"),
     ],
 )
