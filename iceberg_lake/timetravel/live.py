@@ -49,6 +49,7 @@ from pyiceberg.table import Table
 
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.engine import filters
 from iceberg_lake.engine.nats import consumer_target, stream_for_subject
 from iceberg_lake.engine.nats_tail import (
     TailFollower,
@@ -422,7 +423,7 @@ def committed_newest_ns(table: Table) -> int | None:
     the answer. Falls back to every file's bounds when the partition bounds cannot be used.
     """
     from pyiceberg.conversions import from_bytes
-    from pyiceberg.expressions import AlwaysTrue, GreaterThanOrEqual
+    from pyiceberg.expressions import AlwaysTrue
     from pyiceberg.types import IntegerType
 
     snap = table.current_snapshot()
@@ -452,7 +453,7 @@ def committed_newest_ns(table: Table) -> int | None:
                 newest = value if newest is None else max(newest, value)
         if newest is not None:
             lo = datetime.fromtimestamp(newest * unit_us[transform] / 1e6, tz=UTC)
-            row_filter = GreaterThanOrEqual("ts_event", lo.isoformat())
+            row_filter = filters.ge("ts_event", lo.isoformat())
         break
     best: int | None = None
     with catalog_errors(f"planning {table.name()}"):

@@ -766,7 +766,9 @@ class ReplayEngine:
                         await asyncio.sleep(delay)
                     yield event
             finally:
-                await asyncio.to_thread(source.close)
+                close = getattr(source, "close", None)  # a generator: stop it
+                if close is not None:
+                    await asyncio.to_thread(close)
             return
         async for window in self._awindows():
             for event in self._window_events(window):
