@@ -690,8 +690,9 @@ class LiveTail:
             rows = rows.filter(mask)
             if rows.num_rows == 0:
                 continue
-            order = [(c, "ascending") for c in replay_src.order]
-            rows = rows.sort_by(order, null_placement="at_start").select(list(replay_src.columns))
+            # The replay key (`ASC NULLS FIRST`, as the engine's reads).
+            order = [(c, "ascending", "at_start") for c in replay_src.order]
+            rows = rows.sort_by(order).select(list(replay_src.columns))
             # The engine's canonical encoding: tail events hash and compare like history ones.
             payloads = encode_rows(rows).cast(pa.binary()).to_pylist()
             subject = src.definition.subject or src.identifier

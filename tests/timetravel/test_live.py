@@ -383,3 +383,41 @@ def test_live_cli_argument_errors_are_one_line(args: list[str], message: str) ->
     res = CliRunner().invoke(app, args)
     assert res.exit_code != 0
     assert message in res.output and "Traceback" not in res.output
+
+
+def test_live_replay_without_follow_publishes_history_and_tail_to_nats(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """No writer running: the table is empty and the whole window is in the tail; a live replay
+    (no --follow) publishes it once under a prefix and stops at the newest message."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    now = time.time_ns()
+    try:
+        pub.publish([event(i, now + i) for i in range(12)] + [b"not json"])
+        engine = ReplayEngine(settings, [TABLE], now, now + 10**9, pin=False, live=True)
+
+        async def go() -> tuple[dict, list[int]]:
+            nc = await bus.connect(settings, name="test-live-sub")
+            got: list[int] = []
+
+            async def on_msg(msg) -> None:  # noqa: ANN001
+                got.append(json.loads(msg.data)["seq"])
+
+            sub = await nc.subscribe(f"replay.{SUBJECT}", cb=on_msg)
+            manifest = await engine.publish(prefix="replay")
+            await nc.flush()
+            deadline = time.monotonic() + 5
+            while len(got) < 12 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await sub.unsubscribe()
+            await nc.close()
+            return manifest, got
+
+        manifest, got = asyncio.run(go())
+        assert sorted(got) == list(range(12)), "each event once; the rejected message left out"
+        assert manifest["event_count"] == 12 and manifest["complete"]
+        assert manifest["live"]["tail_events"] == 12
+    finally:
+        pub.close()
