@@ -13,7 +13,7 @@ from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import load_settings
 from iceberg_lake.ingest.decode import TableCodec
-from iceberg_lake.ingest.writer import _MemoTransaction
+from iceberg_lake.engine.iceberg import _FastAppendTransaction
 from iceberg_lake.tables import registry
 
 TABLE = "bronze.stocks_trades"
@@ -33,7 +33,8 @@ def rows(n: int, start: int) -> pa.Table:
 def test_one_transaction_one_snapshot_and_conflict_retry_keeps_both(
     tmp_path: Path, memo: bool
 ) -> None:
-    transaction = _MemoTransaction if memo else Transaction
+    # The writer commits through `engine.iceberg.watermarked_append`, i.e. this transaction.
+    transaction = _FastAppendTransaction if memo else Transaction
     settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
     LakeCatalog(settings).init()
     a = LakeCatalog(settings).load_table(TABLE)
