@@ -33,6 +33,17 @@ SOURCE_SNAPSHOT_ID = "lake.source-snapshot-id"
 #: JSON list of the replaced partitions, e.g. `[["SPY", "2025-12-16T14"]]`.
 REPLACED_PARTITIONS = "lake.replaced-partitions"
 
+# ---- dead-letter re-drive ---------------------------------------------------------------------
+#: `lake.operation` value of appends made by `lake dead-letters replay`.
+REDRIVE = "redrive"
+#: Table property prefix recording which dead letters were re-driven into the table:
+#: `lake.redriven.<stream>` = a compact id set (`12-15,20,31.0`: stream sequences, ranges of
+#: them, and `<seq>.<event>` for one event of a batched message). Set in the same transaction as
+#: the append, so a second replay skips them (exactly once).
+REDRIVEN_PREFIX = "lake.redriven."
+#: Snapshot summary of a re-drive append: the ids it re-drove (same format, with the stream).
+REDRIVEN_IDS = "lake.redriven-ids"
+
 # ---- Silver compaction ---------------------------------------------------------------------------
 #: `lake.operation` value of Silver compaction snapshots.
 SILVER_COMPACTION = "silver-compaction"
@@ -49,6 +60,9 @@ SILVER_INCREMENTAL_SOURCE = "lake.silver.incremental-source-snapshot-id"
 EMPTY_TAG_PREFIX = "lake.empty-tag."
 
 __all__ = [
+    "REDRIVE",
+    "REDRIVEN_IDS",
+    "REDRIVEN_PREFIX",
     "COMPACT_FILES",
     "CONSUMER",
     "EMPTY_TAG_PREFIX",

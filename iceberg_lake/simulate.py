@@ -748,7 +748,7 @@ def generate_events(config: SimulationConfig) -> Iterator[SimEvent]:
 #: Required field each subject's "missing field" fault removes: (in payload?, field).
 _REQUIRED_FIELD: dict[str, tuple[bool, str]] = {
     STOCKS_TRADES: (True, "price"),
-    STOCKS_QUOTES: (True, "bid_px"),
+    STOCKS_QUOTES: (False, "ts_event_ns"),  # an absent bid/ask side is valid (stored as 0)
     OPTIONS_TRADES: (True, "price"),
     OPTIONS_GREEKS: (True, "option_symbol"),
     FUTURES_TRADES: (True, "price"),

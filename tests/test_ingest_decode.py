@@ -71,15 +71,19 @@ def test_single_event_fast_path_matches_per_message_decoding() -> None:
         ({"ts_event_ns": 1_765_900_000_000}, "plausible"),
     ],
 )
-def test_invalid_values_reject_the_whole_message_with_a_reason(change: dict, reason: str) -> None:
+def test_invalid_values_reject_only_the_bad_event_with_a_reason(change: dict, reason: str) -> None:
     c = codec("bronze.stocks_trades")
     good = make_event("bronze.stocks_trades", 1)
     bad = {**good, **change}
-    batch = c.decode([enc(good), enc([good, bad]), enc(good)], recv_ns=1)
-    assert batch.table.num_rows == 2
-    assert batch.row_message.tolist() == [0, 2]
-    assert len(batch.rejected) == 1 and batch.rejected[0][0] == 1
+    batch = c.decode([enc(good), enc([good, bad, good]), enc(bad), enc(good)], recv_ns=1)
+    # The batched message keeps its two good events; the single bad message is rejected whole.
+    assert batch.table.num_rows == 4
+    assert batch.row_message.tolist() == [0, 1, 1, 3]
+    assert len(batch.rejected) == 1 and batch.rejected[0][0] == 2
     assert reason in batch.rejected[0][1]
+    [(message, event, event_reason, raw)] = batch.rejected_events
+    assert (message, event) == (1, 1) and reason in event_reason
+    assert json.loads(raw) == bad
 
 
 def test_nan_and_malformed_json_are_rejected_with_reasons() -> None:

@@ -141,7 +141,7 @@ def test_bad_messages_are_quarantined_and_good_ones_around_them_stored(
         ),
         (encode({**good[0], "price": -5.0}), "price must be a finite number > 0"),
         (encode({**good[0], "ts_event_ns": 1765900000}), "plausible"),
-        (encode([good[0], {**good[1], "size": -1}]), "size must be >= 0"),
+        (encode({**good[1], "size": -1}), "size must be >= 0"),
     ]
     items = []
     for i, event in enumerate(good):

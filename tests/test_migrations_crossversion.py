@@ -108,7 +108,7 @@ def test_writer_silver_and_readers_across_the_conditions_migration(
         # 2. migrate
         runner = MigrationRunner(lake)
         try:
-            assert [r.migration.version for r in runner.up()] == [1]
+            assert [r.migration.version for r in runner.up(to=1)] == [1]
         finally:
             runner.close()
         bronze = lake.load_table(BRONZE)

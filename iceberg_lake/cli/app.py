@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from iceberg_lake import __version__
-from iceberg_lake.cli import compact, demo, maintain, query, schema, serve, tables
+from iceberg_lake.cli import compact, dead_letters, demo, maintain, query, schema, serve, tables
 from iceberg_lake.cli.common import err_console
 from iceberg_lake.exceptions import LakeError
 
@@ -62,7 +62,7 @@ def _root(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _module in (tables, serve, compact, query, schema, maintain, demo):
+for _module in (tables, serve, compact, query, schema, maintain, demo, dead_letters):
     _module.register(app)
 
 

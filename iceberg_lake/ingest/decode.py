@@ -1,7 +1,8 @@
 """Schema-aware decoding: JetStream message bodies → validated, column-wise Arrow.
 
 A `TableCodec` is built from a table's LIVE Iceberg schema (so a column added by a migration is
-filled as soon as messages carry it). It accepts three message shapes:
+filled as soon as messages carry it) and the table's declared rules in `catalog/` (integer
+widths of the spec, enumerations, bounds, defaults). It accepts three message shapes:
 
 * the spec's canonical envelope: `{"schema_name", "ts_event_ns", "source", "key", "seq", ...,
   "payload": {...}}` — payload fields win, envelope fields fill the gaps, `key` fills the
@@ -9,11 +10,15 @@ filled as soon as messages carry it). It accepts three message shapes:
 * a flat event: the table's columns at the top level;
 * a batch: a JSON array of either, or NDJSON (one event per line) in one message.
 
-Decoding uses msgspec with typed structs (types, int32 ranges) and, for a fetch of single-event
-messages, ONE decode call for the whole fetch. Values are then validated column-wise (required
-fields, finite prices > 0, sizes >= 0, plausible event times) and a message with any bad event is
-rejected as a whole with the first reason (its raw bytes go to the dead letters, nothing is lost).
-Fields the table does not know are dropped from the row and reported (`unknown_fields`).
+Fast path: msgspec with typed structs (types, integer widths and enumerations checked in C) and,
+for a fetch of single-event messages, ONE decode call for the whole fetch; then column-wise
+Arrow building and validation (required fields, finite floats, bounds, plausible event times,
+partition values). Only when something fails does the codec fall back, step by step, to the
+smallest unit that isolates it: the fetch → each message → each event of a batched message →
+each value of a column. Whatever the input, `decode` never raises: every event ends up as a row
+or as a rejection with a precise reason and the bytes to dead-letter (the whole message, or the
+one event of a batch, see `DecodedBatch`). Fields the table does not know are dropped from the
+row and reported (`unknown_fields`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import attrgetter
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
@@ -46,6 +51,8 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
+from iceberg_lake.tables.definitions import SPEC_INT_RANGES, ColumnDefinition
+
 #: The derived partition-source column (microseconds from `ts_event_ns`), never read from messages.
 DERIVED_TS = "ts_event"
 ENVELOPE_FIELDS = (
@@ -61,15 +68,303 @@ ENVELOPE_FIELDS = (
 #: Plausible event times: 2000-01-01 .. 2100-01-01 (catches ms/us sent as ns and garbage).
 MIN_TS_NS = 946_684_800 * 1_000_000_000
 MAX_TS_NS = 4_102_444_800 * 1_000_000_000
+#: Deepest JSON nesting accepted (an envelope with a batch of Gold levels needs about 6).
+MAX_DEPTH = 32
+#: Partition values (`symbol`, `underlying`) become a path segment of every data file: at most
+#: this many UTF-8 bytes (URL-encoded ≤ 192 characters, well under a file name's 255 and S3's
+#: 1,024-byte keys), and no control characters. Other characters (`/`, `..`, `%`, spaces,
+#: non-ASCII) are encoded by the writer and round-trip safely.
+MAX_PARTITION_VALUE_BYTES = 64
+_CONTROL_CHARS = r"[\x{0}-\x{1f}\x{7f}-\x{9f}]"
+#: Message index ↔ event index packing for masks (events per message < 2**31).
+_EVENT_BITS = 32
 
-_INT32 = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+
+class MessageError(Exception):
+    """One message (or one event of a batch) cannot be stored; `reason` goes to the dead letter."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
-def _python_type(t: IcebergType) -> Any:
-    if isinstance(t, IntegerType):
-        return _INT32
-    if isinstance(t, LongType):
-        return int
+def _reason(exc: BaseException) -> str:
+    """A one-line reason for an exception that escaped the expected checks."""
+    if isinstance(exc, MessageError):
+        return exc.reason
+    if isinstance(exc, RecursionError):
+        return f"malformed JSON: nested deeper than {MAX_DEPTH} levels"
+    text = " ".join(str(exc).split())[:300]
+    return f"cannot decode: {type(exc).__name__}: {text}"
+
+
+def _json_type(obj: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
+        type(obj), "number" if isinstance(obj, (int, float)) else "null"
+    )
+
+
+# ---- parsing (slow path) --------------------------------------------------------------------
+
+
+def parse_json(body: bytes) -> tuple[Any, bool]:
+    """Parse one JSON document: msgspec, with the stdlib as fallback for `NaN`/`Infinity`.
+
+    Returns:
+        The value and whether the stdlib parsed it (its values then need `check_values`: the
+        stdlib accepts non-finite numbers and lone surrogates, msgspec refuses them).
+
+    Raises:
+        MessageError: not UTF-8, not JSON, or nested too deeply.
+    """
+    try:
+        return msgspec.json.decode(body), False
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"invalid UTF-8: {exc}") from None
+    except RecursionError:
+        raise MessageError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels") from None
+    except msgspec.DecodeError as exc:
+        first = str(exc)
+    try:
+        return json.loads(body), True
+    except RecursionError:
+        raise MessageError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, TypeError):
+        raise MessageError(f"malformed JSON: {first}") from None
+
+
+def check_values(obj: Any, where: str = "$") -> None:
+    """Refuse what JSON allows but a table cannot hold: deep nesting, non-finite numbers, lone
+    surrogates (the stdlib parser keeps them; Arrow cannot encode them).
+
+    Raises:
+        MessageError: with the path of the first bad value.
+    """
+    stack: list[tuple[Any, str, int]] = [(obj, where, 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise MessageError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                _check_string(k, path)
+                stack.append((v, f"{path}.{k}" if depth or where != "$" else k, depth + 1))
+        elif isinstance(value, list):
+            for n, v in enumerate(value):
+                stack.append((v, f"{path}[{n}]", depth + 1))
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise MessageError(f"{path} must be a finite number, got {value}")
+        elif isinstance(value, str):
+            _check_string(value, path)
+
+
+def check_depth(obj: Any) -> None:
+    """Refuse nesting deeper than `MAX_DEPTH` (containers only: cheap for flat events).
+
+    Raises:
+        MessageError: too deep.
+    """
+    stack = [(obj, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise MessageError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
+
+
+def _check_string(value: str, path: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MessageError(f"{path}: string is not valid UTF-8 (lone surrogate)") from None
+
+
+def _checked(obj: Any, fallback: bool) -> Any:
+    if fallback:
+        check_values(obj)
+    elif isinstance(obj, (dict, list)):
+        check_depth(obj)
+    return obj
+
+
+def encode_event(item: Any) -> bytes:
+    """JSON bytes of one parsed event of a batch (what its dead letter stores)."""
+    try:
+        return json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate: keep it as a \u escape
+        return json.dumps(item, separators=(",", ":")).encode()
+
+
+class SplitMessage:
+    """A message body split into its events.
+
+    Attributes:
+        items: parsed, checked events, or a `MessageError` in place of an event that failed
+            (an NDJSON line that did not parse, a value the table cannot hold).
+        batch: the message is an array or NDJSON (its events are dead-lettered one by one).
+    """
+
+    def __init__(self, data: bytes, items: list[Any], batch: bool, lines: list[bytes] | None):
+        self.data = data
+        self.items = items
+        self.batch = batch
+        self._lines = lines
+
+    def raw(self, event: int) -> bytes:
+        """The bytes of one event: its NDJSON line, or the array element re-encoded as JSON
+        (the whole message if it is not a batch or the element cannot be encoded)."""
+        if not self.batch:
+            return self.data
+        if self._lines is not None:
+            return self._lines[event]
+        item = self.items[event]
+        if isinstance(item, MessageError):
+            item = getattr(item, "item", None)
+        try:
+            return encode_event(item)
+        except Exception:  # never lose the bytes
+            return self.data
+
+
+def _item_or_error(obj: Any, fallback: bool) -> Any:
+    try:
+        return _checked(obj, fallback)
+    except MessageError as exc:
+        exc.item = obj  # type: ignore[attr-defined]  # for the dead letter's bytes
+        return exc
+
+
+def split_message(data: bytes) -> SplitMessage:
+    """Parse a message body into events (object, array or NDJSON) and check their values.
+
+    Raises:
+        MessageError: the body as a whole is empty, not JSON, too deep, an empty batch, or a
+            single event with a value no table can hold.
+    """
+    body = data.strip()
+    if not body:
+        raise MessageError("empty message")
+    if body[:1] == b"{" and b"\n" in body:
+        lines = [x.strip() for x in body.split(b"\n") if x.strip()]
+        items: list[Any] = []
+        for line in lines:
+            try:
+                items.append(_item_or_error(*parse_json(line)))
+            except MessageError as exc:
+                if not items and len(lines) > 1:
+                    # Maybe one pretty-printed object rather than NDJSON.
+                    try:
+                        whole = parse_json(body)
+                    except MessageError:
+                        pass
+                    else:
+                        return SplitMessage(data, [_checked(*whole)], False, None)
+                items.append(exc)
+        return SplitMessage(data, items, True, lines)
+    obj, fallback = parse_json(body)
+    if isinstance(obj, list):
+        if not obj:
+            raise MessageError("empty batch: the message is an empty JSON array")
+        return SplitMessage(data, [_item_or_error(x, fallback) for x in obj], True, None)
+    return SplitMessage(data, [_checked(obj, fallback)], False, None)
+
+
+class EventBytes:
+    """The bytes of single events of batched messages, each message split once (lazily)."""
+
+    def __init__(self, bodies: Sequence[bytes] | None) -> None:
+        self.bodies = bodies
+        self._splits: dict[int, SplitMessage | None] = {}
+
+    def __call__(self, message: int, event: int) -> bytes:
+        """Bytes of event `event` of message `message` (the whole body if unknown)."""
+        if self.bodies is None:
+            return b""
+        if message not in self._splits:
+            try:
+                self._splits[message] = split_message(self.bodies[message])
+            except Exception:
+                self._splits[message] = None
+        split = self._splits[message]
+        if split is None or event >= len(split.items):
+            return self.bodies[message]
+        return split.raw(event)
+
+
+# ---- column rules -----------------------------------------------------------------------------
+
+
+def is_price_column(name: str) -> bool:
+    """Columns that must hold a finite number > 0 when present (unless declared otherwise)."""
+    return name in ("price", "strike", "level_price") or "_px" in name
+
+
+def is_size_column(name: str) -> bool:
+    """Columns that must be >= 0 when present (unless declared otherwise)."""
+    return name == "size" or "_sz" in name or name in ("open_interest",)
+
+
+@dataclass(frozen=True)
+class ColumnRule:
+    """What one column accepts: the declared rules, or defaults from its name and type."""
+
+    name: str
+    int_range: tuple[int, int] | None = None
+    enum: tuple[Any, ...] | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    default: Any = None
+
+    def bounds_text(self) -> str:
+        parts = []
+        if self.gt is not None:
+            parts.append(f"> {self.gt:g}")
+        if self.ge is not None:
+            parts.append(f">= {self.ge:g}")
+        if self.le is not None:
+            parts.append(f"<= {self.le:g}")
+        return " and ".join(parts)
+
+
+_INT_TYPES = {IntegerType: "int32", LongType: "int64"}
+
+
+def column_rule(name: str, t: IcebergType, declared: ColumnDefinition | None) -> ColumnRule:
+    """The rule of one live column; the declared rules apply if the declared type still matches."""
+    if declared is not None and type(declared.iceberg_type) is not type(t):
+        declared = None  # widened since the declaration: fall back to the live type's range
+    int_range = None
+    if type(t) in _INT_TYPES:
+        int_range = declared.int_range if declared else None
+        int_range = int_range or SPEC_INT_RANGES[_INT_TYPES[type(t)]]
+    ge = gt = le = None
+    if declared is not None and (
+        declared.ge is not None or declared.gt is not None or declared.le is not None
+    ):
+        ge, gt, le = declared.ge, declared.gt, declared.le
+    elif is_price_column(name) and isinstance(t, (DoubleType, FloatType)):
+        gt = 0.0
+    elif is_size_column(name) and type(t) in _INT_TYPES:
+        ge = 0
+    return ColumnRule(
+        name,
+        int_range=int_range,
+        enum=declared.enum if declared else None,
+        ge=ge,
+        gt=gt,
+        le=le,
+        default=declared.default if declared else None,
+    )
+
+
+def _python_type(t: IcebergType, rule: ColumnRule) -> Any:
+    if rule.enum:
+        return Literal[rule.enum]  # type: ignore[valid-type]
+    if type(t) in _INT_TYPES:
+        lo, hi = rule.int_range or SPEC_INT_RANGES[_INT_TYPES[type(t)]]
+        return Annotated[int, msgspec.Meta(ge=lo, le=hi)]
     if isinstance(t, (DoubleType, FloatType)):
         return float
     if isinstance(t, StringType):
@@ -85,46 +380,84 @@ def _python_type(t: IcebergType) -> Any:
     return Any
 
 
-def is_price_column(name: str) -> bool:
-    """Columns that must hold a finite number > 0 when present."""
-    return name in ("price", "strike", "level_price") or "_px" in name
+_INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
-def is_size_column(name: str) -> bool:
-    """Columns that must be >= 0 when present."""
-    return name == "size" or "_sz" in name or name in ("open_interest",)
-
-
-class MessageError(Exception):
-    """One message cannot be stored; `reason` goes to the dead letter."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+# ---- decoded batches --------------------------------------------------------------------------
 
 
 @dataclass
 class DecodedBatch:
-    """Validated rows of a batch of messages and the messages that were rejected.
+    """Validated rows of a batch of messages and what was rejected.
 
     Attributes:
         table: the rows, in the live table's Arrow schema, message order kept.
         row_message: for each row, the index of its message in the input.
-        rejected: `(message index, reason)` of every rejected message.
+        rejected: `(message index, reason)` of every message rejected as a whole (its bytes
+            are the message's).
+        rejected_events: `(message index, event index, reason, event bytes)` of single events
+            of batched messages; the other events of those messages are stored.
         unknown_fields: field name → number of events that carried it (dropped from the row).
     """
 
     table: pa.Table
     row_message: np.ndarray
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    rejected_events: list[tuple[int, int, str, bytes]] = field(default_factory=list)
     unknown_fields: dict[str, int] = field(default_factory=dict)
 
 
-def _reason_from_decode_error(exc: Exception) -> str:
-    text = str(exc)
-    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
-        return f"malformed JSON: {text}"
-    return f"invalid value: {text}"
+@dataclass
+class Pending:
+    """Events of a fetch collected for `TableCodec.assemble`, with where each came from."""
+
+    events: list[Any] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    batches: set[int] = field(default_factory=set)
+    event_ids: dict[int, list[int]] = field(default_factory=dict)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    rejected_events: list[tuple[int, int, str, bytes]] = field(default_factory=list)
+    unknown: dict[str, int] = field(default_factory=dict)
+
+    def add(
+        self,
+        message: int,
+        events: list[Any],
+        event_ids: list[int] | None = None,
+        batch: bool = False,
+    ) -> None:
+        """Events of message `message`.
+
+        Args:
+            message: the message index.
+            events: its (next) events.
+            event_ids: the position in the batch of each event, when not simply 0..n-1.
+            batch: the message is a batch (array/NDJSON).
+        """
+        counts = self.counts
+        if len(counts) <= message:
+            counts.extend([0] * (message + 1 - len(counts)))
+        counts[message] += len(events)
+        self.events.extend(events)
+        if batch or event_ids is not None:
+            self.batches.add(message)
+        if event_ids is not None:
+            self.event_ids.setdefault(message, []).extend(event_ids)
+
+    def row_events(self) -> np.ndarray:
+        """For each row, its event's position in a batched message (-1: not a batch)."""
+        out = np.full(len(self.events), -1, dtype=np.int64)
+        start = 0
+        for m, count in enumerate(self.counts):
+            if m in self.batches and count:
+                ids = self.event_ids.get(m)
+                out[start : start + count] = ids if ids is not None else np.arange(count)
+            start += count
+        return out
+
+    def merge_unknown(self, unknown: dict[str, int]) -> None:
+        for k, v in unknown.items():
+            self.unknown[k] = self.unknown.get(k, 0) + v
 
 
 class TableCodec:
@@ -135,9 +468,19 @@ class TableCodec:
         schema: the live Iceberg schema of the table.
         partition_key: the identity-partition column (`symbol`/`underlying`) that an envelope's
             `key` fills.
+        declared: the declared columns (rules); default: the shipped `catalog/` definition of
+            `identifier`, if there is one.
     """
 
-    def __init__(self, identifier: str, schema: Schema, partition_key: str | None) -> None:
+    def __init__(
+        self,
+        identifier: str,
+        schema: Schema,
+        partition_key: str | None,
+        declared: dict[str, ColumnDefinition] | None = None,
+    ) -> None:
+        if declared is None:
+            declared = _declared_columns(identifier)
         self.identifier = identifier
         self.schema = schema
         self.schema_id = schema.schema_id
@@ -146,9 +489,16 @@ class TableCodec:
         self.columns = [f for f in schema.fields if f.name != DERIVED_TS]
         self.column_names = [f.name for f in self.columns]
         self.required = [f.name for f in self.columns if f.required]
+        self.rules = {
+            f.name: column_rule(f.name, f.field_type, declared.get(f.name)) for f in self.columns
+        }
+        self.defaults = {n: r.default for n, r in self.rules.items() if r.default is not None}
         self.has_recv = "ts_recv_ns" in self.column_names
         self.has_derived_ts = schema._name_to_id.get(DERIVED_TS) is not None
-        col_fields = [(f.name, _python_type(f.field_type) | None, None) for f in self.columns]
+        col_fields = [
+            (f.name, _python_type(f.field_type, self.rules[f.name]) | None, None)
+            for f in self.columns
+        ]
         self.row_type = msgspec.defstruct(
             f"Row_{identifier.replace('.', '_')}",
             col_fields,
@@ -158,12 +508,12 @@ class TableCodec:
         env_fields: list[tuple[str, Any, Any]] = list(col_fields)
         env_types = {
             "schema_name": str,
-            "schema_version": int,
+            "schema_version": _INT64,
             "source": str,
-            "ts_event_ns": int,
-            "ts_recv_ns": int,
+            "ts_event_ns": _INT64,
+            "ts_recv_ns": _INT64,
             "key": str,
-            "seq": int,
+            "seq": _INT64,
             "payload": self.row_type,
         }
         for name in ENVELOPE_FIELDS:
@@ -175,7 +525,6 @@ class TableCodec:
         self.allowed = names | set(ENVELOPE_FIELDS)
         self._one = msgspec.json.Decoder(self.event_type | list[self.event_type])  # type: ignore[operator]
         self._many = msgspec.json.Decoder(list[self.event_type])  # type: ignore[name-defined]
-        self._getter = attrgetter(*self.column_names)
         self._column_getters = [attrgetter(n) for n in self.column_names]
         self._payload_attr = attrgetter("payload")
         self._key_attr = attrgetter("key")
@@ -184,36 +533,75 @@ class TableCodec:
 
     # ---- decoding -------------------------------------------------------------------------------
 
-    def decode_message(self, data: bytes) -> tuple[list[Any], dict[str, int]]:
-        """Decode one message body into events.
+    def decode_message(self, data: bytes, message: int, pending: Pending) -> None:
+        """Decode one message body into `pending` (rows, or rejections of it or its events)."""
+        try:
+            body = data.strip()
+            if body[:1] == b"{" and b"\n" in body:
+                body = b"[" + b",".join(x for x in body.split(b"\n") if x.strip()) + b"]"
+            decoded = self._one.decode(body)
+        except Exception:
+            self._decode_slow(data, message, pending)
+            return
+        if isinstance(decoded, list):
+            if not decoded:
+                pending.rejected.append(
+                    (message, "empty batch: the message is an empty JSON array")
+                )
+                return
+            pending.add(message, decoded, batch=True)
+        else:
+            pending.add(message, [decoded], None)
 
-        Returns:
-            The events and the unknown fields that were dropped (name → count).
+    def _decode_slow(self, data: bytes, message: int, pending: Pending) -> None:
+        """Unknown fields, invalid values or JSON that msgspec refuses: event by event."""
+        try:
+            split = split_message(data)
+        except Exception as exc:
+            pending.rejected.append((message, _reason(exc)))
+            return
+        if not split.batch:
+            try:
+                event = self.convert_one(split.items[0], pending.unknown)
+            except Exception as exc:
+                pending.rejected.append((message, _reason(exc)))
+                return
+            pending.add(message, [event], None)
+            return
+        events: list[Any] = []
+        ids: list[int] = []
+        for n, item in enumerate(split.items):
+            try:
+                if isinstance(item, MessageError):
+                    raise item
+                events.append(self.convert_one(item, pending.unknown))
+                ids.append(n)
+            except Exception as exc:
+                pending.rejected_events.append((message, n, _reason(exc), split.raw(n)))
+        pending.add(message, events, ids)
+
+    def convert_one(self, item: Any, unknown: dict[str, int]) -> Any:
+        """Convert one parsed event (a dict), dropping and counting unknown fields.
+
+        The event's values must have been checked (`split_message` does it: finite numbers,
+        valid strings, nesting depth); the types and declared rules are checked here.
 
         Raises:
-            MessageError: the body is not valid JSON or does not fit the table.
+            MessageError: the event is not an object or does not fit the table.
         """
-        body = data.strip()
-        if not body:
-            raise MessageError("empty message")
-        if body[:1] == b"{" and b"\n" in body:
-            body = b"[" + b",".join(x for x in body.split(b"\n") if x.strip()) + b"]"
+        if not isinstance(item, dict):
+            raise MessageError(f"expected a JSON object, got {_json_type(item)}")
+        self._strip_unknown(item, unknown)
+        payload = item.get("payload")
+        if isinstance(payload, dict):
+            self._strip_unknown(payload, unknown, envelope=False)
         try:
-            decoded = self._one.decode(body)
-            return (decoded if isinstance(decoded, list) else [decoded]), {}
-        except msgspec.DecodeError as exc:
-            return self._decode_slow(body, exc)
-
-    def _decode_slow(self, body: bytes, first: Exception) -> tuple[list[Any], dict[str, int]]:
-        """Unknown fields or JSON that msgspec refuses (NaN literals): strip and convert."""
-        try:
-            obj = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise MessageError(_reason_from_decode_error(first)) from None
-        return self.convert(obj if isinstance(obj, list) else [obj])
+            return msgspec.convert(item, self.event_type)
+        except msgspec.ValidationError as exc:
+            raise MessageError(f"invalid value: {exc}") from None
 
     def convert(self, items: list[Any]) -> tuple[list[Any], dict[str, int]]:
-        """Convert already-parsed events (dicts) of one message, dropping unknown fields.
+        """Convert already-parsed events (dicts) of one unit that is stored or rejected whole.
 
         Returns:
             The events and the unknown fields that were dropped (name → count).
@@ -222,25 +610,7 @@ class TableCodec:
             MessageError: an event is not an object or does not fit the table.
         """
         unknown: dict[str, int] = {}
-        for item in items:
-            if not isinstance(item, dict):
-                raise MessageError(f"expected a JSON object, got {type(item).__name__}")
-            self._strip_unknown(item, unknown)
-            payload = item.get("payload")
-            if isinstance(payload, dict):
-                self._strip_unknown(payload, unknown, envelope=False)
-        for item in items:
-            pairs = list(item.items())
-            if isinstance(item.get("payload"), dict):
-                pairs += list(item["payload"].items())
-            for name, value in pairs:
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise MessageError(f"{name} must be a finite number, got {value}")
-        try:
-            events = msgspec.convert(items, list[self.event_type])  # type: ignore[name-defined]
-        except msgspec.ValidationError as exc:
-            raise MessageError(f"invalid value: {exc}") from None
-        return events, unknown
+        return [self.convert_one(item, unknown) for item in items], unknown
 
     def _strip_unknown(
         self, item: dict[str, Any], unknown: dict[str, int], envelope: bool = True
@@ -251,81 +621,127 @@ class TableCodec:
             unknown[key] = unknown.get(key, 0) + 1
 
     def decode(self, bodies: Sequence[bytes], recv_ns: int | None = None) -> DecodedBatch:
-        """Decode and validate a batch of message bodies.
+        """Decode and validate a batch of message bodies. Never raises.
 
         Args:
             bodies: raw message bodies.
             recv_ns: receive time for events without `ts_recv_ns` (default: now).
 
         Returns:
-            The validated rows and the rejected messages.
+            The validated rows and the rejected messages and events.
         """
         recv_ns = time.time_ns() if recv_ns is None else recv_ns
-        events: list[Any] = []
-        counts: list[int] = []
-        rejected: list[tuple[int, str]] = []
-        unknown: dict[str, int] = {}
+        pending = Pending()
         fast = None
         if len(bodies) > 1 and all(b[:1] == b"{" and b"\n" not in b for b in bodies):
             try:
                 fast = self._many.decode(b"[" + b",".join(bodies) + b"]")
-            except msgspec.DecodeError:
+            except Exception:  # one bad message: find it message by message
                 fast = None
         if fast is not None and len(fast) == len(bodies):
-            events = fast
-            counts = [1] * len(bodies)
+            pending.events = fast
+            pending.counts = [1] * len(bodies)
         else:
             for i, body in enumerate(bodies):
-                try:
-                    evs, unk = self.decode_message(body)
-                except MessageError as exc:
-                    rejected.append((i, exc.reason))
-                    counts.append(0)
-                    continue
-                for k, v in unk.items():
-                    unknown[k] = unknown.get(k, 0) + v
-                events.extend(evs)
-                counts.append(len(evs))
-        return self.assemble(events, counts, rejected, unknown, recv_ns)
+                self.decode_message(body, i, pending)
+        while len(pending.counts) < len(bodies):
+            pending.counts.append(0)
+        return self.assemble(pending, recv_ns, bodies)
 
     def assemble(
-        self,
-        events: list[Any],
-        counts: list[int],
-        rejected: list[tuple[int, str]],
-        unknown: dict[str, int],
-        recv_ns: int,
+        self, pending: Pending, recv_ns: int, bodies: Sequence[bytes] | None = None
     ) -> DecodedBatch:
         """Validate decoded events and build the batch.
 
+        A row that fails validation rejects its message, or only its event when the message is
+        a batch (the event's bytes are recovered from `bodies`).
+
         Args:
-            events: events of all messages, in message order.
-            counts: number of events of each message (0 for rejected or skipped ones).
-            rejected: messages already rejected while decoding.
-            unknown: unknown fields dropped while decoding.
+            pending: events of all messages, in message order, and the rejections so far.
             recv_ns: receive time for events without `ts_recv_ns`.
+            bodies: the message bodies (for the bytes of a rejected event of a batch).
 
         Returns:
-            The validated rows (rows of any rejected message removed) and the rejections.
+            The validated rows (rows of rejected messages/events removed) and the rejections.
         """
-        rejected = list(rejected)
+        rejected = list(pending.rejected)
+        rejected_events = list(pending.rejected_events)
+        counts = pending.counts
         row_message = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-        table, bad_rows = self.to_arrow(events, recv_ns)
-        if bad_rows:
-            seen = {i for i, _ in rejected}
-            for row, reason in bad_rows:
-                m = int(row_message[row])
-                if m not in seen:
-                    seen.add(m)
-                    rejected.append((m, reason))
-        if rejected:
-            bad = np.array(sorted({i for i, _ in rejected}), dtype=np.int64)
-            keep = ~np.isin(row_message, bad)
-            if not keep.all():
-                table = table.filter(pa.array(keep))
-                row_message = row_message[keep]
+        try:
+            table, bad_rows = self.to_arrow(pending.events, recv_ns)
+        except Exception as exc:  # a failure no check foresaw: isolate it event by event
+            return self._assemble_each(pending, recv_ns, bodies, exc)
+        if not bad_rows:
+            return DecodedBatch(table, row_message, rejected, rejected_events, pending.unknown)
+        row_event = pending.row_events()
+        event_raw = EventBytes(bodies)
+        bad_messages: set[int] = set()
+        bad_events: set[tuple[int, int]] = set()
+        for row, reason in bad_rows:
+            m, e = int(row_message[row]), int(row_event[row])
+            if m in pending.batches and e >= 0:
+                if (m, e) not in bad_events:
+                    bad_events.add((m, e))
+                    raw = event_raw(m, e)
+                    rejected_events.append((m, e, reason, raw))
+            elif m not in bad_messages:
+                bad_messages.add(m)
+                rejected.append((m, reason))
+        keep = np.ones(len(row_message), dtype=bool)
+        if bad_messages:
+            keep &= ~np.isin(row_message, np.fromiter(bad_messages, dtype=np.int64))
+        if bad_events:
+            packed = (row_message << _EVENT_BITS) | (row_event + 1)
+            bad = np.fromiter(((m << _EVENT_BITS) | (e + 1) for m, e in bad_events), np.int64)
+            keep &= ~np.isin(packed, bad)
+        table = table.filter(pa.array(keep))
         rejected.sort()
-        return DecodedBatch(table, row_message, rejected, unknown)
+        rejected_events.sort(key=lambda r: (r[0], r[1]))
+        return DecodedBatch(table, row_message[keep], rejected, rejected_events, pending.unknown)
+
+    def _assemble_each(
+        self, pending: Pending, recv_ns: int, bodies: Sequence[bytes] | None, exc: Exception
+    ) -> DecodedBatch:
+        """Column-wise building failed as a whole: build each message's/event's rows alone."""
+        event_raw = EventBytes(bodies)
+        row_events = pending.row_events()
+        tables: list[pa.Table] = []
+        messages: list[np.ndarray] = []
+        rejected = list(pending.rejected)
+        rejected_events = list(pending.rejected_events)
+        start = 0
+        for m, count in enumerate(pending.counts):
+            events = pending.events[start : start + count]
+            ids = row_events[start : start + count].tolist()
+            start += count
+            units = [[i] for i in range(count)] if m in pending.batches else [list(range(count))]
+            for unit in units:
+                if not unit:
+                    continue
+                try:
+                    part, bad = self.to_arrow([events[i] for i in unit], recv_ns)
+                    if bad:
+                        raise MessageError(bad[0][1])
+                except Exception as err:
+                    e = ids[unit[0]]
+                    if m in pending.batches and e >= 0:
+                        raw = event_raw(m, e)
+                        rejected_events.append((m, e, _reason(err), raw))
+                    else:
+                        rejected.append((m, _reason(err)))
+                    continue
+                tables.append(part)
+                messages.append(np.full(part.num_rows, m, dtype=np.int64))
+        if tables:
+            table = pa.concat_tables(tables)
+            row_message = np.concatenate(messages)
+        else:
+            table = _nullable(self.arrow_schema).empty_table()
+            row_message = np.zeros(0, dtype=np.int64)
+        rejected.sort()
+        rejected_events.sort(key=lambda r: (r[0], r[1]))
+        return DecodedBatch(table, row_message, rejected, rejected_events, pending.unknown)
 
     # ---- columns --------------------------------------------------------------------------------
 
@@ -364,27 +780,56 @@ class TableCodec:
             The table (all rows, in the live schema) and `(row, reason)` for invalid rows.
         """
         columns = self._columns(events)
-        nrows = len(events)
         arrays: dict[str, pa.Array] = {}
         bad: dict[int, str] = {}
         for name, values in zip(self.column_names, columns, strict=True):
             target = self.arrow_schema.field(name).type
             if name == "ts_recv_ns":
                 values = [recv_ns if v is None else v for v in values]
-            arrays[name] = pa.array(values, type=target)
+            elif name in self.defaults and values.count(None):
+                default = self.defaults[name]
+                values = [default if v is None else v for v in values]
+            try:
+                arrays[name] = pa.array(values, type=target)
+            except Exception:  # a value Arrow cannot hold: find it, reject its row
+                arrays[name] = _array_isolating(name, values, target, bad)
         for name in self.required:
             arr = arrays[name]
             if arr.null_count:
                 for row in np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False)):
                     bad.setdefault(int(row), f"missing required field '{name}'")
         for name, arr in arrays.items():
-            if is_price_column(name) and pa.types.is_floating(arr.type):
-                ok = pc.and_(pc.is_finite(arr), pc.greater(arr, 0.0))
-                self._flag(arr, ok, bad, f"{name} must be a finite number > 0")
-            elif is_size_column(name) and pa.types.is_integer(arr.type):
-                self._flag(arr, pc.greater_equal(arr, 0), bad, f"{name} must be >= 0")
-            elif pa.types.is_floating(arr.type) and arr.null_count < len(arr):
-                self._flag(arr, pc.is_finite(arr), bad, f"{name} must be a finite number")
+            if arr.null_count == len(arr):
+                continue
+            rule = self.rules[name]
+            if pa.types.is_floating(arr.type):
+                ok = pc.is_finite(arr)
+                if rule.gt is not None:
+                    ok = pc.and_(ok, pc.greater(arr, rule.gt))
+                if rule.ge is not None:
+                    ok = pc.and_(ok, pc.greater_equal(arr, rule.ge))
+                if rule.le is not None:
+                    ok = pc.and_(ok, pc.less_equal(arr, rule.le))
+                bounds = rule.bounds_text()
+                self._flag(
+                    arr,
+                    ok,
+                    bad,
+                    f"{name} must be a finite number" + (f" {bounds}" if bounds else ""),
+                )
+            elif pa.types.is_integer(arr.type) and (
+                rule.gt is not None or rule.ge is not None or rule.le is not None
+            ):
+                ok = None
+                for fn, bound in (
+                    (pc.greater, rule.gt),
+                    (pc.greater_equal, rule.ge),
+                    (pc.less_equal, rule.le),
+                ):
+                    if bound is not None:
+                        part = fn(arr, pa.scalar(bound))
+                        ok = part if ok is None else pc.and_(ok, part)
+                self._flag(arr, ok, bad, f"{name} must be {rule.bounds_text()}")
         if "ts_event_ns" in arrays:
             ts = arrays["ts_event_ns"]
             ok = pc.and_(pc.greater_equal(ts, MIN_TS_NS), pc.less(ts, MAX_TS_NS))
@@ -393,8 +838,30 @@ class TableCodec:
         if pk_type is not None and (
             pa.types.is_string(pk_type) or pa.types.is_large_string(pk_type)
         ):
-            ok = pc.greater(pc.utf8_length(arrays[self.partition_key]), 0)
-            self._flag(arrays[self.partition_key], ok, bad, f"{self.partition_key} is empty")
+            key = arrays[self.partition_key]
+            # Checked on the distinct values (a fetch holds few symbols), rows only on failure.
+            distinct = pc.unique(key)
+            size = pc.binary_length(distinct)
+            clean = pc.and_(
+                pc.and_(pc.greater(size, 0), pc.less_equal(size, MAX_PARTITION_VALUE_BYTES)),
+                pc.invert(pc.match_substring_regex(distinct, _CONTROL_CHARS)),
+            )
+            if not pc.all(pc.fill_null(clean, True)).as_py():
+                name = self.partition_key
+                self._flag(key, pc.greater(pc.utf8_length(key), 0), bad, f"{name} is empty")
+                self._flag(
+                    key,
+                    pc.less_equal(pc.binary_length(key), MAX_PARTITION_VALUE_BYTES),
+                    bad,
+                    f"{name} is longer than {MAX_PARTITION_VALUE_BYTES} bytes "
+                    "(a partition value must fit in a file path)",
+                )
+                self._flag(
+                    key,
+                    pc.invert(pc.match_substring_regex(key, _CONTROL_CHARS)),
+                    bad,
+                    f"{name} contains a control character",
+                )
         if self.has_derived_ts:
             ts_ns = arrays["ts_event_ns"]
             filled = pc.fill_null(ts_ns, MIN_TS_NS)
@@ -403,17 +870,49 @@ class TableCodec:
         table = pa.Table.from_arrays(
             [arrays[f.name] for f in self.arrow_schema], schema=_nullable(self.arrow_schema)
         )
-        _ = nrows
         return table, sorted(bad.items())
 
     @staticmethod
-    def _flag(arr: pa.Array, ok: pa.Array, bad: dict[int, str], reason: str) -> None:
+    def _flag(arr: pa.Array, ok: pa.Array | None, bad: dict[int, str], reason: str) -> None:
         # Nulls in `ok` come from null values: those are checked by the required-field rule.
+        if ok is None:
+            return
         failed = pc.invert(pc.fill_null(ok, True))
         if pc.any(failed).as_py():
             for row in np.flatnonzero(failed.to_numpy(zero_copy_only=False)):
                 value = arr[int(row)].as_py()
-                bad.setdefault(int(row), f"{reason}, got {value!r}")
+                shown = repr(value)
+                if len(shown) > 80:
+                    shown = shown[:77] + "..."
+                bad.setdefault(int(row), f"{reason}, got {shown}")
+
+
+def _array_isolating(
+    name: str, values: list[Any], target: pa.DataType, bad: dict[int, str]
+) -> pa.Array:
+    """Build a column value by value: values Arrow refuses become null and reject their row."""
+    clean = list(values)
+    for row, value in enumerate(values):
+        try:
+            pa.array([value], type=target)
+        except Exception as exc:
+            shown = repr(value)
+            if len(shown) > 80:
+                shown = shown[:77] + "..."
+            text = " ".join(str(exc).split())[:200]
+            bad.setdefault(row, f"{name}: cannot store {shown} ({type(exc).__name__}: {text})")
+            clean[row] = None
+    return pa.array(clean, type=target)
+
+
+def _declared_columns(identifier: str) -> dict[str, ColumnDefinition]:
+    """Declared columns of a shipped table (none for a table the catalog does not declare)."""
+    from iceberg_lake.tables import registry
+
+    reg = registry()
+    if identifier not in reg:
+        return {}
+    return {c.name: c for c in reg.get(identifier).columns}
 
 
 def _nullable(schema: pa.Schema) -> pa.Schema:

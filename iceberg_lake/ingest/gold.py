@@ -20,10 +20,26 @@ Rules (the spec's "Flattening Logic"):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+#: Plausible `ts` values (Unix ms): 2000-01-01 .. 2100-01-01, as for `ts_event_ns`.
+MIN_TS_MS = 946_684_800_000
+MAX_TS_MS = 4_102_444_800_000
 _LEVEL_RENAMES = {"id": "level_id", "kind": "level_kind", "price": "level_price"}
 _CONTEXT = ("spot", "bid", "ask")
+
+
+def _ts_ms_to_ns(ts: Any) -> int:
+    """`ts` (Unix milliseconds) → nanoseconds, refusing anything a long cannot hold."""
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        raise ValueError(f"'ts' must be Unix milliseconds, got {ts!r}")
+    if isinstance(ts, float) and not math.isfinite(ts):
+        raise ValueError(f"'ts' must be a finite number of Unix milliseconds, got {ts!r}")
+    if not MIN_TS_MS <= ts < MAX_TS_MS:
+        shown = repr(ts) if len(repr(ts)) <= 40 else repr(ts)[:37] + "..."
+        raise ValueError(f"'ts' is not a plausible Unix time in milliseconds, got {shown}")
+    return int(ts) * 1_000_000
 
 
 def _flatten(prefix: str, obj: dict[str, Any], out: dict[str, Any]) -> None:
@@ -69,19 +85,17 @@ def flatten_level_signals(payload: dict[str, Any], underlying: str | None = None
         Values are not validated here; the writer validates them against the live schema.
 
     Raises:
-        ValueError: the payload has no `levels` list or no usable timestamp.
+        ValueError: the payload has no `levels` list or no usable timestamp (missing,
+            not a number, not finite, or not a plausible time).
     """
     payload = unwrap(payload)
     levels = payload.get("levels")
     if not isinstance(levels, list):
         raise ValueError("levels.signals payload has no 'levels' list")
     if payload.get("ts_event_ns") is not None:
-        ts_event_ns = payload["ts_event_ns"]
+        ts_event_ns = payload["ts_event_ns"]  # range-checked with the row
     elif payload.get("ts") is not None:
-        ts = payload["ts"]
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-            raise ValueError(f"'ts' must be Unix milliseconds, got {ts!r}")
-        ts_event_ns = int(ts) * 1_000_000
+        ts_event_ns = _ts_ms_to_ns(payload["ts"])
     else:
         raise ValueError("levels.signals payload has no 'ts'")
     key, context = _context(payload)

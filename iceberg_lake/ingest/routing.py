@@ -13,14 +13,18 @@ A message that matches nothing is dead-lettered with target `unrouted`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import msgspec
-
-from iceberg_lake.ingest.decode import DecodedBatch, MessageError, TableCodec
+from iceberg_lake.ingest.decode import (
+    DecodedBatch,
+    MessageError,
+    Pending,
+    TableCodec,
+    _reason,
+    split_message,
+)
 from iceberg_lake.ingest.gold import flatten_level_signals
 
 UNROUTED = "unrouted"
@@ -33,15 +37,28 @@ class RoutedBatch:
 
     Attributes:
         tables: target table → validated rows (with `row_message` indexes into the fetch).
-        rejected: `(message index, target table, reason)`.
+        rejected: `(message index, target table, reason)` of messages rejected as a whole.
+        rejected_events: `(message index, event index, target table, reason, event bytes)` of
+            single events of batched messages (the rest of the message is stored).
         skipped: message indexes that belong to another consumer (mapped subjects).
         unknown_fields: `(table, field)` → count of events whose field was dropped.
     """
 
     tables: dict[str, DecodedBatch] = field(default_factory=dict)
     rejected: list[tuple[int, str, str]] = field(default_factory=list)
+    rejected_events: list[tuple[int, int, str, str, bytes]] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     unknown_fields: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def add_table(self, table: str, batch: DecodedBatch) -> None:
+        """Take a table's decoded batch and its rejections."""
+        self.tables[table] = batch
+        self.rejected.extend((i, table, r) for i, r in batch.rejected)
+        self.rejected_events.extend((i, e, table, r, raw) for i, e, r, raw in batch.rejected_events)
+        for k, v in batch.unknown_fields.items():
+            self.unknown_fields[(table, k)] = self.unknown_fields.get((table, k), 0) + v
+        self.rejected.sort()
+        self.rejected_events.sort(key=lambda r: (r[0], r[1]))
 
 
 class Decoder(Protocol):
@@ -54,27 +71,6 @@ class Decoder(Protocol):
     ) -> RoutedBatch: ...
 
 
-def _parse(body: bytes) -> Any:
-    """Parse JSON (msgspec; stdlib fallback so NaN literals get a precise reason later)."""
-    try:
-        return msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise MessageError(f"malformed JSON: {exc}") from None
-
-
-def _parse_items(body: bytes) -> list[Any]:
-    body = body.strip()
-    if not body:
-        raise MessageError("empty message")
-    if body[:1] == b"{" and b"\n" in body:
-        return [_parse(line) for line in body.split(b"\n") if line.strip()]
-    obj = _parse(body)
-    return obj if isinstance(obj, list) else [obj]
-
-
 class BronzeDecoder:
     """Decoder of a consumer that feeds exactly one Bronze table."""
 
@@ -84,54 +80,64 @@ class BronzeDecoder:
 
     def decode(self, bodies: Sequence[bytes], subjects: Sequence[str], recv_ns: int) -> RoutedBatch:
         """Decode a fetch (see `TableCodec.decode`)."""
-        batch = self.codec.decode(bodies, recv_ns)
-        table = self.codec.identifier
-        return RoutedBatch(
-            tables={table: batch},
-            rejected=[(i, table, r) for i, r in batch.rejected],
-            unknown_fields={(table, k): v for k, v in batch.unknown_fields.items()},
-        )
+        out = RoutedBatch()
+        out.add_table(self.codec.identifier, self.codec.decode(bodies, recv_ns))
+        return out
 
 
 class GoldDecoder:
-    """Decoder of `levels.signals`: every payload flattened into one row per level."""
+    """Decoder of `levels.signals`: every payload flattened into one row per level.
+
+    A message holds one payload, or a batch (array/NDJSON) of payloads; a payload with any bad
+    level is rejected whole (its levels belong together), the other payloads are stored.
+    """
 
     def __init__(self, codec: TableCodec) -> None:
         self.codec = codec
         self.targets = [codec.identifier]
 
+    def _payload_rows(self, payload: Any, unknown: dict[str, int]) -> list[Any]:
+        if isinstance(payload, MessageError):
+            raise payload
+        if not isinstance(payload, dict):
+            raise MessageError("a levels.signals payload must be a JSON object")
+        try:
+            rows = flatten_level_signals(payload)
+        except MessageError:
+            raise
+        except Exception as exc:  # ValueError with the rule, or anything unforeseen
+            raise MessageError(str(exc) if isinstance(exc, ValueError) else _reason(exc)) from None
+        return [self.codec.convert_one(row, unknown) for row in rows]
+
     def decode(self, bodies: Sequence[bytes], subjects: Sequence[str], recv_ns: int) -> RoutedBatch:
         """Decode a fetch: parse, flatten, convert against the live schema, validate."""
-        events: list[Any] = []
-        counts: list[int] = []
-        rejected: list[tuple[int, str]] = []
-        unknown: dict[str, int] = {}
+        pending = Pending()
         for i, body in enumerate(bodies):
             try:
-                rows: list[dict[str, Any]] = []
-                for payload in _parse_items(body):
-                    if not isinstance(payload, dict):
-                        raise MessageError("a levels.signals payload must be a JSON object")
-                    try:
-                        rows.extend(flatten_level_signals(payload))
-                    except ValueError as exc:
-                        raise MessageError(str(exc)) from None
-                evs, unk = self.codec.convert(rows)
-            except MessageError as exc:
-                rejected.append((i, exc.reason))
-                counts.append(0)
+                split = split_message(body)
+            except Exception as exc:
+                pending.rejected.append((i, _reason(exc)))
                 continue
-            for k, v in unk.items():
-                unknown[k] = unknown.get(k, 0) + v
-            events.extend(evs)
-            counts.append(len(evs))
-        batch = self.codec.assemble(events, counts, rejected, unknown, recv_ns)
-        table = self.codec.identifier
-        return RoutedBatch(
-            tables={table: batch},
-            rejected=[(i, table, r) for i, r in batch.rejected],
-            unknown_fields={(table, k): v for k, v in batch.unknown_fields.items()},
-        )
+            if not split.batch:
+                try:
+                    rows = self._payload_rows(split.items[0], pending.unknown)
+                except Exception as exc:
+                    pending.rejected.append((i, _reason(exc)))
+                    continue
+                pending.add(i, rows, None)
+                continue
+            for n, payload in enumerate(split.items):
+                try:
+                    rows = self._payload_rows(payload, pending.unknown)
+                except Exception as exc:
+                    pending.rejected_events.append((i, n, _reason(exc), split.raw(n)))
+                    continue
+                pending.add(i, rows, [n] * len(rows))
+        while len(pending.counts) < len(bodies):
+            pending.counts.append(0)
+        out = RoutedBatch()
+        out.add_table(self.codec.identifier, self.codec.assemble(pending, recv_ns, bodies))
+        return out
 
 
 def infer_schema_name(event: dict[str, Any]) -> str | None:
@@ -185,43 +191,55 @@ class InferredDecoder:
     def decode(self, bodies: Sequence[bytes], subjects: Sequence[str], recv_ns: int) -> RoutedBatch:
         """Decode a fetch: skip mapped subjects, infer each message's table, convert."""
         out = RoutedBatch()
-        per: dict[str, tuple[list[Any], list[int], list[tuple[int, str]], dict[str, int]]] = {
-            s: ([], [0] * len(bodies), [], {}) for s in self.codecs
-        }
+        per = {s: Pending() for s in self.codecs}
         for i, (body, subject) in enumerate(zip(bodies, subjects, strict=True)):
             if subject in self.mapped:
                 out.skipped.append(i)
                 continue
             try:
-                items = _parse_items(body)
-                if not items or not isinstance(items[0], dict):
+                split = split_message(body)
+                first = split.items[0]
+                if not isinstance(first, dict):
                     raise MessageError("expected a JSON object")
-                schema = infer_schema_name(items[0])
-                if schema is None or schema not in self.codecs:
-                    out.rejected.append((i, UNROUTED, "cannot infer schema from message"))
+                schema = infer_schema_name(first)
+            except Exception as exc:
+                out.rejected.append((i, UNROUTED, _reason(exc)))
+                continue
+            if schema is None or schema not in self.codecs:
+                out.rejected.append((i, UNROUTED, "cannot infer schema from message"))
+                continue
+            pending = per[schema]
+            codec = self.codecs[schema]
+            if not split.batch:
+                try:
+                    if schema == "futures.mbp10":
+                        _mbp10_levels(first)
+                    event = codec.convert_one(first, pending.unknown)
+                except Exception as exc:
+                    pending.rejected.append((i, _reason(exc)))
                     continue
-                for item in items:
+                pending.add(i, [event], None)
+                continue
+            events: list[Any] = []
+            ids: list[int] = []
+            for n, item in enumerate(split.items):
+                try:
+                    if isinstance(item, MessageError):
+                        raise item
                     if isinstance(item, dict) and schema == "futures.mbp10":
                         _mbp10_levels(item)
-                evs, unk = self.codecs[schema].convert(items)
-            except MessageError as exc:
-                out.rejected.append((i, UNROUTED, exc.reason))
+                    events.append(codec.convert_one(item, pending.unknown))
+                    ids.append(n)
+                except Exception as exc:
+                    pending.rejected_events.append((i, n, _reason(exc), split.raw(n)))
+            pending.add(i, events, ids)
+        for schema, pending in per.items():
+            if not pending.events and not pending.rejected and not pending.rejected_events:
                 continue
-            events, counts, _, unknown = per[schema]
-            events.extend(evs)
-            counts[i] = len(evs)
-            for k, v in unk.items():
-                unknown[k] = unknown.get(k, 0) + v
-        for schema, (events, counts, rejected, unknown) in per.items():
-            if not events:
-                continue
+            while len(pending.counts) < len(bodies):
+                pending.counts.append(0)
             codec = self.codecs[schema]
-            batch = codec.assemble(events, counts, rejected, unknown, recv_ns)
-            out.tables[codec.identifier] = batch
-            out.rejected.extend((i, codec.identifier, r) for i, r in batch.rejected)
-            for k, v in batch.unknown_fields.items():
-                out.unknown_fields[(codec.identifier, k)] = v
-        out.rejected.sort()
+            out.add_table(codec.identifier, codec.assemble(pending, recv_ns, bodies))
         return out
 
 

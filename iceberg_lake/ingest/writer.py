@@ -37,6 +37,7 @@ from iceberg_lake.engine.nats import (
     dead_letter_subject,
     reset_consumer,
 )
+from iceberg_lake.ingest import dead_letters
 from iceberg_lake.ingest.batch import MicroBatch
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
 from iceberg_lake.ingest.decode import TableCodec
@@ -311,14 +312,9 @@ class ConsumerWriter:
             metrics.EVENTS_CONSUMED.labels(tid).inc(rows.num_rows)
             self.batch.add_rows(tid, rows)
         dl_wm = self.watermarks.get(DEAD_LETTERS_TABLE, 0)
-        for i, target, reason in routed.rejected:
-            if seqs[i] <= dl_wm:
-                continue
-            m = keep[i]
-            self.batch.dead.append(
-                DeadLetter(recv_ns, target, m.subject, self.stream, seqs[i], reason, m.data)
-            )
-            metrics.EVENTS_CONSUMED.labels(target).inc()
+        for d in dead_letters.from_routed(routed, keep, seqs, self.stream, recv_ns, dl_wm):
+            self.batch.dead.append(d)
+            metrics.EVENTS_CONSUMED.labels(d.target_table).inc()
         for (tid, name), count in routed.unknown_fields.items():
             metrics.UNKNOWN_FIELDS.labels(tid, name).inc(count)
             if (tid, name) not in self._unknown_logged:

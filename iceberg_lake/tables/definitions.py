@@ -89,9 +89,24 @@ def parse_type(text: str) -> IcebergType:
     raise LakeError(f"unknown column type '{text}' (supported: {supported})")
 
 
+#: Value ranges of the spec's integer types (Iceberg stores int8/int16 as `int`).
+SPEC_INT_RANGES: dict[str, tuple[int, int]] = {
+    "int8": (-(2**7), 2**7 - 1),
+    "int16": (-(2**15), 2**15 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+}
+
+
 @dataclass(frozen=True)
 class ColumnDefinition:
-    """One declared column."""
+    """One declared column.
+
+    Besides its type, a column may declare what the writers accept (checked on every event):
+    `enum` (the allowed values), bounds `ge` / `gt` / `le` (numbers), and `default` (the value
+    stored when an event does not carry the column, e.g. an absent quote side). Integer columns
+    are also range-checked against their `spec_type` (`int8`, `int16`, `int32`, `int64`).
+    """
 
     name: str
     type: str
@@ -99,11 +114,32 @@ class ColumnDefinition:
     doc: str = ""
     spec_type: str = ""
     derived_from: str | None = None
+    enum: tuple[Any, ...] | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    default: Any = None
+
+    def __post_init__(self) -> None:
+        if self.enum is not None:
+            # TOML gives a list; a tuple keeps the frozen definition hashable.
+            object.__setattr__(self, "enum", tuple(self.enum))
 
     @property
     def iceberg_type(self) -> IcebergType:
         """The Iceberg type of the column."""
         return parse_type(self.type)
+
+    @property
+    def int_range(self) -> tuple[int, int] | None:
+        """The `(min, max)` the spec's integer type allows (None for non-integer columns)."""
+        if self.spec_type in SPEC_INT_RANGES:
+            return SPEC_INT_RANGES[self.spec_type]
+        if self.type == "int":
+            return SPEC_INT_RANGES["int32"]
+        if self.type == "long":
+            return SPEC_INT_RANGES["int64"]
+        return None
 
 
 @dataclass(frozen=True)
@@ -247,4 +283,28 @@ def load_definition_file(path: Path) -> list[TableDefinition]:
                 raise LakeError(f"{path}: column '{c}' is not declared")
         for c in d.columns:
             parse_type(c.type)
+            _check_rules(path, c)
     return definitions
+
+
+def _check_rules(path: Path, c: ColumnDefinition) -> None:
+    """Refuse value rules that do not fit the column's type (a typo would silently reject data)."""
+    numeric = c.type in ("int", "long", "float", "double") or c.type.startswith("decimal")
+    if (c.ge is not None or c.gt is not None or c.le is not None) and not numeric:
+        raise LakeError(f"{path}: column '{c.name}' is not numeric but declares bounds")
+    values = list(c.enum or ())
+    if c.default is not None:
+        values.append(c.default)
+    for v in values:
+        if c.type in ("int", "long"):
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif c.type in ("float", "double"):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        elif c.type == "string":
+            ok = isinstance(v, str)
+        elif c.type == "boolean":
+            ok = isinstance(v, bool)
+        else:
+            ok = False
+        if not ok:
+            raise LakeError(f"{path}: value {v!r} of column '{c.name}' does not fit {c.type}")
