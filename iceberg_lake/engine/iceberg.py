@@ -12,6 +12,7 @@ It is used by the Silver compactor and by small-file compaction (`lake maintain 
 from __future__ import annotations
 
 import itertools
+import operator
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -211,29 +212,82 @@ _STOCK_SQL_COMMIT: Any = None
 #: Snapshot JSON by object: (snapshot, its JSON). Snapshots are frozen and, with shallow metadata
 #: updates, the same objects are carried from one metadata version to the next, so each is
 #: serialised once instead of once per commit (pyiceberg serialises a snapshot's summary with a
-#: Python-level serializer: 56 ms per commit at 3,600 snapshots; the splice takes 2.4 ms).
+#: Python-level serializer: 56 ms per commit at 3,600 snapshots).
 _SNAPSHOT_JSON: dict[int, tuple[Any, str]] = {}
 _SNAPSHOT_JSON_MAX = 100_000
+#: The last JSON array written per (table uuid, field): (the list, its JSON items joined). A
+#: commit's list usually extends the previous one (same objects, one more at the end), so only
+#: the new items are serialised and the rest is one string concatenation.
+_LIST_JSON: dict[tuple[str, str], tuple[list[Any], str]] = {}
+
+
+def _snapshot_json(snap: Any) -> str:
+    entry = _SNAPSHOT_JSON.get(id(snap))
+    if entry is None or entry[0] is not snap:
+        if len(_SNAPSHOT_JSON) > _SNAPSHOT_JSON_MAX:
+            _SNAPSHOT_JSON.clear()
+        entry = (snap, snap.model_dump_json())
+        _SNAPSHOT_JSON[id(snap)] = entry
+    return entry[1]
+
+
+def _log_entry_json(entry: Any) -> str:
+    return f'{{"snapshot-id":{int(entry.snapshot_id)},"timestamp-ms":{int(entry.timestamp_ms)}}}'
+
+
+def _array_json(key: tuple[str, str], items: list[Any], encode: Any) -> str:
+    """`[...]` of `items`, reusing the previous array of `key` when `items` extends it."""
+    cached = _LIST_JSON.get(key)
+    if cached is not None:
+        prev, joined = cached
+        n = len(prev)
+        if n and len(items) >= n and all(map(operator.is_, items[:n], prev)):
+            if len(items) > n:
+                joined = joined + "," + ",".join(encode(x) for x in items[n:])
+            _LIST_JSON[key] = (items, joined)
+            return "[" + joined + "]"
+    joined = ",".join(encode(x) for x in items)
+    _LIST_JSON[key] = (items, joined)
+    return "[" + joined + "]"
 
 
 def metadata_json(metadata: TableMetadata) -> str:
-    """The table metadata as pyiceberg writes it (`model_dump_json()`), snapshots from a cache.
+    """The table metadata as pyiceberg writes it (`model_dump_json()`), in time independent of
+    the number of snapshots: snapshots and the snapshot log are spliced in from caches.
 
     The result parses to exactly the same JSON value as `metadata.model_dump_json()` (guard test).
     """
-    if not metadata.snapshots:
+    if metadata.format_version == 1 or not metadata.snapshots:
         return metadata.model_dump_json()
-    head = metadata.model_dump_json(exclude={"snapshots"})
-    if len(_SNAPSHOT_JSON) > _SNAPSHOT_JSON_MAX:
-        _SNAPSHOT_JSON.clear()
-    parts = []
-    for snap in metadata.snapshots:
-        entry = _SNAPSHOT_JSON.get(id(snap))
-        if entry is None or entry[0] is not snap:
-            entry = (snap, snap.model_dump_json())
-            _SNAPSHOT_JSON[id(snap)] = entry
-        parts.append(entry[1])
-    return head[:-1] + ',"snapshots":[' + ",".join(parts) + "]}"
+    head = metadata.model_dump_json(exclude={"snapshots", "snapshot_log"})
+    uuid_ = str(metadata.table_uuid)
+    snaps = _array_json((uuid_, "snapshots"), metadata.snapshots, _snapshot_json)
+    log = _array_json((uuid_, "snapshot-log"), metadata.snapshot_log, _log_entry_json)
+    return f'{head[:-1]},"snapshots":{snaps},"snapshot-log":{log}}}'
+
+
+#: Snapshot-id index per snapshots list: (the list, {id: snapshot}); see `_snapshot_by_id`.
+_SNAPSHOT_INDEX: dict[int, tuple[list[Any], dict[int, Any]]] = {}
+_STOCK_SNAPSHOT_BY_ID: Any = None
+
+
+def _snapshot_by_id(self: Any, snapshot_id: int) -> Any:
+    """`TableMetadata.snapshot_by_id` with an index instead of a linear scan.
+
+    pyiceberg calls it about 13 times per append (a scan of every snapshot each time: 9 ms per
+    commit at 2,500 snapshots). Metadata is frozen and pyiceberg builds a new snapshots list for
+    every change, so an index per list object is exact.
+    """
+    snaps = self.snapshots
+    if len(snaps) < 64:
+        return next((s for s in snaps if s.snapshot_id == snapshot_id), None)
+    entry = _SNAPSHOT_INDEX.get(id(snaps))
+    if entry is None or entry[0] is not snaps:
+        if len(_SNAPSHOT_INDEX) > 64:
+            _SNAPSHOT_INDEX.clear()
+        entry = (snaps, {s.snapshot_id: s for s in snaps})
+        _SNAPSHOT_INDEX[id(snaps)] = entry
+    return entry[1].get(snapshot_id)
 
 
 def _write_metadata(metadata: TableMetadata, io: Any, path: str) -> None:
@@ -321,12 +375,17 @@ def install_commit_fixes(enabled: bool = True) -> None:
     import importlib
 
     from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.table.metadata import TableMetadataCommonFields
 
-    global _STOCK_UPDATE_TABLE_METADATA, _STOCK_SQL_COMMIT
+    global _STOCK_UPDATE_TABLE_METADATA, _STOCK_SQL_COMMIT, _STOCK_SNAPSHOT_BY_ID
     update_module = importlib.import_module("pyiceberg.table.update")
     if _STOCK_UPDATE_TABLE_METADATA is None:
         _STOCK_UPDATE_TABLE_METADATA = update_module.update_table_metadata
         _STOCK_SQL_COMMIT = SqlCatalog.commit_table
+        _STOCK_SNAPSHOT_BY_ID = TableMetadataCommonFields.snapshot_by_id
+    TableMetadataCommonFields.snapshot_by_id = (  # type: ignore[method-assign]
+        _snapshot_by_id if enabled else _STOCK_SNAPSHOT_BY_ID
+    )
     func = _update_table_metadata_shallow if enabled else _STOCK_UPDATE_TABLE_METADATA
     for name in _PATCHED_MODULES:
         module = importlib.import_module(name)
@@ -339,16 +398,22 @@ def commit_fixes_installed() -> bool:
     import importlib
 
     from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.table.metadata import TableMetadataCommonFields
 
-    return SqlCatalog.commit_table is _sql_commit_table and all(
+    fixes = (
+        SqlCatalog.commit_table is _sql_commit_table
+        and TableMetadataCommonFields.snapshot_by_id is _snapshot_by_id
+    )
+    return fixes and all(
         importlib.import_module(name).update_table_metadata is _update_table_metadata_shallow
         for name in _PATCHED_MODULES
     )
 
 
-def stock_functions() -> tuple[Any, Any]:
-    """pyiceberg's own `update_table_metadata` and `SqlCatalog.commit_table` (guard test)."""
-    return _STOCK_UPDATE_TABLE_METADATA, _STOCK_SQL_COMMIT
+def stock_functions() -> tuple[Any, Any, Any]:
+    """pyiceberg's own `update_table_metadata`, `SqlCatalog.commit_table` and
+    `TableMetadata.snapshot_by_id` (guard test, benchmark baseline)."""
+    return _STOCK_UPDATE_TABLE_METADATA, _STOCK_SQL_COMMIT, _STOCK_SNAPSHOT_BY_ID
 
 
 class _FastAppendTransaction(Transaction):
