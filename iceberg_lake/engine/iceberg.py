@@ -215,10 +215,11 @@ _STOCK_SQL_COMMIT: Any = None
 #: Python-level serializer: 56 ms per commit at 3,600 snapshots).
 _SNAPSHOT_JSON: dict[int, tuple[Any, str]] = {}
 _SNAPSHOT_JSON_MAX = 100_000
-#: The last JSON array written per (table uuid, field): (the list, its JSON items joined). A
-#: commit's list usually extends the previous one (same objects, one more at the end), so only
-#: the new items are serialised and the rest is one string concatenation.
-_LIST_JSON: dict[tuple[str, str], tuple[list[Any], str]] = {}
+#: The last JSON array written per (table uuid, field): (the list, its items' JSON as a few
+#: UTF-8 chunks). A commit's list usually extends the previous one (same objects, one more at
+#: the end), so only the new items are serialised and nothing is copied: the chunks are written
+#: one after the other (merged into one every 64 commits).
+_LIST_JSON: dict[tuple[str, str], tuple[list[Any], list[bytes]]] = {}
 
 
 def _snapshot_json(snap: Any) -> str:
@@ -235,20 +236,42 @@ def _log_entry_json(entry: Any) -> str:
     return f'{{"snapshot-id":{int(entry.snapshot_id)},"timestamp-ms":{int(entry.timestamp_ms)}}}'
 
 
-def _array_json(key: tuple[str, str], items: list[Any], encode: Any) -> str:
-    """`[...]` of `items`, reusing the previous array of `key` when `items` extends it."""
+def _array_parts(key: tuple[str, str], items: list[Any], encode: Any) -> list[bytes]:
+    """The JSON of `items` (without brackets) as chunks, reusing the previous array of `key`
+    when `items` extends it (checked object by object)."""
     cached = _LIST_JSON.get(key)
     if cached is not None:
-        prev, joined = cached
+        prev, parts = cached
         n = len(prev)
-        if n and len(items) >= n and all(map(operator.is_, items[:n], prev)):
+        if (
+            n
+            and len(items) >= n
+            and items[n - 1] is prev[-1]
+            and all(map(operator.is_, items[:n], prev))
+        ):
             if len(items) > n:
-                joined = joined + "," + ",".join(encode(x) for x in items[n:])
-            _LIST_JSON[key] = (items, joined)
-            return "[" + joined + "]"
-    joined = ",".join(encode(x) for x in items)
-    _LIST_JSON[key] = (items, joined)
-    return "[" + joined + "]"
+                new = ",".join(encode(x) for x in items[n:]).encode()
+                parts = [*parts, b"," + new]
+                if len(parts) > 64:
+                    parts = [b"".join(parts)]
+            _LIST_JSON[key] = (items, parts)
+            return parts
+    parts = [",".join(encode(x) for x in items).encode()] if items else []
+    _LIST_JSON[key] = (items, parts)
+    return parts
+
+
+def _metadata_parts(metadata: TableMetadata) -> list[bytes]:
+    """`metadata_json` as UTF-8 chunks (v2/v3 metadata with snapshots only)."""
+    head = metadata.model_dump_json(exclude={"snapshots", "snapshot_log"}).encode()
+    uuid_ = str(metadata.table_uuid)
+    snaps = _array_parts((uuid_, "snapshots"), metadata.snapshots, _snapshot_json)
+    log = _array_parts((uuid_, "snapshot-log"), metadata.snapshot_log, _log_entry_json)
+    return [head[:-1], b',"snapshots":[', *snaps, b'],"snapshot-log":[', *log, b"]}"]
+
+
+def _spliceable(metadata: TableMetadata) -> bool:
+    return metadata.format_version != 1 and bool(metadata.snapshots)
 
 
 def metadata_json(metadata: TableMetadata) -> str:
@@ -257,13 +280,9 @@ def metadata_json(metadata: TableMetadata) -> str:
 
     The result parses to exactly the same JSON value as `metadata.model_dump_json()` (guard test).
     """
-    if metadata.format_version == 1 or not metadata.snapshots:
+    if not _spliceable(metadata):
         return metadata.model_dump_json()
-    head = metadata.model_dump_json(exclude={"snapshots", "snapshot_log"})
-    uuid_ = str(metadata.table_uuid)
-    snaps = _array_json((uuid_, "snapshots"), metadata.snapshots, _snapshot_json)
-    log = _array_json((uuid_, "snapshot-log"), metadata.snapshot_log, _log_entry_json)
-    return f'{head[:-1]},"snapshots":{snaps},"snapshot-log":{log}}}'
+    return b"".join(_metadata_parts(metadata)).decode()
 
 
 #: Snapshot-id index per snapshots list: (the list, {id: snapshot}); see `_snapshot_by_id`.
@@ -283,28 +302,40 @@ def _snapshot_by_id(self: Any, snapshot_id: int) -> Any:
         return next((s for s in snaps if s.snapshot_id == snapshot_id), None)
     entry = _SNAPSHOT_INDEX.get(id(snaps))
     if entry is None or entry[0] is not snaps:
+        index: dict[int, Any] | None = None
+        for prev, prev_index in list(_SNAPSHOT_INDEX.values()):
+            n = len(prev)
+            # A list that extends an indexed one (the usual append): copy that index (C speed).
+            if n and len(snaps) >= n and snaps[n - 1] is prev[-1] and snaps[0] is prev[0]:
+                if all(map(operator.is_, snaps[:n], prev)):
+                    index = dict(prev_index)
+                    index.update((s.snapshot_id, s) for s in snaps[n:])
+                    break
+        if index is None:
+            index = {s.snapshot_id: s for s in snaps}
         if len(_SNAPSHOT_INDEX) > 64:
             _SNAPSHOT_INDEX.clear()
-        entry = (snaps, {s.snapshot_id: s for s in snaps})
+        entry = (snaps, index)
         _SNAPSHOT_INDEX[id(snaps)] = entry
     return entry[1].get(snapshot_id)
 
 
 def _write_metadata(metadata: TableMetadata, io: Any, path: str) -> None:
     """`Catalog._write_metadata` (`ToOutputFile.table_metadata`) using `metadata_json`."""
-    from pyiceberg.serializers import Compressor
+    from pyiceberg.serializers import Compressor, ToOutputFile
     from pyiceberg.utils.config import Config
 
-    if Config().get_bool("legacy-current-snapshot-id"):
-        from pyiceberg.serializers import ToOutputFile
-
-        ToOutputFile.table_metadata(metadata, io.new_output(path))
-        return
     output_file = io.new_output(path)
-    data = metadata_json(metadata).encode("utf-8")
-    data = Compressor.get_compressor(output_file.location).bytes_compressor()(data)
+    if not _spliceable(metadata) or Config().get_bool("legacy-current-snapshot-id"):
+        ToOutputFile.table_metadata(metadata, output_file)
+        return
+    parts = _metadata_parts(metadata)
+    if path.endswith(".gz.metadata.json"):
+        compress = Compressor.get_compressor(output_file.location).bytes_compressor()
+        parts = [compress(b"".join(parts))]
     with output_file.create(overwrite=False) as stream:
-        stream.write(data)
+        for part in parts:
+            stream.write(part)
 
 
 def _sql_commit_table(
