@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
 from iceberg_lake.exceptions import ConfigError
 
@@ -27,6 +28,85 @@ DEFAULT_CONFIG_FILE = "lake.toml"
 CATALOG_SCHEMES = ("sqlite", "postgresql")
 WAREHOUSE_SCHEMES = ("file", "s3", "s3a")
 NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+#: What a redacted secret is shown as.
+REDACTED = "***"
+#: Query parameters whose values are secrets (matched case-insensitively as substrings).
+_SECRET_PARAMS = ("password", "passwd", "pwd", "secret", "token", "key", "credential", "sig")
+#: `scheme://userinfo@` anywhere in a text (an error message, a log line).
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<info>[^\s/@'\"<>]+)@")
+
+
+def redact_url(url: str) -> str:
+    """`url` with its credentials masked, for printing and logging.
+
+    `nats://user:pw@host:4222` becomes `nats://user:***@host:4222`; a bare userinfo (a NATS
+    token, `nats://s3cr3t@host`) becomes `***`; query parameters named like a secret
+    (`password`, `secret`, `token`, `key`, ...) are masked. Comma-separated lists (a NATS
+    cluster) are redacted element by element. Text that is not a URL is returned unchanged.
+
+    Args:
+        url: a URL, a comma-separated list of URLs, or any string.
+
+    Returns:
+        The same text without secrets.
+    """
+    if "," in url and "://" in url:
+        return ",".join(redact_url(part) for part in url.split(","))
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact(url)
+    if not parts.scheme or not parts.netloc:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        info, _, host = netloc.rpartition("@")
+        user, sep, _ = info.partition(":")
+        netloc = f"{user}:{REDACTED}@{host}" if sep else f"{REDACTED}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_is_secret_param(k) for k, _ in pairs):
+            query = urlencode(
+                [(k, REDACTED if _is_secret_param(k) else v) for k, v in pairs], safe="*"
+            )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact(text: str, settings: Settings | None = None) -> str:
+    """`text` (an error message, a log line) with every URL's credentials masked.
+
+    With `settings`, the literal values of its secrets (NATS password and token, S3 secret key,
+    the catalog URI's password) are masked too, wherever they appear.
+
+    Args:
+        text: any text.
+        settings: the settings whose secret values must not appear.
+
+    Returns:
+        The text without secrets.
+    """
+
+    def mask(match: re.Match[str]) -> str:
+        user, sep, _ = match.group("info").partition(":")
+        return (
+            f"{match.group('scheme')}{user}:{REDACTED}@"
+            if sep
+            else (f"{match.group('scheme')}{REDACTED}@")
+        )
+
+    out = _USERINFO.sub(mask, text)
+    if settings is not None:
+        for secret in settings.secret_values():
+            if len(secret) >= 3:  # masking "a" everywhere would mangle the message
+                out = out.replace(secret, REDACTED)
+    return out
+
+
+def _is_secret_param(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_PARAMS)
 
 
 @dataclass(frozen=True)
@@ -52,6 +132,8 @@ class Settings:
     nats_tls_ca: Path | None = None
     nats_tls_cert: Path | None = None
     nats_tls_key: Path | None = None
+    #: JetStream domain of the streams (leaf-node set-ups); empty = the server's own JetStream.
+    nats_domain: str | None = None
     bronze_batch_size: int = 1000
     bronze_batch_seconds: float = 5.0
     gold_batch_size: int = 500
@@ -66,6 +148,19 @@ class Settings:
     checkpoint_max_age_days: float = 30.0
     replay_pin_max_age_days: float = 90.0
     stream_duplicate_window_seconds: float = 120.0
+    #: Stream limits applied when the lake creates or updates its streams (0 = unlimited).
+    #: Messages older/beyond them are discarded by the server even if no writer stored them.
+    stream_max_age: float = 0.0
+    stream_max_bytes: int = 0
+    #: One active writer per consumer: a lease in a NATS KV bucket with this time to live.
+    #: A standby takes over at most this long after the active writer died.
+    writer_lease_seconds: float = 10.0
+    #: On SIGTERM, how long a failing commit may keep retrying before the process exits
+    #: non-zero without acking (the bus keeps the data).
+    shutdown_grace_seconds: float = 10.0
+    #: Bytes all pull requests of one process may have in flight together; keep it below the
+    #: NATS server's max_pending (64 MB by default) or the server drops the connection.
+    fetch_max_bytes: int = 32 * 1024 * 1024
     log_level: str = "INFO"
 
     @property
@@ -85,6 +180,30 @@ class Settings:
         if self.is_s3 or self.s3_endpoint:
             props["s3.region"] = self.s3_region
         return props
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold (for `redact`): passwords, tokens, keys."""
+        values = [self.nats_password, self.nats_token, self.s3_secret_key]
+        for url in (self.catalog_uri, *self.nats_url.split(",")):
+            try:
+                parsed = urlsplit(url.strip())
+            except ValueError:
+                continue
+            values.append(parsed.password)
+            if parsed.scheme in NATS_SCHEMES and not parsed.password:
+                values.append(parsed.username)  # `nats://TOKEN@host`
+        return [v for v in values if v]
+
+    def __repr__(self) -> str:
+        # URLs may carry credentials (`nats://user:pw@...`); secret fields have repr=False.
+        shown = []
+        for f in dataclasses.fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            text = repr(redact_url(value)) if isinstance(value, str) else repr(value)
+            shown.append(f"{f.name}={text}")
+        return f"Settings({', '.join(shown)})"
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A validated copy with some settings replaced (used by tests and `lake demo`)."""
@@ -188,9 +307,14 @@ def _validate(s: Settings) -> Settings:
         "checkpoint_max_age_days",
         "replay_pin_max_age_days",
         "stream_duplicate_window_seconds",
+        "writer_lease_seconds",
+        "fetch_max_bytes",
     ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{env_var(name)} must be positive, got {getattr(s, name)!r}")
+    for name in ("stream_max_age", "stream_max_bytes", "shutdown_grace_seconds"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{env_var(name)} must be 0 or more, got {getattr(s, name)!r}")
     if s.max_buffered_events < max(s.bronze_batch_size, s.gold_batch_size):
         raise ConfigError(
             f"{env_var('max_buffered_events')} must be at least the largest batch size"
@@ -198,6 +322,8 @@ def _validate(s: Settings) -> Settings:
 
     data_dir = s.data_dir.expanduser().absolute()
     changes["data_dir"] = data_dir
+    if not s.catalog_uri or not s.warehouse:
+        _check_data_dir(data_dir)  # the catalog file or the warehouse lives in it
 
     catalog_uri = s.catalog_uri or f"sqlite:///{data_dir / 'catalog.db'}"
     scheme = urlparse(catalog_uri).scheme
@@ -208,6 +334,7 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError(
             f"LAKE_CATALOG_URI has unsupported scheme '{scheme}' (use sqlite:/// or postgresql://)"
         )
+    _check_port(catalog_uri, "LAKE_CATALOG_URI")
     if base == "postgresql" and "+" not in catalog_uri.split("://", 1)[0]:
         catalog_uri = "postgresql+psycopg2" + catalog_uri[len("postgresql") :]
     changes["catalog_uri"] = catalog_uri
@@ -229,11 +356,18 @@ def _validate(s: Settings) -> Settings:
                 raise ConfigError(f"{env_var(name)} is required for an s3:// LAKE_WAREHOUSE")
     changes["warehouse"] = warehouse.rstrip("/")
 
-    if s.s3_endpoint and urlparse(s.s3_endpoint).scheme not in ("http", "https"):
-        raise ConfigError(f"LAKE_S3_ENDPOINT must be an http(s):// URL, got {s.s3_endpoint!r}")
+    if s.s3_endpoint:
+        if urlparse(s.s3_endpoint).scheme not in ("http", "https"):
+            raise ConfigError(
+                f"LAKE_S3_ENDPOINT must be an http(s):// URL, got {redact_url(s.s3_endpoint)!r}"
+            )
+        _check_port(s.s3_endpoint, "LAKE_S3_ENDPOINT")
     for url in s.nats_url.split(","):
         if urlparse(url.strip()).scheme not in NATS_SCHEMES:
-            raise ConfigError(f"LAKE_NATS_URL must be a nats:// or tls:// URL, got {url.strip()!r}")
+            raise ConfigError(
+                f"LAKE_NATS_URL must be a nats:// or tls:// URL, got {redact_url(url.strip())!r}"
+            )
+        _check_port(url.strip(), "LAKE_NATS_URL")
     if s.nats_creds is not None and not s.nats_creds.is_file():
         raise ConfigError(f"LAKE_NATS_CREDS points to {s.nats_creds}, which is not a file")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -242,3 +376,31 @@ def _validate(s: Settings) -> Settings:
         )
     changes["log_level"] = s.log_level.upper()
     return dataclasses.replace(s, **changes)
+
+
+def _check_port(url: str, variable: str) -> None:
+    """A URL's port, if any, must be a number in 1..65535 (else `ConfigError`, URL redacted)."""
+    try:
+        parsed = urlsplit(url)
+        port = parsed.port
+    except ValueError:
+        raise ConfigError(
+            f"{variable} has an invalid port (must be a number 1-65535): {redact_url(url)}"
+        ) from None
+    if port == 0:
+        raise ConfigError(f"{variable} has port 0: {redact_url(url)}")
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    """The data directory must be a directory we can write, or creatable (else `ConfigError`)."""
+    existing = data_dir
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a dangling link cannot be created through
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == data_dir else f" ({existing} is not a directory)"
+        raise ConfigError(f"LAKE_DATA_DIR={data_dir} is not a directory{where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == data_dir else f"cannot be created in {existing}"
+        raise ConfigError(f"LAKE_DATA_DIR={data_dir} {what} (permission denied)")

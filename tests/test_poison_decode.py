@@ -78,6 +78,25 @@ def test_one_bad_event_of_a_batched_message_rejects_only_that_event(table: str) 
         assert out.tables[table].table.num_rows == 3 * rows_per_good(table), case
 
 
+def test_a_rejected_event_keeps_the_fields_the_table_does_not_know() -> None:
+    good = make_event("bronze.futures_mbp10", 1)
+    book = {k: v for k, v in good.items() if "_px_" not in k and "_sz_" not in k}
+    cases = [
+        (decoder("bronze.futures_mbp10"), {**good, "venue": "X", "bid_px_1": -1.0}),
+        # Inference spreads `levels` into columns: on a copy, the dead letter keeps the list.
+        (_inferred(), {**book, "venue": "X", "levels": [{"bid_px": -1.0, "bid_sz": 1}]}),
+    ]
+    for dec, bad in cases:
+        out = dec.decode([enc([good, bad])], ["market.raw"], 1)
+        [(_, event, _, why, raw)] = out.rejected_events
+        assert event == 1 and "bid_px_1" in why and json.loads(raw) == bad, why
+
+
+def _inferred() -> InferredDecoder:
+    tables = [d for d in registry().ingest_tables() if d.namespace == "bronze"]
+    return InferredDecoder({d.schema_name: codec(d.identifier) for d in tables}, set())
+
+
 def test_ndjson_lines_are_isolated_and_keep_their_own_bytes() -> None:
     good = [enc(make_event("bronze.stocks_trades", i)) for i in range(3)]
     body = good[0] + b"\n" + b'{"price": oops}' + b"\n" + good[1] + b"\n" + good[2][:-5] + b"\n"

@@ -84,9 +84,7 @@ def test_replay_manifest_from_untagged_pins_survives_commits_expiry_and_orphan_r
     assert rewrite[0]["manifests_before"] > 2 and rewrite[0]["manifests_after"] == 1
     assert catalog.load_table(TRADES).scan().to_arrow().num_rows == rows_before == 215
     _cli(env, "maintain", "expire-snapshots", "--older-than", "0s")
-    # `--force` (required below 1h once the hardening of issue 11 lands) if this build has it.
-    force = ["--force"] if "--force" in _cli(env, "maintain", "remove-orphans", "--help") else []
-    _cli(env, "maintain", "remove-orphans", "--older-than", "0s", *force)
+    _cli(env, "maintain", "remove-orphans", "--older-than", "0s", "--force")
 
     table = catalog.load_table(TRADES)
     assert len(table.metadata.snapshots) <= 3, "the writer's snapshots were expired"

@@ -6,16 +6,32 @@ ends as one line on stderr and exit code 1, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 import click
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from iceberg_lake import __version__
-from iceberg_lake.cli import compact, dead_letters, demo, maintain, query, schema, serve, tables
+from iceberg_lake.cli import (
+    backtest,
+    check,
+    compact,
+    dead_letters,
+    demo,
+    engines,
+    load,
+    maintain,
+    query,
+    schema,
+    serve,
+    tables,
+)
 from iceberg_lake.cli.common import err_console
+from iceberg_lake.config import load_settings, redact
 from iceberg_lake.exceptions import LakeError
 
 
@@ -26,8 +42,19 @@ class LakeGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except LakeError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[red]error:[/red] {escape(_safe(exc))}", highlight=False, soft_wrap=True
+            )
             ctx.exit(1)
+
+
+def _safe(exc: LakeError) -> str:
+    """The error's message on one line, with every credential masked (last line of defence)."""
+    settings = None
+    with contextlib.suppress(Exception):  # the error may be the configuration itself
+        settings = load_settings()
+    text = " ".join(str(exc).split("\n")).strip() or type(exc).__name__
+    return redact(text, settings)
 
 
 app = typer.Typer(
@@ -62,7 +89,20 @@ def _root(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _module in (tables, serve, compact, query, schema, maintain, demo, dead_letters):
+for _module in (
+    tables,
+    serve,
+    load,
+    compact,
+    query,
+    backtest,
+    schema,
+    maintain,
+    check,
+    engines,
+    demo,
+    dead_letters,
+):
     _module.register(app)
 
 

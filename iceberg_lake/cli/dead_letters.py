@@ -63,6 +63,9 @@ def list_command(
     if output == OutputFormat.json:
         emit([d.as_dict() for d in shown], output)
         return
+    if not letters:
+        console.print("no dead letters", highlight=False)
+        return
     rows = [
         {
             "received": d.received_at.strftime("%Y-%m-%d %H:%M:%S"),

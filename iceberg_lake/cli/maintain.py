@@ -7,6 +7,7 @@ from typing import Any
 import typer
 
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit, open_catalog
+from iceberg_lake.exceptions import CommitConflictError
 from iceberg_lake.ops.maintenance import (
     TableMaintenance,
     maintained_tables,
@@ -14,6 +15,7 @@ from iceberg_lake.ops.maintenance import (
     parse_size,
     silver_sources,
 )
+from iceberg_lake.ops.maintenance import remove_orphans as orphan_removal
 
 maintain_app = typer.Typer(
     name="maintain",
@@ -75,12 +77,14 @@ def expire_snapshots(
     tables = maintained_tables(catalog, table)
     # Read Silver's source snapshots once, not once per Bronze table.
     sources = silver_sources(catalog) if any(t.startswith("bronze.") for t in tables) else {}
-    results = [
-        TableMaintenance(catalog, t, protected_snapshots=sources.get(t, set())).expire_snapshots(
-            age, retain_last=retain_last, dry_run=dry_run
-        )
-        for t in tables
-    ]
+    results, conflicts = [], []
+    for t in tables:
+        maint = TableMaintenance(catalog, t, protected_snapshots=sources.get(t, set()))
+        try:
+            results.append(maint.expire_snapshots(age, retain_last=retain_last, dry_run=dry_run))
+        except CommitConflictError as exc:
+            # Other tables still get expired; the conflict is reported once at the end.
+            conflicts.append(str(exc))
     rows = [r.as_dict() for r in results]
     if output == OutputFormat.text:
         for row in rows:
@@ -90,6 +94,9 @@ def expire_snapshots(
                 for f in files:
                     console.print(f"would delete {f}", highlight=False)
     _emit(rows, output, "expire-snapshots", lambda r: r["expired_snapshots"] > 0)
+    if conflicts:
+        more = f" (and {len(conflicts) - 1} more table(s))" if len(conflicts) > 1 else ""
+        raise CommitConflictError(conflicts[0] + more)
 
 
 @maintain_app.command("rewrite-manifests")
@@ -116,16 +123,26 @@ def remove_orphans(
     older_than: str = typer.Option(
         "1d", "--older-than", help="Only delete orphans last modified at least this long ago."
     ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Allow --older-than below 1h (files of in-flight commits at risk); "
+        "--dry-run needs no --force.",
+    ),
     dry_run: bool = DRY_RUN_OPTION,
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
-    """Delete files under a table's location that no metadata references."""
+    """Delete files under a table's location that no retained metadata references.
+
+    Safe during ingest: candidates are re-checked against freshly refreshed metadata of every
+    table right before deletion. Intervals below 1h are refused unless --force is given.
+    """
     age = parse_duration(older_than)
     catalog = open_catalog()
-    rows = [
-        TableMaintenance(catalog, t).remove_orphans(age, dry_run=dry_run).as_dict()
-        for t in maintained_tables(catalog, table)
-    ]
+    results = orphan_removal(
+        catalog, maintained_tables(catalog, table), age, dry_run=dry_run, force=force
+    )
+    rows = [r.as_dict() for r in results]
     if output == OutputFormat.text:
         for row in rows:
             for f in row.pop("files"):

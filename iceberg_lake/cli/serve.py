@@ -10,6 +10,7 @@ import typer
 
 from iceberg_lake.cli.common import err_console, settings
 from iceberg_lake.config import Settings
+from iceberg_lake.exceptions import LakeError
 
 
 def register(app: typer.Typer) -> None:
@@ -53,6 +54,8 @@ def register(app: typer.Typer) -> None:
         """Run the Bronze/Gold writers: JetStream in, Iceberg commits out."""
         from iceberg_lake.ingest.service import LakeService, resolve_targets
 
+        if metrics_port is not None and not 1 <= metrics_port <= 65535 - (workers - 1):
+            raise LakeError(f"--metrics-port must be a port number 1-65535, got {metrics_port}")
         s = settings()
         if workers > 1:
             raise typer.Exit(
@@ -70,7 +73,10 @@ def register(app: typer.Typer) -> None:
         if metrics_port is not None:
             from iceberg_lake.ops.metrics import serve_metrics
 
-            serve_metrics(metrics_port)
+            try:
+                serve_metrics(metrics_port)
+            except OSError as exc:
+                raise LakeError(f"cannot serve metrics on port {metrics_port}: {exc}") from None
             err_console.print(f"metrics on http://0.0.0.0:{metrics_port}/metrics", highlight=False)
         asyncio.run(service.run(stop_when_idle=until_idle, idle_seconds=idle_seconds))
 

@@ -23,7 +23,19 @@ from urllib.parse import urlsplit
 
 import duckdb
 
-__all__ = ["EXTENSIONS", "configure_s3", "connect", "extension_path"]
+__all__ = [
+    "EXTENSIONS",
+    "READ_ONLY_STATEMENTS",
+    "SandboxError",
+    "check_read_only",
+    "configure_s3",
+    "connect",
+    "extension_path",
+    "quote_ident",
+    "quote_str",
+    "sandbox",
+    "timestamptz_literal",
+]
 
 #: Extensions loaded by :func:`connect`, in load order (``iceberg`` needs ``avro``).
 EXTENSIONS: tuple[str, ...] = ("avro", "httpfs", "iceberg")
@@ -146,3 +158,67 @@ def configure_s3(
 def _sql_str(value: str) -> str:
     """Quote ``value`` as a SQL string literal."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def quote_ident(name: str) -> str:
+    """Quote ``name`` as a DuckDB identifier (``a"b`` → ``"a""b"``)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_str(value: str) -> str:
+    """Quote ``value`` as a DuckDB string literal (``it's`` → ``'it''s'``)."""
+    return _sql_str(value)
+
+
+def timestamptz_literal(us: int) -> str:
+    """A DuckDB ``TIMESTAMPTZ`` literal for Unix microseconds (exact, no float rounding)."""
+    from datetime import UTC, datetime, timedelta
+
+    value = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+    return f"TIMESTAMPTZ '{value.isoformat()}'"
+
+
+# ---- sandbox ----------------------------------------------------------------------------------
+
+#: Statement types a sandboxed query may run: reads only (`SHOW`, `DESCRIBE`, `SUMMARIZE`,
+#: `VALUES`, `FROM t` and `PRAGMA` table functions parse as SELECT).
+READ_ONLY_STATEMENTS: frozenset[duckdb.StatementType] = frozenset(
+    {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+)
+
+
+class SandboxError(ValueError):
+    """A statement a sandboxed connection refuses (the caller turns it into a lake error)."""
+
+
+def sandbox(con: duckdb.DuckDBPyConnection, allowed: list[str]) -> None:
+    """Turn off DuckDB's access to files, the network and extensions, except `allowed`.
+
+    After this the connection can read only below the `allowed` directories (local paths or
+    ``s3://bucket/prefix/`` URLs): ``read_csv('/etc/passwd')``, ``COPY … TO '/tmp/x'``,
+    ``ATTACH``, ``INSTALL``/``LOAD`` and ``glob`` elsewhere fail with a permission error, and the
+    configuration is locked so SQL cannot switch it back. Extensions, secrets and views created
+    before stay usable. Writing *into* an allowed directory is still possible at this level:
+    `check_read_only` refuses the statements that write.
+
+    Args:
+        con: the connection (extensions loaded, S3 secret created).
+        allowed: directories the connection may still read.
+    """
+    dirs = ", ".join(_sql_str(d if d.endswith("/") else d + "/") for d in allowed)
+    con.execute(f"SET allowed_directories = [{dirs}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse SQL that is not purely a read (`COPY`, `ATTACH`, `CREATE`, `SET`, `EXPORT`, …).
+
+    Raises:
+        SandboxError: a statement is not in `READ_ONLY_STATEMENTS`.
+        duckdb.Error: the SQL does not parse.
+    """
+    for statement in con.extract_statements(sql):
+        if statement.type not in READ_ONLY_STATEMENTS:
+            kind = statement.type.name.replace("_STATEMENT", "")
+            raise SandboxError(f"{kind} statements are not allowed in sandbox mode (reads only)")

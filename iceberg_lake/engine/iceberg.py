@@ -7,6 +7,8 @@ data files are written first (partition by partition, so memory stays bounded), 
 removes exactly the old files of the replaced partitions and adds the new ones.
 
 It is used by the Silver compactor and by small-file compaction (`lake maintain compact-files`).
+`expire_snapshot_ids` removes snapshots with a commit precondition (pyiceberg's expiry has none),
+for `lake maintain expire-snapshots`.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from __future__ import annotations
 import itertools
 import operator
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
+from pydantic import Field
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import AlwaysFalse, BooleanExpression, Or
 from pyiceberg.manifest import DataFile, ManifestContent, ManifestFile
@@ -27,6 +30,11 @@ from pyiceberg.table import Table, Transaction
 from pyiceberg.table.metadata import TableMetadata, TableMetadataUtil
 from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Operation
+from pyiceberg.table.update import (
+    AssertTableUUID,
+    RemoveSnapshotsUpdate,
+    ValidatableTableRequirement,
+)
 from pyiceberg.table.update.snapshot import _FastAppendFiles, _ManifestMergeManager
 
 from iceberg_lake.exceptions import CommitConflictError
@@ -54,6 +62,68 @@ def write_data_files(
             table.metadata, rows, table.io, write_uuid=write_uuid, counter=counter
         )
     )
+
+
+def write_partition_files(
+    table: Table,
+    partitions: list[pa.Table],
+    write_uuid: uuid.UUID,
+    counter: itertools.count[int] | None = None,
+) -> list[DataFile]:
+    """Write rows already split by partition as data files of `table` (not yet committed).
+
+    Each table in `partitions` must hold rows of ONE partition of the table's current spec (the
+    caller sorted and sliced them). pyiceberg's `_dataframe_to_data_files` would find the
+    partitions again by filtering the whole input once per partition; here the partition key is
+    read from each part's first row and every part goes straight to pyiceberg's `write_file`
+    (which writes the parts in its thread pool). Uses pyiceberg internals (`WriteTask`,
+    `write_file`, `bin_pack_arrow_table`, `pyarrow_to_schema`, `PartitionKey`): guarded by
+    `tests/engine/test_partition_files_guard.py`, which compares the result with `write_data_files`.
+    """
+    from pyiceberg.io.pyarrow import bin_pack_arrow_table, pyarrow_to_schema, write_file
+    from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
+    from pyiceberg.table import TableProperties, WriteTask
+    from pyiceberg.utils.properties import property_as_int
+
+    parts = [p for p in partitions if p.num_rows]
+    if not parts:
+        return []
+    metadata = table.metadata
+    spec, schema = metadata.spec(), metadata.schema()
+    counter = counter if counter is not None else itertools.count()
+    target_size = property_as_int(
+        metadata.properties,
+        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
+        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT,
+    )
+    task_schema = pyarrow_to_schema(
+        parts[0].schema, name_mapping=schema.name_mapping, format_version=metadata.format_version
+    )
+
+    def key_of(part: pa.Table) -> PartitionKey | None:
+        if spec.is_unpartitioned():
+            return None
+        values = []
+        for f in spec.fields:
+            source = schema.find_field(f.source_id)
+            name = schema.find_column_name(f.source_id)
+            first = part.column(name).slice(0, 1).combine_chunks()
+            value = f.transform.pyarrow_transform(source.field_type)(first)[0].as_py()
+            values.append(PartitionFieldValue(field=f, value=value))
+        return PartitionKey(field_values=values, partition_spec=spec, schema=schema)
+
+    tasks = (
+        WriteTask(
+            write_uuid=write_uuid,
+            task_id=next(counter),
+            record_batches=batches,
+            partition_key=key_of(part),
+            schema=task_schema,
+        )
+        for part in parts
+        for batches in bin_pack_arrow_table(part, target_size)
+    )
+    return list(write_file(io=table.io, table_metadata=metadata, tasks=tasks))
 
 
 @dataclass
@@ -536,25 +606,43 @@ class WatermarkedAppend:
         table: Table,
         watermark: Mapping[str, str],
         snapshot_properties: Mapping[str, str] | None = None,
+        expected: Mapping[str, str | None] | None = None,
     ) -> None:
         self.table = table
         self.watermark = dict(watermark)
         self.snapshot_properties = dict(snapshot_properties or {})
+        self.expected = dict(expected) if expected is not None else None
         self._chunks: list[pa.Table] = []
+        self._parts: list[pa.Table] = []
 
     def append(self, rows: pa.Table) -> WatermarkedAppend:
         """Add rows to the snapshot (written when the block exits)."""
         self._chunks.append(rows)
         return self
 
+    def append_partitions(self, parts: list[pa.Table]) -> WatermarkedAppend:
+        """Add rows already split by partition, one table per partition (see
+        `write_partition_files`): written without pyiceberg's per-partition filter passes."""
+        self._parts.extend(p for p in parts if p.num_rows)
+        return self
+
     def commit(self) -> int | None:
         """Commit now; returns the new current snapshot id (None if the table stays empty)."""
         with _FastAppendTransaction(self.table) as tx:
+            if self.expected is not None:  # fencing: see `require_properties`
+                require_properties(tx, self.expected)
             if self.watermark:
                 tx.set_properties(self.watermark)
             for rows in self._chunks:
                 tx.append(rows, snapshot_properties=self.snapshot_properties)
+            if self._parts:
+                with tx._append_snapshot_producer(self.snapshot_properties) as append_files:
+                    for f in write_partition_files(
+                        self.table, self._parts, append_files.commit_uuid
+                    ):
+                        append_files.append_data_file(f)
         self._chunks = []
+        self._parts = []
         snapshot = self.table.current_snapshot()
         return snapshot.snapshot_id if snapshot else None
 
@@ -571,8 +659,13 @@ def watermarked_append(
     *,
     watermark: Mapping[str, str],
     snapshot_properties: Mapping[str, str] | None = None,
+    expected: Mapping[str, str | None] | None = None,
 ) -> WatermarkedAppend:
     """Append rows and set `watermark` properties in one fast-append commit.
+
+    `expected` (optional): property values the table must still have at commit time (None =
+    absent), a compare-and-swap that fences a stale writer (`require_properties`); a mismatch
+    raises `ValidationException` and nothing is committed.
 
     Usage::
 
@@ -583,7 +676,7 @@ def watermarked_append(
     metadata updates; no manifest merge). Raises what pyiceberg raises on commit
     (`CommitFailedException` on a conflict): the caller retries on a refreshed table.
     """
-    return WatermarkedAppend(table, watermark, snapshot_properties)
+    return WatermarkedAppend(table, watermark, snapshot_properties, expected)
 
 
 def rewrite_manifests(table: Table, snapshot_properties: Mapping[str, str]) -> int | None:
@@ -622,3 +715,110 @@ def rewrite_manifests(table: Table, snapshot_properties: Mapping[str, str]) -> i
 
 
 install_commit_fixes()
+
+
+# ---- snapshot expiry with a precondition ------------------------------------------------------
+
+
+class AssertExpirable(ValidatableTableRequirement):
+    """Commit precondition: every snapshot to remove still exists and no branch or tag points at it.
+
+    pyiceberg's own `ExpireSnapshots` commits with no requirement at all, so against metadata
+    that moved meanwhile it either fails with a bare `ValueError` (a concurrent expiry removed
+    a snapshot first) or silently drops a tag created meanwhile on an expired snapshot. The SQL
+    catalog validates requirements against the current metadata inside its compare-and-swap,
+    so this turns both cases into a `CommitFailedException` the caller can retry.
+    """
+
+    type: Literal["lake-assert-expirable"] = Field(default="lake-assert-expirable")
+    snapshot_ids: list[int] = Field(default_factory=list)
+
+    def validate(self, base_metadata: TableMetadata | None) -> None:  # type: ignore[override]
+        """Raise `CommitFailedException` if a snapshot is gone or now referenced by a ref."""
+        if base_metadata is None:
+            raise CommitFailedException("Requirement failed: current table metadata is missing")
+        existing = {s.snapshot_id for s in base_metadata.snapshots}
+        gone = [i for i in self.snapshot_ids if i not in existing]
+        if gone:
+            raise CommitFailedException(
+                f"Requirement failed: snapshot {gone[0]} was expired concurrently"
+            )
+        wanted = set(self.snapshot_ids)
+        for name, ref in base_metadata.refs.items():
+            if ref.snapshot_id in wanted:
+                raise CommitFailedException(
+                    f"Requirement failed: {name} now points at snapshot {ref.snapshot_id}"
+                )
+
+
+def expire_snapshot_ids(table: Table, snapshot_ids: Iterable[int]) -> None:
+    """Remove snapshots from the table's metadata in one commit, if they are still expirable.
+
+    Deletes no files. Concurrent appends do not conflict (the removal applies to whatever the
+    current metadata is); a concurrent expiry of one of the snapshots, or a branch/tag now
+    pointing at one, does. On success `table` is refreshed.
+
+    Args:
+        table: the table (may be stale).
+        snapshot_ids: the snapshots to remove.
+
+    Raises:
+        CommitFailedException: a concurrent commit made the removal invalid, or lost the
+            catalog's compare-and-swap; refresh, recompute and retry.
+    """
+    ids = sorted(set(snapshot_ids))
+    if not ids:
+        return
+    requirements = (
+        AssertTableUUID(uuid=table.metadata.table_uuid),
+        AssertExpirable(snapshot_ids=ids),
+    )
+    # (pydantic aliases and the closed union of requirement types confuse mypy here)
+    updates = (RemoveSnapshotsUpdate(snapshot_ids=ids),)  # type: ignore[call-arg]
+    try:
+        table.catalog.commit_table(table, requirements, updates)  # type: ignore[arg-type]
+    except ValueError as exc:
+        # Defensive: a catalog that applies the updates without validating requirements.
+        if "does not exist" not in str(exc):
+            raise
+        raise CommitFailedException(f"snapshot expired concurrently: {exc}") from None
+    table.refresh()
+
+
+# ---- compare-and-swap of table properties (writer fencing) --------------------------------------
+
+
+class AssertProperties(ValidatableTableRequirement):
+    """Commit requirement: table properties still hold the values this writer last saw.
+
+    Iceberg has no such requirement type; this one is checked where the built-in ones are, by
+    the catalog against the *current* metadata at commit time and again on every pyiceberg
+    conflict retry (which re-applies the staged property update on a refreshed base, so without
+    it a stale writer would overwrite another writer's watermark). A mismatch raises pyiceberg's
+    `ValidationException`, which the retry loop does not retry and after which it deletes the
+    attempt's files. Works with catalogs that validate requirements in-process (SQL catalog);
+    a REST catalog would reject the unknown type. Guard test: `tests/test_engine_fencing.py`.
+    """
+
+    type: Literal["lake-assert-properties"] = Field(default="lake-assert-properties")
+    expected: dict[str, str | None]
+
+    def validate(self, base_metadata: TableMetadata | None) -> None:  # type: ignore[override]
+        """Raise `ValidationException` unless every expected property has its value."""
+        if base_metadata is None:
+            raise ValidationException("table metadata is missing")
+        props = base_metadata.properties
+        for key, value in self.expected.items():
+            if props.get(key) != value:
+                raise ValidationException(
+                    f"property {key} is {props.get(key)!r}, this writer expected {value!r}"
+                )
+
+
+def require_properties(tx: Transaction, expected: dict[str, str | None]) -> None:
+    """Make the commit of `tx` fail unless the table properties equal `expected` at commit time.
+
+    `None` means "absent". Raises `ValidationException` at once if they already differ, or from
+    the commit. Uses the transaction's private `_stage` (the only way to add a requirement).
+    """
+    tx._stage((), (AssertProperties(expected=expected),))  # type: ignore[arg-type]

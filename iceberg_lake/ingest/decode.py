@@ -159,18 +159,22 @@ def check_values(obj: Any, where: str = "$") -> None:
 
 
 def check_depth(obj: Any) -> None:
-    """Refuse nesting deeper than `MAX_DEPTH` (containers only: cheap for flat events).
+    """Refuse nesting deeper than `MAX_DEPTH` (level by level, containers only).
 
     Raises:
         MessageError: too deep.
     """
-    stack = [(obj, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
+    level = [obj]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH + 1:
             raise MessageError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels")
-        children = value.values() if isinstance(value, dict) else value
-        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
+        nxt: list[Any] = []
+        for v in level:
+            children = v.values() if type(v) is dict else v
+            nxt += [c for c in children if type(c) is dict or type(c) is list]
+        level = nxt
 
 
 def _check_string(value: str, path: str) -> None:
@@ -180,10 +184,13 @@ def _check_string(value: str, path: str) -> None:
         raise MessageError(f"{path}: string is not valid UTF-8 (lone surrogate)") from None
 
 
-def _checked(obj: Any, fallback: bool) -> Any:
+def _checked(obj: Any, fallback: bool, body: bytes = b"") -> Any:
     if fallback:
         check_values(obj)
-    elif isinstance(obj, (dict, list)):
+    elif isinstance(obj, (dict, list)) and (
+        # Nesting is at most the number of openers: most messages skip the walk.
+        not body or body.count(b"{") + body.count(b"[") > MAX_DEPTH
+    ):
         check_depth(obj)
     return obj
 
@@ -227,9 +234,9 @@ class SplitMessage:
             return self.data
 
 
-def _item_or_error(obj: Any, fallback: bool) -> Any:
+def _item_or_error(obj: Any, fallback: bool, body: bytes = b"") -> Any:
     try:
-        return _checked(obj, fallback)
+        return _checked(obj, fallback, body)
     except MessageError as exc:
         exc.item = obj  # type: ignore[attr-defined]  # for the dead letter's bytes
         return exc
@@ -250,7 +257,7 @@ def split_message(data: bytes) -> SplitMessage:
         items: list[Any] = []
         for line in lines:
             try:
-                items.append(_item_or_error(*parse_json(line)))
+                items.append(_item_or_error(*parse_json(line), line))
             except MessageError as exc:
                 if not items and len(lines) > 1:
                     # Maybe one pretty-printed object rather than NDJSON.
@@ -259,15 +266,17 @@ def split_message(data: bytes) -> SplitMessage:
                     except MessageError:
                         pass
                     else:
-                        return SplitMessage(data, [_checked(*whole)], False, None)
+                        return SplitMessage(data, [_checked(*whole, body)], False, None)
                 items.append(exc)
         return SplitMessage(data, items, True, lines)
     obj, fallback = parse_json(body)
     if isinstance(obj, list):
         if not obj:
             raise MessageError("empty batch: the message is an empty JSON array")
+        if not fallback and body.count(b"{") + body.count(b"[") <= MAX_DEPTH + 1:
+            return SplitMessage(data, obj, True, None)  # nothing to check: shallow, msgspec
         return SplitMessage(data, [_item_or_error(x, fallback) for x in obj], True, None)
-    return SplitMessage(data, [_checked(obj, fallback)], False, None)
+    return SplitMessage(data, [_checked(obj, fallback, body)], False, None)
 
 
 class EventBytes:
@@ -328,7 +337,7 @@ class ColumnRule:
         return " and ".join(parts)
 
 
-_INT_TYPES = {IntegerType: "int32", LongType: "int64"}
+_INT_TYPES: dict[type, str] = {IntegerType: "int32", LongType: "int64"}
 
 
 def column_rule(name: str, t: IcebergType, declared: ColumnDefinition | None) -> ColumnRule:
@@ -455,10 +464,6 @@ class Pending:
             start += count
         return out
 
-    def merge_unknown(self, unknown: dict[str, int]) -> None:
-        for k, v in unknown.items():
-            self.unknown[k] = self.unknown.get(k, 0) + v
-
 
 class TableCodec:
     """Decoder and validator for one table, built from its live Iceberg schema.
@@ -494,7 +499,7 @@ class TableCodec:
         }
         self.defaults = {n: r.default for n, r in self.rules.items() if r.default is not None}
         self.has_recv = "ts_recv_ns" in self.column_names
-        self.has_derived_ts = schema._name_to_id.get(DERIVED_TS) is not None
+        self.has_derived_ts = any(f.name == DERIVED_TS for f in schema.fields)
         col_fields = [
             (f.name, _python_type(f.field_type, self.rules[f.name]) | None, None)
             for f in self.columns
@@ -523,7 +528,8 @@ class TableCodec:
             f"Event_{identifier.replace('.', '_')}", env_fields, forbid_unknown_fields=True
         )
         self.allowed = names | set(ENVELOPE_FIELDS)
-        self._one = msgspec.json.Decoder(self.event_type | list[self.event_type])  # type: ignore[operator]
+        self._column_set = names
+        self._one = msgspec.json.Decoder(self.event_type | list[self.event_type])  # type: ignore[operator,name-defined]
         self._many = msgspec.json.Decoder(list[self.event_type])  # type: ignore[name-defined]
         self._column_getters = [attrgetter(n) for n in self.column_names]
         self._payload_attr = attrgetter("payload")
@@ -591,10 +597,13 @@ class TableCodec:
         """
         if not isinstance(item, dict):
             raise MessageError(f"expected a JSON object, got {_json_type(item)}")
-        self._strip_unknown(item, unknown)
+        # Copies, not edits: a rejected event of a batch is dead-lettered as it was sent.
+        item = self._strip_unknown(item, unknown)
         payload = item.get("payload")
         if isinstance(payload, dict):
-            self._strip_unknown(payload, unknown, envelope=False)
+            stripped = self._strip_unknown(payload, unknown, envelope=False)
+            if stripped is not payload:
+                item = {**item, "payload": stripped}
         try:
             return msgspec.convert(item, self.event_type)
         except msgspec.ValidationError as exc:
@@ -614,11 +623,15 @@ class TableCodec:
 
     def _strip_unknown(
         self, item: dict[str, Any], unknown: dict[str, int], envelope: bool = True
-    ) -> None:
-        allowed = self.allowed if envelope else set(self.column_names)
-        for key in [k for k in item if k not in allowed]:
-            del item[key]
+    ) -> dict[str, Any]:
+        """`item` without the fields the table does not know (a copy if any), counted."""
+        allowed = self.allowed if envelope else self._column_set
+        extra = [k for k in item if k not in allowed]
+        if not extra:
+            return item
+        for key in extra:
             unknown[key] = unknown.get(key, 0) + 1
+        return {k: v for k, v in item.items() if k in allowed}
 
     def decode(self, bodies: Sequence[bytes], recv_ns: int | None = None) -> DecodedBatch:
         """Decode and validate a batch of message bodies. Never raises.
@@ -786,13 +799,13 @@ class TableCodec:
             target = self.arrow_schema.field(name).type
             if name == "ts_recv_ns":
                 values = [recv_ns if v is None else v for v in values]
-            elif name in self.defaults and values.count(None):
-                default = self.defaults[name]
-                values = [default if v is None else v for v in values]
             try:
-                arrays[name] = pa.array(values, type=target)
+                arr = pa.array(values, type=target)
             except Exception:  # a value Arrow cannot hold: find it, reject its row
-                arrays[name] = _array_isolating(name, values, target, bad)
+                arr = _array_isolating(name, values, target, bad)
+            if arr.null_count and name in self.defaults:
+                arr = pc.fill_null(arr, pa.scalar(self.defaults[name], target))
+            arrays[name] = arr
         for name in self.required:
             arr = arrays[name]
             if arr.null_count:
@@ -834,11 +847,14 @@ class TableCodec:
             ts = arrays["ts_event_ns"]
             ok = pc.and_(pc.greater_equal(ts, MIN_TS_NS), pc.less(ts, MAX_TS_NS))
             self._flag(ts, ok, bad, "ts_event_ns is not a plausible Unix time in nanoseconds")
-        pk_type = arrays[self.partition_key].type if self.partition_key in arrays else None
-        if pk_type is not None and (
-            pa.types.is_string(pk_type) or pa.types.is_large_string(pk_type)
+        pk = self.partition_key
+        pk_type = arrays[pk].type if pk is not None and pk in arrays else None
+        if (
+            pk is not None
+            and pk_type is not None
+            and (pa.types.is_string(pk_type) or pa.types.is_large_string(pk_type))
         ):
-            key = arrays[self.partition_key]
+            key = arrays[pk]
             # Checked on the distinct values (a fetch holds few symbols), rows only on failure.
             distinct = pc.unique(key)
             size = pc.binary_length(distinct)
@@ -847,7 +863,7 @@ class TableCodec:
                 pc.invert(pc.match_substring_regex(distinct, _CONTROL_CHARS)),
             )
             if not pc.all(pc.fill_null(clean, True)).as_py():
-                name = self.partition_key
+                name = pk
                 self._flag(key, pc.greater(pc.utf8_length(key), 0), bad, f"{name} is empty")
                 self._flag(
                     key,

@@ -9,7 +9,8 @@ appends the ones that now pass to their table.
 Exactly once: a dead letter is named by `(stream, stream_seq, event_index)`. The ids re-driven
 into a table are recorded in its property `lake.redriven.<stream>` in the SAME transaction as the
 append (and in the snapshot summary, for the audit trail); a replay skips every id recorded in
-any table, and a commit that lost a race re-reads the property before retrying. A dead letter
+any table, and a commit that lost a race re-reads the property before retrying. Replays hold
+the catalog's migration lock while committing, so two of them never interleave. A dead letter
 whose events do not all pass stays where it is (nothing partial). The quarantine table itself
 is never changed: its rows are the history of what was rejected and why.
 """
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +32,7 @@ from pyiceberg.table import Table
 
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.exceptions import LakeError
+from iceberg_lake.exceptions import LakeError, MigrationError
 from iceberg_lake.ingest.decode import TableCodec, conform
 from iceberg_lake.ingest.routing import (
     UNROUTED,
@@ -39,12 +41,15 @@ from iceberg_lake.ingest.routing import (
     GoldDecoder,
     InferredDecoder,
 )
+from iceberg_lake.schema.migrations import MigrationLedger
 from iceberg_lake.tables import BRONZE, DEAD_LETTERS_TABLE, GOLD
 
 log = logging.getLogger(__name__)
 
 #: Attempts of one re-drive commit that keeps losing to concurrent commits.
 COMMIT_ATTEMPTS = 10
+#: How long a replay waits for another replay (or a migration) to finish.
+LOCK_TIMEOUT_SECONDS = 120.0
 
 
 # ---- id sets ------------------------------------------------------------------------------------
@@ -318,16 +323,40 @@ class Redriver:
             for tid, rows in tables.items():
                 todo.setdefault(tid, []).append((letter, rows))
                 report.outcomes.append(RedriveOutcome(letter, status, tid, rows.num_rows))
-        if dry_run:
+        if dry_run or not todo:
             return report
-        for tid, items in todo.items():
-            snapshot, skipped = self._commit(tid, items)
-            if snapshot is not None:
-                report.snapshots[tid] = snapshot
-            for o in report.outcomes:
-                if o.table == tid and o.letter.id in skipped:
-                    o.status, o.rows = "already-redriven", 0
+        with self._lock():
+            for tid, items in todo.items():
+                snapshot, skipped = self._commit(tid, items)
+                if snapshot is not None:
+                    report.snapshots[tid] = snapshot
+                for o in report.outcomes:
+                    if o.table == tid and o.letter.id in skipped:
+                        o.status, o.rows = "already-redriven", 0
         return report
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Serialize replays (and migrations) on this catalog.
+
+        A replay commit that loses a race is rebased and re-applied by pyiceberg with the ids it
+        read before: two replays of the same dead letters would both append them. Holding the
+        catalog's migration lock around the commits rules that out (a migration changing a
+        schema under a replay's decoded rows would fail its append anyway). Writers do not take
+        it: they never touch the re-drive property.
+        """
+        settings = self.catalog.settings
+        ledger = MigrationLedger(settings.catalog_uri, settings.catalog_name)
+        try:
+            with ledger.lock(LOCK_TIMEOUT_SECONDS):
+                yield
+        except MigrationError as exc:
+            raise LakeError(
+                "another `lake dead-letters replay` or `lake migrate up` is running; "
+                f"try again when it has finished ({exc})"
+            ) from None
+        finally:
+            ledger.close()
 
     def _commit(
         self, tid: str, items: list[tuple[StoredDeadLetter, pa.Table]]

@@ -163,9 +163,15 @@ def infer_schema_name(event: dict[str, Any]) -> str | None:
     return None
 
 
-def _mbp10_levels(event: dict[str, Any]) -> None:
-    """Spread an MBP-10 `levels` list (`[{bid_px, bid_sz, ask_px, ask_sz}, ...]`) into columns."""
-    target = event["payload"] if isinstance(event.get("payload"), dict) else event
+def _mbp10_levels(event: Any) -> Any:
+    """Spread an MBP-10 `levels` list (`[{bid_px, bid_sz, ask_px, ask_sz}, ...]`) into columns.
+
+    Returns a copy (the event as sent stays intact for its dead letter).
+    """
+    if not isinstance(event, dict):
+        return event
+    nested = isinstance(event.get("payload"), dict)
+    target = dict(event["payload"] if nested else event)
     levels = target.pop("levels", None)
     if isinstance(levels, list):
         for n, level in enumerate(levels[:10], start=1):
@@ -173,6 +179,7 @@ def _mbp10_levels(event: dict[str, Any]) -> None:
                 for k in ("bid_px", "bid_sz", "ask_px", "ask_sz"):
                     if k in level:
                         target[f"{k}_{n}"] = level[k]
+    return {**event, "payload": target} if nested else target
 
 
 class InferredDecoder:
@@ -213,7 +220,7 @@ class InferredDecoder:
             if not split.batch:
                 try:
                     if schema == "futures.mbp10":
-                        _mbp10_levels(first)
+                        first = _mbp10_levels(first)
                     event = codec.convert_one(first, pending.unknown)
                 except Exception as exc:
                     pending.rejected.append((i, _reason(exc)))
@@ -226,8 +233,8 @@ class InferredDecoder:
                 try:
                     if isinstance(item, MessageError):
                         raise item
-                    if isinstance(item, dict) and schema == "futures.mbp10":
-                        _mbp10_levels(item)
+                    if schema == "futures.mbp10":
+                        item = _mbp10_levels(item)
                     events.append(codec.convert_one(item, pending.unknown))
                     ids.append(n)
                 except Exception as exc:

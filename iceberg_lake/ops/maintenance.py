@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import re
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,7 +42,9 @@ from pyiceberg.io.pyarrow import ArrowScan, PyArrowFileIO, schema_to_pyarrow
 from pyiceberg.manifest import ManifestFile
 from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
+from pyiceberg.serializers import FromInputFile
 from pyiceberg.table import FileScanTask, Table
+from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot, ancestors_of
 from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform
@@ -49,6 +53,7 @@ from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine.iceberg import (
     PartitionReplacement,
+    expire_snapshot_ids,
     rewrite_manifests,
     write_data_files,
 )
@@ -65,6 +70,8 @@ _US_PER_HOUR = 3_600_000_000
 _US_PER_DAY = 24 * _US_PER_HOUR
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SILVER_PREFIX = "silver."
+#: `expire_snapshots` recomputes and retries this often when concurrent commits invalidate it.
+EXPIRE_ATTEMPTS = 5
 
 
 # ---- argument parsing (shared with the CLI) --------------------------------------------------
@@ -375,8 +382,30 @@ class TableMaintenance:
             The expired snapshot ids, the protected ones, and the deleted files.
 
         Raises:
-            CommitConflictError: a concurrent commit won; nothing was deleted, retry.
+            CommitConflictError: concurrent commits kept invalidating the expiry (a snapshot
+                expired or tagged meanwhile) for `EXPIRE_ATTEMPTS` attempts, each recomputed
+                from refreshed metadata; nothing was deleted.
         """
+        last: CommitConflictError | None = None
+        for attempt in range(EXPIRE_ATTEMPTS):
+            if attempt:
+                # Back off with jitter: the concurrent committer (usually a writer expiring its
+                # own retention window) is done within milliseconds.
+                time.sleep(min(1.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+            try:
+                return self._expire_snapshots_once(older_than, retain_last, now, dry_run)
+            except CommitConflictError as exc:
+                last = exc
+                log.info("expire-snapshots %s: %s; retrying", self.table_id, exc)
+        raise CommitConflictError(
+            f"{self.table_id}: concurrent commits kept changing the snapshots while expiring "
+            f"({EXPIRE_ATTEMPTS} attempts, last: {last}); nothing was deleted, run it again"
+        )
+
+    def _expire_snapshots_once(
+        self, older_than: timedelta | None, retain_last: int, now: datetime | None, dry_run: bool
+    ) -> ExpiryResult:
+        """One attempt of `expire_snapshots` on freshly refreshed metadata."""
         table = self._refresh()
         policy = ExpiryPolicy.for_table(
             self.catalog.settings, self.table_id, window=older_than, retain_last=retain_last
@@ -391,10 +420,8 @@ class TableMaintenance:
                 try:
                     policy.maintain_refs(table, self.table_id, sources, moment)
                 except CommitFailedException as exc:
-                    table.refresh()
-                    raise CommitConflictError(
-                        f"{self.table_id}: concurrent commit while updating refs; retry ({exc})"
-                    ) from exc
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else "conflict"
+                    raise CommitConflictError(f"updating refs: {first}") from None
         expired, kept_old = policy.select(table, extra, moment)
         if not expired:
             return ExpiryResult(self.table_id, [], kept_old, [], dry_run)
@@ -414,12 +441,10 @@ class TableMaintenance:
 
         with catalog_errors(f"expiring snapshots of {self.table_id}"):
             try:
-                table.maintenance.expire_snapshots().by_ids(expired).commit()
+                expire_snapshot_ids(table, expired)
             except CommitFailedException as exc:
-                table.refresh()
-                raise CommitConflictError(
-                    f"{self.table_id}: concurrent commit while expiring snapshots; retry ({exc})"
-                ) from exc
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "conflict"
+                raise CommitConflictError(reason) from None
         # Compute what is still needed from the committed metadata, so snapshots that a
         # concurrent writer added meanwhile are accounted for.
         table = self._refresh()
@@ -485,44 +510,261 @@ class TableMaintenance:
         *,
         now: datetime | None = None,
         dry_run: bool = False,
+        force: bool = False,
     ) -> OrphanResult:
-        """Delete files under the table's location that no metadata references.
+        """Delete files under the table's location that no retained metadata references.
 
-        Referenced files: every snapshot's manifest list, manifests and data/delete files (live
-        or deleted entries), the current and logged metadata files, statistics files. Files
-        modified less than `older_than` ago are kept, since a writer may be about to commit them.
-
+        See `remove_orphans` (the module function) for the rules; this runs it for one table.
         Produces no snapshot and no metadata change. Idempotent.
 
         Args:
             older_than: only delete orphans last modified at least this long ago.
             now: the reference time (default: the current time).
             dry_run: only list the orphans.
+            force: allow `older_than` below `MIN_ORPHAN_AGE`.
 
         Returns:
             The orphans deleted (or found, with `dry_run`).
+
+        Raises:
+            LakeError: `older_than` is below one hour without `force`, or a table's current
+                metadata cannot be read (nothing is deleted then).
         """
-        table = self._refresh()
-        referenced = _Reachability(table).all_referenced(table)
-        io = _listing_io(table)
-        cutoff = (now or datetime.now(UTC)) - older_than
-        orphans: list[str] = []
-        size = scanned = recent = 0
-        for path, mtime, nbytes in _list_files(io, table.location()):
-            scanned += 1
+        (result,) = remove_orphans(
+            self.catalog, [self.table_id], older_than, now=now, dry_run=dry_run, force=force
+        )
+        return result
+
+
+# ---- remove-orphans ----------------------------------------------------------------------------
+
+#: Below this age `remove_orphans` needs `force`: a writer may have written a file and not yet
+#: committed it (Iceberg's own procedure refuses anything under a day).
+MIN_ORPHAN_AGE = timedelta(hours=1)
+#: Files written this shortly before the final re-check are always kept, whatever `older_than`
+#: says: an ordinary commit in flight at that moment (files written, catalog swap pending) lands
+#: well within it. Commits that keep retrying for longer are what `MIN_ORPHAN_AGE` protects.
+COMMIT_GRACE = timedelta(seconds=30)
+_METADATA_VERSION = re.compile(r"^(\d+)-.*\.metadata\.json$")
+
+
+def remove_orphans(
+    catalog: LakeCatalog,
+    tables: Iterable[str],
+    older_than: timedelta = timedelta(days=1),
+    *,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+) -> list[OrphanResult]:
+    """Delete files under the tables' locations that no retained metadata of any table references.
+
+    Safe while writers commit (DESIGN.md guarantee 7):
+
+    1. The age cutoff (`now - older_than`) is fixed before any metadata is read.
+    2. Each table's location is listed.
+    3. The referenced set is computed afterwards, from freshly refreshed metadata of *every*
+       table in the catalog database, any namespace (a location may hold another table's
+       files): every retained metadata file (current and metadata log), and everything each of
+       them reaches — manifest lists, manifests, data and delete files (live or deleted
+       entries), statistics files.
+    4. Right before deleting, every table is refreshed again and the candidates are re-checked
+       against that metadata; files written within `COMMIT_GRACE` of that moment and metadata
+       files newer than the table's current version (a commit in flight) are kept.
+
+    Produces no snapshot and no metadata change. Idempotent.
+
+    Args:
+        catalog: the lake catalog.
+        tables: the tables whose locations are cleaned.
+        older_than: only delete orphans last modified at least this long ago.
+        now: the reference time (default: the current time).
+        dry_run: only list the orphans.
+        force: allow `older_than` below `MIN_ORPHAN_AGE` (for deletion; a dry run needs none).
+
+    Returns:
+        One result per table, in the order given.
+
+    Raises:
+        LakeError: `older_than` is below `MIN_ORPHAN_AGE` without `force`, a listing or delete
+            failed, or some table's current snapshot cannot be read (then nothing is deleted).
+    """
+    if older_than < MIN_ORPHAN_AGE and not force and not dry_run:
+        raise LakeError(
+            f"--older-than {_duration_text(older_than)} is below 1h: files of commits in flight "
+            "could be deleted; pass --force to remove them anyway"
+        )
+    real_start = datetime.now(UTC)
+    start = now or real_start
+    clock_offset = start - real_start  # `now` shifts the grace check as well (tests, dry runs)
+    cutoff = start - older_than  # fixed before any metadata is read
+    ids = list(tables)
+    refs = _CatalogReferences(catalog)
+    listings: dict[str, list[tuple[str, datetime | None, int]]] = {}
+    ios: dict[str, PyArrowFileIO] = {}
+    for ident in ids:
+        table = refs.table(ident)
+        ios[ident] = _listing_io(table)
+        listings[ident] = _list_files(ios[ident], table.location())
+    referenced, _ = refs.collect()
+    candidates: dict[str, list[tuple[str, int]]] = {}
+    kept: dict[str, int] = {}
+    for ident in ids:
+        candidates[ident], kept[ident] = [], 0
+        for path, mtime, nbytes in listings[ident]:
             if _norm(path) in referenced:
                 continue
-            if mtime is not None and mtime > cutoff:
-                recent += 1
+            # Without a modification time a file's age is unknown: keep it.
+            if mtime is None or mtime > cutoff:
+                kept[ident] += 1
+                continue
+            candidates[ident].append((path, nbytes))
+
+    # Re-check right before deleting, against metadata refreshed now.
+    mtimes = {p: m for ident in ids for p, m, _ in listings[ident]}
+    referenced, versions = refs.collect()
+    settled = datetime.now(UTC) + clock_offset - COMMIT_GRACE
+    results = []
+    for ident in ids:
+        orphans, size = [], 0
+        for path, nbytes in candidates[ident]:
+            mtime = mtimes[path]
+            if _norm(path) in referenced:
+                continue
+            if mtime is None or mtime > settled or _in_flight_metadata(path, versions):
+                kept[ident] += 1
                 continue
             orphans.append(path)
             size += nbytes
         if not dry_run:
             for path in orphans:
-                _delete(io, path)
+                _delete(ios[ident], path)
             if orphans:
-                log.info("remove-orphans %s: %d files", self.table_id, len(orphans))
-        return OrphanResult(self.table_id, sorted(orphans), size, scanned, dry_run, recent)
+                log.info("remove-orphans %s: %d files", ident, len(orphans))
+        results.append(
+            OrphanResult(ident, sorted(orphans), size, len(listings[ident]), dry_run, kept[ident])
+        )
+    return results
+
+
+def _duration_text(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    return f"{seconds:g}s" if seconds < 60 else f"{seconds / 60:g}m"
+
+
+def _in_flight_metadata(path: str, versions: dict[str, int]) -> bool:
+    """A `NNNNN-….metadata.json` newer than its table's current version: a commit in flight."""
+    directory, _, name = _norm(path).rpartition("/")
+    match = _METADATA_VERSION.match(name)
+    if match is None:
+        return False
+    current = versions.get(directory)
+    return current is None or int(match.group(1)) > current
+
+
+class _CatalogReferences:
+    """Everything any retained metadata of any catalog table references (normalised paths).
+
+    Metadata files, manifest lists and manifests are immutable, so what was read once is cached
+    across `collect()` calls; each call refreshes every table first.
+    """
+
+    def __init__(self, catalog: LakeCatalog) -> None:
+        self.catalog = catalog
+        self._tables: dict[str, Table] = {}
+        self._reach: dict[str, _Reachability] = {}
+        self._metadata: dict[str, TableMetadata | None] = {}
+        self._seen: set[str] = set()  # manifest lists and manifests counted by this `collect()`
+
+    def table(self, ident: str) -> Table:
+        """The table, loaded once."""
+        if ident not in self._tables:
+            self._tables[ident] = self.catalog.load_table(ident)
+        return self._tables[ident]
+
+    def _all_tables(self) -> list[str]:
+        """Every table of the catalog database, in the lake's namespaces or not: a table outside
+        them may still keep files under a lake table's location."""
+        sql = self.catalog.catalog
+        with catalog_errors("listing tables"):
+            return sorted(".".join(t) for ns in sql.list_namespaces() for t in sql.list_tables(ns))
+
+    def collect(self) -> tuple[set[str], dict[str, int]]:
+        """Refresh every table; return (referenced paths, metadata directory → current version).
+
+        Raises:
+            LakeError: a file of some table's current snapshot cannot be read.
+        """
+        out: set[str] = set()
+        versions: dict[str, int] = {}
+        self._seen = set()
+        for ident in self._all_tables():
+            table = self.table(ident)
+            with catalog_errors(f"refreshing {ident}"):
+                table.refresh()
+            reach = self._reach.setdefault(ident, _Reachability(table))
+            current = table.metadata_location
+            if current:
+                directory, _, name = _norm(current).rpartition("/")
+                match = _METADATA_VERSION.match(name)
+                if match:
+                    versions[directory] = int(match.group(1))
+            out |= self._metadata_refs(ident, table, reach, table.metadata, current=True)
+            for entry in table.metadata.metadata_log:
+                md = self._read_metadata(table, entry.metadata_file)
+                if md is not None:
+                    out |= self._metadata_refs(ident, table, reach, md, current=False)
+            if current:
+                out.add(_norm(current))
+        return out, versions
+
+    def _read_metadata(self, table: Table, location: str) -> TableMetadata | None:
+        if location not in self._metadata:
+            try:
+                self._metadata[location] = FromInputFile.table_metadata(
+                    table.io.new_input(location)
+                )
+            except FileNotFoundError:
+                self._metadata[location] = None  # no longer retained
+            except Exception as exc:  # unreadable or corrupt: delete nothing
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                raise LakeError(f"cannot read metadata file {location}: {reason}") from None
+        return self._metadata[location]
+
+    def _metadata_refs(
+        self, ident: str, table: Table, reach: _Reachability, md: TableMetadata, *, current: bool
+    ) -> set[str]:
+        out = {_norm(e.metadata_file) for e in md.metadata_log}
+        stats = [*md.statistics, *md.partition_statistics]
+        out |= {_norm(s.statistics_path) for s in stats}
+        head = md.current_snapshot_id
+        for snap in md.snapshots:
+            # Retained metadata files share most snapshots: count each manifest list once.
+            if snap.manifest_list in self._seen:
+                continue
+            self._seen.add(snap.manifest_list)
+            try:
+                out.add(_norm(snap.manifest_list))
+                for manifest in reach._manifests(snap):
+                    if manifest.manifest_path not in self._seen:
+                        self._seen.add(manifest.manifest_path)
+                        out.add(_norm(manifest.manifest_path))
+                        out |= reach._entries(manifest, live_only=False)
+            except FileNotFoundError as exc:
+                if current and snap.snapshot_id == head:
+                    # Its data files would all look like orphans: delete nothing.
+                    raise LakeError(
+                        f"{ident}: current snapshot {head} cannot be read (missing "
+                        f"{getattr(exc, 'filename', None) or exc}); remove-orphans deletes "
+                        "nothing while a table is unreadable"
+                    ) from None
+                # A snapshot whose manifest list or a manifest is gone can be read by no one;
+                # what only it reached is unreachable. Keep the manifest list path itself.
+                out.add(_norm(snap.manifest_list))
+            except Exception as exc:  # unreadable or corrupt: delete nothing
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                raise LakeError(f"{ident}: cannot read {snap.manifest_list}: {reason}") from None
+        return out
 
 
 # ---- the expiry policy ---------------------------------------------------------------------------
@@ -669,7 +911,8 @@ def expire_inline(catalog: LakeCatalog, table: Table, table_id: str) -> int:
     policy.maintain_refs(table, table_id, silver, now)
     expired, _ = policy.select(table, silver or set(), now)
     if expired:
-        table.maintenance.expire_snapshots().by_ids(expired).commit()
+        # With a precondition: a tag created meanwhile on one of them is never dropped.
+        expire_snapshot_ids(table, expired)
     return len(expired)
 
 
@@ -741,16 +984,6 @@ class _Reachability:
         """Statistics files recorded for the given snapshots."""
         stats = [*table.metadata.statistics, *table.metadata.partition_statistics]
         return {_norm(s.statistics_path) for s in stats if s.snapshot_id in snapshot_ids}
-
-    def all_referenced(self, table: Table) -> set[str]:
-        """Everything the table's metadata references, including metadata files."""
-        md = table.metadata
-        out = self.files_of(md.snapshots, live_only=False)
-        out |= self.statistics_of(table, {s.snapshot_id for s in md.snapshots})
-        out |= {_norm(e.metadata_file) for e in md.metadata_log}
-        if table.metadata_location:
-            out.add(_norm(table.metadata_location))
-        return out
 
 
 # ---- storage helpers -----------------------------------------------------------------------------
@@ -878,7 +1111,9 @@ def rows_fingerprint(table: Table, snapshot_id: int | None = None) -> pa.Table:
 
 __all__ = [
     "DEFAULT_TARGET_SIZE",
+    "COMMIT_GRACE",
     "MB",
+    "MIN_ORPHAN_AGE",
     "CompactionResult",
     "ExpiryPolicy",
     "ExpiryResult",
@@ -887,6 +1122,7 @@ __all__ = [
     "maintained_tables",
     "parse_duration",
     "parse_size",
+    "remove_orphans",
     "expire_inline",
     "rows_fingerprint",
     "silver_sources",

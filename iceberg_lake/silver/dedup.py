@@ -123,16 +123,9 @@ def dedup_query(
     def source_expr(name: str, t: IcebergType) -> str:
         if name not in available:
             return f"CAST(NULL AS {duck_type(t)})"
-        col = quote_ident(name)
-        if name in dedup_columns and isinstance(t, (FloatType, DoubleType)):
-            # One canonical value per float: -0.0 -> 0.0 and every NaN payload -> NaN, so equal
-            # events compare equal and the stored value never depends on which row survived.
-            kind = duck_type(t)
-            return (
-                f"CASE WHEN isnan({col}) THEN CAST('NaN' AS {kind}) "
-                f"WHEN {col} = 0 THEN CAST(0 AS {kind}) ELSE {col} END"
-            )
-        return col
+        if name in dedup_columns:
+            return key_expression(name, t)
+        return quote_ident(name)
 
     select = [f"{source_expr(n, t)} AS {quote_ident(n)}" for n, t in columns]
     order = sort_columns(names, dedup_columns)
@@ -146,6 +139,24 @@ def dedup_query(
             order = [key, *[c for c in order if c != key]]
     order_sql = ", ".join(f"{quote_ident(c)} ASC NULLS LAST" for c in order)
     return f"SELECT {', '.join(select)} FROM {source_sql} ORDER BY {order_sql}"
+
+
+def key_expression(name: str, t: IcebergType) -> str:
+    """DuckDB SQL for dedup column `name` as event identity compares it.
+
+    Floats get one canonical value: -0.0 -> 0.0 and every NaN payload -> NaN, so equal events
+    compare equal and the stored value never depends on which row survived. Other types are the
+    column itself (grouping treats NULL as equal to NULL). `lake check` counts Bronze duplicates
+    with the same expressions.
+    """
+    col = quote_ident(name)
+    if isinstance(t, (FloatType, DoubleType)):
+        kind = duck_type(t)
+        return (
+            f"CASE WHEN isnan({col}) THEN CAST('NaN' AS {kind}) "
+            f"WHEN {col} = 0 THEN CAST(0 AS {kind}) ELSE {col} END"
+        )
+    return col
 
 
 def sort_columns(names: Sequence[str], dedup_columns: Sequence[str]) -> list[str]:

@@ -281,9 +281,9 @@ def load_definition_file(path: Path) -> list[TableDefinition]:
         for c in (*d.sort_order, *d.dedup_columns):
             if c not in names:
                 raise LakeError(f"{path}: column '{c}' is not declared")
-        for c in d.columns:
-            parse_type(c.type)
-            _check_rules(path, c)
+        for col in d.columns:
+            parse_type(col.type)
+            _check_rules(path, col)
     return definitions
 
 

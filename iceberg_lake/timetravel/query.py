@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -71,11 +71,17 @@ class Lake:
 
     Args:
         settings: lake settings, or an open `LakeCatalog`.
+        sandbox: lock DuckDB down (`iceberg_lake.engine.duck.sandbox`): no file, network or
+            extension access except reading the warehouse, and `query()` runs reads only
+            (SELECT, EXPLAIN). Off by default: `lake query` is a local tool run by someone who
+            can read those files anyway. Anything that runs SQL it did not write — a service,
+            a notebook server — must turn it on.
     """
 
-    def __init__(self, settings: Settings | LakeCatalog) -> None:
+    def __init__(self, settings: Settings | LakeCatalog, *, sandbox: bool = False) -> None:
         self.catalog = settings if isinstance(settings, LakeCatalog) else LakeCatalog(settings)
         self.settings = self.catalog.settings
+        self.sandbox = sandbox
         #: Snapshot id each view of the last `duckdb()`/`query()` call read (None: empty).
         self.last_pins: dict[str, int | None] = {}
         self._session: duckdb.DuckDBPyConnection | None = None
@@ -148,6 +154,9 @@ class Lake:
                 )
             for ns in NAMESPACES:
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {ns}")
+            if self.sandbox:
+                # Views are (re)created per query; they read below the warehouse only.
+                duck.sandbox(con, [duckdb_path(s.warehouse)])
         except BaseException:
             con.close()
             raise
@@ -164,10 +173,16 @@ class Lake:
         for ident, table in loaded.items():
             ns, name = ident.split(".", 1)
             with catalog_errors(f"opening {ident}"):
-                con.execute(
-                    f"CREATE OR REPLACE VIEW {ns}.{quote_ident(name)} AS "
-                    f"{scan_sql(table, pins[ident])}"
-                )
+                try:
+                    con.execute(
+                        f"CREATE OR REPLACE VIEW {ns}.{quote_ident(name)} AS "
+                        f"{scan_sql(table, pins[ident])}"
+                    )
+                except duckdb.Error as exc:
+                    # e.g. a manifest list or metadata file deleted from the warehouse
+                    raise LakeError(
+                        f"cannot read {ident} (snapshot {pins[ident]}): {_first_line(exc)}"
+                    ) from None
         self.last_pins = pins
 
     def query(self, sql: str, as_of: AsOfSpec = None) -> pa.Table:
@@ -180,6 +195,10 @@ class Lake:
             LakeError: the SQL is invalid or names an unknown table (one-line message).
             TimeTravelError: a pin names no snapshot or tag of some table.
         """
+        if not sql.strip():
+            raise LakeError(
+                "empty SQL: give a query, e.g. 'SELECT count(*) FROM bronze.stocks_trades'"
+            )
         existing = set(self.catalog.existing_tables())
         named = {f"{m.group(1)}.{m.group(2)}".lower() for m in _TABLE_REF.finditer(sql)}
         wanted = sorted(named & existing) if named else sorted(existing)
@@ -195,10 +214,15 @@ class Lake:
         # tables this SQL names are recreated, so each call reads its own pins.
         self._create_views(con, as_of, wanted)
         try:
-            return con.execute(sql).arrow().read_all()
+            if self.sandbox:
+                duck.check_read_only(con, sql)
+            result = con.execute(sql).arrow()
+            # A statement without a result set (SET, CREATE, ...) has nothing to return.
+            return pa.table({}) if result is None else result.read_all()
+        except duck.SandboxError as exc:
+            raise LakeError(f"query refused: {exc}") from None
         except duckdb.Error as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise LakeError(f"query failed: {first}") from None
+            raise LakeError(f"query failed: {_first_line(exc)}") from None
 
     def close(self) -> None:
         """Close the connection `query()` keeps between calls (connections from `duckdb()` are
@@ -216,3 +240,22 @@ class Lake:
     def df(self, sql: str, as_of: AsOfSpec = None) -> pd.DataFrame:
         """Like `query`, as a pandas DataFrame."""
         return self.query(sql, as_of).to_pandas()
+
+    # ---- backtest helpers (issue 16): thin entry points, the SQL lives in their modules ----
+
+    def bars(self, table: str, every: str | int, **kwargs: Any) -> pa.Table:
+        """Time bars of `table`; see `iceberg_lake.timetravel.bars.bars` for the arguments."""
+        from iceberg_lake.timetravel.bars import bars
+
+        return bars(self, table, every, **kwargs)
+
+    def asof_join(self, left: str, right: str, **kwargs: Any) -> pa.Table:
+        """Trades with the prevailing quote; see `iceberg_lake.timetravel.asof.asof_join`."""
+        from iceberg_lake.timetravel.asof import asof_join
+
+        return asof_join(self, left, right, **kwargs)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,83 @@
+"""`lake check`: data-quality counts over a time window (read-only)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit, open_catalog
+from iceberg_lake.cli.query import _split, parse_as_of, parse_time_ns
+from iceberg_lake.ops.check import CHECKS, CheckReport
+
+
+def check(
+    tables: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tables",
+            "--table",
+            "-t",
+            help="Tables to check (comma-separated or repeated); default: all but dead letters.",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Window start on ts_event_ns: Unix ns or ISO time (UTC)."),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Exclusive window end: Unix ns or ISO time.")
+    ] = None,
+    as_of: Annotated[
+        list[str] | None,
+        typer.Option("--as-of", help="Tag, snapshot id or ISO time, or TABLE=PIN (repeat)."),
+    ] = None,
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when any count is not zero."),
+    output: OutputFormat = OUTPUT_OPTION,
+) -> None:
+    """Count sequence gaps, ts_recv < ts_event, crossed books, out-of-range values, duplicates.
+
+    Reads one snapshot per table (sandboxed DuckDB); writes nothing.
+    """
+    from iceberg_lake.ops.check import check_tables
+    from iceberg_lake.timetravel.query import Lake
+
+    since_ns = parse_time_ns(since, "--since") if since else None
+    until_ns = parse_time_ns(until, "--until") if until else None
+    with Lake(open_catalog(), sandbox=True) as lake:
+        report = check_tables(
+            lake, _split(tables), since_ns=since_ns, until_ns=until_ns, as_of=parse_as_of(as_of)
+        )
+    if output == OutputFormat.json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        emit(
+            _matrix(report),
+            output,
+            title="lake check",
+            columns=["table", "rows", *CHECKS, "detail"],
+        )
+        tables_hit = len({r.table for r in report.rows if r.count})
+        console.print(f"{report.issues} issue(s) in {tables_hit} table(s)", highlight=False)
+    if strict and report.issues:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `lake check` to the `lake` app."""
+    app.command("check")(check)
+
+
+def _matrix(report: CheckReport) -> list[dict[str, Any]]:
+    """One row per table, one column per check ('-' where a check does not apply)."""
+    by_table: dict[str, dict[str, Any]] = {}
+    for r in report.rows:
+        row = by_table.setdefault(r.table, {"table": r.table, "rows": r.rows, "detail": ""})
+        row[r.check] = r.count
+        if r.detail:
+            row["detail"] = "; ".join(filter(None, [row["detail"], f"{r.check}: {r.detail}"]))
+    for row in by_table.values():
+        for c in CHECKS:
+            row.setdefault(c, "-")
+    return list(by_table.values())

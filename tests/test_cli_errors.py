@@ -1,0 +1,198 @@
+"""Bad input and bad configuration end in one line without secrets, never a traceback.
+
+Also the query sandbox. Budget: about 25 s (`lake` subprocesses, one short `lake serve`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from table_rows import make_rows
+from typer.testing import CliRunner
+
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.cli import app
+from iceberg_lake.config import load_settings, redact, redact_url
+from iceberg_lake.exceptions import ConfigError, LakeError
+from iceberg_lake.timetravel.query import Lake
+
+SECRET = "s3cr3t-Pa55"
+runner = CliRunner()
+
+
+def _one_line_error(result_stderr: str, exit_code: int | None) -> str:
+    assert exit_code not in (0, None), result_stderr
+    assert "Traceback" not in result_stderr
+    lines = [line for line in result_stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result_stderr
+    return lines[0]
+
+
+def _lake(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """The installed `lake` executable (this worktree's package wins through PYTHONPATH)."""
+    exe = shutil.which("lake", path=os.path.dirname(sys.executable)) or "lake"
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
+    full.update(env)
+    full["COLUMNS"] = "400"  # rich must not wrap the one line
+    return subprocess.run(
+        [exe, *args], env=full, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture
+def lake_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    catalog = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(path)}))
+    catalog.init()
+    table = catalog.load_table("bronze.stocks_trades")
+    table.append(make_rows(table, 0, 10))
+    table.append(make_rows(table, 10, 10))
+    return path
+
+
+# ---- secrets ---------------------------------------------------------------------------------
+
+
+def test_redact_url_and_text() -> None:
+    assert redact_url(f"nats://lake:{SECRET}@h:4222") == "nats://lake:***@h:4222"
+    assert redact_url(f"nats://{SECRET}@h:4222") == "nats://***@h:4222"
+    assert redact_url(f"nats://a:{SECRET}@h1:1,nats://b:{SECRET}@h2:2") == (
+        "nats://a:***@h1:1,nats://b:***@h2:2"
+    )
+    assert redact_url(f"postgresql+psycopg2://lake:{SECRET}@db:5432/lake") == (
+        "postgresql+psycopg2://lake:***@db:5432/lake"
+    )
+    assert SECRET not in redact_url(f"s3://bucket/x?X-Amz-Signature={SECRET}&a=1")
+    assert redact_url("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    settings = load_settings(
+        {"LAKE_NATS_URL": f"nats://lake:{SECRET}@h:4222", "LAKE_S3_SECRET_KEY": "sk-" + SECRET}
+    )
+    text = f"failed: nats://lake:{SECRET}@h:4222 (auth {SECRET}, key sk-{SECRET})"
+    assert SECRET not in redact(text, settings)
+    assert SECRET not in repr(settings)
+
+
+def test_config_error_and_status_never_print_the_nats_password(tmp_path: Path) -> None:
+    env = {"LAKE_DATA_DIR": str(tmp_path / "d"), "LAKE_NATS_URL": f"http://lake:{SECRET}@h:1"}
+    bad = runner.invoke(app, ["status"], env=env)
+    line = _one_line_error(bad.stderr, bad.exit_code)
+    assert "LAKE_NATS_URL" in line and SECRET not in bad.output and "lake:***@h" in line
+    env["LAKE_NATS_URL"] = f"nats://lake:{SECRET}@127.0.0.1:1"
+    status = runner.invoke(app, ["status", "--nats-timeout", "0.5", "-o", "json"], env=env)
+    assert status.exit_code == 0, status.output
+    assert SECRET not in status.output and "lake:***@127.0.0.1:1" in status.output
+
+
+@pytest.mark.integration
+def test_serve_start_line_and_connect_error_redact_the_nats_password(
+    lake_dir: Path, nats_server
+) -> None:
+    port = urlparse(nats_server.url).port
+    # nats-server without auth accepts (and ignores) credentials: the start line must hide them
+    env = {
+        "LAKE_DATA_DIR": str(lake_dir),
+        "LAKE_NATS_URL": f"nats://lake:{SECRET}@127.0.0.1:{port}",
+        "LAKE_BRONZE_BATCH_SECONDS": "0.2",
+    }
+    served = _lake(["serve", "--tables", "bronze.stocks_trades", "--until-idle"], env)
+    assert served.returncode == 0, served.stderr[-2000:]
+    assert "lake:***@127.0.0.1" in served.stderr and SECRET not in served.stderr
+    env["LAKE_NATS_URL"] = f"nats://lake:{SECRET}@127.0.0.1:1"
+    failed = _lake(["serve", "--tables", "bronze.stocks_trades"], env)
+    line = _one_line_error(failed.stderr, failed.returncode)
+    assert "cannot connect to NATS at nats://lake:***@127.0.0.1:1" in line
+    assert SECRET not in failed.stderr + failed.stdout
+
+
+# ---- one line, no traceback --------------------------------------------------------------------
+
+
+def test_bad_data_dirs_and_catalog_port_are_one_line_config_errors(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("not a directory")
+    if os.geteuid() == 0:
+        unwritable = Path("/proc/sys/lake-data")  # root may write anywhere but there
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        unwritable = locked / "lake-data"
+    cases = {
+        str(a_file): "is not a directory",
+        str(a_file / "sub"): "is not a directory",
+        str(unwritable): "cannot be created",
+    }
+    for data_dir, expected in cases.items():
+        result = runner.invoke(app, ["tables"], env={"LAKE_DATA_DIR": data_dir})
+        line = _one_line_error(result.stderr, result.exit_code)
+        assert "LAKE_DATA_DIR" in line and expected in line, line
+    env = {
+        "LAKE_DATA_DIR": str(tmp_path / "ok"),
+        "LAKE_CATALOG_URI": f"postgresql://lake:{SECRET}@db:abc/lake",
+    }
+    result = runner.invoke(app, ["tables"], env=env)
+    line = _one_line_error(result.stderr, result.exit_code)
+    assert "LAKE_CATALOG_URI" in line and "port" in line and SECRET not in line
+    with pytest.raises(ConfigError, match="LAKE_NATS_URL"):
+        load_settings({"LAKE_NATS_URL": "nats://h:99999"})
+
+
+def test_empty_query_bad_metrics_port_and_missing_manifest_list(lake_dir: Path) -> None:
+    env = {"LAKE_DATA_DIR": str(lake_dir)}
+    empty = runner.invoke(app, ["query", ""], env=env)
+    assert "empty SQL" in _one_line_error(empty.stderr, empty.exit_code)
+    port = runner.invoke(app, ["serve", "--metrics-port", "99999"], env=env)
+    assert "--metrics-port" in _one_line_error(port.stderr, port.exit_code)
+    no_rows = runner.invoke(app, ["query", "SET threads = 1", "-o", "json"], env=env)
+    assert no_rows.exit_code == 0, no_rows.output
+
+    table = LakeCatalog(load_settings(env)).load_table("bronze.stocks_trades")
+    manifest_list = urlparse(table.current_snapshot().manifest_list).path
+    os.remove(manifest_list)
+    broken = _lake(["query", "SELECT count(*) FROM bronze.stocks_trades"], env)
+    line = _one_line_error(broken.stderr, broken.returncode)
+    assert "bronze.stocks_trades" in line and manifest_list in line
+
+
+# ---- query sandbox ------------------------------------------------------------------------------
+
+
+def test_sandbox_refuses_files_outside_the_warehouse_and_writes(lake_dir: Path) -> None:
+    settings = load_settings({"LAKE_DATA_DIR": str(lake_dir)})
+    warehouse = urlparse(settings.warehouse).path
+    with Lake(settings) as open_lake:  # the CLI's default: a local tool, full DuckDB
+        assert (
+            open_lake.query("SELECT count(*) AS n FROM read_csv('/etc/passwd')")["n"][0].as_py() > 0
+        )
+    with Lake(settings, sandbox=True) as lake:
+        n = lake.query("SELECT count(*) AS n FROM bronze.stocks_trades")["n"][0].as_py()
+        assert n == 20
+        refused = [
+            "SELECT * FROM read_csv('/etc/passwd')",
+            f"SELECT * FROM read_text('{lake_dir}/catalog.db')",
+            "COPY (SELECT 1) TO '/tmp/lake-sandbox-escape.csv'",
+            f"COPY (SELECT 1) TO '{warehouse}/bronze/stocks_trades/metadata/evil.json'",
+            f"ATTACH '{lake_dir}/catalog.db' AS cat",
+            "SET enable_external_access = true",
+            "INSTALL httpfs",
+        ]
+        for sql in refused:
+            with pytest.raises(LakeError) as info:
+                lake.query(sql)
+            assert "\n" not in str(info.value)
+        assert not Path("/tmp/lake-sandbox-escape.csv").exists()
+        assert not Path(f"{warehouse}/bronze/stocks_trades/metadata/evil.json").exists()
+        # still works after the refusals: the lock holds, the views are recreated per query
+        again = lake.query("SELECT count(*) AS n FROM bronze.stocks_trades", as_of=None)
+        assert again["n"][0].as_py() == 20
+    cli = runner.invoke(
+        app,
+        ["query", "--sandbox", "SELECT * FROM read_csv('/etc/passwd')"],
+        env={"LAKE_DATA_DIR": str(lake_dir)},
+    )
+    assert "Permission" in _one_line_error(cli.stderr, cli.exit_code)

@@ -1,0 +1,293 @@
+"""Maintenance while writers commit: orphan removal and snapshot expiry never break a table.
+
+Budget: about 20 s on an idle 2-core machine (one writer thread, a few maintenance rounds).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from pyiceberg.table import Table
+from table_rows import make_rows
+from typer.testing import CliRunner
+
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.cli import app
+from iceberg_lake.config import load_settings
+from iceberg_lake.exceptions import CommitConflictError, LakeError
+from iceberg_lake.ops.maintenance import TableMaintenance
+
+TABLES = ("bronze.stocks_trades", "bronze.futures_trades", "bronze.stocks_quotes")
+runner = CliRunner()
+
+
+def _local(uri: str) -> str:
+    return urlparse(uri).path
+
+
+def referenced_files(table: Table) -> set[str]:
+    """Every file the table's current metadata and its metadata log name (independent walk)."""
+    out = {_local(table.metadata_location)}
+    out |= {_local(e.metadata_file) for e in table.metadata.metadata_log}
+    manifests = {}
+    for snap in table.metadata.snapshots:
+        out.add(_local(snap.manifest_list))
+        manifests.update({m.manifest_path: m for m in snap.manifests(table.io)})
+    for path, manifest in manifests.items():
+        out.add(_local(path))
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
+            out.add(_local(entry.data_file.file_path))
+    return out
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    LakeCatalog(load_settings({"LAKE_DATA_DIR": str(path)})).init()
+    return path
+
+
+class Writer(threading.Thread):
+    """Appends small batches to several tables until stopped; counts rows per table."""
+
+    def __init__(self, data_dir: Path, tables: tuple[str, ...], action: Callable | None = None):
+        super().__init__(daemon=True)
+        self.catalog = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(data_dir)}))
+        self.tables = tables
+        self.rows = dict.fromkeys(tables, 0)
+        self.commits = 0
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.action = action
+
+    def run(self) -> None:
+        try:
+            loaded = {t: self.catalog.load_table(t) for t in self.tables}
+            while not self.stop.is_set():
+                for ident, table in loaded.items():
+                    table.append(make_rows(table, self.rows[ident], 20))
+                    self.rows[ident] += 20
+                    self.commits += 1
+                    if self.action is not None:
+                        self.action(table)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+def _plant(location: str, name: str, age: timedelta | None) -> Path:
+    path = Path(_local(location)) / "data" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"left behind by a crashed writer")
+    if age is not None:
+        old = time.time() - age.total_seconds()
+        os.utime(path, (old, old))
+    return path
+
+
+def test_remove_orphans_0s_force_in_a_loop_during_ingest_keeps_every_table_readable(
+    data_dir: Path, duck
+) -> None:
+    env = {"LAKE_DATA_DIR": str(data_dir)}
+    catalog = LakeCatalog(load_settings(env))
+    refused = runner.invoke(app, ["maintain", "remove-orphans", "--older-than", "0s"], env=env)
+    assert refused.exit_code == 1 and "--force" in refused.output
+    assert refused.output.strip().count("\n") == 0 and "Traceback" not in refused.output
+
+    writer = Writer(data_dir, TABLES)
+    writer.start()
+    deadline = time.monotonic() + 10
+    while writer.commits < 6 and time.monotonic() < deadline and writer.error is None:
+        time.sleep(0.05)
+    try:
+        for i in range(6):
+            table = catalog.load_table(TABLES[i % len(TABLES)])
+            old = _plant(table.location(), f"00000-{i}-crashed.parquet", timedelta(days=2))
+            # written after the cutoff (the run's start): kept whatever the grace
+            fresh = _plant(table.location(), f"00000-{i}-inflight.parquet", -timedelta(minutes=1))
+            out = runner.invoke(
+                app,
+                ["maintain", "remove-orphans", "--older-than", "0s", "--force", "-o", "json"],
+                env=env,
+            )
+            assert out.exit_code == 0, out.output
+            assert not old.exists(), "an old orphan is removed"
+            assert fresh.exists(), "a file written during the run is kept"
+            for ident in TABLES:
+                t = catalog.load_table(ident)
+                missing = {p for p in referenced_files(t) if not Path(p).exists()}
+                # The writer itself drops metadata files that fall off the metadata log
+                # (write.metadata.previous-versions-max): only what fresh metadata names counts.
+                t.refresh()
+                missing &= {_local(e.metadata_file) for e in t.metadata.metadata_log} | (
+                    referenced_files(t) - {_local(e.metadata_file) for e in t.metadata.metadata_log}
+                )
+                assert not missing, f"{ident}: referenced files deleted: {sorted(missing)[:3]}"
+                (n,) = duck.sql(
+                    f"SELECT count(*) FROM iceberg_scan('{t.metadata_location}')"
+                ).fetchone()
+                assert n == t.scan().to_arrow().num_rows > 0
+    finally:
+        writer.stop.set()
+        writer.join(timeout=30)
+    assert writer.error is None, repr(writer.error)
+    assert writer.commits >= 6
+    for ident in TABLES:
+        t = catalog.load_table(ident)
+        assert t.scan().to_arrow().num_rows == writer.rows[ident]
+        (n,) = duck.sql(f"SELECT count(*) FROM iceberg_scan('{t.metadata_location}')").fetchone()
+        assert n == writer.rows[ident]
+
+
+def test_remove_orphans_grace_in_flight_metadata_and_unreadable_tables(data_dir: Path) -> None:
+    catalog = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(data_dir)}))
+    ident = TABLES[0]
+    table = catalog.load_table(ident)
+    for i in range(3):
+        table.append(make_rows(table, i * 10, 10))
+    location = table.location()
+    metadata_dir = Path(_local(location)) / "metadata"
+    just_written = _plant(location, "00000-9-just-written.parquet", None)
+    in_flight = metadata_dir / "00099-in-flight.metadata.json"
+    lost_race = metadata_dir / "00001-lost-the-race.metadata.json"
+    for path in (in_flight, lost_race):
+        path.write_text("{}")
+        old = time.time() - 3600
+        os.utime(path, (old, old))
+    maint = TableMaintenance(catalog, ident)
+    with pytest.raises(LakeError, match="below 1h.*--force"):
+        maint.remove_orphans(older_than=timedelta(minutes=59))
+    result = maint.remove_orphans(older_than=timedelta(0), force=True)
+    # older than the cutoff but within COMMIT_GRACE of the final check: kept
+    assert just_written.exists()
+    # a metadata file newer than the current version may be a commit in flight: kept
+    assert in_flight.exists() and not lost_race.exists()
+    assert result.orphans == [lost_race.as_uri()] and result.kept_recent == 2
+
+    # a table whose current snapshot cannot be read stops the run before anything is deleted
+    other = catalog.load_table(TABLES[1])
+    other.append(make_rows(other, 0, 10))
+    Path(_local(other.current_snapshot().manifest_list)).unlink()
+    doomed = _plant(location, "00000-9-crashed.parquet", timedelta(days=2))
+    with pytest.raises(LakeError, match=f"{TABLES[1]}: current snapshot .* cannot be read"):
+        maint.remove_orphans(older_than=timedelta(days=1))
+    assert doomed.exists()
+
+
+# ---- expire-snapshots against a concurrent committer -------------------------------------------
+
+
+def test_expire_snapshot_ids_precondition_guards_pyiceberg_behaviour(data_dir: Path) -> None:
+    """Guard for `engine.iceberg.expire_snapshot_ids`: the SQL catalog validates our requirement.
+
+    pyiceberg's own expiry on stale metadata raises a bare ValueError; ours a retryable
+    CommitFailedException, and it never drops a tag created meanwhile.
+    """
+    from pyiceberg.exceptions import CommitFailedException
+
+    from iceberg_lake.engine.iceberg import expire_snapshot_ids
+
+    catalog = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(data_dir)}))
+    ident = TABLES[0]
+    writer = catalog.load_table(ident)
+    for i in range(4):
+        writer.append(make_rows(writer, i * 10, 10))
+    s0, s1, s2, _ = (s.snapshot_id for s in writer.metadata.snapshots)
+    stale = catalog.load_table(ident)
+    # the behaviour that made `lake maintain expire-snapshots` print a traceback
+    writer.maintenance.expire_snapshots().by_ids([s0]).commit()
+    with pytest.raises(ValueError, match="does not exist"):
+        stale.maintenance.expire_snapshots().by_ids([s0]).commit()
+    stale.refresh()
+    writer.refresh()
+    writer.maintenance.expire_snapshots().by_ids([s1]).commit()
+    with pytest.raises(CommitFailedException, match="expired concurrently"):
+        expire_snapshot_ids(stale, [s1])
+    stale.refresh()
+    writer.manage_snapshots().create_tag(s2, "pinned").commit()
+    with pytest.raises(CommitFailedException, match="pinned"):
+        expire_snapshot_ids(stale, [s2])
+    writer.refresh()
+    assert writer.snapshot_by_name("pinned").snapshot_id == s2
+    # a concurrent append is no conflict: the removal applies on top of it
+    stale.refresh()
+    s3 = stale.metadata.snapshots[-1].snapshot_id
+    writer.append(make_rows(writer, 100, 10))
+    appended = writer.current_snapshot().snapshot_id
+    expire_snapshot_ids(stale, [s3])
+    assert stale.current_snapshot().snapshot_id == appended
+    assert s3 not in {s.snapshot_id for s in stale.metadata.snapshots}
+    assert stale.scan().to_arrow().num_rows == 50
+
+
+def test_expire_snapshots_while_a_writer_commits_and_expires_retries_or_says_one_line(
+    data_dir: Path,
+) -> None:
+    env = {"LAKE_DATA_DIR": str(data_dir)}
+    catalog = LakeCatalog(load_settings(env))
+    ident = TABLES[0]
+
+    def writer_retention(table: Table) -> None:
+        # What the ingest writer does after its commits: expire its own retention window
+        # with pyiceberg, a failure is retried next time.
+        try:
+            table.maintenance.expire_snapshots().older_than(datetime.now(UTC)).commit()
+        except Exception:
+            table.refresh()
+
+    writer = Writer(data_dir, (ident,), action=writer_retention)
+    writer.start()
+    outcomes: dict[str, int] = {"ok": 0, "conflict": 0}
+    try:
+        deadline = time.monotonic() + 10
+        while writer.commits < 3 and time.monotonic() < deadline and writer.error is None:
+            time.sleep(0.02)
+        for _ in range(25):
+            maint = TableMaintenance(catalog, ident, protected_snapshots=set())
+            try:
+                maint.expire_snapshots(older_than=timedelta(0))
+                outcomes["ok"] += 1
+            except CommitConflictError as exc:
+                assert "\n" not in str(exc) and ident in str(exc)
+                outcomes["conflict"] += 1
+        cli = runner.invoke(
+            app, ["maintain", "expire-snapshots", "-t", ident, "--older-than", "0"], env=env
+        )
+        assert cli.exit_code in (0, 1), cli.output
+        assert "Traceback" not in cli.output
+        if cli.exit_code == 1:
+            assert "concurrent commits" in cli.output
+    finally:
+        writer.stop.set()
+        writer.join(timeout=30)
+    assert writer.error is None, repr(writer.error)
+    assert outcomes["ok"] > 0
+    table = catalog.load_table(ident)
+    assert table.scan().to_arrow().num_rows == writer.rows[ident]
+
+
+def test_remove_orphans_keeps_files_of_any_catalog_table_under_a_lake_location(
+    data_dir: Path,
+) -> None:
+    catalog = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(data_dir)}))
+    lake_table = catalog.load_table(TABLES[0])
+    lake_table.append(make_rows(lake_table, 0, 10))
+    catalog.catalog.create_namespace("scratch")
+    other = catalog.catalog.create_table(
+        "scratch.nested", schema=lake_table.schema(), location=f"{lake_table.location()}/nested"
+    )
+    other.append(make_rows(other, 0, 5))
+    crashed = _plant(lake_table.location(), "00000-9-crashed.parquet", timedelta(days=2))
+    old = time.time() - 3 * 86_400
+    for path in Path(_local(lake_table.location())).rglob("*"):
+        os.utime(path, (old, old))
+    result = TableMaintenance(catalog, TABLES[0]).remove_orphans(older_than=timedelta(days=1))
+    assert result.orphans == [crashed.as_uri()]
+    other.refresh()
+    assert other.scan().to_arrow().num_rows == 5
