@@ -246,6 +246,10 @@ def list_(
         for ident in catalog.existing_tables():
             t = catalog.load_table(ident)
             current = t.current_snapshot()
+            kinds: dict[str, int] = {}
+            for ref in snapshots.list_refs(t):
+                if snapshots.is_lake_ref(ref["ref"]):
+                    kinds[ref["kind"]] = kinds.get(ref["kind"], 0) + 1
             rows.append(
                 {
                     "table": ident,
@@ -254,7 +258,9 @@ def list_(
                     "tags": ", ".join(
                         f"{n}={s if s is not None else 'empty'}"
                         for n, s in snapshots.list_tags(t).items()
+                        if not snapshots.is_lake_ref(n)
                     ),
+                    "lake_refs": ", ".join(f"{n} {k}s" for k, n in sorted(kinds.items())),
                 }
             )
         emit(rows, output, title="snapshots", columns=list(rows[0]) if rows else None)
