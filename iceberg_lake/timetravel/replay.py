@@ -83,6 +83,8 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyiceberg.manifest import FileFormat
 from pyiceberg.table import Table
 
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
@@ -197,6 +199,76 @@ class _Part:
 
 
 @dataclass
+class _DataFile:
+    """One planned data file and the `ts_event_ns` range (clipped to the replay) it holds."""
+
+    path: str
+    lo: int
+    hi: int
+
+
+_FIELD_ID = b"PARQUET:field_id"
+
+
+def _read_parquet(
+    table: Table,
+    path: str,
+    field_ids: Mapping[str, int],
+    target: pa.Schema,
+    lo_ns: int,
+    hi_ns: int,
+) -> pa.Table | None:
+    """The rows of one Parquet data file with `lo_ns <= ts_event_ns < hi_ns`, as `target`."""
+    with table.io.new_input(path).open() as stream:
+        pf = pq.ParquetFile(stream)
+        file_schema = pf.schema_arrow
+        by_id: dict[int, str] = {}
+        for field in file_schema:
+            fid = (field.metadata or {}).get(_FIELD_ID)
+            if fid is not None:
+                by_id[int(fid)] = field.name
+        # Files without field ids (imported by name) are matched by name.
+        names = {
+            col: by_id.get(fid, col) if by_id else col
+            for col, fid in field_ids.items()
+            if col in target.names
+        }
+        names = {col: n for col, n in names.items() if n in file_schema.names}
+        ts_name = names.get("ts_event_ns")
+        if ts_name is None:
+            return None
+        ts_index = file_schema.names.index(ts_name)
+        meta = pf.metadata
+        groups = []
+        whole = True  # every kept row group lies inside the window (no row filter needed)
+        for i in range(meta.num_row_groups):
+            stats = meta.row_group(i).column(ts_index).statistics
+            if stats is None or not stats.has_min_max:
+                groups.append(i)
+                whole = False
+                continue
+            if stats.max < lo_ns or stats.min >= hi_ns:
+                continue
+            groups.append(i)
+            whole = whole and stats.min >= lo_ns and stats.max < hi_ns
+        if not groups:
+            return None
+        wanted = list(dict.fromkeys(names.values()))
+        rows = pf.read_row_groups(groups, columns=wanted, use_threads=False)
+    if not whole:
+        ts = rows.column(ts_name)
+        rows = rows.filter(pc.and_(pc.greater_equal(ts, lo_ns), pc.less(ts, hi_ns)))
+    arrays = []
+    for field in target:
+        if field.name in names:
+            col = rows.column(names[field.name])
+            arrays.append(col if col.type == field.type else pc.cast(col, field.type))
+        else:
+            arrays.append(pa.nulls(rows.num_rows, field.type))  # added after this file
+    return pa.Table.from_arrays(arrays, schema=target)
+
+
+@dataclass
 class _Window:
     """One merged window: the parts and the permutation that interleaves them."""
 
@@ -237,6 +309,13 @@ class _Source:
         self.bucket_ns = _NS_PER_DAY if transform == "day" else _NS_PER_HOUR
         self.prefix = self.identifier.encode() + b"\x1f"
         self._cache: tuple[int, _Part] | None = None
+        #: Field id of every replayed column in the pinned schema (files are matched by id).
+        self.field_ids = {f.name: f.field_id for f in schema.fields if f.name in self.columns}
+        #: The pinned data files of the replay window (`buckets` plans them once per replay);
+        #: None: read through DuckDB (delete files, or not planned yet).
+        self.files: list[_DataFile] | None = None
+        #: The Arrow schema DuckDB gives this table's rows (the direct read is cast to it).
+        self.arrow_schema: pa.Schema | None = None
 
     def _order_by(self) -> list[str]:
         keys = ["ts_event_ns", *self.definition.sort_order]
@@ -258,6 +337,7 @@ class _Source:
         scan = self.table.scan(
             row_filter=window_filter(start_ns, end_ns), snapshot_id=self.snapshot_id
         )
+        files: list[_DataFile] | None = []
         with catalog_errors(f"planning {self.identifier}"):
             for task in scan.plan_files():
                 lower, upper = task.file.lower_bounds or {}, task.file.upper_bounds or {}
@@ -266,11 +346,39 @@ class _Source:
                 else:
                     lo = max(start_ns, int.from_bytes(lower[field_id], "little", signed=True))
                     hi = min(end_ns - 1, int.from_bytes(upper[field_id], "little", signed=True))
+                if task.delete_files or task.file.file_format != FileFormat.PARQUET:
+                    files = None  # merge-on-read deletes (or not Parquet): DuckDB applies them
+                elif files is not None:
+                    files.append(_DataFile(task.file.file_path, lo, hi))
                 first = lo - lo % self.bucket_ns
                 spanned = range(first, hi + 1, self.bucket_ns)
                 for b in spanned:
                     found[b] = found.get(b, 0.0) + task.file.record_count / len(spanned)
+        self.files = files
         return dict(sorted(found.items()))
+
+    def read_files(self, lo_ns: int, hi_ns: int) -> pa.Table:
+        """The rows of `[lo_ns, hi_ns)` read from the planned Parquet files directly.
+
+        No per-window DuckDB query (each re-read the table metadata): the files were planned
+        once (`buckets`), a window reads those whose `ts_event_ns` bounds overlap it, only the
+        row groups whose statistics overlap it, and the columns matched by Iceberg field id
+        (renamed columns read by their id, columns added later read as nulls, narrower types
+        cast), then cast to the Arrow types DuckDB gives (`arrow_schema`), so the rows, their
+        encoding and hash are DuckDB's. Row order is not kept: `sorted_rows` orders them.
+        """
+        assert self.files is not None and self.arrow_schema is not None
+        target = self.arrow_schema
+        pieces = []
+        for data_file in self.files:
+            if data_file.hi < lo_ns or data_file.lo >= hi_ns:
+                continue
+            piece = _read_parquet(self.table, data_file.path, self.field_ids, target, lo_ns, hi_ns)
+            if piece is not None and piece.num_rows:
+                pieces.append(piece)
+        if not pieces:
+            return target.empty_table()
+        return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
 
     def read_sql(self, lo_ns: int, hi_ns: int) -> str:
         """SQL for the rows of `[lo_ns, hi_ns)` (no order: `_sorted` orders them)."""
@@ -492,7 +600,10 @@ class ReplayEngine:
 
     def _read(self, con: duckdb.DuckDBPyConnection, source: _Source, lo: int, hi: int) -> _Part:
         with catalog_errors(f"replaying {source.identifier}"):
-            rows = con.execute(source.read_sql(lo, hi)).arrow().read_all()
+            if source.files is not None and source.arrow_schema is not None:
+                rows = source.read_files(lo, hi)
+            else:
+                rows = con.execute(source.read_sql(lo, hi)).arrow().read_all()
         with self._stats_lock:
             self.partition_reads += 1
             self.max_partition_rows = max(self.max_partition_rows, rows.num_rows)
@@ -583,6 +694,12 @@ class ReplayEngine:
             source._cache = None
         windows, buckets = self._plan()
         con = Lake(self.catalog).connect()
+        for source in self._sources:
+            if source.files is not None and source.snapshot_id is not None:
+                # DuckDB's types for this table's rows (one metadata read per replay).
+                sql = source.read_sql(self.start_ns, self.start_ns + 1) + " LIMIT 0"
+                with catalog_errors(f"replaying {source.identifier}"):
+                    source.arrow_schema = con.execute(sql).arrow().schema
         cursors = [con.cursor() for _ in self._sources]
         pool = ThreadPoolExecutor(1, thread_name_prefix="replay") if self.prefetch else None
         parts_pool = (
