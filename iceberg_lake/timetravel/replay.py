@@ -193,9 +193,13 @@ class _Part:
     """One table's rows of one window, in replay order, with their canonical JSON."""
 
     index: int
+    #: The rows as read (not in replay order: `perm` orders them).
     rows: pa.Table
-    payloads: pa.Array
+    #: None when the replay does not encode (`batches(verify=False)`).
+    payloads: pa.Array | None
     ts: np.ndarray
+    #: Positions into `rows` of the part's events in replay order.
+    perm: np.ndarray
 
 
 @dataclass
@@ -311,6 +315,7 @@ class _Source:
         self._cache: tuple[int, _Part] | None = None
         #: Field id of every replayed column in the pinned schema (files are matched by id).
         self.field_ids = {f.name: f.field_id for f in schema.fields if f.name in self.columns}
+        self._pinned_schema = schema
         #: The pinned data files of the replay window (`buckets` plans them once per replay);
         #: None: read through DuckDB (delete files, or not planned yet).
         self.files: list[_DataFile] | None = None
@@ -357,6 +362,54 @@ class _Source:
         self.files = files
         return dict(sorted(found.items()))
 
+    def simple_arrow_schema(self, con: duckdb.DuckDBPyConnection) -> pa.Schema | None:
+        """The Arrow types DuckDB's `iceberg_scan` gives the replayed columns, without loading
+        the Iceberg extension (~0.3 CPU-s per connection), or None for types where that is not
+        certain (anything but booleans, numbers, decimals, strings, dates and timestamps).
+
+        DuckDB maps those Iceberg types to the same logical types as their Arrow counterparts
+        (`schema_to_pyarrow`), so a round trip of an empty table through DuckDB gives its types;
+        `tests/test_replay.py` checks this against `iceberg_scan` for every declared table.
+        """
+        from pyiceberg.io.pyarrow import schema_to_pyarrow
+        from pyiceberg.types import (
+            BooleanType,
+            DateType,
+            DecimalType,
+            DoubleType,
+            FloatType,
+            IntegerType,
+            LongType,
+            StringType,
+            TimestampType,
+            TimestamptzType,
+        )
+
+        simple = (
+            BooleanType,
+            DateType,
+            DecimalType,
+            DoubleType,
+            FloatType,
+            IntegerType,
+            LongType,
+            StringType,
+            TimestampType,
+            TimestamptzType,
+        )
+        fields = [f for f in self._pinned_schema.fields if f.name in self.columns]
+        if not all(isinstance(f.field_type, simple) for f in fields):
+            return None
+        arrow = schema_to_pyarrow(self._pinned_schema, include_field_ids=False)
+        empty = pa.schema([arrow.field(f.name) for f in fields]).empty_table()
+        relation = f"__lake_types_{id(empty)}"
+        con.register(relation, empty)
+        try:
+            cols = ", ".join(quote_ident(f.name) for f in fields)
+            return con.execute(f"SELECT {cols} FROM {relation} LIMIT 0").arrow().schema
+        finally:
+            con.unregister(relation)
+
     def read_files(self, lo_ns: int, hi_ns: int) -> pa.Table:
         """The rows of `[lo_ns, hi_ns)` read from the planned Parquet files directly.
 
@@ -397,15 +450,22 @@ class _Source:
         return f"SELECT __pos FROM {relation} ORDER BY {order}"
 
     def sorted_rows(self, con: duckdb.DuckDBPyConnection, rows: pa.Table) -> pa.Table:
-        """`rows` in replay order: stable argsort of the event time, then the full key for ties.
+        """`rows` in replay order (see `replay_order`)."""
+        order = self.replay_order(con, rows)
+        return rows if order is None else rows.take(pa.array(order))
 
-        Only rows sharing a `ts_event_ns` with another row are ordered by the full key (by
-        DuckDB, the same `ORDER BY` as a full sort would use), so time-ordered input (Silver
-        files, most appends) costs one linear pass.
+    def replay_order(self, con: duckdb.DuckDBPyConnection, rows: pa.Table) -> np.ndarray | None:
+        """The permutation that puts `rows` in replay order (None: they are in order).
+
+        A stable argsort of the event time (Timsort: linear on the sorted runs that Silver files
+        and time-ordered appends are), then the full key for ties: only rows sharing a
+        `ts_event_ns` with another row are ordered by it (by DuckDB, the same `ORDER BY` as a
+        full sort would use). Returning the permutation instead of the sorted rows lets the
+        merge across tables take every column once.
         """
         ts = rows.column("ts_event_ns").to_numpy()
         if len(ts) < 2:
-            return rows
+            return None
         in_order = bool(np.all(ts[1:] >= ts[:-1]))
         order = None if in_order else np.argsort(ts, kind="stable")
         ts_sorted = ts if order is None else ts[order]
@@ -427,7 +487,7 @@ class _Source:
             finally:
                 con.unregister(relation)
             order[slots] = order[slots][ranked.column(0).to_numpy()]
-        return rows if order is None else rows.take(pa.array(order))
+        return order
 
 
 class ReplayEngine:
@@ -552,6 +612,8 @@ class ReplayEngine:
         self._complete = False
         self._per_table: dict[str, int] = dict.fromkeys(self.tables, 0)
         self._hash = hashlib.sha256()
+        #: Whether the current iteration encodes and hashes (`batches(verify=False)` does not).
+        self._encoding = True
         #: DuckDB reads (one per table and time partition) and the largest (rows): evidence of
         #: bounded memory.
         self.partition_reads = 0
@@ -607,10 +669,19 @@ class ReplayEngine:
         with self._stats_lock:
             self.partition_reads += 1
             self.max_partition_rows = max(self.max_partition_rows, rows.num_rows)
-        rows = source.sorted_rows(con, rows).combine_chunks()
-        payloads = encode_rows(rows).cast(pa.binary())  # zero-copy
+        rows = rows.combine_chunks()
+        order = source.replay_order(con, rows)
         ts = rows.column("ts_event_ns").to_numpy()
-        return _Part(self._sources.index(source), rows, payloads, ts)
+        perm = np.arange(len(ts)) if order is None else order
+        payloads = None
+        if self._encoding:
+            # Encoded as read, then one take of the payloads (not of every column).
+            payloads = encode_rows(rows).cast(pa.binary())  # zero-copy
+            if order is not None:
+                payloads = payloads.take(pa.array(order))
+        if order is not None:
+            ts = ts[order]
+        return _Part(self._sources.index(source), rows, payloads, ts, perm)
 
     def _part(
         self, con: duckdb.DuckDBPyConnection, index: int, buckets: set[int], lo: int, hi: int
@@ -638,9 +709,8 @@ class ReplayEngine:
         a, b = np.searchsorted(whole.ts, [lo, hi], side="left")
         if a == b:
             return None
-        return _Part(
-            index, whole.rows.slice(a, b - a), whole.payloads.slice(a, b - a), whole.ts[a:b]
-        )
+        payloads = None if whole.payloads is None else whole.payloads.slice(a, b - a)
+        return _Part(index, whole.rows, payloads, whole.ts[a:b], whole.perm[a:b])
 
     def _prepare(
         self,
@@ -665,16 +735,23 @@ class ReplayEngine:
             order = None
             sources = np.full(len(parts[0].ts), parts[0].index, dtype=np.int8)
             payloads, ts = parts[0].payloads, parts[0].ts
+            if payloads is None:
+                return _Window(lo, hi, parts, order, sources, len(sources), None, ts)
             framed = pc.binary_join_element_wise(
                 self._sources[parts[0].index].prefix, payloads, b"\n", b""
             )
         else:
             lengths = [len(p.ts) for p in parts]
+            ts = np.concatenate([p.ts for p in parts])
             # Stable: equal times keep the concatenation order = table order, then row order.
-            order = np.argsort(np.concatenate([p.ts for p in parts]), kind="stable")
+            order = np.argsort(ts, kind="stable")
+            ts = ts[order]
             sources = np.repeat(np.array([p.index for p in parts], dtype=np.int8), lengths)[order]
-            payloads = pa.concat_arrays([p.payloads for p in parts]).take(pa.array(order))
-            ts = np.concatenate([p.ts for p in parts])[order]
+            if not self._encoding:
+                return _Window(lo, hi, parts, order, sources, len(sources), None, ts)
+            taken = pa.array(order)
+            payloads = pa.concat_arrays([p.payloads for p in parts if p.payloads is not None])
+            payloads = payloads.take(taken)
             prefixes = pa.array([s.prefix for s in self._sources], pa.binary()).take(
                 pa.array(sources)
             )
@@ -687,15 +764,30 @@ class ReplayEngine:
             self._hash.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
         return _Window(lo, hi, parts, order, sources, len(sources), payloads, ts)
 
-    def _windows(self) -> Generator[_Window, None, None]:
-        """Every read window in order, the next one prepared while the current is consumed."""
+    def _windows(self, encode: bool = True) -> Generator[_Window, None, None]:
+        """Every read window in order, the next one prepared while the current is consumed.
+
+        Args:
+            encode: build each event's canonical JSON and the sequence hash (False: rows only,
+                the manifest then has no hash).
+        """
         self._reset()
+        self._encoding = encode
         for source in self._sources:
             source._cache = None
         windows, buckets = self._plan()
-        con = Lake(self.catalog).connect()
-        for source in self._sources:
-            if source.files is not None and source.snapshot_id is not None:
+        pinned = [s for s in self._sources if s.snapshot_id is not None]
+        con = duckdb.connect()
+        for source in pinned:
+            if source.files is not None and source.arrow_schema is None:
+                source.arrow_schema = source.simple_arrow_schema(con)
+        if any(s.files is None or s.arrow_schema is None for s in pinned):
+            # Some table is read (or typed) through `iceberg_scan`. Otherwise DuckDB only orders
+            # equal event times, which needs no Iceberg extension (~0.3 CPU-s to load).
+            con.close()
+            con = Lake(self.catalog).connect()
+        for source in pinned:
+            if source.files is not None and source.arrow_schema is None:
                 # DuckDB's types for this table's rows (one metadata read per replay).
                 sql = source.read_sql(self.start_ns, self.start_ns + 1) + " LIMIT 0"
                 with catalog_errors(f"replaying {source.identifier}"):
@@ -745,9 +837,31 @@ class ReplayEngine:
     def schema(self) -> pa.Schema:
         """The schema of `batches()`: `table`, then the union of the tables' columns."""
         if self._schema is None:
+            plain = duckdb.connect()
+            try:
+                for source in self._sources:
+                    if source.snapshot_id is not None and source.arrow_schema is None:
+                        source.arrow_schema = source.simple_arrow_schema(plain)
+            finally:
+                plain.close()
+            fields: dict[str, pa.DataType] = {}
+            if all(s.arrow_schema is not None for s in self._sources):
+                for source in self._sources:
+                    assert source.arrow_schema is not None
+                    for field in source.arrow_schema:
+                        have = fields.get(field.name)
+                        fields[field.name] = (
+                            field.type
+                            if have is None or have == field.type
+                            else _unify(have, field.type)
+                        )
+                self._schema = pa.schema(
+                    [pa.field(TABLE_COLUMN, pa.dictionary(pa.int8(), pa.string()), nullable=False)]
+                    + [pa.field(n, t) for n, t in fields.items()]
+                )
+                return self._schema
             con = Lake(self.catalog).connect()
             try:
-                fields: dict[str, pa.DataType] = {}
                 for source in self._sources:
                     sql = source.read_sql(self.start_ns, self.start_ns + 1)
                     if source.snapshot_id is None:
@@ -756,6 +870,8 @@ class ReplayEngine:
                         cols = ", ".join(quote_ident(c) for c in source.columns)
                         sql = f"SELECT {cols} FROM ({scan_sql(source.table, None)})"
                     schema = con.execute(sql + " LIMIT 0").arrow().schema
+                    if source.snapshot_id is not None:
+                        source.arrow_schema = schema  # reused by the direct file reads
                     for field in schema:
                         have = fields.get(field.name)
                         if have is None:
@@ -770,37 +886,47 @@ class ReplayEngine:
             )
         return self._schema
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
+    def batches(self, verify: bool = True) -> Iterator[pa.RecordBatch]:
         """Every event of the window as Arrow record batches in replay order (no pacing).
 
         Same order, count and sequence hash as `events()`; the manifest is updated as windows are
         consumed. See the module docstring for the batch layout.
+
+        Args:
+            verify: compute the canonical encoding and the sequence hash (about half the CPU of
+                an Arrow replay). False skips both: same batches, the manifest's
+                `sequence_hash` is None (use it when the pins alone identify the run).
 
         Yields:
             Record batches of at most `batch_rows` rows with `schema()`.
         """
         schema = self.schema()
         names = pa.array(self.tables, pa.string())
-        for window in self._windows():
-            tables = []
+        data_schema = pa.schema([f for f in schema if f.name != TABLE_COLUMN])
+        for window in self._windows(encode=verify):
+            tables, index, base = [], [], 0
             for part in window.parts:
                 n = part.rows.num_rows
-                columns = [
-                    pa.DictionaryArray.from_arrays(pa.array(np.full(n, part.index, np.int8)), names)
-                ]
-                for field in schema:
-                    if field.name == TABLE_COLUMN:
-                        continue
+                columns = []
+                for field in data_schema:
                     if field.name in part.rows.column_names:
                         col = part.rows.column(field.name)
                         columns.append(col if col.type == field.type else pc.cast(col, field.type))
                     else:
                         columns.append(pa.nulls(n, field.type))
-                tables.append(pa.Table.from_arrays(columns, schema=schema))
-            merged = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+                tables.append(pa.Table.from_arrays(columns, schema=data_schema))
+                index.append(part.perm + base)
+                base += n
+            # One take of every column: each part's own order composed with the merge.
+            positions = np.concatenate(index) if len(index) > 1 else index[0]
             if window.order is not None:
-                merged = merged.take(pa.array(window.order))
-            yield from merged.combine_chunks().to_batches(max_chunksize=self.batch_rows)
+                positions = positions[window.order]
+            rows = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+            if len(positions) != rows.num_rows or np.any(positions[1:] < positions[:-1]):
+                rows = rows.take(pa.array(positions))
+            table = pa.DictionaryArray.from_arrays(pa.array(window.sources, pa.int8()), names)
+            merged = rows.combine_chunks().add_column(0, schema.field(TABLE_COLUMN), table)
+            yield from merged.to_batches(max_chunksize=self.batch_rows)
 
     # ---- the event stream ---------------------------------------------------------------------
 
@@ -985,7 +1111,7 @@ class ReplayEngine:
             "end": _iso(self.end_ns),
             "event_count": self._count,
             "events_per_table": dict(self._per_table),
-            "sequence_hash": "sha256:" + self._hash.hexdigest(),
+            "sequence_hash": "sha256:" + self._hash.hexdigest() if self._encoding else None,
             "tie_break": TIE_BREAK,
             "speed": self.speed,
             "complete": self._complete,
