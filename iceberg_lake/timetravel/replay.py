@@ -90,6 +90,7 @@ from pyiceberg.table import Table
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.config import Settings
 from iceberg_lake.engine.duck import quote_ident, quote_str, timestamptz_literal
+from iceberg_lake.engine.iceberg import plan_data_files
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.tables import GOLD, TableDefinition
 from iceberg_lake.timetravel.canonical import encode_rows
@@ -339,27 +340,30 @@ class _Source:
             return {}
         field_id = self.table.schema().find_field("ts_event_ns").field_id
         found: dict[int, float] = {}
-        scan = self.table.scan(
-            row_filter=window_filter(start_ns, end_ns), snapshot_id=self.snapshot_id
-        )
-        files: list[_DataFile] | None = []
+        files: list[_DataFile] = []
         with catalog_errors(f"planning {self.identifier}"):
-            for task in scan.plan_files():
-                lower, upper = task.file.lower_bounds or {}, task.file.upper_bounds or {}
+            planned, deletes = plan_data_files(
+                self.table, self.snapshot_id, window_filter(start_ns, end_ns)
+            )
+            for data_file in planned:
+                lower, upper = data_file.lower_bounds or {}, data_file.upper_bounds or {}
                 if field_id not in lower or field_id not in upper:
                     lo, hi = start_ns, end_ns - 1  # no stats: consider the whole window
                 else:
                     lo = max(start_ns, int.from_bytes(lower[field_id], "little", signed=True))
                     hi = min(end_ns - 1, int.from_bytes(upper[field_id], "little", signed=True))
-                if task.delete_files or task.file.file_format != FileFormat.PARQUET:
-                    files = None  # merge-on-read deletes (or not Parquet): DuckDB applies them
-                elif files is not None:
-                    files.append(_DataFile(task.file.file_path, lo, hi))
+                if lo > hi:
+                    continue
+                if data_file.file_format == FileFormat.PARQUET:
+                    files.append(_DataFile(data_file.file_path, lo, hi))
+                else:
+                    deletes = True  # not Parquet: read through DuckDB
                 first = lo - lo % self.bucket_ns
                 spanned = range(first, hi + 1, self.bucket_ns)
                 for b in spanned:
-                    found[b] = found.get(b, 0.0) + task.file.record_count / len(spanned)
-        self.files = files
+                    found[b] = found.get(b, 0.0) + data_file.record_count / len(spanned)
+        # Merge-on-read deletes: DuckDB applies them (the direct file reads would not).
+        self.files = None if deletes else files
         return dict(sorted(found.items()))
 
     def simple_arrow_schema(self, con: duckdb.DuckDBPyConnection) -> pa.Schema | None:
