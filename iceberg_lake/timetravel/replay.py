@@ -17,9 +17,12 @@ recompacting Silver, or appending newer data the pins do not see, leaves the seq
 
 How it runs (one pipeline behind every output). The window is cut into read windows: whole UTC
 hours, grouped while the rows they hold (estimated from the pinned files' statistics, all tables)
-stay under `window_rows` (400k), so sparse data costs few queries and dense data is read hour by
-hour. For each window, every table's rows are read through DuckDB's `iceberg_scan` of the pinned
-snapshot (partition pruning, no `ORDER BY`; one thread per table), then put in replay order without
+stay under `window_rows` (400k), so sparse data costs few reads and dense data is read hour by
+hour. The pinned files are planned once per replay (`engine.iceberg.plan_data_files`); for each
+window, every table's rows are read straight from the Parquet files whose `ts_event_ns` bounds
+overlap it (columns matched by field id, cast to the types DuckDB's `iceberg_scan` gives; a table
+with delete files is read through `iceberg_scan`, which applies them; one thread per table), then
+put in replay order without
 a full sort: a stable argsort of `ts_event_ns` (linear on the sorted runs that Silver files and
 time-ordered appends already are), and only rows that share a `ts_event_ns` with another row of the
 same table are ordered by the full tie-break key (by DuckDB, with the same `ORDER BY` as before, so
@@ -36,7 +39,8 @@ day-partitioned table are held, never the whole replay window.
 
 Outputs.
 
-* `batches()` yields `pyarrow.RecordBatch`es in replay order: a `table` column (dictionary of
+* `batches()` yields `pyarrow.RecordBatch`es in replay order (`verify=False`: without building
+  the canonical encoding and hash, about a third of the CPU): a `table` column (dictionary of
   table identifiers) followed by the union of the tables' columns (first-seen order; a table
   without a column has nulls there; a column whose type differs between tables, e.g. `exchange`
   int in stocks and string in futures, is a string column). Batches never span two read windows.
@@ -232,13 +236,14 @@ def _read_parquet(
             fid = (field.metadata or {}).get(_FIELD_ID)
             if fid is not None:
                 by_id[int(fid)] = field.name
-        # Files without field ids (imported by name) are matched by name.
-        names = {
-            col: by_id.get(fid, col) if by_id else col
+        # Files without field ids (imported by name) are matched by name; otherwise a column
+        # whose id the file lacks was added later (nulls), even if an old column had its name.
+        found = {
+            col: by_id.get(fid) if by_id else col
             for col, fid in field_ids.items()
             if col in target.names
         }
-        names = {col: n for col, n in names.items() if n in file_schema.names}
+        names = {col: n for col, n in found.items() if n is not None and n in file_schema.names}
         ts_name = names.get("ts_event_ns")
         if ts_name is None:
             return None
