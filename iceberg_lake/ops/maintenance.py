@@ -33,10 +33,6 @@ from pyiceberg.expressions import (
     AlwaysTrue,
     And,
     BooleanExpression,
-    EqualTo,
-    GreaterThanOrEqual,
-    IsNull,
-    LessThan,
 )
 from pyiceberg.io.pyarrow import ArrowScan, PyArrowFileIO, schema_to_pyarrow
 from pyiceberg.manifest import ManifestFile
@@ -45,14 +41,17 @@ from pyiceberg.schema import Schema
 from pyiceberg.serializers import FromInputFile
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot, ancestors_of
 from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.engine.filters import eq, ge, is_null, lt
 from iceberg_lake.engine.iceberg import (
     PartitionReplacement,
     expire_snapshot_ids,
+    partition_values,
     rewrite_manifests,
     write_data_files,
 )
@@ -328,7 +327,7 @@ class TableMaintenance:
         for task in tasks:
             if task.file.file_size_in_bytes >= target_size * MIN_INPUT_FRACTION:
                 continue
-            key = (task.file.spec_id, tuple(task.file.partition))
+            key = (task.file.spec_id, partition_values(task.file.partition))
             by_partition.setdefault(key, []).append(task)
         schema = table.schema()
         groups = []
@@ -845,7 +844,9 @@ class ExpiryPolicy:
         keep = set(protected)
         for name, ref in table.metadata.refs.items():
             expires = ref_expires_ms(table, name)
-            if expires is None or expires >= now_ms:
+            # Branch heads always stay (pyiceberg refuses to expire them); an aged-out tag was
+            # dropped by `maintain_refs` (or, in a dry run, would be).
+            if ref.snapshot_ref_type != SnapshotRefType.TAG or expires is None or expires >= now_ms:
                 keep.add(ref.snapshot_id)
         current = table.current_snapshot()
         if current is not None:
@@ -1061,13 +1062,13 @@ def _partition_bounds(
             return None
         transform = pfield.transform
         if isinstance(transform, IdentityTransform):
-            term = IsNull(column) if value is None else EqualTo(column, value)
+            term = is_null(column) if value is None else eq(column, value)
             labels.append(str(value))
         elif isinstance(transform, HourTransform | DayTransform) and value is not None:
             unit = _US_PER_HOUR if isinstance(transform, HourTransform) else _US_PER_DAY
             ordinal = (value - date(1970, 1, 1)).days if isinstance(value, date) else int(value)
             lo, hi = ordinal * unit, (ordinal + 1) * unit
-            term = And(GreaterThanOrEqual(column, _iso(lo)), LessThan(column, _iso(hi)))
+            term = And(ge(column, _iso(lo)), lt(column, _iso(hi)))
             text = _iso(lo)
             labels.append(text[:13] if unit == _US_PER_HOUR else text[:10])
             end_us = hi if end_us is None else max(end_us, hi)

@@ -42,9 +42,9 @@ from pyiceberg.table import Table
 from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.update.snapshot import ManageSnapshots
 
+import iceberg_lake.engine.iceberg  # noqa: F401 - installs the commit-path fixes (tags commit too)
 from iceberg_lake import properties as P
-from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.config import Settings
+from iceberg_lake.catalog import CatalogSource, LakeCatalog, as_catalog, catalog_errors
 from iceberg_lake.exceptions import TimeTravelError
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "replay_pin_name",
     "AsOfSpec",
     "create_tag",
+    "is_lake_ref",
     "list_snapshots",
     "list_tags",
     "parse_timestamp",
@@ -80,6 +81,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 REPLAY_PIN_PREFIX = "replay-"
 #: `silver-source-<snapshot id>`: a Bronze snapshot a Silver partition names as its source.
 SILVER_SOURCE_PREFIX = "silver-source-"
+_LAKE_TAG_PREFIXES = (CHECKPOINT_PREFIX, REPLAY_PIN_PREFIX, SILVER_SOURCE_PREFIX)
 _HOUR_MS = 3_600_000
 _DAY_MS = 86_400_000
 
@@ -89,8 +91,8 @@ _RESERVED_REFS = ("main",)
 _SUMMARY_KEYS = ("added-records", "deleted-records", "total-records", "added-data-files")
 
 
-def _open(lake: Settings | LakeCatalog) -> LakeCatalog:
-    return lake if isinstance(lake, LakeCatalog) else LakeCatalog(lake)
+def _open(source: CatalogSource) -> LakeCatalog:
+    return as_catalog(source)
 
 
 def _table_name(table: Table) -> str:
@@ -168,8 +170,11 @@ def resolve_as_of(table: Table, as_of: AsOf) -> int | None:
     when = parse_timestamp(text)
     if when is not None:
         return _snapshot_at(table, when, name)
-    tags = ", ".join(sorted(list_tags(table))) or "none"
-    raise TimeTravelError(f"{name} has no tag or snapshot '{text}' (tags: {tags})")
+    user = [t for t in list_tags(table) if not t.startswith(_LAKE_TAG_PREFIXES)]
+    tags = ", ".join(user[:10]) + (f" and {len(user) - 10} more" if len(user) > 10 else "")
+    lake_refs = len(list_tags(table)) - len(user)
+    more = f"; {lake_refs} lake refs, see lake snapshot list {name}" if lake_refs else ""
+    raise TimeTravelError(f"{name} has no tag or snapshot '{text}' (tags: {tags or 'none'}{more})")
 
 
 def _existing_snapshot(table: Table, snapshot_id: int, name: str) -> int:
@@ -266,6 +271,11 @@ def _fmt_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def is_lake_ref(name: str) -> bool:
+    """True for the tags the lake makes itself (checkpoints, replay pins, Silver sources)."""
+    return name.startswith(_LAKE_TAG_PREFIXES)
+
+
 def list_tags(table: Table) -> dict[str, int | None]:
     """Tags of `table`: name → snapshot id (None for a tag made while the table was empty)."""
     tags: dict[str, int | None] = {
@@ -334,7 +344,7 @@ def _check_tag_name(name: str) -> None:
 
 
 def create_tag(
-    lake: Settings | LakeCatalog,
+    source: CatalogSource,
     name: str,
     tables: Iterable[str] | None = None,
     *,
@@ -348,7 +358,7 @@ def create_tag(
     the other, not atomically across tables: pause writers for a cross-table cut.
 
     Args:
-        lake: settings or an open catalog.
+        source: settings or an open catalog.
         name: tag name (not only digits, not a timestamp, not `main`).
         tables: table identifiers (default: every table in the catalog).
         replace: move an existing tag of that name.
@@ -361,7 +371,7 @@ def create_tag(
         UnknownTableError: a table does not exist.
     """
     _check_tag_name(name)
-    catalog = _open(lake)
+    catalog = _open(source)
     identifiers = list(tables) if tables is not None else catalog.existing_tables()
     loaded = {ident: catalog.load_table(ident) for ident in identifiers}
     if not replace:
@@ -398,9 +408,7 @@ def _tag_one(table: Table, name: str) -> int | None:
     return current.snapshot_id
 
 
-def remove_tag(
-    lake: Settings | LakeCatalog, name: str, tables: Iterable[str] | None = None
-) -> list[str]:
+def remove_tag(source: CatalogSource, name: str, tables: Iterable[str] | None = None) -> list[str]:
     """Remove tag `name` from the tables that have it (default: every table).
 
     Idempotent; makes no snapshot. After removal, maintenance may expire the snapshot.
@@ -408,7 +416,7 @@ def remove_tag(
     Returns:
         Identifiers of the tables the tag was removed from.
     """
-    catalog = _open(lake)
+    catalog = _open(source)
     identifiers = list(tables) if tables is not None else catalog.existing_tables()
     removed: list[str] = []
     for ident in identifiers:
@@ -593,7 +601,7 @@ def replay_pin_name(
 
 
 def pin_snapshots(
-    lake: Settings | LakeCatalog,
+    lake: CatalogSource,
     pins: Mapping[str, int | None],
     name: str,
     max_age_days: float,
