@@ -78,7 +78,7 @@ def test_cli_replay_session_to_parquet_arrow_and_ndjson(
 ) -> None:
     monkeypatch.setenv("LAKE_DATA_DIR", str(lake["settings"].data_dir))
     runner = CliRunner()
-    base = ["replay", "-t", FUT, "--session", "2024-05-13", "--calendar", "CME_Equity"]
+    base = ["replay", "--tables", FUT, "--session", "2024-05-13", "--calendar", "CME_Equity"]
     hashes = {}
     for fmt in ("parquet", "arrow", "ndjson"):
         out, manifest = tmp_path / f"e.{fmt}", tmp_path / f"m-{fmt}.json"

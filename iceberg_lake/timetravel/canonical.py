@@ -68,7 +68,10 @@ def _floats(col: pa.Array) -> pa.Array:
     # normalised sort keys turn -0.0 into 0.0, so that is what every recorded hash contains.
     text = pc.cast(pc.if_else(pa.array(zero), 0.0, col) if zero.any() else col, pa.string())
     if integral.any():
-        text = pc.if_else(pa.array(integral), pc.binary_join_element_wise(text, ".0", ""), text)
+        # Append `.0` to the integral values only (a masked replace, not a join over all).
+        mask = pa.array(integral)
+        fixed = pc.binary_join_element_wise(text.filter(mask), ".0", "")
+        text = pc.replace_with_mask(text, mask, fixed)
     unsafe = pc.and_(pc.invert(pa.array(safe)), pc.is_valid(col))
     if pc.any(unsafe).as_py():
         positions = np.flatnonzero(unsafe.to_numpy(zero_copy_only=False))

@@ -17,9 +17,12 @@ recompacting Silver, or appending newer data the pins do not see, leaves the seq
 
 How it runs (one pipeline behind every output). The window is cut into read windows: whole UTC
 hours, grouped while the rows they hold (estimated from the pinned files' statistics, all tables)
-stay under `window_rows` (400k), so sparse data costs few queries and dense data is read hour by
-hour. For each window, every table's rows are read through DuckDB's `iceberg_scan` of the pinned
-snapshot (partition pruning, no `ORDER BY`; one thread per table), then put in replay order without
+stay under `window_rows` (400k), so sparse data costs few reads and dense data is read hour by
+hour. The pinned files are planned once per replay (`engine.iceberg.plan_data_files`); for each
+window, every table's rows are read straight from the Parquet files whose `ts_event_ns` bounds
+overlap it (columns matched by field id, cast to the types DuckDB's `iceberg_scan` gives; a table
+with delete files is read through `iceberg_scan`, which applies them; one thread per table), then
+put in replay order without
 a full sort: a stable argsort of `ts_event_ns` (linear on the sorted runs that Silver files and
 time-ordered appends already are), and only rows that share a `ts_event_ns` with another row of the
 same table are ordered by the full tie-break key (by DuckDB, with the same `ORDER BY` as before, so
@@ -36,7 +39,8 @@ day-partitioned table are held, never the whole replay window.
 
 Outputs.
 
-* `batches()` yields `pyarrow.RecordBatch`es in replay order: a `table` column (dictionary of
+* `batches()` yields `pyarrow.RecordBatch`es in replay order (`verify=False`: without building
+  the canonical encoding and hash, about a third of the CPU): a `table` column (dictionary of
   table identifiers) followed by the union of the tables' columns (first-seen order; a table
   without a column has nulls there; a column whose type differs between tables, e.g. `exchange`
   int in stocks and string in futures, is a string column). Batches never span two read windows.
@@ -83,11 +87,13 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyiceberg.manifest import FileFormat
 from pyiceberg.table import Table
 
 from iceberg_lake.catalog import CatalogSource, as_catalog, catalog_errors
 from iceberg_lake.engine.duck import quote_ident, quote_str, timestamptz_literal
-from iceberg_lake.engine.iceberg import column_bounds
+from iceberg_lake.engine.iceberg import column_bounds, plan_data_files
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.tables import GOLD, TableDefinition
 from iceberg_lake.timetravel.canonical import encode_rows
@@ -191,9 +197,84 @@ class _Part:
     """One table's rows of one window, in replay order, with their canonical JSON."""
 
     index: int
+    #: The rows as read (not in replay order: `perm` orders them).
     rows: pa.Table
-    payloads: pa.Array
+    #: None when the replay does not encode (`batches(verify=False)`).
+    payloads: pa.Array | None
     ts: np.ndarray
+    #: Positions into `rows` of the part's events in replay order.
+    perm: np.ndarray
+
+
+@dataclass
+class _DataFile:
+    """One planned data file and the `ts_event_ns` range (clipped to the replay) it holds."""
+
+    path: str
+    lo: int
+    hi: int
+
+
+_FIELD_ID = b"PARQUET:field_id"
+
+
+def _read_parquet(
+    table: Table,
+    path: str,
+    field_ids: Mapping[str, int],
+    target: pa.Schema,
+    lo_ns: int,
+    hi_ns: int,
+) -> pa.Table | None:
+    """The rows of one Parquet data file with `lo_ns <= ts_event_ns < hi_ns`, as `target`."""
+    with table.io.new_input(path).open() as stream:
+        pf = pq.ParquetFile(stream)
+        file_schema = pf.schema_arrow
+        by_id: dict[int, str] = {}
+        for field in file_schema:
+            fid = (field.metadata or {}).get(_FIELD_ID)
+            if fid is not None:
+                by_id[int(fid)] = field.name
+        # Files without field ids (imported by name) are matched by name; otherwise a column
+        # whose id the file lacks was added later (nulls), even if an old column had its name.
+        found = {
+            col: by_id.get(fid) if by_id else col
+            for col, fid in field_ids.items()
+            if col in target.names
+        }
+        names = {col: n for col, n in found.items() if n is not None and n in file_schema.names}
+        ts_name = names.get("ts_event_ns")
+        if ts_name is None:
+            return None
+        ts_index = file_schema.names.index(ts_name)
+        meta = pf.metadata
+        groups = []
+        whole = True  # every kept row group lies inside the window (no row filter needed)
+        for i in range(meta.num_row_groups):
+            stats = meta.row_group(i).column(ts_index).statistics
+            if stats is None or not stats.has_min_max:
+                groups.append(i)
+                whole = False
+                continue
+            if stats.max < lo_ns or stats.min >= hi_ns:
+                continue
+            groups.append(i)
+            whole = whole and stats.min >= lo_ns and stats.max < hi_ns
+        if not groups:
+            return None
+        wanted = list(dict.fromkeys(names.values()))
+        rows = pf.read_row_groups(groups, columns=wanted, use_threads=False)
+    if not whole:
+        ts = rows.column(ts_name)
+        rows = rows.filter(pc.and_(pc.greater_equal(ts, lo_ns), pc.less(ts, hi_ns)))
+    arrays = []
+    for field in target:
+        if field.name in names:
+            col = rows.column(names[field.name])
+            arrays.append(col if col.type == field.type else pc.cast(col, field.type))
+        else:
+            arrays.append(pa.nulls(rows.num_rows, field.type))  # added after this file
+    return pa.Table.from_arrays(arrays, schema=target)
 
 
 @dataclass
@@ -237,6 +318,14 @@ class _Source:
         self.bucket_ns = _NS_PER_DAY if transform == "day" else _NS_PER_HOUR
         self.prefix = self.identifier.encode() + b"\x1f"
         self._cache: tuple[int, _Part] | None = None
+        #: Field id of every replayed column in the pinned schema (files are matched by id).
+        self.field_ids = {f.name: f.field_id for f in schema.fields if f.name in self.columns}
+        self._pinned_schema = schema
+        #: The pinned data files of the replay window (`buckets` plans them once per replay);
+        #: None: read through DuckDB (delete files, or not planned yet).
+        self.files: list[_DataFile] | None = None
+        #: The Arrow schema DuckDB gives this table's rows (the direct read is cast to it).
+        self.arrow_schema: pa.Schema | None = None
 
     def _order_by(self) -> list[str]:
         keys = ["ts_event_ns", *self.definition.sort_order]
@@ -254,21 +343,102 @@ class _Source:
         if self.snapshot_id is None:
             return {}
         found: dict[int, float] = {}
-        scan = self.table.scan(
-            row_filter=window_filter(start_ns, end_ns), snapshot_id=self.snapshot_id
-        )
+        files: list[_DataFile] = []
         with catalog_errors(f"planning {self.identifier}"):
-            for task in scan.plan_files():
-                bounds = column_bounds(task.file, self.table.schema(), "ts_event_ns")
+            planned, deletes = plan_data_files(
+                self.table, self.snapshot_id, window_filter(start_ns, end_ns)
+            )
+            schema = self.table.schema()
+            for data_file in planned:
+                bounds = column_bounds(data_file, schema, "ts_event_ns")
                 if bounds is None:
                     lo, hi = start_ns, end_ns - 1  # no stats: consider the whole window
                 else:
                     lo, hi = max(start_ns, bounds[0]), min(end_ns - 1, bounds[1])
+                if lo > hi:
+                    continue
+                if data_file.file_format == FileFormat.PARQUET:
+                    files.append(_DataFile(data_file.file_path, lo, hi))
+                else:
+                    deletes = True  # not Parquet: read through DuckDB
                 first = lo - lo % self.bucket_ns
                 spanned = range(first, hi + 1, self.bucket_ns)
                 for b in spanned:
-                    found[b] = found.get(b, 0.0) + task.file.record_count / len(spanned)
+                    found[b] = found.get(b, 0.0) + data_file.record_count / len(spanned)
+        # Merge-on-read deletes: DuckDB applies them (the direct file reads would not).
+        self.files = None if deletes else files
         return dict(sorted(found.items()))
+
+    def simple_arrow_schema(self, con: duckdb.DuckDBPyConnection) -> pa.Schema | None:
+        """The Arrow types DuckDB's `iceberg_scan` gives the replayed columns, without loading
+        the Iceberg extension (~0.3 CPU-s per connection), or None for types where that is not
+        certain (anything but booleans, numbers, decimals, strings, dates and timestamps).
+
+        DuckDB maps those Iceberg types to the same logical types as their Arrow counterparts
+        (`schema_to_pyarrow`), so a round trip of an empty table through DuckDB gives its types;
+        `tests/test_replay.py` checks this against `iceberg_scan` for every declared table.
+        """
+        from pyiceberg.io.pyarrow import schema_to_pyarrow
+        from pyiceberg.types import (
+            BooleanType,
+            DateType,
+            DecimalType,
+            DoubleType,
+            FloatType,
+            IntegerType,
+            LongType,
+            StringType,
+            TimestampType,
+            TimestamptzType,
+        )
+
+        simple = (
+            BooleanType,
+            DateType,
+            DecimalType,
+            DoubleType,
+            FloatType,
+            IntegerType,
+            LongType,
+            StringType,
+            TimestampType,
+            TimestamptzType,
+        )
+        fields = [f for f in self._pinned_schema.fields if f.name in self.columns]
+        if not all(isinstance(f.field_type, simple) for f in fields):
+            return None
+        arrow = schema_to_pyarrow(self._pinned_schema, include_field_ids=False)
+        empty = pa.schema([arrow.field(f.name) for f in fields]).empty_table()
+        relation = f"__lake_types_{id(empty)}"
+        con.register(relation, empty)
+        try:
+            cols = ", ".join(quote_ident(f.name) for f in fields)
+            return con.execute(f"SELECT {cols} FROM {relation} LIMIT 0").arrow().schema
+        finally:
+            con.unregister(relation)
+
+    def read_files(self, lo_ns: int, hi_ns: int) -> pa.Table:
+        """The rows of `[lo_ns, hi_ns)` read from the planned Parquet files directly.
+
+        No per-window DuckDB query (each re-read the table metadata): the files were planned
+        once (`buckets`), a window reads those whose `ts_event_ns` bounds overlap it, only the
+        row groups whose statistics overlap it, and the columns matched by Iceberg field id
+        (renamed columns read by their id, columns added later read as nulls, narrower types
+        cast), then cast to the Arrow types DuckDB gives (`arrow_schema`), so the rows, their
+        encoding and hash are DuckDB's. Row order is not kept: `sorted_rows` orders them.
+        """
+        assert self.files is not None and self.arrow_schema is not None
+        target = self.arrow_schema
+        pieces = []
+        for data_file in self.files:
+            if data_file.hi < lo_ns or data_file.lo >= hi_ns:
+                continue
+            piece = _read_parquet(self.table, data_file.path, self.field_ids, target, lo_ns, hi_ns)
+            if piece is not None and piece.num_rows:
+                pieces.append(piece)
+        if not pieces:
+            return target.empty_table()
+        return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
 
     def read_sql(self, lo_ns: int, hi_ns: int) -> str:
         """SQL for the rows of `[lo_ns, hi_ns)` (no order: `_sorted` orders them)."""
@@ -287,15 +457,22 @@ class _Source:
         return f"SELECT __pos FROM {relation} ORDER BY {order}"
 
     def sorted_rows(self, con: duckdb.DuckDBPyConnection, rows: pa.Table) -> pa.Table:
-        """`rows` in replay order: stable argsort of the event time, then the full key for ties.
+        """`rows` in replay order (see `replay_order`)."""
+        order = self.replay_order(con, rows)
+        return rows if order is None else rows.take(pa.array(order))
 
-        Only rows sharing a `ts_event_ns` with another row are ordered by the full key (by
-        DuckDB, the same `ORDER BY` as a full sort would use), so time-ordered input (Silver
-        files, most appends) costs one linear pass.
+    def replay_order(self, con: duckdb.DuckDBPyConnection, rows: pa.Table) -> np.ndarray | None:
+        """The permutation that puts `rows` in replay order (None: they are in order).
+
+        A stable argsort of the event time (Timsort: linear on the sorted runs that Silver files
+        and time-ordered appends are), then the full key for ties: only rows sharing a
+        `ts_event_ns` with another row are ordered by it (by DuckDB, the same `ORDER BY` as a
+        full sort would use). Returning the permutation instead of the sorted rows lets the
+        merge across tables take every column once.
         """
         ts = rows.column("ts_event_ns").to_numpy()
         if len(ts) < 2:
-            return rows
+            return None
         in_order = bool(np.all(ts[1:] >= ts[:-1]))
         order = None if in_order else np.argsort(ts, kind="stable")
         ts_sorted = ts if order is None else ts[order]
@@ -317,7 +494,7 @@ class _Source:
             finally:
                 con.unregister(relation)
             order[slots] = order[slots][ranked.column(0).to_numpy()]
-        return rows if order is None else rows.take(pa.array(order))
+        return order
 
 
 class ReplayEngine:
@@ -452,6 +629,8 @@ class ReplayEngine:
         self._complete = False
         self._per_table: dict[str, int] = dict.fromkeys(self.tables, 0)
         self._hash = hashlib.sha256()
+        #: Whether the current iteration encodes and hashes (`batches(verify=False)` does not).
+        self._encoding = True
         #: DuckDB reads (one per table and time partition) and the largest (rows): evidence of
         #: bounded memory.
         self.partition_reads = 0
@@ -500,14 +679,26 @@ class ReplayEngine:
 
     def _read(self, con: duckdb.DuckDBPyConnection, source: _Source, lo: int, hi: int) -> _Part:
         with catalog_errors(f"replaying {source.identifier}"):
-            rows = con.execute(source.read_sql(lo, hi)).arrow().read_all()
+            if source.files is not None and source.arrow_schema is not None:
+                rows = source.read_files(lo, hi)
+            else:
+                rows = con.execute(source.read_sql(lo, hi)).arrow().read_all()
         with self._stats_lock:
             self.partition_reads += 1
             self.max_partition_rows = max(self.max_partition_rows, rows.num_rows)
-        rows = source.sorted_rows(con, rows).combine_chunks()
-        payloads = encode_rows(rows).cast(pa.binary())  # zero-copy
+        rows = rows.combine_chunks()
+        order = source.replay_order(con, rows)
         ts = rows.column("ts_event_ns").to_numpy()
-        return _Part(self._sources.index(source), rows, payloads, ts)
+        perm = np.arange(len(ts)) if order is None else order
+        payloads = None
+        if self._encoding:
+            # Encoded as read, then one take of the payloads (not of every column).
+            payloads = encode_rows(rows).cast(pa.binary())  # zero-copy
+            if order is not None:
+                payloads = payloads.take(pa.array(order))
+        if order is not None:
+            ts = ts[order]
+        return _Part(self._sources.index(source), rows, payloads, ts, perm)
 
     def _part(
         self, con: duckdb.DuckDBPyConnection, index: int, buckets: set[int], lo: int, hi: int
@@ -535,9 +726,8 @@ class ReplayEngine:
         a, b = np.searchsorted(whole.ts, [lo, hi], side="left")
         if a == b:
             return None
-        return _Part(
-            index, whole.rows.slice(a, b - a), whole.payloads.slice(a, b - a), whole.ts[a:b]
-        )
+        payloads = None if whole.payloads is None else whole.payloads.slice(a, b - a)
+        return _Part(index, whole.rows, payloads, whole.ts[a:b], whole.perm[a:b])
 
     def _prepare(
         self,
@@ -562,16 +752,23 @@ class ReplayEngine:
             order = None
             sources = np.full(len(parts[0].ts), parts[0].index, dtype=np.int8)
             payloads, ts = parts[0].payloads, parts[0].ts
+            if payloads is None:
+                return _Window(lo, hi, parts, order, sources, len(sources), None, ts)
             framed = pc.binary_join_element_wise(
                 self._sources[parts[0].index].prefix, payloads, b"\n", b""
             )
         else:
             lengths = [len(p.ts) for p in parts]
+            ts = np.concatenate([p.ts for p in parts])
             # Stable: equal times keep the concatenation order = table order, then row order.
-            order = np.argsort(np.concatenate([p.ts for p in parts]), kind="stable")
+            order = np.argsort(ts, kind="stable")
+            ts = ts[order]
             sources = np.repeat(np.array([p.index for p in parts], dtype=np.int8), lengths)[order]
-            payloads = pa.concat_arrays([p.payloads for p in parts]).take(pa.array(order))
-            ts = np.concatenate([p.ts for p in parts])[order]
+            if not self._encoding:
+                return _Window(lo, hi, parts, order, sources, len(sources), None, ts)
+            taken = pa.array(order)
+            payloads = pa.concat_arrays([p.payloads for p in parts if p.payloads is not None])
+            payloads = payloads.take(taken)
             prefixes = pa.array([s.prefix for s in self._sources], pa.binary()).take(
                 pa.array(sources)
             )
@@ -584,13 +781,34 @@ class ReplayEngine:
             self._hash.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
         return _Window(lo, hi, parts, order, sources, len(sources), payloads, ts)
 
-    def _windows(self) -> Generator[_Window, None, None]:
-        """Every read window in order, the next one prepared while the current is consumed."""
+    def _windows(self, encode: bool = True) -> Generator[_Window, None, None]:
+        """Every read window in order, the next one prepared while the current is consumed.
+
+        Args:
+            encode: build each event's canonical JSON and the sequence hash (False: rows only,
+                the manifest then has no hash).
+        """
         self._reset()
+        self._encoding = encode
         for source in self._sources:
             source._cache = None
         windows, buckets = self._plan()
-        con = Lake(self.catalog).connect()
+        pinned = [s for s in self._sources if s.snapshot_id is not None]
+        con = duckdb.connect()
+        for source in pinned:
+            if source.files is not None and source.arrow_schema is None:
+                source.arrow_schema = source.simple_arrow_schema(con)
+        if any(s.files is None or s.arrow_schema is None for s in pinned):
+            # Some table is read (or typed) through `iceberg_scan`. Otherwise DuckDB only orders
+            # equal event times, which needs no Iceberg extension (~0.3 CPU-s to load).
+            con.close()
+            con = Lake(self.catalog).connect()
+        for source in pinned:
+            if source.files is not None and source.arrow_schema is None:
+                # DuckDB's types for this table's rows (one metadata read per replay).
+                sql = source.read_sql(self.start_ns, self.start_ns + 1) + " LIMIT 0"
+                with catalog_errors(f"replaying {source.identifier}"):
+                    source.arrow_schema = con.execute(sql).arrow().schema
         cursors = [con.cursor() for _ in self._sources]
         pool = ThreadPoolExecutor(1, thread_name_prefix="replay") if self.prefetch else None
         parts_pool = (
@@ -636,9 +854,31 @@ class ReplayEngine:
     def schema(self) -> pa.Schema:
         """The schema of `batches()`: `table`, then the union of the tables' columns."""
         if self._schema is None:
+            plain = duckdb.connect()
+            try:
+                for source in self._sources:
+                    if source.snapshot_id is not None and source.arrow_schema is None:
+                        source.arrow_schema = source.simple_arrow_schema(plain)
+            finally:
+                plain.close()
+            fields: dict[str, pa.DataType] = {}
+            if all(s.arrow_schema is not None for s in self._sources):
+                for source in self._sources:
+                    assert source.arrow_schema is not None
+                    for field in source.arrow_schema:
+                        have = fields.get(field.name)
+                        fields[field.name] = (
+                            field.type
+                            if have is None or have == field.type
+                            else _unify(have, field.type)
+                        )
+                self._schema = pa.schema(
+                    [pa.field(TABLE_COLUMN, pa.dictionary(pa.int8(), pa.string()), nullable=False)]
+                    + [pa.field(n, t) for n, t in fields.items()]
+                )
+                return self._schema
             con = Lake(self.catalog).connect()
             try:
-                fields: dict[str, pa.DataType] = {}
                 for source in self._sources:
                     sql = source.read_sql(self.start_ns, self.start_ns + 1)
                     if source.snapshot_id is None:
@@ -647,6 +887,8 @@ class ReplayEngine:
                         cols = ", ".join(quote_ident(c) for c in source.columns)
                         sql = f"SELECT {cols} FROM ({scan_sql(source.table, None)})"
                     schema = con.execute(sql + " LIMIT 0").arrow().schema
+                    if source.snapshot_id is not None:
+                        source.arrow_schema = schema  # reused by the direct file reads
                     for field in schema:
                         have = fields.get(field.name)
                         if have is None:
@@ -661,37 +903,47 @@ class ReplayEngine:
             )
         return self._schema
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
+    def batches(self, verify: bool = True) -> Iterator[pa.RecordBatch]:
         """Every event of the window as Arrow record batches in replay order (no pacing).
 
         Same order, count and sequence hash as `events()`; the manifest is updated as windows are
         consumed. See the module docstring for the batch layout.
+
+        Args:
+            verify: compute the canonical encoding and the sequence hash (about half the CPU of
+                an Arrow replay). False skips both: same batches, the manifest's
+                `sequence_hash` is None (use it when the pins alone identify the run).
 
         Yields:
             Record batches of at most `batch_rows` rows with `schema()`.
         """
         schema = self.schema()
         names = pa.array(self.tables, pa.string())
-        for window in self._windows():
-            tables = []
+        data_schema = pa.schema([f for f in schema if f.name != TABLE_COLUMN])
+        for window in self._windows(encode=verify):
+            tables, index, base = [], [], 0
             for part in window.parts:
                 n = part.rows.num_rows
-                columns = [
-                    pa.DictionaryArray.from_arrays(pa.array(np.full(n, part.index, np.int8)), names)
-                ]
-                for field in schema:
-                    if field.name == TABLE_COLUMN:
-                        continue
+                columns = []
+                for field in data_schema:
                     if field.name in part.rows.column_names:
                         col = part.rows.column(field.name)
                         columns.append(col if col.type == field.type else pc.cast(col, field.type))
                     else:
                         columns.append(pa.nulls(n, field.type))
-                tables.append(pa.Table.from_arrays(columns, schema=schema))
-            merged = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+                tables.append(pa.Table.from_arrays(columns, schema=data_schema))
+                index.append(part.perm + base)
+                base += n
+            # One take of every column: each part's own order composed with the merge.
+            positions = np.concatenate(index) if len(index) > 1 else index[0]
             if window.order is not None:
-                merged = merged.take(pa.array(window.order))
-            yield from merged.combine_chunks().to_batches(max_chunksize=self.batch_rows)
+                positions = positions[window.order]
+            rows = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+            if len(positions) != rows.num_rows or np.any(positions[1:] < positions[:-1]):
+                rows = rows.take(pa.array(positions))
+            table = pa.DictionaryArray.from_arrays(pa.array(window.sources, pa.int8()), names)
+            merged = rows.combine_chunks().add_column(0, schema.field(TABLE_COLUMN), table)
+            yield from merged.to_batches(max_chunksize=self.batch_rows)
 
     # ---- the event stream ---------------------------------------------------------------------
 
@@ -904,7 +1156,7 @@ class ReplayEngine:
             "end": _iso(self.end_ns),
             "event_count": self._count,
             "events_per_table": dict(self._per_table),
-            "sequence_hash": "sha256:" + self._hash.hexdigest(),
+            "sequence_hash": "sha256:" + self._hash.hexdigest() if self._encoding else None,
             "tie_break": TIE_BREAK,
             "speed": self.speed,
             "complete": self._complete,
