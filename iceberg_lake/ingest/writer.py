@@ -30,7 +30,7 @@ from pyiceberg.table import Table
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.config import Settings
-from iceberg_lake.engine.iceberg import watermarked_append
+from iceberg_lake.engine.iceberg import fast_path_applies, watermarked_append
 from iceberg_lake.engine.nats import (
     INFERRED_TARGET,
     consumer_target,
@@ -434,7 +434,7 @@ class ConsumerWriter:
         return self._arrow_schemas[key]
 
     def _prepare(self, tid: str, table: Table, chunks: list[pa.Table]) -> pa.Table:
-        """Align chunks to the live schema, concatenate, sort by event time, cast."""
+        """Align chunks to the live schema, concatenate, cast (and sort, unless the commit does)."""
         target = self._arrow_schema(tid, table)
         aligned = []
         for chunk in chunks:
@@ -447,11 +447,13 @@ class ConsumerWriter:
             nullable = pa.schema([f.with_nullable(True) for f in target])
             aligned.append(pa.Table.from_arrays(arrays, schema=nullable))
         rows = pa.concat_tables(aligned) if len(aligned) > 1 else aligned[0]
+        rows = rows.cast(target)
+        if fast_path_applies(table, rows):
+            return rows  # the commit sorts once, by (partition, sort order)
         keys = [("ts_event_ns", "ascending")]
         if "level_id" in rows.column_names:
             keys.append(("level_id", "ascending"))
-        rows = rows.sort_by(keys)
-        return rows.cast(target)
+        return rows.sort_by(keys)
 
     def _commit_sync(self, batch: MicroBatch) -> None:
         """Commit the batch's tables in order; each one transaction with its watermark."""
