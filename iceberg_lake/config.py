@@ -132,8 +132,8 @@ class Settings:
     nats_tls_ca: Path | None = None
     nats_tls_cert: Path | None = None
     nats_tls_key: Path | None = None
-    bronze_batch_size: int = 1000
-    bronze_batch_seconds: float = 5.0
+    bronze_batch_size: int = 50_000
+    bronze_batch_seconds: float = 2.0
     gold_batch_size: int = 500
     gold_batch_seconds: float = 10.0
     max_buffered_events: int = 200_000
