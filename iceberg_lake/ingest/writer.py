@@ -49,6 +49,7 @@ from iceberg_lake.ingest.routing import (
     GoldDecoder,
     InferredDecoder,
     RoutedBatch,
+    decode_chunked,
 )
 from iceberg_lake.ops import metrics
 from iceberg_lake.ops.maintenance import expire_inline
@@ -298,10 +299,10 @@ class ConsumerWriter:
         bodies = [m.data for m in keep]
         subjects = [m.subject for m in keep]
         assert self.decoder is not None
-        routed: RoutedBatch = self.decoder.decode(bodies, subjects, recv_ns)
+        routed: RoutedBatch = decode_chunked(self.decoder, bodies, subjects, recv_ns)
         if routed.unknown_fields and await self._schema_changed():
             # A migration added the fields: decode the same messages again with the new schema.
-            routed = self.decoder.decode(bodies, subjects, recv_ns)
+            routed = decode_chunked(self.decoder, bodies, subjects, recv_ns)
         seq_arr = np.asarray(seqs, dtype=np.int64)
         for tid, decoded in routed.tables.items():
             rows = decoded.table
