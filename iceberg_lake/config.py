@@ -132,6 +132,8 @@ class Settings:
     nats_tls_ca: Path | None = None
     nats_tls_cert: Path | None = None
     nats_tls_key: Path | None = None
+    #: JetStream domain of the streams (leaf-node set-ups); empty = the server's own JetStream.
+    nats_domain: str | None = None
     bronze_batch_size: int = 50_000
     bronze_batch_seconds: float = 2.0
     gold_batch_size: int = 500
@@ -146,6 +148,19 @@ class Settings:
     checkpoint_max_age_days: float = 30.0
     replay_pin_max_age_days: float = 90.0
     stream_duplicate_window_seconds: float = 120.0
+    #: Stream limits applied when the lake creates or updates its streams (0 = unlimited).
+    #: Messages older/beyond them are discarded by the server even if no writer stored them.
+    stream_max_age: float = 0.0
+    stream_max_bytes: int = 0
+    #: One active writer per consumer: a lease in a NATS KV bucket with this time to live.
+    #: A standby takes over at most this long after the active writer died.
+    writer_lease_seconds: float = 10.0
+    #: On SIGTERM, how long a failing commit may keep retrying before the process exits
+    #: non-zero without acking (the bus keeps the data).
+    shutdown_grace_seconds: float = 10.0
+    #: Bytes all pull requests of one process may have in flight together; keep it below the
+    #: NATS server's max_pending (64 MB by default) or the server drops the connection.
+    fetch_max_bytes: int = 32 * 1024 * 1024
     log_level: str = "INFO"
 
     @property
@@ -292,9 +307,14 @@ def _validate(s: Settings) -> Settings:
         "checkpoint_max_age_days",
         "replay_pin_max_age_days",
         "stream_duplicate_window_seconds",
+        "writer_lease_seconds",
+        "fetch_max_bytes",
     ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{env_var(name)} must be positive, got {getattr(s, name)!r}")
+    for name in ("stream_max_age", "stream_max_bytes", "shutdown_grace_seconds"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{env_var(name)} must be 0 or more, got {getattr(s, name)!r}")
     if s.max_buffered_events < max(s.bronze_batch_size, s.gold_batch_size):
         raise ConfigError(
             f"{env_var('max_buffered_events')} must be at least the largest batch size"

@@ -28,6 +28,25 @@ class CommitConflictError(TransientError):
     """A concurrent commit won the compare-and-swap on the table metadata."""
 
 
+class WriterFencedError(LakeError):
+    """Another writer took over this consumer (its lease, or the table's watermark moved).
+
+    Not retryable by the writer that gets it: it drops its uncommitted batch unacked and waits
+    as a standby (or re-reads from the new watermark while it still holds the lease).
+    """
+
+
+class DataRejectedError(LakeError):
+    """The store refused values of a batch for a reason a retry cannot fix (a partition path
+    too long for the file system, a cast that can never succeed). The writer dead-letters the
+    affected rows with this reason and moves on."""
+
+
+class ShutdownTimeoutError(LakeError):
+    """A stop was asked while a commit kept failing; the grace period ran out and nothing was
+    acked (the bus redelivers it to the next writer)."""
+
+
 class UnknownTableError(LakeError):
     """A table name that the lake does not declare or the catalog does not hold."""
 

@@ -84,7 +84,7 @@ async def _fetch_ceiling(settings: Any, messages: int) -> float:
     from iceberg_lake.engine import nats as bus
 
     nc = await bus.connect(settings, name="bench-fetch")
-    js = nc.jetstream()
+    js = bus.jetstream(nc, settings)
     await bus.reset_consumer(js, TABLE, 1)
     psub = await js.pull_subscribe_bind(
         consumer=bus.consumer_name(TABLE),
@@ -99,6 +99,158 @@ async def _fetch_ceiling(settings: Any, messages: int) -> float:
         got += len(msgs)
         await msgs[-1].ack()
     elapsed = time.perf_counter() - t0
+    await nc.close()
+    return messages / elapsed
+
+
+# ---- pull consumers: the lean public-API one vs the previous one (baseline, same run) ----------
+
+_END_OF_ROUND = {"404", "408", "409"}
+
+
+class _LegacyPuller:
+    """The writers' previous puller (nats-py private members), kept here as a baseline only.
+
+    Args:
+        nc: connected client.
+        stream: stream name.
+        consumer: durable consumer name.
+    """
+
+    def __init__(self, nc: Any, stream: str, consumer: str) -> None:
+        self.nc = nc
+        self.api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self.inbox = nc.new_inbox()
+        self.sub: Any = None
+
+    async def start(self) -> None:
+        """Subscribe to the delivery inbox."""
+        self.sub = await self.nc.subscribe(
+            self.inbox, pending_msgs_limit=4_000_000, pending_bytes_limit=2 * 1024**3
+        )
+
+    async def close(self) -> None:
+        """Unsubscribe (queued, unacked deliveries are dropped; the server redelivers them)."""
+        if self.sub is not None:
+            try:
+                await self.sub.unsubscribe()
+            finally:
+                self.sub = None
+
+    def _drain(self, out: list[Any], limit: int) -> bool:
+        """Move queued deliveries to `out`; True if an end-of-round status was seen."""
+        queue = self.sub._pending_queue
+        ended = False
+        while len(out) < limit and not queue.empty():
+            msg = queue.get_nowait()
+            self.sub._pending_size -= len(msg.data)
+            headers = msg.headers
+            if headers and "Status" in headers:
+                if headers["Status"] in _END_OF_ROUND:
+                    ended = True
+                continue  # heartbeats and other status messages
+            out.append(msg)
+        return ended
+
+    async def _request(self, batch: int, expires: float | None) -> None:
+        req: dict[str, Any] = {"batch": batch}
+        if expires is None:
+            req["no_wait"] = True
+        else:
+            req["expires"] = int(expires * 1_000_000_000)
+        await self.nc.publish(self.api, json.dumps(req).encode(), reply=self.inbox)
+
+    async def fetch(self, batch: int, timeout: float) -> list[Any]:
+        """Up to `batch` messages; waits at most about `timeout` seconds for the first one.
+
+        Returns:
+            The messages in delivery order (possibly none).
+        """
+        out: list[Any] = []
+        self._drain(out, batch)
+        if len(out) >= batch:
+            return out
+        queue = self.sub._pending_queue
+        loop = asyncio.get_running_loop()
+        # Round 1: whatever is available now (the server ends the round with a 404/408).
+        await self._request(batch - len(out), None)
+        deadline = loop.time() + max(timeout, 0.05)
+        while len(out) < batch:
+            if self._drain(out, batch) or len(out) >= batch:
+                break
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return out
+            try:
+                msg = await asyncio.wait_for(queue.get(), remaining)
+            except TimeoutError:
+                return out
+            self._push_front(msg)
+        if out:
+            return out
+        # Round 2: nothing was available; long-poll until the first message or the timeout.
+        remaining = deadline - loop.time()
+        if remaining <= 0.01:
+            return out
+        await self._request(batch, remaining)
+        while not out:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                msg = await asyncio.wait_for(queue.get(), remaining)
+            except TimeoutError:
+                break
+            self._push_front(msg)
+            self._drain(out, batch)
+        # Let the rest of a burst land, then take it.
+        await asyncio.sleep(0)
+        self._drain(out, batch)
+        return out
+
+    def _push_front(self, msg: Any) -> None:
+        """Put a message taken with `queue.get()` back at the head of the queue."""
+        queue = self.sub._pending_queue
+        queue._queue.appendleft(msg)  # asyncio.Queue keeps a deque; keeps delivery order
+
+
+def _legacy_seqs(reply: str) -> tuple[int, int]:
+    t = reply.split(".")
+    if len(t) == 9:
+        return int(t[5]), int(t[6])
+    return int(t[7]), int(t[8])
+
+
+async def _puller_drain(settings: Any, messages: int, legacy: bool) -> float:
+    """Messages/s drained by a puller (fetch, stream/consumer seqs of each message, ack last)."""
+    from iceberg_lake.engine import nats as bus
+    from iceberg_lake.ingest.pull import BatchPuller
+
+    nc = await bus.connect(settings, name="bench-puller")
+    js = bus.jetstream(nc, settings)
+    await bus.reset_consumer(js, TABLE, 1)
+    consumer = bus.consumer_name(TABLE)
+    puller: Any
+    if legacy:
+        puller = _LegacyPuller(nc, "MARKET", consumer)
+    else:
+        puller = BatchPuller(nc, bus.api_prefix(settings), "MARKET", consumer)
+    await puller.start()
+    got = 0
+    t0 = time.perf_counter()
+    while got < messages:
+        if legacy:
+            msgs = await puller.fetch(5000, 2.0)
+            seqs = [_legacy_seqs(m.reply) for m in msgs]
+        else:
+            msgs = await puller.fetch(5000, 2.0, 8 * 1024 * 1024)
+            seqs = bus.message_sequences(msgs)
+        if msgs:
+            assert seqs[-1][0] > 0
+            got += len(msgs)
+            await msgs[-1].ack()
+    elapsed = time.perf_counter() - t0
+    await puller.close()
     await nc.close()
     return messages / elapsed
 
@@ -169,10 +321,24 @@ def _ingest_runs(workdir: Path, quick: bool) -> list[dict[str, Any]]:
             bodies = _bodies(events, per_message)
             asyncio.run(_publish(settings, bodies))
             ceiling = asyncio.run(_fetch_ceiling(settings, len(bodies))) * per_message
+            legacy = asyncio.run(_puller_drain(settings, len(bodies), legacy=True))
+            lean = asyncio.run(_puller_drain(settings, len(bodies), legacy=False))
+            legacy2 = asyncio.run(_puller_drain(settings, len(bodies), legacy=True))
+            lean2 = asyncio.run(_puller_drain(settings, len(bodies), legacy=False))
             rate, lat, committed = asyncio.run(_drain(settings, events))
             assert committed == events, (committed, events)
             latencies += lat
             flush_rows.append(events // max(1, len(lat)))
+        rows.append(
+            {
+                "benchmark": f"pull-drain-{per_message}-event-msgs",
+                "metric": f"messages/s ({len(bodies):,} messages, best of 2, public-API puller)",
+                "value": round(max(lean, lean2)),
+                "unit": "msgs/s",
+                "baseline": "previous puller (private nats-py members), same backlog",
+                "baseline_value": round(max(legacy, legacy2)),
+            }
+        )
         rows.append(
             {
                 "benchmark": f"ingest-{per_message}-event-msgs",
@@ -244,6 +410,13 @@ def _append_latency(workdir: Path, quick: bool) -> dict[str, Any]:
 # ---- 10k-row commits: the writers' data path vs pyiceberg's append vs deltalake ----------------
 
 
+def _has_deltalake() -> bool:
+    """deltalake is a bench-only dependency (`pip install -e .[bench]`)."""
+    import importlib.util
+
+    return importlib.util.find_spec("deltalake") is not None
+
+
 def _delta_append(path: Path, rows: Any, cpu: list[float] | None = None) -> float:
     """Seconds for one `deltalake.write_deltalake` append of `rows`.
 
@@ -306,7 +479,12 @@ def _commit_alone(workdir: Path, quick: bool) -> list[dict[str, Any]]:
             cpu[mode].append(time.process_time() - c0)
     finally:
         engine.fast_path_applies = fast_path  # type: ignore[assignment]
-    delta = [_delta_append(workdir / "delta-alone", chunk, cpu["delta"]) for _ in range(commits)]
+    delta = [0.0, 0.0]
+    cpu["delta"] = [0.0, 0.0]
+    if _has_deltalake():
+        delta = [
+            _delta_append(workdir / "delta-alone", chunk, cpu["delta"]) for _ in range(commits)
+        ]
     own = statistics.median(results["own"][2:])
     own_cpu = statistics.median(cpu["own"][2:])
     return [
@@ -353,7 +531,7 @@ def _commit_under_load(workdir: Path, quick: bool) -> list[dict[str, Any]]:
     stop = threading.Event()
 
     def delta_loop() -> None:
-        while not stop.wait(0.3):
+        while _has_deltalake() and not stop.wait(0.3):
             delta.append(_delta_append(run_dir / "delta", chunk))
 
     with run_nats_server(run_dir / "nats") as nats:

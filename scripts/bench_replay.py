@@ -1,21 +1,26 @@
-"""Benchmark: time travel reads and deterministic replay.
+"""Benchmark: time travel reads, deterministic replay (Arrow, Python, NATS), bars and as-of joins.
 
-Writes N stock trades (10 symbols × 24 hours of one day; 5.04M rows by default, 504k with
---quick) into a fresh local lake, one append per hour, and tags the snapshot. Then, in the same
-run, each figure beside its baseline:
+Builds a fresh local lake (in a child process, so the figures' peak RSS is the replay's own):
+three Bronze tables over one day, tagged `bench` — `stocks_trades` (10 symbols, 40%),
+`stocks_quotes` (10 symbols, 50%) and `futures_trades` (ES, NQ; 10%), one append per table and
+hour, rows time-ordered within each symbol like a feed. 5.4M events by default; `--events N`,
+`--hours H` (of the day) and `--quick` (540k over 24 h) scale it. Then, in the same run, each
+figure beside DuckDB's own sorted read (`SELECT … ORDER BY ts_event_ns, symbol` to Arrow) of the
+same rows:
 
-* symbol-hour read latency (one symbol, one hour = 1 of 240 partitions) through `BronzeReader`
-  (pyiceberg planning + Arrow) and through `Lake.query` (DuckDB `iceberg_scan`, AS OF the tag),
-  each vs a full-table scan by the same engine;
-* replay throughput to a Python iterator (events/s, the whole ReplayEngine: pinned snapshot,
-  hour-by-hour DuckDB reads, k-way merge, canonical encoding, sequence hash) vs DuckDB reading
-  and sorting the same rows to Arrow (no per-event work);
-* replay throughput to NATS (core publish to a local nats-server, `replay.` prefix) vs the
-  iterator.
+* Arrow replay (`ReplayEngine.batches()`: pinned snapshots, hour windows, merge of the three
+  tables, canonical encoding and the sequence hash) over the whole window;
+* Python replay (`ReplayEngine.events()`) over the whole window, and over 2 hours beside the
+  iterator as it was before issue 16 (`tests/replay_reference.py`, same hash);
+* NATS replay (`publish()`, core publish to a local nats-server, `replay.` prefix) over 2 hours;
+* 1-minute OHLCV bars by symbol (`bars()`) over the day, and trades as-of joined with the
+  prevailing NBBO quote (`asof_join()`) over the day;
+* symbol-hour read latency vs a full scan (reader and DuckDB), as before.
 
-Latencies are the median of several runs (the machine is shared). Usage::
+Peak RSS (`ru_maxrss` of this process, which never holds the generated data) is reported last.
+Usage::
 
-    python scripts/bench_replay.py [--quick] [--json]
+    python scripts/bench_replay.py [--quick] [--events N] [--hours H] [--json] [--skip-nats]
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,45 +42,50 @@ import numpy as np
 import pyarrow as pa
 
 SYMBOLS = ("SPY", "QQQ", "IWM", "AAPL", "MSFT", "NVDA", "AMZN", "META", "TSLA", "GOOG")
-HOURS = 24
+FUTURES = ("ES", "NQ")
 DAY_NS = 1_765_843_200 * 10**9  # 2025-12-16 00:00 UTC
 HOUR_NS = 3_600 * 10**9
-TABLE = "bronze.stocks_trades"
+TRADES, QUOTES, FUT = "bronze.stocks_trades", "bronze.stocks_quotes", "bronze.futures_trades"
+TABLES = (TRADES, QUOTES, FUT)
+SHARE = {TRADES: 0.4, QUOTES: 0.5, FUT: 0.1}
 TAG = "bench"
 
 
-def _hour_batch(schema: pa.Schema, hour: int, per_partition: int, rng: np.random.Generator):
-    """One hour of trades for every symbol, sorted by event time within each symbol."""
+def _columns(table: str, hour: int, n: int, rng: np.random.Generator) -> dict[str, Any]:
+    symbols = FUTURES if table == FUT else SYMBOLS
+    per = max(1, n // len(symbols))
     parts = []
-    for s, symbol in enumerate(SYMBOLS):
-        ts = np.sort(DAY_NS + hour * HOUR_NS + rng.integers(0, HOUR_NS, per_partition))
-        seq0 = (hour * len(SYMBOLS) + s) * per_partition
-        parts.append(
-            {
-                "ts_event_ns": ts,
-                "ts_recv_ns": ts + rng.integers(10_000, 2_000_000, per_partition),
-                "source": np.full(per_partition, "bench"),
-                "symbol": np.full(per_partition, symbol),
-                "price": np.round(100 + s * 50 + rng.normal(0, 1, per_partition), 2),
-                "size": rng.integers(1, 500, per_partition).astype(np.int32),
-                "exchange": rng.integers(1, 20, per_partition).astype(np.int32),
-                "seq": np.arange(seq0, seq0 + per_partition, dtype=np.int64),
-            }
-        )
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    arrays = []
-    for field in schema:
-        if field.name == "ts_event":
-            arrays.append(pa.array(cols["ts_event_ns"] // 1_000, pa.int64()).cast(field.type))
-        elif field.name in cols:
-            arrays.append(pa.array(cols[field.name], field.type))
+    for s, symbol in enumerate(symbols):
+        ts = np.sort(DAY_NS + hour * HOUR_NS + rng.integers(0, HOUR_NS, per))
+        base = 100 + s * 50 + np.cumsum(rng.normal(0, 0.01, per))
+        cols: dict[str, Any] = {
+            "ts_event_ns": ts,
+            "ts_recv_ns": ts + rng.integers(10_000, 2_000_000, per),
+            "source": np.full(per, "bench"),
+            "symbol": np.full(per, symbol),
+            "seq": np.arange(per, dtype=np.int64) + (hour * len(symbols) + s) * per,
+        }
+        if table == QUOTES:
+            cols["bid_px"] = np.round(base - 0.01, 2)
+            cols["ask_px"] = np.round(base + 0.01 + rng.integers(0, 3, per) * 0.01, 2)
+            cols["bid_sz"] = rng.integers(1, 900, per).astype(np.int32)
+            cols["ask_sz"] = rng.integers(1, 900, per).astype(np.int32)
+            cols["bid_exch"] = rng.integers(1, 20, per).astype(np.int32)
+            cols["ask_exch"] = rng.integers(1, 20, per).astype(np.int32)
         else:
-            arrays.append(pa.nulls(len(cols["ts_event_ns"]), field.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+            cols["price"] = np.round(base + rng.normal(0, 0.02, per), 2)
+            cols["size"] = rng.integers(1, 500, per).astype(np.int32)
+            if table == FUT:
+                cols["exchange"] = np.full(per, "CME")
+                cols["aggressor"] = rng.integers(0, 3, per).astype(np.int8)
+            else:
+                cols["exchange"] = rng.integers(1, 20, per).astype(np.int32)
+        parts.append(cols)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def build_lake(workdir: Path, rows: int) -> tuple[Any, int]:
-    """A local lake whose `bronze.stocks_trades` holds about `rows` rows, tagged `bench`."""
+def build_lake(workdir: Path, events: int, hours: int) -> dict[str, Any]:
+    """A local lake with the three tables over `hours` hours of the day, tagged `bench`."""
     from pyiceberg.io.pyarrow import schema_to_pyarrow
 
     from iceberg_lake.catalog import LakeCatalog
@@ -82,14 +95,28 @@ def build_lake(workdir: Path, rows: int) -> tuple[Any, int]:
     settings = load_settings({"LAKE_DATA_DIR": str(workdir / "lake")})
     catalog = LakeCatalog(settings)
     catalog.init()
-    table = catalog.load_table(TABLE)
-    schema = schema_to_pyarrow(table.schema(), include_field_ids=False)
-    per_partition = max(1, rows // (HOURS * len(SYMBOLS)))
     rng = np.random.default_rng(11)
-    for hour in range(HOURS):
-        table.append(_hour_batch(schema, hour, per_partition, rng))
-    snapshots.create_tag(settings, TAG, [TABLE])
-    return settings, per_partition * HOURS * len(SYMBOLS)
+    total = 0
+    for ident in TABLES:
+        table = catalog.load_table(ident)
+        schema = schema_to_pyarrow(table.schema(), include_field_ids=False)
+        per_hour = int(events * SHARE[ident] / hours)
+        for hour in range(hours):
+            cols = _columns(ident, hour, per_hour, rng)
+            n = len(cols["ts_event_ns"])
+            arrays = []
+            for field in schema:
+                if field.name == "ts_event":
+                    us = pa.array(cols["ts_event_ns"] // 1_000, pa.int64())
+                    arrays.append(us.cast(field.type))
+                elif field.name in cols:
+                    arrays.append(pa.array(cols[field.name]).cast(field.type))
+                else:
+                    arrays.append(pa.nulls(n, field.type))
+            table.append(pa.Table.from_arrays(arrays, schema=schema))
+            total += n
+    snapshots.create_tag(settings, TAG, list(TABLES))
+    return {"data_dir": str(workdir / "lake"), "events": total}
 
 
 def _median_seconds(fn: Callable[[], Any], repeat: int) -> float:
@@ -114,13 +141,206 @@ def _row(
     }
 
 
-def bench_reads(settings: Any, total: int, repeat: int) -> list[dict]:
+def _warm(data_dir: str) -> None:
+    """Read every file of the lake once so no measurement pays for the first disk read."""
+    for path in Path(data_dir).rglob("*"):
+        if path.is_file():
+            with path.open("rb") as f:
+                while f.read(1 << 22):
+                    pass
+
+
+def _cpu() -> float:
+    """CPU seconds used by this process so far (all threads): the machine is shared, so the
+    events per CPU-second show the work apart from the wait for a core."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def duckdb_sorted_read(
+    settings: Any, tables: tuple[str, ...], start: int, end: int
+) -> tuple[int, float]:
+    """DuckDB's own sorted read of the same rows to Arrow: (rows, seconds), tables one by one."""
+    from iceberg_lake.timetravel.query import Lake
+
+    rows, seconds = 0, 0.0
+    with Lake(settings) as lake:
+        con = lake.duckdb(as_of=TAG, tables=list(tables))
+        for ident in tables:
+            sql = (
+                f"SELECT * EXCLUDE (ts_event) FROM {ident} WHERE ts_event_ns >= {start} "
+                f"AND ts_event_ns < {end} ORDER BY ts_event_ns, symbol"
+            )
+            began = time.perf_counter()
+            rows += con.execute(sql).arrow().read_all().num_rows
+            seconds += time.perf_counter() - began
+        con.close()
+    return rows, seconds
+
+
+def bench_replay(settings: Any, start: int, end: int, hours: int) -> list[dict]:
+    """Arrow and Python replay events/s vs DuckDB's sorted read of the same rows."""
+    from iceberg_lake.timetravel.replay import ReplayEngine
+
+    # The replays run first so the peak RSS after them is theirs (the baseline materialises
+    # whole tables); the data files are in the page cache already (`_warm`).
+    engine = ReplayEngine(settings, list(TABLES), start, end, as_of=TAG)
+    began, cpu = time.perf_counter(), _cpu()
+    arrow_rows = sum(b.num_rows for b in engine.batches())
+    arrow_s, arrow_cpu = time.perf_counter() - began, _cpu() - cpu
+    arrow_hash = engine.manifest()["sequence_hash"]
+
+    engine = ReplayEngine(settings, list(TABLES), start, end, as_of=TAG)
+    began, cpu = time.perf_counter(), _cpu()
+    py_rows = 0
+    last = 0
+    for event in engine.events():
+        py_rows += 1
+        last = event.ts_event_ns  # touch the event like a consumer would
+    py_s, py_cpu = time.perf_counter() - began, _cpu() - cpu
+    replay_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    cpu = _cpu()
+    base_rows, base_s = duckdb_sorted_read(settings, TABLES, start, end)
+    base_cpu = _cpu() - cpu
+    base_rate = base_rows / base_s
+    assert last and py_rows == arrow_rows
+    assert engine.manifest()["sequence_hash"] == arrow_hash
+    assert arrow_rows == base_rows, (arrow_rows, base_rows)
+    what = f"{base_rows:,} events, {hours} h × 3 tables"
+    duck = f"DuckDB sorted read to Arrow ({base_rows / base_cpu:,.0f} rows/CPU-s)"
+    return [
+        _row(
+            "replay to Arrow batches",
+            f"events/s ({what}; hash {arrow_hash[7:19]}…; {arrow_rows / arrow_cpu:,.0f}/CPU-s)",
+            arrow_rows / arrow_s,
+            "events/s",
+            duck,
+            base_rate,
+        ),
+        _row(
+            "replay to Python events",
+            f"events/s ({what}; same hash; {py_rows / py_cpu:,.0f}/CPU-s)",
+            py_rows / py_s,
+            "events/s",
+            duck,
+            base_rate,
+        ),
+        _row(
+            "peak RSS after both replays",
+            "MB (ru_maxrss before any baseline ran; imports + DuckDB alone ~240 MB)",
+            replay_rss,
+            "MB",
+            "-",
+            None,
+        ),
+    ]
+
+
+def bench_old_iterator(settings: Any, start: int, end: int) -> list[dict]:
+    """The Python event path vs the pre-issue-16 iterator (`tests/replay_reference.py`), same
+    window and run, same hash."""
+    from iceberg_lake.timetravel.replay import ReplayEngine
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import replay_reference
+
+    old = replay_reference.ReplayEngine(settings, list(TABLES), start, end, as_of=TAG)
+    began, cpu = time.perf_counter(), _cpu()
+    old_rows = sum(1 for _ in old.events())
+    old_s, old_cpu = time.perf_counter() - began, _cpu() - cpu
+    new = ReplayEngine(settings, list(TABLES), start, end, as_of=TAG)
+    began, cpu = time.perf_counter(), _cpu()
+    new_rows = sum(1 for _ in new.events())
+    new_s, new_cpu = time.perf_counter() - began, _cpu() - cpu
+    assert old_rows == new_rows
+    assert old.manifest()["sequence_hash"] == new.manifest()["sequence_hash"]
+    return [
+        _row(
+            "replay to Python events vs the old iterator",
+            f"events/s ({new_rows:,} events, {(end - start) // HOUR_NS} h × 3 tables, same hash; "
+            f"{new_rows / new_cpu:,.0f}/CPU-s vs {old_rows / old_cpu:,.0f}/CPU-s)",
+            new_rows / new_s,
+            "events/s",
+            "pre-issue-16 iterator (tests/replay_reference.py)",
+            old_rows / old_s,
+        )
+    ]
+
+
+def bench_nats(settings: Any, start: int, end: int) -> list[dict]:
+    """Replay to NATS (core publish, batched flushes) vs DuckDB's sorted read."""
+    from iceberg_lake.testing import run_nats_server
+    from iceberg_lake.timetravel.replay import ReplayEngine
+
+    base_rows, base_s = duckdb_sorted_read(settings, TABLES, start, end)
+    with tempfile.TemporaryDirectory() as tmp, run_nats_server(Path(tmp)) as server:
+        s = settings.with_overrides(nats_url=server.url)
+        engine = ReplayEngine(s, list(TABLES), start, end, as_of=TAG)
+        began = time.perf_counter()
+        manifest = asyncio.run(engine.publish(prefix="replay"))
+        nats_s = time.perf_counter() - began
+    published = manifest["event_count"]
+    assert published == base_rows
+    return [
+        _row(
+            "replay to NATS",
+            f"events/s ({published:,} core publishes, {(end - start) // HOUR_NS} h, `replay.`)",
+            published / nats_s,
+            "events/s",
+            "DuckDB sorted read to Arrow",
+            base_rows / base_s,
+        )
+    ]
+
+
+def bench_backtest(settings: Any, start: int, end: int) -> list[dict]:
+    """Bars and the as-of join over the window vs DuckDB's sorted read of the rows they read."""
+    from iceberg_lake.timetravel.asof import asof_join
+    from iceberg_lake.timetravel.bars import bars
+    from iceberg_lake.timetravel.query import Lake
+
+    rows = []
+    with Lake(settings) as lake:
+        base_rows, base_s = duckdb_sorted_read(settings, (TRADES,), start, end)
+        began = time.perf_counter()
+        out = bars(lake, TRADES, "1m", start_ns=start, end_ns=end, by="symbol", as_of=TAG)
+        bars_s = time.perf_counter() - began
+        rows.append(
+            _row(
+                "1-minute bars by symbol",
+                f"input rows/s ({base_rows:,} trades → {out.num_rows:,} bars)",
+                base_rows / bars_s,
+                "rows/s",
+                "DuckDB sorted read to Arrow",
+                base_rows / base_s,
+            )
+        )
+        q_rows, q_s = duckdb_sorted_read(settings, (TRADES, QUOTES), start, end)
+        began = time.perf_counter()
+        joined = asof_join(lake, TRADES, QUOTES, start_ns=start, end_ns=end, as_of=TAG)
+        asof_s = time.perf_counter() - began
+        assert joined.num_rows == base_rows
+        rows.append(
+            _row(
+                "trades as-of NBBO quote",
+                f"trades/s ({joined.num_rows:,} trades joined over {q_rows - base_rows:,} quotes)",
+                base_rows / asof_s,
+                "rows/s",
+                "DuckDB sorted read of both, rows/s",
+                q_rows / q_s,
+            )
+        )
+    return rows
+
+
+def bench_reads(settings: Any, repeat: int) -> list[dict]:
     """Symbol-hour read latency vs a full scan, through the reader and through DuckDB."""
     from iceberg_lake.timetravel.query import Lake
     from iceberg_lake.timetravel.readers import BronzeReader
 
     reader = BronzeReader(settings, tag=TAG)
-    start = DAY_NS + 14 * HOUR_NS
+    start = DAY_NS
     one = reader.read_arrow("stocks_trades", "SPY", "2025-12-16", start, start + HOUR_NS)
     scan = reader.last_scan
     assert scan is not None and scan.files_scanned == 1, scan
@@ -132,8 +352,7 @@ def bench_reads(settings: Any, total: int, repeat: int) -> list[dict]:
     rows = [
         _row(
             "reader symbol-hour read",
-            f"latency ({one.num_rows:,} of {total:,} rows, {scan.files_scanned} of "
-            f"{scan.files_total} files)",
+            f"latency ({one.num_rows:,} rows, {scan.files_scanned} of {scan.files_total} files)",
             symbol_hour * 1000,
             "ms",
             "reader full-table read",
@@ -166,82 +385,67 @@ def bench_reads(settings: Any, total: int, repeat: int) -> list[dict]:
     return rows
 
 
-def bench_replay(settings: Any, hours: int) -> list[dict]:
-    """Replay events/s to an iterator and to NATS, vs DuckDB's plain sorted read."""
-    from iceberg_lake.timetravel.query import Lake
-    from iceberg_lake.timetravel.replay import ReplayEngine
+def run(
+    quick: bool = False,
+    events: int | None = None,
+    hours: int = 24,
+    nats: bool = True,
+    only: set[str] | None = None,
+) -> list[dict]:
+    """Build the lake (child process), run every measurement, return rows for `bench.py`."""
+    from iceberg_lake.config import load_settings
 
-    start = DAY_NS + 14 * HOUR_NS
-    end = start + hours * HOUR_NS
-    engine = ReplayEngine(settings, [TABLE], start, end, as_of=TAG)
-    began = time.perf_counter()
-    count = sum(1 for _ in engine.events())
-    iterator_s = time.perf_counter() - began
-    manifest = engine.manifest()
-    assert count == manifest["event_count"] > 0
-
-    with Lake(settings) as lake:
-        con = lake.duckdb(as_of=TAG, tables=[TABLE])
-        sql = (
-            f"SELECT * EXCLUDE (ts_event) FROM bronze.stocks_trades WHERE ts_event_ns >= {start} "
-            f"AND ts_event_ns < {end} ORDER BY ts_event_ns, symbol"
-        )
-        began = time.perf_counter()
-        plain = con.execute(sql).arrow().read_all().num_rows
-        plain_s = time.perf_counter() - began
-        con.close()
-    assert plain == count
-
-    nats_s, published = _replay_to_nats(settings, start, end)
-    assert published == count
-    iterator_rate = count / iterator_s
-    return [
-        _row(
-            "replay to iterator",
-            f"events/s ({count:,} events, {hours} h × {len(SYMBOLS)} symbols)",
-            iterator_rate,
-            "events/s",
-            "DuckDB sorted read to Arrow",
-            plain / plain_s,
-        ),
-        _row(
-            "replay to NATS",
-            f"events/s ({published:,} core publishes, prefix replay.)",
-            published / nats_s,
-            "events/s",
-            "replay to iterator",
-            iterator_rate,
-        ),
-    ]
-
-
-def _replay_to_nats(settings: Any, start: int, end: int) -> tuple[float, int]:
-    from iceberg_lake.testing import run_nats_server
-    from iceberg_lake.timetravel.replay import ReplayEngine
-
-    with tempfile.TemporaryDirectory() as tmp, run_nats_server(Path(tmp)) as server:
-        s = settings.with_overrides(nats_url=server.url)
-        engine = ReplayEngine(s, [TABLE], start, end, as_of=TAG)
-        began = time.perf_counter()
-        manifest = asyncio.run(engine.publish(prefix="replay"))
-        return time.perf_counter() - began, manifest["event_count"]
-
-
-def run(quick: bool = False) -> list[dict]:
-    """Build the lake, run every measurement, return rows for `scripts/bench.py`."""
-    rows_wanted = 504_000 if quick else 5_040_000
+    events = events or (540_000 if quick else 5_400_000)
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
-        settings, total = build_lake(Path(tmp), rows_wanted)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--build",
+                tmp,
+                "--events",
+                str(events),
+                "--hours",
+                str(hours),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        built = json.loads(out.stdout.strip().splitlines()[-1])
         build_s = time.perf_counter() - began
-        rows = bench_reads(settings, total, repeat=3 if quick else 7)
-        rows += bench_replay(settings, hours=1 if quick else 2)
+        settings = load_settings({"LAKE_DATA_DIR": built["data_dir"]})
+        _warm(built["data_dir"])
+        start, end = DAY_NS, DAY_NS + hours * HOUR_NS
+        want = only or {"replay", "old", "nats", "backtest", "reads"}
+        rows: list[dict] = []
+        if "replay" in want:
+            rows += bench_replay(settings, start, end, hours)
+        if "old" in want:
+            rows += bench_old_iterator(settings, start, start + min(hours, 2) * HOUR_NS)
+        if "nats" in want and nats:
+            rows += bench_nats(settings, start, start + min(hours, 2) * HOUR_NS)
+        if "backtest" in want:
+            rows += bench_backtest(settings, start, end)
+        if "reads" in want:
+            rows += bench_reads(settings, repeat=3 if quick else 5)
     rows.append(
         _row(
             "bench set-up",
-            f"write {total:,} rows (24 appends)",
-            total / build_s,
+            f"write {built['events']:,} rows (3 tables × {hours} appends, child process)",
+            built["events"] / build_s,
             "rows/s",
+            "-",
+            None,
+        )
+    )
+    rows.append(
+        _row(
+            "peak RSS of the whole benchmark process",
+            "MB (incl. baselines that materialise whole tables; data generated in a child)",
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "MB",
             "-",
             None,
         )
@@ -252,17 +456,27 @@ def run(quick: bool = False) -> list[dict]:
 def main() -> None:
     """Print the rows as a rich table, or JSON with --json."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="504k rows instead of 5.04M")
+    parser.add_argument("--quick", action="store_true", help="540k events instead of 5.4M")
+    parser.add_argument("--events", type=int, default=None, help="events in the lake")
+    parser.add_argument("--hours", type=int, default=24, help="hours of the day (max 24)")
+    parser.add_argument("--skip-nats", action="store_true", help="no NATS replay")
+    parser.add_argument("--only", default="", help="replay,old,nats,backtest,reads")
     parser.add_argument("--json", action="store_true", help="print JSON rows")
+    parser.add_argument("--build", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    rows = run(quick=args.quick)
+    if args.build:
+        events = args.events or 5_400_000
+        print(json.dumps(build_lake(Path(args.build), events, args.hours)))
+        return
+    only = {s for s in args.only.split(",") if s} or None
+    rows = run(args.quick, args.events, min(24, args.hours), not args.skip_nats, only)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="time travel and replay")
+    table = Table(title="time travel, replay and backtests")
     for col in ("benchmark", "metric", "value", "unit", "baseline", "baseline_value"):
         table.add_column(col, overflow="fold")
     for r in rows:

@@ -200,7 +200,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "LAKE_BRONZE_BATCH_SECONDS": str(settings.bronze_batch_seconds),
         "LAKE_GOLD_BATCH_SIZE": str(settings.gold_batch_size),
         "LAKE_GOLD_BATCH_SECONDS": str(settings.gold_batch_seconds),
+        "LAKE_WRITER_LEASE_SECONDS": str(settings.writer_lease_seconds),
+        "LAKE_SHUTDOWN_GRACE_SECONDS": str(settings.shutdown_grace_seconds),
+        "LAKE_FETCH_MAX_BYTES": str(settings.fetch_max_bytes),
+        "LAKE_STREAM_MAX_AGE": str(settings.stream_max_age),
+        "LAKE_STREAM_MAX_BYTES": str(settings.stream_max_bytes),
     }
+    if settings.nats_domain:
+        env["LAKE_NATS_DOMAIN"] = settings.nats_domain
     if settings.s3_endpoint:
         env.update(
             LAKE_S3_ENDPOINT=settings.s3_endpoint,
@@ -224,7 +231,7 @@ async def publish_async(
     """
     nc = await bus.connect(settings, name="test-publisher")
     try:
-        js = nc.jetstream()
+        js = bus.jetstream(nc, settings)
         await bus.ensure_streams(js, settings)
         n = 0
         for subject, body, headers in items:
@@ -260,7 +267,7 @@ async def stream_messages(settings: Settings, stream: str) -> int:
     """Messages stored in `stream`."""
     nc = await bus.connect(settings, name="test-info")
     try:
-        info = await nc.jetstream().stream_info(stream)
+        info = await bus.jetstream(nc, settings).stream_info(stream)
         return int(info.state.messages)
     finally:
         await nc.close()

@@ -54,13 +54,14 @@ def test_streams_consumers_and_reset(tmp_path: Path, nats: NatsServer) -> None:
                 await js.publish("market.stocks.trades", str(i).encode())
                 await js.publish("market.stocks.quotes", b"q")  # other subject: not delivered
             await bus.reset_consumer(js, "bronze.stocks_trades", 5)
-            puller = BatchPuller(nc, "MARKET", "lake_bronze_stocks_trades")
+            puller = BatchPuller(nc, "$JS.API", "MARKET", "lake_bronze_stocks_trades")
             await puller.start()
             got = []
             while len(got) < 3:
-                got += [m.data for m in await puller.fetch(100, 2.0)]
-            assert got == [b"2", b"3", b"4"]  # stream seqs 5, 7, 9
-            assert await puller.fetch(100, 0.2) == []
+                got += await puller.fetch(100, 2.0, 1 << 20)
+            assert [m.data for m in got] == [b"2", b"3", b"4"]
+            assert [m.metadata.sequence.stream for m in got] == [5, 7, 9]
+            assert await puller.fetch(100, 0.2, 1 << 20) == []
             await puller.close()
         finally:
             await nc.close()
@@ -80,3 +81,84 @@ def test_subject_helpers() -> None:
     assert bus.stream_for_subject("levels.signals") == bus.SIGNALS_STREAM
     assert bus.stream_for_subject("market.stocks.trades") == bus.MARKET_STREAM
     assert bus.consumer_target(bus.INFERRED_TARGET) == ("MARKET", "lake_inferred", "market.>")
+
+
+def test_stream_limits_applied_and_status_warns_near_them(tmp_path: Path, nats: NatsServer) -> None:
+    from iceberg_lake.ops.status import consumer_status
+
+    limited = settings_for(
+        tmp_path, nats.url, LAKE_STREAM_MAX_AGE="86400", LAKE_STREAM_MAX_BYTES="200000"
+    )
+
+    async def scenario() -> None:
+        nc = await bus.connect(limited)
+        try:
+            js = nc.jetstream()
+            await bus.ensure_streams(js, limited)
+            config = (await js.stream_info("MARKET")).config
+            assert (config.max_age, config.max_bytes) == (86400, 200000)
+            assert (await js.stream_info("LAKE_DLQ")).config.max_bytes == 200000
+            await bus.ensure_consumer(js, "bronze.stocks_trades")
+            for _ in range(170):  # ~170 KB of 1 KB messages: 85% of max_bytes, none stored
+                await js.publish("market.stocks.trades", b"x" * 1000)
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())
+    consumers, state = consumer_status(limited, ["bronze.stocks_trades"])
+    assert state == "ok"
+    assert consumers[0].warning and "max_bytes" in consumers[0].warning
+
+    # Limits changed in the settings: existing streams follow (0 = unlimited).
+    unlimited = settings_for(tmp_path, nats.url, LAKE_STREAM_MAX_AGE="0")
+
+    async def update() -> tuple[float | None, int | None]:
+        nc = await bus.connect(unlimited)
+        try:
+            js = nc.jetstream()
+            await bus.ensure_streams(js, unlimited)
+            config = (await js.stream_info("MARKET")).config
+            return config.max_age, config.max_bytes
+        finally:
+            await nc.close()
+
+    max_age, max_bytes = asyncio.run(update())
+    assert not max_age and (max_bytes or -1) < 0
+    consumers, _ = consumer_status(unlimited, ["bronze.stocks_trades"])
+    assert consumers[0].warning is None
+
+
+def test_message_sequences_match_nats_metadata() -> None:
+    from nats.aio.msg import Msg
+
+    v1 = "$JS.ACK.MARKET.lake_bronze_stocks_trades.1.{s}.{c}.1795913227013931227.49"
+    v2 = "$JS.ACK.hub.ACCHASH.MARKET.lake_bronze_stocks_trades.1.{s}.{c}.1795913227013931227.0.r"
+    for layout in (v1, v2, v2.removesuffix(".r")):
+        msgs = [Msg(None, reply=layout.format(s=10 + 2 * i, c=1 + i)) for i in range(5)]  # type: ignore[arg-type]
+        expected = [(m.metadata.sequence.stream, m.metadata.sequence.consumer) for m in msgs]
+        assert bus.message_sequences(msgs) == expected == [(10 + 2 * i, 1 + i) for i in range(5)]
+
+
+def test_lease_one_holder_release_and_takeover(tmp_path: Path, nats: NatsServer) -> None:
+    settings = settings_for(tmp_path, nats.url, LAKE_WRITER_LEASE_SECONDS="30")
+
+    async def scenario() -> None:
+        nc = await bus.connect(settings)
+        try:
+            bucket = await bus.lease_bucket(bus.jetstream(nc, settings), settings)
+            a = bus.Lease(bucket, "MARKET.c", 30, "A")
+            b = bus.Lease(bucket, "MARKET.c", 30, "B")
+            assert await a.try_acquire() and a.held()
+            assert not await b.try_acquire() and not b.held()
+            assert await b.current_holder() == "A"
+            assert await a.renew()
+            await a.release()  # clean stop: a standby takes over at once, not after the TTL
+            assert not a.held()
+            assert await b.try_acquire() and await b.current_holder() == "B"
+            a.revision = 1  # a stale holder's renewal finds another revision: lost for good
+            assert not await a.renew() and not a.held()
+            assert await b.renew()
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())

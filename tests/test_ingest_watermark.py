@@ -12,8 +12,8 @@ from pyiceberg.table import Transaction
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import load_settings
+from iceberg_lake.engine.iceberg import watermarked_append
 from iceberg_lake.ingest.decode import TableCodec
-from iceberg_lake.ingest.writer import _MemoTransaction
 from iceberg_lake.tables import registry
 
 TABLE = "bronze.stocks_trades"
@@ -33,20 +33,28 @@ def rows(n: int, start: int) -> pa.Table:
 def test_one_transaction_one_snapshot_and_conflict_retry_keeps_both(
     tmp_path: Path, memo: bool
 ) -> None:
-    transaction = _MemoTransaction if memo else Transaction
     settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
     LakeCatalog(settings).init()
     a = LakeCatalog(settings).load_table(TABLE)
     b = LakeCatalog(settings).load_table(TABLE)  # will be stale after a's commit
 
-    with transaction(a) as tx:
-        tx.set_properties({"lake.watermark.MARKET.a": "10"})
-        tx.append(rows(3, 0), snapshot_properties={properties.LAST_STREAM_SEQ: "10"})
+    def commit(table, key: str, seq: str, data: pa.Table) -> None:  # noqa: ANN001
+        if memo:
+            summary = {properties.LAST_STREAM_SEQ: seq}
+            with watermarked_append(
+                table, watermark={key: seq}, snapshot_properties=summary
+            ) as app:
+                app.append(data)
+        else:
+            with Transaction(table) as tx:
+                tx.set_properties({key: seq})
+                tx.append(data, snapshot_properties={properties.LAST_STREAM_SEQ: seq})
+
+    commit(a, "lake.watermark.MARKET.a", "10", rows(3, 0))
     assert len(a.metadata.snapshots) == 1
 
-    with transaction(b) as tx:  # CommitFailed inside, retried by pyiceberg on a fresh base
-        tx.set_properties({"lake.watermark.MARKET.b": "20"})
-        tx.append(rows(2, 3), snapshot_properties={properties.LAST_STREAM_SEQ: "20"})
+    # CommitFailed inside, retried by pyiceberg on a fresh base
+    commit(b, "lake.watermark.MARKET.b", "20", rows(2, 3))
 
     fresh = LakeCatalog(settings).load_table(TABLE)
     assert fresh.properties["lake.watermark.MARKET.a"] == "10"

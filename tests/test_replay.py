@@ -50,7 +50,8 @@ def merged(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_events_are_merged_by_time_with_the_documented_tie_break(merged) -> None:
     start, end = T14 + 10 * 60 * SEC, T14 + 70 * 60 * SEC  # crosses the 15:00 partition
-    engine = ReplayEngine(merged["settings"], [FUTURES, STOCKS], start, end)
+    # window_rows=5000: one read window per hour (3,600 + 1,200 rows; the default groups them).
+    engine = ReplayEngine(merged["settings"], [FUTURES, STOCKS], start, end, window_rows=5000)
     events = list(engine)
 
     tagged = [(0, r) for r in merged["futures"]] + [(1, r) for r in merged["stocks"]]
@@ -78,11 +79,20 @@ def test_events_are_merged_by_time_with_the_documented_tie_break(merged) -> None
 
 
 def test_reads_partition_by_partition(merged) -> None:
-    engine = ReplayEngine(merged["settings"], [STOCKS], T14, T14 + 3 * HOUR_NS)
+    engine = ReplayEngine(merged["settings"], [STOCKS], T14, T14 + 3 * HOUR_NS, window_rows=3600)
     count = sum(1 for _ in engine.events())
     assert count == len(merged["stocks"])
     assert engine.partition_reads == 3  # 14:00, 15:00, 16:00: each holds all symbols' rows
     assert engine.max_partition_rows == 2 * 1800 == count // 3
+    # Sparse hours are grouped up to window_rows (from file statistics), dense hours split into
+    # time slices: fewer or more reads, same sequence.
+    for rows, reads in ((2 * 3600, 2), (10**6, 1), (1000, 3 * 4)):
+        grouped = ReplayEngine(
+            merged["settings"], [STOCKS], T14, T14 + 3 * HOUR_NS, window_rows=rows
+        )
+        assert sum(1 for _ in grouped.events()) == count
+        assert grouped.partition_reads == reads
+        assert grouped.manifest()["sequence_hash"] == engine.manifest()["sequence_hash"]
 
 
 def test_day_partitioned_greeks_merge_with_hourly_trades(tmp_path: Path) -> None:
@@ -102,7 +112,7 @@ def test_day_partitioned_greeks_merge_with_hourly_trades(tmp_path: Path) -> None
     ]
     append(catalog.load_table(greeks_table), greeks)
     append(catalog.load_table(STOCKS), trades("SPY", T14, 240, 60 * SEC))
-    engine = ReplayEngine(settings, [greeks_table, STOCKS], T14, T14 + 4 * HOUR_NS)
+    engine = ReplayEngine(settings, [greeks_table, STOCKS], T14, T14 + 4 * HOUR_NS, window_rows=70)
     events = list(engine)
     assert len(events) == 12 + 240
     assert engine.partition_reads == 1 + 4  # one day read for greeks, four hours for trades

@@ -205,8 +205,15 @@ def test_metrics_while_serving_and_sigterm_flushes_the_buffer(
                 and _value(text, "lake_ingest_consumer_lag", consumer) == 0
             )
 
-        # The lag gauge is polled every 0.25 s: wait for both series to settle.
+        # The lag gauge is polled every 0.25 s: wait for both series to settle. Dead letters
+        # are committed after the rows of the same flush.
         wait_for(buffered_and_drained, 30, "500 buffered events and no lag", proc)
+        wait_for(
+            lambda: _value(_metrics(port), "lake_ingest_dead_letters_total", label) == 1,
+            30,
+            "the dead letter committed",
+            proc,
+        )
         text = _metrics(port)
         assert _value(text, "lake_ingest_events_consumed_total", label) == 1501  # + the bad one
         assert _value(text, "lake_ingest_dead_letters_total", label) == 1

@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 
 from iceberg_lake import __version__
 from iceberg_lake.cli import (
+    backtest,
     check,
     compact,
     dead_letters,
@@ -86,7 +87,18 @@ def _root(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _module in (tables, serve, compact, query, schema, maintain, check, demo, dead_letters):
+for _module in (
+    tables,
+    serve,
+    compact,
+    query,
+    backtest,
+    schema,
+    maintain,
+    check,
+    demo,
+    dead_letters,
+):
     _module.register(app)
 
 

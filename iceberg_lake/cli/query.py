@@ -292,6 +292,14 @@ def list_(
 # ---- lake replay -------------------------------------------------------------------------------
 
 
+class ReplayFormat(StrEnum):
+    """What `lake replay` writes without `--to-nats`."""
+
+    ndjson = "ndjson"
+    arrow = "arrow"
+    parquet = "parquet"
+
+
 def replay(
     tables: Annotated[
         list[str] | None,
@@ -302,6 +310,12 @@ def replay(
     start: str | None = typer.Option(None, "--start", help="Unix ns or ISO time/date (UTC)."),
     end: str | None = typer.Option(
         None, "--end", help="Exclusive end; default: start + 1 day when start is a date."
+    ),
+    session: str | None = typer.Option(
+        None, "--session", help="Trading day (YYYY-MM-DD): the window is its session."
+    ),
+    calendar: str = typer.Option(
+        "XNYS", "--calendar", help="Calendar of --session: XNYS, CME_Equity, XNAS, …"
     ),
     as_of: Annotated[
         list[str] | None,
@@ -316,9 +330,19 @@ def replay(
         None, "--prefix", help="Subject prefix for --to-nats, e.g. replay → replay.market.…"
     ),
     speed: float = typer.Option(0.0, "--speed", help="0 = as fast as possible; N = N× real time."),
+    fmt: Annotated[
+        ReplayFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Without --to-nats: ndjson (one event per line), arrow (IPC stream) or parquet.",
+        ),
+    ] = ReplayFormat.ndjson,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Without --to-nats: write NDJSON events here (default stdout)."),
+        typer.Option(
+            "--out", help="Without --to-nats: write the events here (ndjson default: stdout)."
+        ),
     ] = None,
     manifest: Annotated[
         Path | None,
@@ -333,11 +357,16 @@ def replay(
         help="Tag the snapshots read (replay-<hash>) so expiry keeps them for the manifest.",
     ),
 ) -> None:
-    """Replay pinned snapshots of tables merged by event time, to NATS or NDJSON."""
+    """Replay pinned snapshots of tables merged by event time, to NATS, NDJSON, Arrow or Parquet."""
     from iceberg_lake.timetravel.replay import ReplayEngine, read_manifest
 
     if prefix and not to_nats:
         raise typer.BadParameter("--prefix needs --to-nats", param_hint="--prefix")
+    if fmt != ReplayFormat.ndjson and (to_nats or out is None):
+        raise typer.BadParameter(
+            f"--format {fmt.value} writes a file: give --out (and no --to-nats)",
+            param_hint="--format",
+        )
     catalog = open_catalog()
     if from_manifest is not None:
         engine = ReplayEngine.from_manifest(
@@ -347,19 +376,15 @@ def replay(
         names = _split(tables)
         if not names:
             raise typer.BadParameter("name at least one table", param_hint="--tables")
-        if start is None:
-            raise typer.BadParameter("--start is required", param_hint="--start")
-        start_ns = parse_time_ns(start, "--start")
-        if end is None:
-            if len(start.strip()) != 10:
-                raise typer.BadParameter("--end is required unless --start is a date")
-            end_ns = start_ns + 86_400 * 1_000_000_000
-        else:
-            end_ns = parse_time_ns(end, "--end")
+        start_ns, end_ns = parse_window(start, end, session, calendar)
         engine = ReplayEngine(
             catalog, names, start_ns, end_ns, parse_as_of(as_of), speed=speed, pin=pin
         )
-    result = _run_with_progress(engine, to_nats, prefix, out, progress)
+    if fmt == ReplayFormat.ndjson:
+        result = _run_with_progress(engine, to_nats, prefix, out, progress)
+    else:
+        assert out is not None
+        result = _write_batches(engine, fmt, out)
     if manifest is None:
         # Every run leaves what reproduces it; identical replays share one file name.
         manifest = Path(f"replay-{result['sequence_hash'].removeprefix('sha256:')[:12]}.json")
@@ -374,6 +399,46 @@ def replay(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def parse_window(
+    start: str | None, end: str | None, session: str | None, calendar: str
+) -> tuple[int, int]:
+    """`--start/--end` or `--session/--calendar` as a `[start_ns, end_ns)` window."""
+    if session is not None:
+        if start is not None or end is not None:
+            raise typer.BadParameter("give --session or --start/--end, not both")
+        from iceberg_lake.timetravel.sessions import session_window
+
+        window = session_window(session, calendar)
+        return window.open_ns, window.close_ns
+    if start is None:
+        raise typer.BadParameter("--start (or --session) is required", param_hint="--start")
+    start_ns = parse_time_ns(start, "--start")
+    if end is None:
+        if len(start.strip()) != 10:
+            raise typer.BadParameter("--end is required unless --start is a date")
+        return start_ns, start_ns + 86_400 * 1_000_000_000
+    return start_ns, parse_time_ns(end, "--end")
+
+
+def _write_batches(engine: Any, fmt: ReplayFormat, out: Path) -> dict[str, Any]:
+    """Stream `engine.batches()` to an Arrow IPC stream or a Parquet file."""
+    import pyarrow.ipc as ipc
+    import pyarrow.parquet as pq
+
+    schema = engine.schema()
+    writer: Any
+    if fmt == ReplayFormat.arrow:
+        writer = ipc.new_stream(str(out), schema)
+    else:
+        writer = pq.ParquetWriter(str(out), schema, compression="zstd")
+    try:
+        for batch in engine.batches():
+            writer.write_batch(batch)
+    finally:
+        writer.close()
+    return engine.manifest()
 
 
 def _run_with_progress(
@@ -403,11 +468,17 @@ def _run_with_progress(
         stream = out.open("wb") if out else sys.stdout.buffer
         try:
             count = 0
+            heads: dict[str, bytes] = {}
             for event in engine.paced_events():
-                stream.write(msgspec.json.encode(event.as_dict()) + b"\n")
+                # `{"table": T, **row}` without decoding: the payload is the row's JSON with
+                # sorted keys, so splice the table in front (same bytes as encoding the dict).
+                head = heads.get(event.table)
+                if head is None:
+                    head = heads[event.table] = b'{"table":' + msgspec.json.encode(event.table)
+                stream.write(head + b"," + event.payload[1:] + b"\n")
                 count += 1
                 if count % 1_000 == 0:
-                    progress(count, event.row["ts_event_ns"])
+                    progress(count, event.ts_event_ns)
             progress(count, engine.end_ns)
         finally:
             if out:

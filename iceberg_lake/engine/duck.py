@@ -31,7 +31,10 @@ __all__ = [
     "configure_s3",
     "connect",
     "extension_path",
+    "quote_ident",
+    "quote_str",
     "sandbox",
+    "timestamptz_literal",
 ]
 
 #: Extensions loaded by :func:`connect`, in load order (``iceberg`` needs ``avro``).
@@ -155,6 +158,24 @@ def configure_s3(
 def _sql_str(value: str) -> str:
     """Quote ``value`` as a SQL string literal."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def quote_ident(name: str) -> str:
+    """Quote ``name`` as a DuckDB identifier (``a"b`` → ``"a""b"``)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_str(value: str) -> str:
+    """Quote ``value`` as a DuckDB string literal (``it's`` → ``'it''s'``)."""
+    return _sql_str(value)
+
+
+def timestamptz_literal(us: int) -> str:
+    """A DuckDB ``TIMESTAMPTZ`` literal for Unix microseconds (exact, no float rounding)."""
+    from datetime import UTC, datetime, timedelta
+
+    value = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+    return f"TIMESTAMPTZ '{value.isoformat()}'"
 
 
 # ---- sandbox ----------------------------------------------------------------------------------

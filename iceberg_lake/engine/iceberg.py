@@ -721,10 +721,12 @@ class WatermarkedAppend:
         table: Table,
         watermark: Mapping[str, str],
         snapshot_properties: Mapping[str, str] | None = None,
+        expected: Mapping[str, str | None] | None = None,
     ) -> None:
         self.table = table
         self.watermark = dict(watermark)
         self.snapshot_properties = dict(snapshot_properties or {})
+        self.expected = dict(expected) if expected is not None else None
         self._chunks: list[pa.Table] = []
 
     def append(self, rows: pa.Table) -> WatermarkedAppend:
@@ -753,6 +755,8 @@ class WatermarkedAppend:
                 else:
                     stock.append(rows)
             with _FastAppendTransaction(self.table) as tx:
+                if self.expected is not None:  # fencing: see `require_properties`
+                    require_properties(tx, self.expected)
                 if self.watermark:
                     tx.set_properties(self.watermark)
                 if fast:  # (an empty append still makes a snapshot, as pyiceberg's does)
@@ -781,8 +785,13 @@ def watermarked_append(
     *,
     watermark: Mapping[str, str],
     snapshot_properties: Mapping[str, str] | None = None,
+    expected: Mapping[str, str | None] | None = None,
 ) -> WatermarkedAppend:
     """Append rows and set `watermark` properties in one fast-append commit.
+
+    `expected` (optional): property values the table must still have at commit time (None =
+    absent), a compare-and-swap that fences a stale writer (`require_properties`); a mismatch
+    raises `ValidationException` and nothing is committed.
 
     Usage::
 
@@ -793,7 +802,7 @@ def watermarked_append(
     metadata updates; no manifest merge). Raises what pyiceberg raises on commit
     (`CommitFailedException` on a conflict): the caller retries on a refreshed table.
     """
-    return WatermarkedAppend(table, watermark, snapshot_properties)
+    return WatermarkedAppend(table, watermark, snapshot_properties, expected)
 
 
 def rewrite_manifests(table: Table, snapshot_properties: Mapping[str, str]) -> int | None:
@@ -900,3 +909,42 @@ def expire_snapshot_ids(table: Table, snapshot_ids: Iterable[int]) -> None:
             raise
         raise CommitFailedException(f"snapshot expired concurrently: {exc}") from None
     table.refresh()
+
+
+# ---- compare-and-swap of table properties (writer fencing) --------------------------------------
+
+
+class AssertProperties(ValidatableTableRequirement):
+    """Commit requirement: table properties still hold the values this writer last saw.
+
+    Iceberg has no such requirement type; this one is checked where the built-in ones are, by
+    the catalog against the *current* metadata at commit time and again on every pyiceberg
+    conflict retry (which re-applies the staged property update on a refreshed base, so without
+    it a stale writer would overwrite another writer's watermark). A mismatch raises pyiceberg's
+    `ValidationException`, which the retry loop does not retry and after which it deletes the
+    attempt's files. Works with catalogs that validate requirements in-process (SQL catalog);
+    a REST catalog would reject the unknown type. Guard test: `tests/test_engine_fencing.py`.
+    """
+
+    type: Literal["lake-assert-properties"] = Field(default="lake-assert-properties")
+    expected: dict[str, str | None]
+
+    def validate(self, base_metadata: TableMetadata | None) -> None:  # type: ignore[override]
+        """Raise `ValidationException` unless every expected property has its value."""
+        if base_metadata is None:
+            raise ValidationException("table metadata is missing")
+        props = base_metadata.properties
+        for key, value in self.expected.items():
+            if props.get(key) != value:
+                raise ValidationException(
+                    f"property {key} is {props.get(key)!r}, this writer expected {value!r}"
+                )
+
+
+def require_properties(tx: Transaction, expected: dict[str, str | None]) -> None:
+    """Make the commit of `tx` fail unless the table properties equal `expected` at commit time.
+
+    `None` means "absent". Raises `ValidationException` at once if they already differ, or from
+    the commit. Uses the transaction's private `_stage` (the only way to add a requirement).
+    """
+    tx._stage((), (AssertProperties(expected=expected),))  # type: ignore[arg-type]

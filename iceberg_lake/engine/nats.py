@@ -15,7 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import ssl
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -24,8 +28,9 @@ from iceberg_lake.exceptions import LakeError, TransientError
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
     from nats.js import JetStreamContext
-    from nats.js.api import ConsumerInfo
+    from nats.js.api import ConsumerConfig, ConsumerInfo
 
     from iceberg_lake.config import Settings
 
@@ -50,6 +55,20 @@ INFERRED_FILTER = "market.>"
 #: How long the server waits for an ack before redelivering. Generous: a writer that retries
 #: through an outage keeps its buffer, and redeliveries of buffered messages are dropped anyway.
 DEFAULT_ACK_WAIT_SECONDS = 120.0
+
+
+#: KV bucket holding one lease per durable consumer (who may write it).
+LEASE_BUCKET = "LAKE_LEASES"
+
+
+def api_prefix(settings: Settings) -> str:
+    """The JetStream API subject prefix (`$JS.API`, or `$JS.<domain>.API` with a domain)."""
+    return f"$JS.{settings.nats_domain}.API" if settings.nats_domain else "$JS.API"
+
+
+def jetstream(nc: Client, settings: Settings, timeout: float = 10.0) -> JetStreamContext:
+    """A JetStream context addressing the lake's JetStream (its domain, if one is set)."""
+    return nc.jetstream(prefix=api_prefix(settings), timeout=timeout)
 
 
 def stream_for_subject(subject: str) -> str:
@@ -194,11 +213,19 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> list[str]:
 
     created: list[str] = []
     window = settings.stream_duplicate_window_seconds
+    max_age = settings.stream_max_age or None
+    max_bytes = settings.stream_max_bytes or None
     for stream, subjects in all_stream_subjects().items():
         try:
             info = await js.stream_info(stream)
         except NotFoundError:
-            config = StreamConfig(name=stream, subjects=subjects, duplicate_window=window)
+            config = StreamConfig(
+                name=stream,
+                subjects=subjects,
+                duplicate_window=window,
+                max_age=max_age,
+                max_bytes=max_bytes,
+            )
             try:
                 await js.add_stream(config)
                 created.append(stream)
@@ -206,13 +233,27 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> list[str]:
             except Exception as exc:  # raced with another process creating it
                 log.debug("add_stream %s: %s", stream, exc)
             continue
-        if not info.config.duplicate_window:
-            info.config.duplicate_window = window
-            await js.update_stream(info.config)
+        config = info.config
+        changed = False
+        if not config.duplicate_window:
+            config.duplicate_window = window
+            changed = True
+        # The server reports "no limit" as 0 (age) or -1 (bytes); the settings use 0.
+        if (config.max_age or 0) != (max_age or 0):
+            config.max_age = max_age or 0
+            changed = True
+        if max(config.max_bytes or 0, 0) != (max_bytes or 0):
+            config.max_bytes = max_bytes or -1
+            changed = True
+        if changed:
+            await js.update_stream(config)
+            log.info(
+                "stream %s: max_age %s s, max_bytes %s", stream, max_age or "-", max_bytes or "-"
+            )
     return created
 
 
-def _consumer_config(durable: str, filter_subject: str, start_seq: int | None) -> object:
+def _consumer_config(durable: str, filter_subject: str, start_seq: int | None) -> ConsumerConfig:
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     config = ConsumerConfig(
@@ -296,3 +337,314 @@ async def reset_consumer(
     with contextlib.suppress(NotFoundError):
         await js.delete_consumer(stream, durable)
     return await js.add_consumer(stream, _consumer_config(durable, subject, start_seq))
+
+
+def pub_frame_header(subject: str) -> bytes:
+    """The start of a core-NATS `PUB` frame for `subject` (the payload size follows).
+
+    A frame is `PUB <subject> <size>\\r\\n<payload>\\r\\n`; `publish_frames` sends many at once.
+
+    Raises:
+        LakeError: `subject` is empty or has whitespace (the server would reject the frame).
+    """
+    if not subject or any(c.isspace() for c in subject):
+        raise LakeError(f"invalid NATS subject {subject!r}")
+    return b"PUB " + subject.encode() + b" "
+
+
+async def publish_frames(nc: Client, frames: bytes, messages: int, payload_bytes: int) -> None:
+    """Queue pre-encoded core-NATS `PUB` frames in one write and flush (PING/PONG).
+
+    The batched counterpart of `nc.publish`: the replay builds the frames for thousands of
+    events with Arrow and hands them over in one call, instead of one coroutine per message.
+    The flush waits for the server, so at most one batch is in flight. Relies on nats-py's
+    `Client._send_command` (guarded by `tests/test_replay_nats_batch.py`).
+
+    Args:
+        nc: a connected client.
+        frames: concatenated `PUB` frames (see `pub_frame_header`).
+        messages: how many frames (for the client's statistics).
+        payload_bytes: their payload bytes (statistics).
+
+    Raises:
+        TransientError: the connection is closed, draining or not connected.
+    """
+    if nc.is_closed or nc.is_draining_pubs or not nc.is_connected:
+        raise TransientError("NATS connection is not open: cannot publish the replay batch")
+    if not frames:
+        return
+    await nc._send_command(frames)
+    nc.stats["out_msgs"] += messages
+    nc.stats["out_bytes"] += payload_bytes
+    await nc.flush()
+
+
+# ---- leases: one active writer per consumer ------------------------------------------------------
+
+
+def lease_holder_id() -> str:
+    """A name for this process in lease records (`host:pid:random`)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class LeaseBucket:
+    """The lease KV bucket, written through JetStream's public API.
+
+    nats-py's `KeyValue` writes to `$KV.<bucket>.<key>`, which does not reach a bucket in
+    another JetStream domain; like the Go client, writes here go to
+    `$JS.<domain>.API.$KV.<bucket>.<key>` when a domain is set. Reads fetch the last message of
+    the key's subject from the bucket's stream.
+
+    Args:
+        js: JetStream context (its domain's API prefix).
+        prefix: that context's API prefix (`api_prefix(settings)`).
+    """
+
+    def __init__(self, js: JetStreamContext, prefix: str) -> None:
+        self.js = js
+        self.stream = f"KV_{LEASE_BUCKET}"
+        self.subject_prefix = f"$KV.{LEASE_BUCKET}."
+        self.write_prefix = (
+            self.subject_prefix if prefix == "$JS.API" else f"{prefix}.{self.subject_prefix}"
+        )
+
+    async def write(self, key: str, value: bytes, last: int) -> int:
+        """Write `key` if its last revision is `last` (0: absent). Returns the new revision.
+
+        Raises:
+            LeaseConflict: the key has another revision.
+        """
+        from nats.js.errors import APIError
+
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(last)}
+        try:
+            ack = await self.js.publish(self.write_prefix + key, value, headers=headers)
+        except APIError as exc:
+            if exc.err_code in (10071, 10164):  # wrong last subject sequence
+                raise LeaseConflict(key) from None
+            raise
+        return int(ack.seq)
+
+    async def delete(self, key: str, last: int) -> None:
+        """Put a delete marker on `key` if its last revision is `last`."""
+        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(last)}
+        await self.js.publish(self.write_prefix + key, b"", headers=headers)
+
+    async def read(self, key: str) -> tuple[int, bytes | None]:
+        """(last revision, value); value None when the key is absent, deleted or expired."""
+        from nats.js.errors import NotFoundError
+
+        try:
+            msg = await self.js.get_msg(self.stream, subject=self.subject_prefix + key)
+        except NotFoundError:
+            return 0, None
+        headers = msg.headers or {}
+        if headers.get("KV-Operation") in ("DEL", "PURGE"):
+            return int(msg.seq or 0), None
+        return int(msg.seq or 0), msg.data or b""
+
+
+class LeaseConflict(Exception):
+    """Internal: a lease write found another revision than expected."""
+
+
+async def lease_bucket(js: JetStreamContext, settings: Settings) -> LeaseBucket:
+    """The lease bucket, created with a TTL of `writer_lease_seconds` if missing.
+
+    An existing bucket with another TTL gets this one (the last process started decides).
+    """
+    from nats.js.api import KeyValueConfig
+    from nats.js.errors import NotFoundError
+
+    ttl_seconds = settings.writer_lease_seconds
+    stream = f"KV_{LEASE_BUCKET}"
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        try:
+            await js.create_key_value(
+                KeyValueConfig(bucket=LEASE_BUCKET, ttl=ttl_seconds, history=1)
+            )
+        except Exception as exc:  # raced with another process creating it
+            log.debug("create lease bucket: %s", exc)
+        return LeaseBucket(js, api_prefix(settings))
+    if info.config.max_age is None or abs(info.config.max_age - ttl_seconds) > 1e-3:
+        info.config.max_age = ttl_seconds
+        info.config.duplicate_window = min(ttl_seconds, 120.0)
+        await js.update_stream(info.config)
+    return LeaseBucket(js, api_prefix(settings))
+
+
+class Lease:
+    """The right to be the one writer of a durable consumer, held in a NATS KV entry.
+
+    The entry expires `ttl` seconds after its last write (bucket TTL), so a holder that dies
+    without releasing it (SIGKILL, lost host) frees it within `ttl`. The holder renews it with a
+    revision compare-and-swap every `ttl / 3`; a renewal that finds another revision means
+    someone else took it. Locally, the lease counts as held only until 80% of `ttl` after the
+    last successful write was *sent*, so this process stops before the server could hand the
+    lease to a standby even when NATS is unreachable.
+
+    Args:
+        bucket: the lease bucket (`lease_bucket`).
+        key: one key per consumer (`lease_key`).
+        ttl: the bucket's time to live in seconds.
+        holder: this process's name in the record.
+    """
+
+    def __init__(self, bucket: LeaseBucket, key: str, ttl: float, holder: str) -> None:
+        self.bucket = bucket
+        self.key = key
+        self.ttl = ttl
+        self.holder = holder
+        self.revision = 0
+        self._valid_until = 0.0
+
+    def held(self) -> bool:
+        """True while this process may write (lease taken and not possibly expired)."""
+        return self.revision > 0 and time.monotonic() < self._valid_until
+
+    def _mark(self, sent_at: float) -> None:
+        # 20% margin for clock-rate differences and the server's expiry timer.
+        self._valid_until = sent_at + 0.8 * self.ttl
+
+    async def try_acquire(self) -> bool:
+        """Take the lease if nobody holds it. Returns True when taken."""
+        sent = time.monotonic()
+        try:
+            self.revision = await self.bucket.write(self.key, self.holder.encode(), 0)
+        except LeaseConflict:
+            # A delete marker (released lease) also counts as a revision: take it over.
+            last, value = await self.bucket.read(self.key)
+            if value is not None or not last:
+                self.revision = 0
+                return False
+            try:
+                self.revision = await self.bucket.write(self.key, self.holder.encode(), last)
+            except LeaseConflict:
+                self.revision = 0
+                return False
+        self._mark(sent)
+        return True
+
+    async def renew(self) -> bool:
+        """Extend the lease. False if another process holds it now (lost for good).
+
+        Raises:
+            Exception: NATS unreachable (the lease may still be ours; `held()` tells how long).
+        """
+        if not self.revision:
+            return False
+        sent = time.monotonic()
+        try:
+            self.revision = await self.bucket.write(self.key, self.holder.encode(), self.revision)
+        except LeaseConflict:
+            self.revision = 0
+            self._valid_until = 0.0
+            return False
+        self._mark(sent)
+        return True
+
+    async def release(self) -> None:
+        """Give the lease up (a standby takes over at once). Best effort."""
+        revision, self.revision, self._valid_until = self.revision, 0, 0.0
+        if revision:
+            with contextlib.suppress(Exception):
+                await self.bucket.delete(self.key, revision)
+
+    async def current_holder(self) -> str | None:
+        """Who holds the lease now (None if nobody)."""
+        _, value = await self.bucket.read(self.key)
+        return value.decode() if value is not None else None
+
+
+def lease_key(stream: str, durable: str) -> str:
+    """The lease key of a consumer."""
+    return f"{stream}.{durable}"
+
+
+#: `lake status` warns when a lagging consumer's data reaches this share of a stream limit.
+LIMIT_WARNING_SHARE = 0.8
+
+
+async def stream_limit_warning(
+    js: JetStreamContext, stream: str, consumer: ConsumerInfo, filter_subject: str
+) -> str | None:
+    """A warning when the stream's limits are about to discard what `consumer` has not stored.
+
+    With `max_age`: the oldest message the consumer has not acked is older than 80% of it.
+    With `max_bytes`: the stream is 80% full while the consumer lags. (The server discards the
+    oldest messages at a limit whether or not a writer stored them.)
+
+    Returns:
+        One line, or None when the consumer is far from the limits (or the stream has none).
+    """
+    info = await js.stream_info(stream)
+    config, state = info.config, info.state
+    lag = int(consumer.num_pending or 0) + int(consumer.num_ack_pending or 0)
+    if lag == 0:
+        return None
+    warnings: list[str] = []
+    if config.max_bytes and config.max_bytes > 0 and state.bytes:
+        share = state.bytes / config.max_bytes
+        if share >= LIMIT_WARNING_SHARE:
+            warnings.append(
+                f"stream {stream} is {share:.0%} of max_bytes ({config.max_bytes:,}) with "
+                f"{lag:,} messages not stored: the oldest are discarded at the limit"
+            )
+    if config.max_age and config.max_age > 0:
+        floor = consumer.ack_floor.stream_seq if consumer.ack_floor else 0
+        try:
+            oldest = await js.get_msg(
+                stream, seq=(floor or 0) + 1, subject=filter_subject, next=True
+            )
+        except Exception:  # nothing left to read (purged meanwhile)
+            oldest = None
+        if oldest is not None and oldest.time is not None:
+            age = time.time() - oldest.time.timestamp()
+            if age >= LIMIT_WARNING_SHARE * config.max_age:
+                warnings.append(
+                    f"oldest message not stored is {age:,.0f} s old, max_age of {stream} is "
+                    f"{config.max_age:,.0f} s: it is discarded at the limit"
+                )
+    return "; ".join(warnings) or None
+
+
+# ---- sequences of delivered messages -------------------------------------------------------------
+
+
+def _ack_tokens(reply: str) -> tuple[int, int] | None:
+    """(stream seq, consumer seq) from an ack subject, in the token layout nats-py's
+    `Msg.Metadata` reads (v1: 9 tokens; v2 with domain and account: 11 or 12)."""
+    t = reply.split(".")
+    try:
+        if len(t) == 9:
+            return int(t[5]), int(t[6])
+        if len(t) >= 11:
+            return int(t[7]), int(t[8])
+    except ValueError:
+        return None
+    return None
+
+
+def message_sequences(msgs: list[Msg]) -> list[tuple[int, int]]:
+    """(stream sequence, consumer sequence) of each JetStream message, in order.
+
+    `Msg.metadata` (nats-py's public parser of the ack subject, JetStream domains included)
+    builds a datetime and two dataclasses per message, ~4-12 µs here: a large share of a
+    single-event message's budget. So the two numbers are read from the same subject tokens
+    directly, and checked against `Msg.metadata` on the first and last message of every call;
+    on any disagreement (a future format) every message goes through `Msg.metadata`.
+    Guard test: `tests/test_bus.py::test_message_sequences_match_nats_metadata`.
+    """
+    if not msgs:
+        return []
+    fast = [_ack_tokens(m.reply) for m in msgs]
+    for i in {0, len(msgs) - 1}:
+        meta = msgs[i].metadata.sequence
+        if fast[i] != (meta.stream, meta.consumer):
+            fast = []
+            break
+    if fast and all(f is not None for f in fast):
+        return fast  # type: ignore[return-value]
+    return [(m.metadata.sequence.stream, m.metadata.sequence.consumer) for m in msgs]

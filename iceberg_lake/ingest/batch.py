@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from iceberg_lake.ingest.dead_letters import DeadLetter
@@ -17,6 +18,8 @@ class MicroBatch:
 
     Attributes:
         tables: table → Arrow chunks (one per fetch).
+        seqs: table → the stream sequence of each row's message, chunk by chunk (used to
+            dead-letter rows the store refuses).
         dead: rejected messages.
         first_seq: first stream sequence in the batch (0 if none).
         last_seq: highest stream sequence in the batch (the flush's watermark).
@@ -27,6 +30,7 @@ class MicroBatch:
     """
 
     tables: dict[str, list[pa.Table]] = field(default_factory=dict)
+    seqs: dict[str, list[np.ndarray]] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
     first_seq: int = 0
     last_seq: int = 0
@@ -45,10 +49,13 @@ class MicroBatch:
             self.last_seq = last_seq
             self.last_msg = last_msg
 
-    def add_rows(self, table: str, rows: pa.Table) -> None:
-        """Buffer validated rows for `table`."""
+    def add_rows(self, table: str, rows: pa.Table, seqs: np.ndarray | None = None) -> None:
+        """Buffer validated rows for `table` (`seqs`: stream sequence per row, optional)."""
         if rows.num_rows:
             self.tables.setdefault(table, []).append(rows)
+            if seqs is None:
+                seqs = np.full(rows.num_rows, self.last_seq, dtype=np.int64)
+            self.seqs.setdefault(table, []).append(seqs)
             self.events += rows.num_rows
 
     def age(self) -> float:

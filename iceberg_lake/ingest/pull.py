@@ -1,126 +1,148 @@
-"""A lean JetStream pull loop: batch requests on an inbox, messages drained from its queue.
+"""A lean JetStream pull consumer on nats-py's public API.
 
-nats-py's `PullSubscription.fetch` awaits every message through `asyncio.wait_for`, which costs
-tens of microseconds per message and caps a consumer at a few thousand messages per second here.
-`BatchPuller` sends the same `CONSUMER.MSG.NEXT` requests (first `no_wait`, then a long poll with
-`expires`) and takes whatever the client already queued without a timer per message. Deliveries
-that arrive after a fetch returned stay queued, in order, for the next fetch.
+`BatchPuller` sends `CONSUMER.MSG.NEXT` pull requests itself (nats-py 2.16's `fetch` has no
+`max_bytes`) on an inbox subscription whose callback only appends to a list, so a fetch of
+thousands of messages costs no timer or future per message. Every request is bounded in
+messages *and* bytes, and at most one is outstanding, so the server never holds more than
+`max_bytes` for this consumer on the connection (a backlog of large batched messages cannot push
+the connection past the server's max_pending and get it dropped as a slow consumer).
+
+Round 1 of a fetch is a `no_wait` request (the server sends what it has, then ends the request
+with a 404/408/409 status); only when nothing was available does round 2 long-poll with
+`expires` until the first message or the timeout. Deliveries that arrive after a fetch returned
+stay buffered, in order, for the next fetch.
+
+No private nats-py members are used: the API subject comes from the configured prefix (so
+JetStream domains work), acks go to each message's reply subject (`Msg.ack`), sequences come
+from `Msg.metadata`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
 
-#: Status codes the server sends on the inbox instead of messages.
-_END_OF_ROUND = {"404", "408", "409"}
+#: Status codes that end a pull request (no messages, expired, max bytes/batch reached).
+_END_OF_REQUEST = {"404", "408", "409"}
+#: Inbox subscription limits: the callback drains it at once, so these are only a safety net.
+_PENDING_MSGS = 1_000_000
+_PENDING_BYTES = 1024 * 1024 * 1024
 
 
 class BatchPuller:
-    """Pull messages from a durable consumer in large batches.
+    """Pull messages from a durable consumer in large, byte-bounded batches.
 
     Args:
         nc: connected client.
+        prefix: JetStream API prefix (`$JS.API`, or `$JS.<domain>.API`).
         stream: stream name.
         consumer: durable consumer name.
     """
 
-    def __init__(self, nc: Client, stream: str, consumer: str) -> None:
+    def __init__(self, nc: Client, prefix: str, stream: str, consumer: str) -> None:
         self.nc = nc
-        self.api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self.subject = f"{prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self.inbox = nc.new_inbox()
         self.sub: Any = None
+        self._buffer: deque[Msg] = deque()
+        self._arrived = asyncio.Event()
+        #: The outstanding request: messages it may still deliver, and when it expires.
+        self._open_count = 0
+        self._open_until = 0.0
 
     async def start(self) -> None:
         """Subscribe to the delivery inbox."""
         self.sub = await self.nc.subscribe(
-            self.inbox, pending_msgs_limit=4_000_000, pending_bytes_limit=2 * 1024**3
+            self.inbox,
+            cb=self._on_message,
+            pending_msgs_limit=_PENDING_MSGS,
+            pending_bytes_limit=_PENDING_BYTES,
         )
 
     async def close(self) -> None:
-        """Unsubscribe (queued, unacked deliveries are dropped; the server redelivers them)."""
+        """Unsubscribe (buffered, unacked deliveries are dropped; the server redelivers them)."""
+        self._buffer.clear()
         if self.sub is not None:
             try:
                 await self.sub.unsubscribe()
             finally:
                 self.sub = None
 
-    def _drain(self, out: list[Any], limit: int) -> bool:
-        """Move queued deliveries to `out`; True if an end-of-round status was seen."""
-        queue = self.sub._pending_queue
-        ended = False
-        while len(out) < limit and not queue.empty():
-            msg = queue.get_nowait()
-            self.sub._pending_size -= len(msg.data)
-            headers = msg.headers
-            if headers and "Status" in headers:
-                if headers["Status"] in _END_OF_ROUND:
-                    ended = True
-                continue  # heartbeats and other status messages
-            out.append(msg)
-        return ended
+    async def _on_message(self, msg: Msg) -> None:
+        headers = msg.headers
+        if headers and "Status" in headers and not msg.data:
+            if headers["Status"] in _END_OF_REQUEST:
+                self._open_count = 0
+            self._arrived.set()
+            return  # heartbeats and other status messages
+        self._buffer.append(msg)
+        self._open_count -= 1
+        self._arrived.set()
 
-    async def _request(self, batch: int, expires: float | None) -> None:
-        req: dict[str, Any] = {"batch": batch}
+    def _is_open(self) -> bool:
+        return self._open_count > 0 and time.monotonic() < self._open_until
+
+    async def _request(self, batch: int, max_bytes: int, expires: float | None) -> None:
+        req: dict[str, Any] = {"batch": batch, "max_bytes": max_bytes}
         if expires is None:
             req["no_wait"] = True
+            self._open_until = time.monotonic() + 5.0
         else:
             req["expires"] = int(expires * 1_000_000_000)
-        await self.nc.publish(self.api, json.dumps(req).encode(), reply=self.inbox)
+            self._open_until = time.monotonic() + expires + 0.5
+        self._open_count = batch
+        await self.nc.publish(self.subject, json.dumps(req).encode(), reply=self.inbox)
 
-    async def fetch(self, batch: int, timeout: float) -> list[Any]:
+    def _take(self, batch: int) -> list[Msg]:
+        buffer = self._buffer
+        n = min(batch, len(buffer))
+        return [buffer.popleft() for _ in range(n)]
+
+    async def _wait(self, until: float) -> bool:
+        """Wait for the next delivery or status until `until`; False on timeout."""
+        remaining = until - time.monotonic()
+        if remaining <= 0:
+            return False
+        self._arrived.clear()
+        try:
+            await asyncio.wait_for(self._arrived.wait(), remaining)
+        except TimeoutError:
+            return False
+        return True
+
+    async def fetch(self, batch: int, timeout: float, max_bytes: int) -> list[Msg]:
         """Up to `batch` messages; waits at most about `timeout` seconds for the first one.
+
+        Args:
+            batch: most messages to return.
+            timeout: seconds to wait when nothing is available.
+            max_bytes: most bytes one pull request may deliver (at least the largest message).
 
         Returns:
             The messages in delivery order (possibly none).
         """
-        out: list[Any] = []
-        self._drain(out, batch)
-        if len(out) >= batch:
-            return out
-        queue = self.sub._pending_queue
-        loop = asyncio.get_running_loop()
-        # Round 1: whatever is available now (the server ends the round with a 404/408).
-        await self._request(batch - len(out), None)
-        deadline = loop.time() + max(timeout, 0.05)
-        while len(out) < batch:
-            if self._drain(out, batch) or len(out) >= batch:
+        deadline = time.monotonic() + max(timeout, 0.05)
+        if not self._buffer and not self._is_open():
+            # Round 1: whatever is available now, up to `batch` messages / `max_bytes`.
+            await self._request(batch, max_bytes, None)
+            while self._is_open() and len(self._buffer) < batch:
+                if not await self._wait(deadline):
+                    break
+        if not self._buffer and not self._is_open():
+            # Round 2: nothing was available; long-poll until the first message or the timeout.
+            remaining = deadline - time.monotonic()
+            if remaining > 0.01:
+                await self._request(batch, max_bytes, remaining)
+        while not self._buffer and self._is_open():
+            if not await self._wait(deadline):
                 break
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return out
-            try:
-                msg = await asyncio.wait_for(queue.get(), remaining)
-            except TimeoutError:
-                return out
-            self._push_front(msg)
-        if out:
-            return out
-        # Round 2: nothing was available; long-poll until the first message or the timeout.
-        remaining = deadline - loop.time()
-        if remaining <= 0.01:
-            return out
-        await self._request(batch, remaining)
-        while not out:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                msg = await asyncio.wait_for(queue.get(), remaining)
-            except TimeoutError:
-                break
-            self._push_front(msg)
-            self._drain(out, batch)
-        # Let the rest of a burst land, then take it.
-        await asyncio.sleep(0)
-        self._drain(out, batch)
-        return out
-
-    def _push_front(self, msg: Any) -> None:
-        """Put a message taken with `queue.get()` back at the head of the queue."""
-        queue = self.sub._pending_queue
-        queue._queue.appendleft(msg)  # asyncio.Queue keeps a deque; keeps delivery order
+        if self._buffer and self._is_open():
+            await asyncio.sleep(0)  # let the rest of a burst land
+        return self._take(batch)

@@ -1,10 +1,12 @@
 """`LakeService`: the writers of every Bronze/Gold table in one asyncio process.
 
 Start: connect to NATS, create the streams, create missing tables, start one `ConsumerWriter`
-per consumer (each recreates its consumer at its committed position). Run until `stop()`, a
-SIGTERM/SIGINT, or — with `stop_when_idle` — until every consumer is drained and everything is
-committed. Stop: each writer flushes, commits and acks what it buffered, then the connection
-closes.
+per consumer. Each writer takes its consumer's lease (or waits as a hot standby while another
+process holds it) and then recreates the consumer at its committed position. Run until `stop()`,
+a SIGTERM/SIGINT, or — with `stop_when_idle` — until every consumer is drained and everything is
+committed. Stop: each writer flushes, commits and acks what it buffered (a commit that keeps
+failing gets `shutdown_grace_seconds`, then `run` raises `ShutdownTimeoutError` with nothing
+acked), releases its lease, then the connection closes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import logging
 import signal
 import time
+from typing import TYPE_CHECKING
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings, redact_url
@@ -21,6 +24,9 @@ from iceberg_lake.engine import nats as bus
 from iceberg_lake.exceptions import LakeError
 from iceberg_lake.ingest.writer import ConsumerWriter
 from iceberg_lake.tables import registry
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +79,7 @@ class LakeService:
         self.targets = resolve_targets(tables)
         self.writers: list[ConsumerWriter] = []
         self._stop = asyncio.Event()
-        self._nc = None
+        self._nc: Client | None = None
         self._closing = False
 
     async def stop(self) -> None:
@@ -102,25 +108,42 @@ class LakeService:
         await asyncio.to_thread(LakeCatalog(self.settings).init)
         nc = await bus.connect(self.settings, name="lake-serve", on_disconnect=self._on_disconnect)
         self._nc = nc
-        js = nc.jetstream(timeout=10.0)
+        js = bus.jetstream(nc, self.settings)
         loop = asyncio.get_running_loop()
-        installed: list[int] = []
+        installed: list[signal.Signals] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._stop.set)
                 installed.append(sig)
         try:
             await bus.ensure_streams(js, self.settings)
+            leases = await bus.lease_bucket(js, self.settings)
+            holder = bus.lease_holder_id()
+            # All pull requests of this connection together stay within the byte budget, but
+            # each may hold at least the largest message the server accepts.
+            share = max(
+                self.settings.fetch_max_bytes // max(1, len(self.targets)),
+                int(nc.max_payload) + 4096,
+            )
             self.writers = [
-                ConsumerWriter(self.settings, t, js, flush_when_drained=stop_when_idle)
+                ConsumerWriter(
+                    self.settings,
+                    t,
+                    js,
+                    nc=nc,
+                    leases=leases,
+                    holder=holder,
+                    fetch_max_bytes=share,
+                    flush_when_drained=stop_when_idle,
+                )
                 for t in self.targets
             ]
-            await asyncio.gather(*(w.start() for w in self.writers))
             log.info(
-                "lake serve: %d writers (%s), NATS %s",
+                "lake serve: %d writers (%s), NATS %s, holder %s",
                 len(self.writers),
                 ", ".join(self.targets),
                 redact_url(self.settings.nats_url),
+                holder,
             )
             tasks = [asyncio.create_task(w.run(self._stop)) for w in self.writers]
             watcher = asyncio.create_task(self._watch(stop_when_idle, idle_seconds))

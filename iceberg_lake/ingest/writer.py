@@ -8,34 +8,67 @@ messages at or below the table's watermark (dead letters: the quarantine table's
 properties survive snapshot expiry and other components' commits, so the position is found no
 matter what happened to the table since.
 
-Order of a flush: dead letters first, then each target table; ack (AckAll on the last message)
-only after every commit succeeded. Errors are retried forever with exponential backoff and
-jitter, on refreshed tables; nothing is acked meanwhile, so the bus keeps the data.
+Fencing (one active writer per consumer): a writer first takes its consumer's lease (a NATS KV
+entry with a TTL, `engine.nats.Lease`) and waits as a hot standby while another process holds it.
+Only the holder recreates the consumer and commits, and every commit also asserts that the
+watermark property still has the value this writer last saw (`engine.iceberg.require_properties`),
+so a paused ex-holder whose lease expired cannot commit over its successor.
+
+Order of a flush: each target table, then dead letters; ack (AckAll on the last message) only
+after every commit succeeded. Errors by kind: `TransientError`s (storage/catalog unreachable, a
+commit conflict) are retried with exponential backoff and jitter on refreshed tables, nothing
+acked meanwhile; a deterministic failure (a value the store cannot hold) isolates the rows that
+cause it, dead-letters them with the reason and commits the rest. On stop, a commit that keeps
+failing gets `shutdown_grace_seconds`, then the writer gives up without acking.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import json
 import logging
 import random
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
 
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.config import Settings
-from iceberg_lake.engine.iceberg import fast_path_applies, watermarked_append
+from iceberg_lake.engine.iceberg import (
+    fast_path_applies,
+    watermarked_append,
+    write_data_files,
+)
 from iceberg_lake.engine.nats import (
     INFERRED_TARGET,
+    Lease,
+    LeaseBucket,
+    api_prefix,
     consumer_target,
     dead_letter_subject,
+    lease_key,
+    message_sequences,
     reset_consumer,
+)
+from iceberg_lake.exceptions import (
+    CatalogUnavailableError,
+    CommitConflictError,
+    DataRejectedError,
+    ShutdownTimeoutError,
+    TransientError,
+    WriterFencedError,
 )
 from iceberg_lake.ingest import dead_letters
 from iceberg_lake.ingest.batch import MicroBatch
@@ -56,34 +89,125 @@ from iceberg_lake.ops.maintenance import expire_inline
 from iceberg_lake.tables import DEAD_LETTERS_TABLE, GOLD
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client
     from nats.js import JetStreamContext
 
 log = logging.getLogger(__name__)
 
-#: Messages asked for per fetch (bounded by the free buffer space).
+#: Most messages asked for per fetch; a fetch is sized in events (free buffer space divided by
+#: the events per message seen so far) and bounded in bytes as well.
 FETCH_BATCH = 5000
+#: Bytes one fetch may ask for when the service does not set a share of its budget.
+DEFAULT_FETCH_MAX_BYTES = 8 * 1024 * 1024
 #: Backoff between failed commit attempts.
 BACKOFF_MIN_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 10.0
+#: Most probe writes spent isolating the rows a store refuses (per failed commit).
+MAX_PROBES = 64
 #: Minimum seconds between two schema checks triggered by unknown fields.
 SCHEMA_CHECK_SECONDS = 1.0
 
 
-def _reply_seqs(reply: str) -> tuple[int, int]:
-    """(stream sequence, delivery sequence) from a JetStream ack subject."""
-    t = reply.split(".")
-    if len(t) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>
-        return int(t[5]), int(t[6])
-    return int(t[7]), int(t[8])  # $JS.ACK.<domain>.<acc>.<stream>.<consumer>.<dlv>.<sseq>...
+_T = TypeVar("_T")
+
+#: OSError numbers a retry cannot fix: the path or value itself is wrong for the store.
+_DETERMINISTIC_ERRNOS = {errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ, errno.ENOTDIR}
+#: Messages of storage errors a retry cannot fix (pyarrow/S3 raise OSError without errno).
+_DETERMINISTIC_MESSAGES = ("file name too long", "keytoolong", "key too long", "name too long")
+
+
+def classify(exc: BaseException, what: str) -> Exception:
+    """Translate an exception raised by a commit into the lake's errors by kind.
+
+    Returns:
+        A `TransientError` (retry), `WriterFencedError` (another writer moved the watermark) or
+        `DataRejectedError` (deterministic: retrying the same rows fails the same way).
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, (TransientError, WriterFencedError, DataRejectedError)):
+        return exc
+    if isinstance(exc, ValidationException) and "this writer expected" in str(exc):
+        return WriterFencedError(f"{what}: {exc}")
+    if isinstance(exc, (CommitFailedException, ValidationException)):
+        return CommitConflictError(f"{what}: {exc}")
+    if isinstance(exc, SQLAlchemyError):
+        return CatalogUnavailableError(f"{what}: catalog database unavailable ({exc})")
+    if isinstance(exc, OSError):
+        text = str(exc).lower()
+        if exc.errno in _DETERMINISTIC_ERRNOS or any(m in text for m in _DETERMINISTIC_MESSAGES):
+            return DataRejectedError(f"{what}: the store refused the data ({exc})")
+        return CatalogUnavailableError(f"{what}: storage unavailable ({exc})")
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return CatalogUnavailableError(f"{what}: {exc}")
+    if isinstance(exc, (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError, OverflowError)):
+        return DataRejectedError(f"{what}: {type(exc).__name__}: {exc}")
+    # Anything else is unknown: retried (never dropped), like an outage.
+    return TransientError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def in_daemon_thread(fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+    """Run `fn(*args)` in a daemon thread; a future of its result on the running loop.
+
+    Commits run here rather than in the default executor: a commit stuck on an unreachable
+    store must not keep the process alive after the shutdown grace period (the interpreter and
+    `asyncio.run` join executor threads, never daemon threads).
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def target() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # loop already closed: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    name = f"lake-{getattr(fn, '__name__', 'job')}"
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
+
+
+class _LeaseLost(Exception):
+    """Internal: this writer is no longer the active one; go back to standby."""
+
+
+class _Rejected(Exception):
+    """Internal: the commit of `table` failed deterministically (`error`)."""
+
+    def __init__(self, table: str, error: DataRejectedError) -> None:
+        super().__init__(str(error))
+        self.table = table
+        self.error = error
 
 
 class ConsumerWriter:
     """The writer behind one durable consumer (one Bronze table, Gold, or schema inference).
 
     Args:
-        settings: batch sizes/intervals, buffer bound, snapshot retention, catalog.
+        settings: batch sizes/intervals, buffer bound, snapshot retention, catalog, lease TTL,
+            shutdown grace.
         target: a Bronze/Gold table identifier, or `INFERRED_TARGET`.
         js: JetStream context.
+        nc: the connection (for the pull subscription); None only for commit-path benchmarks.
+        leases: the lease bucket (`engine.nats.lease_bucket`); None = no fencing (tests and
+            benchmarks of the commit path only).
+        holder: this process's name in lease records.
+        fetch_max_bytes: bytes one fetch may ask for (the service's share of its budget).
         flush_when_drained: also flush as soon as a fetch finds no more messages (used when
             running until idle, so the last partial batch does not wait for the timer).
     """
@@ -94,12 +218,28 @@ class ConsumerWriter:
         target: str,
         js: JetStreamContext,
         *,
+        nc: Client | None = None,
+        leases: LeaseBucket | None = None,
+        holder: str = "",
+        fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES,
         flush_when_drained: bool = False,
     ) -> None:
         self.settings = settings
         self.target = target
         self.js = js
+        self.nc = nc
         self.stream, self.consumer, self.filter_subject = consumer_target(target)
+        self.lease = (
+            Lease(
+                leases,
+                lease_key(self.stream, self.consumer),
+                settings.writer_lease_seconds,
+                holder,
+            )
+            if leases is not None
+            else None
+        )
+        self.fetch_max_bytes = fetch_max_bytes
         gold = target.startswith(GOLD + ".")
         self.batch_size = settings.gold_batch_size if gold else settings.bronze_batch_size
         self.batch_seconds = settings.gold_batch_seconds if gold else settings.bronze_batch_seconds
@@ -121,16 +261,25 @@ class ConsumerWriter:
         self.codecs: dict[str, TableCodec] = {}
         self.decoder: Decoder | None = None
         self.watermarks: dict[str, int] = {}
+        #: Watermark property values as last seen in each table (the commit's compare-and-swap).
+        self.seen: dict[str, str | None] = {}
         self.position = 0
         self.batch = MicroBatch()
-        self.psub: Any = None
+        self.psub: BatchPuller | None = None
         self.commit_task: asyncio.Task[None] | None = None
         self.max_sseq = 0
         self.max_dseq = 0
         self.reset_needed = False
+        self.reload_needed = False
         self.drained = False
+        self.active = False
         self.committed_events = 0
+        self.rejected_rows = 0
         self.commit_latencies: list[float] = []
+        #: Events per message seen so far (sizes fetches in events, not messages).
+        self.events_per_message = 1.0
+        self._stop: asyncio.Event | None = None
+        self._grace_deadline: float | None = None
         self._arrow_schemas: dict[tuple[str, int], pa.Schema] = {}
         self._last_expire: dict[str, float] = {}
         self._last_schema_check = 0.0
@@ -148,6 +297,7 @@ class ConsumerWriter:
         positions = [0]
         for tid, table in self.tables.items():
             props = table.properties
+            self.seen[tid] = props.get(self.wm_key)
             self.watermarks[tid] = int(props.get(self.wm_key, 0))
             positions.append(int(props.get(self.pos_key, 0)))
         self.position = max(positions)
@@ -162,11 +312,16 @@ class ConsumerWriter:
         self._rebuild_decoder()
 
     async def start(self) -> None:
-        """Load tables and watermarks, then recreate the consumer at the committed position."""
-        await asyncio.to_thread(self._load)
+        """Load tables and watermarks, then recreate the consumer at the committed position.
+
+        Call only while holding the lease (`run` does).
+        """
+        self.reset_needed = self.reload_needed = False
+        self.batch = MicroBatch()
+        await in_daemon_thread(self._load)
         await self._resubscribe()
         log.info(
-            "writer %s: consumer %s on %s (%s) from stream seq %d",
+            "writer %s: active on consumer %s of %s (%s) from stream seq %d",
             self.target,
             self.consumer,
             self.stream,
@@ -180,38 +335,140 @@ class ConsumerWriter:
                 await self.psub.close()
             self.psub = None
         await reset_consumer(self.js, self.target, self.position + 1)
-        puller = BatchPuller(self.js._nc, self.stream, self.consumer)
+        if self.nc is None:
+            raise RuntimeError("ConsumerWriter needs a connection (nc=) to consume")
+        puller = BatchPuller(self.nc, api_prefix(self.settings), self.stream, self.consumer)
         await puller.start()
         self.psub = puller
         self.max_sseq = self.position
         self.max_dseq = 0
 
     async def close(self) -> None:
-        """Unsubscribe the pull subscription (the consumer stays)."""
+        """Unsubscribe the pull subscription (the consumer stays) and release the lease."""
         if self.psub is not None:
             with contextlib.suppress(Exception):
                 await self.psub.close()
             self.psub = None
+        if self.lease is not None:
+            await self.lease.release()
+        self.active = False
 
     def request_reset(self) -> None:
         """Drop the uncommitted batch and re-read from the committed position (lost delivery)."""
         self.reset_needed = True
 
+    # ---- lease ----------------------------------------------------------------------------------
+
+    def _holds_lease(self) -> bool:
+        return self.lease is None or self.lease.held()
+
+    async def _acquire(self, stop: asyncio.Event) -> bool:
+        """Wait as a standby until this process holds the lease; False if stopped first."""
+        if self.lease is None:
+            return True
+        lease = self.lease
+        logged = False
+        while not stop.is_set():
+            try:
+                if await lease.try_acquire():
+                    return True
+                if not logged:
+                    holder = await lease.current_holder()
+                    log.info(
+                        "writer %s: standby, consumer %s is held by %s",
+                        self.target,
+                        self.consumer,
+                        holder or "another process",
+                    )
+                    logged = True
+            except Exception as exc:  # NATS unreachable: keep waiting
+                log.debug("writer %s: lease attempt failed: %s", self.target, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.2, lease.ttl / 5))
+        return False
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease every TTL/3 while active; stop trying once it is lost."""
+        assert self.lease is not None
+        lease = self.lease
+        while True:
+            await asyncio.sleep(lease.ttl / 3)
+            try:
+                if not await lease.renew():
+                    log.warning("writer %s: lease taken by another process", self.target)
+                    return
+            except Exception as exc:  # NATS unreachable: `held()` runs out on its own
+                log.warning("writer %s: lease renewal failed: %s", self.target, _one_line(exc))
+
     # ---- main loop ------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set, then flush, commit and ack what is buffered."""
+        """Consume until `stop` is set, then flush, commit and ack what is buffered.
+
+        Without the lease, wait as a standby; after losing it (or being fenced by a commit),
+        drop the uncommitted batch unacked and wait again.
+
+        Raises:
+            ShutdownTimeoutError: stopped while a commit kept failing past the grace period.
+        """
+        self._stop = stop
+        try:
+            while not stop.is_set():
+                if not await self._acquire(stop):
+                    break
+                if self.lease is not None:
+                    log.info("writer %s: lease of %s taken", self.target, self.consumer)
+                keeper = asyncio.create_task(self._keep_lease()) if self.lease else None
+                try:
+                    await self.start()
+                    self.active = True
+                    await self._consume(stop)
+                    return
+                except _LeaseLost:
+                    log.warning(
+                        "writer %s: no longer the active writer of %s; uncommitted messages "
+                        "are left to the new one",
+                        self.target,
+                        self.consumer,
+                    )
+                finally:
+                    if keeper is not None:
+                        keeper.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await keeper
+                await self._stand_down()
+        finally:
+            metrics.BUFFER_EVENTS.labels(self.consumer).set(0)
+
+    async def _stand_down(self) -> None:
+        """Forget everything uncommitted and give the consumer up (nothing acked)."""
+        self.active = False
+        if self.commit_task is not None:
+            with contextlib.suppress(BaseException):
+                await self.commit_task
+            self.commit_task = None
+        self.batch = MicroBatch()
+        await self.close()
+
+    async def _consume(self, stop: asyncio.Event) -> None:
         limit = self.settings.max_buffered_events
         while not stop.is_set():
+            if not self._holds_lease():
+                raise _LeaseLost()
+            if self.commit_task is not None and self.commit_task.done():
+                await self._wait_commit()  # raises a fencing or shutdown error
             if self.reset_needed:
                 await self._wait_commit()
-                log.warning("writer %s: lost delivery detected, re-reading", self.target)
+                log.warning("writer %s: re-reading from the committed position", self.target)
                 self.batch = MicroBatch()
                 self.reset_needed = False
                 try:
+                    if self.reload_needed:
+                        await in_daemon_thread(self._load)
+                        self.reload_needed = False
                     await self._resubscribe()
-                except Exception as exc:  # NATS down: try again shortly
-                    log.warning("writer %s: resubscribe failed: %s", self.target, exc)
+                except Exception as exc:  # NATS or catalog down: try again shortly
+                    log.warning("writer %s: resubscribe failed: %s", self.target, _one_line(exc))
                     self.reset_needed = True
                     await asyncio.sleep(1.0)
                 continue
@@ -225,9 +482,12 @@ class ConsumerWriter:
             timeout = 1.0
             if self.batch.messages:
                 timeout = min(1.0, max(0.05, self.batch_seconds - self.batch.age()))
-            want = max(1, min(FETCH_BATCH, limit - self.batch.events))
+            # Ask for events, not messages: batched messages carry many events each.
+            free_events = max(1, limit - self.batch.events)
+            want = max(1, min(FETCH_BATCH, int(free_events / self.events_per_message)))
+            assert self.psub is not None
             try:
-                msgs = await self.psub.fetch(want, timeout)
+                msgs = await self.psub.fetch(want, timeout, self.fetch_max_bytes)
             except Exception as exc:  # connection closed/reconnecting, consumer deleted
                 log.debug("writer %s: fetch failed: %s", self.target, exc)
                 msgs = []
@@ -241,13 +501,18 @@ class ConsumerWriter:
             metrics.BUFFER_EVENTS.labels(self.consumer).set(self.batch.events)
             await asyncio.sleep(0)
         self._stopping = True
+        if self._grace_deadline is None:
+            self._grace_deadline = time.monotonic() + self.settings.shutdown_grace_seconds
         await self._wait_commit()
-        self._maybe_flush(force=True)
-        await self._wait_commit()
-        metrics.BUFFER_EVENTS.labels(self.consumer).set(0)
+        if not self.reset_needed:  # a fenced batch leaves nothing of ours to flush
+            self._maybe_flush(force=True)
+            await self._wait_commit()
 
     def idle(self) -> bool:
-        """True when nothing is buffered or committing and the last fetch found nothing."""
+        """True when nothing is buffered or committing and the last fetch found nothing
+        (a standby is idle: the active writer elsewhere does the work)."""
+        if not self.active:
+            return True
         return (
             self.batch.messages == 0
             and (self.commit_task is None or self.commit_task.done())
@@ -268,8 +533,7 @@ class ConsumerWriter:
         recv_ns = time.time_ns()
         keep: list[Any] = []
         seqs: list[int] = []
-        for m in msgs:
-            sseq, dseq = _reply_seqs(m.reply)
+        for m, (sseq, dseq) in zip(msgs, message_sequences(msgs), strict=True):
             if dseq > self.max_dseq + 1:
                 # A delivery never reached us (connection loss): committing past it would lose
                 # it, so drop the uncommitted batch and re-read from the committed position.
@@ -304,14 +568,20 @@ class ConsumerWriter:
             # A migration added the fields: decode the same messages again with the new schema.
             routed = decode_chunked(self.decoder, bodies, subjects, recv_ns)
         seq_arr = np.asarray(seqs, dtype=np.int64)
+        events = len(routed.rejected)
         for tid, decoded in routed.tables.items():
             rows = decoded.table
+            events += rows.num_rows
+            row_seqs = seq_arr[np.asarray(decoded.row_message, dtype=np.int64)]
             wm = self.watermarks.get(tid, 0)
             if rows.num_rows and wm >= seqs[0]:
-                mask = seq_arr[decoded.row_message] > wm
+                mask = row_seqs > wm
                 rows = rows.filter(pa.array(mask))
+                row_seqs = row_seqs[mask]
             metrics.EVENTS_CONSUMED.labels(tid).inc(rows.num_rows)
-            self.batch.add_rows(tid, rows)
+            self.batch.add_rows(tid, rows, row_seqs)
+        # Moving average of events per message: the next fetch asks for events, not messages.
+        self.events_per_message = 0.7 * self.events_per_message + 0.3 * max(1.0, events / len(keep))
         dl_wm = self.watermarks.get(DEAD_LETTERS_TABLE, 0)
         for d in dead_letters.from_routed(routed, keep, seqs, self.stream, recv_ns, dl_wm):
             self.batch.dead.append(d)
@@ -330,7 +600,7 @@ class ConsumerWriter:
             return False
         self._last_schema_check = now
         try:
-            return await asyncio.to_thread(self._reload_schemas)
+            return await in_daemon_thread(self._reload_schemas)
         except Exception as exc:
             log.debug("schema check failed: %s", exc)
             return False
@@ -375,35 +645,116 @@ class ConsumerWriter:
         self.commit_task = asyncio.create_task(self._commit(batch))
 
     async def _wait_commit(self) -> None:
-        if self.commit_task is not None:
-            await self.commit_task
-            self.commit_task = None
+        """Wait for the running commit. A fenced commit means another writer moved the
+        watermark: re-read from it while the lease is ours, else stand down."""
+        if self.commit_task is None:
+            return
+        task, self.commit_task = self.commit_task, None
+        try:
+            await task
+        except WriterFencedError as exc:
+            if not self._holds_lease():
+                raise _LeaseLost() from exc
+            log.warning("writer %s: %s; re-reading from the new watermark", self.target, exc)
+            self.reset_needed = True
+            self.reload_needed = True
+
+    def _shutdown_timeout(self) -> ShutdownTimeoutError:
+        return ShutdownTimeoutError(
+            f"writer {self.target}: commit still failing after the "
+            f"{self.settings.shutdown_grace_seconds:g} s shutdown grace period; "
+            "exiting without acking (the messages stay in the stream)"
+        )
+
+    async def _bounded(self, future: asyncio.Future[_T]) -> _T:
+        """Await `future`; once a stop was asked, at most until the grace deadline.
+
+        Raises:
+            ShutdownTimeoutError: the grace period ran out (the future is abandoned).
+        """
+        stop = self._stop
+        while True:
+            if stop is None:
+                return await future
+            if stop.is_set():
+                if self._grace_deadline is None:
+                    self._grace_deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+                remaining = self._grace_deadline - time.monotonic()
+                if remaining > 0:
+                    await asyncio.wait([future], timeout=remaining)
+                if not future.done():
+                    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+                    raise self._shutdown_timeout()
+                return future.result()
+            stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+            waiting: list[asyncio.Future[Any]] = [future, stopper]
+            try:
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopper.cancel()
+            if future.done():
+                return future.result()
 
     async def _commit(self, batch: MicroBatch) -> None:
-        """Commit a micro-batch (retrying until it lands), then ack it."""
+        """Commit a micro-batch, then ack it.
+
+        Transient failures are retried with backoff (bounded by the grace period once a stop
+        was asked); rows the store refuses for good are dead-lettered and the rest committed.
+
+        Raises:
+            WriterFencedError: another writer moved the watermark, or the lease ran out.
+            ShutdownTimeoutError: stopped while the commit kept failing.
+        """
         if batch.dead:
             await self._publish_dead_letters(batch.dead)
         attempt = 0
         while True:
+            if not self._holds_lease():
+                raise WriterFencedError(f"lease of {self.consumer} expired before the commit")
+            if self._stop is not None and self._stop.is_set():
+                if self._grace_deadline is None:
+                    self._grace_deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+                if time.monotonic() >= self._grace_deadline:
+                    raise self._shutdown_timeout()
             try:
-                await asyncio.to_thread(self._commit_sync, batch)
+                await self._bounded(in_daemon_thread(self._commit_sync, batch))
                 break
-            except Exception as exc:
-                attempt += 1
-                delay = min(BACKOFF_MAX_SECONDS, BACKOFF_MIN_SECONDS * 2 ** min(attempt, 10))
-                delay *= random.uniform(0.5, 1.0)
-                log.warning(
-                    "writer %s: commit of seq %d..%d failed (attempt %d), retrying in %.1fs: %s",
-                    self.target,
-                    batch.first_seq,
-                    batch.last_seq,
-                    attempt,
-                    delay,
-                    (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:300],
+            except _Rejected as rejected:
+                moved = await self._bounded(
+                    in_daemon_thread(self._isolate, rejected.table, batch, rejected.error)
                 )
+                if moved:
+                    log.warning(
+                        "writer %s: %d rows of %s refused by the store, dead-lettered: %s",
+                        self.target,
+                        len(moved),
+                        rejected.table,
+                        _one_line(rejected.error),
+                    )
+                    await self._publish_dead_letters(moved)
+                    continue  # commit the rest at once
+                error: Exception = TransientError(str(rejected.error))  # not row-specific
+            except TransientError as exc:
+                error = exc
+            attempt += 1
+            delay = min(BACKOFF_MAX_SECONDS, BACKOFF_MIN_SECONDS * 2 ** min(attempt, 10))
+            delay *= random.uniform(0.5, 1.0)
+            log.warning(
+                "writer %s: commit of seq %d..%d failed (attempt %d), retrying in %.1fs: %s",
+                self.target,
+                batch.first_seq,
+                batch.last_seq,
+                attempt,
+                delay,
+                _one_line(error),
+            )
+            if self._stop is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+            else:
                 await asyncio.sleep(delay)
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self._refresh_tables)
+            with contextlib.suppress(Exception):
+                await self._bounded(in_daemon_thread(self._refresh_tables))
         if batch.last_msg is not None:
             try:
                 await batch.last_msg.ack()
@@ -434,9 +785,9 @@ class ConsumerWriter:
             self._arrow_schemas[key] = schema_to_pyarrow(schema, include_field_ids=False)
         return self._arrow_schemas[key]
 
-    def _prepare(self, tid: str, table: Table, chunks: list[pa.Table]) -> pa.Table:
-        """Align chunks to the live schema, concatenate, cast (and sort, unless the commit does)."""
-        target = self._arrow_schema(tid, table)
+    def _align(self, target: pa.Schema, chunks: list[pa.Table]) -> pa.Table:
+        """Chunks aligned to the live schema's columns (nullable) and concatenated."""
+        nullable = pa.schema([f.with_nullable(True) for f in target])
         aligned = []
         for chunk in chunks:
             arrays = []
@@ -445,39 +796,61 @@ class ConsumerWriter:
                     arrays.append(chunk.column(f.name))
                 else:
                     arrays.append(pa.nulls(chunk.num_rows, f.type))
-            nullable = pa.schema([f.with_nullable(True) for f in target])
             aligned.append(pa.Table.from_arrays(arrays, schema=nullable))
-        rows = pa.concat_tables(aligned) if len(aligned) > 1 else aligned[0]
-        rows = rows.cast(target)
-        if fast_path_applies(table, rows):
-            return rows  # the commit sorts once, by (partition, sort order)
+        return pa.concat_tables(aligned) if len(aligned) > 1 else aligned[0]
+
+    @staticmethod
+    def _sort_cast(rows: pa.Table, target: pa.Schema) -> pa.Table:
         keys = [("ts_event_ns", "ascending")]
         if "level_id" in rows.column_names:
             keys.append(("level_id", "ascending"))
-        return rows.sort_by(keys)
+        return rows.sort_by(keys).cast(target)
+
+    def _prepare(self, tid: str, table: Table, chunks: list[pa.Table]) -> pa.Table:
+        """Align chunks to the live schema, concatenate, cast (and sort, unless the commit does)."""
+        target = self._arrow_schema(tid, table)
+        rows = self._align(target, chunks).cast(target)
+        if fast_path_applies(table, rows):
+            return rows  # the commit sorts once, by (partition, table sort order)
+        return self._sort_cast(rows, target)
 
     def _commit_sync(self, batch: MicroBatch) -> None:
-        """Commit the batch's tables in order; each one transaction with its watermark."""
+        """Commit the batch's tables in order; each one transaction with its watermark.
+
+        Target tables first, dead letters last (so rows refused by the store can still join
+        the dead letters of the same flush). Each commit asserts the watermark this writer last
+        saw (`require_properties`): another writer's commit in between fences this one.
+
+        Raises:
+            TransientError: retry later. WriterFencedError: another writer moved the watermark.
+            _Rejected: a target table refused the rows deterministically.
+        """
         if self._needs_refresh:
             self._refresh_tables()
         work: list[tuple[str, Any]] = []
-        if batch.dead:
-            work.append((DEAD_LETTERS_TABLE, batch.dead))
         for tid in self.target_ids:
             if batch.tables.get(tid):
                 work.append((tid, batch.tables[tid]))
+        if batch.dead:
+            work.append((DEAD_LETTERS_TABLE, batch.dead))
         seq = batch.last_seq
         for i, (tid, payload) in enumerate(work):
             last = i == len(work) - 1
             table = self.tables[tid]
             props = table.properties
-            if int(props.get(self.wm_key, 0)) >= seq and (
-                not last or int(props.get(self.pos_key, 0)) >= seq
-            ):
+            current = int(props.get(self.wm_key, 0))
+            if current > seq or (current < seq and props.get(self.wm_key) != self.seen.get(tid)):
+                # Someone else committed for this consumer since this writer last looked.
+                raise WriterFencedError(
+                    f"{tid}: watermark {props.get(self.wm_key)} (this writer saw "
+                    f"{self.seen.get(tid)}); another writer committed"
+                )
+            if current == seq and (not last or int(props.get(self.pos_key, 0)) >= seq):
                 self.watermarks[tid] = seq
+                self.seen[tid] = props.get(self.wm_key)
                 continue  # landed before (lost response): do not append twice
             t0 = time.perf_counter()
-            with catalog_errors(f"committing to {tid}"):
+            try:
                 if tid == DEAD_LETTERS_TABLE:
                     rows = dead_letter_table(payload, self._arrow_schema(tid, table))
                 else:
@@ -495,14 +868,28 @@ class ConsumerWriter:
                 }
                 try:
                     with watermarked_append(
-                        table, watermark=updates, snapshot_properties=summary
+                        table,
+                        watermark=updates,
+                        snapshot_properties=summary,
+                        # Fencing: compare-and-swap of the watermark, checked at commit time.
+                        expected={self.wm_key: self.seen.get(tid)},
                     ) as app:
                         app.append(rows)
                 except Exception:
                     metrics.COMMIT_ERRORS.labels(tid).inc()
                     raise
+            except Exception as exc:
+                error = classify(exc, f"committing to {tid}")
+                if isinstance(error, DataRejectedError) and tid != DEAD_LETTERS_TABLE:
+                    raise _Rejected(tid, error) from exc
+                if isinstance(error, DataRejectedError):
+                    error = TransientError(str(error))  # dead letters cannot be dead-lettered
+                if error is exc:
+                    raise
+                raise error from exc
             elapsed = time.perf_counter() - t0
             self.watermarks[tid] = seq
+            self.seen[tid] = str(seq)
             metrics.COMMIT_SECONDS.labels(tid).observe(elapsed)
             if tid == DEAD_LETTERS_TABLE:
                 for d in payload:
@@ -524,6 +911,111 @@ class ConsumerWriter:
             self._maybe_expire(tid, table)
         if work:
             self.position = seq
+
+    def _isolate(self, tid: str, batch: MicroBatch, error: DataRejectedError) -> list[DeadLetter]:
+        """Find the rows of `tid` the store refuses and move them to the batch's dead letters.
+
+        Probes write the data files of a subset (then delete them) without committing: first
+        one probe per partition value, then halving inside a failing group. When both halves
+        of a group fail, the failure belongs to the whole group (its partition value) and all
+        its rows go. Bounded by `MAX_PROBES`; what is still unresolved then is dead-lettered.
+
+        Returns:
+            The new dead letters (empty when no subset fails: the failure was not the data's).
+
+        Raises:
+            TransientError: a probe hit an outage (try the whole commit again later).
+        """
+        table = self.catalog.load_table(tid)
+        self.tables[tid] = table
+        target = self._arrow_schema(tid, table)
+        rows = self._align(target, batch.tables[tid])
+        seqs = np.concatenate(batch.seqs[tid])
+        bad = np.zeros(rows.num_rows, dtype=bool)
+        reasons: dict[int, str] = {}
+        probes = 0
+
+        def probe(idx: np.ndarray) -> str | None:
+            nonlocal probes
+            probes += 1
+            try:
+                subset = self._sort_cast(rows.take(pa.array(idx)), target)
+                files = write_data_files(table, subset, uuid.uuid4())
+            except Exception as exc:
+                found = classify(exc, f"storing rows of {tid}")
+                if isinstance(found, DataRejectedError):
+                    return str(found)
+                raise found from exc
+            for f in files:  # a probe, not data: remove what it wrote
+                with contextlib.suppress(Exception):
+                    table.io.delete(f.file_path)
+            return None
+
+        def mark(idx: np.ndarray, reason: str) -> None:
+            bad[idx] = True
+            for i in idx.tolist():
+                reasons[i] = reason
+
+        def search(idx: np.ndarray, reason: str) -> None:
+            if len(idx) == 1 or probes >= MAX_PROBES:
+                mark(idx, reason)
+                return
+            halves = [idx[: len(idx) // 2], idx[len(idx) // 2 :]]
+            found = [probe(h) for h in halves]
+            if all(found):
+                for h, r in zip(halves, found, strict=True):
+                    mark(h, r or reason)
+                return
+            for h, r in zip(halves, found, strict=True):
+                if r:
+                    search(h, r)
+
+        key = self.catalog.registry.get(tid).partition_key
+        groups: list[np.ndarray]
+        if key and key in rows.column_names:
+            codes = pc.dictionary_encode(rows.column(key)).combine_chunks()
+            indices = codes.indices.to_numpy(zero_copy_only=False)
+            groups = [np.flatnonzero(indices == g) for g in range(len(codes.dictionary))]
+            nulls = np.flatnonzero(np.asarray(codes.indices.is_null()))
+            if len(nulls):
+                groups.append(nulls)
+        else:
+            groups = [np.arange(rows.num_rows)]
+        for group in groups:
+            if len(group):
+                reason = probe(group)
+                if reason:
+                    search(group, reason)
+        if not bad.any():
+            return []
+        subject = self.catalog.registry.get(tid).subject or self.filter_subject
+        now = time.time_ns()
+        letters = [
+            DeadLetter(
+                now,
+                tid,
+                subject,
+                self.stream,
+                int(seqs[i]),
+                f"store refused the row: {reasons[i]}",
+                json.dumps(row, default=str).encode(),
+            )
+            for i, row in zip(
+                np.flatnonzero(bad).tolist(), rows.filter(pa.array(bad)).to_pylist(), strict=True
+            )
+        ]
+        keep = ~bad
+        kept = rows.filter(pa.array(keep))
+        if kept.num_rows:
+            batch.tables[tid] = [kept]
+            batch.seqs[tid] = [seqs[keep]]
+        else:
+            batch.tables.pop(tid, None)
+            batch.seqs.pop(tid, None)
+        batch.events -= len(letters)
+        batch.dead.extend(letters)
+        self.rejected_rows += len(letters)
+        return letters
 
     def _maybe_expire(self, tid: str, table: Table) -> None:
         """Apply the lake's expiry policy in-line (`ops.maintenance.expire_inline`)."""

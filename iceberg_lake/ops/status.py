@@ -18,7 +18,7 @@ from rich.table import Table as RichTable
 
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.config import Settings, redact, redact_url
-from iceberg_lake.engine.nats import connect, consumer_target
+from iceberg_lake.engine.nats import connect, consumer_target, jetstream, stream_limit_warning
 from iceberg_lake.exceptions import LakeError
 
 DEAD_LETTERS_TABLE = "bronze.dead_letters"
@@ -48,6 +48,8 @@ class ConsumerStatus:
     pending: int = 0
     ack_pending: int = 0
     redelivered: int = 0
+    #: Set when the stream's max_age/max_bytes is about to discard messages not yet stored.
+    warning: str | None = None
 
     @property
     def lag(self) -> int:
@@ -135,10 +137,10 @@ async def _consumers(settings: Settings, tables: list[str], timeout: float) -> l
 
     nc = await connect(settings, name="lake-status", connect_timeout=timeout)
     try:
-        js = nc.jetstream(timeout=timeout)
+        js = jetstream(nc, settings, timeout=timeout)
         out = []
         for identifier in tables:
-            stream, durable, _subject = consumer_target(identifier)
+            stream, durable, subject = consumer_target(identifier)
             try:
                 info = await js.consumer_info(stream, durable)
             except NotFoundError:
@@ -153,6 +155,7 @@ async def _consumers(settings: Settings, tables: list[str], timeout: float) -> l
                     pending=int(info.num_pending or 0),
                     ack_pending=int(info.num_ack_pending or 0),
                     redelivered=int(info.num_redelivered or 0),
+                    warning=await stream_limit_warning(js, stream, info, subject),
                 )
             )
         return out
@@ -256,6 +259,11 @@ def print_status(report: LakeStatus, console: Console) -> None:
                 str(c.redelivered),
             )
         console.print(consumers)
+        for c in report.consumers:
+            if c.warning:
+                console.print(
+                    f"[yellow]warning[/yellow] {c.consumer}: {c.warning}", highlight=False
+                )
     if report.dead_letters:
         dl = RichTable(title="dead letters")
         dl.add_column("target table")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -240,6 +240,20 @@ class Lake:
     def df(self, sql: str, as_of: AsOfSpec = None) -> pd.DataFrame:
         """Like `query`, as a pandas DataFrame."""
         return self.query(sql, as_of).to_pandas()
+
+    # ---- backtest helpers (issue 16): thin entry points, the SQL lives in their modules ----
+
+    def bars(self, table: str, every: str | int, **kwargs: Any) -> pa.Table:
+        """Time bars of `table`; see `iceberg_lake.timetravel.bars.bars` for the arguments."""
+        from iceberg_lake.timetravel.bars import bars
+
+        return bars(self, table, every, **kwargs)
+
+    def asof_join(self, left: str, right: str, **kwargs: Any) -> pa.Table:
+        """Trades with the prevailing quote; see `iceberg_lake.timetravel.asof.asof_join`."""
+        from iceberg_lake.timetravel.asof import asof_join
+
+        return asof_join(self, left, right, **kwargs)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,144 @@
+"""`lake` commands for backtests: bars and as-of joins over pinned snapshots."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import pyarrow as pa
+import typer
+
+from iceberg_lake.cli.common import console, err_console, open_catalog
+from iceberg_lake.cli.query import parse_as_of, parse_window
+
+
+class TableOutput(StrEnum):
+    """How `lake bars` / `lake asof` print their result."""
+
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+def register(app: typer.Typer) -> None:
+    """Add `bars` and `asof` to the `lake` app."""
+    app.command("bars")(bars)
+    app.command("asof")(asof)
+
+
+_START = typer.Option(None, "--start", help="Unix ns or ISO time/date (UTC).")
+_END = typer.Option(None, "--end", help="Exclusive end; default: start + 1 day for a date.")
+_SESSION = typer.Option(None, "--session", help="Trading day (YYYY-MM-DD): its session.")
+_CALENDAR = typer.Option("XNYS", "--calendar", help="Calendar of --session: XNYS, CME_Equity, …")
+_AS_OF = typer.Option("--as-of", help="Tag, snapshot id or ISO time, or TABLE=PIN (repeat).")
+_OUTPUT = typer.Option("--output", "-o", help="table, csv, json or parquet (needs --file).")
+_FILE = typer.Option("--file", help="Write the result here instead of printing it.")
+_LIMIT = typer.Option(50, "--limit", help="Rows shown by --output table (0: all).")
+
+
+def _emit(result: pa.Table, output: TableOutput, file: Path | None, limit: int, what: str) -> None:
+    """Print or write an Arrow result (the same outputs as `lake query`)."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    if output == TableOutput.parquet:
+        if file is None:
+            raise typer.BadParameter("--output parquet needs --file", param_hint="--file")
+        pq.write_table(result, str(file), compression="zstd")
+    elif output == TableOutput.csv:
+        if file is None:
+            sink = pa.BufferOutputStream()
+            pcsv.write_csv(result, sink)
+            typer.echo(sink.getvalue().to_pybytes().decode(), nl=False)
+        else:
+            pcsv.write_csv(result, str(file))
+    elif output == TableOutput.json:
+        import json
+
+        text = json.dumps(result.to_pylist(), default=str)
+        if file is None:
+            typer.echo(text)
+        else:
+            file.write_text(text + "\n")
+    else:
+        from rich.table import Table as RichTable
+
+        shown = result if not limit else result.slice(0, limit)
+        table = RichTable(title=what)
+        for name in shown.column_names:
+            table.add_column(name, overflow="fold")
+        for row in shown.to_pylist():
+            table.add_row(*["" if v is None else str(v) for v in row.values()])
+        console.print(table)
+    err_console.print(f"{what}: {result.num_rows} rows", highlight=False)
+
+
+def bars(
+    table: str = typer.Argument(..., help="Trades or quotes table, e.g. silver.stocks_trades."),
+    every: str = typer.Option("1m", "--every", help="Bar width: 5s, 1m, 15m, 1h, 250ms, …"),
+    by: str | None = typer.Option("symbol", "--by", help="Group column; '' for one series."),
+    start: str | None = _START,
+    end: str | None = _END,
+    session: str | None = _SESSION,
+    calendar: str = _CALENDAR,
+    as_of: Annotated[list[str] | None, _AS_OF] = None,
+    output: Annotated[TableOutput, _OUTPUT] = TableOutput.table,
+    file: Annotated[Path | None, _FILE] = None,
+    limit: int = _LIMIT,
+) -> None:
+    """Time bars: OHLCV, VWAP and trade count from trades; mid/spread OHLC from quotes."""
+    from iceberg_lake.timetravel.query import Lake
+
+    start_ns, end_ns = parse_window(start, end, session, calendar)
+    with Lake(open_catalog()) as lake:
+        result = lake.bars(
+            table,
+            every,
+            start_ns=start_ns,
+            end_ns=end_ns,
+            by=by or None,
+            as_of=parse_as_of(as_of),
+        )
+    _emit(result, output, file, limit, f"{table} {every} bars")
+
+
+def asof(
+    left: str = typer.Argument(..., help="Trades table, e.g. silver.stocks_trades."),
+    right: str = typer.Argument(..., help="Quotes table, e.g. silver.stocks_quotes."),
+    by: str = typer.Option("symbol", "--by", help="Column both tables are matched on."),
+    columns: str | None = typer.Option(
+        None, "--columns", help="Quote columns, comma-separated (default: NBBO / top of book)."
+    ),
+    strict: bool = typer.Option(False, "--strict", help="Only quotes strictly before a trade."),
+    lookback: float = typer.Option(
+        3600.0, "--lookback", help="Seconds before the window a prevailing quote may lie."
+    ),
+    start: str | None = _START,
+    end: str | None = _END,
+    session: str | None = _SESSION,
+    calendar: str = _CALENDAR,
+    as_of: Annotated[list[str] | None, _AS_OF] = None,
+    output: Annotated[TableOutput, _OUTPUT] = TableOutput.table,
+    file: Annotated[Path | None, _FILE] = None,
+    limit: int = _LIMIT,
+) -> None:
+    """Each trade with the quote prevailing at its event time (DuckDB ASOF JOIN)."""
+    from iceberg_lake.timetravel.query import Lake
+
+    start_ns, end_ns = parse_window(start, end, session, calendar)
+    quote_columns = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    with Lake(open_catalog()) as lake:
+        result = lake.asof_join(
+            left,
+            right,
+            start_ns=start_ns,
+            end_ns=end_ns,
+            by=by,
+            quote_columns=quote_columns,
+            strict=strict,
+            lookback_ns=int(lookback * 1e9),
+            as_of=parse_as_of(as_of),
+        )
+    _emit(result, output, file, limit, f"{left} as of {right}")

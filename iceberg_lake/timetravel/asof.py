@@ -1,0 +1,175 @@
+"""As-of joins: each trade with the quote prevailing at its event time (DuckDB `ASOF JOIN`).
+
+`asof_join(lake, left, right)` pairs every row of `left` (trades) in `[start_ns, end_ns)` with the
+latest row of `right` (quotes) of the same `by` value (symbol) whose `ts_event_ns` is at or before
+the trade's (strictly before with `strict=True`, so a quote stamped in the same nanosecond as the
+trade is not used), both read from their pinned snapshots through the `Lake` query layer. Trades
+with no earlier quote (within `lookback_ns`) keep null quote columns: it is a left join.
+
+When several quotes share a timestamp, the last one in replay order (highest `seq`, then
+`ts_recv_ns`) prevails, so the result does not depend on file layout.
+
+The right-hand columns default by table: NBBO quotes give `bid_px ask_px bid_sz ask_sz`, MBP-10
+gives the top of book `bid_px_1 ask_px_1 bid_sz_1 ask_sz_1`; each comes out as `quote_<name>`,
+plus `quote_ts_event_ns`.
+
+Example::
+
+    with Lake(settings) as lake:
+        tq = lake.asof_join("silver.stocks_trades", "silver.stocks_quotes", start_ns=s, end_ns=e)
+        es = lake.asof_join("silver.futures_trades", "silver.futures_mbp10", start_ns=s, end_ns=e)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from iceberg_lake.engine.duck import quote_ident
+from iceberg_lake.exceptions import TimeTravelError
+from iceberg_lake.timetravel.snapshots import AsOfSpec, pin_for
+
+if TYPE_CHECKING:
+    from iceberg_lake.timetravel.query import Lake
+
+__all__ = ["DEFAULT_LOOKBACK_NS", "QUOTE_PREFIX", "asof_join", "asof_sql", "default_quote_columns"]
+
+#: How far before `start_ns` the prevailing quote may lie by default (one hour).
+DEFAULT_LOOKBACK_NS = 3_600 * 10**9
+QUOTE_PREFIX = "quote_"
+
+
+def default_quote_columns(columns: Sequence[str]) -> list[str]:
+    """The right-hand columns joined by default: NBBO, or the MBP-10 top of book.
+
+    Raises:
+        TimeTravelError: the table has neither.
+    """
+    for names in (
+        ["bid_px", "ask_px", "bid_sz", "ask_sz"],
+        ["bid_px_1", "ask_px_1", "bid_sz_1", "ask_sz_1"],
+    ):
+        if all(n in columns for n in names):
+            return names
+    raise TimeTravelError("name the quote columns: the right table has no bid_px/ask_px levels")
+
+
+def _relation(table: str) -> str:
+    ns, name = table.split(".", 1)
+    return f"{ns}.{quote_ident(name)}"
+
+
+def asof_sql(
+    left: str,
+    right: str,
+    left_columns: Sequence[str],
+    right_columns: Sequence[str],
+    quote_columns: Sequence[str],
+    *,
+    by: str,
+    start_ns: int,
+    end_ns: int,
+    lookback_ns: int | None,
+    strict: bool,
+) -> str:
+    """The DuckDB SQL of `asof_join` over two relations."""
+    for col in (by, "ts_event_ns"):
+        if col not in left_columns or col not in right_columns:
+            raise TimeTravelError(f"both tables need a {col!r} column for the as-of join")
+    missing = [c for c in quote_columns if c not in right_columns]
+    if missing:
+        raise TimeTravelError(f"the right table has no column {missing[0]!r}")
+    keep = [c for c in left_columns if c != "ts_event"]
+    tie = [c for c in ("seq", "ts_recv_ns") if c in right_columns]
+    order = ", ".join(f"{quote_ident(c)} DESC NULLS LAST" for c in tie) or "1"
+    lo = start_ns if lookback_ns is None else start_ns - lookback_ns
+    q_lo = "" if lookback_ns is None else f"ts_event_ns >= {int(lo)} AND "
+    quotes = (
+        f"SELECT {quote_ident(by)}, ts_event_ns, "
+        + ", ".join(quote_ident(c) for c in quote_columns)
+        + f" FROM {_relation(right)} WHERE {q_lo}ts_event_ns < {int(end_ns)} "
+        # One quote per (key, nanosecond): the last in replay order.
+        f"QUALIFY row_number() OVER (PARTITION BY {quote_ident(by)}, ts_event_ns "
+        f"ORDER BY {order}) = 1"
+    )
+    trades = (
+        "SELECT " + ", ".join(quote_ident(c) for c in keep) + f" FROM {_relation(left)} "
+        f"WHERE ts_event_ns >= {int(start_ns)} AND ts_event_ns < {int(end_ns)}"
+    )
+    op = ">" if strict else ">="
+    picked = ", ".join(
+        f"q.{quote_ident(c)} AS {quote_ident(QUOTE_PREFIX + c)}" for c in quote_columns
+    )
+    left_order = [c for c in ("ts_event_ns", by, "seq", "ts_recv_ns") if c in keep]
+    return (
+        f"SELECT t.*, q.ts_event_ns AS {quote_ident(QUOTE_PREFIX + 'ts_event_ns')}, {picked} "
+        f"FROM ({trades}) t ASOF LEFT JOIN ({quotes}) q "
+        f"ON t.{quote_ident(by)} = q.{quote_ident(by)} AND t.ts_event_ns {op} q.ts_event_ns "
+        "ORDER BY " + ", ".join(f"t.{quote_ident(c)}" for c in left_order)
+    )
+
+
+def asof_join(
+    lake: Lake,
+    left: str,
+    right: str,
+    *,
+    start_ns: int,
+    end_ns: int,
+    by: str = "symbol",
+    quote_columns: Sequence[str] | None = None,
+    lookback_ns: int | None = DEFAULT_LOOKBACK_NS,
+    strict: bool = False,
+    as_of: AsOfSpec = None,
+) -> pa.Table:
+    """Every `left` row of `[start_ns, end_ns)` with the `right` row prevailing at its time.
+
+    Read-only; idempotent for fixed pins.
+
+    Args:
+        lake: the query layer.
+        left: trades table, e.g. `silver.stocks_trades` or `silver.futures_trades`.
+        right: quotes table, e.g. `silver.stocks_quotes` or `silver.futures_mbp10`.
+        start_ns: inclusive start of the trades' window.
+        end_ns: exclusive end.
+        by: the column both tables are matched on.
+        quote_columns: right-hand columns to attach (default: see `default_quote_columns`).
+        lookback_ns: how far before `start_ns` a prevailing quote may be (None: unbounded).
+        strict: only quotes strictly before the trade.
+        as_of: pin for both tables, or a mapping per table.
+
+    Returns:
+        The left rows (without the derived `ts_event`) ordered by event time, plus
+        `quote_ts_event_ns` and `quote_<column>` for each quote column.
+
+    Raises:
+        TimeTravelError: missing key or quote columns, bad window.
+        UnknownTableError: no such table.
+    """
+    if start_ns >= end_ns:
+        raise TimeTravelError(f"as-of join start ({start_ns}) must be before end ({end_ns})")
+    pins = {left: pin_for(as_of, left), right: pin_for(as_of, right)}
+    con = lake.duckdb(as_of=pins, tables=[left, right])
+    try:
+        describe = {
+            t: [r[0] for r in con.execute(f"DESCRIBE {_relation(t)}").fetchall()]
+            for t in (left, right)
+        }
+        cols = list(quote_columns) if quote_columns else default_quote_columns(describe[right])
+        sql = asof_sql(
+            left,
+            right,
+            describe[left],
+            describe[right],
+            cols,
+            by=by,
+            start_ns=start_ns,
+            end_ns=end_ns,
+            lookback_ns=lookback_ns,
+            strict=strict,
+        )
+        return con.execute(sql).arrow().read_all()
+    finally:
+        con.close()

@@ -1,0 +1,125 @@
+"""Errors by kind in the writer: transient ones are retried, rows the store refuses are
+dead-lettered and the rest committed (the consumer never stalls). Budget: about 5 s."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from ingest_support import count_rows, make_event, settings_for
+from pyiceberg.exceptions import CommitFailedException
+
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.exceptions import (
+    CatalogUnavailableError,
+    CommitConflictError,
+    DataRejectedError,
+)
+from iceberg_lake.ingest.batch import MicroBatch
+from iceberg_lake.ingest.decode import TableCodec
+from iceberg_lake.ingest.writer import ConsumerWriter, classify
+from iceberg_lake.tables import registry
+
+TABLE = "bronze.stocks_trades"
+
+
+def test_classify_by_kind() -> None:
+    assert isinstance(classify(OSError(errno.ENAMETOOLONG, "File name too long"), "x"),
+                      DataRejectedError)  # fmt: skip
+    assert isinstance(classify(OSError("AWS Error NETWORK_CONNECTION"), "x"),
+                      CatalogUnavailableError)  # fmt: skip
+    assert isinstance(classify(OSError(errno.ECONNREFUSED, "refused"), "x"),
+                      CatalogUnavailableError)  # fmt: skip
+    s3 = OSError(
+        "When initiating multiple part upload for key 'w/symbol=YYY/f.parquet' in bucket 'b': AWS"
+        " Error UNKNOWN (HTTP status 400) during CreateMultipartUpload operation: Unable to parse"
+        " ExceptionName: KeyTooLongError Message: Your key is too long."  # SeaweedFS, measured
+    )
+    assert isinstance(classify(s3, "x"), DataRejectedError)
+    assert isinstance(classify(CommitFailedException("conflict"), "x"), CommitConflictError)
+    assert isinstance(classify(pa.ArrowInvalid("cannot cast"), "x"), DataRejectedError)
+
+
+def _rows(n: int, long_symbols: set[int]) -> pa.Table:
+    d = registry().get(TABLE)
+    codec = TableCodec(TABLE, d.iceberg_schema(), d.partition_key)
+    events = [make_event(TABLE, i) for i in range(n)]
+    table = codec.decode([json.dumps(e).encode() for e in events], recv_ns=1).table
+    # Bypass decoding (which may refuse long partition values up front): the writer's own
+    # handling of a store that refuses a value is under test.
+    symbols = [("Y" * 300 if i in long_symbols else s) for i, s in
+               enumerate(table.column("symbol").to_pylist())]  # fmt: skip
+    return table.set_column(
+        table.schema.get_field_index("symbol"), "symbol", pa.array(symbols, pa.string())
+    )
+
+
+def test_partition_value_the_store_cannot_hold_is_dead_lettered(tmp_path: Path, duck) -> None:
+    settings = settings_for(tmp_path, "nats://127.0.0.1:1")  # no bus needed: no ack, no lease
+    LakeCatalog(settings).init()
+    writer = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
+    writer._load()
+    n, bad = 40, {3, 17}
+    batch = MicroBatch()
+    batch.add_messages(n, 1, n, None)
+    batch.add_rows(TABLE, _rows(n, bad), np.arange(1, n + 1, dtype=np.int64))
+
+    async def commit() -> None:
+        await asyncio.wait_for(writer._commit(batch), 60)
+
+    asyncio.run(commit())  # today: retried forever, the consumer stalls
+    assert count_rows(duck, settings, TABLE) == n - len(bad)
+    letters = duck.sql(
+        "SELECT stream_seq, reason, raw FROM "
+        f"iceberg_scan('{LakeCatalog(settings).load_table('bronze.dead_letters').metadata_location}')"
+        " ORDER BY stream_seq"
+    ).fetchall()
+    assert [r[0] for r in letters] == [4, 18]
+    assert all("too long" in r[1].lower() for r in letters)
+    assert json.loads(bytes(letters[0][2]))["seq"] == 3
+    props = LakeCatalog(settings).load_table(TABLE).properties
+    assert props[writer.wm_key] == str(n)
+    assert writer.rejected_rows == 2
+
+
+def test_a_whole_batch_refused_goes_to_dead_letters(tmp_path: Path, duck) -> None:
+    settings = settings_for(tmp_path, "nats://127.0.0.1:1")
+    LakeCatalog(settings).init()
+    writer = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
+    writer._load()
+    batch = MicroBatch()
+    batch.add_messages(5, 1, 5, None)
+    batch.add_rows(TABLE, _rows(5, set(range(5))), np.arange(1, 6, dtype=np.int64))
+    asyncio.run(asyncio.wait_for(writer._commit(batch), 60))
+    assert count_rows(duck, settings, TABLE) == 0
+    assert count_rows(duck, settings, "bronze.dead_letters") == 5
+
+
+def test_a_stale_writer_is_fenced_by_the_watermark(tmp_path: Path, duck) -> None:
+    """Two writers of one consumer (e.g. a paused ex-holder of the lease): the second commit
+    over the same watermark is refused, nothing is duplicated."""
+    import pytest
+
+    from iceberg_lake.exceptions import WriterFencedError
+
+    settings = settings_for(tmp_path, "nats://127.0.0.1:1")
+    LakeCatalog(settings).init()
+    old = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
+    new = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
+    old._load()
+    new._load()
+
+    def batch() -> MicroBatch:
+        b = MicroBatch()
+        b.add_messages(10, 1, 10, None)
+        b.add_rows(TABLE, _rows(10, set()), np.arange(1, 11, dtype=np.int64))
+        return b
+
+    new._commit_sync(batch())
+    with pytest.raises(WriterFencedError):
+        old._commit_sync(batch())
+    assert count_rows(duck, settings, TABLE) == 10

@@ -1,0 +1,113 @@
+"""Trading-session windows and the file outputs of `lake replay` (budget ~5 s).
+
+An ES (CME Globex equity) session opens the evening before its label: `2024-05-13` runs from
+2024-05-12 22:00 UTC to 2024-05-13 21:00 UTC, so it spans two UTC days and must be one window.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+import pytest
+from timetravel_data import append, futures
+from typer.testing import CliRunner
+
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.cli.app import app
+from iceberg_lake.config import load_settings
+from iceberg_lake.exceptions import TimeTravelError
+from iceberg_lake.timetravel.replay import ReplayEngine, read_manifest
+from iceberg_lake.timetravel.sessions import session_window
+
+FUT = "bronze.futures_trades"
+SEC = 10**9
+
+
+def _ns(*args: int) -> int:
+    return int(datetime(*args, tzinfo=UTC).timestamp()) * SEC
+
+
+OPEN, CLOSE = _ns(2024, 5, 12, 22), _ns(2024, 5, 13, 21)
+
+
+def test_sessions_from_the_calendars() -> None:
+    es = session_window("2024-05-13", "CME_Equity")
+    assert (es.open_ns, es.close_ns, es.hours) == (OPEN, CLOSE, 23.0)
+    nyse = session_window("2024-05-13", "XNYS")
+    assert (nyse.open_ns, nyse.close_ns) == (_ns(2024, 5, 13, 13, 30), _ns(2024, 5, 13, 20))
+    with pytest.raises(TimeTravelError, match="no trading session on 2024-05-11"):
+        session_window("2024-05-11", "XNYS")  # a Saturday
+    with pytest.raises(TimeTravelError, match="unknown trading calendar"):
+        session_window("2024-05-13", "MOON")
+    with pytest.raises(TimeTravelError, match="invalid session date"):
+        session_window("13/05/2024")
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path_factory.mktemp("sess") / "lake")})
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    # Every 10 minutes from 2024-05-12 20:00 to 2024-05-13 23:00 UTC (27 h, 163 trades).
+    rows = futures("ES", _ns(2024, 5, 12, 20), 163, 600 * SEC)
+    append(catalog.load_table(FUT), rows)
+    return {"settings": settings, "rows": rows}
+
+
+def test_es_session_spanning_two_utc_days_is_one_window(lake: dict, tmp_path: Path) -> None:
+    in_session = [r for r in lake["rows"] if OPEN <= r["ts_event_ns"] < CLOSE]
+    assert len(in_session) == 23 * 6
+    days = {datetime.fromtimestamp(r["ts_event_ns"] / SEC, UTC).date() for r in in_session}
+    assert len(days) == 2
+
+    window = session_window("2024-05-13", "CME_Equity")
+    engine = ReplayEngine(lake["settings"], [FUT], window.open_ns, window.close_ns)
+    assert [e.ts_event_ns for e in engine.events()] == [r["ts_event_ns"] for r in in_session]
+    assert engine.partition_reads == 1  # 138 rows: one read window across both UTC days
+    hourly = ReplayEngine(lake["settings"], [FUT], window.open_ns, window.close_ns, window_rows=6)
+    assert sum(1 for _ in hourly.events()) == len(in_session)
+    assert hourly.partition_reads == 23  # hour partitions across both days
+
+
+def test_cli_replay_session_to_parquet_arrow_and_ndjson(
+    lake: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAKE_DATA_DIR", str(lake["settings"].data_dir))
+    runner = CliRunner()
+    base = ["replay", "-t", FUT, "--session", "2024-05-13", "--calendar", "CME_Equity"]
+    hashes = {}
+    for fmt in ("parquet", "arrow", "ndjson"):
+        out, manifest = tmp_path / f"e.{fmt}", tmp_path / f"m-{fmt}.json"
+        res = runner.invoke(
+            app, [*base, "--format", fmt, "--out", str(out), "--manifest", str(manifest)]
+        )
+        assert res.exit_code == 0, res.output
+        saved = read_manifest(manifest)
+        assert (saved["start_ns"], saved["end_ns"], saved["event_count"]) == (OPEN, CLOSE, 138)
+        hashes[fmt] = saved["sequence_hash"]
+        if fmt == "parquet":
+            table = pq.read_table(out)
+        elif fmt == "arrow":
+            table = ipc.open_stream(out.read_bytes()).read_all()
+        else:
+            lines = [json.loads(x) for x in out.read_text().splitlines()]
+            assert [x["ts_event_ns"] for x in lines] == table.column("ts_event_ns").to_pylist()
+            continue
+        assert table.column_names[0] == "table" and table.num_rows == 138
+        assert set(table.column("table").to_pylist()) == {FUT}
+        assert table.column("price").to_pylist()[0] == 6000.0 + 12 * 0.25
+    assert len(set(hashes.values())) == 1  # one sequence, whichever output
+
+    bad = runner.invoke(app, [*base, "--format", "arrow"])
+    assert bad.exit_code == 2 and "--out" in bad.output
+    both = runner.invoke(app, [*base, "--start", "2024-05-13"])
+    assert both.exit_code == 2 and "not both" in both.output
+    bars = runner.invoke(
+        app, ["bars", FUT, "--every", "1h", *base[3:], "-o", "json", "--limit", "0"]
+    )
+    assert bars.exit_code == 0, bars.output
+    assert [b["trades"] for b in json.loads(bars.stdout)] == [6] * 23
