@@ -14,10 +14,11 @@ for `lake maintain expire-snapshots`.
 from __future__ import annotations
 
 import itertools
+import queue
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -448,16 +449,48 @@ class _BoundedAppendFiles(_FastAppendFiles):
 
 #: Threads writing one commit's Parquet files (pyarrow releases the GIL while encoding).
 WRITE_THREADS = 4
-_WRITE_POOL: ThreadPoolExecutor | None = None
-_WRITE_POOL_LOCK = threading.Lock()
 
 
-def _write_pool() -> ThreadPoolExecutor:
-    global _WRITE_POOL
-    with _WRITE_POOL_LOCK:
-        if _WRITE_POOL is None:
-            _WRITE_POOL = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="lake-parquet")
-        return _WRITE_POOL
+class _DaemonPool:
+    """A fixed pool of daemon threads.
+
+    `concurrent.futures.ThreadPoolExecutor` joins its threads at interpreter exit, so a write
+    stuck on an unreachable object store would keep a stopping writer process alive; the
+    writers' shutdown grace relies on commits never doing that (their commit threads are
+    daemons too).
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Any, tuple[Any, ...]]] = (
+            queue.SimpleQueue()
+        )
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                future.set_exception(exc)
+
+    def submit(self, fn: Any, *args: Any) -> Future[Any]:
+        """Run `fn(*args)` on a pool thread; its future."""
+        with self._lock:
+            if len(self._threads) < self._size:
+                t = threading.Thread(target=self._work, name="lake-parquet", daemon=True)
+                t.start()
+                self._threads.append(t)
+        future: Future[Any] = Future()
+        self._queue.put((future, fn, args))
+        return future
+
+
+_WRITE_POOL = _DaemonPool(WRITE_THREADS)
 
 
 @dataclass(frozen=True)
@@ -681,9 +714,8 @@ def write_sorted_data_files(
     names = [f"00000-{next(counter)}-{write_uuid}.parquet" for _ in pieces]
     if len(pieces) == 1:
         return [_write_one(table, plan, pieces[0][0], pieces[0][1], names[0])]
-    pool = _write_pool()
     futures = [
-        pool.submit(_write_one, table, plan, pkey, part, name)
+        _WRITE_POOL.submit(_write_one, table, plan, pkey, part, name)
         for (pkey, part), name in zip(pieces, names, strict=True)
     ]
     files: list[DataFile] = []

@@ -84,3 +84,18 @@ def test_fast_files_match_pyiceberg_and_are_sorted(tmp_path: Path) -> None:
         app.append(rows)
     assert table.properties["lake.test.wm"] == "7"
     assert table.scan().to_arrow().num_rows == 3000
+
+
+def test_write_threads_are_daemons(tmp_path: Path) -> None:
+    """A write stuck on the object store must not keep a stopping writer process alive."""
+    import threading
+
+    lake = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(tmp_path)}))
+    lake.init()
+    table = lake.load_table(TABLE)
+    files = engine.write_sorted_data_files(
+        table, _rows(engine.table_arrow_schema(table), 200), uuid.uuid4()
+    )
+    assert len(files) > 1  # several partitions: written by the pool
+    pool = [t for t in threading.enumerate() if t.name == "lake-parquet"]
+    assert pool and all(t.daemon for t in pool)
