@@ -18,6 +18,7 @@ from pyiceberg.exceptions import (
     TableAlreadyExistsError,
 )
 from pyiceberg.table import Table
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from iceberg_lake.config import Settings
@@ -61,6 +62,8 @@ class LakeCatalog:
                 Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         with catalog_errors("opening the catalog"):
             self.catalog = SqlCatalog(settings.catalog_name, **settings.catalog_properties())
+        if settings.catalog_uri.startswith("sqlite"):
+            use_wal_journal(self.catalog.engine)
 
     # ---- set-up -------------------------------------------------------------------------------
 
@@ -160,6 +163,36 @@ class LakeCatalog:
                 if ns in namespaces:
                     found.extend(".".join(t) for t in self.catalog.list_tables(ns))
         return sorted(found)
+
+
+def use_wal_journal(engine: Engine) -> bool:
+    """Put a SQLite catalog database in WAL journal mode (persistent; idempotent).
+
+    In SQLite's default rollback-journal mode a reader blocks writers: a Spark or Trino JVM that
+    opened the catalog through JDBC keeps a read lock, and the lake's own commits then fail with
+    "database is locked". In WAL mode readers never block the writer, so Spark, a second `lake`
+    process and `lake serve` share the embedded catalog. The mode is stored in the database file,
+    so once is enough; a database that is busy right now keeps its mode and is retried on the
+    next open.
+
+    Args:
+        engine: the catalog's SQLAlchemy engine (a `sqlite` URI).
+
+    Returns:
+        True if the database is in WAL mode afterwards.
+    """
+    database = engine.url.database
+    if not database or database == ":memory:":
+        return False
+    try:
+        with engine.connect() as con:
+            mode = con.exec_driver_sql("PRAGMA journal_mode").scalar()
+            if str(mode).lower() != "wal":
+                mode = con.exec_driver_sql("PRAGMA journal_mode=WAL").scalar()
+    except SQLAlchemyError as exc:
+        log.warning("SQLite catalog %s: cannot switch to WAL journal mode (%s)", database, exc)
+        return False
+    return str(mode).lower() == "wal"
 
 
 def ensure_bucket(settings: Settings, bucket: str) -> bool:

@@ -53,6 +53,20 @@ COMPACT_FILES = "compact-files"
 #: compacted every changed partition (the start of the next incremental run's change scan).
 SILVER_INCREMENTAL_SOURCE = "lake.silver.incremental-source-snapshot-id"
 
+# ---- backfill (`lake load`) -------------------------------------------------------------------
+#: `lake.operation` value of snapshots made by `lake load`.
+LOAD = "load"
+#: Table property prefix of the exactly-once ledger of loaded files: `lake.load.<sha256>` = the
+#: number of the file's rows committed so far, `<n>:done` once the whole file is in. On
+#: `bronze.dead_letters` the key is `lake.load.<target table>.<sha256>`. Written in the same
+#: transaction as each append, like the writers' watermark.
+LOAD_PREFIX = "lake.load."
+#: Snapshot summary of a load commit: the file's SHA-256, its name, and the file rows it covers.
+LOAD_SHA256 = "lake.load-sha256"
+LOAD_FILE = "lake.load-file"
+LOAD_FIRST_ROW = "lake.load-first-row"
+LOAD_END_ROW = "lake.load-end-row"
+
 # ---- time travel -------------------------------------------------------------------------------
 #: Table property prefix recording that tag `<name>` was made while the table had no snapshot:
 #: `lake.empty-tag.<name>` = creation time (epoch ms). Iceberg cannot tag "no snapshot", and a
@@ -70,6 +84,12 @@ __all__ = [
     "FIRST_STREAM_SEQ",
     "LAKE_OPERATION",
     "LAST_STREAM_SEQ",
+    "LOAD",
+    "LOAD_END_ROW",
+    "LOAD_FILE",
+    "LOAD_FIRST_ROW",
+    "LOAD_PREFIX",
+    "LOAD_SHA256",
     "POSITION_PREFIX",
     "REPLACED_PARTITIONS",
     "SCHEMA_NAME_PROPERTY",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pytest
@@ -24,12 +25,15 @@ from iceberg_lake.testing import (
     run_seaweedfs,
 )
 
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Register the project's markers."""
     config.addinivalue_line(
         "markers",
-        "integration: uses real servers (nats-server, SeaweedFS, PostgreSQL) started by fixtures",
+        "integration: uses real servers (nats-server, SeaweedFS, PostgreSQL, Spark) from fixtures",
     )
 
 
@@ -67,6 +71,28 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
     """A PostgreSQL server for the whole session (``.uri`` is a SQLAlchemy URI)."""
     with run_postgres(tmp_path_factory.mktemp("postgres")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def spark(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SparkSession]:
+    """A ``local[2]`` SparkSession with Iceberg's extensions, shared by the whole session.
+
+    Attach a lake with ``iceberg_lake.testing_spark.attach_catalog(spark, settings)``. The JVM
+    (1 GB heap) starts on first use, once, and is stopped at the end of the session. The relocated
+    Jackson jar is kept in pytest's cache directory, so it is built once per checkout.
+    """
+    from iceberg_lake.testing_spark import run_spark
+
+    pytest_cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
+    cache = (
+        Path(pytest_cache.mkdir("spark-jars"))
+        if pytest_cache is not None
+        else tmp_path_factory.mktemp("spark-jars")
+    )
+    with run_spark(tmp_path_factory.mktemp("spark"), cache_dir=cache) as session:
+        yield session
 
 
 @pytest.fixture

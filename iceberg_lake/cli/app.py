@@ -22,6 +22,8 @@ from iceberg_lake.cli import (
     compact,
     dead_letters,
     demo,
+    engines,
+    load,
     maintain,
     query,
     schema,
@@ -90,12 +92,14 @@ def _root(
 for _module in (
     tables,
     serve,
+    load,
     compact,
     query,
     backtest,
     schema,
     maintain,
     check,
+    engines,
     demo,
     dead_letters,
 ):

@@ -66,6 +66,68 @@ def write_data_files(
     )
 
 
+def write_partition_files(
+    table: Table,
+    partitions: list[pa.Table],
+    write_uuid: uuid.UUID,
+    counter: itertools.count[int] | None = None,
+) -> list[DataFile]:
+    """Write rows already split by partition as data files of `table` (not yet committed).
+
+    Each table in `partitions` must hold rows of ONE partition of the table's current spec (the
+    caller sorted and sliced them). pyiceberg's `_dataframe_to_data_files` would find the
+    partitions again by filtering the whole input once per partition; here the partition key is
+    read from each part's first row and every part goes straight to pyiceberg's `write_file`
+    (which writes the parts in its thread pool). Uses pyiceberg internals (`WriteTask`,
+    `write_file`, `bin_pack_arrow_table`, `pyarrow_to_schema`, `PartitionKey`): guarded by
+    `tests/engine/test_partition_files_guard.py`, which compares the result with `write_data_files`.
+    """
+    from pyiceberg.io.pyarrow import bin_pack_arrow_table, pyarrow_to_schema, write_file
+    from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
+    from pyiceberg.table import TableProperties, WriteTask
+    from pyiceberg.utils.properties import property_as_int
+
+    parts = [p for p in partitions if p.num_rows]
+    if not parts:
+        return []
+    metadata = table.metadata
+    spec, schema = metadata.spec(), metadata.schema()
+    counter = counter if counter is not None else itertools.count()
+    target_size = property_as_int(
+        metadata.properties,
+        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
+        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT,
+    )
+    task_schema = pyarrow_to_schema(
+        parts[0].schema, name_mapping=schema.name_mapping, format_version=metadata.format_version
+    )
+
+    def key_of(part: pa.Table) -> PartitionKey | None:
+        if spec.is_unpartitioned():
+            return None
+        values = []
+        for f in spec.fields:
+            source = schema.find_field(f.source_id)
+            name = schema.find_column_name(f.source_id)
+            first = part.column(name).slice(0, 1).combine_chunks()
+            value = f.transform.pyarrow_transform(source.field_type)(first)[0].as_py()
+            values.append(PartitionFieldValue(field=f, value=value))
+        return PartitionKey(field_values=values, partition_spec=spec, schema=schema)
+
+    tasks = (
+        WriteTask(
+            write_uuid=write_uuid,
+            task_id=next(counter),
+            record_batches=batches,
+            partition_key=key_of(part),
+            schema=task_schema,
+        )
+        for part in parts
+        for batches in bin_pack_arrow_table(part, target_size)
+    )
+    return list(write_file(io=table.io, table_metadata=metadata, tasks=tasks))
+
+
 @dataclass
 class PartitionReplacement:
     """Collects partition replacements and commits them as one `overwrite` snapshot.
@@ -760,10 +822,17 @@ class WatermarkedAppend:
         self.snapshot_properties = dict(snapshot_properties or {})
         self.expected = dict(expected) if expected is not None else None
         self._chunks: list[pa.Table] = []
+        self._parts: list[pa.Table] = []
 
     def append(self, rows: pa.Table) -> WatermarkedAppend:
         """Add rows to the snapshot (written when the block exits)."""
         self._chunks.append(rows)
+        return self
+
+    def append_partitions(self, parts: list[pa.Table]) -> WatermarkedAppend:
+        """Add rows already split by partition, one table per partition (see
+        `write_partition_files`): written without pyiceberg's per-partition filter passes."""
+        self._parts.extend(p for p in parts if p.num_rows)
         return self
 
     def commit(self) -> int | None:
@@ -786,6 +855,9 @@ class WatermarkedAppend:
                     files.extend(write_sorted_data_files(self.table, rows, commit_uuid, counter))
                 else:
                     stock.append(rows)
+            if self._parts:  # already split by partition (`append_partitions`)
+                fast += 1
+                files.extend(write_partition_files(self.table, self._parts, commit_uuid, counter))
             with _FastAppendTransaction(self.table) as tx:
                 if self.expected is not None:  # fencing: see `require_properties`
                     require_properties(tx, self.expected)
@@ -801,6 +873,7 @@ class WatermarkedAppend:
             _delete_quietly(self.table, files)  # written but never committed
             raise
         self._chunks = []
+        self._parts = []
         snapshot = self.table.current_snapshot()
         return snapshot.snapshot_id if snapshot else None
 

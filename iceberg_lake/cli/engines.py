@@ -1,0 +1,81 @@
+"""`lake engines spark|trino`: print the settings that make Spark or Trino open the lake's tables.
+
+Presentation only: the settings are built by `iceberg_lake.engine.spark` from the current lake
+settings (`LAKE_*`, `lake.toml`). Secrets (catalog password, S3 secret key) print as `***`
+unless `--show-secrets` is given.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+
+import typer
+
+from iceberg_lake.cli.common import settings
+from iceberg_lake.engine.spark import (
+    spark_catalog_conf,
+    spark_defaults,
+    spark_packages,
+    spark_sql_command,
+    trino_properties,
+)
+
+engines_app = typer.Typer(
+    name="engines",
+    help="Settings for other engines (Spark, Trino) to read and write the lake's tables by name.",
+    no_args_is_help=True,
+)
+
+SHOW_SECRETS_OPTION = typer.Option(
+    False, "--show-secrets", help="Print passwords and secret keys instead of ***."
+)
+
+
+class SparkFormat(StrEnum):
+    """How `lake engines spark` prints the settings."""
+
+    defaults = "defaults"
+    spark_sql = "spark-sql"
+    json = "json"
+
+
+FORMAT_OPTION = typer.Option(
+    SparkFormat.defaults,
+    "--format",
+    "-f",
+    help="defaults: spark-defaults.conf lines; spark-sql: a command line; json: the settings.",
+)
+
+
+@engines_app.command("spark")
+def spark(
+    fmt: SparkFormat = FORMAT_OPTION,
+    show_secrets: bool = SHOW_SECRETS_OPTION,
+) -> None:
+    """Spark 3.5 settings: Iceberg's runtime, the JDBC catalog named like the lake's, warehouse.
+
+    Queries then name tables as `<catalog>.bronze.stocks_trades` (catalog = LAKE_CATALOG_NAME).
+    """
+    s = settings()
+    if fmt == SparkFormat.json:
+        body = {
+            "packages": spark_packages(s),
+            "conf": spark_catalog_conf(s, show_secrets=show_secrets),
+        }
+        typer.echo(json.dumps(body, indent=2))
+    elif fmt == SparkFormat.spark_sql:
+        typer.echo(spark_sql_command(s, show_secrets=show_secrets), nl=False)
+    else:
+        typer.echo(spark_defaults(s, show_secrets=show_secrets), nl=False)
+
+
+@engines_app.command("trino")
+def trino(show_secrets: bool = SHOW_SECRETS_OPTION) -> None:
+    """Trino's `etc/catalog/<LAKE_CATALOG_NAME>.properties` (Iceberg connector, JDBC catalog)."""
+    typer.echo(trino_properties(settings(), show_secrets=show_secrets), nl=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `lake engines ...` to the `lake` app."""
+    app.add_typer(engines_app, name="engines")

@@ -1,0 +1,157 @@
+"""`lake load`: historical backfill of vendor files into Bronze, exactly once per file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, emit, err_console, settings
+
+#: Text output: column title → result key.
+TEXT_COLUMNS = {
+    "file": "file",
+    "table": "table",
+    "status": "status",
+    "read": "rows_read",
+    "stored": "rows_stored",
+    "dead": "dead_lettered",
+    "parts": "partitions",
+    "snaps": "snapshots",
+}
+
+PATHS_ARGUMENT = typer.Argument(
+    ..., help="Files (or folders of files) to load: DBN, CSV[.gz], Parquet, NDJSON."
+)
+
+
+def load(
+    paths: list[Path] = PATHS_ARGUMENT,
+    table: str | None = typer.Option(
+        None, "--table", "-t", help="Target Bronze table; default: from the mapping / DBN schema."
+    ),
+    fmt: str | None = typer.Option(
+        None, "--format", "-f", help="dbn, csv, parquet or ndjson; default: from the file name."
+    ),
+    mapping: str | None = typer.Option(
+        None, "--mapping", "-m", help="Column mapping: a shipped name (polygon_trades) or a TOML."
+    ),
+    source: str | None = typer.Option(
+        None, "--source", help="Value of the `source` column; default: the mapping's, else file."
+    ),
+    commit_rows: int | None = typer.Option(
+        None, "--commit-rows", min=1, help="Rows per commit (default 500,000)."
+    ),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Files loaded in parallel processes."),
+    compact: bool = typer.Option(
+        False, "--compact", help="Compact the touched days into Silver afterwards."
+    ),
+    output: OutputFormat = OUTPUT_OPTION,
+) -> None:
+    """Load vendor files into Bronze: same validation as the writers, exactly once per file.
+
+    Loading a file again stores nothing; a load interrupted at any point resumes where its last
+    commit ended. Bad rows go to bronze.dead_letters with the reason.
+    """
+    from iceberg_lake.load import DEFAULT_COMMIT_ROWS, LoadOptions, compact_loaded, load_files
+    from iceberg_lake.load.sources import FORMATS
+
+    if fmt is not None and fmt not in FORMATS:
+        raise typer.BadParameter(f"one of {', '.join(FORMATS)}", param_hint="--format")
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():  # every file of a folder, in name order (a month of daily files)
+            files.extend(
+                sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+            )
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise typer.BadParameter(f"no such file: {p}", param_hint="PATHS")
+    if not files:
+        raise typer.BadParameter("no files to load", param_hint="PATHS")
+    paths = files
+    options = LoadOptions(
+        table=table,
+        format=fmt,
+        mapping=mapping,
+        source=source,
+        commit_rows=commit_rows or DEFAULT_COMMIT_ROWS,
+    )
+    lake_settings = settings()
+    show_progress = output == OutputFormat.text and err_console.is_terminal
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rows]:>12,} rows"),
+        TextColumn("{task.fields[rate]:>10,.0f} rows/s"),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=not show_progress,
+        transient=False,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(name: str, rows: int, fraction: float, seconds: float) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=1000, rows=0, rate=0.0)
+            rate = rows / seconds if seconds > 0 else 0.0
+            bar.update(tasks[name], completed=int(fraction * 1000), rows=rows, rate=rate)
+
+        results = load_files(lake_settings, paths, options, jobs=jobs, progress=progress)
+    compactions = compact_loaded(lake_settings, results) if compact else []
+
+    if output == OutputFormat.json:
+        keys = ("table", "date", "status", "rows_written", "partitions")
+        payload = {
+            "results": [r.as_dict() for r in results],
+            "compactions": [{k: c.get(k) for k in keys} for c in compactions],
+        }
+        typer.echo(json.dumps(payload, default=str, indent=2))
+        return
+    rows = []
+    for r in results:
+        d = r.as_dict()
+        d["file"] = Path(r.file).name
+        d["table"] = r.table.removeprefix("bronze.")
+        d["partitions"] = len(r.partitions)
+        d["snapshots"] = len(r.snapshots)
+        for key in ("rows_read", "rows_stored", "dead_lettered"):
+            d[key] = f"{d[key]:,}"
+        if r.status == "resumed":  # an earlier run had committed the first rows
+            d["status"] = f"resumed at row {r.rows_skipped:,}"
+        rows.append({label: d.get(key) for label, key in TEXT_COLUMNS.items()})
+    emit(rows, output, title="lake load", columns=list(TEXT_COLUMNS))
+    total_stored = sum(r.rows_stored for r in results)
+    total_dead = sum(r.dead_lettered for r in results)
+    seconds = max(r.seconds for r in results) if results else 0.0
+    typer.echo(
+        f"{total_stored:,} rows stored, {total_dead:,} dead-lettered, "
+        f"{sum(len(r.partitions) for r in results):,} partitions, "
+        f"{sum(len(r.snapshots) for r in results)} snapshots"
+        + (f" ({total_stored / seconds:,.0f} rows/s)" if seconds and total_stored else "")
+    )
+    for c in compactions:
+        typer.echo(
+            f"silver: {c.get('table')} {c.get('date')} {c.get('status')}, "
+            f"{c.get('rows_written') or 0:,} rows, {c.get('partitions') or 0} partitions"
+        )
+    if not compact and total_stored:
+        days = sorted({d for r in results for d in r.days})
+        if days:
+            typer.echo(f"next: lake compact --date {days[0]} (or lake load ... --compact)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the `lake` app."""
+    app.command("load")(load)

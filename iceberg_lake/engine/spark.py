@@ -1,0 +1,648 @@
+"""Spark and Trino: the settings that make them read and write the lake's tables by name.
+
+The lake's catalog is pyiceberg's `SqlCatalog`, whose tables (`iceberg_tables`,
+`iceberg_namespace_properties`) are the layout of Iceberg's Java `JdbcCatalog`. So an engine only
+needs a JDBC catalog named like the lake's (`LAKE_CATALOG_NAME`: rows are keyed by it), pointed at
+the same database and warehouse. This module turns `Settings` into those engine settings; the CLI
+(`lake engines …`) prints them and the test harness starts Spark with them.
+
+Below the settings: a local session for `lake compact --engine spark` (`spark_session`, with the
+jars of the `spark` extra: Iceberg's runtime from the `snowpark-connect-deps-iceberg` wheel lacks
+its relocated Jackson classes, which `jackson_patch_jar` builds from pyspark's own Jackson jars),
+and the one Silver write through Spark (`replace_partitions`). pyspark is imported only inside
+functions, so the library works without the `spark` extra.
+
+Engine internals relied on (guard tests in tests/test_spark.py): pyspark keeps the JVM launcher
+in `SparkContext._gateway.proc` (`stop_spark`); Iceberg's Spark writer honours the write option
+`use-table-distribution-and-ordering`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shlex
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, unquote, urlparse
+
+from pyiceberg.types import (
+    BinaryType,
+    BooleanType,
+    DateType,
+    DecimalType,
+    DoubleType,
+    FloatType,
+    IcebergType,
+    IntegerType,
+    LongType,
+    StringType,
+    TimestampType,
+    TimestamptzType,
+)
+
+from iceberg_lake.config import Settings
+from iceberg_lake.exceptions import CompactionError, ConfigError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+#: Versions the lake was tested with (tests/test_spark.py): Spark 3.5 / Scala 2.12, Iceberg 1.10.
+ICEBERG_VERSION = "1.10.2"
+SPARK_SCALA = "3.5_2.12"
+POSTGRES_JDBC_VERSION = "42.7.4"
+SQLITE_JDBC_VERSION = "3.46.1.3"
+
+ICEBERG_EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
+SPARK_CATALOG_CLASS = "org.apache.iceberg.spark.SparkCatalog"
+S3_FILE_IO = "org.apache.iceberg.aws.s3.S3FileIO"
+
+REDACTED = "***"
+
+
+@dataclass(frozen=True)
+class JdbcCatalog:
+    """The lake's catalog database as a JDBC connection.
+
+    Attributes:
+        url: `jdbc:sqlite:/path/catalog.db` or `jdbc:postgresql://host:port/db`.
+        driver: the JDBC driver class.
+        user: database user (PostgreSQL), or None.
+        password: database password (PostgreSQL), or None.
+    """
+
+    url: str
+    driver: str
+    user: str | None = None
+    password: str | None = None
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True for the embedded SQLite catalog."""
+        return self.url.startswith("jdbc:sqlite:")
+
+
+def jdbc_catalog(settings: Settings) -> JdbcCatalog:
+    """The JDBC form of `settings.catalog_uri`.
+
+    Args:
+        settings: the lake's settings.
+
+    Returns:
+        URL, driver class and credentials.
+
+    Raises:
+        ConfigError: the catalog is a PostgreSQL server reached through a Unix socket (JDBC needs
+            host and port) or the URI has no database.
+    """
+    uri = settings.catalog_uri
+    scheme = uri.split("://", 1)[0].split("+", 1)[0]
+    if scheme == "sqlite":
+        path = uri.split(":///", 1)[1] if ":///" in uri else ""
+        if not path or path == ":memory:":
+            raise ConfigError("LAKE_CATALOG_URI: an in-memory SQLite catalog cannot be shared")
+        return JdbcCatalog(url=f"jdbc:sqlite:{path}", driver="org.sqlite.JDBC")
+    parsed = urlparse(uri)
+    query = parse_qs(parsed.query)
+    host = parsed.hostname or ""
+    if not host or "host" in query:
+        raise ConfigError(
+            "LAKE_CATALOG_URI: a PostgreSQL catalog on a Unix socket cannot be reached over "
+            "JDBC; use postgresql://user:password@host:port/db"
+        )
+    database = parsed.path.lstrip("/")
+    if not database:
+        raise ConfigError("LAKE_CATALOG_URI: name the database, postgresql://…/DATABASE")
+    port = parsed.port or 5432
+    params = {k: v[-1] for k, v in query.items() if k in ("sslmode",)}
+    suffix = ("?" + "&".join(f"{k}={v}" for k, v in params.items())) if params else ""
+    return JdbcCatalog(
+        url=f"jdbc:postgresql://{host}:{port}/{database}{suffix}",
+        driver="org.postgresql.Driver",
+        user=unquote(parsed.username) if parsed.username else None,
+        password=unquote(parsed.password) if parsed.password else None,
+    )
+
+
+def spark_catalog_conf(settings: Settings, *, show_secrets: bool = False) -> dict[str, str]:
+    """Spark settings for a catalog named like the lake's, in the order a person reads them.
+
+    Args:
+        settings: the lake's settings.
+        show_secrets: print passwords and secret keys instead of `***`.
+
+    Returns:
+        `spark.*` keys and values (the Iceberg SQL extensions, the catalog, its JDBC database,
+        its warehouse and, for s3://, Iceberg's `S3FileIO` with the endpoint and keys).
+
+    Raises:
+        ConfigError: see `jdbc_catalog`.
+    """
+    jdbc = jdbc_catalog(settings)
+    prefix = f"spark.sql.catalog.{settings.catalog_name}"
+    conf = {
+        "spark.sql.extensions": ICEBERG_EXTENSIONS,
+        prefix: SPARK_CATALOG_CLASS,
+        f"{prefix}.type": "jdbc",
+        f"{prefix}.uri": jdbc.url,
+        # The lake creates the catalog tables (`lake init`). Left on, Iceberg's check for them
+        # leaks an open JDBC result set: on SQLite that pins a read transaction on a pooled
+        # connection, so the engine keeps seeing the catalog as of its start (WAL) or blocks
+        # the lake's commits with "database is locked" (rollback journal).
+        f"{prefix}.jdbc.init-catalog-tables": "false",
+    }
+    if jdbc.user:
+        conf[f"{prefix}.jdbc.user"] = jdbc.user
+    if jdbc.password:
+        conf[f"{prefix}.jdbc.password"] = jdbc.password if show_secrets else REDACTED
+    conf[f"{prefix}.warehouse"] = settings.warehouse
+    if settings.is_s3:
+        conf[f"{prefix}.io-impl"] = S3_FILE_IO
+        if settings.s3_endpoint:
+            conf[f"{prefix}.s3.endpoint"] = settings.s3_endpoint
+            # MinIO/SeaweedFS-style stores serve buckets by path, not by virtual host.
+            conf[f"{prefix}.s3.path-style-access"] = "true"
+        if settings.s3_access_key:
+            conf[f"{prefix}.s3.access-key-id"] = settings.s3_access_key
+        if settings.s3_secret_key:
+            conf[f"{prefix}.s3.secret-access-key"] = (
+                settings.s3_secret_key if show_secrets else REDACTED
+            )
+        conf[f"{prefix}.client.region"] = settings.s3_region
+    return conf
+
+
+def spark_packages(settings: Settings) -> list[str]:
+    """Maven coordinates a Spark 3.5 cluster needs for the lake (`--packages`).
+
+    Args:
+        settings: the lake's settings.
+
+    Returns:
+        Iceberg's Spark runtime, its AWS bundle for s3://, and the catalog's JDBC driver.
+    """
+    packages = [f"org.apache.iceberg:iceberg-spark-runtime-{SPARK_SCALA}:{ICEBERG_VERSION}"]
+    if settings.is_s3:
+        packages.append(f"org.apache.iceberg:iceberg-aws-bundle:{ICEBERG_VERSION}")
+    if jdbc_catalog(settings).is_sqlite:
+        packages.append(f"org.xerial:sqlite-jdbc:{SQLITE_JDBC_VERSION}")
+    else:
+        packages.append(f"org.postgresql:postgresql:{POSTGRES_JDBC_VERSION}")
+    return packages
+
+
+def spark_defaults(settings: Settings, *, show_secrets: bool = False) -> str:
+    """`spark-defaults.conf` lines for the lake (packages, extensions, catalog).
+
+    Args:
+        settings: the lake's settings.
+        show_secrets: print secrets instead of `***`.
+
+    Returns:
+        The file's text, one `key value` line per setting.
+    """
+    conf = {"spark.jars.packages": ",".join(spark_packages(settings))}
+    conf.update(spark_catalog_conf(settings, show_secrets=show_secrets))
+    width = max(len(k) for k in conf)
+    return "".join(f"{k.ljust(width)}  {v}\n" for k, v in conf.items())
+
+
+def spark_sql_command(settings: Settings, *, show_secrets: bool = False) -> str:
+    """A `spark-sql` command line that opens the lake's catalog.
+
+    Args:
+        settings: the lake's settings.
+        show_secrets: print secrets instead of `***`.
+
+    Returns:
+        The command, one option per line (shell-quoted, joined with backslash-newlines).
+    """
+    parts = [f"--packages {shlex.quote(','.join(spark_packages(settings)))}"]
+    for key, value in spark_catalog_conf(settings, show_secrets=show_secrets).items():
+        parts.append(f"--conf {shlex.quote(f'{key}={value}')}")
+    return "spark-sql \\\n  " + " \\\n  ".join(parts) + "\n"
+
+
+def trino_properties(settings: Settings, *, show_secrets: bool = False) -> str:
+    """Trino's `etc/catalog/<catalog>.properties` for the lake (Iceberg connector, JDBC catalog).
+
+    Trino ships the PostgreSQL driver but no SQLite driver, so a SQLite catalog gets a comment
+    saying so (use PostgreSQL for a shared catalog).
+
+    Args:
+        settings: the lake's settings.
+        show_secrets: print secrets instead of `***`.
+
+    Returns:
+        The file's text.
+    """
+    jdbc = jdbc_catalog(settings)
+    lines = []
+    if jdbc.is_sqlite:
+        lines.append("# Trino bundles no SQLite JDBC driver: serve the catalog from PostgreSQL.")
+    props = {
+        "connector.name": "iceberg",
+        "iceberg.catalog.type": "jdbc",
+        "iceberg.jdbc-catalog.catalog-name": settings.catalog_name,
+        "iceberg.jdbc-catalog.driver-class": jdbc.driver,
+        "iceberg.jdbc-catalog.connection-url": jdbc.url,
+    }
+    if jdbc.user:
+        props["iceberg.jdbc-catalog.connection-user"] = jdbc.user
+    if jdbc.password:
+        props["iceberg.jdbc-catalog.connection-password"] = (
+            jdbc.password if show_secrets else REDACTED
+        )
+    props["iceberg.jdbc-catalog.default-warehouse-dir"] = settings.warehouse
+    if settings.is_s3:
+        props["fs.native-s3.enabled"] = "true"
+        if settings.s3_endpoint:
+            props["s3.endpoint"] = settings.s3_endpoint
+            props["s3.path-style-access"] = "true"
+        props["s3.region"] = settings.s3_region
+        if settings.s3_access_key:
+            props["s3.aws-access-key"] = settings.s3_access_key
+        if settings.s3_secret_key:
+            props["s3.aws-secret-key"] = settings.s3_secret_key if show_secrets else REDACTED
+    else:
+        props["fs.native-local.enabled"] = "true"
+        props["local.location"] = "/"
+    lines.extend(f"{k}={v}" for k, v in props.items())
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# A local Spark with the lake's catalog (jars from the `spark` extra and Debian)
+# --------------------------------------------------------------------------------------------
+
+#: Environment variable naming a directory where Debian's JDBC packages were unpacked
+#: (`dpkg -x pkg.deb DIR`), for machines where they cannot be installed system-wide.
+DEBS_DIR_ENV = "ICEBERG_LAKE_SPARK_DEBS"
+#: Where Debian installs Java libraries and JNI libraries.
+SYSTEM_JAVA_DIR = Path("/usr/share/java")
+SYSTEM_JNI_DIRS = (Path("/usr/lib/x86_64-linux-gnu/jni"), Path("/usr/lib/aarch64-linux-gnu/jni"))
+
+JACKSON_FROM = "com/fasterxml/jackson/"
+JACKSON_TO = "org/apache/iceberg/shaded/com/fasterxml/jackson/"
+JACKSON_JARS = ("jackson-annotations", "jackson-core", "jackson-databind")
+
+
+class SparkSetupError(ConfigError):
+    """Something Spark needs (the `spark` extra, a JDBC driver) is missing."""
+
+
+# --------------------------------------------------------------------------------------------
+# Jar relocation: rewrite class names inside the constant pool of every class file
+# --------------------------------------------------------------------------------------------
+
+# Constant-pool entry sizes after the tag byte (JVMS §4.4); Utf8 (1) is variable-length.
+_CP_FIXED = {3: 4, 4: 4, 5: 8, 6: 8, 7: 2, 8: 2, 9: 4, 10: 4, 11: 4, 12: 4, 15: 3, 16: 2}
+_CP_FIXED.update({17: 4, 18: 4, 19: 2, 20: 2})
+
+
+def relocate_class(data: bytes, pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """Return a class file whose constant-pool strings have each `old` prefix replaced by `new`.
+
+    Every class, field and method reference in a class file names types through `CONSTANT_Utf8`
+    entries (internal names `a/b/C`, descriptors `La/b/C;`, generic signatures), and everything
+    after the constant pool refers to entries by index, so rewriting the Utf8 entries relocates
+    the class — what Maven's shade plugin does, minus its string-literal heuristics. Dotted names
+    (`a.b.C`, used reflectively) are rewritten too.
+
+    Args:
+        data: the class file.
+        pairs: `(old, new)` byte strings, slash form; the dotted form is derived.
+
+    Returns:
+        The rewritten class file.
+    """
+    if data[:4] != b"\xca\xfe\xba\xbe":
+        raise ValueError("not a class file")
+    replacements = [*pairs, *((o.replace(b"/", b"."), n.replace(b"/", b".")) for o, n in pairs)]
+    count = struct.unpack_from(">H", data, 8)[0]
+    out = bytearray(data[:10])
+    pos, index = 10, 1
+    while index < count:
+        tag = data[pos]
+        if tag == 1:
+            length = struct.unpack_from(">H", data, pos + 1)[0]
+            text = data[pos + 3 : pos + 3 + length]
+            for old, new in replacements:
+                if old in text:
+                    text = text.replace(old, new)
+            out += bytes([1]) + struct.pack(">H", len(text)) + text
+            pos += 3 + length
+        else:
+            size = _CP_FIXED[tag]
+            out += data[pos : pos + 1 + size]
+            pos += 1 + size
+            if tag in (5, 6):  # long and double take two slots
+                index += 1
+        index += 1
+    out += data[pos:]
+    return bytes(out)
+
+
+def relocate_jar(sources: list[Path], dest: Path, old: str, new: str) -> Path:
+    """Write one jar holding the classes of `sources` moved from package prefix `old` to `new`.
+
+    Class files get their constant pools rewritten (`relocate_class`), entry names move,
+    `META-INF/services/` files are renamed and rewritten; signatures, `module-info` and
+    multi-release variants are dropped. The jar is written to a temporary name and renamed, so
+    a concurrent builder never sees half a jar.
+
+    Args:
+        sources: jars to relocate.
+        dest: the jar to write.
+        old: prefix to move, slash form (`com/fasterxml/jackson/`).
+        new: its new name (`org/apache/iceberg/shaded/com/fasterxml/jackson/`).
+
+    Returns:
+        `dest`.
+    """
+    pairs = [(old.encode(), new.encode())]
+    old_dot, new_dot = old.replace("/", "."), new.replace("/", ".")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    seen: set[str] = set()
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as out:
+        out.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\r\n\r\n")
+        for source in sources:
+            with zipfile.ZipFile(source) as jar:
+                for info in jar.infolist():
+                    name = info.filename
+                    if info.is_dir() or name.startswith("META-INF/versions/"):
+                        continue
+                    if name.endswith("module-info.class") or name == "META-INF/MANIFEST.MF":
+                        continue
+                    if name.endswith((".SF", ".RSA", ".DSA")):
+                        continue
+                    data = jar.read(info)
+                    if name.endswith(".class") and name.startswith(old):
+                        name, data = new + name[len(old) :], relocate_class(data, pairs)
+                    elif name.startswith("META-INF/services/" + old_dot):
+                        name = (
+                            "META-INF/services/"
+                            + new_dot
+                            + name[len("META-INF/services/") + len(old_dot) :]
+                        )
+                        data = data.replace(old_dot.encode(), new_dot.encode())
+                    elif name.startswith("META-INF/"):
+                        name = f"META-INF/{source.stem}/{name[len('META-INF/') :]}"
+                    else:
+                        continue
+                    if name not in seen:
+                        seen.add(name)
+                        out.writestr(name, data)
+    tmp.replace(dest)
+    return dest
+
+
+def _pyspark_jars_dir() -> Path:
+    try:
+        import pyspark
+    except ImportError as exc:
+        raise SparkSetupError("pyspark is not installed (pip install -e '.[spark]')") from exc
+    return Path(pyspark.__file__).parent / "jars"
+
+
+def jackson_patch_jar(cache_dir: Path) -> Path:
+    """The relocated-Jackson jar that Iceberg's Spark runtime needs, built once per cache dir.
+
+    Args:
+        cache_dir: where to keep it (created if missing).
+
+    Returns:
+        Path of the jar (about 2 MB).
+    """
+    jars = _pyspark_jars_dir()
+    sources = sorted(
+        p for p in jars.glob("jackson-*.jar") if p.name.rsplit("-", 1)[0] in JACKSON_JARS
+    )
+    if len(sources) != len(JACKSON_JARS):
+        raise SparkSetupError(f"pyspark's Jackson jars not found in {jars}")
+    version = sources[0].stem.rsplit("-", 1)[1]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    dest = cache_dir / f"iceberg-shaded-jackson-{version}.jar"
+    if not dest.is_file():
+        relocate_jar(sources, dest, JACKSON_FROM, JACKSON_TO)
+    return dest
+
+
+# --------------------------------------------------------------------------------------------
+# Jars and drivers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SparkJars:
+    """The jars (and the SQLite JNI directory) a Spark session on the lake needs."""
+
+    iceberg_runtime: Path
+    jackson_patch: Path
+    sqlite_jdbc: Path
+    postgres_jdbc: Path
+    sqlite_jni_dir: Path
+
+    @property
+    def classpath(self) -> list[Path]:
+        """Every jar, in classpath order."""
+        return [self.iceberg_runtime, self.jackson_patch, self.sqlite_jdbc, self.postgres_jdbc]
+
+
+def _find_jar(pattern: str, dirs: list[Path], package: str) -> Path:
+    for d in dirs:
+        found = sorted(p for p in d.glob(pattern) if not p.is_symlink()) or sorted(d.glob(pattern))
+        if found:
+            return found[-1]
+    raise SparkSetupError(
+        f"{pattern} not found in {', '.join(map(str, dirs))}: apt-get install {package} "
+        f"(or dpkg -x its .deb into ${DEBS_DIR_ENV})"
+    )
+
+
+def find_spark_jars(cache_dir: Path) -> SparkJars:
+    """Locate Iceberg's runtime, the JDBC drivers, and build the Jackson patch if needed.
+
+    Args:
+        cache_dir: where the Jackson patch jar is kept.
+
+    Returns:
+        The jars.
+
+    Raises:
+        SparkSetupError: a wheel or Debian package is missing (the message names it).
+    """
+    try:
+        import snowpark_connect_deps_iceberg as deps  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise SparkSetupError(
+            "snowpark-connect-deps-iceberg is not installed (pip install -e '.[spark]')"
+        ) from exc
+    runtime = _find_jar(
+        "iceberg-spark-runtime-3.5_2.12-*.jar",
+        [Path(deps.get_jars_dir())],
+        "snowpark-connect-deps-iceberg",
+    )
+    java_dirs = [SYSTEM_JAVA_DIR]
+    jni_dirs = list(SYSTEM_JNI_DIRS)
+    if os.environ.get(DEBS_DIR_ENV):
+        root = Path(os.environ[DEBS_DIR_ENV])
+        java_dirs.insert(0, root / "usr/share/java")
+        jni_dirs[:0] = [root / d.relative_to("/") for d in SYSTEM_JNI_DIRS]
+    sqlite = _find_jar("xerial-sqlite-jdbc-*.jar", java_dirs, "libxerial-sqlite-jdbc-java")
+    postgres = _find_jar("postgresql-4*.jar", java_dirs, "libpostgresql-jdbc-java")
+    jni = next((d for d in jni_dirs if (d / "libsqlitejdbc.so").is_file()), None)
+    if jni is None:
+        raise SparkSetupError(
+            "libsqlitejdbc.so not found: apt-get install libxerial-sqlite-jdbc-jni "
+            f"(or dpkg -x its .deb into ${DEBS_DIR_ENV})"
+        )
+    return SparkJars(
+        iceberg_runtime=runtime,
+        jackson_patch=jackson_patch_jar(cache_dir),
+        sqlite_jdbc=sqlite,
+        postgres_jdbc=postgres,
+        sqlite_jni_dir=jni,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Sessions
+# --------------------------------------------------------------------------------------------
+
+
+def spark_session(
+    settings: Settings, *, master: str = "local[*]", cache_dir: Path | None = None
+) -> SparkSession:
+    """A SparkSession with the lake's catalog, for `lake compact --engine spark`.
+
+    Jars: with the `spark` extra installed, Iceberg's runtime from its wheel (plus the relocated
+    Jackson classes it lacks, built once into `cache_dir`) and the JDBC drivers from Debian;
+    without it, Maven coordinates (`spark.jars.packages`) for a machine that reaches Maven.
+    Settings from `spark-defaults.conf` / `PYSPARK_SUBMIT_ARGS` apply as usual.
+
+    Args:
+        settings: the lake's settings (its catalog becomes Spark catalog `catalog_name`).
+        master: Spark master URL.
+        cache_dir: where the Jackson jar is kept (default `<data dir>/.spark-jars`).
+
+    Returns:
+        The session; end it with `stop_spark`.
+
+    Raises:
+        SparkSetupError: pyspark or a JDBC driver is missing.
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise SparkSetupError(
+            "pyspark is not installed: pip install 'iceberg_lake[spark]'"
+        ) from exc
+    builder = SparkSession.builder.master(master).appName("iceberg_lake")
+    try:
+        jars = find_spark_jars(cache_dir or settings.data_dir / ".spark-jars")
+    except SparkSetupError:
+        if importlib.util.find_spec("snowpark_connect_deps_iceberg") is not None:
+            raise  # the extra is there but a driver is not: say which
+        builder = builder.config("spark.jars.packages", ",".join(spark_packages(settings)))
+    else:
+        builder = builder.config("spark.jars", ",".join(str(p) for p in jars.classpath))
+        builder = builder.config(
+            "spark.driver.extraJavaOptions", f"-Djava.library.path={jars.sqlite_jni_dir}"
+        )
+    for key, value in spark_catalog_conf(settings, show_secrets=True).items():
+        builder = builder.config(key, value)
+    builder = builder.config("spark.sql.session.timeZone", "UTC")
+    # The CLI prints its own summary: no console progress bars on stderr.
+    builder = builder.config("spark.ui.showConsoleProgress", "false")
+    return builder.getOrCreate()
+
+
+def stop_spark(spark: SparkSession, timeout: float = 30.0) -> None:
+    """Stop the session and its JVM (pyspark otherwise keeps the JVM until Python exits).
+
+    Args:
+        spark: the session.
+        timeout: seconds to wait for the JVM to exit before killing it.
+    """
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway  # noqa: SLF001 - pyspark keeps the JVM handle only here
+    spark.stop()
+    if gateway is None:
+        return
+    proc = getattr(gateway, "proc", None)
+    with contextlib.suppress(Exception):
+        gateway.shutdown()
+    SparkContext._gateway = None  # noqa: SLF001
+    SparkContext._jvm = None  # noqa: SLF001
+    if proc is not None:
+        # The JVM's PythonGatewayServer exits when its stdin closes.
+        with contextlib.suppress(Exception):
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=timeout)
+        except Exception:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing through Spark
+# --------------------------------------------------------------------------------------------
+
+#: Iceberg's Spark write options (`org.apache.iceberg.spark.SparkWriteOptions`).
+USE_TABLE_DISTRIBUTION_AND_ORDERING = "use-table-distribution-and-ordering"
+SNAPSHOT_PROPERTY_PREFIX = "snapshot-property."
+
+
+def spark_sql_type(t: IcebergType) -> str:
+    """The Spark SQL type of an Iceberg primitive type (for typed NULL columns).
+
+    Raises:
+        CompactionError: a type the lake's tables do not use.
+    """
+    simple: dict[type, str] = {
+        BooleanType: "BOOLEAN",
+        IntegerType: "INT",
+        LongType: "BIGINT",
+        FloatType: "FLOAT",
+        DoubleType: "DOUBLE",
+        StringType: "STRING",
+        BinaryType: "BINARY",
+        DateType: "DATE",
+        TimestamptzType: "TIMESTAMP",
+        TimestampType: "TIMESTAMP_NTZ",
+    }
+    if isinstance(t, DecimalType):
+        return f"DECIMAL({t.precision}, {t.scale})"
+    for cls, name in simple.items():
+        if isinstance(t, cls):
+            return name
+    raise CompactionError(f"column type {t} is not supported by Spark compaction")
+
+
+def replace_partitions(df: DataFrame, table: str, snapshot_properties: dict[str, str]) -> None:
+    """Replace every partition that `df` has rows in, in ONE Iceberg `overwrite` snapshot.
+
+    Iceberg's dynamic partition overwrite (`overwritePartitions`, a `ReplacePartitions` commit)
+    swaps the files of exactly the partitions present in `df`; other partitions keep theirs.
+    `df`'s own clustering and order are written as they are: the table's declared distribution
+    and sort order are switched off for this write (`use-table-distribution-and-ordering=false`),
+    because Iceberg would otherwise re-sort by its sort order alone (`ts_event_ns`), which leaves
+    the order of rows with equal keys to Spark's shuffle and spills. So `df` must be clustered by
+    partition within each Spark partition (e.g. `repartition(keys).sortWithinPartitions(keys…)`).
+
+    Args:
+        df: the rows, with the table's columns (matched by name).
+        table: the Spark table name, `catalog.namespace.table`.
+        snapshot_properties: summary properties of the new snapshot.
+    """
+    writer = df.writeTo(table).option(USE_TABLE_DISTRIBUTION_AND_ORDERING, "false")
+    for key, value in snapshot_properties.items():
+        writer = writer.option(SNAPSHOT_PROPERTY_PREFIX + key, value)
+    writer.overwritePartitions()

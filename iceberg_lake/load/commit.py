@@ -1,0 +1,279 @@
+"""Exactly-once commits of a loaded file: a ledger of rows committed, set with every append.
+
+The ledger is a table property, `lake.load.<sha256 of the file>` = rows of the file committed so
+far (`<n>:done` once the whole file is in), set in the SAME transaction as the append that stores
+those rows, like the live writers' watermark. A commit either lands with its ledger entry or not
+at all, so after a kill -9 a re-run reads the entry, skips exactly the rows already committed and
+stores every row once; a file whose entry says `done` is skipped whole. The entry survives
+snapshot expiry and other components' commits (compaction, maintenance).
+
+Dead letters of a commit go first, to `bronze.dead_letters`, with their own entry
+(`lake.load.<table>.<sha256>`); the target table's commit follows. A re-run after a kill between
+the two skips the bad rows the quarantine already holds.
+
+Commits go through the writers' append path (`engine.iceberg.watermarked_append`: memoised
+metadata, fast append with the bounded manifest fold, ledger and rows in one transaction). Rows
+are sorted by partition and event time and handed over one slice per (symbol, hour) partition
+(`append_partitions`: pyiceberg would otherwise filter the whole batch once per partition); one
+append snapshot adds them all. Concurrent loaders (other files, `--jobs`) and live writers commit
+to the same tables: a lost compare-and-swap is retried on a refreshed table, after checking the
+ledger so a commit whose response was lost is never repeated.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.exceptions import CommitFailedException, ValidationException
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.table import Table
+
+from iceberg_lake import properties as P
+from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.engine.iceberg import watermarked_append
+from iceberg_lake.exceptions import CommitConflictError
+from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
+from iceberg_lake.tables import DEAD_LETTERS_TABLE
+
+log = logging.getLogger(__name__)
+
+HOUR_NS = 3600 * 10**9
+DONE = "done"
+#: Attempts at one commit before giving up (each on a refreshed table, with backoff).
+MAX_ATTEMPTS = 12
+
+
+class ConcurrentLoadError(CommitConflictError):
+    """Another process is loading the same file (same content) into the same table right now."""
+
+
+def ledger_key(sha256: str) -> str:
+    """The target table's ledger property of a file."""
+    return f"{P.LOAD_PREFIX}{sha256}"
+
+
+def dead_letter_key(table: str, sha256: str) -> str:
+    """The quarantine table's ledger property of a file loaded into `table`."""
+    return f"{P.LOAD_PREFIX}{table}.{sha256}"
+
+
+def parse_ledger(value: str | None) -> tuple[int, bool]:
+    """(rows committed, whole file done) from a ledger property value."""
+    if not value:
+        return 0, False
+    rows, _, state = value.partition(":")
+    return int(rows), state == DONE
+
+
+def ledger_value(rows: int, done: bool) -> str:
+    """The ledger property value for `rows` committed (and `done`)."""
+    return f"{rows}:{DONE}" if done else str(rows)
+
+
+@dataclass
+class CommitOutcome:
+    """What one commit stored."""
+
+    rows: int
+    dead_letters: int
+    snapshot_id: int | None
+    partitions: set[tuple[str, int]]
+
+
+class FileCommitter:
+    """Commits the rows of one file to one table, exactly once.
+
+    Args:
+        lake: the catalog.
+        table_id: the target table (`bronze.stocks_trades`).
+        sha256: the file's content hash.
+        file_name: for snapshot summaries and dead letters.
+    """
+
+    def __init__(self, lake: LakeCatalog, table_id: str, sha256: str, file_name: str) -> None:
+        self.lake = lake
+        self.table_id = table_id
+        self.sha256 = sha256
+        self.file_name = file_name
+        self.table: Table = lake.load_table(table_id)
+        self._dl_table: Table | None = None
+        self.key = ledger_key(sha256)
+        self.dl_key = dead_letter_key(table_id, sha256)
+        definition = lake.definition(table_id)
+        self.partition_key = definition.partition_key
+
+    # ---- ledger ---------------------------------------------------------------------------------
+
+    @property
+    def dl_table(self) -> Table:
+        if self._dl_table is None:
+            self._dl_table = self.lake.load_table(DEAD_LETTERS_TABLE)
+        return self._dl_table
+
+    def state(self) -> tuple[int, bool, int]:
+        """(rows committed, done, rows whose dead letters are committed), from fresh metadata."""
+        with catalog_errors(f"reading the load ledger of {self.table_id}"):
+            self.table = self.lake.load_table(self.table_id)
+            rows, done = parse_ledger(self.table.properties.get(self.key))
+            dl_rows = 0
+            if not done:
+                self._dl_table = self.lake.load_table(DEAD_LETTERS_TABLE)
+                dl_rows, _ = parse_ledger(self._dl_table.properties.get(self.dl_key))
+        return rows, done, dl_rows
+
+    def arrow_schema(self) -> pa.Schema:
+        """The live Arrow schema of the target table."""
+        return schema_to_pyarrow(self.table.schema(), include_field_ids=False)
+
+    # ---- commits --------------------------------------------------------------------------------
+
+    def commit_dead_letters(self, letters: list[DeadLetter], end_row: int) -> None:
+        """Commit `letters` (rows of the file before `end_row`) with the quarantine's ledger."""
+        if not letters:
+            return
+        for attempt in range(MAX_ATTEMPTS):
+            table = self.dl_table
+            done_rows, _ = parse_ledger(table.properties.get(self.dl_key))
+            if done_rows >= end_row:
+                return  # landed before (lost response)
+            fresh = [d for d in letters if d.stream_seq >= done_rows]
+            try:
+                with catalog_errors(f"committing dead letters of {self.file_name}"):
+                    rows = dead_letter_table(
+                        fresh, schema_to_pyarrow(table.schema(), include_field_ids=False)
+                    )
+                    watermarked_append(
+                        table,
+                        watermark={self.dl_key: ledger_value(end_row, False)},
+                        snapshot_properties=self._summary(len(fresh), end_row),
+                        # Compare-and-swap on the ledger: a concurrent load of the same file
+                        # that moved it makes this commit fail (also in pyiceberg's retries).
+                        expected={self.dl_key: table.properties.get(self.dl_key)},
+                    ).append(rows).commit()
+                return
+            except (CommitFailedException, ValidationException) as exc:
+                self._backoff(attempt, exc)
+                self._dl_table = self.lake.load_table(DEAD_LETTERS_TABLE)
+        raise CommitConflictError(f"{DEAD_LETTERS_TABLE}: gave up after {MAX_ATTEMPTS} conflicts")
+
+    def commit_rows(
+        self, rows: pa.Table, first_row: int, end_row: int, done: bool
+    ) -> CommitOutcome:
+        """Append `rows` (valid rows of file rows `first_row..end_row`) with the ledger entry.
+
+        Idempotent: if the ledger already covers `end_row`, nothing is written.
+
+        Returns:
+            Rows stored, the snapshot id (None for a ledger-only commit) and the partitions.
+        """
+        schema = self.arrow_schema()
+        prepared = self._sort(rows.cast(schema)) if rows.num_rows else rows
+        del rows  # the unsorted copy is not needed any more
+        partitions = self._partitions(prepared)
+        parts = [prepared.slice(o, n) for o, n in self._bounds(prepared)]
+        for attempt in range(MAX_ATTEMPTS):
+            committed, was_done = parse_ledger(self.table.properties.get(self.key))
+            if was_done or committed >= end_row and not done:
+                return CommitOutcome(0, 0, None, set())
+            if committed > first_row:
+                # Another process loading the same file got further: never store rows twice.
+                raise ConcurrentLoadError(
+                    f"{self.file_name} is being loaded into {self.table_id} by another process"
+                )
+            try:
+                with catalog_errors(f"committing {self.file_name} to {self.table_id}"):
+                    summary = self._summary(prepared.num_rows, end_row, first_row)
+                    snapshot_id = (
+                        watermarked_append(
+                            self.table,
+                            watermark={self.key: ledger_value(end_row, done)},
+                            snapshot_properties=summary,
+                            expected={self.key: self.table.properties.get(self.key)},
+                        )
+                        .append_partitions(parts)
+                        .commit()
+                    )
+                return CommitOutcome(
+                    prepared.num_rows, 0, snapshot_id if parts else None, partitions
+                )
+            except (CommitFailedException, ValidationException) as exc:
+                self._backoff(attempt, exc)
+                with catalog_errors(f"refreshing {self.table_id}"):
+                    self.table = self.lake.load_table(self.table_id)
+        raise CommitConflictError(f"{self.table_id}: gave up after {MAX_ATTEMPTS} conflicts")
+
+    def _backoff(self, attempt: int, exc: Exception) -> None:
+        delay = min(5.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
+        log.info("load commit conflict on %s (attempt %d): %s", self.table_id, attempt + 1, exc)
+        time.sleep(delay)
+
+    def _summary(self, count: int, end_row: int, first_row: int | None = None) -> dict[str, str]:
+        summary = {
+            P.LAKE_OPERATION: P.LOAD,
+            P.LOAD_SHA256: self.sha256,
+            P.LOAD_FILE: self.file_name,
+            P.LOAD_END_ROW: str(end_row),
+            P.EVENT_COUNT: str(count),
+        }
+        if first_row is not None:
+            summary[P.LOAD_FIRST_ROW] = str(first_row)
+        return summary
+
+    # ---- layout ---------------------------------------------------------------------------------
+
+    def _sort(self, rows: pa.Table) -> pa.Table:
+        """Rows grouped by partition key, by event time within each key.
+
+        Vendor files are usually in time order already: a stable sort on the key's dictionary
+        codes then keeps time order inside each key and is much cheaper than a two-key sort.
+        """
+        ts = rows.column("ts_event_ns").combine_chunks().to_numpy(zero_copy_only=False)
+        if not self.partition_key:
+            if np.all(ts[1:] >= ts[:-1]):
+                return rows
+            return rows.take(pa.array(np.argsort(ts, kind="stable")))
+        codes = rows.column(self.partition_key).combine_chunks().dictionary_encode()
+        idx = codes.indices.to_numpy(zero_copy_only=False)
+        order = np.argsort(idx, kind="stable")
+        ts_sorted = ts[order]
+        idx_sorted = idx[order]
+        same_key = idx_sorted[1:] == idx_sorted[:-1]
+        if np.any(same_key & (ts_sorted[1:] < ts_sorted[:-1])):
+            order = np.lexsort((ts, idx))
+        if np.all(order[1:] > order[:-1]):
+            return rows
+        return rows.take(pa.array(order))
+
+    def _bounds(self, rows: pa.Table) -> list[tuple[int, int]]:
+        """(offset, length) of each (partition key, hour) run of the sorted rows."""
+        n = rows.num_rows
+        if n == 0:
+            return []
+        hours = pc.divide(rows.column("ts_event_ns"), HOUR_NS).to_numpy()
+        change = np.zeros(n, dtype=bool)
+        change[0] = True
+        change[1:] = hours[1:] != hours[:-1]
+        if self.partition_key:
+            codes = rows.column(self.partition_key).combine_chunks().dictionary_encode()
+            idx = codes.indices.to_numpy(zero_copy_only=False)
+            change[1:] |= idx[1:] != idx[:-1]
+        starts = np.flatnonzero(change)
+        ends = np.append(starts[1:], n)
+        return [(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]
+
+    def _partitions(self, rows: pa.Table) -> set[tuple[str, int]]:
+        out: set[tuple[str, int]] = set()
+        if rows.num_rows == 0:
+            return out
+        ts = rows.column("ts_event_ns")
+        keys = rows.column(self.partition_key) if self.partition_key else None
+        for offset, _length in self._bounds(rows):
+            hour = int(ts[offset].as_py()) // HOUR_NS
+            out.add((str(keys[offset].as_py()) if keys is not None else "", hour))
+        return out

@@ -1,0 +1,427 @@
+"""`lake load`: vendor files into Bronze, exactly once per file, in bounded memory.
+
+One file is read as a stream of Arrow batches (`sources`, `dbn`), converted to the target table's
+columns by a mapping (`mapping`), validated with the writers' rules (`validate`), and committed
+every `commit_rows` rows with the file's ledger entry (`commit`). Invalid rows go to
+`bronze.dead_letters` with the reason and the row as JSON; their neighbours are stored. Several
+files load in parallel processes (`jobs`), each committing independently.
+
+Idempotent: loading a file again stores nothing; a load interrupted at any point (kill -9
+included) resumes at the last committed row when run again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.config import Settings
+from iceberg_lake.exceptions import LakeError
+from iceberg_lake.ingest.dead_letters import DeadLetter
+from iceberg_lake.load.commit import HOUR_NS, ConcurrentLoadError, FileCommitter
+from iceberg_lake.load.mapping import (
+    DEFAULT_SOURCE,
+    Mapping,
+    convert,
+    declared_mappings,
+    find_mapping,
+    identity_mapping,
+)
+from iceberg_lake.load.sources import (
+    Source,
+    SourceBatch,
+    detect_format,
+    file_sha256,
+    open_source,
+)
+from iceberg_lake.load.validate import Validator
+from iceberg_lake.tables import BRONZE, DEAD_LETTERS_TABLE
+
+#: Default rows per commit: large enough that commit overhead is a few percent of the load time
+#: (see docs/backfill.md for the measurement), small enough to bound memory and lost work.
+DEFAULT_COMMIT_ROWS = 500_000
+#: A commit is also made once the buffered rows reach this many bytes (wide MBP-10 rows).
+MAX_BUFFER_BYTES = 128 << 20
+
+#: Progress callback: (file name, rows read so far, fraction of the file read, seconds since the
+#: file's load started).
+ProgressFn = Callable[[str, int, float, float], None]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load files.
+
+    Attributes:
+        table: target table (`bronze.stocks_trades`); None = from the mapping or the DBN schema.
+        format: `dbn`, `csv`, `parquet`, `ndjson`; None = from the file name.
+        mapping: a shipped mapping name or a TOML path; None = detect or identity.
+        source: the `source` column value; None = the mapping's, else `file`.
+        commit_rows: rows per commit.
+    """
+
+    table: str | None = None
+    format: str | None = None
+    mapping: str | None = None
+    source: str | None = None
+    commit_rows: int = DEFAULT_COMMIT_ROWS
+
+
+@dataclass
+class LoadResult:
+    """The outcome of loading one file.
+
+    Attributes:
+        file: the path.
+        sha256: content hash (the file's identity in the ledger).
+        table: target table.
+        status: `loaded`, `resumed` (continued an interrupted load), `already-loaded`, or
+            `loading-elsewhere` (another process is loading the same content: it stores the
+            rows, this run stopped without storing any more).
+        rows_read: file rows read by this run (rows committed before a resume excluded).
+        rows_stored: rows appended to the table by this run.
+        dead_lettered: rows sent to `bronze.dead_letters` by this run.
+        rows_skipped: rows an earlier run had committed.
+        partitions: (symbol, hour start ISO) partitions this run wrote to.
+        snapshots: snapshot ids this run made on the table.
+        seconds: wall time.
+    """
+
+    file: str
+    sha256: str
+    table: str
+    status: str
+    rows_read: int = 0
+    rows_stored: int = 0
+    dead_lettered: int = 0
+    rows_skipped: int = 0
+    partitions: list[tuple[str, str]] = field(default_factory=list)
+    snapshots: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def days(self) -> list[str]:
+        """UTC days (`YYYY-MM-DD`) touched by this run."""
+        return sorted({hour[:10] for _, hour in self.partitions})
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict."""
+        out = asdict(self)
+        out["partitions"] = [list(p) for p in self.partitions]
+        return out
+
+
+def resolve(source: Source, options: LoadOptions) -> tuple[Mapping, str]:
+    """The mapping and target table for a file.
+
+    Order: `--mapping`; for DBN, the shipped mapping of the file's schema (and `--table`); for
+    other formats, a shipped mapping whose `detect` columns the file has; else the identity
+    mapping of `--table`.
+
+    Raises:
+        LakeError: nothing tells which table the file goes to.
+    """
+    if options.mapping:
+        mapping = find_mapping(options.mapping)
+        table = options.table or mapping.table
+        if not table:
+            raise LakeError(f"mapping '{mapping.name}' names no table: pass --table")
+        return mapping, table
+    if source.format == "dbn":
+        return _dbn_mapping(source, options.table)
+    candidates = [
+        m
+        for m in declared_mappings()
+        if not m.dbn_schemas
+        and m.matches(source.columns)
+        and (options.table is None or m.table == options.table)
+    ]
+    if candidates:
+        best = max(candidates, key=lambda m: len(m.detect))
+        return best, options.table or best.table
+    if options.table:
+        return identity_mapping(options.table), options.table
+    raise LakeError(
+        f"cannot tell which table {source.path.name} belongs to: pass --table (columns named "
+        "like the table's) or --mapping"
+    )
+
+
+def _dbn_mapping(source: Source, table: str | None) -> tuple[Mapping, str]:
+    schema = getattr(source, "schema", "")
+    dataset = getattr(source, "dataset", "")
+    options = [m for m in declared_mappings() if schema in m.dbn_schemas]
+    if table:
+        chosen = [m for m in options if m.table == table]
+        if not chosen:
+            tables = ", ".join(sorted(m.table for m in options)) or "none"
+            raise LakeError(f"a DBN {schema} file cannot be loaded into {table} (tables: {tables})")
+        return chosen[0], table
+    if not options:
+        raise LakeError(f"no shipped mapping reads DBN schema '{schema}'")
+    # CME Globex (GLBX.*) trades are futures; every other venue's are stocks.
+    futures = dataset.upper().startswith("GLBX")
+    preferred = [m for m in options if ("futures" in m.table) == futures] or options
+    return preferred[0], preferred[0].table
+
+
+def _take_all(tables: list[pa.Table]) -> pa.Table:
+    """The tables as one (zero-copy), emptying the list."""
+    rows = pa.concat_tables(tables)
+    tables.clear()
+    return rows
+
+
+def _format_of(path: Path, options: LoadOptions) -> str:
+    """The format from the file name, else the format the `--mapping` declares."""
+    try:
+        return detect_format(path)
+    except LakeError:
+        if options.mapping and (declared := find_mapping(options.mapping).format):
+            return declared
+        raise
+
+
+def _pieces(batch: SourceBatch, first: int, size: int) -> list[SourceBatch]:
+    """Split `batch` at commit boundaries: `first` rows, then `size` rows per piece."""
+    n = batch.table.num_rows
+    if n <= first:
+        return [batch]
+    out: list[SourceBatch] = []
+    start, take = 0, max(1, first)
+    while start < n:
+        end = min(n, start + take)
+        problems = {r - start: p for r, p in batch.problems.items() if start <= r < end}
+        out.append(
+            SourceBatch(
+                batch.table.slice(start, end - start),
+                batch.first_row + start,
+                problems,
+                batch.progress,
+            )
+        )
+        start, take = end, size
+    return out
+
+
+def _row_json(batch: pa.Table, rows: list[int]) -> list[bytes]:
+    """The original rows as JSON (what the dead letter keeps as `raw`)."""
+    taken = batch.take(pa.array(rows, pa.int64())).to_pylist()
+    return [json.dumps(r, default=str, separators=(",", ":")).encode() for r in taken]
+
+
+def load_file(
+    lake: LakeCatalog | Settings,
+    path: Path | str,
+    options: LoadOptions | None = None,
+    progress: ProgressFn | None = None,
+) -> LoadResult:
+    """Load one file into its Bronze table, exactly once.
+
+    Idempotent: a file whose ledger entry says done is skipped (`already-loaded`); a partly
+    loaded file continues after its last committed row (`resumed`). Makes one append snapshot
+    per `commit_rows` rows on the table (plus one on `bronze.dead_letters` when rows are bad).
+
+    Args:
+        lake: the catalog (or settings to open it).
+        path: the file.
+        options: target, format, mapping, source, commit size.
+        progress: called after each batch with (file name, rows read, fraction read, seconds).
+
+    Returns:
+        What this run stored.
+
+    Raises:
+        LakeError: unreadable file, unknown table or mapping, catalog unavailable.
+    """
+    t0 = time.perf_counter()
+    options = options or LoadOptions()
+    lake = lake if isinstance(lake, LakeCatalog) else LakeCatalog(lake)
+    path = Path(path)
+    fmt = options.format or _format_of(path, options)
+    source = open_source(path, fmt)
+    mapping, table_id = resolve(source, options)
+    if not table_id.startswith(BRONZE + ".") or table_id == DEAD_LETTERS_TABLE:
+        raise LakeError(f"lake load writes Bronze market tables, not {table_id}")
+    definition = lake.definition(table_id)
+    sha = file_sha256(path)
+    committer = FileCommitter(lake, table_id, sha, path.name)
+    committed, done, dl_committed = committer.state()
+    result = LoadResult(str(path), sha, table_id, "already-loaded", rows_skipped=committed)
+    if done:
+        result.seconds = time.perf_counter() - t0
+        return result
+    result.status = "resumed" if committed else "loaded"
+    target = committer.arrow_schema()
+    validator = Validator(table_id, committer.table.schema(), definition.partition_key)
+    source_name = options.source or mapping.source or DEFAULT_SOURCE
+    if options.source is None and mapping.columns.get("source"):
+        source_name = ""  # the file's own column wins
+    subject = f"load:{path.name}"
+    stream = f"file:{sha}"
+    commit_rows = max(1, options.commit_rows)
+    partitions: set[tuple[str, int]] = set()
+    buffer: list[pa.Table] = []
+    buffered_bytes = 0
+    letters: list[DeadLetter] = []
+    chunk_first = committed
+    position = committed
+
+    def flush(end_row: int, last: bool) -> None:
+        nonlocal buffered_bytes, letters, chunk_first
+        committer.commit_dead_letters(letters, end_row)
+        result.dead_lettered += len(letters)
+        # The commit holds the only reference to the rows, so they are freed once sorted.
+        outcome = committer.commit_rows(
+            _take_all(buffer) if buffer else target.empty_table(), chunk_first, end_row, last
+        )
+        result.rows_stored += outcome.rows
+        partitions.update(outcome.partitions)
+        if outcome.snapshot_id is not None:
+            result.snapshots.append(outcome.snapshot_id)
+        buffered_bytes, letters = 0, []
+        chunk_first = end_row
+
+    if progress is not None:
+        progress(path.name, 0, 0.0, time.perf_counter() - t0)
+    try:
+        for whole in source.batches(skip_rows=committed):
+            for batch in _pieces(whole, commit_rows - (position - chunk_first), commit_rows):
+                converted = convert(batch.table, mapping, target, source_name, batch.problems)
+                checked = validator.check(converted.table, converted.problems)
+                if checked.good.num_rows:
+                    buffer.append(checked.good)
+                    buffered_bytes += checked.good.nbytes
+                if checked.bad:
+                    now = time.time_ns()
+                    raws = _row_json(batch.table, [r for r, _ in checked.bad])
+                    for (row, reason), raw in zip(checked.bad, raws, strict=True):
+                        file_row = batch.first_row + row
+                        if file_row >= dl_committed:
+                            letters.append(
+                                DeadLetter(now, table_id, subject, stream, file_row, reason, raw)
+                            )
+                position = batch.first_row + batch.table.num_rows
+                result.rows_read = position - committed
+                if progress is not None:
+                    progress(path.name, result.rows_read, batch.progress, time.perf_counter() - t0)
+                if position - chunk_first >= commit_rows or buffered_bytes >= MAX_BUFFER_BYTES:
+                    flush(position, last=False)
+        flush(position, last=True)
+    except ConcurrentLoadError:
+        # A copy of this file (same SHA-256) is loading in another process right now.
+        result.status = "loading-elsewhere"
+    result.partitions = sorted(
+        (sym, datetime.fromtimestamp(hour * HOUR_NS / 1e9, tz=UTC).strftime("%Y-%m-%dT%H"))
+        for sym, hour in partitions
+    )
+    result.seconds = round(time.perf_counter() - t0, 3)
+    if progress is not None:
+        progress(path.name, result.rows_read, 1.0, time.perf_counter() - t0)
+    return result
+
+
+# ---- several files ----------------------------------------------------------------------------
+
+_QUEUE: Any = None
+
+
+def _init_worker(queue: Any, log_level: int) -> None:
+    global _QUEUE
+    _QUEUE = queue
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Files loading in parallel conflict on commits by design; pyiceberg retries them and says
+    # so at WARNING, which would scribble over the progress bars.
+    logging.getLogger("pyiceberg.table").setLevel(max(log_level, logging.ERROR))
+
+
+def _worker(settings: Settings, path: str, options: LoadOptions) -> LoadResult:
+    def report(name: str, rows: int, fraction: float, seconds: float) -> None:
+        if _QUEUE is not None:
+            _QUEUE.put((name, rows, fraction, seconds))
+
+    return load_file(settings, path, options, report)
+
+
+def load_files(
+    settings: Settings,
+    paths: Sequence[Path | str],
+    options: LoadOptions | None = None,
+    *,
+    jobs: int = 1,
+    progress: ProgressFn | None = None,
+) -> list[LoadResult]:
+    """Load several files, `jobs` at a time in separate processes (each file independent).
+
+    Args:
+        settings: lake settings.
+        paths: the files.
+        options: how to load them.
+        jobs: processes; 1 loads in this process, one file after another.
+        progress: as for `load_file` (called in this process).
+
+    Returns:
+        One result per file, in the order given.
+
+    Raises:
+        LakeError: the first failure (files already committed stay committed; re-run to resume).
+    """
+    options = options or LoadOptions()
+    if jobs <= 1 or len(paths) <= 1:
+        lake = LakeCatalog(settings)
+        return [load_file(lake, p, options, progress) for p in paths]
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Manager().Queue()
+    results: dict[int, LoadResult] = {}
+    with ProcessPoolExecutor(
+        max_workers=min(jobs, len(paths), os.cpu_count() or 1) or 1,
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(queue, logging.getLogger().getEffectiveLevel()),
+    ) as pool:
+        futures = {pool.submit(_worker, settings, str(p), options): i for i, p in enumerate(paths)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(queue, progress)
+            for fut in done:
+                results[futures[fut]] = fut.result()
+        _drain(queue, progress)
+    return [results[i] for i in range(len(paths))]
+
+
+def _drain(queue: Any, progress: ProgressFn | None) -> None:
+    while True:
+        try:
+            item = queue.get_nowait()
+        except Exception:  # queue.Empty from the manager proxy
+            return
+        if progress is not None:
+            progress(*item)
+
+
+def compact_loaded(settings: Settings | LakeCatalog, results: Sequence[LoadResult]) -> list[dict]:
+    """Run Silver compaction on every (table, day) the loads touched.
+
+    Idempotent (the compactor skips unchanged partitions). One Silver snapshot per table and day.
+    """
+    from iceberg_lake.silver import SilverCompactor
+
+    work = sorted({(r.table, day) for r in results for day in r.days})
+    out: list[dict] = []
+    with SilverCompactor(settings) as compactor:
+        for table, day in work:
+            out.append(compactor.compact_date(day, table))
+    return out

@@ -1,0 +1,347 @@
+"""Column mappings: how the columns of a vendor file become the columns of a lake table.
+
+A mapping is a small TOML file. The declared ones ship in `catalog/mappings/` (Polygon/Massive
+flat files, Databento DBN schemas); a user passes their own with `lake load --mapping FILE`::
+
+    name = "my_trades"
+    table = "bronze.stocks_trades"    # default target (`--table` overrides)
+    format = "parquet"                 # default format (`--format` overrides)
+    source = "myvendor"                # default `source` column value (`--source` overrides)
+    detect = ["ticker", "px"]          # optional: columns that identify such files
+
+    [columns]                          # target column = source column
+    symbol = "ticker"
+    price = "px"
+    ts_event_ns = "time"
+
+    [scale]                            # optional: target = source * factor
+    ts_event_ns = 1000                 # the file has microseconds
+
+Target columns not listed take the source column of the same name when there is one. `source`
+is the `--source` value unless the mapping maps a column to it; `ts_recv_ns` defaults to
+`ts_event_ns` (deterministic: loading the same file twice gives identical rows); the derived
+`ts_event` partition column is never read from files.
+
+`convert` turns one batch of source columns into the table's columns. Values that cannot be
+converted (text in a numeric column, out-of-range integers, fractional sizes) become null and are
+reported per row, so the validator dead-letters exactly those rows.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from iceberg_lake.exceptions import LakeError
+from iceberg_lake.ingest.decode import DERIVED_TS
+from iceberg_lake.tables import declared_dir
+
+#: Sub-folder of the declared catalog holding the shipped mappings (not table definitions: the
+#: table registry reads only `catalog/*.toml`).
+MAPPINGS_FOLDER = "mappings"
+#: `source` value of loaded rows when neither `--source` nor the mapping names one.
+DEFAULT_SOURCE = "file"
+
+_INT_RANGES = {
+    pa.int8(): (-(2**7), 2**7 - 1),
+    pa.int16(): (-(2**15), 2**15 - 1),
+    pa.int32(): (-(2**31), 2**31 - 1),
+    pa.int64(): (-(2**63), 2**63 - 1),
+}
+_TRUE = {"true", "t", "1", "yes", "y"}
+_FALSE = {"false", "f", "0", "no", "n"}
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """A declared or user column mapping.
+
+    Attributes:
+        name: the mapping's name (`polygon_trades`).
+        table: default target table identifier, or "" (then `--table` is required).
+        format: default file format (`csv`, `parquet`, `ndjson`, `dbn`), or "".
+        source: default value of the `source` column, or "".
+        columns: target column → source column.
+        scale: target column → factor applied after conversion.
+        detect: source columns whose presence identifies files of this mapping.
+        dbn_schemas: for DBN mappings, the DBN schemas (`trades`, `mbp-10`, ...) it reads.
+        path: the file it was read from ("" for built-in identity mappings).
+    """
+
+    name: str
+    table: str = ""
+    format: str = ""
+    source: str = ""
+    columns: dict[str, str] = field(default_factory=dict)
+    scale: dict[str, float] = field(default_factory=dict)
+    detect: tuple[str, ...] = ()
+    dbn_schemas: tuple[str, ...] = ()
+    path: str = ""
+
+    def source_column(self, target: str, available: Iterable[str]) -> str | None:
+        """The source column feeding `target`, or None."""
+        if target in self.columns:
+            return self.columns[target]
+        return target if target in set(available) else None
+
+    def matches(self, columns: Iterable[str]) -> bool:
+        """True when the mapping declares detection columns and all are present."""
+        have = set(columns)
+        return bool(self.detect) and all(c in have for c in self.detect)
+
+
+def load_mapping(path: Path) -> Mapping:
+    """Read a mapping TOML file.
+
+    Raises:
+        LakeError: the file is missing or malformed.
+    """
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise LakeError(f"cannot read mapping {path}: {exc}") from None
+    try:
+        columns = {str(k): str(v) for k, v in dict(data.get("columns", {})).items()}
+        scale = {str(k): float(v) for k, v in dict(data.get("scale", {})).items()}
+        return Mapping(
+            name=str(data.get("name", path.stem)),
+            table=str(data.get("table", "")),
+            format=str(data.get("format", "")).lower(),
+            source=str(data.get("source", "")),
+            columns=columns,
+            scale=scale,
+            detect=tuple(str(c) for c in data.get("detect", [])),
+            dbn_schemas=tuple(str(s) for s in data.get("dbn_schemas", [])),
+            path=str(path),
+        )
+    except (TypeError, ValueError) as exc:
+        raise LakeError(f"invalid mapping {path}: {exc}") from None
+
+
+def mappings_dir() -> Path:
+    """The folder of the shipped mappings (`catalog/mappings`)."""
+    return declared_dir("catalog") / MAPPINGS_FOLDER
+
+
+def declared_mappings() -> list[Mapping]:
+    """Every shipped mapping, sorted by name."""
+    folder = mappings_dir()
+    if not folder.is_dir():
+        return []
+    return sorted((load_mapping(p) for p in folder.glob("*.toml")), key=lambda m: m.name)
+
+
+def find_mapping(name_or_path: str) -> Mapping:
+    """A mapping by file path or by the name of a shipped mapping.
+
+    Raises:
+        LakeError: no such file or shipped mapping.
+    """
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise LakeError(f"mapping file {path} does not exist")
+        return load_mapping(path)
+    for m in declared_mappings():
+        if m.name == name_or_path:
+            return m
+    known = ", ".join(m.name for m in declared_mappings()) or "none"
+    raise LakeError(f"unknown mapping '{name_or_path}' (shipped: {known}; or give a .toml path)")
+
+
+def identity_mapping(table: str) -> Mapping:
+    """The mapping of a file whose columns are named like the table's."""
+    return Mapping(name="identity", table=table)
+
+
+# ---- conversion ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Converted:
+    """One batch in the target table's columns.
+
+    Attributes:
+        table: the table's columns (all nullable; invalid values are null).
+        problems: row → reason for values that could not be converted.
+    """
+
+    table: pa.Table
+    problems: dict[int, str]
+
+
+def convert(
+    batch: pa.Table,
+    mapping: Mapping,
+    target: pa.Schema,
+    source: str,
+    problems: dict[int, str] | None = None,
+) -> Converted:
+    """Convert a batch of source columns into the target table's columns.
+
+    Args:
+        batch: source rows (any column types; text columns are parsed).
+        mapping: which source column feeds which target column.
+        target: the live table's Arrow schema.
+        source: the `source` column value, unless the mapping maps a column to `source`.
+        problems: row → reason already found by the reader (kept, first reason wins).
+
+    Returns:
+        The converted columns and every row that had a conversion problem.
+    """
+    n = batch.num_rows
+    found: dict[int, str] = dict(problems or {})
+    names = batch.column_names
+    arrays: dict[str, pa.Array] = {}
+    for f in target:
+        if f.name == DERIVED_TS:
+            continue
+        src = mapping.source_column(f.name, names)
+        if f.name == "source" and (source or src is None):
+            arrays[f.name] = pa.repeat(pa.scalar(source or DEFAULT_SOURCE, f.type), n)
+            continue
+        if src is None:
+            arrays[f.name] = pa.nulls(n, f.type)
+            continue
+        if src not in names:
+            raise LakeError(
+                f"mapping '{mapping.name}': source column '{src}' (for {f.name}) is not in the "
+                f"file (columns: {', '.join(names)})"
+            )
+        column = batch.column(src)
+        arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        arrays[f.name] = _convert_column(arr, f.type, f.name, mapping.scale.get(f.name), found)
+    if "ts_recv_ns" in arrays and "ts_event_ns" in arrays:
+        recv = arrays["ts_recv_ns"]
+        if recv.null_count == n:
+            arrays["ts_recv_ns"] = arrays["ts_event_ns"]
+        elif recv.null_count:
+            arrays["ts_recv_ns"] = pc.coalesce(recv, arrays["ts_event_ns"])
+    if DERIVED_TS in target.names:
+        ts = pc.fill_null(arrays["ts_event_ns"], 0)
+        micros = pc.divide(ts, pa.scalar(1000, pa.int64()))
+        arrays[DERIVED_TS] = micros.cast(pa.timestamp("us", tz="UTC"))
+    schema = pa.schema([f.with_nullable(True) for f in target])
+    table = pa.Table.from_arrays([arrays[f.name] for f in target], schema=schema)
+    return Converted(table, found)
+
+
+def _convert_column(
+    arr: pa.Array, target: pa.DataType, name: str, factor: float | None, found: dict[int, str]
+) -> pa.Array:
+    """One source column as `target` (null where a value is invalid; reasons into `found`)."""
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if pa.types.is_timestamp(arr.type) and pa.types.is_integer(target):
+        # A timestamp column feeding an *_ns column: nanoseconds since the epoch.
+        arr = arr.cast(pa.timestamp("ns", tz=arr.type.tz)).cast(pa.int64())
+    if pa.types.is_string(target) or pa.types.is_large_string(target):
+        if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+            return pc.binary_join(arr.cast(pa.list_(pa.string())), ",").cast(target)
+        return arr.cast(target)
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        arr = _parse_text(arr, target, name, found)
+    if factor is not None and factor != 1:
+        arr = _scale(arr, factor, target, name, found)
+    if arr.type == target:
+        return arr
+    try:
+        return arr.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return _cast_per_value(arr, target, name, found)
+
+
+def _parse_text(arr: pa.Array, target: pa.DataType, name: str, found: dict[int, str]) -> pa.Array:
+    """Parse a text column (CSV, NDJSON): empty → null, unparsable → null + reason."""
+    arr = pc.utf8_trim_whitespace(arr)
+    arr = pc.if_else(pc.equal(arr, ""), pa.scalar(None, arr.type), arr)
+    if pa.types.is_boolean(target):
+        lower = pc.utf8_lower(arr)
+        ok = pc.or_(pc.is_in(lower, pa.array(sorted(_TRUE | _FALSE))), pc.is_null(lower))
+        _report(arr, ok, name, found, "is not a boolean")
+        known = pc.and_(pc.invert(pc.is_null(lower)), ok)
+        truth = pc.is_in(lower, pa.array(sorted(_TRUE)))
+        return pc.if_else(known, truth, pa.scalar(None, pa.bool_()))
+    parse_as = pa.int64() if pa.types.is_integer(target) else pa.float64()
+    if not (pa.types.is_integer(target) or pa.types.is_floating(target)):
+        parse_as = target
+    try:
+        return arr.cast(parse_as)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return _cast_per_value(arr, parse_as, name, found)
+
+
+def _cast_per_value(
+    arr: pa.Array, target: pa.DataType, name: str, found: dict[int, str]
+) -> pa.Array:
+    """Slow path for a batch holding bad values: convert value by value, report the bad ones."""
+    out: list[Any] = []
+    for row, value in enumerate(arr.to_pylist()):
+        if value is None:
+            out.append(None)
+            continue
+        try:
+            out.append(_convert_value(value, target))
+        except (ValueError, TypeError, OverflowError):
+            out.append(None)
+            found.setdefault(row, f"{name}: invalid value {value!r} for type {target}")
+    return pa.array(out, type=target)
+
+
+def _convert_value(value: Any, target: pa.DataType) -> Any:
+    if pa.types.is_integer(target):
+        if isinstance(value, str):
+            value = value.strip()
+            number = int(value) if re.fullmatch(r"[+-]?\d+", value) else float(value)
+        else:
+            number = value
+        if isinstance(number, float):
+            if not math.isfinite(number) or number != int(number):
+                raise ValueError("not an integer")
+            number = int(number)
+        lo, hi = _INT_RANGES.get(target, (-(2**63), 2**63 - 1))
+        if not lo <= int(number) <= hi:
+            raise OverflowError("out of range")
+        return int(number)
+    if pa.types.is_floating(target):
+        return float(value)
+    if pa.types.is_boolean(target):
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError("not a boolean")
+    return pa.scalar(value).cast(target).as_py()
+
+
+def _scale(
+    arr: pa.Array, factor: float, target: pa.DataType, name: str, found: dict[int, str]
+) -> pa.Array:
+    if pa.types.is_integer(target) and float(factor).is_integer():
+        try:
+            return pc.multiply_checked(arr.cast(pa.int64()), pa.scalar(int(factor), pa.int64()))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return _cast_per_value(
+                pa.array([None if v is None else v * int(factor) for v in arr.to_pylist()]),
+                target,
+                name,
+                found,
+            )
+    return pc.multiply(arr.cast(pa.float64()), pa.scalar(float(factor)))
+
+
+def _report(arr: pa.Array, ok: pa.Array, name: str, found: dict[int, str], what: str) -> None:
+    failed = pc.invert(pc.fill_null(ok, True))
+    if pc.any(failed).as_py():
+        for row in np.flatnonzero(failed.to_numpy(zero_copy_only=False)):
+            found.setdefault(int(row), f"{name}: {arr[int(row)].as_py()!r} {what}")

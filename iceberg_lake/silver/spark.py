@@ -1,0 +1,326 @@
+"""Silver compaction on Spark: the DuckDB compactor's rule, run by Spark for scale-out.
+
+When a day of Bronze outgrows one machine, Spark reads the pinned Bronze snapshot, removes
+duplicate events with the same rule as `iceberg_lake.silver.dedup` and replaces the touched
+Silver partitions in ONE Iceberg `overwrite` snapshot (`iceberg_lake.engine.spark.
+replace_partitions`). For the same Bronze snapshot the Silver rows, and their order within each
+partition, are identical to the DuckDB engine's:
+
+- event identity: all dedup columns equal, NULL = NULL, float dedup columns canonical
+  (`-0.0` → `0.0`, every NaN → NaN) — Spark groups window partitions null-safe and NaN-safe;
+- survivor: smallest `(ts_recv_ns, every other non-dedup column in declaration order)`, NULLs
+  last (`row_number()` over that order);
+- order: partition key, `ts_event_ns`, the other dedup columns in declaration order (NULLs last),
+  one Spark task per Silver partition, written without Iceberg's re-sort.
+
+Differences from the DuckDB engine: no change detection (every partition of the day with Bronze
+rows is recompacted; the DuckDB engine recompacts Spark-written partitions once, since their
+file names carry no state), a Silver partition whose Bronze rows all vanished is left as it is,
+and partitions of one call go into one snapshot (no `partitions_per_commit`).
+
+Example (the session must have the lake's catalog, see `lake engines spark`)::
+
+    compactor = SparkSilverCompactor(spark, load_settings())
+    compactor.compact_date("2025-12-16", "futures.trades")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pyiceberg.expressions import (
+    And,
+    BooleanExpression,
+    EqualTo,
+    GreaterThanOrEqual,
+    LessThan,
+)
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.types import DoubleType, FloatType
+
+from iceberg_lake import properties as P
+from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.config import Settings
+from iceberg_lake.engine.spark import replace_partitions, spark_sql_type
+from iceberg_lake.exceptions import CompactionError
+from iceberg_lake.silver.compactor import _layout, _parse_date, resolve_bronze_table
+from iceberg_lake.silver.dedup import sort_columns
+from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SparkSilverCompactor"]
+
+_BUCKET_NS = {"hour": 3_600 * 10**9, "day": 86_400 * 10**9}
+_BUCKET = "_lake_bucket"
+
+
+def _ident(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+class SparkSilverCompactor:
+    """Compacts Bronze into Silver with Spark (see the module docstring for the rule).
+
+    Args:
+        spark: a session with the lake's catalog configured under `settings.catalog_name`.
+        settings: lake settings, or an open `LakeCatalog` (pins and results come from it).
+    """
+
+    def __init__(self, spark: SparkSession, settings: Settings | LakeCatalog) -> None:
+        self.spark = spark
+        self.lake = settings if isinstance(settings, LakeCatalog) else LakeCatalog(settings)
+        self.catalog_name = self.lake.settings.catalog_name
+
+    def compact_date(
+        self,
+        date: str | date,
+        schema: str,
+        partition_value: str | None = None,
+        snapshot_id: int | None = None,
+        tag: str | None = None,
+    ) -> dict[str, Any]:
+        """Compact one UTC day of one schema through Spark.
+
+        Not incremental: every partition of the day that has Bronze rows is rewritten, as ONE
+        `overwrite` snapshot carrying `lake.operation`, `lake.source-table`,
+        `lake.source-snapshot-id` and `lake.replaced-partitions`. Running it again on the same
+        Bronze snapshot writes identical rows (a new snapshot).
+
+        Args:
+            date: the day, `YYYY-MM-DD`.
+            schema: `futures.trades`, `futures_trades` or `bronze.futures_trades`.
+            partition_value: only this symbol/underlying.
+            snapshot_id: pin this Bronze snapshot instead of the current one.
+            tag: pin the Bronze snapshot of this tag (or branch).
+
+        Returns:
+            status (`success` or `empty`), rows_read, rows_written, duplicates_removed,
+            source_snapshot_id, silver_snapshot_id, partitions, replaced_partitions, table,
+            date, seconds — the keys of the DuckDB engine's result.
+
+        Raises:
+            CompactionError: bad date, unknown snapshot or tag, or a layout Silver cannot take.
+        """
+        try:
+            return self._compact_date(date, schema, partition_value, snapshot_id, tag)
+        except Exception as exc:
+            if type(exc).__module__.startswith(("pyspark", "py4j")):
+                # Spark's own errors (analysis, JVM) as one line, like every lake error.
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CompactionError(f"Spark: {first}") from exc
+            raise
+
+    def _compact_date(
+        self,
+        date: str | date,
+        schema: str,
+        partition_value: str | None,
+        snapshot_id: int | None,
+        tag: str | None,
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        day = _parse_date(date)
+        definition = resolve_bronze_table(self.lake, schema)
+        bronze = self.lake.load_table(definition.identifier)
+        silver = self.lake.load_table(f"{SILVER}.{definition.name}")
+        layout = _layout(bronze, silver)
+        snap = _pin(bronze, snapshot_id, tag)
+        result = _result(definition, snap, day)
+        if snap is None:
+            return result
+        spark_bronze = f"{self.catalog_name}.{definition.identifier}"
+        spark_silver = f"{self.catalog_name}.{SILVER}.{definition.name}"
+        # Spark's catalog caches tables: make it see the commits the lake made meanwhile.
+        self.spark.sql(f"REFRESH TABLE {spark_bronze}")
+        self.spark.sql(f"REFRESH TABLE {spark_silver}")
+
+        lo = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        hi = lo + timedelta(days=1)
+        row_filter: BooleanExpression = And(
+            GreaterThanOrEqual("ts_event", lo.isoformat()), LessThan("ts_event", hi.isoformat())
+        )
+        # Micros, not timestamp literals: independent of Spark's session time zone.
+        lo_us, hi_us = int(lo.timestamp()) * 1_000_000, int(hi.timestamp()) * 1_000_000
+        window = f"ts_event >= timestamp_micros({lo_us}) AND ts_event < timestamp_micros({hi_us})"
+        source = self.spark.read.option("snapshot-id", str(snap.snapshot_id)).table(spark_bronze)
+        source = source.where(window)
+        if partition_value is not None:
+            if layout.key_column is None:
+                raise CompactionError(f"{definition.identifier} has no partition key")
+            source = source.where(_col(layout.key_column) == partition_value)
+            row_filter = And(EqualTo(layout.key_column, partition_value), row_filter)
+
+        # Partitions and row count from Bronze's metadata (no data read): Bronze files are
+        # per partition, so the files the filter plans are exactly the day's.
+        with catalog_errors(f"planning {definition.identifier}"):
+            tasks = list(
+                bronze.scan(snapshot_id=snap.snapshot_id, row_filter=row_filter).plan_files()
+            )
+        labels: list[list[Any]] = []
+        for task in tasks:
+            label = layout.label(task.file.partition)
+            if label not in labels:
+                labels.append(label)
+        if any(t.delete_files for t in tasks):
+            rows_read = source.count()
+        else:
+            rows_read = sum(t.file.record_count for t in tasks)
+        if rows_read == 0:
+            return result
+
+        deduped = self._dedup(source, silver, definition, layout.key_column, layout.time_unit)
+        props = {
+            P.LAKE_OPERATION: P.SILVER_COMPACTION,
+            P.SOURCE_TABLE: definition.identifier,
+            P.SOURCE_SNAPSHOT_ID: str(snap.snapshot_id),
+            P.REPLACED_PARTITIONS: json.dumps(sorted(labels, key=str), default=str),
+        }
+        before = _current_id(silver)
+        replace_partitions(deduped.drop(_BUCKET), spark_silver, props)
+        silver = self.lake.load_table(f"{SILVER}.{definition.name}")
+        new = silver.current_snapshot()
+        if new is None or new.snapshot_id == before:
+            raise CompactionError(f"{spark_silver}: Spark wrote no snapshot")
+        summary = new.summary.additional_properties if new.summary else {}
+        written = int(summary.get("added-records", 0))
+        result.update(
+            status="success",
+            rows_read=rows_read,
+            rows_written=written,
+            duplicates_removed=rows_read - written,
+            silver_snapshot_id=new.snapshot_id,
+            partitions=len(labels),
+            replaced_partitions=sorted(labels, key=str),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        log.info("%s: Spark replaced %d partitions", spark_silver, len(labels))
+        return result
+
+    def compact_all_schemas(
+        self, date: str | date, partition_value: str | None = None, tag: str | None = None
+    ) -> list[dict[str, Any]]:
+        """`compact_date` for every Bronze table that has a Silver table in the catalog.
+
+        Returns:
+            One result per table (status `missing` when a table is not in the catalog).
+        """
+        existing = set(self.lake.existing_tables())
+        results = []
+        for d in self.lake.registry.in_namespace(BRONZE):
+            silver_name = f"{SILVER}.{d.name}"
+            if not d.subject or not d.dedup_columns or silver_name not in self.lake.registry:
+                continue
+            if {d.identifier, silver_name} <= existing:
+                results.append(self.compact_date(date, d.identifier, partition_value, tag=tag))
+            else:
+                results.append({**_result(d, None, _parse_date(date)), "status": "missing"})
+        return results
+
+    def _dedup(
+        self,
+        source: DataFrame,
+        silver: Table,
+        definition: TableDefinition,
+        key: str | None,
+        unit: str,
+    ) -> DataFrame:
+        """Survivors in Silver's columns, plus `_lake_bucket`, clustered and ordered for writing."""
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F  # noqa: N812 - pyspark's idiom
+
+        schema = silver.schema()
+        names = [f.name for f in schema.fields]
+        dedup = [c for c in names if c in definition.dedup_columns]
+        if len(dedup) != len(definition.dedup_columns):
+            raise CompactionError(f"dedup columns of {definition.identifier} not all in Silver")
+        available = set(source.columns)
+        select = []
+        for f in schema.fields:
+            col = _ident(f.name)
+            if f.name not in available:
+                expr = f"CAST(NULL AS {spark_sql_type(f.field_type)})"
+            elif f.name in dedup and isinstance(f.field_type, (FloatType, DoubleType)):
+                kind = spark_sql_type(f.field_type)
+                expr = (
+                    f"CASE WHEN isnan({col}) THEN CAST('NaN' AS {kind}) "
+                    f"WHEN {col} = 0 THEN CAST(0 AS {kind}) ELSE {col} END"
+                )
+            else:
+                expr = col
+            select.append(f"{expr} AS {col}")
+        canon = source.selectExpr(*select)
+
+        order = sort_columns(names, dedup)  # ts_event_ns, dedup…, ts_recv_ns, rest…
+        survivor_order = [c for c in order if c not in dedup]
+        # One shuffle: rows go to tasks by Silver partition (key, time bucket); the window's
+        # groups add the bucket (a function of ts_event_ns, so the groups are unchanged) and
+        # the key, so that partitioning already satisfies the window's clustering.
+        canon = canon.withColumn(_BUCKET, F.expr(f"ts_event_ns div {_BUCKET_NS[unit]}"))
+        keys = ([key] if key else []) + [_BUCKET]
+        clustered = canon.repartition(*[_col(k) for k in keys])
+        groups = [*keys, *[c for c in dedup if c not in keys]]
+        rank = F.row_number().over(
+            Window.partitionBy(*[_col(c) for c in groups]).orderBy(
+                *[_col(c).asc_nulls_last() for c in survivor_order]
+            )
+        )
+        survivors = clustered.withColumn("_lake_rank", rank).where("_lake_rank = 1")
+        out_order = [c for c in order if c in dedup]
+        return survivors.drop("_lake_rank").sortWithinPartitions(
+            *[_col(k).asc_nulls_last() for k in keys],
+            *[_col(c).asc_nulls_last() for c in out_order],
+        )
+
+
+def _col(name: str) -> Column:
+    from pyspark.sql import functions as F  # noqa: N812
+
+    return F.col(_ident(name))
+
+
+def _pin(bronze: Table, snapshot_id: int | None, tag: str | None) -> Snapshot | None:
+    if snapshot_id is not None and tag is not None:
+        raise CompactionError("give a snapshot id or a tag, not both")
+    if snapshot_id is not None:
+        snap = bronze.snapshot_by_id(int(snapshot_id))
+        if snap is None:
+            raise CompactionError(f"{'.'.join(bronze.name())} has no snapshot {snapshot_id}")
+        return snap
+    if tag is not None:
+        snap = bronze.snapshot_by_name(tag)
+        if snap is None:
+            raise CompactionError(f"{'.'.join(bronze.name())} has no tag or branch '{tag}'")
+        return snap
+    return bronze.current_snapshot()
+
+
+def _current_id(table: Table) -> int | None:
+    snap = table.current_snapshot()
+    return snap.snapshot_id if snap else None
+
+
+def _result(definition: TableDefinition, snap: Snapshot | None, day: date) -> dict[str, Any]:
+    return {
+        "status": "empty",
+        "table": f"{SILVER}.{definition.name}",
+        "date": day.isoformat(),
+        "rows_read": 0,
+        "rows_written": 0,
+        "duplicates_removed": 0,
+        "source_snapshot_id": snap.snapshot_id if snap else None,
+        "silver_snapshot_id": None,
+        "partitions": 0,
+        "partitions_unchanged": 0,
+        "replaced_partitions": [],
+        "seconds": 0.0,
+        "engine": "spark",
+    }

@@ -1,0 +1,287 @@
+"""Benchmark: `lake load` from Parquet beside a plain pyarrow read + pyiceberg append, same run.
+
+Writes a Parquet file of N stock trades (8 symbols over 6.5 hours, columns named like the table,
+so the identity mapping applies) and measures, each in its own fresh lake and its own process
+(wall time of the process, the time of the work without interpreter start-up and imports, the
+CPU seconds of the whole process (steadier than wall time on a shared machine), peak RSS):
+
+* baseline: `pyarrow.parquet.read_table` + the derived columns + ONE `Table.append` (pyiceberg
+  splits partitions itself), no validation, no dead letters, no ledger;
+* `lake load FILE --table bronze.stocks_trades` at the user defaults (commit every 500,000 rows,
+  writers' validation, exactly-once ledger, progress off).
+
+With `--dbn-mbp10 N` and `--csv N` it also loads a DBN MBP-10 file (databento-dbn's encoder) and
+a Polygon trades CSV.gz of N rows (no baseline: there is no plain pyiceberg path for them).
+With `--sweep` it loads the Parquet file at several `--commit-rows` values (how the default was
+chosen). Each load runs once (the machine is shared: see the load average printed).
+
+Usage::
+
+    python scripts/bench_load.py [--rows 1000000] [--dbn-mbp10 N] [--csv N] [--sweep] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parent.parent
+SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "META", "GOOGL", "TSLA", "SPY")
+T0 = 1_765_895_400 * 10**9  # 2025-12-16 14:30 UTC
+SPAN_NS = int(6.5 * 3600 * 10**9)
+
+BASELINE = r"""
+import sys, time, json
+import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.config import load_settings
+t0 = time.perf_counter()
+lake = LakeCatalog(load_settings())
+table = lake.load_table("bronze.stocks_trades")
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+schema = schema_to_pyarrow(table.schema(), include_field_ids=False)
+data = pq.read_table(sys.argv[1])
+n = data.num_rows
+data = data.append_column("source", pa.array(["bench"] * n, pa.string()))
+data = data.append_column("ts_recv_ns", data.column("ts_event_ns"))
+data = data.append_column(
+    "ts_event", pc.divide(data.column("ts_event_ns"), 1000).cast(pa.timestamp("us", tz="UTC"))
+)
+data = data.select([f.name for f in schema if f.name in data.column_names])
+cols = [data.column(f.name) if f.name in data.column_names else pa.nulls(n, f.type) for f in schema]
+data = pa.Table.from_arrays(cols, schema=pa.schema([f.with_nullable(True) for f in schema]))
+table.append(data.cast(schema))
+print(json.dumps({"results": [{"rows_stored": n, "seconds": time.perf_counter() - t0}]}))
+"""
+
+
+def _trades(rows: int, seed: int = 11) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    ts = np.sort(T0 + rng.integers(0, SPAN_NS, rows))
+    return pa.table(
+        {
+            "ts_event_ns": pa.array(ts, pa.int64()),
+            "symbol": pa.array(np.array(SYMBOLS)[rng.integers(0, len(SYMBOLS), rows)]),
+            "price": pa.array(np.round(100 + rng.random(rows) * 400, 2)),
+            "size": pa.array(rng.integers(1, 1000, rows).astype(np.int32)),
+            "exchange": pa.array(rng.integers(1, 20, rows).astype(np.int16)),
+            "seq": pa.array(np.arange(rows, dtype=np.int64)),
+        }
+    )
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
+    env["LAKE_DATA_DIR"] = str(data_dir)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _init(data_dir: Path) -> None:
+    from iceberg_lake.catalog import LakeCatalog
+    from iceberg_lake.config import load_settings
+
+    lake = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(data_dir)}))
+    lake.ensure_warehouse()
+    lake.ensure_namespaces()
+    for d in lake.registry.in_namespace("bronze"):
+        lake.create_table(d)
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run `cmd`; wall seconds, peak RSS (MB) of that process, stdout."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - t0
+    # ru_maxrss of the children so far: each run is the only child alive, and runs only grow
+    # the maximum, so measure each run in a fresh helper (see _measure).
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[:4]} failed: {err.decode()[-2000:]}")
+    return {"seconds": seconds, "stdout": out.decode()}
+
+
+def _measure(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run `cmd` under a helper whose only child it is: the helper's RUSAGE_CHILDREN peak RSS is
+    exactly the command's; `inner_s` is the time the command reports for the work itself."""
+    helper = (
+        "import json, resource, subprocess, sys, time\n"
+        "t0 = time.perf_counter()\n"
+        "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)\n"
+        "out, err = p.communicate()\n"
+        "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "rss, cpu = ru.ru_maxrss / 1024, ru.ru_utime + ru.ru_stime\n"
+        "print(json.dumps({'seconds': time.perf_counter() - t0, 'rss_mb': rss, 'cpu_s': cpu,"
+        " 'status': p.returncode, 'err': err.decode()[-1500:], 'out': out.decode()}))\n"
+    )
+    res = _run([sys.executable, "-c", helper, *cmd], env)
+    info = json.loads(res["stdout"])
+    if info["status"] != 0:
+        raise SystemExit(f"{cmd[:5]} failed: {info['err']}")
+    results = json.loads(info["out"])["results"]
+    info["inner_s"] = max(r["seconds"] for r in results)
+    info["stored"] = sum(r["rows_stored"] for r in results)
+    return info
+
+
+def _lake_load(args: list[str], data_dir: Path) -> dict[str, Any]:
+    _init(data_dir)
+    cmd = [sys.executable, "-c", "from iceberg_lake.cli import main; main()", "load", *args]
+    return _measure([*cmd, "-o", "json"], _env(data_dir))
+
+
+def measure(rows: int, dbn_mbp10: int = 0, csv: int = 0, sweep: bool = False) -> dict[str, Any]:
+    """Run the measurements; a JSON-friendly report."""
+    opts = argparse.Namespace(rows=rows, dbn_mbp10=dbn_mbp10, csv=csv, sweep=sweep)
+    report: dict[str, Any] = {"rows": opts.rows, "load_average": os.getloadavg()[0]}
+    with tempfile.TemporaryDirectory(prefix="bench_load_") as tmp:
+        root = Path(tmp)
+        path = root / "trades.parquet"
+        pq.write_table(_trades(opts.rows), path, row_group_size=128_000, compression="zstd")
+        report["file_mb"] = round(path.stat().st_size / 1e6, 1)
+
+        _init(root / "base")
+        base = _measure([sys.executable, "-c", BASELINE, str(path)], _env(root / "base"))
+        load = _lake_load([str(path), "--table", "bronze.stocks_trades"], root / "load")
+        for name, r in (("baseline", base), ("lake_load", load)):
+            report[name] = {
+                "process_s": round(r["seconds"], 2),
+                "work_s": round(r["inner_s"], 2),
+                "rows_per_s": round(opts.rows / r["inner_s"]),
+                "cpu_s": round(r["cpu_s"], 2),
+                "peak_rss_mb": round(r["rss_mb"]),
+            }
+        report["lake_load_vs_baseline"] = round(base["inner_s"] / load["inner_s"], 2)
+
+        if opts.sweep:
+            report["commit_rows_sweep"] = {}
+            for n in (100_000, 250_000, 500_000, 1_000_000):
+                r = _lake_load(
+                    [str(path), "--table", "bronze.stocks_trades", "--commit-rows", str(n)],
+                    root / f"sweep{n}",
+                )
+                report["commit_rows_sweep"][n] = {
+                    "rows_per_s": round(opts.rows / r["inner_s"]),
+                    "peak_rss_mb": round(r["rss_mb"]),
+                }
+
+        sys.path.insert(0, str(REPO))
+        if opts.dbn_mbp10:
+            from tests.load_data import write_dbn
+
+            dbn_path = write_dbn(
+                root / "mbp10.dbn.zst", "mbp-10", opts.dbn_mbp10, {1: "ESH6", 2: "ESM6"}
+            )
+            r = _lake_load([str(dbn_path)], root / "dbn")
+            again = _measure_again([str(dbn_path)], root / "dbn")
+            report["dbn_mbp10"] = {
+                "rows": opts.dbn_mbp10,
+                "stored": r["stored"],
+                "stored_again": again["stored"],
+                "seconds": round(r["inner_s"], 2),
+                "rows_per_s": round(opts.dbn_mbp10 / r["inner_s"]),
+                "peak_rss_mb": round(r["rss_mb"]),
+            }
+        if opts.csv:
+            from tests.load_data import polygon_trades, write_csv_gz
+
+            csv_path = write_csv_gz(root / "trades.csv.gz", polygon_trades(opts.csv))
+            r = _lake_load([str(csv_path)], root / "csv")
+            again = _measure_again([str(csv_path)], root / "csv")
+            report["polygon_csv_gz"] = {
+                "rows": opts.csv,
+                "stored": r["stored"],
+                "stored_again": again["stored"],
+                "seconds": round(r["inner_s"], 2),
+                "rows_per_s": round(opts.csv / r["inner_s"]),
+                "peak_rss_mb": round(r["rss_mb"]),
+            }
+
+    return report
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Rows for `scripts/bench.py`: lake load rows/s and peak RSS beside the plain append."""
+    rows = 200_000 if quick else 1_000_000
+    r = measure(rows)
+    base, load = r["baseline"], r["lake_load"]
+    name = f"lake load parquet {rows:,} rows"
+    baseline = "pyarrow read + one pyiceberg append"
+    return [
+        {
+            "benchmark": name,
+            "metric": "throughput",
+            "value": load["rows_per_s"],
+            "unit": "rows/s",
+            "baseline": baseline,
+            "baseline_value": base["rows_per_s"],
+        },
+        {
+            "benchmark": name,
+            "metric": "peak RSS",
+            "value": load["peak_rss_mb"],
+            "unit": "MB",
+            "baseline": baseline,
+            "baseline_value": base["peak_rss_mb"],
+        },
+    ]
+
+
+def _measure_again(args: list[str], data_dir: Path) -> dict[str, Any]:
+    """Load the same file into the same lake again (exactly once: stores nothing)."""
+    cmd = [sys.executable, "-c", "from iceberg_lake.cli import main; main()", "load", *args]
+    return _measure([*cmd, "-o", "json"], _env(data_dir))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dbn-mbp10", type=int, default=0, help="also load an MBP-10 DBN file")
+    parser.add_argument("--csv", type=int, default=0, help="also load a Polygon CSV.gz")
+    parser.add_argument("--sweep", action="store_true", help="also try several --commit-rows")
+    parser.add_argument("--json", action="store_true")
+    opts = parser.parse_args()
+    report = measure(opts.rows, opts.dbn_mbp10, opts.csv, opts.sweep)
+    if opts.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(
+        f"rows {opts.rows:,} ({report['file_mb']} MB Parquet), "
+        f"load average {report['load_average']:.1f}"
+    )
+    for name in ("baseline", "lake_load"):
+        r = report[name]
+        print(
+            f"  {name:<10} {r['work_s']:>7.2f} s ({r['process_s']:.2f} s with start-up)  "
+            f"{r['rows_per_s']:>10,} rows/s  CPU {r['cpu_s']:.1f} s  "
+            f"peak RSS {r['peak_rss_mb']:>5} MB"
+        )
+    print(f"  lake load / baseline throughput: {report['lake_load_vs_baseline']:.2f}")
+    for key in ("dbn_mbp10", "polygon_csv_gz"):
+        if key in report:
+            r = report[key]
+            print(
+                f"  {key:<14} {r['rows']:,} rows {r['seconds']:.2f} s  "
+                f"{r['rows_per_s']:,} rows/s  peak RSS {r['peak_rss_mb']} MB, "
+                f"stored {r['stored']:,}, loaded again: {r['stored_again']:,} stored"
+            )
+    for n, r in report.get("commit_rows_sweep", {}).items():
+        print(
+            f"  --commit-rows {n:>9,}: {r['rows_per_s']:>10,} rows/s, "
+            f"peak RSS {r['peak_rss_mb']} MB"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""`lake engines spark|trino`: the engine settings printed for the current lake settings.
+
+The same `spark_catalog_conf` starts the real Spark session of tests/test_spark.py, so what is
+printed here is what was tested there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from iceberg_lake.cli.app import app
+from iceberg_lake.config import load_settings
+from iceberg_lake.engine.spark import jdbc_catalog, spark_catalog_conf
+
+PG_ENV = {
+    "LAKE_CATALOG_URI": "postgresql://lake:pa%40ss@db.internal:6432/lakedb",
+    "LAKE_CATALOG_NAME": "prod",
+    "LAKE_WAREHOUSE": "s3://lake/warehouse",
+    "LAKE_S3_ENDPOINT": "http://minio.internal:9000",
+    "LAKE_S3_ACCESS_KEY": "AKID",
+    "LAKE_S3_SECRET_KEY": "topsecret",
+}
+
+
+def _run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, args, env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_spark_defaults_for_the_embedded_lake(tmp_path: Path) -> None:
+    code, out, _ = _run(["engines", "spark"], {"LAKE_DATA_DIR": str(tmp_path / "d")})
+    assert code == 0
+    lines = dict(line.split(None, 1) for line in out.splitlines())
+    assert lines["spark.sql.catalog.lake"] == "org.apache.iceberg.spark.SparkCatalog"
+    assert lines["spark.sql.catalog.lake.type"] == "jdbc"
+    assert lines["spark.sql.catalog.lake.uri"] == f"jdbc:sqlite:{tmp_path / 'd' / 'catalog.db'}"
+    assert lines["spark.sql.catalog.lake.warehouse"] == f"file://{tmp_path / 'd' / 'warehouse'}"
+    assert lines["spark.sql.catalog.lake.jdbc.init-catalog-tables"] == "false"
+    assert "org.xerial:sqlite-jdbc" in lines["spark.jars.packages"]
+
+
+def test_postgres_and_s3_secrets_are_redacted_unless_asked() -> None:
+    code, out, _ = _run(["engines", "spark", "--format", "spark-sql"], PG_ENV)
+    assert code == 0 and out.startswith("spark-sql \\\n")
+    assert "topsecret" not in out and "pa@ss" not in out
+    assert "--conf 'spark.sql.catalog.prod.jdbc.password=***'" in out
+    assert "spark.sql.catalog.prod.uri=jdbc:postgresql://db.internal:6432/lakedb" in out
+    assert "spark.sql.catalog.prod.io-impl=org.apache.iceberg.aws.s3.S3FileIO" in out
+    assert "iceberg-aws-bundle" in out and "org.postgresql:postgresql" in out
+    code, out, _ = _run(["engines", "spark", "-f", "json", "--show-secrets"], PG_ENV)
+    conf = json.loads(out)["conf"]
+    assert conf["spark.sql.catalog.prod.jdbc.password"] == "pa@ss"
+    assert conf["spark.sql.catalog.prod.jdbc.user"] == "lake"
+    assert conf["spark.sql.catalog.prod.s3.secret-access-key"] == "topsecret"
+    assert conf["spark.sql.catalog.prod.s3.path-style-access"] == "true"
+
+
+def test_trino_properties() -> None:
+    code, out, _ = _run(["engines", "trino"], PG_ENV)
+    props = dict(line.split("=", 1) for line in out.splitlines() if not line.startswith("#"))
+    assert code == 0
+    assert props["connector.name"] == "iceberg"
+    assert props["iceberg.catalog.type"] == "jdbc"
+    assert props["iceberg.jdbc-catalog.catalog-name"] == "prod"
+    assert (
+        props["iceberg.jdbc-catalog.connection-url"] == "jdbc:postgresql://db.internal:6432/lakedb"
+    )
+    assert props["iceberg.jdbc-catalog.connection-password"] == "***"
+    assert props["s3.aws-secret-key"] == "***"
+    code, out, _ = _run(["engines", "trino", "--show-secrets"], PG_ENV)
+    assert "s3.aws-secret-key=topsecret" in out.splitlines()
+
+
+def test_a_unix_socket_catalog_is_one_clear_error() -> None:
+    env = {"LAKE_CATALOG_URI": "postgresql://postgres@/postgres?host=/run/pg&port=5432"}
+    code, out, err = _run(["engines", "spark"], env)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "Unix socket" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("uri", "url"),
+    [
+        ("postgresql://u@h/db?sslmode=require", "jdbc:postgresql://h:5432/db?sslmode=require"),
+        ("postgres://u:p@h:1/db", "jdbc:postgresql://h:1/db"),
+    ],
+)
+def test_jdbc_urls(uri: str, url: str) -> None:
+    settings = load_settings({"LAKE_CATALOG_URI": uri})
+    assert jdbc_catalog(settings).url == url
+    assert spark_catalog_conf(settings)["spark.sql.catalog.lake.uri"] == url
+
+
+def test_compact_engine_spark_needs_a_date(tmp_path: Path) -> None:
+    env = {"LAKE_DATA_DIR": str(tmp_path / "d")}
+    result = CliRunner().invoke(app, ["compact", "--engine", "spark", "--incremental"], env=env)
+    assert result.exit_code == 2 and "--engine spark compacts one --date" in result.stderr

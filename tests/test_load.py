@@ -1,0 +1,315 @@
+"""`lake load`: vendor files into Bronze, counted back through DuckDB (budget: ~40 s).
+
+Files are made here: DBN with databento-dbn's own encoder, Polygon CSV.gz and Parquet with
+pyarrow. Each load is checked row for row where it matters (prices from fixed point, symbols from
+the file's symbology), loaded twice (nothing added), and bad rows are found in
+`bronze.dead_letters` with their reason while their neighbours are stored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.cli.app import app
+from iceberg_lake.config import load_settings
+from iceberg_lake.exceptions import LakeError
+from iceberg_lake.load import LoadOptions, declared_mappings, load_file
+from iceberg_lake.load.commit import ledger_key, parse_ledger
+from iceberg_lake.tables import registry
+from tests.load_data import (
+    HOUR_NS,
+    T14,
+    TRADES_MAPPING,
+    polygon_quotes,
+    polygon_trades,
+    trades_table,
+    write_csv_gz,
+    write_dbn,
+    write_parquet,
+)
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def make_lake(data_dir: Path) -> LakeCatalog:
+    """A lake with the namespaces, the Bronze market tables, the quarantine and one Silver table."""
+    lake = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(data_dir)}))
+    lake.ensure_warehouse()
+    lake.ensure_namespaces()
+    for d in lake.registry.in_namespace("bronze"):
+        lake.create_table(d)
+    lake.create_table(lake.definition("silver.futures_trades"))
+    return lake
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> LakeCatalog:
+    return make_lake(tmp_path / "data")
+
+
+def rows(duck: duckdb.DuckDBPyConnection, lake: LakeCatalog, table: str, sql: str) -> list:
+    """Run `sql` with `t` bound to the table's current snapshot (DuckDB iceberg_scan)."""
+    t = lake.load_table(table)
+    if t.current_snapshot() is None:
+        return []
+    scan = f"iceberg_scan('{t.metadata_location}')"
+    return duck.sql(sql.replace("FROM t", f"FROM {scan} t")).fetchall()
+
+
+def snapshot_count(lake: LakeCatalog, table: str) -> int:
+    return len(lake.load_table(table).metadata.snapshots)
+
+
+# ---- DBN -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("schema", "table", "name"),
+    [
+        ("trades", "bronze.futures_trades", "trades.dbn.zst"),
+        ("mbp-1", "bronze.stocks_quotes", "mbp1.dbn"),
+        ("mbp-10", "bronze.futures_mbp10", "mbp10.dbn.zst"),
+    ],
+)
+def test_dbn_files_load_once_with_symbols_and_prices(
+    lake: LakeCatalog, duck, tmp_path: Path, schema: str, table: str, name: str
+) -> None:
+    n = 3000
+    unknown = {5, 1700}
+    path = write_dbn(tmp_path / name, schema, n, {1: "ESH6", 2: "ESM6"}, unknown=unknown)
+
+    result = load_file(lake, path, LoadOptions(commit_rows=1000))
+
+    assert result.table == table
+    assert (result.status, result.rows_read) == ("loaded", n)
+    assert (result.rows_stored, result.dead_lettered) == (n - 2, 2)
+    assert len(result.snapshots) == 3  # 1,000 rows per commit
+    got = rows(duck, lake, table, "SELECT count(*), count(DISTINCT seq), min(source) FROM t")
+    assert got == [(n - 2, n - 2, "databento")]
+    by_symbol = dict(rows(duck, lake, table, "SELECT symbol, count(*) FROM t GROUP BY 1"))
+    assert by_symbol == {"ESH6": n // 2 - 1, "ESM6": n // 2 - 1}
+    # Row 7: instrument 2, price 100.07 from fixed point 1e-9, event time as encoded.
+    price_col = {"trades": "price", "mbp-1": "bid_px", "mbp-10": "ask_px_10"}[schema]
+    expect = {"trades": 100.07, "mbp-1": 100.06, "mbp-10": 100.07 + 2.5}[schema]
+    got7 = rows(duck, lake, table, f"SELECT symbol, {price_col}, ts_event_ns FROM t WHERE seq = 7")
+    assert got7[0][0] == "ESM6"
+    assert got7[0][1] == pytest.approx(expect)
+    assert got7[0][2] == T14 + (7 * 2 * HOUR_NS) // n
+    dead = rows(
+        duck,
+        lake,
+        "bronze.dead_letters",
+        "SELECT stream_seq, reason, raw FROM t ORDER BY stream_seq",
+    )
+    assert [d[0] for d in dead] == sorted(unknown)
+    assert "unknown instrument_id 999" in dead[0][1]
+    assert json.loads(dead[0][2])["sequence"] == 5
+
+    again = load_file(lake, path, LoadOptions(commit_rows=1000))
+    assert (again.status, again.rows_stored, again.rows_skipped) == ("already-loaded", 0, n)
+    assert len(rows(duck, lake, "bronze.dead_letters", "SELECT 1 FROM t")) == 2
+    assert rows(duck, lake, table, "SELECT count(*) FROM t") == [(n - 2,)]
+
+
+def test_dbn_trades_default_to_stocks_outside_globex(
+    lake: LakeCatalog, duck, tmp_path: Path
+) -> None:
+    path = write_dbn(
+        tmp_path / "x.dbn",
+        "trades",
+        50,
+        {7: "AAPL"},
+        bad_price={3},
+        dataset="XNAS.ITCH",
+        ts_out=True,  # records carry 8 more bytes
+    )
+    result = load_file(lake, path)
+    assert result.table == "bronze.stocks_trades"
+    assert (result.rows_stored, result.dead_lettered) == (49, 1)
+    got = rows(duck, lake, result.table, "SELECT max(seq), max(price), min(symbol) FROM t")
+    assert got == [(49, 100.49, "AAPL")]
+
+
+# ---- Polygon flat files ------------------------------------------------------------------------
+
+
+def test_polygon_csv_gz_trades_dead_letters_bad_rows_and_keeps_neighbours(
+    lake: LakeCatalog, duck, tmp_path: Path
+) -> None:
+    n = 5000
+    cols = polygon_trades(n)
+    cols["price"][10] = "abc"  # bad price (not a number)
+    cols["price"][11] = "-1.5"  # bad price (<= 0)
+    cols["size"][12] = ""  # missing field
+    cols["ticker"][13] = ""  # unknown instrument (no symbol)
+    cols["sip_timestamp"][14] = "1734357600000"  # milliseconds, not nanoseconds
+    path = write_csv_gz(tmp_path / "2025-12-16.csv.gz", cols)
+
+    result = load_file(lake, path)
+
+    assert result.table == "bronze.stocks_trades"  # detected from the columns
+    assert (result.rows_stored, result.dead_lettered) == (n - 5, 5)
+    got = rows(duck, lake, "bronze.stocks_trades", "SELECT count(*), min(source) FROM t")
+    assert got == [(n - 5, "polygon")]
+    neighbours = rows(
+        duck,
+        lake,
+        "bronze.stocks_trades",
+        "SELECT seq, price, size, conditions FROM t WHERE seq IN (9, 16) ORDER BY seq",
+    )
+    assert neighbours == [(9, 150.09, 10, "12,37"), (16, 150.16, 17, None)]
+    dead = dict(
+        rows(duck, lake, "bronze.dead_letters", "SELECT stream_seq, reason FROM t ORDER BY 1")
+    )
+    assert sorted(dead) == [10, 11, 12, 13, 14]
+    assert "price" in dead[10] and "'abc'" in dead[10]
+    assert dead[11].startswith("price must be a finite number > 0")
+    assert dead[12] == "missing required field 'size'"
+    assert dead[13].startswith("missing required field 'symbol'") or "symbol" in dead[13]
+    assert "plausible Unix time" in dead[14]
+    raw = rows(duck, lake, "bronze.dead_letters", "SELECT raw FROM t WHERE stream_seq = 10")
+    assert json.loads(raw[0][0])["price"] == "abc"
+
+    assert load_file(lake, path).status == "already-loaded"
+    assert rows(duck, lake, "bronze.stocks_trades", "SELECT count(*) FROM t") == [(n - 5,)]
+
+
+def test_polygon_quotes_csv_gz(lake: LakeCatalog, duck, tmp_path: Path) -> None:
+    path = write_csv_gz(tmp_path / "q.csv.gz", polygon_quotes(2000))
+    result = load_file(lake, path, LoadOptions(source="polygon-flat"))
+    assert (result.table, result.rows_stored, result.dead_lettered) == (
+        "bronze.stocks_quotes",
+        2000,
+        0,
+    )
+    got = rows(
+        duck,
+        lake,
+        "bronze.stocks_quotes",
+        "SELECT count(*), min(source), min(bid_px), max(ask_px), min(ask_exch) FROM t",
+    )
+    assert got == [(2000, "polygon-flat", 150.0, 150.11, 11)]
+
+
+# ---- Parquet / NDJSON with a user mapping, CLI -------------------------------------------------
+
+
+def test_cli_parquet_with_mapping_and_compact(lake: LakeCatalog, duck, tmp_path: Path) -> None:
+    mapping = tmp_path / "vendor.toml"
+    mapping.write_text(TRADES_MAPPING)
+    (tmp_path / "files").mkdir()
+    a = write_parquet(tmp_path / "files" / "a.parquet", trades_table(3000))
+    b = write_parquet(
+        tmp_path / "files" / "b.parquet",
+        trades_table(2000, symbols=("ESU6",), start=T14 + 3 * HOUR_NS),
+    )
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
+    args = ["load", str(a), str(b), "--mapping", str(mapping), "--compact"]
+
+    out = runner.invoke(app, [*args, "-o", "json"], env=env)
+
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert [r["rows_stored"] for r in report["results"]] == [3000, 2000]
+    assert {c["status"] for c in report["compactions"]} == {"success"}
+    got = rows(duck, lake, "bronze.futures_trades", "SELECT count(*), min(source) FROM t")
+    assert got == [(5000, "vendor")]
+    assert rows(duck, lake, "silver.futures_trades", "SELECT count(*) FROM t") == [(5000,)]
+
+    again = runner.invoke(
+        app, ["load", str(tmp_path / "files"), "--mapping", str(mapping)], env=env
+    )
+    assert again.exit_code == 0, again.output
+    assert "0 rows stored" in again.output
+    folder = runner.invoke(
+        app, ["load", str(tmp_path / "files"), "--mapping", str(mapping), "-o", "json"], env=env
+    )
+    assert [r["status"] for r in json.loads(folder.output)["results"]] == ["already-loaded"] * 2
+    assert rows(duck, lake, "bronze.futures_trades", "SELECT count(*) FROM t") == [(5000,)]
+
+
+def test_ndjson_identity_mapping_with_malformed_lines(
+    lake: LakeCatalog, duck, tmp_path: Path
+) -> None:
+    lines = []
+    for i in range(300):
+        ts = T14 + i * 10**6
+        lines.append(
+            json.dumps(
+                {"ts_event_ns": ts, "symbol": "SPY", "price": 600 + i / 100, "size": 5, "seq": i}
+            )
+        )
+    lines[20] = '{"ts_event_ns": 1, "symbol": '  # not JSON
+    lines[21] = lines[21].replace('"size": 5', '"size": "lots"')  # type changes mid-file
+    path = tmp_path / "spy.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+
+    result = load_file(lake, path, LoadOptions(table="bronze.stocks_trades", source="ws-archive"))
+
+    assert (result.rows_stored, result.dead_lettered) == (298, 2)
+    dead = dict(rows(duck, lake, "bronze.dead_letters", "SELECT stream_seq, reason FROM t"))
+    assert dead[20].startswith("malformed JSON line")
+    assert "size" in dead[21]
+    got = rows(duck, lake, "bronze.stocks_trades", "SELECT count(*), min(ts_recv_ns) FROM t")
+    assert got == [(298, T14)]  # ts_recv_ns defaults to ts_event_ns
+
+
+def test_cli_errors_are_one_line(lake: LakeCatalog, tmp_path: Path) -> None:
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
+    odd = write_parquet(tmp_path / "odd.parquet", pa.table({"x": [1, 2]}))
+    out = runner.invoke(app, ["load", str(odd)], env=env)
+    assert out.exit_code == 1
+    assert "cannot tell which table odd.parquet belongs to" in out.output
+    assert "Traceback" not in out.output
+    out = runner.invoke(app, ["load", str(odd), "--table", "gold.levels_signals"], env=env)
+    assert out.exit_code == 1
+    assert "not gold.levels_signals" in out.output
+
+
+# ---- declared mappings -------------------------------------------------------------------------
+
+
+def test_declared_mappings_target_declared_columns_and_are_not_tables() -> None:
+    mappings = {m.name: m for m in declared_mappings()}
+    assert {"polygon_trades", "polygon_quotes", "databento_futures_mbp10"} <= set(mappings)
+    reg = registry()
+    for m in mappings.values():
+        definition = reg.get(m.table)
+        for target in [*m.columns, *m.scale]:
+            assert target in definition.column_names, (m.name, target)
+    # catalog/mappings/*.toml are not table definitions.
+    assert not any(d.source_file.startswith("polygon") for d in reg)
+    assert "bronze.dead_letters" in reg.identifiers
+
+
+def test_ledger_records_rows_in_the_append_transaction(lake: LakeCatalog, tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "t.parquet", trades_table(2500), row_group_size=500)
+    mapping = tmp_path / "m.toml"
+    mapping.write_text(TRADES_MAPPING)
+    seen: list[tuple[int, float]] = []
+    result = load_file(
+        lake,
+        path,
+        LoadOptions(mapping=str(mapping), commit_rows=1000),
+        progress=lambda _name, rows, fraction, _s: seen.append((rows, fraction)),
+    )
+    assert seen[0] == (0, 0.0) and seen[-1] == (2500, 1.0)
+    assert [r for r, _ in seen] == sorted(r for r, _ in seen)
+    table = lake.load_table("bronze.futures_trades")
+    assert parse_ledger(table.properties[ledger_key(result.sha256)]) == (2500, True)
+    summaries = [
+        table.snapshot_by_id(s).summary.additional_properties  # type: ignore[union-attr]
+        for s in result.snapshots
+    ]
+    assert [s["lake.load-end-row"] for s in summaries] == ["1000", "2000", "2500"]
+    assert {s["lake.load-sha256"] for s in summaries} == {result.sha256}
+    with pytest.raises(LakeError, match="no such file"):
+        load_file(lake, tmp_path / "missing.parquet")

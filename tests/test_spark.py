@@ -1,0 +1,397 @@
+"""Spark as an engine: real Spark 3.5 + Iceberg 1.10 on the SQLite and PostgreSQL catalogs.
+
+One `local[2]` session (the `spark` fixture) serves every test; each catalog kind gets its own
+small lake, attached to Spark under its catalog name. Budget: about 2 minutes on 2 cores for the
+whole module, most of it JVM start and Spark's first queries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ingest_support import run_until_idle
+from timetravel_data import HOUR_NS, T14, append, futures, to_arrow, trades
+
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.schema.evolve import AddColumn, RenameColumn, WidenColumn, evolve_table
+from iceberg_lake.silver.compactor import SilverCompactor
+from iceberg_lake.testing import PostgresServer, run_nats_server
+from iceberg_lake.testing_spark import TcpToUnixProxy, attach_catalog
+from iceberg_lake.timetravel import snapshots
+from iceberg_lake.timetravel.query import Lake
+from iceberg_lake.timetravel.readers import BronzeReader, SilverReader
+
+pytestmark = pytest.mark.integration
+
+TRADES = "bronze.stocks_trades"
+FUTURES = "bronze.futures_trades"
+DAY = "2025-12-16"
+
+
+def _build(settings: Settings) -> dict[str, Any]:
+    """A small lake: SPY and QQQ trades over two hours (tagged after the first), ES futures."""
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    first = append(catalog.load_table(TRADES), trades("SPY", T14, 6, 10**9))
+    append(catalog.load_table(TRADES), trades("QQQ", T14, 4, 10**9, seq0=50, price=500.0))
+    snapshots.create_tag(catalog, "bt-1", [TRADES])
+    append(catalog.load_table(TRADES), trades("SPY", T14 + HOUR_NS, 5, 10**9, seq0=100))
+    append(catalog.load_table(FUTURES), futures("ES", T14, 3, 10**9))
+    return {"settings": settings, "catalog": catalog, "first": first}
+
+
+@pytest.fixture(scope="module")
+def pg_proxy(postgres_server: PostgresServer) -> Iterator[TcpToUnixProxy]:
+    """The session's PostgreSQL on a loopback TCP port (JDBC cannot open its Unix socket)."""
+    proxy = TcpToUnixProxy(postgres_server.socket_dir / f".s.PGSQL.{postgres_server.port}")
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def lake(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, spark: Any
+) -> dict[str, Any]:
+    """A lake on the SQLite or PostgreSQL catalog, attached to the shared Spark session."""
+    root = tmp_path_factory.mktemp(f"spark-{request.param}")
+    env = {"LAKE_DATA_DIR": str(root / "lake")}
+    if request.param == "postgresql":
+        proxy = request.getfixturevalue("pg_proxy")
+        # A catalog name of its own: the session's PostgreSQL is shared with other tests.
+        env["LAKE_CATALOG_URI"] = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+        env["LAKE_CATALOG_NAME"] = "lake_pg"
+    built = _build(load_settings(env))
+    built["name"] = attach_catalog(spark, built["settings"])
+    return built
+
+
+def _spark_count(spark: Any, name: str, sql_from: str, where: str = "") -> int:
+    return int(spark.sql(f"SELECT count(*) AS n FROM {name}.{sql_from} {where}").first()["n"])
+
+
+def _refresh(spark: Any, name: str, table: str) -> None:
+    spark.sql(f"REFRESH TABLE {name}.{table}")
+
+
+def test_every_table_reads_by_name_with_duckdb_counts(spark: Any, lake: dict[str, Any]) -> None:
+    tables = lake["catalog"].existing_tables()
+    assert TRADES in tables and "silver.stocks_trades" in tables and len(tables) >= 13
+    # One query per engine over every table (one Spark job instead of one per table).
+    union = " UNION ALL ".join(f"SELECT '{t}' AS t, count(*) AS n FROM {{}}{t}" for t in tables)
+    by_spark = {
+        r["t"]: r["n"]
+        for r in spark.sql(union.format(*[f"{lake['name']}."] * len(tables))).collect()
+    }
+    by_duck = {
+        r["t"]: r["n"]
+        for r in Lake(lake["settings"]).query(union.format(*[""] * len(tables))).to_pylist()
+    }
+    assert by_spark == by_duck and set(by_spark) == set(tables)
+    assert by_spark[TRADES] == 15 and by_spark[FUTURES] == 3
+
+
+def test_hidden_partitions_prune_in_spark(spark: Any, lake: dict[str, Any]) -> None:
+    name = lake["name"]
+    hour = datetime.fromtimestamp((T14 + HOUR_NS) / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+    where = f"WHERE symbol = 'SPY' AND ts_event >= TIMESTAMP '{hour}'"
+    df = spark.sql(f"SELECT * FROM {name}.{TRADES} {where}")
+    plan = df._jdf.queryExecution().executedPlan().toString()  # noqa: SLF001 - plan text only
+    # The filters reach Iceberg's scan (that is what prunes) ...
+    assert "BatchScan" in plan and "symbol" in plan and "ts_event" in plan
+    # ... and only the file of (SPY, 15:00) is read, out of the table's three (`_file` is
+    # Iceberg's metadata column naming each row's data file).
+    files = "SELECT count(DISTINCT _file) AS n FROM {}.{} {}"
+    assert int(spark.sql(files.format(name, TRADES, where)).first()["n"]) == 1
+    assert int(spark.sql(files.format(name, TRADES, "")).first()["n"]) == 3
+    assert df.count() == 5
+
+
+def test_version_as_of_a_snapshot_id_and_a_tag(spark: Any, lake: dict[str, Any]) -> None:
+    name = lake["name"]
+    assert _spark_count(spark, name, f"{TRADES} VERSION AS OF {lake['first']}") == 6
+    assert _spark_count(spark, name, f"{TRADES} VERSION AS OF 'bt-1'") == 10
+    refs = spark.sql(f"SELECT name, type FROM {name}.{TRADES}.refs").collect()
+    assert ("bt-1", "TAG") in {(r["name"], r["type"]) for r in refs}
+
+
+def test_evolved_columns_read_right(spark: Any, lake: dict[str, Any]) -> None:
+    catalog, name = lake["catalog"], lake["name"]
+    table = catalog.load_table(FUTURES)
+    result = evolve_table(
+        table,
+        FUTURES,
+        [
+            AddColumn("venue", "string"),
+            WidenColumn("size", "long"),
+            RenameColumn("exchange", "exchange_code"),
+        ],
+    )
+    assert result.committed
+    table = catalog.load_table(FUTURES)
+    new = [
+        {**r, "venue": "GLBX", "exchange_code": "CME2"}
+        for r in futures("ES", T14, 2, 10**9, seq0=10)
+    ]
+    new[1]["size"] = 3_000_000_000  # only fits the widened column
+    table.append(to_arrow(table, new))
+    _refresh(spark, name, FUTURES)
+    sql = f"SELECT seq, size, venue, exchange_code FROM {FUTURES} ORDER BY seq"
+    got = [tuple(r) for r in spark.sql(sql.replace("FROM ", f"FROM {name}.")).collect()]
+    assert got == [
+        (0, 1, None, "CME"),
+        (1, 2, None, "CME"),
+        (2, 3, None, "CME"),
+        (10, 1, "GLBX", "CME2"),
+        (11, 3_000_000_000, "GLBX", "CME2"),
+    ]
+    duck = Lake(lake["settings"]).query(sql)
+    assert [tuple(r.values()) for r in duck.to_pylist()] == got
+
+
+def _insert_sql(spark: Any, name: str, rows: list[dict[str, Any]]) -> str:
+    """`INSERT INTO` with every column of the table in order (`ts_event` derived by Spark)."""
+    columns = spark.table(f"{name}.{TRADES}").columns
+    values = []
+    for row in rows:
+        exprs = []
+        for col in columns:
+            if col == "ts_event":
+                exprs.append(f"timestamp_micros({row['ts_event_ns'] // 1000})")
+            elif row.get(col) is None:
+                exprs.append("NULL")
+            elif isinstance(row[col], str):
+                exprs.append(f"'{row[col]}'")
+            else:
+                exprs.append(repr(row[col]))
+        values.append("(" + ", ".join(exprs) + ")")
+    return f"INSERT INTO {name}.{TRADES} VALUES " + ", ".join(values)
+
+
+def test_spark_insert_is_read_by_the_lake_and_compacted_into_silver(
+    spark: Any, lake: dict[str, Any]
+) -> None:
+    name, settings = lake["name"], lake["settings"]
+    new = trades("SPY", T14 + 2 * HOUR_NS, 2, 10**9, seq0=200)
+    # An exact duplicate (received later) of a Bronze row: Silver must keep the earlier one.
+    duplicate = {**trades("SPY", T14, 1, 10**9)[0], "ts_recv_ns": T14 + 9_999}
+    spark.sql(_insert_sql(spark, name, [*new, duplicate]))
+    catalog = LakeCatalog(settings)
+    snap = catalog.load_table(TRADES).current_snapshot()
+    assert snap is not None and snap.summary is not None
+    assert snap.summary["added-records"] == "3"
+    bronze = BronzeReader(catalog).read_stock_trades("SPY", DAY)
+    assert len(bronze) == 14 and {r["seq"] for r in new} <= set(bronze["seq"])
+    result = SilverCompactor(catalog).compact_date(DAY, TRADES)
+    assert result["status"] == "success" and result["duplicates_removed"] == 1
+    silver = SilverReader(catalog).read_stock_trades("SPY", DAY)
+    assert len(silver) == 13
+    kept = silver[(silver["seq"] == 0)]
+    assert kept["ts_recv_ns"].tolist() == [T14 + 1_000]
+    _refresh(spark, name, "silver.stocks_trades")
+    assert _spark_count(spark, name, "silver.stocks_trades") == 13 + 4
+
+
+def test_spark_maintenance_then_the_lake_reads_and_compacts_without_loss(
+    spark: Any, lake: dict[str, Any]
+) -> None:
+    name, settings = lake["name"], lake["settings"]
+    catalog = LakeCatalog(settings)
+    # A second file in (SPY, 14:00), so rewrite_data_files has something to combine.
+    append(catalog.load_table(TRADES), trades("SPY", T14 + 30 * 10**9, 2, 10**9, seq0=300))
+    count_sql = f"SELECT count(*) AS n FROM {TRADES}"
+    distinct_sql = (
+        "SELECT count(*) AS n FROM (SELECT DISTINCT source, ts_event_ns, symbol, price, size, "
+        f"exchange, seq FROM {TRADES})"
+    )
+    total = Lake(settings).query(count_sql).to_pylist()[0]["n"]
+    events = Lake(settings).query(distinct_sql).to_pylist()[0]["n"]
+    before = BronzeReader(catalog).read_stock_trades("SPY", DAY)
+    files_before = len(catalog.load_table(TRADES).inspect.files())
+    rewritten = spark.sql(
+        f"CALL {name}.system.rewrite_data_files(table => '{TRADES}', "
+        "options => map('min-input-files', '2'))"
+    ).first()
+    assert rewritten["rewritten_data_files_count"] >= 2
+    # A minute ahead: every snapshot is older (a literal in seconds would spare those of the
+    # current second); refs and the current snapshot are kept regardless.
+    cutoff = (datetime.now(UTC) + timedelta(minutes=1)).strftime("%Y-%m-%d %H:%M:%S")
+    expired = spark.sql(
+        f"CALL {name}.system.expire_snapshots(table => '{TRADES}', "
+        f"older_than => TIMESTAMP '{cutoff}', retain_last => 1)"
+    ).first()
+    assert expired["deleted_data_files_count"] >= 1  # replaced files no kept snapshot needs
+    table = LakeCatalog(settings).load_table(TRADES)
+    assert len(table.inspect.files()) < files_before
+    assert len(table.snapshots()) == 2  # the current one and the tagged one (bt-1)
+    assert _spark_count(spark, name, f"{TRADES} VERSION AS OF 'bt-1'") == 10
+
+    after = BronzeReader(catalog).read_stock_trades("SPY", DAY)
+    cols = ["ts_event_ns", "ts_recv_ns", "seq", "price", "size"]
+    assert (
+        after[cols].sort_values(cols).values.tolist()
+        == before[cols].sort_values(cols).values.tolist()
+    )
+    assert Lake(settings).query(count_sql).to_pylist()[0]["n"] == total
+    result = SilverCompactor(catalog).compact_date(DAY, TRADES)
+    assert result["status"] == "success"
+    assert Lake(settings).query("SELECT count(*) AS n FROM silver.stocks_trades").to_pylist() == [
+        {"n": events}
+    ]
+
+
+def test_spark_reads_while_the_lake_service_commits_on_sqlite(spark: Any, tmp_path: Path) -> None:
+    """Spark holds the embedded catalog open while the writers of `lake serve` commit batches:
+    no "database is locked" (WAL), and Spark sees each commit (no pinned read transaction)."""
+    from ingest_support import SUBJECTS, encode, make_event, publish, settings_for, wait_stream
+
+    with run_nats_server(tmp_path / "nats") as nats:
+        settings = settings_for(
+            tmp_path, nats.url, LAKE_BRONZE_BATCH_SIZE="200", LAKE_BRONZE_BATCH_SECONDS="0.2"
+        )
+        catalog = LakeCatalog(settings)
+        catalog.init()
+        name = attach_catalog(spark, settings)
+        assert _spark_count(spark, name, TRADES) == 0  # Spark now holds the catalog open
+        events = [(SUBJECTS[TRADES], encode(make_event(TRADES, i)), None) for i in range(1000)]
+        publish(settings, events[:200])  # a first batch waits; the rest arrives while it runs
+        wait_stream(settings, "MARKET", 200)
+        errors: list[BaseException] = []
+
+        def serve() -> None:
+            try:
+                run_until_idle(settings, [TRADES])
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        def trickle() -> None:  # pauses (0.1 s) shorter than the service's idle stop (0.3 s)
+            try:
+                publish(settings, events[200:], pace=500)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=serve), threading.Thread(target=trickle)]
+        for t in threads:
+            t.start()
+        writer = threads[0]
+        reads = 0
+        while writer.is_alive() or reads == 0:  # Spark keeps reading during the commits
+            _refresh(spark, name, TRADES)
+            assert _spark_count(spark, name, TRADES) <= len(events)
+            reads += 1
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors, errors
+        _refresh(spark, name, TRADES)
+        assert _spark_count(spark, name, TRADES) == len(events)
+        commits = len(catalog.load_table(TRADES).snapshots())
+        assert commits >= 3, commits  # batches of 200 events or 0.2 s
+        with catalog.catalog.engine.connect() as con:
+            assert con.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+# ---- Silver on Spark -------------------------------------------------------------------------
+
+
+def test_lake_compact_engine_spark_equals_duckdb_silver_row_for_row(
+    tmp_path: Path, duck: Any
+) -> None:
+    """Same pinned Bronze snapshot, both engines: identical rows in identical order per
+    partition, each run ONE `overwrite` snapshot. Spark runs in the installed `lake` executable
+    (its own local JVM), as an operator would run it."""
+    from test_silver import (
+        BRONZE,
+        DAY,
+        SILVER,
+        _make_lake,
+        base_rows,
+        by_partition,
+        silver_files_in_order,
+    )
+    from test_silver import append as bronze_append
+
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
+    catalog = _make_lake(settings)
+    bronze = catalog.load_table(BRONZE)
+    rows = base_rows()
+    earlier = bronze_append(bronze, rows[:30])
+    pinned = bronze_append(bronze, rows[20:])  # rows 20..29 twice, in two files
+    bronze_append(bronze, rows[:5])  # after the pin: neither engine may see these
+
+    with SilverCompactor(catalog) as compactor:
+        # Silver first holds an earlier state, so both runs below replace partitions.
+        compactor.compact_date(DAY, "futures.trades", snapshot_id=earlier)
+        by_duck = compactor.compact_date(DAY, "futures.trades", snapshot_id=pinned)
+    silver = catalog.load_table(SILVER)
+    duck_rows = by_partition(silver_files_in_order(duck, silver))
+    duck_snap = silver.current_snapshot()
+    assert duck_snap is not None and duck_snap.summary is not None
+    assert duck_snap.summary.operation.value == "overwrite"
+    before = {s.snapshot_id for s in silver.snapshots()}
+
+    exe = shutil.which("lake") or str(Path(sys.executable).with_name("lake"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
+    env.update({"LAKE_DATA_DIR": str(settings.data_dir), "SPARK_LOCAL_IP": "127.0.0.1"})
+    # Less JIT and GC work for a short-lived JVM on 2 shared cores (as the `spark` fixture).
+    env["JAVA_TOOL_OPTIONS"] = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+    args = ["compact", "--engine", "spark", "--spark-master", "local[2]", "--date", str(DAY)]
+    args += ["--table", "futures.trades", "--snapshot", str(pinned), "-o", "json"]
+    proc = subprocess.run(
+        [exe, *args], env=env, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (by_spark,) = json.loads(proc.stdout)
+
+    silver = catalog.load_table(SILVER)
+    new = [s for s in silver.snapshots() if s.snapshot_id not in before]
+    assert len(new) == 1 and new[0].snapshot_id == by_spark["silver_snapshot_id"]
+    assert new[0].summary is not None and new[0].summary.operation.value == "overwrite"
+    props = new[0].summary.additional_properties
+    assert props["lake.source-snapshot-id"] == str(pinned)
+    assert props["lake.operation"] == "silver-compaction"
+    assert json.loads(props["lake.replaced-partitions"]) == sorted(
+        by_duck["replaced_partitions"], key=str
+    )
+    for key in ("rows_read", "rows_written", "duplicates_removed", "partitions"):
+        assert by_spark[key] == by_duck[key], key
+    # Every partition replaced, none kept: Spark's files are all Silver has now.
+    duck_files = silver.inspect.files(snapshot_id=duck_snap.snapshot_id)
+    assert int(props["deleted-data-files"]) == len(duck_files) > 0
+    spark_rows = by_partition(silver_files_in_order(duck, silver))
+    assert spark_rows == duck_rows, "rows or order differ per partition"
+    # Back on DuckDB: Spark's files carry no source state, so the partitions are recompacted
+    # once, to the same rows; after that the DuckDB engine finds them unchanged.
+    with SilverCompactor(catalog) as compactor:
+        again = compactor.compact_date(DAY, "futures.trades", snapshot_id=pinned)
+        assert again["status"] == "success" and again["partitions"] == by_duck["partitions"]
+        assert compactor.compact_date(DAY, "futures.trades", snapshot_id=pinned)["status"] == (
+            "unchanged"
+        )
+    assert by_partition(silver_files_in_order(duck, catalog.load_table(SILVER))) == duck_rows
+
+
+def test_guard_pyspark_keeps_the_jvm_launcher_where_stop_spark_looks(spark: Any) -> None:
+    """`stop_spark` ends the JVM through `SparkContext._gateway.proc` (pyspark internals)."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway  # noqa: SLF001 - the internal this guard is about
+    assert gateway is not None and gateway.proc.poll() is None
+    assert spark.sparkContext._gateway is gateway  # noqa: SLF001
+
+
+def test_guard_iceberg_write_option_that_keeps_silver_order(spark: Any) -> None:
+    """`replace_partitions` turns off Iceberg's re-sort with this write option (Iceberg 1.10)."""
+    from iceberg_lake.engine.spark import USE_TABLE_DISTRIBUTION_AND_ORDERING
+
+    options = spark._jvm.org.apache.iceberg.spark.SparkWriteOptions  # noqa: SLF001
+    assert options.USE_TABLE_DISTRIBUTION_AND_ORDERING == USE_TABLE_DISTRIBUTION_AND_ORDERING
