@@ -99,3 +99,26 @@ def test_write_threads_are_daemons(tmp_path: Path) -> None:
     assert len(files) > 1  # several partitions: written by the pool
     pool = [t for t in threading.enumerate() if t.name == "lake-parquet"]
     assert pool and all(t.daemon for t in pool)
+
+
+def test_writer_rows_take_the_fast_path(tmp_path: Path) -> None:
+    """The writer's prepared rows match the table's Arrow schema exactly (no silent fallback to
+    pyiceberg's slower append)."""
+    from iceberg_lake.ingest.decode import TableCodec
+    from iceberg_lake.ingest.writer import ConsumerWriter
+    from iceberg_lake.tables import registry
+
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path)})
+    LakeCatalog(settings).init()
+    writer = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
+    writer._load()
+    d = registry().get(TABLE)
+    body = (
+        b'{"ts_event_ns": 1765900000000000000, "source": "t", "symbol": "SPY", '
+        b'"price": 1.5, "size": 3}'
+    )
+    decoded = TableCodec(TABLE, d.iceberg_schema(), d.partition_key).decode([body], recv_ns=1)
+    table = writer.tables[TABLE]
+    rows = writer._prepare(TABLE, table, [decoded.table])
+    assert rows.num_rows == 1
+    assert engine.fast_path_applies(table, rows)
