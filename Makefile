@@ -6,8 +6,8 @@ help:  ## Show the targets
 install:  ## Create .venv and install the project with its dev extra
 	python3 -m venv .venv && .venv/bin/pip install -e '.[dev]'
 
-lint:  ## ruff check and format check
-	ruff check . && ruff format --check .
+lint:  ## ruff check, ruff format --check, mypy on the package (versions pinned in the dev extra)
+	ruff check . && ruff format --check . && mypy iceberg_lake
 
 test:  ## Run the test suite (the README's command)
 	python -m pytest -q

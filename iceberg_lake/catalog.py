@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlparse
 
 from pyiceberg.catalog.sql import SqlCatalog
@@ -34,7 +35,8 @@ def catalog_errors(what: str) -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        reason = str(exc.orig) if getattr(exc, "orig", None) else type(exc).__name__
+        orig = getattr(exc, "orig", None)  # DBAPIError has it; other SQLAlchemy errors do not
+        reason = str(orig) if orig else type(exc).__name__
         raise CatalogUnavailableError(
             f"{what}: catalog database unavailable ({reason.strip()})"
         ) from exc
@@ -48,18 +50,29 @@ class LakeCatalog:
     Args:
         settings: where the catalog database and the warehouse are.
         tables: the declared tables (default: the shipped `catalog/` definitions).
+        create: create the local data directory and SQLite catalog file if missing; with
+            False (read-only commands) a missing SQLite catalog is a `ConfigError` and
+            nothing is created.
     """
 
-    def __init__(self, settings: Settings, tables: TableRegistry | None = None) -> None:
+    def __init__(
+        self, settings: Settings, tables: TableRegistry | None = None, *, create: bool = True
+    ) -> None:
         self.settings = settings
         self.registry = tables or registry()
         if settings.catalog_uri.startswith("sqlite"):
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
             db_path = settings.catalog_uri.removeprefix("sqlite:///")
-            if db_path and db_path != ":memory:":
-                from pathlib import Path
-
-                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            local = bool(db_path) and db_path != ":memory:"
+            if not create:
+                if local and not Path(db_path).exists():
+                    raise ConfigError(
+                        f"no lake at {db_path}: run `lake init`, or point LAKE_DATA_DIR "
+                        "(or LAKE_CONFIG) at an existing lake"
+                    )
+            else:
+                settings.data_dir.mkdir(parents=True, exist_ok=True)
+                if local:
+                    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         with catalog_errors("opening the catalog"):
             self.catalog = SqlCatalog(settings.catalog_name, **settings.catalog_properties())
         if settings.catalog_uri.startswith("sqlite"):
@@ -74,8 +87,6 @@ class LakeCatalog:
         """
         parsed = urlparse(self.settings.warehouse)
         if parsed.scheme == "file":
-            from pathlib import Path
-
             path = Path(parsed.path)
             existed = path.is_dir()
             path.mkdir(parents=True, exist_ok=True)
@@ -163,6 +174,31 @@ class LakeCatalog:
                 if ns in namespaces:
                     found.extend(".".join(t) for t in self.catalog.list_tables(ns))
         return sorted(found)
+
+
+#: What a stage's entry point accepts for "the catalog": settings (the catalog is opened from
+#: them) or an already open `LakeCatalog` (shared, e.g. by a test or a long-running service).
+CatalogSource = Settings | LakeCatalog
+
+
+def as_catalog(source: CatalogSource | None = None) -> LakeCatalog:
+    """The open catalog for `source`.
+
+    Args:
+        source: an open `LakeCatalog` (returned as is), `Settings` (opened), or None (settings
+            from the environment, `LAKE_*` and `lake.toml`).
+
+    Raises:
+        ConfigError: `source` is None and the environment's settings are invalid.
+        CatalogUnavailableError: the catalog cannot be opened.
+    """
+    if isinstance(source, LakeCatalog):
+        return source
+    if source is None:
+        from iceberg_lake.config import load_settings
+
+        source = load_settings()
+    return LakeCatalog(source)
 
 
 def use_wal_journal(engine: Engine) -> bool:

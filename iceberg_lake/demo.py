@@ -20,20 +20,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from rich.console import Console
-from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table as RichTable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from iceberg_lake.exceptions import LakeError
+from iceberg_lake.runtime import ServerStartError, start_nats_server
 from iceberg_lake.simulate import SUBJECT_TABLES, SimulationConfig, SimulationStats
 
 if TYPE_CHECKING:
     from iceberg_lake.config import Settings
 
-__all__ = ["DEMO_TAG", "EXAMPLE_QUERIES", "DemoOptions", "default_data_dir", "run_demo"]
+__all__ = [
+    "DEMO_TAG",
+    "EXAMPLE_QUERIES",
+    "DemoOptions",
+    "DemoReporter",
+    "default_data_dir",
+    "run_demo",
+]
 
 #: Tag the demo puts on every table after compaction.
 DEMO_TAG = "demo"
@@ -173,11 +176,27 @@ def _demo_settings(data_dir: Path, nats_url: str) -> Settings:
     return load_settings(env, config_file=config_file)
 
 
-class _Steps:
-    """Runs named steps, timing each and printing one line per step."""
+class DemoReporter(Protocol):
+    """Receives the demo's progress; the CLI renders it (the library prints nothing)."""
 
-    def __init__(self, console: Console | None, result: _Result) -> None:
-        self.console = console
+    def started(self, data_dir: Path) -> None:
+        """The demo starts, into `data_dir`."""
+
+    def step(self, name: str, seconds: float) -> None:
+        """Step `name` finished after `seconds`."""
+
+    def skipped(self, name: str, why: str) -> None:
+        """Step `name` was skipped."""
+
+    def progress(self, task: str, done: int, total: int | None) -> None:
+        """Task `task` of the running step reached `done` of `total`."""
+
+
+class _Steps:
+    """Runs named steps, timing each and telling the reporter."""
+
+    def __init__(self, reporter: DemoReporter | None, result: _Result) -> None:
+        self.reporter = reporter
         self.result = result
 
     @contextmanager
@@ -186,32 +205,25 @@ class _Steps:
         yield
         seconds = time.monotonic() - began
         self.result.steps[name] = round(seconds, 2)
-        if self.console is not None:
-            self.console.print(f"[green]✓[/green] {name} [dim]({seconds:.1f} s)[/dim]")
+        if self.reporter is not None:
+            self.reporter.step(name, seconds)
 
     def skip(self, name: str, why: str) -> None:
         self.result.skipped.append(f"{name}: {why}")
-        if self.console is not None:
-            self.console.print(f"[yellow]-[/yellow] {name}: {why}")
+        if self.reporter is not None:
+            self.reporter.skipped(name, why)
 
-    def progress(self) -> Progress:
-        return Progress(
-            TextColumn("  {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=True,
-            disable=self.console is None,
-        )
+    def progress(self, task: str, done: int, total: int | None) -> None:
+        if self.reporter is not None:
+            self.reporter.progress(task, done, total)
 
 
-def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, Any]:
+def run_demo(options: DemoOptions, reporter: DemoReporter | None = None) -> dict[str, Any]:
     """Run the demo end to end.
 
     Args:
         options: session size, data directory.
-        console: where to print progress and the summary (None: silent).
+        reporter: told about each step and its progress (None: silent).
 
     Returns:
         A JSON-friendly summary: published counts, per-table rows, compaction, tags, query
@@ -220,20 +232,12 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
     Raises:
         LakeError: the data directory is not new, or a step failed.
     """
-    from iceberg_lake.testing import ServerStartError, start_nats_server
-
     began = time.monotonic()
     data_dir = _prepare_data_dir(options.data_dir or default_data_dir())
     result = _Result(data_dir=str(data_dir))
-    steps = _Steps(console, result)
-    if console is not None:
-        console.print(
-            Panel.fit(
-                f"iceberg_lake demo: a simulated SPY/ES session through NATS JetStream into "
-                f"Iceberg\ndata directory: {data_dir}",
-                border_style="cyan",
-            )
-        )
+    steps = _Steps(reporter, result)
+    if reporter is not None:
+        reporter.started(data_dir)
     nats_dir = Path(tempfile.mkdtemp(prefix="lake-demo-nats-"))
     server = None
     # Writers of several tables share the dead-letter table: pyiceberg logs each commit retry
@@ -264,8 +268,6 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
         shutil.rmtree(nats_dir, ignore_errors=True)
     result.steps["total"] = round(time.monotonic() - began, 2)
     result.next_commands = _next_commands(data_dir)
-    if console is not None:
-        _print_summary(console, result)
     return result.as_dict()
 
 
@@ -287,13 +289,12 @@ def _publish(
     config = options.simulation()
     with steps.step("simulated the session"):
         messages, stats = build_messages(config)
-    with steps.step("published to JetStream"), steps.progress() as bar:
-        task = bar.add_task("publishing", total=len(messages))
+    with steps.step("published to JetStream"):
         report = asyncio.run(
             publish_messages(
                 messages,
                 settings,
-                progress=lambda done, total: bar.update(task, completed=done),
+                progress=lambda done, total: steps.progress("publishing", done, len(messages)),
             )
         )
     summary = stats.as_dict()
@@ -323,24 +324,15 @@ def _ingest(steps: _Steps, settings: Settings, stats: SimulationStats, result: _
         await task
 
     with steps.step("writers stored everything (Bronze, Gold, dead letters)"):
-        with steps.progress() as bar:
-            t = bar.add_task("ingesting", total=expected)
-            asyncio.run(run(lambda n: bar.update(t, completed=min(n, expected))))
+        asyncio.run(run(lambda n: steps.progress("ingesting", min(n, expected), expected)))
     result.published["rows_committed_by_writers"] = service.committed_events
 
 
 def _compact(steps: _Steps, settings: Settings, result: _Result) -> None:
     from iceberg_lake.silver.compactor import SilverCompactor
 
-    with steps.step("compacted Silver (dedup + sort)"), steps.progress() as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(table: str, done: int, total: int) -> None:
-            if table not in tasks:
-                tasks[table] = bar.add_task(table, total=total)
-            bar.update(tasks[table], completed=done, total=total)
-
-        with SilverCompactor(settings, progress=progress) as compactor:
+    with steps.step("compacted Silver (dedup + sort)"):
+        with SilverCompactor(settings, progress=steps.progress) as compactor:
             results = compactor.compact_incremental()
     result.compaction = {
         "rows_read": sum(r.get("rows_read") or 0 for r in results),
@@ -445,21 +437,8 @@ def _replay(steps: _Steps, settings: Settings, result: _Result) -> None:
 # ---- output --------------------------------------------------------------------------------------
 
 
-def _available_commands() -> set[str]:
-    """Top-level `lake` commands and groups registered right now."""
-    try:
-        import typer
-
-        from iceberg_lake.cli.app import app
-
-        group = typer.main.get_command(app)
-        return set(getattr(group, "commands", {}))
-    except Exception:  # the CLI is optional for the library
-        return set()
-
-
 def _next_commands(data_dir: Path) -> list[str]:
-    """Commands to explore the demo lake (only those this installation has)."""
+    """Commands to explore the demo lake (the CLI shows those its installation has)."""
     candidates = [
         ("", f"export LAKE_CONFIG={data_dir / 'lake.toml'}"),
         ("tables", "lake tables"),
@@ -478,83 +457,4 @@ def _next_commands(data_dir: Path) -> list[str]:
         ("compact", "lake compact --incremental   # nothing left to do: no commit"),
         ("serve", "lake serve   # with LAKE_NATS_URL set; feed it: lake simulate --rate 500"),
     ]
-    available = _available_commands()
-    return [cmd for name, cmd in candidates if not name or name in available]
-
-
-def _print_summary(console: Console, result: _Result) -> None:
-    published = result.published
-    dead_letters = next((t["rows"] for t in result.tables if t["table"] == DEAD_LETTERS), None)
-    pipeline = RichTable(title="pipeline", show_header=False)
-    pipeline.add_column("what")
-    pipeline.add_column("count", justify="right")
-    for label, value in (
-        ("events simulated", published.get("events")),
-        ("messages published", published.get("messages")),
-        ("  re-published duplicates", published.get("duplicate_messages")),
-        ("  malformed messages", published.get("bad_messages")),
-        ("  events out of order", published.get("out_of_order")),
-        ("rows committed by the writers", published.get("rows_committed_by_writers")),
-        ("messages dead-lettered", dead_letters),
-        ("duplicates removed by Silver", result.compaction.get("duplicates_removed")),
-        ("Silver partitions replaced", result.compaction.get("partitions")),
-    ):
-        pipeline.add_row(label, f"{value:,}" if isinstance(value, int) else str(value))
-    console.print(pipeline)
-
-    tables = RichTable(title="tables")
-    for col in ("table", "rows", "expected", "snapshots", "data files"):
-        tables.add_column(col, justify="left" if col == "table" else "right")
-    for row in result.tables:
-        ok = row["expected"] is None or row["expected"] == row["rows"]
-        mark = "" if ok else " [red]≠[/red]"
-        tables.add_row(
-            row["table"],
-            f"{row['rows']:,}{mark}",
-            "-" if row["expected"] is None else f"{row['expected']:,}",
-            str(row["snapshots"]),
-            str(row["data_files"]),
-        )
-    console.print(tables)
-
-    for q in result.queries:
-        rows = q["rows"]
-        if len(rows) == 1 and len(rows[0]) == 1:
-            console.print(
-                f"{q['title']}: {q['sql']} → [bold]{_fmt(next(iter(rows[0].values())))}[/bold]"
-            )
-            continue
-        table = RichTable(title=q["title"])
-        cols = list(rows[0]) if rows else ["(no rows)"]
-        for c in cols:
-            table.add_column(c)
-        for r in rows:
-            table.add_row(*[_fmt(r.get(c)) for c in cols])
-        console.print(table)
-    if result.replay:
-        replay = result.replay
-        table = RichTable(
-            title=f"replay: {replay['events']:,} events merged by event time "
-            f"({replay['sequence_hash'][:19]}…)"
-        )
-        for c in ("table", "ts_event_ns", "symbol", "price", "seq"):
-            table.add_column(c)
-        for e in replay["first_events"]:
-            table.add_row(
-                *[_fmt(e.get(c)) for c in ("table", "ts_event_ns", "symbol", "price", "seq")]
-            )
-        console.print(table)
-    for line in result.skipped:
-        console.print(f"[yellow]skipped[/yellow] {line}")
-    console.print(
-        f"\n[bold]done in {result.steps.get('total', 0):.1f} s[/bold]; the lake is in "
-        f"{result.data_dir} (nats-server stopped). Explore it:"
-    )
-    for cmd in result.next_commands:
-        console.print(f"  [cyan]{cmd}[/cyan]", highlight=False, soft_wrap=True)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:,.4f}".rstrip("0").rstrip(".")
-    return "" if value is None else str(value)
+    return [cmd for _, cmd in candidates]

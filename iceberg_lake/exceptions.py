@@ -56,7 +56,10 @@ class SchemaChangeError(LakeError):
 
 
 class ValidationError(LakeError):
-    """A message that cannot be stored; `reason` is what goes to the dead-letter record."""
+    """A message that cannot be stored; `reason` is what goes to the dead-letter record.
+
+    Raised by the decoder (its `iceberg_lake.ingest.decode.MessageError` is a subclass).
+    """
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -1,12 +1,23 @@
 """Shared fixtures: an isolated environment for every test, and real servers for the session.
 
-The servers (nats-server, SeaweedFS, PostgreSQL) are started once per session, on free loopback
-ports, in pytest's temporary directories, and stopped at the end. A server that fails to start
-fails the tests that need it (``ServerStartError`` with the tail of its log); nothing is skipped.
+One chain, every module uses it (no module defines its own server or lake fixture):
+
+- ``nats_server`` (session): a JetStream nats-server; ``nats`` (per test): the same server with
+  the lake's streams (``MARKET``, ``SIGNALS``, ``LAKE_DLQ``) deleted before and after the test,
+  so a test that owns those fixed stream names starts empty without a server of its own.
+- ``s3_server``, ``postgres_server`` (session): SeaweedFS S3 and PostgreSQL.
+- ``lake`` (per test): a fresh ``LakeCatalog`` (SQLite catalog, local warehouse under
+  ``tmp_path/data``, every declared table created, no data); ``lake.settings`` are its settings.
+- ``duck``: an in-memory DuckDB connection with the extensions loaded offline.
+
+The servers are started on free loopback ports in pytest's temporary directories and stopped at
+the end. A server that fails to start fails the tests that need it (``ServerStartError`` with the
+tail of its log); nothing is skipped. Polling helpers with deadlines: ``support.wait``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +26,10 @@ from typing import TYPE_CHECKING
 import duckdb
 import pytest
 
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.config import load_settings
 from iceberg_lake.engine import duck as duck_module
+from iceberg_lake.engine import nats as bus
 from iceberg_lake.testing import (
     NatsServer,
     PostgresServer,
@@ -54,6 +68,38 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     """A JetStream-enabled nats-server for the whole session (``.url``)."""
     with run_nats_server(tmp_path_factory.mktemp("nats")) as server:
         yield server
+
+
+async def _delete_lake_streams(url: str) -> None:
+    import nats
+    from nats.js.errors import NotFoundError
+
+    nc = await nats.connect(url, connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        for stream in (bus.MARKET_STREAM, bus.SIGNALS_STREAM, bus.DEAD_LETTER_STREAM):
+            try:
+                await js.delete_stream(stream)
+            except NotFoundError:
+                pass
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def nats(nats_server: NatsServer) -> Iterator[NatsServer]:
+    """The session's nats-server, without the lake's streams before and after this test."""
+    asyncio.run(_delete_lake_streams(nats_server.url))
+    yield nats_server
+    asyncio.run(_delete_lake_streams(nats_server.url))
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> LakeCatalog:
+    """A fresh lake under ``tmp_path/data``: every declared table created, no data."""
+    catalog = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(tmp_path / "data")}))
+    catalog.init()
+    return catalog
 
 
 @pytest.fixture(scope="session")

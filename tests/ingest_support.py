@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import duckdb
 import pyarrow.parquet as pq
-import pytest
+from support.wait import wait_until
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings, load_settings
@@ -275,14 +274,11 @@ async def stream_messages(settings: Settings, stream: str) -> int:
 
 def wait_stream(settings: Settings, stream: str, count: int, timeout: float = 20.0) -> None:
     """Wait until `stream` holds `count` messages (core publishes are asynchronous)."""
-    deadline = time.monotonic() + timeout
-    got = -1
-    while time.monotonic() < deadline:
-        got = asyncio.run(stream_messages(settings, stream))
-        if got >= count:
-            return
-        time.sleep(0.05)
-    pytest.fail(f"stream {stream} holds {got} messages, expected {count}")
+    wait_until(
+        lambda: asyncio.run(stream_messages(settings, stream)) >= count,
+        timeout,
+        f"stream {stream} to hold {count} messages",
+    )
 
 
 def run_until_idle(settings: Settings, tables: list[str] | None = None) -> LakeService:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,9 @@ from ingest_support import settings_for
 from iceberg_lake.engine import nats as bus
 from iceberg_lake.exceptions import TransientError
 from iceberg_lake.ingest.pull import BatchPuller
-from iceberg_lake.testing import NatsServer, free_port, run_nats_server
+from iceberg_lake.testing import NatsServer, free_port
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def nats(tmp_path: Path) -> Iterator[NatsServer]:
-    """A private nats-server: the tests own the MARKET/SIGNALS streams (fixed names)."""
-    with run_nats_server(tmp_path / "nats") as server:
-        yield server
 
 
 def test_streams_consumers_and_reset(tmp_path: Path, nats: NatsServer) -> None:

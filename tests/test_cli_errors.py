@@ -84,6 +84,7 @@ def test_config_error_and_status_never_print_the_nats_password(tmp_path: Path) -
     line = _one_line_error(bad.stderr, bad.exit_code)
     assert "LAKE_NATS_URL" in line and SECRET not in bad.output and "lake:***@h" in line
     env["LAKE_NATS_URL"] = f"nats://lake:{SECRET}@127.0.0.1:1"
+    assert runner.invoke(app, ["init"], env=env).exit_code == 0  # status is read-only
     status = runner.invoke(app, ["status", "--nats-timeout", "0.5", "-o", "json"], env=env)
     assert status.exit_code == 0, status.output
     assert SECRET not in status.output and "lake:***@127.0.0.1:1" in status.output

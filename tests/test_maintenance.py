@@ -67,13 +67,6 @@ def _settings(tmp_path: Path, **env: str) -> Settings:
     return load_settings({"LAKE_DATA_DIR": str(tmp_path / "data"), **env})
 
 
-@pytest.fixture
-def lake(tmp_path: Path) -> LakeCatalog:
-    catalog = LakeCatalog(_settings(tmp_path))
-    catalog.init()
-    return catalog
-
-
 class _BulkTransaction(Transaction):
     """A transaction that applies staged updates incrementally.
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,19 +39,12 @@ from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli import app
 from iceberg_lake.ingest.redrive import redrive
-from iceberg_lake.testing import NatsServer, run_nats_server
+from iceberg_lake.testing import NatsServer
 
 pytestmark = pytest.mark.integration
 
 ALL_SUBJECTS = {**SUBJECTS, GOLD: "levels.signals"}
 UNMAPPED = "market.raw"  # the inference consumer routes it (stocks trades here)
-
-
-@pytest.fixture
-def nats(tmp_path: Path) -> Iterator[NatsServer]:
-    """A private nats-server: the tests own the MARKET/SIGNALS streams (fixed names)."""
-    with run_nats_server(tmp_path / "nats") as server:
-        yield server
 
 
 def _good(table: str, i: int) -> dict:

@@ -207,7 +207,7 @@ def test_cli_replay_writes_ndjson_and_a_manifest_that_reproduces_it(
     monkeypatch.setenv("LAKE_DATA_DIR", str(merged["settings"].data_dir))
     runner = CliRunner()
     out, again, manifest = tmp_path / "a.ndjson", tmp_path / "b.ndjson", tmp_path / "m.json"
-    args = ["replay", "-t", f"{FUTURES},{STOCKS}", "--start", "2025-12-16T14:00:00Z"]
+    args = ["replay", "--tables", f"{FUTURES},{STOCKS}", "--start", "2025-12-16T14:00:00Z"]
     res = runner.invoke(
         app, [*args, "--end", str(T14 + 60 * SEC), "--out", str(out), "--manifest", str(manifest)]
     )
@@ -224,5 +224,13 @@ def test_cli_replay_writes_ndjson_and_a_manifest_that_reproduces_it(
     default = Path(f"replay-{saved['sequence_hash'].removeprefix('sha256:')[:12]}.json")
     assert read_manifest(default)["snapshots"] == saved["snapshots"]  # written by default
 
-    bad = runner.invoke(app, ["replay", "-t", STOCKS, "--start", "yesterday"])
+    bad = runner.invoke(app, ["replay", "--tables", STOCKS, "--start", "yesterday"])
     assert bad.exit_code == 2 and "--start" in bad.output and "Traceback" not in bad.output
+
+    # No --start: everything the pinned snapshot holds.
+    everything = tmp_path / "all.ndjson"
+    res = runner.invoke(
+        app, ["replay", "--tables", FUTURES, "--out", str(everything), "--manifest", str(manifest)]
+    )
+    assert res.exit_code == 0, res.output
+    assert len(everything.read_text().splitlines()) == len(merged["futures"])

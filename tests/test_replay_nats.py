@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from support.wait import await_until
 from timetravel_data import T14, append, futures, trades
 from typer.testing import CliRunner
 
@@ -52,11 +53,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 async def _until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+    await await_until(condition, timeout, what, interval=0.02)
 
 
 def test_publish_on_original_subjects_and_under_a_prefix(source: Settings, tmp_path: Path) -> None:
@@ -92,7 +89,7 @@ def test_publish_on_original_subjects_and_under_a_prefix(source: Settings, tmp_p
         env = {"LAKE_DATA_DIR": str(source.data_dir), "LAKE_NATS_URL": server.url}
         res = CliRunner().invoke(
             app,
-            ["replay", "-t", STOCKS, "--start", str(WINDOW[0]), "--end", str(WINDOW[1])]
+            ["replay", "--tables", STOCKS, "--start", str(WINDOW[0]), "--end", str(WINDOW[1])]
             + ["--as-of", "bt", "--to-nats", "--no-progress"],
             env=env,
         )

@@ -27,7 +27,8 @@ PER_MESSAGE = 100
 
 @pytest.fixture
 def nats(tmp_path: Path) -> Iterator[NatsServer]:
-    """A private nats-server: the tests own the MARKET/SIGNALS streams (fixed names)."""
+    """A private nats-server (overrides conftest's `nats`): the test reads the server's own log
+    for slow-consumer warnings, which other tests' traffic must not pollute."""
     with run_nats_server(tmp_path / "nats") as server:
         yield server
 

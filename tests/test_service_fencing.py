@@ -8,25 +8,17 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from ingest_support import encode, make_event, publish, scan_sql, settings_for, wait_stream
 from test_service_process import start_serve, wait_for, watermark
 
-from iceberg_lake.testing import NatsServer, run_nats_server
+from iceberg_lake.testing import NatsServer
 
 pytestmark = pytest.mark.integration
 
 TABLE = "bronze.stocks_trades"
-
-
-@pytest.fixture
-def nats(tmp_path: Path) -> Iterator[NatsServer]:
-    """A private nats-server: the tests own the MARKET/SIGNALS streams (fixed names)."""
-    with run_nats_server(tmp_path / "nats") as server:
-        yield server
 
 
 def test_two_serve_processes_one_killed_every_event_once(

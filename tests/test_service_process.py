@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,23 +28,17 @@ from ingest_support import (
 )
 from pyiceberg.expressions import EqualTo
 from pyiceberg.io.pyarrow import schema_to_pyarrow
+from support.wait import wait_until
 
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings
 from iceberg_lake.engine.iceberg import PartitionReplacement
-from iceberg_lake.testing import NatsServer, free_port, run_nats_server
+from iceberg_lake.testing import NatsServer, free_port
 
 pytestmark = pytest.mark.integration
 
 LAKE = str(Path(sys.executable).parent / "lake")
-
-
-@pytest.fixture
-def nats(tmp_path: Path) -> Iterator[NatsServer]:
-    """A private nats-server: the tests own the MARKET/SIGNALS streams (fixed names)."""
-    with run_nats_server(tmp_path / "nats") as server:
-        yield server
 
 
 def start_serve(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -70,14 +63,7 @@ def watermark(settings: Settings, table: str) -> int:
 
 
 def wait_for(predicate, timeout: float, what: str, proc=None) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"lake serve exited with {proc.returncode} while waiting for {what}")
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
+    wait_until(predicate, timeout, what, interval=0.1, alive=proc)
 
 
 def rewrite_one_partition(settings: Settings, table_id: str) -> None:

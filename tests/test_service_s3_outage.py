@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,29 +14,19 @@ from ingest_support import (
     scan_sql,
     settings_for,
 )
+from support.wait import await_until
 
 from iceberg_lake.ingest.service import LakeService
 from iceberg_lake.ops import metrics
-from iceberg_lake.testing import NatsServer, S3Server, run_nats_server
+from iceberg_lake.testing import NatsServer, S3Server
 
 pytestmark = pytest.mark.integration
 
 OUTAGE_SECONDS = 10.0
 
 
-@pytest.fixture
-def nats(tmp_path: Path) -> Iterator[NatsServer]:
-    """A private nats-server: the tests own the MARKET/SIGNALS streams (fixed names)."""
-    with run_nats_server(tmp_path / "nats") as server:
-        yield server
-
-
 async def _until(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+    await await_until(predicate, timeout, what, interval=0.1)
 
 
 def _errors(table: str) -> float:

@@ -5,26 +5,18 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from ingest_support import duck_for, encode, make_event, publish, scan_sql, settings_for
 from test_service_process import start_serve, wait_for, watermark
 
-from iceberg_lake.testing import NatsServer, S3Server, run_nats_server
+from iceberg_lake.testing import NatsServer, S3Server
 
 pytestmark = pytest.mark.integration
 
 TABLE = "bronze.stocks_trades"
 GRACE = 3.0
-
-
-@pytest.fixture
-def nats(tmp_path: Path) -> Iterator[NatsServer]:
-    """A private nats-server: the tests own the MARKET/SIGNALS streams (fixed names)."""
-    with run_nats_server(tmp_path / "nats") as server:
-        yield server
 
 
 def test_sigterm_during_failing_commit_exits_after_grace_without_ack(

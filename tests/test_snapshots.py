@@ -4,31 +4,20 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from timetravel_data import HOUR_NS, T14, append, trades
 from typer.testing import CliRunner
 
-from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
-from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
 from iceberg_lake.timetravel import snapshots
 
 TRADES = "bronze.stocks_trades"
 
 
-@pytest.fixture
-def lake(tmp_path: Path) -> tuple[Settings, LakeCatalog]:
-    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
-    catalog = LakeCatalog(settings)
-    catalog.init()
-    return settings, catalog
-
-
 def test_tag_pins_current_snapshots_and_is_never_moved_silently(lake) -> None:
-    settings, catalog = lake
+    settings, catalog = lake.settings, lake
     first = append(catalog.load_table(TRADES), trades("SPY", T14, 5, 10**9))
 
     pins = snapshots.create_tag(settings, "bt-1", [TRADES, "silver.stocks_trades"])
@@ -50,7 +39,7 @@ def test_tag_pins_current_snapshots_and_is_never_moved_silently(lake) -> None:
 
 
 def test_tag_of_an_empty_table_reads_empty_and_survives_later_appends(lake) -> None:
-    settings, catalog = lake
+    settings, catalog = lake.settings, lake
     assert snapshots.create_tag(settings, "before", [TRADES]) == {TRADES: None}
     append(catalog.load_table(TRADES), trades("SPY", T14, 3, 10**9))
     table = catalog.load_table(TRADES)
@@ -64,7 +53,7 @@ def test_tag_of_an_empty_table_reads_empty_and_survives_later_appends(lake) -> N
 
 
 def test_resolve_snapshot_ids_timestamps_and_clear_errors(lake) -> None:
-    _settings, catalog = lake
+    _settings, catalog = lake.settings, lake
     before = datetime.now(UTC) - timedelta(days=1)
     first = append(catalog.load_table(TRADES), trades("SPY", T14, 3, 10**9))
     second = append(catalog.load_table(TRADES), trades("SPY", T14, 3, 10**9, seq0=10))
@@ -90,7 +79,7 @@ def test_resolve_snapshot_ids_timestamps_and_clear_errors(lake) -> None:
 
 
 def test_list_snapshots_shows_operation_rows_tags_and_lake_properties(lake) -> None:
-    settings, catalog = lake
+    settings, catalog = lake.settings, lake
     table = catalog.load_table(TRADES)
     from timetravel_data import to_arrow
 
@@ -110,7 +99,7 @@ def test_list_snapshots_shows_operation_rows_tags_and_lake_properties(lake) -> N
 
 
 def test_expiring_snapshots_never_removes_a_tagged_one(lake) -> None:
-    settings, catalog = lake
+    settings, catalog = lake.settings, lake
     tagged = append(catalog.load_table(TRADES), trades("SPY", T14, 3, 10**9))
     snapshots.create_tag(settings, "keep", [TRADES])
     middle = append(catalog.load_table(TRADES), trades("SPY", T14, 3, 10**9, seq0=5))
@@ -126,7 +115,7 @@ def test_expiring_snapshots_never_removes_a_tagged_one(lake) -> None:
 
 
 def test_cli_snapshot_tag_list_and_errors(lake, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings, catalog = lake
+    settings, catalog = lake.settings, lake
     monkeypatch.setenv("LAKE_DATA_DIR", str(settings.data_dir))
     first = append(catalog.load_table(TRADES), trades("SPY", T14, 3, 10**9))
     runner = CliRunner()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from typing import Any
 
-import click
 import typer
 from rich.markup import escape
 from typer.core import TyperGroup
@@ -30,7 +30,7 @@ from iceberg_lake.cli import (
     serve,
     tables,
 )
-from iceberg_lake.cli.common import err_console
+from iceberg_lake.cli.output import OutputFormat, err_console, set_root_format
 from iceberg_lake.config import load_settings, redact
 from iceberg_lake.exceptions import LakeError
 
@@ -38,7 +38,8 @@ from iceberg_lake.exceptions import LakeError
 class LakeGroup(TyperGroup):
     """Top-level group: turns a `LakeError` raised by any sub-command into one line, exit 1."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    # `Any`: Typer vendors click, and its `Context` class has no public import path.
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except LakeError as exc:
@@ -73,20 +74,57 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Logs to whatever `sys.stderr` is now (a test runner swaps it per invocation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def _configure_logging(level: int) -> None:
+    root = logging.getLogger()
+    root.setLevel(level)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+
+
+_ROOT_OUTPUT = typer.Option(
+    OutputFormat.table,
+    "--output",
+    "-o",
+    help="table (for people), json or csv (for scripts); every command's output.",
+)
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    output: OutputFormat = _ROOT_OUTPUT,
     log_level: str = typer.Option(
-        "WARNING", "--log-level", envvar="LAKE_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR."
+        "WARNING",
+        "--log-level",
+        envvar="LAKE_LOG_LEVEL",
+        help="DEBUG, INFO, WARNING or ERROR (`lake serve` always logs its startup and flushes).",
     ),
 ) -> None:
     """iceberg_lake: market data from NATS JetStream into Bronze/Silver/Gold Iceberg tables."""
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(level)
+    set_root_format(output)
 
 
 for _module in (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -62,8 +63,13 @@ def compact(
     symbol: str | None = typer.Option(
         None, "--symbol", "-s", help="Only this partition value (symbol or underlying)."
     ),
-    snapshot: int | None = typer.Option(None, "--snapshot", help="Pin this Bronze snapshot id."),
-    tag: str | None = typer.Option(None, "--tag", help="Pin the Bronze snapshot of this tag."),
+    as_of: str | None = typer.Option(
+        None, "--as-of", help="Pin Bronze: tag, snapshot id or ISO time (default: current)."
+    ),
+    snapshot: int | None = typer.Option(
+        None, "--snapshot", hidden=True, help="Same as --as-of SNAPSHOT_ID."
+    ),
+    tag: str | None = typer.Option(None, "--tag", hidden=True, help="Same as --as-of TAG."),
     engine: Engine = ENGINE_OPTION,
     spark_master: str = typer.Option(
         "local[*]", "--spark-master", envvar="SPARK_MASTER", help="Spark master (--engine spark)."
@@ -88,21 +94,27 @@ def compact(
         )
     if all_dates and not table:
         raise typer.BadParameter("--all-dates needs --table", param_hint="--table")
+    if as_of is not None:
+        if snapshot is not None or tag:
+            raise typer.BadParameter("give --as-of alone", param_hint="--as-of")
+        if as_of.strip().isdigit():
+            snapshot = int(as_of)
+        else:
+            tag = as_of  # a tag, or a time: `SilverCompactor` resolves both as `as_of`
     if incremental and (snapshot is not None or tag or symbol):
         raise typer.BadParameter(
             "--incremental always uses the current Bronze snapshot and every partition",
             param_hint="--incremental",
         )
     if snapshot is not None and not table:
-        raise typer.BadParameter("--snapshot needs --table", param_hint="--snapshot")
+        raise typer.BadParameter("a snapshot id pins one table: add --table", param_hint="--as-of")
     if snapshot is not None and tag:
         raise typer.BadParameter("give --snapshot or --tag, not both", param_hint="--snapshot")
 
     if engine == Engine.spark:
         if not date:
             raise typer.BadParameter("--engine spark compacts one --date", param_hint="--engine")
-        results = _compact_on_spark(date, table, symbol, snapshot, tag, spark_master)
-        _print(results, output)
+        _print(_compact_on_spark(date, table, symbol, snapshot, tag, spark_master), output)
         return
 
     show_progress = output == OutputFormat.text and err_console.is_terminal
@@ -122,16 +134,20 @@ def compact(
                 tasks[name] = bar.add_task(name, total=total)
             bar.update(tasks[name], completed=done, total=total)
 
+        results: Sequence[Mapping[str, Any]]
         with SilverCompactor(settings(), progress=progress) as compactor:
             if incremental:
                 results = compactor.compact_incremental([table] if table else None)
             elif all_dates:
                 assert table is not None
-                results = compactor.compact_all_dates(table, symbol, snapshot, tag)
+                results = compactor.compact_all_dates(table, symbol, snapshot, as_of=tag)
             elif table:
-                results = [compactor.compact_date(date, table, symbol, snapshot, tag)]  # type: ignore[arg-type]
+                assert date is not None
+                results = [compactor.compact_date(date, table, symbol, snapshot, as_of=tag)]
             else:
-                results = compactor.compact_all_schemas(date, symbol, snapshot, tag)  # type: ignore[arg-type]
+                assert date is not None
+                by_schema = compactor.compact_all_schemas(date, symbol, snapshot, as_of=tag)
+                results = list(by_schema.values())
 
     _print(results, output)
 
@@ -159,7 +175,7 @@ def _compact_on_spark(
         stop_spark(spark)
 
 
-def _print(results: list[dict[str, Any]], output: OutputFormat) -> None:
+def _print(results: Sequence[Mapping[str, Any]], output: OutputFormat) -> None:
     if output == OutputFormat.json:
         emit(
             [{k: r.get(k) for k in [*SUMMARY_COLUMNS, "replaced_partitions"]} for r in results],

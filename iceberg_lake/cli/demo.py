@@ -4,10 +4,23 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table as RichTable
 
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit, settings
+from iceberg_lake.cli.output import get_output
 from iceberg_lake.exceptions import LakeError
 
 DATA_DIR_OPTION = typer.Option(
@@ -125,9 +138,158 @@ def demo(
     """
     from iceberg_lake.demo import DemoOptions, run_demo
 
-    result = run_demo(
-        DemoOptions(data_dir=data_dir, duration_s=duration, rate=rate, seed=seed),
-        console=console if output == OutputFormat.text else None,
+    out = get_output(output)
+    options = DemoOptions(data_dir=data_dir, duration_s=duration, rate=rate, seed=seed)
+    if not out.for_people:
+        result = run_demo(options)
+        result["next_commands"] = _available(result["next_commands"])
+        out.record(result)
+        return
+    with _RichReporter(console) as reporter:
+        result = run_demo(options, reporter)
+    result["next_commands"] = _available(result["next_commands"])
+    _print_summary(console, result)
+
+
+class _RichReporter:
+    """Renders the demo's steps: one line per step, a transient progress bar while it runs."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._bar: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> _RichReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close_bar()
+
+    def started(self, data_dir: Path) -> None:
+        self.console.print(
+            Panel.fit(
+                "iceberg_lake demo: a simulated SPY/ES session through NATS JetStream into "
+                f"Iceberg\ndata directory: {data_dir}",
+                border_style="cyan",
+            )
+        )
+
+    def step(self, name: str, seconds: float) -> None:
+        self._close_bar()
+        self.console.print(f"[green]✓[/green] {name} [dim]({seconds:.1f} s)[/dim]")
+
+    def skipped(self, name: str, why: str) -> None:
+        self._close_bar()
+        self.console.print(f"[yellow]-[/yellow] {name}: {why}")
+
+    def progress(self, task: str, done: int, total: int | None) -> None:
+        if self._bar is None:
+            self._bar = Progress(
+                TextColumn("  {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._bar.start()
+        if task not in self._tasks:
+            self._tasks[task] = self._bar.add_task(task, total=total)
+        self._bar.update(self._tasks[task], completed=done, total=total)
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+            self._tasks = {}
+
+
+def _available(commands: list[str]) -> list[str]:
+    """The suggested commands whose `lake` command this installation has."""
+    import typer.main
+
+    from iceberg_lake.cli.app import app
+
+    group = typer.main.get_command(app)
+    names = set(getattr(group, "commands", {}))
+    return [c for c in commands if not c.startswith("lake ") or c.split()[1] in names]
+
+
+def _print_summary(console: Console, result: dict[str, Any]) -> None:
+    from iceberg_lake.demo import DEAD_LETTERS
+
+    published = result["published"]
+    dead_letters = next((t["rows"] for t in result["tables"] if t["table"] == DEAD_LETTERS), None)
+    pipeline = RichTable(title="pipeline", show_header=False)
+    pipeline.add_column("what")
+    pipeline.add_column("count", justify="right")
+    for label, value in (
+        ("events simulated", published.get("events")),
+        ("messages published", published.get("messages")),
+        ("  re-published duplicates", published.get("duplicate_messages")),
+        ("  malformed messages", published.get("bad_messages")),
+        ("  events out of order", published.get("out_of_order")),
+        ("rows committed by the writers", published.get("rows_committed_by_writers")),
+        ("messages dead-lettered", dead_letters),
+        ("duplicates removed by Silver", result["compaction"].get("duplicates_removed")),
+        ("Silver partitions replaced", result["compaction"].get("partitions")),
+    ):
+        pipeline.add_row(label, f"{value:,}" if isinstance(value, int) else str(value))
+    console.print(pipeline)
+
+    tables = RichTable(title="tables")
+    for col in ("table", "rows", "expected", "snapshots", "data files"):
+        tables.add_column(col, justify="left" if col == "table" else "right")
+    for row in result["tables"]:
+        ok = row["expected"] is None or row["expected"] == row["rows"]
+        mark = "" if ok else " [red]≠[/red]"
+        tables.add_row(
+            row["table"],
+            f"{row['rows']:,}{mark}",
+            "-" if row["expected"] is None else f"{row['expected']:,}",
+            str(row["snapshots"]),
+            str(row["data_files"]),
+        )
+    console.print(tables)
+
+    for q in result["queries"]:
+        rows = q["rows"]
+        if len(rows) == 1 and len(rows[0]) == 1:
+            console.print(
+                f"{q['title']}: {q['sql']} → [bold]{_fmt(next(iter(rows[0].values())))}[/bold]"
+            )
+            continue
+        table = RichTable(title=q["title"])
+        cols = list(rows[0]) if rows else ["(no rows)"]
+        for c in cols:
+            table.add_column(c)
+        for r in rows:
+            table.add_row(*[_fmt(r.get(c)) for c in cols])
+        console.print(table)
+    if result["replay"]:
+        replay = result["replay"]
+        table = RichTable(
+            title=f"replay: {replay['events']:,} events merged by event time "
+            f"({replay['sequence_hash'][:19]}…)"
+        )
+        for c in ("table", "ts_event_ns", "symbol", "price", "seq"):
+            table.add_column(c)
+        for e in replay["first_events"]:
+            table.add_row(
+                *[_fmt(e.get(c)) for c in ("table", "ts_event_ns", "symbol", "price", "seq")]
+            )
+        console.print(table)
+    for line in result["skipped"]:
+        console.print(f"[yellow]skipped[/yellow] {line}")
+    console.print(
+        f"\n[bold]done in {result['steps'].get('total', 0):.1f} s[/bold]; the lake is in "
+        f"{result['data_dir']} (nats-server stopped). Explore it:"
     )
-    if output == OutputFormat.json:
-        emit([result], output)
+    for cmd in result["next_commands"]:
+        console.print(f"  [cyan]{cmd}[/cyan]", highlight=False, soft_wrap=True)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4f}".rstrip("0").rstrip(".")
+    return "" if value is None else str(value)

@@ -162,16 +162,19 @@ def _emit(rows: list[dict[str, Any]], output: OutputFormat, title: str, changed:
 
 
 def status(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (same as --output json)."),
+    as_json: bool = typer.Option(
+        False, "--json", hidden=True, help="Same as --output json (kept for old scripts)."
+    ),
     output: OutputFormat = OUTPUT_OPTION,
     nats_timeout: float = typer.Option(
         3.0, "--nats-timeout", help="Seconds to wait for NATS before reporting it unreachable."
     ),
 ) -> None:
     """Tables (rows, files, mean file size, snapshots, last commit), consumer lag, dead letters."""
-    from iceberg_lake.ops.status import collect_status, print_status
+    from iceberg_lake.cli.output import print_status
+    from iceberg_lake.ops.status import collect_status
 
-    report = collect_status(open_catalog(), nats_timeout=nats_timeout)
+    report = collect_status(open_catalog(read_only=True), nats_timeout=nats_timeout)
     if as_json or output == OutputFormat.json:
         typer.echo(report.to_json())
     else:

@@ -24,6 +24,7 @@ from iceberg_lake.cli.common import (
     format_ms,
     open_catalog,
 )
+from iceberg_lake.cli.output import root_format
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.timetravel import snapshots
 from iceberg_lake.timetravel.snapshots import AsOf, AsOfSpec
@@ -115,11 +116,14 @@ def query(
         ),
     ] = None,
     output: Annotated[
-        QueryOutput, typer.Option("--output", "-o", help="table, csv, json or parquet.")
-    ] = QueryOutput.table,
+        QueryOutput | None,
+        typer.Option(
+            "--output", "-o", help="table, csv, json or parquet (default: the root's --output)."
+        ),
+    ] = None,
     file: Annotated[
         Path | None,
-        typer.Option("--file", "-f", help="Write the result here (required for parquet)."),
+        typer.Option("--out", "--file", "-f", help="Write the result here (required for parquet)."),
     ] = None,
     sandbox: Annotated[
         bool,
@@ -133,10 +137,11 @@ def query(
     """Run SQL against the lake's tables, optionally as of a tag, snapshot or time."""
     from iceberg_lake.timetravel.query import Lake
 
+    output = output or QueryOutput(root_format().value)
     pins = parse_as_of(as_of)
     if output == QueryOutput.parquet and file is None:
-        raise typer.BadParameter("parquet output needs --file PATH", param_hint="--output")
-    lake = Lake(open_catalog(), sandbox=sandbox)
+        raise typer.BadParameter("parquet output needs --out PATH", param_hint="--output")
+    lake = Lake(open_catalog(read_only=True), sandbox=sandbox)
     result = lake.query(sql, as_of=pins)
     write_result(result, output, file)
     # Every result says which snapshots it read (stderr, so stdout stays the data).
@@ -186,9 +191,7 @@ def tag(
     name: str = typer.Argument(..., help="Tag name, e.g. bt-2025-12-16."),
     tables: Annotated[
         list[str] | None,
-        typer.Option(
-            "--tables", "-t", help="Tables to tag (comma-separated or repeated); default all."
-        ),
+        typer.Option("--tables", help="Tables to tag (comma-separated or repeated); default all."),
     ] = None,
     replace: bool = typer.Option(False, "--replace", help="Move an existing tag of that name."),
     output: OutputFormat = OUTPUT_OPTION,
@@ -208,9 +211,7 @@ def tag(
 @snapshot_app.command("untag")
 def untag(
     name: str = typer.Argument(..., help="Tag to remove."),
-    tables: Annotated[
-        list[str] | None, typer.Option("--tables", "-t", help="Only these tables.")
-    ] = None,
+    tables: Annotated[list[str] | None, typer.Option("--tables", help="Only these tables.")] = None,
 ) -> None:
     """Remove a tag (its snapshots become expirable again)."""
     removed = snapshots.remove_tag(open_catalog(), name, _split(tables))
@@ -225,9 +226,9 @@ def list_(
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Show a table's snapshots (id, time, operation, rows added, lake properties) and tags."""
-    catalog = open_catalog()
+    catalog = open_catalog(read_only=True)
     if table is None:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for ident in catalog.existing_tables():
             t = catalog.load_table(ident)
             current = t.current_snapshot()
@@ -303,11 +304,13 @@ class ReplayFormat(StrEnum):
 def replay(
     tables: Annotated[
         list[str] | None,
-        typer.Option(
-            "--tables", "-t", help="Tables in tie-break order (comma-separated or repeated)."
-        ),
+        typer.Option("--tables", help="Tables in tie-break order (comma-separated or repeated)."),
     ] = None,
-    start: str | None = typer.Option(None, "--start", help="Unix ns or ISO time/date (UTC)."),
+    start: str | None = typer.Option(
+        None,
+        "--start",
+        help="Unix ns or ISO time/date (UTC); default: replay everything the pins hold.",
+    ),
     end: str | None = typer.Option(
         None, "--end", help="Exclusive end; default: start + 1 day when start is a date."
     ),
@@ -376,7 +379,18 @@ def replay(
         names = _split(tables)
         if not names:
             raise typer.BadParameter("name at least one table", param_hint="--tables")
-        start_ns, end_ns = parse_window(start, end, session, calendar)
+        if start is None and session is None:
+            # No window: everything the pinned snapshots hold (from file metadata).
+            from iceberg_lake.timetravel.readers import event_time_range
+
+            window = event_time_range(catalog, names, parse_as_of(as_of))
+            if window is None:
+                raise TimeTravelError(
+                    "nothing to replay: the pinned snapshots hold no rows (give --start/--end)"
+                )
+            start_ns, end_ns = window
+        else:
+            start_ns, end_ns = parse_window(start, end, session, calendar)
         engine = ReplayEngine(
             catalog, names, start_ns, end_ns, parse_as_of(as_of), speed=speed, pin=pin
         )

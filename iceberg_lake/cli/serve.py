@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from iceberg_lake.cli.common import err_console, settings
-from iceberg_lake.config import Settings
 from iceberg_lake.exceptions import LakeError
 
 
@@ -22,7 +21,6 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(
                 "--tables",
-                "-t",
                 help="Tables to write (repeat or comma-separate; 'inferred' = schema inference "
                 "for unmapped subjects). Default: all.",
             ),
@@ -53,14 +51,23 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the Bronze/Gold writers: JetStream in, Iceberg commits out."""
         from iceberg_lake.ingest.service import LakeService, resolve_targets
+        from iceberg_lake.ingest.supervisor import run_worker_processes
 
         if metrics_port is not None and not 1 <= metrics_port <= 65535 - (workers - 1):
             raise LakeError(f"--metrics-port must be a port number 1-65535, got {metrics_port}")
         s = settings()
         if workers > 1:
             raise typer.Exit(
-                _run_workers(
-                    s, resolve_targets(tables), workers, metrics_port, until_idle, idle_seconds
+                run_worker_processes(
+                    s,
+                    resolve_targets(tables),
+                    workers,
+                    metrics_port=metrics_port,
+                    until_idle=until_idle,
+                    idle_seconds=idle_seconds,
+                    on_start=lambda pid, group: err_console.print(
+                        f"worker {pid}: {', '.join(group)}", highlight=False
+                    ),
                 )
             )
         if not logging.getLogger().isEnabledFor(logging.INFO):
@@ -79,42 +86,3 @@ def register(app: typer.Typer) -> None:
                 raise LakeError(f"cannot serve metrics on port {metrics_port}: {exc}") from None
             err_console.print(f"metrics on http://0.0.0.0:{metrics_port}/metrics", highlight=False)
         asyncio.run(service.run(stop_when_idle=until_idle, idle_seconds=idle_seconds))
-
-
-def _run_workers(
-    s: Settings,
-    targets: list[str],
-    workers: int,
-    metrics_port: int | None,
-    until_idle: bool,
-    idle_seconds: float,
-) -> int:
-    """Run one `lake serve` process per table group; forward SIGTERM/SIGINT; worst exit code."""
-    import signal
-    import subprocess
-    import sys
-
-    from iceberg_lake.catalog import LakeCatalog
-
-    LakeCatalog(s).init()  # once, before the workers race to create tables
-    groups = [targets[i::workers] for i in range(workers) if targets[i::workers]]
-    procs = []
-    for i, group in enumerate(groups):
-        argv = [sys.executable, "-c", "from iceberg_lake.cli import main; main()", "serve"]
-        argv += ["--tables", ",".join(group), "--idle-seconds", str(idle_seconds)]
-        if metrics_port is not None:
-            argv += ["--metrics-port", str(metrics_port + i)]
-        if until_idle:
-            argv.append("--until-idle")
-        procs.append(subprocess.Popen(argv))
-        err_console.print(f"worker {procs[-1].pid}: {', '.join(group)}", highlight=False)
-
-    def forward(signum: int, _frame: object) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [p.wait() for p in procs]
-    return max((abs(c) for c in codes), default=0)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from pyiceberg.table import Table
 
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit, format_ms
 from iceberg_lake.cli.common import open_catalog as _open_catalog
+from iceberg_lake.cli.output import get_output
 from iceberg_lake.tables import SCHEMA_NAME_PROPERTY, SCHEMA_VERSION_PROPERTY
 
 
@@ -37,32 +37,32 @@ def init(output: OutputFormat = OUTPUT_OPTION) -> None:
         console.print(f"nothing to create: all {len(catalog.registry)} tables exist")
 
 
-def table_stats(table: Table) -> dict[str, Any]:
-    """Rows, data files, size, snapshots and last commit of a table, from metadata only."""
-    snap = table.current_snapshot()
-    summary = snap.summary if snap is not None and snap.summary is not None else None
-    return {
-        "rows": int(summary.get("total-records", 0)) if summary else 0,
-        "data_files": int(summary.get("total-data-files", 0)) if summary else 0,
-        "bytes": int(summary.get("total-files-size", 0)) if summary else 0,
-        "snapshots": len(table.metadata.snapshots),
-        "last_commit": format_ms(snap.timestamp_ms) if snap else "-",
-        "last_commit_ms": snap.timestamp_ms if snap else None,
-    }
-
-
 def tables(output: OutputFormat = OUTPUT_OPTION) -> None:
-    """List the lake's tables: rows, data files, snapshots and last commit."""
-    catalog = _open_catalog()
+    """List the lake's tables: rows, data files, snapshots and last commit. Read-only."""
+    from datetime import UTC, datetime
+
+    from iceberg_lake.ops.status import table_status
+
+    catalog = _open_catalog(read_only=True)
+    now = datetime.now(UTC)
     rows = []
     for identifier in catalog.existing_tables():
-        stats = table_stats(catalog.load_table(identifier))
-        stats.pop("last_commit_ms")
-        rows.append({"table": identifier, **stats})
-    if not rows and output == OutputFormat.text:
-        console.print("no tables yet: run `lake init`")
+        t = table_status(catalog, identifier, now)
+        rows.append(
+            {
+                "table": t.table,
+                "rows": t.rows,
+                "data_files": t.data_files,
+                "bytes": t.bytes,
+                "snapshots": t.snapshots,
+                "last_commit": t.last_commit or "-",
+            }
+        )
+    out = get_output(output)
+    if not rows and out.for_people:
+        out.message("no tables yet: run `lake init`")
         return
-    emit(rows, output, title="tables")
+    out.rows(rows, title="tables")
 
 
 def describe(
@@ -70,7 +70,7 @@ def describe(
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Show a table's schema, partition spec, properties and current snapshot."""
-    catalog = _open_catalog()
+    catalog = _open_catalog(read_only=True)
     tbl = catalog.load_table(table)
     schema = tbl.schema()
     columns = [
@@ -92,7 +92,7 @@ def describe(
         for p in tbl.spec().fields
     ]
     snap = tbl.current_snapshot()
-    current = None
+    current: dict[str, Any] | None = None
     if snap is not None:
         current = {
             "snapshot_id": snap.snapshot_id,

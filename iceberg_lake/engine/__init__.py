@@ -1,9 +1,41 @@
 """The engine layer: the only modules that touch pyiceberg, DuckDB and nats-py internals.
 
-`iceberg` (data files, the watermarked append, the atomic partition replacement, bounds, sort
-order), `duck` (DuckDB connections and SQL), `nats` (connections, streams, consumers, the pull
-path), `dbn` (databento-dbn record layouts, for `lake load`). Every private member of a
-dependency used here is listed in its module with a guard test in `tests/engine/`. The stages
-above (ingest, silver, timetravel, schema, ops, load) talk to dependencies only through this
-package.
+`iceberg` (data files, the watermarked append, the atomic partition replacement, partition keys,
+bounds decoding), `duck` (DuckDB connections, SQL quoting, paths DuckDB can open), `nats`
+(connections, streams, consumers, the pull path), `dbn` (databento-dbn record layouts, for
+`lake load`), `filters` (typed row filters), `spark`. The stages above (ingest, silver, timetravel,
+schema, ops, load) talk to dependencies' internals only through this package.
+
+Private members of dependencies kept here, each with its guard test in
+`tests/engine/test_guards.py` (a version check plus a behaviour check):
+
+- `pyiceberg.io.pyarrow._dataframe_to_data_files` (`iceberg.write_data_files`): writes sorted
+  Arrow rows as data files without committing. Guard: `test_dataframe_to_data_files_guard`.
+- `pyiceberg.io.pyarrow._get_parquet_writer_kwargs` (`iceberg.parquet_writer_kwargs`): the
+  table's Parquet writer options for Silver's streaming writer.
+  Guard: `test_parquet_writer_kwargs_guard`.
+- `pyiceberg.partitioning.PartitionKey.partition` overridden by `iceberg.RecordPartitionKey`
+  (a key from an already transformed partition tuple; relies on `to_path()` reading it).
+  Guard: `test_record_partition_key_guard`.
+
+The commit-path fixes of issue 13 (`iceberg.install_commit_fixes`, `WatermarkedAppend`,
+`rewrite_manifests`) rely on pyiceberg internals, all guarded in
+`tests/engine/test_iceberg_commit_guard.py` (version, a hash of each function's source, and the
+behaviour): `_FastAppendFiles` (and `_existing_manifests`), `_ManifestMergeManager` (and
+`_create_manifest`, `merge_manifests`), `_MergeAppendFiles` (`_merge_enabled`,
+`_min_count_to_merge`), `_SnapshotProducer._manifests`, `update_table_metadata` with
+`_apply_table_update`, `_update_table_metadata_log` and `_TableMetadataUpdateContext`,
+`MetastoreCatalog._update_and_stage_table`, `Catalog._write_metadata`,
+`Transaction._append_snapshot_producer`, `Table._do_commit`.
+
+nats-py: `Client._send_command` (`nats.publish_frames`, one write for a batch of publish frames
+while replaying to NATS), guarded by `tests/test_replay_nats_batch.py`.
+
+databento-dbn: the record classes' `_dtypes`, `_price_fields`, `_timestamp_fields` and
+`_hidden_fields` (`dbn`, columnar decoding for `lake load`), guarded by
+`tests/engine/test_dbn_guard.py`. pyspark: `SparkContext._gateway` and `SparkContext._jvm`
+(`spark.stop_spark` stops the JVM it launched), guarded in `tests/test_spark.py`.
+
+`test_engine_docstring_lists_every_private_member` fails when an engine module imports or
+reads another library's private member that this list does not name.
 """

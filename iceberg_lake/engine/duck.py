@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import threading
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlparse, urlsplit
 
 import duckdb
 
@@ -30,6 +30,7 @@ __all__ = [
     "check_read_only",
     "configure_s3",
     "connect",
+    "duckdb_path",
     "extension_path",
     "quote_ident",
     "quote_str",
@@ -84,7 +85,7 @@ def _install(con: duckdb.DuckDBPyConnection, names: tuple[str, ...]) -> None:
     with _install_lock:
         for name in names:
             if name not in _installed:
-                con.execute(f"INSTALL {_sql_str(str(extension_path(name)))}")
+                con.execute(f"INSTALL {quote_str(str(extension_path(name)))}")
                 _installed.add(name)
 
 
@@ -149,25 +150,30 @@ def configure_s3(
         raise ValueError(f"secret name must be an identifier, got {name!r}")
     con.execute(
         f"CREATE OR REPLACE SECRET {name} ("
-        f"TYPE s3, KEY_ID {_sql_str(access_key)}, SECRET {_sql_str(secret_key)}, "
-        f"REGION {_sql_str(region)}, ENDPOINT {_sql_str(parts.netloc)}, "
+        f"TYPE s3, KEY_ID {quote_str(access_key)}, SECRET {quote_str(secret_key)}, "
+        f"REGION {quote_str(region)}, ENDPOINT {quote_str(parts.netloc)}, "
         f"URL_STYLE 'path', USE_SSL {use_ssl})"
     )
 
 
-def _sql_str(value: str) -> str:
-    """Quote ``value`` as a SQL string literal."""
+def quote_str(value: str) -> str:
+    """Quote ``value`` as a DuckDB string literal."""
     return "'" + value.replace("'", "''") + "'"
 
 
 def quote_ident(name: str) -> str:
-    """Quote ``name`` as a DuckDB identifier (``a"b`` → ``"a""b"``)."""
+    """Quote a column or table name for DuckDB."""
     return '"' + name.replace('"', '""') + '"'
 
 
-def quote_str(value: str) -> str:
-    """Quote ``value`` as a DuckDB string literal (``it's`` → ``'it''s'``)."""
-    return _sql_str(value)
+def duckdb_path(uri: str) -> str:
+    """A location DuckDB can open: ``file:`` URIs become local paths, ``s3a://`` becomes ``s3://``."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return unquote(parsed.path)
+    if parsed.scheme == "s3a":
+        return "s3://" + uri[len("s3a://") :]
+    return uri
 
 
 def timestamptz_literal(us: int) -> str:
@@ -205,7 +211,7 @@ def sandbox(con: duckdb.DuckDBPyConnection, allowed: list[str]) -> None:
         con: the connection (extensions loaded, S3 secret created).
         allowed: directories the connection may still read.
     """
-    dirs = ", ".join(_sql_str(d if d.endswith("/") else d + "/") for d in allowed)
+    dirs = ", ".join(quote_str(d if d.endswith("/") else d + "/") for d in allowed)
     con.execute(f"SET allowed_directories = [{dirs}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

@@ -51,6 +51,7 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
+from iceberg_lake.exceptions import ValidationError
 from iceberg_lake.tables.definitions import SPEC_INT_RANGES, ColumnDefinition
 
 #: The derived partition-source column (microseconds from `ts_event_ns`), never read from messages.
@@ -80,12 +81,8 @@ _CONTROL_CHARS = r"[\x{0}-\x{1f}\x{7f}-\x{9f}]"
 _EVENT_BITS = 32
 
 
-class MessageError(Exception):
+class MessageError(ValidationError):
     """One message (or one event of a batch) cannot be stored; `reason` goes to the dead letter."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def _reason(exc: BaseException) -> str:
@@ -370,7 +367,7 @@ def column_rule(name: str, t: IcebergType, declared: ColumnDefinition | None) ->
 
 def _python_type(t: IcebergType, rule: ColumnRule) -> Any:
     if rule.enum:
-        return Literal[rule.enum]  # type: ignore[valid-type]
+        return Literal[rule.enum]
     if type(t) in _INT_TYPES:
         lo, hi = rule.int_range or SPEC_INT_RANGES[_INT_TYPES[type(t)]]
         return Annotated[int, msgspec.Meta(ge=lo, le=hi)]
@@ -529,7 +526,7 @@ class TableCodec:
         )
         self.allowed = names | set(ENVELOPE_FIELDS)
         self._column_set = names
-        self._one = msgspec.json.Decoder(self.event_type | list[self.event_type])  # type: ignore[operator,name-defined]
+        self._one = msgspec.json.Decoder(self.event_type | list[self.event_type])  # type: ignore[name-defined]
         self._many = msgspec.json.Decoder(list[self.event_type])  # type: ignore[name-defined]
         self._column_getters = [attrgetter(n) for n in self.column_names]
         self._payload_attr = attrgetter("payload")

@@ -118,6 +118,6 @@ def flatten_level_signals(payload: dict[str, Any], underlying: str | None = None
             if isinstance(value, dict):
                 _flatten(name, value, row)
             else:
-                row[_LEVEL_RENAMES.get(name, name)] = value
+                row[_LEVEL_RENAMES.get(str(name), str(name))] = value
         rows.append(row)
     return rows

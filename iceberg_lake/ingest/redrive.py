@@ -27,11 +27,12 @@ from typing import Any
 
 import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, GreaterThanOrEqual
+from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression
 from pyiceberg.table import Table
 
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.engine.filters import eq, ge
 from iceberg_lake.exceptions import LakeError, MigrationError
 from iceberg_lake.ingest.decode import TableCodec, conform
 from iceberg_lake.ingest.routing import (
@@ -148,9 +149,9 @@ class StoredDeadLetter:
 def _filter(table: str | None, since: datetime | None) -> BooleanExpression:
     expr: BooleanExpression = AlwaysTrue()
     if table is not None:
-        expr = And(expr, EqualTo("target_table", table))
+        expr = And(expr, eq("target_table", table))
     if since is not None:
-        expr = And(expr, GreaterThanOrEqual("received_at", since.astimezone(UTC).isoformat()))
+        expr = And(expr, ge("received_at", since.astimezone(UTC).isoformat()))
     return expr
 
 

@@ -423,5 +423,5 @@ def compact_loaded(settings: Settings | LakeCatalog, results: Sequence[LoadResul
     out: list[dict] = []
     with SilverCompactor(settings) as compactor:
         for table, day in work:
-            out.append(compactor.compact_date(day, table))
+            out.append(compactor.compact_date(day, table).as_dict())
     return out

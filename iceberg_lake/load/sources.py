@@ -146,7 +146,7 @@ class _CountingFile(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+    def readinto(self, b) -> int:  # noqa: ANN001
         n = self._f.readinto(b)
         self.read_bytes += n or 0
         return n or 0

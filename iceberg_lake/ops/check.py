@@ -36,8 +36,9 @@ from typing import Any
 
 import duckdb
 
+from iceberg_lake.engine.duck import quote_ident, quote_str
 from iceberg_lake.exceptions import LakeError, UnknownTableError
-from iceberg_lake.silver.dedup import key_expression, quote_ident, quote_str
+from iceberg_lake.silver.dedup import key_expression
 from iceberg_lake.tables.definitions import TableDefinition
 from iceberg_lake.timetravel.query import Lake
 from iceberg_lake.timetravel.snapshots import AsOfSpec

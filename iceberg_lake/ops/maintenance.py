@@ -33,10 +33,6 @@ from pyiceberg.expressions import (
     AlwaysTrue,
     And,
     BooleanExpression,
-    EqualTo,
-    GreaterThanOrEqual,
-    IsNull,
-    LessThan,
 )
 from pyiceberg.io.pyarrow import ArrowScan, PyArrowFileIO, schema_to_pyarrow
 from pyiceberg.manifest import ManifestFile
@@ -50,9 +46,11 @@ from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.engine.filters import eq, ge, is_null, lt
 from iceberg_lake.engine.iceberg import (
     PartitionReplacement,
     expire_snapshot_ids,
+    partition_values,
     rewrite_manifests,
     write_data_files,
 )
@@ -328,7 +326,7 @@ class TableMaintenance:
         for task in tasks:
             if task.file.file_size_in_bytes >= target_size * MIN_INPUT_FRACTION:
                 continue
-            key = (task.file.spec_id, tuple(task.file.partition))
+            key = (task.file.spec_id, partition_values(task.file.partition))
             by_partition.setdefault(key, []).append(task)
         schema = table.schema()
         groups = []
@@ -1061,13 +1059,13 @@ def _partition_bounds(
             return None
         transform = pfield.transform
         if isinstance(transform, IdentityTransform):
-            term = IsNull(column) if value is None else EqualTo(column, value)
+            term = is_null(column) if value is None else eq(column, value)
             labels.append(str(value))
         elif isinstance(transform, HourTransform | DayTransform) and value is not None:
             unit = _US_PER_HOUR if isinstance(transform, HourTransform) else _US_PER_DAY
             ordinal = (value - date(1970, 1, 1)).days if isinstance(value, date) else int(value)
             lo, hi = ordinal * unit, (ordinal + 1) * unit
-            term = And(GreaterThanOrEqual(column, _iso(lo)), LessThan(column, _iso(hi)))
+            term = And(ge(column, _iso(lo)), lt(column, _iso(hi)))
             text = _iso(lo)
             labels.append(text[:13] if unit == _US_PER_HOUR else text[:10])
             end_us = hi if end_us is None else max(end_us, hi)

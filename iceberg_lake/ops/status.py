@@ -13,9 +13,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table as RichTable
-
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.config import Settings, redact, redact_url
 from iceberg_lake.engine.nats import connect, consumer_target, jetstream, stream_limit_warning
@@ -35,6 +32,8 @@ class TableStatus:
     snapshots: int
     last_commit: str | None
     last_commit_age_seconds: float | None
+    #: Total size of the current data files.
+    bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,6 +96,7 @@ def table_status(catalog: LakeCatalog, identifier: str, now: datetime) -> TableS
         snapshots=len(table.metadata.snapshots),
         last_commit=when.isoformat(timespec="seconds") if when else None,
         last_commit_age_seconds=round((now - when).total_seconds(), 1) if when else None,
+        bytes=size,
     )
 
 
@@ -204,72 +204,3 @@ def collect_status(
     tables = [table_status(catalog, t, now) for t in catalog.existing_tables()]
     consumers, nats_state = consumer_status(catalog.settings, fed_tables(catalog), nats_timeout)
     return LakeStatus(tables, consumers, dead_letter_counts(catalog), nats_state)
-
-
-def _human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-def _human_age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= span:
-            return f"{seconds / span:.1f}{unit}"
-    return f"{seconds:.0f}s"
-
-
-def print_status(report: LakeStatus, console: Console) -> None:
-    """Print the report as rich tables."""
-    tables = RichTable(title="tables")
-    for col in ("table", "rows", "data files", "mean file", "snapshots", "last commit"):
-        tables.add_column(col, justify="left" if col == "table" else "right")
-    for t in report.tables:
-        tables.add_row(
-            t.table,
-            f"{t.rows:,}",
-            f"{t.data_files:,}",
-            _human_bytes(t.mean_file_bytes),
-            str(t.snapshots),
-            f"{_human_age(t.last_commit_age_seconds)} ago" if t.last_commit else "never",
-        )
-    console.print(tables)
-    if report.nats != "ok":
-        console.print(f"[yellow]NATS {report.nats}[/yellow]: consumer lag unknown", highlight=False)
-    else:
-        consumers = RichTable(title="consumers")
-        for col in ("table", "stream", "consumer", "lag", "pending", "ack pending", "redelivered"):
-            consumers.add_column(col)
-        for c in report.consumers:
-            if not c.exists:
-                consumers.add_row(c.table, c.stream, c.consumer, "-", "not created", "", "")
-                continue
-            consumers.add_row(
-                c.table,
-                c.stream,
-                c.consumer,
-                str(c.lag),
-                str(c.pending),
-                str(c.ack_pending),
-                str(c.redelivered),
-            )
-        console.print(consumers)
-        for c in report.consumers:
-            if c.warning:
-                console.print(
-                    f"[yellow]warning[/yellow] {c.consumer}: {c.warning}", highlight=False
-                )
-    if report.dead_letters:
-        dl = RichTable(title="dead letters")
-        dl.add_column("target table")
-        dl.add_column("rows", justify="right")
-        for name, n in sorted(report.dead_letters.items()):
-            dl.add_row(name, f"{n:,}")
-        console.print(dl)
-    else:
-        console.print("dead letters: none")

@@ -69,10 +69,10 @@ def compare_table(definition: TableDefinition, table: Table) -> list[Drift]:
         out.append(
             Drift(ident, "partition", f"live {_spec(live.partition)}, declared {_spec(want_spec)}")
         )
-    name = table.properties.get(SCHEMA_NAME_PROPERTY)
-    if name != definition.schema_name:
+    live_name = table.properties.get(SCHEMA_NAME_PROPERTY)
+    if live_name != definition.schema_name:
         out.append(
-            Drift(ident, "schema-name", f"live {name!r}, declared {definition.schema_name!r}")
+            Drift(ident, "schema-name", f"live {live_name!r}, declared {definition.schema_name!r}")
         )
     if live.schema_version != definition.schema_version:
         out.append(

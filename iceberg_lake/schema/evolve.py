@@ -34,7 +34,6 @@ from pyiceberg.types import (
     IcebergType,
     IntegerType,
     LongType,
-    PrimitiveType,
 )
 
 from iceberg_lake.catalog import catalog_errors
@@ -330,7 +329,7 @@ def _describe_column(col: ColumnState) -> str:
     return f"{col.type} ({'required' if col.required else 'optional'})"
 
 
-_WIDENINGS: dict[type[PrimitiveType], type[PrimitiveType]] = {
+_WIDENINGS: dict[type[IcebergType], type[IcebergType]] = {
     IntegerType: LongType,
     FloatType: DoubleType,
 }
@@ -452,6 +451,6 @@ def _commit(table: Table, plan: Plan) -> None:
                         update.delete_column(c.name)
         if spec_changes:
             with tx.update_spec() as spec:
-                for c in spec_changes:
-                    spec.add_field(c.source, c.transform.strip().lower())
+                for field in spec_changes:
+                    spec.add_field(field.source, field.transform.strip().lower())
         tx.set_properties({SCHEMA_VERSION_PROPERTY: str(plan.after.schema_version)})

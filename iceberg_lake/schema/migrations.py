@@ -138,7 +138,7 @@ class Migration:
             raise MigrationError(f"migration {self.id} has no upgrade(ctx) function")
         if not (module.__doc__ or "").strip():
             raise MigrationError(f"migration {self.id} has no docstring saying what it does")
-        return upgrade  # type: ignore[no-any-return]
+        return upgrade
 
 
 def file_checksum(path: Path) -> str:
@@ -393,15 +393,14 @@ class MigrationLedger:
         if not self.exists():
             return {}
         with catalog_errors("reading the migration ledger"), self.engine.connect() as conn:
-            rows = conn.execute(
+            query = (
                 sa.select(ledger_table)
                 .where(ledger_table.c.catalog_name == self.catalog_name)
                 .order_by(ledger_table.c.version)
-            ).all()
-        return {
-            r.version: AppliedMigration(
-                **{k: v for k, v in r._mapping.items() if k != "catalog_name"}
             )
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        return {
+            r["version"]: AppliedMigration(**{k: v for k, v in r.items() if k != "catalog_name"})
             for r in rows
         }
 

@@ -44,20 +44,11 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
+from iceberg_lake.engine.duck import quote_ident
 from iceberg_lake.exceptions import CompactionError
 
 RECEIVE_TIME = "ts_recv_ns"
 EVENT_TIME = "ts_event_ns"
-
-
-def quote_ident(name: str) -> str:
-    """Quote a column name for DuckDB."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_str(value: str) -> str:
-    """Quote a string literal for DuckDB."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def duck_type(t: IcebergType) -> str:

@@ -35,9 +35,6 @@ from typing import TYPE_CHECKING, Any
 from pyiceberg.expressions import (
     And,
     BooleanExpression,
-    EqualTo,
-    GreaterThanOrEqual,
-    LessThan,
 )
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
@@ -46,10 +43,11 @@ from pyiceberg.types import DoubleType, FloatType
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.config import Settings
+from iceberg_lake.engine.filters import eq, ge, lt
 from iceberg_lake.engine.spark import replace_partitions, spark_sql_type
 from iceberg_lake.exceptions import CompactionError
-from iceberg_lake.silver.compactor import _layout, _parse_date, resolve_bronze_table
 from iceberg_lake.silver.dedup import sort_columns
+from iceberg_lake.silver.plan import layout_of, parse_date, resolve_bronze_table
 from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
 
 if TYPE_CHECKING:
@@ -128,11 +126,11 @@ class SparkSilverCompactor:
         tag: str | None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        day = _parse_date(date)
+        day = parse_date(date)
         definition = resolve_bronze_table(self.lake, schema)
         bronze = self.lake.load_table(definition.identifier)
         silver = self.lake.load_table(f"{SILVER}.{definition.name}")
-        layout = _layout(bronze, silver)
+        layout = layout_of(bronze, silver)
         snap = _pin(bronze, snapshot_id, tag)
         result = _result(definition, snap, day)
         if snap is None:
@@ -146,7 +144,7 @@ class SparkSilverCompactor:
         lo = datetime(day.year, day.month, day.day, tzinfo=UTC)
         hi = lo + timedelta(days=1)
         row_filter: BooleanExpression = And(
-            GreaterThanOrEqual("ts_event", lo.isoformat()), LessThan("ts_event", hi.isoformat())
+            ge("ts_event", lo.isoformat()), lt("ts_event", hi.isoformat())
         )
         # Micros, not timestamp literals: independent of Spark's session time zone.
         lo_us, hi_us = int(lo.timestamp()) * 1_000_000, int(hi.timestamp()) * 1_000_000
@@ -157,7 +155,7 @@ class SparkSilverCompactor:
             if layout.key_column is None:
                 raise CompactionError(f"{definition.identifier} has no partition key")
             source = source.where(_col(layout.key_column) == partition_value)
-            row_filter = And(EqualTo(layout.key_column, partition_value), row_filter)
+            row_filter = And(eq(layout.key_column, partition_value), row_filter)
 
         # Partitions and row count from Bronze's metadata (no data read): Bronze files are
         # per partition, so the files the filter plans are exactly the day's.
@@ -222,7 +220,7 @@ class SparkSilverCompactor:
             if {d.identifier, silver_name} <= existing:
                 results.append(self.compact_date(date, d.identifier, partition_value, tag=tag))
             else:
-                results.append({**_result(d, None, _parse_date(date)), "status": "missing"})
+                results.append({**_result(d, None, parse_date(date)), "status": "missing"})
         return results
 
     def _dedup(

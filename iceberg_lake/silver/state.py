@@ -30,6 +30,7 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Operation, Snapshot, ancestors_of
 
 from iceberg_lake import properties as P
+from iceberg_lake.engine.iceberg import partition_values
 
 #: (partition spec id, partition tuple): identifies a partition across snapshots.
 PartitionId = tuple[int, tuple[object, ...]]
@@ -102,7 +103,7 @@ class BronzeHistory:
                         ManifestEntryStatus.DELETED,
                     ):
                         f = entry.data_file
-                        parts.add((f.spec_id, tuple(f.partition)))
+                        parts.add((f.spec_id, partition_values(f.partition)))
             self._touched[sid] = parts
         return self._touched[sid]
 

@@ -9,7 +9,6 @@ file itself: the Silver compactor encodes its change-detection state in the name
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,19 +16,19 @@ import pyarrow.parquet as pq
 from pyiceberg.io import OutputFile
 from pyiceberg.io.pyarrow import (
     DataFileStatistics,
-    _get_parquet_writer_kwargs,
     compute_statistics_plan,
     data_file_statistics_from_parquet_metadata,
     parquet_path_to_id_mapping,
     schema_to_pyarrow,
 )
 from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
-from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table, TableProperties
 from pyiceberg.table.locations import load_location_provider
 from pyiceberg.typedef import Record
 from pyiceberg.utils.properties import property_as_int
+
+from iceberg_lake.engine.iceberg import parquet_writer_kwargs, partition_key
 
 #: Dictionary-encode a column only if a sample of its first batch repeats values this much
 #: (distinct / rows). Dictionary pages for near-unique columns (timestamps, sequence numbers)
@@ -61,7 +60,7 @@ class _ParquetFile:
     ) -> None:
         self._schema = schema
         self._properties = properties
-        kwargs = _get_parquet_writer_kwargs(properties)
+        kwargs = parquet_writer_kwargs(properties)
         kwargs["use_dictionary"] = dictionary_columns(first)
         self._row_group = property_as_int(
             properties,
@@ -88,18 +87,6 @@ class _ParquetFile:
             stats_columns=compute_statistics_plan(self._schema, self._properties),
             parquet_column_mapping=parquet_path_to_id_mapping(self._schema),
         )
-
-
-@dataclass(frozen=True)
-class _PartitionPath:
-    """What a location provider needs from a partition key: its `k=v/...` path."""
-
-    spec: PartitionSpec
-    schema: Schema
-    record: Record
-
-    def to_path(self) -> str:
-        return self.spec.partition_to_path(self.record, self.schema)
 
 
 class PartitionFileWriter:
@@ -134,7 +121,7 @@ class PartitionFileWriter:
         self._locations = load_location_provider(
             table_location=metadata.location, table_properties=metadata.properties
         )
-        self._key = _PartitionPath(metadata.spec(), self._schema, partition)
+        self._key = partition_key(metadata.spec(), self._schema, partition)
         self._writer: _ParquetFile | None = None
         self._path = ""
         self._size = 0
@@ -153,7 +140,7 @@ class PartitionFileWriter:
         table = pa.Table.from_arrays(table.columns, schema=self._arrow_schema)
         if self._writer is None:
             name = f"{self._prefix}-{len(self.files):05d}.parquet"
-            self._path = self._locations.new_data_location(name, self._key)  # type: ignore[arg-type]
+            self._path = self._locations.new_data_location(name, self._key)
             output = self._table.io.new_output(self._path)
             self._writer = _ParquetFile(output, self._schema, self._properties, table)
             self._size = 0

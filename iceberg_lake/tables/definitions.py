@@ -272,7 +272,7 @@ def load_definition_file(path: Path) -> list[TableDefinition]:
         tables = list(data["tables"])
     except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
         raise LakeError(f"invalid table definition {path}: {exc}") from None
-    definitions = [TableDefinition(identifier=t, **common) for t in tables]  # type: ignore[arg-type]
+    definitions = [TableDefinition(identifier=t, **common) for t in tables]
     for d in definitions:
         names = d.column_names
         for p in d.partition:

@@ -6,6 +6,7 @@ carries them as `iceberg_lake/_declared/catalog`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
@@ -41,7 +42,7 @@ class TableRegistry:
             definitions.extend(load_definition_file(path))
         return cls(definitions)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[TableDefinition]:
         return iter(sorted(self._by_id.values(), key=lambda d: d.identifier))
 
     def __len__(self) -> int:

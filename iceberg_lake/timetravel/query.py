@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
+from duckdb import DuckDBPyConnection
 from pyiceberg.table import Table
 
-from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.config import Settings
+from iceberg_lake.catalog import CatalogSource, as_catalog, catalog_errors
 from iceberg_lake.engine import duck
+from iceberg_lake.engine.duck import duckdb_path, quote_ident, quote_str
 from iceberg_lake.exceptions import LakeError
-from iceberg_lake.silver.dedup import duck_type, quote_ident, quote_str
+from iceberg_lake.silver.dedup import duck_type
 from iceberg_lake.tables import NAMESPACES
 from iceberg_lake.timetravel.snapshots import AsOfSpec, pin_for, resolve_as_of
 
@@ -40,18 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["Lake", "duckdb_path", "scan_sql"]
 
 _TABLE_REF = re.compile(r"\b(" + "|".join(NAMESPACES) + r")\s*\.\s*\"?([A-Za-z_][A-Za-z0-9_]*)")
-
-
-def duckdb_path(uri: str) -> str:
-    """A location DuckDB can open: `file:` URIs become local paths, `s3a://` becomes `s3://`."""
-    from urllib.parse import unquote, urlparse
-
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return unquote(parsed.path)
-    if parsed.scheme == "s3a":
-        return "s3://" + uri[len("s3a://") :]
-    return uri
 
 
 def scan_sql(table: Table, snapshot_id: int | None) -> str:
@@ -78,13 +67,13 @@ class Lake:
             a notebook server — must turn it on.
     """
 
-    def __init__(self, settings: Settings | LakeCatalog, *, sandbox: bool = False) -> None:
-        self.catalog = settings if isinstance(settings, LakeCatalog) else LakeCatalog(settings)
+    def __init__(self, settings: CatalogSource, *, sandbox: bool = False) -> None:
+        self.catalog = as_catalog(settings)
         self.settings = self.catalog.settings
         self.sandbox = sandbox
         #: Snapshot id each view of the last `duckdb()`/`query()` call read (None: empty).
         self.last_pins: dict[str, int | None] = {}
-        self._session: duckdb.DuckDBPyConnection | None = None
+        self._session: DuckDBPyConnection | None = None
 
     def pins(
         self, as_of: AsOfSpec = None, tables: Iterable[str] | None = None
@@ -110,7 +99,7 @@ class Lake:
 
     def duckdb(
         self, as_of: AsOfSpec = None, tables: Iterable[str] | None = None
-    ) -> duckdb.DuckDBPyConnection:
+    ) -> DuckDBPyConnection:
         """A DuckDB connection with one view per table, pinned to `as_of`.
 
         Read-only with respect to the lake; creates nothing in the catalog. The caller closes
@@ -134,7 +123,7 @@ class Lake:
             raise
         return con
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
+    def connect(self) -> DuckDBPyConnection:
         """A bare DuckDB connection for this lake: Iceberg extension (plus httpfs and the S3
         secret for object-store warehouses), UTC, the `bronze`/`silver`/`gold` schemas, no views.
         """
@@ -163,7 +152,7 @@ class Lake:
         return con
 
     def _create_views(
-        self, con: duckdb.DuckDBPyConnection, as_of: AsOfSpec, tables: Iterable[str] | None
+        self, con: DuckDBPyConnection, as_of: AsOfSpec, tables: Iterable[str] | None
     ) -> None:
         identifiers = list(tables) if tables is not None else self.catalog.existing_tables()
         loaded = {ident: self.catalog.load_table(ident) for ident in identifiers}

@@ -30,23 +30,28 @@ from pyiceberg.expressions import (
     AlwaysTrue,
     And,
     BooleanExpression,
-    EqualTo,
-    GreaterThanOrEqual,
-    LessThan,
 )
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.table import Table
 
-from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.catalog import CatalogSource, as_catalog, catalog_errors
+from iceberg_lake.engine.filters import eq, ge, lt
+from iceberg_lake.engine.iceberg import column_bounds
 from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
 from iceberg_lake.tables import BRONZE, GOLD, SILVER, TableDefinition
-from iceberg_lake.timetravel.snapshots import AsOf, resolve_as_of
+from iceberg_lake.timetravel.snapshots import AsOf, AsOfSpec, pin_for, resolve_as_of
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["BronzeReader", "GoldReader", "ScanStats", "SilverReader", "time_window"]
+__all__ = [
+    "BronzeReader",
+    "GoldReader",
+    "ScanStats",
+    "SilverReader",
+    "event_time_range",
+    "time_window",
+]
 
 _NS_PER_US = 1_000
 
@@ -101,14 +106,12 @@ def window_filter(lo: int | None, hi: int | None) -> BooleanExpression:
     """Predicates on `ts_event` (partition pruning) and `ts_event_ns` (exact) for `[lo, hi)`."""
     expr: BooleanExpression = AlwaysTrue()
     if lo is not None:
-        expr = And(expr, GreaterThanOrEqual("ts_event", _us(lo).isoformat()))
-        expr = And(expr, GreaterThanOrEqual("ts_event_ns", lo))
+        expr = And(expr, ge("ts_event", _us(lo).isoformat()))
+        expr = And(expr, ge("ts_event_ns", lo))
     if hi is not None:
         # ts_event is ts_event_ns truncated to microseconds: include the microsecond of hi - 1.
-        expr = And(
-            expr, LessThan("ts_event", (_us(hi - 1) + timedelta(microseconds=1)).isoformat())
-        )
-        expr = And(expr, LessThan("ts_event_ns", hi))
+        expr = And(expr, lt("ts_event", (_us(hi - 1) + timedelta(microseconds=1)).isoformat()))
+        expr = And(expr, lt("ts_event_ns", hi))
     return expr
 
 
@@ -119,14 +122,12 @@ class _Reader:
 
     def __init__(
         self,
-        settings: Settings | LakeCatalog | None = None,
+        settings: CatalogSource | None = None,
         *,
         snapshot_id: int | None = None,
         tag: str | None = None,
     ) -> None:
-        if settings is None:
-            settings = load_settings()
-        self.catalog = settings if isinstance(settings, LakeCatalog) else LakeCatalog(settings)
+        self.catalog = as_catalog(settings)
         self._default_pin: AsOf = _pin(snapshot_id, tag)
         #: Files scanned vs total of the last read (None before the first read).
         self.last_scan: ScanStats | None = None
@@ -185,7 +186,7 @@ class _Reader:
         names = columns or _spec_columns(iceberg, definition)
         expr = window_filter(*time_window(date, start_ns, end_ns))
         if partition_value is not None and definition.partition_key:
-            expr = And(EqualTo(definition.partition_key, partition_value), expr)
+            expr = And(eq(definition.partition_key, partition_value), expr)
         result = self._scan(iceberg, definition, sid, expr, names)
         return result
 
@@ -220,16 +221,13 @@ class _Reader:
         expr: BooleanExpression = AlwaysTrue()
         if partition and definition.partition_key:
             value = partition.split("=", 1)[1] if "=" in partition else partition
-            expr = EqualTo(definition.partition_key, value)
+            expr = eq(definition.partition_key, value)
         days: set[str] = set()
         with catalog_errors(f"planning {definition.identifier}"):
             for task in iceberg.scan(row_filter=expr, snapshot_id=sid).plan_files():
-                lower = task.file.lower_bounds or {}
-                upper = task.file.upper_bounds or {}
-                field_id = iceberg.schema().find_field("ts_event_ns").field_id
-                if field_id in lower and field_id in upper:
-                    lo = int.from_bytes(lower[field_id], "little", signed=True)
-                    hi = int.from_bytes(upper[field_id], "little", signed=True)
+                bounds = column_bounds(task.file, iceberg.schema(), "ts_event_ns")
+                if bounds is not None:
+                    lo, hi = bounds
                     d = _us(lo).date()
                     while d <= _us(hi).date():
                         days.add(d.isoformat())
@@ -263,6 +261,44 @@ class _Reader:
         data = data.select(names)
         self.last_scan = ScanStats(definition.identifier, sid, len(tasks), total, data.num_rows)
         return data
+
+
+def event_time_range(
+    catalog: CatalogSource, tables: list[str], as_of: AsOfSpec = None
+) -> tuple[int, int] | None:
+    """The `[first, last + 1)` event-time window (Unix ns) of the tables' pinned snapshots.
+
+    From file metadata only (`ts_event_ns` bounds); what "replay everything" needs.
+
+    Args:
+        catalog: settings or an open catalog.
+        tables: table identifiers.
+        as_of: one pin for all tables or a mapping per table (None: current snapshots).
+
+    Returns:
+        The window, or None when the pinned snapshots hold no rows with bounds.
+
+    Raises:
+        TimeTravelError: a pin names no snapshot or tag; UnknownTableError: no such table.
+    """
+    cat = as_catalog(catalog)
+    lo: int | None = None
+    hi: int | None = None
+    for identifier in tables:
+        iceberg = cat.load_table(identifier)
+        sid = resolve_as_of(iceberg, pin_for(as_of, identifier))
+        if sid is None:
+            continue
+        schema = iceberg.schema()
+        with catalog_errors(f"planning {identifier}"):
+            for task in iceberg.scan(snapshot_id=sid).plan_files():
+                bounds = column_bounds(task.file, schema, "ts_event_ns")
+                if bounds is not None:
+                    lo = bounds[0] if lo is None else min(lo, bounds[0])
+                    hi = bounds[1] if hi is None else max(hi, bounds[1])
+    if lo is None or hi is None:
+        return None
+    return int(lo), int(hi) + 1
 
 
 def _pin(snapshot_id: int | None, tag: str | None) -> AsOf:

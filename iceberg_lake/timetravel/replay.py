@@ -85,9 +85,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.table import Table
 
-from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.config import Settings
+from iceberg_lake.catalog import CatalogSource, as_catalog, catalog_errors
 from iceberg_lake.engine.duck import quote_ident, quote_str, timestamptz_literal
+from iceberg_lake.engine.iceberg import column_bounds
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.tables import GOLD, TableDefinition
 from iceberg_lake.timetravel.canonical import encode_rows
@@ -253,19 +253,17 @@ class _Source:
         """
         if self.snapshot_id is None:
             return {}
-        field_id = self.table.schema().find_field("ts_event_ns").field_id
         found: dict[int, float] = {}
         scan = self.table.scan(
             row_filter=window_filter(start_ns, end_ns), snapshot_id=self.snapshot_id
         )
         with catalog_errors(f"planning {self.identifier}"):
             for task in scan.plan_files():
-                lower, upper = task.file.lower_bounds or {}, task.file.upper_bounds or {}
-                if field_id not in lower or field_id not in upper:
+                bounds = column_bounds(task.file, self.table.schema(), "ts_event_ns")
+                if bounds is None:
                     lo, hi = start_ns, end_ns - 1  # no stats: consider the whole window
                 else:
-                    lo = max(start_ns, int.from_bytes(lower[field_id], "little", signed=True))
-                    hi = min(end_ns - 1, int.from_bytes(upper[field_id], "little", signed=True))
+                    lo, hi = max(start_ns, bounds[0]), min(end_ns - 1, bounds[1])
                 first = lo - lo % self.bucket_ns
                 spanned = range(first, hi + 1, self.bucket_ns)
                 for b in spanned:
@@ -350,7 +348,7 @@ class ReplayEngine:
 
     def __init__(
         self,
-        settings: Settings | LakeCatalog,
+        settings: CatalogSource,
         tables: Sequence[str],
         start_ns: int,
         end_ns: int,
@@ -362,7 +360,7 @@ class ReplayEngine:
         prefetch: bool = True,
         pin: bool = True,
     ) -> None:
-        self.catalog = settings if isinstance(settings, LakeCatalog) else LakeCatalog(settings)
+        self.catalog = as_catalog(settings)
         tables = list(tables)
         if not tables:
             raise TimeTravelError("replay needs at least one table")
@@ -401,7 +399,7 @@ class ReplayEngine:
 
     @classmethod
     def from_manifest(
-        cls, settings: Settings | LakeCatalog, manifest: Mapping[str, Any], **kwargs: Any
+        cls, settings: CatalogSource, manifest: Mapping[str, Any], **kwargs: Any
     ) -> ReplayEngine:
         """An engine that replays exactly the pins and window of `manifest`.
 
@@ -698,7 +696,7 @@ class ReplayEngine:
         tables = idents[window.sources].tolist()
         return list(map(ReplayEvent, tables, subjects[window.sources].tolist(), payloads, ts))
 
-    def events(self) -> Iterator[ReplayEvent]:
+    def events(self) -> Generator[ReplayEvent, None, None]:
         """Every event of the window in replay order (no pacing), updating the manifest."""
         for window in self._windows():
             yield from self._window_events(window)

@@ -43,8 +43,7 @@ from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.update.snapshot import ManageSnapshots
 
 from iceberg_lake import properties as P
-from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.config import Settings
+from iceberg_lake.catalog import CatalogSource, LakeCatalog, as_catalog, catalog_errors
 from iceberg_lake.exceptions import TimeTravelError
 
 __all__ = [
@@ -89,8 +88,8 @@ _RESERVED_REFS = ("main",)
 _SUMMARY_KEYS = ("added-records", "deleted-records", "total-records", "added-data-files")
 
 
-def _open(lake: Settings | LakeCatalog) -> LakeCatalog:
-    return lake if isinstance(lake, LakeCatalog) else LakeCatalog(lake)
+def _open(source: CatalogSource) -> LakeCatalog:
+    return as_catalog(source)
 
 
 def _table_name(table: Table) -> str:
@@ -334,7 +333,7 @@ def _check_tag_name(name: str) -> None:
 
 
 def create_tag(
-    lake: Settings | LakeCatalog,
+    source: CatalogSource,
     name: str,
     tables: Iterable[str] | None = None,
     *,
@@ -348,7 +347,7 @@ def create_tag(
     the other, not atomically across tables: pause writers for a cross-table cut.
 
     Args:
-        lake: settings or an open catalog.
+        source: settings or an open catalog.
         name: tag name (not only digits, not a timestamp, not `main`).
         tables: table identifiers (default: every table in the catalog).
         replace: move an existing tag of that name.
@@ -361,7 +360,7 @@ def create_tag(
         UnknownTableError: a table does not exist.
     """
     _check_tag_name(name)
-    catalog = _open(lake)
+    catalog = _open(source)
     identifiers = list(tables) if tables is not None else catalog.existing_tables()
     loaded = {ident: catalog.load_table(ident) for ident in identifiers}
     if not replace:
@@ -398,9 +397,7 @@ def _tag_one(table: Table, name: str) -> int | None:
     return current.snapshot_id
 
 
-def remove_tag(
-    lake: Settings | LakeCatalog, name: str, tables: Iterable[str] | None = None
-) -> list[str]:
+def remove_tag(source: CatalogSource, name: str, tables: Iterable[str] | None = None) -> list[str]:
     """Remove tag `name` from the tables that have it (default: every table).
 
     Idempotent; makes no snapshot. After removal, maintenance may expire the snapshot.
@@ -408,7 +405,7 @@ def remove_tag(
     Returns:
         Identifiers of the tables the tag was removed from.
     """
-    catalog = _open(lake)
+    catalog = _open(source)
     identifiers = list(tables) if tables is not None else catalog.existing_tables()
     removed: list[str] = []
     for ident in identifiers:
@@ -593,7 +590,7 @@ def replay_pin_name(
 
 
 def pin_snapshots(
-    lake: Settings | LakeCatalog,
+    lake: CatalogSource,
     pins: Mapping[str, int | None],
     name: str,
     max_age_days: float,

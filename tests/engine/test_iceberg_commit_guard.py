@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from pathlib import Path
 
 import pyarrow as pa
 import pyiceberg
@@ -28,7 +27,6 @@ from pyiceberg.table.update.snapshot import (
 )
 
 from iceberg_lake.catalog import LakeCatalog
-from iceberg_lake.config import load_settings
 from iceberg_lake.engine import iceberg as engine
 
 TABLE = "bronze.stocks_trades"
@@ -68,13 +66,6 @@ def _sources() -> dict[str, object]:
         "_ManifestMergeManager.merge_manifests": _ManifestMergeManager.merge_manifests,
         "ToOutputFile.table_metadata": ToOutputFile.table_metadata,
     }
-
-
-@pytest.fixture
-def lake(tmp_path: Path) -> LakeCatalog:
-    catalog = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")}))
-    catalog.init()
-    return catalog
 
 
 def _rows(table: Table, start: int, n: int = 10) -> pa.Table:

@@ -31,7 +31,7 @@ SPEC_TRADE_COLUMNS = [
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def reader_lake(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """SPY and QQQ, 20 trades an hour for 14:00-17:59 (shuffled, 5 duplicated per symbol-hour),
     tagged `r1`; then one more SPY hour (18:00) and a QQQ trade the next day; Silver compacted;
     ES futures; two Gold level-signal payloads."""
@@ -70,8 +70,8 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"settings": settings, "tagged": tagged}
 
 
-def test_bronze_reader_reads_one_symbol_hour_from_one_file(lake) -> None:
-    reader = BronzeReader(lake["settings"])
+def test_bronze_reader_reads_one_symbol_hour_from_one_file(reader_lake) -> None:
+    reader = BronzeReader(reader_lake["settings"])
     start, end = T14 + HOUR_NS, T14 + 2 * HOUR_NS
     df = reader.read_stock_trades("SPY", DAY, start_ns=start, end_ns=end)
 
@@ -88,12 +88,12 @@ def test_bronze_reader_reads_one_symbol_hour_from_one_file(lake) -> None:
     assert reader.last_scan.files_scanned == 5  # the five SPY hours, none of QQQ's
 
 
-def test_readers_pin_a_tag_or_a_snapshot(lake) -> None:
-    reader = BronzeReader(lake["settings"])
+def test_readers_pin_a_tag_or_a_snapshot(reader_lake) -> None:
+    reader = BronzeReader(reader_lake["settings"])
     assert len(reader.read_stock_trades("SPY", DAY, tag="r1")) == 4 * 25
-    assert reader.last_scan.snapshot_id == lake["tagged"]
-    assert len(reader.read_stock_trades("SPY", DAY, snapshot_id=lake["tagged"])) == 100
-    pinned = BronzeReader(lake["settings"], tag="r1")
+    assert reader.last_scan.snapshot_id == reader_lake["tagged"]
+    assert len(reader.read_stock_trades("SPY", DAY, snapshot_id=reader_lake["tagged"])) == 100
+    pinned = BronzeReader(reader_lake["settings"], tag="r1")
     assert len(pinned.read_stock_trades("SPY", DAY)) == 100
     assert pinned.get_available_dates("stocks/trades", "symbol=QQQ") == [DAY]
     assert reader.get_available_dates("stocks/trades", "symbol=QQQ") == [DAY, "2025-12-17"]
@@ -103,8 +103,8 @@ def test_readers_pin_a_tag_or_a_snapshot(lake) -> None:
         reader.read_stock_trades("SPY", DAY, tag="nope")
 
 
-def test_silver_reader_returns_deduplicated_sorted_rows(lake) -> None:
-    reader = SilverReader(lake["settings"])
+def test_silver_reader_returns_deduplicated_sorted_rows(reader_lake) -> None:
+    reader = SilverReader(reader_lake["settings"])
     df = reader.read_stock_trades("QQQ", DAY)
     assert len(df) == 4 * 20
     assert df["ts_event_ns"].is_monotonic_increasing
@@ -113,14 +113,14 @@ def test_silver_reader_returns_deduplicated_sorted_rows(lake) -> None:
     assert len(hour) == 20 and reader.last_scan.files_scanned == 1
 
 
-def test_futures_and_gold_readers(lake) -> None:
-    es = BronzeReader(lake["settings"]).read_futures_trades(
+def test_futures_and_gold_readers(reader_lake) -> None:
+    es = BronzeReader(reader_lake["settings"]).read_futures_trades(
         "ES", DAY, start_ns=T14 + 10 * 60 * 10**9, end_ns=T14 + 20 * 60 * 10**9
     )
     assert len(es) == 10 and es["ts_event_ns"].is_monotonic_increasing
     assert "aggressor" in es.columns and "ts_event" not in es.columns
 
-    gold = GoldReader(lake["settings"])
+    gold = GoldReader(reader_lake["settings"])
     df = gold.read_level_signals("SPY", DAY, T14, T14 + HOUR_NS)
     assert list(zip(df["ts_event_ns"], df["level_id"], strict=True)) == [
         (T14, "STRIKE_545"),
@@ -133,8 +133,8 @@ def test_futures_and_gold_readers(lake) -> None:
     assert len(gold.read_level_signals(date=DAY)) == 4
 
 
-def test_empty_tables_bad_dates_and_wrong_tier(lake) -> None:
-    reader = BronzeReader(lake["settings"])
+def test_empty_tables_bad_dates_and_wrong_tier(reader_lake) -> None:
+    reader = BronzeReader(reader_lake["settings"])
     empty = reader.read_option_trades("SPY", DAY)
     assert empty.empty and "option_symbol" in empty.columns and "ts_event" not in empty.columns
     assert reader.last_scan.snapshot_id is None

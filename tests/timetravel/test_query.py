@@ -132,7 +132,7 @@ def test_lake_query_cli_as_of_and_output_formats(tagged_lake, tmp_path: Path, mo
     assert [r["seq"] for r in csv.DictReader(io.StringIO(res.stdout))] == list("01234")
 
     out = tmp_path / "r.parquet"
-    res = runner.invoke(app, ["query", sql, "-o", "parquet", "--file", str(out)])
+    res = runner.invoke(app, ["query", sql, "-o", "parquet", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert pq.read_table(out).column("seq").to_pylist() == [0, 1, 2, 3, 4, 100, 101, 102]
 
@@ -146,7 +146,7 @@ def test_lake_query_cli_as_of_and_output_formats(tagged_lake, tmp_path: Path, mo
         (["SELECT * FROM bronze.nope"], "no table 'bronze.nope'"),
         (["SELECT nope FROM bronze.stocks_trades"], "query failed: Binder Error"),
         (["SELECT 1 FROM bronze.stocks_trades", "--as-of", "nope"], "no tag or snapshot"),
-        (["SELECT 1", "-o", "parquet"], "--file"),
+        (["SELECT 1", "-o", "parquet"], "--out"),
     ],
 )
 def test_query_errors_are_one_line(tagged_lake, monkeypatch, args, message) -> None:

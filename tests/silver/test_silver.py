@@ -54,11 +54,6 @@ def _make_lake(settings: Settings) -> LakeCatalog:
     return lake
 
 
-@pytest.fixture
-def lake(tmp_path: Path) -> LakeCatalog:
-    return _make_lake(load_settings({"LAKE_DATA_DIR": str(tmp_path / "data")}))
-
-
 def trade(
     ts: int,
     recv: int | None = None,
@@ -483,7 +478,7 @@ def test_cli_compact_prints_a_summary_and_clear_errors(lake: LakeCatalog, monkey
     monkeypatch.setenv("LAKE_DATA_DIR", str(lake.settings.data_dir))
     runner = CliRunner()
     res = runner.invoke(
-        app, ["compact", "--date", "2025-12-16", "--table", "futures.trades", "-o", "json"]
+        app, ["--output", "json", "compact", "--date", "2025-12-16", "--table", "futures.trades"]
     )
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
@@ -504,12 +499,14 @@ def test_cli_compact_prints_a_summary_and_clear_errors(lake: LakeCatalog, monkey
     assert "invalid date 'yesterday'" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["compact", "--table", "futures.trades"])
     assert res.exit_code != 0 and "--date" in res.output
-    res = runner.invoke(app, ["compact", "--date", "2025-12-16", "--snapshot", "1"])
-    assert res.exit_code != 0 and "--snapshot needs --table" in res.output
+    res = runner.invoke(app, ["compact", "--date", "2025-12-16", "--as-of", "1"])
+    assert res.exit_code != 0 and "a snapshot id pins one table" in res.output
     res = runner.invoke(
-        app, ["compact", "--date", "2025-12-16", "-t", "futures_trades", "--snapshot", "1"]
+        app, ["compact", "--date", "2025-12-16", "-t", "futures_trades", "--as-of", "1"]
     )
     assert res.exit_code == 1 and "has no snapshot 1" in res.output
+    res = runner.invoke(app, ["compact", "--date", "2025-12-16", "--as-of", "nosuchtag"])
+    assert res.exit_code == 1 and "no tag or snapshot 'nosuchtag'" in res.output
 
 
 def test_s3_warehouse_and_postgres_catalog(

@@ -1,0 +1,281 @@
+"""The CLI's one output layer: every command hands data to an `Output`, which renders it.
+
+The format is chosen once, at the root (`lake --output json status`); a
+command's own `--output/-o` is an alias that overrides it for that command. `table` renders rich
+tables for people; `json` and `csv` are for scripts: the data alone on stdout, human messages on
+stderr. Modeled on pyiceberg's `cli/output.py` (an `Output` base with a `ConsoleOutput` and a
+`JsonOutput`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table as RichTable
+
+if TYPE_CHECKING:
+    from iceberg_lake.ops.status import LakeStatus
+
+console = Console()
+err_console = Console(stderr=True)
+
+__all__ = [
+    "OUTPUT_OPTION",
+    "CsvOutput",
+    "JsonOutput",
+    "Output",
+    "OutputFormat",
+    "TableOutput",
+    "console",
+    "err_console",
+    "format_ms",
+    "get_output",
+    "print_status",
+    "root_format",
+    "set_root_format",
+]
+
+
+class OutputFormat(StrEnum):
+    """How a command prints its result."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
+    #: The old name of `table`, kept so `OutputFormat.text` in code keeps meaning "for people".
+    text = "table"
+
+
+#: The format chosen at the root of the current `lake` run (set by the root callback).
+_root_choice: OutputFormat = OutputFormat.table
+
+
+def set_root_format(fmt: OutputFormat | str) -> None:
+    """Record the root's `--output` (called once per run by the `lake` callback)."""
+    global _root_choice
+    _root_choice = OutputFormat(fmt)
+
+
+def root_format() -> OutputFormat:
+    """The format chosen at the root (`lake --output ...`); `table` outside a CLI run."""
+    return _root_choice
+
+
+def _inherit(value: OutputFormat | None) -> OutputFormat:
+    """A command's `--output`: its own value if given, else the root's."""
+    if value is not None:
+        return OutputFormat(value)
+    return root_format()
+
+
+#: A command's `--output/-o` option: an alias of the root's `--output` for this command.
+OUTPUT_OPTION: Any = typer.Option(
+    None,
+    "--output",
+    "-o",
+    callback=_inherit,
+    show_default=False,
+    help="table, json or csv (default: the root's `lake --output`).",
+)
+
+
+def format_ms(ms: int | None) -> str:
+    """A snapshot timestamp (epoch ms) as an ISO UTC string."""
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+class Output(ABC):
+    """Where a command's results go."""
+
+    format: OutputFormat
+
+    @property
+    def for_people(self) -> bool:
+        """True for the table format (progress bars, colours and hints are welcome)."""
+        return self.format == OutputFormat.table
+
+    @abstractmethod
+    def rows(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        title: str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> None:
+        """Print a list of records with the same keys."""
+
+    def record(self, data: Mapping[str, Any], *, title: str | None = None) -> None:
+        """Print one record (JSON: an array of one, as `rows`)."""
+        self.rows([data], title=title)
+
+    def message(self, text: str) -> None:
+        """A line for people: stdout in the table format, stderr otherwise."""
+        err_console.print(text, highlight=False, soft_wrap=True)
+
+    def error(self, text: str) -> None:
+        """One error line on stderr."""
+        err_console.print(f"[red]error:[/red] {text}", highlight=False, soft_wrap=True)
+
+
+class TableOutput(Output):
+    """Rich tables on stdout."""
+
+    format = OutputFormat.table
+
+    def rows(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        title: str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> None:
+        cols = list(columns or (rows[0].keys() if rows else []))
+        table = RichTable(title=title, show_lines=False)
+        for c in cols:
+            table.add_column(c, overflow="fold")
+        for row in rows:
+            table.add_row(*[_cell(row.get(c)) for c in cols])
+        console.print(table)
+
+    def message(self, text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
+
+
+class JsonOutput(Output):
+    """A JSON array of objects on stdout."""
+
+    format = OutputFormat.json
+
+    def rows(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        title: str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> None:
+        data = [{c: row.get(c) for c in columns} if columns else dict(row) for row in rows]
+        typer.echo(json.dumps(data, default=str, indent=2))
+
+
+class CsvOutput(Output):
+    """CSV with a header row on stdout (nested values as JSON)."""
+
+    format = OutputFormat.csv
+
+    def rows(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        title: str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> None:
+        cols = list(columns or (rows[0].keys() if rows else []))
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(cols)
+        for row in rows:
+            writer.writerow([_cell(row.get(c)) for c in cols])
+        typer.echo(buffer.getvalue(), nl=False)
+
+
+_OUTPUTS: dict[OutputFormat, type[Output]] = {
+    OutputFormat.table: TableOutput,
+    OutputFormat.json: JsonOutput,
+    OutputFormat.csv: CsvOutput,
+}
+
+
+def get_output(fmt: OutputFormat | str | None = None) -> Output:
+    """The `Output` for `fmt` (default: the root's choice)."""
+    chosen = OutputFormat(fmt) if fmt is not None else root_format()
+    return _OUTPUTS[chosen]()
+
+
+# ---- renderers of library reports --------------------------------------------------------------
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _human_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= span:
+            return f"{seconds / span:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def print_status(report: LakeStatus, out: Console | Output | None = None) -> None:
+    """Render `lake status` for people: tables, consumers and dead letters as rich tables."""
+    target = out if isinstance(out, Console) else console
+    tables = RichTable(title="tables")
+    for col in ("table", "rows", "data files", "mean file", "snapshots", "last commit"):
+        tables.add_column(col, justify="left" if col == "table" else "right")
+    for t in report.tables:
+        tables.add_row(
+            t.table,
+            f"{t.rows:,}",
+            f"{t.data_files:,}",
+            _human_bytes(t.mean_file_bytes),
+            str(t.snapshots),
+            f"{_human_age(t.last_commit_age_seconds)} ago" if t.last_commit else "never",
+        )
+    target.print(tables)
+    if report.nats != "ok":
+        target.print(f"[yellow]NATS {report.nats}[/yellow]: consumer lag unknown", highlight=False)
+    else:
+        consumers = RichTable(title="consumers")
+        for col in ("table", "stream", "consumer", "lag", "pending", "ack pending", "redelivered"):
+            consumers.add_column(col)
+        for c in report.consumers:
+            if not c.exists:
+                consumers.add_row(c.table, c.stream, c.consumer, "-", "not created", "", "")
+                continue
+            consumers.add_row(
+                c.table,
+                c.stream,
+                c.consumer,
+                str(c.lag),
+                str(c.pending),
+                str(c.ack_pending),
+                str(c.redelivered),
+            )
+        target.print(consumers)
+        for c in report.consumers:
+            if c.warning:
+                target.print(f"[yellow]warning[/yellow] {c.consumer}: {c.warning}", highlight=False)
+    if report.dead_letters:
+        dl = RichTable(title="dead letters")
+        dl.add_column("target table")
+        dl.add_column("rows", justify="right")
+        for name, n in sorted(report.dead_letters.items()):
+            dl.add_row(name, f"{n:,}")
+        target.print(dl)
+    else:
+        target.print("dead letters: none")

@@ -1,0 +1,138 @@
+"""Committing a Silver compaction: one atomic `overwrite` snapshot per batch of partitions.
+
+`SilverCommit` is a builder in the style of pyiceberg's `table/update/snapshot.py`: it collects
+the new files of each compacted partition and commits them, replacing the partitions' old files,
+when its `with` block ends cleanly; on an error it deletes the files it was given instead.
+
+    with SilverCommit(silver, definition, snap, layout) as commit:
+        for output in outputs:
+            commit.add(output)
+    commit.snapshot_id  # the new Silver snapshot
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from types import TracebackType
+
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
+
+from iceberg_lake import properties as P
+from iceberg_lake.catalog import catalog_errors
+from iceberg_lake.engine.iceberg import PartitionReplacement
+from iceberg_lake.silver.job import PartitionOutput
+from iceberg_lake.silver.plan import Layout, Partition, cover, table_name
+from iceberg_lake.tables import TableDefinition
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SilverCommit", "advance_mark"]
+
+
+class SilverCommit:
+    """Stages the replacement of Silver partitions; commits ONE snapshot on a clean exit.
+
+    The snapshot's summary carries `lake.operation`, `lake.source-table`,
+    `lake.source-snapshot-id` and `lake.replaced-partitions`. Not idempotent by itself: the
+    planner decides which partitions need replacing.
+
+    Args:
+        silver: the Silver table.
+        definition: the Bronze definition compacted.
+        snap: the pinned Bronze snapshot the new files were computed from.
+        layout: the partition layout (to label and cover the partitions).
+        table_properties: table properties set in the same commit (e.g. the incremental mark).
+
+    Raises:
+        CommitConflictError: (on exit) a concurrent commit touched the same partitions.
+    """
+
+    def __init__(
+        self,
+        silver: Table,
+        definition: TableDefinition,
+        snap: Snapshot,
+        layout: Layout,
+        table_properties: dict[str, str] | None = None,
+    ) -> None:
+        self.silver = silver
+        self.definition = definition
+        self.snap = snap
+        self.layout = layout
+        self.table_properties = dict(table_properties or {})
+        self.partitions: list[Partition] = []
+        #: The committed snapshot (None until a commit, or when there was nothing to commit).
+        self.snapshot_id: int | None = None
+        self._replacement = PartitionReplacement(silver, {})
+
+    def add(self, output: PartitionOutput) -> None:
+        """Replace `output.part`'s current Silver files with `output.files`."""
+        from pyiceberg.expressions import AlwaysFalse
+
+        # Files only: the predicate covering every partition is set once, at commit.
+        self._replacement.replace_files(AlwaysFalse(), output.files, output.part.silver)
+        self.partitions.append(output.part)
+
+    def discard(self) -> None:
+        """Delete the new, uncommitted files (best effort)."""
+        self._replacement.discard_new_files()
+
+    def __enter__(self) -> SilverCommit:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.discard()
+            return
+        self.commit()
+
+    def commit(self) -> int | None:
+        """Commit the staged replacements as one snapshot; return its id (None: nothing)."""
+        rep = self._replacement
+        if rep.is_empty and not self.partitions:
+            return None
+        labels: list[list[object]] = []
+        for f in rep.old_files + rep.new_files:
+            label = self.layout.label(f.partition)
+            if label not in labels:
+                labels.append(label)
+        rep.predicate = cover(self.layout, [p.record for p in self.partitions])
+        rep.snapshot_properties = {
+            P.LAKE_OPERATION: P.SILVER_COMPACTION,
+            P.SOURCE_TABLE: self.definition.identifier,
+            P.SOURCE_SNAPSHOT_ID: str(self.snap.snapshot_id),
+            P.REPLACED_PARTITIONS: json.dumps(sorted(labels, key=str), default=str),
+        }
+        rep.table_properties = self.table_properties
+        try:
+            with catalog_errors(f"committing {table_name(self.silver)}"):
+                snapshot_id = rep.commit()
+        except Exception:
+            self.discard()
+            raise
+        self.snapshot_id = snapshot_id
+        log.info(
+            "%s: committed %d partitions as snapshot %s",
+            table_name(self.silver),
+            len(labels),
+            snapshot_id,
+        )
+        return snapshot_id
+
+
+def advance_mark(silver: Table, marks: dict[str, str]) -> None:
+    """Set the incremental mark without a snapshot (best effort: the next run redoes it)."""
+    try:
+        with catalog_errors(f"updating {table_name(silver)}"):
+            with silver.transaction() as tx:
+                tx.set_properties(marks)
+    except CommitFailedException:
+        silver.refresh()

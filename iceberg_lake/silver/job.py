@@ -1,0 +1,210 @@
+"""Running a Silver compaction: DuckDB reads, dedups and sorts; new files are streamed out.
+
+One `CompactionJob` holds what every query of one run shares; `compact_group` runs in a worker
+thread and returns the written (uncommitted) files of each partition of its group. Committing
+them is `iceberg_lake.silver.commit`'s job.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
+
+from iceberg_lake.catalog import catalog_errors
+from iceberg_lake.config import Settings
+from iceberg_lake.engine import duck
+from iceberg_lake.engine.duck import duckdb_path, quote_str
+from iceberg_lake.exceptions import CompactionError
+from iceberg_lake.silver.dedup import BUCKET_COLUMN, AdjacentDedup, dedup_query, duck_type
+from iceberg_lake.silver.plan import Layout, Partition, table_name
+from iceberg_lake.silver.state import file_prefix
+from iceberg_lake.silver.writer import PartitionFileWriter
+from iceberg_lake.tables import TableDefinition
+
+__all__ = ["CompactionJob", "DuckSession", "PartitionOutput"]
+
+
+class DuckSession:
+    """The DuckDB database a compactor's workers share (each worker takes a cursor).
+
+    Plain Parquet reads need no extension (httpfs for S3); the Iceberg reader, needed only for
+    partitions with delete files, is loaded on first use: loading it costs a few hundred
+    milliseconds that most runs do not need.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._iceberg_loaded = False
+        self._lock = threading.Lock()
+
+    def cursor(self, *, iceberg: bool = False) -> duckdb.DuckDBPyConnection:
+        """A new cursor of the shared database (the caller closes it)."""
+        with self._lock:
+            if self._con is None:
+                s = self._settings
+                s3 = s.is_s3 or bool(s.s3_endpoint)
+                con = duck.connect(extensions=("httpfs",) if s3 else ())
+                if s3:
+                    duck.configure_s3(
+                        con,
+                        s.s3_endpoint or "https://s3.amazonaws.com",
+                        s.s3_access_key or "",
+                        s.s3_secret_key or "",
+                        s.s3_region,
+                    )
+                self._con = con
+            if iceberg and not self._iceberg_loaded:
+                extra = duck.connect(extensions=("avro", "iceberg"))  # installs from the wheels
+                extra.close()
+                self._con.execute("LOAD avro")
+                self._con.execute("LOAD iceberg")
+                self._iceberg_loaded = True
+            return self._con.cursor()
+
+    def close(self) -> None:
+        """Close the database (a later `cursor()` opens a new one)."""
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+                self._iceberg_loaded = False
+
+
+@dataclass
+class PartitionOutput:
+    """The new (uncommitted) Silver files of one partition and its row counts."""
+
+    part: Partition
+    files: list[DataFile]
+    rows_read: int
+    rows_written: int
+    bytes_read: int
+
+
+@dataclass
+class CompactionJob:
+    """What every DuckDB query of one run shares (runs in worker threads)."""
+
+    duck: DuckSession
+    definition: TableDefinition
+    bronze: Table
+    silver: Table
+    snap: Snapshot
+    layout: Layout
+    write_id: str
+    batch_rows: int
+
+    def compact_group(self, group: list[Partition]) -> list[PartitionOutput]:
+        """Dedup + sort the partitions of `group` with one query; stream them into new files."""
+        if len(group) == 1 and not group[0].bronze:
+            return [PartitionOutput(group[0], [], 0, 0, 0)]  # Bronze partition gone: empty it
+        bronze, layout = self.bronze, self.layout
+        needs_iceberg = bool(group[0].deletes)
+        con = self.duck.cursor(iceberg=needs_iceberg)  # one cursor per thread
+        writers: dict[tuple[Any, ...], PartitionFileWriter] = {}
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            counts = {p.pid: p.bronze_rows for p in group}
+            if needs_iceberg:
+                # Delete files: DuckDB's Iceberg reader applies them.
+                only = group[0]
+                source = (
+                    f"(SELECT * FROM iceberg_scan({quote_str(bronze.metadata_location)}, "
+                    f"snapshot_from_id={self.snap.snapshot_id}) "
+                    f"WHERE {layout.sql_filter(only.record)})"
+                )
+                row = con.execute(f"SELECT count(*) FROM {source}").fetchone()
+                counts[only.pid] = int(row[0]) if row else 0
+            else:
+                paths = ", ".join(
+                    quote_str(duckdb_path(f.file_path)) for p in group for f in p.bronze
+                )
+                source = f"read_parquet([{paths}]{field_id_schema(bronze)})"
+            sql = dedup_query(
+                source,
+                self.silver.schema(),
+                self.definition.dedup_columns,
+                set(bronze.schema().column_names),
+                partitioned_by=(layout.key_column, layout.time_unit),
+            )
+            by_bucket = {layout.bucket_key(p.record): p for p in group}
+            what = f"compacting {table_name(bronze)}"
+            with catalog_errors(what):
+                try:
+                    reader = con.execute(sql).to_arrow_reader(self.batch_rows)
+                    dedup = AdjacentDedup(self.silver.schema(), self.definition.dedup_columns)
+                    for batch in reader:
+                        for bucket_key, rows in segments(dedup.apply(batch), layout.key_column):
+                            part = by_bucket.get(bucket_key)
+                            if part is None:
+                                raise CompactionError(
+                                    f"{table_name(bronze)}: row outside the planned partitions "
+                                    f"({bucket_key})"
+                                )
+                            if part.pid not in writers:
+                                prefix = file_prefix(
+                                    self.snap.snapshot_id, part.digest, self.write_id
+                                )
+                                writers[part.pid] = PartitionFileWriter(
+                                    self.silver, part.record, prefix
+                                )
+                            writers[part.pid].write(rows)
+                except duckdb.Error as exc:
+                    raise CompactionError(f"{what}: DuckDB failed: {exc}") from exc
+        finally:
+            con.close()
+        outputs = []
+        for p in group:
+            writer = writers.get(p.pid)
+            files = writer.close() if writer else []
+            written = writer.rows if writer else 0
+            nbytes = sum(f.file_size_in_bytes for f in p.bronze)
+            outputs.append(PartitionOutput(p, files, counts[p.pid], written, nbytes))
+        return outputs
+
+
+def segments(rows: pa.Table, key_column: str | None) -> Iterable[tuple[Any, pa.Table]]:
+    """Split rows ordered by (key, ts_event_ns) into runs of one partition each.
+
+    Yields `((key, bucket), rows without the bucket column)`; the slices are zero-copy.
+    """
+    n = rows.num_rows
+    if n == 0:
+        return
+    bucket = rows.column(BUCKET_COLUMN)
+    data = rows.drop_columns([BUCKET_COLUMN])
+    change = pc.not_equal(bucket.slice(1), bucket.slice(0, n - 1))
+    key = rows.column(key_column) if key_column else None
+    if key is not None:
+        change = pc.or_(change, pc.not_equal(key.slice(1), key.slice(0, n - 1)))
+    cuts = (np.flatnonzero(change.to_numpy()) + 1).tolist()
+    for lo, hi in zip([0, *cuts], [*cuts, n], strict=True):
+        k = key[lo].as_py() if key is not None else None
+        yield (k, bucket[lo].as_py()), data.slice(lo, hi - lo)
+
+
+def field_id_schema(table: Table) -> str:
+    """`read_parquet` option that reads columns by Iceberg field id (after schema evolution).
+
+    Files written before a column was added lack it (read as NULL); files written before a
+    rename carry the old name; a promoted type is cast. Empty when the table never evolved.
+    """
+    if len(table.metadata.schemas) <= 1:
+        return ""
+    fields = ", ".join(
+        f"{f.field_id}: {{name: {quote_str(f.name)}, type: {quote_str(duck_type(f.field_type))}, "
+        "default_value: NULL}"
+        for f in table.schema().fields
+    )
+    return f", schema = MAP {{{fields}}}"

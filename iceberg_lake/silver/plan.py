@@ -1,0 +1,399 @@
+"""Planning a Silver compaction from metadata only: which partitions, pinned where, changed or not.
+
+Nothing here reads data files or commits: the plan groups the Bronze files of a pinned snapshot
+and the current Silver files by partition, decides which partitions changed since their last
+compaction (see `iceberg_lake.silver.state`), and batches the changed ones into DuckDB queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from pyiceberg.expressions import (
+    AlwaysFalse,
+    And,
+    BooleanExpression,
+    Or,
+)
+from pyiceberg.manifest import DataFile
+from pyiceberg.partitioning import PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.typedef import Record
+
+from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.engine.duck import quote_ident, quote_str
+from iceberg_lake.engine.filters import eq, ge, lt
+from iceberg_lake.engine.iceberg import partition_values
+from iceberg_lake.exceptions import CompactionError, TimeTravelError, UnknownTableError
+from iceberg_lake.silver.state import BronzeHistory, PartitionId, fingerprint, parse_state
+from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
+from iceberg_lake.timetravel.snapshots import AsOf, resolve_as_of
+
+__all__ = [
+    "Layout",
+    "Partition",
+    "cover",
+    "day_window",
+    "group_by_day",
+    "layout_of",
+    "parse_date",
+    "pin_snapshot",
+    "plan_partitions",
+    "query_groups",
+    "resolve_bronze_table",
+    "split_changed",
+    "table_name",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def table_name(table: Table) -> str:
+    """`namespace.table` (pyiceberg's `Table.name()` is a tuple)."""
+    return ".".join(table.name())
+
+
+def current_snapshot_id(table: Table) -> int | None:
+    """The id of the table's current snapshot (None: empty table)."""
+    snap = table.current_snapshot()
+    return snap.snapshot_id if snap else None
+
+
+def resolve_bronze_table(catalog: LakeCatalog, schema: str) -> TableDefinition:
+    """The Bronze definition named by a spec schema name or a table name.
+
+    Accepts `futures.trades` (the spec's schema name), `futures_trades`, `bronze.futures_trades`
+    and `silver.futures_trades`.
+
+    Raises:
+        UnknownTableError: nothing matches, or the table has no Silver counterpart.
+    """
+    reg = catalog.registry
+    name = schema.strip()
+    found = reg.by_schema_name(name, BRONZE)
+    if found is None:
+        table = name.split(".", 1)[1] if name.startswith((f"{BRONZE}.", f"{SILVER}.")) else name
+        if "." not in table and f"{BRONZE}.{table}" in reg:
+            found = reg.get(f"{BRONZE}.{table}")
+    if found is None or f"{SILVER}.{found.name}" not in reg:
+        known = ", ".join(sorted(d.schema_name for d in reg.in_namespace(SILVER)))
+        raise UnknownTableError(f"no Silver table for '{schema}' (known schemas: {known})")
+    return found
+
+
+def parse_date(value: str | date) -> date:
+    """A UTC day from `YYYY-MM-DD`, a `date` or a `datetime` (its date).
+
+    Raises:
+        CompactionError: not a date.
+    """
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise CompactionError(f"invalid date {value!r} (expected YYYY-MM-DD)") from None
+
+
+def day_window(day: date) -> BooleanExpression:
+    """Rows whose `ts_event` falls on UTC day `day`."""
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return And(
+        ge("ts_event", start.isoformat()),
+        lt("ts_event", (start + timedelta(days=1)).isoformat()),
+    )
+
+
+def pin_snapshot(
+    bronze: Table, snapshot_id: int | None, tag: str | None, as_of: AsOf = None
+) -> Snapshot | None:
+    """The Bronze snapshot to compact: `as_of` (the lake's one pin vocabulary: snapshot id, tag
+    or branch, timestamp), or the older spelling `snapshot_id` / `tag`, or the current one.
+
+    Raises:
+        CompactionError: more than one pin given, or the snapshot/tag does not exist.
+    """
+    if sum(x is not None for x in (snapshot_id, tag, as_of)) > 1:
+        raise CompactionError("give one pin: a snapshot id, a tag or as_of")
+    if as_of is not None:
+        try:
+            sid = resolve_as_of(bronze, as_of)
+        except TimeTravelError as exc:
+            raise CompactionError(str(exc)) from None
+        return bronze.snapshot_by_id(sid) if sid is not None else None
+    if snapshot_id is not None:
+        snap = bronze.snapshot_by_id(int(snapshot_id))
+        if snap is None:
+            raise CompactionError(f"{table_name(bronze)} has no snapshot {snapshot_id}")
+        return snap
+    if tag is not None:
+        snap = bronze.snapshot_by_name(tag)
+        if snap is None:
+            raise CompactionError(f"{table_name(bronze)} has no tag or branch '{tag}'")
+        return snap
+    return bronze.current_snapshot()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the partition key and the time bucket sit in a (shared) partition spec."""
+
+    key_column: str | None
+    key_pos: int | None
+    time_pos: int
+    time_unit: str  # "hour" or "day"
+
+    @property
+    def step(self) -> timedelta:
+        """The length of one time bucket."""
+        return timedelta(hours=1) if self.time_unit == "hour" else timedelta(days=1)
+
+    def bounds(self, record: Record) -> tuple[Any, datetime, datetime]:
+        """`(key value, bucket start, bucket end)` of a partition tuple."""
+        value = record[self.key_pos] if self.key_pos is not None else None
+        lo = _EPOCH + int(record[self.time_pos]) * self.step
+        return value, lo, lo + self.step
+
+    def bucket_key(self, record: Record) -> tuple[Any, int]:
+        """`(key value, time bucket)` as the grouped dedup query reports it."""
+        value = record[self.key_pos] if self.key_pos is not None else None
+        return value, int(record[self.time_pos])
+
+    def label(self, record: Record) -> list[Any]:
+        """`[key value, "YYYY-MM-DDTHH" or "YYYY-MM-DD"]`: a partition as results name it."""
+        value, lo, _ = self.bounds(record)
+        fmt = "%Y-%m-%dT%H" if self.time_unit == "hour" else "%Y-%m-%d"
+        return [value, lo.strftime(fmt)]
+
+    def range_predicate(self, key: Any, first: int, end: int) -> BooleanExpression:
+        """Rows of partition value `key` in time buckets `first` .. `end - 1`."""
+        lo, hi = _EPOCH + first * self.step, _EPOCH + end * self.step
+        expr: BooleanExpression = And(
+            ge("ts_event", lo.isoformat()), lt("ts_event", hi.isoformat())
+        )
+        if self.key_column is not None:
+            expr = And(eq(self.key_column, key), expr)
+        return expr
+
+    def sql_filter(self, record: Record) -> str:
+        """A DuckDB `WHERE` condition selecting the rows of one partition."""
+        value, lo, hi = self.bounds(record)
+        parts = [
+            f"ts_event >= TIMESTAMPTZ {quote_str(lo.isoformat())}",
+            f"ts_event < TIMESTAMPTZ {quote_str(hi.isoformat())}",
+        ]
+        if self.key_column is not None:
+            parts.insert(0, f"{quote_ident(self.key_column)} = {quote_str(str(value))}")
+        return " AND ".join(parts)
+
+
+def _spec_signature(spec: PartitionSpec, schema: Schema) -> list[tuple[str, str]]:
+    return [(schema.find_column_name(f.source_id) or "", str(f.transform)) for f in spec.fields]
+
+
+def layout_of(bronze: Table, silver: Table) -> Layout:
+    """The shared partition layout of a Bronze table and its Silver table.
+
+    Raises:
+        CompactionError: the specs differ or are not `[key,] hour/day(ts_event)`.
+    """
+    b_sig = _spec_signature(bronze.spec(), bronze.schema())
+    s_sig = _spec_signature(silver.spec(), silver.schema())
+    if b_sig != s_sig:
+        raise CompactionError(
+            f"{table_name(silver)} is partitioned as {s_sig} but {table_name(bronze)} as {b_sig}; "
+            "Silver compaction needs the same partition spec"
+        )
+    key_pos = next((i for i, (_, t) in enumerate(b_sig) if t == "identity"), None)
+    time_pos = next((i for i, (_, t) in enumerate(b_sig) if t in ("hour", "day")), None)
+    if time_pos is None or b_sig[time_pos][0] != "ts_event" or len(b_sig) > 2:
+        raise CompactionError(
+            f"{table_name(bronze)} must be partitioned by [key,] hour/day(ts_event)"
+        )
+    return Layout(
+        key_column=b_sig[key_pos][0] if key_pos is not None else None,
+        key_pos=key_pos,
+        time_pos=time_pos,
+        time_unit=b_sig[time_pos][1],
+    )
+
+
+@dataclass
+class Partition:
+    """One partition: its Bronze files (at the pinned snapshot) and current Silver files."""
+
+    record: Record
+    bronze: list[DataFile] = field(default_factory=list)
+    deletes: dict[str, DataFile] = field(default_factory=dict)
+    silver: list[DataFile] = field(default_factory=list)
+    #: Fingerprint of the Bronze file set (set by `split_changed`).
+    digest: str = ""
+
+    @property
+    def pid(self) -> tuple[Any, ...]:
+        """The partition tuple as a hashable key."""
+        return partition_values(self.record)
+
+    @property
+    def bronze_rows(self) -> int:
+        """Bronze rows according to the file metadata (before deletes)."""
+        return sum(f.record_count for f in self.bronze)
+
+
+def plan_partitions(
+    bronze: Table,
+    silver: Table,
+    snap: Snapshot,
+    row_filter: BooleanExpression,
+    *,
+    include_silver_only: bool,
+) -> dict[tuple[Any, ...], Partition]:
+    """Bronze files of `snap` and current Silver files, grouped by partition (metadata only).
+
+    Args:
+        bronze: the Bronze table.
+        silver: its Silver table.
+        snap: the pinned Bronze snapshot.
+        row_filter: which partitions to consider.
+        include_silver_only: also return partitions only Silver has (Bronze emptied them);
+            only meaningful when `snap` is Bronze's current snapshot.
+
+    Raises:
+        CompactionError: Bronze has files of an older partition spec.
+    """
+    parts: dict[tuple[Any, ...], Partition] = {}
+    spec_id = bronze.spec().spec_id
+    with catalog_errors(f"planning {table_name(bronze)}"):
+        tasks = list(bronze.scan(snapshot_id=snap.snapshot_id, row_filter=row_filter).plan_files())
+    for task in tasks:
+        f = task.file
+        if f.spec_id != spec_id:
+            raise CompactionError(
+                f"{table_name(bronze)} has files of an older partition spec ({f.spec_id}); "
+                "Silver compaction supports one spec"
+            )
+        p = parts.setdefault(partition_values(f.partition), Partition(f.partition))
+        p.bronze.append(f)
+        for d in task.delete_files:
+            p.deletes[d.file_path] = d
+    if silver.current_snapshot() is not None:
+        with catalog_errors(f"planning {table_name(silver)}"):
+            silver_tasks = list(silver.scan(row_filter=row_filter).plan_files())
+        for task in silver_tasks:
+            key = partition_values(task.file.partition)
+            if key not in parts:
+                if not include_silver_only:
+                    continue
+                parts[key] = Partition(task.file.partition)
+            parts[key].silver.append(task.file)
+    return dict(sorted(parts.items(), key=lambda kv: str(kv[0])))
+
+
+def split_changed(
+    bronze: Table, snap: Snapshot, parts: dict[tuple[Any, ...], Partition]
+) -> tuple[list[Partition], int]:
+    """The partitions that need compacting, and how many are unchanged.
+
+    A partition is unchanged when its Silver files record the same Bronze file set, or a
+    source snapshot whose rows in the partition are the same (only file rewrites since).
+    Sets each partition's `digest`.
+    """
+    history = BronzeHistory(bronze)
+    spec_id = bronze.spec().spec_id
+    todo: list[Partition] = []
+    unchanged = 0
+    for part in parts.values():
+        part.digest = fingerprint([f.file_path for f in part.bronze] + list(part.deletes))
+        state = parse_state(f.file_path for f in part.silver) if part.silver else None
+        pid: PartitionId = (spec_id, part.pid)
+        if (
+            state is not None
+            and part.bronze
+            and (
+                state.fingerprint == part.digest
+                or history.rows_unchanged(state.source_snapshot_id, snap.snapshot_id, pid)
+            )
+        ):
+            unchanged += 1
+        else:
+            todo.append(part)
+    return todo, unchanged
+
+
+def query_groups(
+    parts: list[Partition], rows_per_query: int, workers: int
+) -> list[list[Partition]]:
+    """Batches of partitions read by one DuckDB query each (about `rows_per_query` rows).
+
+    Partitions with delete files go alone through DuckDB's Iceberg reader; emptied
+    partitions (no Bronze files) need no query.
+    """
+    groups: list[list[Partition]] = []
+    current: list[Partition] = []
+    rows = 0
+    # Two queries per worker keep every worker busy to the end (one sorts while another
+    # writes), but never more rows per query than the memory bound.
+    total = sum(p.bronze_rows for p in parts)
+    limit = min(rows_per_query, max(1, -(-total // (2 * workers))))
+    for part in parts:
+        if not part.bronze or part.deletes:
+            groups.append([part])
+            continue
+        current.append(part)
+        rows += part.bronze_rows
+        if rows >= limit:
+            groups.append(current)
+            current, rows = [], 0
+    if current:
+        groups.append(current)
+    return groups
+
+
+def cover(layout: Layout, records: Sequence[Record]) -> BooleanExpression:
+    """A small row filter matching exactly the given partitions.
+
+    Adjacent time buckets of one key merge into one range; the ranges are ORed as a balanced
+    tree, so the expression depth grows with log(n), not n (a chain of hundreds of nested ORs
+    would exceed Python's recursion limit in pyiceberg).
+    """
+    by_key: dict[Any, list[int]] = {}
+    for r in records:
+        key, bucket = layout.bucket_key(r)
+        by_key.setdefault(key, []).append(bucket)
+    ranges: list[BooleanExpression] = []
+    for key in sorted(by_key, key=str):
+        buckets = sorted(set(by_key[key]))
+        start = prev = buckets[0]
+        for b in [*buckets[1:], None]:
+            if b is not None and b == prev + 1:
+                prev = b
+                continue
+            ranges.append(layout.range_predicate(key, start, prev + 1))
+            if b is not None:
+                start = prev = b
+    return _balanced_or(ranges) if ranges else AlwaysFalse()
+
+
+def _balanced_or(exprs: Sequence[BooleanExpression]) -> BooleanExpression:
+    if len(exprs) == 1:
+        return exprs[0]
+    mid = len(exprs) // 2
+    return Or(_balanced_or(exprs[:mid]), _balanced_or(exprs[mid:]))
+
+
+def group_by_day(
+    parts: dict[tuple[Any, ...], Partition], layout: Layout
+) -> dict[str, dict[tuple[Any, ...], Partition]]:
+    """Partitions grouped by the UTC day of their time bucket, days in order."""
+    groups: dict[str, dict[tuple[Any, ...], Partition]] = {}
+    for key, part in parts.items():
+        _, lo, _ = layout.bounds(part.record)
+        groups.setdefault(lo.date().isoformat(), {})[key] = part
+    return dict(sorted(groups.items()))

@@ -1,0 +1,67 @@
+"""The CLI's one output layer: the format chosen at the root, read-only commands, one-line errors.
+
+Budget: ~5 s (SQLite lakes, no servers).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.cli import app
+
+runner = CliRunner()
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {"LAKE_DATA_DIR": str(tmp_path / "data")}
+
+
+def test_the_root_output_applies_to_every_command(tmp_path: Path, lake: LakeCatalog) -> None:
+    env = _env(tmp_path)
+    as_json = runner.invoke(app, ["--output", "json", "tables"], env=env)
+    assert as_json.exit_code == 0, as_json.output
+    rows = json.loads(as_json.stdout)
+    assert {"table", "rows", "data_files", "bytes", "snapshots", "last_commit"} <= set(rows[0])
+
+    as_csv = runner.invoke(app, ["-o", "csv", "tables"], env=env)
+    assert as_csv.exit_code == 0, as_csv.output
+    parsed = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [r["table"] for r in parsed] == [r["table"] for r in rows]
+
+    # Any command, and a command's own -o overrides the root's choice.
+    described = runner.invoke(app, ["-o", "json", "describe", "bronze.stocks_trades"], env=env)
+    assert json.loads(described.stdout)[0]["schema_name"] == "stocks.trades"
+    override = runner.invoke(app, ["--output", "json", "tables", "-o", "csv"], env=env)
+    assert override.stdout.startswith("table,rows,")
+
+    status = runner.invoke(app, ["--output", "json", "status", "--nats-timeout", "0.2"], env=env)
+    assert status.exit_code == 0, status.output
+    assert {t["table"] for t in json.loads(status.stdout)["tables"]} == set(lake.existing_tables())
+
+
+def test_read_only_commands_create_nothing(tmp_path: Path) -> None:
+    for args in (
+        ["tables"],
+        ["describe", "bronze.stocks_trades"],
+        ["status"],
+        ["query", "SELECT 1"],
+    ):
+        res = runner.invoke(app, args)  # cwd is tmp_path: the default ./lake-data
+        assert res.exit_code == 1, (args, res.output)
+        assert "no lake at" in res.output and "lake init" in res.output, args
+        assert res.output.strip().count("\n") == 0, args
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_flag_vocabulary(tmp_path: Path) -> None:
+    for command in (["serve"], ["replay"], ["snapshot", "tag", "x"]):
+        res = runner.invoke(app, [*command, "-t", "bronze.stocks_trades"], env=_env(tmp_path))
+        assert res.exit_code == 2 and "No such option: -t" in res.output, command
+    res = runner.invoke(app, ["query", "--help"])
+    assert "--out" in res.output
