@@ -680,8 +680,6 @@ def _plan(table: Table) -> _WritePlan | None:
     spec = meta.spec()
     partition_ok = all(schema.find_column_name(f.source_id) for f in spec.fields)
     if fmt.lower() == "parquet" and sanitize_column_names(schema) == schema and partition_ok:
-        from pyiceberg.io.pyarrow import _get_parquet_writer_kwargs
-
         sort_names: list[str] = []
         for sf in meta.sort_order().fields:
             name = schema.find_column_name(sf.source_id)
@@ -693,7 +691,7 @@ def _plan(table: Table) -> _WritePlan | None:
             file_schema=schema_to_pyarrow(schema, include_field_ids=True),
             stats_plan=compute_statistics_plan(schema, props),
             column_mapping=parquet_path_to_id_mapping(schema),
-            writer_kwargs=_get_parquet_writer_kwargs(props),
+            writer_kwargs=parquet_writer_kwargs(props),
             row_group_size=property_as_int(
                 props,
                 TableProperties.PARQUET_ROW_GROUP_LIMIT,
