@@ -49,27 +49,32 @@ def _event(i: int) -> dict[str, Any]:
     }
 
 
-def _bodies(events: int, per_message: int) -> list[bytes]:
+def _futures_event(i: int) -> dict[str, Any]:
+    return {**_event(i), "symbol": ("ESZ6", "NQZ6")[i % 2], "exchange": "CME"}
+
+
+def _bodies(events: int, per_message: int, futures: bool = False) -> list[bytes]:
+    make = _futures_event if futures else _event
     if per_message == 1:
-        return [json.dumps(_event(i)).encode() for i in range(events)]
+        return [json.dumps(make(i)).encode() for i in range(events)]
     return [
-        json.dumps([_event(i) for i in range(j, min(j + per_message, events))]).encode()
+        json.dumps([make(i) for i in range(j, min(j + per_message, events))]).encode()
         for j in range(0, events, per_message)
     ]
 
 
-async def _publish(settings: Any, bodies: list[bytes]) -> None:
+async def _publish(settings: Any, bodies: list[bytes], subject: str = SUBJECT) -> None:
     from iceberg_lake.engine import nats as bus
 
     nc = await bus.connect(settings, name="bench-publisher")
     js = nc.jetstream()
     await bus.ensure_streams(js, settings)
     for n, body in enumerate(bodies, start=1):
-        await nc.publish(SUBJECT, body)
+        await nc.publish(subject, body)
         if n % 5000 == 0:
             await nc.flush()
     await nc.flush()
-    while (await js.stream_info("MARKET")).state.messages < len(bodies):
+    while (await js.stream_info("MARKET", subjects_filter=subject)).state.messages < len(bodies):
         await asyncio.sleep(0.05)
     await nc.close()
 
@@ -402,6 +407,317 @@ def _append_latency(workdir: Path, quick: bool) -> dict[str, Any]:
     }
 
 
+# ---- 10k-row commits: the writers' data path vs pyiceberg's append vs deltalake ----------------
+
+
+def _has_deltalake() -> bool:
+    """deltalake is a bench-only dependency (`pip install -e .[bench]`)."""
+    import importlib.util
+
+    return importlib.util.find_spec("deltalake") is not None
+
+
+def _delta_append(path: Path, rows: Any, cpu: list[float] | None = None) -> float:
+    """Seconds for one `deltalake.write_deltalake` append of `rows`.
+
+    Partitioned like the Iceberg table (symbol, hour of the event), so both write as many
+    files. `cpu` (optional) receives the process CPU seconds the append took.
+    """
+    import pyarrow.compute as pc
+    from deltalake import write_deltalake
+
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    hour = pc.divide(rows.column("ts_event_ns"), 3_600_000_000_000)
+    write_deltalake(
+        str(path), rows.append_column("hour", hour), mode="append", partition_by=["symbol", "hour"]
+    )
+    if cpu is not None:
+        cpu.append(time.process_time() - c0)
+    return time.perf_counter() - t0
+
+
+def _decoded(events: int) -> Any:
+    from iceberg_lake.ingest.decode import TableCodec
+    from iceberg_lake.tables import registry
+
+    d = registry().get(TABLE)
+    codec = TableCodec(TABLE, d.iceberg_schema(), d.partition_key)
+    return codec.decode(_bodies(events, 1), recv_ns=1).table
+
+
+def _commit_alone(workdir: Path, quick: bool) -> list[dict[str, Any]]:
+    """10k-row commits through the writer's commit path: own data path vs pyiceberg's append."""
+    from iceberg_lake.catalog import LakeCatalog
+    from iceberg_lake.config import load_settings
+    from iceberg_lake.engine import iceberg as engine
+    from iceberg_lake.ingest.batch import MicroBatch
+    from iceberg_lake.ingest.writer import ConsumerWriter
+
+    rows_per_commit = 10_000
+    commits = 8 if quick else 20
+    settings = load_settings({"LAKE_DATA_DIR": str(workdir / "commit-alone")})
+    LakeCatalog(settings).init()
+    writer = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
+    writer._load()
+    chunk = _decoded(rows_per_commit)
+    fast_path = engine.fast_path_applies
+    results: dict[str, list[float]] = {"own": [], "pyiceberg": []}
+    cpu: dict[str, list[float]] = {"own": [], "pyiceberg": [], "delta": []}
+    try:
+        for n in range(commits * 2):
+            mode = ("own", "pyiceberg")[n % 2]  # interleaved: same machine load for both
+            engine.fast_path_applies = fast_path if mode == "own" else (lambda t, r: False)  # type: ignore[assignment]
+            batch = MicroBatch()
+            base = writer.position
+            batch.add_messages(rows_per_commit, base + 1, base + rows_per_commit, None)
+            batch.add_rows(TABLE, chunk)
+            t0 = time.perf_counter()
+            c0 = time.process_time()
+            writer._commit_sync(batch)
+            results[mode].append(time.perf_counter() - t0)
+            cpu[mode].append(time.process_time() - c0)
+    finally:
+        engine.fast_path_applies = fast_path  # type: ignore[assignment]
+    delta = [0.0, 0.0]
+    cpu["delta"] = [0.0, 0.0]
+    if _has_deltalake():
+        delta = [
+            _delta_append(workdir / "delta-alone", chunk, cpu["delta"]) for _ in range(commits)
+        ]
+    own = statistics.median(results["own"][2:])
+    own_cpu = statistics.median(cpu["own"][2:])
+    return [
+        {
+            "benchmark": "commit-10k-alone",
+            "metric": f"p50 of {commits - 2} writer commits, 10,000 rows, own data path",
+            "value": round(own * 1000, 1),
+            "unit": "ms",
+            "baseline": "same commit via pyiceberg Transaction.append",
+            "baseline_value": round(statistics.median(results["pyiceberg"][2:]) * 1000, 1),
+        },
+        {
+            "benchmark": "commit-10k-alone-vs-delta",
+            "metric": "p50, 10,000 rows, own data path",
+            "value": round(own * 1000, 1),
+            "unit": "ms",
+            "baseline": "deltalake write_deltalake append, same rows and partitions",
+            "baseline_value": round(statistics.median(delta[1:]) * 1000, 1),
+        },
+        {
+            "benchmark": "commit-10k-cpu",
+            "metric": "process CPU ms per 10,000-row commit, own data path",
+            "value": round(own_cpu * 1000, 1),
+            "unit": "ms CPU",
+            "baseline": "pyiceberg append / deltalake (CPU ms)",
+            "baseline_value": f"{statistics.median(cpu['pyiceberg'][2:]) * 1000:.1f} / "
+            f"{statistics.median(cpu['delta'][1:]) * 1000:.1f}",
+        },
+    ]
+
+
+def _commit_under_load(workdir: Path, quick: bool) -> list[dict[str, Any]]:
+    """10k-row writer commits while ingest runs (50k events/s published, flush at 10,000
+    events), beside deltalake appends of 10,000 rows in a thread of the same process."""
+    import threading
+
+    from iceberg_lake.catalog import LakeCatalog
+    from iceberg_lake.config import load_settings
+    from iceberg_lake.testing import run_nats_server
+
+    chunk = _decoded(10_000)
+    run_dir = workdir / "commit-load"
+    delta: list[float] = []
+    stop = threading.Event()
+
+    def delta_loop() -> None:
+        while _has_deltalake() and not stop.wait(0.3):
+            delta.append(_delta_append(run_dir / "delta", chunk))
+
+    with run_nats_server(run_dir / "nats") as nats:
+        settings = load_settings(
+            {
+                "LAKE_DATA_DIR": str(run_dir / "lake"),
+                "LAKE_NATS_URL": nats.url,
+                "LAKE_BRONZE_BATCH_SIZE": "10000",
+            }
+        )
+        LakeCatalog(settings).init()
+        thread = threading.Thread(target=delta_loop, daemon=True)
+        thread.start()
+        try:
+            _, lat = asyncio.run(_steady(settings, 50_000, 8 if quick else 20, 100))
+        finally:
+            stop.set()
+            thread.join()
+    return [
+        {
+            "benchmark": "commit-10k-under-ingest",
+            "metric": f"p50 of {len(lat)} writer commits (flush at 10,000 events; "
+            f"50k events/s ingest; p99 {_pct(lat, 0.99) * 1000:.0f} ms)",
+            "value": round(_pct(lat, 0.5) * 1000, 1),
+            "unit": "ms",
+            "baseline": f"deltalake append of 10,000 rows, same load (p50 of {len(delta)})",
+            "baseline_value": round(_pct(delta, 0.5) * 1000, 1) if delta else None,
+        }
+    ]
+
+
+# ---- end-to-end latency at a steady rate (flush at N events or T seconds) ----------------------
+
+
+async def _steady(
+    settings: Any, rate: int, seconds: float, per_message: int
+) -> tuple[list[float], list[float]]:
+    """Publish `rate` events/s for `seconds` while a service runs.
+
+    Returns:
+        (per-message latencies, the writer's commit latencies), seconds.
+
+    Latency of a message: the timestamp of the first ingest snapshot whose last stream sequence
+    covers it, minus its publish time (the stream is fresh, so message i has sequence i). Only
+    messages published before the last flush interval + 1 s count: the end of the run is not
+    steady (the last partial batch waits for the timer).
+    """
+    from iceberg_lake.catalog import LakeCatalog
+    from iceberg_lake.engine import nats as bus
+    from iceberg_lake.ingest.service import LakeService
+
+    service = LakeService(settings, [TABLE])
+    task = asyncio.create_task(service.run())
+    while not service.writers or any(w.psub is None for w in service.writers):
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    nc = await bus.connect(settings, name="bench-steady")
+    sent: list[float] = []
+    tick = 0.02
+    per_tick = max(1, round(rate * tick / per_message))
+    start = time.time()
+    i = 0
+    while time.time() - start < seconds:
+        for _ in range(per_tick):
+            body = json.dumps([_event(i + k) for k in range(per_message)]).encode()
+            await nc.publish(SUBJECT, body)
+            sent.append(time.time())
+            i += per_message
+        await nc.flush()
+        await asyncio.sleep(max(0.0, start + len(sent) / per_tick * tick - time.time()))
+    await nc.close()
+    deadline = time.time() + 60
+    while service.committed_events < i and time.time() < deadline:
+        await asyncio.sleep(0.05)
+    await service.stop()
+    await task
+    commit_latencies = list(service.writers[0].commit_latencies)
+    table = LakeCatalog(settings).load_table(TABLE)
+    commits = sorted(
+        (int(s.summary["lake.last-stream-seq"]), s.timestamp_ms / 1000)
+        for s in table.snapshots()
+        if s.summary and s.summary["lake.last-stream-seq"]
+    )
+    out = []
+    c = 0
+    steady_until = start + seconds - settings.bronze_batch_seconds - 1
+    for seq, published in enumerate(sent, start=1):
+        if published > steady_until:
+            break
+        while c < len(commits) and commits[c][0] < seq:
+            c += 1
+        if c < len(commits):
+            out.append(commits[c][1] - published)
+    return out, commit_latencies
+
+
+def _steady_latency(workdir: Path, quick: bool) -> list[dict[str, Any]]:
+    from iceberg_lake.catalog import LakeCatalog
+    from iceberg_lake.config import load_settings
+    from iceberg_lake.testing import run_nats_server
+
+    rows = []
+    for rate in (2_000, 50_000):
+        run_dir = workdir / f"steady-{rate}"
+        with run_nats_server(run_dir / "nats") as nats:
+            settings = load_settings(
+                {"LAKE_DATA_DIR": str(run_dir / "lake"), "LAKE_NATS_URL": nats.url}
+            )
+            LakeCatalog(settings).init()
+            lat, _ = asyncio.run(_steady(settings, rate, 8 if quick else 20, 100))
+        rows.append(
+            {
+                "benchmark": f"latency-steady-{rate // 1000}k",
+                "metric": f"p99 published->committed, {rate:,} events/s in 100-event messages "
+                f"(p50 {_pct(lat, 0.5):.2f} s; flush at {settings.bronze_batch_size:,} events "
+                f"or {settings.bronze_batch_seconds:g} s)",
+                "value": round(_pct(lat, 0.99), 2),
+                "unit": "s",
+                "baseline": "flush interval + 1 s (target bound)",
+                "baseline_value": settings.bronze_batch_seconds + 1,
+            }
+        )
+    return rows
+
+
+# ---- scaling with worker processes (`lake serve --workers N`) ----------------------------------
+
+
+def _serve_seconds(workdir: Path, workers: int, events: int) -> float:
+    """Wall seconds of `lake serve --workers N --until-idle` over two tables' backlogs.
+
+    `events` = 0 measures start-up, idle detection and shutdown alone (subtracted by the
+    caller, so the rate is the drain's).
+    """
+    import os
+    import subprocess
+
+    from iceberg_lake.catalog import LakeCatalog
+    from iceberg_lake.config import load_settings
+    from iceberg_lake.testing import run_nats_server
+
+    run_dir = workdir / f"workers-{workers}-{events}"
+    with run_nats_server(run_dir / "nats") as nats:
+        env = {"LAKE_DATA_DIR": str(run_dir / "lake"), "LAKE_NATS_URL": nats.url}
+        settings = load_settings(env)
+        lake = LakeCatalog(settings)
+        lake.init()
+        half = events // 2
+        if events:
+            asyncio.run(_publish(settings, _bodies(half, 100)))
+            futures = _bodies(half, 100, futures=True)
+            asyncio.run(_publish(settings, futures, "market.futures.trades"))
+        argv = [sys.executable, "-c", "from iceberg_lake.cli import main; main()", "serve"]
+        argv += ["--workers", str(workers), "--until-idle", "--idle-seconds", "0.5"]
+        argv += ["--tables", "stocks_trades,futures_trades"]
+        t0 = time.perf_counter()
+        subprocess.run(
+            argv, env={**os.environ, **env}, check=True, timeout=600, capture_output=True
+        )
+        elapsed = time.perf_counter() - t0
+        committed = 0
+        for tid in (TABLE, "bronze.futures_trades"):
+            snap = lake.load_table(tid).current_snapshot()
+            if snap is not None and snap.summary is not None:
+                committed += int(snap.summary["total-records"] or 0)
+    assert committed == 2 * half, (committed, events)
+    return elapsed
+
+
+def _workers_scaling(workdir: Path, quick: bool) -> list[dict[str, Any]]:
+    events = 200_000 if quick else 800_000
+    one = events / max(0.1, _serve_seconds(workdir, 1, events) - _serve_seconds(workdir, 1, 0))
+    two = events / max(0.1, _serve_seconds(workdir, 2, events) - _serve_seconds(workdir, 2, 0))
+    return [
+        {
+            "benchmark": "serve-workers-2",
+            "metric": f"events/s, 2 tables, 100/message ({events:,} events), --workers 2",
+            "value": round(two),
+            "unit": "events/s",
+            "baseline": "--workers 1, same backlog (start-up subtracted in both)",
+            "baseline_value": round(one),
+        }
+    ]
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Run the writer benchmarks.
 
@@ -417,6 +733,10 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         workdir = Path(tmp)
         rows = _ingest_runs(workdir, quick)
+        rows += _commit_alone(workdir, quick)
+        rows += _commit_under_load(workdir, quick)
+        rows += _steady_latency(workdir, quick)
+        rows += _workers_scaling(workdir, quick)
         rows.append(_append_latency(workdir, quick))
     return rows
 

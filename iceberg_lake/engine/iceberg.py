@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import itertools
 import operator
+import queue
+import threading
 import uuid
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -666,6 +669,306 @@ class _BoundedAppendFiles(_FastAppendFiles):
         return out
 
 
+# ---- the writers' data path: sorted, sliced, written in threads -------------------------------
+#
+# `Transaction.append` (pyiceberg 0.12) checks schema compatibility on every call (building a
+# `rich` table: ~9 ms), splits the rows into partitions with one full-table filter per partition
+# and converts every batch to the file schema before writing. The writers' rows are already in
+# the table's Arrow schema, so this path sorts them once by (partition values, table sort order),
+# cuts zero-copy slices per partition, writes the slices' Parquet files in a thread pool
+# (pyarrow's Parquet writer releases the GIL, so the ingest event loop keeps running) and builds
+# the `DataFile`s from each file's Parquet footer with pyiceberg's public statistics helpers.
+
+#: Threads writing one commit's Parquet files (pyarrow releases the GIL while encoding).
+WRITE_THREADS = 4
+
+
+class _DaemonPool:
+    """A fixed pool of daemon threads.
+
+    `concurrent.futures.ThreadPoolExecutor` joins its threads at interpreter exit, so a write
+    stuck on an unreachable object store would keep a stopping writer process alive; the
+    writers' shutdown grace relies on commits never doing that (their commit threads are
+    daemons too).
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Any, tuple[Any, ...]]] = (
+            queue.SimpleQueue()
+        )
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                future.set_exception(exc)
+
+    def submit(self, fn: Any, *args: Any) -> Future[Any]:
+        """Run `fn(*args)` on a pool thread; its future."""
+        with self._lock:
+            if len(self._threads) < self._size:
+                t = threading.Thread(target=self._work, name="lake-parquet", daemon=True)
+                t.start()
+                self._threads.append(t)
+        future: Future[Any] = Future()
+        self._queue.put((future, fn, args))
+        return future
+
+
+_WRITE_POOL = _DaemonPool(WRITE_THREADS)
+
+
+@dataclass(frozen=True)
+class _WritePlan:
+    """What writing a data file of one table schema/spec/properties needs (cached)."""
+
+    arrow_schema: pa.Schema  # the table's schema as the writers' rows carry it (no field ids)
+    file_schema: pa.Schema  # the same with Parquet field ids
+    stats_plan: dict[int, Any]
+    column_mapping: dict[str, int]
+    writer_kwargs: dict[str, Any]
+    row_group_size: int | None
+    partition_names: tuple[str, ...]
+    sort_names: tuple[str, ...]
+
+
+_PLANS: dict[tuple[str, int, int, int, int], _WritePlan | None] = {}
+
+
+def _plan(table: Table) -> _WritePlan | None:
+    """The cached write plan of `table`'s current schema/spec/sort order; None if unsupported."""
+    from pyiceberg.io.pyarrow import (
+        compute_statistics_plan,
+        parquet_path_to_id_mapping,
+        sanitize_column_names,
+        schema_to_pyarrow,
+    )
+    from pyiceberg.table import TableProperties
+    from pyiceberg.transforms import IdentityTransform
+    from pyiceberg.utils.properties import property_as_int
+
+    meta = table.metadata
+    schema = meta.schema()
+    # Only `write.*` properties shape files and their statistics (watermarks change every commit).
+    write_props = tuple(
+        sorted((k, v) for k, v in meta.properties.items() if k.startswith("write."))
+    )
+    key = (
+        meta.table_uuid.hex,
+        schema.schema_id,
+        meta.default_spec_id,
+        meta.default_sort_order_id,
+        hash(write_props),
+    )
+    plan = _PLANS.get(key)
+    if plan is not None or key in _PLANS:
+        return plan
+    props = meta.properties
+    result: _WritePlan | None = None
+    fmt = props.get(TableProperties.WRITE_FILE_FORMAT, TableProperties.WRITE_FILE_FORMAT_DEFAULT)
+    spec = meta.spec()
+    partition_ok = all(schema.find_column_name(f.source_id) for f in spec.fields)
+    if fmt.lower() == "parquet" and sanitize_column_names(schema) == schema and partition_ok:
+        sort_names: list[str] = []
+        for sf in meta.sort_order().fields:
+            name = schema.find_column_name(sf.source_id)
+            if name is None or not isinstance(sf.transform, IdentityTransform):
+                break
+            sort_names.append(name)
+        result = _WritePlan(
+            arrow_schema=schema_to_pyarrow(schema, include_field_ids=False),
+            file_schema=schema_to_pyarrow(schema, include_field_ids=True),
+            stats_plan=compute_statistics_plan(schema, props),
+            column_mapping=parquet_path_to_id_mapping(schema),
+            writer_kwargs=parquet_writer_kwargs(props),
+            row_group_size=property_as_int(
+                props,
+                TableProperties.PARQUET_ROW_GROUP_LIMIT,
+                TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT,
+            ),
+            partition_names=tuple(f.name for f in spec.fields),
+            sort_names=tuple(sort_names),
+        )
+    if len(_PLANS) > 1000:
+        _PLANS.clear()
+    _PLANS[key] = result
+    return result
+
+
+def table_arrow_schema(table: Table) -> pa.Schema:
+    """The Arrow schema (no field ids) whose rows `watermarked_append` writes on its fast path."""
+    from pyiceberg.io.pyarrow import schema_to_pyarrow
+
+    plan = _plan(table)
+    return plan.arrow_schema if plan else schema_to_pyarrow(table.schema(), include_field_ids=False)
+
+
+def fast_path_applies(table: Table, rows: pa.Table) -> bool:
+    """True when `rows` can be written by `write_sorted_data_files` (schema exactly the table's).
+
+    Equality of the Arrow schema with the table's replaces pyiceberg's per-call compatibility
+    check: such rows are compatible by construction (same names, types, nullability).
+    """
+    plan = _plan(table)
+    return plan is not None and rows.schema.equals(plan.arrow_schema)
+
+
+def sort_and_slice(table: Table, rows: pa.Table) -> list[tuple[Any, pa.Table]]:
+    """Sort `rows` by (partition values, sort order) once; zero-copy slices per partition.
+
+    Returns:
+        (pyiceberg `PartitionKey` or None when unpartitioned, slice) in sorted order.
+    """
+    import pyarrow.compute as pc
+    from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
+
+    plan = _plan(table)
+    if plan is None:
+        raise ValueError(f"{table.name()}: no fast write path for this table")
+    if rows.num_rows == 0:
+        return []
+    meta = table.metadata
+    spec = meta.spec()
+    schema = meta.schema()
+    keys: dict[str, pa.Array] = {}
+    for i, pf in enumerate(spec.fields):
+        source = schema.find_field(pf.source_id)
+        column = rows.column(schema.find_column_name(pf.source_id))
+        keys[f"_p{i}"] = pf.transform.pyarrow_transform(source.field_type)(column)
+    order = [(name, "ascending") for name in keys]
+    sort_cols = {f"_s{i}": rows.column(n) for i, n in enumerate(plan.sort_names)}
+    order += [(name, "ascending") for name in sort_cols]
+    if order:
+        key_table = pa.table({**keys, **sort_cols})
+        indices = pc.sort_indices(key_table, sort_keys=order)
+        rows = rows.take(indices)
+        if keys:
+            keys = {n: pc.take(a, indices) for n, a in keys.items()}
+    if not keys:
+        return [(None, rows)]
+    names = list(keys)
+    # On sorted keys, a group-by without threads yields the groups in order of appearance:
+    # the partitions' values and their row counts, i.e. the slice boundaries.
+    groups = (
+        pa.table(keys)
+        .group_by(names, use_threads=False)
+        .aggregate([(names[0], "count", pc.CountOptions(mode="all"))])
+    )
+    counts = groups.column(f"{names[0]}_count").to_pylist()
+    values = [groups.column(n).to_pylist() for n in names]
+    out: list[tuple[Any, pa.Table]] = []
+    offset = 0
+    for g, n in enumerate(counts):
+        pkey = PartitionKey(
+            field_values=[
+                PartitionFieldValue(field=pf, value=values[i][g])
+                for i, pf in enumerate(spec.fields)
+            ],
+            partition_spec=spec,
+            schema=schema,
+        )
+        out.append((pkey, rows.slice(offset, n)))
+        offset += n
+    return out
+
+
+def _write_one(
+    table: Table, plan: _WritePlan, pkey: Any, rows: pa.Table, file_name: str
+) -> DataFile:
+    """Write one Parquet data file and describe it from its footer (runs in the write pool)."""
+    import pyarrow.parquet as pq
+    from pyiceberg.io.pyarrow import data_file_statistics_from_parquet_metadata
+    from pyiceberg.manifest import DataFileContent, FileFormat
+    from pyiceberg.table.locations import load_location_provider
+    from pyiceberg.typedef import Record
+
+    meta = table.metadata
+    provider = load_location_provider(meta.location, meta.properties)
+    path = provider.new_data_location(data_file_name=file_name, partition_key=pkey)
+    # Same buffers, the schema with field ids (zero-copy).
+    data = pa.Table.from_arrays(rows.columns, schema=plan.file_schema)
+    output = table.io.new_output(path)
+    with output.create(overwrite=True) as stream:
+        writer = pq.ParquetWriter(
+            stream, schema=plan.file_schema, store_decimal_as_integer=True, **plan.writer_kwargs
+        )
+        try:
+            writer.write_table(data, row_group_size=plan.row_group_size)
+        finally:
+            writer.close()
+        size = stream.tell()
+    stats = data_file_statistics_from_parquet_metadata(
+        parquet_metadata=writer.writer.metadata,
+        stats_columns=plan.stats_plan,
+        parquet_column_mapping=plan.column_mapping,
+    )
+    return DataFile.from_args(
+        content=DataFileContent.DATA,
+        file_path=path,
+        file_format=FileFormat.PARQUET,
+        partition=pkey.partition if pkey is not None else Record(),
+        file_size_in_bytes=size,
+        sort_order_id=None,
+        spec_id=meta.default_spec_id,
+        equality_ids=None,
+        key_metadata=None,
+        **stats.to_serialized_dict(),
+    )
+
+
+def write_sorted_data_files(
+    table: Table,
+    rows: pa.Table,
+    write_uuid: uuid.UUID,
+    counter: itertools.count[int] | None = None,
+) -> list[DataFile]:
+    """Write `rows` (in `table_arrow_schema(table)`) as uncommitted data files of `table`.
+
+    One sort by (partition values, table sort order), one zero-copy slice per partition, the
+    Parquet files written in parallel in the write pool; `DataFile`s from the files' footers.
+    File names follow pyiceberg's (`00000-<n>-<write_uuid>.parquet`): calls sharing a
+    `write_uuid` must share `counter`. On an error, the files already written are deleted.
+    """
+    plan = _plan(table)
+    if plan is None:
+        raise ValueError(f"{table.name()}: no fast write path for this table")
+    counter = counter if counter is not None else itertools.count()
+    pieces = sort_and_slice(table, rows)
+    names = [f"00000-{next(counter)}-{write_uuid}.parquet" for _ in pieces]
+    if len(pieces) == 1:
+        return [_write_one(table, plan, pieces[0][0], pieces[0][1], names[0])]
+    futures = [
+        _WRITE_POOL.submit(_write_one, table, plan, pkey, part, name)
+        for (pkey, part), name in zip(pieces, names, strict=True)
+    ]
+    files: list[DataFile] = []
+    error: BaseException | None = None
+    for fut in futures:
+        try:
+            files.append(fut.result())
+        except BaseException as exc:  # noqa: BLE001 - collect the others, then re-raise
+            error = error or exc
+    if error is not None:
+        _delete_quietly(table, files)
+        raise error
+    return files
+
+
+def _delete_quietly(table: Table, files: list[DataFile]) -> None:
+    for f in files:
+        try:
+            table.io.delete(f.file_path)
+        except Exception:  # noqa: BLE001 - an orphan left behind is harmless
+            pass
+
+
 class WatermarkedAppend:
     """One atomic commit: append rows and set table properties (a writer's watermark).
 
@@ -701,20 +1004,42 @@ class WatermarkedAppend:
         return self
 
     def commit(self) -> int | None:
-        """Commit now; returns the new current snapshot id (None if the table stays empty)."""
-        with _FastAppendTransaction(self.table) as tx:
-            if self.expected is not None:  # fencing: see `require_properties`
-                require_properties(tx, self.expected)
-            if self.watermark:
-                tx.set_properties(self.watermark)
+        """Commit now; returns the new current snapshot id (None if the table stays empty).
+
+        Rows whose Arrow schema is exactly the table's (`table_arrow_schema`) take the writer's
+        own data path (`write_sorted_data_files`: files written in threads, `DataFile`s from the
+        Parquet footers); anything else goes through pyiceberg's `Transaction.append`, which
+        checks schema compatibility and converts.
+        """
+        files: list[DataFile] = []
+        stock: list[pa.Table] = []
+        fast = 0
+        commit_uuid = uuid.uuid4()
+        counter = itertools.count()
+        try:
             for rows in self._chunks:
-                tx.append(rows, snapshot_properties=self.snapshot_properties)
-            if self._parts:
-                with tx._append_snapshot_producer(self.snapshot_properties) as append_files:
-                    for f in write_partition_files(
-                        self.table, self._parts, append_files.commit_uuid
-                    ):
-                        append_files.append_data_file(f)
+                if fast_path_applies(self.table, rows):
+                    fast += 1
+                    files.extend(write_sorted_data_files(self.table, rows, commit_uuid, counter))
+                else:
+                    stock.append(rows)
+            if self._parts:  # already split by partition (`append_partitions`)
+                fast += 1
+                files.extend(write_partition_files(self.table, self._parts, commit_uuid, counter))
+            with _FastAppendTransaction(self.table) as tx:
+                if self.expected is not None:  # fencing: see `require_properties`
+                    require_properties(tx, self.expected)
+                if self.watermark:
+                    tx.set_properties(self.watermark)
+                if fast:  # (an empty append still makes a snapshot, as pyiceberg's does)
+                    with tx._append_snapshot_producer(self.snapshot_properties) as producer:
+                        for f in files:
+                            producer.append_data_file(f)
+                for rows in stock:
+                    tx.append(rows, snapshot_properties=self.snapshot_properties)
+        except BaseException:
+            _delete_quietly(self.table, files)  # written but never committed
+            raise
         self._chunks = []
         self._parts = []
         snapshot = self.table.current_snapshot()

@@ -251,3 +251,63 @@ class InferredDecoder:
 
 
 DecoderFactory = Callable[[dict[str, TableCodec]], Decoder]
+
+
+#: Bytes of message bodies decoded per call by `decode_chunked` (~10k events of ~150 bytes):
+#: decoding a fetch in 5-20k-event chunks measured 1.2-1.6x faster than one call over 200-500k
+#: events (the parsed objects of a chunk stay in cache; docs/ingest.md, "Throughput").
+DECODE_CHUNK_BYTES = 1_500_000
+
+
+def decode_chunked(
+    decoder: Decoder,
+    bodies: Sequence[bytes],
+    subjects: Sequence[str],
+    recv_ns: int,
+    chunk_bytes: int = DECODE_CHUNK_BYTES,
+) -> RoutedBatch:
+    """`decoder.decode` over chunks of about `chunk_bytes` of bodies, merged into one result.
+
+    The result is the same as one call's: message indexes refer to the whole `bodies`, each
+    table's rows keep message order.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    bounds = [0]
+    size = 0
+    for i, body in enumerate(bodies):
+        size += len(body)
+        if size >= chunk_bytes:
+            bounds.append(i + 1)
+            size = 0
+    if bounds[-1] != len(bodies):
+        bounds.append(len(bodies))
+    if len(bounds) <= 2:
+        return decoder.decode(bodies, subjects, recv_ns)
+    out = RoutedBatch()
+    parts: dict[str, list[tuple[int, DecodedBatch]]] = {}
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        part = decoder.decode(bodies[lo:hi], subjects[lo:hi], recv_ns)
+        for table, batch in part.tables.items():
+            parts.setdefault(table, []).append((lo, batch))
+        out.rejected.extend((i + lo, t, r) for i, t, r in part.rejected)
+        out.rejected_events.extend(
+            (i + lo, e, t, r, raw) for i, e, t, r, raw in part.rejected_events
+        )
+        out.skipped.extend(i + lo for i in part.skipped)
+        for key, count in part.unknown_fields.items():
+            out.unknown_fields[key] = out.unknown_fields.get(key, 0) + count
+    for table, batches in parts.items():
+        tables = [b.table for _, b in batches]
+        merged = DecodedBatch(
+            table=pa.concat_tables(tables) if len(tables) > 1 else tables[0],
+            row_message=np.concatenate([b.row_message + lo for lo, b in batches]),
+        )
+        for lo, b in batches:
+            merged.rejected.extend((i + lo, r) for i, r in b.rejected)
+            merged.rejected_events.extend((i + lo, e, r, raw) for i, e, r, raw in b.rejected_events)
+            for k, v in b.unknown_fields.items():
+                merged.unknown_fields[k] = merged.unknown_fields.get(k, 0) + v
+        out.tables[table] = merged
+    return out

@@ -46,7 +46,11 @@ from pyiceberg.table import Table
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.config import Settings
-from iceberg_lake.engine.iceberg import watermarked_append, write_data_files
+from iceberg_lake.engine.iceberg import (
+    fast_path_applies,
+    watermarked_append,
+    write_data_files,
+)
 from iceberg_lake.engine.nats import (
     INFERRED_TARGET,
     Lease,
@@ -78,6 +82,7 @@ from iceberg_lake.ingest.routing import (
     GoldDecoder,
     InferredDecoder,
     RoutedBatch,
+    decode_chunked,
 )
 from iceberg_lake.ops import metrics
 from iceberg_lake.ops.maintenance import expire_inline
@@ -558,10 +563,10 @@ class ConsumerWriter:
         bodies = [m.data for m in keep]
         subjects = [m.subject for m in keep]
         assert self.decoder is not None
-        routed: RoutedBatch = self.decoder.decode(bodies, subjects, recv_ns)
+        routed: RoutedBatch = decode_chunked(self.decoder, bodies, subjects, recv_ns)
         if routed.unknown_fields and await self._schema_changed():
             # A migration added the fields: decode the same messages again with the new schema.
-            routed = self.decoder.decode(bodies, subjects, recv_ns)
+            routed = decode_chunked(self.decoder, bodies, subjects, recv_ns)
         seq_arr = np.asarray(seqs, dtype=np.int64)
         events = len(routed.rejected)
         for tid, decoded in routed.tables.items():
@@ -803,9 +808,12 @@ class ConsumerWriter:
         return rows.sort_by(keys).cast(target)
 
     def _prepare(self, tid: str, table: Table, chunks: list[pa.Table]) -> pa.Table:
-        """Align chunks to the live schema, concatenate, sort by event time, cast."""
+        """Align chunks to the live schema, concatenate, cast (and sort, unless the commit does)."""
         target = self._arrow_schema(tid, table)
-        return self._sort_cast(self._align(target, chunks), target)
+        rows = self._align(target, chunks).cast(target)
+        if fast_path_applies(table, rows):
+            return rows  # the commit sorts once, by (partition, table sort order)
+        return self._sort_cast(rows, target)
 
     def _commit_sync(self, batch: MicroBatch) -> None:
         """Commit the batch's tables in order; each one transaction with its watermark.
