@@ -18,7 +18,6 @@ MB/s are compressed Bronze bytes read per second. Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from _bench_common import print_rows
 
 SYMBOLS = ("ES", "NQ", "CL", "GC")
 HOURS = 6
@@ -159,18 +159,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="number of Bronze rows")
     args = parser.parse_args()
     rows = run(quick=args.quick, rows=args.rows)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="Silver compaction benchmark")
-    for col in ("benchmark", "metric", "value", "unit", "baseline", "baseline_value"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*["" if r[c] is None else str(r[c]) for c in r])
-    Console().print(table)
+    print_rows(rows, title="Silver compaction benchmark", as_json=args.json)
 
 
 if __name__ == "__main__":

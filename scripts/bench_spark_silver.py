@@ -17,7 +17,6 @@ Best of 2 runs (1 with --quick); the machine is shared. Row counts must match.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _bench_common import print_rows  # noqa: E402
 from bench_silver import _bronze_batches, _row  # noqa: E402
 
 DAY = "2025-12-16"
@@ -96,18 +96,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="number of Bronze rows")
     args = parser.parse_args()
     rows = run(quick=args.quick, rows=args.rows)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="Silver on Spark vs DuckDB")
-    for col in ("benchmark", "metric", "value", "unit", "baseline", "baseline_value"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*["" if r[c] is None else str(r[c]) for c in r])
-    Console().print(table)
+    print_rows(rows, title="Silver on Spark vs DuckDB", as_json=args.json)
 
 
 if __name__ == "__main__":
