@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -10,16 +9,8 @@ import pyarrow as pa
 import typer
 
 from iceberg_lake.cli.common import console, err_console, open_catalog
-from iceberg_lake.cli.query import parse_as_of, parse_window
-
-
-class TableOutput(StrEnum):
-    """How `lake bars` / `lake asof` print their result."""
-
-    table = "table"
-    csv = "csv"
-    json = "json"
-    parquet = "parquet"
+from iceberg_lake.cli.query import QueryOutput as TableOutput  # the same outputs as `lake query`
+from iceberg_lake.cli.query import parse_as_of, parse_window, write_result
 
 
 def register(app: typer.Typer) -> None:
@@ -39,29 +30,11 @@ _LIMIT = typer.Option(50, "--limit", help="Rows shown by --output table (0: all)
 
 
 def _emit(result: pa.Table, output: TableOutput, file: Path | None, limit: int, what: str) -> None:
-    """Print or write an Arrow result (the same outputs as `lake query`)."""
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
-
-    if output == TableOutput.parquet:
-        if file is None:
-            raise typer.BadParameter("--output parquet needs --file", param_hint="--file")
-        pq.write_table(result, str(file), compression="zstd")
-    elif output == TableOutput.csv:
-        if file is None:
-            sink = pa.BufferOutputStream()
-            pcsv.write_csv(result, sink)
-            typer.echo(sink.getvalue().to_pybytes().decode(), nl=False)
-        else:
-            pcsv.write_csv(result, str(file))
-    elif output == TableOutput.json:
-        import json
-
-        text = json.dumps(result.to_pylist(), default=str)
-        if file is None:
-            typer.echo(text)
-        else:
-            file.write_text(text + "\n")
+    """Print or write an Arrow result: a table of at most `limit` rows, or as `lake query` does."""
+    if output == TableOutput.parquet and file is None:
+        raise typer.BadParameter("--output parquet needs --file", param_hint="--file")
+    if output != TableOutput.table or file is not None:
+        write_result(result, output, file)
     else:
         from rich.table import Table as RichTable
 
