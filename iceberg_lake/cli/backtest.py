@@ -8,7 +8,7 @@ from typing import Annotated
 import pyarrow as pa
 import typer
 
-from iceberg_lake.cli.common import console, err_console, open_catalog
+from iceberg_lake.cli.common import AS_OF_OPTION, console, err_console, open_catalog
 from iceberg_lake.cli.query import QueryOutput as TableOutput  # the same outputs as `lake query`
 from iceberg_lake.cli.query import parse_as_of, parse_window, write_result
 
@@ -23,7 +23,6 @@ _START = typer.Option(None, "--start", help="Unix ns or ISO time/date (UTC).")
 _END = typer.Option(None, "--end", help="Exclusive end; default: start + 1 day for a date.")
 _SESSION = typer.Option(None, "--session", help="Trading day (YYYY-MM-DD): its session.")
 _CALENDAR = typer.Option("XNYS", "--calendar", help="Calendar of --session: XNYS, CME_Equity, …")
-_AS_OF = typer.Option("--as-of", help="Tag, snapshot id or ISO time, or TABLE=PIN (repeat).")
 _OUTPUT = typer.Option("--output", "-o", help="table, csv, json or parquet (needs --file).")
 _FILE = typer.Option("--file", help="Write the result here instead of printing it.")
 _LIMIT = typer.Option(50, "--limit", help="Rows shown by --output table (0: all).")
@@ -56,7 +55,7 @@ def bars(
     end: str | None = _END,
     session: str | None = _SESSION,
     calendar: str = _CALENDAR,
-    as_of: Annotated[list[str] | None, _AS_OF] = None,
+    as_of: Annotated[list[str] | None, AS_OF_OPTION] = None,
     output: Annotated[TableOutput, _OUTPUT] = TableOutput.table,
     file: Annotated[Path | None, _FILE] = None,
     limit: int = _LIMIT,
@@ -92,7 +91,7 @@ def asof(
     end: str | None = _END,
     session: str | None = _SESSION,
     calendar: str = _CALENDAR,
-    as_of: Annotated[list[str] | None, _AS_OF] = None,
+    as_of: Annotated[list[str] | None, AS_OF_OPTION] = None,
     output: Annotated[TableOutput, _OUTPUT] = TableOutput.table,
     file: Annotated[Path | None, _FILE] = None,
     limit: int = _LIMIT,
