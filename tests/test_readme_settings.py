@@ -36,3 +36,31 @@ def test_log_level_default_is_one_value() -> None:
     row = next(line for line in README.read_text().splitlines() if "`LAKE_LOG_LEVEL`" in line)
     assert Settings().log_level == cli_default == "WARNING"
     assert "`WARNING`" in row
+
+
+def test_documented_defaults_are_the_real_ones() -> None:
+    # Rows whose default cell is backticked literals, one per variable (`1000`, `5`); `–` = None.
+    defaults = {f"LAKE_{f.name.upper()}": f.default for f in dataclasses.fields(Settings)}
+    wrong: list[str] = []
+    for line in README.read_text().splitlines():
+        if not line.startswith("| `LAKE_"):
+            continue
+        cells = line.split("|")
+        names = re.findall(r"`(LAKE_[A-Z0-9_]+)`", cells[1])
+        cell = cells[2].strip()
+        values: list[str | None] = (
+            [None] * len(names) if cell == "–" else re.findall(r"`([^`$]*)`", cell)
+        )
+        if len(values) != len(names):
+            continue  # a default computed from another setting ($LAKE_DATA_DIR/…)
+        for name, text in zip(names, values, strict=True):
+            real = defaults.get(name)
+            if text is None:
+                ok = real is None
+            elif isinstance(real, (int, float)):
+                ok = float(text) == float(real)
+            else:
+                ok = str(text).removeprefix("./") == str(real)
+            if not ok:
+                wrong.append(f"{name}: README {text!r}, Settings {real!r}")
+    assert wrong == []
