@@ -136,10 +136,12 @@ class Settings:
     nats_tls_key: Path | None = None
     #: JetStream domain of the streams (leaf-node set-ups); empty = the server's own JetStream.
     nats_domain: str | None = None
-    bronze_batch_size: int = 1000
-    bronze_batch_seconds: float = 5.0
-    gold_batch_size: int = 500
-    gold_batch_seconds: float = 10.0
+    # Micro-batches: long intervals and large batches (few, large files; docs/live.md has the
+    # measurements). Freshness comes from the live tail (`lake query --live`), not from commits.
+    bronze_batch_size: int = 20_000
+    bronze_batch_seconds: float = 30.0
+    gold_batch_size: int = 5_000
+    gold_batch_seconds: float = 30.0
     max_buffered_events: int = 200_000
     # Time travel (docs/time-travel.md, "Retention"): every snapshot is kept for the window;
     # closed hours are kept as checkpoint tags, replays pin what they read.

@@ -61,8 +61,8 @@ from pyiceberg.table import Table
 
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.config import Settings
+from iceberg_lake.engine.duck import quote_ident, quote_str
 from iceberg_lake.exceptions import TimeTravelError
-from iceberg_lake.silver.dedup import quote_ident, quote_str
 from iceberg_lake.tables import GOLD, TableDefinition
 from iceberg_lake.timetravel.query import Lake, duckdb_path
 from iceberg_lake.timetravel.readers import window_filter

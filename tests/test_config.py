@@ -16,8 +16,8 @@ def test_embedded_defaults_live_under_the_data_dir(tmp_path: Path) -> None:
     assert s.catalog_uri == f"sqlite:///{tmp_path / 'd' / 'catalog.db'}"
     assert s.warehouse == (tmp_path / "d" / "warehouse").as_uri()
     assert s.nats_url == "nats://127.0.0.1:4222"
-    assert (s.bronze_batch_size, s.bronze_batch_seconds) == (1000, 5.0)
-    assert (s.gold_batch_size, s.gold_batch_seconds) == (500, 10.0)
+    assert (s.bronze_batch_size, s.bronze_batch_seconds) == (20_000, 30.0)
+    assert (s.gold_batch_size, s.gold_batch_seconds) == (5_000, 30.0)
     assert not s.is_s3
 
 

@@ -231,11 +231,18 @@ def _human_age(seconds: float | None) -> str:
     return f"{seconds:.0f}s"
 
 
+def _freshness(seconds: float | None) -> str:
+    if seconds is not None and abs(seconds) < 60:
+        return f"{seconds:.1f}s"  # sub-second matters for the live view
+    return _human_age(seconds)
+
+
 def print_status(report: LakeStatus, out: Console | Output | None = None) -> None:
     """Render `lake status` for people: tables, consumers and dead letters as rich tables."""
     target = out if isinstance(out, Console) else console
     tables = RichTable(title="tables")
-    for col in ("table", "rows", "data files", "mean file", "snapshots", "last commit"):
+    cols = ("table", "rows", "data files", "mean file", "snapshots", "last commit")
+    for col in (*cols, "fresh (committed)", "fresh (live)"):
         tables.add_column(col, justify="left" if col == "table" else "right")
     for t in report.tables:
         tables.add_row(
@@ -245,6 +252,8 @@ def print_status(report: LakeStatus, out: Console | Output | None = None) -> Non
             _human_bytes(t.mean_file_bytes),
             str(t.snapshots),
             f"{_human_age(t.last_commit_age_seconds)} ago" if t.last_commit else "never",
+            _freshness(t.committed_freshness_seconds),
+            _freshness(t.live_freshness_seconds),
         )
     target.print(tables)
     if report.nats != "ok":

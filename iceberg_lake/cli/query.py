@@ -133,6 +133,13 @@ def query(
             "local files, COPY, ATTACH, INSTALL). Off by default: a local tool.",
         ),
     ] = False,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="Bronze/Gold tables include the JetStream messages after their last commit.",
+        ),
+    ] = False,
 ) -> None:
     """Run SQL against the lake's tables, optionally as of a tag, snapshot or time."""
     from iceberg_lake.timetravel.query import Lake
@@ -141,14 +148,21 @@ def query(
     pins = parse_as_of(as_of)
     if output == QueryOutput.parquet and file is None:
         raise typer.BadParameter("parquet output needs --out PATH", param_hint="--output")
+    if live and pins is not None:
+        raise typer.BadParameter("--live reads the current snapshots", param_hint="--as-of")
     lake = Lake(open_catalog(read_only=True), sandbox=sandbox)
-    result = lake.query(sql, as_of=pins)
+    try:
+        result = lake.query(sql, as_of=pins, live=live)
+    finally:
+        lake.close()
     write_result(result, output, file)
-    # Every result says which snapshots it read (stderr, so stdout stays the data).
-    read = ", ".join(
-        f"{t}@{sid if sid is not None else 'empty'}" for t, sid in sorted(lake.last_pins.items())
-    )
-    err_console.print(f"read {read}", highlight=False, soft_wrap=True)
+    # Every result says which snapshots (and, live, which stream range) it read (stderr, so
+    # stdout stays the data).
+    parts = []
+    for t, sid in sorted(lake.last_pins.items()):
+        rng = lake.last_live.get(t)
+        parts.append(rng.describe() if rng else f"{t}@{sid if sid is not None else 'empty'}")
+    err_console.print(f"read {', '.join(parts)}", highlight=False, soft_wrap=True)
 
 
 def write_result(result: pa.Table, output: QueryOutput, file: Path | None) -> None:
@@ -232,6 +246,10 @@ def list_(
         for ident in catalog.existing_tables():
             t = catalog.load_table(ident)
             current = t.current_snapshot()
+            kinds: dict[str, int] = {}
+            for ref in snapshots.list_refs(t):
+                if snapshots.is_lake_ref(ref["ref"]):
+                    kinds[ref["kind"]] = kinds.get(ref["kind"], 0) + 1
             rows.append(
                 {
                     "table": ident,
@@ -240,7 +258,9 @@ def list_(
                     "tags": ", ".join(
                         f"{n}={s if s is not None else 'empty'}"
                         for n, s in snapshots.list_tags(t).items()
+                        if not snapshots.is_lake_ref(n)
                     ),
+                    "lake_refs": ", ".join(f"{n} {k}s" for k, n in sorted(kinds.items())),
                 }
             )
         emit(rows, output, title="snapshots", columns=list(rows[0]) if rows else None)
@@ -359,12 +379,29 @@ def replay(
         "--pin/--no-pin",
         help="Tag the snapshots read (replay-<hash>) so expiry keeps them for the manifest.",
     ),
+    live: bool = typer.Option(
+        False, "--live", help="Continue past the current snapshots into the JetStream tail."
+    ),
+    follow: bool = typer.Option(
+        False, "--follow", help="With --live: keep going as events arrive until --end passes."
+    ),
 ) -> None:
     """Replay pinned snapshots of tables merged by event time, to NATS, NDJSON, Arrow or Parquet."""
     from iceberg_lake.timetravel.replay import ReplayEngine, read_manifest
 
     if prefix and not to_nats:
         raise typer.BadParameter("--prefix needs --to-nats", param_hint="--prefix")
+    if follow and not live:
+        raise typer.BadParameter("--follow needs --live", param_hint="--follow")
+    if live and (from_manifest is not None or as_of):
+        raise typer.BadParameter(
+            "--live starts at the current snapshots (no --as-of/--from-manifest)",
+            param_hint="--live",
+        )
+    if live and fmt != ReplayFormat.ndjson:
+        raise typer.BadParameter(
+            "--live writes NDJSON or publishes (--to-nats)", param_hint="--live"
+        )
     if fmt != ReplayFormat.ndjson and (to_nats or out is None):
         raise typer.BadParameter(
             f"--format {fmt.value} writes a file: give --out (and no --to-nats)",
@@ -392,13 +429,25 @@ def replay(
         else:
             start_ns, end_ns = parse_window(start, end, session, calendar)
         engine = ReplayEngine(
-            catalog, names, start_ns, end_ns, parse_as_of(as_of), speed=speed, pin=pin
+            catalog,
+            names,
+            start_ns,
+            end_ns,
+            parse_as_of(as_of),
+            speed=speed,
+            pin=pin,
+            live=live,
+            follow=follow,
         )
-    if fmt == ReplayFormat.ndjson:
-        result = _run_with_progress(engine, to_nats, prefix, out, progress)
-    else:
-        assert out is not None
-        result = _write_batches(engine, fmt, out)
+    try:
+        if fmt == ReplayFormat.ndjson:
+            result = _run_with_progress(engine, to_nats, prefix, out, progress)
+        else:
+            assert out is not None
+            result = _write_batches(engine, fmt, out)
+    except KeyboardInterrupt:
+        # Ctrl-C ends a --follow replay: what was delivered is in the manifest (complete: false).
+        result = engine.manifest()
     if manifest is None:
         # Every run leaves what reproduces it; identical replays share one file name.
         manifest = Path(f"replay-{result['sequence_hash'].removeprefix('sha256:')[:12]}.json")

@@ -2,7 +2,10 @@
 
 `iceberg` (data files, the watermarked append, the atomic partition replacement, partition keys,
 bounds decoding), `duck` (DuckDB connections, SQL quoting, paths DuckDB can open), `nats`
-(connections, streams, consumers, the pull path), `dbn` (databento-dbn record layouts, for
+(connections, streams, consumers, the pull path), `nats_tail` (ephemeral ordered consumers for
+the live tail; public nats-py APIs, the delivery's ack subject parsed for its sequence, time and
+pending count, guarded by `test_guard_ack_subject_fields_match_nats_py_metadata` in
+`tests/timetravel/test_live.py`), `dbn` (databento-dbn record layouts, for
 `lake load`), `filters` (typed row filters), `spark`. The stages above (ingest, silver, timetravel,
 schema, ops, load) talk to dependencies' internals only through this package.
 

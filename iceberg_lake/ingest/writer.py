@@ -574,6 +574,7 @@ class ConsumerWriter:
                 rows = rows.filter(pa.array(mask))
                 row_seqs = row_seqs[mask]
             metrics.EVENTS_CONSUMED.labels(tid).inc(rows.num_rows)
+            metrics.note_events(tid, "live", rows)
             self.batch.add_rows(tid, rows, row_seqs)
         # Moving average of events per message: the next fetch asks for events, not messages.
         self.events_per_message = 0.7 * self.events_per_message + 0.3 * max(1.0, events / len(keep))
@@ -888,6 +889,7 @@ class ConsumerWriter:
                     metrics.DEAD_LETTERS.labels(d.target_table).inc()
             else:
                 metrics.EVENTS_COMMITTED.labels(tid).inc(rows.num_rows)
+                metrics.note_events(tid, "committed", rows)
                 self.committed_events += rows.num_rows
                 self.commit_latencies.append(elapsed)
             snapshot = table.current_snapshot()

@@ -41,6 +41,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.serializers import FromInputFile
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot, ancestors_of
 from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform
 
@@ -843,7 +844,9 @@ class ExpiryPolicy:
         keep = set(protected)
         for name, ref in table.metadata.refs.items():
             expires = ref_expires_ms(table, name)
-            if expires is None or expires >= now_ms:
+            # Branch heads always stay (pyiceberg refuses to expire them); an aged-out tag was
+            # dropped by `maintain_refs` (or, in a dry run, would be).
+            if ref.snapshot_ref_type != SnapshotRefType.TAG or expires is None or expires >= now_ms:
                 keep.add(ref.snapshot_id)
         current = table.current_snapshot()
         if current is not None:

@@ -11,10 +11,18 @@ Series (label `table` is a table identifier, `consumer` a durable consumer name)
 * `lake_ingest_consumer_lag{consumer}` — messages in the stream not yet delivered (num_pending)
 * `lake_ingest_unknown_fields_total{table,field}` — events carrying a field the table lacks
 * `lake_ingest_skipped_total{consumer}` — redelivered messages skipped (already committed)
+* `lake_table_newest_event_timestamp_seconds{table,view}` — newest `ts_event_ns` (as Unix
+  seconds) committed (`view="committed"`) and decoded by the writer, i.e. in the live view
+  (`view="live"`)
+* `lake_table_freshness_seconds{table,view}` — now − that, computed at scrape time
 """
 
 from __future__ import annotations
 
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -74,6 +82,46 @@ SKIPPED = Counter(
     ["consumer"],
     registry=REGISTRY,
 )
+
+
+NEWEST_EVENT = Gauge(
+    "lake_table_newest_event_timestamp_seconds",
+    "Newest event time (ts_event_ns, Unix seconds) committed / in the live view.",
+    ["table", "view"],
+    registry=REGISTRY,
+)
+FRESHNESS = Gauge(
+    "lake_table_freshness_seconds",
+    "Event-time freshness: now minus the newest event committed / in the live view.",
+    ["table", "view"],
+    registry=REGISTRY,
+)
+_newest: dict[tuple[str, str], float] = {}
+
+
+def note_events(table: str, view: str, rows: pa.Table) -> None:
+    """Record the newest `ts_event_ns` of `rows` for `table` (`view`: committed or live).
+
+    The writer calls this for the rows it decodes (its buffer is exactly the live tail) and for
+    the rows each commit stores. Freshness is computed when the metrics are scraped.
+    """
+    if rows.num_rows == 0 or "ts_event_ns" not in rows.column_names:
+        return
+    value = pc.max(rows.column("ts_event_ns")).as_py()
+    if value is None:
+        return
+    key = (table, view)
+    seconds = value / 1e9
+    if seconds <= _newest.get(key, float("-inf")):
+        return
+    first = key not in _newest
+    _newest[key] = seconds
+    NEWEST_EVENT.labels(table, view).set(seconds)
+    if first:
+        FRESHNESS.labels(table, view).set_function(lambda: time.time() - _newest[key])
+    if view == "committed":
+        # Whatever is committed is in the live view too.
+        note_events(table, "live", rows)
 
 
 def serve_metrics(port: int, addr: str = "0.0.0.0") -> object:

@@ -34,6 +34,10 @@ class TableStatus:
     last_commit_age_seconds: float | None
     #: Total size of the current data files.
     bytes: int = 0
+    #: Event-time freshness: now − newest `ts_event_ns` of the current snapshot, and of the
+    #: live view (snapshot ∪ JetStream tail; None when NATS was not read or no tail applies).
+    committed_freshness_seconds: float | None = None
+    live_freshness_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -203,4 +207,31 @@ def collect_status(
     now = now or datetime.now(UTC)
     tables = [table_status(catalog, t, now) for t in catalog.existing_tables()]
     consumers, nats_state = consumer_status(catalog.settings, fed_tables(catalog), nats_timeout)
+    tables = _with_freshness(catalog, tables, now, live=nats_state == "ok", timeout=nats_timeout)
     return LakeStatus(tables, consumers, dead_letter_counts(catalog), nats_state)
+
+
+def _with_freshness(
+    catalog: LakeCatalog, tables: list[TableStatus], now: datetime, *, live: bool, timeout: float
+) -> list[TableStatus]:
+    """Add event-time freshness (committed, and live when NATS answers) to each table."""
+    import dataclasses
+
+    from iceberg_lake.timetravel.live import freshness
+
+    names = [t.table for t in tables if t.table != DEAD_LETTERS_TABLE]
+    now_ns = int(now.timestamp() * 1e9)
+    try:
+        fresh = freshness(catalog, names, live=live, now_ns=now_ns, timeout=timeout)
+    except Exception:  # NATS went away between the two reads: report committed only
+        fresh = freshness(catalog, names, live=False, now_ns=now_ns)
+    return [
+        dataclasses.replace(
+            t,
+            committed_freshness_seconds=fresh[t.table].committed_seconds,
+            live_freshness_seconds=fresh[t.table].live_seconds,
+        )
+        if t.table in fresh
+        else t
+        for t in tables
+    ]

@@ -73,7 +73,11 @@ class Lake:
         self.sandbox = sandbox
         #: Snapshot id each view of the last `duckdb()`/`query()` call read (None: empty).
         self.last_pins: dict[str, int | None] = {}
+        #: With `query(..., live=True)`: table → snapshot and stream range each live view read
+        #: (`iceberg_lake.timetravel.live.LiveRange`).
+        self.last_live: dict[str, Any] = {}
         self._session: DuckDBPyConnection | None = None
+        self._live: Any = None  # NATS loop of the live views, made on first use
 
     def pins(
         self, as_of: AsOfSpec = None, tables: Iterable[str] | None = None
@@ -174,11 +178,15 @@ class Lake:
                     ) from None
         self.last_pins = pins
 
-    def query(self, sql: str, as_of: AsOfSpec = None) -> pa.Table:
+    def query(self, sql: str, as_of: AsOfSpec = None, *, live: bool = False) -> pa.Table:
         """Run `sql` against the lake and return the result as an Arrow table.
 
         Only the tables the SQL names (`namespace.table`) get views, so a query on one table
         does not read every table's metadata. `as_of` pins as in `duckdb()`.
+
+        With `live=True` every Bronze/Gold view is the table's current snapshot united with
+        the JetStream messages after that snapshot's watermark (`iceberg_lake.timetravel.live`);
+        `last_live` then says which snapshot and stream range each view covers.
 
         Raises:
             LakeError: the SQL is invalid or names an unknown table (one-line message).
@@ -201,7 +209,14 @@ class Lake:
         con = self._session
         # One reused connection (loading the Iceberg extension costs ~0.5 s); the views of the
         # tables this SQL names are recreated, so each call reads its own pins.
-        self._create_views(con, as_of, wanted)
+        if live:
+            if as_of is not None:
+                raise LakeError("a live query reads the current snapshots: drop as_of/--as-of")
+            from iceberg_lake.timetravel.live import create_live_views
+
+            self.last_live = create_live_views(self, con, wanted)
+        else:
+            self._create_views(con, as_of, wanted)
         try:
             if self.sandbox:
                 duck.check_read_only(con, sql)
@@ -219,6 +234,9 @@ class Lake:
         if self._session is not None:
             self._session.close()
             self._session = None
+        if self._live is not None:
+            self._live.close()
+            self._live = None
 
     def __enter__(self) -> Lake:
         return self

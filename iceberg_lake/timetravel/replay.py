@@ -340,6 +340,9 @@ class ReplayEngine:
             are grouped up to it, denser hours split. Bounds memory: ~1.3 KB per row per window.
         prefetch: prepare the next window on a background thread.
         pin: tag the snapshots read (`replay-<hash>`) so they survive expiry (`_pin`).
+        live: continue past the pinned (current) snapshots into the JetStream tail after their
+            watermarks (`iceberg_lake.timetravel.live.LiveTail`); `follow` keeps reading as
+            events arrive until the window's end has passed.
 
     Raises:
         TimeTravelError: empty table list, bad window, unknown pin, table without event time.
@@ -359,6 +362,8 @@ class ReplayEngine:
         window_rows: int = 400_000,
         prefetch: bool = True,
         pin: bool = True,
+        live: bool = False,
+        follow: bool = False,
     ) -> None:
         self.catalog = as_catalog(settings)
         tables = list(tables)
@@ -379,6 +384,11 @@ class ReplayEngine:
         self.prefetch = prefetch
         self._sources = self._resolve_pins()
         self.pins: dict[str, int | None] = {s.identifier: s.snapshot_id for s in self._sources}
+        self._live: Any = None
+        if live:
+            from iceberg_lake.timetravel.live import LiveTail
+
+            self._live = LiveTail(self, follow=follow)
         #: The tag protecting the snapshots read (None: `pin=False`); see `_pin`.
         self.pin_tag: str | None = None
         if pin:
@@ -701,13 +711,19 @@ class ReplayEngine:
         for window in self._windows():
             yield from self._window_events(window)
 
+    def all_events(self) -> Iterator[ReplayEvent]:
+        """`events()`, continued into the live tail when the engine is live."""
+        if self._live is None:
+            return self.events()
+        return self._live.events(self.events())
+
     def paced_events(self) -> Iterator[ReplayEvent]:
         """`events()` paced by `speed` (sleeps between events when replaying in real time)."""
         if not self.speed:
-            yield from self.events()
+            yield from self.all_events()
             return
         pacer = _Pacer(self.speed)
-        for event in self.events():
+        for event in self.all_events():
             delay = pacer.delay(event.ts_event_ns)
             if delay > 0:
                 time.sleep(delay)
@@ -739,6 +755,21 @@ class ReplayEngine:
     async def aevents(self) -> AsyncIterator[ReplayEvent]:
         """`events()` for asyncio code: DuckDB reads run off the event loop, pacing awaits."""
         pacer = _Pacer(self.speed)
+        if self._live is not None:
+            # Live: history and tail from one iterator on a worker thread (the tail waits for
+            # arrivals), one event at a time so nothing that arrived waits for a chunk to fill.
+            source, done = self.all_events(), object()
+            try:
+                while (event := await asyncio.to_thread(next, source, done)) is not done:
+                    assert isinstance(event, ReplayEvent)
+                    if self.speed and (delay := pacer.delay(event.ts_event_ns)) > 0:
+                        await asyncio.sleep(delay)
+                    yield event
+            finally:
+                close = getattr(source, "close", None)  # a generator: stop it
+                if close is not None:
+                    await asyncio.to_thread(close)
+            return
         async for window in self._awindows():
             for event in self._window_events(window):
                 if self.speed:
@@ -797,6 +828,12 @@ class ReplayEngine:
             )
         from iceberg_lake.engine import nats as bus
 
+        if self._live is not None:
+            # The tail arrives event by event: the generic sink path (one publish each).
+            own = nc is None
+            if nc is None:
+                nc = await bus.connect(self.catalog.settings, name="iceberg_lake-replay")
+            return await self.run(NatsSink(nc, prefix=prefix, close_client=own), progress)
         headers = pa.array(
             [bus.pub_frame_header(replay_subject(s.subject, prefix)) for s in self._sources],
             pa.binary(),
@@ -854,7 +891,8 @@ class ReplayEngine:
 
         The count and hash cover whole read windows (a partial iteration's are not exact).
         """
-        return {
+        extra = self._live.manifest_extra() if self._live is not None else {}
+        return extra | {
             "format": MANIFEST_FORMAT,
             "tables": list(self.tables),
             "snapshots": dict(self.pins),

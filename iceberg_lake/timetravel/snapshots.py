@@ -42,6 +42,7 @@ from pyiceberg.table import Table
 from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.update.snapshot import ManageSnapshots
 
+import iceberg_lake.engine.iceberg  # noqa: F401 - installs the commit-path fixes (tags commit too)
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import CatalogSource, LakeCatalog, as_catalog, catalog_errors
 from iceberg_lake.exceptions import TimeTravelError
@@ -58,6 +59,7 @@ __all__ = [
     "replay_pin_name",
     "AsOfSpec",
     "create_tag",
+    "is_lake_ref",
     "list_snapshots",
     "list_tags",
     "parse_timestamp",
@@ -79,6 +81,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 REPLAY_PIN_PREFIX = "replay-"
 #: `silver-source-<snapshot id>`: a Bronze snapshot a Silver partition names as its source.
 SILVER_SOURCE_PREFIX = "silver-source-"
+_LAKE_TAG_PREFIXES = (CHECKPOINT_PREFIX, REPLAY_PIN_PREFIX, SILVER_SOURCE_PREFIX)
 _HOUR_MS = 3_600_000
 _DAY_MS = 86_400_000
 
@@ -167,8 +170,11 @@ def resolve_as_of(table: Table, as_of: AsOf) -> int | None:
     when = parse_timestamp(text)
     if when is not None:
         return _snapshot_at(table, when, name)
-    tags = ", ".join(sorted(list_tags(table))) or "none"
-    raise TimeTravelError(f"{name} has no tag or snapshot '{text}' (tags: {tags})")
+    user = [t for t in list_tags(table) if not t.startswith(_LAKE_TAG_PREFIXES)]
+    tags = ", ".join(user[:10]) + (f" and {len(user) - 10} more" if len(user) > 10 else "")
+    lake_refs = len(list_tags(table)) - len(user)
+    more = f"; {lake_refs} lake refs, see lake snapshot list {name}" if lake_refs else ""
+    raise TimeTravelError(f"{name} has no tag or snapshot '{text}' (tags: {tags or 'none'}{more})")
 
 
 def _existing_snapshot(table: Table, snapshot_id: int, name: str) -> int:
@@ -263,6 +269,11 @@ def contiguous_since(table: Table) -> int | None:
 
 def _fmt_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def is_lake_ref(name: str) -> bool:
+    """True for the tags the lake makes itself (checkpoints, replay pins, Silver sources)."""
+    return name.startswith(_LAKE_TAG_PREFIXES)
 
 
 def list_tags(table: Table) -> dict[str, int | None]:

@@ -1,0 +1,721 @@
+"""Live tail: table snapshots united with what JetStream holds beyond their last commit.
+
+Every Bronze/Gold writer commits, in ONE transaction with each append, the table property
+`lake.watermark.<stream>.<consumer>` = the last stream sequence the table holds. So a loaded
+table's metadata says exactly which messages its current snapshot contains: everything on its
+subject up to the watermark. The rest, `(watermark, newest]`, is the *tail*. A live view is
+
+    current snapshot (pinned through the same metadata file the watermark was read from)
+    UNION ALL the tail, decoded with the writer's own codec (same validation; messages the writer
+    would dead-letter are left out)
+
+so there is no gap and no overlap at any moment, whatever the writer does meanwhile (commits,
+crashes, restarts): a commit after the table was loaded is simply not seen, and its messages are
+read from the stream instead.
+
+The tail is read with an ephemeral ordered consumer (`engine.nats_tail`), never the writers'
+durable consumers, up to the newest message on the subject when the read started.
+
+Used by `Lake.query(sql, live=True)` / `lake query --live` (`create_live_views`) and by
+`ReplayEngine(..., live=True)` / `lake replay --live [--follow]` (`LiveTail`).
+
+Scope: the tail of a table is the messages on its own subject (its own consumer). Rows that the
+schema-inference consumer (`lake_inferred`, unmapped `market.*` subjects) routes into a table
+appear in the live view when they are committed.
+
+Order of live replay events: the pinned history first, in replay order; then the tail in
+arrival rounds — each round (what arrived since the previous one) sorted by the replay key
+(`ts_event_ns`, table position, row order). An event that arrives after a later-stamped one was
+already delivered is delivered when it arrives (late), never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections.abc import Coroutine, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import duckdb
+import msgspec
+import numpy as np
+import pyarrow as pa
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.table import Table
+
+from iceberg_lake import properties
+from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.engine import filters
+from iceberg_lake.engine.nats import consumer_target, stream_for_subject
+from iceberg_lake.engine.nats_tail import (
+    TailFollower,
+    TailMessage,
+    last_subject_msg,
+    last_subject_seq,
+    read_tail,
+)
+from iceberg_lake.exceptions import TimeTravelError
+from iceberg_lake.ingest.decode import TableCodec
+from iceberg_lake.ingest.routing import BronzeDecoder, Decoder, GoldDecoder
+from iceberg_lake.silver.dedup import quote_ident
+from iceberg_lake.tables import GOLD, TableDefinition
+from iceberg_lake.timetravel.canonical import encode_rows
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+
+    from iceberg_lake.timetravel.query import Lake
+    from iceberg_lake.timetravel.replay import ReplayEngine, ReplayEvent
+
+__all__ = [
+    "Freshness",
+    "LiveRange",
+    "LiveTail",
+    "NatsLoop",
+    "TailSource",
+    "committed_newest_ns",
+    "create_live_views",
+    "freshness",
+    "is_live_table",
+]
+
+T = TypeVar("T")
+_encoder = msgspec.json.Encoder(order="sorted")
+
+
+def is_live_table(definition: TableDefinition) -> bool:
+    """True for tables fed from the bus (Bronze with a subject, Gold): they have a tail."""
+    return bool(definition.subject) and definition.namespace in ("bronze", GOLD)
+
+
+@dataclass(frozen=True)
+class LiveRange:
+    """What one live view covers: a snapshot plus a stream sequence range.
+
+    Attributes:
+        table: table identifier.
+        snapshot_id: the snapshot read (None: the table had none).
+        stream: the JetStream stream of the tail.
+        subject: the subject of the tail.
+        watermark: last stream sequence the snapshot holds (the tail starts after it).
+        last_seq: last stream sequence of the tail (== watermark: empty tail).
+        tail_messages: messages read from the stream.
+        tail_rows: rows they decoded to (rejected messages and events left out).
+        newest_tail_ns: largest `ts_event_ns` among the tail rows (None: no rows).
+    """
+
+    table: str
+    snapshot_id: int | None
+    stream: str
+    subject: str
+    watermark: int
+    last_seq: int
+    tail_messages: int
+    tail_rows: int
+    newest_tail_ns: int | None
+
+    def describe(self) -> str:
+        """`bronze.x@<snapshot> + MARKET seq 101..250 (150 rows)`."""
+        snap = self.snapshot_id if self.snapshot_id is not None else "empty"
+        if self.last_seq <= self.watermark:
+            return f"{self.table}@{snap} + {self.stream} seq >{self.watermark} (empty tail)"
+        return (
+            f"{self.table}@{snap} + {self.stream} seq {self.watermark + 1}..{self.last_seq} "
+            f"({self.tail_rows} rows)"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+class NatsLoop:
+    """An asyncio loop on a daemon thread with one NATS connection, for synchronous callers.
+
+    `Lake.query` is synchronous and may be called many times a second; connecting (and loading
+    nothing else) once and reusing the connection keeps a live query's NATS cost at a few
+    round trips.
+    """
+
+    def __init__(self, catalog: LakeCatalog) -> None:
+        self.settings = catalog.settings
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="lake-live", daemon=True)
+        self.thread.start()
+        self.nc: Client | None = None
+        #: Decoded tails kept between queries (table → cache).
+        self.tails: dict[str, _TailCache] = {}
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the loop and return its result (exceptions propagate)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    async def js(self) -> Any:
+        """The JetStream context (connects on first use)."""
+        from iceberg_lake.engine.nats import connect, jetstream
+
+        if self.nc is None or self.nc.is_closed:
+            self.nc = await connect(self.settings, name="iceberg_lake-live")
+        # The lake's JetStream (its domain, if one is set).
+        return jetstream(self.nc, self.settings)
+
+    def close(self) -> None:
+        """Close the connection and stop the loop."""
+
+        async def _close() -> None:
+            if self.nc is not None and not self.nc.is_closed:
+                await self.nc.close()
+            # The client's per-subscription tasks: end them before the loop goes away.
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        if self.loop.is_running():
+            try:
+                self.run(_close())
+            finally:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self.thread.join(timeout=5)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+class TailSource:
+    """One bus-fed table pinned at a loaded metadata version: snapshot, watermark, decoder.
+
+    The snapshot and the watermark come from the SAME `Table` object (one metadata file), which
+    is what makes snapshot ∪ tail exact.
+
+    Args:
+        definition: the table's declared definition.
+        table: the loaded table; its current snapshot is the one a live read unites with the tail.
+    """
+
+    def __init__(self, definition: TableDefinition, table: Table) -> None:
+        self.definition = definition
+        self.identifier = definition.identifier
+        self.table = table
+        current = table.metadata.current_snapshot_id
+        self.snapshot_id: int | None = current if current is not None and current >= 0 else None
+        self.stream, self.consumer, self.subject = consumer_target(self.identifier)
+        self.stream = stream_for_subject(self.subject)
+        key = f"{properties.WATERMARK_PREFIX}{self.stream}.{self.consumer}"
+        self.watermark = int(table.properties.get(key, 0))
+        schema = table.schema()
+        self.schema_id = schema.schema_id
+        codec = TableCodec(self.identifier, schema, definition.partition_key)
+        self.decoder: Decoder = (
+            GoldDecoder(codec) if definition.namespace == GOLD else BronzeDecoder(codec)
+        )
+        arrow = schema_to_pyarrow(schema, include_field_ids=False)
+        self.arrow_schema = pa.schema([f.with_nullable(True) for f in arrow])
+
+    def decode(self, messages: Sequence[TailMessage], recv_ns: int | None = None) -> pa.Table:
+        """The rows of `messages` as the writer would store them (rejected ones left out).
+
+        `ts_recv_ns` of events that carry none is the decode time, as in the writer.
+        """
+        return self.decode_with_seqs(messages, recv_ns)[0]
+
+    def decode_with_seqs(
+        self, messages: Sequence[TailMessage], recv_ns: int | None = None
+    ) -> tuple[pa.Table, np.ndarray]:
+        """`decode`, plus the stream sequence of each row's message."""
+        empty = (self.arrow_schema.empty_table(), np.zeros(0, dtype=np.int64))
+        if not messages:
+            return empty
+        recv = time.time_ns() if recv_ns is None else recv_ns
+        bodies = [m.data for m in messages]
+        routed = self.decoder.decode(bodies, [m.subject for m in messages], recv)
+        decoded = routed.tables.get(self.identifier)
+        if decoded is None or decoded.table.num_rows == 0:
+            return empty
+        rows = decoded.table
+        arrays = [
+            rows.column(f.name).cast(f.type)
+            if f.name in rows.column_names
+            else pa.nulls(rows.num_rows, f.type)
+            for f in self.arrow_schema
+        ]
+        seqs = np.asarray([m.seq for m in messages], dtype=np.int64)[decoded.row_message]
+        return pa.Table.from_arrays(arrays, schema=self.arrow_schema), seqs
+
+
+class _TailCache:
+    """A table's decoded tail kept between live queries of one `Lake` session.
+
+    Holds the rows of messages `(after, last_seq]`; the next query reads only messages after
+    `last_seq` and drops rows at or below the table's new watermark. Valid while the table's
+    schema is the one the rows were decoded with.
+    """
+
+    def __init__(self, after: int, schema_id: int, arrow_schema: pa.Schema) -> None:
+        self.after = after
+        self.last_seq = after
+        self.schema_id = schema_id
+        self.rows = arrow_schema.empty_table()
+        self.row_seqs = np.zeros(0, dtype=np.int64)
+        self.msg_seqs = np.zeros(0, dtype=np.int64)
+
+    def advance(self, watermark: int) -> None:
+        """Forget what the snapshot now holds (sequences at or below `watermark`)."""
+        if watermark <= self.after:
+            return
+        keep = self.row_seqs > watermark
+        if not keep.all():
+            self.rows = self.rows.filter(pa.array(keep))
+            self.row_seqs = self.row_seqs[keep]
+        self.msg_seqs = self.msg_seqs[self.msg_seqs > watermark]
+        self.after = watermark
+        self.last_seq = max(self.last_seq, watermark)
+
+    def add(self, messages: list[TailMessage], rows: pa.Table, seqs: np.ndarray) -> None:
+        """Append newly read messages and their rows."""
+        if not messages:
+            return
+        self.last_seq = messages[-1].seq
+        self.msg_seqs = np.concatenate([self.msg_seqs, [m.seq for m in messages]])
+        if rows.num_rows:
+            self.rows = pa.concat_tables([self.rows, rows]) if self.rows.num_rows else rows
+            self.row_seqs = np.concatenate([self.row_seqs, seqs])
+
+    def view(self, upto: int) -> tuple[pa.Table, int]:
+        """Rows of messages `(after, upto]` and the number of such messages."""
+        messages = int((self.msg_seqs <= upto).sum())
+        if self.row_seqs.size and self.row_seqs[-1] > upto:
+            return self.rows.filter(pa.array(self.row_seqs <= upto)), messages
+        return self.rows, messages
+
+
+def _newest(rows: pa.Table) -> int | None:
+    if rows.num_rows == 0 or "ts_event_ns" not in rows.column_names:
+        return None
+    import pyarrow.compute as pc
+
+    value = pc.max(rows.column("ts_event_ns")).as_py()
+    return int(value) if value is not None else None
+
+
+async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, int]:
+    """Bring each source's tail cache up to the subject's newest message; return the ends."""
+    js = await loop.js()
+
+    async def one(src: TailSource) -> int:
+        # The end of the range is fixed before reading: later messages are the next query's.
+        upto = max(await last_subject_seq(js, src.stream, src.subject), src.watermark)
+        cache = loop.tails.get(src.identifier)
+        if cache is None or cache.schema_id != src.schema_id or cache.after > src.watermark:
+            cache = _TailCache(src.watermark, src.schema_id, src.arrow_schema)
+            loop.tails[src.identifier] = cache
+        cache.advance(src.watermark)
+        msgs = await read_tail(js, src.stream, src.subject, cache.last_seq, upto)
+        rows, seqs = src.decode_with_seqs(msgs)
+        cache.add(msgs, rows, seqs)
+        # Every message on the subject up to `upto` has been read (it was the newest one).
+        cache.last_seq = max(cache.last_seq, upto)
+        return upto
+
+    ends = await asyncio.gather(*(one(s) for s in sources))
+    return dict(zip([s.identifier for s in sources], ends, strict=True))
+
+
+def create_live_views(
+    lake: Lake, con: duckdb.DuckDBPyConnection, identifiers: Sequence[str]
+) -> dict[str, LiveRange]:
+    """Create one view per table: current snapshot, plus the stream tail for bus-fed tables.
+
+    Silver tables (and any table without a subject) get a plain view of their current snapshot.
+
+    Args:
+        lake: the `Lake` whose catalog and NATS loop to use (`lake.last_pins` is set).
+        con: the DuckDB connection to create the views in.
+        identifiers: the tables.
+
+    Returns:
+        Table → `LiveRange` for every bus-fed table.
+
+    Raises:
+        TransientError: NATS cannot be reached or a tail read stalled.
+    """
+    from iceberg_lake.timetravel.query import scan_sql
+
+    catalog = lake.catalog
+    loaded: dict[str, Table] = {}
+    sources: list[TailSource] = []
+    for ident in identifiers:
+        table = catalog.load_table(ident)
+        loaded[ident] = table
+        definition = catalog.definition(ident)
+        if is_live_table(definition):
+            sources.append(TailSource(definition, table))
+    ends: dict[str, int] = {}
+    if sources:
+        if lake._live is None:
+            lake._live = NatsLoop(catalog)
+        ends = lake._live.run(_read_tails(lake._live, sources))
+    ranges: dict[str, LiveRange] = {}
+    pins: dict[str, int | None] = {}
+    by_ident = {s.identifier: s for s in sources}
+    for ident, table in loaded.items():
+        ns, name = ident.split(".", 1)
+        current = table.metadata.current_snapshot_id
+        sid = current if current is not None and current >= 0 else None
+        pins[ident] = sid
+        sql = scan_sql(table, sid)
+        if ident in by_ident:
+            src = by_ident[ident]
+            assert lake._live is not None
+            rows, messages = lake._live.tails[ident].view(ends[ident])
+            if rows.num_rows:
+                rel = f"__live_tail_{ns}_{name}"
+                con.register(rel, rows)
+                sql = f"{sql} UNION ALL BY NAME SELECT * FROM {quote_ident(rel)}"
+            ranges[ident] = LiveRange(
+                table=ident,
+                snapshot_id=sid,
+                stream=src.stream,
+                subject=src.subject,
+                watermark=src.watermark,
+                last_seq=ends[ident],
+                tail_messages=messages,
+                tail_rows=rows.num_rows,
+                newest_tail_ns=_newest(rows),
+            )
+        with catalog_errors(f"opening {ident}"):
+            con.execute(f"CREATE OR REPLACE VIEW {ns}.{quote_ident(name)} AS {sql}")
+    lake.last_pins = pins
+    return ranges
+
+
+# ---- freshness ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """Event-time freshness of one table: how far behind now its newest event is.
+
+    Attributes:
+        table: table identifier.
+        committed_newest_ns: largest `ts_event_ns` in the current snapshot (None: no rows).
+        live_newest_ns: largest `ts_event_ns` of the live view (snapshot ∪ tail); None when
+            NATS was not read.
+        committed_seconds: now − committed newest (None: no rows).
+        live_seconds: now − live newest (None: unknown).
+    """
+
+    table: str
+    committed_newest_ns: int | None
+    live_newest_ns: int | None
+    committed_seconds: float | None
+    live_seconds: float | None
+
+
+def committed_newest_ns(table: Table) -> int | None:
+    """The largest `ts_event_ns` in `table`'s current snapshot, from column statistics.
+
+    Cheap: the manifest list's partition bounds name the newest time partition, and only the
+    data files of that partition (and later) are planned; their `ts_event_ns` upper bounds give
+    the answer. Falls back to every file's bounds when the partition bounds cannot be used.
+    """
+    from pyiceberg.conversions import from_bytes
+    from pyiceberg.expressions import AlwaysTrue
+    from pyiceberg.types import IntegerType
+
+    snap = table.current_snapshot()
+    if snap is None:
+        return None
+    schema = table.schema()
+    try:
+        field_id = schema.find_field("ts_event_ns").field_id
+    except ValueError:
+        return None
+    row_filter: Any = AlwaysTrue()
+    spec = table.spec()
+    unit_us = {"hour": 3_600_000_000, "day": 86_400_000_000}
+    for pos, pf in enumerate(spec.fields):
+        transform = str(pf.transform)
+        source = schema.find_column_name(pf.source_id)
+        if source != "ts_event" or transform not in unit_us:
+            continue
+        newest: int | None = None
+        for manifest in snap.manifests(table.io):
+            if manifest.partition_spec_id != spec.spec_id or not manifest.partitions:
+                newest = None
+                break
+            summary = manifest.partitions[pos]
+            if summary.upper_bound is not None:
+                value = int(from_bytes(IntegerType(), summary.upper_bound))
+                newest = value if newest is None else max(newest, value)
+        if newest is not None:
+            lo = datetime.fromtimestamp(newest * unit_us[transform] / 1e6, tz=UTC)
+            row_filter = filters.ge("ts_event", lo.isoformat())
+        break
+    best: int | None = None
+    with catalog_errors(f"planning {table.name()}"):
+        for task in table.scan(row_filter=row_filter, snapshot_id=snap.snapshot_id).plan_files():
+            upper = task.file.upper_bounds or {}
+            if field_id in upper:
+                value = int.from_bytes(upper[field_id], "little", signed=True)
+                best = value if best is None else max(best, value)
+    return best
+
+
+async def _tail_newest(loop: NatsLoop, src: TailSource) -> int | None:
+    """Newest event time of the tail: the newest message on the subject, if beyond the
+    watermark (decoded with the writer's codec; None when it is rejected or there is none)."""
+    js = await loop.js()
+    msg = await last_subject_msg(js, src.stream, src.subject)
+    if msg is None or msg.seq <= src.watermark:
+        return None
+    return _newest(src.decode([msg]))
+
+
+def freshness(
+    catalog: LakeCatalog,
+    identifiers: Sequence[str],
+    *,
+    live: bool = True,
+    now_ns: int | None = None,
+    timeout: float = 3.0,
+) -> dict[str, Freshness]:
+    """Event-time freshness of the committed tables and of their live views.
+
+    Args:
+        catalog: the lake catalog.
+        identifiers: tables to report (tables without `ts_event_ns` are left out).
+        live: also read the stream tails (NATS); otherwise `live_*` are None.
+        now_ns: reference time (default: now).
+        timeout: seconds for NATS.
+
+    Returns:
+        Table → `Freshness`.
+
+    Raises:
+        TransientError/LakeError: NATS cannot be reached (only with `live`).
+    """
+    now = time.time_ns() if now_ns is None else now_ns
+    committed: dict[str, int | None] = {}
+    sources: list[TailSource] = []
+    for ident in identifiers:
+        table = catalog.load_table(ident)
+        if "ts_event_ns" not in {f.name for f in table.schema().fields}:
+            continue
+        committed[ident] = committed_newest_ns(table)
+        if live and is_live_table(catalog.definition(ident)):
+            sources.append(TailSource(catalog.definition(ident), table))
+    tails: dict[str, int | None] = {}
+    if sources:
+        loop = NatsLoop(catalog)
+        try:
+
+            async def all_tails() -> list[int | None]:
+                return await asyncio.wait_for(
+                    asyncio.gather(*(_tail_newest(loop, s) for s in sources)), timeout
+                )
+
+            tails = dict(zip([s.identifier for s in sources], loop.run(all_tails()), strict=True))
+        finally:
+            loop.close()
+
+    def age(ns: int | None) -> float | None:
+        return None if ns is None else round((now - ns) / 1e9, 3)
+
+    out: dict[str, Freshness] = {}
+    for ident, c in committed.items():
+        lv: int | None = None
+        if ident in tails:
+            candidates = [v for v in (c, tails[ident]) if v is not None]
+            lv = max(candidates) if candidates else None
+        out[ident] = Freshness(ident, c, lv, age(c), age(lv) if ident in tails else None)
+    return out
+
+
+# ---- live replay ---------------------------------------------------------------------------------
+
+
+class LiveTail:
+    """The live continuation of a `ReplayEngine`: its pinned history, then the stream tail.
+
+    Created by `ReplayEngine(..., live=True)` with the engine's loaded tables, so each table's
+    watermark is read from the metadata its pinned snapshot came from: every event of the window
+    is delivered exactly once across the history/tail boundary.
+
+    Args:
+        engine: the replay engine (pins must be the current snapshots: no `as_of`).
+        follow: keep reading as events arrive until the window's end has passed (plus
+            `lateness_seconds`); without it, stop at the newest message at the start of the tail.
+        lateness_seconds: how long after `end_ns` (wall clock) events stamped inside the window
+            are still waited for.
+        poll_seconds: how long one arrival round waits for the first message.
+    """
+
+    def __init__(
+        self,
+        engine: ReplayEngine,
+        *,
+        follow: bool = False,
+        lateness_seconds: float = 1.0,
+        poll_seconds: float = 0.2,
+    ) -> None:
+        if engine.as_of is not None:
+            raise TimeTravelError("a live replay starts at the current snapshots: drop --as-of")
+        self.engine = engine
+        self.follow = follow
+        self.lateness_seconds = lateness_seconds
+        self.poll_seconds = poll_seconds
+        self.sources: list[tuple[int, TailSource, Any]] = []
+        for index, src in enumerate(engine._sources):
+            if is_live_table(src.definition):
+                self.sources.append((index, TailSource(src.definition, src.table), src))
+        self.tail_events = 0
+        self.tail_ranges: dict[str, list[int]] = {}
+        self.rounds = 0
+        self._loop: NatsLoop | None = None
+
+    def manifest_extra(self) -> dict[str, Any]:
+        """The manifest's `live` section: per table the watermark and tail range read."""
+        return {
+            "live": {
+                "follow": self.follow,
+                "tail_events": self.tail_events,
+                "tail_rounds": self.rounds,
+                "order": "history in replay order, then the tail in arrival rounds, each "
+                "sorted by the replay key",
+                "tables": {
+                    src.identifier: {
+                        "stream": src.stream,
+                        "watermark": src.watermark,
+                        "last_seq": self.tail_ranges.get(src.identifier, [src.watermark])[-1],
+                    }
+                    for _, src, _ in self.sources
+                },
+            }
+        }
+
+    def events(self, history: Iterator[ReplayEvent]) -> Iterator[ReplayEvent]:
+        """`history` (the engine's events), then the tail events of the window.
+
+        Args:
+            history: the engine's pinned event stream (counted and hashed by the engine).
+
+        Yields:
+            History events, then tail events (see the module docstring for their order).
+        """
+        yield from history
+        if not self.sources:
+            return
+        self._loop = NatsLoop(self.engine.catalog)
+        try:
+            yield from self._tail()
+        finally:
+            self._loop.close()
+            self._loop = None
+
+    def _tail(self) -> Iterator[ReplayEvent]:
+        assert self._loop is not None
+        loop = self._loop
+        followers: dict[str, TailFollower] = {}
+
+        async def setup() -> dict[str, int]:
+            js = await loop.js()
+            ends: dict[str, int] = {}
+            for _, src, _ in self.sources:
+                followers[src.identifier] = TailFollower(js, src.stream, src.subject, src.watermark)
+                ends[src.identifier] = await last_subject_seq(js, src.stream, src.subject)
+            return ends
+
+        async def poll(timeout: float) -> dict[str, list[TailMessage]]:
+            got = await asyncio.gather(*(f.poll(timeout) for f in followers.values()))
+            return dict(zip(followers, got, strict=True))
+
+        async def ends_now() -> dict[str, int]:
+            js = await loop.js()
+            return {
+                src.identifier: await last_subject_seq(js, src.stream, src.subject)
+                for _, src, _ in self.sources
+            }
+
+        async def close() -> None:
+            for f in followers.values():
+                await f.close()
+
+        ends = loop.run(setup())
+        stop_at = None if self.follow else ends
+        engine = self.engine
+        engine._complete = False
+        end_wall_ns = self.engine.end_ns + int(self.lateness_seconds * 1e9)
+        try:
+            while True:
+                if self.follow and stop_at is None and time.time_ns() >= end_wall_ns:
+                    # The window is over: take what is stored now, then stop.
+                    stop_at = loop.run(ends_now())
+                done = stop_at is not None and all(
+                    followers[i].last_seq >= stop_at.get(i, 0) for i in followers
+                )
+                if done:
+                    engine._complete = True
+                    return
+                arrived = loop.run(poll(self.poll_seconds))
+                yield from self._round(arrived, stop_at)
+        finally:
+            loop.run(close())
+
+    def _round(
+        self, arrived: dict[str, list[TailMessage]], stop_at: dict[str, int] | None
+    ) -> Iterator[ReplayEvent]:
+        from iceberg_lake.timetravel.replay import ReplayEvent
+
+        lo, hi = self.engine.start_ns, self.engine.end_ns
+        keyed: list[tuple[tuple[Any, ...], ReplayEvent]] = []
+        for index, src, replay_src in self.sources:
+            msgs = arrived.get(src.identifier, [])
+            if stop_at is not None:
+                msgs = [m for m in msgs if m.seq <= stop_at.get(src.identifier, 0)]
+            if not msgs:
+                continue
+            rng = self.tail_ranges.setdefault(src.identifier, [msgs[0].seq, msgs[-1].seq])
+            rng[1] = msgs[-1].seq
+            rows = src.decode(msgs)
+            if rows.num_rows == 0:
+                continue
+            ts = rows.column("ts_event_ns")
+            import pyarrow.compute as pc
+
+            mask = pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi))
+            rows = rows.filter(mask)
+            if rows.num_rows == 0:
+                continue
+            # The replay key (`ASC NULLS FIRST`, as the engine's reads).
+            order = [(c, "ascending", "at_start") for c in replay_src.order]
+            rows = rows.sort_by(order).select(list(replay_src.columns))
+            # The engine's canonical encoding: tail events hash and compare like history ones.
+            payloads = encode_rows(rows).cast(pa.binary()).to_pylist()
+            subject = src.definition.subject or src.identifier
+            for n, (payload, ts_ns) in enumerate(
+                zip(payloads, rows.column("ts_event_ns").to_pylist(), strict=True)
+            ):
+                event = ReplayEvent(src.identifier, subject, payload, ts_ns)
+                keyed.append(((ts_ns, index, n), event))
+        keyed.sort(key=lambda item: item[0])
+        self.rounds += 1
+        engine = self.engine
+        for _, event in keyed:
+            self.tail_events += 1
+            # The engine's manifest counts and hashes the tail like the history.
+            engine._count += 1
+            engine._per_table[event.table] += 1
+            engine._hash.update(event.table.encode() + b"\x1f" + event.payload + b"\n")
+            yield event
+
+
+def hash_events(events: Sequence[ReplayEvent]) -> str:
+    """SHA-256 over events as the replay manifest hashes them (for comparisons in tools)."""
+    h = hashlib.sha256()
+    for e in events:
+        h.update(e.table.encode() + b"\x1f" + e.payload + b"\n")
+    return "sha256:" + h.hexdigest()

@@ -1,0 +1,255 @@
+"""Benchmark: what the live tail costs a query, and what longer commit intervals save.
+
+Two measurements in one run, against a real nats-server and a local lake (SQLite catalog):
+
+1. Live query latency vs tail size. Stock trades (10 symbols, ~200 bytes each) are published
+   and NOT committed, so a live query (`Lake.query(..., live=True)`) reads them all from the
+   stream: cold (a new `Lake`: ordered consumer + decode of the whole tail) and warm (the same
+   `Lake` after 100 more events: only the new ones are read). Baseline in the same run: the same
+   SQL on the same rows committed to the table (`Lake.query`, no tail).
+2. Files per commit at the writer defaults. `lake serve`'s writer runs in-process for a few
+   seconds at a steady publish rate with a long interval and a large batch, and the data files
+   per commit are counted (one per touched symbol-hour partition). Files per hour at interval
+   I is then `files per commit × 3600 / I` (a micro-batch touches the same partitions whatever
+   its length, until the hour turns).
+
+Usage::
+
+    python scripts/bench_live.py [--quick] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+SYMBOLS = ("SPY", "QQQ", "IWM", "AAPL", "MSFT", "NVDA", "AMZN", "META", "TSLA", "GOOG")
+TABLE = "bronze.stocks_trades"
+SUBJECT = "market.stocks.trades"
+SQL = f"SELECT symbol, count(*), max(ts_event_ns) FROM {TABLE} GROUP BY 1"
+
+
+def _event(i: int, now_ns: int) -> bytes:
+    return json.dumps(
+        {
+            "ts_event_ns": now_ns + i * 1000,
+            "ts_recv_ns": now_ns + i * 1000 + 500,
+            "source": "bench",
+            "symbol": SYMBOLS[i % len(SYMBOLS)],
+            "price": 100.0 + i % 50,
+            "size": 1 + i % 300,
+            "exchange": 4,
+            "seq": i,
+        }
+    ).encode()
+
+
+async def _publish(settings: Any, start: int, count: int, rate: float = 0.0) -> None:
+    from iceberg_lake.engine import nats as bus
+
+    nc = await bus.connect(settings, name="bench-live")
+    js = nc.jetstream()
+    await bus.ensure_streams(js, settings)
+    first = (await js.stream_info("MARKET")).state.last_seq
+    now = time.time_ns()
+    t0 = time.monotonic()
+    for i in range(start, start + count):
+        await nc.publish(SUBJECT, _event(i, now))
+        if i % 1000 == 999:
+            await nc.flush()
+            if rate:
+                ahead = (i - start + 1) / rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+    await nc.flush()
+    # Core publishes are asynchronous: wait until the stream holds them.
+    deadline = time.monotonic() + 60
+    while (await js.stream_info("MARKET")).state.last_seq < first + count:
+        if time.monotonic() > deadline:
+            raise RuntimeError("published messages did not all reach the stream")
+        await asyncio.sleep(0.02)
+    await nc.close()
+
+
+def _timed(fn: Any, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_tail(settings: Any, sizes: list[int], repeat: int) -> list[dict[str, Any]]:
+    """Live query latency per tail size, beside the same rows read committed."""
+    from iceberg_lake.catalog import LakeCatalog
+    from iceberg_lake.timetravel.query import Lake
+
+    rows: list[dict[str, Any]] = []
+    published = 0
+    for size in sizes:
+        # A fresh catalog per size: its table has no watermark, so the tail is the whole
+        # subject; stream sequences keep counting, so purge is not needed.
+        s = settings.with_overrides(catalog_name=f"c{uuid.uuid4().hex[:8]}")
+        LakeCatalog(s).init()
+        asyncio.run(_publish(s, published, size - published if size > published else 0))
+        published = max(published, size)
+        cold = []
+        for _ in range(repeat):
+            lake = Lake(s)
+            t0 = time.perf_counter()
+            lake.query(SQL, live=True)
+            cold.append(time.perf_counter() - t0)
+            assert lake.last_live[TABLE].tail_rows == published
+            lake.close()
+        lake = Lake(s)
+        lake.query(SQL, live=True)
+
+        warm_times: list[float] = []
+        for _ in range(repeat):
+            asyncio.run(_publish(s, published, 100))
+            published += 100
+            t0 = time.perf_counter()
+            lake.query(SQL, live=True)
+            warm_times.append(time.perf_counter() - t0)
+        lake.close()
+        rows.append(
+            {
+                "figure": "live query",
+                "tail_events": size,
+                "cold_s": round(statistics.median(cold), 4),
+                "warm_s": round(statistics.median(warm_times), 4),
+            }
+        )
+    # Baseline: the same number of rows committed, plain query (no tail).
+    import pyarrow as pa
+
+    from iceberg_lake.catalog import LakeCatalog as _LC
+
+    s = settings.with_overrides(catalog_name=f"c{uuid.uuid4().hex[:8]}")
+    cat = _LC(s)
+    cat.init()
+    table = cat.load_table(TABLE)
+    n = max(sizes)
+    now = time.time_ns()
+    from pyiceberg.io.pyarrow import schema_to_pyarrow
+
+    schema = schema_to_pyarrow(table.schema(), include_field_ids=False)
+    data = {
+        "ts_event_ns": [now + i * 1000 for i in range(n)],
+        "ts_recv_ns": [now + i * 1000 + 500 for i in range(n)],
+        "source": ["bench"] * n,
+        "symbol": [SYMBOLS[i % len(SYMBOLS)] for i in range(n)],
+        "price": [100.0 + i % 50 for i in range(n)],
+        "size": [1 + i % 300 for i in range(n)],
+        "exchange": [4] * n,
+        "seq": list(range(n)),
+    }
+    if "ts_event" in schema.names:
+        data["ts_event"] = pa.array([v // 1000 for v in data["ts_event_ns"]]).cast(
+            pa.timestamp("us", tz="UTC")
+        )
+    arrays = [
+        pa.array(data[f.name]).cast(f.type) if f.name in data else pa.nulls(n, f.type)
+        for f in schema
+    ]
+    table.append(pa.Table.from_arrays(arrays, schema=schema))
+    lake = Lake(s)
+    base = _timed(lambda: lake.query(SQL), repeat)
+    live_empty = _timed(lambda: lake.query(SQL, live=True), repeat)
+    lake.close()
+    rows.append(
+        {
+            "figure": "baseline: committed rows, no tail",
+            "tail_events": 0,
+            "rows": n,
+            "plain_query_s": round(base, 4),
+            "live_query_empty_tail_s": round(live_empty, 4),
+        }
+    )
+    return rows
+
+
+def bench_files(settings: Any, seconds: float, rate: float) -> dict[str, Any]:
+    """Data files per commit of the real writer at a steady rate."""
+    from iceberg_lake.catalog import LakeCatalog
+    from iceberg_lake.ingest.service import LakeService
+
+    s = settings.with_overrides(
+        catalog_name=f"c{uuid.uuid4().hex[:8]}",
+        bronze_batch_seconds=2.0,
+        bronze_batch_size=1_000_000,
+        max_buffered_events=1_000_000,
+    )
+    LakeCatalog(s).init()
+
+    async def run() -> None:
+        service = LakeService(s, [TABLE])
+        task = asyncio.create_task(service.run())
+        await asyncio.sleep(1.0)
+        await _publish(s, 10**7, int(seconds * rate), rate)
+        await service.stop()
+        await task
+
+    asyncio.run(run())
+    table = LakeCatalog(s).load_table(TABLE)
+    commits = [
+        sn
+        for sn in table.metadata.snapshots
+        if (sn.summary or {}).get("lake.operation") == "ingest"
+    ]
+    added = [int((sn.summary or {}).get("added-data-files", 0)) for sn in commits]
+    per_commit = statistics.mean(added) if added else 0.0
+    return {
+        "figure": "writer files per commit",
+        "rate_events_s": rate,
+        "commits": len(commits),
+        "files_per_commit": round(per_commit, 2),
+        "files_per_hour": {
+            f"{i}s": round(per_commit * 3600 / i) for i in (5, 15, 30, 60, 120, 300)
+        },
+    }
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """All figures as rows."""
+    from iceberg_lake.config import load_settings
+    from iceberg_lake.testing import run_nats_server
+
+    sizes = [1_000, 10_000, 30_000] if quick else [1_000, 10_000, 60_000, 120_000]
+    rows: list[dict[str, Any]] = []
+    for part in ("tail", "files"):  # one nats-server each: each part owns the subject
+        with tempfile.TemporaryDirectory() as tmp, run_nats_server(Path(tmp) / "nats") as nats:
+            settings = load_settings(
+                {"LAKE_DATA_DIR": str(Path(tmp) / "lake"), "LAKE_NATS_URL": nats.url}
+            )
+            if part == "tail":
+                rows += bench_tail(settings, sizes, repeat=3)
+            else:
+                rows.append(bench_files(settings, seconds=6 if quick else 12, rate=1000.0))
+    return rows
+
+
+def main() -> None:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller tails, shorter run")
+    parser.add_argument("--json", action="store_true", help="JSON rows instead of text")
+    args = parser.parse_args()
+    rows = run(args.quick)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        print("  ".join(f"{k}={v}" for k, v in row.items()))
+
+
+if __name__ == "__main__":
+    main()

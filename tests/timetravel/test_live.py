@@ -1,0 +1,423 @@
+"""Live tail (issue 18): live queries and live replays against a real nats-server and `lake serve`.
+
+Budget: about 40 s for the module (two `lake serve` processes per test, ~100 live probes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ingest_support import encode, make_event, settings_env, settings_for
+
+from iceberg_lake import properties
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.config import Settings
+from iceberg_lake.engine import nats as bus
+from iceberg_lake.ops import metrics
+from iceberg_lake.ops.status import collect_status
+from iceberg_lake.testing import NatsServer, run_nats_server
+from iceberg_lake.timetravel.live import freshness
+from iceberg_lake.timetravel.query import Lake
+from iceberg_lake.timetravel.replay import ReplayEngine
+
+pytestmark = pytest.mark.integration
+
+LAKE = str(Path(sys.executable).parent / "lake")
+TABLE = "bronze.stocks_trades"
+SUBJECT = "market.stocks.trades"
+COUNT_SQL = f"SELECT count(*) AS n, count(DISTINCT seq) AS d FROM {TABLE}"
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A private nats-server: the tests own the MARKET stream (fixed name, counts from seq 1)."""
+    with run_nats_server(tmp_path / "nats") as server:
+        yield server
+
+
+def lake_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
+    env.update(settings_env(settings))
+    env["LAKE_MAX_BUFFERED_EVENTS"] = str(max(200_000, settings.bronze_batch_size))
+    return env
+
+
+def start_serve(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [LAKE, "--log-level", "INFO", "serve", "--tables", TABLE],
+            env=lake_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+def watermark(settings: Settings) -> int:
+    key = f"{properties.WATERMARK_PREFIX}MARKET.{bus.consumer_name(TABLE)}"
+    try:
+        return int(LakeCatalog(settings).load_table(TABLE).properties.get(key, 0))
+    except Exception:
+        return 0
+
+
+def event(i: int, ts_ns: int | None = None) -> dict:
+    e = make_event(TABLE, i)
+    if ts_ns is not None:
+        e["ts_event_ns"], e["ts_recv_ns"] = ts_ns, ts_ns + 1_000
+    return e
+
+
+class Publisher:
+    """Acked JetStream publishes from a background loop (each call returns once stored)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.nc = self.loop.run_until_complete(bus.connect(settings, name="test-live"))
+        self.js = self.nc.jetstream()
+        self.loop.run_until_complete(bus.ensure_streams(self.js, settings))
+
+    def publish(self, events: list[dict | bytes]) -> int:
+        async def go() -> int:
+            seq = 0
+            for e in events:
+                ack = await self.js.publish(SUBJECT, e if isinstance(e, bytes) else encode(e))
+                seq = ack.seq
+            return seq
+
+        return self.loop.run_until_complete(go())
+
+    def close(self) -> None:
+        async def shut() -> None:
+            await self.nc.close()
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        self.loop.run_until_complete(shut())
+        self.loop.close()
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_live_query_sees_events_within_a_second_and_counts_exactly(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """p99 visibility ≤ 1 s with 60 s flushes; the live count equals the distinct published
+    events at every probe across a size-forced commit, a SIGKILL and a restart."""
+    settings = settings_for(tmp_path, nats.url).with_overrides(
+        bronze_batch_seconds=60.0, bronze_batch_size=60, max_buffered_events=200_000
+    )
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    serve = start_serve(settings, tmp_path / "serve.log")
+    lake = Lake(settings)
+    published = 0
+
+    def probe() -> tuple[int, int]:
+        row = lake.query(COUNT_SQL, live=True).to_pylist()[0]
+        # Every probe: each published event exactly once, whatever the writer is doing.
+        assert row["n"] == row["d"] == published, (row, published, lake.last_live)
+        return row["n"], lake.last_live[TABLE].watermark
+
+    try:
+        # 0. Messages the writer rejects (dead letters) are not in the live view either.
+        pub.publish([b'{"symbol": "SPY", "price": "x"}', b"not json"])
+        probe()
+        assert lake.last_live[TABLE].tail_messages == 2
+        # 1. 50 probes, one event each, none committed yet (60 s flush, batch of 60).
+        latencies = []
+        for i in range(50):
+            t0 = time.perf_counter()
+            pub.publish([event(i)])
+            published += 1
+            while probe()[0] < published:
+                assert time.perf_counter() - t0 < 5, "event not visible after 5 s"
+            latencies.append(time.perf_counter() - t0)
+        latencies.sort()
+        p99 = latencies[int(0.99 * (len(latencies) - 1))]
+        print(f"visibility p50 {latencies[25]:.3f} s, p99 {p99:.3f} s, t={time.perf_counter()}")
+        assert p99 <= 1.0, f"p99 visibility {p99:.3f} s"
+        assert lake.last_live[TABLE].snapshot_id is None  # nothing committed: all from the tail
+
+        # 2. Cross the batch size: the writer commits while we keep probing.
+        pub.publish([event(i) for i in range(50, 80)])
+        published = 80
+        deadline = time.monotonic() + 15
+        while probe()[1] == 0:
+            assert time.monotonic() < deadline, "the writer did not commit by size"
+        rng = lake.last_live[TABLE]
+        assert rng.snapshot_id is not None and rng.watermark >= 60
+        assert rng.tail_rows == rng.last_seq - rng.watermark  # stream seq = event + 2
+
+        # 3. More events, then kill the writer mid-batch: nothing lost, nothing doubled.
+        pub.publish([event(i) for i in range(80, 90)])
+        published = 90
+        stop(serve, signal.SIGKILL)
+        for _ in range(5):
+            probe()
+
+        # 4. Restart with short flushes: the writer commits the rest while we probe.
+        quick = settings.with_overrides(bronze_batch_seconds=0.3)
+        serve = start_serve(quick, tmp_path / "serve2.log")
+        deadline = time.monotonic() + 20
+        while probe()[1] < 90:
+            assert time.monotonic() < deadline, "the restarted writer did not catch up"
+            assert serve.poll() is None
+        assert lake.last_live[TABLE].tail_rows == 0
+
+        # 5. The CLI says what it read.
+        out = subprocess.run(
+            [LAKE, "query", "--live", "-o", "json", COUNT_SQL],
+            env=lake_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)[0]["n"] == 90
+        assert f"{TABLE}@" in out.stderr and "MARKET seq" in out.stderr
+    finally:
+        lake.close()
+        pub.close()
+        stop(serve)
+
+
+def test_live_follow_replay_is_exactly_once_and_matches_committed_replay(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """`lake replay --live --follow` over a window ending in the future: every event once
+    across history and tail; the committed replay of the same window holds the same events."""
+    settings = settings_for(tmp_path, nats.url).with_overrides(
+        bronze_batch_seconds=60.0, bronze_batch_size=20, max_buffered_events=200_000
+    )
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    serve = start_serve(settings, tmp_path / "serve.log")
+    now = time.time_ns()
+    start_ns = now - 10 * 10**9
+    out_file = tmp_path / "live.ndjson"
+    try:
+        # History: 20 committed (by size), 5 in the tail before the replay starts.
+        sent = [event(i, now - (10 - i % 9) * 10**9 + i) for i in range(25)]
+        pub.publish(sent)
+        wait_for(lambda: watermark(settings) >= 20, 15, "the size-forced commit")
+        end_ns = time.time_ns() + 5 * 10**9  # the window ends in the future
+        replay = subprocess.Popen(
+            [
+                LAKE,
+                "replay",
+                "--tables",
+                TABLE,
+                "--start",
+                str(start_ns),
+                "--end",
+                str(end_ns),
+                "--live",
+                "--follow",
+                "--no-progress",
+                "--out",
+                str(out_file),
+                "--manifest",
+                str(tmp_path / "m.json"),
+            ],
+            env=lake_env(settings),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        # Events arriving while it follows (5 + 10 stay below the batch size: uncommitted),
+        # plus one stamped after the window that must not be delivered.
+        for i in range(25, 35):
+            time.sleep(0.2)  # pacing the publisher over the follow phase
+            sent.append(event(i, time.time_ns()))
+            pub.publish(sent[-1:])
+        sent.append(event(999, end_ns + 10**9))
+        pub.publish(sent[-1:])
+        _, err = replay.communicate(timeout=30)
+        assert replay.returncode == 0, err
+        live = [json.loads(line) for line in out_file.read_text().splitlines()]
+        seqs = [e["seq"] for e in live]
+        assert sorted(seqs) == list(range(35)), "each window event exactly once"
+        manifest = json.loads((tmp_path / "m.json").read_text())
+        assert manifest["event_count"] == 35 and manifest["complete"] is True
+        assert manifest["live"]["tables"][TABLE]["watermark"] >= 20
+        assert manifest["live"]["tail_events"] >= 10
+        # History part in replay order.
+        history = live[: 35 - manifest["live"]["tail_events"]]
+        assert [e["ts_event_ns"] for e in history] == sorted(e["ts_event_ns"] for e in history)
+
+        # Freshness: committed = newest event up to the watermark; live = newest published.
+        catalog = LakeCatalog(settings)
+        wm = watermark(settings)
+        ts = [e["ts_event_ns"] for e in sent]  # stream seq n holds sent[n - 1]
+        fresh = freshness(catalog, [TABLE])[TABLE]
+        assert fresh.committed_newest_ns == max(ts[:wm]) and fresh.live_newest_ns == max(ts)
+        row = next(t for t in collect_status(catalog).tables if t.table == TABLE)
+        assert row.committed_freshness_seconds is not None
+        assert row.live_freshness_seconds is not None
+        assert row.live_freshness_seconds < row.committed_freshness_seconds
+
+        # Let the writer commit everything (graceful stop flushes), replay from snapshots.
+        stop(serve)
+        engine = ReplayEngine(settings, [TABLE], start_ns, end_ns, pin=False)
+        committed = [e.as_dict() for e in engine.events()]
+        key = lambda e: json.dumps(e, sort_keys=True)  # noqa: E731
+        assert sorted(map(key, committed)) == sorted(map(key, live))
+    finally:
+        pub.close()
+        stop(serve)
+
+
+def test_freshness_metrics_follow_the_newest_event() -> None:
+    """The writer's hooks: committed rows count for both views, decoded rows for the live one;
+    freshness is now − newest, computed at scrape time, and never moves backwards."""
+    import pyarrow as pa
+
+    now = time.time()
+    metrics.note_events("bronze.t_live", "live", pa.table({"ts_event_ns": [int(now * 1e9)]}))
+    old = pa.table({"ts_event_ns": [int((now - 30) * 1e9)]})
+    metrics.note_events("bronze.t_live", "committed", old)
+    metrics.note_events("bronze.t_live", "live", old)  # older: ignored
+
+    def value(view: str) -> float:
+        got = metrics.REGISTRY.get_sample_value(
+            "lake_table_freshness_seconds", {"table": "bronze.t_live", "view": view}
+        )
+        assert got is not None
+        return got
+
+    assert 29 <= value("committed") <= 40
+    assert 0 <= value("live") <= 10
+
+
+def test_guard_ack_subject_fields_match_nats_py_metadata(nats_server: NatsServer) -> None:
+    """Guard: `engine.nats_tail` reads sequence, time and pending from the delivery's reply
+    subject; they must equal what nats-py's `msg.metadata` parses from the same subject."""
+    from nats.js.api import StreamConfig
+
+    from iceberg_lake.engine.nats_tail import _ack_fields
+
+    async def go() -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
+        import nats as nats_py
+
+        nc = await nats_py.connect(nats_server.url)
+        js = nc.jetstream()
+        name = f"LIVEGUARD{time.time_ns()}"
+        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
+        for i in range(3):
+            await js.publish(f"{name.lower()}.x", str(i).encode())
+        got: list[tuple[tuple[int, int, int], tuple[int, int, int]]] = []
+        done = asyncio.Event()
+
+        async def cb(msg) -> None:  # noqa: ANN001
+            meta = msg.metadata
+            want = (
+                meta.sequence.stream,
+                int(meta.timestamp.timestamp() * 1000),
+                meta.num_pending,
+            )
+            seq, ts_ns, pending = _ack_fields(msg.reply)
+            got.append(((seq, ts_ns // 1_000_000, pending), want))
+            if len(got) == 3:
+                done.set()
+
+        sub = await js.subscribe(f"{name.lower()}.x", stream=name, cb=cb, ordered_consumer=True)
+        await asyncio.wait_for(done.wait(), 10)
+        await sub.unsubscribe()
+        await js.delete_stream(name)
+        await nc.close()
+        return got
+
+    pairs = asyncio.run(go())
+    assert [p[0][0] for p in pairs] == [1, 2, 3]
+    for ours, theirs in pairs:
+        assert ours[0] == theirs[0] and ours[2] == theirs[2]
+        assert abs(ours[1] - theirs[1]) <= 1  # ms (nats-py's datetime has µs precision)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["replay", "--tables", TABLE, "--start", "1", "--end", "2", "--follow"], "--follow needs"),
+        (
+            ["replay", "--tables", TABLE, "--start", "1", "--end", "2", "--live", "--as-of", "x"],
+            "live",
+        ),
+        (["query", "--live", "--as-of", "x", "SELECT 1"], "--live"),
+    ],
+)
+def test_live_cli_argument_errors_are_one_line(args: list[str], message: str) -> None:
+    """Bad combinations end with one readable message and a non-zero exit."""
+    from typer.testing import CliRunner
+
+    from iceberg_lake.cli.app import app
+
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code != 0
+    assert message in res.output and "Traceback" not in res.output
+
+
+def test_live_replay_without_follow_publishes_history_and_tail_to_nats(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """No writer running: the table is empty and the whole window is in the tail; a live replay
+    (no --follow) publishes it once under a prefix and stops at the newest message."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    now = time.time_ns()
+    try:
+        pub.publish([event(i, now + i) for i in range(12)] + [b"not json"])
+        engine = ReplayEngine(settings, [TABLE], now, now + 10**9, pin=False, live=True)
+
+        async def go() -> tuple[dict, list[int]]:
+            nc = await bus.connect(settings, name="test-live-sub")
+            got: list[int] = []
+
+            async def on_msg(msg) -> None:  # noqa: ANN001
+                got.append(json.loads(msg.data)["seq"])
+
+            sub = await nc.subscribe(f"replay.{SUBJECT}", cb=on_msg)
+            manifest = await engine.publish(prefix="replay")
+            await nc.flush()
+            deadline = time.monotonic() + 5
+            while len(got) < 12 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await sub.unsubscribe()
+            await nc.close()
+            return manifest, got
+
+        manifest, got = asyncio.run(go())
+        assert sorted(got) == list(range(12)), "each event once; the rejected message left out"
+        assert manifest["event_count"] == 12 and manifest["complete"]
+        assert manifest["live"]["tail_events"] == 12
+    finally:
+        pub.close()
