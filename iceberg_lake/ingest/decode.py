@@ -353,6 +353,22 @@ class ColumnRule:
                 ok = part if ok is None else pc.and_(ok, part)
         return ok
 
+    def float_check(self, arr: Any) -> tuple[Any, str]:
+        """A float column's check: finite and within the bounds.
+
+        Args:
+            arr: A floating-point Arrow array.
+
+        Returns:
+            The boolean mask of valid values (nulls stay null) and the reason for the others.
+        """
+        ok = pc.is_finite(arr)
+        bounded = self.bounds_mask(arr)
+        if bounded is not None:
+            ok = pc.and_(ok, bounded)
+        bounds = self.bounds_text()
+        return ok, f"{self.name} must be a finite number" + (f" {bounds}" if bounds else "")
+
 
 _INT_TYPES: dict[type, str] = {IntegerType: "int32", LongType: "int64"}
 
@@ -833,17 +849,8 @@ class TableCodec:
                 continue
             rule = self.rules[name]
             if pa.types.is_floating(arr.type):
-                ok = pc.is_finite(arr)
-                bounded = rule.bounds_mask(arr)
-                if bounded is not None:
-                    ok = pc.and_(ok, bounded)
-                bounds = rule.bounds_text()
-                self._flag(
-                    arr,
-                    ok,
-                    bad,
-                    f"{name} must be a finite number" + (f" {bounds}" if bounds else ""),
-                )
+                ok, reason = rule.float_check(arr)
+                self._flag(arr, ok, bad, reason)
             elif pa.types.is_integer(arr.type) and (
                 rule.gt is not None or rule.ge is not None or rule.le is not None
             ):

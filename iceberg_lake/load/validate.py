@@ -127,12 +127,7 @@ class Validator:
             ok = pc.if_else(pc.is_null(arr), pa.scalar(None, pa.bool_()), ok)
             _flag(reasons, ok, _with_value(arr, f"{name} must be one of {list(rule.enum)}"))
         if pa.types.is_floating(arr.type):
-            ok = pc.is_finite(arr)
-            bounded = rule.bounds_mask(arr)
-            if bounded is not None:
-                ok = pc.and_(ok, bounded)
-            bounds = rule.bounds_text()
-            text = f"{name} must be a finite number" + (f" {bounds}" if bounds else "")
+            ok, text = rule.float_check(arr)
             _flag(reasons, ok, _with_value(arr, text))
         elif pa.types.is_integer(arr.type):
             if rule.int_range is not None:
