@@ -23,6 +23,8 @@ from iceberg_lake.exceptions import ConfigError
 
 ENV_PREFIX = "LAKE_"
 CONFIG_FILE_ENV = "LAKE_CONFIG"
+#: Default of LAKE_LOG_LEVEL, for `Settings` and the CLI's `--log-level` alike.
+DEFAULT_LOG_LEVEL = "WARNING"
 DEFAULT_CONFIG_FILE = "lake.toml"
 
 CATALOG_SCHEMES = ("sqlite", "postgresql")
@@ -164,7 +166,8 @@ class Settings:
     #: Bytes all pull requests of one process may have in flight together; keep it below the
     #: NATS server's max_pending (64 MB by default) or the server drops the connection.
     fetch_max_bytes: int = 32 * 1024 * 1024
-    log_level: str = "INFO"
+    #: Level of every `lake` command (`--log-level`); `lake serve` logs its startup anyway.
+    log_level: str = DEFAULT_LOG_LEVEL
 
     @property
     def is_s3(self) -> bool:

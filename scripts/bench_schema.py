@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import tempfile
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from _bench_common import print_rows
 
 TRADES = "bronze.stocks_trades"
 T0 = 1_765_893_600 * 10**9  # 2025-12-16 14:00 UTC
@@ -228,19 +228,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print JSON rows")
     args = parser.parse_args()
     rows = run(quick=args.quick)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    columns = ("benchmark", "metric", "value", "unit", "baseline", "baseline_value")
-    table = Table(title="Schema evolution benchmark")
-    for col in columns:
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*["" if r[c] is None else str(r[c]) for c in columns])
-    Console().print(table)
+    print_rows(rows, title="Schema evolution benchmark", as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ MB/s are compressed Bronze bytes read per second. Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from _bench_common import print_rows
 
 SYMBOLS = ("ES", "NQ", "CL", "GC")
 HOURS = 6
@@ -80,24 +80,35 @@ def _bronze_batches(rows: int, seed: int = 7) -> list[pa.Table]:
     return [table.slice(i, step) for i in range(0, n, step)]
 
 
-def run(quick: bool = False, rows: int | None = None) -> list[dict[str, Any]]:
-    """Run the benchmark; return rows of benchmark, metric, value, unit, baseline(_value)."""
+def bronze_lake(data_dir: Path, rows: int) -> tuple[Any, Any, Any]:
+    """A lake in `data_dir` with Bronze and Silver futures_trades, Bronze holding `rows` rows.
+
+    Returns:
+        The settings, the `LakeCatalog` and the Bronze table.
+    """
     from iceberg_lake.catalog import LakeCatalog
     from iceberg_lake.config import load_settings
+
+    settings = load_settings({"LAKE_DATA_DIR": str(data_dir)})
+    lake = LakeCatalog(settings)
+    lake.ensure_warehouse()
+    lake.ensure_namespaces()
+    for identifier in ("bronze.futures_trades", "silver.futures_trades"):
+        lake.create_table(lake.definition(identifier))
+    bronze = lake.load_table("bronze.futures_trades")
+    for batch in _bronze_batches(rows):
+        bronze.append(batch)
+    return settings, lake, bronze
+
+
+def run(quick: bool = False, rows: int | None = None) -> list[dict[str, Any]]:
+    """Run the benchmark; return rows of benchmark, metric, value, unit, baseline(_value)."""
     from iceberg_lake.engine import duck
     from iceberg_lake.silver.compactor import SilverCompactor
 
     n = rows or (500_000 if quick else 5_000_000)
     with tempfile.TemporaryDirectory(prefix="bench_silver_") as tmp:
-        settings = load_settings({"LAKE_DATA_DIR": str(Path(tmp) / "data")})
-        lake = LakeCatalog(settings)
-        lake.ensure_warehouse()
-        lake.ensure_namespaces()
-        for identifier in ("bronze.futures_trades", "silver.futures_trades"):
-            lake.create_table(lake.definition(identifier))
-        bronze = lake.load_table("bronze.futures_trades")
-        for batch in _bronze_batches(n):
-            bronze.append(batch)
+        settings, lake, bronze = bronze_lake(Path(tmp) / "data", n)
         files = [t.file for t in bronze.scan().plan_files()]
         nbytes = sum(f.file_size_in_bytes for f in files)
         paths = ", ".join(f"'{f.file_path.removeprefix('file://')}'" for f in files)
@@ -159,18 +170,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="number of Bronze rows")
     args = parser.parse_args()
     rows = run(quick=args.quick, rows=args.rows)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="Silver compaction benchmark")
-    for col in ("benchmark", "metric", "value", "unit", "baseline", "baseline_value"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*["" if r[c] is None else str(r[c]) for c in r])
-    Console().print(table)
+    print_rows(rows, title="Silver compaction benchmark", as_json=args.json)
 
 
 if __name__ == "__main__":

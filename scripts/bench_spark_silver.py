@@ -17,7 +17,6 @@ Best of 2 runs (1 with --quick); the machine is shared. Row counts must match.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -26,30 +25,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_silver import _bronze_batches, _row  # noqa: E402
+from _bench_common import print_rows  # noqa: E402
+from bench_silver import _row, bronze_lake  # noqa: E402
 
 DAY = "2025-12-16"
 
 
 def run(quick: bool = False, rows: int | None = None) -> list[dict[str, Any]]:
     """Run the benchmark; return rows of benchmark, metric, value, unit, baseline(_value)."""
-    from iceberg_lake.catalog import LakeCatalog
-    from iceberg_lake.config import load_settings
     from iceberg_lake.engine.spark import spark_session, stop_spark
     from iceberg_lake.silver.compactor import SilverCompactor
     from iceberg_lake.silver.spark import SparkSilverCompactor
 
     n = rows or (200_000 if quick else 2_000_000)
     with tempfile.TemporaryDirectory(prefix="bench_spark_silver_") as tmp:
-        settings = load_settings({"LAKE_DATA_DIR": str(Path(tmp) / "data")})
-        lake = LakeCatalog(settings)
-        lake.ensure_warehouse()
-        lake.ensure_namespaces()
-        for identifier in ("bronze.futures_trades", "silver.futures_trades"):
-            lake.create_table(lake.definition(identifier))
-        bronze = lake.load_table("bronze.futures_trades")
-        for batch in _bronze_batches(n):
-            bronze.append(batch)
+        settings, lake, bronze = bronze_lake(Path(tmp) / "data", n)
 
         def fresh_silver() -> None:
             lake.catalog.drop_table("silver.futures_trades")
@@ -96,18 +86,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="number of Bronze rows")
     args = parser.parse_args()
     rows = run(quick=args.quick, rows=args.rows)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="Silver on Spark vs DuckDB")
-    for col in ("benchmark", "metric", "value", "unit", "baseline", "baseline_value"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*["" if r[c] is None else str(r[c]) for c in r])
-    Console().print(table)
+    print_rows(rows, title="Silver on Spark vs DuckDB", as_json=args.json)
 
 
 if __name__ == "__main__":

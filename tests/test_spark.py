@@ -309,6 +309,10 @@ def test_lake_compact_engine_spark_equals_duckdb_silver_row_for_row(
     """Same pinned Bronze snapshot, both engines: identical rows in identical order per
     partition, each run ONE `overwrite` snapshot. Spark runs in the installed `lake` executable
     (its own local JVM), as an operator would run it."""
+    # tests/silver is on sys.path only once pytest has collected it: run alone, this file adds it.
+    silver_tests = str(Path(__file__).resolve().parent / "silver")
+    if silver_tests not in sys.path:
+        sys.path.insert(0, silver_tests)
     from test_silver import (
         BRONZE,
         DAY,

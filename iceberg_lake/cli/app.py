@@ -31,7 +31,7 @@ from iceberg_lake.cli import (
     tables,
 )
 from iceberg_lake.cli.output import OutputFormat, err_console, set_root_format
-from iceberg_lake.config import load_settings, redact
+from iceberg_lake.config import DEFAULT_LOG_LEVEL, load_settings, redact
 from iceberg_lake.exceptions import LakeError
 
 
@@ -113,7 +113,7 @@ def _root(
     ),
     output: OutputFormat = _ROOT_OUTPUT,
     log_level: str = typer.Option(
-        "WARNING",
+        DEFAULT_LOG_LEVEL,
         "--log-level",
         envvar="LAKE_LOG_LEVEL",
         help="DEBUG, INFO, WARNING or ERROR (`lake serve` always logs its startup and flushes).",

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import pyarrow as pa
 import typer
 
-from iceberg_lake.cli.common import console, err_console, open_catalog
-from iceberg_lake.cli.query import parse_as_of, parse_window
-
-
-class TableOutput(StrEnum):
-    """How `lake bars` / `lake asof` print their result."""
-
-    table = "table"
-    csv = "csv"
-    json = "json"
-    parquet = "parquet"
+from iceberg_lake.cli.common import AS_OF_OPTION, console, err_console, open_catalog
+from iceberg_lake.cli.query import QueryOutput as TableOutput  # the same outputs as `lake query`
+from iceberg_lake.cli.query import parse_as_of, parse_window, write_result
 
 
 def register(app: typer.Typer) -> None:
@@ -32,36 +23,17 @@ _START = typer.Option(None, "--start", help="Unix ns or ISO time/date (UTC).")
 _END = typer.Option(None, "--end", help="Exclusive end; default: start + 1 day for a date.")
 _SESSION = typer.Option(None, "--session", help="Trading day (YYYY-MM-DD): its session.")
 _CALENDAR = typer.Option("XNYS", "--calendar", help="Calendar of --session: XNYS, CME_Equity, …")
-_AS_OF = typer.Option("--as-of", help="Tag, snapshot id or ISO time, or TABLE=PIN (repeat).")
 _OUTPUT = typer.Option("--output", "-o", help="table, csv, json or parquet (needs --file).")
 _FILE = typer.Option("--file", help="Write the result here instead of printing it.")
 _LIMIT = typer.Option(50, "--limit", help="Rows shown by --output table (0: all).")
 
 
 def _emit(result: pa.Table, output: TableOutput, file: Path | None, limit: int, what: str) -> None:
-    """Print or write an Arrow result (the same outputs as `lake query`)."""
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
-
-    if output == TableOutput.parquet:
-        if file is None:
-            raise typer.BadParameter("--output parquet needs --file", param_hint="--file")
-        pq.write_table(result, str(file), compression="zstd")
-    elif output == TableOutput.csv:
-        if file is None:
-            sink = pa.BufferOutputStream()
-            pcsv.write_csv(result, sink)
-            typer.echo(sink.getvalue().to_pybytes().decode(), nl=False)
-        else:
-            pcsv.write_csv(result, str(file))
-    elif output == TableOutput.json:
-        import json
-
-        text = json.dumps(result.to_pylist(), default=str)
-        if file is None:
-            typer.echo(text)
-        else:
-            file.write_text(text + "\n")
+    """Print or write an Arrow result: a table of at most `limit` rows, or as `lake query` does."""
+    if output == TableOutput.parquet and file is None:
+        raise typer.BadParameter("--output parquet needs --file", param_hint="--file")
+    if output != TableOutput.table or file is not None:
+        write_result(result, output, file)
     else:
         from rich.table import Table as RichTable
 
@@ -83,7 +55,7 @@ def bars(
     end: str | None = _END,
     session: str | None = _SESSION,
     calendar: str = _CALENDAR,
-    as_of: Annotated[list[str] | None, _AS_OF] = None,
+    as_of: Annotated[list[str] | None, AS_OF_OPTION] = None,
     output: Annotated[TableOutput, _OUTPUT] = TableOutput.table,
     file: Annotated[Path | None, _FILE] = None,
     limit: int = _LIMIT,
@@ -119,7 +91,7 @@ def asof(
     end: str | None = _END,
     session: str | None = _SESSION,
     calendar: str = _CALENDAR,
-    as_of: Annotated[list[str] | None, _AS_OF] = None,
+    as_of: Annotated[list[str] | None, AS_OF_OPTION] = None,
     output: Annotated[TableOutput, _OUTPUT] = TableOutput.table,
     file: Annotated[Path | None, _FILE] = None,
     limit: int = _LIMIT,

@@ -7,7 +7,14 @@ from typing import Annotated, Any
 
 import typer
 
-from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit, open_catalog
+from iceberg_lake.cli.common import (
+    AS_OF_OPTION,
+    OUTPUT_OPTION,
+    OutputFormat,
+    console,
+    emit,
+    open_catalog,
+)
 from iceberg_lake.cli.query import _split, parse_as_of, parse_time_ns
 from iceberg_lake.ops.check import CHECKS, CheckReport
 
@@ -29,10 +36,7 @@ def check(
     until: Annotated[
         str | None, typer.Option("--until", help="Exclusive window end: Unix ns or ISO time.")
     ] = None,
-    as_of: Annotated[
-        list[str] | None,
-        typer.Option("--as-of", help="Tag, snapshot id or ISO time, or TABLE=PIN (repeat)."),
-    ] = None,
+    as_of: Annotated[list[str] | None, AS_OF_OPTION] = None,
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when any count is not zero."),
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:

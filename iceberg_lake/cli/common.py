@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import typer
+
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.output import (
     OUTPUT_OPTION,
@@ -17,6 +19,7 @@ from iceberg_lake.cli.output import (
 from iceberg_lake.config import Settings, load_settings
 
 __all__ = [
+    "AS_OF_OPTION",
     "OUTPUT_OPTION",
     "OutputFormat",
     "console",
@@ -26,6 +29,10 @@ __all__ = [
     "open_catalog",
     "settings",
 ]
+
+#: `--as-of` of the read commands (`Annotated[list[str] | None, AS_OF_OPTION]`, parsed by
+#: `cli.query.parse_as_of`): one pin for every table, or TABLE=PIN per table.
+AS_OF_OPTION = typer.Option("--as-of", help="Tag, snapshot id or ISO time, or TABLE=PIN (repeat).")
 
 
 def settings() -> Settings:

@@ -333,6 +333,42 @@ class ColumnRule:
             parts.append(f"<= {self.le:g}")
         return " and ".join(parts)
 
+    def bounds_mask(self, arr: Any) -> Any:
+        """`arr > gt`, `>= ge` and `<= le` combined (nulls stay null); None without bounds.
+
+        Args:
+            arr: A numeric Arrow array.
+
+        Returns:
+            A boolean Arrow array, or None when the rule has no bounds.
+        """
+        ok = None
+        for fn, bound in (
+            (pc.greater, self.gt),
+            (pc.greater_equal, self.ge),
+            (pc.less_equal, self.le),
+        ):
+            if bound is not None:
+                part = fn(arr, pa.scalar(bound))
+                ok = part if ok is None else pc.and_(ok, part)
+        return ok
+
+    def float_check(self, arr: Any) -> tuple[Any, str]:
+        """A float column's check: finite and within the bounds.
+
+        Args:
+            arr: A floating-point Arrow array.
+
+        Returns:
+            The boolean mask of valid values (nulls stay null) and the reason for the others.
+        """
+        ok = pc.is_finite(arr)
+        bounded = self.bounds_mask(arr)
+        if bounded is not None:
+            ok = pc.and_(ok, bounded)
+        bounds = self.bounds_text()
+        return ok, f"{self.name} must be a finite number" + (f" {bounds}" if bounds else "")
+
 
 _INT_TYPES: dict[type, str] = {IntegerType: "int32", LongType: "int64"}
 
@@ -813,33 +849,12 @@ class TableCodec:
                 continue
             rule = self.rules[name]
             if pa.types.is_floating(arr.type):
-                ok = pc.is_finite(arr)
-                if rule.gt is not None:
-                    ok = pc.and_(ok, pc.greater(arr, rule.gt))
-                if rule.ge is not None:
-                    ok = pc.and_(ok, pc.greater_equal(arr, rule.ge))
-                if rule.le is not None:
-                    ok = pc.and_(ok, pc.less_equal(arr, rule.le))
-                bounds = rule.bounds_text()
-                self._flag(
-                    arr,
-                    ok,
-                    bad,
-                    f"{name} must be a finite number" + (f" {bounds}" if bounds else ""),
-                )
+                ok, reason = rule.float_check(arr)
+                self._flag(arr, ok, bad, reason)
             elif pa.types.is_integer(arr.type) and (
                 rule.gt is not None or rule.ge is not None or rule.le is not None
             ):
-                ok = None
-                for fn, bound in (
-                    (pc.greater, rule.gt),
-                    (pc.greater_equal, rule.ge),
-                    (pc.less_equal, rule.le),
-                ):
-                    if bound is not None:
-                        part = fn(arr, pa.scalar(bound))
-                        ok = part if ok is None else pc.and_(ok, part)
-                self._flag(arr, ok, bad, f"{name} must be {rule.bounds_text()}")
+                self._flag(arr, rule.bounds_mask(arr), bad, f"{name} must be {rule.bounds_text()}")
         if "ts_event_ns" in arrays:
             ts = arrays["ts_event_ns"]
             ok = pc.and_(pc.greater_equal(ts, MIN_TS_NS), pc.less(ts, MAX_TS_NS))

@@ -127,29 +127,14 @@ class Validator:
             ok = pc.if_else(pc.is_null(arr), pa.scalar(None, pa.bool_()), ok)
             _flag(reasons, ok, _with_value(arr, f"{name} must be one of {list(rule.enum)}"))
         if pa.types.is_floating(arr.type):
-            ok = pc.is_finite(arr)
-            for fn, bound in ((pc.greater, rule.gt), (pc.greater_equal, rule.ge)):
-                if bound is not None:
-                    ok = pc.and_(ok, fn(arr, bound))
-            if rule.le is not None:
-                ok = pc.and_(ok, pc.less_equal(arr, rule.le))
-            bounds = rule.bounds_text()
-            text = f"{name} must be a finite number" + (f" {bounds}" if bounds else "")
+            ok, text = rule.float_check(arr)
             _flag(reasons, ok, _with_value(arr, text))
         elif pa.types.is_integer(arr.type):
             if rule.int_range is not None:
                 lo, hi = rule.int_range
                 ok = pc.and_(pc.greater_equal(arr, lo), pc.less_equal(arr, hi))
                 _flag(reasons, ok, _with_value(arr, f"{name} must be between {lo} and {hi}"))
-            ok = None
-            for fn, bound in (
-                (pc.greater, rule.gt),
-                (pc.greater_equal, rule.ge),
-                (pc.less_equal, rule.le),
-            ):
-                if bound is not None:
-                    part = fn(arr, pa.scalar(bound))
-                    ok = part if ok is None else pc.and_(ok, part)
+            ok = rule.bounds_mask(arr)
             if ok is not None:
                 _flag(reasons, ok, _with_value(arr, f"{name} must be {rule.bounds_text()}"))
 

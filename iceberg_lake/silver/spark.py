@@ -47,7 +47,7 @@ from iceberg_lake.engine.filters import eq, ge, lt
 from iceberg_lake.engine.spark import replace_partitions, spark_sql_type
 from iceberg_lake.exceptions import CompactionError
 from iceberg_lake.silver.dedup import sort_columns
-from iceberg_lake.silver.plan import layout_of, parse_date, resolve_bronze_table
+from iceberg_lake.silver.plan import layout_of, parse_date, pin_snapshot, resolve_bronze_table
 from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ class SparkSilverCompactor:
         bronze = self.lake.load_table(definition.identifier)
         silver = self.lake.load_table(f"{SILVER}.{definition.name}")
         layout = layout_of(bronze, silver)
-        snap = _pin(bronze, snapshot_id, tag)
+        snap = pin_snapshot(bronze, snapshot_id, tag)
         result = _result(definition, snap, day)
         if snap is None:
             return result
@@ -283,22 +283,6 @@ def _col(name: str) -> Column:
     from pyspark.sql import functions as F  # noqa: N812
 
     return F.col(_ident(name))
-
-
-def _pin(bronze: Table, snapshot_id: int | None, tag: str | None) -> Snapshot | None:
-    if snapshot_id is not None and tag is not None:
-        raise CompactionError("give a snapshot id or a tag, not both")
-    if snapshot_id is not None:
-        snap = bronze.snapshot_by_id(int(snapshot_id))
-        if snap is None:
-            raise CompactionError(f"{'.'.join(bronze.name())} has no snapshot {snapshot_id}")
-        return snap
-    if tag is not None:
-        snap = bronze.snapshot_by_name(tag)
-        if snap is None:
-            raise CompactionError(f"{'.'.join(bronze.name())} has no tag or branch '{tag}'")
-        return snap
-    return bronze.current_snapshot()
 
 
 def _current_id(table: Table) -> int | None:
