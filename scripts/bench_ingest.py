@@ -277,6 +277,8 @@ async def _drain(settings: Any, events: int) -> tuple[float, list[float], int]:
 
 
 def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
@@ -306,8 +308,11 @@ def _ingest_runs(workdir: Path, quick: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     latencies: list[float] = []
     flush_rows: list[int] = []
+    # Backlogs are whole multiples of the default batch (50,000 events): a backlog's last partial
+    # batch waits for the flush interval (30 s by default; live queries see it meanwhile), which
+    # is latency, measured by `_steady_latency`, not drain throughput.
     for per_message, events in (
-        (1, 10_000 if quick else 40_000),
+        (1, 10_000 if quick else 200_000),
         (100, 100_000 if quick else 400_000),
     ):
         run_dir = workdir / f"run-{per_message}"
@@ -635,11 +640,18 @@ def _steady_latency(workdir: Path, quick: bool) -> list[dict[str, Any]]:
     from iceberg_lake.testing import run_nats_server
 
     rows = []
+    # Published -> committed latency is bounded by the flush interval. The default interval
+    # (30 s) is long because live queries read the uncommitted tail (docs/live.md); this part
+    # measures the bound at the 2 s interval a deployment whose plain readers need seconds sets.
     for rate in (2_000, 50_000):
         run_dir = workdir / f"steady-{rate}"
         with run_nats_server(run_dir / "nats") as nats:
             settings = load_settings(
-                {"LAKE_DATA_DIR": str(run_dir / "lake"), "LAKE_NATS_URL": nats.url}
+                {
+                    "LAKE_DATA_DIR": str(run_dir / "lake"),
+                    "LAKE_NATS_URL": nats.url,
+                    "LAKE_BRONZE_BATCH_SECONDS": "2",
+                }
             )
             LakeCatalog(settings).init()
             lat, _ = asyncio.run(_steady(settings, rate, 8 if quick else 20, 100))
