@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import attrgetter
@@ -237,6 +237,48 @@ def _item_or_error(obj: Any, fallback: bool, body: bytes = b"") -> Any:
     except MessageError as exc:
         exc.item = obj  # type: ignore[attr-defined]  # for the dead letter's bytes
         return exc
+
+
+def decode_each(
+    data: bytes,
+    message: int,
+    pending: Pending,
+    convert: Callable[[Any, dict[str, int]], list[Any]],
+) -> None:
+    """Decode one message event by event: only a bad message or a bad event is rejected.
+
+    Args:
+        data: the message body (one event, a JSON array or NDJSON).
+        message: its index in the fetch.
+        pending: where rows, rejected messages and rejected events are collected.
+        convert: one parsed event → its rows (raises for an event that cannot be stored).
+    """
+    try:
+        split = split_message(data)
+    except Exception as exc:
+        pending.rejected.append((message, _reason(exc)))
+        return
+    if not split.batch:
+        try:
+            rows = convert(split.items[0], pending.unknown)
+        except Exception as exc:
+            pending.rejected.append((message, _reason(exc)))
+            return
+        pending.add(message, rows, None)
+        return
+    events: list[Any] = []
+    ids: list[int] = []
+    for n, item in enumerate(split.items):
+        try:
+            if isinstance(item, MessageError):
+                raise item
+            rows = convert(item, pending.unknown)
+        except Exception as exc:
+            pending.rejected_events.append((message, n, _reason(exc), split.raw(n)))
+            continue
+        events.extend(rows)
+        ids.extend([n] * len(rows))
+    pending.add(message, events, ids)
 
 
 def split_message(data: bytes) -> SplitMessage:
@@ -594,30 +636,7 @@ class TableCodec:
 
     def _decode_slow(self, data: bytes, message: int, pending: Pending) -> None:
         """Unknown fields, invalid values or JSON that msgspec refuses: event by event."""
-        try:
-            split = split_message(data)
-        except Exception as exc:
-            pending.rejected.append((message, _reason(exc)))
-            return
-        if not split.batch:
-            try:
-                event = self.convert_one(split.items[0], pending.unknown)
-            except Exception as exc:
-                pending.rejected.append((message, _reason(exc)))
-                return
-            pending.add(message, [event], None)
-            return
-        events: list[Any] = []
-        ids: list[int] = []
-        for n, item in enumerate(split.items):
-            try:
-                if isinstance(item, MessageError):
-                    raise item
-                events.append(self.convert_one(item, pending.unknown))
-                ids.append(n)
-            except Exception as exc:
-                pending.rejected_events.append((message, n, _reason(exc), split.raw(n)))
-        pending.add(message, events, ids)
+        decode_each(data, message, pending, lambda item, unknown: [self.convert_one(item, unknown)])
 
     def convert_one(self, item: Any, unknown: dict[str, int]) -> Any:
         """Convert one parsed event (a dict), dropping and counting unknown fields.

@@ -23,6 +23,7 @@ from iceberg_lake.ingest.decode import (
     Pending,
     TableCodec,
     _reason,
+    decode_each,
     split_message,
 )
 from iceberg_lake.ingest.gold import flatten_level_signals
@@ -113,26 +114,7 @@ class GoldDecoder:
         """Decode a fetch: parse, flatten, convert against the live schema, validate."""
         pending = Pending()
         for i, body in enumerate(bodies):
-            try:
-                split = split_message(body)
-            except Exception as exc:
-                pending.rejected.append((i, _reason(exc)))
-                continue
-            if not split.batch:
-                try:
-                    rows = self._payload_rows(split.items[0], pending.unknown)
-                except Exception as exc:
-                    pending.rejected.append((i, _reason(exc)))
-                    continue
-                pending.add(i, rows, None)
-                continue
-            for n, payload in enumerate(split.items):
-                try:
-                    rows = self._payload_rows(payload, pending.unknown)
-                except Exception as exc:
-                    pending.rejected_events.append((i, n, _reason(exc), split.raw(n)))
-                    continue
-                pending.add(i, rows, [n] * len(rows))
+            decode_each(body, i, pending, self._payload_rows)
         while len(pending.counts) < len(bodies):
             pending.counts.append(0)
         out = RoutedBatch()
