@@ -183,7 +183,7 @@ def start_spark(workdir: Path, *, cache_dir: Path | None = None) -> SparkSession
 
 def spark_jar_paths(spark: SparkSession) -> list[Path]:
     """The jars the session was started with (`spark.jars`)."""
-    return [Path(p) for p in spark.conf.get("spark.jars", "").split(",") if p]
+    return [Path(p) for p in (spark.conf.get("spark.jars", "") or "").split(",") if p]
 
 
 def attach_catalog(spark: SparkSession, settings: Settings) -> str:
