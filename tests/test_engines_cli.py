@@ -95,7 +95,7 @@ def test_jdbc_urls(uri: str, url: str) -> None:
     assert spark_catalog_conf(settings)["spark.sql.catalog.lake.uri"] == url
 
 
-def test_compact_engine_spark_needs_a_date(tmp_path: Path) -> None:
+def test_compact_engine_spark_refuses_incremental(tmp_path: Path) -> None:
     env = {"LAKE_DATA_DIR": str(tmp_path / "d")}
     result = CliRunner().invoke(app, ["compact", "--engine", "spark", "--incremental"], env=env)
-    assert result.exit_code == 2 and "--engine spark compacts one --date" in result.stderr
+    assert result.exit_code == 2 and "--date D or --all-dates" in result.stderr

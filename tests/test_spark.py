@@ -28,6 +28,7 @@ from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.engine.spark import aws_sdk_jar_names
 from iceberg_lake.schema.evolve import AddColumn, RenameColumn, WidenColumn, evolve_table
 from iceberg_lake.silver.compactor import SilverCompactor
+from iceberg_lake.silver.spark import SparkSilverCompactor
 from iceberg_lake.testing import PostgresServer, S3Server, run_nats_server
 from iceberg_lake.testing_spark import TcpToUnixProxy, attach_catalog, spark_jar_paths
 from iceberg_lake.timetravel import snapshots
@@ -345,11 +346,12 @@ def test_lake_on_s3_reads_by_name_and_a_spark_insert_reads_back(
 
 
 def test_lake_compact_engine_spark_equals_duckdb_silver_row_for_row(
-    tmp_path: Path, duck: Any
+    tmp_path: Path, duck: Any, spark: Any
 ) -> None:
     """Same pinned Bronze snapshot, both engines: identical rows in identical order per
     partition, each run ONE `overwrite` snapshot. Spark runs in the installed `lake` executable
-    (its own local JVM), as an operator would run it."""
+    (its own local JVM), as an operator would run it; then every date at once (`--all-dates`)
+    on the shared session."""
     # tests/silver is on sys.path only once pytest has collected it: run alone, this file adds it.
     silver_tests = str(Path(__file__).resolve().parent / "silver")
     if silver_tests not in sys.path:
@@ -365,7 +367,10 @@ def test_lake_compact_engine_spark_equals_duckdb_silver_row_for_row(
     )
     from test_silver import append as bronze_append
 
-    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
+    # A catalog name of its own: the shared Spark session keeps one catalog per name.
+    settings = load_settings(
+        {"LAKE_DATA_DIR": str(tmp_path / "lake"), "LAKE_CATALOG_NAME": "lake_rows"}
+    )
     catalog = _make_lake(settings)
     bronze = catalog.load_table(BRONZE)
     rows = base_rows()
@@ -387,6 +392,7 @@ def test_lake_compact_engine_spark_equals_duckdb_silver_row_for_row(
     exe = shutil.which("lake") or str(Path(sys.executable).with_name("lake"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
     env.update({"LAKE_DATA_DIR": str(settings.data_dir), "SPARK_LOCAL_IP": "127.0.0.1"})
+    env["LAKE_CATALOG_NAME"] = settings.catalog_name
     # Less JIT and GC work for a short-lived JVM on 2 shared cores (as the `spark` fixture).
     env["JAVA_TOOL_OPTIONS"] = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
     args = ["compact", "--engine", "spark", "--spark-master", "local[2]", "--date", str(DAY)]
@@ -423,6 +429,32 @@ def test_lake_compact_engine_spark_equals_duckdb_silver_row_for_row(
             "unchanged"
         )
     assert by_partition(silver_files_in_order(duck, catalog.load_table(SILVER))) == duck_rows
+
+    # Every date (`--all-dates`, about 5 s): a second day in Bronze. Spark takes the days the
+    # DuckDB engine's --all-dates takes, in ONE overwrite snapshot, with the same rows.
+    day_ns = 86_400 * 10**9
+    next_day = [
+        {**r, "ts_event_ns": r["ts_event_ns"] + day_ns, "ts_recv_ns": r["ts_recv_ns"] + day_ns}
+        for r in rows[:12]
+    ]
+    latest = bronze_append(bronze, [{**r, "ts_event": r["ts_event_ns"] // 1000} for r in next_day])
+    with SilverCompactor(catalog) as compactor:
+        duck_days = compactor.compact_all_dates("futures.trades", snapshot_id=latest)
+    all_rows = by_partition(silver_files_in_order(duck, catalog.load_table(SILVER)))
+    before = {s.snapshot_id for s in catalog.load_table(SILVER).snapshots()}
+    attach_catalog(spark, settings)
+    every = SparkSilverCompactor(spark, catalog).compact_all_dates(
+        "futures.trades", snapshot_id=latest
+    )
+    days = [str(DAY), str(DAY + timedelta(days=1))]
+    assert every["dates"] == [r["date"] for r in duck_days] == days and every["date"] is None
+    silver = catalog.load_table(SILVER)
+    new = [s for s in silver.snapshots() if s.snapshot_id not in before]
+    assert len(new) == 1 and new[0].snapshot_id == every["silver_snapshot_id"]
+    assert new[0].summary is not None and new[0].summary.operation.value == "overwrite"
+    # All of Bronze: rows[:30], rows[20:], rows[:5], the next day.
+    assert every["rows_read"] == 30 + (len(rows) - 20) + 5 + len(next_day)
+    assert by_partition(silver_files_in_order(duck, silver)) == all_rows
 
 
 def test_guard_pyspark_keeps_the_jvm_launcher_where_stop_spark_looks(spark: Any) -> None:

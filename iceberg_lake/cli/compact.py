@@ -35,7 +35,9 @@ class Engine(StrEnum):
 
 
 ENGINE_OPTION = typer.Option(
-    Engine.duckdb, "--engine", help="duckdb (default, incremental) or spark (scale-out, --date)."
+    Engine.duckdb,
+    "--engine",
+    help="duckdb (default, incremental) or spark (scale-out; --date or --all-dates).",
 )
 
 TEXT_COLUMNS = {
@@ -78,8 +80,9 @@ def compact(
 ) -> None:
     """Deduplicate and sort Bronze into Silver; one atomic snapshot per table. Idempotent.
 
-    `--engine spark` runs the same rule on Spark (for a day that outgrows one machine): only
-    with --date; every partition of the day is rewritten (no change detection).
+    `--engine spark` runs the same rule on Spark (for a day that outgrows one machine): with
+    --date, or --all-dates (every day in one snapshot); every partition of those days is
+    rewritten (no change detection).
     """
     from iceberg_lake.silver.compactor import SilverCompactor
 
@@ -112,8 +115,11 @@ def compact(
         raise typer.BadParameter("give --snapshot or --tag, not both", param_hint="--snapshot")
 
     if engine == Engine.spark:
-        if not date:
-            raise typer.BadParameter("--engine spark compacts one --date", param_hint="--engine")
+        if incremental:
+            raise typer.BadParameter(
+                "--engine spark compacts --date D or --all-dates (no change detection)",
+                param_hint="--engine",
+            )
         _print(_compact_on_spark(date, table, symbol, snapshot, tag, spark_master), output)
         return
 
@@ -153,7 +159,7 @@ def compact(
 
 
 def _compact_on_spark(
-    date: str,
+    date: str | None,
     table: str | None,
     symbol: str | None,
     snapshot: int | None,
@@ -168,6 +174,9 @@ def _compact_on_spark(
     spark = spark_session(lake.settings, master=master)
     try:
         compactor = SparkSilverCompactor(spark, lake)
+        if date is None:  # --all-dates (it needs --table): every day, one snapshot
+            assert table is not None
+            return [compactor.compact_all_dates(table, symbol, snapshot, tag)]
         if table:
             return [compactor.compact_date(date, table, symbol, snapshot, tag)]
         return compactor.compact_all_schemas(date, symbol, tag)
@@ -177,14 +186,16 @@ def _compact_on_spark(
 
 def _print(results: Sequence[Mapping[str, Any]], output: OutputFormat) -> None:
     if output == OutputFormat.json:
-        emit(
-            [{k: r.get(k) for k in [*SUMMARY_COLUMNS, "replaced_partitions"]} for r in results],
-            output,
-        )
+        keys = [*SUMMARY_COLUMNS, "replaced_partitions", "dates"]
+        # `dates` only where a result has it: a Spark `--all-dates` run (one for all days).
+        emit([{k: r.get(k) for k in keys if k != "dates" or k in r} for r in results], output)
         return
     text_rows = [{label: r.get(key) for label, key in TEXT_COLUMNS.items()} for r in results]
-    for row in text_rows:  # every row is a Silver table: the namespace only costs width
+    for row, r in zip(text_rows, results, strict=True):
+        # Every row is a Silver table: the namespace only costs width.
         row["table"] = str(row["table"] or "").removeprefix("silver.")
+        if r.get("dates"):
+            row["date"] = r["dates"][0] + (f"..{r['dates'][-1]}" if len(r["dates"]) > 1 else "")
     emit(text_rows, output, title="Silver compaction", columns=list(TEXT_COLUMNS))
 
 

@@ -16,12 +16,15 @@ partition, are identical to the DuckDB engine's:
 Differences from the DuckDB engine: no change detection (every partition of the day with Bronze
 rows is recompacted; the DuckDB engine recompacts Spark-written partitions once, since their
 file names carry no state), a Silver partition whose Bronze rows all vanished is left as it is,
-and partitions of one call go into one snapshot (no `partitions_per_commit`).
+and partitions of one call go into one snapshot (no `partitions_per_commit`) — with
+`compact_all_dates` that is every day of the table in one snapshot, where the DuckDB engine
+commits one per day.
 
 Example (the session must have the lake's catalog, see `lake engines spark`)::
 
     compactor = SparkSilverCompactor(spark, load_settings())
     compactor.compact_date("2025-12-16", "futures.trades")
+    compactor.compact_all_dates("futures.trades")  # every day with Bronze rows
 """
 
 from __future__ import annotations
@@ -29,13 +32,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pyiceberg.expressions import (
-    And,
-    BooleanExpression,
-)
+from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import DoubleType, FloatType
@@ -108,8 +109,44 @@ class SparkSilverCompactor:
         Raises:
             CompactionError: bad date, unknown snapshot or tag, or a layout Silver cannot take.
         """
+        return self._spark_errors(
+            lambda: self._compact(parse_date(date), schema, partition_value, snapshot_id, tag)
+        )
+
+    def compact_all_dates(
+        self,
+        schema: str,
+        partition_value: str | None = None,
+        snapshot_id: int | None = None,
+        tag: str | None = None,
+    ) -> dict[str, Any]:
+        """Compact every day of one schema through Spark, in ONE `overwrite` snapshot.
+
+        The days are those the DuckDB engine's `compact_all_dates` takes: every UTC day with
+        Bronze rows in the pinned snapshot (and `partition_value`, if given). Every partition of
+        those days is rewritten (no change detection), all in one snapshot for the table.
+
+        Args:
+            schema: `futures.trades`, `futures_trades` or `bronze.futures_trades`.
+            partition_value: only this symbol/underlying.
+            snapshot_id: pin this Bronze snapshot instead of the current one.
+            tag: pin the Bronze snapshot of this tag (or branch).
+
+        Returns:
+            The keys of `compact_date`'s result, with `date` None and `dates` the days compacted
+            (`YYYY-MM-DD`, in order).
+
+        Raises:
+            CompactionError: unknown snapshot or tag, or a layout Silver cannot take.
+        """
+        return self._spark_errors(
+            lambda: self._compact(None, schema, partition_value, snapshot_id, tag)
+        )
+
+    @staticmethod
+    def _spark_errors(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         try:
-            return self._compact_date(date, schema, partition_value, snapshot_id, tag)
+            return run()
         except Exception as exc:
             if type(exc).__module__.startswith(("pyspark", "py4j")):
                 # Spark's own errors (analysis, JVM) as one line, like every lake error.
@@ -117,16 +154,16 @@ class SparkSilverCompactor:
                 raise CompactionError(f"Spark: {first}") from exc
             raise
 
-    def _compact_date(
+    def _compact(
         self,
-        date: str | date,
+        day: date | None,
         schema: str,
         partition_value: str | None,
         snapshot_id: int | None,
         tag: str | None,
     ) -> dict[str, Any]:
+        """One day (`day`) or every day (None) of one schema, as one overwrite snapshot."""
         started = time.perf_counter()
-        day = parse_date(date)
         definition = resolve_bronze_table(self.lake, schema)
         bronze = self.lake.load_table(definition.identifier)
         silver = self.lake.load_table(f"{SILVER}.{definition.name}")
@@ -141,16 +178,17 @@ class SparkSilverCompactor:
         self.spark.sql(f"REFRESH TABLE {spark_bronze}")
         self.spark.sql(f"REFRESH TABLE {spark_silver}")
 
-        lo = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        hi = lo + timedelta(days=1)
-        row_filter: BooleanExpression = And(
-            ge("ts_event", lo.isoformat()), lt("ts_event", hi.isoformat())
-        )
-        # Micros, not timestamp literals: independent of Spark's session time zone.
-        lo_us, hi_us = int(lo.timestamp()) * 1_000_000, int(hi.timestamp()) * 1_000_000
-        window = f"ts_event >= timestamp_micros({lo_us}) AND ts_event < timestamp_micros({hi_us})"
         source = self.spark.read.option("snapshot-id", str(snap.snapshot_id)).table(spark_bronze)
-        source = source.where(window)
+        row_filter: BooleanExpression = AlwaysTrue()
+        if day is not None:
+            lo = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            hi = lo + timedelta(days=1)
+            row_filter = And(ge("ts_event", lo.isoformat()), lt("ts_event", hi.isoformat()))
+            # Micros, not timestamp literals: independent of Spark's session time zone.
+            lo_us, hi_us = int(lo.timestamp()) * 1_000_000, int(hi.timestamp()) * 1_000_000
+            source = source.where(
+                f"ts_event >= timestamp_micros({lo_us}) AND ts_event < timestamp_micros({hi_us})"
+            )
         if partition_value is not None:
             if layout.key_column is None:
                 raise CompactionError(f"{definition.identifier} has no partition key")
@@ -164,10 +202,12 @@ class SparkSilverCompactor:
                 bronze.scan(snapshot_id=snap.snapshot_id, row_filter=row_filter).plan_files()
             )
         labels: list[list[Any]] = []
+        days: set[str] = set()
         for task in tasks:
             label = layout.label(task.file.partition)
             if label not in labels:
                 labels.append(label)
+                days.add(layout.bounds(task.file.partition)[1].date().isoformat())
         if any(t.delete_files for t in tasks):
             rows_read = source.count()
         else:
@@ -200,6 +240,8 @@ class SparkSilverCompactor:
             replaced_partitions=sorted(labels, key=str),
             seconds=round(time.perf_counter() - started, 3),
         )
+        if day is None:
+            result["dates"] = sorted(days)
         log.info("%s: Spark replaced %d partitions", spark_silver, len(labels))
         return result
 
@@ -290,11 +332,11 @@ def _current_id(table: Table) -> int | None:
     return snap.snapshot_id if snap else None
 
 
-def _result(definition: TableDefinition, snap: Snapshot | None, day: date) -> dict[str, Any]:
+def _result(definition: TableDefinition, snap: Snapshot | None, day: date | None) -> dict[str, Any]:
     return {
         "status": "empty",
         "table": f"{SILVER}.{definition.name}",
-        "date": day.isoformat(),
+        "date": day.isoformat() if day else None,
         "rows_read": 0,
         "rows_written": 0,
         "duplicates_removed": 0,
@@ -305,4 +347,5 @@ def _result(definition: TableDefinition, snap: Snapshot | None, day: date) -> di
         "replaced_partitions": [],
         "seconds": 0.0,
         "engine": "spark",
+        **({"dates": []} if day is None else {}),
     }
