@@ -621,8 +621,9 @@ def spark_session(
     """A SparkSession with the lake's catalog, for `lake compact --engine spark`.
 
     Jars: with the `spark` extra installed, Iceberg's runtime from its wheel (plus the relocated
-    Jackson classes it lacks, built once into `cache_dir`) and the JDBC drivers from Debian;
-    without it, Maven coordinates (`spark.jars.packages`) for a machine that reaches Maven.
+    Jackson classes it lacks, built once into `cache_dir`), the JDBC drivers from Debian and, for
+    an s3:// warehouse, the AWS SDK jars (`find_aws_sdk_jars`, required then); without the
+    extra, Maven coordinates (`spark.jars.packages`) for a machine that reaches Maven.
     Settings from `spark-defaults.conf` / `PYSPARK_SUBMIT_ARGS` apply as usual.
 
     Args:
@@ -634,7 +635,7 @@ def spark_session(
         The session; end it with `stop_spark`.
 
     Raises:
-        SparkSetupError: pyspark or a JDBC driver is missing.
+        SparkSetupError: pyspark, a JDBC driver or (s3://) the AWS SDK jars are missing.
     """
     try:
         from pyspark.sql import SparkSession
