@@ -8,6 +8,7 @@ One chain, every module uses it (no module defines its own server or lake fixtur
 - ``s3_server``, ``postgres_server`` (session): SeaweedFS S3 and PostgreSQL.
 - ``lake`` (per test): a fresh ``LakeCatalog`` (SQLite catalog, local warehouse under
   ``tmp_path/data``, every declared table created, no data); ``lake.settings`` are its settings.
+  ``module_lake``: the same, one per module, for read-only tests that share loaded data.
 - ``duck``: an in-memory DuckDB connection with the extensions loaded offline.
 
 The servers are started on free loopback ports in pytest's temporary directories and stopped at
@@ -94,12 +95,26 @@ def nats(nats_server: NatsServer) -> Iterator[NatsServer]:
     asyncio.run(_delete_lake_streams(nats_server.url))
 
 
+def _fresh_lake(data_dir: Path) -> LakeCatalog:
+    catalog = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(data_dir)}))
+    catalog.init()
+    return catalog
+
+
 @pytest.fixture
 def lake(tmp_path: Path) -> LakeCatalog:
     """A fresh lake under ``tmp_path/data``: every declared table created, no data."""
-    catalog = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(tmp_path / "data")}))
-    catalog.init()
-    return catalog
+    return _fresh_lake(tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def module_lake(tmp_path_factory: pytest.TempPathFactory) -> LakeCatalog:
+    """A fresh lake like ``lake``, shared by the tests of one module.
+
+    For modules whose tests only read: a module fixture loads the data into it once (named after
+    what it holds, e.g. ``bars_data``) instead of once per test.
+    """
+    return _fresh_lake(tmp_path_factory.mktemp("lake") / "data")
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,6 +30,8 @@ SUBJECTS = {
     "bronze.futures_mbp10": "market.futures.mbp10",
 }
 BASE_NS = 1_765_900_000 * 1_000_000_000  # 2025-12-16
+#: The `lake` executable of the running interpreter's environment.
+LAKE = str(Path(sys.executable).parent / "lake")
 
 
 def make_event(table: str, i: int, base_ns: int = BASE_NS, symbol: str | None = None) -> dict:
@@ -215,6 +220,20 @@ def settings_env(settings: Settings) -> dict[str, str]:
             LAKE_S3_REGION=settings.s3_region,
         )
     return env
+
+
+def start_serve(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Start `lake serve *args` in a session of its own with `settings`, output to `log`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
+    env.update(settings_env(settings))
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [LAKE, "--log-level", "INFO", "serve", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 Item = tuple[str, bytes, dict[str, str] | None]

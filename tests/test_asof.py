@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
-from iceberg_lake.config import load_settings
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.timetravel import snapshots
 from iceberg_lake.timetravel.query import Lake
@@ -29,10 +28,8 @@ SEC = 10**9
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path_factory.mktemp("asof") / "lake")})
-    catalog = LakeCatalog(settings)
-    catalog.init()
+def asof_data(module_lake: LakeCatalog) -> dict:
+    catalog, settings = module_lake, module_lake.settings
     rng = random.Random(8)
     trades = [
         {
@@ -113,19 +110,19 @@ def _prevailing(trades, quotes, key_cols, strict=False, lookback=None, start=Non
 
 
 @pytest.mark.parametrize("strict", [False, True])
-def test_trades_with_prevailing_nbbo_match_brute_force(lake: dict, strict: bool) -> None:
+def test_trades_with_prevailing_nbbo_match_brute_force(asof_data: dict, strict: bool) -> None:
     start, end = T14 + 100 * SEC, T14 + 500 * SEC
-    with Lake(lake["settings"]) as lk:
+    with Lake(asof_data["settings"]) as lk:
         got = lk.asof_join(
             TRADES, QUOTES, start_ns=start, end_ns=end, as_of="aj", strict=strict,
             lookback_ns=60 * SEC,
         )  # fmt: skip
     window = sorted(
-        (t for t in lake["trades"] if start <= t["ts_event_ns"] < end),
+        (t for t in asof_data["trades"] if start <= t["ts_event_ns"] < end),
         key=lambda t: (t["ts_event_ns"], t["symbol"], t["seq"]),
     )
     cols = ["ts_event_ns", "bid_px", "ask_px", "bid_sz", "ask_sz"]
-    want = _prevailing(window, lake["quotes"], cols, strict, 60 * SEC, start)
+    want = _prevailing(window, asof_data["quotes"], cols, strict, 60 * SEC, start)
     assert got.column("seq").to_pylist() == [t["seq"] for t in window]
     names = ["quote_" + c for c in cols]
     rows = list(zip(*(got.column(n).to_pylist() for n in names), strict=True))
@@ -136,26 +133,26 @@ def test_trades_with_prevailing_nbbo_match_brute_force(lake: dict, strict: bool)
     assert (same_ns == 0) if strict else (same_ns > 0)
 
 
-def test_futures_with_mbp10_top_of_book(lake: dict) -> None:
+def test_futures_with_mbp10_top_of_book(asof_data: dict) -> None:
     start, end = T14, T14 + 400 * SEC
-    with Lake(lake["settings"]) as lk:
+    with Lake(asof_data["settings"]) as lk:
         got = lk.asof_join(FUT, MBP, start_ns=start, end_ns=end, as_of="aj")
-    window = [t for t in lake["fut"] if start <= t["ts_event_ns"] < end]
+    window = [t for t in asof_data["fut"] if start <= t["ts_event_ns"] < end]
     cols = ["ts_event_ns", "bid_px_1", "ask_px_1", "bid_sz_1", "ask_sz_1"]
-    want = _prevailing(window, lake["book"], cols)
+    want = _prevailing(window, asof_data["book"], cols)
     assert got.num_rows == len(window)
     rows = list(zip(*(got.column("quote_" + c).to_pylist() for c in cols), strict=True))
     assert rows == want
     assert "quote_bid_px_2" not in got.column_names
 
 
-def test_errors_and_cli(lake: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    with Lake(lake["settings"]) as lk:
+def test_errors_and_cli(asof_data: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Lake(asof_data["settings"]) as lk:
         with pytest.raises(TimeTravelError, match="no column 'nope'"):
             lk.asof_join(TRADES, QUOTES, start_ns=T14, end_ns=T14 + SEC, quote_columns=["nope"])
         with pytest.raises(TimeTravelError, match="must be before"):
             lk.asof_join(TRADES, QUOTES, start_ns=T14, end_ns=T14)
-    monkeypatch.setenv("LAKE_DATA_DIR", str(lake["settings"].data_dir))
+    monkeypatch.setenv("LAKE_DATA_DIR", str(asof_data["settings"].data_dir))
     res = CliRunner().invoke(
         app,
         ["asof", FUT, MBP, "--start", str(T14), "--end", str(T14 + 10 * SEC), "--as-of", "aj"]

@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
-from iceberg_lake.config import load_settings
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.timetravel import snapshots
 from iceberg_lake.timetravel.bars import parse_every
@@ -63,10 +62,8 @@ def _quotes(rng: random.Random, n: int) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path_factory.mktemp("bars") / "lake")})
-    catalog = LakeCatalog(settings)
-    catalog.init()
+def bars_data(module_lake: LakeCatalog) -> dict:
+    catalog, settings = module_lake, module_lake.settings
     rng = random.Random(5)
     trades, quotes = _trades(rng, 4000), _quotes(rng, 4000)
     append(catalog.load_table(TRADES), trades[:2000])
@@ -88,11 +85,11 @@ def _first_last(df: pd.DataFrame, value: str, every: int, by: str | None) -> pd.
     )
 
 
-def test_trade_bars_match_pandas(lake: dict) -> None:
+def test_trade_bars_match_pandas(bars_data: dict) -> None:
     start, end = T14 + 3 * MIN + 7 * MS, T14 + 17 * MIN
-    with Lake(lake["settings"]) as lk:
+    with Lake(bars_data["settings"]) as lk:
         got = lk.bars(TRADES, "1m", start_ns=start, end_ns=end, as_of="bars").to_pandas()
-    df = pd.DataFrame(lake["trades"])
+    df = pd.DataFrame(bars_data["trades"])
     df = df[(df.ts_event_ns >= start) & (df.ts_event_ns < end)]
     want = _first_last(df, "price", MIN, "symbol")
     df = df.assign(bar_start_ns=(df.ts_event_ns // MIN) * MIN, pv=df.price * df["size"])
@@ -115,10 +112,10 @@ def test_trade_bars_match_pandas(lake: dict) -> None:
     assert str(got["bar_start"].iloc[0]).startswith("2025-12-16 14:03:00")
 
 
-def test_quote_bars_mid_and_spread_match_pandas(lake: dict) -> None:
-    with Lake(lake["settings"]) as lk:
+def test_quote_bars_mid_and_spread_match_pandas(bars_data: dict) -> None:
+    with Lake(bars_data["settings"]) as lk:
         got = lk.bars(QUOTES, "5s", by=None, as_of="bars").to_pandas()
-    df = pd.DataFrame(lake["quotes"])
+    df = pd.DataFrame(bars_data["quotes"])
     df["mid"] = (df.bid_px + df.ask_px) / 2
     df["spread"] = df.ask_px - df.bid_px
     every = parse_every("5s")
@@ -132,8 +129,8 @@ def test_quote_bars_mid_and_spread_match_pandas(lake: dict) -> None:
     assert got["quotes"].sum() == len(df)
 
 
-def test_pin_and_errors(lake: dict) -> None:
-    with Lake(lake["settings"]) as lk:
+def test_pin_and_errors(bars_data: dict) -> None:
+    with Lake(bars_data["settings"]) as lk:
         pinned = lk.bars(TRADES, "1h", by=None, as_of="bars")
         current = lk.bars(TRADES, "1h", by=None)
         assert pinned.column("trades").to_pylist() == [4000]
@@ -147,8 +144,8 @@ def test_pin_and_errors(lake: dict) -> None:
     assert parse_every("250ms") == 250 * MS and parse_every("1min") == MIN
 
 
-def test_cli_bars(lake: dict, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    monkeypatch.setenv("LAKE_DATA_DIR", str(lake["settings"].data_dir))
+def test_cli_bars(bars_data: dict, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("LAKE_DATA_DIR", str(bars_data["settings"].data_dir))
     out = tmp_path / "bars.parquet"
     res = CliRunner().invoke(
         app,

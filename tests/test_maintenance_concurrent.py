@@ -1,11 +1,14 @@
 """Maintenance while writers commit: orphan removal and snapshot expiry never break a table.
 
-Budget: about 20 s on an idle 2-core machine (one writer thread, a few maintenance rounds).
+Budget: about 20 s on an idle 2-core machine (a `lake serve` process or a writer thread, a few
+maintenance rounds).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -14,15 +17,27 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from ingest_support import (
+    SUBJECTS,
+    count_rows,
+    encode,
+    make_event,
+    settings_env,
+    settings_for,
+    start_serve,
+)
 from pyiceberg.table import Table
+from support.wait import wait_until
 from table_rows import make_rows
 from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli import app
-from iceberg_lake.config import load_settings
+from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.engine import nats as bus
 from iceberg_lake.exceptions import CommitConflictError, LakeError
 from iceberg_lake.ops.maintenance import TableMaintenance
+from iceberg_lake.testing import NatsServer
 
 TABLES = ("bronze.stocks_trades", "bronze.futures_trades", "bronze.stocks_quotes")
 runner = CliRunner()
@@ -91,21 +106,71 @@ def _plant(location: str, name: str, age: timedelta | None) -> Path:
     return path
 
 
-def test_remove_orphans_0s_force_in_a_loop_during_ingest_keeps_every_table_readable(
-    data_dir: Path, duck
+class Publisher(threading.Thread):
+    """Publishes valid events for several tables to JetStream until stopped (acked: `sent` is
+    exactly what the stream holds)."""
+
+    def __init__(self, settings: Settings, tables: tuple[str, ...]) -> None:
+        super().__init__(daemon=True)
+        self.settings = settings
+        self.tables = tables
+        self.sent = dict.fromkeys(tables, 0)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._publish())
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    async def _publish(self) -> None:
+        nc = await bus.connect(self.settings, name="test-publisher")
+        try:
+            js = bus.jetstream(nc, self.settings)
+            await bus.ensure_streams(js, self.settings)
+            while not self.stop.is_set():
+                for ident in self.tables:
+                    for _ in range(10):
+                        event = make_event(ident, self.sent[ident])
+                        await js.publish(SUBJECTS[ident], encode(event))
+                        self.sent[ident] += 1
+                # ~50 events/s per table: a commit every batch interval (1 s), not hundreds
+                # of snapshots for the rounds (and the test's own walks) to read.
+                await asyncio.sleep(0.2)
+        finally:
+            await nc.close()
+
+
+def test_remove_orphans_0s_force_in_a_loop_while_lake_serve_commits_keeps_every_table_readable(
+    tmp_path: Path, nats: NatsServer, duck
 ) -> None:
-    env = {"LAKE_DATA_DIR": str(data_dir)}
-    catalog = LakeCatalog(load_settings(env))
+    """`remove-orphans --older-than 0s --force` six times while a real `lake serve` commits the
+    events a publisher sends to JetStream: nothing referenced is deleted, every table stays
+    readable, and every event is stored exactly once. Budget ~20 s."""
+    settings = settings_for(tmp_path, nats.url, LAKE_BRONZE_BATCH_SECONDS="1")
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    env = settings_env(settings)
     refused = runner.invoke(app, ["maintain", "remove-orphans", "--older-than", "0s"], env=env)
     assert refused.exit_code == 1 and "--force" in refused.output
     assert refused.output.strip().count("\n") == 0 and "Traceback" not in refused.output
 
-    writer = Writer(data_dir, TABLES)
-    writer.start()
-    deadline = time.monotonic() + 10
-    while writer.commits < 6 and time.monotonic() < deadline and writer.error is None:
-        time.sleep(0.05)
+    publisher = Publisher(settings, TABLES)
+    publisher.start()
+    short = ",".join(t.split(".", 1)[1] for t in TABLES)
+    proc = start_serve(settings, tmp_path / "serve.log", "--tables", short)
+
+    def running() -> bool:
+        return proc.poll() is None and publisher.error is None
+
     try:
+
+        def snapshots() -> list[int]:
+            return [len(catalog.load_table(t).metadata.snapshots) for t in TABLES]
+
+        wait_until(lambda: min(snapshots()) >= 1, 60, "commits by lake serve", alive=running)
+        before = snapshots()
         for i in range(6):
             table = catalog.load_table(TABLES[i % len(TABLES)])
             old = _plant(table.location(), f"00000-{i}-crashed.parquet", timedelta(days=2))
@@ -133,16 +198,29 @@ def test_remove_orphans_0s_force_in_a_loop_during_ingest_keeps_every_table_reada
                     f"SELECT count(*) FROM iceberg_scan('{t.metadata_location}')"
                 ).fetchone()
                 assert n == t.scan().to_arrow().num_rows > 0
+            assert running(), f"lake serve: {proc.poll()}, publisher: {publisher.error!r}"
+        during = snapshots()
+        assert all(b < d for b, d in zip(before, during, strict=True)), "serve committed meanwhile"
+        publisher.stop.set()
+        publisher.join(timeout=30)
+        assert publisher.error is None, repr(publisher.error)
+
+        def all_stored() -> bool:
+            return all(count_rows(duck, settings, t) >= publisher.sent[t] for t in TABLES)
+
+        wait_until(all_stored, 60, "every published event committed", alive=proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
     finally:
-        writer.stop.set()
-        writer.join(timeout=30)
-    assert writer.error is None, repr(writer.error)
-    assert writer.commits >= 6
+        publisher.stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     for ident in TABLES:
         t = catalog.load_table(ident)
-        assert t.scan().to_arrow().num_rows == writer.rows[ident]
+        assert t.scan().to_arrow().num_rows == publisher.sent[ident]
         (n,) = duck.sql(f"SELECT count(*) FROM iceberg_scan('{t.metadata_location}')").fetchone()
-        assert n == writer.rows[ident]
+        assert n == publisher.sent[ident]
 
 
 def test_remove_orphans_grace_in_flight_metadata_and_unreadable_tables(data_dir: Path) -> None:

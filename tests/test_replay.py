@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
-from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
 from iceberg_lake.silver.compactor import SilverCompactor
 from iceberg_lake.timetravel import snapshots
@@ -26,20 +25,13 @@ SILVER = "silver.stocks_trades"
 SEC = 10**9
 
 
-def _lake(path: Path) -> tuple[Settings, LakeCatalog]:
-    settings = load_settings({"LAKE_DATA_DIR": str(path / "lake")})
-    catalog = LakeCatalog(settings)
-    catalog.init()
-    return settings, catalog
-
-
 @pytest.fixture(scope="module")
-def merged(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def merged(module_lake: LakeCatalog) -> dict:
     """SPY and QQQ trades every 2 s and ES futures every 3 s for 3 hours from 14:00.
 
     Equal timestamps happen across symbols (same table) and across tables (every 6 s).
     """
-    settings, catalog = _lake(tmp_path_factory.mktemp("replay"))
+    catalog, settings = module_lake, module_lake.settings
     stock_rows = trades("SPY", T14, 3 * 1800, 2 * SEC) + trades("QQQ", T14, 3 * 1800, 2 * SEC)
     random.Random(3).shuffle(stock_rows)
     append(catalog.load_table(STOCKS), stock_rows)
@@ -95,8 +87,8 @@ def test_reads_partition_by_partition(merged) -> None:
         assert grouped.manifest()["sequence_hash"] == engine.manifest()["sequence_hash"]
 
 
-def test_day_partitioned_greeks_merge_with_hourly_trades(tmp_path: Path) -> None:
-    settings, catalog = _lake(tmp_path)
+def test_day_partitioned_greeks_merge_with_hourly_trades(lake: LakeCatalog) -> None:
+    catalog, settings = lake, lake.settings
     greeks_table = "bronze.options_greeks_snapshots"
     greeks = [
         {
@@ -127,8 +119,10 @@ def test_day_partitioned_greeks_merge_with_hourly_trades(tmp_path: Path) -> None
     assert times == sorted(times)
 
 
-def test_same_pins_give_the_same_sequence_after_appends_and_recompaction(tmp_path) -> None:
-    settings, catalog = _lake(tmp_path)
+def test_same_pins_give_the_same_sequence_after_appends_and_recompaction(
+    lake: LakeCatalog,
+) -> None:
+    catalog, settings = lake, lake.settings
     rows = trades("SPY", T14, 600, SEC) + trades("QQQ", T14, 600, SEC)
     append(catalog.load_table(STOCKS), rows + rows[:50])  # with duplicates
     with SilverCompactor(settings) as compactor:

@@ -55,10 +55,8 @@ def _odd_prices(rng: random.Random) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path_factory.mktemp("compat") / "lake")})
-    catalog = LakeCatalog(settings)
-    catalog.init()
+def compat_lake(module_lake: LakeCatalog) -> Settings:
+    catalog, settings = module_lake, module_lake.settings
     rng = random.Random(16)
     stock = trades("SPY", T14 - 20 * 60 * SEC, 2000, 3 * SEC) + trades(
         "QQQ", T14 - 20 * 60 * SEC, 2000, 3 * SEC
@@ -139,11 +137,13 @@ def _old(settings: Settings, tables: list[str], window: tuple[int, int]) -> tupl
     [[STOCKS], _ALL],
     ids=["one-table", "six-tables"],
 )
-def test_new_pipeline_gives_the_old_sequence_and_hash(lake: Settings, tables: list[str]) -> None:
-    old_events, old = _old(lake, tables, _WINDOW)
+def test_new_pipeline_gives_the_old_sequence_and_hash(
+    compat_lake: Settings, tables: list[str]
+) -> None:
+    old_events, old = _old(compat_lake, tables, _WINDOW)
     assert old["event_count"] > 100
 
-    engine = ReplayEngine(lake, tables, *_WINDOW, as_of="compat")
+    engine = ReplayEngine(compat_lake, tables, *_WINDOW, as_of="compat")
     new_events = [(e.table, e.payload) for e in engine.events()]
     new = engine.manifest()
     assert new_events == old_events
@@ -151,7 +151,7 @@ def test_new_pipeline_gives_the_old_sequence_and_hash(lake: Settings, tables: li
         assert new[key] == old[key], key
 
     # batches(): same hash, same rows in the same order.
-    engine = ReplayEngine(lake, tables, *_WINDOW, as_of="compat", batch_rows=999)
+    engine = ReplayEngine(compat_lake, tables, *_WINDOW, as_of="compat", batch_rows=999)
     batches = list(engine.batches())
     assert engine.manifest()["sequence_hash"] == old["sequence_hash"]
     assert max(b.num_rows for b in batches) <= 999
@@ -163,17 +163,17 @@ def test_new_pipeline_gives_the_old_sequence_and_hash(lake: Settings, tables: li
     ]
 
 
-def test_hash_matches_the_one_recorded_with_the_old_code(lake: Settings) -> None:
-    engine = ReplayEngine(lake, _ALL, *_WINDOW, as_of="compat", prefetch=False)
+def test_hash_matches_the_one_recorded_with_the_old_code(compat_lake: Settings) -> None:
+    engine = ReplayEngine(compat_lake, _ALL, *_WINDOW, as_of="compat", prefetch=False)
     for _ in engine.events():
         pass
     assert engine.manifest()["sequence_hash"] == RECORDED_HASH
 
 
-def test_rows_decode_to_what_the_old_iterator_gave(lake: Settings) -> None:
+def test_rows_decode_to_what_the_old_iterator_gave(compat_lake: Settings) -> None:
     window = (T14, T14 + 10 * 60 * SEC)
-    old = list(replay_reference.ReplayEngine(lake, [STOCKS, MBP], *window, as_of="compat"))
-    new = list(ReplayEngine(lake, [STOCKS, MBP], *window, as_of="compat"))
+    old = list(replay_reference.ReplayEngine(compat_lake, [STOCKS, MBP], *window, as_of="compat"))
+    new = list(ReplayEngine(compat_lake, [STOCKS, MBP], *window, as_of="compat"))
 
     def same(a: object, b: object) -> bool:  # NaN/inf read back as None from canonical JSON
         if isinstance(a, float) and not math.isfinite(a):
@@ -190,8 +190,8 @@ def test_reference_copy_is_untouched() -> None:
     assert "heapq.merge(*streams" in text and "batch.to_pylist()" in text
 
 
-def test_batches_without_verify_are_the_same_rows_and_no_hash(lake: Settings) -> None:
-    engine = ReplayEngine(lake, _ALL, *_WINDOW, as_of="compat", pin=False)
+def test_batches_without_verify_are_the_same_rows_and_no_hash(compat_lake: Settings) -> None:
+    engine = ReplayEngine(compat_lake, _ALL, *_WINDOW, as_of="compat", pin=False)
     verified = pa.Table.from_batches(list(engine.batches()))
     assert engine.manifest()["sequence_hash"] == RECORDED_HASH
     fast = pa.Table.from_batches(list(engine.batches(verify=False)))
@@ -201,15 +201,15 @@ def test_batches_without_verify_are_the_same_rows_and_no_hash(lake: Settings) ->
     assert engine.manifest()["event_count"] == verified.num_rows
 
 
-def test_guard_duckdb_types_without_the_iceberg_extension(lake: Settings) -> None:
+def test_guard_duckdb_types_without_the_iceberg_extension(compat_lake: Settings) -> None:
     """The direct file reads are cast to the types `iceberg_scan` gives; for simple types they
     are taken from a DuckDB round trip of `schema_to_pyarrow` (no extension): same types."""
     import duckdb
 
     from iceberg_lake.timetravel.query import Lake
 
-    engine = ReplayEngine(lake, _ALL, *_WINDOW, as_of="compat", pin=False)
-    plain, con = duckdb.connect(), Lake(lake).connect()
+    engine = ReplayEngine(compat_lake, _ALL, *_WINDOW, as_of="compat", pin=False)
+    plain, con = duckdb.connect(), Lake(compat_lake).connect()
     try:
         checked = 0
         for source in engine._sources:

@@ -39,12 +39,10 @@ WINDOW = (T14, T14 + 20 * 60 * SEC)
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def source(module_lake: LakeCatalog) -> Settings:
     """Bronze SPY trades every 2 s and ES futures every 3 s for 30 min, tagged `bt`, then more
     SPY trades in the same window (after the tag: a backtest from `bt` must not see them)."""
-    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path_factory.mktemp("src") / "lake")})
-    catalog = LakeCatalog(settings)
-    catalog.init()
+    catalog, settings = module_lake, module_lake.settings
     append(catalog.load_table(STOCKS), trades("SPY", T14, 900, 2 * SEC))
     append(catalog.load_table(FUTURES), futures("ES", T14, 600, 3 * SEC))
     snapshots.create_tag(settings, "bt", [STOCKS, FUTURES])

@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from timetravel_data import T14, append, futures, trades
 
 from iceberg_lake.catalog import LakeCatalog
-from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.config import Settings
 from iceberg_lake.engine import nats as bus
 from iceberg_lake.exceptions import LakeError
 from iceberg_lake.testing import NatsServer
@@ -41,10 +41,8 @@ def test_guard_nats_py_send_command_queues_raw_protocol() -> None:
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path_factory.mktemp("nb") / "lake")})
-    catalog = LakeCatalog(settings)
-    catalog.init()
+def batch_lake(module_lake: LakeCatalog) -> Settings:
+    catalog, settings = module_lake, module_lake.settings
     append(catalog.load_table(STOCKS), trades("SPY", T14, 3000, SEC // 4))
     append(catalog.load_table(FUTURES), futures("ES", T14, 2000, SEC // 2))
     return settings
@@ -59,9 +57,9 @@ async def _until(condition: Callable[[], bool], what: str, timeout: float = 20.0
 
 
 def test_batched_publish_delivers_every_event_in_replay_order(
-    lake: Settings, nats_server: NatsServer
+    batch_lake: Settings, nats_server: NatsServer
 ) -> None:
-    settings = lake.with_overrides(nats_url=nats_server.url)
+    settings = batch_lake.with_overrides(nats_url=nats_server.url)
     window = (T14, T14 + 600 * SEC)
     expected = ReplayEngine(settings, [FUTURES, STOCKS], *window)
     want = [(f"rb1.{e.subject}", e.payload) for e in expected.events()]
@@ -90,8 +88,8 @@ def test_batched_publish_delivers_every_event_in_replay_order(
     assert len(progress) > len(want) // 333  # one call per batch
 
 
-def test_speed_paces_batches_by_event_time(lake: Settings, nats_server: NatsServer) -> None:
-    settings = lake.with_overrides(nats_url=nats_server.url)
+def test_speed_paces_batches_by_event_time(batch_lake: Settings, nats_server: NatsServer) -> None:
+    settings = batch_lake.with_overrides(nats_url=nats_server.url)
     window = (T14, T14 + 10 * SEC)  # 10 s of events at 20x: at least 0.5 s
 
     async def scenario() -> tuple[int, float, list[float]]:
@@ -118,7 +116,7 @@ def test_speed_paces_batches_by_event_time(lake: Settings, nats_server: NatsServ
     assert arrivals[-1] - arrivals[0] >= 0.4
 
 
-def test_publish_needs_an_open_connection(lake: Settings, tmp_path: Path) -> None:
+def test_publish_needs_an_open_connection(batch_lake: Settings, tmp_path: Path) -> None:
     async def scenario() -> None:
         nc = Client()  # never connected
         await bus.publish_frames(nc, b"PUB a 1\r\nx\r\n", 1, 1)

@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
-from iceberg_lake.config import load_settings
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.timetravel.replay import ReplayEngine, read_manifest
 from iceberg_lake.timetravel.sessions import session_window
@@ -48,35 +47,35 @@ def test_sessions_from_the_calendars() -> None:
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path_factory.mktemp("sess") / "lake")})
-    catalog = LakeCatalog(settings)
-    catalog.init()
+def session_data(module_lake: LakeCatalog) -> dict:
+    catalog, settings = module_lake, module_lake.settings
     # Every 10 minutes from 2024-05-12 20:00 to 2024-05-13 23:00 UTC (27 h, 163 trades).
     rows = futures("ES", _ns(2024, 5, 12, 20), 163, 600 * SEC)
     append(catalog.load_table(FUT), rows)
     return {"settings": settings, "rows": rows}
 
 
-def test_es_session_spanning_two_utc_days_is_one_window(lake: dict, tmp_path: Path) -> None:
-    in_session = [r for r in lake["rows"] if OPEN <= r["ts_event_ns"] < CLOSE]
+def test_es_session_spanning_two_utc_days_is_one_window(session_data: dict, tmp_path: Path) -> None:
+    in_session = [r for r in session_data["rows"] if OPEN <= r["ts_event_ns"] < CLOSE]
     assert len(in_session) == 23 * 6
     days = {datetime.fromtimestamp(r["ts_event_ns"] / SEC, UTC).date() for r in in_session}
     assert len(days) == 2
 
     window = session_window("2024-05-13", "CME_Equity")
-    engine = ReplayEngine(lake["settings"], [FUT], window.open_ns, window.close_ns)
+    engine = ReplayEngine(session_data["settings"], [FUT], window.open_ns, window.close_ns)
     assert [e.ts_event_ns for e in engine.events()] == [r["ts_event_ns"] for r in in_session]
     assert engine.partition_reads == 1  # 138 rows: one read window across both UTC days
-    hourly = ReplayEngine(lake["settings"], [FUT], window.open_ns, window.close_ns, window_rows=6)
+    hourly = ReplayEngine(
+        session_data["settings"], [FUT], window.open_ns, window.close_ns, window_rows=6
+    )
     assert sum(1 for _ in hourly.events()) == len(in_session)
     assert hourly.partition_reads == 23  # hour partitions across both days
 
 
 def test_cli_replay_session_to_parquet_arrow_and_ndjson(
-    lake: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    session_data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("LAKE_DATA_DIR", str(lake["settings"].data_dir))
+    monkeypatch.setenv("LAKE_DATA_DIR", str(session_data["settings"].data_dir))
     runner = CliRunner()
     base = ["replay", "--tables", FUT, "--session", "2024-05-13", "--calendar", "CME_Equity"]
     hashes = {}

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -22,8 +19,8 @@ from ingest_support import (
     make_event,
     publish,
     scan_sql,
-    settings_env,
     settings_for,
+    start_serve,
     wait_stream,
 )
 from pyiceberg.expressions import EqualTo
@@ -37,21 +34,6 @@ from iceberg_lake.engine.iceberg import PartitionReplacement
 from iceberg_lake.testing import NatsServer, free_port
 
 pytestmark = pytest.mark.integration
-
-LAKE = str(Path(sys.executable).parent / "lake")
-
-
-def start_serve(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
-    env.update(settings_env(settings))
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [LAKE, "--log-level", "INFO", "serve", *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
 
 def watermark(settings: Settings, table: str) -> int:

@@ -8,11 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
+from support.wait import wait_until
 from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
@@ -110,6 +113,64 @@ def test_status_consumer_lag_matches_published_not_yet_stored(tmp_path: Path, na
     text = runner.invoke(app, ["status"], env=wide)
     assert text.exit_code == 0, text.output
     assert "lake_bronze_stocks_trades" in text.output and "dead letters" in text.output
+
+
+@pytest.mark.integration
+def test_status_warns_when_writers_lag_near_the_stream_limits(
+    lake: LakeCatalog, tmp_path: Path, nats
+) -> None:
+    """`lake status` (text and JSON) warns of unstored messages near max_bytes, then max_age.
+
+    Budget ~5 s: the max_age warning needs the oldest unstored message at 80% of a 5 s max_age.
+    """
+    env = {
+        **_env(tmp_path, nats.url),
+        "LAKE_STREAM_MAX_AGE": "5",
+        "LAKE_STREAM_MAX_BYTES": "200000",
+        "LAKE_STREAM_DUPLICATE_WINDOW_SECONDS": "1",  # may not exceed max_age
+        "COLUMNS": "250",
+    }
+    settings = load_settings(env)
+    stream, durable, subject = consumer_target(TABLE)
+
+    async def lag_near_max_bytes() -> float:
+        nc = await connect(settings)
+        try:
+            js = nc.jetstream()
+            await ensure_streams(js, settings)
+            await ensure_consumer(js, TABLE)
+            began = time.monotonic()  # before the oldest message
+            for _ in range(170):  # ~170 KB of 1 KB messages: 85% of max_bytes, none stored
+                await js.publish(subject, b"x" * 1000)
+            return began
+        finally:
+            await nc.close()
+
+    published = asyncio.run(lag_near_max_bytes())
+    text = runner.invoke(app, ["status"], env=env)
+    assert text.exit_code == 0, text.output
+    line = next(ln for ln in text.output.splitlines() if ln.startswith("warning"))
+    assert durable in line and "max_bytes (200,000)" in line and "170 messages not stored" in line
+    first = _lag_with(env)
+    assert "max_bytes" in first["warning"] and "max_age" not in first["warning"]
+
+    # Once the unstored messages are 4 s old (80% of max_age; the server drops them at 5 s).
+    aged: dict[str, Any] = {}
+
+    def warns_of_max_age() -> bool:
+        aged.update(_lag_with(env))
+        return "max_age" in (aged["warning"] or "")
+
+    wait_until(warns_of_max_age, 4.8, "the max_age warning", interval=0.1)
+    assert time.monotonic() - published >= 4.0  # not earlier than 80% of max_age
+    assert "max_age of MARKET is 5 s" in aged["warning"] and "max_bytes" in aged["warning"]
+
+
+def _lag_with(env: dict[str, str]) -> dict[str, Any]:
+    out = runner.invoke(app, ["status", "--json"], env=env)
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    return next(c for c in report["consumers"] if c["table"] == TABLE)
 
 
 def test_status_text_says_nats_is_unreachable(tmp_path: Path) -> None:

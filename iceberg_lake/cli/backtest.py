@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import pyarrow as pa
 import typer
 
-from iceberg_lake.cli.common import AS_OF_OPTION, console, err_console, open_catalog
+from iceberg_lake.cli.common import (
+    AS_OF_OPTION,
+    Window,
+    console,
+    err_console,
+    open_catalog,
+    option,
+    option_group,
+    window_options,
+)
 from iceberg_lake.cli.query import QueryOutput as TableOutput  # the same outputs as `lake query`
-from iceberg_lake.cli.query import parse_as_of, parse_window, write_result
+from iceberg_lake.cli.query import parse_as_of, write_result
 
 
 def register(app: typer.Typer) -> None:
@@ -19,53 +29,76 @@ def register(app: typer.Typer) -> None:
     app.command("asof")(asof)
 
 
-_START = typer.Option(None, "--start", help="Unix ns or ISO time/date (UTC).")
-_END = typer.Option(None, "--end", help="Exclusive end; default: start + 1 day for a date.")
-_SESSION = typer.Option(None, "--session", help="Trading day (YYYY-MM-DD): its session.")
-_CALENDAR = typer.Option("XNYS", "--calendar", help="Calendar of --session: XNYS, CME_Equity, …")
-_OUTPUT = typer.Option("--output", "-o", help="table, csv, json or parquet (needs --file).")
-_FILE = typer.Option("--file", help="Write the result here instead of printing it.")
-_LIMIT = typer.Option(50, "--limit", help="Rows shown by --output table (0: all).")
+@dataclass(frozen=True)
+class Result:
+    """Where a backtest command's Arrow result goes (`--output`, `--file`, `--limit`)."""
+
+    output: TableOutput
+    file: Path | None
+    limit: int
+
+    def emit(self, result: pa.Table, what: str) -> None:
+        """Print or write `result`: a table of at most `limit` rows, or as `lake query` does."""
+        output, file, limit = self.output, self.file, self.limit
+        if output == TableOutput.parquet and file is None:
+            raise typer.BadParameter("--output parquet needs --file", param_hint="--file")
+        if output != TableOutput.table or file is not None:
+            write_result(result, output, file)
+        else:
+            from rich.table import Table as RichTable
+
+            shown = result if not limit else result.slice(0, limit)
+            table = RichTable(title=what)
+            for name in shown.column_names:
+                table.add_column(name, overflow="fold")
+            for row in shown.to_pylist():
+                table.add_row(*["" if v is None else str(v) for v in row.values()])
+            console.print(table)
+        err_console.print(f"{what}: {result.num_rows} rows", highlight=False)
 
 
-def _emit(result: pa.Table, output: TableOutput, file: Path | None, limit: int, what: str) -> None:
-    """Print or write an Arrow result: a table of at most `limit` rows, or as `lake query` does."""
-    if output == TableOutput.parquet and file is None:
-        raise typer.BadParameter("--output parquet needs --file", param_hint="--file")
-    if output != TableOutput.table or file is not None:
-        write_result(result, output, file)
-    else:
-        from rich.table import Table as RichTable
+#: `--output`, `--file`, `--limit`, passed as `result: Result`.
+result_options = option_group(
+    "result",
+    Result,
+    [
+        option(
+            "output",
+            TableOutput,
+            TableOutput.table,
+            "--output",
+            "-o",
+            text="table, csv, json or parquet (needs --file).",
+        ),
+        option(
+            "file",
+            Path | None,
+            None,
+            "--file",
+            text="Write the result here instead of printing it.",
+        ),
+        option("limit", int, 50, "--limit", text="Rows shown by --output table (0: all)."),
+    ],
+)
 
-        shown = result if not limit else result.slice(0, limit)
-        table = RichTable(title=what)
-        for name in shown.column_names:
-            table.add_column(name, overflow="fold")
-        for row in shown.to_pylist():
-            table.add_row(*["" if v is None else str(v) for v in row.values()])
-        console.print(table)
-    err_console.print(f"{what}: {result.num_rows} rows", highlight=False)
 
-
+@window_options()
+@result_options
 def bars(
     table: str = typer.Argument(..., help="Trades or quotes table, e.g. silver.stocks_trades."),
     every: str = typer.Option("1m", "--every", help="Bar width: 5s, 1m, 15m, 1h, 250ms, …"),
     by: str | None = typer.Option("symbol", "--by", help="Group column; '' for one series."),
-    start: str | None = _START,
-    end: str | None = _END,
-    session: str | None = _SESSION,
-    calendar: str = _CALENDAR,
+    *,
+    window: Window,
     as_of: Annotated[list[str] | None, AS_OF_OPTION] = None,
-    output: Annotated[TableOutput, _OUTPUT] = TableOutput.table,
-    file: Annotated[Path | None, _FILE] = None,
-    limit: int = _LIMIT,
+    result: Result,
 ) -> None:
     """Time bars: OHLCV, VWAP and trade count from trades; mid/spread OHLC from quotes."""
     from iceberg_lake.timetravel.query import Lake
 
-    start_ns, end_ns = parse_window(start, end, session, calendar)
+    start_ns, end_ns = window.ns()
     with Lake(open_catalog()) as lake:
-        result = lake.bars(
+        series = lake.bars(
             table,
             every,
             start_ns=start_ns,
@@ -73,9 +106,11 @@ def bars(
             by=by or None,
             as_of=parse_as_of(as_of),
         )
-    _emit(result, output, file, limit, f"{table} {every} bars")
+    result.emit(series, f"{table} {every} bars")
 
 
+@window_options()
+@result_options
 def asof(
     left: str = typer.Argument(..., help="Trades table, e.g. silver.stocks_trades."),
     right: str = typer.Argument(..., help="Quotes table, e.g. silver.stocks_quotes."),
@@ -87,22 +122,18 @@ def asof(
     lookback: float = typer.Option(
         3600.0, "--lookback", help="Seconds before the window a prevailing quote may lie."
     ),
-    start: str | None = _START,
-    end: str | None = _END,
-    session: str | None = _SESSION,
-    calendar: str = _CALENDAR,
+    *,
+    window: Window,
     as_of: Annotated[list[str] | None, AS_OF_OPTION] = None,
-    output: Annotated[TableOutput, _OUTPUT] = TableOutput.table,
-    file: Annotated[Path | None, _FILE] = None,
-    limit: int = _LIMIT,
+    result: Result,
 ) -> None:
     """Each trade with the quote prevailing at its event time (DuckDB ASOF JOIN)."""
     from iceberg_lake.timetravel.query import Lake
 
-    start_ns, end_ns = parse_window(start, end, session, calendar)
+    start_ns, end_ns = window.ns()
     quote_columns = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     with Lake(open_catalog()) as lake:
-        result = lake.asof_join(
+        joined = lake.asof_join(
             left,
             right,
             start_ns=start_ns,
@@ -113,4 +144,4 @@ def asof(
             lookback_ns=int(lookback * 1e9),
             as_of=parse_as_of(as_of),
         )
-    _emit(result, output, file, limit, f"{left} as of {right}")
+    result.emit(joined, f"{left} as of {right}")

@@ -14,8 +14,9 @@ from iceberg_lake.cli.common import (
     console,
     emit,
     open_catalog,
+    parse_time_ns,
 )
-from iceberg_lake.cli.query import _split, parse_as_of, parse_time_ns
+from iceberg_lake.cli.query import _split, parse_as_of
 from iceberg_lake.ops.check import CHECKS, CheckReport
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -17,18 +21,27 @@ from iceberg_lake.cli.output import (
     get_output,
 )
 from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.timetravel import snapshots
 
 __all__ = [
     "AS_OF_OPTION",
     "OUTPUT_OPTION",
     "OutputFormat",
+    "Window",
     "console",
     "emit",
     "err_console",
     "format_ms",
     "open_catalog",
+    "option",
+    "option_group",
+    "parse_time_ns",
+    "parse_window",
     "settings",
+    "window_options",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: `--as-of` of the read commands (`Annotated[list[str] | None, AS_OF_OPTION]`, parsed by
 #: `cli.query.parse_as_of`): one pin for every table, or TABLE=PIN per table.
@@ -59,3 +72,158 @@ def emit(
 ) -> None:
     """Print rows in the chosen format (see `iceberg_lake.cli.output`)."""
     get_output(output).rows(rows, title=title, columns=columns)
+
+
+# ---- option groups ---------------------------------------------------------------------------
+
+
+def option_group(
+    name: str, build: Callable[..., Any], options: Sequence[inspect.Parameter]
+) -> Callable[[F], F]:
+    """A decorator that gives a command a group of options as one argument.
+
+    The command declares a keyword-only parameter `name` (no default); Typer sees `options` in
+    its place (same position, so `--help` lists them where the parameter stands), and the
+    command receives
+    `build(**values of options)` as `name`. Flags, defaults and help live once, here or in the
+    module that defines the group.
+
+    Args:
+        name: the command's parameter that receives the group.
+        build: makes the group object from the options' values (keyword arguments).
+        options: the options as keyword-only `inspect.Parameter`s, annotated
+            `Annotated[T, typer.Option(...)]` with their defaults.
+
+    Returns:
+        The decorator.
+    """
+
+    def decorate(fn: F) -> F:
+        sig = inspect.signature(fn, eval_str=True)
+        if name not in sig.parameters:
+            raise TypeError(f"{fn.__name__} has no parameter {name!r} for its option group")
+        params: list[inspect.Parameter] = []
+        for param in sig.parameters.values():
+            # Typer passes every value by keyword, so all may be keyword-only (the command
+            # declares its group after `*`, since the group has no default).
+            kw = param.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            params.extend(options if param.name == name else [kw])
+        names = [o.name for o in options]
+
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            kwargs[name] = build(**{n: kwargs.pop(n) for n in names})
+            return fn(*args, **kwargs)
+
+        # Typer reads the signature and type hints of `command`, not of `fn`.
+        del command.__wrapped__
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__annotations__["return"] = sig.return_annotation
+        return command  # type: ignore[return-value]
+
+    return decorate
+
+
+def option(name: str, annotation: Any, default: Any, *decls: str, text: str) -> inspect.Parameter:
+    """One option of an `option_group`: parameter `name` of type `annotation`, flags `decls`,
+    help `text`."""
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=default,
+        annotation=Annotated[annotation, typer.Option(*decls, help=text)],
+    )
+
+
+@dataclass(frozen=True)
+class Window:
+    """`--start/--end` or `--session/--calendar` as given (see `window_options`)."""
+
+    start: str | None
+    end: str | None
+    session: str | None
+    calendar: str
+
+    @property
+    def given(self) -> bool:
+        """Whether a window was asked for (`--start` or `--session`)."""
+        return self.start is not None or self.session is not None
+
+    def ns(self) -> tuple[int, int]:
+        """The `[start_ns, end_ns)` window (see `parse_window`)."""
+        return parse_window(self.start, self.end, self.session, self.calendar)
+
+
+def window_options(
+    *, start_help: str = "Unix ns or ISO time/date (UTC).", end_help: str | None = None
+) -> Callable[[F], F]:
+    """Options `--start`, `--end`, `--session`, `--calendar`, passed as `window: Window`.
+
+    Args:
+        start_help: help of `--start` (commands differ in what no `--start` means).
+        end_help: help of `--end` (default: start + 1 day for a date).
+    """
+    return option_group(
+        "window",
+        Window,
+        [
+            option("start", str | None, None, "--start", text=start_help),
+            option(
+                "end",
+                str | None,
+                None,
+                "--end",
+                text=end_help or "Exclusive end; default: start + 1 day for a date.",
+            ),
+            option(
+                "session",
+                str | None,
+                None,
+                "--session",
+                text="Trading day (YYYY-MM-DD): the window is its session.",
+            ),
+            option(
+                "calendar",
+                str,
+                "XNYS",
+                "--calendar",
+                text="Calendar of --session: XNYS, CME_Equity, XNAS, …",
+            ),
+        ],
+    )
+
+
+def parse_time_ns(text: str, option: str) -> int:
+    """`--start/--end`: Unix nanoseconds, or an ISO time/date (naive = UTC)."""
+    raw = text.strip()
+    if raw.lstrip("-").isdigit():
+        return int(raw)
+    when = snapshots.parse_timestamp(raw)
+    if when is None:
+        raise typer.BadParameter(
+            f"{text!r} is neither Unix nanoseconds nor an ISO time", param_hint=option
+        )
+    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def parse_window(
+    start: str | None, end: str | None, session: str | None, calendar: str
+) -> tuple[int, int]:
+    """`--start/--end` or `--session/--calendar` as a `[start_ns, end_ns)` window."""
+    if session is not None:
+        if start is not None or end is not None:
+            raise typer.BadParameter("give --session or --start/--end, not both")
+        from iceberg_lake.timetravel.sessions import session_window
+
+        window = session_window(session, calendar)
+        return window.open_ns, window.close_ns
+    if start is None:
+        raise typer.BadParameter("--start (or --session) is required", param_hint="--start")
+    start_ns = parse_time_ns(start, "--start")
+    if end is None:
+        if len(start.strip()) != 10:
+            raise typer.BadParameter("--end is required unless --start is a date")
+        return start_ns, start_ns + 86_400 * 1_000_000_000
+    return start_ns, parse_time_ns(end, "--end")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,13 +15,16 @@ import typer
 
 from iceberg_lake import properties as P
 from iceberg_lake.cli.common import (
+    AS_OF_OPTION,
     OUTPUT_OPTION,
     OutputFormat,
+    Window,
     console,
     emit,
     err_console,
     format_ms,
     open_catalog,
+    window_options,
 )
 from iceberg_lake.cli.output import root_format
 from iceberg_lake.exceptions import TimeTravelError
@@ -81,20 +83,6 @@ def parse_as_of(values: list[str] | None) -> AsOfSpec:
 def _pin(text: str) -> AsOf:
     text = text.strip()
     return int(text) if text.isdigit() else text
-
-
-def parse_time_ns(text: str, option: str) -> int:
-    """`--start/--end`: Unix nanoseconds, or an ISO time/date (naive = UTC)."""
-    raw = text.strip()
-    if raw.lstrip("-").isdigit():
-        return int(raw)
-    when = snapshots.parse_timestamp(raw)
-    if when is None:
-        raise typer.BadParameter(
-            f"{text!r} is neither Unix nanoseconds nor an ISO time", param_hint=option
-        )
-    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -321,29 +309,17 @@ class ReplayFormat(StrEnum):
     parquet = "parquet"
 
 
+@window_options(
+    start_help="Unix ns or ISO time/date (UTC); default: replay everything the pins hold."
+)
 def replay(
     tables: Annotated[
         list[str] | None,
         typer.Option("--tables", help="Tables in tie-break order (comma-separated or repeated)."),
     ] = None,
-    start: str | None = typer.Option(
-        None,
-        "--start",
-        help="Unix ns or ISO time/date (UTC); default: replay everything the pins hold.",
-    ),
-    end: str | None = typer.Option(
-        None, "--end", help="Exclusive end; default: start + 1 day when start is a date."
-    ),
-    session: str | None = typer.Option(
-        None, "--session", help="Trading day (YYYY-MM-DD): the window is its session."
-    ),
-    calendar: str = typer.Option(
-        "XNYS", "--calendar", help="Calendar of --session: XNYS, CME_Equity, XNAS, …"
-    ),
-    as_of: Annotated[
-        list[str] | None,
-        typer.Option("--as-of", help="Tag, snapshot id or ISO time, or TABLE=PIN (repeat)."),
-    ] = None,
+    *,
+    window: Window,
+    as_of: Annotated[list[str] | None, AS_OF_OPTION] = None,
     from_manifest: Annotated[
         Path | None,
         typer.Option("--from-manifest", help="Replay exactly the pins and window of a manifest."),
@@ -416,18 +392,18 @@ def replay(
         names = _split(tables)
         if not names:
             raise typer.BadParameter("name at least one table", param_hint="--tables")
-        if start is None and session is None:
+        if not window.given:
             # No window: everything the pinned snapshots hold (from file metadata).
             from iceberg_lake.timetravel.readers import event_time_range
 
-            window = event_time_range(catalog, names, parse_as_of(as_of))
-            if window is None:
+            held = event_time_range(catalog, names, parse_as_of(as_of))
+            if held is None:
                 raise TimeTravelError(
                     "nothing to replay: the pinned snapshots hold no rows (give --start/--end)"
                 )
-            start_ns, end_ns = window
+            start_ns, end_ns = held
         else:
-            start_ns, end_ns = parse_window(start, end, session, calendar)
+            start_ns, end_ns = window.ns()
         engine = ReplayEngine(
             catalog,
             names,
@@ -462,27 +438,6 @@ def replay(
         highlight=False,
         soft_wrap=True,
     )
-
-
-def parse_window(
-    start: str | None, end: str | None, session: str | None, calendar: str
-) -> tuple[int, int]:
-    """`--start/--end` or `--session/--calendar` as a `[start_ns, end_ns)` window."""
-    if session is not None:
-        if start is not None or end is not None:
-            raise typer.BadParameter("give --session or --start/--end, not both")
-        from iceberg_lake.timetravel.sessions import session_window
-
-        window = session_window(session, calendar)
-        return window.open_ns, window.close_ns
-    if start is None:
-        raise typer.BadParameter("--start (or --session) is required", param_hint="--start")
-    start_ns = parse_time_ns(start, "--start")
-    if end is None:
-        if len(start.strip()) != 10:
-            raise typer.BadParameter("--end is required unless --start is a date")
-        return start_ns, start_ns + 86_400 * 1_000_000_000
-    return start_ns, parse_time_ns(end, "--end")
 
 
 def _write_batches(engine: Any, fmt: ReplayFormat, out: Path) -> dict[str, Any]:

@@ -52,18 +52,7 @@ class DuckSession:
         """A new cursor of the shared database (the caller closes it)."""
         with self._lock:
             if self._con is None:
-                s = self._settings
-                s3 = s.is_s3 or bool(s.s3_endpoint)
-                con = duck.connect(extensions=("httpfs",) if s3 else ())
-                if s3:
-                    duck.configure_s3(
-                        con,
-                        s.s3_endpoint or "https://s3.amazonaws.com",
-                        s.s3_access_key or "",
-                        s.s3_secret_key or "",
-                        s.s3_region,
-                    )
-                self._con = con
+                self._con = duck.connect_lake(self._settings)
             if iceberg and not self._iceberg_loaded:
                 extra = duck.connect(extensions=("avro", "iceberg"))  # installs from the wheels
                 extra.close()

@@ -355,9 +355,8 @@ def create_live_views(
             sources.append(TailSource(definition, table))
     ends: dict[str, int] = {}
     if sources:
-        if lake._live is None:
-            lake._live = NatsLoop(catalog)
-        ends = lake._live.run(_read_tails(lake._live, sources))
+        loop = lake.live_loop()
+        ends = loop.run(_read_tails(loop, sources))
     ranges: dict[str, LiveRange] = {}
     pins: dict[str, int | None] = {}
     by_ident = {s.identifier: s for s in sources}
@@ -369,8 +368,7 @@ def create_live_views(
         sql = scan_sql(table, sid)
         if ident in by_ident:
             src = by_ident[ident]
-            assert lake._live is not None
-            rows, messages = lake._live.tails[ident].view(ends[ident])
+            rows, messages = lake.live_loop().tails[ident].view(ends[ident])
             if rows.num_rows:
                 rel = f"__live_tail_{ns}_{name}"
                 con.register(rel, rows)
@@ -569,7 +567,7 @@ class LiveTail:
         self.lateness_seconds = lateness_seconds
         self.poll_seconds = poll_seconds
         self.sources: list[tuple[int, TailSource, Any]] = []
-        for index, src in enumerate(engine._sources):
+        for index, src in enumerate(engine.pinned_sources):
             if is_live_table(src.definition):
                 self.sources.append((index, TailSource(src.definition, src.table), src))
         self.tail_events = 0
@@ -647,7 +645,7 @@ class LiveTail:
         ends = loop.run(setup())
         stop_at = None if self.follow else ends
         engine = self.engine
-        engine._complete = False
+        engine.set_complete(False)
         end_wall_ns = self.engine.end_ns + int(self.lateness_seconds * 1e9)
         try:
             while True:
@@ -658,7 +656,7 @@ class LiveTail:
                     followers[i].last_seq >= stop_at.get(i, 0) for i in followers
                 )
                 if done:
-                    engine._complete = True
+                    engine.set_complete(True)
                     return
                 arrived = loop.run(poll(self.poll_seconds))
                 yield from self._round(arrived, stop_at)
@@ -707,9 +705,7 @@ class LiveTail:
         for _, event in keyed:
             self.tail_events += 1
             # The engine's manifest counts and hashes the tail like the history.
-            engine._count += 1
-            engine._per_table[event.table] += 1
-            engine._hash.update(event.table.encode() + b"\x1f" + event.payload + b"\n")
+            engine.record_event(event)
             yield event
 
 

@@ -38,6 +38,8 @@ from iceberg_lake.timetravel.snapshots import AsOfSpec, pin_for, resolve_as_of
 if TYPE_CHECKING:
     import pandas as pd
 
+    from iceberg_lake.timetravel.live import NatsLoop
+
 __all__ = ["Lake", "duckdb_path", "scan_sql"]
 
 _TABLE_REF = re.compile(r"\b(" + "|".join(NAMESPACES) + r")\s*\.\s*\"?([A-Za-z_][A-Za-z0-9_]*)")
@@ -77,7 +79,7 @@ class Lake:
         #: (`iceberg_lake.timetravel.live.LiveRange`).
         self.last_live: dict[str, Any] = {}
         self._session: DuckDBPyConnection | None = None
-        self._live: Any = None  # NATS loop of the live views, made on first use
+        self._live: NatsLoop | None = None  # NATS loop of the live views (`live_loop()`)
 
     def pins(
         self, as_of: AsOfSpec = None, tables: Iterable[str] | None = None
@@ -132,19 +134,9 @@ class Lake:
         secret for object-store warehouses), UTC, the `bronze`/`silver`/`gold` schemas, no views.
         """
         s = self.settings
-        remote = s.is_s3 or bool(s.s3_endpoint)
-        # httpfs is only needed for object stores; loading it costs ~0.2 s per connection.
-        con = duck.connect(extensions=duck.EXTENSIONS if remote else ("avro", "iceberg"))
+        con = duck.connect_lake(s, extensions=("avro", "iceberg"))
         try:
             con.execute("SET TimeZone = 'UTC'")
-            if remote:
-                duck.configure_s3(
-                    con,
-                    s.s3_endpoint or "https://s3.amazonaws.com",
-                    s.s3_access_key or "",
-                    s.s3_secret_key or "",
-                    s.s3_region,
-                )
             for ns in NAMESPACES:
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {ns}")
             if self.sandbox:
@@ -227,6 +219,15 @@ class Lake:
             raise LakeError(f"query refused: {exc}") from None
         except duckdb.Error as exc:
             raise LakeError(f"query failed: {_first_line(exc)}") from None
+
+    def live_loop(self) -> NatsLoop:
+        """The NATS loop this lake's live views read the JetStream
+        tails with: made on first use, kept between queries, closed by `close()`."""
+        if self._live is None:
+            from iceberg_lake.timetravel.live import NatsLoop
+
+            self._live = NatsLoop(self.catalog)
+        return self._live
 
     def close(self) -> None:
         """Close the connection `query()` keeps between calls (connections from `duckdb()` are

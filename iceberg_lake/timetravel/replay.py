@@ -622,6 +622,28 @@ class ReplayEngine:
         days = self.catalog.settings.replay_pin_max_age_days
         pin_snapshots(self.catalog, self.pins, self.pin_tag, days)
 
+    # ---- seam for the live tail (`timetravel.live.LiveTail`) ----------------------------------
+    # What an extension delivering events past the pinned snapshots may use; the window
+    # pipeline below stays private.
+
+    @property
+    def pinned_sources(self) -> tuple[_Source, ...]:
+        """The tables in tie-break order, each with its pinned snapshot (read-only use:
+        `definition`, `table`, `identifier`, `columns`, `order`)."""
+        return tuple(self._sources)
+
+    def set_complete(self, complete: bool) -> None:
+        """Set the manifest's `complete` flag for the current iteration (the live tail clears
+        it while it reads past the pinned snapshots and sets it when it has read its range)."""
+        self._complete = complete
+
+    def record_event(self, event: ReplayEvent) -> None:
+        """Count and hash `event`, delivered after the pinned windows, exactly as the window
+        pipeline counts and hashes its own events, so the manifest covers it."""
+        self._count += 1
+        self._per_table[event.table] += 1
+        self._hash.update(event.table.encode() + b"\x1f" + event.payload + b"\n")
+
     # ---- the window pipeline ------------------------------------------------------------------
 
     def _reset(self) -> None:

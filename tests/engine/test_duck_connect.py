@@ -1,0 +1,54 @@
+"""`engine.duck.connect_lake`: the one DuckDB set-up for the warehouse (budget < 1 s).
+
+A local warehouse gets only the extensions asked for; an object store also httpfs and the S3
+secret from the settings (path-style, SSL from the endpoint's scheme).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from iceberg_lake.config import load_settings
+from iceberg_lake.engine import duck
+
+
+def _loaded(con) -> set[str]:  # noqa: ANN001
+    rows = con.sql("SELECT extension_name FROM duckdb_extensions() WHERE loaded").fetchall()
+    return {r[0] for r in rows}
+
+
+def test_local_warehouse_loads_no_httpfs_and_creates_no_secret(tmp_path: Path) -> None:
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "data")})
+    assert not duck.uses_object_store(settings)
+    con = duck.connect_lake(settings, extensions=("avro", "iceberg"))
+    try:
+        assert {"avro", "iceberg"} <= _loaded(con) and "httpfs" not in _loaded(con)
+        assert con.sql("SELECT count(*) FROM duckdb_secrets()").fetchone() == (0,)
+    finally:
+        con.close()
+
+
+def test_object_store_gets_httpfs_and_the_s3_secret(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "LAKE_DATA_DIR": str(tmp_path / "data"),
+            "LAKE_WAREHOUSE": "s3://bucket/warehouse",
+            "LAKE_S3_ENDPOINT": "http://127.0.0.1:8333",
+            "LAKE_S3_ACCESS_KEY": "AK",
+            "LAKE_S3_SECRET_KEY": "SK",
+            "LAKE_S3_REGION": "eu-west-1",
+        }
+    )
+    assert duck.uses_object_store(settings)
+    con = duck.connect_lake(settings)
+    try:
+        assert "httpfs" in _loaded(con)
+        (name, kind, secret) = con.sql(
+            "SELECT name, type, secret_string FROM duckdb_secrets()"
+        ).fetchone()
+        assert (name, kind) == ("lake_s3", "s3")
+        for part in ("endpoint=127.0.0.1:8333", "region=eu-west-1", "url_style=path"):
+            assert part in secret
+        assert "use_ssl=false" in secret or "use_ssl=0" in secret
+    finally:
+        con.close()
