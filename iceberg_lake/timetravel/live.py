@@ -57,6 +57,8 @@ from iceberg_lake.engine.nats_tail import (
     last_subject_msg,
     last_subject_seq,
     read_tail,
+    removed_range,
+    stream_first_seq,
 )
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.ingest.decode import TableCodec
@@ -81,10 +83,27 @@ __all__ = [
     "create_live_views",
     "freshness",
     "is_live_table",
+    "live_warnings",
+    "removed_warning",
 ]
 
 T = TypeVar("T")
 _encoder = msgspec.json.Encoder(order="sorted")
+
+
+def removed_warning(table: str, stream: str, subject: str, removed: tuple[int, int]) -> str:
+    """The one-line warning for stream sequences removed before `table` committed them."""
+    lo, hi = removed
+    return (
+        f"{table}: stream {stream} no longer holds seq {lo}..{hi} (removed by its limits "
+        f"max_age/max_bytes/max_msgs, or a purge, before the table committed them): any "
+        f"{subject} messages among them are missing from the live view"
+    )
+
+
+def live_warnings(ranges: dict[str, LiveRange]) -> list[str]:
+    """The warnings of a live query's ranges (`Lake.last_live`), one line each."""
+    return [w for r in ranges.values() if (w := r.warning) is not None]
 
 
 def is_live_table(definition: TableDefinition) -> bool:
@@ -106,6 +125,8 @@ class LiveRange:
         tail_messages: messages read from the stream.
         tail_rows: rows they decoded to (rejected messages and events left out).
         newest_tail_ns: largest `ts_event_ns` among the tail rows (None: no rows).
+        removed: `(first, last)` stream sequences after the watermark that the stream removed
+            (its limits) before they were committed or read: a possible gap (None: none).
     """
 
     table: str
@@ -117,6 +138,14 @@ class LiveRange:
     tail_messages: int
     tail_rows: int
     newest_tail_ns: int | None
+    removed: tuple[int, int] | None = None
+
+    @property
+    def warning(self) -> str | None:
+        """One line when the stream removed messages the live view may lack (else None)."""
+        if self.removed is None:
+            return None
+        return removed_warning(self.table, self.stream, self.subject, self.removed)
 
     def describe(self) -> str:
         """`bronze.x@<snapshot> + MARKET seq 101..250 (150 rows)`."""
@@ -261,6 +290,14 @@ class _TailCache:
         self.rows = arrow_schema.empty_table()
         self.row_seqs = np.zeros(0, dtype=np.int64)
         self.msg_seqs = np.zeros(0, dtype=np.int64)
+        #: Stream sequences after `after` removed by the stream's limits before they were read.
+        self.removed: tuple[int, int] | None = None
+
+    def note_removed(self, removed: tuple[int, int] | None) -> None:
+        """Remember a removed range (merged with the one already noted)."""
+        if removed is not None:
+            old = self.removed or removed
+            self.removed = (min(old[0], removed[0]), max(old[1], removed[1]))
 
     def advance(self, watermark: int) -> None:
         """Forget what the snapshot now holds (sequences at or below `watermark`)."""
@@ -271,6 +308,10 @@ class _TailCache:
             self.rows = self.rows.filter(pa.array(keep))
             self.row_seqs = self.row_seqs[keep]
         self.msg_seqs = self.msg_seqs[self.msg_seqs > watermark]
+        if self.removed is not None:
+            # A commit beyond the removed range holds whatever of it was the table's.
+            lo, hi = self.removed
+            self.removed = (max(lo, watermark + 1), hi) if hi > watermark else None
         self.after = watermark
         self.last_seq = max(self.last_seq, watermark)
 
@@ -313,7 +354,10 @@ async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, in
             cache = _TailCache(src.watermark, src.schema_id, src.arrow_schema)
             loop.tails[src.identifier] = cache
         cache.advance(src.watermark)
-        msgs = await read_tail(js, src.stream, src.subject, cache.last_seq, upto)
+        before = cache.last_seq
+        msgs = await read_tail(js, src.stream, src.subject, before, upto)
+        # Taken after the read: a message the stream removed before it was read lies below.
+        cache.note_removed(removed_range(before, await stream_first_seq(js, src.stream)))
         rows, seqs = src.decode_with_seqs(msgs)
         cache.add(msgs, rows, seqs)
         # Every message on the subject up to `upto` has been read (it was the newest one).
@@ -370,7 +414,8 @@ def create_live_views(
         if ident in by_ident:
             src = by_ident[ident]
             assert lake._live is not None
-            rows, messages = lake._live.tails[ident].view(ends[ident])
+            cache = lake._live.tails[ident]
+            rows, messages = cache.view(ends[ident])
             if rows.num_rows:
                 rel = f"__live_tail_{ns}_{name}"
                 con.register(rel, rows)
@@ -385,6 +430,7 @@ def create_live_views(
                 tail_messages=messages,
                 tail_rows=rows.num_rows,
                 newest_tail_ns=_newest(rows),
+                removed=cache.removed,
             )
         with catalog_errors(f"opening {ident}"):
             con.execute(f"CREATE OR REPLACE VIEW {ns}.{quote_ident(name)} AS {sql}")
@@ -406,6 +452,8 @@ class Freshness:
             NATS was not read.
         committed_seconds: now − committed newest (None: no rows).
         live_seconds: now − live newest (None: unknown).
+        live_warning: set when the stream removed messages after the committed watermark
+            (by its limits, before the table committed them): the live view may have a gap.
     """
 
     table: str
@@ -413,6 +461,7 @@ class Freshness:
     live_newest_ns: int | None
     committed_seconds: float | None
     live_seconds: float | None
+    live_warning: str | None = None
 
 
 def committed_newest_ns(table: Table) -> int | None:
@@ -465,14 +514,17 @@ def committed_newest_ns(table: Table) -> int | None:
     return best
 
 
-async def _tail_newest(loop: NatsLoop, src: TailSource) -> int | None:
+async def _tail_newest(loop: NatsLoop, src: TailSource) -> tuple[int | None, str | None]:
     """Newest event time of the tail: the newest message on the subject, if beyond the
-    watermark (decoded with the writer's codec; None when it is rejected or there is none)."""
+    watermark (decoded with the writer's codec; None when it is rejected or there is none);
+    and the warning when the stream removed messages after the watermark."""
     js = await loop.js()
     msg = await last_subject_msg(js, src.stream, src.subject)
+    removed = removed_range(src.watermark, await stream_first_seq(js, src.stream))
+    warning = removed_warning(src.identifier, src.stream, src.subject, removed) if removed else None
     if msg is None or msg.seq <= src.watermark:
-        return None
-    return _newest(src.decode([msg]))
+        return None, warning
+    return _newest(src.decode([msg])), warning
 
 
 def freshness(
@@ -508,12 +560,12 @@ def freshness(
         committed[ident] = committed_newest_ns(table)
         if live and is_live_table(catalog.definition(ident)):
             sources.append(TailSource(catalog.definition(ident), table))
-    tails: dict[str, int | None] = {}
+    tails: dict[str, tuple[int | None, str | None]] = {}
     if sources:
         loop = NatsLoop(catalog)
         try:
 
-            async def all_tails() -> list[int | None]:
+            async def all_tails() -> list[tuple[int | None, str | None]]:
                 return await asyncio.wait_for(
                     asyncio.gather(*(_tail_newest(loop, s) for s in sources)), timeout
                 )
@@ -528,10 +580,12 @@ def freshness(
     out: dict[str, Freshness] = {}
     for ident, c in committed.items():
         lv: int | None = None
+        warning: str | None = None
         if ident in tails:
-            candidates = [v for v in (c, tails[ident]) if v is not None]
+            tail_ns, warning = tails[ident]
+            candidates = [v for v in (c, tail_ns) if v is not None]
             lv = max(candidates) if candidates else None
-        out[ident] = Freshness(ident, c, lv, age(c), age(lv) if ident in tails else None)
+        out[ident] = Freshness(ident, c, lv, age(c), age(lv) if ident in tails else None, warning)
     return out
 
 
@@ -575,6 +629,10 @@ class LiveTail:
         self.tail_events = 0
         self.tail_ranges: dict[str, list[int]] = {}
         self.rounds = 0
+        #: Table → stream sequences after its watermark removed by the stream's limits before
+        #: the tail read them (checked once, when the tail starts).
+        self.removed: dict[str, tuple[int, int]] = {}
+        self._checked = False
         self._loop: NatsLoop | None = None
 
     def manifest_extra(self) -> dict[str, Any]:
@@ -591,11 +649,45 @@ class LiveTail:
                         "stream": src.stream,
                         "watermark": src.watermark,
                         "last_seq": self.tail_ranges.get(src.identifier, [src.watermark])[-1],
+                        "removed": list(self.removed[src.identifier])
+                        if src.identifier in self.removed
+                        else None,
                     }
                     for _, src, _ in self.sources
                 },
+                "warnings": self.warnings(),
             }
         }
+
+    def warnings(self) -> list[str]:
+        """One line per table whose tail the stream's limits cut (messages removed unread)."""
+        return [
+            removed_warning(src.identifier, src.stream, src.subject, self.removed[src.identifier])
+            for _, src, _ in self.sources
+            if src.identifier in self.removed
+        ]
+
+    def _check_removed(self, arrived: dict[str, list[TailMessage]]) -> None:
+        """Note, once, the sequences after each watermark the stream removed before the tail
+        read them: below the stream's first sequence (taken now, after the first round) and
+        below the first tail message delivered."""
+        if self._checked or self._loop is None:
+            return
+        self._checked = True
+        loop = self._loop
+
+        async def firsts() -> dict[str, int]:
+            js = await loop.js()
+            streams = {src.stream for _, src, _ in self.sources}
+            return {s: await stream_first_seq(js, s) for s in sorted(streams)}
+
+        first = loop.run(firsts())
+        for _, src, _ in self.sources:
+            got = arrived.get(src.identifier)
+            upto = first[src.stream] if not got else min(first[src.stream], got[0].seq)
+            removed = removed_range(src.watermark, upto)
+            if removed is not None:
+                self.removed[src.identifier] = removed
 
     def events(self, history: Iterator[ReplayEvent]) -> Iterator[ReplayEvent]:
         """`history` (the engine's events), then the tail events of the window.
@@ -612,6 +704,7 @@ class LiveTail:
         self._loop = NatsLoop(self.engine.catalog)
         try:
             yield from self._tail()
+            self._check_removed({})  # a tail with nothing to read: no round checked it
         finally:
             self._loop.close()
             self._loop = None
@@ -670,6 +763,7 @@ class LiveTail:
     ) -> Iterator[ReplayEvent]:
         from iceberg_lake.timetravel.replay import ReplayEvent
 
+        self._check_removed(arrived)
         lo, hi = self.engine.start_ns, self.engine.end_ns
         keyed: list[tuple[tuple[Any, ...], ReplayEvent]] = []
         for index, src, replay_src in self.sources:

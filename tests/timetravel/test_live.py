@@ -421,3 +421,65 @@ def test_live_replay_without_follow_publishes_history_and_tail_to_nats(
         assert manifest["live"]["tail_events"] == 12
     finally:
         pub.close()
+
+
+def test_live_views_report_messages_the_stream_limits_removed(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """No writer, MARKET capped at 5 messages: what the stream removed after the watermark is
+    reported with its sequence range (query metadata, CLI stderr, status, replay manifest);
+    a tail within the limit reports nothing."""
+    from nats.js.api import StreamConfig
+
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    lake = Lake(settings)
+    now = time.time_ns()
+    try:
+        info = pub.loop.run_until_complete(pub.js.stream_info("MARKET"))
+        config = StreamConfig.from_response(info.config.as_dict())
+        config.max_msgs = 5
+        pub.loop.run_until_complete(pub.js.update_stream(config))
+
+        pub.publish([event(i, now + i) for i in range(3)])
+        result = lake.query(COUNT_SQL, live=True)
+        assert result.column("n").to_pylist() == [3]
+        assert json.loads(result.schema.metadata[b"lake.live.warnings"]) == []
+        assert lake.last_live[TABLE].removed is None
+
+        # 12 published, 5 kept: seq 1..7 are gone. This Lake read 1..3 before (cached), so
+        # its view lacks 4..7; a new reader lacks 1..7.
+        pub.publish([event(i, now + i) for i in range(3, 12)])
+        result = lake.query(COUNT_SQL, live=True)
+        assert result.column("n").to_pylist() == [8]
+        assert lake.last_live[TABLE].removed == (4, 7)
+        warnings = json.loads(result.schema.metadata[b"lake.live.warnings"])
+        assert len(warnings) == 1 and "seq 4..7" in warnings[0] and TABLE in warnings[0]
+
+        out = subprocess.run(
+            [LAKE, "query", "--live", "-o", "json", COUNT_SQL],
+            env=lake_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)[0]["n"] == 5
+        assert "warning:" in out.stderr and "seq 1..7" in out.stderr, out.stderr
+
+        status = {t.table: t for t in collect_status(LakeCatalog(settings)).tables}
+        assert status[TABLE].live_warning is not None and "seq 1..7" in status[TABLE].live_warning
+        # JetStream keeps no record of the subjects it removed: every table of the stream
+        # whose watermark is below the removed range is warned about ("any ... among them").
+        quotes = status["bronze.stocks_quotes"].live_warning
+        assert quotes is not None and "any market.stocks.quotes messages" in quotes
+
+        engine = ReplayEngine(settings, [TABLE], now, now + 10**9, pin=False, live=True)
+        assert len(list(engine.all_events())) == 5
+        manifest = engine.manifest()
+        assert manifest["live"]["tables"][TABLE]["removed"] == [1, 7]
+        assert "seq 1..7" in manifest["live"]["warnings"][0]
+    finally:
+        lake.close()
+        pub.close()
