@@ -50,7 +50,7 @@ from pyiceberg.table import Table
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine import filters
-from iceberg_lake.engine.nats import consumer_target, stream_for_subject
+from iceberg_lake.engine.nats import INFERRED_TARGET, consumer_target, stream_for_subject
 from iceberg_lake.engine.nats_tail import (
     TailFollower,
     TailMessage,
@@ -62,7 +62,7 @@ from iceberg_lake.engine.nats_tail import (
 )
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.ingest.decode import TableCodec
-from iceberg_lake.ingest.routing import BronzeDecoder, Decoder, GoldDecoder
+from iceberg_lake.ingest.routing import BronzeDecoder, Decoder, GoldDecoder, InferredDecoder
 from iceberg_lake.silver.dedup import quote_ident
 from iceberg_lake.tables import GOLD, TableDefinition
 from iceberg_lake.timetravel.canonical import encode_rows
@@ -91,13 +91,16 @@ T = TypeVar("T")
 _encoder = msgspec.json.Encoder(order="sorted")
 
 
-def removed_warning(table: str, stream: str, subject: str, removed: tuple[int, int]) -> str:
+def removed_warning(
+    table: str, stream: str, subject: str, removed: tuple[int, int], *, inferred: bool = False
+) -> str:
     """The one-line warning for stream sequences removed before `table` committed them."""
     lo, hi = removed
+    which = f"{subject} messages" + (" (or ones schema inference routes here)" if inferred else "")
     return (
         f"{table}: stream {stream} no longer holds seq {lo}..{hi} (removed by its limits "
         f"max_age/max_bytes/max_msgs, or a purge, before the table committed them): any "
-        f"{subject} messages among them are missing from the live view"
+        f"{which} among them are missing from the live view"
     )
 
 
@@ -127,6 +130,10 @@ class LiveRange:
         newest_tail_ns: largest `ts_event_ns` among the tail rows (None: no rows).
         removed: `(first, last)` stream sequences after the watermark that the stream removed
             (its limits) before they were committed or read: a possible gap (None: none).
+        inferred_after: with schema inference running (its `lake_inferred` consumer exists),
+            the stream sequence after which unmapped `market.*` messages routed to this table
+            were read (None: not read); `inferred_last_seq` is the last one considered.
+        inferred_rows: rows they decoded to (included in `tail_rows`).
     """
 
     table: str
@@ -139,22 +146,38 @@ class LiveRange:
     tail_rows: int
     newest_tail_ns: int | None
     removed: tuple[int, int] | None = None
+    inferred_after: int | None = None
+    inferred_last_seq: int | None = None
+    inferred_rows: int = 0
 
     @property
     def warning(self) -> str | None:
         """One line when the stream removed messages the live view may lack (else None)."""
         if self.removed is None:
             return None
-        return removed_warning(self.table, self.stream, self.subject, self.removed)
+        return removed_warning(
+            self.table,
+            self.stream,
+            self.subject,
+            self.removed,
+            inferred=self.inferred_after is not None,
+        )
 
     def describe(self) -> str:
         """`bronze.x@<snapshot> + MARKET seq 101..250 (150 rows)`."""
         snap = self.snapshot_id if self.snapshot_id is not None else "empty"
+        inferred = ""
+        if self.inferred_rows and self.inferred_after is not None:
+            inferred = (
+                f" + inferred seq {self.inferred_after + 1}..{self.inferred_last_seq} "
+                f"({self.inferred_rows} rows)"
+            )
         if self.last_seq <= self.watermark:
-            return f"{self.table}@{snap} + {self.stream} seq >{self.watermark} (empty tail)"
+            empty = f"{self.stream} seq >{self.watermark} (empty tail)"
+            return f"{self.table}@{snap} + {empty}{inferred}"
         return (
             f"{self.table}@{snap} + {self.stream} seq {self.watermark + 1}..{self.last_seq} "
-            f"({self.tail_rows} rows)"
+            f"({self.tail_rows - self.inferred_rows} rows){inferred}"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -178,6 +201,9 @@ class NatsLoop:
         self.nc: Client | None = None
         #: Decoded tails kept between queries (table → cache).
         self.tails: dict[str, _TailCache] = {}
+        #: The schema-inference consumer was seen: its rows are read even while a writer
+        #: (re)creates it (a moment without it is no sign that inference stopped).
+        self.inferred_seen = False
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the loop and return its result (exceptions propagate)."""
@@ -223,9 +249,16 @@ class TailSource:
     Args:
         definition: the table's declared definition.
         table: the loaded table; its current snapshot is the one a live read unites with the tail.
+        mapped_subjects: with schema inference: the subjects the inference consumer skips
+            (every Bronze table's own subject), for `inferred` (None: no inferred rows).
     """
 
-    def __init__(self, definition: TableDefinition, table: Table) -> None:
+    def __init__(
+        self,
+        definition: TableDefinition,
+        table: Table,
+        mapped_subjects: frozenset[str] | None = None,
+    ) -> None:
         self.definition = definition
         self.identifier = definition.identifier
         self.table = table
@@ -243,6 +276,18 @@ class TailSource:
         )
         arrow = schema_to_pyarrow(schema, include_field_ids=False)
         self.arrow_schema = pa.schema([f.with_nullable(True) for f in arrow])
+        #: Rows the schema-inference consumer routes here: its decoder (the writer's entry
+        #: point, with only this table's codec: messages inferred elsewhere yield no rows
+        #: here) and its watermark in this table's metadata.
+        self.inferred: Decoder | None = None
+        self.inferred_watermark = 0
+        self.inferred_committed = False
+        if mapped_subjects is not None and _receives_inferred(definition):
+            inf_stream, inf_consumer, _ = consumer_target(INFERRED_TARGET)
+            inf_key = f"{properties.WATERMARK_PREFIX}{inf_stream}.{inf_consumer}"
+            self.inferred_committed = inf_key in table.properties
+            self.inferred_watermark = int(table.properties.get(inf_key, 0))
+            self.inferred = InferredDecoder({definition.schema_name: codec}, set(mapped_subjects))
 
     def decode(self, messages: Sequence[TailMessage], recv_ns: int | None = None) -> pa.Table:
         """The rows of `messages` as the writer would store them (rejected ones left out).
@@ -252,15 +297,18 @@ class TailSource:
         return self.decode_with_seqs(messages, recv_ns)[0]
 
     def decode_with_seqs(
-        self, messages: Sequence[TailMessage], recv_ns: int | None = None
+        self,
+        messages: Sequence[TailMessage],
+        recv_ns: int | None = None,
+        decoder: Decoder | None = None,
     ) -> tuple[pa.Table, np.ndarray]:
-        """`decode`, plus the stream sequence of each row's message."""
+        """`decode` (with `decoder`, default the table's own), plus each row's stream sequence."""
         empty = (self.arrow_schema.empty_table(), np.zeros(0, dtype=np.int64))
         if not messages:
             return empty
         recv = time.time_ns() if recv_ns is None else recv_ns
         bodies = [m.data for m in messages]
-        routed = self.decoder.decode(bodies, [m.subject for m in messages], recv)
+        routed = (decoder or self.decoder).decode(bodies, [m.subject for m in messages], recv)
         decoded = routed.tables.get(self.identifier)
         if decoded is None or decoded.table.num_rows == 0:
             return empty
@@ -368,6 +416,90 @@ async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, in
     return dict(zip([s.identifier for s in sources], ends, strict=True))
 
 
+# ---- rows routed by schema inference ------------------------------------------------------------
+
+#: Key suffix of a table's inferred-rows cache in `NatsLoop.tails`.
+_INFERRED = "#inferred"
+
+
+def _receives_inferred(definition: TableDefinition) -> bool:
+    """True for the tables the schema-inference writer routes into (its targets)."""
+    return definition.namespace == "bronze" and bool(definition.subject)
+
+
+def inferred_mapped_subjects(catalog: LakeCatalog) -> frozenset[str]:
+    """The subjects the inference consumer skips: every Bronze table's own (as its writer)."""
+    return frozenset(
+        d.subject for d in catalog.registry.in_namespace("bronze") if d.subject is not None
+    )
+
+
+async def _inferred_floor(loop: NatsLoop) -> int | None:
+    """The inference consumer's ack floor (None: the consumer does not exist).
+
+    Its writer acks a flush only after committing every table of it, so every message at or
+    below the floor read now is in each table's metadata loaded afterwards.
+    """
+    from nats.js.errors import NotFoundError
+
+    js = await loop.js()
+    stream, durable, _ = consumer_target(INFERRED_TARGET)
+    try:
+        info = await js.consumer_info(stream, durable)
+    except NotFoundError:
+        return None
+    return int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+
+
+async def _read_inferred(
+    loop: NatsLoop, sources: list[TailSource], floor: int, mapped: frozenset[str]
+) -> int:
+    """Bring each source's inferred-rows cache up to the stream's newest message; return it.
+
+    A table holds the inferred rows of messages up to its inference watermark, and of messages
+    up to `floor` (acked, so committed): its inferred tail starts after the larger of the two.
+    Only unmapped subjects are read (the stream lists its subjects), one ordered consumer each,
+    once for all `sources`; each table decodes them with its own inference decoder.
+    """
+    js = await loop.js()
+    stream, _, filter_subject = consumer_target(INFERRED_TARGET)
+    info = await js.stream_info(stream, subjects_filter=filter_subject)
+    upto = int(info.state.last_seq or 0)
+    unmapped = sorted(set(info.state.subjects or {}) - mapped)
+    caches: list[tuple[TailSource, _TailCache]] = []
+    for src in sources:
+        after = max(src.inferred_watermark, floor)
+        key = src.identifier + _INFERRED
+        cache = loop.tails.get(key)
+        if cache is None or cache.schema_id != src.schema_id or cache.after > after:
+            cache = _TailCache(after, src.schema_id, src.arrow_schema)
+            loop.tails[key] = cache
+        cache.advance(after)
+        caches.append((src, cache))
+    lo = min(cache.last_seq for _, cache in caches)
+    messages: list[TailMessage] = []
+    for subject in unmapped:
+        last = await last_subject_seq(js, stream, subject)
+        if last > lo:
+            messages.extend(await read_tail(js, stream, subject, lo, min(last, upto)))
+    messages.sort(key=lambda m: m.seq)
+    first = await stream_first_seq(js, stream)
+    for src, cache in caches:
+        before = cache.last_seq
+        mine = [m for m in messages if m.seq > before]
+        cache.note_removed(removed_range(before, first))
+        rows, seqs = src.decode_with_seqs(mine, decoder=src.inferred)
+        cache.add(mine, rows, seqs)
+        cache.last_seq = max(cache.last_seq, upto)
+    return upto
+
+
+def _merge(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
+    if a is None or b is None:
+        return a or b
+    return (min(a[0], b[0]), max(a[1], b[1]))
+
+
 def create_live_views(
     lake: Lake, con: duckdb.DuckDBPyConnection, identifiers: Sequence[str]
 ) -> dict[str, LiveRange]:
@@ -389,6 +521,15 @@ def create_live_views(
     from iceberg_lake.timetravel.query import scan_sql
 
     catalog = lake.catalog
+    # Schema inference: its consumer's ack floor is read BEFORE the tables are loaded, so what
+    # is at or below it is in the snapshots read (None: no consumer now).
+    floor: int | None = None
+    mapped: frozenset[str] | None = None
+    if any(_receives_inferred(catalog.definition(i)) for i in identifiers):
+        if lake._live is None:
+            lake._live = NatsLoop(catalog)
+        floor = lake._live.run(_inferred_floor(lake._live))
+        mapped = inferred_mapped_subjects(catalog)
     loaded: dict[str, Table] = {}
     sources: list[TailSource] = []
     for ident in identifiers:
@@ -396,12 +537,23 @@ def create_live_views(
         loaded[ident] = table
         definition = catalog.definition(ident)
         if is_live_table(definition):
-            sources.append(TailSource(definition, table))
+            sources.append(TailSource(definition, table, mapped))
     ends: dict[str, int] = {}
+    inferred_end = 0
+    inferred: list[TailSource] = []
     if sources:
         if lake._live is None:
             lake._live = NatsLoop(catalog)
         ends = lake._live.run(_read_tails(lake._live, sources))
+        # Inference runs if its consumer exists (or existed in this session: a writer recreates
+        # it on start), or has committed to the table; then the table's inferred rows after
+        # its inference watermark (and the floor, if known) are read too.
+        seen = floor is not None or lake._live.inferred_seen
+        inferred = [s for s in sources if s.inferred is not None and (seen or s.inferred_committed)]
+        if inferred and mapped is not None:
+            lake._live.inferred_seen = True
+            inferred_end = lake._live.run(_read_inferred(lake._live, inferred, floor or 0, mapped))
+    inferred_ids = {s.identifier for s in inferred}
     ranges: dict[str, LiveRange] = {}
     pins: dict[str, int | None] = {}
     by_ident = {s.identifier: s for s in sources}
@@ -416,6 +568,17 @@ def create_live_views(
             assert lake._live is not None
             cache = lake._live.tails[ident]
             rows, messages = cache.view(ends[ident])
+            removed = cache.removed
+            inferred_after: int | None = None
+            inferred_rows = 0
+            if ident in inferred_ids:
+                icache = lake._live.tails[ident + _INFERRED]
+                irows, imessages = icache.view(inferred_end)
+                inferred_after, inferred_rows = icache.after, irows.num_rows
+                messages += imessages
+                removed = _merge(removed, icache.removed)
+                if irows.num_rows:
+                    rows = pa.concat_tables([rows, irows]) if rows.num_rows else irows
             if rows.num_rows:
                 rel = f"__live_tail_{ns}_{name}"
                 con.register(rel, rows)
@@ -430,7 +593,10 @@ def create_live_views(
                 tail_messages=messages,
                 tail_rows=rows.num_rows,
                 newest_tail_ns=_newest(rows),
-                removed=cache.removed,
+                removed=removed,
+                inferred_after=inferred_after,
+                inferred_last_seq=inferred_end if inferred_after is not None else None,
+                inferred_rows=inferred_rows,
             )
         with catalog_errors(f"opening {ident}"):
             con.execute(f"CREATE OR REPLACE VIEW {ns}.{quote_ident(name)} AS {sql}")

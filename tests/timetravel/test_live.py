@@ -11,12 +11,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ingest_support import encode, make_event, settings_env, settings_for
+from ingest_support import encode, make_event, run_until_idle, settings_env, settings_for
 
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog
@@ -480,6 +481,65 @@ def test_live_views_report_messages_the_stream_limits_removed(
         manifest = engine.manifest()
         assert manifest["live"]["tables"][TABLE]["removed"] == [1, 7]
         assert "seq 1..7" in manifest["live"]["warnings"][0]
+    finally:
+        lake.close()
+        pub.close()
+
+
+def test_live_view_includes_rows_routed_by_schema_inference(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """Unmapped `market.*` messages are in the live view of the table schema inference routes
+    them to (once its consumer exists), decoded as its writer stores them, exactly once across
+    the inference writer's commit."""
+    settings = settings_for(tmp_path, nats.url).with_overrides(bronze_batch_seconds=0.3)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    lake = Lake(settings)
+    quotes = "bronze.stocks_quotes"
+    columns = "symbol, price, size, exchange, seq, ts_event_ns, ts_recv_ns, source"
+    inferred_sql = f"SELECT {columns} FROM {TABLE} WHERE seq >= 100 ORDER BY seq"
+
+    def publish_raw(bodies: list[bytes]) -> None:
+        async def go() -> None:
+            for body in bodies:
+                await pub.js.publish("market.misc.prints", body)
+
+        pub.loop.run_until_complete(go())
+
+    def live_count(table: str) -> int:
+        return lake.query(f"SELECT count(*) AS n FROM {table}", live=True).column("n")[0].as_py()
+
+    try:
+        pub.publish([event(i) for i in range(3)])
+        publish_raw(
+            [encode(make_event(TABLE, 100)), encode(make_event(TABLE, 101))]
+            + [encode(make_event(quotes, 7)), b"not json", encode({"x": 1})]
+        )
+        # No inference consumer: nothing would store the unmapped messages.
+        assert live_count(TABLE) == 3
+        assert lake.last_live[TABLE].inferred_after is None
+
+        pub.loop.run_until_complete(bus.ensure_consumer(pub.js, bus.INFERRED_TARGET))
+        assert live_count(TABLE) == 5
+        rng = lake.last_live[TABLE]
+        assert (rng.inferred_rows, rng.tail_rows, rng.inferred_after) == (2, 5, 0)
+        assert "inferred seq 1..8 (2 rows)" in rng.describe()
+        assert live_count(quotes) == 1
+        live_rows = lake.query(inferred_sql, live=True).to_pylist()
+        assert [r["seq"] for r in live_rows] == [100, 101]
+
+        # The inference writer commits them (in-process, until idle) while we probe: still
+        # each once, then from the snapshot.
+        writer = threading.Thread(target=run_until_idle, args=(settings, [bus.INFERRED_TARGET]))
+        writer.start()
+        while writer.is_alive():
+            assert live_count(TABLE) == 5 and live_count(quotes) == 1
+        writer.join()
+        key = f"{properties.WATERMARK_PREFIX}MARKET.lake_inferred"
+        assert int(LakeCatalog(settings).load_table(TABLE).properties[key]) == 8
+        assert live_count(TABLE) == 5 and lake.last_live[TABLE].inferred_rows == 0
+        assert lake.query(inferred_sql).to_pylist() == live_rows  # as the writer stored them
     finally:
         lake.close()
         pub.close()
