@@ -458,14 +458,15 @@ def test_live_views_report_messages_the_stream_limits_removed(
         warnings = json.loads(result.schema.metadata[b"lake.live.warnings"])
         assert len(warnings) == 1 and "seq 4..7" in warnings[0] and TABLE in warnings[0]
 
-        out = subprocess.run(
-            [LAKE, "query", "--live", "-o", "json", COUNT_SQL],
-            env=lake_env(settings),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert out.returncode == 0, out.stderr
+        # `lake query --live` (in-process: the command's code without the start-up cost).
+        from typer.testing import CliRunner
+
+        from iceberg_lake.cli.app import app
+
+        env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("LAKE_")}
+        env.update(settings_env(settings))
+        out = CliRunner().invoke(app, ["query", "--live", "-o", "json", COUNT_SQL], env=env)
+        assert out.exit_code == 0, out.output
         assert json.loads(out.stdout)[0]["n"] == 5
         assert "warning:" in out.stderr and "seq 1..7" in out.stderr, out.stderr
 
