@@ -19,9 +19,14 @@ durable consumers, up to the newest message on the subject when the read started
 Used by `Lake.query(sql, live=True)` / `lake query --live` (`create_live_views`) and by
 `ReplayEngine(..., live=True)` / `lake replay --live [--follow]` (`LiveTail`).
 
-Scope: the tail of a table is the messages on its own subject (its own consumer). Rows that the
-schema-inference consumer (`lake_inferred`, unmapped `market.*` subjects) routes into a table
-appear in the live view when they are committed.
+Rows that the schema-inference consumer (`lake_inferred`, unmapped `market.*` subjects) routes
+into a Bronze table are a second tail of that table, after its `lake.watermark.MARKET.lake_inferred`
+(and after the consumer's ack floor, read before the table is loaded: its writer acks only what
+it committed), decoded by the writer's `InferredDecoder`. Live queries read it while that
+consumer exists; live replays and `freshness` read the table's own subject only.
+
+Messages the stream removed (limits) after a watermark before anyone read them are reported
+(`LiveRange.removed`, the replay manifest, `Freshness.live_warning`), never dropped silently.
 
 Order of live replay events: the pinned history first, in replay order; then the tail in
 arrival rounds — each round (what arrived since the previous one) sorted by the replay key
