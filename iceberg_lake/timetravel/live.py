@@ -425,6 +425,9 @@ async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, in
 
 #: Key suffix of a table's inferred-rows cache in `NatsLoop.tails`.
 _INFERRED = "#inferred"
+#: Up to this many unmapped subjects are read one ordered consumer each; beyond (e.g. one
+#: subject per symbol), one consumer reads `market.>` and the mapped subjects are dropped here.
+MAX_SUBJECT_READS = 8
 
 
 def _receives_inferred(definition: TableDefinition) -> bool:
@@ -463,8 +466,9 @@ async def _read_inferred(
 
     A table holds the inferred rows of messages up to its inference watermark, and of messages
     up to `floor` (acked, so committed): its inferred tail starts after the larger of the two.
-    Only unmapped subjects are read (the stream lists its subjects), one ordered consumer each,
-    once for all `sources`; each table decodes them with its own inference decoder.
+    Only unmapped subjects are read (the stream lists its subjects), one ordered consumer each
+    (or one for all, past `MAX_SUBJECT_READS`), once for all `sources`; each table decodes them
+    with its own inference decoder.
     """
     js = await loop.js()
     stream, _, filter_subject = consumer_target(INFERRED_TARGET)
@@ -483,11 +487,16 @@ async def _read_inferred(
         caches.append((src, cache))
     lo = min(cache.last_seq for _, cache in caches)
     messages: list[TailMessage] = []
-    for subject in unmapped:
-        last = await last_subject_seq(js, stream, subject)
-        if last > lo:
-            messages.extend(await read_tail(js, stream, subject, lo, min(last, upto)))
-    messages.sort(key=lambda m: m.seq)
+    if len(unmapped) > MAX_SUBJECT_READS:
+        if upto > lo:
+            every = await read_tail(js, stream, filter_subject, lo, upto)
+            messages = [m for m in every if m.subject not in mapped]
+    else:
+        for subject in unmapped:
+            last = await last_subject_seq(js, stream, subject)
+            if last > lo:
+                messages.extend(await read_tail(js, stream, subject, lo, min(last, upto)))
+        messages.sort(key=lambda m: m.seq)
     first = await stream_first_seq(js, stream)
     for src, cache in caches:
         before = cache.last_seq

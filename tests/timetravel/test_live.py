@@ -488,7 +488,7 @@ def test_live_views_report_messages_the_stream_limits_removed(
 
 
 def test_live_view_includes_rows_routed_by_schema_inference(
-    tmp_path: Path, nats: NatsServer
+    tmp_path: Path, nats: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Unmapped `market.*` messages are in the live view of the table schema inference routes
     them to (once its consumer exists), decoded as its writer stores them, exactly once across
@@ -529,6 +529,13 @@ def test_live_view_includes_rows_routed_by_schema_inference(
         assert live_count(quotes) == 1
         live_rows = lake.query(inferred_sql, live=True).to_pylist()
         assert [r["seq"] for r in live_rows] == [100, 101]
+        # Many unmapped subjects: one consumer on market.> instead of one per subject.
+        from iceberg_lake.timetravel import live
+
+        monkeypatch.setattr(live, "MAX_SUBJECT_READS", 0)
+        with Lake(settings) as wide:
+            assert wide.query(inferred_sql, live=True).to_pylist() == live_rows
+        monkeypatch.undo()
 
         # The inference writer commits them (in-process, until idle) while we probe: still
         # each once, then from the snapshot.
