@@ -508,6 +508,30 @@ async def _read_inferred(
     return upto
 
 
+def _read_inferred_tails(
+    lake: Lake,
+    sources: list[TailSource],
+    floor: int | None,
+    mapped: frozenset[str] | None,
+) -> tuple[int, set[str]]:
+    """Read the inferred tails of `sources` when inference runs; (last seq, tables read).
+
+    Inference runs if its consumer exists (or existed in this session: a writer recreates it on
+    start), or has committed to the table; then the table's inferred rows after its inference
+    watermark (and the floor, if known) are read.
+    """
+    loop = lake._live
+    if loop is None or mapped is None:
+        return 0, set()
+    seen = floor is not None or loop.inferred_seen
+    inferred = [s for s in sources if s.inferred is not None and (seen or s.inferred_committed)]
+    if not inferred:
+        return 0, set()
+    loop.inferred_seen = True
+    end = loop.run(_read_inferred(loop, inferred, floor or 0, mapped))
+    return end, {s.identifier for s in inferred}
+
+
 def _merge(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
     if a is None or b is None:
         return a or b
@@ -553,24 +577,14 @@ def create_live_views(
         if is_live_table(definition):
             sources.append(TailSource(definition, table, mapped))
     ends: dict[str, int] = {}
-    inferred_end = 0
-    inferred: list[TailSource] = []
     if sources:
         if lake._live is None:
             lake._live = NatsLoop(catalog)
         ends = lake._live.run(_read_tails(lake._live, sources))
-        # Inference runs if its consumer exists (or existed in this session: a writer recreates
-        # it on start), or has committed to the table; then the table's inferred rows after
-        # its inference watermark (and the floor, if known) are read too.
-        seen = floor is not None or lake._live.inferred_seen
-        inferred = [s for s in sources if s.inferred is not None and (seen or s.inferred_committed)]
-        if inferred and mapped is not None:
-            lake._live.inferred_seen = True
-            inferred_end = lake._live.run(_read_inferred(lake._live, inferred, floor or 0, mapped))
-    inferred_ids = {s.identifier for s in inferred}
     ranges: dict[str, LiveRange] = {}
     pins: dict[str, int | None] = {}
     by_ident = {s.identifier: s for s in sources}
+    inferred_end, inferred_ids = _read_inferred_tails(lake, sources, floor, mapped)
     for ident, table in loaded.items():
         ns, name = ident.split(".", 1)
         current = table.metadata.current_snapshot_id
@@ -580,23 +594,28 @@ def create_live_views(
         if ident in by_ident:
             src = by_ident[ident]
             assert lake._live is not None
-            cache = lake._live.tails[ident]
-            rows, messages = cache.view(ends[ident])
-            removed = cache.removed
-            inferred_after: int | None = None
-            inferred_rows = 0
-            if ident in inferred_ids:
-                icache = lake._live.tails[ident + _INFERRED]
-                irows, imessages = icache.view(inferred_end)
-                inferred_after, inferred_rows = icache.after, irows.num_rows
-                messages += imessages
-                removed = _merge(removed, icache.removed)
-                if irows.num_rows:
-                    rows = pa.concat_tables([rows, irows]) if rows.num_rows else irows
+            rows, messages = lake._live.tails[ident].view(ends[ident])
             if rows.num_rows:
                 rel = f"__live_tail_{ns}_{name}"
                 con.register(rel, rows)
                 sql = f"{sql} UNION ALL BY NAME SELECT * FROM {quote_ident(rel)}"
+            # Rows routed here by schema inference: a second tail, its own relation.
+            tails = lake._live.tails if lake._live is not None else {}
+            removed = tails[ident].removed
+            newest = _newest(rows)
+            inferred_after: int | None = None
+            inferred_rows = inferred_messages = 0
+            if ident in inferred_ids:
+                icache = tails[ident + _INFERRED]
+                irows, inferred_messages = icache.view(inferred_end)
+                inferred_after, inferred_rows = icache.after, irows.num_rows
+                removed = _merge(removed, icache.removed)
+                if irows.num_rows:
+                    irel = f"__live_inferred_{ns}_{name}"
+                    con.register(irel, irows)
+                    sql = f"{sql} UNION ALL BY NAME SELECT * FROM {quote_ident(irel)}"
+                    both = [v for v in (newest, _newest(irows)) if v is not None]
+                    newest = max(both) if both else None
             ranges[ident] = LiveRange(
                 table=ident,
                 snapshot_id=sid,
@@ -604,9 +623,9 @@ def create_live_views(
                 subject=src.subject,
                 watermark=src.watermark,
                 last_seq=ends[ident],
-                tail_messages=messages,
-                tail_rows=rows.num_rows,
-                newest_tail_ns=_newest(rows),
+                tail_messages=messages + inferred_messages,
+                tail_rows=rows.num_rows + inferred_rows,
+                newest_tail_ns=newest,
                 removed=removed,
                 inferred_after=inferred_after,
                 inferred_last_seq=inferred_end if inferred_after is not None else None,
