@@ -256,6 +256,9 @@ def print_status(report: LakeStatus, out: Console | Output | None = None) -> Non
             _freshness(t.live_freshness_seconds),
         )
     target.print(tables)
+    for t in report.tables:
+        if t.live_warning:
+            target.print(f"[yellow]warning[/yellow] {t.live_warning}", highlight=False)
     if report.nats != "ok":
         target.print(f"[yellow]NATS {report.nats}[/yellow]: consumer lag unknown", highlight=False)
     else:

@@ -151,6 +151,11 @@ def query(
         rng = lake.last_live.get(t)
         parts.append(rng.describe() if rng else f"{t}@{sid if sid is not None else 'empty'}")
     err_console.print(f"read {', '.join(parts)}", highlight=False, soft_wrap=True)
+    if live:
+        from iceberg_lake.timetravel.live import live_warnings
+
+        for warning in live_warnings(lake.last_live):
+            err_console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
 
 
 def write_result(result: pa.Table, output: QueryOutput, file: Path | None) -> None:
@@ -438,6 +443,8 @@ def replay(
         highlight=False,
         soft_wrap=True,
     )
+    for warning in (result.get("live") or {}).get("warnings", []):
+        err_console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
 
 
 def _write_batches(engine: Any, fmt: ReplayFormat, out: Path) -> dict[str, Any]:

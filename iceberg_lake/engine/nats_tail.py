@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
-__all__ = ["TailFollower", "TailMessage", "last_subject_msg", "last_subject_seq", "read_tail"]
+__all__ = [
+    "TailFollower",
+    "TailMessage",
+    "last_subject_msg",
+    "last_subject_seq",
+    "read_tail",
+    "removed_range",
+    "stream_first_seq",
+]
 
 #: Seconds the server keeps an ephemeral consumer after its subscriber went away.
 INACTIVE_THRESHOLD_SECONDS = 5.0
@@ -82,6 +90,24 @@ async def last_subject_seq(js: JetStreamContext, stream: str, subject: str) -> i
     except NotFoundError:
         return 0
     return int(msg.seq or 0)
+
+
+async def stream_first_seq(js: JetStreamContext, stream: str) -> int:
+    """The stream's first stored sequence: everything below it was removed (limits or purge).
+
+    JetStream keeps no record of what it removed, only where the stream now starts.
+    """
+    info = await js.stream_info(stream)
+    return int(info.state.first_seq or 0)
+
+
+def removed_range(after_seq: int, first_seq: int) -> tuple[int, int] | None:
+    """The sequences after `after_seq` that the stream no longer holds, or None.
+
+    `first_seq` is the stream's first stored sequence, taken AFTER reading from `after_seq` on
+    (it only grows, so a message removed before it could be read lies below it).
+    """
+    return (after_seq + 1, first_seq - 1) if first_seq - 1 > after_seq else None
 
 
 async def last_subject_msg(js: JetStreamContext, stream: str, subject: str) -> TailMessage | None:

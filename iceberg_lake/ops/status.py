@@ -38,6 +38,9 @@ class TableStatus:
     #: live view (snapshot ∪ JetStream tail; None when NATS was not read or no tail applies).
     committed_freshness_seconds: float | None = None
     live_freshness_seconds: float | None = None
+    #: Set when the stream removed messages after the committed watermark (its limits, before
+    #: the table committed them): the live view, and the table, may lack them.
+    live_warning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,7 @@ def _with_freshness(
             t,
             committed_freshness_seconds=fresh[t.table].committed_seconds,
             live_freshness_seconds=fresh[t.table].live_seconds,
+            live_warning=fresh[t.table].live_warning,
         )
         if t.table in fresh
         else t

@@ -19,9 +19,14 @@ durable consumers, up to the newest message on the subject when the read started
 Used by `Lake.query(sql, live=True)` / `lake query --live` (`create_live_views`) and by
 `ReplayEngine(..., live=True)` / `lake replay --live [--follow]` (`LiveTail`).
 
-Scope: the tail of a table is the messages on its own subject (its own consumer). Rows that the
-schema-inference consumer (`lake_inferred`, unmapped `market.*` subjects) routes into a table
-appear in the live view when they are committed.
+Rows that the schema-inference consumer (`lake_inferred`, unmapped `market.*` subjects) routes
+into a Bronze table are a second tail of that table, after its `lake.watermark.MARKET.lake_inferred`
+(and after the consumer's ack floor, read before the table is loaded: its writer acks only what
+it committed), decoded by the writer's `InferredDecoder`. Live queries read it while that
+consumer exists; live replays and `freshness` read the table's own subject only.
+
+Messages the stream removed (limits) after a watermark before anyone read them are reported
+(`LiveRange.removed`, the replay manifest, `Freshness.live_warning`), never dropped silently.
 
 Order of live replay events: the pinned history first, in replay order; then the tail in
 arrival rounds — each round (what arrived since the previous one) sorted by the replay key
@@ -50,17 +55,19 @@ from pyiceberg.table import Table
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine import filters
-from iceberg_lake.engine.nats import consumer_target, stream_for_subject
+from iceberg_lake.engine.nats import INFERRED_TARGET, consumer_target, stream_for_subject
 from iceberg_lake.engine.nats_tail import (
     TailFollower,
     TailMessage,
     last_subject_msg,
     last_subject_seq,
     read_tail,
+    removed_range,
+    stream_first_seq,
 )
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.ingest.decode import TableCodec
-from iceberg_lake.ingest.routing import BronzeDecoder, Decoder, GoldDecoder
+from iceberg_lake.ingest.routing import BronzeDecoder, Decoder, GoldDecoder, InferredDecoder
 from iceberg_lake.silver.dedup import quote_ident
 from iceberg_lake.tables import GOLD, TableDefinition
 from iceberg_lake.timetravel.canonical import encode_rows
@@ -81,10 +88,30 @@ __all__ = [
     "create_live_views",
     "freshness",
     "is_live_table",
+    "live_warnings",
+    "removed_warning",
 ]
 
 T = TypeVar("T")
 _encoder = msgspec.json.Encoder(order="sorted")
+
+
+def removed_warning(
+    table: str, stream: str, subject: str, removed: tuple[int, int], *, inferred: bool = False
+) -> str:
+    """The one-line warning for stream sequences removed before `table` committed them."""
+    lo, hi = removed
+    which = f"{subject} messages" + (" (or ones schema inference routes here)" if inferred else "")
+    return (
+        f"{table}: stream {stream} no longer holds seq {lo}..{hi} (removed by its limits "
+        f"max_age/max_bytes/max_msgs, or a purge, before the table committed them): any "
+        f"{which} among them are missing from the live view"
+    )
+
+
+def live_warnings(ranges: dict[str, LiveRange]) -> list[str]:
+    """The warnings of a live query's ranges (`Lake.last_live`), one line each."""
+    return [w for r in ranges.values() if (w := r.warning) is not None]
 
 
 def is_live_table(definition: TableDefinition) -> bool:
@@ -106,6 +133,12 @@ class LiveRange:
         tail_messages: messages read from the stream.
         tail_rows: rows they decoded to (rejected messages and events left out).
         newest_tail_ns: largest `ts_event_ns` among the tail rows (None: no rows).
+        removed: `(first, last)` stream sequences after the watermark that the stream removed
+            (its limits) before they were committed or read: a possible gap (None: none).
+        inferred_after: with schema inference running (its `lake_inferred` consumer exists),
+            the stream sequence after which unmapped `market.*` messages routed to this table
+            were read (None: not read); `inferred_last_seq` is the last one considered.
+        inferred_rows: rows they decoded to (included in `tail_rows`).
     """
 
     table: str
@@ -117,15 +150,39 @@ class LiveRange:
     tail_messages: int
     tail_rows: int
     newest_tail_ns: int | None
+    removed: tuple[int, int] | None = None
+    inferred_after: int | None = None
+    inferred_last_seq: int | None = None
+    inferred_rows: int = 0
+
+    @property
+    def warning(self) -> str | None:
+        """One line when the stream removed messages the live view may lack (else None)."""
+        if self.removed is None:
+            return None
+        return removed_warning(
+            self.table,
+            self.stream,
+            self.subject,
+            self.removed,
+            inferred=self.inferred_after is not None,
+        )
 
     def describe(self) -> str:
         """`bronze.x@<snapshot> + MARKET seq 101..250 (150 rows)`."""
         snap = self.snapshot_id if self.snapshot_id is not None else "empty"
+        inferred = ""
+        if self.inferred_rows and self.inferred_after is not None:
+            inferred = (
+                f" + inferred seq {self.inferred_after + 1}..{self.inferred_last_seq} "
+                f"({self.inferred_rows} rows)"
+            )
         if self.last_seq <= self.watermark:
-            return f"{self.table}@{snap} + {self.stream} seq >{self.watermark} (empty tail)"
+            empty = f"{self.stream} seq >{self.watermark} (empty tail)"
+            return f"{self.table}@{snap} + {empty}{inferred}"
         return (
             f"{self.table}@{snap} + {self.stream} seq {self.watermark + 1}..{self.last_seq} "
-            f"({self.tail_rows} rows)"
+            f"({self.tail_rows - self.inferred_rows} rows){inferred}"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -149,6 +206,9 @@ class NatsLoop:
         self.nc: Client | None = None
         #: Decoded tails kept between queries (table → cache).
         self.tails: dict[str, _TailCache] = {}
+        #: The schema-inference consumer was seen: its rows are read even while a writer
+        #: (re)creates it (a moment without it is no sign that inference stopped).
+        self.inferred_seen = False
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the loop and return its result (exceptions propagate)."""
@@ -194,9 +254,16 @@ class TailSource:
     Args:
         definition: the table's declared definition.
         table: the loaded table; its current snapshot is the one a live read unites with the tail.
+        mapped_subjects: with schema inference: the subjects the inference consumer skips
+            (every Bronze table's own subject), for `inferred` (None: no inferred rows).
     """
 
-    def __init__(self, definition: TableDefinition, table: Table) -> None:
+    def __init__(
+        self,
+        definition: TableDefinition,
+        table: Table,
+        mapped_subjects: frozenset[str] | None = None,
+    ) -> None:
         self.definition = definition
         self.identifier = definition.identifier
         self.table = table
@@ -214,6 +281,18 @@ class TailSource:
         )
         arrow = schema_to_pyarrow(schema, include_field_ids=False)
         self.arrow_schema = pa.schema([f.with_nullable(True) for f in arrow])
+        #: Rows the schema-inference consumer routes here: its decoder (the writer's entry
+        #: point, with only this table's codec: messages inferred elsewhere yield no rows
+        #: here) and its watermark in this table's metadata.
+        self.inferred: Decoder | None = None
+        self.inferred_watermark = 0
+        self.inferred_committed = False
+        if mapped_subjects is not None and _receives_inferred(definition):
+            inf_stream, inf_consumer, _ = consumer_target(INFERRED_TARGET)
+            inf_key = f"{properties.WATERMARK_PREFIX}{inf_stream}.{inf_consumer}"
+            self.inferred_committed = inf_key in table.properties
+            self.inferred_watermark = int(table.properties.get(inf_key, 0))
+            self.inferred = InferredDecoder({definition.schema_name: codec}, set(mapped_subjects))
 
     def decode(self, messages: Sequence[TailMessage], recv_ns: int | None = None) -> pa.Table:
         """The rows of `messages` as the writer would store them (rejected ones left out).
@@ -223,15 +302,18 @@ class TailSource:
         return self.decode_with_seqs(messages, recv_ns)[0]
 
     def decode_with_seqs(
-        self, messages: Sequence[TailMessage], recv_ns: int | None = None
+        self,
+        messages: Sequence[TailMessage],
+        recv_ns: int | None = None,
+        decoder: Decoder | None = None,
     ) -> tuple[pa.Table, np.ndarray]:
-        """`decode`, plus the stream sequence of each row's message."""
+        """`decode` (with `decoder`, default the table's own), plus each row's stream sequence."""
         empty = (self.arrow_schema.empty_table(), np.zeros(0, dtype=np.int64))
         if not messages:
             return empty
         recv = time.time_ns() if recv_ns is None else recv_ns
         bodies = [m.data for m in messages]
-        routed = self.decoder.decode(bodies, [m.subject for m in messages], recv)
+        routed = (decoder or self.decoder).decode(bodies, [m.subject for m in messages], recv)
         decoded = routed.tables.get(self.identifier)
         if decoded is None or decoded.table.num_rows == 0:
             return empty
@@ -261,6 +343,14 @@ class _TailCache:
         self.rows = arrow_schema.empty_table()
         self.row_seqs = np.zeros(0, dtype=np.int64)
         self.msg_seqs = np.zeros(0, dtype=np.int64)
+        #: Stream sequences after `after` removed by the stream's limits before they were read.
+        self.removed: tuple[int, int] | None = None
+
+    def note_removed(self, removed: tuple[int, int] | None) -> None:
+        """Remember a removed range (merged with the one already noted)."""
+        if removed is not None:
+            old = self.removed or removed
+            self.removed = (min(old[0], removed[0]), max(old[1], removed[1]))
 
     def advance(self, watermark: int) -> None:
         """Forget what the snapshot now holds (sequences at or below `watermark`)."""
@@ -271,6 +361,10 @@ class _TailCache:
             self.rows = self.rows.filter(pa.array(keep))
             self.row_seqs = self.row_seqs[keep]
         self.msg_seqs = self.msg_seqs[self.msg_seqs > watermark]
+        if self.removed is not None:
+            # A commit beyond the removed range holds whatever of it was the table's.
+            lo, hi = self.removed
+            self.removed = (max(lo, watermark + 1), hi) if hi > watermark else None
         self.after = watermark
         self.last_seq = max(self.last_seq, watermark)
 
@@ -313,7 +407,10 @@ async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, in
             cache = _TailCache(src.watermark, src.schema_id, src.arrow_schema)
             loop.tails[src.identifier] = cache
         cache.advance(src.watermark)
-        msgs = await read_tail(js, src.stream, src.subject, cache.last_seq, upto)
+        before = cache.last_seq
+        msgs = await read_tail(js, src.stream, src.subject, before, upto)
+        # Taken after the read: a message the stream removed before it was read lies below.
+        cache.note_removed(removed_range(before, await stream_first_seq(js, src.stream)))
         rows, seqs = src.decode_with_seqs(msgs)
         cache.add(msgs, rows, seqs)
         # Every message on the subject up to `upto` has been read (it was the newest one).
@@ -322,6 +419,123 @@ async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, in
 
     ends = await asyncio.gather(*(one(s) for s in sources))
     return dict(zip([s.identifier for s in sources], ends, strict=True))
+
+
+# ---- rows routed by schema inference ------------------------------------------------------------
+
+#: Key suffix of a table's inferred-rows cache in `NatsLoop.tails`.
+_INFERRED = "#inferred"
+#: Up to this many unmapped subjects are read one ordered consumer each; beyond (e.g. one
+#: subject per symbol), one consumer reads `market.>` and the mapped subjects are dropped here.
+MAX_SUBJECT_READS = 8
+
+
+def _receives_inferred(definition: TableDefinition) -> bool:
+    """True for the tables the schema-inference writer routes into (its targets)."""
+    return definition.namespace == "bronze" and bool(definition.subject)
+
+
+def inferred_mapped_subjects(catalog: LakeCatalog) -> frozenset[str]:
+    """The subjects the inference consumer skips: every Bronze table's own (as its writer)."""
+    return frozenset(
+        d.subject for d in catalog.registry.in_namespace("bronze") if d.subject is not None
+    )
+
+
+async def _inferred_floor(loop: NatsLoop) -> int | None:
+    """The inference consumer's ack floor (None: the consumer does not exist).
+
+    Its writer acks a flush only after committing every table of it, so every message at or
+    below the floor read now is in each table's metadata loaded afterwards.
+    """
+    from nats.js.errors import NotFoundError
+
+    js = await loop.js()
+    stream, durable, _ = consumer_target(INFERRED_TARGET)
+    try:
+        info = await js.consumer_info(stream, durable)
+    except NotFoundError:
+        return None
+    return int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+
+
+async def _read_inferred(
+    loop: NatsLoop, sources: list[TailSource], floor: int, mapped: frozenset[str]
+) -> int:
+    """Bring each source's inferred-rows cache up to the stream's newest message; return it.
+
+    A table holds the inferred rows of messages up to its inference watermark, and of messages
+    up to `floor` (acked, so committed): its inferred tail starts after the larger of the two.
+    Only unmapped subjects are read (the stream lists its subjects), one ordered consumer each
+    (or one for all, past `MAX_SUBJECT_READS`), once for all `sources`; each table decodes them
+    with its own inference decoder.
+    """
+    js = await loop.js()
+    stream, _, filter_subject = consumer_target(INFERRED_TARGET)
+    info = await js.stream_info(stream, subjects_filter=filter_subject)
+    upto = int(info.state.last_seq or 0)
+    unmapped = sorted(set(info.state.subjects or {}) - mapped)
+    caches: list[tuple[TailSource, _TailCache]] = []
+    for src in sources:
+        after = max(src.inferred_watermark, floor)
+        key = src.identifier + _INFERRED
+        cache = loop.tails.get(key)
+        if cache is None or cache.schema_id != src.schema_id or cache.after > after:
+            cache = _TailCache(after, src.schema_id, src.arrow_schema)
+            loop.tails[key] = cache
+        cache.advance(after)
+        caches.append((src, cache))
+    lo = min(cache.last_seq for _, cache in caches)
+    messages: list[TailMessage] = []
+    if len(unmapped) > MAX_SUBJECT_READS:
+        if upto > lo:
+            every = await read_tail(js, stream, filter_subject, lo, upto)
+            messages = [m for m in every if m.subject not in mapped]
+    else:
+        for subject in unmapped:
+            last = await last_subject_seq(js, stream, subject)
+            if last > lo:
+                messages.extend(await read_tail(js, stream, subject, lo, min(last, upto)))
+        messages.sort(key=lambda m: m.seq)
+    first = await stream_first_seq(js, stream)
+    for src, cache in caches:
+        before = cache.last_seq
+        mine = [m for m in messages if m.seq > before]
+        cache.note_removed(removed_range(before, first))
+        rows, seqs = src.decode_with_seqs(mine, decoder=src.inferred)
+        cache.add(mine, rows, seqs)
+        cache.last_seq = max(cache.last_seq, upto)
+    return upto
+
+
+def _read_inferred_tails(
+    lake: Lake,
+    sources: list[TailSource],
+    floor: int | None,
+    mapped: frozenset[str] | None,
+) -> tuple[int, set[str]]:
+    """Read the inferred tails of `sources` when inference runs; (last seq, tables read).
+
+    Inference runs if its consumer exists (or existed in this session: a writer recreates it on
+    start), or has committed to the table; then the table's inferred rows after its inference
+    watermark (and the floor, if known) are read.
+    """
+    loop = lake._live
+    if loop is None or mapped is None:
+        return 0, set()
+    seen = floor is not None or loop.inferred_seen
+    inferred = [s for s in sources if s.inferred is not None and (seen or s.inferred_committed)]
+    if not inferred:
+        return 0, set()
+    loop.inferred_seen = True
+    end = loop.run(_read_inferred(loop, inferred, floor or 0, mapped))
+    return end, {s.identifier for s in inferred}
+
+
+def _merge(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
+    if a is None or b is None:
+        return a or b
+    return (min(a[0], b[0]), max(a[1], b[1]))
 
 
 def create_live_views(
@@ -345,6 +559,15 @@ def create_live_views(
     from iceberg_lake.timetravel.query import scan_sql
 
     catalog = lake.catalog
+    # Schema inference: its consumer's ack floor is read BEFORE the tables are loaded, so what
+    # is at or below it is in the snapshots read (None: no consumer now).
+    floor: int | None = None
+    mapped: frozenset[str] | None = None
+    if any(_receives_inferred(catalog.definition(i)) for i in identifiers):
+        if lake._live is None:
+            lake._live = NatsLoop(catalog)
+        floor = lake._live.run(_inferred_floor(lake._live))
+        mapped = inferred_mapped_subjects(catalog)
     loaded: dict[str, Table] = {}
     sources: list[TailSource] = []
     for ident in identifiers:
@@ -352,7 +575,7 @@ def create_live_views(
         loaded[ident] = table
         definition = catalog.definition(ident)
         if is_live_table(definition):
-            sources.append(TailSource(definition, table))
+            sources.append(TailSource(definition, table, mapped))
     ends: dict[str, int] = {}
     if sources:
         loop = lake.live_loop()
@@ -360,6 +583,7 @@ def create_live_views(
     ranges: dict[str, LiveRange] = {}
     pins: dict[str, int | None] = {}
     by_ident = {s.identifier: s for s in sources}
+    inferred_end, inferred_ids = _read_inferred_tails(lake, sources, floor, mapped)
     for ident, table in loaded.items():
         ns, name = ident.split(".", 1)
         current = table.metadata.current_snapshot_id
@@ -373,6 +597,23 @@ def create_live_views(
                 rel = f"__live_tail_{ns}_{name}"
                 con.register(rel, rows)
                 sql = f"{sql} UNION ALL BY NAME SELECT * FROM {quote_ident(rel)}"
+            # Rows routed here by schema inference: a second tail, its own relation.
+            tails = lake._live.tails if lake._live is not None else {}
+            removed = tails[ident].removed
+            newest = _newest(rows)
+            inferred_after: int | None = None
+            inferred_rows = inferred_messages = 0
+            if ident in inferred_ids:
+                icache = tails[ident + _INFERRED]
+                irows, inferred_messages = icache.view(inferred_end)
+                inferred_after, inferred_rows = icache.after, irows.num_rows
+                removed = _merge(removed, icache.removed)
+                if irows.num_rows:
+                    irel = f"__live_inferred_{ns}_{name}"
+                    con.register(irel, irows)
+                    sql = f"{sql} UNION ALL BY NAME SELECT * FROM {quote_ident(irel)}"
+                    both = [v for v in (newest, _newest(irows)) if v is not None]
+                    newest = max(both) if both else None
             ranges[ident] = LiveRange(
                 table=ident,
                 snapshot_id=sid,
@@ -380,9 +621,13 @@ def create_live_views(
                 subject=src.subject,
                 watermark=src.watermark,
                 last_seq=ends[ident],
-                tail_messages=messages,
-                tail_rows=rows.num_rows,
-                newest_tail_ns=_newest(rows),
+                tail_messages=messages + inferred_messages,
+                tail_rows=rows.num_rows + inferred_rows,
+                newest_tail_ns=newest,
+                removed=removed,
+                inferred_after=inferred_after,
+                inferred_last_seq=inferred_end if inferred_after is not None else None,
+                inferred_rows=inferred_rows,
             )
         with catalog_errors(f"opening {ident}"):
             con.execute(f"CREATE OR REPLACE VIEW {ns}.{quote_ident(name)} AS {sql}")
@@ -404,6 +649,8 @@ class Freshness:
             NATS was not read.
         committed_seconds: now − committed newest (None: no rows).
         live_seconds: now − live newest (None: unknown).
+        live_warning: set when the stream removed messages after the committed watermark
+            (by its limits, before the table committed them): the live view may have a gap.
     """
 
     table: str
@@ -411,6 +658,7 @@ class Freshness:
     live_newest_ns: int | None
     committed_seconds: float | None
     live_seconds: float | None
+    live_warning: str | None = None
 
 
 def committed_newest_ns(table: Table) -> int | None:
@@ -463,14 +711,17 @@ def committed_newest_ns(table: Table) -> int | None:
     return best
 
 
-async def _tail_newest(loop: NatsLoop, src: TailSource) -> int | None:
+async def _tail_newest(loop: NatsLoop, src: TailSource) -> tuple[int | None, str | None]:
     """Newest event time of the tail: the newest message on the subject, if beyond the
-    watermark (decoded with the writer's codec; None when it is rejected or there is none)."""
+    watermark (decoded with the writer's codec; None when it is rejected or there is none);
+    and the warning when the stream removed messages after the watermark."""
     js = await loop.js()
     msg = await last_subject_msg(js, src.stream, src.subject)
+    removed = removed_range(src.watermark, await stream_first_seq(js, src.stream))
+    warning = removed_warning(src.identifier, src.stream, src.subject, removed) if removed else None
     if msg is None or msg.seq <= src.watermark:
-        return None
-    return _newest(src.decode([msg]))
+        return None, warning
+    return _newest(src.decode([msg])), warning
 
 
 def freshness(
@@ -506,12 +757,12 @@ def freshness(
         committed[ident] = committed_newest_ns(table)
         if live and is_live_table(catalog.definition(ident)):
             sources.append(TailSource(catalog.definition(ident), table))
-    tails: dict[str, int | None] = {}
+    tails: dict[str, tuple[int | None, str | None]] = {}
     if sources:
         loop = NatsLoop(catalog)
         try:
 
-            async def all_tails() -> list[int | None]:
+            async def all_tails() -> list[tuple[int | None, str | None]]:
                 return await asyncio.wait_for(
                     asyncio.gather(*(_tail_newest(loop, s) for s in sources)), timeout
                 )
@@ -526,10 +777,12 @@ def freshness(
     out: dict[str, Freshness] = {}
     for ident, c in committed.items():
         lv: int | None = None
+        warning: str | None = None
         if ident in tails:
-            candidates = [v for v in (c, tails[ident]) if v is not None]
+            tail_ns, warning = tails[ident]
+            candidates = [v for v in (c, tail_ns) if v is not None]
             lv = max(candidates) if candidates else None
-        out[ident] = Freshness(ident, c, lv, age(c), age(lv) if ident in tails else None)
+        out[ident] = Freshness(ident, c, lv, age(c), age(lv) if ident in tails else None, warning)
     return out
 
 
@@ -573,6 +826,10 @@ class LiveTail:
         self.tail_events = 0
         self.tail_ranges: dict[str, list[int]] = {}
         self.rounds = 0
+        #: Table → stream sequences after its watermark removed by the stream's limits before
+        #: the tail read them (checked once, when the tail starts).
+        self.removed: dict[str, tuple[int, int]] = {}
+        self._checked = False
         self._loop: NatsLoop | None = None
 
     def manifest_extra(self) -> dict[str, Any]:
@@ -589,11 +846,45 @@ class LiveTail:
                         "stream": src.stream,
                         "watermark": src.watermark,
                         "last_seq": self.tail_ranges.get(src.identifier, [src.watermark])[-1],
+                        "removed": list(self.removed[src.identifier])
+                        if src.identifier in self.removed
+                        else None,
                     }
                     for _, src, _ in self.sources
                 },
+                "warnings": self.warnings(),
             }
         }
+
+    def warnings(self) -> list[str]:
+        """One line per table whose tail the stream's limits cut (messages removed unread)."""
+        return [
+            removed_warning(src.identifier, src.stream, src.subject, self.removed[src.identifier])
+            for _, src, _ in self.sources
+            if src.identifier in self.removed
+        ]
+
+    def _check_removed(self, arrived: dict[str, list[TailMessage]]) -> None:
+        """Note, once, the sequences after each watermark the stream removed before the tail
+        read them: below the stream's first sequence (taken now, after the first round) and
+        below the first tail message delivered."""
+        if self._checked or self._loop is None:
+            return
+        self._checked = True
+        loop = self._loop
+
+        async def firsts() -> dict[str, int]:
+            js = await loop.js()
+            streams = {src.stream for _, src, _ in self.sources}
+            return {s: await stream_first_seq(js, s) for s in sorted(streams)}
+
+        first = loop.run(firsts())
+        for _, src, _ in self.sources:
+            got = arrived.get(src.identifier)
+            upto = first[src.stream] if not got else min(first[src.stream], got[0].seq)
+            removed = removed_range(src.watermark, upto)
+            if removed is not None:
+                self.removed[src.identifier] = removed
 
     def events(self, history: Iterator[ReplayEvent]) -> Iterator[ReplayEvent]:
         """`history` (the engine's events), then the tail events of the window.
@@ -610,6 +901,7 @@ class LiveTail:
         self._loop = NatsLoop(self.engine.catalog)
         try:
             yield from self._tail()
+            self._check_removed({})  # a tail with nothing to read: no round checked it
         finally:
             self._loop.close()
             self._loop = None
@@ -668,6 +960,7 @@ class LiveTail:
     ) -> Iterator[ReplayEvent]:
         from iceberg_lake.timetravel.replay import ReplayEvent
 
+        self._check_removed(arrived)
         lo, hi = self.engine.start_ns, self.engine.end_ns
         keyed: list[tuple[tuple[Any, ...], ReplayEvent]] = []
         for index, src, replay_src in self.sources:

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -178,7 +179,9 @@ class Lake:
 
         With `live=True` every Bronze/Gold view is the table's current snapshot united with
         the JetStream messages after that snapshot's watermark (`iceberg_lake.timetravel.live`);
-        `last_live` then says which snapshot and stream range each view covers.
+        `last_live` then says which snapshot and stream range each view covers, and the
+        result's schema metadata carries `lake.live.warnings` (a JSON list of one-line
+        warnings, e.g. stream messages removed by its limits before they were committed).
 
         Raises:
             LakeError: the SQL is invalid or names an unknown table (one-line message).
@@ -214,7 +217,14 @@ class Lake:
                 duck.check_read_only(con, sql)
             result = con.execute(sql).arrow()
             # A statement without a result set (SET, CREATE, ...) has nothing to return.
-            return pa.table({}) if result is None else result.read_all()
+            table = pa.table({}) if result is None else result.read_all()
+            if live:
+                from iceberg_lake.timetravel.live import live_warnings
+
+                meta = dict(table.schema.metadata or {})
+                meta[b"lake.live.warnings"] = json.dumps(live_warnings(self.last_live)).encode()
+                table = table.replace_schema_metadata(meta)
+            return table
         except duck.SandboxError as exc:
             raise LakeError(f"query refused: {exc}") from None
         except duckdb.Error as exc:

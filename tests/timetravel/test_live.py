@@ -11,12 +11,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ingest_support import encode, make_event, settings_env, settings_for
+from ingest_support import encode, make_event, run_until_idle, settings_env, settings_for
 
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog
@@ -420,4 +421,133 @@ def test_live_replay_without_follow_publishes_history_and_tail_to_nats(
         assert manifest["event_count"] == 12 and manifest["complete"]
         assert manifest["live"]["tail_events"] == 12
     finally:
+        pub.close()
+
+
+def test_live_views_report_messages_the_stream_limits_removed(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """No writer, MARKET capped at 5 messages: what the stream removed after the watermark is
+    reported with its sequence range (query metadata, CLI stderr, status, replay manifest);
+    a tail within the limit reports nothing."""
+    from nats.js.api import StreamConfig
+
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    lake = Lake(settings)
+    now = time.time_ns()
+    try:
+        info = pub.loop.run_until_complete(pub.js.stream_info("MARKET"))
+        config = StreamConfig.from_response(info.config.as_dict())
+        config.max_msgs = 5
+        pub.loop.run_until_complete(pub.js.update_stream(config))
+
+        pub.publish([event(i, now + i) for i in range(3)])
+        result = lake.query(COUNT_SQL, live=True)
+        assert result.column("n").to_pylist() == [3]
+        assert json.loads(result.schema.metadata[b"lake.live.warnings"]) == []
+        assert lake.last_live[TABLE].removed is None
+
+        # 12 published, 5 kept: seq 1..7 are gone. This Lake read 1..3 before (cached), so
+        # its view lacks 4..7; a new reader lacks 1..7.
+        pub.publish([event(i, now + i) for i in range(3, 12)])
+        result = lake.query(COUNT_SQL, live=True)
+        assert result.column("n").to_pylist() == [8]
+        assert lake.last_live[TABLE].removed == (4, 7)
+        warnings = json.loads(result.schema.metadata[b"lake.live.warnings"])
+        assert len(warnings) == 1 and "seq 4..7" in warnings[0] and TABLE in warnings[0]
+
+        # `lake query --live` (in-process: the command's code without the start-up cost).
+        from typer.testing import CliRunner
+
+        from iceberg_lake.cli.app import app
+
+        env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("LAKE_")}
+        env.update(settings_env(settings))
+        out = CliRunner().invoke(app, ["query", "--live", "-o", "json", COUNT_SQL], env=env)
+        assert out.exit_code == 0, out.output
+        assert json.loads(out.stdout)[0]["n"] == 5
+        assert "warning:" in out.stderr and "seq 1..7" in out.stderr, out.stderr
+
+        status = {t.table: t for t in collect_status(LakeCatalog(settings)).tables}
+        assert status[TABLE].live_warning is not None and "seq 1..7" in status[TABLE].live_warning
+        # JetStream keeps no record of the subjects it removed: every table of the stream
+        # whose watermark is below the removed range is warned about ("any ... among them").
+        quotes = status["bronze.stocks_quotes"].live_warning
+        assert quotes is not None and "any market.stocks.quotes messages" in quotes
+
+        engine = ReplayEngine(settings, [TABLE], now, now + 10**9, pin=False, live=True)
+        assert len(list(engine.all_events())) == 5
+        manifest = engine.manifest()
+        assert manifest["live"]["tables"][TABLE]["removed"] == [1, 7]
+        assert "seq 1..7" in manifest["live"]["warnings"][0]
+    finally:
+        lake.close()
+        pub.close()
+
+
+def test_live_view_includes_rows_routed_by_schema_inference(
+    tmp_path: Path, nats: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unmapped `market.*` messages are in the live view of the table schema inference routes
+    them to (once its consumer exists), decoded as its writer stores them, exactly once across
+    the inference writer's commit."""
+    settings = settings_for(tmp_path, nats.url).with_overrides(bronze_batch_seconds=0.3)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    lake = Lake(settings)
+    quotes = "bronze.stocks_quotes"
+    columns = "symbol, price, size, exchange, seq, ts_event_ns, ts_recv_ns, source"
+    inferred_sql = f"SELECT {columns} FROM {TABLE} WHERE seq >= 100 ORDER BY seq"
+
+    def publish_raw(bodies: list[bytes]) -> None:
+        async def go() -> None:
+            for body in bodies:
+                await pub.js.publish("market.misc.prints", body)
+
+        pub.loop.run_until_complete(go())
+
+    def live_count(table: str) -> int:
+        return lake.query(f"SELECT count(*) AS n FROM {table}", live=True).column("n")[0].as_py()
+
+    try:
+        pub.publish([event(i) for i in range(3)])
+        publish_raw(
+            [encode(make_event(TABLE, 100)), encode(make_event(TABLE, 101))]
+            + [encode(make_event(quotes, 7)), b"not json", encode({"x": 1})]
+        )
+        # No inference consumer: nothing would store the unmapped messages.
+        assert live_count(TABLE) == 3
+        assert lake.last_live[TABLE].inferred_after is None
+
+        pub.loop.run_until_complete(bus.ensure_consumer(pub.js, bus.INFERRED_TARGET))
+        assert live_count(TABLE) == 5
+        rng = lake.last_live[TABLE]
+        assert (rng.inferred_rows, rng.tail_rows, rng.inferred_after) == (2, 5, 0)
+        assert "inferred seq 1..8 (2 rows)" in rng.describe()
+        assert live_count(quotes) == 1
+        live_rows = lake.query(inferred_sql, live=True).to_pylist()
+        assert [r["seq"] for r in live_rows] == [100, 101]
+        # Many unmapped subjects: one consumer on market.> instead of one per subject.
+        from iceberg_lake.timetravel import live
+
+        monkeypatch.setattr(live, "MAX_SUBJECT_READS", 0)
+        with Lake(settings) as wide:
+            assert wide.query(inferred_sql, live=True).to_pylist() == live_rows
+        monkeypatch.undo()
+
+        # The inference writer commits them (in-process, until idle) while we probe: still
+        # each once, then from the snapshot.
+        writer = threading.Thread(target=run_until_idle, args=(settings, [bus.INFERRED_TARGET]))
+        writer.start()
+        while writer.is_alive():
+            assert live_count(TABLE) == 5 and live_count(quotes) == 1
+        writer.join()
+        key = f"{properties.WATERMARK_PREFIX}MARKET.lake_inferred"
+        assert int(LakeCatalog(settings).load_table(TABLE).properties[key]) == 8
+        assert live_count(TABLE) == 5 and lake.last_live[TABLE].inferred_rows == 0
+        assert lake.query(inferred_sql).to_pylist() == live_rows  # as the writer stored them
+    finally:
+        lake.close()
         pub.close()
