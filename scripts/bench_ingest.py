@@ -774,7 +774,7 @@ from iceberg_lake.config import load_settings
 from iceberg_lake.ingest.service import LakeService
 async def main():
     expected = int(os.environ["BENCH_EVENTS"])
-    service = LakeService(load_settings(), ["bronze.stocks_trades"])
+    service = LakeService(load_settings(), [os.environ["BENCH_TABLE"]])
     # As `--until-idle`: the last partial batch is flushed when drained, not after 30 s.
     task = asyncio.create_task(service.run(stop_when_idle=True, idle_seconds=600))
     while service.committed_events < expected:
@@ -789,12 +789,14 @@ asyncio.run(main())
 """
 
 
-def _hot_drain(workdir: Path, shards: int, events: int) -> tuple[float, int]:
-    """Events/s draining one hot table's backlog (100 events/message), and its commits.
+def _hot_drain(workdir: Path, shards: int, events: int, tables: int = 1) -> tuple[float, int]:
+    """Events/s draining a backlog of 100-event messages, and the hot table's commits.
 
     `shards` = 0: one process on the table's subject (today). `shards` = N: N processes of the
-    prototype above, message n on `market.stocks.trades.s<n % N>`. The backlog is published
-    first; the rate is events / (go → last process committed its share).
+    prototype above, message n on `market.stocks.trades.s<n % N>`. `tables` = 2 (control, no
+    shards): one process per table, half the events to `bronze.futures_trades` — what 2 shards
+    could reach if their commits did not meet on one table. The backlog is published first;
+    the rate is events / (go → last process committed its share).
     """
     import os
     import subprocess
@@ -803,16 +805,25 @@ def _hot_drain(workdir: Path, shards: int, events: int) -> tuple[float, int]:
     from iceberg_lake.config import load_settings
     from iceberg_lake.testing import run_nats_server
 
-    run_dir = workdir / f"hot-{shards}-{events}"
+    run_dir = workdir / f"hot-{shards}-{tables}-{events}"
     with run_nats_server(run_dir / "nats") as nats:
         env = {"LAKE_DATA_DIR": str(run_dir / "lake"), "LAKE_NATS_URL": nats.url}
         settings = load_settings(env)
         lake = LakeCatalog(settings)
         lake.init()
-        bodies = _bodies(events, 100)
-        asyncio.run(_publish(settings, bodies, shards=shards))
-        # Message n went to shard n % shards (`_publish` counts from 1).
-        parts = [bodies[(k - 1) % shards :: shards] for k in range(shards)] if shards else [bodies]
+        if tables == 2:
+            bodies = _bodies(events // 2, 100)
+            futures = _bodies(events // 2, 100, futures=True)
+            asyncio.run(_publish(settings, bodies))
+            asyncio.run(_publish(settings, futures, "market.futures.trades"))
+            parts = [bodies, futures]
+            names = [TABLE, "bronze.futures_trades"]
+        else:
+            bodies = _bodies(events, 100)
+            asyncio.run(_publish(settings, bodies, shards=shards))
+            # Message n went to shard n % shards (`_publish` counts from 1).
+            parts = [bodies[(k - 1) % shards :: shards] for k in range(shards)] or [bodies]
+            names = [TABLE] * len(parts)
         go = run_dir / "go"
         procs = [
             subprocess.Popen(
@@ -821,6 +832,7 @@ def _hot_drain(workdir: Path, shards: int, events: int) -> tuple[float, int]:
                     **os.environ,
                     **env,
                     "BENCH_GO": str(go),
+                    "BENCH_TABLE": names[k],
                     "BENCH_EVENTS": str(sum(b.count(b"{") for b in part)),
                     **({"BENCH_SHARD": f"s{k}"} if shards else {}),
                 },
@@ -839,10 +851,11 @@ def _hot_drain(workdir: Path, shards: int, events: int) -> tuple[float, int]:
             assert p.returncode == 0, p.returncode
             spans.append(json.loads(out.decode().strip().splitlines()[-1]))
         elapsed = max(s["t1"] for s in spans) - t0
-        table = lake.load_table(TABLE)
-        snap = table.current_snapshot()
-        rows = int(snap.summary["total-records"] or 0) if snap and snap.summary else 0
-        commits = len(table.metadata.snapshots)
+        rows = 0
+        for tid in dict.fromkeys(names):
+            snap = lake.load_table(tid).current_snapshot()
+            rows += int(snap.summary["total-records"] or 0) if snap and snap.summary else 0
+        commits = len(lake.load_table(TABLE).metadata.snapshots)
     # Every event stored once across the shards (each shard's watermark is its own).
     assert rows == events, (shards, rows, events)
     return events / elapsed, commits
@@ -857,6 +870,7 @@ def _hot_scaling(workdir: Path, quick: bool) -> list[dict[str, Any]]:
     events = 200_000 if quick else 800_000
     one = _hot_drain(workdir, 0, events)[0]
     two, snapshots = _hot_drain(workdir, 2, events)
+    control = _hot_drain(workdir, 0, events, tables=2)[0]
     return [
         {
             "benchmark": "hot-table-shards-2",
@@ -868,7 +882,18 @@ def _hot_scaling(workdir: Path, quick: bool) -> list[dict[str, Any]]:
             "unit": "events/s",
             "baseline": "one process on the one subject (= --workers 1 or 2), same backlog",
             "baseline_value": round(one),
-        }
+        },
+        {
+            "benchmark": "two-tables-two-processes",
+            "metric": (
+                f"events/s, 2 tables, 100/message ({events:,} events), one process each "
+                "(control: 2 shards without a shared table)"
+            ),
+            "value": round(control),
+            "unit": "events/s",
+            "baseline": "one process, one table, same number of events",
+            "baseline_value": round(one),
+        },
     ]
 
 
