@@ -13,7 +13,13 @@ Rows (each beside its baseline):
   5..15): 100-row flushes through the writer's own commit path (watermark property in the same
   transaction, snapshot expiry with a 10 s retention window as the service runs it).
 
-Usage: `python scripts/bench_ingest.py [--quick] [--json]`.
+* `serve-workers-2`: two tables over `lake serve --workers 2` vs `--workers 1`.
+* `hot-table-shards-2`: ONE hot table drained by two shard consumers of a bench-only prototype
+  (one process each, subject filter per shard, own lease/watermark) beside one process on the
+  table's one subject (what `--workers 1` and `--workers 2` both run for a single table).
+
+Usage: `python scripts/bench_ingest.py [--quick] [--json] [--scaling]` (`--scaling`: only the
+scaling rows).
 """
 
 from __future__ import annotations
@@ -63,14 +69,18 @@ def _bodies(events: int, per_message: int, futures: bool = False) -> list[bytes]
     ]
 
 
-async def _publish(settings: Any, bodies: list[bytes], subject: str = SUBJECT) -> None:
+async def _publish(
+    settings: Any, bodies: list[bytes], subject: str = SUBJECT, shards: int = 0
+) -> None:
+    """Publish `bodies` on `subject` (`shards` > 0: message i on `<subject>.s<i % shards>`)."""
     from iceberg_lake.engine import nats as bus
 
     nc = await bus.connect(settings, name="bench-publisher")
     js = nc.jetstream()
     await bus.ensure_streams(js, settings)
+    subjects = [f"{subject}.s{k}" for k in range(shards)]
     for n, body in enumerate(bodies, start=1):
-        await nc.publish(subject, body)
+        await nc.publish(subjects[n % shards] if shards else subject, body)
         if n % 5000 == 0:
             await nc.flush()
     await nc.flush()
@@ -730,6 +740,173 @@ def _workers_scaling(workdir: Path, quick: bool) -> list[dict[str, Any]]:
     ]
 
 
+# ---- one hot table past one core: --workers N vs a sharding prototype ---------------------------
+
+#: One process writing `bronze.stocks_trades` (what `lake serve --tables stocks_trades` runs) over
+#: a backlog published beforehand: it prints `ready` once its tables are loaded, waits for the
+#: file BENCH_GO (so several processes start draining together, start-up not measured), then
+#: prints `{"t1"}` (wall clock) once BENCH_EVENTS rows are committed. With BENCH_SHARD set it
+#: is a bench-only prototype of sharding one table across processes: the consumer becomes
+#: `<durable>_<shard>` on the filter subject `<subject>.<shard>`, so each shard has its own
+#: lease, watermark and position keys (`lake.watermark.MARKET.<durable>_<shard>`) and the
+#: shards' commits meet only in the catalog swap of the one table (pyiceberg rebases a losing
+#: commit). Not a feature: today's subjects (`market.stocks.trades`) do not carry the symbol
+#: (docs/ingest.md, "Scaling past one core").
+_HOT_WORKER = r"""
+import asyncio, json, os, time
+import iceberg_lake.engine.nats as bus
+import iceberg_lake.ingest.writer as writer
+shard, base = os.environ.get("BENCH_SHARD"), bus.consumer_target
+def target(tid):
+    stream, durable, subject = base(tid)
+    return stream, f"{durable}_{shard}", f"{subject}.{shard}"
+if shard:
+    bus.consumer_target = writer.consumer_target = target
+resubscribe = writer.ConsumerWriter._resubscribe
+async def gated(self):
+    print("ready", flush=True)
+    while not os.path.exists(os.environ["BENCH_GO"]):
+        await asyncio.sleep(0.002)
+    await resubscribe(self)
+    writer.ConsumerWriter._resubscribe = resubscribe
+writer.ConsumerWriter._resubscribe = gated
+from iceberg_lake.config import load_settings
+from iceberg_lake.ingest.service import LakeService
+async def main():
+    expected = int(os.environ["BENCH_EVENTS"])
+    service = LakeService(load_settings(), [os.environ["BENCH_TABLE"]])
+    # As `--until-idle`: the last partial batch is flushed when drained, not after 30 s.
+    task = asyncio.create_task(service.run(stop_when_idle=True, idle_seconds=600))
+    while service.committed_events < expected:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.005)
+    t1 = time.time()
+    await service.stop()
+    await task
+    print(json.dumps({"t1": t1}), flush=True)
+asyncio.run(main())
+"""
+
+
+def _hot_drain(workdir: Path, shards: int, events: int, tables: int = 1) -> tuple[float, int]:
+    """Events/s draining a backlog of 100-event messages, and the hot table's commits.
+
+    `shards` = 0: one process on the table's subject (today). `shards` = N: N processes of the
+    prototype above, message n on `market.stocks.trades.s<n % N>`. `tables` = 2 (control, no
+    shards): one process per table, half the events to `bronze.futures_trades` — what 2 shards
+    could reach if their commits did not meet on one table. The backlog is published first;
+    the rate is events / (go → last process committed its share).
+    """
+    import os
+    import subprocess
+
+    from iceberg_lake.catalog import LakeCatalog
+    from iceberg_lake.config import load_settings
+    from iceberg_lake.testing import run_nats_server
+
+    run_dir = workdir / f"hot-{shards}-{tables}-{events}"
+    with run_nats_server(run_dir / "nats") as nats:
+        env = {"LAKE_DATA_DIR": str(run_dir / "lake"), "LAKE_NATS_URL": nats.url}
+        settings = load_settings(env)
+        lake = LakeCatalog(settings)
+        lake.init()
+        if tables == 2:
+            bodies = _bodies(events // 2, 100)
+            futures = _bodies(events // 2, 100, futures=True)
+            asyncio.run(_publish(settings, bodies))
+            asyncio.run(_publish(settings, futures, "market.futures.trades"))
+            parts = [bodies, futures]
+            names = [TABLE, "bronze.futures_trades"]
+        else:
+            bodies = _bodies(events, 100)
+            asyncio.run(_publish(settings, bodies, shards=shards))
+            # Message n went to shard n % shards (`_publish` counts from 1).
+            parts = [bodies[(k - 1) % shards :: shards] for k in range(shards)] or [bodies]
+            names = [TABLE] * len(parts)
+        go = run_dir / "go"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _HOT_WORKER],
+                env={
+                    **os.environ,
+                    **env,
+                    "BENCH_GO": str(go),
+                    "BENCH_TABLE": names[k],
+                    "BENCH_EVENTS": str(sum(b.count(b"{") for b in part)),
+                    **({"BENCH_SHARD": f"s{k}"} if shards else {}),
+                },
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            for k, part in enumerate(parts)
+        ]
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == b"ready"
+        t0 = time.time()
+        go.touch()
+        spans = []
+        for p in procs:
+            out, _ = p.communicate(timeout=600)
+            assert p.returncode == 0, p.returncode
+            spans.append(json.loads(out.decode().strip().splitlines()[-1]))
+        elapsed = max(s["t1"] for s in spans) - t0
+        rows = 0
+        for tid in dict.fromkeys(names):
+            snap = lake.load_table(tid).current_snapshot()
+            rows += int(snap.summary["total-records"] or 0) if snap and snap.summary else 0
+        commits = len(lake.load_table(TABLE).metadata.snapshots)
+    # Every event stored once across the shards (each shard's watermark is its own).
+    assert rows == events, (shards, rows, events)
+    return events / elapsed, commits
+
+
+def _hot_scaling(workdir: Path, quick: bool) -> list[dict[str, Any]]:
+    """One hot table: 2 shard processes (prototype) beside one process, same run.
+
+    `lake serve --workers 2 --tables stocks_trades` is not measured: the split is per table
+    (`split_round_robin` makes one group of one table), so it runs exactly the one process.
+    """
+    events = 200_000 if quick else 800_000
+    one = _hot_drain(workdir, 0, events)[0]
+    two, snapshots = _hot_drain(workdir, 2, events)
+    control = _hot_drain(workdir, 0, events, tables=2)[0]
+    return [
+        {
+            "benchmark": "hot-table-shards-2",
+            "metric": (
+                f"events/s, 1 table, 100/message ({events:,} events), 2 shard consumers "
+                f"(prototype), one process each ({snapshots} commits)"
+            ),
+            "value": round(two),
+            "unit": "events/s",
+            "baseline": "one process on the one subject (= --workers 1 or 2), same backlog",
+            "baseline_value": round(one),
+        },
+        {
+            "benchmark": "two-tables-two-processes",
+            "metric": (
+                f"events/s, 2 tables, 100/message ({events:,} events), one process each "
+                "(control: 2 shards without a shared table)"
+            ),
+            "value": round(control),
+            "unit": "events/s",
+            "baseline": "one process, one table, same number of events",
+            "baseline_value": round(one),
+        },
+    ]
+
+
+def run_scaling(quick: bool = False) -> list[dict[str, Any]]:
+    """Only the scaling rows: 2 tables over `--workers`, one hot table over workers/shards."""
+    import logging
+
+    logging.getLogger("iceberg_lake").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        workdir = Path(tmp)
+        return _workers_scaling(workdir, quick) + _hot_scaling(workdir, quick)
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Run the writer benchmarks.
 
@@ -749,6 +926,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         rows += _commit_under_load(workdir, quick)
         rows += _steady_latency(workdir, quick)
         rows += _workers_scaling(workdir, quick)
+        rows += _hot_scaling(workdir, quick)
         rows.append(_append_latency(workdir, quick))
     return rows
 
@@ -758,8 +936,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller volumes")
     parser.add_argument("--json", action="store_true", help="print JSON rows")
+    parser.add_argument(
+        "--scaling", action="store_true", help="only the scaling rows (workers, shards)"
+    )
     args = parser.parse_args()
-    rows = run(quick=args.quick)
+    rows = run_scaling(quick=args.quick) if args.scaling else run(quick=args.quick)
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()

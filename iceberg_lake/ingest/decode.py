@@ -855,9 +855,27 @@ class TableCodec:
                 arr = pa.array(values, type=target)
             except Exception:  # a value Arrow cannot hold: find it, reject its row
                 arr = _array_isolating(name, values, target, bad)
-            if arr.null_count and name in self.defaults:
-                arr = pc.fill_null(arr, pa.scalar(self.defaults[name], target))
             arrays[name] = arr
+        return self.validate_arrays(arrays, bad)
+
+    def validate_arrays(
+        self, arrays: dict[str, pa.Array], bad: dict[int, str] | None = None
+    ) -> tuple[pa.Table, list[tuple[int, str]]]:
+        """Fill declared defaults, validate the columns, add the derived partition source.
+
+        Args:
+            arrays: one array per column of the table (except `ts_event`), same length,
+                `ts_recv_ns` already filled.
+            bad: `(row → reason)` found while building them.
+
+        Returns:
+            The table (all rows, in the live schema) and `(row, reason)` for invalid rows.
+        """
+        bad = {} if bad is None else bad
+        for name, default in self.defaults.items():
+            arr = arrays[name]
+            if arr.null_count:
+                arrays[name] = pc.fill_null(arr, pa.scalar(default, arr.type))
         for name in self.required:
             arr = arrays[name]
             if arr.null_count:
