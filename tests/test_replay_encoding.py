@@ -103,7 +103,7 @@ def test_compiled_float_path_matches_msgspec_on_random_doubles() -> None:
             pa.table(
                 {
                     "x": pa.array(values[n // 2 :], pa.float64()),
-                    "u64": pa.array([i for i in range(n - n // 2)], pa.uint64()),
+                    "u64": pa.array(list(range(n - n // 2)), pa.uint64()),
                     "i8": pa.array([i % 100 for i in range(n - n // 2)], pa.int8()),
                 }
             )
