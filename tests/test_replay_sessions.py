@@ -101,6 +101,19 @@ def test_cli_replay_session_to_parquet_arrow_and_ndjson(
         assert table.column("price").to_pylist()[0] == 6000.0 + 12 * 0.25
     assert len(set(hashes.values())) == 1  # one sequence, whichever output
 
+    # --no-verify: the same rows, no hash; the manifest is named after what the replay read.
+    monkeypatch.chdir(tmp_path)
+    fast = tmp_path / "fast.arrow"
+    res = runner.invoke(app, [*base, "--format", "arrow", "--out", str(fast), "--no-verify"])
+    assert res.exit_code == 0, res.output
+    assert ipc.open_stream(fast.read_bytes()).read_all().equals(table)
+    assert "no sequence hash" in res.output
+    (named,) = tmp_path.glob("replay-*.json")
+    saved = read_manifest(named)
+    assert saved["sequence_hash"] is None and saved["event_count"] == 138
+    no_hash = runner.invoke(app, [*base, "--no-verify", "--out", str(fast)])
+    assert no_hash.exit_code == 2 and "--no-verify" in no_hash.output
+
     bad = runner.invoke(app, [*base, "--format", "arrow"])
     assert bad.exit_code == 2 and "--out" in bad.output
     both = runner.invoke(app, [*base, "--start", "2024-05-13"])

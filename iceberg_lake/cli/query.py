@@ -366,6 +366,12 @@ def replay(
     follow: bool = typer.Option(
         False, "--follow", help="With --live: keep going as events arrive until --end passes."
     ),
+    verify: bool = typer.Option(
+        True,
+        "--verify/--no-verify",
+        help="With --format arrow|parquet: --no-verify skips the canonical encoding and the "
+        "sequence hash (faster; the manifest then has no hash).",
+    ),
 ) -> None:
     """Replay pinned snapshots of tables merged by event time, to NATS, NDJSON, Arrow or Parquet."""
     from iceberg_lake.timetravel.replay import ReplayEngine, read_manifest
@@ -382,6 +388,12 @@ def replay(
     if live and fmt != ReplayFormat.ndjson:
         raise typer.BadParameter(
             "--live writes NDJSON or publishes (--to-nats)", param_hint="--live"
+        )
+    if not verify and fmt == ReplayFormat.ndjson:
+        raise typer.BadParameter(
+            "--no-verify needs --format arrow or parquet (NDJSON and NATS replays write the "
+            "canonical encoding the hash is made of)",
+            param_hint="--no-verify",
         )
     if fmt != ReplayFormat.ndjson and (to_nats or out is None):
         raise typer.BadParameter(
@@ -425,20 +437,27 @@ def replay(
             result = _run_with_progress(engine, to_nats, prefix, out, progress)
         else:
             assert out is not None
-            result = _write_batches(engine, fmt, out)
+            result = _write_batches(engine, fmt, out, verify)
     except KeyboardInterrupt:
         # Ctrl-C ends a --follow replay: what was delivered is in the manifest (complete: false).
         result = engine.manifest()
     if manifest is None:
         # Every run leaves what reproduces it; identical replays share one file name.
-        manifest = Path(f"replay-{result['sequence_hash'].removeprefix('sha256:')[:12]}.json")
+        if result["sequence_hash"] is not None:
+            manifest = Path(f"replay-{result['sequence_hash'].removeprefix('sha256:')[:12]}.json")
+        else:  # --no-verify: named after what it read
+            from iceberg_lake.timetravel.snapshots import replay_pin_name
+
+            name = replay_pin_name(engine.tables, engine.pins, engine.start_ns, engine.end_ns)
+            manifest = Path(f"{name}.json")
     manifest.write_text(json.dumps(result, indent=2) + "\n")
     read = ", ".join(
         f"{t}@{sid if sid is not None else 'empty'}" for t, sid in result["snapshots"].items()
     )
     pinned = f", pinned as {result['pin_tag']}" if result.get("pin_tag") else ""
     err_console.print(
-        f"replayed {result['event_count']} events, {result['sequence_hash']}; manifest {manifest}"
+        f"replayed {result['event_count']} events, "
+        f"{result['sequence_hash'] or 'no sequence hash (--no-verify)'}; manifest {manifest}"
         f"; read {read}{pinned}",
         highlight=False,
         soft_wrap=True,
@@ -447,7 +466,7 @@ def replay(
         err_console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
 
 
-def _write_batches(engine: Any, fmt: ReplayFormat, out: Path) -> dict[str, Any]:
+def _write_batches(engine: Any, fmt: ReplayFormat, out: Path, verify: bool) -> dict[str, Any]:
     """Stream `engine.batches()` to an Arrow IPC stream or a Parquet file."""
     import pyarrow.ipc as ipc
     import pyarrow.parquet as pq
@@ -459,7 +478,7 @@ def _write_batches(engine: Any, fmt: ReplayFormat, out: Path) -> dict[str, Any]:
     else:
         writer = pq.ParquetWriter(str(out), schema, compression="zstd")
     try:
-        for batch in engine.batches():
+        for batch in engine.batches(verify=verify):
             writer.write_batch(batch)
     finally:
         writer.close()

@@ -26,14 +26,13 @@ formatted values. `tests/test_replay_encoding.py` checks every rule against msgs
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["encode_rows", "encode_values", "row_encoder"]
+__all__ = ["encode_rows", "encode_rows_raw", "encode_values", "frame_rows", "row_encoder"]
 
 #: The canonical row encoder: the one the event iterator has always used.
 row_encoder = msgspec.json.Encoder(order="sorted")
@@ -125,6 +124,25 @@ def encode_values(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     return pc.fill_null(text, "null") if text.null_count else text
 
 
+def _text_bytes(text: pa.Array) -> int:
+    """The UTF-8 bytes of a string array's values."""
+    return int(pc.sum(pc.binary_length(text.cast(pa.binary()))).as_py() or 0)
+
+
+def _entries(col: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Preformatted text for a column the kernel does not format itself: (entries, index).
+
+    Low-cardinality columns (symbols, sources, booleans) are formatted once per distinct value
+    through a dictionary; the index is -1 for a null.
+    """
+    if len(col) > 64 and not pa.types.is_null(col.type):
+        encoded = pc.dictionary_encode(col)
+        if len(encoded.dictionary) * 4 < len(col):
+            index = pc.fill_null(encoded.indices.cast(pa.int64()), -1).to_numpy()
+            return encode_values(encoded.dictionary), index
+    return encode_values(col), np.arange(len(col), dtype=np.int64)
+
+
 def encode_rows(table: pa.Table, columns: Sequence[str] | None = None) -> pa.Array:
     """The canonical JSON of every row of `table` (keys sorted), as one string array.
 
@@ -135,15 +153,201 @@ def encode_rows(table: pa.Table, columns: Sequence[str] | None = None) -> pa.Arr
     Returns:
         A string array; element i equals `row_encoder.encode(table.slice(i, 1).to_pylist()[0])`.
     """
+    offsets, data = encode_rows_raw(table, columns)
+    n = len(offsets) - 1
+    body = pa.py_buffer(data)
+    if len(data) < 2**31 - 1:
+        return pa.Array.from_buffers(
+            pa.string(), n, [None, pa.py_buffer(offsets.astype(np.int32)), body]
+        )
+    return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), body])
+
+
+def encode_rows_raw(
+    table: pa.Table, columns: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`encode_rows` as numpy buffers: int64 offsets (n + 1) and the UTF-8 bytes.
+
+    Integers and floats are written by a compiled kernel (`_canonical_kernel.write_rows`, whose
+    docstring gives the float rule); every other column is formatted column-wise by
+    `encode_values` and copied in. The rare floats the kernel's fast path does not cover are
+    formatted by `encode_values` too.
+
+    Args:
+        table: the rows.
+        columns: the columns that make up the row (default: all of `table`'s).
+
+    Returns:
+        `(offsets, data)`: row i is `data[offsets[i]:offsets[i + 1]]`.
+    """
+    from iceberg_lake.timetravel import _canonical_kernel as kernel
+
     names = sorted(columns if columns is not None else table.column_names)
-    if table.num_rows == 0:
-        return pa.array([], pa.string())
-    if not names:
-        return pa.array(["{}"] * table.num_rows, pa.string())
-    parts: list[Any] = []
-    for i, name in enumerate(names):
-        key = _value_encoder.encode(name).decode()
-        parts.append(("{" if i == 0 else ",") + key + ":")
-        parts.append(encode_values(table.column(name)))
-    parts.append("}")
-    return pc.binary_join_element_wise(*parts, "")
+    n = table.num_rows
+    if n == 0:
+        return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.uint8)
+    fragments = [
+        ("{" if i == 0 else ",") + _value_encoder.encode(k).decode() + ":"
+        for i, k in enumerate(names)
+    ]
+    fragments.append("}" if names else "{}")
+    keybytes = [f.encode() for f in fragments]
+    keydata = np.frombuffer(b"".join(keybytes), dtype=np.uint8)
+    keyoff = np.zeros(len(keybytes) + 1, dtype=np.int64)
+    keyoff[1:] = np.cumsum([len(b) for b in keybytes])
+
+    kinds = np.zeros(len(names), dtype=np.int8)
+    slots = np.zeros(len(names), dtype=np.int64)
+    int_cols: list[pa.Array] = []
+    float_cols: list[pa.Array] = []
+    entry_arrays: list[pa.Array] = []
+    str_index: list[np.ndarray] = []
+    str_sizes: list[tuple[int, int]] = []  # (longest entry, total bytes) per text column
+    entry_base = 0
+    for j, name in enumerate(names):
+        col = table.column(name)
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        if pa.types.is_dictionary(col.type):
+            col = col.dictionary_decode()
+        kind = col.type
+        if pa.types.is_integer(kind) and kind != pa.uint64():
+            kinds[j], slots[j] = 0, len(int_cols)
+            int_cols.append(col)
+        elif pa.types.is_floating(kind):
+            kinds[j], slots[j] = 1, len(float_cols)
+            float_cols.append(col if pa.types.is_float64(kind) else pc.cast(col, pa.float64()))
+        else:
+            entries, index = _entries(col)
+            kinds[j], slots[j] = 2, len(str_index)
+            if entry_base:
+                index = np.where(index >= 0, index + entry_base, -1)
+            str_index.append(index)
+            entry_arrays.append(entries)
+            entry_base += len(entries)
+            if len(entries) < n:  # a dictionary: at most its longest entry per row
+                lengths = pc.binary_length(entries.cast(pa.binary()))
+                str_sizes.append((int(pc.max(lengths).as_py() or 0), 0))
+            else:
+                str_sizes.append((0, _text_bytes(entries) + 4 * n))
+
+    ints = np.empty((len(int_cols), n), dtype=np.int64)
+    intvalid = np.ones((len(int_cols), n), dtype=np.bool_)
+    for s, col in enumerate(int_cols):
+        if col.null_count:
+            intvalid[s] = col.is_valid().to_numpy(zero_copy_only=False)
+            col = pc.fill_null(col, 0)
+        ints[s] = col.to_numpy(zero_copy_only=False)
+
+    floats = np.empty((len(float_cols), n), dtype=np.float64)
+    floatvalid = np.ones((len(float_cols), n), dtype=np.bool_)
+    decimals = np.empty((len(float_cols), n), dtype=np.int8)
+    floatfb = np.full((len(float_cols), n), -1, dtype=np.int64)
+    fallback_bytes = 0
+    for s, col in enumerate(float_cols):
+        if col.null_count:
+            floatvalid[s] = col.is_valid().to_numpy(zero_copy_only=False)
+            floats[s] = pc.fill_null(col, 0.0).to_numpy(zero_copy_only=False)
+        else:
+            floats[s] = col.to_numpy(zero_copy_only=False)
+        decimals[s] = kernel.float_decimals(floats[s], floatvalid[s])
+        slow = np.flatnonzero((decimals[s] < 0) & floatvalid[s])
+        if len(slow):
+            entries = encode_values(col.take(pa.array(slow)))
+            floatfb[s, slow] = np.arange(len(slow)) + entry_base
+            entry_arrays.append(entries)
+            entry_base += len(entries)
+            fallback_bytes += _text_bytes(entries)
+
+    if entry_arrays:
+        merged = pa.concat_arrays([a.cast(pa.large_string()) for a in entry_arrays])
+        entoff = np.frombuffer(merged.buffers()[1], dtype=np.int64)[
+            merged.offset : merged.offset + len(merged) + 1
+        ]
+        entdata = np.frombuffer(merged.buffers()[2] or b"", dtype=np.uint8)
+    else:
+        entoff = np.zeros(1, dtype=np.int64)
+        entdata = np.zeros(0, dtype=np.uint8)
+    stridx = np.stack(str_index) if str_index else np.empty((0, n), dtype=np.int64)
+
+    # An upper bound of the output (pages never written are never touched): keys, 20 bytes per
+    # integer, 24 per fast float, the longest entry (or "null") per dictionary-formatted value,
+    # and every other preformatted byte.
+    bound = n * (int(keyoff[-1]) + 20 * len(int_cols) + 24 * len(float_cols)) + fallback_bytes
+    for width, total in str_sizes:
+        bound += max(n * max(width, 4), total)
+    out = np.empty(bound, dtype=np.uint8)
+    offsets = np.empty(n + 1, dtype=np.int64)
+    total = kernel.write_rows(
+        n,
+        kinds,
+        slots,
+        keydata,
+        keyoff,
+        ints,
+        intvalid,
+        floats,
+        floatvalid,
+        decimals,
+        floatfb,
+        stridx,
+        entdata,
+        entoff,
+        out,
+        offsets,
+    )
+    return offsets, out[:total]
+
+
+def frame_rows(
+    payloads: Sequence[tuple[np.ndarray, np.ndarray]],
+    prefixes: Sequence[bytes],
+    part_of: np.ndarray,
+    rowpos: np.ndarray,
+    bare: bool,
+) -> tuple[np.ndarray, pa.Array | None]:
+    """The hashed bytes of merged events: `prefix + payload + b"\\n"` each, concatenated.
+
+    Args:
+        payloads: per part, `encode_rows_raw` output (rows in the part's read order).
+        prefixes: per part, the frame prefix (table identifier and `\\x1f`).
+        part_of: the part of every merged event.
+        rowpos: the row (in its part's payloads) of every merged event.
+        bare: also return the payloads alone, in merged order, as a binary array.
+
+    Returns:
+        The frames as one uint8 array, and the bare payloads (None unless `bare`).
+    """
+    from iceberg_lake.timetravel import _canonical_kernel as kernel
+
+    n = len(part_of)
+    prefix_bytes = b"".join(prefixes)
+    prefix_off = np.zeros(len(prefixes) + 1, dtype=np.int64)
+    prefix_off[1:] = np.cumsum([len(p) for p in prefixes])
+    longest = max((len(p) for p in prefixes), default=0)
+    payload_bytes = sum(len(data) for _, data in payloads)
+    framed = np.empty(payload_bytes + n * (longest + 1), dtype=np.uint8)
+    framed_off = np.empty(n + 1, dtype=np.int64)
+    bare_data = np.empty(payload_bytes if bare else 0, dtype=np.uint8)
+    bare_off = np.empty(n + 1 if bare else 0, dtype=np.int64)
+    total = kernel.frame_rows(
+        np.ascontiguousarray(part_of, dtype=np.int64),
+        np.ascontiguousarray(rowpos, dtype=np.int64),
+        tuple(offsets for offsets, _ in payloads),
+        tuple(data for _, data in payloads),
+        np.frombuffer(prefix_bytes, dtype=np.uint8),
+        prefix_off,
+        framed,
+        framed_off,
+        bare_data,
+        bare_off,
+    )
+    if not bare:
+        return framed[:total], None
+    size = int(bare_off[-1]) if n else 0
+    if size >= 2**31 - 1:
+        raise ValueError(f"a replay window of {size} bytes of payloads is too large")
+    offsets32 = bare_off.astype(np.int32) if n else np.zeros(1, dtype=np.int32)
+    array = pa.Array.from_buffers(
+        pa.binary(), n, [None, pa.py_buffer(offsets32), pa.py_buffer(bare_data[:size])]
+    )
+    return framed[:total], array

@@ -96,7 +96,7 @@ from iceberg_lake.engine.duck import quote_ident, quote_str, timestamptz_literal
 from iceberg_lake.engine.iceberg import column_bounds, plan_data_files
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.tables import GOLD, TableDefinition
-from iceberg_lake.timetravel.canonical import encode_rows
+from iceberg_lake.timetravel.canonical import encode_rows_raw, frame_rows
 from iceberg_lake.timetravel.query import Lake, duckdb_path
 from iceberg_lake.timetravel.readers import window_filter
 from iceberg_lake.timetravel.snapshots import (
@@ -199,8 +199,9 @@ class _Part:
     index: int
     #: The rows as read (not in replay order: `perm` orders them).
     rows: pa.Table
-    #: None when the replay does not encode (`batches(verify=False)`).
-    payloads: pa.Array | None
+    #: Canonical JSON of every row of `rows` (`encode_rows_raw`: offsets, bytes), in `rows`
+    #: order; None when the replay does not encode (`batches(verify=False)`).
+    payloads: tuple[np.ndarray, np.ndarray] | None
     ts: np.ndarray
     #: Positions into `rows` of the part's events in replay order.
     perm: np.ndarray
@@ -653,6 +654,8 @@ class ReplayEngine:
         self._hash = hashlib.sha256()
         #: Whether the current iteration encodes and hashes (`batches(verify=False)` does not).
         self._encoding = True
+        #: Whether windows carry each event's payload (`batches()` needs only the hash).
+        self._bare = True
         #: DuckDB reads (one per table and time partition) and the largest (rows): evidence of
         #: bounded memory.
         self.partition_reads = 0
@@ -712,12 +715,8 @@ class ReplayEngine:
         order = source.replay_order(con, rows)
         ts = rows.column("ts_event_ns").to_numpy()
         perm = np.arange(len(ts)) if order is None else order
-        payloads = None
-        if self._encoding:
-            # Encoded as read, then one take of the payloads (not of every column).
-            payloads = encode_rows(rows).cast(pa.binary())  # zero-copy
-            if order is not None:
-                payloads = payloads.take(pa.array(order))
+        # Encoded as read; the merge copies each payload once, in replay order (`frame_rows`).
+        payloads = encode_rows_raw(rows) if self._encoding else None
         if order is not None:
             ts = ts[order]
         return _Part(self._sources.index(source), rows, payloads, ts, perm)
@@ -748,8 +747,7 @@ class ReplayEngine:
         a, b = np.searchsorted(whole.ts, [lo, hi], side="left")
         if a == b:
             return None
-        payloads = None if whole.payloads is None else whole.payloads.slice(a, b - a)
-        return _Part(index, whole.rows, payloads, whole.ts[a:b], whole.perm[a:b])
+        return _Part(index, whole.rows, whole.payloads, whole.ts[a:b], whole.perm[a:b])
 
     def _prepare(
         self,
@@ -773,45 +771,43 @@ class ReplayEngine:
             # Single table: already in order, no merge.
             order = None
             sources = np.full(len(parts[0].ts), parts[0].index, dtype=np.int8)
-            payloads, ts = parts[0].payloads, parts[0].ts
-            if payloads is None:
-                return _Window(lo, hi, parts, order, sources, len(sources), None, ts)
-            framed = pc.binary_join_element_wise(
-                self._sources[parts[0].index].prefix, payloads, b"\n", b""
-            )
+            ts = parts[0].ts
+            part_of = np.zeros(len(ts), dtype=np.int64)
+            rowpos = parts[0].perm
         else:
             lengths = [len(p.ts) for p in parts]
             ts = np.concatenate([p.ts for p in parts])
             # Stable: equal times keep the concatenation order = table order, then row order.
             order = np.argsort(ts, kind="stable")
             ts = ts[order]
-            sources = np.repeat(np.array([p.index for p in parts], dtype=np.int8), lengths)[order]
-            if not self._encoding:
-                return _Window(lo, hi, parts, order, sources, len(sources), None, ts)
-            taken = pa.array(order)
-            payloads = pa.concat_arrays([p.payloads for p in parts if p.payloads is not None])
-            payloads = payloads.take(taken)
-            prefixes = pa.array([s.prefix for s in self._sources], pa.binary()).take(
-                pa.array(sources)
-            )
-            framed = pc.binary_join_element_wise(prefixes, payloads, b"\n", b"")
-        # The hash: one update over the window's bytes (offsets are contiguous after a join).
-        framed = framed.cast(pa.binary())
-        offsets = _offsets(framed)
-        data = framed.buffers()[2]
-        if data is not None:
-            self._hash.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
+            part_of = np.repeat(np.arange(len(parts)), lengths)[order]
+            sources = np.array([p.index for p in parts], dtype=np.int8)[part_of]
+            rowpos = np.concatenate([p.perm for p in parts])[order]
+        if not self._encoding:
+            return _Window(lo, hi, parts, order, sources, len(sources), None, ts)
+        # One copy of every event's bytes, in replay order, and one hash update over them.
+        framed, payloads = frame_rows(
+            [p.payloads for p in parts if p.payloads is not None],
+            [self._sources[p.index].prefix for p in parts],
+            part_of,
+            rowpos,
+            bare=self._bare,
+        )
+        self._hash.update(framed.data)
         return _Window(lo, hi, parts, order, sources, len(sources), payloads, ts)
 
-    def _windows(self, encode: bool = True) -> Generator[_Window, None, None]:
+    def _windows(self, encode: bool = True, bare: bool = True) -> Generator[_Window, None, None]:
         """Every read window in order, the next one prepared while the current is consumed.
 
         Args:
             encode: build each event's canonical JSON and the sequence hash (False: rows only,
                 the manifest then has no hash).
+            bare: give each window its events' payloads (`_Window.payloads`); False: the hash
+                only.
         """
         self._reset()
         self._encoding = encode
+        self._bare = encode and bare
         for source in self._sources:
             source._cache = None
         windows, buckets = self._plan()
@@ -942,7 +938,7 @@ class ReplayEngine:
         schema = self.schema()
         names = pa.array(self.tables, pa.string())
         data_schema = pa.schema([f for f in schema if f.name != TABLE_COLUMN])
-        for window in self._windows(encode=verify):
+        for window in self._windows(encode=verify, bare=False):
             tables, index, base = [], [], 0
             for part in window.parts:
                 n = part.rows.num_rows
