@@ -683,11 +683,13 @@ def _steady_latency(workdir: Path, quick: bool) -> list[dict[str, Any]]:
 # ---- scaling with worker processes (`lake serve --workers N`) ----------------------------------
 
 
-def _serve_seconds(workdir: Path, workers: int, events: int) -> float:
-    """Wall seconds of `lake serve --workers N --until-idle` over two tables' backlogs.
+def _serve_run(workdir: Path, workers: int, events: int) -> tuple[float, float]:
+    """`lake serve --workers N --until-idle` over two tables' backlogs of `events` in all.
 
-    `events` = 0 measures start-up, idle detection and shutdown alone (subtracted by the
-    caller, so the rate is the drain's).
+    Returns the process's wall seconds (start-up, drain, idle detection, shutdown) and the
+    seconds from the process start to the last commit (its snapshot timestamp): the time to
+    have everything committed from a cold start, without the idle wait and the shutdown.
+    Nothing measured separately is subtracted (that gave negative times on a loaded machine).
     """
     import os
     import subprocess
@@ -703,40 +705,50 @@ def _serve_seconds(workdir: Path, workers: int, events: int) -> float:
         lake = LakeCatalog(settings)
         lake.init()
         half = events // 2
-        if events:
-            asyncio.run(_publish(settings, _bodies(half, 100)))
-            futures = _bodies(half, 100, futures=True)
-            asyncio.run(_publish(settings, futures, "market.futures.trades"))
+        asyncio.run(_publish(settings, _bodies(half, 100)))
+        futures = _bodies(half, 100, futures=True)
+        asyncio.run(_publish(settings, futures, "market.futures.trades"))
         argv = [sys.executable, "-c", "from iceberg_lake.cli import main; main()", "serve"]
         argv += ["--workers", str(workers), "--until-idle", "--idle-seconds", "0.5"]
         argv += ["--tables", "stocks_trades,futures_trades"]
+        started_ms = time.time() * 1000
         t0 = time.perf_counter()
         subprocess.run(
             argv, env={**os.environ, **env}, check=True, timeout=600, capture_output=True
         )
         elapsed = time.perf_counter() - t0
-        committed = 0
+        commits: list[tuple[int, int]] = []  # (timestamp ms, rows added)
         for tid in (TABLE, "bronze.futures_trades"):
-            snap = lake.load_table(tid).current_snapshot()
-            if snap is not None and snap.summary is not None:
-                committed += int(snap.summary["total-records"] or 0)
-    assert committed == 2 * half, (committed, events)
-    return elapsed
+            for snap in lake.load_table(tid).snapshots():
+                added = int((snap.summary or {}).get("added-records") or 0)
+                if added:
+                    commits.append((snap.timestamp_ms, added))
+    assert sum(rows for _, rows in commits) == 2 * half, (commits, events)
+    return elapsed, (max(ts for ts, _ in commits) - started_ms) / 1000
 
 
 def _workers_scaling(workdir: Path, quick: bool) -> list[dict[str, Any]]:
     events = 200_000 if quick else 800_000
-    one = events / max(0.1, _serve_seconds(workdir, 1, events) - _serve_seconds(workdir, 1, 0))
-    two = events / max(0.1, _serve_seconds(workdir, 2, events) - _serve_seconds(workdir, 2, 0))
+    wall_one, done_one = _serve_run(workdir, 1, events)
+    wall_two, done_two = _serve_run(workdir, 2, events)
     return [
         {
             "benchmark": "serve-workers-2",
-            "metric": f"events/s, 2 tables, 100/message ({events:,} events), --workers 2",
-            "value": round(two),
+            "metric": f"events/s, 2 tables, 100/message ({events:,} events), --workers 2, "
+            "process start to last commit (start-up included)",
+            "value": round(events / done_two),
             "unit": "events/s",
-            "baseline": "--workers 1, same backlog (start-up subtracted in both)",
-            "baseline_value": round(one),
-        }
+            "baseline": "--workers 1, same backlog, same measure",
+            "baseline_value": round(events / done_one),
+        },
+        {
+            "benchmark": "serve-workers-2 (whole process)",
+            "metric": f"events/s incl. start-up and shutdown ({events:,} events), --workers 2",
+            "value": round(events / wall_two),
+            "unit": "events/s",
+            "baseline": "--workers 1, same backlog, whole process",
+            "baseline_value": round(events / wall_one),
+        },
     ]
 
 
