@@ -71,6 +71,14 @@ def _option(i: int) -> dict[str, Any]:
     }
 
 
+#: The measured tables and their event makers.
+_TABLES = (
+    ("bronze.stocks_trades", _trade),
+    ("bronze.stocks_quotes", _quote),
+    ("bronze.options_trades", _option),
+)
+
+
 def _bodies(make: Any, events: int, per_message: int, poison: bool) -> list[bytes]:
     if per_message == 1:
         out = [json.dumps(make(i)).encode() for i in range(events)]
@@ -199,11 +207,7 @@ def run_arrow_json(quick: bool = False) -> list[dict[str, Any]]:
     chunks = (5000,) if quick else (5000, 10000, 20000)
     blocks = (1 << 20, 16 << 20) if quick else (1 << 20, 4 << 20, 16 << 20)
     rows: list[dict[str, Any]] = []
-    for table, make in (
-        ("bronze.stocks_trades", _trade),
-        ("bronze.stocks_quotes", _quote),
-        ("bronze.options_trades", _option),
-    ):
+    for table, make in _TABLES:
         d = registry().get(table)
         codec = TableCodec(table, d.iceberg_schema(), d.partition_key)
         for per_message in (1, 100):
@@ -267,11 +271,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             "baseline_value": round(base),
         }
 
-    for table, make in (
-        ("bronze.stocks_trades", _trade),
-        ("bronze.stocks_quotes", _quote),
-        ("bronze.options_trades", _option),
-    ):
+    for table, make in _TABLES:
         d = registry().get(table)
         codec = TableCodec(table, d.iceberg_schema(), d.partition_key)
         for per_message in (1, 100):
