@@ -22,10 +22,13 @@ from iceberg_lake.cli.app import app
 from iceberg_lake.config import load_settings
 from iceberg_lake.engine.iceberg import watermarked_append
 from iceberg_lake.ops.maintenance import TableMaintenance, expire_inline
+from iceberg_lake.silver.compactor import SilverCompactor
 from iceberg_lake.timetravel import snapshots
 from iceberg_lake.timetravel.replay import ReplayEngine
 
 TRADES = "bronze.stocks_trades"
+#: The issue's count (about 12 s of the replay test on an idle 2-core machine).
+WRITER_COMMITS = 1000
 runner = CliRunner()
 
 
@@ -65,10 +68,11 @@ def test_replay_manifest_from_untagged_pins_survives_commits_expiry_and_orphan_r
     pinned = m1["snapshots"][TRADES]
     assert m1["event_count"] == 15 and m1["pin_tag"].startswith("replay-")
 
-    # 200 writer commits into the replayed hour, with the writers' in-line expiry (1 s window).
+    # The issue's 1,000 writer commits into the replayed hour, with the writers' in-line policy
+    # run (1 s window; it also folds the commits' manifests).
     table = catalog.load_table(TRADES)
     last_expiry = time.monotonic()
-    for i in range(200):
+    for i in range(WRITER_COMMITS):
         rows = to_arrow(table, trades("SPY", T14 + 10 * 10**9 + i * 10**6, 1, 1, seq0=100 + i))
         with watermarked_append(table, watermark={"lake.watermark.T.c": str(i)}) as app_:
             app_.append(rows)
@@ -82,7 +86,8 @@ def test_replay_manifest_from_untagged_pins_survives_commits_expiry_and_orphan_r
     rows_before = catalog.load_table(TRADES).scan().to_arrow().num_rows
     rewrite = json.loads(_cli(env, "maintain", "rewrite-manifests", "-t", TRADES, "-o", "json"))
     assert rewrite[0]["manifests_before"] > 2 and rewrite[0]["manifests_after"] == 1
-    assert catalog.load_table(TRADES).scan().to_arrow().num_rows == rows_before == 215
+    rows_after = catalog.load_table(TRADES).scan().to_arrow().num_rows
+    assert rows_after == rows_before == 15 + WRITER_COMMITS
     _cli(env, "maintain", "expire-snapshots", "--older-than", "0s")
     _cli(env, "maintain", "remove-orphans", "--older-than", "0s", "--force")
 
@@ -135,6 +140,42 @@ def test_external_pyiceberg_expiry_keeps_silver_sources_and_replay_pins(tmp_path
     again = ReplayEngine.from_manifest(catalog, manifest)
     assert sum(1 for _ in again.events()) == events == 20
     assert again.manifest()["sequence_hash"] == manifest["sequence_hash"]
+
+
+def test_silver_source_is_a_ref_at_commit_time_and_survives_external_expiry(
+    tmp_path: Path,
+) -> None:
+    catalog, _env = _lake(tmp_path)
+    bronze = catalog.load_table(TRADES)
+    append(bronze, trades("SPY", T14, 10, 10**6))
+    append(bronze, trades("SPY", T14 + 10**9, 10, 10**6, seq0=10))
+    with SilverCompactor(catalog) as compactor:
+        result = compactor.compact_date("2025-12-16", "stocks.trades")
+    source = result.source_snapshot_id
+    assert result.status == "success" and source is not None
+    tag = snapshots.silver_source_tag(source)
+    # The tag exists right after the Silver commit, before any policy run.
+    assert catalog.load_table(TRADES).metadata.refs[tag].snapshot_id == source
+    # Idempotent: protecting again (a rerun) keeps the same tag, no error, no new ref.
+    assert snapshots.protect_silver_source(catalog.load_table(TRADES), source) == tag
+    # A policy run that has not seen the Silver commit yet (stale sources) keeps the tag: it
+    # may belong to a compaction whose Silver commit is still in flight.
+    assert snapshots.silver_sources_to_untag(catalog.load_table(TRADES), set()) == []
+
+    for i in range(3):
+        append(catalog.load_table(TRADES), trades("SPY", T14 + (2 + i) * 10**9, 3, 10**6))
+    # Another engine's expiry: pyiceberg's API only, everything older than a day from now.
+    table = catalog.load_table(TRADES)
+    table.maintenance.expire_snapshots().older_than(datetime.now(UTC) + timedelta(1)).commit()
+
+    table = catalog.load_table(TRADES)
+    kept = {s.snapshot_id for s in table.metadata.snapshots}
+    assert kept == {source, table.current_snapshot().snapshot_id}
+    assert snapshots.resolve_as_of(table, source) == source
+    silver = catalog.load_table("silver.stocks_trades")
+    summary = silver.current_snapshot().summary.additional_properties
+    assert summary[P.SOURCE_SNAPSHOT_ID] == str(source)
+    assert table.scan(snapshot_id=source).to_arrow().num_rows == 20
 
 
 class _Clock:
