@@ -1,7 +1,8 @@
 """Durable time travel (issue 13): replay pins, Silver-source refs, exact `--as-of`, checkpoints.
 
-Budget: about 30 s on the shared 2-core machine (the replay test makes 200 writer-style commits,
-not the issue's 1,000, to keep the suite short; the commit path is the same at any count).
+Budget: about 30 s of CPU. The replay test makes the issue's 1,000 writer-style commits: about
+20 s of CPU on the 2-core machine (20 ms per commit with its in-line policy runs), the other
+three about 4 s together.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from iceberg_lake.timetravel import snapshots
 from iceberg_lake.timetravel.replay import ReplayEngine
 
 TRADES = "bronze.stocks_trades"
-#: The issue's count (about 12 s of the replay test on an idle 2-core machine).
+#: The issue's count of writer commits after the manifest is made.
 WRITER_COMMITS = 1000
 runner = CliRunner()
 
@@ -85,7 +86,9 @@ def test_replay_manifest_from_untagged_pins_survives_commits_expiry_and_orphan_r
     expire_inline(catalog, table, TRADES)
     rows_before = catalog.load_table(TRADES).scan().to_arrow().num_rows
     rewrite = json.loads(_cli(env, "maintain", "rewrite-manifests", "-t", TRADES, "-o", "json"))
-    assert rewrite[0]["manifests_before"] > 2 and rewrite[0]["manifests_after"] == 1
+    assert rewrite[0]["manifests_after"] == 1
+    # The in-line policy runs folded the commits' manifests (one per commit otherwise).
+    assert 2 < rewrite[0]["manifests_before"] < WRITER_COMMITS // 4
     rows_after = catalog.load_table(TRADES).scan().to_arrow().num_rows
     assert rows_after == rows_before == 15 + WRITER_COMMITS
     _cli(env, "maintain", "expire-snapshots", "--older-than", "0s")

@@ -884,8 +884,8 @@ SILVER_SOURCES_TTL_SECONDS = 300.0
 #: A cache this young may decide to untag Silver sources; an older one is refreshed first (a
 #: stale cache lacks the sources of Silver commits made since it was read).
 SILVER_SOURCES_UNTAG_MAX_AGE_SECONDS = 30.0
-#: Writers run the policy after this many commits even before their interval is up, so the
-#: manifest list (one manifest per commit until the policy folds them) stays short.
+#: Writers fold manifests (`fold_inline`) after this many commits even before their policy
+#: interval is up, so the manifest list (one manifest per commit until folded) stays short.
 POLICY_EVERY_COMMITS = 128
 #: `lake.operation` of the policy run's manifest fold (a snapshot that adds no rows).
 FOLD_MANIFESTS_OPERATION = "fold-manifests"
@@ -930,8 +930,24 @@ def expire_inline(catalog: LakeCatalog, table: Table, table_id: str) -> int:
     if expired:
         # With a precondition: a tag created meanwhile on one of them is never dropped.
         expire_snapshot_ids(table, expired)
-    fold_small_manifests(table, {P.LAKE_OPERATION: FOLD_MANIFESTS_OPERATION})
+    fold_inline(table)
     return len(expired)
+
+
+def fold_inline(table: Table) -> int | None:
+    """Fold the small manifests the writer's fast appends left (a snapshot of its own).
+
+    The policy run's last step alone (`engine.iceberg.fold_small_manifests`, once there are
+    `FOLD_MIN_MANIFESTS`), for writers that commit faster than their policy interval.
+    Idempotent; adds no rows.
+
+    Returns:
+        The fold's snapshot id, or None when there was nothing to fold.
+
+    Raises:
+        CommitConflictError: a concurrent commit; the writer tries again next time.
+    """
+    return fold_small_manifests(table, {P.LAKE_OPERATION: FOLD_MANIFESTS_OPERATION})
 
 
 def _silver_untag_due(table: Table, silver: set[int]) -> bool:
@@ -1149,6 +1165,7 @@ __all__ = [
     "parse_size",
     "remove_orphans",
     "expire_inline",
+    "fold_inline",
     "FOLD_MANIFESTS_OPERATION",
     "POLICY_EVERY_COMMITS",
     "rows_fingerprint",
