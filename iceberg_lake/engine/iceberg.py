@@ -629,37 +629,46 @@ class _FastAppendTransaction(Transaction):
             snapshot_properties=snapshot_properties,
         )
         producer.fold_min = WRITER_FOLD_COUNT
+        producer.refold = False
         return producer
 
 
 #: Writers' commits never fold manifests: measured at the defaults (docs/time-travel.md,
 #: "Manifests"), a fold of 128 one-commit manifests inside a writer commit cost 170-380 ms,
-#: 11-25x the p50 commit. Each fast append adds one manifest and the manifest list grows with
-#: them (about +0.05 ms per commit per manifest), so the policy run (`ops.maintenance.
-#: expire_inline`) and `lake maintain` fold them as a commit of their own
-#: (`fold_small_manifests`). A count here brings the fold back into the writers' commits (only
-#: `scripts/bench_commits.py` sets it, to measure the previous design in the same run).
+#: 11-30x the p50 commit. Each fast append adds one manifest and the manifest list grows with
+#: them (about +0.05 ms per commit per manifest), so the writers' policy run folds them as a
+#: commit of its own (`fold_small_manifests`, from `ops.maintenance.expire_inline` and
+#: `fold_inline`). A count here brings the previous design back, the fold inside the writers'
+#: commits (only `scripts/bench_commits.py` sets it, to measure it in the same run).
 WRITER_FOLD_COUNT: int | None = None
-#: The policy run folds once the current snapshot has this many small manifests.
+#: A fold happens once the current snapshot has this many small manifests.
 FOLD_MIN_MANIFESTS = 32
-#: A manifest is "small" (foldable) when it holds only ADDED entries, at most this many files.
-#: The fold reads only those manifests, never the large merged ones: its cost is bounded by the
-#: count of small manifests, not by the table's size (unlike pyiceberg's merge-append, which
-#: rewrites everything in the bin).
+#: A manifest is "small" (foldable) while it lists fewer files than this and deletes none. A
+#: fold's output stays small, and is folded again with the next ones, until it reaches this
+#: size; then it is left alone. So the manifest list holds fewer than `FOLD_MIN_MANIFESTS` small
+#: ones, one growing fold output and one full manifest per `SMALL_MANIFEST_FILES` files, and a
+#: fold reads at most `FOLD_MIN_MANIFESTS` small manifests plus fewer than this many entries:
+#: bounded, whatever the table's size (unlike pyiceberg's merge-append, which rewrites
+#: everything in the bin).
 SMALL_MANIFEST_FILES = 1000
 
 
 def _small_manifests(
-    manifests: list[ManifestFile], exclude_snapshot: int | None
+    manifests: list[ManifestFile], exclude_snapshot: int | None, *, refold: bool = True
 ) -> dict[int, list[ManifestFile]]:
-    """The foldable manifests by partition spec id (see `SMALL_MANIFEST_FILES`)."""
+    """The foldable manifests by partition spec id (see `SMALL_MANIFEST_FILES`).
+
+    `refold=False` is the previous writer fold's rule: single-append manifests only (ADDED
+    entries), never a fold's output.
+    """
     small: dict[int, list[ManifestFile]] = {}
     for m in manifests:
+        files = (m.added_files_count or 0) + (m.existing_files_count or 0)
         if (
             m.content == ManifestContent.DATA
             and m.added_snapshot_id != exclude_snapshot
-            and not m.has_existing_files()
             and not m.deleted_files_count
+            and (files < SMALL_MANIFEST_FILES if refold else not m.has_existing_files())
             and (m.added_files_count or 0) <= SMALL_MANIFEST_FILES
         ):
             small.setdefault(m.partition_spec_id, []).append(m)
@@ -671,11 +680,13 @@ class _BoundedAppendFiles(_FastAppendFiles):
     parent snapshot into one per spec once there are `fold_min` of them."""
 
     fold_min: int | None = None
+    #: Fold earlier folds' outputs too (`_small_manifests`); False: the previous writer fold.
+    refold: bool = True
 
     def _process_manifests(self, manifests: list[ManifestFile]) -> list[ManifestFile]:
         if self.fold_min is None:
             return manifests
-        small = _small_manifests(manifests, self._snapshot_id)
+        small = _small_manifests(manifests, self._snapshot_id, refold=self.refold)
         folded = {s: g for s, g in small.items() if len(g) >= self.fold_min}
         if not folded:
             return manifests

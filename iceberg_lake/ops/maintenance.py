@@ -49,6 +49,7 @@ from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine.filters import eq, ge, is_null, lt
 from iceberg_lake.engine.iceberg import (
+    FOLD_MIN_MANIFESTS,
     PartitionReplacement,
     expire_snapshot_ids,
     fold_small_manifests,
@@ -472,8 +473,9 @@ class TableMaintenance:
     def rewrite_manifests(self, *, dry_run: bool = False) -> dict[str, Any]:
         """Merge the current snapshot's manifests into few large ones.
 
-        Writers fast-append (one manifest per commit, folded 128 at a time), so manifests pile
-        up between maintenance runs; this merges them all (`engine.iceberg.rewrite_manifests`)
+        Writers fast-append (one manifest per commit, folded 32 at a time by their policy run
+        into manifests of up to 1,000 files), so manifests pile up between maintenance runs;
+        this merges them all (`engine.iceberg.rewrite_manifests`)
         so planning reads few manifests. One `append` snapshot that adds no rows
         (`lake.operation` = `rewrite-manifests`), or none with fewer than 2 manifests.
 
@@ -885,8 +887,9 @@ SILVER_SOURCES_TTL_SECONDS = 300.0
 #: stale cache lacks the sources of Silver commits made since it was read).
 SILVER_SOURCES_UNTAG_MAX_AGE_SECONDS = 30.0
 #: Writers fold manifests (`fold_inline`) after this many commits even before their policy
-#: interval is up, so the manifest list (one manifest per commit until folded) stays short.
-POLICY_EVERY_COMMITS = 128
+#: interval is up, so the manifest list (one manifest per commit until folded) stays short:
+#: `engine.iceberg.FOLD_MIN_MANIFESTS`, so each such run finds enough to fold.
+POLICY_EVERY_COMMITS = FOLD_MIN_MANIFESTS
 #: `lake.operation` of the policy run's manifest fold (a snapshot that adds no rows).
 FOLD_MANIFESTS_OPERATION = "fold-manifests"
 
