@@ -178,6 +178,9 @@ def test_silver_source_is_a_ref_at_commit_time_and_survives_external_expiry(
     summary = silver.current_snapshot().summary.additional_properties
     assert summary[P.SOURCE_SNAPSHOT_ID] == str(source)
     assert table.scan(snapshot_id=source).to_arrow().num_rows == 20
+    # Once Silver names only a newer snapshot, the policy releases the older source's tag.
+    newer = table.current_snapshot().snapshot_id
+    assert snapshots.silver_sources_to_untag(table, {newer}) == [tag]
 
 
 class _Clock:
