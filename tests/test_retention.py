@@ -183,6 +183,34 @@ def test_silver_source_is_a_ref_at_commit_time_and_survives_external_expiry(
     assert snapshots.silver_sources_to_untag(table, {newer}) == [tag]
 
 
+def test_writer_policy_untags_silver_sources_only_from_a_fresh_read(tmp_path: Path) -> None:
+    from iceberg_lake.ops import maintenance
+
+    catalog, _env = _lake(tmp_path)
+    bronze = catalog.load_table(TRADES)
+    old = append(bronze, trades("SPY", T14, 5, 10**6))
+    new = append(catalog.load_table(TRADES), trades("SPY", T14 + 10**9, 5, 10**6, seq0=5))
+    silver = catalog.load_table("silver.stocks_trades")
+    for sid in (new, old):  # the second run compacted an older pin (e.g. `--as-of`)
+        silver.append(
+            to_arrow(silver, trades("SPY", T14, 5, 10**6)),
+            snapshot_properties={P.SOURCE_TABLE: TRADES, P.SOURCE_SNAPSHOT_ID: str(sid)},
+        )
+        snapshots.protect_silver_source(catalog.load_table(TRADES), sid)
+    # A writer's cached read from before the second Silver commit names only `new`: untagging
+    # `old` from it would unprotect a source Silver names, so the writer re-reads first.
+    stale = time.monotonic() - maintenance.SILVER_SOURCES_UNTAG_MAX_AGE_SECONDS - 1
+    maintenance._SILVER_CACHE[id(catalog)] = (stale, {TRADES: {new}})
+    try:
+        expire_inline(catalog, catalog.load_table(TRADES), TRADES)
+        assert maintenance._SILVER_CACHE[id(catalog)][0] > stale, "the cache was re-read"
+    finally:
+        maintenance._SILVER_CACHE.pop(id(catalog), None)
+    refs = catalog.load_table(TRADES).metadata.refs
+    assert refs[snapshots.silver_source_tag(old)].snapshot_id == old
+    assert refs[snapshots.silver_source_tag(new)].snapshot_id == new
+
+
 class _Clock:
     """Commit times for pyiceberg's snapshots (so a test can span hours)."""
 
