@@ -1,7 +1,7 @@
 """Durable time travel (issue 13): replay pins, Silver-source refs, exact `--as-of`, checkpoints.
 
-Budget: 25 s. The replay test makes the issue's 1,000 writer-style commits: 16.9 s on the idle
-2-core machine (about 17 ms per commit with its in-line policy runs); the file took 19.7 s.
+Budget: 25 s. The replay test makes the issue's 1,000 writer-style commits: 17-18 s on the idle
+2-core machine (about 17 ms per commit with its in-line policy runs); the file took 20-23 s.
 """
 
 from __future__ import annotations
