@@ -4,11 +4,17 @@ One embedded lake, table `bronze.stocks_trades`, a stream of 100-row appends (on
 timed commit by commit:
 
 * **lake**: what `lake serve` does: `engine.iceberg.watermarked_append` (watermark property and
-  fast append in one commit, with the commit-path fixes of `engine.iceberg`) and the writers'
-  in-line expiry (`ops.maintenance.expire_inline`: the shared `ExpiryPolicy`, hourly checkpoints)
-  every `min(60 s, retention / 4)`, with the DEFAULT settings (`LAKE_BRONZE_SNAPSHOT_RETENTION_
-  SECONDS` = 6 h): every snapshot of the run is kept. The in-line expiry runs between commits,
-  outside the timed commit; its own time is reported too.
+  fast append in one commit, with the commit-path fixes of `engine.iceberg`; no manifest fold
+  inside the commit) and the writers' in-line policy run (`ops.maintenance.expire_inline`: the
+  shared `ExpiryPolicy`, hourly checkpoints, then the fold of the commits' small manifests as
+  a snapshot of its own) every `min(60 s, retention / 4)`, and the fold alone every
+  `POLICY_EVERY_COMMITS` commits in between (`fold_inline`), with the DEFAULT settings
+  (`LAKE_BRONZE_SNAPSHOT_RETENTION_SECONDS` = 6 h): every snapshot of the run is kept. Both
+  run between commits, outside the timed commit; their own times are reported too, and the
+  longest manifest list a commit rewrote.
+* **writer fold (previous design), same run**: the same path with the fold inside the writer's
+  commit every 128 commits (`engine.iceberg.WRITER_FOLD_COUNT`), policy run by time only and
+  not folding: the fold commits' cost against the p50 (`--fold-commits`).
 * **baseline, same run**: stock pyiceberg 0.12 (`engine.iceberg.install_commit_fixes(False)`):
   `Transaction` with the watermark property and `append` (manifest merge on, as the lake's table
   properties ask), no expiry. It is slower, so it runs fewer commits (`--baseline-commits`).
@@ -17,7 +23,8 @@ Reported: p50 of commits 1-20 ("at commit 10") and of the last 20 commits, p99 a
 run, the growth end / commit 10, the snapshots kept and the metadata file size at the end.
 Usage::
 
-    python scripts/bench_commits.py [--commits 3600] [--baseline-commits 600] [--json]
+    python scripts/bench_commits.py [--commits 3600] [--baseline-commits 600] \
+        [--fold-commits 1000] [--json]
 """
 
 from __future__ import annotations
@@ -36,10 +43,11 @@ import pyarrow as pa
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table, Transaction
 
+import iceberg_lake.engine.iceberg as engine
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import load_settings
 from iceberg_lake.engine.iceberg import install_commit_fixes, watermarked_append
-from iceberg_lake.ops.maintenance import expire_inline
+from iceberg_lake.ops.maintenance import POLICY_EVERY_COMMITS, expire_inline, fold_inline
 
 ROWS_PER_COMMIT = 100
 WINDOW = 20
@@ -85,8 +93,13 @@ def _timed(
     commits: int,
     append: Callable[[Table, pa.Table, int], None],
     between: Callable[[], None] | None = None,
+    manifests: list[int] | None = None,
 ) -> tuple[list[float], list[float]]:
-    """Wall and CPU (this process, all threads) milliseconds of each commit."""
+    """Wall and CPU (this process, all threads) milliseconds of each commit.
+
+    With `manifests`, the current snapshot's manifest count after each commit is appended to
+    it (read outside the timed commit).
+    """
     out, cpu = [], []
     for i in range(commits):
         data = _batch(table, i)
@@ -94,9 +107,63 @@ def _timed(
         append(table, data, i)
         out.append((time.perf_counter() - t0) * 1000)
         cpu.append((time.process_time() - c0) * 1000)
+        if manifests is not None:
+            snap = table.current_snapshot()
+            manifests.append(len(snap.manifests(table.io)) if snap else 0)
         if between is not None:
             between()
     return out, cpu
+
+
+def _policy_runner(
+    lake: LakeCatalog,
+    table: Table,
+    interval: float,
+    every: int | None,
+    out: list[float],
+    folds: list[float] | None = None,
+) -> Callable[[], None]:
+    """The writers' `_maybe_expire`: the policy run every `interval` s, and the fold alone
+    every `every` commits in between."""
+    last, count = [time.monotonic()], [0]
+
+    def run() -> None:
+        count[0] += 1
+        due = time.monotonic() - last[0] >= interval
+        if not due and (every is None or count[0] < every):
+            return
+        count[0] = 0
+        t = time.perf_counter()
+        if due:
+            last[0] = time.monotonic()
+            expire_inline(lake, table, TABLE)
+            out.append((time.perf_counter() - t) * 1000)
+        else:
+            fold_inline(table)
+            if folds is not None:
+                folds.append((time.perf_counter() - t) * 1000)
+
+    return run
+
+
+def _writer_fold_run(tmp: str, commits: int, interval: float) -> dict[str, Any]:
+    """The previous design: the fold of 128 manifests inside a writer commit."""
+    saved = engine.WRITER_FOLD_COUNT, engine.FOLD_MIN_MANIFESTS
+    engine.WRITER_FOLD_COUNT, engine.FOLD_MIN_MANIFESTS = 128, 10**9
+    try:
+        lake = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(Path(tmp) / "fold")}))
+        lake.init()
+        table = lake.load_table(TABLE)
+        policy: list[float] = []
+        counts: list[int] = []
+        lat, _cpu = _timed(
+            table, commits, _lake_append, _policy_runner(lake, table, interval, None, policy),
+            counts,
+        )  # fmt: skip
+    finally:
+        engine.WRITER_FOLD_COUNT, engine.FOLD_MIN_MANIFESTS = saved
+    folds = [lat[i] for i in range(1, commits) if counts[i] < counts[i - 1]]
+    return {"lat": lat, "folds": folds, "max_manifests": max(counts, default=0)}
 
 
 def _stats(lat: list[float]) -> dict[str, float]:
@@ -114,8 +181,11 @@ def _metadata_bytes(table: Table) -> int:
     return Path(path).stat().st_size
 
 
-def run(commits: int = 3600, baseline_commits: int = 600) -> list[dict[str, Any]]:
-    """Time `commits` lake commits and `baseline_commits` stock-pyiceberg commits.
+def run(
+    commits: int = 3600, baseline_commits: int = 600, fold_commits: int = 1000
+) -> list[dict[str, Any]]:
+    """Time `commits` lake commits, `fold_commits` commits of the previous design (fold inside
+    the writer's commit) and `baseline_commits` stock-pyiceberg commits.
 
     Returns:
         Benchmark rows (`benchmark, metric, value, unit, baseline, baseline_value`).
@@ -141,18 +211,13 @@ def run(commits: int = 3600, baseline_commits: int = 600) -> list[dict[str, Any]
         table = lake.load_table(TABLE)
         interval = max(1.0, min(60.0, retention / 4))  # as ConsumerWriter._maybe_expire
         expiry_ms: list[float] = []
-        last = [time.monotonic()]
-
-        def inline_expiry() -> None:
-            if time.monotonic() - last[0] >= interval:
-                last[0] = time.monotonic()
-                t = time.perf_counter()
-                expire_inline(lake, table, TABLE)
-                expiry_ms.append((time.perf_counter() - t) * 1000)
-
+        fold_ms: list[float] = []
+        counts: list[int] = []
+        policy = _policy_runner(lake, table, interval, POLICY_EVERY_COMMITS, expiry_ms, fold_ms)
         t0 = time.perf_counter()
-        lake_lat, lake_cpu = _timed(table, commits, _lake_append, inline_expiry)
+        lake_lat, lake_cpu = _timed(table, commits, _lake_append, policy, counts)
         wall = time.perf_counter() - t0
+        fold = _writer_fold_run(tmp, fold_commits, interval) if fold_commits else None
         t0 = time.perf_counter()
         table = lake.load_table(TABLE)  # what every reader pays: parse the metadata file
         load_ms = (time.perf_counter() - t0) * 1000
@@ -191,11 +256,34 @@ def run(commits: int = 3600, baseline_commits: int = 600) -> list[dict[str, Any]
              round(base_load_ms, 1)),
         _row(name, "manifests in the current snapshot", manifests, "manifests", base,
              base_manifests),
-        _row(name, f"in-line expiry (every {interval:.0f} s), max",
-             round(max(expiry_ms, default=0), 1), "ms", base, None),
+        _row(name, "manifests in the list, max (before a policy run folds them)",
+             max(counts, default=0), "manifests", base, None),
+        _row(name, f"policy run (every {interval:.0f} s: refs, expiry, fold), runs / max",
+             f"{len(expiry_ms)} / {round(max(expiry_ms, default=0), 1)}", "ms", base, None),
+        _row(name, f"fold between policy runs (every {POLICY_EVERY_COMMITS} commits), p50",
+             round(statistics.median(fold_ms), 1) if fold_ms else 0, "ms", base, None),
+        _row(name, "fold between policy runs, max", round(max(fold_ms, default=0), 1), "ms",
+             base, None),
         _row(name, "wall time", round(wall, 1), "s", base, round(base_wall, 1)),
         _row(name, "all rows readable", rows_ok, "", base, None),
     ]  # fmt: skip
+    if fold is not None:
+        f = _stats(fold["lat"])
+        p50 = statistics.median(fold["lat"])
+        fname = f"previous design: fold inside the writer commit ({fold_commits} commits)"
+        folds = fold["folds"]
+        rows += [
+            _row(fname, "p50 over the run", round(p50, 1), "ms", base, None),
+            _row(fname, "p99 over the run", f["p99"], "ms", base, None),
+            _row(fname, "max over the run", f["max"], "ms", base, None),
+            _row(fname, "fold commits", len(folds), "commits", base, None),
+            _row(fname, "fold commit, p50", round(statistics.median(folds), 1) if folds else 0,
+                 "ms", base, None),
+            _row(fname, "fold commit, max / p50 commit", round(max(folds, default=0) / p50, 1),
+                 "x", base, None),
+            _row(fname, "manifests in the list, max", fold["max_manifests"], "manifests", base,
+                 None),
+        ]  # fmt: skip
     return rows
 
 
@@ -219,12 +307,18 @@ def main() -> None:
     parser.add_argument(
         "--baseline-commits", type=int, default=600, help="stock pyiceberg commits (default 600)"
     )
-    parser.add_argument("--quick", action="store_true", help="300 / 100 commits")
+    parser.add_argument(
+        "--fold-commits",
+        type=int,
+        default=1000,
+        help="previous-design commits, fold inside the writer commit (default 1000; 0: skip)",
+    )
+    parser.add_argument("--quick", action="store_true", help="300 / 100 / 300 commits")
     parser.add_argument("--json", action="store_true", help="print JSON rows")
     args = parser.parse_args()
     if args.quick:
-        args.commits, args.baseline_commits = 300, 100
-    rows = run(args.commits, args.baseline_commits)
+        args.commits, args.baseline_commits, args.fold_commits = 300, 100, 300
+    rows = run(args.commits, args.baseline_commits, args.fold_commits)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -232,13 +326,13 @@ def main() -> None:
     from rich.table import Table as RichTable
 
     out = RichTable(title="Writer commit latency vs snapshots kept")
-    for col in ("metric", "value", "unit", "baseline_value"):
+    for col in ("benchmark", "metric", "value", "unit", "baseline_value"):
         out.add_column(col)
     for r in rows:
         out.add_row(
             *[
                 "" if r[c] is None else str(r[c])
-                for c in ("metric", "value", "unit", "baseline_value")
+                for c in ("benchmark", "metric", "value", "unit", "baseline_value")
             ]
         )
     Console().print(out)

@@ -602,7 +602,8 @@ class _FastAppendTransaction(Transaction):
       immutable, so it is computed once per staged state.
     * `Transaction.append` merges manifests when `commit.manifest-merge.enabled` is set (every
       ~100 commits, 1.7-2 s that set the writers' p99). Writers always fast-append; manifests
-      are rewritten by maintenance (`rewrite_manifests`).
+      are folded by the policy run (`fold_small_manifests`) and rewritten by maintenance
+      (`rewrite_manifests`).
     """
 
     _memo: tuple[TableMetadata, tuple[Any, ...], TableMetadata] | None = None
@@ -620,40 +621,73 @@ class _FastAppendTransaction(Transaction):
     def _append_snapshot_producer(
         self, snapshot_properties: dict[str, str], branch: str | None = MAIN_BRANCH
     ) -> Any:
-        return _BoundedAppendFiles(
+        producer = _BoundedAppendFiles(
             operation=Operation.APPEND,
             transaction=self,
             io=self._table.io,
             branch=branch,
             snapshot_properties=snapshot_properties,
         )
+        producer.fold_min = WRITER_FOLD_COUNT
+        producer.refold = False
+        return producer
 
 
-#: A fast append folds the manifests that earlier appends added (only ADDED entries, at most
-#: `SMALL_MANIFEST_FILES` each) into one manifest once there are this many. Without it, every
-#: fast append adds a manifest and each commit rewrites a manifest list that grows with the
-#: number of commits (measured: +40 ms per commit at 1,000 manifests). The fold reads only those
-#: manifests, never the large merged ones: its cost is bounded by these two numbers, not by the
-#: table's size (unlike pyiceberg's merge-append, which rewrites everything in the bin).
-SMALL_MANIFEST_MERGE_COUNT = 128
+#: Writers' commits never fold manifests: measured at the defaults (docs/time-travel.md,
+#: "Manifests"), a fold of 128 one-commit manifests inside a writer commit cost 170-380 ms,
+#: 11-30x the p50 commit. Each fast append adds one manifest and the manifest list grows with
+#: them (about +0.05 ms per commit per manifest), so the writers' policy run folds them as a
+#: commit of its own (`fold_small_manifests`, from `ops.maintenance.expire_inline` and
+#: `fold_inline`). A count here brings the previous design back, the fold inside the writers'
+#: commits (only `scripts/bench_commits.py` sets it, to measure it in the same run).
+WRITER_FOLD_COUNT: int | None = None
+#: A fold happens once the current snapshot has this many small manifests.
+FOLD_MIN_MANIFESTS = 32
+#: A manifest is "small" (foldable) while it lists fewer files than this and deletes none. A
+#: fold's output stays small, and is folded again with the next ones, until it reaches this
+#: size; then it is left alone. So the manifest list holds fewer than `FOLD_MIN_MANIFESTS` small
+#: ones, one growing fold output and one full manifest per `SMALL_MANIFEST_FILES` files, and a
+#: fold reads at most `FOLD_MIN_MANIFESTS` small manifests plus fewer than this many entries:
+#: bounded, whatever the table's size (unlike pyiceberg's merge-append, which rewrites
+#: everything in the bin).
 SMALL_MANIFEST_FILES = 1000
 
 
+def _small_manifests(
+    manifests: list[ManifestFile], exclude_snapshot: int | None, *, refold: bool = True
+) -> dict[int, list[ManifestFile]]:
+    """The foldable manifests by partition spec id (see `SMALL_MANIFEST_FILES`).
+
+    `refold=False` is the previous writer fold's rule: single-append manifests only (ADDED
+    entries), never a fold's output.
+    """
+    small: dict[int, list[ManifestFile]] = {}
+    for m in manifests:
+        files = (m.added_files_count or 0) + (m.existing_files_count or 0)
+        if (
+            m.content == ManifestContent.DATA
+            and m.added_snapshot_id != exclude_snapshot
+            and not m.deleted_files_count
+            and (files < SMALL_MANIFEST_FILES if refold else not m.has_existing_files())
+            and (m.added_files_count or 0) <= SMALL_MANIFEST_FILES
+        ):
+            small.setdefault(m.partition_spec_id, []).append(m)
+    return small
+
+
 class _BoundedAppendFiles(_FastAppendFiles):
-    """pyiceberg's fast append, plus the bounded fold of small manifests described above."""
+    """pyiceberg's fast append; with `fold_min` set, it also folds the small manifests of the
+    parent snapshot into one per spec once there are `fold_min` of them."""
+
+    fold_min: int | None = None
+    #: Fold earlier folds' outputs too (`_small_manifests`); False: the previous writer fold.
+    refold: bool = True
 
     def _process_manifests(self, manifests: list[ManifestFile]) -> list[ManifestFile]:
-        small: dict[int, list[ManifestFile]] = {}
-        for m in manifests:
-            if (
-                m.content == ManifestContent.DATA
-                and m.added_snapshot_id != self._snapshot_id
-                and not m.has_existing_files()
-                and not m.deleted_files_count
-                and (m.added_files_count or 0) <= SMALL_MANIFEST_FILES
-            ):
-                small.setdefault(m.partition_spec_id, []).append(m)
-        folded = {s: g for s, g in small.items() if len(g) >= SMALL_MANIFEST_MERGE_COUNT}
+        if self.fold_min is None:
+            return manifests
+        small = _small_manifests(manifests, self._snapshot_id, refold=self.refold)
+        folded = {s: g for s, g in small.items() if len(g) >= self.fold_min}
         if not folded:
             return manifests
         merger = _ManifestMergeManager(
@@ -667,6 +701,53 @@ class _BoundedAppendFiles(_FastAppendFiles):
         for spec_id, group in folded.items():
             out.append(merger._create_manifest(spec_id, group))
         return out
+
+
+def small_manifest_count(table: Table) -> int:
+    """How many foldable manifests the current snapshot has (reads its manifest list)."""
+    current = table.current_snapshot()
+    if current is None:
+        return 0
+    small = _small_manifests(current.manifests(table.io), None)
+    return max((len(g) for g in small.values()), default=0)
+
+
+def fold_small_manifests(
+    table: Table, snapshot_properties: Mapping[str, str], min_count: int | None = None
+) -> int | None:
+    """Fold the current snapshot's small manifests into one per partition spec (maintenance).
+
+    One `append` snapshot that adds no rows and changes no table property (summary properties
+    mark it), or none when fewer than `min_count` (at least 2; default `FOLD_MIN_MANIFESTS`)
+    small manifests exist. Its cost is bounded by the number of small manifests, not by the
+    table's size. Idempotent: right after a fold there is nothing left to fold.
+
+    Returns:
+        The new snapshot id, or None when there was nothing to fold.
+
+    Raises:
+        CommitConflictError: a concurrent commit won; retry.
+    """
+    need = max(2, FOLD_MIN_MANIFESTS if min_count is None else min_count)
+    if small_manifest_count(table) < need:
+        return None
+    try:
+        tx = table.transaction()
+        producer = _BoundedAppendFiles(
+            operation=Operation.APPEND,
+            transaction=tx,
+            io=table.io,
+            branch=MAIN_BRANCH,
+            snapshot_properties=dict(snapshot_properties),
+        )
+        producer.fold_min = need
+        producer.commit()
+        tx.commit_transaction()
+    except (CommitFailedException, ValidationException) as exc:
+        table.refresh()
+        raise CommitConflictError(f"{table.name()}: concurrent commit ({exc})") from exc
+    snapshot = table.current_snapshot()
+    return snapshot.snapshot_id if snapshot else None
 
 
 # ---- the writers' data path: sorted, sliced, written in threads -------------------------------

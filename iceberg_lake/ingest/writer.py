@@ -85,7 +85,7 @@ from iceberg_lake.ingest.routing import (
     decode_chunked,
 )
 from iceberg_lake.ops import metrics
-from iceberg_lake.ops.maintenance import expire_inline
+from iceberg_lake.ops.maintenance import POLICY_EVERY_COMMITS, expire_inline, fold_inline
 from iceberg_lake.tables import DEAD_LETTERS_TABLE, GOLD
 
 if TYPE_CHECKING:
@@ -282,6 +282,7 @@ class ConsumerWriter:
         self._grace_deadline: float | None = None
         self._arrow_schemas: dict[tuple[str, int], pa.Schema] = {}
         self._last_expire: dict[str, float] = {}
+        self._commits_since_policy: dict[str, int] = {}
         self._last_schema_check = 0.0
         self._unknown_logged: set[tuple[str, str]] = set()
         self._stopping = False
@@ -1023,11 +1024,21 @@ class ConsumerWriter:
         """Apply the lake's expiry policy in-line (`ops.maintenance.expire_inline`)."""
         now = time.monotonic()
         interval = max(1.0, min(60.0, self.retention / 4))
-        if now - self._last_expire.get(tid, 0.0) < interval:
+        commits = self._commits_since_policy.get(tid, 0) + 1
+        self._commits_since_policy[tid] = commits
+        due = now - self._last_expire.get(tid, 0.0) >= interval
+        if not due and commits < POLICY_EVERY_COMMITS:
             return
-        self._last_expire[tid] = now
+        self._commits_since_policy[tid] = 0
+        if due:
+            self._last_expire[tid] = now
         try:
-            expire_inline(self.catalog, table, tid)
+            if due:
+                expire_inline(self.catalog, table, tid)  # refs, expiry, then the fold
+            else:
+                # Committing faster than the interval: only fold the commits' manifests, so
+                # the manifest list that every commit rewrites stays short.
+                fold_inline(table)
         except Exception as exc:  # a concurrent commit won; next time
             log.debug("expiring snapshots of %s failed: %s", tid, exc)
             with contextlib.suppress(Exception):

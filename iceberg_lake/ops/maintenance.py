@@ -49,8 +49,10 @@ from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine.filters import eq, ge, is_null, lt
 from iceberg_lake.engine.iceberg import (
+    FOLD_MIN_MANIFESTS,
     PartitionReplacement,
     expire_snapshot_ids,
+    fold_small_manifests,
     partition_values,
     rewrite_manifests,
     write_data_files,
@@ -471,8 +473,9 @@ class TableMaintenance:
     def rewrite_manifests(self, *, dry_run: bool = False) -> dict[str, Any]:
         """Merge the current snapshot's manifests into few large ones.
 
-        Writers fast-append (one manifest per commit, folded 128 at a time), so manifests pile
-        up between maintenance runs; this merges them all (`engine.iceberg.rewrite_manifests`)
+        Writers fast-append (one manifest per commit, folded 32 at a time by their policy run
+        into manifests of up to 1,000 files), so manifests pile up between maintenance runs;
+        this merges them all (`engine.iceberg.rewrite_manifests`)
         so planning reads few manifests. One `append` snapshot that adds no rows
         (`lake.operation` = `rewrite-manifests`), or none with fewer than 2 manifests.
 
@@ -880,20 +883,34 @@ class ExpiryPolicy:
 #: Silver's sources per catalog, cached for in-line expiry: (monotonic time, sources).
 _SILVER_CACHE: dict[int, tuple[float, dict[str, set[int]]]] = {}
 SILVER_SOURCES_TTL_SECONDS = 300.0
+#: A cache this young may decide to untag Silver sources; an older one is refreshed first (a
+#: stale cache lacks the sources of Silver commits made since it was read).
+SILVER_SOURCES_UNTAG_MAX_AGE_SECONDS = 30.0
+#: Writers fold manifests (`fold_inline`) after this many commits even before their policy
+#: interval is up, so the manifest list (one manifest per commit until folded) stays short:
+#: `engine.iceberg.FOLD_MIN_MANIFESTS`, so each such run finds enough to fold.
+POLICY_EVERY_COMMITS = FOLD_MIN_MANIFESTS
+#: `lake.operation` of the policy run's manifest fold (a snapshot that adds no rows).
+FOLD_MANIFESTS_OPERATION = "fold-manifests"
 
 
 def expire_inline(catalog: LakeCatalog, table: Table, table_id: str) -> int:
-    """A writer's in-line expiry: the same `ExpiryPolicy`, without deleting files.
+    """A writer's in-line policy run: the same `ExpiryPolicy`, without deleting files.
 
-    Refs are updated first (checkpoints, Silver sources read at most every 5 minutes), then the
-    policy's snapshots are removed from the metadata; their files become orphans for
-    `lake maintain remove-orphans` (reading every manifest to find them costs too much in-line).
+    Refs are updated first (checkpoints; Silver sources read at most every 5 minutes, and
+    untagged only on a fresh read), then the policy's snapshots are removed from the metadata;
+    their files become orphans for `lake maintain remove-orphans` (reading every manifest to
+    find them costs too much in-line). Last, the small manifests the writer's fast appends left
+    are folded into one (`engine.iceberg.fold_small_manifests`, once there are
+    `FOLD_MIN_MANIFESTS`): a snapshot of its own that adds no rows, so the writers' commits
+    never pay for it (docs/time-travel.md, "Manifests").
 
     Returns:
         The number of snapshots expired.
 
     Raises:
-        CommitFailedException: a concurrent commit; the writer tries again next time.
+        CommitFailedException, CommitConflictError: a concurrent commit; the writer tries
+            again next time.
     """
     import time as _time
 
@@ -906,12 +923,41 @@ def expire_inline(catalog: LakeCatalog, table: Table, table_id: str) -> int:
             cached = (_time.monotonic(), silver_sources(catalog))
             _SILVER_CACHE[id(catalog)] = cached
         silver = cached[1].get(table_id, set())
+        age = _time.monotonic() - cached[0]
+        if age > SILVER_SOURCES_UNTAG_MAX_AGE_SECONDS and _silver_untag_due(table, silver):
+            cached = (_time.monotonic(), silver_sources(catalog))
+            _SILVER_CACHE[id(catalog)] = cached
+            silver = cached[1].get(table_id, set())
     policy.maintain_refs(table, table_id, silver, now)
     expired, _ = policy.select(table, silver or set(), now)
     if expired:
         # With a precondition: a tag created meanwhile on one of them is never dropped.
         expire_snapshot_ids(table, expired)
+    fold_inline(table)
     return len(expired)
+
+
+def fold_inline(table: Table) -> int | None:
+    """Fold the small manifests the writer's fast appends left (a snapshot of its own).
+
+    The policy run's last step alone (`engine.iceberg.fold_small_manifests`, once there are
+    `FOLD_MIN_MANIFESTS`), for writers that commit faster than their policy interval.
+    Idempotent; adds no rows.
+
+    Returns:
+        The fold's snapshot id, or None when there was nothing to fold.
+
+    Raises:
+        CommitConflictError: a concurrent commit; the writer tries again next time.
+    """
+    return fold_small_manifests(table, {P.LAKE_OPERATION: FOLD_MANIFESTS_OPERATION})
+
+
+def _silver_untag_due(table: Table, silver: set[int]) -> bool:
+    """Whether `maintain_refs` would untag a Silver source given these sources."""
+    from iceberg_lake.timetravel import snapshots
+
+    return bool(snapshots.silver_sources_to_untag(table, silver))
 
 
 # ---- Silver sources ------------------------------------------------------------------------------
@@ -1122,6 +1168,9 @@ __all__ = [
     "parse_size",
     "remove_orphans",
     "expire_inline",
+    "fold_inline",
+    "FOLD_MANIFESTS_OPERATION",
+    "POLICY_EVERY_COMMITS",
     "rows_fingerprint",
     "silver_sources",
 ]

@@ -23,9 +23,11 @@ from pyiceberg.table.snapshots import Snapshot
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import catalog_errors
 from iceberg_lake.engine.iceberg import PartitionReplacement
+from iceberg_lake.exceptions import CompactionError, TimeTravelError
 from iceberg_lake.silver.job import PartitionOutput
 from iceberg_lake.silver.plan import Layout, Partition, cover, table_name
 from iceberg_lake.tables import TableDefinition
+from iceberg_lake.timetravel.snapshots import protect_silver_source
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,11 @@ class SilverCommit:
     """Stages the replacement of Silver partitions; commits ONE snapshot on a clean exit.
 
     The snapshot's summary carries `lake.operation`, `lake.source-table`,
-    `lake.source-snapshot-id` and `lake.replaced-partitions`. Not idempotent by itself: the
-    planner decides which partitions need replacing.
+    `lake.source-snapshot-id` and `lake.replaced-partitions`. Right before it, the Bronze
+    source snapshot is tagged `silver-source-<id>` (`snapshots.protect_silver_source`, given
+    `bronze`), so no engine's snapshot expiry can remove the source Silver names; the tag is
+    idempotent (a rerun finds it). Not idempotent by itself: the planner decides which
+    partitions need replacing.
 
     Args:
         silver: the Silver table.
@@ -45,9 +50,12 @@ class SilverCommit:
         snap: the pinned Bronze snapshot the new files were computed from.
         layout: the partition layout (to label and cover the partitions).
         table_properties: table properties set in the same commit (e.g. the incremental mark).
+        bronze: the Bronze table `snap` belongs to: its source tag is made before the commit
+            (None: no tag; the expiry policy tags Silver's sources on its next run).
 
     Raises:
         CommitConflictError: (on exit) a concurrent commit touched the same partitions.
+        CompactionError: (on exit) the source snapshot was expired before it could be tagged.
     """
 
     def __init__(
@@ -57,8 +65,10 @@ class SilverCommit:
         snap: Snapshot,
         layout: Layout,
         table_properties: dict[str, str] | None = None,
+        bronze: Table | None = None,
     ) -> None:
         self.silver = silver
+        self.bronze = bronze
         self.definition = definition
         self.snap = snap
         self.layout = layout
@@ -113,6 +123,13 @@ class SilverCommit:
         }
         rep.table_properties = self.table_properties
         try:
+            if self.bronze is not None:
+                # Before the Silver commit: once Silver names the source, a ref protects it.
+                with catalog_errors(f"tagging the source of {table_name(self.silver)}"):
+                    try:
+                        protect_silver_source(self.bronze, self.snap.snapshot_id)
+                    except TimeTravelError as exc:
+                        raise CompactionError(str(exc)) from None
             with catalog_errors(f"committing {table_name(self.silver)}"):
                 snapshot_id = rep.commit()
         except Exception:

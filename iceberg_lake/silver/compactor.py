@@ -388,7 +388,7 @@ class SilverCompactor:
         for n, chunk in enumerate(chunks, start=1):
             marks = table_properties if n == len(chunks) else {}
             groups = query_groups(chunk, self.rows_per_query, self.workers)
-            with SilverCommit(silver, definition, snap, layout, marks) as commit:
+            with SilverCommit(silver, definition, snap, layout, marks, bronze) as commit:
                 with ThreadPoolExecutor(max_workers=self.workers) as pool:
                     for outputs in pool.map(job.compact_group, groups):
                         for out in outputs:

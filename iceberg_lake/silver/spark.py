@@ -46,10 +46,11 @@ from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.config import Settings
 from iceberg_lake.engine.filters import eq, ge, lt
 from iceberg_lake.engine.spark import replace_partitions, spark_sql_type
-from iceberg_lake.exceptions import CompactionError
+from iceberg_lake.exceptions import CompactionError, TimeTravelError
 from iceberg_lake.silver.dedup import sort_columns
 from iceberg_lake.silver.plan import layout_of, parse_date, pin_snapshot, resolve_bronze_table
 from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
+from iceberg_lake.timetravel.snapshots import protect_silver_source
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -223,6 +224,12 @@ class SparkSilverCompactor:
             P.REPLACED_PARTITIONS: json.dumps(sorted(labels, key=str), default=str),
         }
         before = _current_id(silver)
+        # Tag the source before Silver names it, as the pyiceberg path does (silver.commit).
+        with catalog_errors(f"tagging the source of {spark_silver}"):
+            try:
+                protect_silver_source(bronze, snap.snapshot_id)
+            except TimeTravelError as exc:
+                raise CompactionError(str(exc)) from None
         replace_partitions(deduped.drop(_BUCKET), spark_silver, props)
         silver = self.lake.load_table(f"{SILVER}.{definition.name}")
         new = silver.current_snapshot()

@@ -56,6 +56,9 @@ __all__ = [
     "list_refs",
     "maintain_refs",
     "pin_snapshots",
+    "protect_silver_source",
+    "silver_source_tag",
+    "silver_sources_to_untag",
     "replay_pin_name",
     "AsOfSpec",
     "create_tag",
@@ -558,13 +561,8 @@ def maintain_refs(
     if silver_sources is not None:
         existing = {s.snapshot_id for s in table.metadata.snapshots}
         wanted = {sid for sid in silver_sources if sid in existing}
-        tagged = {
-            int(n[len(SILVER_SOURCE_PREFIX) :]): n
-            for n in refs
-            if n.startswith(SILVER_SOURCE_PREFIX) and n[len(SILVER_SOURCE_PREFIX) :].isdigit()
-        }
-        add_silver = sorted(wanted - set(tagged))
-        remove_silver = [n for sid, n in tagged.items() if sid not in wanted]
+        add_silver = sorted(wanted - set(_silver_source_tags(table)))
+        remove_silver = silver_sources_to_untag(table, silver_sources)
     counts = {
         "dropped": len(drop),
         "checkpoints": len(due),
@@ -580,9 +578,85 @@ def maintain_refs(
         for name, (sid, age) in due.items():
             ms = ms.create_tag(sid, name, max_ref_age_ms=age)
         for sid in add_silver:
-            ms = ms.create_tag(sid, f"{SILVER_SOURCE_PREFIX}{sid}")
+            ms = ms.create_tag(sid, silver_source_tag(sid))
         ms.commit()
     return counts
+
+
+def silver_source_tag(snapshot_id: int) -> str:
+    """`silver-source-<snapshot id>`: the ref that protects a Bronze snapshot Silver read."""
+    return f"{SILVER_SOURCE_PREFIX}{snapshot_id}"
+
+
+def _silver_source_tags(table: Table) -> dict[int, str]:
+    prefix = len(SILVER_SOURCE_PREFIX)
+    return {
+        int(n[prefix:]): n
+        for n in table.metadata.refs
+        if n.startswith(SILVER_SOURCE_PREFIX) and n[prefix:].isdigit()
+    }
+
+
+def silver_sources_to_untag(table: Table, silver_sources: set[int]) -> list[str]:
+    """Silver-source tags of `table` that Silver no longer names (the policy removes them).
+
+    A tag on a snapshot at least as new as every source Silver names is kept: the compactor
+    tags its source before its Silver commit (`protect_silver_source`), so such a tag may
+    belong to a compaction whose commit is not visible yet (or that failed: the next
+    compaction of a newer snapshot releases it).
+    """
+    seq = {s.snapshot_id: s.sequence_number or 0 for s in table.metadata.snapshots}
+    named = [seq[sid] for sid in silver_sources if sid in seq]
+    newest = max(named, default=None)
+    return [
+        name
+        for sid, name in _silver_source_tags(table).items()
+        if sid not in silver_sources
+        and (sid not in seq or (newest is not None and seq[sid] < newest))
+    ]
+
+
+def protect_silver_source(bronze: Table, snapshot_id: int, *, attempts: int = 5) -> str:
+    """Tag the Bronze snapshot a Silver commit is about to name as its source.
+
+    The tag is the one the expiry policy keeps for Silver sources (`silver-source-<id>`, no
+    max-ref-age: it stays until Silver no longer names the snapshot), made before the Silver
+    commit so that no engine's expiry (Spark, Trino, pyiceberg's own) can remove the source in
+    between. Idempotent: an existing tag is left as it is. Makes no snapshot (a ref update of
+    the Bronze table, retried on a concurrent commit from refreshed metadata). `bronze` itself
+    is not modified: a fresh copy is loaded from its catalog.
+
+    Returns:
+        The tag name.
+
+    Raises:
+        TimeTravelError: the snapshot no longer exists (expired before it could be protected).
+        CommitFailedException (pyiceberg): concurrent commits won every attempt.
+    """
+    name = silver_source_tag(snapshot_id)
+    table = bronze.catalog.load_table(bronze.name())
+    for attempt in range(attempts):
+        ref = table.metadata.refs.get(name)
+        if ref is not None and ref.snapshot_id == snapshot_id:
+            return name
+        if table.snapshot_by_id(snapshot_id) is None:
+            raise TimeTravelError(
+                f"{_table_name(table)} has no snapshot {snapshot_id} to protect as Silver's "
+                "source (expired during the compaction): compact again"
+            )
+        try:
+            with table.transaction() as tx:
+                ms = ManageSnapshots(tx)
+                if ref is not None:
+                    ms = ms.remove_tag(name)
+                ms.create_tag(snapshot_id, name).commit()
+            return name
+        except CommitFailedException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * 2**attempt)
+            table.refresh()
+    return name
 
 
 def replay_pin_name(

@@ -14,7 +14,6 @@ import json
 
 import pyarrow as pa
 import pyiceberg
-import pytest
 from pyiceberg.catalog import MetastoreCatalog
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.serializers import ToOutputFile
@@ -130,9 +129,8 @@ def test_shallow_update_equals_stock_and_shares_unchanged_parts(lake: LakeCatalo
 
 
 def test_metadata_json_and_snapshot_index_match_pyiceberg_across_appends_and_expiry(
-    lake: LakeCatalog, monkeypatch: pytest.MonkeyPatch
+    lake: LakeCatalog,
 ) -> None:
-    monkeypatch.setattr(engine, "SMALL_MANIFEST_MERGE_COUNT", 10**6)
     table = lake.load_table(TABLE)
     for i in range(70):  # past the index's 64-snapshot threshold
         with engine.watermarked_append(table, watermark={"lake.watermark.s.c": str(i)}) as app:
@@ -155,9 +153,8 @@ def test_metadata_json_and_snapshot_index_match_pyiceberg_across_appends_and_exp
 
 
 def test_watermarked_append_is_one_fast_append_and_stale_tables_still_commit(
-    lake: LakeCatalog, monkeypatch: pytest.MonkeyPatch
+    lake: LakeCatalog,
 ) -> None:
-    monkeypatch.setattr(engine, "SMALL_MANIFEST_MERGE_COUNT", 4)
     table = lake.load_table(TABLE)
     stale = lake.load_table(TABLE)
     for i in range(6):
@@ -167,17 +164,38 @@ def test_watermarked_append_is_one_fast_append_and_stale_tables_still_commit(
     assert fresh.properties["lake.watermark.s.c"] == "5"
     assert len(fresh.metadata.snapshots) == 6
     assert {s.summary.operation.value for s in fresh.metadata.snapshots} == {"append"}
-    # The 4 single-append manifests were folded into one: 1 fold + 2 newer = 3, not 6.
-    assert len(fresh.current_snapshot().manifests(fresh.io)) == 3
+    # Writers never fold: one manifest per commit, until the policy run folds them.
+    assert len(fresh.current_snapshot().manifests(fresh.io)) == 6
+    assert engine.small_manifest_count(fresh) == 6
+    assert engine.fold_small_manifests(fresh, {"lake.operation": "fold-manifests"}, 7) is None
+    before = fresh.current_snapshot().snapshot_id
+    folded = engine.fold_small_manifests(fresh, {"lake.operation": "fold-manifests"}, 4)
+    fresh = lake.load_table(TABLE)
+    snap = fresh.current_snapshot()
+    assert folded == snap.snapshot_id and snap.parent_snapshot_id == before
+    assert snap.summary.additional_properties["lake.operation"] == "fold-manifests"
+    assert snap.summary.additional_properties.get("added-records", "0") == "0"
+    assert len(snap.manifests(fresh.io)) == 1 and engine.small_manifest_count(fresh) == 1
+    assert engine.fold_small_manifests(fresh, {"lake.operation": "fold-manifests"}, 2) is None
+    assert fresh.properties["lake.watermark.s.c"] == "5"
     assert fresh.scan().to_arrow().num_rows == 60
-    # A commit from a table loaded before those 6 falls back to pyiceberg's own path and lands.
-    with engine.watermarked_append(stale, watermark={"lake.watermark.s.c": "6"}) as app:
+    # A fold's output is folded again with the next small manifests (bounded list length).
+    for i in range(3):
+        with engine.watermarked_append(fresh, watermark={"lake.watermark.s.c": str(6 + i)}) as a:
+            a.append(_rows(fresh, 500 + i * 10))
+    assert engine.small_manifest_count(fresh) == 4
+    assert engine.fold_small_manifests(fresh, {"lake.operation": "fold-manifests"}, 4)
+    fresh = lake.load_table(TABLE)
+    (manifest,) = fresh.current_snapshot().manifests(fresh.io)
+    assert manifest.existing_files_count == 9 and fresh.scan().to_arrow().num_rows == 90
+    # A commit from a table loaded before those commits falls back to pyiceberg's own path.
+    with engine.watermarked_append(stale, watermark={"lake.watermark.s.c": "9"}) as app:
         app.append(_rows(stale, 1000))
     fresh = lake.load_table(TABLE)
-    assert fresh.scan().to_arrow().num_rows == 70
-    assert fresh.properties["lake.watermark.s.c"] == "6"
+    assert fresh.scan().to_arrow().num_rows == 100
+    assert fresh.properties["lake.watermark.s.c"] == "9"
     # Maintenance's manifest rewrite leaves one manifest and the same rows.
     assert engine.rewrite_manifests(fresh, {"lake.operation": "rewrite-manifests"}) is not None
     fresh = lake.load_table(TABLE)
     assert len(fresh.current_snapshot().manifests(fresh.io)) == 1
-    assert fresh.scan().to_arrow().num_rows == 70
+    assert fresh.scan().to_arrow().num_rows == 100
