@@ -263,6 +263,10 @@ class DbnSource:
         other = d.DBNDecoder(has_metadata=False, ts_out=self.ts_out, input_version=self.version)
         buf = b""
         pos = 0
+        # Records checked per view: all that are buffered, until a record that is not a data
+        # record turns up; then a window that doubles with every clean block, so a file dense
+        # with mapping records is not re-checked to the end of the buffer after each of them.
+        window = 0
         try:
             # The DBN prelude: b"DBN", the version byte, the metadata length (u32 LE).
             header = _read_exactly(stream, 8)
@@ -277,6 +281,8 @@ class DbnSource:
                 progress = min(1.0, raw.tell() / total)
                 while pos < len(buf):
                     n = (len(buf) - pos) // size
+                    if window:
+                        n = min(n, window)
                     if n:
                         view = np.frombuffer(buf, dtype=self.dtype, count=n, offset=pos)
                         ok = (view["length"] == words) & (view["rtype"] == rtype)
@@ -284,6 +290,7 @@ class DbnSource:
                         if k:
                             yield view[:k], progress
                             pos += k * size
+                            window = window * 2 if window and k == n else window
                             continue
                     length = buf[pos] * 4
                     if length == 0:
@@ -292,6 +299,7 @@ class DbnSource:
                         break  # a partial record: more bytes to come
                     other.write(buf[pos : pos + length])
                     pos += length
+                    window = 1_024
                     for rec in other.decode():
                         if isinstance(rec, self.record_class):
                             yield np.frombuffer(bytes(rec), dtype=self.dtype), progress
