@@ -38,6 +38,9 @@ from iceberg_lake.load.sources import SourceBatch
 READ_BYTES = 1 << 20
 #: Records per batch at most (a zstd megabyte can hold tens of megabytes of records).
 BATCH_RECORDS = 131_072
+#: Record bytes per batch at most: wide records (MBP-10: 368 bytes) make shorter batches, so a
+#: batch in flight (its bytes, its columns, their conversion) stays a few tens of megabytes.
+BATCH_BYTES = 8 << 20
 #: Records converted to columns at a time (a few hundred kB: stays in the CPU cache).
 CONVERT_BLOCK = 4_096
 _NS_PER_DAY = 86_400 * 10**9
@@ -184,6 +187,8 @@ class DbnSource:
         self.ts_out = bool(self.metadata.ts_out)
         self.dtype = record_dtype(self.record_class, self.ts_out)
         self.fields: tuple[str, ...] = self.dtype.names or ()
+        #: Records per batch for this file's record size.
+        self.batch_records = max(1, min(BATCH_RECORDS, BATCH_BYTES // self.dtype.itemsize))
         self.dataset = str(self.metadata.dataset)
 
     def _decoder(self) -> Any:
@@ -231,7 +236,7 @@ class DbnSource:
                 pending.append(item)
                 pending_rows += len(item)
                 # Reads are a batch long, so a block usually goes out as it is (no copy).
-                if pending_rows < BATCH_RECORDS // 2:
+                if pending_rows < self.batch_records // 2:
                     continue
             elif not pending:
                 symbology.update(*item)
@@ -275,7 +280,8 @@ class DbnSource:
             _read_exactly(stream, int.from_bytes(header[4:8], "little"))  # the metadata
             while True:
                 # Whole batches per read: a block is viewed as it is, never concatenated.
-                chunk = stream.read(max(READ_BYTES, BATCH_RECORDS * size - (len(buf) - pos)))
+                want = self.batch_records * size - (len(buf) - pos)
+                chunk = stream.read(max(READ_BYTES, want))
                 buf = buf[pos:] + chunk if pos < len(buf) else chunk
                 pos = 0
                 progress = min(1.0, raw.tell() / total)
@@ -330,7 +336,7 @@ class DbnSource:
             return
         start = max(0, skip_rows - first_row)
         while start < len(records):
-            end = min(len(records), start + BATCH_RECORDS)
+            end = min(len(records), start + self.batch_records)
             table, problems = self._to_arrow(records[start:end], symbology)
             yield SourceBatch(table, first_row + start, problems, progress=min(1.0, progress))
             start = end
