@@ -1,11 +1,11 @@
 """`lake load --jobs 2` killed with SIGKILL half-way through two files, then run again: every
 row of both files stored exactly once, on the local warehouse and on S3 + PostgreSQL (budget:
-~20 CPU-seconds together, most of it the start-up of the five processes each load runs; wall
+~27 CPU-seconds together, most of it the start-up of the five processes each load runs; wall
 time ~15 s on the idle 2-core machine, plus the shared servers' start-up).
 
-The whole process group is killed (the command, its two worker processes and the queue manager),
-as a crash or an OOM kill of the job would. Rows are counted outside the load code: DuckDB's
-`iceberg_scan` locally, a pyiceberg scan to Arrow on S3.
+The whole process group is killed (the command and its two worker processes), as a crash of the
+job would, or the command alone (`kill -9 PID`): its workers must end with it. Rows are counted
+outside the load code: DuckDB's `iceberg_scan` locally, a pyiceberg scan to Arrow on S3.
 """
 
 from __future__ import annotations
@@ -46,6 +46,21 @@ def _files(tmp_path: Path, n: int) -> list[Path]:
     ]
 
 
+def _alive_in_group(pgid: int) -> list[int]:
+    """Processes of process group `pgid` that are not zombies (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -57,9 +72,11 @@ def _kill_half_way_then_rerun(
     n: int,
     step: int,
     count: Callable[[], tuple[int, int]],
+    whole_group: bool = True,
 ) -> None:
-    """Start `lake load a b --jobs 2`, SIGKILL its process group once both files have a commit
-    in, check the table holds exactly the committed rows, load both files again to the end."""
+    """Start `lake load a b --jobs 2`, SIGKILL its process group (or the command alone) once both
+    files have a commit in, wait until no process of it is left, check the table holds exactly
+    the committed rows, load both files again to the end."""
     files = _files(tmp_path, n)
     mapping = tmp_path / "m.toml"
     mapping.write_text(TRADES_MAPPING)
@@ -72,12 +89,13 @@ def _kill_half_way_then_rerun(
         props = lake.load_table(TABLE).properties
         return [parse_ledger(props.get(k)) for k in keys]
 
+    log = (tmp_path / "load.log").open("wb")
     proc = subprocess.Popen(
         cmd,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group: the workers die with it
+        stdout=log,
+        stderr=log,
+        start_new_session=True,  # its own process group, with its workers
     )
     try:
         wait_until(
@@ -87,11 +105,19 @@ def _kill_half_way_then_rerun(
             interval=0.02,
             alive=proc,
         )
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
+        if whole_group:
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=30)
+        else:
+            proc.send_signal(signal.SIGKILL)  # the command only: its workers must stop too
+        proc.wait(timeout=30)
+        wait_until(
+            lambda: not _alive_in_group(proc.pid), 30, "the worker processes to end", interval=0.05
+        )
+    finally:
+        if _alive_in_group(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        log.close()
     assert proc.returncode == -signal.SIGKILL
 
     state = ledgers()
@@ -121,6 +147,21 @@ def test_sigkill_jobs_2_half_way_then_rerun_stores_every_row_once(tmp_path: Path
         return found[0] if found else (0, 0)
 
     _kill_half_way_then_rerun(tmp_path, env, lake, n=24_000, step=3_000, count=count)
+
+
+def test_sigkill_of_the_command_alone_stops_its_workers_too(tmp_path: Path, duck) -> None:
+    """`kill -9` of the `lake load` process only: its worker processes end with it (they would
+    otherwise load on and then wait for work forever); the re-run stores every row once."""
+    lake = make_lake(tmp_path / "data")
+    env = {**os.environ, "LAKE_DATA_DIR": str(tmp_path / "data")}
+
+    def count() -> tuple[int, int]:
+        found = rows(duck, lake, TABLE, "SELECT count(*), count(DISTINCT seq) FROM t")
+        return found[0] if found else (0, 0)
+
+    _kill_half_way_then_rerun(
+        tmp_path, env, lake, n=24_000, step=3_000, count=count, whole_group=False
+    )
 
 
 def test_sigkill_jobs_2_on_s3_then_rerun_stores_every_row_once(
