@@ -10,8 +10,11 @@ CPU seconds of the whole process (steadier than wall time on a shared machine), 
 * `lake load FILE --table bronze.stocks_trades` at the user defaults (commit every 500,000 rows,
   writers' validation, exactly-once ledger, progress off).
 
-With `--dbn-mbp10 N` and `--csv N` it also loads a DBN MBP-10 file (databento-dbn's encoder) and
-a Polygon trades CSV.gz of N rows (no baseline: there is no plain pyiceberg path for them).
+With `--dbn-mbp10 N` it also loads a DBN MBP-10 file of N records (`.dbn.zst`, databento-dbn's
+encoder, 2 instruments) beside its own same-run baseline: a plain streaming decode of the same
+file to Arrow (zstd stream, NumPy view of the records, prices scaled) and a pyarrow Parquet write
+of it with the table's codec (zstd level 3), one file, no validation, sort, partitioning or ledger.
+With `--csv N` it loads a Polygon trades CSV.gz of N rows (no baseline).
 With `--sweep` it loads the Parquet file at several `--commit-rows` values (how the default was
 chosen). Each load runs once (the machine is shared: see the load average printed).
 
@@ -62,6 +65,41 @@ data = data.select([f.name for f in schema if f.name in data.column_names])
 cols = [data.column(f.name) if f.name in data.column_names else pa.nulls(n, f.type) for f in schema]
 data = pa.Table.from_arrays(cols, schema=pa.schema([f.with_nullable(True) for f in schema]))
 table.append(data.cast(schema))
+print(json.dumps({"results": [{"rows_stored": n, "seconds": time.perf_counter() - t0}]}))
+"""
+
+
+DBN_BASELINE = r"""
+import sys, time, json
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq, databento_dbn as d
+from iceberg_lake.engine.dbn import hidden_fields, price_fields, record_dtype
+t0 = time.perf_counter()
+path, out = sys.argv[1], sys.argv[2]
+dtype = record_dtype(d.MBP10Msg)
+prices, hidden = price_fields(d.MBP10Msg), hidden_fields(d.MBP10Msg)
+raw = pa.OSFile(path)
+stream = pa.CompressedInputStream(raw, "zstd") if path.endswith(".zst") else raw
+head = stream.read(8)
+stream.read(int.from_bytes(head[4:8], "little"))
+n, writer = 0, None
+while block := stream.read(131_072 * dtype.itemsize):
+    rec = np.frombuffer(block, dtype=dtype)
+    cols = {}
+    for name in dtype.names:
+        if name in hidden:
+            continue
+        v = rec[name]
+        if name in prices:
+            cols[name] = pa.array(v / d.FIXED_PRICE_SCALE, mask=v == d.UNDEF_PRICE)
+        elif v.dtype.kind == "S":
+            cols[name] = pa.array(v.astype("U1"), pa.string())
+        else:
+            cols[name] = pa.array(v)
+    table = pa.table(cols)
+    writer = writer or pq.ParquetWriter(out, table.schema, compression="zstd", compression_level=3)
+    writer.write_table(table)
+    n += len(rec)
+writer.close()
 print(json.dumps({"results": [{"rows_stored": n, "seconds": time.perf_counter() - t0}]}))
 """
 
@@ -183,15 +221,26 @@ def measure(rows: int, dbn_mbp10: int = 0, csv: int = 0, sweep: bool = False) ->
             dbn_path = write_dbn(
                 root / "mbp10.dbn.zst", "mbp-10", opts.dbn_mbp10, {1: "ESH6", 2: "ESM6"}
             )
+            base = _measure(
+                [sys.executable, "-c", DBN_BASELINE, str(dbn_path), str(root / "dbn.parquet")],
+                _env(root / "dbn_base"),
+            )
             r = _lake_load([str(dbn_path)], root / "dbn")
             again = _measure_again([str(dbn_path)], root / "dbn")
             report["dbn_mbp10"] = {
                 "rows": opts.dbn_mbp10,
+                "file_mb": round(dbn_path.stat().st_size / 1e6, 1),
                 "stored": r["stored"],
                 "stored_again": again["stored"],
                 "seconds": round(r["inner_s"], 2),
                 "rows_per_s": round(opts.dbn_mbp10 / r["inner_s"]),
+                "cpu_s": round(r["cpu_s"], 2),
                 "peak_rss_mb": round(r["rss_mb"]),
+                "baseline_seconds": round(base["inner_s"], 2),
+                "baseline_rows_per_s": round(opts.dbn_mbp10 / base["inner_s"]),
+                "baseline_cpu_s": round(base["cpu_s"], 2),
+                "baseline_peak_rss_mb": round(base["rss_mb"]),
+                "vs_baseline": round(base["inner_s"] / r["inner_s"], 2),
             }
         if opts.csv:
             from tests.load_data import polygon_trades, write_csv_gz
@@ -268,14 +317,26 @@ def main() -> None:
             f"peak RSS {r['peak_rss_mb']:>5} MB"
         )
     print(f"  lake load / baseline throughput: {report['lake_load_vs_baseline']:.2f}")
-    for key in ("dbn_mbp10", "polygon_csv_gz"):
-        if key in report:
-            r = report[key]
-            print(
-                f"  {key:<14} {r['rows']:,} rows {r['seconds']:.2f} s  "
-                f"{r['rows_per_s']:,} rows/s  peak RSS {r['peak_rss_mb']} MB, "
-                f"stored {r['stored']:,}, loaded again: {r['stored_again']:,} stored"
-            )
+    if "dbn_mbp10" in report:
+        r = report["dbn_mbp10"]
+        print(
+            f"  dbn_mbp10 {r['rows']:,} records ({r['file_mb']} MB .dbn.zst)\n"
+            f"    baseline   {r['baseline_seconds']:>7.2f} s  "
+            f"{r['baseline_rows_per_s']:>10,} rows/s  "
+            f"CPU {r['baseline_cpu_s']:.1f} s  peak RSS {r['baseline_peak_rss_mb']:>5} MB "
+            "(decode to Arrow + pyarrow Parquet write)\n"
+            f"    lake_load  {r['seconds']:>7.2f} s  {r['rows_per_s']:>10,} rows/s  "
+            f"CPU {r['cpu_s']:.1f} s  peak RSS {r['peak_rss_mb']:>5} MB, "
+            f"stored {r['stored']:,}, loaded again: {r['stored_again']:,} stored\n"
+            f"    lake load / baseline throughput: {r['vs_baseline']:.2f}"
+        )
+    if "polygon_csv_gz" in report:
+        r = report["polygon_csv_gz"]
+        print(
+            f"  polygon_csv_gz {r['rows']:,} rows {r['seconds']:.2f} s  "
+            f"{r['rows_per_s']:,} rows/s  peak RSS {r['peak_rss_mb']} MB, "
+            f"stored {r['stored']:,}, loaded again: {r['stored_again']:,} stored"
+        )
     for n, r in report.get("commit_rows_sweep", {}).items():
         print(
             f"  --commit-rows {n:>9,}: {r['rows_per_s']:>10,} rows/s, "

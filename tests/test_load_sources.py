@@ -65,3 +65,58 @@ def test_ndjson_values_keep_their_text_when_a_block_falls_back(tmp_path: Path) -
     (batch,) = list(open_source(path, "ndjson").batches())
     assert batch.table.column("a").to_pylist() == ["1", "two"]
     assert batch.table.column("b").type == pa.string()
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_dbn_block_decoding_matches_the_record_decoder_with_mappings_in_the_stream(
+    compressed: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The vectorised MBP-10 decoding gives what databento-dbn's record objects say, field by
+    field, also across `SymbolMappingMsg` records in the stream (which map a new instrument
+    from there on) and batch boundaries."""
+    import databento_dbn as d
+    import zstandard
+
+    from tests.load_data import T14
+
+    monkeypatch.setattr(dbn, "BATCH_RECORDS", 64)
+    plain = write_dbn(tmp_path / "p.dbn", "mbp-10", 600, {1: "ESH6"}, unknown={3, 50, 300, 599})
+    data = plain.read_bytes()
+    start = 8 + int.from_bytes(data[4:8], "little")
+    size = 368
+    mapping = d.SymbolMappingMsg(
+        publisher_id=1,
+        instrument_id=999,
+        ts_event=T14,
+        stype_in=d.SType.RAW_SYMBOL,
+        stype_in_symbol="NQH6",
+        stype_out=d.SType.INSTRUMENT_ID,
+        stype_out_symbol="999",
+        start_ts=T14,
+        end_ts=T14 + 10**12,
+    )
+    # Instrument 999 is mapped from record 100 on (twice, to cross a read and a batch).
+    cut = start + 100 * size
+    spliced = data[:cut] + bytes(mapping) + data[cut : cut + 5 * size] + bytes(mapping)
+    spliced += data[cut + 5 * size :]
+    path = tmp_path / ("m.dbn.zst" if compressed else "m.dbn")
+    path.write_bytes(zstandard.ZstdCompressor().compress(spliced) if compressed else spliced)
+
+    rows, problems = _read(path, "dbn", 0)
+    assert len(rows) == 600
+    assert sorted(problems) == [3, 50]  # 300 and 599 are mapped by then
+    assert rows[300]["symbol"] == rows[599]["symbol"] == "NQH6"
+
+    decoder = d.DBNDecoder()
+    decoder.write(plain.read_bytes())
+    records = [r for r in decoder.decode() if isinstance(r, d.MBP10Msg)]
+    for row, rec in zip(rows, records, strict=True):
+        assert row["ts_event"] == rec.ts_event and row["ts_recv"] == rec.ts_recv
+        assert row["instrument_id"] == rec.instrument_id and row["sequence"] == rec.sequence
+        assert row["price"] == rec.price / d.FIXED_PRICE_SCALE
+        assert (row["side"], row["action"]) == (str(rec.side), str(rec.action))
+        for k, level in enumerate(rec.levels):
+            bid = None if level.bid_px == d.UNDEF_PRICE else level.bid_px / d.FIXED_PRICE_SCALE
+            assert row[f"bid_px_{k:02d}"] == bid
+            assert row[f"ask_px_{k:02d}"] == level.ask_px / d.FIXED_PRICE_SCALE
+            assert (row[f"bid_sz_{k:02d}"], row[f"ask_ct_{k:02d}"]) == (level.bid_sz, level.ask_ct)

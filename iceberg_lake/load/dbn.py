@@ -1,10 +1,13 @@
 """Databento DBN files (`.dbn`, `.dbn.zst`) as Arrow batches, decoded by `databento-dbn`.
 
-`databento_dbn.DBNDecoder` reads the metadata header and splits the (zstd) stream into records,
-upgrading older DBN versions to the current layout. The records of the file's schema are packed
-back to their wire bytes and viewed as a NumPy structured array with the layout the package
-publishes for each record class (`iceberg_lake.engine.dbn.record_dtype`), so a million MBP-10
-records become columns without a Python loop over fields.
+`databento_dbn.DBNDecoder` reads the metadata header. The record stream after it (zstd
+decompressed by pyarrow) is read in blocks of a batch and viewed as a NumPy structured array with
+the layout the package publishes for each record class (`iceberg_lake.engine.dbn.record_dtype`):
+a block of the schema's data records is checked (`rtype`, record length) and turned into Arrow
+columns with a few NumPy operations per field and block of records, never a Python step per
+record or per book level. Any other record (a `SymbolMappingMsg`, a system or error message) goes
+to `DBNDecoder`, which decodes it and upgrades it from the file's DBN version; data records have
+the same layout in every DBN version (`tests/engine/test_dbn_guard.py`).
 
 Output columns (what the `catalog/mappings/databento_*.toml` mappings read):
 
@@ -31,10 +34,15 @@ from iceberg_lake.engine.dbn import hidden_fields, price_fields, record_dtype, t
 from iceberg_lake.exceptions import LakeError
 from iceberg_lake.load.sources import SourceBatch
 
-#: Decoded bytes per read (records stay in the decoder between reads).
+#: Decompressed bytes per read at least (a read is normally a whole batch of records).
 READ_BYTES = 1 << 20
 #: Records per batch at most (a zstd megabyte can hold tens of megabytes of records).
 BATCH_RECORDS = 131_072
+#: Record bytes per batch at most: wide records (MBP-10: 368 bytes) make shorter batches, so a
+#: batch in flight (its bytes, its columns, their conversion) stays a few tens of megabytes.
+BATCH_BYTES = 8 << 20
+#: Records converted to columns at a time (a few hundred kB: stays in the CPU cache).
+CONVERT_BLOCK = 4_096
 _NS_PER_DAY = 86_400 * 10**9
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -124,6 +132,30 @@ class _Symbology:
         return out
 
 
+def _chars(raw: np.ndarray) -> pa.Array:
+    """The bytes of a one-byte `c_char` column as strings, in one pass.
+
+    A NUL byte is the empty string, as NumPy's `astype(str)` of the field gives.
+    """
+    present = raw != 0
+    offsets = np.zeros(len(raw) + 1, dtype=np.int32)
+    np.cumsum(present, out=offsets[1:])
+    data = raw[present] if not present.all() else raw
+    return pa.StringArray.from_buffers(len(raw), pa.py_buffer(offsets), pa.py_buffer(data))
+
+
+def _read_exactly(stream: Any, n: int) -> bytes:
+    """`n` bytes of `stream` (a short read is a truncated file)."""
+    parts: list[bytes] = []
+    while n > 0:
+        block = stream.read(n)
+        if not block:
+            raise LakeError("truncated DBN file (the metadata header is cut short)")
+        parts.append(block)
+        n -= len(block)
+    return b"".join(parts)
+
+
 def _day(value: Any) -> int:
     import datetime as dt
 
@@ -149,9 +181,14 @@ class DbnSource:
             raise LakeError(f"{path.name}: a DBN file of mixed schemas cannot be loaded")
         self.schema = str(schema)
         self.record_class = record_class(self.schema)
+        #: The `rtype` of the schema's records on the wire (TBBO records are MBP-1 records).
+        self.rtype = int(d.RType.from_schema(schema).value)
+        self.version = int(self.metadata.version)
         self.ts_out = bool(self.metadata.ts_out)
         self.dtype = record_dtype(self.record_class, self.ts_out)
         self.fields: tuple[str, ...] = self.dtype.names or ()
+        #: Records per batch for this file's record size.
+        self.batch_records = max(1, min(BATCH_RECORDS, BATCH_BYTES // self.dtype.itemsize))
         self.dataset = str(self.metadata.dataset)
 
     def _decoder(self) -> Any:
@@ -180,104 +217,209 @@ class DbnSource:
         return [*names, "symbol", "aggressor", "is_snapshot"]
 
     def batches(self, skip_rows: int = 0) -> Iterator[SourceBatch]:
-        d = _dbn()
+        """Stream the data records from record `skip_rows` on, as Arrow batches.
+
+        The decompressed record stream is read in large blocks and viewed through the record
+        dtype: a block of data records (the schema's `rtype` and record length) becomes one
+        NumPy structured array without touching each record in Python. Any other record (a
+        `SymbolMappingMsg`, a system or error message) is handed to `databento-dbn`'s decoder,
+        which also upgrades it from the file's DBN version; data records are the same in every
+        DBN version (guarded). Runs of data records between mapping records share one mapping
+        state, as when every record is decoded one by one.
+        """
         symbology = _Symbology(self.metadata)
-        cls = self.record_class
-        mapping_cls = d.SymbolMappingMsg
-        dec = self._decoder()
-        size = max(1, self.path.stat().st_size)
-        read = 0
+        pending: list[np.ndarray] = []
+        pending_rows = 0
         row = 0
-        with self.path.open("rb") as f:
+        for item, progress in self._records():
+            if isinstance(item, np.ndarray):
+                pending.append(item)
+                pending_rows += len(item)
+                # Reads are a batch long, so a block usually goes out as it is (no copy).
+                if pending_rows < self.batch_records // 2:
+                    continue
+            elif not pending:
+                symbology.update(*item)
+                continue
+            records = pending[0] if len(pending) == 1 else np.concatenate(pending)
+            pending, pending_rows = [], 0
+            yield from self._emit(records, row, skip_rows, symbology, progress)
+            row += len(records)
+            if not isinstance(item, np.ndarray):
+                symbology.update(*item)
+        if pending:
+            records = pending[0] if len(pending) == 1 else np.concatenate(pending)
+            yield from self._emit(records, row, skip_rows, symbology, 1.0)
+
+    def _records(self) -> Iterator[tuple[np.ndarray | tuple[int, str], float]]:
+        """(block of data records, or an (instrument_id, symbol) mapping; fraction read)."""
+        d = _dbn()
+        size = self.dtype.itemsize
+        words = size // 4
+        rtype = self.rtype
+        raw = pa.OSFile(str(self.path))
+        total = max(1, self.path.stat().st_size)
+        stream: Any = (
+            pa.CompressedInputStream(raw, "zstd")
+            if self._compression == d.Compression.ZSTD
+            else raw
+        )
+        # A header-less decoder for the records that are not data records.
+        other = d.DBNDecoder(has_metadata=False, ts_out=self.ts_out, input_version=self.version)
+        buf = b""
+        pos = 0
+        # Records checked per view: all that are buffered, until a record that is not a data
+        # record turns up; then a window that doubles with every clean block, so a file dense
+        # with mapping records is not re-checked to the end of the buffer after each of them.
+        window = 0
+        try:
+            # The DBN prelude: b"DBN", the version byte, the metadata length (u32 LE).
+            header = _read_exactly(stream, 8)
+            if header[:3] != b"DBN":
+                raise LakeError(f"{self.path.name}: not a DBN file (no DBN prelude)")
+            _read_exactly(stream, int.from_bytes(header[4:8], "little"))  # the metadata
             while True:
-                chunk = f.read(READ_BYTES)
-                if chunk:
-                    read += len(chunk)
-                    dec.write(chunk)
-                try:
-                    records = dec.decode()
-                except d.DBNError as exc:
-                    raise LakeError(f"{self.path.name}: corrupt DBN data ({exc})") from None
-                if records and isinstance(records[0], d.Metadata):
-                    records = records[1:]
-                # Runs of data records between symbol-mapping records share one mapping state.
-                if set(map(type, records)) <= {cls}:
-                    if records:  # the usual case: only data records
-                        yield from self._emit(records, row, skip_rows, symbology, read / size)
-                        row += len(records)
-                    records = []
-                run: list[Any] = []
-                for rec in records:
-                    if isinstance(rec, cls):
-                        run.append(rec)
-                    elif isinstance(rec, mapping_cls):
-                        if run:
-                            yield from self._emit(run, row, skip_rows, symbology, read / size)
-                            row += len(run)
-                            run = []
-                        symbology.update(int(rec.instrument_id), str(rec.stype_in_symbol))
-                if run:
-                    yield from self._emit(run, row, skip_rows, symbology, read / size)
-                    row += len(run)
+                # Whole batches per read: a block is viewed as it is, never concatenated.
+                want = self.batch_records * size - (len(buf) - pos)
+                chunk = stream.read(max(READ_BYTES, want))
+                buf = buf[pos:] + chunk if pos < len(buf) else chunk
+                pos = 0
+                progress = min(1.0, raw.tell() / total)
+                while pos < len(buf):
+                    n = (len(buf) - pos) // size
+                    if window:
+                        n = min(n, window)
+                    if n:
+                        view = np.frombuffer(buf, dtype=self.dtype, count=n, offset=pos)
+                        ok = (view["length"] == words) & (view["rtype"] == rtype)
+                        k = n if ok.all() else int(np.argmin(ok))
+                        if k:
+                            yield view[:k], progress
+                            pos += k * size
+                            window = window * 2 if window and k == n else window
+                            continue
+                    length = buf[pos] * 4
+                    if length == 0:
+                        raise LakeError(f"{self.path.name}: corrupt DBN data (zero-length record)")
+                    if len(buf) - pos < length:
+                        break  # a partial record: more bytes to come
+                    other.write(buf[pos : pos + length])
+                    pos += length
+                    window = 1_024
+                    for rec in other.decode():
+                        if isinstance(rec, self.record_class):
+                            yield np.frombuffer(bytes(rec), dtype=self.dtype), progress
+                        elif isinstance(rec, d.SymbolMappingMsg):
+                            yield (int(rec.instrument_id), str(rec.stype_in_symbol)), progress
                 if not chunk:
                     break
-        if len(dec.buffer()):
+        except OSError as exc:  # pyarrow's zstd stream: corrupt or truncated compressed data
+            if "truncated" in str(exc).lower():
+                raise LakeError(f"{self.path.name}: truncated DBN file ({exc})") from None
+            raise LakeError(f"{self.path.name}: corrupt DBN data ({exc})") from None
+        except d.DBNError as exc:
+            raise LakeError(f"{self.path.name}: corrupt DBN data ({exc})") from None
+        finally:
+            raw.close()
+        if pos < len(buf):
             raise LakeError(f"{self.path.name}: truncated DBN file (partial record at the end)")
 
     def _emit(
         self,
-        run: list[Any],
+        records: np.ndarray,
         first_row: int,
         skip_rows: int,
         symbology: _Symbology,
         progress: float,
     ) -> Iterator[SourceBatch]:
-        if first_row + len(run) <= skip_rows:
+        if first_row + len(records) <= skip_rows:
             return
         start = max(0, skip_rows - first_row)
-        while start < len(run):
-            end = min(len(run), start + BATCH_RECORDS)
-            records = np.frombuffer(b"".join(map(bytes, run[start:end])), dtype=self.dtype)
-            table, problems = self._to_arrow(records, symbology)
+        while start < len(records):
+            end = min(len(records), start + self.batch_records)
+            table, problems = self._to_arrow(records[start:end], symbology)
             yield SourceBatch(table, first_row + start, problems, progress=min(1.0, progress))
             start = end
 
-    def _to_arrow(
-        self, records: np.ndarray, symbology: _Symbology
-    ) -> tuple[pa.Table, dict[int, str]]:
-        d = _dbn()
+    def _plan(self) -> list[tuple[str, str, np.dtype]]:
+        """(field, how it is converted, output dtype) of every data field, in record order."""
         cls = self.record_class
         prices = price_fields(cls)
         stamps = timestamp_fields(cls) | ({"ts_out"} if self.ts_out else set())
         hidden = hidden_fields(cls)
-        columns: dict[str, pa.Array] = {}
+        plan: list[tuple[str, str, np.dtype]] = []
         for name in self.fields:
+            kind = self.dtype[name]
             if name in hidden:
                 continue
-            values = records[name]
             if name in prices:
-                undefined = values == d.UNDEF_PRICE
-                floats = values.astype(np.float64) / d.FIXED_PRICE_SCALE
-                columns[name] = pa.array(floats, pa.float64(), mask=undefined)
+                plan.append((name, "price", np.dtype(np.float64)))
             elif name in stamps:
-                undefined = values == d.UNDEF_TIMESTAMP
-                ns = values.astype(np.int64)
-                columns[name] = pa.array(ns, pa.int64(), mask=undefined)
-            elif values.dtype.kind == "S":
-                columns[name] = pa.array(values.astype("U1"), pa.string())
-            elif values.dtype.kind == "u" and values.dtype.itemsize >= 4:
-                columns[name] = pa.array(values.astype(np.int64))
+                plan.append((name, "stamp", np.dtype(np.int64)))
+            elif kind.kind == "S" and kind.itemsize == 1:
+                plan.append((name, "char", np.dtype(np.uint8)))
+            elif kind.kind == "S":
+                plan.append((name, "text", kind))
+            elif kind.kind == "u" and kind.itemsize >= 4:
+                plan.append((name, "wide", np.dtype(np.int64)))
+            else:
+                plan.append((name, "copy", kind))
+        return plan
+
+    def _to_arrow(
+        self, records: np.ndarray, symbology: _Symbology
+    ) -> tuple[pa.Table, dict[int, str]]:
+        """The records as Arrow columns, converted in one cache-sized block after another.
+
+        A batch of wide records (MBP-10: 368 bytes) is far larger than the CPU cache; pulling
+        out one field over the whole batch at a time would read the batch from memory once per
+        field. Converting every field of a block of records before the next block reads it once.
+        """
+        d = _dbn()
+        n = len(records)
+        plan = self._plan()
+        out = {name: np.empty(n, dtype=dtype) for name, _, dtype in plan}
+        undefined = {
+            name: np.empty(n, dtype=bool) for name, how, _ in plan if how in ("price", "stamp")
+        }
+        for lo in range(0, n, CONVERT_BLOCK):
+            hi = min(n, lo + CONVERT_BLOCK)
+            block = records[lo:hi]
+            for name, how, _ in plan:
+                values, dst = block[name], out[name][lo:hi]
+                if how == "price":
+                    # int64 → float64 and the division in one pass (not a multiplication by
+                    # 1e-9, which rounds differently).
+                    np.divide(values, d.FIXED_PRICE_SCALE, out=dst)
+                    np.equal(values, d.UNDEF_PRICE, out=undefined[name][lo:hi])
+                elif how == "stamp":
+                    np.equal(values, d.UNDEF_TIMESTAMP, out=undefined[name][lo:hi])
+                    dst[:] = values.view(np.int64) if values.dtype.kind == "u" else values
+                elif how == "char":
+                    dst[:] = values.view(np.uint8)
+                else:
+                    dst[:] = values
+        columns: dict[str, pa.Array] = {}
+        for name, how, _ in plan:
+            values = out[name]
+            if how in ("price", "stamp"):
+                mask = undefined[name]
+                columns[name] = pa.array(values, mask=mask if mask.any() else None)
+            elif how == "char":
+                columns[name] = _chars(values)
+            elif how == "text":
+                columns[name] = pa.array(values.astype("U"), pa.string())
             else:
                 columns[name] = pa.array(values)
-        iids = records["instrument_id"]
-        columns["symbol"] = symbology.symbols(iids, records["ts_event"])
-        if "side" in self.fields:
-            side = records["side"]
+        iids = out["instrument_id"]
+        columns["symbol"] = symbology.symbols(iids, out["ts_event"])
+        if "side" in out:
+            side = out["side"]
             columns["aggressor"] = pa.array(
-                np.where(side == b"B", 1, np.where(side == b"A", -1, 0)).astype(np.int8)
+                np.where(side == ord("B"), 1, np.where(side == ord("A"), -1, 0)).astype(np.int8)
             )
-        if "flags" in self.fields:
-            columns["is_snapshot"] = pa.array((records["flags"] & d.F_SNAPSHOT) != 0)
+        if "flags" in out:
+            columns["is_snapshot"] = pa.array((out["flags"] & d.F_SNAPSHOT) != 0)
         table = pa.table(columns)
         problems: dict[int, str] = {}
         missing = columns["symbol"].is_null()

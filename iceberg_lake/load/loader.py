@@ -16,6 +16,8 @@ import json
 import logging
 import multiprocessing
 import os
+import queue as queue_module
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -341,10 +343,22 @@ _QUEUE: Any = None
 def _init_worker(queue: Any, log_level: int) -> None:
     global _QUEUE
     _QUEUE = queue
+    # A worker ends with the `lake load` that started it: if that process is killed (kill -9),
+    # the worker would otherwise load its file to the end and then wait for work forever.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Files loading in parallel conflict on commits by design; pyiceberg retries them and says
     # so at WARNING, which would scribble over the progress bars.
     logging.getLogger("pyiceberg.table").setLevel(max(log_level, logging.ERROR))
+
+
+def _exit_with(parent: Any) -> None:
+    """Wait for `parent` (a process) to end, then end this process at once (its commits are
+    atomic: whatever was committed stays, the rest is loaded by the next run)."""
+    parent.join()
+    os._exit(1)
 
 
 def _worker(settings: Settings, path: str, options: LoadOptions) -> LoadResult:
@@ -383,7 +397,8 @@ def load_files(
         lake = LakeCatalog(settings)
         return [load_file(lake, p, options, progress) for p in paths]
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Manager().Queue()
+    # A plain queue handed over at worker start-up (no manager process to outlive a kill).
+    queue = ctx.Queue()
     results: dict[int, LoadResult] = {}
     with ProcessPoolExecutor(
         max_workers=min(jobs, len(paths), os.cpu_count() or 1) or 1,
@@ -406,7 +421,7 @@ def _drain(queue: Any, progress: ProgressFn | None) -> None:
     while True:
         try:
             item = queue.get_nowait()
-        except Exception:  # queue.Empty from the manager proxy
+        except queue_module.Empty:
             return
         if progress is not None:
             progress(*item)

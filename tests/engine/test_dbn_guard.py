@@ -73,3 +73,24 @@ def test_ts_out_records_are_one_item_of_the_dtype_with_ts_out() -> None:
     )
     item = np.frombuffer(bytes(rec), dtype=record_dtype(dbn.TradeMsg, ts_out=True))[0]
     assert (item["instrument_id"], item["ts_out"]) == (7, 10**18 + 9)
+
+
+@pytest.mark.parametrize(
+    ("cls", "schema"),
+    [
+        (dbn.TradeMsg, dbn.Schema.TRADES),
+        (dbn.MBP1Msg, dbn.Schema.MBP_1),
+        (dbn.MBP1Msg, dbn.Schema.TBBO),
+        (dbn.MBP10Msg, dbn.Schema.MBP_10),
+    ],
+)
+def test_data_records_are_the_same_in_every_dbn_version(cls, schema) -> None:  # type: ignore[no-untyped-def]
+    """The loader views a file's data records through the current layout whatever the file's
+    DBN version (only mapping/system records go through the upgrading decoder), and tells data
+    records by the `rtype` of the file's schema."""
+    for version in (dbn.v1, dbn.v2, dbn.v3):
+        old = getattr(version, cls.__name__)
+        assert list(old._dtypes) == list(cls._dtypes), version.__name__
+    raw = bytes(_record(cls))
+    assert raw[0] * 4 == len(raw)  # the header's length counts 32-bit words
+    assert raw[1] == dbn.RType.from_schema(schema).value
