@@ -96,7 +96,7 @@ from iceberg_lake.engine.duck import quote_ident, quote_str, timestamptz_literal
 from iceberg_lake.engine.iceberg import column_bounds, plan_data_files
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.tables import GOLD, TableDefinition
-from iceberg_lake.timetravel.canonical import encode_rows_raw, frame_rows
+from iceberg_lake.timetravel.canonical import Scratch, encode_rows_raw, frame_rows
 from iceberg_lake.timetravel.query import Lake, duckdb_path
 from iceberg_lake.timetravel.readers import window_filter
 from iceberg_lake.timetravel.snapshots import (
@@ -327,6 +327,8 @@ class _Source:
         self.files: list[_DataFile] | None = None
         #: The Arrow schema DuckDB gives this table's rows (the direct read is cast to it).
         self.arrow_schema: pa.Schema | None = None
+        #: The buffer this table's payloads are encoded into, window after window.
+        self.scratch = Scratch()
 
     def _order_by(self) -> list[str]:
         keys = ["ts_event_ns", *self.definition.sort_order]
@@ -656,6 +658,8 @@ class ReplayEngine:
         self._encoding = True
         #: Whether windows carry each event's payload (`batches()` needs only the hash).
         self._bare = True
+        #: The frames of the window being hashed (reused: they are hashed, then dropped).
+        self._frame_scratch = Scratch()
         #: DuckDB reads (one per table and time partition) and the largest (rows): evidence of
         #: bounded memory.
         self.partition_reads = 0
@@ -716,7 +720,10 @@ class ReplayEngine:
         ts = rows.column("ts_event_ns").to_numpy()
         perm = np.arange(len(ts)) if order is None else order
         # Encoded as read; the merge copies each payload once, in replay order (`frame_rows`).
-        payloads = encode_rows_raw(rows) if self._encoding else None
+        # An hour-partitioned table's payloads are needed only until this window is framed (the
+        # windows are prepared one after another), so its buffer is reused; a day's are cached.
+        scratch = source.scratch if source.bucket_ns == _NS_PER_HOUR else None
+        payloads = encode_rows_raw(rows, scratch=scratch) if self._encoding else None
         if order is not None:
             ts = ts[order]
         return _Part(self._sources.index(source), rows, payloads, ts, perm)
@@ -792,6 +799,7 @@ class ReplayEngine:
             part_of,
             rowpos,
             bare=self._bare,
+            scratch=self._frame_scratch,
         )
         self._hash.update(framed.data)
         return _Window(lo, hi, parts, order, sources, len(sources), payloads, ts)
