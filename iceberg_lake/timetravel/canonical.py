@@ -39,6 +39,7 @@ __all__ = [
     "encode_values",
     "frame_rows",
     "row_encoder",
+    "warm_up",
 ]
 
 #: The canonical row encoder: the one the event iterator has always used.
@@ -129,6 +130,19 @@ def encode_values(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     else:
         return _msgspec_each(col)
     return pc.fill_null(text, "null") if text.null_count else text
+
+
+def warm_up(parts: int) -> None:
+    """Load the compiled kernels (numba's on-disk cache, ~0.5 s) before the first window needs
+    them: a replay calls this on a thread while it plans its reads.
+
+    Args:
+        parts: the most tables a window merges (one `frame_rows` specialisation per count).
+    """
+    table = pa.table({"i": pa.array([1], pa.int64()), "f": [0.5], "s": ["x"]})
+    payload = encode_rows_raw(table)
+    for k in range(1, parts + 1):
+        frame_rows([payload] * k, [b"t"] * k, np.zeros(1, np.int64), np.zeros(1, np.int64), False)
 
 
 class Scratch:

@@ -96,7 +96,7 @@ from iceberg_lake.engine.duck import quote_ident, quote_str, timestamptz_literal
 from iceberg_lake.engine.iceberg import column_bounds, plan_data_files
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.tables import GOLD, TableDefinition
-from iceberg_lake.timetravel.canonical import Scratch, encode_rows_raw, frame_rows
+from iceberg_lake.timetravel.canonical import Scratch, encode_rows_raw, frame_rows, warm_up
 from iceberg_lake.timetravel.query import Lake, duckdb_path
 from iceberg_lake.timetravel.readers import window_filter
 from iceberg_lake.timetravel.snapshots import (
@@ -658,8 +658,13 @@ class ReplayEngine:
         self._encoding = True
         #: Whether windows carry each event's payload (`batches()` needs only the hash).
         self._bare = True
-        #: The frames of the window being hashed (reused: they are hashed, then dropped).
-        self._frame_scratch = Scratch()
+        #: The frames of the windows being hashed: two buffers used in turn, so one window is
+        #: framed while the previous one is hashed on `_hasher` (frames are hashed, then dropped).
+        self._frame_scratch = (Scratch(), Scratch())
+        self._frame_turn = 0
+        self._hashing: list[Future[None] | None] = [None, None]
+        #: One thread that updates the sequence hash in window order (None: in `_prepare`).
+        self._hasher: ThreadPoolExecutor | None = None
         #: DuckDB reads (one per table and time partition) and the largest (rows): evidence of
         #: bounded memory.
         self.partition_reads = 0
@@ -792,16 +797,24 @@ class ReplayEngine:
             rowpos = np.concatenate([p.perm for p in parts])[order]
         if not self._encoding:
             return _Window(lo, hi, parts, order, sources, len(sources), None, ts)
-        # One copy of every event's bytes, in replay order, and one hash update over them.
+        # One copy of every event's bytes, in replay order, and one hash update over them (on the
+        # hash thread, overlapping the next window's reads; windows are prepared in order).
+        turn, self._frame_turn = self._frame_turn, self._frame_turn ^ 1
+        earlier = self._hashing[turn]
+        if earlier is not None:
+            earlier.result()  # the buffer's previous frames are hashed
         framed, payloads = frame_rows(
             [p.payloads for p in parts if p.payloads is not None],
             [self._sources[p.index].prefix for p in parts],
             part_of,
             rowpos,
             bare=self._bare,
-            scratch=self._frame_scratch,
+            scratch=self._frame_scratch[turn],
         )
-        self._hash.update(framed.data)
+        if self._hasher is None:
+            self._hash.update(framed.data)
+        else:
+            self._hashing[turn] = self._hasher.submit(self._hash.update, framed.data)
         return _Window(lo, hi, parts, order, sources, len(sources), payloads, ts)
 
     def _windows(self, encode: bool = True, bare: bool = True) -> Generator[_Window, None, None]:
@@ -818,6 +831,12 @@ class ReplayEngine:
         self._bare = encode and bare
         for source in self._sources:
             source._cache = None
+        if encode:
+            # The encoding kernels load while the reads are planned. Not a daemon: the
+            # interpreter waits for it at exit rather than stopping it inside the JIT's C++.
+            threading.Thread(
+                target=warm_up, args=(len(self._sources),), name="replay-warm-up"
+            ).start()
         windows, buckets = self._plan()
         pinned = [s for s in self._sources if s.snapshot_id is not None]
         con = duckdb.connect()
@@ -842,6 +861,8 @@ class ReplayEngine:
             if self.prefetch and len(self._sources) > 1
             else None
         )
+        if self.prefetch and encode:
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="replay-hash")
         pending: Future[_Window] | None = None
         try:
 
@@ -862,13 +883,17 @@ class ReplayEngine:
                     self._count += window.count
                     for idx, n in zip(*np.unique(window.sources, return_counts=True), strict=True):
                         self._per_table[self.tables[int(idx)]] += int(n)
+            for hashing in self._hashing:
+                if hashing is not None:
+                    hashing.result()
             self._complete = True
         finally:
             if pending is not None:
                 pending.cancel()
-            for executor in (pool, parts_pool):
+            for executor in (pool, parts_pool, self._hasher):
                 if executor is not None:
                     executor.shutdown(wait=True)
+            self._hasher = None
             for source in self._sources:
                 source._cache = None
             for cursor in cursors:
