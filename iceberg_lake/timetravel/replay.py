@@ -28,14 +28,16 @@ time-ordered appends already are), and only rows that share a `ts_event_ns` with
 same table are ordered by the full tie-break key (by DuckDB, with the same `ORDER BY` as before, so
 equal keys order exactly as they always did). Tables are merged by one stable argsort of the
 concatenated event times (table order breaks ties, the within-table order is kept). Each row's
-canonical JSON is built column-wise (`iceberg_lake.timetravel.canonical`) and the sequence hash is
-one SHA-256 update over the window's concatenated, merged bytes. A background thread prepares the
-next window while the current one is consumed. Day-partitioned tables (greeks) are read once per
-day and sliced by window.
+canonical JSON is written by a compiled kernel (`iceberg_lake.timetravel.canonical`), every event
+is copied once into its frame in merged order, and the sequence hash is one SHA-256 update over
+the window's frames, on a hash thread (in window order) while the next window is read. A
+background thread prepares the next window while the current one is consumed. Day-partitioned
+tables (greeks) are read once per day and sliced by window.
 
 Bounded memory: at most two read windows (the current and the prefetched one, each about
 `window_rows` rows: sparse hours are grouped, dense hours split into time slices) plus one day of a
-day-partitioned table are held, never the whole replay window.
+day-partitioned table are held, never the whole replay window; the encoding buffers (one per
+hour-partitioned table, two for frames) are sized to the largest window and reused.
 
 Outputs.
 
