@@ -18,8 +18,9 @@ import operator
 import queue
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -44,6 +45,22 @@ from pyiceberg.table.update.snapshot import _FastAppendFiles, _ManifestMergeMana
 from pyiceberg.typedef import Record
 
 from iceberg_lake.exceptions import CommitConflictError
+
+
+@contextmanager
+def _commit_conflicts(table: Table) -> Iterator[None]:
+    """A lost optimistic commit (another writer's commit won) as `CommitConflictError`, with
+    `table` refreshed so the caller can retry on the new state."""
+    try:
+        yield
+    except (CommitFailedException, ValidationException) as exc:
+        table.refresh()
+        raise CommitConflictError(f"{table.name()}: concurrent commit ({exc})") from exc
+
+
+def _current_snapshot_id(table: Table) -> int | None:
+    snapshot = table.current_snapshot()
+    return snapshot.snapshot_id if snapshot else None
 
 
 def write_data_files(
@@ -213,23 +230,18 @@ class PartitionReplacement:
         """
         if self.is_empty:
             return None
-        try:
-            with self.table.transaction() as tx:
-                if self.table_properties:
-                    tx.set_properties(self.table_properties)
-                with tx.update_snapshot(snapshot_properties=self.snapshot_properties).overwrite(
-                    commit_uuid=self.write_uuid
-                ) as producer:
-                    producer.delete_by_predicate(self.predicate)
-                    for f in self.old_files:
-                        producer.delete_data_file(f)
-                    for f in self.new_files:
-                        producer.append_data_file(f)
-        except (CommitFailedException, ValidationException) as exc:
-            self.table.refresh()
-            raise CommitConflictError(f"{self.table.name()}: concurrent commit ({exc})") from exc
-        snapshot = self.table.current_snapshot()
-        return snapshot.snapshot_id if snapshot else None
+        with _commit_conflicts(self.table), self.table.transaction() as tx:
+            if self.table_properties:
+                tx.set_properties(self.table_properties)
+            with tx.update_snapshot(snapshot_properties=self.snapshot_properties).overwrite(
+                commit_uuid=self.write_uuid
+            ) as producer:
+                producer.delete_by_predicate(self.predicate)
+                for f in self.old_files:
+                    producer.delete_data_file(f)
+                for f in self.new_files:
+                    producer.append_data_file(f)
+        return _current_snapshot_id(self.table)
 
 
 # ---- data files written by the lake's own writers (Silver streams them) ------------------------
@@ -731,7 +743,7 @@ def fold_small_manifests(
     need = max(2, FOLD_MIN_MANIFESTS if min_count is None else min_count)
     if small_manifest_count(table) < need:
         return None
-    try:
+    with _commit_conflicts(table):
         tx = table.transaction()
         producer = _BoundedAppendFiles(
             operation=Operation.APPEND,
@@ -743,11 +755,7 @@ def fold_small_manifests(
         producer.fold_min = need
         producer.commit()
         tx.commit_transaction()
-    except (CommitFailedException, ValidationException) as exc:
-        table.refresh()
-        raise CommitConflictError(f"{table.name()}: concurrent commit ({exc})") from exc
-    snapshot = table.current_snapshot()
-    return snapshot.snapshot_id if snapshot else None
+    return _current_snapshot_id(table)
 
 
 # ---- the writers' data path: sorted, sliced, written in threads -------------------------------
@@ -1178,20 +1186,15 @@ def rewrite_manifests(table: Table, snapshot_properties: Mapping[str, str]) -> i
         return None
     if len(current.manifests(table.io)) < 2:
         return None
-    try:
-        with table.transaction() as tx:
-            producer = tx.update_snapshot(snapshot_properties=dict(snapshot_properties))
-            merge = producer.merge_append()
-            # Private attributes of `_MergeAppendFiles` (guarded in tests/engine): force the
-            # merge whatever the table's merge properties say.
-            merge._merge_enabled = True
-            merge._min_count_to_merge = 2
-            merge.commit()
-    except (CommitFailedException, ValidationException) as exc:
-        table.refresh()
-        raise CommitConflictError(f"{table.name()}: concurrent commit ({exc})") from exc
-    snapshot = table.current_snapshot()
-    return snapshot.snapshot_id if snapshot else None
+    with _commit_conflicts(table), table.transaction() as tx:
+        producer = tx.update_snapshot(snapshot_properties=dict(snapshot_properties))
+        merge = producer.merge_append()
+        # Private attributes of `_MergeAppendFiles` (guarded in tests/engine): force the
+        # merge whatever the table's merge properties say.
+        merge._merge_enabled = True
+        merge._min_count_to_merge = 2
+        merge.commit()
+    return _current_snapshot_id(table)
 
 
 install_commit_fixes()
