@@ -18,13 +18,38 @@ sizes are short decimals).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from numba import njit
+
+log = logging.getLogger(__name__)
+
+
+def _cached_njit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """`njit(cache=True, ...)`, or without the on-disk cache where there is nowhere to write it.
+
+    numba refuses `cache=True` at decoration when neither the package directory nor the user
+    cache directory is writable (a read-only image with a read-only home): the kernels then
+    compile once per process (a few seconds) instead of failing every replay.
+    """
+
+    def wrap(fn: Callable[..., Any]) -> Any:
+        try:
+            return njit(cache=True, **options)(fn)
+        except RuntimeError as exc:
+            log.warning("%s: compiling without a cache (%s); set NUMBA_CACHE_DIR", fn.__name__, exc)
+            return njit(cache=False, **options)(fn)
+
+    return wrap
+
 
 _POW10 = np.array([10.0**k for k in range(16)], dtype=np.float64)
 
 
-@njit(nogil=True, cache=True)
+@_cached_njit(nogil=True)
 def float_decimals(values: np.ndarray, valid: np.ndarray) -> np.ndarray:  # pragma: no cover
     """For every value, the `k` of the plain-notation fast path, or -1 (format it elsewhere)."""
     n = values.shape[0]
@@ -105,7 +130,7 @@ def _copy(
     return pos
 
 
-@njit(nogil=True, error_model="numpy", cache=True)
+@_cached_njit(nogil=True, error_model="numpy")
 def write_rows(  # pragma: no cover
     n: int,
     kinds: np.ndarray,
@@ -212,7 +237,7 @@ def write_rows(  # pragma: no cover
     return int(pos)
 
 
-@njit(nogil=True, cache=True)
+@_cached_njit(nogil=True)
 def frame_rows(  # pragma: no cover
     part_of: np.ndarray,
     rowpos: np.ndarray,

@@ -383,31 +383,20 @@ class _Source:
         (`schema_to_pyarrow`), so a round trip of an empty table through DuckDB gives its types;
         `tests/test_replay.py` checks this against `iceberg_scan` for every declared table.
         """
+        from pyiceberg import types as t
         from pyiceberg.io.pyarrow import schema_to_pyarrow
-        from pyiceberg.types import (
-            BooleanType,
-            DateType,
-            DecimalType,
-            DoubleType,
-            FloatType,
-            IntegerType,
-            LongType,
-            StringType,
-            TimestampType,
-            TimestamptzType,
-        )
 
         simple = (
-            BooleanType,
-            DateType,
-            DecimalType,
-            DoubleType,
-            FloatType,
-            IntegerType,
-            LongType,
-            StringType,
-            TimestampType,
-            TimestamptzType,
+            t.BooleanType,
+            t.DateType,
+            t.DecimalType,
+            t.DoubleType,
+            t.FloatType,
+            t.IntegerType,
+            t.LongType,
+            t.StringType,
+            t.TimestampType,
+            t.TimestamptzType,
         )
         fields = [f for f in self._pinned_schema.fields if f.name in self.columns]
         if not all(isinstance(f.field_type, simple) for f in fields):
