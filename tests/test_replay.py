@@ -8,6 +8,7 @@ import random
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from timetravel_data import HOUR_NS, T14, append, futures, trades
 from typer.testing import CliRunner
@@ -117,6 +118,11 @@ def test_day_partitioned_greeks_merge_with_hourly_trades(lake: LakeCatalog) -> N
     ]
     times = [e["ts_event_ns"] for e in events]
     assert times == sorted(times)
+    # Arrow batches: the same rows in the same order, each window holding its slice of the day.
+    batches = pa.Table.from_batches(list(engine.batches()))
+    assert batches.column("ts_event_ns").to_pylist() == times
+    assert batches.column("table").to_pylist() == [e["table"] for e in events]
+    assert batches.column("option_symbol").to_pylist() == [e.get("option_symbol") for e in events]
 
 
 def test_same_pins_give_the_same_sequence_after_appends_and_recompaction(

@@ -383,11 +383,18 @@ def frame_rows(
     framed_off = np.empty(n + 1, dtype=np.int64)
     bare_data = np.empty(payload_bytes if bare else 0, dtype=np.uint8)
     bare_off = np.empty(n + 1 if bare else 0, dtype=np.int64)
+    # The kernel reads each part's bytes by address: `payloads` keeps the buffers alive.
+    datas = [np.ascontiguousarray(data, dtype=np.uint8) for _, data in payloads]
+    part_offsets = [np.asarray(offsets, dtype=np.int64) for offsets, _ in payloads]
+    all_offsets = np.concatenate(part_offsets) if part_offsets else np.zeros(0, dtype=np.int64)
+    offset_base = np.zeros(len(payloads), dtype=np.int64)
+    offset_base[1:] = np.cumsum([len(offsets) for offsets in part_offsets])[:-1]
     total = kernel.frame_rows(
         np.ascontiguousarray(part_of, dtype=np.int64),
         np.ascontiguousarray(rowpos, dtype=np.int64),
-        tuple(offsets for offsets, _ in payloads),
-        tuple(data for _, data in payloads),
+        all_offsets,
+        offset_base,
+        np.array([data.ctypes.data for data in datas], dtype=np.uint64),
         np.frombuffer(prefix_bytes, dtype=np.uint8),
         prefix_off,
         framed,
