@@ -233,6 +233,10 @@ class TailFollower:
         if not self._arrived:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._event.wait(), timeout)
+        return self.drain()
+
+    def drain(self) -> list[TailMessage]:
+        """Messages that arrived since the last `poll`/`drain`, without waiting or subscribing."""
         out, self._arrived = self._arrived, []
         self._event.clear()
         return out

@@ -22,8 +22,9 @@ Used by `Lake.query(sql, live=True)` / `lake query --live` (`create_live_views`)
 Rows that the schema-inference consumer (`lake_inferred`, unmapped `market.*` subjects) routes
 into a Bronze table are a second tail of that table, after its `lake.watermark.MARKET.lake_inferred`
 (and after the consumer's ack floor, read before the table is loaded: its writer acks only what
-it committed), decoded by the writer's `InferredDecoder`. Live queries read it while that
-consumer exists; live replays and `freshness` read the table's own subject only.
+it committed), decoded by the writer's `InferredDecoder`. Live queries, live replays and
+`freshness` read it while that consumer exists (or inference has committed to the table); each
+reads the ack floor before it loads the tables (`inference_start`).
 
 Messages the stream removed (limits) after a watermark before anyone read them are reported
 (`LiveRange.removed`, the replay manifest, `Freshness.live_warning`), never dropped silently.
@@ -80,6 +81,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Freshness",
+    "InferenceStart",
     "LiveRange",
     "LiveTail",
     "NatsLoop",
@@ -87,6 +89,7 @@ __all__ = [
     "committed_newest_ns",
     "create_live_views",
     "freshness",
+    "inference_start",
     "is_live_table",
     "live_warnings",
     "removed_warning",
@@ -428,6 +431,9 @@ _INFERRED = "#inferred"
 #: Up to this many unmapped subjects are read one ordered consumer each; beyond (e.g. one
 #: subject per symbol), one consumer reads `market.>` and the mapped subjects are dropped here.
 MAX_SUBJECT_READS = 8
+#: A following live replay lists the stream's subjects again at most this often (seconds), to
+#: read unmapped subjects that appear while it follows.
+DISCOVER_SECONDS = 1.0
 
 
 def _receives_inferred(definition: TableDefinition) -> bool:
@@ -530,6 +536,144 @@ def _read_inferred_tails(
     loop.inferred_seen = True
     end = loop.run(_read_inferred(loop, inferred, floor or 0, mapped))
     return end, {s.identifier for s in inferred}
+
+
+@dataclass(frozen=True)
+class InferenceStart:
+    """What a reader needs to know about schema inference BEFORE it loads the tables.
+
+    Attributes:
+        floor: the `lake_inferred` consumer's ack floor, read before the tables were loaded
+            (None: the consumer does not exist).
+        mapped: the subjects the inference consumer skips (every Bronze table's own).
+    """
+
+    floor: int | None
+    mapped: frozenset[str]
+
+    def applies(self, src: TailSource) -> bool:
+        """True when `src` has an inferred tail: inference routes into it and runs (its
+        consumer exists) or has committed to it."""
+        return src.inferred is not None and (self.floor is not None or src.inferred_committed)
+
+    def after(self, src: TailSource) -> int:
+        """The stream sequence after which `src`'s inferred rows are not in its snapshot."""
+        return max(src.inferred_watermark, self.floor or 0)
+
+
+def inference_start(catalog: LakeCatalog, identifiers: Sequence[str]) -> InferenceStart | None:
+    """Read the inference consumer's ack floor, for a reader about to load `identifiers`.
+
+    Call BEFORE loading the tables: the writer acks a flush only after committing every table
+    of it, so whatever is at or below the floor read now is in the metadata loaded afterwards.
+
+    Returns:
+        None when no table of `identifiers` receives inferred rows (nothing read).
+
+    Raises:
+        TransientError/LakeError: NATS cannot be reached.
+    """
+    if not any(_receives_inferred(catalog.definition(i)) for i in identifiers):
+        return None
+    loop = NatsLoop(catalog)
+    try:
+        floor = loop.run(_inferred_floor(loop))
+    finally:
+        loop.close()
+    return InferenceStart(floor, inferred_mapped_subjects(catalog))
+
+
+class _UnmappedFollower:
+    """Follows the unmapped `market.*` subjects after a sequence: the messages schema inference
+    routes into Bronze tables, for a live replay.
+
+    One ordered consumer per unmapped subject while there are at most `MAX_SUBJECT_READS` of
+    them; the stream's subjects are listed again by `discover` (a follow finds subjects that
+    appear meanwhile; a new subject is read from `after`, nothing of it was seen before). Past
+    that many, one consumer on `market.>` instead (from `after`, mapped subjects dropped).
+    Every message is delivered once: per subject, only sequences beyond the last delivered.
+    """
+
+    def __init__(self, js: Any, mapped: frozenset[str], after: int) -> None:
+        self.js = js
+        self.stream, _, self.wildcard = consumer_target(INFERRED_TARGET)
+        self.mapped = mapped
+        self.after = after
+        self.followers: dict[str, TailFollower] = {}
+        self.wide: TailFollower | None = None
+        self.delivered: dict[str, int] = {}
+        self._carry: list[TailMessage] = []
+        #: Monotonic time of the last listing.
+        self.listed_at = 0.0
+        #: Where a bounded read stops: the stream's last sequence, and per follower the last
+        #: sequence to wait for (set by `fix_end`).
+        self.stop: int | None = None
+        self.ends: dict[str, int] = {}
+
+    async def discover(self) -> int:
+        """List the stream's subjects and follow unmapped ones not followed yet; return the
+        stream's last sequence at the listing (no subject unlisted then has a message up to it).
+        """
+        info = await self.js.stream_info(self.stream, subjects_filter=self.wildcard)
+        self.listed_at = time.monotonic()
+        last = int(info.state.last_seq or 0)
+        if self.wide is not None:
+            return last
+        unmapped = set(info.state.subjects or {}) - self.mapped
+        if len(unmapped) > MAX_SUBJECT_READS:
+            # Many subjects (one per symbol): one consumer for all; what the per-subject ones
+            # received is kept, and `delivered` drops what the wide one delivers again.
+            for f in self.followers.values():
+                self._carry.extend(f.drain())
+                await f.close()
+            self.followers = {}
+            self.wide = TailFollower(self.js, self.stream, self.wildcard, self.after)
+            return last
+        for subject in sorted(unmapped - set(self.followers)):
+            self.followers[subject] = TailFollower(self.js, self.stream, subject, self.after)
+        return last
+
+    def _all(self) -> list[TailFollower]:
+        return [self.wide] if self.wide is not None else list(self.followers.values())
+
+    async def fix_end(self) -> None:
+        """Stop at what is stored now: the stream's last sequence and each subject's newest."""
+        self.stop = await self.discover()
+        if self.wide is not None:
+            self.ends = {self.wildcard: self.stop}
+            return
+        self.ends = {
+            s: min(await last_subject_seq(self.js, self.stream, s), self.stop)
+            for s in self.followers
+        }
+
+    def done(self) -> bool:
+        """Every follower reached its end (only after `fix_end`)."""
+        if self.stop is None:
+            return False
+        if self.wide is not None:
+            return self.wide.last_seq >= self.stop
+        return all(self.followers[s].last_seq >= end for s, end in self.ends.items())
+
+    async def poll(self, timeout: float) -> list[TailMessage]:
+        """Unmapped messages that arrived since the last poll, in stream order."""
+        followers = self._all()
+        got = await asyncio.gather(*(f.poll(timeout) for f in followers))
+        out: list[TailMessage] = []
+        for batch in [self._carry, *got]:
+            for m in batch:
+                if m.subject in self.mapped or m.seq <= self.delivered.get(m.subject, self.after):
+                    continue
+                self.delivered[m.subject] = m.seq
+                out.append(m)
+        self._carry = []
+        out.sort(key=lambda m: m.seq)
+        return out
+
+    async def close(self) -> None:
+        """Unsubscribe every follower."""
+        for f in self._all():
+            await f.close()
 
 
 def _merge(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -711,17 +855,53 @@ def committed_newest_ns(table: Table) -> int | None:
     return best
 
 
-async def _tail_newest(loop: NatsLoop, src: TailSource) -> tuple[int | None, str | None]:
+async def _tail_newest(
+    loop: NatsLoop,
+    src: TailSource,
+    inferred_after: int | None = None,
+    unmapped_last: Sequence[TailMessage] = (),
+) -> tuple[int | None, str | None]:
     """Newest event time of the tail: the newest message on the subject, if beyond the
     watermark (decoded with the writer's codec; None when it is rejected or there is none);
-    and the warning when the stream removed messages after the watermark."""
+    and the warning when the stream removed messages after the watermark.
+
+    With `inferred_after` (the table has an inferred tail), also the newest message of each
+    unmapped subject beyond it (`unmapped_last`), decoded by the writer's `InferredDecoder`.
+    """
     js = await loop.js()
     msg = await last_subject_msg(js, src.stream, src.subject)
-    removed = removed_range(src.watermark, await stream_first_seq(js, src.stream))
-    warning = removed_warning(src.identifier, src.stream, src.subject, removed) if removed else None
-    if msg is None or msg.seq <= src.watermark:
-        return None, warning
-    return _newest(src.decode([msg])), warning
+    first = await stream_first_seq(js, src.stream)
+    removed = removed_range(src.watermark, first)
+    newest: list[int] = []
+    if msg is not None and msg.seq > src.watermark:
+        own = _newest(src.decode([msg]))
+        if own is not None:
+            newest.append(own)
+    if inferred_after is not None:
+        removed = _merge(removed, removed_range(inferred_after, first))
+        mine = [m for m in unmapped_last if m.seq > inferred_after]
+        rows = src.decode_with_seqs(mine, decoder=src.inferred)[0]
+        if (ns := _newest(rows)) is not None:
+            newest.append(ns)
+    inferred = inferred_after is not None
+    warning = (
+        removed_warning(src.identifier, src.stream, src.subject, removed, inferred=inferred)
+        if removed
+        else None
+    )
+    return (max(newest) if newest else None), warning
+
+
+async def _unmapped_last(loop: NatsLoop, mapped: frozenset[str], after: int) -> list[TailMessage]:
+    """The newest message of each unmapped `market.*` subject, where it is beyond `after`."""
+    js = await loop.js()
+    stream, _, wildcard = consumer_target(INFERRED_TARGET)
+    info = await js.stream_info(stream, subjects_filter=wildcard)
+    if int(info.state.last_seq or 0) <= after:
+        return []
+    unmapped = sorted(set(info.state.subjects or {}) - mapped)
+    got = await asyncio.gather(*(last_subject_msg(js, stream, s) for s in unmapped))
+    return [m for m in got if m is not None and m.seq > after]
 
 
 def freshness(
@@ -733,6 +913,9 @@ def freshness(
     timeout: float = 3.0,
 ) -> dict[str, Freshness]:
     """Event-time freshness of the committed tables and of their live views.
+
+    The live view counts the rows schema inference routes into a Bronze table as a live query
+    does (unmapped subjects' newest messages beyond the table's inferred start).
 
     Args:
         catalog: the lake catalog.
@@ -750,25 +933,43 @@ def freshness(
     now = time.time_ns() if now_ns is None else now_ns
     committed: dict[str, int | None] = {}
     sources: list[TailSource] = []
-    for ident in identifiers:
-        table = catalog.load_table(ident)
-        if "ts_event_ns" not in {f.name for f in table.schema().fields}:
-            continue
-        committed[ident] = committed_newest_ns(table)
-        if live and is_live_table(catalog.definition(ident)):
-            sources.append(TailSource(catalog.definition(ident), table))
     tails: dict[str, tuple[int | None, str | None]] = {}
-    if sources:
-        loop = NatsLoop(catalog)
-        try:
+    loop = NatsLoop(catalog) if live else None
+    try:
+        inference: InferenceStart | None = None
+        live_ids = [i for i in identifiers if is_live_table(catalog.definition(i))]
+        if loop is not None and any(_receives_inferred(catalog.definition(i)) for i in live_ids):
+            # Before the tables are loaded (see `inference_start`).
+            floor = loop.run(asyncio.wait_for(_inferred_floor(loop), timeout))
+            inference = InferenceStart(floor, inferred_mapped_subjects(catalog))
+        for ident in identifiers:
+            table = catalog.load_table(ident)
+            if "ts_event_ns" not in {f.name for f in table.schema().fields}:
+                continue
+            committed[ident] = committed_newest_ns(table)
+            if loop is not None and ident in live_ids:
+                mapped = inference.mapped if inference is not None else None
+                sources.append(TailSource(catalog.definition(ident), table, mapped))
+        if loop is not None and sources:
+            nats = loop
+            after = {
+                s.identifier: inference.after(s)
+                for s in sources
+                if inference is not None and inference.applies(s)
+            }
 
             async def all_tails() -> list[tuple[int | None, str | None]]:
-                return await asyncio.wait_for(
-                    asyncio.gather(*(_tail_newest(loop, s) for s in sources)), timeout
+                last: list[TailMessage] = []
+                if after and inference is not None:
+                    last = await _unmapped_last(nats, inference.mapped, min(after.values()))
+                return await asyncio.gather(
+                    *(_tail_newest(nats, s, after.get(s.identifier), last) for s in sources)
                 )
 
-            tails = dict(zip([s.identifier for s in sources], loop.run(all_tails()), strict=True))
-        finally:
+            got = loop.run(asyncio.wait_for(all_tails(), timeout))
+            tails = dict(zip([s.identifier for s in sources], got, strict=True))
+    finally:
+        if loop is not None:
             loop.close()
 
     def age(ns: int | None) -> float | None:
@@ -794,7 +995,10 @@ class LiveTail:
 
     Created by `ReplayEngine(..., live=True)` with the engine's loaded tables, so each table's
     watermark is read from the metadata its pinned snapshot came from: every event of the window
-    is delivered exactly once across the history/tail boundary.
+    is delivered exactly once across the history/tail boundary. A Bronze table that schema
+    inference routes into (its consumer exists, or it has committed there) has a second tail:
+    unmapped `market.*` messages after `inference.after(...)`, decoded by the writer's
+    `InferredDecoder`, read by an `_UnmappedFollower` shared by the tables.
 
     Args:
         engine: the replay engine (pins must be the current snapshots: no `as_of`).
@@ -803,6 +1007,8 @@ class LiveTail:
         lateness_seconds: how long after `end_ns` (wall clock) events stamped inside the window
             are still waited for.
         poll_seconds: how long one arrival round waits for the first message.
+        inference: schema inference as read BEFORE the engine loaded its tables
+            (`inference_start`; None: no inferred tails).
     """
 
     def __init__(
@@ -812,6 +1018,7 @@ class LiveTail:
         follow: bool = False,
         lateness_seconds: float = 1.0,
         poll_seconds: float = 0.2,
+        inference: InferenceStart | None = None,
     ) -> None:
         if engine.as_of is not None:
             raise TimeTravelError("a live replay starts at the current snapshots: drop --as-of")
@@ -819,18 +1026,29 @@ class LiveTail:
         self.follow = follow
         self.lateness_seconds = lateness_seconds
         self.poll_seconds = poll_seconds
+        self.inference = inference
         self.sources: list[tuple[int, TailSource, Any]] = []
+        #: Table → the stream sequence after which its inferred rows are read (tables with an
+        #: inferred tail only).
+        self.inferred_after: dict[str, int] = {}
+        mapped = inference.mapped if inference is not None else None
         for index, src in enumerate(engine.pinned_sources):
             if is_live_table(src.definition):
-                self.sources.append((index, TailSource(src.definition, src.table), src))
+                tail = TailSource(src.definition, src.table, mapped)
+                if inference is not None and inference.applies(tail):
+                    self.inferred_after[tail.identifier] = inference.after(tail)
+                self.sources.append((index, tail, src))
         self.tail_events = 0
         self.tail_ranges: dict[str, list[int]] = {}
+        #: Last unmapped-subject sequence read for the inferred tails (None: none read).
+        self.inferred_last_seq: int | None = None
         self.rounds = 0
         #: Table → stream sequences after its watermark removed by the stream's limits before
         #: the tail read them (checked once, when the tail starts).
         self.removed: dict[str, tuple[int, int]] = {}
         self._checked = False
         self._loop: NatsLoop | None = None
+        self._unmapped: _UnmappedFollower | None = None
 
     def manifest_extra(self) -> dict[str, Any]:
         """The manifest's `live` section: per table the watermark and tail range read."""
@@ -846,12 +1064,14 @@ class LiveTail:
                         "stream": src.stream,
                         "watermark": src.watermark,
                         "last_seq": self.tail_ranges.get(src.identifier, [src.watermark])[-1],
+                        "inferred_after": self.inferred_after.get(src.identifier),
                         "removed": list(self.removed[src.identifier])
                         if src.identifier in self.removed
                         else None,
                     }
                     for _, src, _ in self.sources
                 },
+                "inferred_last_seq": self.inferred_last_seq,
                 "warnings": self.warnings(),
             }
         }
@@ -859,15 +1079,26 @@ class LiveTail:
     def warnings(self) -> list[str]:
         """One line per table whose tail the stream's limits cut (messages removed unread)."""
         return [
-            removed_warning(src.identifier, src.stream, src.subject, self.removed[src.identifier])
+            removed_warning(
+                src.identifier,
+                src.stream,
+                src.subject,
+                self.removed[src.identifier],
+                inferred=src.identifier in self.inferred_after,
+            )
             for _, src, _ in self.sources
             if src.identifier in self.removed
         ]
 
+    def _note_removed(self, table: str, removed: tuple[int, int] | None) -> None:
+        merged = _merge(self.removed.get(table), removed)
+        if merged is not None:
+            self.removed[table] = merged
+
     def _check_removed(self, arrived: dict[str, list[TailMessage]]) -> None:
         """Note, once, the sequences after each watermark the stream removed before the tail
         read them: below the stream's first sequence (taken now, after the first round) and
-        below the first tail message delivered."""
+        below the first tail message delivered (for inferred tails: after their start)."""
         if self._checked or self._loop is None:
             return
         self._checked = True
@@ -876,15 +1107,22 @@ class LiveTail:
         async def firsts() -> dict[str, int]:
             js = await loop.js()
             streams = {src.stream for _, src, _ in self.sources}
+            if self.inferred_after:
+                streams.add(consumer_target(INFERRED_TARGET)[0])
             return {s: await stream_first_seq(js, s) for s in sorted(streams)}
 
         first = loop.run(firsts())
+        unmapped = arrived.get(_INFERRED, [])
         for _, src, _ in self.sources:
             got = arrived.get(src.identifier)
             upto = first[src.stream] if not got else min(first[src.stream], got[0].seq)
-            removed = removed_range(src.watermark, upto)
-            if removed is not None:
-                self.removed[src.identifier] = removed
+            self._note_removed(src.identifier, removed_range(src.watermark, upto))
+            after = self.inferred_after.get(src.identifier)
+            if after is not None:
+                inf_stream = consumer_target(INFERRED_TARGET)[0]
+                seen = [m.seq for m in unmapped if m.seq > after]
+                upto = min([first[inf_stream], *seen[:1]])
+                self._note_removed(src.identifier, removed_range(after, upto))
 
     def events(self, history: Iterator[ReplayEvent]) -> Iterator[ReplayEvent]:
         """`history` (the engine's events), then the tail events of the window.
@@ -917,14 +1155,36 @@ class LiveTail:
             for _, src, _ in self.sources:
                 followers[src.identifier] = TailFollower(js, src.stream, src.subject, src.watermark)
                 ends[src.identifier] = await last_subject_seq(js, src.stream, src.subject)
+            if self.inferred_after and self.inference is not None:
+                after = min(self.inferred_after.values())
+                self._unmapped = _UnmappedFollower(js, self.inference.mapped, after)
+                if self.follow:
+                    await self._unmapped.discover()
+                else:
+                    await self._unmapped.fix_end()
             return ends
 
         async def poll(timeout: float) -> dict[str, list[TailMessage]]:
-            got = await asyncio.gather(*(f.poll(timeout) for f in followers.values()))
-            return dict(zip(followers, got, strict=True))
+            unmapped = self._unmapped
+            if (
+                unmapped is not None
+                and unmapped.stop is None
+                and time.monotonic() - unmapped.listed_at >= DISCOVER_SECONDS
+            ):
+                await unmapped.discover()  # subjects that appeared while following
+            polls = [f.poll(timeout) for f in followers.values()]
+            if unmapped is not None:
+                polls.append(unmapped.poll(timeout))
+            got = await asyncio.gather(*polls)
+            arrived = dict(zip(followers, got[: len(followers)], strict=True))
+            if unmapped is not None:
+                arrived[_INFERRED] = got[-1]
+            return arrived
 
         async def ends_now() -> dict[str, int]:
             js = await loop.js()
+            if self._unmapped is not None:
+                await self._unmapped.fix_end()
             return {
                 src.identifier: await last_subject_seq(js, src.stream, src.subject)
                 for _, src, _ in self.sources
@@ -933,6 +1193,8 @@ class LiveTail:
         async def close() -> None:
             for f in followers.values():
                 await f.close()
+            if self._unmapped is not None:
+                await self._unmapped.close()
 
         ends = loop.run(setup())
         stop_at = None if self.follow else ends
@@ -947,36 +1209,51 @@ class LiveTail:
                 done = stop_at is not None and all(
                     followers[i].last_seq >= stop_at.get(i, 0) for i in followers
                 )
-                if done:
+                if done and (self._unmapped is None or self._unmapped.done()):
                     engine.set_complete(True)
                     return
                 arrived = loop.run(poll(self.poll_seconds))
                 yield from self._round(arrived, stop_at)
         finally:
             loop.run(close())
+            self._unmapped = None
 
     def _round(
         self, arrived: dict[str, list[TailMessage]], stop_at: dict[str, int] | None
     ) -> Iterator[ReplayEvent]:
+        import pyarrow.compute as pc
+
         from iceberg_lake.timetravel.replay import ReplayEvent
 
         self._check_removed(arrived)
         lo, hi = self.engine.start_ns, self.engine.end_ns
+        unmapped = arrived.get(_INFERRED, [])
+        inferred_stop = self._unmapped.stop if self._unmapped is not None else None
+        if inferred_stop is not None:
+            unmapped = [m for m in unmapped if m.seq <= inferred_stop]
+        if unmapped:
+            self.inferred_last_seq = unmapped[-1].seq
         keyed: list[tuple[tuple[Any, ...], ReplayEvent]] = []
         for index, src, replay_src in self.sources:
             msgs = arrived.get(src.identifier, [])
             if stop_at is not None:
                 msgs = [m for m in msgs if m.seq <= stop_at.get(src.identifier, 0)]
-            if not msgs:
+            parts: list[pa.Table] = []
+            if msgs:
+                rng = self.tail_ranges.setdefault(src.identifier, [msgs[0].seq, msgs[-1].seq])
+                rng[1] = msgs[-1].seq
+                parts.append(src.decode(msgs))
+            after = self.inferred_after.get(src.identifier)
+            if after is not None and unmapped:
+                mine = [m for m in unmapped if m.seq > after]
+                # Rows schema inference routes here (the writer's InferredDecoder; messages it
+                # routes to other tables or rejects give no rows here).
+                parts.append(src.decode_with_seqs(mine, decoder=src.inferred)[0])
+            parts = [p for p in parts if p.num_rows]
+            if not parts:
                 continue
-            rng = self.tail_ranges.setdefault(src.identifier, [msgs[0].seq, msgs[-1].seq])
-            rng[1] = msgs[-1].seq
-            rows = src.decode(msgs)
-            if rows.num_rows == 0:
-                continue
+            rows = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
             ts = rows.column("ts_event_ns")
-            import pyarrow.compute as pc
-
             mask = pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi))
             rows = rows.filter(mask)
             if rows.num_rows == 0:
