@@ -27,7 +27,8 @@ it committed), decoded by the writer's `InferredDecoder`. Live queries, live rep
 reads the ack floor before it loads the tables (`inference_start`).
 
 Messages the stream removed (limits) after a watermark before anyone read them are reported
-(`LiveRange.removed`, the replay manifest, `Freshness.live_warning`), never dropped silently.
+(`LiveRange.removed`, the replay manifest, `Freshness.live_warning`), never dropped silently; a
+live replay checks again every `REMOVAL_CHECK_SECONDS` while it reads (`LiveTail._check_gaps`).
 
 Order of live replay events: the pinned history first, in replay order; then the tail in
 arrival rounds — each round (what arrived since the previous one) sorted by the replay key
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Coroutine, Iterator, Sequence
@@ -96,6 +98,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder(order="sorted")
 
 
@@ -428,12 +431,12 @@ async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, in
 
 #: Key suffix of a table's inferred-rows cache in `NatsLoop.tails`.
 _INFERRED = "#inferred"
+#: A live replay checks at most this often (seconds) whether the stream removed messages its
+#: followers had not received (`LiveTail._check_gaps`).
+REMOVAL_CHECK_SECONDS = 1.0
 #: Up to this many unmapped subjects are read one ordered consumer each; beyond (e.g. one
 #: subject per symbol), one consumer reads `market.>` and the mapped subjects are dropped here.
 MAX_SUBJECT_READS = 8
-#: A following live replay lists the stream's subjects again at most this often (seconds), to
-#: read unmapped subjects that appear while it follows.
-DISCOVER_SECONDS = 1.0
 
 
 def _receives_inferred(definition: TableDefinition) -> bool:
@@ -632,6 +635,23 @@ class _UnmappedFollower:
         for subject in sorted(unmapped - set(self.followers)):
             self.followers[subject] = TailFollower(self.js, self.stream, subject, self.after)
         return last
+
+    def positions(self) -> dict[str, int]:
+        """Follower (subject, or the wildcard) → the last sequence it received."""
+        if self.wide is not None:
+            return {self.wildcard: self.wide.last_seq}
+        return {s: f.last_seq for s, f in self.followers.items()}
+
+    async def listing(self) -> int:
+        """The stream's last sequence; while following (no end fixed), also follow subjects
+        that appeared (`discover`)."""
+        if self.stop is None:
+            return await self.discover()
+        return int((await self.js.stream_info(self.stream)).state.last_seq or 0)
+
+    async def newest(self, key: str) -> int:
+        """The newest stored sequence of a follower's subject (the wildcard: the stream's)."""
+        return await last_subject_seq(self.js, self.stream, key)
 
     def _all(self) -> list[TailFollower]:
         return [self.wide] if self.wide is not None else list(self.followers.values())
@@ -1043,12 +1063,25 @@ class LiveTail:
         #: Last unmapped-subject sequence read for the inferred tails (None: none read).
         self.inferred_last_seq: int | None = None
         self.rounds = 0
-        #: Table → stream sequences after its watermark removed by the stream's limits before
-        #: the tail read them (checked once, when the tail starts).
-        self.removed: dict[str, tuple[int, int]] = {}
-        self._checked = False
+        #: Table → the ranges of stream sequences after its watermark that the stream removed
+        #: (limits, purge) before the tail received them: when the tail starts and, checked
+        #: every `REMOVAL_CHECK_SECONDS` while it reads, later (`_check_gaps`).
+        self.gaps: dict[str, list[tuple[int, int]]] = {}
+        #: Table → a stream sequence up to which every message of its subject was received or
+        #: is in `gaps` (starts at the watermark); the same for all unmapped subjects together.
+        self._complete: dict[str, int] = {
+            src.identifier: src.watermark for _, src, _ in self.sources
+        }
+        self._inferred_complete = min(self.inferred_after.values(), default=0)
+        self._checks = 0
+        self._checked_at = 0.0
         self._loop: NatsLoop | None = None
         self._unmapped: _UnmappedFollower | None = None
+
+    @property
+    def removed(self) -> dict[str, tuple[int, int]]:
+        """Table → the envelope `(first, last)` of its `gaps`."""
+        return {t: (g[0][0], max(hi for _, hi in g)) for t, g in self.gaps.items() if g}
 
     def manifest_extra(self) -> dict[str, Any]:
         """The manifest's `live` section: per table the watermark and tail range read."""
@@ -1068,6 +1101,7 @@ class LiveTail:
                         "removed": list(self.removed[src.identifier])
                         if src.identifier in self.removed
                         else None,
+                        "gaps": [list(g) for g in self.gaps.get(src.identifier, [])],
                     }
                     for _, src, _ in self.sources
                 },
@@ -1077,52 +1111,130 @@ class LiveTail:
         }
 
     def warnings(self) -> list[str]:
-        """One line per table whose tail the stream's limits cut (messages removed unread)."""
+        """One line per range of a table's tail the stream removed before it was received."""
         return [
             removed_warning(
                 src.identifier,
                 src.stream,
                 src.subject,
-                self.removed[src.identifier],
+                gap,
                 inferred=src.identifier in self.inferred_after,
             )
             for _, src, _ in self.sources
-            if src.identifier in self.removed
+            for gap in self.gaps.get(src.identifier, [])
         ]
 
-    def _note_removed(self, table: str, removed: tuple[int, int] | None) -> None:
-        merged = _merge(self.removed.get(table), removed)
-        if merged is not None:
-            self.removed[table] = merged
-
-    def _check_removed(self, arrived: dict[str, list[TailMessage]]) -> None:
-        """Note, once, the sequences after each watermark the stream removed before the tail
-        read them: below the stream's first sequence (taken now, after the first round) and
-        below the first tail message delivered (for inferred tails: after their start)."""
-        if self._checked or self._loop is None:
+    def _note_gap(self, src: TailSource, lo: int, hi: int) -> None:
+        """Record (and log, once) sequences `lo..hi` removed before the tail received them."""
+        if hi < lo:
             return
-        self._checked = True
+        gaps = self.gaps.setdefault(src.identifier, [])
+        for i, (a, b) in enumerate(gaps):
+            if lo <= b + 1 and hi >= a - 1:  # overlapping or adjacent: widen the known one
+                if a <= lo and hi <= b:
+                    return
+                gaps[i] = (min(a, lo), max(b, hi))
+                break
+        else:
+            gaps.append((lo, hi))
+        gaps.sort()
+        inferred = src.identifier in self.inferred_after
+        log.warning(
+            "%s",
+            removed_warning(src.identifier, src.stream, src.subject, (lo, hi), inferred=inferred),
+        )
+
+    def _check_gaps(
+        self,
+        followers: dict[str, TailFollower],
+        arrived: dict[str, list[TailMessage]] | None,
+        stop_at: dict[str, int] | None,
+    ) -> None:
+        """Find messages the stream removed (limits, purge) before the tail received them.
+
+        JetStream keeps no record of what it removed, only where each stream now starts, so a
+        gap is a sequence range, checked against what each follower is known to have: every
+        message of its subject up to `_complete` was received or is already in `gaps`. In
+        order: (1) the followers' positions, (2) each stream's last sequence (and, for the
+        unmapped subjects, their listing), (3) each subject's newest stored message, (4) each
+        stream's first sequence. Whatever was removed unread is below (4), so the range
+        `(_complete, first - 1]` holds it: noted. Then `_complete` moves to the position read in
+        (1), or to the last sequence of (2) when the subject had nothing newer stored in (3)
+        (a quiet subject does not hold it back, so a later check does not blame it for what
+        the stream removed of other subjects). A false alarm therefore needs the stream to
+        remove, between two checks, messages that arrived after the previous one.
+
+        Args:
+            followers: the tables' own-subject followers.
+            arrived: the messages of the tail's first round (first check only): a range ends
+                below the first message received, as when the tail starts (None: later).
+            stop_at: a bounded read's last sequences (ranges beyond are not the replay's).
+        """
+        assert self._loop is not None
         loop = self._loop
+        unmapped = self._unmapped
+        inf_stream = consumer_target(INFERRED_TARGET)[0]
 
-        async def firsts() -> dict[str, int]:
+        async def read() -> tuple[dict[str, int], dict[str, int], int]:
             js = await loop.js()
+            own = {i: f.last_seq for i, f in followers.items()}  # (1)
+            theirs = unmapped.positions() if unmapped is not None else {}
             streams = {src.stream for _, src, _ in self.sources}
-            if self.inferred_after:
-                streams.add(consumer_target(INFERRED_TARGET)[0])
-            return {s: await stream_first_seq(js, s) for s in sorted(streams)}
+            last: dict[str, int] = {}
+            for stream in sorted(streams - {inf_stream} if unmapped is not None else streams):
+                last[stream] = int((await js.stream_info(stream)).state.last_seq or 0)  # (2)
+            if unmapped is not None:
+                last[inf_stream] = await unmapped.listing()  # (2), following new subjects
+            newest = {  # (3)
+                src.identifier: await last_subject_seq(js, src.stream, src.subject)
+                for _, src, _ in self.sources
+            }
+            bound = last.get(inf_stream, 0)
+            if unmapped is not None:
+                for key, position in theirs.items():
+                    if await unmapped.newest(key) > position:
+                        bound = min(bound, position)
+                if set(unmapped.positions()) - set(theirs):  # followers added in (2)
+                    bound = min(bound, unmapped.after)
+            first = {s: await stream_first_seq(js, s) for s in sorted(last)}  # (4)
+            complete = {
+                src.identifier: own[src.identifier]
+                if newest[src.identifier] > own[src.identifier]
+                else last[src.stream]
+                for _, src, _ in self.sources
+            }
+            return first, complete, bound
 
-        first = loop.run(firsts())
-        unmapped = arrived.get(_INFERRED, [])
+        first, complete, inferred_bound = loop.run(read())
+        initial = arrived is not None
         for _, src, _ in self.sources:
-            got = arrived.get(src.identifier)
-            upto = first[src.stream] if not got else min(first[src.stream], got[0].seq)
-            self._note_removed(src.identifier, removed_range(src.watermark, upto))
-            after = self.inferred_after.get(src.identifier)
-            if after is not None:
-                inf_stream = consumer_target(INFERRED_TARGET)[0]
-                seen = [m.seq for m in unmapped if m.seq > after]
-                upto = min([first[inf_stream], *seen[:1]])
-                self._note_removed(src.identifier, removed_range(after, upto))
+            ident = src.identifier
+            hi = first[src.stream] - 1
+            got = (arrived or {}).get(ident)
+            if initial and got:
+                hi = min(hi, got[0].seq - 1)
+            if stop_at is not None:
+                hi = min(hi, stop_at.get(ident, 0))
+            self._note_gap(src, self._complete[ident] + 1, hi)
+            self._complete[ident] = max(self._complete[ident], complete[ident])
+        if unmapped is not None:
+            lo = self._inferred_complete
+            hi_all = first[inf_stream] - 1
+            if unmapped.stop is not None:
+                hi_all = min(hi_all, unmapped.stop)
+            seen = [m.seq for m in (arrived or {}).get(_INFERRED, [])]
+            for _, src, _ in self.sources:
+                after = self.inferred_after.get(src.identifier)
+                if after is None:
+                    continue
+                hi = hi_all
+                mine = [q for q in seen if q > after]
+                if initial and mine:
+                    hi = min(hi, mine[0] - 1)
+                self._note_gap(src, max(lo, after) + 1, hi)
+            self._inferred_complete = max(lo, inferred_bound)
+        self._checks += 1
+        self._checked_at = time.monotonic()
 
     def events(self, history: Iterator[ReplayEvent]) -> Iterator[ReplayEvent]:
         """`history` (the engine's events), then the tail events of the window.
@@ -1139,7 +1251,6 @@ class LiveTail:
         self._loop = NatsLoop(self.engine.catalog)
         try:
             yield from self._tail()
-            self._check_removed({})  # a tail with nothing to read: no round checked it
         finally:
             self._loop.close()
             self._loop = None
@@ -1165,13 +1276,8 @@ class LiveTail:
             return ends
 
         async def poll(timeout: float) -> dict[str, list[TailMessage]]:
+            # (A following read finds subjects that appear meanwhile in `_check_gaps`.)
             unmapped = self._unmapped
-            if (
-                unmapped is not None
-                and unmapped.stop is None
-                and time.monotonic() - unmapped.listed_at >= DISCOVER_SECONDS
-            ):
-                await unmapped.discover()  # subjects that appeared while following
             polls = [f.poll(timeout) for f in followers.values()]
             if unmapped is not None:
                 polls.append(unmapped.poll(timeout))
@@ -1210,10 +1316,16 @@ class LiveTail:
                     followers[i].last_seq >= stop_at.get(i, 0) for i in followers
                 )
                 if done and (self._unmapped is None or self._unmapped.done()):
+                    # What was removed since the last check (or, with no round, at all).
+                    self._check_gaps(followers, {} if not self._checks else None, stop_at)
                     engine.set_complete(True)
                     return
                 arrived = loop.run(poll(self.poll_seconds))
                 yield from self._round(arrived, stop_at)
+                if not self._checks:
+                    self._check_gaps(followers, arrived, stop_at)
+                elif time.monotonic() - self._checked_at >= REMOVAL_CHECK_SECONDS:
+                    self._check_gaps(followers, None, stop_at)
         finally:
             loop.run(close())
             self._unmapped = None
@@ -1225,7 +1337,6 @@ class LiveTail:
 
         from iceberg_lake.timetravel.replay import ReplayEvent
 
-        self._check_removed(arrived)
         lo, hi = self.engine.start_ns, self.engine.end_ns
         unmapped = arrived.get(_INFERRED, [])
         inferred_stop = self._unmapped.stop if self._unmapped is not None else None

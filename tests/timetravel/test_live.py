@@ -637,3 +637,64 @@ def test_live_replay_and_freshness_include_rows_routed_by_schema_inference(
         assert fresh.committed_newest_ns == now - 29 * 10**9
     finally:
         pub.close()
+
+
+def test_following_replay_warns_when_the_stream_removes_messages_it_has_not_read(
+    tmp_path: Path, nats: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A `--follow` replay whose consumer the server lost (deleted here) while MARKET, capped at
+    5 messages, took 8 more: the 3 pushed out before the follower resumed are reported while it
+    follows (log) and in the manifest, and the rest is delivered once. Also a guard: nats-py
+    recreates a lost ordered consumer after missed idle heartbeats (else the follow never ends).
+
+    Budget: ~7 s (window 4 s; the follower resumes after two missed 1 s heartbeats)."""
+    from nats.js.api import StreamConfig
+
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    now = time.time_ns()
+    try:
+        info = pub.loop.run_until_complete(pub.js.stream_info("MARKET"))
+        config = StreamConfig.from_response(info.config.as_dict())
+        config.max_msgs = 5
+        pub.loop.run_until_complete(pub.js.update_stream(config))
+        pub.publish([event(i, now + i) for i in range(2)])  # seq 1, 2
+
+        end_ns = time.time_ns() + 4 * 10**9
+        engine = ReplayEngine(
+            settings, [TABLE], now - 10**9, end_ns, pin=False, live=True, follow=True
+        )
+        got: list[int] = []
+
+        def replay() -> None:
+            got.extend(e.as_dict()["seq"] for e in engine.all_events())
+
+        follow = threading.Thread(target=replay)
+        follow.start()
+        wait_for(lambda: engine._live.tail_events >= 2, 10, "the tail's first round")
+
+        async def lose_consumer() -> None:
+            # The follower's ephemeral consumer (no durable name) on the table's subject.
+            for c in await pub.js.consumers_info("MARKET"):
+                if c.config.durable_name is None and c.config.filter_subject == SUBJECT:
+                    await pub.js.delete_consumer("MARKET", c.name)
+
+        pub.loop.run_until_complete(lose_consumer())
+        # seq 3..10: the stream keeps 6..10; 3..5 are removed before anyone read them.
+        pub.publish([event(i, now + i) for i in range(2, 10)])
+        wait_for(lambda: engine._live.gaps, 5, "the gap noticed while following")
+        assert follow.is_alive(), "noticed while following, not at the end"
+        follow.join(timeout=20)
+        assert not follow.is_alive()
+
+        assert sorted(got) == [0, 1, 5, 6, 7, 8, 9], "what the stream still held, once"
+        manifest = engine.manifest()
+        assert manifest["complete"]
+        assert manifest["live"]["tables"][TABLE]["gaps"] == [[3, 5]]
+        assert manifest["live"]["tables"][TABLE]["removed"] == [3, 5]
+        (warning,) = manifest["live"]["warnings"]
+        assert "seq 3..5" in warning and TABLE in warning
+        assert any("seq 3..5" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    finally:
+        pub.close()
