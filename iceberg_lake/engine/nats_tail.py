@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
 __all__ = [
+    "FOLLOW_HEARTBEAT_SECONDS",
     "TailFollower",
     "TailMessage",
     "last_subject_msg",
@@ -37,6 +38,10 @@ __all__ = [
 INACTIVE_THRESHOLD_SECONDS = 5.0
 #: Seconds to wait for the next message of a range known to exist before giving up.
 STALL_SECONDS = 10.0
+#: Idle heartbeat of a `TailFollower`'s consumer: nats-py recreates an ordered consumer (from
+#: the last sequence it delivered + 1) after two missed heartbeats, so a follower whose
+#: consumer the server lost (restart, deletion) resumes within 2-4 s instead of 10-20 s.
+FOLLOW_HEARTBEAT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,12 @@ async def last_subject_msg(js: JetStreamContext, stream: str, subject: str) -> T
 
 
 async def _subscribe(
-    js: JetStreamContext, stream: str, subject: str, start_seq: int, cb: Any
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    start_seq: int,
+    cb: Any,
+    idle_heartbeat: float | None = None,
 ) -> Any:
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -137,6 +147,7 @@ async def _subscribe(
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
         config=config,
+        idle_heartbeat=idle_heartbeat,
         inactive_threshold=INACTIVE_THRESHOLD_SECONDS,
         pending_msgs_limit=1_000_000,
         pending_bytes_limit=1024**3,
@@ -201,6 +212,11 @@ async def read_tail(
 class TailFollower:
     """Follows `subject` from a sequence on: each `poll` returns what arrived since the last one.
 
+    `last_seq` is the last sequence received (buffered for the next `poll` or returned). If the
+    server loses the consumer, nats-py recreates it from `last_seq + 1` after two missed idle
+    heartbeats (`FOLLOW_HEARTBEAT_SECONDS`); messages the stream removed meanwhile are skipped
+    without notice, so a reader checks the stream's first sequence against `last_seq`.
+
     Args:
         js: JetStream context.
         stream: the stream.
@@ -228,11 +244,20 @@ class TailFollower:
         """Messages that arrived, waiting at most `timeout` seconds for the first one."""
         if self.sub is None:
             self.sub = await _subscribe(
-                self.js, self.stream, self.subject, self.last_seq + 1, self._on_message
+                self.js,
+                self.stream,
+                self.subject,
+                self.last_seq + 1,
+                self._on_message,
+                idle_heartbeat=FOLLOW_HEARTBEAT_SECONDS,
             )
         if not self._arrived:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._event.wait(), timeout)
+        return self.drain()
+
+    def drain(self) -> list[TailMessage]:
+        """Messages that arrived since the last `poll`/`drain`, without waiting or subscribing."""
         out, self._arrived = self._arrived, []
         self._event.clear()
         return out

@@ -22,11 +22,13 @@ Used by `Lake.query(sql, live=True)` / `lake query --live` (`create_live_views`)
 Rows that the schema-inference consumer (`lake_inferred`, unmapped `market.*` subjects) routes
 into a Bronze table are a second tail of that table, after its `lake.watermark.MARKET.lake_inferred`
 (and after the consumer's ack floor, read before the table is loaded: its writer acks only what
-it committed), decoded by the writer's `InferredDecoder`. Live queries read it while that
-consumer exists; live replays and `freshness` read the table's own subject only.
+it committed), decoded by the writer's `InferredDecoder`. Live queries, live replays and
+`freshness` read it while that consumer exists (or inference has committed to the table); each
+reads the ack floor before it loads the tables (`inference_start`).
 
 Messages the stream removed (limits) after a watermark before anyone read them are reported
-(`LiveRange.removed`, the replay manifest, `Freshness.live_warning`), never dropped silently.
+(`LiveRange.removed`, the replay manifest, `Freshness.live_warning`), never dropped silently; a
+live replay checks again every `REMOVAL_CHECK_SECONDS` while it reads (`LiveTail._check_gaps`).
 
 Order of live replay events: the pinned history first, in replay order; then the tail in
 arrival rounds — each round (what arrived since the previous one) sorted by the replay key
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Coroutine, Iterator, Sequence
@@ -80,6 +83,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Freshness",
+    "InferenceStart",
     "LiveRange",
     "LiveTail",
     "NatsLoop",
@@ -87,12 +91,14 @@ __all__ = [
     "committed_newest_ns",
     "create_live_views",
     "freshness",
+    "inference_start",
     "is_live_table",
     "live_warnings",
     "removed_warning",
 ]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder(order="sorted")
 
 
@@ -425,6 +431,9 @@ async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, in
 
 #: Key suffix of a table's inferred-rows cache in `NatsLoop.tails`.
 _INFERRED = "#inferred"
+#: A live replay checks at most this often (seconds) whether the stream removed messages its
+#: followers had not received (`LiveTail._check_gaps`).
+REMOVAL_CHECK_SECONDS = 1.0
 #: Up to this many unmapped subjects are read one ordered consumer each; beyond (e.g. one
 #: subject per symbol), one consumer reads `market.>` and the mapped subjects are dropped here.
 MAX_SUBJECT_READS = 8
@@ -530,6 +539,161 @@ def _read_inferred_tails(
     loop.inferred_seen = True
     end = loop.run(_read_inferred(loop, inferred, floor or 0, mapped))
     return end, {s.identifier for s in inferred}
+
+
+@dataclass(frozen=True)
+class InferenceStart:
+    """What a reader needs to know about schema inference BEFORE it loads the tables.
+
+    Attributes:
+        floor: the `lake_inferred` consumer's ack floor, read before the tables were loaded
+            (None: the consumer does not exist).
+        mapped: the subjects the inference consumer skips (every Bronze table's own).
+    """
+
+    floor: int | None
+    mapped: frozenset[str]
+
+    def applies(self, src: TailSource) -> bool:
+        """True when `src` has an inferred tail: inference routes into it and runs (its
+        consumer exists) or has committed to it."""
+        return src.inferred is not None and (self.floor is not None or src.inferred_committed)
+
+    def after(self, src: TailSource) -> int:
+        """The stream sequence after which `src`'s inferred rows are not in its snapshot."""
+        return max(src.inferred_watermark, self.floor or 0)
+
+
+def inference_start(catalog: LakeCatalog, identifiers: Sequence[str]) -> InferenceStart | None:
+    """Read the inference consumer's ack floor, for a reader about to load `identifiers`.
+
+    Call BEFORE loading the tables: the writer acks a flush only after committing every table
+    of it, so whatever is at or below the floor read now is in the metadata loaded afterwards.
+
+    Returns:
+        None when no table of `identifiers` receives inferred rows (nothing read).
+
+    Raises:
+        TransientError/LakeError: NATS cannot be reached.
+    """
+    if not any(_receives_inferred(catalog.definition(i)) for i in identifiers):
+        return None
+    loop = NatsLoop(catalog)
+    try:
+        floor = loop.run(_inferred_floor(loop))
+    finally:
+        loop.close()
+    return InferenceStart(floor, inferred_mapped_subjects(catalog))
+
+
+class _UnmappedFollower:
+    """Follows the unmapped `market.*` subjects after a sequence: the messages schema inference
+    routes into Bronze tables, for a live replay.
+
+    One ordered consumer per unmapped subject while there are at most `MAX_SUBJECT_READS` of
+    them; the stream's subjects are listed again by `discover` (a follow finds subjects that
+    appear meanwhile; a new subject is read from `after`, nothing of it was seen before). Past
+    that many, one consumer on `market.>` instead (from `after`, mapped subjects dropped).
+    Every message is delivered once: per subject, only sequences beyond the last delivered.
+    """
+
+    def __init__(self, js: Any, mapped: frozenset[str], after: int) -> None:
+        self.js = js
+        self.stream, _, self.wildcard = consumer_target(INFERRED_TARGET)
+        self.mapped = mapped
+        self.after = after
+        self.followers: dict[str, TailFollower] = {}
+        self.wide: TailFollower | None = None
+        self.delivered: dict[str, int] = {}
+        self._carry: list[TailMessage] = []
+        #: Monotonic time of the last listing.
+        self.listed_at = 0.0
+        #: Where a bounded read stops: the stream's last sequence, and per follower the last
+        #: sequence to wait for (set by `fix_end`).
+        self.stop: int | None = None
+        self.ends: dict[str, int] = {}
+
+    async def discover(self) -> int:
+        """List the stream's subjects and follow unmapped ones not followed yet; return the
+        stream's last sequence at the listing (no subject unlisted then has a message up to it).
+        """
+        info = await self.js.stream_info(self.stream, subjects_filter=self.wildcard)
+        self.listed_at = time.monotonic()
+        last = int(info.state.last_seq or 0)
+        if self.wide is not None:
+            return last
+        unmapped = set(info.state.subjects or {}) - self.mapped
+        if len(unmapped) > MAX_SUBJECT_READS:
+            # Many subjects (one per symbol): one consumer for all; what the per-subject ones
+            # received is kept, and `delivered` drops what the wide one delivers again.
+            for f in self.followers.values():
+                self._carry.extend(f.drain())
+                await f.close()
+            self.followers = {}
+            self.wide = TailFollower(self.js, self.stream, self.wildcard, self.after)
+            return last
+        for subject in sorted(unmapped - set(self.followers)):
+            self.followers[subject] = TailFollower(self.js, self.stream, subject, self.after)
+        return last
+
+    def positions(self) -> dict[str, int]:
+        """Follower (subject, or the wildcard) → the last sequence it received."""
+        if self.wide is not None:
+            return {self.wildcard: self.wide.last_seq}
+        return {s: f.last_seq for s, f in self.followers.items()}
+
+    async def listing(self) -> int:
+        """The stream's last sequence; while following (no end fixed), also follow subjects
+        that appeared (`discover`)."""
+        if self.stop is None:
+            return await self.discover()
+        return int((await self.js.stream_info(self.stream)).state.last_seq or 0)
+
+    async def newest(self, key: str) -> int:
+        """The newest stored sequence of a follower's subject (the wildcard: the stream's)."""
+        return await last_subject_seq(self.js, self.stream, key)
+
+    def _all(self) -> list[TailFollower]:
+        return [self.wide] if self.wide is not None else list(self.followers.values())
+
+    async def fix_end(self) -> None:
+        """Stop at what is stored now: the stream's last sequence and each subject's newest."""
+        self.stop = await self.discover()
+        if self.wide is not None:
+            self.ends = {self.wildcard: self.stop}
+            return
+        self.ends = {
+            s: min(await last_subject_seq(self.js, self.stream, s), self.stop)
+            for s in self.followers
+        }
+
+    def done(self) -> bool:
+        """Every follower reached its end (only after `fix_end`)."""
+        if self.stop is None:
+            return False
+        if self.wide is not None:
+            return self.wide.last_seq >= self.stop
+        return all(self.followers[s].last_seq >= end for s, end in self.ends.items())
+
+    async def poll(self, timeout: float) -> list[TailMessage]:
+        """Unmapped messages that arrived since the last poll, in stream order."""
+        followers = self._all()
+        got = await asyncio.gather(*(f.poll(timeout) for f in followers))
+        out: list[TailMessage] = []
+        for batch in [self._carry, *got]:
+            for m in batch:
+                if m.subject in self.mapped or m.seq <= self.delivered.get(m.subject, self.after):
+                    continue
+                self.delivered[m.subject] = m.seq
+                out.append(m)
+        self._carry = []
+        out.sort(key=lambda m: m.seq)
+        return out
+
+    async def close(self) -> None:
+        """Unsubscribe every follower."""
+        for f in self._all():
+            await f.close()
 
 
 def _merge(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -711,17 +875,53 @@ def committed_newest_ns(table: Table) -> int | None:
     return best
 
 
-async def _tail_newest(loop: NatsLoop, src: TailSource) -> tuple[int | None, str | None]:
+async def _tail_newest(
+    loop: NatsLoop,
+    src: TailSource,
+    inferred_after: int | None = None,
+    unmapped_last: Sequence[TailMessage] = (),
+) -> tuple[int | None, str | None]:
     """Newest event time of the tail: the newest message on the subject, if beyond the
     watermark (decoded with the writer's codec; None when it is rejected or there is none);
-    and the warning when the stream removed messages after the watermark."""
+    and the warning when the stream removed messages after the watermark.
+
+    With `inferred_after` (the table has an inferred tail), also the newest message of each
+    unmapped subject beyond it (`unmapped_last`), decoded by the writer's `InferredDecoder`.
+    """
     js = await loop.js()
     msg = await last_subject_msg(js, src.stream, src.subject)
-    removed = removed_range(src.watermark, await stream_first_seq(js, src.stream))
-    warning = removed_warning(src.identifier, src.stream, src.subject, removed) if removed else None
-    if msg is None or msg.seq <= src.watermark:
-        return None, warning
-    return _newest(src.decode([msg])), warning
+    first = await stream_first_seq(js, src.stream)
+    removed = removed_range(src.watermark, first)
+    newest: list[int] = []
+    if msg is not None and msg.seq > src.watermark:
+        own = _newest(src.decode([msg]))
+        if own is not None:
+            newest.append(own)
+    if inferred_after is not None:
+        removed = _merge(removed, removed_range(inferred_after, first))
+        mine = [m for m in unmapped_last if m.seq > inferred_after]
+        rows = src.decode_with_seqs(mine, decoder=src.inferred)[0]
+        if (ns := _newest(rows)) is not None:
+            newest.append(ns)
+    inferred = inferred_after is not None
+    warning = (
+        removed_warning(src.identifier, src.stream, src.subject, removed, inferred=inferred)
+        if removed
+        else None
+    )
+    return (max(newest) if newest else None), warning
+
+
+async def _unmapped_last(loop: NatsLoop, mapped: frozenset[str], after: int) -> list[TailMessage]:
+    """The newest message of each unmapped `market.*` subject, where it is beyond `after`."""
+    js = await loop.js()
+    stream, _, wildcard = consumer_target(INFERRED_TARGET)
+    info = await js.stream_info(stream, subjects_filter=wildcard)
+    if int(info.state.last_seq or 0) <= after:
+        return []
+    unmapped = sorted(set(info.state.subjects or {}) - mapped)
+    got = await asyncio.gather(*(last_subject_msg(js, stream, s) for s in unmapped))
+    return [m for m in got if m is not None and m.seq > after]
 
 
 def freshness(
@@ -733,6 +933,9 @@ def freshness(
     timeout: float = 3.0,
 ) -> dict[str, Freshness]:
     """Event-time freshness of the committed tables and of their live views.
+
+    The live view counts the rows schema inference routes into a Bronze table as a live query
+    does (unmapped subjects' newest messages beyond the table's inferred start).
 
     Args:
         catalog: the lake catalog.
@@ -750,25 +953,43 @@ def freshness(
     now = time.time_ns() if now_ns is None else now_ns
     committed: dict[str, int | None] = {}
     sources: list[TailSource] = []
-    for ident in identifiers:
-        table = catalog.load_table(ident)
-        if "ts_event_ns" not in {f.name for f in table.schema().fields}:
-            continue
-        committed[ident] = committed_newest_ns(table)
-        if live and is_live_table(catalog.definition(ident)):
-            sources.append(TailSource(catalog.definition(ident), table))
     tails: dict[str, tuple[int | None, str | None]] = {}
-    if sources:
-        loop = NatsLoop(catalog)
-        try:
+    loop = NatsLoop(catalog) if live else None
+    try:
+        inference: InferenceStart | None = None
+        live_ids = [i for i in identifiers if is_live_table(catalog.definition(i))]
+        if loop is not None and any(_receives_inferred(catalog.definition(i)) for i in live_ids):
+            # Before the tables are loaded (see `inference_start`).
+            floor = loop.run(asyncio.wait_for(_inferred_floor(loop), timeout))
+            inference = InferenceStart(floor, inferred_mapped_subjects(catalog))
+        for ident in identifiers:
+            table = catalog.load_table(ident)
+            if "ts_event_ns" not in {f.name for f in table.schema().fields}:
+                continue
+            committed[ident] = committed_newest_ns(table)
+            if loop is not None and ident in live_ids:
+                mapped = inference.mapped if inference is not None else None
+                sources.append(TailSource(catalog.definition(ident), table, mapped))
+        if loop is not None and sources:
+            nats = loop
+            after = {
+                s.identifier: inference.after(s)
+                for s in sources
+                if inference is not None and inference.applies(s)
+            }
 
             async def all_tails() -> list[tuple[int | None, str | None]]:
-                return await asyncio.wait_for(
-                    asyncio.gather(*(_tail_newest(loop, s) for s in sources)), timeout
+                last: list[TailMessage] = []
+                if after and inference is not None:
+                    last = await _unmapped_last(nats, inference.mapped, min(after.values()))
+                return await asyncio.gather(
+                    *(_tail_newest(nats, s, after.get(s.identifier), last) for s in sources)
                 )
 
-            tails = dict(zip([s.identifier for s in sources], loop.run(all_tails()), strict=True))
-        finally:
+            got = loop.run(asyncio.wait_for(all_tails(), timeout))
+            tails = dict(zip([s.identifier for s in sources], got, strict=True))
+    finally:
+        if loop is not None:
             loop.close()
 
     def age(ns: int | None) -> float | None:
@@ -794,7 +1015,10 @@ class LiveTail:
 
     Created by `ReplayEngine(..., live=True)` with the engine's loaded tables, so each table's
     watermark is read from the metadata its pinned snapshot came from: every event of the window
-    is delivered exactly once across the history/tail boundary.
+    is delivered exactly once across the history/tail boundary. A Bronze table that schema
+    inference routes into (its consumer exists, or it has committed there) has a second tail:
+    unmapped `market.*` messages after `inference.after(...)`, decoded by the writer's
+    `InferredDecoder`, read by an `_UnmappedFollower` shared by the tables.
 
     Args:
         engine: the replay engine (pins must be the current snapshots: no `as_of`).
@@ -803,6 +1027,8 @@ class LiveTail:
         lateness_seconds: how long after `end_ns` (wall clock) events stamped inside the window
             are still waited for.
         poll_seconds: how long one arrival round waits for the first message.
+        inference: schema inference as read BEFORE the engine loaded its tables
+            (`inference_start`; None: no inferred tails).
     """
 
     def __init__(
@@ -812,6 +1038,7 @@ class LiveTail:
         follow: bool = False,
         lateness_seconds: float = 1.0,
         poll_seconds: float = 0.2,
+        inference: InferenceStart | None = None,
     ) -> None:
         if engine.as_of is not None:
             raise TimeTravelError("a live replay starts at the current snapshots: drop --as-of")
@@ -819,18 +1046,42 @@ class LiveTail:
         self.follow = follow
         self.lateness_seconds = lateness_seconds
         self.poll_seconds = poll_seconds
+        self.inference = inference
         self.sources: list[tuple[int, TailSource, Any]] = []
+        #: Table → the stream sequence after which its inferred rows are read (tables with an
+        #: inferred tail only).
+        self.inferred_after: dict[str, int] = {}
+        mapped = inference.mapped if inference is not None else None
         for index, src in enumerate(engine.pinned_sources):
             if is_live_table(src.definition):
-                self.sources.append((index, TailSource(src.definition, src.table), src))
+                tail = TailSource(src.definition, src.table, mapped)
+                if inference is not None and inference.applies(tail):
+                    self.inferred_after[tail.identifier] = inference.after(tail)
+                self.sources.append((index, tail, src))
         self.tail_events = 0
         self.tail_ranges: dict[str, list[int]] = {}
+        #: Last unmapped-subject sequence read for the inferred tails (None: none read).
+        self.inferred_last_seq: int | None = None
         self.rounds = 0
-        #: Table → stream sequences after its watermark removed by the stream's limits before
-        #: the tail read them (checked once, when the tail starts).
-        self.removed: dict[str, tuple[int, int]] = {}
-        self._checked = False
+        #: Table → the ranges of stream sequences after its watermark that the stream removed
+        #: (limits, purge) before the tail received them: when the tail starts and, checked
+        #: every `REMOVAL_CHECK_SECONDS` while it reads, later (`_check_gaps`).
+        self.gaps: dict[str, list[tuple[int, int]]] = {}
+        #: Table → a stream sequence up to which every message of its subject was received or
+        #: is in `gaps` (starts at the watermark); the same for all unmapped subjects together.
+        self._complete: dict[str, int] = {
+            src.identifier: src.watermark for _, src, _ in self.sources
+        }
+        self._inferred_complete = min(self.inferred_after.values(), default=0)
+        self._checks = 0
+        self._checked_at = 0.0
         self._loop: NatsLoop | None = None
+        self._unmapped: _UnmappedFollower | None = None
+
+    @property
+    def removed(self) -> dict[str, tuple[int, int]]:
+        """Table → the envelope `(first, last)` of its `gaps`."""
+        return {t: (g[0][0], max(hi for _, hi in g)) for t, g in self.gaps.items() if g}
 
     def manifest_extra(self) -> dict[str, Any]:
         """The manifest's `live` section: per table the watermark and tail range read."""
@@ -846,45 +1097,144 @@ class LiveTail:
                         "stream": src.stream,
                         "watermark": src.watermark,
                         "last_seq": self.tail_ranges.get(src.identifier, [src.watermark])[-1],
+                        "inferred_after": self.inferred_after.get(src.identifier),
                         "removed": list(self.removed[src.identifier])
                         if src.identifier in self.removed
                         else None,
+                        "gaps": [list(g) for g in self.gaps.get(src.identifier, [])],
                     }
                     for _, src, _ in self.sources
                 },
+                "inferred_last_seq": self.inferred_last_seq,
                 "warnings": self.warnings(),
             }
         }
 
     def warnings(self) -> list[str]:
-        """One line per table whose tail the stream's limits cut (messages removed unread)."""
+        """One line per range of a table's tail the stream removed before it was received."""
         return [
-            removed_warning(src.identifier, src.stream, src.subject, self.removed[src.identifier])
+            removed_warning(
+                src.identifier,
+                src.stream,
+                src.subject,
+                gap,
+                inferred=src.identifier in self.inferred_after,
+            )
             for _, src, _ in self.sources
-            if src.identifier in self.removed
+            for gap in self.gaps.get(src.identifier, [])
         ]
 
-    def _check_removed(self, arrived: dict[str, list[TailMessage]]) -> None:
-        """Note, once, the sequences after each watermark the stream removed before the tail
-        read them: below the stream's first sequence (taken now, after the first round) and
-        below the first tail message delivered."""
-        if self._checked or self._loop is None:
+    def _note_gap(self, src: TailSource, lo: int, hi: int) -> None:
+        """Record (and log, once) sequences `lo..hi` removed before the tail received them."""
+        if hi < lo:
             return
-        self._checked = True
+        gaps = self.gaps.setdefault(src.identifier, [])
+        for i, (a, b) in enumerate(gaps):
+            if lo <= b + 1 and hi >= a - 1:  # overlapping or adjacent: widen the known one
+                if a <= lo and hi <= b:
+                    return
+                gaps[i] = (min(a, lo), max(b, hi))
+                break
+        else:
+            gaps.append((lo, hi))
+        gaps.sort()
+        inferred = src.identifier in self.inferred_after
+        log.warning(
+            "%s",
+            removed_warning(src.identifier, src.stream, src.subject, (lo, hi), inferred=inferred),
+        )
+
+    def _check_gaps(
+        self,
+        followers: dict[str, TailFollower],
+        arrived: dict[str, list[TailMessage]] | None,
+        stop_at: dict[str, int] | None,
+    ) -> None:
+        """Find messages the stream removed (limits, purge) before the tail received them.
+
+        JetStream keeps no record of what it removed, only where each stream now starts, so a
+        gap is a sequence range, checked against what each follower is known to have: every
+        message of its subject up to `_complete` was received or is already in `gaps`. In
+        order: (1) the followers' positions, (2) each stream's last sequence (and, for the
+        unmapped subjects, their listing), (3) each subject's newest stored message, (4) each
+        stream's first sequence. Whatever was removed unread is below (4), so the range
+        `(_complete, first - 1]` holds it: noted. Then `_complete` moves to the position read in
+        (1), or to the last sequence of (2) when the subject had nothing newer stored in (3)
+        (a quiet subject does not hold it back, so a later check does not blame it for what
+        the stream removed of other subjects). A false alarm therefore needs the stream to
+        remove, between two checks, messages that arrived after the previous one.
+
+        Args:
+            followers: the tables' own-subject followers.
+            arrived: the messages of the tail's first round (first check only): a range ends
+                below the first message received, as when the tail starts (None: later).
+            stop_at: a bounded read's last sequences (ranges beyond are not the replay's).
+        """
+        assert self._loop is not None
         loop = self._loop
+        unmapped = self._unmapped
+        inf_stream = consumer_target(INFERRED_TARGET)[0]
 
-        async def firsts() -> dict[str, int]:
+        async def read() -> tuple[dict[str, int], dict[str, int], int]:
             js = await loop.js()
+            own = {i: f.last_seq for i, f in followers.items()}  # (1)
+            theirs = unmapped.positions() if unmapped is not None else {}
             streams = {src.stream for _, src, _ in self.sources}
-            return {s: await stream_first_seq(js, s) for s in sorted(streams)}
+            last: dict[str, int] = {}
+            for stream in sorted(streams - {inf_stream} if unmapped is not None else streams):
+                last[stream] = int((await js.stream_info(stream)).state.last_seq or 0)  # (2)
+            if unmapped is not None:
+                last[inf_stream] = await unmapped.listing()  # (2), following new subjects
+            newest = {  # (3)
+                src.identifier: await last_subject_seq(js, src.stream, src.subject)
+                for _, src, _ in self.sources
+            }
+            bound = last.get(inf_stream, 0)
+            if unmapped is not None:
+                for key, position in theirs.items():
+                    if await unmapped.newest(key) > position:
+                        bound = min(bound, position)
+                if set(unmapped.positions()) - set(theirs):  # followers added in (2)
+                    bound = min(bound, unmapped.after)
+            first = {s: await stream_first_seq(js, s) for s in sorted(last)}  # (4)
+            complete = {
+                src.identifier: own[src.identifier]
+                if newest[src.identifier] > own[src.identifier]
+                else last[src.stream]
+                for _, src, _ in self.sources
+            }
+            return first, complete, bound
 
-        first = loop.run(firsts())
+        first, complete, inferred_bound = loop.run(read())
+        initial = arrived is not None
         for _, src, _ in self.sources:
-            got = arrived.get(src.identifier)
-            upto = first[src.stream] if not got else min(first[src.stream], got[0].seq)
-            removed = removed_range(src.watermark, upto)
-            if removed is not None:
-                self.removed[src.identifier] = removed
+            ident = src.identifier
+            hi = first[src.stream] - 1
+            got = (arrived or {}).get(ident)
+            if initial and got:
+                hi = min(hi, got[0].seq - 1)
+            if stop_at is not None:
+                hi = min(hi, stop_at.get(ident, 0))
+            self._note_gap(src, self._complete[ident] + 1, hi)
+            self._complete[ident] = max(self._complete[ident], complete[ident])
+        if unmapped is not None:
+            lo = self._inferred_complete
+            hi_all = first[inf_stream] - 1
+            if unmapped.stop is not None:
+                hi_all = min(hi_all, unmapped.stop)
+            seen = [m.seq for m in (arrived or {}).get(_INFERRED, [])]
+            for _, src, _ in self.sources:
+                after = self.inferred_after.get(src.identifier)
+                if after is None:
+                    continue
+                hi = hi_all
+                mine = [q for q in seen if q > after]
+                if initial and mine:
+                    hi = min(hi, mine[0] - 1)
+                self._note_gap(src, max(lo, after) + 1, hi)
+            self._inferred_complete = max(lo, inferred_bound)
+        self._checks += 1
+        self._checked_at = time.monotonic()
 
     def events(self, history: Iterator[ReplayEvent]) -> Iterator[ReplayEvent]:
         """`history` (the engine's events), then the tail events of the window.
@@ -901,7 +1251,6 @@ class LiveTail:
         self._loop = NatsLoop(self.engine.catalog)
         try:
             yield from self._tail()
-            self._check_removed({})  # a tail with nothing to read: no round checked it
         finally:
             self._loop.close()
             self._loop = None
@@ -917,14 +1266,31 @@ class LiveTail:
             for _, src, _ in self.sources:
                 followers[src.identifier] = TailFollower(js, src.stream, src.subject, src.watermark)
                 ends[src.identifier] = await last_subject_seq(js, src.stream, src.subject)
+            if self.inferred_after and self.inference is not None:
+                after = min(self.inferred_after.values())
+                self._unmapped = _UnmappedFollower(js, self.inference.mapped, after)
+                if self.follow:
+                    await self._unmapped.discover()
+                else:
+                    await self._unmapped.fix_end()
             return ends
 
         async def poll(timeout: float) -> dict[str, list[TailMessage]]:
-            got = await asyncio.gather(*(f.poll(timeout) for f in followers.values()))
-            return dict(zip(followers, got, strict=True))
+            # (A following read finds subjects that appear meanwhile in `_check_gaps`.)
+            unmapped = self._unmapped
+            polls = [f.poll(timeout) for f in followers.values()]
+            if unmapped is not None:
+                polls.append(unmapped.poll(timeout))
+            got = await asyncio.gather(*polls)
+            arrived = dict(zip(followers, got[: len(followers)], strict=True))
+            if unmapped is not None:
+                arrived[_INFERRED] = got[-1]
+            return arrived
 
         async def ends_now() -> dict[str, int]:
             js = await loop.js()
+            if self._unmapped is not None:
+                await self._unmapped.fix_end()
             return {
                 src.identifier: await last_subject_seq(js, src.stream, src.subject)
                 for _, src, _ in self.sources
@@ -933,6 +1299,8 @@ class LiveTail:
         async def close() -> None:
             for f in followers.values():
                 await f.close()
+            if self._unmapped is not None:
+                await self._unmapped.close()
 
         ends = loop.run(setup())
         stop_at = None if self.follow else ends
@@ -947,36 +1315,56 @@ class LiveTail:
                 done = stop_at is not None and all(
                     followers[i].last_seq >= stop_at.get(i, 0) for i in followers
                 )
-                if done:
+                if done and (self._unmapped is None or self._unmapped.done()):
+                    # What was removed since the last check (or, with no round, at all).
+                    self._check_gaps(followers, {} if not self._checks else None, stop_at)
                     engine.set_complete(True)
                     return
                 arrived = loop.run(poll(self.poll_seconds))
                 yield from self._round(arrived, stop_at)
+                if not self._checks:
+                    self._check_gaps(followers, arrived, stop_at)
+                elif time.monotonic() - self._checked_at >= REMOVAL_CHECK_SECONDS:
+                    self._check_gaps(followers, None, stop_at)
         finally:
             loop.run(close())
+            self._unmapped = None
 
     def _round(
         self, arrived: dict[str, list[TailMessage]], stop_at: dict[str, int] | None
     ) -> Iterator[ReplayEvent]:
+        import pyarrow.compute as pc
+
         from iceberg_lake.timetravel.replay import ReplayEvent
 
-        self._check_removed(arrived)
         lo, hi = self.engine.start_ns, self.engine.end_ns
+        unmapped = arrived.get(_INFERRED, [])
+        inferred_stop = self._unmapped.stop if self._unmapped is not None else None
+        if inferred_stop is not None:
+            unmapped = [m for m in unmapped if m.seq <= inferred_stop]
+        if unmapped:
+            self.inferred_last_seq = unmapped[-1].seq
         keyed: list[tuple[tuple[Any, ...], ReplayEvent]] = []
         for index, src, replay_src in self.sources:
             msgs = arrived.get(src.identifier, [])
             if stop_at is not None:
                 msgs = [m for m in msgs if m.seq <= stop_at.get(src.identifier, 0)]
-            if not msgs:
+            parts: list[pa.Table] = []
+            if msgs:
+                rng = self.tail_ranges.setdefault(src.identifier, [msgs[0].seq, msgs[-1].seq])
+                rng[1] = msgs[-1].seq
+                parts.append(src.decode(msgs))
+            after = self.inferred_after.get(src.identifier)
+            if after is not None and unmapped:
+                mine = [m for m in unmapped if m.seq > after]
+                # Rows schema inference routes here (the writer's InferredDecoder; messages it
+                # routes to other tables or rejects give no rows here).
+                parts.append(src.decode_with_seqs(mine, decoder=src.inferred)[0])
+            parts = [p for p in parts if p.num_rows]
+            if not parts:
                 continue
-            rng = self.tail_ranges.setdefault(src.identifier, [msgs[0].seq, msgs[-1].seq])
-            rng[1] = msgs[-1].seq
-            rows = src.decode(msgs)
-            if rows.num_rows == 0:
-                continue
+            rows = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
             ts = rows.column("ts_event_ns")
-            import pyarrow.compute as pc
-
             mask = pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi))
             rows = rows.filter(mask)
             if rows.num_rows == 0:

@@ -556,13 +556,19 @@ class ReplayEngine:
         self.batch_rows = batch_rows
         self.window_rows = window_rows
         self.prefetch = prefetch
+        inference: Any = None
+        if live and as_of is None:
+            from iceberg_lake.timetravel.live import inference_start
+
+            # Before the tables are loaded: rows schema inference acked by then are in them.
+            inference = inference_start(self.catalog, tables)
         self._sources = self._resolve_pins()
         self.pins: dict[str, int | None] = {s.identifier: s.snapshot_id for s in self._sources}
         self._live: Any = None
         if live:
             from iceberg_lake.timetravel.live import LiveTail
 
-            self._live = LiveTail(self, follow=follow)
+            self._live = LiveTail(self, follow=follow, inference=inference)
         #: The tag protecting the snapshots read (None: `pin=False`); see `_pin`.
         self.pin_tag: str | None = None
         if pin:

@@ -551,3 +551,150 @@ def test_live_view_includes_rows_routed_by_schema_inference(
     finally:
         lake.close()
         pub.close()
+
+
+def test_live_replay_and_freshness_include_rows_routed_by_schema_inference(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """Unmapped `market.*` messages schema inference routes into the table: a live replay
+    (following, and bounded) delivers each exactly once across the inference writer's commits,
+    including one on a subject that appears while it follows; freshness counts them.
+
+    Budget: ~10 s (two in-process inference runs, a ~4 s follow)."""
+    settings = settings_for(tmp_path, nats.url).with_overrides(bronze_batch_seconds=0.3)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    now = time.time_ns()
+    start_ns = now - 60 * 10**9
+
+    def at(i: int, ts_ns: int) -> bytes:
+        return encode(event(i, ts_ns))
+
+    def publish_on(subject: str, bodies: list[bytes]) -> None:
+        async def go() -> None:
+            for body in bodies:
+                await pub.js.publish(subject, body)
+
+        pub.loop.run_until_complete(go())
+
+    def run_inference() -> None:
+        run_until_idle(settings, [bus.INFERRED_TARGET])
+
+    try:
+        pub.loop.run_until_complete(bus.ensure_consumer(pub.js, bus.INFERRED_TARGET))
+        # Committed by the inference writer before the replay: its history.
+        quote = encode(make_event("bronze.stocks_quotes", 7))
+        publish_on("market.misc.prints", [at(100 + i, now - 50 * 10**9 + i) for i in range(3)])
+        publish_on("market.misc.prints", [quote, b"not json"])
+        run_inference()
+        # Tail at the pin: two on the table's own subject (no writer), two inferred.
+        pub.publish([event(i, now - 40 * 10**9 + i) for i in range(2)])
+        publish_on("market.misc.prints", [at(103, now - 30 * 10**9), at(104, now - 29 * 10**9)])
+
+        end_ns = time.time_ns() + 4 * 10**9
+        engine = ReplayEngine(
+            settings, [TABLE], start_ns, end_ns, pin=False, live=True, follow=True
+        )
+        # The inference writer commits 103 and 104 after the pins were read: the replay must
+        # still take them from the stream (once), not from the snapshot.
+        run_inference()
+        key = f"{properties.WATERMARK_PREFIX}MARKET.lake_inferred"
+        assert int(LakeCatalog(settings).load_table(TABLE).properties[key]) >= 7
+
+        got: list[dict] = []
+
+        def replay() -> None:
+            got.extend(e.as_dict() for e in engine.all_events())
+
+        follow = threading.Thread(target=replay)
+        follow.start()
+        wait_for(lambda: engine._live.tail_events >= 4, 10, "the tail at the pin")
+        # While it follows: one on the table's subject, one on a subject that did not exist.
+        newest = time.time_ns()
+        pub.publish([event(2, newest - 10**9)])
+        publish_on("market.misc.late", [at(105, newest)])
+        follow.join(timeout=20)
+        assert not follow.is_alive()
+
+        seqs = [e["seq"] for e in got]
+        assert sorted(seqs) == [0, 1, 2, 100, 101, 102, 103, 104, 105], "each event once"
+        assert seqs[:3] == [100, 101, 102], "history: what the pinned snapshot holds"
+        manifest = engine.manifest()
+        assert manifest["complete"] and manifest["event_count"] == 9
+        assert manifest["live"]["tail_events"] == 6 and manifest["live"]["warnings"] == []
+        assert manifest["live"]["tables"][TABLE]["inferred_after"] == 5
+
+        # A bounded live replay now (103, 104 committed; 0..2 and 105 in the tails): same events.
+        bounded = ReplayEngine(settings, [TABLE], start_ns, end_ns, pin=False, live=True)
+        again = [e.as_dict() for e in bounded.all_events()]
+        as_set = lambda events: sorted(json.dumps(e, sort_keys=True) for e in events)  # noqa: E731
+        assert as_set(again) == as_set(got)
+        assert bounded.manifest()["live"]["tail_events"] == 4
+
+        # Freshness: the live view's newest event is the uncommitted inferred one.
+        fresh = freshness(LakeCatalog(settings), [TABLE])[TABLE]
+        assert fresh.live_newest_ns == newest and fresh.live_warning is None
+        assert fresh.committed_newest_ns == now - 29 * 10**9
+    finally:
+        pub.close()
+
+
+def test_following_replay_warns_when_the_stream_removes_messages_it_has_not_read(
+    tmp_path: Path, nats: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A `--follow` replay whose consumer the server lost (deleted here) while MARKET, capped at
+    5 messages, took 8 more: the 3 pushed out before the follower resumed are reported while it
+    follows (log) and in the manifest, and the rest is delivered once. Also a guard: nats-py
+    recreates a lost ordered consumer after missed idle heartbeats (else the follow never ends).
+
+    Budget: ~7 s (window 4 s; the follower resumes after two missed 1 s heartbeats)."""
+    from nats.js.api import StreamConfig
+
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    now = time.time_ns()
+    try:
+        info = pub.loop.run_until_complete(pub.js.stream_info("MARKET"))
+        config = StreamConfig.from_response(info.config.as_dict())
+        config.max_msgs = 5
+        pub.loop.run_until_complete(pub.js.update_stream(config))
+        pub.publish([event(i, now + i) for i in range(2)])  # seq 1, 2
+
+        end_ns = time.time_ns() + 4 * 10**9
+        engine = ReplayEngine(
+            settings, [TABLE], now - 10**9, end_ns, pin=False, live=True, follow=True
+        )
+        got: list[int] = []
+
+        def replay() -> None:
+            got.extend(e.as_dict()["seq"] for e in engine.all_events())
+
+        follow = threading.Thread(target=replay)
+        follow.start()
+        wait_for(lambda: engine._live.tail_events >= 2, 10, "the tail's first round")
+
+        async def lose_consumer() -> None:
+            # The follower's ephemeral consumer (no durable name) on the table's subject.
+            for c in await pub.js.consumers_info("MARKET"):
+                if c.config.durable_name is None and c.config.filter_subject == SUBJECT:
+                    await pub.js.delete_consumer("MARKET", c.name)
+
+        pub.loop.run_until_complete(lose_consumer())
+        # seq 3..10: the stream keeps 6..10; 3..5 are removed before anyone read them.
+        pub.publish([event(i, now + i) for i in range(2, 10)])
+        wait_for(lambda: engine._live.gaps, 5, "the gap noticed while following")
+        assert follow.is_alive(), "noticed while following, not at the end"
+        follow.join(timeout=20)
+        assert not follow.is_alive()
+
+        assert sorted(got) == [0, 1, 5, 6, 7, 8, 9], "what the stream still held, once"
+        manifest = engine.manifest()
+        assert manifest["complete"]
+        assert manifest["live"]["tables"][TABLE]["gaps"] == [[3, 5]]
+        assert manifest["live"]["tables"][TABLE]["removed"] == [3, 5]
+        (warning,) = manifest["live"]["warnings"]
+        assert "seq 3..5" in warning and TABLE in warning
+        assert any("seq 3..5" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    finally:
+        pub.close()
