@@ -25,6 +25,7 @@ formatted values. `tests/test_replay_encoding.py` checks every rule against msgs
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import msgspec
@@ -132,25 +133,23 @@ def encode_values(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     return pc.fill_null(text, "null") if text.null_count else text
 
 
-def warm_up(parts: int) -> None:
+def warm_up() -> None:
     """Load the compiled kernels (numba's on-disk cache, ~0.5 s) before the first window needs
-    them: a replay calls this on a thread while it plans its reads.
-
-    Args:
-        parts: the most tables a window merges (one `frame_rows` specialisation per count).
+    them: a replay calls this on a thread while it plans its reads. Once per process.
     """
-    global _warmed_parts
-    if parts <= _warmed_parts:
-        return  # loaded by an earlier replay of this process
-    table = pa.table({"i": pa.array([1], pa.int64()), "f": [0.5], "s": ["x"]})
-    payload = encode_rows_raw(table)
-    for k in range(1, parts + 1):
-        frame_rows([payload] * k, [b"t"] * k, np.zeros(1, np.int64), np.zeros(1, np.int64), False)
-    _warmed_parts = max(_warmed_parts, parts)
+    global _warmed
+    with _warm_lock:
+        if _warmed:
+            return
+        table = pa.table({"i": pa.array([1], pa.int64()), "f": [0.5], "s": ["x"]})
+        payload = encode_rows_raw(table)
+        frame_rows([payload], [b"t"], np.zeros(1, np.int64), np.zeros(1, np.int64), False)
+        _warmed = True
 
 
-#: The most parts `warm_up` has loaded `frame_rows` for in this process.
-_warmed_parts = 0
+#: Whether `warm_up` has loaded the kernels in this process.
+_warmed = False
+_warm_lock = threading.Lock()
 
 
 class Scratch:
