@@ -117,3 +117,19 @@ def test_compiled_float_path_matches_msgspec_on_random_doubles() -> None:
     expected = [row_encoder.encode(r).decode() for r in rows]
     mismatches = [(g, e) for g, e in zip(got, expected, strict=True) if g != e]
     assert not mismatches, mismatches[:3]
+
+
+def test_compiled_integer_path_matches_msgspec_at_every_digit_count() -> None:
+    """Every length from 1 to 19 digits, both signs, and the powers of ten and their
+    neighbours where the kernel's eight-digit groups split (10^8, 10^16)."""
+    rng = random.Random(7)
+    top = 2**63
+    values = [
+        rng.randrange(10 ** (d - 1), min(10**d, top)) for d in range(1, 20) for _ in range(200)
+    ]
+    values += [10**k + delta for k in range(19) for delta in (-1, 0, 1) if 10**k + delta >= 0]
+    values += [2**63 - 1, 0, 10**18, 10**16 - 1, 10**8 - 1]
+    values += [-v for v in values if v] + [-(2**63)]
+    table = pa.table({"v": pa.array(values, pa.int64()), "w": pa.array(values[::-1], pa.int64())})
+    got = encode_rows(table).to_pylist()
+    assert got == [row_encoder.encode(row).decode() for row in table.to_pylist()]
