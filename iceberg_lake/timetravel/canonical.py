@@ -38,6 +38,7 @@ __all__ = [
     "encode_rows",
     "encode_rows_raw",
     "encode_values",
+    "one_array",
     "frame_rows",
     "row_encoder",
     "warm_up",
@@ -105,6 +106,16 @@ def _strings(col: pa.Array) -> pa.Array:
     return quoted
 
 
+def one_array(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """`col` as one array: its only chunk as is (`ChunkedArray.combine_chunks` copies even
+    that), several chunks concatenated."""
+    if not isinstance(col, pa.ChunkedArray):
+        return col
+    if col.num_chunks == 1:
+        return col.chunk(0)
+    return col.combine_chunks()
+
+
 def encode_values(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Each value of `col` as canonical JSON text (what msgspec writes for its Python value).
 
@@ -114,8 +125,7 @@ def encode_values(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     Returns:
         A string array of the same length, without nulls (`null` for a null value).
     """
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
+    col = one_array(col)
     kind = col.type
     if pa.types.is_null(kind):
         return pa.array(["null"] * len(col), pa.string())
@@ -254,8 +264,7 @@ def encode_rows_raw(
     str_sizes: list[tuple[int, int]] = []  # (longest entry, total bytes) per text column
     entry_base = 0
     for j, name in enumerate(names):
-        col = table.column(name)
-        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        col = one_array(table.column(name))
         if pa.types.is_dictionary(col.type):
             col = col.dictionary_decode()
         kind = col.type

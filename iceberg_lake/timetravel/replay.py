@@ -100,7 +100,13 @@ from iceberg_lake.engine.duck import quote_ident, quote_str, timestamptz_literal
 from iceberg_lake.engine.iceberg import column_bounds, plan_data_files
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.tables import GOLD, TableDefinition
-from iceberg_lake.timetravel.canonical import Scratch, encode_rows_raw, frame_rows, warm_up
+from iceberg_lake.timetravel.canonical import (
+    Scratch,
+    encode_rows_raw,
+    frame_rows,
+    one_array,
+    warm_up,
+)
 from iceberg_lake.timetravel.query import Lake, duckdb_path
 from iceberg_lake.timetravel.readers import window_filter
 from iceberg_lake.timetravel.snapshots import (
@@ -1257,9 +1263,7 @@ def _gather(parts: Sequence[_Part], field: pa.Field, positions: np.ndarray | Non
     pieces: list[pa.Array] = []
     for part in parts:
         if field.name in part.rows.column_names:
-            chunks = part.rows.column(field.name)
-            # (`combine_chunks` copies even a single chunk.)
-            col = chunks.chunk(0) if chunks.num_chunks == 1 else chunks.combine_chunks()
+            col = one_array(part.rows.column(field.name))
             pieces.append(col if col.type == field.type else pc.cast(col, field.type))
         else:
             pieces.append(pa.nulls(part.rows.num_rows, field.type))
