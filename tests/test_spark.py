@@ -38,6 +38,7 @@ from iceberg_lake.timetravel.readers import BronzeReader, SilverReader
 pytestmark = pytest.mark.integration
 
 TRADES = "bronze.stocks_trades"
+SILVER_TRADES = "silver.stocks_trades"
 FUTURES = "bronze.futures_trades"
 DAY = "2025-12-16"
 INSTALL_S3 = "scripts/install_spark_s3.py"
@@ -327,7 +328,10 @@ def test_lake_on_s3_reads_by_name_and_a_spark_insert_reads_back(
     spark: Any, s3_server: S3Server, tmp_path: Path
 ) -> None:
     """An s3:// warehouse (SeaweedFS) through Iceberg's S3FileIO, configured from the lake's
-    settings (endpoint, path style, keys, region). Budget: about 15 s on the shared session."""
+    settings (endpoint, path style, keys, region); then Silver compacted there by Spark equals
+    the DuckDB engine's, row for row, in ONE overwrite snapshot, on this session and through
+    the `lake` executable. Budget: about 10 s on the shared session, plus about 10 s for
+    `lake compact --engine spark` in its own JVM."""
     jars = {p.name for p in spark_jar_paths(spark)}
     missing = set(aws_sdk_jar_names()) - jars
     assert not missing, f"AWS SDK jars not on Spark's classpath: python {INSTALL_S3}"
@@ -359,6 +363,91 @@ def test_lake_on_s3_reads_by_name_and_a_spark_insert_reads_back(
     bronze = BronzeReader(catalog).read_stock_trades("SPY", DAY)
     assert len(bronze) == 13 and {r["seq"] for r in new} <= set(bronze["seq"])
     assert Lake(settings).query(f"SELECT count(*) AS n FROM {TRADES}").to_pylist() == [{"n": 17}]
+
+    # Silver on Spark on the s3:// warehouse (`lake compact --engine spark`'s compactor, on this
+    # session): redeliveries of three SPY trades, the first received EARLIER than the original
+    # and with other content (it survives), two later (dropped). Both engines compact the same
+    # pinned snapshot; rows appended after the pin must not reach Silver.
+    first = trades("SPY", T14, 3, 10**9)
+    redelivered = [{**first[0], "ts_recv_ns": first[0]["ts_recv_ns"] - 500, "conditions": "R"}]
+    redelivered += [{**r, "ts_recv_ns": r["ts_recv_ns"] + 5_000} for r in first[1:]]
+    pinned = append(table, redelivered)
+    append(table, trades("QQQ", T14 + HOUR_NS, 2, 10**9, seq0=60, price=500.0))
+    with SilverCompactor(catalog) as compactor:
+        by_duck = compactor.compact_date(DAY, TRADES, snapshot_id=pinned)
+    assert by_duck["rows_read"] == 20 and by_duck["duplicates_removed"] == 3
+    silver = catalog.load_table(SILVER_TRADES)
+    duck_rows = _silver_by_file(silver)
+    assert len(duck_rows) == by_duck["partitions"] == 4  # SPY hours 14-16, QQQ hour 14
+    before = {s.snapshot_id for s in silver.snapshots()}
+
+    by_spark = SparkSilverCompactor(spark, catalog).compact_date(DAY, TRADES, snapshot_id=pinned)
+    silver = catalog.load_table(SILVER_TRADES)
+    added = [s for s in silver.snapshots() if s.snapshot_id not in before]
+    assert len(added) == 1 and added[0].snapshot_id == by_spark["silver_snapshot_id"]
+    assert added[0].summary is not None and added[0].summary.operation.value == "overwrite"
+    props = added[0].summary.additional_properties
+    assert props["lake.source-snapshot-id"] == str(pinned)
+    assert int(props["deleted-data-files"]) == len(duck_rows)  # every DuckDB file replaced
+    for key in ("rows_read", "rows_written", "duplicates_removed", "partitions"):
+        assert by_spark[key] == by_duck[key], key
+    assert by_spark["replaced_partitions"] == sorted(by_duck["replaced_partitions"], key=str)
+    spark_rows = _silver_by_file(silver)
+    assert spark_rows == duck_rows, "rows or order differ per partition"
+    # Read back by name: the lake's Silver reader and DuckDB, and Spark itself.
+    spy = SilverReader(catalog).read_stock_trades("SPY", DAY)
+    assert len(spy) == 13 and spy["ts_recv_ns"].tolist()[0] == first[0]["ts_recv_ns"] - 500
+    assert spy["conditions"].tolist()[0] == "R"
+    query = f"SELECT count(*) AS n FROM {SILVER_TRADES}"
+    assert Lake(settings).query(query).to_pylist() == [{"n": 17}]
+    _refresh(spark, name, SILVER_TRADES)
+    assert _spark_count(spark, name, SILVER_TRADES) == 17
+
+    # As an operator runs it (about 10 s: its own local JVM, whose session gets the AWS SDK jars
+    # and the S3 settings from `spark_session`): `lake compact --engine spark --all-dates` on the
+    # same pin takes that one day, in ONE more overwrite snapshot, with the same rows again.
+    before = {s.snapshot_id for s in silver.snapshots()}
+    args = ["--all-dates", "--table", "stocks.trades", "--snapshot", str(pinned)]
+    (by_cli,) = _lake_compact_on_spark(env, args)
+    assert by_cli["dates"] == [DAY] and by_cli["rows_written"] == by_duck["rows_written"]
+    silver = catalog.load_table(SILVER_TRADES)
+    added = [s for s in silver.snapshots() if s.snapshot_id not in before]
+    assert len(added) == 1 and added[0].snapshot_id == by_cli["silver_snapshot_id"]
+    assert added[0].summary is not None and added[0].summary.operation.value == "overwrite"
+    assert _silver_by_file(silver) == duck_rows
+
+
+def _lake_compact_on_spark(env: dict[str, str], args: list[str]) -> list[dict[str, Any]]:
+    """`lake compact --engine spark … -o json` in the installed `lake` executable, with the
+    lake's settings from `env` only (the JVM is its own, as an operator's run)."""
+    exe = shutil.which("lake") or str(Path(sys.executable).with_name("lake"))
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
+    full.update(env)
+    full["SPARK_LOCAL_IP"] = "127.0.0.1"
+    # Less JIT and GC work for a short-lived JVM on 2 shared cores (as the `spark` fixture).
+    full["JAVA_TOOL_OPTIONS"] = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+    cmd = [exe, "compact", "--engine", "spark", "--spark-master", "local[2]", *args, "-o", "json"]
+    proc = subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results: list[dict[str, Any]] = json.loads(proc.stdout)
+    return results
+
+
+def _silver_by_file(table: Any) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """Each Silver data file's rows in stored order (through the table's own FileIO, so s3://
+    too), keyed by its one partition (symbol, hour); fails if a partition spans two files."""
+    import pyarrow.parquet as pq
+
+    out: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for task in table.scan().plan_files():
+        path = task.file.file_path
+        assert path.startswith(table.location()), path
+        with table.io.new_input(path).open() as f:
+            rows = pq.read_table(f).to_pylist()
+        keys = {(r["symbol"], r["ts_event_ns"] // HOUR_NS) for r in rows}
+        assert len(keys) == 1 and not keys & out.keys(), (path, keys)
+        out[keys.pop()] = rows
+    return out
 
 
 # ---- Silver on Spark -------------------------------------------------------------------------
@@ -408,19 +497,9 @@ def test_lake_compact_engine_spark_equals_duckdb_silver_row_for_row(
     assert duck_snap.summary.operation.value == "overwrite"
     before = {s.snapshot_id for s in silver.snapshots()}
 
-    exe = shutil.which("lake") or str(Path(sys.executable).with_name("lake"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
-    env.update({"LAKE_DATA_DIR": str(settings.data_dir), "SPARK_LOCAL_IP": "127.0.0.1"})
-    env["LAKE_CATALOG_NAME"] = settings.catalog_name
-    # Less JIT and GC work for a short-lived JVM on 2 shared cores (as the `spark` fixture).
-    env["JAVA_TOOL_OPTIONS"] = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-    args = ["compact", "--engine", "spark", "--spark-master", "local[2]", "--date", str(DAY)]
-    args += ["--table", "futures.trades", "--snapshot", str(pinned), "-o", "json"]
-    proc = subprocess.run(
-        [exe, *args], env=env, capture_output=True, text=True, timeout=240, check=False
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (by_spark,) = json.loads(proc.stdout)
+    env = {"LAKE_DATA_DIR": str(settings.data_dir), "LAKE_CATALOG_NAME": settings.catalog_name}
+    args = ["--date", str(DAY), "--table", "futures.trades", "--snapshot", str(pinned)]
+    (by_spark,) = _lake_compact_on_spark(env, args)
 
     silver = catalog.load_table(SILVER)
     new = [s for s in silver.snapshots() if s.snapshot_id not in before]
