@@ -739,7 +739,11 @@ class ReplayEngine:
         # Encoded as read; the merge copies each payload once, in replay order (`frame_rows`).
         # An hour-partitioned table's payloads are needed only until this window is framed, so
         # its buffers are reused (this window's turn); a day's are cached.
-        scratch = source.scratches[turn] if source.bucket_ns == _NS_PER_HOUR else None
+        # Only `batches()` frames a window after the next one is encoded (on the hash thread):
+        # the other outputs frame it at once and need one buffer.
+        deferred = self._hasher is not None and not self._bare
+        buffer = source.scratches[turn if deferred else 0]
+        scratch = buffer if source.bucket_ns == _NS_PER_HOUR else None
         payloads = encode_rows_raw(rows, scratch=scratch) if self._encoding else None
         if order is not None:
             ts = ts[order]
