@@ -11,7 +11,8 @@ same rows:
 * Arrow replay (`ReplayEngine.batches()`: pinned snapshots, hour windows, merge of the three
   tables, canonical encoding and the sequence hash) over the whole window, as the first replay
   of the process (which also loads the compiled kernels) and again, and the same with
-  `verify=False` (no encoding, no hash);
+  `verify=False` (no encoding, no hash); the same for the per-table layout
+  (`table_batches()`: each table's own columns and a `replay_seq` merge key);
 * Python replay (`ReplayEngine.events()`) over the whole window, and over 2 hours beside the
   iterator as it was before issue 16 (`tests/replay_reference.py`, same hash);
 * NATS replay (`publish()`, core publish to a local nats-server, `replay.` prefix) over 2 hours;
@@ -206,6 +207,17 @@ def bench_replay(settings: Any, start: int, end: int, hours: int) -> list[dict]:
     fast_rows = sum(b.num_rows for b in engine.batches(verify=False))
     fast_s, fast_cpu = time.perf_counter() - began, _cpu() - cpu
 
+    # The per-table layout (`table_batches()`: each table's own columns + `replay_seq`).
+    engine = ReplayEngine(settings, list(TABLES), start, end, as_of=TAG)
+    began, cpu = time.perf_counter(), _cpu()
+    tab_rows = sum(b.num_rows for _, b in engine.table_batches())
+    tab_s, tab_cpu = time.perf_counter() - began, _cpu() - cpu
+    assert engine.manifest()["sequence_hash"] == arrow_hash
+    engine = ReplayEngine(settings, list(TABLES), start, end, as_of=TAG)
+    began, cpu = time.perf_counter(), _cpu()
+    tab_fast_rows = sum(b.num_rows for _, b in engine.table_batches(verify=False))
+    tab_fast_s, tab_fast_cpu = time.perf_counter() - began, _cpu() - cpu
+
     engine = ReplayEngine(settings, list(TABLES), start, end, as_of=TAG)
     began, cpu = time.perf_counter(), _cpu()
     py_rows = 0
@@ -220,7 +232,7 @@ def bench_replay(settings: Any, start: int, end: int, hours: int) -> list[dict]:
     base_rows, base_s = duckdb_sorted_read(settings, TABLES, start, end)
     base_cpu = _cpu() - cpu
     base_rate = base_rows / base_s
-    assert last and py_rows == arrow_rows == fast_rows == first_rows
+    assert last and py_rows == arrow_rows == fast_rows == first_rows == tab_rows == tab_fast_rows
     assert engine.manifest()["sequence_hash"] == arrow_hash
     assert arrow_rows == base_rows, (arrow_rows, base_rows)
     what = f"{base_rows:,} events, {hours} h × 3 tables"
@@ -248,6 +260,23 @@ def bench_replay(settings: Any, start: int, end: int, hours: int) -> list[dict]:
             "replay to Arrow batches, verify=False",
             f"events/s ({what}; no encoding, no hash; {fast_rows / fast_cpu:,.0f}/CPU-s)",
             fast_rows / fast_s,
+            "events/s",
+            duck,
+            base_rate,
+        ),
+        _row(
+            "replay to per-table Arrow batches (table_batches)",
+            f"events/s ({what}; same hash; own columns + replay_seq; "
+            f"{tab_rows / tab_cpu:,.0f}/CPU-s)",
+            tab_rows / tab_s,
+            "events/s",
+            duck,
+            base_rate,
+        ),
+        _row(
+            "replay to per-table Arrow batches, verify=False",
+            f"events/s ({what}; no encoding, no hash; {tab_fast_rows / tab_fast_cpu:,.0f}/CPU-s)",
+            tab_fast_rows / tab_fast_s,
             "events/s",
             duck,
             base_rate,
