@@ -383,11 +383,7 @@ def test_lake_on_s3_reads_by_name_and_a_spark_insert_reads_back(
 
     by_spark = SparkSilverCompactor(spark, catalog).compact_date(DAY, TRADES, snapshot_id=pinned)
     silver = catalog.load_table(SILVER_TRADES)
-    added = [s for s in silver.snapshots() if s.snapshot_id not in before]
-    assert len(added) == 1 and added[0].snapshot_id == by_spark["silver_snapshot_id"]
-    assert added[0].summary is not None and added[0].summary.operation.value == "overwrite"
-    props = added[0].summary.additional_properties
-    assert props["lake.source-snapshot-id"] == str(pinned)
+    props = _one_overwrite(silver, before, by_spark["silver_snapshot_id"], pinned)
     assert int(props["deleted-data-files"]) == len(duck_rows)  # every DuckDB file replaced
     for key in ("rows_read", "rows_written", "duplicates_removed", "partitions"):
         assert by_spark[key] == by_duck[key], key
@@ -502,11 +498,7 @@ def test_lake_compact_engine_spark_equals_duckdb_silver_row_for_row(
     (by_spark,) = _lake_compact_on_spark(env, args)
 
     silver = catalog.load_table(SILVER)
-    new = [s for s in silver.snapshots() if s.snapshot_id not in before]
-    assert len(new) == 1 and new[0].snapshot_id == by_spark["silver_snapshot_id"]
-    assert new[0].summary is not None and new[0].summary.operation.value == "overwrite"
-    props = new[0].summary.additional_properties
-    assert props["lake.source-snapshot-id"] == str(pinned)
+    props = _one_overwrite(silver, before, by_spark["silver_snapshot_id"], pinned)
     assert props["lake.operation"] == "silver-compaction"
     assert json.loads(props["lake.replaced-partitions"]) == sorted(
         by_duck["replaced_partitions"], key=str
@@ -570,3 +562,14 @@ def test_guard_iceberg_write_option_that_keeps_silver_order(spark: Any) -> None:
 
     options = spark._jvm.org.apache.iceberg.spark.SparkWriteOptions  # noqa: SLF001
     assert options.USE_TABLE_DISTRIBUTION_AND_ORDERING == USE_TABLE_DISTRIBUTION_AND_ORDERING
+
+
+def _one_overwrite(silver: Any, before: set[int], snapshot_id: int, pinned: int) -> dict[str, str]:
+    """Silver gained exactly one snapshot since `before`: `snapshot_id`, an overwrite recording
+    `pinned` as its source. Returns its summary properties."""
+    added = [s for s in silver.snapshots() if s.snapshot_id not in before]
+    assert len(added) == 1 and added[0].snapshot_id == snapshot_id
+    assert added[0].summary is not None and added[0].summary.operation.value == "overwrite"
+    props = added[0].summary.additional_properties
+    assert props["lake.source-snapshot-id"] == str(pinned)
+    return props

@@ -23,6 +23,12 @@ __all__ = ["copy_bytes", "copy_from_address"]
 _VOIDPTR = ir.IntType(8).as_pointer()
 
 
+def _memcpy(builder: Any, dst: Any, src: Any, count: Any) -> None:
+    """Emit `llvm.memcpy(dst, src, count, volatile=false)` (both `i8*`, count `i64`)."""
+    memcpy = builder.module.declare_intrinsic("llvm.memcpy", [_VOIDPTR, _VOIDPTR, ir.IntType(64)])
+    builder.call(memcpy, [dst, src, count, ir.Constant(ir.IntType(1), 0)])
+
+
 def _copy_bytes(
     typingctx: Any, out: Any, pos: Any, src: Any, start: Any, count: Any
 ) -> Any:  # pragma: no cover - runs at compile time
@@ -48,18 +54,7 @@ def _copy_bytes(
         src_arr = context.make_array(src_ty)(context, builder, args[2])
         dst = builder.gep(dst_arr.data, [args[1]])
         source = builder.gep(src_arr.data, [args[3]])
-        memcpy = builder.module.declare_intrinsic(
-            "llvm.memcpy", [_VOIDPTR, _VOIDPTR, ir.IntType(64)]
-        )
-        builder.call(
-            memcpy,
-            [
-                builder.bitcast(dst, _VOIDPTR),
-                builder.bitcast(source, _VOIDPTR),
-                args[4],
-                ir.Constant(ir.IntType(1), 0),
-            ],
-        )
+        _memcpy(builder, builder.bitcast(dst, _VOIDPTR), builder.bitcast(source, _VOIDPTR), args[4])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -80,17 +75,8 @@ def _copy_from_address(
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         dst_arr = context.make_array(signature.args[0])(context, builder, args[0])
         dst = builder.gep(dst_arr.data, [args[1]])
-        memcpy = builder.module.declare_intrinsic(
-            "llvm.memcpy", [_VOIDPTR, _VOIDPTR, ir.IntType(64)]
-        )
-        builder.call(
-            memcpy,
-            [
-                builder.bitcast(dst, _VOIDPTR),
-                builder.inttoptr(args[2], _VOIDPTR),
-                args[3],
-                ir.Constant(ir.IntType(1), 0),
-            ],
+        _memcpy(
+            builder, builder.bitcast(dst, _VOIDPTR), builder.inttoptr(args[2], _VOIDPTR), args[3]
         )
         return context.get_dummy_value()
 

@@ -430,18 +430,13 @@ def test_live_views_report_messages_the_stream_limits_removed(
     """No writer, MARKET capped at 5 messages: what the stream removed after the watermark is
     reported with its sequence range (query metadata, CLI stderr, status, replay manifest);
     a tail within the limit reports nothing."""
-    from nats.js.api import StreamConfig
-
     settings = settings_for(tmp_path, nats.url)
     LakeCatalog(settings).init()
     pub = Publisher(settings)
     lake = Lake(settings)
     now = time.time_ns()
     try:
-        info = pub.loop.run_until_complete(pub.js.stream_info("MARKET"))
-        config = StreamConfig.from_response(info.config.as_dict())
-        config.max_msgs = 5
-        pub.loop.run_until_complete(pub.js.update_stream(config))
+        _cap_market(pub, 5)
 
         pub.publish([event(i, now + i) for i in range(3)])
         result = lake.query(COUNT_SQL, live=True)
@@ -648,17 +643,12 @@ def test_following_replay_warns_when_the_stream_removes_messages_it_has_not_read
     recreates a lost ordered consumer after missed idle heartbeats (else the follow never ends).
 
     Budget: ~7 s (window 4 s; the follower resumes after two missed 1 s heartbeats)."""
-    from nats.js.api import StreamConfig
-
     settings = settings_for(tmp_path, nats.url)
     LakeCatalog(settings).init()
     pub = Publisher(settings)
     now = time.time_ns()
     try:
-        info = pub.loop.run_until_complete(pub.js.stream_info("MARKET"))
-        config = StreamConfig.from_response(info.config.as_dict())
-        config.max_msgs = 5
-        pub.loop.run_until_complete(pub.js.update_stream(config))
+        _cap_market(pub, 5)
         pub.publish([event(i, now + i) for i in range(2)])  # seq 1, 2
 
         end_ns = time.time_ns() + 4 * 10**9
@@ -698,3 +688,13 @@ def test_following_replay_warns_when_the_stream_removes_messages_it_has_not_read
         assert any("seq 3..5" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     finally:
         pub.close()
+
+
+def _cap_market(pub: Publisher, max_msgs: int) -> None:
+    """Limit the MARKET stream to `max_msgs` messages (it then removes the oldest)."""
+    from nats.js.api import StreamConfig
+
+    info = pub.loop.run_until_complete(pub.js.stream_info("MARKET"))
+    config = StreamConfig.from_response(info.config.as_dict())
+    config.max_msgs = max_msgs
+    pub.loop.run_until_complete(pub.js.update_stream(config))
