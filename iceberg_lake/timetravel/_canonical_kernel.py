@@ -27,6 +27,11 @@ from numba import njit
 
 from iceberg_lake.engine.jit import copy_bytes, copy_from_address
 
+#: SHA-256 of `iceberg_lake/engine/jit.py` as these kernels were compiled against. numba's disk
+#: cache is invalidated by changes to this file only, not to the intrinsics inlined from jit.py,
+#: so a change there must change this line too (`tests/engine/test_jit_guard.py` checks it).
+JIT_SOURCE_SHA256 = "b4a71899fa99ff8331c704734e4f16824490d9477cdeee78cce14156112ef4a2"
+
 log = logging.getLogger(__name__)
 
 

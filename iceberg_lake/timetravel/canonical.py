@@ -391,7 +391,7 @@ def frame_rows(
     framed_off = np.empty(n + 1, dtype=np.int64)
     bare_data = np.empty(payload_bytes if bare else 0, dtype=np.uint8)
     bare_off = np.empty(n + 1 if bare else 0, dtype=np.int64)
-    # The kernel reads each part's bytes by address: `payloads` keeps the buffers alive.
+    # The kernel reads each part's bytes by address: `datas` keeps the buffers alive.
     datas = [np.ascontiguousarray(data, dtype=np.uint8) for _, data in payloads]
     part_offsets = [np.asarray(offsets, dtype=np.int64) for offsets, _ in payloads]
     all_offsets = np.concatenate(part_offsets) if part_offsets else np.zeros(0, dtype=np.int64)

@@ -31,15 +31,16 @@ concatenated event times (table order breaks ties, the within-table order is kep
 canonical JSON is written by a compiled kernel (`iceberg_lake.timetravel.canonical`), every event
 is copied once into its frame in merged order, and the sequence hash is one SHA-256 update over
 the window's frames, on a hash thread (in window order) while the next window is read; for
-`batches()`, which hands out no payloads, the framing runs on the hash thread too. A
-background thread prepares the next window while the current one is consumed. Day-partitioned
+`batches()` and `table_batches()`, which hand out no payloads, the framing runs on the hash thread
+too (its failure is raised by the window two after it, or at the end). A background thread
+prepares the next window while the current one is consumed. Day-partitioned
 tables (greeks) are read once per day and sliced by window.
 
 Bounded memory: at most two read windows (the current and the prefetched one, each about
 `window_rows` rows: sparse hours are grouped, dense hours split into time slices) plus one day of a
-day-partitioned table are held, never the whole replay window; the encoding buffers (two per
-hour-partitioned table and two for frames, used by alternate windows) are sized to the largest
-window and reused.
+day-partitioned table are held, never the whole replay window; the encoding buffers (one per
+hour-partitioned table, two where `batches()` frames a window while the next is encoded, and two
+for frames) are sized to the largest window, reused, and released when the replay ends.
 
 Outputs.
 
@@ -936,6 +937,8 @@ class ReplayEngine:
             self._hasher = None
             for source in self._sources:
                 source._cache = None
+                source.scratches = (Scratch(), Scratch())  # release the encoding buffers
+            self._frame_scratch = (Scratch(), Scratch())
             for cursor in cursors:
                 cursor.close()
             con.close()

@@ -59,3 +59,19 @@ def test_copy_from_address_reads_the_bytes_at_each_arrays_address() -> None:
     end = _copy_addresses(out, addresses, sizes)
     assert bytes(out[:end]) == b"alphabravo-charlied"
     assert not out[end:].any()
+
+
+def test_the_cached_kernels_name_the_jit_source_they_were_compiled_against() -> None:
+    """numba's on-disk cache of the replay kernels is invalidated only by edits to their own
+    module: an edit to engine/jit.py must come with a new `JIT_SOURCE_SHA256` there."""
+    import hashlib
+    from pathlib import Path
+
+    from iceberg_lake.engine import jit
+    from iceberg_lake.timetravel import _canonical_kernel
+
+    source = hashlib.sha256(Path(jit.__file__).read_bytes()).hexdigest()
+    assert source == _canonical_kernel.JIT_SOURCE_SHA256, (
+        "engine/jit.py changed: set JIT_SOURCE_SHA256 in timetravel/_canonical_kernel.py to "
+        f"{source} so cached kernels are recompiled"
+    )
