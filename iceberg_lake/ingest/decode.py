@@ -258,6 +258,16 @@ def decode_each(
     except Exception as exc:
         pending.rejected.append((message, _reason(exc)))
         return
+    decode_split(split, message, pending, convert)
+
+
+def decode_split(
+    split: SplitMessage,
+    message: int,
+    pending: Pending,
+    convert: Callable[[Any, dict[str, int]], list[Any]],
+) -> None:
+    """`decode_each` for a message already split into events (`split_message`)."""
     if not split.batch:
         try:
             rows = convert(split.items[0], pending.unknown)

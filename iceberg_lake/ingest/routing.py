@@ -24,6 +24,7 @@ from iceberg_lake.ingest.decode import (
     TableCodec,
     _reason,
     decode_each,
+    decode_split,
     split_message,
 )
 from iceberg_lake.ingest.gold import flatten_level_signals
@@ -177,6 +178,13 @@ class InferredDecoder:
         self.mapped = mapped_subjects
         self.targets = [c.identifier for c in codecs.values()]
 
+    def _converter(self, schema: str) -> Callable[[Any, dict[str, int]], list[Any]]:
+        """One inferred event of `schema` → its row (MBP-10 levels nested as the codec reads)."""
+        codec = self.codecs[schema]
+        if schema == "futures.mbp10":
+            return lambda item, unknown: [codec.convert_one(_mbp10_levels(item), unknown)]
+        return lambda item, unknown: [codec.convert_one(item, unknown)]
+
     def decode(self, bodies: Sequence[bytes], subjects: Sequence[str], recv_ns: int) -> RoutedBatch:
         """Decode a fetch: skip mapped subjects, infer each message's table, convert."""
         out = RoutedBatch()
@@ -197,31 +205,7 @@ class InferredDecoder:
             if schema is None or schema not in self.codecs:
                 out.rejected.append((i, UNROUTED, "cannot infer schema from message"))
                 continue
-            pending = per[schema]
-            codec = self.codecs[schema]
-            if not split.batch:
-                try:
-                    if schema == "futures.mbp10":
-                        first = _mbp10_levels(first)
-                    event = codec.convert_one(first, pending.unknown)
-                except Exception as exc:
-                    pending.rejected.append((i, _reason(exc)))
-                    continue
-                pending.add(i, [event], None)
-                continue
-            events: list[Any] = []
-            ids: list[int] = []
-            for n, item in enumerate(split.items):
-                try:
-                    if isinstance(item, MessageError):
-                        raise item
-                    if schema == "futures.mbp10":
-                        item = _mbp10_levels(item)
-                    events.append(codec.convert_one(item, pending.unknown))
-                    ids.append(n)
-                except Exception as exc:
-                    pending.rejected_events.append((i, n, _reason(exc), split.raw(n)))
-            pending.add(i, events, ids)
+            decode_split(split, i, per[schema], self._converter(schema))
         for schema, pending in per.items():
             if not pending.events and not pending.rejected and not pending.rejected_events:
                 continue
