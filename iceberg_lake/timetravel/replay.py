@@ -381,8 +381,8 @@ class _Source:
         schema = self.table.schema()
         # A snapshot never changes, so its plan for a window does not either: a backtest sweep
         # replaying the same pins again plans once per process.
-        key = (str(self.table.metadata.table_uuid), self.snapshot_id, schema.schema_id)
-        key += (start_ns, end_ns)
+        uuid = str(self.table.metadata.table_uuid)
+        key = (uuid, self.snapshot_id, schema.schema_id, start_ns, end_ns)
         with _PLANS_LOCK:
             cached = _PLANS.get(key)
             if cached is not None:
