@@ -101,6 +101,7 @@ from pyiceberg.manifest import FileFormat
 from pyiceberg.table import Table
 
 from iceberg_lake.catalog import CatalogSource, as_catalog, catalog_errors
+from iceberg_lake.engine.duck import connect as duck_connect
 from iceberg_lake.engine.duck import quote_ident, quote_str, timestamptz_literal
 from iceberg_lake.engine.iceberg import column_bounds, plan_data_files
 from iceberg_lake.exceptions import TimeTravelError
@@ -911,7 +912,7 @@ class ReplayEngine:
             threading.Thread(target=warm_up, name="replay-warm-up").start()
         windows, buckets = self._plan()
         pinned = [s for s in self._sources if s.snapshot_id is not None]
-        con = duckdb.connect()
+        con = duck_connect(extensions=())
         for source in pinned:
             if source.files is not None and source.arrow_schema is None:
                 source.arrow_schema = source.simple_arrow_schema(con)
@@ -984,7 +985,7 @@ class ReplayEngine:
     def schema(self) -> pa.Schema:
         """The schema of `batches()`: `table`, then the union of the tables' columns."""
         if self._schema is None:
-            plain = duckdb.connect()
+            plain = duck_connect(extensions=())
             try:
                 for source in self._sources:
                     if source.snapshot_id is not None and source.arrow_schema is None:
