@@ -1,5 +1,5 @@
 """`lake load` in a real process: exactly once across SIGKILL and re-run, bounded memory
-(budget: ~30 s; the three kill -9 cases measured 4-6 s each at load average 3).
+(budget: ~35 s; the three kill -9 cases measured 3.5-6.2 s each at load average 16).
 
 The kill tests load each supported vendor format (Parquet with a mapping, Databento DBN MBP-10
 `.dbn.zst`, a Polygon trades `.csv.gz`) in a `lake load` process, SIGKILL it by PID once its
