@@ -97,7 +97,7 @@ def bars(
     from iceberg_lake.timetravel.query import Lake
 
     start_ns, end_ns = window.ns()
-    with Lake(open_catalog()) as lake:
+    with Lake(open_catalog(read_only=True)) as lake:
         series = lake.bars(
             table,
             every,
@@ -132,7 +132,7 @@ def asof(
 
     start_ns, end_ns = window.ns()
     quote_columns = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
-    with Lake(open_catalog()) as lake:
+    with Lake(open_catalog(read_only=True)) as lake:
         joined = lake.asof_join(
             left,
             right,

@@ -58,8 +58,9 @@ def open_catalog(*, read_only: bool = False) -> LakeCatalog:
 
     Args:
         read_only: open an existing lake only and create nothing (no `./lake-data`): a missing
-            local catalog is a `ConfigError`. Read-only commands (`tables`, `describe`,
-            `status`, `query`, `snapshot list`) pass True.
+            local catalog is a `ConfigError`. Commands that read an existing lake pass True:
+            `tables`, `describe`, `status`, `query`, `snapshot list`, `check`, `bars`, `asof`,
+            `replay`, `dead-letters list`, `migrate status`, `migrate check`.
     """
     return LakeCatalog(settings(), create=not read_only)
 

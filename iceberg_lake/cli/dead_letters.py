@@ -58,7 +58,7 @@ def list_command(
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """List dead letters (oldest first): where they came from, why, and if re-driven."""
-    letters = list_dead_letters(open_catalog(), table, parse_since(since))
+    letters = list_dead_letters(open_catalog(read_only=True), table, parse_since(since))
     shown = letters if limit == 0 else letters[-limit:]
     if output == OutputFormat.json:
         emit([d.as_dict() for d in shown], output)

@@ -400,7 +400,8 @@ def replay(
             f"--format {fmt.value} writes a file: give --out (and no --to-nats)",
             param_hint="--format",
         )
-    catalog = open_catalog()
+    # A replay reads an existing lake (its pins may tag it): it never creates one.
+    catalog = open_catalog(read_only=True)
     if from_manifest is not None:
         engine = ReplayEngine.from_manifest(
             catalog, read_manifest(from_manifest), speed=speed, pin=pin

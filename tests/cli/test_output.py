@@ -10,6 +10,7 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
@@ -45,17 +46,31 @@ def test_the_root_output_applies_to_every_command(tmp_path: Path, lake: LakeCata
     assert {t["table"] for t in json.loads(status.stdout)["tables"]} == set(lake.existing_tables())
 
 
-def test_read_only_commands_create_nothing(tmp_path: Path) -> None:
-    for args in (
+@pytest.mark.parametrize(
+    "args",
+    [
         ["tables"],
         ["describe", "bronze.stocks_trades"],
         ["status"],
         ["query", "SELECT 1"],
-    ):
-        res = runner.invoke(app, args)  # cwd is tmp_path: the default ./lake-data
-        assert res.exit_code == 1, (args, res.output)
-        assert "no lake at" in res.output and "lake init" in res.output, args
-        assert res.output.strip().count("\n") == 0, args
+        ["snapshot", "list"],
+        ["check", "--strict"],
+        ["dead-letters", "list"],
+        ["bars", "bronze.stocks_trades", "--start", "2025-12-16"],
+        ["asof", "bronze.stocks_trades", "bronze.stocks_quotes", "--start", "2025-12-16"],
+        ["replay", "--tables", "bronze.stocks_trades"],
+        ["migrate", "status"],
+        ["migrate", "check"],
+    ],
+    ids=" ".join,
+)
+def test_read_only_commands_create_nothing(tmp_path: Path, args: list[str]) -> None:
+    """No lake here: a command that reads one fails in one line and creates nothing (a
+    `check --strict` that made an empty lake would pass with nothing checked)."""
+    res = runner.invoke(app, args)  # cwd is tmp_path: the default ./lake-data
+    assert res.exit_code == 1, res.output
+    assert "no lake at" in res.output and "lake init" in res.output
+    assert res.output.strip().count("\n") == 0, res.output
     assert list(tmp_path.iterdir()) == []
 
 
