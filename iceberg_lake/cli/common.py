@@ -126,14 +126,16 @@ def option_group(
     return decorate
 
 
-def option(name: str, annotation: Any, default: Any, *decls: str, text: str) -> inspect.Parameter:
+def option(
+    name: str, annotation: Any, default: Any, *decls: str, text: str, hidden: bool = False
+) -> inspect.Parameter:
     """One option of an `option_group`: parameter `name` of type `annotation`, flags `decls`,
-    help `text`."""
+    help `text` (`hidden`: left out of `--help`, for an old spelling kept working)."""
     return inspect.Parameter(
         name,
         inspect.Parameter.KEYWORD_ONLY,
         default=default,
-        annotation=Annotated[annotation, typer.Option(*decls, help=text)],
+        annotation=Annotated[annotation, typer.Option(*decls, help=text, hidden=hidden)],
     )
 
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from timetravel_data import T14, append, trades
 from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
@@ -44,6 +45,38 @@ def test_the_root_output_applies_to_every_command(tmp_path: Path, lake: LakeCata
     status = runner.invoke(app, ["--output", "json", "status", "--nats-timeout", "0.2"], env=env)
     assert status.exit_code == 0, status.output
     assert {t["table"] for t in json.loads(status.stdout)["tables"]} == set(lake.existing_tables())
+
+    # The backtest commands: the root's format, their own -o over it, --out the file flag.
+    append(lake.load_table("bronze.stocks_trades"), trades("SPY", T14, 3, 60 * 10**9))
+    window = ["--start", "2025-12-16"]
+    bars = runner.invoke(app, ["-o", "json", "bars", "bronze.stocks_trades", *window], env=env)
+    assert bars.exit_code == 0, bars.output
+    assert [b["trades"] for b in json.loads(bars.stdout)] == [1, 1, 1]
+    quotes = ["asof", "bronze.stocks_trades", "bronze.stocks_quotes", *window]
+    joined = runner.invoke(app, ["-o", "csv", *quotes], env=env)
+    assert joined.exit_code == 0, joined.output
+    assert len(list(csv.DictReader(io.StringIO(joined.stdout)))) == 3
+    own = runner.invoke(app, ["-o", "json", *quotes, "-o", "csv"], env=env)
+    assert own.exit_code == 0 and not own.stdout.startswith("["), own.output
+    out = tmp_path / "bars.json"
+    written = runner.invoke(
+        app, ["-o", "json", "bars", "bronze.stocks_trades", *window, "--out", str(out)], env=env
+    )
+    assert written.exit_code == 0, written.output
+    assert len(json.loads(out.read_text())) == 3
+
+    # The engine settings: an object for json, key,value rows for csv.
+    spark = runner.invoke(app, ["-o", "json", "engines", "spark"], env=env)
+    assert spark.exit_code == 0, spark.output
+    assert json.loads(spark.stdout)["conf"]["spark.sql.catalog.lake.type"] == "jdbc"
+    spark_csv = runner.invoke(app, ["-o", "csv", "engines", "spark"], env=env)
+    rows = {r["key"]: r["value"] for r in csv.DictReader(io.StringIO(spark_csv.stdout))}
+    assert rows["spark.sql.catalog.lake.type"] == "jdbc" and "spark.jars.packages" in rows
+    trino = runner.invoke(app, ["-o", "json", "engines", "trino"], env=env)
+    assert trino.exit_code == 0, trino.output
+    assert json.loads(trino.stdout)["connector.name"] == "iceberg"
+    trino_csv = runner.invoke(app, ["engines", "trino", "-o", "csv"], env=env)
+    assert trino_csv.stdout.startswith("key,value\n"), trino_csv.output
 
 
 @pytest.mark.parametrize(
