@@ -111,7 +111,8 @@ def query(
     ] = None,
     file: Annotated[
         Path | None,
-        typer.Option("--out", "--file", "-f", help="Write the result here (required for parquet)."),
+        # No `-f`: that is `--format` in `replay`, `load` and `engines spark`.
+        typer.Option("--out", "--file", help="Write the result here (required for parquet)."),
     ] = None,
     sandbox: Annotated[
         bool,
