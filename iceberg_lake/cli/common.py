@@ -58,9 +58,9 @@ def open_catalog(*, read_only: bool = False) -> LakeCatalog:
 
     Args:
         read_only: open an existing lake only and create nothing (no `./lake-data`): a missing
-            local catalog is a `ConfigError`. Commands that read an existing lake pass True:
-            `tables`, `describe`, `status`, `query`, `snapshot list`, `check`, `bars`, `asof`,
-            `replay`, `dead-letters list`, `migrate status`, `migrate check`.
+            local catalog is a `ConfigError`. Every command that reads or changes an existing
+            lake's tables passes True; only `init`, `serve`, `load`, `compact`, `demo`,
+            `table create` and `migrate up|new` may make a lake.
     """
     return LakeCatalog(settings(), create=not read_only)
 

@@ -89,7 +89,7 @@ def replay_command(
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Re-decode dead letters with today's codec; append the ones that pass, exactly once."""
-    report = redrive(open_catalog(), table, parse_since(since), dry_run=dry_run)
+    report = redrive(open_catalog(read_only=True), table, parse_since(since), dry_run=dry_run)
     if output == OutputFormat.json:
         emit([o.as_dict() for o in report.outcomes], output)
         return

@@ -205,7 +205,9 @@ def tag(
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Tag each table's current snapshot; a backtest cites the tag."""
-    result = snapshots.create_tag(open_catalog(), name, _split(tables), replace=replace)
+    result = snapshots.create_tag(
+        open_catalog(read_only=True), name, _split(tables), replace=replace
+    )
     rows = [{"table": t, "snapshot_id": sid, "tag": name} for t, sid in result.items()]
     if output == OutputFormat.json:
         emit(rows, output)
@@ -222,7 +224,7 @@ def untag(
     tables: Annotated[list[str] | None, typer.Option("--tables", help="Only these tables.")] = None,
 ) -> None:
     """Remove a tag (its snapshots become expirable again)."""
-    removed = snapshots.remove_tag(open_catalog(), name, _split(tables))
+    removed = snapshots.remove_tag(open_catalog(read_only=True), name, _split(tables))
     if not removed:
         raise TimeTravelError(f"no table has tag '{name}'")
     console.print(f"removed tag '{name}' from {', '.join(removed)}")

@@ -226,7 +226,7 @@ def table_evolve(
             "nothing to change: pass --add-column, --rename, --widen, --drop-column"
             " or --add-partition-field"
         )
-    catalog = _open_catalog()
+    catalog = _open_catalog(read_only=True)  # evolves a live table: never makes a lake
     result = evolve_table(catalog.load_table(name), name, changes, dry_run=dry_run, fresh=True)
     lines = result.plan.describe()
     if output == OutputFormat.json:

@@ -94,12 +94,21 @@ def test_the_root_output_applies_to_every_command(tmp_path: Path, lake: LakeCata
         ["replay", "--tables", "bronze.stocks_trades"],
         ["migrate", "status"],
         ["migrate", "check"],
+        # Commands that change an existing lake's tables never make one either.
+        ["maintain", "compact-files"],
+        ["maintain", "expire-snapshots", "--dry-run"],
+        ["maintain", "rewrite-manifests"],
+        ["maintain", "remove-orphans"],
+        ["snapshot", "tag", "bt-1"],
+        ["snapshot", "untag", "bt-1"],
+        ["dead-letters", "replay", "--dry-run"],
+        ["table", "evolve", "bronze.stocks_trades", "--add-column", "venue:string"],
     ],
     ids=" ".join,
 )
 def test_read_only_commands_create_nothing(tmp_path: Path, args: list[str]) -> None:
-    """No lake here: a command that reads one fails in one line and creates nothing (a
-    `check --strict` that made an empty lake would pass with nothing checked)."""
+    """No lake here: a command that reads (or maintains) one fails in one line and creates
+    nothing (a `check --strict` that made an empty lake would pass with nothing checked)."""
     res = runner.invoke(app, args)  # cwd is tmp_path: the default ./lake-data
     assert res.exit_code == 1, res.output
     assert "no lake at" in res.output and "lake init" in res.output
