@@ -1,6 +1,6 @@
 """The CLI's one output layer: the format chosen at the root, read-only commands, one-line errors.
 
-Budget: ~5 s (SQLite lakes, no servers).
+Budget: ~8 s (SQLite lakes, no servers; bars/asof start DuckDB once).
 """
 
 from __future__ import annotations
