@@ -44,7 +44,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from pyiceberg.table import Table
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.schema import CreateTable
 
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.exceptions import LakeError, MigrationError, UnknownTableError
@@ -71,6 +73,8 @@ MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9][a-z0-9_]*)\.py$")
 #: A SQLite lease older than this is considered left behind by a dead process.
 SQLITE_LEASE_STALE_SECONDS = 3600.0
 DEFAULT_LOCK_TIMEOUT = 120.0
+#: Attempts at creating the ledger tables and lock row (PostgreSQL: concurrent DDL may collide).
+ENSURE_ATTEMPTS = 5
 WAITING = "waiting for the migration lock held by %s (up to %g s)"
 
 _metadata = sa.MetaData()
@@ -369,24 +373,48 @@ class MigrationLedger:
             return sa.inspect(self.engine).has_table(LEDGER_TABLE)
 
     def ensure(self) -> None:
-        """Create the ledger and lock tables and the lock row if missing. Idempotent."""
-        for attempt in range(3):
+        """Create the ledger and lock tables and the lock row if missing. Idempotent.
+
+        Safe when several processes (or threads: two `lake dead-letters replay` at once) create
+        them at the same moment: every statement is idempotent (`CREATE TABLE IF NOT EXISTS`,
+        an insert that ignores an existing row), so losing the race is not an error.
+        PostgreSQL can still refuse a concurrent `CREATE TABLE IF NOT EXISTS` (a duplicate
+        type row) while the other transaction commits: that one is retried.
+        """
+        if self._lock_row_exists():
+            return
+        for _ in range(ENSURE_ATTEMPTS - 1):
             try:
                 self._create()
                 return
-            except (IntegrityError, ProgrammingError, OperationalError):
-                # Another process created the tables or the lock row at the same moment.
-                if attempt == 1:
-                    break
+            except (IntegrityError, ProgrammingError, OperationalError) as exc:
+                log.debug("creating the migration ledger raced with another process: %s", exc)
+                time.sleep(0.05)
         with catalog_errors("creating the migration ledger"):
             self._create()
 
+    def _lock_row_exists(self) -> bool:
+        """True once the lock row exists (then so do both tables): nothing to write."""
+        mine = lock_table.c.catalog_name == self.catalog_name
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(sa.select(lock_table.c.catalog_name).where(mine)).first()
+        except (OperationalError, ProgrammingError):  # no lock table yet
+            return False
+        return row is not None
+
     def _create(self) -> None:
-        _metadata.create_all(self.engine, checkfirst=True)
         with self.engine.begin() as conn:
-            mine = lock_table.c.catalog_name == self.catalog_name
-            if conn.execute(sa.select(lock_table.c.catalog_name).where(mine)).first() is None:
-                conn.execute(sa.insert(lock_table).values(catalog_name=self.catalog_name))
+            for table in (ledger_table, lock_table):
+                conn.execute(CreateTable(table, if_not_exists=True))
+            conn.execute(self._insert_lock_row())
+
+    def _insert_lock_row(self) -> sa.Executable:
+        """`INSERT` of this catalog's lock row that does nothing if the row exists."""
+        values = {"catalog_name": self.catalog_name}
+        if self.is_postgres:
+            return postgresql.insert(lock_table).values(**values).on_conflict_do_nothing()
+        return sqlite.insert(lock_table).values(**values).on_conflict_do_nothing()
 
     def applied(self) -> dict[int, AppliedMigration]:
         """Every applied migration, by version (empty if the ledger does not exist yet)."""

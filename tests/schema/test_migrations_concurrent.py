@@ -8,6 +8,7 @@ is waiting for the migration lock. Without the lock B would apply the steps a se
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -16,15 +17,23 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.schema import CreateTable
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import load_settings
 from iceberg_lake.exceptions import MigrationError
 from iceberg_lake.properties import SCHEMA_VERSION_PROPERTY
-from iceberg_lake.schema.migrations import MigrationLedger, lock_holder, lock_table
+from iceberg_lake.schema.migrations import (
+    LOCK_TABLE,
+    MigrationLedger,
+    ledger_table,
+    lock_holder,
+    lock_table,
+)
 from iceberg_lake.tables import registry
 
 pytestmark = pytest.mark.integration
@@ -203,3 +212,57 @@ def test_a_lease_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
             assert holder == lock_holder()
     finally:
         ledger.close()
+
+
+@pytest.mark.parametrize("catalog_kind", ["sqlite", "postgresql"])
+def test_creating_the_ledger_while_another_process_does_still_takes_the_lock(
+    request: pytest.FixtureRequest, tmp_path: Path, catalog_kind: str
+) -> None:
+    """Two replays (or `migrate up`) started together on a lake without a ledger both create it.
+
+    Deterministic worst case: the other process makes each step (a table, then the lock row)
+    just before this one does. Each lost step used to be an error and the third one escaped:
+    "creating the migration ledger: catalog database unavailable (UNIQUE constraint failed:
+    lake_migrations_lock.catalog_name)", the rare failure of the concurrent replays in
+    tests/test_poison_pipeline.py. Budget: ~1 s (SQLite), ~5 s (PostgreSQL, shared server).
+    """
+    env = {"LAKE_DATA_DIR": str(tmp_path / "lake"), "LAKE_CATALOG_NAME": f"m{uuid.uuid4().hex[:8]}"}
+    if catalog_kind == "postgresql":
+        env["LAKE_CATALOG_URI"] = request.getfixturevalue("postgres_server").uri
+    settings = load_settings(env)
+    LakeCatalog(settings)  # creates the catalog database
+    other = sa.create_engine(settings.catalog_uri)  # the other process's connection
+    existing = set(sa.inspect(other).get_table_names())  # the PostgreSQL server is shared
+    steps: dict[re.Pattern[str], Any] = {
+        re.compile(rf"CREATE TABLE (IF NOT EXISTS )?{t.name}\b"): CreateTable(t)
+        for t in (ledger_table, lock_table)
+        if t.name not in existing
+    }
+    row = sa.insert(lock_table).values(catalog_name=settings.catalog_name)
+    steps[re.compile(rf"INSERT INTO {LOCK_TABLE}\b")] = row
+    expected = len(steps)
+    ledger = MigrationLedger(settings.catalog_uri, settings.catalog_name)
+
+    @sa.event.listens_for(ledger.engine, "before_cursor_execute")
+    def other_process_first(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        for pattern in [p for p in steps if p.match(statement.strip())]:
+            with other.begin() as c:
+                c.execute(steps.pop(pattern))
+
+    mine = lock_table.c.catalog_name == settings.catalog_name
+    try:
+        with ledger.lock(timeout=5):
+            if catalog_kind == "sqlite":  # a lease row naming this process
+                with other.connect() as c:
+                    assert c.execute(sa.select(lock_table.c.holder).where(mine)).scalar() == (
+                        lock_holder()
+                    )
+            else:  # PostgreSQL: the row is locked by the ledger's transaction
+                with other.connect() as c, pytest.raises(sa.exc.OperationalError):
+                    c.execute(sa.select(lock_table).where(mine).with_for_update(nowait=True))
+        assert not steps, f"never raced (the interleaving was not forced): {list(steps)}"
+        if catalog_kind == "sqlite":  # a fresh database: both tables and the row were raced
+            assert expected == 3
+    finally:
+        ledger.close()
+        other.dispose()
