@@ -10,13 +10,21 @@ writers' durable consumers are never touched, so a reader cannot delay or reorde
 to the server), so a reader can decide the end of its range *before* subscribing and stop exactly
 there, and skip the consumer entirely when nothing is beyond the watermark (the common case of a
 query right after a commit).
+
+`TailFollower` also accounts for every stream sequence of its range (`check_followers`): the ones
+it received, the *skips* between two received ones (messages on other subjects, or messages the
+stream removed before the consumer reached them), and ranges shown to hold none of its subject.
+A skipped sequence that the stream no longer holds is reported as removed unread; one it still
+holds is another subject's (a stored message of the subject would have been delivered in order).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,13 +33,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FOLLOW_HEARTBEAT_SECONDS",
+    "StreamState",
     "TailFollower",
     "TailMessage",
+    "check_followers",
     "last_subject_msg",
     "last_subject_seq",
     "read_tail",
     "removed_range",
+    "next_stored_seq",
     "stream_first_seq",
+    "stream_state",
 ]
 
 #: Seconds the server keeps an ephemeral consumer after its subscriber went away.
@@ -113,6 +125,70 @@ def removed_range(after_seq: int, first_seq: int) -> tuple[int, int] | None:
     (it only grows, so a message removed before it could be read lies below it).
     """
     return (after_seq + 1, first_seq - 1) if first_seq - 1 > after_seq else None
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """Which sequences a stream still holds, at one moment.
+
+    Attributes:
+        first_seq: its first stored sequence (everything below was removed: limits, purges).
+        last_seq: its last sequence (the newest message ever stored).
+        deleted: sequences between the two that were removed (message deletes, purges of one
+            subject, per-subject limits).
+    """
+
+    first_seq: int
+    last_seq: int
+    deleted: frozenset[int]
+
+    def removed_runs(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The runs of consecutive sequences within `lo..hi` the stream no longer holds."""
+        out: list[tuple[int, int]] = []
+        if hi < lo:
+            return out
+        if self.first_seq > lo:
+            out.append((lo, min(hi, self.first_seq - 1)))
+        start = max(lo, self.first_seq)
+        for seq in sorted(d for d in self.deleted if start <= d <= hi):
+            if out and out[-1][1] == seq - 1:
+                out[-1] = (out[-1][0], seq)
+            else:
+                out.append((seq, seq))
+        return out
+
+
+async def stream_state(js: JetStreamContext, stream: str) -> StreamState:
+    """The stream's first and last sequence and the sequences removed between them.
+
+    nats-py's `stream_info` cannot ask for `deleted_details`; the request is the same one
+    (`$JS.API.STREAM.INFO.<stream>`) through the context's `_api_request` and `_prefix`
+    (guarded by tests/engine/test_nats_tail_guard.py).
+    """
+    resp = await js._api_request(
+        f"{js._prefix}.STREAM.INFO.{stream}",
+        json.dumps({"deleted_details": True}).encode(),
+        timeout=js._timeout,
+    )
+    state = resp.get("state") or {}
+    return StreamState(
+        int(state.get("first_seq") or 0),
+        int(state.get("last_seq") or 0),
+        frozenset(int(d) for d in state.get("deleted") or ()),
+    )
+
+
+async def next_stored_seq(
+    js: JetStreamContext, stream: str, subject: str, after: int
+) -> int | None:
+    """The sequence of the first message on `subject` (wildcards allowed) stored after `after`."""
+    from nats.js.errors import NotFoundError
+
+    try:
+        msg = await js.get_msg(stream, seq=after + 1, subject=subject, next=True)
+    except NotFoundError:
+        return None
+    return int(msg.seq or 0)
 
 
 async def last_subject_msg(js: JetStreamContext, stream: str, subject: str) -> TailMessage | None:
@@ -215,30 +291,54 @@ class TailFollower:
     `last_seq` is the last sequence received (buffered for the next `poll` or returned). If the
     server loses the consumer, nats-py recreates it from `last_seq + 1` after two missed idle
     heartbeats (`FOLLOW_HEARTBEAT_SECONDS`); messages the stream removed meanwhile are skipped
-    without notice, so a reader checks the stream's first sequence against `last_seq`.
+    by the server without notice, like any it removed before the consumer reached them.
+
+    So the follower accounts for every sequence after `after`: `covered` is the sequence up to
+    which each one was received, is in `skips` (a run between two received messages: other
+    subjects' messages, or removed ones of this subject) or was shown by `check_followers` to
+    hold nothing of this subject that can still arrive. `check_followers` reports the removed
+    sequences among the skips.
 
     Args:
         js: JetStream context.
         stream: the stream.
         subject: the subject.
-        after_seq: deliver messages after this sequence.
+        after: deliver messages after this sequence.
     """
 
-    def __init__(self, js: JetStreamContext, stream: str, subject: str, after_seq: int) -> None:
+    def __init__(self, js: JetStreamContext, stream: str, subject: str, after: int) -> None:
         self.js = js
         self.stream = stream
         self.subject = subject
-        self.last_seq = after_seq
+        self.last_seq = after
+        self.covered = after
+        self.skips: list[tuple[int, int]] = []
         self.sub: Any = None
         self._arrived: list[TailMessage] = []
         self._event = asyncio.Event()
 
     async def _on_message(self, msg: Any) -> None:
+        # No await in here: nats-py runs it to the end once it took the message from the
+        # subscription's queue, so an empty queue means every delivery is accounted (`settled`).
         m, _ = _message(msg)
         if m.seq > self.last_seq:  # an ordered consumer never repeats; belt and braces
+            if m.seq > self.covered + 1:
+                self.skips.append((self.covered + 1, m.seq - 1))
+            self.covered = max(self.covered, m.seq)
             self.last_seq = m.seq
             self._arrived.append(m)
             self._event.set()
+
+    def settled(self) -> bool:
+        """True when no delivered message waits in the subscription's queue."""
+        return self.sub is None or self.sub.pending_msgs == 0
+
+    def cover(self, upto: int) -> None:
+        """Mark sequences up to `upto` beyond the position as holding nothing still to come."""
+        if upto <= self.covered:
+            return
+        self.covered = upto
+        self.skips = [(max(lo, upto + 1), hi) for lo, hi in self.skips if hi > upto]
 
     async def poll(self, timeout: float) -> list[TailMessage]:
         """Messages that arrived, waiting at most `timeout` seconds for the first one."""
@@ -268,3 +368,82 @@ class TailFollower:
             with contextlib.suppress(Exception):
                 await self.sub.unsubscribe()
             self.sub = None
+
+
+async def check_followers(
+    js: JetStreamContext,
+    followers: Sequence[TailFollower],
+    horizons: Sequence[int | None],
+    *,
+    final: bool = False,
+    skips_only: bool = False,
+) -> list[list[tuple[int, int]]]:
+    """The sequences each follower's range lost: removed by the stream before it received them.
+
+    JetStream keeps no record of what it removed, only which sequences it still holds. So, in
+    this order: (a) each follower's skips so far, position and `covered` are taken; (b) each
+    stream's state (first sequence and removed ones between first and last); (c) each
+    follower's next stored message of its subject after `covered`; (d) each stream's state
+    again. Then:
+
+    * a skipped sequence that (b) no longer holds is reported (a run at a time); one it still
+      holds is another subject's: a stored message of the subject is delivered in order, so it
+      would not have been skipped. A message received is never in a skip, so never reported.
+    * up to the next message of the subject stored at (c) (or the horizon: the stream's last
+      sequence in (b), or `horizons[i]` if lower), nothing of the subject was stored. If (d)
+      still holds every sequence of that range, none of it ever was the subject's: the
+      follower `cover`s it. Else, once every delivered message is accounted (`settled`,
+      position unchanged since (a); or `final`), the sequences of it that (d) no longer holds
+      are reported (whatever of the subject was there was removed unread), and it is covered.
+      Otherwise it waits for the next check.
+
+    Args:
+        js: JetStream context.
+        followers: the followers (of any streams).
+        horizons: per follower, the last sequence that belongs to the read (None: the stream's
+            last; a bounded read passes the stream's last sequence when its end was fixed).
+        final: no message of a follower's subject at or below its horizon and beyond its
+            position can still arrive (the read's end was reached): do not wait for settling.
+        skips_only: (a), (b) and the skips only: one request per stream, for a check soon
+            after messages were received (the sooner, the fewer other subjects' skipped
+            messages the stream removed meanwhile: those are reported too).
+
+    Returns:
+        Per follower, the runs `(first, last)` of sequences found removed (new ones only: each
+        sequence is in at most one run over all the checks of a follower).
+    """
+    taken = []
+    for f in followers:  # (a)
+        taken.append((f.skips, f.last_seq, f.covered))
+        f.skips = []
+    streams = sorted({f.stream for f in followers})
+    before = {s: await stream_state(js, s) for s in streams}  # (b)
+    if skips_only:
+        return [
+            [run for lo, hi in skips for run in before[f.stream].removed_runs(lo, hi)]
+            for f, (skips, _, _) in zip(followers, taken, strict=True)
+        ]
+    following = [  # (c)
+        await next_stored_seq(js, f.stream, f.subject, covered)
+        for f, (_, _, covered) in zip(followers, taken, strict=True)
+    ]
+    after = {s: await stream_state(js, s) for s in streams}  # (d)
+    out: list[list[tuple[int, int]]] = []
+    for f, (skips, position, covered), horizon, nxt in zip(
+        followers, taken, horizons, following, strict=True
+    ):
+        s1, s2 = before[f.stream], after[f.stream]
+        limit = s1.last_seq if horizon is None else min(s1.last_seq, horizon)
+        found: list[tuple[int, int]] = []
+        for lo, hi in skips:
+            found.extend(s1.removed_runs(lo, min(hi, limit)))
+        # Nothing of the subject was stored in (covered, reach] at (c).
+        reach = limit if nxt is None else min(limit, nxt - 1)
+        if reach > covered:
+            if not s2.removed_runs(covered + 1, reach):
+                f.cover(reach)
+            elif final or (f.settled() and f.last_seq == position):
+                found.extend(s2.removed_runs(covered + 1, reach))
+                f.cover(reach)
+        out.append(found)
+    return out

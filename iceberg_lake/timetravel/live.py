@@ -62,6 +62,7 @@ from iceberg_lake.engine.nats import INFERRED_TARGET, consumer_target, stream_fo
 from iceberg_lake.engine.nats_tail import (
     TailFollower,
     TailMessage,
+    check_followers,
     last_subject_msg,
     last_subject_seq,
     read_tail,
@@ -636,22 +637,23 @@ class _UnmappedFollower:
             self.followers[subject] = TailFollower(self.js, self.stream, subject, self.after)
         return last
 
-    def positions(self) -> dict[str, int]:
-        """Follower (subject, or the wildcard) → the last sequence it received."""
-        if self.wide is not None:
-            return {self.wildcard: self.wide.last_seq}
-        return {s: f.last_seq for s, f in self.followers.items()}
+    async def check(
+        self, *, final: bool = False, skips_only: bool = False
+    ) -> list[tuple[int, int]]:
+        """Sequences the stream removed before a follower received them (`check_followers`),
+        over all unmapped subjects; while following (no end fixed), first follow subjects that
+        appeared (`discover`)."""
+        if self.stop is None and not skips_only:
+            await self.discover()
+        followers = self._all()
+        found = await check_followers(
+            self.js, followers, [self.stop] * len(followers), final=final, skips_only=skips_only
+        )
+        return sorted(run for runs in found for run in runs)
 
-    async def listing(self) -> int:
-        """The stream's last sequence; while following (no end fixed), also follow subjects
-        that appeared (`discover`)."""
-        if self.stop is None:
-            return await self.discover()
-        return int((await self.js.stream_info(self.stream)).state.last_seq or 0)
-
-    async def newest(self, key: str) -> int:
-        """The newest stored sequence of a follower's subject (the wildcard: the stream's)."""
-        return await last_subject_seq(self.js, self.stream, key)
+    def has_skips(self) -> bool:
+        """True when a follower has skipped sequences not yet checked."""
+        return any(f.skips for f in self._all())
 
     def _all(self) -> list[TailFollower]:
         return [self.wide] if self.wide is not None else list(self.followers.values())
@@ -672,8 +674,8 @@ class _UnmappedFollower:
         if self.stop is None:
             return False
         if self.wide is not None:
-            return self.wide.last_seq >= self.stop
-        return all(self.followers[s].last_seq >= end for s, end in self.ends.items())
+            return self.wide.covered >= self.stop
+        return all(self.followers[s].covered >= end for s, end in self.ends.items())
 
     async def poll(self, timeout: float) -> list[TailMessage]:
         """Unmapped messages that arrived since the last poll, in stream order."""
@@ -1067,12 +1069,9 @@ class LiveTail:
         #: (limits, purge) before the tail received them: when the tail starts and, checked
         #: every `REMOVAL_CHECK_SECONDS` while it reads, later (`_check_gaps`).
         self.gaps: dict[str, list[tuple[int, int]]] = {}
-        #: Table → a stream sequence up to which every message of its subject was received or
-        #: is in `gaps` (starts at the watermark); the same for all unmapped subjects together.
-        self._complete: dict[str, int] = {
-            src.identifier: src.watermark for _, src, _ in self.sources
-        }
-        self._inferred_complete = min(self.inferred_after.values(), default=0)
+        #: Table → the stream's last sequence when the end of the read was fixed (None: not
+        #: fixed, following): later sequences are not the replay's.
+        self._horizon: dict[str, int] | None = None
         self._checks = 0
         self._checked_at = 0.0
         self._loop: NatsLoop | None = None
@@ -1145,96 +1144,56 @@ class LiveTail:
         )
 
     def _check_gaps(
-        self,
-        followers: dict[str, TailFollower],
-        arrived: dict[str, list[TailMessage]] | None,
-        stop_at: dict[str, int] | None,
+        self, followers: dict[str, TailFollower], *, final: bool = False, skips_only: bool = False
     ) -> None:
-        """Find messages the stream removed (limits, purge) before the tail received them.
+        """Find messages the stream removed (limits, purges, deletes) before the tail got them.
 
-        JetStream keeps no record of what it removed, only where each stream now starts, so a
-        gap is a sequence range, checked against what each follower is known to have: every
-        message of its subject up to `_complete` was received or is already in `gaps`. In
-        order: (1) the followers' positions, (2) each stream's last sequence (and, for the
-        unmapped subjects, their listing), (3) each subject's newest stored message, (4) each
-        stream's first sequence. Whatever was removed unread is below (4), so the range
-        `(_complete, first - 1]` holds it: noted. Then `_complete` moves to the position read in
-        (1), or to the last sequence of (2) when the subject had nothing newer stored in (3)
-        (a quiet subject does not hold it back, so a later check does not blame it for what
-        the stream removed of other subjects). A false alarm therefore needs the stream to
-        remove, between two checks, messages that arrived after the previous one.
+        JetStream keeps no record of what it removed, only which sequences it still holds. Each
+        follower accounts for every sequence after its start (`TailFollower`): received, skipped
+        between two received ones, or shown to hold nothing of its subject still to come;
+        `check_followers` reports the skipped sequences the stream no longer holds (a stored
+        one is another subject's) and the removed ones after the position once nothing of the
+        subject is stored beyond it. A received message is never reported, and each sequence
+        at most once. The unmapped subjects' ranges are each inferred table's (after its
+        inferred start).
 
         Args:
             followers: the tables' own-subject followers.
-            arrived: the messages of the tail's first round (first check only): a range ends
-                below the first message received, as when the tail starts (None: later).
-            stop_at: a bounded read's last sequences (ranges beyond are not the replay's).
+            final: the read's end was reached (see `check_followers`).
+            skips_only: classify the skips only (after each round that had some).
         """
         assert self._loop is not None
         loop = self._loop
         unmapped = self._unmapped
-        inf_stream = consumer_target(INFERRED_TARGET)[0]
+        horizon = self._horizon
+        idents = list(followers)
 
-        async def read() -> tuple[dict[str, int], dict[str, int], int]:
+        async def read() -> tuple[list[list[tuple[int, int]]], list[tuple[int, int]]]:
             js = await loop.js()
-            own = {i: f.last_seq for i, f in followers.items()}  # (1)
-            theirs = unmapped.positions() if unmapped is not None else {}
-            streams = {src.stream for _, src, _ in self.sources}
-            last: dict[str, int] = {}
-            for stream in sorted(streams - {inf_stream} if unmapped is not None else streams):
-                last[stream] = int((await js.stream_info(stream)).state.last_seq or 0)  # (2)
+            own = await check_followers(
+                js,
+                [followers[i] for i in idents],
+                [None if horizon is None else horizon[i] for i in idents],
+                final=final,
+                skips_only=skips_only,
+            )
+            theirs: list[tuple[int, int]] = []
             if unmapped is not None:
-                last[inf_stream] = await unmapped.listing()  # (2), following new subjects
-            newest = {  # (3)
-                src.identifier: await last_subject_seq(js, src.stream, src.subject)
-                for _, src, _ in self.sources
-            }
-            bound = last.get(inf_stream, 0)
-            if unmapped is not None:
-                for key, position in theirs.items():
-                    if await unmapped.newest(key) > position:
-                        bound = min(bound, position)
-                if set(unmapped.positions()) - set(theirs):  # followers added in (2)
-                    bound = min(bound, unmapped.after)
-            first = {s: await stream_first_seq(js, s) for s in sorted(last)}  # (4)
-            complete = {
-                src.identifier: own[src.identifier]
-                if newest[src.identifier] > own[src.identifier]
-                else last[src.stream]
-                for _, src, _ in self.sources
-            }
-            return first, complete, bound
+                theirs = await unmapped.check(final=final, skips_only=skips_only)
+            return own, theirs
 
-        first, complete, inferred_bound = loop.run(read())
-        initial = arrived is not None
+        own, theirs = loop.run(read())
+        found = dict(zip(idents, own, strict=True))
         for _, src, _ in self.sources:
-            ident = src.identifier
-            hi = first[src.stream] - 1
-            got = (arrived or {}).get(ident)
-            if initial and got:
-                hi = min(hi, got[0].seq - 1)
-            if stop_at is not None:
-                hi = min(hi, stop_at.get(ident, 0))
-            self._note_gap(src, self._complete[ident] + 1, hi)
-            self._complete[ident] = max(self._complete[ident], complete[ident])
-        if unmapped is not None:
-            lo = self._inferred_complete
-            hi_all = first[inf_stream] - 1
-            if unmapped.stop is not None:
-                hi_all = min(hi_all, unmapped.stop)
-            seen = [m.seq for m in (arrived or {}).get(_INFERRED, [])]
-            for _, src, _ in self.sources:
-                after = self.inferred_after.get(src.identifier)
-                if after is None:
-                    continue
-                hi = hi_all
-                mine = [q for q in seen if q > after]
-                if initial and mine:
-                    hi = min(hi, mine[0] - 1)
-                self._note_gap(src, max(lo, after) + 1, hi)
-            self._inferred_complete = max(lo, inferred_bound)
-        self._checks += 1
-        self._checked_at = time.monotonic()
+            for lo, hi in found.get(src.identifier, []):
+                self._note_gap(src, lo, hi)
+            after = self.inferred_after.get(src.identifier)
+            if after is not None:
+                for lo, hi in theirs:
+                    self._note_gap(src, max(lo, after + 1), hi)
+        if not skips_only:
+            self._checks += 1
+            self._checked_at = time.monotonic()
 
     def events(self, history: Iterator[ReplayEvent]) -> Iterator[ReplayEvent]:
         """`history` (the engine's events), then the tail events of the window.
@@ -1260,12 +1219,27 @@ class LiveTail:
         loop = self._loop
         followers: dict[str, TailFollower] = {}
 
-        async def setup() -> dict[str, int]:
+        async def fix_ends(js: Any) -> dict[str, int]:
+            # Each stream's last sequence first (the horizon of the gap checks), then each
+            # subject's newest message (where its follower stops): a message of the subject
+            # between the two was removed before the second read.
+            streams = sorted({src.stream for _, src, _ in self.sources})
+            last = {s: int((await js.stream_info(s)).state.last_seq or 0) for s in streams}
+            ends = {
+                src.identifier: await last_subject_seq(js, src.stream, src.subject)
+                for _, src, _ in self.sources
+            }
+            self._horizon = {
+                src.identifier: max(last[src.stream], ends[src.identifier])
+                for _, src, _ in self.sources
+            }
+            return ends
+
+        async def setup() -> dict[str, int] | None:
             js = await loop.js()
-            ends: dict[str, int] = {}
             for _, src, _ in self.sources:
                 followers[src.identifier] = TailFollower(js, src.stream, src.subject, src.watermark)
-                ends[src.identifier] = await last_subject_seq(js, src.stream, src.subject)
+            ends = None if self.follow else await fix_ends(js)
             if self.inferred_after and self.inference is not None:
                 after = min(self.inferred_after.values())
                 self._unmapped = _UnmappedFollower(js, self.inference.mapped, after)
@@ -1291,10 +1265,7 @@ class LiveTail:
             js = await loop.js()
             if self._unmapped is not None:
                 await self._unmapped.fix_end()
-            return {
-                src.identifier: await last_subject_seq(js, src.stream, src.subject)
-                for _, src, _ in self.sources
-            }
+            return await fix_ends(js)
 
         async def close() -> None:
             for f in followers.values():
@@ -1302,8 +1273,7 @@ class LiveTail:
             if self._unmapped is not None:
                 await self._unmapped.close()
 
-        ends = loop.run(setup())
-        stop_at = None if self.follow else ends
+        stop_at = loop.run(setup())
         engine = self.engine
         engine.set_complete(False)
         end_wall_ns = self.engine.end_ns + int(self.lateness_seconds * 1e9)
@@ -1312,20 +1282,28 @@ class LiveTail:
                 if self.follow and stop_at is None and time.time_ns() >= end_wall_ns:
                     # The window is over: take what is stored now, then stop.
                     stop_at = loop.run(ends_now())
+                # `covered`: received, or shown to be nothing still to come (a follower whose
+                # last message the stream removed is done once a check shows it).
                 done = stop_at is not None and all(
-                    followers[i].last_seq >= stop_at.get(i, 0) for i in followers
+                    followers[i].covered >= stop_at.get(i, 0) for i in followers
                 )
                 if done and (self._unmapped is None or self._unmapped.done()):
-                    # What was removed since the last check (or, with no round, at all).
-                    self._check_gaps(followers, {} if not self._checks else None, stop_at)
+                    # What was removed since the last check, up to the horizon.
+                    self._check_gaps(followers, final=True)
                     engine.set_complete(True)
                     return
                 arrived = loop.run(poll(self.poll_seconds))
                 yield from self._round(arrived, stop_at)
-                if not self._checks:
-                    self._check_gaps(followers, arrived, stop_at)
-                elif time.monotonic() - self._checked_at >= REMOVAL_CHECK_SECONDS:
-                    self._check_gaps(followers, None, stop_at)
+                if not self._checks or (
+                    time.monotonic() - self._checked_at >= REMOVAL_CHECK_SECONDS
+                ):
+                    self._check_gaps(followers)
+                elif any(f.skips for f in followers.values()) or (
+                    self._unmapped is not None and self._unmapped.has_skips()
+                ):
+                    # Soon after they were received: other subjects' messages between them
+                    # are told apart from removed ones while the stream still holds them.
+                    self._check_gaps(followers, skips_only=True)
         finally:
             loop.run(close())
             self._unmapped = None

@@ -698,3 +698,140 @@ def _cap_market(pub: Publisher, max_msgs: int) -> None:
     config = StreamConfig.from_response(info.config.as_dict())
     config.max_msgs = max_msgs
     pub.loop.run_until_complete(pub.js.update_stream(config))
+
+
+def test_guard_stream_state_and_follower_skips(nats_server: NatsServer) -> None:
+    """Guard: `engine.nats_tail.stream_state` asks STREAM.INFO for `deleted_details` through
+    nats-py's private `_api_request`/`_prefix`; the server lists interior removals there and
+    finds the next message of a (wildcard) subject; a follower's skips hold exactly the
+    sequences it did not receive, and `check_followers` reports only the removed ones."""
+    from nats.js.api import StreamConfig
+
+    from iceberg_lake.engine.nats_tail import (
+        TailFollower,
+        check_followers,
+        next_stored_seq,
+        stream_state,
+    )
+
+    async def go() -> None:
+        import nats as nats_py
+
+        nc = await nats_py.connect(nats_server.url)
+        js = nc.jetstream()
+        name = f"GAPGUARD{time.time_ns()}"
+        x, y = f"{name.lower()}.x", f"{name.lower()}.y"
+        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
+        for subject in (x, x, x, x, x, y, x):  # seq 1..7; 6 is on another subject
+            await js.publish(subject, b"m")
+        await js.delete_msg(name, 3)
+        state = await stream_state(js, name)
+        assert (state.first_seq, state.last_seq, state.deleted) == (1, 7, frozenset({3}))
+        assert state.removed_runs(1, 7) == [(3, 3)]
+        assert await next_stored_seq(js, name, x, 5) == 7
+        assert await next_stored_seq(js, name, f"{name.lower()}.>", 5) == 6
+        assert await next_stored_seq(js, name, x, 7) is None
+
+        follower = TailFollower(js, name, x, 0)
+        got: list[int] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 5 and time.monotonic() < deadline:
+            got += [m.seq for m in await follower.poll(0.5)]
+        assert got == [1, 2, 4, 5, 7] and follower.skips == [(3, 3), (6, 6)]
+        assert follower.settled()
+        # 3 was removed; 6, still stored, is another subject's.
+        assert await check_followers(js, [follower], [None]) == [[(3, 3)]]
+        assert follower.skips == [] and follower.covered == 7
+        await js.purge_stream(name)  # everything received is gone: nothing to report
+        assert await check_followers(js, [follower], [None]) == [[]]
+        await js.publish(y, b"m")  # 8, another subject's: covered while stored
+        assert await check_followers(js, [follower], [None]) == [[]]
+        assert follower.covered == 8
+        await follower.close()
+        await js.delete_stream(name)
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def _publish_on(pub: Publisher, subject: str, bodies: list[bytes]) -> None:
+    async def go() -> None:
+        for body in bodies:
+            await pub.js.publish(subject, body)
+
+    pub.loop.run_until_complete(go())
+
+
+def test_following_replay_reports_removals_inside_its_first_round(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """Messages deleted after the replay started but before its tail reached them, in the
+    middle of the first round's backlog and at its end, are reported with their exact
+    sequences; the other subject's messages between them (skipped, still stored) are not.
+
+    Budget: ~4 s (a window ending 1 s after the start)."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    now = time.time_ns()
+    try:
+        pub.publish([event(i, now + i) for i in range(4)])  # seq 1..4
+        quote = make_event("bronze.stocks_quotes", 0)
+        _publish_on(pub, "market.stocks.quotes", [encode(quote), encode(quote)])  # seq 5, 6
+        pub.publish([event(i, now + i) for i in range(4, 8)])  # seq 7..10
+        end_ns = time.time_ns() + 10**9
+        engine = ReplayEngine(
+            settings, [TABLE], now - 10**9, end_ns, pin=False, live=True, follow=True
+        )
+        for seq in (3, 8, 10):  # after the pin, before the tail reads them
+            pub.loop.run_until_complete(pub.js.delete_msg("MARKET", seq))
+
+        got = sorted(e.as_dict()["seq"] for e in engine.all_events())
+        assert got == [0, 1, 3, 4, 6], "what the stream still held, once"
+        live = engine.manifest()["live"]
+        assert live["tables"][TABLE]["gaps"] == [[3, 3], [8, 8], [10, 10]]
+        assert live["tables"][TABLE]["removed"] == [3, 10]
+        assert len(live["warnings"]) == 3 and "seq 8..8" in live["warnings"][1]
+    finally:
+        pub.close()
+
+
+def test_following_replay_does_not_report_a_purge_of_what_it_read(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """A purge right after the follower received everything (well within the 1 s between two
+    removal checks) is not reported: every purged message was read. A message published
+    after the purge is delivered and reported nothing either.
+
+    Budget: ~4 s (a window ending 2 s after the start)."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    now = time.time_ns()
+    try:
+        pub.publish([event(i, now + i) for i in range(3)])  # seq 1..3
+        end_ns = time.time_ns() + 2 * 10**9
+        engine = ReplayEngine(
+            settings, [TABLE], now - 10**9, end_ns, pin=False, live=True, follow=True
+        )
+        got: list[int] = []
+
+        def replay() -> None:
+            got.extend(e.as_dict()["seq"] for e in engine.all_events())
+
+        follow = threading.Thread(target=replay)
+        follow.start()
+        wait_for(lambda: engine._live.tail_events >= 3, 10, "the tail's first round")
+        pub.publish([event(i, now + i) for i in range(3, 6)])  # seq 4..6
+        wait_for(lambda: engine._live.tail_events >= 6, 5, "the second round")
+        pub.loop.run_until_complete(pub.js.purge_stream("MARKET"))
+        pub.publish([event(6, now + 6)])  # seq 7, after the purge
+        follow.join(timeout=20)
+        assert not follow.is_alive()
+
+        assert sorted(got) == list(range(7))
+        live = engine.manifest()["live"]
+        assert live["tables"][TABLE]["gaps"] == [] and live["warnings"] == []
+        assert live["tables"][TABLE]["removed"] is None
+    finally:
+        pub.close()
