@@ -21,6 +21,7 @@ holds is another subject's (a stored message of the subject would have been deli
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import time
@@ -135,12 +136,12 @@ class StreamState:
         first_seq: its first stored sequence (everything below was removed: limits, purges).
         last_seq: its last sequence (the newest message ever stored).
         deleted: sequences between the two that were removed (message deletes, purges of one
-            subject, per-subject limits).
+            subject, per-subject limits), ascending.
     """
 
     first_seq: int
     last_seq: int
-    deleted: frozenset[int]
+    deleted: tuple[int, ...]
 
     def removed_runs(self, lo: int, hi: int) -> list[tuple[int, int]]:
         """The runs of consecutive sequences within `lo..hi` the stream no longer holds."""
@@ -150,7 +151,9 @@ class StreamState:
         if self.first_seq > lo:
             out.append((lo, min(hi, self.first_seq - 1)))
         start = max(lo, self.first_seq)
-        for seq in sorted(d for d in self.deleted if start <= d <= hi):
+        deleted = self.deleted
+        for i in range(bisect.bisect_left(deleted, start), bisect.bisect_right(deleted, hi)):
+            seq = deleted[i]
             if out and out[-1][1] == seq - 1:
                 out[-1] = (out[-1][0], seq)
             else:
@@ -174,7 +177,7 @@ async def stream_state(js: JetStreamContext, stream: str) -> StreamState:
     return StreamState(
         int(state.get("first_seq") or 0),
         int(state.get("last_seq") or 0),
-        frozenset(int(d) for d in state.get("deleted") or ()),
+        tuple(sorted(int(d) for d in state.get("deleted") or ())),
     )
 
 

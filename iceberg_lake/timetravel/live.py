@@ -26,9 +26,11 @@ it committed), decoded by the writer's `InferredDecoder`. Live queries, live rep
 `freshness` read it while that consumer exists (or inference has committed to the table); each
 reads the ack floor before it loads the tables (`inference_start`).
 
-Messages the stream removed (limits) after a watermark before anyone read them are reported
-(`LiveRange.removed`, the replay manifest, `Freshness.live_warning`), never dropped silently; a
-live replay checks again every `REMOVAL_CHECK_SECONDS` while it reads (`LiveTail._check_gaps`).
+Messages the stream removed (limits, purges, deletes) after a watermark before anyone read them
+are reported (`LiveRange.removed`, the replay manifest, `Freshness.live_warning`), never dropped
+silently. A live replay accounts for every stream sequence of its range (received, skipped
+between two received ones, or after the last one) and reports exactly the sequences removed
+before it received them, while it reads (`LiveTail._check_gaps`, `nats_tail.check_followers`).
 
 Order of live replay events: the pinned history first, in replay order; then the tail in
 arrival rounds — each round (what arrived since the previous one) sorted by the replay key
@@ -111,7 +113,7 @@ def removed_warning(
     which = f"{subject} messages" + (" (or ones schema inference routes here)" if inferred else "")
     return (
         f"{table}: stream {stream} no longer holds seq {lo}..{hi} (removed by its limits "
-        f"max_age/max_bytes/max_msgs, or a purge, before the table committed them): any "
+        f"max_age/max_bytes/max_msgs, a purge or a delete, before the table committed them): any "
         f"{which} among them are missing from the live view"
     )
 
@@ -1065,9 +1067,10 @@ class LiveTail:
         #: Last unmapped-subject sequence read for the inferred tails (None: none read).
         self.inferred_last_seq: int | None = None
         self.rounds = 0
-        #: Table → the ranges of stream sequences after its watermark that the stream removed
-        #: (limits, purge) before the tail received them: when the tail starts and, checked
-        #: every `REMOVAL_CHECK_SECONDS` while it reads, later (`_check_gaps`).
+        #: Table → the runs of stream sequences of its range that the stream removed (limits,
+        #: purges, deletes) before the tail received them, each sequence once, none received
+        #: (`_check_gaps`; a run may hold only other subjects' messages: JetStream does not
+        #: record a removed message's subject).
         self.gaps: dict[str, list[tuple[int, int]]] = {}
         #: Table → the stream's last sequence when the end of the read was fixed (None: not
         #: fixed, following): later sequences are not the replay's.
