@@ -332,6 +332,11 @@ class TailFollower:
             self._arrived.append(m)
             self._event.set()
 
+    def reached(self, stop: int) -> bool:
+        """True when every message up to `stop` was handed out by `poll`/`drain` (or removed):
+        received and accounted up to it, and nothing waits for the next `poll`."""
+        return self.covered >= stop and not self._arrived
+
     def settled(self) -> bool:
         """True when no delivered message waits in the subscription's queue."""
         return self.sub is None or self.sub.pending_msgs == 0

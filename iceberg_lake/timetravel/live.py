@@ -675,9 +675,11 @@ class _UnmappedFollower:
         """Every follower reached its end (only after `fix_end`)."""
         if self.stop is None:
             return False
+        if self._carry:
+            return False
         if self.wide is not None:
-            return self.wide.covered >= self.stop
-        return all(self.followers[s].covered >= end for s, end in self.ends.items())
+            return self.wide.reached(self.stop)
+        return all(self.followers[s].reached(end) for s, end in self.ends.items())
 
     async def poll(self, timeout: float) -> list[TailMessage]:
         """Unmapped messages that arrived since the last poll, in stream order."""
@@ -1285,10 +1287,11 @@ class LiveTail:
                 if self.follow and stop_at is None and time.time_ns() >= end_wall_ns:
                     # The window is over: take what is stored now, then stop.
                     stop_at = loop.run(ends_now())
-                # `covered`: received, or shown to be nothing still to come (a follower whose
-                # last message the stream removed is done once a check shows it).
+                # Everything up to the end handed out (a message received in the background
+                # waits for the next poll), or shown to be nothing still to come (a follower
+                # whose last message the stream removed is done once a check shows it).
                 done = stop_at is not None and all(
-                    followers[i].covered >= stop_at.get(i, 0) for i in followers
+                    followers[i].reached(stop_at.get(i, 0)) for i in followers
                 )
                 if done and (self._unmapped is None or self._unmapped.done()):
                     # What was removed since the last check, up to the horizon.

@@ -837,3 +837,36 @@ def test_following_replay_does_not_report_a_purge_of_what_it_read(
         assert live["tables"][TABLE]["removed"] is None
     finally:
         pub.close()
+
+
+def test_bounded_live_replay_hands_out_a_tail_larger_than_one_round(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """A live replay without --follow whose tail arrives over several rounds delivers all of it:
+    it ends when every message up to its end was handed out, not when the follower received
+    the last one in the background (messages waiting for the next round were dropped).
+
+    Budget: ~3 s (3,000 acked publishes)."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    now = time.time_ns()
+    try:
+
+        async def publish() -> None:
+            for start in range(0, 3000, 500):
+                await asyncio.gather(
+                    *(
+                        pub.js.publish(SUBJECT, encode(event(i, now + i)))
+                        for i in range(start, start + 500)
+                    )
+                )
+
+        pub.loop.run_until_complete(publish())
+        engine = ReplayEngine(settings, [TABLE], now - 10**9, now + 10**9, pin=False, live=True)
+        got = [e.as_dict()["seq"] for e in engine.all_events()]
+        assert sorted(got) == list(range(3000)), "each event once"
+        live = engine.manifest()["live"]
+        assert live["tail_events"] == 3000 and live["tables"][TABLE]["gaps"] == []
+    finally:
+        pub.close()
