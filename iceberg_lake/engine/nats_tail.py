@@ -51,6 +51,12 @@ __all__ = [
 INACTIVE_THRESHOLD_SECONDS = 5.0
 #: Seconds to wait for the next message of a range known to exist before giving up.
 STALL_SECONDS = 10.0
+#: Messages (and bytes) nats-py may hold for a subscription's callback; 0: no limit. Beyond a
+#: limit nats-py drops deliveries after its ordered consumer counted them, so they would be lost
+#: without notice (and the consumer stalls waiting for flow control). The callbacks here only
+#: move messages to a list, so the queue stays short unless the loop is starved.
+PENDING_MSGS_LIMIT = 0
+PENDING_BYTES_LIMIT = 0
 #: Idle heartbeat of a `TailFollower`'s consumer: nats-py recreates an ordered consumer (from
 #: the last sequence it delivered + 1) after two missed heartbeats, so a follower whose
 #: consumer the server lost (restart, deletion) resumes within 2-4 s instead of 10-20 s.
@@ -85,6 +91,12 @@ def _ack_fields(reply: str) -> tuple[int, int, int]:
     if len(t) == 9:
         return int(t[5]), int(t[7]), int(t[8])
     return int(t[7]), int(t[9]), int(t[10])
+
+
+def _consumer_seq(reply: str) -> int:
+    """The consumer sequence of a JetStream delivery (its reply subject; see `_ack_fields`)."""
+    t = reply.split(".")
+    return int(t[6]) if len(t) == 9 else int(t[8])
 
 
 def _message(msg: Any) -> tuple[TailMessage, int]:
@@ -228,8 +240,8 @@ async def _subscribe(
         config=config,
         idle_heartbeat=idle_heartbeat,
         inactive_threshold=INACTIVE_THRESHOLD_SECONDS,
-        pending_msgs_limit=1_000_000,
-        pending_bytes_limit=1024**3,
+        pending_msgs_limit=PENDING_MSGS_LIMIT,
+        pending_bytes_limit=PENDING_BYTES_LIMIT,
     )
 
 
@@ -249,7 +261,8 @@ async def read_tail(
         The messages. Fewer than stored if the stream's limits removed older ones.
 
     Raises:
-        TransientError: the range stalled (no message for `STALL_SECONDS`).
+        TransientError: the range stalled (no message for `STALL_SECONDS`), or nats-py dropped
+            deliveries (its pending limits: the caller was too slow).
     """
     from iceberg_lake.exceptions import TransientError
 
@@ -259,9 +272,18 @@ async def read_tail(
     done = asyncio.Event()
     progress = [time.monotonic()]
 
+    dropped = [False]
+    dseq = [0]
+
     async def on_message(msg: Any) -> None:
         if done.is_set():
             return
+        n = _consumer_seq(msg.reply)
+        if n != dseq[0] + 1 and n != 1:  # nats-py dropped deliveries (a slow consumer)
+            dropped[0] = True
+            done.set()
+            return
+        dseq[0] = n
         m, pending = _message(msg)
         progress[0] = time.monotonic()
         if m.seq > upto_seq:
@@ -285,6 +307,10 @@ async def read_tail(
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+    if dropped[0]:
+        raise TransientError(
+            f"reading {subject} from {stream}: the client dropped messages (slow consumer)"
+        )
     return out
 
 
@@ -294,7 +320,9 @@ class TailFollower:
     `last_seq` is the last sequence received (buffered for the next `poll` or returned). If the
     server loses the consumer, nats-py recreates it from `last_seq + 1` after two missed idle
     heartbeats (`FOLLOW_HEARTBEAT_SECONDS`); messages the stream removed meanwhile are skipped
-    by the server without notice, like any it removed before the consumer reached them.
+    by the server without notice, like any it removed before the consumer reached them. Should
+    nats-py drop deliveries (`PENDING_MSGS_LIMIT`), the consumer sequence jumps and `poll`
+    fails rather than let them pass for skips.
 
     So the follower accounts for every sequence after `after`: `covered` is the sequence up to
     which each one was received, is in `skips` (a run between two received messages: other
@@ -319,10 +347,23 @@ class TailFollower:
         self.sub: Any = None
         self._arrived: list[TailMessage] = []
         self._event = asyncio.Event()
+        #: The consumer sequence last received; set when nats-py dropped deliveries.
+        self._dseq = 0
+        self._dropped = False
 
     async def _on_message(self, msg: Any) -> None:
         # No await in here: nats-py runs it to the end once it took the message from the
         # subscription's queue, so an empty queue means every delivery is accounted (`settled`).
+        if self._dropped:
+            return
+        dseq = _consumer_seq(msg.reply)
+        if dseq != self._dseq + 1 and dseq != 1:  # (1: a consumer nats-py recreated)
+            # nats-py dropped deliveries (`PENDING_MSGS_LIMIT`); they must not pass for
+            # other subjects' skips: `poll` fails.
+            self._dropped = True
+            self._event.set()
+            return
+        self._dseq = dseq
         m, _ = _message(msg)
         if m.seq > self.last_seq:  # an ordered consumer never repeats; belt and braces
             if m.seq > self.covered + 1:
@@ -349,7 +390,18 @@ class TailFollower:
         self.skips = [(max(lo, upto + 1), hi) for lo, hi in self.skips if hi > upto]
 
     async def poll(self, timeout: float) -> list[TailMessage]:
-        """Messages that arrived, waiting at most `timeout` seconds for the first one."""
+        """Messages that arrived, waiting at most `timeout` seconds for the first one.
+
+        Raises:
+            TransientError: nats-py dropped deliveries (see `PENDING_MSGS_LIMIT`).
+        """
+        from iceberg_lake.exceptions import TransientError
+
+        if self._dropped:
+            raise TransientError(
+                f"following {self.subject} from {self.stream}: the client dropped messages "
+                f"after seq {self.last_seq} (slow consumer)"
+            )
         if self.sub is None:
             self.sub = await _subscribe(
                 self.js,

@@ -870,3 +870,45 @@ def test_bounded_live_replay_hands_out_a_tail_larger_than_one_round(
         assert live["tail_events"] == 3000 and live["tables"][TABLE]["gaps"] == []
     finally:
         pub.close()
+
+
+def test_guard_followers_subscribe_without_pending_limits(nats_server: NatsServer) -> None:
+    """Guard: nats-py drops deliveries beyond a subscription's pending limits after its ordered
+    consumer counted them (they would pass for other subjects' skips), so followers subscribe
+    with none: limit 0 must still mean unbounded (an unbounded asyncio queue, no byte check).
+    A 2,000-message backlog arrives whole, each consumer sequence once.
+
+    Budget: ~1 s."""
+    from nats.js.api import StreamConfig
+
+    from iceberg_lake.engine import nats_tail
+
+    assert nats_tail.PENDING_MSGS_LIMIT == 0 and nats_tail.PENDING_BYTES_LIMIT == 0
+
+    async def go() -> tuple[list[int], int, int, bool]:
+        import nats as nats_py
+
+        nc = await nats_py.connect(nats_server.url)
+        js = nc.jetstream()
+        name = f"DROPGUARD{time.time_ns()}"
+        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
+        for start in range(0, 2000, 500):
+            await asyncio.gather(
+                *(js.publish(f"{name.lower()}.x", b"m" * 100) for _ in range(start, start + 500))
+            )
+        follower = nats_tail.TailFollower(js, name, f"{name.lower()}.x", 0)
+        got: list[int] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 2000 and time.monotonic() < deadline:
+            got += [m.seq for m in await follower.poll(0.2)]
+        queue = follower.sub._sub._pending_queue
+        limits = queue.maxsize, follower.sub._sub._pending_bytes_limit
+        dropped = follower._dropped
+        await follower.close()
+        await js.delete_stream(name)
+        await nc.close()
+        return got, *limits, dropped
+
+    got, max_msgs, max_bytes, dropped = asyncio.run(go())
+    assert (max_msgs, max_bytes) == (0, 0), "nats-py no longer takes 0 for no limit"
+    assert got == list(range(1, 2001)) and not dropped
