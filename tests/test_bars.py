@@ -150,7 +150,7 @@ def test_cli_bars(bars_data: dict, monkeypatch: pytest.MonkeyPatch, tmp_path) ->
     res = CliRunner().invoke(
         app,
         ["bars", TRADES, "--every", "5m", "--start", "2025-12-16", "--as-of", "bars"]
-        + ["-o", "parquet", "--file", str(out)],
+        + ["-o", "parquet", "--file", str(out)],  # --file: the old, hidden spelling of --out
     )
     assert res.exit_code == 0, res.output
     table = pd.read_parquet(out)

@@ -88,6 +88,40 @@ def test_reads_partition_by_partition(merged) -> None:
         assert grouped.manifest()["sequence_hash"] == engine.manifest()["sequence_hash"]
 
 
+def test_a_second_replay_of_the_same_pins_plans_nothing_and_a_new_pin_plans_again(
+    lake: LakeCatalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plans are kept per (table, snapshot, window): the same pins reuse them, a new snapshot
+    of the same table is planned afresh (never served a stale file list)."""
+    from iceberg_lake.timetravel import replay
+
+    planned: list[int] = []
+    real = replay.plan_data_files
+
+    def counting(table, snapshot_id, row_filter):  # the real planner, counted
+        planned.append(snapshot_id)
+        return real(table, snapshot_id, row_filter)
+
+    monkeypatch.setattr(replay, "plan_data_files", counting)
+    catalog, settings = lake, lake.settings
+    append(catalog.load_table(STOCKS), trades("SPY", T14, 600, SEC))
+    append(catalog.load_table(FUTURES), futures("ES", T14, 300, 2 * SEC))
+    window = (T14, T14 + HOUR_NS)
+    first = ReplayEngine(settings, [STOCKS, FUTURES], *window, pin=False)
+    rows = pa.Table.from_batches(list(first.batches(verify=False)))
+    assert rows.num_rows == 900 and len(planned) == 2
+
+    again = ReplayEngine(settings, [STOCKS, FUTURES], *window, pin=False)
+    assert sum(1 for _ in again.events()) == 900
+    assert len(planned) == 2  # same snapshots: no manifest read
+    assert again.manifest()["snapshots"] == first.manifest()["snapshots"]
+
+    append(catalog.load_table(STOCKS), trades("QQQ", T14, 100, SEC))
+    newer = ReplayEngine(settings, [STOCKS, FUTURES], *window, pin=False)
+    assert sum(1 for _ in newer.events()) == 1000
+    assert planned[2:] == [newer.pins[STOCKS]]  # only the table with a new snapshot
+
+
 def test_day_partitioned_greeks_merge_with_hourly_trades(lake: LakeCatalog) -> None:
     catalog, settings = lake, lake.settings
     greeks_table = "bronze.options_greeks_snapshots"

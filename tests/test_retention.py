@@ -1,7 +1,8 @@
 """Durable time travel (issue 13): replay pins, Silver-source refs, exact `--as-of`, checkpoints.
 
 Budget: 25 s. The replay test makes the issue's 1,000 writer-style commits: 17-18 s on the idle
-2-core machine (about 17 ms per commit with its in-line policy runs); the file took 20-23 s.
+2-core machine (about 17 ms per commit with its in-line policy runs); the file took 20-23 s
+(the `LAKE_SNAPSHOT_MAX_COUNT` test adds about 1.5 s).
 """
 
 from __future__ import annotations
@@ -280,3 +281,31 @@ def test_as_of_exact_inside_the_window_else_one_line_naming_checkpoints(
     expires = datetime.fromtimestamp((h0 + hour) / 1000 + 30 * 86_400, UTC)
     assert refs[cp0]["expires"] == expires.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert refs[cp0]["kind"] == "checkpoint" and refs[cp0]["snapshot_id"] == ids[1]
+
+
+def test_snapshot_max_count_expires_the_oldest_unprotected_inside_the_window(
+    tmp_path: Path,
+) -> None:
+    """`LAKE_SNAPSHOT_MAX_COUNT` bounds a table's snapshots inside the retention window: the
+    oldest unprotected go first; a tagged snapshot and the current one stay (and count)."""
+    # Checkpoints aged out at once (max age < 1 ms): an hour closing mid-test must not add a
+    # protected snapshot.
+    catalog, env = _lake(tmp_path, LAKE_SNAPSHOT_MAX_COUNT="3", LAKE_CHECKPOINT_MAX_AGE_DAYS="1e-9")
+    ids = []
+    for i in range(6):
+        ids.append(append(catalog.load_table(TRADES), trades("SPY", T14 + i * 10**9, 2, 10**6)))
+        if i == 1:
+            snapshots.create_tag(catalog, "bt", [TRADES])  # protects ids[1]
+    s1, s2, s3, s4, s5, s6 = ids
+
+    def expire() -> set[int]:
+        out = _cli(env, "maintain", "expire-snapshots", "-t", TRADES, "-o", "json")
+        return set(json.loads(out)[0]["expired"])
+
+    # All six are inside the (default, hours-long) window: only the bound expires any.
+    assert expire() == {s1, s3, s4}
+    assert {s.snapshot_id for s in catalog.load_table(TRADES).snapshots()} == {s2, s5, s6}
+    assert expire() == set()  # idempotent
+    s7 = append(catalog.load_table(TRADES), trades("SPY", T14 + 10 * 10**9, 2, 10**6))
+    assert expire() == {s5}
+    assert {s.snapshot_id for s in catalog.load_table(TRADES).snapshots()} == {s2, s6, s7}

@@ -452,10 +452,10 @@ def _silver_by_file(table: Any) -> dict[tuple[str, int], list[dict[str, Any]]]:
 def test_lake_compact_engine_spark_equals_duckdb_silver_row_for_row(
     tmp_path: Path, duck: Any, spark: Any
 ) -> None:
-    """Same pinned Bronze snapshot, both engines: identical rows in identical order per
-    partition, each run ONE `overwrite` snapshot. Spark runs in the installed `lake` executable
-    (its own local JVM), as an operator would run it; then every date at once (`--all-dates`)
-    on the shared session."""
+    """Same pinned Bronze snapshot (by id for DuckDB, by the time it was current for Spark),
+    both engines: identical rows in identical order per partition, each run ONE `overwrite`
+    snapshot. Spark runs in the installed `lake` executable (its own local JVM), as an operator
+    would run it; then every date at once (`--all-dates`) on the shared session."""
     # tests/silver is on sys.path only once pytest has collected it: run alone, this file adds it.
     silver_tests = str(Path(__file__).resolve().parent / "silver")
     if silver_tests not in sys.path:
@@ -481,6 +481,12 @@ def test_lake_compact_engine_spark_equals_duckdb_silver_row_for_row(
     earlier = bronze_append(bronze, rows[:30])
     pinned = bronze_append(bronze, rows[20:])  # rows 20..29 twice, in two files
     bronze_append(bronze, rows[:5])  # after the pin: neither engine may see these
+    # Spark gets the pin as a time (`--as-of <time>`), resolved as the DuckDB engine does.
+    stamps = {s.snapshot_id: s.timestamp_ms for s in bronze.snapshots()}
+    assert max(stamps.values()) > stamps[pinned]  # that time names exactly `pinned`
+    pinned_at = datetime.fromtimestamp(stamps[pinned] / 1000, UTC).isoformat(
+        timespec="milliseconds"
+    )
 
     with SilverCompactor(catalog) as compactor:
         # Silver first holds an earlier state, so both runs below replace partitions.
@@ -494,8 +500,9 @@ def test_lake_compact_engine_spark_equals_duckdb_silver_row_for_row(
     before = {s.snapshot_id for s in silver.snapshots()}
 
     env = {"LAKE_DATA_DIR": str(settings.data_dir), "LAKE_CATALOG_NAME": settings.catalog_name}
-    args = ["--date", str(DAY), "--table", "futures.trades", "--snapshot", str(pinned)]
+    args = ["--date", str(DAY), "--table", "futures.trades", "--as-of", pinned_at]
     (by_spark,) = _lake_compact_on_spark(env, args)
+    assert by_spark["source_snapshot_id"] == pinned
 
     silver = catalog.load_table(SILVER)
     props = _one_overwrite(silver, before, by_spark["silver_snapshot_id"], pinned)

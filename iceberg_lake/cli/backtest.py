@@ -19,6 +19,7 @@ from iceberg_lake.cli.common import (
     option_group,
     window_options,
 )
+from iceberg_lake.cli.output import root_format
 from iceberg_lake.cli.query import QueryOutput as TableOutput  # the same outputs as `lake query`
 from iceberg_lake.cli.query import parse_as_of, write_result
 
@@ -31,17 +32,27 @@ def register(app: typer.Typer) -> None:
 
 @dataclass(frozen=True)
 class Result:
-    """Where a backtest command's Arrow result goes (`--output`, `--file`, `--limit`)."""
+    """Where a backtest command's Arrow result goes (`--output`, `--out`, `--limit`)."""
 
     output: TableOutput
     file: Path | None
     limit: int
 
+    @classmethod
+    def from_options(
+        cls, output: TableOutput | None, out: Path | None, file: Path | None, limit: int
+    ) -> Result:
+        """The options as given: no `--output` means the root's (`lake -o json bars …`);
+        `--file` is the old spelling of `--out`."""
+        if out is not None and file is not None:
+            raise typer.BadParameter("give --out once", param_hint="--out")
+        return cls(output or TableOutput(root_format().value), out or file, limit)
+
     def emit(self, result: pa.Table, what: str) -> None:
         """Print or write `result`: a table of at most `limit` rows, or as `lake query` does."""
         output, file, limit = self.output, self.file, self.limit
         if output == TableOutput.parquet and file is None:
-            raise typer.BadParameter("--output parquet needs --file", param_hint="--file")
+            raise typer.BadParameter("--output parquet needs --out", param_hint="--out")
         if output != TableOutput.table or file is not None:
             write_result(result, output, file)
         else:
@@ -57,26 +68,27 @@ class Result:
         err_console.print(f"{what}: {result.num_rows} rows", highlight=False)
 
 
-#: `--output`, `--file`, `--limit`, passed as `result: Result`.
+#: `--output`, `--out`, `--limit`, passed as `result: Result` (`lake query`'s flags).
 result_options = option_group(
     "result",
-    Result,
+    Result.from_options,
     [
         option(
             "output",
-            TableOutput,
-            TableOutput.table,
+            TableOutput | None,
+            None,
             "--output",
             "-o",
-            text="table, csv, json or parquet (needs --file).",
+            text="table, csv, json or parquet (needs --out); default: the root's --output.",
         ),
         option(
-            "file",
+            "out",
             Path | None,
             None,
-            "--file",
+            "--out",
             text="Write the result here instead of printing it.",
         ),
+        option("file", Path | None, None, "--file", text="Same as --out.", hidden=True),
         option("limit", int, 50, "--limit", text="Rows shown by --output table (0: all)."),
     ],
 )
@@ -97,7 +109,7 @@ def bars(
     from iceberg_lake.timetravel.query import Lake
 
     start_ns, end_ns = window.ns()
-    with Lake(open_catalog()) as lake:
+    with Lake(open_catalog(read_only=True)) as lake:
         series = lake.bars(
             table,
             every,
@@ -132,7 +144,7 @@ def asof(
 
     start_ns, end_ns = window.ns()
     quote_columns = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
-    with Lake(open_catalog()) as lake:
+    with Lake(open_catalog(read_only=True)) as lake:
         joined = lake.asof_join(
             left,
             right,

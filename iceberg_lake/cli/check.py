@@ -50,7 +50,7 @@ def check(
 
     since_ns = parse_time_ns(since, "--since") if since else None
     until_ns = parse_time_ns(until, "--until") if until else None
-    with Lake(open_catalog(), sandbox=True) as lake:
+    with Lake(open_catalog(read_only=True), sandbox=True) as lake:
         report = check_tables(
             lake, _split(tables), since_ns=since_ns, until_ns=until_ns, as_of=parse_as_of(as_of)
         )

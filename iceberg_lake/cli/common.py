@@ -58,8 +58,9 @@ def open_catalog(*, read_only: bool = False) -> LakeCatalog:
 
     Args:
         read_only: open an existing lake only and create nothing (no `./lake-data`): a missing
-            local catalog is a `ConfigError`. Read-only commands (`tables`, `describe`,
-            `status`, `query`, `snapshot list`) pass True.
+            local catalog is a `ConfigError`. Every command that reads or changes an existing
+            lake's tables passes True; only `init`, `serve`, `load`, `compact`, `demo`,
+            `table create` and `migrate up|new` may make a lake.
     """
     return LakeCatalog(settings(), create=not read_only)
 
@@ -125,14 +126,16 @@ def option_group(
     return decorate
 
 
-def option(name: str, annotation: Any, default: Any, *decls: str, text: str) -> inspect.Parameter:
+def option(
+    name: str, annotation: Any, default: Any, *decls: str, text: str, hidden: bool = False
+) -> inspect.Parameter:
     """One option of an `option_group`: parameter `name` of type `annotation`, flags `decls`,
-    help `text`."""
+    help `text` (`hidden`: left out of `--help`, for an old spelling kept working)."""
     return inspect.Parameter(
         name,
         inspect.Parameter.KEYWORD_ONLY,
         default=default,
-        annotation=Annotated[annotation, typer.Option(*decls, help=text)],
+        annotation=Annotated[annotation, typer.Option(*decls, help=text, hidden=hidden)],
     )
 
 

@@ -97,21 +97,23 @@ def compact(
         )
     if all_dates and not table:
         raise typer.BadParameter("--all-dates needs --table", param_hint="--table")
+    # A tag or a time, for either engine to resolve as `as_of` (silver.plan.pin_snapshot).
+    pin: str | None = tag
     if as_of is not None:
         if snapshot is not None or tag:
             raise typer.BadParameter("give --as-of alone", param_hint="--as-of")
         if as_of.strip().isdigit():
             snapshot = int(as_of)
         else:
-            tag = as_of  # a tag, or a time: `SilverCompactor` resolves both as `as_of`
-    if incremental and (snapshot is not None or tag or symbol):
+            pin = as_of
+    if incremental and (snapshot is not None or pin or symbol):
         raise typer.BadParameter(
             "--incremental always uses the current Bronze snapshot and every partition",
             param_hint="--incremental",
         )
     if snapshot is not None and not table:
         raise typer.BadParameter("a snapshot id pins one table: add --table", param_hint="--as-of")
-    if snapshot is not None and tag:
+    if snapshot is not None and pin:
         raise typer.BadParameter("give --snapshot or --tag, not both", param_hint="--snapshot")
 
     if engine == Engine.spark:
@@ -120,7 +122,7 @@ def compact(
                 "--engine spark compacts --date D or --all-dates (no change detection)",
                 param_hint="--engine",
             )
-        _print(_compact_on_spark(date, table, symbol, snapshot, tag, spark_master), output)
+        _print(_compact_on_spark(date, table, symbol, snapshot, pin, spark_master), output)
         return
 
     show_progress = output == OutputFormat.text and err_console.is_terminal
@@ -146,13 +148,13 @@ def compact(
                 results = compactor.compact_incremental([table] if table else None)
             elif all_dates:
                 assert table is not None
-                results = compactor.compact_all_dates(table, symbol, snapshot, as_of=tag)
+                results = compactor.compact_all_dates(table, symbol, snapshot, as_of=pin)
             elif table:
                 assert date is not None
-                results = [compactor.compact_date(date, table, symbol, snapshot, as_of=tag)]
+                results = [compactor.compact_date(date, table, symbol, snapshot, as_of=pin)]
             else:
                 assert date is not None
-                by_schema = compactor.compact_all_schemas(date, symbol, snapshot, as_of=tag)
+                by_schema = compactor.compact_all_schemas(date, symbol, snapshot, as_of=pin)
                 results = list(by_schema.values())
 
     _print(results, output)
@@ -163,9 +165,10 @@ def _compact_on_spark(
     table: str | None,
     symbol: str | None,
     snapshot: int | None,
-    tag: str | None,
+    as_of: str | None,
     master: str,
 ) -> list[dict[str, Any]]:
+    """Compact on Spark; `as_of` (a tag or a time) is resolved by the DuckDB path's resolver."""
     from iceberg_lake.catalog import LakeCatalog
     from iceberg_lake.engine.spark import spark_session, stop_spark
     from iceberg_lake.silver.spark import SparkSilverCompactor
@@ -176,10 +179,10 @@ def _compact_on_spark(
         compactor = SparkSilverCompactor(spark, lake)
         if date is None:  # --all-dates (it needs --table): every day, one snapshot
             assert table is not None
-            return [compactor.compact_all_dates(table, symbol, snapshot, tag)]
+            return [compactor.compact_all_dates(table, symbol, snapshot, as_of=as_of)]
         if table:
-            return [compactor.compact_date(date, table, symbol, snapshot, tag)]
-        return compactor.compact_all_schemas(date, symbol, tag)
+            return [compactor.compact_date(date, table, symbol, snapshot, as_of=as_of)]
+        return compactor.compact_all_schemas(date, symbol, as_of=as_of)
     finally:
         stop_spark(spark)
 

@@ -58,7 +58,7 @@ def list_command(
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """List dead letters (oldest first): where they came from, why, and if re-driven."""
-    letters = list_dead_letters(open_catalog(), table, parse_since(since))
+    letters = list_dead_letters(open_catalog(read_only=True), table, parse_since(since))
     shown = letters if limit == 0 else letters[-limit:]
     if output == OutputFormat.json:
         emit([d.as_dict() for d in shown], output)
@@ -89,7 +89,7 @@ def replay_command(
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Re-decode dead letters with today's codec; append the ones that pass, exactly once."""
-    report = redrive(open_catalog(), table, parse_since(since), dry_run=dry_run)
+    report = redrive(open_catalog(read_only=True), table, parse_since(since), dry_run=dry_run)
     if output == OutputFormat.json:
         emit([o.as_dict() for o in report.outcomes], output)
         return

@@ -3,6 +3,9 @@
 Presentation only: the settings are built by `iceberg_lake.engine.spark` from the current lake
 settings (`LAKE_*`, `lake.toml`). Secrets (catalog password, S3 secret key) print as `***`
 unless `--show-secrets` is given.
+
+They follow the one output layer: `table` (the default) prints the files people paste
+(`spark-defaults.conf` lines, Trino's `.properties`), `json` an object, `csv` `key,value` rows.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from enum import StrEnum
 
 import typer
 
-from iceberg_lake.cli.common import settings
+from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, emit, settings
 from iceberg_lake.engine.spark import (
     spark_catalog_conf,
     spark_defaults,
     spark_packages,
     spark_sql_command,
+    trino_catalog_properties,
     trino_properties,
 )
 
@@ -41,23 +45,37 @@ class SparkFormat(StrEnum):
 
 
 FORMAT_OPTION = typer.Option(
-    SparkFormat.defaults,
+    None,
     "--format",
     "-f",
-    help="defaults: spark-defaults.conf lines; spark-sql: a command line; json: the settings.",
+    show_default=False,
+    help="defaults: spark-defaults.conf lines; spark-sql: a command line; json: the settings "
+    "(default: json for --output json, else defaults).",
 )
+
+
+def _key_value_rows(conf: dict[str, str]) -> list[dict[str, str]]:
+    return [{"key": k, "value": v} for k, v in conf.items()]
 
 
 @engines_app.command("spark")
 def spark(
-    fmt: SparkFormat = FORMAT_OPTION,
+    fmt: SparkFormat | None = FORMAT_OPTION,
     show_secrets: bool = SHOW_SECRETS_OPTION,
+    output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Spark 3.5 settings: Iceberg's runtime, the JDBC catalog named like the lake's, warehouse.
 
     Queries then name tables as `<catalog>.bronze.stocks_trades` (catalog = LAKE_CATALOG_NAME).
     """
     s = settings()
+    if fmt is None and output == OutputFormat.csv:
+        conf = {"spark.jars.packages": ",".join(spark_packages(s))}
+        conf.update(spark_catalog_conf(s, show_secrets=show_secrets))
+        emit(_key_value_rows(conf), output, columns=["key", "value"])
+        return
+    if fmt is None:
+        fmt = SparkFormat.json if output == OutputFormat.json else SparkFormat.defaults
     if fmt == SparkFormat.json:
         body = {
             "packages": spark_packages(s),
@@ -71,9 +89,16 @@ def spark(
 
 
 @engines_app.command("trino")
-def trino(show_secrets: bool = SHOW_SECRETS_OPTION) -> None:
+def trino(show_secrets: bool = SHOW_SECRETS_OPTION, output: OutputFormat = OUTPUT_OPTION) -> None:
     """Trino's `etc/catalog/<LAKE_CATALOG_NAME>.properties` (Iceberg connector, JDBC catalog)."""
-    typer.echo(trino_properties(settings(), show_secrets=show_secrets), nl=False)
+    if output == OutputFormat.table:
+        typer.echo(trino_properties(settings(), show_secrets=show_secrets), nl=False)
+        return
+    props = trino_catalog_properties(settings(), show_secrets=show_secrets)
+    if output == OutputFormat.json:
+        typer.echo(json.dumps(props, indent=2))
+    else:
+        emit(_key_value_rows(props), output, columns=["key", "value"])
 
 
 def register(app: typer.Typer) -> None:

@@ -44,7 +44,7 @@ def compact_files(
     One `overwrite` snapshot per table; the rows a reader sees do not change.
     """
     age, size = parse_duration(older_than), parse_size(target_size)
-    catalog = open_catalog()
+    catalog = open_catalog(read_only=True)  # maintains tables: never makes a lake
     rows = [
         TableMaintenance(catalog, t).compact_files(age, size, dry_run=dry_run).as_dict()
         for t in maintained_tables(catalog, table)
@@ -73,7 +73,7 @@ def expire_snapshots(
     (checkpoints, replay pins, user tags) or a Bronze snapshot Silver names as its source.
     """
     age = parse_duration(older_than) if older_than is not None else None
-    catalog = open_catalog()
+    catalog = open_catalog(read_only=True)  # maintains tables: never makes a lake
     tables = maintained_tables(catalog, table)
     # Read Silver's source snapshots once, not once per Bronze table.
     sources = silver_sources(catalog) if any(t.startswith("bronze.") for t in tables) else {}
@@ -109,7 +109,7 @@ def rewrite_manifests(
 
     One snapshot per table that adds no rows; readers see the same data.
     """
-    catalog = open_catalog()
+    catalog = open_catalog(read_only=True)  # maintains tables: never makes a lake
     rows = [
         TableMaintenance(catalog, t).rewrite_manifests(dry_run=dry_run)
         for t in maintained_tables(catalog, table)
@@ -138,7 +138,7 @@ def remove_orphans(
     table right before deletion. Intervals below 1h are refused unless --force is given.
     """
     age = parse_duration(older_than)
-    catalog = open_catalog()
+    catalog = open_catalog(read_only=True)  # maintains tables: never makes a lake
     results = orphan_removal(
         catalog, maintained_tables(catalog, table), age, dry_run=dry_run, force=force
     )

@@ -111,7 +111,8 @@ def query(
     ] = None,
     file: Annotated[
         Path | None,
-        typer.Option("--out", "--file", "-f", help="Write the result here (required for parquet)."),
+        # No `-f`: that is `--format` in `replay`, `load` and `engines spark`.
+        typer.Option("--out", "--file", help="Write the result here (required for parquet)."),
     ] = None,
     sandbox: Annotated[
         bool,
@@ -204,7 +205,9 @@ def tag(
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Tag each table's current snapshot; a backtest cites the tag."""
-    result = snapshots.create_tag(open_catalog(), name, _split(tables), replace=replace)
+    result = snapshots.create_tag(
+        open_catalog(read_only=True), name, _split(tables), replace=replace
+    )
     rows = [{"table": t, "snapshot_id": sid, "tag": name} for t, sid in result.items()]
     if output == OutputFormat.json:
         emit(rows, output)
@@ -221,7 +224,7 @@ def untag(
     tables: Annotated[list[str] | None, typer.Option("--tables", help="Only these tables.")] = None,
 ) -> None:
     """Remove a tag (its snapshots become expirable again)."""
-    removed = snapshots.remove_tag(open_catalog(), name, _split(tables))
+    removed = snapshots.remove_tag(open_catalog(read_only=True), name, _split(tables))
     if not removed:
         raise TimeTravelError(f"no table has tag '{name}'")
     console.print(f"removed tag '{name}' from {', '.join(removed)}")
@@ -400,7 +403,8 @@ def replay(
             f"--format {fmt.value} writes a file: give --out (and no --to-nats)",
             param_hint="--format",
         )
-    catalog = open_catalog()
+    # A replay reads an existing lake (its pins may tag it): it never creates one.
+    catalog = open_catalog(read_only=True)
     if from_manifest is not None:
         engine = ReplayEngine.from_manifest(
             catalog, read_manifest(from_manifest), speed=speed, pin=pin

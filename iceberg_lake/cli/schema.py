@@ -35,8 +35,13 @@ def register(app: typer.Typer) -> None:
     app.add_typer(table_app, name="table")
 
 
-def _runner(directory: Path | None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> MigrationRunner:
-    return MigrationRunner(_open_catalog(), directory, lock_timeout=lock_timeout)
+def _runner(
+    directory: Path | None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    *,
+    read_only: bool = False,
+) -> MigrationRunner:
+    return MigrationRunner(_open_catalog(read_only=read_only), directory, lock_timeout=lock_timeout)
 
 
 # ---- lake migrate -----------------------------------------------------------------------------
@@ -47,7 +52,7 @@ def migrate_status(
     directory: Path | None = DIR_OPTION, output: OutputFormat = OUTPUT_OPTION
 ) -> None:
     """List migrations: applied (with checksum and time), pending, edited or missing."""
-    runner = _runner(directory)
+    runner = _runner(directory, read_only=True)
     try:
         rows = [s.as_row() for s in runner.status()]
     finally:
@@ -124,7 +129,7 @@ def migrate_check(
     directory: Path | None = DIR_OPTION, output: OutputFormat = OUTPUT_OPTION
 ) -> None:
     """Compare catalog/ with the live tables; exit 1 if they differ."""
-    drift = find_drift(_open_catalog(), directory)
+    drift = find_drift(_open_catalog(read_only=True), directory)
     errors = [d for d in drift if d.severity == ERROR]
     if output == OutputFormat.json:
         emit([d.as_row() for d in drift], output)
@@ -221,7 +226,7 @@ def table_evolve(
             "nothing to change: pass --add-column, --rename, --widen, --drop-column"
             " or --add-partition-field"
         )
-    catalog = _open_catalog()
+    catalog = _open_catalog(read_only=True)  # evolves a live table: never makes a lake
     result = evolve_table(catalog.load_table(name), name, changes, dry_run=dry_run, fresh=True)
     lines = result.plan.describe()
     if output == OutputFormat.json:

@@ -240,10 +240,28 @@ def trino_properties(settings: Settings, *, show_secrets: bool = False) -> str:
     Returns:
         The file's text.
     """
-    jdbc = jdbc_catalog(settings)
     lines = []
-    if jdbc.is_sqlite:
+    if jdbc_catalog(settings).is_sqlite:
         lines.append("# Trino bundles no SQLite JDBC driver: serve the catalog from PostgreSQL.")
+    props = trino_catalog_properties(settings, show_secrets=show_secrets)
+    lines.extend(f"{k}={v}" for k, v in props.items())
+    return "\n".join(lines) + "\n"
+
+
+def trino_catalog_properties(settings: Settings, *, show_secrets: bool = False) -> dict[str, str]:
+    """The keys and values of `trino_properties`' file, in its order.
+
+    Args:
+        settings: the lake's settings.
+        show_secrets: secrets instead of `***`.
+
+    Returns:
+        Trino catalog property → value.
+
+    Raises:
+        ConfigError: see `jdbc_catalog`.
+    """
+    jdbc = jdbc_catalog(settings)
     props = {
         "connector.name": "iceberg",
         "iceberg.catalog.type": "jdbc",
@@ -271,8 +289,7 @@ def trino_properties(settings: Settings, *, show_secrets: bool = False) -> str:
     else:
         props["fs.native-local.enabled"] = "true"
         props["local.location"] = "/"
-    lines.extend(f"{k}={v}" for k, v in props.items())
-    return "\n".join(lines) + "\n"
+    return props
 
 
 # --------------------------------------------------------------------------------------------

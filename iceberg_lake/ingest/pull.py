@@ -13,8 +13,10 @@ with a 404/408/409 status); only when nothing was available does round 2 long-po
 stay buffered, in order, for the next fetch.
 
 No private nats-py members are used: the API subject comes from the configured prefix (so
-JetStream domains work), acks go to each message's reply subject (`Msg.ack`), sequences come
-from `Msg.metadata`.
+JetStream domains work), acks go to each message's reply subject (`Msg.ack`). Sequences are the
+ones `Msg.metadata` parses from that subject, read from its tokens directly and checked against
+`Msg.metadata` on every call (`engine.nats.message_sequences`). nats-py still builds one `Msg`
+per delivery (its parser does; avoiding it would mean a protocol parser of our own).
 """
 
 from __future__ import annotations

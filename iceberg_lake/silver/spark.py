@@ -50,7 +50,7 @@ from iceberg_lake.exceptions import CompactionError, TimeTravelError
 from iceberg_lake.silver.dedup import sort_columns
 from iceberg_lake.silver.plan import layout_of, parse_date, pin_snapshot, resolve_bronze_table
 from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
-from iceberg_lake.timetravel.snapshots import protect_silver_source
+from iceberg_lake.timetravel.snapshots import AsOf, protect_silver_source
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -87,6 +87,8 @@ class SparkSilverCompactor:
         partition_value: str | None = None,
         snapshot_id: int | None = None,
         tag: str | None = None,
+        *,
+        as_of: AsOf = None,
     ) -> dict[str, Any]:
         """Compact one UTC day of one schema through Spark.
 
@@ -101,6 +103,8 @@ class SparkSilverCompactor:
             partition_value: only this symbol/underlying.
             snapshot_id: pin this Bronze snapshot instead of the current one.
             tag: pin the Bronze snapshot of this tag (or branch).
+            as_of: pin Bronze as the rest of the lake does (snapshot id, tag or timestamp),
+                resolved as the DuckDB engine resolves it.
 
         Returns:
             status (`success` or `empty`), rows_read, rows_written, duplicates_removed,
@@ -111,7 +115,9 @@ class SparkSilverCompactor:
             CompactionError: bad date, unknown snapshot or tag, or a layout Silver cannot take.
         """
         return self._spark_errors(
-            lambda: self._compact(parse_date(date), schema, partition_value, snapshot_id, tag)
+            lambda: self._compact(
+                parse_date(date), schema, partition_value, (snapshot_id, tag, as_of)
+            )
         )
 
     def compact_all_dates(
@@ -120,6 +126,8 @@ class SparkSilverCompactor:
         partition_value: str | None = None,
         snapshot_id: int | None = None,
         tag: str | None = None,
+        *,
+        as_of: AsOf = None,
     ) -> dict[str, Any]:
         """Compact every day of one schema through Spark, in ONE `overwrite` snapshot.
 
@@ -132,6 +140,8 @@ class SparkSilverCompactor:
             partition_value: only this symbol/underlying.
             snapshot_id: pin this Bronze snapshot instead of the current one.
             tag: pin the Bronze snapshot of this tag (or branch).
+            as_of: pin Bronze as the rest of the lake does (snapshot id, tag or timestamp),
+                resolved as the DuckDB engine resolves it.
 
         Returns:
             The keys of `compact_date`'s result, with `date` None and `dates` the days compacted
@@ -141,7 +151,7 @@ class SparkSilverCompactor:
             CompactionError: unknown snapshot or tag, or a layout Silver cannot take.
         """
         return self._spark_errors(
-            lambda: self._compact(None, schema, partition_value, snapshot_id, tag)
+            lambda: self._compact(None, schema, partition_value, (snapshot_id, tag, as_of))
         )
 
     @staticmethod
@@ -160,16 +170,19 @@ class SparkSilverCompactor:
         day: date | None,
         schema: str,
         partition_value: str | None,
-        snapshot_id: int | None,
-        tag: str | None,
+        pin: tuple[int | None, str | None, AsOf],
     ) -> dict[str, Any]:
-        """One day (`day`) or every day (None) of one schema, as one overwrite snapshot."""
+        """One day (`day`) or every day (None) of one schema, as one overwrite snapshot.
+
+        `pin` is (snapshot_id, tag, as_of), at most one given: `pin_snapshot` resolves it, the
+        same function the DuckDB engine uses, so a time, tag or id pins the same snapshot.
+        """
         started = time.perf_counter()
         definition = resolve_bronze_table(self.lake, schema)
         bronze = self.lake.load_table(definition.identifier)
         silver = self.lake.load_table(f"{SILVER}.{definition.name}")
         layout = layout_of(bronze, silver)
-        snap = pin_snapshot(bronze, snapshot_id, tag)
+        snap = pin_snapshot(bronze, *pin)
         result = _result(definition, snap, day)
         if snap is None:
             return result
@@ -253,13 +266,23 @@ class SparkSilverCompactor:
         return result
 
     def compact_all_schemas(
-        self, date: str | date, partition_value: str | None = None, tag: str | None = None
+        self,
+        date: str | date,
+        partition_value: str | None = None,
+        tag: str | None = None,
+        *,
+        as_of: AsOf = None,
     ) -> list[dict[str, Any]]:
         """`compact_date` for every Bronze table that has a Silver table in the catalog.
+
+        A `tag` or `as_of` (tag or timestamp) pins every Bronze table (each must have it); a
+        snapshot id belongs to one table, so it is refused (CompactionError), as on DuckDB.
 
         Returns:
             One result per table (status `missing` when a table is not in the catalog).
         """
+        if isinstance(as_of, int):
+            raise CompactionError("a snapshot id belongs to one Bronze table: name the table")
         existing = set(self.lake.existing_tables())
         results = []
         for d in self.lake.registry.in_namespace(BRONZE):
@@ -267,7 +290,9 @@ class SparkSilverCompactor:
             if not d.subject or not d.dedup_columns or silver_name not in self.lake.registry:
                 continue
             if {d.identifier, silver_name} <= existing:
-                results.append(self.compact_date(date, d.identifier, partition_value, tag=tag))
+                results.append(
+                    self.compact_date(date, d.identifier, partition_value, tag=tag, as_of=as_of)
+                )
             else:
                 results.append({**_result(d, None, parse_date(date)), "status": "missing"})
         return results

@@ -74,3 +74,19 @@ def test_documented_commands_and_flags_exist() -> None:
                         if flag not in flags | root_flags:
                             problems.append(f"{doc.name}: `lake {' '.join(path)}` has no {flag}")
     assert problems == []
+
+
+def test_cited_test_files_and_tests_exist() -> None:
+    """Every `tests/….py` (and `tests/….py::test_name`) the docs cite is there: a moved test
+    file leaves no dangling reference."""
+    cited = re.compile(r"\btests/[\w/.-]+\.py(?:::\w+)?")
+    missing = []
+    for doc in DOCS:
+        for ref in sorted(set(cited.findall(doc.read_text()))):
+            path, _, name = ref.partition("::")
+            source = ROOT / path
+            if not source.is_file():
+                missing.append(f"{doc.name}: {path}")
+            elif name and not re.search(rf"^(?:async )?def {name}\(", source.read_text(), re.M):
+                missing.append(f"{doc.name}: {ref}")
+    assert not missing, missing

@@ -1,6 +1,6 @@
 """The CLI's one output layer: the format chosen at the root, read-only commands, one-line errors.
 
-Budget: ~5 s (SQLite lakes, no servers).
+Budget: ~8 s (SQLite lakes, no servers; bars/asof start DuckDB once).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import io
 import json
 from pathlib import Path
 
+import pytest
+from timetravel_data import T14, append, trades
 from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
@@ -44,18 +46,73 @@ def test_the_root_output_applies_to_every_command(tmp_path: Path, lake: LakeCata
     assert status.exit_code == 0, status.output
     assert {t["table"] for t in json.loads(status.stdout)["tables"]} == set(lake.existing_tables())
 
+    # The backtest commands: the root's format, their own -o over it, --out the file flag.
+    append(lake.load_table("bronze.stocks_trades"), trades("SPY", T14, 3, 60 * 10**9))
+    window = ["--start", "2025-12-16"]
+    bars = runner.invoke(app, ["-o", "json", "bars", "bronze.stocks_trades", *window], env=env)
+    assert bars.exit_code == 0, bars.output
+    assert [b["trades"] for b in json.loads(bars.stdout)] == [1, 1, 1]
+    quotes = ["asof", "bronze.stocks_trades", "bronze.stocks_quotes", *window]
+    joined = runner.invoke(app, ["-o", "csv", *quotes], env=env)
+    assert joined.exit_code == 0, joined.output
+    assert len(list(csv.DictReader(io.StringIO(joined.stdout)))) == 3
+    own = runner.invoke(app, ["-o", "json", *quotes, "-o", "csv"], env=env)
+    assert own.exit_code == 0 and not own.stdout.startswith("["), own.output
+    out = tmp_path / "bars.json"
+    written = runner.invoke(
+        app, ["-o", "json", "bars", "bronze.stocks_trades", *window, "--out", str(out)], env=env
+    )
+    assert written.exit_code == 0, written.output
+    assert len(json.loads(out.read_text())) == 3
 
-def test_read_only_commands_create_nothing(tmp_path: Path) -> None:
-    for args in (
+    # The engine settings: an object for json, key,value rows for csv.
+    spark = runner.invoke(app, ["-o", "json", "engines", "spark"], env=env)
+    assert spark.exit_code == 0, spark.output
+    assert json.loads(spark.stdout)["conf"]["spark.sql.catalog.lake.type"] == "jdbc"
+    spark_csv = runner.invoke(app, ["-o", "csv", "engines", "spark"], env=env)
+    rows = {r["key"]: r["value"] for r in csv.DictReader(io.StringIO(spark_csv.stdout))}
+    assert rows["spark.sql.catalog.lake.type"] == "jdbc" and "spark.jars.packages" in rows
+    trino = runner.invoke(app, ["-o", "json", "engines", "trino"], env=env)
+    assert trino.exit_code == 0, trino.output
+    assert json.loads(trino.stdout)["connector.name"] == "iceberg"
+    trino_csv = runner.invoke(app, ["engines", "trino", "-o", "csv"], env=env)
+    assert trino_csv.stdout.startswith("key,value\n"), trino_csv.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
         ["tables"],
         ["describe", "bronze.stocks_trades"],
         ["status"],
         ["query", "SELECT 1"],
-    ):
-        res = runner.invoke(app, args)  # cwd is tmp_path: the default ./lake-data
-        assert res.exit_code == 1, (args, res.output)
-        assert "no lake at" in res.output and "lake init" in res.output, args
-        assert res.output.strip().count("\n") == 0, args
+        ["snapshot", "list"],
+        ["check", "--strict"],
+        ["dead-letters", "list"],
+        ["bars", "bronze.stocks_trades", "--start", "2025-12-16"],
+        ["asof", "bronze.stocks_trades", "bronze.stocks_quotes", "--start", "2025-12-16"],
+        ["replay", "--tables", "bronze.stocks_trades"],
+        ["migrate", "status"],
+        ["migrate", "check"],
+        # Commands that change an existing lake's tables never make one either.
+        ["maintain", "compact-files"],
+        ["maintain", "expire-snapshots", "--dry-run"],
+        ["maintain", "rewrite-manifests"],
+        ["maintain", "remove-orphans"],
+        ["snapshot", "tag", "bt-1"],
+        ["snapshot", "untag", "bt-1"],
+        ["dead-letters", "replay", "--dry-run"],
+        ["table", "evolve", "bronze.stocks_trades", "--add-column", "venue:string"],
+    ],
+    ids=" ".join,
+)
+def test_read_only_commands_create_nothing(tmp_path: Path, args: list[str]) -> None:
+    """No lake here: a command that reads (or maintains) one fails in one line and creates
+    nothing (a `check --strict` that made an empty lake would pass with nothing checked)."""
+    res = runner.invoke(app, args)  # cwd is tmp_path: the default ./lake-data
+    assert res.exit_code == 1, res.output
+    assert "no lake at" in res.output and "lake init" in res.output
+    assert res.output.strip().count("\n") == 0, res.output
     assert list(tmp_path.iterdir()) == []
 
 
@@ -65,3 +122,10 @@ def test_one_flag_vocabulary(tmp_path: Path) -> None:
         assert res.exit_code == 2 and "No such option: -t" in res.output, command
     res = runner.invoke(app, ["query", "--help"])
     assert "--out" in res.output
+    # `-f` is `--format` wherever it exists, never a file.
+    res = runner.invoke(app, ["query", "-f", "x.csv", "SELECT 1"], env=_env(tmp_path))
+    assert res.exit_code == 2 and "No such option: -f" in res.output
+    for command in (["replay"], ["load"], ["engines", "spark"]):
+        res = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "100"})
+        lines = [line for line in res.output.splitlines() if " -f " in line]
+        assert len(lines) == 1 and "--format" in lines[0], (command, res.output)
