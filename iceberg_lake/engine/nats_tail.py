@@ -42,6 +42,7 @@ __all__ = [
     "last_subject_seq",
     "read_tail",
     "removed_range",
+    "skipped_runs",
     "next_stored_seq",
     "stream_first_seq",
     "stream_state",
@@ -171,6 +172,17 @@ class StreamState:
             else:
                 out.append((seq, seq))
         return out
+
+
+def skipped_runs(after: int, seqs: Sequence[int], upto: int) -> list[tuple[int, int]]:
+    """The runs of sequences in `after+1..upto` not in `seqs` (ascending, all in that range)."""
+    out: list[tuple[int, int]] = []
+    prev = after
+    for seq in [*seqs, upto + 1]:
+        if seq > prev + 1:
+            out.append((prev + 1, min(seq, upto + 1) - 1))
+        prev = max(prev, seq)
+    return [(lo, hi) for lo, hi in out if lo <= hi]
 
 
 async def stream_state(js: JetStreamContext, stream: str) -> StreamState:

@@ -69,7 +69,9 @@ from iceberg_lake.engine.nats_tail import (
     last_subject_seq,
     read_tail,
     removed_range,
+    skipped_runs,
     stream_first_seq,
+    stream_state,
 )
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.ingest.decode import TableCodec
@@ -106,13 +108,24 @@ _encoder = msgspec.json.Encoder(order="sorted")
 
 
 def removed_warning(
-    table: str, stream: str, subject: str, removed: tuple[int, int], *, inferred: bool = False
+    table: str,
+    stream: str,
+    subject: str,
+    removed: tuple[int, int],
+    *,
+    inferred: bool = False,
+    runs: Sequence[tuple[int, int]] = (),
 ) -> str:
-    """The one-line warning for stream sequences removed before `table` committed them."""
+    """The one-line warning for stream sequences removed before `table` committed them.
+
+    `removed` is their envelope; `runs`, when given, the runs of removed sequences in it (the
+    sequences between them were read).
+    """
     lo, hi = removed
     which = f"{subject} messages" + (" (or ones schema inference routes here)" if inferred else "")
+    seqs = ", ".join(f"{a}..{b}" for a, b in runs) if len(runs) > 1 else f"{lo}..{hi}"
     return (
-        f"{table}: stream {stream} no longer holds seq {lo}..{hi} (removed by its limits "
+        f"{table}: stream {stream} no longer holds seq {seqs} (removed by its limits "
         f"max_age/max_bytes/max_msgs, a purge or a delete, before the table committed them): any "
         f"{which} among them are missing from the live view"
     )
@@ -143,11 +156,14 @@ class LiveRange:
         tail_rows: rows they decoded to (rejected messages and events left out).
         newest_tail_ns: largest `ts_event_ns` among the tail rows (None: no rows).
         removed: `(first, last)` stream sequences after the watermark that the stream removed
-            (its limits) before they were committed or read: a possible gap (None: none).
+            (its limits, purges, deletes) before they were committed or read: a possible gap
+            (None: none); the envelope of `gaps`.
         inferred_after: with schema inference running (its `lake_inferred` consumer exists),
             the stream sequence after which unmapped `market.*` messages routed to this table
             were read (None: not read); `inferred_last_seq` is the last one considered.
         inferred_rows: rows they decoded to (included in `tail_rows`).
+        gaps: the runs of consecutive removed sequences within `removed` (the ones between
+            them were read); empty when `removed` is None.
     """
 
     table: str
@@ -163,6 +179,7 @@ class LiveRange:
     inferred_after: int | None = None
     inferred_last_seq: int | None = None
     inferred_rows: int = 0
+    gaps: tuple[tuple[int, int], ...] = ()
 
     @property
     def warning(self) -> str | None:
@@ -175,6 +192,7 @@ class LiveRange:
             self.subject,
             self.removed,
             inferred=self.inferred_after is not None,
+            runs=self.gaps,
         )
 
     def describe(self) -> str:
@@ -352,14 +370,17 @@ class _TailCache:
         self.rows = arrow_schema.empty_table()
         self.row_seqs = np.zeros(0, dtype=np.int64)
         self.msg_seqs = np.zeros(0, dtype=np.int64)
-        #: Stream sequences after `after` removed by the stream's limits before they were read.
-        self.removed: tuple[int, int] | None = None
+        #: Runs of stream sequences after `after` the stream removed before they were read.
+        self.gaps: list[tuple[int, int]] = []
 
-    def note_removed(self, removed: tuple[int, int] | None) -> None:
-        """Remember a removed range (merged with the one already noted)."""
-        if removed is not None:
-            old = self.removed or removed
-            self.removed = (min(old[0], removed[0]), max(old[1], removed[1]))
+    @property
+    def removed(self) -> tuple[int, int] | None:
+        """The envelope of `gaps` (None: none)."""
+        return (self.gaps[0][0], self.gaps[-1][1]) if self.gaps else None
+
+    def note_removed(self, runs: Sequence[tuple[int, int]]) -> None:
+        """Remember removed runs, merged with the ones already noted."""
+        self.gaps = _merge_runs([*self.gaps, *runs])
 
     def advance(self, watermark: int) -> None:
         """Forget what the snapshot now holds (sequences at or below `watermark`)."""
@@ -370,10 +391,8 @@ class _TailCache:
             self.rows = self.rows.filter(pa.array(keep))
             self.row_seqs = self.row_seqs[keep]
         self.msg_seqs = self.msg_seqs[self.msg_seqs > watermark]
-        if self.removed is not None:
-            # A commit beyond the removed range holds whatever of it was the table's.
-            lo, hi = self.removed
-            self.removed = (max(lo, watermark + 1), hi) if hi > watermark else None
+        # A commit beyond a removed run holds whatever of it was the table's.
+        self.gaps = [(max(lo, watermark + 1), hi) for lo, hi in self.gaps if hi > watermark]
         self.after = watermark
         self.last_seq = max(self.last_seq, watermark)
 
@@ -418,8 +437,15 @@ async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, in
         cache.advance(src.watermark)
         before = cache.last_seq
         msgs = await read_tail(js, src.stream, src.subject, before, upto)
-        # Taken after the read: a message the stream removed before it was read lies below.
-        cache.note_removed(removed_range(before, await stream_first_seq(js, src.stream)))
+        # Every message of the subject in (before, upto] that was not read was no longer
+        # stored when the read passed it (the consumer delivers in order; it stops at `upto`
+        # or when nothing more is pending), and none after `upto` was stored when `upto` was
+        # read: of the sequences the read skipped, up to the stream's last one now, the ones
+        # the stream no longer holds are reported (a stored one is another subject's, or a
+        # newer message of the subject, for the next query).
+        state = await stream_state(js, src.stream)
+        skipped = skipped_runs(before, [m.seq for m in msgs], state.last_seq)
+        cache.note_removed([r for lo, hi in skipped for r in state.removed_runs(lo, hi)])
         rows, seqs = src.decode_with_seqs(msgs)
         cache.add(msgs, rows, seqs)
         # Every message on the subject up to `upto` has been read (it was the newest one).
@@ -513,7 +539,8 @@ async def _read_inferred(
     for src, cache in caches:
         before = cache.last_seq
         mine = [m for m in messages if m.seq > before]
-        cache.note_removed(removed_range(before, first))
+        removed = removed_range(before, first)
+        cache.note_removed([removed] if removed is not None else [])
         rows, seqs = src.decode_with_seqs(mine, decoder=src.inferred)
         cache.add(mine, rows, seqs)
         cache.last_seq = max(cache.last_seq, upto)
@@ -702,6 +729,17 @@ class _UnmappedFollower:
             await f.close()
 
 
+def _merge_runs(runs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`runs` sorted, overlapping or adjacent ones joined."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(runs):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
 def _merge(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
     if a is None or b is None:
         return a or b
@@ -769,7 +807,7 @@ def create_live_views(
                 sql = f"{sql} UNION ALL BY NAME SELECT * FROM {quote_ident(rel)}"
             # Rows routed here by schema inference: a second tail, its own relation.
             tails = lake._live.tails if lake._live is not None else {}
-            removed = tails[ident].removed
+            gaps = tails[ident].gaps
             newest = _newest(rows)
             inferred_after: int | None = None
             inferred_rows = inferred_messages = 0
@@ -777,7 +815,7 @@ def create_live_views(
                 icache = tails[ident + _INFERRED]
                 irows, inferred_messages = icache.view(inferred_end)
                 inferred_after, inferred_rows = icache.after, irows.num_rows
-                removed = _merge(removed, icache.removed)
+                gaps = _merge_runs([*gaps, *icache.gaps])
                 if irows.num_rows:
                     irel = f"__live_inferred_{ns}_{name}"
                     con.register(irel, irows)
@@ -794,10 +832,11 @@ def create_live_views(
                 tail_messages=messages + inferred_messages,
                 tail_rows=rows.num_rows + inferred_rows,
                 newest_tail_ns=newest,
-                removed=removed,
+                removed=(gaps[0][0], gaps[-1][1]) if gaps else None,
                 inferred_after=inferred_after,
                 inferred_last_seq=inferred_end if inferred_after is not None else None,
                 inferred_rows=inferred_rows,
+                gaps=tuple(gaps),
             )
         with catalog_errors(f"opening {ident}"):
             con.execute(f"CREATE OR REPLACE VIEW {ns}.{quote_ident(name)} AS {sql}")

@@ -912,3 +912,34 @@ def test_guard_followers_subscribe_without_pending_limits(nats_server: NatsServe
     got, max_msgs, max_bytes, dropped = asyncio.run(go())
     assert (max_msgs, max_bytes) == (0, 0), "nats-py no longer takes 0 for no limit"
     assert got == list(range(1, 2001)) and not dropped
+
+
+def test_live_query_reports_deleted_messages_exactly(tmp_path: Path, nats: NatsServer) -> None:
+    """A live query reports the runs of sequences the stream removed from the middle of its
+    tail (message deletes), not the messages it read between them; a later query of the same
+    `Lake` reads only what is new and keeps the runs.
+
+    Budget: ~1 s."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    lake = Lake(settings)
+    now = time.time_ns()
+    try:
+        pub.publish([event(i, now + i) for i in range(6)])  # seq 1..6
+        for seq in (3, 5):
+            pub.loop.run_until_complete(pub.js.delete_msg("MARKET", seq))
+        result = lake.query(COUNT_SQL, live=True)
+        assert result.column("n").to_pylist() == [4]
+        live = lake.last_live[TABLE]
+        assert live.gaps == ((3, 3), (5, 5)) and live.removed == (3, 5)
+        (warning,) = json.loads(result.schema.metadata[b"lake.live.warnings"])
+        assert "seq 3..3, 5..5 " in warning
+
+        pub.publish([event(6, now + 6)])  # seq 7
+        result = lake.query(COUNT_SQL, live=True)
+        assert result.column("n").to_pylist() == [5]
+        assert lake.last_live[TABLE].gaps == ((3, 3), (5, 5))
+    finally:
+        lake.close()
+        pub.close()
