@@ -41,9 +41,9 @@ __all__ = [
     "last_subject_msg",
     "last_subject_seq",
     "read_tail",
+    "next_stored_seq",
     "removed_range",
     "skipped_runs",
-    "next_stored_seq",
     "stream_first_seq",
     "stream_state",
 ]

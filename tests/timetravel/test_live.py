@@ -320,11 +320,11 @@ def test_freshness_metrics_follow_the_newest_event() -> None:
 
 
 def test_guard_ack_subject_fields_match_nats_py_metadata(nats_server: NatsServer) -> None:
-    """Guard: `engine.nats_tail` reads sequence, time and pending from the delivery's reply
-    subject; they must equal what nats-py's `msg.metadata` parses from the same subject."""
+    """Guard: `engine.nats_tail` reads sequence, time, pending and the consumer sequence from
+    the delivery's reply subject; they must equal what nats-py's `msg.metadata` parses."""
     from nats.js.api import StreamConfig
 
-    from iceberg_lake.engine.nats_tail import _ack_fields
+    from iceberg_lake.engine.nats_tail import _ack_fields, _consumer_seq
 
     async def go() -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
         import nats as nats_py
@@ -346,6 +346,7 @@ def test_guard_ack_subject_fields_match_nats_py_metadata(nats_server: NatsServer
                 meta.num_pending,
             )
             seq, ts_ns, pending = _ack_fields(msg.reply)
+            assert _consumer_seq(msg.reply) == meta.sequence.consumer
             got.append(((seq, ts_ns // 1_000_000, pending), want))
             if len(got) == 3:
                 done.set()
