@@ -12,6 +12,10 @@ Two measurements in one run, against a real nats-server and a local lake (SQLite
    per commit are counted (one per touched symbol-hour partition). Files per hour at interval
    I is then `files per commit × 3600 / I` (a micro-batch touches the same partitions whatever
    its length, until the hour turns).
+3. What a live replay's removal check costs (`lake replay --live`, no --follow): a tail of N
+   trades interleaved with N quotes on the same stream, so every message the follower receives
+   skips a sequence (the worst case for `nats_tail.check_followers`). Baseline in the same run:
+   the same replay with the check switched off.
 
 Usage::
 
@@ -218,6 +222,64 @@ def bench_files(settings: Any, seconds: float, rate: float) -> dict[str, Any]:
     }
 
 
+def bench_replay_gaps(settings: Any, n: int, repeat: int) -> list[dict[str, Any]]:
+    """A bounded live replay of `n` trades interleaved with `n` quotes, with and without the
+    removal check (median of `repeat`, alternating)."""
+    from iceberg_lake.catalog import LakeCatalog
+    from iceberg_lake.engine import nats as bus
+    from iceberg_lake.timetravel import live
+    from iceberg_lake.timetravel.replay import ReplayEngine
+
+    LakeCatalog(settings).init()
+    now = time.time_ns()
+
+    async def publish() -> None:
+        nc = await bus.connect(settings, name="bench-live")
+        js = nc.jetstream()
+        await bus.ensure_streams(js, settings)
+        quote = json.dumps({"symbol": "SPY", "bid": 1.0, "ask": 1.1}).encode()
+        for start in range(0, n, 500):
+            sends = []
+            for i in range(start, min(n, start + 500)):
+                sends.append(js.publish(SUBJECT, _event(i, now)))
+                sends.append(js.publish("market.stocks.quotes", quote))
+            await asyncio.gather(*sends)
+        await nc.close()
+
+    asyncio.run(publish())
+    check = live.LiveTail._check_gaps
+    times: dict[str, list[float]] = {"check": [], "no_check": []}
+    gaps: Any = None
+    try:
+        for _ in range(repeat):
+            for mode in ("check", "no_check"):
+                live.LiveTail._check_gaps = check if mode == "check" else lambda *a, **k: None
+                t0 = time.perf_counter()
+                engine = ReplayEngine(
+                    settings, [TABLE], now - 10**9, now + 10**12, pin=False, live=True
+                )
+                count = sum(1 for _ in engine.all_events())
+                times[mode].append(time.perf_counter() - t0)
+                if count != n:
+                    raise RuntimeError(f"replayed {count} events of {n}")
+                if mode == "check":
+                    gaps = engine.manifest()["live"]["tables"][TABLE]["gaps"]
+    finally:
+        live.LiveTail._check_gaps = check
+    return [
+        {
+            "part": "replay_gaps",
+            "trades": n,
+            "quotes": n,
+            "mode": mode,
+            "seconds": round(statistics.median(t), 3),
+            "events_per_s": round(n / statistics.median(t)),
+            "gaps": gaps if mode == "check" else None,
+        }
+        for mode, t in times.items()
+    ]
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """All figures as rows."""
     from iceberg_lake.config import load_settings
@@ -225,13 +287,15 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
     sizes = [1_000, 10_000, 30_000] if quick else [1_000, 10_000, 60_000, 120_000]
     rows: list[dict[str, Any]] = []
-    for part in ("tail", "files"):  # one nats-server each: each part owns the subject
+    for part in ("tail", "files", "replay"):  # one nats-server each: each owns the subject
         with tempfile.TemporaryDirectory() as tmp, run_nats_server(Path(tmp) / "nats") as nats:
             settings = load_settings(
                 {"LAKE_DATA_DIR": str(Path(tmp) / "lake"), "LAKE_NATS_URL": nats.url}
             )
             if part == "tail":
                 rows += bench_tail(settings, sizes, repeat=3)
+            elif part == "replay":
+                rows += bench_replay_gaps(settings, 20_000 if quick else 50_000, repeat=3)
             else:
                 rows.append(bench_files(settings, seconds=6 if quick else 12, rate=1000.0))
     return rows

@@ -10,13 +10,22 @@ writers' durable consumers are never touched, so a reader cannot delay or reorde
 to the server), so a reader can decide the end of its range *before* subscribing and stop exactly
 there, and skip the consumer entirely when nothing is beyond the watermark (the common case of a
 query right after a commit).
+
+`TailFollower` also accounts for every stream sequence of its range (`check_followers`): the ones
+it received, the *skips* between two received ones (messages on other subjects, or messages the
+stream removed before the consumer reached them), and ranges shown to hold none of its subject.
+A skipped sequence that the stream no longer holds is reported as removed unread; one it still
+holds is another subject's (a stored message of the subject would have been delivered in order).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,19 +34,30 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FOLLOW_HEARTBEAT_SECONDS",
+    "StreamState",
     "TailFollower",
     "TailMessage",
+    "check_followers",
     "last_subject_msg",
     "last_subject_seq",
     "read_tail",
+    "next_stored_seq",
     "removed_range",
+    "skipped_runs",
     "stream_first_seq",
+    "stream_state",
 ]
 
 #: Seconds the server keeps an ephemeral consumer after its subscriber went away.
 INACTIVE_THRESHOLD_SECONDS = 5.0
 #: Seconds to wait for the next message of a range known to exist before giving up.
 STALL_SECONDS = 10.0
+#: Messages (and bytes) nats-py may hold for a subscription's callback; 0: no limit. Beyond a
+#: limit nats-py drops deliveries after its ordered consumer counted them, so they would be lost
+#: without notice (and the consumer stalls waiting for flow control). The callbacks here only
+#: move messages to a list, so the queue stays short unless the loop is starved.
+PENDING_MSGS_LIMIT = 0
+PENDING_BYTES_LIMIT = 0
 #: Idle heartbeat of a `TailFollower`'s consumer: nats-py recreates an ordered consumer (from
 #: the last sequence it delivered + 1) after two missed heartbeats, so a follower whose
 #: consumer the server lost (restart, deletion) resumes within 2-4 s instead of 10-20 s.
@@ -72,6 +92,12 @@ def _ack_fields(reply: str) -> tuple[int, int, int]:
     if len(t) == 9:
         return int(t[5]), int(t[7]), int(t[8])
     return int(t[7]), int(t[9]), int(t[10])
+
+
+def _consumer_seq(reply: str) -> int:
+    """The consumer sequence of a JetStream delivery (its reply subject; see `_ack_fields`)."""
+    t = reply.split(".")
+    return int(t[6]) if len(t) == 9 else int(t[8])
 
 
 def _message(msg: Any) -> tuple[TailMessage, int]:
@@ -115,6 +141,83 @@ def removed_range(after_seq: int, first_seq: int) -> tuple[int, int] | None:
     return (after_seq + 1, first_seq - 1) if first_seq - 1 > after_seq else None
 
 
+@dataclass(frozen=True)
+class StreamState:
+    """Which sequences a stream still holds, at one moment.
+
+    Attributes:
+        first_seq: its first stored sequence (everything below was removed: limits, purges).
+        last_seq: its last sequence (the newest message ever stored).
+        deleted: sequences between the two that were removed (message deletes, purges of one
+            subject, per-subject limits), ascending.
+    """
+
+    first_seq: int
+    last_seq: int
+    deleted: tuple[int, ...]
+
+    def removed_runs(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The runs of consecutive sequences within `lo..hi` the stream no longer holds."""
+        out: list[tuple[int, int]] = []
+        if hi < lo:
+            return out
+        if self.first_seq > lo:
+            out.append((lo, min(hi, self.first_seq - 1)))
+        start = max(lo, self.first_seq)
+        deleted = self.deleted
+        for i in range(bisect.bisect_left(deleted, start), bisect.bisect_right(deleted, hi)):
+            seq = deleted[i]
+            if out and out[-1][1] == seq - 1:
+                out[-1] = (out[-1][0], seq)
+            else:
+                out.append((seq, seq))
+        return out
+
+
+def skipped_runs(after: int, seqs: Sequence[int], upto: int) -> list[tuple[int, int]]:
+    """The runs of sequences in `after+1..upto` not in `seqs` (ascending, all in that range)."""
+    out: list[tuple[int, int]] = []
+    prev = after
+    for seq in [*seqs, upto + 1]:
+        if seq > prev + 1:
+            out.append((prev + 1, min(seq, upto + 1) - 1))
+        prev = max(prev, seq)
+    return [(lo, hi) for lo, hi in out if lo <= hi]
+
+
+async def stream_state(js: JetStreamContext, stream: str) -> StreamState:
+    """The stream's first and last sequence and the sequences removed between them.
+
+    nats-py's `stream_info` cannot ask for `deleted_details`; the request is the same one
+    (`$JS.API.STREAM.INFO.<stream>`) through the context's `_api_request` and `_prefix`
+    (guarded by tests/engine/test_nats_tail_guard.py).
+    """
+    resp = await js._api_request(
+        f"{js._prefix}.STREAM.INFO.{stream}",
+        json.dumps({"deleted_details": True}).encode(),
+        timeout=js._timeout,
+    )
+    state = resp.get("state") or {}
+    return StreamState(
+        int(state.get("first_seq") or 0),
+        int(state.get("last_seq") or 0),
+        tuple(sorted(int(d) for d in state.get("deleted") or ())),
+    )
+
+
+async def next_stored_seq(
+    js: JetStreamContext, stream: str, subject: str, after: int
+) -> int | None:
+    """The sequence of the first message on `subject` (wildcards allowed) stored after `after`."""
+    from nats.js.errors import NotFoundError
+
+    try:
+        msg = await js.get_msg(stream, seq=after + 1, subject=subject, next=True)
+    except NotFoundError:
+        return None
+    return int(msg.seq or 0)
+
+
 async def last_subject_msg(js: JetStreamContext, stream: str, subject: str) -> TailMessage | None:
     """The newest message on `subject` (an exact subject), or None when there is none."""
     from nats.js.errors import NotFoundError
@@ -149,8 +252,8 @@ async def _subscribe(
         config=config,
         idle_heartbeat=idle_heartbeat,
         inactive_threshold=INACTIVE_THRESHOLD_SECONDS,
-        pending_msgs_limit=1_000_000,
-        pending_bytes_limit=1024**3,
+        pending_msgs_limit=PENDING_MSGS_LIMIT,
+        pending_bytes_limit=PENDING_BYTES_LIMIT,
     )
 
 
@@ -170,7 +273,8 @@ async def read_tail(
         The messages. Fewer than stored if the stream's limits removed older ones.
 
     Raises:
-        TransientError: the range stalled (no message for `STALL_SECONDS`).
+        TransientError: the range stalled (no message for `STALL_SECONDS`), or nats-py dropped
+            deliveries (its pending limits: the caller was too slow).
     """
     from iceberg_lake.exceptions import TransientError
 
@@ -180,9 +284,18 @@ async def read_tail(
     done = asyncio.Event()
     progress = [time.monotonic()]
 
+    dropped = [False]
+    dseq = [0]
+
     async def on_message(msg: Any) -> None:
         if done.is_set():
             return
+        n = _consumer_seq(msg.reply)
+        if n != dseq[0] + 1 and n != 1:  # nats-py dropped deliveries (a slow consumer)
+            dropped[0] = True
+            done.set()
+            return
+        dseq[0] = n
         m, pending = _message(msg)
         progress[0] = time.monotonic()
         if m.seq > upto_seq:
@@ -206,6 +319,10 @@ async def read_tail(
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+    if dropped[0]:
+        raise TransientError(
+            f"reading {subject} from {stream}: the client dropped messages (slow consumer)"
+        )
     return out
 
 
@@ -215,33 +332,88 @@ class TailFollower:
     `last_seq` is the last sequence received (buffered for the next `poll` or returned). If the
     server loses the consumer, nats-py recreates it from `last_seq + 1` after two missed idle
     heartbeats (`FOLLOW_HEARTBEAT_SECONDS`); messages the stream removed meanwhile are skipped
-    without notice, so a reader checks the stream's first sequence against `last_seq`.
+    by the server without notice, like any it removed before the consumer reached them. Should
+    nats-py drop deliveries (`PENDING_MSGS_LIMIT`), the consumer sequence jumps and `poll`
+    fails rather than let them pass for skips.
+
+    So the follower accounts for every sequence after `after`: `covered` is the sequence up to
+    which each one was received, is in `skips` (a run between two received messages: other
+    subjects' messages, or removed ones of this subject) or was shown by `check_followers` to
+    hold nothing of this subject that can still arrive. `check_followers` reports the removed
+    sequences among the skips.
 
     Args:
         js: JetStream context.
         stream: the stream.
         subject: the subject.
-        after_seq: deliver messages after this sequence.
+        after: deliver messages after this sequence.
     """
 
-    def __init__(self, js: JetStreamContext, stream: str, subject: str, after_seq: int) -> None:
+    def __init__(self, js: JetStreamContext, stream: str, subject: str, after: int) -> None:
         self.js = js
         self.stream = stream
         self.subject = subject
-        self.last_seq = after_seq
+        self.last_seq = after
+        self.covered = after
+        self.skips: list[tuple[int, int]] = []
         self.sub: Any = None
         self._arrived: list[TailMessage] = []
         self._event = asyncio.Event()
+        #: The consumer sequence last received; set when nats-py dropped deliveries.
+        self._dseq = 0
+        self._dropped = False
 
     async def _on_message(self, msg: Any) -> None:
+        # No await in here: nats-py runs it to the end once it took the message from the
+        # subscription's queue, so an empty queue means every delivery is accounted (`settled`).
+        if self._dropped:
+            return
+        dseq = _consumer_seq(msg.reply)
+        if dseq != self._dseq + 1 and dseq != 1:  # (1: a consumer nats-py recreated)
+            # nats-py dropped deliveries (`PENDING_MSGS_LIMIT`); they must not pass for
+            # other subjects' skips: `poll` fails.
+            self._dropped = True
+            self._event.set()
+            return
+        self._dseq = dseq
         m, _ = _message(msg)
         if m.seq > self.last_seq:  # an ordered consumer never repeats; belt and braces
+            if m.seq > self.covered + 1:
+                self.skips.append((self.covered + 1, m.seq - 1))
+            self.covered = max(self.covered, m.seq)
             self.last_seq = m.seq
             self._arrived.append(m)
             self._event.set()
 
+    def reached(self, stop: int) -> bool:
+        """True when every message up to `stop` was handed out by `poll`/`drain` (or removed):
+        received and accounted up to it, and nothing waits for the next `poll`."""
+        return self.covered >= stop and not self._arrived
+
+    def settled(self) -> bool:
+        """True when no delivered message waits in the subscription's queue."""
+        return self.sub is None or self.sub.pending_msgs == 0
+
+    def cover(self, upto: int) -> None:
+        """Mark sequences up to `upto` beyond the position as holding nothing still to come."""
+        if upto <= self.covered:
+            return
+        self.covered = upto
+        self.skips = [(max(lo, upto + 1), hi) for lo, hi in self.skips if hi > upto]
+
     async def poll(self, timeout: float) -> list[TailMessage]:
-        """Messages that arrived, waiting at most `timeout` seconds for the first one."""
+        """Messages that arrived, waiting at most `timeout` seconds for the first one.
+
+        Raises:
+            TransientError: nats-py dropped deliveries (see `PENDING_MSGS_LIMIT`).
+        """
+        from iceberg_lake.exceptions import TransientError
+
+        if self._dropped:
+            raise TransientError(
+                f"following {self.subject} from {self.stream}: the client dropped messages "
+                f"after seq {self.last_seq} (slow consumer)"
+            )
         if self.sub is None:
             self.sub = await _subscribe(
                 self.js,
@@ -268,3 +440,82 @@ class TailFollower:
             with contextlib.suppress(Exception):
                 await self.sub.unsubscribe()
             self.sub = None
+
+
+async def check_followers(
+    js: JetStreamContext,
+    followers: Sequence[TailFollower],
+    horizons: Sequence[int | None],
+    *,
+    final: bool = False,
+    skips_only: bool = False,
+) -> list[list[tuple[int, int]]]:
+    """The sequences each follower's range lost: removed by the stream before it received them.
+
+    JetStream keeps no record of what it removed, only which sequences it still holds. So, in
+    this order: (a) each follower's skips so far, position and `covered` are taken; (b) each
+    stream's state (first sequence and removed ones between first and last); (c) each
+    follower's next stored message of its subject after `covered`; (d) each stream's state
+    again. Then:
+
+    * a skipped sequence that (b) no longer holds is reported (a run at a time); one it still
+      holds is another subject's: a stored message of the subject is delivered in order, so it
+      would not have been skipped. A message received is never in a skip, so never reported.
+    * up to the next message of the subject stored at (c) (or the horizon: the stream's last
+      sequence in (b), or `horizons[i]` if lower), nothing of the subject was stored. If (d)
+      still holds every sequence of that range, none of it ever was the subject's: the
+      follower `cover`s it. Else, once every delivered message is accounted (`settled`,
+      position unchanged since (a); or `final`), the sequences of it that (d) no longer holds
+      are reported (whatever of the subject was there was removed unread), and it is covered.
+      Otherwise it waits for the next check.
+
+    Args:
+        js: JetStream context.
+        followers: the followers (of any streams).
+        horizons: per follower, the last sequence that belongs to the read (None: the stream's
+            last; a bounded read passes the stream's last sequence when its end was fixed).
+        final: no message of a follower's subject at or below its horizon and beyond its
+            position can still arrive (the read's end was reached): do not wait for settling.
+        skips_only: (a), (b) and the skips only: one request per stream, for a check soon
+            after messages were received (the sooner, the fewer other subjects' skipped
+            messages the stream removed meanwhile: those are reported too).
+
+    Returns:
+        Per follower, the runs `(first, last)` of sequences found removed (new ones only: each
+        sequence is in at most one run over all the checks of a follower).
+    """
+    taken = []
+    for f in followers:  # (a)
+        taken.append((f.skips, f.last_seq, f.covered))
+        f.skips = []
+    streams = sorted({f.stream for f in followers})
+    before = {s: await stream_state(js, s) for s in streams}  # (b)
+    if skips_only:
+        return [
+            [run for lo, hi in skips for run in before[f.stream].removed_runs(lo, hi)]
+            for f, (skips, _, _) in zip(followers, taken, strict=True)
+        ]
+    following = [  # (c)
+        await next_stored_seq(js, f.stream, f.subject, covered)
+        for f, (_, _, covered) in zip(followers, taken, strict=True)
+    ]
+    after = {s: await stream_state(js, s) for s in streams}  # (d)
+    out: list[list[tuple[int, int]]] = []
+    for f, (skips, position, covered), horizon, nxt in zip(
+        followers, taken, horizons, following, strict=True
+    ):
+        s1, s2 = before[f.stream], after[f.stream]
+        limit = s1.last_seq if horizon is None else min(s1.last_seq, horizon)
+        found: list[tuple[int, int]] = []
+        for lo, hi in skips:
+            found.extend(s1.removed_runs(lo, min(hi, limit)))
+        # Nothing of the subject was stored in (covered, reach] at (c).
+        reach = limit if nxt is None else min(limit, nxt - 1)
+        if reach > covered:
+            if not s2.removed_runs(covered + 1, reach):
+                f.cover(reach)
+            elif final or (f.settled() and f.last_seq == position):
+                found.extend(s2.removed_runs(covered + 1, reach))
+                f.cover(reach)
+        out.append(found)
+    return out

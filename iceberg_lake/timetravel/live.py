@@ -26,9 +26,11 @@ it committed), decoded by the writer's `InferredDecoder`. Live queries, live rep
 `freshness` read it while that consumer exists (or inference has committed to the table); each
 reads the ack floor before it loads the tables (`inference_start`).
 
-Messages the stream removed (limits) after a watermark before anyone read them are reported
-(`LiveRange.removed`, the replay manifest, `Freshness.live_warning`), never dropped silently; a
-live replay checks again every `REMOVAL_CHECK_SECONDS` while it reads (`LiveTail._check_gaps`).
+Messages the stream removed (limits, purges, deletes) after a watermark before anyone read them
+are reported (`LiveRange.removed`, the replay manifest, `Freshness.live_warning`), never dropped
+silently. A live replay accounts for every stream sequence of its range (received, skipped
+between two received ones, or after the last one) and reports exactly the sequences removed
+before it received them, while it reads (`LiveTail._check_gaps`, `nats_tail.check_followers`).
 
 Order of live replay events: the pinned history first, in replay order; then the tail in
 arrival rounds — each round (what arrived since the previous one) sorted by the replay key
@@ -62,11 +64,14 @@ from iceberg_lake.engine.nats import INFERRED_TARGET, consumer_target, stream_fo
 from iceberg_lake.engine.nats_tail import (
     TailFollower,
     TailMessage,
+    check_followers,
     last_subject_msg,
     last_subject_seq,
     read_tail,
     removed_range,
+    skipped_runs,
     stream_first_seq,
+    stream_state,
 )
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.ingest.decode import TableCodec
@@ -103,14 +108,25 @@ _encoder = msgspec.json.Encoder(order="sorted")
 
 
 def removed_warning(
-    table: str, stream: str, subject: str, removed: tuple[int, int], *, inferred: bool = False
+    table: str,
+    stream: str,
+    subject: str,
+    removed: tuple[int, int],
+    *,
+    inferred: bool = False,
+    runs: Sequence[tuple[int, int]] = (),
 ) -> str:
-    """The one-line warning for stream sequences removed before `table` committed them."""
+    """The one-line warning for stream sequences removed before `table` committed them.
+
+    `removed` is their envelope; `runs`, when given, the runs of removed sequences in it (the
+    sequences between them were read).
+    """
     lo, hi = removed
     which = f"{subject} messages" + (" (or ones schema inference routes here)" if inferred else "")
+    seqs = ", ".join(f"{a}..{b}" for a, b in runs) if len(runs) > 1 else f"{lo}..{hi}"
     return (
-        f"{table}: stream {stream} no longer holds seq {lo}..{hi} (removed by its limits "
-        f"max_age/max_bytes/max_msgs, or a purge, before the table committed them): any "
+        f"{table}: stream {stream} no longer holds seq {seqs} (removed by its limits "
+        f"max_age/max_bytes/max_msgs, a purge or a delete, before the table committed them): any "
         f"{which} among them are missing from the live view"
     )
 
@@ -140,11 +156,14 @@ class LiveRange:
         tail_rows: rows they decoded to (rejected messages and events left out).
         newest_tail_ns: largest `ts_event_ns` among the tail rows (None: no rows).
         removed: `(first, last)` stream sequences after the watermark that the stream removed
-            (its limits) before they were committed or read: a possible gap (None: none).
+            (its limits, purges, deletes) before they were committed or read: a possible gap
+            (None: none); the envelope of `gaps`.
         inferred_after: with schema inference running (its `lake_inferred` consumer exists),
             the stream sequence after which unmapped `market.*` messages routed to this table
             were read (None: not read); `inferred_last_seq` is the last one considered.
         inferred_rows: rows they decoded to (included in `tail_rows`).
+        gaps: the runs of consecutive removed sequences within `removed` (the ones between
+            them were read); empty when `removed` is None.
     """
 
     table: str
@@ -160,6 +179,7 @@ class LiveRange:
     inferred_after: int | None = None
     inferred_last_seq: int | None = None
     inferred_rows: int = 0
+    gaps: tuple[tuple[int, int], ...] = ()
 
     @property
     def warning(self) -> str | None:
@@ -172,6 +192,7 @@ class LiveRange:
             self.subject,
             self.removed,
             inferred=self.inferred_after is not None,
+            runs=self.gaps,
         )
 
     def describe(self) -> str:
@@ -349,14 +370,17 @@ class _TailCache:
         self.rows = arrow_schema.empty_table()
         self.row_seqs = np.zeros(0, dtype=np.int64)
         self.msg_seqs = np.zeros(0, dtype=np.int64)
-        #: Stream sequences after `after` removed by the stream's limits before they were read.
-        self.removed: tuple[int, int] | None = None
+        #: Runs of stream sequences after `after` the stream removed before they were read.
+        self.gaps: list[tuple[int, int]] = []
 
-    def note_removed(self, removed: tuple[int, int] | None) -> None:
-        """Remember a removed range (merged with the one already noted)."""
-        if removed is not None:
-            old = self.removed or removed
-            self.removed = (min(old[0], removed[0]), max(old[1], removed[1]))
+    @property
+    def removed(self) -> tuple[int, int] | None:
+        """The envelope of `gaps` (None: none)."""
+        return (self.gaps[0][0], self.gaps[-1][1]) if self.gaps else None
+
+    def note_removed(self, runs: Sequence[tuple[int, int]]) -> None:
+        """Remember removed runs, merged with the ones already noted."""
+        self.gaps = _merge_runs([*self.gaps, *runs])
 
     def advance(self, watermark: int) -> None:
         """Forget what the snapshot now holds (sequences at or below `watermark`)."""
@@ -367,10 +391,8 @@ class _TailCache:
             self.rows = self.rows.filter(pa.array(keep))
             self.row_seqs = self.row_seqs[keep]
         self.msg_seqs = self.msg_seqs[self.msg_seqs > watermark]
-        if self.removed is not None:
-            # A commit beyond the removed range holds whatever of it was the table's.
-            lo, hi = self.removed
-            self.removed = (max(lo, watermark + 1), hi) if hi > watermark else None
+        # A commit beyond a removed run holds whatever of it was the table's.
+        self.gaps = [(max(lo, watermark + 1), hi) for lo, hi in self.gaps if hi > watermark]
         self.after = watermark
         self.last_seq = max(self.last_seq, watermark)
 
@@ -415,8 +437,15 @@ async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, in
         cache.advance(src.watermark)
         before = cache.last_seq
         msgs = await read_tail(js, src.stream, src.subject, before, upto)
-        # Taken after the read: a message the stream removed before it was read lies below.
-        cache.note_removed(removed_range(before, await stream_first_seq(js, src.stream)))
+        # Every message of the subject in (before, upto] that was not read was no longer
+        # stored when the read passed it (the consumer delivers in order; it stops at `upto`
+        # or when nothing more is pending), and none after `upto` was stored when `upto` was
+        # read: of the sequences the read skipped, up to the stream's last one now, the ones
+        # the stream no longer holds are reported (a stored one is another subject's, or a
+        # newer message of the subject, for the next query).
+        state = await stream_state(js, src.stream)
+        skipped = skipped_runs(before, [m.seq for m in msgs], state.last_seq)
+        cache.note_removed([r for lo, hi in skipped for r in state.removed_runs(lo, hi)])
         rows, seqs = src.decode_with_seqs(msgs)
         cache.add(msgs, rows, seqs)
         # Every message on the subject up to `upto` has been read (it was the newest one).
@@ -510,7 +539,8 @@ async def _read_inferred(
     for src, cache in caches:
         before = cache.last_seq
         mine = [m for m in messages if m.seq > before]
-        cache.note_removed(removed_range(before, first))
+        removed = removed_range(before, first)
+        cache.note_removed([removed] if removed is not None else [])
         rows, seqs = src.decode_with_seqs(mine, decoder=src.inferred)
         cache.add(mine, rows, seqs)
         cache.last_seq = max(cache.last_seq, upto)
@@ -636,22 +666,23 @@ class _UnmappedFollower:
             self.followers[subject] = TailFollower(self.js, self.stream, subject, self.after)
         return last
 
-    def positions(self) -> dict[str, int]:
-        """Follower (subject, or the wildcard) → the last sequence it received."""
-        if self.wide is not None:
-            return {self.wildcard: self.wide.last_seq}
-        return {s: f.last_seq for s, f in self.followers.items()}
+    async def check(
+        self, *, final: bool = False, skips_only: bool = False
+    ) -> list[tuple[int, int]]:
+        """Sequences the stream removed before a follower received them (`check_followers`),
+        over all unmapped subjects; while following (no end fixed), first follow subjects that
+        appeared (`discover`)."""
+        if self.stop is None and not skips_only:
+            await self.discover()
+        followers = self._all()
+        found = await check_followers(
+            self.js, followers, [self.stop] * len(followers), final=final, skips_only=skips_only
+        )
+        return sorted(run for runs in found for run in runs)
 
-    async def listing(self) -> int:
-        """The stream's last sequence; while following (no end fixed), also follow subjects
-        that appeared (`discover`)."""
-        if self.stop is None:
-            return await self.discover()
-        return int((await self.js.stream_info(self.stream)).state.last_seq or 0)
-
-    async def newest(self, key: str) -> int:
-        """The newest stored sequence of a follower's subject (the wildcard: the stream's)."""
-        return await last_subject_seq(self.js, self.stream, key)
+    def has_skips(self) -> bool:
+        """True when a follower has skipped sequences not yet checked."""
+        return any(f.skips for f in self._all())
 
     def _all(self) -> list[TailFollower]:
         return [self.wide] if self.wide is not None else list(self.followers.values())
@@ -671,9 +702,11 @@ class _UnmappedFollower:
         """Every follower reached its end (only after `fix_end`)."""
         if self.stop is None:
             return False
+        if self._carry:
+            return False
         if self.wide is not None:
-            return self.wide.last_seq >= self.stop
-        return all(self.followers[s].last_seq >= end for s, end in self.ends.items())
+            return self.wide.reached(self.stop)
+        return all(self.followers[s].reached(end) for s, end in self.ends.items())
 
     async def poll(self, timeout: float) -> list[TailMessage]:
         """Unmapped messages that arrived since the last poll, in stream order."""
@@ -694,6 +727,17 @@ class _UnmappedFollower:
         """Unsubscribe every follower."""
         for f in self._all():
             await f.close()
+
+
+def _merge_runs(runs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`runs` sorted, overlapping or adjacent ones joined."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(runs):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
 
 
 def _merge(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -763,7 +807,7 @@ def create_live_views(
                 sql = f"{sql} UNION ALL BY NAME SELECT * FROM {quote_ident(rel)}"
             # Rows routed here by schema inference: a second tail, its own relation.
             tails = lake._live.tails if lake._live is not None else {}
-            removed = tails[ident].removed
+            gaps = tails[ident].gaps
             newest = _newest(rows)
             inferred_after: int | None = None
             inferred_rows = inferred_messages = 0
@@ -771,7 +815,7 @@ def create_live_views(
                 icache = tails[ident + _INFERRED]
                 irows, inferred_messages = icache.view(inferred_end)
                 inferred_after, inferred_rows = icache.after, irows.num_rows
-                removed = _merge(removed, icache.removed)
+                gaps = _merge_runs([*gaps, *icache.gaps])
                 if irows.num_rows:
                     irel = f"__live_inferred_{ns}_{name}"
                     con.register(irel, irows)
@@ -788,10 +832,11 @@ def create_live_views(
                 tail_messages=messages + inferred_messages,
                 tail_rows=rows.num_rows + inferred_rows,
                 newest_tail_ns=newest,
-                removed=removed,
+                removed=(gaps[0][0], gaps[-1][1]) if gaps else None,
                 inferred_after=inferred_after,
                 inferred_last_seq=inferred_end if inferred_after is not None else None,
                 inferred_rows=inferred_rows,
+                gaps=tuple(gaps),
             )
         with catalog_errors(f"opening {ident}"):
             con.execute(f"CREATE OR REPLACE VIEW {ns}.{quote_ident(name)} AS {sql}")
@@ -1063,16 +1108,14 @@ class LiveTail:
         #: Last unmapped-subject sequence read for the inferred tails (None: none read).
         self.inferred_last_seq: int | None = None
         self.rounds = 0
-        #: Table → the ranges of stream sequences after its watermark that the stream removed
-        #: (limits, purge) before the tail received them: when the tail starts and, checked
-        #: every `REMOVAL_CHECK_SECONDS` while it reads, later (`_check_gaps`).
+        #: Table → the runs of stream sequences of its range that the stream removed (limits,
+        #: purges, deletes) before the tail received them, each sequence once, none received
+        #: (`_check_gaps`; a run may hold only other subjects' messages: JetStream does not
+        #: record a removed message's subject).
         self.gaps: dict[str, list[tuple[int, int]]] = {}
-        #: Table → a stream sequence up to which every message of its subject was received or
-        #: is in `gaps` (starts at the watermark); the same for all unmapped subjects together.
-        self._complete: dict[str, int] = {
-            src.identifier: src.watermark for _, src, _ in self.sources
-        }
-        self._inferred_complete = min(self.inferred_after.values(), default=0)
+        #: Table → the stream's last sequence when the end of the read was fixed (None: not
+        #: fixed, following): later sequences are not the replay's.
+        self._horizon: dict[str, int] | None = None
         self._checks = 0
         self._checked_at = 0.0
         self._loop: NatsLoop | None = None
@@ -1145,96 +1188,56 @@ class LiveTail:
         )
 
     def _check_gaps(
-        self,
-        followers: dict[str, TailFollower],
-        arrived: dict[str, list[TailMessage]] | None,
-        stop_at: dict[str, int] | None,
+        self, followers: dict[str, TailFollower], *, final: bool = False, skips_only: bool = False
     ) -> None:
-        """Find messages the stream removed (limits, purge) before the tail received them.
+        """Find messages the stream removed (limits, purges, deletes) before the tail got them.
 
-        JetStream keeps no record of what it removed, only where each stream now starts, so a
-        gap is a sequence range, checked against what each follower is known to have: every
-        message of its subject up to `_complete` was received or is already in `gaps`. In
-        order: (1) the followers' positions, (2) each stream's last sequence (and, for the
-        unmapped subjects, their listing), (3) each subject's newest stored message, (4) each
-        stream's first sequence. Whatever was removed unread is below (4), so the range
-        `(_complete, first - 1]` holds it: noted. Then `_complete` moves to the position read in
-        (1), or to the last sequence of (2) when the subject had nothing newer stored in (3)
-        (a quiet subject does not hold it back, so a later check does not blame it for what
-        the stream removed of other subjects). A false alarm therefore needs the stream to
-        remove, between two checks, messages that arrived after the previous one.
+        JetStream keeps no record of what it removed, only which sequences it still holds. Each
+        follower accounts for every sequence after its start (`TailFollower`): received, skipped
+        between two received ones, or shown to hold nothing of its subject still to come;
+        `check_followers` reports the skipped sequences the stream no longer holds (a stored
+        one is another subject's) and the removed ones after the position once nothing of the
+        subject is stored beyond it. A received message is never reported, and each sequence
+        at most once. The unmapped subjects' ranges are each inferred table's (after its
+        inferred start).
 
         Args:
             followers: the tables' own-subject followers.
-            arrived: the messages of the tail's first round (first check only): a range ends
-                below the first message received, as when the tail starts (None: later).
-            stop_at: a bounded read's last sequences (ranges beyond are not the replay's).
+            final: the read's end was reached (see `check_followers`).
+            skips_only: classify the skips only (after each round that had some).
         """
         assert self._loop is not None
         loop = self._loop
         unmapped = self._unmapped
-        inf_stream = consumer_target(INFERRED_TARGET)[0]
+        horizon = self._horizon
+        idents = list(followers)
 
-        async def read() -> tuple[dict[str, int], dict[str, int], int]:
+        async def read() -> tuple[list[list[tuple[int, int]]], list[tuple[int, int]]]:
             js = await loop.js()
-            own = {i: f.last_seq for i, f in followers.items()}  # (1)
-            theirs = unmapped.positions() if unmapped is not None else {}
-            streams = {src.stream for _, src, _ in self.sources}
-            last: dict[str, int] = {}
-            for stream in sorted(streams - {inf_stream} if unmapped is not None else streams):
-                last[stream] = int((await js.stream_info(stream)).state.last_seq or 0)  # (2)
+            own = await check_followers(
+                js,
+                [followers[i] for i in idents],
+                [None if horizon is None else horizon[i] for i in idents],
+                final=final,
+                skips_only=skips_only,
+            )
+            theirs: list[tuple[int, int]] = []
             if unmapped is not None:
-                last[inf_stream] = await unmapped.listing()  # (2), following new subjects
-            newest = {  # (3)
-                src.identifier: await last_subject_seq(js, src.stream, src.subject)
-                for _, src, _ in self.sources
-            }
-            bound = last.get(inf_stream, 0)
-            if unmapped is not None:
-                for key, position in theirs.items():
-                    if await unmapped.newest(key) > position:
-                        bound = min(bound, position)
-                if set(unmapped.positions()) - set(theirs):  # followers added in (2)
-                    bound = min(bound, unmapped.after)
-            first = {s: await stream_first_seq(js, s) for s in sorted(last)}  # (4)
-            complete = {
-                src.identifier: own[src.identifier]
-                if newest[src.identifier] > own[src.identifier]
-                else last[src.stream]
-                for _, src, _ in self.sources
-            }
-            return first, complete, bound
+                theirs = await unmapped.check(final=final, skips_only=skips_only)
+            return own, theirs
 
-        first, complete, inferred_bound = loop.run(read())
-        initial = arrived is not None
+        own, theirs = loop.run(read())
+        found = dict(zip(idents, own, strict=True))
         for _, src, _ in self.sources:
-            ident = src.identifier
-            hi = first[src.stream] - 1
-            got = (arrived or {}).get(ident)
-            if initial and got:
-                hi = min(hi, got[0].seq - 1)
-            if stop_at is not None:
-                hi = min(hi, stop_at.get(ident, 0))
-            self._note_gap(src, self._complete[ident] + 1, hi)
-            self._complete[ident] = max(self._complete[ident], complete[ident])
-        if unmapped is not None:
-            lo = self._inferred_complete
-            hi_all = first[inf_stream] - 1
-            if unmapped.stop is not None:
-                hi_all = min(hi_all, unmapped.stop)
-            seen = [m.seq for m in (arrived or {}).get(_INFERRED, [])]
-            for _, src, _ in self.sources:
-                after = self.inferred_after.get(src.identifier)
-                if after is None:
-                    continue
-                hi = hi_all
-                mine = [q for q in seen if q > after]
-                if initial and mine:
-                    hi = min(hi, mine[0] - 1)
-                self._note_gap(src, max(lo, after) + 1, hi)
-            self._inferred_complete = max(lo, inferred_bound)
-        self._checks += 1
-        self._checked_at = time.monotonic()
+            for lo, hi in found.get(src.identifier, []):
+                self._note_gap(src, lo, hi)
+            after = self.inferred_after.get(src.identifier)
+            if after is not None:
+                for lo, hi in theirs:
+                    self._note_gap(src, max(lo, after + 1), hi)
+        if not skips_only:
+            self._checks += 1
+            self._checked_at = time.monotonic()
 
     def events(self, history: Iterator[ReplayEvent]) -> Iterator[ReplayEvent]:
         """`history` (the engine's events), then the tail events of the window.
@@ -1260,12 +1263,27 @@ class LiveTail:
         loop = self._loop
         followers: dict[str, TailFollower] = {}
 
-        async def setup() -> dict[str, int]:
+        async def fix_ends(js: Any) -> dict[str, int]:
+            # Each stream's last sequence first (the horizon of the gap checks), then each
+            # subject's newest message (where its follower stops): a message of the subject
+            # between the two was removed before the second read.
+            streams = sorted({src.stream for _, src, _ in self.sources})
+            last = {s: int((await js.stream_info(s)).state.last_seq or 0) for s in streams}
+            ends = {
+                src.identifier: await last_subject_seq(js, src.stream, src.subject)
+                for _, src, _ in self.sources
+            }
+            self._horizon = {
+                src.identifier: max(last[src.stream], ends[src.identifier])
+                for _, src, _ in self.sources
+            }
+            return ends
+
+        async def setup() -> dict[str, int] | None:
             js = await loop.js()
-            ends: dict[str, int] = {}
             for _, src, _ in self.sources:
                 followers[src.identifier] = TailFollower(js, src.stream, src.subject, src.watermark)
-                ends[src.identifier] = await last_subject_seq(js, src.stream, src.subject)
+            ends = None if self.follow else await fix_ends(js)
             if self.inferred_after and self.inference is not None:
                 after = min(self.inferred_after.values())
                 self._unmapped = _UnmappedFollower(js, self.inference.mapped, after)
@@ -1291,10 +1309,7 @@ class LiveTail:
             js = await loop.js()
             if self._unmapped is not None:
                 await self._unmapped.fix_end()
-            return {
-                src.identifier: await last_subject_seq(js, src.stream, src.subject)
-                for _, src, _ in self.sources
-            }
+            return await fix_ends(js)
 
         async def close() -> None:
             for f in followers.values():
@@ -1302,8 +1317,7 @@ class LiveTail:
             if self._unmapped is not None:
                 await self._unmapped.close()
 
-        ends = loop.run(setup())
-        stop_at = None if self.follow else ends
+        stop_at = loop.run(setup())
         engine = self.engine
         engine.set_complete(False)
         end_wall_ns = self.engine.end_ns + int(self.lateness_seconds * 1e9)
@@ -1312,20 +1326,29 @@ class LiveTail:
                 if self.follow and stop_at is None and time.time_ns() >= end_wall_ns:
                     # The window is over: take what is stored now, then stop.
                     stop_at = loop.run(ends_now())
+                # Everything up to the end handed out (a message received in the background
+                # waits for the next poll), or shown to be nothing still to come (a follower
+                # whose last message the stream removed is done once a check shows it).
                 done = stop_at is not None and all(
-                    followers[i].last_seq >= stop_at.get(i, 0) for i in followers
+                    followers[i].reached(stop_at.get(i, 0)) for i in followers
                 )
                 if done and (self._unmapped is None or self._unmapped.done()):
-                    # What was removed since the last check (or, with no round, at all).
-                    self._check_gaps(followers, {} if not self._checks else None, stop_at)
+                    # What was removed since the last check, up to the horizon.
+                    self._check_gaps(followers, final=True)
                     engine.set_complete(True)
                     return
                 arrived = loop.run(poll(self.poll_seconds))
                 yield from self._round(arrived, stop_at)
-                if not self._checks:
-                    self._check_gaps(followers, arrived, stop_at)
-                elif time.monotonic() - self._checked_at >= REMOVAL_CHECK_SECONDS:
-                    self._check_gaps(followers, None, stop_at)
+                if not self._checks or (
+                    time.monotonic() - self._checked_at >= REMOVAL_CHECK_SECONDS
+                ):
+                    self._check_gaps(followers)
+                elif any(f.skips for f in followers.values()) or (
+                    self._unmapped is not None and self._unmapped.has_skips()
+                ):
+                    # Soon after they were received: other subjects' messages between them
+                    # are told apart from removed ones while the stream still holds them.
+                    self._check_gaps(followers, skips_only=True)
         finally:
             loop.run(close())
             self._unmapped = None

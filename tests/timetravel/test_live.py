@@ -320,11 +320,11 @@ def test_freshness_metrics_follow_the_newest_event() -> None:
 
 
 def test_guard_ack_subject_fields_match_nats_py_metadata(nats_server: NatsServer) -> None:
-    """Guard: `engine.nats_tail` reads sequence, time and pending from the delivery's reply
-    subject; they must equal what nats-py's `msg.metadata` parses from the same subject."""
+    """Guard: `engine.nats_tail` reads sequence, time, pending and the consumer sequence from
+    the delivery's reply subject; they must equal what nats-py's `msg.metadata` parses."""
     from nats.js.api import StreamConfig
 
-    from iceberg_lake.engine.nats_tail import _ack_fields
+    from iceberg_lake.engine.nats_tail import _ack_fields, _consumer_seq
 
     async def go() -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
         import nats as nats_py
@@ -346,6 +346,7 @@ def test_guard_ack_subject_fields_match_nats_py_metadata(nats_server: NatsServer
                 meta.num_pending,
             )
             seq, ts_ns, pending = _ack_fields(msg.reply)
+            assert _consumer_seq(msg.reply) == meta.sequence.consumer
             got.append(((seq, ts_ns // 1_000_000, pending), want))
             if len(got) == 3:
                 done.set()
@@ -698,3 +699,248 @@ def _cap_market(pub: Publisher, max_msgs: int) -> None:
     config = StreamConfig.from_response(info.config.as_dict())
     config.max_msgs = max_msgs
     pub.loop.run_until_complete(pub.js.update_stream(config))
+
+
+def test_guard_stream_state_and_follower_skips(nats_server: NatsServer) -> None:
+    """Guard: `engine.nats_tail.stream_state` asks STREAM.INFO for `deleted_details` through
+    nats-py's private `_api_request`/`_prefix`; the server lists interior removals there and
+    finds the next message of a (wildcard) subject; a follower's skips hold exactly the
+    sequences it did not receive, and `check_followers` reports only the removed ones."""
+    from nats.js.api import StreamConfig
+
+    from iceberg_lake.engine.nats_tail import (
+        TailFollower,
+        check_followers,
+        next_stored_seq,
+        stream_state,
+    )
+
+    async def go() -> None:
+        import nats as nats_py
+
+        nc = await nats_py.connect(nats_server.url)
+        js = nc.jetstream()
+        name = f"GAPGUARD{time.time_ns()}"
+        x, y = f"{name.lower()}.x", f"{name.lower()}.y"
+        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
+        for subject in (x, x, x, x, x, y, x):  # seq 1..7; 6 is on another subject
+            await js.publish(subject, b"m")
+        await js.delete_msg(name, 3)
+        state = await stream_state(js, name)
+        assert (state.first_seq, state.last_seq, state.deleted) == (1, 7, (3,))
+        assert state.removed_runs(1, 7) == [(3, 3)] and state.removed_runs(4, 7) == []
+        assert await next_stored_seq(js, name, x, 5) == 7
+        assert await next_stored_seq(js, name, f"{name.lower()}.>", 5) == 6
+        assert await next_stored_seq(js, name, x, 7) is None
+
+        follower = TailFollower(js, name, x, 0)
+        got: list[int] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 5 and time.monotonic() < deadline:
+            got += [m.seq for m in await follower.poll(0.5)]
+        assert got == [1, 2, 4, 5, 7] and follower.skips == [(3, 3), (6, 6)]
+        # `settled` reads nats-py's count of delivered messages not yet given to the callback.
+        assert follower.sub.pending_msgs == follower.sub._sub._pending_queue.qsize() == 0
+        assert follower.settled()
+        # 3 was removed; 6, still stored, is another subject's.
+        assert await check_followers(js, [follower], [None]) == [[(3, 3)]]
+        assert follower.skips == [] and follower.covered == 7
+        await js.purge_stream(name)  # everything received is gone: nothing to report
+        assert await check_followers(js, [follower], [None]) == [[]]
+        await js.publish(y, b"m")  # 8, another subject's: covered while stored
+        assert await check_followers(js, [follower], [None]) == [[]]
+        assert follower.covered == 8
+        await follower.close()
+        await js.delete_stream(name)
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def _publish_on(pub: Publisher, subject: str, bodies: list[bytes]) -> None:
+    async def go() -> None:
+        for body in bodies:
+            await pub.js.publish(subject, body)
+
+    pub.loop.run_until_complete(go())
+
+
+def test_following_replay_reports_removals_inside_its_first_round(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """Messages deleted after the replay started but before its tail reached them, in the
+    middle of the first round's backlog and at its end, are reported with their exact
+    sequences; the other subject's messages between them (skipped, still stored) are not.
+
+    Budget: ~4 s (a window ending 1 s after the start)."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    now = time.time_ns()
+    try:
+        pub.publish([event(i, now + i) for i in range(4)])  # seq 1..4
+        quote = make_event("bronze.stocks_quotes", 0)
+        _publish_on(pub, "market.stocks.quotes", [encode(quote), encode(quote)])  # seq 5, 6
+        pub.publish([event(i, now + i) for i in range(4, 8)])  # seq 7..10
+        end_ns = time.time_ns() + 10**9
+        engine = ReplayEngine(
+            settings, [TABLE], now - 10**9, end_ns, pin=False, live=True, follow=True
+        )
+        for seq in (3, 8, 10):  # after the pin, before the tail reads them
+            pub.loop.run_until_complete(pub.js.delete_msg("MARKET", seq))
+
+        got = sorted(e.as_dict()["seq"] for e in engine.all_events())
+        assert got == [0, 1, 3, 4, 6], "what the stream still held, once"
+        live = engine.manifest()["live"]
+        assert live["tables"][TABLE]["gaps"] == [[3, 3], [8, 8], [10, 10]]
+        assert live["tables"][TABLE]["removed"] == [3, 10]
+        assert len(live["warnings"]) == 3 and "seq 8..8" in live["warnings"][1]
+    finally:
+        pub.close()
+
+
+def test_following_replay_does_not_report_a_purge_of_what_it_read(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """A purge right after the follower received everything (well within the 1 s between two
+    removal checks) is not reported: every purged message was read. A message published
+    after the purge is delivered and reported nothing either.
+
+    Budget: ~4 s (a window ending 2 s after the start)."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    now = time.time_ns()
+    try:
+        pub.publish([event(i, now + i) for i in range(3)])  # seq 1..3
+        end_ns = time.time_ns() + 2 * 10**9
+        engine = ReplayEngine(
+            settings, [TABLE], now - 10**9, end_ns, pin=False, live=True, follow=True
+        )
+        got: list[int] = []
+
+        def replay() -> None:
+            got.extend(e.as_dict()["seq"] for e in engine.all_events())
+
+        follow = threading.Thread(target=replay)
+        follow.start()
+        wait_for(lambda: engine._live.tail_events >= 3, 10, "the tail's first round")
+        pub.publish([event(i, now + i) for i in range(3, 6)])  # seq 4..6
+        wait_for(lambda: engine._live.tail_events >= 6, 5, "the second round")
+        pub.loop.run_until_complete(pub.js.purge_stream("MARKET"))
+        pub.publish([event(6, now + 6)])  # seq 7, after the purge
+        follow.join(timeout=20)
+        assert not follow.is_alive()
+
+        assert sorted(got) == list(range(7))
+        live = engine.manifest()["live"]
+        assert live["tables"][TABLE]["gaps"] == [] and live["warnings"] == []
+        assert live["tables"][TABLE]["removed"] is None
+    finally:
+        pub.close()
+
+
+def test_bounded_live_replay_hands_out_a_tail_larger_than_one_round(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """A live replay without --follow whose tail arrives over several rounds delivers all of it:
+    it ends when every message up to its end was handed out, not when the follower received
+    the last one in the background (messages waiting for the next round were dropped).
+
+    Budget: ~3 s (3,000 acked publishes)."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    now = time.time_ns()
+    try:
+
+        async def publish() -> None:
+            for start in range(0, 3000, 500):
+                await asyncio.gather(
+                    *(
+                        pub.js.publish(SUBJECT, encode(event(i, now + i)))
+                        for i in range(start, start + 500)
+                    )
+                )
+
+        pub.loop.run_until_complete(publish())
+        engine = ReplayEngine(settings, [TABLE], now - 10**9, now + 10**9, pin=False, live=True)
+        got = [e.as_dict()["seq"] for e in engine.all_events()]
+        assert sorted(got) == list(range(3000)), "each event once"
+        live = engine.manifest()["live"]
+        assert live["tail_events"] == 3000 and live["tables"][TABLE]["gaps"] == []
+    finally:
+        pub.close()
+
+
+def test_guard_followers_subscribe_without_pending_limits(nats_server: NatsServer) -> None:
+    """Guard: nats-py drops deliveries beyond a subscription's pending limits after its ordered
+    consumer counted them (they would pass for other subjects' skips), so followers subscribe
+    with none: limit 0 must still mean unbounded (an unbounded asyncio queue, no byte check).
+    A 2,000-message backlog arrives whole, each consumer sequence once.
+
+    Budget: ~1 s."""
+    from nats.js.api import StreamConfig
+
+    from iceberg_lake.engine import nats_tail
+
+    assert nats_tail.PENDING_MSGS_LIMIT == 0 and nats_tail.PENDING_BYTES_LIMIT == 0
+
+    async def go() -> tuple[list[int], int, int, bool]:
+        import nats as nats_py
+
+        nc = await nats_py.connect(nats_server.url)
+        js = nc.jetstream()
+        name = f"DROPGUARD{time.time_ns()}"
+        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
+        for start in range(0, 2000, 500):
+            await asyncio.gather(
+                *(js.publish(f"{name.lower()}.x", b"m" * 100) for _ in range(start, start + 500))
+            )
+        follower = nats_tail.TailFollower(js, name, f"{name.lower()}.x", 0)
+        got: list[int] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 2000 and time.monotonic() < deadline:
+            got += [m.seq for m in await follower.poll(0.2)]
+        queue = follower.sub._sub._pending_queue
+        limits = queue.maxsize, follower.sub._sub._pending_bytes_limit
+        dropped = follower._dropped
+        await follower.close()
+        await js.delete_stream(name)
+        await nc.close()
+        return got, *limits, dropped
+
+    got, max_msgs, max_bytes, dropped = asyncio.run(go())
+    assert (max_msgs, max_bytes) == (0, 0), "nats-py no longer takes 0 for no limit"
+    assert got == list(range(1, 2001)) and not dropped
+
+
+def test_live_query_reports_deleted_messages_exactly(tmp_path: Path, nats: NatsServer) -> None:
+    """A live query reports the runs of sequences the stream removed from the middle of its
+    tail (message deletes), not the messages it read between them; a later query of the same
+    `Lake` reads only what is new and keeps the runs.
+
+    Budget: ~1 s."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    lake = Lake(settings)
+    now = time.time_ns()
+    try:
+        pub.publish([event(i, now + i) for i in range(6)])  # seq 1..6
+        for seq in (3, 5):
+            pub.loop.run_until_complete(pub.js.delete_msg("MARKET", seq))
+        result = lake.query(COUNT_SQL, live=True)
+        assert result.column("n").to_pylist() == [4]
+        live = lake.last_live[TABLE]
+        assert live.gaps == ((3, 3), (5, 5)) and live.removed == (3, 5)
+        (warning,) = json.loads(result.schema.metadata[b"lake.live.warnings"])
+        assert "seq 3..3, 5..5 " in warning
+
+        pub.publish([event(6, now + 6)])  # seq 7
+        result = lake.query(COUNT_SQL, live=True)
+        assert result.column("n").to_pylist() == [5]
+        assert lake.last_live[TABLE].gaps == ((3, 3), (5, 5))
+    finally:
+        lake.close()
+        pub.close()
