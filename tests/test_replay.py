@@ -88,6 +88,48 @@ def test_reads_partition_by_partition(merged) -> None:
         assert grouped.manifest()["sequence_hash"] == engine.manifest()["sequence_hash"]
 
 
+def test_windows_prepared_at_once_never_share_duckdb_cursors(
+    merged, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without verification two windows are prepared at once; the first is held until the third
+    has started (the order in which a shared cursor set would be reused): each window still has
+    cursors no other running window uses, and the rows are the same."""
+    import threading
+
+    started_third = threading.Event()
+    active: set[int] = set()
+    clashes: list[int] = []
+    lock = threading.Lock()
+    real = ReplayEngine._prepare
+    calls: list[int] = []
+
+    def watched(self, cursors, buckets, lo, hi, pool):  # the real preparation, observed
+        with lock:
+            calls.append(lo)
+            nth = len(calls)
+            if id(cursors) in active:
+                clashes.append(nth)
+            active.add(id(cursors))
+        if nth == 3:
+            started_third.set()
+        if nth == 1:
+            started_third.wait(timeout=5)  # let the third window start while this one runs
+        try:
+            return real(self, cursors, buckets, lo, hi, pool)
+        finally:
+            with lock:
+                active.discard(id(cursors))
+
+    monkeypatch.setattr(ReplayEngine, "_prepare", watched)
+    engine = ReplayEngine(
+        merged["settings"], [STOCKS, FUTURES], T14, T14 + 3 * HOUR_NS, window_rows=2000, pin=False
+    )
+    rows = pa.Table.from_batches(list(engine.batches(verify=False)))
+    assert len(calls) >= 4 and started_third.is_set()
+    assert clashes == []
+    assert rows.num_rows == len(merged["stocks"]) + len(merged["futures"])
+
+
 def test_a_second_replay_of_the_same_pins_plans_nothing_and_a_new_pin_plans_again(
     lake: LakeCatalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -40,7 +40,8 @@ so replaying the same pins again (a backtest sweep) reads no manifests.
 
 Bounded memory: at most two read windows (the current and the prefetched one; three without
 encoding; each about `window_rows` rows: sparse hours are grouped, dense hours split into time
-slices) plus one day of a day-partitioned table are held, never the whole replay window; the
+slices) plus one day of a day-partitioned table (two at a day boundary without encoding) are held,
+never the whole replay window; the
 encoding buffers (one per
 hour-partitioned table, two where `batches()` frames a window while the next is encoded, and two
 for frames) are sized to the largest window, reused, and released when the replay ends.
@@ -81,6 +82,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict, deque
@@ -238,8 +240,11 @@ class _DataFile:
 _FIELD_ID = b"PARQUET:field_id"
 
 #: Plans of pinned snapshots (`_Source.buckets`), newest last: (table uuid, snapshot id,
-#: schema id, start, end) → (rows per partition, data files or None when read through DuckDB).
-_PLANS: OrderedDict[tuple[str, int, int, int, int], tuple[dict[int, float], Any]] = OrderedDict()
+#: schema id, partition width, start, end) → (rows per partition, data files or None when read
+#: through DuckDB).
+_PLANS: OrderedDict[tuple[str, int, int, int, int, int], tuple[dict[int, float], Any]] = (
+    OrderedDict()
+)
 _PLANS_KEPT = 64
 _PLANS_LOCK = threading.Lock()
 #: Windows prepared ahead of the consumer when the replay does not encode (`_windows`).
@@ -383,7 +388,7 @@ class _Source:
         # A snapshot never changes, so its plan for a window does not either: a backtest sweep
         # replaying the same pins again plans once per process.
         uuid = str(self.table.metadata.table_uuid)
-        key = (uuid, self.snapshot_id, schema.schema_id, start_ns, end_ns)
+        key = (uuid, self.snapshot_id, schema.schema_id, self.bucket_ns, start_ns, end_ns)
         with _PLANS_LOCK:
             cached = _PLANS.get(key)
             if cached is not None:
@@ -932,8 +937,13 @@ class ReplayEngine:
         # (a window's rows are all that is held). Encoding keeps one, since a window's encoding
         # and frame buffers are reused two windows later.
         depth = 1 if encode else _AHEAD_UNENCODED
-        # One DuckDB cursor per table and window in flight (a cursor is not shared by threads).
+        # One set of DuckDB cursors (one per table) per window being prepared, checked out for
+        # the whole preparation: a cursor holds one result, so two windows must never share one
+        # (with two threads, the windows running at once are not always neighbours).
         cursors = [[con.cursor() for _ in self._sources] for _ in range(depth)]
+        free: queue.SimpleQueue[list[duckdb.DuckDBPyConnection]] = queue.SimpleQueue()
+        for per_window in cursors:
+            free.put(per_window)
         pool = ThreadPoolExecutor(depth, thread_name_prefix="replay") if self.prefetch else None
         parts_pool = (
             ThreadPoolExecutor(min(3, len(self._sources)), thread_name_prefix="replay-table")
@@ -947,7 +957,11 @@ class ReplayEngine:
 
             def prepare(i: int) -> _Window:
                 lo, hi = windows[i]
-                return self._prepare(cursors[i % depth], buckets, lo, hi, parts_pool)
+                mine = free.get()  # one of `depth` sets; at most `depth` windows run at once
+                try:
+                    return self._prepare(mine, buckets, lo, hi, parts_pool)
+                finally:
+                    free.put(mine)
 
             for i in range(len(windows)):
                 if pool is None:
