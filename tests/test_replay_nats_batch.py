@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client
+from support.wait import await_until
 from timetravel_data import T14, append, futures, trades
 
 from iceberg_lake.catalog import LakeCatalog
@@ -49,11 +50,7 @@ def batch_lake(module_lake: LakeCatalog) -> Settings:
 
 
 async def _until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+    await await_until(condition, timeout, what, interval=0.02)
 
 
 def test_batched_publish_delivers_every_event_in_replay_order(
