@@ -3,8 +3,9 @@
 One chain, every module uses it (no module defines its own server or lake fixture):
 
 - ``nats_server`` (session): a JetStream nats-server; ``nats`` (per test): the same server with
-  the lake's streams (``MARKET``, ``SIGNALS``, ``LAKE_DLQ``) deleted before and after the test,
-  so a test that owns those fixed stream names starts empty without a server of its own.
+  the lake's streams (``MARKET``, ``SIGNALS``, ``LAKE_DLQ``) and its writer-lease bucket deleted
+  before and after the test, so a test that owns those fixed names starts empty (and no lease
+  left by an earlier test's writer) without a server of its own.
 - ``s3_server``, ``postgres_server`` (session): SeaweedFS S3 and PostgreSQL.
 - ``lake`` (per test): a fresh ``LakeCatalog`` (SQLite catalog, local warehouse under
   ``tmp_path/data``, every declared table created, no data); ``lake.settings`` are its settings.
@@ -78,7 +79,11 @@ async def _delete_lake_streams(url: str) -> None:
     nc = await nats.connect(url, connect_timeout=5)
     try:
         js = nc.jetstream()
-        for stream in (bus.MARKET_STREAM, bus.SIGNALS_STREAM, bus.DEAD_LETTER_STREAM):
+        # The lease bucket too: a writer a test killed (or stopped without releasing) would
+        # otherwise hold its consumer's lease into the next test, whose writer of the same
+        # consumer then waits as a standby for up to the TTL (10 s by default).
+        lease_stream = f"KV_{bus.LEASE_BUCKET}"
+        for stream in (bus.MARKET_STREAM, bus.SIGNALS_STREAM, bus.DEAD_LETTER_STREAM, lease_stream):
             try:
                 await js.delete_stream(stream)
             except NotFoundError:
@@ -89,7 +94,7 @@ async def _delete_lake_streams(url: str) -> None:
 
 @pytest.fixture
 def nats(nats_server: NatsServer) -> Iterator[NatsServer]:
-    """The session's nats-server, without the lake's streams before and after this test."""
+    """The session's nats-server, without the lake's streams and leases before and after."""
     asyncio.run(_delete_lake_streams(nats_server.url))
     yield nats_server
     asyncio.run(_delete_lake_streams(nats_server.url))
