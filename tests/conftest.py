@@ -3,8 +3,9 @@
 One chain, every module uses it (no module defines its own server or lake fixture):
 
 - ``nats_server`` (session): a JetStream nats-server; ``nats`` (per test): the same server with
-  the lake's streams (``MARKET``, ``SIGNALS``, ``LAKE_DLQ``) deleted before and after the test,
-  so a test that owns those fixed stream names starts empty without a server of its own.
+  the lake's streams (``MARKET``, ``SIGNALS``, ``LAKE_DLQ``) and its writer-lease bucket deleted
+  before and after the test, so a test that owns those fixed names starts empty (and no lease
+  left by an earlier test's writer) without a server of its own.
 - ``s3_server``, ``postgres_server`` (session): SeaweedFS S3 and PostgreSQL.
 - ``lake`` (per test): a fresh ``LakeCatalog`` (SQLite catalog, local warehouse under
   ``tmp_path/data``, every declared table created, no data); ``lake.settings`` are its settings.
@@ -43,6 +44,13 @@ from iceberg_lake.testing import (
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist workers start with COLUMNS=80 and LINES=24 set; rich's consoles
+    # (iceberg_lake.cli.output) would freeze that width at import, where in a serial run the
+    # COLUMNS a test passes to CliRunner applies. Drop them, as in a serial run without a tty.
+    for _name in ("COLUMNS", "LINES"):
+        os.environ.pop(_name, None)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Register the project's markers."""
@@ -50,6 +58,35 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "integration: uses real servers (nats-server, SeaweedFS, PostgreSQL, Spark) from fixtures",
     )
+
+
+#: The longest modules (measured), started first when pytest-xdist runs the suite (`.ci/run`:
+#: ``-n 2 --dist loadfile --no-loadscope-reorder``): each file goes whole to one worker, so a
+#: long file scheduled last would leave the other worker idle. Only the order changes.
+SLOW_MODULES_FIRST = (
+    "tests/test_spark.py",
+    "tests/test_service_process.py",
+    "tests/test_maintenance.py",
+    "tests/timetravel/test_live.py",
+    "tests/test_load_kill.py",
+    "tests/test_service_shutdown.py",
+    "tests/test_service_s3_outage.py",
+    "tests/test_retention.py",
+    "tests/test_demo.py",
+    "tests/test_service_fencing.py",
+    "tests/test_service_backlog.py",
+    "tests/test_cli_errors.py",
+    "tests/test_maintenance_concurrent.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a pytest-xdist worker, put `SLOW_MODULES_FIRST` first (stable: the rest keep their
+    order). Every worker sorts its identical collection the same way, as xdist requires."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    rank = {module: i for i, module in enumerate(SLOW_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +115,11 @@ async def _delete_lake_streams(url: str) -> None:
     nc = await nats.connect(url, connect_timeout=5)
     try:
         js = nc.jetstream()
-        for stream in (bus.MARKET_STREAM, bus.SIGNALS_STREAM, bus.DEAD_LETTER_STREAM):
+        # The lease bucket too: a writer a test killed (or stopped without releasing) would
+        # otherwise hold its consumer's lease into the next test, whose writer of the same
+        # consumer then waits as a standby for up to the TTL (10 s by default).
+        lease_stream = f"KV_{bus.LEASE_BUCKET}"
+        for stream in (bus.MARKET_STREAM, bus.SIGNALS_STREAM, bus.DEAD_LETTER_STREAM, lease_stream):
             try:
                 await js.delete_stream(stream)
             except NotFoundError:
@@ -89,7 +130,7 @@ async def _delete_lake_streams(url: str) -> None:
 
 @pytest.fixture
 def nats(nats_server: NatsServer) -> Iterator[NatsServer]:
-    """The session's nats-server, without the lake's streams before and after this test."""
+    """The session's nats-server, without the lake's streams and leases before and after."""
     asyncio.run(_delete_lake_streams(nats_server.url))
     yield nats_server
     asyncio.run(_delete_lake_streams(nats_server.url))

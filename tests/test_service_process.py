@@ -65,8 +65,15 @@ def test_sigkill_at_random_moments_stores_every_event_exactly_once(
     tmp_path: Path, nats: NatsServer, duck
 ) -> None:
     rng = random.Random(20251216)
+    # A 2 s lease (as tests/test_service_fencing.py): each restart waits for the killed holder's
+    # lease to expire, at the default 10 s that was 5 x ~9 s of waiting; with 2 s the new process
+    # takes over while the publisher still runs, so the kills hit commits in flight.
     settings = settings_for(
-        tmp_path, nats.url, LAKE_BRONZE_BATCH_SIZE="400", LAKE_BRONZE_BATCH_SECONDS="0.3"
+        tmp_path,
+        nats.url,
+        LAKE_BRONZE_BATCH_SIZE="400",
+        LAKE_BRONZE_BATCH_SECONDS="0.3",
+        LAKE_WRITER_LEASE_SECONDS="2",
     )
     trades, quotes = 12_000, 8_000  # trades one per message, quotes 20 per message
     chunks = 6
