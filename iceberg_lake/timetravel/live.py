@@ -62,6 +62,7 @@ from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine import filters
 from iceberg_lake.engine.nats import INFERRED_TARGET, consumer_target, stream_for_subject
 from iceberg_lake.engine.nats_tail import (
+    StreamStates,
     TailFollower,
     TailMessage,
     check_followers,
@@ -627,8 +628,11 @@ class _UnmappedFollower:
     Every message is delivered once: per subject, only sequences beyond the last delivered.
     """
 
-    def __init__(self, js: Any, mapped: frozenset[str], after: int) -> None:
+    def __init__(
+        self, js: Any, mapped: frozenset[str], after: int, states: StreamStates | None = None
+    ) -> None:
         self.js = js
+        self.states = states if states is not None else StreamStates()
         self.stream, _, self.wildcard = consumer_target(INFERRED_TARGET)
         self.mapped = mapped
         self.after = after
@@ -676,7 +680,12 @@ class _UnmappedFollower:
             await self.discover()
         followers = self._all()
         found = await check_followers(
-            self.js, followers, [self.stop] * len(followers), final=final, skips_only=skips_only
+            self.js,
+            followers,
+            [self.stop] * len(followers),
+            final=final,
+            skips_only=skips_only,
+            states=self.states,
         )
         return sorted(run for runs in found for run in runs)
 
@@ -692,11 +701,14 @@ class _UnmappedFollower:
         self.stop = await self.discover()
         if self.wide is not None:
             self.ends = {self.wildcard: self.stop}
+            self.wide.end_at(self.stop)
             return
         self.ends = {
             s: min(await last_subject_seq(self.js, self.stream, s), self.stop)
             for s in self.followers
         }
+        for s, end in self.ends.items():
+            self.followers[s].end_at(end)
 
     def done(self) -> bool:
         """Every follower reached its end (only after `fix_end`)."""
@@ -1120,6 +1132,8 @@ class LiveTail:
         self._checked_at = 0.0
         self._loop: NatsLoop | None = None
         self._unmapped: _UnmappedFollower | None = None
+        #: Stream states of the removal checks (the removed list is fetched when it changed).
+        self._states = StreamStates()
 
     @property
     def removed(self) -> dict[str, tuple[int, int]]:
@@ -1220,6 +1234,7 @@ class LiveTail:
                 [None if horizon is None else horizon[i] for i in idents],
                 final=final,
                 skips_only=skips_only,
+                states=self._states,
             )
             theirs: list[tuple[int, int]] = []
             if unmapped is not None:
@@ -1277,6 +1292,11 @@ class LiveTail:
                 src.identifier: max(last[src.stream], ends[src.identifier])
                 for _, src, _ in self.sources
             }
+            for ident, end in ends.items():
+                if ident in followers:
+                    # Messages beyond the end are not buffered; the first one ends the
+                    # follower's subscription (a busy subject would keep it delivering).
+                    followers[ident].end_at(end)
             return ends
 
         async def setup() -> dict[str, int] | None:
@@ -1286,7 +1306,7 @@ class LiveTail:
             ends = None if self.follow else await fix_ends(js)
             if self.inferred_after and self.inference is not None:
                 after = min(self.inferred_after.values())
-                self._unmapped = _UnmappedFollower(js, self.inference.mapped, after)
+                self._unmapped = _UnmappedFollower(js, self.inference.mapped, after, self._states)
                 if self.follow:
                     await self._unmapped.discover()
                 else:
