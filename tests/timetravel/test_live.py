@@ -796,7 +796,9 @@ def test_following_replay_reports_removals_inside_its_first_round(
         live = engine.manifest()["live"]
         assert live["tables"][TABLE]["gaps"] == [[3, 3], [8, 8], [10, 10]]
         assert live["tables"][TABLE]["removed"] == [3, 10]
-        assert len(live["warnings"]) == 3 and "seq 8..8" in live["warnings"][1]
+        assert live["tables"][TABLE]["unlisted_gaps"] == 0
+        (warning,) = live["warnings"]  # one line per table
+        assert "seq 3..3, 8..8, 10..10 " in warning
     finally:
         pub.close()
 
@@ -1101,3 +1103,109 @@ def test_a_message_delivered_but_not_yet_received_is_never_reported(
         await nc.close()
 
     asyncio.run(go())
+
+
+def test_gap_log_merges_and_caps_and_warnings_stay_one_short_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Runs found removed merge as they come (overlapping, adjacent, out of order; a run seen
+    before is not new); past `MAX_LISTED_GAPS` they are counted, not listed; a warning names
+    at most `WARNING_RUNS` runs and sums up the rest.
+
+    Budget: < 0.1 s."""
+    from iceberg_lake.timetravel import live
+
+    monkeypatch.setattr(live, "MAX_LISTED_GAPS", 4)
+    log = live.GapLog()
+    assert not log and log.envelope is None
+    assert [log.add(*r) for r in [(10, 10), (3, 4), (5, 5), (12, 13), (11, 11)]] == [True] * 5
+    assert log.runs == [(3, 5), (10, 13)]
+    assert not log.add(4, 5) and not log.add(11, 12)
+    assert log.add(20, 20) and log.add(30, 31)
+    assert log.add(7, 7) and log.add(40, 42)  # listed full: counted
+    assert log.add(9, 9)  # adjacent to a listed run: merged
+    assert log.runs == [(3, 5), (9, 13), (20, 20), (30, 31)]
+    assert (log.more_runs, log.more_seqs, log.envelope) == (2, 4, (3, 42))
+    log.trim(9)
+    assert log.runs == [(10, 13), (20, 20), (30, 31)] and log.more_runs == 2
+    log.trim(50)
+    assert not log and log.envelope is None
+
+    runs = [(i, i) for i in range(1, 40, 2)]  # 20 single-sequence runs
+    line = live.removed_warning(
+        TABLE, "MARKET", SUBJECT, (1, 41), runs=runs, more_runs=1, more_seqs=3
+    )
+    assert "seq 1..1, 3..3, 5..5, 7..7, 9..9 and 16 more runs (18 sequences) (" in line
+    assert "\n" not in line and len(line) < 400
+    assert "seq 1..9 (" in live.removed_warning(TABLE, "MARKET", SUBJECT, (1, 9), runs=[(1, 9)])
+
+
+def test_stream_states_fetch_the_removed_list_only_when_it_changed(
+    nats_server: NatsServer,
+) -> None:
+    """Guard and cost: `StreamStates` lists the removed sequences (`deleted_details`, through
+    nats-py's private `_api_request`) only when `num_deleted` says they changed, and never for
+    a stream without interior removals; the state it returns is the server's.
+
+    Budget: ~0.5 s."""
+    from nats.js.api import StreamConfig
+
+    from iceberg_lake.engine.nats_tail import StreamStates, stream_state
+
+    async def go() -> None:
+        import nats as nats_py
+
+        nc = await nats_py.connect(nats_server.url)
+        js = nc.jetstream()
+        name = f"STATES{time.time_ns()}"
+        x = f"{name.lower()}.x"
+        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
+        for _ in range(10):
+            await js.publish(x, b"m")
+        states = StreamStates()
+
+        async def same() -> list[int]:
+            got, fresh = await states.get(js, name), await stream_state(js, name)
+            assert (got.first_seq, got.last_seq) == (fresh.first_seq, fresh.last_seq)
+            assert got.deleted.tolist() == fresh.deleted.tolist()
+            return got.deleted.tolist()
+
+        assert await same() == [] and states.detail_fetches == 0
+        await js.delete_msg(name, 1)  # from the front: the first sequence moves
+        assert await same() == [] and states.detail_fetches == 0
+        await js.delete_msg(name, 4)
+        await js.delete_msg(name, 6)
+        assert await same() == [4, 6] and states.detail_fetches == 1
+        await js.publish(x, b"m")  # 11
+        assert await same() == [4, 6] and states.detail_fetches == 1
+        for seq in (2, 3):
+            await js.delete_msg(name, seq)  # the front moves past 4: [6] is still exact
+        assert await same() == [6] and states.detail_fetches == 1
+        await js.delete_msg(name, 8)
+        assert await same() == [6, 8] and states.detail_fetches == 2
+        await js.delete_stream(name)
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def test_nats_errors_become_one_line_transient_errors(tmp_path: Path) -> None:
+    """A NATS timeout (or any nats-py error) in a live read is a `TransientError` with one
+    readable line (the CLI prints it without a traceback), not nats-py's exception.
+
+    Budget: < 0.5 s."""
+    import nats.errors
+
+    from iceberg_lake.exceptions import TransientError
+    from iceberg_lake.timetravel.live import NatsLoop
+
+    async def times_out() -> None:
+        raise nats.errors.TimeoutError
+
+    loop = NatsLoop(LakeCatalog(settings_for(tmp_path, "nats://127.0.0.1:1")))
+    try:
+        with pytest.raises(TransientError) as err:
+            loop.run(times_out())
+    finally:
+        loop.close()
+    assert "live tail: NATS:" in str(err.value) and "\n" not in str(err.value)
