@@ -31,6 +31,10 @@ are reported (`LiveRange.removed`, the replay manifest, `Freshness.live_warning`
 silently. A live replay accounts for every stream sequence of its range (received, skipped
 between two received ones, or after the last one) and reports exactly the sequences removed
 before it received them, while it reads (`LiveTail._check_gaps`, `nats_tail.check_followers`).
+The runs are listed up to `MAX_LISTED_GAPS` per table and counted beyond; a warning names at
+most `WARNING_RUNS` of them. A live replay's followers buffer a bounded amount between rounds
+(`nats_tail.BUFFER_MSGS`/`BUFFER_BYTES`), and a bounded read stops at its end however busy
+the subject is.
 
 Order of live replay events: the pinned history first, in replay order; then the tail in
 arrival rounds — each round (what arrived since the previous one) sorted by the replay key
