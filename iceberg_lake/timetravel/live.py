@@ -554,7 +554,7 @@ async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, in
         # newer message of the subject, for the next query).
         state = await loop.states.get(js, src.stream)
         skipped = skipped_runs(before, [m.seq for m in msgs], state.last_seq)
-        cache.note_removed([r for lo, hi in skipped for r in state.removed_runs(lo, hi)])
+        cache.note_removed(state.removed_in(skipped))
         rows, seqs = src.decode_with_seqs(msgs)
         cache.add(msgs, rows, seqs)
         # Every message on the subject up to `upto` has been read (it was the newest one).

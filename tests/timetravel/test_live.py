@@ -1139,6 +1139,17 @@ def test_gap_log_merges_and_caps_and_warnings_stay_one_short_line(
     assert "\n" not in line and len(line) < 400
     assert "seq 1..9 (" in live.removed_warning(TABLE, "MARKET", SUBJECT, (1, 9), runs=[(1, 9)])
 
+    # Skips classified in one vectorized pass, as one run at a time would.
+    import numpy as np
+
+    from iceberg_lake.engine.nats_tail import StreamState
+
+    state = StreamState(5, 20, np.array([7, 8, 12, 14], dtype=np.int64))
+    skips = [(1, 2), (4, 6), (7, 9), (10, 10), (11, 13), (14, 14), (16, 20)]
+    want = [r for lo, hi in skips for r in state.removed_runs(lo, hi)]
+    assert state.removed_in(skips) == want == [(1, 2), (4, 4), (7, 8), (12, 12), (14, 14)]
+    assert StreamState(5, 20).removed_in([(6, 9)]) == StreamState(5, 20).removed_in([]) == []
+
 
 def test_stream_states_fetch_the_removed_list_only_when_it_changed(
     nats_server: NatsServer,
