@@ -16,32 +16,44 @@ it received, the *skips* between two received ones (messages on other subjects, 
 stream removed before the consumer reached them), and ranges shown to hold none of its subject.
 A skipped sequence that the stream no longer holds is reported as removed unread; one it still
 holds is another subject's (a stored message of the subject would have been delivered in order).
+
+A follower buffers at most `BUFFER_MSGS` messages / `BUFFER_BYTES` bytes between two `poll`s:
+when full it unsubscribes (pauses) and the next `poll` resubscribes from its position. nats-py
+answers a callback subscription's flow control as soon as a message is *received* (and the
+server's "consumer stalled" heartbeats unconditionally), so a callback that waited for room would
+only move the backlog into nats-py's queue: pausing is what bounds it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import json
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
 __all__ = [
+    "BUFFER_BYTES",
+    "BUFFER_MSGS",
     "FOLLOW_HEARTBEAT_SECONDS",
     "StreamState",
+    "StreamStates",
     "TailFollower",
     "TailMessage",
     "check_followers",
     "last_subject_msg",
     "last_subject_seq",
-    "read_tail",
+    "nats_errors",
     "next_stored_seq",
+    "read_tail",
     "removed_range",
     "skipped_runs",
     "stream_first_seq",
@@ -62,6 +74,30 @@ PENDING_BYTES_LIMIT = 0
 #: the last sequence it delivered + 1) after two missed heartbeats, so a follower whose
 #: consumer the server lost (restart, deletion) resumes within 2-4 s instead of 10-20 s.
 FOLLOW_HEARTBEAT_SECONDS = 1.0
+#: A `TailFollower` holds at most this many messages (and bytes; one larger message is taken
+#: alone) between two `poll`s; when full it pauses its consumer (see the module docstring).
+BUFFER_MSGS = 20_000
+BUFFER_BYTES = 16 * 1024 * 1024
+#: Seconds for a `STREAM.INFO` request that lists the stream's removed sequences (a list of a
+#: million sequences is ~8 MB of JSON).
+DETAILS_TIMEOUT_SECONDS = 30.0
+
+
+@contextlib.contextmanager
+def nats_errors(what: str) -> Iterator[None]:
+    """Map nats-py's errors (timeouts, no responders, a closed connection, API errors) to a
+    `TransientError` with one readable line; `LakeError`s pass through."""
+    from nats.errors import Error as NatsError
+
+    from iceberg_lake.exceptions import TransientError
+
+    try:
+        yield
+    except NatsError as exc:
+        detail = str(exc).strip() or type(exc).__name__
+        raise TransientError(f"{what}: NATS: {detail}") from None
+    except TimeoutError:
+        raise TransientError(f"{what}: NATS did not answer in time") from None
 
 
 @dataclass(frozen=True)
@@ -149,12 +185,12 @@ class StreamState:
         first_seq: its first stored sequence (everything below was removed: limits, purges).
         last_seq: its last sequence (the newest message ever stored).
         deleted: sequences between the two that were removed (message deletes, purges of one
-            subject, per-subject limits), ascending.
+            subject, per-subject limits), ascending (int64).
     """
 
     first_seq: int
     last_seq: int
-    deleted: tuple[int, ...]
+    deleted: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def removed_runs(self, lo: int, hi: int) -> list[tuple[int, int]]:
         """The runs of consecutive sequences within `lo..hi` the stream no longer holds."""
@@ -165,12 +201,36 @@ class StreamState:
             out.append((lo, min(hi, self.first_seq - 1)))
         start = max(lo, self.first_seq)
         deleted = self.deleted
-        for i in range(bisect.bisect_left(deleted, start), bisect.bisect_right(deleted, hi)):
-            seq = deleted[i]
-            if out and out[-1][1] == seq - 1:
-                out[-1] = (out[-1][0], seq)
+        i, j = int(np.searchsorted(deleted, start)), int(np.searchsorted(deleted, hi, "right"))
+        if i >= j:
+            return out
+        seqs = deleted[i:j]
+        breaks = np.flatnonzero(np.diff(seqs) != 1)
+        starts = [int(seqs[0]), *(int(seqs[b + 1]) for b in breaks)]
+        ends = [*(int(seqs[b]) for b in breaks), int(seqs[-1])]
+        for a, b in zip(starts, ends, strict=True):
+            if out and out[-1][1] == a - 1:
+                out[-1] = (out[-1][0], b)
             else:
-                out.append((seq, seq))
+                out.append((a, b))
+        return out
+
+    def removed_in(self, runs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """`removed_runs` of each of `runs` (ascending, disjoint), concatenated: one vectorized
+        pass (a follower of an interleaved stream has a skip per message received)."""
+        if not runs or (not self.deleted.size and runs[0][0] >= self.first_seq):
+            return []  # the common case: nothing removed inside the stream, none below it
+        arr = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
+        lo, hi = arr[:, 0], arr[:, 1]
+        hit = lo < self.first_seq  # (partly) below the first stored sequence
+        if self.deleted.size:
+            start = np.maximum(lo, self.first_seq)
+            i = np.searchsorted(self.deleted, start)
+            j = np.searchsorted(self.deleted, hi, "right")
+            hit |= i < j
+        out: list[tuple[int, int]] = []
+        for k in np.flatnonzero(hit):
+            out.extend(self.removed_runs(int(lo[k]), int(hi[k])))
         return out
 
 
@@ -185,24 +245,66 @@ def skipped_runs(after: int, seqs: Sequence[int], upto: int) -> list[tuple[int, 
     return [(lo, hi) for lo, hi in out if lo <= hi]
 
 
-async def stream_state(js: JetStreamContext, stream: str) -> StreamState:
-    """The stream's first and last sequence and the sequences removed between them.
+async def _stream_info(js: JetStreamContext, stream: str, details: bool) -> dict[str, Any]:
+    """The `state` of `$JS.API.STREAM.INFO.<stream>`, with `deleted_details` if asked.
 
     nats-py's `stream_info` cannot ask for `deleted_details`; the request is the same one
-    (`$JS.API.STREAM.INFO.<stream>`) through the context's `_api_request` and `_prefix`
-    (guarded by tests/engine/test_nats_tail_guard.py).
+    through the context's `_api_request` and `_prefix` (guarded in tests/timetravel/test_live.py).
     """
-    resp = await js._api_request(
-        f"{js._prefix}.STREAM.INFO.{stream}",
-        json.dumps({"deleted_details": True}).encode(),
-        timeout=js._timeout,
-    )
-    state = resp.get("state") or {}
-    return StreamState(
-        int(state.get("first_seq") or 0),
-        int(state.get("last_seq") or 0),
-        tuple(sorted(int(d) for d in state.get("deleted") or ())),
-    )
+    body = json.dumps({"deleted_details": True}).encode() if details else b""
+    timeout = max(js._timeout, DETAILS_TIMEOUT_SECONDS) if details else js._timeout
+    with nats_errors(f"reading the state of stream {stream}"):
+        resp = await js._api_request(f"{js._prefix}.STREAM.INFO.{stream}", body, timeout=timeout)
+    state: dict[str, Any] = resp.get("state") or {}
+    return state
+
+
+def _state_of(state: dict[str, Any]) -> StreamState:
+    deleted = np.sort(np.asarray(state.get("deleted") or (), dtype=np.int64))
+    return StreamState(int(state.get("first_seq") or 0), int(state.get("last_seq") or 0), deleted)
+
+
+async def stream_state(js: JetStreamContext, stream: str) -> StreamState:
+    """The stream's first and last sequence and the sequences removed between them (one
+    request that lists them all; `StreamStates` re-lists only when they changed)."""
+    return _state_of(await _stream_info(js, stream, details=True))
+
+
+class StreamStates:
+    """Streams' states for a reader that asks again and again (every check of a live replay,
+    every live query of a `Lake`): the list of removed sequences is fetched only when it changed.
+
+    Each `get` costs one `STREAM.INFO` without the list (first, last, `num_deleted`). The list
+    known from before, less what is now below the first sequence, is still exact when its size
+    is `num_deleted` (a removed sequence stays removed; new removals would add to the count);
+    else, and when nothing is known, the list is fetched (`deleted_details`). A stream without
+    removed sequences between first and last (the common case: limits remove from the front)
+    never fetches it.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, StreamState] = {}
+        #: Requests that listed the removed sequences (for tests and benchmarks).
+        self.detail_fetches = 0
+
+    async def get(self, js: JetStreamContext, stream: str) -> StreamState:
+        """The stream's state now."""
+        state = await _stream_info(js, stream, details=False)
+        first, last = int(state.get("first_seq") or 0), int(state.get("last_seq") or 0)
+        count = int(state.get("num_deleted") or 0)
+        known = self._known.get(stream)
+        got: StreamState | None = None
+        if count == 0:
+            got = StreamState(first, last)
+        elif known is not None and first >= known.first_seq and last >= known.last_seq:
+            kept = known.deleted[np.searchsorted(known.deleted, first) :]
+            if kept.size == count:
+                got = StreamState(first, last, kept)
+        if got is None:
+            self.detail_fetches += 1
+            got = _state_of(await _stream_info(js, stream, details=True))
+        self._known[stream] = got
+        return got
 
 
 async def next_stored_seq(
@@ -342,14 +444,34 @@ class TailFollower:
     hold nothing of this subject that can still arrive. `check_followers` reports the removed
     sequences among the skips.
 
+    Bounds: at most `max_msgs` messages / `max_bytes` bytes wait for the next `poll`; a delivery
+    that does not fit pauses the follower (it unsubscribes; the delivery and any after it are
+    not received) and the next `poll` resubscribes from `last_seq + 1`. Once `end_at(stop)` is
+    set, messages beyond `stop` are not buffered, and the first one received ends the
+    subscription (everything up to `stop` was delivered before it).
+
+    The callback runs on the loop's thread; `reached` may be called from another thread (a
+    lock keeps what it reads consistent). Everything else runs on the loop's thread.
+
     Args:
         js: JetStream context.
         stream: the stream.
         subject: the subject.
         after: deliver messages after this sequence.
+        max_msgs: messages buffered between two `poll`s at most.
+        max_bytes: bytes buffered between two `poll`s at most.
     """
 
-    def __init__(self, js: JetStreamContext, stream: str, subject: str, after: int) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        subject: str,
+        after: int,
+        *,
+        max_msgs: int = BUFFER_MSGS,
+        max_bytes: int = BUFFER_BYTES,
+    ) -> None:
         self.js = js
         self.stream = stream
         self.subject = subject
@@ -357,17 +479,32 @@ class TailFollower:
         self.covered = after
         self.skips: list[tuple[int, int]] = []
         self.sub: Any = None
+        self.max_msgs = max(1, max_msgs)
+        self.max_bytes = max(1, max_bytes)
+        #: Where a bounded read ends (None: following): see `end_at`.
+        self.stop: int | None = None
+        #: Times the follower paused because its buffer was full; the largest buffer held.
+        self.pauses = 0
+        self.peak_msgs = 0
+        self.peak_bytes = 0
         self._arrived: list[TailMessage] = []
+        self._bytes = 0
+        self._lock = threading.Lock()
         self._event = asyncio.Event()
+        #: Subscription generation: deliveries of an earlier (paused) one are ignored.
+        self._gen = 0
         #: The consumer sequence last received; set when nats-py dropped deliveries.
         self._dseq = 0
         self._dropped = False
+        #: The subscription ended for good: a message beyond `stop` was received.
+        self._ended = False
+        self._closing: set[asyncio.Task[None]] = set()
 
-    async def _on_message(self, msg: Any) -> None:
+    async def _on_message(self, gen: int, msg: Any) -> None:
         # No await in here: nats-py runs it to the end once it took the message from the
         # subscription's queue, so an empty queue means every delivery is accounted (`settled`).
-        if self._dropped:
-            return
+        if gen != self._gen or self._dropped:
+            return  # a paused or ended subscription's delivery (it is delivered again)
         dseq = _consumer_seq(msg.reply)
         if dseq != self._dseq + 1 and dseq != 1:  # (1: a consumer nats-py recreated)
             # nats-py dropped deliveries (`PENDING_MSGS_LIMIT`); they must not pass for
@@ -377,29 +514,120 @@ class TailFollower:
             return
         self._dseq = dseq
         m, _ = _message(msg)
-        if m.seq > self.last_seq:  # an ordered consumer never repeats; belt and braces
+        if m.seq <= self.covered:
+            return  # accounted already (an ordered consumer never repeats; belt and braces)
+        stop = self.stop
+        beyond = stop is not None and m.seq > stop
+        size = len(m.data)
+        if (
+            not beyond
+            and self._arrived
+            and (len(self._arrived) >= self.max_msgs or self._bytes + size > self.max_bytes)
+        ):
+            self._pause()  # full: this delivery and the ones after it come again on resume
+            return
+        with self._lock:
+            # Appended BEFORE `covered` moves (and under the lock `reached` reads both with):
+            # a reader never sees the position past a message that is not buffered yet.
+            if not beyond:
+                self._arrived.append(m)
+                self._bytes += size
             if m.seq > self.covered + 1:
                 self.skips.append((self.covered + 1, m.seq - 1))
-            self.covered = max(self.covered, m.seq)
+            self.covered = m.seq
             self.last_seq = m.seq
-            self._arrived.append(m)
-            self._event.set()
+        if beyond:
+            # Everything up to `stop` was delivered before this one: the read is over.
+            self._ended = True
+            self._pause()
+        else:
+            self.peak_msgs = max(self.peak_msgs, len(self._arrived))
+            self.peak_bytes = max(self.peak_bytes, self._bytes)
+        self._event.set()
+
+    def _pause(self) -> None:
+        """Stop this subscription (from the callback: the unsubscribe runs as its own task)."""
+        self._gen += 1
+        sub, self.sub = self.sub, None
+        if not self._ended:
+            self.pauses += 1
+        self._event.set()
+        if sub is not None:
+            task = asyncio.get_running_loop().create_task(self._unsubscribe(sub))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _unsubscribe(sub: Any) -> None:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+    def end_at(self, stop: int) -> None:
+        """End the read at `stop` (on the loop's thread): later messages are not handed out,
+        and the subscription ends once one arrives."""
+        self.stop = stop
+        with self._lock:
+            if self._arrived and self._arrived[-1].seq > stop:
+                self._arrived = [m for m in self._arrived if m.seq <= stop]
+                self._bytes = sum(len(m.data) for m in self._arrived)
+        if self.last_seq > stop and not self._ended:
+            self._ended = True
+            self._gen += 1
+            sub, self.sub = self.sub, None
+            if sub is not None:
+                task = asyncio.get_running_loop().create_task(self._unsubscribe(sub))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     def reached(self, stop: int) -> bool:
         """True when every message up to `stop` was handed out by `poll`/`drain` (or removed):
-        received and accounted up to it, and nothing waits for the next `poll`."""
-        return self.covered >= stop and not self._arrived
+        received and accounted up to it, and none at or below it waits for the next `poll`
+        (messages beyond it may: a busy subject keeps delivering)."""
+        with self._lock:
+            return self.covered >= stop and (not self._arrived or self._arrived[0].seq > stop)
 
     def settled(self) -> bool:
         """True when no delivered message waits in the subscription's queue."""
         return self.sub is None or self.sub.pending_msgs == 0
 
+    async def in_flight(self) -> bool:
+        """True when the server may have delivered a message beyond `last_seq` that was not
+        received yet (one consumer-info request; unknown counts as yes). A paused or ended
+        follower has none: what its old consumer delivered is received again or not at all."""
+        if self.sub is None:
+            return False
+        try:
+            info = await self.sub.consumer_info()
+        except Exception:
+            return True
+        delivered = info.delivered.stream_seq if info.delivered is not None else 0
+        return int(delivered or 0) > self.last_seq
+
     def cover(self, upto: int) -> None:
         """Mark sequences up to `upto` beyond the position as holding nothing still to come."""
         if upto <= self.covered:
             return
-        self.covered = upto
-        self.skips = [(max(lo, upto + 1), hi) for lo, hi in self.skips if hi > upto]
+        with self._lock:
+            self.covered = upto
+            self.skips = [(max(lo, upto + 1), hi) for lo, hi in self.skips if hi > upto]
+
+    async def _start(self) -> None:
+        self._gen += 1
+        gen = self._gen
+        self._dseq = 0
+
+        async def on_message(msg: Any) -> None:
+            await self._on_message(gen, msg)
+
+        with nats_errors(f"following {self.subject} from {self.stream}"):
+            self.sub = await _subscribe(
+                self.js,
+                self.stream,
+                self.subject,
+                self.last_seq + 1,
+                on_message,
+                idle_heartbeat=FOLLOW_HEARTBEAT_SECONDS,
+            )
 
     async def poll(self, timeout: float) -> list[TailMessage]:
         """Messages that arrived, waiting at most `timeout` seconds for the first one.
@@ -414,32 +642,34 @@ class TailFollower:
                 f"following {self.subject} from {self.stream}: the client dropped messages "
                 f"after seq {self.last_seq} (slow consumer)"
             )
-        if self.sub is None:
-            self.sub = await _subscribe(
-                self.js,
-                self.stream,
-                self.subject,
-                self.last_seq + 1,
-                self._on_message,
-                idle_heartbeat=FOLLOW_HEARTBEAT_SECONDS,
-            )
-        if not self._arrived:
+        if self.sub is None and not self._ended and not self._arrived:
+            await self._start()
+        if not self._arrived and not self._ended:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._event.wait(), timeout)
-        return self.drain()
+        out = self.drain()
+        if self.sub is None and not self._ended:
+            await self._start()  # paused when full: there is room again
+        return out
 
     def drain(self) -> list[TailMessage]:
         """Messages that arrived since the last `poll`/`drain`, without waiting or subscribing."""
-        out, self._arrived = self._arrived, []
+        with self._lock:
+            out, self._arrived = self._arrived, []
+            self._bytes = 0
         self._event.clear()
         return out
 
     async def close(self) -> None:
         """Unsubscribe (the server removes the ephemeral consumer)."""
+        self._ended = True
+        self._gen += 1
         if self.sub is not None:
-            with contextlib.suppress(Exception):
-                await self.sub.unsubscribe()
+            await self._unsubscribe(self.sub)
             self.sub = None
+        for task in list(self._closing):
+            with contextlib.suppress(Exception):
+                await task
 
 
 async def check_followers(
@@ -449,6 +679,7 @@ async def check_followers(
     *,
     final: bool = False,
     skips_only: bool = False,
+    states: StreamStates | None = None,
 ) -> list[list[tuple[int, int]]]:
     """The sequences each follower's range lost: removed by the stream before it received them.
 
@@ -464,10 +695,13 @@ async def check_followers(
     * up to the next message of the subject stored at (c) (or the horizon: the stream's last
       sequence in (b), or `horizons[i]` if lower), nothing of the subject was stored. If (d)
       still holds every sequence of that range, none of it ever was the subject's: the
-      follower `cover`s it. Else, once every delivered message is accounted (`settled`,
-      position unchanged since (a); or `final`), the sequences of it that (d) no longer holds
-      are reported (whatever of the subject was there was removed unread), and it is covered.
-      Otherwise it waits for the next check.
+      follower `cover`s it. Else, once every delivered message is accounted, the sequences of
+      it that (d) no longer holds are reported (whatever of the subject was there was removed
+      unread), and it is covered. "Accounted" (unless `final`): (e) the follower's consumer
+      has delivered nothing beyond its position (`in_flight`: a consumer-info request), and
+      afterwards nothing waits in the client's queue (`settled`) and the position is still the
+      one of (a). A message delivered before (e) would show in (e); one delivered after (e)
+      was stored after (d), so is not among the removed. Otherwise it waits for the next check.
 
     Args:
         js: JetStream context.
@@ -475,47 +709,57 @@ async def check_followers(
         horizons: per follower, the last sequence that belongs to the read (None: the stream's
             last; a bounded read passes the stream's last sequence when its end was fixed).
         final: no message of a follower's subject at or below its horizon and beyond its
-            position can still arrive (the read's end was reached): do not wait for settling.
+            position can still be handed out (the read's end was reached): do not wait.
         skips_only: (a), (b) and the skips only: one request per stream, for a check soon
             after messages were received (the sooner, the fewer other subjects' skipped
             messages the stream removed meanwhile: those are reported too).
+        states: the caller's `StreamStates` (fetches the removed list only when it changed).
 
     Returns:
         Per follower, the runs `(first, last)` of sequences found removed (new ones only: each
         sequence is in at most one run over all the checks of a follower).
+
+    Raises:
+        TransientError: a request failed (NATS unreachable, timeout).
     """
+    states = states if states is not None else StreamStates()
     taken = []
     for f in followers:  # (a)
         taken.append((f.skips, f.last_seq, f.covered))
         f.skips = []
     streams = sorted({f.stream for f in followers})
-    before = {s: await stream_state(js, s) for s in streams}  # (b)
+    before = {s: await states.get(js, s) for s in streams}  # (b)
     if skips_only:
         return [
-            [run for lo, hi in skips for run in before[f.stream].removed_runs(lo, hi)]
+            before[f.stream].removed_in(skips)
             for f, (skips, _, _) in zip(followers, taken, strict=True)
         ]
-    following = [  # (c)
-        await next_stored_seq(js, f.stream, f.subject, covered)
-        for f, (_, _, covered) in zip(followers, taken, strict=True)
-    ]
-    after = {s: await stream_state(js, s) for s in streams}  # (d)
+    with nats_errors("finding the next stored message"):
+        following = [  # (c)
+            await next_stored_seq(js, f.stream, f.subject, covered)
+            for f, (_, _, covered) in zip(followers, taken, strict=True)
+        ]
+    after = {s: await states.get(js, s) for s in streams}  # (d)
     out: list[list[tuple[int, int]]] = []
     for f, (skips, position, covered), horizon, nxt in zip(
         followers, taken, horizons, following, strict=True
     ):
         s1, s2 = before[f.stream], after[f.stream]
         limit = s1.last_seq if horizon is None else min(s1.last_seq, horizon)
-        found: list[tuple[int, int]] = []
-        for lo, hi in skips:
-            found.extend(s1.removed_runs(lo, min(hi, limit)))
+        found = s1.removed_in([(lo, min(hi, limit)) for lo, hi in skips if lo <= limit])
         # Nothing of the subject was stored in (covered, reach] at (c).
         reach = limit if nxt is None else min(limit, nxt - 1)
         if reach > covered:
-            if not s2.removed_runs(covered + 1, reach):
+            removed = s2.removed_runs(covered + 1, reach)
+            if not removed:
                 f.cover(reach)
-            elif final or (f.settled() and f.last_seq == position):
-                found.extend(s2.removed_runs(covered + 1, reach))
+            elif final or (
+                f.last_seq == position
+                and not await f.in_flight()  # (e)
+                and f.settled()
+                and f.last_seq == position
+            ):
+                found.extend(removed)
                 f.cover(reach)
         out.append(found)
     return out

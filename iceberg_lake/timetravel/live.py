@@ -31,6 +31,10 @@ are reported (`LiveRange.removed`, the replay manifest, `Freshness.live_warning`
 silently. A live replay accounts for every stream sequence of its range (received, skipped
 between two received ones, or after the last one) and reports exactly the sequences removed
 before it received them, while it reads (`LiveTail._check_gaps`, `nats_tail.check_followers`).
+The runs are listed up to `MAX_LISTED_GAPS` per table and counted beyond; a warning names at
+most `WARNING_RUNS` of them. A live replay's followers buffer a bounded amount between rounds
+(`nats_tail.BUFFER_MSGS`/`BUFFER_BYTES`), and a bounded read stops at its end however busy
+the subject is.
 
 Order of live replay events: the pinned history first, in replay order; then the tail in
 arrival rounds — each round (what arrived since the previous one) sorted by the replay key
@@ -41,6 +45,7 @@ already delivered is delivered when it arrives (late), never dropped.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import logging
 import threading
@@ -62,16 +67,17 @@ from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine import filters
 from iceberg_lake.engine.nats import INFERRED_TARGET, consumer_target, stream_for_subject
 from iceberg_lake.engine.nats_tail import (
+    StreamStates,
     TailFollower,
     TailMessage,
     check_followers,
     last_subject_msg,
     last_subject_seq,
+    nats_errors,
     read_tail,
     removed_range,
     skipped_runs,
     stream_first_seq,
-    stream_state,
 )
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.ingest.decode import TableCodec
@@ -87,7 +93,10 @@ if TYPE_CHECKING:
     from iceberg_lake.timetravel.replay import ReplayEngine, ReplayEvent
 
 __all__ = [
+    "MAX_LISTED_GAPS",
+    "WARNING_RUNS",
     "Freshness",
+    "GapLog",
     "InferenceStart",
     "LiveRange",
     "LiveTail",
@@ -107,6 +116,13 @@ log = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder(order="sorted")
 
 
+#: Runs of removed sequences listed per table (`LiveRange.gaps`, the replay manifest); the
+#: ones beyond are counted (`unlisted_gaps`, `unlisted_removed`), their envelope in `removed`.
+MAX_LISTED_GAPS = 1_000
+#: Runs a warning line names; the others are summed up ("and N more runs (M sequences)").
+WARNING_RUNS = 5
+
+
 def removed_warning(
     table: str,
     stream: str,
@@ -115,20 +131,93 @@ def removed_warning(
     *,
     inferred: bool = False,
     runs: Sequence[tuple[int, int]] = (),
+    more_runs: int = 0,
+    more_seqs: int = 0,
 ) -> str:
     """The one-line warning for stream sequences removed before `table` committed them.
 
     `removed` is their envelope; `runs`, when given, the runs of removed sequences in it (the
-    sequences between them were read).
+    sequences between them were read); `more_runs`/`more_seqs` runs (sequences) not in `runs`.
+    At most `WARNING_RUNS` runs are named; the rest are counted.
     """
     lo, hi = removed
     which = f"{subject} messages" + (" (or ones schema inference routes here)" if inferred else "")
-    seqs = ", ".join(f"{a}..{b}" for a, b in runs) if len(runs) > 1 else f"{lo}..{hi}"
+    extra_runs = more_runs + max(0, len(runs) - WARNING_RUNS)
+    extra_seqs = more_seqs + sum(b - a + 1 for a, b in runs[WARNING_RUNS:])
+    if len(runs) > 1 or (runs and extra_runs):
+        seqs = ", ".join(f"{a}..{b}" for a, b in runs[:WARNING_RUNS])
+        if extra_runs:
+            seqs += f" and {extra_runs:,} more runs ({extra_seqs:,} sequences)"
+    else:
+        seqs = f"{lo}..{hi}"
     return (
         f"{table}: stream {stream} no longer holds seq {seqs} (removed by its limits "
         f"max_age/max_bytes/max_msgs, a purge or a delete, before the table committed them): any "
         f"{which} among them are missing from the live view"
     )
+
+
+class GapLog:
+    """The runs of stream sequences one table's tail found removed: merged as they come (one
+    bisect each, no re-sort), the first `MAX_LISTED_GAPS` listed, the ones beyond counted.
+
+    A run that touches or overlaps a listed one widens it; a run contained in a listed one is
+    not new. Unlisted runs are counted as reported (their envelope kept).
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, int]] = []
+        self.more_runs = 0
+        self.more_seqs = 0
+        self._more: tuple[int, int] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.runs) or self._more is not None
+
+    @property
+    def envelope(self) -> tuple[int, int] | None:
+        """`(first, last)` over every run, listed or not (None: none)."""
+        listed = (self.runs[0][0], self.runs[-1][1]) if self.runs else None
+        return _merge(listed, self._more)
+
+    def add(self, lo: int, hi: int) -> bool:
+        """Record `lo..hi`; True when it held sequences not recorded before."""
+        if hi < lo:
+            return False
+        runs = self.runs
+        i = bisect.bisect_left(runs, (lo, lo))  # the first run starting at or after lo
+        k = i
+        if i > 0 and runs[i - 1][1] >= lo - 1:
+            i -= 1  # the one before touches it
+        while k < len(runs) and runs[k][0] <= hi + 1:
+            k += 1
+        if i < k:
+            a, b = runs[i][0], runs[k - 1][1]
+            if k - i == 1 and a <= lo and hi <= b:
+                return False
+            runs[i:k] = [(min(a, lo), max(b, hi))]
+            return True
+        if len(runs) < MAX_LISTED_GAPS:
+            runs.insert(i, (lo, hi))
+            return True
+        self.more_runs += 1
+        self.more_seqs += hi - lo + 1
+        self._more = _merge(self._more, (lo, hi))
+        return True
+
+    def trim(self, upto: int) -> None:
+        """Forget sequences at or below `upto` (a commit now holds whatever of them was the
+        table's). Unlisted counts are kept while their envelope reaches beyond (at most)."""
+        runs = self.runs
+        i = bisect.bisect_left(runs, (upto + 1, upto + 1))
+        if i > 0 and runs[i - 1][1] > upto:
+            i -= 1
+        self.runs = [(max(lo, upto + 1), hi) for lo, hi in runs[i:]]
+        if self._more is not None:
+            if self._more[1] <= upto:
+                self._more, self.more_runs, self.more_seqs = None, 0, 0
+            else:
+                self._more = (max(self._more[0], upto + 1), self._more[1])
 
 
 def live_warnings(ranges: dict[str, LiveRange]) -> list[str]:
@@ -163,7 +252,9 @@ class LiveRange:
             were read (None: not read); `inferred_last_seq` is the last one considered.
         inferred_rows: rows they decoded to (included in `tail_rows`).
         gaps: the runs of consecutive removed sequences within `removed` (the ones between
-            them were read); empty when `removed` is None.
+            them were read); empty when `removed` is None. At most `MAX_LISTED_GAPS` (per
+            tail): the others are counted in `unlisted_gaps` (runs) and `unlisted_removed`
+            (sequences).
     """
 
     table: str
@@ -180,6 +271,8 @@ class LiveRange:
     inferred_last_seq: int | None = None
     inferred_rows: int = 0
     gaps: tuple[tuple[int, int], ...] = ()
+    unlisted_gaps: int = 0
+    unlisted_removed: int = 0
 
     @property
     def warning(self) -> str | None:
@@ -193,6 +286,8 @@ class LiveRange:
             self.removed,
             inferred=self.inferred_after is not None,
             runs=self.gaps,
+            more_runs=self.unlisted_gaps,
+            more_seqs=self.unlisted_removed,
         )
 
     def describe(self) -> str:
@@ -236,10 +331,18 @@ class NatsLoop:
         #: The schema-inference consumer was seen: its rows are read even while a writer
         #: (re)creates it (a moment without it is no sign that inference stopped).
         self.inferred_seen = False
+        #: Streams' states (their removed sequences re-listed only when they changed).
+        self.states = StreamStates()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` on the loop and return its result (exceptions propagate)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        """Run `coro` on the loop and return its result.
+
+        Raises:
+            TransientError: for nats-py's errors (timeouts, no responders, a closed
+                connection): one readable line; other exceptions propagate.
+        """
+        with nats_errors("live tail"):
+            return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     async def js(self) -> Any:
         """The JetStream context (connects on first use)."""
@@ -371,16 +474,22 @@ class _TailCache:
         self.row_seqs = np.zeros(0, dtype=np.int64)
         self.msg_seqs = np.zeros(0, dtype=np.int64)
         #: Runs of stream sequences after `after` the stream removed before they were read.
-        self.gaps: list[tuple[int, int]] = []
+        self.log = GapLog()
+
+    @property
+    def gaps(self) -> list[tuple[int, int]]:
+        """The listed runs (see `GapLog`)."""
+        return self.log.runs
 
     @property
     def removed(self) -> tuple[int, int] | None:
-        """The envelope of `gaps` (None: none)."""
-        return (self.gaps[0][0], self.gaps[-1][1]) if self.gaps else None
+        """The envelope of every run (None: none)."""
+        return self.log.envelope
 
     def note_removed(self, runs: Sequence[tuple[int, int]]) -> None:
         """Remember removed runs, merged with the ones already noted."""
-        self.gaps = _merge_runs([*self.gaps, *runs])
+        for lo, hi in runs:
+            self.log.add(lo, hi)
 
     def advance(self, watermark: int) -> None:
         """Forget what the snapshot now holds (sequences at or below `watermark`)."""
@@ -392,7 +501,7 @@ class _TailCache:
             self.row_seqs = self.row_seqs[keep]
         self.msg_seqs = self.msg_seqs[self.msg_seqs > watermark]
         # A commit beyond a removed run holds whatever of it was the table's.
-        self.gaps = [(max(lo, watermark + 1), hi) for lo, hi in self.gaps if hi > watermark]
+        self.log.trim(watermark)
         self.after = watermark
         self.last_seq = max(self.last_seq, watermark)
 
@@ -443,9 +552,9 @@ async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, in
         # read: of the sequences the read skipped, up to the stream's last one now, the ones
         # the stream no longer holds are reported (a stored one is another subject's, or a
         # newer message of the subject, for the next query).
-        state = await stream_state(js, src.stream)
+        state = await loop.states.get(js, src.stream)
         skipped = skipped_runs(before, [m.seq for m in msgs], state.last_seq)
-        cache.note_removed([r for lo, hi in skipped for r in state.removed_runs(lo, hi)])
+        cache.note_removed(state.removed_in(skipped))
         rows, seqs = src.decode_with_seqs(msgs)
         cache.add(msgs, rows, seqs)
         # Every message on the subject up to `upto` has been read (it was the newest one).
@@ -627,8 +736,11 @@ class _UnmappedFollower:
     Every message is delivered once: per subject, only sequences beyond the last delivered.
     """
 
-    def __init__(self, js: Any, mapped: frozenset[str], after: int) -> None:
+    def __init__(
+        self, js: Any, mapped: frozenset[str], after: int, states: StreamStates | None = None
+    ) -> None:
         self.js = js
+        self.states = states if states is not None else StreamStates()
         self.stream, _, self.wildcard = consumer_target(INFERRED_TARGET)
         self.mapped = mapped
         self.after = after
@@ -676,7 +788,12 @@ class _UnmappedFollower:
             await self.discover()
         followers = self._all()
         found = await check_followers(
-            self.js, followers, [self.stop] * len(followers), final=final, skips_only=skips_only
+            self.js,
+            followers,
+            [self.stop] * len(followers),
+            final=final,
+            skips_only=skips_only,
+            states=self.states,
         )
         return sorted(run for runs in found for run in runs)
 
@@ -692,11 +809,14 @@ class _UnmappedFollower:
         self.stop = await self.discover()
         if self.wide is not None:
             self.ends = {self.wildcard: self.stop}
+            self.wide.end_at(self.stop)
             return
         self.ends = {
             s: min(await last_subject_seq(self.js, self.stream, s), self.stop)
             for s in self.followers
         }
+        for s, end in self.ends.items():
+            self.followers[s].end_at(end)
 
     def done(self) -> bool:
         """Every follower reached its end (only after `fix_end`)."""
@@ -807,7 +927,7 @@ def create_live_views(
                 sql = f"{sql} UNION ALL BY NAME SELECT * FROM {quote_ident(rel)}"
             # Rows routed here by schema inference: a second tail, its own relation.
             tails = lake._live.tails if lake._live is not None else {}
-            gaps = tails[ident].gaps
+            logs = [tails[ident].log]
             newest = _newest(rows)
             inferred_after: int | None = None
             inferred_rows = inferred_messages = 0
@@ -815,7 +935,7 @@ def create_live_views(
                 icache = tails[ident + _INFERRED]
                 irows, inferred_messages = icache.view(inferred_end)
                 inferred_after, inferred_rows = icache.after, irows.num_rows
-                gaps = _merge_runs([*gaps, *icache.gaps])
+                logs.append(icache.log)
                 if irows.num_rows:
                     irel = f"__live_inferred_{ns}_{name}"
                     con.register(irel, irows)
@@ -832,11 +952,15 @@ def create_live_views(
                 tail_messages=messages + inferred_messages,
                 tail_rows=rows.num_rows + inferred_rows,
                 newest_tail_ns=newest,
-                removed=(gaps[0][0], gaps[-1][1]) if gaps else None,
+                removed=_merge(*(log.envelope for log in logs))
+                if len(logs) > 1
+                else logs[0].envelope,
                 inferred_after=inferred_after,
                 inferred_last_seq=inferred_end if inferred_after is not None else None,
                 inferred_rows=inferred_rows,
-                gaps=tuple(gaps),
+                gaps=tuple(_merge_runs([r for log in logs for r in log.runs])),
+                unlisted_gaps=sum(log.more_runs for log in logs),
+                unlisted_removed=sum(log.more_seqs for log in logs),
             )
         with catalog_errors(f"opening {ident}"):
             con.execute(f"CREATE OR REPLACE VIEW {ns}.{quote_ident(name)} AS {sql}")
@@ -1111,8 +1235,8 @@ class LiveTail:
         #: Table → the runs of stream sequences of its range that the stream removed (limits,
         #: purges, deletes) before the tail received them, each sequence once, none received
         #: (`_check_gaps`; a run may hold only other subjects' messages: JetStream does not
-        #: record a removed message's subject).
-        self.gaps: dict[str, list[tuple[int, int]]] = {}
+        #: record a removed message's subject). Listed up to `MAX_LISTED_GAPS`, then counted.
+        self.gaps: dict[str, GapLog] = {}
         #: Table → the stream's last sequence when the end of the read was fixed (None: not
         #: fixed, following): later sequences are not the replay's.
         self._horizon: dict[str, int] | None = None
@@ -1120,11 +1244,13 @@ class LiveTail:
         self._checked_at = 0.0
         self._loop: NatsLoop | None = None
         self._unmapped: _UnmappedFollower | None = None
+        #: Stream states of the removal checks (the removed list is fetched when it changed).
+        self._states = StreamStates()
 
     @property
     def removed(self) -> dict[str, tuple[int, int]]:
-        """Table → the envelope `(first, last)` of its `gaps`."""
-        return {t: (g[0][0], max(hi for _, hi in g)) for t, g in self.gaps.items() if g}
+        """Table → the envelope `(first, last)` of its `gaps` (listed or not)."""
+        return {t: env for t, g in self.gaps.items() if (env := g.envelope) is not None}
 
     def manifest_extra(self) -> dict[str, Any]:
         """The manifest's `live` section: per table the watermark and tail range read."""
@@ -1144,7 +1270,9 @@ class LiveTail:
                         "removed": list(self.removed[src.identifier])
                         if src.identifier in self.removed
                         else None,
-                        "gaps": [list(g) for g in self.gaps.get(src.identifier, [])],
+                        "gaps": [list(g) for g in self._log(src.identifier).runs],
+                        "unlisted_gaps": self._log(src.identifier).more_runs,
+                        "unlisted_removed": self._log(src.identifier).more_seqs,
                     }
                     for _, src, _ in self.sources
                 },
@@ -1153,38 +1281,43 @@ class LiveTail:
             }
         }
 
-    def warnings(self) -> list[str]:
-        """One line per range of a table's tail the stream removed before it was received."""
-        return [
-            removed_warning(
-                src.identifier,
-                src.stream,
-                src.subject,
-                gap,
-                inferred=src.identifier in self.inferred_after,
-            )
-            for _, src, _ in self.sources
-            for gap in self.gaps.get(src.identifier, [])
-        ]
+    def _log(self, table: str) -> GapLog:
+        return self.gaps.get(table) or GapLog()
 
-    def _note_gap(self, src: TailSource, lo: int, hi: int) -> None:
-        """Record (and log, once) sequences `lo..hi` removed before the tail received them."""
-        if hi < lo:
+    def warnings(self) -> list[str]:
+        """One line per table whose tail the stream removed sequences of before they were
+        received (naming up to `WARNING_RUNS` runs, counting the rest)."""
+        out = []
+        for _, src, _ in self.sources:
+            log = self.gaps.get(src.identifier)
+            if log and (envelope := log.envelope) is not None:
+                out.append(
+                    removed_warning(
+                        src.identifier,
+                        src.stream,
+                        src.subject,
+                        envelope,
+                        inferred=src.identifier in self.inferred_after,
+                        runs=log.runs,
+                        more_runs=log.more_runs,
+                        more_seqs=log.more_seqs,
+                    )
+                )
+        return out
+
+    def _note_gaps(self, src: TailSource, runs: list[tuple[int, int]]) -> None:
+        """Record runs removed before the tail received them; log the new ones (one line)."""
+        gaps = self.gaps.setdefault(src.identifier, GapLog())
+        new = [(lo, hi) for lo, hi in _merge_runs(runs) if gaps.add(lo, hi)]
+        if not new:
             return
-        gaps = self.gaps.setdefault(src.identifier, [])
-        for i, (a, b) in enumerate(gaps):
-            if lo <= b + 1 and hi >= a - 1:  # overlapping or adjacent: widen the known one
-                if a <= lo and hi <= b:
-                    return
-                gaps[i] = (min(a, lo), max(b, hi))
-                break
-        else:
-            gaps.append((lo, hi))
-        gaps.sort()
         inferred = src.identifier in self.inferred_after
+        envelope = (new[0][0], new[-1][1])
         log.warning(
             "%s",
-            removed_warning(src.identifier, src.stream, src.subject, (lo, hi), inferred=inferred),
+            removed_warning(
+                src.identifier, src.stream, src.subject, envelope, inferred=inferred, runs=new
+            ),
         )
 
     def _check_gaps(
@@ -1220,6 +1353,7 @@ class LiveTail:
                 [None if horizon is None else horizon[i] for i in idents],
                 final=final,
                 skips_only=skips_only,
+                states=self._states,
             )
             theirs: list[tuple[int, int]] = []
             if unmapped is not None:
@@ -1229,12 +1363,12 @@ class LiveTail:
         own, theirs = loop.run(read())
         found = dict(zip(idents, own, strict=True))
         for _, src, _ in self.sources:
-            for lo, hi in found.get(src.identifier, []):
-                self._note_gap(src, lo, hi)
+            runs = list(found.get(src.identifier, []))
             after = self.inferred_after.get(src.identifier)
             if after is not None:
-                for lo, hi in theirs:
-                    self._note_gap(src, max(lo, after + 1), hi)
+                runs += [(max(lo, after + 1), hi) for lo, hi in theirs if hi > after]
+            if runs:
+                self._note_gaps(src, runs)
         if not skips_only:
             self._checks += 1
             self._checked_at = time.monotonic()
@@ -1277,6 +1411,11 @@ class LiveTail:
                 src.identifier: max(last[src.stream], ends[src.identifier])
                 for _, src, _ in self.sources
             }
+            for ident, end in ends.items():
+                if ident in followers:
+                    # Messages beyond the end are not buffered; the first one ends the
+                    # follower's subscription (a busy subject would keep it delivering).
+                    followers[ident].end_at(end)
             return ends
 
         async def setup() -> dict[str, int] | None:
@@ -1286,7 +1425,7 @@ class LiveTail:
             ends = None if self.follow else await fix_ends(js)
             if self.inferred_after and self.inference is not None:
                 after = min(self.inferred_after.values())
-                self._unmapped = _UnmappedFollower(js, self.inference.mapped, after)
+                self._unmapped = _UnmappedFollower(js, self.inference.mapped, after, self._states)
                 if self.follow:
                     await self._unmapped.discover()
                 else:

@@ -15,9 +15,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ingest_support import encode, make_event, run_until_idle, settings_env, settings_for
+from support.wait import await_until
 
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog
@@ -727,7 +729,7 @@ def test_guard_stream_state_and_follower_skips(nats_server: NatsServer) -> None:
             await js.publish(subject, b"m")
         await js.delete_msg(name, 3)
         state = await stream_state(js, name)
-        assert (state.first_seq, state.last_seq, state.deleted) == (1, 7, (3,))
+        assert (state.first_seq, state.last_seq, state.deleted.tolist()) == (1, 7, [3])
         assert state.removed_runs(1, 7) == [(3, 3)] and state.removed_runs(4, 7) == []
         assert await next_stored_seq(js, name, x, 5) == 7
         assert await next_stored_seq(js, name, f"{name.lower()}.>", 5) == 6
@@ -794,7 +796,9 @@ def test_following_replay_reports_removals_inside_its_first_round(
         live = engine.manifest()["live"]
         assert live["tables"][TABLE]["gaps"] == [[3, 3], [8, 8], [10, 10]]
         assert live["tables"][TABLE]["removed"] == [3, 10]
-        assert len(live["warnings"]) == 3 and "seq 8..8" in live["warnings"][1]
+        assert live["tables"][TABLE]["unlisted_gaps"] == 0
+        (warning,) = live["warnings"]  # one line per table
+        assert "seq 3..3, 8..8, 10..10 " in warning
     finally:
         pub.close()
 
@@ -944,3 +948,275 @@ def test_live_query_reports_deleted_messages_exactly(tmp_path: Path, nats: NatsS
     finally:
         lake.close()
         pub.close()
+
+
+def test_follower_buffer_is_bounded_and_a_larger_backlog_arrives_whole(
+    nats_server: NatsServer,
+) -> None:
+    """A follower holds at most its bound between two polls (messages, and bytes): a backlog
+    6x larger arrives whole, in order, each message once; it pauses when full and resumes
+    from its position.
+
+    Budget: ~2 s."""
+    from nats.js.api import StreamConfig
+
+    from iceberg_lake.engine.nats_tail import TailFollower
+
+    async def go() -> None:
+        import nats as nats_py
+
+        nc = await nats_py.connect(nats_server.url)
+        js = nc.jetstream()
+        name = f"BOUND{time.time_ns()}"
+        x = f"{name.lower()}.x"
+        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
+        await asyncio.gather(*(js.publish(x, b"m" * 100) for _ in range(600)))
+        for bound in ({"max_msgs": 100}, {"max_bytes": 5_000}):  # 100 messages; 50 messages
+            follower = TailFollower(js, name, x, 0, **bound)
+            got: list[int] = []
+            deadline = time.monotonic() + 10
+            while len(got) < 600 and time.monotonic() < deadline:
+                got += [m.seq for m in await follower.poll(0.2)]
+                # Let the buffer fill up (it pauses) before the next poll.
+                await await_until(
+                    lambda f=follower: f.sub is None or f.last_seq == 600, 5, "a full buffer"
+                )
+            await follower.close()
+            assert got == list(range(1, 601)), bound
+            assert follower.peak_msgs <= 100 and follower.peak_bytes <= 10_000, bound
+            assert follower.pauses >= 5, (bound, follower.pauses)
+            if "max_bytes" in bound:
+                assert follower.peak_bytes <= 5_000 and follower.peak_msgs == 50
+        await js.delete_stream(name)
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def test_bounded_live_replay_ends_while_the_subject_keeps_publishing(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """A live replay without --follow ends at its end even while the subject keeps receiving
+    messages beyond it (its follower stops at the end instead of buffering them forever), and
+    delivers everything up to its end exactly once.
+
+    Budget: ~3 s."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    busy = Publisher(settings)
+    now = time.time_ns()
+    stop = threading.Event()
+    published = [0]
+
+    def keep_publishing() -> None:
+        async def go() -> None:
+            deadline = time.monotonic() + 8
+            i = 0
+            while not stop.is_set() and time.monotonic() < deadline:
+                await asyncio.gather(
+                    *(
+                        busy.js.publish(SUBJECT, encode(event(1000 + i + k, now + 1000 + i + k)))
+                        for k in range(20)
+                    )
+                )
+                i += 20
+                published[0] = i
+
+        busy.loop.run_until_complete(go())
+
+    publisher = threading.Thread(target=keep_publishing)
+    try:
+        pub.publish([event(i, now + i) for i in range(200)])  # seq 1..200
+        engine = ReplayEngine(settings, [TABLE], now - 10**9, now + 10**9, pin=False, live=True)
+        publisher.start()
+        wait_for(lambda: published[0] >= 200, 5, "the busy publisher")
+        got: list[int] = []
+        replay = threading.Thread(
+            target=lambda: got.extend(e.as_dict()["seq"] for e in engine.all_events())
+        )
+        replay.start()
+        replay.join(timeout=5)
+        assert not replay.is_alive(), "the replay did not end while the subject kept publishing"
+        assert publisher.is_alive(), "the publisher stopped first: nothing was shown"
+        got.sort()
+        assert got[:200] == list(range(200)) and len(set(got)) == len(got)
+        assert got[200:] == list(range(1000, 1000 + len(got) - 200)), "a prefix of the rest"
+        assert engine.manifest()["complete"]
+    finally:
+        stop.set()
+        publisher.join(timeout=10)
+        busy.close()
+        pub.close()
+
+
+def test_a_message_delivered_but_not_yet_received_is_never_reported(
+    nats_server: NatsServer,
+) -> None:
+    """A message the server delivered that the follower has not received yet (in flight) and
+    that the stream then removes is not reported as removed: the check waits until the
+    consumer shows nothing delivered beyond the follower's position. Received later, it is
+    handed out, and nothing is reported.
+
+    Budget: ~1 s."""
+    from nats.js.api import StreamConfig
+
+    from iceberg_lake.engine.nats_tail import TailFollower, _ack_fields, check_followers
+
+    class Holding(TailFollower):
+        """Holds back deliveries from seq 2 on: as if still on the wire."""
+
+        held: list[tuple[Any, ...]]
+
+        async def _on_message(self, *args: Any) -> None:  # (generation,) message
+            if getattr(self, "hold", True) and _ack_fields(args[-1].reply)[0] >= 2:
+                self.__dict__.setdefault("held", []).append(args)
+                return
+            await super()._on_message(*args)
+
+    async def go() -> None:
+        import nats as nats_py
+
+        nc = await nats_py.connect(nats_server.url)
+        js = nc.jetstream()
+        name = f"FLIGHT{time.time_ns()}"
+        x, y = f"{name.lower()}.x", f"{name.lower()}.y"
+        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"], max_msgs=3))
+        await js.publish(x, b"m")
+        await js.publish(x, b"m")  # seq 2: delivered, held
+        follower = Holding(js, name, x, 0)
+        got = [m.seq for m in await follower.poll(1.0)]
+        await await_until(lambda: follower.__dict__.get("held"), 5, "seq 2 delivered")
+        for _ in range(3):
+            await js.publish(y, b"m")  # seq 3..5: the stream drops 1 and 2
+        assert await check_followers(js, [follower], [None]) == [[]], "2 is in flight"
+        assert follower.covered == 1
+        follower.hold = False  # type: ignore[attr-defined]
+        for args in follower.held:
+            await TailFollower._on_message(follower, *args)
+        got += [m.seq for m in await follower.poll(1.0)]
+        assert got == [1, 2]
+        assert await check_followers(js, [follower], [None]) == [[]]
+        assert follower.covered == 5
+        await follower.close()
+        await js.delete_stream(name)
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def test_gap_log_merges_and_caps_and_warnings_stay_one_short_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Runs found removed merge as they come (overlapping, adjacent, out of order; a run seen
+    before is not new); past `MAX_LISTED_GAPS` they are counted, not listed; a warning names
+    at most `WARNING_RUNS` runs and sums up the rest.
+
+    Budget: < 0.1 s."""
+    from iceberg_lake.timetravel import live
+
+    monkeypatch.setattr(live, "MAX_LISTED_GAPS", 4)
+    log = live.GapLog()
+    assert not log and log.envelope is None
+    assert [log.add(*r) for r in [(10, 10), (3, 4), (5, 5), (12, 13), (11, 11)]] == [True] * 5
+    assert log.runs == [(3, 5), (10, 13)]
+    assert not log.add(4, 5) and not log.add(11, 12)
+    assert log.add(20, 20) and log.add(30, 31)
+    assert log.add(7, 7) and log.add(40, 42)  # listed full: counted
+    assert log.add(9, 9)  # adjacent to a listed run: merged
+    assert log.runs == [(3, 5), (9, 13), (20, 20), (30, 31)]
+    assert (log.more_runs, log.more_seqs, log.envelope) == (2, 4, (3, 42))
+    log.trim(9)
+    assert log.runs == [(10, 13), (20, 20), (30, 31)] and log.more_runs == 2
+    log.trim(50)
+    assert not log and log.envelope is None
+
+    runs = [(i, i) for i in range(1, 40, 2)]  # 20 single-sequence runs
+    line = live.removed_warning(
+        TABLE, "MARKET", SUBJECT, (1, 41), runs=runs, more_runs=1, more_seqs=3
+    )
+    assert "seq 1..1, 3..3, 5..5, 7..7, 9..9 and 16 more runs (18 sequences) (" in line
+    assert "\n" not in line and len(line) < 400
+    assert "seq 1..9 (" in live.removed_warning(TABLE, "MARKET", SUBJECT, (1, 9), runs=[(1, 9)])
+
+    # Skips classified in one vectorized pass, as one run at a time would.
+    import numpy as np
+
+    from iceberg_lake.engine.nats_tail import StreamState
+
+    state = StreamState(5, 20, np.array([7, 8, 12, 14], dtype=np.int64))
+    skips = [(1, 2), (4, 6), (7, 9), (10, 10), (11, 13), (14, 14), (16, 20)]
+    want = [r for lo, hi in skips for r in state.removed_runs(lo, hi)]
+    assert state.removed_in(skips) == want == [(1, 2), (4, 4), (7, 8), (12, 12), (14, 14)]
+    assert StreamState(5, 20).removed_in([(6, 9)]) == StreamState(5, 20).removed_in([]) == []
+
+
+def test_stream_states_fetch_the_removed_list_only_when_it_changed(
+    nats_server: NatsServer,
+) -> None:
+    """Guard and cost: `StreamStates` lists the removed sequences (`deleted_details`, through
+    nats-py's private `_api_request`) only when `num_deleted` says they changed, and never for
+    a stream without interior removals; the state it returns is the server's.
+
+    Budget: ~0.5 s."""
+    from nats.js.api import StreamConfig
+
+    from iceberg_lake.engine.nats_tail import StreamStates, stream_state
+
+    async def go() -> None:
+        import nats as nats_py
+
+        nc = await nats_py.connect(nats_server.url)
+        js = nc.jetstream()
+        name = f"STATES{time.time_ns()}"
+        x = f"{name.lower()}.x"
+        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
+        for _ in range(10):
+            await js.publish(x, b"m")
+        states = StreamStates()
+
+        async def same() -> list[int]:
+            got, fresh = await states.get(js, name), await stream_state(js, name)
+            assert (got.first_seq, got.last_seq) == (fresh.first_seq, fresh.last_seq)
+            assert got.deleted.tolist() == fresh.deleted.tolist()
+            return got.deleted.tolist()
+
+        assert await same() == [] and states.detail_fetches == 0
+        await js.delete_msg(name, 1)  # from the front: the first sequence moves
+        assert await same() == [] and states.detail_fetches == 0
+        await js.delete_msg(name, 4)
+        await js.delete_msg(name, 6)
+        assert await same() == [4, 6] and states.detail_fetches == 1
+        await js.publish(x, b"m")  # 11
+        assert await same() == [4, 6] and states.detail_fetches == 1
+        for seq in (2, 3):
+            await js.delete_msg(name, seq)  # the front moves past 4: [6] is still exact
+        assert await same() == [6] and states.detail_fetches == 1
+        await js.delete_msg(name, 8)
+        assert await same() == [6, 8] and states.detail_fetches == 2
+        await js.delete_stream(name)
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def test_nats_errors_become_one_line_transient_errors(tmp_path: Path) -> None:
+    """A NATS timeout (or any nats-py error) in a live read is a `TransientError` with one
+    readable line (the CLI prints it without a traceback), not nats-py's exception.
+
+    Budget: < 0.5 s."""
+    import nats.errors
+
+    from iceberg_lake.exceptions import TransientError
+    from iceberg_lake.timetravel.live import NatsLoop
+
+    async def times_out() -> None:
+        raise nats.errors.TimeoutError
+
+    loop = NatsLoop(LakeCatalog(settings_for(tmp_path, "nats://127.0.0.1:1")))
+    try:
+        with pytest.raises(TransientError) as err:
+            loop.run(times_out())
+    finally:
+        loop.close()
+    assert "live tail: NATS:" in str(err.value) and "\n" not in str(err.value)
