@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from ingest_support import encode, make_event, run_until_idle, settings_env, settings_for
-from support.wait import await_until
+from support.wait import await_until, wait_until
 
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog
@@ -123,12 +123,33 @@ class Publisher:
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
+    wait_until(predicate, timeout, what)
+
+
+def _follow_on_thread(engine: ReplayEngine, pick: Any = None) -> tuple[threading.Thread, list[Any]]:
+    """Run `engine.all_events()` on a thread (a following replay blocks until its window has
+    passed): the thread, and the list it fills with each event's row (or `pick(row)`)."""
+    got: list[Any] = []
+
+    def replay() -> None:
+        got.extend(e.as_dict() if pick is None else pick(e.as_dict()) for e in engine.all_events())
+
+    follow = threading.Thread(target=replay)
+    follow.start()
+    return follow, got
+
+
+async def _own_stream(url: str, label: str, **config: Any) -> tuple[Any, Any, str]:
+    """A connection, its JetStream context and a stream of the test's own (`<label><ns>`,
+    subjects `<label lower-cased><ns>.>`, `config` as StreamConfig fields): (nc, js, name)."""
+    import nats as nats_py
+    from nats.js.api import StreamConfig
+
+    nc = await nats_py.connect(url)
+    js = nc.jetstream()
+    name = f"{label}{time.time_ns()}"
+    await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"], **config))
+    return nc, js, name
 
 
 def test_live_query_sees_events_within_a_second_and_counts_exactly(
@@ -324,17 +345,11 @@ def test_freshness_metrics_follow_the_newest_event() -> None:
 def test_guard_ack_subject_fields_match_nats_py_metadata(nats_server: NatsServer) -> None:
     """Guard: `engine.nats_tail` reads sequence, time, pending and the consumer sequence from
     the delivery's reply subject; they must equal what nats-py's `msg.metadata` parses."""
-    from nats.js.api import StreamConfig
 
     from iceberg_lake.engine.nats_tail import _ack_fields, _consumer_seq
 
     async def go() -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
-        import nats as nats_py
-
-        nc = await nats_py.connect(nats_server.url)
-        js = nc.jetstream()
-        name = f"LIVEGUARD{time.time_ns()}"
-        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
+        nc, js, name = await _own_stream(nats_server.url, "LIVEGUARD")
         for i in range(3):
             await js.publish(f"{name.lower()}.x", str(i).encode())
         got: list[tuple[tuple[int, int, int], tuple[int, int, int]]] = []
@@ -599,13 +614,7 @@ def test_live_replay_and_freshness_include_rows_routed_by_schema_inference(
         key = f"{properties.WATERMARK_PREFIX}MARKET.lake_inferred"
         assert int(LakeCatalog(settings).load_table(TABLE).properties[key]) >= 7
 
-        got: list[dict] = []
-
-        def replay() -> None:
-            got.extend(e.as_dict() for e in engine.all_events())
-
-        follow = threading.Thread(target=replay)
-        follow.start()
+        follow, got = _follow_on_thread(engine, None)
         wait_for(lambda: engine._live.tail_events >= 4, 10, "the tail at the pin")
         # While it follows: one on the table's subject, one on a subject that did not exist.
         newest = time.time_ns()
@@ -658,13 +667,7 @@ def test_following_replay_warns_when_the_stream_removes_messages_it_has_not_read
         engine = ReplayEngine(
             settings, [TABLE], now - 10**9, end_ns, pin=False, live=True, follow=True
         )
-        got: list[int] = []
-
-        def replay() -> None:
-            got.extend(e.as_dict()["seq"] for e in engine.all_events())
-
-        follow = threading.Thread(target=replay)
-        follow.start()
+        follow, got = _follow_on_thread(engine, lambda row: row["seq"])
         wait_for(lambda: engine._live.tail_events >= 2, 10, "the tail's first round")
 
         async def lose_consumer() -> None:
@@ -708,7 +711,6 @@ def test_guard_stream_state_and_follower_skips(nats_server: NatsServer) -> None:
     nats-py's private `_api_request`/`_prefix`; the server lists interior removals there and
     finds the next message of a (wildcard) subject; a follower's skips hold exactly the
     sequences it did not receive, and `check_followers` reports only the removed ones."""
-    from nats.js.api import StreamConfig
 
     from iceberg_lake.engine.nats_tail import (
         TailFollower,
@@ -718,13 +720,8 @@ def test_guard_stream_state_and_follower_skips(nats_server: NatsServer) -> None:
     )
 
     async def go() -> None:
-        import nats as nats_py
-
-        nc = await nats_py.connect(nats_server.url)
-        js = nc.jetstream()
-        name = f"GAPGUARD{time.time_ns()}"
+        nc, js, name = await _own_stream(nats_server.url, "GAPGUARD")
         x, y = f"{name.lower()}.x", f"{name.lower()}.y"
-        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
         for subject in (x, x, x, x, x, y, x):  # seq 1..7; 6 is on another subject
             await js.publish(subject, b"m")
         await js.delete_msg(name, 3)
@@ -821,13 +818,7 @@ def test_following_replay_does_not_report_a_purge_of_what_it_read(
         engine = ReplayEngine(
             settings, [TABLE], now - 10**9, end_ns, pin=False, live=True, follow=True
         )
-        got: list[int] = []
-
-        def replay() -> None:
-            got.extend(e.as_dict()["seq"] for e in engine.all_events())
-
-        follow = threading.Thread(target=replay)
-        follow.start()
+        follow, got = _follow_on_thread(engine, lambda row: row["seq"])
         wait_for(lambda: engine._live.tail_events >= 3, 10, "the tail's first round")
         pub.publish([event(i, now + i) for i in range(3, 6)])  # seq 4..6
         wait_for(lambda: engine._live.tail_events >= 6, 5, "the second round")
@@ -884,19 +875,13 @@ def test_guard_followers_subscribe_without_pending_limits(nats_server: NatsServe
     A 2,000-message backlog arrives whole, each consumer sequence once.
 
     Budget: ~1 s."""
-    from nats.js.api import StreamConfig
 
     from iceberg_lake.engine import nats_tail
 
     assert nats_tail.PENDING_MSGS_LIMIT == 0 and nats_tail.PENDING_BYTES_LIMIT == 0
 
     async def go() -> tuple[list[int], int, int, bool]:
-        import nats as nats_py
-
-        nc = await nats_py.connect(nats_server.url)
-        js = nc.jetstream()
-        name = f"DROPGUARD{time.time_ns()}"
-        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
+        nc, js, name = await _own_stream(nats_server.url, "DROPGUARD")
         for start in range(0, 2000, 500):
             await asyncio.gather(
                 *(js.publish(f"{name.lower()}.x", b"m" * 100) for _ in range(start, start + 500))
@@ -958,18 +943,12 @@ def test_follower_buffer_is_bounded_and_a_larger_backlog_arrives_whole(
     from its position.
 
     Budget: ~2 s."""
-    from nats.js.api import StreamConfig
 
     from iceberg_lake.engine.nats_tail import TailFollower
 
     async def go() -> None:
-        import nats as nats_py
-
-        nc = await nats_py.connect(nats_server.url)
-        js = nc.jetstream()
-        name = f"BOUND{time.time_ns()}"
+        nc, js, name = await _own_stream(nats_server.url, "BOUND")
         x = f"{name.lower()}.x"
-        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
         await asyncio.gather(*(js.publish(x, b"m" * 100) for _ in range(600)))
         for bound in ({"max_msgs": 100}, {"max_bytes": 5_000}):  # 100 messages; 50 messages
             follower = TailFollower(js, name, x, 0, **bound)
@@ -1059,7 +1038,6 @@ def test_a_message_delivered_but_not_yet_received_is_never_reported(
     handed out, and nothing is reported.
 
     Budget: ~1 s."""
-    from nats.js.api import StreamConfig
 
     from iceberg_lake.engine.nats_tail import TailFollower, _ack_fields, check_followers
 
@@ -1075,13 +1053,8 @@ def test_a_message_delivered_but_not_yet_received_is_never_reported(
             await super()._on_message(*args)
 
     async def go() -> None:
-        import nats as nats_py
-
-        nc = await nats_py.connect(nats_server.url)
-        js = nc.jetstream()
-        name = f"FLIGHT{time.time_ns()}"
+        nc, js, name = await _own_stream(nats_server.url, "FLIGHT", max_msgs=3)
         x, y = f"{name.lower()}.x", f"{name.lower()}.y"
-        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"], max_msgs=3))
         await js.publish(x, b"m")
         await js.publish(x, b"m")  # seq 2: delivered, held
         follower = Holding(js, name, x, 0)
@@ -1159,18 +1132,12 @@ def test_stream_states_fetch_the_removed_list_only_when_it_changed(
     a stream without interior removals; the state it returns is the server's.
 
     Budget: ~0.5 s."""
-    from nats.js.api import StreamConfig
 
     from iceberg_lake.engine.nats_tail import StreamStates, stream_state
 
     async def go() -> None:
-        import nats as nats_py
-
-        nc = await nats_py.connect(nats_server.url)
-        js = nc.jetstream()
-        name = f"STATES{time.time_ns()}"
+        nc, js, name = await _own_stream(nats_server.url, "STATES")
         x = f"{name.lower()}.x"
-        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
         for _ in range(10):
             await js.publish(x, b"m")
         states = StreamStates()
