@@ -1129,7 +1129,8 @@ def test_stream_states_fetch_the_removed_list_only_when_it_changed(
 ) -> None:
     """Guard and cost: `StreamStates` lists the removed sequences (`deleted_details`, through
     nats-py's private `_api_request`) only when `num_deleted` says they changed, and never for
-    a stream without interior removals; the state it returns is the server's.
+    a stream without interior removals, and again for a stream deleted and created again; the
+    state it returns is the server's.
 
     Budget: ~0.5 s."""
 
@@ -1161,6 +1162,16 @@ def test_stream_states_fetch_the_removed_list_only_when_it_changed(
         assert await same() == [6] and states.detail_fetches == 1
         await js.delete_msg(name, 8)
         assert await same() == [6, 8] and states.detail_fetches == 2
+        # Deleted and created again: as many removed, first and last no lower, yet another
+        # stream (`created` differs): its own list, not the old one's.
+        info = await js.stream_info(name)
+        await js.delete_stream(name)
+        await js.add_stream(info.config)
+        for _ in range(12):
+            await js.publish(x, b"m")
+        for seq in (1, 2, 3, 4, 7, 9):  # first 5, last 12, two removed between
+            await js.delete_msg(name, seq)
+        assert await same() == [7, 9] and states.detail_fetches == 3
         await js.delete_stream(name)
         await nc.close()
 
@@ -1187,3 +1198,98 @@ def test_nats_errors_become_one_line_transient_errors(tmp_path: Path) -> None:
     finally:
         loop.close()
     assert "live tail: NATS:" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bounded_check_reports_no_skip_beyond_its_horizon(nats_server: NatsServer) -> None:
+    """A bounded read ends on the first message beyond its end; its skip up to that message
+    lies past the horizon: a removed sequence there is not the read's, and neither check
+    (skips only, full) reports it.
+
+    Budget: ~0.3 s."""
+
+    from iceberg_lake.engine.nats_tail import TailFollower, check_followers
+
+    async def go() -> None:
+        nc, js, name = await _own_stream(nats_server.url, "HORIZON")
+        x, y = f"{name.lower()}.x", f"{name.lower()}.y"
+        await js.publish(x, b"m")  # 1
+        follower = TailFollower(js, name, x, 0)
+        assert [m.seq for m in await follower.poll(5.0)] == [1]
+        follower.end_at(1)
+        for subject in (y, y, y, x):  # 2..4 another subject's, 5 beyond the end
+            await js.publish(subject, b"m")
+        await await_until(lambda: follower._ended, 5, "the message beyond the end")
+        assert follower.skips == [(2, 4)] and follower.drain() == []
+        await js.delete_msg(name, 3)
+        assert await check_followers(js, [follower], [1], skips_only=True) == [[]]
+        follower.skips = [(2, 4)]  # the same skip, through the full check
+        assert await check_followers(js, [follower], [1], final=True) == [[]]
+        await follower.close()
+        await js.delete_stream(name)
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def test_follower_paused_while_subscribing_keeps_no_stale_subscription(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower paused (buffer full) while `subscribe` had not returned yet ends that new
+    subscription instead of keeping it (it would deliver to a generation that is ignored: the
+    follower would stall); the next `poll` resubscribes and everything arrives once, in order.
+    If resubscribing fails, the batch drained for that `poll` stays for the next one.
+
+    Budget: ~0.5 s."""
+
+    from iceberg_lake.engine import nats_tail
+    from iceberg_lake.exceptions import TransientError
+
+    real = nats_tail._subscribe
+    made: list[Any] = []
+    follower: nats_tail.TailFollower
+
+    async def paused_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        sub = await real(*args, **kwargs)
+        made.append(sub)
+        if len(made) == 1:
+            follower._pause()  # as if deliveries had filled the buffer before it returned
+        return sub
+
+    async def go() -> None:
+        nonlocal follower
+        nc, js, name = await _own_stream(nats_server.url, "STALE")
+        x = f"{name.lower()}.x"
+        for _ in range(10):
+            await js.publish(x, b"m")
+        follower = nats_tail.TailFollower(js, name, x, 0, max_msgs=3)
+        monkeypatch.setattr(nats_tail, "_subscribe", paused_meanwhile)
+        await follower._start()
+        assert follower.sub is None and len(made) == 1, "the stale subscription was kept"
+        assert made[0]._closed, "the subscription made meanwhile was not ended"
+        got: list[int] = []
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            got = [m.seq for m in await follower.poll(1.0)]
+        assert got and got == list(range(1, len(got) + 1))
+        # Full again (3 buffered, the next delivery paused it): resubscribing fails.
+        await await_until(lambda: follower.sub is None, 5, "a full buffer")
+        batch = list(range(got[-1] + 1, got[-1] + 4))
+        assert [m.seq for m in follower._arrived] == batch
+
+        async def fails(*args: Any, **kwargs: Any) -> Any:
+            raise TransientError("no NATS")
+
+        monkeypatch.setattr(nats_tail, "_subscribe", fails)
+        with pytest.raises(TransientError):
+            await follower.poll(1.0)
+        assert [m.seq for m in follower._arrived] == batch and follower.last_seq == batch[-1]
+        monkeypatch.setattr(nats_tail, "_subscribe", real)
+        deadline = time.monotonic() + 5
+        while len(got) < 10 and time.monotonic() < deadline:
+            got += [m.seq for m in await follower.poll(0.5)]
+        assert got == list(range(1, 11))
+        await follower.close()
+        await js.delete_stream(name)
+        await nc.close()
+
+    asyncio.run(go())
