@@ -1293,3 +1293,59 @@ def test_follower_paused_while_subscribing_keeps_no_stale_subscription(
         await nc.close()
 
     asyncio.run(go())
+
+
+def test_gap_log_counts_no_run_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the cap, a run counted before is not counted again (listed or not), a run that
+    continues the last one counted adds its new sequences only, a run apart counts as one.
+
+    Budget: < 0.1 s."""
+    from iceberg_lake.timetravel import live
+
+    monkeypatch.setattr(live, "MAX_LISTED_GAPS", 2)
+    log = live.GapLog()
+    runs = [(1, 1), (3, 3), (5, 5), (7, 8)]
+    assert [log.add(*r) for r in runs] == [True] * 4
+    for _ in range(3):
+        assert [log.add(*r) for r in runs] == [False] * 4
+    assert log.runs == [(1, 1), (3, 3)]
+    assert (log.more_runs, log.more_seqs, log.envelope) == (2, 3, (1, 8))
+    assert log.add(7, 10)  # (7, 8) grew: 2 more sequences, the same run
+    assert log.add(12, 12) and not log.add(12, 12)
+    assert (log.more_runs, log.more_seqs, log.envelope) == (3, 6, (1, 12))
+
+
+def test_live_queries_report_removals_after_the_subjects_newest_message_once(
+    tmp_path: Path, nats: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A removed message of the table's subject newer than its newest stored one is reported
+    (the live view lacks it), and a second query of the same `Lake`, which looks at those
+    runs again, reports the same gaps and counts (not growing ones).
+
+    Budget: ~1 s."""
+    from iceberg_lake.timetravel import live
+
+    monkeypatch.setattr(live, "MAX_LISTED_GAPS", 1)
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    lake = Lake(settings)
+    now = time.time_ns()
+    quote = encode(make_event("bronze.stocks_quotes", 0))
+    try:
+        pub.publish([event(0, now)])  # seq 1
+        _publish_on(pub, "market.stocks.quotes", [quote])  # 2
+        pub.publish([event(1, now + 1)])  # 3
+        _publish_on(pub, "market.stocks.quotes", [quote, quote, quote])  # 4..6
+        pub.publish([event(2, now + 2)])  # 7: the subject's newest
+        for seq in (3, 5, 7):
+            pub.loop.run_until_complete(pub.js.delete_msg("MARKET", seq))
+        for _ in range(2):
+            result = lake.query(COUNT_SQL, live=True)
+            assert result.column("n").to_pylist() == [1]
+            got = lake.last_live[TABLE]
+            assert got.gaps == ((3, 3),) and got.removed == (3, 7)
+            assert (got.unlisted_gaps, got.unlisted_removed) == (2, 2)
+    finally:
+        lake.close()
+        pub.close()
