@@ -166,7 +166,7 @@ class GapLog:
     before: a live query looks again at the removed runs after the subject's newest message,
     up to the stream's last sequence, every time), one that overlaps or touches it adds only
     its sequences outside it (the run it continues was counted), any other counts as a new
-    run. The counts never count a sequence twice; a new run found inside the envelope (out of
+    run. A run repeated is never counted again; a new run found inside the envelope (out of
     order, from a second follower of the table) is not counted, but `envelope` covers it.
     """
 
