@@ -246,7 +246,8 @@ def skipped_runs(after: int, seqs: Sequence[int], upto: int) -> list[tuple[int, 
 
 
 async def _stream_info(js: JetStreamContext, stream: str, details: bool) -> dict[str, Any]:
-    """The `state` of `$JS.API.STREAM.INFO.<stream>`, with `deleted_details` if asked.
+    """The reply of `$JS.API.STREAM.INFO.<stream>` (`state`, with `deleted_details` if asked;
+    `created`).
 
     nats-py's `stream_info` cannot ask for `deleted_details`; the request is the same one
     through the context's `_api_request` and `_prefix` (guarded in tests/timetravel/test_live.py).
@@ -254,12 +255,14 @@ async def _stream_info(js: JetStreamContext, stream: str, details: bool) -> dict
     body = json.dumps({"deleted_details": True}).encode() if details else b""
     timeout = max(js._timeout, DETAILS_TIMEOUT_SECONDS) if details else js._timeout
     with nats_errors(f"reading the state of stream {stream}"):
-        resp = await js._api_request(f"{js._prefix}.STREAM.INFO.{stream}", body, timeout=timeout)
+        resp: dict[str, Any] = await js._api_request(
+            f"{js._prefix}.STREAM.INFO.{stream}", body, timeout=timeout
+        )
+    return resp
+
+
+def _state_of(resp: dict[str, Any]) -> StreamState:
     state: dict[str, Any] = resp.get("state") or {}
-    return state
-
-
-def _state_of(state: dict[str, Any]) -> StreamState:
     deleted = np.sort(np.asarray(state.get("deleted") or (), dtype=np.int64))
     return StreamState(int(state.get("first_seq") or 0), int(state.get("last_seq") or 0), deleted)
 
@@ -279,20 +282,25 @@ class StreamStates:
     is `num_deleted` (a removed sequence stays removed; new removals would add to the count);
     else, and when nothing is known, the list is fetched (`deleted_details`). A stream without
     removed sequences between first and last (the common case: limits remove from the front)
-    never fetches it.
+    never fetches it. A stream deleted and created again (its `created` time changed) starts
+    over: the list known is the old stream's.
     """
 
     def __init__(self) -> None:
-        self._known: dict[str, StreamState] = {}
+        self._known: dict[str, tuple[str | None, StreamState]] = {}
         #: Requests that listed the removed sequences (for tests and benchmarks).
         self.detail_fetches = 0
 
     async def get(self, js: JetStreamContext, stream: str) -> StreamState:
         """The stream's state now."""
-        state = await _stream_info(js, stream, details=False)
+        resp = await _stream_info(js, stream, details=False)
+        state: dict[str, Any] = resp.get("state") or {}
+        created = resp.get("created")
         first, last = int(state.get("first_seq") or 0), int(state.get("last_seq") or 0)
         count = int(state.get("num_deleted") or 0)
-        known = self._known.get(stream)
+        created_known, known = self._known.get(stream, (None, None))
+        if created_known != created:
+            known = None  # another stream of the same name
         got: StreamState | None = None
         if count == 0:
             got = StreamState(first, last)
@@ -302,8 +310,10 @@ class StreamStates:
                 got = StreamState(first, last, kept)
         if got is None:
             self.detail_fetches += 1
-            got = _state_of(await _stream_info(js, stream, details=True))
-        self._known[stream] = got
+            resp = await _stream_info(js, stream, details=True)
+            got = _state_of(resp)
+            created = resp.get("created")
+        self._known[stream] = (created, got)
         return got
 
 
@@ -620,7 +630,7 @@ class TailFollower:
             await self._on_message(gen, msg)
 
         with nats_errors(f"following {self.subject} from {self.stream}"):
-            self.sub = await _subscribe(
+            sub = await _subscribe(
                 self.js,
                 self.stream,
                 self.subject,
@@ -628,12 +638,20 @@ class TailFollower:
                 on_message,
                 idle_heartbeat=FOLLOW_HEARTBEAT_SECONDS,
             )
+        if gen != self._gen:
+            # Paused (or ended) while subscribing: deliveries filled the buffer before
+            # `subscribe` returned, and `_pause` found no subscription to end. End it here;
+            # the next `poll` resubscribes from the position.
+            await self._unsubscribe(sub)
+            return
+        self.sub = sub
 
     async def poll(self, timeout: float) -> list[TailMessage]:
         """Messages that arrived, waiting at most `timeout` seconds for the first one.
 
         Raises:
-            TransientError: nats-py dropped deliveries (see `PENDING_MSGS_LIMIT`).
+            TransientError: nats-py dropped deliveries (see `PENDING_MSGS_LIMIT`), or
+                resubscribing failed (what arrived stays for the next `poll`).
         """
         from iceberg_lake.exceptions import TransientError
 
@@ -649,7 +667,15 @@ class TailFollower:
                 await asyncio.wait_for(self._event.wait(), timeout)
         out = self.drain()
         if self.sub is None and not self._ended:
-            await self._start()  # paused when full: there is room again
+            try:
+                await self._start()  # paused when full: there is room again
+            except BaseException:
+                # Not handed out: the batch stays for the next `poll` (its position is past it).
+                with self._lock:
+                    self._arrived = out + self._arrived
+                    self._bytes = sum(len(m.data) for m in self._arrived)
+                self._event.set()
+                raise
         return out
 
     def drain(self) -> list[TailMessage]:
@@ -689,9 +715,11 @@ async def check_followers(
     follower's next stored message of its subject after `covered`; (d) each stream's state
     again. Then:
 
-    * a skipped sequence that (b) no longer holds is reported (a run at a time); one it still
-      holds is another subject's: a stored message of the subject is delivered in order, so it
-      would not have been skipped. A message received is never in a skip, so never reported.
+    * a skipped sequence at or below the horizon (below) that (b) no longer holds is reported
+      (a run at a time); one it still holds is another subject's: a stored message of the
+      subject is delivered in order, so it would not have been skipped. A message received is
+      never in a skip, so never reported. Skips beyond the horizon (a bounded read ends on
+      the first message beyond its end) are dropped: they are not the read's.
     * up to the next message of the subject stored at (c) (or the horizon: the stream's last
       sequence in (b), or `horizons[i]` if lower), nothing of the subject was stored. If (d)
       still holds every sequence of that range, none of it ever was the subject's: the
@@ -710,9 +738,10 @@ async def check_followers(
             last; a bounded read passes the stream's last sequence when its end was fixed).
         final: no message of a follower's subject at or below its horizon and beyond its
             position can still be handed out (the read's end was reached): do not wait.
-        skips_only: (a), (b) and the skips only: one request per stream, for a check soon
-            after messages were received (the sooner, the fewer other subjects' skipped
-            messages the stream removed meanwhile: those are reported too).
+        skips_only: (a), (b) and the skips only (cut at the horizon, like the full check):
+            one request per stream, for a check soon after messages were received (the
+            sooner, the fewer other subjects' skipped messages the stream removed meanwhile:
+            those are reported too).
         states: the caller's `StreamStates` (fetches the removed list only when it changed).
 
     Returns:
@@ -729,10 +758,14 @@ async def check_followers(
         f.skips = []
     streams = sorted({f.stream for f in followers})
     before = {s: await states.get(js, s) for s in streams}  # (b)
+    limits = [  # a sequence beyond a follower's horizon is not its read's (nor reported)
+        before[f.stream].last_seq if h is None else min(before[f.stream].last_seq, h)
+        for f, h in zip(followers, horizons, strict=True)
+    ]
     if skips_only:
         return [
-            before[f.stream].removed_in(skips)
-            for f, (skips, _, _) in zip(followers, taken, strict=True)
+            before[f.stream].removed_in([(lo, min(hi, limit)) for lo, hi in skips if lo <= limit])
+            for f, (skips, _, _), limit in zip(followers, taken, limits, strict=True)
         ]
     with nats_errors("finding the next stored message"):
         following = [  # (c)
@@ -741,11 +774,10 @@ async def check_followers(
         ]
     after = {s: await states.get(js, s) for s in streams}  # (d)
     out: list[list[tuple[int, int]]] = []
-    for f, (skips, position, covered), horizon, nxt in zip(
-        followers, taken, horizons, following, strict=True
+    for f, (skips, position, covered), limit, nxt in zip(
+        followers, taken, limits, following, strict=True
     ):
         s1, s2 = before[f.stream], after[f.stream]
-        limit = s1.last_seq if horizon is None else min(s1.last_seq, horizon)
         found = s1.removed_in([(lo, min(hi, limit)) for lo, hi in skips if lo <= limit])
         # Nothing of the subject was stored in (covered, reach] at (c).
         reach = limit if nxt is None else min(limit, nxt - 1)

@@ -162,7 +162,12 @@ class GapLog:
     bisect each, no re-sort), the first `MAX_LISTED_GAPS` listed, the ones beyond counted.
 
     A run that touches or overlaps a listed one widens it; a run contained in a listed one is
-    not new. Unlisted runs are counted as reported (their envelope kept).
+    not new. Unlisted runs are counted by their envelope: a run inside it is not new (counted
+    before: a live query looks again at the removed runs after the subject's newest message,
+    up to the stream's last sequence, every time), one that overlaps or touches it adds only
+    its sequences outside it (the run it continues was counted), any other counts as a new
+    run. A run repeated is never counted again; a new run found inside the envelope (out of
+    order, from a second follower of the table) is not counted, but `envelope` covers it.
     """
 
     def __init__(self) -> None:
@@ -200,9 +205,18 @@ class GapLog:
         if len(runs) < MAX_LISTED_GAPS:
             runs.insert(i, (lo, hi))
             return True
-        self.more_runs += 1
-        self.more_seqs += hi - lo + 1
-        self._more = _merge(self._more, (lo, hi))
+        more = self._more
+        if more is None:
+            self.more_runs += 1
+            self.more_seqs += hi - lo + 1
+        elif more[0] <= lo and hi <= more[1]:
+            return False  # counted before
+        else:
+            inside = max(0, min(hi, more[1]) - max(lo, more[0]) + 1)
+            self.more_seqs += hi - lo + 1 - inside
+            if hi < more[0] - 1 or lo > more[1] + 1:
+                self.more_runs += 1  # apart from every run counted
+        self._more = _merge(more, (lo, hi))
         return True
 
     def trim(self, upto: int) -> None:
@@ -551,7 +565,10 @@ async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, in
         # or when nothing more is pending), and none after `upto` was stored when `upto` was
         # read: of the sequences the read skipped, up to the stream's last one now, the ones
         # the stream no longer holds are reported (a stored one is another subject's, or a
-        # newer message of the subject, for the next query).
+        # newer message of the subject, for the next query). Not only up to `upto`: a removed
+        # message of the subject newer than its newest stored one would go unreported. So
+        # each query looks again at the removed runs beyond `upto`: `GapLog.add` counts none
+        # twice.
         state = await loop.states.get(js, src.stream)
         skipped = skipped_runs(before, [m.seq for m in msgs], state.last_seq)
         cache.note_removed(state.removed_in(skipped))

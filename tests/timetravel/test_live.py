@@ -977,7 +977,7 @@ def test_bounded_live_replay_ends_while_the_subject_keeps_publishing(
 ) -> None:
     """A live replay without --follow ends at its end even while the subject keeps receiving
     messages beyond it (its follower stops at the end instead of buffering them forever), and
-    delivers everything up to its end exactly once.
+    delivers exactly the subject's messages up to its end (fixed after it started), each once.
 
     Budget: ~3 s."""
     settings = settings_for(tmp_path, nats.url)
@@ -1010,6 +1010,7 @@ def test_bounded_live_replay_ends_while_the_subject_keeps_publishing(
         engine = ReplayEngine(settings, [TABLE], now - 10**9, now + 10**9, pin=False, live=True)
         publisher.start()
         wait_for(lambda: published[0] >= 200, 5, "the busy publisher")
+        at_start = pub.loop.run_until_complete(pub.js.stream_info("MARKET")).state.last_seq
         got: list[int] = []
         replay = threading.Thread(
             target=lambda: got.extend(e.as_dict()["seq"] for e in engine.all_events())
@@ -1018,10 +1019,17 @@ def test_bounded_live_replay_ends_while_the_subject_keeps_publishing(
         replay.join(timeout=5)
         assert not replay.is_alive(), "the replay did not end while the subject kept publishing"
         assert publisher.is_alive(), "the publisher stopped first: nothing was shown"
-        got.sort()
-        assert got[:200] == list(range(200)) and len(set(got)) == len(got)
-        assert got[200:] == list(range(1000, 1000 + len(got) - 200)), "a prefix of the rest"
-        assert engine.manifest()["complete"]
+        assert len(set(got)) == len(got), "each event once"
+        # Exactly the subject's messages up to the replay's end, an end fixed after it started.
+        manifest = engine.manifest()
+        end = manifest["live"]["tables"][TABLE]["last_seq"]
+        assert end >= at_start >= 400
+        from iceberg_lake.engine.nats_tail import read_tail
+
+        stored = pub.loop.run_until_complete(read_tail(pub.js, "MARKET", SUBJECT, 0, end))
+        assert [m.seq for m in stored] == list(range(1, end + 1))
+        assert sorted(got) == sorted(json.loads(m.data)["seq"] for m in stored)
+        assert manifest["live"]["tail_events"] == len(got) and manifest["complete"]
     finally:
         stop.set()
         publisher.join(timeout=10)
@@ -1129,7 +1137,8 @@ def test_stream_states_fetch_the_removed_list_only_when_it_changed(
 ) -> None:
     """Guard and cost: `StreamStates` lists the removed sequences (`deleted_details`, through
     nats-py's private `_api_request`) only when `num_deleted` says they changed, and never for
-    a stream without interior removals; the state it returns is the server's.
+    a stream without interior removals, and again for a stream deleted and created again; the
+    state it returns is the server's.
 
     Budget: ~0.5 s."""
 
@@ -1161,6 +1170,16 @@ def test_stream_states_fetch_the_removed_list_only_when_it_changed(
         assert await same() == [6] and states.detail_fetches == 1
         await js.delete_msg(name, 8)
         assert await same() == [6, 8] and states.detail_fetches == 2
+        # Deleted and created again: as many removed, first and last no lower, yet another
+        # stream (`created` differs): its own list, not the old one's.
+        info = await js.stream_info(name)
+        await js.delete_stream(name)
+        await js.add_stream(info.config)
+        for _ in range(12):
+            await js.publish(x, b"m")
+        for seq in (1, 2, 3, 4, 7, 9):  # first 5, last 12, two removed between
+            await js.delete_msg(name, seq)
+        assert await same() == [7, 9] and states.detail_fetches == 3
         await js.delete_stream(name)
         await nc.close()
 
@@ -1187,3 +1206,154 @@ def test_nats_errors_become_one_line_transient_errors(tmp_path: Path) -> None:
     finally:
         loop.close()
     assert "live tail: NATS:" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bounded_check_reports_no_skip_beyond_its_horizon(nats_server: NatsServer) -> None:
+    """A bounded read ends on the first message beyond its end; its skip up to that message
+    lies past the horizon: a removed sequence there is not the read's, and neither check
+    (skips only, full) reports it.
+
+    Budget: ~0.3 s."""
+
+    from iceberg_lake.engine.nats_tail import TailFollower, check_followers
+
+    async def go() -> None:
+        nc, js, name = await _own_stream(nats_server.url, "HORIZON")
+        x, y = f"{name.lower()}.x", f"{name.lower()}.y"
+        await js.publish(x, b"m")  # 1
+        follower = TailFollower(js, name, x, 0)
+        assert [m.seq for m in await follower.poll(5.0)] == [1]
+        follower.end_at(1)
+        for subject in (y, y, y, x):  # 2..4 another subject's, 5 beyond the end
+            await js.publish(subject, b"m")
+        await await_until(lambda: follower._ended, 5, "the message beyond the end")
+        assert follower.skips == [(2, 4)] and follower.drain() == []
+        await js.delete_msg(name, 3)
+        assert await check_followers(js, [follower], [1], skips_only=True) == [[]]
+        follower.skips = [(2, 4)]  # the same skip, through the full check
+        assert await check_followers(js, [follower], [1], final=True) == [[]]
+        await follower.close()
+        await js.delete_stream(name)
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def test_follower_paused_while_subscribing_keeps_no_stale_subscription(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower paused (buffer full) while `subscribe` had not returned yet ends that new
+    subscription instead of keeping it (it would deliver to a generation that is ignored: the
+    follower would stall); the next `poll` resubscribes and everything arrives once, in order.
+    If resubscribing fails, the batch drained for that `poll` stays for the next one.
+
+    Budget: ~0.5 s."""
+
+    from iceberg_lake.engine import nats_tail
+    from iceberg_lake.exceptions import TransientError
+
+    real = nats_tail._subscribe
+    made: list[Any] = []
+    follower: nats_tail.TailFollower
+
+    async def paused_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        sub = await real(*args, **kwargs)
+        made.append(sub)
+        if len(made) == 1:
+            follower._pause()  # as if deliveries had filled the buffer before it returned
+        return sub
+
+    async def go() -> None:
+        nonlocal follower
+        nc, js, name = await _own_stream(nats_server.url, "STALE")
+        x = f"{name.lower()}.x"
+        for _ in range(10):
+            await js.publish(x, b"m")
+        follower = nats_tail.TailFollower(js, name, x, 0, max_msgs=3)
+        monkeypatch.setattr(nats_tail, "_subscribe", paused_meanwhile)
+        await follower._start()
+        assert follower.sub is None and len(made) == 1, "the stale subscription was kept"
+        assert made[0]._closed, "the subscription made meanwhile was not ended"
+        got: list[int] = []
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            got = [m.seq for m in await follower.poll(1.0)]
+        assert got and got == list(range(1, len(got) + 1))
+        # Full again (3 buffered, the next delivery paused it): resubscribing fails.
+        await await_until(lambda: follower.sub is None, 5, "a full buffer")
+        batch = list(range(got[-1] + 1, got[-1] + 4))
+        assert [m.seq for m in follower._arrived] == batch
+
+        async def fails(*args: Any, **kwargs: Any) -> Any:
+            raise TransientError("no NATS")
+
+        monkeypatch.setattr(nats_tail, "_subscribe", fails)
+        with pytest.raises(TransientError):
+            await follower.poll(1.0)
+        assert [m.seq for m in follower._arrived] == batch and follower.last_seq == batch[-1]
+        monkeypatch.setattr(nats_tail, "_subscribe", real)
+        deadline = time.monotonic() + 5
+        while len(got) < 10 and time.monotonic() < deadline:
+            got += [m.seq for m in await follower.poll(0.5)]
+        assert got == list(range(1, 11))
+        await follower.close()
+        await js.delete_stream(name)
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def test_gap_log_counts_no_run_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the cap, a run counted before is not counted again (listed or not), a run that
+    continues the last one counted adds its new sequences only, a run apart counts as one.
+
+    Budget: < 0.1 s."""
+    from iceberg_lake.timetravel import live
+
+    monkeypatch.setattr(live, "MAX_LISTED_GAPS", 2)
+    log = live.GapLog()
+    runs = [(1, 1), (3, 3), (5, 5), (7, 8)]
+    assert [log.add(*r) for r in runs] == [True] * 4
+    for _ in range(3):
+        assert [log.add(*r) for r in runs] == [False] * 4
+    assert log.runs == [(1, 1), (3, 3)]
+    assert (log.more_runs, log.more_seqs, log.envelope) == (2, 3, (1, 8))
+    assert log.add(7, 10)  # (7, 8) grew: 2 more sequences, the same run
+    assert log.add(12, 12) and not log.add(12, 12)
+    assert (log.more_runs, log.more_seqs, log.envelope) == (3, 6, (1, 12))
+
+
+def test_live_queries_report_removals_after_the_subjects_newest_message_once(
+    tmp_path: Path, nats: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A removed message of the table's subject newer than its newest stored one is reported
+    (the live view lacks it), and a second query of the same `Lake`, which looks at those
+    runs again, reports the same gaps and counts (not growing ones).
+
+    Budget: ~1 s."""
+    from iceberg_lake.timetravel import live
+
+    monkeypatch.setattr(live, "MAX_LISTED_GAPS", 1)
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    lake = Lake(settings)
+    now = time.time_ns()
+    quote = encode(make_event("bronze.stocks_quotes", 0))
+    try:
+        pub.publish([event(0, now)])  # seq 1
+        _publish_on(pub, "market.stocks.quotes", [quote])  # 2
+        pub.publish([event(1, now + 1)])  # 3
+        _publish_on(pub, "market.stocks.quotes", [quote, quote, quote])  # 4..6
+        pub.publish([event(2, now + 2)])  # 7: the subject's newest
+        for seq in (3, 5, 7):
+            pub.loop.run_until_complete(pub.js.delete_msg("MARKET", seq))
+        for _ in range(2):
+            result = lake.query(COUNT_SQL, live=True)
+            assert result.column("n").to_pylist() == [1]
+            got = lake.last_live[TABLE]
+            assert got.gaps == ((3, 3),) and got.removed == (3, 7)
+            assert (got.unlisted_gaps, got.unlisted_removed) == (2, 2)
+    finally:
+        lake.close()
+        pub.close()
