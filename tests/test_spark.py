@@ -330,8 +330,8 @@ def test_lake_on_s3_reads_by_name_and_a_spark_insert_reads_back(
     """An s3:// warehouse (SeaweedFS) through Iceberg's S3FileIO, configured from the lake's
     settings (endpoint, path style, keys, region); then Silver compacted there by Spark equals
     the DuckDB engine's, row for row, in ONE overwrite snapshot, on this session and through
-    the `lake` executable. Budget: about 10 s on the shared session, plus about 10 s for
-    `lake compact --engine spark` in its own JVM."""
+    the `lake` executable (`--all-dates` over two days). Budget: about 10 s on the shared
+    session, plus about 12 s for `lake compact --engine spark` in its own JVM."""
     jars = {p.name for p in spark_jar_paths(spark)}
     missing = set(aws_sdk_jar_names()) - jars
     assert not missing, f"AWS SDK jars not on Spark's classpath: python {INSTALL_S3}"
@@ -400,17 +400,26 @@ def test_lake_on_s3_reads_by_name_and_a_spark_insert_reads_back(
     assert _spark_count(spark, name, SILVER_TRADES) == 17
 
     # As an operator runs it (about 10 s: its own local JVM, whose session gets the AWS SDK jars
-    # and the S3 settings from `spark_session`): `lake compact --engine spark --all-dates` on the
-    # same pin takes that one day, in ONE more overwrite snapshot, with the same rows again.
+    # and the S3 settings from `spark_session`): `lake compact --engine spark --all-dates` on a
+    # pin that also holds the next day takes both days, in ONE more overwrite snapshot, with the
+    # rows the DuckDB engine's --all-dates gives for the same pin.
+    latest = append(table, trades("SPY", T14 + 24 * HOUR_NS, 3, 10**9, seq0=900))
+    with SilverCompactor(catalog) as compactor:
+        duck_days = compactor.compact_all_dates(TRADES, snapshot_id=latest)
+    silver = catalog.load_table(SILVER_TRADES)
+    duck_all = _silver_by_file(silver)
+    # + the QQQ hour appended after the first pin, + the next day's SPY hour.
+    assert len(duck_all) == len(duck_rows) + 2
     before = {s.snapshot_id for s in silver.snapshots()}
-    args = ["--all-dates", "--table", "stocks.trades", "--snapshot", str(pinned)]
+    args = ["--all-dates", "--table", "stocks.trades", "--snapshot", str(latest)]
     (by_cli,) = _lake_compact_on_spark(env, args)
-    assert by_cli["dates"] == [DAY] and by_cli["rows_written"] == by_duck["rows_written"]
+    assert by_cli["dates"] == [r["date"] for r in duck_days] == [DAY, "2025-12-17"]
+    assert by_cli["rows_written"] == sum(r["rows_written"] for r in duck_days) == 17 + 2 + 3
     silver = catalog.load_table(SILVER_TRADES)
     added = [s for s in silver.snapshots() if s.snapshot_id not in before]
     assert len(added) == 1 and added[0].snapshot_id == by_cli["silver_snapshot_id"]
     assert added[0].summary is not None and added[0].summary.operation.value == "overwrite"
-    assert _silver_by_file(silver) == duck_rows
+    assert _silver_by_file(silver) == duck_all
 
 
 def _lake_compact_on_spark(env: dict[str, str], args: list[str]) -> list[dict[str, Any]]:
