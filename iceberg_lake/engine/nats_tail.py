@@ -582,12 +582,7 @@ class TailFollower:
                 self._bytes = sum(len(m.data) for m in self._arrived)
         if self.last_seq > stop and not self._ended:
             self._ended = True
-            self._gen += 1
-            sub, self.sub = self.sub, None
-            if sub is not None:
-                task = asyncio.get_running_loop().create_task(self._unsubscribe(sub))
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+            self._pause()  # ended: not counted as a pause
 
     def reached(self, stop: int) -> bool:
         """True when every message up to `stop` was handed out by `poll`/`drain` (or removed):
