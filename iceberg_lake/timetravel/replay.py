@@ -1065,8 +1065,10 @@ class ReplayEngine:
         schema = self.schema()
         names = pa.array(self.tables, pa.string())
         data_schema = pa.schema([f for f in schema if f.name != TABLE_COLUMN])
-
-        def union(window: _Window) -> pa.Table:
+        # Gathered on this thread, a pipeline stage beside the windows being prepared: gathering
+        # where they are prepared measured 25-30% slower, gathering the columns on two threads
+        # no faster (the cores are busy with the next windows either way).
+        for window in self._windows(encode=verify, bare=False):
             assert window.part_of is not None and window.rowpos is not None
             # Positions into the concatenated parts, in replay order (None: every row in order).
             lengths = np.array([p.rows.num_rows for p in window.parts], dtype=np.int64)
@@ -1077,13 +1079,8 @@ class ReplayEngine:
                 positions = None
             columns = [_gather(window.parts, field, positions) for field in data_schema]
             table = pa.DictionaryArray.from_arrays(pa.array(window.sources, pa.int8()), names)
-            return pa.Table.from_arrays([table, *columns], schema=schema)
-
-        # Gathered on this thread, a pipeline stage beside the windows being prepared: gathering
-        # where they are prepared measured 25-30% slower, gathering the columns on two threads
-        # no faster (the cores are busy with the next windows either way).
-        for window in self._windows(encode=verify, bare=False):
-            yield from union(window).to_batches(max_chunksize=self.batch_rows)
+            merged = pa.Table.from_arrays([table, *columns], schema=schema)
+            yield from merged.to_batches(max_chunksize=self.batch_rows)
 
     def table_batches(self, verify: bool = True) -> Iterator[tuple[str, pa.RecordBatch]]:
         """Every event of the window as per-table Arrow record batches with a global merge key.
@@ -1104,26 +1101,20 @@ class ReplayEngine:
         Yields:
             `(table identifier, record batch)`, batches of at most `batch_rows` rows.
         """
-
-        def per_table(window: _Window) -> list[tuple[str, pa.Table, np.ndarray]]:
+        for window in self._windows(encode=verify, bare=False):
             assert window.part_of is not None
-            shaped = []
+            first = self._count  # events before this window (updated after it is consumed)
             for k, part in enumerate(window.parts):
+                n = len(part.ts)
                 if len(window.parts) == 1:
-                    seq = np.arange(len(part.ts), dtype=np.int64)
+                    seq = np.arange(first, first + n, dtype=np.int64)
                 else:
-                    seq = np.flatnonzero(window.part_of == k).astype(np.int64)
+                    seq = np.flatnonzero(window.part_of == k).astype(np.int64) + first
                 perm = part.perm
                 in_order = len(perm) == part.rows.num_rows and bool(np.all(np.diff(perm) > 0))
                 rows = part.rows if in_order else part.rows.take(pa.array(perm))
-                shaped.append((self._sources[part.index].identifier, rows, seq))
-            return shaped
-
-        for window in self._windows(encode=verify, bare=False):
-            first = self._count  # events before this window (updated after it is consumed)
-            for identifier, rows, seq in per_table(window):
-                seq += first  # positions within the window → in the replay
                 rows = rows.add_column(0, REPLAY_SEQ_COLUMN, pa.array(seq, pa.int64()))
+                identifier = self._sources[part.index].identifier
                 for batch in rows.to_batches(max_chunksize=self.batch_rows):
                     yield identifier, batch
 
