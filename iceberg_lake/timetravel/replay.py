@@ -140,6 +140,7 @@ __all__ = [
     "NatsSink",
     "ReplayEngine",
     "ReplayEvent",
+    "compare_manifests",
     "read_manifest",
     "replay_subject",
 ]
@@ -213,6 +214,34 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise TimeTravelError(f"{path} is not a replay manifest ({MANIFEST_FORMAT})")
     return data
+
+
+def _short(sequence_hash: str | None) -> str:
+    return "no hash" if sequence_hash is None else sequence_hash[:19] + "…"
+
+
+def compare_manifests(recorded: Mapping[str, Any], replayed: Mapping[str, Any]) -> str | None:
+    """Why a replay of `recorded` (`from_manifest`) did not reproduce it, or None if it did.
+
+    The event count is compared when both runs are complete (an interrupted run's count covers
+    only the windows it read), the sequence hash when both manifests also have one
+    (`--no-verify` runs have none).
+
+    Returns:
+        None, or one line: `<count> events, <hash> where the manifest recorded <count>, <hash>`.
+    """
+    if not (recorded.get("complete", True) and replayed.get("complete", True)):
+        return None
+    count, want_count = replayed.get("event_count"), recorded.get("event_count")
+    got_hash, want_hash = replayed.get("sequence_hash"), recorded.get("sequence_hash")
+    count_differs = want_count is not None and count != want_count
+    hash_differs = want_hash is not None and got_hash is not None and got_hash != want_hash
+    if not (count_differs or hash_differs):
+        return None
+    return (
+        f"{count} events, {_short(got_hash)} where the manifest recorded {want_count} events, "
+        f"{_short(want_hash)}"
+    )
 
 
 @dataclass
@@ -638,8 +667,27 @@ class ReplayEngine:
     ) -> ReplayEngine:
         """An engine that replays exactly the pins and window of `manifest`.
 
-        A table whose pin is null (empty at the time) is read as empty.
+        A table whose pin is null (empty at the time) is read as empty. Compare the manifest of
+        the replay with `manifest` (`compare_manifests`) to check it reproduced the recorded
+        sequence; `lake replay --from-manifest` does, and exits 1 when it did not.
+
+        Raises:
+            TimeTravelError: `manifest` was recorded by a live replay (`live=True`) that
+                delivered events from the JetStream tail: no snapshot it names holds those, so
+                it cannot be reproduced (replay its window again from the snapshots committed
+                since). A live manifest without tail events is an ordinary one.
         """
+        live = manifest.get("live")
+        if isinstance(live, Mapping) and live.get("tail_events") != 0:
+            tail = live.get("tail_events")
+            raise TimeTravelError(
+                f"the manifest was recorded by a live replay: {tail} of its "
+                f"{manifest.get('event_count')} events came from the JetStream tail, which no "
+                "pinned snapshot holds, so it cannot be reproduced; replay the window again from "
+                "the snapshots committed since: lake replay --tables "
+                f"{','.join(manifest.get('tables', []))} --start {manifest.get('start')} "
+                f"--end {manifest.get('end')}"
+            )
         snapshots = dict(manifest["snapshots"])
         pin = kwargs.pop("pin", True)
         engine = cls(
