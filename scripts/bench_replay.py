@@ -14,8 +14,10 @@ itself (the three tables `UNION ALL BY NAME`, `ORDER BY ts_event_ns, table, symb
   of the process (which also loads the compiled kernels) and again, and the same with
   `verify=False` (no encoding, no hash); the same for the per-table layout
   (`table_batches()`: each table's own columns and a `replay_seq` merge key);
-* Python replay (`ReplayEngine.events()`) over the whole window, and over 2 hours beside the
-  iterator as it was before issue 16 (`tests/replay_reference.py`, same hash);
+* Python replay over the whole window: `ReplayEngine.events()` (`ReplayEvent`s, payload bytes)
+  and the documented `for event in engine` (one dict per event, decoded from the payload); and
+  `events()` over 2 hours beside the iterator as it was before issue 16
+  (`tests/replay_reference.py`, same hash);
 * NATS replay (`publish()`, core publish to a local nats-server, `replay.` prefix) over 2 hours;
 * 1-minute OHLCV bars by symbol (`bars()`) over the day, and trades as-of joined with the
   prevailing NBBO quote (`asof_join()`) over the day;
@@ -251,6 +253,17 @@ def bench_replay(settings: Any, start: int, end: int, hours: int) -> list[dict]:
         py_rows += 1
         last = event.ts_event_ns  # touch the event like a consumer would
     py_s, py_cpu = time.perf_counter() - began, _cpu() - cpu
+    assert engine.manifest()["sequence_hash"] == arrow_hash
+
+    # The documented `for event in engine`: one dict per event (`table` + the decoded row).
+    engine = ReplayEngine(settings, list(TABLES), start, end, as_of=TAG)
+    began, cpu = time.perf_counter(), _cpu()
+    dict_rows = 0
+    last_dict = 0
+    for row in engine:
+        dict_rows += 1
+        last_dict = row["ts_event_ns"]
+    dict_s, dict_cpu = time.perf_counter() - began, _cpu() - cpu
     replay_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     cpu = _cpu()
@@ -262,7 +275,8 @@ def bench_replay(settings: Any, start: int, end: int, hours: int) -> list[dict]:
     merged_cpu = _cpu() - cpu
     assert merged_rows == base_rows
     merged = f"DuckDB merged sorted read to Arrow ({merged_rows / merged_cpu:,.0f} rows/CPU-s)"
-    assert last and py_rows == arrow_rows == fast_rows == first_rows == tab_rows == tab_fast_rows
+    assert last and last_dict and dict_rows == py_rows
+    assert py_rows == arrow_rows == fast_rows == first_rows == tab_rows == tab_fast_rows
     assert engine.manifest()["sequence_hash"] == arrow_hash
     assert arrow_rows == base_rows, (arrow_rows, base_rows)
     what = f"{base_rows:,} events, {hours} h × 3 tables"
@@ -337,7 +351,15 @@ def bench_replay(settings: Any, start: int, end: int, hours: int) -> list[dict]:
             base_rate,
         ),
         _row(
-            "peak RSS after both replays",
+            "replay to Python dicts (for event in engine)",
+            f"events/s ({what}; same hash; {dict_rows / dict_cpu:,.0f}/CPU-s)",
+            dict_rows / dict_s,
+            "events/s",
+            duck,
+            base_rate,
+        ),
+        _row(
+            "peak RSS after the replays",
             "MB (ru_maxrss before any baseline ran; imports + DuckDB alone ~240 MB)",
             replay_rss,
             "MB",

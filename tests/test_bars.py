@@ -1,7 +1,10 @@
 """Bars (`timetravel.bars`, `lake bars`) checked against a brute-force pandas computation.
 
-Generated trades and quotes with many equal timestamps (open/close must follow replay order),
-a pin that later appends must not change, and the CLI. Budget: ~6 s.
+Generated trades, NBBO quotes and MBP-10 books with many equal timestamps, among them runs of
+events in the first and the last nanosecond of bars whose `seq` order is the reverse of their
+replay order: open/close must be the first/last event a replay of the same pin delivers, so the
+expected bars are computed from an actual `ReplayEngine` run. Also a pin that later appends must
+not change, and the CLI. Budget: ~8 s.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import random
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from timetravel_data import HOUR_NS, T14, append
 from typer.testing import CliRunner
@@ -19,6 +23,7 @@ from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.timetravel import snapshots
 from iceberg_lake.timetravel.bars import parse_every
 from iceberg_lake.timetravel.query import Lake
+from iceberg_lake.timetravel.replay import ReplayEngine
 
 TRADES, QUOTES, MBP = "bronze.stocks_trades", "bronze.stocks_quotes", "bronze.futures_mbp10"
 MS = 10**6
@@ -61,23 +66,79 @@ def _quotes(rng: random.Random, n: int) -> list[dict]:
     return out
 
 
+def _edge_ties(rows: list[dict], edges: list[int], per_edge: int, vary: dict) -> list[dict]:
+    """`per_edge` copies of a random row of `rows` in the first and in the last nanosecond of
+    the bars starting at `edges`, with different values (`vary`: column → function of the copy
+    number). Within a nanosecond, receive time rises with the copy number (replay order) while
+    `seq` falls: ordering by `seq` gives the reverse."""
+    rng = random.Random(len(edges))
+    out = []
+    for edge in edges:
+        for ts in (edge, edge - 1):
+            base = rng.choice(rows)
+            for j in range(per_edge):
+                row = dict(base, ts_event_ns=ts, ts_recv_ns=ts + 1_000 + j // 2, seq=-j)
+                out.append(row | {col: f(j) for col, f in vary.items()})
+    return out
+
+
+def _book(n: int) -> list[dict]:
+    rng = random.Random(12)
+    rows = []
+    for k in range(n):
+        bid = 6000.0 + rng.randrange(-8, 8) * 0.25
+        rows.append(
+            {
+                "ts_event_ns": T14 + rng.randrange(0, 5 * 60 * 1000) * MS,
+                "ts_recv_ns": T14,
+                "source": "test",
+                "symbol": "ESZ5" if k % 3 else "ESH6",
+                "seq": k,
+                "bid_px_1": None if k % 29 == 0 else bid,
+                "ask_px_1": bid + rng.choice([0.25, 0.5]),
+                "bid_sz_1": rng.randrange(1, 50),
+                "ask_sz_1": rng.randrange(1, 50),
+            }
+        )
+    return rows
+
+
 @pytest.fixture(scope="module")
 def bars_data(module_lake: LakeCatalog) -> dict:
     catalog, settings = module_lake, module_lake.settings
     rng = random.Random(5)
-    trades, quotes = _trades(rng, 4000), _quotes(rng, 4000)
+    trades, quotes, book = _trades(rng, 4000), _quotes(rng, 4000), _book(1500)
+    minutes = [T14 + k * MIN for k in range(1, 20)]
+    # Copies j and j+1 share a receive time: price decides (the key's next column).
+    trades += _edge_ties(trades, minutes, 4, {"price": lambda j: 101.5 - j, "size": lambda j: 7})
+    quotes += _edge_ties(
+        quotes,
+        [T14 + k * 5 * 10**9 for k in range(1, 240, 7)],
+        3,
+        {"bid_px": lambda j: 98.0 + j, "ask_px": lambda j: 98.5 + 2 * j},
+    )
+    book += _edge_ties(
+        book, [T14 + k * MIN for k in range(1, 5)], 3, {"bid_px_1": lambda j: 5990.0 - j}
+    )
     append(catalog.load_table(TRADES), trades[:2000])
     append(catalog.load_table(TRADES), trades[2000:])
     append(catalog.load_table(QUOTES), quotes)
-    snapshots.create_tag(settings, "bars", [TRADES, QUOTES])
+    append(catalog.load_table(MBP), book)
+    snapshots.create_tag(settings, "bars", [TRADES, QUOTES, MBP])
     # After the tag: bars pinned to it must not see these.
     append(catalog.load_table(TRADES), _trades(random.Random(9), 500))
-    return {"settings": settings, "trades": trades, "quotes": quotes}
+    return {"settings": settings, "trades": trades, "quotes": quotes, "book": book}
+
+
+def _replayed(settings, table: str, start: int, end: int) -> pd.DataFrame:
+    """The rows of `table` in `[start, end)` at the pin, in the order a replay delivers them."""
+    engine = ReplayEngine(settings, [table], start, end, as_of="bars", pin=False)
+    return pa.Table.from_batches(list(engine.batches(verify=False))).to_pandas()
 
 
 def _first_last(df: pd.DataFrame, value: str, every: int, by: str | None) -> pd.DataFrame:
+    """OHLC of `value` per bar; `df` is in replay order (open/close: first/last row of a bar)."""
     df = df.assign(bar_start_ns=(df["ts_event_ns"] // every) * every)
-    df = df.sort_values(["ts_event_ns", "seq", "ts_recv_ns"], kind="stable")
     keys = [by, "bar_start_ns"] if by else ["bar_start_ns"]
     g = df.groupby(keys, sort=True)[value]
     return pd.DataFrame(
@@ -85,12 +146,20 @@ def _first_last(df: pd.DataFrame, value: str, every: int, by: str | None) -> pd.
     )
 
 
-def test_trade_bars_match_pandas(bars_data: dict) -> None:
+def _bars_by_seq_differ(df: pd.DataFrame, value: str, every: int, by: str | None) -> int:
+    """How many bars whose open or close an order by (`ts_event_ns`, `seq`) gets wrong: the data
+    must make a `seq` tie-break fail."""
+    by_seq = df.sort_values(["ts_event_ns", "seq", "ts_recv_ns"], kind="stable")
+    a, b = _first_last(df, value, every, by), _first_last(by_seq, value, every, by)
+    return int(((a["open"] != b["open"]) | (a["close"] != b["close"])).sum())
+
+
+def test_trade_bars_match_a_replay(bars_data: dict) -> None:
     start, end = T14 + 3 * MIN + 7 * MS, T14 + 17 * MIN
     with Lake(bars_data["settings"]) as lk:
         got = lk.bars(TRADES, "1m", start_ns=start, end_ns=end, as_of="bars").to_pandas()
-    df = pd.DataFrame(bars_data["trades"])
-    df = df[(df.ts_event_ns >= start) & (df.ts_event_ns < end)]
+    df = _replayed(bars_data["settings"], TRADES, start, end)
+    assert _bars_by_seq_differ(df, "price", MIN, "symbol") >= 10
     want = _first_last(df, "price", MIN, "symbol")
     df = df.assign(bar_start_ns=(df.ts_event_ns // MIN) * MIN, pv=df.price * df["size"])
     sums = df.groupby(["symbol", "bar_start_ns"]).agg(volume=("size", "sum"), pv=("pv", "sum"))
@@ -112,16 +181,15 @@ def test_trade_bars_match_pandas(bars_data: dict) -> None:
     assert str(got["bar_start"].iloc[0]).startswith("2025-12-16 14:03:00")
 
 
-def test_quote_bars_mid_and_spread_match_pandas(bars_data: dict) -> None:
-    with Lake(bars_data["settings"]) as lk:
-        got = lk.bars(QUOTES, "5s", by=None, as_of="bars").to_pandas()
-    df = pd.DataFrame(bars_data["quotes"])
-    df["mid"] = (df.bid_px + df.ask_px) / 2
-    df["spread"] = df.ask_px - df.bid_px
-    every = parse_every("5s")
-    mid = _first_last(df, "mid", every, None).reset_index()
-    spread = _first_last(df, "spread", every, None).reset_index()
+def _check_quote_bars(got: pd.DataFrame, df: pd.DataFrame, bid: str, ask: str, every: int, by):
+    df = df[df[bid].notna() & df[ask].notna()]  # bars skip one-sided books
+    df = df.assign(mid=(df[bid] + df[ask]) / 2, spread=df[ask] - df[bid])
+    assert _bars_by_seq_differ(df, "mid", every, by) >= 3
+    mid = _first_last(df, "mid", every, by).reset_index()
+    spread = _first_last(df, "spread", every, by).reset_index()
     assert got["bar_start_ns"].tolist() == mid["bar_start_ns"].tolist()
+    if by:
+        assert got[by].tolist() == mid[by].tolist()
     for part in ("open", "high", "low", "close"):
         assert (got[f"mid_{part}"] - mid[part]).abs().max() < 1e-9, part
         assert (got[f"spread_{part}"] - spread[part]).abs().max() < 1e-9, part
@@ -129,12 +197,29 @@ def test_quote_bars_mid_and_spread_match_pandas(bars_data: dict) -> None:
     assert got["quotes"].sum() == len(df)
 
 
+def test_quote_bars_mid_and_spread_match_a_replay(bars_data: dict) -> None:
+    with Lake(bars_data["settings"]) as lk:
+        got = lk.bars(QUOTES, "5s", by=None, as_of="bars").to_pandas()
+    df = _replayed(bars_data["settings"], QUOTES, T14 - MIN, T14 + 30 * MIN)
+    assert len(df) == len(bars_data["quotes"])
+    _check_quote_bars(got, df, "bid_px", "ask_px", parse_every("5s"), None)
+
+
+def test_mbp10_bars_from_the_top_of_book_match_a_replay(bars_data: dict) -> None:
+    with Lake(bars_data["settings"]) as lk:
+        got = lk.bars(MBP, "1m", as_of="bars").to_pandas()
+    assert "mid_open" in got.columns and "quotes" in got.columns
+    df = _replayed(bars_data["settings"], MBP, T14 - MIN, T14 + 10 * MIN)
+    assert len(df) == len(bars_data["book"])
+    _check_quote_bars(got, df, "bid_px_1", "ask_px_1", MIN, "symbol")
+
+
 def test_pin_and_errors(bars_data: dict) -> None:
     with Lake(bars_data["settings"]) as lk:
         pinned = lk.bars(TRADES, "1h", by=None, as_of="bars")
         current = lk.bars(TRADES, "1h", by=None)
-        assert pinned.column("trades").to_pylist() == [4000]
-        assert current.column("trades").to_pylist() == [4500]
+        assert pinned.column("trades").to_pylist() == [len(bars_data["trades"])]
+        assert current.column("trades").to_pylist() == [len(bars_data["trades"]) + 500]
         with pytest.raises(TimeTravelError, match="invalid bar width"):
             lk.bars(TRADES, "1 fortnight")
         with pytest.raises(TimeTravelError, match="trades .* or quotes"):
@@ -154,6 +239,6 @@ def test_cli_bars(bars_data: dict, monkeypatch: pytest.MonkeyPatch, tmp_path) ->
     )
     assert res.exit_code == 0, res.output
     table = pd.read_parquet(out)
-    assert len(table) == 2 * 4 and table["trades"].sum() == 4000
+    assert len(table) == 2 * 4 and table["trades"].sum() == len(bars_data["trades"])
     bad = CliRunner().invoke(app, ["bars", TRADES, "--every", "soon", "--start", "2025-12-16"])
     assert bad.exit_code == 1 and "invalid bar width" in bad.output

@@ -281,6 +281,7 @@ def test_cli_replay_writes_ndjson_and_a_manifest_that_reproduces_it(
     merged, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LAKE_DATA_DIR", str(merged["settings"].data_dir))
+    monkeypatch.chdir(tmp_path)  # the default manifest name is relative (conftest does it too)
     runner = CliRunner()
     out, again, manifest = tmp_path / "a.ndjson", tmp_path / "b.ndjson", tmp_path / "m.json"
     args = ["replay", "--tables", f"{FUTURES},{STOCKS}", "--start", "2025-12-16T14:00:00Z"]

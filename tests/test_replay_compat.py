@@ -17,13 +17,21 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import replay_reference
+from click.testing import Result
 from timetravel_data import HOUR_NS, T14, append, futures, trades
+from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.cli.app import app
 from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.silver.compactor import SilverCompactor
 from iceberg_lake.timetravel import snapshots
-from iceberg_lake.timetravel.replay import REPLAY_SEQ_COLUMN, ReplayEngine
+from iceberg_lake.timetravel.replay import (
+    REPLAY_SEQ_COLUMN,
+    ReplayEngine,
+    compare_manifests,
+    read_manifest,
+)
 
 SEC = 10**9
 STOCKS, QUOTES, MBP = "bronze.stocks_trades", "bronze.stocks_quotes", "bronze.futures_mbp10"
@@ -189,6 +197,50 @@ def test_hash_matches_the_one_recorded_with_the_old_code(compat_lake: Settings) 
     for _ in engine.events():
         pass
     assert engine.manifest()["sequence_hash"] == RECORDED_HASH
+
+
+def test_a_manifest_file_written_by_the_old_code_replays_from_manifest(
+    compat_lake: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`write_manifest` of the pre-issue-16 code, read back by `--from-manifest`: the same
+    count and hash (exit 0); a manifest that does not match its replay fails in one line."""
+    tables = [MBP, STOCKS, GREEKS]
+    old = replay_reference.ReplayEngine(compat_lake, tables, *_WINDOW, as_of="compat")
+    for _ in old.events():
+        pass
+    path = tmp_path / "old.json"
+    recorded = old.write_manifest(path)
+    assert recorded["complete"] and recorded["event_count"] > 1000 and "pin_tag" not in recorded
+
+    engine = ReplayEngine.from_manifest(compat_lake, read_manifest(path), pin=False)
+    for _ in engine.events():
+        pass
+    assert compare_manifests(recorded, engine.manifest()) is None
+    assert engine.manifest()["sequence_hash"] == recorded["sequence_hash"]
+
+    monkeypatch.setenv("LAKE_DATA_DIR", str(compat_lake.data_dir))
+    monkeypatch.chdir(tmp_path)  # the CLI writes its manifests into the working directory
+
+    def from_manifest(manifest: Path) -> Result:
+        args = ["replay", "--from-manifest", str(manifest), "--no-progress", "--no-pin"]
+        return CliRunner().invoke(app, [*args, "--out", str(tmp_path / "events.ndjson")])
+
+    res = from_manifest(path)
+    assert res.exit_code == 0, res.output
+    assert f"replayed {recorded['event_count']} events" in res.output
+    for field, value in (("event_count", 7), ("sequence_hash", "sha256:" + "0" * 64)):
+        bad = tmp_path / f"bad-{field}.json"
+        bad.write_text(json.dumps(recorded | {field: value}))
+        res = from_manifest(bad)
+        assert res.exit_code == 1 and "Traceback" not in res.output
+        (line,) = [x for x in res.output.splitlines() if "does not match" in x]
+        want = "recorded 7 events" if field == "event_count" else "sha256:000000000000…"
+        assert want in line and f"{recorded['event_count']} events" in line
+    # An interrupted run's manifest has no exact count to compare: a warning, exit 0.
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps(recorded | {"event_count": 7, "complete": False}))
+    res = from_manifest(partial)
+    assert res.exit_code == 0 and "not compared" in res.output
 
 
 def test_rows_decode_to_what_the_old_iterator_gave(compat_lake: Settings) -> None:

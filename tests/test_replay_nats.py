@@ -88,7 +88,8 @@ def test_publish_on_original_subjects_and_under_a_prefix(source: Settings, tmp_p
         res = CliRunner().invoke(
             app,
             ["replay", "--tables", STOCKS, "--start", str(WINDOW[0]), "--end", str(WINDOW[1])]
-            + ["--as-of", "bt", "--to-nats", "--no-progress"],
+            + ["--as-of", "bt", "--to-nats", "--no-progress"]
+            + ["--manifest", str(tmp_path / "m.json")],
             env=env,
         )
         assert res.exit_code == 0, res.output

@@ -59,7 +59,11 @@ def test_replay_manifest_from_untagged_pins_survives_commits_expiry_and_orphan_r
         append(table, trades("SPY", T14 + i * 10**9, 5, 10**6, seq0=i * 5))
     manifest, first_out = tmp_path / "m1.json", tmp_path / "e1.ndjson"
     # No tag: the replay pins the current snapshot itself.
-    _cli(env, "replay", "--tables", TRADES, "--start", _iso(T14), "--end", _iso(T14 + HOUR_NS))
+    _cli(
+        env,
+        "replay", "--tables", TRADES, "--start", _iso(T14), "--end", _iso(T14 + HOUR_NS),
+        "--manifest", str(tmp_path / "m0.json"),
+    )  # fmt: skip
     _cli(
         env,
         "replay", "--tables", TRADES, "--start", _iso(T14), "--end", _iso(T14 + HOUR_NS),

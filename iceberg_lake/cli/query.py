@@ -377,7 +377,7 @@ def replay(
     ),
 ) -> None:
     """Replay pinned snapshots of tables merged by event time, to NATS, NDJSON, Arrow or Parquet."""
-    from iceberg_lake.timetravel.replay import ReplayEngine, read_manifest
+    from iceberg_lake.timetravel.replay import ReplayEngine, compare_manifests, read_manifest
 
     if prefix and not to_nats:
         raise typer.BadParameter("--prefix needs --to-nats", param_hint="--prefix")
@@ -405,10 +405,13 @@ def replay(
         )
     # A replay reads an existing lake (its pins may tag it): it never creates one.
     catalog = open_catalog(read_only=True)
+    recorded: dict[str, Any] | None = None
     if from_manifest is not None:
-        engine = ReplayEngine.from_manifest(
-            catalog, read_manifest(from_manifest), speed=speed, pin=pin
-        )
+        recorded = read_manifest(from_manifest)
+        try:
+            engine = ReplayEngine.from_manifest(catalog, recorded, speed=speed, pin=pin)
+        except TimeTravelError as exc:  # a live manifest: name the file
+            raise TimeTravelError(f"{from_manifest}: {exc}") from None
     else:
         names = _split(tables)
         if not names:
@@ -468,6 +471,18 @@ def replay(
     )
     for warning in (result.get("live") or {}).get("warnings", []):
         err_console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+    if recorded is not None:
+        # The point of --from-manifest: the same sequence again. Exit 1 when it is not.
+        if not recorded.get("complete", True):
+            err_console.print(
+                f"warning: {from_manifest} is from an interrupted run (complete: false): its "
+                "event count and hash were not compared",
+                highlight=False,
+                soft_wrap=True,
+            )
+        mismatch = compare_manifests(recorded, result)
+        if mismatch is not None:
+            raise TimeTravelError(f"replay does not match {from_manifest}: {mismatch}")
 
 
 def _write_batches(engine: Any, fmt: ReplayFormat, out: Path, verify: bool) -> dict[str, Any]:

@@ -1,13 +1,19 @@
 """As-of joins: each trade with the quote prevailing at its event time (DuckDB `ASOF JOIN`).
 
 `asof_join(lake, left, right)` pairs every row of `left` (trades) in `[start_ns, end_ns)` with the
-latest row of `right` (quotes) of the same `by` value (symbol) whose `ts_event_ns` is at or before
-the trade's (strictly before with `strict=True`, so a quote stamped in the same nanosecond as the
-trade is not used), both read from their pinned snapshots through the `Lake` query layer. Trades
-with no earlier quote (within `lookback_ns`) keep null quote columns: it is a left join.
+quote of `right` of the same `by` value (symbol) prevailing at the trade's `ts_event_ns`, both
+read from their pinned snapshots through the `Lake` query layer. Trades with no earlier quote
+(within `lookback_ns`) keep null quote columns: it is a left join.
 
-When several quotes share a timestamp, the last one in replay order (highest `seq`, then
-`ts_recv_ns`) prevails, so the result does not depend on file layout.
+"Prevailing" is what a consumer of a replay of the same pins (`ReplayEngine`) holds when the
+trade arrives: the last quote delivered before it. A replay orders events by `ts_event_ns`, then
+table position, then each table's row order (`iceberg_lake.timetravel.order`), so:
+
+* of several quotes in one nanosecond, the last in the quotes table's replay order prevails
+  (not the highest `seq`);
+* quotes stamped in the trade's own nanosecond count when the quotes table comes first in the
+  replay (`ReplayEngine(..., [quotes, trades])`), the default (`strict=False`); with
+  `strict=True` they do not, which is the replay `[trades, quotes]`.
 
 The right-hand columns default by table: NBBO quotes give `bid_px ask_px bid_sz ask_sz`, MBP-10
 gives the top of book `bid_px_1 ask_px_1 bid_sz_1 ask_sz_1`; each comes out as `quote_<name>`,
@@ -29,6 +35,7 @@ import pyarrow as pa
 
 from iceberg_lake.engine.duck import quote_ident
 from iceberg_lake.exceptions import TimeTravelError
+from iceberg_lake.timetravel.order import order_by_sql, row_order, table_row_order
 from iceberg_lake.timetravel.snapshots import AsOfSpec, pin_for
 
 if TYPE_CHECKING:
@@ -73,8 +80,15 @@ def asof_sql(
     end_ns: int,
     lookback_ns: int | None,
     strict: bool,
+    left_order: Sequence[str] | None = None,
+    right_order: Sequence[str] | None = None,
 ) -> str:
-    """The DuckDB SQL of `asof_join` over two relations."""
+    """The DuckDB SQL of `asof_join` over two relations.
+
+    `left_order` and `right_order` are the tables' replay row orders (`timetravel.order.row_order`;
+    None: those of undeclared tables): the quote prevailing among several in one nanosecond is
+    the last in `right_order`, the trades come out in `left_order`.
+    """
     for col in (by, "ts_event_ns"):
         if col not in left_columns or col not in right_columns:
             raise TimeTravelError(f"both tables need a {col!r} column for the as-of join")
@@ -82,8 +96,10 @@ def asof_sql(
     if missing:
         raise TimeTravelError(f"the right table has no column {missing[0]!r}")
     keep = [c for c in left_columns if c != "ts_event"]
-    tie = [c for c in ("seq", "ts_recv_ns") if c in right_columns]
-    order = ", ".join(f"{quote_ident(c)} DESC NULLS LAST" for c in tie) or "1"
+    if right_order is None:
+        right_order = row_order(None, right_columns)
+    if left_order is None:
+        left_order = row_order(None, left_columns)
     lo = start_ns if lookback_ns is None else start_ns - lookback_ns
     q_lo = "" if lookback_ns is None else f"ts_event_ns >= {int(lo)} AND "
     quotes = (
@@ -92,7 +108,7 @@ def asof_sql(
         + f" FROM {_relation(right)} WHERE {q_lo}ts_event_ns < {int(end_ns)} "
         # One quote per (key, nanosecond): the last in replay order.
         f"QUALIFY row_number() OVER (PARTITION BY {quote_ident(by)}, ts_event_ns "
-        f"ORDER BY {order}) = 1"
+        f"ORDER BY {order_by_sql(right_order, reverse=True)}) = 1"
     )
     trades = (
         "SELECT " + ", ".join(quote_ident(c) for c in keep) + f" FROM {_relation(left)} "
@@ -102,12 +118,12 @@ def asof_sql(
     picked = ", ".join(
         f"q.{quote_ident(c)} AS {quote_ident(QUOTE_PREFIX + c)}" for c in quote_columns
     )
-    left_order = [c for c in ("ts_event_ns", by, "seq", "ts_recv_ns") if c in keep]
+    out_order = [c for c in left_order if c in keep]
     return (
         f"SELECT t.*, q.ts_event_ns AS {quote_ident(QUOTE_PREFIX + 'ts_event_ns')}, {picked} "
         f"FROM ({trades}) t ASOF LEFT JOIN ({quotes}) q "
         f"ON t.{quote_ident(by)} = q.{quote_ident(by)} AND t.ts_event_ns {op} q.ts_event_ns "
-        "ORDER BY " + ", ".join(f"t.{quote_ident(c)}" for c in left_order)
+        f"ORDER BY {order_by_sql(out_order, alias='t')}"
     )
 
 
@@ -137,11 +153,12 @@ def asof_join(
         by: the column both tables are matched on.
         quote_columns: right-hand columns to attach (default: see `default_quote_columns`).
         lookback_ns: how far before `start_ns` a prevailing quote may be (None: unbounded).
-        strict: only quotes strictly before the trade.
+        strict: only quotes strictly before the trade's nanosecond (a replay listing the
+            trades first); default: quotes of that nanosecond count too (quotes listed first).
         as_of: pin for both tables, or a mapping per table.
 
     Returns:
-        The left rows (without the derived `ts_event`) ordered by event time, plus
+        The left rows (without the derived `ts_event`) in replay order, plus
         `quote_ts_event_ns` and `quote_<column>` for each quote column.
 
     Raises:
@@ -169,6 +186,8 @@ def asof_join(
             end_ns=end_ns,
             lookback_ns=lookback_ns,
             strict=strict,
+            left_order=table_row_order(lake.catalog, left, describe[left]),
+            right_order=table_row_order(lake.catalog, right, describe[right]),
         )
         return con.execute(sql).arrow().read_all()
     finally:

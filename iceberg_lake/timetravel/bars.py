@@ -11,8 +11,11 @@ Which bars a table gets is read from its columns:
 * `bid_px` and `ask_px` (NBBO quotes), or `bid_px_1`/`ask_px_1` (MBP-10 top of book): the OHLC
   of the mid `(bid + ask) / 2` and of the spread `ask - bid`, and `quotes` (update count).
 
-Open and close are the first and last event in replay order (`ts_event_ns`, then `seq`, then
-`ts_recv_ns`), so equal timestamps give the same bar every time.
+Open and close are the first and last event of the bar in replay order: `ts_event_ns`, then the
+rest of the replay's row order (`iceberg_lake.timetravel.order.row_order`: the declared sort
+order, the partition key, then every column in schema order, nulls first). So when several
+events share a nanosecond at the bar's edge, open and close are the events a `ReplayEngine`
+consumer of the same pin sees first and last, and the bar is the same every time.
 
 Example::
 
@@ -29,6 +32,7 @@ import pyarrow as pa
 
 from iceberg_lake.engine.duck import quote_ident
 from iceberg_lake.exceptions import TimeTravelError
+from iceberg_lake.timetravel.order import order_by_sql, row_order, table_row_order
 from iceberg_lake.timetravel.snapshots import AsOfSpec
 
 if TYPE_CHECKING:
@@ -76,11 +80,6 @@ def bar_kind(columns: list[str]) -> tuple[str, str, str]:
     )
 
 
-def _order_key(columns: list[str]) -> str:
-    keys = ["ts_event_ns"] + [c for c in ("seq", "ts_recv_ns") if c in columns]
-    return "(" + ", ".join(f"coalesce({quote_ident(k)}, -1)" for k in keys) + ")"
-
-
 def bars_sql(
     relation: str,
     columns: list[str],
@@ -88,22 +87,27 @@ def bars_sql(
     start_ns: int | None,
     end_ns: int | None,
     by: str | None,
+    order: list[str] | None = None,
 ) -> str:
-    """The DuckDB SQL of `bars` over `relation` (a view or table expression)."""
+    """The DuckDB SQL of `bars` over `relation` (a view or table expression).
+
+    `order` is the table's replay row order (`timetravel.order.row_order`; None: that of an
+    undeclared table with `columns`): open is the first event of a bar in it, close the last.
+    """
     kind, a, b = bar_kind(columns)
     if by is not None and by not in columns:
         raise TimeTravelError(f"cannot group bars by {by!r}: no such column")
-    key = _order_key(columns)
+    key = order_by_sql(order if order is not None else row_order(None, columns))
     start = f"(ts_event_ns // {every_ns}) * {every_ns}"
     group = [f"{quote_ident(by)}"] if by else []
     select = [*group, f"{start} AS bar_start_ns", f"make_timestamp(({start}) // 1000) AS bar_start"]
     if kind == "trades":
         px, sz = quote_ident(a), quote_ident(b)
         select += [
-            f"arg_min({px}, {key}) AS open",
+            f"first({px} ORDER BY {key}) AS open",
             f"max({px}) AS high",
             f"min({px}) AS low",
-            f"arg_max({px}, {key}) AS close",
+            f"last({px} ORDER BY {key}) AS close",
             f"sum({sz})::BIGINT AS volume",
             f"sum({px} * {sz}) / nullif(sum({sz}), 0) AS vwap",
             "count(*) AS trades",
@@ -114,10 +118,10 @@ def bars_sql(
         mid, spread = f"(({bid} + {ask}) / 2)", f"({ask} - {bid})"
         for name, expr in (("mid", mid), ("spread", spread)):
             select += [
-                f"arg_min({expr}, {key}) AS {name}_open",
+                f"first({expr} ORDER BY {key}) AS {name}_open",
                 f"max({expr}) AS {name}_high",
                 f"min({expr}) AS {name}_low",
-                f"arg_max({expr}, {key}) AS {name}_close",
+                f"last({expr} ORDER BY {key}) AS {name}_close",
             ]
         select.append("count(*) AS quotes")
         valid = f"{bid} IS NOT NULL AND {ask} IS NOT NULL"
@@ -169,7 +173,8 @@ def bars(
         ns, name = table.split(".", 1)
         relation = f"{ns}.{quote_ident(name)}"
         columns = [r[0] for r in con.execute(f"DESCRIBE {relation}").fetchall()]
-        sql = bars_sql(relation, columns, width, start_ns, end_ns, by)
+        order = table_row_order(lake.catalog, table, columns)
+        sql = bars_sql(relation, columns, width, start_ns, end_ns, by, order)
         return con.execute(sql).arrow().read_all()
     finally:
         con.close()

@@ -11,9 +11,10 @@ Order (the documented tie-break). Events are ordered by the key
 
 where the row order within a table is `ts_event_ns`, then the table's declared sort order
 (Silver's sort key, e.g. `level_id` for Gold), then the partition key (`symbol`/`underlying`),
-then every remaining column in schema order (nulls first). That is a total order over distinct
-rows, defined by the data alone, so it does not depend on how the rows are split into files:
-recompacting Silver, or appending newer data the pins do not see, leaves the sequence unchanged.
+then every remaining column in schema order (nulls first; `iceberg_lake.timetravel.order`, the
+one definition bars and as-of joins use too). That is a total order over distinct rows, defined
+by the data alone, so it does not depend on how the rows are split into files: recompacting
+Silver, or appending newer data the pins do not see, leaves the sequence unchanged.
 
 How it runs (one pipeline behind every output). The window is cut into read windows: whole UTC
 hours, grouped while the rows they hold (estimated from the pinned files' statistics, all tables)
@@ -115,6 +116,7 @@ from iceberg_lake.timetravel.canonical import (
     one_array,
     warm_up,
 )
+from iceberg_lake.timetravel.order import order_by_sql, row_order
 from iceberg_lake.timetravel.query import Lake, duckdb_path
 from iceberg_lake.timetravel.readers import window_filter
 from iceberg_lake.timetravel.snapshots import (
@@ -138,6 +140,7 @@ __all__ = [
     "NatsSink",
     "ReplayEngine",
     "ReplayEvent",
+    "compare_manifests",
     "read_manifest",
     "replay_subject",
 ]
@@ -211,6 +214,34 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise TimeTravelError(f"{path} is not a replay manifest ({MANIFEST_FORMAT})")
     return data
+
+
+def _short(sequence_hash: str | None) -> str:
+    return "no hash" if sequence_hash is None else sequence_hash[:19] + "…"
+
+
+def compare_manifests(recorded: Mapping[str, Any], replayed: Mapping[str, Any]) -> str | None:
+    """Why a replay of `recorded` (`from_manifest`) did not reproduce it, or None if it did.
+
+    The event count is compared when both runs are complete (an interrupted run's count covers
+    only the windows it read), the sequence hash when both manifests also have one
+    (`--no-verify` runs have none).
+
+    Returns:
+        None, or one line: `<count> events, <hash> where the manifest recorded <count>, <hash>`.
+    """
+    if not (recorded.get("complete", True) and replayed.get("complete", True)):
+        return None
+    count, want_count = replayed.get("event_count"), recorded.get("event_count")
+    got_hash, want_hash = replayed.get("sequence_hash"), recorded.get("sequence_hash")
+    count_differs = want_count is not None and count != want_count
+    hash_differs = want_hash is not None and got_hash is not None and got_hash != want_hash
+    if not (count_differs or hash_differs):
+        return None
+    return (
+        f"{count} events, {_short(got_hash)} where the manifest recorded {want_count} events, "
+        f"{_short(want_hash)}"
+    )
 
 
 @dataclass
@@ -350,7 +381,8 @@ class _Source:
         self.columns = [f.name for f in schema.fields if f.name not in derived]
         if "ts_event_ns" not in self.columns:
             raise TimeTravelError(f"{definition.identifier} has no ts_event_ns: cannot replay it")
-        self.order = self._order_by()
+        #: The row order within this table (`iceberg_lake.timetravel.order.row_order`).
+        self.order = row_order(definition, self.columns)
         transform = definition.time_partition.transform if definition.time_partition else "day"
         self.bucket_ns = _NS_PER_DAY if transform == "day" else _NS_PER_HOUR
         self.prefix = self.identifier.encode() + b"\x1f"
@@ -368,13 +400,6 @@ class _Source:
         #: The buffers this table's payloads are encoded into, window after window: two, used
         #: in turn, so one window's payloads are framed while the next window is encoded.
         self.scratches = (Scratch(), Scratch())
-
-    def _order_by(self) -> list[str]:
-        keys = ["ts_event_ns", *self.definition.sort_order]
-        if self.definition.partition_key:
-            keys.append(self.definition.partition_key)
-        keys.extend(self.columns)
-        return [k for k in dict.fromkeys(keys) if k in self.columns]
 
     def buckets(self, start_ns: int, end_ns: int) -> dict[int, float]:
         """Start (ns) of every time partition in the window that holds data → rows (estimate).
@@ -500,8 +525,7 @@ class _Source:
 
     def tie_sql(self, relation: str) -> str:
         """SQL that orders the rows of `relation` by the full replay key, returning `__pos`."""
-        order = ", ".join(f"{quote_ident(c)} ASC NULLS FIRST" for c in self.order)
-        return f"SELECT __pos FROM {relation} ORDER BY {order}"
+        return f"SELECT __pos FROM {relation} ORDER BY {order_by_sql(self.order)}"
 
     def sorted_rows(self, con: duckdb.DuckDBPyConnection, rows: pa.Table) -> pa.Table:
         """`rows` in replay order (see `replay_order`)."""
@@ -643,8 +667,27 @@ class ReplayEngine:
     ) -> ReplayEngine:
         """An engine that replays exactly the pins and window of `manifest`.
 
-        A table whose pin is null (empty at the time) is read as empty.
+        A table whose pin is null (empty at the time) is read as empty. Compare the manifest of
+        the replay with `manifest` (`compare_manifests`) to check it reproduced the recorded
+        sequence; `lake replay --from-manifest` does, and exits 1 when it did not.
+
+        Raises:
+            TimeTravelError: `manifest` was recorded by a live replay (`live=True`) that
+                delivered events from the JetStream tail: no snapshot it names holds those, so
+                it cannot be reproduced (replay its window again from the snapshots committed
+                since). A live manifest without tail events is an ordinary one.
         """
+        live = manifest.get("live")
+        if isinstance(live, Mapping) and live.get("tail_events") != 0:
+            tail = live.get("tail_events")
+            raise TimeTravelError(
+                f"the manifest was recorded by a live replay: {tail} of its "
+                f"{manifest.get('event_count')} events came from the JetStream tail, which no "
+                "pinned snapshot holds, so it cannot be reproduced; replay the window again from "
+                "the snapshots committed since: lake replay --tables "
+                f"{','.join(manifest.get('tables', []))} --start {manifest.get('start')} "
+                f"--end {manifest.get('end')}"
+            )
         snapshots = dict(manifest["snapshots"])
         pin = kwargs.pop("pin", True)
         engine = cls(

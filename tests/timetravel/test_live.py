@@ -20,9 +20,11 @@ from typing import Any
 import pytest
 from ingest_support import encode, make_event, run_until_idle, settings_env, settings_for
 from support.wait import await_until, wait_until
+from typer.testing import CliRunner
 
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.cli.app import app
 from iceberg_lake.config import Settings
 from iceberg_lake.engine import nats as bus
 from iceberg_lake.ops import metrics
@@ -315,6 +317,19 @@ def test_live_follow_replay_is_exactly_once_and_matches_committed_replay(
         committed = [e.as_dict() for e in engine.events()]
         key = lambda e: json.dumps(e, sort_keys=True)  # noqa: E731
         assert sorted(map(key, committed)) == sorted(map(key, live))
+
+        # The live manifest cannot be reproduced from its pins (its tail was not committed
+        # then): --from-manifest refuses it in one line, naming the command that replays the
+        # window from the snapshots committed since.
+        again = CliRunner().invoke(
+            app,
+            ["replay", "--from-manifest", str(tmp_path / "m.json"), "--no-progress"]
+            + ["--out", str(tmp_path / "again.ndjson"), "--manifest", str(tmp_path / "m2.json")],
+            env=lake_env(settings),
+        )
+        assert again.exit_code == 1 and "Traceback" not in again.output
+        assert "recorded by a live replay" in again.output and f"--tables {TABLE}" in again.output
+        assert not (tmp_path / "m2.json").exists()
     finally:
         pub.close()
         stop(serve)
@@ -395,10 +410,6 @@ def test_guard_ack_subject_fields_match_nats_py_metadata(nats_server: NatsServer
 )
 def test_live_cli_argument_errors_are_one_line(args: list[str], message: str) -> None:
     """Bad combinations end with one readable message and a non-zero exit."""
-    from typer.testing import CliRunner
-
-    from iceberg_lake.cli.app import app
-
     res = CliRunner().invoke(app, args)
     assert res.exit_code != 0
     assert message in res.output and "Traceback" not in res.output
