@@ -156,6 +156,14 @@ def test_watermarked_append_is_one_fast_append_and_stale_tables_still_commit(
     lake: LakeCatalog,
 ) -> None:
     table = lake.load_table(TABLE)
+    # pyiceberg's merge-append would fold from the 2nd manifest on (the default, 100, would hide
+    # a writer that merges): the 6 manifests below are the writers' fast appends.
+    with table.transaction() as tx:
+        tx.set_properties(
+            {"commit.manifest-merge.enabled": "true", "commit.manifest.min-count-to-merge": "2"}
+        )
+    producer = engine._FastAppendTransaction(table)._append_snapshot_producer({})
+    assert isinstance(producer, _FastAppendFiles) and not isinstance(producer, _MergeAppendFiles)
     stale = lake.load_table(TABLE)
     for i in range(6):
         with engine.watermarked_append(table, watermark={"lake.watermark.s.c": str(i)}) as app:
