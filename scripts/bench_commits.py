@@ -3,15 +3,20 @@
 One embedded lake, table `bronze.stocks_trades`, a stream of 100-row appends (one partition),
 timed commit by commit:
 
-* **lake**: what `lake serve` does: `engine.iceberg.watermarked_append` (watermark property and
-  fast append in one commit, with the commit-path fixes of `engine.iceberg`; no manifest fold
-  inside the commit) and the writers' in-line policy run (`ops.maintenance.expire_inline`: the
-  shared `ExpiryPolicy`, hourly checkpoints, then the fold of the commits' small manifests as
-  a snapshot of its own) every `min(60 s, retention / 4)`, and the fold alone every
-  `POLICY_EVERY_COMMITS` commits in between (`fold_inline`), with the DEFAULT settings
-  (`LAKE_BRONZE_SNAPSHOT_RETENTION_SECONDS` = 6 h): every snapshot of the run is kept. Both
-  run between commits, outside the timed commit; their own times are reported too, and the
-  longest manifest list a commit rewrote.
+* **lake**: what the writer thread of `lake serve` does per flush (`ConsumerWriter._commit_sync`
+  and `_maybe_expire`): `engine.iceberg.watermarked_append` with the writer's watermark and
+  position properties, its snapshot summary properties and the fencing `expected=` check
+  (watermark property and fast append in one commit, with the commit-path fixes of
+  `engine.iceberg`; no manifest fold inside the commit), then the in-line policy run
+  (`ops.maintenance.expire_inline`: the shared `ExpiryPolicy`, hourly checkpoints, then the
+  fold of the commits' small manifests as a snapshot of its own) every `min(60 s, retention /
+  4)`, and the fold alone every `POLICY_EVERY_COMMITS` commits in between (`fold_inline`), with
+  the DEFAULT settings (`LAKE_BRONZE_SNAPSHOT_RETENTION_SECONDS` = 6 h, `LAKE_SNAPSHOT_MAX_COUNT`
+  = 10,000). The **writer step** (commit plus whatever policy run or fold follows it, the whole
+  work of the writer thread for that flush) is timed as one; the commit alone, the policy runs
+  and the folds are reported too, and the longest manifest list a commit rewrote. A run shorter
+  than the 60 s interval would see no policy run at all, so `--policy-runs` more are forced at
+  evenly spaced commits (the last one at the last commit, with every snapshot of the run).
 * **writer fold (previous design), same run**: the same path with the fold inside the writer's
   commit every 128 commits (`engine.iceberg.WRITER_FOLD_COUNT`), policy run by time only and
   not folding: the fold commits' cost against the p50 (`--fold-commits`).
@@ -20,11 +25,12 @@ timed commit by commit:
   properties ask), no expiry. It is slower, so it runs fewer commits (`--baseline-commits`).
 
 Reported: p50 of commits 1-20 ("at commit 10") and of the last 20 commits, p99 and max over the
-run, the growth end / commit 10, the snapshots kept and the metadata file size at the end.
+run, the growth end / commit 10, the snapshots kept and the metadata file size at the end; for
+the writer step p50/p99/max over the run.
 Usage::
 
     python scripts/bench_commits.py [--commits 3600] [--baseline-commits 600] \
-        [--fold-commits 1000] [--json]
+        [--fold-commits 1000] [--policy-runs 4] [--json]
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table, Transaction
 
 import iceberg_lake.engine.iceberg as engine
+from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import load_settings
 from iceberg_lake.engine.iceberg import install_commit_fixes, watermarked_append
@@ -54,7 +61,8 @@ WINDOW = 20
 HOUR_NS = 3_600_000_000_000
 BASE_NS = 1_765_000_000_000_000_000 - 1_765_000_000_000_000_000 % HOUR_NS
 TABLE = "bronze.stocks_trades"
-WM = "lake.watermark.MARKET.bench"
+WM = f"{properties.WATERMARK_PREFIX}MARKET.bench"
+POS = f"{properties.POSITION_PREFIX}MARKET.bench"
 
 
 def _batch(table: Table, i: int) -> pa.Table:
@@ -78,7 +86,24 @@ def _batch(table: Table, i: int) -> pa.Table:
 
 
 def _lake_append(table: Table, data: pa.Table, i: int) -> None:
-    with watermarked_append(table, watermark={WM: str(i)}, snapshot_properties={}) as app:
+    """The writer's commit (`ConsumerWriter._commit_sync`, one table, the flush's last commit):
+    watermark and position, the snapshot summary, and the fencing compare-and-swap."""
+    seq = (i + 1) * ROWS_PER_COMMIT
+    summary = {
+        properties.LAKE_OPERATION: "ingest",
+        properties.STREAM: "MARKET",
+        properties.CONSUMER: "bench",
+        properties.FIRST_STREAM_SEQ: str(seq - ROWS_PER_COMMIT + 1),
+        properties.LAST_STREAM_SEQ: str(seq),
+        properties.EVENT_COUNT: str(data.num_rows),
+    }
+    seen = table.properties.get(WM)  # what the writer last saw (its `seen`)
+    with watermarked_append(
+        table,
+        watermark={WM: str(seq), POS: str(seq)},
+        snapshot_properties=summary,
+        expected={WM: seen},
+    ) as app:
         app.append(data)
 
 
@@ -92,26 +117,33 @@ def _timed(
     table: Table,
     commits: int,
     append: Callable[[Table, pa.Table, int], None],
-    between: Callable[[], None] | None = None,
+    between: Callable[[int], None] | None = None,
     manifests: list[int] | None = None,
+    steps: list[float] | None = None,
 ) -> tuple[list[float], list[float]]:
     """Wall and CPU (this process, all threads) milliseconds of each commit.
 
-    With `manifests`, the current snapshot's manifest count after each commit is appended to
-    it (read outside the timed commit).
+    `between(i)` runs after commit `i` (the writer's `_maybe_expire`); with `steps`, the wall
+    milliseconds of commit plus `between` (the writer step) are appended to it. With
+    `manifests`, the current snapshot's manifest count after each commit is appended to it
+    (read outside the timed step).
     """
     out, cpu = [], []
     for i in range(commits):
         data = _batch(table, i)
         t0, c0 = time.perf_counter(), time.process_time()
         append(table, data, i)
-        out.append((time.perf_counter() - t0) * 1000)
+        t1 = time.perf_counter()
+        out.append((t1 - t0) * 1000)
         cpu.append((time.process_time() - c0) * 1000)
         if manifests is not None:
             snap = table.current_snapshot()
             manifests.append(len(snap.manifests(table.io)) if snap else 0)
+        t2 = time.perf_counter()
         if between is not None:
-            between()
+            between(i)
+        if steps is not None:
+            steps.append(out[-1] + (time.perf_counter() - t2) * 1000)
     return out, cpu
 
 
@@ -122,14 +154,16 @@ def _policy_runner(
     every: int | None,
     out: list[float],
     folds: list[float] | None = None,
-) -> Callable[[], None]:
-    """The writers' `_maybe_expire`: the policy run every `interval` s, and the fold alone
-    every `every` commits in between."""
-    last, count = [time.monotonic()], [0]
+    force_at: frozenset[int] = frozenset(),
+) -> Callable[[int], None]:
+    """The writers' `_maybe_expire`: the policy run every `interval` s (the first one after
+    the first commit, as a writer that just started), and the fold alone every `every` commits
+    in between; also a policy run after each commit index in `force_at`."""
+    last, count = [float("-inf")], [0]
 
-    def run() -> None:
+    def run(i: int) -> None:
         count[0] += 1
-        due = time.monotonic() - last[0] >= interval
+        due = time.monotonic() - last[0] >= interval or i in force_at
         if not due and (every is None or count[0] < every):
             return
         count[0] = 0
@@ -182,10 +216,11 @@ def _metadata_bytes(table: Table) -> int:
 
 
 def run(
-    commits: int = 3600, baseline_commits: int = 600, fold_commits: int = 1000
+    commits: int = 3600, baseline_commits: int = 600, fold_commits: int = 1000, policy_runs: int = 4
 ) -> list[dict[str, Any]]:
-    """Time `commits` lake commits, `fold_commits` commits of the previous design (fold inside
-    the writer's commit) and `baseline_commits` stock-pyiceberg commits.
+    """Time `commits` lake commits (with `policy_runs` forced policy runs besides the timed
+    ones), `fold_commits` commits of the previous design (fold inside the writer's commit) and
+    `baseline_commits` stock-pyiceberg commits.
 
     Returns:
         Benchmark rows (`benchmark, metric, value, unit, baseline, baseline_value`).
@@ -213,9 +248,13 @@ def run(
         expiry_ms: list[float] = []
         fold_ms: list[float] = []
         counts: list[int] = []
-        policy = _policy_runner(lake, table, interval, POLICY_EVERY_COMMITS, expiry_ms, fold_ms)
+        steps: list[float] = []
+        forced = frozenset(commits * k // policy_runs - 1 for k in range(1, policy_runs + 1))
+        policy = _policy_runner(
+            lake, table, interval, POLICY_EVERY_COMMITS, expiry_ms, fold_ms, forced
+        )
         t0 = time.perf_counter()
-        lake_lat, lake_cpu = _timed(table, commits, _lake_append, policy, counts)
+        lake_lat, lake_cpu = _timed(table, commits, _lake_append, policy, counts, steps)
         wall = time.perf_counter() - t0
         fold = _writer_fold_run(tmp, fold_commits, interval) if fold_commits else None
         t0 = time.perf_counter()
@@ -231,10 +270,18 @@ def run(
         base_manifests = len(base_table.current_snapshot().manifests(base_table.io))
 
     s, b = _stats(lake_lat), _stats(base_lat)
+    st = _stats(steps)
     sc, bc = _stats(lake_cpu), _stats(base_cpu)
     name = "writer commit (100 rows)"
     base = f"stock pyiceberg 0.12, same run, {baseline_commits} commits"
+    sname = "writer step: commit + in-line policy run / fold (the writer thread's work)"
+    bstep = f"{base} (commit only: no policy run)"
     rows = [
+        _row(sname, "p50 over the run", round(statistics.median(steps), 1), "ms", bstep,
+             round(statistics.median(base_lat), 1)),
+        _row(sname, "p99 over the run", st["p99"], "ms", bstep, b["p99"]),
+        _row(sname, "max over the run", st["max"], "ms", bstep, b["max"]),
+        _row(sname, "p50 of the last 20", st["p50_end"], "ms", bstep, b["p50_end"]),
         _row(name, "p50 at commit 10 (commits 1-20)", s["p50_commit_10"], "ms", base,
              b["p50_commit_10"]),
         _row(name, f"p50 at the end (last 20 of {commits}; baseline of {baseline_commits})",
@@ -258,8 +305,12 @@ def run(
              base_manifests),
         _row(name, "manifests in the list, max (before a policy run folds them)",
              max(counts, default=0), "manifests", base, None),
-        _row(name, f"policy run (every {interval:.0f} s: refs, expiry, fold), runs / max",
-             f"{len(expiry_ms)} / {round(max(expiry_ms, default=0), 1)}", "ms", base, None),
+        _row(name, f"policy run (every {interval:.0f} s: refs, expiry, fold; {len(forced)} "
+             "forced), runs / p50 / max",
+             f"{len(expiry_ms)} / {round(statistics.median(expiry_ms), 1) if expiry_ms else 0}"
+             f" / {round(max(expiry_ms, default=0), 1)}", "ms", base, None),
+        _row(name, "policy run at the last commit (every snapshot of the run)",
+             round(expiry_ms[-1], 1) if expiry_ms else 0, "ms", base, None),
         _row(name, f"fold between policy runs (every {POLICY_EVERY_COMMITS} commits), p50",
              round(statistics.median(fold_ms), 1) if fold_ms else 0, "ms", base, None),
         _row(name, "fold between policy runs, max", round(max(fold_ms, default=0), 1), "ms",
@@ -313,12 +364,18 @@ def main() -> None:
         default=1000,
         help="previous-design commits, fold inside the writer commit (default 1000; 0: skip)",
     )
+    parser.add_argument(
+        "--policy-runs",
+        type=int,
+        default=4,
+        help="policy runs forced at evenly spaced commits, the last at the last (default 4)",
+    )
     parser.add_argument("--quick", action="store_true", help="300 / 100 / 300 commits")
     parser.add_argument("--json", action="store_true", help="print JSON rows")
     args = parser.parse_args()
     if args.quick:
         args.commits, args.baseline_commits, args.fold_commits = 300, 100, 300
-    rows = run(args.commits, args.baseline_commits, args.fold_commits)
+    rows = run(args.commits, args.baseline_commits, args.fold_commits, max(1, args.policy_runs))
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -336,7 +393,7 @@ def main() -> None:
             ]
         )
     Console().print(out)
-    print(f"baseline: {rows[0]['baseline']}")
+    print(f"baseline: {rows[-1]['baseline']}")
 
 
 if __name__ == "__main__":

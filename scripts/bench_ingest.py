@@ -3,15 +3,25 @@
 Rows (each beside its baseline):
 
 * `ingest-1-event-msgs` events/s: one `LakeService` (one process) drains a backlog of
-  single-event messages into `bronze.stocks_trades` (published → committed and visible);
-  baseline: nats-py's own fetch rate of the same messages (fetch + ack, no decoding/writing).
-* `ingest-100-event-msgs` events/s: the same with 100 events per message; baseline: nats-py
-  fetch rate of those messages × 100.
+  single-event messages into `bronze.stocks_trades`; the clock stops when the consumer's ack
+  floor reaches the last message (committed, visible, then acked); baseline: nats-py's own fetch
+  rate of the same messages (fetch + ack, no decoding/writing).
+* `ingest-1-event-steady` events/s and `latency-1-event-steady` p50/p99: single-event messages
+  published at a steady 50,000 events/s by a separate publisher process while the service runs
+  at the defaults; acked events/s (the consumer's ack floor) beside the published rate, and
+  published → committed → acked latency per message (ack floor polled every 50 ms).
+* `ingest-100-event-msgs` events/s: the same drain with 100 events per message; baseline:
+  nats-py fetch rate of those messages × 100.
 * `commit-latency` p50/p99 of the writer's commits in both runs; baseline: a plain
   `pyarrow.parquet.write_table` of the same number of rows to a local file.
 * `append-latency` at commit 2,000 (median of the last 20) vs commit 10 (median of commits
   5..15): 100-row flushes through the writer's own commit path (watermark property in the same
-  transaction, snapshot expiry with a 10 s retention window as the service runs it).
+  transaction, the in-line policy run as the service runs it, default retention: every
+  snapshot of the run is kept).
+
+Everything runs at the user defaults (flush at 50,000 events or 30 s, 6 h snapshot retention)
+except where a row says otherwise (the published → committed rows at a 2 s interval). Baselines
+that need deltalake (`pip install -e '.[bench]'`) read "n/a" without it.
 
 * `serve-workers-2`: two tables over `lake serve --workers 2` vs `--workers 1`.
 * `hot-table-shards-2`: ONE hot table drained by two shard consumers of a bench-only prototype
@@ -265,12 +275,31 @@ async def _puller_drain(settings: Any, messages: int, legacy: bool) -> float:
     return messages / elapsed
 
 
+async def _ack_floor(js: Any) -> int:
+    """The stream sequence below which the table's consumer has acked everything."""
+    from iceberg_lake.engine import nats as bus
+
+    info = await js.consumer_info("MARKET", bus.consumer_name(TABLE))
+    return int(info.ack_floor.stream_seq or 0)
+
+
 async def _drain(settings: Any, events: int) -> tuple[float, list[float], int]:
-    """Run one LakeService over the backlog; (events/s, commit latencies, rows committed)."""
+    """Run one LakeService over the backlog; (events/s, commit latencies, rows committed).
+
+    The clock runs from the writer's subscription until the consumer's ack floor reaches the
+    stream's last message: published → committed → acked.
+    """
+    from iceberg_lake.engine import nats as bus
     from iceberg_lake.ingest.service import LakeService
 
+    nc = await bus.connect(settings, name="bench-acks")
+    js = bus.jetstream(nc, settings)
+    last_seq = int((await js.stream_info("MARKET")).state.last_seq)
     service = LakeService(settings, [TABLE])
-    task = asyncio.create_task(service.run())
+    # As `--until-idle`: a batch is flushed at the default size, and the last one when the
+    # backlog is drained rather than by the 30 s timer (the writer's first fetch takes one
+    # message to learn the events per message, so batches do not end on the backlog's end).
+    task = asyncio.create_task(service.run(stop_when_idle=True, idle_seconds=600))
     while not service.writers or any(w.psub is None for w in service.writers):
         if task.done():
             task.result()
@@ -280,7 +309,12 @@ async def _drain(settings: Any, events: int) -> tuple[float, list[float], int]:
         if task.done():
             task.result()
         await asyncio.sleep(0.005)
+    while await _ack_floor(js) < last_seq:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.002)
     elapsed = time.perf_counter() - t0
+    await nc.close()
     await service.stop()
     await task
     return events / elapsed, list(service.writers[0].commit_latencies), service.committed_events
@@ -380,7 +414,8 @@ def _ingest_runs(workdir: Path, quick: bool) -> list[dict[str, Any]]:
 
 
 def _append_latency(workdir: Path, quick: bool) -> dict[str, Any]:
-    """Latency of commit N vs commit 10 through the writer's commit path, expiry running."""
+    """Latency of commit N vs commit 10 through the writer's commit path (with its in-line
+    policy run), at the default retention."""
     from iceberg_lake.catalog import LakeCatalog
     from iceberg_lake.config import load_settings
     from iceberg_lake.ingest.batch import MicroBatch
@@ -389,12 +424,7 @@ def _append_latency(workdir: Path, quick: bool) -> dict[str, Any]:
     from iceberg_lake.tables import registry
 
     commits = 300 if quick else 2000
-    settings = load_settings(
-        {
-            "LAKE_DATA_DIR": str(workdir / "append"),
-            "LAKE_BRONZE_SNAPSHOT_RETENTION_SECONDS": "10",
-        }
-    )
+    settings = load_settings({"LAKE_DATA_DIR": str(workdir / "append")})  # default retention
     LakeCatalog(settings).init()
     writer = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
     writer._load()
@@ -423,6 +453,15 @@ def _append_latency(workdir: Path, quick: bool) -> dict[str, Any]:
 
 
 # ---- 10k-row commits: the writers' data path vs pyiceberg's append vs deltalake ----------------
+
+
+#: A baseline that could not be measured (deltalake, a bench-only dependency, is missing).
+NOT_AVAILABLE = "n/a"
+
+
+def _ms(seconds: list[float]) -> float | str:
+    """Median in ms, or "n/a" when nothing was measured."""
+    return round(statistics.median(seconds) * 1000, 1) if seconds else NOT_AVAILABLE
 
 
 def _has_deltalake() -> bool:
@@ -494,8 +533,8 @@ def _commit_alone(workdir: Path, quick: bool) -> list[dict[str, Any]]:
             cpu[mode].append(time.process_time() - c0)
     finally:
         engine.fast_path_applies = fast_path  # type: ignore[assignment]
-    delta = [0.0, 0.0]
-    cpu["delta"] = [0.0, 0.0]
+    delta: list[float] = []
+    cpu["delta"] = []
     if _has_deltalake():
         delta = [
             _delta_append(workdir / "delta-alone", chunk, cpu["delta"]) for _ in range(commits)
@@ -517,7 +556,7 @@ def _commit_alone(workdir: Path, quick: bool) -> list[dict[str, Any]]:
             "value": round(own * 1000, 1),
             "unit": "ms",
             "baseline": "deltalake write_deltalake append, same rows and partitions",
-            "baseline_value": round(statistics.median(delta[1:]) * 1000, 1),
+            "baseline_value": _ms(delta[1:]),
         },
         {
             "benchmark": "commit-10k-cpu",
@@ -526,7 +565,7 @@ def _commit_alone(workdir: Path, quick: bool) -> list[dict[str, Any]]:
             "unit": "ms CPU",
             "baseline": "pyiceberg append / deltalake (CPU ms)",
             "baseline_value": f"{statistics.median(cpu['pyiceberg'][2:]) * 1000:.1f} / "
-            f"{statistics.median(cpu['delta'][1:]) * 1000:.1f}",
+            f"{_ms(cpu['delta'][1:])}",
         },
     ]
 
@@ -573,7 +612,7 @@ def _commit_under_load(workdir: Path, quick: bool) -> list[dict[str, Any]]:
             "value": round(_pct(lat, 0.5) * 1000, 1),
             "unit": "ms",
             "baseline": f"deltalake append of 10,000 rows, same load (p50 of {len(delta)})",
-            "baseline_value": round(_pct(delta, 0.5) * 1000, 1) if delta else None,
+            "baseline_value": round(_pct(delta, 0.5) * 1000, 1) if delta else NOT_AVAILABLE,
         }
     ]
 
@@ -678,6 +717,170 @@ def _steady_latency(workdir: Path, quick: bool) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+# ---- single-event messages at a steady rate: published → committed → acked ---------------------
+
+#: A publisher process (the writer's process must not pay for publishing): single-event messages
+#: at BENCH_RATE/s for BENCH_SECONDS, in 20 ms ticks; prints "ready", waits for a line on stdin,
+#: then prints JSON: the time each tick started and the count of messages published by its end.
+_STEADY_PUBLISHER = r"""
+import asyncio, json, os, sys, time
+import nats
+async def main():
+    rate, seconds = int(os.environ["BENCH_RATE"]), float(os.environ["BENCH_SECONDS"])
+    base, subject = int(os.environ["BENCH_BASE_NS"]), os.environ["BENCH_SUBJECT"]
+    nc = await nats.connect(os.environ["BENCH_URL"])
+    tick = 0.02
+    per_tick = max(1, round(rate * tick))
+    syms = (b"SPY", b"QQQ", b"IWM", b"AAPL")
+    ticks, i = [], 0
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start = time.time()
+    while time.time() - start < seconds:
+        t = time.time()
+        for _ in range(per_tick):
+            ts = base + (i % 3600) * 1000000000 + i
+            await nc.publish(subject, (
+                b'{"ts_event_ns":%d,"ts_recv_ns":%d,"source":"bench","symbol":"%s",'
+                b'"price":%.2f,"size":%d,"exchange":4,"seq":%d}'
+                % (ts, ts + 1000, syms[i % 4], 500.0 + (i % 100) / 100, 1 + i % 300, i)
+            ))
+            i += 1
+        await nc.flush()
+        ticks.append((t, i))
+        await asyncio.sleep(max(0.0, start + len(ticks) * tick - time.time()))
+    await nc.close()
+    print(json.dumps({"ticks": ticks}), flush=True)
+asyncio.run(main())
+"""
+
+
+async def _steady_acked(
+    settings: Any, rate: int, seconds: float
+) -> tuple[list[float], float, float, int]:
+    """Single-event messages from `_STEADY_PUBLISHER` while a service runs (the defaults).
+
+    Returns:
+        Per-message published → acked latencies (s) of the messages published before the last
+        batch's fill time + 1 s (the end of the run is not steady: the last partial batch is
+        flushed by the stop, not by size); the acked and the published events/s over the
+        steady part (after a 2 s warm-up; the ack floor is read every 50 ms and moves once per
+        batch, so the acked rate is exact to one batch); and the events published.
+    """
+    import os
+    import subprocess
+
+    import numpy as np
+
+    from iceberg_lake.engine import nats as bus
+    from iceberg_lake.ingest.service import LakeService
+
+    service = LakeService(settings, [TABLE])
+    task = asyncio.create_task(service.run())
+    while not service.writers or any(w.psub is None for w in service.writers):
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    nc = await bus.connect(settings, name="bench-acks")
+    js = bus.jetstream(nc, settings)
+    env = {
+        "BENCH_URL": settings.nats_url,
+        "BENCH_RATE": str(rate),
+        "BENCH_SECONDS": str(seconds),
+        "BENCH_BASE_NS": str(BASE_NS),
+        "BENCH_SUBJECT": SUBJECT,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STEADY_PUBLISHER],
+        env={**os.environ, **env},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    assert (await asyncio.to_thread(proc.stdout.readline)).strip() == b"ready"
+    acks: list[tuple[float, int]] = []
+    proc.stdin.write(b"go\n")
+    proc.stdin.flush()
+    done = asyncio.ensure_future(asyncio.to_thread(proc.communicate))
+    while not done.done():
+        acks.append((time.time(), await _ack_floor(js)))
+        await asyncio.sleep(0.05)
+    out, _ = done.result()
+    assert proc.returncode == 0, proc.returncode
+    ticks = json.loads(out.decode().strip().splitlines()[-1])["ticks"]
+    total = int(ticks[-1][1])
+    # Once the writer holds every message, the stop flushes the last partial batch (instead
+    # of the 30 s timer); its messages are not counted (see above).
+    deadline = time.time() + 600
+    while service.writers[0].max_sseq < total and time.time() < deadline:
+        await asyncio.sleep(0.05)
+        acks.append((time.time(), await _ack_floor(js)))
+    stopping = asyncio.ensure_future(service.stop())
+    while acks[-1][1] < total and time.time() < deadline:
+        await asyncio.sleep(0.05)
+        acks.append((time.time(), await _ack_floor(js)))
+    await stopping
+    await task
+    await nc.close()
+    tick_t = np.array([t for t, _ in ticks])
+    tick_end = np.array([n for _, n in ticks], dtype=np.int64)  # messages 1..n published by then
+    ack_t = np.array([t for t, _ in acks])
+    ack_seq = np.maximum.accumulate(np.array([n for _, n in acks], dtype=np.int64))
+    end = float(tick_t[-1])
+    fill = settings.bronze_batch_size / rate
+    seqs = np.arange(1, total + 1)
+    published = tick_t[np.searchsorted(tick_end, seqs, "left")]  # each message's tick start
+    acked_at = np.searchsorted(ack_seq, seqs, "left")
+    ok = (published <= end - fill - 1) & (acked_at < len(ack_t))
+    lat = (ack_t[np.minimum(acked_at, len(ack_t) - 1)] - published)[ok]
+
+    def at(times: Any, values: Any, t: float) -> int:
+        return int(values[max(0, int(np.searchsorted(times, t, "right")) - 1)])
+
+    t_from = float(tick_t[0]) + 2.0
+    span = max(1e-9, end - t_from)
+    acked_rate = (at(ack_t, ack_seq, end) - at(ack_t, ack_seq, t_from)) / span
+    published_rate = (at(tick_t, tick_end, end) - at(tick_t, tick_end, t_from)) / span
+    return [float(x) for x in lat], acked_rate, published_rate, total
+
+
+def _steady_single(workdir: Path, quick: bool) -> list[dict[str, Any]]:
+    """Single-event messages at a steady 50,000 events/s (issue 14's goal), the defaults."""
+    from iceberg_lake.catalog import LakeCatalog
+    from iceberg_lake.config import load_settings
+    from iceberg_lake.testing import run_nats_server
+
+    rate, seconds = 50_000, (6.0 if quick else 20.0)
+    run_dir = workdir / "steady-single"
+    with run_nats_server(run_dir / "nats") as nats:
+        settings = load_settings(
+            {"LAKE_DATA_DIR": str(run_dir / "lake"), "LAKE_NATS_URL": nats.url}
+        )
+        LakeCatalog(settings).init()
+        lat, acked, published, total = asyncio.run(_steady_acked(settings, rate, seconds))
+    flush = f"flush at {settings.bronze_batch_size:,} events or {settings.bronze_batch_seconds:g} s"
+    return [
+        {
+            "benchmark": "ingest-1-event-steady",
+            "metric": f"events/s acked, single-event messages published at {rate:,}/s for "
+            f"{seconds:g} s ({total:,} events; {flush}; after a 2 s warm-up)",
+            "value": round(acked),
+            "unit": "events/s",
+            "baseline": "events/s published (separate publisher process), same window",
+            "baseline_value": round(published),
+        },
+        {
+            "benchmark": "latency-1-event-steady",
+            "metric": f"p99 published->committed->acked of {len(lat):,} single-event messages "
+            f"(p50 {_pct(lat, 0.5):.2f} s; {flush})",
+            "value": round(_pct(lat, 0.99), 2),
+            "unit": "s",
+            "baseline": "batch fill time at the published rate + 1 s",
+            "baseline_value": round(settings.bronze_batch_size / max(1.0, published) + 1, 2),
+        },
+    ]
 
 
 # ---- scaling with worker processes (`lake serve --workers N`) ----------------------------------
@@ -934,6 +1137,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         workdir = Path(tmp)
         rows = _ingest_runs(workdir, quick)
+        rows += _steady_single(workdir, quick)
         rows += _commit_alone(workdir, quick)
         rows += _commit_under_load(workdir, quick)
         rows += _steady_latency(workdir, quick)

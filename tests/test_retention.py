@@ -2,7 +2,7 @@
 
 Budget: 25 s. The replay test makes the issue's 1,000 writer-style commits: 17-18 s on the idle
 2-core machine (about 17 ms per commit with its in-line policy runs); the file took 20-23 s
-(the `LAKE_SNAPSHOT_MAX_COUNT` test adds about 1.5 s).
+(the `LAKE_SNAPSHOT_MAX_COUNT` test adds about 1.5 s, the `--no-pin` one about 1 s).
 """
 
 from __future__ import annotations
@@ -313,3 +313,23 @@ def test_snapshot_max_count_expires_the_oldest_unprotected_inside_the_window(
     s7 = append(catalog.load_table(TRADES), trades("SPY", T14 + 10 * 10**9, 2, 10**6))
     assert expire() == {s5}
     assert {s.snapshot_id for s in catalog.load_table(TRADES).snapshots()} == {s2, s6, s7}
+
+
+def test_no_pin_replay_creates_no_replay_tag(tmp_path: Path) -> None:
+    """`lake replay --no-pin` and `ReplayEngine(pin=False)` read the current snapshot without
+    tagging it; a default replay of the same window adds one `replay-*` tag (the control)."""
+    catalog, env = _lake(tmp_path)
+    append(catalog.load_table(TRADES), trades("SPY", T14, 5, 10**6))
+    window = ("--start", _iso(T14), "--end", _iso(T14 + HOUR_NS))
+    engine = ReplayEngine(catalog, [TRADES], T14, T14 + HOUR_NS, pin=False)
+    assert sum(1 for _ in engine.events()) == 5 and engine.manifest()["pin_tag"] is None
+    manifest = tmp_path / "m.json"
+    _cli(
+        env, "replay", "--tables", TRADES, *window, "--no-pin", "--no-progress",
+        "--manifest", str(manifest), "--out", str(tmp_path / "e.ndjson"),
+    )  # fmt: skip
+    assert json.loads(manifest.read_text())["pin_tag"] is None
+    assert set(catalog.load_table(TRADES).metadata.refs) == {"main"}
+    _cli(env, "replay", "--tables", TRADES, *window, "--no-progress", "--out", str(tmp_path / "f"))
+    tags = [r for r in catalog.load_table(TRADES).metadata.refs if r.startswith("replay-")]
+    assert len(tags) == 1

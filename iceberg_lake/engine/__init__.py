@@ -3,9 +3,11 @@
 `iceberg` (data files, the watermarked append, the atomic partition replacement, partition keys,
 bounds decoding), `duck` (DuckDB connections, SQL quoting, paths DuckDB can open), `nats`
 (connections, streams, consumers, the pull path), `nats_tail` (ephemeral ordered consumers for
-the live tail; public nats-py APIs, the delivery's ack subject parsed for its sequence, time and
-pending count, guarded by `test_guard_ack_subject_fields_match_nats_py_metadata` in
-`tests/timetravel/test_live.py`), `dbn` (databento-dbn record layouts, for
+the live tail; the delivery's ack subject parsed for its sequence, time and pending count,
+guarded by `test_guard_ack_subject_fields_match_nats_py_metadata` in
+`tests/timetravel/test_live.py`; the nats-py private members listed below), `jit` (`memcpy`
+for numba-compiled replay kernels; numba's array model, guarded by
+`tests/engine/test_jit_guard.py`), `dbn` (databento-dbn record layouts, for
 `lake load`), `filters` (typed row filters), `spark`. The stages above (ingest, silver, timetravel,
 schema, ops, load) talk to dependencies' internals only through this package.
 
@@ -31,16 +33,29 @@ behaviour): `_FastAppendFiles` (and `_existing_manifests`), `_ManifestMergeManag
 `_min_count_to_merge`), `_SnapshotProducer._manifests`, `update_table_metadata` with
 `_apply_table_update`, `_update_table_metadata_log` and `_TableMetadataUpdateContext`,
 `MetastoreCatalog._update_and_stage_table`, `Catalog._write_metadata`,
-`Transaction._append_snapshot_producer`, `Table._do_commit`.
+`Transaction._append_snapshot_producer` (overridden by `_FastAppendTransaction`),
+`Table._do_commit`; `Transaction._table` and `Transaction._updates` (read by
+`_FastAppendTransaction.table_metadata`, whose source is hashed as `Transaction.table_metadata`),
+`_SnapshotProducer._process_manifests` (the hook `_BoundedAppendFiles` overrides;
+`_SnapshotProducer._manifests` calls it) and `_SnapshotProducer._snapshot_id` (the snapshot being
+produced, excluded from a fold).
+`Transaction._stage` (`iceberg.require_properties`, the fencing compare-and-swap: the only way to
+add a commit requirement): source hashed in the same file, behaviour in
+`tests/test_engine_fencing.py`.
 
-nats-py: `Client._send_command` (`nats.publish_frames`, one write for a batch of publish frames
-while replaying to NATS), guarded by `tests/test_replay_nats_batch.py`.
+nats-py (version checked in `tests/engine/test_nats_guard.py`): `Client._send_command`
+(`nats.publish_frames`, one write for a batch of publish frames while replaying to NATS), guarded
+by `tests/test_replay_nats_batch.py`; `JetStreamContext._api_request`, `_prefix` and `_timeout`
+(`nats_tail._stream_info`: `STREAM.INFO` with `deleted_details`, which nats-py's `stream_info`
+cannot ask for), guarded by `tests/engine/test_nats_guard.py` and
+`test_guard_stream_state_and_follower_skips` in `tests/timetravel/test_live.py`.
 
 databento-dbn: the record classes' `_dtypes`, `_price_fields`, `_timestamp_fields` and
 `_hidden_fields` (`dbn`, columnar decoding for `lake load`), guarded by
 `tests/engine/test_dbn_guard.py`. pyspark: `SparkContext._gateway` and `SparkContext._jvm`
 (`spark.stop_spark` stops the JVM it launched), guarded in `tests/test_spark.py`.
 
-`test_engine_docstring_lists_every_private_member` fails when an engine module imports or
-reads another library's private member that this list does not name.
+`test_engine_docstring_lists_every_private_member` (every module of this package) fails when an
+engine module imports, reads, writes or overrides another library's private member that this
+list does not name (whole names).
 """

@@ -1,4 +1,8 @@
-"""Reading a JetStream subject's tail with an ephemeral ordered consumer (public nats-py APIs).
+"""Reading a JetStream subject's tail with an ephemeral ordered consumer.
+
+Public nats-py APIs, except `_stream_info`: `JetStreamContext._api_request`, `_prefix` and
+`_timeout` (listed in `iceberg_lake/engine/__init__.py`, guarded in
+`tests/engine/test_nats_guard.py`).
 
 The live views and live replays (`iceberg_lake.timetravel.live`) read the messages a table has not
 committed yet: everything on the table's subject after its committed watermark. They use an
@@ -250,7 +254,8 @@ async def _stream_info(js: JetStreamContext, stream: str, details: bool) -> dict
     `created`).
 
     nats-py's `stream_info` cannot ask for `deleted_details`; the request is the same one
-    through the context's `_api_request` and `_prefix` (guarded in tests/timetravel/test_live.py).
+    through the context's `_api_request`, `_prefix` and `_timeout` (guarded in
+    tests/engine/test_nats_guard.py and tests/timetravel/test_live.py).
     """
     body = json.dumps({"deleted_details": True}).encode() if details else b""
     timeout = max(js._timeout, DETAILS_TIMEOUT_SECONDS) if details else js._timeout

@@ -276,8 +276,9 @@ class ConsumerWriter:
         self.committed_events = 0
         self.rejected_rows = 0
         self.commit_latencies: list[float] = []
-        #: Events per message seen so far (sizes fetches in events, not messages).
-        self.events_per_message = 1.0
+        #: Events per message (sizes fetches in events, not messages); None until the first
+        #: message, so the first fetch asks for one message (see `_fetch_size`).
+        self.events_per_message: float | None = None
         self._stop: asyncio.Event | None = None
         self._grace_deadline: float | None = None
         self._arrow_schemas: dict[tuple[str, int], pa.Schema] = {}
@@ -473,8 +474,9 @@ class ConsumerWriter:
                     self.reset_needed = True
                     await asyncio.sleep(1.0)
                 continue
-            if self.batch.events >= limit:
-                # Backpressure: stop fetching until the running commit frees the buffer.
+            if self.batch.events and self.batch.events + (self.events_per_message or 1) > limit:
+                # Backpressure: the next message may not fit; stop fetching until the running
+                # commit frees the buffer.
                 if self.commit_task is not None:
                     await self._wait_commit()
                 self._maybe_flush(force=True)
@@ -483,9 +485,7 @@ class ConsumerWriter:
             timeout = 1.0
             if self.batch.messages:
                 timeout = min(1.0, max(0.05, self.batch_seconds - self.batch.age()))
-            # Ask for events, not messages: batched messages carry many events each.
-            free_events = max(1, limit - self.batch.events)
-            want = max(1, min(FETCH_BATCH, int(free_events / self.events_per_message)))
+            want = self._fetch_size(limit)
             assert self.psub is not None
             try:
                 msgs = await self.psub.fetch(want, timeout, self.fetch_max_bytes)
@@ -508,6 +508,15 @@ class ConsumerWriter:
         if not self.reset_needed:  # a fenced batch leaves nothing of ours to flush
             self._maybe_flush(force=True)
             await self._wait_commit()
+
+    def _fetch_size(self, limit: int) -> int:
+        """Messages to ask for: the free room in events over the events per message (batched
+        messages carry many events each). Before the first message nothing is known: one
+        message, so a first fetch of batched messages cannot overshoot the buffer limit."""
+        if self.events_per_message is None:
+            return 1
+        free_events = max(1, limit - self.batch.events)
+        return max(1, min(FETCH_BATCH, int(free_events / self.events_per_message)))
 
     def idle(self) -> bool:
         """True when nothing is buffered or committing and the last fetch found nothing
@@ -582,8 +591,13 @@ class ConsumerWriter:
             metrics.EVENTS_CONSUMED.labels(tid).inc(rows.num_rows)
             metrics.note_events(tid, "live", rows)
             self.batch.add_rows(tid, rows, row_seqs)
-        # Moving average of events per message: the next fetch asks for events, not messages.
-        self.events_per_message = 0.7 * self.events_per_message + 0.3 * max(1.0, events / len(keep))
+        # Events per message, for the next fetch's size: it follows a rise at once (a fetch
+        # sized by a lower figure would overshoot the buffer limit) and a fall gradually.
+        observed = max(1.0, events / len(keep))
+        epm = self.events_per_message
+        self.events_per_message = (
+            observed if epm is None else max(observed, 0.7 * epm + 0.3 * observed)
+        )
         dl_wm = self.watermarks.get(DEAD_LETTERS_TABLE, 0)
         for d in dead_letters.from_routed(routed, keep, seqs, self.stream, recv_ns, dl_wm):
             self.batch.dead.append(d)

@@ -11,10 +11,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import uuid
+from pathlib import Path
 
 import pyarrow as pa
 import pyiceberg
+import pytest
 from pyiceberg.catalog import MetastoreCatalog
+from pyiceberg.exceptions import ValidationException
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.serializers import ToOutputFile
 from pyiceberg.table import Table, Transaction
@@ -27,6 +31,7 @@ from pyiceberg.table.update.snapshot import (
 )
 
 from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.config import load_settings
 from iceberg_lake.engine import iceberg as engine
 
 TABLE = "bronze.stocks_trades"
@@ -39,6 +44,7 @@ PYICEBERG_SOURCES = {
     "Transaction.table_metadata": "b17e042b477c6adb",
     "Transaction._append_snapshot_producer": "1094520849e4f4bc",
     "Transaction.commit_transaction": "31e91e28f2729338",
+    "Transaction._stage": "6881b41fb183aa8d",
     "Table._do_commit": "794b91fe1dcf7b5f",
     "_SnapshotProducer._manifests": "f57f3aac3c95f9f3",
     "_FastAppendFiles._existing_manifests": "d0255db202bdc4a0",
@@ -60,6 +66,7 @@ def _sources() -> dict[str, object]:
         "Transaction.table_metadata": Transaction.table_metadata.fget,
         "Transaction._append_snapshot_producer": Transaction._append_snapshot_producer,
         "Transaction.commit_transaction": Transaction.commit_transaction,
+        "Transaction._stage": Transaction._stage,
         "Table._do_commit": Table._do_commit,
         "_SnapshotProducer._manifests": _SnapshotProducer._manifests,
         "_FastAppendFiles._existing_manifests": _FastAppendFiles._existing_manifests,
@@ -156,6 +163,14 @@ def test_watermarked_append_is_one_fast_append_and_stale_tables_still_commit(
     lake: LakeCatalog,
 ) -> None:
     table = lake.load_table(TABLE)
+    # pyiceberg's merge-append would fold from the 2nd manifest on (the default, 100, would hide
+    # a writer that merges): the 6 manifests below are the writers' fast appends.
+    with table.transaction() as tx:
+        tx.set_properties(
+            {"commit.manifest-merge.enabled": "true", "commit.manifest.min-count-to-merge": "2"}
+        )
+    producer = engine._FastAppendTransaction(table)._append_snapshot_producer({})
+    assert isinstance(producer, _FastAppendFiles) and not isinstance(producer, _MergeAppendFiles)
     stale = lake.load_table(TABLE)
     for i in range(6):
         with engine.watermarked_append(table, watermark={"lake.watermark.s.c": str(i)}) as app:
@@ -199,3 +214,61 @@ def test_watermarked_append_is_one_fast_append_and_stale_tables_still_commit(
     fresh = lake.load_table(TABLE)
     assert len(fresh.current_snapshot().manifests(fresh.io)) == 1
     assert fresh.scan().to_arrow().num_rows == 100
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_lake(request: pytest.FixtureRequest, tmp_path: Path) -> LakeCatalog:
+    """A fresh lake on each SQL catalog the lake supports (its own catalog name on the shared
+    PostgreSQL server)."""
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data"), "LAKE_CATALOG_NAME": f"c{uuid.uuid4().hex[:8]}"}
+    if request.param == "postgresql":
+        env["LAKE_CATALOG_URI"] = request.getfixturevalue("postgres_server").uri
+    catalog = LakeCatalog(load_settings(env))
+    catalog.init()
+    return catalog
+
+
+def test_sql_commit_lands_on_the_known_base_falls_back_when_stale_and_fences(
+    sql_lake: LakeCatalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The patched `SqlCatalog.commit_table` (`engine._sql_commit_table`) on SQLite and
+    PostgreSQL: a commit from an up-to-date table is one conditional UPDATE (no stock call); a
+    stale table's UPDATE matches no row, its staged metadata file is deleted and the stock
+    method decides: it lands a plain append and rejects a fenced one (`expected=`)."""
+    stock_calls: list[int] = []
+    stock = engine._STOCK_SQL_COMMIT
+
+    def counted(*args: object) -> object:
+        stock_calls.append(1)
+        return stock(*args)
+
+    monkeypatch.setattr(engine, "_STOCK_SQL_COMMIT", counted)
+    key = "lake.watermark.s.c"
+    a, stale, fenced = (sql_lake.load_table(TABLE) for _ in range(3))
+    # The known-base path needs the UPDATE's row count; without it every commit is stock.
+    assert a.catalog.engine.dialect.supports_sane_rowcount  # type: ignore[attr-defined]
+    with engine.watermarked_append(a, watermark={key: "1"}, expected={key: None}) as app:
+        app.append(_rows(a, 0))
+    assert stock_calls == []
+    fresh = sql_lake.load_table(TABLE)
+    assert fresh.metadata_location == a.metadata_location and fresh.properties[key] == "1"
+    assert fresh.metadata.metadata_log[-1].metadata_file == stale.metadata_location
+
+    with engine.watermarked_append(stale, watermark={key: "2"}) as app:
+        app.append(_rows(stale, 100))
+    assert stock_calls == [1]
+    fresh = sql_lake.load_table(TABLE)
+    assert fresh.properties[key] == "2" and fresh.scan().to_arrow().num_rows == 20
+    assert len(fresh.metadata.snapshots) == 2
+
+    with pytest.raises(ValidationException, match="this writer expected"):
+        with engine.watermarked_append(fenced, watermark={key: "3"}, expected={key: None}) as app:
+            app.append(_rows(fenced, 200))
+    assert stock_calls == [1, 1]
+    fresh = sql_lake.load_table(TABLE)
+    assert fresh.properties[key] == "2" and fresh.scan().to_arrow().num_rows == 20
+    # No metadata file left behind by the two commits that did not land on the known base.
+    metadata_dir = Path(fresh.metadata_location.removeprefix("file://")).parent
+    written = {p.name for p in metadata_dir.glob("*.metadata.json")}
+    logged = {Path(e.metadata_file).name for e in fresh.metadata.metadata_log}
+    assert written == logged | {Path(fresh.metadata_location).name}
