@@ -2,8 +2,9 @@
 
 `bronze.stocks_trades` is declared here (in place of `catalog/stocks_trades.toml`) sorted by
 `seq`, which event time does not follow, with one column whose name Parquet needs sanitized
-(`venue·id`, a Python identifier but not an Avro name): that takes the writer off its own fast path onto pyiceberg's, where the order once
-was hard-coded to `ts_event_ns`. Budget: ~10 s (shared nats-server, SQLite, file warehouse).
+(`venue·id`: a Python identifier, not an Avro name). That takes the writer off its own fast
+path onto pyiceberg's, where the order once was hard-coded to `ts_event_ns`.
+Budget: ~10 s (shared nats-server, SQLite, file warehouse).
 """
 
 from __future__ import annotations
