@@ -2,7 +2,9 @@
 
 `iceberg` (data files, the watermarked append, the atomic partition replacement, partition keys,
 bounds decoding), `duck` (DuckDB connections, SQL quoting, paths DuckDB can open), `nats`
-(connections, streams, consumers, the pull path), `nats_tail` (ephemeral ordered consumers for
+(connections, streams, consumers, ack metadata), `nats_pull` (the pull path: raw
+`CONSUMER.MSG.NEXT` requests and the status replies that end them; public nats-py APIs, exercised
+against a real server in `tests/test_bus.py`), `nats_tail` (ephemeral ordered consumers for
 the live tail; public nats-py APIs, the delivery's ack subject parsed for its sequence, time and
 pending count, guarded by `test_guard_ack_subject_fields_match_nats_py_metadata` in
 `tests/timetravel/test_live.py`), `dbn` (databento-dbn record layouts, for

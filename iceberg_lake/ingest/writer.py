@@ -62,6 +62,7 @@ from iceberg_lake.engine.nats import (
     message_sequences,
     reset_consumer,
 )
+from iceberg_lake.engine.nats_pull import BatchPuller
 from iceberg_lake.exceptions import (
     CatalogUnavailableError,
     CommitConflictError,
@@ -74,7 +75,6 @@ from iceberg_lake.ingest import dead_letters
 from iceberg_lake.ingest.batch import MicroBatch
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
 from iceberg_lake.ingest.decode import TableCodec
-from iceberg_lake.ingest.pull import BatchPuller
 from iceberg_lake.ingest.routing import (
     UNROUTED,
     BronzeDecoder,

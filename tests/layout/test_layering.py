@@ -94,3 +94,24 @@ def test_module_level_imports_have_no_cycle() -> None:
     for module in graph:
         if module not in state:
             visit(module)
+
+
+#: Contact with a dependency's protocol or internals that only `engine/` may have: the token, the
+#: library modules (outside `engine/`) it must not appear in, and where it lives instead.
+ENGINE_ONLY = [
+    ("CONSUMER.MSG.NEXT", "iceberg_lake", "engine/nats_pull.py (the JetStream pull path)"),
+    ("$JS.", "iceberg_lake", "engine/nats.py, engine/nats_pull.py (JetStream API subjects)"),
+]
+
+
+@pytest.mark.parametrize(("token", "scope", "home"), ENGINE_ONLY)
+def test_dependency_contact_stays_in_the_engine(token: str, scope: str, home: str) -> None:
+    offenders = [
+        module
+        for module in _modules()
+        if module.startswith(scope)
+        and _is_library(module)
+        and not module.startswith("iceberg_lake.engine")
+        and token in _path(module).read_text()
+    ]
+    assert not offenders, f"{token!r} outside the engine (belongs in {home}): {offenders}"
