@@ -1,7 +1,7 @@
 """The engine layer: the only modules that touch pyiceberg, DuckDB and nats-py internals.
 
 `iceberg` (data files, the watermarked append, the atomic partition replacement, partition keys,
-bounds decoding), `duck` (DuckDB connections, SQL quoting, paths DuckDB can open), `nats`
+bounds decoding, reading planned files and metadata files, listing and deleting warehouse files), `duck` (DuckDB connections, SQL quoting, paths DuckDB can open), `nats`
 (connections, streams, consumers, ack metadata), `nats_pull` (the pull path: raw
 `CONSUMER.MSG.NEXT` requests and the status replies that end them; public nats-py APIs, exercised
 against a real server in `tests/test_bus.py`), `nats_tail` (ephemeral ordered consumers for

@@ -31,13 +31,12 @@ from pyiceberg.expressions import (
     And,
     BooleanExpression,
 )
-from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.table import Table
 
 from iceberg_lake.catalog import CatalogSource, as_catalog, catalog_errors
 from iceberg_lake.dates import utc_date
 from iceberg_lake.engine.filters import eq, ge, lt
-from iceberg_lake.engine.iceberg import column_bounds
+from iceberg_lake.engine.iceberg import column_bounds, read_scan_tasks
 from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
 from iceberg_lake.tables import BRONZE, GOLD, SILVER, TableDefinition
 from iceberg_lake.timetravel.snapshots import AsOf, AsOfSpec, pin_for, resolve_as_of
@@ -245,7 +244,7 @@ class _Reader:
             tasks = list(scan.plan_files())
             snap = iceberg.snapshot_by_id(sid)
             total = int(snap.summary.get("total-data-files", 0)) if snap and snap.summary else 0
-            data = ArrowScan(iceberg.metadata, iceberg.io, scan.projection(), expr).to_table(tasks)
+            data = read_scan_tasks(iceberg, tasks, scan.projection(), expr)
         if data.num_rows:
             data = data.take(pc.sort_indices(data, [(c, "ascending") for c in sort_cols]))
         data = data.select(names)
