@@ -1,8 +1,9 @@
 """The engine layer: the only modules that touch pyiceberg, DuckDB and nats-py internals.
 
 `iceberg` (data files, the watermarked append, the atomic partition replacement, partition keys,
-bounds decoding, reading planned files and metadata files, listing and deleting warehouse files), `duck` (DuckDB connections, SQL quoting, paths DuckDB can open), `nats`
-(connections, streams, consumers, ack metadata), `nats_pull` (the pull path: raw
+bounds decoding, reading planned files and metadata files, listing and deleting warehouse
+files), `duck` (DuckDB connections, SQL quoting, paths DuckDB can open), `nats` (connections,
+streams, consumers, ack metadata), `nats_pull` (the pull path: raw
 `CONSUMER.MSG.NEXT` requests and the status replies that end them; public nats-py APIs, exercised
 against a real server in `tests/test_bus.py`), `nats_tail` (ephemeral ordered consumers for
 the live tail; public nats-py APIs, the delivery's ack subject parsed for its sequence, time and
