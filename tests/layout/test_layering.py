@@ -104,6 +104,9 @@ ENGINE_ONLY = [
     ("ArrowScan", "iceberg_lake", "engine/iceberg.py (read_scan_tasks)"),
     ("PyArrowFileIO", "iceberg_lake", "engine/iceberg.py (listing_io, list_files, delete_file)"),
     ("FromInputFile", "iceberg_lake", "engine/iceberg.py (read_table_metadata)"),
+    ("duckdb.connect(", "iceberg_lake", "engine/duck.py (connect, connect_lake, DuckSession)"),
+    ("SET TimeZone", "iceberg_lake", "engine/duck.py (connect_lake(time_zone=), cursor(utc=))"),
+    ("LOAD iceberg", "iceberg_lake", "engine/duck.py (connect, DuckSession.cursor(iceberg=))"),
 ]
 
 
