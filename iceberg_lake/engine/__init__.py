@@ -1,16 +1,18 @@
 """The engine layer: the only modules that touch pyiceberg, DuckDB and nats-py internals.
 
 `iceberg` (data files, the watermarked append, the atomic partition replacement, partition keys,
-bounds decoding, reading planned files and metadata files, listing and deleting warehouse
-files), `duck` (DuckDB connections, SQL quoting, paths DuckDB can open), `nats` (connections,
-streams, consumers, ack metadata), `nats_pull` (the pull path: raw
-`CONSUMER.MSG.NEXT` requests and the status replies that end them; public nats-py APIs, exercised
-against a real server in `tests/test_bus.py`), `nats_tail` (ephemeral ordered consumers for
+bounds decoding), `duck` (DuckDB connections, SQL quoting, paths DuckDB can open), `nats`
+(connections, streams, consumers, the pull path), `nats_tail` (ephemeral ordered consumers for
 the live tail; public nats-py APIs, the delivery's ack subject parsed for its sequence, time and
 pending count, guarded by `test_guard_ack_subject_fields_match_nats_py_metadata` in
 `tests/timetravel/test_live.py`), `dbn` (databento-dbn record layouts, for
 `lake load`), `filters` (typed row filters), `spark`. The stages above (ingest, silver, timetravel,
 schema, ops, load) talk to dependencies' internals only through this package.
+
+The pull path itself is `nats_pull` (raw `CONSUMER.MSG.NEXT` requests and the status replies
+that end them, on public nats-py APIs; exercised against a real server in `tests/test_bus.py`);
+`iceberg` also reads planned files and metadata files and lists and deletes warehouse files
+(`read_scan_tasks`, `read_table_metadata`, `listing_io`/`list_files`/`delete_file`).
 
 Private members of dependencies kept here, each with its guard test in
 `tests/engine/test_guards.py` (a version check plus a behaviour check):

@@ -71,31 +71,6 @@ def test_the_library_never_imports_the_cli_or_the_test_harness() -> None:
     assert not offenders, offenders
 
 
-def test_module_level_imports_have_no_cycle() -> None:
-    graph = {m: _imports(m, top_level_only=True) for m in _modules()}
-    # A package's __init__ re-exporting its submodules is not a cycle between modules.
-    for module, deps in graph.items():
-        graph[module] = {d for d in deps if not module.startswith(d + ".")}
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> None:
-        state[node] = 1
-        stack.append(node)
-        for dep in sorted(graph[node]):
-            if state.get(dep) == 1:
-                cycle = stack[stack.index(dep) :] + [dep]
-                raise AssertionError("import cycle: " + " -> ".join(cycle))
-            if dep not in state:
-                visit(dep)
-        stack.pop()
-        state[node] = 2
-
-    for module in graph:
-        if module not in state:
-            visit(module)
-
-
 #: Contact with a dependency's protocol or internals that only `engine/` may have: the token, the
 #: library modules (outside `engine/`) it must not appear in, and where it lives instead.
 ENGINE_ONLY = [
@@ -121,3 +96,28 @@ def test_dependency_contact_stays_in_the_engine(token: str, scope: str, home: st
         and token in _path(module).read_text()
     ]
     assert not offenders, f"{token!r} outside the engine (belongs in {home}): {offenders}"
+
+
+def test_module_level_imports_have_no_cycle() -> None:
+    graph = {m: _imports(m, top_level_only=True) for m in _modules()}
+    # A package's __init__ re-exporting its submodules is not a cycle between modules.
+    for module, deps in graph.items():
+        graph[module] = {d for d in deps if not module.startswith(d + ".")}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycle = stack[stack.index(dep) :] + [dep]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep)
+        stack.pop()
+        state[node] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module)
