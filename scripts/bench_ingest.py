@@ -244,7 +244,7 @@ def _legacy_seqs(reply: str) -> tuple[int, int]:
 async def _puller_drain(settings: Any, messages: int, legacy: bool) -> float:
     """Messages/s drained by a puller (fetch, stream/consumer seqs of each message, ack last)."""
     from iceberg_lake.engine import nats as bus
-    from iceberg_lake.ingest.pull import BatchPuller
+    from iceberg_lake.engine.nats_pull import BatchPuller
 
     nc = await bus.connect(settings, name="bench-puller")
     js = bus.jetstream(nc, settings)

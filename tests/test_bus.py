@@ -9,8 +9,8 @@ import pytest
 from ingest_support import settings_for
 
 from iceberg_lake.engine import nats as bus
+from iceberg_lake.engine.nats_pull import BatchPuller
 from iceberg_lake.exceptions import TransientError
-from iceberg_lake.ingest.pull import BatchPuller
 from iceberg_lake.testing import NatsServer, free_port
 
 pytestmark = pytest.mark.integration

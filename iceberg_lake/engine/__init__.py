@@ -11,6 +11,11 @@ for numba-compiled replay kernels; numba's array model, guarded by
 `lake load`), `filters` (typed row filters), `spark`. The stages above (ingest, silver, timetravel,
 schema, ops, load) talk to dependencies' internals only through this package.
 
+The pull path itself is `nats_pull` (raw `CONSUMER.MSG.NEXT` requests and the status replies
+that end them, on public nats-py APIs; exercised against a real server in `tests/test_bus.py`);
+`iceberg` also reads planned files and metadata files and lists and deletes warehouse files
+(`read_scan_tasks`, `read_table_metadata`, `listing_io`/`list_files`/`delete_file`).
+
 Private members of dependencies kept here, each with its guard test in
 `tests/engine/test_guards.py` (a version check plus a behaviour check):
 

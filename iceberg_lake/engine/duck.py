@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXTENSIONS",
+    "DuckSession",
     "READ_ONLY_STATEMENTS",
     "SandboxError",
     "check_read_only",
@@ -168,7 +169,7 @@ def uses_object_store(settings: Settings) -> bool:
 
 
 def connect_lake(
-    settings: Settings, *, extensions: tuple[str, ...] = ()
+    settings: Settings, *, extensions: tuple[str, ...] = (), time_zone: str | None = None
 ) -> duckdb.DuckDBPyConnection:
     """Open a DuckDB connection that can read the lake's warehouse described by `settings`.
 
@@ -181,6 +182,7 @@ def connect_lake(
         settings: The lake's settings.
         extensions: Extensions needed besides httpfs, e.g. ``("avro", "iceberg")``; loaded in
             :data:`EXTENSIONS` order.
+        time_zone: ``SET TimeZone`` to this (e.g. ``"UTC"``); None keeps DuckDB's default.
 
     Returns:
         The connection; the caller closes it.
@@ -192,8 +194,8 @@ def connect_lake(
         n for n in extensions if n not in EXTENSIONS
     )
     con = connect(extensions=ordered)
-    if "httpfs" in wanted:
-        try:
+    try:
+        if "httpfs" in wanted:
             configure_s3(
                 con,
                 settings.s3_endpoint or "https://s3.amazonaws.com",
@@ -201,10 +203,63 @@ def connect_lake(
                 settings.s3_secret_key or "",
                 settings.s3_region,
             )
-        except BaseException:
-            con.close()
-            raise
+        if time_zone is not None:
+            con.execute(f"SET TimeZone = {quote_str(time_zone)}")
+    except BaseException:
+        con.close()
+        raise
     return con
+
+
+class DuckSession:
+    """One DuckDB database shared by worker threads (each worker takes a cursor); Silver's.
+
+    Plain Parquet reads need no extension (httpfs for S3); the Iceberg reader, needed only for
+    partitions with delete files, is loaded on first use: loading it costs a few hundred
+    milliseconds that most runs do not need.
+
+    Args:
+        settings: the lake's settings (the warehouse to read, see `connect_lake`).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._iceberg_loaded = False
+        self._lock = threading.Lock()
+
+    def cursor(self, *, iceberg: bool = False, utc: bool = False) -> duckdb.DuckDBPyConnection:
+        """A new cursor of the shared database (the caller closes it).
+
+        Args:
+            iceberg: load the Iceberg reader (`iceberg_scan`) first.
+            utc: ``SET TimeZone = 'UTC'`` on the cursor.
+        """
+        with self._lock:
+            if self._con is None:
+                self._con = connect_lake(self._settings)
+            if iceberg and not self._iceberg_loaded:
+                extra = connect(extensions=("avro", "iceberg"))  # installs from the wheels
+                extra.close()
+                self._con.execute("LOAD avro")
+                self._con.execute("LOAD iceberg")
+                self._iceberg_loaded = True
+            cur = self._con.cursor()
+        if utc:
+            try:
+                cur.execute("SET TimeZone = 'UTC'")
+            except BaseException:
+                cur.close()
+                raise
+        return cur
+
+    def close(self) -> None:
+        """Close the database (a later `cursor()` opens a new one)."""
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+                self._iceberg_loaded = False
 
 
 def quote_str(value: str) -> str:

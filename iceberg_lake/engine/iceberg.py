@@ -22,13 +22,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import Field
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import AlwaysFalse, BooleanExpression, Or
+from pyiceberg.io import FileIO
 from pyiceberg.manifest import DataFile, ManifestContent, ManifestFile
 from pyiceberg.partitioning import PartitionKey, PartitionSpec
 from pyiceberg.schema import Schema
@@ -44,7 +45,7 @@ from pyiceberg.table.update import (
 from pyiceberg.table.update.snapshot import _FastAppendFiles, _ManifestMergeManager
 from pyiceberg.typedef import Record
 
-from iceberg_lake.exceptions import CommitConflictError
+from iceberg_lake.exceptions import CommitConflictError, LakeError
 
 
 @contextmanager
@@ -1342,3 +1343,97 @@ def plan_data_files(
             else:
                 deletes = True
     return files, deletes
+
+
+# ---- reading planned files, metadata files and the warehouse listing ----------------------------
+
+
+def read_scan_tasks(
+    table: Table,
+    tasks: Iterable[Any],
+    projection: Schema | None = None,
+    row_filter: BooleanExpression | None = None,
+) -> pa.Table:
+    """The rows of already planned scan tasks, as one Arrow table (pyiceberg's `ArrowScan`).
+
+    Args:
+        table: the table the tasks were planned on.
+        tasks: `FileScanTask`s (from `scan.plan_files()` or a subset of them).
+        projection: the schema to read (default: the table's current schema).
+        row_filter: the residual predicate to apply row by row (default: none).
+    """
+    from pyiceberg.expressions import AlwaysTrue
+    from pyiceberg.io.pyarrow import ArrowScan
+
+    schema = projection if projection is not None else table.schema()
+    expr = row_filter if row_filter is not None else AlwaysTrue()
+    return ArrowScan(table.metadata, table.io, schema, expr).to_table(tasks)
+
+
+def read_table_metadata(table: Table, location: str) -> TableMetadata:
+    """A `metadata.json` of `table` (current or older) parsed from `location`.
+
+    Raises:
+        FileNotFoundError: no such file (any other error: the file is unreadable or corrupt).
+    """
+    from pyiceberg.serializers import FromInputFile
+
+    return FromInputFile.table_metadata(table.io.new_input(location))
+
+
+def listing_io(table: Table) -> FileIO:
+    """A pyarrow FileIO with the table's properties (listing needs a pyarrow filesystem)."""
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    if isinstance(table.io, PyArrowFileIO):
+        return table.io
+    return PyArrowFileIO(table.io.properties)
+
+
+def list_files(io: FileIO, location: str) -> list[tuple[str, datetime | None, int]]:
+    """Every file under `location`: (URI, modification time in UTC, size in bytes).
+
+    Args:
+        io: a FileIO from `listing_io`.
+        location: a directory URI (`file://…`, `s3://…`).
+
+    Raises:
+        LakeError: the location cannot be listed.
+    """
+    from pyarrow.fs import FileSelector, FileType
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    if not isinstance(io, PyArrowFileIO):
+        raise TypeError("list_files needs the FileIO of listing_io()")
+    scheme, netloc, path = PyArrowFileIO.parse_location(location, io.properties)
+    fs = io.fs_by_scheme(scheme, netloc)
+    try:
+        infos = fs.get_file_info(
+            FileSelector(path.rstrip("/"), recursive=True, allow_not_found=True)
+        )
+    except OSError as exc:
+        raise LakeError(f"cannot list {location}: {exc}") from exc
+    out = []
+    for info in infos:
+        if info.type != FileType.File:
+            continue
+        uri = f"file://{info.path}" if scheme == "file" else f"{scheme}://{info.path}"
+        mtime = info.mtime
+        if mtime is not None and mtime.tzinfo is None:
+            mtime = mtime.replace(tzinfo=UTC)
+        out.append((uri, mtime, info.size or 0))
+    return out
+
+
+def delete_file(io: FileIO, location: str) -> None:
+    """Delete one file; a file already gone is fine.
+
+    Raises:
+        LakeError: the store refused the delete.
+    """
+    try:
+        io.delete(location)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise LakeError(f"cannot delete {location}: {exc}") from exc

@@ -43,7 +43,7 @@ from iceberg_lake.ingest.routing import (
     InferredDecoder,
 )
 from iceberg_lake.schema.migrations import MigrationLedger
-from iceberg_lake.tables import BRONZE, DEAD_LETTERS_TABLE, GOLD
+from iceberg_lake.tables import BRONZE, DEAD_LETTERS_TABLE, GOLD, TableDefinition
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +377,7 @@ class Redriver:
                 skipped = {d.id for d, _ in items if d.id in done}
                 if not fresh:
                     return None, skipped
-                rows = _prepare(table, [r for _, r in fresh])
+                rows = _prepare(table, self.catalog.definition(tid), [r for _, r in fresh])
                 by_stream: dict[str, set[tuple[int, int | None]]] = {}
                 for s, seq, e in done | {d.id for d, _ in fresh}:
                     by_stream.setdefault(s, set()).add((seq, e))
@@ -413,16 +413,12 @@ def _summary_ids(ids: list[tuple[str, int, int | None]]) -> str:
     return ";".join(f"{s}:{encode_ids([(q, e) for ss, q, e in ids if ss == s])}" for s in streams)
 
 
-def _prepare(table: Table, chunks: list[pa.Table]) -> pa.Table:
-    """Concatenate decoded rows, sort by event time (and level), cast to the live schema."""
+def _prepare(table: Table, definition: TableDefinition, chunks: list[pa.Table]) -> pa.Table:
+    """Concatenate decoded rows, sort them in the declared order, cast to the live schema."""
     from pyiceberg.io.pyarrow import schema_to_pyarrow
 
     target = schema_to_pyarrow(table.schema(), include_field_ids=False)
-    rows = pa.concat_tables(chunks)
-    keys = [("ts_event_ns", "ascending")]
-    if "level_id" in rows.column_names:
-        keys.append(("level_id", "ascending"))
-    return conform(rows.sort_by(keys), target)
+    return conform(pa.concat_tables(chunks).sort_by(definition.sort_keys), target)
 
 
 def list_dead_letters(

@@ -62,6 +62,7 @@ from iceberg_lake.engine.nats import (
     message_sequences,
     reset_consumer,
 )
+from iceberg_lake.engine.nats_pull import BatchPuller
 from iceberg_lake.exceptions import (
     CatalogUnavailableError,
     CommitConflictError,
@@ -74,7 +75,6 @@ from iceberg_lake.ingest import dead_letters
 from iceberg_lake.ingest.batch import MicroBatch
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
 from iceberg_lake.ingest.decode import TableCodec
-from iceberg_lake.ingest.pull import BatchPuller
 from iceberg_lake.ingest.routing import (
     UNROUTED,
     BronzeDecoder,
@@ -815,12 +815,9 @@ class ConsumerWriter:
             aligned.append(pa.Table.from_arrays(arrays, schema=nullable))
         return pa.concat_tables(aligned) if len(aligned) > 1 else aligned[0]
 
-    @staticmethod
-    def _sort_cast(rows: pa.Table, target: pa.Schema) -> pa.Table:
-        keys = [("ts_event_ns", "ascending")]
-        if "level_id" in rows.column_names:
-            keys.append(("level_id", "ascending"))
-        return rows.sort_by(keys).cast(target)
+    def _sort_cast(self, tid: str, rows: pa.Table, target: pa.Schema) -> pa.Table:
+        """`rows` in the table's declared sort order (`catalog/*.toml`), cast to `target`."""
+        return rows.sort_by(self.catalog.registry.get(tid).sort_keys).cast(target)
 
     def _prepare(self, tid: str, table: Table, chunks: list[pa.Table]) -> pa.Table:
         """Align chunks to the live schema, concatenate, cast (and sort, unless the commit does)."""
@@ -828,7 +825,7 @@ class ConsumerWriter:
         rows = self._align(target, chunks).cast(target)
         if fast_path_applies(table, rows):
             return rows  # the commit sorts once, by (partition, table sort order)
-        return self._sort_cast(rows, target)
+        return self._sort_cast(tid, rows, target)
 
     def _commit_sync(self, batch: MicroBatch) -> None:
         """Commit the batch's tables in order; each one transaction with its watermark.
@@ -956,7 +953,7 @@ class ConsumerWriter:
             nonlocal probes
             probes += 1
             try:
-                subset = self._sort_cast(rows.take(pa.array(idx)), target)
+                subset = self._sort_cast(tid, rows.take(pa.array(idx)), target)
                 files = write_data_files(table, subset, uuid.uuid4())
             except Exception as exc:
                 found = classify(exc, f"storing rows of {tid}")

@@ -34,11 +34,11 @@ from pyiceberg.expressions import (
     And,
     BooleanExpression,
 )
-from pyiceberg.io.pyarrow import ArrowScan, PyArrowFileIO, schema_to_pyarrow
+from pyiceberg.io import FileIO
+from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.manifest import ManifestFile
 from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
-from pyiceberg.serializers import FromInputFile
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.refs import SnapshotRefType
@@ -51,9 +51,14 @@ from iceberg_lake.engine.filters import eq, ge, is_null, lt
 from iceberg_lake.engine.iceberg import (
     FOLD_MIN_MANIFESTS,
     PartitionReplacement,
+    delete_file,
     expire_snapshot_ids,
     fold_small_manifests,
+    list_files,
+    listing_io,
     partition_values,
+    read_scan_tasks,
+    read_table_metadata,
     rewrite_manifests,
     write_data_files,
 )
@@ -289,7 +294,7 @@ class TableMaintenance:
         sort_keys = _sort_columns(table)
         files_after = 0
         for label, predicate, tasks in groups:
-            data = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table(tasks)
+            data = read_scan_tasks(table, tasks)
             data = data.select(out_schema.names).cast(out_schema)
             if sort_keys:
                 data = data.sort_by([(c, "ascending") for c in sort_keys])
@@ -452,9 +457,9 @@ class TableMaintenance:
             table, {s.snapshot_id for s in table.metadata.snapshots}
         )
         doomed = sorted(expired_files - still)
-        io = _listing_io(table)
+        io = listing_io(table)
         for path in doomed:
-            _delete(io, path)
+            delete_file(io, path)
         log.info(
             "expire-snapshots %s: %d snapshots, %d files", self.table_id, len(expired), len(doomed)
         )
@@ -602,11 +607,11 @@ def remove_orphans(
     ids = list(tables)
     refs = _CatalogReferences(catalog)
     listings: dict[str, list[tuple[str, datetime | None, int]]] = {}
-    ios: dict[str, PyArrowFileIO] = {}
+    ios: dict[str, FileIO] = {}
     for ident in ids:
         table = refs.table(ident)
-        ios[ident] = _listing_io(table)
-        listings[ident] = _list_files(ios[ident], table.location())
+        ios[ident] = listing_io(table)
+        listings[ident] = list_files(ios[ident], table.location())
     referenced, _ = refs.collect()
     candidates: dict[str, list[tuple[str, int]]] = {}
     kept: dict[str, int] = {}
@@ -639,7 +644,7 @@ def remove_orphans(
             size += nbytes
         if not dry_run:
             for path in orphans:
-                _delete(ios[ident], path)
+                delete_file(ios[ident], path)
             if orphans:
                 log.info("remove-orphans %s: %d files", ident, len(orphans))
         results.append(
@@ -722,9 +727,7 @@ class _CatalogReferences:
     def _read_metadata(self, table: Table, location: str) -> TableMetadata | None:
         if location not in self._metadata:
             try:
-                self._metadata[location] = FromInputFile.table_metadata(
-                    table.io.new_input(location)
-                )
+                self._metadata[location] = read_table_metadata(table, location)
             except FileNotFoundError:
                 self._metadata[location] = None  # no longer retained
             except Exception as exc:  # unreadable or corrupt: delete nothing
@@ -1039,46 +1042,6 @@ def _norm(location: str) -> str:
     if parsed.scheme in ("", "file"):
         return parsed.path
     return f"{parsed.netloc}{parsed.path}"
-
-
-def _listing_io(table: Table) -> PyArrowFileIO:
-    """A pyarrow FileIO with the table's properties (listing needs a pyarrow filesystem)."""
-    if isinstance(table.io, PyArrowFileIO):
-        return table.io
-    return PyArrowFileIO(table.io.properties)
-
-
-def _list_files(io: PyArrowFileIO, location: str) -> list[tuple[str, datetime | None, int]]:
-    """Every file under `location`: (URI, modification time, size)."""
-    from pyarrow.fs import FileSelector, FileType
-
-    scheme, netloc, path = PyArrowFileIO.parse_location(location, io.properties)
-    fs = io.fs_by_scheme(scheme, netloc)
-    try:
-        infos = fs.get_file_info(
-            FileSelector(path.rstrip("/"), recursive=True, allow_not_found=True)
-        )
-    except OSError as exc:
-        raise LakeError(f"cannot list {location}: {exc}") from exc
-    out = []
-    for info in infos:
-        if info.type != FileType.File:
-            continue
-        uri = f"file://{info.path}" if scheme == "file" else f"{scheme}://{info.path}"
-        mtime = info.mtime
-        if mtime is not None and mtime.tzinfo is None:
-            mtime = mtime.replace(tzinfo=UTC)
-        out.append((uri, mtime, info.size or 0))
-    return out
-
-
-def _delete(io: PyArrowFileIO, location: str) -> None:
-    try:
-        io.delete(location)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise LakeError(f"cannot delete {location}: {exc}") from exc
 
 
 # ---- partitions ----------------------------------------------------------------------------------

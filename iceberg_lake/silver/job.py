@@ -7,7 +7,6 @@ them is `iceberg_lake.silver.commit`'s job.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +20,7 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
 from iceberg_lake.catalog import catalog_errors
-from iceberg_lake.config import Settings
-from iceberg_lake.engine import duck
-from iceberg_lake.engine.duck import duckdb_path, quote_str
+from iceberg_lake.engine.duck import DuckSession, duckdb_path, quote_str
 from iceberg_lake.exceptions import CompactionError
 from iceberg_lake.silver.dedup import BUCKET_COLUMN, AdjacentDedup, dedup_query, duck_type
 from iceberg_lake.silver.plan import Layout, Partition, table_name
@@ -32,42 +29,6 @@ from iceberg_lake.silver.writer import PartitionFileWriter
 from iceberg_lake.tables import TableDefinition
 
 __all__ = ["CompactionJob", "DuckSession", "PartitionOutput"]
-
-
-class DuckSession:
-    """The DuckDB database a compactor's workers share (each worker takes a cursor).
-
-    Plain Parquet reads need no extension (httpfs for S3); the Iceberg reader, needed only for
-    partitions with delete files, is loaded on first use: loading it costs a few hundred
-    milliseconds that most runs do not need.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._con: duckdb.DuckDBPyConnection | None = None
-        self._iceberg_loaded = False
-        self._lock = threading.Lock()
-
-    def cursor(self, *, iceberg: bool = False) -> duckdb.DuckDBPyConnection:
-        """A new cursor of the shared database (the caller closes it)."""
-        with self._lock:
-            if self._con is None:
-                self._con = duck.connect_lake(self._settings)
-            if iceberg and not self._iceberg_loaded:
-                extra = duck.connect(extensions=("avro", "iceberg"))  # installs from the wheels
-                extra.close()
-                self._con.execute("LOAD avro")
-                self._con.execute("LOAD iceberg")
-                self._iceberg_loaded = True
-            return self._con.cursor()
-
-    def close(self) -> None:
-        """Close the database (a later `cursor()` opens a new one)."""
-        with self._lock:
-            if self._con is not None:
-                self._con.close()
-                self._con = None
-                self._iceberg_loaded = False
 
 
 @dataclass
@@ -100,10 +61,9 @@ class CompactionJob:
             return [PartitionOutput(group[0], [], 0, 0, 0)]  # Bronze partition gone: empty it
         bronze, layout = self.bronze, self.layout
         needs_iceberg = bool(group[0].deletes)
-        con = self.duck.cursor(iceberg=needs_iceberg)  # one cursor per thread
+        con = self.duck.cursor(iceberg=needs_iceberg, utc=True)  # one cursor per thread
         writers: dict[tuple[Any, ...], PartitionFileWriter] = {}
         try:
-            con.execute("SET TimeZone = 'UTC'")
             counts = {p.pid: p.bronze_rows for p in group}
             if needs_iceberg:
                 # Delete files: DuckDB's Iceberg reader applies them.

@@ -26,6 +26,7 @@ from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.typedef import Record
 
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.dates import utc_date
 from iceberg_lake.engine.duck import quote_ident, quote_str
 from iceberg_lake.engine.filters import eq, ge, lt
 from iceberg_lake.engine.iceberg import partition_values
@@ -87,19 +88,12 @@ def resolve_bronze_table(catalog: LakeCatalog, schema: str) -> TableDefinition:
 
 
 def parse_date(value: str | date) -> date:
-    """A UTC day from `YYYY-MM-DD`, a `date` or a `datetime` (its date).
+    """The UTC day of `YYYY-MM-DD`, a `date` or a `datetime` (aware: its UTC day).
 
     Raises:
         CompactionError: not a date.
     """
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    try:
-        return date.fromisoformat(str(value).strip())
-    except ValueError:
-        raise CompactionError(f"invalid date {value!r} (expected YYYY-MM-DD)") from None
+    return utc_date(value, CompactionError)
 
 
 def day_window(day: date) -> BooleanExpression:

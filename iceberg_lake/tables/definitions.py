@@ -224,6 +224,11 @@ class TableDefinition:
         ]
         return PartitionSpec(*fields)
 
+    @property
+    def sort_keys(self) -> list[tuple[str, str]]:
+        """The declared sort order as Arrow `sort_by` keys (every column ascending)."""
+        return [(c, "ascending") for c in self.sort_order]
+
     def iceberg_sort_order(self, schema: Schema | None = None) -> SortOrder:
         """The declared sort order (writers sort before they write; engines may use it)."""
         schema = schema or self.iceberg_schema()

@@ -135,9 +135,8 @@ class Lake:
         secret for object-store warehouses), UTC, the `bronze`/`silver`/`gold` schemas, no views.
         """
         s = self.settings
-        con = duck.connect_lake(s, extensions=("avro", "iceberg"))
+        con = duck.connect_lake(s, extensions=("avro", "iceberg"), time_zone="UTC")
         try:
-            con.execute("SET TimeZone = 'UTC'")
             for ns in NAMESPACES:
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {ns}")
             if self.sandbox:

@@ -31,12 +31,12 @@ from pyiceberg.expressions import (
     And,
     BooleanExpression,
 )
-from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.table import Table
 
 from iceberg_lake.catalog import CatalogSource, as_catalog, catalog_errors
+from iceberg_lake.dates import utc_date
 from iceberg_lake.engine.filters import eq, ge, lt
-from iceberg_lake.engine.iceberg import column_bounds
+from iceberg_lake.engine.iceberg import column_bounds, read_scan_tasks
 from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
 from iceberg_lake.tables import BRONZE, GOLD, SILVER, TableDefinition
 from iceberg_lake.timetravel.snapshots import AsOf, AsOfSpec, pin_for, resolve_as_of
@@ -67,17 +67,6 @@ class ScanStats:
     rows: int
 
 
-def _to_date(value: str | date) -> date:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).date() if value.tzinfo else value.date()
-    if isinstance(value, date):
-        return value
-    try:
-        return date.fromisoformat(str(value).strip())
-    except ValueError:
-        raise TimeTravelError(f"invalid date {value!r} (expected YYYY-MM-DD)") from None
-
-
 def _us(ns: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // _NS_PER_US)
 
@@ -92,7 +81,7 @@ def time_window(
     """
     lo, hi = start_ns, end_ns
     if day is not None:
-        d = _to_date(day)
+        d = utc_date(day, TimeTravelError)
         d0 = int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()) * 1_000_000_000
         lo = d0 if lo is None else max(lo, d0)
         hi = d0 + 86_400 * 1_000_000_000 if hi is None else min(hi, d0 + 86_400 * 1_000_000_000)
@@ -255,7 +244,7 @@ class _Reader:
             tasks = list(scan.plan_files())
             snap = iceberg.snapshot_by_id(sid)
             total = int(snap.summary.get("total-data-files", 0)) if snap and snap.summary else 0
-            data = ArrowScan(iceberg.metadata, iceberg.io, scan.projection(), expr).to_table(tasks)
+            data = read_scan_tasks(iceberg, tasks, scan.projection(), expr)
         if data.num_rows:
             data = data.take(pc.sort_indices(data, [(c, "ascending") for c in sort_cols]))
         data = data.select(names)

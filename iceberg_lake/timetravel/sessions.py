@@ -22,6 +22,7 @@ from datetime import date
 from functools import lru_cache
 from typing import Any
 
+from iceberg_lake.dates import utc_date
 from iceberg_lake.exceptions import TimeTravelError
 
 __all__ = ["DEFAULT_CALENDAR", "Session", "calendar_names", "session_window"]
@@ -82,13 +83,7 @@ def session_window(day: str | date, calendar: str = DEFAULT_CALENDAR) -> Session
     Raises:
         TimeTravelError: unknown calendar, bad date, or no session that day (weekend, holiday).
     """
-    if isinstance(day, str):
-        try:
-            label = date.fromisoformat(day.strip())
-        except ValueError:
-            raise TimeTravelError(f"invalid session date {day!r} (expected YYYY-MM-DD)") from None
-    else:
-        label = day
+    label = utc_date(day, TimeTravelError, "session date")
     cal = _calendar(calendar)
     schedule = cal.schedule(start_date=label.isoformat(), end_date=label.isoformat())
     if schedule.empty:

@@ -1,4 +1,4 @@
-"""`engine.duck.connect_lake`: the one DuckDB set-up for the warehouse (budget < 1 s).
+"""`engine.duck.connect_lake`: the one DuckDB set-up for the warehouse (budget ~3 s).
 
 A local warehouse gets only the extensions asked for; an object store also httpfs and the S3
 secret from the settings (path-style, SSL from the endpoint's scheme).
@@ -52,3 +52,25 @@ def test_object_store_gets_httpfs_and_the_s3_secret(tmp_path: Path) -> None:
         assert "use_ssl=false" in secret or "use_ssl=0" in secret
     finally:
         con.close()
+
+
+def test_time_zone_and_the_shared_session_set_up_in_the_engine(tmp_path: Path) -> None:
+    """`connect_lake(time_zone=)` (the query session) and `DuckSession` (Silver's workers): the
+    Iceberg reader is loaded only when a cursor asks for it, UTC only when asked."""
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "data")})
+    con = duck.connect_lake(settings, time_zone="UTC")
+    try:
+        assert con.sql("SELECT current_setting('TimeZone')").fetchone() == ("UTC",)
+    finally:
+        con.close()
+    session = duck.DuckSession(settings)
+    try:
+        plain = session.cursor()
+        assert "iceberg" not in _loaded(plain)
+        plain.close()
+        cur = session.cursor(iceberg=True, utc=True)
+        assert "iceberg" in _loaded(cur)
+        assert cur.sql("SELECT current_setting('TimeZone')").fetchone() == ("UTC",)
+        cur.close()
+    finally:
+        session.close()

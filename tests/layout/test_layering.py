@@ -71,6 +71,33 @@ def test_the_library_never_imports_the_cli_or_the_test_harness() -> None:
     assert not offenders, offenders
 
 
+#: Contact with a dependency's protocol or internals that only `engine/` may have: the token, the
+#: library modules (outside `engine/`) it must not appear in, and where it lives instead.
+ENGINE_ONLY = [
+    ("CONSUMER.MSG.NEXT", "iceberg_lake", "engine/nats_pull.py (the JetStream pull path)"),
+    ("$JS.", "iceberg_lake", "engine/nats.py, engine/nats_pull.py (JetStream API subjects)"),
+    ("ArrowScan", "iceberg_lake", "engine/iceberg.py (read_scan_tasks)"),
+    ("PyArrowFileIO", "iceberg_lake", "engine/iceberg.py (listing_io, list_files, delete_file)"),
+    ("FromInputFile", "iceberg_lake", "engine/iceberg.py (read_table_metadata)"),
+    ("duckdb.connect(", "iceberg_lake", "engine/duck.py (connect, connect_lake, DuckSession)"),
+    ("SET TimeZone", "iceberg_lake", "engine/duck.py (connect_lake(time_zone=), cursor(utc=))"),
+    ("LOAD iceberg", "iceberg_lake", "engine/duck.py (connect, DuckSession.cursor(iceberg=))"),
+]
+
+
+@pytest.mark.parametrize(("token", "scope", "home"), ENGINE_ONLY)
+def test_dependency_contact_stays_in_the_engine(token: str, scope: str, home: str) -> None:
+    offenders = [
+        module
+        for module in _modules()
+        if module.startswith(scope)
+        and _is_library(module)
+        and not module.startswith("iceberg_lake.engine")
+        and token in _path(module).read_text()
+    ]
+    assert not offenders, f"{token!r} outside the engine (belongs in {home}): {offenders}"
+
+
 def test_module_level_imports_have_no_cycle() -> None:
     graph = {m: _imports(m, top_level_only=True) for m in _modules()}
     # A package's __init__ re-exporting its submodules is not a cycle between modules.

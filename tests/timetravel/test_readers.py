@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from timetravel_data import DAY_NS, HOUR_NS, T14, append, futures, to_arrow, trades
@@ -142,3 +143,14 @@ def test_empty_tables_bad_dates_and_wrong_tier(reader_lake) -> None:
         reader.read_stock_trades("SPY", "16/12/2025")
     with pytest.raises(UnknownTableError):
         reader.read("silver.stocks_trades", "SPY", DAY)
+
+
+def test_an_aware_datetime_names_its_utc_day_in_readers_and_silver(reader_lake) -> None:
+    """23:30 at UTC-5 on the 16th is 04:30 UTC on the 17th: both entry points take the UTC day
+    (they once disagreed: Silver took the local date). Only one QQQ trade is on the 17th."""
+    late = datetime(2025, 12, 16, 23, 30, tzinfo=timezone(timedelta(hours=-5)))
+    assert len(BronzeReader(reader_lake["settings"]).read_stock_trades("QQQ", late)) == 1
+    with SilverCompactor(reader_lake["settings"]) as compactor:
+        # ES futures are on the 16th only: the 17th is empty (the local date would compact them).
+        result = compactor.compact_date(late, "futures.trades")
+    assert (result["date"], result["status"]) == ("2025-12-17", "empty")

@@ -1,4 +1,7 @@
-"""A lean JetStream pull consumer on nats-py's public API.
+"""The JetStream pull path: a lean pull consumer on nats-py's public API (engine layer).
+
+The wire protocol of a pull (raw `CONSUMER.MSG.NEXT` requests, the 404/408/409 status replies
+that end one) lives here and nowhere else; `ingest.writer` only calls `BatchPuller.fetch`.
 
 `BatchPuller` sends `CONSUMER.MSG.NEXT` pull requests itself (nats-py 2.16's `fetch` has no
 `max_bytes`) on an inbox subscription whose callback only appends to a list, so a fetch of
