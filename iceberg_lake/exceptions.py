@@ -76,3 +76,19 @@ class CompactionError(LakeError):
 
 class TimeTravelError(LakeError):
     """An `as_of` pin that names no snapshot, tag or usable timestamp, or a bad replay range."""
+
+
+class LoadRejectedError(LakeError):
+    """A file `lake load` refused whole: its first commit's worth of rows held no valid row
+    (a wrong `--format` or `--mapping`, or a file for another table). Nothing of it was stored
+    or dead-lettered and its ledger entry was not set, so a corrected run loads it.
+
+    Attributes:
+        file: the file's path; table: the target table; sha256: the file's content hash.
+    """
+
+    def __init__(self, message: str, file: str = "", table: str = "", sha256: str = "") -> None:
+        super().__init__(message)
+        self.file = file
+        self.table = table
+        self.sha256 = sha256

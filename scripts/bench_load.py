@@ -18,9 +18,17 @@ With `--csv N` it loads a Polygon trades CSV.gz of N rows (no baseline).
 With `--sweep` it loads the Parquet file at several `--commit-rows` values (how the default was
 chosen). Each load runs once (the machine is shared: see the load average printed).
 
+Every load's table is then read back (a pyiceberg scan of `seq`, outside the load code): rows
+stored and DISTINCT `seq` (each file row has its own) must both equal the file's rows, so a
+figure is only printed for a load that stored each row once. The Parquet file is also split in
+two halves loaded by one `lake load a b` with `--jobs 1` and with `--jobs 2` (each in a fresh
+lake): the wall time of the command and the CPU seconds of all its processes show whether two
+files use both cores (`--no-jobs` skips it).
+
 Usage::
 
-    python scripts/bench_load.py [--rows 1000000] [--dbn-mbp10 N] [--csv N] [--sweep] [--json]
+    python scripts/bench_load.py [--rows 1000000] [--dbn-mbp10 N] [--csv N] [--sweep] [--no-jobs]
+        [--json]
 """
 
 from __future__ import annotations
@@ -173,15 +181,35 @@ def _measure(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
     return info
 
 
+def _distinct(data_dir: Path, table: str) -> dict[str, int]:
+    """Rows and distinct `seq` values in `table` (read back with a pyiceberg scan)."""
+    import pyarrow.compute as pc
+
+    from iceberg_lake.catalog import LakeCatalog
+    from iceberg_lake.config import load_settings
+
+    lake = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(data_dir)}))
+    seq = lake.load_table(table).scan(selected_fields=("seq",)).to_arrow().column("seq")
+    return {"rows": len(seq), "distinct_seq": pc.count_distinct(seq).as_py()}
+
+
+def _check_once(counts: dict[str, int], rows: int, what: str) -> None:
+    """Stop the benchmark if a load did not store each row of its file exactly once."""
+    if counts != {"rows": rows, "distinct_seq": rows}:
+        raise SystemExit(f"{what}: expected {rows:,} rows stored once each, found {counts}")
+
+
 def _lake_load(args: list[str], data_dir: Path) -> dict[str, Any]:
     _init(data_dir)
     cmd = [sys.executable, "-c", "from iceberg_lake.cli import main; main()", "load", *args]
     return _measure([*cmd, "-o", "json"], _env(data_dir))
 
 
-def measure(rows: int, dbn_mbp10: int = 0, csv: int = 0, sweep: bool = False) -> dict[str, Any]:
+def measure(
+    rows: int, dbn_mbp10: int = 0, csv: int = 0, sweep: bool = False, jobs: bool = True
+) -> dict[str, Any]:
     """Run the measurements; a JSON-friendly report."""
-    opts = argparse.Namespace(rows=rows, dbn_mbp10=dbn_mbp10, csv=csv, sweep=sweep)
+    opts = argparse.Namespace(rows=rows, dbn_mbp10=dbn_mbp10, csv=csv, sweep=sweep, jobs=jobs)
     report: dict[str, Any] = {"rows": opts.rows, "load_average": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="bench_load_") as tmp:
         root = Path(tmp)
@@ -201,6 +229,33 @@ def measure(rows: int, dbn_mbp10: int = 0, csv: int = 0, sweep: bool = False) ->
                 "peak_rss_mb": round(r["rss_mb"]),
             }
         report["lake_load_vs_baseline"] = round(base["inner_s"] / load["inner_s"], 2)
+        counts = _distinct(root / "load", "bronze.stocks_trades")
+        _check_once(counts, opts.rows, "lake load parquet")
+        report["lake_load"].update(counts)
+
+        if opts.jobs:
+            # Two halves of the same rows (seq stays unique across them), one command.
+            data = pq.read_table(path)
+            half = opts.rows // 2
+            parts = [root / "half_a.parquet", root / "half_b.parquet"]
+            for part, rows_of in zip(parts, (data.slice(0, half), data.slice(half)), strict=True):
+                pq.write_table(rows_of, part, row_group_size=128_000, compression="zstd")
+            del data
+            report["jobs"] = {}
+            for n in (1, 2):
+                args = [*map(str, parts), "--table", "bronze.stocks_trades", "--jobs", str(n)]
+                r = _lake_load(args, root / f"jobs{n}")
+                counts = _distinct(root / f"jobs{n}", "bronze.stocks_trades")
+                _check_once(counts, opts.rows, f"lake load --jobs {n}")
+                report["jobs"][n] = {
+                    "process_s": round(r["seconds"], 2),
+                    "rows_per_s": round(opts.rows / r["seconds"]),
+                    "cpu_s": round(r["cpu_s"], 2),
+                    "peak_rss_mb": round(r["rss_mb"]),
+                    **counts,
+                }
+            one, two = report["jobs"][1], report["jobs"][2]
+            report["jobs_2_vs_1"] = round(one["process_s"] / two["process_s"], 2)
 
         if opts.sweep:
             report["commit_rows_sweep"] = {}
@@ -227,11 +282,14 @@ def measure(rows: int, dbn_mbp10: int = 0, csv: int = 0, sweep: bool = False) ->
             )
             r = _lake_load([str(dbn_path)], root / "dbn")
             again = _measure_again([str(dbn_path)], root / "dbn")
+            dbn_counts = _distinct(root / "dbn", "bronze.futures_mbp10")
+            _check_once(dbn_counts, opts.dbn_mbp10, "lake load dbn mbp-10")
             report["dbn_mbp10"] = {
                 "rows": opts.dbn_mbp10,
                 "file_mb": round(dbn_path.stat().st_size / 1e6, 1),
                 "stored": r["stored"],
                 "stored_again": again["stored"],
+                **dbn_counts,
                 "seconds": round(r["inner_s"], 2),
                 "rows_per_s": round(opts.dbn_mbp10 / r["inner_s"]),
                 "cpu_s": round(r["cpu_s"], 2),
@@ -248,10 +306,13 @@ def measure(rows: int, dbn_mbp10: int = 0, csv: int = 0, sweep: bool = False) ->
             csv_path = write_csv_gz(root / "trades.csv.gz", polygon_trades(opts.csv))
             r = _lake_load([str(csv_path)], root / "csv")
             again = _measure_again([str(csv_path)], root / "csv")
+            csv_counts = _distinct(root / "csv", "bronze.stocks_trades")
+            _check_once(csv_counts, opts.csv, "lake load polygon csv.gz")
             report["polygon_csv_gz"] = {
                 "rows": opts.csv,
                 "stored": r["stored"],
                 "stored_again": again["stored"],
+                **csv_counts,
                 "seconds": round(r["inner_s"], 2),
                 "rows_per_s": round(opts.csv / r["inner_s"]),
                 "peak_rss_mb": round(r["rss_mb"]),
@@ -263,7 +324,7 @@ def measure(rows: int, dbn_mbp10: int = 0, csv: int = 0, sweep: bool = False) ->
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Rows for `scripts/bench.py`: lake load rows/s and peak RSS beside the plain append."""
     rows = 200_000 if quick else 1_000_000
-    r = measure(rows)
+    r = measure(rows, jobs=False)
     base, load = r["baseline"], r["lake_load"]
     name = f"lake load parquet {rows:,} rows"
     baseline = "pyarrow read + one pyiceberg append"
@@ -299,9 +360,12 @@ def main() -> None:
     parser.add_argument("--dbn-mbp10", type=int, default=0, help="also load an MBP-10 DBN file")
     parser.add_argument("--csv", type=int, default=0, help="also load a Polygon CSV.gz")
     parser.add_argument("--sweep", action="store_true", help="also try several --commit-rows")
+    parser.add_argument(
+        "--no-jobs", action="store_true", help="skip the two-file --jobs 1 / --jobs 2 run"
+    )
     parser.add_argument("--json", action="store_true")
     opts = parser.parse_args()
-    report = measure(opts.rows, opts.dbn_mbp10, opts.csv, opts.sweep)
+    report = measure(opts.rows, opts.dbn_mbp10, opts.csv, opts.sweep, jobs=not opts.no_jobs)
     if opts.json:
         print(json.dumps(report, indent=2))
         return
@@ -317,6 +381,17 @@ def main() -> None:
             f"peak RSS {r['peak_rss_mb']:>5} MB"
         )
     print(f"  lake load / baseline throughput: {report['lake_load_vs_baseline']:.2f}")
+    load = report["lake_load"]
+    print(f"  stored {load['rows']:,} rows, {load['distinct_seq']:,} distinct (each row once)")
+    for n, r in report.get("jobs", {}).items():
+        print(
+            f"  two files, --jobs {n}: {r['process_s']:>6.2f} s with start-up  "
+            f"{r['rows_per_s']:>10,} rows/s  CPU {r['cpu_s']:.1f} s (all processes)  "
+            f"peak RSS {r['peak_rss_mb']} MB (one process), "
+            f"{r['distinct_seq']:,} distinct of {r['rows']:,}"
+        )
+    if "jobs_2_vs_1" in report:
+        print(f"  --jobs 2 / --jobs 1 wall-time speed-up: {report['jobs_2_vs_1']:.2f}")
     if "dbn_mbp10" in report:
         r = report["dbn_mbp10"]
         print(

@@ -1,5 +1,5 @@
 """`lake load` in a real process: exactly once across SIGKILL and re-run, bounded memory
-(budget: ~35 s; the three kill -9 cases measured 3.5-6.2 s each at load average 16).
+(budget: ~45 s; the three kill -9 cases measured 3.5-6.2 s each at load average 16).
 
 The kill tests load each supported vendor format (Parquet with a mapping, Databento DBN MBP-10
 `.dbn.zst`, a Polygon trades `.csv.gz`) in a `lake load` process, SIGKILL it by PID once its
@@ -152,27 +152,43 @@ def test_crash_between_dead_letters_and_rows_does_not_repeat_dead_letters(
     ]
 
 
-def test_peak_memory_is_bounded_by_the_commit_size_not_the_file(tmp_path: Path) -> None:
-    """A 600k-row file at --commit-rows 100,000 in a process of its own: peak RSS well under 1 GB
-    (the 5M-row measurement is in scripts/bench_load.py)."""
-    make_lake(tmp_path / "data")
-    path = write_parquet(tmp_path / "big.parquet", trades_table(600_000), row_group_size=50_000)
+def _peak_rss_mb(tmp_path: Path, name: str, n: int, commit_rows: int) -> float:
+    """Peak RSS (MB) of a `lake load` process loading an n-row Parquet file into a fresh lake."""
+    make_lake(tmp_path / name)
+    path = write_parquet(tmp_path / f"{name}.parquet", trades_table(n), row_group_size=50_000)
     mapping = tmp_path / "m.toml"
     mapping.write_text(TRADES_MAPPING)
-    helper = (
+    helper = (  # the helper's only child is the load: RUSAGE_CHILDREN is the load's peak
         "import json, resource, subprocess, sys\n"
         "p = subprocess.run(sys.argv[1:], capture_output=True)\n"
         "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
         "print(json.dumps({'rc': p.returncode, 'rss_mb': rss, 'out': p.stdout.decode()}))\n"
     )
     load = [sys.executable, "-c", "from iceberg_lake.cli import main; main()", "load", str(path)]
-    load += ["--mapping", str(mapping), "--commit-rows", "100000", "-o", "json"]
-    env = {**os.environ, "LAKE_DATA_DIR": str(tmp_path / "data")}
+    load += ["--mapping", str(mapping), "--commit-rows", str(commit_rows), "-o", "json"]
+    env = {**os.environ, "LAKE_DATA_DIR": str(tmp_path / name)}
     done = subprocess.run([sys.executable, "-c", helper, *load], env=env, capture_output=True)
     info = json.loads(done.stdout)
     assert info["rc"] == 0
-    assert json.loads(info["out"])["results"][0]["rows_stored"] == 600_000
-    assert info["rss_mb"] < 700, info["rss_mb"]
+    assert json.loads(info["out"])["results"][0]["rows_stored"] == n
+    return float(info["rss_mb"])
+
+
+def test_peak_memory_is_bounded_by_the_commit_size_not_the_file(tmp_path: Path) -> None:
+    """Peak RSS of loading N and 4N rows at the same --commit-rows barely differs, while
+    holding the 4N-row file in one commit (what a loader that buffers the file does) costs
+    much more: memory follows the commit size, not the file (~15 s; the 5M-row figure is in
+    scripts/bench_load.py)."""
+    n, step = 200_000, 50_000
+    small = _peak_rss_mb(tmp_path, "small", n, step)
+    large = _peak_rss_mb(tmp_path, "large", 4 * n, step)
+    whole = _peak_rss_mb(tmp_path, "whole", 4 * n, 4 * n)
+    figures = {"small": small, "large": large, "whole": whole}
+    # The control must show what holding the file costs, else this test proves nothing.
+    assert whole - small > 80, figures
+    # Measured (2-core machine, 5 runs): growth 0.10-0.29 of the control's; a loader that
+    # buffers the whole file: 0.82. The growth is allocator and metadata noise, not rows.
+    assert large - small < 0.5 * (whole - small), figures
 
 
 def test_two_copies_of_a_file_loading_at_once_store_every_row_once(tmp_path: Path, duck) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -16,6 +17,7 @@ from rich.progress import (
 )
 
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, emit, err_console, settings
+from iceberg_lake.exceptions import LakeError
 
 #: Text output: column title → result key.
 TEXT_COLUMNS = {
@@ -55,30 +57,37 @@ def load(
     compact: bool = typer.Option(
         False, "--compact", help="Compact the touched days into Silver afterwards."
     ),
+    reload: bool = typer.Option(
+        False,
+        "--reload",
+        help="Load files again although already loaded (Bronze keeps both copies; Silver one).",
+    ),
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Load vendor files into Bronze: same validation as the writers, exactly once per file.
 
-    Loading a file again stores nothing; a load interrupted at any point resumes where its last
-    commit ended. Bad rows go to bronze.dead_letters with the reason.
+    Loading a file again stores nothing (unless --reload); a load interrupted at any point
+    resumes where its last commit ended. Bad rows go to bronze.dead_letters with the reason; a
+    file with no valid row in its first commit is refused whole (exit 1, nothing stored).
     """
     from iceberg_lake.load import DEFAULT_COMMIT_ROWS, LoadOptions, compact_loaded, load_files
     from iceberg_lake.load.sources import FORMATS
 
     if fmt is not None and fmt not in FORMATS:
-        raise typer.BadParameter(f"one of {', '.join(FORMATS)}", param_hint="--format")
+        raise LakeError(
+            f"--format {fmt}: not a format lake load reads (one of {', '.join(FORMATS)})"
+        )
     files: list[Path] = []
     for p in paths:
         if p.is_dir():  # every file of a folder, in name order (a month of daily files)
-            files.extend(
-                sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
-            )
+            found = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+            if not found:
+                raise LakeError(f"no files to load in folder {p}")
+            files.extend(found)
         elif p.is_file():
             files.append(p)
         else:
-            raise typer.BadParameter(f"no such file: {p}", param_hint="PATHS")
-    if not files:
-        raise typer.BadParameter("no files to load", param_hint="PATHS")
+            raise LakeError(f"no such file or folder: {p}")
     paths = files
     options = LoadOptions(
         table=table,
@@ -86,6 +95,7 @@ def load(
         mapping=mapping,
         source=source,
         commit_rows=commit_rows or DEFAULT_COMMIT_ROWS,
+        reload=reload,
     )
     lake_settings = settings()
     show_progress = output == OutputFormat.text and err_console.is_terminal
@@ -110,6 +120,7 @@ def load(
 
         results = load_files(lake_settings, paths, options, jobs=jobs, progress=progress)
     compactions = compact_loaded(lake_settings, results) if compact else []
+    rejected = [r for r in results if r.status == "rejected"]
 
     if output == OutputFormat.json:
         keys = ("table", "date", "status", "rows_written", "partitions")
@@ -118,7 +129,10 @@ def load(
             "compactions": [{k: c.get(k) for k in keys} for c in compactions],
         }
         typer.echo(json.dumps(payload, default=str, indent=2))
+        _fail_if_rejected(rejected)
         return
+    if len(rejected) == len(results):
+        _fail_if_rejected(rejected)  # nothing else to show: one line per file
     rows = []
     for r in results:
         d = r.as_dict()
@@ -150,6 +164,16 @@ def load(
         days = sorted({d for r in results for d in r.days})
         if days:
             typer.echo(f"next: lake compact --date {days[0]} (or lake load ... --compact)")
+    _fail_if_rejected(rejected)
+
+
+def _fail_if_rejected(rejected: list[Any]) -> None:
+    """One line per rejected file on stderr, exit 1 (the other files' results stand)."""
+    if not rejected:
+        return
+    for r in rejected:
+        err_console.print(f"[red]error:[/red] {escape(r.error)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

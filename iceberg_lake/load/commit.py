@@ -7,6 +7,12 @@ at all, so after a kill -9 a re-run reads the entry, skips exactly the rows alre
 stores every row once; a file whose entry says `done` is skipped whole. The entry survives
 snapshot expiry and other components' commits (compaction, maintenance).
 
+`lake load --reload` loads a file again although its entry says done: the run starts a new
+*generation* of the file, `<n>[:done]@<g>`, whose first commit replaces the done entry in the same
+compare-and-swap (a reload killed before it leaves the old entry: nothing of it is stored). From
+then on it is an ordinary load of generation g (a kill -9 resumes it, with or without
+`--reload`); its dead letters have their own entry (`...@<g>`), so they are recorded again.
+
 Dead letters of a commit go first, to `bronze.dead_letters`, with their own entry
 (`lake.load.<table>.<sha256>`); the target table's commit follows. A re-run after a kill between
 the two skips the bad rows the quarantine already holds.
@@ -58,22 +64,31 @@ def ledger_key(sha256: str) -> str:
     return f"{P.LOAD_PREFIX}{sha256}"
 
 
-def dead_letter_key(table: str, sha256: str) -> str:
-    """The quarantine table's ledger property of a file loaded into `table`."""
-    return f"{P.LOAD_PREFIX}{table}.{sha256}"
+def dead_letter_key(table: str, sha256: str, generation: int = 0) -> str:
+    """The quarantine table's ledger property of a file loaded into `table` (per generation)."""
+    key = f"{P.LOAD_PREFIX}{table}.{sha256}"
+    return f"{key}@{generation}" if generation else key
 
 
 def parse_ledger(value: str | None) -> tuple[int, bool]:
     """(rows committed, whole file done) from a ledger property value."""
     if not value:
         return 0, False
-    rows, _, state = value.partition(":")
+    rows, _, state = value.partition("@")[0].partition(":")
     return int(rows), state == DONE
 
 
-def ledger_value(rows: int, done: bool) -> str:
-    """The ledger property value for `rows` committed (and `done`)."""
-    return f"{rows}:{DONE}" if done else str(rows)
+def ledger_generation(value: str | None) -> int:
+    """The load generation of a ledger value (0 until the file is loaded again with --reload)."""
+    if not value or "@" not in value:
+        return 0
+    return int(value.partition("@")[2])
+
+
+def ledger_value(rows: int, done: bool, generation: int = 0) -> str:
+    """The ledger property value for `rows` committed (and `done`) in `generation`."""
+    value = f"{rows}:{DONE}" if done else str(rows)
+    return f"{value}@{generation}" if generation else value
 
 
 @dataclass
@@ -94,21 +109,38 @@ class FileCommitter:
         table_id: the target table (`bronze.stocks_trades`).
         sha256: the file's content hash.
         file_name: for snapshot summaries and dead letters.
+        reload: load the file again if its ledger says done (a new generation, see above).
     """
 
-    def __init__(self, lake: LakeCatalog, table_id: str, sha256: str, file_name: str) -> None:
+    def __init__(
+        self,
+        lake: LakeCatalog,
+        table_id: str,
+        sha256: str,
+        file_name: str,
+        reload: bool = False,
+    ) -> None:
         self.lake = lake
         self.table_id = table_id
         self.sha256 = sha256
         self.file_name = file_name
+        self.reload = reload
         self.table: Table = lake.load_table(table_id)
         self._dl_table: Table | None = None
         self.key = ledger_key(sha256)
+        #: The generation this run writes, and (reload) the done entry its first commit replaces.
+        self.generation = 0
+        self._replaces: str | None = None
         self.dl_key = dead_letter_key(table_id, sha256)
         definition = lake.definition(table_id)
         self.partition_key = definition.partition_key
 
     # ---- ledger ---------------------------------------------------------------------------------
+
+    @property
+    def reloading(self) -> bool:
+        """True when this run loads the file again (`reload` of a done entry)."""
+        return self._replaces is not None
 
     @property
     def dl_table(self) -> Table:
@@ -117,10 +149,20 @@ class FileCommitter:
         return self._dl_table
 
     def state(self) -> tuple[int, bool, int]:
-        """(rows committed, done, rows whose dead letters are committed), from fresh metadata."""
+        """(rows committed, done, rows whose dead letters are committed), from fresh metadata.
+
+        With `reload`, a done entry starts the next generation: (0, False, its dead letters).
+        """
         with catalog_errors(f"reading the load ledger of {self.table_id}"):
             self.table = self.lake.load_table(self.table_id)
-            rows, done = parse_ledger(self.table.properties.get(self.key))
+            value = self.table.properties.get(self.key)
+            rows, done = parse_ledger(value)
+            self.generation = ledger_generation(value)
+            if done and self.reload:
+                self._replaces = value
+                self.generation += 1
+                rows, done = 0, False
+            self.dl_key = dead_letter_key(self.table_id, self.sha256, self.generation)
             dl_rows = 0
             if not done:
                 self._dl_table = self.lake.load_table(DEAD_LETTERS_TABLE)
@@ -150,7 +192,7 @@ class FileCommitter:
                     )
                     watermarked_append(
                         table,
-                        watermark={self.dl_key: ledger_value(end_row, False)},
+                        watermark={self.dl_key: ledger_value(end_row, False, self.generation)},
                         snapshot_properties=self._summary(len(fresh), end_row),
                         # Compare-and-swap on the ledger: a concurrent load of the same file
                         # that moved it makes this commit fail (also in pyiceberg's retries).
@@ -178,7 +220,15 @@ class FileCommitter:
         partitions = self._partitions(prepared)
         parts = [prepared.slice(o, n) for o, n in self._bounds(prepared)]
         for attempt in range(MAX_ATTEMPTS):
-            committed, was_done = parse_ledger(self.table.properties.get(self.key))
+            value = self.table.properties.get(self.key)
+            committed, was_done = parse_ledger(value)
+            if value is not None and value == self._replaces:
+                committed, was_done = 0, False  # the done entry this reload replaces
+            elif ledger_generation(value) > self.generation:
+                # Another run reloaded the file meanwhile: its rows are its own.
+                raise ConcurrentLoadError(
+                    f"{self.file_name} is being reloaded into {self.table_id} by another process"
+                )
             if was_done or committed >= end_row and not done:
                 return CommitOutcome(0, 0, None, set())
             if committed > first_row:
@@ -192,7 +242,7 @@ class FileCommitter:
                     snapshot_id = (
                         watermarked_append(
                             self.table,
-                            watermark={self.key: ledger_value(end_row, done)},
+                            watermark={self.key: ledger_value(end_row, done, self.generation)},
                             snapshot_properties=summary,
                             expected={self.key: self.table.properties.get(self.key)},
                         )

@@ -7,7 +7,10 @@ every `commit_rows` rows with the file's ledger entry (`commit`). Invalid rows g
 files load in parallel processes (`jobs`), each committing independently.
 
 Idempotent: loading a file again stores nothing; a load interrupted at any point (kill -9
-included) resumes at the last committed row when run again.
+included) resumes at the last committed row when run again. A file whose first commit's worth of
+rows holds no valid row at all (a wrong `--format` or `--mapping`) is rejected before anything is
+committed (`LoadRejectedError`): a run with the right mapping then loads it. `reload` loads a
+file again although the ledger says it is in (a new generation of its ledger entry).
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ import pyarrow as pa
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings
-from iceberg_lake.exceptions import LakeError
+from iceberg_lake.exceptions import LakeError, LoadRejectedError
 from iceberg_lake.ingest.dead_letters import DeadLetter
+from iceberg_lake.ingest.decode import DERIVED_TS
 from iceberg_lake.load.commit import HOUR_NS, ConcurrentLoadError, FileCommitter
 from iceberg_lake.load.mapping import (
     DEFAULT_SOURCE,
@@ -49,7 +53,7 @@ from iceberg_lake.load.sources import (
     open_source,
 )
 from iceberg_lake.load.validate import Validator
-from iceberg_lake.tables import BRONZE, DEAD_LETTERS_TABLE
+from iceberg_lake.tables import BRONZE, DEAD_LETTERS_TABLE, TableDefinition
 
 #: Default rows per commit: large enough that commit overhead is a few percent of the load time
 #: (see docs/backfill.md for the measurement), small enough to bound memory and lost work.
@@ -72,6 +76,8 @@ class LoadOptions:
         mapping: a shipped mapping name or a TOML path; None = detect or identity.
         source: the `source` column value; None = the mapping's, else `file`.
         commit_rows: rows per commit.
+        reload: load a file again even if the ledger says it was loaded (Bronze then holds
+            both copies; Silver's dedup key keeps one of each event).
     """
 
     table: str | None = None
@@ -79,6 +85,7 @@ class LoadOptions:
     mapping: str | None = None
     source: str | None = None
     commit_rows: int = DEFAULT_COMMIT_ROWS
+    reload: bool = False
 
 
 @dataclass
@@ -89,9 +96,11 @@ class LoadResult:
         file: the path.
         sha256: content hash (the file's identity in the ledger).
         table: target table.
-        status: `loaded`, `resumed` (continued an interrupted load), `already-loaded`, or
-            `loading-elsewhere` (another process is loading the same content: it stores the
-            rows, this run stopped without storing any more).
+        status: `loaded`, `reloaded` (`--reload` of a file loaded before), `resumed`
+            (continued an interrupted load), `already-loaded`, `loading-elsewhere` (another
+            process is loading the same content: it stores the rows, this run stopped without
+            storing any more), or `rejected` (`load_files` only: no valid row in the first
+            commit's worth of rows; nothing stored, see `error`).
         rows_read: file rows read by this run (rows committed before a resume excluded).
         rows_stored: rows appended to the table by this run.
         dead_lettered: rows sent to `bronze.dead_letters` by this run.
@@ -99,6 +108,7 @@ class LoadResult:
         partitions: (symbol, hour start ISO) partitions this run wrote to.
         snapshots: snapshot ids this run made on the table.
         seconds: wall time.
+        error: why the file was rejected ("" otherwise).
     """
 
     file: str
@@ -112,6 +122,7 @@ class LoadResult:
     partitions: list[tuple[str, str]] = field(default_factory=list)
     snapshots: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    error: str = ""
 
     @property
     def days(self) -> list[str]:
@@ -186,6 +197,24 @@ def _take_all(tables: list[pa.Table]) -> pa.Table:
     return rows
 
 
+def check_mapping_columns(mapping: Mapping, table_id: str, definition: TableDefinition) -> None:
+    """Refuse a mapping that names a column the target table does not have (a typo would
+    otherwise be ignored and the column left empty).
+
+    Raises:
+        LakeError: one line with the unknown keys and the table's columns.
+    """
+    valid = [c for c in definition.column_names if c != DERIVED_TS]
+    unknown = sorted((set(mapping.columns) | set(mapping.scale)) - set(valid))
+    if unknown:
+        where = f" ({mapping.path})" if mapping.path else ""
+        raise LakeError(
+            f"mapping '{mapping.name}'{where}: {', '.join(unknown)} "
+            f"{'is not a column' if len(unknown) == 1 else 'are not columns'} of {table_id} "
+            f"(columns: {', '.join(valid)})"
+        )
+
+
 def _format_of(path: Path, options: LoadOptions) -> str:
     """The format from the file name, else the format the `--mapping` declares."""
     try:
@@ -232,9 +261,14 @@ def load_file(
 ) -> LoadResult:
     """Load one file into its Bronze table, exactly once.
 
-    Idempotent: a file whose ledger entry says done is skipped (`already-loaded`); a partly
-    loaded file continues after its last committed row (`resumed`). Makes one append snapshot
-    per `commit_rows` rows on the table (plus one on `bronze.dead_letters` when rows are bad).
+    Idempotent: a file whose ledger entry says done is skipped (`already-loaded`, unless
+    `options.reload`); a partly loaded file continues after its last committed row (`resumed`).
+    Makes one append snapshot per `commit_rows` rows on the table (plus one on
+    `bronze.dead_letters` when rows are bad).
+
+    A file whose first `commit_rows` rows are all invalid (a wrong format or mapping: every row
+    would be dead-lettered) is rejected before anything is committed: nothing is stored or
+    dead-lettered and the ledger is not set, so loading it again with the right mapping works.
 
     Args:
         lake: the catalog (or settings to open it).
@@ -246,7 +280,9 @@ def load_file(
         What this run stored.
 
     Raises:
-        LakeError: unreadable file, unknown table or mapping, catalog unavailable.
+        LoadRejectedError: no valid row in the file's first commit (nothing stored).
+        LakeError: unreadable file, unknown table or mapping, a mapping key that is not a
+            column of the table, catalog unavailable.
     """
     t0 = time.perf_counter()
     options = options or LoadOptions()
@@ -258,14 +294,15 @@ def load_file(
     if not table_id.startswith(BRONZE + ".") or table_id == DEAD_LETTERS_TABLE:
         raise LakeError(f"lake load writes Bronze market tables, not {table_id}")
     definition = lake.definition(table_id)
+    check_mapping_columns(mapping, table_id, definition)
     sha = file_sha256(path)
-    committer = FileCommitter(lake, table_id, sha, path.name)
+    committer = FileCommitter(lake, table_id, sha, path.name, reload=options.reload)
     committed, done, dl_committed = committer.state()
     result = LoadResult(str(path), sha, table_id, "already-loaded", rows_skipped=committed)
     if done:
         result.seconds = time.perf_counter() - t0
         return result
-    result.status = "resumed" if committed else "loaded"
+    result.status = "resumed" if committed else "reloaded" if committer.reloading else "loaded"
     target = committer.arrow_schema()
     validator = Validator(table_id, committer.table.schema(), definition.partition_key)
     source_name = options.source or mapping.source or DEFAULT_SOURCE
@@ -280,9 +317,23 @@ def load_file(
     letters: list[DeadLetter] = []
     chunk_first = committed
     position = committed
+    first_bad: tuple[int, str] | None = None  # (file row, reason) of the first invalid row
 
     def flush(end_row: int, last: bool) -> None:
         nonlocal buffered_bytes, letters, chunk_first
+        if chunk_first == 0 and not buffer and first_bad is not None:
+            # Not one valid row in the file's first commit: the mapping or format is wrong,
+            # not the data. Commit nothing (no dead letters, no ledger entry) so the file can
+            # be loaded again with the right options.
+            row, reason = first_bad
+            raise LoadRejectedError(
+                f"{path.name}: none of its first {end_row:,} rows is valid for {table_id} "
+                f"(mapping '{mapping.name}', format {fmt}); first: row {row}: {reason}. "
+                "Nothing stored: check --format/--mapping/--table",
+                file=str(path),
+                table=table_id,
+                sha256=sha,
+            )
         committer.commit_dead_letters(letters, end_row)
         result.dead_lettered += len(letters)
         # The commit holds the only reference to the rows, so they are freed once sorted.
@@ -307,6 +358,8 @@ def load_file(
                     buffer.append(checked.good)
                     buffered_bytes += checked.good.nbytes
                 if checked.bad:
+                    if first_bad is None:
+                        first_bad = (batch.first_row + checked.bad[0][0], checked.bad[0][1])
                     now = time.time_ns()
                     raws = _row_json(batch.table, [r for r, _ in checked.bad])
                     for (row, reason), raw in zip(checked.bad, raws, strict=True):
@@ -366,7 +419,20 @@ def _worker(settings: Settings, path: str, options: LoadOptions) -> LoadResult:
         if _QUEUE is not None:
             _QUEUE.put((name, rows, fraction, seconds))
 
-    return load_file(settings, path, options, report)
+    return _load_or_reject(settings, path, options, report)
+
+
+def _load_or_reject(
+    lake: LakeCatalog | Settings,
+    path: Path | str,
+    options: LoadOptions,
+    progress: ProgressFn | None,
+) -> LoadResult:
+    """`load_file`, with a rejected file as a `rejected` result (the other files still load)."""
+    try:
+        return load_file(lake, path, options, progress)
+    except LoadRejectedError as exc:
+        return LoadResult(str(path), exc.sha256, exc.table, "rejected", rows_read=0, error=str(exc))
 
 
 def load_files(
@@ -387,15 +453,17 @@ def load_files(
         progress: as for `load_file` (called in this process).
 
     Returns:
-        One result per file, in the order given.
+        One result per file, in the order given; a file rejected for having no valid row in
+        its first commit has status `rejected` and the reason in `error` (the others load).
 
     Raises:
-        LakeError: the first failure (files already committed stay committed; re-run to resume).
+        LakeError: the first other failure (files already committed stay committed; re-run
+            to resume).
     """
     options = options or LoadOptions()
     if jobs <= 1 or len(paths) <= 1:
         lake = LakeCatalog(settings)
-        return [load_file(lake, p, options, progress) for p in paths]
+        return [_load_or_reject(lake, p, options, progress) for p in paths]
     ctx = multiprocessing.get_context("spawn")
     # A plain queue handed over at worker start-up (no manager process to outlive a kill).
     queue = ctx.Queue()

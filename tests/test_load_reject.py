@@ -1,0 +1,160 @@
+"""`lake load` refuses what is wrong with the command, not the data (budget: ~8 s).
+
+A wrong mapping or format makes every row invalid: the file is refused before anything is
+committed (no rows, no dead letters, no ledger entry), so the run with the right mapping loads
+it. `--reload` loads a loaded file again as a new generation of its ledger entry (resumable like
+any load). Bad arguments and mapping typos are one line, exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.cli.app import app
+from iceberg_lake.exceptions import LakeError, LoadRejectedError
+from iceberg_lake.load import LoadOptions, load_file
+from iceberg_lake.load.commit import FileCommitter, ledger_key, parse_ledger
+from tests.load_data import TRADES_MAPPING, trades_table, write_parquet
+from tests.test_load import make_lake, rows
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+TABLE = "bronze.futures_trades"
+
+
+def _ledgers(lake: LakeCatalog) -> dict[str, str]:
+    props = {
+        **lake.load_table(TABLE).properties,
+        **lake.load_table("bronze.dead_letters").properties,
+    }
+    return {k: v for k, v in props.items() if k.startswith("lake.load.")}
+
+
+def _one_error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert "Traceback" not in output and "Usage" not in output, output
+    return lines[0]
+
+
+def test_wrong_mapping_is_refused_whole_then_the_right_one_loads(tmp_path: Path, duck) -> None:
+    lake = make_lake(tmp_path / "data")
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
+    # Vendor column names (instrument, t_ns, px, ...) loaded as if named like the table.
+    vendor = write_parquet(tmp_path / "vendor.parquet", trades_table(3_000))
+    named = trades_table(1_000).rename_columns(["symbol", "ts_event_ns", "price", "size", "seq"])
+    good = write_parquet(tmp_path / "named.parquet", named)
+
+    out = runner.invoke(
+        app, ["load", str(vendor), "--table", TABLE, "--commit-rows", "1000"], env=env
+    )
+
+    assert out.exit_code == 1
+    line = _one_error_line(out.output)
+    assert "vendor.parquet" in line and "check --format/--mapping" in line
+    assert "row 0: missing required field" in line
+    assert _ledgers(lake) == {}  # not marked loaded, no dead-letter entry
+    assert lake.load_table(TABLE).current_snapshot() is None
+    assert rows(duck, lake, "bronze.dead_letters", "SELECT count(*) FROM t") == []
+
+    # Several files: the refused one is one line on stderr, the others load; exit 1.
+    out = runner.invoke(
+        app, ["load", str(good), str(vendor), "--table", TABLE, "-o", "json"], env=env
+    )
+    assert out.exit_code == 1
+    report = json.loads(out.stdout)
+    assert [r["status"] for r in report["results"]] == ["loaded", "rejected"]
+    assert report["results"][1]["error"] in out.stderr
+
+    mapping = tmp_path / "m.toml"
+    mapping.write_text(TRADES_MAPPING)
+    result = load_file(lake, vendor, LoadOptions(mapping=str(mapping), commit_rows=1_000))
+    assert (result.status, result.rows_stored, result.dead_lettered) == ("loaded", 3_000, 0)
+    with pytest.raises(LoadRejectedError, match="vendor.parquet"):  # the API raises
+        load_file(lake, vendor, LoadOptions(table="bronze.stocks_trades"))
+
+
+def test_reload_loads_again_as_a_new_generation_and_resumes_after_a_crash(
+    tmp_path: Path, duck, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = make_lake(tmp_path / "data")
+    data = trades_table(3_000)
+    data = data.set_column(
+        2,
+        "px",
+        pa.array([-1.0 if i == 1_500 else p for i, p in enumerate(data.column("px").to_pylist())]),
+    )
+    path = write_parquet(tmp_path / "t.parquet", data, row_group_size=500)
+    mapping = tmp_path / "m.toml"
+    mapping.write_text(TRADES_MAPPING)
+    options = LoadOptions(mapping=str(mapping), commit_rows=1_000)
+    first = load_file(lake, path, options)
+    assert (first.status, first.rows_stored) == ("loaded", 2_999)
+    assert load_file(lake, path, options).status == "already-loaded"
+    key = ledger_key(first.sha256)
+
+    reload = LoadOptions(mapping=str(mapping), commit_rows=1_000, reload=True)
+    real = FileCommitter.commit_rows
+    calls = {"n": 0}
+
+    def crash_on_third(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed after two commits of the reload")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FileCommitter, "commit_rows", crash_on_third)
+    with pytest.raises(RuntimeError):
+        load_file(lake, path, reload)
+    monkeypatch.setattr(FileCommitter, "commit_rows", real)
+    assert lake.load_table(TABLE).properties[key] == "2000@1"
+
+    resumed = load_file(lake, path, options)  # no --reload needed to finish it
+    assert (resumed.status, resumed.rows_skipped, resumed.rows_stored) == ("resumed", 2_000, 1_000)
+    assert parse_ledger(lake.load_table(TABLE).properties[key]) == (3_000, True)
+    assert load_file(lake, path, options).status == "already-loaded"
+    # Bronze holds both copies, each once; the bad row is dead-lettered once per generation.
+    got = rows(duck, lake, TABLE, "SELECT count(*), count(DISTINCT seq) FROM t")
+    assert got == [(2 * 2_999, 2_999)]
+    dead = rows(duck, lake, "bronze.dead_letters", "SELECT stream_seq FROM t")
+    assert dead == [(1_500,), (1_500,)]
+
+    again = load_file(lake, path, reload)
+    assert (again.status, again.rows_stored) == ("reloaded", 2_999)
+    assert lake.load_table(TABLE).properties[key] == "3000:done@2"
+
+
+def test_bad_arguments_and_mapping_typos_are_one_line(tmp_path: Path) -> None:
+    lake = make_lake(tmp_path / "data")
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
+    path = write_parquet(tmp_path / "t.parquet", trades_table(10))
+    (tmp_path / "empty").mkdir()
+    typo = tmp_path / "typo.toml"
+    typo.write_text(TRADES_MAPPING.replace('price = "px"', 'prcie = "px"') + "[scale]\nsizee = 1\n")
+    cases = [
+        (["load", str(tmp_path / "missing.csv.gz")], "no such file or folder"),
+        (
+            ["load", str(path), "--format", "xml"],
+            "--format xml: not a format lake load reads (one of dbn, csv",
+        ),
+        (["load", str(tmp_path / "empty")], "no files to load in folder"),
+        (["load", str(path), "--mapping", str(typo)], "prcie, sizee are not columns"),
+    ]
+    for args, expect in cases:
+        out = runner.invoke(app, args, env=env)
+        assert out.exit_code == 1, (args, out.output)
+        assert expect in _one_error_line(out.output), (args, out.output)
+    assert (
+        "of bronze.futures_trades (columns: ts_event_ns, ts_recv_ns, source, symbol" in out.output
+    )
+    typo1 = tmp_path / "typo1.toml"
+    typo1.write_text(TRADES_MAPPING.replace('price = "px"', 'prcie = "px"'))
+    with pytest.raises(LakeError, match="prcie is not a column"):
+        load_file(lake, path, LoadOptions(mapping=str(typo1)))
