@@ -181,3 +181,23 @@ def test_inferred_decoder_routes_skips_mapped_and_spreads_mbp10_levels() -> None
     mbp = out.tables["bronze.futures_mbp10"].table.to_pylist()[0]
     assert (mbp["bid_px_1"], mbp["ask_sz_1"], mbp["bid_px_2"]) == (6000.0, 6, None)
     assert out.rejected == [(2, "unrouted", "cannot infer schema from message")]
+
+
+@pytest.mark.parametrize("name", ["venue-id", "venue id", "class", "2nd_venue"])
+def test_a_column_whose_name_is_not_a_python_identifier_decodes(name: str) -> None:
+    # Iceberg allows any column name (a migration can add one); the decoder's structs may not.
+    base = registry().get("bronze.stocks_trades").iceberg_schema()
+    evolved = Schema(
+        *base.fields, NestedField(900, name, StringType(), required=False), schema_id=1
+    )
+    flat = {**make_event("bronze.stocks_trades", 1), name: "DARK"}
+    payload = make_event("bronze.stocks_trades", 2)
+    envelope = {
+        "schema_name": "stocks.trades",
+        "ts_event_ns": payload["ts_event_ns"],
+        "payload": {**payload, name: "LIT"},
+    }
+    batch = codec("bronze.stocks_trades", evolved).decode([enc(flat), enc(envelope)], recv_ns=1)
+    assert batch.rejected == [] and batch.table.num_rows == 2
+    assert batch.table.column(name).to_pylist() == ["DARK", "LIT"]
+    assert batch.unknown_fields == {}

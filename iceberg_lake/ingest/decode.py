@@ -24,9 +24,10 @@ row and reported (`unknown_fields`).
 from __future__ import annotations
 
 import json
+import keyword
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import attrgetter
@@ -550,6 +551,22 @@ class Pending:
         return out
 
 
+def _attribute_names(columns: Sequence[str], reserved: Iterable[str]) -> list[str]:
+    """A Python attribute name per column: the column's own where it is one, else `col<i>_`."""
+    taken = set(columns) | set(reserved)
+    out = []
+    for i, name in enumerate(columns):
+        if name.isidentifier() and not keyword.iskeyword(name):
+            out.append(name)
+            continue
+        attr = f"col{i}_"
+        while attr in taken:
+            attr += "_"
+        taken.add(attr)
+        out.append(attr)
+    return out
+
+
 class TableCodec:
     """Decoder and validator for one table, built from its live Iceberg schema.
 
@@ -585,14 +602,19 @@ class TableCodec:
         self.defaults = {n: r.default for n, r in self.rules.items() if r.default is not None}
         self.has_recv = "ts_recv_ns" in self.column_names
         self.has_derived_ts = any(f.name == DERIVED_TS for f in schema.fields)
+        # Struct attributes must be identifiers; a column named e.g. `venue-id` gets a stand-in
+        # attribute and keeps its JSON name through `rename`.
+        self._attrs = _attribute_names(self.column_names, reserved=ENVELOPE_FIELDS)
+        rename = {a: n for a, n in zip(self._attrs, self.column_names, strict=True) if a != n}
         col_fields = [
-            (f.name, _python_type(f.field_type, self.rules[f.name]) | None, None)
-            for f in self.columns
+            (a, _python_type(f.field_type, self.rules[f.name]) | None, None)
+            for a, f in zip(self._attrs, self.columns, strict=True)
         ]
         self.row_type = msgspec.defstruct(
             f"Row_{identifier.replace('.', '_')}",
             col_fields,
             forbid_unknown_fields=True,
+            rename=rename or None,
         )
         names = set(self.column_names)
         env_fields: list[tuple[str, Any, Any]] = list(col_fields)
@@ -610,16 +632,19 @@ class TableCodec:
             if name not in names:
                 env_fields.append((name, env_types[name] | None, None))
         self.event_type = msgspec.defstruct(
-            f"Event_{identifier.replace('.', '_')}", env_fields, forbid_unknown_fields=True
+            f"Event_{identifier.replace('.', '_')}",
+            env_fields,
+            forbid_unknown_fields=True,
+            rename=rename or None,
         )
         self.allowed = names | set(ENVELOPE_FIELDS)
         self._column_set = names
         self._one = msgspec.json.Decoder(self.event_type | list[self.event_type])  # type: ignore[name-defined]
         self._many = msgspec.json.Decoder(list[self.event_type])  # type: ignore[name-defined]
-        self._column_getters = [attrgetter(n) for n in self.column_names]
+        self._column_getters = [attrgetter(a) for a in self._attrs]
         self._payload_attr = attrgetter("payload")
         self._key_attr = attrgetter("key")
-        self._payload_getter = attrgetter(*self.column_names)
+        self._payload_getter = attrgetter(*self._attrs)
         self.partition_from_key = partition_key if partition_key in names else None
 
     # ---- decoding -------------------------------------------------------------------------------
