@@ -1,6 +1,8 @@
 """Bad input and bad configuration end in one line without secrets, never a traceback.
 
-Also the query sandbox. Budget: about 25 s (`lake` subprocesses, one short `lake serve`).
+Also the query sandbox. Budget: about 25 s (`lake` subprocesses, one short `lake serve`), plus
+about 12 s for the one-line tests from `filled_lake` on (corrupt metadata, URLs, usage, output
+files, the last-resort handler).
 """
 
 from __future__ import annotations
@@ -197,3 +199,87 @@ def test_sandbox_refuses_files_outside_the_warehouse_and_writes(lake_dir: Path) 
         env={"LAKE_DATA_DIR": str(lake_dir)},
     )
     assert "Permission" in _one_line_error(cli.stderr, cli.exit_code)
+
+
+# ---- every error is one line: corrupt metadata, bad URLs and dirs, usage, output files, bugs ---
+
+
+@pytest.fixture(scope="module")
+def filled_lake(module_lake: LakeCatalog) -> Path:
+    """The module's lake with 20 rows in bronze.stocks_trades (two commits: a previous
+    metadata file exists). Tests that damage it restore it."""
+    table = module_lake.load_table("bronze.stocks_trades")
+    table.append(make_rows(table, 0, 10))
+    table.append(make_rows(table, 10, 10))
+    return module_lake.settings.data_dir
+
+
+#: What a current metadata file can be damaged into: the line must name table and file anyway.
+CORRUPTIONS = {
+    "truncated": lambda good: good[: len(good) // 2],
+    "not-table-metadata": lambda good: b'{"format-version": 2, "x": 1}',
+    "unknown-format-version": lambda good: b'{"format-version": 9}',
+    "invalid-utf8": lambda good: b"\xff\xfe" + good[2:],
+    "empty": lambda good: b"",
+}
+#: The commands that load a table first (the audit's list).
+LOADING_COMMANDS = [
+    ["tables"],
+    ["status", "--nats-timeout", "0.2"],
+    ["describe", "bronze.stocks_trades"],
+    ["query", "SELECT count(*) FROM bronze.stocks_trades"],
+    ["check"],
+    ["snapshot", "list", "bronze.stocks_trades"],
+]
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+def test_corrupt_current_metadata_is_one_line_naming_table_and_file(
+    filled_lake: Path, kind: str
+) -> None:
+    env = {"LAKE_DATA_DIR": str(filled_lake)}
+    table = LakeCatalog(load_settings(env)).load_table("bronze.stocks_trades")
+    current = urlparse(table.metadata_location).path
+    previous = table.metadata.metadata_log[-1].metadata_file
+    good = Path(current).read_bytes()
+    Path(current).write_bytes(CORRUPTIONS[kind](good))
+    try:
+        # Every loading command once; the other damages through one command (budget).
+        for args in LOADING_COMMANDS if kind == "truncated" else LOADING_COMMANDS[2:3]:
+            result = runner.invoke(app, args, env=env)
+            line = _one_line_error(result.stderr, result.exit_code)
+            assert "bronze.stocks_trades" in line and current in line, (args, line)
+            assert "cannot be parsed" in line and previous in line, (args, line)
+        if kind == "truncated":  # the installed executable too
+            line = _one_line_error(*_stderr_rc(_lake(["tables"], env)))
+            assert "bronze.stocks_trades" in line and current in line
+    finally:
+        Path(current).write_bytes(good)
+    assert runner.invoke(app, ["describe", "bronze.stocks_trades"], env=env).exit_code == 0
+
+
+def _stderr_rc(done: subprocess.CompletedProcess) -> tuple[str, int]:
+    return done.stderr, done.returncode
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "command"),
+    [
+        ("LAKE_NATS_URL", f"nats://lake:{SECRET}@[::1", "tables"),
+        ("LAKE_NATS_URL", "nats://127.0.0.1:4222,nats://[::1", "tables"),
+        ("LAKE_CATALOG_URI", f"postgresql://lake:{SECRET}@[::1/lake", "tables"),
+        ("LAKE_S3_ENDPOINT", "http://[::1", "tables"),
+        ("LAKE_WAREHOUSE", "s3://[bucket/x", "tables"),
+        ("LAKE_DATA_DIR", "/proc/nope", "init"),
+        ("LAKE_DATA_DIR", "/proc/nope/deeper", "init"),
+        ("LAKE_WAREHOUSE", "/proc/nope/warehouse", "init"),
+    ],
+)
+def test_malformed_urls_and_uncreatable_dirs_are_one_line_config_errors(
+    tmp_path: Path, variable: str, value: str, command: str
+) -> None:
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data"), variable: value}
+    result = runner.invoke(app, [command], env=env)
+    line = _one_line_error(result.stderr, result.exit_code)
+    assert variable in line and SECRET not in result.output, line
+    assert ("not a valid URL" in line) or ("cannot be created" in line), line
