@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -283,3 +284,60 @@ def test_malformed_urls_and_uncreatable_dirs_are_one_line_config_errors(
     line = _one_line_error(result.stderr, result.exit_code)
     assert variable in line and SECRET not in result.output, line
     assert ("not a valid URL" in line) or ("cannot be created" in line), line
+
+
+def _fail_with(exc: BaseException) -> Any:
+    def fail(*_args: Any, **_kwargs: Any) -> Any:
+        raise exc
+
+    return fail
+
+
+def test_an_unexpected_error_is_one_redacted_line_and_debug_shows_the_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last resort: a bug (here: a command's settings step raising RuntimeError)."""
+    import iceberg_lake.cli.common as common
+
+    env = {"LAKE_DATA_DIR": str(tmp_path / "d"), "LAKE_NATS_URL": f"nats://lake:{SECRET}@h:1"}
+    boom = RuntimeError(f"boom at nats://lake:{SECRET}@h:1 with {SECRET}\nsecond line")
+    monkeypatch.setattr(common, "load_settings", _fail_with(boom))
+    result = runner.invoke(app, ["tables"], env=env)
+    line = _one_line_error(result.stderr, result.exit_code)
+    assert result.exit_code == 1 and SECRET not in result.output
+    assert line.startswith("error: internal error: RuntimeError: boom at nats://lake:***@h:1")
+    assert "second line" in line and "--log-level debug" in line
+    debug = runner.invoke(app, ["--log-level", "debug", "tables"], env=env)
+    assert debug.exit_code == 1 and "Traceback" in debug.stderr and "RuntimeError" in debug.stderr
+    # Ctrl-C and an explicit exit keep their codes; neither is reported as an error.
+    for exc, code in ((KeyboardInterrupt(), 130), (SystemExit(3), 3)):
+        monkeypatch.setattr(common, "load_settings", _fail_with(exc))
+        result = runner.invoke(app, ["tables"], env=env)
+        assert result.exit_code == code and "internal error" not in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "--since", "bogus"],
+        ["check", "--until", "bogus"],
+        ["dead-letters", "list", "--since", "bogus"],
+        ["dead-letters", "replay", "--since", "bogus", "--dry-run"],
+        ["replay", "--tables", "bronze.stocks_trades", "--start", "yesterday"],
+        ["bars", "bronze.stocks_trades", "--start", "2025-12-06", "--every", "soon"],
+        ["check", "--nope"],
+        ["--bogus", "tables"],
+        ["--log-level", "loud", "tables"],
+        ["no-such-command"],
+        ["describe"],
+        ["query", "SELECT 1", "-o", "parquet"],
+    ],
+    ids=" ".join,
+)
+def test_bad_values_and_usage_are_one_line_exit_1_in_every_command(
+    filled_lake: Path, args: list[str]
+) -> None:
+    result = runner.invoke(app, args, env={"LAKE_DATA_DIR": str(filled_lake)})
+    line = _one_line_error(result.stderr, result.exit_code)
+    assert result.exit_code == 1 and line.startswith("error: "), line
+    assert "╭" not in result.output and "Usage:" not in result.output
