@@ -7,6 +7,7 @@ files, the last-resort handler).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -341,3 +342,53 @@ def test_bad_values_and_usage_are_one_line_exit_1_in_every_command(
     line = _one_line_error(result.stderr, result.exit_code)
     assert result.exit_code == 1 and line.startswith("error: "), line
     assert "╭" not in result.output and "Usage:" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("every", "ok"), [("7d", True), ("8d", False), ("300000d", False), (f"{7 * 86400 + 1}s", False)]
+)
+def test_bar_width_is_capped_at_seven_days(filled_lake: Path, every: str, ok: bool) -> None:
+    result = runner.invoke(
+        app,
+        ["bars", "bronze.stocks_trades", "--every", every, "--start", "2025-12-06", "-o", "json"],
+        env={"LAKE_DATA_DIR": str(filled_lake)},
+    )
+    if ok:
+        assert result.exit_code == 0, result.output
+        assert sum(bar["trades"] for bar in json.loads(result.stdout)) == 20
+    else:
+        line = _one_line_error(result.stderr, result.exit_code)
+        assert every in line and "maximum of 7d" in line, line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["replay", "--tables", "bronze.stocks_trades", "--format", "arrow"],
+        ["replay", "--tables", "bronze.stocks_trades", "--format", "parquet"],
+        ["replay", "--tables", "bronze.stocks_trades", "--format", "ndjson"],
+        ["bars", "bronze.stocks_trades", "--start", "2025-12-06", "-o", "parquet"],
+        ["bars", "bronze.stocks_trades", "--start", "2025-12-06", "-o", "csv"],
+        ["query", "SELECT 1 AS x", "-o", "parquet"],
+        ["query", "SELECT 1 AS x", "-o", "json"],
+    ],
+    ids=" ".join,
+)
+def test_an_output_file_that_cannot_be_written_is_one_line(
+    filled_lake: Path, tmp_path: Path, args: list[str]
+) -> None:
+    out = tmp_path / "no" / "such" / "dir" / "x.out"
+    result = runner.invoke(app, [*args, "--out", str(out)], env={"LAKE_DATA_DIR": str(filled_lake)})
+    line = _one_line_error(result.stderr, result.exit_code)
+    assert f"cannot write --out {out}: No such file or directory" in line, line
+
+
+def test_an_unwritable_replay_manifest_is_one_line(filled_lake: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "missing" / "m.json"
+    result = runner.invoke(
+        app,
+        ["replay", "--tables", "bronze.stocks_trades", "--manifest", str(manifest)],
+        env={"LAKE_DATA_DIR": str(filled_lake)},
+    )
+    assert f"cannot write --manifest {manifest}" in result.stderr, result.output
+    assert "Traceback" not in result.output and result.exit_code == 1
