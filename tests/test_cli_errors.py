@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -392,3 +393,35 @@ def test_an_unwritable_replay_manifest_is_one_line(filled_lake: Path, tmp_path: 
     )
     assert f"cannot write --manifest {manifest}" in result.stderr, result.output
     assert "Traceback" not in result.output and result.exit_code == 1
+
+
+def test_every_minus_t_is_one_table() -> None:
+    """`-t` is `--table` (one table) in every command; `--tables` (many) has no short form."""
+    import typer.main
+
+    def walk(command: Any, path: str) -> Iterator[tuple[str, Any]]:
+        for param in command.params:
+            yield path, param
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    seen = []
+    for path, param in walk(typer.main.get_command(app), "lake"):
+        if "-t" in param.opts:
+            seen.append(path)
+            assert param.opts == ["--table", "-t"] and not param.multiple, (path, param.opts)
+        if "--tables" in param.opts:
+            assert param.opts == ["--tables"], (path, param.opts)
+    assert "lake check" in seen and len(seen) >= 4, seen
+
+
+def test_check_table_and_tables_combine(filled_lake: Path) -> None:
+    env = {"LAKE_DATA_DIR": str(filled_lake)}
+    both = runner.invoke(
+        app,
+        ["check", "-t", "bronze.stocks_trades", "--tables", "bronze.stocks_quotes", "-o", "json"],
+        env=env,
+    )
+    assert both.exit_code == 0, both.output
+    checked = {c["table"] for c in json.loads(both.stdout)["checks"]}
+    assert checked == {"bronze.stocks_trades", "bronze.stocks_quotes"}
