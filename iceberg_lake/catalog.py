@@ -58,7 +58,10 @@ def _parse_reason(exc: BaseException) -> str:
     if not errors:
         return pydantic.title
     first = errors[0]
-    where = ".".join(str(part) for part in first.get("loc", ()))
+    loc = [str(part) for part in first.get("loc", ())]
+    if loc and loc[0].isdigit():  # the tag of pyiceberg's union of format versions
+        loc[0] = f"format-version {loc[0]}:"
+    where = " ".join(loc)
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     text = f"{where}: {first['msg']}" if where else str(first["msg"])
     return " ".join(text.split())[:300] + more
