@@ -37,12 +37,8 @@ log = logging.getLogger(__name__)
 
 
 def _metadata_parse_error(exc: BaseException) -> PydanticValidationError | None:
-    """The pydantic error behind `exc` if `exc` is a metadata file that failed to parse.
-
-    pyiceberg parses `*.metadata.json` with pydantic and re-raises its error as its own
-    `ValidationError` (which it also raises for refused schema changes: those have no pydantic
-    cause and stay as they are).
-    """
+    """The pydantic error behind `exc`: pyiceberg parses `*.metadata.json` with pydantic and
+    re-raises its error as its own `ValidationError`."""
     for err in (exc, exc.__cause__):
         if isinstance(err, PydanticValidationError):
             return err
@@ -75,9 +71,12 @@ def catalog_errors(what: str) -> Iterator[None]:
     """
     try:
         yield
-    except (MetadataValidationError, PydanticValidationError) as exc:
-        if _metadata_parse_error(exc) is None:
-            raise  # a refused schema change, not a corrupt file
+    except MetadataValidationError as exc:
+        # Only `TableMetadataUtil.parse_raw` wraps a pydantic error this way; a bare pydantic
+        # error (a model the lake builds) or pyiceberg's own (a refused schema change) is not a
+        # corrupt file and stays as it is.
+        if not isinstance(exc.__cause__, PydanticValidationError):
+            raise
         raise CorruptMetadataError(
             f"{what}: table metadata cannot be parsed ({_parse_reason(exc)})"
         ) from exc

@@ -21,10 +21,10 @@ import pytest
 from table_rows import make_rows
 from typer.testing import CliRunner
 
-from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.cli import app
 from iceberg_lake.config import load_settings, redact, redact_url
-from iceberg_lake.exceptions import ConfigError, LakeError
+from iceberg_lake.exceptions import ConfigError, CorruptMetadataError, LakeError
 from iceberg_lake.timetravel.query import Lake
 
 SECRET = "s3cr3t-Pa55"
@@ -256,6 +256,10 @@ def test_corrupt_current_metadata_is_one_line_naming_table_and_file(
         if kind == "truncated":  # the installed executable too
             line = _one_line_error(*_stderr_rc(_lake(["tables"], env)))
             assert "bronze.stocks_trades" in line and current in line
+            # A table loaded before the damage, reloaded inside `catalog_errors` (maintenance).
+            with pytest.raises(CorruptMetadataError, match="refreshing: table metadata"):
+                with catalog_errors("refreshing"):
+                    table.refresh()
     finally:
         Path(current).write_bytes(good)
     assert runner.invoke(app, ["describe", "bronze.stocks_trades"], env=env).exit_code == 0
