@@ -12,28 +12,74 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+from pydantic import ValidationError as PydanticValidationError
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import (
     NamespaceAlreadyExistsError,
     NoSuchTableError,
     TableAlreadyExistsError,
 )
+from pyiceberg.exceptions import ValidationError as MetadataValidationError
 from pyiceberg.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from iceberg_lake.config import Settings
-from iceberg_lake.exceptions import CatalogUnavailableError, ConfigError, UnknownTableError
+from iceberg_lake.exceptions import (
+    CatalogUnavailableError,
+    ConfigError,
+    CorruptMetadataError,
+    UnknownTableError,
+)
 from iceberg_lake.tables import NAMESPACES, TableDefinition, TableRegistry, registry
 
 log = logging.getLogger(__name__)
 
 
+def _metadata_parse_error(exc: BaseException) -> PydanticValidationError | None:
+    """The pydantic error behind `exc`: pyiceberg parses `*.metadata.json` with pydantic and
+    re-raises its error as its own `ValidationError`."""
+    for err in (exc, exc.__cause__):
+        if isinstance(err, PydanticValidationError):
+            return err
+    return None
+
+
+def _parse_reason(exc: BaseException) -> str:
+    """One short line saying why a metadata file did not parse (pydantic's text is a page)."""
+    pydantic = _metadata_parse_error(exc)
+    if pydantic is None:
+        return " ".join(str(exc).split())[:300] or type(exc).__name__
+    errors = pydantic.errors(include_url=False)
+    if not errors:
+        return pydantic.title
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ())]
+    if loc and loc[0].isdigit():  # the tag of pyiceberg's union of format versions
+        loc[0] = f"format-version {loc[0]}:"
+    where = " ".join(loc)
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    text = f"{where}: {first['msg']}" if where else str(first["msg"])
+    return " ".join(text.split())[:300] + more
+
+
 @contextmanager
 def catalog_errors(what: str) -> Iterator[None]:
-    """Translate database and storage failures raised inside the block into lake errors."""
+    """Translate database and storage failures raised inside the block into lake errors.
+
+    A metadata file that does not parse (a reload inside the block) is a `CorruptMetadataError`.
+    """
     try:
         yield
+    except MetadataValidationError as exc:
+        # Only `TableMetadataUtil.parse_raw` wraps a pydantic error this way; a bare pydantic
+        # error (a model the lake builds) or pyiceberg's own (a refused schema change) is not a
+        # corrupt file and stays as it is.
+        if not isinstance(exc.__cause__, PydanticValidationError):
+            raise
+        raise CorruptMetadataError(
+            f"{what}: table metadata cannot be parsed ({_parse_reason(exc)})"
+        ) from exc
     except SQLAlchemyError as exc:
         orig = getattr(exc, "orig", None)  # DBAPIError has it; other SQLAlchemy errors do not
         reason = str(orig) if orig else type(exc).__name__
@@ -42,6 +88,23 @@ def catalog_errors(what: str) -> Iterator[None]:
         ) from exc
     except (OSError, ConnectionError) as exc:
         raise CatalogUnavailableError(f"{what}: storage unavailable ({exc})") from exc
+
+
+def _make_dir(path: Path, variable: str) -> None:
+    """`mkdir -p path`, or a one-line `ConfigError` naming the variable that chose it.
+
+    Settings check that the data directory's nearest existing parent is writable; that cannot
+    foresee every refusal (`/proc`, a read-only mount, a full disk), so the mkdir itself is
+    guarded too.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        failed = f" at {exc.filename}" if exc.filename and str(exc.filename) != str(path) else ""
+        raise ConfigError(
+            f"{variable}: directory {path} cannot be created ({reason}{failed})"
+        ) from None
 
 
 class LakeCatalog:
@@ -70,9 +133,9 @@ class LakeCatalog:
                         "(or LAKE_CONFIG) at an existing lake"
                     )
             else:
-                settings.data_dir.mkdir(parents=True, exist_ok=True)
+                _make_dir(settings.data_dir, "LAKE_DATA_DIR")
                 if local:
-                    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+                    _make_dir(Path(db_path).parent, "LAKE_CATALOG_URI")
         with catalog_errors("opening the catalog"):
             self.catalog = SqlCatalog(settings.catalog_name, **settings.catalog_properties())
         if settings.catalog_uri.startswith("sqlite"):
@@ -89,7 +152,7 @@ class LakeCatalog:
         if parsed.scheme == "file":
             path = Path(parsed.path)
             existed = path.is_dir()
-            path.mkdir(parents=True, exist_ok=True)
+            _make_dir(path, "LAKE_WAREHOUSE")
             return not existed
         return ensure_bucket(self.settings, parsed.netloc)
 
@@ -164,6 +227,27 @@ class LakeCatalog:
             except NoSuchTableError:
                 hint = " (run `lake init`)" if identifier in self.registry else ""
                 raise UnknownTableError(f"no table '{identifier}' in the catalog{hint}") from None
+            except (MetadataValidationError, PydanticValidationError, ValueError) as exc:
+                # A read: any parse failure is the current metadata file (truncated, edited,
+                # invalid UTF-8 or JSON, an unknown format version).
+                raise self._corrupt(identifier, exc) from exc
+
+    def _corrupt(self, identifier: str, exc: BaseException) -> CorruptMetadataError:
+        """The one-line error for a table whose current metadata file does not parse."""
+        from iceberg_lake.engine.iceberg import metadata_locations
+
+        current, previous = metadata_locations(self.catalog, identifier)
+        where = f" {current}" if current else ""
+        hint = (
+            f"; the previous one is {previous} (restore from backup, or point the catalog's "
+            "metadata_location back at it)"
+            if previous
+            else ""
+        )
+        return CorruptMetadataError(
+            f"table {identifier}: its current metadata file{where} cannot be parsed "
+            f"({_parse_reason(exc)}){hint}"
+        )
 
     def existing_tables(self) -> list[str]:
         """Identifiers of every table the catalog holds in the lake's namespaces, sorted."""

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
+from urllib.parse import ParseResult, parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
 from iceberg_lake.exceptions import ConfigError
 
@@ -332,7 +332,7 @@ def _validate(s: Settings) -> Settings:
         _check_data_dir(data_dir)  # the catalog file or the warehouse lives in it
 
     catalog_uri = s.catalog_uri or f"sqlite:///{data_dir / 'catalog.db'}"
-    scheme = urlparse(catalog_uri).scheme
+    scheme = _parse_url(catalog_uri, "LAKE_CATALOG_URI").scheme
     base = scheme.split("+", 1)[0]
     if base == "postgres":
         base, catalog_uri = "postgresql", "postgresql" + catalog_uri[len("postgres") :]
@@ -346,10 +346,10 @@ def _validate(s: Settings) -> Settings:
     changes["catalog_uri"] = catalog_uri
 
     warehouse = s.warehouse or (data_dir / "warehouse").as_uri()
-    parsed = urlparse(warehouse)
+    parsed = _parse_url(warehouse, "LAKE_WAREHOUSE")
     if parsed.scheme == "":
         warehouse = Path(warehouse).expanduser().absolute().as_uri()
-        parsed = urlparse(warehouse)
+        parsed = _parse_url(warehouse, "LAKE_WAREHOUSE")
     if parsed.scheme not in WAREHOUSE_SCHEMES:
         raise ConfigError(
             f"LAKE_WAREHOUSE has unsupported scheme '{parsed.scheme}' (use file:// or s3://)"
@@ -363,13 +363,13 @@ def _validate(s: Settings) -> Settings:
     changes["warehouse"] = warehouse.rstrip("/")
 
     if s.s3_endpoint:
-        if urlparse(s.s3_endpoint).scheme not in ("http", "https"):
+        if _parse_url(s.s3_endpoint, "LAKE_S3_ENDPOINT").scheme not in ("http", "https"):
             raise ConfigError(
                 f"LAKE_S3_ENDPOINT must be an http(s):// URL, got {redact_url(s.s3_endpoint)!r}"
             )
         _check_port(s.s3_endpoint, "LAKE_S3_ENDPOINT")
     for url in s.nats_url.split(","):
-        if urlparse(url.strip()).scheme not in NATS_SCHEMES:
+        if _parse_url(url.strip(), "LAKE_NATS_URL").scheme not in NATS_SCHEMES:
             raise ConfigError(
                 f"LAKE_NATS_URL must be a nats:// or tls:// URL, got {redact_url(url.strip())!r}"
             )
@@ -382,6 +382,18 @@ def _validate(s: Settings) -> Settings:
         )
     changes["log_level"] = s.log_level.upper()
     return dataclasses.replace(s, **changes)
+
+
+def _parse_url(url: str, variable: str) -> ParseResult:
+    """`urlparse(url)`, but a malformed URL (`nats://[::1`) is a `ConfigError` naming `variable`.
+
+    `urlparse` raises a bare `ValueError` for an unbalanced IPv6 bracket or an invalid netloc;
+    the URL in the message is redacted (it may carry a password).
+    """
+    try:
+        return urlparse(url)
+    except ValueError as exc:
+        raise ConfigError(f"{variable} is not a valid URL ({exc}): {redact_url(url)}") from None
 
 
 def _check_port(url: str, variable: str) -> None:

@@ -47,6 +47,13 @@ class ShutdownTimeoutError(LakeError):
     acked (the bus redelivers it to the next writer)."""
 
 
+class CorruptMetadataError(LakeError):
+    """A table's metadata file cannot be parsed (truncated, edited by hand, not Iceberg JSON).
+
+    Not retryable: a retry reads the same file. The message names the table and the file.
+    """
+
+
 class UnknownTableError(LakeError):
     """A table name that the lake does not declare or the catalog does not hold."""
 

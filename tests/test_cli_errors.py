@@ -1,25 +1,30 @@
 """Bad input and bad configuration end in one line without secrets, never a traceback.
 
-Also the query sandbox. Budget: about 25 s (`lake` subprocesses, one short `lake serve`).
+Also the query sandbox. Budget: about 25 s (`lake` subprocesses, one short `lake serve`), plus
+about 12 s for the one-line tests from `filled_lake` on (corrupt metadata, URLs, usage, output
+files, the last-resort handler).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 from table_rows import make_rows
 from typer.testing import CliRunner
 
-from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.cli import app
 from iceberg_lake.config import load_settings, redact, redact_url
-from iceberg_lake.exceptions import ConfigError, LakeError
+from iceberg_lake.exceptions import ConfigError, CorruptMetadataError, LakeError
 from iceberg_lake.timetravel.query import Lake
 
 SECRET = "s3cr3t-Pa55"
@@ -197,3 +202,230 @@ def test_sandbox_refuses_files_outside_the_warehouse_and_writes(lake_dir: Path) 
         env={"LAKE_DATA_DIR": str(lake_dir)},
     )
     assert "Permission" in _one_line_error(cli.stderr, cli.exit_code)
+
+
+# ---- every error is one line: corrupt metadata, bad URLs and dirs, usage, output files, bugs ---
+
+
+@pytest.fixture(scope="module")
+def filled_lake(module_lake: LakeCatalog) -> Path:
+    """The module's lake with 20 rows in bronze.stocks_trades (two commits: a previous
+    metadata file exists). Tests that damage it restore it."""
+    table = module_lake.load_table("bronze.stocks_trades")
+    table.append(make_rows(table, 0, 10))
+    table.append(make_rows(table, 10, 10))
+    return module_lake.settings.data_dir
+
+
+#: What a current metadata file can be damaged into: the line must name table and file anyway.
+CORRUPTIONS = {
+    "truncated": lambda good: good[: len(good) // 2],
+    "not-table-metadata": lambda good: b'{"format-version": 2, "x": 1}',
+    "unknown-format-version": lambda good: b'{"format-version": 9}',
+    "invalid-utf8": lambda good: b"\xff\xfe" + good[2:],
+    "empty": lambda good: b"",
+}
+#: The commands that load a table first (the audit's list).
+LOADING_COMMANDS = [
+    ["tables"],
+    ["status", "--nats-timeout", "0.2"],
+    ["describe", "bronze.stocks_trades"],
+    ["query", "SELECT count(*) FROM bronze.stocks_trades"],
+    ["check"],
+    ["snapshot", "list", "bronze.stocks_trades"],
+]
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+def test_corrupt_current_metadata_is_one_line_naming_table_and_file(
+    filled_lake: Path, kind: str
+) -> None:
+    env = {"LAKE_DATA_DIR": str(filled_lake)}
+    table = LakeCatalog(load_settings(env)).load_table("bronze.stocks_trades")
+    current = urlparse(table.metadata_location).path
+    previous = table.metadata.metadata_log[-1].metadata_file
+    good = Path(current).read_bytes()
+    Path(current).write_bytes(CORRUPTIONS[kind](good))
+    try:
+        # Every loading command once; the other damages through one command (budget).
+        for args in LOADING_COMMANDS if kind == "truncated" else LOADING_COMMANDS[2:3]:
+            result = runner.invoke(app, args, env=env)
+            line = _one_line_error(result.stderr, result.exit_code)
+            assert "bronze.stocks_trades" in line and current in line, (args, line)
+            assert "cannot be parsed" in line and previous in line, (args, line)
+        if kind == "truncated":  # the installed executable too
+            line = _one_line_error(*_stderr_rc(_lake(["tables"], env)))
+            assert "bronze.stocks_trades" in line and current in line
+            # A table loaded before the damage, reloaded inside `catalog_errors` (maintenance).
+            with pytest.raises(CorruptMetadataError, match="refreshing: table metadata"):
+                with catalog_errors("refreshing"):
+                    table.refresh()
+    finally:
+        Path(current).write_bytes(good)
+    assert runner.invoke(app, ["describe", "bronze.stocks_trades"], env=env).exit_code == 0
+
+
+def _stderr_rc(done: subprocess.CompletedProcess) -> tuple[str, int]:
+    return done.stderr, done.returncode
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "command"),
+    [
+        ("LAKE_NATS_URL", f"nats://lake:{SECRET}@[::1", "tables"),
+        ("LAKE_NATS_URL", "nats://127.0.0.1:4222,nats://[::1", "tables"),
+        ("LAKE_CATALOG_URI", f"postgresql://lake:{SECRET}@[::1/lake", "tables"),
+        ("LAKE_S3_ENDPOINT", "http://[::1", "tables"),
+        ("LAKE_WAREHOUSE", "s3://[bucket/x", "tables"),
+        ("LAKE_DATA_DIR", "/proc/nope", "init"),
+        ("LAKE_DATA_DIR", "/proc/nope/deeper", "init"),
+        ("LAKE_WAREHOUSE", "/proc/nope/warehouse", "init"),
+    ],
+)
+def test_malformed_urls_and_uncreatable_dirs_are_one_line_config_errors(
+    tmp_path: Path, variable: str, value: str, command: str
+) -> None:
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data"), variable: value}
+    result = runner.invoke(app, [command], env=env)
+    line = _one_line_error(result.stderr, result.exit_code)
+    assert variable in line and SECRET not in result.output, line
+    assert ("not a valid URL" in line) or ("cannot be created" in line), line
+
+
+def _fail_with(exc: BaseException) -> Any:
+    def fail(*_args: Any, **_kwargs: Any) -> Any:
+        raise exc
+
+    return fail
+
+
+def test_an_unexpected_error_is_one_redacted_line_and_debug_shows_the_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last resort: a bug (here: a command's settings step raising RuntimeError)."""
+    import iceberg_lake.cli.common as common
+
+    env = {"LAKE_DATA_DIR": str(tmp_path / "d"), "LAKE_NATS_URL": f"nats://lake:{SECRET}@h:1"}
+    boom = RuntimeError(f"boom at nats://lake:{SECRET}@h:1 with {SECRET}\nsecond line")
+    monkeypatch.setattr(common, "load_settings", _fail_with(boom))
+    result = runner.invoke(app, ["tables"], env=env)
+    line = _one_line_error(result.stderr, result.exit_code)
+    assert result.exit_code == 1 and SECRET not in result.output
+    assert line.startswith("error: internal error: RuntimeError: boom at nats://lake:***@h:1")
+    assert "second line" in line and "--log-level debug" in line
+    debug = runner.invoke(app, ["--log-level", "debug", "tables"], env=env)
+    assert debug.exit_code == 1 and "Traceback" in debug.stderr and "RuntimeError" in debug.stderr
+    # Ctrl-C and an explicit exit keep their codes; neither is reported as an error.
+    for exc, code in ((KeyboardInterrupt(), 130), (SystemExit(3), 3)):
+        monkeypatch.setattr(common, "load_settings", _fail_with(exc))
+        result = runner.invoke(app, ["tables"], env=env)
+        assert result.exit_code == code and "internal error" not in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "--since", "bogus"],
+        ["check", "--until", "bogus"],
+        ["dead-letters", "list", "--since", "bogus"],
+        ["dead-letters", "replay", "--since", "bogus", "--dry-run"],
+        ["replay", "--tables", "bronze.stocks_trades", "--start", "yesterday"],
+        ["bars", "bronze.stocks_trades", "--start", "2025-12-06", "--every", "soon"],
+        ["check", "--nope"],
+        ["--bogus", "tables"],
+        ["--log-level", "loud", "tables"],
+        ["no-such-command"],
+        ["describe"],
+        ["query", "SELECT 1", "-o", "parquet"],
+    ],
+    ids=" ".join,
+)
+def test_bad_values_and_usage_are_one_line_exit_1_in_every_command(
+    filled_lake: Path, args: list[str]
+) -> None:
+    result = runner.invoke(app, args, env={"LAKE_DATA_DIR": str(filled_lake)})
+    line = _one_line_error(result.stderr, result.exit_code)
+    assert result.exit_code == 1 and line.startswith("error: "), line
+    assert "╭" not in result.output and "Usage:" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("every", "ok"), [("7d", True), ("8d", False), ("300000d", False), (f"{7 * 86400 + 1}s", False)]
+)
+def test_bar_width_is_capped_at_seven_days(filled_lake: Path, every: str, ok: bool) -> None:
+    result = runner.invoke(
+        app,
+        ["bars", "bronze.stocks_trades", "--every", every, "--start", "2025-12-06", "-o", "json"],
+        env={"LAKE_DATA_DIR": str(filled_lake)},
+    )
+    if ok:
+        assert result.exit_code == 0, result.output
+        assert sum(bar["trades"] for bar in json.loads(result.stdout)) == 20
+    else:
+        line = _one_line_error(result.stderr, result.exit_code)
+        assert every in line and "maximum of 7d" in line, line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["replay", "--tables", "bronze.stocks_trades", "--format", "arrow"],
+        ["replay", "--tables", "bronze.stocks_trades", "--format", "parquet"],
+        ["replay", "--tables", "bronze.stocks_trades", "--format", "ndjson"],
+        ["bars", "bronze.stocks_trades", "--start", "2025-12-06", "-o", "parquet"],
+        ["bars", "bronze.stocks_trades", "--start", "2025-12-06", "-o", "csv"],
+        ["query", "SELECT 1 AS x", "-o", "parquet"],
+        ["query", "SELECT 1 AS x", "-o", "json"],
+    ],
+    ids=" ".join,
+)
+def test_an_output_file_that_cannot_be_written_is_one_line(
+    filled_lake: Path, tmp_path: Path, args: list[str]
+) -> None:
+    out = tmp_path / "no" / "such" / "dir" / "x.out"
+    result = runner.invoke(app, [*args, "--out", str(out)], env={"LAKE_DATA_DIR": str(filled_lake)})
+    line = _one_line_error(result.stderr, result.exit_code)
+    assert f"cannot write --out {out}: No such file or directory" in line, line
+
+
+def test_an_unwritable_replay_manifest_is_one_line(filled_lake: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "missing" / "m.json"
+    result = runner.invoke(
+        app,
+        ["replay", "--tables", "bronze.stocks_trades", "--manifest", str(manifest)],
+        env={"LAKE_DATA_DIR": str(filled_lake)},
+    )
+    assert f"cannot write --manifest {manifest}" in result.stderr, result.output
+    assert "Traceback" not in result.output and result.exit_code == 1
+
+
+def test_every_minus_t_is_one_table() -> None:
+    """`-t` is `--table` (one table) in every command; `--tables` (many) has no short form."""
+    import typer.main
+
+    def walk(command: Any, path: str) -> Iterator[tuple[str, Any]]:
+        for param in command.params:
+            yield path, param
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    seen = []
+    for path, param in walk(typer.main.get_command(app), "lake"):
+        if "-t" in param.opts:
+            seen.append(path)
+            assert param.opts == ["--table", "-t"] and not param.multiple, (path, param.opts)
+        if "--tables" in param.opts:
+            assert param.opts == ["--tables"], (path, param.opts)
+    assert "lake check" in seen and len(seen) >= 4, seen
+
+
+def test_check_table_and_tables_combine(filled_lake: Path) -> None:
+    env = {"LAKE_DATA_DIR": str(filled_lake)}
+    both = runner.invoke(
+        app,
+        ["check", "-t", "bronze.stocks_trades", "--tables", "bronze.stocks_quotes", "-o", "json"],
+        env=env,
+    )
+    assert both.exit_code == 0, both.output
+    checked = {c["table"] for c in json.loads(both.stdout)["checks"]}
+    assert checked == {"bronze.stocks_trades", "bronze.stocks_quotes"}

@@ -98,4 +98,4 @@ def test_jdbc_urls(uri: str, url: str) -> None:
 def test_compact_engine_spark_refuses_incremental(tmp_path: Path) -> None:
     env = {"LAKE_DATA_DIR": str(tmp_path / "d")}
     result = CliRunner().invoke(app, ["compact", "--engine", "spark", "--incremental"], env=env)
-    assert result.exit_code == 2 and "--date D or --all-dates" in result.stderr
+    assert result.exit_code == 1 and "--date D or --all-dates" in result.stderr

@@ -302,7 +302,7 @@ def test_cli_replay_writes_ndjson_and_a_manifest_that_reproduces_it(
     assert read_manifest(default)["snapshots"] == saved["snapshots"]  # written by default
 
     bad = runner.invoke(app, ["replay", "--tables", STOCKS, "--start", "yesterday"])
-    assert bad.exit_code == 2 and "--start" in bad.output and "Traceback" not in bad.output
+    assert bad.exit_code == 1 and "--start" in bad.output and "Traceback" not in bad.output
 
     # No --start: everything the pinned snapshot holds.
     everything = tmp_path / "all.ndjson"

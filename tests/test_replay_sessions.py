@@ -112,12 +112,12 @@ def test_cli_replay_session_to_parquet_arrow_and_ndjson(
     saved = read_manifest(named)
     assert saved["sequence_hash"] is None and saved["event_count"] == 138
     no_hash = runner.invoke(app, [*base, "--no-verify", "--out", str(fast)])
-    assert no_hash.exit_code == 2 and "--no-verify" in no_hash.output
+    assert no_hash.exit_code == 1 and "--no-verify" in no_hash.output
 
     bad = runner.invoke(app, [*base, "--format", "arrow"])
-    assert bad.exit_code == 2 and "--out" in bad.output
+    assert bad.exit_code == 1 and "--out" in bad.output
     both = runner.invoke(app, [*base, "--start", "2024-05-13"])
-    assert both.exit_code == 2 and "not both" in both.output
+    assert both.exit_code == 1 and "not both" in both.output
     bars = runner.invoke(
         app, ["bars", FUT, "--every", "1h", *base[3:], "-o", "json", "--limit", "0"]
     )

@@ -7,6 +7,7 @@ ends as one line on stderr and exit code 1, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import sys
 from typing import Any
@@ -34,27 +35,77 @@ from iceberg_lake.cli.output import OutputFormat, err_console, set_root_format
 from iceberg_lake.config import DEFAULT_LOG_LEVEL, load_settings, redact
 from iceberg_lake.exceptions import LakeError
 
+log = logging.getLogger("iceberg_lake.cli")
+
 
 class LakeGroup(TyperGroup):
-    """Top-level group: turns a `LakeError` raised by any sub-command into one line, exit 1."""
+    """Top-level group: every error a command raises ends as one line on stderr, no traceback.
+
+    Every error exits 1: a `LakeError`, a usage error (unknown option, missing or conflicting
+    options, a value that does not parse; Click's own code would be 2, the lake has one), and
+    anything else, which is a bug: `error: internal error: <type>: <message>` (`--log-level
+    debug` adds the traceback). Ctrl-C, `typer.Exit` and `SystemExit` pass through unchanged.
+    """
 
     # `Any`: Typer vendors click, and its `Context` class has no public import path.
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        # The root's own options are parsed here, before `invoke` (`lake --bogus`).
+        try:
+            return super().make_context(*args, **kwargs)
+        except typer.TyperException as exc:
+            if _is_help(exc):
+                raise
+            raise typer.Exit(_report(exc)) from None
+
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except LakeError as exc:
-            err_console.print(
-                f"[red]error:[/red] {escape(_safe(exc))}", highlight=False, soft_wrap=True
-            )
-            ctx.exit(1)
+        except (typer.Exit, typer.Abort, EOFError):
+            raise  # normal ends (`typer.Exit(1)` of `check --strict`) and Ctrl-D
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise  # `lake query … | head`: Typer exits quietly
+            ctx.exit(_report(exc))
+        except Exception as exc:  # noqa: BLE001 - the last resort: one line, never a traceback
+            if _is_help(exc):
+                raise
+            ctx.exit(_report(exc))
 
 
-def _safe(exc: LakeError) -> str:
-    """The error's message on one line, with every credential masked (last line of defence)."""
+def _is_help(exc: BaseException) -> bool:
+    """Click's "no arguments: print the help" signal (`lake maintain`), not an error."""
+    return type(exc).__name__ == "NoArgsIsHelpError"  # how Typer itself tells it apart
+
+
+def _report(exc: BaseException) -> int:
+    """Print `exc` as one redacted line on stderr; return the exit code (1)."""
+    log.debug("the error's traceback", exc_info=exc)  # shown with --log-level debug
+    if isinstance(exc, LakeError):
+        text = _one_line(str(exc)) or type(exc).__name__
+    elif isinstance(exc, typer.TyperException):  # Click's usage errors (BadParameter, ...)
+        text = _one_line(exc.format_message())
+        command = getattr(getattr(exc, "ctx", None), "command_path", None)
+        if command:
+            text += f" (see `{command} --help`)"
+    else:
+        detail = _one_line(str(exc))
+        text = (
+            f"internal error: {type(exc).__name__}{': ' + detail if detail else ''} "
+            "(run with --log-level debug for the traceback)"
+        )
+    err_console.print(f"[red]error:[/red] {escape(_redact(text))}", highlight=False, soft_wrap=True)
+    return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split("\n")).strip()
+
+
+def _redact(text: str) -> str:
+    """`text` with every credential masked (last line of defence)."""
     settings = None
     with contextlib.suppress(Exception):  # the error may be the configuration itself
         settings = load_settings()
-    text = " ".join(str(exc).split("\n")).strip() or type(exc).__name__
     return redact(text, settings)
 
 
@@ -145,5 +196,12 @@ for _module in (
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    `LakeGroup` reports every error a command raises; this is the net under it (an error in
+    Typer's own machinery), with the same one line and exit code 1.
+    """
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 - never a traceback
+        sys.exit(_report(exc))

@@ -19,7 +19,7 @@ from iceberg_lake.cli.common import (
     option_group,
     window_options,
 )
-from iceberg_lake.cli.output import root_format
+from iceberg_lake.cli.output import output_file_errors, root_format
 from iceberg_lake.cli.query import QueryOutput as TableOutput  # the same outputs as `lake query`
 from iceberg_lake.cli.query import parse_as_of, write_result
 
@@ -54,7 +54,8 @@ class Result:
         if output == TableOutput.parquet and file is None:
             raise typer.BadParameter("--output parquet needs --out", param_hint="--out")
         if output != TableOutput.table or file is not None:
-            write_result(result, output, file)
+            with output_file_errors(file):
+                write_result(result, output, file)
         else:
             from rich.table import Table as RichTable
 

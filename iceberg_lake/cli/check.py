@@ -21,12 +21,13 @@ from iceberg_lake.ops.check import CHECKS, CheckReport
 
 
 def check(
+    table: Annotated[
+        str | None, typer.Option("--table", "-t", help="One table to check (as in every command).")
+    ] = None,
     tables: Annotated[
         list[str] | None,
         typer.Option(
             "--tables",
-            "--table",
-            "-t",
             help="Tables to check (comma-separated or repeated); default: all but dead letters.",
         ),
     ] = None,
@@ -52,7 +53,11 @@ def check(
     until_ns = parse_time_ns(until, "--until") if until else None
     with Lake(open_catalog(read_only=True), sandbox=True) as lake:
         report = check_tables(
-            lake, _split(tables), since_ns=since_ns, until_ns=until_ns, as_of=parse_as_of(as_of)
+            lake,
+            _split([table, *(tables or [])] if table else tables),
+            since_ns=since_ns,
+            until_ns=until_ns,
+            as_of=parse_as_of(as_of),
         )
     if output == OutputFormat.json:
         typer.echo(json.dumps(report.as_dict(), indent=2))

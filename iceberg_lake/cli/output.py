@@ -10,17 +10,23 @@ stderr. Modeled on pyiceberg's `cli/output.py` (an `Output` base with a `Console
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table as RichTable
+
+from iceberg_lake.exceptions import LakeError
 
 if TYPE_CHECKING:
     from iceberg_lake.ops.status import LakeStatus
@@ -39,6 +45,7 @@ __all__ = [
     "err_console",
     "format_ms",
     "get_output",
+    "output_file_errors",
     "print_status",
     "root_format",
     "set_root_format",
@@ -53,6 +60,29 @@ class OutputFormat(StrEnum):
     csv = "csv"
     #: The old name of `table`, kept so `OutputFormat.text` in code keeps meaning "for people".
     text = "table"
+
+
+@contextmanager
+def output_file_errors(path: Path | None, option: str = "--out") -> Iterator[None]:
+    """Turn a failure to create or write the output file `path` into a one-line `LakeError`.
+
+    Wrap only the statements that open or write the file (not the reads that feed it: a
+    missing data file is an `OSError` too, and is not the output's fault).
+
+    Args:
+        path: the file the user named (None: stdout, nothing is translated).
+        option: the option that named it, for the message.
+
+    Raises:
+        LakeError: `cannot write --out /no/such/dir/x.parquet: No such file or directory`.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if path is None or exc.errno == errno.EPIPE:
+            raise
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise LakeError(f"cannot write {option} {path}: {reason}") from exc
 
 
 #: The format chosen at the root of the current `lake` run (set by the root callback).

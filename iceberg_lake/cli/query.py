@@ -26,7 +26,7 @@ from iceberg_lake.cli.common import (
     open_catalog,
     window_options,
 )
-from iceberg_lake.cli.output import root_format
+from iceberg_lake.cli.output import output_file_errors, root_format
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.timetravel import snapshots
 from iceberg_lake.timetravel.snapshots import AsOf, AsOfSpec
@@ -112,7 +112,10 @@ def query(
     file: Annotated[
         Path | None,
         # No `-f`: that is `--format` in `replay`, `load` and `engines spark`.
-        typer.Option("--out", "--file", help="Write the result here (required for parquet)."),
+        typer.Option("--out", help="Write the result here (required for parquet)."),
+    ] = None,
+    old_file: Annotated[
+        Path | None, typer.Option("--file", hidden=True, help="The old spelling of --out.")
     ] = None,
     sandbox: Annotated[
         bool,
@@ -134,6 +137,9 @@ def query(
     from iceberg_lake.timetravel.query import Lake
 
     output = output or QueryOutput(root_format().value)
+    if file is not None and old_file is not None:
+        raise typer.BadParameter("give --out once", param_hint="--out")
+    file = file or old_file
     pins = parse_as_of(as_of)
     if output == QueryOutput.parquet and file is None:
         raise typer.BadParameter("parquet output needs --out PATH", param_hint="--output")
@@ -144,7 +150,8 @@ def query(
         result = lake.query(sql, as_of=pins, live=live)
     finally:
         lake.close()
-    write_result(result, output, file)
+    with output_file_errors(file):
+        write_result(result, output, file)
     # Every result says which snapshots (and, live, which stream range) it read (stderr, so
     # stdout stays the data).
     parts = []
@@ -457,7 +464,8 @@ def replay(
 
             name = replay_pin_name(engine.tables, engine.pins, engine.start_ns, engine.end_ns)
             manifest = Path(f"{name}.json")
-    manifest.write_text(json.dumps(result, indent=2) + "\n")
+    with output_file_errors(manifest, "--manifest"):
+        manifest.write_text(json.dumps(result, indent=2) + "\n")
     read = ", ".join(
         f"{t}@{sid if sid is not None else 'empty'}" for t, sid in result["snapshots"].items()
     )
@@ -492,10 +500,11 @@ def _write_batches(engine: Any, fmt: ReplayFormat, out: Path, verify: bool) -> d
 
     schema = engine.schema()
     writer: Any
-    if fmt == ReplayFormat.arrow:
-        writer = ipc.new_stream(str(out), schema)
-    else:
-        writer = pq.ParquetWriter(str(out), schema, compression="zstd")
+    with output_file_errors(out):
+        if fmt == ReplayFormat.arrow:
+            writer = ipc.new_stream(str(out), schema)
+        else:
+            writer = pq.ParquetWriter(str(out), schema, compression="zstd")
     try:
         for batch in engine.batches(verify=verify):
             writer.write_batch(batch)
@@ -509,6 +518,10 @@ def _run_with_progress(
 ) -> dict[str, Any]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    stream: Any = None
+    if not to_nats:  # opened before the bar shows: a bad --out is then the only line printed
+        with output_file_errors(out):
+            stream = out.open("wb") if out else sys.stdout.buffer
     span = engine.end_ns - engine.start_ns
     bar = Progress(
         TextColumn("replay"),
@@ -528,7 +541,6 @@ def _run_with_progress(
 
         if to_nats:
             return asyncio.run(engine.publish(prefix=prefix, progress=progress))
-        stream = out.open("wb") if out else sys.stdout.buffer
         try:
             count = 0
             heads: dict[str, bytes] = {}

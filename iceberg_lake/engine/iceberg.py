@@ -558,6 +558,45 @@ def _sql_commit_table(
     return CommitTableResponse(metadata=staged.metadata, metadata_location=staged.metadata_location)
 
 
+def metadata_locations(catalog: Any, identifier: str) -> tuple[str | None, str | None]:
+    """The current and previous metadata file of a table, as a `SqlCatalog` records them.
+
+    Read from the catalog's `iceberg_tables` row without parsing either file: `load_table`
+    parses the current file first, so when that file is corrupt this is the only way to name
+    it in the error. For error messages only: any failure (another catalog type, no row, a
+    catalog that is down) gives `(None, None)`.
+
+    Args:
+        catalog: pyiceberg's `SqlCatalog`.
+        identifier: `namespace.table`.
+
+    Returns:
+        `(metadata_location, previous_metadata_location)`, each None when unknown.
+    """
+    try:
+        from pyiceberg.catalog import Catalog
+        from pyiceberg.catalog.sql import IcebergTables
+        from sqlalchemy import select
+        from sqlalchemy.orm import Session
+
+        namespace = Catalog.namespace_to_string(Catalog.namespace_from(identifier))
+        with Session(catalog.engine) as session:
+            row = session.execute(
+                select(
+                    IcebergTables.metadata_location, IcebergTables.previous_metadata_location
+                ).where(
+                    IcebergTables.catalog_name == catalog.name,
+                    IcebergTables.table_namespace == namespace,
+                    IcebergTables.table_name == Catalog.table_name_from(identifier),
+                )
+            ).first()
+    except Exception:  # noqa: BLE001 - only an error message's detail depends on it
+        return None, None
+    if row is None:
+        return None, None
+    return row[0], row[1]
+
+
 def install_commit_fixes(enabled: bool = True) -> None:
     """Use the shallow-copy `update_table_metadata` in pyiceberg (or restore the stock one).
 

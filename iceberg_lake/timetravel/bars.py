@@ -43,13 +43,17 @@ __all__ = ["bar_kind", "bars", "bars_sql", "parse_every"]
 _UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3_600 * 10**9}
 _UNITS["d"] = 24 * _UNITS["h"]
 _EVERY = re.compile(r"^\s*(\d+)\s*(ns|us|ms|s|m|min|h|d)\s*$")
+#: The widest bar: one week. Bars are fixed widths aligned to the epoch, so wider "bars"
+#: (months, years) would not be calendar periods anyway; and the bound keeps the SQL's
+#: `ts // width * width` far from int64 overflow (DuckDB refuses widths past ~106,000 days).
+MAX_EVERY_NS = 7 * _UNITS["d"]
 
 
 def parse_every(every: str | int) -> int:
     """A bar width: `5s`, `1m` (or `1min`), `15m`, `1h`, `1d`, `250ms`, or nanoseconds.
 
     Raises:
-        TimeTravelError: not a positive width.
+        TimeTravelError: not a positive width, or wider than 7 days (`MAX_EVERY_NS`).
     """
     if isinstance(every, int):
         width = every
@@ -61,6 +65,8 @@ def parse_every(every: str | int) -> int:
         width = int(match.group(1)) * _UNITS[unit]
     if width <= 0:
         raise TimeTravelError(f"bar width must be positive, got {every!r}")
+    if width > MAX_EVERY_NS:
+        raise TimeTravelError(f"bar width {every!r} is more than the maximum of 7d")
     return width
 
 
