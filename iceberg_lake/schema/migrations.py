@@ -156,8 +156,12 @@ def discover(directory: Path | None = None) -> list[Migration]:
     Files starting with `_` or `.` and non-Python files are ignored.
 
     Raises:
-        MigrationError: a Python file is misnamed, or two files share a version number.
+        MigrationError: `directory` was given and is not a folder, a Python file is misnamed,
+            or two files share a version number.
     """
+    if directory is not None and not directory.is_dir():
+        # A mistyped --dir must not read as "nothing to apply".
+        raise MigrationError(f"migrations folder {directory} does not exist or is not a folder")
     directory = directory or migrations_dir()
     if not directory.is_dir():
         return []

@@ -273,3 +273,10 @@ def test_shipped_migrations_are_valid_and_documented() -> None:
     assert [m.version for m in found] == list(range(1, len(found) + 1))
     for m in found:
         assert callable(m.load())
+
+
+def test_a_missing_migrations_folder_is_an_error_not_nothing_to_apply(tmp_path: Path) -> None:
+    res = _lake(tmp_path, "migrate", "up", "--dir", str(tmp_path / "no-such-folder"))
+    assert res.exit_code == 1
+    assert "no-such-folder does not exist" in res.output
+    assert "nothing to apply" not in res.output and "Traceback" not in res.output
