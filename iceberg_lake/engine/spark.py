@@ -688,9 +688,9 @@ def local_spark_jars(settings: Settings, *, cache_dir: Path | None = None) -> Sp
     Raises:
         SparkSetupError: a wheel, a Debian package or (s3://) the AWS SDK jars are missing.
     """
-    return find_spark_jars(
-        cache_dir or settings.data_dir / ".spark-jars", s3=settings.is_s3 or None
-    )
+    # Absolute: the paths are printed for spark-defaults.conf (the default data dir is relative).
+    cache = Path(cache_dir or settings.data_dir / ".spark-jars").absolute()
+    return find_spark_jars(cache, s3=settings.is_s3 or None)
 
 
 # --------------------------------------------------------------------------------------------
