@@ -36,6 +36,7 @@ from iceberg_lake.engine.spark import (
     ICEBERG_EXTENSIONS,
     SparkSetupError,
     find_spark_jars,
+    local_jars_conf,
     spark_catalog_conf,
     stop_spark,
 )
@@ -152,17 +153,18 @@ def start_spark(workdir: Path, *, cache_dir: Path | None = None) -> SparkSession
     workdir.mkdir(parents=True, exist_ok=True)
     # Bind Spark's driver to loopback only (it otherwise picks the host's first interface).
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    jars = find_spark_jars(cache_dir or workdir / "jars")
+    # The jars and library path `lake engines spark --jars local` prints.
+    jar_conf = local_jars_conf(find_spark_jars(cache_dir or workdir / "jars"))
     # C1-only JIT and the serial GC: a short-lived test JVM on 2 shared cores spends less CPU
     # compiling and collecting than with the server defaults.
     java_opts = (
-        f"-Djava.library.path={jars.sqlite_jni_dir} -Djava.io.tmpdir={workdir} "
+        f"{jar_conf['spark.driver.extraJavaOptions']} -Djava.io.tmpdir={workdir} "
         "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
     )
     builder = (
         SparkSession.builder.master("local[2]")
         .appName("iceberg_lake-tests")
-        .config("spark.jars", ",".join(str(p) for p in jars.classpath))
+        .config("spark.jars", jar_conf["spark.jars"])
         .config("spark.sql.extensions", ICEBERG_EXTENSIONS)
         .config("spark.driver.memory", "1g")
         .config("spark.driver.extraJavaOptions", java_opts)

@@ -1,7 +1,8 @@
 """`lake engines spark|trino`: the engine settings printed for the current lake settings.
 
-The same `spark_catalog_conf` starts the real Spark session of tests/test_spark.py, so what is
-printed here is what was tested there.
+The same `spark_catalog_conf` starts the real Spark session of tests/test_spark.py, and with
+`--jars local` the same `local_jars_conf` of the same `find_spark_jars`, so what is printed here
+is what was tested there.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 
 from iceberg_lake.cli.app import app
 from iceberg_lake.config import load_settings
-from iceberg_lake.engine.spark import jdbc_catalog, spark_catalog_conf
+from iceberg_lake.engine.spark import find_spark_jars, jdbc_catalog, spark_catalog_conf
 
 PG_ENV = {
     "LAKE_CATALOG_URI": "postgresql://lake:pa%40ss@db.internal:6432/lakedb",
@@ -41,6 +42,34 @@ def test_spark_defaults_for_the_embedded_lake(tmp_path: Path) -> None:
     assert lines["spark.sql.catalog.lake.warehouse"] == f"file://{tmp_path / 'd' / 'warehouse'}"
     assert lines["spark.sql.catalog.lake.jdbc.init-catalog-tables"] == "false"
     assert "org.xerial:sqlite-jdbc" in lines["spark.jars.packages"]
+
+
+def test_jars_local_prints_the_jar_files_the_test_harness_runs_with(tmp_path: Path) -> None:
+    """Offline (no Maven): the files themselves, as `start_spark` and `spark_session` use them.
+    About 1 s (the Jackson patch jar is built into the data dir)."""
+    env = {"LAKE_DATA_DIR": str(tmp_path / "d")}
+    code, out, err = _run(["engines", "spark", "--jars", "local"], env)
+    assert code == 0, err
+    lines = dict(line.split(None, 1) for line in out.splitlines())
+    assert "spark.jars.packages" not in lines
+    jars = [Path(p) for p in lines["spark.jars"].split(",")]
+    # As testing_spark.start_spark finds them (its cache here is the CLI's: built once).
+    harness = find_spark_jars(tmp_path / "d" / ".spark-jars")
+    assert [j.name for j in jars] == [j.name for j in harness.classpath]
+    assert all(j.is_file() for j in jars)
+    names = " ".join(j.name for j in jars)
+    for expected in ("iceberg-spark-runtime-3.5_2.12-", "iceberg-shaded-jackson-", "xerial-sqlite"):
+        assert expected in names
+    assert jars[1].parent == tmp_path / "d" / ".spark-jars"  # the patch jar, built once there
+    java_opts = lines["spark.driver.extraJavaOptions"]
+    assert java_opts == f"-Djava.library.path={harness.sqlite_jni_dir}"
+    assert (harness.sqlite_jni_dir / "libsqlitejdbc.so").is_file()
+    assert lines["spark.sql.catalog.lake.type"] == "jdbc"
+    code, out, _ = _run(["engines", "spark", "--jars", "local", "-f", "spark-sql"], env)
+    assert code == 0 and f"--jars {lines['spark.jars']} " in out and "--packages" not in out
+    code, out, _ = _run(["engines", "spark", "--jars", "local", "-f", "json"], env)
+    body = json.loads(out)
+    assert body["jars"] == [str(j) for j in jars] and body["driver_java_options"] == java_opts
 
 
 def test_postgres_and_s3_secrets_are_redacted_unless_asked() -> None:

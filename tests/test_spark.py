@@ -2,7 +2,8 @@
 
 One `local[2]` session (the `spark` fixture) serves every test; each catalog kind gets its own
 small lake, attached to Spark under its catalog name. Budget: about 2 minutes on 2 cores for the
-whole module, most of it JVM start and Spark's first queries.
+whole module, most of it JVM start and Spark's first queries (measured: 65 s with
+test_spark_jars.py, serial, `--durations=0`; docs/production.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from typing import Any
 
 import pytest
 from ingest_support import run_until_idle
+from pyiceberg.schema import Schema
+from pyiceberg.types import BinaryType, TimestampType, TimestamptzType
+from table_rows import make_rows
 from timetravel_data import HOUR_NS, T14, append, futures, to_arrow, trades
 
 from iceberg_lake.catalog import LakeCatalog
@@ -42,10 +46,14 @@ SILVER_TRADES = "silver.stocks_trades"
 FUTURES = "bronze.futures_trades"
 DAY = "2025-12-16"
 INSTALL_S3 = "scripts/install_spark_s3.py"
+#: Rows `_build(seed=True)` puts in every other table (`table_rows.make_rows`: 2025-12-06, a day
+#: no test compacts, so Silver's seeded rows stay as they are).
+SEED_ROWS = 2
 
 
-def _build(settings: Settings) -> dict[str, Any]:
-    """A small lake: SPY and QQQ trades over two hours (tagged after the first), ES futures."""
+def _build(settings: Settings, *, seed: bool = False) -> dict[str, Any]:
+    """A small lake: SPY and QQQ trades over two hours (tagged after the first), ES futures;
+    with `seed`, `SEED_ROWS` rows in every other declared table (each column by its type)."""
     catalog = LakeCatalog(settings)
     catalog.init()
     first = append(catalog.load_table(TRADES), trades("SPY", T14, 6, 10**9))
@@ -53,6 +61,11 @@ def _build(settings: Settings) -> dict[str, Any]:
     snapshots.create_tag(catalog, "bt-1", [TRADES])
     append(catalog.load_table(TRADES), trades("SPY", T14 + HOUR_NS, 5, 10**9, seq0=100))
     append(catalog.load_table(FUTURES), futures("ES", T14, 3, 10**9))
+    if seed:
+        for name in catalog.existing_tables():
+            if name not in (TRADES, FUTURES):
+                table = catalog.load_table(name)
+                table.append(make_rows(table, 41, SEED_ROWS))
     return {"settings": settings, "catalog": catalog, "first": first}
 
 
@@ -76,7 +89,7 @@ def lake(
         # A catalog name of its own: the session's PostgreSQL is shared with other tests.
         env["LAKE_CATALOG_URI"] = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
         env["LAKE_CATALOG_NAME"] = "lake_pg"
-    built = _build(load_settings(env))
+    built = _build(load_settings(env), seed=True)
     built["name"] = attach_catalog(spark, built["settings"])
     return built
 
@@ -89,21 +102,57 @@ def _refresh(spark: Any, name: str, table: str) -> None:
     spark.sql(f"REFRESH TABLE {name}.{table}")
 
 
-def test_every_table_reads_by_name_with_duckdb_counts(spark: Any, lake: dict[str, Any]) -> None:
-    tables = lake["catalog"].existing_tables()
+def _rows_as_json_sql(schemas: dict[str, Schema], spark_catalog: str | None) -> str:
+    """One query over every table: each row as a JSON object of its columns by name (timestamps
+    as epoch microseconds, binary as hex), in Spark SQL (`spark_catalog` given) or DuckDB's."""
+    branches = []
+    for name, schema in schemas.items():
+        pairs = []
+        for field in schema.fields:
+            col = f"`{field.name}`" if spark_catalog else f'"{field.name}"'
+            if isinstance(field.field_type, TimestamptzType | TimestampType):
+                col = f"unix_micros({col})" if spark_catalog else f"epoch_us({col})"
+            elif isinstance(field.field_type, BinaryType):
+                col = f"hex({col})"
+            pairs.append(f"'{field.name}', {col}")
+        if spark_catalog:
+            row, source = f"to_json(named_struct({', '.join(pairs)}))", f"{spark_catalog}.{name}"
+        else:
+            row, source = f"json_object({', '.join(pairs)})", name
+        branches.append(f"SELECT '{name}' AS t, {row} AS j FROM {source}")
+    return " UNION ALL ".join(branches)
+
+
+def _rows_by_table(rows: list[dict[str, Any]], schemas: dict[str, Schema]) -> dict[str, list[str]]:
+    """`_rows_as_json_sql`'s result as each table's rows, canonical (Spark's JSON leaves out
+    null fields) and sorted."""
+    out: dict[str, list[str]] = {name: [] for name in schemas}
+    for r in rows:
+        values = json.loads(r["j"])
+        columns = [f.name for f in schemas[r["t"]].fields]
+        out[r["t"]].append(json.dumps({c: values.get(c) for c in columns}))
+    return {name: sorted(found) for name, found in out.items()}
+
+
+def test_every_table_reads_by_name_with_duckdb_values(spark: Any, lake: dict[str, Any]) -> None:
+    """Every declared table has rows (`_build(seed=True)`), and Spark reads each one by name
+    with DuckDB's values, column by column: wide tables (gold, MBP-10), binary, booleans,
+    timestamps. One query per engine over every table (one Spark job)."""
+    catalog = lake["catalog"]
+    tables = catalog.existing_tables()
     assert TRADES in tables and "silver.stocks_trades" in tables and len(tables) >= 13
-    # One query per engine over every table (one Spark job instead of one per table).
-    union = " UNION ALL ".join(f"SELECT '{t}' AS t, count(*) AS n FROM {{}}{t}" for t in tables)
-    by_spark = {
-        r["t"]: r["n"]
-        for r in spark.sql(union.format(*[f"{lake['name']}."] * len(tables))).collect()
-    }
-    by_duck = {
-        r["t"]: r["n"]
-        for r in Lake(lake["settings"]).query(union.format(*[""] * len(tables))).to_pylist()
-    }
-    assert by_spark == by_duck and set(by_spark) == set(tables)
-    assert by_spark[TRADES] == 15 and by_spark[FUTURES] == 3
+    schemas = {t: catalog.load_table(t).schema() for t in tables}
+    spark_sql = _rows_as_json_sql(schemas, lake["name"])
+    by_spark = _rows_by_table([r.asDict() for r in spark.sql(spark_sql).collect()], schemas)
+    duck_sql = _rows_as_json_sql(schemas, None)
+    by_duck = _rows_by_table(Lake(lake["settings"]).query(duck_sql).to_pylist(), schemas)
+    assert by_spark == by_duck
+    counts = {t: len(rows) for t, rows in by_spark.items()}
+    assert counts == {t: {TRADES: 15, FUTURES: 3}.get(t, SEED_ROWS) for t in tables}
+    # The columns really came through (not all null): a wide table's last column, binary.
+    gold = json.loads(by_spark["gold.levels_signals"][0])
+    assert len(gold) > 30 and None not in gold.values()
+    assert {json.loads(r)["raw"] for r in by_spark["bronze.dead_letters"]} == {b"x".hex().upper()}
 
 
 def test_hidden_partitions_prune_in_spark(spark: Any, lake: dict[str, Any]) -> None:
@@ -204,7 +253,7 @@ def test_spark_insert_is_read_by_the_lake_and_compacted_into_silver(
     kept = silver[(silver["seq"] == 0)]
     assert kept["ts_recv_ns"].tolist() == [T14 + 1_000]
     _refresh(spark, name, "silver.stocks_trades")
-    assert _spark_count(spark, name, "silver.stocks_trades") == 13 + 4
+    assert _spark_count(spark, name, "silver.stocks_trades") == 13 + 4 + SEED_ROWS
 
 
 def test_spark_maintenance_then_the_lake_reads_and_compacts_without_loss(
@@ -269,8 +318,9 @@ def test_spark_maintenance_then_the_lake_reads_and_compacts_without_loss(
     assert Lake(settings).query(count_sql).to_pylist()[0]["n"] == total
     result = SilverCompactor(catalog).compact_date(DAY, TRADES)
     assert result["status"] == "success"
+    # Silver: the day's distinct events, and the seeded rows of another day, untouched.
     assert Lake(settings).query("SELECT count(*) AS n FROM silver.stocks_trades").to_pylist() == [
-        {"n": events}
+        {"n": events + SEED_ROWS}
     ]
 
 
@@ -308,14 +358,21 @@ def test_spark_reads_while_the_lake_service_commits_on_sqlite(spark: Any, tmp_pa
         for t in threads:
             t.start()
         writer = threads[0]
+        seen: set[int] = set()  # counts read wholly while the service ran
         reads = 0
         while writer.is_alive() or reads == 0:  # Spark keeps reading during the commits
             _refresh(spark, name, TRADES)
-            assert _spark_count(spark, name, TRADES) <= len(events)
+            count = _spark_count(spark, name, TRADES)
+            assert count <= len(events)
+            if writer.is_alive():
+                seen.add(count)
             reads += 1
         for t in threads:
             t.join(timeout=120)
         assert not errors, errors
+        # The same session saw the table change while the service committed (a pinned read
+        # transaction would show one count throughout).
+        assert len(seen) >= 2, seen
         _refresh(spark, name, TRADES)
         assert _spark_count(spark, name, TRADES) == len(events)
         commits = len(catalog.load_table(TRADES).snapshots())

@@ -4,6 +4,11 @@ Presentation only: the settings are built by `iceberg_lake.engine.spark` from th
 settings (`LAKE_*`, `lake.toml`). Secrets (catalog password, S3 secret key) print as `***`
 unless `--show-secrets` is given.
 
+`--jars maven` (the default) names Iceberg's runtime and the JDBC driver by Maven coordinates
+(`spark.jars.packages`); `--jars local` names the jar files on this machine instead (`spark.jars`,
+plus the driver's `java.library.path` for SQLite's JNI library): the files the test suite's Spark
+and `lake compact --engine spark` run with, for machines that cannot reach Maven.
+
 They follow the one output layer: `table` (the default) prints the files people paste
 (`spark-defaults.conf` lines, Trino's `.properties`), `json` an object, `csv` `key,value` rows.
 """
@@ -17,8 +22,10 @@ import typer
 
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, emit, settings
 from iceberg_lake.engine.spark import (
+    local_spark_jars,
     spark_catalog_conf,
     spark_defaults,
+    spark_jars_conf,
     spark_packages,
     spark_sql_command,
     trino_catalog_properties,
@@ -44,6 +51,20 @@ class SparkFormat(StrEnum):
     json = "json"
 
 
+class JarSource(StrEnum):
+    """Where `lake engines spark` says Spark gets Iceberg's runtime and the JDBC drivers."""
+
+    maven = "maven"
+    local = "local"
+
+
+JARS_OPTION = typer.Option(
+    JarSource.maven,
+    "--jars",
+    help="maven: Maven coordinates (spark.jars.packages); local: the jar files on this machine "
+    "that the tests and `lake compact --engine spark` run with (spark.jars, java.library.path).",
+)
+
 FORMAT_OPTION = typer.Option(
     None,
     "--format",
@@ -61,6 +82,7 @@ def _key_value_rows(conf: dict[str, str]) -> list[dict[str, str]]:
 @engines_app.command("spark")
 def spark(
     fmt: SparkFormat | None = FORMAT_OPTION,
+    jars: JarSource = JARS_OPTION,
     show_secrets: bool = SHOW_SECRETS_OPTION,
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
@@ -69,23 +91,31 @@ def spark(
     Queries then name tables as `<catalog>.bronze.stocks_trades` (catalog = LAKE_CATALOG_NAME).
     """
     s = settings()
+    # --jars local: the Jackson patch jar is built into <data dir>/.spark-jars if missing.
+    local = local_spark_jars(s) if jars == JarSource.local else None
     if fmt is None and output == OutputFormat.csv:
-        conf = {"spark.jars.packages": ",".join(spark_packages(s))}
+        conf = spark_jars_conf(s, local)
         conf.update(spark_catalog_conf(s, show_secrets=show_secrets))
         emit(_key_value_rows(conf), output, columns=["key", "value"])
         return
     if fmt is None:
         fmt = SparkFormat.json if output == OutputFormat.json else SparkFormat.defaults
     if fmt == SparkFormat.json:
-        body = {
-            "packages": spark_packages(s),
-            "conf": spark_catalog_conf(s, show_secrets=show_secrets),
-        }
+        body: dict[str, object]
+        if local is None:
+            body = {"packages": spark_packages(s)}
+        else:
+            jar_conf = spark_jars_conf(s, local)
+            body = {
+                "jars": [str(p) for p in local.classpath],
+                "driver_java_options": jar_conf["spark.driver.extraJavaOptions"],
+            }
+        body["conf"] = spark_catalog_conf(s, show_secrets=show_secrets)
         typer.echo(json.dumps(body, indent=2))
     elif fmt == SparkFormat.spark_sql:
-        typer.echo(spark_sql_command(s, show_secrets=show_secrets), nl=False)
+        typer.echo(spark_sql_command(s, show_secrets=show_secrets, jars=local), nl=False)
     else:
-        typer.echo(spark_defaults(s, show_secrets=show_secrets), nl=False)
+        typer.echo(spark_defaults(s, show_secrets=show_secrets, jars=local), nl=False)
 
 
 @engines_app.command("trino")

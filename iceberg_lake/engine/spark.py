@@ -195,33 +195,80 @@ def spark_packages(settings: Settings) -> list[str]:
     return packages
 
 
-def spark_defaults(settings: Settings, *, show_secrets: bool = False) -> str:
-    """`spark-defaults.conf` lines for the lake (packages, extensions, catalog).
+def spark_jars_conf(settings: Settings, jars: SparkJars | None = None) -> dict[str, str]:
+    """The settings that put Iceberg's runtime and the JDBC drivers on Spark's classpath.
+
+    Args:
+        settings: the lake's settings.
+        jars: jar files on this machine (`find_spark_jars`, `local_spark_jars`); None for Maven
+            coordinates (`spark.jars.packages`, for a machine that reaches Maven).
+
+    Returns:
+        `spark.jars.packages`, or `spark.jars` plus the driver's `java.library.path` (the
+        directory of SQLite's JNI library, which Debian's SQLite driver loads from there).
+    """
+    if jars is None:
+        return {"spark.jars.packages": ",".join(spark_packages(settings))}
+    return local_jars_conf(jars)
+
+
+def local_jars_conf(jars: SparkJars) -> dict[str, str]:
+    """`spark.jars` and the driver's `java.library.path` for jar files on this machine.
+
+    The test harness (`iceberg_lake.testing_spark.start_spark`), `spark_session` and
+    `lake engines spark --jars local` all take them from here.
+
+    Args:
+        jars: from `find_spark_jars` / `local_spark_jars`.
+
+    Returns:
+        `spark.jars` (the classpath, comma-separated) and `spark.driver.extraJavaOptions`.
+    """
+    return {
+        "spark.jars": ",".join(str(p) for p in jars.classpath),
+        "spark.driver.extraJavaOptions": f"-Djava.library.path={jars.sqlite_jni_dir}",
+    }
+
+
+def spark_defaults(
+    settings: Settings, *, show_secrets: bool = False, jars: SparkJars | None = None
+) -> str:
+    """`spark-defaults.conf` lines for the lake (jars, extensions, catalog).
 
     Args:
         settings: the lake's settings.
         show_secrets: print secrets instead of `***`.
+        jars: local jar files instead of Maven coordinates (see `spark_jars_conf`).
 
     Returns:
         The file's text, one `key value` line per setting.
     """
-    conf = {"spark.jars.packages": ",".join(spark_packages(settings))}
+    conf = spark_jars_conf(settings, jars)
     conf.update(spark_catalog_conf(settings, show_secrets=show_secrets))
     width = max(len(k) for k in conf)
     return "".join(f"{k.ljust(width)}  {v}\n" for k, v in conf.items())
 
 
-def spark_sql_command(settings: Settings, *, show_secrets: bool = False) -> str:
+def spark_sql_command(
+    settings: Settings, *, show_secrets: bool = False, jars: SparkJars | None = None
+) -> str:
     """A `spark-sql` command line that opens the lake's catalog.
 
     Args:
         settings: the lake's settings.
         show_secrets: print secrets instead of `***`.
+        jars: local jar files (`--jars`) instead of Maven coordinates (`--packages`).
 
     Returns:
         The command, one option per line (shell-quoted, joined with backslash-newlines).
     """
-    parts = [f"--packages {shlex.quote(','.join(spark_packages(settings)))}"]
+    options = {"spark.jars.packages": "--packages", "spark.jars": "--jars"}
+    parts = []
+    for key, value in spark_jars_conf(settings, jars).items():
+        if key in options:
+            parts.append(f"{options[key]} {shlex.quote(value)}")
+        else:
+            parts.append(f"--conf {shlex.quote(f'{key}={value}')}")
     for key, value in spark_catalog_conf(settings, show_secrets=show_secrets).items():
         parts.append(f"--conf {shlex.quote(f'{key}={value}')}")
     return "spark-sql \\\n  " + " \\\n  ".join(parts) + "\n"
@@ -627,6 +674,25 @@ def find_spark_jars(cache_dir: Path, *, s3: bool | None = None) -> SparkJars:
     )
 
 
+def local_spark_jars(settings: Settings, *, cache_dir: Path | None = None) -> SparkJars:
+    """The jars on this machine that `spark_session` (`lake compact --engine spark`) runs with.
+
+    Args:
+        settings: the lake's settings (an s3:// warehouse requires the AWS SDK jars).
+        cache_dir: where the Jackson patch jar is kept (default `<data dir>/.spark-jars`; built
+            there, about a second, if missing).
+
+    Returns:
+        The jars (`find_spark_jars`).
+
+    Raises:
+        SparkSetupError: a wheel, a Debian package or (s3://) the AWS SDK jars are missing.
+    """
+    # Absolute: the paths are printed for spark-defaults.conf (the default data dir is relative).
+    cache = Path(cache_dir or settings.data_dir / ".spark-jars").absolute()
+    return find_spark_jars(cache, s3=settings.is_s3 or None)
+
+
 # --------------------------------------------------------------------------------------------
 # Sessions
 # --------------------------------------------------------------------------------------------
@@ -661,19 +727,16 @@ def spark_session(
             "pyspark is not installed: pip install 'iceberg_lake[spark]'"
         ) from exc
     builder = SparkSession.builder.master(master).appName("iceberg_lake")
+    jars: SparkJars | None
     try:
-        jars = find_spark_jars(
-            cache_dir or settings.data_dir / ".spark-jars", s3=settings.is_s3 or None
-        )
+        jars = local_spark_jars(settings, cache_dir=cache_dir)
     except SparkSetupError:
         if importlib.util.find_spec("snowpark_connect_deps_iceberg") is not None:
             raise  # the extra is there but a driver is not: say which
-        builder = builder.config("spark.jars.packages", ",".join(spark_packages(settings)))
-    else:
-        builder = builder.config("spark.jars", ",".join(str(p) for p in jars.classpath))
-        builder = builder.config(
-            "spark.driver.extraJavaOptions", f"-Djava.library.path={jars.sqlite_jni_dir}"
-        )
+        jars = None
+    # What `lake engines spark [--jars local]` prints.
+    for key, value in spark_jars_conf(settings, jars).items():
+        builder = builder.config(key, value)
     for key, value in spark_catalog_conf(settings, show_secrets=True).items():
         builder = builder.config(key, value)
     builder = builder.config("spark.sql.session.timeZone", "UTC")
