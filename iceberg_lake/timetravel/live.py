@@ -685,9 +685,9 @@ def _read_inferred_tails(
     start), or has committed to the table; then the table's inferred rows after its inference
     watermark (and the floor, if known) are read.
     """
-    loop = lake._live
-    if loop is None or mapped is None:
+    if mapped is None:
         return 0, set()
+    loop = lake.live_loop()  # made when the floor was read
     seen = floor is not None or loop.inferred_seen
     inferred = [s for s in sources if s.inferred is not None and (seen or s.inferred_committed)]
     if not inferred:
@@ -909,9 +909,8 @@ def create_live_views(
     floor: int | None = None
     mapped: frozenset[str] | None = None
     if any(_receives_inferred(catalog.definition(i)) for i in identifiers):
-        if lake._live is None:
-            lake._live = NatsLoop(catalog)
-        floor = lake._live.run(_inferred_floor(lake._live))
+        loop = lake.live_loop()
+        floor = loop.run(_inferred_floor(loop))
         mapped = inferred_mapped_subjects(catalog)
     loaded: dict[str, Table] = {}
     sources: list[TailSource] = []
@@ -943,7 +942,7 @@ def create_live_views(
                 con.register(rel, rows)
                 sql = f"{sql} UNION ALL BY NAME SELECT * FROM {quote_ident(rel)}"
             # Rows routed here by schema inference: a second tail, its own relation.
-            tails = lake._live.tails if lake._live is not None else {}
+            tails = lake.live_loop().tails  # made above: this table has a tail
             logs = [tails[ident].log]
             newest = _newest(rows)
             inferred_after: int | None = None
