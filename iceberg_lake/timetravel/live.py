@@ -244,6 +244,23 @@ def is_live_table(definition: TableDefinition) -> bool:
     return bool(definition.subject) and definition.namespace in ("bronze", GOLD)
 
 
+def require_tails(catalog: LakeCatalog, identifiers: Sequence[str]) -> None:
+    """Refuse a live replay of a table without a tail (Silver, dead letters).
+
+    Such a table would stop at its snapshot while the others follow, in a replay that looks
+    complete; a live *query* instead reads its snapshot beside the live views (joins).
+
+    Raises:
+        TimeTravelError: one of `identifiers` is not fed from the bus (one-line message).
+    """
+    for ident in identifiers:
+        if not is_live_table(catalog.definition(ident)):
+            raise TimeTravelError(
+                f"{ident} has no live tail (only Bronze/Gold tables fed from the bus have one): "
+                "replay it without --live, or replay its Bronze table live"
+            )
+
+
 @dataclass(frozen=True)
 class LiveRange:
     """What one live view covers: a snapshot plus a stream sequence range.

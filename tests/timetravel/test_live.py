@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest_support import encode, make_event, run_until_idle, settings_env, settings_for
+from ingest_support import (
+    encode,
+    gold_payload,
+    make_event,
+    run_until_idle,
+    settings_env,
+    settings_for,
+)
 from support.wait import await_until, wait_until
 
 from iceberg_lake import properties
@@ -402,6 +409,26 @@ def test_live_cli_argument_errors_are_one_line(args: list[str], message: str) ->
     res = CliRunner().invoke(app, args)
     assert res.exit_code != 0
     assert message in res.output and "Traceback" not in res.output
+
+
+def test_live_replay_of_a_table_without_a_tail_is_one_line_error(tmp_path: Path) -> None:
+    """`--live` on a Silver table (alone or beside a Bronze one) would silently stop at its
+    snapshot: refused with one line, before anything is pinned. No NATS needed."""
+    from typer.testing import CliRunner
+
+    from iceberg_lake.cli.app import app
+    from iceberg_lake.exceptions import TimeTravelError
+
+    settings = settings_for(tmp_path, "nats://127.0.0.1:1")
+    LakeCatalog(settings).init()
+    with pytest.raises(TimeTravelError, match="silver.stocks_trades has no live tail"):
+        ReplayEngine(settings, [TABLE, "silver.stocks_trades"], 0, 10**9, pin=False, live=True)
+    args = ["replay", "--tables", "silver.stocks_trades", "--start", "1", "--end", "2", "--live"]
+    res = CliRunner().invoke(app, args, env=settings_env(settings))
+    assert res.exit_code == 1, res.output
+    assert "silver.stocks_trades has no live tail" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert LakeCatalog(settings).load_table("silver.stocks_trades").metadata.refs == {}
 
 
 def test_live_replay_without_follow_publishes_history_and_tail_to_nats(
