@@ -12,6 +12,13 @@ Two measurements in one run, against a real nats-server and a local lake (SQLite
    per commit are counted (one per touched symbol-hour partition). Files per hour at interval
    I is then `files per commit × 3600 / I` (a micro-batch touches the same partitions whatever
    its length, until the hour turns).
+4. Commit intervals measured (`--intervals 5,30,60`): `lake serve` (a subprocess, the real
+   writer) commits every I seconds while events are published at 1,000/s (10 symbols, event
+   time = publish time). Counted: commits, seconds between them, data files per commit, hence
+   files per hour. Every 3 s a *cold* live query (a new `Lake`: what a dashboard or a script
+   started now pays) asks for the newest event: its latency, and its staleness (wall clock at
+   the result − newest event in it). Baseline in the same run: a plain query's staleness
+   (newest committed event) at the same moments; and the 5 s interval (the old default).
 3. What a live replay's removal check costs (`lake replay --live`, no --follow): a tail of N
    trades interleaved with N quotes on the same stream, so every message the follower receives
    skips a sequence (the worst case for `nats_tail.check_followers`). Baseline in the same run:
@@ -20,6 +27,7 @@ Two measurements in one run, against a real nats-server and a local lake (SQLite
 Usage::
 
     python scripts/bench_live.py [--quick] [--json]
+    nice python scripts/bench_live.py --intervals 5,30,60 --json   # part 4 only (~5 min)
 """
 
 from __future__ import annotations
@@ -280,6 +288,138 @@ def bench_replay_gaps(settings: Any, n: int, repeat: int) -> list[dict[str, Any]
     ]
 
 
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+
+def bench_interval(settings: Any, interval: float, seconds: float, rate: float) -> dict[str, Any]:
+    """Files per hour and cold live-query freshness with `lake serve` committing every
+    `interval` seconds while `rate` events/s are published for `seconds`."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from iceberg_lake.catalog import LakeCatalog
+    from iceberg_lake.engine import nats as bus
+    from iceberg_lake.timetravel.query import Lake
+
+    s = settings.with_overrides(catalog_name=f"c{uuid.uuid4().hex[:8]}")
+    LakeCatalog(s).init()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
+    env.update(
+        LAKE_DATA_DIR=str(s.data_dir),
+        LAKE_NATS_URL=s.nats_url,
+        LAKE_CATALOG_NAME=s.catalog_name,
+        LAKE_BRONZE_BATCH_SECONDS=str(interval),
+        # The time bound, not the size bound, ends each batch (60 s at 1,000/s is 60,000).
+        LAKE_BRONZE_BATCH_SIZE="150000",
+        LAKE_MAX_BUFFERED_EVENTS="300000",
+    )
+    lake_bin = str(Path(sys.executable).parent / "lake")
+    serve = subprocess.Popen(
+        [lake_bin, "serve", "--tables", TABLE],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    stop = threading.Event()
+
+    def publish() -> None:
+        async def go() -> None:
+            nc = await bus.connect(s, name="bench-interval")
+            await bus.ensure_streams(nc.jetstream(), s)
+            t0, i = time.monotonic(), 0
+            while not stop.is_set():
+                for _ in range(100):
+                    body = json.loads(_event(i, 0))
+                    body["ts_event_ns"] = body["ts_recv_ns"] = time.time_ns()
+                    await nc.publish(SUBJECT, json.dumps(body).encode())
+                    i += 1
+                await nc.flush()
+                ahead = i / rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            await nc.close()
+
+        asyncio.run(go())
+
+    sql = f"SELECT count(*) AS n, max(ts_event_ns) AS m FROM {TABLE}"
+    cold, live_stale, plain_stale, tails = [], [], [], []
+    try:
+        time.sleep(3.0)  # the writer starts (consumer created) before the first event
+        publisher = threading.Thread(target=publish)
+        started = time.time()
+        publisher.start()
+        plain = Lake(s)
+        while time.time() - started < seconds:
+            time.sleep(3.0)
+            lake = Lake(s)
+            t0 = time.perf_counter()
+            got = lake.query(sql, live=True).to_pylist()[0]
+            cold.append(time.perf_counter() - t0)
+            live_stale.append(time.time() - got["m"] / 1e9)
+            tails.append(lake.last_live[TABLE].tail_rows)
+            lake.close()
+            newest = plain.query(sql).to_pylist()[0]["m"]
+            plain_stale.append(time.time() - (newest / 1e9 if newest else started))
+        plain.close()
+        stop.set()
+        publisher.join()
+        ended = time.time()
+        table = LakeCatalog(s).load_table(TABLE)
+    finally:
+        stop.set()
+        serve.terminate()
+        serve.wait(timeout=60)
+    commits = [
+        sn
+        for sn in table.metadata.snapshots
+        if (sn.summary or {}).get("lake.operation") == "ingest"
+        and started * 1000 <= sn.timestamp_ms <= ended * 1000
+    ]
+    files = [int((sn.summary or {}).get("added-data-files", 0)) for sn in commits]
+    stamps = [sn.timestamp_ms / 1000 for sn in commits]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    spacing = statistics.mean(gaps) if gaps else float(interval)
+    per_commit = statistics.mean(files) if files else 0.0
+    return {
+        "figure": "commit interval",
+        "interval_s": interval,
+        "rate_events_s": rate,
+        "run_s": round(ended - started, 1),
+        "commits": len(commits),
+        "seconds_between_commits": round(spacing, 1),
+        "files_per_commit": round(per_commit, 2),
+        "files_per_hour": round(per_commit * 3600 / spacing),
+        "probes": len(cold),
+        "cold_live_query_s": {"p50": _pct(cold, 0.5), "max": _pct(cold, 1.0)},
+        "cold_live_staleness_s": {"p50": _pct(live_stale, 0.5), "max": _pct(live_stale, 1.0)},
+        "tail_events": {"p50": int(_pct(tails, 0.5)), "max": max(tails)},
+        "baseline_plain_query_staleness_s": {
+            "p50": _pct(plain_stale, 0.5),
+            "max": _pct(plain_stale, 1.0),
+        },
+    }
+
+
+def run_intervals(intervals: list[float], rate: float = 1000.0) -> list[dict[str, Any]]:
+    """Part 4: one nats-server and lake per interval; each runs 2 intervals + 10 s (≥ 30 s)."""
+    from iceberg_lake.config import load_settings
+    from iceberg_lake.testing import run_nats_server
+
+    rows = []
+    for interval in intervals:
+        with tempfile.TemporaryDirectory() as tmp, run_nats_server(Path(tmp) / "nats") as nats:
+            settings = load_settings(
+                {"LAKE_DATA_DIR": str(Path(tmp) / "lake"), "LAKE_NATS_URL": nats.url}
+            )
+            rows.append(bench_interval(settings, interval, max(30.0, 2 * interval + 10), rate))
+    return rows
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """All figures as rows."""
     from iceberg_lake.config import load_settings
@@ -306,8 +446,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller tails, shorter run")
     parser.add_argument("--json", action="store_true", help="JSON rows instead of text")
+    parser.add_argument(
+        "--intervals",
+        help="only part 4: commit intervals to measure, seconds, comma-separated (e.g. 5,30,60)",
+    )
     args = parser.parse_args()
-    rows = run(args.quick)
+    if args.intervals:
+        rows = run_intervals([float(v) for v in args.intervals.split(",")])
+    else:
+        rows = run(args.quick)
     if args.json:
         print(json.dumps(rows, indent=2))
         return

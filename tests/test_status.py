@@ -183,6 +183,39 @@ def test_status_text_says_nats_is_unreachable(tmp_path: Path) -> None:
     assert "NATS unreachable" in text.output and "stocks_trades" in text.output
 
 
+def test_status_text_never_cuts_table_names_or_freshness() -> None:
+    """At 80 columns (a terminal, or any pipe) the tables table does not fit: one line per
+    table instead, names and figures whole; a wide console keeps the table. No servers."""
+    from rich.console import Console
+
+    from iceberg_lake.cli.output import print_status
+    from iceberg_lake.ops.status import LakeStatus, TableStatus
+
+    report = LakeStatus(
+        tables=[
+            TableStatus(
+                table="bronze.options_greeks_snapshots",
+                rows=1_234_567,
+                data_files=1_234,
+                mean_file_bytes=12_345_678,
+                snapshots=123,
+                last_commit="2026-11-29T09:00:00+00:00",
+                last_commit_age_seconds=3700,
+                committed_freshness_seconds=31.2,
+                live_freshness_seconds=0.4,
+            )
+        ],
+        nats="unreachable",
+    )
+    for width in (80, 200):
+        console = Console(width=width, record=True, force_terminal=False)
+        print_status(report, console)
+        text = console.export_text()
+        assert "bronze.options_greeks_snapshots" in text and "1,234,567" in text, text
+        assert "31.2s" in text and "0.4s" in text and "…" not in text, text
+        assert ("fresh (committed)" in text) == (width == 200), text
+
+
 def test_installed_lake_status_executable_reports_json(tmp_path: Path) -> None:
     exe = shutil.which("lake") or str(Path(sys.executable).parent / "lake")
     url = f"nats://127.0.0.1:{free_port()}"

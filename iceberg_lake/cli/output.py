@@ -274,9 +274,9 @@ def print_status(report: LakeStatus, out: Console | Output | None = None) -> Non
     cols = ("table", "rows", "data files", "mean file", "snapshots", "last commit")
     for col in (*cols, "fresh (committed)", "fresh (live)"):
         tables.add_column(col, justify="left" if col == "table" else "right")
+    lines = []
     for t in report.tables:
-        tables.add_row(
-            t.table,
+        cells = (
             f"{t.rows:,}",
             f"{t.data_files:,}",
             _human_bytes(t.mean_file_bytes),
@@ -285,7 +285,19 @@ def print_status(report: LakeStatus, out: Console | Output | None = None) -> Non
             _freshness(t.committed_freshness_seconds),
             _freshness(t.live_freshness_seconds),
         )
-    target.print(tables)
+        tables.add_row(t.table, *cells)
+        lines.append(
+            f"{t.table}: {cells[0]} rows, {cells[1]} data files ({cells[2]} mean), "
+            f"{cells[3]} snapshots, last commit {cells[4]}, fresh {cells[5]} committed / "
+            f"{cells[6]} live"
+        )
+    if target.measure(tables, options=target.options.update_width(1_000)).maximum <= target.width:
+        target.print(tables)
+    else:
+        # Too narrow for the table (80 columns): one line per table rather than cut names.
+        target.print("tables", style="italic")
+        for line in lines:
+            target.print(line, highlight=False, soft_wrap=True)
     for t in report.tables:
         if t.live_warning:
             target.print(f"[yellow]warning[/yellow] {t.live_warning}", highlight=False)

@@ -12,8 +12,8 @@ Series (label `table` is a table identifier, `consumer` a durable consumer name)
 * `lake_ingest_unknown_fields_total{table,field}` — events carrying a field the table lacks
 * `lake_ingest_skipped_total{consumer}` — redelivered messages skipped (already committed)
 * `lake_table_newest_event_timestamp_seconds{table,view}` — newest `ts_event_ns` (as Unix
-  seconds) committed (`view="committed"`) and decoded by the writer, i.e. in the live view
-  (`view="live"`)
+  seconds) committed (`view="committed"`) and fetched and decoded by the writer (`view="live"`:
+  the live view's newest while the writer keeps up; older when it lags, see consumer_lag)
 * `lake_table_freshness_seconds{table,view}` — now − that, computed at scrape time
 """
 
@@ -86,13 +86,13 @@ SKIPPED = Counter(
 
 NEWEST_EVENT = Gauge(
     "lake_table_newest_event_timestamp_seconds",
-    "Newest event time (ts_event_ns, Unix seconds) committed / in the live view.",
+    "Newest event time (ts_event_ns, Unix seconds) committed / decoded by the writer.",
     ["table", "view"],
     registry=REGISTRY,
 )
 FRESHNESS = Gauge(
     "lake_table_freshness_seconds",
-    "Event-time freshness: now minus the newest event committed / in the live view.",
+    "Event-time freshness: now minus the newest event committed / decoded by the writer.",
     ["table", "view"],
     registry=REGISTRY,
 )
@@ -102,8 +102,9 @@ _newest: dict[tuple[str, str], float] = {}
 def note_events(table: str, view: str, rows: pa.Table) -> None:
     """Record the newest `ts_event_ns` of `rows` for `table` (`view`: committed or live).
 
-    The writer calls this for the rows it decodes (its buffer is exactly the live tail) and for
-    the rows each commit stores. Freshness is computed when the metrics are scraped.
+    The writer calls this for the rows it decodes (its buffer: the live tail as far as it has
+    fetched; messages it has not fetched yet are not counted) and for the rows each commit
+    stores. Freshness is computed when the metrics are scraped.
     """
     if rows.num_rows == 0 or "ts_event_ns" not in rows.column_names:
         return

@@ -244,6 +244,23 @@ def is_live_table(definition: TableDefinition) -> bool:
     return bool(definition.subject) and definition.namespace in ("bronze", GOLD)
 
 
+def require_tails(catalog: LakeCatalog, identifiers: Sequence[str]) -> None:
+    """Refuse a live replay of a table without a tail (Silver, dead letters).
+
+    Such a table would stop at its snapshot while the others follow, in a replay that looks
+    complete; a live *query* instead reads its snapshot beside the live views (joins).
+
+    Raises:
+        TimeTravelError: one of `identifiers` is not fed from the bus (one-line message).
+    """
+    for ident in identifiers:
+        if not is_live_table(catalog.definition(ident)):
+            raise TimeTravelError(
+                f"{ident} has no live tail (only Bronze/Gold tables fed from the bus have one): "
+                "replay it without --live, or replay its Bronze table live"
+            )
+
+
 @dataclass(frozen=True)
 class LiveRange:
     """What one live view covers: a snapshot plus a stream sequence range.
@@ -685,9 +702,9 @@ def _read_inferred_tails(
     start), or has committed to the table; then the table's inferred rows after its inference
     watermark (and the floor, if known) are read.
     """
-    loop = lake._live
-    if loop is None or mapped is None:
+    if mapped is None:
         return 0, set()
+    loop = lake.live_loop()  # made when the floor was read
     seen = floor is not None or loop.inferred_seen
     inferred = [s for s in sources if s.inferred is not None and (seen or s.inferred_committed)]
     if not inferred:
@@ -909,9 +926,8 @@ def create_live_views(
     floor: int | None = None
     mapped: frozenset[str] | None = None
     if any(_receives_inferred(catalog.definition(i)) for i in identifiers):
-        if lake._live is None:
-            lake._live = NatsLoop(catalog)
-        floor = lake._live.run(_inferred_floor(lake._live))
+        loop = lake.live_loop()
+        floor = loop.run(_inferred_floor(loop))
         mapped = inferred_mapped_subjects(catalog)
     loaded: dict[str, Table] = {}
     sources: list[TailSource] = []
@@ -943,7 +959,7 @@ def create_live_views(
                 con.register(rel, rows)
                 sql = f"{sql} UNION ALL BY NAME SELECT * FROM {quote_ident(rel)}"
             # Rows routed here by schema inference: a second tail, its own relation.
-            tails = lake._live.tails if lake._live is not None else {}
+            tails = lake.live_loop().tails  # made above: this table has a tail
             logs = [tails[ident].log]
             newest = _newest(rows)
             inferred_after: int | None = None

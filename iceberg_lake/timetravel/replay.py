@@ -632,8 +632,9 @@ class ReplayEngine:
         self.prefetch = prefetch
         inference: Any = None
         if live and as_of is None:
-            from iceberg_lake.timetravel.live import inference_start
+            from iceberg_lake.timetravel.live import inference_start, require_tails
 
+            require_tails(self.catalog, tables)
             # Before the tables are loaded: rows schema inference acked by then are in them.
             inference = inference_start(self.catalog, tables)
         self._sources = self._resolve_pins()

@@ -121,3 +121,19 @@ def test_module_level_imports_have_no_cycle() -> None:
     for module in graph:
         if module not in state:
             visit(module)
+
+
+def test_the_live_tail_uses_only_public_seams() -> None:
+    """`timetravel/live.py` reaches `Lake` and `ReplayEngine` through their public seams
+    (`Lake.live_loop()`, `pinned_sources`, `set_complete`, `record_event`): no `obj._x` on
+    anything but `self`/`cls` (docs/architecture.md)."""
+    tree = ast.parse(_path("iceberg_lake.timetravel.live").read_text())
+    private = [
+        f"{node.lineno}: {ast.unparse(node)}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+        and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+    ]
+    assert not private, private
