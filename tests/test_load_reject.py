@@ -158,3 +158,20 @@ def test_bad_arguments_and_mapping_typos_are_one_line(tmp_path: Path) -> None:
     typo1.write_text(TRADES_MAPPING.replace('price = "px"', 'prcie = "px"'))
     with pytest.raises(LakeError, match="prcie is not a column"):
         load_file(lake, path, LoadOptions(mapping=str(typo1)))
+
+
+def test_a_bad_leading_row_with_a_small_commit_size_is_dead_lettered_not_a_refusal(
+    tmp_path: Path, duck
+) -> None:
+    lake = make_lake(tmp_path / "data")
+    named = trades_table(100).rename_columns(["symbol", "ts_event_ns", "price", "size", "seq"])
+    price = named.column("price").to_pylist()
+    price[0] = -1.0  # one bad row: the file's first commit (commit_rows=1) holds nothing else
+    named = named.set_column(2, "price", pa.array(price))
+    path = write_parquet(tmp_path / "named.parquet", named)
+
+    result = load_file(lake, path, LoadOptions(table=TABLE, commit_rows=1))
+
+    assert (result.status, result.rows_stored, result.dead_lettered) == ("loaded", 99, 1)
+    assert rows(duck, lake, TABLE, "SELECT count(DISTINCT seq) FROM t") == [(99,)]
+    assert rows(duck, lake, "bronze.dead_letters", "SELECT count(*) FROM t") == [(1,)]

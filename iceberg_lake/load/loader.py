@@ -60,6 +60,9 @@ from iceberg_lake.tables import BRONZE, DEAD_LETTERS_TABLE, TableDefinition
 DEFAULT_COMMIT_ROWS = 500_000
 #: A commit is also made once the buffered rows reach this many bytes (wide MBP-10 rows).
 MAX_BUFFER_BYTES = 128 << 20
+#: A file is refused whole only when none of this many leading rows (or all of a shorter file)
+#: is valid, whatever `commit_rows` is.
+REJECT_SAMPLE_ROWS = 1_000
 
 #: Progress callback: (file name, rows read so far, fraction of the file read, seconds since the
 #: file's load started).
@@ -266,9 +269,11 @@ def load_file(
     Makes one append snapshot per `commit_rows` rows on the table (plus one on
     `bronze.dead_letters` when rows are bad).
 
-    A file whose first `commit_rows` rows are all invalid (a wrong format or mapping: every row
-    would be dead-lettered) is rejected before anything is committed: nothing is stored or
-    dead-lettered and the ledger is not set, so loading it again with the right mapping works.
+    A file whose first commit holds no valid row (a wrong format or mapping: every row would be
+    dead-lettered) is rejected before anything is committed: nothing is stored or dead-lettered
+    and the ledger is not set, so loading it again with the right mapping works. The first
+    commit is judged over at least `REJECT_SAMPLE_ROWS` rows (or the whole file), so a bad
+    leading row with a small `commit_rows` is dead-lettered like any other.
 
     Args:
         lake: the catalog (or settings to open it).
@@ -322,6 +327,10 @@ def load_file(
     def flush(end_row: int, last: bool) -> None:
         nonlocal buffered_bytes, letters, chunk_first
         if chunk_first == 0 and not buffer and first_bad is not None:
+            if not last and end_row < REJECT_SAMPLE_ROWS:
+                # Too few rows to judge the file by (a small --commit-rows): one bad leading
+                # row is bad data, not a wrong mapping. Decide at the next commit boundary.
+                return
             # Not one valid row in the file's first commit: the mapping or format is wrong,
             # not the data. Commit nothing (no dead letters, no ledger entry) so the file can
             # be loaded again with the right options.
