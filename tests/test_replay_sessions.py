@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
@@ -44,6 +45,11 @@ def test_sessions_from_the_calendars() -> None:
         session_window("2024-05-13", "MOON")
     with pytest.raises(TimeTravelError, match="invalid session date"):
         session_window("13/05/2024")
+    # An aware datetime names the exchange's local day: 20:00 in New York on the 13th (00:00
+    # UTC on the 14th) is the 13th's session.
+    evening = datetime(2024, 5, 14, 0, 0, tzinfo=UTC).astimezone(ZoneInfo("America/New_York"))
+    assert session_window(evening, "XNYS") == nyse
+    assert session_window(evening.astimezone(UTC), "XNYS") == nyse
 
 
 @pytest.fixture(scope="module")

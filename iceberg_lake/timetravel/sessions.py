@@ -18,7 +18,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -73,8 +73,9 @@ def session_window(day: str | date, calendar: str = DEFAULT_CALENDAR) -> Session
     """The session labelled `day` on `calendar`, as a UTC nanosecond window.
 
     Args:
-        day: the trading day (`YYYY-MM-DD` or a date); for overnight markets the session that
-            *closes* on that day (CME's convention).
+        day: the trading day (`YYYY-MM-DD` or a date; an aware datetime names the calendar's
+            local day); for overnight markets the session that *closes* on that day (CME's
+            convention).
         calendar: a `pandas-market-calendars` name, e.g. `XNYS` or `CME_Equity`.
 
     Returns:
@@ -83,8 +84,12 @@ def session_window(day: str | date, calendar: str = DEFAULT_CALENDAR) -> Session
     Raises:
         TimeTravelError: unknown calendar, bad date, or no session that day (weekend, holiday).
     """
-    label = utc_date(day, TimeTravelError, "session date")
     cal = _calendar(calendar)
+    if isinstance(day, datetime) and day.tzinfo is not None:
+        # A session is labelled by the exchange's local day, not a UTC partition day: 20:00 in
+        # New York on the 16th is the 16th's session even though it is the 17th in UTC.
+        day = day.astimezone(cal.tz).date()
+    label = utc_date(day, TimeTravelError, "session date")
     schedule = cal.schedule(start_date=label.isoformat(), end_date=label.isoformat())
     if schedule.empty:
         raise TimeTravelError(f"{calendar} has no trading session on {label.isoformat()}")
