@@ -7,6 +7,7 @@ files, the last-resort handler).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -315,6 +316,13 @@ def test_an_unexpected_error_is_one_redacted_line_and_debug_shows_the_traceback(
     assert "second line" in line and "--log-level debug" in line
     debug = runner.invoke(app, ["--log-level", "debug", "tables"], env=env)
     assert debug.exit_code == 1 and "Traceback" in debug.stderr and "RuntimeError" in debug.stderr
+    assert SECRET not in debug.output  # the traceback is redacted like the line
+    # An error of the machine (full disk, permissions) is not a bug of the lake.
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "d" / "catalog.db"))
+    monkeypatch.setattr(common, "load_settings", _fail_with(full))
+    result = runner.invoke(app, ["tables"], env=env)
+    line = _one_line_error(result.stderr, result.exit_code)
+    assert line == f"error: No space left on device: {tmp_path / 'd' / 'catalog.db'}", line
     # Ctrl-C and an explicit exit keep their codes; neither is reported as an error.
     for exc, code in ((KeyboardInterrupt(), 130), (SystemExit(3), 3)):
         monkeypatch.setattr(common, "load_settings", _fail_with(exc))
@@ -400,7 +408,9 @@ def test_an_unwritable_replay_manifest_is_one_line(filled_lake: Path, tmp_path: 
 
 
 def test_every_minus_t_is_one_table() -> None:
-    """`-t` is `--table` (one table) in every command; `--tables` (many) has no short form."""
+    """`-t` is `--table` in every command (repeatable only in `lake check`, which reads several
+    tables: there a second `-t` must add a table, not silently replace the first); `--tables`
+    (comma-separated) has no short form."""
     import typer.main
 
     def walk(command: Any, path: str) -> Iterator[tuple[str, Any]]:
@@ -413,7 +423,8 @@ def test_every_minus_t_is_one_table() -> None:
     for path, param in walk(typer.main.get_command(app), "lake"):
         if "-t" in param.opts:
             seen.append(path)
-            assert param.opts == ["--table", "-t"] and not param.multiple, (path, param.opts)
+            assert param.opts == ["--table", "-t"], (path, param.opts)
+            assert param.multiple == (path == "lake check"), (path, param.multiple)
         if "--tables" in param.opts:
             assert param.opts == ["--tables"], (path, param.opts)
     assert "lake check" in seen and len(seen) >= 4, seen
@@ -429,3 +440,10 @@ def test_check_table_and_tables_combine(filled_lake: Path) -> None:
     assert both.exit_code == 0, both.output
     checked = {c["table"] for c in json.loads(both.stdout)["checks"]}
     assert checked == {"bronze.stocks_trades", "bronze.stocks_quotes"}
+    repeated = runner.invoke(
+        app,
+        ["check", "-t", "bronze.stocks_trades", "-t", "bronze.stocks_quotes", "-o", "json"],
+        env=env,
+    )
+    assert repeated.exit_code == 0, repeated.output
+    assert {c["table"] for c in json.loads(repeated.stdout)["checks"]} == checked

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import logging
 import sys
+import traceback
 from typing import Any
 
 import typer
@@ -42,9 +43,10 @@ class LakeGroup(TyperGroup):
     """Top-level group: every error a command raises ends as one line on stderr, no traceback.
 
     Every error exits 1: a `LakeError`, a usage error (unknown option, missing or conflicting
-    options, a value that does not parse; Click's own code would be 2, the lake has one), and
-    anything else, which is a bug: `error: internal error: <type>: <message>` (`--log-level
-    debug` adds the traceback). Ctrl-C, `typer.Exit` and `SystemExit` pass through unchanged.
+    options, a value that does not parse; Click's own code would be 2, the lake has one), an
+    `OSError` of the machine (`No space left on device: <file>`), and anything else, which is a
+    bug: `error: internal error: <type>: <message>` (`--log-level debug` adds the traceback,
+    redacted like the line). Ctrl-C, `typer.Exit` and `SystemExit` pass through unchanged.
     """
 
     # `Any`: Typer vendors click, and its `Context` class has no public import path.
@@ -79,9 +81,15 @@ def _is_help(exc: BaseException) -> bool:
 
 def _report(exc: BaseException) -> int:
     """Print `exc` as one redacted line on stderr; return the exit code (1)."""
-    log.debug("the error's traceback", exc_info=exc)  # shown with --log-level debug
+    if log.isEnabledFor(logging.DEBUG):  # --log-level debug: the traceback, redacted too
+        trace = "".join(traceback.format_exception(exc))
+        log.debug("the error's traceback:\n%s", _redact(trace))
     if isinstance(exc, LakeError):
         text = _one_line(str(exc)) or type(exc).__name__
+    elif isinstance(exc, OSError) and exc.strerror:
+        # The machine, not the lake: a full disk, a permission, a file that went away.
+        where = f": {exc.filename}" if exc.filename else ""
+        text = f"{exc.strerror}{where}"
     elif isinstance(exc, typer.TyperException):  # Click's usage errors (BadParameter, ...)
         text = _one_line(exc.format_message())
         command = getattr(getattr(exc, "ctx", None), "command_path", None)

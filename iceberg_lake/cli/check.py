@@ -22,7 +22,10 @@ from iceberg_lake.ops.check import CHECKS, CheckReport
 
 def check(
     table: Annotated[
-        str | None, typer.Option("--table", "-t", help="One table to check (as in every command).")
+        list[str] | None,
+        typer.Option(
+            "--table", "-t", help="A table to check (as in every command); repeat for more."
+        ),
     ] = None,
     tables: Annotated[
         list[str] | None,
@@ -54,7 +57,7 @@ def check(
     with Lake(open_catalog(read_only=True), sandbox=True) as lake:
         report = check_tables(
             lake,
-            _split([table, *(tables or [])] if table else tables),
+            _split([*table, *(tables or [])] if table else tables),
             since_ns=since_ns,
             until_ns=until_ns,
             as_of=parse_as_of(as_of),
