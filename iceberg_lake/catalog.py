@@ -6,6 +6,7 @@ creates the warehouse bucket on S3, and translates catalog failures into `LakeEr
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -227,9 +228,15 @@ class LakeCatalog:
             except NoSuchTableError:
                 hint = " (run `lake init`)" if identifier in self.registry else ""
                 raise UnknownTableError(f"no table '{identifier}' in the catalog{hint}") from None
-            except (MetadataValidationError, PydanticValidationError, ValueError) as exc:
-                # A read: any parse failure is the current metadata file (truncated, edited,
-                # invalid UTF-8 or JSON, an unknown format version).
+            except (
+                MetadataValidationError,
+                PydanticValidationError,
+                UnicodeDecodeError,
+                json.JSONDecodeError,
+            ) as exc:
+                # A read: a parse failure is the current metadata file (truncated, edited,
+                # invalid UTF-8 or JSON, an unknown format version). Other ValueErrors (an
+                # unknown URI scheme in metadata_location) are not a corrupt file.
                 raise self._corrupt(identifier, exc) from exc
 
     def _corrupt(self, identifier: str, exc: BaseException) -> CorruptMetadataError:

@@ -79,7 +79,7 @@ if $is_root; then
   exit 0
 fi
 
-cache="${XDG_CACHE_HOME:-$HOME/.cache}/iceberg_lake/debs"
+cache="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/iceberg_lake/debs"
 mkdir -p "$cache/root" || die "cannot create $cache"
 # A marker per package unpacked by an earlier run: nothing to fetch again.
 todo=()
@@ -110,4 +110,4 @@ if [ ${#todo[@]} -gt 0 ]; then
   done
   rm -rf "$download"
 fi
-echo "export ICEBERG_LAKE_SPARK_DEBS=$cache/root"
+printf 'export ICEBERG_LAKE_SPARK_DEBS=%q\n' "$cache/root"

@@ -183,7 +183,7 @@ def test_inferred_decoder_routes_skips_mapped_and_spreads_mbp10_levels() -> None
     assert out.rejected == [(2, "unrouted", "cannot infer schema from message")]
 
 
-@pytest.mark.parametrize("name", ["venue-id", "venue id", "class", "2nd_venue"])
+@pytest.mark.parametrize("name", ["venue-id", "venue id", "class", "2nd_venue", "__venue", "_v"])
 def test_a_column_whose_name_is_not_a_python_identifier_decodes(name: str) -> None:
     # Iceberg allows any column name (a migration can add one); the decoder's structs may not.
     base = registry().get("bronze.stocks_trades").iceberg_schema()

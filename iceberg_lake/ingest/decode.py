@@ -552,11 +552,13 @@ class Pending:
 
 
 def _attribute_names(columns: Sequence[str], reserved: Iterable[str]) -> list[str]:
-    """A Python attribute name per column: the column's own where it is one, else `col<i>_`."""
+    """A struct attribute name per column: the column's own where msgspec takes it, else
+    `col<i>_`."""
     taken = set(columns) | set(reserved)
     out = []
     for i, name in enumerate(columns):
-        if name.isidentifier() and not keyword.iskeyword(name):
+        # msgspec refuses attribute names with a leading underscore too.
+        if name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_"):
             out.append(name)
             continue
         attr = f"col{i}_"

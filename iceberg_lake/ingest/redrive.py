@@ -418,7 +418,9 @@ def _prepare(table: Table, definition: TableDefinition, chunks: list[pa.Table]) 
     from pyiceberg.io.pyarrow import schema_to_pyarrow
 
     target = schema_to_pyarrow(table.schema(), include_field_ids=False)
-    return conform(pa.concat_tables(chunks).sort_by(definition.sort_keys), target)
+    rows = pa.concat_tables(chunks)
+    keys = definition.sort_keys
+    return conform(rows.sort_by(keys) if keys else rows, target)
 
 
 def list_dead_letters(

@@ -817,7 +817,8 @@ class ConsumerWriter:
 
     def _sort_cast(self, tid: str, rows: pa.Table, target: pa.Schema) -> pa.Table:
         """`rows` in the table's declared sort order (`catalog/*.toml`), cast to `target`."""
-        return rows.sort_by(self.catalog.registry.get(tid).sort_keys).cast(target)
+        keys = self.catalog.registry.get(tid).sort_keys
+        return (rows.sort_by(keys) if keys else rows).cast(target)
 
     def _prepare(self, tid: str, table: Table, chunks: list[pa.Table]) -> pa.Table:
         """Align chunks to the live schema, concatenate, cast (and sort, unless the commit does)."""

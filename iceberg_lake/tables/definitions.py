@@ -226,8 +226,10 @@ class TableDefinition:
 
     @property
     def sort_keys(self) -> list[tuple[str, str]]:
-        """The declared sort order as Arrow `sort_by` keys (every column ascending)."""
-        return [(c, "ascending") for c in self.sort_order]
+        """The declared sort order as Arrow `sort_by` keys (every column ascending); event time
+        when the table declares none (Arrow refuses to sort by no key)."""
+        columns = self.sort_order or [c for c in ("ts_event_ns",) if c in self.column_names]
+        return [(c, "ascending") for c in columns]
 
     def iceberg_sort_order(self, schema: Schema | None = None) -> SortOrder:
         """The declared sort order (writers sort before they write; engines may use it)."""

@@ -686,8 +686,8 @@ class ReplayEngine:
                 f"{manifest.get('event_count')} events came from the JetStream tail, which no "
                 "pinned snapshot holds, so it cannot be reproduced; replay the window again from "
                 "the snapshots committed since: lake replay --tables "
-                f"{','.join(manifest.get('tables', []))} --start {manifest.get('start')} "
-                f"--end {manifest.get('end')}"
+                f"{','.join(manifest.get('tables', []))} --start {manifest.get('start_ns')} "
+                f"--end {manifest.get('end_ns')}"
             )
         snapshots = dict(manifest["snapshots"])
         pin = kwargs.pop("pin", True)

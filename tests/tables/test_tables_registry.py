@@ -74,3 +74,14 @@ def test_subjects_route_to_bronze_and_gold() -> None:
     assert r.for_subject("market.futures.mbp10").identifier == "bronze.futures_mbp10"
     assert r.for_subject("levels.signals").identifier == "gold.levels_signals"
     assert r.for_subject("market.unknown") is None
+
+
+def test_a_table_that_declares_no_sort_order_is_sorted_by_event_time() -> None:
+    import dataclasses
+
+    declared = registry().get("bronze.stocks_trades")
+    assert declared.sort_keys[0][0] in declared.sort_order  # the declared order when there is one
+    bare = dataclasses.replace(declared, sort_order=())
+    assert bare.sort_keys == [("ts_event_ns", "ascending")]
+    rows = pa.table({"ts_event_ns": [3, 1, 2], "symbol": ["c", "a", "b"]})
+    assert rows.sort_by(bare.sort_keys).column("symbol").to_pylist() == ["a", "b", "c"]

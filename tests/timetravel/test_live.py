@@ -496,6 +496,8 @@ def test_live_follow_replay_of_three_tables_is_exactly_once_in_rounds_and_leaves
         )
         assert refused.exit_code == 1 and "Traceback" not in refused.output
         assert "recorded by a live replay" in refused.output and "--tables" in refused.output
+        # The suggested window is the exact one, in ns (ISO times stop at microseconds).
+        assert f"--start {start_ns} --end {end_ns}" in " ".join(refused.output.split())
         assert not (tmp_path / "m2.json").exists()
 
         # Everything committed (the writers, in-process, until idle): the committed replay of
