@@ -391,20 +391,29 @@ def test_an_output_file_that_cannot_be_written_is_one_line(
     filled_lake: Path, tmp_path: Path, args: list[str]
 ) -> None:
     out = tmp_path / "no" / "such" / "dir" / "x.out"
+    catalog = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(filled_lake)}))
+    before = set(catalog.load_table("bronze.stocks_trades").metadata.refs)
     result = runner.invoke(app, [*args, "--out", str(out)], env={"LAKE_DATA_DIR": str(filled_lake)})
     line = _one_line_error(result.stderr, result.exit_code)
     assert f"cannot write --out {out}: No such file or directory" in line, line
+    # Refused before any work: a replay tagged nothing.
+    assert set(catalog.load_table("bronze.stocks_trades").metadata.refs) == before
 
 
 def test_an_unwritable_replay_manifest_is_one_line(filled_lake: Path, tmp_path: Path) -> None:
     manifest = tmp_path / "missing" / "m.json"
+    catalog = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(filled_lake)}))
+    before = set(catalog.load_table("bronze.stocks_trades").metadata.refs)
     result = runner.invoke(
         app,
         ["replay", "--tables", "bronze.stocks_trades", "--manifest", str(manifest)],
         env={"LAKE_DATA_DIR": str(filled_lake)},
     )
-    assert f"cannot write --manifest {manifest}" in result.stderr, result.output
-    assert "Traceback" not in result.output and result.exit_code == 1
+    line = _one_line_error(result.stderr, result.exit_code)
+    assert f"cannot write --manifest {manifest}: No such file or directory" in line, line
+    # Refused before the replay ran: no events written, no replay-* tag made.
+    assert result.stdout == ""
+    assert set(catalog.load_table("bronze.stocks_trades").metadata.refs) == before
 
 
 def test_every_minus_t_is_one_table() -> None:

@@ -85,6 +85,20 @@ def output_file_errors(path: Path | None, option: str = "--out") -> Iterator[Non
         raise LakeError(f"cannot write {option} {path}: {reason}") from exc
 
 
+def check_writable(path: Path, option: str) -> None:
+    """Fail before any work when `path` cannot be created: its folder is missing or read-only
+    (a replay would otherwise run, and tag its snapshots, before its manifest fails to write).
+
+    Raises:
+        LakeError: `cannot write --manifest /no/such/dir/m.json: No such file or directory`.
+    """
+    parent = path.parent
+    if not parent.is_dir():
+        raise LakeError(f"cannot write {option} {path}: {os.strerror(errno.ENOENT)}")
+    if not os.access(parent, os.W_OK):
+        raise LakeError(f"cannot write {option} {path}: {os.strerror(errno.EACCES)}")
+
+
 #: The format chosen at the root of the current `lake` run (set by the root callback).
 _root_choice: OutputFormat = OutputFormat.table
 

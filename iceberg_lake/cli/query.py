@@ -26,7 +26,7 @@ from iceberg_lake.cli.common import (
     open_catalog,
     window_options,
 )
-from iceberg_lake.cli.output import output_file_errors, root_format
+from iceberg_lake.cli.output import check_writable, output_file_errors, root_format
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.timetravel import snapshots
 from iceberg_lake.timetravel.snapshots import AsOf, AsOfSpec
@@ -410,6 +410,9 @@ def replay(
             f"--format {fmt.value} writes a file: give --out (and no --to-nats)",
             param_hint="--format",
         )
+    for path, option in ((out, "--out"), (manifest, "--manifest")):
+        if path is not None:
+            check_writable(path, option)
     # A replay reads an existing lake (its pins may tag it): it never creates one.
     catalog = open_catalog(read_only=True)
     recorded: dict[str, Any] | None = None
