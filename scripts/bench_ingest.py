@@ -305,13 +305,23 @@ async def _drain(settings: Any, events: int) -> tuple[float, list[float], int]:
             task.result()
         await asyncio.sleep(0.01)
     t0 = time.perf_counter()
-    while service.committed_events < events:
+    # A writer that stalls must end the benchmark with a message, not hang it.
+    deadline = t0 + max(120.0, events / 5_000)
+
+    def check() -> None:
         if task.done():
             task.result()
+        if time.perf_counter() > deadline:
+            raise SystemExit(
+                f"bench_ingest: the drain of {events:,} events did not finish in "
+                f"{deadline - t0:.0f} s ({service.committed_events:,} committed)"
+            )
+
+    while service.committed_events < events:
+        check()
         await asyncio.sleep(0.005)
     while await _ack_floor(js) < last_seq:
-        if task.done():
-            task.result()
+        check()
         await asyncio.sleep(0.002)
     elapsed = time.perf_counter() - t0
     await nc.close()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import statistics
 import tempfile
 import time
@@ -318,11 +319,12 @@ def bench_interval(settings: Any, interval: float, seconds: float, rate: float) 
         LAKE_MAX_BUFFERED_EVENTS="300000",
     )
     lake_bin = str(Path(sys.executable).parent / "lake")
+    serve_log = Path(s.data_dir) / "serve.log"
     serve = subprocess.Popen(
         [lake_bin, "serve", "--tables", TABLE],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=serve_log.open("wb"),
         start_new_session=True,
     )
     stop = threading.Event()
@@ -380,6 +382,13 @@ def bench_interval(settings: Any, interval: float, seconds: float, rate: float) 
         if (sn.summary or {}).get("lake.operation") == "ingest"
         and started * 1000 <= sn.timestamp_ms <= ended * 1000
     ]
+    if serve.returncode not in (0, -signal.SIGTERM) or not commits:
+        # A writer that died or never committed would read as "0 files per hour".
+        tail = serve_log.read_text(errors="replace").strip().splitlines()[-5:]
+        raise SystemExit(
+            f"bench_live: lake serve (interval {interval:g} s) exited {serve.returncode} after "
+            f"{len(commits)} commits; its log ends: {' | '.join(tail) or '(empty)'}"
+        )
     files = [int((sn.summary or {}).get("added-data-files", 0)) for sn in commits]
     stamps = [sn.timestamp_ms / 1000 for sn in commits]
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
