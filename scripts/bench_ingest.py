@@ -283,6 +283,19 @@ async def _ack_floor(js: Any) -> int:
     return int(info.ack_floor.stream_seq or 0)
 
 
+async def _started_service(settings: Any, **run: Any) -> tuple[Any, asyncio.Task[None]]:
+    """A LakeService on TABLE, running, once its writer has subscribed (`run`: its options)."""
+    from iceberg_lake.ingest.service import LakeService
+
+    service = LakeService(settings, [TABLE])
+    task = asyncio.create_task(service.run(**run))
+    while not service.writers or any(w.psub is None for w in service.writers):
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    return service, task
+
+
 async def _drain(settings: Any, events: int) -> tuple[float, list[float], int]:
     """Run one LakeService over the backlog; (events/s, commit latencies, rows committed).
 
@@ -290,20 +303,14 @@ async def _drain(settings: Any, events: int) -> tuple[float, list[float], int]:
     stream's last message: published → committed → acked.
     """
     from iceberg_lake.engine import nats as bus
-    from iceberg_lake.ingest.service import LakeService
 
     nc = await bus.connect(settings, name="bench-acks")
     js = bus.jetstream(nc, settings)
     last_seq = int((await js.stream_info("MARKET")).state.last_seq)
-    service = LakeService(settings, [TABLE])
     # As `--until-idle`: a batch is flushed at the default size, and the last one when the
     # backlog is drained rather than by the 30 s timer (the writer's first fetch takes one
     # message to learn the events per message, so batches do not end on the backlog's end).
-    task = asyncio.create_task(service.run(stop_when_idle=True, idle_seconds=600))
-    while not service.writers or any(w.psub is None for w in service.writers):
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+    service, task = await _started_service(settings, stop_when_idle=True, idle_seconds=600)
     t0 = time.perf_counter()
     # A writer that stalls must end the benchmark with a message, not hang it.
     deadline = t0 + max(120.0, events / 5_000)
@@ -645,14 +652,8 @@ async def _steady(
     """
     from iceberg_lake.catalog import LakeCatalog
     from iceberg_lake.engine import nats as bus
-    from iceberg_lake.ingest.service import LakeService
 
-    service = LakeService(settings, [TABLE])
-    task = asyncio.create_task(service.run())
-    while not service.writers or any(w.psub is None for w in service.writers):
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+    service, task = await _started_service(settings)
     nc = await bus.connect(settings, name="bench-steady")
     sent: list[float] = []
     tick = 0.02
@@ -785,14 +786,8 @@ async def _steady_acked(
     import numpy as np
 
     from iceberg_lake.engine import nats as bus
-    from iceberg_lake.ingest.service import LakeService
 
-    service = LakeService(settings, [TABLE])
-    task = asyncio.create_task(service.run())
-    while not service.writers or any(w.psub is None for w in service.writers):
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+    service, task = await _started_service(settings)
     nc = await bus.connect(settings, name="bench-acks")
     js = bus.jetstream(nc, settings)
     env = {
