@@ -58,6 +58,12 @@ def test_events_are_merged_by_time_with_the_documented_tie_break(merged) -> None
     # Ties at the same nanosecond: table order first, then the partition key (QQQ < SPY).
     assert got[:3] == [(FUTURES, start, "ES"), (STOCKS, start, "QQQ"), (STOCKS, start, "SPY")]
     assert set(events[0]) == {"table", *merged["futures"][0].keys(), "conditions"}
+    # `for event in engine` decodes a chunk at a time: exactly each event's `as_dict()`, keys in
+    # the same order (the window spans several chunks).
+    again = ReplayEngine(merged["settings"], [FUTURES, STOCKS], start, end, pin=False)
+    one_by_one = [e.as_dict() for e in again.events()]
+    assert len(events) > 2 * 1_024
+    assert events == one_by_one and [list(e) for e in events] == [list(e) for e in one_by_one]
 
     manifest = engine.manifest()
     assert manifest["complete"] and manifest["format"] == MANIFEST_FORMAT
