@@ -17,6 +17,7 @@ from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
 from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
 from iceberg_lake.silver.compactor import SilverCompactor
+from iceberg_lake.timetravel import replay as replay_module
 from iceberg_lake.timetravel import snapshots
 from iceberg_lake.timetravel.replay import MANIFEST_FORMAT, ReplayEngine, read_manifest
 
@@ -41,7 +42,9 @@ def merged(module_lake: LakeCatalog) -> dict:
     return {"settings": settings, "stocks": stock_rows, "futures": future_rows}
 
 
-def test_events_are_merged_by_time_with_the_documented_tie_break(merged) -> None:
+def test_events_are_merged_by_time_with_the_documented_tie_break(
+    merged, monkeypatch: pytest.MonkeyPatch
+) -> None:
     start, end = T14 + 10 * 60 * SEC, T14 + 70 * 60 * SEC  # crosses the 15:00 partition
     # window_rows=5000: one read window per hour (3,600 + 1,200 rows; the default groups them).
     engine = ReplayEngine(merged["settings"], [FUTURES, STOCKS], start, end, window_rows=5000)
@@ -58,12 +61,15 @@ def test_events_are_merged_by_time_with_the_documented_tie_break(merged) -> None
     # Ties at the same nanosecond: table order first, then the partition key (QQQ < SPY).
     assert got[:3] == [(FUTURES, start, "ES"), (STOCKS, start, "QQQ"), (STOCKS, start, "SPY")]
     assert set(events[0]) == {"table", *merged["futures"][0].keys(), "conditions"}
-    # `for event in engine` decodes a chunk at a time: exactly each event's `as_dict()`, keys in
-    # the same order (the window spans several chunks).
+    # `for event in engine` splices and decodes blocks of rows: exactly each event's
+    # `as_dict()`, keys in the same order, also across block and chunk edges.
     again = ReplayEngine(merged["settings"], [FUTURES, STOCKS], start, end, pin=False)
     one_by_one = [e.as_dict() for e in again.events()]
-    assert len(events) > 2 * 1_024
     assert events == one_by_one and [list(e) for e in events] == [list(e) for e in one_by_one]
+    monkeypatch.setattr(replay_module, "_DICT_BLOCK", 1_000)
+    monkeypatch.setattr(replay_module, "_DICT_CHUNK", 300)
+    small = list(ReplayEngine(merged["settings"], [FUTURES, STOCKS], start, end, pin=False))
+    assert small == one_by_one and len(small) > 3 * 1_000
 
     manifest = engine.manifest()
     assert manifest["complete"] and manifest["format"] == MANIFEST_FORMAT

@@ -186,6 +186,8 @@ class ReplayEvent(msgspec.Struct, frozen=True):
 
 #: Rows `ReplayEngine.__iter__` decodes in one call (one JSON array per chunk, not per event).
 _DICT_CHUNK = 4_096
+#: Rows spliced at once by `ReplayEngine.__iter__` (bounds its copy of the payloads).
+_DICT_BLOCK = 65_536
 _dicts_decoder = msgspec.json.Decoder(list[dict[str, Any]])
 
 
@@ -1228,26 +1230,27 @@ class ReplayEngine:
             return
         prefixes = pa.array(
             [b'{"table":' + json.dumps(s.identifier).encode() + b"," for s in self._sources],
-            pa.binary(),
+            pa.large_binary(),
         )
-        if window.order is None:
-            prefix = pa.repeat(prefixes[window.parts[0].index], len(payloads))
-        else:
-            prefix = prefixes.take(pa.array(window.sources))
-        rows = pc.binary_join_element_wise(
-            prefix.cast(pa.large_binary()),
-            # An explicit stop: pyarrow 26's `binary_slice` fails without one, and with a huge one
-            # ("Negative buffer resize"); no payload is 2 GiB.
-            pc.binary_slice(payloads.cast(pa.large_binary()), 1, 2**31 - 1),
-            pa.scalar(b",", pa.large_binary()),
-            pa.scalar(b"", pa.large_binary()),
-        )
-        offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64)[rows.offset :]
-        data = memoryview(rows.buffers()[2])
-        for i in range(0, len(rows), _DICT_CHUNK):
-            j = min(len(rows), i + _DICT_CHUNK)
-            # `[` + rows i..j-1 (each ends with `,`) without the last comma + `]`
-            yield from _dicts_decoder.decode(b"[" + data[offsets[i] : offsets[j] - 1] + b"]")
+        comma, empty = pa.scalar(b",", pa.large_binary()), pa.scalar(b"", pa.large_binary())
+        # A block at a time, so the spliced copy stays small beside the window itself.
+        for lo in range(0, len(payloads), _DICT_BLOCK):
+            block = payloads.slice(lo, _DICT_BLOCK).cast(pa.large_binary())
+            if window.order is None:
+                prefix = pa.repeat(prefixes[window.parts[0].index], len(block))
+            else:
+                prefix = prefixes.take(pa.array(window.sources[lo : lo + _DICT_BLOCK]))
+            # An explicit stop: pyarrow 26's `binary_slice` fails without one, and with a huge
+            # one ("Negative buffer resize"); no payload is 2 GiB.
+            rows = pc.binary_join_element_wise(
+                prefix, pc.binary_slice(block, 1, 2**31 - 1), comma, empty
+            )
+            offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64)[rows.offset :]
+            data = memoryview(rows.buffers()[2])
+            for i in range(0, len(rows), _DICT_CHUNK):
+                j = min(len(rows), i + _DICT_CHUNK)
+                # `[` + rows i..j-1 (each ends with `,`) without the last comma + `]`
+                yield from _dicts_decoder.decode(b"[" + data[offsets[i] : offsets[j] - 1] + b"]")
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         """Async iteration: windows are prepared on a worker thread, paced by `speed`."""
