@@ -485,6 +485,8 @@ class ConsumerWriter:
             timeout = 1.0
             if self.batch.messages:
                 timeout = min(1.0, max(0.05, self.batch_seconds - self.batch.age()))
+                if self.drained and self.flush_when_drained:
+                    timeout = 0.05  # a drained batch waits only for the running commit
             want = self._fetch_size(limit)
             assert self.psub is not None
             try:
@@ -493,7 +495,10 @@ class ConsumerWriter:
                 log.debug("writer %s: fetch failed: %s", self.target, exc)
                 msgs = []
                 await asyncio.sleep(0.2)
-            self.drained = not msgs
+            # A short fetch drained the backlog too: the puller's first round takes what the
+            # server holds (no wait), so fewer than asked means nothing more was there. Waiting
+            # for an empty long-poll instead would hold the last batch of a drain for a second.
+            self.drained = len(msgs) < want
             if msgs:
                 await self._ingest(msgs)
                 if self.reset_needed:
