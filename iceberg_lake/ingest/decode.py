@@ -127,6 +127,10 @@ def parse_json(body: bytes) -> tuple[Any, bool]:
         return json.loads(body), True
     except RecursionError:
         raise MessageError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels") from None
+    except UnicodeDecodeError as exc:
+        # msgspec 0.23 reports invalid UTF-8 as a DecodeError (0.22 raised this one): the stdlib
+        # tells the two apart.
+        raise MessageError(f"invalid UTF-8: {exc}") from None
     except (ValueError, TypeError):
         raise MessageError(f"malformed JSON: {first}") from None
 
