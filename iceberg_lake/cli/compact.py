@@ -26,7 +26,6 @@ SUMMARY_COLUMNS = [
 ]
 
 
-#: Text output: column title → result key (narrow enough for an 80-column terminal).
 class Engine(StrEnum):
     """Which engine runs the compaction."""
 
@@ -40,6 +39,7 @@ ENGINE_OPTION = typer.Option(
     help="duckdb (default, incremental) or spark (scale-out; --date or --all-dates).",
 )
 
+#: Text output: column title → result key (narrow enough for an 80-column terminal).
 TEXT_COLUMNS = {
     "table": "table",
     "date": "date",
