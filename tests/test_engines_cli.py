@@ -44,23 +44,28 @@ def test_spark_defaults_for_the_embedded_lake(tmp_path: Path) -> None:
     assert "org.xerial:sqlite-jdbc" in lines["spark.jars.packages"]
 
 
-def test_jars_local_prints_the_jar_files_the_test_harness_runs_with(tmp_path: Path) -> None:
+def test_jars_local_prints_the_jar_files_the_test_harness_runs_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Offline (no Maven): the files themselves, as `start_spark` and `spark_session` use them.
-    About 1 s (the Jackson patch jar is built into the data dir)."""
+    About 1 s (the Jackson patch jar is built into the user cache, here under tmp_path)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the CLI's and the harness's
     env = {"LAKE_DATA_DIR": str(tmp_path / "d")}
+    cache = tmp_path / "cache" / "iceberg_lake" / "spark-jars"
     code, out, err = _run(["engines", "spark", "--jars", "local"], env)
     assert code == 0, err
     lines = dict(line.split(None, 1) for line in out.splitlines())
     assert "spark.jars.packages" not in lines
     jars = [Path(p) for p in lines["spark.jars"].split(",")]
     # As testing_spark.start_spark finds them (its cache here is the CLI's: built once).
-    harness = find_spark_jars(tmp_path / "d" / ".spark-jars")
+    harness = find_spark_jars(cache)
     assert [j.name for j in jars] == [j.name for j in harness.classpath]
     assert all(j.is_file() for j in jars)
     names = " ".join(j.name for j in jars)
     for expected in ("iceberg-spark-runtime-3.5_2.12-", "iceberg-shaded-jackson-", "xerial-sqlite"):
         assert expected in names
-    assert jars[1].parent == tmp_path / "d" / ".spark-jars"  # the patch jar, built once there
+    assert jars[1].parent == cache  # the patch jar, built once there
+    assert not (tmp_path / "d").exists()  # printing settings creates no lake
     java_opts = lines["spark.driver.extraJavaOptions"]
     assert java_opts == f"-Djava.library.path={harness.sqlite_jni_dir}"
     assert (harness.sqlite_jni_dir / "libsqlitejdbc.so").is_file()

@@ -91,7 +91,7 @@ def spark(
     Queries then name tables as `<catalog>.bronze.stocks_trades` (catalog = LAKE_CATALOG_NAME).
     """
     s = settings()
-    # --jars local: the Jackson patch jar is built into <data dir>/.spark-jars if missing.
+    # --jars local: the Jackson patch jar is built into the user cache if missing.
     local = local_spark_jars(s) if jars == JarSource.local else None
     if fmt is None and output == OutputFormat.csv:
         conf = spark_jars_conf(s, local)

@@ -558,12 +558,16 @@ def aws_sdk_jar_names() -> list[str]:
     return [f"{m}-{AWS_SDK_VERSION}.jar" for m in AWS_SDK_MODULES] + list(AWS_SDK_THIRD_PARTY_JARS)
 
 
+def _user_cache() -> Path:
+    """`$XDG_CACHE_HOME/iceberg_lake` (else `~/.cache/iceberg_lake`): the jars this module keeps."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "iceberg_lake"
+
+
 def aws_sdk_dir() -> Path:
     """Where the AWS SDK jars are kept: `$ICEBERG_LAKE_SPARK_AWS_SDK`, else the user cache."""
     if os.environ.get(AWS_SDK_DIR_ENV):
         return Path(os.environ[AWS_SDK_DIR_ENV])
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "iceberg_lake" / f"aws-sdk-java-{AWS_SDK_VERSION}"
+    return _user_cache() / f"aws-sdk-java-{AWS_SDK_VERSION}"
 
 
 def find_aws_sdk_jars(directory: Path | None = None) -> list[Path]:
@@ -674,12 +678,19 @@ def find_spark_jars(cache_dir: Path, *, s3: bool | None = None) -> SparkJars:
     )
 
 
+def default_jar_cache() -> Path:
+    """The user's cache for the built Jackson patch jar (`<user cache>/spark-jars`), beside the
+    AWS SDK jars and the Debian drivers `scripts/install_spark_jdbc.sh` keeps there. Not the
+    data directory: printing Spark settings must not create a lake."""
+    return _user_cache() / "spark-jars"
+
+
 def local_spark_jars(settings: Settings, *, cache_dir: Path | None = None) -> SparkJars:
     """The jars on this machine that `spark_session` (`lake compact --engine spark`) runs with.
 
     Args:
         settings: the lake's settings (an s3:// warehouse requires the AWS SDK jars).
-        cache_dir: where the Jackson patch jar is kept (default `<data dir>/.spark-jars`; built
+        cache_dir: where the Jackson patch jar is kept (default `default_jar_cache()`; built
             there, about a second, if missing).
 
     Returns:
@@ -689,7 +700,7 @@ def local_spark_jars(settings: Settings, *, cache_dir: Path | None = None) -> Sp
         SparkSetupError: a wheel, a Debian package or (s3://) the AWS SDK jars are missing.
     """
     # Absolute: the paths are printed for spark-defaults.conf (the default data dir is relative).
-    cache = Path(cache_dir or settings.data_dir / ".spark-jars").absolute()
+    cache = Path(cache_dir or default_jar_cache()).absolute()
     return find_spark_jars(cache, s3=settings.is_s3 or None)
 
 
@@ -712,7 +723,7 @@ def spark_session(
     Args:
         settings: the lake's settings (its catalog becomes Spark catalog `catalog_name`).
         master: Spark master URL.
-        cache_dir: where the Jackson jar is kept (default `<data dir>/.spark-jars`).
+        cache_dir: where the Jackson jar is kept (default `default_jar_cache()`).
 
     Returns:
         The session; end it with `stop_spark`.
