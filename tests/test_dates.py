@@ -1,15 +1,19 @@
-"""`iceberg_lake.dates.utc_date`, the one date parser every stage uses. Budget: <1 s, no servers."""
+"""`iceberg_lake.dates.utc_date`, the one date parser every stage uses, and `--start/--end`'s
+exact ISO times. Budget: <1 s, no servers."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
+import typer
 
+from iceberg_lake.cli.common import parse_time_ns
 from iceberg_lake.dates import utc_date
 from iceberg_lake.exceptions import CompactionError, LakeError
 from iceberg_lake.silver.plan import parse_date
 from iceberg_lake.timetravel.readers import time_window
+from iceberg_lake.timetravel.snapshots import parse_timestamp_ns
 
 LATE_NY = datetime(2025, 12, 16, 23, 30, tzinfo=timezone(timedelta(hours=-5)))
 
@@ -31,3 +35,28 @@ def test_a_bad_value_raises_the_callers_error() -> None:
         parse_date("yesterday")
     with pytest.raises(LakeError, match="invalid session date"):
         utc_date("16/12/2025", what="session date")
+
+
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [
+        ("2025-03-07T14:00:00.000000999Z", 1_741_356_000_000_000_999),
+        ("2025-03-07T14:00:00.5", 1_741_356_000_500_000_000),
+        ("2025-03-07T09:00:00.123456789-05:00", 1_741_356_000_123_456_789),
+        ("2025-03-07 14:00:00,0000001+00:00", 1_741_356_000_000_000_100),
+        ("2025-03-07T14:00:00Z", 1_741_356_000_000_000_000),
+        ("2025-03-07", 1_741_305_600_000_000_000),
+        ("1741356000000000999", 1_741_356_000_000_000_999),
+    ],
+)
+def test_start_and_end_keep_every_fractional_digit(text: str, ns: int) -> None:
+    """`--start/--end` are exact to the nanosecond (Python's `fromisoformat` keeps six digits)."""
+    assert parse_time_ns(text, "--start") == ns
+
+
+def test_start_finer_than_a_nanosecond_or_not_a_time_is_one_line() -> None:
+    with pytest.raises(typer.BadParameter, match="more than nine fractional digits"):
+        parse_time_ns("2025-03-07T14:00:00.0000000001Z", "--start")
+    with pytest.raises(typer.BadParameter, match="neither Unix nanoseconds nor an ISO time"):
+        parse_time_ns("soon", "--start")
+    assert parse_timestamp_ns("soon") is None

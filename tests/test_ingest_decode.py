@@ -136,6 +136,12 @@ def test_flatten_level_signals_follows_the_spec_example() -> None:
     assert flatten_level_signals(wrapped) == rows
     with pytest.raises(ValueError, match="levels"):
         flatten_level_signals({"ts": 1})
+    # A fractional millisecond keeps its digits, to the nanosecond (not truncated, no float
+    # noise from `ts * 1e6`).
+    fractional = {**gold_payload(0), "ts": 1741356000000.7}
+    assert flatten_level_signals(fractional)[0]["ts_event_ns"] == 1741356000000700000
+    fractional["ts"] = 1741356000000.0625
+    assert flatten_level_signals(fractional)[0]["ts_event_ns"] == 1741356000000062500
 
 
 def test_gold_decoder_validates_rows_against_the_live_schema() -> None:

@@ -6,7 +6,6 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -21,6 +20,7 @@ from iceberg_lake.cli.output import (
     get_output,
 )
 from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.exceptions import LakeError
 from iceberg_lake.timetravel import snapshots
 
 __all__ = [
@@ -198,17 +198,19 @@ def window_options(
 
 
 def parse_time_ns(text: str, option: str) -> int:
-    """`--start/--end`: Unix nanoseconds, or an ISO time/date (naive = UTC)."""
+    """`--start/--end`: Unix nanoseconds, or an ISO time/date (naive = UTC), to the nanosecond."""
     raw = text.strip()
     if raw.lstrip("-").isdigit():
         return int(raw)
-    when = snapshots.parse_timestamp(raw)
+    try:
+        when = snapshots.parse_timestamp_ns(raw)
+    except LakeError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
     if when is None:
         raise typer.BadParameter(
             f"{text!r} is neither Unix nanoseconds nor an ISO time", param_hint=option
         )
-    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    return when
 
 
 def parse_window(

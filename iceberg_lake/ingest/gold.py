@@ -21,6 +21,7 @@ Rules (the spec's "Flattening Logic"):
 from __future__ import annotations
 
 import math
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 #: Plausible `ts` values (Unix ms): 2000-01-01 .. 2100-01-01, as for `ts_event_ns`.
@@ -39,7 +40,12 @@ def _ts_ms_to_ns(ts: Any) -> int:
     if not MIN_TS_MS <= ts < MAX_TS_MS:
         shown = repr(ts) if len(repr(ts)) <= 40 else repr(ts)[:37] + "..."
         raise ValueError(f"'ts' is not a plausible Unix time in milliseconds, got {shown}")
-    return int(ts) * 1_000_000
+    if isinstance(ts, int):
+        return ts * 1_000_000
+    # A fractional millisecond keeps its digits: the float's shortest decimal (what the message
+    # said) scaled exactly, to the nearest nanosecond; `ts * 1e6` in floats is off by up to
+    # ~100 ns at today's times, and `int(ts)` dropped the fraction.
+    return int((Decimal(repr(ts)) * 1_000_000).to_integral_value(ROUND_HALF_EVEN))
 
 
 def _flatten(prefix: str, obj: dict[str, Any], out: dict[str, Any]) -> None:

@@ -9,13 +9,16 @@ Which bars a table gets is read from its columns:
 
 * `price` and `size` (stocks/options/futures trades): `open high low close volume vwap trades`;
 * `bid_px` and `ask_px` (NBBO quotes), or `bid_px_1`/`ask_px_1` (MBP-10 top of book): the OHLC
-  of the mid `(bid + ask) / 2` and of the spread `ask - bid`, and `quotes` (update count).
+  of the mid `(bid + ask) / 2` and of the spread `ask - bid`, and `quotes` (update count), over
+  two-sided quotes only (a side that is null or 0, the way feeds send an empty side, is not a
+  price; such updates are not counted).
 
 Open and close are the first and last event of the bar in replay order: `ts_event_ns`, then the
 rest of the replay's row order (`iceberg_lake.timetravel.order.row_order`: the declared sort
 order, the partition key, then every column in schema order, nulls first). So when several
 events share a nanosecond at the bar's edge, open and close are the events a `ReplayEngine`
-consumer of the same pin sees first and last, and the bar is the same every time.
+consumer of the same pin sees first and last; the VWAP's sum adds in that order too, so the bar
+is the same every time, to the bit.
 
 Example::
 
@@ -115,7 +118,9 @@ def bars_sql(
             f"min({px}) AS low",
             f"last({px} ORDER BY {key}) AS close",
             f"sum({sz})::BIGINT AS volume",
-            f"sum({px} * {sz}) / nullif(sum({sz}), 0) AS vwap",
+            # Ordered, so the float sum adds in one order and the VWAP is the same every run
+            # (DuckDB's parallel `sum` combines partial sums in whatever order threads finish).
+            f"sum({px} * {sz} ORDER BY {key}) / nullif(sum({sz}), 0) AS vwap",
             "count(*) AS trades",
         ]
         valid = f"{px} IS NOT NULL"
@@ -130,7 +135,9 @@ def bars_sql(
                 f"last({expr} ORDER BY {key}) AS {name}_close",
             ]
         select.append("count(*) AS quotes")
-        valid = f"{bid} IS NOT NULL AND {ask} IS NOT NULL"
+        # A side a feed sends empty is stored as 0 (docs/ingest.md), like a missing one as null:
+        # neither is a price, and a mid or spread with it would be half the other side's.
+        valid = f"{bid} IS NOT NULL AND {ask} IS NOT NULL AND {bid} <> 0 AND {ask} <> 0"
     where = [valid]
     if start_ns is not None:
         where.append(f"ts_event_ns >= {int(start_ns)}")

@@ -209,7 +209,12 @@ class _Reader:
             return []
         expr: BooleanExpression = AlwaysTrue()
         if partition and definition.partition_key:
-            value = partition.split("=", 1)[1] if "=" in partition else partition
+            # Only a `key=` prefix is taken off: a symbol may hold `=` itself (`EUR=X`).
+            value = partition
+            for key in (definition.partition_key, "symbol", "underlying"):
+                if partition.startswith(f"{key}="):
+                    value = partition[len(key) + 1 :]
+                    break
             expr = eq(definition.partition_key, value)
         days: set[str] = set()
         with catalog_errors(f"planning {definition.identifier}"):

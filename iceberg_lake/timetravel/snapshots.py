@@ -66,6 +66,7 @@ __all__ = [
     "list_snapshots",
     "list_tags",
     "parse_timestamp",
+    "parse_timestamp_ns",
     "pin_for",
     "remove_tag",
     "resolve_as_of",
@@ -127,6 +128,37 @@ def parse_timestamp(text: str | datetime | date) -> datetime | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+#: The fraction of seconds of an ISO time (`14:00:00.000000999`): Python's `fromisoformat`
+#: keeps six digits and drops the rest without a word.
+_FRACTION = re.compile(r"(?<=\d\d:\d\d:\d\d)[.,](\d+)")
+
+
+def parse_timestamp_ns(text: str) -> int | None:
+    """An ISO-8601 time as exact Unix nanoseconds (naive means UTC); None if not a timestamp.
+
+    Like `parse_timestamp`, but every fractional digit up to nanoseconds counts
+    (`2025-03-07T14:00:00.000000999Z` is 999 ns after the second, not 0).
+
+    Raises:
+        TimeTravelError: more than nine fractional digits (finer than the lake's nanoseconds).
+    """
+    raw = text.strip()
+    extra_ns = 0
+    match = _FRACTION.search(raw)
+    if match is not None:
+        digits = match.group(1)
+        if len(digits) > 9:
+            raise TimeTravelError(f"{text!r} has more than nine fractional digits (nanoseconds)")
+        extra_ns = int(digits[6:].ljust(3, "0")) if len(digits) > 6 else 0
+        raw = raw[: match.start(1)] + digits[:6] + raw[match.end(1) :]
+    when = parse_timestamp(raw)
+    if when is None:
+        return None
+    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
+    seconds = delta.days * 86_400 + delta.seconds
+    return seconds * 1_000_000_000 + delta.microseconds * 1_000 + extra_ns
 
 
 def pin_for(as_of: AsOfSpec, identifier: str) -> AsOf:

@@ -54,7 +54,10 @@ def reader_lake(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     with SilverCompactor(settings) as compactor:
         assert compactor.compact_date(DAY, "stocks.trades")["status"] == "success"
-    append(catalog.load_table("bronze.futures_trades"), futures("ES", T14, 30, 60 * 10**9))
+    append(
+        catalog.load_table("bronze.futures_trades"),
+        futures("ES", T14, 30, 60 * 10**9) + futures("EUR=X", T14, 1, 1),  # `=` in a symbol
+    )
     gold = catalog.load_table("gold.levels_signals")
     signals = []
     for i, ts_ms in enumerate((T14 // 10**6 + 1_000, T14 // 10**6)):
@@ -100,6 +103,10 @@ def test_readers_pin_a_tag_or_a_snapshot(reader_lake) -> None:
     assert reader.get_available_dates("stocks/trades", "symbol=QQQ") == [DAY, "2025-12-17"]
     assert reader.get_available_dates("bronze.stocks_trades", "SPY") == [DAY]
     assert reader.get_available_dates("stocks_trades", "symbol=XYZ") == []
+    # Only a `key=` prefix is taken off: `EUR=X` is a symbol, `symbol=EUR=X` the same one.
+    assert reader.get_available_dates("futures_trades", "EUR=X") == [DAY]
+    assert reader.get_available_dates("futures_trades", "symbol=EUR=X") == [DAY]
+    assert reader.get_available_dates("futures_trades", "X") == []
     with pytest.raises(TimeTravelError, match="no tag or snapshot"):
         reader.read_stock_trades("SPY", DAY, tag="nope")
 
