@@ -2,7 +2,8 @@
 
 Stock trades with the prevailing NBBO quote and ES futures trades with the prevailing MBP-10 top
 of book, on generated data with equal timestamps (quotes stamped in the same nanosecond as a
-trade, several quotes per nanosecond whose `seq` order is not their replay order). The expected
+trade, several quotes per nanosecond whose `seq` order is not their replay order, since their
+receive times differ). The expected
 NBBO join is what a consumer of an actual replay of the same pins holds when each trade arrives:
 quotes first (`strict=False`) or trades first (`strict=True`). Budget: ~7 s.
 """
@@ -68,7 +69,8 @@ def asof_data(module_lake: LakeCatalog) -> dict:
                 "seq": i,
             }
         )
-    quotes += [dict(q, seq=q["seq"] + 10_000, bid_sz=1) for q in quotes[:300]]  # same-ns repeats
+    # Same-ns repeats with a higher `seq` but received earlier: receive time decides first.
+    quotes += [dict(q, seq=q["seq"] + 10_000, bid_sz=1, ts_recv_ns=T14 - 1) for q in quotes[:300]]
     append(catalog.load_table(TRADES), trades)
     append(catalog.load_table(QUOTES), quotes)
     fut = futures("ES", T14, 500, SEC + 7 * MS)
@@ -154,7 +156,8 @@ def test_trades_with_prevailing_nbbo_match_a_replay(asof_data: dict, strict: boo
     trade_ts = got.column("ts_event_ns").to_pylist()
     same_ns = sum(1 for ts, w in zip(trade_ts, want, strict=True) if w and w[0] == ts)
     assert (same_ns == 0) if strict else (same_ns > 0)
-    # The data makes a `seq` tie-break (the highest seq of a nanosecond prevails) fail.
+    # The data makes a bare `seq` tie-break (the highest seq of a nanosecond prevails) fail:
+    # the replay orders by receive time before the feed's sequence.
     window = [t for t in asof_data["trades"] if start <= t["ts_event_ns"] < end]
     position = {seq: i for i, seq in enumerate(seqs)}
     window.sort(key=lambda t: position[t["seq"]])

@@ -24,8 +24,10 @@ from typer.testing import CliRunner
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
 from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.silver.compactor import SilverCompactor
 from iceberg_lake.timetravel import snapshots
+from iceberg_lake.timetravel.order import TIE_BREAKS
 from iceberg_lake.timetravel.replay import (
     REPLAY_SEQ_COLUMN,
     ReplayEngine,
@@ -151,7 +153,7 @@ def test_new_pipeline_gives_the_old_sequence_and_hash(
     old_events, old = _old(compat_lake, tables, _WINDOW)
     assert old["event_count"] > 100
 
-    engine = ReplayEngine(compat_lake, tables, *_WINDOW, as_of="compat")
+    engine = ReplayEngine(compat_lake, tables, *_WINDOW, as_of="compat", tie_break=1)
     new_events = [(e.table, e.payload) for e in engine.events()]
     new = engine.manifest()
     assert new_events == old_events
@@ -159,7 +161,9 @@ def test_new_pipeline_gives_the_old_sequence_and_hash(
         assert new[key] == old[key], key
 
     # batches(): same hash, same rows in the same order.
-    engine = ReplayEngine(compat_lake, tables, *_WINDOW, as_of="compat", batch_rows=999)
+    engine = ReplayEngine(
+        compat_lake, tables, *_WINDOW, as_of="compat", batch_rows=999, tie_break=1
+    )
     batches = list(engine.batches())
     assert engine.manifest()["sequence_hash"] == old["sequence_hash"]
     assert max(b.num_rows for b in batches) <= 999
@@ -171,7 +175,9 @@ def test_new_pipeline_gives_the_old_sequence_and_hash(
     ]
 
     # table_batches(): per table, the same rows as batches() at the positions replay_seq names.
-    engine = ReplayEngine(compat_lake, tables, *_WINDOW, as_of="compat", batch_rows=999)
+    engine = ReplayEngine(
+        compat_lake, tables, *_WINDOW, as_of="compat", batch_rows=999, tie_break=1
+    )
     per_table: dict[str, list[pa.RecordBatch]] = {}
     for table, batch in engine.table_batches():
         assert batch.num_rows <= 999
@@ -193,7 +199,7 @@ def test_new_pipeline_gives_the_old_sequence_and_hash(
 
 
 def test_hash_matches_the_one_recorded_with_the_old_code(compat_lake: Settings) -> None:
-    engine = ReplayEngine(compat_lake, _ALL, *_WINDOW, as_of="compat", prefetch=False)
+    engine = ReplayEngine(compat_lake, _ALL, *_WINDOW, as_of="compat", prefetch=False, tie_break=1)
     for _ in engine.events():
         pass
     assert engine.manifest()["sequence_hash"] == RECORDED_HASH
@@ -246,7 +252,7 @@ def test_a_manifest_file_written_by_the_old_code_replays_from_manifest(
 def test_rows_decode_to_what_the_old_iterator_gave(compat_lake: Settings) -> None:
     window = (T14, T14 + 10 * 60 * SEC)
     old = list(replay_reference.ReplayEngine(compat_lake, [STOCKS, MBP], *window, as_of="compat"))
-    new = list(ReplayEngine(compat_lake, [STOCKS, MBP], *window, as_of="compat"))
+    new = list(ReplayEngine(compat_lake, [STOCKS, MBP], *window, as_of="compat", tie_break=1))
 
     def same(a: object, b: object) -> bool:  # NaN/inf read back as None from canonical JSON
         if isinstance(a, float) and not math.isfinite(a):
@@ -264,7 +270,7 @@ def test_reference_copy_is_untouched() -> None:
 
 
 def test_batches_without_verify_are_the_same_rows_and_no_hash(compat_lake: Settings) -> None:
-    engine = ReplayEngine(compat_lake, _ALL, *_WINDOW, as_of="compat", pin=False)
+    engine = ReplayEngine(compat_lake, _ALL, *_WINDOW, as_of="compat", pin=False, tie_break=1)
     verified = pa.Table.from_batches(list(engine.batches()))
     assert engine.manifest()["sequence_hash"] == RECORDED_HASH
     fast = pa.Table.from_batches(list(engine.batches(verify=False)))
@@ -275,7 +281,9 @@ def test_batches_without_verify_are_the_same_rows_and_no_hash(compat_lake: Setti
 
     # Small windows: without verification, windows are prepared two ahead (several at once,
     # the day-partitioned greeks sliced from one cached day); same rows, same order.
-    small = ReplayEngine(compat_lake, _ALL, *_WINDOW, as_of="compat", pin=False, window_rows=40)
+    small = ReplayEngine(
+        compat_lake, _ALL, *_WINDOW, as_of="compat", pin=False, window_rows=40, tie_break=1
+    )
     fast = pa.Table.from_batches(list(small.batches(verify=False)))
     assert small.partition_reads > 3 * len(_ALL)
     assert repr(fast.to_pylist()) == repr(verified.to_pylist())
@@ -287,6 +295,36 @@ def test_batches_without_verify_are_the_same_rows_and_no_hash(compat_lake: Setti
     assert positions == list(range(verified.num_rows))
     tables = verified.column("table").to_pylist()
     assert all(tables[p] == table for table, seq in seqs for p in seq)
+
+
+def test_rule_2_orders_one_feeds_ties_by_its_own_sequence(compat_lake: Settings) -> None:
+    """Quotes of one feed stamped in the same nanosecond and received together (as flat files
+    stamp them) come out in the feed's `seq` order under rule 2, by price under rule 1; a
+    manifest names its rule and replays in it; an unknown rule is one clear error."""
+    engine = ReplayEngine(compat_lake, [QUOTES], *_WINDOW, as_of="compat", pin=False)
+    rows = pa.Table.from_batches(list(engine.batches())).to_pylist()
+    manifest = engine.manifest()
+    assert manifest["tie_break"] == TIE_BREAKS[2]
+    tied = [
+        (a["seq"], b["seq"])
+        for a, b in zip(rows, rows[1:], strict=False)
+        if (a["ts_event_ns"], a["symbol"]) == (b["ts_event_ns"], b["symbol"])
+    ]
+    assert len(tied) > 100 and all(x < y for x, y in tied)
+
+    old = ReplayEngine(compat_lake, [QUOTES], *_WINDOW, as_of="compat", pin=False, tie_break=1)
+    old_rows = pa.Table.from_batches(list(old.batches())).to_pylist()
+    assert old.manifest()["tie_break"] == TIE_BREAKS[1]
+    assert [r["seq"] for r in old_rows] != [r["seq"] for r in rows]  # the rule matters here
+    assert old.manifest()["sequence_hash"] != manifest["sequence_hash"]
+
+    for recorded in (manifest, old.manifest()):
+        again = ReplayEngine.from_manifest(compat_lake, recorded, pin=False)
+        for _ in again.batches():
+            pass
+        assert compare_manifests(recorded, again.manifest()) is None
+    with pytest.raises(TimeTravelError, match="tie-break rule is not one this version knows"):
+        ReplayEngine.from_manifest(compat_lake, manifest | {"tie_break": "by mood"}, pin=False)
 
 
 def test_guard_duckdb_types_without_the_iceberg_extension(compat_lake: Settings) -> None:

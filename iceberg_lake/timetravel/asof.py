@@ -10,7 +10,8 @@ trade arrives: the last quote delivered before it. A replay orders events by `ts
 table position, then each table's row order (`iceberg_lake.timetravel.order`), so:
 
 * of several quotes in one nanosecond, the last in the quotes table's replay order prevails
-  (not the highest `seq`);
+  (receive time, feed, then the feed's own `seq`: of one feed's quotes received together, the
+  highest `seq`);
 * quotes stamped in the trade's own nanosecond count when the quotes table comes first in the
   replay (`ReplayEngine(..., [quotes, trades])`), the default (`strict=False`); with
   `strict=True` they do not, which is the replay `[trades, quotes]`.

@@ -15,7 +15,8 @@ Which bars a table gets is read from its columns:
 
 Open and close are the first and last event of the bar in replay order: `ts_event_ns`, then the
 rest of the replay's row order (`iceberg_lake.timetravel.order.row_order`: the declared sort
-order, the partition key, then every column in schema order, nulls first). So when several
+order, the partition key, `ts_recv_ns`, `source`, `seq`, then every column in schema order,
+nulls first). So when several
 events share a nanosecond at the bar's edge, open and close are the events a `ReplayEngine`
 consumer of the same pin sees first and last; the VWAP's sum adds in that order too, so the bar
 is the same every time, to the bit.

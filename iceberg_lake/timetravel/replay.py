@@ -11,10 +11,12 @@ Order (the documented tie-break). Events are ordered by the key
 
 where the row order within a table is `ts_event_ns`, then the table's declared sort order
 (Silver's sort key, e.g. `level_id` for Gold), then the partition key (`symbol`/`underlying`),
-then every remaining column in schema order (nulls first; `iceberg_lake.timetravel.order`, the
-one definition bars and as-of joins use too). That is a total order over distinct rows, defined
-by the data alone, so it does not depend on how the rows are split into files: recompacting
-Silver, or appending newer data the pins do not see, leaves the sequence unchanged.
+then `ts_recv_ns`, `source`, `seq`, then every remaining column in schema order (nulls first;
+`iceberg_lake.timetravel.order`, the one definition bars and as-of joins use too; a manifest
+names its rule, `tie_break`, and `from_manifest` replays in that rule). That is a total order
+over distinct rows, defined by the data alone, so it does not depend on how the rows are split
+into files: recompacting Silver, or appending newer data the pins do not see, leaves the sequence
+unchanged.
 
 How it runs (one pipeline behind every output). The window is cut into read windows: whole UTC
 hours, grouped while the rows they hold (estimated from the pinned files' statistics, all tables)
@@ -116,7 +118,13 @@ from iceberg_lake.timetravel.canonical import (
     one_array,
     warm_up,
 )
-from iceberg_lake.timetravel.order import order_by_sql, row_order
+from iceberg_lake.timetravel.order import (
+    TIE_BREAK_RULE,
+    TIE_BREAKS,
+    order_by_sql,
+    row_order,
+    rule_of,
+)
 from iceberg_lake.timetravel.query import Lake, duckdb_path
 from iceberg_lake.timetravel.readers import window_filter
 from iceberg_lake.timetravel.snapshots import (
@@ -146,10 +154,8 @@ __all__ = [
 ]
 
 MANIFEST_FORMAT = "iceberg-lake-replay/1"
-TIE_BREAK = (
-    "ts_event_ns, table position, then per table: declared sort order, partition key, "
-    "remaining columns in schema order (nulls first)"
-)
+#: The tie-break new manifests record (`order.TIE_BREAKS`).
+TIE_BREAK = TIE_BREAKS[TIE_BREAK_RULE]
 TABLE_COLUMN = "table"
 #: The merge key of `ReplayEngine.table_batches()`: the event's position in the replay.
 REPLAY_SEQ_COLUMN = "replay_seq"
@@ -373,7 +379,13 @@ class _Window:
 class _Source:
     """One table's pinned snapshot and how to read it window by window."""
 
-    def __init__(self, definition: TableDefinition, table: Table, snapshot_id: int | None) -> None:
+    def __init__(
+        self,
+        definition: TableDefinition,
+        table: Table,
+        snapshot_id: int | None,
+        rule: int = TIE_BREAK_RULE,
+    ) -> None:
         self.definition = definition
         self.identifier = definition.identifier
         self.subject = definition.subject or definition.identifier
@@ -389,7 +401,7 @@ class _Source:
         if "ts_event_ns" not in self.columns:
             raise TimeTravelError(f"{definition.identifier} has no ts_event_ns: cannot replay it")
         #: The row order within this table (`iceberg_lake.timetravel.order.row_order`).
-        self.order = row_order(definition, self.columns)
+        self.order = row_order(definition, self.columns, rule)
         transform = definition.time_partition.transform if definition.time_partition else "day"
         self.bucket_ns = _NS_PER_DAY if transform == "day" else _NS_PER_HOUR
         self.prefix = self.identifier.encode() + b"\x1f"
@@ -598,6 +610,8 @@ class ReplayEngine:
         live: continue past the pinned (current) snapshots into the JetStream tail after their
             watermarks (`iceberg_lake.timetravel.live.LiveTail`); `follow` keeps reading as
             events arrive until the window's end has passed.
+        tie_break: the tie-break rule (`order.TIE_BREAKS`); `from_manifest` sets the one its
+            manifest was recorded with.
 
     Raises:
         TimeTravelError: empty table list, bad window, unknown pin, table without event time.
@@ -619,8 +633,12 @@ class ReplayEngine:
         pin: bool = True,
         live: bool = False,
         follow: bool = False,
+        tie_break: int = TIE_BREAK_RULE,
     ) -> None:
         self.catalog = as_catalog(settings)
+        if tie_break not in TIE_BREAKS:
+            raise TimeTravelError(f"no tie-break rule {tie_break} (rules: {sorted(TIE_BREAKS)})")
+        self.tie_break = tie_break
         tables = list(tables)
         if not tables:
             raise TimeTravelError("replay needs at least one table")
@@ -666,7 +684,7 @@ class ReplayEngine:
             definition = self.catalog.definition(ident)
             table = self.catalog.load_table(ident)
             sid = resolve_as_of(table, pin_for(self.as_of, ident))
-            sources.append(_Source(definition, table, sid))
+            sources.append(_Source(definition, table, sid, self.tie_break))
         return sources
 
     @classmethod
@@ -675,12 +693,15 @@ class ReplayEngine:
     ) -> ReplayEngine:
         """An engine that replays exactly the pins and window of `manifest`.
 
-        A table whose pin is null (empty at the time) is read as empty. Compare the manifest of
+        A table whose pin is null (empty at the time) is read as empty; events tied in one
+        nanosecond are ordered by the tie-break rule the manifest names (`tie_break`), so a
+        manifest recorded before a rule change reproduces its hash. Compare the manifest of
         the replay with `manifest` (`compare_manifests`) to check it reproduced the recorded
         sequence; `lake replay --from-manifest` does, and exits 1 when it did not.
 
         Raises:
-            TimeTravelError: `manifest` was recorded by a live replay (`live=True`) that
+            TimeTravelError: a tie-break rule this version does not know; or `manifest` was
+                recorded by a live replay (`live=True`) that
                 delivered events from the JetStream tail: no snapshot it names holds those, so
                 it cannot be reproduced (replay its window again from the snapshots committed
                 since). A live manifest without tail events is an ordinary one.
@@ -705,6 +726,7 @@ class ReplayEngine:
             int(manifest["end_ns"]),
             as_of={t: sid for t, sid in snapshots.items() if sid is not None},
             pin=False,
+            tie_break=rule_of(manifest.get("tie_break", TIE_BREAKS[1])),
             **kwargs,
         )
         for source in engine._sources:
@@ -1423,7 +1445,7 @@ class ReplayEngine:
             "event_count": self._count,
             "events_per_table": dict(self._per_table),
             "sequence_hash": "sha256:" + self._hash.hexdigest() if self._encoding else None,
-            "tie_break": TIE_BREAK,
+            "tie_break": TIE_BREAKS[self.tie_break],
             "speed": self.speed,
             "complete": self._complete,
             "created_at": datetime.now(tz=UTC).isoformat(),
