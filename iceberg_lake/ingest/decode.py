@@ -606,7 +606,6 @@ class TableCodec:
             f.name: column_rule(f.name, f.field_type, declared.get(f.name)) for f in self.columns
         }
         self.defaults = {n: r.default for n, r in self.rules.items() if r.default is not None}
-        self.has_recv = "ts_recv_ns" in self.column_names
         self.has_derived_ts = any(f.name == DERIVED_TS for f in schema.fields)
         # Struct attributes must be identifiers; a column named e.g. `venue-id` gets a stand-in
         # attribute and keeps its JSON name through `rename`.
