@@ -381,6 +381,12 @@ class ColumnRule:
     default: Any = None
 
     def bounds_text(self) -> str:
+        """The rule's numeric bounds as a rejection reason reads them.
+
+        Returns:
+            E.g. `"> 0 and <= 1e+06"` (the `gt`, `ge` and `le` bounds set, joined with
+            "and"), or "" when the rule has none.
+        """
         parts = []
         if self.gt is not None:
             parts.append(f"> {self.gt:g}")
