@@ -307,6 +307,15 @@ class ManagedProcess:
 
 
 def log_tail(path: Path, lines: int) -> str:
+    """Return the last lines of a log file, for error messages (reads at most its last 64 KiB).
+
+    Args:
+        path: The log file.
+        lines: How many lines at most.
+
+    Returns:
+        The lines, undecodable bytes replaced; "" if the file cannot be read (not written yet).
+    """
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -373,6 +382,18 @@ def wait_until_ready(
 
 
 def http_status(url: str, timeout: float = 2.0) -> int:
+    """Return the HTTP status code of a GET of `url` (a readiness probe of a local server).
+
+    Args:
+        url: The URL (a loopback address).
+        timeout: Seconds to wait for the connection and the answer.
+
+    Returns:
+        The status code, error statuses (4xx, 5xx) included.
+
+    Raises:
+        OSError: no answer (connection refused, timeout; `urllib.error.URLError` is one).
+    """
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URL
             return int(resp.status)

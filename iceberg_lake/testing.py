@@ -196,19 +196,6 @@ class S3Server:
             if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise
 
-    def pyiceberg_properties(self) -> dict[str, str]:
-        """Return the pyiceberg catalog/FileIO properties that point at this server.
-
-        Returns:
-            ``s3.endpoint``, ``s3.access-key-id``, ``s3.secret-access-key``, ``s3.region``.
-        """
-        return {
-            "s3.endpoint": self.endpoint,
-            "s3.access-key-id": self.access_key,
-            "s3.secret-access-key": self.secret_key,
-            "s3.region": self.region,
-        }
-
     def pyarrow_filesystem(self) -> pyarrow.fs.S3FileSystem:
         """Return a ``pyarrow.fs.S3FileSystem`` for this server (http, path-style).
 

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import load_settings
@@ -52,17 +55,37 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.pop(_name, None)
 
 
+#: Hypothesis's home (example database, caches) for this pytest process; see pytest_configure.
+_HYPOTHESIS_HOME: list[str] = []
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the project's markers."""
+    """Register the project's markers; keep Hypothesis's files out of the clone.
+
+    Hypothesis fixes its default home (``./.hypothesis``) when it is imported and writes its
+    constants cache there while collecting, before any fixture runs (``_isolated_environment``'s
+    ``chdir`` comes too late), so it is pointed at a temporary directory here. A home set with
+    ``HYPOTHESIS_STORAGE_DIRECTORY`` is kept.
+    """
     config.addinivalue_line(
         "markers",
         "integration: uses real servers (nats-server, SeaweedFS, PostgreSQL, Spark) from fixtures",
     )
+    if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        _HYPOTHESIS_HOME.append(tempfile.mkdtemp(prefix="lake-tests-hypothesis-"))
+        set_hypothesis_home_dir(_HYPOTHESIS_HOME[-1])
 
 
-#: The longest modules (measured), started first when pytest-xdist runs the suite (`.ci/run`:
-#: ``-n 2 --dist loadfile --no-loadscope-reorder``): each file goes whole to one worker, so a
-#: long file scheduled last would leave the other worker idle. Only the order changes.
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the temporary Hypothesis home made by `pytest_configure`."""
+    while _HYPOTHESIS_HOME:
+        shutil.rmtree(_HYPOTHESIS_HOME.pop(), ignore_errors=True)
+
+
+#: The longest modules (measured), started first when pytest-xdist runs the suite (the README's
+#: ``-n 2 --dist loadfile --no-loadscope-reorder``; `.ci/run` runs the serial command): each
+#: file goes whole to one worker, so a long file scheduled last would leave the other worker
+#: idle. Only the order changes.
 SLOW_MODULES_FIRST = (
     "tests/test_spark.py",
     "tests/test_service_process.py",

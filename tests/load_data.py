@@ -127,23 +127,6 @@ def write_dbn(
     return path
 
 
-POLYGON_TRADE_COLUMNS = [
-    "ticker",
-    "conditions",
-    "correction",
-    "exchange",
-    "id",
-    "participant_timestamp",
-    "price",
-    "sequence_number",
-    "sip_timestamp",
-    "size",
-    "tape",
-    "trf_id",
-    "trf_timestamp",
-]
-
-
 def polygon_trades(n: int, symbols: tuple[str, ...] = ("AAPL", "MSFT")) -> dict[str, list[Any]]:
     """Polygon flat-file trade rows, as text (the way the files are)."""
     ts = [T14 + i * 1_000_000 for i in range(n)]

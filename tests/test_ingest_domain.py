@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from ingest_support import count_rows, encode, make_event, publish, run_until_idle, settings_for
+from nats.js.errors import NotFoundError
+from support.wait import wait_until
 
 from iceberg_lake.engine import nats as bus
 from iceberg_lake.testing import ManagedProcess, find_binary, free_ports
@@ -32,14 +33,13 @@ def _serve(tmp: Path, name: str, config: str) -> ManagedProcess:
     ).start()
 
 
-def _wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"port {port} never answered")
+def _answers(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_port(server: ManagedProcess, port: int, timeout: float = 15.0) -> None:
+    wait_until(lambda: _answers(port), timeout, f"port {port} to answer", alive=server.is_running)
 
 
 @pytest.fixture
@@ -55,8 +55,8 @@ def leaf_url(tmp_path: Path) -> Iterator[str]:
     )
     leaf = None
     try:
-        _wait_port(hub_port)
-        _wait_port(leaf_listen)
+        _wait_port(hub, hub_port)
+        _wait_port(hub, leaf_listen)
         leaf = _serve(
             tmp_path,
             "leaf",
@@ -64,11 +64,13 @@ def leaf_url(tmp_path: Path) -> Iterator[str]:
             f'jetstream {{ store_dir: "{tmp_path / "leaf-js"}", domain: leaf }}\n'
             f'leafnodes {{ remotes: [ {{ url: "nats-leaf://127.0.0.1:{leaf_listen}" }} ] }}\n',
         )
-        _wait_port(leaf_port)
-        deadline = time.monotonic() + 15
-        while "Leafnode connection created" not in (tmp_path / "leaf.log").read_text():
-            assert time.monotonic() < deadline, "leaf node never connected to the hub"
-            time.sleep(0.05)
+        _wait_port(leaf, leaf_port)
+        wait_until(
+            lambda: "Leafnode connection created" in (tmp_path / "leaf.log").read_text(),
+            15,
+            "the leaf node to connect to the hub",
+            alive=leaf.is_running,
+        )
         yield f"nats://127.0.0.1:{leaf_port}"
     finally:
         if leaf is not None:
@@ -105,7 +107,7 @@ def test_writers_use_the_configured_jetstream_domain(tmp_path: Path, leaf_url: s
             try:
                 await nc.jetstream(domain="leaf").stream_info("MARKET")
                 leaf_has_stream = True
-            except Exception:
+            except NotFoundError:
                 leaf_has_stream = False
             return int(hub.ack_floor.stream_seq), leaf_has_stream
         finally:

@@ -64,10 +64,6 @@ def rows(duck: duckdb.DuckDBPyConnection, lake: LakeCatalog, table: str, sql: st
     return duck.sql(sql.replace("FROM t", f"FROM {scan} t")).fetchall()
 
 
-def snapshot_count(lake: LakeCatalog, table: str) -> int:
-    return len(lake.load_table(table).metadata.snapshots)
-
-
 # ---- DBN -------------------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
@@ -36,6 +36,7 @@ from iceberg_lake.cli import app
 from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.engine import nats as bus
 from iceberg_lake.exceptions import CommitConflictError, LakeError
+from iceberg_lake.ops import maintenance
 from iceberg_lake.ops.maintenance import TableMaintenance
 from iceberg_lake.testing import NatsServer
 
@@ -313,7 +314,7 @@ def test_expire_snapshot_ids_precondition_guards_pyiceberg_behaviour(data_dir: P
 
 
 def test_expire_snapshots_while_a_writer_commits_and_expires_retries_or_says_one_line(
-    data_dir: Path,
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = {"LAKE_DATA_DIR": str(data_dir)}
     catalog = LakeCatalog(load_settings(env))
@@ -331,9 +332,9 @@ def test_expire_snapshots_while_a_writer_commits_and_expires_retries_or_says_one
     writer.start()
     outcomes: dict[str, int] = {"ok": 0, "conflict": 0}
     try:
-        deadline = time.monotonic() + 10
-        while writer.commits < 3 and time.monotonic() < deadline and writer.error is None:
-            time.sleep(0.02)
+        wait_until(lambda: writer.commits >= 3, 10, "three writer commits", alive=writer.is_alive)
+        # Racing the writer, an expiry may still lose every attempt; then it says so in one
+        # line. Whether it retried is proved deterministically below.
         for _ in range(25):
             maint = TableMaintenance(catalog, ident, protected_snapshots=set())
             try:
@@ -355,6 +356,36 @@ def test_expire_snapshots_while_a_writer_commits_and_expires_retries_or_says_one
     assert writer.error is None, repr(writer.error)
     assert outcomes["ok"] > 0
     table = catalog.load_table(ident)
+    assert table.scan().to_arrow().num_rows == writer.rows[ident]
+
+    # The retry, deterministically: just before the first attempt commits its removal, another
+    # catalog connection (another process's writer) expires one of the same snapshots. The SQL
+    # catalog rejects the stale removal (a real `CommitFailedException`); the second attempt
+    # recomputes from refreshed metadata and succeeds.
+    for _ in range(3):
+        table.append(make_rows(table, writer.rows[ident], 20))
+        writer.rows[ident] += 20
+    other = LakeCatalog(load_settings(env)).load_table(ident)
+    removals: list[list[int]] = []
+    real_expire = maintenance.expire_snapshot_ids
+
+    def expire_after_a_concurrent_expiry(stale: Table, snapshot_ids: Iterable[int]) -> None:
+        ids = sorted(snapshot_ids)
+        removals.append(ids)
+        if len(removals) == 1:
+            other.refresh()
+            real_expire(other, ids[:1])
+        real_expire(stale, ids)
+
+    monkeypatch.setattr(maintenance, "expire_snapshot_ids", expire_after_a_concurrent_expiry)
+    result = TableMaintenance(catalog, ident, protected_snapshots=set()).expire_snapshots(
+        older_than=timedelta(0)
+    )
+    assert len(removals) == 2, removals  # one conflict, one retry
+    assert removals[0][0] not in removals[1]  # the retry saw the concurrent expiry
+    assert result.expired == removals[1]
+    table = catalog.load_table(ident)
+    assert not {s.snapshot_id for s in table.metadata.snapshots} & set(removals[0])
     assert table.scan().to_arrow().num_rows == writer.rows[ident]
 
 

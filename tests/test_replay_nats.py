@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,11 +72,15 @@ def test_publish_on_original_subjects_and_under_a_prefix(source: Settings, tmp_p
             await _until(lambda: len(got) == prefixed["event_count"], "prefixed events")
             # Without a prefix the events go to the original subjects, which MARKET captures.
             original = await ReplayEngine(settings, [STOCKS], *WINDOW, as_of="bt").publish()
-            stored = 0
-            deadline = time.monotonic() + 30
-            while stored < original["event_count"] and time.monotonic() < deadline:
-                stored = (await js.stream_info("MARKET")).state.messages
-                await asyncio.sleep(0.05)
+
+            async def market_stored() -> int:
+                return int((await js.stream_info("MARKET")).state.messages)
+
+            async def all_stored() -> bool:
+                return await market_stored() >= original["event_count"]
+
+            await await_until(all_stored, 30, "MARKET to store the replayed events")
+            stored = await market_stored()
             await nc.close()
             return prefixed, original, got, stored
 
@@ -99,12 +102,15 @@ def test_publish_on_original_subjects_and_under_a_prefix(source: Settings, tmp_p
             nc = await bus.connect(settings, name="test-count")
             try:
                 js = nc.jetstream()
-                deadline = time.monotonic() + 30
-                while True:
-                    n = (await js.stream_info("MARKET")).state.messages
-                    if n >= 1200 or time.monotonic() > deadline:
-                        return n
-                    await asyncio.sleep(0.05)
+
+                async def stored() -> int:
+                    return int((await js.stream_info("MARKET")).state.messages)
+
+                async def all_stored() -> bool:
+                    return await stored() >= 1200
+
+                await await_until(all_stored, 30, "MARKET to store the CLI's replay too")
+                return await stored()
             finally:
                 await nc.close()
 

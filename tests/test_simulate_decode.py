@@ -6,11 +6,9 @@ from collections import Counter
 
 import pytest
 
+from iceberg_lake.ingest import decode, routing
 from iceberg_lake.simulate import LEVELS_SIGNALS, SUBJECT_TABLES, SimulationConfig, build_messages
 from iceberg_lake.tables import registry
-
-routing = pytest.importorskip("iceberg_lake.ingest.routing")
-decode = pytest.importorskip("iceberg_lake.ingest.decode")
 
 
 @pytest.mark.parametrize("batch", [1, 5])

@@ -20,18 +20,6 @@ import pyarrow as pa
 if TYPE_CHECKING:
     from iceberg_lake.ingest.routing import RoutedBatch
 
-#: Arrow schema of the quarantine rows (nullability fixed when cast to the live table schema).
-DEAD_LETTER_COLUMNS = (
-    "received_at",
-    "target_table",
-    "subject",
-    "stream",
-    "stream_seq",
-    "reason",
-    "raw",
-    "event_index",
-)
-
 
 @dataclass(frozen=True)
 class DeadLetter:

@@ -381,6 +381,12 @@ class ColumnRule:
     default: Any = None
 
     def bounds_text(self) -> str:
+        """The rule's numeric bounds as a rejection reason reads them.
+
+        Returns:
+            E.g. `"> 0 and <= 1e+06"` (the `gt`, `ge` and `le` bounds set, joined with
+            "and"), or "" when the rule has none.
+        """
         parts = []
         if self.gt is not None:
             parts.append(f"> {self.gt:g}")
@@ -606,7 +612,6 @@ class TableCodec:
             f.name: column_rule(f.name, f.field_type, declared.get(f.name)) for f in self.columns
         }
         self.defaults = {n: r.default for n, r in self.rules.items() if r.default is not None}
-        self.has_recv = "ts_recv_ns" in self.column_names
         self.has_derived_ts = any(f.name == DERIVED_TS for f in schema.fields)
         # Struct attributes must be identifiers; a column named e.g. `venue-id` gets a stand-in
         # attribute and keeps its JSON name through `rename`.

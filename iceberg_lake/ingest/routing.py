@@ -216,9 +216,6 @@ class InferredDecoder:
         return out
 
 
-DecoderFactory = Callable[[dict[str, TableCodec]], Decoder]
-
-
 #: Bytes of message bodies decoded per call by `decode_chunked` (~10k events of ~150 bytes):
 #: decoding a fetch in 5-20k-event chunks measured 1.2-1.6x faster than one call over 200-500k
 #: events (the parsed objects of a chunk stay in cache; docs/ingest.md, "Throughput").

@@ -144,6 +144,10 @@ class FileCommitter:
 
     @property
     def dl_table(self) -> Table:
+        """The dead-letter table (`bronze.dead_letters`), loaded on first use.
+
+        `state` and a lost commit replace it with freshly loaded metadata.
+        """
         if self._dl_table is None:
             self._dl_table = self.lake.load_table(DEAD_LETTERS_TABLE)
         return self._dl_table

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import hashlib
 import logging
 import threading
 import time
@@ -782,8 +781,6 @@ class _UnmappedFollower:
         self.wide: TailFollower | None = None
         self.delivered: dict[str, int] = {}
         self._carry: list[TailMessage] = []
-        #: Monotonic time of the last listing.
-        self.listed_at = 0.0
         #: Where a bounded read stops: the stream's last sequence, and per follower the last
         #: sequence to wait for (set by `fix_end`).
         self.stop: int | None = None
@@ -794,7 +791,6 @@ class _UnmappedFollower:
         stream's last sequence at the listing (no subject unlisted then has a message up to it).
         """
         info = await self.js.stream_info(self.stream, subjects_filter=self.wildcard)
-        self.listed_at = time.monotonic()
         last = int(info.state.last_seq or 0)
         if self.wide is not None:
             return last
@@ -1583,11 +1579,3 @@ class LiveTail:
             # The engine's manifest counts and hashes the tail like the history.
             engine.record_event(event)
             yield event
-
-
-def hash_events(events: Sequence[ReplayEvent]) -> str:
-    """SHA-256 over events as the replay manifest hashes them (for comparisons in tools)."""
-    h = hashlib.sha256()
-    for e in events:
-        h.update(e.table.encode() + b"\x1f" + e.payload + b"\n")
-    return "sha256:" + h.hexdigest()

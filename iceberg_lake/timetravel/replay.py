@@ -516,7 +516,7 @@ class _Source:
         row groups whose statistics overlap it, and the columns matched by Iceberg field id
         (renamed columns read by their id, columns added later read as nulls, narrower types
         cast), then cast to the Arrow types DuckDB gives (`arrow_schema`), so the rows, their
-        encoding and hash are DuckDB's. Row order is not kept: `sorted_rows` orders them.
+        encoding and hash are DuckDB's. Row order is not kept: `replay_order` orders them.
         """
         assert self.files is not None and self.arrow_schema is not None
         target = self.arrow_schema
@@ -532,7 +532,7 @@ class _Source:
         return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
 
     def read_sql(self, lo_ns: int, hi_ns: int) -> str:
-        """SQL for the rows of `[lo_ns, hi_ns)` (no order: `_sorted` orders them)."""
+        """SQL for the rows of `[lo_ns, hi_ns)` (no order: `replay_order` orders them)."""
         location = quote_str(duckdb_path(self.table.metadata_location))
         cols = ", ".join(quote_ident(c) for c in self.columns)
         lo_ts, hi_ts = timestamptz_literal(lo_ns // 1_000), timestamptz_literal(-(-hi_ns // 1_000))
@@ -545,11 +545,6 @@ class _Source:
     def tie_sql(self, relation: str) -> str:
         """SQL that orders the rows of `relation` by the full replay key, returning `__pos`."""
         return f"SELECT __pos FROM {relation} ORDER BY {order_by_sql(self.order)}"
-
-    def sorted_rows(self, con: duckdb.DuckDBPyConnection, rows: pa.Table) -> pa.Table:
-        """`rows` in replay order (see `replay_order`)."""
-        order = self.replay_order(con, rows)
-        return rows if order is None else rows.take(pa.array(order))
 
     def replay_order(self, con: duckdb.DuckDBPyConnection, rows: pa.Table) -> np.ndarray | None:
         """The permutation that puts `rows` in replay order (None: they are in order).

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.schema import CreateTable
+from support.wait import wait_until
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import load_settings
@@ -67,16 +68,15 @@ def upgrade(ctx):
 
 
 def _wait_for(what: str, cond: Callable[[], bool], procs: list[subprocess.Popen], logs: list[Path]):
-    deadline = time.monotonic() + 90
-    while not cond():
+    def none_failed() -> bool:
         for p, log in zip(procs, logs, strict=True):
             if p.poll() is not None and p.returncode != 0:
                 pytest.fail(
                     f"lake exited {p.returncode} while waiting for {what}:\n{log.read_text()}"
                 )
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        return True
+
+    wait_until(cond, 90, what, alive=none_failed)
 
 
 @pytest.mark.parametrize("catalog_kind", ["sqlite", "postgresql"])

@@ -2,6 +2,7 @@
 
     wait_until(lambda: proc_has_committed(), 30, "the first commit")
     await await_until(lambda: service.committed_events >= 2, 30, "two commits", alive=runner)
+    await await_until(stream_has_1200_messages, 30, "1200 stored")  # an async predicate
 
 A condition that never holds fails the test with what was awaited, never hangs it; `alive`
 (a process, a task, or a callable) fails it as soon as the thing producing the condition died.
@@ -10,6 +11,7 @@ A condition that never holds fails the test with what was awaited, never hangs i
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -60,9 +62,17 @@ async def await_until(
     interval: float = DEFAULT_INTERVAL,
     alive: Any = None,
 ) -> None:
-    """`wait_until` for asyncio code: sleeps without blocking the event loop."""
+    """`wait_until` for asyncio code: sleeps without blocking the event loop.
+
+    `predicate` may be a coroutine function (a condition that asks a server, say).
+    """
+
+    async def holds() -> Any:
+        result = predicate()
+        return await result if inspect.isawaitable(result) else result
+
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not await holds():
         _check_alive(alive, what)
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
