@@ -17,9 +17,11 @@ Example::
 from __future__ import annotations
 
 import importlib
+import json
 import threading
+from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote, urlparse, urlsplit
 
 import duckdb
@@ -32,14 +34,17 @@ __all__ = [
     "DuckSession",
     "READ_ONLY_STATEMENTS",
     "SandboxError",
+    "TableRefs",
     "check_read_only",
     "configure_s3",
     "connect",
     "connect_lake",
+    "drop_views",
     "duckdb_path",
     "extension_path",
     "quote_ident",
     "quote_str",
+    "referenced_tables",
     "sandbox",
     "uses_object_store",
     "timestamptz_literal",
@@ -334,3 +339,121 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         if statement.type not in READ_ONLY_STATEMENTS:
             kind = statement.type.name.replace("_STATEMENT", "")
             raise SandboxError(f"{kind} statements are not allowed in sandbox mode (reads only)")
+
+
+# ---- which tables a statement names -----------------------------------------------------------
+
+
+class TableRefs(NamedTuple):
+    """The tables some SQL names in the given schemas (see `referenced_tables`)."""
+
+    #: Lower-case ``schema.table`` names.
+    names: frozenset[str]
+    #: True: from DuckDB's parser, exactly the table references. False: from its tokenizer, every
+    #: dotted name outside literals and comments (a superset: may hold ``alias.column``).
+    exact: bool
+
+
+def referenced_tables(
+    con: duckdb.DuckDBPyConnection, sql: str, schemas: Collection[str]
+) -> TableRefs:
+    """The tables `sql` names in `schemas` of the connection's current database.
+
+    Asks DuckDB's own parser (``json_serialize_sql``) rather than matching text, so every spelling
+    DuckDB resolves to the same table is found — quoted or not, any case (DuckDB matches
+    identifiers case-insensitively), with or without the database prefix, whitespace around the
+    dots — and names inside string literals, comments or CTE names are not. Nothing is bound: the
+    tables need not exist yet. Statements the parser cannot serialize (only SELECT-like ones can:
+    not EXPLAIN, PIVOT, CREATE, COPY, ...) are scanned with DuckDB's tokenizer instead.
+
+    Args:
+        con: the connection the SQL will run on (its parser and current database).
+        sql: one or more statements.
+        schemas: the schemas of interest (compared case-insensitively).
+
+    Returns:
+        The names, and whether they came from the parser (exact) or the tokenizer.
+
+    Raises:
+        duckdb.ParserException: the SQL does not parse.
+    """
+    con.extract_statements(sql)  # a syntax error is the caller's one-line error, not a fallback
+    row = con.execute("SELECT current_database(), json_serialize_sql(?)", [sql]).fetchone()
+    assert row is not None
+    database, serialized = str(row[0]).lower(), json.loads(row[1])
+    wanted = {s.lower() for s in schemas}
+    exact = not serialized.get("error")
+    triples = _parsed_refs(serialized) if exact else _dotted_names(sql)
+    names = frozenset(
+        f"{schema.lower()}.{table.lower()}"
+        for catalog, schema, table in triples
+        if schema.lower() in wanted and catalog.lower() in ("", database)
+    )
+    return TableRefs(names, exact)
+
+
+def _parsed_refs(node: Any) -> Iterator[tuple[str, str, str]]:
+    """(catalog, schema, table) of every BASE_TABLE node of `json_serialize_sql` output."""
+    if isinstance(node, dict):
+        if node.get("type") == "BASE_TABLE":
+            yield node["catalog_name"], node["schema_name"], node["table_name"]
+        for value in node.values():
+            yield from _parsed_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _parsed_refs(value)
+
+
+_NAME_TOKENS = (duckdb.token_type.identifier, duckdb.token_type.keyword)
+_IDENT_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
+
+
+def _dotted_names(sql: str) -> Iterator[tuple[str, str, str]]:
+    """(catalog, schema, table) for each `a.b` (and `c.a.b`) in `sql`'s tokens: string literals
+    and comments are tokens of their own (or skipped), so their text is never a name."""
+    raw = sql.encode()  # token positions are byte offsets
+    tokens = duckdb.tokenize(sql)
+    names: list[str | None] = []  # per token: its identifier, '.' for a dot, None otherwise
+    for pos, kind in tokens:
+        if kind in _NAME_TOKENS:
+            names.append(_identifier_at(raw, pos))
+        elif kind == duckdb.token_type.operator and raw[pos : pos + 1] == b".":
+            names.append(".")
+        else:
+            names.append(None)
+    for i in range(len(names) - 2):
+        schema, dot, table = names[i : i + 3]
+        if dot == "." and schema not in (None, ".") and table not in (None, "."):
+            has_catalog = i >= 2 and names[i - 1] == "." and names[i - 2] not in (None, ".")
+            yield (names[i - 2] or "") if has_catalog else "", str(schema), str(table)
+
+
+def _identifier_at(raw: bytes, pos: int) -> str:
+    """The identifier starting at byte `pos`: quoted (`"a""b"` → `a"b`) or bare."""
+    if raw[pos : pos + 1] == b'"':
+        out = bytearray()
+        i = pos + 1
+        while i < len(raw):
+            if raw[i : i + 1] == b'"':
+                if raw[i + 1 : i + 2] != b'"':
+                    break
+                i += 1
+            out += raw[i : i + 1]
+            i += 1
+        return out.decode(errors="replace")
+    end = pos
+    while end < len(raw) and (raw[end] in _IDENT_BYTES or raw[end] >= 0x80):
+        end += 1
+    return raw[pos:end].decode(errors="replace")
+
+
+def drop_views(con: duckdb.DuckDBPyConnection, schemas: Collection[str]) -> None:
+    """Drop every view in `schemas` of the connection's current database."""
+    wanted = [s.lower() for s in schemas]
+    views = con.execute(
+        "SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal "
+        "AND database_name = current_database() AND lower(schema_name) IN (SELECT unnest(?))",
+        [wanted],
+    ).fetchall()
+    for schema, view in views:
+        con.execute(f"DROP VIEW IF EXISTS {quote_ident(schema)}.{quote_ident(view)}")

@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +41,6 @@ if TYPE_CHECKING:
     from iceberg_lake.timetravel.live import NatsLoop
 
 __all__ = ["Lake", "duckdb_path", "scan_sql"]
-
-_TABLE_REF = re.compile(r"\b(" + "|".join(NAMESPACES) + r")\s*\.\s*\"?([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def scan_sql(table: Table, snapshot_id: int | None) -> str:
@@ -173,8 +170,13 @@ class Lake:
     def query(self, sql: str, as_of: AsOfSpec = None, *, live: bool = False) -> pa.Table:
         """Run `sql` against the lake and return the result as an Arrow table.
 
-        Only the tables the SQL names (`namespace.table`) get views, so a query on one table
-        does not read every table's metadata. `as_of` pins as in `duckdb()`.
+        Only the tables the SQL names get views, so a query on one table does not read every
+        table's metadata; SQL that names no lake table (`SELECT 1`, `SHOW TABLES`) gets a view
+        of every table. DuckDB's parser finds the names, so every spelling DuckDB accepts works:
+        quoted or not, any case, `memory.` prefix, whitespace around the dots. The views of
+        earlier calls are dropped first: a table the SQL does not name has no view, never one
+        at an older pin. `as_of` pins as in `duckdb()`; `last_pins` lists exactly the tables
+        with a view.
 
         With `live=True` every Bronze/Gold view is the table's current snapshot united with
         the JetStream messages after that snapshot's watermark (`iceberg_lake.timetravel.live`);
@@ -190,22 +192,29 @@ class Lake:
             raise LakeError(
                 "empty SQL: give a query, e.g. 'SELECT count(*) FROM bronze.stocks_trades'"
             )
+        if live and as_of is not None:
+            raise LakeError("a live query reads the current snapshots: drop as_of/--as-of")
+        if self._session is None:
+            self._session = self.connect()
+        con = self._session
+        # One reused connection (loading the Iceberg extension costs ~0.5 s). Every view of the
+        # previous call goes, so no table can be read at a pin this call did not ask for.
+        self.last_pins, self.last_live = {}, {}
+        try:
+            duck.drop_views(con, NAMESPACES)
+            refs = duck.referenced_tables(con, sql, NAMESPACES)
+        except duckdb.Error as exc:
+            raise LakeError(f"query failed: {_first_line(exc)}") from None
         existing = set(self.catalog.existing_tables())
-        named = {f"{m.group(1)}.{m.group(2)}".lower() for m in _TABLE_REF.finditer(sql)}
-        wanted = sorted(named & existing) if named else sorted(existing)
-        unknown = sorted(named - existing)
+        wanted = sorted(refs.names & existing) if refs.names else sorted(existing)
+        # The tokenizer's names (statements the parser cannot serialize) may be `alias.column`:
+        # only the parser's are known to be tables, and DuckDB reports a missing one anyway.
+        unknown = sorted(refs.names - existing) if refs.exact else []
         if unknown:
             raise LakeError(
                 f"no table '{unknown[0]}' in the catalog (tables: {', '.join(sorted(existing))})"
             )
-        if self._session is None:
-            self._session = self.connect()
-        con = self._session
-        # One reused connection (loading the Iceberg extension costs ~0.5 s); the views of the
-        # tables this SQL names are recreated, so each call reads its own pins.
         if live:
-            if as_of is not None:
-                raise LakeError("a live query reads the current snapshots: drop as_of/--as-of")
             from iceberg_lake.timetravel.live import create_live_views
 
             self.last_live = create_live_views(self, con, wanted)

@@ -1148,6 +1148,33 @@ def test_live_query_reports_deleted_messages_exactly(tmp_path: Path, nats: NatsS
         pub.close()
 
 
+def test_live_views_take_any_spelling_and_never_serve_a_later_plain_query(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """Quoted / upper-case names get live views too, and a later non-live query (here naming
+    the table in a spelling the old lookup missed, beside another table) reads the committed
+    snapshot, not the earlier call's live view (audit 2 finding 1). Budget: ~2 s."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    now = time.time_ns()
+    both = (
+        'SELECT (SELECT count(*) FROM "bronze".stocks_trades) AS n, '
+        "(SELECT count(*) FROM silver.stocks_trades) AS s"
+    )
+    try:
+        pub.publish([event(i, now + i) for i in range(3)])  # nothing commits them: no writer
+        with Lake(settings) as lake:
+            live = lake.query('SELECT count(*) AS n FROM "BRONZE"."STOCKS_TRADES"', live=True)
+            assert live.to_pylist() == [{"n": 3}]
+            assert set(lake.last_live) == {TABLE} and lake.last_pins == {TABLE: None}
+            assert lake.query(both).to_pylist() == [{"n": 0, "s": 0}]
+            assert lake.last_live == {} and set(lake.last_pins) == {TABLE, "silver.stocks_trades"}
+            assert lake.query(both, live=True).to_pylist() == [{"n": 3, "s": 0}]
+    finally:
+        pub.close()
+
+
 def test_follower_buffer_is_bounded_and_a_larger_backlog_arrives_whole(
     nats_server: NatsServer,
 ) -> None:

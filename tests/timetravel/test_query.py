@@ -115,6 +115,94 @@ def test_per_table_pins_and_timestamps(tagged_lake) -> None:
         lake.query(sql, as_of={"bronze.nope": "bt-1"})
 
 
+#: Spellings DuckDB resolves to bronze.stocks_trades (the audit's stale-view cases among them).
+TRADES_SPELLINGS = [
+    '"bronze"."stocks_trades"',
+    '"bronze".stocks_trades',
+    'bronze."stocks_trades"',
+    "BRONZE.STOCKS_TRADES",
+    '"Bronze"."Stocks_Trades"',
+    "bronze . stocks_trades",
+    "memory.bronze.stocks_trades",
+    '"memory" . "bronze" . "stocks_trades"',
+]
+
+
+def _views(lake: Lake) -> set[str]:
+    assert lake._session is not None
+    rows = lake._session.execute(
+        "SELECT schema_name || '.' || view_name FROM duckdb_views() "
+        "WHERE NOT internal AND NOT temporary"
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_every_spelling_reads_its_own_pin_after_an_older_pin_in_the_same_session(
+    tagged_lake,
+) -> None:
+    """Audit 2 finding 1: a spelling the table lookup missed kept the view (and pin) of an
+    earlier call. Each spelling, after both tables were pinned to the tag, reads the current
+    snapshot, and `last_pins` lists exactly the tables read. Budget: ~3 s."""
+    first, second = tagged_lake["first"], tagged_lake["second"]
+    pin = (
+        "SELECT (SELECT count(*) FROM bronze.stocks_trades), "
+        "(SELECT count(*) FROM bronze.futures_trades)"
+    )
+    with Lake(tagged_lake["settings"]) as lake:
+        lake.query(pin, as_of="bt-1")
+        futures_pin = lake.last_pins[FUTURES]
+        for spelling in TRADES_SPELLINGS:
+            lake.query(pin, as_of="bt-1")
+            assert lake.last_pins == {TRADES: first, FUTURES: futures_pin}
+            sql = (
+                f"SELECT (SELECT count(*) FROM {spelling}) AS trades, "
+                "(SELECT count(*) FROM bronze.futures_trades) AS futures"
+            )
+            assert lake.query(sql).to_pylist() == [{"trades": 8, "futures": 2}], spelling
+            assert lake.last_pins == {TRADES: second, FUTURES: futures_pin}, spelling
+            # ... and at an explicit pin, per table by its catalog name
+            pinned = lake.query(sql, as_of={TRADES: "bt-1"}).to_pylist()
+            assert pinned == [{"trades": 5, "futures": 2}], spelling
+
+        # A table the SQL does not name has no view left over from an earlier call.
+        lake.query(pin, as_of="bt-1")
+        only_futures = lake.query("SELECT count(*) AS n FROM bronze.futures_trades")
+        assert only_futures.to_pylist() == [{"n": 2}]
+        assert lake.last_pins == {FUTURES: futures_pin}
+        assert _views(lake) == {FUTURES}
+        # A failed call leaves no view and no pins behind either.
+        with pytest.raises(LakeError, match="no table 'gold.nope'"):
+            lake.query('SELECT * FROM "GOLD"."NOPE", bronze.stocks_trades')
+        assert _views(lake) == set() and lake.last_pins == {}
+
+        # Names in literals, comments and CTEs are not tables; EXPLAIN (which DuckDB's parser
+        # cannot serialize) falls back to the tokenizer and still finds the quoted name.
+        text = lake.query(
+            "WITH gold AS (SELECT 'bronze.nope' AS s) SELECT gold.s, "
+            '(SELECT count(*) FROM "BRONZE"."STOCKS_TRADES") AS n FROM gold -- silver.nope'
+        )
+        assert text.to_pylist() == [{"s": "bronze.nope", "n": 8}]
+        assert lake.last_pins == {TRADES: second}
+        lake.query(pin, as_of="bt-1")
+        plan = lake.query('EXPLAIN SELECT * FROM "bronze"."stocks_trades" /* gold.nope */')
+        assert plan.num_rows >= 1 and lake.last_pins == {TRADES: second}
+        assert _views(lake) == {TRADES}
+
+        with pytest.raises(LakeError, match="query failed: Parser Error"):
+            lake.query("SELECT * FROM")
+
+
+def test_sandboxed_session_reads_each_spelling_at_its_own_pin(tagged_lake) -> None:
+    """Dropping and recreating views works on a locked-down connection. Budget: ~1 s."""
+    with Lake(tagged_lake["settings"], sandbox=True) as lake:
+        sql = 'SELECT count(*) AS n FROM "bronze"."stocks_trades"'
+        assert lake.query(sql, as_of="bt-1").to_pylist() == [{"n": 5}]
+        assert lake.query(sql.replace('"bronze"', "BRONZE")).to_pylist() == [{"n": 8}]
+        assert lake.last_pins == {TRADES: tagged_lake["second"]}
+        with pytest.raises(LakeError, match="query refused"):
+            lake.query('CREATE VIEW bronze.x AS SELECT * FROM "bronze".stocks_trades')
+
+
 def test_lake_query_cli_as_of_and_output_formats(tagged_lake, tmp_path: Path, monkeypatch) -> None:
     for k, v in _env(tagged_lake["settings"]).items():
         monkeypatch.setenv(k, v)
@@ -138,6 +226,16 @@ def test_lake_query_cli_as_of_and_output_formats(tagged_lake, tmp_path: Path, mo
 
     res = runner.invoke(app, ["query", sql, "--as-of", "bt-1"])
     assert res.exit_code == 0 and "100.04" in res.stdout and "5 rows" in res.stderr
+
+    # Quoted and upper-case names (audit 2: "Table with name ... does not exist!").
+    both = (
+        'SELECT (SELECT count(*) FROM "bronze"."stocks_trades") AS trades, '
+        "(SELECT count(*) FROM BRONZE.FUTURES_TRADES) AS futures"
+    )
+    for as_of, trades_n in (([], 8), (["--as-of", "bt-1"], 5)):
+        res = runner.invoke(app, ["query", both, *as_of, "-o", "json"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout) == [{"trades": trades_n, "futures": 2}]
 
 
 @pytest.mark.parametrize(
