@@ -308,6 +308,38 @@ def column_bounds(data_file: DataFile, schema: Schema, column: str) -> tuple[Any
     )
 
 
+def partition_field_bounds(
+    manifest: ManifestFile, spec: PartitionSpec, schema: Schema, position: int
+) -> tuple[Any, Any] | None:
+    """The (lower, upper) bounds a manifest's partition summary records for one partition field.
+
+    Decoded with `pyiceberg.conversions.from_bytes` for the field's result type (an `hour` or
+    `day` partition comes back as an `int`: hours or days since the epoch). The manifest must
+    be of `spec` (the caller checks `manifest.partition_spec_id`). None when the manifest has no
+    partition summaries or no bounds for the field (all its values are null).
+
+    Args:
+        manifest: a manifest of the snapshot's manifest list.
+        spec: the partition spec the manifest was written with.
+        schema: the table schema (for the partition field's source type).
+        position: the field's position in `spec.fields`.
+    """
+    from pyiceberg.conversions import from_bytes
+
+    summaries = manifest.partitions or []
+    if position >= len(summaries):
+        return None
+    summary = summaries[position]
+    if summary.lower_bound is None or summary.upper_bound is None:
+        return None
+    pf = spec.fields[position]
+    result_type = pf.transform.result_type(schema.find_field(pf.source_id).field_type)
+    return (
+        from_bytes(result_type, summary.lower_bound),
+        from_bytes(result_type, summary.upper_bound),
+    )
+
+
 def partition_values(record: Record) -> tuple[Any, ...]:
     """A partition record (`DataFile.partition`) as a hashable tuple of its values."""
     return tuple(record[i] for i in range(len(record)))
