@@ -110,6 +110,9 @@ def test_dependency_contact_stays_in_the_engine(token: str, scope: str, home: st
 PRIVATE_ALLOWED = {
     "os._exit": "documented: end a process at once, without cleanup (load/loader.py's workers)",
 }
+#: Public API despite the underscore, on any object: `collections.namedtuple`'s documented
+#: methods (the underscore only keeps them apart from field names).
+NAMEDTUPLE_API = {"._asdict", "._replace", "._make"}
 
 
 def _outside_engine() -> list[str]:
@@ -233,8 +236,12 @@ def test_no_private_member_of_another_library_outside_the_engine(module: str) ->
     """Every module outside `engine/` (the CLI and the test harness included) uses only public
     members of other libraries and of the package's other modules: no `obj._x`, `from lib import
     _x`, `lib._mod`, `getattr(obj, "_x")`, no override of a library's `_x` hook, beyond
-    `PRIVATE_ALLOWED`."""
-    uses = [f"{line}: {name}" for line, name in _uses_in(module) if name not in PRIVATE_ALLOWED]
+    `PRIVATE_ALLOWED` and `NAMEDTUPLE_API`."""
+    uses = [
+        f"{line}: {name}"
+        for line, name in _uses_in(module)
+        if name not in PRIVATE_ALLOWED and name not in NAMEDTUPLE_API
+    ]
     tree = ast.parse(_path(module).read_text())
     overrides = _private_overrides(tree, vars(importlib.import_module(module)))
     uses += [f"overrides {name}" for name in overrides]
@@ -273,6 +280,8 @@ def test_the_private_use_check_sees_what_it_should() -> None:
         "        pa_io._get_parquet_writer_kwargs({})\n"
         "        snapshots._checkpoints_due()\n"
         "        return getattr(tx, '_stage'), hasattr(self, '_table'), getattr(tx, '__len__')\n"
+        "    def row(self, r):\n"
+        "        return r._asdict()\n"
     )
     assert _private_uses(source) == [
         (2, "pyiceberg.io._private_module"),
@@ -284,6 +293,7 @@ def test_the_private_use_check_sees_what_it_should() -> None:
         (18, "pyiceberg.io.pyarrow._get_parquet_writer_kwargs"),
         (19, "iceberg_lake.timetravel.snapshots._checkpoints_due"),
         (20, "._stage"),
+        (22, "._asdict"),  # found; `NAMEDTUPLE_API` lets it pass
     ]
 
 
