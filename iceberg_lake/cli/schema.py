@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit
 from iceberg_lake.cli.common import open_catalog as _open_catalog
@@ -21,8 +22,12 @@ from iceberg_lake.schema.evolve import (
 )
 from iceberg_lake.schema.migrations import DEFAULT_LOCK_TIMEOUT, MigrationRunner
 
-migrate_app = typer.Typer(help="Versioned schema migrations (migrations/NNNN_name.py).")
-table_app = typer.Typer(help="Create a declared table or evolve a live one safely.")
+migrate_app = typer.Typer(
+    help="Versioned schema migrations (migrations/NNNN_name.py).", no_args_is_help=True
+)
+table_app = typer.Typer(
+    help="Create a declared table or evolve a live one safely.", no_args_is_help=True
+)
 
 DIR_OPTION = typer.Option(
     None, "--dir", help="Migrations folder (default: the shipped migrations/).", show_default=False
@@ -103,7 +108,11 @@ def migrate_up(
         return
     verb = "would apply" if dry_run else "applied"
     for r in results:
-        console.print(f"[bold]{verb} {r.migration.id}[/bold] ({r.duration_ms} ms)", highlight=False)
+        console.print(
+            f"[bold]{verb} {escape(r.migration.id)}[/bold] ({r.duration_ms} ms)",
+            markup=True,
+            highlight=False,
+        )
         for line in r.lines():
             console.print(f"  {line}", highlight=False, soft_wrap=True)
     if dry_run:
@@ -244,6 +253,6 @@ def table_evolve(
         )
         return
     verb = "would change" if dry_run else ("changed" if result.committed else "unchanged")
-    console.print(f"[bold]{verb} {name}[/bold]", highlight=False)
+    console.print(f"[bold]{verb} {escape(name)}[/bold]", markup=True, highlight=False)
     for line in lines:
         console.print(f"  {line}", highlight=False, soft_wrap=True)
