@@ -242,7 +242,7 @@ def tag(
         open_catalog(read_only=True), name, _split(tables), replace=replace
     )
     rows = [{"table": t, "snapshot_id": sid, "tag": name} for t, sid in result.items()]
-    if output == OutputFormat.json:
+    if output != OutputFormat.text:
         emit(rows, output)
         return
     for row in rows:
@@ -255,11 +255,15 @@ def tag(
 def untag(
     name: str = typer.Argument(..., help="Tag to remove."),
     tables: Annotated[list[str] | None, typer.Option("--tables", help="Only these tables.")] = None,
+    output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Remove a tag (its snapshots become expirable again)."""
     removed = snapshots.remove_tag(open_catalog(read_only=True), name, _split(tables))
     if not removed:
         raise TimeTravelError(f"no table has tag '{name}'")
+    if output != OutputFormat.text:
+        emit([{"table": t, "tag": name} for t in removed], output)
+        return
     console.print(f"removed tag '{name}' from {', '.join(removed)}")
 
 

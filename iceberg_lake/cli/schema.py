@@ -123,6 +123,7 @@ def migrate_up(
 def migrate_new(
     name: str = typer.Argument(..., help="Short name, e.g. quotes_venue."),
     directory: Path | None = DIR_OPTION,
+    output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Write a numbered migration template NNNN_name.py to fill in."""
     runner = _runner(directory)
@@ -130,6 +131,9 @@ def migrate_new(
         path = runner.new(name)
     finally:
         runner.close()
+    if output != OutputFormat.text:
+        emit([{"path": str(path)}], output)
+        return
     console.print(f"created {path}", highlight=False, soft_wrap=True)
 
 
@@ -159,13 +163,23 @@ def migrate_check(
 @table_app.command("create")
 def table_create(
     name: str = typer.Argument(..., help="Declared table, e.g. silver.stocks_trades."),
+    output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Create one table from its catalog/ definition (idempotent)."""
     catalog = _open_catalog()
     definition = catalog.definition(name)
     catalog.ensure_warehouse()
     catalog.ensure_namespaces()
-    if catalog.create_table(definition):
+    created = catalog.create_table(definition)
+    if output != OutputFormat.text:
+        row = {
+            "table": name,
+            "created": created,
+            "schema_name": definition.schema_name,
+            "schema_version": definition.schema_version,
+        }
+        emit([row], output)
+    elif created:
         version = f"{definition.schema_name} v{definition.schema_version}"
         console.print(f"created {name} (schema {version})")
     else:

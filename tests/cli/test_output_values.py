@@ -12,6 +12,7 @@ import io
 import json
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer.main
@@ -173,3 +174,49 @@ def test_an_unknown_command_is_still_one_line_and_exit_1(tmp_path: Path) -> None
         res = runner.invoke(app, args, env={"LAKE_DATA_DIR": str(tmp_path / "data")})
         assert res.exit_code == 1, (args, res.output)
         assert res.stdout == "" and len(res.stderr.strip().splitlines()) == 1, res.output
+
+
+def _commands() -> dict[str, Any]:
+    """Every leaf command by its path (`"maintain expire-snapshots"`)."""
+    out: dict[str, Any] = {}
+
+    def walk(cmd: Any, path: list[str]) -> None:
+        if isinstance(cmd, TyperGroup):
+            for name, sub in cmd.commands.items():
+                walk(sub, [*path, name])
+        else:
+            out[" ".join(path)] = cmd
+
+    walk(typer.main.get_command(app), [])
+    return out
+
+
+def test_every_command_that_prints_a_result_takes_output() -> None:
+    # `serve` runs until stopped; `replay` writes events (`--format`), not a result.
+    lacking = {n for n, c in _commands().items() if "output" not in {p.name for p in c.params}}
+    assert lacking == {"serve", "replay"}
+
+
+def test_table_create_migrate_new_and_untag_print_json(tmp_path: Path, lake: LakeCatalog) -> None:
+    env = _env(lake)
+    created = runner.invoke(app, ["-o", "json", "table", "create", "silver.stocks_trades"], env=env)
+    assert created.exit_code == 0, created.output
+    (row,) = json.loads(created.stdout)
+    assert (row["table"], row["created"], row["schema_name"]) == (
+        "silver.stocks_trades",
+        False,
+        "stocks.trades",
+    )
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    new = runner.invoke(app, ["migrate", "new", "x", "--dir", str(folder), "-o", "json"], env=env)
+    assert new.exit_code == 0, new.output
+    assert Path(json.loads(new.stdout)[0]["path"]) == folder / "0001_x.py"
+    tagged = runner.invoke(
+        app, ["-o", "csv", "snapshot", "tag", "t1", "--tables", "bronze.stocks_trades"], env=env
+    )
+    assert tagged.stdout.startswith("table,snapshot_id,tag\n"), tagged.output
+    untag = ["-o", "json", "snapshot", "untag", "t1"]
+    removed = runner.invoke(app, untag, env=env)
+    assert removed.exit_code == 0, removed.output
+    assert json.loads(removed.stdout) == [{"table": "bronze.stocks_trades", "tag": "t1"}]
