@@ -207,23 +207,50 @@ def to_json(value: Any, *, indent: int | None = 2) -> str:
     Returns:
         The JSON text, without a trailing newline.
     """
-    return _encode(json_value(value), indent, 0)
+    return _encode(value, indent, 0)
+
+
+#: `json.dumps`'s own string escaper (C), as it escapes by default (`ensure_ascii`).
+_quote: Any = getattr(json.encoder, "c_encode_basestring_ascii", None) or (
+    json.encoder.encode_basestring_ascii
+)
 
 
 def _encode(value: Any, indent: int | None, level: int) -> str:
-    """JSON text of a `json_value` result; a `Decimal` is written as the exact number it is."""
-    if isinstance(value, Decimal):
-        return str(value)  # finite and not whole (json_value): `1.50`, `1E-20`, valid JSON
-    if isinstance(value, dict):
+    """JSON text of `value` by `json_value`'s rules, in one pass (the common types first: a query
+    result is mostly str, int and float); a Decimal is written as the exact number it is."""
+    kind = type(value)
+    if kind is str:
+        return str(_quote(value))
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float:
+        return float.__repr__(value) if math.isfinite(value) else "null"
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
         if not value:
             return "{}"
-        items = [f"{json.dumps(k)}: {_encode(v, indent, level + 1)}" for k, v in value.items()]
+        items = [f"{_quote(str(k))}: {_encode(v, indent, level + 1)}" for k, v in value.items()]
         return _block("{", items, "}", indent, level)
-    if isinstance(value, list):
+    if isinstance(value, list | tuple | set | frozenset) and not hasattr(value, "_asdict"):
         if not value:
             return "[]"
         return _block("[", [_encode(v, indent, level + 1) for v in value], "]", indent, level)
-    return json.dumps(value)
+    plain = json_value(value)
+    if isinstance(plain, Decimal):
+        return str(plain)  # finite and not whole: `1.50`, `1E-20`, valid JSON numbers
+    if isinstance(plain, bool):
+        return "true" if plain else "false"
+    if isinstance(plain, str):  # a subclass (StrEnum): its value
+        return str(_quote(plain))
+    if isinstance(plain, int):  # IntEnum, numpy-free subclasses: the number
+        return int.__repr__(plain)
+    if isinstance(plain, float):
+        return float.__repr__(plain) if math.isfinite(plain) else "null"
+    return _encode(plain, indent, level)  # None, or a dict/list made from another type
 
 
 def _block(open_: str, items: list[str], close: str, indent: int | None, level: int) -> str:

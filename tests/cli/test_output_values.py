@@ -10,7 +10,9 @@ import base64
 import csv
 import io
 import json
+from collections import namedtuple
 from decimal import Decimal
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli import app
-from iceberg_lake.cli.output import cell_text, to_json
+from iceberg_lake.cli.output import OutputFormat, cell_text, to_json
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
 
 runner = CliRunner()
@@ -29,6 +31,10 @@ runner = CliRunner()
 #: Values Rich would read as markup or emoji codes: `[/x]` is a closing tag with no opening one
 #: (MarkupError), `[bold]` a style, `[identity(symbol)]` an unknown tag (shown as nothing).
 MARKUP = ("[/x]", "[bold]x[/bold]", "[identity(symbol)]", ":smile:")
+
+
+class Flag(IntEnum):
+    on = 1
 
 
 def _env(catalog: LakeCatalog) -> dict[str, str]:
@@ -145,6 +151,11 @@ def test_json_layout_is_json_dumps() -> None:
     assert to_json(plain, indent=None) == json.dumps(plain)
     assert to_json([Decimal("1E+3"), Decimal("-0.00"), Decimal("1E-20"), Decimal("NaN")]) == (
         "[\n  1000,\n  0,\n  1E-20,\n  null\n]"
+    )
+    # Subclasses of str and int (the CLI's enums) and Arrow's intervals (named tuples).
+    interval = namedtuple("MonthDayNano", "months days nanoseconds")(0, 1, 5)
+    assert to_json([OutputFormat.json, Flag.on, interval], indent=None) == (
+        '["json", 1, {"months": 0, "days": 1, "nanoseconds": 5}]'
     )
     assert (cell_text(Decimal("1E+3")), cell_text(b"\xff"), cell_text([b"a"])) == (
         "1000",
