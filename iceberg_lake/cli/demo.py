@@ -189,7 +189,7 @@ class _RichReporter:
     def progress(self, task: str, done: int, total: int | None) -> None:
         if self._bar is None:
             self._bar = Progress(
-                TextColumn("  {task.description}"),
+                TextColumn("  {task.description}", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),

@@ -100,7 +100,7 @@ def load(
     lake_settings = settings()
     show_progress = output == OutputFormat.text and err_console.is_terminal
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # a file or table name, not markup
         BarColumn(),
         TaskProgressColumn(),
         TextColumn("{task.fields[rows]:>12,} rows"),

@@ -14,9 +14,9 @@ A line that wants a style says so (`console.print(..., markup=True)`) and escape
 JSON is typed (`to_json`), for scripts: integers are numbers; a decimal (DuckDB's `sum` of an
 integer column, a `DECIMAL` column) is a number written with all its digits (`1056667`, `1.50`),
 never rounded to a double here, so `json.loads(text, parse_float=decimal.Decimal)` reads it back
-exactly; NaN and infinities (which JSON has no word for) are `null`; bytes are their UTF-8 text when
-they are valid UTF-8, else base64; dates, times and timestamps are ISO-8601 (`2025-12-16T14:30:00
-+00:00`, with a `T`). CSV and table cells use the same rules for decimals and bytes.
+exactly; NaN and infinities (which JSON has no word for) are `null`; bytes are their UTF-8 text
+when they are valid UTF-8, else base64; dates, times and timestamps are ISO-8601 with a `T`
+(`2025-12-16T14:30:00+00:00`). CSV and table cells use the same rules for decimals and bytes.
 """
 
 from __future__ import annotations
