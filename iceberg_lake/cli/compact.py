@@ -127,7 +127,7 @@ def compact(
 
     show_progress = output == OutputFormat.text and err_console.is_terminal
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # a file or table name, not markup
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
