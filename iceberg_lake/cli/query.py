@@ -24,6 +24,7 @@ from iceberg_lake.cli.common import (
     err_console,
     format_ms,
     open_catalog,
+    split_names,
     window_options,
 )
 from iceberg_lake.cli.output import (
@@ -89,13 +90,6 @@ def parse_as_of(values: list[str] | None) -> AsOfSpec:
 def _pin(text: str) -> AsOf:
     text = text.strip()
     return int(text) if text.isdigit() else text
-
-
-def _split(values: list[str] | None) -> list[str] | None:
-    if not values:
-        return None
-    out = [t.strip() for v in values for t in v.split(",") if t.strip()]
-    return out or None
 
 
 # ---- lake query --------------------------------------------------------------------------------
@@ -239,7 +233,7 @@ def tag(
 ) -> None:
     """Tag each table's current snapshot; a backtest cites the tag."""
     result = snapshots.create_tag(
-        open_catalog(read_only=True), name, _split(tables), replace=replace
+        open_catalog(read_only=True), name, split_names(tables), replace=replace
     )
     rows = [{"table": t, "snapshot_id": sid, "tag": name} for t, sid in result.items()]
     if output != OutputFormat.text:
@@ -258,7 +252,7 @@ def untag(
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Remove a tag (its snapshots become expirable again)."""
-    removed = snapshots.remove_tag(open_catalog(read_only=True), name, _split(tables))
+    removed = snapshots.remove_tag(open_catalog(read_only=True), name, split_names(tables))
     if not removed:
         raise TimeTravelError(f"no table has tag '{name}'")
     if output != OutputFormat.text:
@@ -453,7 +447,7 @@ def replay(
         except TimeTravelError as exc:  # a live manifest: name the file
             raise TimeTravelError(f"{from_manifest}: {exc}") from None
     else:
-        names = _split(tables)
+        names = split_names(tables)
         if not names:
             raise typer.BadParameter("name at least one table", param_hint="--tables")
         if not window.given:

@@ -324,6 +324,26 @@ def test_the_override_check_sees_what_it_should() -> None:
     assert _private_overrides(ast.parse(source), namespace) == ["Sub._flag", "Sub._hook"]
 
 
+def test_no_module_imports_another_packages_private_names() -> None:
+    """`from iceberg_lake.x import _y` only within x's own package (a private helper module
+    beside its one user, like `timetravel._canonical_kernel`); anything shared across packages is
+    public, with a docstring."""
+    found = []
+    for module in _modules():
+        package = module.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(_path(module).read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module and not node.level):
+                continue
+            if not node.module.startswith("iceberg_lake") or node.module == package:
+                continue
+            found += [
+                f"{module}:{node.lineno} {node.module}.{a.name}"
+                for a in node.names
+                if _is_private(a.name)
+            ]
+    assert not found, found
+
+
 def test_module_level_imports_have_no_cycle() -> None:
     graph = {m: _imports(m, top_level_only=True) for m in _modules()}
     # A package's __init__ re-exporting its submodules is not a cycle between modules.
