@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.typedef import Record
 from pyiceberg.types import DoubleType, FloatType
 
 from iceberg_lake import properties as P
@@ -47,8 +48,15 @@ from iceberg_lake.config import Settings
 from iceberg_lake.engine.filters import eq, ge, lt
 from iceberg_lake.engine.spark import replace_partitions, spark_sql_type
 from iceberg_lake.exceptions import CompactionError, TimeTravelError
+from iceberg_lake.silver.commit import follow_bronze_types
 from iceberg_lake.silver.dedup import sort_columns
-from iceberg_lake.silver.plan import layout_of, parse_date, pin_snapshot, resolve_bronze_table
+from iceberg_lake.silver.plan import (
+    PartitionMap,
+    layout_of,
+    parse_date,
+    pin_snapshot,
+    resolve_bronze_table,
+)
 from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
 from iceberg_lake.timetravel.snapshots import AsOf, protect_silver_source
 
@@ -181,6 +189,8 @@ class SparkSilverCompactor:
         definition = resolve_bronze_table(self.lake, schema)
         bronze = self.lake.load_table(definition.identifier)
         silver = self.lake.load_table(f"{SILVER}.{definition.name}")
+        if follow_bronze_types(bronze, silver):  # a Bronze-only widening: Silver follows
+            silver = self.lake.load_table(f"{SILVER}.{definition.name}")
         layout = layout_of(bronze, silver)
         snap = pin_snapshot(bronze, *pin)
         result = _result(definition, snap, day)
@@ -217,11 +227,13 @@ class SparkSilverCompactor:
             )
         labels: list[list[Any]] = []
         days: set[str] = set()
+        to_silver = PartitionMap(bronze, layout)  # Bronze's spec may be finer than Silver's
         for task in tasks:
-            label = layout.label(task.file.partition)
+            record = Record(*to_silver.of_file(task.file))
+            label = layout.label(record)
             if label not in labels:
                 labels.append(label)
-                days.add(layout.bounds(task.file.partition)[1].date().isoformat())
+                days.add(layout.bounds(record)[1].date().isoformat())
         if any(t.delete_files for t in tasks):
             rows_read = source.count()
         else:
