@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from types import TracebackType
 
 from pyiceberg.exceptions import CommitFailedException
@@ -157,8 +158,13 @@ def advance_mark(silver: Table, marks: dict[str, str]) -> None:
         silver.refresh()
 
 
-def follow_bronze_types(bronze: Table, silver: Table) -> list[str]:
+def follow_bronze_types(
+    bronze: Table, silver: Table, dedup_columns: Sequence[str] = ()
+) -> list[str]:
     """Widen Silver columns that Bronze has widened since (`int`→`long`, ...); return what changed.
+
+    A column renamed on Bronze only is refused with the command that renames it on Silver (a
+    dedup column, which `catalog/` names, with the command that renames it back).
 
     Silver is written with its own schema, so a Bronze column widened alone (`lake table evolve
     bronze.stocks_trades --widen size:long`, for sizes above 2^31) would not fit it. Widening is
@@ -167,8 +173,10 @@ def follow_bronze_types(bronze: Table, silver: Table) -> list[str]:
     Idempotent: nothing is committed when the types already agree, or Silver's is the wider.
 
     Raises:
-        CompactionError: a column's types differ in a way a widening cannot reconcile.
+        CompactionError: a column's types differ in a way a widening cannot reconcile, or a
+            Silver column was renamed on Bronze only.
     """
+    _refuse_bronze_only_renames(bronze, silver, dedup_columns)
     silver_fields = {f.name: f.field_type for f in silver.schema().fields}
     changes: list[Change] = []
     for f in bronze.schema().fields:
@@ -189,6 +197,35 @@ def follow_bronze_types(bronze: Table, silver: Table) -> list[str]:
     for line in done:
         log.warning("%s: %s (to follow %s)", table_name(silver), line, table_name(bronze))
     return done
+
+
+def _refuse_bronze_only_renames(bronze: Table, silver: Table, dedup: Sequence[str]) -> None:
+    """Refuse a Silver column that Bronze has renamed since (Silver matches columns by name).
+
+    Compacting anyway would write NULL for the column, for old rows too, and a NULL dedup
+    column merges distinct events; the operator renames Silver as well (migrations do both).
+    """
+    current = {f.field_id: f.name for f in bronze.schema().fields}
+    names = set(current.values())
+    for column in silver.schema().column_names:
+        if column in names:
+            continue
+        for schema in bronze.metadata.schemas:
+            old = next((f for f in schema.fields if f.name == column), None)
+            new = current.get(old.field_id) if old is not None else None
+            if new is not None and new not in silver.schema().column_names:
+                if column in dedup:
+                    raise CompactionError(
+                        f"{table_name(bronze)} renamed column {column} to {new}, but Silver "
+                        f"identifies events by the dedup columns catalog/ declares ({column} is "
+                        f"one): rename it back (lake table evolve {table_name(bronze)} "
+                        f"--rename {new}:{column})"
+                    )
+                raise CompactionError(
+                    f"{table_name(bronze)} renamed column {column} to {new} but "
+                    f"{table_name(silver)} still calls it {column}: rename it there too "
+                    f"(lake table evolve {table_name(silver)} --rename {column}:{new})"
+                )
 
 
 def _widens(narrow: IcebergType, wide: IcebergType) -> bool:

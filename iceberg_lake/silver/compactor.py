@@ -297,7 +297,7 @@ class SilverCompactor:
         silver_name = f"{SILVER}.{definition.name}"
         bronze = self.catalog.load_table(definition.identifier)
         silver = self.catalog.load_table(silver_name)
-        if follow_bronze_types(bronze, silver):
+        if follow_bronze_types(bronze, silver, definition.dedup_columns):
             silver = self.catalog.load_table(silver_name)
         return bronze, silver
 

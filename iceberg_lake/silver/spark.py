@@ -189,7 +189,9 @@ class SparkSilverCompactor:
         definition = resolve_bronze_table(self.lake, schema)
         bronze = self.lake.load_table(definition.identifier)
         silver = self.lake.load_table(f"{SILVER}.{definition.name}")
-        if follow_bronze_types(bronze, silver):  # a Bronze-only widening: Silver follows
+        if follow_bronze_types(
+            bronze, silver, definition.dedup_columns
+        ):  # a Bronze-only widening: Silver follows
             silver = self.lake.load_table(f"{SILVER}.{definition.name}")
         layout = layout_of(bronze, silver)
         snap = pin_snapshot(bronze, *pin)
