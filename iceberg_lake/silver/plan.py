@@ -1,8 +1,10 @@
 """Planning a Silver compaction from metadata only: which partitions, pinned where, changed or not.
 
 Nothing here reads data files or commits: the plan groups the Bronze files of a pinned snapshot
-and the current Silver files by partition, decides which partitions changed since their last
-compaction (see `iceberg_lake.silver.state`), and batches the changed ones into DuckDB queries.
+and the current Silver files by Silver partition (Silver's layout is its own: `PartitionMap`
+places Bronze files of any Bronze partition spec in it), decides which partitions changed since
+their last compaction (see `iceberg_lake.silver.state`), and batches the changed ones into DuckDB
+queries.
 """
 
 from __future__ import annotations

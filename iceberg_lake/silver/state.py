@@ -2,15 +2,16 @@
 
 **Where the state lives.** Each Silver data file's *name* records what it was compacted from:
 `silver-<bronze snapshot id>-<fingerprint>-<uuid>-<n>.parquet`, where the fingerprint is a hash of
-the sorted paths of the Bronze data and delete files of that partition in that snapshot. File
+the sorted paths of the Bronze data and delete files that land in that Silver partition in that
+snapshot (from every Bronze partition, of any Bronze partition spec, placed in it). File
 names live in Silver's manifests, so the state survives the expiry of Silver snapshots (a snapshot
 summary would not) and costs nothing to read: planning the Silver partition lists them.
 
 **When a partition is unchanged** (no recompaction, no commit):
 
-1. the Bronze partition's file set fingerprint equals the recorded one (exact, history-free); or
+1. the fingerprint of its Bronze file set equals the recorded one (exact, history-free); or
 2. the file sets differ, but every Bronze snapshot between the recorded source snapshot and the
-   pinned one that added or removed files of this partition is a file rewrite
+   pinned one that added or removed files placed in this partition is a file rewrite
    (`lake.operation=compact-files` or Iceberg operation `replace`), which keeps rows as they are.
    This needs the recorded source snapshot to still be in Bronze's history; when it was expired
    the partition is recompacted once (correct, only slower), after which (1) applies again.
