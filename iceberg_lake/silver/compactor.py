@@ -311,10 +311,12 @@ class SilverCompactor:
         except Exception as exc:  # noqa: BLE001 - one table must not stop the others
             if isinstance(exc, LakeError):
                 reason = " ".join(str(exc).split()) or type(exc).__name__
-                log.error("%s: %s", table, reason)
-            else:  # a bug: keep the traceback in the log
+            else:  # a bug: the traceback goes to the debug log
                 reason = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}"
-                log.error("%s: %s", table, reason, exc_info=True)
+                log.debug("%s: the error's traceback", table, exc_info=True)
+            # Info, not error: the result carries it, and whoever reads it reports it once
+            # (the CLI prints one line per failed table).
+            log.info("%s failed, going on with the other tables: %s", table, reason)
             return CompactionResult(status="error", table=table, date=day, error=reason)
 
     def _compact(
