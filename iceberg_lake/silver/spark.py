@@ -47,7 +47,7 @@ from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.config import Settings
 from iceberg_lake.engine.filters import eq, ge, lt
 from iceberg_lake.engine.spark import replace_partitions, spark_sql_type
-from iceberg_lake.exceptions import CompactionError, TimeTravelError
+from iceberg_lake.exceptions import CompactionError, LakeError, TimeTravelError
 from iceberg_lake.silver.commit import follow_bronze_types
 from iceberg_lake.silver.dedup import sort_columns
 from iceberg_lake.silver.plan import (
@@ -292,8 +292,12 @@ class SparkSilverCompactor:
         A `tag` or `as_of` (tag or timestamp) pins every Bronze table (each must have it); a
         snapshot id belongs to one table, so it is refused (CompactionError), as on DuckDB.
 
+        One table's failure does not stop the others: its result has status `error` and the
+        reason in `error`, as on DuckDB.
+
         Returns:
-            One result per table (status `missing` when a table is not in the catalog).
+            One result per table (status `missing` when a table is not in the catalog, `error`
+            when it failed).
         """
         if isinstance(as_of, int):
             raise CompactionError("a snapshot id belongs to one Bronze table: name the table")
@@ -304,9 +308,17 @@ class SparkSilverCompactor:
             if not d.subject or not d.dedup_columns or silver_name not in self.lake.registry:
                 continue
             if {d.identifier, silver_name} <= existing:
-                results.append(
-                    self.compact_date(date, d.identifier, partition_value, tag=tag, as_of=as_of)
-                )
+                try:
+                    results.append(
+                        self.compact_date(date, d.identifier, partition_value, tag=tag, as_of=as_of)
+                    )
+                except Exception as exc:  # noqa: BLE001 - one table must not stop the others
+                    reason = " ".join(str(exc).split()) or type(exc).__name__
+                    if not isinstance(exc, LakeError):
+                        reason = f"internal error: {type(exc).__name__}: {reason}"
+                    log.info("%s failed, going on with the other tables: %s", silver_name, reason)
+                    failed = {**_result(d, None, parse_date(date)), "status": "error"}
+                    results.append({**failed, "error": reason})
             else:
                 results.append({**_result(d, None, parse_date(date)), "status": "missing"})
         return results
