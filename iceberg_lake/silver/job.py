@@ -112,6 +112,12 @@ class CompactionJob:
                             writers[part.pid].write(rows)
                 except duckdb.Error as exc:
                     raise CompactionError(f"{what}: DuckDB failed: {exc}") from exc
+                except pa.ArrowException as exc:
+                    # Rows that do not fit Silver's schema (a type Silver could not follow, a
+                    # NULL in a required column): one line, not an internal error.
+                    raise CompactionError(
+                        f"{what}: rows do not fit {table_name(self.silver)}'s schema: {exc}"
+                    ) from exc
         finally:
             con.close()
         outputs = []
