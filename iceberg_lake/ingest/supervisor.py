@@ -172,6 +172,7 @@ class _Supervisor:
         self.restart_window = restart_window
         self.on_start = on_start
         self.signals: list[int] = []  # received, not yet forwarded (appended by the handler)
+        self.forwarded: set[int] = set()  # exit codes of a worker ended by a forwarded signal
         self.stopping = False
         self.failure: str | None = None
 
@@ -255,7 +256,11 @@ class _Supervisor:
         pid, w.proc, w.code = w.proc.pid, None, code
         what = f"{w.name}, pid {pid}, {describe_exit(code)}"
         if self.stopping:
-            log.log(logging.INFO if code == 0 else logging.WARNING, "%s", what)
+            if code in self.forwarded:
+                # Still starting up, before its own handler: ended by the signal forwarded to
+                # it, with nothing taken (no lease, nothing fetched) — a clean stop.
+                w.code = 0
+            log.log(logging.INFO if w.code == 0 else logging.WARNING, "%s", what)
             return
         if code == 0 and self.until_idle:
             log.info("%s: done", what)
@@ -276,6 +281,7 @@ class _Supervisor:
         log.warning("%s: restarting it in %g s", what, delay)
 
     def _send(self, signum: int) -> None:
+        self.forwarded.add(-signum)
         for w in self.workers:
             if w.proc is not None and w.proc.poll() is None:
                 w.proc.send_signal(signum)
