@@ -237,7 +237,7 @@ def test_installed_lake_status_executable_reports_json(tmp_path: Path) -> None:
 
 
 def test_status_events_ahead_of_now_show_fresh_0_and_a_clock_warning(tmp_path: Path) -> None:
-    """Budget: about 3 s, no NATS. A table whose newest event is in 2200 (a wrong clock): its
+    """Budget: about 5 s, no NATS. A table whose newest event is in 2200 (a wrong clock): its
     freshness is 0, never negative; how far ahead goes into `events_ahead_seconds` and a
     warning line. A table of past events gets neither."""
     from table_rows import make_rows
@@ -278,9 +278,7 @@ def test_status_events_ahead_of_now_show_fresh_0_and_a_clock_warning(tmp_path: P
     assert behind.committed_freshness_seconds > 0
     assert behind.events_ahead_seconds is None and behind.live_warning is None
 
-    as_json = runner.invoke(app, ["status", "--json", "--nats-timeout", "1"], env=env)
-    assert as_json.exit_code == 0, as_json.output
-    tables = {t["table"]: t for t in json.loads(as_json.output)["tables"]}
+    tables = {t["table"]: t for t in json.loads(report.to_json())["tables"]}
     assert tables[TABLE]["committed_freshness_seconds"] == 0.0
     assert tables[TABLE]["events_ahead_seconds"] > 5e9
     assert all((t["committed_freshness_seconds"] or 0) >= 0 for t in tables.values())
