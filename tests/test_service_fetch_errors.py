@@ -1,0 +1,176 @@
+"""Errors in the JetStream fetch path, against a real nats-server.
+
+A bug (any error that is not a NATS failure) ends `lake serve` with one line and exit 1 instead
+of being retried in silence; a NATS failure (`BusUnavailableError`), a server restart while the
+writer waits in a fetch, and a consumer deleted by an operator are retried and lose nothing.
+Budget: about 12 s (one `lake serve` process, one nats-server restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ingest_support import (
+    count_rows,
+    encode,
+    make_event,
+    publish,
+    publish_async,
+    run_until_idle,
+    settings_env,
+    settings_for,
+)
+from support.wait import await_until
+
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.engine import nats as bus
+from iceberg_lake.engine import nats_pull
+from iceberg_lake.exceptions import BusUnavailableError
+from iceberg_lake.ingest.service import LakeService
+from iceberg_lake.runtime import http_status, wait_until_ready
+from iceberg_lake.testing import NatsServer, run_nats_server
+
+pytestmark = pytest.mark.integration
+
+TABLE = "bronze.stocks_trades"
+SUBJECT = "market.stocks.trades"
+
+#: `lake serve` with a bug injected into the engine's fetch (the process is real, so is NATS).
+BUGGY_SERVE = """
+import sys
+from iceberg_lake.engine import nats_pull
+
+async def fetch(self, batch, timeout, max_bytes):
+    raise TypeError("injected: a bug in the pull path")
+
+nats_pull.BatchPuller.fetch = fetch
+from iceberg_lake.cli import main
+main()
+"""
+
+
+def _events(start: int, stop: int) -> list[tuple[str, bytes, None]]:
+    return [(SUBJECT, encode(make_event(TABLE, i)), None) for i in range(start, stop)]
+
+
+def test_a_bug_in_the_fetch_path_ends_lake_serve_with_one_line(
+    tmp_path: Path, nats: NatsServer, duck
+) -> None:
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    publish(settings, _events(0, 10))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
+    env.update(settings_env(settings))
+    # Before the fix this ran forever (the error was logged at DEBUG and the fetch retried).
+    proc = subprocess.run(
+        [sys.executable, "-c", BUGGY_SERVE, "serve", "--tables", "stocks_trades", "--until-idle"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: internal error: TypeError: injected: a bug in the pull path")
+    assert "ERROR iceberg_lake.ingest.service: bronze.stocks_trades failed: TypeError" in (
+        proc.stderr
+    )
+    # Nothing was acked or lost: a writer without the bug stores every event once.
+    run_until_idle(settings, [TABLE])
+    assert count_rows(duck, settings, TABLE) == 10
+
+
+def test_nats_failures_in_the_fetch_are_retried_with_one_warning(
+    tmp_path: Path, nats: NatsServer, duck, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    settings = settings_for(tmp_path, nats.url)
+    real_fetch = nats_pull.BatchPuller.fetch
+    failures = 0
+
+    async def flaky_fetch(self, batch, timeout, max_bytes):  # type: ignore[no-untyped-def]
+        nonlocal failures
+        if failures < 3:
+            failures += 1
+            raise BusUnavailableError("fetching: nats: connection closed (injected)")
+        return await real_fetch(self, batch, timeout, max_bytes)
+
+    monkeypatch.setattr(nats_pull.BatchPuller, "fetch", flaky_fetch)
+    publish(settings, _events(0, 50))
+    with caplog.at_level(logging.INFO, logger="iceberg_lake"):
+        run_until_idle(settings, [TABLE])
+    assert failures == 3
+    assert count_rows(duck, settings, TABLE) == 50
+    warned = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "fetch failed" in r.message
+    ]
+    assert len(warned) == 1, [r.message for r in warned]  # rate-limited: one per outage
+    assert "connection closed (injected)" in warned[0].message
+    assert any("fetch works again after 3 failures" in r.message for r in caplog.records)
+
+
+def _restart(server: NatsServer) -> None:
+    """Stop the server and start it again on the same ports and store (blocking)."""
+    server.process.stop(5)
+    server.process.start()
+    wait_until_ready(
+        lambda: http_status(f"{server.monitor_url}/healthz?js-enabled-only=true") == 200,
+        what="nats-server after its restart",
+        timeout=15,
+        process=server.process,
+    )
+
+
+async def _delete_consumer(settings, stream: str, durable: str) -> None:  # type: ignore[no-untyped-def]
+    nc = await bus.connect(settings, name="test-operator")
+    try:
+        await bus.jetstream(nc, settings).delete_consumer(stream, durable)
+    finally:
+        await nc.close()
+
+
+def test_restart_and_deleted_consumer_during_fetch_are_retried_without_loss(
+    tmp_path: Path, duck, caplog
+) -> None:
+    # A server of its own: this test restarts it.
+    with run_nats_server(tmp_path / "nats") as server:
+        settings = settings_for(tmp_path, server.url)
+        stream, durable, _ = bus.consumer_target(TABLE)
+
+        async def scenario() -> LakeService:
+            service = LakeService(settings, [TABLE])
+            runner = asyncio.create_task(service.run())
+            try:
+
+                async def stored(n: int, what: str) -> None:
+                    await await_until(lambda: service.committed_events >= n, 30, what, alive=runner)
+
+                await publish_async(settings, _events(0, 100), acked=True)
+                await stored(100, "the first 100 events")
+                # An operator deletes the consumer while the writer waits in a fetch.
+                await _delete_consumer(settings, stream, durable)
+                await publish_async(settings, _events(100, 200), acked=True)
+                await stored(200, "the events published after the consumer was deleted")
+                # The server restarts while the writer waits in a fetch.
+                await asyncio.to_thread(_restart, server)
+                await publish_async(settings, _events(200, 300), acked=True)
+                await stored(300, "the events published after the restart")
+            finally:
+                await service.stop()
+                await asyncio.wait_for(runner, 30)  # raises what the service raised
+            return service
+
+        with caplog.at_level(logging.INFO, logger="iceberg_lake"):
+            service = asyncio.run(scenario())
+    assert service.committed_events == 300
+    assert count_rows(duck, settings, TABLE) == 300
+    messages = [r.message for r in caplog.records]
+    assert any("the consumer was deleted" in m for m in messages), messages
+    assert any("NATS connection lost" in m for m in messages), messages
