@@ -1,9 +1,11 @@
 """Errors in the JetStream fetch path, against a real nats-server.
 
 A bug (any error that is not a NATS failure) ends `lake serve` with one line and exit 1 instead
-of being retried in silence; a NATS failure (`BusUnavailableError`), a server restart while the
-writer waits in a fetch, and a consumer deleted by an operator are retried and lose nothing.
-Budget: about 12 s (one `lake serve` process, one nats-server restart).
+of being retried in silence (with `--workers`, the other workers are stopped too); a NATS
+failure (`BusUnavailableError`), a server restart while the writer waits in a fetch, and a
+consumer deleted by an operator are retried and lose nothing.
+Budget: 15 s (three `lake serve` processes, one nats-server restart; ~15 s measured at load
+average ~18 on the shared 2-core machine).
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import asyncio
 import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from ingest_support import (
+    LAKE,
     count_rows,
     encode,
     make_event,
@@ -28,7 +30,7 @@ from ingest_support import (
 )
 from support.wait import await_until
 
-from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.config import Settings
 from iceberg_lake.engine import nats as bus
 from iceberg_lake.engine import nats_pull
 from iceberg_lake.exceptions import BusUnavailableError
@@ -41,18 +43,36 @@ pytestmark = pytest.mark.integration
 TABLE = "bronze.stocks_trades"
 SUBJECT = "market.stocks.trades"
 
-#: `lake serve` with a bug injected into the engine's fetch (the process is real, so is NATS).
-BUGGY_SERVE = """
-import sys
+#: A bug injected into the engine's fetch of `lake serve` processes (a `sitecustomize` module
+#: on their PYTHONPATH); the fetch of the other consumers works.
+SITECUSTOMIZE = """
 from iceberg_lake.engine import nats_pull
 
+_real_fetch = nats_pull.BatchPuller.fetch
+
+
 async def fetch(self, batch, timeout, max_bytes):
-    raise TypeError("injected: a bug in the pull path")
+    if self.subject.endswith(".lake_bronze_stocks_trades"):
+        raise TypeError("injected: a bug in the pull path")
+    return await _real_fetch(self, batch, timeout, max_bytes)
+
 
 nats_pull.BatchPuller.fetch = fetch
-from iceberg_lake.cli import main
-main()
 """
+
+
+def _buggy_serve(tmp_path: Path, settings: Settings, *args: str) -> subprocess.CompletedProcess:
+    """`lake serve *args` (default log level) with `SITECUSTOMIZE`, to its end (at most 60 s)."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
+    env.update(settings_env(settings))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(inject), env.get("PYTHONPATH")]))
+    # Before the fix this ran forever: the error was logged at DEBUG and the fetch retried.
+    return subprocess.run(
+        [LAKE, "serve", *args], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
 
 
 def _events(start: int, stop: int) -> list[tuple[str, bytes, None]]:
@@ -62,28 +82,22 @@ def _events(start: int, stop: int) -> list[tuple[str, bytes, None]]:
 def test_a_bug_in_the_fetch_path_ends_lake_serve_with_one_line(
     tmp_path: Path, nats: NatsServer, duck
 ) -> None:
+    """The worker whose fetch has the bug (itself a `lake serve --tables stocks_trades`) exits 1
+    with one line; the parent stops the other worker (which would serve on for ever) and exits
+    1 too. Nothing was acked: a writer without the bug then stores every event once."""
     settings = settings_for(tmp_path, nats.url)
-    LakeCatalog(settings).init()
     publish(settings, _events(0, 10))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
-    env.update(settings_env(settings))
-    # Before the fix this ran forever (the error was logged at DEBUG and the fetch retried).
-    proc = subprocess.run(
-        [sys.executable, "-c", BUGGY_SERVE, "serve", "--tables", "stocks_trades", "--until-idle"],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    tables = "stocks_trades,stocks_quotes"
+    proc = _buggy_serve(tmp_path, settings, "--workers", "2", "--tables", tables)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: internal error: TypeError: injected: a bug in the pull path")
+    lines = proc.stderr.splitlines()
+    error = "error: internal error: TypeError: injected: a bug in the pull path"
+    assert sum(line.startswith(error) for line in lines) == 1, proc.stderr
     assert "ERROR iceberg_lake.ingest.service: bronze.stocks_trades failed: TypeError" in (
         proc.stderr
     )
-    # Nothing was acked or lost: a writer without the bug stores every event once.
+    assert "stopping the other workers" in proc.stderr
     run_until_idle(settings, [TABLE])
     assert count_rows(duck, settings, TABLE) == 10
 

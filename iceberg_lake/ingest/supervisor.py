@@ -3,10 +3,13 @@
 `lake serve --workers N` splits the tables round-robin into N groups and runs one `lake serve
 --tables <group>` process each (metrics on consecutive ports), forwarding SIGTERM/SIGINT to them.
 One Python process commits about one table group's worth of data: more processes use more cores.
+A worker that exits with an error stops the others (they flush, commit and ack), and the parent
+exits with the worst code, so a supervisor above restarts the whole service.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import subprocess
@@ -37,6 +40,8 @@ def run_worker_processes(
     on_start: Callable[[int, list[str]], None] | None = None,
 ) -> int:
     """Run one `lake serve` process per table group until they exit; forward SIGTERM/SIGINT.
+
+    When a worker exits non-zero, the others get a SIGTERM.
 
     The catalog is initialised once first, so the workers do not race to create tables. The
     workers read their settings from the environment, as the parent did.
@@ -74,5 +79,20 @@ def run_worker_processes(
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    codes = [p.wait() for p in procs]
-    return max((abs(c) for c in codes), default=0)
+    stopping = False
+    while any(p.poll() is None for p in procs):
+        failed = [p for p in procs if p.returncode not in (None, 0)]
+        if failed and not stopping:
+            # A worker that failed leaves its tables unwritten: stop the others too (they
+            # flush, commit and ack), so the whole service exits non-zero and gets restarted
+            # instead of running on without those tables.
+            stopping = True
+            log.error(
+                "worker %d exited with %d: stopping the other workers",
+                failed[0].pid,
+                failed[0].returncode,
+            )
+            forward(signal.SIGTERM, None)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            next(p for p in procs if p.poll() is None).wait(timeout=0.2)
+    return max((abs(p.returncode or 0) for p in procs), default=0)
