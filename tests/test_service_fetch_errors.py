@@ -34,6 +34,7 @@ from iceberg_lake.config import Settings
 from iceberg_lake.engine import nats as bus
 from iceberg_lake.engine import nats_pull
 from iceberg_lake.exceptions import BusUnavailableError
+from iceberg_lake.ingest import writer
 from iceberg_lake.ingest.service import LakeService
 from iceberg_lake.runtime import http_status, wait_until_ready
 from iceberg_lake.testing import NatsServer, run_nats_server
@@ -105,29 +106,46 @@ def test_a_bug_in_the_fetch_path_ends_lake_serve_with_one_line(
 def test_nats_failures_in_the_fetch_are_retried_with_one_warning(
     tmp_path: Path, nats: NatsServer, duck, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
+    """NATS failures injected into the engine (the server itself is fine): the consumer cannot
+    be created at start (twice), then three fetches fail. Each kind is warned about once and
+    retried; every event is stored once."""
     settings = settings_for(tmp_path, nats.url)
-    real_fetch = nats_pull.BatchPuller.fetch
-    failures = 0
+    real_fetch, real_reset = nats_pull.BatchPuller.fetch, writer.reset_consumer
+    failures = {"fetch": 0, "reset": 0}
 
     async def flaky_fetch(self, batch, timeout, max_bytes):  # type: ignore[no-untyped-def]
-        nonlocal failures
-        if failures < 3:
-            failures += 1
-            raise BusUnavailableError("fetching: nats: connection closed (injected)")
+        if failures["fetch"] < 3:
+            failures["fetch"] += 1
+            raise BusUnavailableError("fetching: NATS: nats: connection closed (injected)")
         return await real_fetch(self, batch, timeout, max_bytes)
 
+    async def flaky_reset(*args):  # type: ignore[no-untyped-def]
+        if failures["reset"] < 2:
+            failures["reset"] += 1
+            raise BusUnavailableError("recreating: NATS: nats: timeout (injected)")
+        return await real_reset(*args)
+
     monkeypatch.setattr(nats_pull.BatchPuller, "fetch", flaky_fetch)
+    monkeypatch.setattr(writer, "reset_consumer", flaky_reset)
     publish(settings, _events(0, 50))
     with caplog.at_level(logging.INFO, logger="iceberg_lake"):
         run_until_idle(settings, [TABLE])
-    assert failures == 3
+    assert failures == {"fetch": 3, "reset": 2}
     assert count_rows(duck, settings, TABLE) == 50
-    warned = [
-        r for r in caplog.records if r.levelno == logging.WARNING and "fetch failed" in r.message
-    ]
-    assert len(warned) == 1, [r.message for r in warned]  # rate-limited: one per outage
-    assert "connection closed (injected)" in warned[0].message
-    assert any("fetch works again after 3 failures" in r.message for r in caplog.records)
+
+    def warned(what: str) -> list[str]:
+        return [
+            r.message
+            for r in caplog.records
+            if r.levelno == logging.WARNING and f"{what} failed, retrying" in r.message
+        ]
+
+    # Rate-limited: one warning per run of failures, and a line when it works again.
+    assert len(warned("fetch")) == 1 and "(injected)" in warned("fetch")[0], warned("fetch")
+    assert len(warned("recreating the consumer")) == 1, warned("recreating the consumer")
+    messages = [r.message for r in caplog.records]
+    assert any("fetch works again after 3 failures" in m for m in messages), messages
+    assert any("recreating the consumer works again after 2 failures" in m for m in messages)
 
 
 def _restart(server: NatsServer) -> None:

@@ -375,13 +375,17 @@ async def reset_consumer(
 
     Returns:
         The new consumer's info.
+
+    Raises:
+        BusUnavailableError: NATS did not answer.
     """
     from nats.js.errors import NotFoundError
 
     stream, durable, subject = consumer_target(table_identifier)
-    with contextlib.suppress(NotFoundError):
-        await js.delete_consumer(stream, durable)
-    return await js.add_consumer(stream, _consumer_config(durable, subject, start_seq))
+    with bus_errors(f"recreating consumer {durable} of {stream}"):
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(stream, durable)
+        return await js.add_consumer(stream, _consumer_config(durable, subject, start_seq))
 
 
 async def consumer_state(js: JetStreamContext, stream: str, durable: str) -> tuple[int, int] | None:

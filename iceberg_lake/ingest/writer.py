@@ -293,6 +293,7 @@ class ConsumerWriter:
         self._fetch_log = RetryLog(log, f"writer {target}: fetch")
         self._lease_log = RetryLog(log, f"writer {target}: taking the lease")
         self._schema_log = RetryLog(log, f"writer {target}: schema check")
+        self._resubscribe_log = RetryLog(log, f"writer {target}: recreating the consumer")
 
     # ---- start ----------------------------------------------------------------------------------
 
@@ -321,12 +322,18 @@ class ConsumerWriter:
     async def start(self) -> None:
         """Load tables and watermarks, then recreate the consumer at the committed position.
 
-        Call only while holding the lease (`run` does).
+        Call only while holding the lease (`run` does). NATS or the catalog being unreachable
+        (`TransientError`) is left to the consume loop, which retries the same steps.
         """
         self.reset_needed = self.reload_needed = False
         self.batch = MicroBatch()
-        await in_daemon_thread(self._load)
-        await self._resubscribe()
+        try:
+            await in_daemon_thread(self._load)
+            await self._resubscribe()
+        except TransientError as exc:
+            self._resubscribe_log.failed(_one_line(exc))
+            self.reset_needed = self.reload_needed = True
+            return
         log.info(
             "writer %s: active on consumer %s of %s (%s) from stream seq %d",
             self.target,
@@ -484,7 +491,8 @@ class ConsumerWriter:
                 await self._wait_commit()  # raises a fencing or shutdown error
             if self.reset_needed:
                 await self._wait_commit()
-                log.warning("writer %s: re-reading from the committed position", self.target)
+                if not self._resubscribe_log.failures:
+                    log.warning("writer %s: re-reading from the committed position", self.target)
                 self.batch = MicroBatch()
                 self.reset_needed = False
                 try:
@@ -492,10 +500,12 @@ class ConsumerWriter:
                         await in_daemon_thread(self._load)
                         self.reload_needed = False
                     await self._resubscribe()
-                except Exception as exc:  # NATS or catalog down: try again shortly
-                    log.warning("writer %s: resubscribe failed: %s", self.target, _one_line(exc))
+                except TransientError as exc:  # NATS or the catalog down: try again shortly
+                    self._resubscribe_log.failed(_one_line(exc))
                     self.reset_needed = True
                     await asyncio.sleep(1.0)
+                    continue
+                self._resubscribe_log.succeeded()
                 continue
             if self.batch.events and self.batch.events + (self.events_per_message or 1) > limit:
                 # Backpressure: the next message may not fit; stop fetching until the running
