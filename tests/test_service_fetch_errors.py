@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -70,10 +71,23 @@ def _buggy_serve(tmp_path: Path, settings: Settings, *args: str) -> subprocess.C
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
     env.update(settings_env(settings))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(inject), env.get("PYTHONPATH")]))
-    # Before the fix this ran forever: the error was logged at DEBUG and the fetch retried.
-    return subprocess.run(
-        [LAKE, "serve", *args], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=60
+    proc = subprocess.Popen(
+        [LAKE, "serve", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,  # its workers too: one process group to kill on a timeout
     )
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        # Before the fix: the error was logged at DEBUG and the fetch retried for ever.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError("lake serve still running 60 s after a bug in its fetch") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _events(start: int, stop: int) -> list[tuple[str, bytes, None]]:
