@@ -80,7 +80,11 @@ class CompactionJob:
                 paths = ", ".join(
                     quote_str(duckdb_path(f.file_path)) for p in group for f in p.bronze
                 )
-                source = f"read_parquet([{paths}]{field_id_schema(bronze)})"
+                # No Hive partitioning: the values in the directory names (`symbol=7203`,
+                # `symbol=X+Y`) are escaped and typed by guesswork; the columns in the file
+                # are the data.
+                options = f"{field_id_schema(bronze)}, hive_partitioning = false"
+                source = f"read_parquet([{paths}]{options})"
             sql = dedup_query(
                 source,
                 self.silver.schema(),
