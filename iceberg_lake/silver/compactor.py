@@ -63,7 +63,7 @@ from iceberg_lake.silver.plan import (
     table_name,
 )
 from iceberg_lake.silver.result import CompactionResult, merge_results
-from iceberg_lake.silver.state import BronzeHistory, parse_state
+from iceberg_lake.silver.state import BronzeHistory, is_ancestor, parse_state
 from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
 from iceberg_lake.timetravel.snapshots import AsOf
 
@@ -347,9 +347,12 @@ class SilverCompactor:
             if not parts:
                 return [_empty(definition, snap)]
             groups = group_by_day(parts, layout) if by_day else {None: parts}
+            lowered = mark_for_pin(bronze, silver, snap)
             try:
                 return [
-                    self._run(definition, bronze, silver, snap, layout, group, {}).with_date(day)
+                    self._run(
+                        definition, bronze, silver, snap, layout, group, {}, every_commit=lowered
+                    ).with_date(day)
                     for day, group in groups.items()
                 ]
             except CommitConflictError:
@@ -416,8 +419,14 @@ class SilverCompactor:
         table_properties: dict[str, str],
         *,
         history: BronzeHistory | None = None,
+        every_commit: dict[str, str] | None = None,
     ) -> CompactionResult:
-        """Compact the partitions that changed and commit them; return the result."""
+        """Compact the partitions that changed and commit them; return the result.
+
+        `table_properties` are set by the last commit of the run (an advanced incremental mark
+        holds only once every partition is in); `every_commit` by each commit (a lowered mark
+        must hold as soon as the first partition is rewritten from an older snapshot).
+        """
         started = time.perf_counter()
         history = history or BronzeHistory(bronze, PartitionMap(bronze, layout).of_file)
         todo, unchanged = split_changed(history, snap, parts)
@@ -439,7 +448,7 @@ class SilverCompactor:
         per = self.partitions_per_commit
         chunks = [todo[i : i + per] for i in range(0, len(todo), per)]
         for n, chunk in enumerate(chunks, start=1):
-            marks = table_properties if n == len(chunks) else {}
+            marks = {**(every_commit or {}), **(table_properties if n == len(chunks) else {})}
             groups = query_groups(chunk, self.rows_per_query, self.workers)
             with SilverCommit(silver, definition, snap, layout, marks, bronze) as commit:
                 with ThreadPoolExecutor(max_workers=self.workers) as pool:
@@ -471,6 +480,32 @@ class SilverCompactor:
     def _report(self, silver: Table, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(table_name(silver), done, total)
+
+
+def mark_for_pin(bronze: Table, silver: Table, snap: Snapshot) -> dict[str, str]:
+    """The incremental mark a `compact_date`/`compact_all_dates` run of `snap` commits with.
+
+    The mark (`lake.silver.incremental-source-snapshot-id`) promises that every Silver
+    partition holds Bronze as of the mark or later, so the next incremental run need only look
+    at what Bronze changed after it. A run pinned to an older snapshot (`--as-of`, a tag)
+    rewrites partitions with older content and breaks that promise: it lowers the mark to its
+    own snapshot, in the same commit, so the next incremental run catches up. When neither
+    snapshot descends from the other (a branch, an expired mark) the mark is cleared and the
+    next incremental run checks every partition from metadata.
+
+    Returns:
+        `{}` (keep the mark: none is set, or `snap` is the mark or newer) or the property to
+        set (the pinned snapshot id, or `""` to clear).
+    """
+    mark = silver.properties.get(P.SILVER_INCREMENTAL_SOURCE)
+    if not mark or not mark.isdigit():
+        return {}  # no usable mark: the next incremental run checks every partition anyway
+    marked, pinned = int(mark), snap.snapshot_id
+    if marked == pinned or is_ancestor(bronze, marked, pinned):
+        return {}
+    if is_ancestor(bronze, pinned, marked):
+        return {P.SILVER_INCREMENTAL_SOURCE: str(pinned)}
+    return {P.SILVER_INCREMENTAL_SOURCE: ""}
 
 
 def _empty(definition: TableDefinition, snap: Snapshot | None) -> CompactionResult:
