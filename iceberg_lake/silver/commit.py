@@ -29,12 +29,13 @@ from iceberg_lake.exceptions import CompactionError, SchemaChangeError, TimeTrav
 from iceberg_lake.schema.evolve import Change, WidenColumn, evolve_table
 from iceberg_lake.silver.job import PartitionOutput
 from iceberg_lake.silver.plan import Layout, Partition, cover, table_name
+from iceberg_lake.silver.state import is_ancestor
 from iceberg_lake.tables import TableDefinition
 from iceberg_lake.timetravel.snapshots import protect_silver_source
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SilverCommit", "advance_mark", "follow_bronze_types"]
+__all__ = ["SilverCommit", "advance_mark", "follow_bronze_types", "lower_mark", "mark_for_pin"]
 
 
 class SilverCommit:
@@ -233,3 +234,54 @@ def _widens(narrow: IcebergType, wide: IcebergType) -> bool:
     if isinstance(narrow, DecimalType) and isinstance(wide, DecimalType):
         return narrow.scale == wide.scale and narrow.precision < wide.precision
     return (type(narrow), type(wide)) in {(IntegerType, LongType), (FloatType, DoubleType)}
+
+
+def mark_for_pin(bronze: Table, silver: Table, snap: Snapshot) -> dict[str, str]:
+    """The incremental mark a `compact_date`/`compact_all_dates` run of `snap` commits with.
+
+    The mark (`lake.silver.incremental-source-snapshot-id`) promises that every Silver
+    partition holds Bronze as of the mark or later, so the next incremental run need only look
+    at what Bronze changed after it. A run pinned to an older snapshot (`--as-of`, a tag)
+    rewrites partitions with older content and breaks that promise: it lowers the mark to its
+    own snapshot, in the same commit, so the next incremental run catches up. When neither
+    snapshot descends from the other (a branch, an expired mark) the mark is cleared and the
+    next incremental run checks every partition from metadata.
+
+    Returns:
+        `{}` (keep the mark: none is set, or `snap` is the mark or newer) or the property to
+        set (the pinned snapshot id, or `""` to clear).
+    """
+    mark = silver.properties.get(P.SILVER_INCREMENTAL_SOURCE)
+    if not mark or not mark.isdigit():
+        return {}  # no usable mark: the next incremental run checks every partition anyway
+    marked, pinned = int(mark), snap.snapshot_id
+    if marked == pinned or is_ancestor(bronze, marked, pinned):
+        return {}
+    if is_ancestor(bronze, pinned, marked):
+        return {P.SILVER_INCREMENTAL_SOURCE: str(pinned)}
+    return {P.SILVER_INCREMENTAL_SOURCE: ""}
+
+
+def lower_mark(bronze: Table, silver: Table, snap: Snapshot, attempts: int = 4) -> None:
+    """Lower (or clear) the incremental mark for a run of `snap` as a metadata-only commit.
+
+    For writers that cannot set it in their own commit (Spark's partition overwrite): called
+    before the write, so no moment has older Silver content under a newer mark, and again after
+    it, in case an incremental run raised the mark in between. A lower mark is always safe: it
+    only makes the next incremental run look at more. Re-reads the mark on a lost race.
+
+    Raises:
+        CompactionError: every attempt lost a race with another commit.
+    """
+    for _ in range(attempts):
+        marks = mark_for_pin(bronze, silver, snap)
+        if not marks:
+            return
+        try:
+            with catalog_errors(f"updating {table_name(silver)}"):
+                with silver.transaction() as tx:
+                    tx.set_properties(marks)
+            return
+        except CommitFailedException:
+            silver.refresh()
+    raise CompactionError(f"{table_name(silver)}: could not lower the incremental mark")

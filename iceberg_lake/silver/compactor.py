@@ -43,7 +43,12 @@ from iceberg_lake.catalog import CatalogSource, as_catalog, catalog_errors
 from iceberg_lake.engine.filters import eq
 from iceberg_lake.engine.iceberg import partition_values
 from iceberg_lake.exceptions import CommitConflictError, CompactionError, LakeError
-from iceberg_lake.silver.commit import SilverCommit, advance_mark, follow_bronze_types
+from iceberg_lake.silver.commit import (
+    SilverCommit,
+    advance_mark,
+    follow_bronze_types,
+    mark_for_pin,
+)
 from iceberg_lake.silver.job import CompactionJob, DuckSession
 from iceberg_lake.silver.plan import (
     Layout,
@@ -63,7 +68,7 @@ from iceberg_lake.silver.plan import (
     table_name,
 )
 from iceberg_lake.silver.result import CompactionResult, merge_results
-from iceberg_lake.silver.state import BronzeHistory, is_ancestor, parse_state
+from iceberg_lake.silver.state import BronzeHistory, parse_state
 from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
 from iceberg_lake.timetravel.snapshots import AsOf
 
@@ -480,32 +485,6 @@ class SilverCompactor:
     def _report(self, silver: Table, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(table_name(silver), done, total)
-
-
-def mark_for_pin(bronze: Table, silver: Table, snap: Snapshot) -> dict[str, str]:
-    """The incremental mark a `compact_date`/`compact_all_dates` run of `snap` commits with.
-
-    The mark (`lake.silver.incremental-source-snapshot-id`) promises that every Silver
-    partition holds Bronze as of the mark or later, so the next incremental run need only look
-    at what Bronze changed after it. A run pinned to an older snapshot (`--as-of`, a tag)
-    rewrites partitions with older content and breaks that promise: it lowers the mark to its
-    own snapshot, in the same commit, so the next incremental run catches up. When neither
-    snapshot descends from the other (a branch, an expired mark) the mark is cleared and the
-    next incremental run checks every partition from metadata.
-
-    Returns:
-        `{}` (keep the mark: none is set, or `snap` is the mark or newer) or the property to
-        set (the pinned snapshot id, or `""` to clear).
-    """
-    mark = silver.properties.get(P.SILVER_INCREMENTAL_SOURCE)
-    if not mark or not mark.isdigit():
-        return {}  # no usable mark: the next incremental run checks every partition anyway
-    marked, pinned = int(mark), snap.snapshot_id
-    if marked == pinned or is_ancestor(bronze, marked, pinned):
-        return {}
-    if is_ancestor(bronze, pinned, marked):
-        return {P.SILVER_INCREMENTAL_SOURCE: str(pinned)}
-    return {P.SILVER_INCREMENTAL_SOURCE: ""}
 
 
 def _empty(definition: TableDefinition, snap: Snapshot | None) -> CompactionResult:

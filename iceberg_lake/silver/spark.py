@@ -48,7 +48,7 @@ from iceberg_lake.config import Settings
 from iceberg_lake.engine.filters import eq, ge, lt
 from iceberg_lake.engine.spark import replace_partitions, spark_sql_type
 from iceberg_lake.exceptions import CompactionError, LakeError, TimeTravelError
-from iceberg_lake.silver.commit import follow_bronze_types
+from iceberg_lake.silver.commit import follow_bronze_types, lower_mark
 from iceberg_lake.silver.dedup import sort_columns
 from iceberg_lake.silver.plan import (
     PartitionMap,
@@ -257,8 +257,12 @@ class SparkSilverCompactor:
                 protect_silver_source(bronze, snap.snapshot_id)
             except TimeTravelError as exc:
                 raise CompactionError(str(exc)) from None
+        # A pin older than Silver's incremental mark: Spark's commit cannot carry the lowered
+        # mark, so it is lowered just before (and again after, see `lower_mark`).
+        lower_mark(bronze, silver, snap)
         replace_partitions(deduped.drop(_BUCKET), spark_silver, props)
         silver = self.lake.load_table(f"{SILVER}.{definition.name}")
+        lower_mark(bronze, silver, snap)
         new = silver.current_snapshot()
         if new is None or new.snapshot_id == before:
             raise CompactionError(f"{spark_silver}: Spark wrote no snapshot")
