@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from rich.progress import (
 )
 
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, emit, err_console, settings
+from iceberg_lake.cli.output import to_json
 from iceberg_lake.exceptions import LakeError
 
 #: Text output: column title → result key.
@@ -100,7 +100,7 @@ def load(
     lake_settings = settings()
     show_progress = output == OutputFormat.text and err_console.is_terminal
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # a file or table name, not markup
         BarColumn(),
         TaskProgressColumn(),
         TextColumn("{task.fields[rows]:>12,} rows"),
@@ -128,7 +128,7 @@ def load(
             "results": [r.as_dict() for r in results],
             "compactions": [{k: c.get(k) for k in keys} for c in compactions],
         }
-        typer.echo(json.dumps(payload, default=str, indent=2))
+        typer.echo(to_json(payload))
         _fail_if_rejected(rejected)
         return
     if len(rejected) == len(results):
@@ -172,7 +172,9 @@ def _fail_if_rejected(rejected: list[Any]) -> None:
     if not rejected:
         return
     for r in rejected:
-        err_console.print(f"[red]error:[/red] {escape(r.error)}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[red]error:[/red] {escape(r.error)}", markup=True, highlight=False, soft_wrap=True
+        )
     raise typer.Exit(1)
 
 

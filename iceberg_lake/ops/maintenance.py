@@ -832,7 +832,7 @@ class ExpiryPolicy:
         """Snapshots `maintain_refs` would tag as checkpoints now (for dry runs)."""
         from iceberg_lake.timetravel import snapshots
 
-        due = snapshots._checkpoints_due(
+        due = snapshots.checkpoints_due(
             table,
             table_id,
             int(self.checkpoint_max_age.total_seconds() * 1000),

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from types import TracebackType
 
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.types import DecimalType, DoubleType, FloatType, IcebergType, IntegerType, LongType
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import catalog_errors
 from iceberg_lake.engine.iceberg import PartitionReplacement
-from iceberg_lake.exceptions import CompactionError, TimeTravelError
+from iceberg_lake.exceptions import CompactionError, SchemaChangeError, TimeTravelError
+from iceberg_lake.schema.evolve import Change, WidenColumn, evolve_table
+from iceberg_lake.schema.names import NameHistory
 from iceberg_lake.silver.job import PartitionOutput
 from iceberg_lake.silver.plan import Layout, Partition, cover, table_name
 from iceberg_lake.tables import TableDefinition
@@ -31,7 +35,7 @@ from iceberg_lake.timetravel.snapshots import protect_silver_source
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SilverCommit", "advance_mark"]
+__all__ = ["SilverCommit", "advance_mark", "follow_bronze_types"]
 
 
 class SilverCommit:
@@ -153,3 +157,56 @@ def advance_mark(silver: Table, marks: dict[str, str]) -> None:
                 tx.set_properties(marks)
     except CommitFailedException:
         silver.refresh()
+
+
+def follow_bronze_types(
+    bronze: Table, silver: Table, dedup_columns: Sequence[str] = ()
+) -> list[str]:
+    """Widen Silver columns that Bronze has widened since (`int`→`long`, ...); return what changed.
+
+    Columns are paired by meaning, not only by name: a column Bronze renamed since is the
+    Silver column of its old name (`NameHistory`; compaction feeds it the same way, see
+    `silver.dedup.source_columns`). `dedup_columns` is accepted for the callers' sake.
+
+    Silver is written with its own schema, so a Bronze column widened alone (`lake table evolve
+    bronze.stocks_trades --widen size:long`, for sizes above 2^31) would not fit it. Widening is
+    the one type change Iceberg allows and it never alters a stored value, so Silver follows in
+    one metadata commit (no snapshot; `lake.schema-version` + 1) before the data is compacted.
+    Idempotent: nothing is committed when the types already agree, or Silver's is the wider.
+
+    Raises:
+        CompactionError: a column's types differ in a way a widening cannot reconcile.
+    """
+    del dedup_columns  # renames are followed, not refused: nothing to check by name
+    history = NameHistory(bronze.schemas().values())
+    bronze_schema = bronze.schema()
+    theirs = {f.name: f.field_type for f in bronze_schema.fields}
+    changes: list[Change] = []
+    for f in silver.schema().fields:
+        source = history.resolve(f.name, bronze_schema)
+        if source is None:
+            continue  # not in Bronze
+        wide = theirs[source]
+        if f.field_type == wide or _widens(wide, f.field_type):
+            continue  # the same, or Silver's is wider: DuckDB casts up
+        changes.append(WidenColumn(f.name, str(wide)))
+    if not changes:
+        return []
+    try:
+        result = evolve_table(silver, table_name(silver), changes)
+    except SchemaChangeError as exc:
+        raise CompactionError(
+            f"{table_name(silver)} cannot follow the column types of {table_name(bronze)}: "
+            f"{exc}; make the two tables' types match"
+        ) from None
+    done = [c.describe() for c in result.plan.apply] if result.committed else []
+    for line in done:
+        log.warning("%s: %s (to follow %s)", table_name(silver), line, table_name(bronze))
+    return done
+
+
+def _widens(narrow: IcebergType, wide: IcebergType) -> bool:
+    """True when `wide` is an Iceberg widening of `narrow` (so `narrow` values fit it)."""
+    if isinstance(narrow, DecimalType) and isinstance(wide, DecimalType):
+        return narrow.scale == wide.scale and narrow.precision < wide.precision
+    return (type(narrow), type(wide)) in {(IntegerType, LongType), (FloatType, DoubleType)}
