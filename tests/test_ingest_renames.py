@@ -104,9 +104,8 @@ def test_rows_decoded_before_a_change_are_placed_by_field_id(
     catalog.init()
     old = codec_for(TABLE, catalog.load_table(TABLE), "symbol")
     chunk = old.decode([json.dumps(event(i)).encode() for i in range(5)]).table
-    evolve_table(
-        catalog.load_table(TABLE), TABLE, [RenameColumn("exchange", "exch"), DropColumn("conditions")]
-    )
+    changes = [RenameColumn("exchange", "exch"), DropColumn("conditions")]
+    evolve_table(catalog.load_table(TABLE), TABLE, changes)
     table = catalog.load_table(TABLE)
     writer = ConsumerWriter(settings, TABLE, None)  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="iceberg_lake.ingest.writer"):
