@@ -161,10 +161,36 @@ def load(
             f"{c.get('rows_written') or 0:,} rows, {c.get('partitions') or 0} partitions"
         )
     if not compact and total_stored:
-        days = sorted({d for r in results for d in r.days})
-        if days:
-            typer.echo(f"next: lake compact --date {days[0]} (or lake load ... --compact)")
+        hint = compact_hint(sorted({d for r in results for d in r.days}))
+        if hint:
+            typer.echo(hint)
     _fail_if_rejected(rejected)
+
+
+#: `compact_hint` names each touched day up to this many; more are shown as a range.
+HINT_MAX_DAYS = 5
+
+
+def compact_hint(days: list[str]) -> str | None:
+    """The `next:` line after a load without `--compact`: a command covering every day touched.
+
+    One day: `lake compact --date D`. Several: `lake compact --incremental`, which compacts
+    every partition Bronze changed since Silver's last run, so every loaded day (naming each day,
+    or the range when there are many, with the per-day alternative).
+    """
+    if not days:
+        return None
+    if len(days) == 1:
+        return f"next: lake compact --date {days[0]} (or lake load ... --compact)"
+    named = (
+        ", ".join(days)
+        if len(days) <= HINT_MAX_DAYS
+        else f"{days[0]} .. {days[-1]}, {len(days)} days"
+    )
+    return (
+        f"next: lake compact --incremental (compacts every day loaded: {named}; "
+        "or lake compact --date D for each, or lake load ... --compact)"
+    )
 
 
 def _fail_if_rejected(rejected: list[Any]) -> None:
