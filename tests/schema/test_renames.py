@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
+from iceberg_lake.ops.check import check_tables
 from iceberg_lake.schema.evolve import DropColumn, RenameColumn, evolve_table
 from iceberg_lake.silver.compactor import SilverCompactor
 from iceberg_lake.timetravel.query import Lake
@@ -122,3 +123,11 @@ def test_query_shows_the_current_snapshot_under_the_new_name_at_once(lake: LakeC
     assert got == [{"n": 10}]
     got = lake_q.query(f"SELECT count(venue) AS n FROM {BRONZE}").to_pylist()
     assert got == [{"n": 12}]
+
+
+def test_check_counts_duplicates_under_a_renamed_dedup_key(lake: LakeCatalog) -> None:
+    rows = pairs(0, 10)
+    append(lake.load_table(BRONZE), rows + rows[:3])  # 3 events stored twice
+    evolve_table(lake.load_table(BRONZE), BRONZE, [RenameColumn("seq", "sequence")])
+    report = check_tables(Lake(lake), [BRONZE])
+    assert report.count(BRONZE, "duplicates") == 3
