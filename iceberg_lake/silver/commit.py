@@ -27,6 +27,7 @@ from iceberg_lake.catalog import catalog_errors
 from iceberg_lake.engine.iceberg import PartitionReplacement
 from iceberg_lake.exceptions import CompactionError, SchemaChangeError, TimeTravelError
 from iceberg_lake.schema.evolve import Change, WidenColumn, evolve_table
+from iceberg_lake.schema.names import NameHistory
 from iceberg_lake.silver.job import PartitionOutput
 from iceberg_lake.silver.plan import Layout, Partition, cover, table_name
 from iceberg_lake.silver.state import is_ancestor
@@ -164,8 +165,9 @@ def follow_bronze_types(
 ) -> list[str]:
     """Widen Silver columns that Bronze has widened since (`int`→`long`, ...); return what changed.
 
-    A column renamed on Bronze only is refused with the command that renames it on Silver (a
-    dedup column, which `catalog/` names, with the command that renames it back).
+    Columns are paired by meaning, not only by name: a column Bronze renamed since is the
+    Silver column of its old name (`NameHistory`; compaction feeds it the same way, see
+    `silver.dedup.source_columns`). `dedup_columns` is accepted for the callers' sake.
 
     Silver is written with its own schema, so a Bronze column widened alone (`lake table evolve
     bronze.stocks_trades --widen size:long`, for sizes above 2^31) would not fit it. Widening is
@@ -174,17 +176,21 @@ def follow_bronze_types(
     Idempotent: nothing is committed when the types already agree, or Silver's is the wider.
 
     Raises:
-        CompactionError: a column's types differ in a way a widening cannot reconcile, or a
-            Silver column was renamed on Bronze only.
+        CompactionError: a column's types differ in a way a widening cannot reconcile.
     """
-    _refuse_bronze_only_renames(bronze, silver, dedup_columns)
-    silver_fields = {f.name: f.field_type for f in silver.schema().fields}
+    del dedup_columns  # renames are followed, not refused: nothing to check by name
+    history = NameHistory(bronze.schemas().values())
+    bronze_schema = bronze.schema()
+    theirs = {f.name: f.field_type for f in bronze_schema.fields}
     changes: list[Change] = []
-    for f in bronze.schema().fields:
-        mine = silver_fields.get(f.name)
-        if mine is None or mine == f.field_type or _widens(f.field_type, mine):
-            continue  # not in Silver, the same, or Silver's is wider: DuckDB casts up
-        changes.append(WidenColumn(f.name, str(f.field_type)))
+    for f in silver.schema().fields:
+        source = history.resolve(f.name, bronze_schema)
+        if source is None:
+            continue  # not in Bronze
+        wide = theirs[source]
+        if f.field_type == wide or _widens(wide, f.field_type):
+            continue  # the same, or Silver's is wider: DuckDB casts up
+        changes.append(WidenColumn(f.name, str(wide)))
     if not changes:
         return []
     try:
@@ -198,35 +204,6 @@ def follow_bronze_types(
     for line in done:
         log.warning("%s: %s (to follow %s)", table_name(silver), line, table_name(bronze))
     return done
-
-
-def _refuse_bronze_only_renames(bronze: Table, silver: Table, dedup: Sequence[str]) -> None:
-    """Refuse a Silver column that Bronze has renamed since (Silver matches columns by name).
-
-    Compacting anyway would write NULL for the column, for old rows too, and a NULL dedup
-    column merges distinct events; the operator renames Silver as well (migrations do both).
-    """
-    current = {f.field_id: f.name for f in bronze.schema().fields}
-    names = set(current.values())
-    for column in silver.schema().column_names:
-        if column in names:
-            continue
-        for schema in bronze.metadata.schemas:
-            old = next((f for f in schema.fields if f.name == column), None)
-            new = current.get(old.field_id) if old is not None else None
-            if new is not None and new not in silver.schema().column_names:
-                if column in dedup:
-                    raise CompactionError(
-                        f"{table_name(bronze)} renamed column {column} to {new}, but Silver "
-                        f"identifies events by the dedup columns catalog/ declares ({column} is "
-                        f"one): rename it back (lake table evolve {table_name(bronze)} "
-                        f"--rename {new}:{column})"
-                    )
-                raise CompactionError(
-                    f"{table_name(bronze)} renamed column {column} to {new} but "
-                    f"{table_name(silver)} still calls it {column}: rename it there too "
-                    f"(lake table evolve {table_name(silver)} --rename {column}:{new})"
-                )
 
 
 def _widens(narrow: IcebergType, wide: IcebergType) -> bool:
