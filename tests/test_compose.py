@@ -144,3 +144,20 @@ def test_production_md_describes_the_maintenance_loop_as_compose_runs_it(
         shown = " ".join(words[2:] if words[1] == "maintain" else words)
         assert f"`{shown}`" in row or f"`{' '.join(words)}`" in row, (shown, row)
     assert "--older-than 7d" not in row  # the job keeps each table's window (6 h), not 7 days
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration (`30s`, `1m30s`, `1m`) in seconds."""
+    parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", duration)
+    assert parts and duration, f"unsupported duration {duration!r}"
+    return int(parts.group(1) or 0) * 60 + float(parts.group(2) or 0)
+
+
+def test_stop_grace_period_outlasts_the_writers_shutdown_grace(compose: dict[str, Any]) -> None:
+    # Compose's default (10 s) equals the default LAKE_SHUTDOWN_GRACE_SECONDS: a stop while a
+    # commit fails would end in SIGKILL before the writers give up cleanly.
+    lake = compose["services"]["lake"]
+    grace = load_settings(
+        {k: v for k, v in _env(lake).items() if k == "LAKE_SHUTDOWN_GRACE_SECONDS"}
+    ).shutdown_grace_seconds
+    assert _seconds(str(lake.get("stop_grace_period", "10s"))) >= grace + 10

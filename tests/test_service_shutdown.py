@@ -1,9 +1,13 @@
 """SIGTERM while every commit fails (object store down): bounded grace, exit non-zero, no ack;
-the next `lake serve` stores everything once. Budget: about 40 s (SeaweedFS restart included)."""
+the next `lake serve` stores everything once. SIGTERM with NATS down: the buffer is committed,
+acks and lease release skipped, exit 0 within the grace period. Budget: about 40 s + 15 s."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -11,12 +15,17 @@ import pytest
 from ingest_support import duck_for, encode, make_event, publish, scan_sql, settings_for
 from test_service_process import start_serve, wait_for, watermark
 
-from iceberg_lake.testing import NatsServer, S3Server
+from iceberg_lake.config import Settings
+from iceberg_lake.engine import nats as bus
+from iceberg_lake.runtime import http_status, wait_until_ready
+from iceberg_lake.testing import NatsServer, S3Server, run_nats_server
 
 pytestmark = pytest.mark.integration
 
 TABLE = "bronze.stocks_trades"
 GRACE = 3.0
+#: Past the grace period: the process's exit (Python teardown) on a loaded machine.
+MARGIN = 4.0
 
 
 def test_sigterm_during_failing_commit_exits_after_grace_without_ack(
@@ -63,3 +72,107 @@ def test_sigterm_during_failing_commit_exits_after_grace_without_ack(
         f"SELECT count(*), count(DISTINCT (source, seq)) FROM {scan_sql(settings, TABLE)}"
     ).fetchone()
     assert (count, distinct) == (n, n)
+
+
+async def _ack_pending(settings: Settings) -> int:
+    nc = await bus.connect(settings, name="test-info")
+    try:
+        stream, durable, _ = bus.consumer_target(TABLE)
+        state = await bus.consumer_state(bus.jetstream(nc, settings), stream, durable)
+        return 0 if state is None else state[1]
+    finally:
+        await nc.close()
+
+
+def _kill_nats(server: NatsServer) -> None:
+    """SIGKILL by PID (no lame-duck goodbye to the clients), reaped."""
+    assert server.process.pid is not None
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.process.stop(5)
+
+
+def _start_nats(server: NatsServer) -> None:
+    """Start it again on the same ports and JetStream store."""
+    server.process.start()
+    wait_until_ready(
+        lambda: http_status(f"{server.monitor_url}/healthz?js-enabled-only=true") == 200,
+        what="nats-server after its restart",
+        timeout=15,
+        process=server.process,
+    )
+
+
+def _sigterm_within(proc: subprocess.Popen[bytes], log: Path) -> int:
+    """SIGTERM `proc`; its exit code, which must come within the grace period and a margin."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=GRACE + MARGIN)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(
+            f"lake serve still running {GRACE + MARGIN:g} s after SIGTERM with NATS down:\n"
+            + log.read_text()[-2000:]
+        ) from None
+
+
+def test_sigterm_with_nats_down_exits_within_grace_and_loses_nothing(tmp_path: Path, duck) -> None:
+    """NATS killed (1) while a batch is buffered, (2) while the writer waits to recreate its
+    consumer: SIGTERM exits 0 within the grace period, the buffer of (1) committed, its acks and
+    the lease release skipped; after NATS comes back a writer stores every event once.
+    Budget: about 15 s (three `lake serve` starts, a 2 s lease expiry)."""
+    with run_nats_server(tmp_path / "nats") as server:
+        settings = settings_for(
+            tmp_path,
+            server.url,
+            LAKE_BRONZE_BATCH_SIZE="200",
+            LAKE_BRONZE_BATCH_SECONDS="60",  # the second 100 stay buffered
+            LAKE_SHUTDOWN_GRACE_SECONDS=str(GRACE),
+            LAKE_WRITER_LEASE_SECONDS="2",  # the unreleased lease expires quickly
+        )
+        items = [("market.stocks.trades", encode(make_event(TABLE, i)), None) for i in range(400)]
+        log = tmp_path / "serve.log"
+        publish(settings, items[:200], acked=True)
+        proc = start_serve(settings, log, "--tables", "stocks_trades")
+        try:
+            wait_for(lambda: watermark(settings, TABLE) == 200, 30, "the first batch", proc)
+            publish(settings, items[200:300], acked=True)
+            wait_for(lambda: asyncio.run(_ack_pending(settings)) == 100, 10, "a buffer", proc)
+            # Frozen, the process sees the lost connection and the SIGTERM together: NATS goes
+            # down as the buffer is flushed.
+            proc.send_signal(signal.SIGSTOP)
+            _kill_nats(server)
+            proc.send_signal(signal.SIGCONT)
+            code = _sigterm_within(proc, log)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        text = log.read_text()
+        assert code == 0, text[-2000:]
+        assert watermark(settings, TABLE) == 300, text[-2000:]  # the buffer was committed
+        assert "NATS unreachable at shutdown" in text and "Traceback" not in text, text[-2000:]
+
+        _start_nats(server)
+        publish(settings, items[300:], acked=True)
+        log2 = tmp_path / "serve2.log"
+        proc = start_serve(settings, log2, "--tables", "stocks_trades")
+        try:
+            wait_for(lambda: "active on consumer" in log2.read_text(), 30, "a new writer", proc)
+            _kill_nats(server)
+            wait_for(lambda: "re-reading from" in log2.read_text(), 10, "a reset", proc)
+            code = _sigterm_within(proc, log2)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        text = log2.read_text()
+        assert code == 0, text[-2000:]
+        assert "Traceback" not in text, text[-2000:]
+
+        _start_nats(server)
+        again = start_serve(settings, log, "--tables", "stocks_trades", "--until-idle")
+        assert again.wait(timeout=60) == 0, log.read_text()[-3000:]
+        con = duck_for(duck, settings)
+        count, distinct = con.sql(
+            f"SELECT count(*), count(DISTINCT (source, seq)) FROM {scan_sql(settings, TABLE)}"
+        ).fetchone()
+        assert (count, distinct) == (400, 400)

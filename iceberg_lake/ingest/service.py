@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings, redact_url
 from iceberg_lake.engine import nats as bus
-from iceberg_lake.exceptions import LakeError, TransientError
+from iceberg_lake.exceptions import LakeError, ShutdownTimeoutError, TransientError
 from iceberg_lake.ingest.retry_log import RetryLog
 from iceberg_lake.ingest.writer import ConsumerWriter
 from iceberg_lake.tables import registry
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: How often the service polls consumer lag (metrics, idle detection).
 LAG_POLL_SECONDS = 0.25
+#: At shutdown, the least time given to the lease releases, the ack flush and the close.
+CLOSE_FLOOR_SECONDS = 1.0
 
 
 def default_targets() -> list[str]:
@@ -116,6 +118,7 @@ class LakeService:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._stop.set)
                 installed.append(sig)
+        deadline: float | None = None
         try:
             with bus.bus_errors("setting up the JetStream streams and the lease bucket"):
                 await bus.ensure_streams(js, self.settings)
@@ -149,15 +152,31 @@ class LakeService:
             )
             tasks = [asyncio.create_task(w.run(self._stop)) for w in self.writers]
             watcher = asyncio.create_task(self._watch(stop_when_idle, idle_seconds))
-            # A task that fails (a bug, a shutdown timeout) stops the others: they flush,
-            # commit and ack what they hold, and `run` raises the first error.
-            await asyncio.wait([*tasks, watcher], return_when=asyncio.FIRST_EXCEPTION)
+            stopper = asyncio.create_task(self._stop.wait())
+            # A stop, or a task that fails (a bug, a shutdown timeout), stops the others: they
+            # flush, commit and ack what they hold, and `run` raises the first error.
+            await asyncio.wait([*tasks, watcher, stopper], return_when=asyncio.FIRST_COMPLETED)
             self._stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            stopper.cancel()
+            # The whole shutdown is bounded by the grace period: the writers' commits by their
+            # own grace deadline (they raise `ShutdownTimeoutError`), anything else (a NATS
+            # call waiting out its timeout) is cancelled here, a moment later; nothing acked.
+            deadline = time.monotonic() + self.settings.shutdown_grace_seconds
             if not watcher.done():
                 watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            _, late = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds + 1)
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*tasks, watcher, return_exceptions=True)
             errors: list[BaseException] = []
+            if late:
+                errors.append(
+                    ShutdownTimeoutError(
+                        f"lake serve: {len(late)} writer(s) still stopping after the "
+                        f"{self.settings.shutdown_grace_seconds:g} s shutdown grace period; "
+                        "exiting without acking (the messages stay in the stream)"
+                    )
+                )
             for t, what in [*zip(tasks, self.targets, strict=True), (watcher, "lag watcher")]:
                 exc = None if t.cancelled() else t.exception()
                 if exc is not None:
@@ -169,16 +188,38 @@ class LakeService:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             self._closing = True
-            for w in self.writers:
-                await w.close()
-            # Acks are plain publishes: flush them to the server before closing.
-            with contextlib.suppress(Exception):
-                await nc.flush(timeout=5)
-            with contextlib.suppress(Exception):
-                await nc.close()
+            await self._disconnect(nc, deadline)
         log.info(
             "lake serve stopped: %d events committed", sum(w.committed_events for w in self.writers)
         )
+
+    async def _disconnect(self, nc: Client, deadline: float | None) -> None:
+        """Release the leases, flush the acks and close, within the shutdown deadline.
+
+        NATS unreachable: each of these would wait out its own timeout (10 s per lease, 5 s
+        for the flush), so they are skipped: the acks are lost (the next writer starts after
+        the watermark, past what was committed) and the leases expire after their TTL.
+        """
+        # A floor for a stop that used up the grace (or a grace of 0): a healthy NATS still
+        # takes the releases and the acks.
+        budget = max(CLOSE_FLOOR_SECONDS, (deadline or time.monotonic()) - time.monotonic())
+        end = time.monotonic() + budget
+        if not nc.is_connected:
+            log.warning(
+                "lake serve: NATS unreachable at shutdown: acks and lease releases skipped "
+                "(committed messages are skipped by the watermark; the leases expire in %g s)",
+                self.settings.writer_lease_seconds,
+            )
+            for w in self.writers:
+                await w.close(timeout=0)
+        else:
+            for w in self.writers:
+                await w.close(timeout=max(0.0, end - time.monotonic()))
+            # Acks are plain publishes: flush them to the server before closing.
+            with contextlib.suppress(Exception):
+                await nc.flush(timeout=max(1, min(5, int(end - time.monotonic()))))
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), max(0.1, end - time.monotonic()))
 
     async def _watch(self, stop_when_idle: bool, idle_seconds: float) -> None:
         """Poll consumer lag (metric) and, when asked, stop once everything is stored.

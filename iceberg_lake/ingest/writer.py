@@ -33,7 +33,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -183,6 +183,33 @@ def in_daemon_thread(fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
     name = f"lake-{getattr(fn, '__name__', 'job')}"
     threading.Thread(target=target, name=name, daemon=True).start()
     return future
+
+
+async def _unless_stopped(aw: Awaitable[_T], stop: asyncio.Event) -> asyncio.Future[_T] | None:
+    """Await `aw` unless `stop` is set first (then cancel it).
+
+    For NATS calls that hold nothing of the writer's (recreating the consumer, taking the
+    lease): with NATS down each waits out its timeout (10 s), which a shutdown must not.
+
+    Returns:
+        The completed future (its result), or None if stopped first.
+
+    Raises:
+        Exception: the error of `aw`.
+    """
+    future = asyncio.ensure_future(aw)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([future, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if future.done():
+        future.result()  # raises its error
+        return future
+    future.cancel()
+    with contextlib.suppress(BaseException):
+        await future
+    return None
 
 
 class _LeaseLost(Exception):
@@ -389,14 +416,20 @@ class ConsumerWriter:
         self.max_sseq = self.position
         self.max_dseq = 0
 
-    async def close(self) -> None:
-        """Unsubscribe the pull subscription (the consumer stays) and release the lease."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Unsubscribe the pull subscription (the consumer stays) and release the lease.
+
+        Args:
+            timeout: most seconds to wait for NATS to take the release (None: the JetStream
+                timeout); past it the lease is left to expire after its TTL.
+        """
         if self.psub is not None:
             with contextlib.suppress(Exception):
                 await self.psub.close()
             self.psub = None
         if self.lease is not None:
-            await self.lease.release()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.lease.release(), timeout)
         self.active = False
 
     def request_reset(self) -> None:
@@ -420,7 +453,10 @@ class ConsumerWriter:
         logged = False
         while not stop.is_set():
             try:
-                if await lease.try_acquire():
+                acquired = await _unless_stopped(lease.try_acquire(), stop)
+                if acquired is None:
+                    break
+                if acquired.result():
                     self._lease_log.succeeded()
                     return True
                 if not logged:
@@ -531,11 +567,15 @@ class ConsumerWriter:
                     if self.reload_needed:
                         await in_daemon_thread(self._load)
                         self.reload_needed = False
-                    await self._resubscribe()
+                    # NATS down: each call may wait out the JetStream timeout (10 s); a stop
+                    # does not wait for it (nothing is buffered here).
+                    if await _unless_stopped(self._resubscribe(), stop) is None:
+                        break
                 except TransientError as exc:  # NATS or the catalog down: try again shortly
                     self._resubscribe_log.failed(_one_line(exc))
                     self.reset_needed = True
-                    await asyncio.sleep(1.0)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
                     continue
                 self._resubscribe_log.succeeded()
                 continue
@@ -580,7 +620,11 @@ class ConsumerWriter:
         if self._grace_deadline is None:
             self._grace_deadline = time.monotonic() + self.settings.shutdown_grace_seconds
         await self._wait_commit()
-        if not self.reset_needed:  # a fenced batch leaves nothing of ours to flush
+        if not (self.reset_needed and self.reload_needed):
+            # A fence (both flags, `_wait_commit`) leaves nothing of ours to flush. A lost
+            # connection (only `reset_needed`) does: the buffer is gap-free up to its last
+            # delivery (`_ingest`), so it is committed with NATS down too; its ack cannot reach
+            # the server, and the next writer starts after the watermark, past these messages.
             self._maybe_flush(force=True)
             await self._wait_commit()
 
