@@ -12,7 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-from ingest_support import duck_for, encode, make_event, publish, scan_sql, settings_for
+from ingest_support import (
+    count_rows,
+    duck_for,
+    encode,
+    make_event,
+    publish,
+    scan_sql,
+    settings_for,
+)
 from test_service_process import start_serve, wait_for, watermark
 
 from iceberg_lake.config import Settings
@@ -102,9 +110,12 @@ def _start_nats(server: NatsServer) -> None:
     )
 
 
-def _sigterm_within(proc: subprocess.Popen[bytes], log: Path) -> int:
-    """SIGTERM `proc`; its exit code, which must come within the grace period and a margin."""
+def _sigterm_within(proc: subprocess.Popen[bytes], log: Path, *, resume: bool = False) -> int:
+    """SIGTERM `proc` (then SIGCONT if `resume`); its exit code, which must come within the grace
+    period and a margin."""
     proc.send_signal(signal.SIGTERM)
+    if resume:
+        proc.send_signal(signal.SIGCONT)
     try:
         return proc.wait(timeout=GRACE + MARGIN)
     except subprocess.TimeoutExpired:
@@ -115,9 +126,10 @@ def _sigterm_within(proc: subprocess.Popen[bytes], log: Path) -> int:
 
 
 def test_sigterm_with_nats_down_exits_within_grace_and_loses_nothing(tmp_path: Path, duck) -> None:
-    """NATS killed (1) while a batch is buffered, (2) while the writer waits to recreate its
-    consumer: SIGTERM exits 0 within the grace period, the buffer of (1) committed, its acks and
-    the lease release skipped; after NATS comes back a writer stores every event once.
+    """NATS killed (1) while a batch (a dead letter in it) is buffered, (2) while the writer
+    waits to recreate its consumer: SIGTERM exits 0 within the grace period, the buffer of (1)
+    committed, its acks, dead-letter publish and lease release skipped; after NATS comes back a
+    writer stores every event once.
     Budget: about 15 s (three `lake serve` starts, a 2 s lease expiry)."""
     with run_nats_server(tmp_path / "nats") as server:
         settings = settings_for(
@@ -129,6 +141,7 @@ def test_sigterm_with_nats_down_exits_within_grace_and_loses_nothing(tmp_path: P
             LAKE_WRITER_LEASE_SECONDS="2",  # the unreleased lease expires quickly
         )
         items = [("market.stocks.trades", encode(make_event(TABLE, i)), None) for i in range(400)]
+        items[250] = ("market.stocks.trades", b"{not json", None)  # a dead letter in the buffer
         log = tmp_path / "serve.log"
         publish(settings, items[:200], acked=True)
         proc = start_serve(settings, log, "--tables", "stocks_trades")
@@ -140,8 +153,7 @@ def test_sigterm_with_nats_down_exits_within_grace_and_loses_nothing(tmp_path: P
             # down as the buffer is flushed.
             proc.send_signal(signal.SIGSTOP)
             _kill_nats(server)
-            proc.send_signal(signal.SIGCONT)
-            code = _sigterm_within(proc, log)
+            code = _sigterm_within(proc, log, resume=True)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -150,6 +162,7 @@ def test_sigterm_with_nats_down_exits_within_grace_and_loses_nothing(tmp_path: P
         assert code == 0, text[-2000:]
         assert watermark(settings, TABLE) == 300, text[-2000:]  # the buffer was committed
         assert "NATS unreachable at shutdown" in text and "Traceback" not in text, text[-2000:]
+        assert "dead letter publish to NATS skipped" in text, text[-2000:]
 
         _start_nats(server)
         publish(settings, items[300:], acked=True)
@@ -175,4 +188,5 @@ def test_sigterm_with_nats_down_exits_within_grace_and_loses_nothing(tmp_path: P
         count, distinct = con.sql(
             f"SELECT count(*), count(DISTINCT (source, seq)) FROM {scan_sql(settings, TABLE)}"
         ).fetchone()
-        assert (count, distinct) == (400, 400)
+        assert (count, distinct) == (399, 399)
+        assert count_rows(con, settings, "bronze.dead_letters") == 1

@@ -902,6 +902,12 @@ class ConsumerWriter:
                 log.debug("writer %s: ack failed: %s", self.target, exc)
 
     async def _publish_dead_letters(self, letters: list[DeadLetter]) -> None:
+        stopping = self._stop is not None and self._stop.is_set()
+        if stopping and self.nc is not None and not self.nc.is_connected:
+            # Stopping with NATS down: each publish would wait out its 5 s timeout, time the
+            # grace period needs for the commit (the quarantine table is the durable record).
+            log.warning("dead letter publish to NATS skipped: NATS unreachable at shutdown")
+            return
         for d in letters:
             target = d.target_table if d.target_table != UNROUTED else UNROUTED
             try:
