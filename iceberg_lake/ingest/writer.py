@@ -548,7 +548,12 @@ class ConsumerWriter:
                 await self.commit_task
             self.commit_task = None
         self.batch = MicroBatch()
-        await self.close()
+        if self._stop is not None:
+            # NATS down (the usual reason for a lost lease): the release would wait out its
+            # timeout; a stop does not wait for it (the service closes again, bounded).
+            await _unless_stopped(self.close(), self._stop)
+        else:
+            await self.close()
 
     async def _consume(self, stop: asyncio.Event) -> None:
         limit = self.settings.max_buffered_events
