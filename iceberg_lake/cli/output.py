@@ -323,7 +323,8 @@ def print_status(report: LakeStatus, out: Console | Output | None = None) -> Non
             consumers.add_column(col)
         for c in report.consumers:
             if not c.exists:
-                consumers.add_row(c.table, c.stream, c.consumer, "-", "not created", "", "")
+                lag = str(c.lag) if c.stream_error else "-"
+                consumers.add_row(c.table, c.stream, c.consumer, lag, "not created", "", "")
                 continue
             consumers.add_row(
                 c.table,
@@ -338,6 +339,8 @@ def print_status(report: LakeStatus, out: Console | Output | None = None) -> Non
         for c in report.consumers:
             if c.warning:
                 target.print(f"[yellow]warning[/yellow] {c.consumer}: {c.warning}", highlight=False)
+            if c.stream_error:
+                target.print(f"[red]error[/red] {c.stream_error}", highlight=False)
     if report.dead_letters:
         dl = RichTable(title="dead letters")
         dl.add_column("target table")
