@@ -36,11 +36,17 @@ from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.engine import nats as bus
 from iceberg_lake.engine.nats_tail import _stream_info
-from iceberg_lake.exceptions import ConfigError, LakeError, StreamMismatchError
+from iceberg_lake.exceptions import (
+    ConfigError,
+    LakeError,
+    StreamMismatchError,
+    TimeTravelError,
+)
 from iceberg_lake.ops import metrics
 from iceberg_lake.ops.status import collect_status
 from iceberg_lake.testing import NatsServer
 from iceberg_lake.timetravel.query import Lake
+from iceberg_lake.timetravel.replay import ReplayEngine
 
 pytestmark = pytest.mark.integration
 
@@ -161,6 +167,11 @@ def test_recreated_stream_stops_serve_and_reset_position_recovers(
     assert count == 300
     assert rng.warning and "recreated" not in rng.warning and "reset-position" in rng.warning
     assert "empty tail" not in rng.describe() and "recreated" in rng.describe()
+
+    # A live replay refuses in one line rather than continue the history with the new stream.
+    engine = ReplayEngine(settings, [TABLE], 0, 2**62, pin=False, live=True)
+    with pytest.raises(TimeTravelError, match="live replay: .*reset-position"):
+        list(engine.all_events())
 
     # A restart refuses too, until the documented reset.
     again = lake_cli(settings, "serve", "--tables", "stocks_trades", "--until-idle")

@@ -477,10 +477,7 @@ class TailSource:
             self.watermark, frozenset([self.stream_created] if self.stream_created else [])
         )
         live = StreamIdentity(self.stream, created, first_seq, last_seq)
-        problem = position.mismatch(self.identifier, self.consumer, done, live)
-        if problem is None:
-            return None
-        return f"{problem} (the live view holds the table's snapshot only)"
+        return position.mismatch(self.identifier, self.consumer, done, live)
 
     def decode(self, messages: Sequence[TailMessage], recv_ns: int | None = None) -> pa.Table:
         """The rows of `messages` as the writer would store them (rejected ones left out).
@@ -620,7 +617,7 @@ async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, in
         if problem is not None:
             # Its sequences are another stream's: none of them is the tail (at least warn).
             cache = _TailCache(src.watermark, src.schema_id, src.arrow_schema)
-            cache.stream_error = problem
+            cache.stream_error = f"{problem} (the live view holds the table's snapshot only)"
             loop.tails[src.identifier] = cache
             return src.watermark
         skipped = skipped_runs(before, [m.seq for m in msgs], state.last_seq)
@@ -1131,7 +1128,7 @@ async def _tail_newest(
     if live is not None:
         problem = src.stream_mismatch(live.created, live.first_seq, live.last_seq)
         if problem is not None:
-            return None, problem
+            return None, f"{problem} (the live view holds the table's snapshot only)"
     removed = removed_range(src.watermark, first)
     newest: list[int] = []
     if msg is not None and msg.seq > src.watermark:
@@ -1492,6 +1489,16 @@ class LiveTail:
 
         async def setup() -> dict[str, int] | None:
             js = await loop.js()
+            streams = {src.stream for _, src, _ in self.sources}
+            live = {s: await stream_identity(js, s) for s in sorted(streams)}
+            for _, src, _ in self.sources:
+                now = live[src.stream]
+                problem = (
+                    src.stream_mismatch(now.created, now.first_seq, now.last_seq) if now else None
+                )
+                if problem is not None:
+                    # Its sequences are another stream's: the tail cannot continue the history.
+                    raise TimeTravelError(f"live replay: {problem}")
             for _, src, _ in self.sources:
                 followers[src.identifier] = TailFollower(js, src.stream, src.subject, src.watermark)
             ends = None if self.follow else await fix_ends(js)
