@@ -266,6 +266,7 @@ class ConsumerWriter:
         self.stream_created = ""
         #: Last stream sequence reported as removed before it was committed.
         self.removed_reported = 0
+        self._stream_missing = False
         self.tables: dict[str, Table] = {}
         self.codecs: dict[str, TableCodec] = {}
         self.decoder: Decoder | None = None
@@ -371,8 +372,12 @@ class ConsumerWriter:
                 storage (see `ingest.position`).
         """
         live = await stream_identity(self.js, self.stream)
-        if live is None:
-            return  # no stream: creating the consumer fails and is retried
+        if live is None:  # creating the consumer fails and is retried
+            if not self._stream_missing:
+                self._stream_missing = True
+                log.warning("writer %s: stream %s does not exist", self.target, self.stream)
+            return
+        self._stream_missing = False
         done = self.committed_stream
         if self.stream_created and self.stream_created not in done.created:
             # Commits since `_load` recorded the creation time checked before.
