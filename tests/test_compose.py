@@ -127,3 +127,20 @@ def test_dockerfile_runs_the_service_with_metrics() -> None:
     assert "EXPOSE 9100" in text and "HEALTHCHECK" in text
     for needed in ("catalog", "migrations", "pyproject.toml"):
         assert f"COPY {needed}" in text
+
+
+def test_production_md_describes_the_maintenance_loop_as_compose_runs_it(
+    compose: dict[str, Any],
+) -> None:
+    """The doc's `maintenance` row names every command of the loop with the same options (a
+    retention the doc promises must be the one the job runs)."""
+    doc = (ROOT / "docs" / "production.md").read_text()
+    (row,) = [line for line in doc.splitlines() if line.startswith("| `maintenance` |")]
+    loop = shlex.split(_command(compose["services"]["maintenance"]).replace(";", " ; "))
+    calls = " ".join(loop).split(" ; ")
+    lake_calls = [c.split() for c in calls if c.startswith("lake ")]
+    assert len(lake_calls) >= 5, lake_calls
+    for words in lake_calls:
+        shown = " ".join(words[2:] if words[1] == "maintain" else words)
+        assert f"`{shown}`" in row or f"`{' '.join(words)}`" in row, (shown, row)
+    assert "--older-than 7d" not in row  # the job keeps each table's window (6 h), not 7 days

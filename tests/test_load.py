@@ -232,6 +232,49 @@ def test_cli_parquet_with_mapping_and_compact(lake: LakeCatalog, duck, tmp_path:
     assert rows(duck, lake, "bronze.futures_trades", "SELECT count(*) FROM t") == [(5000,)]
 
 
+def test_cli_load_of_a_file_spanning_three_days_suggests_compacting_every_day(
+    lake: LakeCatalog, duck, tmp_path: Path
+) -> None:
+    """Budget: about 5 s. The `next:` line covers all three days the file touched (not only
+    the first), and running the suggested command compacts every one of them into Silver."""
+    mapping = tmp_path / "vendor.toml"
+    mapping.write_text(TRADES_MAPPING)
+    days = [trades_table(200, start=T14 + k * 24 * HOUR_NS) for k in range(3)]
+    data = pa.concat_tables(days)
+    data = data.set_column(4, "trade_id", pa.array(range(data.num_rows), pa.int64()))
+    path = write_parquet(tmp_path / "three-days.parquet", data)
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
+
+    out = runner.invoke(app, ["load", str(path), "--mapping", str(mapping)], env=env)
+
+    assert out.exit_code == 0, out.output
+    (hint,) = [line for line in out.output.splitlines() if line.startswith("next:")]
+    assert "lake compact --incremental" in hint, hint
+    for day in ("2025-12-16", "2025-12-17", "2025-12-18"):
+        assert day in hint, hint
+    compact = runner.invoke(app, ["compact", "--incremental"], env=env)
+    assert compact.exit_code == 0, compact.output
+    got = rows(
+        duck,
+        lake,
+        "silver.futures_trades",
+        "SELECT count(DISTINCT ts_event::DATE), count(*) FROM t",
+    )
+    assert got == [(3, 600)]
+
+
+def test_compact_hint_names_one_day_each_day_or_a_range() -> None:
+    from iceberg_lake.cli.load import compact_hint
+
+    assert compact_hint([]) is None
+    one = compact_hint(["2025-12-16"])
+    assert one is not None and "lake compact --date 2025-12-16" in one
+    week = [f"2025-12-{d:02d}" for d in range(10, 17)]
+    many = compact_hint(week)
+    assert many is not None and "--incremental" in many
+    assert "2025-12-10 .. 2025-12-16, 7 days" in many, many
+
+
 def test_ndjson_identity_mapping_with_malformed_lines(
     lake: LakeCatalog, duck, tmp_path: Path
 ) -> None:

@@ -234,3 +234,55 @@ def test_installed_lake_status_executable_reports_json(tmp_path: Path) -> None:
     assert report["consumers"] == []
     assert {t["table"] for t in report["tables"]} >= {TABLE, "silver.stocks_trades"}
     assert any(t["table"] == TABLE and t["rows"] == 0 for t in report["tables"])
+
+
+def test_status_events_ahead_of_now_show_fresh_0_and_a_clock_warning(tmp_path: Path) -> None:
+    """Budget: about 5 s, no NATS. A table whose newest event is in 2200 (a wrong clock): its
+    freshness is 0, never negative; how far ahead goes into `events_ahead_seconds` and a
+    warning line. A table of past events gets neither."""
+    from table_rows import make_rows
+
+    url = f"nats://127.0.0.1:{free_port()}"
+    env = {**_env(tmp_path, url), "COLUMNS": "250"}
+    lake = LakeCatalog(load_settings(env))
+    lake.init()
+    future_ns = 7_258_118_400_000_000_000  # 2200-01-01T00:00:00Z
+    table = lake.load_table(TABLE)
+    rows = make_rows(table, 0, 3)
+    ts = [future_ns + k for k in range(3)]
+    rows = rows.set_column(
+        rows.schema.get_field_index("ts_event_ns"),
+        rows.schema.field("ts_event_ns"),
+        pa.array(ts, pa.int64()),
+    )
+    event = rows.schema.field("ts_event")
+    rows = rows.set_column(
+        rows.schema.get_field_index("ts_event"),
+        event,
+        pa.array([t // 1000 for t in ts], pa.timestamp("us")).cast(event.type),
+    )
+    table.append(rows)
+    past = lake.load_table("bronze.futures_trades")
+    past.append(make_rows(past, 0, 3, "ESZ5"))
+
+    report = collect_status(lake, nats_timeout=1)
+    by_table = {t.table: t for t in report.tables}
+    ahead = by_table[TABLE]
+    assert ahead.committed_freshness_seconds == 0.0
+    assert ahead.events_ahead_seconds is not None and ahead.events_ahead_seconds > 5e9
+    assert ahead.live_warning is not None
+    assert "2200-01-01T00:00:00.000Z" in ahead.live_warning
+    assert "ahead of now" in ahead.live_warning and "clock" in ahead.live_warning
+    behind = by_table["bronze.futures_trades"]
+    assert behind.committed_freshness_seconds is not None
+    assert behind.committed_freshness_seconds > 0
+    assert behind.events_ahead_seconds is None and behind.live_warning is None
+
+    tables = {t["table"]: t for t in json.loads(report.to_json())["tables"]}
+    assert tables[TABLE]["committed_freshness_seconds"] == 0.0
+    assert tables[TABLE]["events_ahead_seconds"] > 5e9
+    assert all((t["committed_freshness_seconds"] or 0) >= 0 for t in tables.values())
+    text = runner.invoke(app, ["status", "--nats-timeout", "1"], env=env)
+    assert text.exit_code == 0, text.output
+    assert "warning" in text.output and "ahead of now" in text.output, text.output
+    assert "-2" not in text.output.replace("2200-01-01", ""), text.output

@@ -56,7 +56,7 @@ class LakeGroup(TyperGroup):
             return super().make_context(*args, **kwargs)
         except typer.TyperException as exc:
             if _is_help(exc):
-                raise
+                _print_help(exc)
             raise typer.Exit(_report(exc)) from None
 
     def invoke(self, ctx: Any) -> Any:
@@ -70,13 +70,29 @@ class LakeGroup(TyperGroup):
             ctx.exit(_report(exc))
         except Exception as exc:  # noqa: BLE001 - the last resort: one line, never a traceback
             if _is_help(exc):
-                raise
+                _print_help(exc)
             ctx.exit(_report(exc))
 
 
 def _is_help(exc: BaseException) -> bool:
     """Click's "no arguments: print the help" signal (`lake maintain`), not an error."""
     return type(exc).__name__ == "NoArgsIsHelpError"  # how Typer itself tells it apart
+
+
+def _print_help(exc: BaseException) -> None:
+    """`lake` or a group alone (`lake maintain`): its help on stdout, as `--help`, exit 0.
+
+    Asking what a group holds is not a usage error (Click would exit 2).
+
+    Raises:
+        typer.Exit: always, with code 0.
+    """
+    # With Rich, Typer prints the help while it builds the message (so the message is empty);
+    # without it, the message is the help.
+    text = exc.format_message() if isinstance(exc, typer.TyperException) else ""
+    if text.strip():
+        typer.echo(text)
+    raise typer.Exit(0)
 
 
 def _report(exc: BaseException) -> int:
@@ -101,7 +117,9 @@ def _report(exc: BaseException) -> int:
             f"internal error: {type(exc).__name__}{': ' + detail if detail else ''} "
             "(run with --log-level debug for the traceback)"
         )
-    err_console.print(f"[red]error:[/red] {escape(_redact(text))}", highlight=False, soft_wrap=True)
+    err_console.print(
+        f"[red]error:[/red] {escape(_redact(text))}", markup=True, highlight=False, soft_wrap=True
+    )
     return 1
 
 

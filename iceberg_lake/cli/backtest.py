@@ -19,7 +19,7 @@ from iceberg_lake.cli.common import (
     option_group,
     window_options,
 )
-from iceberg_lake.cli.output import output_file_errors, root_format
+from iceberg_lake.cli.output import cell_text, output_file_errors, root_format
 from iceberg_lake.cli.query import QueryOutput as TableOutput  # the same outputs as `lake query`
 from iceberg_lake.cli.query import parse_as_of, write_result
 
@@ -64,7 +64,7 @@ class Result:
             for name in shown.column_names:
                 table.add_column(name, overflow="fold")
             for row in shown.to_pylist():
-                table.add_row(*["" if v is None else str(v) for v in row.values()])
+                table.add_row(*[cell_text(v) for v in row.values()])
             console.print(table)
         err_console.print(f"{what}: {result.num_rows} rows", highlight=False)
 

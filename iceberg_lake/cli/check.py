@@ -15,8 +15,9 @@ from iceberg_lake.cli.common import (
     emit,
     open_catalog,
     parse_time_ns,
+    split_names,
 )
-from iceberg_lake.cli.query import _split, parse_as_of
+from iceberg_lake.cli.query import parse_as_of
 from iceberg_lake.ops.check import CHECKS, CheckReport
 
 
@@ -57,7 +58,7 @@ def check(
     with Lake(open_catalog(read_only=True), sandbox=True) as lake:
         report = check_tables(
             lake,
-            _split([*table, *(tables or [])] if table else tables),
+            split_names([*table, *(tables or [])] if table else tables),
             since_ns=since_ns,
             until_ns=until_ns,
             as_of=parse_as_of(as_of),

@@ -36,6 +36,7 @@ __all__ = [
     "option",
     "option_group",
     "parse_time_ns",
+    "split_names",
     "parse_window",
     "settings",
     "window_options",
@@ -195,6 +196,14 @@ def window_options(
             ),
         ],
     )
+
+
+def split_names(values: list[str] | None) -> list[str] | None:
+    """Repeated and comma-separated options (`-t a,b -t c`) as one list; None if none given."""
+    if not values:
+        return None
+    out = [t.strip() for v in values for t in v.split(",") if t.strip()]
+    return out or None
 
 
 def parse_time_ns(text: str, option: str) -> int:

@@ -8,8 +8,10 @@ from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, emit, err_console, settings
+from iceberg_lake.config import redact
 
 SUMMARY_COLUMNS = [
     "table",
@@ -127,7 +129,7 @@ def compact(
 
     show_progress = output == OutputFormat.text and err_console.is_terminal
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # a file or table name, not markup
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -158,6 +160,27 @@ def compact(
                 results = list(by_schema.values())
 
     _print(results, output)
+    _fail_on_errors(results)
+
+
+def _fail_on_errors(results: Sequence[Mapping[str, Any]]) -> None:
+    """One line on stderr per table that failed (after the summary); then exit 1.
+
+    A several-table run compacts every other table first (`SilverCompactor` records a failure
+    as the table's `error` result), so one broken table costs only its own freshness.
+    """
+    failed = [r for r in results if r.get("status") == "error"]
+    if not failed:
+        return
+    for r in failed:
+        line = f"{r.get('table')}: {r.get('error')}"
+        # Text, not markup: the reason may contain brackets; credentials are masked.
+        err_console.print(
+            Text.assemble(("error:", "red"), " ", redact(line, settings())),
+            highlight=False,
+            soft_wrap=True,
+        )
+    raise typer.Exit(1)
 
 
 def _compact_on_spark(
@@ -189,9 +212,13 @@ def _compact_on_spark(
 
 def _print(results: Sequence[Mapping[str, Any]], output: OutputFormat) -> None:
     if output == OutputFormat.json:
-        keys = [*SUMMARY_COLUMNS, "replaced_partitions", "dates"]
-        # `dates` only where a result has it: a Spark `--all-dates` run (one for all days).
-        emit([{k: r.get(k) for k in keys if k != "dates" or k in r} for r in results], output)
+        keys = [*SUMMARY_COLUMNS, "replaced_partitions", "dates", "error"]
+        # `dates` only where a result has it: a Spark `--all-dates` run (one for all days);
+        # `error` only for a table that failed.
+        emit(
+            [{k: r.get(k) for k in keys if k not in ("dates", "error") or k in r} for r in results],
+            output,
+        )
         return
     text_rows = [{label: r.get(key) for label, key in TEXT_COLUMNS.items()} for r in results]
     for row, r in zip(text_rows, results, strict=True):

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import (
     BarColumn,
@@ -18,6 +19,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table as RichTable
+from rich.text import Text
 
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit, settings
 from iceberg_lake.cli.output import get_output
@@ -176,16 +178,18 @@ class _RichReporter:
 
     def step(self, name: str, seconds: float) -> None:
         self._close_bar()
-        self.console.print(f"[green]✓[/green] {name} [dim]({seconds:.1f} s)[/dim]")
+        self.console.print(
+            f"[green]✓[/green] {escape(name)} [dim]({seconds:.1f} s)[/dim]", markup=True
+        )
 
     def skipped(self, name: str, why: str) -> None:
         self._close_bar()
-        self.console.print(f"[yellow]-[/yellow] {name}: {why}")
+        self.console.print(f"[yellow]-[/yellow] {escape(name)}: {escape(why)}", markup=True)
 
     def progress(self, task: str, done: int, total: int | None) -> None:
         if self._bar is None:
             self._bar = Progress(
-                TextColumn("  {task.description}"),
+                TextColumn("  {task.description}", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
@@ -245,7 +249,7 @@ def _print_summary(console: Console, result: dict[str, Any]) -> None:
         mark = "" if ok else " [red]≠[/red]"
         tables.add_row(
             row["table"],
-            f"{row['rows']:,}{mark}",
+            Text.from_markup(f"{row['rows']:,}{mark}"),
             "-" if row["expected"] is None else f"{row['expected']:,}",
             str(row["snapshots"]),
             str(row["data_files"]),
@@ -256,7 +260,9 @@ def _print_summary(console: Console, result: dict[str, Any]) -> None:
         rows = q["rows"]
         if len(rows) == 1 and len(rows[0]) == 1:
             console.print(
-                f"{q['title']}: {q['sql']} → [bold]{_fmt(next(iter(rows[0].values())))}[/bold]"
+                f"{escape(q['title'])}: {escape(q['sql'])} → "
+                f"[bold]{escape(_fmt(next(iter(rows[0].values()))))}[/bold]",
+                markup=True,
             )
             continue
         table = RichTable(title=q["title"])
@@ -280,13 +286,14 @@ def _print_summary(console: Console, result: dict[str, Any]) -> None:
             )
         console.print(table)
     for line in result["skipped"]:
-        console.print(f"[yellow]skipped[/yellow] {line}")
+        console.print(f"[yellow]skipped[/yellow] {escape(line)}", markup=True)
     console.print(
         f"\n[bold]done in {result['steps'].get('total', 0):.1f} s[/bold]; the lake is in "
-        f"{result['data_dir']} (nats-server stopped). Explore it:"
+        f"{escape(str(result['data_dir']))} (nats-server stopped). Explore it:",
+        markup=True,
     )
     for cmd in result["next_commands"]:
-        console.print(f"  [cyan]{cmd}[/cyan]", highlight=False, soft_wrap=True)
+        console.print(f"  [cyan]{escape(cmd)}[/cyan]", markup=True, highlight=False, soft_wrap=True)
 
 
 def _fmt(value: Any) -> str:

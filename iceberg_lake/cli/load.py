@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from rich.progress import (
 )
 
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, emit, err_console, settings
+from iceberg_lake.cli.output import to_json
 from iceberg_lake.exceptions import LakeError
 
 #: Text output: column title → result key.
@@ -100,7 +100,7 @@ def load(
     lake_settings = settings()
     show_progress = output == OutputFormat.text and err_console.is_terminal
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # a file or table name, not markup
         BarColumn(),
         TaskProgressColumn(),
         TextColumn("{task.fields[rows]:>12,} rows"),
@@ -128,7 +128,7 @@ def load(
             "results": [r.as_dict() for r in results],
             "compactions": [{k: c.get(k) for k in keys} for c in compactions],
         }
-        typer.echo(json.dumps(payload, default=str, indent=2))
+        typer.echo(to_json(payload))
         _fail_if_rejected(rejected)
         return
     if len(rejected) == len(results):
@@ -161,10 +161,36 @@ def load(
             f"{c.get('rows_written') or 0:,} rows, {c.get('partitions') or 0} partitions"
         )
     if not compact and total_stored:
-        days = sorted({d for r in results for d in r.days})
-        if days:
-            typer.echo(f"next: lake compact --date {days[0]} (or lake load ... --compact)")
+        hint = compact_hint(sorted({d for r in results for d in r.days}))
+        if hint:
+            typer.echo(hint)
     _fail_if_rejected(rejected)
+
+
+#: `compact_hint` names each touched day up to this many; more are shown as a range.
+HINT_MAX_DAYS = 5
+
+
+def compact_hint(days: list[str]) -> str | None:
+    """The `next:` line after a load without `--compact`: a command covering every day touched.
+
+    One day: `lake compact --date D`. Several: `lake compact --incremental`, which compacts
+    every partition Bronze changed since Silver's last run, so every loaded day (naming each day,
+    or the range when there are many, with the per-day alternative).
+    """
+    if not days:
+        return None
+    if len(days) == 1:
+        return f"next: lake compact --date {days[0]} (or lake load ... --compact)"
+    named = (
+        ", ".join(days)
+        if len(days) <= HINT_MAX_DAYS
+        else f"{days[0]} .. {days[-1]}, {len(days)} days"
+    )
+    return (
+        f"next: lake compact --incremental (compacts every day loaded: {named}; "
+        "or lake compact --date D for each, or lake load ... --compact)"
+    )
 
 
 def _fail_if_rejected(rejected: list[Any]) -> None:
@@ -172,7 +198,9 @@ def _fail_if_rejected(rejected: list[Any]) -> None:
     if not rejected:
         return
     for r in rejected:
-        err_console.print(f"[red]error:[/red] {escape(r.error)}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[red]error:[/red] {escape(r.error)}", markup=True, highlight=False, soft_wrap=True
+        )
     raise typer.Exit(1)
 
 

@@ -42,15 +42,24 @@ def compact_files(
 ) -> None:
     """Bin-pack small data files of closed hour partitions, sorted by event time.
 
-    One `overwrite` snapshot per table; the rows a reader sees do not change.
+    One `overwrite` snapshot per table; the rows a reader sees do not change. Rows that land
+    late in a partition being compacted are never overwritten: the compaction is re-planned
+    (a few times, then it says so in one line).
     """
     age, size = parse_duration(older_than), parse_size(target_size)
     catalog = open_catalog(read_only=True)  # maintains tables: never makes a lake
-    rows = [
-        TableMaintenance(catalog, t).compact_files(age, size, dry_run=dry_run).as_dict()
-        for t in maintained_tables(catalog, table)
-    ]
-    _emit(rows, output, "compact-files", lambda r: r["files_before"] > 0)
+    rows, conflicts = [], []
+    for t in maintained_tables(catalog, table):
+        try:
+            rows.append(
+                TableMaintenance(catalog, t).compact_files(age, size, dry_run=dry_run).as_dict()
+            )
+        except CommitConflictError as exc:
+            # Other tables still get compacted; the conflict is reported once at the end.
+            conflicts.append(str(exc))
+    if rows or not conflicts:
+        _emit(rows, output, "compact-files", lambda r: r["files_before"] > 0)
+    _raise_conflicts(conflicts)
 
 
 @maintain_app.command("expire-snapshots")
@@ -95,6 +104,11 @@ def expire_snapshots(
                 for f in files:
                     console.print(f"would delete {f}", highlight=False)
     _emit(rows, output, "expire-snapshots", lambda r: r["expired_snapshots"] > 0)
+    _raise_conflicts(conflicts)
+
+
+def _raise_conflicts(conflicts: list[str]) -> None:
+    """Report the tables whose operation lost every attempt to concurrent commits (one line)."""
     if conflicts:
         more = f" (and {len(conflicts) - 1} more table(s))" if len(conflicts) > 1 else ""
         raise CommitConflictError(conflicts[0] + more)

@@ -5,25 +5,41 @@ command's own `--output/-o` is an alias that overrides it for that command. `tab
 tables for people; `json` and `csv` are for scripts: the data alone on stdout, human messages on
 stderr. Modeled on pyiceberg's `cli/output.py` (an `Output` base with a `ConsoleOutput` and a
 `JsonOutput`).
+
+Data is never markup. `console` and `err_console` print text literally (Rich markup and emoji codes
+off): a value like `[/x]` or `[bold]x[/bold]` in a table, a title or a message is shown as it is.
+A line that wants a style says so (`console.print(..., markup=True)`) and escapes its data with
+`rich.markup.escape`.
+
+JSON is typed (`to_json`), for scripts: integers are numbers; a decimal (DuckDB's `sum` of an
+integer column, a `DECIMAL` column) is a number written with all its digits (`1056667`, `1.50`),
+never rounded to a double here, so `json.loads(text, parse_float=decimal.Decimal)` reads it back
+exactly; NaN and infinities (which JSON has no word for) are `null`; bytes are their UTF-8 text
+when they are valid UTF-8, else base64; dates, times and timestamps are ISO-8601 with a `T`
+(`2025-12-16T14:30:00+00:00`). CSV and table cells use the same rules for decimals and bytes.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import errno
 import io
 import json
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from iceberg_lake.exceptions import LakeError
@@ -31,8 +47,9 @@ from iceberg_lake.exceptions import LakeError
 if TYPE_CHECKING:
     from iceberg_lake.ops.status import LakeStatus
 
-console = Console()
-err_console = Console(stderr=True)
+#: Literal consoles: what they print is never read as markup or emoji codes (see the module doc).
+console = Console(markup=False, emoji=False)
+err_console = Console(stderr=True, markup=False, emoji=False)
 
 __all__ = [
     "OUTPUT_OPTION",
@@ -41,14 +58,18 @@ __all__ = [
     "Output",
     "OutputFormat",
     "TableOutput",
+    "bytes_text",
+    "cell_text",
     "console",
     "err_console",
     "format_ms",
     "get_output",
+    "json_value",
     "output_file_errors",
     "print_status",
     "root_format",
     "set_root_format",
+    "to_json",
 ]
 
 
@@ -139,11 +160,118 @@ def format_ms(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _cell(value: Any) -> str:
+def bytes_text(value: bytes | bytearray | memoryview) -> str:
+    """Bytes as text: their UTF-8 text when valid UTF-8, else base64 (the rule of every format)."""
+    raw = bytes(value)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii")
+
+
+def json_value(value: Any) -> Any:
+    """`value` as JSON-ready Python: None, bool, int, float, str, Decimal, dict or list.
+
+    Decimals stay `Decimal` unless whole (then `int`), so `to_json` writes all their digits; NaN
+    and infinities become None; bytes follow `bytes_text`; dates, times and timestamps become
+    ISO-8601 text; a named tuple (Arrow's interval) becomes an object; other types their `str`.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            return None
+        return int(value) if value == value.to_integral_value() else value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes_text(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):
+        return json_value(value._asdict())
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_value(v) for v in value]
+    return str(value)
+
+
+def to_json(value: Any, *, indent: int | None = 2) -> str:
+    """`value` as typed JSON text (see the module doc; `json.dumps` layout and escaping).
+
+    Args:
+        value: rows, a record or any value `json_value` accepts.
+        indent: spaces per level, as `json.dumps`; None: one line.
+
+    Returns:
+        The JSON text, without a trailing newline.
+    """
+    return _encode(value, indent, 0)
+
+
+#: `json.dumps`'s own string escaper (C), as it escapes by default (`ensure_ascii`).
+_quote: Any = getattr(json.encoder, "c_encode_basestring_ascii", None) or (
+    json.encoder.encode_basestring_ascii
+)
+
+
+def _encode(value: Any, indent: int | None, level: int) -> str:
+    """JSON text of `value` by `json_value`'s rules, in one pass (the common types first: a query
+    result is mostly str, int and float); a Decimal is written as the exact number it is."""
+    kind = type(value)
+    if kind is str:
+        return str(_quote(value))
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float:
+        return float.__repr__(value) if math.isfinite(value) else "null"
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        if not value:
+            return "{}"
+        items = [f"{_quote(str(k))}: {_encode(v, indent, level + 1)}" for k, v in value.items()]
+        return _block("{", items, "}", indent, level)
+    if isinstance(value, list | tuple | set | frozenset) and not hasattr(value, "_asdict"):
+        if not value:
+            return "[]"
+        return _block("[", [_encode(v, indent, level + 1) for v in value], "]", indent, level)
+    plain = json_value(value)
+    if isinstance(plain, Decimal):
+        return str(plain)  # finite and not whole: `1.50`, `1E-20`, valid JSON numbers
+    if isinstance(plain, bool):
+        return "true" if plain else "false"
+    if isinstance(plain, str):  # a subclass (StrEnum): its value
+        return str(_quote(plain))
+    if isinstance(plain, int):  # IntEnum, numpy-free subclasses: the number
+        return int.__repr__(plain)
+    if isinstance(plain, float):
+        return float.__repr__(plain) if math.isfinite(plain) else "null"
+    return _encode(plain, indent, level)  # None, or a dict/list made from another type
+
+
+def _block(open_: str, items: list[str], close: str, indent: int | None, level: int) -> str:
+    if indent is None:
+        return f"{open_}{', '.join(items)}{close}"
+    inner = "\n" + " " * (indent * (level + 1))
+    outer = "\n" + " " * (indent * level)
+    return f"{open_}{inner}{(',' + inner).join(items)}{outer}{close}"
+
+
+def cell_text(value: Any) -> str:
+    """A value as one table or CSV cell: `json_value`'s rules, nested values as JSON.
+
+    Timestamps keep `str` (`2025-12-16 14:30:00+00:00`, easier to read than the `T` form).
+    """
     if value is None:
         return ""
     if isinstance(value, Mapping | list | tuple):
-        return json.dumps(value, default=str)
+        return to_json(value, indent=None)
+    if isinstance(value, Decimal | bytes | bytearray | memoryview):
+        return str(json_value(value))
     return str(value)
 
 
@@ -172,12 +300,15 @@ class Output(ABC):
         self.rows([data], title=title)
 
     def message(self, text: str) -> None:
-        """A line for people: stdout in the table format, stderr otherwise."""
+        """A line for people (printed as it is, never markup): stdout in the table format,
+        stderr otherwise."""
         err_console.print(text, highlight=False, soft_wrap=True)
 
     def error(self, text: str) -> None:
         """One error line on stderr."""
-        err_console.print(f"[red]error:[/red] {text}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[red]error:[/red] {escape(text)}", markup=True, highlight=False, soft_wrap=True
+        )
 
 
 class TableOutput(Output):
@@ -197,7 +328,7 @@ class TableOutput(Output):
         for c in cols:
             table.add_column(c, overflow="fold")
         for row in rows:
-            table.add_row(*[_cell(row.get(c)) for c in cols])
+            table.add_row(*[cell_text(row.get(c)) for c in cols])
         console.print(table)
 
     def message(self, text: str) -> None:
@@ -217,7 +348,7 @@ class JsonOutput(Output):
         columns: Sequence[str] | None = None,
     ) -> None:
         data = [{c: row.get(c) for c in columns} if columns else dict(row) for row in rows]
-        typer.echo(json.dumps(data, default=str, indent=2))
+        typer.echo(to_json(data))
 
 
 class CsvOutput(Output):
@@ -237,7 +368,7 @@ class CsvOutput(Output):
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(cols)
         for row in rows:
-            writer.writerow([_cell(row.get(c)) for c in cols])
+            writer.writerow([cell_text(row.get(c)) for c in cols])
         typer.echo(buffer.getvalue(), nl=False)
 
 
@@ -314,9 +445,15 @@ def print_status(report: LakeStatus, out: Console | Output | None = None) -> Non
             target.print(line, highlight=False, soft_wrap=True)
     for t in report.tables:
         if t.live_warning:
-            target.print(f"[yellow]warning[/yellow] {t.live_warning}", highlight=False)
+            target.print(
+                f"[yellow]warning[/yellow] {escape(t.live_warning)}", markup=True, highlight=False
+            )
     if report.nats != "ok":
-        target.print(f"[yellow]NATS {report.nats}[/yellow]: consumer lag unknown", highlight=False)
+        target.print(
+            f"[yellow]NATS {escape(report.nats)}[/yellow]: consumer lag unknown",
+            markup=True,
+            highlight=False,
+        )
     else:
         consumers = RichTable(title="consumers")
         for col in ("table", "stream", "consumer", "lag", "pending", "ack pending", "redelivered"):
@@ -338,9 +475,15 @@ def print_status(report: LakeStatus, out: Console | Output | None = None) -> Non
         target.print(consumers)
         for c in report.consumers:
             if c.warning:
-                target.print(f"[yellow]warning[/yellow] {c.consumer}: {c.warning}", highlight=False)
+                target.print(
+                    f"[yellow]warning[/yellow] {escape(c.consumer)}: {escape(c.warning)}",
+                    markup=True,
+                    highlight=False,
+                )
             if c.stream_error:
-                target.print(f"[red]error[/red] {c.stream_error}", highlight=False)
+                target.print(
+                    f"[red]error[/red] {escape(c.stream_error)}", markup=True, highlight=False
+                )
     if report.dead_letters:
         dl = RichTable(title="dead letters")
         dl.add_column("target table")

@@ -24,9 +24,16 @@ from iceberg_lake.cli.common import (
     err_console,
     format_ms,
     open_catalog,
+    split_names,
     window_options,
 )
-from iceberg_lake.cli.output import check_writable, output_file_errors, root_format
+from iceberg_lake.cli.output import (
+    cell_text,
+    check_writable,
+    output_file_errors,
+    root_format,
+    to_json,
+)
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.timetravel import snapshots
 from iceberg_lake.timetravel.snapshots import AsOf, AsOfSpec
@@ -83,13 +90,6 @@ def parse_as_of(values: list[str] | None) -> AsOfSpec:
 def _pin(text: str) -> AsOf:
     text = text.strip()
     return int(text) if text.isdigit() else text
-
-
-def _split(values: list[str] | None) -> list[str] | None:
-    if not values:
-        return None
-    out = [t.strip() for v in values for t in v.split(",") if t.strip()]
-    return out or None
 
 
 # ---- lake query --------------------------------------------------------------------------------
@@ -179,23 +179,43 @@ def write_result(result: pa.Table, output: QueryOutput, file: Path | None) -> No
         import pyarrow.csv as pcsv
 
         sink: Any = str(file) if file else pa.BufferOutputStream()
-        pcsv.write_csv(result, sink)
+        pcsv.write_csv(_csv_ready(result), sink)
         if file is None:
             sys.stdout.write(sink.getvalue().to_pybytes().decode())
         return
     rows = result.to_pylist()
     if output == QueryOutput.json:
-        text = json.dumps(rows, default=str, indent=2)
+        text = to_json(rows)
         if file:
             file.write_text(text + "\n")
         else:
             typer.echo(text)
         return
     if file:
-        file.write_text("\n".join(json.dumps(r, default=str) for r in rows) + "\n")
+        file.write_text("\n".join(to_json(r, indent=None) for r in rows) + "\n")
         return
     emit(rows, OutputFormat.text, columns=result.column_names)
     err_console.print(f"{result.num_rows} rows")
+
+
+def _csv_ready(result: pa.Table) -> pa.Table:
+    """`result` with the columns Arrow's CSV writer refuses or garbles as text (`cell_text`):
+    bytes (UTF-8 text, else base64), lists and structs (JSON), intervals."""
+    columns = []
+    for field, column in zip(result.schema, result.columns, strict=True):
+        kind = field.type
+        if (
+            pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind)
+            or pa.types.is_fixed_size_binary(kind)
+            or pa.types.is_binary_view(kind)
+            or pa.types.is_nested(kind)
+            or pa.types.is_interval(kind)
+        ):
+            text = [None if v is None else cell_text(v) for v in column.to_pylist()]
+            column = pa.chunked_array([pa.array(text, pa.string())])
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=result.column_names)
 
 
 # ---- lake snapshot -----------------------------------------------------------------------------
@@ -213,10 +233,10 @@ def tag(
 ) -> None:
     """Tag each table's current snapshot; a backtest cites the tag."""
     result = snapshots.create_tag(
-        open_catalog(read_only=True), name, _split(tables), replace=replace
+        open_catalog(read_only=True), name, split_names(tables), replace=replace
     )
     rows = [{"table": t, "snapshot_id": sid, "tag": name} for t, sid in result.items()]
-    if output == OutputFormat.json:
+    if output != OutputFormat.text:
         emit(rows, output)
         return
     for row in rows:
@@ -229,11 +249,15 @@ def tag(
 def untag(
     name: str = typer.Argument(..., help="Tag to remove."),
     tables: Annotated[list[str] | None, typer.Option("--tables", help="Only these tables.")] = None,
+    output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Remove a tag (its snapshots become expirable again)."""
-    removed = snapshots.remove_tag(open_catalog(read_only=True), name, _split(tables))
+    removed = snapshots.remove_tag(open_catalog(read_only=True), name, split_names(tables))
     if not removed:
         raise TimeTravelError(f"no table has tag '{name}'")
+    if output != OutputFormat.text:
+        emit([{"table": t, "tag": name} for t in removed], output)
+        return
     console.print(f"removed tag '{name}' from {', '.join(removed)}")
 
 
@@ -423,7 +447,7 @@ def replay(
         except TimeTravelError as exc:  # a live manifest: name the file
             raise TimeTravelError(f"{from_manifest}: {exc}") from None
     else:
-        names = _split(tables)
+        names = split_names(tables)
         if not names:
             raise typer.BadParameter("name at least one table", param_hint="--tables")
         if not window.given:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit
 from iceberg_lake.cli.common import open_catalog as _open_catalog
@@ -21,8 +22,12 @@ from iceberg_lake.schema.evolve import (
 )
 from iceberg_lake.schema.migrations import DEFAULT_LOCK_TIMEOUT, MigrationRunner
 
-migrate_app = typer.Typer(help="Versioned schema migrations (migrations/NNNN_name.py).")
-table_app = typer.Typer(help="Create a declared table or evolve a live one safely.")
+migrate_app = typer.Typer(
+    help="Versioned schema migrations (migrations/NNNN_name.py).", no_args_is_help=True
+)
+table_app = typer.Typer(
+    help="Create a declared table or evolve a live one safely.", no_args_is_help=True
+)
 
 DIR_OPTION = typer.Option(
     None, "--dir", help="Migrations folder (default: the shipped migrations/).", show_default=False
@@ -103,7 +108,11 @@ def migrate_up(
         return
     verb = "would apply" if dry_run else "applied"
     for r in results:
-        console.print(f"[bold]{verb} {r.migration.id}[/bold] ({r.duration_ms} ms)", highlight=False)
+        console.print(
+            f"[bold]{verb} {escape(r.migration.id)}[/bold] ({r.duration_ms} ms)",
+            markup=True,
+            highlight=False,
+        )
         for line in r.lines():
             console.print(f"  {line}", highlight=False, soft_wrap=True)
     if dry_run:
@@ -114,6 +123,7 @@ def migrate_up(
 def migrate_new(
     name: str = typer.Argument(..., help="Short name, e.g. quotes_venue."),
     directory: Path | None = DIR_OPTION,
+    output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Write a numbered migration template NNNN_name.py to fill in."""
     runner = _runner(directory)
@@ -121,6 +131,9 @@ def migrate_new(
         path = runner.new(name)
     finally:
         runner.close()
+    if output != OutputFormat.text:
+        emit([{"path": str(path)}], output)
+        return
     console.print(f"created {path}", highlight=False, soft_wrap=True)
 
 
@@ -150,13 +163,23 @@ def migrate_check(
 @table_app.command("create")
 def table_create(
     name: str = typer.Argument(..., help="Declared table, e.g. silver.stocks_trades."),
+    output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Create one table from its catalog/ definition (idempotent)."""
     catalog = _open_catalog()
     definition = catalog.definition(name)
     catalog.ensure_warehouse()
     catalog.ensure_namespaces()
-    if catalog.create_table(definition):
+    created = catalog.create_table(definition)
+    if output != OutputFormat.text:
+        row = {
+            "table": name,
+            "created": created,
+            "schema_name": definition.schema_name,
+            "schema_version": definition.schema_version,
+        }
+        emit([row], output)
+    elif created:
         version = f"{definition.schema_name} v{definition.schema_version}"
         console.print(f"created {name} (schema {version})")
     else:
@@ -244,6 +267,6 @@ def table_evolve(
         )
         return
     verb = "would change" if dry_run else ("changed" if result.committed else "unchanged")
-    console.print(f"[bold]{verb} {name}[/bold]", highlight=False)
+    console.print(f"[bold]{verb} {escape(name)}[/bold]", markup=True, highlight=False)
     for line in lines:
         console.print(f"  {line}", highlight=False, soft_wrap=True)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from typing import Annotated
 
 import typer
 
 from iceberg_lake.cli.common import err_console, settings
 from iceberg_lake.exceptions import LakeError
+from iceberg_lake.ingest.supervisor import DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_WINDOW_SECONDS
+from iceberg_lake.process import end_with_parent
 
 
 def register(app: typer.Typer) -> None:
@@ -48,14 +51,51 @@ def register(app: typer.Typer) -> None:
                 "`lake serve` process each (metrics on P, P+1, ...).",
             ),
         ] = 1,
+        max_restarts: Annotated[
+            int,
+            typer.Option(
+                "--max-restarts",
+                min=0,
+                help="With --workers: a worker that exits is restarted (after 0.5 s, 1 s, 2 s, "
+                "... at most 30 s); one exit more than this within --restart-window stops "
+                "every worker and exits 1.",
+            ),
+        ] = DEFAULT_MAX_RESTARTS,
+        restart_window: Annotated[
+            float,
+            typer.Option(
+                "--restart-window", min=0.0, help="With --workers: see --max-restarts (seconds)."
+            ),
+        ] = DEFAULT_RESTART_WINDOW_SECONDS,
+        supervisor_pid: Annotated[
+            int | None,
+            typer.Option(
+                "--supervisor-pid",
+                hidden=True,
+                help="Set by `--workers` for its workers: exit (gracefully) when it dies.",
+            ),
+        ] = None,
     ) -> None:
         """Run the Bronze/Gold writers: JetStream in, Iceberg commits out."""
+        if supervisor_pid is not None:
+            # First: a worker whose parent is already gone must not start writing.
+            end_with_parent(supervisor_pid, signal.SIGTERM)
         from iceberg_lake.ingest.service import LakeService, resolve_targets
         from iceberg_lake.ingest.supervisor import run_worker_processes
 
         if metrics_port is not None and not 1 <= metrics_port <= 65535 - (workers - 1):
             raise LakeError(f"--metrics-port must be a port number 1-65535, got {metrics_port}")
         s = settings()
+        if not logging.getLogger().isEnabledFor(logging.INFO):
+            # Startup, each flush and each worker start are logged at INFO by these loggers.
+            for name in (
+                "iceberg_lake.ingest.service",
+                "iceberg_lake.ingest.writer",
+                "iceberg_lake.ingest.supervisor",
+            ):
+                logging.getLogger(name).setLevel(logging.INFO)
+            if not logging.getLogger().handlers:
+                logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if workers > 1:
             raise typer.Exit(
                 run_worker_processes(
@@ -65,17 +105,13 @@ def register(app: typer.Typer) -> None:
                     metrics_port=metrics_port,
                     until_idle=until_idle,
                     idle_seconds=idle_seconds,
+                    max_restarts=max_restarts,
+                    restart_window=restart_window,
                     on_start=lambda pid, group: err_console.print(
-                        f"worker {pid}: {', '.join(group)}", highlight=False
+                        f"worker {pid}: {', '.join(group)}", highlight=False, soft_wrap=True
                     ),
                 )
             )
-        if not logging.getLogger().isEnabledFor(logging.INFO):
-            # Startup and each flush are logged at INFO: the service's own loggers say them.
-            for name in ("iceberg_lake.ingest.service", "iceberg_lake.ingest.writer"):
-                logging.getLogger(name).setLevel(logging.INFO)
-            if not logging.getLogger().handlers:
-                logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         service = LakeService(s, tables or None)
         if metrics_port is not None:
             from iceberg_lake.ops.metrics import serve_metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit, format_ms
 from iceberg_lake.cli.common import open_catalog as _open_catalog
@@ -114,7 +115,7 @@ def describe(
     if output == OutputFormat.json:
         emit([info], output)
         return
-    console.print(f"[bold]{table}[/bold]  ({info['location']})")
+    console.print(f"[bold]{escape(table)}[/bold]  ({escape(str(info['location']))})", markup=True)
     console.print(
         f"schema {info['schema_name']} v{info['schema_version']}, format v{info['format_version']}"
     )

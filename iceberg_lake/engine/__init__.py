@@ -22,7 +22,9 @@ Private members of dependencies kept here, each with its guard test in
 - `pyiceberg.io.pyarrow._dataframe_to_data_files` (`iceberg.write_data_files`): writes sorted
   Arrow rows as data files without committing. Guard: `test_dataframe_to_data_files_guard`.
 - `pyiceberg.io.pyarrow._get_parquet_writer_kwargs` (`iceberg.parquet_writer_kwargs`): the
-  table's Parquet writer options for Silver's streaming writer and the writers' own data path
+  table's Parquet writer options for Silver's streaming writer (`iceberg.PartitionFileWriter`,
+  which describes its files with pyiceberg's write helpers; compared with pyiceberg's own files
+  in `tests/engine/test_partition_file_writer_guard.py`) and the writers' own data path
   (`iceberg.write_sorted_data_files`, which also uses `Transaction._append_snapshot_producer`;
   compared with pyiceberg's own files in `tests/engine/test_iceberg_write_guard.py`).
   Guard: `test_parquet_writer_kwargs_guard`.

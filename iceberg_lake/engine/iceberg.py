@@ -18,7 +18,7 @@ import operator
 import queue
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +29,7 @@ import pyarrow as pa
 from pydantic import Field
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import AlwaysFalse, BooleanExpression, Or
-from pyiceberg.io import FileIO
+from pyiceberg.io import FileIO, OutputFile
 from pyiceberg.manifest import DataFile, ManifestContent, ManifestFile
 from pyiceberg.partitioning import PartitionKey, PartitionSpec
 from pyiceberg.schema import Schema
@@ -305,6 +305,41 @@ def column_bounds(data_file: DataFile, schema: Schema, column: str) -> tuple[Any
     return (
         from_bytes(field_.field_type, lower[field_.field_id]),
         from_bytes(field_.field_type, upper[field_.field_id]),
+    )
+
+
+def partition_field_bounds(
+    manifest: ManifestFile, spec: PartitionSpec, schema: Schema, position: int
+) -> tuple[Any, Any] | None:
+    """The (lower, upper) bounds a manifest's partition summary records for one partition field.
+
+    Decoded with `pyiceberg.conversions.from_bytes` for the field's result type (an `hour` or
+    `day` partition comes back as an `int`: hours or days since the epoch). The manifest must
+    be of `spec` (the caller checks `manifest.partition_spec_id`). None when the manifest has no
+    partition summaries or no bounds for the field (all its values are null).
+
+    Args:
+        manifest: a manifest of the snapshot's manifest list.
+        spec: the partition spec the manifest was written with.
+        schema: the table schema (for the partition field's source type).
+        position: the field's position in `spec.fields`.
+    """
+    from pyiceberg.conversions import from_bytes
+    from pyiceberg.types import PrimitiveType
+
+    summaries = manifest.partitions or []
+    if position >= len(summaries):
+        return None
+    summary = summaries[position]
+    if summary.lower_bound is None or summary.upper_bound is None:
+        return None
+    pf = spec.fields[position]
+    result_type = pf.transform.result_type(schema.find_field(pf.source_id).field_type)
+    if not isinstance(result_type, PrimitiveType):
+        return None
+    return (
+        from_bytes(result_type, summary.lower_bound),
+        from_bytes(result_type, summary.upper_bound),
     )
 
 
@@ -866,13 +901,23 @@ class _WritePlan:
     row_group_size: int | None
     partition_names: tuple[str, ...]
     sort_names: tuple[str, ...]
+    #: The writers' fast path (`write_sorted_data_files`) supports the table: Parquet, column
+    #: names pyiceberg would not sanitize, every partition source present.
+    fast: bool
 
 
-_PLANS: dict[tuple[str, int, int, int, int], _WritePlan | None] = {}
+_PLANS: dict[tuple[str, int, int, int, int], _WritePlan] = {}
 
 
 def _plan(table: Table) -> _WritePlan | None:
-    """The cached write plan of `table`'s current schema/spec/sort order; None if unsupported."""
+    """The cached write plan of `table`'s current schema/spec/sort order; None if the writers'
+    fast path does not support the table."""
+    plan = _file_plan(table)
+    return plan if plan.fast else None
+
+
+def _file_plan(table: Table) -> _WritePlan:
+    """The cached write plan of `table`'s current schema/spec/sort order (any table)."""
     from pyiceberg.io.pyarrow import (
         compute_statistics_plan,
         parquet_path_to_id_mapping,
@@ -897,34 +942,35 @@ def _plan(table: Table) -> _WritePlan | None:
         hash(write_props),
     )
     plan = _PLANS.get(key)
-    if plan is not None or key in _PLANS:
+    if plan is not None:
         return plan
     props = meta.properties
-    result: _WritePlan | None = None
     fmt = props.get(TableProperties.WRITE_FILE_FORMAT, TableProperties.WRITE_FILE_FORMAT_DEFAULT)
     spec = meta.spec()
     partition_ok = all(schema.find_column_name(f.source_id) for f in spec.fields)
-    if fmt.lower() == "parquet" and sanitize_column_names(schema) == schema and partition_ok:
-        sort_names: list[str] = []
-        for sf in meta.sort_order().fields:
-            name = schema.find_column_name(sf.source_id)
-            if name is None or not isinstance(sf.transform, IdentityTransform):
-                break
-            sort_names.append(name)
-        result = _WritePlan(
-            arrow_schema=schema_to_pyarrow(schema, include_field_ids=False),
-            file_schema=schema_to_pyarrow(schema, include_field_ids=True),
-            stats_plan=compute_statistics_plan(schema, props),
-            column_mapping=parquet_path_to_id_mapping(schema),
-            writer_kwargs=parquet_writer_kwargs(props),
-            row_group_size=property_as_int(
-                props,
-                TableProperties.PARQUET_ROW_GROUP_LIMIT,
-                TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT,
-            ),
-            partition_names=tuple(f.name for f in spec.fields),
-            sort_names=tuple(sort_names),
-        )
+    sort_names: list[str] = []
+    for sf in meta.sort_order().fields:
+        name = schema.find_column_name(sf.source_id)
+        if name is None or not isinstance(sf.transform, IdentityTransform):
+            break
+        sort_names.append(name)
+    result = _WritePlan(
+        arrow_schema=schema_to_pyarrow(schema, include_field_ids=False),
+        file_schema=schema_to_pyarrow(schema, include_field_ids=True),
+        stats_plan=compute_statistics_plan(schema, props),
+        column_mapping=parquet_path_to_id_mapping(schema),
+        writer_kwargs=parquet_writer_kwargs(props),
+        row_group_size=property_as_int(
+            props,
+            TableProperties.PARQUET_ROW_GROUP_LIMIT,
+            TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT,
+        ),
+        partition_names=tuple(f.name for f in spec.fields),
+        sort_names=tuple(sort_names),
+        fast=(
+            fmt.lower() == "parquet" and sanitize_column_names(schema) == schema and partition_ok
+        ),
+    )
     if len(_PLANS) > 1000:
         _PLANS.clear()
     _PLANS[key] = result
@@ -1013,10 +1059,7 @@ def _write_one(
 ) -> DataFile:
     """Write one Parquet data file and describe it from its footer (runs in the write pool)."""
     import pyarrow.parquet as pq
-    from pyiceberg.io.pyarrow import data_file_statistics_from_parquet_metadata
-    from pyiceberg.manifest import DataFileContent, FileFormat
     from pyiceberg.table.locations import load_location_provider
-    from pyiceberg.typedef import Record
 
     meta = table.metadata
     provider = load_location_provider(meta.location, meta.properties)
@@ -1033,8 +1076,25 @@ def _write_one(
         finally:
             writer.close()
         size = stream.tell()
+    partition = pkey.partition if pkey is not None else Record()
+    return _footer_data_file(meta, plan, path, partition, size, writer.writer.metadata)
+
+
+def _footer_data_file(
+    meta: TableMetadata,
+    plan: _WritePlan,
+    path: str,
+    partition: Record,
+    size: int,
+    parquet_metadata: Any,
+) -> DataFile:
+    """The `DataFile` of a written Parquet file, its statistics read from the file's footer the
+    way pyiceberg's own writer reads them (column metrics modes, bounds truncation)."""
+    from pyiceberg.io.pyarrow import data_file_statistics_from_parquet_metadata
+    from pyiceberg.manifest import DataFileContent, FileFormat
+
     stats = data_file_statistics_from_parquet_metadata(
-        parquet_metadata=writer.writer.metadata,
+        parquet_metadata=parquet_metadata,
         stats_columns=plan.stats_plan,
         parquet_column_mapping=plan.column_mapping,
     )
@@ -1042,7 +1102,7 @@ def _write_one(
         content=DataFileContent.DATA,
         file_path=path,
         file_format=FileFormat.PARQUET,
-        partition=pkey.partition if pkey is not None else Record(),
+        partition=partition,
         file_size_in_bytes=size,
         sort_order_id=None,
         spec_id=meta.default_spec_id,
@@ -1088,6 +1148,141 @@ def write_sorted_data_files(
         _delete_quietly(table, files)
         raise error
     return files
+
+
+class _StreamedParquetFile:
+    """One Parquet data file being written in batches with the table's writer options."""
+
+    def __init__(
+        self,
+        output: OutputFile,
+        plan: _WritePlan,
+        first: pa.Table,
+        use_dictionary: list[str] | None,
+    ) -> None:
+        import pyarrow.parquet as pq
+
+        kwargs = dict(plan.writer_kwargs)
+        if use_dictionary is not None:
+            kwargs["use_dictionary"] = use_dictionary
+        self._row_group = plan.row_group_size
+        self._stream = output.create(overwrite=True)
+        try:
+            self._writer = pq.ParquetWriter(
+                self._stream, schema=first.schema, store_decimal_as_integer=True, **kwargs
+            )
+        except Exception:
+            self._stream.close()
+            raise
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table, row_group_size=self._row_group)
+
+    def close(self) -> tuple[Any, int]:
+        """Finish the file: (its Parquet footer metadata, its size in bytes)."""
+        with self._stream:
+            self._writer.close()
+            size = self._stream.tell()
+        return self._writer.writer.metadata, size
+
+
+class PartitionFileWriter:
+    """Streams record batches of ONE partition into data files of `table`, named by the caller.
+
+    pyiceberg's writer needs the whole partition as one Arrow table (and filters it once per
+    partition); this writer takes a record-batch stream, so memory stays at one batch, and names
+    each file `<file_prefix>-<n>.parquet` (Silver encodes its change-detection state in the name,
+    see `iceberg_lake.silver.state`). Files roll over at `write.target-file-size-bytes`
+    (uncompressed Arrow bytes, as pyiceberg measures it). Nothing is committed.
+
+    The data files are described as pyiceberg's own writer describes them (the table's Parquet
+    options through the private `_get_parquet_writer_kwargs`, `compute_statistics_plan`,
+    `data_file_statistics_from_parquet_metadata`, `parquet_path_to_id_mapping`,
+    `load_location_provider`, `DataFile.from_args`). Guard test:
+    `tests/engine/test_partition_file_writer_guard.py`, which compares the data files with
+    pyiceberg's own write of the same rows.
+
+    Args:
+        table: the target table (its current schema, default spec and properties are used).
+        partition: the partition tuple of the default spec that all rows belong to.
+        file_prefix: file name prefix.
+        use_dictionary: chooses each file's dictionary-encoded columns (pyarrow's
+            `use_dictionary`) from its first rows; None: pyarrow's default (every column).
+    """
+
+    def __init__(
+        self,
+        table: Table,
+        partition: Record,
+        file_prefix: str,
+        use_dictionary: Callable[[pa.Table], list[str]] | None = None,
+    ) -> None:
+        from pyiceberg.table import TableProperties
+        from pyiceberg.table.locations import load_location_provider
+        from pyiceberg.utils.properties import property_as_int
+
+        metadata = table.metadata
+        self._table = table
+        self._metadata = metadata
+        self._plan = _file_plan(table)
+        self._partition = partition
+        self._prefix = file_prefix
+        self._use_dictionary = use_dictionary
+        target = property_as_int(
+            metadata.properties,
+            TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
+            TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT,
+        )
+        assert target is not None
+        self._target_bytes = target
+        self._arrow_schema = self._plan.file_schema
+        self._loose = pa.schema([f.with_nullable(True) for f in self._arrow_schema])
+        self._locations = load_location_provider(
+            table_location=metadata.location, table_properties=metadata.properties
+        )
+        self._key = partition_key(metadata.spec(), metadata.schema(), partition)
+        self._writer: _StreamedParquetFile | None = None
+        self._path = ""
+        self._size = 0
+        self.files: list[DataFile] = []
+        self.rows = 0
+
+    def write(self, rows: pa.RecordBatch | pa.Table) -> None:
+        """Append rows (columns: the table schema's, in order; types are cast)."""
+        if rows.num_rows == 0:
+            return
+        table = pa.Table.from_batches([rows]) if isinstance(rows, pa.RecordBatch) else rows
+        if table.schema != self._loose:
+            table = table.rename_columns(self._loose.names).cast(self._loose)
+        # Same buffers, declared (non-)nullability of the table schema; nulls in a required
+        # column would be a bug upstream, and pyarrow's writer rejects them.
+        table = pa.Table.from_arrays(table.columns, schema=self._arrow_schema)
+        if self._writer is None:
+            name = f"{self._prefix}-{len(self.files):05d}.parquet"
+            self._path = self._locations.new_data_location(name, self._key)
+            output = self._table.io.new_output(self._path)
+            columns = self._use_dictionary(table) if self._use_dictionary else None
+            self._writer = _StreamedParquetFile(output, self._plan, table, columns)
+            self._size = 0
+        self._writer.write(table)
+        self.rows += table.num_rows
+        self._size += table.nbytes
+        if self._size >= self._target_bytes:
+            self._finish()
+
+    def close(self) -> list[DataFile]:
+        """Finish the open file; return every data file written."""
+        self._finish()
+        return self.files
+
+    def _finish(self) -> None:
+        if self._writer is None:
+            return
+        footer, size = self._writer.close()
+        self.files.append(
+            _footer_data_file(self._metadata, self._plan, self._path, self._partition, size, footer)
+        )
+        self._writer = None
 
 
 def _delete_quietly(table: Table, files: list[DataFile]) -> None:

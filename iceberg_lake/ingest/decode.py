@@ -77,7 +77,8 @@ MAX_DEPTH = 32
 #: 1,024-byte keys), and no control characters. Other characters (`/`, `..`, `%`, spaces,
 #: non-ASCII) are encoded by the writer and round-trip safely.
 MAX_PARTITION_VALUE_BYTES = 64
-_CONTROL_CHARS = r"[\x{0}-\x{1f}\x{7f}-\x{9f}]"
+#: RE2 class of the control characters a partition value must not hold (C0, DEL, C1).
+CONTROL_CHARS = r"[\x{0}-\x{1f}\x{7f}-\x{9f}]"
 #: Message index ↔ event index packing for masks (events per message < 2**31).
 _EVENT_BITS = 32
 
@@ -86,7 +87,7 @@ class MessageError(ValidationError):
     """One message (or one event of a batch) cannot be stored; `reason` goes to the dead letter."""
 
 
-def _reason(exc: BaseException) -> str:
+def rejection_reason(exc: BaseException) -> str:
     """A one-line reason for an exception that escaped the expected checks."""
     if isinstance(exc, MessageError):
         return exc.reason
@@ -261,7 +262,7 @@ def decode_each(
     try:
         split = split_message(data)
     except Exception as exc:
-        pending.rejected.append((message, _reason(exc)))
+        pending.rejected.append((message, rejection_reason(exc)))
         return
     decode_split(split, message, pending, convert)
 
@@ -277,7 +278,7 @@ def decode_split(
         try:
             rows = convert(split.items[0], pending.unknown)
         except Exception as exc:
-            pending.rejected.append((message, _reason(exc)))
+            pending.rejected.append((message, rejection_reason(exc)))
             return
         pending.add(message, rows, None)
         return
@@ -289,7 +290,7 @@ def decode_split(
                 raise item
             rows = convert(item, pending.unknown)
         except Exception as exc:
-            pending.rejected_events.append((message, n, _reason(exc), split.raw(n)))
+            pending.rejected_events.append((message, n, rejection_reason(exc), split.raw(n)))
             continue
         events.extend(rows)
         ids.extend([n] * len(rows))
@@ -838,9 +839,9 @@ class TableCodec:
                     e = ids[unit[0]]
                     if m in pending.batches and e >= 0:
                         raw = event_raw(m, e)
-                        rejected_events.append((m, e, _reason(err), raw))
+                        rejected_events.append((m, e, rejection_reason(err), raw))
                     else:
-                        rejected.append((m, _reason(err)))
+                        rejected.append((m, rejection_reason(err)))
                     continue
                 tables.append(part)
                 messages.append(np.full(part.num_rows, m, dtype=np.int64))
@@ -955,7 +956,7 @@ class TableCodec:
             size = pc.binary_length(distinct)
             clean = pc.and_(
                 pc.and_(pc.greater(size, 0), pc.less_equal(size, MAX_PARTITION_VALUE_BYTES)),
-                pc.invert(pc.match_substring_regex(distinct, _CONTROL_CHARS)),
+                pc.invert(pc.match_substring_regex(distinct, CONTROL_CHARS)),
             )
             if not pc.all(pc.fill_null(clean, True)).as_py():
                 name = pk
@@ -969,7 +970,7 @@ class TableCodec:
                 )
                 self._flag(
                     key,
-                    pc.invert(pc.match_substring_regex(key, _CONTROL_CHARS)),
+                    pc.invert(pc.match_substring_regex(key, CONTROL_CHARS)),
                     bad,
                     f"{name} contains a control character",
                 )

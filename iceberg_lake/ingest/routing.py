@@ -22,9 +22,9 @@ from iceberg_lake.ingest.decode import (
     MessageError,
     Pending,
     TableCodec,
-    _reason,
     decode_each,
     decode_split,
+    rejection_reason,
     split_message,
 )
 from iceberg_lake.ingest.gold import flatten_level_signals
@@ -108,7 +108,8 @@ class GoldDecoder:
         except MessageError:
             raise
         except Exception as exc:  # ValueError with the rule, or anything unforeseen
-            raise MessageError(str(exc) if isinstance(exc, ValueError) else _reason(exc)) from None
+            reason = str(exc) if isinstance(exc, ValueError) else rejection_reason(exc)
+            raise MessageError(reason) from None
         return [self.codec.convert_one(row, unknown) for row in rows]
 
     def decode(self, bodies: Sequence[bytes], subjects: Sequence[str], recv_ns: int) -> RoutedBatch:
@@ -200,7 +201,7 @@ class InferredDecoder:
                     raise MessageError("expected a JSON object")
                 schema = infer_schema_name(first)
             except Exception as exc:
-                out.rejected.append((i, UNROUTED, _reason(exc)))
+                out.rejected.append((i, UNROUTED, rejection_reason(exc)))
                 continue
             if schema is None or schema not in self.codecs:
                 out.rejected.append((i, UNROUTED, "cannot infer schema from message"))

@@ -20,7 +20,7 @@ import logging
 import multiprocessing
 import os
 import queue as queue_module
-import threading
+import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -53,6 +53,7 @@ from iceberg_lake.load.sources import (
     open_source,
 )
 from iceberg_lake.load.validate import Validator
+from iceberg_lake.process import end_with_parent
 from iceberg_lake.tables import BRONZE, DEAD_LETTERS_TABLE, TableDefinition
 
 #: Default rows per commit: large enough that commit overhead is a few percent of the load time
@@ -407,20 +408,15 @@ def _init_worker(queue: Any, log_level: int) -> None:
     _QUEUE = queue
     # A worker ends with the `lake load` that started it: if that process is killed (kill -9),
     # the worker would otherwise load its file to the end and then wait for work forever.
+    # SIGKILL: its commits are atomic, whatever was committed stays, the rest is loaded by the
+    # next run.
     parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    if parent is not None and parent.pid is not None:
+        end_with_parent(parent.pid, signal.SIGKILL)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Files loading in parallel conflict on commits by design; pyiceberg retries them and says
     # so at WARNING, which would scribble over the progress bars.
     logging.getLogger("pyiceberg.table").setLevel(max(log_level, logging.ERROR))
-
-
-def _exit_with(parent: Any) -> None:
-    """Wait for `parent` (a process) to end, then end this process at once (its commits are
-    atomic: whatever was committed stays, the rest is loaded by the next run)."""
-    parent.join()
-    os._exit(1)
 
 
 def _worker(settings: Settings, path: str, options: LoadOptions) -> LoadResult:

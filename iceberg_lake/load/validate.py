@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from pyiceberg.schema import Schema
 
 from iceberg_lake.ingest.decode import (
-    _CONTROL_CHARS,
+    CONTROL_CHARS,
     DERIVED_TS,
     MAX_PARTITION_VALUE_BYTES,
     MAX_TS_NS,
@@ -152,7 +152,7 @@ class Validator:
             "(a partition value must fit in a file path)"
         )
         _flag(reasons, ok, _with_value(key, text))
-        ok = pc.invert(pc.match_substring_regex(key, _CONTROL_CHARS))
+        ok = pc.invert(pc.match_substring_regex(key, CONTROL_CHARS))
         _flag(reasons, ok, _with_value(key, f"{name} contains a control character"))
 
 

@@ -14,6 +14,7 @@ Every operation returns a small frozen result record (also used for `--dry-run` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import (
     AlwaysTrue,
@@ -77,6 +79,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SILVER_PREFIX = "silver."
 #: `expire_snapshots` recomputes and retries this often when concurrent commits invalidate it.
 EXPIRE_ATTEMPTS = 5
+#: `compact_files` re-plans and retries this often when late rows land in the partitions it is
+#: compacting between its plan and its commit.
+COMPACT_ATTEMPTS = 5
 
 
 # ---- argument parsing (shared with the CLI) --------------------------------------------------
@@ -133,6 +138,9 @@ class CompactionResult:
     rows: int
     bytes_before: int
     dry_run: bool = False
+    #: Plans made: 1, or more when a concurrent commit added rows to a partition being
+    #: compacted and the compaction was re-planned on the new snapshot.
+    attempts: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -145,6 +153,7 @@ class CompactionResult:
             "rows": self.rows,
             "bytes_before": self.bytes_before,
             "dry_run": self.dry_run,
+            "attempts": self.attempts,
         }
 
 
@@ -256,11 +265,48 @@ class TableMaintenance:
             now: the reference time (default: the current time).
             dry_run: only report what would be compacted.
 
+        Late rows: only the replaced files are deleted (by name), so files a concurrent commit
+        adds to a partition being compacted (a writer catching up on old events, a `lake load`)
+        are never lost. Newer events than those rewritten do not conflict; late rows inside the
+        rewritten event-time range fail the commit's validation: the written files are deleted
+        and the compaction is re-planned on the new snapshot, which includes the late files, up
+        to `COMPACT_ATTEMPTS` times with backoff.
+
         Returns:
-            What was compacted.
+            What was compacted (`attempts` says how many plans it took).
 
         Raises:
-            CommitConflictError: a concurrent commit replaced the same files; retry later.
+            CommitConflictError: concurrent commits kept adding to the partitions being
+                compacted for `COMPACT_ATTEMPTS` attempts; nothing was changed.
+        """
+        last: CommitConflictError | None = None
+        for attempt in range(COMPACT_ATTEMPTS):
+            if attempt:
+                # Back off with jitter: the late writer's commits come in bursts.
+                time.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))
+            try:
+                result = self._compact_files_once(older_than, target_size, now, dry_run)
+            except CommitConflictError as exc:
+                last = exc
+                log.info("compact-files %s: %s; re-planning", self.table_id, _first_line(exc))
+                continue
+            return dataclasses.replace(result, attempts=attempt + 1)
+        # The catalog's or pyiceberg's own reason, without the table name said twice.
+        cause = last.__cause__ if last is not None and last.__cause__ is not None else last
+        raise CommitConflictError(
+            f"{self.table_id}: concurrent commits kept adding rows to the partitions being "
+            f"compacted ({COMPACT_ATTEMPTS} attempts, last: {_first_line(cause)}); nothing was "
+            "changed, run it again"
+        )
+
+    def _compact_files_once(
+        self, older_than: timedelta, target_size: int, now: datetime | None, dry_run: bool
+    ) -> CompactionResult:
+        """One plan-write-commit of `compact_files` on freshly refreshed metadata.
+
+        Raises:
+            CommitConflictError: a concurrent commit conflicted; the files this attempt wrote
+                are deleted again.
         """
         if target_size <= 0:
             raise LakeError("target size must be positive")
@@ -308,7 +354,7 @@ class TableMaintenance:
                 # reads the wrong rows (it ignores the slice offset).
                 chunk = data.take(pa.array(range(start, min(start + per_file, data.num_rows))))
                 if i == 0:
-                    rep.replace(predicate, chunk, old)
+                    rep.replace(_event_window(predicate, data), chunk, old)
                 else:
                     # A fresh write id per extra file of the same partition: the replacement's
                     # own id would give every file of that partition the same name.
@@ -317,7 +363,12 @@ class TableMaintenance:
             log.info(
                 "compact-files %s %s: %d files -> %d", self.table_id, label, len(tasks), n_files
             )
-        snapshot_id = rep.commit()
+        try:
+            snapshot_id = rep.commit()
+        except CommitConflictError:
+            # Never committed: delete them now rather than leave orphans for every retry.
+            rep.discard_new_files()
+            raise
         return CompactionResult(
             self.table_id, snapshot_id, labels, files_before, files_after, rows, bytes_before
         )
@@ -832,7 +883,7 @@ class ExpiryPolicy:
         """Snapshots `maintain_refs` would tag as checkpoints now (for dry runs)."""
         from iceberg_lake.timetravel import snapshots
 
-        due = snapshots._checkpoints_due(
+        due = snapshots.checkpoints_due(
             table,
             table_id,
             int(self.checkpoint_max_age.total_seconds() * 1000),
@@ -1047,6 +1098,11 @@ def _norm(location: str) -> str:
 # ---- partitions ----------------------------------------------------------------------------------
 
 
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc).strip() if exc is not None else ""
+    return text.splitlines()[0] if text else "conflict"
+
+
 def _to_us(dt: datetime) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
@@ -1087,6 +1143,23 @@ def _partition_bounds(
     return "/".join(labels), predicate, end_us
 
 
+def _event_window(partition: BooleanExpression, rows: pa.Table) -> BooleanExpression:
+    """The commit's conflict scope: the partition, narrowed to the event times rewritten.
+
+    Only the replaced files are deleted (by name; a concurrent delete of one of them is still a
+    conflict), so a file appended meanwhile is never lost whatever this scope is. Narrowing it
+    lets a writer keep appending newer events to a closed hour while it is compacted; late rows
+    inside the rewritten time range still conflict, and the compaction is re-planned.
+    """
+    if "ts_event_ns" not in rows.column_names or rows.num_rows == 0:
+        return partition
+    bounds = pc.min_max(rows.column("ts_event_ns"))
+    lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+    if lo is None or hi is None:
+        return partition
+    return And(partition, And(ge("ts_event_ns", lo), lt("ts_event_ns", hi + 1)))
+
+
 def _sort_columns(table: Table) -> list[str]:
     names = []
     for f in table.sort_order().fields:
@@ -1119,6 +1192,7 @@ def rows_fingerprint(table: Table, snapshot_id: int | None = None) -> pa.Table:
 __all__ = [
     "DEFAULT_TARGET_SIZE",
     "COMMIT_GRACE",
+    "COMPACT_ATTEMPTS",
     "MB",
     "MIN_ORPHAN_AGE",
     "CompactionResult",

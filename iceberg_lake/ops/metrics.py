@@ -103,7 +103,8 @@ NEWEST_EVENT = Gauge(
 )
 FRESHNESS = Gauge(
     "lake_table_freshness_seconds",
-    "Event-time freshness: now minus the newest event committed / decoded by the writer.",
+    "Event-time freshness: now minus the newest event committed / decoded by the writer "
+    "(negative: that event is stamped ahead of this clock).",
     ["table", "view"],
     registry=REGISTRY,
 )

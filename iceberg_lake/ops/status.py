@@ -31,6 +31,9 @@ from iceberg_lake.exceptions import LakeError
 from iceberg_lake.ingest import position
 
 DEAD_LETTERS_TABLE = "bronze.dead_letters"
+#: `lake status` warns when a table's newest event time is this far ahead of now; less is
+#: ordinary skew between the publishers' clocks and this machine's.
+AHEAD_WARNING_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,18 @@ class TableStatus:
     bytes: int = 0
     #: Event-time freshness: now − newest `ts_event_ns` of the current snapshot, and of the
     #: live view (snapshot ∪ JetStream tail; None when NATS was not read or no tail applies).
+    #: Never negative: an event time ahead of now counts as fresh (0) and is reported in
+    #: `events_ahead_seconds` and `live_warning` instead.
     committed_freshness_seconds: float | None = None
     live_freshness_seconds: float | None = None
-    #: Set when the stream removed messages after the committed watermark (its limits, before
-    #: the table committed them): the live view, and the table, may lack them.
+    #: Warnings `lake status` prints under the tables: the stream removed messages after the
+    #: committed watermark (its limits, before the table committed them), so the live view, and
+    #: the table, may lack them; or the newest event is ahead of now (a clock is off).
     live_warning: str | None = None
+    #: How far the table's newest event time (committed or live) is ahead of now; None when
+    #: it is not. Above zero, a publisher's clock or a feed's `ts_event` is wrong (or this
+    #: machine's clock is behind).
+    events_ahead_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -302,14 +312,56 @@ def _with_freshness(
         fresh = freshness(catalog, names, live=live, now_ns=now_ns, timeout=timeout)
     except Exception:  # NATS went away between the two reads: report committed only
         fresh = freshness(catalog, names, live=False, now_ns=now_ns)
-    return [
-        dataclasses.replace(
-            t,
-            committed_freshness_seconds=fresh[t.table].committed_seconds,
-            live_freshness_seconds=fresh[t.table].live_seconds,
-            live_warning=fresh[t.table].live_warning,
+    out = []
+    for t in tables:
+        if t.table not in fresh:
+            out.append(t)
+            continue
+        f = fresh[t.table]
+        ages = [a for a in (f.committed_seconds, f.live_seconds) if a is not None]
+        ahead = -min(ages) if ages and min(ages) < 0 else None
+        warnings = [w for w in (f.live_warning, _ahead_warning(t.table, f, ahead)) if w]
+        out.append(
+            dataclasses.replace(
+                t,
+                committed_freshness_seconds=_not_negative(f.committed_seconds),
+                live_freshness_seconds=_not_negative(f.live_seconds),
+                live_warning="; ".join(warnings) or None,
+                events_ahead_seconds=ahead,
+            )
         )
-        if t.table in fresh
-        else t
-        for t in tables
-    ]
+    return out
+
+
+def _not_negative(seconds: float | None) -> float | None:
+    # An event ahead of now is as fresh as it gets: a negative age reads as nonsense
+    # (`-2306493605s`); how far ahead it is goes into `events_ahead_seconds`.
+    return None if seconds is None else max(0.0, seconds)
+
+
+def _ahead_warning(table: str, fresh: Any, ahead: float | None) -> str | None:
+    """One line saying a table's newest event time is ahead of now, or None."""
+    if ahead is None or ahead < AHEAD_WARNING_SECONDS:
+        return None
+    newest = max(v for v in (fresh.committed_newest_ns, fresh.live_newest_ns) if v is not None)
+    where = "committed" if fresh.committed_newest_ns == newest else "in the stream"
+    return (
+        f"{table}: newest event time {_ns_iso(newest)} ({where}) is {_span(ahead)} ahead of "
+        "now: a publisher's clock or the feed's ts_event is off (freshness shown as 0)"
+    )
+
+
+def _ns_iso(ns: int) -> str:
+    seconds, rest = divmod(ns, 1_000_000_000)
+    try:
+        when = datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=rest // 1000)
+    except (OverflowError, OSError, ValueError):  # beyond year 9999
+        return f"ts_event_ns={ns}"
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:,.1f}{unit}"
+    return f"{seconds:.1f}s"

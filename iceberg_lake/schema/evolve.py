@@ -9,6 +9,7 @@ twice) and refuses what Iceberg cannot do safely, with one message that says why
   `float`→`double` and a wider decimal precision at the same scale;
 - adding a required column to a table that holds rows (the old rows have no value for it);
 - dropping a column a partition field is computed from;
+- a partition field on a Silver table (Silver compaction keeps its `[key,] hour/day` layout);
 - an unknown type or transform, a missing column, a name already taken.
 
 `evolve_table` then commits all changes of one table in ONE Iceberg metadata commit (schema
@@ -39,7 +40,7 @@ from pyiceberg.types import (
 from iceberg_lake.catalog import catalog_errors
 from iceberg_lake.exceptions import CommitConflictError, LakeError, SchemaChangeError
 from iceberg_lake.properties import SCHEMA_VERSION_PROPERTY
-from iceberg_lake.tables import parse_type
+from iceberg_lake.tables import SILVER, parse_type
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +315,15 @@ def _plan_one(state: TableState, change: Change) -> tuple[str | None, TableState
             )
         if (change.source, str(transform)) in state.partition:
             return "partition field already exists", state
+        if where.startswith(f"{SILVER}."):
+            # Silver compaction replaces whole [key,] hour/day(ts_event) partitions; a finer
+            # Silver spec would split them by row content it does not route. Bronze may be
+            # partitioned any finer way: Silver keeps its own layout (silver.plan.PartitionMap).
+            raise SchemaChangeError(
+                f"{where}: cannot add partition field {transform}({change.source}): Silver"
+                " compaction keeps Silver partitioned by [key,] hour/day(ts_event); partition"
+                " the Bronze table instead (Silver keeps its layout)"
+            )
         return None, replace(state, partition=(*state.partition, (change.source, str(transform))))
     raise SchemaChangeError(f"{where}: unsupported change {change!r}")  # pragma: no cover
 

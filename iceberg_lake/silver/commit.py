@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from types import TracebackType
 
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.types import DecimalType, DoubleType, FloatType, IcebergType, IntegerType, LongType
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import catalog_errors
 from iceberg_lake.engine.iceberg import PartitionReplacement
-from iceberg_lake.exceptions import CompactionError, TimeTravelError
+from iceberg_lake.exceptions import CompactionError, SchemaChangeError, TimeTravelError
+from iceberg_lake.schema.evolve import Change, WidenColumn, evolve_table
 from iceberg_lake.silver.job import PartitionOutput
 from iceberg_lake.silver.plan import Layout, Partition, cover, table_name
 from iceberg_lake.tables import TableDefinition
@@ -31,7 +34,7 @@ from iceberg_lake.timetravel.snapshots import protect_silver_source
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SilverCommit", "advance_mark"]
+__all__ = ["SilverCommit", "advance_mark", "follow_bronze_types"]
 
 
 class SilverCommit:
@@ -153,3 +156,80 @@ def advance_mark(silver: Table, marks: dict[str, str]) -> None:
                 tx.set_properties(marks)
     except CommitFailedException:
         silver.refresh()
+
+
+def follow_bronze_types(
+    bronze: Table, silver: Table, dedup_columns: Sequence[str] = ()
+) -> list[str]:
+    """Widen Silver columns that Bronze has widened since (`int`→`long`, ...); return what changed.
+
+    A column renamed on Bronze only is refused with the command that renames it on Silver (a
+    dedup column, which `catalog/` names, with the command that renames it back).
+
+    Silver is written with its own schema, so a Bronze column widened alone (`lake table evolve
+    bronze.stocks_trades --widen size:long`, for sizes above 2^31) would not fit it. Widening is
+    the one type change Iceberg allows and it never alters a stored value, so Silver follows in
+    one metadata commit (no snapshot; `lake.schema-version` + 1) before the data is compacted.
+    Idempotent: nothing is committed when the types already agree, or Silver's is the wider.
+
+    Raises:
+        CompactionError: a column's types differ in a way a widening cannot reconcile, or a
+            Silver column was renamed on Bronze only.
+    """
+    _refuse_bronze_only_renames(bronze, silver, dedup_columns)
+    silver_fields = {f.name: f.field_type for f in silver.schema().fields}
+    changes: list[Change] = []
+    for f in bronze.schema().fields:
+        mine = silver_fields.get(f.name)
+        if mine is None or mine == f.field_type or _widens(f.field_type, mine):
+            continue  # not in Silver, the same, or Silver's is wider: DuckDB casts up
+        changes.append(WidenColumn(f.name, str(f.field_type)))
+    if not changes:
+        return []
+    try:
+        result = evolve_table(silver, table_name(silver), changes)
+    except SchemaChangeError as exc:
+        raise CompactionError(
+            f"{table_name(silver)} cannot follow the column types of {table_name(bronze)}: "
+            f"{exc}; make the two tables' types match"
+        ) from None
+    done = [c.describe() for c in result.plan.apply] if result.committed else []
+    for line in done:
+        log.warning("%s: %s (to follow %s)", table_name(silver), line, table_name(bronze))
+    return done
+
+
+def _refuse_bronze_only_renames(bronze: Table, silver: Table, dedup: Sequence[str]) -> None:
+    """Refuse a Silver column that Bronze has renamed since (Silver matches columns by name).
+
+    Compacting anyway would write NULL for the column, for old rows too, and a NULL dedup
+    column merges distinct events; the operator renames Silver as well (migrations do both).
+    """
+    current = {f.field_id: f.name for f in bronze.schema().fields}
+    names = set(current.values())
+    for column in silver.schema().column_names:
+        if column in names:
+            continue
+        for schema in bronze.metadata.schemas:
+            old = next((f for f in schema.fields if f.name == column), None)
+            new = current.get(old.field_id) if old is not None else None
+            if new is not None and new not in silver.schema().column_names:
+                if column in dedup:
+                    raise CompactionError(
+                        f"{table_name(bronze)} renamed column {column} to {new}, but Silver "
+                        f"identifies events by the dedup columns catalog/ declares ({column} is "
+                        f"one): rename it back (lake table evolve {table_name(bronze)} "
+                        f"--rename {new}:{column})"
+                    )
+                raise CompactionError(
+                    f"{table_name(bronze)} renamed column {column} to {new} but "
+                    f"{table_name(silver)} still calls it {column}: rename it there too "
+                    f"(lake table evolve {table_name(silver)} --rename {column}:{new})"
+                )
+
+
+def _widens(narrow: IcebergType, wide: IcebergType) -> bool:
+    """True when `wide` is an Iceberg widening of `narrow` (so `narrow` values fit it)."""
+    if isinstance(narrow, DecimalType) and isinstance(wide, DecimalType):
+        return narrow.scale == wide.scale and narrow.precision < wide.precision
+    return (type(narrow), type(wide)) in {(IntegerType, LongType), (FloatType, DoubleType)}

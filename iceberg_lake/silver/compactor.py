@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
+from functools import partial
 from typing import Any
 
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression
@@ -41,12 +42,13 @@ from iceberg_lake import properties as P
 from iceberg_lake.catalog import CatalogSource, as_catalog, catalog_errors
 from iceberg_lake.engine.filters import eq
 from iceberg_lake.engine.iceberg import partition_values
-from iceberg_lake.exceptions import CommitConflictError, CompactionError
-from iceberg_lake.silver.commit import SilverCommit, advance_mark
+from iceberg_lake.exceptions import CommitConflictError, CompactionError, LakeError
+from iceberg_lake.silver.commit import SilverCommit, advance_mark, follow_bronze_types
 from iceberg_lake.silver.job import CompactionJob, DuckSession
 from iceberg_lake.silver.plan import (
     Layout,
     Partition,
+    PartitionMap,
     cover,
     current_snapshot_id,
     day_window,
@@ -147,11 +149,13 @@ class SilverCompactor:
             `empty`), rows_read, rows_written, duplicates_removed, source_snapshot_id,
             silver_snapshot_id, partitions (replaced), partitions_unchanged,
             replaced_partitions, table, date, seconds. With `schema=None` the counts are summed
-            and `tables` holds the per-table results.
+            and `tables` holds the per-table results; a table that failed has status `error`
+            and its reason in `error` (so does the merged result), the others are compacted.
 
         Raises:
             CompactionError: a bad date, pin or partition value; UnknownTableError: no such
-            schema; CommitConflictError: lost every commit race.
+            schema; CommitConflictError: lost every commit race (with `schema=None` only
+            argument errors raise).
         """
         day = parse_date(date)
         if schema is None:
@@ -180,9 +184,12 @@ class SilverCompactor:
         A `tag` (or an `as_of` tag or timestamp) applies to every Bronze table (each must have
         it); a snapshot id belongs to one table, so it is refused here (CompactionError).
 
+        One table's failure does not stop the others: it is logged and becomes that table's
+        result with status `error` and the reason in `error`.
+
         Returns:
             Schema name (`futures.trades`, ...) → that table's result (see `compact_date`);
-            a table not yet in the catalog has status `missing`.
+            a table not yet in the catalog has status `missing`, one that failed `error`.
         """
         day = parse_date(date)
         if snapshot_id is not None or isinstance(as_of, int):
@@ -194,8 +201,18 @@ class SilverCompactor:
                     status="missing", table=f"{SILVER}.{d.name}", date=day.isoformat()
                 )
                 continue
-            results[d.schema_name] = self.compact_date(
-                day, d.identifier, partition_value, snapshot_id, tag, as_of=as_of
+            results[d.schema_name] = self._guarded(
+                d,
+                partial(
+                    self.compact_date,
+                    day,
+                    d.identifier,
+                    partition_value,
+                    snapshot_id,
+                    tag,
+                    as_of=as_of,
+                ),
+                day.isoformat(),
             )
         return results
 
@@ -226,16 +243,24 @@ class SilverCompactor:
         mark (first run, or that snapshot was expired) every partition is checked from metadata.
         Cheap when nothing changed: two metadata loads per table, no commit.
 
+        One table's failure does not stop the others: it is logged and becomes that table's
+        result with status `error` and the reason in `error` (a maintenance loop keeps every
+        other table fresh while one needs an operator).
+
         Args:
             tables: schemas or table names to consider (default: every Silver table).
 
         Returns:
             One result per table (see `compact_date`), with `date` None.
+
+        Raises:
+            UnknownTableError: a name in `tables` has no Silver table (before any work).
         """
         if tables:
-            return [self._incremental(resolve_bronze_table(self.catalog, t)) for t in tables]
+            chosen = [resolve_bronze_table(self.catalog, t) for t in tables]
+            return [self._guarded(d, partial(self._incremental, d), None) for d in chosen]
         return [
-            self._incremental(d)
+            self._guarded(d, partial(self._incremental, d), None)
             if self._exists(d)
             else CompactionResult(status="missing", table=f"{SILVER}.{d.name}")
             for d in self._bronze_definitions()
@@ -268,10 +293,31 @@ class SilverCompactor:
         return {definition.identifier, f"{SILVER}.{definition.name}"} <= self._existing
 
     def _tables(self, definition: TableDefinition) -> tuple[Table, Table]:
-        return (
-            self.catalog.load_table(definition.identifier),
-            self.catalog.load_table(f"{SILVER}.{definition.name}"),
-        )
+        """Bronze and Silver, Silver's column types widened to Bronze's first if need be."""
+        silver_name = f"{SILVER}.{definition.name}"
+        bronze = self.catalog.load_table(definition.identifier)
+        silver = self.catalog.load_table(silver_name)
+        if follow_bronze_types(bronze, silver, definition.dedup_columns):
+            silver = self.catalog.load_table(silver_name)
+        return bronze, silver
+
+    def _guarded(
+        self, definition: TableDefinition, run: Callable[[], CompactionResult], day: str | None
+    ) -> CompactionResult:
+        """`run()` for one table of a several-table run: a failure becomes an `error` result."""
+        table = f"{SILVER}.{definition.name}"
+        try:
+            return run()
+        except Exception as exc:  # noqa: BLE001 - one table must not stop the others
+            if isinstance(exc, LakeError):
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+            else:  # a bug: the traceback goes to the debug log
+                reason = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}"
+                log.debug("%s: the error's traceback", table, exc_info=True)
+            # Info, not error: the result carries it, and whoever reads it reports it once
+            # (the CLI prints one line per failed table).
+            log.info("%s failed, going on with the other tables: %s", table, reason)
+            return CompactionResult(status="error", table=table, date=day, error=reason)
 
     def _compact(
         self,
@@ -296,7 +342,7 @@ class SilverCompactor:
                 row_filter = And(eq(layout.key_column, partition_value), window)
             is_current = snap.snapshot_id == current_snapshot_id(bronze)
             parts = plan_partitions(
-                bronze, silver, snap, row_filter, include_silver_only=is_current
+                bronze, silver, snap, row_filter, include_silver_only=is_current, layout=layout
             )
             if not parts:
                 return [_empty(definition, snap)]
@@ -325,8 +371,9 @@ class SilverCompactor:
             if mark == str(snap.snapshot_id):
                 return _unchanged(definition, snap)
             layout = layout_of(bronze, silver)
+            history = BronzeHistory(bronze, PartitionMap(bronze, layout).of_file)
             changed = (
-                BronzeHistory(bronze).changed_since(int(mark), snap.snapshot_id)
+                history.changed_since(int(mark), snap.snapshot_id)
                 if mark and mark.isdigit()
                 else None
             )
@@ -339,13 +386,16 @@ class SilverCompactor:
                 advance_mark(silver, marks)
                 return _unchanged(definition, snap)
             else:
-                row_filter = cover(layout, [Record(*pid[1]) for pid in changed])
-            parts = plan_partitions(bronze, silver, snap, row_filter, include_silver_only=True)
+                row_filter = cover(layout, [Record(*pid) for pid in changed])
+            parts = plan_partitions(
+                bronze, silver, snap, row_filter, include_silver_only=True, layout=layout
+            )
             if changed is not None:
-                wanted = {pid[1] for pid in changed}
-                parts = {k: v for k, v in parts.items() if k in wanted}
+                parts = {k: v for k, v in parts.items() if k in changed}
             try:
-                res = self._run(definition, bronze, silver, snap, layout, parts, marks)
+                res = self._run(
+                    definition, bronze, silver, snap, layout, parts, marks, history=history
+                )
             except CommitConflictError:
                 if attempt == self.max_attempts:
                     raise
@@ -364,10 +414,13 @@ class SilverCompactor:
         layout: Layout,
         parts: dict[tuple[Any, ...], Partition],
         table_properties: dict[str, str],
+        *,
+        history: BronzeHistory | None = None,
     ) -> CompactionResult:
         """Compact the partitions that changed and commit them; return the result."""
         started = time.perf_counter()
-        todo, unchanged = split_changed(bronze, snap, parts)
+        history = history or BronzeHistory(bronze, PartitionMap(bronze, layout).of_file)
+        todo, unchanged = split_changed(history, snap, parts)
         rows_read = rows_written = bytes_read = 0
         replaced: list[list[Any]] = []
         done, total = unchanged, len(parts)

@@ -21,11 +21,12 @@ from pyiceberg.table.snapshots import Snapshot
 
 from iceberg_lake.catalog import catalog_errors
 from iceberg_lake.engine.duck import DuckSession, duckdb_path, quote_str
+from iceberg_lake.engine.iceberg import PartitionFileWriter
 from iceberg_lake.exceptions import CompactionError
 from iceberg_lake.silver.dedup import BUCKET_COLUMN, AdjacentDedup, dedup_query, duck_type
 from iceberg_lake.silver.plan import Layout, Partition, table_name
 from iceberg_lake.silver.state import file_prefix
-from iceberg_lake.silver.writer import PartitionFileWriter
+from iceberg_lake.silver.writer import partition_file_writer
 from iceberg_lake.tables import TableDefinition
 
 __all__ = ["CompactionJob", "DuckSession", "PartitionOutput"]
@@ -105,12 +106,18 @@ class CompactionJob:
                                 prefix = file_prefix(
                                     self.snap.snapshot_id, part.digest, self.write_id
                                 )
-                                writers[part.pid] = PartitionFileWriter(
+                                writers[part.pid] = partition_file_writer(
                                     self.silver, part.record, prefix
                                 )
                             writers[part.pid].write(rows)
                 except duckdb.Error as exc:
                     raise CompactionError(f"{what}: DuckDB failed: {exc}") from exc
+                except pa.ArrowException as exc:
+                    # Rows that do not fit Silver's schema (a type Silver could not follow, a
+                    # NULL in a required column): one line, not an internal error.
+                    raise CompactionError(
+                        f"{what}: rows do not fit {table_name(self.silver)}'s schema: {exc}"
+                    ) from exc
         finally:
             con.close()
         outputs = []

@@ -1,8 +1,10 @@
 """Planning a Silver compaction from metadata only: which partitions, pinned where, changed or not.
 
 Nothing here reads data files or commits: the plan groups the Bronze files of a pinned snapshot
-and the current Silver files by partition, decides which partitions changed since their last
-compaction (see `iceberg_lake.silver.state`), and batches the changed ones into DuckDB queries.
+and the current Silver files by Silver partition (Silver's layout is its own: `PartitionMap`
+places Bronze files of any Bronze partition spec in it), decides which partitions changed since
+their last compaction (see `iceberg_lake.silver.state`), and batches the changed ones into DuckDB
+queries.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from iceberg_lake.engine.duck import quote_ident, quote_str
 from iceberg_lake.engine.filters import eq, ge, lt
 from iceberg_lake.engine.iceberg import partition_values
 from iceberg_lake.exceptions import CompactionError, TimeTravelError, UnknownTableError
-from iceberg_lake.silver.state import BronzeHistory, PartitionId, fingerprint, parse_state
+from iceberg_lake.silver.state import BronzeHistory, fingerprint, parse_state
 from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
 from iceberg_lake.timetravel.snapshots import AsOf, resolve_as_of
 
 __all__ = [
     "Layout",
     "Partition",
+    "PartitionMap",
     "cover",
     "day_window",
     "group_by_day",
@@ -193,30 +196,118 @@ def _spec_signature(spec: PartitionSpec, schema: Schema) -> list[tuple[str, str]
 
 
 def layout_of(bronze: Table, silver: Table) -> Layout:
-    """The shared partition layout of a Bronze table and its Silver table.
+    """Silver's partition layout, checked against the Bronze table it is compacted from.
+
+    Silver's layout is its own: `[key,] hour/day(ts_event)` of its current spec. Bronze may be
+    partitioned differently (say `lake table evolve bronze.x --add-partition-field
+    source:identity`) as long as each Bronze file can be placed in one Silver partition
+    (see `PartitionMap`); Bronze's current spec is checked here, older specs when their files
+    are planned.
 
     Raises:
-        CompactionError: the specs differ or are not `[key,] hour/day(ts_event)`.
+        CompactionError: Silver's spec is not `[key,] hour/day(ts_event)`, or Bronze's current
+            spec has no field to place its files in Silver partitions.
     """
-    b_sig = _spec_signature(bronze.spec(), bronze.schema())
     s_sig = _spec_signature(silver.spec(), silver.schema())
-    if b_sig != s_sig:
+    key_pos = next((i for i, (_, t) in enumerate(s_sig) if t == "identity"), None)
+    time_pos = next((i for i, (_, t) in enumerate(s_sig) if t in ("hour", "day")), None)
+    if time_pos is None or s_sig[time_pos][0] != "ts_event" or len(s_sig) > 2:
         raise CompactionError(
-            f"{table_name(silver)} is partitioned as {s_sig} but {table_name(bronze)} as {b_sig}; "
-            "Silver compaction needs the same partition spec"
+            f"{table_name(silver)} is partitioned as {_describe(s_sig)}; Silver compaction "
+            "writes [key,] hour/day(ts_event) partitions only"
         )
-    key_pos = next((i for i, (_, t) in enumerate(b_sig) if t == "identity"), None)
-    time_pos = next((i for i, (_, t) in enumerate(b_sig) if t in ("hour", "day")), None)
-    if time_pos is None or b_sig[time_pos][0] != "ts_event" or len(b_sig) > 2:
-        raise CompactionError(
-            f"{table_name(bronze)} must be partitioned by [key,] hour/day(ts_event)"
-        )
-    return Layout(
-        key_column=b_sig[key_pos][0] if key_pos is not None else None,
+    layout = Layout(
+        key_column=s_sig[key_pos][0] if key_pos is not None else None,
         key_pos=key_pos,
         time_pos=time_pos,
-        time_unit=b_sig[time_pos][1],
+        time_unit=s_sig[time_pos][1],
     )
+    PartitionMap(bronze, layout).check(bronze.spec().spec_id)
+    return layout
+
+
+def _describe(sig: Sequence[tuple[str, str]]) -> str:
+    return "[" + ", ".join(f"{t}({c})" for c, t in sig) + "]"
+
+
+#: Bronze time transform → Silver time transform → how many Bronze buckets make a Silver one.
+_TIME_RATIO = {("hour", "hour"): 1, ("hour", "day"): 24, ("day", "day"): 1}
+
+
+class PartitionMap:
+    """Places Bronze files, of any of Bronze's partition specs, in Silver's partitions.
+
+    Silver's partitions are its own (`Layout`); a Bronze file belongs to exactly one of them
+    when its spec has `identity(<Silver's key>)` (if Silver has a key) and `hour(ts_event)`,
+    or `day(ts_event)` for a day-partitioned Silver. Further Bronze partition fields (an added
+    `identity(source)`) only split a Silver partition's Bronze files into more groups. A
+    Bronze spec without those fields (a day-partitioned Bronze for an hour-partitioned Silver,
+    a key dropped by another engine) cannot be placed and is refused with one line.
+
+    Args:
+        bronze: the Bronze table (its specs and current schema).
+        layout: Silver's layout.
+    """
+
+    def __init__(self, bronze: Table, layout: Layout) -> None:
+        self._bronze = bronze
+        self._layout = layout
+        self._width = 1 + (layout.key_pos is not None)
+        self._positions: dict[int, tuple[int | None, int, int]] = {}
+
+    def check(self, spec_id: int) -> tuple[int | None, int, int]:
+        """`(key position, time position, ratio)` of Bronze spec `spec_id`.
+
+        Raises:
+            CompactionError: the spec cannot place its files in Silver partitions.
+        """
+        found = self._positions.get(spec_id)
+        if found is not None:
+            return found
+        specs = self._bronze.specs()
+        layout = self._layout
+        spec = specs.get(spec_id)
+        sig = _spec_signature(spec, self._bronze.schema()) if spec is not None else []
+        key_pos = None
+        if layout.key_column is not None:
+            key_pos = next(
+                (i for i, (c, t) in enumerate(sig) if (c, t) == (layout.key_column, "identity")),
+                None,
+            )
+        time = [
+            (i, _TIME_RATIO[(t, layout.time_unit)])
+            for i, (c, t) in enumerate(sig)
+            if c == "ts_event" and (t, layout.time_unit) in _TIME_RATIO
+        ]
+        if (layout.key_column is not None and key_pos is None) or not time:
+            want = [f"{layout.time_unit}(ts_event)"]
+            if layout.time_unit == "day":
+                want = ["hour(ts_event) or day(ts_event)"]
+            if layout.key_column is not None:
+                want.insert(0, f"identity({layout.key_column})")
+            raise CompactionError(
+                f"{table_name(self._bronze)} partition spec {spec_id} is {_describe(sig)}: "
+                f"Silver compaction needs {' and '.join(want)} in it to place Bronze files in "
+                "Silver's partitions"
+            )
+        time_pos, ratio = min(time, key=lambda tr: tr[1])  # the finest: hour before day
+        self._positions[spec_id] = (key_pos, time_pos, ratio)
+        return self._positions[spec_id]
+
+    def pid(self, spec_id: int, partition: Record) -> tuple[Any, ...]:
+        """The Silver partition tuple of a Bronze partition of spec `spec_id`."""
+        key_pos, time_pos, ratio = self.check(spec_id)
+        values: list[Any] = [None] * self._width
+        bucket = partition[time_pos]
+        values[self._layout.time_pos] = bucket if ratio == 1 else int(bucket) // ratio
+        if self._layout.key_pos is not None:
+            assert key_pos is not None
+            values[self._layout.key_pos] = partition[key_pos]
+        return tuple(values)
+
+    def of_file(self, data_file: DataFile) -> tuple[Any, ...]:
+        """The Silver partition tuple a Bronze data or delete file belongs to."""
+        return self.pid(data_file.spec_id, data_file.partition)
 
 
 @dataclass
@@ -248,8 +339,12 @@ def plan_partitions(
     row_filter: BooleanExpression,
     *,
     include_silver_only: bool,
+    layout: Layout | None = None,
 ) -> dict[tuple[Any, ...], Partition]:
-    """Bronze files of `snap` and current Silver files, grouped by partition (metadata only).
+    """Bronze files of `snap` and current Silver files, grouped by Silver partition (metadata).
+
+    Bronze files are placed in Silver's partitions by `PartitionMap`, so a Bronze table whose
+    partition spec gained a field (or holds files of several specs) plans like any other.
 
     Args:
         bronze: the Bronze table.
@@ -258,29 +353,34 @@ def plan_partitions(
         row_filter: which partitions to consider.
         include_silver_only: also return partitions only Silver has (Bronze emptied them);
             only meaningful when `snap` is Bronze's current snapshot.
+        layout: Silver's layout (default: `layout_of(bronze, silver)`).
 
     Raises:
-        CompactionError: Bronze has files of an older partition spec.
+        CompactionError: Bronze has files Silver's partitions cannot take, or Silver has files
+            of another partition spec than its current one.
     """
+    layout = layout or layout_of(bronze, silver)
+    to_silver = PartitionMap(bronze, layout)
     parts: dict[tuple[Any, ...], Partition] = {}
-    spec_id = bronze.spec().spec_id
     with catalog_errors(f"planning {table_name(bronze)}"):
         tasks = list(bronze.scan(snapshot_id=snap.snapshot_id, row_filter=row_filter).plan_files())
     for task in tasks:
         f = task.file
-        if f.spec_id != spec_id:
-            raise CompactionError(
-                f"{table_name(bronze)} has files of an older partition spec ({f.spec_id}); "
-                "Silver compaction supports one spec"
-            )
-        p = parts.setdefault(partition_values(f.partition), Partition(f.partition))
+        pid = to_silver.of_file(f)
+        p = parts.setdefault(pid, Partition(Record(*pid)))
         p.bronze.append(f)
         for d in task.delete_files:
             p.deletes[d.file_path] = d
     if silver.current_snapshot() is not None:
+        silver_spec = silver.spec().spec_id
         with catalog_errors(f"planning {table_name(silver)}"):
             silver_tasks = list(silver.scan(row_filter=row_filter).plan_files())
         for task in silver_tasks:
+            if task.file.spec_id != silver_spec:
+                raise CompactionError(
+                    f"{table_name(silver)} has files of an older partition spec "
+                    f"({task.file.spec_id}); Silver compaction supports one Silver spec"
+                )
             key = partition_values(task.file.partition)
             if key not in parts:
                 if not include_silver_only:
@@ -291,28 +391,30 @@ def plan_partitions(
 
 
 def split_changed(
-    bronze: Table, snap: Snapshot, parts: dict[tuple[Any, ...], Partition]
+    history: BronzeHistory, snap: Snapshot, parts: dict[tuple[Any, ...], Partition]
 ) -> tuple[list[Partition], int]:
     """The partitions that need compacting, and how many are unchanged.
 
     A partition is unchanged when its Silver files record the same Bronze file set, or a
     source snapshot whose rows in the partition are the same (only file rewrites since).
     Sets each partition's `digest`.
+
+    Args:
+        history: Bronze's history, keyed by Silver partition (`PartitionMap.of_file`).
+        snap: the pinned Bronze snapshot.
+        parts: the planned Silver partitions.
     """
-    history = BronzeHistory(bronze)
-    spec_id = bronze.spec().spec_id
     todo: list[Partition] = []
     unchanged = 0
     for part in parts.values():
         part.digest = fingerprint([f.file_path for f in part.bronze] + list(part.deletes))
         state = parse_state(f.file_path for f in part.silver) if part.silver else None
-        pid: PartitionId = (spec_id, part.pid)
         if (
             state is not None
             and part.bronze
             and (
                 state.fingerprint == part.digest
-                or history.rows_unchanged(state.source_snapshot_id, snap.snapshot_id, pid)
+                or history.rows_unchanged(state.source_snapshot_id, snap.snapshot_id, part.pid)
             )
         ):
             unchanged += 1

@@ -14,7 +14,8 @@ from typing import Any
 __all__ = ["CompactionResult", "CompactionStatus", "merge_results"]
 
 #: `success` (partitions replaced), `unchanged` (nothing to do), `empty` (no Bronze data),
-#: `missing` (a table is not in the catalog yet).
+#: `missing` (a table is not in the catalog yet), `error` (this table failed; `error` says why;
+#: only in several-table runs, which go on with the other tables).
 CompactionStatus = str
 
 
@@ -23,7 +24,7 @@ class CompactionResult(Mapping[str, Any]):
     """What one compaction call did to one Silver table (or, merged, to several).
 
     Attributes:
-        status: `success`, `unchanged`, `empty` or `missing`.
+        status: `success`, `unchanged`, `empty`, `missing` or `error`.
         table: the Silver table (None for a merged result).
         date: the compacted UTC day `YYYY-MM-DD` (None: incremental or every day).
         rows_read: Bronze rows read.
@@ -36,6 +37,7 @@ class CompactionResult(Mapping[str, Any]):
         bytes_read: Bronze bytes read.
         seconds: wall time.
         tables: the per-table results of a merged result (empty otherwise).
+        error: why this table failed (status `error`; None otherwise), one line.
     """
 
     status: CompactionStatus
@@ -51,6 +53,7 @@ class CompactionResult(Mapping[str, Any]):
     bytes_read: int = 0
     seconds: float = 0.0
     tables: list[CompactionResult] = field(default_factory=list)
+    error: str | None = None
 
     @property
     def duplicates_removed(self) -> int:
@@ -62,13 +65,18 @@ class CompactionResult(Mapping[str, Any]):
         return replace(self, date=day)
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-friendly dict (the spec's result dict; `tables` only when merged)."""
+        """A JSON-friendly dict (the spec's result dict; `tables` only when merged, `error` only
+        when set)."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "tables":
                 if value:
                     out["tables"] = [r.as_dict() for r in value]
+                continue
+            if f.name == "error":
+                if value is not None:
+                    out["error"] = value
                 continue
             out[f.name] = value
             if f.name == "rows_written":
@@ -94,11 +102,22 @@ _SUMMED = ("rows_read", "rows_written", "partitions", "partitions_unchanged", "b
 
 
 def merge_results(results: Mapping[str, CompactionResult], day: str) -> CompactionResult:
-    """One result for a day of several tables: counts summed, the tables kept in `tables`."""
+    """One result for a day of several tables: counts summed, the tables kept in `tables`.
+
+    Its status is `error` when any table failed (`error` names them), else the best of the
+    others: `success`, `unchanged`, `empty`.
+    """
     values = list(results.values())
     statuses = {r.status for r in values}
+    failed = [r.table or "?" for r in values if r.status == "error"]
     status = (
-        "success" if "success" in statuses else "unchanged" if "unchanged" in statuses else "empty"
+        "error"
+        if failed
+        else "success"
+        if "success" in statuses
+        else "unchanged"
+        if "unchanged" in statuses
+        else "empty"
     )
     summed: dict[str, Any] = {k: sum(getattr(r, k) for r in values) for k in _SUMMED}
     return CompactionResult(
@@ -107,5 +126,8 @@ def merge_results(results: Mapping[str, CompactionResult], day: str) -> Compacti
         seconds=round(sum(r.seconds for r in values), 3),
         replaced_partitions=[p for r in values for p in r.replaced_partitions],
         tables=values,
+        error=f"{len(failed)} of {len(values)} tables failed: {', '.join(failed)}"
+        if failed
+        else None,
         **summed,
     )

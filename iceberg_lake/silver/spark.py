@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.typedef import Record
 from pyiceberg.types import DoubleType, FloatType
 
 from iceberg_lake import properties as P
@@ -46,9 +47,16 @@ from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.config import Settings
 from iceberg_lake.engine.filters import eq, ge, lt
 from iceberg_lake.engine.spark import replace_partitions, spark_sql_type
-from iceberg_lake.exceptions import CompactionError, TimeTravelError
+from iceberg_lake.exceptions import CompactionError, LakeError, TimeTravelError
+from iceberg_lake.silver.commit import follow_bronze_types
 from iceberg_lake.silver.dedup import sort_columns
-from iceberg_lake.silver.plan import layout_of, parse_date, pin_snapshot, resolve_bronze_table
+from iceberg_lake.silver.plan import (
+    PartitionMap,
+    layout_of,
+    parse_date,
+    pin_snapshot,
+    resolve_bronze_table,
+)
 from iceberg_lake.tables import BRONZE, SILVER, TableDefinition
 from iceberg_lake.timetravel.snapshots import AsOf, protect_silver_source
 
@@ -181,6 +189,10 @@ class SparkSilverCompactor:
         definition = resolve_bronze_table(self.lake, schema)
         bronze = self.lake.load_table(definition.identifier)
         silver = self.lake.load_table(f"{SILVER}.{definition.name}")
+        if follow_bronze_types(
+            bronze, silver, definition.dedup_columns
+        ):  # a Bronze-only widening: Silver follows
+            silver = self.lake.load_table(f"{SILVER}.{definition.name}")
         layout = layout_of(bronze, silver)
         snap = pin_snapshot(bronze, *pin)
         result = _result(definition, snap, day)
@@ -217,11 +229,13 @@ class SparkSilverCompactor:
             )
         labels: list[list[Any]] = []
         days: set[str] = set()
+        to_silver = PartitionMap(bronze, layout)  # Bronze's spec may be finer than Silver's
         for task in tasks:
-            label = layout.label(task.file.partition)
+            record = Record(*to_silver.of_file(task.file))
+            label = layout.label(record)
             if label not in labels:
                 labels.append(label)
-                days.add(layout.bounds(task.file.partition)[1].date().isoformat())
+                days.add(layout.bounds(record)[1].date().isoformat())
         if any(t.delete_files for t in tasks):
             rows_read = source.count()
         else:
@@ -278,8 +292,12 @@ class SparkSilverCompactor:
         A `tag` or `as_of` (tag or timestamp) pins every Bronze table (each must have it); a
         snapshot id belongs to one table, so it is refused (CompactionError), as on DuckDB.
 
+        One table's failure does not stop the others: its result has status `error` and the
+        reason in `error`, as on DuckDB.
+
         Returns:
-            One result per table (status `missing` when a table is not in the catalog).
+            One result per table (status `missing` when a table is not in the catalog, `error`
+            when it failed).
         """
         if isinstance(as_of, int):
             raise CompactionError("a snapshot id belongs to one Bronze table: name the table")
@@ -290,9 +308,17 @@ class SparkSilverCompactor:
             if not d.subject or not d.dedup_columns or silver_name not in self.lake.registry:
                 continue
             if {d.identifier, silver_name} <= existing:
-                results.append(
-                    self.compact_date(date, d.identifier, partition_value, tag=tag, as_of=as_of)
-                )
+                try:
+                    results.append(
+                        self.compact_date(date, d.identifier, partition_value, tag=tag, as_of=as_of)
+                    )
+                except Exception as exc:  # noqa: BLE001 - one table must not stop the others
+                    reason = " ".join(str(exc).split()) or type(exc).__name__
+                    if not isinstance(exc, LakeError):
+                        reason = f"internal error: {type(exc).__name__}: {reason}"
+                    log.info("%s failed, going on with the other tables: %s", silver_name, reason)
+                    failed = {**_result(d, None, parse_date(date)), "status": "error"}
+                    results.append({**failed, "error": reason})
             else:
                 results.append({**_result(d, None, parse_date(date)), "status": "missing"})
         return results

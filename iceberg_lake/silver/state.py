@@ -2,15 +2,16 @@
 
 **Where the state lives.** Each Silver data file's *name* records what it was compacted from:
 `silver-<bronze snapshot id>-<fingerprint>-<uuid>-<n>.parquet`, where the fingerprint is a hash of
-the sorted paths of the Bronze data and delete files of that partition in that snapshot. File
+the sorted paths of the Bronze data and delete files that land in that Silver partition in that
+snapshot (from every Bronze partition, of any Bronze partition spec, placed in it). File
 names live in Silver's manifests, so the state survives the expiry of Silver snapshots (a snapshot
 summary would not) and costs nothing to read: planning the Silver partition lists them.
 
 **When a partition is unchanged** (no recompaction, no commit):
 
-1. the Bronze partition's file set fingerprint equals the recorded one (exact, history-free); or
+1. the fingerprint of its Bronze file set equals the recorded one (exact, history-free); or
 2. the file sets differ, but every Bronze snapshot between the recorded source snapshot and the
-   pinned one that added or removed files of this partition is a file rewrite
+   pinned one that added or removed files placed in this partition is a file rewrite
    (`lake.operation=compact-files` or Iceberg operation `replace`), which keeps rows as they are.
    This needs the recorded source snapshot to still be in Bronze's history; when it was expired
    the partition is recompacted once (correct, only slower), after which (1) applies again.
@@ -22,18 +23,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from pyiceberg.manifest import ManifestEntryStatus
+from pyiceberg.manifest import DataFile, ManifestEntryStatus
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Operation, Snapshot, ancestors_of
 
 from iceberg_lake import properties as P
-from iceberg_lake.engine.iceberg import partition_values
 
-#: (partition spec id, partition tuple): identifies a partition across snapshots.
-PartitionId = tuple[int, tuple[object, ...]]
+#: What a Bronze file's partition is called in change detection: the Silver partition tuple
+#: it lands in (`silver.plan.PartitionMap.of_file`), the same whatever Bronze spec wrote it.
+PartitionId = tuple[object, ...]
 
 FILE_PREFIX = "silver"
 _NAME = re.compile(r"(?:^|/)silver-(\d+)-([0-9a-f]{20})-[0-9a-f]+-\d+\.parquet$")
@@ -84,9 +85,17 @@ def is_rewrite(snapshot: Snapshot) -> bool:
 
 @dataclass
 class BronzeHistory:
-    """Cached per-snapshot partition changes of one Bronze table (reads each manifest once)."""
+    """Cached per-snapshot partition changes of one Bronze table (reads each manifest once).
+
+    Args:
+        table: the Bronze table.
+        partition_of: the partition a Bronze data or delete file counts for; Silver passes
+            the Silver partition it lands in, so a Bronze partition-spec change (files of two
+            specs for one Silver partition) is followed.
+    """
 
     table: Table
+    partition_of: Callable[[DataFile], PartitionId]
     _touched: dict[int, set[PartitionId]] = field(default_factory=dict)
 
     def touched(self, snapshot: Snapshot) -> set[PartitionId]:
@@ -102,8 +111,7 @@ class BronzeHistory:
                         ManifestEntryStatus.ADDED,
                         ManifestEntryStatus.DELETED,
                     ):
-                        f = entry.data_file
-                        parts.add((f.spec_id, partition_values(f.partition)))
+                        parts.add(self.partition_of(entry.data_file))
             self._touched[sid] = parts
         return self._touched[sid]
 

@@ -64,6 +64,7 @@ from pyiceberg.table import Table
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine import filters
+from iceberg_lake.engine.iceberg import column_bounds, partition_field_bounds
 from iceberg_lake.engine.nats import (
     INFERRED_TARGET,
     StreamIdentity,
@@ -1065,16 +1066,14 @@ def committed_newest_ns(table: Table) -> int | None:
     data files of that partition (and later) are planned; their `ts_event_ns` upper bounds give
     the answer. Falls back to every file's bounds when the partition bounds cannot be used.
     """
-    from pyiceberg.conversions import from_bytes
     from pyiceberg.expressions import AlwaysTrue
-    from pyiceberg.types import IntegerType
 
     snap = table.current_snapshot()
     if snap is None:
         return None
     schema = table.schema()
     try:
-        field_id = schema.find_field("ts_event_ns").field_id
+        schema.find_field("ts_event_ns")
     except ValueError:
         return None
     row_filter: Any = AlwaysTrue()
@@ -1090,9 +1089,9 @@ def committed_newest_ns(table: Table) -> int | None:
             if manifest.partition_spec_id != spec.spec_id or not manifest.partitions:
                 newest = None
                 break
-            summary = manifest.partitions[pos]
-            if summary.upper_bound is not None:
-                value = int(from_bytes(IntegerType(), summary.upper_bound))
+            bounds = partition_field_bounds(manifest, spec, schema, pos)
+            if bounds is not None:
+                value = int(bounds[1])
                 newest = value if newest is None else max(newest, value)
         if newest is not None:
             lo = datetime.fromtimestamp(newest * unit_us[transform] / 1e6, tz=UTC)
@@ -1101,9 +1100,9 @@ def committed_newest_ns(table: Table) -> int | None:
     best: int | None = None
     with catalog_errors(f"planning {table.name()}"):
         for task in table.scan(row_filter=row_filter, snapshot_id=snap.snapshot_id).plan_files():
-            upper = task.file.upper_bounds or {}
-            if field_id in upper:
-                value = int.from_bytes(upper[field_id], "little", signed=True)
+            file_bounds = column_bounds(task.file, schema, "ts_event_ns")
+            if file_bounds is not None:
+                value = int(file_bounds[1])
                 best = value if best is None else max(best, value)
     return best
 

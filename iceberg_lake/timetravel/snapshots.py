@@ -52,6 +52,7 @@ __all__ = [
     "REPLAY_PIN_PREFIX",
     "SILVER_SOURCE_PREFIX",
     "AsOf",
+    "checkpoints_due",
     "contiguous_since",
     "list_refs",
     "maintain_refs",
@@ -525,13 +526,23 @@ def list_refs(table: Table) -> list[dict[str, Any]]:
     return rows
 
 
-def _checkpoints_due(
+def checkpoints_due(
     table: Table, identifier: str, max_age_ms: int, now_ms: int
 ) -> dict[str, tuple[int, int]]:
-    """Checkpoint tags to create: name -> (snapshot id, max-ref-age ms).
+    """Checkpoint tags `maintain_refs` would create now (also for dry runs).
 
     The checkpoint of a closed hour is the last snapshot committed in it, made a tag only when
-    that is certain (its successor is the next sequence number, or it is still current).
+    that is certain (its successor is the next sequence number, or it is still current). Hours
+    closed longer ago than `max_age_ms`, and tags that already exist, are left out.
+
+    Args:
+        table: the table whose history is read.
+        identifier: its identifier (part of the tag name, see `checkpoint_tag`).
+        max_age_ms: how long a checkpoint tag is kept after its hour closes.
+        now_ms: the current time, epoch milliseconds.
+
+    Returns:
+        Tag name -> (snapshot id, the tag's max-ref-age in ms).
     """
     seq = {s.snapshot_id: s.sequence_number for s in table.metadata.snapshots}
     log = [e for e in table.history() if e.snapshot_id in seq]
@@ -587,7 +598,7 @@ def maintain_refs(
         and (expires := ref_expires_ms(table, name)) is not None
         and expires < now
     ]
-    due = _checkpoints_due(table, identifier, checkpoint_max_age_ms, now)
+    due = checkpoints_due(table, identifier, checkpoint_max_age_ms, now)
     add_silver: list[int] = []
     remove_silver: list[str] = []
     if silver_sources is not None:

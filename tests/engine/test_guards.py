@@ -95,6 +95,36 @@ def test_column_bounds_decodes_with_pyiceberg_conversions() -> None:
     assert engine_iceberg.column_bounds(f, SCHEMA, "symbol") is None
 
 
+def test_partition_field_bounds_decodes_what_pyiceberg_writes(tmp_path: Path) -> None:
+    """`partition_field_bounds` reads a manifest's partition summary as pyiceberg wrote it: the
+    hour partition's bounds are the hours of the oldest and newest event (live freshness)."""
+    from datetime import UTC, datetime
+
+    catalog = SqlCatalog(
+        "guard", uri=f"sqlite:///{tmp_path / 'c.db'}", warehouse=f"file://{tmp_path}"
+    )
+    catalog.create_namespace("ns")
+    table = catalog.create_table("ns.t", schema=SCHEMA, partition_spec=SPEC)
+    times = [datetime(2025, 12, 16, h, 30, tzinfo=UTC) for h in (14, 9, 11)]
+    table.append(
+        pa.table(
+            {
+                "symbol": ["ES", "NQ", "ES"],
+                "ts_event": pa.array(times, pa.timestamp("us", tz="UTC")),
+                "ts_event_ns": pa.array([0, 1, 2], pa.int64()),
+            }
+        )
+    )
+    snapshot = table.current_snapshot()
+    assert snapshot is not None
+    (manifest,) = snapshot.manifests(table.io)
+    hour = 1_765_893_600 // 3600  # 2025-12-16 14:00 UTC, hours since the epoch
+    spec, schema = table.spec(), table.schema()
+    assert engine_iceberg.partition_field_bounds(manifest, spec, schema, 1) == (hour - 5, hour)
+    assert engine_iceberg.partition_field_bounds(manifest, spec, schema, 0) == ("ES", "NQ")
+    assert engine_iceberg.partition_field_bounds(manifest, spec, schema, 2) is None
+
+
 def test_dataframe_to_data_files_guard(tmp_path: Path) -> None:
     """`pyiceberg.io.pyarrow._dataframe_to_data_files`: writes files, names them with `counter`."""
     from pyiceberg.io.pyarrow import _dataframe_to_data_files

@@ -1,0 +1,226 @@
+"""Silver after Bronze-only schema evolution, and several-table runs with one failing table.
+
+A real lake (SQLite catalog, local warehouse, every declared table) evolved as
+docs/schema-evolution.md shows, then compacted through the CLI and the Python API; Silver is
+compared with a dedup computed here. Budget: ~15 s, no servers.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.table import Table
+from pyiceberg.types import IntegerType, LongType
+from typer.testing import CliRunner
+
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.cli.app import app
+from iceberg_lake.properties import SCHEMA_VERSION_PROPERTY
+from iceberg_lake.schema.evolve import WidenColumn, evolve_table
+from iceberg_lake.silver.compactor import SilverCompactor
+
+pytestmark = pytest.mark.integration
+
+HOUR_NS = 3600 * 10**9
+MIN_NS = 60 * 10**9
+T0 = int(datetime(2025, 12, 16, 14, tzinfo=UTC).timestamp()) * 10**9  # 14:00 UTC
+DAY = date(2025, 12, 16)
+TRADES = "stocks_trades"
+BRONZE, SILVER = f"bronze.{TRADES}", f"silver.{TRADES}"
+KEYS = ("source", "ts_event_ns", "symbol", "price", "size", "exchange", "seq")
+
+
+def trade(ts: int, seq: int, *, sym: str = "SPY", source: str = "databento", **kw: Any) -> dict:
+    row = {
+        "ts_event_ns": ts,
+        "ts_recv_ns": ts + 1_000,
+        "source": source,
+        "symbol": sym,
+        "price": 600.0 + seq % 7,
+        "size": 100,
+        "exchange": 1,
+        "seq": seq,
+        "ts_event": ts // 1000,
+        "conditions": None,
+    }
+    return {**row, **kw}
+
+
+def append(table: Table, rows: list[dict]) -> None:
+    """Append as the writers do (one commit)."""
+    table.append(
+        pa.Table.from_pylist(
+            rows, schema=schema_to_pyarrow(table.schema(), include_field_ids=False)
+        )
+    )
+
+
+def expected(rows: list[dict]) -> list[tuple]:
+    """The spec's dedup: one row per event (the dedup columns), the earliest receive wins."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        key = tuple(r[k] for k in KEYS)
+        if key not in best or r["ts_recv_ns"] < best[key]["ts_recv_ns"]:
+            best[key] = r
+    return sorted(_row(r) for r in best.values())
+
+
+def _row(r: dict) -> tuple:
+    return (r["ts_event_ns"], r["ts_recv_ns"], *(r[k] for k in KEYS))
+
+
+def silver_rows(lake: LakeCatalog, identifier: str = SILVER) -> list[tuple]:
+    return sorted(_row(r) for r in lake.load_table(identifier).scan().to_arrow().to_pylist())
+
+
+def _cli(lake: LakeCatalog, *args: str):
+    env = {"LAKE_DATA_DIR": str(lake.settings.data_dir)}
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def test_documented_bronze_partition_change_keeps_silver_compacting(lake: LakeCatalog) -> None:
+    """docs/schema-evolution.md's `--add-partition-field source:identity` on Bronze only."""
+    first = [
+        trade(T0 + i * MIN_NS + h * HOUR_NS, seq=100 * h + i, sym=s)
+        for h in range(2)
+        for i, s in enumerate(["SPY", "QQQ"] * 5)
+    ]
+    append(lake.load_table(BRONZE), first)
+    with SilverCompactor(lake) as compactor:
+        assert compactor.compact_incremental([TRADES])[0].status == "success"
+
+    res = _cli(lake, "table", "evolve", BRONZE, "--add-partition-field", "source:identity")
+    assert res.exit_code == 0, res.output
+    assert len(lake.load_table(BRONZE).spec().fields) == 3
+
+    # New spec's files in the same Silver partitions: a second feed, a redelivery of rows
+    # stored before the change (duplicates across the two specs), and a new hour.
+    second = [trade(T0 + i * MIN_NS + 7, seq=900 + i, source="polygon") for i in range(4)]
+    redelivered = [{**r, "ts_recv_ns": r["ts_recv_ns"] + 5} for r in first[:6]]
+    later = [trade(T0 + 2 * HOUR_NS + i, seq=2000 + i, sym="QQQ") for i in range(3)]
+    append(lake.load_table(BRONZE), second + redelivered + later)
+
+    res = _cli(lake, "compact", "--incremental", "-o", "json")
+    assert res.exit_code == 0, res.output
+    by_table = {r["table"]: r for r in json.loads(res.stdout)}
+    assert all(r["status"] != "error" for r in by_table.values()), by_table
+    got = by_table[SILVER]
+    assert got["status"] == "success"
+    touched = {("SPY", 0), ("QQQ", 0), ("QQQ", 2)}  # (symbol, hour after 14:00)
+    everything = first + second + redelivered + later
+    read = [r for r in everything if (r["symbol"], (r["ts_event_ns"] - T0) // HOUR_NS) in touched]
+    assert got["rows_read"] == len(read), "only the touched Silver partitions are read"
+    assert sorted(got["replaced_partitions"]) == [
+        ["QQQ", "2025-12-16T14"],  # the redelivered rows are SPY and QQQ of hour 14
+        ["QQQ", "2025-12-16T16"],
+        ["SPY", "2025-12-16T14"],
+    ]
+    assert silver_rows(lake) == expected(everything)
+    silver = lake.load_table(SILVER)
+    assert [str(f.transform) for f in silver.spec().fields] == ["identity", "hour"]
+    assert {t.file.spec_id for t in silver.scan().plan_files()} == {silver.spec().spec_id}
+
+    # Change detection across the two Bronze specs: nothing new, nothing committed.
+    history = [s.snapshot_id for s in silver.snapshots()]
+    with SilverCompactor(lake) as compactor:
+        assert compactor.compact_incremental([TRADES])[0].status == "unchanged"
+        again = compactor.compact_date(DAY, TRADES)  # full planning path
+        assert again.status == "unchanged" and again.partitions_unchanged == 5
+    assert [s.snapshot_id for s in lake.load_table(SILVER).snapshots()] == history
+
+
+def test_bronze_only_widening_is_followed_by_silver(lake: LakeCatalog) -> None:
+    """docs/ingest.md's use case: sizes above 2^31 after `--widen size:long` on Bronze only."""
+    rows = [trade(T0 + i, seq=i) for i in range(5)]
+    append(lake.load_table(BRONZE), rows)
+    with SilverCompactor(lake) as compactor:
+        compactor.compact_incremental([TRADES])
+    evolve_table(lake.load_table(BRONZE), BRONZE, [WidenColumn("size", "long")])
+    assert lake.load_table(SILVER).schema().find_field("size").field_type == IntegerType()
+    version = int(lake.load_table(SILVER).properties[SCHEMA_VERSION_PROPERTY])
+    big = trade(T0 + 10, seq=10, size=3_000_000_000)
+    append(lake.load_table(BRONZE), [big])
+
+    res = _cli(lake, "compact", "--incremental", "--table", TRADES, "-o", "json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)[0]["status"] == "success"
+    silver = lake.load_table(SILVER)
+    assert silver.schema().find_field("size").field_type == LongType()
+    assert silver.properties[SCHEMA_VERSION_PROPERTY] == str(version + 1)
+    assert silver_rows(lake) == expected([*rows, big])
+    with SilverCompactor(lake) as compactor:
+        assert compactor.compact_incremental([TRADES])[0].status == "unchanged"
+
+
+def test_a_failing_table_does_not_stop_the_others(lake: LakeCatalog) -> None:
+    """One broken table: every other table is compacted, one line per failure, exit 1."""
+    futures = [trade(T0 + i, seq=i, sym="ES") for i in range(4)]
+    futures = [{k: v for k, v in r.items() if k != "exchange"} for r in futures]
+    append(lake.load_table("bronze.futures_trades"), futures)
+    stocks = [trade(T0 + i, seq=i) for i in range(4)]
+    append(lake.load_table(BRONZE), stocks)
+    # Another engine gave Silver a layout its compaction cannot write: the first table fails.
+    with lake.load_table("silver.futures_trades").update_spec() as spec:
+        spec.add_identity("source")
+
+    res = _cli(lake, "compact", "--incremental", "-o", "json")
+    assert res.exit_code == 1
+    rows = {r["table"]: r for r in json.loads(res.stdout)}
+    assert rows["silver.futures_trades"]["status"] == "error"
+    assert (
+        "partitioned as [identity(symbol), hour(ts_event), identity(source)]"
+        in (rows["silver.futures_trades"]["error"])
+    )
+    assert rows[SILVER]["status"] == "success", "the table after the failing one is compacted"
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: silver.futures_trades: ")
+    assert "Traceback" not in res.output
+    assert silver_rows(lake) == expected(stocks)
+
+    # The Python API's several-table entry points say the same, without raising.
+    append(lake.load_table(BRONZE), [trade(T0 + 50, seq=50)])
+    with SilverCompactor(lake) as compactor:
+        merged = compactor.compact_date(DAY)
+    assert merged.status == "error" and merged["error"].startswith("1 of 6 tables failed")
+    statuses = {r.table: r.status for r in merged.tables}
+    assert statuses["silver.futures_trades"] == "error" and statuses[SILVER] == "success"
+    assert "error" not in dict(next(r for r in merged.tables if r.table == SILVER))
+
+
+def test_silver_partition_fields_are_refused(lake: LakeCatalog) -> None:
+    res = _cli(lake, "table", "evolve", SILVER, "--add-partition-field", "source:identity")
+    assert res.exit_code == 1
+    assert "partition the Bronze table instead" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert len(lake.load_table(SILVER).spec().fields) == 2
+
+
+def test_bronze_only_rename_names_the_command_that_fixes_it(lake: LakeCatalog) -> None:
+    """Silver matches columns by name: a rename on Bronze alone would null them, so it is
+    refused with the fix; after it, compaction carries the values under the new name."""
+    rows = [trade(T0 + i, seq=i, conditions=f"c{i}") for i in range(3)]
+    append(lake.load_table(BRONZE), rows)
+    assert _cli(lake, "table", "evolve", BRONZE, "--rename", "conditions:cond").exit_code == 0
+
+    res = _cli(lake, "compact", "--incremental", "--table", TRADES)
+    assert res.exit_code == 1
+    fix = f"lake table evolve {SILVER} --rename conditions:cond"
+    assert res.stderr.count("error:") == 1 and fix in res.stderr
+    assert lake.load_table(SILVER).current_snapshot() is None, "nothing written"
+    assert _cli(lake, *fix.split()[1:]).exit_code == 0
+    res = _cli(lake, "compact", "--incremental", "--table", TRADES)
+    assert res.exit_code == 0, res.output
+    got = lake.load_table(SILVER).scan().to_arrow()
+    assert sorted(got.column("cond").to_pylist()) == ["c0", "c1", "c2"]
+
+    # A dedup column is named by catalog/: the way out is renaming Bronze's back.
+    assert _cli(lake, "table", "evolve", BRONZE, "--rename", "seq:sequence").exit_code == 0
+    append(lake.load_table(BRONZE), [{**trade(T0 + 9, seq=9), "sequence": 9}])
+    res = _cli(lake, "compact", "--incremental")
+    assert res.exit_code == 1
+    assert f"lake table evolve {BRONZE} --rename sequence:seq" in res.stderr
