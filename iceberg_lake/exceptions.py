@@ -16,6 +16,12 @@ class TransientError(LakeError):
     """An error that may succeed when retried (outage, conflict, timeout)."""
 
 
+class BusUnavailableError(TransientError):
+    """NATS did not do what was asked, for a reason a retry may fix: the connection is down,
+    reconnecting or closed, a request timed out, nothing answered (JetStream restarting), or the
+    consumer being read was deleted. Raised by `iceberg_lake.engine.nats` (`bus_errors`)."""
+
+
 class ConfigError(LakeError):
     """Invalid or incomplete configuration; the message names the variable to fix."""
 

@@ -12,7 +12,11 @@ for numba-compiled replay kernels; numba's array model, guarded by
 schema, ops, load) talk to dependencies' internals only through this package.
 
 The pull path itself is `nats_pull` (raw `CONSUMER.MSG.NEXT` requests and the status replies
-that end them, on public nats-py APIs; exercised against a real server in `tests/test_bus.py`);
+that end them, on public nats-py APIs; exercised against a real server in `tests/test_bus.py`;
+the `409 Consumer Deleted` / `503` replies that mean the consumer is gone, read under nats-py's
+`Header.DESCRIPTION`, guarded by `tests/engine/test_nats_errors.py`). On the writers' paths
+(fetch, consumer reset and state, leases) NATS failures leave the engine as `BusUnavailableError`
+(`nats.bus_errors`), not as nats-py's exceptions;
 `iceberg` also reads planned files and metadata files and lists and deletes warehouse files
 (`read_scan_tasks`, `read_table_metadata`, `listing_io`/`list_files`/`delete_file`).
 

@@ -21,13 +21,13 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from iceberg_lake.config import redact, redact_url
-from iceberg_lake.exceptions import LakeError, TransientError
+from iceberg_lake.exceptions import BusUnavailableError, LakeError, TransientError
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -62,6 +62,51 @@ DEFAULT_ACK_WAIT_SECONDS = 120.0
 
 #: KV bucket holding one lease per durable consumer (who may write it).
 LEASE_BUCKET = "LAKE_LEASES"
+
+
+def bus_error(exc: BaseException, what: str) -> LakeError | None:
+    """The lake's error for an exception a NATS call raised, or None when it is not a NATS
+    failure (a bug, which must reach the caller as it is).
+
+    Retryable (`BusUnavailableError`): nats-py's own errors (connection closed, draining or
+    reconnecting, timeouts, no responders, stale connection, JetStream API errors such as 503
+    or 404) and the socket's (`OSError`, `ConnectionError`, `TimeoutError`). Not retryable
+    (`LakeError`): a request the server or client refuses as malformed (a 400, a bad subject,
+    a payload over the server's limit), which a retry sends again unchanged.
+
+    Args:
+        exc: what the call raised.
+        what: what was being done, for the message (`fetching from consumer …`).
+    """
+    from nats.errors import BadSubjectError, MaxPayloadError
+    from nats.errors import Error as NatsError
+    from nats.js.errors import BadRequestError
+
+    if isinstance(exc, LakeError):
+        return exc
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, (BadRequestError, BadSubjectError, MaxPayloadError)):
+        return LakeError(f"{what}: NATS refused the request: {reason or type(exc).__name__}")
+    if isinstance(exc, TimeoutError) and not reason:
+        return BusUnavailableError(f"{what}: NATS did not answer in time")
+    if isinstance(exc, (NatsError, OSError)):  # OSError covers ConnectionError, TimeoutError
+        return BusUnavailableError(f"{what}: NATS: {reason or type(exc).__name__}")
+    return None
+
+
+@contextlib.contextmanager
+def bus_errors(what: str) -> Iterator[None]:
+    """Translate NATS failures raised inside the block into the lake's errors (`bus_error`);
+    anything else passes unchanged, so a bug is not mistaken for an outage and retried."""
+    try:
+        yield
+    except LakeError:
+        raise
+    except Exception as exc:
+        error = bus_error(exc, what)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def api_prefix(settings: Settings) -> str:
@@ -320,15 +365,19 @@ def created_id(value: datetime | str | None) -> str:
 async def stream_identity(js: JetStreamContext, stream: str) -> StreamIdentity | None:
     """The stream's identity and sequence range now (None: no such stream).
 
+    Raises:
+        BusUnavailableError: NATS did not answer (a `TransientError`).
+
     Reads nats-py's public `StreamInfo.created` (guard test:
     `tests/test_stream_identity.py::test_stream_created_changes_when_recreated`).
     """
     from nats.js.errors import NotFoundError
 
-    try:
-        info = await js.stream_info(stream)
-    except NotFoundError:
-        return None
+    with bus_errors(f"reading the state of stream {stream}"):
+        try:
+            info = await js.stream_info(stream)
+        except NotFoundError:
+            return None
     state = info.state
     return StreamIdentity(
         stream,
@@ -415,13 +464,37 @@ async def reset_consumer(
 
     Returns:
         The new consumer's info.
+
+    Raises:
+        BusUnavailableError: NATS did not answer.
     """
     from nats.js.errors import NotFoundError
 
     stream, durable, subject = consumer_target(table_identifier)
-    with contextlib.suppress(NotFoundError):
-        await js.delete_consumer(stream, durable)
-    return await js.add_consumer(stream, _consumer_config(durable, subject, start_seq))
+    with bus_errors(f"recreating consumer {durable} of {stream}"):
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(stream, durable)
+        return await js.add_consumer(stream, _consumer_config(durable, subject, start_seq))
+
+
+async def consumer_state(js: JetStreamContext, stream: str, durable: str) -> tuple[int, int] | None:
+    """(num_pending, num_ack_pending) of a durable consumer.
+
+    Returns:
+        None while the consumer does not exist (not created yet, or between the delete and the
+        add of `reset_consumer`).
+
+    Raises:
+        BusUnavailableError: NATS did not answer.
+    """
+    from nats.js.errors import NotFoundError
+
+    with bus_errors(f"reading the state of consumer {durable}"):
+        try:
+            info = await js.consumer_info(stream, durable)
+        except NotFoundError:
+            return None
+    return int(info.num_pending or 0), int(info.num_ack_pending or 0)
 
 
 def pub_frame_header(subject: str) -> bytes:
@@ -498,31 +571,39 @@ class LeaseBucket:
 
         Raises:
             LeaseConflict: the key has another revision.
+            BusUnavailableError: NATS did not answer (see `bus_error`).
         """
         from nats.js.errors import APIError
 
         headers = {"Nats-Expected-Last-Subject-Sequence": str(last)}
-        try:
-            ack = await self.js.publish(self.write_prefix + key, value, headers=headers)
-        except APIError as exc:
-            if exc.err_code in (10071, 10164):  # wrong last subject sequence
-                raise LeaseConflict(key) from None
-            raise
+        with bus_errors(f"writing lease {key}"):
+            try:
+                ack = await self.js.publish(self.write_prefix + key, value, headers=headers)
+            except APIError as exc:
+                if exc.err_code in (10071, 10164):  # wrong last subject sequence
+                    raise LeaseConflict(key) from None
+                raise
         return int(ack.seq)
 
     async def delete(self, key: str, last: int) -> None:
         """Put a delete marker on `key` if its last revision is `last`."""
         headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(last)}
-        await self.js.publish(self.write_prefix + key, b"", headers=headers)
+        with bus_errors(f"releasing lease {key}"):
+            await self.js.publish(self.write_prefix + key, b"", headers=headers)
 
     async def read(self, key: str) -> tuple[int, bytes | None]:
-        """(last revision, value); value None when the key is absent, deleted or expired."""
+        """(last revision, value); value None when the key is absent, deleted or expired.
+
+        Raises:
+            BusUnavailableError: NATS did not answer (see `bus_error`).
+        """
         from nats.js.errors import NotFoundError
 
-        try:
-            msg = await self.js.get_msg(self.stream, subject=self.subject_prefix + key)
-        except NotFoundError:
-            return 0, None
+        with bus_errors(f"reading lease {key}"):
+            try:
+                msg = await self.js.get_msg(self.stream, subject=self.subject_prefix + key)
+            except NotFoundError:
+                return 0, None
         headers = msg.headers or {}
         if headers.get("KV-Operation") in ("DEL", "PURGE"):
             return int(msg.seq or 0), None
@@ -616,7 +697,8 @@ class Lease:
         """Extend the lease. False if another process holds it now (lost for good).
 
         Raises:
-            Exception: NATS unreachable (the lease may still be ours; `held()` tells how long).
+            BusUnavailableError: NATS unreachable (the lease may still be ours; `held()` tells
+                how long).
         """
         if not self.revision:
             return False

@@ -15,6 +15,11 @@ with a 404/408/409 status); only when nothing was available does round 2 long-po
 `expires` until the first message or the timeout. Deliveries that arrive after a fetch returned
 stay buffered, in order, for the next fetch.
 
+Errors: a failure of NATS itself (connection closed, a timeout, ...) comes out of `fetch` as a
+`BusUnavailableError` (`engine.nats.bus_errors`), and so does a consumer that no longer exists
+(the server ends the open request with `409 Consumer Deleted` and answers later ones with `503`
+no responders): the caller recreates it. Anything else (a bug) passes unchanged.
+
 No private nats-py members are used: the API subject comes from the configured prefix (so
 JetStream domains work), acks go to each message's reply subject (`Msg.ack`). Sequences are the
 ones `Msg.metadata` parses from that subject, read from its tokens directly and checked against
@@ -30,12 +35,19 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from nats.js.api import Header
+
+from iceberg_lake.engine.nats import bus_errors
+from iceberg_lake.exceptions import BusUnavailableError
+
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
 #: Status codes that end a pull request (no messages, expired, max bytes/batch reached).
 _END_OF_REQUEST = {"404", "408", "409"}
+#: The status a request to a subject nobody serves gets (the consumer is gone).
+_NO_RESPONDERS = "503"
 #: Inbox subscription limits: the callback drains it at once, so these are only a safety net.
 _PENDING_MSGS = 1_000_000
 _PENDING_BYTES = 1024 * 1024 * 1024
@@ -61,15 +73,23 @@ class BatchPuller:
         #: The outstanding request: messages it may still deliver, and when it expires.
         self._open_count = 0
         self._open_until = 0.0
+        #: Why the consumer cannot deliver any more (it was deleted), once the server said so.
+        self._gone: str | None = None
+        self._what = f"fetching from consumer {consumer} of {stream}"
 
     async def start(self) -> None:
-        """Subscribe to the delivery inbox."""
-        self.sub = await self.nc.subscribe(
-            self.inbox,
-            cb=self._on_message,
-            pending_msgs_limit=_PENDING_MSGS,
-            pending_bytes_limit=_PENDING_BYTES,
-        )
+        """Subscribe to the delivery inbox.
+
+        Raises:
+            BusUnavailableError: NATS did not answer.
+        """
+        with bus_errors(f"subscribing to the deliveries of {self.subject}"):
+            self.sub = await self.nc.subscribe(
+                self.inbox,
+                cb=self._on_message,
+                pending_msgs_limit=_PENDING_MSGS,
+                pending_bytes_limit=_PENDING_BYTES,
+            )
 
     async def close(self) -> None:
         """Unsubscribe (buffered, unacked deliveries are dropped; the server redelivers them)."""
@@ -83,8 +103,13 @@ class BatchPuller:
     async def _on_message(self, msg: Msg) -> None:
         headers = msg.headers
         if headers and "Status" in headers and not msg.data:
-            if headers["Status"] in _END_OF_REQUEST:
+            status = headers["Status"]
+            if status in _END_OF_REQUEST or status == _NO_RESPONDERS:
                 self._open_count = 0
+            if status == _NO_RESPONDERS:
+                self._gone = "no responders (the consumer no longer exists)"
+            elif status == "409" and headers.get(Header.DESCRIPTION) == "Consumer Deleted":
+                self._gone = "the consumer was deleted"
             self._arrived.set()
             return  # heartbeats and other status messages
         self._buffer.append(msg)
@@ -132,7 +157,20 @@ class BatchPuller:
 
         Returns:
             The messages in delivery order (possibly none).
+
+        Raises:
+            BusUnavailableError: NATS did not answer, or the consumer was deleted (recreate it;
+                messages delivered before are returned first).
         """
+        with bus_errors(self._what):
+            msgs = await self._fetch(batch, timeout, max_bytes)
+        if not msgs and self._gone is not None:
+            raise BusUnavailableError(f"{self._what}: {self._gone}")
+        return msgs
+
+    async def _fetch(self, batch: int, timeout: float, max_bytes: int) -> list[Msg]:
+        if self._gone is not None:
+            return self._take(batch)
         deadline = time.monotonic() + max(timeout, 0.05)
         if not self._buffer and not self._is_open():
             # Round 1: whatever is available now, up to `batch` messages / `max_bytes`.

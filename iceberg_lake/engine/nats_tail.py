@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from iceberg_lake.engine.nats import created_id
+from iceberg_lake.engine.nats import bus_errors, created_id
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -92,18 +92,10 @@ DETAILS_TIMEOUT_SECONDS = 30.0
 @contextlib.contextmanager
 def nats_errors(what: str) -> Iterator[None]:
     """Map nats-py's errors (timeouts, no responders, a closed connection, API errors) to a
-    `TransientError` with one readable line; `LakeError`s pass through."""
-    from nats.errors import Error as NatsError
-
-    from iceberg_lake.exceptions import TransientError
-
-    try:
+    `TransientError` with one readable line (`engine.nats.bus_errors`: a request the server
+    refuses as malformed is a plain `LakeError`); `LakeError`s and bugs pass through."""
+    with bus_errors(what):
         yield
-    except NatsError as exc:
-        detail = str(exc).strip() or type(exc).__name__
-        raise TransientError(f"{what}: NATS: {detail}") from None
-    except TimeoutError:
-        raise TransientError(f"{what}: NATS did not answer in time") from None
 
 
 @dataclass(frozen=True)

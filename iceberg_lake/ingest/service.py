@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings, redact_url
 from iceberg_lake.engine import nats as bus
-from iceberg_lake.exceptions import LakeError, StreamMismatchError
+from iceberg_lake.exceptions import LakeError, TransientError
+from iceberg_lake.ingest.retry_log import RetryLog
 from iceberg_lake.ingest.writer import ConsumerWriter
 from iceberg_lake.tables import registry
 
@@ -119,8 +120,9 @@ class LakeService:
                 loop.add_signal_handler(sig, self._stop.set)
                 installed.append(sig)
         try:
-            await bus.ensure_streams(js, self.settings)
-            leases = await bus.lease_bucket(js, self.settings)
+            with bus.bus_errors("setting up the JetStream streams and the lease bucket"):
+                await bus.ensure_streams(js, self.settings)
+                leases = await bus.lease_bucket(js, self.settings)
             holder = bus.lease_holder_id()
             # All pull requests of this connection together stay within the byte budget, but
             # each may hold at least the largest message the server accepts.
@@ -150,18 +152,22 @@ class LakeService:
             )
             tasks = [asyncio.create_task(w.run(self._stop)) for w in self.writers]
             watcher = asyncio.create_task(self._watch(stop_when_idle, idle_seconds))
-            done, _ = await asyncio.wait([*tasks, watcher], return_when=asyncio.FIRST_EXCEPTION)
+            # A task that fails (a bug, a shutdown timeout) stops the others: they flush,
+            # commit and ack what they hold, and `run` raises the first error.
+            await asyncio.wait([*tasks, watcher], return_when=asyncio.FIRST_EXCEPTION)
             self._stop.set()
-            for t in done:
-                if t.exception() is not None:
-                    log.error("writer failed: %s", t.exception())
             await asyncio.gather(*tasks, return_exceptions=True)
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            for t in tasks:
-                if t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
+            if not watcher.done():
+                watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            errors: list[BaseException] = []
+            for t, what in [*zip(tasks, self.targets, strict=True), (watcher, "lag watcher")]:
+                exc = None if t.cancelled() else t.exception()
+                if exc is not None:
+                    log.error("%s failed: %s", what, _describe(exc))
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
@@ -181,11 +187,15 @@ class LakeService:
         """Poll consumer lag (metric) and, when asked, stop once everything is stored; every
         `STREAM_CHECK_SECONDS`, check each active writer's stream.
 
+        NATS not answering counts as not idle (warned once, then rate-limited); any other
+        error ends the service.
+
         Raises:
             StreamMismatchError: a stream was deleted and created again (or NATS lost its
                 storage) under a running writer: the service stops.
         """
         idle_since: float | None = None
+        retry = RetryLog(log, "lake serve: reading consumer lag")
         checked = time.monotonic()
         while not self._stop.is_set():
             if time.monotonic() - checked >= STREAM_CHECK_SECONDS:
@@ -194,20 +204,25 @@ class LakeService:
                     if not w.active:
                         continue
                     try:
-                        await w.check_stream()
-                    except StreamMismatchError:
-                        raise
-                    except Exception as exc:  # NATS unreachable: the next round checks
+                        await w.check_stream()  # StreamMismatchError ends the service
+                    except TransientError as exc:  # NATS unreachable: the next round checks
                         log.debug("stream check of %s failed: %s", w.target, exc)
-            all_idle = True
+            all_idle = answered = True
             for w in self.writers:
                 try:
-                    pending, ack_pending = await w.consumer_state()
-                except Exception:
+                    state = await w.consumer_state()
+                except TransientError as exc:  # NATS reconnecting or restarting
+                    retry.failed(str(exc))
+                    all_idle = answered = False
+                    continue
+                if state is None:  # the writer has not created its consumer yet
                     all_idle = False
                     continue
+                pending, ack_pending = state
                 if pending or ack_pending or not w.idle():
                     all_idle = False
+            if answered:
+                retry.succeeded()
             if stop_when_idle:
                 now = time.monotonic()
                 if all_idle:
@@ -225,3 +240,11 @@ class LakeService:
     def committed_events(self) -> int:
         """Rows committed by all writers since `run` started."""
         return sum(w.committed_events for w in self.writers)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a task's error: the message of a `LakeError`, else its type too."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, LakeError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -56,6 +56,7 @@ from iceberg_lake.engine.nats import (
     Lease,
     LeaseBucket,
     api_prefix,
+    consumer_state,
     consumer_target,
     dead_letter_subject,
     lease_key,
@@ -69,7 +70,6 @@ from iceberg_lake.exceptions import (
     CommitConflictError,
     DataRejectedError,
     ShutdownTimeoutError,
-    StreamMismatchError,
     TransientError,
     WriterFencedError,
 )
@@ -77,6 +77,7 @@ from iceberg_lake.ingest import dead_letters, position
 from iceberg_lake.ingest.batch import MicroBatch
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
 from iceberg_lake.ingest.decode import TableCodec
+from iceberg_lake.ingest.retry_log import RetryLog
 from iceberg_lake.ingest.routing import (
     UNROUTED,
     BronzeDecoder,
@@ -298,6 +299,10 @@ class ConsumerWriter:
         self._unknown_logged: set[tuple[str, str]] = set()
         self._stopping = False
         self._needs_refresh = False
+        self._fetch_log = RetryLog(log, f"writer {target}: fetch")
+        self._lease_log = RetryLog(log, f"writer {target}: taking the lease")
+        self._schema_log = RetryLog(log, f"writer {target}: schema check")
+        self._resubscribe_log = RetryLog(log, f"writer {target}: recreating the consumer")
 
     # ---- start ----------------------------------------------------------------------------------
 
@@ -330,12 +335,18 @@ class ConsumerWriter:
     async def start(self) -> None:
         """Load tables and watermarks, then recreate the consumer at the committed position.
 
-        Call only while holding the lease (`run` does).
+        Call only while holding the lease (`run` does). NATS or the catalog being unreachable
+        (`TransientError`) is left to the consume loop, which retries the same steps.
         """
         self.reset_needed = self.reload_needed = False
         self.batch = MicroBatch()
-        await in_daemon_thread(self._load)
-        await self._resubscribe()
+        try:
+            await in_daemon_thread(self._load)
+            await self._resubscribe()
+        except TransientError as exc:
+            self._resubscribe_log.failed(_one_line(exc))
+            self.reset_needed = self.reload_needed = True
+            return
         log.info(
             "writer %s: active on consumer %s of %s (%s) from stream seq %d",
             self.target,
@@ -432,7 +443,11 @@ class ConsumerWriter:
         return self.lease is None or self.lease.held()
 
     async def _acquire(self, stop: asyncio.Event) -> bool:
-        """Wait as a standby until this process holds the lease; False if stopped first."""
+        """Wait as a standby until this process holds the lease; False if stopped first.
+
+        NATS being unreachable (`TransientError`) is waited out with a warning; any other
+        error is raised.
+        """
         if self.lease is None:
             return True
         lease = self.lease
@@ -440,6 +455,7 @@ class ConsumerWriter:
         while not stop.is_set():
             try:
                 if await lease.try_acquire():
+                    self._lease_log.succeeded()
                     return True
                 if not logged:
                     holder = await lease.current_holder()
@@ -450,8 +466,9 @@ class ConsumerWriter:
                         holder or "another process",
                     )
                     logged = True
-            except Exception as exc:  # NATS unreachable: keep waiting
-                log.debug("writer %s: lease attempt failed: %s", self.target, exc)
+                self._lease_log.succeeded()
+            except TransientError as exc:  # NATS unreachable or restarting: keep waiting
+                self._lease_log.failed(_one_line(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.2, lease.ttl / 5))
         return False
@@ -500,6 +517,11 @@ class ConsumerWriter:
                         self.target,
                         self.consumer,
                     )
+                except BaseException:
+                    # A bug or a cancellation: the error goes to the caller (`lake serve` ends
+                    # with it). A running commit is abandoned unacked, as after a SIGKILL.
+                    await self._abandon_commit()
+                    raise
                 finally:
                     if keeper is not None:
                         keeper.cancel()
@@ -508,6 +530,13 @@ class ConsumerWriter:
                 await self._stand_down()
         finally:
             metrics.BUFFER_EVENTS.labels(self.consumer).set(0)
+
+    async def _abandon_commit(self) -> None:
+        task, self.commit_task = self.commit_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
     async def _stand_down(self) -> None:
         """Forget everything uncommitted and give the consumer up (nothing acked)."""
@@ -528,7 +557,8 @@ class ConsumerWriter:
                 await self._wait_commit()  # raises a fencing or shutdown error
             if self.reset_needed:
                 await self._wait_commit()
-                log.warning("writer %s: re-reading from the committed position", self.target)
+                if not self._resubscribe_log.failures:
+                    log.warning("writer %s: re-reading from the committed position", self.target)
                 self.batch = MicroBatch()
                 self.reset_needed = False
                 try:
@@ -536,12 +566,12 @@ class ConsumerWriter:
                         await in_daemon_thread(self._load)
                         self.reload_needed = False
                     await self._resubscribe()
-                except StreamMismatchError:
-                    raise
-                except Exception as exc:  # NATS or catalog down: try again shortly
-                    log.warning("writer %s: resubscribe failed: %s", self.target, _one_line(exc))
+                except TransientError as exc:  # NATS or the catalog down: try again shortly
+                    self._resubscribe_log.failed(_one_line(exc))
                     self.reset_needed = True
                     await asyncio.sleep(1.0)
+                    continue
+                self._resubscribe_log.succeeded()
                 continue
             if self.batch.events and self.batch.events + (self.events_per_message or 1) > limit:
                 # Backpressure: the next message may not fit; stop fetching until the running
@@ -560,10 +590,15 @@ class ConsumerWriter:
             assert self.psub is not None
             try:
                 msgs = await self.psub.fetch(want, timeout, self.fetch_max_bytes)
-            except Exception as exc:  # connection closed/reconnecting, consumer deleted
-                log.debug("writer %s: fetch failed: %s", self.target, exc)
-                msgs = []
+            except TransientError as exc:
+                # NATS down or closed, or the consumer deleted under us: re-read from the
+                # committed position on a recreated consumer (the reset retries until NATS
+                # answers). Anything else is a bug: it ends the writer, and `lake serve`.
+                self._fetch_log.failed(_one_line(exc))
+                self.request_reset()
                 await asyncio.sleep(0.2)
+                continue
+            self._fetch_log.succeeded()
             # A short fetch drained the backlog too: the puller's first round takes what the
             # server holds (no wait), so fewer than asked means nothing more was there. Waiting
             # for an empty long-poll instead would hold the last batch of a drain for a second.
@@ -604,11 +639,19 @@ class ConsumerWriter:
             and not self.reset_needed
         )
 
-    async def consumer_state(self) -> tuple[int, int]:
-        """(num_pending, num_ack_pending) of the consumer; also updates the lag metric."""
-        info = await self.js.consumer_info(self.stream, self.consumer)
-        metrics.CONSUMER_LAG.labels(self.consumer).set(info.num_pending or 0)
-        return int(info.num_pending or 0), int(info.num_ack_pending or 0)
+    async def consumer_state(self) -> tuple[int, int] | None:
+        """(num_pending, num_ack_pending) of the consumer; also updates the lag metric.
+
+        Returns:
+            None while the consumer does not exist (not created yet, or being recreated).
+
+        Raises:
+            BusUnavailableError: NATS did not answer.
+        """
+        state = await consumer_state(self.js, self.stream, self.consumer)
+        if state is not None:
+            metrics.CONSUMER_LAG.labels(self.consumer).set(state[0])
+        return state
 
     # ---- ingest ---------------------------------------------------------------------------------
 
@@ -690,10 +733,12 @@ class ConsumerWriter:
             return False
         self._last_schema_check = now
         try:
-            return await in_daemon_thread(self._reload_schemas)
-        except Exception as exc:
-            log.debug("schema check failed: %s", exc)
+            changed = await in_daemon_thread(self._reload_schemas)
+        except TransientError as exc:  # catalog unreachable: the next unknown field retries
+            self._schema_log.failed(_one_line(exc))
             return False
+        self._schema_log.succeeded()
+        return changed
 
     def _reload_schemas(self) -> bool:
         changed = False
