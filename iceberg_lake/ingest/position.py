@@ -221,7 +221,7 @@ def _reset_one(catalog: LakeCatalog, target: str, live: bus.StreamIdentity | Non
                 f"writers (`lake serve`) and run `{RESET_COMMAND}` again"
             ) from None
         changed.append(tid)
-    log.warning(
+    log.info(
         "%s: position of %s reset from %d (stream created %s) to 0 in stream %s created %s",
         target,
         consumer,
