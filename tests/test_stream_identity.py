@@ -239,13 +239,18 @@ def test_removed_before_commit_is_logged_and_counted(
             await nc.close()
 
     asyncio.run(purge())
-    counter = metrics.REMOVED_BEFORE_COMMIT.labels(CONSUMER)
-    before = counter._value.get()
+
+    def removed() -> float:
+        labels = {"consumer": CONSUMER}
+        name = "lake_ingest_removed_before_commit_total"
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = removed()
     with caplog.at_level(logging.WARNING, logger="iceberg_lake.ingest.writer"):
         run_until_idle(settings, [TABLE])
     lines = [r.getMessage() for r in caplog.records if "no longer holds" in r.getMessage()]
     assert len(lines) == 1 and "seq 101..150 (50 sequences" in lines[0], lines
-    assert counter._value.get() - before == 50
+    assert removed() - before == 50
     assert sorted(stored_seqs(settings)) == list(range(100)) + list(range(150, 200))
 
 
@@ -299,3 +304,28 @@ async def _ensure(settings: Settings) -> Any:
         return (await js.stream_info(bus.MARKET_STREAM)).config
     finally:
         await nc.close()
+
+
+def test_mismatch_rules() -> None:
+    """`ingest.position.mismatch`: another creation time in ANY table of the consumer (a reset
+    interrupted halfway), or a last sequence below the position; an unknown creation time is
+    checked by the sequence only; a missing stream is left to the consumer's creation."""
+    from iceberg_lake.ingest.position import Committed, mismatch
+
+    a, b = "2026-01-01T00:00:00.000001Z", "2026-01-01T00:00:00.000002Z"
+
+    def live(created: str, last: int) -> bus.StreamIdentity:
+        return bus.StreamIdentity("MARKET", created, 1, last)
+
+    assert mismatch(TABLE, CONSUMER, Committed(10, frozenset([a])), live(a, 10)) is None
+    assert "created at" in (
+        mismatch(TABLE, CONSUMER, Committed(5, frozenset([a])), live(b, 50)) or ""
+    )
+    assert mismatch(TABLE, CONSUMER, Committed(0, frozenset([a, b])), live(b, 50)) is not None
+    assert mismatch(TABLE, CONSUMER, Committed(10, frozenset()), live(b, 10)) is None  # adopted
+    assert "below the committed position 10" in (
+        mismatch(TABLE, CONSUMER, Committed(10, frozenset()), live(b, 9)) or ""
+    )
+    assert mismatch(TABLE, CONSUMER, Committed(10, frozenset([a])), live("", 10)) is None
+    assert mismatch(TABLE, CONSUMER, Committed(10, frozenset([a])), live("", 9)) is not None
+    assert mismatch(TABLE, CONSUMER, Committed(10, frozenset([a])), None) is None
