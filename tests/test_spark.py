@@ -30,6 +30,7 @@ from timetravel_data import HOUR_NS, T14, append, futures, to_arrow, trades
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.engine.spark import aws_sdk_jar_names
+from iceberg_lake.properties import SILVER_INCREMENTAL_SOURCE
 from iceberg_lake.schema.evolve import AddColumn, RenameColumn, WidenColumn, evolve_table
 from iceberg_lake.silver.compactor import SilverCompactor
 from iceberg_lake.silver.spark import SparkSilverCompactor
@@ -618,6 +619,36 @@ def test_lake_compact_engine_spark_equals_duckdb_silver_row_for_row(
     # All of Bronze: rows[:30], rows[20:], rows[:5], the next day.
     assert every["rows_read"] == 30 + (len(rows) - 20) + 5 + len(next_day)
     assert by_partition(silver_files_in_order(duck, silver)) == all_rows
+
+
+def test_spark_compaction_of_an_older_snapshot_lowers_the_incremental_mark(
+    spark: Any, tmp_path: Path
+) -> None:
+    """`lake compact --engine spark --as-of <older>` rewrites partitions with older content:
+    the DuckDB engine's incremental mark is lowered, so the next incremental run catches up
+    (budget: ~6 s on the shared session)."""
+    settings = load_settings(
+        {"LAKE_DATA_DIR": str(tmp_path / "lake"), "LAKE_CATALOG_NAME": "lake_mark"}
+    )
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    bronze = catalog.load_table(TRADES)
+    old = append(bronze, trades("SPY", T14, 4, 10**9))
+    new = append(bronze, trades("SPY", T14 + 10 * 10**9, 2, 10**9, seq0=50))
+    attach_catalog(spark, settings)
+
+    def mark() -> str | None:
+        return catalog.load_table(SILVER_TRADES).properties.get(SILVER_INCREMENTAL_SOURCE)
+
+    with SilverCompactor(catalog) as compactor:
+        assert compactor.compact_incremental([TRADES])[0]["source_snapshot_id"] == new
+        assert mark() == str(new)
+        pinned = SparkSilverCompactor(spark, catalog).compact_date(DAY, TRADES, as_of=old)
+        assert pinned["status"] == "success" and pinned["rows_written"] == 4
+        assert mark() == str(old)
+        caught_up = compactor.compact_incremental([TRADES])[0]
+        assert caught_up["status"] == "success" and caught_up["rows_written"] == 6
+    assert mark() == str(new)
 
 
 def test_guard_pyspark_keeps_the_jvm_launcher_where_stop_spark_looks(spark: Any) -> None:

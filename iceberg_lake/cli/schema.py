@@ -18,6 +18,7 @@ from iceberg_lake.schema.evolve import (
     DropColumn,
     RenameColumn,
     WidenColumn,
+    check_declared_renames,
     evolve_table,
 )
 from iceberg_lake.schema.migrations import DEFAULT_LOCK_TIMEOUT, MigrationRunner
@@ -217,7 +218,9 @@ def table_evolve(
     rename: list[str] = RENAME_OPTION,
     widen: list[str] = WIDEN_OPTION,
     drop_column: list[str] = DROP_OPTION,
-    force: bool = typer.Option(False, "--force", help="Confirm --drop-column."),
+    force: bool = typer.Option(
+        False, "--force", help="Confirm --drop-column or renaming a column catalog/ declares."
+    ),
     add_partition_field: list[str] = PARTITION_OPTION,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the changes, commit none."),
     output: OutputFormat = OUTPUT_OPTION,
@@ -250,6 +253,9 @@ def table_evolve(
             " or --add-partition-field"
         )
     catalog = _open_catalog(read_only=True)  # evolves a live table: never makes a lake
+    if not force:
+        declared = catalog.registry.get(name) if name in catalog.registry else None
+        check_declared_renames(declared, changes)
     result = evolve_table(catalog.load_table(name), name, changes, dry_run=dry_run, fresh=True)
     lines = result.plan.describe()
     if output == OutputFormat.json:

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
-from urllib.parse import unquote, urlparse, urlsplit
+from urllib.parse import urlparse, urlsplit
 
 import duckdb
 
@@ -278,10 +278,18 @@ def quote_ident(name: str) -> str:
 
 
 def duckdb_path(uri: str) -> str:
-    """A location DuckDB can open: ``file:`` URIs become local paths, ``s3a://`` becomes ``s3://``."""
+    """A location DuckDB can open: ``file:`` URIs become local paths, ``s3a://`` becomes ``s3://``.
+
+    The path is kept exactly as written: pyiceberg (and Java Iceberg) take the characters of a
+    location literally, so a partition directory of symbol ``A/B`` is named ``symbol=A%2FB`` on
+    disk and in S3 keys, and a ``%20`` in the warehouse URI is a directory named ``%20``.
+    Percent-decoding here would name a different file. DuckDB itself opens such paths as given
+    (no decoding, locally or over S3: `tests/engine/test_duck_paths_guard.py`); partition escapes
+    never contain the glob characters ``* ? [``.
+    """
     parsed = urlparse(uri)
     if parsed.scheme == "file":
-        return unquote(parsed.path)
+        return parsed.path
     if parsed.scheme == "s3a":
         return "s3://" + uri[len("s3a://") :]
     return uri

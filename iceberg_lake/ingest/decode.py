@@ -27,7 +27,7 @@ import json
 import keyword
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import attrgetter
@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.schema import Schema
+from pyiceberg.table import Table
 from pyiceberg.types import (
     BinaryType,
     BooleanType,
@@ -53,6 +54,7 @@ from pyiceberg.types import (
 )
 
 from iceberg_lake.exceptions import ValidationError
+from iceberg_lake.schema.names import NameHistory
 from iceberg_lake.tables.definitions import SPEC_INT_RANGES, ColumnDefinition
 
 #: The derived partition-source column (microseconds from `ts_event_ns`), never read from messages.
@@ -590,6 +592,9 @@ class TableCodec:
             `key` fills.
         declared: the declared columns (rules); default: the shipped `catalog/` definition of
             `identifier`, if there is one.
+        aliases: former name → current column (`codec_for` derives them from the table's
+            schema history): a column renamed in the table still takes its value from messages
+            that carry the old name, which producers keep sending.
     """
 
     def __init__(
@@ -598,17 +603,31 @@ class TableCodec:
         schema: Schema,
         partition_key: str | None,
         declared: dict[str, ColumnDefinition] | None = None,
+        aliases: Mapping[str, str] | None = None,
     ) -> None:
         if declared is None:
             declared = _declared_columns(identifier)
         self.identifier = identifier
         self.schema = schema
         self.schema_id = schema.schema_id
-        self.partition_key = partition_key
-        self.arrow_schema = schema_to_pyarrow(schema, include_field_ids=False)
+        # Field ids on the Arrow fields: rows decoded with this schema can be placed by field id
+        # into a later schema of the table (a rename between decode and commit).
+        self.arrow_schema = schema_to_pyarrow(schema, include_field_ids=True)
         self.columns = [f for f in schema.fields if f.name != DERIVED_TS]
         self.column_names = [f.name for f in self.columns]
+        names = set(self.column_names)
+        self.aliases = {
+            old: new
+            for old, new in (aliases or {}).items()
+            if new in names and old not in names and old not in _NOT_ALIASES
+        }
+        if partition_key is not None and partition_key not in names:
+            partition_key = self.aliases.get(partition_key, partition_key)
+        self.partition_key = partition_key
         self.required = [f.name for f in self.columns if f.required]
+        for old, new in self.aliases.items():
+            if new not in declared and old in declared:
+                declared = {**declared, new: declared[old]}  # rules follow the rename
         self.rules = {
             f.name: column_rule(f.name, f.field_type, declared.get(f.name)) for f in self.columns
         }
@@ -622,13 +641,25 @@ class TableCodec:
             (a, _python_type(f.field_type, self.rules[f.name]) | None, None)
             for a, f in zip(self._attrs, self.columns, strict=True)
         ]
+        # One extra struct field per former name, same type as its column; `_columns` moves
+        # its value into the column when the current name is absent.
+        taken = set(self._attrs) | set(ENVELOPE_FIELDS)
+        self._alias_slots: list[tuple[int, str]] = []
+        for i, (old, new) in enumerate(sorted(self.aliases.items())):
+            attr = f"alias{i}_"
+            while attr in taken:
+                attr += "_"
+            taken.add(attr)
+            rename[attr] = old
+            c = self.column_names.index(new)
+            col_fields.append((attr, col_fields[c][1], None))
+            self._alias_slots.append((c, attr))
         self.row_type = msgspec.defstruct(
             f"Row_{identifier.replace('.', '_')}",
             col_fields,
             forbid_unknown_fields=True,
             rename=rename or None,
         )
-        names = set(self.column_names)
         env_fields: list[tuple[str, Any, Any]] = list(col_fields)
         env_types = {
             "schema_name": str,
@@ -641,7 +672,7 @@ class TableCodec:
             "payload": self.row_type,
         }
         for name in ENVELOPE_FIELDS:
-            if name not in names:
+            if name not in names and name not in self.aliases:
                 env_fields.append((name, env_types[name] | None, None))
         self.event_type = msgspec.defstruct(
             f"Event_{identifier.replace('.', '_')}",
@@ -649,14 +680,15 @@ class TableCodec:
             forbid_unknown_fields=True,
             rename=rename or None,
         )
-        self.allowed = names | set(ENVELOPE_FIELDS)
-        self._column_set = names
+        self.allowed = names | set(self.aliases) | set(ENVELOPE_FIELDS)
+        self._column_set = names | set(self.aliases)
         self._one = msgspec.json.Decoder(self.event_type | list[self.event_type])  # type: ignore[name-defined]
         self._many = msgspec.json.Decoder(list[self.event_type])  # type: ignore[name-defined]
         self._column_getters = [attrgetter(a) for a in self._attrs]
         self._payload_attr = attrgetter("payload")
         self._key_attr = attrgetter("key")
         self._payload_getter = attrgetter(*self._attrs)
+        self._alias_getters = [(c, attrgetter(a)) for c, a in self._alias_slots]
         self.partition_from_key = partition_key if partition_key in names else None
 
     # ---- decoding -------------------------------------------------------------------------------
@@ -863,6 +895,15 @@ class TableCodec:
             return [[] for _ in range(n)]
         # One C-level pass per column (no per-event tuples).
         columns = [list(map(g, events)) for g in self._column_getters]
+        # A former name (the table renamed the column) fills the column where the current
+        # name is absent.
+        for c, getter in self._alias_getters:
+            former = list(map(getter, events))
+            if former.count(None) != len(former):
+                col = columns[c]
+                for i, v in enumerate(former):
+                    if v is not None and col[i] is None:
+                        col[i] = v
         # Envelopes: payload fields win over envelope fields; the envelope's `key` fills the
         # partition column. Checked with C-level `count` first: flat events skip all of it.
         payloads = list(map(self._payload_attr, events))
@@ -875,6 +916,10 @@ class TableCodec:
                     values = (values,)
                 for c, v in enumerate(values):
                     if v is not None:
+                        columns[c][i] = v
+                for c, getter in self._alias_getters:
+                    v = getter(payload)
+                    if v is not None and values[c] is None:
                         columns[c][i] = v
         if self.partition_from_key is not None:
             col = columns[self.column_names.index(self.partition_from_key)]
@@ -1015,6 +1060,23 @@ def _array_isolating(
             bad.setdefault(row, f"{name}: cannot store {shown} ({type(exc).__name__}: {text})")
             clean[row] = None
     return pa.array(clean, type=target)
+
+
+#: Envelope fields with a meaning of their own: never read as a renamed column's old name.
+_NOT_ALIASES = frozenset({"schema_name", "schema_version", "key", "payload"})
+
+
+def codec_for(identifier: str, table: Table, partition_key: str | None) -> TableCodec:
+    """The codec of `table`'s live schema, reading renamed columns under their former names too.
+
+    Args:
+        identifier: the table identifier.
+        table: the live table (its schema history gives the former names).
+        partition_key: the declared identity-partition column.
+    """
+    schema = table.schema()
+    aliases = NameHistory(table.schemas().values()).former_names(schema)
+    return TableCodec(identifier, schema, partition_key, aliases=aliases)
 
 
 def _declared_columns(identifier: str) -> dict[str, ColumnDefinition]:

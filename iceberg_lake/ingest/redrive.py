@@ -34,7 +34,7 @@ from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine.filters import eq, ge
 from iceberg_lake.exceptions import LakeError, MigrationError
-from iceberg_lake.ingest.decode import TableCodec, conform
+from iceberg_lake.ingest.decode import TableCodec, codec_for, conform
 from iceberg_lake.ingest.routing import (
     UNROUTED,
     BronzeDecoder,
@@ -262,8 +262,8 @@ class Redriver:
     def _codec(self, tid: str) -> TableCodec:
         if tid not in self._codecs:
             definition = self.catalog.definition(tid)
-            schema = self.catalog.load_table(tid).schema()
-            self._codecs[tid] = TableCodec(tid, schema, definition.partition_key)
+            table = self.catalog.load_table(tid)
+            self._codecs[tid] = codec_for(tid, table, definition.partition_key)
         return self._codecs[tid]
 
     def decoder(self, target: str) -> Decoder:

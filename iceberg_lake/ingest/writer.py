@@ -40,7 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.exceptions import CommitFailedException, ValidationException
-from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.io.pyarrow import PYARROW_PARQUET_FIELD_ID_KEY, schema_to_pyarrow
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 
 from iceberg_lake import properties
@@ -76,7 +77,7 @@ from iceberg_lake.exceptions import (
 from iceberg_lake.ingest import dead_letters, position
 from iceberg_lake.ingest.batch import MicroBatch
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
-from iceberg_lake.ingest.decode import TableCodec
+from iceberg_lake.ingest.decode import TableCodec, codec_for
 from iceberg_lake.ingest.retry_log import RetryLog
 from iceberg_lake.ingest.routing import (
     UNROUTED,
@@ -303,6 +304,8 @@ class ConsumerWriter:
         self._lease_log = RetryLog(log, f"writer {target}: taking the lease")
         self._schema_log = RetryLog(log, f"writer {target}: schema check")
         self._resubscribe_log = RetryLog(log, f"writer {target}: recreating the consumer")
+        #: Codecs and the decoder are rebuilt by the commit thread too (`_follow_schema`).
+        self._codec_lock = threading.Lock()
 
     # ---- start ----------------------------------------------------------------------------------
 
@@ -324,13 +327,42 @@ class ConsumerWriter:
         self.stream_created = ""  # checked against the live stream before reading
 
     def _build_codecs(self) -> None:
-        for tid in self.target_ids:
-            definition = self.catalog.registry.get(tid)
-            schema = self.tables[tid].schema()
+        with self._codec_lock:
+            for tid in self.target_ids:
+                definition = self.catalog.registry.get(tid)
+                table = self.tables[tid]
+                codec = self.codecs.get(tid)
+                if codec is None or codec.schema_id != table.schema().schema_id:
+                    self.codecs[tid] = codec_for(tid, table, definition.partition_key)
+            self._rebuild_decoder()
+
+    def _follow_schema(self, tid: str, table: Table) -> bool:
+        """Rebuild `tid`'s codec and the decoder if `table`'s schema is not the codec's.
+
+        Called whenever the writer sees fresh metadata of its table (a reload, a refresh, a
+        commit's response): after `lake table evolve --rename` the messages still carry the old
+        name, which the new codec reads as the renamed column. Rows already decoded keep their
+        field ids and are placed by them (`_align`). True if the schema changed.
+        """
+        codec = self.codecs.get(tid)
+        schema = table.schema()
+        if codec is None or codec.schema_id == schema.schema_id:
+            return False
+        with self._codec_lock:
             codec = self.codecs.get(tid)
-            if codec is None or codec.schema_id != schema.schema_id:
-                self.codecs[tid] = TableCodec(tid, schema, definition.partition_key)
-        self._rebuild_decoder()
+            if codec is None or codec.schema_id == schema.schema_id:
+                return False
+            definition = self.catalog.registry.get(tid)
+            self.codecs[tid] = fresh = codec_for(tid, table, definition.partition_key)
+            self._rebuild_decoder()
+        renamed = ", ".join(f"{old}->{new}" for old, new in sorted(fresh.aliases.items()))
+        log.info(
+            "%s: schema changed (id %d), writer follows%s",
+            tid,
+            schema.schema_id,
+            f" (messages' {renamed} read by field id)" if renamed else "",
+        )
+        return True
 
     async def start(self) -> None:
         """Load tables and watermarks, then recreate the consumer at the committed position.
@@ -743,16 +775,11 @@ class ConsumerWriter:
     def _reload_schemas(self) -> bool:
         changed = False
         for tid in self.target_ids:
-            fresh = self.catalog.load_table(tid).schema()
-            if fresh.schema_id != self.codecs[tid].schema_id:
+            if self._follow_schema(tid, self.catalog.load_table(tid)):
                 changed = True
-                log.info("%s: schema changed (id %d), writer follows", tid, fresh.schema_id)
-                definition = self.catalog.registry.get(tid)
-                self.codecs[tid] = TableCodec(tid, fresh, definition.partition_key)
         if changed:
             # The Table objects used by commits are refreshed before their next commit.
             self._needs_refresh = True
-            self._rebuild_decoder()
         return changed
 
     def _rebuild_decoder(self) -> None:
@@ -912,6 +939,8 @@ class ConsumerWriter:
             for tid in list(self.tables):
                 self.tables[tid] = self.catalog.load_table(tid)
         self._needs_refresh = False
+        for tid in self.target_ids:
+            self._follow_schema(tid, self.tables[tid])
 
     def _arrow_schema(self, tid: str, table: Table) -> pa.Schema:
         schema = table.schema()
@@ -920,19 +949,65 @@ class ConsumerWriter:
             self._arrow_schemas[key] = schema_to_pyarrow(schema, include_field_ids=False)
         return self._arrow_schemas[key]
 
-    def _align(self, target: pa.Schema, chunks: list[pa.Table]) -> pa.Table:
-        """Chunks aligned to the live schema's columns (nullable) and concatenated."""
+    def _align(
+        self, tid: str, schema: Schema, target: pa.Schema, chunks: list[pa.Table]
+    ) -> pa.Table:
+        """Chunks placed into the live schema's columns (nullable) and concatenated.
+
+        A chunk was decoded with the schema its codec had then, and the table may have changed
+        since (`lake table evolve` while serving). Columns are matched by Iceberg field id (the
+        codec puts it on each Arrow field), so a renamed column keeps its values; a column
+        without one is matched by name. A column the table gained since is NULL. A decoded
+        column the table no longer has (dropped since) cannot be stored: it is counted as an
+        unknown field and logged as a WARNING, never dropped silently.
+
+        Args:
+            tid: the table (for the warning).
+            schema: the table's Iceberg schema; `target` is its Arrow form (same order).
+            target: the Arrow schema to align to.
+            chunks: decoded rows, one table per fetch.
+        """
         nullable = pa.schema([f.with_nullable(True) for f in target])
+        ids = [f.field_id for f in schema.fields]
         aligned = []
         for chunk in chunks:
-            arrays = []
-            for f in target:
-                if f.name in chunk.column_names:
-                    arrays.append(chunk.column(f.name))
+            by_id: dict[int, int] = {}
+            by_name: dict[str, int] = {}
+            for i, f in enumerate(chunk.schema):
+                raw = (f.metadata or {}).get(PYARROW_PARQUET_FIELD_ID_KEY)
+                if raw is not None:
+                    by_id[int(raw)] = i
                 else:
+                    by_name[f.name] = i
+            used: set[int] = set()
+            arrays = []
+            for fid, f in zip(ids, target, strict=True):
+                at = by_id.get(fid, by_name.get(f.name))
+                if at is None:
                     arrays.append(pa.nulls(chunk.num_rows, f.type))
+                    continue
+                used.add(at)
+                col = chunk.column(at)
+                arrays.append(col if col.type == f.type else col.cast(f.type))
+            for i, f in enumerate(chunk.schema):
+                col = chunk.column(i)
+                if i not in used and col.null_count < len(col):
+                    self._note_unplaced(tid, f.name, len(col) - col.null_count)
             aligned.append(pa.Table.from_arrays(arrays, schema=nullable))
         return pa.concat_tables(aligned) if len(aligned) > 1 else aligned[0]
+
+    def _note_unplaced(self, tid: str, name: str, count: int) -> None:
+        """Decoded values of a column the table no longer has: counted and logged, once."""
+        metrics.UNKNOWN_FIELDS.labels(tid, name).inc(count)
+        if (tid, name) not in self._unknown_logged:
+            self._unknown_logged.add((tid, name))
+            log.warning(
+                "%s has no column '%s' any more (dropped while serving): %d decoded values of "
+                "it are not stored",
+                tid,
+                name,
+                count,
+            )
 
     def _sort_cast(self, tid: str, rows: pa.Table, target: pa.Schema) -> pa.Table:
         """`rows` in the table's declared sort order (`catalog/*.toml`), cast to `target`."""
@@ -942,7 +1017,7 @@ class ConsumerWriter:
     def _prepare(self, tid: str, table: Table, chunks: list[pa.Table]) -> pa.Table:
         """Align chunks to the live schema, concatenate, cast (and sort, unless the commit does)."""
         target = self._arrow_schema(tid, table)
-        rows = self._align(target, chunks).cast(target)
+        rows = self._align(tid, table.schema(), target, chunks).cast(target)
         if fast_path_applies(table, rows):
             return rows  # the commit sorts once, by (partition, table sort order)
         return self._sort_cast(tid, rows, target)
@@ -1034,6 +1109,9 @@ class ConsumerWriter:
                 metrics.note_events(tid, "committed", rows)
                 self.committed_events += rows.num_rows
                 self.commit_latencies.append(elapsed)
+                # The commit's response is the table's fresh metadata: a schema change made
+                # meanwhile (a rename) shows here first.
+                self._follow_schema(tid, table)
             snapshot = table.current_snapshot()
             log.info(
                 "flush %s: %d rows, snapshot %s, seq %d..%d, %.0f ms",
@@ -1065,7 +1143,7 @@ class ConsumerWriter:
         table = self.catalog.load_table(tid)
         self.tables[tid] = table
         target = self._arrow_schema(tid, table)
-        rows = self._align(target, batch.tables[tid])
+        rows = self._align(tid, table.schema(), target, batch.tables[tid])
         seqs = np.concatenate(batch.seqs[tid])
         bad = np.zeros(rows.num_rows, dtype=bool)
         reasons: dict[int, str] = {}

@@ -38,6 +38,7 @@ import duckdb
 
 from iceberg_lake.engine.duck import quote_ident, quote_str
 from iceberg_lake.exceptions import LakeError, UnknownTableError
+from iceberg_lake.schema.names import NameHistory
 from iceberg_lake.silver.dedup import key_expression
 from iceberg_lake.tables.definitions import TableDefinition
 from iceberg_lake.timetravel.query import Lake
@@ -239,8 +240,11 @@ def _check_table(
         elif label == "crossed_book" and count:
             detail = f"{sides[0][0]} > {sides[0][1]}"
         rows[label] = CheckRow(ident, label, count, total, detail)
-    key = [c for c in (definition.dedup_columns if definition else ()) if c in fields]
-    if key and definition is not None and len(key) == len(definition.dedup_columns):
+    # The declared dedup columns under their current names (a rename keeps the field).
+    history = NameHistory(table.schemas().values())
+    declared = definition.dedup_columns if definition else ()
+    key = [k for k in (history.resolve(c, table.schema()) for c in declared) if k is not None]
+    if key and definition is not None and len(key) == len(declared):
         rows["duplicates"] = _duplicates(con, ident, window, total, key, fields)
     return [rows[c] for c in CHECKS if c in rows]
 

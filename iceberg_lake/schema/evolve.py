@@ -40,7 +40,7 @@ from pyiceberg.types import (
 from iceberg_lake.catalog import catalog_errors
 from iceberg_lake.exceptions import CommitConflictError, LakeError, SchemaChangeError
 from iceberg_lake.properties import SCHEMA_VERSION_PROPERTY
-from iceberg_lake.tables import SILVER, parse_type
+from iceberg_lake.tables import SILVER, TableDefinition, parse_type
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,44 @@ class Plan:
             )
         lines.extend(f"skip: {c.describe()} ({why})" for c, why in self.skipped)
         return lines
+
+
+def check_declared_renames(
+    definition: TableDefinition | None, changes: list[Change] | tuple[Change, ...]
+) -> None:
+    """Refuse renaming a column `catalog/` declares (the operator confirms with `--force`).
+
+    Iceberg renames by field id and the lake follows (writers read the old message field into
+    the renamed column, Silver feeds its column of the old name from it), but the lake's code,
+    the Silver table, `catalog/` and every saved query still use the declared name.
+
+    Args:
+        definition: the table's declaration (None: an undeclared table, nothing to check).
+        changes: the requested changes.
+
+    Raises:
+        SchemaChangeError: a rename of a declared column; the message names its role.
+    """
+    if definition is None:
+        return
+    declared = set(definition.column_names)
+    for change in changes:
+        if not isinstance(change, RenameColumn) or change.old not in declared:
+            continue
+        name = change.old
+        if name in definition.dedup_columns:
+            role = "a dedup key"
+        elif any(p.source == name for p in definition.partition):
+            role = "a partition source"
+        elif name in definition.sort_order:
+            role = "a sort key"
+        else:
+            role = "a declared column"
+        raise SchemaChangeError(
+            f"{definition.identifier}: '{name}' is {role} in catalog/; writers and Silver follow "
+            "the rename by field id, but catalog/, the other tables and queries keep the old "
+            "name (`lake migrate check` will report drift): pass --force to rename it anyway"
+        )
 
 
 def plan_changes(state: TableState, changes: list[Change] | tuple[Change, ...]) -> Plan:

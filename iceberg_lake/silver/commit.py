@@ -27,14 +27,16 @@ from iceberg_lake.catalog import catalog_errors
 from iceberg_lake.engine.iceberg import PartitionReplacement
 from iceberg_lake.exceptions import CompactionError, SchemaChangeError, TimeTravelError
 from iceberg_lake.schema.evolve import Change, WidenColumn, evolve_table
+from iceberg_lake.schema.names import NameHistory
 from iceberg_lake.silver.job import PartitionOutput
 from iceberg_lake.silver.plan import Layout, Partition, cover, table_name
+from iceberg_lake.silver.state import is_ancestor
 from iceberg_lake.tables import TableDefinition
 from iceberg_lake.timetravel.snapshots import protect_silver_source
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SilverCommit", "advance_mark", "follow_bronze_types"]
+__all__ = ["SilverCommit", "advance_mark", "follow_bronze_types", "lower_mark", "mark_for_pin"]
 
 
 class SilverCommit:
@@ -163,8 +165,9 @@ def follow_bronze_types(
 ) -> list[str]:
     """Widen Silver columns that Bronze has widened since (`int`→`long`, ...); return what changed.
 
-    A column renamed on Bronze only is refused with the command that renames it on Silver (a
-    dedup column, which `catalog/` names, with the command that renames it back).
+    Columns are paired by meaning, not only by name: a column Bronze renamed since is the
+    Silver column of its old name (`NameHistory`; compaction feeds it the same way, see
+    `silver.dedup.source_columns`). `dedup_columns` is accepted for the callers' sake.
 
     Silver is written with its own schema, so a Bronze column widened alone (`lake table evolve
     bronze.stocks_trades --widen size:long`, for sizes above 2^31) would not fit it. Widening is
@@ -173,17 +176,21 @@ def follow_bronze_types(
     Idempotent: nothing is committed when the types already agree, or Silver's is the wider.
 
     Raises:
-        CompactionError: a column's types differ in a way a widening cannot reconcile, or a
-            Silver column was renamed on Bronze only.
+        CompactionError: a column's types differ in a way a widening cannot reconcile.
     """
-    _refuse_bronze_only_renames(bronze, silver, dedup_columns)
-    silver_fields = {f.name: f.field_type for f in silver.schema().fields}
+    del dedup_columns  # renames are followed, not refused: nothing to check by name
+    history = NameHistory(bronze.schemas().values())
+    bronze_schema = bronze.schema()
+    theirs = {f.name: f.field_type for f in bronze_schema.fields}
     changes: list[Change] = []
-    for f in bronze.schema().fields:
-        mine = silver_fields.get(f.name)
-        if mine is None or mine == f.field_type or _widens(f.field_type, mine):
-            continue  # not in Silver, the same, or Silver's is wider: DuckDB casts up
-        changes.append(WidenColumn(f.name, str(f.field_type)))
+    for f in silver.schema().fields:
+        source = history.resolve(f.name, bronze_schema)
+        if source is None:
+            continue  # not in Bronze
+        wide = theirs[source]
+        if f.field_type == wide or _widens(wide, f.field_type):
+            continue  # the same, or Silver's is wider: DuckDB casts up
+        changes.append(WidenColumn(f.name, str(wide)))
     if not changes:
         return []
     try:
@@ -199,37 +206,59 @@ def follow_bronze_types(
     return done
 
 
-def _refuse_bronze_only_renames(bronze: Table, silver: Table, dedup: Sequence[str]) -> None:
-    """Refuse a Silver column that Bronze has renamed since (Silver matches columns by name).
-
-    Compacting anyway would write NULL for the column, for old rows too, and a NULL dedup
-    column merges distinct events; the operator renames Silver as well (migrations do both).
-    """
-    current = {f.field_id: f.name for f in bronze.schema().fields}
-    names = set(current.values())
-    for column in silver.schema().column_names:
-        if column in names:
-            continue
-        for schema in bronze.metadata.schemas:
-            old = next((f for f in schema.fields if f.name == column), None)
-            new = current.get(old.field_id) if old is not None else None
-            if new is not None and new not in silver.schema().column_names:
-                if column in dedup:
-                    raise CompactionError(
-                        f"{table_name(bronze)} renamed column {column} to {new}, but Silver "
-                        f"identifies events by the dedup columns catalog/ declares ({column} is "
-                        f"one): rename it back (lake table evolve {table_name(bronze)} "
-                        f"--rename {new}:{column})"
-                    )
-                raise CompactionError(
-                    f"{table_name(bronze)} renamed column {column} to {new} but "
-                    f"{table_name(silver)} still calls it {column}: rename it there too "
-                    f"(lake table evolve {table_name(silver)} --rename {column}:{new})"
-                )
-
-
 def _widens(narrow: IcebergType, wide: IcebergType) -> bool:
     """True when `wide` is an Iceberg widening of `narrow` (so `narrow` values fit it)."""
     if isinstance(narrow, DecimalType) and isinstance(wide, DecimalType):
         return narrow.scale == wide.scale and narrow.precision < wide.precision
     return (type(narrow), type(wide)) in {(IntegerType, LongType), (FloatType, DoubleType)}
+
+
+def mark_for_pin(bronze: Table, silver: Table, snap: Snapshot) -> dict[str, str]:
+    """The incremental mark a `compact_date`/`compact_all_dates` run of `snap` commits with.
+
+    The mark (`lake.silver.incremental-source-snapshot-id`) promises that every Silver
+    partition holds Bronze as of the mark or later, so the next incremental run need only look
+    at what Bronze changed after it. A run pinned to an older snapshot (`--as-of`, a tag)
+    rewrites partitions with older content and breaks that promise: it lowers the mark to its
+    own snapshot, in the same commit, so the next incremental run catches up. When neither
+    snapshot descends from the other (a branch, an expired mark) the mark is cleared and the
+    next incremental run checks every partition from metadata.
+
+    Returns:
+        `{}` (keep the mark: none is set, or `snap` is the mark or newer) or the property to
+        set (the pinned snapshot id, or `""` to clear).
+    """
+    mark = silver.properties.get(P.SILVER_INCREMENTAL_SOURCE)
+    if not mark or not mark.isdigit():
+        return {}  # no usable mark: the next incremental run checks every partition anyway
+    marked, pinned = int(mark), snap.snapshot_id
+    if marked == pinned or is_ancestor(bronze, marked, pinned):
+        return {}
+    if is_ancestor(bronze, pinned, marked):
+        return {P.SILVER_INCREMENTAL_SOURCE: str(pinned)}
+    return {P.SILVER_INCREMENTAL_SOURCE: ""}
+
+
+def lower_mark(bronze: Table, silver: Table, snap: Snapshot, attempts: int = 4) -> None:
+    """Lower (or clear) the incremental mark for a run of `snap` as a metadata-only commit.
+
+    For writers that cannot set it in their own commit (Spark's partition overwrite): called
+    before the write, so no moment has older Silver content under a newer mark, and again after
+    it, in case an incremental run raised the mark in between. A lower mark is always safe: it
+    only makes the next incremental run look at more. Re-reads the mark on a lost race.
+
+    Raises:
+        CompactionError: every attempt lost a race with another commit.
+    """
+    for _ in range(attempts):
+        marks = mark_for_pin(bronze, silver, snap)
+        if not marks:
+            return
+        try:
+            with catalog_errors(f"updating {table_name(silver)}"):
+                with silver.transaction() as tx:
+                    tx.set_properties(marks)
+            return
+        except CommitFailedException:
+            silver.refresh()
+    raise CompactionError(f"{table_name(silver)}: could not lower the incremental mark")

@@ -43,7 +43,12 @@ from iceberg_lake.catalog import CatalogSource, as_catalog, catalog_errors
 from iceberg_lake.engine.filters import eq
 from iceberg_lake.engine.iceberg import partition_values
 from iceberg_lake.exceptions import CommitConflictError, CompactionError, LakeError
-from iceberg_lake.silver.commit import SilverCommit, advance_mark, follow_bronze_types
+from iceberg_lake.silver.commit import (
+    SilverCommit,
+    advance_mark,
+    follow_bronze_types,
+    mark_for_pin,
+)
 from iceberg_lake.silver.job import CompactionJob, DuckSession
 from iceberg_lake.silver.plan import (
     Layout,
@@ -347,9 +352,12 @@ class SilverCompactor:
             if not parts:
                 return [_empty(definition, snap)]
             groups = group_by_day(parts, layout) if by_day else {None: parts}
+            lowered = mark_for_pin(bronze, silver, snap)
             try:
                 return [
-                    self._run(definition, bronze, silver, snap, layout, group, {}).with_date(day)
+                    self._run(
+                        definition, bronze, silver, snap, layout, group, {}, every_commit=lowered
+                    ).with_date(day)
                     for day, group in groups.items()
                 ]
             except CommitConflictError:
@@ -416,8 +424,14 @@ class SilverCompactor:
         table_properties: dict[str, str],
         *,
         history: BronzeHistory | None = None,
+        every_commit: dict[str, str] | None = None,
     ) -> CompactionResult:
-        """Compact the partitions that changed and commit them; return the result."""
+        """Compact the partitions that changed and commit them; return the result.
+
+        `table_properties` are set by the last commit of the run (an advanced incremental mark
+        holds only once every partition is in); `every_commit` by each commit (a lowered mark
+        must hold as soon as the first partition is rewritten from an older snapshot).
+        """
         started = time.perf_counter()
         history = history or BronzeHistory(bronze, PartitionMap(bronze, layout).of_file)
         todo, unchanged = split_changed(history, snap, parts)
@@ -439,7 +453,7 @@ class SilverCompactor:
         per = self.partitions_per_commit
         chunks = [todo[i : i + per] for i in range(0, len(todo), per)]
         for n, chunk in enumerate(chunks, start=1):
-            marks = table_properties if n == len(chunks) else {}
+            marks = {**(every_commit or {}), **(table_properties if n == len(chunks) else {})}
             groups = query_groups(chunk, self.rows_per_query, self.workers)
             with SilverCommit(silver, definition, snap, layout, marks, bronze) as commit:
                 with ThreadPoolExecutor(max_workers=self.workers) as pool:

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.manifest import DataFile
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
@@ -23,7 +24,14 @@ from iceberg_lake.catalog import catalog_errors
 from iceberg_lake.engine.duck import DuckSession, duckdb_path, quote_str
 from iceberg_lake.engine.iceberg import PartitionFileWriter
 from iceberg_lake.exceptions import CompactionError
-from iceberg_lake.silver.dedup import BUCKET_COLUMN, AdjacentDedup, dedup_query, duck_type
+from iceberg_lake.schema.names import NameHistory
+from iceberg_lake.silver.dedup import (
+    BUCKET_COLUMN,
+    AdjacentDedup,
+    dedup_query,
+    duck_type,
+    source_columns,
+)
 from iceberg_lake.silver.plan import Layout, Partition, table_name
 from iceberg_lake.silver.state import file_prefix
 from iceberg_lake.silver.writer import partition_file_writer
@@ -80,12 +88,25 @@ class CompactionJob:
                 paths = ", ".join(
                     quote_str(duckdb_path(f.file_path)) for p in group for f in p.bronze
                 )
-                source = f"read_parquet([{paths}]{field_id_schema(bronze)})"
+                # No Hive partitioning: the values in the directory names (`symbol=7203`,
+                # `symbol=X+Y`) are escaped and typed by guesswork; the columns in the file
+                # are the data.
+                options = f"{field_id_schema(bronze)}, hive_partitioning = false"
+                source = f"read_parquet([{paths}]{options})"
+            silver_schema = self.silver.schema()
+            keys = self.dedup_columns()
             sql = dedup_query(
                 source,
-                self.silver.schema(),
-                self.definition.dedup_columns,
-                set(bronze.schema().column_names),
+                silver_schema,
+                keys,
+                source_columns(
+                    silver_schema,
+                    NameHistory(self.silver.schemas().values()),
+                    self.source_schema(needs_iceberg),
+                    NameHistory(bronze.schemas().values()),
+                    keys,
+                    table_name(bronze),
+                ),
                 partitioned_by=(layout.key_column, layout.time_unit),
             )
             by_bucket = {layout.bucket_key(p.record): p for p in group}
@@ -93,7 +114,7 @@ class CompactionJob:
             with catalog_errors(what):
                 try:
                     reader = con.execute(sql).to_arrow_reader(self.batch_rows)
-                    dedup = AdjacentDedup(self.silver.schema(), self.definition.dedup_columns)
+                    dedup = AdjacentDedup(silver_schema, keys)
                     for batch in reader:
                         for bucket_key, rows in segments(dedup.apply(batch), layout.key_column):
                             part = by_bucket.get(bucket_key)
@@ -128,6 +149,37 @@ class CompactionJob:
             nbytes = sum(f.file_size_in_bytes for f in p.bronze)
             outputs.append(PartitionOutput(p, files, counts[p.pid], written, nbytes))
         return outputs
+
+    def dedup_columns(self) -> list[str]:
+        """The declared dedup columns as Silver names them now (a rename keeps the field).
+
+        Raises:
+            CompactionError: a dedup column is no longer in the Silver table.
+        """
+        history = NameHistory(self.silver.schemas().values())
+        schema = self.silver.schema()
+        out = []
+        for name in self.definition.dedup_columns:
+            found = history.resolve(name, schema)
+            if found is None:
+                raise CompactionError(
+                    f"{table_name(self.silver)} has no dedup column '{name}' (dropped?): "
+                    "make it agree with catalog/ (`lake migrate check`) and compact again"
+                )
+            out.append(found)
+        return out
+
+    def source_schema(self, iceberg: bool) -> Schema:
+        """The Bronze schema whose column names the source relation has.
+
+        `read_parquet` with `field_id_schema` reads every file with the table's current schema;
+        DuckDB's `iceberg_scan` reads a snapshot with the schema that snapshot was written with.
+        """
+        if iceberg and self.snap.schema_id is not None:
+            pinned = self.bronze.schemas().get(self.snap.schema_id)
+            if pinned is not None:
+                return pinned
+        return self.bronze.schema()
 
 
 def segments(rows: pa.Table, key_column: str | None) -> Iterable[tuple[Any, pa.Table]]:

@@ -48,8 +48,9 @@ from iceberg_lake.config import Settings
 from iceberg_lake.engine.filters import eq, ge, lt
 from iceberg_lake.engine.spark import replace_partitions, spark_sql_type
 from iceberg_lake.exceptions import CompactionError, LakeError, TimeTravelError
-from iceberg_lake.silver.commit import follow_bronze_types
-from iceberg_lake.silver.dedup import sort_columns
+from iceberg_lake.schema.names import NameHistory
+from iceberg_lake.silver.commit import follow_bronze_types, lower_mark
+from iceberg_lake.silver.dedup import sort_columns, source_columns
 from iceberg_lake.silver.plan import (
     PartitionMap,
     layout_of,
@@ -243,7 +244,16 @@ class SparkSilverCompactor:
         if rows_read == 0:
             return result
 
-        deduped = self._dedup(source, silver, definition, layout.key_column, layout.time_unit)
+        pinned = bronze.schemas().get(snap.schema_id) if snap.schema_id is not None else None
+        fed = source_columns(
+            silver.schema(),
+            NameHistory(silver.schemas().values()),
+            pinned or bronze.schema(),  # Spark reads a snapshot with its own schema
+            NameHistory(bronze.schemas().values()),
+            definition.dedup_columns,
+            definition.identifier,
+        )
+        deduped = self._dedup(source, silver, definition, layout.key_column, layout.time_unit, fed)
         props = {
             P.LAKE_OPERATION: P.SILVER_COMPACTION,
             P.SOURCE_TABLE: definition.identifier,
@@ -257,8 +267,12 @@ class SparkSilverCompactor:
                 protect_silver_source(bronze, snap.snapshot_id)
             except TimeTravelError as exc:
                 raise CompactionError(str(exc)) from None
+        # A pin older than Silver's incremental mark: Spark's commit cannot carry the lowered
+        # mark, so it is lowered just before (and again after, see `lower_mark`).
+        lower_mark(bronze, silver, snap)
         replace_partitions(deduped.drop(_BUCKET), spark_silver, props)
         silver = self.lake.load_table(f"{SILVER}.{definition.name}")
+        lower_mark(bronze, silver, snap)
         new = silver.current_snapshot()
         if new is None or new.snapshot_id == before:
             raise CompactionError(f"{spark_silver}: Spark wrote no snapshot")
@@ -330,6 +344,7 @@ class SparkSilverCompactor:
         definition: TableDefinition,
         key: str | None,
         unit: str,
+        fed: dict[str, str] | None = None,
     ) -> DataFrame:
         """Survivors in Silver's columns, plus `_lake_bucket`, clustered and ordered for writing."""
         from pyspark.sql import Window
@@ -340,20 +355,26 @@ class SparkSilverCompactor:
         dedup = [c for c in names if c in definition.dedup_columns]
         if len(dedup) != len(definition.dedup_columns):
             raise CompactionError(f"dedup columns of {definition.identifier} not all in Silver")
-        available = set(source.columns)
+        # Silver column -> Bronze column (`source_columns`: renames followed by field id).
+        if fed is None:
+            fed = {c: c for c in source.columns}
+        missing = [c for c in dedup if c not in fed]
+        if missing:
+            raise CompactionError(f"dedup column '{missing[0]}' has no source column in Bronze")
         select = []
         for f in schema.fields:
             col = _ident(f.name)
-            if f.name not in available:
+            src = _ident(fed[f.name]) if f.name in fed else ""
+            if not src:
                 expr = f"CAST(NULL AS {spark_sql_type(f.field_type)})"
             elif f.name in dedup and isinstance(f.field_type, (FloatType, DoubleType)):
                 kind = spark_sql_type(f.field_type)
                 expr = (
-                    f"CASE WHEN isnan({col}) THEN CAST('NaN' AS {kind}) "
-                    f"WHEN {col} = 0 THEN CAST(0 AS {kind}) ELSE {col} END"
+                    f"CASE WHEN isnan({src}) THEN CAST('NaN' AS {kind}) "
+                    f"WHEN {src} = 0 THEN CAST(0 AS {kind}) ELSE {src} END"
                 )
             else:
-                expr = col
+                expr = src
             select.append(f"{expr} AS {col}")
         canon = source.selectExpr(*select)
 

@@ -83,6 +83,14 @@ def is_rewrite(snapshot: Snapshot) -> bool:
     return summary.additional_properties.get(P.LAKE_OPERATION) == P.COMPACT_FILES
 
 
+def is_ancestor(table: Table, older: int, newer: int) -> bool:
+    """True if snapshot `older` is a strict ancestor of `newer` (both still in `table`)."""
+    start = table.metadata.snapshot_by_id(newer)
+    if older == newer or start is None:
+        return False
+    return any(s.snapshot_id == older for s in ancestors_of(start, table.metadata))
+
+
 @dataclass
 class BronzeHistory:
     """Cached per-snapshot partition changes of one Bronze table (reads each manifest once).

@@ -87,7 +87,7 @@ from iceberg_lake.engine.nats_tail import (
 )
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.ingest import position
-from iceberg_lake.ingest.decode import TableCodec
+from iceberg_lake.ingest.decode import codec_for
 from iceberg_lake.ingest.routing import BronzeDecoder, Decoder, GoldDecoder, InferredDecoder
 from iceberg_lake.silver.dedup import quote_ident
 from iceberg_lake.tables import GOLD, TableDefinition
@@ -452,7 +452,7 @@ class TailSource:
         self.stream_created = table.properties.get(created_key, "")
         schema = table.schema()
         self.schema_id = schema.schema_id
-        codec = TableCodec(self.identifier, schema, definition.partition_key)
+        codec = codec_for(self.identifier, table, definition.partition_key)
         self.decoder: Decoder = (
             GoldDecoder(codec) if definition.namespace == GOLD else BronzeDecoder(codec)
         )

@@ -52,7 +52,49 @@ def scan_sql(table: Table, snapshot_id: int | None) -> str:
         )
         return f"SELECT {cols} WHERE false"
     location = quote_str(duckdb_path(table.metadata_location))
-    return f"SELECT * FROM iceberg_scan({location}, snapshot_from_id={snapshot_id})"
+    scan = f"iceberg_scan({location}, snapshot_from_id={snapshot_id})"
+    columns = _current_shape(table, snapshot_id)
+    return f"SELECT {columns or '*'} FROM {scan}"
+
+
+def _current_shape(table: Table, snapshot_id: int) -> str | None:
+    """Columns that show the CURRENT snapshot in the table's current schema, or None.
+
+    DuckDB's `iceberg_scan` reads a snapshot with the schema it was written with. A schema
+    change makes no snapshot, so until the next write the current snapshot still has the old
+    shape: `select exch` would fail after `--rename exchange:exch`. The current snapshot is
+    shown in the current schema instead, columns matched by field id (a renamed column under
+    its new name, an added one as NULL, a dropped one left out); an older snapshot keeps the
+    shape it was written with (time travel).
+    """
+    snap = table.snapshot_by_id(snapshot_id)
+    current = table.schema()
+    if (
+        snap is None
+        or snapshot_id != table.metadata.current_snapshot_id
+        or snap.schema_id is None
+        or snap.schema_id == current.schema_id
+    ):
+        return None
+    written = table.schemas().get(snap.schema_id)
+    if written is None:
+        return None
+    old = {f.field_id: f for f in written.fields}
+    out = []
+    for f in current.fields:
+        try:
+            kind = duck_type(f.field_type)
+        except LakeError:  # a type the mapping cannot spell: the snapshot's own shape
+            return None
+        was = old.get(f.field_id)
+        if was is None:
+            expr = f"CAST(NULL AS {kind})"
+        elif was.field_type != f.field_type:
+            expr = f"CAST({quote_ident(was.name)} AS {kind})"
+        else:
+            expr = quote_ident(was.name)
+        out.append(f"{expr} AS {quote_ident(f.name)}")
+    return ", ".join(out)
 
 
 class Lake:

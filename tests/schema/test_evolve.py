@@ -249,7 +249,7 @@ def test_cli_table_create_and_evolve(tmp_path: Path) -> None:
 
     res = _lake(
         tmp_path, "table", "evolve", TRADES, "--add-column", "venue:string", "--doc", "MIC",
-        "--widen", "size:long", "--rename", "seq:sequence", "--add-partition-field",
+        "--widen", "size:long", "--rename", "seq:sequence", "--force", "--add-partition-field",
         "source:identity",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -265,6 +265,8 @@ def test_cli_table_create_and_evolve(tmp_path: Path) -> None:
         (["--add-column", "venue:string", "--required"], "table with 1 rows"),
         (["--add-column", "venue:varchar"], "unknown column type 'varchar'"),
         (["--drop-column", "seq"], "pass --force"),
+        (["--rename", "seq:sequence"], "'seq' is a dedup key in catalog/"),
+        (["--rename", "conditions:conds"], "'conditions' is a declared column in catalog/"),
         (["--add-column", "venue"], "--add-column expects col:type"),
         ([], "nothing to change"),
     ],

@@ -479,6 +479,62 @@ def test_pinned_snapshot_and_tag(lake: LakeCatalog, duck) -> None:
     compactor.close()
 
 
+def test_a_run_pinned_to_an_older_snapshot_lowers_the_incremental_mark(
+    lake: LakeCatalog, duck
+) -> None:
+    """`compact --as-of <older>` rewrites partitions with older content: the incremental mark
+    must follow in the same commits, or the next incremental run reports "unchanged" forever."""
+    bronze = lake.load_table(BRONZE)
+    rows = base_rows()
+    old = append(bronze, rows[:10])  # ES and NQ, 14:00
+    compactor = SilverCompactor(lake, partitions_per_commit=1)
+    assert compactor.compact_incremental(["futures.trades"])[0]["status"] == "success"
+    new = append(bronze, rows[10:])
+    assert compactor.compact_incremental(["futures.trades"])[0]["source_snapshot_id"] == new
+    silver = lake.load_table(SILVER)
+    assert silver.properties[P.SILVER_INCREMENTAL_SOURCE] == str(new)
+
+    def mark() -> str | None:
+        return lake.load_table(SILVER).properties.get(P.SILVER_INCREMENTAL_SOURCE)
+
+    marks_seen: list[str | None] = []  # after the first of the two commits (one per partition)
+    compactor.progress = lambda _t, done, total: marks_seen.append(mark()) if done == 2 else None
+    pinned = compactor.compact_date(DAY, "futures.trades", as_of=old)
+    compactor.progress = None
+    assert pinned["status"] == "success" and pinned["partitions"] == 2
+    assert marks_seen == [str(old)] and mark() == str(old)
+    silver.refresh()
+    got = silver_via_iceberg_scan(duck, silver)
+    want = expected_silver(rows[:10] + [r for r in rows[10:] if r["ts_event_ns"] >= T0 + HOUR_NS])
+    assert sorted(_norm(got), key=str) == sorted(_norm(want), key=str)
+
+    caught_up = compactor.compact_incremental(["futures.trades"])[0]
+    assert caught_up["status"] == "success" and caught_up["partitions"] == 2
+    assert mark() == str(new)
+    got = silver_via_iceberg_scan(duck, lake.load_table(SILVER))
+    assert sorted(_norm(got), key=str) == sorted(_norm(expected_silver(rows)), key=str)
+    assert compactor.compact_incremental(["futures.trades"])[0]["status"] == "unchanged"
+
+    # A snapshot on a branch is neither older nor newer than the mark: the mark is cleared and
+    # the next incremental run checks every partition from metadata.
+    bronze.refresh()
+    bronze.manage_snapshots().create_branch(old, "side").commit()
+    bronze.append(
+        pa.Table.from_pylist(
+            [trade(T0 + 17, seq=500, sym="ES")],
+            schema=schema_to_pyarrow(bronze.schema(), include_field_ids=False),
+        ),
+        branch="side",
+    )
+    assert compactor.compact_date(DAY, "futures.trades", tag="side")["status"] == "success"
+    assert mark() == ""
+    again = compactor.compact_incremental(["futures.trades"])[0]
+    assert again["status"] == "success" and mark() == str(new)
+    got = silver_via_iceberg_scan(duck, lake.load_table(SILVER))
+    assert sorted(_norm(got), key=str) == sorted(_norm(expected_silver(rows)), key=str)
+    compactor.close()
+
+
 def test_cli_compact_prints_a_summary_and_clear_errors(lake: LakeCatalog, monkeypatch) -> None:
     append(lake.load_table(BRONZE), base_rows())
     monkeypatch.setenv("LAKE_DATA_DIR", str(lake.settings.data_dir))

@@ -200,27 +200,34 @@ def test_silver_partition_fields_are_refused(lake: LakeCatalog) -> None:
     assert len(lake.load_table(SILVER).spec().fields) == 2
 
 
-def test_bronze_only_rename_names_the_command_that_fixes_it(lake: LakeCatalog) -> None:
-    """Silver matches columns by name: a rename on Bronze alone would null them, so it is
-    refused with the fix; after it, compaction carries the values under the new name."""
+def test_bronze_only_rename_is_followed_by_field_id(lake: LakeCatalog) -> None:
+    """A rename is metadata only: Silver's column of the old name is fed from the renamed Bronze
+    column (old and new files alike), a dedup key included; renaming Silver too keeps it fed."""
     rows = [trade(T0 + i, seq=i, conditions=f"c{i}") for i in range(3)]
     append(lake.load_table(BRONZE), rows)
-    assert _cli(lake, "table", "evolve", BRONZE, "--rename", "conditions:cond").exit_code == 0
+    res = _cli(lake, "table", "evolve", BRONZE, "--rename", "conditions:cond", "--force")
+    assert res.exit_code == 0, res.output
+    append(lake.load_table(BRONZE), [{**trade(T0 + 5, seq=5), "cond": "c5"}])
 
-    res = _cli(lake, "compact", "--incremental", "--table", TRADES)
-    assert res.exit_code == 1
-    fix = f"lake table evolve {SILVER} --rename conditions:cond"
-    assert res.stderr.count("error:") == 1 and fix in res.stderr
-    assert lake.load_table(SILVER).current_snapshot() is None, "nothing written"
-    assert _cli(lake, *fix.split()[1:]).exit_code == 0
     res = _cli(lake, "compact", "--incremental", "--table", TRADES)
     assert res.exit_code == 0, res.output
     got = lake.load_table(SILVER).scan().to_arrow()
-    assert sorted(got.column("cond").to_pylist()) == ["c0", "c1", "c2"]
+    assert sorted(got.column("conditions").to_pylist()) == ["c0", "c1", "c2", "c5"]
 
-    # A dedup column is named by catalog/: the way out is renaming Bronze's back.
-    assert _cli(lake, "table", "evolve", BRONZE, "--rename", "seq:sequence").exit_code == 0
+    fix = f"lake table evolve {SILVER} --rename conditions:cond --force"
+    assert _cli(lake, *fix.split()[1:]).exit_code == 0
+    append(lake.load_table(BRONZE), [{**trade(T0 + 6, seq=6), "cond": "c6"}])
+    res = _cli(lake, "compact", "--incremental", "--table", TRADES)
+    assert res.exit_code == 0, res.output
+    got = lake.load_table(SILVER).scan().to_arrow()
+    assert sorted(got.column("cond").to_pylist()) == ["c0", "c1", "c2", "c5", "c6"]
+
+    # A dedup column: Silver keeps the declared name and every event keeps its value.
+    assert _cli(lake, "table", "evolve", BRONZE, "--rename", "seq:sequence").exit_code == 1
+    res = _cli(lake, "table", "evolve", BRONZE, "--rename", "seq:sequence", "--force")
+    assert res.exit_code == 0, res.output
     append(lake.load_table(BRONZE), [{**trade(T0 + 9, seq=9), "sequence": 9}])
     res = _cli(lake, "compact", "--incremental")
-    assert res.exit_code == 1
-    assert f"lake table evolve {BRONZE} --rename sequence:seq" in res.stderr
+    assert res.exit_code == 0, res.output
+    got = lake.load_table(SILVER).scan().to_arrow()
+    assert sorted(got.column("seq").to_pylist()) == [0, 1, 2, 5, 6, 9]
