@@ -25,7 +25,12 @@ from pyiceberg.types import DecimalType, DoubleType, FloatType, IcebergType, Int
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import catalog_errors
 from iceberg_lake.engine.iceberg import PartitionReplacement, require_properties
-from iceberg_lake.exceptions import CommitConflictError, CompactionError, SchemaChangeError, TimeTravelError
+from iceberg_lake.exceptions import (
+    CommitConflictError,
+    CompactionError,
+    SchemaChangeError,
+    TimeTravelError,
+)
 from iceberg_lake.schema.evolve import Change, WidenColumn, evolve_table
 from iceberg_lake.schema.names import NameHistory
 from iceberg_lake.silver.job import PartitionOutput
