@@ -321,6 +321,15 @@ def _validate(s: Settings) -> Settings:
     for name in ("stream_max_age", "stream_max_bytes", "shutdown_grace_seconds"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{env_var(name)} must be 0 or more, got {getattr(s, name)!r}")
+    if 0 < s.stream_max_age < s.stream_duplicate_window_seconds:
+        # JetStream refuses a duplicate window longer than max_age. Not clamped: the window is
+        # the publishers' retry guarantee, and shrinking it silently would weaken it.
+        raise ConfigError(
+            f"{env_var('stream_max_age')} ({s.stream_max_age:g} s) must be at least "
+            f"{env_var('stream_duplicate_window_seconds')} ({s.stream_duplicate_window_seconds:g} s"
+            "): JetStream refuses a duplicate window longer than max age; set a shorter window "
+            "or a longer max age"
+        )
     if s.max_buffered_events < max(s.bronze_batch_size, s.gold_batch_size):
         raise ConfigError(
             f"{env_var('max_buffered_events')} must be at least the largest batch size"

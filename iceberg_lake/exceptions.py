@@ -42,6 +42,15 @@ class WriterFencedError(LakeError):
     """
 
 
+class StreamMismatchError(LakeError):
+    """The JetStream stream is not the one a table's committed watermark counts in: it was
+    deleted and created again, or the NATS server lost its storage (its sequences start over).
+
+    Not retryable: reading on would skip or misplace messages. The writer stops; the operator
+    checks what happened and runs `lake maintain reset-position` (docs/production.md).
+    """
+
+
 class DataRejectedError(LakeError):
     """The store refused values of a batch for a reason a retry cannot fix (a partition path
     too long for the file system, a cast that can never succeed). The writer dead-letters the

@@ -26,6 +26,12 @@ WATERMARK_PREFIX = "lake.watermark."
 #: = the last stream sequence of the last fully committed flush (all its tables). Set on the
 #: last commit of each flush; a writer restarts its consumer at max(position) + 1.
 POSITION_PREFIX = "lake.position."
+#: Table property prefix naming the stream the watermark and position count in:
+#: `lake.stream-created.<stream>.<consumer>` = the stream's creation time (UTC, ISO-8601, µs),
+#: set in the same transaction as the watermark. A stream deleted and created again (or a NATS
+#: server that lost its storage) numbers its messages from 1 again under a new creation time: a
+#: writer that finds another one refuses to start (`iceberg_lake.ingest.position`).
+STREAM_CREATED_PREFIX = "lake.stream-created."
 
 # ---- snapshot summary: Silver compaction / file rewrites ---------------------------------------
 SOURCE_TABLE = "lake.source-table"
@@ -99,5 +105,6 @@ __all__ = [
     "SOURCE_SNAPSHOT_ID",
     "SOURCE_TABLE",
     "STREAM",
+    "STREAM_CREATED_PREFIX",
     "WATERMARK_PREFIX",
 ]

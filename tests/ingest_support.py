@@ -209,6 +209,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "LAKE_FETCH_MAX_BYTES": str(settings.fetch_max_bytes),
         "LAKE_STREAM_MAX_AGE": str(settings.stream_max_age),
         "LAKE_STREAM_MAX_BYTES": str(settings.stream_max_bytes),
+        "LAKE_STREAM_DUPLICATE_WINDOW_SECONDS": str(settings.stream_duplicate_window_seconds),
     }
     if settings.nats_domain:
         env["LAKE_NATS_DOMAIN"] = settings.nats_domain

@@ -67,3 +67,35 @@ def test_watermarked_append_with_expected_fences_a_stale_writer(tmp_path: Path) 
     fresh = LakeCatalog(settings).load_table(TABLE)
     assert fresh.properties[KEY] == "10"
     assert fresh.scan().to_arrow().num_rows == 3
+
+
+def test_partition_replacement_with_expected_properties_is_a_compare_and_swap(
+    tmp_path: Path,
+) -> None:
+    """Silver's overwrite commit (`PartitionReplacement`) takes the same requirement: a stale
+    writer's commit fails on pyiceberg's conflict retry (its base is re-read) and adds nothing."""
+    from pyiceberg.expressions import AlwaysTrue
+
+    from iceberg_lake.engine.iceberg import PartitionReplacement
+    from iceberg_lake.exceptions import CommitConflictError
+
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
+    LakeCatalog(settings).init()
+    a = LakeCatalog(settings).load_table(TABLE)
+    b = LakeCatalog(settings).load_table(TABLE)  # stale after a's commit
+    with a.transaction() as tx:
+        tx.set_properties({KEY: "10"})
+
+    stale = PartitionReplacement(b, {}, table_properties={KEY: "20"})
+    stale.expected_properties = {KEY: None}
+    stale.replace(AlwaysTrue(), rows(2, 0), [])
+    with pytest.raises(CommitConflictError, match="this writer expected"):
+        stale.commit()
+    fresh = LakeCatalog(settings).load_table(TABLE)
+    assert fresh.properties[KEY] == "10" and fresh.current_snapshot() is None
+
+    current = PartitionReplacement(fresh, {}, table_properties={KEY: "20"})
+    current.expected_properties = {KEY: "10"}
+    current.replace(AlwaysTrue(), rows(2, 0), [])
+    assert current.commit() is not None
+    assert LakeCatalog(settings).load_table(TABLE).properties[KEY] == "20"

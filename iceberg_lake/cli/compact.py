@@ -124,7 +124,9 @@ def compact(
                 "--engine spark compacts --date D or --all-dates (no change detection)",
                 param_hint="--engine",
             )
-        _print(_compact_on_spark(date, table, symbol, snapshot, pin, spark_master), output)
+        on_spark = _compact_on_spark(date, table, symbol, snapshot, pin, spark_master)
+        _print(on_spark, output)
+        _fail_on_errors(on_spark)
         return
 
     show_progress = output == OutputFormat.text and err_console.is_terminal

@@ -1,4 +1,5 @@
-"""`lake maintain compact-files|expire-snapshots|remove-orphans` and `lake status`."""
+"""`lake maintain compact-files|expire-snapshots|remove-orphans|rewrite-manifests|reset-position`
+and `lake status`."""
 
 from __future__ import annotations
 
@@ -162,6 +163,49 @@ def remove_orphans(
             for f in row.pop("files"):
                 console.print(f"{'orphan' if dry_run else 'deleted'} {f}", highlight=False)
     _emit(rows, output, "remove-orphans", lambda r: r["orphans"] > 0)
+
+
+RESET_TABLES_ARGUMENT = typer.Argument(
+    None,
+    help="Tables fed from the bus (or 'inferred'); default: every one. Only those whose "
+    "stream no longer matches their committed position are reset.",
+)
+
+
+@maintain_app.command("reset-position")
+def reset_position(
+    tables: list[str] | None = RESET_TABLES_ARGUMENT,
+    output: OutputFormat = OUTPUT_OPTION,
+) -> None:
+    """After a JetStream stream was deleted and created again (or NATS lost its storage):
+    record the new stream and read it from its first message.
+
+    `lake serve` refuses to start (one line) when a table's committed position counts in
+    another stream than the live one; check what happened to the stream first (its messages
+    may be new events, a replay of stored ones, or both). Consumers whose stream matches are
+    left alone. Run it while the writers are stopped.
+    """
+    from iceberg_lake.ingest.position import reset_positions
+    from iceberg_lake.ingest.service import resolve_targets
+
+    catalog = open_catalog(read_only=True)  # resets positions: never makes a lake
+    results = [r.as_dict() for r in reset_positions(catalog, resolve_targets(tables))]
+    if output == OutputFormat.json:
+        emit(results, output)
+        return
+    for r in results:
+        if r["action"] == "reset":
+            console.print(
+                f"{r['table']}: position {r['old_position']} (stream {r['stream']} created "
+                f"{r['old_created'] or 'unknown'}) reset to 0 in stream {r['stream']} created "
+                f"{r['new_created']}; `lake serve` reads it from its first message",
+                highlight=False,
+            )
+    reset = sum(r["action"] == "reset" for r in results)
+    if not reset:
+        console.print(
+            f"reset-position: nothing to do in {len(results)} consumer(s) (their streams match)"
+        )
 
 
 def _emit(rows: list[dict[str, Any]], output: OutputFormat, title: str, changed: Any) -> None:

@@ -460,7 +460,8 @@ def print_status(report: LakeStatus, out: Console | Output | None = None) -> Non
             consumers.add_column(col)
         for c in report.consumers:
             if not c.exists:
-                consumers.add_row(c.table, c.stream, c.consumer, "-", "not created", "", "")
+                lag = str(c.lag) if c.stream_error else "-"
+                consumers.add_row(c.table, c.stream, c.consumer, lag, "not created", "", "")
                 continue
             consumers.add_row(
                 c.table,
@@ -478,6 +479,10 @@ def print_status(report: LakeStatus, out: Console | Output | None = None) -> Non
                     f"[yellow]warning[/yellow] {escape(c.consumer)}: {escape(c.warning)}",
                     markup=True,
                     highlight=False,
+                )
+            if c.stream_error:
+                target.print(
+                    f"[red]error[/red] {escape(c.stream_error)}", markup=True, highlight=False
                 )
     if report.dead_letters:
         dl = RichTable(title="dead letters")

@@ -50,9 +50,9 @@ behaviour): `_FastAppendFiles` (and `_existing_manifests`), `_ManifestMergeManag
 `_SnapshotProducer._process_manifests` (the hook `_BoundedAppendFiles` overrides;
 `_SnapshotProducer._manifests` calls it) and `_SnapshotProducer._snapshot_id` (the snapshot being
 produced, excluded from a fold).
-`Transaction._stage` (`iceberg.require_properties`, the fencing compare-and-swap: the only way to
-add a commit requirement): source hashed in the same file, behaviour in
-`tests/test_engine_fencing.py`.
+`Transaction._stage` (`iceberg.require_properties`, the fencing compare-and-swap of the writers'
+watermark and of Silver's incremental mark: the only way to add a commit requirement): source
+hashed in the same file, behaviour in `tests/test_engine_fencing.py`.
 
 nats-py (version checked in `tests/engine/test_nats_guard.py`): `Client._send_command`
 (`nats.publish_frames`, one write for a batch of publish frames while replaying to NATS), guarded

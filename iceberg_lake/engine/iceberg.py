@@ -177,6 +177,10 @@ class PartitionReplacement:
     new_files: list[DataFile] = field(default_factory=list)
     #: Table properties set in the same transaction as the snapshot (e.g. a progress watermark).
     table_properties: dict[str, str] = field(default_factory=dict)
+    #: Property values the table must still have at commit time (None: absent), checked on
+    #: every pyiceberg retry: a compare-and-swap on the values this writer planned from
+    #: (`require_properties`). None: no check.
+    expected_properties: dict[str, str | None] | None = None
 
     def replace(
         self, predicate: BooleanExpression, rows: pa.Table, old_files: list[DataFile]
@@ -227,11 +231,14 @@ class PartitionReplacement:
 
         Raises:
             CommitConflictError: a concurrent commit touched the same partitions (also when
-                pyiceberg's retry found the replaced files already gone).
+                pyiceberg's retry found the replaced files already gone), or changed one of
+                `expected_properties`.
         """
         if self.is_empty:
             return None
         with _commit_conflicts(self.table), self.table.transaction() as tx:
+            if self.expected_properties is not None:
+                require_properties(tx, self.expected_properties)
             if self.table_properties:
                 tx.set_properties(self.table_properties)
             with tx.update_snapshot(snapshot_properties=self.snapshot_properties).overwrite(

@@ -16,11 +16,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from iceberg_lake.config import redact, redact_url
@@ -254,7 +257,7 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> list[str]:
         Names of the streams created.
     """
     from nats.js.api import StreamConfig
-    from nats.js.errors import NotFoundError
+    from nats.js.errors import APIError, NotFoundError
 
     created: list[str] = []
     window = settings.stream_duplicate_window_seconds
@@ -275,7 +278,11 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> list[str]:
                 await js.add_stream(config)
                 created.append(stream)
                 log.info("created stream %s (%s)", stream, ", ".join(subjects))
-            except Exception as exc:  # raced with another process creating it
+            except APIError as exc:
+                # Only a race with another process creating it is fine (the same config
+                # succeeds; another one is "already in use"); any other refusal is the user's.
+                if exc.err_code != STREAM_NAME_IN_USE:
+                    raise LakeError(_stream_refused("create", stream, exc)) from None
                 log.debug("add_stream %s: %s", stream, exc)
             continue
         config = info.config
@@ -287,15 +294,97 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> list[str]:
         if (config.max_age or 0) != (max_age or 0):
             config.max_age = max_age or 0
             changed = True
+        if max_age and (config.duplicate_window or 0) > max_age:
+            # JetStream refuses a duplicate window longer than max_age (the setting is
+            # validated not to be: `config._validate`).
+            config.duplicate_window = window
+            changed = True
         if max(config.max_bytes or 0, 0) != (max_bytes or 0):
             config.max_bytes = max_bytes or -1
             changed = True
         if changed:
-            await js.update_stream(config)
+            try:
+                await js.update_stream(config)
+            except APIError as exc:
+                raise LakeError(_stream_refused("update", stream, exc)) from None
             log.info(
                 "stream %s: max_age %s s, max_bytes %s", stream, max_age or "-", max_bytes or "-"
             )
     return created
+
+
+#: JetStream error code: "stream name already in use with a different configuration".
+STREAM_NAME_IN_USE = 10058
+
+
+def _stream_refused(what: str, stream: str, exc: Exception) -> str:
+    reason = getattr(exc, "description", None) or str(exc) or type(exc).__name__
+    return f"NATS refused to {what} stream {stream}: {reason}"
+
+
+@dataclass(frozen=True)
+class StreamIdentity:
+    """Which stream a name denotes now, and the sequences it holds.
+
+    Attributes:
+        name: the stream's name.
+        created: its creation time (`created_id`; "" when the server does not report one). A
+            stream deleted and created again, or one on a server that lost its storage, gets a
+            new one and numbers its messages from 1 again.
+        first_seq: its first stored sequence (everything below was removed: limits, purges).
+        last_seq: its last sequence (the newest message ever stored; 0: none).
+    """
+
+    name: str
+    created: str
+    first_seq: int
+    last_seq: int
+
+
+def created_id(value: datetime | str | None) -> str:
+    """A stream's creation time as the lake records it: UTC ISO-8601 with microseconds.
+
+    Takes nats-py's `StreamInfo.created` (a datetime) or the server's RFC 3339 string
+    (nanoseconds, cut to microseconds: both forms of the same stream give the same text).
+    """
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        raw = value.strip()
+        match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?", raw)
+        if match is None:
+            return raw  # not RFC 3339: compared as it is
+        head, frac, zone = match.groups()
+        zone = "+00:00" if zone in (None, "Z") else zone
+        value = datetime.fromisoformat(f"{head}.{(frac or '')[:6].ljust(6, '0')}{zone}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+async def stream_identity(js: JetStreamContext, stream: str) -> StreamIdentity | None:
+    """The stream's identity and sequence range now (None: no such stream).
+
+    Raises:
+        BusUnavailableError: NATS did not answer (a `TransientError`).
+
+    Reads nats-py's public `StreamInfo.created` (guard test:
+    `tests/test_stream_identity.py::test_stream_created_changes_when_recreated`).
+    """
+    from nats.js.errors import NotFoundError
+
+    with bus_errors(f"reading the state of stream {stream}"):
+        try:
+            info = await js.stream_info(stream)
+        except NotFoundError:
+            return None
+    state = info.state
+    return StreamIdentity(
+        stream,
+        created_id(info.created),
+        int(state.first_seq or 0),
+        int(state.last_seq or 0),
+    )
 
 
 def _consumer_config(durable: str, filter_subject: str, start_seq: int | None) -> ConsumerConfig:

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from iceberg_lake.engine.nats import bus_errors
+from iceberg_lake.engine.nats import bus_errors, created_id
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -184,11 +184,14 @@ class StreamState:
         last_seq: its last sequence (the newest message ever stored).
         deleted: sequences between the two that were removed (message deletes, purges of one
             subject, per-subject limits), ascending (int64).
+        created: the stream's creation time (`engine.nats.created_id`; "" if not reported): a
+            stream deleted and created again has another one.
     """
 
     first_seq: int
     last_seq: int
     deleted: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    created: str = ""
 
     def removed_runs(self, lo: int, hi: int) -> list[tuple[int, int]]:
         """The runs of consecutive sequences within `lo..hi` the stream no longer holds."""
@@ -263,7 +266,12 @@ async def _stream_info(js: JetStreamContext, stream: str, details: bool) -> dict
 def _state_of(resp: dict[str, Any]) -> StreamState:
     state: dict[str, Any] = resp.get("state") or {}
     deleted = np.sort(np.asarray(state.get("deleted") or (), dtype=np.int64))
-    return StreamState(int(state.get("first_seq") or 0), int(state.get("last_seq") or 0), deleted)
+    return StreamState(
+        int(state.get("first_seq") or 0),
+        int(state.get("last_seq") or 0),
+        deleted,
+        created_id(resp.get("created")),
+    )
 
 
 async def stream_state(js: JetStreamContext, stream: str) -> StreamState:
@@ -302,11 +310,11 @@ class StreamStates:
             known = None  # another stream of the same name
         got: StreamState | None = None
         if count == 0:
-            got = StreamState(first, last)
+            got = StreamState(first, last, created=created_id(created))
         elif known is not None and first >= known.first_seq and last >= known.last_seq:
             kept = known.deleted[np.searchsorted(known.deleted, first) :]
             if kept.size == count:
-                got = StreamState(first, last, kept)
+                got = StreamState(first, last, kept, created_id(created))
         if got is None:
             self.detail_fetches += 1
             resp = await _stream_info(js, stream, details=True)

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 #: How often the service polls consumer lag (metrics, idle detection).
 LAG_POLL_SECONDS = 0.25
+#: How often each active writer checks that its stream is still the one its committed position
+#: counts in (`ConsumerWriter.check_stream`; one STREAM.INFO request each).
+STREAM_CHECK_SECONDS = 2.0
 #: At shutdown, the least time given to the lease releases, the ack flush and the close.
 CLOSE_FLOOR_SECONDS = 1.0
 
@@ -222,14 +225,29 @@ class LakeService:
             await asyncio.wait_for(nc.close(), max(0.1, end - time.monotonic()))
 
     async def _watch(self, stop_when_idle: bool, idle_seconds: float) -> None:
-        """Poll consumer lag (metric) and, when asked, stop once everything is stored.
+        """Poll consumer lag (metric) and, when asked, stop once everything is stored; every
+        `STREAM_CHECK_SECONDS`, check each active writer's stream.
 
         NATS not answering counts as not idle (warned once, then rate-limited); any other
         error ends the service.
+
+        Raises:
+            StreamMismatchError: a stream was deleted and created again (or NATS lost its
+                storage) under a running writer: the service stops.
         """
         idle_since: float | None = None
         retry = RetryLog(log, "lake serve: reading consumer lag")
+        checked = time.monotonic()
         while not self._stop.is_set():
+            if time.monotonic() - checked >= STREAM_CHECK_SECONDS:
+                checked = time.monotonic()
+                for w in self.writers:
+                    if not w.active:
+                        continue
+                    try:
+                        await w.check_stream()  # StreamMismatchError ends the service
+                    except TransientError as exc:  # NATS unreachable: the next round checks
+                        log.debug("stream check of %s failed: %s", w.target, exc)
             all_idle = answered = True
             for w in self.writers:
                 try:

@@ -281,7 +281,9 @@ class _Supervisor:
         log.warning("%s: restarting it in %g s", what, delay)
 
     def _send(self, signum: int) -> None:
-        self.forwarded.add(-signum)
+        # Killed by it before its handler (-signum), or its CLI turned it into the shell's
+        # 128 + signum (KeyboardInterrupt: 130): either way, stopped as asked.
+        self.forwarded.update({-signum, 128 + signum})
         for w in self.workers:
             if w.proc is not None and w.proc.poll() is None:
                 w.proc.send_signal(signum)

@@ -63,6 +63,7 @@ from iceberg_lake.engine.nats import (
     lease_key,
     message_sequences,
     reset_consumer,
+    stream_identity,
 )
 from iceberg_lake.engine.nats_pull import BatchPuller
 from iceberg_lake.exceptions import (
@@ -73,7 +74,7 @@ from iceberg_lake.exceptions import (
     TransientError,
     WriterFencedError,
 )
-from iceberg_lake.ingest import dead_letters
+from iceberg_lake.ingest import dead_letters, position
 from iceberg_lake.ingest.batch import MicroBatch
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
 from iceberg_lake.ingest.decode import TableCodec, codec_for
@@ -287,6 +288,14 @@ class ConsumerWriter:
             self.target_ids = [target]
         self.wm_key = f"{properties.WATERMARK_PREFIX}{self.stream}.{self.consumer}"
         self.pos_key = f"{properties.POSITION_PREFIX}{self.stream}.{self.consumer}"
+        self.created_key = f"{properties.STREAM_CREATED_PREFIX}{self.stream}.{self.consumer}"
+        #: The stream the committed position counts in (`ingest.position`): what the tables
+        #: recorded at `_load`, and the live stream's creation time once checked against it.
+        self.committed_stream = position.Committed(0, frozenset())
+        self.stream_created = ""
+        #: Last stream sequence reported as removed before it was committed.
+        self.removed_reported = 0
+        self._stream_missing = False
         self.tables: dict[str, Table] = {}
         self.codecs: dict[str, TableCodec] = {}
         self.decoder: Decoder | None = None
@@ -339,6 +348,10 @@ class ConsumerWriter:
             self.watermarks[tid] = int(props.get(self.wm_key, 0))
             positions.append(int(props.get(self.pos_key, 0)))
         self.position = max(positions)
+        self.committed_stream = position.committed(
+            [dict(t.properties) for t in self.tables.values()], self.stream, self.consumer
+        )
+        self.stream_created = ""  # checked against the live stream before reading
 
     def _build_codecs(self) -> None:
         with self._codec_lock:
@@ -407,6 +420,7 @@ class ConsumerWriter:
             with contextlib.suppress(Exception):
                 await self.psub.close()
             self.psub = None
+        await self.check_stream(start=True)
         await reset_consumer(self.js, self.target, self.position + 1)
         if self.nc is None:
             raise RuntimeError("ConsumerWriter needs a connection (nc=) to consume")
@@ -415,6 +429,58 @@ class ConsumerWriter:
         self.psub = puller
         self.max_sseq = self.position
         self.max_dseq = 0
+
+    async def check_stream(self, start: bool = False) -> None:
+        """Check that the stream is the one the committed position counts in.
+
+        At a (re)start, also report the messages the stream removed (its limits) after the
+        committed position before this writer read them: a WARNING with the range and
+        `metrics.REMOVED_BEFORE_COMMIT`.
+
+        Raises:
+            StreamMismatchError: the stream was deleted and created again, or NATS lost its
+                storage (see `ingest.position`).
+        """
+        live = await stream_identity(self.js, self.stream)
+        if live is None:  # creating the consumer fails and is retried
+            if not self._stream_missing:
+                self._stream_missing = True
+                log.warning("writer %s: stream %s does not exist", self.target, self.stream)
+            return
+        self._stream_missing = False
+        done = self.committed_stream
+        if self.stream_created and self.stream_created not in done.created:
+            # Commits since `_load` recorded the creation time checked before.
+            done = position.Committed(self.position, done.created | {self.stream_created})
+        done = position.Committed(max(done.position, self.position), done.created)
+        position.check(self.target, self.consumer, done, live)
+        if live.created and not done.created and done.position and not self.stream_created:
+            log.info(
+                "writer %s: position %d has no stream recorded; stream %s created %s holds "
+                "seq %d..%d: recorded with the next commit",
+                self.target,
+                done.position,
+                self.stream,
+                live.created,
+                live.first_seq,
+                live.last_seq,
+            )
+        self.stream_created = live.created
+        lo, hi = max(self.position, self.removed_reported) + 1, live.first_seq - 1
+        if start and hi >= lo:
+            self.removed_reported = hi
+            metrics.REMOVED_BEFORE_COMMIT.labels(self.consumer).inc(hi - lo + 1)
+            log.warning(
+                "writer %s: stream %s no longer holds seq %d..%d (%d sequences, removed by its "
+                "limits or a purge before this table committed them): any %s messages among "
+                "them are lost",
+                self.target,
+                self.stream,
+                lo,
+                hi,
+                hi - lo + 1,
+                self.filter_subject,
+            )
 
     async def close(self, timeout: float | None = None) -> None:
         """Unsubscribe the pull subscription (the consumer stays) and release the lease.
@@ -1053,6 +1119,8 @@ class ConsumerWriter:
                 else:
                     rows = self._prepare(tid, table, payload)
                 updates = {self.wm_key: str(seq)}
+                if self.stream_created:  # the stream `seq` counts in (`ingest.position`)
+                    updates[self.created_key] = self.stream_created
                 if last:
                     updates[self.pos_key] = str(seq)
                 summary = {

@@ -11,6 +11,10 @@ Series (label `table` is a table identifier, `consumer` a durable consumer name)
 * `lake_ingest_consumer_lag{consumer}` — messages in the stream not yet delivered (num_pending)
 * `lake_ingest_unknown_fields_total{table,field}` — events carrying a field the table lacks
 * `lake_ingest_skipped_total{consumer}` — redelivered messages skipped (already committed)
+* `lake_ingest_removed_before_commit_total{consumer}` — stream sequences the stream's limits (or a
+  purge) removed after the consumer's committed position before its writer read them: lost
+  unless another copy exists. Counted when a writer (re)starts; an upper bound on the
+  consumer's lost messages (some of the sequences may have been other subjects')
 * `lake_table_newest_event_timestamp_seconds{table,view}` — newest `ts_event_ns` (as Unix
   seconds) committed (`view="committed"`) and fetched and decoded by the writer (`view="live"`:
   the live view's newest while the writer keeps up; older when it lags, see consumer_lag)
@@ -79,6 +83,13 @@ UNKNOWN_FIELDS = Counter(
 SKIPPED = Counter(
     "lake_ingest_skipped",
     "Redelivered messages skipped because they were already committed.",
+    ["consumer"],
+    registry=REGISTRY,
+)
+REMOVED_BEFORE_COMMIT = Counter(
+    "lake_ingest_removed_before_commit",
+    "Stream sequences removed by the stream's limits or a purge after the consumer's committed "
+    "position, before its writer read them (some may have been other subjects').",
     ["consumer"],
     registry=REGISTRY,
 )

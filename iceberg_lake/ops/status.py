@@ -1,13 +1,17 @@
 """`lake status`: table health, JetStream consumer lag and dead-letter counts in one report.
 
 Tables come from catalog metadata only (snapshot summaries), so the report is cheap. Consumer lag
-is read from JetStream (`pending + ack pending` of each table's durable consumer). If NATS cannot
-be reached the report still lists the tables and says so.
+is read from JetStream (`pending + ack pending` of each table's durable consumer). Each consumer's
+committed position is checked against its stream (`ingest.position`): a stream deleted and
+created again, or one on a server that lost its storage, is flagged (`stream_error`), and its lag
+is then every message on the table's subject in that stream (none of them is stored). If NATS
+cannot be reached the report still lists the tables and says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -15,8 +19,16 @@ from typing import Any
 
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.config import Settings, redact, redact_url
-from iceberg_lake.engine.nats import connect, consumer_target, jetstream, stream_limit_warning
+from iceberg_lake.engine.nats import (
+    StreamIdentity,
+    connect,
+    consumer_target,
+    jetstream,
+    stream_identity,
+    stream_limit_warning,
+)
 from iceberg_lake.exceptions import LakeError
+from iceberg_lake.ingest import position
 
 DEAD_LETTERS_TABLE = "bronze.dead_letters"
 #: `lake status` warns when a table's newest event time is this far ahead of now; less is
@@ -66,10 +78,21 @@ class ConsumerStatus:
     redelivered: int = 0
     #: Set when the stream's max_age/max_bytes is about to discard messages not yet stored.
     warning: str | None = None
+    #: The committed position (watermark) of the consumer, and the stream's last sequence.
+    position: int = 0
+    stream_last_seq: int = 0
+    #: Set when the stream is not the one the position counts in (recreated, storage lost):
+    #: the writers refuse to start until `lake maintain reset-position`.
+    stream_error: str | None = None
+    #: With `stream_error`: the messages on the table's subject in the stream (none stored).
+    unstored: int | None = None
 
     @property
     def lag(self) -> int:
-        """Messages published and not yet stored: not delivered plus delivered but unacked."""
+        """Messages published and not yet stored: not delivered plus delivered but unacked
+        (with `stream_error`: every message on the subject in the stream)."""
+        if self.unstored is not None:
+            return max(self.unstored, self.pending + self.ack_pending)
         return self.pending + self.ack_pending
 
 
@@ -149,22 +172,36 @@ def fed_tables(catalog: LakeCatalog) -> list[str]:
     return sorted(out)
 
 
-async def _consumers(settings: Settings, tables: list[str], timeout: float) -> list[ConsumerStatus]:
+async def _consumers(
+    settings: Settings,
+    tables: list[str],
+    timeout: float,
+    committed: dict[str, position.Committed],
+) -> list[ConsumerStatus]:
     from nats.js.errors import NotFoundError
 
     nc = await connect(settings, name="lake-status", connect_timeout=timeout)
     try:
         js = jetstream(nc, settings, timeout=timeout)
         out = []
+        streams: dict[str, StreamIdentity | None] = {}
         for identifier in tables:
             stream, durable, subject = consumer_target(identifier)
+            if stream not in streams:
+                streams[stream] = await stream_identity(js, stream)
+            live = streams[stream]
+            done = committed.get(identifier, position.Committed(0, frozenset()))
+            problem = position.mismatch(identifier, durable, done, live)
+            unstored: int | None = None
+            if problem is not None:
+                info_s = await js.stream_info(stream, subjects_filter=subject)
+                unstored = int((info_s.state.subjects or {}).get(subject, 0))
             try:
                 info = await js.consumer_info(stream, durable)
             except NotFoundError:
-                out.append(ConsumerStatus(identifier, stream, durable, exists=False))
-                continue
-            out.append(
-                ConsumerStatus(
+                found = ConsumerStatus(identifier, stream, durable, exists=False)
+            else:
+                found = ConsumerStatus(
                     identifier,
                     stream,
                     durable,
@@ -174,22 +211,56 @@ async def _consumers(settings: Settings, tables: list[str], timeout: float) -> l
                     redelivered=int(info.num_redelivered or 0),
                     warning=await stream_limit_warning(js, stream, info, subject),
                 )
+            out.append(
+                dataclasses.replace(
+                    found,
+                    position=done.position,
+                    stream_last_seq=live.last_seq if live is not None else 0,
+                    stream_error=problem,
+                    unstored=unstored,
+                )
             )
         return out
     finally:
         await nc.close()
 
 
+def committed_positions(catalog: LakeCatalog, tables: list[str]) -> dict[str, position.Committed]:
+    """Each fed table's consumer's committed position and recorded stream (`ingest.position`)."""
+    existing = set(catalog.existing_tables())
+    dead = (
+        dict(catalog.load_table(DEAD_LETTERS_TABLE).properties)
+        if DEAD_LETTERS_TABLE in existing
+        else {}
+    )
+    out: dict[str, position.Committed] = {}
+    for identifier in tables:
+        if identifier not in existing:
+            continue
+        stream, durable, _ = consumer_target(identifier)
+        props = dict(catalog.load_table(identifier).properties)
+        out[identifier] = position.committed([props, dead], stream, durable)
+    return out
+
+
 def consumer_status(
-    settings: Settings, tables: list[str], timeout: float = 3.0
+    settings: Settings,
+    tables: list[str],
+    timeout: float = 3.0,
+    committed: dict[str, position.Committed] | None = None,
 ) -> tuple[list[ConsumerStatus], str]:
     """Lag of each table's durable consumer, and `ok` or why NATS could not be read.
+
+    `committed` (`committed_positions`): each table's committed position, checked against its
+    stream (`ConsumerStatus.stream_error`); without it only the lag is read.
 
     Never raises for an unreachable or misbehaving NATS: the reason is returned instead.
     """
     try:
         consumers = asyncio.run(
-            asyncio.wait_for(_consumers(settings, tables, timeout), timeout=timeout * 4)
+            asyncio.wait_for(
+                _consumers(settings, tables, timeout, committed or {}), timeout=timeout * 4
+            )
         )
     except (LakeError, OSError, TimeoutError) as exc:
         reason = redact(str(exc), settings) or (
@@ -219,7 +290,10 @@ def collect_status(
     """
     now = now or datetime.now(UTC)
     tables = [table_status(catalog, t, now) for t in catalog.existing_tables()]
-    consumers, nats_state = consumer_status(catalog.settings, fed_tables(catalog), nats_timeout)
+    fed = fed_tables(catalog)
+    consumers, nats_state = consumer_status(
+        catalog.settings, fed, nats_timeout, committed_positions(catalog, fed)
+    )
     tables = _with_freshness(catalog, tables, now, live=nats_state == "ok", timeout=nats_timeout)
     return LakeStatus(tables, consumers, dead_letter_counts(catalog), nats_state)
 

@@ -17,15 +17,20 @@ import logging
 from collections.abc import Sequence
 from types import TracebackType
 
-from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import DecimalType, DoubleType, FloatType, IcebergType, IntegerType, LongType
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import catalog_errors
-from iceberg_lake.engine.iceberg import PartitionReplacement
-from iceberg_lake.exceptions import CompactionError, SchemaChangeError, TimeTravelError
+from iceberg_lake.engine.iceberg import PartitionReplacement, require_properties
+from iceberg_lake.exceptions import (
+    CommitConflictError,
+    CompactionError,
+    SchemaChangeError,
+    TimeTravelError,
+)
 from iceberg_lake.schema.evolve import Change, WidenColumn, evolve_table
 from iceberg_lake.schema.names import NameHistory
 from iceberg_lake.silver.job import PartitionOutput
@@ -57,9 +62,12 @@ class SilverCommit:
         table_properties: table properties set in the same commit (e.g. the incremental mark).
         bronze: the Bronze table `snap` belongs to: its source tag is made before the commit
             (None: no tag; the expiry policy tags Silver's sources on its next run).
+        expected_properties: property values Silver must still have when the commit lands
+            (None: absent), e.g. the incremental mark the run planned from; None: no check.
 
     Raises:
-        CommitConflictError: (on exit) a concurrent commit touched the same partitions.
+        CommitConflictError: (on exit) a concurrent commit touched the same partitions, or
+            changed one of `expected_properties`.
         CompactionError: (on exit) the source snapshot was expired before it could be tagged.
     """
 
@@ -71,6 +79,7 @@ class SilverCommit:
         layout: Layout,
         table_properties: dict[str, str] | None = None,
         bronze: Table | None = None,
+        expected_properties: dict[str, str | None] | None = None,
     ) -> None:
         self.silver = silver
         self.bronze = bronze
@@ -82,6 +91,7 @@ class SilverCommit:
         #: The committed snapshot (None until a commit, or when there was nothing to commit).
         self.snapshot_id: int | None = None
         self._replacement = PartitionReplacement(silver, {})
+        self._replacement.expected_properties = expected_properties
 
     def add(self, output: PartitionOutput) -> None:
         """Replace `output.part`'s current Silver files with `output.files`."""
@@ -150,12 +160,29 @@ class SilverCommit:
         return snapshot_id
 
 
-def advance_mark(silver: Table, marks: dict[str, str]) -> None:
-    """Set the incremental mark without a snapshot (best effort: the next run redoes it)."""
+def advance_mark(
+    silver: Table, marks: dict[str, str], expected: dict[str, str | None] | None = None
+) -> None:
+    """Set the incremental mark without a snapshot (best effort: the next run redoes it).
+
+    `expected`: the mark as the run read it (None: absent). The update is a compare-and-swap
+    on it, checked again on pyiceberg's own conflict retry, so a mark another run lowered
+    meanwhile (a pinned run, `mark_for_pin`) is never raised over.
+
+    Raises:
+        CommitConflictError: the mark is no longer `expected` (plan again).
+    """
     try:
         with catalog_errors(f"updating {table_name(silver)}"):
             with silver.transaction() as tx:
+                if expected is not None:
+                    require_properties(tx, expected)
                 tx.set_properties(marks)
+    except ValidationException as exc:
+        silver.refresh()
+        raise CommitConflictError(
+            f"{table_name(silver)}: the incremental mark changed meanwhile ({exc})"
+        ) from exc
     except CommitFailedException:
         silver.refresh()
 
@@ -245,7 +272,9 @@ def lower_mark(bronze: Table, silver: Table, snap: Snapshot, attempts: int = 4) 
     For writers that cannot set it in their own commit (Spark's partition overwrite): called
     before the write, so no moment has older Silver content under a newer mark, and again after
     it, in case an incremental run raised the mark in between. A lower mark is always safe: it
-    only makes the next incremental run look at more. Re-reads the mark on a lost race.
+    only makes the next incremental run look at more. The update is a compare-and-swap on the
+    mark it read, so it never raises a mark another run lowered further meanwhile; it re-reads
+    the mark on a lost race.
 
     Raises:
         CompactionError: every attempt lost a race with another commit.
@@ -254,11 +283,13 @@ def lower_mark(bronze: Table, silver: Table, snap: Snapshot, attempts: int = 4) 
         marks = mark_for_pin(bronze, silver, snap)
         if not marks:
             return
+        read = silver.properties.get(P.SILVER_INCREMENTAL_SOURCE)
         try:
             with catalog_errors(f"updating {table_name(silver)}"):
                 with silver.transaction() as tx:
+                    require_properties(tx, {P.SILVER_INCREMENTAL_SOURCE: read})
                     tx.set_properties(marks)
             return
-        except CommitFailedException:
+        except (CommitFailedException, ValidationException):
             silver.refresh()
     raise CompactionError(f"{table_name(silver)}: could not lower the incremental mark")

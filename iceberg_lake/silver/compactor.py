@@ -353,6 +353,9 @@ class SilverCompactor:
                 return [_empty(definition, snap)]
             groups = group_by_day(parts, layout) if by_day else {None: parts}
             lowered = mark_for_pin(bronze, silver, snap)
+            # No compare-and-swap here: lowering is always safe, and a mark raised meanwhile
+            # past this pin came with a rewrite of any partition that changed, which this
+            # run's commit then conflicts with (its replaced files are gone).
             try:
                 return [
                     self._run(
@@ -376,6 +379,9 @@ class SilverCompactor:
                 return _empty(definition, None)
             mark = silver.properties.get(P.SILVER_INCREMENTAL_SOURCE)
             marks = {P.SILVER_INCREMENTAL_SOURCE: str(snap.snapshot_id)}
+            # The mark is raised only if it is still the one read (compare-and-swap): a pinned
+            # run (`mark_for_pin`) may lower it while this run plans, and must not be undone.
+            read: dict[str, str | None] = {P.SILVER_INCREMENTAL_SOURCE: mark}
             if mark == str(snap.snapshot_id):
                 return _unchanged(definition, snap)
             layout = layout_of(bronze, silver)
@@ -391,7 +397,12 @@ class SilverCompactor:
                     "%s: no usable incremental mark, checking every partition", table_name(silver)
                 )
             elif not changed:
-                advance_mark(silver, marks)
+                try:
+                    advance_mark(silver, marks, read)
+                except CommitConflictError:
+                    if attempt == self.max_attempts:
+                        raise
+                    continue
                 return _unchanged(definition, snap)
             else:
                 row_filter = cover(layout, [Record(*pid) for pid in changed])
@@ -402,14 +413,25 @@ class SilverCompactor:
                 parts = {k: v for k, v in parts.items() if k in changed}
             try:
                 res = self._run(
-                    definition, bronze, silver, snap, layout, parts, marks, history=history
+                    definition,
+                    bronze,
+                    silver,
+                    snap,
+                    layout,
+                    parts,
+                    marks,
+                    history=history,
+                    expected=read,
                 )
+                if res.silver_snapshot_id is None:
+                    advance_mark(silver, marks, read)
             except CommitConflictError:
                 if attempt == self.max_attempts:
                     raise
+                log.warning(
+                    "%s: concurrent commit, re-planning (attempt %d)", table_name(silver), attempt
+                )
                 continue
-            if res.silver_snapshot_id is None:
-                advance_mark(silver, marks)
             return res.with_date(None)
         raise AssertionError("unreachable")
 
@@ -425,12 +447,15 @@ class SilverCompactor:
         *,
         history: BronzeHistory | None = None,
         every_commit: dict[str, str] | None = None,
+        expected: dict[str, str | None] | None = None,
     ) -> CompactionResult:
         """Compact the partitions that changed and commit them; return the result.
 
         `table_properties` are set by the last commit of the run (an advanced incremental mark
         holds only once every partition is in); `every_commit` by each commit (a lowered mark
         must hold as soon as the first partition is rewritten from an older snapshot).
+        `expected`: property values each commit requires (compare-and-swap; the run's own
+        commits carry them forward), else `CommitConflictError`.
         """
         started = time.perf_counter()
         history = history or BronzeHistory(bronze, PartitionMap(bronze, layout).of_file)
@@ -455,7 +480,9 @@ class SilverCompactor:
         for n, chunk in enumerate(chunks, start=1):
             marks = {**(every_commit or {}), **(table_properties if n == len(chunks) else {})}
             groups = query_groups(chunk, self.rows_per_query, self.workers)
-            with SilverCommit(silver, definition, snap, layout, marks, bronze) as commit:
+            with SilverCommit(
+                silver, definition, snap, layout, marks, bronze, expected_properties=expected
+            ) as commit:
                 with ThreadPoolExecutor(max_workers=self.workers) as pool:
                     for outputs in pool.map(job.compact_group, groups):
                         for out in outputs:
@@ -468,6 +495,8 @@ class SilverCompactor:
                         self._report(silver, done, total)
             if commit.snapshot_id is not None:
                 snapshot_ids.append(commit.snapshot_id)
+                if expected is not None:  # this run's own commit moved them
+                    expected = {k: marks.get(k, v) for k, v in expected.items()}
         return CompactionResult(
             status="success" if replaced else "unchanged",
             table=f"{SILVER}.{definition.name}",

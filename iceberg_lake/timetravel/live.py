@@ -65,7 +65,13 @@ from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine import filters
 from iceberg_lake.engine.iceberg import column_bounds, partition_field_bounds
-from iceberg_lake.engine.nats import INFERRED_TARGET, consumer_target, stream_for_subject
+from iceberg_lake.engine.nats import (
+    INFERRED_TARGET,
+    StreamIdentity,
+    consumer_target,
+    stream_for_subject,
+    stream_identity,
+)
 from iceberg_lake.engine.nats_tail import (
     StreamStates,
     TailFollower,
@@ -80,6 +86,7 @@ from iceberg_lake.engine.nats_tail import (
     stream_first_seq,
 )
 from iceberg_lake.exceptions import TimeTravelError
+from iceberg_lake.ingest import position
 from iceberg_lake.ingest.decode import codec_for
 from iceberg_lake.ingest.routing import BronzeDecoder, Decoder, GoldDecoder, InferredDecoder
 from iceberg_lake.silver.dedup import quote_ident
@@ -304,10 +311,14 @@ class LiveRange:
     gaps: tuple[tuple[int, int], ...] = ()
     unlisted_gaps: int = 0
     unlisted_removed: int = 0
+    stream_error: str | None = None
 
     @property
     def warning(self) -> str | None:
-        """One line when the stream removed messages the live view may lack (else None)."""
+        """One line when the stream removed messages the live view may lack, or is not the
+        stream the watermark counts in (else None)."""
+        if self.stream_error is not None:
+            return self.stream_error
         if self.removed is None:
             return None
         return removed_warning(
@@ -330,6 +341,8 @@ class LiveRange:
                 f" + inferred seq {self.inferred_after + 1}..{self.inferred_last_seq} "
                 f"({self.inferred_rows} rows)"
             )
+        if self.stream_error is not None:
+            return f"{self.table}@{snap} + no tail ({self.stream} was recreated: see the warning)"
         if self.last_seq <= self.watermark:
             empty = f"{self.stream} seq >{self.watermark} (empty tail)"
             return f"{self.table}@{snap} + {empty}{inferred}"
@@ -434,6 +447,9 @@ class TailSource:
         self.stream = stream_for_subject(self.subject)
         key = f"{properties.WATERMARK_PREFIX}{self.stream}.{self.consumer}"
         self.watermark = int(table.properties.get(key, 0))
+        #: The stream the watermark counts in ("" before it was recorded; `ingest.position`).
+        created_key = f"{properties.STREAM_CREATED_PREFIX}{self.stream}.{self.consumer}"
+        self.stream_created = table.properties.get(created_key, "")
         schema = table.schema()
         self.schema_id = schema.schema_id
         codec = codec_for(self.identifier, table, definition.partition_key)
@@ -454,6 +470,15 @@ class TailSource:
             self.inferred_committed = inf_key in table.properties
             self.inferred_watermark = int(table.properties.get(inf_key, 0))
             self.inferred = InferredDecoder({definition.schema_name: codec}, set(mapped_subjects))
+
+    def stream_mismatch(self, created: str, first_seq: int, last_seq: int) -> str | None:
+        """Why the stream (its creation time and sequences now) is not the one the watermark
+        counts in: it was deleted and created again, or NATS lost its storage (None: it is)."""
+        done = position.Committed(
+            self.watermark, frozenset([self.stream_created] if self.stream_created else [])
+        )
+        live = StreamIdentity(self.stream, created, first_seq, last_seq)
+        return position.mismatch(self.identifier, self.consumer, done, live)
 
     def decode(self, messages: Sequence[TailMessage], recv_ns: int | None = None) -> pa.Table:
         """The rows of `messages` as the writer would store them (rejected ones left out).
@@ -506,6 +531,8 @@ class _TailCache:
         self.msg_seqs = np.zeros(0, dtype=np.int64)
         #: Runs of stream sequences after `after` the stream removed before they were read.
         self.log = GapLog()
+        #: Set when the stream is not the one the watermark counts in (no tail is read).
+        self.stream_error: str | None = None
 
     @property
     def gaps(self) -> list[tuple[int, int]]:
@@ -587,6 +614,13 @@ async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, in
         # each query looks again at the removed runs beyond `upto`: `GapLog.add` counts none
         # twice.
         state = await loop.states.get(js, src.stream)
+        problem = src.stream_mismatch(state.created, state.first_seq, state.last_seq)
+        if problem is not None:
+            # Its sequences are another stream's: none of them is the tail (at least warn).
+            cache = _TailCache(src.watermark, src.schema_id, src.arrow_schema)
+            cache.stream_error = f"{problem} (the live view holds the table's snapshot only)"
+            loop.tails[src.identifier] = cache
+            return src.watermark
         skipped = skipped_runs(before, [m.seq for m in msgs], state.last_seq)
         cache.note_removed(state.removed_in(skipped))
         rows, seqs = src.decode_with_seqs(msgs)
@@ -991,6 +1025,7 @@ def create_live_views(
                 gaps=tuple(_merge_runs([r for log in logs for r in log.runs])),
                 unlisted_gaps=sum(log.more_runs for log in logs),
                 unlisted_removed=sum(log.more_seqs for log in logs),
+                stream_error=tails[ident].stream_error,
             )
         with catalog_errors(f"opening {ident}"):
             con.execute(f"CREATE OR REPLACE VIEW {ns}.{quote_ident(name)} AS {sql}")
@@ -1087,7 +1122,12 @@ async def _tail_newest(
     """
     js = await loop.js()
     msg = await last_subject_msg(js, src.stream, src.subject)
-    first = await stream_first_seq(js, src.stream)
+    live = await stream_identity(js, src.stream)
+    first = live.first_seq if live is not None else 0
+    if live is not None:
+        problem = src.stream_mismatch(live.created, live.first_seq, live.last_seq)
+        if problem is not None:
+            return None, f"{problem} (the live view holds the table's snapshot only)"
     removed = removed_range(src.watermark, first)
     newest: list[int] = []
     if msg is not None and msg.seq > src.watermark:
@@ -1448,6 +1488,16 @@ class LiveTail:
 
         async def setup() -> dict[str, int] | None:
             js = await loop.js()
+            streams = {src.stream for _, src, _ in self.sources}
+            live = {s: await stream_identity(js, s) for s in sorted(streams)}
+            for _, src, _ in self.sources:
+                now = live[src.stream]
+                problem = (
+                    src.stream_mismatch(now.created, now.first_seq, now.last_seq) if now else None
+                )
+                if problem is not None:
+                    # Its sequences are another stream's: the tail cannot continue the history.
+                    raise TimeTravelError(f"live replay: {problem}")
             for _, src, _ in self.sources:
                 followers[src.identifier] = TailFollower(js, src.stream, src.subject, src.watermark)
             ends = None if self.follow else await fix_ends(js)

@@ -1,0 +1,171 @@
+"""The incremental mark under concurrent Silver runs: a compare-and-swap on the mark read.
+
+A run pinned to an older Bronze snapshot (`--as-of`) lowers the incremental mark so the next
+incremental run catches up (docs/silver.md). When it commits while an incremental run is between
+its planning and its own commit, the incremental run must not raise the mark over it (pyiceberg's
+conflict retry would re-apply the property): its commit requires the mark it read, fails, and the
+run plans again from the lowered mark. A real lake (SQLite catalog, local warehouse), the pinned
+run injected at the incremental run's commit. Budget: ~6 s, no servers.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_silver_evolution import (
+    BRONZE,
+    DAY,
+    MIN_NS,
+    SILVER,
+    T0,
+    TRADES,
+    append,
+    expected,
+    silver_rows,
+    trade,
+)
+
+from iceberg_lake import properties as P
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.config import load_settings
+from iceberg_lake.exceptions import CommitConflictError
+from iceberg_lake.ops.maintenance import TableMaintenance
+from iceberg_lake.silver import commit as silver_commit
+from iceberg_lake.silver import compactor as silver_compactor
+from iceberg_lake.silver.commit import advance_mark, lower_mark
+from iceberg_lake.silver.compactor import SilverCompactor
+
+pytestmark = pytest.mark.integration
+
+
+def _mark(lake: LakeCatalog) -> str | None:
+    return lake.load_table(SILVER).properties.get(P.SILVER_INCREMENTAL_SOURCE)
+
+
+def _current(lake: LakeCatalog, identifier: str = BRONZE) -> int:
+    snap = lake.load_table(identifier).current_snapshot()
+    assert snap is not None
+    return snap.snapshot_id
+
+
+def _lake(tmp_path: Path) -> tuple[LakeCatalog, int, list[dict[str, Any]]]:
+    """SPY and QQQ at s1, more SPY after; Silver compacted incrementally up to date."""
+    lake = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(tmp_path / "data")}))
+    lake.init()
+    first = [trade(T0 + i * MIN_NS, seq=i, sym="SPY") for i in range(5)]
+    first += [trade(T0 + i * MIN_NS, seq=100 + i, sym="QQQ") for i in range(5)]
+    append(lake.load_table(BRONZE), first)
+    s1 = _current(lake)
+    with SilverCompactor(lake) as c:
+        assert c.compact_incremental([TRADES])[0].status == "success"
+    later = [trade(T0 + 30 * MIN_NS + i, seq=200 + i, sym="SPY") for i in range(5)]
+    append(lake.load_table(BRONZE), later)
+    with SilverCompactor(lake) as c:
+        assert c.compact_incremental([TRADES])[0].status == "success"
+    assert _mark(lake) == str(_current(lake))
+    return lake, s1, first + later
+
+
+def _pinned_run_inside(
+    monkeypatch: pytest.MonkeyPatch, lake: LakeCatalog, s1: int, target: Any, name: str
+) -> list[str | None]:
+    """Make `target.name` first run an operator's SPY run pinned to `s1`; return the marks seen."""
+    real = getattr(target, name)
+    seen: list[str | None] = []
+    started: list[bool] = []
+
+    def interleaved(*args: Any, **kwargs: Any) -> Any:
+        if not started:  # once (the pinned run commits through the same function)
+            started.append(True)
+            with SilverCompactor(lake) as other:
+                res = other.compact_date(DAY, TRADES, partition_value="SPY", as_of=s1)
+            assert res.status == "success"
+            seen.append(_mark(lake))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, interleaved)
+    return seen
+
+
+def test_a_pinned_run_at_the_incremental_commit_is_caught_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake, s1, rows = _lake(tmp_path)
+    more = [trade(T0 + 40 * MIN_NS + i, seq=300 + i, sym="QQQ") for i in range(5)]
+    append(lake.load_table(BRONZE), more)  # the incremental run has QQQ to compact
+    seen = _pinned_run_inside(monkeypatch, lake, s1, silver_commit.SilverCommit, "commit")
+    with SilverCompactor(lake) as c:
+        res = c.compact_incremental([TRADES])[0]
+    monkeypatch.undo()
+    assert seen == [str(s1)]  # the pinned run lowered the mark before the incremental commit
+    # The incremental commit failed its compare-and-swap and re-planned from s1: SPY caught up.
+    assert res.status == "success" and sorted(res.replaced_partitions) == [
+        ["QQQ", "2025-12-16T14"],
+        ["SPY", "2025-12-16T14"],
+    ]
+    assert _mark(lake) == str(_current(lake))
+    assert silver_rows(lake) == expected(rows + more)
+    with SilverCompactor(lake) as c:
+        assert c.compact_incremental([TRADES])[0].status == "unchanged"
+
+
+def test_a_pinned_run_before_the_mark_advances_is_caught_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake, s1, rows = _lake(tmp_path)
+    # Only a Bronze rewrite since the mark: the incremental run just advances the mark.
+    append(lake.load_table(BRONZE), [rows[0]])  # a redelivered duplicate: a second small file
+    with SilverCompactor(lake) as c:
+        c.compact_incremental([TRADES])
+    done = TableMaintenance(lake, BRONZE).compact_files(
+        older_than=timedelta(hours=1), now=datetime(2025, 12, 17, tzinfo=UTC)
+    )
+    assert done.snapshot_id is not None
+    seen = _pinned_run_inside(monkeypatch, lake, s1, silver_compactor, "advance_mark")
+    with SilverCompactor(lake) as c:
+        res = c.compact_incremental([TRADES])[0]
+    monkeypatch.undo()
+    assert seen == [str(s1)]
+    assert res.status == "success" and res.replaced_partitions == [["SPY", "2025-12-16T14"]]
+    assert _mark(lake) == str(_current(lake))
+    assert silver_rows(lake) == expected(rows)
+
+
+def test_advance_and_lower_mark_are_compare_and_swap(tmp_path: Path) -> None:
+    """A stale table object (the mark read before another run's commit) cannot move the mark."""
+    lake, s1, _rows = _lake(tmp_path)
+    current = str(_current(lake))
+    stale = lake.load_table(SILVER)
+    advance_mark(
+        lake.load_table(SILVER),
+        {P.SILVER_INCREMENTAL_SOURCE: str(s1)},
+        {P.SILVER_INCREMENTAL_SOURCE: current},
+    )
+    with pytest.raises(CommitConflictError, match="incremental mark changed"):
+        advance_mark(
+            stale, {P.SILVER_INCREMENTAL_SOURCE: current}, {P.SILVER_INCREMENTAL_SOURCE: current}
+        )
+    assert _mark(lake) == str(s1)
+
+    # Spark's metadata-only lowering (`lower_mark`) never raises a mark lowered meanwhile.
+    append(lake.load_table(BRONZE), [trade(T0 + 50 * MIN_NS, seq=400)])
+    s3 = str(_current(lake))
+    advance_mark(
+        lake.load_table(SILVER),
+        {P.SILVER_INCREMENTAL_SOURCE: s3},
+        {P.SILVER_INCREMENTAL_SOURCE: str(s1)},
+    )
+    stale = lake.load_table(SILVER)  # reads s3
+    advance_mark(
+        lake.load_table(SILVER),
+        {P.SILVER_INCREMENTAL_SOURCE: str(s1)},
+        {P.SILVER_INCREMENTAL_SOURCE: s3},
+    )
+    bronze = lake.load_table(BRONZE)
+    s2 = bronze.snapshot_by_id(int(current))
+    assert s2 is not None
+    lower_mark(bronze, stale, s2)  # s2 is older than s3 (what `stale` read), newer than s1
+    assert _mark(lake) == str(s1)

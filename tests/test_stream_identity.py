@@ -1,0 +1,331 @@
+"""A recreated stream (or NATS storage lost) never loses events silently; stream limits below
+the duplicate window are refused in one line; messages removed before they were committed are
+logged and counted. Real nats-server; counts read with pyiceberg/pyarrow, not the lake's code.
+
+Budget: about 25 s (three `lake serve` processes, the rest in-process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from ingest_support import (
+    LAKE,
+    encode,
+    make_event,
+    publish,
+    run_until_idle,
+    settings_env,
+    settings_for,
+    start_serve,
+    wait_stream,
+)
+from support.wait import wait_until
+
+from iceberg_lake import properties
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.config import Settings, load_settings
+from iceberg_lake.engine import nats as bus
+from iceberg_lake.engine.nats_tail import _stream_info
+from iceberg_lake.exceptions import (
+    ConfigError,
+    LakeError,
+    StreamMismatchError,
+    TimeTravelError,
+)
+from iceberg_lake.ops import metrics
+from iceberg_lake.ops.status import collect_status
+from iceberg_lake.testing import NatsServer
+from iceberg_lake.timetravel.query import Lake
+from iceberg_lake.timetravel.replay import ReplayEngine
+
+pytestmark = pytest.mark.integration
+
+TABLE = "bronze.stocks_trades"
+CONSUMER = "lake_bronze_stocks_trades"
+SUBJECT = "market.stocks.trades"
+WM_KEY = f"{properties.WATERMARK_PREFIX}MARKET.{CONSUMER}"
+CREATED_KEY = f"{properties.STREAM_CREATED_PREFIX}MARKET.{CONSUMER}"
+
+
+def trades(lo: int, hi: int) -> list[tuple[str, bytes, None]]:
+    return [(SUBJECT, encode(make_event(TABLE, i)), None) for i in range(lo, hi)]
+
+
+def stored_seqs(settings: Settings) -> collections.Counter[int]:
+    """`seq` of every row of the table: data files from pyiceberg's plan, read by pyarrow."""
+    table = LakeCatalog(settings).load_table(TABLE)
+    out: collections.Counter[int] = collections.Counter()
+    for task in table.scan().plan_files():
+        with table.io.new_input(task.file.file_path).open() as f:
+            out.update(pq.read_table(f, columns=["seq"]).column("seq").to_pylist())
+    return out
+
+
+def props(settings: Settings) -> dict[str, str]:
+    """The table's properties ({} until `lake serve` created it)."""
+    catalog = LakeCatalog(settings)
+    if TABLE not in catalog.existing_tables():
+        return {}
+    return dict(catalog.load_table(TABLE).properties)
+
+
+async def _recreate_market(settings: Settings) -> None:
+    nc = await bus.connect(settings)
+    try:
+        js = bus.jetstream(nc, settings)
+        await js.delete_stream(bus.MARKET_STREAM)
+        await bus.ensure_streams(js, settings)
+    finally:
+        await nc.close()
+
+
+def recreate_market(settings: Settings) -> None:
+    """What an operator (or a NATS server that lost its storage) does: MARKET starts over."""
+    asyncio.run(_recreate_market(settings))
+
+
+def lake_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
+    env.update(settings_env(settings))
+    return subprocess.run(
+        [LAKE, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_stream_created_changes_when_recreated(tmp_path: Path, nats: NatsServer) -> None:
+    """Guard: nats-py's public `StreamInfo.created` names the stream, and a stream deleted and
+    created again gets another one; the server's own text gives the same identity."""
+    settings = settings_for(tmp_path, nats.url)
+
+    async def go() -> tuple[str, str, str, str]:
+        nc = await bus.connect(settings)
+        try:
+            js = bus.jetstream(nc, settings)
+            await bus.ensure_streams(js, settings)
+            first = await bus.stream_identity(js, bus.MARKET_STREAM)
+            raw = (await _stream_info(js, bus.MARKET_STREAM, details=False))["created"]
+            await js.delete_stream(bus.MARKET_STREAM)
+            assert await bus.stream_identity(js, bus.MARKET_STREAM) is None
+            await bus.ensure_streams(js, settings)
+            second = await bus.stream_identity(js, bus.MARKET_STREAM)
+            assert first is not None and second is not None
+            return first.created, bus.created_id(raw), second.created, raw
+        finally:
+            await nc.close()
+
+    first, from_raw, second, raw = asyncio.run(go())
+    assert first and first.endswith("Z") and len(first) == len("2026-01-01T00:00:00.000000Z")
+    assert first == from_raw, raw
+    assert second != first
+
+
+def test_recreated_stream_stops_serve_and_reset_position_recovers(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    settings = settings_for(tmp_path, nats.url, LAKE_BRONZE_BATCH_SECONDS="0.2")
+    publish(settings, trades(0, 300))
+    log = tmp_path / "serve.log"
+    proc = start_serve(settings, log, "--tables", "stocks_trades")
+    try:
+        wait_until(lambda: props(settings).get(WM_KEY) == "300", 60, "300 committed", alive=proc)
+        old_created = props(settings)[CREATED_KEY]
+        recreate_market(settings)
+        publish(settings, trades(300, 500))  # seq 1..200 of the new stream
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert code != 0, text[-2000:]
+    assert "Traceback" not in text
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "lake maintain reset-position" in errors[0], text[-2000:]
+    assert "was created at" in errors[0]
+    assert sorted(stored_seqs(settings)) == list(range(300))  # nothing skipped, nothing new
+
+    # Status flags it: the whole new stream is unstored.
+    report = collect_status(LakeCatalog(settings))
+    (consumer,) = [c for c in report.consumers if c.table == TABLE]
+    assert consumer.stream_error and "reset-position" in consumer.stream_error
+    assert (consumer.lag, consumer.position, consumer.stream_last_seq) == (200, 300, 200)
+
+    # A live query does not present the new stream's messages as the tail, nor an empty one.
+    with Lake(settings) as lake:
+        count = lake.query(f"SELECT count(*) AS n FROM {TABLE}", live=True).to_pylist()[0]["n"]
+        rng = lake.last_live[TABLE]
+    assert count == 300
+    assert rng.warning and "recreated" not in rng.warning and "reset-position" in rng.warning
+    assert "empty tail" not in rng.describe() and "recreated" in rng.describe()
+
+    # A live replay refuses in one line rather than continue the history with the new stream.
+    engine = ReplayEngine(settings, [TABLE], 0, 2**62, pin=False, live=True)
+    with pytest.raises(TimeTravelError, match="live replay: .*reset-position"):
+        list(engine.all_events())
+
+    # A restart refuses too, until the documented reset.
+    again = lake_cli(settings, "serve", "--tables", "stocks_trades", "--until-idle")
+    assert again.returncode == 1 and "reset-position" in again.stderr, again.stderr[-2000:]
+    reset = lake_cli(settings, "maintain", "reset-position")
+    assert reset.returncode == 0, reset.stderr
+    assert "bronze.stocks_trades: position 300" in reset.stdout, reset.stdout
+    assert props(settings)[CREATED_KEY] != old_created
+    assert props(settings)[WM_KEY] == "0"
+    # A second reset finds nothing to do (it would store the new stream twice).
+    assert "nothing to do" in lake_cli(settings, "maintain", "reset-position").stdout
+
+    done = lake_cli(settings, "serve", "--tables", "stocks_trades", "--until-idle")
+    assert done.returncode == 0, done.stderr[-2000:]
+    seqs = stored_seqs(settings)
+    assert sorted(seqs) == list(range(500)), "every event stored exactly once"
+    assert props(settings)[WM_KEY] == "200"
+
+
+def test_old_watermark_without_stream_resumes_and_a_lost_stream_is_refused(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    settings = settings_for(tmp_path, nats.url)
+    publish(settings, trades(0, 100))
+    wait_stream(settings, "MARKET", 100)
+    run_until_idle(settings, [TABLE])
+    catalog = LakeCatalog(settings)
+    created = props(settings)[CREATED_KEY]
+
+    def forget_stream() -> None:  # a watermark committed by an older version
+        with catalog.load_table(TABLE).transaction() as tx:
+            tx.remove_properties(CREATED_KEY)
+
+    forget_stream()
+    publish(settings, trades(100, 150))
+    wait_stream(settings, "MARKET", 150)
+    run_until_idle(settings, [TABLE])
+    assert sorted(stored_seqs(settings)) == list(range(150))
+    assert props(settings)[CREATED_KEY] == created  # adopted with the next commit
+
+    forget_stream()
+    recreate_market(settings)
+    publish(settings, trades(150, 170))  # the new stream ends at seq 20 < position 150
+    wait_stream(settings, "MARKET", 20)
+    with pytest.raises(StreamMismatchError, match="below the committed position 150"):
+        run_until_idle(settings, [TABLE])
+    assert sorted(stored_seqs(settings)) == list(range(150))
+
+
+def test_removed_before_commit_is_logged_and_counted(
+    tmp_path: Path, nats: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(tmp_path, nats.url)
+    publish(settings, trades(0, 100))
+    wait_stream(settings, "MARKET", 100)
+    run_until_idle(settings, [TABLE])
+    publish(settings, trades(100, 200))  # seq 101..200
+    wait_stream(settings, "MARKET", 200)
+
+    async def purge() -> None:  # what max_age/max_bytes do while no writer runs
+        nc = await bus.connect(settings)
+        try:
+            await bus.jetstream(nc, settings).purge_stream(bus.MARKET_STREAM, seq=151)
+        finally:
+            await nc.close()
+
+    asyncio.run(purge())
+
+    def removed() -> float:
+        labels = {"consumer": CONSUMER}
+        name = "lake_ingest_removed_before_commit_total"
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = removed()
+    with caplog.at_level(logging.WARNING, logger="iceberg_lake.ingest.writer"):
+        run_until_idle(settings, [TABLE])
+    lines = [r.getMessage() for r in caplog.records if "no longer holds" in r.getMessage()]
+    assert len(lines) == 1 and "seq 101..150 (50 sequences" in lines[0], lines
+    assert removed() - before == 50
+    assert sorted(stored_seqs(settings)) == list(range(100)) + list(range(150, 200))
+
+
+def test_max_age_below_duplicate_window_is_one_line(tmp_path: Path, nats: NatsServer) -> None:
+    with pytest.raises(ConfigError, match="LAKE_STREAM_MAX_AGE .6 s. must be at least"):
+        load_settings({"LAKE_DATA_DIR": str(tmp_path), "LAKE_STREAM_MAX_AGE": "6"})
+    assert load_settings(
+        {
+            "LAKE_DATA_DIR": str(tmp_path),
+            "LAKE_STREAM_MAX_AGE": "6",
+            "LAKE_STREAM_DUPLICATE_WINDOW_SECONDS": "6",
+        }
+    ).stream_max_age == pytest.approx(6)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
+    env.update(LAKE_DATA_DIR=str(tmp_path / "lake"), LAKE_STREAM_MAX_AGE="6")
+    out = subprocess.run(
+        [LAKE, "serve", "--until-idle"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and "LAKE_STREAM_MAX_AGE" in out.stderr, out.stderr
+
+    # The server's refusals are no longer taken for a race (a window above max_age).
+    settings = settings_for(tmp_path, nats.url)
+    bad = dataclasses.replace(settings, stream_max_age=6.0)  # past validation
+
+    async def create() -> None:
+        nc = await bus.connect(bad)
+        try:
+            await bus.ensure_streams(bus.jetstream(nc, bad), bad)
+        finally:
+            await nc.close()
+
+    with pytest.raises(LakeError, match="NATS refused to create stream MARKET: duplicate"):
+        asyncio.run(create())
+
+    # An existing stream whose window exceeds a new, valid max_age gets the configured window.
+    asyncio.run(_ensure(settings))  # the default 120 s window, no max_age
+    short = settings_for(
+        tmp_path, nats.url, LAKE_STREAM_MAX_AGE="30", LAKE_STREAM_DUPLICATE_WINDOW_SECONDS="10"
+    )
+    config = asyncio.run(_ensure(short))
+    assert (config.max_age, config.duplicate_window) == (30, 10)
+
+
+async def _ensure(settings: Settings) -> Any:
+    """`ensure_streams`; MARKET's config after it."""
+    nc = await bus.connect(settings)
+    try:
+        js = bus.jetstream(nc, settings)
+        await bus.ensure_streams(js, settings)
+        return (await js.stream_info(bus.MARKET_STREAM)).config
+    finally:
+        await nc.close()
+
+
+def test_mismatch_rules() -> None:
+    """`ingest.position.mismatch`: another creation time in ANY table of the consumer (a reset
+    interrupted halfway), or a last sequence below the position; an unknown creation time is
+    checked by the sequence only; a missing stream is left to the consumer's creation."""
+    from iceberg_lake.ingest.position import Committed, mismatch
+
+    a, b = "2026-01-01T00:00:00.000001Z", "2026-01-01T00:00:00.000002Z"
+
+    def live(created: str, last: int) -> bus.StreamIdentity:
+        return bus.StreamIdentity("MARKET", created, 1, last)
+
+    assert mismatch(TABLE, CONSUMER, Committed(10, frozenset([a])), live(a, 10)) is None
+    assert "created at" in (
+        mismatch(TABLE, CONSUMER, Committed(5, frozenset([a])), live(b, 50)) or ""
+    )
+    assert mismatch(TABLE, CONSUMER, Committed(0, frozenset([a, b])), live(b, 50)) is not None
+    assert mismatch(TABLE, CONSUMER, Committed(10, frozenset()), live(b, 10)) is None  # adopted
+    assert "below the committed position 10" in (
+        mismatch(TABLE, CONSUMER, Committed(10, frozenset()), live(b, 9)) or ""
+    )
+    assert mismatch(TABLE, CONSUMER, Committed(10, frozenset([a])), live("", 10)) is None
+    assert mismatch(TABLE, CONSUMER, Committed(10, frozenset([a])), live("", 9)) is not None
+    assert mismatch(TABLE, CONSUMER, Committed(10, frozenset([a])), None) is None
