@@ -55,6 +55,15 @@ def redact_url(url: str) -> str:
     """
     if "," in url and "://" in url:
         return ",".join(redact_url(part) for part in url.split(","))
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        # Everything up to the LAST `@` is user info: a password with an unencoded `/`, `?`,
+        # `#` or `@` would otherwise end the parsed netloc early and be printed as the host
+        # (libraries disagree on which `@` ends it; masking more than needed is the safe side).
+        info, _, tail = rest.rpartition("@")
+        user, colon, _ = info.partition(":")
+        masked = f"{user}:{REDACTED}" if colon and "/" not in user else REDACTED
+        url = f"{scheme}://{masked}@{tail}"
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -406,7 +415,24 @@ def _parse_url(url: str, variable: str) -> ParseResult:
 
 
 def _check_port(url: str, variable: str) -> None:
-    """A URL's port, if any, must be a number in 1..65535 (else `ConfigError`, URL redacted)."""
+    """A URL's port, if any, must be a number in 1..65535 (else `ConfigError`, URL redacted).
+
+    User info with an unencoded `/`, `?`, `#` or `@` (a password taken from a secret store as
+    is) is refused too: parsers split such a URL differently, so the host, port and password
+    would be guesses (and the password could end up printed as a host name).
+    """
+    _, sep, rest = url.partition("://")
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if sep and "@" in rest:
+        # Two `@` in the authority, or an `@` after a `/`, `?` or `#` that ended it at a
+        # "port" that is no number (`lake:Pa/ss@host`): a password that needs encoding.
+        doubled = netloc.count("@") > 1
+        cut = "@" not in netloc and not _port_ok(netloc)
+        if doubled or cut:
+            raise ConfigError(
+                f"{variable}: percent-encode the user name and password (/ as %2F, @ as %40, "
+                f"? as %3F, # as %23): {redact_url(url)}"
+            )
     try:
         parsed = urlsplit(url)
         port = parsed.port
@@ -416,6 +442,14 @@ def _check_port(url: str, variable: str) -> None:
         ) from None
     if port == 0:
         raise ConfigError(f"{variable} has port 0: {redact_url(url)}")
+
+
+def _port_ok(netloc: str) -> bool:
+    """Whether `host[:port]` has no port or a numeric one."""
+    try:
+        return urlsplit(f"x://{netloc}").port is not None or ":" not in netloc
+    except ValueError:
+        return False
 
 
 def _check_data_dir(data_dir: Path) -> None:

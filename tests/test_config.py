@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from iceberg_lake.config import load_settings, setting_names
+from iceberg_lake.config import load_settings, redact_url, setting_names
 from iceberg_lake.exceptions import ConfigError
 
 
@@ -84,3 +84,27 @@ def test_setting_names_cover_the_documented_variables() -> None:
         "LAKE_NATS_USER", "LAKE_NATS_PASSWORD", "LAKE_NATS_TOKEN", "LAKE_NATS_CREDS",
     }  # fmt: skip
     assert documented <= set(setting_names())
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("LAKE_CATALOG_URI", "postgresql://lake:Pa/Sec9ret@127.0.0.1:5432/lake"),
+        ("LAKE_CATALOG_URI", "postgresql://lake:Pa@Sec9ret@127.0.0.1:1/lake"),
+        ("LAKE_NATS_URL", "nats://lake:Na/Sec9ret@127.0.0.1:4222"),
+        ("LAKE_NATS_URL", "nats://lake:Na?Sec9ret@127.0.0.1:4222"),
+    ],
+)
+def test_a_password_that_needs_encoding_is_one_line_without_it(variable: str, url: str) -> None:
+    """Parsers split such a URL at different places (the password would be printed as a host
+    name by the driver): refused, the message masks everything up to the last `@`."""
+    with pytest.raises(ConfigError, match="percent-encode") as info:
+        load_settings({variable: url})
+    assert "Sec9ret" not in str(info.value) and "\n" not in str(info.value)
+    assert redact_url(url).count("Sec9ret") == 0
+
+
+def test_an_at_sign_after_the_host_is_not_user_info() -> None:
+    """`@` in a path or query of a URL without (or with well-formed) credentials is legal."""
+    for url in ("postgresql://h:5432/db?x=a@b", "postgresql://u:p@h/db?options=a@b"):
+        assert load_settings({"LAKE_CATALOG_URI": url}).catalog_uri.endswith("a@b")

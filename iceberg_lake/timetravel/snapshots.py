@@ -250,7 +250,7 @@ def _snapshot_at(table: Table, when: datetime, name: str) -> int | None:
             return entry.snapshot_id
     if any(end_ms > ms for end_ms in _checkpoint_ends(table, entry.snapshot_id)):
         return entry.snapshot_id
-    raise TimeTravelError(_expired_message(table, name, aware, ms))
+    raise TimeTravelError(_expired_message(table, name, aware, ms, entry.timestamp_ms))
 
 
 def _checkpoint_ends(table: Table, snapshot_id: int) -> list[int]:
@@ -264,8 +264,15 @@ def _checkpoint_ends(table: Table, snapshot_id: int) -> list[int]:
     return out
 
 
-def _expired_message(table: Table, name: str, when: datetime, ms: int) -> str:
-    """One line: the state at `when` is gone; the nearest retained pins before and after it."""
+def _expired_message(
+    table: Table, name: str, when: datetime, ms: int, kept_before_ms: int | None = None
+) -> str:
+    """One line: the state at `when` is gone; the nearest retained pins before and after it.
+
+    `kept_before_ms`: the last snapshot kept before `when` was committed then, but a commit
+    after it was expired, and it may have come before `when`: the snapshot itself still reads
+    (by a pin naming it), only the claim that it was current at `when` cannot be made.
+    """
     pins = []
     for ref_name, ref in table.metadata.refs.items():
         snap = table.snapshot_by_id(ref.snapshot_id)
@@ -285,6 +292,12 @@ def _expired_message(table: Table, name: str, when: datetime, ms: int) -> str:
         parts.append(f"{label}{after[1]} (state at {_fmt_ms(after[0])})")
     kept = f"; every snapshot kept since {_fmt_ms(window_start)}" if window_start else ""
     nearest = "; nearest retained pins: " + ", ".join(parts) if parts else "; no pins retained"
+    if kept_before_ms is not None:
+        return (
+            f"{name}: cannot tell which snapshot was current at {when.isoformat()}: the last "
+            f"one kept before it is from {_fmt_ms(kept_before_ms)}, and a commit after that "
+            f"was expired (it may have come before {when.isoformat()}){kept}{nearest}"
+        )
     return f"{name}: the snapshot current at {when.isoformat()} has been expired{kept}{nearest}"
 
 
