@@ -719,6 +719,8 @@ def spark_session(
     an s3:// warehouse, the AWS SDK jars (`find_aws_sdk_jars`, required then); without the
     extra, Maven coordinates (`spark.jars.packages`) for a machine that reaches Maven.
     Settings from `spark-defaults.conf` / `PYSPARK_SUBMIT_ARGS` apply as usual.
+    The catalog is configured once the session runs (`attach_spark_catalog`), so neither its
+    password nor the S3 secret key appears on the JVM's command line.
 
     Args:
         settings: the lake's settings (its catalog becomes Spark catalog `catalog_name`).
