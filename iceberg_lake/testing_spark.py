@@ -35,9 +35,9 @@ from iceberg_lake.config import Settings
 from iceberg_lake.engine.spark import (
     ICEBERG_EXTENSIONS,
     SparkSetupError,
+    attach_spark_catalog,
     find_spark_jars,
     local_jars_conf,
-    spark_catalog_conf,
     stop_spark,
 )
 
@@ -192,7 +192,8 @@ def attach_catalog(spark: SparkSession, settings: Settings) -> str:
     """Register the lake of `settings` as a Spark catalog named `settings.catalog_name`.
 
     Iceberg's JdbcCatalog keys its rows by its own name, so the Spark name must be the lake's
-    catalog name; two lakes in one session need two catalog names.
+    catalog name; two lakes in one session need two catalog names. Set at run time, as
+    `spark_session` does (`engine.spark.attach_spark_catalog`): no secret on a command line.
 
     Args:
         spark: a session from `start_spark`.
@@ -201,10 +202,7 @@ def attach_catalog(spark: SparkSession, settings: Settings) -> str:
     Returns:
         The Spark catalog name.
     """
-    for key, value in spark_catalog_conf(settings, show_secrets=True).items():
-        if key != "spark.sql.extensions":
-            spark.conf.set(key, value)
-    return settings.catalog_name
+    return attach_spark_catalog(spark, settings)
 
 
 @contextlib.contextmanager

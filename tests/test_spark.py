@@ -473,7 +473,8 @@ def test_lake_on_s3_reads_by_name_and_a_spark_insert_reads_back(
     assert len(duck_all) == len(duck_rows) + 2
     before = {s.snapshot_id for s in silver.snapshots()}
     args = ["--all-dates", "--table", "stocks.trades", "--snapshot", str(latest)]
-    (by_cli,) = _lake_compact_on_spark(env, args)
+    # The S3 secret reaches Spark's catalog, not a command line (`ps` shows those to any user).
+    (by_cli,) = _lake_compact_on_spark(env, args, secrets=(s3_server.secret_key,))
     assert by_cli["dates"] == [r["date"] for r in duck_days] == [DAY, "2025-12-17"]
     assert by_cli["rows_written"] == sum(r["rows_written"] for r in duck_days) == 17 + 2 + 3
     silver = catalog.load_table(SILVER_TRADES)
@@ -483,9 +484,13 @@ def test_lake_on_s3_reads_by_name_and_a_spark_insert_reads_back(
     assert _silver_by_file(silver) == duck_all
 
 
-def _lake_compact_on_spark(env: dict[str, str], args: list[str]) -> list[dict[str, Any]]:
+def _lake_compact_on_spark(
+    env: dict[str, str], args: list[str], *, secrets: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
     """`lake compact --engine spark … -o json` in the installed `lake` executable, with the
-    lake's settings from `env` only (the JVM is its own, as an operator's run)."""
+    lake's settings from `env` only (the JVM is its own, as an operator's run). With `secrets`:
+    the argv of every process it starts (spark-submit's launcher and the JVM itself, read from
+    /proc while they run, as `ps` shows them to any local user) holds none of them."""
     exe = shutil.which("lake") or str(Path(sys.executable).with_name("lake"))
     full = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
     full.update(env)
@@ -493,10 +498,56 @@ def _lake_compact_on_spark(env: dict[str, str], args: list[str]) -> list[dict[st
     # Less JIT and GC work for a short-lived JVM on 2 shared cores (as the `spark` fixture).
     full["JAVA_TOOL_OPTIONS"] = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
     cmd = [exe, "compact", "--engine", "spark", "--spark-master", "local[2]", *args, "-o", "json"]
-    proc = subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=240, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results: list[dict[str, Any]] = json.loads(proc.stdout)
+    proc = subprocess.Popen(
+        cmd, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    seen: set[bytes] = set()  # every argv seen (bash exec()s into java: a pid's argv changes)
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_argv, args=(proc.pid, seen, stop), daemon=True)
+    if secrets:
+        watcher.start()
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr[-3000:]
+    if secrets:
+        watcher.join(timeout=10)
+        argvs = [a.replace(b"\0", b" ") for a in seen]
+        # The watcher saw the JVM and its `--conf` arguments (else the check below proves nothing).
+        assert any(b"SparkSubmit" in a and b"spark.sql.extensions=" in a for a in argvs), argvs
+        # (a bool, so that a failure does not print the secret)
+        leaked = any(secret.encode() in a for secret in secrets for a in argvs)
+        assert not leaked, "a secret is on a command line"
+    results: list[dict[str, Any]] = json.loads(stdout)
     return results
+
+
+def _watch_argv(root: int, seen: set[bytes], stop: threading.Event) -> None:
+    """Record the argv of every descendant of `root` (from /proc) until `stop`, every 50 ms."""
+    while not stop.wait(0.05):
+        parents: dict[int, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                # "pid (comm) state ppid …": comm may hold spaces, so split after its ")".
+                fields = stat.read_bytes().rsplit(b")", 1)[1].split()
+                parents[int(stat.parent.name)] = int(fields[1])
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended meanwhile
+        family = {root}
+        grew = True
+        while grew:
+            kids = {pid for pid, ppid in parents.items() if ppid in family} - family
+            family |= kids
+            grew = bool(kids)
+        for pid in family - {root}:
+            try:
+                seen.add(Path(f"/proc/{pid}/cmdline").read_bytes())
+            except OSError:
+                continue
 
 
 def _silver_by_file(table: Any) -> dict[tuple[str, int], list[dict[str, Any]]]:

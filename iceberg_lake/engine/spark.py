@@ -719,6 +719,8 @@ def spark_session(
     an s3:// warehouse, the AWS SDK jars (`find_aws_sdk_jars`, required then); without the
     extra, Maven coordinates (`spark.jars.packages`) for a machine that reaches Maven.
     Settings from `spark-defaults.conf` / `PYSPARK_SUBMIT_ARGS` apply as usual.
+    The catalog is configured once the session runs (`attach_spark_catalog`), so neither its
+    password nor the S3 secret key appears on the JVM's command line.
 
     Args:
         settings: the lake's settings (its catalog becomes Spark catalog `catalog_name`).
@@ -748,12 +750,38 @@ def spark_session(
     # What `lake engines spark [--jars local]` prints.
     for key, value in spark_jars_conf(settings, jars).items():
         builder = builder.config(key, value)
-    for key, value in spark_catalog_conf(settings, show_secrets=True).items():
-        builder = builder.config(key, value)
+    # A static setting: it must be given before the session starts. The catalog (with its
+    # password and S3 secret key) is not: `attach_spark_catalog` sets it once the JVM runs.
+    builder = builder.config("spark.sql.extensions", ICEBERG_EXTENSIONS)
     builder = builder.config("spark.sql.session.timeZone", "UTC")
     # The CLI prints its own summary: no console progress bars on stderr.
     builder = builder.config("spark.ui.showConsoleProgress", "false")
-    return builder.getOrCreate()
+    spark = builder.getOrCreate()
+    attach_spark_catalog(spark, settings)
+    return spark
+
+
+def attach_spark_catalog(spark: SparkSession, settings: Settings) -> str:
+    """Configure the lake's catalog in a running session (`spark_catalog_conf`, secrets too).
+
+    Never through the session builder: PySpark launches the JVM with every builder setting as
+    a `--conf key=value` argument, and a command line is readable by any local user (`ps`).
+    Set at run time instead, they reach only the session's SQL conf; Iceberg's `SparkCatalog`
+    reads its options from there when the catalog is first used, so this must run before the
+    first query that names it (a catalog Spark already loaded keeps its old options).
+
+    Args:
+        spark: a running session whose static `spark.sql.extensions` includes Iceberg's.
+        settings: the lake's settings.
+
+    Returns:
+        The Spark catalog name (`settings.catalog_name`: Iceberg's JdbcCatalog keys its rows by
+        its own name, so two lakes in one session need two catalog names).
+    """
+    for key, value in spark_catalog_conf(settings, show_secrets=True).items():
+        if key != "spark.sql.extensions":  # static: given to the builder
+            spark.conf.set(key, value)
+    return settings.catalog_name
 
 
 def stop_spark(spark: SparkSession, timeout: float = 30.0) -> None:
