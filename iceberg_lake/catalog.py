@@ -144,10 +144,14 @@ class LakeCatalog:
 
     # ---- set-up -------------------------------------------------------------------------------
 
-    def ensure_warehouse(self) -> bool:
+    def ensure_warehouse(self, *, create_bucket: bool = True) -> bool:
         """Create the warehouse bucket (s3://) or directory (file://) if missing.
 
         Idempotent. Returns True if something was created.
+
+        Args:
+            create_bucket: create a missing S3 bucket; when False (`lake serve`) a missing
+                bucket is a `ConfigError`, so a mistyped `LAKE_WAREHOUSE` fails visibly.
         """
         parsed = urlparse(self.settings.warehouse)
         if parsed.scheme == "file":
@@ -155,7 +159,7 @@ class LakeCatalog:
             existed = path.is_dir()
             _make_dir(path, "LAKE_WAREHOUSE")
             return not existed
-        return ensure_bucket(self.settings, parsed.netloc)
+        return ensure_bucket(self.settings, parsed.netloc, create=create_bucket)
 
     def ensure_namespaces(self) -> list[str]:
         """Create the `bronze`, `silver` and `gold` namespaces if missing; return those created."""
@@ -190,15 +194,19 @@ class LakeCatalog:
         log.info("created table %s", definition.identifier)
         return True
 
-    def init(self) -> list[str]:
+    def init(self, *, create_bucket: bool = True) -> list[str]:
         """Create the warehouse, namespaces and every declared table that is missing.
 
         Idempotent: a second call creates nothing and returns an empty list.
 
+        Args:
+            create_bucket: create a missing S3 warehouse bucket (`lake init`); `lake serve`
+                passes False so a mistyped `LAKE_WAREHOUSE` is an error, not a new bucket.
+
         Returns:
             What was created: namespaces as `namespace/`, then table identifiers.
         """
-        self.ensure_warehouse()
+        self.ensure_warehouse(create_bucket=create_bucket)
         created = [f"{ns}/" for ns in self.ensure_namespaces()]
         for definition in self.registry:
             if self.create_table(definition):
@@ -322,13 +330,32 @@ def use_wal_journal(engine: Engine) -> bool:
     return str(mode).lower() == "wal"
 
 
-def ensure_bucket(settings: Settings, bucket: str) -> bool:
-    """Create an S3 bucket if it does not exist. Returns True if created.
+#: S3 error codes that mean "these credentials may not do this": the operator should check
+#: the access key and secret, not the bucket.
+_CREDENTIAL_CODES = frozenset(
+    {"AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken"}
+)
+
+
+def ensure_bucket(settings: Settings, bucket: str, *, create: bool = True) -> bool:
+    """Check that an S3 bucket exists, creating it if missing and `create`. Returns True if
+    created.
+
+    The check is one request with no retry on connection errors, so an unreachable endpoint
+    fails at once with one message instead of urllib3's retry warnings.
+
+    Args:
+        settings: the lake's settings (endpoint, credentials, region).
+        bucket: the bucket name.
+        create: create the bucket if it is missing (`lake init`); when False a missing bucket
+            is a `ConfigError`, so a mistyped `LAKE_WAREHOUSE` fails instead of being created.
 
     Raises:
-        ConfigError: no S3 endpoint is configured for a non-AWS store.
-        CatalogUnavailableError: the object store cannot be reached.
+        ConfigError: no valid S3 endpoint, the credentials were refused, or the bucket is
+            missing and `create` is False.
+        CatalogUnavailableError: the object store cannot be reached or refused the creation.
     """
+    import urllib3
     from minio import Minio
     from minio.error import S3Error
 
@@ -336,21 +363,55 @@ def ensure_bucket(settings: Settings, bucket: str) -> bool:
     parsed = urlparse(endpoint)
     if not parsed.netloc:
         raise ConfigError(f"LAKE_S3_ENDPOINT is not a valid URL: {endpoint!r}")
+    # Minio's default client retries 5 times and waits up to 5 minutes per attempt; a start-up
+    # check should fail fast with one line. Connection errors are not retried (no urllib3
+    # "Retrying" warnings); a 5xx answer is retried once.
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=5.0, read=30.0),
+        retries=urllib3.Retry(
+            total=1, connect=0, read=0, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+        ),
+    )
     client = Minio(
         parsed.netloc,
         access_key=settings.s3_access_key,
         secret_key=settings.s3_secret_key,
         region=settings.s3_region,
         secure=parsed.scheme == "https",
+        http_client=http,
     )
     try:
-        if client.bucket_exists(bucket):
+        try:
+            exists = client.bucket_exists(bucket)
+        except S3Error as exc:
+            hint = (
+                " (check LAKE_S3_ACCESS_KEY and LAKE_S3_SECRET_KEY)"
+                if exc.code in _CREDENTIAL_CODES
+                else ""
+            )
+            error = ConfigError if hint else CatalogUnavailableError
+            raise error(f"cannot access bucket {bucket} at {endpoint}: {exc.code}{hint}") from exc
+        if exists:
             return False
-        client.make_bucket(bucket)
+        if not create:
+            raise ConfigError(
+                f"bucket {bucket} (LAKE_WAREHOUSE) does not exist at {endpoint}: check "
+                "LAKE_WAREHOUSE, or create it with `lake init`"
+            )
+        try:
+            client.make_bucket(bucket)
+        except S3Error as exc:
+            if exc.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                return False
+            raise CatalogUnavailableError(f"cannot create bucket {bucket}: {exc.code}") from exc
+        log.info("created bucket %s at %s (LAKE_WAREHOUSE)", bucket, endpoint)
         return True
-    except S3Error as exc:
-        if exc.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-            return False
-        raise CatalogUnavailableError(f"cannot create bucket {bucket}: {exc.code}") from exc
+    except (ConfigError, CatalogUnavailableError):
+        raise
+    except urllib3.exceptions.MaxRetryError as exc:
+        reason = exc.reason or exc
+        raise CatalogUnavailableError(f"object store {endpoint} unreachable: {reason}") from exc
     except Exception as exc:  # urllib3 raises many connection error types
         raise CatalogUnavailableError(f"object store {endpoint} unreachable: {exc}") from exc
+    finally:
+        http.clear()

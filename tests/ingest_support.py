@@ -181,6 +181,7 @@ def settings_for(
         env["LAKE_CATALOG_URI"] = catalog_uri
     if s3 is not None:
         bucket = f"lake-{uuid.uuid4().hex[:8]}"
+        s3.create_bucket(bucket)  # as `lake init` would: `lake serve` never creates the bucket
         env.update(
             LAKE_WAREHOUSE=f"s3://{bucket}/warehouse",
             LAKE_S3_ENDPOINT=s3.endpoint,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlparse
 
 import typer
 from rich.markup import escape
@@ -26,7 +27,12 @@ def init(output: OutputFormat = OUTPUT_OPTION) -> None:
     Idempotent: a second run creates nothing.
     """
     catalog = _open_catalog()
+    # Only `lake init` creates the S3 bucket, and says so: a mistyped LAKE_WAREHOUSE shows up
+    # here as a new bucket instead of passing silently.
+    new_bucket = catalog.ensure_warehouse() and catalog.settings.warehouse.startswith("s3")
     created = catalog.init()
+    if new_bucket and output != OutputFormat.json:
+        console.print(f"created bucket {urlparse(catalog.settings.warehouse).netloc}")
     if output == OutputFormat.json:
         emit([{"created": c} for c in created], output)
         return

@@ -111,7 +111,8 @@ class LakeService:
         """
         self._stop = asyncio.Event()
         self._closing = False
-        await asyncio.to_thread(LakeCatalog(self.settings).init)
+        # serve never creates the bucket: a mistyped LAKE_WAREHOUSE must fail, not be created
+        await asyncio.to_thread(LakeCatalog(self.settings).init, create_bucket=False)
         nc = await bus.connect(self.settings, name="lake-serve", on_disconnect=self._on_disconnect)
         self._nc = nc
         js = bus.jetstream(nc, self.settings)

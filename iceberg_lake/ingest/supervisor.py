@@ -122,7 +122,8 @@ def run_worker_processes(
         LakeError: a worker exited more than `max_restarts` times within `restart_window`
             seconds (the other workers have been stopped).
     """
-    LakeCatalog(settings).init()  # once, before the workers race to create tables
+    # Once, before the workers race to create tables; never the bucket (see IngestService.run).
+    LakeCatalog(settings).init(create_bucket=False)
     prefix = [sys.executable, "-c", "from iceberg_lake.cli import main; main()"]
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     if level in _LOG_LEVELS:
