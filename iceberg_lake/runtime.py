@@ -437,6 +437,21 @@ class NatsServer:
         """
         self.process.stop(timeout)
 
+    def start(self, timeout: float = 15.0) -> None:
+        """Start the (stopped) server again on the same ports and JetStream store; return when
+        ``/healthz?js-enabled-only=true`` answers 200.
+
+        Raises:
+            ServerStartError: If the server exits or does not answer within ``timeout`` s.
+        """
+        self.process.start()
+        wait_until_ready(
+            lambda: http_status(f"{self.monitor_url}/healthz?js-enabled-only=true") == 200,
+            what=f"nats-server on port {self.port}",
+            timeout=timeout,
+            process=self.process,
+        )
+
 
 def start_nats_server(workdir: Path, *, timeout: float = 15.0) -> NatsServer:
     """Start ``nats-server -js`` on free loopback ports with its store and log under ``workdir``.
@@ -472,14 +487,8 @@ def start_nats_server(workdir: Path, *, timeout: float = 15.0) -> NatsServer:
         store_dir=store_dir,
         process=process,
     )
-    process.start()
     try:
-        wait_until_ready(
-            lambda: http_status(f"{server.monitor_url}/healthz?js-enabled-only=true") == 200,
-            what=f"nats-server on port {port}",
-            timeout=timeout,
-            process=process,
-        )
+        server.start(timeout)
     except BaseException:
         process.stop(timeout=5)
         raise

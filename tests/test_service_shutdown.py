@@ -25,7 +25,6 @@ from test_service_process import start_serve, wait_for, watermark
 
 from iceberg_lake.config import Settings
 from iceberg_lake.engine import nats as bus
-from iceberg_lake.runtime import http_status, wait_until_ready
 from iceberg_lake.testing import NatsServer, S3Server, run_nats_server
 
 pytestmark = pytest.mark.integration
@@ -99,17 +98,6 @@ def _kill_nats(server: NatsServer) -> None:
     server.process.stop(5)
 
 
-def _start_nats(server: NatsServer) -> None:
-    """Start it again on the same ports and JetStream store."""
-    server.process.start()
-    wait_until_ready(
-        lambda: http_status(f"{server.monitor_url}/healthz?js-enabled-only=true") == 200,
-        what="nats-server after its restart",
-        timeout=15,
-        process=server.process,
-    )
-
-
 def _sigterm_within(proc: subprocess.Popen[bytes], log: Path, *, resume: bool = False) -> int:
     """SIGTERM `proc` (then SIGCONT if `resume`); its exit code, which must come within the grace
     period and a margin."""
@@ -164,7 +152,7 @@ def test_sigterm_with_nats_down_exits_within_grace_and_loses_nothing(tmp_path: P
         assert "NATS unreachable at shutdown" in text and "Traceback" not in text, text[-2000:]
         assert "dead letter publish to NATS skipped" in text, text[-2000:]
 
-        _start_nats(server)
+        server.start()
         publish(settings, items[300:], acked=True)
         log2 = tmp_path / "serve2.log"
         proc = start_serve(settings, log2, "--tables", "stocks_trades")
@@ -181,7 +169,7 @@ def test_sigterm_with_nats_down_exits_within_grace_and_loses_nothing(tmp_path: P
         assert code == 0, text[-2000:]
         assert "Traceback" not in text, text[-2000:]
 
-        _start_nats(server)
+        server.start()
         again = start_serve(settings, log, "--tables", "stocks_trades", "--until-idle")
         assert again.wait(timeout=60) == 0, log.read_text()[-3000:]
         con = duck_for(duck, settings)
