@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import logging
 import sys
 import traceback
@@ -49,6 +50,10 @@ class LakeGroup(TyperGroup):
     redacted like the line). Ctrl-C, `typer.Exit` and `SystemExit` pass through unchanged.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _reflow_help(self)
+
     # `Any`: Typer vendors click, and its `Context` class has no public import path.
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         # The root's own options are parsed here, before `invoke` (`lake --bogus`).
@@ -72,6 +77,27 @@ class LakeGroup(TyperGroup):
             if _is_help(exc):
                 _print_help(exc)
             ctx.exit(_report(exc))
+
+
+def _reflow_help(command: Any) -> None:
+    """Join the hard-wrapped lines of every help paragraph below `command`.
+
+    Typer's Rich help keeps the single line breaks of a docstring's later paragraphs, so text
+    wrapped at 100 columns in the source breaks mid-sentence in an 80-column terminal. Lists
+    (lines starting with `- `, `* ` or a space) and `\b` blocks keep their lines.
+    """
+    if command.help:
+        paragraphs = inspect.cleandoc(command.help).split("\n\n")
+        command.help = "\n\n".join(_reflow(p) for p in paragraphs)
+    for sub in getattr(command, "commands", {}).values():
+        _reflow_help(sub)
+
+
+def _reflow(paragraph: str) -> str:
+    lines = paragraph.split("\n")
+    if paragraph.startswith("\b") or any(line.startswith(("- ", "* ", " ")) for line in lines):
+        return paragraph
+    return " ".join(line.strip() for line in lines)
 
 
 def _is_help(exc: BaseException) -> bool:

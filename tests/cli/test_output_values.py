@@ -202,6 +202,20 @@ def _commands() -> dict[str, Any]:
     return out
 
 
+def test_help_paragraphs_wrap_to_the_terminal_not_to_the_source() -> None:
+    """Typer keeps a docstring's line breaks after its first paragraph: text wrapped at 100
+    columns in the source would break mid-sentence at 80. Every help line fits and no
+    paragraph line ends short with the next one starting in lower case mid-sentence."""
+    for name in _commands():
+        res = runner.invoke(app, [*name.split(), "--help"], env={"COLUMNS": "80"})
+        assert res.exit_code == 0, (name, res.output)
+        text = res.stdout.split("╭")[0]  # the prose, before the option boxes
+        lines = [line.rstrip() for line in text.splitlines()]
+        for line, after in zip(lines, lines[1:], strict=False):
+            ragged = 0 < len(line) < 50 and after.strip()[:1].islower()
+            assert not ragged, (name, line, after)
+
+
 def test_every_command_that_prints_a_result_takes_output() -> None:
     # `serve` runs until stopped; `replay` writes events (`--format`), not a result.
     lacking = {n for n, c in _commands().items() if "output" not in {p.name for p in c.params}}
