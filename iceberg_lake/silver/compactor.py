@@ -352,17 +352,37 @@ class SilverCompactor:
             if not parts:
                 return [_empty(definition, snap)]
             groups = group_by_day(parts, layout) if by_day else {None: parts}
+            mark = silver.properties.get(P.SILVER_INCREMENTAL_SOURCE)
             lowered = mark_for_pin(bronze, silver, snap)
-            # No compare-and-swap here: lowering is always safe, and a mark raised meanwhile
-            # past this pin came with a rewrite of any partition that changed, which this
-            # run's commit then conflicts with (its replaced files are gone).
+            # A lowering is a compare-and-swap on the mark read: another pinned run may have
+            # lowered it further meanwhile (another day or partition, so no file conflict),
+            # and setting this run's higher pin over it would hide that run's older content
+            # from the next incremental run. A mark raised meanwhile past this pin came with a
+            # rewrite of any partition that changed, which this run's commit conflicts with.
+            expected: dict[str, str | None] | None = (
+                {P.SILVER_INCREMENTAL_SOURCE: mark} if lowered else None
+            )
             try:
-                return [
-                    self._run(
-                        definition, bronze, silver, snap, layout, group, {}, every_commit=lowered
-                    ).with_date(day)
-                    for day, group in groups.items()
-                ]
+                results = []
+                for day, group in groups.items():
+                    results.append(
+                        self._run(
+                            definition,
+                            bronze,
+                            silver,
+                            snap,
+                            layout,
+                            group,
+                            {},
+                            every_commit=lowered,
+                            expected=expected,
+                        ).with_date(day)
+                    )
+                    if expected is not None:  # the first day's commit set it
+                        expected = {
+                            P.SILVER_INCREMENTAL_SOURCE: lowered[P.SILVER_INCREMENTAL_SOURCE]
+                        }
+                return results
             except CommitConflictError:
                 if attempt == self.max_attempts:
                     raise

@@ -134,6 +134,37 @@ def test_a_pinned_run_before_the_mark_advances_is_caught_up(
     assert silver_rows(lake) == expected(rows)
 
 
+def test_two_pinned_runs_keep_the_lower_mark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pinned run of QQQ at s2 commits after an SPY run pinned to s1 lowered the mark to s1.
+
+    Without a compare-and-swap on the lowering, the QQQ run set the mark to s2 over it, and
+    the SPY rows Bronze gained between s1 and s2 were never compacted: the next incremental run
+    looked only after s2.
+    """
+    lake, s1, rows = _lake(tmp_path)
+    s2 = _current(lake)  # SPY's later rows are in
+    more = [trade(T0 + 40 * MIN_NS + i, seq=300 + i, sym="QQQ") for i in range(5)]
+    append(lake.load_table(BRONZE), more)
+    with SilverCompactor(lake) as c:
+        assert c.compact_incremental([TRADES])[0].status == "success"
+    assert _mark(lake) == str(_current(lake))
+    seen = _pinned_run_inside(monkeypatch, lake, s1, silver_commit.SilverCommit, "commit")
+    with SilverCompactor(lake) as c:
+        res = c.compact_date(DAY, TRADES, partition_value="QQQ", as_of=s2)
+    monkeypatch.undo()
+    assert seen == [str(s1)] and res.status == "success"
+    assert _mark(lake) == str(s1)  # the QQQ run re-planned and left the lower mark alone
+    with SilverCompactor(lake) as c:
+        res = c.compact_incremental([TRADES])[0]
+    assert res.status == "success" and sorted(res.replaced_partitions) == [
+        ["QQQ", "2025-12-16T14"],
+        ["SPY", "2025-12-16T14"],
+    ]
+    assert silver_rows(lake) == expected(rows + more)
+
+
 def test_advance_and_lower_mark_are_compare_and_swap(tmp_path: Path) -> None:
     """A stale table object (the mark read before another run's commit) cannot move the mark."""
     lake, s1, _rows = _lake(tmp_path)
