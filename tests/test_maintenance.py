@@ -130,36 +130,36 @@ def _local(path: str) -> str:
     return path.removeprefix("file://")
 
 
-def test_compact_files_after_2000_small_commits_cuts_files_50x_and_keeps_rows(
+def test_compact_files_after_1000_small_commits_cuts_files_50x_and_keeps_rows(
     lake: LakeCatalog, duck
 ) -> None:
     table = lake.load_table(TABLE)
     with table.transaction() as tx:
         tx.set_properties({P.WATERMARK_PREFIX + "MARKET.lake_bronze_stocks_trades": "4242"})
-    _many_small_commits(table, commits=2000, rows_per_commit=3)
+    _many_small_commits(table, commits=1000, rows_per_commit=3)
     # Two small appends to the current hour: an open partition compaction must not touch.
     now_ns = datetime.now(UTC).timestamp() * 1e9
     open_hour = int(now_ns) - int(now_ns) % HOUR_NS
     table.append(_rows(table, 0, 2, "SPY", base_ns=open_hour))
     table.append(_rows(table, 2, 2, "SPY", base_ns=open_hour))
     table.refresh()
-    assert len(table.metadata.snapshots) >= 2000
+    assert len(table.metadata.snapshots) >= 1000
     before_files = len(list(table.scan().plan_files()))
-    assert before_files == 2002
-    # DuckDB reads 2,000 files an order of magnitude faster than pyiceberg
+    assert before_files == 1002
+    # DuckDB reads 1,000 files an order of magnitude faster than pyiceberg
     all_rows = "SELECT * FROM iceberg_scan('{}') ORDER BY ts_event_ns, symbol, seq"
     before_rows = duck.sql(all_rows.format(table.metadata_location)).arrow().read_all()
-    assert before_rows.num_rows == 6004
+    assert before_rows.num_rows == 3004
     before_snapshots = len(table.metadata.snapshots)
 
     maint = TableMaintenance(lake, TABLE)
     dry = maint.compact_files(older_than=timedelta(hours=1), dry_run=True)
-    assert dry.files_before == 2000 and dry.snapshot_id is None
+    assert dry.files_before == 1000 and dry.snapshot_id is None
     table.refresh()
     assert len(table.metadata.snapshots) == before_snapshots, "dry run must not commit"
 
     result = maint.compact_files(older_than=timedelta(hours=1), target_size=256 * MB)
-    assert result.files_before == 2000
+    assert result.files_before == 1000
     assert sorted(result.partitions) == ["QQQ/2025-12-06T05", "SPY/2025-12-06T05"]
     table.refresh()
     after_files = list(table.scan().plan_files())
