@@ -123,3 +123,49 @@ def test_a_stale_writer_is_fenced_by_the_watermark(tmp_path: Path, duck) -> None
     with pytest.raises(WriterFencedError):
         old._commit_sync(batch())
     assert count_rows(duck, settings, TABLE) == 10
+
+
+def _batch(first: int, n: int) -> MicroBatch:
+    b = MicroBatch()
+    b.add_messages(n, first, first + n - 1, None)
+    b.add_rows(TABLE, _rows(n, set()), np.arange(first, first + n, dtype=np.int64))
+    return b
+
+
+def test_a_writer_without_a_lease_moving_the_watermark_forward_stops_the_writer(
+    tmp_path: Path, duck
+) -> None:
+    """Fenced while holding its lease (`leases=None` counts as held), a writer asks who moved
+    the watermark. Forward: a writer that takes no lease (iceberg_lake 0.1 during a rolling
+    upgrade) commits for the consumer; re-reading from its watermark skipped what this writer
+    had fetched (the upgrade audit lost 53-123 events that way), so it stops with one line.
+    Back: an operator's `reset-position`; it reads on from there."""
+    import pytest
+
+    from iceberg_lake.exceptions import ForeignWriterError
+
+    settings = settings_for(tmp_path, "nats://127.0.0.1:1")
+    LakeCatalog(settings).init()
+    mine = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
+    foreign = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
+    mine._load()
+    foreign._load()
+    foreign._commit_sync(_batch(1, 10))  # the lease-less writer committed seq 1..10
+
+    async def commit_and_wait(writer: ConsumerWriter, batch: MicroBatch) -> None:
+        writer.commit_task = asyncio.ensure_future(writer._commit(batch))
+        await asyncio.wait_for(writer._wait_commit(), 60)
+
+    with pytest.raises(ForeignWriterError, match=r"moved from 0 to 10 while this writer held"):
+        asyncio.run(commit_and_wait(mine, _batch(11, 5)))
+    assert count_rows(duck, settings, TABLE) == 10
+
+    # The watermark set back (what `lake maintain reset-position` does): read on from it.
+    reader = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
+    reader._load()
+    table = LakeCatalog(settings).load_table(TABLE)
+    with table.transaction() as tx:
+        tx.set_properties({reader.wm_key: "0"})
+    asyncio.run(commit_and_wait(reader, _batch(11, 5)))
+    assert reader.reset_needed and reader.reload_needed
+    assert count_rows(duck, settings, TABLE) == 10

@@ -70,6 +70,8 @@ from iceberg_lake.exceptions import (
     CatalogUnavailableError,
     CommitConflictError,
     DataRejectedError,
+    ForeignWriterError,
+    LakeError,
     ShutdownTimeoutError,
     TransientError,
     WriterFencedError,
@@ -866,9 +868,34 @@ class ConsumerWriter:
         except WriterFencedError as exc:
             if not self._holds_lease():
                 raise _LeaseLost() from exc
+            # The lease was ours all along, so no writer that takes it committed meanwhile.
+            # A watermark moved back is an operator's reset: read on from it. Moved forward,
+            # it is a writer without a lease, whose commits skip what this one fetched.
+            foreign = await in_daemon_thread(self._foreign_commit)
+            if foreign is not None:
+                raise ForeignWriterError(foreign) from exc
             log.warning("writer %s: %s; re-reading from the new watermark", self.target, exc)
             self.reset_needed = True
             self.reload_needed = True
+
+    def _foreign_commit(self) -> str | None:
+        """One line when a table's watermark moved past what this writer last saw, else None."""
+        for tid in self.seen:
+            try:
+                with catalog_errors(f"loading {tid}"):
+                    props = self.catalog.load_table(tid).properties
+            except LakeError:  # unreachable: the re-read below is the safe default
+                return None
+            now, saw = props.get(self.wm_key), self.seen.get(tid)
+            if now is not None and int(now) > int(saw or 0):
+                return (
+                    f"writer {self.target}: the watermark of {self.consumer} in {tid} moved from "
+                    f"{saw or 0} to {now} while this writer held the lease: a writer that takes "
+                    "no lease (an iceberg_lake before 0.2, or another tool) is committing for "
+                    "this consumer, and the two lose and duplicate events; stop it, then start "
+                    "lake serve again"
+                )
+        return None
 
     def _shutdown_timeout(self) -> ShutdownTimeoutError:
         return ShutdownTimeoutError(
