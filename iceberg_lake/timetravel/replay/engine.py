@@ -161,7 +161,8 @@ class ReplayEngine:
         self.batch_rows = batch_rows
         inference: Any = None
         if live and as_of is None:
-            from iceberg_lake.timetravel.live import inference_start, require_tails
+            from iceberg_lake.timetravel.live.inferred import inference_start
+            from iceberg_lake.timetravel.live.source import require_tails
 
             require_tails(self.catalog, tables)
             # Before the tables are loaded: rows schema inference acked by then are in them.
@@ -179,7 +180,7 @@ class ReplayEngine:
         )
         self._live: Any = None
         if live:
-            from iceberg_lake.timetravel.live import LiveTail
+            from iceberg_lake.timetravel.live.continuation import LiveTail
 
             self._live = LiveTail(self, follow=follow, inference=inference)
         #: The tag protecting the snapshots read (None: `pin=False`); see `_pin`.
