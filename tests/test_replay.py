@@ -17,9 +17,10 @@ from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
 from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
 from iceberg_lake.silver.compactor import SilverCompactor
-from iceberg_lake.timetravel import replay as replay_module
 from iceberg_lake.timetravel import snapshots
 from iceberg_lake.timetravel.replay import MANIFEST_FORMAT, ReplayEngine, read_manifest
+from iceberg_lake.timetravel.replay import events as replay_events
+from iceberg_lake.timetravel.replay.window import WindowPipeline
 
 STOCKS = "bronze.stocks_trades"
 FUTURES = "bronze.futures_trades"
@@ -66,8 +67,8 @@ def test_events_are_merged_by_time_with_the_documented_tie_break(
     again = ReplayEngine(merged["settings"], [FUTURES, STOCKS], start, end, pin=False)
     one_by_one = [e.as_dict() for e in again.events()]
     assert events == one_by_one and [list(e) for e in events] == [list(e) for e in one_by_one]
-    monkeypatch.setattr(replay_module, "_DICT_BLOCK", 1_000)
-    monkeypatch.setattr(replay_module, "_DICT_CHUNK", 300)
+    monkeypatch.setattr(replay_events, "_DICT_BLOCK", 1_000)
+    monkeypatch.setattr(replay_events, "_DICT_CHUNK", 300)
     small = list(ReplayEngine(merged["settings"], [FUTURES, STOCKS], start, end, pin=False))
     assert small == one_by_one and len(small) > 3 * 1_000
 
@@ -112,7 +113,7 @@ def test_windows_prepared_at_once_never_share_duckdb_cursors(
     active: set[int] = set()
     clashes: list[int] = []
     lock = threading.Lock()
-    real = ReplayEngine._prepare
+    real = WindowPipeline._prepare
     calls: list[int] = []
 
     def watched(self, cursors, buckets, lo, hi, pool):  # the real preparation, observed
@@ -132,7 +133,7 @@ def test_windows_prepared_at_once_never_share_duckdb_cursors(
             with lock:
                 active.discard(id(cursors))
 
-    monkeypatch.setattr(ReplayEngine, "_prepare", watched)
+    monkeypatch.setattr(WindowPipeline, "_prepare", watched)
     engine = ReplayEngine(
         merged["settings"], [STOCKS, FUTURES], T14, T14 + 3 * HOUR_NS, window_rows=2000, pin=False
     )
@@ -147,16 +148,16 @@ def test_a_second_replay_of_the_same_pins_plans_nothing_and_a_new_pin_plans_agai
 ) -> None:
     """Plans are kept per (table, snapshot, window): the same pins reuse them, a new snapshot
     of the same table is planned afresh (never served a stale file list)."""
-    from iceberg_lake.timetravel import replay
+    from iceberg_lake.timetravel.replay import source
 
     planned: list[int] = []
-    real = replay.plan_data_files
+    real = source.plan_data_files
 
     def counting(table, snapshot_id, row_filter):  # the real planner, counted
         planned.append(snapshot_id)
         return real(table, snapshot_id, row_filter)
 
-    monkeypatch.setattr(replay, "plan_data_files", counting)
+    monkeypatch.setattr(source, "plan_data_files", counting)
     catalog, settings = lake, lake.settings
     append(catalog.load_table(STOCKS), trades("SPY", T14, 600, SEC))
     append(catalog.load_table(FUTURES), futures("ES", T14, 300, 2 * SEC))

@@ -756,9 +756,9 @@ def test_live_view_includes_rows_routed_by_schema_inference(
         live_rows = lake.query(inferred_sql, live=True).to_pylist()
         assert [r["seq"] for r in live_rows] == [100, 101]
         # Many unmapped subjects: one consumer on market.> instead of one per subject.
-        from iceberg_lake.timetravel import live
+        from iceberg_lake.timetravel.live import inferred
 
-        monkeypatch.setattr(live, "MAX_SUBJECT_READS", 0)
+        monkeypatch.setattr(inferred, "MAX_SUBJECT_READS", 0)
         with Lake(settings) as wide:
             assert wide.query(inferred_sql, live=True).to_pylist() == live_rows
         monkeypatch.undo()
@@ -1335,8 +1335,9 @@ def test_gap_log_merges_and_caps_and_warnings_stay_one_short_line(
 
     Budget: < 0.1 s."""
     from iceberg_lake.timetravel import live
+    from iceberg_lake.timetravel.live import gaps
 
-    monkeypatch.setattr(live, "MAX_LISTED_GAPS", 4)
+    monkeypatch.setattr(gaps, "MAX_LISTED_GAPS", 4)
     log = live.GapLog()
     assert not log and log.envelope is None
     assert [log.add(*r) for r in [(10, 10), (3, 4), (5, 5), (12, 13), (11, 11)]] == [True] * 5
@@ -1549,8 +1550,9 @@ def test_gap_log_counts_no_run_twice(monkeypatch: pytest.MonkeyPatch) -> None:
 
     Budget: < 0.1 s."""
     from iceberg_lake.timetravel import live
+    from iceberg_lake.timetravel.live import gaps
 
-    monkeypatch.setattr(live, "MAX_LISTED_GAPS", 2)
+    monkeypatch.setattr(gaps, "MAX_LISTED_GAPS", 2)
     log = live.GapLog()
     runs = [(1, 1), (3, 3), (5, 5), (7, 8)]
     assert [log.add(*r) for r in runs] == [True] * 4
@@ -1571,9 +1573,9 @@ def test_live_queries_report_removals_after_the_subjects_newest_message_once(
     runs again, reports the same gaps and counts (not growing ones).
 
     Budget: ~1 s."""
-    from iceberg_lake.timetravel import live
+    from iceberg_lake.timetravel.live import gaps
 
-    monkeypatch.setattr(live, "MAX_LISTED_GAPS", 1)
+    monkeypatch.setattr(gaps, "MAX_LISTED_GAPS", 1)
     settings = settings_for(tmp_path, nats.url)
     LakeCatalog(settings).init()
     pub = Publisher(settings)
