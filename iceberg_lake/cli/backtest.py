@@ -129,7 +129,12 @@ def asof(
     right: str = typer.Argument(..., help="Quotes table, e.g. silver.stocks_quotes."),
     by: str = typer.Option("symbol", "--by", help="Column both tables are matched on."),
     columns: str | None = typer.Option(
-        None, "--columns", help="Quote columns, comma-separated (default: NBBO / top of book)."
+        None,
+        "--columns",
+        help=(
+            "Quote columns, comma-separated (default: NBBO / top of book); "
+            "quote_ts_event_ns is always included."
+        ),
     ),
     strict: bool = typer.Option(False, "--strict", help="Only quotes strictly before a trade."),
     lookback: float = typer.Option(
