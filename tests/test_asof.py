@@ -13,8 +13,10 @@ from __future__ import annotations
 import bisect
 import random
 from collections import defaultdict
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from timetravel_data import T14, append, futures
 from typer.testing import CliRunner
@@ -192,3 +194,27 @@ def test_errors_and_cli(asof_data: dict, monkeypatch: pytest.MonkeyPatch) -> Non
     )
     assert res.exit_code == 0, res.output
     assert '"quote_bid_px_2": 5999.75' in res.stdout
+
+
+def test_asking_for_ts_event_ns_or_a_column_twice_gives_one_column(
+    asof_data: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`--columns bid_px,ts_event_ns -o parquet` once wrote two `quote_ts_event_ns` columns: a
+    file pyarrow and pandas refuse to read (`Multiple matches for FieldRef`)."""
+    monkeypatch.setenv("LAKE_DATA_DIR", str(asof_data["settings"].data_dir))
+    out = tmp_path / "joined.parquet"
+    res = CliRunner().invoke(
+        app,
+        ["asof", TRADES, QUOTES, "--start", str(T14), "--end", str(T14 + 60 * SEC), "--as-of"]
+        + ["aj", "--columns", "bid_px,ts_event_ns,bid_px", "-o", "parquet", "--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    table = pq.read_table(out)
+    quote = [c for c in table.column_names if c.startswith("quote_")]
+    assert quote == ["quote_ts_event_ns", "quote_bid_px"]
+    assert table.num_rows > 0 and table.to_pandas()["quote_ts_event_ns"].notna().any()
+    with Lake(asof_data["settings"]) as lk:
+        only_ts = lk.asof_join(
+            TRADES, QUOTES, start_ns=T14, end_ns=T14 + 60 * SEC, quote_columns=["ts_event_ns"]
+        )
+    assert [c for c in only_ts.column_names if c.startswith("quote_")] == ["quote_ts_event_ns"]

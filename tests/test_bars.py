@@ -9,6 +9,7 @@ not change, and the CLI. Budget: ~8 s.
 
 from __future__ import annotations
 
+import json
 import random
 
 import pandas as pd
@@ -254,3 +255,37 @@ def test_cli_bars(bars_data: dict, monkeypatch: pytest.MonkeyPatch, tmp_path) ->
     assert len(table) == 2 * 4 and table["trades"].sum() == len(bars_data["trades"])
     bad = CliRunner().invoke(app, ["bars", TRADES, "--every", "soon", "--start", "2025-12-16"])
     assert bad.exit_code == 1 and "invalid bar width" in bad.output
+
+
+def test_bar_start_is_utc_and_origin_moves_the_grid(
+    bars_data: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bar_start` once came out naive (`"2025-12-16T14:03:00"` in JSON); and the epoch grid
+    starts `7d` bars on Thursdays and cuts `1d` bars at 00:00 UTC, inside a CME session."""
+    n = len(bars_data["trades"])
+    day = pd.Timestamp("2025-12-16", tz="UTC").value
+    with Lake(bars_data["settings"]) as lk:
+        one = lk.bars(TRADES, "1m", by=None, as_of="bars")
+        assert one.schema.field("bar_start").type == pa.timestamp("us", tz="UTC")
+        week = lk.bars(TRADES, "7d", by=None, as_of="bars").to_pylist()
+        monday = pd.Timestamp("2025-12-15", tz="UTC").value
+        on_monday = lk.bars(TRADES, "7d", by=None, as_of="bars", origin_ns=monday).to_pylist()
+        half = lk.bars(TRADES, "1h", by=None, as_of="bars", origin_ns=T14 + 30 * MIN)
+    assert [b["bar_start"].strftime("%a %Y-%m-%d %H:%M %Z") for b in week] == [
+        "Thu 2025-12-11 00:00 UTC"
+    ]
+    assert [(b["bar_start_ns"], b["trades"]) for b in on_monday] == [(monday, n)]
+    assert half.column("bar_start_ns").to_pylist() == [T14 - 30 * MIN]  # 13:30: all 20 minutes
+
+    monkeypatch.setenv("LAKE_DATA_DIR", str(bars_data["settings"].data_dir))
+    base = ["bars", TRADES, "--every", "1d", "--by", "", "--as-of", "bars", "-o", "json"]
+    cme = ["--session", "2025-12-16", "--calendar", "CME_Equity"]
+    cut = CliRunner().invoke(app, [*base, *cme])
+    per_session = CliRunner().invoke(app, [*base, *cme, "--origin", "session"])
+    assert cut.exit_code == 0 and per_session.exit_code == 0, cut.output + per_session.output
+    assert [b["bar_start"] for b in json.loads(cut.stdout)] == ["2025-12-16T00:00:00+00:00"]
+    (bar,) = json.loads(per_session.stdout)  # the session opens 17:00 Chicago, 23:00 UTC
+    assert (bar["bar_start"], bar["trades"]) == ("2025-12-15T23:00:00+00:00", n)
+    assert bar["bar_start_ns"] == day - 3_600 * 10**9
+    bad = CliRunner().invoke(app, [*base, "--start", "2025-12-16", "--origin", "session"])
+    assert bad.exit_code == 1 and "--origin session needs --session" in bad.output

@@ -19,11 +19,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+import typer
 from table_rows import make_rows
 from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.cli import app
+from iceberg_lake.cli.common import parse_window
 from iceberg_lake.config import load_settings, redact, redact_url
 from iceberg_lake.exceptions import ConfigError, CorruptMetadataError, LakeError
 from iceberg_lake.timetravel.query import Lake
@@ -355,6 +357,43 @@ def test_bad_values_and_usage_are_one_line_exit_1_in_every_command(
     line = _one_line_error(result.stderr, result.exit_code)
     assert result.exit_code == 1 and line.startswith("error: "), line
     assert "╭" not in result.output and "Usage:" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["bars", "bronze.stocks_trades", "--start", "1710163860"],
+            "--start: 1710163860 looks like Unix seconds; give nanoseconds "
+            "(1710163860000000000) or an ISO time (2024-03-11T13:31:00Z)",
+        ),
+        (
+            ["bars", "bronze.stocks_trades", "--start", "1710163860000000000"]
+            + ["--end", "1710163920000"],
+            "--end: 1710163920000 looks like Unix milliseconds",
+        ),
+        (
+            ["check", "--since", "1710163860000000"],
+            "--since: 1710163860000000 looks like Unix micro",
+        ),
+    ],
+    ids=["seconds", "ms", "us"],
+)
+def test_unix_seconds_or_ms_are_refused_not_zero_rows(
+    filled_lake: Path, args: list[str], expected: str
+) -> None:
+    """`--start 1710163860` once read as a date (any 10 characters) and gave 0 rows, silently."""
+    result = runner.invoke(app, args, env={"LAKE_DATA_DIR": str(filled_lake)})
+    line = _one_line_error(result.stderr, result.exit_code)
+    assert expected in line, line
+
+
+def test_a_start_date_is_recognised_by_its_pattern() -> None:
+    day = 1765843200 * 10**9  # 2025-12-16T00:00Z
+    assert parse_window("2025-12-16", None, None, "XNYS") == (day, day + 86_400 * 10**9)
+    with pytest.raises(typer.BadParameter, match="--end is required"):
+        parse_window("2025-12-16T14:30Z", None, None, "XNYS")  # a time, not a date
+    assert parse_window("1", "2", None, "XNYS") == (1, 2)  # tiny ns stay ns
 
 
 @pytest.mark.parametrize(

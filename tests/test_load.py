@@ -301,6 +301,45 @@ def test_ndjson_identity_mapping_with_malformed_lines(
     assert got == [(298, T14)]  # ts_recv_ns defaults to ts_event_ns
 
 
+def test_a_files_own_source_column_is_kept_unless_source_is_given(
+    lake: LakeCatalog, duck, tmp_path: Path
+) -> None:
+    # An export of two sources (`lake replay --format parquet`) reloaded without --source: the
+    # same three events under two sources stay six rows in Silver (source is a dedup column);
+    # rows without a value get the default. Replacing the column merged them into three.
+    source = ["polygon", "massive_ws"] * 3 + [None, " "]
+    ts = [T14 + i // 2 for i in range(6)] + [T14 + 10, T14 + 11]
+    export = pa.table(
+        {
+            "ts_event_ns": pa.array(ts, pa.int64()),
+            "symbol": ["ESH6"] * 8,
+            "price": [6000.0] * 8,
+            "size": pa.array([1] * 8, pa.int32()),
+            "seq": pa.array([i // 2 for i in range(8)], pa.int64()),
+            "source": source,
+        }
+    )
+    path = write_parquet(tmp_path / "export.parquet", export)
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
+
+    out = runner.invoke(
+        app, ["load", str(path), "-t", "bronze.futures_trades", "--compact"], env=env
+    )
+
+    assert out.exit_code == 0, out.output
+    by_source = "SELECT source, count(*) FROM t GROUP BY 1 ORDER BY 1"
+    expected = [("file", 2), ("massive_ws", 3), ("polygon", 3)]
+    assert rows(duck, lake, "bronze.futures_trades", by_source) == expected
+    assert rows(duck, lake, "silver.futures_trades", by_source) == expected
+
+    # An explicit --source still wins over the file's column.
+    other = write_parquet(tmp_path / "other.parquet", export.slice(0, 2))
+    result = load_file(lake, other, LoadOptions(table="bronze.futures_trades", source="archive"))
+    assert result.rows_stored == 2
+    got = rows(duck, lake, "bronze.futures_trades", by_source)
+    assert got == [("archive", 2), *expected]
+
+
 def test_cli_errors_are_one_line(lake: LakeCatalog, tmp_path: Path) -> None:
     env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
     odd = write_parquet(tmp_path / "odd.parquet", pa.table({"x": [1, 2]}))

@@ -17,6 +17,7 @@ from iceberg_lake.cli.common import (
     open_catalog,
     option,
     option_group,
+    parse_time_ns,
     window_options,
 )
 from iceberg_lake.cli.output import cell_text, output_file_errors, root_format
@@ -101,6 +102,14 @@ def bars(
     table: str = typer.Argument(..., help="Trades or quotes table, e.g. silver.stocks_trades."),
     every: str = typer.Option("1m", "--every", help="Bar width: 5s, 1m, 15m, 1h, 250ms, …"),
     by: str | None = typer.Option("symbol", "--by", help="Group column; '' for one series."),
+    origin: str | None = typer.Option(
+        None,
+        "--origin",
+        help=(
+            "A time on the bar grid (Unix ns or ISO time; 'session': the --session open). "
+            "Default: the epoch, so 1d bars cut at 00:00 UTC and 7d bars start on Thursdays."
+        ),
+    ),
     *,
     window: Window,
     as_of: Annotated[list[str] | None, AS_OF_OPTION] = None,
@@ -110,6 +119,14 @@ def bars(
     from iceberg_lake.timetravel.query import Lake
 
     start_ns, end_ns = window.ns()
+    if origin is None:
+        origin_ns = 0
+    elif origin.strip() == "session":
+        if window.session is None:
+            raise typer.BadParameter("--origin session needs --session", param_hint="--origin")
+        origin_ns = start_ns
+    else:
+        origin_ns = parse_time_ns(origin, "--origin")
     with Lake(open_catalog(read_only=True)) as lake:
         series = lake.bars(
             table,
@@ -118,6 +135,7 @@ def bars(
             end_ns=end_ns,
             by=by or None,
             as_of=parse_as_of(as_of),
+            origin_ns=origin_ns,
         )
     result.emit(series, f"{table} {every} bars")
 
@@ -129,7 +147,12 @@ def asof(
     right: str = typer.Argument(..., help="Quotes table, e.g. silver.stocks_quotes."),
     by: str = typer.Option("symbol", "--by", help="Column both tables are matched on."),
     columns: str | None = typer.Option(
-        None, "--columns", help="Quote columns, comma-separated (default: NBBO / top of book)."
+        None,
+        "--columns",
+        help=(
+            "Quote columns, comma-separated (default: NBBO / top of book); "
+            "quote_ts_event_ns is always included."
+        ),
     ),
     strict: bool = typer.Option(False, "--strict", help="Only quotes strictly before a trade."),
     lookback: float = typer.Option(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -160,7 +161,7 @@ class Window:
 
 
 def window_options(
-    *, start_help: str = "Unix ns or ISO time/date (UTC).", end_help: str | None = None
+    *, start_help: str = "Unix ns (not s/ms) or ISO time/date (UTC).", end_help: str | None = None
 ) -> Callable[[F], F]:
     """Options `--start`, `--end`, `--session`, `--calendar`, passed as `window: Window`.
 
@@ -206,12 +207,20 @@ def split_names(values: list[str] | None) -> list[str] | None:
     return out or None
 
 
+#: `--start 2025-12-16`: a date (the window is then that UTC day unless --end is given).
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
 def parse_time_ns(text: str, option: str) -> int:
-    """`--start/--end`: Unix nanoseconds, or an ISO time/date (naive = UTC), to the nanosecond."""
+    """`--start/--end`: Unix nanoseconds, or an ISO time/date (naive = UTC), to the nanosecond.
+
+    An integer that looks like Unix seconds, milliseconds or microseconds is refused
+    (`snapshots.check_unix_ns`): read as nanoseconds it would select nothing, silently.
+    """
     raw = text.strip()
-    if raw.lstrip("-").isdigit():
-        return int(raw)
     try:
+        if raw.lstrip("-").isdigit():
+            return snapshots.check_unix_ns(int(raw))
         when = snapshots.parse_timestamp_ns(raw)
     except LakeError as exc:
         raise typer.BadParameter(str(exc), param_hint=option) from None
@@ -237,7 +246,7 @@ def parse_window(
         raise typer.BadParameter("--start (or --session) is required", param_hint="--start")
     start_ns = parse_time_ns(start, "--start")
     if end is None:
-        if len(start.strip()) != 10:
+        if not _DATE.match(start.strip()):
             raise typer.BadParameter("--end is required unless --start is a date")
         return start_ns, start_ns + 86_400 * 1_000_000_000
     return start_ns, parse_time_ns(end, "--end")

@@ -48,7 +48,12 @@ def load(
         None, "--mapping", "-m", help="Column mapping: a shipped name (polygon_trades) or a TOML."
     ),
     source: str | None = typer.Option(
-        None, "--source", help="Value of the `source` column; default: the mapping's, else file."
+        None,
+        "--source",
+        help=(
+            "Value of the `source` column for every row; default: the file's own `source` "
+            "column where set, else the mapping's, else file."
+        ),
     ),
     commit_rows: int | None = typer.Option(
         None, "--commit-rows", min=1, help="Rows per commit (default 500,000)."

@@ -349,7 +349,7 @@ class ReplayFormat(StrEnum):
 
 
 @window_options(
-    start_help="Unix ns or ISO time/date (UTC); default: replay everything the pins hold."
+    start_help="Unix ns (not s/ms) or ISO time/date (UTC); default: everything the pins hold."
 )
 def replay(
     tables: Annotated[

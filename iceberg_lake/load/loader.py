@@ -311,9 +311,10 @@ def load_file(
     result.status = "resumed" if committed else "reloaded" if committer.reloading else "loaded"
     target = committer.arrow_schema()
     validator = Validator(table_id, committer.table.schema(), definition.partition_key)
-    source_name = options.source or mapping.source or DEFAULT_SOURCE
-    if options.source is None and mapping.columns.get("source"):
-        source_name = ""  # the file's own column wins
+    # Precedence of `source` (docs/backfill.md): --source for every row; else the file's own
+    # `source` column where it has a value; else the mapping's `source`; else `file`.
+    source_name = options.source or ""
+    default_source = mapping.source or DEFAULT_SOURCE
     subject = f"load:{path.name}"
     stream = f"file:{sha}"
     commit_rows = max(1, options.commit_rows)
@@ -362,7 +363,9 @@ def load_file(
     try:
         for whole in source.batches(skip_rows=committed):
             for batch in _pieces(whole, commit_rows - (position - chunk_first), commit_rows):
-                converted = convert(batch.table, mapping, target, source_name, batch.problems)
+                converted = convert(
+                    batch.table, mapping, target, source_name, batch.problems, default_source
+                )
                 checked = validator.check(converted.table, converted.problems)
                 if checked.good.num_rows:
                     buffer.append(checked.good)

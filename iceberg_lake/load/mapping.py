@@ -185,6 +185,7 @@ def convert(
     target: pa.Schema,
     source: str,
     problems: dict[int, str] | None = None,
+    default_source: str = DEFAULT_SOURCE,
 ) -> Converted:
     """Convert a batch of source columns into the target table's columns.
 
@@ -192,8 +193,11 @@ def convert(
         batch: source rows (any column types; text columns are parsed).
         mapping: which source column feeds which target column.
         target: the live table's Arrow schema.
-        source: the `source` column value, unless the mapping maps a column to `source`.
+        source: `--source`: when non-empty, every row's `source` value. When empty, the
+            file's own `source` column (mapped, or of that name) is kept, and rows where it is
+            null or blank (or a file without one) get `default_source`.
         problems: row → reason already found by the reader (kept, first reason wins).
+        default_source: the mapping's `source`, else `file`.
 
     Returns:
         The converted columns and every row that had a conversion problem.
@@ -207,7 +211,7 @@ def convert(
             continue
         src = mapping.source_column(f.name, names)
         if f.name == "source" and (source or src is None):
-            arrays[f.name] = pa.repeat(pa.scalar(source or DEFAULT_SOURCE, f.type), n)
+            arrays[f.name] = pa.repeat(pa.scalar(source or default_source, f.type), n)
             continue
         if src is None:
             arrays[f.name] = pa.nulls(n, f.type)
@@ -220,6 +224,8 @@ def convert(
         column = batch.column(src)
         arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         arrays[f.name] = _convert_column(arr, f.type, f.name, mapping.scale.get(f.name), found)
+        if f.name == "source":
+            arrays[f.name] = _default_blank(arrays[f.name], pa.scalar(default_source, f.type))
     if "ts_recv_ns" in arrays and "ts_event_ns" in arrays:
         recv = arrays["ts_recv_ns"]
         if recv.null_count == n:
@@ -233,6 +239,15 @@ def convert(
     schema = pa.schema([f.with_nullable(True) for f in target])
     table = pa.Table.from_arrays([arrays[f.name] for f in target], schema=schema)
     return Converted(table, found)
+
+
+def _default_blank(values: pa.Array, default: pa.Scalar) -> pa.Array:
+    """`values` with null and blank (empty or whitespace) entries replaced by `default`."""
+    # A file's `source` column is a dedup key in Silver: keep every real value (an export of
+    # several sources reloads as several sources), and give rows without one the default
+    # rather than null (which Bronze validation would refuse).
+    present = pc.fill_null(pc.not_equal(pc.utf8_trim_whitespace(values), ""), False)
+    return pc.if_else(present, values, default)
 
 
 def _convert_column(

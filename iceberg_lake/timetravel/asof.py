@@ -93,6 +93,9 @@ def asof_sql(
     for col in (by, "ts_event_ns"):
         if col not in left_columns or col not in right_columns:
             raise TimeTravelError(f"both tables need a {col!r} column for the as-of join")
+    # `quote_ts_event_ns` is always in the output: asking for `ts_event_ns` again (or any column
+    # twice) would write two columns of one name, a Parquet file pyarrow/pandas cannot read.
+    quote_columns = [c for c in dict.fromkeys(quote_columns) if c != "ts_event_ns"]
     missing = [c for c in quote_columns if c not in right_columns]
     if missing:
         raise TimeTravelError(f"the right table has no column {missing[0]!r}")
@@ -116,12 +119,12 @@ def asof_sql(
         f"WHERE ts_event_ns >= {int(start_ns)} AND ts_event_ns < {int(end_ns)}"
     )
     op = ">" if strict else ">="
-    picked = ", ".join(
-        f"q.{quote_ident(c)} AS {quote_ident(QUOTE_PREFIX + c)}" for c in quote_columns
+    picked = "".join(
+        f", q.{quote_ident(c)} AS {quote_ident(QUOTE_PREFIX + c)}" for c in quote_columns
     )
     out_order = [c for c in left_order if c in keep]
     return (
-        f"SELECT t.*, q.ts_event_ns AS {quote_ident(QUOTE_PREFIX + 'ts_event_ns')}, {picked} "
+        f"SELECT t.*, q.ts_event_ns AS {quote_ident(QUOTE_PREFIX + 'ts_event_ns')}{picked} "
         f"FROM ({trades}) t ASOF LEFT JOIN ({quotes}) q "
         f"ON t.{quote_ident(by)} = q.{quote_ident(by)} AND t.ts_event_ns {op} q.ts_event_ns "
         f"ORDER BY {order_by_sql(out_order, alias='t')}"
@@ -152,7 +155,8 @@ def asof_join(
         start_ns: inclusive start of the trades' window.
         end_ns: exclusive end.
         by: the column both tables are matched on.
-        quote_columns: right-hand columns to attach (default: see `default_quote_columns`).
+        quote_columns: right-hand columns to attach (default: see `default_quote_columns`);
+            `ts_event_ns` and repeated names are dropped (`quote_ts_event_ns` is always there).
         lookback_ns: how far before `start_ns` a prevailing quote may be (None: unbounded).
         strict: only quotes strictly before the trade's nanosecond (a replay listing the
             trades first); default: quotes of that nanosecond count too (quotes listed first).

@@ -3,7 +3,12 @@
 One DuckDB `GROUP BY` over the pinned snapshot of one table (the `Lake` query layer's views, so
 `as_of` takes a tag, snapshot id or time exactly as `lake query` does). No Python loop touches a
 row. A bar covers `[bar_start_ns, bar_start_ns + every)`, aligned to multiples of `every` since the
-Unix epoch (1-minute bars start on the minute); bars without events are not emitted.
+Unix epoch (1-minute bars start on the minute); bars without events are not emitted. Epoch
+alignment is UTC and knows no calendar: `7d` bars start on Thursdays 00:00 UTC (1970-01-01 was a
+Thursday), and `1d` bars cut at 00:00 UTC, which splits a CME Globex session (17:00 Chicago to
+16:00 Chicago the next day) in two. `origin_ns` moves the grid: bars then start at
+`origin_ns + k * every` (a Monday 00:00 UTC for weeks; a session's open for one `1d` bar per
+session). `bar_start` is the same instant as a UTC `TIMESTAMPTZ`.
 
 Which bars a table gets is read from its columns:
 
@@ -98,19 +103,31 @@ def bars_sql(
     end_ns: int | None,
     by: str | None,
     order: list[str] | None = None,
+    origin_ns: int = 0,
 ) -> str:
     """The DuckDB SQL of `bars` over `relation` (a view or table expression).
 
     `order` is the table's replay row order (`timetravel.order.row_order`; None: that of an
     undeclared table with `columns`): open is the first event of a bar in it, close the last.
+    Bars start at `origin_ns + k * every_ns` (default: multiples of `every_ns` since the epoch).
     """
     kind, a, b = bar_kind(columns)
     if by is not None and by not in columns:
         raise TimeTravelError(f"cannot group bars by {by!r}: no such column")
     key = order_by_sql(order if order is not None else row_order(None, columns))
-    start = f"(ts_event_ns // {every_ns}) * {every_ns}"
+    # Only the origin's offset within one width matters; kept in [0, every) so the grid is the
+    # same for any origin on it and `ts - offset` stays non-negative for real event times.
+    offset = int(origin_ns) % every_ns
+    start = (
+        f"(ts_event_ns // {every_ns}) * {every_ns}"
+        if offset == 0
+        else f"((ts_event_ns - {offset}) // {every_ns}) * {every_ns} + {offset}"
+    )
     group = [f"{quote_ident(by)}"] if by else []
-    select = [*group, f"{start} AS bar_start_ns", f"make_timestamp(({start}) // 1000) AS bar_start"]
+    # AT TIME ZONE 'UTC' makes it a TIMESTAMPTZ of that instant: JSON shows `+00:00` and Arrow,
+    # Parquet and pandas carry the UTC zone (a naive timestamp left readers to guess).
+    stamp = f"make_timestamp(({start}) // 1000) AT TIME ZONE 'UTC'"
+    select = [*group, f"{start} AS bar_start_ns", f"{stamp} AS bar_start"]
     if kind == "trades":
         px, sz = quote_ident(a), quote_ident(b)
         select += [
@@ -160,6 +177,7 @@ def bars(
     end_ns: int | None = None,
     by: str | None = "symbol",
     as_of: AsOfSpec = None,
+    origin_ns: int = 0,
 ) -> pa.Table:
     """Time bars of `table` over `[start_ns, end_ns)` at its pinned snapshot.
 
@@ -173,6 +191,8 @@ def bars(
         end_ns: exclusive end (None: to the last event).
         by: group column (`symbol`, `underlying`, `option_symbol`), or None for one series.
         as_of: pin (tag, snapshot id, time, or per-table mapping).
+        origin_ns: a time on the bars' grid: bars start at `origin_ns + k * every` (default the
+            epoch: 00:00 UTC for `1d`, Thursday 00:00 UTC for `7d`).
 
     Returns:
         One row per (group, bar), ordered by group then bar start; columns as in the module doc.
@@ -188,7 +208,7 @@ def bars(
         relation = f"{ns}.{quote_ident(name)}"
         columns = [r[0] for r in con.execute(f"DESCRIBE {relation}").fetchall()]
         order = table_row_order(lake.catalog, table, columns)
-        sql = bars_sql(relation, columns, width, start_ns, end_ns, by, order)
+        sql = bars_sql(relation, columns, width, start_ns, end_ns, by, order, origin_ns)
         return con.execute(sql).arrow().read_all()
     finally:
         con.close()

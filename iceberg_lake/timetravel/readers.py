@@ -77,18 +77,33 @@ def time_window(
     """The half-open nanosecond window `[lo, hi)` of a UTC day narrowed by a range.
 
     Raises:
-        TimeTravelError: an invalid date, or `start_ns >= end_ns`.
+        TimeTravelError: an invalid date, `start_ns >= end_ns`, or a range that does not
+            overlap the day (it would silently read nothing: usually a typo in the date or
+            the range).
     """
+    if start_ns is not None and end_ns is not None and start_ns >= end_ns:
+        raise TimeTravelError(f"start_ns ({start_ns}) must be before end_ns ({end_ns})")
     lo, hi = start_ns, end_ns
     if day is not None:
         d = utc_date(day, TimeTravelError)
         d0 = int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()) * 1_000_000_000
         lo = d0 if lo is None else max(lo, d0)
         hi = d0 + 86_400 * 1_000_000_000 if hi is None else min(hi, d0 + 86_400 * 1_000_000_000)
-    if lo is not None and hi is not None and lo >= hi:
-        if start_ns is not None and end_ns is not None and start_ns >= end_ns:
-            raise TimeTravelError(f"start_ns ({start_ns}) must be before end_ns ({end_ns})")
+        if lo >= hi:
+            raise TimeTravelError(
+                f"the range {_range_text(start_ns, end_ns)} does not overlap {d.isoformat()} "
+                f"(the UTC day 00:00-24:00 UTC): check the date and start_ns/end_ns"
+            )
     return lo, hi
+
+
+def _range_text(start_ns: int | None, end_ns: int | None) -> str:
+    """`[start, end)` as UTC times, e.g. `2024-12-16 14:30:00 UTC .. 2024-12-16 18:30:00 UTC`."""
+
+    def at(ns: int | None) -> str:
+        return "…" if ns is None else f"{_us(ns):%Y-%m-%d %H:%M:%S} UTC"
+
+    return f"start_ns..end_ns = {at(start_ns)} .. {at(end_ns)}"
 
 
 def window_filter(lo: int | None, hi: int | None) -> BooleanExpression:

@@ -1,9 +1,12 @@
 """Trading sessions as event-time windows, from a maintained exchange calendar.
 
-A session is what an exchange calls one trading day: NYSE's `2024-05-13` is 13:30–20:00 UTC,
-CME Globex equity futures' `2024-05-13` opens on Sunday 2024-05-12 at 22:00 UTC (17:00 Chicago)
-and closes on Monday at 21:00 UTC. Replay, bars and as-of joins take a session instead of a
-`[start, end)` pair, so an ES session that spans two UTC days is one window.
+A session is what an exchange calls one trading day, in the exchange's local time: NYSE's is
+09:30–16:00 New York, CME Globex equity futures' opens at 17:00 Chicago the evening before and
+closes at 16:00 Chicago. In UTC the hours move with daylight saving: NYSE's `2024-05-13` is
+13:30–20:00 UTC but `2024-11-04` is 14:30–21:00 UTC; CME's `2024-05-13` opens on Sunday
+2024-05-12 at 22:00 UTC, its `2024-11-04` on 2024-11-03 at 23:00 UTC; half days close early
+(NYSE 13:00 New York). Replay, bars and as-of joins take a session instead of a `[start, end)`
+pair, so an ES session that spans two UTC days is one window.
 
 Calendars come from `pandas-market-calendars` (which builds on `exchange-calendars`): exchange
 codes such as `XNYS`, `XNAS`, `XLON`, or the CME products `CME_Equity`, `CME_Rate`, `CMEGlobex_ES`

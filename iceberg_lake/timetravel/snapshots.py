@@ -34,7 +34,7 @@ import json
 import re
 import time
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeAlias
 
 from pyiceberg.exceptions import CommitFailedException
@@ -68,6 +68,7 @@ __all__ = [
     "list_tags",
     "parse_timestamp",
     "parse_timestamp_ns",
+    "check_unix_ns",
     "pin_for",
     "remove_tag",
     "resolve_as_of",
@@ -160,6 +161,36 @@ def parse_timestamp_ns(text: str) -> int | None:
     delta = when - datetime(1970, 1, 1, tzinfo=UTC)
     seconds = delta.days * 86_400 + delta.seconds
     return seconds * 1_000_000_000 + delta.microseconds * 1_000 + extra_ns
+
+
+#: Unix nanoseconds below this (1973-03-03) but at least one second are taken for seconds,
+#: milliseconds or microseconds given by mistake: no market data has such times, and read as
+#: nanoseconds they would select nothing, silently. Smaller values (0, 1, 2) stay nanoseconds.
+MIN_UNIX_NS = 10**17
+_UNITS = (
+    (10**11, "seconds", 10**9),
+    (10**14, "milliseconds", 10**6),
+    (10**17, "microseconds", 10**3),
+)
+
+
+def check_unix_ns(value: int) -> int:
+    """`value` if it is plausible as Unix nanoseconds.
+
+    Raises:
+        TimeTravelError: `value` looks like Unix seconds, milliseconds or microseconds
+            (10**9 <= |value| < 10**17); the message gives the value in nanoseconds and as an
+            ISO time.
+    """
+    if not 10**9 <= abs(value) < MIN_UNIX_NS:
+        return value
+    unit, factor = next((u, f) for bound, u, f in _UNITS if abs(value) < bound)
+    ns = value * factor
+    when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1_000)
+    raise TimeTravelError(
+        f"{value} looks like Unix {unit}; give nanoseconds ({ns}) or an ISO time "
+        f"({when:%Y-%m-%dT%H:%M:%S}Z)"
+    )
 
 
 def pin_for(as_of: AsOfSpec, identifier: str) -> AsOf:
