@@ -6,6 +6,6 @@ JetStream market data in, Bronze/Silver/Gold Iceberg tables out, snapshot-pinned
 from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.exceptions import LakeError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["LakeError", "Settings", "__version__", "load_settings"]

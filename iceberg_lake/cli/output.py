@@ -415,6 +415,13 @@ def _freshness(seconds: float | None) -> str:
 def print_status(report: LakeStatus, out: Console | Output | None = None) -> None:
     """Render `lake status` for people: tables, consumers and dead letters as rich tables."""
     target = out if isinstance(out, Console) else console
+    if report.migrations_warning:
+        target.print(
+            f"[yellow]warning[/yellow] {escape(report.migrations_warning)}",
+            markup=True,
+            highlight=False,
+            soft_wrap=True,
+        )
     tables = RichTable(title="tables")
     cols = ("table", "rows", "data files", "mean file", "snapshots", "last commit")
     for col in (*cols, "fresh (committed)", "fresh (live)"):

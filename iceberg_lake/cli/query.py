@@ -34,7 +34,7 @@ from iceberg_lake.cli.output import (
     root_format,
     to_json,
 )
-from iceberg_lake.exceptions import TimeTravelError
+from iceberg_lake.exceptions import LakeError, TimeTravelError
 from iceberg_lake.timetravel import snapshots
 from iceberg_lake.timetravel.snapshots import AsOf, AsOfSpec
 
@@ -259,6 +259,62 @@ def untag(
         emit([{"table": t, "tag": name} for t in removed], output)
         return
     console.print(f"removed tag '{name}' from {', '.join(removed)}")
+
+
+@snapshot_app.command("pin-manifest")
+def pin_manifest(
+    manifests: Annotated[
+        list[Path], typer.Argument(help="Replay manifests (replay-<hash>.json) to pin.")
+    ],
+    output: OutputFormat = OUTPUT_OPTION,
+) -> None:
+    """Pin the snapshots stored replay manifests read, without replaying them.
+
+    Tags them `replay-<hash>` exactly as `lake replay --from-manifest` would (kept
+    LAKE_REPLAY_PIN_MAX_AGE_DAYS), so expiry keeps them. For manifests recorded without a pin
+    (`--no-pin`, or by the first release, which had no `pin_tag`): run it before the next
+    maintenance pass expires their snapshots.
+    """
+    from iceberg_lake.timetravel.replay import ReplayEngine, read_manifest
+
+    catalog = open_catalog(read_only=True)
+    rows: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for path in manifests:
+        try:
+            # The replay's own pinning (`ReplayEngine.from_manifest(pin=True)`): resolves the
+            # manifest's snapshots and tags them; no event is read.
+            engine = ReplayEngine.from_manifest(catalog, read_manifest(path), pin=True)
+        except LakeError as exc:  # expired, unknown table, a live manifest, not a manifest
+            errors.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+            continue
+        rows.append(
+            {
+                "manifest": str(path),
+                "pin_tag": engine.pin_tag,
+                "snapshots": dict(engine.pins),
+                "max_age_days": catalog.settings.replay_pin_max_age_days,
+            }
+        )
+    if output != OutputFormat.text:
+        emit(rows, output)
+    else:
+        for row in rows:
+            read = ", ".join(
+                f"{t}@{sid if sid is not None else 'empty'}" for t, sid in row["snapshots"].items()
+            )
+            console.print(
+                f"{row['manifest']}: pinned as {row['pin_tag']} for"
+                f" {row['max_age_days']:g} days ({read})",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if errors:
+        for error in errors[:-1]:
+            err_console.print(f"error: {error}", highlight=False, soft_wrap=True)
+        raise TimeTravelError(
+            errors[-1] if len(errors) == 1 else f"{errors[-1]} ({len(errors)} manifests failed)"
+        )
 
 
 @snapshot_app.command("list")

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from iceberg_lake.cli.common import err_console, settings
+from iceberg_lake.cli.common import err_console, open_catalog, settings
 from iceberg_lake.exceptions import LakeError
 from iceberg_lake.ingest.supervisor import DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_WINDOW_SECONDS
 from iceberg_lake.process import end_with_parent
@@ -86,6 +86,7 @@ def register(app: typer.Typer) -> None:
         if metrics_port is not None and not 1 <= metrics_port <= 65535 - (workers - 1):
             raise LakeError(f"--metrics-port must be a port number 1-65535, got {metrics_port}")
         s = settings()
+        _warn_pending_migrations(supervisor_pid is not None)
         if not logging.getLogger().isEnabledFor(logging.INFO):
             # Startup, each flush and each worker start are logged at INFO by these loggers.
             for name in (
@@ -122,3 +123,23 @@ def register(app: typer.Typer) -> None:
                 raise LakeError(f"cannot serve metrics on port {metrics_port}: {exc}") from None
             err_console.print(f"metrics on http://0.0.0.0:{metrics_port}/metrics", highlight=False)
         asyncio.run(service.run(stop_when_idle=until_idle, idle_seconds=idle_seconds))
+
+
+def _warn_pending_migrations(is_worker: bool) -> None:
+    """Print one warning line when shipped migrations are pending (`lake migrate up`).
+
+    The writers still start: a lake that is only behind on no-op steps works, and a writer that
+    needs a missing column says so on its own (dead letters: see `ingest.dead_letters`). A lake
+    that does not exist yet (serve creates it) or a catalog that cannot be read is not reported
+    here; the service reports those itself.
+    """
+    if is_worker:
+        return  # the `--workers` parent warned once already
+    from iceberg_lake.schema.migrations import pending_warning
+
+    try:
+        warning = pending_warning(open_catalog(read_only=True))
+    except LakeError:
+        return
+    if warning:
+        err_console.print(f"warning: {warning}", highlight=False, soft_wrap=True)

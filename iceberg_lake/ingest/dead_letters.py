@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from iceberg_lake.exceptions import MigrationError
+
 if TYPE_CHECKING:
     from iceberg_lake.ingest.routing import RoutedBatch
 
@@ -56,7 +58,24 @@ class DeadLetter:
 
 
 def dead_letter_table(letters: list[DeadLetter], schema: pa.Schema) -> pa.Table:
-    """The quarantine rows of `letters`, sorted by time, in the live table's Arrow `schema`."""
+    """The quarantine rows of `letters`, sorted by time, in the live table's Arrow `schema`.
+
+    Raises:
+        MigrationError: a letter is one event of a batched message and the table has no
+            `event_index` column (a lake upgraded without `lake migrate up`). Stored without
+            it, two rejected events of one message would share the id `(stream, stream_seq)`
+            that `lake dead-letters replay` re-drives exactly once, so the second would never
+            be re-driven. A writer treats this as retryable: it keeps the batch unacknowledged
+            and commits it once the migration has added the column.
+    """
+    if "event_index" not in schema.names:
+        events = [d for d in letters if d.event_index is not None]
+        if events:
+            raise MigrationError(
+                f"bronze.dead_letters has no event_index column, so the {len(events)} rejected"
+                f" event(s) of batched messages (first {events[0].key}) cannot be told apart:"
+                " run `lake migrate up` (migration 0002_dead_letters_event_index)"
+            )
     letters = sorted(
         letters,
         key=lambda d: (d.received_ns, d.stream_seq, -1 if d.event_index is None else d.event_index),

@@ -11,8 +11,10 @@ into a table are recorded in its property `lake.redriven.<stream>` in the SAME t
 append (and in the snapshot summary, for the audit trail); a replay skips every id recorded in
 any table, and a commit that lost a race re-reads the property before retrying. Replays hold
 the catalog's migration lock while committing, so two of them never interleave. A dead letter
-whose events do not all pass stays where it is (nothing partial). The quarantine table itself
-is never changed: its rows are the history of what was rejected and why.
+whose events do not all pass stays where it is (nothing partial); so do dead letters sharing an id
+(events of one message stored before migration 0002 added `event_index`) until all of them
+pass. The quarantine table itself is never changed: its rows are the history of what was
+rejected and why.
 """
 
 from __future__ import annotations
@@ -311,12 +313,28 @@ class Redriver:
         """
         report = RedriveReport()
         letters = read_dead_letters(self.catalog, table, since)
+        decoded = {
+            i: self.try_decode(letter) for i, letter in enumerate(letters) if not letter.redriven
+        }
+        # Rows sharing an id: rejected events of one message stored before migration 0002 added
+        # `event_index` (all null). Their id is recorded once, so they are re-driven together
+        # or not at all: re-driving some now would mark the others done before they pass.
+        failing_ids = {letters[i].id for i, (tables, _) in decoded.items() if not tables}
         todo: dict[str, list[tuple[StoredDeadLetter, pa.Table]]] = {}
-        for letter in letters:
+        for i, letter in enumerate(letters):
             if letter.redriven:
                 report.outcomes.append(RedriveOutcome(letter, "already-redriven"))
                 continue
-            tables, reason = self.try_decode(letter)
+            tables, reason = decoded[i]
+            if tables and letter.id in failing_ids:
+                tables, reason = (
+                    {},
+                    (
+                        f"shares its id {letter.label} with a dead letter that still fails (events"
+                        " of one message stored before `lake migrate up` added event_index);"
+                        " re-driven together once all of them pass"
+                    ),
+                )
             if not tables:
                 report.outcomes.append(RedriveOutcome(letter, "still-failing", reason=reason))
                 continue

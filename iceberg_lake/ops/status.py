@@ -29,6 +29,7 @@ from iceberg_lake.engine.nats import (
 )
 from iceberg_lake.exceptions import LakeError
 from iceberg_lake.ingest import position
+from iceberg_lake.schema.migrations import pending_warning
 
 DEAD_LETTERS_TABLE = "bronze.dead_letters"
 #: `lake status` warns when a table's newest event time is this far ahead of now; less is
@@ -104,6 +105,8 @@ class LakeStatus:
     consumers: list[ConsumerStatus] = field(default_factory=list)
     dead_letters: dict[str, int] = field(default_factory=dict)
     nats: str = "ok"
+    #: One line when shipped migrations are pending (`lake migrate up`), else None.
+    migrations_warning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (consumers carry their `lag`)."""
@@ -112,6 +115,7 @@ class LakeStatus:
             "consumers": [{**asdict(c), "lag": c.lag} for c in self.consumers],
             "dead_letters": dict(sorted(self.dead_letters.items())),
             "nats": self.nats,
+            "migrations_warning": self.migrations_warning,
         }
 
     def to_json(self) -> str:
@@ -283,7 +287,8 @@ def collect_status(
         now: reference time for commit ages (default: now).
 
     Returns:
-        Tables, consumers, dead-letter counts and the NATS state.
+        Tables, consumers, dead-letter counts, the NATS state and whether migrations are
+        pending.
 
     Raises:
         CatalogUnavailableError: the catalog cannot be read.
@@ -295,7 +300,9 @@ def collect_status(
         catalog.settings, fed, nats_timeout, committed_positions(catalog, fed)
     )
     tables = _with_freshness(catalog, tables, now, live=nats_state == "ok", timeout=nats_timeout)
-    return LakeStatus(tables, consumers, dead_letter_counts(catalog), nats_state)
+    return LakeStatus(
+        tables, consumers, dead_letter_counts(catalog), nats_state, pending_warning(catalog)
+    )
 
 
 def _with_freshness(

@@ -16,7 +16,9 @@ half-way (a commit on one table landed, the next one failed) is simply run again
 
 The ledger `lake_migrations` lives in the catalog database (SQLAlchemy, SQLite or PostgreSQL):
 version, name, checksum (SHA-256 of the file), applied time, duration and the changes made. A
-migration edited after it was applied is reported by `status` and `check` and refused by `up`.
+migration edited after it was applied is reported by `status` and `check` and refused by `up`;
+`EARLIER_CHECKSUMS` names the released bytes of a shipped migration that was changed on purpose
+without changing what it does (a ledger holding one of those is as applied as the current file).
 Two `up` at once cannot both apply a step: `up` holds a lock in the same database while it runs
 (PostgreSQL: `SELECT ... FOR UPDATE` on a lock row, released with the connection even if the
 process dies; SQLite: a lease row taken by a conditional UPDATE, because holding a SQLite write
@@ -77,6 +79,19 @@ DEFAULT_LOCK_TIMEOUT = 120.0
 ENSURE_ATTEMPTS = 5
 WAITING = "waiting for the migration lock held by %s (up to %g s)"
 
+#: Checksums a released version of a shipped migration recorded, by migration id, for files
+#: changed later without changing what they do. A ledger row with one of these is "applied",
+#: not "edited"; any other difference is still refused. Add one only for such a change, with the
+#: commit that made it, and never for a change to what `upgrade` declares.
+EARLIER_CHECKSUMS: dict[str, frozenset[str]] = {
+    # The first release (378a778) imported `iceberg_lake.migrations`; cb52186 moved the module
+    # to `iceberg_lake.schema.migrations` and changed only that import line. Every lake created
+    # by the first release has this checksum in its ledger.
+    "0001_trades_conditions": frozenset(
+        {"94bce44e2fe64fe815fd5a1d50034d76a036a5668204fe1d2f87d12557e1d216"}
+    ),
+}
+
 _metadata = sa.MetaData()
 ledger_table = sa.Table(
     LEDGER_TABLE,
@@ -120,6 +135,14 @@ class Migration:
     def id(self) -> str:
         """`0001_trades_conditions`."""
         return f"{self.version:04d}_{self.name}"
+
+    def matches(self, checksum: str) -> bool:
+        """True if a ledger row's `checksum` records this file (or a released equivalent).
+
+        See `EARLIER_CHECKSUMS`: an earlier release's bytes of a migration changed later
+        without changing what it does count as this file; any other checksum is an edit.
+        """
+        return checksum == self.checksum or checksum in EARLIER_CHECKSUMS.get(self.id, ())
 
     def load(self) -> Callable[[MigrationContext], Any]:
         """Import the file and return its `upgrade` function.
@@ -669,7 +692,7 @@ class MigrationRunner:
             if a is None:
                 out.append(MigrationStatus(m.version, m.name, "pending", m.checksum))
                 continue
-            state = "applied" if a.checksum == m.checksum else "edited"
+            state = "applied" if m.matches(a.checksum) else "edited"
             out.append(
                 MigrationStatus(m.version, m.name, state, m.checksum, a.checksum, a.applied_at)
             )
@@ -715,7 +738,7 @@ class MigrationRunner:
     ) -> list[StepResult]:
         for m in migrations:
             a = applied.get(m.version)
-            if a is not None and a.checksum != m.checksum:
+            if a is not None and not m.matches(a.checksum):
                 raise MigrationError(
                     f"migration {m.id} was edited after it was applied (checksum"
                     f" {m.checksum[:12]}, applied {a.checksum[:12]}); restore it and put the"
@@ -782,6 +805,52 @@ class MigrationRunner:
         path = self.directory / f"{version:04d}_{slug}.py"
         path.write_text(TEMPLATE.format(title=name.strip()))
         return path
+
+
+def pending_warning(catalog: LakeCatalog) -> str | None:
+    """One line for `lake serve` / `lake status` when the lake needs `lake migrate up`.
+
+    That is: a pending shipped migration would change a table (an upgraded lake, whose writers
+    now run with today's code against yesterday's tables, e.g. without
+    `bronze.dead_letters.event_index`), or an applied one was edited or is missing (`up`
+    refuses to run then). Pending steps that are no-ops here (every table already in the
+    newest shape, as on a lake `lake init` made) are not worth a warning. Planning is a dry run:
+    nothing is committed or recorded, no lock is taken.
+
+    Returns:
+        The warning, or None.
+
+    Raises:
+        LakeError: the catalog cannot be read.
+    """
+    runner = MigrationRunner(catalog)
+    try:
+        states = runner.status()
+        odd = [
+            f"{s.version:04d}_{s.name} {s.state}"
+            for s in states
+            if s.state in ("edited", "missing")
+        ]
+        if odd:  # `up` refuses to run: say so rather than advise it
+            return (
+                f"migrations {', '.join(odd)}: see `lake migrate status` before `lake migrate up`"
+            )
+        if not any(s.state == "pending" for s in states):
+            return None
+        try:
+            steps = runner.up(dry_run=True)
+        except MigrationError as exc:
+            return f"pending migrations cannot be planned ({exc}): see `lake migrate up --dry-run`"
+    finally:
+        runner.close()
+    changing = [
+        r.migration.id
+        for r in steps
+        if any(t.plan is not None and not t.plan.is_noop for t in r.tables)
+    ]
+    if not changing:
+        return None
+    return f"{len(changing)} migration(s) pending ({', '.join(changing)}): run `lake migrate up`"
 
 
 TEMPLATE = '''"""{title}.

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -91,3 +92,14 @@ def test_installed_lake_executable_runs(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert bad.stderr.strip().startswith("error:") and "Traceback" not in bad.stderr
+
+
+def test_version_tells_this_release_from_the_first() -> None:
+    """`lake --version` must tell an upgraded install from the first release (0.1.0, 378a778);
+    the wheel's version is read from the same line (hatch `[tool.hatch.version]`)."""
+    assert __version__ == "0.2.0"
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert pyproject["project"]["dynamic"] == ["version"]
+    assert pyproject["tool"]["hatch"]["version"]["path"] == "iceberg_lake/__init__.py"
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == "lake 0.2.0"

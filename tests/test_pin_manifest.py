@@ -1,0 +1,88 @@
+"""`lake snapshot pin-manifest`: pin a stored replay manifest without replaying it.
+
+The case is a manifest the first release wrote (no `pin_tag`: its pins were not tagged) on a
+lake whose maintenance now expires old snapshots within hours.
+
+Budget: ~4 s (SQLite catalog, file warehouse, no servers).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from timetravel_data import HOUR_NS, T14, append, trades
+from typer.testing import CliRunner
+
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.cli.app import app
+from iceberg_lake.config import load_settings
+from iceberg_lake.timetravel.replay import ReplayEngine
+from iceberg_lake.timetravel.snapshots import replay_pin_name
+
+TRADES = "bronze.stocks_trades"
+runner = CliRunner()
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat()
+
+
+def _v1_manifest(catalog: LakeCatalog, snapshot_id: int, path: Path) -> dict:
+    """A manifest as the first release wrote it: the replay's pins, no `pin_tag` key."""
+    engine = ReplayEngine(catalog, [TRADES], T14, T14 + HOUR_NS, {TRADES: snapshot_id}, pin=False)
+    events = sum(1 for _ in engine.events())
+    manifest = engine.manifest()
+    del manifest["pin_tag"]
+    assert events == manifest["event_count"] > 0
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def test_pin_manifest_keeps_an_untagged_manifest_reproducible_after_expiry(
+    tmp_path: Path,
+) -> None:
+    env = {"LAKE_DATA_DIR": str(tmp_path / "lake")}
+    catalog = LakeCatalog(load_settings(env))
+    catalog.init()
+    table = catalog.load_table(TRADES)
+    s1 = append(table, trades("SPY", T14, 5, 10**6))
+    s2 = append(table, trades("SPY", T14 + 10**9, 5, 10**6, seq0=5))
+    append(table, trades("SPY", T14 + 2 * 10**9, 5, 10**6, seq0=10))
+    pinned, unpinned = tmp_path / "v1-a.json", tmp_path / "v1-b.json"
+    recorded = _v1_manifest(catalog, s1, pinned)
+    _v1_manifest(catalog, s2, unpinned)
+    assert set(catalog.load_table(TRADES).metadata.refs) == {"main"}
+
+    res = runner.invoke(app, ["snapshot", "pin-manifest", str(pinned)], env=env)
+    assert res.exit_code == 0, res.output
+    tag = replay_pin_name([TRADES], {TRADES: s1}, T14, T14 + HOUR_NS)
+    assert f"{pinned}: pinned as {tag} for 90 days ({TRADES}@{s1})" in res.output
+    refs = catalog.load_table(TRADES).metadata.refs
+    assert refs[tag].snapshot_id == s1 and refs[tag].max_ref_age_ms is not None
+    # Idempotent, and the same tag a replay of the manifest makes (JSON output for scripts).
+    again = runner.invoke(app, ["snapshot", "pin-manifest", str(pinned), "-o", "json"], env=env)
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)[0]["pin_tag"] == tag
+
+    expired = runner.invoke(app, ["maintain", "expire-snapshots", "--older-than", "0s"], env=env)
+    assert expired.exit_code == 0, expired.output
+    kept = {s.snapshot_id for s in catalog.load_table(TRADES).metadata.snapshots}
+    assert s1 in kept and s2 not in kept  # the control: the unpinned manifest's snapshot is gone
+
+    out = tmp_path / "m2.json"
+    replayed = runner.invoke(
+        app,
+        ["replay", "--from-manifest", str(pinned), "--manifest", str(out),
+         "--out", str(tmp_path / "e.ndjson"), "--no-progress"],
+        env=env,
+    )  # fmt: skip
+    assert replayed.exit_code == 0, replayed.output
+    assert json.loads(out.read_text())["sequence_hash"] == recorded["sequence_hash"]
+
+    late = runner.invoke(app, ["snapshot", "pin-manifest", str(pinned), str(unpinned)], env=env)
+    assert late.exit_code == 1
+    assert f"{pinned}: pinned as {tag}" in late.output
+    assert late.output.splitlines()[-1].startswith(f"error: {unpinned}: ")
+    assert f"no snapshot {s2}" in late.output
