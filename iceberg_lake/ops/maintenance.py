@@ -1124,9 +1124,11 @@ def _norm(location: str) -> str:
 # ---- partitions ----------------------------------------------------------------------------------
 
 
-def _first_line(exc: BaseException | None) -> str:
+def _first_line(exc: BaseException | None, limit: int = 200) -> str:
+    """The first line of an error, cut at `limit` characters (pyiceberg lists whole file paths)."""
     text = str(exc).strip() if exc is not None else ""
-    return text.splitlines()[0] if text else "conflict"
+    line = text.splitlines()[0] if text else "conflict"
+    return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
 
 
 def _to_us(dt: datetime) -> int:
@@ -1170,12 +1172,13 @@ def _partition_bounds(
 
 
 def _event_window(partition: BooleanExpression, rows: pa.Table) -> BooleanExpression:
-    """The commit's conflict scope: the partition, narrowed to the event times rewritten.
+    """The window attempt's conflict scope: the partition, narrowed to the event times rewritten.
 
     Only the replaced files are deleted (by name; a concurrent delete of one of them is still a
     conflict), so a file appended meanwhile is never lost whatever this scope is. Narrowing it
     lets a writer keep appending newer events to a closed hour while it is compacted; late rows
-    inside the rewritten time range still conflict, and the compaction is re-planned.
+    inside the rewritten time range conflict, and the compaction is re-planned (the attempts
+    after that one do not use this scope: `compact_files`).
     """
     if "ts_event_ns" not in rows.column_names or rows.num_rows == 0:
         return partition
