@@ -1222,6 +1222,7 @@ __all__ = [
     "DEFAULT_TARGET_SIZE",
     "COMMIT_GRACE",
     "COMPACT_ATTEMPTS",
+    "COMPACT_WINDOW_ATTEMPTS",
     "MB",
     "MIN_ORPHAN_AGE",
     "CompactionResult",
