@@ -50,6 +50,14 @@ behaviour): `_FastAppendFiles` (and `_existing_manifests`), `_ManifestMergeManag
 `_SnapshotProducer._process_manifests` (the hook `_BoundedAppendFiles` overrides;
 `_SnapshotProducer._manifests` calls it) and `_SnapshotProducer._snapshot_id` (the snapshot being
 produced, excluded from a fold).
+The compaction's files-only replacement (`iceberg.PartitionReplacement` with
+`validation="files"`, used by `compact-files` after a lost race) subclasses `_OverwriteFiles` as
+`_NamedFilesOverwrite`, overriding `_SnapshotProducer._validate_concurrency` (the check pyiceberg
+runs on its own commit retry) to keep only `_validate_data_files_exist` and
+`_validate_no_new_deletes_for_data_files`, reading the producer's `_commit_window`,
+`_deleted_data_files` and `_transaction` (`Transaction._table`); guarded, with the behaviour
+(late files kept through the retry, replaced files conflict) and a hash of each function relied
+on, in `tests/engine/test_iceberg_replace_guard.py`.
 `Transaction._stage` (`iceberg.require_properties`, the fencing compare-and-swap of the writers'
 watermark and of Silver's incremental mark: the only way to add a commit requirement): source
 hashed in the same file, behaviour in `tests/test_engine_fencing.py`.

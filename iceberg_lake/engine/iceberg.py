@@ -42,7 +42,11 @@ from pyiceberg.table.update import (
     RemoveSnapshotsUpdate,
     ValidatableTableRequirement,
 )
-from pyiceberg.table.update.snapshot import _FastAppendFiles, _ManifestMergeManager
+from pyiceberg.table.update.snapshot import (
+    _FastAppendFiles,
+    _ManifestMergeManager,
+    _OverwriteFiles,
+)
 from pyiceberg.typedef import Record
 
 from iceberg_lake.exceptions import CommitConflictError, LakeError
@@ -153,6 +157,38 @@ def write_partition_files(
     return list(write_file(io=table.io, table_metadata=metadata, tasks=tasks))
 
 
+class _NamedFilesOverwrite(_OverwriteFiles):
+    """pyiceberg's overwrite producer whose conflict check is only "the named files still exist".
+
+    pyiceberg validates an overwrite on its own retry (`Transaction.commit_transaction` refreshes,
+    then `_rebuild_snapshot_updates` calls `_validate_concurrency` and re-plans the manifests on
+    the new head). The stock check also fails on ANY data file added since the start when the
+    overwrite has no predicate (serializable isolation with no filter), so a late append
+    anywhere in the table would conflict. This one keeps only the checks about the replaced
+    files themselves: none of them was deleted meanwhile (`_validate_data_files_exist`; a
+    concurrent compaction of the same files conflicts, which is what keeps rows from being added
+    twice) and no delete file was added for them (`_validate_no_new_deletes_for_data_files`).
+    The re-planned manifests drop only entries named by `delete_data_file` (`_existing_manifests`
+    keeps every other entry; `_deleted_entries` raises when a named file is gone), so files
+    added meanwhile are kept as they are. Guard: `tests/engine/test_iceberg_replace_guard.py`.
+    """
+
+    def _validate_concurrency(self) -> None:
+        from pyiceberg.table.update.validate import (
+            _validate_data_files_exist,
+            _validate_no_new_deletes_for_data_files,
+        )
+
+        window = self._commit_window
+        if window is None or window.is_empty() or window.head is None:
+            return
+        table = self._transaction._table
+        _validate_data_files_exist(table, window.head, self._deleted_data_files, window.base)
+        _validate_no_new_deletes_for_data_files(
+            table, window.head, None, self._deleted_data_files, window.base
+        )
+
+
 @dataclass
 class PartitionReplacement:
     """Collects partition replacements and commits them as one `overwrite` snapshot.
@@ -166,6 +202,17 @@ class PartitionReplacement:
 
     Not idempotent by itself: callers decide whether a replacement is needed. If the commit fails,
     the written files are orphans (removed by `lake maintain remove-orphans`).
+
+    Whatever the validation, the commit deletes only `old_files`, by name: the predicates never
+    delete anything. `validation` decides what a concurrent commit must not have done:
+
+    * `"predicate"` (default): added or deleted a data file matching the predicates (pyiceberg's
+      serializable overwrite check), or deleted one of `old_files`. The replaced partitions are
+      exactly what was planned: a late file inside the predicates makes the caller re-plan.
+    * `"files"`: deleted one of `old_files` (or added delete files for them). Files added
+      meanwhile, even inside the predicates, do not conflict and stay as they are (not deleted,
+      not rewritten); no predicate is passed to pyiceberg at all. For rewrites that keep rows
+      (`compact-files`), which must make progress while late rows keep landing.
     """
 
     table: Table
@@ -181,6 +228,8 @@ class PartitionReplacement:
     #: every pyiceberg retry: a compare-and-swap on the values this writer planned from
     #: (`require_properties`). None: no check.
     expected_properties: dict[str, str | None] | None = None
+    #: What a concurrent commit must not have done for this one to land (see the class doc).
+    validation: Literal["predicate", "files"] = "predicate"
 
     def replace(
         self, predicate: BooleanExpression, rows: pa.Table, old_files: list[DataFile]
@@ -230,8 +279,9 @@ class PartitionReplacement:
         """Commit all replacements as one snapshot; return its id (None if nothing to do).
 
         Raises:
-            CommitConflictError: a concurrent commit touched the same partitions (also when
-                pyiceberg's retry found the replaced files already gone), or changed one of
+            CommitConflictError: a concurrent commit touched the same partitions (with
+                `validation="predicate"`), deleted one of the replaced files (also when
+                pyiceberg's retry found them already gone), or changed one of
                 `expected_properties`.
         """
         if self.is_empty:
@@ -241,10 +291,27 @@ class PartitionReplacement:
                 require_properties(tx, self.expected_properties)
             if self.table_properties:
                 tx.set_properties(self.table_properties)
-            with tx.update_snapshot(snapshot_properties=self.snapshot_properties).overwrite(
-                commit_uuid=self.write_uuid
-            ) as producer:
+            producer: _OverwriteFiles
+            if self.validation == "files":
+                # No predicate at all: nothing but the named files can be deleted, and the
+                # conflict check is only that they still exist (`_NamedFilesOverwrite`).
+                producer = _NamedFilesOverwrite(
+                    # as `UpdateSnapshot.overwrite` decides it
+                    operation=Operation.OVERWRITE
+                    if tx.table_metadata.snapshot_by_name(MAIN_BRANCH) is not None
+                    else Operation.APPEND,
+                    transaction=tx,
+                    io=self.table.io,
+                    commit_uuid=self.write_uuid,
+                    snapshot_properties=self.snapshot_properties,
+                    branch=MAIN_BRANCH,
+                )
+            else:
+                producer = tx.update_snapshot(
+                    snapshot_properties=self.snapshot_properties
+                ).overwrite(commit_uuid=self.write_uuid)
                 producer.delete_by_predicate(self.predicate)
+            with producer:
                 for f in self.old_files:
                     producer.delete_data_file(f)
                 for f in self.new_files:

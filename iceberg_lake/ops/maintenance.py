@@ -79,9 +79,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SILVER_PREFIX = "silver."
 #: `expire_snapshots` recomputes and retries this often when concurrent commits invalidate it.
 EXPIRE_ATTEMPTS = 5
-#: `compact_files` re-plans and retries this often when late rows land in the partitions it is
-#: compacting between its plan and its commit.
+#: `compact_files` plans and commits at most this often when concurrent commits conflict.
 COMPACT_ATTEMPTS = 5
+#: The first attempts of `compact_files` that also conflict with late rows inside the rewritten
+#: event-time range (and re-plan to fold them in); later attempts, and always the last one, only
+#: require the planned files to still exist, so a steady stream of late rows cannot stall it.
+COMPACT_WINDOW_ATTEMPTS = 1
 
 
 # ---- argument parsing (shared with the CLI) --------------------------------------------------
@@ -265,27 +268,41 @@ class TableMaintenance:
             now: the reference time (default: the current time).
             dry_run: only report what would be compacted.
 
-        Late rows: only the replaced files are deleted (by name), so files a concurrent commit
-        adds to a partition being compacted (a writer catching up on old events, a `lake load`)
-        are never lost. Newer events than those rewritten do not conflict; late rows inside the
-        rewritten event-time range fail the commit's validation: the written files are deleted
-        and the compaction is re-planned on the new snapshot, which includes the late files, up
-        to `COMPACT_ATTEMPTS` times with backoff.
+        Late rows: only the replaced files are ever deleted, by name, so files a concurrent
+        commit adds to a partition being compacted (a writer catching up on old events, a
+        `lake load`) are never lost, and no row is written twice: every attempt requires the
+        planned files to still exist at commit (a concurrent compaction of them conflicts).
+
+        * The first attempt (`COMPACT_WINDOW_ATTEMPTS`) also conflicts with late rows inside the
+          rewritten event-time range (newer ones never conflict): it deletes what it wrote and
+          re-plans on the new snapshot, which includes the late files, so a one-off late
+          commit is folded into the same compaction.
+        * The later attempts replace exactly the planned files and check nothing else: files
+          that landed meanwhile stay as they are (not deleted, not rewritten) and the next run
+          picks them up. So a steady stream of late rows into a closed hour (a backfill
+          committing every few seconds) cannot stall compaction: the second attempt lands.
+
+        Trade-off: the window check is not needed for correctness. Each compacted file is
+        still sorted by event time; only its time range may then overlap a late file of the
+        same partition until the next run, as the writers' own files already do (readers prune
+        by per-file bounds, never assume disjoint files). What the check buys is fewer files
+        left behind by a one-off late commit, at the cost of one rewrite of the planned data.
 
         Returns:
             What was compacted (`attempts` says how many plans it took).
 
         Raises:
-            CommitConflictError: concurrent commits kept adding to the partitions being
-                compacted for `COMPACT_ATTEMPTS` attempts; nothing was changed.
+            CommitConflictError: concurrent commits conflicted `COMPACT_ATTEMPTS` times (e.g.
+                other compactions kept replacing the planned files); nothing was changed.
         """
         last: CommitConflictError | None = None
         for attempt in range(COMPACT_ATTEMPTS):
             if attempt:
                 # Back off with jitter: the late writer's commits come in bursts.
                 time.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))
+            window = attempt < min(COMPACT_WINDOW_ATTEMPTS, COMPACT_ATTEMPTS - 1)
             try:
-                result = self._compact_files_once(older_than, target_size, now, dry_run)
+                result = self._compact_files_once(older_than, target_size, now, dry_run, window)
             except CommitConflictError as exc:
                 last = exc
                 log.info("compact-files %s: %s; re-planning", self.table_id, _first_line(exc))
@@ -294,15 +311,24 @@ class TableMaintenance:
         # The catalog's or pyiceberg's own reason, without the table name said twice.
         cause = last.__cause__ if last is not None and last.__cause__ is not None else last
         raise CommitConflictError(
-            f"{self.table_id}: concurrent commits kept adding rows to the partitions being "
-            f"compacted ({COMPACT_ATTEMPTS} attempts, last: {_first_line(cause)}); nothing was "
-            "changed, run it again"
+            f"{self.table_id}: concurrent commits kept conflicting with the compaction "
+            f"({COMPACT_ATTEMPTS} attempts, last: {_first_line(cause)}); nothing was changed, "
+            "run it again"
         )
 
     def _compact_files_once(
-        self, older_than: timedelta, target_size: int, now: datetime | None, dry_run: bool
+        self,
+        older_than: timedelta,
+        target_size: int,
+        now: datetime | None,
+        dry_run: bool,
+        window: bool = True,
     ) -> CompactionResult:
         """One plan-write-commit of `compact_files` on freshly refreshed metadata.
+
+        Args:
+            window: also conflict with files added inside the rewritten event-time range;
+                False: only with the planned files being gone (`validation="files"`).
 
         Raises:
             CommitConflictError: a concurrent commit conflicted; the files this attempt wrote
@@ -335,7 +361,7 @@ class TableMaintenance:
             P.LAKE_OPERATION: P.COMPACT_FILES,
             P.REPLACED_PARTITIONS: json.dumps([label.split("/") for label in labels]),
         }
-        rep = PartitionReplacement(table, props)
+        rep = PartitionReplacement(table, props, validation="predicate" if window else "files")
         out_schema = schema_to_pyarrow(table.schema(), include_field_ids=False)
         sort_keys = _sort_columns(table)
         files_after = 0
@@ -1098,9 +1124,11 @@ def _norm(location: str) -> str:
 # ---- partitions ----------------------------------------------------------------------------------
 
 
-def _first_line(exc: BaseException | None) -> str:
+def _first_line(exc: BaseException | None, limit: int = 200) -> str:
+    """The first line of an error, cut at `limit` characters (pyiceberg lists whole file paths)."""
     text = str(exc).strip() if exc is not None else ""
-    return text.splitlines()[0] if text else "conflict"
+    line = text.splitlines()[0] if text else "conflict"
+    return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
 
 
 def _to_us(dt: datetime) -> int:
@@ -1144,12 +1172,13 @@ def _partition_bounds(
 
 
 def _event_window(partition: BooleanExpression, rows: pa.Table) -> BooleanExpression:
-    """The commit's conflict scope: the partition, narrowed to the event times rewritten.
+    """The window attempt's conflict scope: the partition, narrowed to the event times rewritten.
 
     Only the replaced files are deleted (by name; a concurrent delete of one of them is still a
     conflict), so a file appended meanwhile is never lost whatever this scope is. Narrowing it
     lets a writer keep appending newer events to a closed hour while it is compacted; late rows
-    inside the rewritten time range still conflict, and the compaction is re-planned.
+    inside the rewritten time range conflict, and the compaction is re-planned (the attempts
+    after that one do not use this scope: `compact_files`).
     """
     if "ts_event_ns" not in rows.column_names or rows.num_rows == 0:
         return partition
@@ -1193,6 +1222,7 @@ __all__ = [
     "DEFAULT_TARGET_SIZE",
     "COMMIT_GRACE",
     "COMPACT_ATTEMPTS",
+    "COMPACT_WINDOW_ATTEMPTS",
     "MB",
     "MIN_ORPHAN_AGE",
     "CompactionResult",
