@@ -7,6 +7,7 @@ import asyncio
 import errno
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -99,6 +100,16 @@ def test_a_whole_batch_refused_goes_to_dead_letters(tmp_path: Path, duck) -> Non
     assert count_rows(duck, settings, "bronze.dead_letters") == 5
 
 
+def _two_writers(tmp_path: Path) -> tuple[Any, ConsumerWriter, ConsumerWriter]:
+    """A new lake and two writers of one consumer (no bus: no ack, no lease), both loaded."""
+    settings = settings_for(tmp_path, "nats://127.0.0.1:1")
+    LakeCatalog(settings).init()
+    writers = [ConsumerWriter(settings, TABLE, js=None) for _ in range(2)]  # type: ignore[arg-type]
+    for w in writers:
+        w._load()
+    return settings, writers[0], writers[1]
+
+
 def test_a_stale_writer_is_fenced_by_the_watermark(tmp_path: Path, duck) -> None:
     """Two writers of one consumer (e.g. a paused ex-holder of the lease): the second commit
     over the same watermark is refused, nothing is duplicated."""
@@ -106,22 +117,11 @@ def test_a_stale_writer_is_fenced_by_the_watermark(tmp_path: Path, duck) -> None
 
     from iceberg_lake.exceptions import WriterFencedError
 
-    settings = settings_for(tmp_path, "nats://127.0.0.1:1")
-    LakeCatalog(settings).init()
-    old = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
-    new = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
-    old._load()
-    new._load()
+    settings, old, new = _two_writers(tmp_path)
 
-    def batch() -> MicroBatch:
-        b = MicroBatch()
-        b.add_messages(10, 1, 10, None)
-        b.add_rows(TABLE, _rows(10, set()), np.arange(1, 11, dtype=np.int64))
-        return b
-
-    new._commit_sync(batch())
+    new._commit_sync(_batch(1, 10))
     with pytest.raises(WriterFencedError):
-        old._commit_sync(batch())
+        old._commit_sync(_batch(1, 10))
     assert count_rows(duck, settings, TABLE) == 10
 
 
@@ -144,12 +144,7 @@ def test_a_writer_without_a_lease_moving_the_watermark_forward_stops_the_writer(
 
     from iceberg_lake.exceptions import ForeignWriterError
 
-    settings = settings_for(tmp_path, "nats://127.0.0.1:1")
-    LakeCatalog(settings).init()
-    mine = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
-    foreign = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
-    mine._load()
-    foreign._load()
+    settings, mine, foreign = _two_writers(tmp_path)
     foreign._commit_sync(_batch(1, 10))  # the lease-less writer committed seq 1..10
 
     async def commit_and_wait(writer: ConsumerWriter, batch: MicroBatch) -> None:

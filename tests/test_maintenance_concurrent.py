@@ -415,6 +415,18 @@ def test_remove_orphans_keeps_files_of_any_catalog_table_under_a_lake_location(
     assert other.scan().to_arrow().num_rows == 5
 
 
+def _closed_hour_rows(data_dir: Path, *firsts: int) -> tuple[dict[str, str], LakeCatalog, str]:
+    """A lake whose first table got one 10-row append per `first` (event times `first`..
+    `first`+9 ms of a closed hour); (env, catalog, table id)."""
+    env = {"LAKE_DATA_DIR": str(data_dir)}
+    catalog = LakeCatalog(load_settings(env))
+    ident = TABLES[0]
+    table = catalog.load_table(ident)
+    for first in firsts:
+        table.append(make_rows(table, first, 10))
+    return env, catalog, ident
+
+
 def _late_append_on_read(
     monkeypatch: pytest.MonkeyPatch, other: Table, firsts: list[int]
 ) -> list[int]:
@@ -450,12 +462,7 @@ def test_compact_files_replans_when_late_rows_land_in_the_partition_and_loses_no
     catalog connection between the plan and the commit, fail the commit's validation (they are
     never overwritten); compact-files re-plans on the new snapshot and compacts them too: every
     row exactly once."""
-    env = {"LAKE_DATA_DIR": str(data_dir)}
-    catalog = LakeCatalog(load_settings(env))
-    ident = TABLES[0]
-    table = catalog.load_table(ident)
-    for first in (0, 100, 200):  # event times 0..9, 100..109, 200..209 ms of a closed hour
-        table.append(make_rows(table, first, 10))
+    env, catalog, ident = _closed_hour_rows(data_dir, 0, 100, 200)
     other = LakeCatalog(load_settings(env)).load_table(ident)
     planned = _late_append_on_read(monkeypatch, other, [50])  # 50..59 ms: inside the range
 
@@ -478,12 +485,7 @@ def test_compact_files_keeps_newer_late_rows_without_a_conflict(
 ) -> None:
     """Budget: about 2 s. Late rows newer than every rewritten event (a writer still catching
     up on a closed hour) do not conflict: one attempt, and the late file stays as it is."""
-    env = {"LAKE_DATA_DIR": str(data_dir)}
-    catalog = LakeCatalog(load_settings(env))
-    ident = TABLES[0]
-    table = catalog.load_table(ident)
-    for first in (0, 100):
-        table.append(make_rows(table, first, 10))
+    env, catalog, ident = _closed_hour_rows(data_dir, 0, 100)
     other = LakeCatalog(load_settings(env)).load_table(ident)
     planned = _late_append_on_read(monkeypatch, other, [500])
 
@@ -515,12 +517,7 @@ def test_compact_files_final_attempt_replaces_only_the_planned_files_and_keeps_l
     replaces exactly the planned files (even when more attempts would check the window): the
     CLI succeeds, every row (original and late) is there once, and the file that landed during
     the final attempt is kept as it is."""
-    env = {"LAKE_DATA_DIR": str(data_dir)}
-    catalog = LakeCatalog(load_settings(env))
-    ident = TABLES[0]
-    table = catalog.load_table(ident)
-    for first in (0, 100):
-        table.append(make_rows(table, first, 10))
+    env, catalog, ident = _closed_hour_rows(data_dir, 0, 100)
     monkeypatch.setattr(maintenance, "COMPACT_ATTEMPTS", 3)
     monkeypatch.setattr(maintenance, "COMPACT_WINDOW_ATTEMPTS", 5)  # the last one never does
     other = LakeCatalog(load_settings(env)).load_table(ident)
@@ -614,12 +611,7 @@ def test_compact_files_gives_up_in_one_line_when_other_compactions_keep_winning(
     planned files (and new small files land), so even the files-only attempts conflict. After
     `COMPACT_ATTEMPTS` the CLI says so in one line and exits 1; nothing of this run was
     committed, no row is lost or duplicated, and its written files were deleted."""
-    env = {"LAKE_DATA_DIR": str(data_dir)}
-    catalog = LakeCatalog(load_settings(env))
-    ident = TABLES[0]
-    table = catalog.load_table(ident)
-    for first in (0, 100):
-        table.append(make_rows(table, first, 10))
+    env, catalog, ident = _closed_hour_rows(data_dir, 0, 100)
     monkeypatch.setattr(maintenance, "COMPACT_ATTEMPTS", 2)
     other = TableMaintenance(LakeCatalog(load_settings(env)), ident)
     real_read = maintenance.read_scan_tasks
@@ -679,12 +671,7 @@ def test_two_compactions_racing_never_duplicate_rows(
     rows a second time), also when it only checks the planned files (the attempts after a lost
     race); the re-plan finds nothing left to do."""
     monkeypatch.setattr(maintenance, "COMPACT_WINDOW_ATTEMPTS", window_attempts)
-    env = {"LAKE_DATA_DIR": str(data_dir)}
-    catalog = LakeCatalog(load_settings(env))
-    ident = TABLES[0]
-    table = catalog.load_table(ident)
-    for first in (0, 100, 200):
-        table.append(make_rows(table, first, 10))
+    env, catalog, ident = _closed_hour_rows(data_dir, 0, 100, 200)
     other = TableMaintenance(LakeCatalog(load_settings(env)), ident)
     real_read = maintenance.read_scan_tasks
     raced: list[int | None] = []
