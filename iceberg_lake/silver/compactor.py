@@ -365,20 +365,21 @@ class SilverCompactor:
             try:
                 results = []
                 for day, group in groups.items():
-                    results.append(
-                        self._run(
-                            definition,
-                            bronze,
-                            silver,
-                            snap,
-                            layout,
-                            group,
-                            {},
-                            every_commit=lowered,
-                            expected=expected,
-                        ).with_date(day)
+                    result = self._run(
+                        definition,
+                        bronze,
+                        silver,
+                        snap,
+                        layout,
+                        group,
+                        {},
+                        every_commit=lowered,
+                        expected=expected,
                     )
-                    if expected is not None:  # the first day's commit set it
+                    results.append(result.with_date(day))
+                    if expected is not None and result.silver_snapshot_id is not None:
+                        # This day's commit lowered the mark (a day with every partition
+                        # unchanged commits nothing and leaves it as read).
                         expected = {
                             P.SILVER_INCREMENTAL_SOURCE: lowered[P.SILVER_INCREMENTAL_SOURCE]
                         }

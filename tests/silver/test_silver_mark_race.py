@@ -40,6 +40,8 @@ from iceberg_lake.silver.compactor import SilverCompactor
 
 pytestmark = pytest.mark.integration
 
+DAY_NS = 86_400 * 10**9
+
 
 def _mark(lake: LakeCatalog) -> str | None:
     return lake.load_table(SILVER).properties.get(P.SILVER_INCREMENTAL_SOURCE)
@@ -163,6 +165,34 @@ def test_two_pinned_runs_keep_the_lower_mark(
         ["SPY", "2025-12-16T14"],
     ]
     assert silver_rows(lake) == expected(rows + more)
+
+
+def test_a_pinned_all_dates_run_whose_first_day_is_unchanged_lowers_the_mark(
+    tmp_path: Path,
+) -> None:
+    """The mark's compare-and-swap follows the run's own commits only: a first day with every
+    partition unchanged commits nothing, so the next day's commit still expects the mark as
+    read (found by review: the run failed every attempt on a mark nobody had set)."""
+    lake = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(tmp_path / "data")}))
+    lake.init()
+    day1 = [trade(T0 + i * MIN_NS, seq=i) for i in range(5)]
+    day2 = [trade(T0 + DAY_NS + i * MIN_NS, seq=100 + i) for i in range(5)]
+    append(lake.load_table(BRONZE), day1 + day2)
+    s1 = _current(lake)
+    with SilverCompactor(lake) as c:
+        assert c.compact_incremental([TRADES])[0].status == "success"
+    late = [trade(T0 + DAY_NS + 30 * MIN_NS + i, seq=200 + i) for i in range(5)]
+    append(lake.load_table(BRONZE), late)  # only day 2 changes after s1
+    with SilverCompactor(lake) as c:
+        assert c.compact_incremental([TRADES])[0].status == "success"
+    assert _mark(lake) == str(_current(lake))
+    with SilverCompactor(lake) as c:
+        res = c.compact_all_dates(TRADES, snapshot_id=s1)
+    assert [r.status for r in res] == ["unchanged", "success"]
+    assert _mark(lake) == str(s1)
+    with SilverCompactor(lake) as c:  # and the next incremental run catches day 2 up
+        assert c.compact_incremental([TRADES])[0].status == "success"
+    assert silver_rows(lake) == expected(day1 + day2 + late)
 
 
 def test_advance_and_lower_mark_are_compare_and_swap(tmp_path: Path) -> None:
