@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from ingest_support import count_rows, make_event, settings_for
 from pyiceberg.exceptions import CommitFailedException
 
@@ -164,3 +165,47 @@ def test_a_writer_without_a_lease_moving_the_watermark_forward_stops_the_writer(
     asyncio.run(commit_and_wait(reader, _batch(11, 5)))
     assert reader.reset_needed and reader.reload_needed
     assert count_rows(duck, settings, TABLE) == 10
+
+
+def test_a_writers_own_commit_landed_with_its_answer_lost_is_not_a_foreign_writer(
+    tmp_path: Path, duck, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog connection drops after the commit landed, and the refresh after it fails
+    too: the retry, on a stale view, is fenced by this writer's own watermark. That is not a
+    writer without a lease (found by review): the writer reads on from the watermark, and the
+    batch is stored once."""
+    import sqlalchemy.exc
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from iceberg_lake.ingest import writer as writer_mod
+
+    settings, mine, _other = _two_writers(tmp_path)
+    monkeypatch.setattr(writer_mod, "BACKOFF_MIN_SECONDS", 0.01)
+    mine._commit_sync(_batch(1, 10))
+    real_commit, real_refresh = SqlCatalog.commit_table, ConsumerWriter._refresh_tables
+    calls = {"commit": 0, "refresh": 0}
+
+    def commit_then_lose_the_answer(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["commit"] += 1
+        out = real_commit(self, *args, **kwargs)
+        if calls["commit"] == 1:
+            raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("connection closed"))
+        return out
+
+    def refresh_fails_once(self: ConsumerWriter) -> None:
+        calls["refresh"] += 1
+        if calls["refresh"] == 1:
+            raise CatalogUnavailableError("refreshing tables: catalog database unavailable")
+        real_refresh(self)
+
+    monkeypatch.setattr(SqlCatalog, "commit_table", commit_then_lose_the_answer)
+    monkeypatch.setattr(ConsumerWriter, "_refresh_tables", refresh_fails_once)
+
+    async def commit_and_wait() -> None:
+        mine.commit_task = asyncio.ensure_future(mine._commit(_batch(11, 5)))
+        await asyncio.wait_for(mine._wait_commit(), 60)
+
+    asyncio.run(commit_and_wait())  # no ForeignWriterError
+    assert calls["commit"] >= 2 and mine.reset_needed
+    assert count_rows(duck, settings, TABLE) == 15
+    assert LakeCatalog(settings).load_table(TABLE).properties[mine.wm_key] == "15"

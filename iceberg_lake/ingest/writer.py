@@ -304,6 +304,8 @@ class ConsumerWriter:
         self.watermarks: dict[str, int] = {}
         #: Watermark property values as last seen in each table (the commit's compare-and-swap).
         self.seen: dict[str, str | None] = {}
+        #: The last stream sequence of the batch being committed (its watermark once it lands).
+        self._committing_seq: int | None = None
         self.position = 0
         self.batch = MicroBatch()
         self.psub: BatchPuller | None = None
@@ -887,6 +889,10 @@ class ConsumerWriter:
             except LakeError:  # unreachable: the re-read below is the safe default
                 return None
             now, saw = props.get(self.wm_key), self.seen.get(tid)
+            if now is not None and int(now) == self._committing_seq:
+                # This writer's own commit, landed with its answer lost and retried on a
+                # stale view of the table: reading on from the watermark is right.
+                continue
             if now is not None and int(now) > int(saw or 0):
                 return (
                     f"writer {self.target}: the watermark of {self.consumer} in {tid} moved from "
@@ -946,6 +952,7 @@ class ConsumerWriter:
         if batch.dead:
             await self._publish_dead_letters(batch.dead)
         attempt = 0
+        self._committing_seq = batch.last_seq
         while True:
             if not self._holds_lease():
                 raise WriterFencedError(f"lease of {self.consumer} expired before the commit")
