@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,8 @@ __all__ = [
 
 _NS_PER_US = 1_000
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ScanStats:
@@ -77,9 +80,11 @@ def time_window(
     """The half-open nanosecond window `[lo, hi)` of a UTC day narrowed by a range.
 
     Raises:
-        TimeTravelError: an invalid date, `start_ns >= end_ns`, or a range that does not
-            overlap the day (it would silently read nothing: usually a typo in the date or
-            the range).
+        TimeTravelError: an invalid date, or `start_ns >= end_ns`.
+
+    A range that does not overlap the day reads nothing, as the spec's readers always did (its
+    own example pairs 2025-12-16 with a 2024 range); it is logged as a WARNING naming both, so
+    a typo in the date or the range does not pass silently.
     """
     if start_ns is not None and end_ns is not None and start_ns >= end_ns:
         raise TimeTravelError(f"start_ns ({start_ns}) must be before end_ns ({end_ns})")
@@ -90,9 +95,11 @@ def time_window(
         lo = d0 if lo is None else max(lo, d0)
         hi = d0 + 86_400 * 1_000_000_000 if hi is None else min(hi, d0 + 86_400 * 1_000_000_000)
         if lo >= hi:
-            raise TimeTravelError(
-                f"the range {_range_text(start_ns, end_ns)} does not overlap {d.isoformat()} "
-                f"(the UTC day 00:00-24:00 UTC): check the date and start_ns/end_ns"
+            log.warning(
+                "the range %s does not overlap %s (the UTC day 00:00-24:00 UTC), so nothing "
+                "is read: check the date and start_ns/end_ns",
+                _range_text(start_ns, end_ns),
+                d.isoformat(),
             )
     return lo, hi
 
