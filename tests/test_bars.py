@@ -289,3 +289,7 @@ def test_bar_start_is_utc_and_origin_moves_the_grid(
     assert bar["bar_start_ns"] == day - 3_600 * 10**9
     bad = CliRunner().invoke(app, [*base, "--start", "2025-12-16", "--origin", "session"])
     assert bad.exit_code == 1 and "--origin session needs --session" in bad.output
+    # An origin in Unix ns is any point of the grid: a 23 h offset is not "milliseconds".
+    offset = CliRunner().invoke(app, [*base, *cme, "--origin", str(23 * 3_600 * 10**9)])
+    assert offset.exit_code == 0, offset.output
+    assert json.loads(offset.stdout) == json.loads(per_session.stdout)

@@ -106,7 +106,8 @@ def bars(
         None,
         "--origin",
         help=(
-            "A time on the bar grid (Unix ns or ISO time; 'session': the --session open). "
+            "A time on the bar grid (Unix ns, any offset, or ISO time; 'session': the "
+            "--session open). "
             "Default: the epoch, so 1d bars cut at 00:00 UTC and 7d bars start on Thursdays."
         ),
     ),
@@ -126,7 +127,7 @@ def bars(
             raise typer.BadParameter("--origin session needs --session", param_hint="--origin")
         origin_ns = start_ns
     else:
-        origin_ns = parse_time_ns(origin, "--origin")
+        origin_ns = parse_time_ns(origin, "--origin", plausible=False)
     with Lake(open_catalog(read_only=True)) as lake:
         series = lake.bars(
             table,

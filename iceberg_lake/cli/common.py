@@ -211,16 +211,17 @@ def split_names(values: list[str] | None) -> list[str] | None:
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
-def parse_time_ns(text: str, option: str) -> int:
+def parse_time_ns(text: str, option: str, *, plausible: bool = True) -> int:
     """`--start/--end`: Unix nanoseconds, or an ISO time/date (naive = UTC), to the nanosecond.
 
     An integer that looks like Unix seconds, milliseconds or microseconds is refused
     (`snapshots.check_unix_ns`): read as nanoseconds it would select nothing, silently.
+    `plausible=False` takes any integer (`--origin`: only its offset on the grid matters).
     """
     raw = text.strip()
     try:
         if raw.lstrip("-").isdigit():
-            return snapshots.check_unix_ns(int(raw))
+            return snapshots.check_unix_ns(int(raw)) if plausible else int(raw)
         when = snapshots.parse_timestamp_ns(raw)
     except LakeError as exc:
         raise typer.BadParameter(str(exc), param_hint=option) from None
