@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -312,3 +313,41 @@ def test_a_copy_loading_at_once_reports_only_what_it_committed(
         assert (other.status, other.dead_lettered, other.rows_skipped) == ("loaded", 1, 5_999)
         assert (original.dead_lettered, original.rows_skipped) == (1, 1)
 
+
+@pytest.mark.parametrize("log_level", ["warning", "info"])
+def test_cli_load_shows_pyiceberg_retry_chatter_only_at_a_verbose_log_level(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_level: str
+) -> None:
+    """A single-process `lake load` whose first commit races a concurrent append: pyiceberg
+    retries it and says so at WARNING; the CLI shows that line only from `--log-level info`
+    (budget: ~2 s)."""
+    from typer.testing import CliRunner
+
+    from iceberg_lake.cli.app import app
+
+    lake = make_lake(tmp_path / "data")
+    path = write_parquet(tmp_path / "t.parquet", trades_table(2_000), row_group_size=1_000)
+    mapping = tmp_path / "m.toml"
+    mapping.write_text(TRADES_MAPPING)
+    real = FileCommitter.commit_rows
+    raced: list[bool] = []
+
+    def race_first(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not raced:  # another writer commits to the table this load just read
+            raced.append(True)
+            with lake.load_table(TABLE).transaction() as tx:
+                tx.set_properties({"test.other-writer": "1"})
+            with lake.load_table(TABLE).transaction() as tx:
+                tx.append(self.arrow_schema().empty_table())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FileCommitter, "commit_rows", race_first)
+    monkeypatch.setenv("LAKE_DATA_DIR", str(tmp_path / "data"))
+    cmd = ["--log-level", log_level, "load", str(path), "--mapping", str(mapping), "-o", "json"]
+    cmd += ["--commit-rows", "1000"]
+    result = CliRunner().invoke(app, cmd)
+    logging.getLogger().setLevel(logging.WARNING)
+    assert raced and result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"][0]["rows_stored"] == 2_000
+    chatter = "Commit failed due to a concurrent update, retrying" in result.stderr
+    assert chatter == (log_level == "info"), result.stderr

@@ -14,6 +14,7 @@ for `lake maintain expire-snapshots`.
 from __future__ import annotations
 
 import itertools
+import logging
 import operator
 import queue
 import threading
@@ -1507,6 +1508,30 @@ def rewrite_manifests(table: Table, snapshot_properties: Mapping[str, str]) -> i
 
 
 install_commit_fixes()
+
+
+# ---- pyiceberg's log chatter about its own retries ----------------------------------------------
+
+#: How pyiceberg's WARNING records about work it retries or cleans up on its own begin: its
+#: commit retry (`Transaction.commit_transaction`), the deletion of old metadata files after a
+#: commit and of an uncommitted attempt's manifests (`Catalog` / `_SnapshotProducer`). None of
+#: them is an error of the operation: the commit either lands or raises. Guard test:
+#: `tests/engine/test_iceberg_log_guard.py`.
+RETRY_CHATTER_PREFIXES = (
+    "Commit failed due to a concurrent update, retrying",
+    "Failed to delete ",
+)
+
+
+def is_retry_chatter(record: logging.LogRecord) -> bool:
+    """True for a pyiceberg WARNING (or lower) about a retry or a best-effort cleanup.
+
+    Errors stay errors: records at ERROR or above are never chatter.
+    """
+    if record.levelno >= logging.ERROR or not record.name.startswith("pyiceberg"):
+        return False
+    message = record.msg if isinstance(record.msg, str) else str(record.msg)
+    return message.startswith(RETRY_CHATTER_PREFIXES)
 
 
 # ---- snapshot expiry with a precondition ------------------------------------------------------

@@ -441,6 +441,11 @@ def _init_worker(queue: Any, log_level: int) -> None:
     # Files loading in parallel conflict on commits by design; pyiceberg retries them and says
     # so at WARNING, which would scribble over the progress bars.
     logging.getLogger("pyiceberg.table").setLevel(max(log_level, logging.ERROR))
+    if log_level > logging.INFO:  # nor its notes on metadata files it could not delete
+        from iceberg_lake.engine.iceberg import is_retry_chatter
+
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda record: not is_retry_chatter(record))
 
 
 def _worker(settings: Settings, path: str, options: LoadOptions) -> LoadResult:
