@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pyiceberg.exceptions import CommitFailedException
 from timetravel_data import T14, append, trades
 from typer.testing import CliRunner
 
@@ -109,3 +110,16 @@ def test_silver_source_tag_of_a_snapshot_expired_meanwhile_says_compact_again(
     monkeypatch.undo()
     assert seen and seen[0][0] == sid
     assert snapshots.silver_source_tag(sid) not in lake.load_table(TRADES).metadata.refs
+
+
+def test_refs_update_on_a_snapshot_expired_meanwhile_is_a_commit_conflict(
+    lake: LakeCatalog,
+) -> None:
+    """The policy's refs commit (`maintain_refs`) tagging a Silver source another expiry removed
+    since its read fails as a conflict its callers retry (not a bare `ValueError`)."""
+    append(lake.load_table(TRADES), trades("SPY", T14, 3, 10**9))
+    stale = lake.load_table(TRADES)
+    old, _new = _append_and_expire(lake, seq0=100)
+    with pytest.raises(CommitFailedException, match=f"snapshot {old} was expired"):
+        snapshots.maintain_refs(stale, TRADES, checkpoint_max_age_ms=0, silver_sources={old})
+    assert snapshots.silver_source_tag(old) not in lake.load_table(TRADES).metadata.refs
