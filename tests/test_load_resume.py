@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -36,6 +37,7 @@ from tests.test_load import make_lake, rows
 pytestmark = pytest.mark.integration
 
 TABLE = "bronze.futures_trades"
+DEAD = "bronze.dead_letters"
 
 
 def _parquet(tmp_path: Path, n: int) -> tuple[Path, list[str]]:
@@ -143,8 +145,10 @@ def test_crash_between_dead_letters_and_rows_does_not_repeat_dead_letters(
 
     result = load_file(lake, path, options)
 
-    assert (result.status, result.rows_skipped) == ("resumed", 1_000)
+    assert (result.status, result.first_row, result.rows_read) == ("resumed", 1_000, 2_000)
     assert result.dead_lettered == 1  # row 1100's letter was already in; 2100 is new
+    # Skipped: the first 1,000 rows and row 1100's letter (the earlier run committed them).
+    assert (result.rows_stored, result.rows_skipped) == (1_998, 1_001)
     dead = rows(duck, lake, "bronze.dead_letters", "SELECT stream_seq FROM t ORDER BY 1")
     assert dead == [(100,), (1_100,), (2_100,)]
     assert rows(duck, lake, TABLE, "SELECT count(*), count(DISTINCT seq) FROM t") == [
@@ -217,8 +221,133 @@ def test_two_copies_of_a_file_loading_at_once_store_every_row_once(tmp_path: Pat
     statuses = {"loaded", "resumed", "loading-elsewhere", "already-loaded"}
     assert {r.status for r in results} <= statuses
     assert sum(r.rows_stored for r in results) == 11_998
+    # Each run reports only what it committed: the dead letters add up to those stored.
+    assert sum(r.dead_lettered for r in results) == 2
+    for r in results:
+        if r.status != "loading-elsewhere":  # that one stopped part way (the other stores it)
+            assert r.rows_stored + r.dead_lettered + r.rows_skipped == 12_000, r
     assert rows(duck, lake, TABLE, "SELECT count(*), count(DISTINCT seq) FROM t") == [
         (11_998, 11_998)
     ]
     dead = rows(duck, lake, "bronze.dead_letters", "SELECT stream_seq FROM t ORDER BY 1")
     assert dead == [(10,), (6_010,)]
+
+
+@pytest.mark.parametrize("pause_at", ["commit_dead_letters", "commit_rows"])
+def test_a_copy_loading_at_once_reports_only_what_it_committed(
+    tmp_path: Path, duck, monkeypatch: pytest.MonkeyPatch, pause_at: str
+) -> None:
+    """Two loads of the same bytes in two threads; the copy pauses at its first commit (of its
+    dead letters, or of its rows after its dead letters) until the original has loaded the
+    whole file. Each run's summary then holds only what it committed: the dead letters add up
+    to the ones stored, a chunk the other run committed counts as skipped, and a run that
+    committed nothing is `already-loaded` (budget: ~4 s)."""
+    import threading
+
+    from iceberg_lake.config import load_settings
+
+    lake = make_lake(tmp_path / "data")
+    data = trades_table(6_000)
+    px = data.column("px").to_pylist()
+    for i in (10, 3_010):
+        px[i] = -1.0
+    data = data.set_column(2, "px", pa.array(px))
+    a = write_parquet(tmp_path / "a.parquet", data, row_group_size=1_000)
+    b = tmp_path / "copy-of-a.parquet"
+    b.write_bytes(a.read_bytes())
+    mapping = tmp_path / "m.toml"
+    mapping.write_text(TRADES_MAPPING)
+    options = LoadOptions(mapping=str(mapping), commit_rows=1_000)
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "data")})
+
+    a_done = threading.Event()
+    paused: list[bool] = []
+    real = getattr(FileCommitter, pause_at)
+
+    def pause_the_copy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.file_name == b.name and not paused:
+            paused.append(True)
+            assert a_done.wait(60), "the original load did not finish"
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FileCommitter, pause_at, pause_the_copy)
+    results: dict[str, object] = {}
+
+    def load(path: Path) -> None:
+        try:
+            results[path.name] = load_file(settings, path, options)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertions below
+            results[path.name] = exc
+        finally:
+            if path == a:
+                a_done.set()
+
+    copy = threading.Thread(target=load, args=(b,))
+    copy.start()
+    wait_until(lambda: bool(paused), 30, "the copy at its first commit")
+    load(a)
+    copy.join(60)
+    assert not copy.is_alive()
+    original, other = results[a.name], results[b.name]
+    assert not isinstance(original, BaseException), original
+    assert not isinstance(other, BaseException), other
+
+    assert rows(duck, lake, TABLE, "SELECT count(*), count(DISTINCT seq) FROM t") == [
+        (5_998, 5_998)
+    ]
+    dead = rows(duck, lake, DEAD, "SELECT stream_seq FROM t ORDER BY 1")
+    assert dead == [(10,), (3_010,)]
+    assert original.status == "loaded" and other.rows_stored == 0
+    assert original.rows_stored == 5_998 - other.rows_stored
+    assert original.dead_lettered + other.dead_lettered == 2
+    for r in (original, other):
+        assert r.rows_read == 6_000
+        assert r.rows_stored + r.dead_lettered + r.rows_skipped == 6_000, r
+    if pause_at == "commit_dead_letters":  # the copy committed nothing at all
+        assert (other.status, other.dead_lettered, other.rows_skipped) == (
+            "already-loaded",
+            0,
+            6_000,
+        )
+    else:  # the copy dead-lettered row 10 first; the original stored the rest of that chunk
+        assert (other.status, other.dead_lettered, other.rows_skipped) == ("loaded", 1, 5_999)
+        assert (original.dead_lettered, original.rows_skipped) == (1, 1)
+
+
+@pytest.mark.parametrize("log_level", ["warning", "info"])
+def test_cli_load_shows_pyiceberg_retry_chatter_only_at_a_verbose_log_level(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_level: str
+) -> None:
+    """A single-process `lake load` whose first commit races a concurrent append: pyiceberg
+    retries it and says so at WARNING; the CLI shows that line only from `--log-level info`
+    (budget: ~2 s)."""
+    from typer.testing import CliRunner
+
+    from iceberg_lake.cli.app import app
+
+    lake = make_lake(tmp_path / "data")
+    path = write_parquet(tmp_path / "t.parquet", trades_table(2_000), row_group_size=1_000)
+    mapping = tmp_path / "m.toml"
+    mapping.write_text(TRADES_MAPPING)
+    real = FileCommitter.commit_rows
+    raced: list[bool] = []
+
+    def race_first(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not raced:  # another writer commits to the table this load just read
+            raced.append(True)
+            with lake.load_table(TABLE).transaction() as tx:
+                tx.set_properties({"test.other-writer": "1"})
+            with lake.load_table(TABLE).transaction() as tx:
+                tx.append(self.arrow_schema().empty_table())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FileCommitter, "commit_rows", race_first)
+    monkeypatch.setenv("LAKE_DATA_DIR", str(tmp_path / "data"))
+    cmd = ["--log-level", log_level, "load", str(path), "--mapping", str(mapping), "-o", "json"]
+    cmd += ["--commit-rows", "1000"]
+    result = CliRunner().invoke(app, cmd)
+    logging.getLogger().setLevel(logging.WARNING)
+    assert raced and result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"][0]["rows_stored"] == 2_000
+    chatter = "Commit failed due to a concurrent update, retrying" in result.stderr
+    assert chatter == (log_level == "info"), result.stderr

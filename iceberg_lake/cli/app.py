@@ -192,12 +192,27 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def _not_retry_chatter(record: logging.LogRecord) -> bool:
+    """Drop a dependency's notes about its own retries and cleanups unless the log is verbose.
+
+    pyiceberg says at WARNING that it retries a lost commit or could not delete an old metadata
+    file (`engine.iceberg.is_retry_chatter`); neither is a problem of the command, which lands
+    or fails with its own error line. They show at `--log-level info` or `debug`.
+    """
+    if logging.getLogger().getEffectiveLevel() <= logging.INFO:
+        return True
+    from iceberg_lake.engine.iceberg import is_retry_chatter  # (not needed to start the CLI)
+
+    return not is_retry_chatter(record)
+
+
 def _configure_logging(level: int) -> None:
     root = logging.getLogger()
     root.setLevel(level)
     if not any(isinstance(h, _StderrHandler) for h in root.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_not_retry_chatter)
         root.addHandler(handler)
 
 

@@ -27,6 +27,7 @@ TEXT_COLUMNS = {
     "read": "rows_read",
     "stored": "rows_stored",
     "dead": "dead_lettered",
+    "skipped": "rows_skipped",
     "parts": "partitions",
     "snaps": "snapshots",
 }
@@ -145,10 +146,10 @@ def load(
         d["table"] = r.table.removeprefix("bronze.")
         d["partitions"] = len(r.partitions)
         d["snapshots"] = len(r.snapshots)
-        for key in ("rows_read", "rows_stored", "dead_lettered"):
+        for key in ("rows_read", "rows_stored", "dead_lettered", "rows_skipped"):
             d[key] = f"{d[key]:,}"
         if r.status == "resumed":  # an earlier run had committed the first rows
-            d["status"] = f"resumed at row {r.rows_skipped:,}"
+            d["status"] = f"resumed at row {r.first_row:,}"
         rows.append({label: d.get(key) for label, key in TEXT_COLUMNS.items()})
     emit(rows, output, title="lake load", columns=list(TEXT_COLUMNS))
     total_stored = sum(r.rows_stored for r in results)

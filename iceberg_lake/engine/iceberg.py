@@ -14,6 +14,7 @@ for `lake maintain expire-snapshots`.
 from __future__ import annotations
 
 import itertools
+import logging
 import operator
 import queue
 import threading
@@ -1509,6 +1510,30 @@ def rewrite_manifests(table: Table, snapshot_properties: Mapping[str, str]) -> i
 install_commit_fixes()
 
 
+# ---- pyiceberg's log chatter about its own retries ----------------------------------------------
+
+#: How pyiceberg's WARNING records about work it retries or cleans up on its own begin: its
+#: commit retry (`Transaction.commit_transaction`), the deletion of old metadata files after a
+#: commit and of an uncommitted attempt's manifests (`Catalog` / `_SnapshotProducer`). None of
+#: them is an error of the operation: the commit either lands or raises. Guard test:
+#: `tests/engine/test_iceberg_log_guard.py`.
+RETRY_CHATTER_PREFIXES = (
+    "Commit failed due to a concurrent update, retrying",
+    "Failed to delete ",
+)
+
+
+def is_retry_chatter(record: logging.LogRecord) -> bool:
+    """True for a pyiceberg WARNING (or lower) about a retry or a best-effort cleanup.
+
+    Errors stay errors: records at ERROR or above are never chatter.
+    """
+    if record.levelno >= logging.ERROR or not record.name.startswith("pyiceberg"):
+        return False
+    message = record.msg if isinstance(record.msg, str) else str(record.msg)
+    return message.startswith(RETRY_CHATTER_PREFIXES)
+
+
 # ---- snapshot expiry with a precondition ------------------------------------------------------
 
 
@@ -1574,6 +1599,49 @@ def expire_snapshot_ids(table: Table, snapshot_ids: Iterable[int]) -> None:
             raise
         raise CommitFailedException(f"snapshot expired concurrently: {exc}") from None
     table.refresh()
+
+
+# ---- refs on snapshots that must still exist ---------------------------------------------------
+
+
+class AssertSnapshotsExist(ValidatableTableRequirement):
+    """Commit requirement: every snapshot a ref update points at still exists.
+
+    A tag or branch commit (`ManageSnapshots`) is validated by pyiceberg only against the
+    metadata the transaction read; when an expiry removes the snapshot before the commit lands,
+    the catalog re-applies the `SetSnapshotRefUpdate` to the current metadata and pyiceberg
+    raises a bare `ValueError: Cannot set <ref> to unknown snapshot <id>`. The SQL catalog
+    validates requirements against the current metadata before applying updates, so this turns
+    that case into a `CommitFailedException`: the caller refreshes and decides (retag the new
+    current snapshot, or report the snapshot as expired). Guard test:
+    `tests/engine/test_iceberg_ref_guard.py`.
+    """
+
+    type: Literal["lake-assert-snapshots-exist"] = Field(default="lake-assert-snapshots-exist")
+    snapshot_ids: list[int] = Field(default_factory=list)
+
+    def validate(self, base_metadata: TableMetadata | None) -> None:  # type: ignore[override]
+        """Raise `CommitFailedException` if one of the snapshots is gone."""
+        if base_metadata is None:
+            raise CommitFailedException("Requirement failed: current table metadata is missing")
+        existing = {s.snapshot_id for s in base_metadata.snapshots}
+        gone = [i for i in self.snapshot_ids if i not in existing]
+        if gone:
+            raise CommitFailedException(
+                f"Requirement failed: snapshot {gone[0]} was expired concurrently"
+            )
+
+
+def require_snapshots(tx: Transaction, snapshot_ids: Iterable[int]) -> None:
+    """Make the commit of `tx` fail (`CommitFailedException`) unless every snapshot still exists.
+
+    For ref updates (tags) on snapshots read earlier: see `AssertSnapshotsExist`. Call it once
+    per transaction, with every snapshot the transaction tags (pyiceberg keeps one requirement
+    of each type). Uses the transaction's private `_stage` (the only way to add a requirement).
+    """
+    ids = sorted(set(snapshot_ids))
+    if ids:
+        tx._stage((), (AssertSnapshotsExist(snapshot_ids=ids),))  # type: ignore[arg-type]
 
 
 # ---- compare-and-swap of table properties (writer fencing) --------------------------------------

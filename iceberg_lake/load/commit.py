@@ -99,6 +99,8 @@ class CommitOutcome:
     dead_letters: int
     snapshot_id: int | None
     partitions: set[tuple[str, int]]
+    #: The ledger already covered the chunk (another run committed it): nothing was written.
+    skipped: bool = False
 
 
 class FileCommitter:
@@ -179,15 +181,23 @@ class FileCommitter:
 
     # ---- commits --------------------------------------------------------------------------------
 
-    def commit_dead_letters(self, letters: list[DeadLetter], end_row: int) -> None:
-        """Commit `letters` (rows of the file before `end_row`) with the quarantine's ledger."""
+    def commit_dead_letters(self, letters: list[DeadLetter], end_row: int) -> int:
+        """Commit `letters` (rows of the file before `end_row`) with the quarantine's ledger.
+
+        Letters of rows the quarantine's ledger already covers are not committed again: another
+        run loading the same content (or an earlier, interrupted run) stored them.
+
+        Returns:
+            How many letters this call committed (0 when the ledger already covered them all;
+            also after a commit whose response was lost, which cannot be told apart).
+        """
         if not letters:
-            return
+            return 0
         for attempt in range(MAX_ATTEMPTS):
             table = self.dl_table
             done_rows, _ = parse_ledger(table.properties.get(self.dl_key))
             if done_rows >= end_row:
-                return  # landed before (lost response)
+                return 0  # another run (or this one, response lost) stored them
             fresh = [d for d in letters if d.stream_seq >= done_rows]
             try:
                 with catalog_errors(f"committing dead letters of {self.file_name}"):
@@ -202,7 +212,7 @@ class FileCommitter:
                         # that moved it makes this commit fail (also in pyiceberg's retries).
                         expected={self.dl_key: table.properties.get(self.dl_key)},
                     ).append(rows).commit()
-                return
+                return len(fresh)
             except (CommitFailedException, ValidationException) as exc:
                 self._backoff(attempt, exc)
                 self._dl_table = self.lake.load_table(DEAD_LETTERS_TABLE)
@@ -213,10 +223,12 @@ class FileCommitter:
     ) -> CommitOutcome:
         """Append `rows` (valid rows of file rows `first_row..end_row`) with the ledger entry.
 
-        Idempotent: if the ledger already covers `end_row`, nothing is written.
+        Idempotent: if the ledger already covers `end_row`, nothing is written (another run
+        loading the same content committed the chunk first): the outcome says `skipped`.
 
         Returns:
-            Rows stored, the snapshot id (None for a ledger-only commit) and the partitions.
+            Rows stored, the snapshot id (None for a ledger-only commit), the partitions, and
+            whether the chunk was skipped.
         """
         schema = self.arrow_schema()
         prepared = self._sort(rows.cast(schema)) if rows.num_rows else rows
@@ -234,7 +246,7 @@ class FileCommitter:
                     f"{self.file_name} is being reloaded into {self.table_id} by another process"
                 )
             if was_done or committed >= end_row and not done:
-                return CommitOutcome(0, 0, None, set())
+                return CommitOutcome(0, 0, None, set(), skipped=True)
             if committed > first_row:
                 # Another process loading the same file got further: never store rows twice.
                 raise ConcurrentLoadError(

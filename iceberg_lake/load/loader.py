@@ -104,15 +104,22 @@ class LoadResult:
             (continued an interrupted load), `already-loaded`, `loading-elsewhere` (another
             process is loading the same content: it stores the rows, this run stopped without
             storing any more), or `rejected` (`load_files` only: no valid row in the first
-            commit's worth of rows; nothing stored, see `error`).
+            commit's worth of rows; nothing stored, see `error`). A run that read the file
+            while another run of the same content committed every chunk (and the done entry)
+            first is `already-loaded` too.
         rows_read: file rows read by this run (rows committed before a resume excluded).
         rows_stored: rows appended to the table by this run.
         dead_lettered: rows sent to `bronze.dead_letters` by this run.
-        rows_skipped: rows an earlier run had committed.
+        rows_skipped: rows another run committed (stored or dead-lettered): before this run
+            started, or meanwhile (a copy of the same content loading at once). For every
+            status but `loading-elsewhere` and `rejected`: `rows_stored + dead_lettered +
+            rows_skipped` = the file's rows = `first_row + rows_read`.
         partitions: (symbol, hour start ISO) partitions this run wrote to.
         snapshots: snapshot ids this run made on the table.
         seconds: wall time.
         error: why the file was rejected ("" otherwise).
+        first_row: the file row this run started reading at (rows before it an earlier run
+            had committed: `resumed at row N`).
     """
 
     file: str
@@ -127,6 +134,7 @@ class LoadResult:
     snapshots: list[int] = field(default_factory=list)
     seconds: float = 0.0
     error: str = ""
+    first_row: int = 0
 
     @property
     def days(self) -> list[str]:
@@ -304,7 +312,9 @@ def load_file(
     sha = file_sha256(path)
     committer = FileCommitter(lake, table_id, sha, path.name, reload=options.reload)
     committed, done, dl_committed = committer.state()
-    result = LoadResult(str(path), sha, table_id, "already-loaded", rows_skipped=committed)
+    result = LoadResult(
+        str(path), sha, table_id, "already-loaded", rows_skipped=committed, first_row=committed
+    )
     if done:
         result.seconds = time.perf_counter() - t0
         return result
@@ -325,9 +335,10 @@ def load_file(
     chunk_first = committed
     position = committed
     first_bad: tuple[int, str] | None = None  # (file row, reason) of the first invalid row
+    wrote = False  # this run committed something (rows, letters or a ledger entry)
 
     def flush(end_row: int, last: bool) -> None:
-        nonlocal buffered_bytes, letters, chunk_first
+        nonlocal buffered_bytes, letters, chunk_first, wrote
         if chunk_first == 0 and not buffer and first_bad is not None:
             if not last and end_row < REJECT_SAMPLE_ROWS:
                 # Too few rows to judge the file by (a small --commit-rows): one bad leading
@@ -345,13 +356,18 @@ def load_file(
                 table=table_id,
                 sha256=sha,
             )
-        committer.commit_dead_letters(letters, end_row)
-        result.dead_lettered += len(letters)
+        # Only what this run commits is its own: a copy of the same content loading at once
+        # may have committed the chunk's letters or rows first (its ledger says so).
+        dead = committer.commit_dead_letters(letters, end_row)
+        result.dead_lettered += dead
         # The commit holds the only reference to the rows, so they are freed once sorted.
         outcome = committer.commit_rows(
             _take_all(buffer) if buffer else target.empty_table(), chunk_first, end_row, last
         )
         result.rows_stored += outcome.rows
+        # The rest of the chunk another run committed (its rows, or letters stored before).
+        result.rows_skipped += end_row - chunk_first - outcome.rows - dead
+        wrote = wrote or bool(dead) or not outcome.skipped
         partitions.update(outcome.partitions)
         if outcome.snapshot_id is not None:
             result.snapshots.append(outcome.snapshot_id)
@@ -391,6 +407,11 @@ def load_file(
     except ConcurrentLoadError:
         # A copy of this file (same SHA-256) is loading in another process right now.
         result.status = "loading-elsewhere"
+    else:
+        if not wrote and result.rows_read:
+            # Another run of the same content committed every chunk first, the last one
+            # with the done entry (a skipped last chunk means the ledger said done).
+            result.status = "already-loaded"
     result.partitions = sorted(
         (sym, datetime.fromtimestamp(hour * HOUR_NS / 1e9, tz=UTC).strftime("%Y-%m-%dT%H"))
         for sym, hour in partitions
@@ -420,6 +441,11 @@ def _init_worker(queue: Any, log_level: int) -> None:
     # Files loading in parallel conflict on commits by design; pyiceberg retries them and says
     # so at WARNING, which would scribble over the progress bars.
     logging.getLogger("pyiceberg.table").setLevel(max(log_level, logging.ERROR))
+    if log_level > logging.INFO:  # nor its notes on metadata files it could not delete
+        from iceberg_lake.engine.iceberg import is_retry_chatter
+
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda record: not is_retry_chatter(record))
 
 
 def _worker(settings: Settings, path: str, options: LoadOptions) -> LoadResult:

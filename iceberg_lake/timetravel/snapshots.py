@@ -42,10 +42,10 @@ from pyiceberg.table import Table
 from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.update.snapshot import ManageSnapshots
 
-import iceberg_lake.engine.iceberg  # noqa: F401 - installs the commit-path fixes (tags commit too)
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import CatalogSource, LakeCatalog, as_catalog, catalog_errors
-from iceberg_lake.exceptions import TimeTravelError
+from iceberg_lake.engine.iceberg import require_snapshots  # (also installs the commit fixes)
+from iceberg_lake.exceptions import CommitConflictError, TimeTravelError
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -446,9 +446,13 @@ def create_tag(
     Returns:
         Table identifier → tagged snapshot id (None: the table was empty).
 
+    A concurrent commit to a table (an append, or an expiry that removed the snapshot just
+    read) is retried on refreshed metadata, so the tag lands on the snapshot current at commit.
+
     Raises:
         TimeTravelError: bad name, or the tag exists and `replace` is not set.
         UnknownTableError: a table does not exist.
+        CommitConflictError: concurrent commits to a table won every attempt.
     """
     _check_tag_name(name)
     catalog = _open(source)
@@ -465,27 +469,58 @@ def create_tag(
     result: dict[str, int | None] = {}
     for ident, table in loaded.items():
         with catalog_errors(f"tagging {ident}"):
-            result[ident] = _tag_one(table, name)
+            result[ident] = _tag_one(table, ident, name, replace)
     return result
 
 
-def _tag_one(table: Table, name: str) -> int | None:
-    current = table.current_snapshot()
+_TAG_ATTEMPTS = 5
+
+
+def _tag_one(table: Table, ident: str, name: str, replace: bool) -> int | None:
+    """Tag the current snapshot of `table`, retried on refreshed metadata after a conflict.
+
+    The commit requires the snapshot to still exist (`require_snapshots`): an expiry that
+    removed it since the read fails the commit instead of pyiceberg's bare `ValueError`, and the
+    retry tags the snapshot that is current then.
+    """
     empty_key = P.EMPTY_TAG_PREFIX + name
-    if current is None:
-        with table.transaction() as tx:
-            if name in table.metadata.refs:
-                ManageSnapshots(tx).remove_tag(name).commit()
-            tx.set_properties({empty_key: str(int(time.time() * 1000))})
-        return None
-    with table.transaction() as tx:
-        ms = ManageSnapshots(tx)
-        if name in table.metadata.refs:
-            ms = ms.remove_tag(name)
-        ms.create_tag(current.snapshot_id, name).commit()
-        if empty_key in table.metadata.properties:
-            tx.remove_properties(empty_key)
-    return current.snapshot_id
+    had = name in table.metadata.refs or empty_key in table.metadata.properties
+    for attempt in range(_TAG_ATTEMPTS):
+        if attempt:
+            time.sleep(0.02 * 2**attempt)
+            table.refresh()
+            if not replace and not had and name in table.metadata.refs:
+                raise TimeTravelError(
+                    f"tag '{name}' was created on {ident} meanwhile (use --replace to move it)"
+                )
+        current = table.current_snapshot()
+        try:
+            if current is None:
+                with table.transaction() as tx:
+                    if name in table.metadata.refs:
+                        ManageSnapshots(tx).remove_tag(name).commit()
+                    tx.set_properties({empty_key: str(int(time.time() * 1000))})
+                return None
+            with table.transaction() as tx:
+                require_snapshots(tx, [current.snapshot_id])
+                ms = ManageSnapshots(tx)
+                if name in table.metadata.refs:
+                    ms = ms.remove_tag(name)
+                ms.create_tag(current.snapshot_id, name).commit()
+                if empty_key in table.metadata.properties:
+                    tx.remove_properties(empty_key)
+            return current.snapshot_id
+        except CommitFailedException as exc:
+            last = _first_line(exc)
+    raise CommitConflictError(
+        f"tagging {ident}: concurrent commits won {_TAG_ATTEMPTS} attempts ({last}); "
+        "nothing was tagged there, run it again"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def remove_tag(source: CatalogSource, name: str, tables: Iterable[str] | None = None) -> list[str]:
@@ -659,6 +694,8 @@ def maintain_refs(
     if not (drop or due or add_silver or remove_silver):
         return counts
     with table.transaction() as tx:
+        # An expiry since the read (of a checkpoint's snapshot) fails the commit, not a ValueError.
+        require_snapshots(tx, [*(sid for sid, _ in due.values()), *add_silver])
         ms = ManageSnapshots(tx)
         for name in [*drop, *remove_silver]:
             ms = ms.remove_tag(name)
@@ -733,6 +770,8 @@ def protect_silver_source(bronze: Table, snapshot_id: int, *, attempts: int = 5)
             )
         try:
             with table.transaction() as tx:
+                # Expired since the check above: the commit fails and the retry reports it.
+                require_snapshots(tx, [snapshot_id])
                 ms = ManageSnapshots(tx)
                 if ref is not None:
                     ms = ms.remove_tag(name)
@@ -774,6 +813,10 @@ def pin_snapshots(
 
     Returns:
         Table identifier -> tagged snapshot id.
+
+    Raises:
+        TimeTravelError: a pinned snapshot no longer exists (expired, also while pinning).
+        CommitFailedException (pyiceberg): concurrent commits won every attempt.
     """
     catalog = _open(lake)
     now = int(time.time() * 1000)
@@ -789,6 +832,8 @@ def pin_snapshots(
             age = max(1, now - snap.timestamp_ms + int(max_age_days * _DAY_MS))
             try:
                 with catalog_errors(f"pinning {ident}"), table.transaction() as tx:
+                    # Expired since the read: the commit fails and the next attempt reports it.
+                    require_snapshots(tx, [sid])
                     ms = ManageSnapshots(tx)
                     if name in table.metadata.refs:
                         ms = ms.remove_tag(name)
