@@ -195,16 +195,12 @@ def test_peak_memory_is_bounded_by_the_commit_size_not_the_file(tmp_path: Path) 
     assert large - small < 0.5 * (whole - small), figures
 
 
-def test_two_copies_of_a_file_loading_at_once_store_every_row_once(tmp_path: Path, duck) -> None:
-    """Two processes load the same content (two names) into the same table at the same time:
-    whichever commits a chunk first stores it, the other skips it or stops; never twice."""
-    from iceberg_lake.config import load_settings
-    from iceberg_lake.load import load_files
-
-    lake = make_lake(tmp_path / "data")
-    data = trades_table(12_000)
+def _file_and_copy(tmp_path: Path, n: int, bad: tuple[int, ...]) -> tuple[Path, Path, Path]:
+    """A Parquet file of `n` trades (rows `bad` with a negative price), a byte-identical copy
+    under another name, and the trades mapping: (file, copy, mapping)."""
+    data = trades_table(n)
     px = data.column("px").to_pylist()
-    for i in (10, 6_010):
+    for i in bad:
         px[i] = -1.0
     data = data.set_column(2, "px", pa.array(px))
     a = write_parquet(tmp_path / "a.parquet", data, row_group_size=1_000)
@@ -212,6 +208,17 @@ def test_two_copies_of_a_file_loading_at_once_store_every_row_once(tmp_path: Pat
     b.write_bytes(a.read_bytes())
     mapping = tmp_path / "m.toml"
     mapping.write_text(TRADES_MAPPING)
+    return a, b, mapping
+
+
+def test_two_copies_of_a_file_loading_at_once_store_every_row_once(tmp_path: Path, duck) -> None:
+    """Two processes load the same content (two names) into the same table at the same time:
+    whichever commits a chunk first stores it, the other skips it or stops; never twice."""
+    from iceberg_lake.config import load_settings
+    from iceberg_lake.load import load_files
+
+    lake = make_lake(tmp_path / "data")
+    a, b, mapping = _file_and_copy(tmp_path, 12_000, bad=(10, 6_010))
     settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "data")})
 
     results = load_files(
@@ -247,16 +254,7 @@ def test_a_copy_loading_at_once_reports_only_what_it_committed(
     from iceberg_lake.config import load_settings
 
     lake = make_lake(tmp_path / "data")
-    data = trades_table(6_000)
-    px = data.column("px").to_pylist()
-    for i in (10, 3_010):
-        px[i] = -1.0
-    data = data.set_column(2, "px", pa.array(px))
-    a = write_parquet(tmp_path / "a.parquet", data, row_group_size=1_000)
-    b = tmp_path / "copy-of-a.parquet"
-    b.write_bytes(a.read_bytes())
-    mapping = tmp_path / "m.toml"
-    mapping.write_text(TRADES_MAPPING)
+    a, b, mapping = _file_and_copy(tmp_path, 6_000, bad=(10, 3_010))
     options = LoadOptions(mapping=str(mapping), commit_rows=1_000)
     settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "data")})
 

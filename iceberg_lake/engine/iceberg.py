@@ -1537,6 +1537,21 @@ def is_retry_chatter(record: logging.LogRecord) -> bool:
 # ---- snapshot expiry with a precondition ------------------------------------------------------
 
 
+def _require_existing(
+    base_metadata: TableMetadata | None, snapshot_ids: list[int]
+) -> TableMetadata:
+    """`base_metadata`; `CommitFailedException` unless it exists and holds every snapshot."""
+    if base_metadata is None:
+        raise CommitFailedException("Requirement failed: current table metadata is missing")
+    existing = {s.snapshot_id for s in base_metadata.snapshots}
+    gone = [i for i in snapshot_ids if i not in existing]
+    if gone:
+        raise CommitFailedException(
+            f"Requirement failed: snapshot {gone[0]} was expired concurrently"
+        )
+    return base_metadata
+
+
 class AssertExpirable(ValidatableTableRequirement):
     """Commit precondition: every snapshot to remove still exists and no branch or tag points at it.
 
@@ -1552,16 +1567,9 @@ class AssertExpirable(ValidatableTableRequirement):
 
     def validate(self, base_metadata: TableMetadata | None) -> None:  # type: ignore[override]
         """Raise `CommitFailedException` if a snapshot is gone or now referenced by a ref."""
-        if base_metadata is None:
-            raise CommitFailedException("Requirement failed: current table metadata is missing")
-        existing = {s.snapshot_id for s in base_metadata.snapshots}
-        gone = [i for i in self.snapshot_ids if i not in existing]
-        if gone:
-            raise CommitFailedException(
-                f"Requirement failed: snapshot {gone[0]} was expired concurrently"
-            )
+        metadata = _require_existing(base_metadata, self.snapshot_ids)
         wanted = set(self.snapshot_ids)
-        for name, ref in base_metadata.refs.items():
+        for name, ref in metadata.refs.items():
             if ref.snapshot_id in wanted:
                 raise CommitFailedException(
                     f"Requirement failed: {name} now points at snapshot {ref.snapshot_id}"
@@ -1622,14 +1630,7 @@ class AssertSnapshotsExist(ValidatableTableRequirement):
 
     def validate(self, base_metadata: TableMetadata | None) -> None:  # type: ignore[override]
         """Raise `CommitFailedException` if one of the snapshots is gone."""
-        if base_metadata is None:
-            raise CommitFailedException("Requirement failed: current table metadata is missing")
-        existing = {s.snapshot_id for s in base_metadata.snapshots}
-        gone = [i for i in self.snapshot_ids if i not in existing]
-        if gone:
-            raise CommitFailedException(
-                f"Requirement failed: snapshot {gone[0]} was expired concurrently"
-            )
+        _require_existing(base_metadata, self.snapshot_ids)
 
 
 def require_snapshots(tx: Transaction, snapshot_ids: Iterable[int]) -> None:
