@@ -45,9 +45,9 @@ class WriterFencedError(LakeError):
 class ForeignWriterError(LakeError):
     """A writer that takes no lease committed for a consumer while this writer held its lease.
 
-    Only such a writer can move the watermark forward under a held lease: an iceberg_lake
-    before leases (0.1, during a rolling upgrade) or another tool. Its commits skip messages
-    this writer fetched, so both together lose and duplicate events. Not retryable: the writer
+    Its ingest snapshot names no lease (`properties.WRITER_LEASE`): an iceberg_lake before
+    leases (0.1, during a rolling upgrade) or another tool. Its commits skip messages this
+    writer fetched, so both together lose and duplicate events. Not retryable: the writer
     stops and `lake serve` ends with one line; the operator stops the other writer first.
     """
 

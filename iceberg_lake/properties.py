@@ -17,6 +17,10 @@ CONSUMER = "lake.consumer"
 FIRST_STREAM_SEQ = "lake.first-stream-seq"
 LAST_STREAM_SEQ = "lake.last-stream-seq"
 EVENT_COUNT = "lake.event-count"
+#: The lease holder an ingest commit was made under (absent: a writer that takes no lease, as
+#: iceberg_lake 0.1). A writer fenced while it holds its lease reads it to tell a previous
+#: holder's late commit from a lease-less writer's (`ingest.writer`).
+WRITER_LEASE = "lake.writer-lease"
 
 #: Table property prefix for the exactly-once watermark, one key per consumer:
 #: `lake.watermark.<stream>.<consumer>` = last committed stream sequence. Written in the same
@@ -107,4 +111,5 @@ __all__ = [
     "STREAM",
     "STREAM_CREATED_PREFIX",
     "WATERMARK_PREFIX",
+    "WRITER_LEASE",
 ]

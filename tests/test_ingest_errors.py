@@ -209,3 +209,45 @@ def test_a_writers_own_commit_landed_with_its_answer_lost_is_not_a_foreign_write
     assert calls["commit"] >= 2 and mine.reset_needed
     assert count_rows(duck, settings, TABLE) == 15
     assert LakeCatalog(settings).load_table(TABLE).properties[mine.wm_key] == "15"
+
+
+def test_a_previous_lease_holders_late_commit_is_read_on_from(tmp_path: Path, duck, nats) -> None:
+    """A holder whose lease ran out while it uploaded commits after its successor loaded: the
+    successor's commit is fenced by a forward watermark, but that commit names its lease
+    (`lake.writer-lease`), so it is no lease-less writer: the successor reads on from it (found
+    by review: it stopped `lake serve` with ForeignWriterError). Real leases (NATS KV)."""
+    from iceberg_lake import properties
+    from iceberg_lake.engine import nats as bus
+
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+
+    async def scenario() -> None:
+        nc = await bus.connect(settings)
+        try:
+            bucket = await bus.lease_bucket(bus.jetstream(nc, settings), settings)
+            old = ConsumerWriter(settings, TABLE, js=None, leases=bucket, holder="old:1")  # type: ignore[arg-type]
+            new = ConsumerWriter(settings, TABLE, js=None, leases=bucket, holder="new:2")  # type: ignore[arg-type]
+            old._load()
+            assert await old.lease.try_acquire()  # type: ignore[union-attr]
+            real_prepare = old._prepare
+
+            def successor_loads_meanwhile(*args: Any, **kwargs: Any) -> Any:
+                new._load()  # the successor starts from the watermark before old's commit
+                return real_prepare(*args, **kwargs)
+
+            old._prepare = successor_loads_meanwhile  # type: ignore[method-assign]
+            await asyncio.wait_for(old._commit(_batch(1, 10)), 60)  # lands: watermark 10
+            await old.lease.release()  # type: ignore[union-attr]
+            assert await new.lease.try_acquire()  # type: ignore[union-attr]
+            new.commit_task = asyncio.ensure_future(new._commit(_batch(1, 15)))
+            await asyncio.wait_for(new._wait_commit(), 60)  # no ForeignWriterError
+            assert new.reset_needed
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())
+    assert count_rows(duck, settings, TABLE) == 10
+    snap = LakeCatalog(settings).load_table(TABLE).current_snapshot()
+    assert snap is not None and snap.summary is not None
+    assert snap.summary[properties.WRITER_LEASE] == "old:1"

@@ -881,26 +881,32 @@ class ConsumerWriter:
             self.reload_needed = True
 
     def _foreign_commit(self) -> str | None:
-        """One line when a table's watermark moved past what this writer last saw, else None."""
+        """One line when a writer that takes no lease moved a table's watermark past what this
+        writer last saw, else None.
+
+        Forward moves by a writer that holds a lease are not foreign: this writer's own commit
+        landed with its answer lost (the batch's last sequence), or a previous holder's commit
+        landed after its lease ran out (its snapshot names the lease, `WRITER_LEASE`). Both
+        are read on from, as is anything that cannot be checked.
+        """
         for tid in self.seen:
             try:
                 with catalog_errors(f"loading {tid}"):
-                    props = self.catalog.load_table(tid).properties
-            except LakeError:  # unreachable: the re-read below is the safe default
+                    table = self.catalog.load_table(tid)
+            except LakeError:  # unreachable: the re-read is the safe default
                 return None
-            now, saw = props.get(self.wm_key), self.seen.get(tid)
-            if now is not None and int(now) == self._committing_seq:
-                # This writer's own commit, landed with its answer lost and retried on a
-                # stale view of the table: reading on from the watermark is right.
+            now, saw = table.properties.get(self.wm_key), self.seen.get(tid)
+            if now is None or int(now) <= int(saw or 0) or int(now) == self._committing_seq:
                 continue
-            if now is not None and int(now) > int(saw or 0):
-                return (
-                    f"writer {self.target}: the watermark of {self.consumer} in {tid} moved from "
-                    f"{saw or 0} to {now} while this writer held the lease: a writer that takes "
-                    "no lease (an iceberg_lake before 0.2, or another tool) is committing for "
-                    "this consumer, and the two lose and duplicate events; stop it, then start "
-                    "lake serve again"
-                )
+            setter = _ingest_snapshot(table, self.consumer, now)
+            if setter is None or properties.WRITER_LEASE in setter:
+                continue
+            return (
+                f"writer {self.target}: the watermark of {self.consumer} in {tid} moved from "
+                f"{saw or 0} to {now} while this writer held the lease, by a commit made "
+                "without a lease (an iceberg_lake before 0.2, or another tool): the two lose "
+                "and duplicate events; stop it, then start lake serve again"
+            )
         return None
 
     def _shutdown_timeout(self) -> ShutdownTimeoutError:
@@ -1165,6 +1171,8 @@ class ConsumerWriter:
                     properties.LAST_STREAM_SEQ: str(seq),
                     properties.EVENT_COUNT: str(rows.num_rows),
                 }
+                if self.lease is not None:
+                    summary[properties.WRITER_LEASE] = self.lease.holder or "leased"
                 try:
                     with watermarked_append(
                         table,
@@ -1343,3 +1351,17 @@ class ConsumerWriter:
             log.debug("expiring snapshots of %s failed: %s", tid, exc)
             with contextlib.suppress(Exception):
                 self.tables[tid] = self.catalog.load_table(tid)
+
+
+def _ingest_snapshot(table: Table, consumer: str, last_seq: str) -> dict[str, str] | None:
+    """The summary of the newest ingest snapshot of `consumer` that ended at `last_seq`."""
+    found: tuple[int, dict[str, str]] | None = None
+    for snap in table.metadata.snapshots:
+        summary = snap.summary.additional_properties if snap.summary is not None else {}
+        if (
+            summary.get(properties.CONSUMER) == consumer
+            and summary.get(properties.LAST_STREAM_SEQ) == last_seq
+            and (found is None or snap.timestamp_ms >= found[0])
+        ):
+            found = (snap.timestamp_ms, summary)
+    return None if found is None else found[1]
