@@ -293,3 +293,22 @@ def test_bar_start_is_utc_and_origin_moves_the_grid(
     offset = CliRunner().invoke(app, [*base, *cme, "--origin", str(23 * 3_600 * 10**9)])
     assert offset.exit_code == 0, offset.output
     assert json.loads(offset.stdout) == json.loads(per_session.stdout)
+
+
+def test_columns_named_like_the_querys_own_are_not_read_instead(duck) -> None:
+    """The bars query numbers rows in an inner query; a table column named like one of its own
+    (`__bar_rn`, `__bar_start_ns`) must not be read in its place (found by review)."""
+    from iceberg_lake.timetravel.bars import bars_sql
+
+    duck.sql(
+        "CREATE TABLE odd AS SELECT ts_event_ns::BIGINT AS ts_event_ns, price::DOUBLE AS price,"
+        " size::BIGINT AS size, __bar_rn, __bar_start_ns FROM (VALUES (0, 1, 1, 9, 42),"
+        " (60000000000, 2, 1, 1, 42), (60000000001, 3, 2, 0, 42))"
+        " v(ts_event_ns, price, size, __bar_rn, __bar_start_ns)"
+    )
+    columns = ["ts_event_ns", "price", "size", "__bar_rn", "__bar_start_ns"]
+    got = duck.sql(bars_sql("odd", columns, 60 * 10**9, None, None, None)).fetchall()
+    assert [(r[0], r[2], r[5], r[8]) for r in got] == [  # bar_start_ns, open, close, trades
+        (0, 1.0, 1.0, 1),
+        (60 * 10**9, 2.0, 3.0, 2),
+    ]

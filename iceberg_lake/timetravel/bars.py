@@ -35,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -126,22 +127,25 @@ def bars_sql(
     group = [f"{quote_ident(by)}"] if by else []
     # AT TIME ZONE 'UTC' makes it a TIMESTAMPTZ of that instant: JSON shows `+00:00` and Arrow,
     # Parquet and pandas carry the UTC zone (a naive timestamp left readers to guess).
-    stamp = "make_timestamp(__bar_start_ns // 1000) AT TIME ZONE 'UTC'"
-    select = [*group, "__bar_start_ns AS bar_start_ns", f"{stamp} AS bar_start"]
-    # Each row's place in the replay order (`__bar_rn`), from ONE sort of the window's rows:
-    # open and close are the rows with the smallest and largest `__bar_rn` of a bar, and the
+    # Names of the inner query's own columns that no table column has (one named like them
+    # would otherwise be read instead).
+    bar_ns, rn = _unused("__bar_start_ns", columns), _unused("__bar_rn", columns)
+    stamp = f"make_timestamp({bar_ns} // 1000) AT TIME ZONE 'UTC'"
+    select = [*group, f"{bar_ns} AS bar_start_ns", f"{stamp} AS bar_start"]
+    # Each row's place in the replay order (`rn`), from ONE sort of the window's rows:
+    # open and close are the rows with the smallest and largest `rn` of a bar, and the
     # VWAP's float sum adds in that order, so it is the same every run (DuckDB's parallel `sum`
     # combines partial sums in whatever order threads finish). Ordering each aggregate by the
     # full row order instead sorted every bar three times over: 1.65x slower, same values.
     if kind == "trades":
         px, sz = quote_ident(a), quote_ident(b)
         select += [
-            f"arg_min({px}, __bar_rn) AS open",
+            f"arg_min({px}, {rn}) AS open",
             f"max({px}) AS high",
             f"min({px}) AS low",
-            f"arg_max({px}, __bar_rn) AS close",
+            f"arg_max({px}, {rn}) AS close",
             f"sum({sz})::BIGINT AS volume",
-            f"sum({px} * {sz} ORDER BY __bar_rn) / nullif(sum({sz}), 0) AS vwap",
+            f"sum({px} * {sz} ORDER BY {rn}) / nullif(sum({sz}), 0) AS vwap",
             "count(*) AS trades",
         ]
         valid = f"{px} IS NOT NULL"
@@ -150,10 +154,10 @@ def bars_sql(
         mid, spread = f"(({bid} + {ask}) / 2)", f"({ask} - {bid})"
         for name, expr in (("mid", mid), ("spread", spread)):
             select += [
-                f"arg_min({expr}, __bar_rn) AS {name}_open",
+                f"arg_min({expr}, {rn}) AS {name}_open",
                 f"max({expr}) AS {name}_high",
                 f"min({expr}) AS {name}_low",
-                f"arg_max({expr}, __bar_rn) AS {name}_close",
+                f"arg_max({expr}, {rn}) AS {name}_close",
             ]
         select.append("count(*) AS quotes")
         # A side a feed sends empty is stored as 0 (docs/ingest.md), like a missing one as null:
@@ -165,10 +169,10 @@ def bars_sql(
     if end_ns is not None:
         where.append(f"ts_event_ns < {int(end_ns)}")
     numbered = (
-        f"SELECT *, {start} AS __bar_start_ns, row_number() OVER (ORDER BY {key}) AS __bar_rn "
+        f"SELECT *, {start} AS {bar_ns}, row_number() OVER (ORDER BY {key}) AS {rn} "
         f"FROM {relation} WHERE {' AND '.join(where)}"
     )
-    keys = ", ".join([*group, "bar_start_ns"])
+    keys = ", ".join([*group, bar_ns])
     return f"SELECT {', '.join(select)} FROM ({numbered}) GROUP BY {keys} ORDER BY {keys}"
 
 
@@ -216,3 +220,10 @@ def bars(
         return con.execute(sql).arrow().read_all()
     finally:
         con.close()
+
+
+def _unused(name: str, columns: Sequence[str]) -> str:
+    """`name`, with more leading underscores until no column of `columns` has it."""
+    while name in columns:
+        name = "_" + name
+    return name
