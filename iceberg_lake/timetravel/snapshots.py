@@ -816,7 +816,7 @@ def pin_snapshots(
 
     Raises:
         TimeTravelError: a pinned snapshot no longer exists (expired, also while pinning).
-        CommitFailedException (pyiceberg): concurrent commits won every attempt.
+        CommitConflictError: concurrent commits won every attempt (retryable).
     """
     catalog = _open(lake)
     now = int(time.time() * 1000)
@@ -839,8 +839,10 @@ def pin_snapshots(
                         ms = ms.remove_tag(name)
                     ms.create_tag(sid, name, max_ref_age_ms=age).commit()
                 break
-            except CommitFailedException:
+            except CommitFailedException as exc:
                 if attempt == 2:
-                    raise
+                    raise CommitConflictError(
+                        f"pinning {ident}: concurrent commits won 3 attempts ({exc})"
+                    ) from exc
         done[ident] = sid
     return done
