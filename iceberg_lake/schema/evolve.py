@@ -40,6 +40,7 @@ from pyiceberg.types import (
 from iceberg_lake.catalog import catalog_errors
 from iceberg_lake.exceptions import CommitConflictError, LakeError, SchemaChangeError
 from iceberg_lake.properties import SCHEMA_VERSION_PROPERTY
+from iceberg_lake.schema.names import NameHistory
 from iceberg_lake.tables import SILVER, TableDefinition, parse_type
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,8 @@ class TableState:
     partition: tuple[tuple[str, str], ...]  # (source column, transform), current spec
     rows: int
     schema_version: int
+    #: (former name, current name) of renamed columns (`NameHistory.former_names`).
+    renamed: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_table(cls, identifier: str, table: Table) -> TableState:
@@ -153,7 +156,8 @@ class TableState:
         rows = 0
         if snap is not None and snap.summary is not None:
             rows = int(snap.summary.get("total-records", 0) or 0)
-        return cls(identifier, columns, partition, rows, schema_version(table.properties))
+        renamed = tuple(sorted(NameHistory(table.schemas().values()).former_names(schema).items()))
+        return cls(identifier, columns, partition, rows, schema_version(table.properties), renamed)
 
     def column(self, name: str) -> ColumnState | None:
         """The live column called `name`, if any."""
@@ -284,6 +288,17 @@ def _plan_one(state: TableState, change: Change) -> tuple[str | None, TableState
             raise SchemaChangeError(
                 f"{where}: cannot add column '{change.name}': a column of that name already"
                 f" exists as {_describe_column(existing)}"
+            )
+        was = dict(state.renamed).get(change.name)
+        if was is not None:
+            # Names from outside the table (message fields, declared dedup keys, the other
+            # table of a Bronze/Silver pair) resolve to the column of that name first: a new
+            # column under a renamed column's old name would take over its values' meaning
+            # (Silver's dedup merged distinct events on an all-null key).
+            raise SchemaChangeError(
+                f"{where}: cannot add column '{change.name}': column '{was}' was called "
+                f"'{change.name}' before a rename, and the lake still resolves that name to it; "
+                "choose another name (or rename the column back)"
             )
         if change.required and state.rows > 0:
             raise SchemaChangeError(

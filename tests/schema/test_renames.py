@@ -84,6 +84,29 @@ def test_a_bronze_rename_of_a_dedup_key_feeds_silver_by_field_id(lake: LakeCatal
     assert sorted(seqs) == list(range(200))
 
 
+def test_a_new_column_under_a_renamed_columns_old_name_is_refused(
+    lake: LakeCatalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `seq` → `sequence`, adding a new `seq` made the declared dedup key `seq` resolve
+    to the new, all-null column: Silver merged distinct events (found by the Spark/evolution
+    audit, both engines). The add is refused in one line; the rename back still works."""
+    from iceberg_lake.exceptions import SchemaChangeError
+    from iceberg_lake.schema.evolve import AddColumn
+
+    append(lake.load_table(BRONZE), pairs(0, 25))
+    evolve_table(lake.load_table(BRONZE), BRONZE, [RenameColumn("seq", "sequence")])
+    with pytest.raises(SchemaChangeError, match="column 'sequence' was called 'seq' before"):
+        evolve_table(lake.load_table(BRONZE), BRONZE, [AddColumn("seq", "long")])
+    monkeypatch.setenv("LAKE_DATA_DIR", str(lake.settings.data_dir))
+    cli = CliRunner().invoke(app, ["table", "evolve", BRONZE, "--add-column", "seq:long"])
+    assert cli.exit_code != 0 and "Traceback" not in cli.output
+    assert "cannot add column 'seq'" in cli.output, cli.output
+    evolve_table(lake.load_table(BRONZE), BRONZE, [RenameColumn("sequence", "seq")])
+    with SilverCompactor(lake) as compactor:
+        assert compactor.compact_date(DAY, "futures.trades")["status"] == "success"
+    assert sorted(silver_column(lake.load_table(SILVER), "seq")) == list(range(50))
+
+
 def test_a_silver_only_rename_of_a_dedup_key_is_fed_from_bronze(lake: LakeCatalog) -> None:
     append(lake.load_table(BRONZE), pairs(0, 20))
     evolve_table(lake.load_table(SILVER), SILVER, [RenameColumn("seq", "sequence")])
