@@ -705,6 +705,33 @@ def test_spark_compaction_of_an_older_snapshot_lowers_the_incremental_mark(
     assert mark() == str(new)
 
 
+def test_spark_compaction_pinned_before_a_bronze_rename_equals_duckdb(
+    spark: Any, tmp_path: Path
+) -> None:
+    """A pin older than a Bronze rename: Iceberg's Spark reader reads the snapshot with the
+    table's current column names, so Silver is fed from the renamed column, as on DuckDB (it
+    failed with UNRESOLVED_COLUMN; found by the Spark/evolution audit). Budget: ~5 s."""
+    settings = load_settings(
+        {"LAKE_DATA_DIR": str(tmp_path / "lake"), "LAKE_CATALOG_NAME": "lake_rename"}
+    )
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    old = append(catalog.load_table(TRADES), trades("SPY", T14, 6, 10**9))
+    evolve_table(catalog.load_table(TRADES), TRADES, [RenameColumn("exchange", "exch")])
+    later = trades("SPY", T14 + 10 * 10**9, 2, 10**9, seq0=50)
+    append(catalog.load_table(TRADES), [{**r, "exch": r.pop("exchange")} for r in later])
+    attach_catalog(spark, settings)
+    with SilverCompactor(catalog) as compactor:
+        by_duck = compactor.compact_date(DAY, TRADES, snapshot_id=old)
+    duck_rows = SilverReader(settings).read_stock_trades("SPY", DAY)
+    by_spark = SparkSilverCompactor(spark, catalog).compact_date(DAY, TRADES, snapshot_id=old)
+    assert by_spark["status"] == "success", by_spark
+    assert by_spark["rows_written"] == by_duck["rows_written"] == 6
+    spark_rows = SilverReader(settings).read_stock_trades("SPY", DAY)
+    assert spark_rows.to_dict("records") == duck_rows.to_dict("records")
+    assert spark_rows["exchange"].notna().all()
+
+
 def test_guard_pyspark_keeps_the_jvm_launcher_where_stop_spark_looks(spark: Any) -> None:
     """`stop_spark` ends the JVM through `SparkContext._gateway.proc` (pyspark internals)."""
     from pyspark import SparkContext

@@ -37,6 +37,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.typedef import Record
@@ -244,11 +245,10 @@ class SparkSilverCompactor:
         if rows_read == 0:
             return result
 
-        pinned = bronze.schemas().get(snap.schema_id) if snap.schema_id is not None else None
         fed = source_columns(
             silver.schema(),
             NameHistory(silver.schemas().values()),
-            pinned or bronze.schema(),  # Spark reads a snapshot with its own schema
+            _read_schema(bronze, snap, source.columns),
             NameHistory(bronze.schemas().values()),
             definition.dedup_columns,
             definition.identifier,
@@ -428,3 +428,16 @@ def _result(definition: TableDefinition, snap: Snapshot | None, day: date | None
         "engine": "spark",
         **({"dates": []} if day is None else {}),
     }
+
+
+def _read_schema(bronze: Table, snap: Snapshot, columns: list[str]) -> Schema:
+    """The Bronze schema Spark read the pinned snapshot with: the one whose column names are
+    the DataFrame's. Iceberg's Spark reader (1.10) reads `snapshot-id` with the table's current
+    schema, an older release with the snapshot's own; the names tell which (a rename since the
+    pin made the snapshot's schema name columns the DataFrame does not have)."""
+    current = bronze.schema()
+    pinned = bronze.schemas().get(snap.schema_id) if snap.schema_id is not None else None
+    for schema in (current, pinned):
+        if schema is not None and [f.name for f in schema.fields] == list(columns):
+            return schema
+    return current
