@@ -732,6 +732,39 @@ def test_spark_compaction_pinned_before_a_bronze_rename_equals_duckdb(
     assert spark_rows["exchange"].notna().all()
 
 
+def test_a_silver_column_added_during_a_spark_run_is_planned_again(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`lake table evolve` adds a Silver column between Spark's read and its write: the write
+    fails before writing anything (INCOMPATIBLE_DATA_FOR_TABLE) and the run plans again on the
+    new schema, instead of failing (found by the Spark/evolution audit). Budget: ~6 s."""
+    from iceberg_lake.silver import spark as silver_spark
+
+    settings = load_settings(
+        {"LAKE_DATA_DIR": str(tmp_path / "lake"), "LAKE_CATALOG_NAME": "lake_evolving"}
+    )
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    append(catalog.load_table(TRADES), trades("SPY", T14, 5, 10**9))
+    attach_catalog(spark, settings)
+    real, writes = silver_spark.replace_partitions, []
+
+    def evolve_first(*args: Any, **kwargs: Any) -> Any:
+        if not writes:
+            evolve_table(
+                catalog.load_table(SILVER_TRADES), SILVER_TRADES, [AddColumn("venue", "string")]
+            )
+        writes.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(silver_spark, "replace_partitions", evolve_first)
+    done = SparkSilverCompactor(spark, catalog).compact_date(DAY, TRADES)
+    assert done["status"] == "success" and done["rows_written"] == 5, done
+    assert len(writes) == 2
+    rows = SilverReader(settings).read_stock_trades("SPY", DAY)
+    assert len(rows) == 5 and rows["venue"].isna().all()
+
+
 def test_guard_pyspark_keeps_the_jvm_launcher_where_stop_spark_looks(spark: Any) -> None:
     """`stop_spark` ends the JVM through `SparkContext._gateway.proc` (pyspark internals)."""
     from pyspark import SparkContext

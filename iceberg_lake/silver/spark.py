@@ -71,6 +71,9 @@ __all__ = ["SparkSilverCompactor"]
 
 _BUCKET_NS = {"hour": 3_600 * 10**9, "day": 86_400 * 10**9}
 _BUCKET = "_lake_bucket"
+#: Runs of one compaction when Silver's schema keeps changing under it (each failure wrote
+#: nothing; the next run reads the new schema).
+SCHEMA_CHANGE_ATTEMPTS = 3
 
 
 def _ident(name: str) -> str:
@@ -166,14 +169,21 @@ class SparkSilverCompactor:
 
     @staticmethod
     def _spark_errors(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        try:
-            return run()
-        except Exception as exc:
-            if type(exc).__module__.startswith(("pyspark", "py4j")):
+        for attempt in range(1, SCHEMA_CHANGE_ATTEMPTS + 1):
+            try:
+                return run()
+            except Exception as exc:
+                if not type(exc).__module__.startswith(("pyspark", "py4j")):
+                    raise
                 # Spark's own errors (analysis, JVM) as one line, like every lake error.
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if "INCOMPATIBLE_DATA_FOR_TABLE" in first and attempt < SCHEMA_CHANGE_ATTEMPTS:
+                    # Silver's schema changed between the read and the write (`lake table
+                    # evolve` while compacting): nothing was written; plan again on it.
+                    log.warning("Silver's schema changed during the Spark run, again: %s", first)
+                    continue
                 raise CompactionError(f"Spark: {first}") from exc
-            raise
+        raise AssertionError("unreachable")
 
     def _compact(
         self,
