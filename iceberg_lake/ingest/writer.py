@@ -108,6 +108,9 @@ DEFAULT_FETCH_MAX_BYTES = 8 * 1024 * 1024
 #: Backoff between failed commit attempts.
 BACKOFF_MIN_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 10.0
+#: A writer that takes no lease (iceberg_lake 0.1) counts as active until its last commit for
+#: a consumer is this old; a leased writer stands by meanwhile (`_acquire`).
+LEASELESS_QUIET_SECONDS = 30.0
 #: Most probe writes spent isolating the rows a store refuses (per failed commit).
 MAX_PROBES = 64
 #: Minimum seconds between two schema checks triggered by unknown fields.
@@ -520,7 +523,7 @@ class ConsumerWriter:
         if self.lease is None:
             return True
         lease = self.lease
-        logged = False
+        logged = warned = False
         while not stop.is_set():
             try:
                 acquired = await _unless_stopped(lease.try_acquire(), stop)
@@ -528,7 +531,17 @@ class ConsumerWriter:
                     break
                 if acquired.result():
                     self._lease_log.succeeded()
-                    return True
+                    busy = await in_daemon_thread(self._leaseless_writer)
+                    if busy is None:
+                        return True
+                    # Keep off the consumer: resetting it under that writer loses the
+                    # messages it has fetched (the upgrade audit lost 625-641 per session
+                    # with a restarted 0.2 writer beside a running 0.1 one).
+                    if not warned:
+                        log.warning("%s", busy)
+                        warned = True
+                    with contextlib.suppress(Exception):
+                        await lease.release()
                 if not logged:
                     holder = await lease.current_holder()
                     log.info(
@@ -544,6 +557,30 @@ class ConsumerWriter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.2, lease.ttl / 5))
         return False
+
+    def _leaseless_writer(self) -> str | None:
+        """One line when a writer that takes no lease (iceberg_lake 0.1) committed for this
+        consumer less than `LEASELESS_QUIET_SECONDS` ago, else None (nothing to wait for, or
+        the catalog cannot tell: `start` then fails on it as it would anyway)."""
+        now_ms = time.time() * 1000
+        for tid in self.target_ids:
+            try:
+                with catalog_errors(f"loading {tid}"):
+                    table = self.catalog.load_table(tid)
+            except LakeError:
+                return None
+            newest = _newest_ingest_snapshot(table, self.consumer)
+            if newest is None or properties.WRITER_LEASE in newest[1]:
+                continue
+            age = (now_ms - newest[0]) / 1000
+            if age < LEASELESS_QUIET_SECONDS:
+                return (
+                    f"writer {self.target}: a writer without a lease (iceberg_lake 0.1, or "
+                    f"another tool) committed to {tid} for {self.consumer} {age:.0f} s ago; "
+                    f"standing by until it has been quiet for {LEASELESS_QUIET_SECONDS:g} s "
+                    "(stop it: the two together lose and duplicate events)"
+                )
+        return None
 
     async def _keep_lease(self) -> None:
         """Renew the lease every TTL/3 while active; stop trying once it is lost."""
@@ -1353,15 +1390,24 @@ class ConsumerWriter:
                 self.tables[tid] = self.catalog.load_table(tid)
 
 
-def _ingest_snapshot(table: Table, consumer: str, last_seq: str) -> dict[str, str] | None:
-    """The summary of the newest ingest snapshot of `consumer` that ended at `last_seq`."""
-    found: tuple[int, dict[str, str]] | None = None
+def _ingest_snapshots(table: Table, consumer: str) -> list[tuple[int, dict[str, str]]]:
+    """(timestamp ms, summary) of the ingest snapshots of `consumer`, oldest first."""
+    found = []
     for snap in table.metadata.snapshots:
         summary = snap.summary.additional_properties if snap.summary is not None else {}
-        if (
-            summary.get(properties.CONSUMER) == consumer
-            and summary.get(properties.LAST_STREAM_SEQ) == last_seq
-            and (found is None or snap.timestamp_ms >= found[0])
-        ):
-            found = (snap.timestamp_ms, summary)
-    return None if found is None else found[1]
+        if summary.get(properties.CONSUMER) == consumer:
+            found.append((snap.timestamp_ms, summary))
+    return sorted(found, key=lambda item: item[0])
+
+
+def _newest_ingest_snapshot(table: Table, consumer: str) -> tuple[int, dict[str, str]] | None:
+    """(timestamp ms, summary) of the newest ingest snapshot of `consumer`, if any."""
+    found = _ingest_snapshots(table, consumer)
+    return found[-1] if found else None
+
+
+def _ingest_snapshot(table: Table, consumer: str, last_seq: str) -> dict[str, str] | None:
+    """The summary of the newest ingest snapshot of `consumer` that ended at `last_seq`."""
+    ended = [s for _, s in _ingest_snapshots(table, consumer)]
+    ended = [s for s in ended if s.get(properties.LAST_STREAM_SEQ) == last_seq]
+    return ended[-1] if ended else None
