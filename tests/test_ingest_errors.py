@@ -287,3 +287,34 @@ def test_a_leased_writer_stands_by_while_a_lease_less_writer_is_active(
     asyncio.run(scenario())
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("a writer without a lease" in m and "standing by" in m for m in said), said
+
+
+def test_a_commit_failing_at_once_during_shutdown_still_backs_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a stop is asked, the back-off between commit attempts used to end at once (it
+    waited on the stop event, already set): a commit that fails fast was retried thousands of
+    times within the grace period (found by the upgrade re-audit). Now it backs off, within the
+    grace period, and then gives up without acking."""
+    from iceberg_lake.exceptions import ShutdownTimeoutError, TransientError
+
+    settings = settings_for(tmp_path, "nats://127.0.0.1:1", LAKE_SHUTDOWN_GRACE_SECONDS="1.5")
+    LakeCatalog(settings).init()
+    writer = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
+    writer._load()
+    attempts: list[int] = []
+
+    def fails_at_once(batch: MicroBatch) -> None:
+        attempts.append(1)
+        raise TransientError("catalog database unavailable")
+
+    monkeypatch.setattr(writer, "_commit_sync", fails_at_once)
+
+    async def stopping() -> None:
+        writer._stop = asyncio.Event()
+        writer._stop.set()
+        await asyncio.wait_for(writer._commit(_batch(1, 5)), 30)
+
+    with pytest.raises(ShutdownTimeoutError):
+        asyncio.run(stopping())
+    assert 2 <= len(attempts) < 20, len(attempts)

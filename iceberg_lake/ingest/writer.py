@@ -1036,10 +1036,14 @@ class ConsumerWriter:
                 delay,
                 _one_line(error),
             )
-            if self._stop is not None:
-                with contextlib.suppress(TimeoutError):
+            if self._stop is not None and not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):  # a stop cuts the back-off short
                     await asyncio.wait_for(self._stop.wait(), delay)
             else:
+                # Stopping: back off all the same (a stop already set would make every retry
+                # immediate), within what is left of the grace period.
+                if self._grace_deadline is not None:
+                    delay = max(0.0, min(delay, self._grace_deadline - time.monotonic()))
                 await asyncio.sleep(delay)
             with contextlib.suppress(Exception):
                 await self._bounded(in_daemon_thread(self._refresh_tables))
