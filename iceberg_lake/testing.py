@@ -125,6 +125,16 @@ class S3Server:
         """Return True while the ``weed`` process runs."""
         return self.process.is_running()
 
+    def lake_env(self, warehouse: str) -> dict[str, str]:
+        """The ``LAKE_*`` settings of a lake whose warehouse (``s3://bucket/path``) is here."""
+        return {
+            "LAKE_WAREHOUSE": warehouse,
+            "LAKE_S3_ENDPOINT": self.endpoint,
+            "LAKE_S3_ACCESS_KEY": self.access_key,
+            "LAKE_S3_SECRET_KEY": self.secret_key,
+            "LAKE_S3_REGION": self.region,
+        }
+
     def start(self, timeout: float = 60.0) -> None:
         """Start the server (again) on the same ports and data dir; wait until S3 answers.
 

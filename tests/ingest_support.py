@@ -182,13 +182,7 @@ def settings_for(
     if s3 is not None:
         bucket = f"lake-{uuid.uuid4().hex[:8]}"
         s3.create_bucket(bucket)  # as `lake init` would: `lake serve` never creates the bucket
-        env.update(
-            LAKE_WAREHOUSE=f"s3://{bucket}/warehouse",
-            LAKE_S3_ENDPOINT=s3.endpoint,
-            LAKE_S3_ACCESS_KEY=s3.access_key,
-            LAKE_S3_SECRET_KEY=s3.secret_key,
-            LAKE_S3_REGION=s3.region,
-        )
+        env.update(s3.lake_env(f"s3://{bucket}/warehouse"))
     env.update(extra)
     return load_settings(env)
 

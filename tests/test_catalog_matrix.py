@@ -37,11 +37,7 @@ def matrix_settings(
     if warehouse_kind == "s3":
         s3 = request.getfixturevalue("s3_server")
         env.update(
-            LAKE_WAREHOUSE=f"s3://lake-{uuid.uuid4().hex[:8]}/warehouse",
-            LAKE_S3_ENDPOINT=s3.endpoint,
-            LAKE_S3_ACCESS_KEY=s3.access_key,
-            LAKE_S3_SECRET_KEY=s3.secret_key,
-            LAKE_S3_REGION=s3.region,
+            **s3.lake_env(f"s3://lake-{uuid.uuid4().hex[:8]}/warehouse"),
         )
     return load_settings(env)
 

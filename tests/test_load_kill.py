@@ -171,11 +171,7 @@ def test_sigkill_jobs_2_on_s3_then_rerun_stores_every_row_once(
         "LAKE_DATA_DIR": str(tmp_path / "data"),
         "LAKE_CATALOG_URI": postgres_server.uri,
         "LAKE_CATALOG_NAME": f"c{uuid.uuid4().hex[:8]}",
-        "LAKE_WAREHOUSE": f"s3://kill-{uuid.uuid4().hex[:8]}/warehouse",
-        "LAKE_S3_ENDPOINT": s3_server.endpoint,
-        "LAKE_S3_ACCESS_KEY": s3_server.access_key,
-        "LAKE_S3_SECRET_KEY": s3_server.secret_key,
-        "LAKE_S3_REGION": s3_server.region,
+        **s3_server.lake_env(f"s3://kill-{uuid.uuid4().hex[:8]}/warehouse"),
     }
     lake = LakeCatalog(load_settings(overrides))
     lake.ensure_warehouse()

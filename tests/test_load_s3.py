@@ -25,11 +25,7 @@ def test_parallel_loads_on_postgres_and_s3_store_every_row_once(
             "LAKE_DATA_DIR": str(tmp_path / "data"),
             "LAKE_CATALOG_URI": postgres_server.uri,
             "LAKE_CATALOG_NAME": f"c{uuid.uuid4().hex[:8]}",
-            "LAKE_WAREHOUSE": f"s3://load-{uuid.uuid4().hex[:8]}/warehouse",
-            "LAKE_S3_ENDPOINT": s3_server.endpoint,
-            "LAKE_S3_ACCESS_KEY": s3_server.access_key,
-            "LAKE_S3_SECRET_KEY": s3_server.secret_key,
-            "LAKE_S3_REGION": s3_server.region,
+            **s3_server.lake_env(f"s3://load-{uuid.uuid4().hex[:8]}/warehouse"),
         }
     )
     lake = LakeCatalog(settings)

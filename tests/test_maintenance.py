@@ -359,11 +359,7 @@ def test_remove_orphans_and_expiry_on_s3(tmp_path: Path, s3_server, duck) -> Non
 
     settings = _settings(
         tmp_path,
-        LAKE_WAREHOUSE=f"s3://orph-{uuid.uuid4().hex[:8]}/wh",
-        LAKE_S3_ENDPOINT=s3_server.endpoint,
-        LAKE_S3_ACCESS_KEY=s3_server.access_key,
-        LAKE_S3_SECRET_KEY=s3_server.secret_key,
-        LAKE_S3_REGION=s3_server.region,
+        **s3_server.lake_env(f"s3://orph-{uuid.uuid4().hex[:8]}/wh"),
     )
     lake = LakeCatalog(settings)
     lake.init()

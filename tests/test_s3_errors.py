@@ -25,11 +25,7 @@ runner = CliRunner()
 def _env(tmp_path: Path, s3: S3Server, bucket: str = "lake") -> dict[str, str]:
     return {
         "LAKE_DATA_DIR": str(tmp_path / "data"),
-        "LAKE_WAREHOUSE": f"s3://{bucket}/{uuid.uuid4().hex[:8]}",
-        "LAKE_S3_ENDPOINT": s3.endpoint,
-        "LAKE_S3_ACCESS_KEY": s3.access_key,
-        "LAKE_S3_SECRET_KEY": s3.secret_key,
-        "LAKE_S3_REGION": s3.region,
+        **s3.lake_env(f"s3://{bucket}/{uuid.uuid4().hex[:8]}"),
         # serve checks the warehouse before it connects to NATS: nothing listens here
         "LAKE_NATS_URL": "nats://127.0.0.1:1",
     }

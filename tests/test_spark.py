@@ -400,11 +400,7 @@ def test_lake_on_s3_reads_by_name_and_a_spark_insert_reads_back(
         "LAKE_DATA_DIR": str(tmp_path / "lake"),
         # Spark keeps a catalog per name for the JVM's life: a name (and bucket) of its own.
         "LAKE_CATALOG_NAME": "lake_s3",
-        "LAKE_WAREHOUSE": f"s3://spark-{uuid.uuid4().hex[:8]}/warehouse",
-        "LAKE_S3_ENDPOINT": s3_server.endpoint,
-        "LAKE_S3_ACCESS_KEY": s3_server.access_key,
-        "LAKE_S3_SECRET_KEY": s3_server.secret_key,
-        "LAKE_S3_REGION": s3_server.region,
+        **s3_server.lake_env(f"s3://spark-{uuid.uuid4().hex[:8]}/warehouse"),
     }
     built = _build(load_settings(env))
     settings, catalog = built["settings"], built["catalog"]

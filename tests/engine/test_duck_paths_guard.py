@@ -72,11 +72,7 @@ def test_escaped_partition_keys_read_literally_on_s3(tmp_path: Path, s3_server) 
     settings = load_settings(
         {
             "LAKE_DATA_DIR": str(tmp_path / "data"),
-            "LAKE_WAREHOUSE": f"s3://{bucket}/wh",
-            "LAKE_S3_ENDPOINT": s3_server.endpoint,
-            "LAKE_S3_ACCESS_KEY": s3_server.access_key,
-            "LAKE_S3_SECRET_KEY": s3_server.secret_key,
-            "LAKE_S3_REGION": s3_server.region,
+            **s3_server.lake_env(f"s3://{bucket}/wh"),
         }
     )
     ensure_bucket(settings, bucket)

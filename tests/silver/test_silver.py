@@ -579,11 +579,7 @@ def test_s3_warehouse_and_postgres_catalog(
             "LAKE_DATA_DIR": str(tmp_path / "data"),
             "LAKE_CATALOG_NAME": f"silver{uuid.uuid4().hex[:8]}",
             "LAKE_CATALOG_URI": postgres_server.uri,
-            "LAKE_WAREHOUSE": f"s3://silver-{uuid.uuid4().hex[:8]}/wh",
-            "LAKE_S3_ENDPOINT": s3_server.endpoint,
-            "LAKE_S3_ACCESS_KEY": s3_server.access_key,
-            "LAKE_S3_SECRET_KEY": s3_server.secret_key,
-            "LAKE_S3_REGION": s3_server.region,
+            **s3_server.lake_env(f"s3://silver-{uuid.uuid4().hex[:8]}/wh"),
         }
     )
     lake = _make_lake(settings)

@@ -117,11 +117,7 @@ def test_escaped_and_hive_looking_symbols_on_an_s3_warehouse(tmp_path: Path, s3_
     settings = load_settings(
         {
             "LAKE_DATA_DIR": str(tmp_path / "data"),
-            "LAKE_WAREHOUSE": f"s3://symbols-{uuid.uuid4().hex[:8]}/wh",
-            "LAKE_S3_ENDPOINT": s3_server.endpoint,
-            "LAKE_S3_ACCESS_KEY": s3_server.access_key,
-            "LAKE_S3_SECRET_KEY": s3_server.secret_key,
-            "LAKE_S3_REGION": s3_server.region,
+            **s3_server.lake_env(f"s3://symbols-{uuid.uuid4().hex[:8]}/wh"),
         }
     )
     _round_trip(settings, tmp_path)

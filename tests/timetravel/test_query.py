@@ -265,11 +265,7 @@ def test_query_as_of_on_s3_warehouse_and_postgres_catalog(
             "LAKE_DATA_DIR": str(tmp_path / "data"),
             "LAKE_CATALOG_NAME": f"tt{uuid.uuid4().hex[:8]}",
             "LAKE_CATALOG_URI": postgres_server.uri,
-            "LAKE_WAREHOUSE": f"s3://timetravel-{uuid.uuid4().hex[:8]}/wh",
-            "LAKE_S3_ENDPOINT": s3_server.endpoint,
-            "LAKE_S3_ACCESS_KEY": s3_server.access_key,
-            "LAKE_S3_SECRET_KEY": s3_server.secret_key,
-            "LAKE_S3_REGION": s3_server.region,
+            **s3_server.lake_env(f"s3://timetravel-{uuid.uuid4().hex[:8]}/wh"),
         }
     )
     catalog = LakeCatalog(settings)
