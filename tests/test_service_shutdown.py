@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ingest_support import (
@@ -72,13 +73,19 @@ def test_sigterm_during_failing_commit_exits_after_grace_without_ack(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    assert _drain_and_count(settings, log, duck, timeout=120) == (n, n)
+
+
+def _drain_and_count(settings: Settings, log: Path, duck: Any, timeout: float) -> tuple[int, int]:
+    """Run `lake serve --until-idle` on the trades table again; (rows, distinct events) stored."""
     again = start_serve(settings, log, "--tables", "stocks_trades", "--until-idle")
-    assert again.wait(timeout=120) == 0, log.read_text()[-3000:]
-    con = duck_for(duck, settings)
-    count, distinct = con.sql(
-        f"SELECT count(*), count(DISTINCT (source, seq)) FROM {scan_sql(settings, TABLE)}"
-    ).fetchone()
-    assert (count, distinct) == (n, n)
+    assert again.wait(timeout=timeout) == 0, log.read_text()[-3000:]
+    count, distinct = (
+        duck_for(duck, settings)
+        .sql(f"SELECT count(*), count(DISTINCT (source, seq)) FROM {scan_sql(settings, TABLE)}")
+        .fetchone()
+    )
+    return count, distinct
 
 
 async def _ack_pending(settings: Settings) -> int:
@@ -170,11 +177,5 @@ def test_sigterm_with_nats_down_exits_within_grace_and_loses_nothing(tmp_path: P
         assert "Traceback" not in text, text[-2000:]
 
         server.start()
-        again = start_serve(settings, log, "--tables", "stocks_trades", "--until-idle")
-        assert again.wait(timeout=60) == 0, log.read_text()[-3000:]
-        con = duck_for(duck, settings)
-        count, distinct = con.sql(
-            f"SELECT count(*), count(DISTINCT (source, seq)) FROM {scan_sql(settings, TABLE)}"
-        ).fetchone()
-        assert (count, distinct) == (399, 399)
-        assert count_rows(con, settings, "bronze.dead_letters") == 1
+        assert _drain_and_count(settings, log, duck, timeout=60) == (399, 399)
+        assert count_rows(duck_for(duck, settings), settings, "bronze.dead_letters") == 1
