@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -150,6 +152,44 @@ def test_lease_one_holder_release_and_takeover(tmp_path: Path, nats: NatsServer)
             a.revision = 1  # a stale holder's renewal finds another revision: lost for good
             assert not await a.renew() and not a.held()
             assert await b.renew()
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_shorter_lease_ttl_never_lowers_the_bucket_under_a_running_holder(
+    tmp_path: Path, nats: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process started with a shorter lease TTL must not make the holder's entry expire
+    between its renewals (every third of the TTL it knows): the bucket keeps the longer TTL."""
+    long = settings_for(tmp_path, nats.url, LAKE_WRITER_LEASE_SECONDS="30")
+    short = settings_for(tmp_path, nats.url, LAKE_WRITER_LEASE_SECONDS="1")
+    longer = settings_for(tmp_path, nats.url, LAKE_WRITER_LEASE_SECONDS="40")
+
+    async def scenario() -> None:
+        nc = await bus.connect(long)
+        try:
+            js = bus.jetstream(nc, long)
+            first = await bus.lease_bucket(js, long)
+            holder = bus.Lease(first, "MARKET.c", first.ttl, "A")
+            assert first.ttl == 30 and await holder.try_acquire()
+            with caplog.at_level(logging.WARNING, logger=bus.__name__):
+                second = await bus.lease_bucket(js, short)
+            assert second.ttl == 30
+            assert "LAKE_WRITER_LEASE_SECONDS=1 is shorter" in caplog.text
+            info = await js.stream_info(f"KV_{bus.LEASE_BUCKET}")
+            assert info.config.max_age == 30
+            standby = bus.Lease(second, "MARKET.c", second.ttl, "B")
+            # Past the shorter TTL the holder's entry is still there: the standby stays out.
+            until = time.monotonic() + 2.5
+            while time.monotonic() < until:
+                assert not await standby.try_acquire()
+                await asyncio.sleep(0.25)
+            assert await bus.Lease(first, "MARKET.c", 30, "A").current_holder() == "A"
+            raised = await bus.lease_bucket(js, longer)  # raising is safe: it happens
+            info = await js.stream_info(f"KV_{bus.LEASE_BUCKET}")
+            assert raised.ttl == info.config.max_age == 40
         finally:
             await nc.close()
 

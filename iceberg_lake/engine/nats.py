@@ -556,10 +556,12 @@ class LeaseBucket:
     Args:
         js: JetStream context (its domain's API prefix).
         prefix: that context's API prefix (`api_prefix(settings)`).
+        ttl: the bucket's time to live in seconds: how long an entry lives after its last write.
     """
 
-    def __init__(self, js: JetStreamContext, prefix: str) -> None:
+    def __init__(self, js: JetStreamContext, prefix: str, ttl: float) -> None:
         self.js = js
+        self.ttl = ttl
         self.stream = f"KV_{LEASE_BUCKET}"
         self.subject_prefix = f"$KV.{LEASE_BUCKET}."
         self.write_prefix = (
@@ -617,28 +619,45 @@ class LeaseConflict(Exception):
 async def lease_bucket(js: JetStreamContext, settings: Settings) -> LeaseBucket:
     """The lease bucket, created with a TTL of `writer_lease_seconds` if missing.
 
-    An existing bucket with another TTL gets this one (the last process started decides).
+    The bucket's TTL is one value for every process: a holder renews every third of the TTL it
+    knows, so a shorter TTL set by a later process would let the entry expire between those
+    renewals and a standby take the lease beside a live holder. So an existing bucket's TTL is
+    only ever raised (which every running holder's schedule survives), never lowered: a process
+    configured shorter uses the bucket's TTL and says so in one warning. The returned bucket's
+    `ttl` is the one in effect.
     """
     from nats.js.api import KeyValueConfig
     from nats.js.errors import NotFoundError
 
-    ttl_seconds = settings.writer_lease_seconds
+    wanted = settings.writer_lease_seconds
     stream = f"KV_{LEASE_BUCKET}"
     try:
         info = await js.stream_info(stream)
     except NotFoundError:
         try:
-            await js.create_key_value(
-                KeyValueConfig(bucket=LEASE_BUCKET, ttl=ttl_seconds, history=1)
-            )
+            await js.create_key_value(KeyValueConfig(bucket=LEASE_BUCKET, ttl=wanted, history=1))
         except Exception as exc:  # raced with another process creating it
             log.debug("create lease bucket: %s", exc)
-        return LeaseBucket(js, api_prefix(settings))
-    if info.config.max_age is None or abs(info.config.max_age - ttl_seconds) > 1e-3:
-        info.config.max_age = ttl_seconds
-        info.config.duplicate_window = min(ttl_seconds, 120.0)
+        info = await js.stream_info(stream)
+    current = info.config.max_age or 0.0
+    if current + 1e-3 < wanted or current <= 0:
+        info.config.max_age = wanted
+        info.config.duplicate_window = min(wanted, 120.0)
         await js.update_stream(info.config)
-    return LeaseBucket(js, api_prefix(settings))
+        current = wanted
+    elif current > wanted + 1e-3:
+        log.warning(
+            "LAKE_WRITER_LEASE_SECONDS=%g is shorter than the TTL of the lease bucket %s "
+            "(%g s, set by an earlier lake serve); using %g s: a shorter TTL would let a running "
+            "writer's lease expire between its renewals (to shorten it, stop every lake serve "
+            "and delete the stream %s)",
+            wanted,
+            LEASE_BUCKET,
+            current,
+            current,
+            stream,
+        )
+    return LeaseBucket(js, api_prefix(settings), current)
 
 
 class Lease:

@@ -87,6 +87,8 @@ class LakeService:
         self._stop = asyncio.Event()
         self._nc: Client | None = None
         self._closing = False
+        #: The lease bucket's TTL in effect (it may be longer than the setting).
+        self._lease_ttl = settings.writer_lease_seconds
 
     async def stop(self) -> None:
         """Ask the service to stop: writers flush, commit and ack, then `run` returns."""
@@ -127,6 +129,7 @@ class LakeService:
             with bus.bus_errors("setting up the JetStream streams and the lease bucket"):
                 await bus.ensure_streams(js, self.settings)
                 leases = await bus.lease_bucket(js, self.settings)
+                self._lease_ttl = leases.ttl
             holder = bus.lease_holder_id()
             # All pull requests of this connection together stay within the byte budget, but
             # each may hold at least the largest message the server accepts.
@@ -212,7 +215,7 @@ class LakeService:
             log.warning(
                 "lake serve: NATS unreachable at shutdown: acks and lease releases skipped "
                 "(committed messages are skipped by the watermark; the leases expire in %g s)",
-                self.settings.writer_lease_seconds,
+                self._lease_ttl,
             )
             for w in self.writers:
                 await w.close(timeout=0)

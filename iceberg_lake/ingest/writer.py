@@ -269,7 +269,7 @@ class ConsumerWriter:
             Lease(
                 leases,
                 lease_key(self.stream, self.consumer),
-                settings.writer_lease_seconds,
+                leases.ttl,
                 holder,
             )
             if leases is not None
