@@ -295,18 +295,22 @@ def test_bar_start_is_utc_and_origin_moves_the_grid(
     assert json.loads(offset.stdout) == json.loads(per_session.stdout)
 
 
-def test_columns_named_like_the_querys_own_are_not_read_instead(duck) -> None:
+@pytest.mark.parametrize(
+    "rn, start", [("__bar_rn", "__bar_start_ns"), ("__BAR_RN", "__Bar_Start_Ns")]
+)
+def test_columns_named_like_the_querys_own_are_not_read_instead(duck, rn: str, start: str) -> None:
     """The bars query numbers rows in an inner query; a table column named like one of its own
-    (`__bar_rn`, `__bar_start_ns`) must not be read in its place (found by review)."""
+    (`__bar_rn`, `__bar_start_ns`, in any case: DuckDB binds names case-insensitively) must not
+    be read in its place (found by reviews)."""
     from iceberg_lake.timetravel.bars import bars_sql
 
     duck.sql(
         "CREATE TABLE odd AS SELECT ts_event_ns::BIGINT AS ts_event_ns, price::DOUBLE AS price,"
-        " size::BIGINT AS size, __bar_rn, __bar_start_ns FROM (VALUES (0, 1, 1, 9, 42),"
+        f' size::BIGINT AS size, a AS "{rn}", b AS "{start}" FROM (VALUES (0, 1, 1, 9, 42),'
         " (60000000000, 2, 1, 1, 42), (60000000001, 3, 2, 0, 42))"
-        " v(ts_event_ns, price, size, __bar_rn, __bar_start_ns)"
+        " v(ts_event_ns, price, size, a, b)"
     )
-    columns = ["ts_event_ns", "price", "size", "__bar_rn", "__bar_start_ns"]
+    columns = ["ts_event_ns", "price", "size", rn, start]
     got = duck.sql(bars_sql("odd", columns, 60 * 10**9, None, None, None)).fetchall()
     assert [(r[0], r[2], r[5], r[8]) for r in got] == [  # bar_start_ns, open, close, trades
         (0, 1.0, 1.0, 1),

@@ -223,7 +223,9 @@ def bars(
 
 
 def _unused(name: str, columns: Sequence[str]) -> str:
-    """`name`, with more leading underscores until no column of `columns` has it."""
-    while name in columns:
+    """`name`, with more leading underscores until no column of `columns` has it (DuckDB binds
+    names case-insensitively, so `__BAR_RN` counts as `__bar_rn`)."""
+    taken = {c.lower() for c in columns}
+    while name.lower() in taken:
         name = "_" + name
     return name
