@@ -321,7 +321,21 @@ def _plan_one(state: TableState, change: Change) -> tuple[str | None, TableState
         partition = tuple(
             (change.new if src == change.old else src, t) for src, t in state.partition
         )
-        return None, replace(state, columns=columns, partition=partition)
+        # The former names as the committed rename will have them (`NameHistory.former_names`),
+        # so a later change of the same plan (or of the next migration of a dry run) sees them.
+        renamed = tuple(
+            sorted(
+                {
+                    **{
+                        was: (change.new if now == change.old else now)
+                        for was, now in state.renamed
+                    },
+                    change.old: change.new,
+                }.items()
+            )
+        )
+        renamed = tuple((was, now) for was, now in renamed if was != change.new)
+        return None, replace(state, columns=columns, partition=partition, renamed=renamed)
     if isinstance(change, WidenColumn):
         col = state.column(change.name)
         if col is None:
@@ -345,7 +359,9 @@ def _plan_one(state: TableState, change: Change) -> tuple[str | None, TableState
         if len(state.columns) == 1:
             raise SchemaChangeError(f"{where}: cannot drop the last column '{change.name}'")
         columns = tuple(c for c in state.columns if c is not col)
-        return None, replace(state, columns=columns)
+        # A dropped column's former names denote nothing any more.
+        renamed = tuple((was, now) for was, now in state.renamed if now != change.name)
+        return None, replace(state, columns=columns, renamed=renamed)
     if isinstance(change, AddPartitionField):
         col = state.column(change.source)
         if col is None:

@@ -167,6 +167,37 @@ def test_dry_run_prints_exact_changes_and_commits_nothing(
     assert table.properties[SCHEMA_VERSION_PROPERTY] == "3"
 
 
+def test_dry_run_refuses_what_the_real_run_refuses_after_a_planned_rename(
+    one_table: LakeCatalog, tmp_path: Path
+) -> None:
+    """A rename planned by an earlier step of the same dry run keeps its old name reserved (the
+    real run refuses a new column under it), and a drop frees it again (found by review5)."""
+    d = tmp_path / "mig"
+    _write(d, "0001_add_venue.py", STEP_ADD)
+    _write(d, "0002_rename_venue.py", STEP_RENAME)
+    _write(d, "0003_add_venue_again.py", STEP_ADD)
+    dry = _lake(tmp_path, "migrate", "up", "--dry-run", "--dir", str(d))
+    real = _lake(tmp_path, "migrate", "up", "--dir", str(d))
+    for res in (dry, real):
+        assert res.exit_code == 1, res.output
+        assert "migration 0003_add_venue_again failed" in res.output
+        assert "column 'mic' was called 'venue' before a rename" in res.output
+
+    (d / "0003_add_venue_again.py").unlink()
+    _write(
+        d,
+        "0003_drop_mic.py",
+        'def upgrade(ctx):\n    ctx.drop_column("bronze.stocks_trades", "mic")\n',
+    )
+    _write(d, "0004_add_venue_again.py", STEP_ADD)
+    dry = _lake(tmp_path, "migrate", "up", "--dry-run", "--dir", str(d))
+    assert dry.exit_code == 0, dry.output
+    assert "would apply 0004_add_venue_again" in dry.output
+    real = _lake(tmp_path, "migrate", "up", "--dir", str(d))
+    assert real.exit_code == 0, real.output
+    assert "venue" in one_table.load_table("bronze.stocks_trades").schema().column_names
+
+
 def test_edited_applied_migration_is_reported_and_refused(
     one_table: LakeCatalog, tmp_path: Path
 ) -> None:
