@@ -30,6 +30,7 @@ from timetravel_data import HOUR_NS, T14, append, futures, to_arrow, trades
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.engine.spark import aws_sdk_jar_names
+from iceberg_lake.exceptions import CompactionError
 from iceberg_lake.properties import SILVER_INCREMENTAL_SOURCE
 from iceberg_lake.schema.evolve import AddColumn, RenameColumn, WidenColumn, evolve_table
 from iceberg_lake.silver.compactor import SilverCompactor
@@ -759,6 +760,35 @@ def test_a_silver_column_added_during_a_spark_run_is_planned_again(
     assert len(writes) == 2
     rows = SilverReader(settings).read_stock_trades("SPY", DAY)
     assert len(rows) == 5 and rows["venue"].isna().all()
+
+
+def test_an_incompatible_write_without_a_schema_change_fails_at_once(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spark refusing the write (INCOMPATIBLE_DATA_FOR_TABLE) while Silver's schema stayed the
+    same is not retried: one attempt, one line, no "schema changed" warning (found by review5).
+    Budget: ~4 s."""
+    from iceberg_lake.silver import spark as silver_spark
+
+    settings = load_settings(
+        {"LAKE_DATA_DIR": str(tmp_path / "lake"), "LAKE_CATALOG_NAME": "lake_incompatible"}
+    )
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    append(catalog.load_table(TRADES), trades("SPY", T14, 5, 10**9))
+    attach_catalog(spark, settings)
+    real, writes = silver_spark.replace_partitions, []
+
+    def without_a_column(df: Any, *args: Any, **kwargs: Any) -> Any:
+        writes.append(1)
+        return real(df.drop("exchange"), *args, **kwargs)
+
+    monkeypatch.setattr(silver_spark, "replace_partitions", without_a_column)
+    with pytest.raises(CompactionError, match="INCOMPATIBLE_DATA_FOR_TABLE") as failed:
+        SparkSilverCompactor(spark, catalog).compact_date(DAY, TRADES)
+    assert "\n" not in str(failed.value)
+    assert writes == [1]
+    assert len(catalog.load_table(SILVER_TRADES).snapshots()) == 0
 
 
 def test_guard_pyspark_keeps_the_jvm_launcher_where_stop_spark_looks(spark: Any) -> None:

@@ -128,9 +128,10 @@ class SparkSilverCompactor:
             CompactionError: bad date, unknown snapshot or tag, or a layout Silver cannot take.
         """
         return self._spark_errors(
+            schema,
             lambda: self._compact(
                 parse_date(date), schema, partition_value, (snapshot_id, tag, as_of)
-            )
+            ),
         )
 
     def compact_all_dates(
@@ -164,12 +165,12 @@ class SparkSilverCompactor:
             CompactionError: unknown snapshot or tag, or a layout Silver cannot take.
         """
         return self._spark_errors(
-            lambda: self._compact(None, schema, partition_value, (snapshot_id, tag, as_of))
+            schema, lambda: self._compact(None, schema, partition_value, (snapshot_id, tag, as_of))
         )
 
-    @staticmethod
-    def _spark_errors(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def _spark_errors(self, schema: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         for attempt in range(1, SCHEMA_CHANGE_ATTEMPTS + 1):
+            schema_id = self._silver_schema_id(schema)
             try:
                 return run()
             except Exception as exc:
@@ -177,13 +178,26 @@ class SparkSilverCompactor:
                     raise
                 # Spark's own errors (analysis, JVM) as one line, like every lake error.
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                if "INCOMPATIBLE_DATA_FOR_TABLE" in first and attempt < SCHEMA_CHANGE_ATTEMPTS:
+                if (
+                    "INCOMPATIBLE_DATA_FOR_TABLE" in first
+                    and attempt < SCHEMA_CHANGE_ATTEMPTS
+                    and self._silver_schema_id(schema) != schema_id
+                ):
                     # Silver's schema changed between the read and the write (`lake table
                     # evolve` while compacting): nothing was written; plan again on it.
                     log.warning("Silver's schema changed during the Spark run, again: %s", first)
                     continue
                 raise CompactionError(f"Spark: {first}") from exc
         raise AssertionError("unreachable")
+
+    def _silver_schema_id(self, schema: str) -> int | None:
+        """The current schema id of `schema`'s Silver table (None: not resolvable here; the
+        run itself then says why)."""
+        try:
+            definition = resolve_bronze_table(self.lake, schema)
+            return self.lake.load_table(f"{SILVER}.{definition.name}").metadata.current_schema_id
+        except LakeError:
+            return None
 
     def _compact(
         self,
