@@ -52,6 +52,8 @@ from pyiceberg.typedef import Record
 
 from iceberg_lake.exceptions import CommitConflictError, LakeError
 
+log = logging.getLogger(__name__)
+
 
 @contextmanager
 def _commit_conflicts(table: Table) -> Iterator[None]:
@@ -62,6 +64,23 @@ def _commit_conflicts(table: Table) -> Iterator[None]:
     except (CommitFailedException, ValidationException) as exc:
         table.refresh()
         raise CommitConflictError(f"{table.name()}: concurrent commit ({exc})") from exc
+
+
+#: The exceptions that prove a commit did not land: pyiceberg raises them before the catalog took
+#: the new metadata, and `Transaction.commit_transaction` deletes its own files on exactly these.
+#: After any other exception (a lost reply from the catalog database, an interrupt) the commit
+#: may have landed, and the files written for it may be the table's: they are kept (orphans, if
+#: it did not land, for `lake maintain remove-orphans`). Deleting them lost committed data.
+COMMIT_REFUSED = (CommitFailedException, ValidationException)
+
+
+def _keep_files_note(table: Table, count: int, exc: BaseException) -> None:
+    log.info(
+        "%s: commit outcome unknown (%s): its %d written files are kept",
+        table.name(),
+        type(exc).__name__,
+        count,
+    )
 
 
 def _current_snapshot_id(table: Table) -> int | None:
@@ -231,6 +250,9 @@ class PartitionReplacement:
     expected_properties: dict[str, str | None] | None = None
     #: What a concurrent commit must not have done for this one to land (see the class doc).
     validation: Literal["predicate", "files"] = "predicate"
+    #: Set once the commit was sent and not refused: the new files are (or may be) the table's,
+    #: so `discard_new_files` leaves them alone.
+    _sent: bool = field(default=False, repr=False)
 
     def replace(
         self, predicate: BooleanExpression, rows: pa.Table, old_files: list[DataFile]
@@ -264,7 +286,13 @@ class PartitionReplacement:
         self.new_files.extend(new_files)
 
     def discard_new_files(self) -> None:
-        """Delete the written, uncommitted new files (best effort; after a failed commit)."""
+        """Delete the written, uncommitted new files (best effort; after a failed commit).
+
+        Does nothing once the commit was sent and not refused (see `COMMIT_REFUSED`): it landed
+        or may have, so the files may be the table's.
+        """
+        if self._sent:
+            return
         for f in self.new_files:
             try:
                 self.table.io.delete(f.file_path)
@@ -287,7 +315,8 @@ class PartitionReplacement:
         """
         if self.is_empty:
             return None
-        with _commit_conflicts(self.table), self.table.transaction() as tx:
+        with _commit_conflicts(self.table):
+            tx = self.table.transaction()
             if self.expected_properties is not None:
                 require_properties(tx, self.expected_properties)
             if self.table_properties:
@@ -317,6 +346,14 @@ class PartitionReplacement:
                     producer.delete_data_file(f)
                 for f in self.new_files:
                     producer.append_data_file(f)
+            try:
+                tx.commit_transaction()
+            except BaseException as exc:
+                if not isinstance(exc, COMMIT_REFUSED):
+                    self._sent = True
+                    _keep_files_note(self.table, len(self.new_files), exc)
+                raise
+            self._sent = True
         return _current_snapshot_id(self.table)
 
 
@@ -479,11 +516,15 @@ _PATCHED_MODULES = ("pyiceberg.table.update", "pyiceberg.table", "pyiceberg.cata
 _STOCK_SQL_COMMIT: Any = None
 
 
-#: Snapshot JSON by object: (snapshot, its JSON). Snapshots are frozen and, with shallow metadata
-#: updates, the same objects are carried from one metadata version to the next, so each is
-#: serialised once instead of once per commit (pyiceberg serialises a snapshot's summary with a
-#: Python-level serializer: 56 ms per commit at 3,600 snapshots).
-_SNAPSHOT_JSON: dict[int, tuple[Any, str]] = {}
+#: Snapshot JSON by snapshot id: (fingerprint, its JSON). A snapshot never changes once
+#: committed, so each is serialised once instead of once per commit (pyiceberg serialises a
+#: snapshot's summary with a Python-level serializer: 56 ms per commit at 3,600 snapshots), also
+#: across reloads of the table, which parse new objects for the same snapshots. Only strings are
+#: kept: keyed by object, every reload added a full set of entries that held the parsed objects
+#: alive (~4 KB each, up to 400 MB in a long-running writer; found by the soak audit). The
+#: fingerprint (manifest list, sequence number, parent, timestamp) tells a snapshot from a
+#: different one that reuses its id (a retried commit writes a new manifest list).
+_SNAPSHOT_JSON: dict[int, tuple[tuple[Any, ...], str]] = {}
 _SNAPSHOT_JSON_MAX = 100_000
 #: The last JSON array written per (table uuid, field): (the list, its items' JSON as a few
 #: UTF-8 chunks). A commit's list usually extends the previous one (same objects, one more at
@@ -493,12 +534,18 @@ _LIST_JSON: dict[tuple[str, str], tuple[list[Any], list[bytes]]] = {}
 
 
 def _snapshot_json(snap: Any) -> str:
-    entry = _SNAPSHOT_JSON.get(id(snap))
-    if entry is None or entry[0] is not snap:
+    fingerprint = (
+        snap.manifest_list,
+        snap.sequence_number,
+        snap.parent_snapshot_id,
+        snap.timestamp_ms,
+    )
+    entry = _SNAPSHOT_JSON.get(snap.snapshot_id)
+    if entry is None or entry[0] != fingerprint:
         if len(_SNAPSHOT_JSON) > _SNAPSHOT_JSON_MAX:
             _SNAPSHOT_JSON.clear()
-        entry = (snap, snap.model_dump_json())
-        _SNAPSHOT_JSON[id(snap)] = entry
+        entry = (fingerprint, snap.model_dump_json())
+        _SNAPSHOT_JSON[snap.snapshot_id] = entry
     return entry[1]
 
 
@@ -666,6 +713,35 @@ def _sql_commit_table(
             pass
         return stock(self, table, requirements, updates)
     return CommitTableResponse(metadata=staged.metadata, metadata_location=staged.metadata_location)
+
+
+def other_catalogs_tables(catalog: Any) -> list[tuple[str, str, str]]:
+    """The tables that other catalogs keep in this catalog's database (several lakes may share
+    one PostgreSQL database, told apart by `LAKE_CATALOG_NAME`).
+
+    Read from `iceberg_tables` directly: pyiceberg's `SqlCatalog` only lists its own catalog's
+    rows. Guard: tests/test_shared_database.py.
+
+    Args:
+        catalog: pyiceberg's `SqlCatalog`.
+
+    Returns:
+        `(catalog name, namespace.table, metadata location)` per table of another catalog.
+    """
+    from pyiceberg.catalog.sql import IcebergTables
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    with Session(catalog.engine) as session:
+        rows = session.execute(
+            select(
+                IcebergTables.catalog_name,
+                IcebergTables.table_namespace,
+                IcebergTables.table_name,
+                IcebergTables.metadata_location,
+            ).where(IcebergTables.catalog_name != catalog.name)
+        ).all()
+    return [(r[0], f"{r[1]}.{r[2]}", r[3] or "") for r in rows]
 
 
 def metadata_locations(catalog: Any, identifier: str) -> tuple[str | None, str | None]:
@@ -1415,6 +1491,7 @@ class WatermarkedAppend:
         fast = 0
         commit_uuid = uuid.uuid4()
         counter = itertools.count()
+        sent = False
         try:
             for rows in self._chunks:
                 if fast_path_applies(self.table, rows):
@@ -1425,19 +1502,24 @@ class WatermarkedAppend:
             if self._parts:  # already split by partition (`append_partitions`)
                 fast += 1
                 files.extend(write_partition_files(self.table, self._parts, commit_uuid, counter))
-            with _FastAppendTransaction(self.table) as tx:
-                if self.expected is not None:  # fencing: see `require_properties`
-                    require_properties(tx, self.expected)
-                if self.watermark:
-                    tx.set_properties(self.watermark)
-                if fast:  # (an empty append still makes a snapshot, as pyiceberg's does)
-                    with tx._append_snapshot_producer(self.snapshot_properties) as producer:
-                        for f in files:
-                            producer.append_data_file(f)
-                for rows in stock:
-                    tx.append(rows, snapshot_properties=self.snapshot_properties)
-        except BaseException:
-            _delete_quietly(self.table, files)  # written but never committed
+            tx = _FastAppendTransaction(self.table)
+            if self.expected is not None:  # fencing: see `require_properties`
+                require_properties(tx, self.expected)
+            if self.watermark:
+                tx.set_properties(self.watermark)
+            if fast:  # (an empty append still makes a snapshot, as pyiceberg's does)
+                with tx._append_snapshot_producer(self.snapshot_properties) as producer:
+                    for f in files:
+                        producer.append_data_file(f)
+            for rows in stock:
+                tx.append(rows, snapshot_properties=self.snapshot_properties)
+            sent = True
+            tx.commit_transaction()
+        except BaseException as exc:
+            if sent and not isinstance(exc, COMMIT_REFUSED):
+                _keep_files_note(self.table, len(files), exc)  # may be committed: keep them
+            else:
+                _delete_quietly(self.table, files)  # written but never committed
             raise
         self._chunks = []
         self._parts = []
@@ -1579,9 +1661,11 @@ class AssertExpirable(ValidatableTableRequirement):
 def expire_snapshot_ids(table: Table, snapshot_ids: Iterable[int]) -> None:
     """Remove snapshots from the table's metadata in one commit, if they are still expirable.
 
-    Deletes no files. Concurrent appends do not conflict (the removal applies to whatever the
-    current metadata is); a concurrent expiry of one of the snapshots, or a branch/tag now
-    pointing at one, does. On success `table` is refreshed.
+    Deletes no data or manifest files (only the metadata files the table's
+    `write.metadata.previous-versions-max` drops, as every commit does). Concurrent appends do not
+    conflict (the removal applies to whatever the current metadata is); a concurrent expiry of
+    one of the snapshots, or a branch/tag now pointing at one, does. On success `table` holds the
+    committed metadata.
 
     Args:
         table: the table (may be stale).
@@ -1600,13 +1684,16 @@ def expire_snapshot_ids(table: Table, snapshot_ids: Iterable[int]) -> None:
     )
     updates = (RemoveSnapshotsUpdate(snapshot_ids=ids),)
     try:
-        table.catalog.commit_table(table, requirements, updates)  # type: ignore[arg-type]
+        # `Table._do_commit`, not `catalog.commit_table`: it also deletes the metadata files the
+        # commit drops from the metadata log (`write.metadata.delete-after-commit.enabled`);
+        # committing through the catalog left one behind per expiry (found by the soak audit).
+        # Guards: tests/engine/test_iceberg_commit_guard.py (the expiry test, `Table._do_commit`).
+        table._do_commit(updates, requirements)  # type: ignore[arg-type]  # noqa: SLF001
     except ValueError as exc:
         # Defensive: a catalog that applies the updates without validating requirements.
         if "does not exist" not in str(exc):
             raise
         raise CommitFailedException(f"snapshot expired concurrently: {exc}") from None
-    table.refresh()
 
 
 # ---- refs on snapshots that must still exist ---------------------------------------------------
