@@ -25,7 +25,7 @@ from pyiceberg.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from iceberg_lake.config import Settings
+from iceberg_lake.config import Settings, redact_url
 from iceberg_lake.exceptions import (
     CatalogUnavailableError,
     ConfigError,
@@ -208,10 +208,35 @@ class LakeCatalog:
         """
         self.ensure_warehouse(create_bucket=create_bucket)
         created = [f"{ns}/" for ns in self.ensure_namespaces()]
-        for definition in self.registry:
+        existing = set(self.existing_tables())
+        missing = [d for d in self.registry if d.identifier not in existing]
+        if missing:
+            self.refuse_shared_location(self.settings.warehouse, "creating tables")
+        for definition in missing:
             if self.create_table(definition):
                 created.append(definition.identifier)
         return created
+
+    def refuse_shared_location(self, location: str, doing: str) -> None:
+        """Raise `ConfigError` when another catalog of this database keeps a table under
+        `location` (two lakes sharing one database and one `LAKE_WAREHOUSE`): the tables would
+        share directories, and one lake's `remove-orphans` would delete the other's files.
+
+        Raises:
+            ConfigError: naming the other catalog and one of its tables.
+        """
+        from iceberg_lake.engine.iceberg import other_catalogs_tables
+
+        prefix = location.rstrip("/") + "/"
+        with catalog_errors("listing the tables of other catalogs"):
+            others = other_catalogs_tables(self.catalog)
+        for name, identifier, metadata in others:
+            if metadata.startswith(prefix):
+                raise ConfigError(
+                    f"{doing}: {redact_url(location)} already holds table {identifier} of "
+                    f"catalog '{name}' in the same catalog database; give each "
+                    "LAKE_CATALOG_NAME its own LAKE_WAREHOUSE"
+                )
 
     # ---- access -------------------------------------------------------------------------------
 

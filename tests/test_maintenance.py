@@ -435,3 +435,29 @@ def test_cli_maintain_commands(lake: LakeCatalog, tmp_path: Path) -> None:
     assert bad.output.strip().count("\n") == 0
     unknown = runner.invoke(app, ["maintain", "compact-files", "--table", "bronze.nope"], env=env)
     assert unknown.exit_code == 1 and "bronze.nope" in unknown.output
+
+
+def test_a_file_the_store_cannot_give_is_one_line_in_compact_files_and_expiry(
+    lake: LakeCatalog, tmp_path: Path
+) -> None:
+    """A read the store refuses half-way (here: files gone, as an outage or a lost object gives
+    them) is one line naming the step, not "internal error" (found by the production chaos
+    audit: S3 and PostgreSQL outages during compact-files and expire-snapshots)."""
+    table = lake.load_table(TABLE)
+    for i in range(3):
+        table.append(_rows(table, i * 10, 10, "SPY"))
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
+    first = table.scan().plan_files()[0].file.file_path
+    Path(_local(first)).unlink()
+    out = runner.invoke(app, ["maintain", "compact-files", "--table", TABLE], env=env)
+    assert out.exit_code == 1, out.output
+    assert out.output.startswith(f"error: compacting the files of {TABLE}: storage unavailable")
+    assert "internal error" not in out.output and out.output.strip().count("\n") == 0
+    oldest = table.metadata.snapshots[0].manifest_list
+    Path(_local(oldest)).unlink()
+    out = runner.invoke(
+        app, ["maintain", "expire-snapshots", "--table", TABLE, "--older-than", "0"], env=env
+    )
+    assert out.exit_code == 1, out.output
+    assert out.output.startswith(f"error: expiring snapshots of {TABLE}: storage unavailable")
+    assert "internal error" not in out.output and out.output.strip().count("\n") == 0

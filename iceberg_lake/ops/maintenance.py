@@ -302,7 +302,10 @@ class TableMaintenance:
                 time.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))
             window = attempt < min(COMPACT_WINDOW_ATTEMPTS, COMPACT_ATTEMPTS - 1)
             try:
-                result = self._compact_files_once(older_than, target_size, now, dry_run, window)
+                # Reads, writes and the commit: an outage is one line naming the store or the
+                # catalog database, like every other command's.
+                with catalog_errors(f"compacting the files of {self.table_id}"):
+                    result = self._compact_files_once(older_than, target_size, now, dry_run, window)
             except CommitConflictError as exc:
                 last = exc
                 log.info("compact-files %s: %s; re-planning", self.table_id, _first_line(exc))
@@ -475,7 +478,8 @@ class TableMaintenance:
                 # own retention window) is done within milliseconds.
                 time.sleep(min(1.0, 0.05 * 2**attempt) * (0.5 + random.random()))
             try:
-                return self._expire_snapshots_once(older_than, retain_last, now, dry_run)
+                with catalog_errors(f"expiring snapshots of {self.table_id}"):
+                    return self._expire_snapshots_once(older_than, retain_last, now, dry_run)
             except CommitConflictError as exc:
                 last = exc
                 log.info("expire-snapshots %s: %s; retrying", self.table_id, exc)
@@ -687,6 +691,8 @@ def remove_orphans(
     ios: dict[str, FileIO] = {}
     for ident in ids:
         table = refs.table(ident)
+        # Another lake's tables under this location would look like orphans here.
+        catalog.refuse_shared_location(table.location(), "remove-orphans")
         ios[ident] = listing_io(table)
         listings[ident] = list_files(ios[ident], table.location())
     referenced, _ = refs.collect()
