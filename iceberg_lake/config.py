@@ -366,7 +366,8 @@ def _validate(s: Settings) -> Settings:
     warehouse = s.warehouse or (data_dir / "warehouse").as_uri()
     parsed = _parse_url(warehouse, "LAKE_WAREHOUSE")
     if parsed.scheme == "":
-        warehouse = Path(warehouse).expanduser().absolute().as_uri()
+        # A plain path is the user's own spelling: normalised (`a/../b`, `a//b`), not refused.
+        warehouse = Path(os.path.normpath(Path(warehouse).expanduser().absolute())).as_uri()
         parsed = _parse_url(warehouse, "LAKE_WAREHOUSE")
     if parsed.scheme not in WAREHOUSE_SCHEMES:
         raise ConfigError(
@@ -378,6 +379,14 @@ def _validate(s: Settings) -> Settings:
         for name in ("s3_access_key", "s3_secret_key"):
             if not getattr(s, name):
                 raise ConfigError(f"{env_var(name)} is required for an s3:// LAKE_WAREHOUSE")
+    # Object keys are built by joining names onto this path: an empty, `.` or `..` component
+    # would name another place than the one shown (or no valid key at all).
+    parts = parsed.path.rstrip("/").split("/")[1:]
+    if any(part in ("", ".", "..") for part in parts):
+        raise ConfigError(
+            f"LAKE_WAREHOUSE has an empty, '.' or '..' path component: {redact_url(warehouse)!r} "
+            "(write the path plainly, e.g. s3://lake/warehouse)"
+        )
     changes["warehouse"] = warehouse.rstrip("/")
 
     if s.s3_endpoint:

@@ -55,6 +55,20 @@ def test_s3_warehouse_produces_pyiceberg_s3_properties() -> None:
     assert "sk" not in repr(s), "secrets must not appear in the settings repr"
 
 
+@pytest.mark.parametrize("warehouse", ["s3://lake//wh", "s3://lake/a/../wh", "file:///tmp/./wh"])
+def test_a_warehouse_url_with_empty_dot_or_dotdot_components_is_refused(warehouse: str) -> None:
+    """`s3://b//x` failed deep in pyarrow ("internal error") and `s3://b/a/../b` with
+    ACCESS_DENIED (found by the production chaos audit)."""
+    env = {"LAKE_WAREHOUSE": warehouse, "LAKE_S3_ACCESS_KEY": "ak", "LAKE_S3_SECRET_KEY": "sk"}
+    with pytest.raises(ConfigError, match="LAKE_WAREHOUSE has an empty, '.' or '..' path"):
+        load_settings(env)
+
+
+def test_a_plain_warehouse_path_is_normalised(tmp_path: Path) -> None:
+    s = load_settings({"LAKE_WAREHOUSE": f"{tmp_path}/a/..//wh/"})
+    assert s.warehouse == (tmp_path / "wh").as_uri()
+
+
 @pytest.mark.parametrize(
     ("environ", "variable"),
     [

@@ -32,6 +32,10 @@ def test_tag_pins_current_snapshots_and_is_never_moved_silently(lake) -> None:
     with pytest.raises(TimeTravelError, match="already exists"):
         snapshots.create_tag(settings, "bt-1", [TRADES])
     assert snapshots.resolve_as_of(catalog.load_table(TRADES), "bt-1") == first
+    # A run stopped half-way: the refusal names the tables still to tag.
+    with pytest.raises(TimeTravelError, match=r"not on bronze\.stocks_quotes \(tag those"):
+        snapshots.create_tag(settings, "bt-1", [TRADES, "bronze.stocks_quotes"])
+    assert "bt-1" not in snapshots.list_tags(catalog.load_table("bronze.stocks_quotes"))
 
     assert snapshots.create_tag(settings, "bt-1", [TRADES], replace=True) == {TRADES: second}
     assert snapshots.remove_tag(settings, "bt-1") == [TRADES, "silver.stocks_trades"]

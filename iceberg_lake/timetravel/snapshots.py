@@ -462,9 +462,12 @@ def create_tag(
         taken = [i for i, t in loaded.items() if name in list_tags(t)]
         if taken:
             more = f" and {len(taken) - 3} more" if len(taken) > 3 else ""
+            # A run stopped half-way (an outage) leaves some tables tagged: name the rest.
+            rest = [i for i in identifiers if i not in taken]
+            finish = f"; not on {','.join(rest)} (tag those with --tables)" if rest else ""
             raise TimeTravelError(
                 f"tag '{name}' already exists on {', '.join(taken[:3])}{more} "
-                "(use --replace to move it)"
+                f"(use --replace to move it){finish}"
             )
     result: dict[str, int | None] = {}
     for ident, table in loaded.items():
