@@ -19,6 +19,7 @@ the ``dev`` extra and are imported or looked up only when their server is starte
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import secrets
@@ -83,6 +84,10 @@ SEAWEEDFS_GRPC_OFFSET = 10000
 # --------------------------------------------------------------------------------------------
 
 
+#: The bucket `S3Server.start` writes its readiness probe object into.
+READY_BUCKET = "harness-ready"
+
+
 @dataclass(frozen=True)
 class S3Server:
     """A SeaweedFS ``weed server`` with its S3 gateway, on fixed ports and a fixed data dir.
@@ -138,8 +143,9 @@ class S3Server:
     def start(self, timeout: float = 60.0) -> None:
         """Start the server (again) on the same ports and data dir; wait until S3 answers.
 
-        Ready means: a ``ListBuckets`` succeeds and the volume server has registered with the
-        master, so writes work.
+        Ready means: a ``ListBuckets`` succeeds, the volume server has registered with the
+        master, and a small object in the bucket ``READY_BUCKET`` is written and read back (for
+        a few seconds after the first two, requests could still fail with INTERNAL_FAILURE).
 
         Args:
             timeout: Deadline in seconds.
@@ -152,7 +158,11 @@ class S3Server:
         probe = self._client(connect_timeout=1.0, read_timeout=3.0, retries=0)
         try:
             wait_until_ready(
-                lambda: probe.list_buckets() is not None and self._volume_server_registered(),
+                lambda: (
+                    probe.list_buckets() is not None
+                    and self._volume_server_registered()
+                    and self._round_trip(probe)
+                ),
                 what=f"SeaweedFS S3 on {self.endpoint}",
                 timeout=timeout,
                 process=self.process,
@@ -254,6 +264,18 @@ class S3Server:
             region=self.region,
             http_client=http,
         )
+
+    @staticmethod
+    def _round_trip(client: Minio) -> bool:
+        if not client.bucket_exists(READY_BUCKET):
+            client.make_bucket(READY_BUCKET)
+        client.put_object(READY_BUCKET, "ready", io.BytesIO(b"ready"), 5)
+        response = client.get_object(READY_BUCKET, "ready")
+        try:
+            return bool(response.read() == b"ready")
+        finally:
+            response.close()
+            response.release_conn()
 
     def _volume_server_registered(self) -> bool:
         url = f"http://{LOOPBACK}:{self.master_port}/dir/status"
