@@ -13,6 +13,7 @@ for `lake maintain expire-snapshots`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import operator
@@ -516,16 +517,18 @@ _PATCHED_MODULES = ("pyiceberg.table.update", "pyiceberg.table", "pyiceberg.cata
 _STOCK_SQL_COMMIT: Any = None
 
 
-#: Snapshot JSON by snapshot id: (fingerprint, its JSON). A snapshot never changes once
-#: committed, so each is serialised once instead of once per commit (pyiceberg serialises a
-#: snapshot's summary with a Python-level serializer: 56 ms per commit at 3,600 snapshots), also
-#: across reloads of the table, which parse new objects for the same snapshots. Only strings are
-#: kept: keyed by object, every reload added a full set of entries that held the parsed objects
-#: alive (~4 KB each, up to 400 MB in a long-running writer; found by the soak audit). The
-#: fingerprint (manifest list, sequence number, parent, timestamp) tells a snapshot from a
-#: different one that reuses its id (a retried commit writes a new manifest list).
-_SNAPSHOT_JSON: dict[int, tuple[tuple[Any, ...], str]] = {}
-_SNAPSHOT_JSON_MAX = 100_000
+#: Snapshot JSON per table (uuid), by snapshot id: (fingerprint, its JSON). A snapshot never
+#: changes once committed, so each is serialised once instead of once per commit (pyiceberg
+#: serialises a snapshot's summary with a Python-level serializer: 56 ms per commit at 3,600
+#: snapshots), also across reloads of the table, which parse new objects for the same snapshots.
+#: Only strings are kept, and only for about the table's current snapshots (expired ones are
+#: dropped once they would double the cache): keyed by object, every reload added a full set of
+#: entries holding the parsed objects alive (~400 MB in a long-running writer), and keyed by id
+#: alone every commit added one for good (both found by the soak audits). The fingerprint
+#: (manifest list, sequence number, parent, timestamp) tells a snapshot from a different one
+#: that reuses its id (a retried commit writes a new manifest list).
+_SNAPSHOT_JSON: dict[str, dict[int, tuple[tuple[Any, ...], str]]] = {}
+_SNAPSHOT_JSON_TABLES_MAX = 1_000
 #: The last JSON array written per (table uuid, field): (the list, its items' JSON as a few
 #: UTF-8 chunks). A commit's list usually extends the previous one (same objects, one more at
 #: the end), so only the new items are serialised and nothing is copied: the chunks are written
@@ -533,20 +536,33 @@ _SNAPSHOT_JSON_MAX = 100_000
 _LIST_JSON: dict[tuple[str, str], tuple[list[Any], list[bytes]]] = {}
 
 
-def _snapshot_json(snap: Any) -> str:
+def _snapshot_json(cache: dict[int, tuple[tuple[Any, ...], str]], snap: Any) -> str:
     fingerprint = (
         snap.manifest_list,
         snap.sequence_number,
         snap.parent_snapshot_id,
         snap.timestamp_ms,
     )
-    entry = _SNAPSHOT_JSON.get(snap.snapshot_id)
+    entry = cache.get(snap.snapshot_id)
     if entry is None or entry[0] != fingerprint:
-        if len(_SNAPSHOT_JSON) > _SNAPSHOT_JSON_MAX:
-            _SNAPSHOT_JSON.clear()
         entry = (fingerprint, snap.model_dump_json())
-        _SNAPSHOT_JSON[snap.snapshot_id] = entry
+        cache[snap.snapshot_id] = entry
     return entry[1]
+
+
+def _snapshot_cache(uuid_: str, snapshots: list[Any]) -> dict[int, tuple[tuple[Any, ...], str]]:
+    """The table's snapshot-JSON cache, without the expired snapshots once they would double
+    it (amortised: one pass per about as many commits as the table keeps snapshots)."""
+    cache = _SNAPSHOT_JSON.get(uuid_)
+    if cache is None:
+        if len(_SNAPSHOT_JSON) >= _SNAPSHOT_JSON_TABLES_MAX:
+            _SNAPSHOT_JSON.clear()
+        cache = _SNAPSHOT_JSON[uuid_] = {}
+    elif len(cache) > 2 * len(snapshots) + 16:
+        live = {s.snapshot_id for s in snapshots}
+        for sid in [sid for sid in cache if sid not in live]:
+            del cache[sid]
+    return cache
 
 
 def _log_entry_json(entry: Any) -> str:
@@ -582,7 +598,10 @@ def _metadata_parts(metadata: TableMetadata) -> list[bytes]:
     """`metadata_json` as UTF-8 chunks (v2/v3 metadata with snapshots only)."""
     head = metadata.model_dump_json(exclude={"snapshots", "snapshot_log"}).encode()
     uuid_ = str(metadata.table_uuid)
-    snaps = _array_parts((uuid_, "snapshots"), metadata.snapshots, _snapshot_json)
+    cache = _snapshot_cache(uuid_, metadata.snapshots)
+    snaps = _array_parts(
+        (uuid_, "snapshots"), metadata.snapshots, functools.partial(_snapshot_json, cache)
+    )
     log = _array_parts((uuid_, "snapshot-log"), metadata.snapshot_log, _log_entry_json)
     return [head[:-1], b',"snapshots":[', *snaps, b'],"snapshot-log":[', *log, b"]}"]
 

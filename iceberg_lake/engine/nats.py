@@ -497,6 +497,25 @@ async def consumer_state(js: JetStreamContext, stream: str, durable: str) -> tup
     return int(info.num_pending or 0), int(info.num_ack_pending or 0)
 
 
+async def consumer_ack_floor(js: JetStreamContext, stream: str, durable: str) -> int | None:
+    """The stream sequence a durable consumer has acked every message up to (its ack floor).
+
+    Returns:
+        None while the consumer does not exist.
+
+    Raises:
+        BusUnavailableError: NATS did not answer.
+    """
+    from nats.js.errors import NotFoundError
+
+    with bus_errors(f"reading the ack floor of consumer {durable}"):
+        try:
+            info = await js.consumer_info(stream, durable)
+        except NotFoundError:
+            return None
+    return int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+
+
 def pub_frame_header(subject: str) -> bytes:
     """The start of a core-NATS `PUB` frame for `subject` (the payload size follows).
 

@@ -57,6 +57,7 @@ from iceberg_lake.engine.nats import (
     Lease,
     LeaseBucket,
     api_prefix,
+    consumer_ack_floor,
     consumer_state,
     consumer_target,
     dead_letter_subject,
@@ -427,6 +428,28 @@ class ConsumerWriter:
             with contextlib.suppress(Exception):
                 await self.psub.close()
             self.psub = None
+        # The inference writer skips every mapped subject: those messages are only acked and
+        # never move its tables' position, so it re-read the whole stream at every start (found
+        # by the soak). It reads on after its consumer's ack floor instead: acks follow commits,
+        # so what is at or below it is stored or not its to store. Only this writer: the server
+        # also moves the floor past messages its limits removed, and a table writer reports
+        # those (`check_stream`) from its committed position; the inference writer cannot tell
+        # them from skipped ones.
+        floor = (
+            await consumer_ack_floor(self.js, self.stream, self.consumer)
+            if self.target == INFERRED_TARGET
+            else None
+        )
+        if floor is not None and floor > self.position:
+            log.info(
+                "writer %s: consumer %s acked up to seq %d, past the committed position %d "
+                "(messages with nothing to store): reading on from there",
+                self.target,
+                self.consumer,
+                floor,
+                self.position,
+            )
+            self.position = floor
         await self.check_stream(start=True)
         await reset_consumer(self.js, self.target, self.position + 1)
         if self.nc is None:

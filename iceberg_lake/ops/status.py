@@ -293,20 +293,29 @@ def collect_status(
     Raises:
         CatalogUnavailableError: the catalog cannot be read.
     """
+    fixed_now = now is not None
     now = now or datetime.now(UTC)
     tables = [table_status(catalog, t, now) for t in catalog.existing_tables()]
     fed = fed_tables(catalog)
     consumers, nats_state = consumer_status(
         catalog.settings, fed, nats_timeout, committed_positions(catalog, fed)
     )
-    tables = _with_freshness(catalog, tables, now, live=nats_state == "ok", timeout=nats_timeout)
+    # Freshness is measured against the end of its own reads unless a time was given.
+    tables = _with_freshness(
+        catalog, tables, now if fixed_now else None, live=nats_state == "ok", timeout=nats_timeout
+    )
     return LakeStatus(
         tables, consumers, dead_letter_counts(catalog), nats_state, pending_warning(catalog)
     )
 
 
 def _with_freshness(
-    catalog: LakeCatalog, tables: list[TableStatus], now: datetime, *, live: bool, timeout: float
+    catalog: LakeCatalog,
+    tables: list[TableStatus],
+    now: datetime | None,
+    *,
+    live: bool,
+    timeout: float,
 ) -> list[TableStatus]:
     """Add event-time freshness (committed, and live when NATS answers) to each table."""
     import dataclasses
@@ -314,7 +323,7 @@ def _with_freshness(
     from iceberg_lake.timetravel.live import freshness
 
     names = [t.table for t in tables if t.table != DEAD_LETTERS_TABLE]
-    now_ns = int(now.timestamp() * 1e9)
+    now_ns = None if now is None else int(now.timestamp() * 1e9)
     try:
         fresh = freshness(catalog, names, live=live, now_ns=now_ns, timeout=timeout)
     except Exception:  # NATS went away between the two reads: report committed only

@@ -162,26 +162,39 @@ def test_metadata_json_and_snapshot_index_match_pyiceberg_across_appends_and_exp
 def test_snapshot_json_cache_keeps_one_string_per_snapshot_across_reloads(
     lake: LakeCatalog,
 ) -> None:
-    """Reloading a table parses new objects for the same snapshots: the cache must not grow
-    with them or keep them alive (it reached 100,000 entries, ~400 MB, in a soak run)."""
+    """Reloading a table parses new objects for the same snapshots, and expiry removes
+    snapshots: the cache follows the snapshots kept, not the reloads (it reached 100,000
+    entries, ~400 MB, in a soak run) nor the commits made (found by the second soak)."""
     table = lake.load_table(TABLE)
     for i in range(12):
         with engine.watermarked_append(table, watermark={"lake.watermark.s.c": str(i)}) as app:
             app.append(_rows(table, i * 10, 2))
+    uuid_ = str(table.metadata.table_uuid)
     engine._SNAPSHOT_JSON.clear()
     for _ in range(4):
         table.refresh()
         assert json.loads(engine.metadata_json(table.metadata)) == json.loads(
             table.metadata.model_dump_json()
         )
-        assert len(engine._SNAPSHOT_JSON) == 12
-        assert all(isinstance(v[1], str) for v in engine._SNAPSHOT_JSON.values())
+        cache = engine._SNAPSHOT_JSON[uuid_]
+        assert len(cache) == 12 and all(isinstance(v[1], str) for v in cache.values())
     # A different snapshot under a known id (a retried commit's new manifest list) is not
     # served the cached JSON.
     snap = table.metadata.snapshots[-1]
     other = snap.model_copy(update={"manifest_list": snap.manifest_list + ".retry"})
-    assert json.loads(engine._snapshot_json(other))["manifest-list"].endswith(".retry")
-    assert json.loads(engine._snapshot_json(snap))["manifest-list"] == snap.manifest_list
+    assert json.loads(engine._snapshot_json(cache, other))["manifest-list"].endswith(".retry")
+    assert json.loads(engine._snapshot_json(cache, snap))["manifest-list"] == snap.manifest_list
+    # 60 more commits, each followed by an expiry down to 5 snapshots.
+    for i in range(60):
+        with engine.watermarked_append(table, watermark={"lake.watermark.s.c": str(i)}) as app:
+            app.append(_rows(table, 1000 + i * 10, 1))
+        old = [s.snapshot_id for s in table.metadata.snapshots[:-5]]
+        engine.expire_snapshot_ids(table, old)
+    assert len(table.metadata.snapshots) == 5
+    assert len(engine._SNAPSHOT_JSON[uuid_]) <= 2 * 5 + 16 + 1
+    assert json.loads(engine.metadata_json(table.metadata)) == json.loads(
+        table.metadata.model_dump_json()
+    )
 
 
 def test_expiry_deletes_the_metadata_files_it_drops_from_the_log(lake: LakeCatalog) -> None:

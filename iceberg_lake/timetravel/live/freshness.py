@@ -175,7 +175,7 @@ def freshness(
         catalog: the lake catalog.
         identifiers: tables to report (tables without `ts_event_ns` are left out).
         live: also read the stream tails (NATS); otherwise `live_*` are None.
-        now_ns: reference time (default: now).
+        now_ns: reference time (default: when the reads end).
         timeout: seconds for NATS.
 
     Returns:
@@ -184,7 +184,6 @@ def freshness(
     Raises:
         TransientError/LakeError: NATS cannot be reached (only with `live`).
     """
-    now = time.time_ns() if now_ns is None else now_ns
     committed: dict[str, int | None] = {}
     sources: list[TailSource] = []
     tails: dict[str, tuple[int | None, str | None]] = {}
@@ -225,6 +224,10 @@ def freshness(
     finally:
         if loop is not None:
             loop.close()
+
+    # "Now" is when the reads ended: the newest event read may be younger than their start
+    # (`lake status` warned of a publisher's clock ahead by the seconds its reads took).
+    now = time.time_ns() if now_ns is None else now_ns
 
     def age(ns: int | None) -> float | None:
         return None if ns is None else round((now - ns) / 1e9, 3)
