@@ -729,6 +729,16 @@ def test_spark_compaction_pinned_before_a_bronze_rename_equals_duckdb(
     assert spark_rows["exchange"].notna().all()
 
 
+def _five_trades_lake(spark: Any, tmp_path: Path, name: str) -> tuple[Settings, LakeCatalog]:
+    """A lake (catalog `name`) with five Bronze trades, attached to the Spark session."""
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake"), "LAKE_CATALOG_NAME": name})
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    append(catalog.load_table(TRADES), trades("SPY", T14, 5, 10**9))
+    attach_catalog(spark, settings)
+    return settings, catalog
+
+
 def test_a_silver_column_added_during_a_spark_run_is_planned_again(
     spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -737,13 +747,7 @@ def test_a_silver_column_added_during_a_spark_run_is_planned_again(
     new schema, instead of failing (found by the Spark/evolution audit). Budget: ~6 s."""
     from iceberg_lake.silver import spark as silver_spark
 
-    settings = load_settings(
-        {"LAKE_DATA_DIR": str(tmp_path / "lake"), "LAKE_CATALOG_NAME": "lake_evolving"}
-    )
-    catalog = LakeCatalog(settings)
-    catalog.init()
-    append(catalog.load_table(TRADES), trades("SPY", T14, 5, 10**9))
-    attach_catalog(spark, settings)
+    settings, catalog = _five_trades_lake(spark, tmp_path, "lake_evolving")
     real, writes = silver_spark.replace_partitions, []
 
     def evolve_first(*args: Any, **kwargs: Any) -> Any:
@@ -770,13 +774,7 @@ def test_an_incompatible_write_without_a_schema_change_fails_at_once(
     Budget: ~4 s."""
     from iceberg_lake.silver import spark as silver_spark
 
-    settings = load_settings(
-        {"LAKE_DATA_DIR": str(tmp_path / "lake"), "LAKE_CATALOG_NAME": "lake_incompatible"}
-    )
-    catalog = LakeCatalog(settings)
-    catalog.init()
-    append(catalog.load_table(TRADES), trades("SPY", T14, 5, 10**9))
-    attach_catalog(spark, settings)
+    settings, catalog = _five_trades_lake(spark, tmp_path, "lake_incompatible")
     real, writes = silver_spark.replace_partitions, []
 
     def without_a_column(df: Any, *args: Any, **kwargs: Any) -> Any:

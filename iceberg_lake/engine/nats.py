@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from iceberg_lake.config import redact, redact_url
 from iceberg_lake.exceptions import BusUnavailableError, LakeError, TransientError
@@ -477,6 +477,17 @@ async def reset_consumer(
         return await js.add_consumer(stream, _consumer_config(durable, subject, start_seq))
 
 
+async def _consumer_info(js: JetStreamContext, stream: str, durable: str, what: str) -> Any:
+    """A durable consumer's info, or None while it does not exist."""
+    from nats.js.errors import NotFoundError
+
+    with bus_errors(f"{what} of consumer {durable}"):
+        try:
+            return await js.consumer_info(stream, durable)
+        except NotFoundError:
+            return None
+
+
 async def consumer_state(js: JetStreamContext, stream: str, durable: str) -> tuple[int, int] | None:
     """(num_pending, num_ack_pending) of a durable consumer.
 
@@ -487,13 +498,9 @@ async def consumer_state(js: JetStreamContext, stream: str, durable: str) -> tup
     Raises:
         BusUnavailableError: NATS did not answer.
     """
-    from nats.js.errors import NotFoundError
-
-    with bus_errors(f"reading the state of consumer {durable}"):
-        try:
-            info = await js.consumer_info(stream, durable)
-        except NotFoundError:
-            return None
+    info = await _consumer_info(js, stream, durable, "reading the state")
+    if info is None:
+        return None
     return int(info.num_pending or 0), int(info.num_ack_pending or 0)
 
 
@@ -506,13 +513,9 @@ async def consumer_ack_floor(js: JetStreamContext, stream: str, durable: str) ->
     Raises:
         BusUnavailableError: NATS did not answer.
     """
-    from nats.js.errors import NotFoundError
-
-    with bus_errors(f"reading the ack floor of consumer {durable}"):
-        try:
-            info = await js.consumer_info(stream, durable)
-        except NotFoundError:
-            return None
+    info = await _consumer_info(js, stream, durable, "reading the ack floor")
+    if info is None:
+        return None
     return int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from iceberg_lake.catalog import LakeCatalog
-from iceberg_lake.engine.nats import INFERRED_TARGET, consumer_target
+from iceberg_lake.engine.nats import INFERRED_TARGET, consumer_ack_floor, consumer_target
 from iceberg_lake.engine.nats_tail import (
     StreamStates,
     TailFollower,
@@ -65,15 +65,8 @@ async def inferred_floor(loop: NatsLoop) -> int | None:
     Its writer acks a flush only after committing every table of it, so every message at or
     below the floor read now is in each table's metadata loaded afterwards.
     """
-    from nats.js.errors import NotFoundError
-
-    js = await loop.js()
     stream, durable, _ = consumer_target(INFERRED_TARGET)
-    try:
-        info = await js.consumer_info(stream, durable)
-    except NotFoundError:
-        return None
-    return int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+    return await consumer_ack_floor(await loop.js(), stream, durable)
 
 
 async def _read_inferred(
