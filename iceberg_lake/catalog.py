@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -211,32 +211,33 @@ class LakeCatalog:
         existing = set(self.existing_tables())
         missing = [d for d in self.registry if d.identifier not in existing]
         if missing:
-            self.refuse_shared_location(self.settings.warehouse, "creating tables")
+            self.refuse_shared_location([self.settings.warehouse], "creating tables")
         for definition in missing:
             if self.create_table(definition):
                 created.append(definition.identifier)
         return created
 
-    def refuse_shared_location(self, location: str, doing: str) -> None:
-        """Raise `ConfigError` when another catalog of this database keeps a table under
-        `location` (two lakes sharing one database and one `LAKE_WAREHOUSE`): the tables would
+    def refuse_shared_location(self, locations: Iterable[str], doing: str) -> None:
+        """Raise `ConfigError` when another catalog of this database keeps a table under one of
+        `locations` (two lakes sharing one database and one `LAKE_WAREHOUSE`): the tables would
         share directories, and one lake's `remove-orphans` would delete the other's files.
 
         Raises:
-            ConfigError: naming the other catalog and one of its tables.
+            ConfigError: naming the location, the other catalog and one of its tables.
         """
         from iceberg_lake.engine.iceberg import other_catalogs_tables
 
-        prefix = location.rstrip("/") + "/"
+        prefixes = [location.rstrip("/") + "/" for location in locations]
         with catalog_errors("listing the tables of other catalogs"):
             others = other_catalogs_tables(self.catalog)
         for name, identifier, metadata in others:
-            if metadata.startswith(prefix):
-                raise ConfigError(
-                    f"{doing}: {redact_url(location)} already holds table {identifier} of "
-                    f"catalog '{name}' in the same catalog database; give each "
-                    "LAKE_CATALOG_NAME its own LAKE_WAREHOUSE"
-                )
+            for prefix in prefixes:
+                if metadata.startswith(prefix):
+                    raise ConfigError(
+                        f"{doing}: {redact_url(prefix.rstrip('/'))} already holds table "
+                        f"{identifier} of catalog '{name}' in the same catalog database; give "
+                        "each LAKE_CATALOG_NAME its own LAKE_WAREHOUSE"
+                    )
 
     # ---- access -------------------------------------------------------------------------------
 

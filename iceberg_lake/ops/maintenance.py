@@ -689,10 +689,10 @@ def remove_orphans(
     refs = _CatalogReferences(catalog)
     listings: dict[str, list[tuple[str, datetime | None, int]]] = {}
     ios: dict[str, FileIO] = {}
-    for ident in ids:
-        table = refs.table(ident)
-        # Another lake's tables under this location would look like orphans here.
-        catalog.refuse_shared_location(table.location(), "remove-orphans")
+    tables = {ident: refs.table(ident) for ident in ids}
+    # Another lake's tables under these locations would look like orphans here.
+    catalog.refuse_shared_location([t.location() for t in tables.values()], "remove-orphans")
+    for ident, table in tables.items():
         ios[ident] = listing_io(table)
         listings[ident] = list_files(ios[ident], table.location())
     referenced, _ = refs.collect()
