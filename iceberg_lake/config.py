@@ -361,6 +361,7 @@ def _validate(s: Settings) -> Settings:
     _check_port(catalog_uri, "LAKE_CATALOG_URI")
     if base == "postgresql" and "+" not in catalog_uri.split("://", 1)[0]:
         catalog_uri = "postgresql+psycopg2" + catalog_uri[len("postgresql") :]
+    _check_catalog_driver(catalog_uri)
     changes["catalog_uri"] = catalog_uri
 
     warehouse = s.warehouse or (data_dir / "warehouse").as_uri()
@@ -421,6 +422,29 @@ def _parse_url(url: str, variable: str) -> ParseResult:
         return urlparse(url)
     except ValueError as exc:
         raise ConfigError(f"{variable} is not a valid URL ({exc}): {redact_url(url)}") from None
+
+
+def _check_catalog_driver(catalog_uri: str) -> None:
+    """Refuse a `LAKE_CATALOG_URI` whose database driver is unknown or not installed.
+
+    Without this, the first command to open the catalog failed with "internal error:
+    ModuleNotFoundError" (`postgresql+psycopg://`, psycopg 3 not being installed).
+    """
+    import sqlalchemy as sa
+
+    scheme = catalog_uri.split("://", 1)[0]
+    try:
+        sa.engine.make_url(catalog_uri).get_dialect().import_dbapi()
+    except sa.exc.NoSuchModuleError:
+        raise ConfigError(
+            f"LAKE_CATALOG_URI names an unknown database driver '{scheme}' "
+            "(use sqlite:/// or postgresql://)"
+        ) from None
+    except ImportError as exc:
+        raise ConfigError(
+            f"LAKE_CATALOG_URI: the driver of '{scheme}' is not installed ({exc.name}); "
+            "postgresql:// uses psycopg2, which the lake installs"
+        ) from None
 
 
 def _check_port(url: str, variable: str) -> None:

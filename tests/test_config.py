@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,21 @@ def test_environment_overrides_the_toml_file(tmp_path: Path) -> None:
 def test_postgres_uri_gets_the_psycopg2_driver() -> None:
     s = load_settings({"LAKE_CATALOG_URI": "postgresql://u:p@db:5432/lake"})
     assert s.catalog_uri == "postgresql+psycopg2://u:p@db:5432/lake"
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("postgresql+psycopg://u:secret@db:5432/lake", "driver of 'postgresql+psycopg' is not"),
+        ("postgresql+nodriver://u:secret@db:5432/lake", "unknown database driver"),
+    ],
+)
+def test_a_catalog_driver_that_is_missing_is_a_config_error(uri: str, says: str) -> None:
+    if "psycopg:" in uri:
+        assert importlib.util.find_spec("psycopg") is None, "psycopg 3 is installed: pick another"
+    with pytest.raises(ConfigError, match=re.escape(says)) as err:
+        load_settings({"LAKE_CATALOG_URI": uri})
+    assert "secret" not in str(err.value)
 
 
 def test_s3_warehouse_produces_pyiceberg_s3_properties() -> None:
