@@ -423,11 +423,15 @@ class MigrationLedger:
     def _lock_row_exists(self) -> bool:
         """True once the lock row exists (then so do both tables): nothing to write."""
         mine = lock_table.c.catalog_name == self.catalog_name
-        try:
-            with self.engine.connect() as conn:
+        # A database that cannot be reached is not "no ledger yet": it said "creating the
+        # migration ledger" after retrying the creation.
+        with catalog_errors("reading the migration ledger"):
+            conn = self.engine.connect()
+        with conn:
+            try:
                 row = conn.execute(sa.select(lock_table.c.catalog_name).where(mine)).first()
-        except (OperationalError, ProgrammingError):  # no lock table yet
-            return False
+            except (OperationalError, ProgrammingError):  # no lock table yet
+                return False
         return row is not None
 
     def _create(self) -> None:

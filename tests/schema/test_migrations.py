@@ -15,10 +15,15 @@ from typer.testing import CliRunner
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
 from iceberg_lake.config import Settings, load_settings
-from iceberg_lake.exceptions import MigrationError
+from iceberg_lake.exceptions import CatalogUnavailableError, MigrationError
 from iceberg_lake.properties import SCHEMA_VERSION_PROPERTY
 from iceberg_lake.schema.drift import find_drift
-from iceberg_lake.schema.migrations import MigrationRunner, discover, migrations_dir
+from iceberg_lake.schema.migrations import (
+    MigrationLedger,
+    MigrationRunner,
+    discover,
+    migrations_dir,
+)
 from iceberg_lake.tables import TableRegistry, registry
 
 TRADES = ["bronze.stocks_trades", "silver.stocks_trades"]
@@ -311,3 +316,16 @@ def test_a_missing_migrations_folder_is_an_error_not_nothing_to_apply(tmp_path: 
     assert res.exit_code == 1
     assert "no-such-folder does not exist" in res.output
     assert "nothing to apply" not in res.output and "Traceback" not in res.output
+
+
+def test_a_catalog_database_that_cannot_be_reached_is_named_as_such(tmp_path: Path) -> None:
+    # A PostgreSQL socket directory with no server in it: the connection is refused.
+    uri = f"postgresql+psycopg2://lake@/lake?host={tmp_path}"
+    ledger = MigrationLedger(uri, "lake")
+    try:
+        with pytest.raises(CatalogUnavailableError) as err:
+            ledger.ensure()
+    finally:
+        ledger.close()
+    # Not "creating the migration ledger" after retries: nothing says the ledger is missing.
+    assert str(err.value).startswith("reading the migration ledger: catalog database unavailable")
