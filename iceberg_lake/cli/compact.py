@@ -175,7 +175,9 @@ def _fail_on_errors(results: Sequence[Mapping[str, Any]]) -> None:
     if not failed:
         return
     for r in failed:
-        line = f"{r.get('table')}: {r.get('error')}"
+        table, error = str(r.get("table")), str(r.get("error"))
+        # Most reasons name their table already ("committing silver.x: …"): not twice.
+        line = error if table in error else f"{table}: {error}"
         # Text, not markup: the reason may contain brackets; credentials are masked.
         err_console.print(
             Text.assemble(("error:", "red"), " ", redact(line, settings())),

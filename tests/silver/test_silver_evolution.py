@@ -178,7 +178,8 @@ def test_a_failing_table_does_not_stop_the_others(lake: LakeCatalog) -> None:
     )
     assert rows[SILVER]["status"] == "success", "the table after the failing one is compacted"
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith("error: silver.futures_trades: ")
+    assert len(errors) == 1 and errors[0].startswith("error: silver.futures_trades is partitioned")
+    assert errors[0].count("silver.futures_trades") == 1, "the table is named once"
     assert "Traceback" not in res.output
     assert silver_rows(lake) == expected(stocks)
 
