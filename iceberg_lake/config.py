@@ -344,7 +344,9 @@ def _validate(s: Settings) -> Settings:
             f"{env_var('max_buffered_events')} must be at least the largest batch size"
         )
 
-    data_dir = s.data_dir.expanduser().absolute()
+    # Normalised (`../lake`, `a//b`): the default warehouse URI is built from it, and a URI's
+    # `..` components are refused.
+    data_dir = Path(os.path.normpath(s.data_dir.expanduser().absolute()))
     changes["data_dir"] = data_dir
     if not s.catalog_uri or not s.warehouse:
         _check_data_dir(data_dir)  # the catalog file or the warehouse lives in it

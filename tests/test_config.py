@@ -56,6 +56,19 @@ def test_a_catalog_driver_that_is_missing_is_a_config_error(uri: str, says: str)
     assert "secret" not in str(err.value)
 
 
+def test_a_relative_data_dir_with_dotdot_gives_a_normalised_warehouse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`LAKE_DATA_DIR=../lake` (review6): the default warehouse URI is built from the data dir
+    and URIs with `..` are refused, so the data dir is normalised first."""
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    s = load_settings({"LAKE_DATA_DIR": "../lake"})
+    assert s.data_dir == tmp_path / "lake"
+    assert s.warehouse == (tmp_path / "lake" / "warehouse").as_uri()
+    assert s.catalog_uri == f"sqlite:///{tmp_path / 'lake' / 'catalog.db'}"
+
+
 def test_s3_warehouse_produces_pyiceberg_s3_properties() -> None:
     s = load_settings(
         {

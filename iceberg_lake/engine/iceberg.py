@@ -559,9 +559,11 @@ def _snapshot_cache(uuid_: str, snapshots: list[Any]) -> dict[int, tuple[tuple[A
             _SNAPSHOT_JSON.clear()
         cache = _SNAPSHOT_JSON[uuid_] = {}
     elif len(cache) > 2 * len(snapshots) + 16:
+        # A new dict swapped in, not deletions while iterating: another commit thread of the
+        # process (the inference writer beside a table's writer) may be adding to this one
+        # (`list()` copies it in one step under the GIL; an entry it misses is recomputed).
         live = {s.snapshot_id for s in snapshots}
-        for sid in [sid for sid in cache if sid not in live]:
-            del cache[sid]
+        cache = _SNAPSHOT_JSON[uuid_] = {k: v for k, v in list(cache.items()) if k in live}
     return cache
 
 

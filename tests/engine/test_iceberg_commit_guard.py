@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import sys
+import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,6 +26,7 @@ from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.serializers import ToOutputFile
 from pyiceberg.table import Table, Transaction
 from pyiceberg.table.metadata import TableMetadataCommonFields
+from pyiceberg.table.snapshots import Operation, Snapshot, Summary
 from pyiceberg.table.update.snapshot import (
     _FastAppendFiles,
     _ManifestMergeManager,
@@ -195,6 +199,61 @@ def test_snapshot_json_cache_keeps_one_string_per_snapshot_across_reloads(
     assert json.loads(engine.metadata_json(table.metadata)) == json.loads(
         table.metadata.model_dump_json()
     )
+
+
+def test_snapshot_json_cache_is_pruned_safely_beside_another_commit_thread() -> None:
+    """`lake serve` commits to one Bronze table from two threads (its writer and the inference
+    writer): pruning the table's cache while the other thread adds to it raised "dictionary
+    changed size during iteration" inside a commit (review6)."""
+    table_uuid = str(uuid.uuid4())
+
+    def snap(i: int) -> Snapshot:
+        return Snapshot(
+            snapshot_id=i,
+            sequence_number=i,
+            timestamp_ms=i,
+            manifest_list=f"file:///m/{i}.avro",
+            summary=Summary(Operation.APPEND),
+        )
+
+    kept = [snap(i) for i in range(5)]
+    expired = [snap(i) for i in range(100_000, 101_000)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def run(work: Callable[[], None]) -> None:
+        try:
+            while not stop.is_set():
+                work()
+        except BaseException as exc:  # noqa: BLE001 - the test reports whatever ended it
+            errors.append(exc)
+            stop.set()
+
+    def fill_then_prune() -> None:
+        cache = engine._snapshot_cache(table_uuid, kept)
+        for s in expired:
+            engine._snapshot_json(cache, s)
+        engine._snapshot_cache(table_uuid, kept)
+
+    counter = iter(range(200_000, 10**9))
+
+    def add_one() -> None:
+        engine._snapshot_json(engine._snapshot_cache(table_uuid, kept), snap(next(counter)))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=run, args=(w,)) for w in (fill_then_prune, add_one)]
+        for t in threads:
+            t.start()
+        stop.wait(2.0)
+        stop.set()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+        engine._SNAPSHOT_JSON.pop(table_uuid, None)
+    assert errors == []
 
 
 def test_expiry_deletes_the_metadata_files_it_drops_from_the_log(lake: LakeCatalog) -> None:
