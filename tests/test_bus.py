@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ingest_support import settings_for
@@ -190,6 +192,60 @@ def test_a_shorter_lease_ttl_never_lowers_the_bucket_under_a_running_holder(
             raised = await bus.lease_bucket(js, longer)  # raising is safe: it happens
             info = await js.stream_info(f"KV_{bus.LEASE_BUCKET}")
             assert raised.ttl == info.config.max_age == 40
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())
+
+
+class _UpdateAfter:
+    """The JetStream context of a process whose stream update lands only after `first` ran:
+    the interleaving of two `lease_bucket` calls that raise the TTL at the same moment."""
+
+    def __init__(self, js: Any, first: Callable[[], Awaitable[None]]) -> None:
+        self._js, self._first = js, first
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._js, name)
+
+    async def update_stream(self, config: Any, **kw: Any) -> Any:
+        await self._first()
+        return await self._js.update_stream(config, **kw)
+
+
+def test_concurrent_ttl_raises_never_leave_a_holder_counting_a_longer_ttl_than_the_bucket(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """X (4 s) and Y (2 s) both read the bucket at 1 s and raise it; Y's update lands last, so
+    the bucket says 2 s while X was told 4 s. X must count its lease by the bucket's 2 s: if it
+    counted 0.8 × 4 s, it would still write when Y takes the expired lease (review6)."""
+    first = settings_for(tmp_path, nats.url, LAKE_WRITER_LEASE_SECONDS="1")
+    x_settings = settings_for(tmp_path, nats.url, LAKE_WRITER_LEASE_SECONDS="4")
+    y_settings = settings_for(tmp_path, nats.url, LAKE_WRITER_LEASE_SECONDS="2")
+
+    async def scenario() -> None:
+        nc = await bus.connect(first)
+        try:
+            js = bus.jetstream(nc, first)
+            await bus.lease_bucket(js, first)
+            got: dict[str, bus.LeaseBucket] = {}
+
+            async def x_starts() -> None:
+                got["x"] = await bus.lease_bucket(js, x_settings)
+
+            got["y"] = await bus.lease_bucket(_UpdateAfter(js, x_starts), y_settings)
+            info = await js.stream_info(f"KV_{bus.LEASE_BUCKET}")
+            assert (info.config.max_age, got["x"].ttl) == (2, 4), "the race happened"
+            x = bus.Lease(got["x"], "MARKET.c", got["x"].ttl, "X")
+            y = bus.Lease(got["y"], "MARKET.c", got["y"].ttl, "Y")
+            assert await x.try_acquire()
+            # X is cut off from NATS from here on: it never renews.
+            deadline = time.monotonic() + 10
+            while not await y.try_acquire():
+                assert time.monotonic() < deadline, "Y never took the expired lease"
+                await asyncio.sleep(0.1)
+            assert not x.held(), "X still counts a lease that Y holds"
+            assert x.ttl == 2
         finally:
             await nc.close()
 

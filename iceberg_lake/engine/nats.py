@@ -590,6 +590,16 @@ class LeaseBucket:
             self.subject_prefix if prefix == "$JS.API" else f"{prefix}.{self.subject_prefix}"
         )
 
+    async def current_ttl(self) -> float:
+        """The bucket's TTL now, read from the server (0: none).
+
+        Raises:
+            BusUnavailableError: NATS did not answer.
+        """
+        with bus_errors("reading the lease bucket"):
+            info = await self.js.stream_info(self.stream)
+        return float(info.config.max_age or 0.0)
+
     async def write(self, key: str, value: bytes, last: int) -> int:
         """Write `key` if its last revision is `last` (0: absent). Returns the new revision.
 
@@ -715,8 +725,28 @@ class Lease:
         # 20% margin for clock-rate differences and the server's expiry timer.
         self._valid_until = sent_at + 0.8 * self.ttl
 
+    async def _follow_bucket_ttl(self) -> None:
+        """Count the lease by the bucket's TTL if it is shorter than ours.
+
+        `lease_bucket` only raises the TTL, but two processes raising it at once race (a stream
+        update is not a compare-and-swap): the later write can leave the bucket below the TTL
+        the other process was told. Read before every write, the TTL in effect bounds how long
+        this process counts its lease as held (review6).
+        """
+        current = await self.bucket.current_ttl()
+        if 0 < current < self.ttl - 1e-3:
+            log.warning(
+                "the lease bucket's TTL is %g s, not the %g s this writer was told (another "
+                "lake serve changed it at the same moment); counting its lease by %g s",
+                current,
+                self.ttl,
+                current,
+            )
+            self.ttl = current
+
     async def try_acquire(self) -> bool:
         """Take the lease if nobody holds it. Returns True when taken."""
+        await self._follow_bucket_ttl()
         sent = time.monotonic()
         try:
             self.revision = await self.bucket.write(self.key, self.holder.encode(), 0)
@@ -743,6 +773,7 @@ class Lease:
         """
         if not self.revision:
             return False
+        await self._follow_bucket_ttl()
         sent = time.monotonic()
         try:
             self.revision = await self.bucket.write(self.key, self.holder.encode(), self.revision)
