@@ -1599,3 +1599,36 @@ def test_live_queries_report_removals_after_the_subjects_newest_message_once(
     finally:
         lake.close()
         pub.close()
+
+
+def test_live_freshness_is_measured_after_its_reads_never_negative(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """Events stamped with the publisher's clock at publish time, published while freshness
+    reads the tail: their age is never negative. It was, when "now" was taken before the
+    reads (`lake status` then warned of a publisher's clock ahead by the seconds its own reads
+    took, soak2)."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    catalog = LakeCatalog(settings)
+    stop = threading.Event()
+    sent = [0]
+
+    def publish_now() -> None:
+        pub = Publisher(settings)
+        try:
+            while not stop.is_set():
+                publish_to(pub, TABLE, [stamped(TABLE, sent[0], time.time_ns())])
+                sent[0] += 1
+        finally:
+            pub.close()
+
+    publisher = threading.Thread(target=publish_now)
+    publisher.start()
+    try:
+        wait_until(lambda: sent[0] > 0, 10, "a first publish")
+        ages = [freshness(catalog, [TABLE], live=True)[TABLE].live_seconds for _ in range(15)]
+    finally:
+        stop.set()
+        publisher.join()
+    assert all(age is not None and age >= 0 for age in ages), ages
