@@ -10,7 +10,7 @@ lint:  ## ruff check, ruff format --check, mypy on the package (versions pinned 
 	ruff check . && ruff format --check . && mypy iceberg_lake
 
 test:  ## Run the test suite (the README's command)
-	python -m pytest -q
+	python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 bench:  ## Run every benchmark and print one table
 	python scripts/bench.py

@@ -83,7 +83,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 #: The longest modules (measured), started first when pytest-xdist runs the suite (the README's
-#: ``-n 2 --dist loadfile --no-loadscope-reorder``; `.ci/run` runs the serial command): each
+#: ``-n 2 --dist loadfile --no-loadscope-reorder``, which `.ci/run` runs too): each
 #: file goes whole to one worker, so a long file scheduled last would leave the other worker
 #: idle. Only the order changes.
 SLOW_MODULES_FIRST = (
