@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from ingest_support import settings_for
 
+from iceberg_lake.config import Settings
 from iceberg_lake.engine import nats as bus
 from iceberg_lake.engine.nats_pull import BatchPuller
 from iceberg_lake.exceptions import TransientError
@@ -160,14 +161,17 @@ def test_lease_one_holder_release_and_takeover(tmp_path: Path, nats: NatsServer)
     asyncio.run(scenario())
 
 
+def _with_lease_seconds(tmp_path: Path, nats: NatsServer, *seconds: int) -> list[Settings]:
+    """One lake's settings per process, each with its own `LAKE_WRITER_LEASE_SECONDS`."""
+    return [settings_for(tmp_path, nats.url, LAKE_WRITER_LEASE_SECONDS=str(s)) for s in seconds]
+
+
 def test_a_shorter_lease_ttl_never_lowers_the_bucket_under_a_running_holder(
     tmp_path: Path, nats: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A process started with a shorter lease TTL must not make the holder's entry expire
     between its renewals (every third of the TTL it knows): the bucket keeps the longer TTL."""
-    long = settings_for(tmp_path, nats.url, LAKE_WRITER_LEASE_SECONDS="30")
-    short = settings_for(tmp_path, nats.url, LAKE_WRITER_LEASE_SECONDS="1")
-    longer = settings_for(tmp_path, nats.url, LAKE_WRITER_LEASE_SECONDS="40")
+    long, short, longer = _with_lease_seconds(tmp_path, nats, 30, 1, 40)
 
     async def scenario() -> None:
         nc = await bus.connect(long)
@@ -219,9 +223,7 @@ def test_concurrent_ttl_raises_never_leave_a_holder_counting_a_longer_ttl_than_t
     """X (4 s) and Y (2 s) both read the bucket at 1 s and raise it; Y's update lands last, so
     the bucket says 2 s while X was told 4 s. X must count its lease by the bucket's 2 s: if it
     counted 0.8 × 4 s, it would still write when Y takes the expired lease (review6)."""
-    first = settings_for(tmp_path, nats.url, LAKE_WRITER_LEASE_SECONDS="1")
-    x_settings = settings_for(tmp_path, nats.url, LAKE_WRITER_LEASE_SECONDS="4")
-    y_settings = settings_for(tmp_path, nats.url, LAKE_WRITER_LEASE_SECONDS="2")
+    first, x_settings, y_settings = _with_lease_seconds(tmp_path, nats, 1, 4, 2)
 
     async def scenario() -> None:
         nc = await bus.connect(first)
