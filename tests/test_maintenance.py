@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -351,6 +352,34 @@ def test_remove_orphans_deletes_old_orphans_and_nothing_referenced(lake: LakeCat
     (n,) = duck.sql(f"SELECT count(*) FROM iceberg_scan('{table.metadata_location}')").fetchone()
     assert n == 30
     assert rows_fingerprint(table).num_rows == 30
+
+
+@pytest.mark.integration
+def test_remove_orphans_measures_ages_on_the_store_clock(
+    tmp_path: Path, s3_server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """This machine's clock two hours ahead of the store's: a file the store stamped a moment
+    ago (a commit in flight) is a moment old, not two hours, and `--older-than 1h` keeps it.
+    With ages taken against this machine's clock it was deleted."""
+    from iceberg_lake.ops import maintenance
+
+    settings = _settings(tmp_path, **s3_server.lake_env(f"s3://skew-{uuid.uuid4().hex[:8]}/wh"))
+    lake = LakeCatalog(settings)
+    lake.init()
+    table = lake.load_table(TABLE)
+    table.append(_rows(table, 0, 10, "SPY"))
+    table.refresh()
+    in_flight = f"{table.location()}/data/00000-9-inflight.parquet"
+    with table.io.new_output(in_flight).create(overwrite=True) as out:
+        out.write(b"not committed yet")
+    monkeypatch.setattr(maintenance, "_local_now", lambda: datetime.now(UTC) + timedelta(hours=2))
+    with caplog.at_level("WARNING", logger=maintenance.__name__):
+        result = TableMaintenance(lake, TABLE).remove_orphans(older_than=timedelta(hours=1))
+    assert result.orphans == [] and result.kept_recent == 1
+    assert table.io.new_input(in_flight).exists()
+    # S3 keeps whole seconds, and the measure errs towards files looking younger.
+    assert re.search(r"s3://skew-\w+ is 720[01] s behind this machine's", caplog.text)
+    assert rows_fingerprint(lake.load_table(TABLE)).num_rows == 10
 
 
 @pytest.mark.integration

@@ -13,6 +13,7 @@ for `lake maintain expire-snapshots`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -1908,6 +1909,46 @@ def list_files(io: FileIO, location: str) -> list[tuple[str, datetime | None, in
             mtime = mtime.replace(tzinfo=UTC)
         out.append((uri, mtime, info.size or 0))
     return out
+
+
+def store_clock_offset(io: FileIO, location: str, local_now: Callable[[], datetime]) -> timedelta:
+    """How far the store's clock is ahead of `local_now` (negative: behind), from the
+    modification time of an empty probe object written under `location` and deleted after.
+
+    An under-estimate by construction (the store stamped the probe before `local_now` was read
+    after the write; S3 also truncates to the second): a store "now" computed with it is never
+    later than the store's real one, so files never look older than they are.
+
+    Args:
+        io: a FileIO from `listing_io`.
+        location: a directory URI on the store (a table's location).
+        local_now: this machine's clock.
+
+    Raises:
+        LakeError: the probe could not be written or read back.
+    """
+    from pyarrow.fs import FileType
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    if not isinstance(io, PyArrowFileIO):
+        raise TypeError("store_clock_offset needs the FileIO of listing_io()")
+    scheme, netloc, path = PyArrowFileIO.parse_location(location, io.properties)
+    fs = io.fs_by_scheme(scheme, netloc)
+    probe = f"{path.rstrip('/')}/.lake-clock-probe-{uuid.uuid4().hex}"
+    try:
+        with fs.open_output_stream(probe) as out:
+            out.write(b"")
+        after = local_now()
+        info = fs.get_file_info(probe)
+    except OSError as exc:
+        raise LakeError(f"cannot write a clock probe under {location}: {exc}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            fs.delete_file(probe)
+    if info.type != FileType.File or info.mtime is None:
+        raise LakeError(f"the clock probe under {location} has no modification time")
+    mtime = info.mtime if info.mtime.tzinfo is not None else info.mtime.replace(tzinfo=UTC)
+    return mtime - after
 
 
 def delete_file(io: FileIO, location: str) -> None:

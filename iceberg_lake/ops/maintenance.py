@@ -62,6 +62,7 @@ from iceberg_lake.engine.iceberg import (
     read_scan_tasks,
     read_table_metadata,
     rewrite_manifests,
+    store_clock_offset,
     write_data_files,
 )
 from iceberg_lake.exceptions import CommitConflictError, LakeError
@@ -648,7 +649,8 @@ def remove_orphans(
 
     Safe while writers commit (DESIGN.md guarantee 7):
 
-    1. The age cutoff (`now - older_than`) is fixed before any metadata is read.
+    1. The age cutoff (`now - older_than`) is fixed before any metadata is read, and moved
+       onto the store's clock (`store_clock_offset`: file ages are the store's timestamps).
     2. Each table's location is listed.
     3. The referenced set is computed afterwards, from freshly refreshed metadata of *every*
        table in the catalog database, any namespace (a location may hold another table's
@@ -681,19 +683,21 @@ def remove_orphans(
             f"--older-than {_duration_text(older_than)} is below 1h: files of commits in flight "
             "could be deleted; pass --force to remove them anyway"
         )
-    real_start = datetime.now(UTC)
+    real_start = _local_now()
     start = now or real_start
     clock_offset = start - real_start  # `now` shifts the grace check as well (tests, dry runs)
-    cutoff = start - older_than  # fixed before any metadata is read
     ids = list(tables)
     refs = _CatalogReferences(catalog)
     listings: dict[str, list[tuple[str, datetime | None, int]]] = {}
-    ios: dict[str, FileIO] = {}
     tables = {ident: refs.table(ident) for ident in ids}
+    ios: dict[str, FileIO] = {ident: listing_io(table) for ident, table in tables.items()}
     # Another lake's tables under these locations would look like orphans here.
     catalog.refuse_shared_location([t.location() for t in tables.values()], "remove-orphans")
+    # Ages are the store's modification times, so they are measured on the store's clock: the
+    # cutoff is `start` (fixed before any listing or metadata read) moved onto that clock.
+    offsets = _store_clock_offsets(tables, ios, dry_run)
+    cutoffs = {ident: start + offsets[ident] - older_than for ident in ids}
     for ident, table in tables.items():
-        ios[ident] = listing_io(table)
         listings[ident] = list_files(ios[ident], table.location())
     referenced, _ = refs.collect()
     candidates: dict[str, list[tuple[str, int]]] = {}
@@ -704,7 +708,7 @@ def remove_orphans(
             if _norm(path) in referenced:
                 continue
             # Without a modification time a file's age is unknown: keep it.
-            if mtime is None or mtime > cutoff:
+            if mtime is None or mtime > cutoffs[ident]:
                 kept[ident] += 1
                 continue
             candidates[ident].append((path, nbytes))
@@ -712,9 +716,10 @@ def remove_orphans(
     # Re-check right before deleting, against metadata refreshed now.
     mtimes = {p: m for ident in ids for p, m, _ in listings[ident]}
     referenced, versions = refs.collect()
-    settled = datetime.now(UTC) + clock_offset - COMMIT_GRACE
+    now_again = _local_now() + clock_offset
     results = []
     for ident in ids:
+        settled = now_again + offsets[ident] - COMMIT_GRACE
         orphans, size = [], 0
         for path, nbytes in candidates[ident]:
             mtime = mtimes[path]
@@ -734,6 +739,49 @@ def remove_orphans(
             OrphanResult(ident, sorted(orphans), size, len(listings[ident]), dry_run, kept[ident])
         )
     return results
+
+
+def _local_now() -> datetime:
+    """This machine's clock (one function, so a test can set it off the store's)."""
+    return datetime.now(UTC)
+
+
+#: A store clock this far off this machine's gets a warning from `remove_orphans`.
+CLOCK_WARNING = timedelta(seconds=5)
+
+
+def _store_clock_offsets(
+    tables: dict[str, Table], ios: dict[str, FileIO], dry_run: bool
+) -> dict[str, timedelta]:
+    """Each table's store clock minus this machine's, probed once per store (scheme and bucket).
+
+    A dry run that cannot write the probe (read-only credentials) uses this machine's clock and
+    says so; a real run stops, since it could not delete anything there either.
+    """
+    by_store: dict[tuple[str, str], timedelta] = {}
+    offsets = {}
+    for ident, table in tables.items():
+        parsed = urlparse(table.location())
+        store = (parsed.scheme, parsed.netloc)
+        if store not in by_store:
+            try:
+                offset = store_clock_offset(ios[ident], table.location(), _local_now)
+            except LakeError as exc:
+                if not dry_run:
+                    raise
+                log.warning("remove-orphans: %s; ages use this machine's clock", exc)
+                offset = timedelta(0)
+            if abs(offset) > CLOCK_WARNING:
+                log.warning(
+                    "remove-orphans: the clock of %s is %.0f s %s this machine's; file ages "
+                    "are measured on the store's clock",
+                    f"{parsed.scheme}://{parsed.netloc}",
+                    abs(offset.total_seconds()),
+                    "behind" if offset < timedelta(0) else "ahead of",
+                )
+            by_store[store] = offset
+        offsets[ident] = by_store[store]
+    return offsets
 
 
 def _duration_text(delta: timedelta) -> str:
