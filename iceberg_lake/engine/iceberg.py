@@ -1911,7 +1911,9 @@ def list_files(io: FileIO, location: str) -> list[tuple[str, datetime | None, in
     return out
 
 
-def store_clock_offset(io: FileIO, location: str, local_now: Callable[[], datetime]) -> timedelta:
+def store_clock_offset(
+    io: FileIO, location: str, local_now: Callable[[], datetime]
+) -> timedelta | None:
     """How far the store's clock is ahead of `local_now` (negative: behind), from the
     modification time of an empty probe object written under `location` and deleted after.
 
@@ -1924,6 +1926,9 @@ def store_clock_offset(io: FileIO, location: str, local_now: Callable[[], dateti
         location: a directory URI on the store (a table's location).
         local_now: this machine's clock.
 
+    Returns:
+        The offset, or None for a local directory that does not exist (it holds no files).
+
     Raises:
         LakeError: the probe could not be written or read back.
     """
@@ -1934,7 +1939,10 @@ def store_clock_offset(io: FileIO, location: str, local_now: Callable[[], dateti
         raise TypeError("store_clock_offset needs the FileIO of listing_io()")
     scheme, netloc, path = PyArrowFileIO.parse_location(location, io.properties)
     fs = io.fs_by_scheme(scheme, netloc)
-    probe = f"{path.rstrip('/')}/.lake-clock-probe-{uuid.uuid4().hex}"
+    directory = path.rstrip("/")
+    if scheme == "file" and fs.get_file_info(directory).type != FileType.Directory:
+        return None
+    probe = f"{directory}/.lake-clock-probe-{uuid.uuid4().hex}"
     try:
         with fs.open_output_stream(probe) as out:
             out.write(b"")

@@ -756,14 +756,14 @@ def _store_clock_offsets(
     """Each table's store clock minus this machine's, probed once per store (scheme and bucket).
 
     A dry run that cannot write the probe (read-only credentials) uses this machine's clock and
-    says so; a real run stops, since it could not delete anything there either.
+    says so; a real run stops, since it could not delete anything there either. A store where
+    no table location exists yet (local directories) holds no files to age: offset 0.
     """
-    by_store: dict[tuple[str, str], timedelta] = {}
-    offsets = {}
+    by_store: dict[tuple[str, str], timedelta | None] = {}
     for ident, table in tables.items():
         parsed = urlparse(table.location())
         store = (parsed.scheme, parsed.netloc)
-        if store not in by_store:
+        if by_store.get(store) is None:
             try:
                 offset = store_clock_offset(ios[ident], table.location(), _local_now)
             except LakeError as exc:
@@ -771,7 +771,8 @@ def _store_clock_offsets(
                     raise
                 log.warning("remove-orphans: %s; ages use this machine's clock", exc)
                 offset = timedelta(0)
-            if abs(offset) > CLOCK_WARNING:
+            by_store[store] = offset
+            if offset is not None and abs(offset) > CLOCK_WARNING:
                 log.warning(
                     "remove-orphans: the clock of %s is %.0f s %s this machine's; file ages "
                     "are measured on the store's clock",
@@ -779,8 +780,10 @@ def _store_clock_offsets(
                     abs(offset.total_seconds()),
                     "behind" if offset < timedelta(0) else "ahead of",
                 )
-            by_store[store] = offset
-        offsets[ident] = by_store[store]
+    offsets = {}
+    for ident, table in tables.items():
+        parsed = urlparse(table.location())
+        offsets[ident] = by_store[(parsed.scheme, parsed.netloc)] or timedelta(0)
     return offsets
 
 
