@@ -391,3 +391,46 @@ def test_ledger_records_rows_in_the_append_transaction(lake: LakeCatalog, tmp_pa
     assert {s["lake.load-sha256"] for s in summaries} == {result.sha256}
     with pytest.raises(LakeError, match="no such file"):
         load_file(lake, tmp_path / "missing.parquet")
+
+
+def test_dead_letters_replay_leaves_rows_of_loaded_files_alone(
+    lake: LakeCatalog, duck, tmp_path: Path
+) -> None:
+    """A loaded file's row dead-lettered for an int32 size, then `size` widened (the typical
+    re-drive use): `dead-letters replay` decodes live messages only, and would store the file's
+    row without the load's [scale] (a price in cents, 100× too high; newuser5)."""
+    from pyiceberg.types import LongType
+
+    from iceberg_lake.ingest.redrive import redrive
+
+    mapping = tmp_path / "cents.toml"
+    mapping.write_text(
+        'name = "cents"\ntable = "bronze.stocks_trades"\nsource = "cents"\n'
+        '[columns]\nsymbol = "symbol"\nts_event_ns = "ts_event_ns"\nprice = "price"\n'
+        'size = "size"\nseq = "seq"\n[scale]\nprice = 0.01\n'
+    )
+    lines = [
+        {
+            "symbol": "SPY",
+            "ts_event_ns": T14 + i,
+            "price": 54499,
+            "size": 100,
+            "seq": i,
+            "source": "cents",
+        }
+        for i in range(3)
+    ]
+    lines[1]["size"] = 3_000_000_000
+    path = tmp_path / "cents.ndjson"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    loaded = load_file(lake, path, LoadOptions(mapping=str(mapping)))
+    assert (loaded.rows_stored, loaded.dead_lettered) == (2, 1)
+    with lake.load_table("bronze.stocks_trades").update_schema() as update:
+        update.update_column("size", LongType())
+
+    report = redrive(lake)
+
+    assert [o.status for o in report.outcomes] == ["from-file"]
+    assert "lake load" in report.outcomes[0].reason
+    got = rows(duck, lake, "bronze.stocks_trades", "SELECT seq, price FROM t ORDER BY seq")
+    assert got == [(0, 544.99), (2, 544.99)]

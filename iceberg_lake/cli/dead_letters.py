@@ -98,7 +98,13 @@ def replay_command(
     console.print(
         f"{done}: {report.count(status)} ({report.rows} rows), "
         f"still failing: {report.count('still-failing')}, "
-        f"already re-driven: {report.count('already-redriven')}",
+        f"already re-driven: {report.count('already-redriven')}"
+        + (
+            f", rows of loaded files: {n} (left: fix them and `lake load` them as a file of "
+            "their own)"
+            if (n := report.count("from-file"))
+            else ""
+        ),
         highlight=False,
     )
     failing = [o for o in report.outcomes if o.status == "still-failing"]

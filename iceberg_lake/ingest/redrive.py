@@ -215,7 +215,7 @@ class RedriveOutcome:
     """What happened to one dead letter."""
 
     letter: StoredDeadLetter
-    status: str  # redriven | would-redrive | still-failing | already-redriven
+    status: str  # redriven | would-redrive | still-failing | already-redriven | from-file
     table: str | None = None
     rows: int = 0
     reason: str = ""
@@ -314,7 +314,9 @@ class Redriver:
         report = RedriveReport()
         letters = read_dead_letters(self.catalog, table, since)
         decoded = {
-            i: self.try_decode(letter) for i, letter in enumerate(letters) if not letter.redriven
+            i: self.try_decode(letter)
+            for i, letter in enumerate(letters)
+            if not letter.redriven and not _from_file(letter)
         }
         # Rows sharing an id: rejected events of one message stored before migration 0002 added
         # `event_index` (all null). Their id is recorded once, so they are re-driven together
@@ -324,6 +326,9 @@ class Redriver:
         for i, letter in enumerate(letters):
             if letter.redriven:
                 report.outcomes.append(RedriveOutcome(letter, "already-redriven"))
+                continue
+            if _from_file(letter):
+                report.outcomes.append(RedriveOutcome(letter, "from-file", reason=FROM_FILE))
                 continue
             tables, reason = decoded[i]
             if tables and letter.id in failing_ids:
@@ -423,6 +428,19 @@ class Redriver:
                 snapshot = table.current_snapshot()
                 return (snapshot.snapshot_id if snapshot else None), skipped
         raise LakeError(f"re-driving dead letters into {tid}: {COMMIT_ATTEMPTS} commits conflicted")
+
+
+#: Why `lake dead-letters replay` leaves a row of a loaded file alone.
+FROM_FILE = (
+    "a row of a file loaded with `lake load`: its `raw` is the file's row, which only that load's "
+    "format, mapping and scaling turn into table rows (the live codec would store it "
+    "unconverted); fix the row and load it as a file of its own"
+)
+
+
+def _from_file(letter: StoredDeadLetter) -> bool:
+    """A dead letter of `lake load` (`stream` = `file:<sha256>`), not of a stream message."""
+    return letter.stream.startswith("file:")
 
 
 def _summary_ids(ids: list[tuple[str, int, int | None]]) -> str:
