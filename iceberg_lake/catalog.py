@@ -141,6 +141,21 @@ class LakeCatalog:
             self.catalog = SqlCatalog(settings.catalog_name, **settings.catalog_properties())
         if settings.catalog_uri.startswith("sqlite"):
             use_wal_journal(self.catalog.engine)
+        if not create:
+            self._refuse_no_lake()
+
+    def _refuse_no_lake(self) -> None:
+        """`ConfigError` when this catalog name has none of the lake's namespaces: a database
+        that exists but holds no lake (PostgreSQL, a mistyped `LAKE_CATALOG_NAME`) would let a
+        read-only command report an empty lake as healthy (`check --strict` passing)."""
+        with catalog_errors("opening the catalog"):
+            existing = {ns[0] for ns in self.catalog.list_namespaces()}
+        if not existing.intersection(NAMESPACES):
+            raise ConfigError(
+                f"no lake in catalog '{self.settings.catalog_name}' at "
+                f"{redact_url(self.settings.catalog_uri)}: run `lake init`, or check "
+                "LAKE_CATALOG_NAME and LAKE_CATALOG_URI"
+            )
 
     # ---- set-up -------------------------------------------------------------------------------
 

@@ -116,6 +116,31 @@ def test_read_only_commands_create_nothing(tmp_path: Path, args: list[str]) -> N
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["check", "--strict"], ["tables"], ["maintain", "expire-snapshots", "--dry-run"]],
+    ids=" ".join,
+)
+def test_a_catalog_name_without_a_lake_fails_like_no_lake(
+    tmp_path: Path, lake: LakeCatalog, args: list[str]
+) -> None:
+    """The database exists but holds no lake under this LAKE_CATALOG_NAME (a typo, or a fresh
+    PostgreSQL database): `check --strict` passed with "0 issue(s) in 0 table(s)" (newuser5)."""
+    env = {**_env(tmp_path), "LAKE_CATALOG_NAME": "lake_typo"}
+    res = runner.invoke(app, args, env=env)
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith("error: no lake in catalog 'lake_typo' at sqlite:///"), res.output
+    assert res.output.strip().count("\n") == 0, res.output
+
+
+@pytest.mark.integration
+def test_an_empty_postgres_catalog_fails_check_strict(tmp_path: Path, postgres_server) -> None:
+    env = {"LAKE_CATALOG_URI": postgres_server.uri, "LAKE_CATALOG_NAME": "never_initialised"}
+    res = runner.invoke(app, ["check", "--strict"], env={**_env(tmp_path), **env})
+    assert res.exit_code == 1, res.output
+    assert "no lake in catalog 'never_initialised'" in res.output and "lake init" in res.output
+
+
 def test_one_flag_vocabulary(tmp_path: Path) -> None:
     for command in (["serve"], ["replay"], ["snapshot", "tag", "x"]):
         res = runner.invoke(app, [*command, "-t", "bronze.stocks_trades"], env=_env(tmp_path))
