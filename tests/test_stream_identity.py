@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
@@ -225,9 +226,14 @@ def test_removed_before_commit_is_logged_and_counted(
     tmp_path: Path, nats: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = settings_for(tmp_path, nats.url)
+    name = "lake_ingest_removed_before_commit_total"
+    with contextlib.suppress(KeyError):  # an earlier test of this process made the series
+        metrics.REMOVED_BEFORE_COMMIT.remove(CONSUMER)
     publish(settings, trades(0, 100))
     wait_stream(settings, "MARKET", 100)
     run_until_idle(settings, [TABLE])
+    # No loss is a 0, not a missing series (an alert on the series could not tell; newuser5).
+    assert metrics.REGISTRY.get_sample_value(name, {"consumer": CONSUMER}) == 0.0
     publish(settings, trades(100, 200))  # seq 101..200
     wait_stream(settings, "MARKET", 200)
 
@@ -242,7 +248,6 @@ def test_removed_before_commit_is_logged_and_counted(
 
     def removed() -> float:
         labels = {"consumer": CONSUMER}
-        name = "lake_ingest_removed_before_commit_total"
         return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
     before = removed()

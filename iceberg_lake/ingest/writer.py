@@ -497,9 +497,11 @@ class ConsumerWriter:
             )
         self.stream_created = live.created
         lo, hi = max(self.position, self.removed_reported) + 1, live.first_seq - 1
+        # Exported from the start at 0, so "no loss" is a value, not a missing series.
+        removed = metrics.REMOVED_BEFORE_COMMIT.labels(self.consumer)
         if start and hi >= lo:
             self.removed_reported = hi
-            metrics.REMOVED_BEFORE_COMMIT.labels(self.consumer).inc(hi - lo + 1)
+            removed.inc(hi - lo + 1)
             log.warning(
                 "writer %s: stream %s no longer holds seq %d..%d (%d sequences, removed by its "
                 "limits or a purge before this table committed them): any %s messages among "
