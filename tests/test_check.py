@@ -158,10 +158,17 @@ def test_cli_check_json_text_and_strict(lake_dir: Path) -> None:
 
     text = runner.invoke(app, ["check", "--table", "bronze.futures_mbp10"], env=env)
     assert text.exit_code == 0, text.output
-    assert "bronze.futures_mbp10" in text.stdout and "1 issue(s) in 1 table(s)" in text.stdout
+    assert "bronze.futures_mbp10" in text.stdout
+    assert "1 issue(s) in 1 of 1 table(s) checked" in text.stdout
     strict = runner.invoke(app, ["check", "-t", "bronze.futures_mbp10", "--strict"], env=env)
     assert strict.exit_code == 1
     clean = runner.invoke(app, ["check", "-t", "silver.stocks_quotes", "--strict"], env=env)
     assert clean.exit_code == 0, clean.output
+    assert "0 issue(s) in 0 of 1 table(s) checked" in clean.stdout
+    # CSV is for scripts: stdout is the CSV alone, the line for people goes to stderr.
+    as_csv = runner.invoke(app, ["check", "-t", "silver.stocks_quotes", "-o", "csv"], env=env)
+    assert as_csv.exit_code == 0, as_csv.output
+    assert as_csv.stdout.splitlines()[0].startswith("table,rows,")
+    assert "issue(s)" not in as_csv.stdout and "0 issue(s)" in as_csv.stderr
     bad = runner.invoke(app, ["check", "--since", "yesterday-ish"], env=env)
     assert bad.exit_code != 0 and "Traceback" not in bad.output

@@ -11,10 +11,10 @@ from iceberg_lake.cli.common import (
     AS_OF_OPTION,
     OUTPUT_OPTION,
     OutputFormat,
-    console,
     emit,
     open_catalog,
     parse_time_ns,
+    say,
     split_names,
 )
 from iceberg_lake.cli.query import parse_as_of
@@ -72,8 +72,9 @@ def check(
             title="lake check",
             columns=["table", "rows", *CHECKS, "detail"],
         )
-        tables_hit = len({r.table for r in report.rows if r.count})
-        console.print(f"{report.issues} issue(s) in {tables_hit} table(s)", highlight=False)
+        hit = len({r.table for r in report.rows if r.count})
+        checked = len({r.table for r in report.rows})
+        say(f"{report.issues} issue(s) in {hit} of {checked} table(s) checked", output)
     if strict and report.issues:
         raise typer.Exit(1)
 

@@ -67,6 +67,12 @@ def open_catalog(*, read_only: bool = False) -> LakeCatalog:
     return LakeCatalog(settings(), create=not read_only)
 
 
+def say(text: str, output: OutputFormat | None = None) -> None:
+    """A line for people: stdout beside a table, stderr beside CSV or JSON (scripts read
+    stdout)."""
+    get_output(output).message(text)
+
+
 def emit(
     rows: Sequence[Mapping[str, Any]],
     output: OutputFormat | None = None,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import typer
 
-from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit, open_catalog
+from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, emit, open_catalog, say
 from iceberg_lake.exceptions import LakeError
 from iceberg_lake.ingest.redrive import list_dead_letters, redrive
 from iceberg_lake.ops.maintenance import parse_duration
@@ -64,7 +64,7 @@ def list_command(
         emit([d.as_dict() for d in shown], output)
         return
     if not letters:
-        console.print("no dead letters", highlight=False)
+        say("no dead letters", output)
         return
     rows = [
         {
@@ -95,7 +95,7 @@ def replay_command(
         return
     done = "would re-drive" if dry_run else "re-driven"
     status = "would-redrive" if dry_run else "redriven"
-    console.print(
+    say(
         f"{done}: {report.count(status)} ({report.rows} rows), "
         f"still failing: {report.count('still-failing')}, "
         f"already re-driven: {report.count('already-redriven')}"
@@ -105,7 +105,7 @@ def replay_command(
             if (n := report.count("from-file"))
             else ""
         ),
-        highlight=False,
+        output,
     )
     failing = [o for o in report.outcomes if o.status == "still-failing"]
     if failing:

@@ -15,7 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, emit, err_console, settings
+from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, emit, err_console, say, settings
 from iceberg_lake.cli.output import to_json
 from iceberg_lake.exceptions import LakeError
 
@@ -155,21 +155,23 @@ def load(
     total_stored = sum(r.rows_stored for r in results)
     total_dead = sum(r.dead_lettered for r in results)
     seconds = max(r.seconds for r in results) if results else 0.0
-    typer.echo(
+    say(
         f"{total_stored:,} rows stored, {total_dead:,} dead-lettered, "
         f"{sum(len(r.partitions) for r in results):,} partitions, "
         f"{sum(len(r.snapshots) for r in results)} snapshots"
-        + (f" ({total_stored / seconds:,.0f} rows/s)" if seconds and total_stored else "")
+        + (f" ({total_stored / seconds:,.0f} rows/s)" if seconds and total_stored else ""),
+        output,
     )
     for c in compactions:
-        typer.echo(
+        say(
             f"silver: {c.get('table')} {c.get('date')} {c.get('status')}, "
-            f"{c.get('rows_written') or 0:,} rows, {c.get('partitions') or 0} partitions"
+            f"{c.get('rows_written') or 0:,} rows, {c.get('partitions') or 0} partitions",
+            output,
         )
     if not compact and total_stored:
         hint = compact_hint(sorted({d for r in results for d in r.days}))
         if hint:
-            typer.echo(hint)
+            say(hint, output)
     _fail_if_rejected(rejected)
 
 

@@ -7,7 +7,14 @@ from typing import Any
 
 import typer
 
-from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit, open_catalog
+from iceberg_lake.cli.common import (
+    OUTPUT_OPTION,
+    OutputFormat,
+    console,
+    emit,
+    open_catalog,
+    say,
+)
 from iceberg_lake.exceptions import CommitConflictError
 from iceberg_lake.ops.maintenance import (
     TableMaintenance,
@@ -190,7 +197,7 @@ def reset_position(
 
     catalog = open_catalog(read_only=True)  # resets positions: never makes a lake
     results = [r.as_dict() for r in reset_positions(catalog, resolve_targets(tables))]
-    if output == OutputFormat.json:
+    if output != OutputFormat.table:
         emit(results, output)
         return
     for r in results:
@@ -203,8 +210,9 @@ def reset_position(
             )
     reset = sum(r["action"] == "reset" for r in results)
     if not reset:
-        console.print(
-            f"reset-position: nothing to do in {len(results)} consumer(s) (their streams match)"
+        say(
+            f"reset-position: nothing to do in {len(results)} consumer(s) (their streams match)",
+            output,
         )
 
 
@@ -214,7 +222,7 @@ def _emit(rows: list[dict[str, Any]], output: OutputFormat, title: str, changed:
         return
     shown = [r for r in rows if changed(r)]
     if not shown:
-        console.print(f"{title}: nothing to do in {len(rows)} table(s)")
+        say(f"{title}: nothing to do in {len(rows)} table(s)", output)
         return
     emit(shown, output, title=title)
 

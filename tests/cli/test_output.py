@@ -141,6 +141,25 @@ def test_an_empty_postgres_catalog_fails_check_strict(tmp_path: Path, postgres_s
     assert "no lake in catalog 'never_initialised'" in res.output and "lake init" in res.output
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["maintain", "expire-snapshots", "--dry-run"], "nothing to do in"),
+        (["dead-letters", "list"], "no dead letters"),
+        (["dead-letters", "replay"], "re-driven: 0"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else "",
+)
+def test_csv_stdout_holds_no_lines_for_people(
+    tmp_path: Path, lake: LakeCatalog, args: list[str], line: str
+) -> None:
+    """`-o csv` is for scripts: a sentence among (or instead of) the CSV broke them
+    (newuser5). The sentence goes to stderr; stdout has the CSV or nothing."""
+    res = runner.invoke(app, [*args, "-o", "csv"], env=_env(tmp_path))
+    assert res.exit_code == 0, res.output
+    assert line not in res.stdout and line in res.stderr
+
+
 def test_one_flag_vocabulary(tmp_path: Path) -> None:
     for command in (["serve"], ["replay"], ["snapshot", "tag", "x"]):
         res = runner.invoke(app, [*command, "-t", "bronze.stocks_trades"], env=_env(tmp_path))
