@@ -229,6 +229,33 @@ def test_status_text_never_cuts_table_names_or_freshness() -> None:
         assert ("fresh (committed)" in text) == (width == 200), text
 
 
+def test_status_consumer_names_are_whole_at_80_columns() -> None:
+    """The consumers table at 80 columns (the compose log, cron): names were cut to
+    `bronze.fu…` and `lake_bron…`, so the lagging consumer could not be told (newuser5)."""
+    from rich.console import Console
+
+    from iceberg_lake.cli.output import print_status
+    from iceberg_lake.ops.status import ConsumerStatus, LakeStatus
+
+    names = [("bronze.futures_mbp10", "lake_bronze_futures_mbp10"),
+             ("bronze.futures_trades", "lake_bronze_futures_trades")]  # fmt: skip
+    report = LakeStatus(
+        tables=[],
+        consumers=[
+            ConsumerStatus(table, "MARKET", consumer, True, pending=12_345 * i)
+            for i, (table, consumer) in enumerate(names)
+        ],
+        nats="ok",
+    )
+    console = Console(width=80, record=True, force_terminal=False)
+    print_status(report, console)
+    text = console.export_text()
+    assert "…" not in text, text
+    for table, consumer in names:
+        assert f"{table}: consumer {consumer} on MARKET" in text, text
+    assert "lag 12345, pending 12345" in text, text
+
+
 def test_installed_lake_status_executable_reports_json(tmp_path: Path) -> None:
     exe = shutil.which("lake") or str(Path(sys.executable).parent / "lake")
     url = f"nats://127.0.0.1:{free_port()}"

@@ -465,21 +465,28 @@ def print_status(report: LakeStatus, out: Console | Output | None = None) -> Non
         consumers = RichTable(title="consumers")
         for col in ("table", "stream", "consumer", "lag", "pending", "ack pending", "redelivered"):
             consumers.add_column(col)
+        lines = []
         for c in report.consumers:
             if not c.exists:
                 lag = str(c.lag) if c.stream_error else "-"
                 consumers.add_row(c.table, c.stream, c.consumer, lag, "not created", "", "")
+                lines.append(f"{c.table}: consumer {c.consumer} on {c.stream} not created")
                 continue
-            consumers.add_row(
-                c.table,
-                c.stream,
-                c.consumer,
-                str(c.lag),
-                str(c.pending),
-                str(c.ack_pending),
-                str(c.redelivered),
+            counts = [str(n) for n in (c.lag, c.pending, c.ack_pending, c.redelivered)]
+            consumers.add_row(c.table, c.stream, c.consumer, *counts)
+            lines.append(
+                f"{c.table}: consumer {c.consumer} on {c.stream}, lag {counts[0]}, pending "
+                f"{counts[1]}, ack pending {counts[2]}, redelivered {counts[3]}"
             )
-        target.print(consumers)
+        wide = target.measure(consumers, options=target.options.update_width(1_000)).maximum
+        if wide <= target.width:
+            target.print(consumers)
+        else:
+            # Too narrow (80 columns: the compose log, cron): one line per consumer rather than
+            # names cut to `bronze.fu…`, which hid the lagging one (newuser5).
+            target.print("consumers", style="italic")
+            for line in lines:
+                target.print(line, highlight=False, soft_wrap=True)
         for c in report.consumers:
             if c.warning:
                 target.print(
