@@ -47,6 +47,20 @@ def test_a_wrong_secret_names_the_credentials_not_bucket_creation(
         assert s3_server.secret_key not in done.stderr + done.stdout
 
 
+def test_serve_with_a_wrong_secret_on_an_existing_lake_is_one_line(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    """An existing lake (its no-op migrations pending, as `lake init` leaves them): the pending
+    migrations warning came first, with the store's refusal inside it, then the real error
+    (newuser5)."""
+    env = _env(tmp_path, s3_server)
+    assert runner.invoke(app, ["init"], env=env).exit_code == 0
+    done = _lake(["serve"], env | {"LAKE_S3_SECRET_KEY": WRONG_SECRET})
+    line = _one_line_error(done.stderr, done.returncode)
+    assert "cannot access bucket lake" in line, line
+    assert "migration" not in done.stderr, done.stderr
+
+
 def test_an_unreachable_endpoint_is_exactly_one_line(tmp_path: Path, s3_server: S3Server) -> None:
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))

@@ -51,7 +51,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.schema import CreateTable
 
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.exceptions import LakeError, MigrationError, UnknownTableError
+from iceberg_lake.exceptions import LakeError, MigrationError, TransientError, UnknownTableError
 from iceberg_lake.schema.evolve import (
     AddColumn,
     AddPartitionField,
@@ -844,6 +844,10 @@ def pending_warning(catalog: LakeCatalog) -> str | None:
         try:
             steps = runner.up(dry_run=True)
         except MigrationError as exc:
+            if isinstance(exc.__cause__, TransientError):
+                # The store or the catalog cannot be read: not the migrations' problem, and
+                # the caller says so in its own words (`lake serve`: one line).
+                raise exc.__cause__ from None
             return f"pending migrations cannot be planned ({exc}): see `lake migrate up --dry-run`"
     finally:
         runner.close()
