@@ -291,8 +291,10 @@ def test_ndjson_identity_mapping_with_malformed_lines(
     path = tmp_path / "spy.ndjson"
     path.write_text("\n".join(lines) + "\n")
 
-    result = load_file(lake, path, LoadOptions(table="bronze.stocks_trades", source="ws-archive"))
+    # A bare table name, as `serve --tables` and `compact --table` take it.
+    result = load_file(lake, path, LoadOptions(table="stocks_trades", source="ws-archive"))
 
+    assert result.table == "bronze.stocks_trades"
     assert (result.rows_stored, result.dead_lettered) == (298, 2)
     dead = dict(rows(duck, lake, "bronze.dead_letters", "SELECT stream_seq, reason FROM t"))
     assert dead[20].startswith("malformed JSON line")

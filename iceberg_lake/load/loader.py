@@ -24,7 +24,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -300,6 +300,8 @@ def load_file(
     """
     t0 = time.perf_counter()
     options = options or LoadOptions()
+    if options.table and "." not in options.table:  # `stocks_trades`, as serve and compact take
+        options = replace(options, table=f"{BRONZE}.{options.table}")
     lake = lake if isinstance(lake, LakeCatalog) else LakeCatalog(lake)
     path = Path(path)
     fmt = options.format or _format_of(path, options)
