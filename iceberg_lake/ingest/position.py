@@ -130,6 +130,22 @@ def consumer_tables(catalog: LakeCatalog, target: str) -> list[str]:
     return [*ids, DEAD_LETTERS_TABLE]
 
 
+def recorded_position(catalog: LakeCatalog, target: str) -> int | None:
+    """The position a consumer's writer recorded with the last commit of its latest flush
+    (`lake.position.<stream>.<consumer>`; None: never). Every message at or below it is in the
+    metadata of the writer's tables loaded after this read.
+    """
+    stream, consumer, _ = bus.consumer_target(target)
+    _, pos_key, _ = keys(stream, consumer)
+    existing = set(catalog.existing_tables())
+    found = [
+        int(value)
+        for tid in consumer_tables(catalog, target)
+        if tid in existing and (value := catalog.load_table(tid).properties.get(pos_key))
+    ]
+    return max(found) if found else None
+
+
 @dataclass(frozen=True)
 class ResetResult:
     """One consumer's reset (`reset_positions`)."""

@@ -57,7 +57,6 @@ from iceberg_lake.engine.nats import (
     Lease,
     LeaseBucket,
     api_prefix,
-    consumer_ack_floor,
     consumer_state,
     consumer_target,
     dead_letter_subject,
@@ -116,6 +115,10 @@ LEASELESS_QUIET_SECONDS = 30.0
 MAX_PROBES = 64
 #: Minimum seconds between two schema checks triggered by unknown fields.
 SCHEMA_CHECK_SECONDS = 1.0
+#: The inference writer skips every mapped subject; while only those flow, it records its
+#: position (a property-only commit on the dead letters, no snapshot) at most this often, and
+#: when it stops or drains (`--until-idle`), so a restart re-reads at most this much.
+INFERRED_POSITION_SECONDS = 60.0
 
 
 _T = TypeVar("_T")
@@ -334,6 +337,7 @@ class ConsumerWriter:
         self._last_schema_check = 0.0
         self._unknown_logged: set[tuple[str, str]] = set()
         self._stopping = False
+        self._position_recorded_at = time.monotonic()
         self._needs_refresh = False
         self._fetch_log = RetryLog(log, f"writer {target}: fetch")
         self._lease_log = RetryLog(log, f"writer {target}: taking the lease")
@@ -428,28 +432,6 @@ class ConsumerWriter:
             with contextlib.suppress(Exception):
                 await self.psub.close()
             self.psub = None
-        # The inference writer skips every mapped subject: those messages are only acked and
-        # never move its tables' position, so it re-read the whole stream at every start (found
-        # by the soak). It reads on after its consumer's ack floor instead: acks follow commits,
-        # so what is at or below it is stored or not its to store. Only this writer: the server
-        # also moves the floor past messages its limits removed, and a table writer reports
-        # those (`check_stream`) from its committed position; the inference writer cannot tell
-        # them from skipped ones.
-        floor = (
-            await consumer_ack_floor(self.js, self.stream, self.consumer)
-            if self.target == INFERRED_TARGET
-            else None
-        )
-        if floor is not None and floor > self.position:
-            log.info(
-                "writer %s: consumer %s acked up to seq %d, past the committed position %d "
-                "(messages with nothing to store): reading on from there",
-                self.target,
-                self.consumer,
-                floor,
-                self.position,
-            )
-            self.position = floor
         await self.check_stream(start=True)
         await reset_consumer(self.js, self.target, self.position + 1)
         if self.nc is None:
@@ -1203,6 +1185,12 @@ class ConsumerWriter:
         if batch.dead:
             work.append((DEAD_LETTERS_TABLE, batch.dead))
         seq = batch.last_seq
+        if not work and self._record_position(seq):
+            # Only skipped (mapped) messages: record how far this writer got, on the table
+            # that holds its position anyway; without it, every start re-read the whole stream
+            # (soak2). In the catalog, not in the consumer's ack floor: a restored or rebuilt
+            # catalog must be read from its own position (ops5).
+            work.append((DEAD_LETTERS_TABLE, []))
         for i, (tid, payload) in enumerate(work):
             last = i == len(work) - 1
             table = self.tables[tid]
@@ -1247,7 +1235,8 @@ class ConsumerWriter:
                         # Fencing: compare-and-swap of the watermark, checked at commit time.
                         expected={self.wm_key: self.seen.get(tid)},
                     ) as app:
-                        app.append(rows)
+                        if rows.num_rows:  # none: the position alone, no snapshot
+                            app.append(rows)
                 except Exception:
                     metrics.COMMIT_ERRORS.labels(tid).inc()
                     raise
@@ -1288,6 +1277,17 @@ class ConsumerWriter:
             self._maybe_expire(tid, table)
         if work:
             self.position = seq
+            self._position_recorded_at = time.monotonic()
+
+    def _record_position(self, seq: int) -> bool:
+        """Whether a flush of skipped messages only should record the position `seq`."""
+        if self.target != INFERRED_TARGET or seq <= self.position:
+            return False
+        return (
+            self._stopping
+            or (self.drained and self.flush_when_drained)
+            or time.monotonic() - self._position_recorded_at >= INFERRED_POSITION_SECONDS
+        )
 
     def _isolate(self, tid: str, batch: MicroBatch, error: DataRejectedError) -> list[DeadLetter]:
         """Find the rows of `tid` the store refuses and move them to the batch's dead letters.

@@ -193,7 +193,7 @@ def freshness(
         live_ids = [i for i in identifiers if is_live_table(catalog.definition(i))]
         if loop is not None and any(receives_inferred(catalog.definition(i)) for i in live_ids):
             # Before the tables are loaded (see `inference_start`).
-            floor = loop.run(asyncio.wait_for(inferred_floor(loop), timeout))
+            floor = inferred_floor(loop, catalog, timeout)
             inference = InferenceStart(floor, inferred_mapped_subjects(catalog))
         for ident in identifiers:
             table = catalog.load_table(ident)

@@ -2,10 +2,10 @@
 
 Rows that the schema-inference consumer (`lake_inferred`, unmapped `market.*` subjects) routes
 into a Bronze table are a second tail of that table, after its `lake.watermark.MARKET.lake_inferred`
-(and after the consumer's ack floor, read before the table is loaded: its writer acks only what
-it committed), decoded by the writer's `InferredDecoder`. Live queries, live replays and
+(and after the position its writer recorded with its latest flush, read before the table is
+loaded), decoded by the writer's `InferredDecoder`. Live queries, live replays and
 `freshness` read it while that consumer exists (or inference has committed to the table); each
-reads the ack floor before it loads the tables (`inference_start`). Queries read it into the
+reads that position before it loads the tables (`inference_start`). Queries read it into the
 session's caches (`read_inferred_tails`); a live replay follows it (`UnmappedFollower`).
 """
 
@@ -28,6 +28,7 @@ from iceberg_lake.engine.nats_tail import (
     removed_range,
     stream_first_seq,
 )
+from iceberg_lake.ingest.position import recorded_position
 from iceberg_lake.timetravel.live.loop import NatsLoop, TailCache
 from iceberg_lake.timetravel.live.source import TailSource, receives_inferred
 
@@ -59,14 +60,25 @@ def inferred_mapped_subjects(catalog: LakeCatalog) -> frozenset[str]:
     )
 
 
-async def inferred_floor(loop: NatsLoop) -> int | None:
-    """The inference consumer's ack floor (None: the consumer does not exist).
-
-    Its writer acks a flush only after committing every table of it, so every message at or
-    below the floor read now is in each table's metadata loaded afterwards.
-    """
+async def _inference_consumer_exists(loop: NatsLoop) -> bool:
     stream, durable, _ = consumer_target(INFERRED_TARGET)
-    return await consumer_ack_floor(await loop.js(), stream, durable)
+    return await consumer_ack_floor(await loop.js(), stream, durable) is not None
+
+
+def inferred_floor(
+    loop: NatsLoop, catalog: LakeCatalog, timeout: float | None = None
+) -> int | None:
+    """Where the inferred tails start: the inference writer's recorded position (None: its
+    consumer does not exist, so inference does not run).
+
+    Read BEFORE the tables are loaded: what is at or below it is in their metadata. Read from
+    the catalog, not the consumer's ack floor: a catalog restored from a backup or rebuilt holds
+    less than NATS has acked, and the rows in between would be in neither view (ops5).
+    """
+    exists = _inference_consumer_exists(loop)
+    if not loop.run(asyncio.wait_for(exists, timeout) if timeout else exists):
+        return None
+    return recorded_position(catalog, INFERRED_TARGET) or 0
 
 
 async def _read_inferred(
@@ -148,8 +160,8 @@ class InferenceStart:
     """What a reader needs to know about schema inference BEFORE it loads the tables.
 
     Attributes:
-        floor: the `lake_inferred` consumer's ack floor, read before the tables were loaded
-            (None: the consumer does not exist).
+        floor: the inference writer's recorded position, read before the tables were loaded
+            (None: its consumer does not exist).
         mapped: the subjects the inference consumer skips (every Bronze table's own).
     """
 
@@ -167,10 +179,10 @@ class InferenceStart:
 
 
 def inference_start(catalog: LakeCatalog, identifiers: Sequence[str]) -> InferenceStart | None:
-    """Read the inference consumer's ack floor, for a reader about to load `identifiers`.
+    """Read where the inferred tails start, for a reader about to load `identifiers`.
 
-    Call BEFORE loading the tables: the writer acks a flush only after committing every table
-    of it, so whatever is at or below the floor read now is in the metadata loaded afterwards.
+    Call BEFORE loading the tables: the writer records its position with a flush's last commit,
+    so whatever is at or below the position read now is in the metadata loaded afterwards.
 
     Returns:
         None when no table of `identifiers` receives inferred rows (nothing read).
@@ -182,7 +194,7 @@ def inference_start(catalog: LakeCatalog, identifiers: Sequence[str]) -> Inferen
         return None
     loop = NatsLoop(catalog)
     try:
-        floor = loop.run(inferred_floor(loop))
+        floor = inferred_floor(loop, catalog)
     finally:
         loop.close()
     return InferenceStart(floor, inferred_mapped_subjects(catalog))

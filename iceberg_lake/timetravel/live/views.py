@@ -204,13 +204,13 @@ def create_live_views(
     from iceberg_lake.timetravel.query import scan_sql
 
     catalog = lake.catalog
-    # Schema inference: its consumer's ack floor is read BEFORE the tables are loaded, so what
-    # is at or below it is in the snapshots read (None: no consumer now).
+    # Schema inference: its writer's recorded position is read BEFORE the tables are loaded,
+    # so what is at or below it is in the snapshots read (None: no consumer now).
     floor: int | None = None
     mapped: frozenset[str] | None = None
     if any(receives_inferred(catalog.definition(i)) for i in identifiers):
         loop = lake.live_loop()
-        floor = loop.run(inferred_floor(loop))
+        floor = inferred_floor(loop, catalog)
         mapped = inferred_mapped_subjects(catalog)
     loaded: dict[str, Table] = {}
     sources: list[TailSource] = []
