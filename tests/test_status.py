@@ -21,7 +21,13 @@ from typer.testing import CliRunner
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli import app
 from iceberg_lake.config import load_settings
-from iceberg_lake.engine.nats import connect, consumer_target, ensure_consumer, ensure_streams
+from iceberg_lake.engine.nats import (
+    INFERRED_TARGET,
+    connect,
+    consumer_target,
+    ensure_consumer,
+    ensure_streams,
+)
 from iceberg_lake.ops.status import collect_status
 from iceberg_lake.testing import free_port
 
@@ -168,6 +174,33 @@ def test_status_warns_when_writers_lag_near_the_stream_limits(
         # Only once the server has begun discarding at max_age (a loaded machine can take that
         # long between status calls) may the stream fall below 80% of max_bytes.
         assert asyncio.run(_stream_messages(settings)) < 170, aged["warning"]
+
+
+def test_status_warns_of_the_inference_consumer_near_a_stream_limit(
+    lake: LakeCatalog, tmp_path: Path, nats
+) -> None:
+    """Only unmapped subjects lag (schema inference's consumer): the warning before a limit
+    discards them was missing, since status read the declared tables' consumers only (ops5)."""
+    env = {**_env(tmp_path, nats.url), "LAKE_STREAM_MAX_BYTES": "200000"}
+    settings = load_settings(env)
+
+    async def unmapped_lag() -> None:
+        nc = await connect(settings)
+        try:
+            js = nc.jetstream()
+            await ensure_streams(js, settings)
+            await ensure_consumer(js, INFERRED_TARGET)
+            for _ in range(170):  # 85% of max_bytes, none stored
+                await js.publish("market.custom.trades", b"x" * 1000)
+        finally:
+            await nc.close()
+
+    asyncio.run(unmapped_lag())
+    out = runner.invoke(app, ["status", "--json"], env=env)
+    assert out.exit_code == 0, out.output
+    (inferred,) = [c for c in json.loads(out.output)["consumers"] if c["table"] == "inferred"]
+    assert inferred["consumer"] == "lake_inferred" and inferred["lag"] == 170, inferred
+    assert "max_bytes (200,000) with 170 messages not stored" in inferred["warning"], inferred
 
 
 async def _stream_messages(settings: Any) -> int:
