@@ -60,3 +60,24 @@ def test_start_finer_than_a_nanosecond_or_not_a_time_is_one_line() -> None:
     with pytest.raises(typer.BadParameter, match="neither Unix nanoseconds nor an ISO time"):
         parse_time_ns("soon", "--start")
     assert parse_timestamp_ns("soon") is None
+
+
+def test_since_takes_unix_ns_iso_and_ages_in_every_command() -> None:
+    """`check --since` refused `2h` and `dead-letters --since` refused nanoseconds (newuser5):
+    one parser for both."""
+    import time
+
+    from iceberg_lake.cli.common import parse_since_ns
+    from iceberg_lake.cli.dead_letters import parse_since
+
+    ns = 1_765_895_400_123_456_789
+    assert parse_since_ns(str(ns)) == ns
+    assert parse_since_ns("2025-12-16T14:30:00") == 1_765_895_400_000_000_000
+    before = time.time_ns()
+    two_hours_ago = parse_since_ns("2h")
+    assert before - 7200 * 10**9 - 10**9 < two_hours_ago <= time.time_ns() - 7200 * 10**9
+    assert parse_since(str(ns)) == datetime(2025, 12, 16, 14, 30, 0, 123456, tzinfo=UTC)
+    with pytest.raises(typer.BadParameter, match="looks like Unix seconds|plausible"):
+        parse_since_ns("1765895400")  # seconds, not nanoseconds: refused, not read as an age
+    with pytest.raises(typer.BadParameter, match="invalid --since 'soon'"):
+        parse_since_ns("soon")

@@ -13,6 +13,7 @@ from iceberg_lake.cli.common import (
     OutputFormat,
     emit,
     open_catalog,
+    parse_since_ns,
     parse_time_ns,
     say,
     split_names,
@@ -37,7 +38,10 @@ def check(
     ] = None,
     since: Annotated[
         str | None,
-        typer.Option("--since", help="Window start on ts_event_ns: Unix ns or ISO time (UTC)."),
+        typer.Option(
+            "--since",
+            help="Window start on ts_event_ns: Unix ns, ISO time (UTC) or an age (2h, 7d).",
+        ),
     ] = None,
     until: Annotated[
         str | None, typer.Option("--until", help="Exclusive window end: Unix ns or ISO time.")
@@ -53,7 +57,7 @@ def check(
     from iceberg_lake.ops.check import check_tables
     from iceberg_lake.timetravel.query import Lake
 
-    since_ns = parse_time_ns(since, "--since") if since else None
+    since_ns = parse_since_ns(since) if since else None
     until_ns = parse_time_ns(until, "--until") if until else None
     with Lake(open_catalog(read_only=True), sandbox=True) as lake:
         report = check_tables(

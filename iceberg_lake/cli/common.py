@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -236,6 +237,24 @@ def parse_time_ns(text: str, option: str, *, plausible: bool = True) -> int:
             f"{text!r} is neither Unix nanoseconds nor an ISO time", param_hint=option
         )
     return when
+
+
+def parse_since_ns(text: str, option: str = "--since") -> int:
+    """`--since` (`check`, `dead-letters`): Unix nanoseconds, an ISO time/date (naive = UTC),
+    or an age back from now (`2h`, `7d`, `1d12h`)."""
+    from iceberg_lake.ops.maintenance import parse_duration
+
+    raw = text.strip()
+    if raw.lstrip("-").isdigit() or snapshots.parse_timestamp_ns(raw) is not None:
+        return parse_time_ns(raw, option)
+    try:
+        age = parse_duration(raw)
+    except LakeError:
+        raise typer.BadParameter(
+            f"invalid --since {text!r} (use Unix nanoseconds, an ISO time or an age like 2h, 7d)",
+            param_hint=option,
+        ) from None
+    return time.time_ns() - int(age.total_seconds() * 1e9)
 
 
 def parse_window(

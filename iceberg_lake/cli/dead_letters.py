@@ -6,11 +6,15 @@ from datetime import UTC, datetime
 
 import typer
 
-from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, emit, open_catalog, say
-from iceberg_lake.exceptions import LakeError
+from iceberg_lake.cli.common import (
+    OUTPUT_OPTION,
+    OutputFormat,
+    emit,
+    open_catalog,
+    parse_since_ns,
+    say,
+)
 from iceberg_lake.ingest.redrive import list_dead_letters, redrive
-from iceberg_lake.ops.maintenance import parse_duration
-from iceberg_lake.timetravel.snapshots import parse_timestamp
 
 dead_letters_app = typer.Typer(
     name="dead-letters",
@@ -22,27 +26,21 @@ TABLE_OPTION = typer.Option(
     None, "--table", "-t", help="Target table (bronze.stocks_trades, ...) or 'unrouted'."
 )
 SINCE_OPTION = typer.Option(
-    None, "--since", help="Received at or after: an ISO time (2025-12-16T14:00) or an age (2h, 7d)."
+    None,
+    "--since",
+    help="Received at or after: Unix ns, an ISO time (2025-12-16T14:00) or an age (2h, 7d).",
 )
 
 
 def parse_since(text: str | None) -> datetime | None:
-    """`--since`: an ISO-8601 time (naive = UTC) or a duration back from now.
-
-    Raises:
-        LakeError: neither.
-    """
+    """`--since`: Unix nanoseconds, an ISO-8601 time (naive = UTC) or an age back from now
+    (`parse_since_ns`, as `lake check` takes it)."""
     if text is None:
         return None
-    value = parse_timestamp(text)
-    if value is not None:
-        return value
-    try:
-        return datetime.now(UTC) - parse_duration(text)
-    except LakeError:
-        raise LakeError(
-            f"invalid --since {text!r} (use an ISO time or an age like 2h, 7d)"
-        ) from None
+    ns = parse_since_ns(text)
+    return datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(
+        microsecond=(ns % 1_000_000_000) // 1000
+    )
 
 
 def _short(text: str, width: int) -> str:
