@@ -468,6 +468,13 @@ def replay(
 
     if prefix and not to_nats:
         raise typer.BadParameter("--prefix needs --to-nats", param_hint="--prefix")
+    if root_format() != OutputFormat.table:
+        # Its stdout is the events themselves: `lake -o json replay` was silently NDJSON.
+        raise typer.BadParameter(
+            "replay writes events, not a result table: choose them with --format "
+            "ndjson|arrow|parquet (and --out), not lake --output",
+            param_hint="--output",
+        )
     if follow and not live:
         raise typer.BadParameter("--follow needs --live", param_hint="--follow")
     if live and (from_manifest is not None or as_of):

@@ -160,6 +160,12 @@ def test_csv_stdout_holds_no_lines_for_people(
     assert line not in res.stdout and line in res.stderr
 
 
+def test_replay_refuses_a_root_output_it_would_ignore(tmp_path: Path, lake: LakeCatalog) -> None:
+    res = runner.invoke(app, ["-o", "json", "replay"], env=_env(tmp_path))
+    assert res.exit_code == 1, res.output
+    assert "replay writes events, not a result table" in res.output and "--format" in res.output
+
+
 def test_one_flag_vocabulary(tmp_path: Path) -> None:
     for command in (["serve"], ["replay"], ["snapshot", "tag", "x"]):
         res = runner.invoke(app, [*command, "-t", "bronze.stocks_trades"], env=_env(tmp_path))
