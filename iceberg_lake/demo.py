@@ -233,6 +233,7 @@ def run_demo(options: DemoOptions, reporter: DemoReporter | None = None) -> dict
         LakeError: the data directory is not new, or a step failed.
     """
     began = time.monotonic()
+    options.simulation()  # bad options fail before the data directory is made (newuser5)
     data_dir = _prepare_data_dir(options.data_dir or default_data_dir())
     result = _Result(data_dir=str(data_dir))
     steps = _Steps(reporter, result)

@@ -111,3 +111,14 @@ def test_lake_demo_refuses_a_used_data_dir(tmp_path: Path) -> None:
     (used / "something").write_text("x")
     with pytest.raises(LakeError, match="not empty"):
         run_demo(DemoOptions(data_dir=used))
+
+
+def test_lake_demo_refuses_bad_options_before_making_its_data_dir(tmp_path: Path) -> None:
+    """`lake demo --duration 0` made the lake, then refused: a rerun into the same
+    `--data-dir` was refused as not new (newuser5)."""
+    from iceberg_lake.demo import run_demo
+
+    target = tmp_path / "demo"
+    with pytest.raises(LakeError, match="duration and rate must be > 0"):
+        run_demo(DemoOptions(data_dir=target, duration_s=0))
+    assert not target.exists()
