@@ -28,6 +28,9 @@ def test_tag_pins_current_snapshots_and_is_never_moved_silently(lake) -> None:
     assert snapshots.resolve_as_of(table, "bt-1") == first
     assert snapshots.resolve_as_of(table, None) == second
     assert snapshots.list_tags(table) == {"bt-1": first}
+    # A mistyped time is named as one, not as a missing tag (newuser5).
+    with pytest.raises(TimeTravelError, match="'2025-13-45' is not a valid time"):
+        snapshots.resolve_as_of(table, "2025-13-45")
 
     with pytest.raises(TimeTravelError, match="already exists"):
         snapshots.create_tag(settings, "bt-1", [TRADES])

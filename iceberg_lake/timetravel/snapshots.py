@@ -200,6 +200,10 @@ def pin_for(as_of: AsOfSpec, identifier: str) -> AsOf:
     return as_of
 
 
+#: A pin that starts like an ISO date (`2025-13-45…`) is meant as a time.
+_LOOKS_LIKE_A_DATE = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}")
+
+
 def resolve_as_of(table: Table, as_of: AsOf) -> int | None:
     """Resolve a pin to a snapshot id of `table`.
 
@@ -237,6 +241,12 @@ def resolve_as_of(table: Table, as_of: AsOf) -> int | None:
     when = parse_timestamp(text)
     if when is not None:
         return _snapshot_at(table, when, name)
+    if _LOOKS_LIKE_A_DATE.match(text):
+        # `2025-13-45`: a mistyped time, not a tag nobody made (the message said "no tag").
+        raise TimeTravelError(
+            f"'{text}' is not a valid time (use an ISO date or time, e.g. 2025-12-16T14:30Z); "
+            f"{name} has no tag of that name either"
+        )
     user = [t for t in list_tags(table) if not t.startswith(_LAKE_TAG_PREFIXES)]
     tags = ", ".join(user[:10]) + (f" and {len(user) - 10} more" if len(user) > 10 else "")
     lake_refs = len(list_tags(table)) - len(user)
