@@ -193,6 +193,9 @@ class Lake:
         loaded = {ident: self.catalog.load_table(ident) for ident in identifiers}
         if isinstance(as_of, dict):
             self.pins(as_of, [])  # validate the mapping's table names
+            for ident, pin in as_of.items():
+                if ident not in loaded:  # unread, but a mistyped pin is still an error
+                    resolve_as_of(self.catalog.load_table(ident), pin)
         pins = {ident: resolve_as_of(t, pin_for(as_of, ident)) for ident, t in loaded.items()}
         for ident, table in loaded.items():
             ns, name = ident.split(".", 1)

@@ -113,6 +113,10 @@ def test_per_table_pins_and_timestamps(tagged_lake) -> None:
         lake.query(sql, as_of="nope")
     with pytest.raises(LakeError, match="no table 'bronze.nope'"):
         lake.query(sql, as_of={"bronze.nope": "bt-1"})
+    # A pin of a table the SQL does not read is checked all the same (newuser5: a typo there
+    # was ignored silently).
+    with pytest.raises(TimeTravelError, match="no tag or snapshot 'bt-typo'"):
+        lake.query(sql, as_of={TRADES: "bt-1", "bronze.stocks_quotes": "bt-typo"})
 
 
 #: Spellings DuckDB resolves to bronze.stocks_trades (the audit's stale-view cases among them).
