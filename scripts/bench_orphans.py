@@ -53,7 +53,8 @@ def _rows(table: Any, start: int, n: int) -> pa.Table:
 
 def _baseline(catalog: Any, older_than: timedelta) -> int:
     """The pre-fix remove-orphans (dry run): current metadata only, references before listing."""
-    from iceberg_lake.ops.maintenance import _list_files, _listing_io, _norm, _Reachability
+    from iceberg_lake.engine.iceberg import list_files, listing_io
+    from iceberg_lake.ops.maintenance import _norm, _Reachability
 
     found = 0
     for ident in catalog.existing_tables():
@@ -64,7 +65,7 @@ def _baseline(catalog: Any, older_than: timedelta) -> int:
         referenced |= {_norm(e.metadata_file) for e in md.metadata_log}
         referenced.add(_norm(table.metadata_location))
         cutoff = datetime.now(UTC) - older_than
-        for path, mtime, _ in _list_files(_listing_io(table), table.location()):
+        for path, mtime, _ in list_files(listing_io(table), table.location()):
             if _norm(path) not in referenced and mtime is not None and mtime <= cutoff:
                 found += 1
     return found
