@@ -9,8 +9,10 @@ after the backup were skipped for good). Budget: ~15 s.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -25,9 +27,11 @@ from ingest_support import (
     start_serve,
     wait_stream,
 )
+from support.wait import wait_until
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings
+from iceberg_lake.engine import nats as bus
 from iceberg_lake.testing import NatsServer
 
 TRADES = "bronze.stocks_trades"
@@ -105,3 +109,42 @@ def test_a_restored_catalog_stores_the_unmapped_events_again(
     ).fetchall()
     assert got == [("m", n, n, 0, 2 * n - 2), ("u", n, n, 1, 2 * n - 1)]
     assert count_rows(duck, settings, TRADES) == 2 * n
+
+
+def _inferred_acked(settings: Settings) -> int:
+    async def read() -> int:
+        nc = await bus.connect(settings, name="test-ack-floor")
+        try:
+            floor = await bus.consumer_ack_floor(
+                bus.jetstream(nc, settings), "MARKET", "lake_inferred"
+            )
+            return floor or 0
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def test_a_stop_records_the_position_of_skipped_messages_flushed_before_it(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """Mapped messages only, flushed (acked) well within the minute between position records,
+    then SIGTERM with nothing buffered: the stop records the position. It did not, and the next
+    start re-read them, and reported them lost once a stream limit had removed them (review7)."""
+    settings = settings_for(tmp_path, nats.url)
+    n = 200
+    publish(
+        settings, [("market.stocks.trades", encode(make_event(TRADES, i)), None) for i in range(n)]
+    )
+    log = tmp_path / "serve.log"
+    proc = start_serve(settings, log, "--tables", "stocks_trades,inferred")
+    try:
+        wait_until(lambda: _inferred_acked(settings) == n, 60, "the inference writer's flush")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    dead_letters = LakeCatalog(settings).load_table("bronze.dead_letters")
+    assert dead_letters.properties.get(INFERRED_POSITION) == str(n), log.read_text()[-2000:]

@@ -338,6 +338,8 @@ class ConsumerWriter:
         self._unknown_logged: set[tuple[str, str]] = set()
         self._stopping = False
         self._position_recorded_at = time.monotonic()
+        #: The last stream sequence of the flushes done (committed, or skipped messages only).
+        self._handled_through = 0
         self._needs_refresh = False
         self._fetch_log = RetryLog(log, f"writer {target}: fetch")
         self._lease_log = RetryLog(log, f"writer {target}: taking the lease")
@@ -733,6 +735,8 @@ class ConsumerWriter:
                 if self.reset_needed:
                     continue
             self._maybe_flush(force=self.drained and self.flush_when_drained)
+            if self.drained and not self.batch.messages:
+                await self._record_idle_position(force=False)
             metrics.BUFFER_EVENTS.labels(self.consumer).set(self.batch.events)
             await asyncio.sleep(0)
         self._stopping = True
@@ -746,6 +750,36 @@ class ConsumerWriter:
             # the server, and the next writer starts after the watermark, past these messages.
             self._maybe_flush(force=True)
             await self._wait_commit()
+            await self._record_idle_position(force=True)
+
+    async def _record_idle_position(self, *, force: bool) -> None:
+        """Record the inference writer's position after flushes of skipped messages only that
+        recorded none (they came within `INFERRED_POSITION_SECONDS` of the last record): when
+        it stops (`force`), or once idle that long. Without it a restart re-read those messages
+        and, with the stream's limits past them, reported them lost (review7).
+
+        Best effort, one attempt: not recorded, the next start reads them again (nothing lost).
+        """
+        if self.target != INFERRED_TARGET or self._handled_through <= self.position:
+            return
+        if self.commit_task is not None and not self.commit_task.done():
+            return
+        if not force and time.monotonic() - self._position_recorded_at < INFERRED_POSITION_SECONDS:
+            return
+        if not self._holds_lease():
+            return
+        batch = MicroBatch()
+        batch.first_seq = batch.last_seq = self._handled_through
+        try:
+            await self._bounded(in_daemon_thread(self._commit_sync, batch, True))
+        except Exception as exc:
+            log.warning(
+                "writer %s: position %d not recorded (%s); the next start reads on from %d",
+                self.target,
+                batch.last_seq,
+                _one_line(exc),
+                self.position + 1,
+            )
 
     def _fetch_size(self, limit: int) -> int:
         """Messages to ask for: the free room in events over the events per message (batched
@@ -1054,6 +1088,7 @@ class ConsumerWriter:
                 await asyncio.sleep(delay)
             with contextlib.suppress(Exception):
                 await self._bounded(in_daemon_thread(self._refresh_tables))
+        self._handled_through = max(self._handled_through, batch.last_seq)
         if batch.last_msg is not None:
             try:
                 await batch.last_msg.ack()
@@ -1165,7 +1200,7 @@ class ConsumerWriter:
             return rows  # the commit sorts once, by (partition, table sort order)
         return self._sort_cast(tid, rows, target)
 
-    def _commit_sync(self, batch: MicroBatch) -> None:
+    def _commit_sync(self, batch: MicroBatch, record_position: bool = False) -> None:
         """Commit the batch's tables in order; each one transaction with its watermark.
 
         Target tables first, dead letters last (so rows refused by the store can still join
@@ -1185,7 +1220,7 @@ class ConsumerWriter:
         if batch.dead:
             work.append((DEAD_LETTERS_TABLE, batch.dead))
         seq = batch.last_seq
-        if not work and self._record_position(seq):
+        if not work and (record_position or self._record_position(seq)):
             # Only skipped (mapped) messages: record how far this writer got, on the table
             # that holds its position anyway; without it, every start re-read the whole stream
             # (soak2). In the catalog, not in the consumer's ack floor: a restored or rebuilt
