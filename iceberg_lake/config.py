@@ -345,8 +345,12 @@ def _validate(s: Settings) -> Settings:
         )
 
     # Normalised (`../lake`, `a//b`): the default warehouse URI is built from it, and a URI's
-    # `..` components are refused.
-    data_dir = Path(os.path.normpath(s.data_dir.expanduser().absolute()))
+    # `..` components are refused. A `..` is resolved as the OS does, after the symlinks before
+    # it (`link/../lake` is the lake beside the link's target; review7), the rest by text.
+    data_dir = s.data_dir.expanduser().absolute()
+    data_dir = Path(
+        os.path.realpath(data_dir) if ".." in data_dir.parts else os.path.normpath(data_dir)
+    )
     changes["data_dir"] = data_dir
     if not s.catalog_uri or not s.warehouse:
         _check_data_dir(data_dir)  # the catalog file or the warehouse lives in it

@@ -64,9 +64,15 @@ def test_a_relative_data_dir_with_dotdot_gives_a_normalised_warehouse(
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")
     s = load_settings({"LAKE_DATA_DIR": "../lake"})
-    assert s.data_dir == tmp_path / "lake"
-    assert s.warehouse == (tmp_path / "lake" / "warehouse").as_uri()
-    assert s.catalog_uri == f"sqlite:///{tmp_path / 'lake' / 'catalog.db'}"
+    lake = (tmp_path / "lake").resolve()
+    assert s.data_dir == lake
+    assert s.warehouse == (lake / "warehouse").as_uri()
+    assert s.catalog_uri == f"sqlite:///{lake / 'catalog.db'}"
+    # `..` after a symlink is the OS's: beside the link's target, not beside the link (review7).
+    (tmp_path / "real" / "inner").mkdir(parents=True)
+    (tmp_path / "sub" / "link").symlink_to(tmp_path / "real" / "inner")
+    linked = load_settings({"LAKE_DATA_DIR": "link/../lake"})
+    assert linked.data_dir == (tmp_path / "real" / "lake").resolve()
 
 
 def test_s3_warehouse_produces_pyiceberg_s3_properties() -> None:
