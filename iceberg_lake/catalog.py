@@ -273,7 +273,12 @@ class LakeCatalog:
             )
         with catalog_errors(f"loading {identifier}"):
             try:
-                return self.catalog.load_table(identifier)
+                try:
+                    return self.catalog.load_table(identifier)
+                except FileNotFoundError:
+                    # A commit may have replaced (and deleted) the file between reading the
+                    # pointer and the file: read the pointer again.
+                    return self._load_or_missing(identifier)
             except NoSuchTableError:
                 hint = " (run `lake init`)" if identifier in self.registry else ""
                 raise UnknownTableError(f"no table '{identifier}' in the catalog{hint}") from None
@@ -287,6 +292,27 @@ class LakeCatalog:
                 # invalid UTF-8 or JSON, an unknown format version). Other ValueErrors (an
                 # unknown URI scheme in metadata_location) are not a corrupt file.
                 raise self._corrupt(identifier, exc) from exc
+
+    def _load_or_missing(self, identifier: str) -> Table:
+        """Load again; a current metadata file still missing is a `CorruptMetadataError`.
+
+        Not a retryable outage: the catalog points at a file that is gone for good, typically
+        a catalog database restored from a backup older than the table's last
+        `write.metadata.previous-versions-max` (20) metadata versions, whose older files each
+        commit deletes (ops6: `lake serve` retried it forever as "storage unavailable").
+        """
+        from iceberg_lake.engine.iceberg import metadata_locations
+
+        try:
+            return self.catalog.load_table(identifier)
+        except FileNotFoundError:
+            current, _ = metadata_locations(self.catalog, identifier)
+            raise CorruptMetadataError(
+                f"loading {identifier}: its current metadata file {current} does not exist: "
+                "the catalog database was restored from a backup older than the table's last "
+                "20 metadata versions (each commit deletes older ones), or the file was "
+                "deleted; restore the table's metadata/ directory from the same backup"
+            ) from None
 
     def _corrupt(self, identifier: str, exc: BaseException) -> CorruptMetadataError:
         """The one-line error for a table whose current metadata file does not parse."""

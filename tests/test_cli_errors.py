@@ -268,6 +268,30 @@ def test_corrupt_current_metadata_is_one_line_naming_table_and_file(
     assert runner.invoke(app, ["describe", "bronze.stocks_trades"], env=env).exit_code == 0
 
 
+def test_a_missing_current_metadata_file_is_one_line_not_a_retried_outage(
+    filled_lake: Path,
+) -> None:
+    """The catalog names a metadata file that is gone (a catalog restored from a backup older
+    than the table's last 20 metadata versions, each commit deleting older ones): it was
+    "storage unavailable", a transient error `lake serve` retried forever (ops6)."""
+    env = {"LAKE_DATA_DIR": str(filled_lake)}
+    current = Path(
+        urlparse(
+            LakeCatalog(load_settings(env)).load_table("bronze.stocks_trades").metadata_location
+        ).path
+    )
+    kept = current.with_name(current.name + ".kept")
+    current.rename(kept)
+    try:
+        with pytest.raises(CorruptMetadataError, match="does not exist: the catalog database"):
+            LakeCatalog(load_settings(env)).load_table("bronze.stocks_trades")
+        result = runner.invoke(app, ["check"], env=env)
+        line = _one_line_error(result.stderr, result.exit_code)
+        assert str(current) in line and "restored from a backup" in line, line
+    finally:
+        kept.rename(current)
+
+
 def _stderr_rc(done: subprocess.CompletedProcess) -> tuple[str, int]:
     return done.stderr, done.returncode
 
