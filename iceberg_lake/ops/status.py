@@ -177,11 +177,34 @@ def fed_tables(catalog: LakeCatalog) -> list[str]:
     return sorted(out)
 
 
+#: At most this many unmapped subjects are asked for their last message (one request each)
+#: to tell whether schema inference has unmapped messages waiting; past it, it is assumed.
+UNMAPPED_SUBJECT_CHECKS = 32
+
+
+async def _unmapped_subjects(js: Any, stream: str, mapped: frozenset[str]) -> dict[str, int]:
+    """Messages per subject of `market.>` that no Bronze table maps (schema inference's)."""
+    _, _, wildcard = consumer_target(INFERRED_TARGET)
+    info = await js.stream_info(stream, subjects_filter=wildcard)
+    return {s: int(n) for s, n in (info.state.subjects or {}).items() if s not in mapped}
+
+
+async def _unmapped_waiting(js: Any, stream: str, unmapped: dict[str, int], floor: int) -> bool:
+    """True when some unmapped subject has a message after schema inference's ack floor."""
+    subjects = sorted(unmapped)
+    for subject in subjects[:UNMAPPED_SUBJECT_CHECKS]:
+        last = await js.get_msg(stream, subject=subject)  # the subject's last message
+        if int(last.seq or 0) > floor:
+            return True
+    return len(subjects) > UNMAPPED_SUBJECT_CHECKS
+
+
 async def _consumers(
     settings: Settings,
     tables: list[str],
     timeout: float,
     committed: dict[str, position.Committed],
+    mapped: frozenset[str] = frozenset(),
 ) -> list[ConsumerStatus]:
     from nats.js.errors import NotFoundError
 
@@ -198,7 +221,11 @@ async def _consumers(
             done = committed.get(identifier, position.Committed(0, frozenset()))
             problem = position.mismatch(identifier, durable, done, live)
             unstored: int | None = None
-            if problem is not None and identifier != INFERRED_TARGET:  # (a wildcard subject)
+            inferred = identifier == INFERRED_TARGET
+            unmapped = await _unmapped_subjects(js, stream, mapped) if inferred else {}
+            if problem is not None and inferred:
+                unstored = sum(unmapped.values())
+            elif problem is not None:
                 info_s = await js.stream_info(stream, subjects_filter=subject)
                 unstored = int((info_s.state.subjects or {}).get(subject, 0))
             try:
@@ -216,6 +243,20 @@ async def _consumers(
                     redelivered=int(info.num_redelivered or 0),
                     warning=await stream_limit_warning(js, stream, info, subject),
                 )
+                if inferred and found.warning:
+                    # Its lag counts the mapped messages it only skips (their tables' writers
+                    # store them): warn only while unmapped ones wait (ops6).
+                    floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+                    waiting = await _unmapped_waiting(js, stream, unmapped, floor)
+                    found = dataclasses.replace(
+                        found,
+                        warning=(
+                            f"{found.warning} (schema inference; its lag counts the mapped "
+                            "subjects it skips too)"
+                            if waiting
+                            else None
+                        ),
+                    )
             out.append(
                 dataclasses.replace(
                     found,
@@ -262,18 +303,21 @@ def consumer_status(
     tables: list[str],
     timeout: float = 3.0,
     committed: dict[str, position.Committed] | None = None,
+    mapped: frozenset[str] = frozenset(),
 ) -> tuple[list[ConsumerStatus], str]:
     """Lag of each table's durable consumer, and `ok` or why NATS could not be read.
 
     `committed` (`committed_positions`): each table's committed position, checked against its
-    stream (`ConsumerStatus.stream_error`); without it only the lag is read.
+    stream (`ConsumerStatus.stream_error`); without it only the lag is read. `mapped`: the
+    subjects Bronze tables map, which schema inference (`inferred`) skips.
 
     Never raises for an unreachable or misbehaving NATS: the reason is returned instead.
     """
     try:
         consumers = asyncio.run(
             asyncio.wait_for(
-                _consumers(settings, tables, timeout, committed or {}), timeout=timeout * 4
+                _consumers(settings, tables, timeout, committed or {}, mapped),
+                timeout=timeout * 4,
             )
         )
     except (LakeError, OSError, TimeoutError) as exc:
@@ -309,8 +353,11 @@ def collect_status(
     # The schema-inference consumer too: its unmapped messages are as mortal under a stream
     # limit as any table's (ops5: no warning before 2,414 of them were discarded).
     fed = [*fed_tables(catalog), INFERRED_TARGET]
+    mapped = frozenset(
+        d.subject for d in catalog.registry.in_namespace("bronze") if d.subject is not None
+    )
     consumers, nats_state = consumer_status(
-        catalog.settings, fed, nats_timeout, committed_positions(catalog, fed)
+        catalog.settings, fed, nats_timeout, committed_positions(catalog, fed), mapped
     )
     # Freshness is measured against the end of its own reads unless a time was given.
     tables = _with_freshness(
