@@ -13,7 +13,6 @@ for `lake maintain expire-snapshots`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import logging
@@ -1951,8 +1950,12 @@ def store_clock_offset(
     except OSError as exc:
         raise LakeError(f"cannot write a clock probe under {location}: {exc}") from exc
     finally:
-        with contextlib.suppress(OSError):
+        try:
             fs.delete_file(probe)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # a store that lets us write but not delete: say it once
+            log.warning("the clock probe %s could not be deleted: %s", probe, exc)
     if info.type != FileType.File or info.mtime is None:
         raise LakeError(f"the clock probe under {location} has no modification time")
     mtime = info.mtime if info.mtime.tzinfo is not None else info.mtime.replace(tzinfo=UTC)
