@@ -8,7 +8,8 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,18 @@ def start_serve(settings: Settings, log: Path, *args: str) -> subprocess.Popen[b
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+@contextmanager
+def serving(settings: Settings, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`start_serve`, killed (and reaped) on leaving the block if it is still running."""
+    proc = start_serve(settings, log, *args)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 Item = tuple[str, bytes, dict[str, str] | None]

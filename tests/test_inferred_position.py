@@ -23,6 +23,7 @@ from ingest_support import (
     make_event,
     publish,
     scan_sql,
+    serving,
     settings_for,
     start_serve,
     wait_stream,
@@ -137,14 +138,9 @@ def test_a_stop_records_the_position_of_skipped_messages_flushed_before_it(
         settings, [("market.stocks.trades", encode(make_event(TRADES, i)), None) for i in range(n)]
     )
     log = tmp_path / "serve.log"
-    proc = start_serve(settings, log, "--tables", "stocks_trades,inferred")
-    try:
+    with serving(settings, log, "--tables", "stocks_trades,inferred") as proc:
         wait_until(lambda: _inferred_acked(settings) == n, 60, "the inference writer's flush")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     dead_letters = LakeCatalog(settings).load_table("bronze.dead_letters")
     assert dead_letters.properties.get(INFERRED_POSITION) == str(n), log.read_text()[-2000:]
