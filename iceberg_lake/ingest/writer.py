@@ -362,6 +362,9 @@ class ConsumerWriter:
             self.watermarks[tid] = int(props.get(self.wm_key, 0))
             positions.append(int(props.get(self.pos_key, 0)))
         self.position = max(positions)
+        # What this process handled before counts no more: the catalog's position may have
+        # moved back (`lake maintain reset-position`), and recording the old one would undo it.
+        self._handled_through = 0
         self.committed_stream = position.committed(
             [dict(t.properties) for t in self.tables.values()], self.stream, self.consumer
         )
@@ -773,6 +776,9 @@ class ConsumerWriter:
         try:
             await self._bounded(in_daemon_thread(self._commit_sync, batch, True))
         except Exception as exc:
+            self._position_recorded_at = time.monotonic()  # next try after the interval
+            if isinstance(exc, WriterFencedError):  # the position moved under us: re-read
+                self.reset_needed = self.reload_needed = True
             log.warning(
                 "writer %s: position %d not recorded (%s); the next start reads on from %d",
                 self.target,

@@ -193,7 +193,10 @@ async def _unmapped_waiting(js: Any, stream: str, unmapped: dict[str, int], floo
     """True when some unmapped subject has a message after schema inference's ack floor."""
     subjects = sorted(unmapped)
     for subject in subjects[:UNMAPPED_SUBJECT_CHECKS]:
-        last = await js.get_msg(stream, subject=subject)  # the subject's last message
+        try:
+            last = await js.get_msg(stream, subject=subject)  # the subject's last message
+        except Exception:  # removed since the subjects were listed: none waits there
+            continue
         if int(last.seq or 0) > floor:
             return True
     return len(subjects) > UNMAPPED_SUBJECT_CHECKS
