@@ -144,3 +144,36 @@ def test_a_stop_records_the_position_of_skipped_messages_flushed_before_it(
         assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
     dead_letters = LakeCatalog(settings).load_table("bronze.dead_letters")
     assert dead_letters.properties.get(INFERRED_POSITION) == str(n), log.read_text()[-2000:]
+
+
+def test_a_catalog_restored_while_serving_is_not_skipped_past_by_the_stop_record(
+    tmp_path: Path, nats: NatsServer, duck
+) -> None:
+    """Unmapped events flushed, the catalog backed up, more unmapped flushed, mapped ones
+    skipped, the backup restored under the running writer, SIGTERM: the stop's position record
+    must not land past the restored watermark (it did: the record's compare-and-swap covered
+    the dead letters only, and 100 of 200 unmapped events were skipped for good; review8)."""
+    settings = settings_for(tmp_path, nats.url, LAKE_BRONZE_BATCH_SECONDS="3")
+    log = tmp_path / "serve.log"
+    catalog_db = settings.data_dir / "catalog.db"
+    backup = tmp_path / "catalog.backup.db"
+    with serving(settings, log, "--tables", "inferred") as proc:
+        publish(settings, _events(1, 200)[::2])  # 100 unmapped (odd ids)
+        wait_until(lambda: _inferred_acked(settings) == 100, 60, "the first flush")
+        with sqlite3.connect(catalog_db) as src, sqlite3.connect(backup) as dst:
+            src.backup(dst)
+        publish(settings, _events(201, 200)[::2])  # 100 more unmapped
+        wait_until(lambda: _inferred_acked(settings) == 200, 60, "the second flush")
+        publish(settings, _events(400, 200)[::2])  # 100 mapped: skipped
+        wait_until(lambda: _inferred_acked(settings) == 300, 60, "the skipped flush")
+        with sqlite3.connect(backup) as src, sqlite3.connect(catalog_db) as dst:
+            src.backup(dst)  # restored while serving
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    _drain(settings, log, "inferred")
+    got = (
+        duck_for(duck, settings)
+        .sql(f"SELECT count(*), count(DISTINCT seq) FROM {scan_sql(settings, TRADES)}")
+        .fetchone()
+    )
+    assert got == (200, 200), log.read_text()[-3000:]

@@ -765,7 +765,9 @@ class ConsumerWriter:
         """
         if self.target != INFERRED_TARGET or self._handled_through <= self.position:
             return
-        if self.commit_task is not None and not self.commit_task.done():
+        # A commit not yet awaited may have been fenced; a pending reset or reload means the
+        # committed position is in question: record nothing then (review8).
+        if self.commit_task is not None or self.reset_needed or self.reload_needed:
             return
         if not force and time.monotonic() - self._position_recorded_at < INFERRED_POSITION_SECONDS:
             return
@@ -1231,6 +1233,7 @@ class ConsumerWriter:
             # that holds its position anyway; without it, every start re-read the whole stream
             # (soak2). In the catalog, not in the consumer's ack floor: a restored or rebuilt
             # catalog must be read from its own position (ops5).
+            self._check_targets_unchanged()
             work.append((DEAD_LETTERS_TABLE, []))
         for i, (tid, payload) in enumerate(work):
             last = i == len(work) - 1
@@ -1319,6 +1322,23 @@ class ConsumerWriter:
         if work:
             self.position = seq
             self._position_recorded_at = time.monotonic()
+
+    def _check_targets_unchanged(self) -> None:
+        """Before a position-only record: every target table still has the watermark this
+        writer saw. The record's compare-and-swap covers the dead letters only, and the position
+        counts over all tables, so a watermark moved back elsewhere (a catalog restored while
+        serving) would be skipped past for good (review8).
+
+        Raises:
+            WriterFencedError: a target's watermark changed; re-read from it.
+        """
+        for tid in self.target_ids:
+            props = self.catalog.load_table(tid).properties
+            if props.get(self.wm_key) != self.seen.get(tid):
+                raise WriterFencedError(
+                    f"{tid}: watermark {props.get(self.wm_key)} (this writer saw "
+                    f"{self.seen.get(tid)}); changed by another writer or a catalog restore"
+                )
 
     def _record_position(self, seq: int) -> bool:
         """Whether a flush of skipped messages only should record the position `seq`."""

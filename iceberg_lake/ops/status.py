@@ -184,8 +184,13 @@ UNMAPPED_SUBJECT_CHECKS = 32
 
 async def _unmapped_subjects(js: Any, stream: str, mapped: frozenset[str]) -> dict[str, int]:
     """Messages per subject of `market.>` that no Bronze table maps (schema inference's)."""
+    from nats.js.errors import NotFoundError
+
     _, _, wildcard = consumer_target(INFERRED_TARGET)
-    info = await js.stream_info(stream, subjects_filter=wildcard)
+    try:
+        info = await js.stream_info(stream, subjects_filter=wildcard)
+    except NotFoundError:  # deleted since it was looked up
+        return {}
     return {s: int(n) for s, n in (info.state.subjects or {}).items() if s not in mapped}
 
 
@@ -225,7 +230,11 @@ async def _consumers(
             problem = position.mismatch(identifier, durable, done, live)
             unstored: int | None = None
             inferred = identifier == INFERRED_TARGET
-            unmapped = await _unmapped_subjects(js, stream, mapped) if inferred else {}
+            unmapped = (
+                await _unmapped_subjects(js, stream, mapped)
+                if inferred and live is not None
+                else {}
+            )
             if problem is not None and inferred:
                 unstored = sum(unmapped.values())
             elif problem is not None:
