@@ -212,6 +212,20 @@ def test_status_warns_of_the_inference_consumer_near_a_stream_limit(
         assert inferred["warning"] is None, inferred
 
 
+def test_status_before_the_first_serve_lists_every_consumer_as_not_created(
+    lake: LakeCatalog, tmp_path: Path, nats
+) -> None:
+    """No MARKET stream yet (after `lake init`, before `lake serve`): the inference consumer's
+    subject count asked for a missing stream, and the whole section read "NATS unreachable"
+    (review8)."""
+    out = runner.invoke(app, ["status", "--json"], env=_env(tmp_path, nats.url))
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["nats"] == "ok", report["nats"]
+    consumers = {c["table"]: c["exists"] for c in report["consumers"]}
+    assert consumers["inferred"] is False and consumers[TABLE] is False, consumers
+
+
 async def _stream_messages(settings: Any) -> int:
     nc = await connect(settings)
     try:
