@@ -298,11 +298,13 @@ class LakeCatalog:
 
         Not a retryable outage: the catalog points at a file that is gone for good, typically
         a catalog database restored from a backup older than the table's last
-        `write.metadata.previous-versions-max` (20) metadata versions, whose older files each
+        `write.metadata.previous-versions-max` metadata versions, whose older files each
         commit deletes (ops6: `lake serve` retried it forever as "storage unavailable").
         """
         from iceberg_lake.engine.iceberg import metadata_locations
+        from iceberg_lake.tables.definitions import BASE_TABLE_PROPERTIES
 
+        kept = BASE_TABLE_PROPERTIES["write.metadata.previous-versions-max"]
         try:
             return self.catalog.load_table(identifier)
         except FileNotFoundError:
@@ -310,7 +312,7 @@ class LakeCatalog:
             raise CorruptMetadataError(
                 f"loading {identifier}: its current metadata file {current} does not exist: "
                 "the catalog database was restored from a backup older than the table's last "
-                "20 metadata versions (each commit deletes older ones), or the file was "
+                f"{kept} metadata versions (each commit deletes older ones), or the file was "
                 "deleted; restore the table's metadata/ directory from the same backup"
             ) from None
 

@@ -1228,7 +1228,7 @@ class ConsumerWriter:
         if batch.dead:
             work.append((DEAD_LETTERS_TABLE, batch.dead))
         seq = batch.last_seq
-        if not work and (record_position or self._record_position(seq)):
+        if not work and (record_position or self._position_record_due(seq)):
             # Only skipped (mapped) messages: record how far this writer got, on the table
             # that holds its position anyway; without it, every start re-read the whole stream
             # (soak2). In the catalog, not in the consumer's ack floor: a restored or rebuilt
@@ -1340,7 +1340,7 @@ class ConsumerWriter:
                     f"{self.seen.get(tid)}); changed by another writer or a catalog restore"
                 )
 
-    def _record_position(self, seq: int) -> bool:
+    def _position_record_due(self, seq: int) -> bool:
         """Whether a flush of skipped messages only should record the position `seq`."""
         if self.target != INFERRED_TARGET or seq <= self.position:
             return False

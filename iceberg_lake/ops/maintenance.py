@@ -759,10 +759,10 @@ def _store_clock_offsets(
     says so; a real run stops, since it could not delete anything there either. A store where
     no table location exists yet (local directories) holds no files to age: offset 0.
     """
+    stores = {ident: urlparse(t.location())[:2] for ident, t in tables.items()}
     by_store: dict[tuple[str, str], timedelta | None] = {}
     for ident, table in tables.items():
-        parsed = urlparse(table.location())
-        store = (parsed.scheme, parsed.netloc)
+        store = stores[ident]
         if by_store.get(store) is None:
             try:
                 offset = store_clock_offset(ios[ident], table.location(), _local_now)
@@ -776,15 +776,11 @@ def _store_clock_offsets(
                 log.warning(
                     "remove-orphans: the clock of %s is %.0f s %s this machine's; file ages "
                     "are measured on the store's clock",
-                    f"{parsed.scheme}://{parsed.netloc}",
+                    "://".join(store),
                     abs(offset.total_seconds()),
                     "behind" if offset < timedelta(0) else "ahead of",
                 )
-    offsets = {}
-    for ident, table in tables.items():
-        parsed = urlparse(table.location())
-        offsets[ident] = by_store[(parsed.scheme, parsed.netloc)] or timedelta(0)
-    return offsets
+    return {ident: by_store[store] or timedelta(0) for ident, store in stores.items()}
 
 
 def _duration_text(delta: timedelta) -> str:

@@ -365,11 +365,14 @@ def collect_status(
     # The schema-inference consumer too: its unmapped messages are as mortal under a stream
     # limit as any table's (ops5: no warning before 2,414 of them were discarded).
     fed = [*fed_tables(catalog), INFERRED_TARGET]
-    mapped = frozenset(
-        d.subject for d in catalog.registry.in_namespace("bronze") if d.subject is not None
-    )
+    from iceberg_lake.timetravel.live.inferred import inferred_mapped_subjects
+
     consumers, nats_state = consumer_status(
-        catalog.settings, fed, nats_timeout, committed_positions(catalog, fed), mapped
+        catalog.settings,
+        fed,
+        nats_timeout,
+        committed_positions(catalog, fed),
+        inferred_mapped_subjects(catalog),
     )
     # Freshness is measured against the end of its own reads unless a time was given.
     tables = _with_freshness(
