@@ -4,6 +4,19 @@
 #   docker run --rm iceberg-lake lake --version
 #
 # Every setting comes from LAKE_* environment variables (see docs/production.md).
+# The wheel is built in a stage with a C compiler (the replay's encoding kernels,
+# iceberg_lake/timetravel/_canonical.c); the image itself has none.
+FROM python:3.11-slim AS wheel
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md hatch_build.py ./
+COPY catalog catalog
+COPY migrations migrations
+COPY iceberg_lake iceberg_lake
+RUN pip wheel --no-cache-dir --disable-pip-version-check --no-deps --wheel-dir /wheels .
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -14,15 +27,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 10001 lake
 WORKDIR /app
 
-# Dependencies first so code changes do not invalidate the layer.
-COPY pyproject.toml README.md ./
-COPY iceberg_lake/__init__.py iceberg_lake/__init__.py
-COPY catalog catalog
-COPY migrations migrations
-RUN pip install --no-cache-dir . && pip uninstall -y iceberg_lake
+# Dependencies first (from pyproject.toml alone) so code changes do not invalidate the layer.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
+    && pip install --no-cache-dir -r requirements.txt
 
-COPY iceberg_lake iceberg_lake
-RUN pip install --no-cache-dir --no-deps . && rm -rf /app/build
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
 
 USER lake
 WORKDIR /home/lake

@@ -213,8 +213,8 @@ def bench_replay(settings: Any, start: int, end: int, hours: int) -> list[dict]:
 
     # The replays run first so the peak RSS after them is theirs (the baseline materialises
     # whole tables); the data files are in the page cache already (`_warm`).
-    # The first replay of a process also loads the compiled encoding kernels (numba's disk
-    # cache, ~0.5 s) and imports, and plans the pinned files (~0.15 s; later replays of the same
+    # The first replay of a process also loads the compiled encoding kernels (~1 ms since they
+    # are C; numba's were ~0.6 s) and plans the pinned files (~0.2 s; later replays of the same
     # pins reuse the plan); a backtest sweep pays that once, `lake replay` every run.
     engine = ReplayEngine(settings, list(TABLES), start, end, as_of=TAG)
     began, cpu = time.perf_counter(), _cpu()

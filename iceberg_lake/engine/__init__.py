@@ -5,11 +5,10 @@ bounds decoding), `duck` (DuckDB connections, SQL quoting, paths DuckDB can open
 (connections, streams, consumers, the pull path), `nats_tail` (ephemeral ordered consumers for
 the live tail; the delivery's ack subject parsed for its sequence, time and pending count,
 guarded by `test_guard_ack_subject_fields_match_nats_py_metadata` in
-`tests/timetravel/test_live.py`; the nats-py private members listed below), `jit` (`memcpy`
-for numba-compiled replay kernels; numba's array model, guarded by
-`tests/engine/test_jit_guard.py`), `dbn` (databento-dbn record layouts, for
-`lake load`), `filters` (typed row filters), `spark`. The stages above (ingest, silver, timetravel,
-schema, ops, load) talk to dependencies' internals only through this package.
+`tests/timetravel/test_live.py`; the nats-py private members listed below), `dbn`
+(databento-dbn record layouts, for `lake load`), `filters` (typed row filters), `spark`. The
+stages above (ingest, silver, timetravel, schema, ops, load) talk to dependencies' internals only
+through this package.
 
 The pull path itself is `nats_pull` (raw `CONSUMER.MSG.NEXT` requests and the status replies
 that end them, on public nats-py APIs; exercised against a real server in `tests/test_bus.py`;

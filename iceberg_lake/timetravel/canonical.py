@@ -25,7 +25,6 @@ formatted values. `tests/test_replay_encoding.py` checks every rule against msgs
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
 import msgspec
@@ -144,22 +143,13 @@ def encode_values(col: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def warm_up() -> None:
-    """Load the compiled kernels (numba's on-disk cache, ~0.5 s) before the first window needs
-    them: a replay calls this on a thread while it plans its reads. Once per process.
+    """Load the compiled kernels before the first window needs them (in a checkout without a
+    build of their source: compile them, once): a replay calls this on a thread while it plans
+    its reads.
     """
-    global _warmed
-    with _warm_lock:
-        if _warmed:
-            return
-        table = pa.table({"i": pa.array([1], pa.int64()), "f": [0.5], "s": ["x"]})
-        payload = encode_rows_raw(table)
-        frame_rows([payload], [b"t"], np.zeros(1, np.int64), np.zeros(1, np.int64), False)
-        _warmed = True
+    from iceberg_lake.timetravel import _canonical_kernel as kernel
 
-
-#: Whether `warm_up` has loaded the kernels in this process.
-_warmed = False
-_warm_lock = threading.Lock()
+    kernel.load()
 
 
 class Scratch:

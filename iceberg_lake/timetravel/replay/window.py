@@ -346,9 +346,9 @@ class WindowPipeline:
         for source in self.sources:
             source.day_cache = None
         if encode:
-            # The encoding kernels load while the reads are planned. Not a daemon: the
-            # interpreter waits for it at exit rather than stopping it inside the JIT's C++.
-            threading.Thread(target=warm_up, name="replay-warm-up").start()
+            # Here, not at the first window: a build that is missing and cannot be made is
+            # one error before any read.
+            warm_up()
         windows, buckets = self._plan()
         pinned = [s for s in self.sources if s.snapshot_id is not None]
         con = duck_connect(extensions=())
