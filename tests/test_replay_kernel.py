@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from iceberg_lake.exceptions import ConfigError
-from iceberg_lake.timetravel import _canonical_kernel as kernel
 from iceberg_lake.timetravel import _native_build
+from iceberg_lake.timetravel import native as kernel
 
 
 def test_an_edited_source_gets_a_build_of_its_own_and_the_old_one_goes(tmp_path: Path) -> None:
@@ -63,22 +63,22 @@ def test_a_missing_build_that_cannot_be_made_is_one_config_error(
 def test_outputs_of_the_wrong_type_are_refused_before_the_kernel_runs() -> None:
     """The kernels check nothing: the wrapper must refuse a buffer they would misread."""
     n = 2
-    args = dict(
-        n=n,
-        kinds=np.zeros(1, np.int8),
-        slots=np.zeros(1, np.int64),
-        keydata=np.frombuffer(b'{"a":}', np.uint8),
-        keyoff=np.array([0, 5, 6], np.int64),
-        ints=np.array([[7, -8]], np.int64),
-        intvalid=np.ones((1, n), np.bool_),
-        floats=np.empty((0, n)),
-        floatvalid=np.empty((0, n), np.bool_),
-        decimals=np.empty((0, n), np.int8),
-        floatfb=np.empty((0, n), np.int64),
-        stridx=np.empty((0, n), np.int64),
-        entdata=np.zeros(0, np.uint8),
-        entoff=np.zeros(1, np.int64),
-    )
+    args = {
+        "n": n,
+        "kinds": np.zeros(1, np.int8),
+        "slots": np.zeros(1, np.int64),
+        "keydata": np.frombuffer(b'{"a":}', np.uint8),
+        "keyoff": np.array([0, 5, 6], np.int64),
+        "ints": np.array([[7, -8]], np.int64),
+        "intvalid": np.ones((1, n), np.bool_),
+        "floats": np.empty((0, n)),
+        "floatvalid": np.empty((0, n), np.bool_),
+        "decimals": np.empty((0, n), np.int8),
+        "floatfb": np.empty((0, n), np.int64),
+        "stridx": np.empty((0, n), np.int64),
+        "entdata": np.zeros(0, np.uint8),
+        "entoff": np.zeros(1, np.int64),
+    }
     out, offsets = np.zeros(64, np.uint8), np.zeros(n + 1, np.int64)
     total = kernel.write_rows(**args, out=out, offsets=offsets)
     assert bytes(out[:total]) == b'{"a":7}{"a":-8}' and list(offsets) == [0, 7, 15]

@@ -1,6 +1,6 @@
 /*
  * The compiled half of the replay's canonical encoding: whole rows of JSON, and the hashed
- * frames of merged events. Called through ctypes from `_canonical_kernel.py`, which documents
+ * frames of merged events. Called through ctypes from `native.py`, which documents
  * the arguments; compiled by `_native_build.py` (at install through `hatch_build.py`, or on
  * first use in a checkout) into `_canonical-<SHA-256 of this file>.so`, so an edit is never
  * served by a stale build.
@@ -229,3 +229,4 @@ int64_t frame_rows(int64_t n, const int64_t *part_of, const int64_t *rowpos,
     }
     return (int64_t)pos;
 }
+

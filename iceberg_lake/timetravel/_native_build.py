@@ -1,7 +1,7 @@
 """Compile the replay's C encoding kernels (`_canonical.c`) into a shared library.
 
 Used at install by `hatch_build.py` (which loads this file by path: the package is not importable
-there, so it imports nothing from it) and on first use in a checkout by `_canonical_kernel.py`.
+there, so it imports nothing from it) and on first use in a checkout by `native.py`.
 The library is named after the SHA-256 of its source, so an edited source is never served by a
 stale build and a wheel carries exactly the build of the source it ships.
 """

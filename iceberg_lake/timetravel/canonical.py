@@ -147,7 +147,7 @@ def warm_up() -> None:
     build of their source: compile them, once): a replay calls this on a thread while it plans
     its reads.
     """
-    from iceberg_lake.timetravel import _canonical_kernel as kernel
+    from iceberg_lake.timetravel import native as kernel
 
     kernel.load()
 
@@ -215,7 +215,7 @@ def encode_rows_raw(
 ) -> tuple[np.ndarray, np.ndarray]:
     """`encode_rows` as numpy buffers: int64 offsets (n + 1) and the UTF-8 bytes.
 
-    Integers and floats are written by a compiled kernel (`_canonical_kernel.write_rows`, whose
+    Integers and floats are written by a compiled kernel (`native.write_rows`, whose
     docstring gives the float rule); every other column is formatted column-wise by
     `encode_values` and copied in. The rare floats the kernel's fast path does not cover are
     formatted by `encode_values` too.
@@ -229,7 +229,7 @@ def encode_rows_raw(
     Returns:
         `(offsets, data)`: row i is `data[offsets[i]:offsets[i + 1]]`.
     """
-    from iceberg_lake.timetravel import _canonical_kernel as kernel
+    from iceberg_lake.timetravel import native as kernel
 
     names = sorted(columns if columns is not None else table.column_names)
     n = table.num_rows
@@ -368,7 +368,7 @@ def frame_rows(
     Returns:
         The frames as one uint8 array, and the bare payloads (None unless `bare`).
     """
-    from iceberg_lake.timetravel import _canonical_kernel as kernel
+    from iceberg_lake.timetravel import native as kernel
 
     n = len(part_of)
     prefix_bytes = b"".join(prefixes)

@@ -326,7 +326,7 @@ def test_the_override_check_sees_what_it_should() -> None:
 
 def test_no_module_imports_another_packages_private_names() -> None:
     """`from iceberg_lake.x import _y` only within x's own package (a private helper module
-    beside its one user, like `timetravel._canonical_kernel`); anything shared across packages is
+    beside its one user, like `timetravel._native_build`); anything shared across packages is
     public, with a docstring."""
     found = []
     for module in _modules():

@@ -162,9 +162,7 @@ async def _own_stream(url: str, label: str, **config: Any) -> tuple[Any, Any, st
     return nc, js, name
 
 
-def test_live_query_sees_each_event_and_counts_exactly(
-    tmp_path: Path, nats: NatsServer
-) -> None:
+def test_live_query_sees_each_event_and_counts_exactly(tmp_path: Path, nats: NatsServer) -> None:
     """Each published event is visible to a live query with 60 s flushes (its p50/p99 printed,
     not asserted: the time depends on the machine's load, docs/live.md has the figures); the
     live count equals the distinct published events at every probe across a size-forced commit,

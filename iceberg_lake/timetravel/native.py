@@ -1,4 +1,5 @@
-"""The compiled half of the canonical encoding: C kernels that write whole rows of JSON.
+"""The replay's compiled kernels (`_canonical.c`): the canonical encoding's rows of JSON and
+the hashed frames of merged events.
 
 The kernels (`_canonical.c`) are built at install (`hatch_build.py`), or on first use in a
 checkout, and loaded with ctypes in about a millisecond; ctypes releases the GIL for each call, so
