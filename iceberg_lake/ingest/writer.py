@@ -1233,8 +1233,12 @@ class ConsumerWriter:
             # that holds its position anyway; without it, every start re-read the whole stream
             # (soak2). In the catalog, not in the consumer's ack floor: a restored or rebuilt
             # catalog must be read from its own position (ops5).
-            self._check_targets_unchanged()
             work.append((DEAD_LETTERS_TABLE, []))
+        if work:
+            # The position goes on the last table of `work` and counts over all of this
+            # consumer's tables: those the flush does not commit to must still hold what this
+            # writer saw (review8, review9).
+            self._check_targets_unchanged({tid for tid, _ in work})
         for i, (tid, payload) in enumerate(work):
             last = i == len(work) - 1
             table = self.tables[tid]
@@ -1323,16 +1327,20 @@ class ConsumerWriter:
             self.position = seq
             self._position_recorded_at = time.monotonic()
 
-    def _check_targets_unchanged(self) -> None:
-        """Before a position-only record: every target table still has the watermark this
-        writer saw. The record's compare-and-swap covers the dead letters only, and the position
-        counts over all tables, so a watermark moved back elsewhere (a catalog restored while
-        serving) would be skipped past for good (review8).
+    def _check_targets_unchanged(self, committed: set[str]) -> None:
+        """Before a flush records the position: every table of this consumer that the flush
+        does not commit to (`committed`) still has the watermark this writer saw. The commits'
+        compare-and-swap covers only the tables they write, and the position counts over all
+        tables, so a watermark moved back elsewhere (a catalog restored while serving) would be
+        skipped past for good (review8: a position-only record; review9: a flush to another
+        table, or of dead letters only).
 
         Raises:
-            WriterFencedError: a target's watermark changed; re-read from it.
+            WriterFencedError: a watermark changed; re-read from it.
         """
-        for tid in self.target_ids:
+        for tid in [*self.target_ids, DEAD_LETTERS_TABLE]:
+            if tid in committed:
+                continue
             props = self.catalog.load_table(tid).properties
             if props.get(self.wm_key) != self.seen.get(tid):
                 raise WriterFencedError(
