@@ -294,14 +294,16 @@ class LakeCatalog:
                 raise self._corrupt(identifier, exc) from exc
 
     def _load_or_missing(self, identifier: str) -> Table:
-        """Load again; a current metadata file still missing is a `CorruptMetadataError`.
+        """Load again; a current metadata file still missing while its directory holds other
+        files is a `CorruptMetadataError` (a directory with nothing: the `FileNotFoundError`, an
+        outage).
 
         Not a retryable outage: the catalog points at a file that is gone for good, typically
         a catalog database restored from a backup older than the table's last
         `write.metadata.previous-versions-max` metadata versions, whose older files each
         commit deletes (ops6: `lake serve` retried it forever as "storage unavailable").
         """
-        from iceberg_lake.engine.iceberg import metadata_locations
+        from iceberg_lake.engine.iceberg import holds_files_beside, metadata_locations
         from iceberg_lake.tables.definitions import BASE_TABLE_PROPERTIES
 
         kept = BASE_TABLE_PROPERTIES["write.metadata.previous-versions-max"]
@@ -309,6 +311,10 @@ class LakeCatalog:
             return self.catalog.load_table(identifier)
         except FileNotFoundError:
             current, _ = metadata_locations(self.catalog, identifier)
+            if current is None or not holds_files_beside(self.catalog, current):
+                # Nothing at all where the table's metadata lives: storage not mounted yet, a
+                # bucket not there (yet): an outage to retry, not a lost file (review9).
+                raise
             raise CorruptMetadataError(
                 f"loading {identifier}: its current metadata file {current} does not exist: "
                 "the catalog database was restored from a backup older than the table's last "

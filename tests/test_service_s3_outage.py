@@ -1,4 +1,5 @@
-"""The object store goes away for 10 s mid-run: the writers retry and store everything once."""
+"""The object store goes away for 10 s mid-run, or is not there yet when `lake serve` starts:
+the writers retry and store everything once."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ from pathlib import Path
 
 import pytest
 from ingest_support import (
+    count_rows,
     duck_for,
     encode,
     make_event,
+    publish,
     publish_async,
     scan_sql,
     settings_for,
+    start_serve,
+    wait_stream,
 )
-from support.wait import await_until
+from support.wait import await_until, wait_until
 
+from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.ingest.service import LakeService
 from iceberg_lake.ops import metrics
 from iceberg_lake.testing import NatsServer, S3Server
@@ -77,3 +83,38 @@ def test_s3_outage_of_ten_seconds_is_retried_and_loses_nothing(
         f"SELECT count(*), count(DISTINCT (source, seq)) FROM {scan_sql(settings, table)}"
     ).fetchone()
     assert (count, distinct) == (n, n)
+
+
+def test_a_warehouse_not_mounted_yet_at_start_is_waited_for_not_a_lost_file(
+    tmp_path: Path, nats: NatsServer, duck
+) -> None:
+    """The whole warehouse is missing when `lake serve` starts (a volume not mounted yet): the
+    tables' current metadata files are missing, but so is everything beside them, so it is an
+    outage to retry, not the "catalog restored from an old backup" error that ends serve for
+    good (it did: exit 1; review9)."""
+    trades = "bronze.stocks_trades"
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    publish(
+        settings, [("market.stocks.trades", encode(make_event(trades, i)), None) for i in range(10)]
+    )
+    wait_stream(settings, "MARKET", 10)
+    warehouse = settings.data_dir / "warehouse"
+    away = settings.data_dir / "warehouse.unmounted"
+    warehouse.rename(away)
+    log = tmp_path / "serve.log"
+    proc = start_serve(settings, log, "--tables", "stocks_trades", "--until-idle")
+    try:
+        wait_until(
+            lambda: "unavailable" in log.read_text(),
+            60,
+            "serve to retry the missing storage",
+            alive=proc,
+        )
+        away.rename(warehouse)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "restored from a backup" not in log.read_text()
+    assert count_rows(duck_for(duck, settings), settings, trades) == 10

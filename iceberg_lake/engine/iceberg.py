@@ -1910,6 +1910,23 @@ def list_files(io: FileIO, location: str) -> list[tuple[str, datetime | None, in
     return out
 
 
+def holds_files_beside(catalog: Any, location: str) -> bool:
+    """Whether the directory of the file `location` (a table's `metadata/`) lists any file,
+    read with a FileIO made from the catalog's properties (the table itself cannot be loaded).
+
+    Tells a current metadata file gone for good (its directory still holds older versions and
+    manifests) from storage that is not there at all (a mount not up yet, a bucket missing).
+    False also when the directory cannot be listed.
+    """
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    directory = location.rsplit("/", 1)[0]
+    try:
+        return bool(list_files(PyArrowFileIO(dict(catalog.properties)), directory))
+    except (LakeError, OSError, ValueError):
+        return False
+
+
 def store_clock_offset(
     io: FileIO, location: str, local_now: Callable[[], datetime]
 ) -> timedelta | None:
