@@ -26,6 +26,7 @@ from ingest_support import (
     serving,
     settings_for,
     start_serve,
+    stream_messages,
     wait_stream,
 )
 from support.wait import wait_until
@@ -254,3 +255,34 @@ def test_a_restore_is_not_skipped_past_by_a_flush_of_dead_letters_only(
     con = duck_for(duck, settings)
     got = con.sql(f"SELECT count(*), count(DISTINCT seq) FROM {scan_sql(settings, TRADES)}")
     assert got.fetchone() == (200, 200), log.read_text()[-3000:]
+
+
+def test_messages_handled_before_a_kill_and_then_removed_by_a_limit_are_no_loss(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """The inference writer's recorded position trails what it acked by up to a minute of
+    skipped messages; after a SIGKILL, a stream limit that removed those handled messages was
+    reported as a loss (a WARNING and `lake_ingest_removed_before_commit_total`; review9)."""
+    settings = settings_for(
+        tmp_path,
+        nats.url,
+        LAKE_STREAM_MAX_AGE="4",
+        LAKE_WRITER_LEASE_SECONDS="2",
+        LAKE_STREAM_DUPLICATE_WINDOW_SECONDS="1",
+    )
+    log = tmp_path / "serve.log"
+    mapped = [("market.stocks.trades", encode(make_event(TRADES, i)), None) for i in range(50)]
+    with serving(settings, log, "--tables", "inferred") as proc:
+        publish(settings, mapped)  # skipped by the inference writer, acked, position not recorded
+        wait_until(lambda: _inferred_acked(settings) == 50, 60, "the skipped flush acked")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    wait_until(
+        lambda: asyncio.run(stream_messages(settings, "MARKET")) == 0,
+        30,
+        "the stream's max age to remove the 50 handled messages",
+    )
+    _drain(settings, log, "inferred")
+    text = log.read_text()
+    assert "handled before this start (its consumer acked them)" in text, text[-3000:]
+    assert "are lost" not in text, text[-3000:]

@@ -57,6 +57,7 @@ from iceberg_lake.engine.nats import (
     Lease,
     LeaseBucket,
     api_prefix,
+    consumer_ack_floor,
     consumer_state,
     consumer_target,
     dead_letter_subject,
@@ -486,6 +487,22 @@ class ConsumerWriter:
         lo, hi = max(self.position, self.removed_reported) + 1, live.first_seq - 1
         # Exported from the start at 0, so "no loss" is a value, not a missing series.
         removed = metrics.REMOVED_BEFORE_COMMIT.labels(self.consumer)
+        if start and hi >= lo and self.target == INFERRED_TARGET:
+            # Its recorded position trails what it handled by up to a minute of skipped
+            # (mapped) messages: what its consumer acked was handled before a kill, and a
+            # removal of those is no loss (review9: a false warning after every kill -9).
+            acked = await consumer_ack_floor(self.js, self.stream, self.consumer) or 0
+            if acked >= lo:
+                log.info(
+                    "writer %s: stream %s no longer holds seq %d..%d, handled before this "
+                    "start (its consumer acked them)",
+                    self.target,
+                    self.stream,
+                    lo,
+                    min(hi, acked),
+                )
+                self.removed_reported = min(hi, acked)
+                lo = self.removed_reported + 1
         if start and hi >= lo:
             self.removed_reported = hi
             removed.inc(hi - lo + 1)
