@@ -128,3 +128,63 @@ def test_declared_enumerations_apply_to_loaded_rows() -> None:
     loader = dict(validator.check(converted.table, converted.problems).bad)
     assert sorted(loader) == sorted(writers) == [1]
     assert "aggressor" in loader[1] and "aggressor" in writers[1]
+
+
+def test_converted_numbers_are_the_doubles_and_nanoseconds_a_csv_of_the_same_values_gives() -> None:
+    """Silver dedups on price and event time, so a loaded file must give exactly the values a
+    CSV (or a live message) of the same event gives, or both copies are kept (quant8): a Parquet
+    DECIMAL price (Arrow's cast gave 0.35000000000000003), fixed-point integers with a 1e-9
+    scale, and event times as float or text seconds scaled by 1e9 (binary floats gave
+    ...323440128 ns for ...323440 µs)."""
+    from decimal import Decimal
+
+    from iceberg_lake.load.mapping import Mapping
+
+    table_id = "bronze.stocks_trades"
+    target = registry().get(table_id).arrow_schema()
+    prices = [f"{cents / 100:.2f}" for cents in range(1, 100_001, 7)]
+    micros = [1_710_163_800_000_000 + k * 323_441 for k in range(len(prices))]
+    seconds = [f"{m // 10**6}.{m % 10**6:06d}" for m in micros]
+    n = len(prices)
+    csv = convert(
+        pa.table(
+            {
+                "ts_event_ns": pa.array([str(m * 1000) for m in micros]),
+                "symbol": ["SPY"] * n,
+                "price": pa.array(prices),
+                "size": ["1"] * n,
+            }
+        ),
+        identity_mapping(table_id),
+        target,
+        "s",
+    ).table
+    columns = {"ts_event_ns": "ts", "symbol": "symbol", "price": "px", "size": "size"}
+    variants = {
+        "decimal prices, float seconds": (
+            {
+                "px": pa.array([Decimal(p) for p in prices], pa.decimal128(12, 2)),
+                "ts": pa.array([float(s) for s in seconds]),
+            },
+            {"ts_event_ns": 1e9},
+        ),
+        "fixed-point prices, text seconds": (
+            {
+                "px": pa.array([int(p.replace(".", "")) * 10**7 for p in prices]),
+                "ts": pa.array(seconds),
+            },
+            {"ts_event_ns": 1e9, "price": 1e-9},
+        ),
+    }
+    for label, (data, scale) in variants.items():
+        batch = pa.table({**data, "symbol": ["SPY"] * n, "size": [1] * n})
+        mapping = Mapping(name=label, table=table_id, columns=columns, scale=scale)
+        got = convert(batch, mapping, target, "s")
+        assert not got.problems, (label, list(got.problems.items())[:3])
+        for column in ("price", "ts_event_ns"):
+            mismatched = pc_not_equal(got.table[column], csv[column])
+            assert not mismatched, (label, column, mismatched[:3])
+
+
+def pc_not_equal(a: pa.ChunkedArray, b: pa.ChunkedArray) -> list[tuple[object, object]]:
+    return [(x, y) for x, y in zip(a.to_pylist(), b.to_pylist(), strict=True) if x != y]

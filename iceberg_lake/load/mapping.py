@@ -34,6 +34,7 @@ import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -263,9 +264,23 @@ def _convert_column(
         if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
             return pc.binary_join(arr.cast(pa.list_(pa.string())), ",").cast(target)
         return arr.cast(target)
-    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+    if factor == 1:
+        factor = None
+    text = pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
+    if factor is not None and pa.types.is_integer(target) and not pa.types.is_integer(arr.type):
+        integers = _whole_numbers(arr) if text else None
+        if integers is None or not float(factor).is_integer():
+            # Seconds as text, floats or decimals into nanoseconds: exact decimal arithmetic on
+            # each value as written (binary floats put 1710150000.123456 s at ...123456128 ns).
+            return _scale_exactly(arr, factor, target, name, found)
+        arr = integers
+    if text:
         arr = _parse_text(arr, target, name, found)
-    if factor is not None and factor != 1:
+    if pa.types.is_decimal(arr.type) and pa.types.is_floating(target):
+        # Arrow's decimal-to-double cast is not correctly rounded (0.35 gives
+        # 0.35000000000000003); through text it is the nearest double, as a CSV gives.
+        arr = arr.cast(pa.string()).cast(pa.float64())
+    if factor is not None:
         arr = _scale(arr, factor, target, name, found)
     if arr.type == target:
         return arr
@@ -339,20 +354,73 @@ def _convert_value(value: Any, target: pa.DataType) -> Any:
     return pa.scalar(value).cast(target).as_py()
 
 
+def _whole_numbers(arr: pa.Array) -> pa.Array | None:
+    """A text column as int64 when every value is a whole number (empty: null), else None."""
+    trimmed = pc.utf8_trim_whitespace(arr)
+    trimmed = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, trimmed.type), trimmed)
+    try:
+        return trimmed.cast(pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
 def _scale(
     arr: pa.Array, factor: float, target: pa.DataType, name: str, found: dict[int, str]
 ) -> pa.Array:
-    if pa.types.is_integer(target) and float(factor).is_integer():
+    """`arr * factor` as `target`, for integer sources into integers and anything into floats.
+
+    A factor `1/d` (`1e-9`, `0.01`) divides by `d`: IEEE division of the exact fixed-point
+    integer is correctly rounded, so 35 × 0.01 is 0.35 (the multiplication gives
+    0.35000000000000003), the same double a CSV's "0.35" or a live message gives — a different
+    double would keep both copies of an event apart in Silver's dedup.
+    """
+    if pa.types.is_integer(target):
+        if float(factor).is_integer():
+            try:
+                return pc.multiply_checked(arr.cast(pa.int64()), pa.scalar(int(factor), pa.int64()))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+        return _scale_exactly(arr, factor, target, name, found)
+    values = arr.cast(pa.float64())
+    inverse = 1.0 / factor
+    divisor = round(inverse)
+    if abs(factor) < 1 and abs(divisor) > 1 and abs(inverse - divisor) <= 1e-9 * abs(divisor):
+        return pc.divide(values, pa.scalar(float(divisor)))
+    return pc.multiply(values, pa.scalar(float(factor)))
+
+
+def _scale_exactly(
+    arr: pa.Array, factor: float, target: pa.DataType, name: str, found: dict[int, str]
+) -> pa.Array:
+    """`arr * factor` into an integer `target` in decimal arithmetic, value by value: each
+    value as written (text as is, a float by its shortest repr), the product rounded half to
+    even. Invalid or out-of-range values become null with a reason in `found`."""
+    scale = Decimal(repr(float(factor)))
+    lo, hi = _INT_RANGES.get(target, (-(2**63), 2**63 - 1))
+    out: list[int | None] = []
+    for row, value in enumerate(arr.to_pylist()):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            out.append(None)
+            continue
         try:
-            return pc.multiply_checked(arr.cast(pa.int64()), pa.scalar(int(factor), pa.int64()))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return _cast_per_value(
-                pa.array([None if v is None else v * int(factor) for v in arr.to_pylist()]),
-                target,
-                name,
-                found,
-            )
-    return pc.multiply(arr.cast(pa.float64()), pa.scalar(float(factor)))
+            if isinstance(value, str):
+                number = Decimal(value.strip())
+            elif isinstance(value, float):
+                number = Decimal(repr(value))
+            else:
+                number = Decimal(value)
+            product = number * scale
+            if not product.is_finite():
+                raise ValueError("not a number")
+            result = int(product.to_integral_value(rounding=ROUND_HALF_EVEN))
+            if not lo <= result <= hi:
+                raise OverflowError("out of range")
+        except (ArithmeticError, ValueError, TypeError):
+            out.append(None)
+            found.setdefault(row, f"{name}: invalid value {value!r} for type {target}")
+            continue
+        out.append(result)
+    return pa.array(out, type=target)
 
 
 def _report(arr: pa.Array, ok: pa.Array, name: str, found: dict[int, str], what: str) -> None:
