@@ -62,12 +62,16 @@ def write_dbn(
     spread_ns: int = 2 * HOUR_NS,
     dataset: str = "GLBX.MDP3",
     ts_out: bool = False,
+    event_size: int = 0,
 ) -> Path:
     """Write `n` records of `schema` (`trades`, `mbp-1`, `mbp-10`) with databento-dbn's encoder.
 
     Row i: instrument `ids[i % len]` (or 999, not in the mappings, when `i in unknown`), event
     time spread evenly over `spread_ns` from 14:00, price 100 + i/100 (or 0 when `i in
-    bad_price`), size i % 7 + 1, sequence i. A `.zst` path is zstd-compressed.
+    bad_price`), size i % 7 + 1, sequence i, no flags. A `.zst` path is zstd-compressed.
+    `event_size` > 0: records come in events of that many records of one instrument, as a venue
+    sends them (the event's event time, receive time and sequence, `F_LAST` on its last record
+    only: the book as the event left it).
     """
     ids = list(symbols)
     dbn_schema = {
@@ -81,6 +85,13 @@ def write_dbn(
         iid = 999 if i in unknown else ids[i % len(ids)]
         ts = T14 + (i * spread_ns) // max(1, n)
         price = 0 if i in bad_price else (100 * PX + i * PX // 100)
+        flags, sequence = 0, i
+        if event_size:
+            event = i // event_size
+            iid = ids[event % len(ids)]
+            ts = T14 + (event * event_size * spread_ns) // max(1, n)
+            sequence = event
+            flags = dbn.F_LAST if i % event_size == event_size - 1 else 0
         common = {
             "publisher_id": 1,
             "instrument_id": iid,
@@ -91,8 +102,8 @@ def write_dbn(
             "side": dbn.Side.BID if i % 2 else dbn.Side.ASK,
             "depth": 0,
             "ts_recv": ts + 500,
-            "flags": 0,
-            "sequence": i,
+            "flags": flags,
+            "sequence": sequence,
         }
         if ts_out:
             common["ts_out"] = ts + 900

@@ -120,3 +120,24 @@ def test_dbn_block_decoding_matches_the_record_decoder_with_mappings_in_the_stre
             assert row[f"bid_px_{k:02d}"] == bid
             assert row[f"ask_px_{k:02d}"] == level.ask_px / d.FIXED_PRICE_SCALE
             assert (row[f"bid_sz_{k:02d}"], row[f"ask_ct_{k:02d}"]) == (level.bid_sz, level.ask_ct)
+
+
+def test_dbn_books_are_the_books_each_event_left(tmp_path: Path) -> None:
+    """A venue's event updates a book several times; its records share the event's time and
+    sequence, and only the last (`F_LAST`) is a book that stood. The others shared the dedup
+    key, so Silver kept one of them at random and replay and as-of joins saw books that never
+    existed (quant8). Rows are the events' last records; a file without `F_LAST` keeps all."""
+    for schema in ("mbp-10", "mbp-1"):
+        path = write_dbn(tmp_path / f"events.{schema}.dbn", schema, 30, {1: "ESH6"}, event_size=3)
+        source = dbn.DbnSource(path)
+        rows = pa.concat_tables(b.table for b in source.batches())
+        assert rows.num_rows == 10, schema
+        assert rows.column("sequence").to_pylist() == list(range(10))
+        # Each kept row is the event's last record (record 3k + 2: price 100 + (3k + 2)/100).
+        px = "price"
+        assert rows.column(px).to_pylist() == [100 + (3 * k + 2) / 100 for k in range(10)]
+        # Resuming after row 4 continues with the fifth event, not the fifth record.
+        resumed = pa.concat_tables(b.table for b in source.batches(skip_rows=4))
+        assert resumed.column("sequence").to_pylist() == list(range(4, 10))
+    plain = dbn.DbnSource(write_dbn(tmp_path / "plain.mbp-10.dbn", "mbp-10", 30, {1: "ESH6"}))
+    assert sum(b.table.num_rows for b in plain.batches()) == 30

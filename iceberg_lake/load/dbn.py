@@ -55,6 +55,10 @@ def _dbn() -> Any:
     return databento_dbn
 
 
+#: Schemas whose records are the book after each update (TBBO's are trades, each one real).
+BOOK_SCHEMAS = frozenset({"mbp-1", "mbp-10"})
+
+
 def record_class(schema: str) -> Any:
     """The record class of a DBN schema the lake loads (`trades`, `tbbo`, `mbp-1`, `mbp-10`).
 
@@ -190,6 +194,19 @@ class DbnSource:
         #: Records per batch for this file's record size.
         self.batch_records = max(1, min(BATCH_RECORDS, BATCH_BYTES // self.dtype.itemsize))
         self.dataset = str(self.metadata.dataset)
+        #: Book schemas whose records mark the end of each event (`F_LAST`): only those records
+        #: are rows. The others hold the book part-way through an event, which never stood:
+        #: as rows they share the event's dedup key, and Silver kept one of them at random
+        #: (quant8). A file with no `F_LAST` anywhere in its first block (hand-made) keeps all.
+        self.events_only = self.schema in BOOK_SCHEMAS and self._marks_event_ends()
+
+    def _marks_event_ends(self) -> bool:
+        """Whether the first block of data records has any record with `F_LAST` set."""
+        last = _dbn().F_LAST
+        for item, _ in self._records():
+            if isinstance(item, np.ndarray):
+                return bool(np.any(item["flags"] & last))
+        return False
 
     def _decoder(self) -> Any:
         return _dbn().DBNDecoder(compression=self._compression)
@@ -231,8 +248,11 @@ class DbnSource:
         pending: list[np.ndarray] = []
         pending_rows = 0
         row = 0
+        last = _dbn().F_LAST
         for item, progress in self._records():
             if isinstance(item, np.ndarray):
+                if self.events_only:
+                    item = item[(item["flags"] & last) != 0]
                 pending.append(item)
                 pending_rows += len(item)
                 # Reads are a batch long, so a block usually goes out as it is (no copy).
