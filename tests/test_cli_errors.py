@@ -400,8 +400,21 @@ def test_bad_values_and_usage_are_one_line_exit_1_in_every_command(
             ["check", "--since", "1710163860000000"],
             "--since: 1710163860000000 looks like Unix micro",
         ),
+        (
+            ["bars", "bronze.stocks_trades", "--start", "20240311", "--end", "20240312"],
+            "--start: 20240311 looks like a date: give 2024-03-11",
+        ),
+        (
+            ["asof", "bronze.stocks_trades", "bronze.stocks_quotes", "--start", "2024-03-11"]
+            + ["--lookback", "-5"],
+            "lookback (-5000000000 ns) must not be negative",
+        ),
+        (
+            ["bars", "bronze.stocks_trades", "--start", "2024-03-12", "--end", "2024-03-11"],
+            "must be before end",
+        ),
     ],
-    ids=["seconds", "ms", "us"],
+    ids=["seconds", "ms", "us", "date-without-dashes", "negative-lookback", "end-before-start"],
 )
 def test_unix_seconds_or_ms_are_refused_not_zero_rows(
     filled_lake: Path, args: list[str], expected: str

@@ -172,6 +172,8 @@ def asof_join(
     """
     if start_ns >= end_ns:
         raise TimeTravelError(f"as-of join start ({start_ns}) must be before end ({end_ns})")
+    if lookback_ns is not None and lookback_ns < 0:
+        raise TimeTravelError(f"the as-of lookback ({lookback_ns} ns) must not be negative")
     pins = {left: pin_for(as_of, left), right: pin_for(as_of, right)}
     con = lake.duckdb(as_of=pins, tables=[left, right])
     try:

@@ -206,10 +206,13 @@ def bars(
         One row per (group, bar), ordered by group then bar start; columns as in the module doc.
 
     Raises:
-        TimeTravelError: bad width, a table without trades/quotes columns, unknown group column.
+        TimeTravelError: bad width, an empty window, a table without trades/quotes columns,
+            unknown group column.
         UnknownTableError: no such table.
     """
     width = parse_every(every)
+    if start_ns is not None and end_ns is not None and start_ns >= end_ns:
+        raise TimeTravelError(f"bars start ({start_ns}) must be before end ({end_ns})")
     con = lake.duckdb(as_of=as_of, tables=[table])
     try:
         ns, name = table.split(".", 1)

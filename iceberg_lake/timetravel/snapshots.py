@@ -179,9 +179,20 @@ def check_unix_ns(value: int) -> int:
 
     Raises:
         TimeTravelError: `value` looks like Unix seconds, milliseconds or microseconds
-            (10**9 <= |value| < 10**17); the message gives the value in nanoseconds and as an
-            ISO time.
+            (10**9 <= |value| < 10**17; the message gives the value in nanoseconds and as an
+            ISO time), or like a date written without dashes (`20240311`, which as nanoseconds
+            selected nothing, silently). Other small values stay nanoseconds.
     """
+    if 0 < value < 10**9:
+        try:
+            day = datetime.strptime(str(value), "%Y%m%d") if 19000101 <= value <= 29991231 else None
+        except ValueError:
+            day = None
+        if day is not None:
+            raise TimeTravelError(
+                f"{value} looks like a date: give {day:%Y-%m-%d} (read as Unix nanoseconds it "
+                "is in the first second of 1970)"
+            )
     if not 10**9 <= abs(value) < MIN_UNIX_NS:
         return value
     unit, factor = next((u, f) for bound, u, f in _UNITS if abs(value) < bound)
