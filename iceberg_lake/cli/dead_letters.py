@@ -38,9 +38,12 @@ def parse_since(text: str | None) -> datetime | None:
     if text is None:
         return None
     ns = parse_since_ns(text)
-    return datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(
-        microsecond=(ns % 1_000_000_000) // 1000
-    )
+    try:
+        return datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(
+            microsecond=(ns % 1_000_000_000) // 1000
+        )
+    except (OverflowError, OSError, ValueError):
+        raise typer.BadParameter(f"{text!r} is out of range", param_hint="--since") from None
 
 
 def _short(text: str, width: int) -> str:

@@ -108,7 +108,10 @@ def parse_duration(text: str) -> timedelta:
     parts = _DURATION_PART.findall(value)
     if not parts or _DURATION_PART.sub("", value).strip():
         raise LakeError(f"invalid duration {text!r} (use e.g. 90s, 30m, 1h, 7d, 1d12h)")
-    return timedelta(seconds=sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
+    try:
+        return timedelta(seconds=sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
+    except OverflowError:
+        raise LakeError(f"duration {text!r} is too large") from None
 
 
 def parse_size(text: str) -> int:
