@@ -536,3 +536,18 @@ def test_check_table_and_tables_combine(filled_lake: Path) -> None:
     )
     assert repeated.exit_code == 0, repeated.output
     assert {c["table"] for c in json.loads(repeated.stdout)["checks"]} == checked
+
+
+def test_csv_output_is_data_only_or_refused(filled_lake: Path) -> None:
+    """Under `-o csv` stdout is CSV or nothing: `lake status` (a report of several sections)
+    and `lake migrate up` printed their text report there (review9)."""
+    env = {"LAKE_DATA_DIR": str(filled_lake)}
+    status = runner.invoke(app, ["-o", "csv", "status"], env=env)
+    line = _one_line_error(status.stderr, status.exit_code)
+    assert "no CSV form" in line and "-o json" in line, line
+    assert status.stdout == ""
+    migrate = runner.invoke(app, ["-o", "csv", "migrate", "up", "--dry-run"], env=env)
+    assert migrate.exit_code == 0, migrate.output
+    header = migrate.stdout.splitlines()[0]
+    assert header == "version,name,dry_run,recorded,duration_ms,changes", migrate.stdout
+    assert "nothing to apply" not in migrate.stdout and "dry run" not in migrate.stdout

@@ -240,6 +240,12 @@ def status(
     from iceberg_lake.cli.output import print_status
     from iceberg_lake.ops.status import collect_status
 
+    if output == OutputFormat.csv and not as_json:
+        # A report of several sections, not one table: stdout under -o csv is data only.
+        raise typer.BadParameter(
+            "lake status has no CSV form (tables, consumers and dead letters): use -o json",
+            param_hint="--output",
+        )
     report = collect_status(open_catalog(read_only=True), nats_timeout=nats_timeout)
     if as_json or output == OutputFormat.json:
         typer.echo(report.to_json())

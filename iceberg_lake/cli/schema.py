@@ -88,7 +88,8 @@ def migrate_up(
         results = runner.up(to, dry_run=dry_run)
     finally:
         runner.close()
-    if output == OutputFormat.json:
+    if output != OutputFormat.text:
+        # CSV too: stdout holds data only (the changes joined with "; " in a CSV cell).
         emit(
             [
                 {
@@ -97,11 +98,12 @@ def migrate_up(
                     "dry_run": dry_run,
                     "recorded": r.recorded,
                     "duration_ms": r.duration_ms,
-                    "changes": r.lines(),
+                    "changes": _changes(r.lines(), output),
                 }
                 for r in results
             ],
             output,
+            columns=["version", "name", "dry_run", "recorded", "duration_ms", "changes"],
         )
         return
     if not results:
@@ -258,7 +260,7 @@ def table_evolve(
         check_declared_renames(declared, changes)
     result = evolve_table(catalog.load_table(name), name, changes, dry_run=dry_run, fresh=True)
     lines = result.plan.describe()
-    if output == OutputFormat.json:
+    if output != OutputFormat.text:
         emit(
             [
                 {
@@ -266,7 +268,7 @@ def table_evolve(
                     "dry_run": dry_run,
                     "committed": result.committed,
                     "schema_version": result.plan.after.schema_version,
-                    "changes": lines,
+                    "changes": _changes(lines, output),
                 }
             ],
             output,
@@ -276,3 +278,8 @@ def table_evolve(
     console.print(f"[bold]{verb} {escape(name)}[/bold]", markup=True, highlight=False)
     for line in lines:
         console.print(f"  {line}", highlight=False, soft_wrap=True)
+
+
+def _changes(lines: list[str], output: OutputFormat) -> list[str] | str:
+    """A change list as JSON keeps it, or as one CSV cell."""
+    return lines if output == OutputFormat.json else "; ".join(lines)
