@@ -324,3 +324,20 @@ def test_cli_replay_writes_ndjson_and_a_manifest_that_reproduces_it(
     )
     assert res.exit_code == 0, res.output
     assert len(everything.read_text().splitlines()) == len(merged["futures"])
+
+
+def test_an_interrupted_replay_has_no_hash_in_its_manifest(merged) -> None:
+    """Breaking out of a replay left the manifest with the hash of windows the hash thread had
+    run ahead to (the whole window's, here) beside an event count of 0 (quant8): an interrupted
+    manifest has no hash; a full iteration then has the full one."""
+    start, end = T14, T14 + 70 * 60 * SEC
+    engine = ReplayEngine(merged["settings"], [FUTURES, STOCKS], start, end, window_rows=5000)
+    for i, _ in enumerate(engine.events()):
+        if i == 10:
+            break
+    partial = engine.manifest()
+    assert not partial["complete"] and partial["sequence_hash"] is None
+    full = sum(1 for _ in engine.events())
+    manifest = engine.manifest()
+    assert manifest["complete"] and manifest["event_count"] == full > 10
+    assert manifest["sequence_hash"].startswith("sha256:")

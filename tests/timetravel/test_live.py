@@ -205,7 +205,7 @@ def test_live_query_sees_each_event_and_counts_exactly(tmp_path: Path, nats: Nat
         pub.publish([event(i) for i in range(50, 80)])
         published = 80
         wait_until(
-            lambda: probe()[1] > 0, 15, "the writer to commit by size", interval=0, alive=serve
+            lambda: probe()[1] > 0, 60, "the writer to commit by size", interval=0, alive=serve
         )
         rng = lake.last_live[TABLE]
         assert rng.snapshot_id is not None and rng.watermark >= 60
@@ -223,7 +223,7 @@ def test_live_query_sees_each_event_and_counts_exactly(tmp_path: Path, nats: Nat
         serve = start_serve(quick, tmp_path / "serve2.log")
         wait_until(
             lambda: probe()[1] >= 90,
-            20,
+            60,
             "the restarted writer to catch up",
             interval=0,
             alive=serve,

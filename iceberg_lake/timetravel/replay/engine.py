@@ -497,7 +497,11 @@ class ReplayEngine:
     def manifest(self) -> dict[str, Any]:
         """What this replay read and produced; `complete` is False until a full iteration.
 
-        The count and hash cover whole read windows (a partial iteration's are not exact).
+        An iteration interrupted in the pinned windows has an inexact `event_count` (the
+        windows it finished) and no `sequence_hash`: the hash thread runs ahead of the
+        consumer, so the hash so far covered windows never handed out (quant8). One
+        interrupted in the live tail (Ctrl-C of `--follow`) has both, exact for what it
+        delivered.
         """
         extra = self._live.manifest_extra() if self._live is not None else {}
         pipeline = self._pipeline
@@ -513,7 +517,7 @@ class ReplayEngine:
             "end": iso_utc(self.end_ns),
             "event_count": pipeline.count,
             "events_per_table": dict(pipeline.per_table),
-            "sequence_hash": pipeline.sequence_hash(),
+            "sequence_hash": pipeline.sequence_hash() if pipeline.windows_done else None,
             "tie_break": TIE_BREAKS[self.tie_break],
             "speed": self.speed,
             "complete": pipeline.complete,

@@ -138,6 +138,9 @@ class WindowPipeline:
         """Start an iteration afresh: no events counted, a new hash, new buffers."""
         self.count = 0
         self.complete = False
+        #: Every window handed out: from here the hash covers exactly what was delivered
+        #: (before, the hash thread runs windows ahead of the consumer).
+        self.windows_done = False
         self.per_table: dict[str, int] = dict.fromkeys(self.tables, 0)
         self.digest = hashlib.sha256()
         #: Whether the current iteration encodes and hashes (`batches(verify=False)` does not).
@@ -412,7 +415,7 @@ class WindowPipeline:
             for hashing in self._hashing:
                 if hashing is not None:
                     hashing.result()
-            self.complete = True
+            self.complete = self.windows_done = True
         finally:
             for future in pending:
                 future.cancel()
