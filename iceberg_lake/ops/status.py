@@ -28,6 +28,7 @@ from iceberg_lake.engine.nats import (
     stream_identity,
     stream_limit_warning,
 )
+from iceberg_lake.engine.nats_tail import last_subject_seq
 from iceberg_lake.exceptions import LakeError
 from iceberg_lake.ingest import position
 from iceberg_lake.schema.migrations import pending_warning
@@ -198,11 +199,9 @@ async def _unmapped_waiting(js: Any, stream: str, unmapped: dict[str, int], floo
     """True when some unmapped subject has a message after schema inference's ack floor."""
     subjects = sorted(unmapped)
     for subject in subjects[:UNMAPPED_SUBJECT_CHECKS]:
-        try:
-            last = await js.get_msg(stream, subject=subject)  # the subject's last message
-        except Exception:  # removed since the subjects were listed: none waits there
-            continue
-        if int(last.seq or 0) > floor:
+        # 0: removed since the subjects were listed, none waits there. A timeout is not
+        # "nothing waiting": it propagates and the report says NATS did not answer (review9).
+        if await last_subject_seq(js, stream, subject) > floor:
             return True
     return len(subjects) > UNMAPPED_SUBJECT_CHECKS
 
