@@ -1255,7 +1255,17 @@ class ConsumerWriter:
             # The position goes on the last table of `work` and counts over all of this
             # consumer's tables: those the flush does not commit to must still hold what this
             # writer saw (review8, review9).
-            self._check_targets_unchanged({tid for tid, _ in work})
+            try:
+                self._check_targets_unchanged({tid for tid, _ in work})
+            except WriterFencedError:
+                raise
+            except Exception as exc:
+                # The store or catalog is down: this flush's commit failed like any other.
+                metrics.COMMIT_ERRORS.labels(work[0][0]).inc()
+                error = classify(exc, f"committing to {work[0][0]}")
+                if error is exc:
+                    raise
+                raise error from exc
         for i, (tid, payload) in enumerate(work):
             last = i == len(work) - 1
             table = self.tables[tid]

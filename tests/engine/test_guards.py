@@ -213,7 +213,7 @@ def _named_in_engine_docstring() -> set[str]:
 
 
 def test_every_engine_module_is_checked() -> None:
-    assert {"iceberg", "duck", "nats", "nats_tail", "jit", "dbn", "spark"} <= set(_engine_modules())
+    assert {"iceberg", "duck", "nats", "nats_tail", "dbn", "spark"} <= set(_engine_modules())
 
 
 @pytest.mark.parametrize("module", _engine_modules())
