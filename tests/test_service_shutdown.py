@@ -19,6 +19,7 @@ from ingest_support import (
     encode,
     make_event,
     publish,
+    publish_async,
     scan_sql,
     settings_for,
 )
@@ -179,3 +180,41 @@ def test_sigterm_with_nats_down_exits_within_grace_and_loses_nothing(tmp_path: P
         server.start()
         assert _drain_and_count(settings, log, duck, timeout=60) == (399, 399)
         assert count_rows(duck_for(duck, settings), settings, "bronze.dead_letters") == 1
+
+
+def test_a_lost_connection_commits_the_buffer_before_reading_again(
+    tmp_path: Path, nats: NatsServer, duck
+) -> None:
+    """The service's NATS disconnect handler makes each writer re-read from its committed
+    position. The buffer held then came in order with no gap: it is committed first, not
+    dropped (a SIGTERM that came with a lost connection found nothing left to flush, and
+    every blip re-read the whole buffer)."""
+    from support.wait import await_until
+
+    from iceberg_lake.ingest.service import LakeService
+
+    settings = settings_for(
+        tmp_path, nats.url, LAKE_BRONZE_BATCH_SIZE="1000", LAKE_BRONZE_BATCH_SECONDS="600"
+    )
+    items = [("market.stocks.trades", encode(make_event(TABLE, i)), None) for i in range(100)]
+
+    async def scenario() -> None:
+        service = LakeService(settings, [TABLE])
+        runner = asyncio.create_task(service.run())
+        try:
+            await publish_async(settings, items)
+            await await_until(
+                lambda: [w.batch.events for w in service.writers] == [100],
+                30,
+                "100 events buffered",
+            )
+            (writer,) = service.writers
+            writer.request_reset()  # what the disconnect handler does
+            # No flush is due for 600 s: only the reset commits the buffer.
+            await await_until(lambda: writer.committed_events == 100, 30, "the buffer committed")
+        finally:
+            await service.stop()
+            await asyncio.wait_for(runner, 60)
+
+    asyncio.run(scenario())
+    assert watermark(settings, TABLE) == 100

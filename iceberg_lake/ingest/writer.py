@@ -322,6 +322,8 @@ class ConsumerWriter:
         self.max_dseq = 0
         self.reset_needed = False
         self.reload_needed = False
+        #: The pending reset is a lost connection's: commit the batch before re-reading.
+        self._commit_before_reset = False
         self.drained = False
         self.active = False
         self.committed_events = 0
@@ -415,7 +417,7 @@ class ConsumerWriter:
         Call only while holding the lease (`run` does). NATS or the catalog being unreachable
         (`TransientError`) is left to the consume loop, which retries the same steps.
         """
-        self.reset_needed = self.reload_needed = False
+        self.reset_needed = self.reload_needed = self._commit_before_reset = False
         self.batch = MicroBatch()
         try:
             await in_daemon_thread(self._load)
@@ -535,8 +537,15 @@ class ConsumerWriter:
         self.active = False
 
     def request_reset(self) -> None:
-        """Drop the uncommitted batch and re-read from the committed position (lost delivery)."""
+        """Re-read from the committed position (NATS connection lost: a delivery may be lost).
+
+        The batch held so far is committed first: its deliveries came in order with no gap
+        (a gap resets at once, `_ingest`), so nothing before its end is missing, and the
+        watermark skips them when they come again. Dropping it re-read the whole buffer after
+        every blip, and a SIGTERM that came with the loss found nothing left to flush.
+        """
         self.reset_needed = True
+        self._commit_before_reset = True
 
     # ---- lease ----------------------------------------------------------------------------------
 
@@ -700,6 +709,11 @@ class ConsumerWriter:
                 await self._wait_commit()  # raises a fencing or shutdown error
             if self.reset_needed:
                 await self._wait_commit()
+                keep = self._commit_before_reset and not self.reload_needed
+                self._commit_before_reset = False
+                if keep and self.batch.messages:
+                    self._maybe_flush(force=True)
+                    await self._wait_commit()
                 if not self._resubscribe_log.failures:
                     log.warning("writer %s: re-reading from the committed position", self.target)
                 self.batch = MicroBatch()
