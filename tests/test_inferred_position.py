@@ -16,12 +16,14 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import pytest
 from ingest_support import (
     count_rows,
     duck_for,
     encode,
     make_event,
     publish,
+    publish_async,
     scan_sql,
     serving,
     settings_for,
@@ -286,3 +288,40 @@ def test_messages_handled_before_a_kill_and_then_removed_by_a_limit_are_no_loss(
     text = log.read_text()
     assert "handled before this start (its consumer acked them)" in text, text[-3000:]
     assert "are lost" not in text, text[-3000:]
+
+
+def test_an_idle_inference_writer_records_its_position_while_serving(
+    tmp_path: Path, nats: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Skipped (mapped) messages flushed within `INFERRED_POSITION_SECONDS` of the last record
+    record nothing then; once the writer has been idle that long it records them, without
+    stopping (interval lowered to 1 s here; 60 s by default)."""
+    from support.wait import await_until
+
+    from iceberg_lake.engine.nats import INFERRED_TARGET
+    from iceberg_lake.ingest import writer as writer_module
+    from iceberg_lake.ingest.service import LakeService
+
+    monkeypatch.setattr(writer_module, "INFERRED_POSITION_SECONDS", 1.0)
+    settings = settings_for(tmp_path, nats.url, LAKE_BRONZE_BATCH_SECONDS="0.2")
+    mapped = [("market.stocks.trades", encode(make_event(TRADES, i)), None) for i in range(100)]
+    catalog = LakeCatalog(settings)
+    catalog.init()
+
+    def recorded() -> str | None:
+        return catalog.load_table("bronze.dead_letters").properties.get(INFERRED_POSITION)
+
+    async def scenario() -> None:
+        service = LakeService(settings, [INFERRED_TARGET])
+        runner = asyncio.create_task(service.run())
+        try:
+            await publish_async(settings, mapped[:50])
+            await await_until(lambda: recorded() == "50", 30, "the first record (due at once)")
+            await publish_async(settings, mapped[50:])  # within the interval: not recorded yet
+            await await_until(lambda: recorded() == "100", 30, "the record after 1 s idle")
+            assert not runner.done(), "recorded while serving, not by a stop"
+        finally:
+            await service.stop()
+            await asyncio.wait_for(runner, 60)
+
+    asyncio.run(scenario())
