@@ -218,3 +218,38 @@ def test_a_lost_connection_commits_the_buffer_before_reading_again(
 
     asyncio.run(scenario())
     assert watermark(settings, TABLE) == 100
+
+
+def test_a_task_that_swallows_a_cancellation_is_cancelled_until_it_ends() -> None:
+    """Python 3.11's `asyncio.wait_for` (under every nats-py request) swallows a cancellation
+    whose answer arrived in the same loop step: the lease keeper, cancelled once, kept renewing
+    a lease no writer used, so no standby could take over (ops8)."""
+    from iceberg_lake.ingest.writer import cancel_until_done
+
+    async def keeper(swallowed: list[int]) -> None:
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                if not swallowed:  # the first cancellation is lost, as in wait_for
+                    swallowed.append(1)
+                    continue
+                raise
+
+    async def cancel_once() -> bool:
+        task = asyncio.create_task(keeper([]))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.wait([task], timeout=1.0)
+        running = not task.done()
+        task.cancel()
+        return running
+
+    async def until_done() -> bool:
+        task = asyncio.create_task(keeper([]))
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(cancel_until_done(task, poll=0.1), 5)
+        return task.cancelled()
+
+    assert asyncio.run(cancel_once()), "one cancel must be swallowed here, or this proves nothing"
+    assert asyncio.run(until_done())

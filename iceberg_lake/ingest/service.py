@@ -23,7 +23,7 @@ from iceberg_lake.config import Settings, redact_url
 from iceberg_lake.engine import nats as bus
 from iceberg_lake.exceptions import LakeError, ShutdownTimeoutError, TransientError
 from iceberg_lake.ingest.retry_log import RetryLog
-from iceberg_lake.ingest.writer import ConsumerWriter
+from iceberg_lake.ingest.writer import ConsumerWriter, cancel_until_done
 from iceberg_lake.tables import registry
 
 if TYPE_CHECKING:
@@ -172,8 +172,7 @@ class LakeService:
             if not watcher.done():
                 watcher.cancel()
             _, late = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds + 1)
-            for t in late:
-                t.cancel()
+            await asyncio.gather(*(cancel_until_done(t) for t in late))
             await asyncio.gather(*tasks, watcher, return_exceptions=True)
             errors: list[BaseException] = []
             if late:

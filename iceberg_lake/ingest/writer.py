@@ -196,6 +196,21 @@ def in_daemon_thread(fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
     return future
 
 
+async def cancel_until_done(task: asyncio.Future[Any], poll: float = 1.0) -> None:
+    """Cancel `task` and wait until it has ended; its outcome is retrieved and discarded.
+
+    Python 3.11's `asyncio.wait_for` (under every nats-py request) swallows a cancellation
+    whose answer arrived in the same loop step, so one cancel could leave a loop running for
+    good: the lease keeper renewed a lease that no writer used, and no standby could take it
+    (ops8). Cancelled again every `poll` seconds until it is done.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=poll)
+    if not task.cancelled():
+        task.exception()
+
+
 async def _unless_stopped(aw: Awaitable[_T], stop: asyncio.Event) -> asyncio.Future[_T] | None:
     """Await `aw` unless `stop` is set first (then cancel it).
 
@@ -671,9 +686,7 @@ class ConsumerWriter:
                     raise
                 finally:
                     if keeper is not None:
-                        keeper.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await keeper
+                        await cancel_until_done(keeper)
                 await self._stand_down()
         finally:
             metrics.BUFFER_EVENTS.labels(self.consumer).set(0)
