@@ -30,6 +30,12 @@ WATERMARK_PREFIX = "lake.watermark."
 #: = the last stream sequence of the last fully committed flush (all its tables). Set on the
 #: last commit of each flush; a writer restarts its consumer at max(position) + 1.
 POSITION_PREFIX = "lake.position."
+#: Table property prefix for the watermarks a position was recorded with:
+#: `lake.position-marks.<stream>.<consumer>` = JSON {table: watermark} of every table of the
+#: consumer, written beside the position. A table found below its mark at start was moved back
+#: on its own (its metadata pointed back at an older file, restored from a backup): the writer
+#: reads on from that table's watermark, not from the position past it.
+POSITION_MARKS_PREFIX = "lake.position-marks."
 #: Table property prefix naming the stream the watermark and position count in:
 #: `lake.stream-created.<stream>.<consumer>` = the stream's creation time (UTC, ISO-8601, µs),
 #: set in the same transaction as the watermark. A stream deleted and created again (or a NATS
@@ -100,6 +106,7 @@ __all__ = [
     "LOAD_FIRST_ROW",
     "LOAD_PREFIX",
     "LOAD_SHA256",
+    "POSITION_MARKS_PREFIX",
     "POSITION_PREFIX",
     "REPLACED_PARTITIONS",
     "SCHEMA_NAME_PROPERTY",

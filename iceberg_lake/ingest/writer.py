@@ -313,6 +313,7 @@ class ConsumerWriter:
             self.target_ids = [target]
         self.wm_key = f"{properties.WATERMARK_PREFIX}{self.stream}.{self.consumer}"
         self.pos_key = f"{properties.POSITION_PREFIX}{self.stream}.{self.consumer}"
+        self.marks_key = f"{properties.POSITION_MARKS_PREFIX}{self.stream}.{self.consumer}"
         self.created_key = f"{properties.STREAM_CREATED_PREFIX}{self.stream}.{self.consumer}"
         #: The stream the committed position counts in (`ingest.position`): what the tables
         #: recorded at `_load`, and the live stream's creation time once checked against it.
@@ -380,6 +381,7 @@ class ConsumerWriter:
             self.watermarks[tid] = int(props.get(self.wm_key, 0))
             positions.append(int(props.get(self.pos_key, 0)))
         self.position = max(positions)
+        self._read_on_from_tables_moved_back()
         # What this process handled before counts no more: the catalog's position may have
         # moved back (`lake maintain reset-position`), and recording the old one would undo it.
         self._handled_through = 0
@@ -387,6 +389,33 @@ class ConsumerWriter:
             [dict(t.properties) for t in self.tables.values()], self.stream, self.consumer
         )
         self.stream_created = ""  # checked against the live stream before reading
+
+    def _read_on_from_tables_moved_back(self) -> None:
+        """Start below the position where a table's watermark is below the one recorded with
+        it (`POSITION_MARKS_PREFIX`): that table was moved back on its own (its metadata
+        pointed back at an older file, as the corrupt-metadata error suggests), and the
+        position counts over every table, so its events in between were skipped for good
+        (ops8). Their re-read is skipped by the other tables' watermarks."""
+        holder = max(self.tables.values(), key=lambda t: int(t.properties.get(self.pos_key, 0)))
+        try:
+            marks = json.loads(holder.properties.get(self.marks_key) or "{}")
+        except ValueError:
+            marks = {}
+        for tid, mark in sorted(marks.items()):
+            current = self.watermarks.get(tid)
+            if current is None or current >= min(int(mark), self.position):
+                continue
+            log.warning(
+                "writer %s: %s has watermark %d, below the %d recorded with position %d (its "
+                "metadata was moved back): reading on from %d",
+                self.target,
+                tid,
+                current,
+                int(mark),
+                self.position,
+                current + 1,
+            )
+            self.position = current
 
     def _build_codecs(self) -> None:
         with self._codec_lock:
@@ -1319,6 +1348,11 @@ class ConsumerWriter:
                     updates[self.created_key] = self.stream_created
                 if last:
                     updates[self.pos_key] = str(seq)
+                    # The watermark of every table as of this position (`_load` reads on from
+                    # a table later found below its mark).
+                    marks = {t: self.watermarks.get(t, 0) for t in self.tables}
+                    marks.update({t: seq for t, _ in work})
+                    updates[self.marks_key] = json.dumps(marks, sort_keys=True)
                 summary = {
                     properties.LAKE_OPERATION: "ingest",
                     properties.STREAM: self.stream,
