@@ -334,3 +334,25 @@ def test_mismatch_rules() -> None:
     assert mismatch(TABLE, CONSUMER, Committed(10, frozenset([a])), live("", 10)) is None
     assert mismatch(TABLE, CONSUMER, Committed(10, frozenset([a])), live("", 9)) is not None
     assert mismatch(TABLE, CONSUMER, Committed(10, frozenset([a])), None) is None
+
+
+def test_reset_position_with_the_stream_missing_says_so(tmp_path: Path, nats: NatsServer) -> None:
+    """With MARKET gone (NATS lost its storage), reset-position said "nothing to do ... (their
+    streams match)" (ops8): it names the missing stream and what to do first."""
+    settings = settings_for(tmp_path, nats.url)
+    publish(settings, trades(0, 10))
+    wait_stream(settings, "MARKET", 10)
+    run_until_idle(settings, [TABLE])
+
+    async def delete_market() -> None:
+        nc = await bus.connect(settings)
+        try:
+            await bus.jetstream(nc, settings).delete_stream(bus.MARKET_STREAM)
+        finally:
+            await nc.close()
+
+    asyncio.run(delete_market())
+    reset = lake_cli(settings, "maintain", "reset-position")
+    assert reset.returncode == 0, reset.stderr
+    assert "stream MARKET does not exist: start `lake serve`" in reset.stdout, reset.stdout
+    assert "their streams match" not in reset.stdout

@@ -209,7 +209,15 @@ def reset_position(
                 highlight=False,
             )
     reset = sum(r["action"] == "reset" for r in results)
-    if not reset:
+    missing = sorted({r["stream"] for r in results if r["action"] == "no stream"})
+    if missing:
+        # Nothing to reset against: `lake serve` creates the stream, then this can run (ops8).
+        say(
+            f"reset-position: stream {', '.join(missing)} does not exist: start `lake serve` "
+            "(it creates the stream), then run reset-position again",
+            output,
+        )
+    if not reset and not missing:
         say(
             f"reset-position: nothing to do in {len(results)} consumer(s) (their streams match)",
             output,
