@@ -356,3 +356,44 @@ def test_reset_position_with_the_stream_missing_says_so(tmp_path: Path, nats: Na
     assert reset.returncode == 0, reset.stderr
     assert "stream MARKET does not exist: start `lake serve`" in reset.stdout, reset.stdout
     assert "their streams match" not in reset.stdout
+
+
+def test_streams_lost_under_a_running_serve_stop_it_with_one_line(
+    tmp_path: Path, nats: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NATS lost its storage under a running `lake serve` (MARKET and the lease bucket gone):
+    the writers retried reading the lease bucket, then creating their consumer, for good, and
+    stored nothing more (ops8). The bucket is made again; a stream missing that long while a
+    committed position counts in it stops serve with the reset-position line (a start creates
+    the stream; 30 s by default, 1 s here)."""
+    from support.wait import await_until
+
+    from iceberg_lake.ingest import writer as writer_module
+    from iceberg_lake.ingest.service import LakeService
+
+    monkeypatch.setattr(writer_module, "STREAM_GONE_SECONDS", 1.0)
+    settings = settings_for(tmp_path, nats.url, LAKE_BRONZE_BATCH_SECONDS="0.2")
+    publish(settings, trades(0, 10))
+    wait_stream(settings, "MARKET", 10)
+
+    async def scenario() -> None:
+        service = LakeService(settings, [TABLE])
+        runner = asyncio.create_task(service.run())
+        try:
+            await await_until(lambda: service.committed_events == 10, 30, "10 committed")
+            nc = await bus.connect(settings)
+            try:
+                js = bus.jetstream(nc, settings)
+                await js.delete_stream(bus.MARKET_STREAM)
+                await js.delete_stream(f"KV_{bus.LEASE_BUCKET}")
+            finally:
+                await nc.close()
+            with pytest.raises(StreamMismatchError, match="has not existed for 1 s") as stopped:
+                await asyncio.wait_for(asyncio.shield(runner), 60)
+            assert "reset-position" in str(stopped.value) and "\n" not in str(stopped.value)
+        finally:
+            await service.stop()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(runner, 60)
+
+    asyncio.run(scenario())

@@ -596,8 +596,24 @@ class LeaseBucket:
         Raises:
             BusUnavailableError: NATS did not answer.
         """
+        from nats.js.api import KeyValueConfig
+        from nats.js.errors import NotFoundError
+
         with bus_errors("reading the lease bucket"):
-            info = await self.js.stream_info(self.stream)
+            try:
+                info = await self.js.stream_info(self.stream)
+            except NotFoundError:
+                # Gone under a running lake serve (NATS lost its storage, or it was deleted):
+                # made again as at start, so the writers take their leases and reach their
+                # stream check instead of retrying this read for good (ops8).
+                log.warning("lease bucket %s missing: creating it again", LEASE_BUCKET)
+                try:
+                    await self.js.create_key_value(
+                        KeyValueConfig(bucket=LEASE_BUCKET, ttl=self.ttl, history=1)
+                    )
+                except Exception as exc:  # raced with another process creating it
+                    log.debug("create lease bucket: %s", exc)
+                info = await self.js.stream_info(self.stream)
         return float(info.config.max_age or 0.0)
 
     async def write(self, key: str, value: bytes, last: int) -> int:

@@ -74,6 +74,7 @@ from iceberg_lake.exceptions import (
     ForeignWriterError,
     LakeError,
     ShutdownTimeoutError,
+    StreamMismatchError,
     TransientError,
     WriterFencedError,
 )
@@ -120,6 +121,9 @@ SCHEMA_CHECK_SECONDS = 1.0
 #: position (a property-only commit on the dead letters, no snapshot) at most this often, and
 #: when it stops or drains (`--until-idle`), so a restart re-reads at most this much.
 INFERRED_POSITION_SECONDS = 60.0
+#: How long a writer's stream may be missing while it runs before it stops (deleted, or NATS
+#: lost its storage); a NATS restart answers "unavailable" meanwhile, not "no such stream".
+STREAM_GONE_SECONDS = 30.0
 
 
 _T = TypeVar("_T")
@@ -322,6 +326,7 @@ class ConsumerWriter:
         #: Last stream sequence reported as removed before it was committed.
         self.removed_reported = 0
         self._stream_missing = False
+        self._stream_missing_since = 0.0
         self.tables: dict[str, Table] = {}
         self.codecs: dict[str, TableCodec] = {}
         self.decoder: Decoder | None = None
@@ -507,9 +512,25 @@ class ConsumerWriter:
         """
         live = await stream_identity(self.js, self.stream)
         if live is None:  # creating the consumer fails and is retried
+            now = time.monotonic()
             if not self._stream_missing:
                 self._stream_missing = True
+                self._stream_missing_since = now
                 log.warning("writer %s: stream %s does not exist", self.target, self.stream)
+            done = self.committed_stream
+            recorded = done.created | ({self.stream_created} - {""})
+            committed = max(done.position, self.position)
+            if committed and recorded and now - self._stream_missing_since >= STREAM_GONE_SECONDS:
+                # Gone under this process (deleted, or NATS lost its storage): nothing here
+                # creates it, and the committed position counts in the old one; stop like a
+                # mismatch instead of waiting for good (ops8). A start creates the stream.
+                raise StreamMismatchError(
+                    f"{self.target}: stream {self.stream} has not existed for "
+                    f"{STREAM_GONE_SECONDS:g} s, but the committed position {committed} of "
+                    f"{self.consumer} counts in the stream created {', '.join(sorted(recorded))} "
+                    "(deleted, or NATS lost its storage): restart lake serve (it creates the "
+                    f"stream), check its messages, then run `{position.RESET_COMMAND}`"
+                )
             return
         self._stream_missing = False
         done = self.committed_stream
