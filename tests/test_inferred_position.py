@@ -268,20 +268,29 @@ def test_messages_handled_before_a_kill_and_then_removed_by_a_limit_are_no_loss(
     settings = settings_for(
         tmp_path,
         nats.url,
-        LAKE_STREAM_MAX_AGE="4",
+        LAKE_STREAM_MAX_AGE="8",
         LAKE_WRITER_LEASE_SECONDS="2",
         LAKE_STREAM_DUPLICATE_WINDOW_SECONDS="1",
     )
     log = tmp_path / "serve.log"
     mapped = [("market.stocks.trades", encode(make_event(TRADES, i)), None) for i in range(50)]
     with serving(settings, log, "--tables", "inferred") as proc:
+        # Published once the writer reads: a slow start would let the max age remove them
+        # unread (then the warning is right, and this test would prove nothing).
+        wait_until(
+            lambda: "writer inferred: active on consumer" in log.read_text(),
+            60,
+            "the writer to start",
+            alive=proc,
+        )
         publish(settings, mapped)  # skipped by the inference writer, acked, position not recorded
         wait_until(lambda: _inferred_acked(settings) == 50, 60, "the skipped flush acked")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    assert "no longer holds" not in log.read_text(), "removed before the first writer read them"
     wait_until(
         lambda: asyncio.run(stream_messages(settings, "MARKET")) == 0,
-        30,
+        60,
         "the stream's max age to remove the 50 handled messages",
     )
     _drain(settings, log, "inferred")
