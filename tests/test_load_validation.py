@@ -176,6 +176,21 @@ def test_converted_numbers_are_the_doubles_and_nanoseconds_a_csv_of_the_same_val
             {"ts_event_ns": 1e9, "price": 1e-9},
         ),
     }
+    # The docs' example: whole microseconds as text (every CSV column is text), × 1000 (it
+    # crashed with "utf8_trim_whitespace has no kernel for int64"; review10).
+    text_micros = convert(
+        pa.table({"t_us": [str(m) for m in micros], "symbol": ["SPY"] * n, "price": prices}),
+        Mapping(
+            name="docs",
+            table=table_id,
+            columns={"ts_event_ns": "t_us"},
+            scale={"ts_event_ns": 1000},
+        ),
+        target,
+        "s",
+    )
+    assert not text_micros.problems
+    assert text_micros.table["ts_event_ns"].to_pylist() == csv["ts_event_ns"].to_pylist()
     for label, (data, scale) in variants.items():
         batch = pa.table({**data, "symbol": ["SPY"] * n, "size": [1] * n})
         mapping = Mapping(name=label, table=table_id, columns=columns, scale=scale)

@@ -273,7 +273,7 @@ def _convert_column(
             # Seconds as text, floats or decimals into nanoseconds: exact decimal arithmetic on
             # each value as written (binary floats put 1710150000.123456 s at ...123456128 ns).
             return _scale_exactly(arr, factor, target, name, found)
-        arr = integers
+        arr, text = integers, False
     if text:
         arr = _parse_text(arr, target, name, found)
     if pa.types.is_decimal(arr.type) and pa.types.is_floating(target):
