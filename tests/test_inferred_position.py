@@ -259,12 +259,14 @@ def test_a_restore_is_not_skipped_past_by_a_flush_of_dead_letters_only(
     assert got.fetchone() == (200, 200), log.read_text()[-3000:]
 
 
-def test_messages_handled_before_a_kill_and_then_removed_by_a_limit_are_no_loss(
+def test_messages_handled_before_a_kill_and_then_removed_by_a_limit_are_flagged_as_such(
     tmp_path: Path, nats: NatsServer
 ) -> None:
     """The inference writer's recorded position trails what it acked by up to a minute of
-    skipped messages; after a SIGKILL, a stream limit that removed those handled messages was
-    reported as a loss (a WARNING and `lake_ingest_removed_before_commit_total`; review9)."""
+    skipped messages; after a SIGKILL a stream limit that removed those handled messages is
+    reported as a possible loss. Whether it is one cannot be told (a catalog restored from a
+    backup trails the acks the same way, and loses them; review10), so the warning stays, and
+    says what the ack floor suggests (review9)."""
     settings = settings_for(
         tmp_path,
         nats.url,
@@ -295,8 +297,8 @@ def test_messages_handled_before_a_kill_and_then_removed_by_a_limit_are_no_loss(
     )
     _drain(settings, log, "inferred")
     text = log.read_text()
-    assert "handled before this start (its consumer acked them)" in text, text[-3000:]
-    assert "are lost" not in text, text[-3000:]
+    (warning,) = [line for line in text.splitlines() if "no longer holds seq 1..50" in line]
+    assert "its consumer had acked up to seq 50: unless the catalog was restored" in warning
 
 
 def test_an_idle_inference_writer_records_its_position_while_serving(

@@ -554,35 +554,34 @@ class ConsumerWriter:
         lo, hi = max(self.position, self.removed_reported) + 1, live.first_seq - 1
         # Exported from the start at 0, so "no loss" is a value, not a missing series.
         removed = metrics.REMOVED_BEFORE_COMMIT.labels(self.consumer)
-        if start and hi >= lo and self.target == INFERRED_TARGET:
-            # Its recorded position trails what it handled by up to a minute of skipped
-            # (mapped) messages: what its consumer acked was handled before a kill, and a
-            # removal of those is no loss (review9: a false warning after every kill -9).
-            acked = await consumer_ack_floor(self.js, self.stream, self.consumer) or 0
-            if acked >= lo:
-                log.info(
-                    "writer %s: stream %s no longer holds seq %d..%d, handled before this "
-                    "start (its consumer acked them)",
-                    self.target,
-                    self.stream,
-                    lo,
-                    min(hi, acked),
-                )
-                self.removed_reported = min(hi, acked)
-                lo = self.removed_reported + 1
         if start and hi >= lo:
+            hint = ""
+            if self.target == INFERRED_TARGET:
+                # Its recorded position trails what it handled by up to a minute of skipped
+                # (mapped) messages, so after a kill the removed range may have been handled.
+                # Whether it was cannot be told from here: a catalog restored from a backup
+                # trails the acks the same way, and there the events are lost (review10). So
+                # warn and count it all, and say what the ack floor suggests (review9).
+                acked = await consumer_ack_floor(self.js, self.stream, self.consumer) or 0
+                if acked >= lo:
+                    hint = (
+                        f"; its consumer had acked up to seq {min(acked, hi)}: unless the "
+                        "catalog was restored from a backup, those were handled before the "
+                        "last stop and are not lost"
+                    )
             self.removed_reported = hi
             removed.inc(hi - lo + 1)
             log.warning(
                 "writer %s: stream %s no longer holds seq %d..%d (%d sequences, removed by its "
                 "limits or a purge before this table committed them): any %s messages among "
-                "them are lost",
+                "them are lost%s",
                 self.target,
                 self.stream,
                 lo,
                 hi,
                 hi - lo + 1,
                 self.filter_subject,
+                hint,
             )
 
     async def close(self, timeout: float | None = None) -> None:
