@@ -596,7 +596,6 @@ class LeaseBucket:
         Raises:
             BusUnavailableError: NATS did not answer.
         """
-        from nats.js.api import KeyValueConfig
         from nats.js.errors import NotFoundError
 
         with bus_errors("reading the lease bucket"):
@@ -607,12 +606,7 @@ class LeaseBucket:
                 # made again as at start, so the writers take their leases and reach their
                 # stream check instead of retrying this read for good (ops8).
                 log.warning("lease bucket %s missing: creating it again", LEASE_BUCKET)
-                try:
-                    await self.js.create_key_value(
-                        KeyValueConfig(bucket=LEASE_BUCKET, ttl=self.ttl, history=1)
-                    )
-                except Exception as exc:  # raced with another process creating it
-                    log.debug("create lease bucket: %s", exc)
+                await _create_lease_bucket(self.js, self.ttl)
                 info = await self.js.stream_info(self.stream)
         return float(info.config.max_age or 0.0)
 
@@ -664,6 +658,16 @@ class LeaseConflict(Exception):
     """Internal: a lease write found another revision than expected."""
 
 
+async def _create_lease_bucket(js: JetStreamContext, ttl: float) -> None:
+    """Create the lease KV bucket with `ttl` (another process creating it at once is fine)."""
+    from nats.js.api import KeyValueConfig
+
+    try:
+        await js.create_key_value(KeyValueConfig(bucket=LEASE_BUCKET, ttl=ttl, history=1))
+    except Exception as exc:  # raced with another process creating it
+        log.debug("create lease bucket: %s", exc)
+
+
 async def lease_bucket(js: JetStreamContext, settings: Settings) -> LeaseBucket:
     """The lease bucket, created with a TTL of `writer_lease_seconds` if missing.
 
@@ -674,7 +678,6 @@ async def lease_bucket(js: JetStreamContext, settings: Settings) -> LeaseBucket:
     configured shorter uses the bucket's TTL and says so in one warning. The returned bucket's
     `ttl` is the one in effect.
     """
-    from nats.js.api import KeyValueConfig
     from nats.js.errors import NotFoundError
 
     wanted = settings.writer_lease_seconds
@@ -682,10 +685,7 @@ async def lease_bucket(js: JetStreamContext, settings: Settings) -> LeaseBucket:
     try:
         info = await js.stream_info(stream)
     except NotFoundError:
-        try:
-            await js.create_key_value(KeyValueConfig(bucket=LEASE_BUCKET, ttl=wanted, history=1))
-        except Exception as exc:  # raced with another process creating it
-            log.debug("create lease bucket: %s", exc)
+        await _create_lease_bucket(js, wanted)
         info = await js.stream_info(stream)
     current = info.config.max_age or 0.0
     if current + 1e-3 < wanted or current <= 0:

@@ -511,33 +511,32 @@ class ConsumerWriter:
                 storage (see `ingest.position`).
         """
         live = await stream_identity(self.js, self.stream)
+        done = self.committed_stream
+        if self.stream_created and self.stream_created not in done.created:
+            # Commits since `_load` recorded the creation time checked before.
+            done = position.Committed(self.position, done.created | {self.stream_created})
+        done = position.Committed(max(done.position, self.position), done.created)
         if live is None:  # creating the consumer fails and is retried
             now = time.monotonic()
             if not self._stream_missing:
                 self._stream_missing = True
                 self._stream_missing_since = now
                 log.warning("writer %s: stream %s does not exist", self.target, self.stream)
-            done = self.committed_stream
-            recorded = done.created | ({self.stream_created} - {""})
-            committed = max(done.position, self.position)
-            if committed and recorded and now - self._stream_missing_since >= STREAM_GONE_SECONDS:
+            gone = now - self._stream_missing_since >= STREAM_GONE_SECONDS
+            if done.position and done.created and gone:
                 # Gone under this process (deleted, or NATS lost its storage): nothing here
                 # creates it, and the committed position counts in the old one; stop like a
                 # mismatch instead of waiting for good (ops8). A start creates the stream.
                 raise StreamMismatchError(
                     f"{self.target}: stream {self.stream} has not existed for "
-                    f"{STREAM_GONE_SECONDS:g} s, but the committed position {committed} of "
-                    f"{self.consumer} counts in the stream created {', '.join(sorted(recorded))} "
-                    "(deleted, or NATS lost its storage): restart lake serve (it creates the "
-                    f"stream), check its messages, then run `{position.RESET_COMMAND}`"
+                    f"{STREAM_GONE_SECONDS:g} s, but the committed position {done.position} of "
+                    f"{self.consumer} counts in the stream created "
+                    f"{', '.join(sorted(done.created))} (deleted, or NATS lost its storage): "
+                    "restart lake serve (it creates the stream), check its messages, then run "
+                    f"`{position.RESET_COMMAND}`"
                 )
             return
         self._stream_missing = False
-        done = self.committed_stream
-        if self.stream_created and self.stream_created not in done.created:
-            # Commits since `_load` recorded the creation time checked before.
-            done = position.Committed(self.position, done.created | {self.stream_created})
-        done = position.Committed(max(done.position, self.position), done.created)
         position.check(self.target, self.consumer, done, live)
         if live.created and not done.created and done.position and not self.stream_created:
             log.info(
@@ -1446,7 +1445,7 @@ class ConsumerWriter:
         Raises:
             WriterFencedError: a watermark changed; re-read from it.
         """
-        for tid in [*self.target_ids, DEAD_LETTERS_TABLE]:
+        for tid in self.tables:  # the targets and the dead letters
             if tid in committed:
                 continue
             props = self.catalog.load_table(tid).properties

@@ -396,7 +396,6 @@ def _scale_exactly(
     value as written (text as is, a float by its shortest repr), the product rounded half to
     even. Invalid or out-of-range values become null with a reason in `found`."""
     scale = Decimal(repr(float(factor)))
-    lo, hi = _INT_RANGES.get(target, (-(2**63), 2**63 - 1))
     out: list[int | None] = []
     for row, value in enumerate(arr.to_pylist()):
         if value is None or (isinstance(value, str) and not value.strip()):
@@ -412,9 +411,7 @@ def _scale_exactly(
             product = number * scale
             if not product.is_finite():
                 raise ValueError("not a number")
-            result = int(product.to_integral_value(rounding=ROUND_HALF_EVEN))
-            if not lo <= result <= hi:
-                raise OverflowError("out of range")
+            result = _convert_value(int(product.to_integral_value(ROUND_HALF_EVEN)), target)
         except (ArithmeticError, ValueError, TypeError):
             out.append(None)
             found.setdefault(row, f"{name}: invalid value {value!r} for type {target}")
