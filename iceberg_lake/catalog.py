@@ -293,6 +293,22 @@ class LakeCatalog:
                 # unknown URI scheme in metadata_location) are not a corrupt file.
                 raise self._corrupt(identifier, exc) from exc
 
+    def metadata_pointers(self, identifiers: list[str]) -> dict[str, str | None] | None:
+        """The current metadata file of each table as the catalog records it (one query, no
+        file read): a table whose pointer has not moved has not changed.
+
+        Returns:
+            The location per identifier (None: not in the catalog), or None when the catalog
+            type cannot tell without loading the tables.
+
+        Raises:
+            CatalogUnavailableError: the catalog cannot be reached.
+        """
+        from iceberg_lake.engine.iceberg import current_metadata_locations
+
+        with catalog_errors(f"reading the metadata pointers of {', '.join(identifiers)}"):
+            return current_metadata_locations(self.catalog, identifiers)
+
     def _load_or_missing(self, identifier: str) -> Table:
         """Load again; a current metadata file still missing while its directory holds other
         files is a `CorruptMetadataError` (a directory with nothing: the `FileNotFoundError`, an

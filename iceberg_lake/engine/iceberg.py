@@ -765,6 +765,60 @@ def other_catalogs_tables(catalog: Any) -> list[tuple[str, str, str]]:
     return [(r[0], f"{r[1]}.{r[2]}", r[3] or "") for r in rows]
 
 
+def current_metadata_locations(
+    catalog: Any, identifiers: Iterable[str]
+) -> dict[str, str | None] | None:
+    """The current metadata file of each table, read from a `SqlCatalog`'s `iceberg_tables`
+    rows in one query, without reading any file.
+
+    Each commit writes a new, uniquely named metadata file and moves this pointer, so an
+    unchanged pointer means an unchanged table: a check of many tables costs one catalog
+    query instead of loading (and parsing) each table's metadata. Guard:
+    tests/engine/test_guards.py.
+
+    Args:
+        catalog: pyiceberg's catalog.
+        identifiers: `namespace.table` names.
+
+    Returns:
+        The location per identifier (None: no such row), or None when the catalog is not a
+        `SqlCatalog` (the caller then loads the tables).
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the catalog database cannot be reached.
+    """
+    from pyiceberg.catalog import Catalog
+    from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    if not isinstance(catalog, SqlCatalog):
+        return None
+    wanted = {
+        (Catalog.namespace_to_string(Catalog.namespace_from(i)), Catalog.table_name_from(i)): i
+        for i in identifiers
+    }
+    found: dict[str, str | None] = dict.fromkeys(wanted.values())
+    if not wanted:
+        return found
+    with Session(catalog.engine) as session:
+        rows = session.execute(
+            select(
+                IcebergTables.table_namespace,
+                IcebergTables.table_name,
+                IcebergTables.metadata_location,
+            ).where(
+                IcebergTables.catalog_name == catalog.name,
+                IcebergTables.table_name.in_({name for _, name in wanted}),
+            )
+        ).all()
+    for namespace, name, location in rows:
+        identifier = wanted.get((namespace, name))
+        if identifier is not None:
+            found[identifier] = location
+    return found
+
+
 def metadata_locations(catalog: Any, identifier: str) -> tuple[str | None, str | None]:
     """The current and previous metadata file of a table, as a `SqlCatalog` records them.
 

@@ -147,6 +147,33 @@ def test_dataframe_to_data_files_guard(tmp_path: Path) -> None:
     assert all(Path(p.removeprefix("file://")).exists() for p in paths)
 
 
+def test_current_metadata_locations_are_the_pointers_load_table_follows(tmp_path: Path) -> None:
+    """`current_metadata_locations` reads `SqlCatalog`'s `iceberg_tables` rows: the location of
+    each table is the file `load_table` reads, moved by every commit; an unknown table is None;
+    a table of another catalog in the same database is not this catalog's."""
+    uri = f"sqlite:///{tmp_path / 'c.db'}"
+    catalog = SqlCatalog("guard", uri=uri, warehouse=f"file://{tmp_path}")
+    other = SqlCatalog("other", uri=uri, warehouse=f"file://{tmp_path}/other")
+    for c in (catalog, other):
+        c.create_namespace("ns")
+        c.create_table("ns.t", schema=Schema(NestedField(1, "x", LongType())))
+    catalog.create_table("ns.u", schema=Schema(NestedField(1, "x", LongType())))
+    names = ["ns.t", "ns.u", "ns.missing"]
+    before = engine_iceberg.current_metadata_locations(catalog, names)
+    assert before == {
+        "ns.t": catalog.load_table("ns.t").metadata_location,
+        "ns.u": catalog.load_table("ns.u").metadata_location,
+        "ns.missing": None,
+    }
+    table = catalog.load_table("ns.t")
+    table.transaction().set_properties(k="v").commit_transaction()
+    after = engine_iceberg.current_metadata_locations(catalog, names)
+    assert after is not None and before is not None
+    assert after["ns.t"] == table.metadata_location != before["ns.t"]
+    assert after["ns.u"] == before["ns.u"]
+    assert engine_iceberg.current_metadata_locations(object(), names) is None
+
+
 def _private_members_used(source: str) -> set[str]:
     """`_x` names imported from other packages, and `obj._x` read or written on any object
     (`self._x` too: a subclass reading its dependency base's attribute), minus what the module
