@@ -31,6 +31,11 @@ Private members of dependencies kept here, each with its guard test in
   (`iceberg.write_sorted_data_files`, which also uses `Transaction._append_snapshot_producer`;
   compared with pyiceberg's own files in `tests/engine/test_iceberg_write_guard.py`).
   Guard: `test_parquet_writer_kwargs_guard`.
+- `pyiceberg.avro.file.AvroFile.__enter__` replaced by `iceberg._avro_enter` (the same steps,
+  with the file schema's conversion and reader resolved once per schema text; it calls
+  `AvroFile._read_header` and reads the header key `_SCHEMA_KEY`). Guard, with a hash of each
+  and the entries compared with pyiceberg's own method:
+  `tests/engine/test_iceberg_plan_guard.py`.
 - `pyiceberg.partitioning.PartitionKey.partition` overridden by `iceberg.RecordPartitionKey`
   (a key from an already transformed partition tuple; relies on `to_path()` reading it).
   Guard: `test_record_partition_key_guard`.
