@@ -95,7 +95,9 @@ def test_dbn_files_load_once_with_symbols_and_prices(
     # Row 7: instrument 2, price 100.07 from fixed point 1e-9, event time as encoded.
     price_col = {"trades": "price", "mbp-1": "bid_px", "mbp-10": "ask_px_10"}[schema]
     expect = {"trades": 100.07, "mbp-1": 100.06, "mbp-10": 100.07 + 2.5}[schema]
-    got7 = rows(duck, lake, table, f"SELECT symbol, {price_col}, ts_event_ns FROM t WHERE seq = 7")
+    seq7 = 7 * 1_000_000 if schema == "trades" else 7  # trades: `record_seq` (one per event)
+    sql7 = f"SELECT symbol, {price_col}, ts_event_ns FROM t WHERE seq = {seq7}"
+    got7 = rows(duck, lake, table, sql7)
     assert got7[0][0] == "ESM6"
     assert got7[0][1] == pytest.approx(expect)
     assert got7[0][2] == T14 + (7 * 2 * HOUR_NS) // n
@@ -131,7 +133,7 @@ def test_dbn_trades_default_to_stocks_outside_globex(
     assert result.table == "bronze.stocks_trades"
     assert (result.rows_stored, result.dead_lettered) == (49, 1)
     got = rows(duck, lake, result.table, "SELECT max(seq), max(price), min(symbol) FROM t")
-    assert got == [(49, 100.49, "AAPL")]
+    assert got == [(49_000_000, 100.49, "AAPL")]  # `record_seq`: sequence 49, first of its event
 
 
 # ---- Polygon flat files ------------------------------------------------------------------------
@@ -301,6 +303,57 @@ def test_ndjson_identity_mapping_with_malformed_lines(
     assert "size" in dead[21]
     got = rows(duck, lake, "bronze.stocks_trades", "SELECT count(*), min(ts_recv_ns) FROM t")
     assert got == [(298, T14)]  # ts_recv_ns defaults to ts_event_ns
+
+
+def test_dbn_trades_of_one_event_stay_apart_and_in_the_venues_order(
+    lake: LakeCatalog, duck, tmp_path: Path
+) -> None:
+    """A venue numbers packets, not messages: the trades of a sweep and repeats at one price
+    share the event's time, receive time and sequence. With `seq` = sequence they sorted by
+    price in a replay (a sell sweep 6000.00, 5999.75, 5999.50 replayed upwards) and three
+    trades of 6000 x 2 merged into one in Silver (volume 7 in Bronze, 3 in Silver; quant9).
+    `seq` is now `record_seq`: sequence x 1e6 + the record's position within its event."""
+    import databento_dbn as d
+
+    from tests.load_data import PX, dbn_metadata
+
+    out = bytearray(dbn_metadata(d.Schema.TRADES, {1: "ESH6"}).encode())
+    events = [
+        (T14, 10, [6000.00, 5999.75, 5999.50], [1, 1, 1]),  # a sell sweep
+        (T14 + 10**9, 11, [6000.00, 6000.00, 6000.00, 6000.25], [2, 2, 2, 1]),  # repeats
+    ]
+    for ts, sequence, prices, sizes in events:
+        for k, (price, size) in enumerate(zip(prices, sizes, strict=True)):
+            last = k == len(prices) - 1
+            out += bytes(
+                d.TradeMsg(
+                    publisher_id=1, instrument_id=1, ts_event=ts, ts_recv=ts + 500,
+                    price=round(price * 100) * PX // 100, size=size, action=d.Action.TRADE,
+                    side=d.Side.ASK, depth=0, flags=d.F_LAST if last else 0, sequence=sequence,
+                )
+            )  # fmt: skip
+    path = tmp_path / "sweep.trades.dbn"
+    path.write_bytes(bytes(out))
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
+
+    loaded = runner.invoke(app, ["load", str(path), "--compact"], env=env)
+
+    assert loaded.exit_code == 0, loaded.output
+    volume = "SELECT count(*), sum(size) FROM t"
+    assert rows(duck, lake, "bronze.futures_trades", volume) == [(7, 10)]
+    assert rows(duck, lake, "silver.futures_trades", volume) == [(7, 10)]
+    from iceberg_lake.timetravel.replay import ReplayEngine
+
+    engine = ReplayEngine(lake.settings, ["silver.futures_trades"], T14, T14 + 2 * 10**9)
+    prices = [event["price"] for event in engine]
+    assert prices == [6000.0, 5999.75, 5999.5, 6000.0, 6000.0, 6000.0, 6000.25]
+    seqs = rows(duck, lake, "silver.futures_trades", "SELECT seq FROM t ORDER BY seq")
+    assert [s for (s,) in seqs] == [10_000_000, 10_000_001, 10_000_002] + [
+        11_000_000,
+        11_000_001,
+        11_000_002,
+        11_000_003,
+    ]
 
 
 def test_a_files_own_source_column_is_kept_unless_source_is_given(

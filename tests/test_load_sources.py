@@ -141,3 +141,97 @@ def test_dbn_books_are_the_books_each_event_left(tmp_path: Path) -> None:
         assert resumed.column("sequence").to_pylist() == list(range(4, 10))
     plain = dbn.DbnSource(write_dbn(tmp_path / "plain.mbp-10.dbn", "mbp-10", 30, {1: "ESH6"}))
     assert sum(b.table.num_rows for b in plain.batches()) == 30
+
+
+def test_dbn_symbols_of_a_parent_subscription_and_of_a_roll_at_midnight(tmp_path: Path) -> None:
+    """Two ways a DBN file named the wrong contract (quant9): a live recording subscribed to
+    the parent `ES.FUT` maps each instrument with a `SymbolMappingMsg` whose input symbol is
+    `ES.FUT` for every contract (the output symbol is the contract, as databento-python reads
+    it); and a continuous-contract roll at midnight UTC is looked up by the receive time, as
+    Databento's tools do, not the event time (a trade at 23:59:59.999999 received after
+    midnight took the previous day's contract)."""
+    import datetime as dt
+    from types import SimpleNamespace as NS
+
+    import databento_dbn as d
+
+    from tests.load_data import PX, T14
+
+    def trade(iid: int, ts_event: int, ts_recv: int, sequence: int) -> bytes:
+        return bytes(
+            d.TradeMsg(
+                publisher_id=1, instrument_id=iid, ts_event=ts_event, ts_recv=ts_recv,
+                price=6000 * PX, size=1, action=d.Action.TRADE, side=d.Side.BID, depth=0,
+                flags=d.F_LAST, sequence=sequence,
+            )
+        )  # fmt: skip
+
+    live = d.Metadata(
+        dataset="GLBX.MDP3", start=T14 - 10**12, stype_in=d.SType.PARENT,
+        stype_out=d.SType.INSTRUMENT_ID, schema=d.Schema.TRADES, symbols=["ES.FUT"], mappings=[],
+    )  # fmt: skip
+    data = bytearray(live.encode())
+    contracts = {200: "ESH6", 300: "ESM6", 400: "ESH6-ESM6"}
+    for iid, raw in contracts.items():
+        data += bytes(
+            d.SymbolMappingMsg(
+                publisher_id=1, instrument_id=iid, ts_event=T14 - 10**9,
+                stype_in=d.SType.PARENT, stype_in_symbol="ES.FUT",
+                stype_out=d.SType.RAW_SYMBOL, stype_out_symbol=raw,
+                start_ts=T14 - 10**12, end_ts=T14 + 10**14,
+            )
+        )  # fmt: skip
+    for k, iid in enumerate(contracts):
+        data += trade(iid, T14 + k, T14 + k + 500, k)
+    path = tmp_path / "live.trades.dbn"
+    path.write_bytes(bytes(data))
+    rows = pa.concat_tables(b.table for b in dbn.DbnSource(path).batches())
+    assert rows.column("symbol").to_pylist() == list(contracts.values())
+
+    midnight = int(dt.datetime(2025, 12, 17, tzinfo=dt.UTC).timestamp()) * 10**9
+    day, next_day, after = (dt.date(2025, 12, 16) + dt.timedelta(days=k) for k in range(3))
+    roll = d.Metadata(
+        dataset="GLBX.MDP3", start=midnight - 86_400 * 10**9, end=midnight + 86_400 * 10**9,
+        stype_in=d.SType.CONTINUOUS, stype_out=d.SType.INSTRUMENT_ID, schema=d.Schema.TRADES,
+        symbols=["ES.c.0", "ES.c.1"],
+        mappings=[
+            NS(raw_symbol="ES.c.0", intervals=[NS(start_date=day, end_date=next_day, symbol="100"),
+                NS(start_date=next_day, end_date=after, symbol="200")]),
+            NS(raw_symbol="ES.c.1", intervals=[NS(start_date=day, end_date=next_day, symbol="200"),
+                NS(start_date=next_day, end_date=after, symbol="300")]),
+        ],
+    )  # fmt: skip
+    data = bytearray(roll.encode())
+    data += trade(200, midnight - 1_000, midnight + 1_000, 1)  # event before, received after
+    data += trade(200, midnight - 10**9, midnight - 10**9 + 500, 2)  # both before midnight
+    path = tmp_path / "roll.trades.dbn"
+    path.write_bytes(bytes(data))
+    rows = pa.concat_tables(b.table for b in dbn.DbnSource(path).batches())
+    assert rows.column("symbol").to_pylist() == ["ES.c.0", "ES.c.1"]
+
+
+def test_record_positions_within_events_do_not_depend_on_block_boundaries() -> None:
+    """`record_seq`'s position is the count of earlier records of the same instrument in the
+    same event, however the stream is cut into blocks (an event straddles blocks)."""
+    import random
+
+    import numpy as np
+
+    layout = np.dtype([("instrument_id", "<u4"), ("ts_event", "<u8"), ("sequence", "<u4")])
+    rng = random.Random(3)
+    for _ in range(200):
+        records = [
+            (rng.randint(1, 3), event * 10, event)
+            for event in range(1, rng.randint(2, 40))
+            for _ in range(rng.randint(1, 4))
+        ]
+        seen: dict[tuple[int, int, int], int] = {}
+        expected = []
+        for r in records:
+            expected.append(seen.get(r, 0))
+            seen[r] = seen.get(r, 0) + 1
+        stream = np.array(records, dtype=layout)
+        cuts = sorted(rng.sample(range(1, len(stream)), min(3, len(stream) - 1)))
+        events = dbn._EventPositions()
+        got = np.concatenate([events.positions(part) for part in np.split(stream, cuts)])
+        assert got.tolist() == expected, (records, cuts)

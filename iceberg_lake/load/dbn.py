@@ -17,7 +17,11 @@ Output columns (what the `catalog/mappings/databento_*.toml` mappings read):
 * `symbol`: the instrument's symbol from the metadata's symbology mappings (date-ranged) and any
   `SymbolMappingMsg` records in the stream; null for an instrument the file does not map (the
   row is dead-lettered as an unknown instrument);
-* `aggressor` (+1 buy, -1 sell, 0 none, from `side`) and `is_snapshot` (the `F_SNAPSHOT` flag).
+* `aggressor` (+1 buy, -1 sell, 0 none, from `side`) and `is_snapshot` (the `F_SNAPSHOT` flag);
+* `record_seq`: `sequence` x 1,000,000 + the record's position among the earlier records of its
+  event for its instrument (same `ts_event` and `sequence`): a venue numbers packets, not
+  messages, so the trades of one sweep share a sequence; this keeps them apart and in the
+  venue's order (the trades mappings' `seq`).
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ def _dbn() -> Any:
 
 #: Schemas whose records are the book after each update (TBBO's are trades, each one real).
 BOOK_SCHEMAS = frozenset({"mbp-1", "mbp-10"})
+#: `record_seq` = sequence x this + the record's position within its event.
+RECORD_SEQ_FACTOR = 1_000_000
 
 
 def record_class(schema: str) -> Any:
@@ -116,8 +122,10 @@ class _Symbology:
         self.static[instrument_id] = symbol
         self.ranged.pop(instrument_id, None)
 
-    def symbols(self, instrument_ids: np.ndarray, ts_event: np.ndarray) -> pa.Array:
-        """The symbol of every record (null where the instrument is not mapped)."""
+    def symbols(self, instrument_ids: np.ndarray, ts_recv: np.ndarray) -> pa.Array:
+        """The symbol of every record (null where the instrument is not mapped), by the UTC
+        day of `ts_recv`, as Databento's own tools look symbols up (quant9: a record of 23:59:59
+        received after midnight took the previous day's continuous-contract symbol)."""
         keys = np.fromiter(self.static.keys(), dtype=np.int64, count=len(self.static))
         values = pa.array(list(self.static.values()), pa.string())
         ids = pa.array(instrument_ids.astype(np.int64))
@@ -125,7 +133,7 @@ class _Symbology:
         out = values.take(idx)
         if self.ranged:
             result = np.asarray(out.to_pylist(), dtype=object)
-            days = ts_event.astype(np.int64) // _NS_PER_DAY
+            days = ts_recv.astype(np.int64) // _NS_PER_DAY
             for iid, ivs in self.ranged.items():
                 hit = instrument_ids == iid
                 if not hit.any():
@@ -134,6 +142,63 @@ class _Symbology:
                     result[hit & (days >= iv.start_day) & (days < iv.end_day)] = iv.symbol
             out = pa.array(result.tolist(), pa.string())
         return out
+
+
+class _EventPositions:
+    """Each record's position among the earlier records of its event for its instrument.
+
+    A venue's event (one packet: one `ts_event` and `sequence`) is contiguous in the stream and
+    may hold several records of one instrument (the trades of a sweep, repeats at one price);
+    only the event still open at the end of a block carries over to the next.
+    """
+
+    def __init__(self) -> None:
+        self._event: tuple[int, int] | None = None
+        self._seen: dict[int, int] = {}
+
+    def positions(self, records: np.ndarray) -> np.ndarray:
+        """The positions of `records` (the next block of the stream, in order)."""
+        n = len(records)
+        if not n:
+            return np.zeros(0, dtype=np.int64)
+        iid = records["instrument_id"].astype(np.int64)
+        ts = records["ts_event"].astype(np.int64)
+        seq = records["sequence"].astype(np.int64)
+        positions = np.zeros(n, dtype=np.int64)
+        # Only records of events with more than one record can have a position above 0.
+        shared = np.zeros(n, dtype=bool)
+        same = (ts[1:] == ts[:-1]) & (seq[1:] == seq[:-1])
+        shared[1:] |= same
+        shared[:-1] |= same
+        rows = np.flatnonzero(shared)
+        if len(rows):
+            # Stable: stream order within an (event, instrument).
+            order = rows[np.lexsort((rows, iid[rows], seq[rows], ts[rows]))]
+            keys = np.stack([ts[order], seq[order], iid[order]])
+            starts = np.ones(len(order), dtype=bool)
+            starts[1:] = np.any(keys[:, 1:] != keys[:, :-1], axis=0)
+            index = np.arange(len(order))
+            positions[order] = index - np.maximum.accumulate(np.where(starts, index, 0))
+        if self._event is not None:
+            carried = (ts == self._event[0]) & (seq == self._event[1])
+            for k in np.flatnonzero(carried):
+                positions[k] += self._seen.get(int(iid[k]), 0)
+        # The event open at the end of this block: how many records of each instrument it has.
+        event = (int(ts[-1]), int(seq[-1]))
+        seen = dict(self._seen) if event == self._event else {}
+        for k in np.flatnonzero((ts == event[0]) & (seq == event[1])):
+            seen[int(iid[k])] = seen.get(int(iid[k]), 0) + 1
+        self._seen, self._event = seen, event
+        return positions
+
+
+def _mapped_symbol(msg: Any) -> str:
+    """The symbol a live `SymbolMappingMsg` gives its instrument: the output symbol (ESH6 for
+    a subscription to the parent ES.FUT: every contract would be ES.FUT otherwise; quant9),
+    the input symbol where the output is an instrument id, as databento-python's
+    `InstrumentMap` does."""
+    out = str(msg.stype_out_symbol)
+    return str(msg.stype_in_symbol) if not out or out.isdigit() else out
 
 
 def _chars(raw: np.ndarray) -> pa.Array:
@@ -231,7 +296,7 @@ class DbnSource:
     @property
     def columns(self) -> list[str]:
         names = [n for n in self.fields if n not in hidden_fields(self.record_class)]
-        return [*names, "symbol", "aggressor", "is_snapshot"]
+        return [*names, "symbol", "aggressor", "is_snapshot", "record_seq"]
 
     def batches(self, skip_rows: int = 0) -> Iterator[SourceBatch]:
         """Stream the data records from record `skip_rows` on, as Arrow batches.
@@ -245,6 +310,7 @@ class DbnSource:
         state, as when every record is decoded one by one.
         """
         symbology = _Symbology(self.metadata)
+        events = _EventPositions()
         pending: list[np.ndarray] = []
         pending_rows = 0
         row = 0
@@ -263,13 +329,15 @@ class DbnSource:
                 continue
             records = pending[0] if len(pending) == 1 else np.concatenate(pending)
             pending, pending_rows = [], 0
-            yield from self._emit(records, row, skip_rows, symbology, progress)
+            positions = events.positions(records)  # every record, skipped ones too
+            yield from self._emit(records, positions, row, skip_rows, symbology, progress)
             row += len(records)
             if not isinstance(item, np.ndarray):
                 symbology.update(*item)
         if pending:
             records = pending[0] if len(pending) == 1 else np.concatenate(pending)
-            yield from self._emit(records, row, skip_rows, symbology, 1.0)
+            positions = events.positions(records)
+            yield from self._emit(records, positions, row, skip_rows, symbology, 1.0)
 
     def _records(self) -> Iterator[tuple[np.ndarray | tuple[int, str], float]]:
         """(block of data records, or an (instrument_id, symbol) mapping; fraction read)."""
@@ -330,7 +398,7 @@ class DbnSource:
                         if isinstance(rec, self.record_class):
                             yield np.frombuffer(bytes(rec), dtype=self.dtype), progress
                         elif isinstance(rec, d.SymbolMappingMsg):
-                            yield (int(rec.instrument_id), str(rec.stype_in_symbol)), progress
+                            yield (int(rec.instrument_id), _mapped_symbol(rec)), progress
                 if not chunk:
                     break
         except OSError as exc:  # pyarrow's zstd stream: corrupt or truncated compressed data
@@ -347,6 +415,7 @@ class DbnSource:
     def _emit(
         self,
         records: np.ndarray,
+        positions: np.ndarray,
         first_row: int,
         skip_rows: int,
         symbology: _Symbology,
@@ -357,7 +426,7 @@ class DbnSource:
         start = max(0, skip_rows - first_row)
         while start < len(records):
             end = min(len(records), start + self.batch_records)
-            table, problems = self._to_arrow(records[start:end], symbology)
+            table, problems = self._to_arrow(records[start:end], positions[start:end], symbology)
             yield SourceBatch(table, first_row + start, problems, progress=min(1.0, progress))
             start = end
 
@@ -387,7 +456,7 @@ class DbnSource:
         return plan
 
     def _to_arrow(
-        self, records: np.ndarray, symbology: _Symbology
+        self, records: np.ndarray, positions: np.ndarray, symbology: _Symbology
     ) -> tuple[pa.Table, dict[int, str]]:
         """The records as Arrow columns, converted in one cache-sized block after another.
 
@@ -432,7 +501,10 @@ class DbnSource:
             else:
                 columns[name] = pa.array(values)
         iids = out["instrument_id"]
-        columns["symbol"] = symbology.symbols(iids, out["ts_event"])
+        received = out.get("ts_recv", out["ts_event"])
+        if "ts_recv" in undefined and undefined["ts_recv"].any():
+            received = np.where(undefined["ts_recv"], out["ts_event"], received)
+        columns["symbol"] = symbology.symbols(iids, received)
         if "side" in out:
             side = out["side"]
             columns["aggressor"] = pa.array(
@@ -440,6 +512,7 @@ class DbnSource:
             )
         if "flags" in out:
             columns["is_snapshot"] = pa.array((out["flags"] & d.F_SNAPSHOT) != 0)
+        columns["record_seq"] = pa.array(out["sequence"] * RECORD_SEQ_FACTOR + positions)
         table = pa.table(columns)
         problems: dict[int, str] = {}
         missing = columns["symbol"].is_null()

@@ -14,7 +14,9 @@ table position, then each table's row order (`iceberg_lake.timetravel.order`), s
   highest `seq`);
 * quotes stamped in the trade's own nanosecond count when the quotes table comes first in the
   replay (`ReplayEngine(..., [quotes, trades])`), the default (`strict=False`); with
-  `strict=True` they do not, which is the replay `[trades, quotes]`.
+  `strict=True` they do not, which is the replay `[trades, quotes]`. Use `strict=True` for a
+  venue's own book (DBN MBP-10/MBP-1 against its trades): a trade and the book update it causes
+  share one `ts_event`, so without it the trade is paired with the book after its own effect.
 
 The right-hand columns default by table: NBBO quotes give `bid_px ask_px bid_sz ask_sz`, MBP-10
 gives the top of book `bid_px_1 ask_px_1 bid_sz_1 ask_sz_1`; each comes out as `quote_<name>`,
