@@ -397,3 +397,98 @@ def test_a_table_pointed_back_at_older_metadata_is_read_again_from_its_watermark
     assert "its metadata was moved back" in log.read_text()
     dead = count_rows(con, settings, "bronze.dead_letters")
     assert dead == 10, "the bad messages are not stored again"
+
+
+def test_a_table_pointed_back_under_a_serving_inference_writer_is_read_on_from_once(
+    tmp_path: Path, nats: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inference writer, mostly mapped (skipped) traffic, and the trades table pointed back
+    at older metadata while it serves: the pre-flush check fences the next position record and
+    the writer reads on from the table's watermark. The first re-read batch of skipped messages
+    was a due position record again, below the dead letters' watermark: fenced, re-read,
+    forever, with the table left at 100 of 200 rows (review11)."""
+    import logging
+
+    from iceberg_lake.engine.nats import INFERRED_TARGET
+    from iceberg_lake.ingest import writer as writer_module
+    from iceberg_lake.ingest.service import LakeService
+
+    monkeypatch.setattr(writer_module, "INFERRED_POSITION_SECONDS", 1.0)  # 60 s by default
+    settings = settings_for(tmp_path, nats.url, LAKE_BRONZE_BATCH_SECONDS="0.2")
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    catalog_db = settings.data_dir / "catalog.db"
+    wm = "lake.watermark.MARKET.lake_inferred"
+
+    def items(subject: str, first: int, n: int) -> list[tuple[str, bytes, None]]:
+        return [(subject, encode(make_event(TRADES, i)), None) for i in range(first, first + n)]
+
+    def pointer() -> str:
+        with sqlite3.connect(catalog_db) as con:
+            sql = "SELECT metadata_location FROM iceberg_tables WHERE table_name='stocks_trades'"
+            return con.execute(sql).fetchone()[0]
+
+    async def until(what: str, check: object, timeout: float = 60) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not check():  # type: ignore[operator]
+            assert asyncio.get_running_loop().time() < deadline, f"timed out: {what}"
+            await asyncio.sleep(0.1)
+
+    fenced: list[str] = []
+
+    class Fenced(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "re-reading from the new watermark" in record.getMessage():
+                fenced.append(record.getMessage())
+
+    handler = Fenced()
+    logging.getLogger("iceberg_lake").addHandler(handler)
+
+    async def scenario() -> None:
+        service = LakeService(settings, [INFERRED_TARGET])
+        runner = asyncio.create_task(service.run())
+        try:
+            await publish_async(settings, items("market.custom.trades", 0, 100))  # seq 1..100
+            await until(
+                "100 trades", lambda: catalog.load_table(TRADES).properties.get(wm) == "100"
+            )
+            older = pointer()
+            await publish_async(
+                settings,
+                items("market.stocks.trades", 1000, 60_000)
+                + items("market.custom.trades", 100, 100),
+            )
+            await until(
+                "200 trades", lambda: catalog.load_table(TRADES).properties.get(wm) == "60200"
+            )
+            await publish_async(settings, items("market.stocks.trades", 5000, 500))  # skipped
+            position = "lake.position.MARKET.lake_inferred"
+            await until(
+                "the skipped messages' position",
+                lambda: (
+                    catalog.load_table("bronze.dead_letters").properties.get(position) == "60700"
+                ),
+            )
+            with sqlite3.connect(catalog_db) as con:  # pointed back under the running writer
+                sql = "UPDATE iceberg_tables SET metadata_location=? WHERE table_name=?"
+                con.execute(sql, (older, "stocks_trades"))
+            # Mapped traffic keeps coming (skipped): position records fall due every second.
+            await publish_async(settings, items("market.stocks.trades", 9000, 2000), pace=400)
+            await until(
+                "the trades read on from the table's watermark",
+                lambda: count_rows(duck, settings, TRADES) == 200,
+            )
+            assert not runner.done()
+        finally:
+            await service.stop()
+            await asyncio.wait_for(runner, 60)
+
+    import duckdb
+
+    duck = duckdb.connect()
+    try:
+        asyncio.run(scenario())
+    finally:
+        logging.getLogger("iceberg_lake").removeHandler(handler)
+    assert count_rows(duck, settings, TRADES) == 200
+    assert len(fenced) <= 2, fenced[:3]

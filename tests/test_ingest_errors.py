@@ -368,3 +368,43 @@ def test_the_pre_flush_check_reads_pointers_and_loads_only_a_moved_table(
     with pytest.raises(WriterFencedError, match="bronze.dead_letters: watermark 7"):
         writer._commit_sync(_batch(41, 10))
     assert count_rows(duck, settings, TABLE) == 40
+
+
+def test_an_unreadable_untouched_table_stops_the_flush_with_its_line_not_a_retry(
+    tmp_path: Path, duck
+) -> None:
+    """The pre-flush check of the tables a flush does not write (here the dead letters): a
+    current metadata file damaged in place is not even read (its pointer has not moved, and
+    the trades flow); a pointer moved to a file that cannot be read is the corrupt-metadata
+    error that stops `lake serve` with one line, as everywhere. It was classified as a
+    transient error and retried forever, so no table of the writer committed (review11)."""
+    import shutil
+    import sqlite3
+    from urllib.parse import urlparse
+
+    from iceberg_lake.exceptions import CorruptMetadataError
+
+    settings = settings_for(tmp_path, "nats://127.0.0.1:1")
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    writer = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
+    writer._load()
+    writer._commit_sync(_batch(1, 10))
+    current = Path(urlparse(catalog.load_table("bronze.dead_letters").metadata_location).path)
+    good = current.read_bytes()
+    current.write_bytes(good[: len(good) // 2])  # damaged in place
+    writer._commit_sync(_batch(11, 10))
+    assert count_rows(duck, settings, TABLE) == 20
+    current.write_bytes(good)
+
+    damaged = current.with_name("00099-restored.metadata.json")
+    shutil.copy(current, damaged)
+    damaged.write_bytes(good[: len(good) // 2])
+    with sqlite3.connect(settings.data_dir / "catalog.db") as con:
+        con.execute(
+            "UPDATE iceberg_tables SET metadata_location = ? WHERE table_name = 'dead_letters'",
+            (f"file://{damaged}",),
+        )
+    with pytest.raises(CorruptMetadataError, match="bronze.dead_letters"):
+        writer._commit_sync(_batch(21, 10))
+    assert count_rows(duck, settings, TABLE) == 20

@@ -70,6 +70,7 @@ from iceberg_lake.engine.nats_pull import BatchPuller
 from iceberg_lake.exceptions import (
     CatalogUnavailableError,
     CommitConflictError,
+    CorruptMetadataError,
     DataRejectedError,
     ForeignWriterError,
     LakeError,
@@ -364,6 +365,8 @@ class ConsumerWriter:
         self._unknown_logged: set[tuple[str, str]] = set()
         self._stopping = False
         self._position_recorded_at = time.monotonic()
+        #: The highest position found in the catalog at start or recorded since.
+        self._recorded_position = 0
         #: The last stream sequence of the flushes done (committed, or skipped messages only).
         self._handled_through = 0
         self._needs_refresh = False
@@ -388,6 +391,7 @@ class ConsumerWriter:
             self.watermarks[tid] = int(props.get(self.wm_key, 0))
             positions.append(int(props.get(self.pos_key, 0)))
         self.position = max(positions)
+        self._recorded_position = self.position
         self._read_on_from_tables_moved_back()
         # What this process handled before counts no more: the catalog's position may have
         # moved back (`lake maintain reset-position`), and recording the old one would undo it.
@@ -1334,8 +1338,8 @@ class ConsumerWriter:
             # writer saw (review8, review9).
             try:
                 self._check_targets_unchanged({tid for tid, _ in work})
-            except WriterFencedError:
-                raise
+            except (WriterFencedError, CorruptMetadataError):
+                raise  # a corrupt table stops serve with its one line, as everywhere (review11)
             except Exception as exc:
                 # The store or catalog is down: this flush's commit failed like any other.
                 metrics.COMMIT_ERRORS.labels(work[0][0]).inc()
@@ -1434,6 +1438,7 @@ class ConsumerWriter:
             self._maybe_expire(tid, table)
         if work:
             self.position = seq
+            self._recorded_position = max(self._recorded_position, seq)
             self._position_recorded_at = time.monotonic()
 
     def _check_targets_unchanged(self, committed: set[str]) -> None:
@@ -1470,8 +1475,13 @@ class ConsumerWriter:
             self._checked_pointers[tid] = (table.metadata_location, seen)
 
     def _position_record_due(self, seq: int) -> bool:
-        """Whether a flush of skipped messages only should record the position `seq`."""
-        if self.target != INFERRED_TARGET or seq <= self.position:
+        """Whether a flush of skipped messages only should record the position `seq`.
+
+        Never at or below the position the catalog holds: after a read-on from a table moved
+        back (`_read_on_from_tables_moved_back`), such a record is fenced by the watermark past
+        it and re-read, forever (review11).
+        """
+        if self.target != INFERRED_TARGET or seq <= max(self.position, self._recorded_position):
             return False
         return (
             self._stopping

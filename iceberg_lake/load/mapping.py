@@ -35,6 +35,7 @@ import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -329,20 +330,14 @@ def _cast_per_value(
 
 def _convert_value(value: Any, target: pa.DataType) -> Any:
     if pa.types.is_integer(target):
-        if isinstance(value, str):
-            value = value.strip()
-            number = int(value) if re.fullmatch(r"[+-]?\d+", value) else float(value)
-        else:
-            number = value
-        if isinstance(number, float):
-            if not math.isfinite(number) or number != int(number):
-                raise ValueError("not an integer")
-            number = int(number)
+        number = _whole_number(value)
         lo, hi = _INT_RANGES.get(target, (-(2**63), 2**63 - 1))
-        if not lo <= int(number) <= hi:
+        if not lo <= number <= hi:
             raise OverflowError("out of range")
-        return int(number)
+        return number
     if pa.types.is_floating(target):
+        if isinstance(value, str) and "_" in value:
+            raise ValueError("not a number")  # Python reads 1_000; no feed writes it
         return float(value)
     if pa.types.is_boolean(target):
         text = str(value).strip().lower()
@@ -352,6 +347,36 @@ def _convert_value(value: Any, target: pa.DataType) -> Any:
             return False
         raise ValueError("not a boolean")
     return pa.scalar(value).cast(target).as_py()
+
+
+#: A number as text in plain or exponent notation (not Python's `1_000`, `0x1f`, `nan`).
+_NUMBER_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _whole_number(value: Any) -> int:
+    """`value` as the exact integer it is: integer text as is, other number text (`2.0`,
+    `1.7e18`) in decimal arithmetic, floats and decimals only when whole.
+
+    Raises:
+        ValueError: not a number, or a number with a fraction (never truncated or rounded:
+            `0.5` is not a size, and `1710163800000000001.0` through a float was ...000).
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"[+-]?\d+", text):
+            return int(text)
+        if not _NUMBER_TEXT.fullmatch(text):
+            raise ValueError("not a number")
+        value = Decimal(text)
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise ValueError("not an integer")
+        return int(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite() or value != value.to_integral_value():
+            raise ValueError("not an integer")
+        return int(value)
+    return int(value)
 
 
 def _whole_numbers(arr: pa.Array) -> pa.Array | None:
@@ -381,10 +406,20 @@ def _scale(
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 pass
         return _scale_exactly(arr, factor, target, name, found)
-    values = arr.cast(pa.float64())
     inverse = 1.0 / factor
     divisor = round(inverse)
-    if abs(factor) < 1 and abs(divisor) > 1 and abs(inverse - divisor) <= 1e-9 * abs(divisor):
+    divides = abs(factor) < 1 and abs(divisor) > 1 and abs(inverse - divisor) <= 1e-9 * abs(divisor)
+    try:
+        values = arr.cast(pa.float64())
+    except pa.ArrowInvalid:
+        # Integers beyond 2**53 (Databento's UNDEF_PRICE is 2**63 - 1): the exact quotient or
+        # product, correctly rounded, value by value (review11: the safe cast failed the load).
+        scale = Fraction(1, divisor) if divides else Fraction(factor)
+        return pa.array(
+            [None if v is None else float(Fraction(v) * scale) for v in arr.to_pylist()],
+            pa.float64(),
+        )
+    if divides:
         return pc.divide(values, pa.scalar(float(divisor)))
     return pc.multiply(values, pa.scalar(float(factor)))
 
@@ -471,6 +506,8 @@ def _scale_per_value(
             continue
         try:
             if isinstance(value, str):
+                if not _NUMBER_TEXT.fullmatch(value.strip()):
+                    raise ValueError("not a number")
                 number = Decimal(value.strip())
             elif isinstance(value, float):
                 number = Decimal(repr(value))
