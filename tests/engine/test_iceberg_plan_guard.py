@@ -7,6 +7,7 @@ per-file residuals; if an upgrade changes that class, this fails. Budget: ~3 s.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 from pyiceberg.io.pyarrow import schema_to_pyarrow
@@ -20,23 +21,19 @@ HOUR_NS = 3_600 * 10**9
 T0 = 1_765_843_200 * 10**9
 
 
-def test_plan_data_files_matches_plan_files(tmp_path: Path) -> None:
+def _hourly_trades(tmp_path: Path, hours: int, symbols: list[str]) -> Any:
+    """bronze.stocks_trades of a new lake, one append per hour: a row per symbol in `symbols`,
+    a second apart."""
     settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
     catalog = LakeCatalog(settings)
     catalog.init()
     table = catalog.load_table("bronze.stocks_trades")
     schema = schema_to_pyarrow(table.schema(), include_field_ids=False)
-    for hour in range(4):
-        ts = [T0 + hour * HOUR_NS + i * 10**9 for i in range(10)]
-        cols = {
-            "ts_event_ns": ts,
-            "ts_recv_ns": ts,
-            "symbol": ["SPY"] * 5 + ["QQQ"] * 5,
-            "source": ["t"] * 10,
-            "price": [1.0] * 10,
-            "size": [1] * 10,
-            "seq": list(range(10)),
-        }
+    n = len(symbols)
+    for hour in range(hours):
+        ts = [T0 + hour * HOUR_NS + i * 10**9 for i in range(n)]
+        cols = {"ts_event_ns": ts, "ts_recv_ns": ts, "symbol": symbols, "source": ["t"] * n}
+        cols |= {"price": [1.0] * n, "size": [1] * n, "seq": list(range(n))}
         arrays = []
         for f in schema:
             if f.name == "ts_event":
@@ -44,8 +41,13 @@ def test_plan_data_files_matches_plan_files(tmp_path: Path) -> None:
             elif f.name in cols:
                 arrays.append(pa.array(cols[f.name]).cast(f.type))
             else:
-                arrays.append(pa.nulls(10, f.type))
+                arrays.append(pa.nulls(n, f.type))
         table.append(pa.Table.from_arrays(arrays, schema=schema))
+    return table
+
+
+def test_plan_data_files_matches_plan_files(tmp_path: Path) -> None:
+    table = _hourly_trades(tmp_path, 4, ["SPY"] * 5 + ["QQQ"] * 5)
     sid = table.current_snapshot().snapshot_id
     window = window_filter(T0 + HOUR_NS + 5 * 10**9, T0 + 3 * HOUR_NS)
     files, deletes = plan_data_files(table, sid, window)
@@ -89,24 +91,7 @@ def test_avro_readers_resolved_once_read_what_pyiceberg_reads(tmp_path: Path) ->
     assert not changed, f"pyiceberg changed {changed}: re-verify engine.iceberg._avro_enter"
     assert AvroFile.__enter__ is engine._avro_enter
 
-    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
-    catalog = LakeCatalog(settings)
-    catalog.init()
-    table = catalog.load_table("bronze.stocks_trades")
-    schema = schema_to_pyarrow(table.schema(), include_field_ids=False)
-    for hour in range(6):
-        ts = [T0 + hour * HOUR_NS + i for i in range(3)]
-        cols = {"ts_event_ns": ts, "ts_recv_ns": ts, "symbol": ["SPY", "QQQ", "IWM"]}
-        cols |= {"source": ["t"] * 3, "price": [1.5] * 3, "size": [1] * 3, "seq": [1, 2, 3]}
-        arrays = [
-            pa.array([t // 1000 for t in ts], pa.int64()).cast(f.type)
-            if f.name == "ts_event"
-            else pa.array(cols[f.name]).cast(f.type)
-            if f.name in cols
-            else pa.nulls(3, f.type)
-            for f in schema
-        ]
-        table.append(pa.Table.from_arrays(arrays, schema=schema))
+    table = _hourly_trades(tmp_path, 6, ["SPY", "QQQ", "IWM"])
     snapshot = table.current_snapshot()
     assert snapshot is not None
 
