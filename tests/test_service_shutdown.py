@@ -253,3 +253,16 @@ def test_a_task_that_swallows_a_cancellation_is_cancelled_until_it_ends() -> Non
 
     assert asyncio.run(cancel_once()), "one cancel must be swallowed here, or this proves nothing"
     assert asyncio.run(until_done())
+
+    async def caller_cancelled_meanwhile() -> tuple[bool, bool]:
+        # The writer's own cleanup (`cancel_until_done(keeper)`) is cancelled in its turn by
+        # the service's repeated cancel of the writer: the keeper must still end (review11).
+        task = asyncio.create_task(keeper([]))
+        await asyncio.sleep(0.05)
+        cleanup = asyncio.create_task(cancel_until_done(task, poll=0.5))
+        await asyncio.sleep(0)  # the cleanup's first cancel is swallowed by the keeper
+        cleanup.cancel()
+        await asyncio.wait([cleanup], timeout=5)
+        return task.done(), cleanup.cancelled()
+
+    assert asyncio.run(caller_cancelled_meanwhile()) == (True, True)

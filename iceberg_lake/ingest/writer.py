@@ -207,13 +207,21 @@ async def cancel_until_done(task: asyncio.Future[Any], poll: float = 1.0) -> Non
     Python 3.11's `asyncio.wait_for` (under every nats-py request) swallows a cancellation
     whose answer arrived in the same loop step, so one cancel could leave a loop running for
     good: the lease keeper renewed a lease that no writer used, and no standby could take it
-    (ops8). Cancelled again every `poll` seconds until it is done.
+    (ops8). Cancelled again every `poll` seconds until it is done. A cancellation of the
+    caller meanwhile (the service cancels its writers again) waits for `task` to end first,
+    then goes on: it left the keeper running (review11).
     """
+    interrupted = False
     while not task.done():
         task.cancel()
-        await asyncio.wait([task], timeout=poll)
+        try:
+            await asyncio.wait([task], timeout=poll)
+        except asyncio.CancelledError:
+            interrupted = True
     if not task.cancelled():
         task.exception()
+    if interrupted:
+        raise asyncio.CancelledError
 
 
 async def _unless_stopped(aw: Awaitable[_T], stop: asyncio.Event) -> asyncio.Future[_T] | None:
