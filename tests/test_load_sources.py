@@ -188,6 +188,30 @@ def test_dbn_symbols_of_a_parent_subscription_and_of_a_roll_at_midnight(tmp_path
     rows = pa.concat_tables(b.table for b in dbn.DbnSource(path).batches())
     assert rows.column("symbol").to_pylist() == list(contracts.values())
 
+    # Any other subscription keeps the requested symbol, as a historical file of the same
+    # trades names it (ES.c.0, not ESH6): the two loads must agree, or Silver keeps both copies
+    # (review12).
+    data = bytearray(
+        d.Metadata(
+            dataset="GLBX.MDP3", start=T14 - 10**12, stype_in=d.SType.CONTINUOUS,
+            stype_out=d.SType.INSTRUMENT_ID, schema=d.Schema.TRADES, symbols=["ES.c.0"],
+            mappings=[],
+        ).encode()
+    )  # fmt: skip
+    data += bytes(
+        d.SymbolMappingMsg(
+            publisher_id=1, instrument_id=200, ts_event=T14 - 10**9,
+            stype_in=d.SType.CONTINUOUS, stype_in_symbol="ES.c.0",
+            stype_out=d.SType.RAW_SYMBOL, stype_out_symbol="ESH6",
+            start_ts=T14 - 10**12, end_ts=T14 + 10**14,
+        )
+    )  # fmt: skip
+    data += trade(200, T14, T14 + 500, 1)
+    path = tmp_path / "live-continuous.trades.dbn"
+    path.write_bytes(bytes(data))
+    rows = pa.concat_tables(b.table for b in dbn.DbnSource(path).batches())
+    assert rows.column("symbol").to_pylist() == ["ES.c.0"]
+
     midnight = int(dt.datetime(2025, 12, 17, tzinfo=dt.UTC).timestamp()) * 10**9
     day, next_day, after = (dt.date(2025, 12, 16) + dt.timedelta(days=k) for k in range(3))
     roll = d.Metadata(
@@ -235,3 +259,15 @@ def test_record_positions_within_events_do_not_depend_on_block_boundaries() -> N
         events = dbn._EventPositions()
         got = np.concatenate([events.positions(part) for part in np.split(stream, cuts)])
         assert got.tolist() == expected, (records, cuts)
+
+    # An event interrupted by another (not seen in venue feeds) counts again from 0, and
+    # still the same wherever the stream is cut (review12: positions depended on the cut).
+    interrupted = np.array(
+        [(1, 10, 1), (1, 10, 1), (2, 20, 2), (1, 10, 1), (1, 10, 1)], dtype=layout
+    )
+    whole = dbn._EventPositions().positions(interrupted).tolist()
+    assert whole == [0, 1, 0, 0, 1]
+    for cut in range(1, len(interrupted)):
+        events = dbn._EventPositions()
+        parts = [events.positions(interrupted[:cut]), events.positions(interrupted[cut:])]
+        assert np.concatenate(parts).tolist() == whole, cut

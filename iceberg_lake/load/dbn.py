@@ -145,11 +145,13 @@ class _Symbology:
 
 
 class _EventPositions:
-    """Each record's position among the earlier records of its event for its instrument.
+    """Each record's position among the earlier records of its instrument in its event.
 
-    A venue's event (one packet: one `ts_event` and `sequence`) is contiguous in the stream and
-    may hold several records of one instrument (the trades of a sweep, repeats at one price);
-    only the event still open at the end of a block carries over to the next.
+    A venue's event (one packet: one `ts_event` and `sequence`) comes as one run of records in
+    the stream and may hold several records of one instrument (the trades of a sweep, repeats
+    at one price). Positions count within such a run, and the run still open at the end of a
+    block carries over to the next, so they never depend on where the stream is cut (a resume,
+    another batch size). An event interrupted by another one starts counting again.
     """
 
     def __init__(self) -> None:
@@ -164,41 +166,40 @@ class _EventPositions:
         iid = records["instrument_id"].astype(np.int64)
         ts = records["ts_event"].astype(np.int64)
         seq = records["sequence"].astype(np.int64)
+        change = np.ones(n, dtype=bool)
+        change[1:] = (ts[1:] != ts[:-1]) | (seq[1:] != seq[:-1])
+        run = np.cumsum(change) - 1
+        continues = self._event == (int(ts[0]), int(seq[0]))
         positions = np.zeros(n, dtype=np.int64)
-        # Only records of events with more than one record can have a position above 0.
-        shared = np.zeros(n, dtype=bool)
-        same = (ts[1:] == ts[:-1]) & (seq[1:] == seq[:-1])
-        shared[1:] |= same
-        shared[:-1] |= same
-        rows = np.flatnonzero(shared)
+        # Only records of runs longer than one can have a position above 0.
+        rows = np.flatnonzero(np.bincount(run)[run] > 1)
         if len(rows):
-            # Stable: stream order within an (event, instrument).
-            order = rows[np.lexsort((rows, iid[rows], seq[rows], ts[rows]))]
-            keys = np.stack([ts[order], seq[order], iid[order]])
+            # Stable: stream order within a (run, instrument).
+            order = rows[np.lexsort((rows, iid[rows], run[rows]))]
             starts = np.ones(len(order), dtype=bool)
-            starts[1:] = np.any(keys[:, 1:] != keys[:, :-1], axis=0)
+            starts[1:] = (run[order][1:] != run[order][:-1]) | (iid[order][1:] != iid[order][:-1])
             index = np.arange(len(order))
             positions[order] = index - np.maximum.accumulate(np.where(starts, index, 0))
-        if self._event is not None:
-            carried = (ts == self._event[0]) & (seq == self._event[1])
-            for k in np.flatnonzero(carried):
+        first = np.flatnonzero(run == 0)
+        if continues:
+            for k in first:
                 positions[k] += self._seen.get(int(iid[k]), 0)
-        # The event open at the end of this block: how many records of each instrument it has.
-        event = (int(ts[-1]), int(seq[-1]))
-        seen = dict(self._seen) if event == self._event else {}
-        for k in np.flatnonzero((ts == event[0]) & (seq == event[1])):
+        # The run open at the end of this block: how many records of each instrument it has.
+        seen = dict(self._seen) if continues and run[-1] == 0 else {}
+        for k in np.flatnonzero(run == run[-1]):
             seen[int(iid[k])] = seen.get(int(iid[k]), 0) + 1
-        self._seen, self._event = seen, event
+        self._seen, self._event = seen, (int(ts[-1]), int(seq[-1]))
         return positions
 
 
-def _mapped_symbol(msg: Any) -> str:
-    """The symbol a live `SymbolMappingMsg` gives its instrument: the output symbol (ESH6 for
-    a subscription to the parent ES.FUT: every contract would be ES.FUT otherwise; quant9),
-    the input symbol where the output is an instrument id, as databento-python's
-    `InstrumentMap` does."""
+def _mapped_symbol(msg: Any, parent: bool) -> str:
+    """The symbol a live `SymbolMappingMsg` gives its instrument: the requested symbol, as a
+    historical file's metadata gives it (a live recording and a file of the same trades must
+    agree, or Silver keeps both; review12), except under a parent subscription, where that is
+    the parent (ES.FUT) for every contract: there the output symbol (ESH6; quant9), unless it
+    is an instrument id."""
     out = str(msg.stype_out_symbol)
-    return str(msg.stype_in_symbol) if not out or out.isdigit() else out
+    return out if parent and out and not out.isdigit() else str(msg.stype_in_symbol)
 
 
 def _chars(raw: np.ndarray) -> pa.Array:
@@ -354,6 +355,7 @@ class DbnSource:
         )
         # A header-less decoder for the records that are not data records.
         other = d.DBNDecoder(has_metadata=False, ts_out=self.ts_out, input_version=self.version)
+        parent = self.metadata.stype_in == d.SType.PARENT  # how mapping records name symbols
         buf = b""
         pos = 0
         # Records checked per view: all that are buffered, until a record that is not a data
@@ -398,7 +400,7 @@ class DbnSource:
                         if isinstance(rec, self.record_class):
                             yield np.frombuffer(bytes(rec), dtype=self.dtype), progress
                         elif isinstance(rec, d.SymbolMappingMsg):
-                            yield (int(rec.instrument_id), _mapped_symbol(rec)), progress
+                            yield (int(rec.instrument_id), _mapped_symbol(rec, parent)), progress
                 if not chunk:
                     break
         except OSError as exc:  # pyarrow's zstd stream: corrupt or truncated compressed data

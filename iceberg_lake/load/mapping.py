@@ -349,6 +349,10 @@ def _convert_value(value: Any, target: pa.DataType) -> Any:
     return pa.scalar(value).cast(target).as_py()
 
 
+#: Decimal digits before the point of the largest integer any column holds (int64: 19).
+_MAX_DIGITS = 19
+#: Fixed-point "undefined" sentinels (Databento's UNDEF_PRICE is int64's largest): no value.
+_UNDEFINED_INTEGERS = (2**63 - 1, -(2**63), 2**64 - 1)
 #: A number as text in plain or exponent notation (not Python's `1_000`, `0x1f`, `nan`).
 _NUMBER_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
@@ -375,6 +379,10 @@ def _whole_number(value: Any) -> int:
     if isinstance(value, Decimal):
         if not value.is_finite() or value != value.to_integral_value():
             raise ValueError("not an integer")
+        if value and value.adjusted() > _MAX_DIGITS:
+            # Out of range for any integer column, said before `int()` builds a number of a
+            # billion digits (`1e999999999` stalled a load; review12).
+            raise OverflowError("out of range")
         return int(value)
     return int(value)
 
@@ -409,11 +417,19 @@ def _scale(
     inverse = 1.0 / factor
     divisor = round(inverse)
     divides = abs(factor) < 1 and abs(divisor) > 1 and abs(inverse - divisor) <= 1e-9 * abs(divisor)
+    limits = np.iinfo(arr.type.to_pandas_dtype()) if pa.types.is_integer(arr.type) else None
+    sentinels = [v for v in _UNDEFINED_INTEGERS if limits and limits.min <= v <= limits.max]
+    if sentinels:
+        # A fixed-point "undefined" (an empty book level: Databento's UNDEF_PRICE) is no value,
+        # as the DBN reader has it; scaled, it was stored as a price of 9.2e9 (review12).
+        undefined = pc.is_in(arr, pa.array(sentinels, arr.type))
+        if pc.any(undefined).as_py():
+            arr = pc.if_else(undefined, pa.scalar(None, arr.type), arr)
     try:
         values = arr.cast(pa.float64())
     except pa.ArrowInvalid:
-        # Integers beyond 2**53 (Databento's UNDEF_PRICE is 2**63 - 1): the exact quotient or
-        # product, correctly rounded, value by value (review11: the safe cast failed the load).
+        # Other integers beyond 2**53: the exact quotient or product, correctly rounded, value
+        # by value (review11: the safe cast failed the load).
         scale = Fraction(1, divisor) if divides else Fraction(factor)
         return pa.array(
             [None if v is None else float(Fraction(v) * scale) for v in arr.to_pylist()],
@@ -516,6 +532,8 @@ def _scale_per_value(
             product = number * scale
             if not product.is_finite():
                 raise ValueError("not a number")
+            if product and product.adjusted() > _MAX_DIGITS:
+                raise OverflowError("out of range")  # before int() of a huge exponent
             result = _convert_value(int(product.to_integral_value(ROUND_HALF_EVEN)), target)
         except (ArithmeticError, ValueError, TypeError):
             out.append(None)
