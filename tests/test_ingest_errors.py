@@ -408,3 +408,36 @@ def test_an_unreadable_untouched_table_stops_the_flush_with_its_line_not_a_retry
     with pytest.raises(CorruptMetadataError, match="bronze.dead_letters"):
         writer._commit_sync(_batch(21, 10))
     assert count_rows(duck, settings, TABLE) == 20
+
+
+def test_a_committed_tables_metadata_gone_for_good_stops_the_commit_with_its_line(
+    tmp_path: Path,
+) -> None:
+    """The catalog of a running writer restored from a backup older than the table's kept
+    metadata versions: the catalog names a metadata file that no longer exists. Each retry
+    failed on the missing file as "storage unavailable", and the reload that says what happened
+    had its error suppressed, so serve retried forever; a start stops at once with the line
+    (ops10). The commit now stops with the same one line."""
+    import sqlite3
+    from urllib.parse import urlparse
+
+    from iceberg_lake.exceptions import CorruptMetadataError
+
+    settings = settings_for(tmp_path, "nats://127.0.0.1:1")
+    LakeCatalog(settings).init()
+    writer = ConsumerWriter(settings, TABLE, js=None)  # type: ignore[arg-type]
+    writer._load()
+    writer._commit_sync(_batch(1, 10))
+    current = Path(urlparse(writer.tables[TABLE].metadata_location).path)
+    gone = current.with_name("00000-restored-from-an-old-backup.metadata.json")
+    with sqlite3.connect(settings.data_dir / "catalog.db") as con:
+        con.execute(
+            "UPDATE iceberg_tables SET metadata_location = ? WHERE table_name = 'stocks_trades'",
+            (f"file://{gone}",),
+        )
+
+    async def commit() -> None:
+        await asyncio.wait_for(writer._commit(_batch(11, 10)), 30)
+
+    with pytest.raises(CorruptMetadataError, match="does not exist"):
+        asyncio.run(commit())

@@ -1200,8 +1200,15 @@ class ConsumerWriter:
                 if self._grace_deadline is not None:
                     delay = max(0.0, min(delay, self._grace_deadline - time.monotonic()))
                 await asyncio.sleep(delay)
-            with contextlib.suppress(Exception):
+            try:
                 await self._bounded(in_daemon_thread(self._refresh_tables))
+            except CorruptMetadataError:
+                # The table's current metadata is gone or unreadable for good (a catalog
+                # restored past the kept versions): serve stops with its line, as a start
+                # does; the retries read the same missing file forever (ops10).
+                raise
+            except Exception:  # noqa: BLE001, S110 - an outage: the next attempt tells
+                pass
         self._handled_through = max(self._handled_through, batch.last_seq)
         if batch.last_msg is not None:
             try:
