@@ -101,6 +101,9 @@ def test_dbn_files_load_once_with_symbols_and_prices(
     assert got7[0][0] == "ESM6"
     assert got7[0][1] == pytest.approx(expect)
     assert got7[0][2] == T14 + (7 * 2 * HOUR_NS) // n
+    if schema == "mbp-1":  # each side's venue (a multi-venue dataset quotes per venue; quant10)
+        venues = "SELECT min(bid_exch), max(ask_exch), count(ask_exch) FROM t"
+        assert rows(duck, lake, table, venues) == [(1, 1, n - 2)]
     dead = rows(
         duck,
         lake,

@@ -236,20 +236,31 @@ def test_dbn_symbols_of_a_parent_subscription_and_of_a_roll_at_midnight(tmp_path
 
 def test_record_positions_within_events_do_not_depend_on_block_boundaries() -> None:
     """`record_seq`'s position is the count of earlier records of the same instrument in the
-    same event, however the stream is cut into blocks (an event straddles blocks)."""
+    same event (publisher, `ts_event`, `sequence`) received at the same time, however the
+    stream is cut into blocks (an event straddles blocks) and whatever other events' records
+    sit between them (quant10: an interruption restarted the count, and Silver merged a real
+    trade with its event's first)."""
     import random
 
     import numpy as np
 
-    layout = np.dtype([("instrument_id", "<u4"), ("ts_event", "<u8"), ("sequence", "<u4")])
+    layout = np.dtype(
+        [("publisher_id", "<u2"), ("instrument_id", "<u4"), ("ts_event", "<u8"),
+         ("sequence", "<u4"), ("ts_recv", "<u8")]
+    )  # fmt: skip
     rng = random.Random(3)
     for _ in range(200):
-        records = [
-            (rng.randint(1, 3), event * 10, event)
-            for event in range(1, rng.randint(2, 40))
-            for _ in range(rng.randint(1, 4))
-        ]
-        seen: dict[tuple[int, int, int], int] = {}
+        records = []
+        for event in range(1, rng.randint(2, 30)):
+            # Events of two venues received at the same time, their records interleaved.
+            batch = [
+                (pub, rng.randint(1, 3), event * 10 + pub, event, event * 100)
+                for pub in (1, 2)
+                for _ in range(rng.randint(1, 4))
+            ]
+            rng.shuffle(batch)
+            records.extend(batch)
+        seen: dict[tuple[int, ...], int] = {}
         expected = []
         for r in records:
             expected.append(seen.get(r, 0))
@@ -260,14 +271,45 @@ def test_record_positions_within_events_do_not_depend_on_block_boundaries() -> N
         got = np.concatenate([events.positions(part) for part in np.split(stream, cuts)])
         assert got.tolist() == expected, (records, cuts)
 
-    # An event interrupted by another (not seen in venue feeds) counts again from 0, and
-    # still the same wherever the stream is cut (review12: positions depended on the cut).
-    interrupted = np.array(
-        [(1, 10, 1), (1, 10, 1), (2, 20, 2), (1, 10, 1), (1, 10, 1)], dtype=layout
-    )
-    whole = dbn._EventPositions().positions(interrupted).tolist()
-    assert whole == [0, 1, 0, 0, 1]
-    for cut in range(1, len(interrupted)):
-        events = dbn._EventPositions()
-        parts = [events.positions(interrupted[:cut]), events.positions(interrupted[cut:])]
-        assert np.concatenate(parts).tolist() == whole, cut
+
+def test_dbn_files_the_lake_cannot_name_or_decode_are_one_line(tmp_path: Path) -> None:
+    """A historical file of a parent request (ES.FUT) maps the parent to every contract and
+    spread without naming them: all were stored as ES.FUT in one series (quant10), so the file
+    is refused with what to load instead. A malformed record made databento-dbn's decoder
+    panic, a BaseException that escaped as a raw Rust panic and stopped every file of the
+    command (quant10): it is one line naming the file."""
+    import datetime as dt
+    from types import SimpleNamespace as NS
+
+    import databento_dbn as d
+
+    from iceberg_lake.exceptions import LakeError
+    from tests.load_data import DAY, T14
+
+    day_after = DAY + dt.timedelta(days=1)
+    parent = d.Metadata(
+        dataset="GLBX.MDP3", start=T14 - 10**12, end=T14 + 10**12, stype_in=d.SType.PARENT,
+        stype_out=d.SType.INSTRUMENT_ID, schema=d.Schema.TRADES, symbols=["ES.FUT"],
+        mappings=[NS(raw_symbol="ES.FUT", intervals=[
+            NS(start_date=DAY, end_date=day_after, symbol=str(i)) for i in (200, 300, 400)
+        ])],
+    )  # fmt: skip
+    path = tmp_path / "parent.trades.dbn"
+    path.write_bytes(parent.encode())
+    with pytest.raises(LakeError, match=r"ES.FUT names 3 instruments on the same day"):
+        dbn.DbnSource(path)
+
+    with_ts_out = d.Metadata(
+        dataset="GLBX.MDP3", start=T14 - 10**12, stype_in=d.SType.RAW_SYMBOL,
+        stype_out=d.SType.INSTRUMENT_ID, schema=d.Schema.TRADES, symbols=["ESH6"], mappings=[],
+        ts_out=True,
+    )  # fmt: skip
+    mapping = d.SymbolMappingMsg(
+        publisher_id=1, instrument_id=1, ts_event=T14, stype_in=d.SType.RAW_SYMBOL,
+        stype_in_symbol="ESH6", stype_out=d.SType.INSTRUMENT_ID, stype_out_symbol="1",
+        start_ts=T14, end_ts=T14 + 10**12,
+    )  # fmt: skip
+    path = tmp_path / "malformed.trades.dbn"
+    path.write_bytes(with_ts_out.encode() + bytes(mapping))  # a record short of its ts_out
+    with pytest.raises(LakeError, match=r"malformed.trades.dbn: corrupt DBN data"):
+        list(dbn.DbnSource(path).batches())

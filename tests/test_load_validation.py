@@ -318,3 +318,23 @@ def test_integers_are_exact_or_refused_never_truncated_or_rounded() -> None:
     # (review12: it was stored as a price of 9.2e9).
     expected = [None, float(Fraction(2**53 + 1, 10**9)), 600.25, None]
     assert prices.table["price"].to_pylist() == expected
+
+
+def test_a_timestamp_beyond_nanoseconds_is_one_bad_row_not_a_failed_load() -> None:
+    """A `timestamp[us]` column holding the 9999-12-31 "no date" placeholder failed the whole
+    load with an internal ArrowInvalid (quant10): that row is refused with its reason."""
+    import datetime as dt
+
+    table_id = "bronze.stocks_trades"
+    utc = dt.UTC
+    stamps = [dt.datetime(2025, 12, 16, 14, tzinfo=utc), dt.datetime(9999, 12, 31, tzinfo=utc)]
+    got = convert(
+        pa.table(
+            {"ts_event_ns": pa.array(stamps, pa.timestamp("us", tz="UTC")), "symbol": ["A"] * 2}
+        ),
+        identity_mapping(table_id),
+        registry().get(table_id).arrow_schema(),
+        "s",
+    )
+    assert got.table["ts_event_ns"].to_pylist() == [1_765_893_600 * 10**9, None]
+    assert list(got.problems) == [1] and "outside the range" in got.problems[1]

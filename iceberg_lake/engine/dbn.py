@@ -43,3 +43,10 @@ def timestamp_fields(record_class: Any) -> frozenset[str]:
 def hidden_fields(record_class: Any) -> frozenset[str]:
     """Header fields that are not data (record length)."""
     return frozenset(record_class._hidden_fields)
+
+
+def is_decoder_panic(exc: BaseException) -> bool:
+    """Whether `exc` is a panic inside databento-dbn's Rust decoder (a malformed record: a
+    length shorter than its type needs). pyo3 raises it as `pyo3_runtime.PanicException`, a
+    `BaseException` that `except Exception` misses and that cannot be imported by name."""
+    return type(exc).__name__ == "PanicException" and type(exc).__module__ == "pyo3_runtime"

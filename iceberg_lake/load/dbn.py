@@ -34,7 +34,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from iceberg_lake.engine.dbn import hidden_fields, price_fields, record_dtype, timestamp_fields
+from iceberg_lake.engine.dbn import (
+    hidden_fields,
+    is_decoder_panic,
+    price_fields,
+    record_dtype,
+    timestamp_fields,
+)
 from iceberg_lake.exceptions import LakeError
 from iceberg_lake.load.sources import SourceBatch
 
@@ -112,6 +118,7 @@ class _Symbology:
                 except ValueError:
                     continue
                 self.ranged.setdefault(iid, []).append(_Interval(iid, start, end, symbol))
+        self.shared = _shared_symbols(self.ranged)
         for iid, ivs in self.ranged.items():
             if len({iv.symbol for iv in ivs}) == 1:
                 self.static[iid] = ivs[0].symbol
@@ -145,51 +152,79 @@ class _Symbology:
 
 
 class _EventPositions:
-    """Each record's position among the earlier records of its instrument in its event.
+    """Each record's position among the earlier records of its event for its instrument.
 
-    A venue's event (one packet: one `ts_event` and `sequence`) comes as one run of records in
-    the stream and may hold several records of one instrument (the trades of a sweep, repeats
-    at one price). Positions count within such a run, and the run still open at the end of a
-    block carries over to the next, so they never depend on where the stream is cut (a resume,
-    another batch size). An event interrupted by another one starts counting again.
+    An event is one venue packet: one `publisher_id`, `ts_event` and `sequence`; it may hold
+    several records of one instrument (the trades of a sweep, repeats at one price), and it is
+    received at once, so its records share `ts_recv`. Positions count, among the records of one
+    run of equal `ts_recv`, the earlier ones of the same (publisher, instrument, `ts_event`,
+    `sequence`): records of other events between them (several venues at one receive time, a
+    merged file) change nothing (quant10: a trade after an interruption counted from 0 again,
+    and Silver merged it with the event's first). The run still open at the end of a block
+    carries over, so positions never depend on where the stream is cut (a resume, a batch size).
     """
 
     def __init__(self) -> None:
-        self._event: tuple[int, int] | None = None
-        self._seen: dict[int, int] = {}
+        self._recv: int | None = None
+        self._seen: dict[tuple[int, int, int, int], int] = {}
 
     def positions(self, records: np.ndarray) -> np.ndarray:
         """The positions of `records` (the next block of the stream, in order)."""
         n = len(records)
         if not n:
             return np.zeros(0, dtype=np.int64)
+        pub = records["publisher_id"].astype(np.int64)
         iid = records["instrument_id"].astype(np.int64)
         ts = records["ts_event"].astype(np.int64)
         seq = records["sequence"].astype(np.int64)
+        recv = records["ts_recv"].view(np.int64) if "ts_recv" in (records.dtype.names or ()) else ts
         change = np.ones(n, dtype=bool)
-        change[1:] = (ts[1:] != ts[:-1]) | (seq[1:] != seq[:-1])
+        change[1:] = recv[1:] != recv[:-1]
         run = np.cumsum(change) - 1
-        continues = self._event == (int(ts[0]), int(seq[0]))
+        continues = self._recv == int(recv[0])
         positions = np.zeros(n, dtype=np.int64)
         # Only records of runs longer than one can have a position above 0.
         rows = np.flatnonzero(np.bincount(run)[run] > 1)
         if len(rows):
-            # Stable: stream order within a (run, instrument).
-            order = rows[np.lexsort((rows, iid[rows], run[rows]))]
+            # Stable: stream order within a (run, event, instrument).
+            order = rows[np.lexsort((rows, seq[rows], ts[rows], iid[rows], pub[rows], run[rows]))]
+            keys = np.stack([run[order], pub[order], iid[order], ts[order], seq[order]])
             starts = np.ones(len(order), dtype=bool)
-            starts[1:] = (run[order][1:] != run[order][:-1]) | (iid[order][1:] != iid[order][:-1])
+            starts[1:] = np.any(keys[:, 1:] != keys[:, :-1], axis=0)
             index = np.arange(len(order))
             positions[order] = index - np.maximum.accumulate(np.where(starts, index, 0))
-        first = np.flatnonzero(run == 0)
+
+        def key(k: Any) -> tuple[int, int, int, int]:
+            return int(pub[k]), int(iid[k]), int(ts[k]), int(seq[k])
+
         if continues:
-            for k in first:
-                positions[k] += self._seen.get(int(iid[k]), 0)
-        # The run open at the end of this block: how many records of each instrument it has.
+            for k in np.flatnonzero(run == 0):
+                positions[k] += self._seen.get(key(k), 0)
+        # The run open at the end of this block: how many records of each event it has.
         seen = dict(self._seen) if continues and run[-1] == 0 else {}
         for k in np.flatnonzero(run == run[-1]):
-            seen[int(iid[k])] = seen.get(int(iid[k]), 0) + 1
-        self._seen, self._event = seen, (int(ts[-1]), int(seq[-1]))
+            seen[key(k)] = seen.get(key(k), 0) + 1
+        self._seen, self._recv = seen, int(recv[-1])
         return positions
+
+
+def _shared_symbols(ranged: dict[int, list[_Interval]]) -> dict[str, set[int]]:
+    """Symbols that name more than one instrument on one day (a parent request's `ES.FUT`
+    maps every contract and spread), with the instruments they name."""
+    by_symbol: dict[str, list[_Interval]] = {}
+    for ivs in ranged.values():
+        for iv in ivs:
+            by_symbol.setdefault(iv.symbol, []).append(iv)
+    shared: dict[str, set[int]] = {}
+    for symbol, ivs in by_symbol.items():
+        active: list[_Interval] = []  # intervals still open at the current start
+        for iv in sorted(ivs, key=lambda iv: iv.start_day):
+            active = [a for a in active if a.end_day > iv.start_day]
+            if any(a.instrument_id != iv.instrument_id for a in active):
+                shared[symbol] = {i.instrument_id for i in ivs}
+                break
+            active.append(iv)
+    return shared
 
 
 def _mapped_symbol(msg: Any, parent: bool) -> str:
@@ -200,6 +235,11 @@ def _mapped_symbol(msg: Any, parent: bool) -> str:
     is an instrument id."""
     out = str(msg.stype_out_symbol)
     return out if parent and out and not out.isdigit() else str(msg.stype_in_symbol)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _chars(raw: np.ndarray) -> pa.Array:
@@ -265,6 +305,16 @@ class DbnSource:
         #: as rows they share the event's dedup key, and Silver kept one of them at random
         #: (quant8). A file with no `F_LAST` anywhere in its first block (hand-made) keeps all.
         self.events_only = self.schema in BOOK_SCHEMAS and self._marks_event_ends()
+        shared = _Symbology(self.metadata).shared
+        if shared:
+            symbol, ids = sorted(shared.items())[0]
+            raise LakeError(
+                f"{path.name}: {symbol} names {len(ids)} instruments on the same day (a "
+                f"{self.metadata.stype_in} request): the file does not say which contract each "
+                f"is, and all would be stored as {symbol}, mixed in one series; load "
+                "a file requested by raw symbols (stype_in raw_symbol), or a live recording, "
+                "whose mapping records name the contracts"
+            )
 
     def _marks_event_ends(self) -> bool:
         """Whether the first block of data records has any record with `F_LAST` set."""
@@ -292,6 +342,10 @@ class DbnSource:
                         break
         except d.DBNError as exc:
             raise LakeError(f"{self.path.name}: not a readable DBN file ({exc})") from None
+        except BaseException as exc:
+            if not is_decoder_panic(exc):
+                raise
+            raise LakeError(f"{self.path.name}: corrupt DBN data ({_first_line(exc)})") from None
         raise LakeError(f"{self.path.name}: not a DBN file (no metadata header)")
 
     @property
@@ -409,6 +463,12 @@ class DbnSource:
             raise LakeError(f"{self.path.name}: corrupt DBN data ({exc})") from None
         except d.DBNError as exc:
             raise LakeError(f"{self.path.name}: corrupt DBN data ({exc})") from None
+        except BaseException as exc:
+            if not is_decoder_panic(exc):
+                raise
+            # A malformed record made the decoder panic (quant10: a raw Rust panic and its
+            # backtrace stopped every file of the command).
+            raise LakeError(f"{self.path.name}: corrupt DBN data ({_first_line(exc)})") from None
         finally:
             raw.close()
         if pos < len(buf):
