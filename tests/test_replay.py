@@ -341,3 +341,38 @@ def test_an_interrupted_replay_has_no_hash_in_its_manifest(merged) -> None:
     manifest = engine.manifest()
     assert manifest["complete"] and manifest["event_count"] == full > 10
     assert manifest["sequence_hash"].startswith("sha256:")
+
+
+def test_ctrl_c_of_a_replay_says_interrupted_and_exits_130(merged, tmp_path: Path) -> None:
+    """Ctrl-C cut a paced replay short, yet the CLI printed `replayed 0 events, no sequence
+    hash (--no-verify)` and exited 0, so `lake replay … && backtest` went on with a partial
+    file (newuser10). It says interrupted and exits 130; the manifest says complete: false."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from support.wait import wait_until
+
+    out, manifest = tmp_path / "part.ndjson", tmp_path / "part.json"
+    exe = shutil.which("lake", path=os.path.dirname(sys.executable)) or "lake"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
+    env |= {"LAKE_DATA_DIR": str(merged["settings"].data_dir), "COLUMNS": "400"}
+    args = ["replay", "--tables", FUTURES, "--start", "2025-12-16", "--speed", "1"]
+    proc = subprocess.Popen(
+        [exe, *args, "--no-progress", "--out", str(out), "--manifest", str(manifest)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: out.exists() or proc.poll() is not None, 60, "the replay to start")
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "--no-verify" not in stderr, stderr
+    assert read_manifest(manifest)["complete"] is False

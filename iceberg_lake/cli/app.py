@@ -69,14 +69,26 @@ class LakeGroup(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, EOFError):
             raise  # normal ends (`typer.Exit(1)` of `check --strict`) and Ctrl-D
+        except KeyboardInterrupt:
+            ctx.exit(_interrupted())
         except OSError as exc:
             if exc.errno == errno.EPIPE:
                 raise  # `lake query … | head`: Typer exits quietly
             ctx.exit(_report(exc))
         except Exception as exc:  # noqa: BLE001 - the last resort: one line, never a traceback
+            from iceberg_lake.engine.duck import is_interrupted_query
+
+            if is_interrupted_query(exc):  # DuckDB's answer to Ctrl-C (newuser10)
+                ctx.exit(_interrupted())
             if _is_help(exc):
                 _print_help(exc)
             ctx.exit(_report(exc))
+
+
+def _interrupted() -> int:
+    """Ctrl-C: one line, exit code 130 (128 + SIGINT), as shells report it."""
+    err_console.print("interrupted", highlight=False)
+    return 130
 
 
 def _reflow_help(command: Any) -> None:

@@ -536,6 +536,7 @@ def replay(
             live=live,
             follow=follow,
         )
+    interrupted = False
     try:
         if fmt == ReplayFormat.ndjson:
             result = _run_with_progress(engine, to_nats, prefix, out, progress)
@@ -544,7 +545,10 @@ def replay(
             result = _write_batches(engine, fmt, out, verify)
     except KeyboardInterrupt:
         # Ctrl-C ends a --follow replay: what was delivered is in the manifest (complete: false).
+        # Any other replay it cuts short: the output is partial, and the exit code says so
+        # (newuser10: it exited 0 as "replayed 0 events … (--no-verify)").
         result = engine.manifest()
+        interrupted = not follow
     if manifest is None:
         # Every run leaves what reproduces it; identical replays share one file name.
         if result["sequence_hash"] is not None:
@@ -560,9 +564,18 @@ def replay(
         f"{t}@{sid if sid is not None else 'empty'}" for t, sid in result["snapshots"].items()
     )
     pinned = f", pinned as {result['pin_tag']}" if result.get("pin_tag") else ""
+    if interrupted:
+        err_console.print(
+            f"interrupted: the output holds part of the replay (complete: false, no sequence "
+            f"hash); manifest {manifest}; read {read}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130)
+    no_hash = "no sequence hash" + (" (--no-verify)" if not verify else "")
     err_console.print(
         f"replayed {result['event_count']} events, "
-        f"{result['sequence_hash'] or 'no sequence hash (--no-verify)'}; manifest {manifest}"
+        f"{result['sequence_hash'] or no_hash}; manifest {manifest}"
         f"; read {read}{pinned}",
         highlight=False,
         soft_wrap=True,

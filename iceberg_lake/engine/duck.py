@@ -465,3 +465,11 @@ def drop_views(con: duckdb.DuckDBPyConnection, schemas: Collection[str]) -> None
     ).fetchall()
     for schema, view in views:
         con.execute(f"DROP VIEW IF EXISTS {quote_ident(schema)}.{quote_ident(view)}")
+
+
+def is_interrupted_query(exc: BaseException) -> bool:
+    """Whether `exc` is DuckDB's answer to an interrupt (Ctrl-C during a query): its
+    `InterruptException`, or the `RuntimeError("Query interrupted")` some calls raise."""
+    if isinstance(exc, duckdb.InterruptException):
+        return True
+    return isinstance(exc, RuntimeError) and str(exc).startswith("Query interrupted")
