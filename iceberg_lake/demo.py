@@ -459,6 +459,12 @@ def _next_commands(data_dir: Path) -> list[str]:
             "--start 2024-05-13T13:30:00Z --end 2024-05-13T13:30:01Z",
         ),
         ("compact", "lake compact --incremental   # nothing left to do: no commit"),
-        ("serve", "lake serve   # with LAKE_NATS_URL set; feed it: lake simulate --rate 500"),
+        (
+            "serve",
+            # A new lake: the demo's positions count in its own NATS store, now deleted, so
+            # any other stream is refused as a recreated one (newuser10).
+            "LAKE_DATA_DIR=./lake-live lake serve   # a new lake; LAKE_NATS_URL: a nats-server "
+            "with JetStream (nats-server -js -sd DIR); feed it: lake simulate --rate 500",
+        ),
     ]
     return [cmd for _, cmd in candidates]

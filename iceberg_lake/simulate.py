@@ -941,7 +941,8 @@ class PublishReport:
 async def _ensure_streams(js: Any, settings: Settings) -> None:
     from iceberg_lake.engine import nats as bus
 
-    await bus.ensure_streams(js, settings)
+    with bus.bus_errors("creating the streams"):
+        await bus.ensure_streams(js, settings)
 
 
 async def publish_messages(

@@ -78,9 +78,9 @@ def bus_error(exc: BaseException, what: str) -> LakeError | None:
         exc: what the call raised.
         what: what was being done, for the message (`fetching from consumer …`).
     """
-    from nats.errors import BadSubjectError, MaxPayloadError
+    from nats.errors import BadSubjectError, MaxPayloadError, NoRespondersError
     from nats.errors import Error as NatsError
-    from nats.js.errors import BadRequestError
+    from nats.js.errors import BadRequestError, ServiceUnavailableError
 
     if isinstance(exc, LakeError):
         return exc
@@ -89,6 +89,13 @@ def bus_error(exc: BaseException, what: str) -> LakeError | None:
         return LakeError(f"{what}: NATS refused the request: {reason or type(exc).__name__}")
     if isinstance(exc, TimeoutError) and not reason:
         return BusUnavailableError(f"{what}: NATS did not answer in time")
+    if isinstance(exc, (ServiceUnavailableError, NoRespondersError)):
+        # What a server without JetStream answers every JetStream request (newuser10: it read
+        # "description='None'", or "internal error" where not translated).
+        return BusUnavailableError(
+            f"{what}: NATS JetStream did not answer (no responders): is nats-server running "
+            "with JetStream (`-js -sd DIR`), and LAKE_NATS_DOMAIN its domain if it has one?"
+        )
     if isinstance(exc, (NatsError, OSError)):  # OSError covers ConnectionError, TimeoutError
         return BusUnavailableError(f"{what}: NATS: {reason or type(exc).__name__}")
     return None

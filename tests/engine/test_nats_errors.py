@@ -93,3 +93,16 @@ def test_fetch_raises_bus_unavailable_when_the_consumer_is_gone_or_the_connectio
             await closed.fetch(10, 0.1, 1 << 20)
 
     asyncio.run(go())
+
+
+def test_a_server_without_jetstream_is_named_with_how_to_start_one() -> None:
+    """A nats-server started without `-js` answers every JetStream request with 503 / no
+    responders; the error read `description='None'`, and `lake simulate` reported it as an
+    internal error (newuser10)."""
+    for exc in (
+        nats.errors.NoRespondersError(),
+        nats.js.errors.ServiceUnavailableError(code=503, description=None),
+    ):
+        error = bus.bus_error(exc, "creating the streams")
+        assert isinstance(error, BusUnavailableError)
+        assert "JetStream" in str(error) and "-js" in str(error), str(error)
