@@ -91,10 +91,12 @@ def bus_error(exc: BaseException, what: str) -> LakeError | None:
         return BusUnavailableError(f"{what}: NATS did not answer in time")
     if isinstance(exc, (ServiceUnavailableError, NoRespondersError)):
         # What a server without JetStream answers every JetStream request (newuser10: it read
-        # "description='None'", or "internal error" where not translated).
+        # "description='None'", or "internal error" where not translated); a cluster electing
+        # a JetStream leader says so in the description.
+        said = getattr(exc, "description", None) or "no responders"
         return BusUnavailableError(
-            f"{what}: NATS JetStream did not answer (no responders): is nats-server running "
-            "with JetStream (`-js -sd DIR`), and LAKE_NATS_DOMAIN its domain if it has one?"
+            f"{what}: NATS JetStream did not answer ({said}): is nats-server running with "
+            "JetStream (`-js -sd DIR`), and LAKE_NATS_DOMAIN its domain if it has one?"
         )
     if isinstance(exc, (NatsError, OSError)):  # OSError covers ConnectionError, TimeoutError
         return BusUnavailableError(f"{what}: NATS: {reason or type(exc).__name__}")

@@ -1480,11 +1480,11 @@ class ConsumerWriter:
             ):
                 continue
             table = self.catalog.load_table(tid)
-            props = table.properties
-            if props.get(self.wm_key) != self.seen.get(tid):
+            current = table.properties.get(self.wm_key)
+            if current != seen:
                 raise WriterFencedError(
-                    f"{tid}: watermark {props.get(self.wm_key)} (this writer saw "
-                    f"{self.seen.get(tid)}); changed by another writer or a catalog restore"
+                    f"{tid}: watermark {current} (this writer saw {seen}); changed by another "
+                    "writer or a catalog restore"
                 )
             # Moved by someone else's commit (Silver, maintenance) that kept the watermark.
             self._checked_pointers[tid] = (table.metadata_location, seen)

@@ -19,9 +19,10 @@ Output columns (what the `catalog/mappings/databento_*.toml` mappings read):
   row is dead-lettered as an unknown instrument);
 * `aggressor` (+1 buy, -1 sell, 0 none, from `side`) and `is_snapshot` (the `F_SNAPSHOT` flag);
 * `record_seq`: `sequence` x 1,000,000 + the record's position among the earlier records of its
-  event for its instrument (same `ts_event` and `sequence`): a venue numbers packets, not
-  messages, so the trades of one sweep share a sequence; this keeps them apart and in the
-  venue's order (the trades mappings' `seq`).
+  event for its instrument (same publisher, `ts_event` and `sequence`, received at one
+  `ts_recv`; `_EventPositions`): a venue numbers packets, not messages, so the trades of one
+  sweep share a sequence; this keeps them apart and in the venue's order (the trades mappings'
+  `seq`).
 """
 
 from __future__ import annotations

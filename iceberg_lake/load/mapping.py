@@ -387,9 +387,7 @@ def _whole_number(value: Any) -> int:
         text = value.strip()
         if re.fullmatch(r"[+-]?\d+", text):
             return int(text)
-        if not _NUMBER_TEXT.fullmatch(text):
-            raise ValueError("not a number")
-        value = Decimal(text)
+        value = _decimal_text(text)
     if isinstance(value, float):
         if not math.isfinite(value) or not value.is_integer():
             raise ValueError("not an integer")
@@ -403,6 +401,18 @@ def _whole_number(value: Any) -> int:
             raise OverflowError("out of range")
         return int(value)
     return int(value)
+
+
+def _decimal_text(text: str) -> Decimal:
+    """Number text as the exact decimal it writes (plain or exponent notation only).
+
+    Raises:
+        ValueError: anything else (Python's `Decimal` also reads `1_000`, `nan`, `Infinity`).
+    """
+    text = text.strip()
+    if not _NUMBER_TEXT.fullmatch(text):
+        raise ValueError("not a number")
+    return Decimal(text)
 
 
 def _whole_numbers(arr: pa.Array) -> pa.Array | None:
@@ -540,9 +550,7 @@ def _scale_per_value(
             continue
         try:
             if isinstance(value, str):
-                if not _NUMBER_TEXT.fullmatch(value.strip()):
-                    raise ValueError("not a number")
-                number = Decimal(value.strip())
+                number = _decimal_text(value)
             elif isinstance(value, float):
                 number = Decimal(repr(value))
             else:
