@@ -1,7 +1,9 @@
 """Settings: one frozen object read from `LAKE_*` environment variables and an optional `lake.toml`.
 
 Precedence: environment variable > `lake.toml` (path from `LAKE_CONFIG`, else `./lake.toml` if it
-exists) > default. With nothing set the lake is embedded: data dir `./lake-data`, a SQLite catalog
+exists) > default. Relative paths in the file (`data_dir`, the NATS credential and TLS files) are
+relative to the file's directory; in a variable, to the working directory. With nothing set the
+lake is embedded: data dir `./lake-data`, a SQLite catalog
 file and a `file://` warehouse inside it. Every invalid value raises `ConfigError` with one line
 that names the variable to fix.
 """
@@ -251,14 +253,19 @@ def load_settings(
         ConfigError: a value is malformed or the combination is incomplete.
     """
     env = os.environ if environ is None else environ
-    file_values = _read_config_file(env, config_file)
+    file_path, file_values = _read_config_file(env, config_file)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(Settings):
         name = env_var(f.name)
         if name in env and env[name] != "":
             values[f.name] = _coerce(f, env[name], name)
         elif f.name in file_values:
-            values[f.name] = _coerce(f, file_values[f.name], f"{f.name} in lake.toml")
+            value = _coerce(f, file_values[f.name], f"{f.name} in lake.toml")
+            if isinstance(value, Path) and file_path is not None and not value.is_absolute():
+                # A relative path in the file means beside the file, wherever the command
+                # runs (`LAKE_CONFIG=/etc/lake/lake.toml lake serve` from any directory).
+                value = file_path.absolute().parent / value
+            values[f.name] = value
     unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in setting_names())
     if unknown:
         known = ", ".join(setting_names())
@@ -266,7 +273,10 @@ def load_settings(
     return _validate(Settings(**values))
 
 
-def _read_config_file(env: Mapping[str, str], config_file: Path | None) -> dict[str, Any]:
+def _read_config_file(
+    env: Mapping[str, str], config_file: Path | None
+) -> tuple[Path | None, dict[str, Any]]:
+    """The config file read (None: none) and its values."""
     path = config_file
     if path is None and env.get(CONFIG_FILE_ENV):
         path = Path(env[CONFIG_FILE_ENV])
@@ -275,7 +285,7 @@ def _read_config_file(env: Mapping[str, str], config_file: Path | None) -> dict[
     if path is None:
         default = Path(DEFAULT_CONFIG_FILE)
         if not default.is_file():
-            return {}
+            return None, {}
         path = default
     try:
         data = tomllib.loads(path.read_text())
@@ -285,7 +295,7 @@ def _read_config_file(env: Mapping[str, str], config_file: Path | None) -> dict[
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: unknown setting '{key}'")
-    return data
+    return path, data
 
 
 def _coerce(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:

@@ -36,6 +36,31 @@ def test_environment_overrides_the_toml_file(tmp_path: Path) -> None:
     assert s.nats_url == "nats://10.0.0.1:4222"
 
 
+def test_a_relative_path_in_the_toml_file_is_relative_to_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`LAKE_CONFIG=/etc/lake/lake.toml` with `data_dir = "data"` is the same lake from every
+    working directory; a relative `LAKE_DATA_DIR` stays relative to the working directory."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "lake.creds").write_text("creds")
+    cfg = tmp_path / "etc" / "lake.toml"
+    cfg.write_text('data_dir = "data"\nnats_creds = "../secrets/lake.creds"\n')
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    s = load_settings({"LAKE_CONFIG": str(cfg)})
+    assert s.data_dir == tmp_path / "etc" / "data"
+    assert s.catalog_uri == f"sqlite:///{tmp_path / 'etc' / 'data' / 'catalog.db'}"
+    assert s.nats_creds == tmp_path / "etc" / ".." / "secrets" / "lake.creds"
+    # ./lake.toml (found in the working directory) resolves the same way.
+    monkeypatch.chdir(tmp_path / "etc")
+    assert load_settings({}).data_dir == tmp_path / "etc" / "data"
+    # A variable is the operator's own: relative to where the command runs.
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    env = {"LAKE_CONFIG": str(cfg), "LAKE_DATA_DIR": "mine"}
+    assert load_settings(env).data_dir == tmp_path / "elsewhere" / "mine"
+
+
 def test_postgres_uri_gets_the_psycopg2_driver() -> None:
     s = load_settings({"LAKE_CATALOG_URI": "postgresql://u:p@db:5432/lake"})
     assert s.catalog_uri == "postgresql+psycopg2://u:p@db:5432/lake"
