@@ -15,7 +15,7 @@ from table_rows import BASE_NS, make_rows
 from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
-from iceberg_lake.cli import app
+from iceberg_lake.cli.app import app
 from iceberg_lake.config import load_settings
 from iceberg_lake.exceptions import LakeError, UnknownTableError
 from iceberg_lake.ops.check import check_tables

@@ -24,7 +24,7 @@ from table_rows import make_rows
 from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.cli import app
+from iceberg_lake.cli.app import app
 from iceberg_lake.cli.common import parse_window
 from iceberg_lake.config import load_settings, redact, redact_url
 from iceberg_lake.exceptions import ConfigError, CorruptMetadataError, LakeError
@@ -65,6 +65,26 @@ def lake_dir(tmp_path: Path) -> Path:
 
 
 # ---- secrets ---------------------------------------------------------------------------------
+
+
+def test_ctrl_c_while_the_cli_loads_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """Ctrl-C in the second `lake` spends importing pyarrow, pyiceberg and DuckDB printed a
+    Python traceback. A `sitecustomize` raises KeyboardInterrupt (what SIGINT raises) exactly
+    while `iceberg_lake.cli.app` loads, so the moment is certain rather than raced."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class CtrlC:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'iceberg_lake.cli.app':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+    )
+    pythonpath = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+    done = _lake(["tables"], {"PYTHONPATH": pythonpath, "LAKE_DATA_DIR": str(tmp_path / "d")})
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip() == "interrupted", done.stderr
 
 
 def test_redact_url_and_text() -> None:

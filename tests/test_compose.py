@@ -15,7 +15,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from iceberg_lake.cli import app
+from iceberg_lake.cli.app import app
 from iceberg_lake.config import load_settings, setting_names
 
 ROOT = Path(__file__).resolve().parent.parent

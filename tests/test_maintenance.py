@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog
-from iceberg_lake.cli import app
+from iceberg_lake.cli.app import app
 from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.exceptions import LakeError
 from iceberg_lake.ops.maintenance import (

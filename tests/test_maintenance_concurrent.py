@@ -37,7 +37,7 @@ from typer.testing import CliRunner
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog
-from iceberg_lake.cli import app
+from iceberg_lake.cli.app import app
 from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.engine import nats as bus
 from iceberg_lake.exceptions import CommitConflictError, LakeError

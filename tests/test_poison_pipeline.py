@@ -37,7 +37,7 @@ from typer.testing import CliRunner
 
 from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog
-from iceberg_lake.cli import app
+from iceberg_lake.cli.app import app
 from iceberg_lake.ingest.redrive import redrive
 from iceberg_lake.testing import NatsServer
 

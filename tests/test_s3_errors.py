@@ -15,7 +15,7 @@ from pathlib import Path
 from test_cli_errors import _lake, _one_line_error
 from typer.testing import CliRunner
 
-from iceberg_lake.cli import app
+from iceberg_lake.cli.app import app
 from iceberg_lake.testing import S3Server
 
 WRONG_SECRET = "WrongSecretXyz/+="

@@ -19,7 +19,7 @@ from support.wait import wait_until
 from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
-from iceberg_lake.cli import app
+from iceberg_lake.cli.app import app
 from iceberg_lake.config import load_settings
 from iceberg_lake.engine.nats import (
     INFERRED_TARGET,

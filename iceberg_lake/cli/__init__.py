@@ -1,5 +1,22 @@
-"""The `lake` command-line interface."""
+"""The `lake` command-line interface.
 
-from iceberg_lake.cli.app import app, main
+The console script imports this package, which stays light: the CLI (pyarrow, pyiceberg, DuckDB;
+about a second) loads inside `main`, where a Ctrl-C while it loads is the CLI's own one line
+rather than a Python traceback. The Typer application is `iceberg_lake.cli.app.app`.
+"""
 
-__all__ = ["app", "main"]
+from __future__ import annotations
+
+import sys
+
+__all__ = ["main"]
+
+
+def main() -> None:
+    """Console-script entry point: load the CLI and run it (see `iceberg_lake.cli.app.main`)."""
+    try:
+        from iceberg_lake.cli.app import main as run
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    run()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from iceberg_lake import __version__
-from iceberg_lake.cli import app
+from iceberg_lake.cli.app import app
 
 runner = CliRunner()
 

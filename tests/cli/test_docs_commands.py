@@ -11,7 +11,7 @@ from typing import Any
 
 import typer.main
 
-from iceberg_lake.cli import app
+from iceberg_lake.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -15,7 +15,7 @@ from timetravel_data import T14, append, trades
 from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
-from iceberg_lake.cli import app
+from iceberg_lake.cli.app import app
 
 runner = CliRunner()
 

@@ -22,7 +22,7 @@ from typer.core import TyperGroup
 from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
-from iceberg_lake.cli import app
+from iceberg_lake.cli.app import app
 from iceberg_lake.cli.output import OutputFormat, cell_text, to_json
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
 

@@ -46,7 +46,7 @@ def _imports(module: str, *, top_level_only: bool) -> set[str]:
                 parent = module.split(".")[: -node.level]
                 base = ".".join([*parent, node.module])
             found.add(base)
-            # `from iceberg_lake.cli import app` imports the submodule too.
+            # `from iceberg_lake.cli import common` imports the submodule too.
             found |= {f"{base}.{a.name}" for a in node.names}
     known = set(_modules())
     return {m for m in found if m in known and m != module}
