@@ -175,3 +175,49 @@ def test_a_bad_leading_row_with_a_small_commit_size_is_dead_lettered_not_a_refus
     assert (result.status, result.rows_stored, result.dead_lettered) == ("loaded", 99, 1)
     assert rows(duck, lake, TABLE, "SELECT count(DISTINCT seq) FROM t") == [(99,)]
     assert rows(duck, lake, "bronze.dead_letters", "SELECT count(*) FROM t") == [(1,)]
+
+
+def test_a_file_without_a_defaulted_required_column_is_refused(tmp_path: Path, duck) -> None:
+    """A trades file loaded with `--table bronze.stocks_quotes` was stored as 0/0 quotes, exit 0
+    (quant13): the quote columns are required with default 0 (one-sided books), and the default
+    filled the absent columns. A file that lacks such a column altogether is refused; a null in
+    a column the file has still takes the default."""
+    lake = make_lake(tmp_path / "data")
+    quotes = "bronze.stocks_quotes"
+    t0 = 1_765_893_600_000_000_000  # 2025-12-16 14:00 UTC
+    trades = pa.table(
+        {
+            "symbol": ["AMD"] * 3,
+            "ts_event_ns": [t0, t0 + 1, t0 + 2],
+            "price": [150.1, 150.2, 150.3],
+            "size": [100, 200, 300],
+        }
+    )
+    path = write_parquet(tmp_path / "amd.parquet", trades)
+    with pytest.raises(LoadRejectedError) as err:
+        load_file(lake, path, LoadOptions(table=quotes))
+    message = str(err.value)
+    assert "amd.parquet has no column for bid_px, ask_px, bid_sz, ask_sz" in message
+    assert quotes in message and "check --format/--mapping/--table" in message
+    assert lake.load_table(quotes).current_snapshot() is None
+    assert _ledgers_of(lake, quotes) == {}
+
+    # A quotes file without one of them is refused by name.
+    book = {"symbol": ["AMD"] * 2, "ts_event_ns": [t0, t0 + 1], "bid_px": [1.0, 1.1]}
+    book |= {"ask_px": [1.2, 1.3], "ask_sz": [5, 6]}
+    partial = write_parquet(tmp_path / "partial.parquet", pa.table(book))
+    with pytest.raises(LoadRejectedError, match=r"no column for bid_sz, required"):
+        load_file(lake, partial, LoadOptions(table=quotes))
+
+    # The column present with a null (a one-sided book): the default fills that row.
+    book["bid_sz"] = pa.array([None, 7], pa.int32())
+    sided = write_parquet(tmp_path / "sided.parquet", pa.table(book))
+    result = load_file(lake, sided, LoadOptions(table=quotes))
+    assert (result.status, result.rows_stored, result.dead_lettered) == ("loaded", 2, 0)
+    got = rows(duck, lake, quotes, "SELECT bid_sz FROM t ORDER BY ts_event_ns")
+    assert got == [(0,), (7,)]
+
+
+def _ledgers_of(lake: LakeCatalog, table: str) -> dict[str, str]:
+    props = lake.load_table(table).properties
+    return {k: v for k, v in props.items() if k.startswith("lake.load.")}

@@ -227,6 +227,42 @@ def check_mapping_columns(mapping: Mapping, table_id: str, definition: TableDefi
         )
 
 
+def _refuse_defaulted_columns(
+    path: Path,
+    fmt: str,
+    mapping: Mapping,
+    columns: list[str],
+    validator: Validator,
+    table_id: str,
+    sha: str,
+) -> None:
+    """Refuse a file that lacks, altogether, a required column the table fills with a default.
+
+    Defaults stand in for a value missing from one row (a one-sided quote's `bid_sz` = 0); a
+    file without the column at all is a file for another table (trades loaded with `--table
+    bronze.stocks_quotes` would be stored as 0/0 quotes) or a mapping that misses it.
+
+    Raises:
+        LoadRejectedError: one line naming the columns; nothing is stored.
+    """
+    absent = [
+        name
+        for name in validator.required
+        if name not in ("source", "ts_recv_ns")  # the load's own defaults (docs/backfill.md)
+        and validator.rules[name].default is not None
+        and mapping.source_column(name, columns) is None
+    ]
+    if absent:
+        raise LoadRejectedError(
+            f"{path.name} has no column for {', '.join(absent)}, required in {table_id} "
+            f"(mapping '{mapping.name}', format {fmt}; its columns: {', '.join(columns)}): every "
+            "row would hold the default. Nothing stored: check --format/--mapping/--table",
+            file=str(path),
+            table=table_id,
+            sha256=sha,
+        )
+
+
 def _format_of(path: Path, options: LoadOptions) -> str:
     """The format from the file name, else the format the `--mapping` declares."""
     try:
@@ -323,6 +359,8 @@ def load_file(
     result.status = "resumed" if committed else "reloaded" if committer.reloading else "loaded"
     target = committer.arrow_schema()
     validator = Validator(table_id, committer.table.schema(), definition.partition_key)
+    if not committed:  # a resumed load is never refused (its file was accepted before)
+        _refuse_defaulted_columns(path, fmt, mapping, source.columns, validator, table_id, sha)
     # Precedence of `source` (docs/backfill.md): --source for every row; else the file's own
     # `source` column where it has a value; else the mapping's `source`; else `file`.
     source_name = options.source or ""
