@@ -166,17 +166,24 @@ def test_dbn_symbols_of_a_parent_subscription_and_of_a_roll_at_midnight(tmp_path
             )
         )  # fmt: skip
 
+    # A live recording's metadata has no input stype (a session mixes subscriptions; review13:
+    # the lake read the parent from it and stored every contract as ES.FUT): each mapping
+    # record says how its instrument was requested, here by parent and by raw symbol.
     live = d.Metadata(
-        dataset="GLBX.MDP3", start=T14 - 10**12, stype_in=d.SType.PARENT,
-        stype_out=d.SType.INSTRUMENT_ID, schema=d.Schema.TRADES, symbols=["ES.FUT"], mappings=[],
+        dataset="GLBX.MDP3", start=T14 - 10**12, stype_in=None,
+        stype_out=d.SType.INSTRUMENT_ID, schema=d.Schema.TRADES, symbols=["ES.FUT", "NQH6"],
+        mappings=[],
     )  # fmt: skip
     data = bytearray(live.encode())
-    contracts = {200: "ESH6", 300: "ESM6", 400: "ESH6-ESM6"}
+    contracts = {200: "ESH6", 300: "ESM6", 400: "ESH6-ESM6", 500: "NQH6"}
     for iid, raw in contracts.items():
+        stype_in, requested = (
+            (d.SType.RAW_SYMBOL, raw) if raw == "NQH6" else (d.SType.PARENT, "ES.FUT")
+        )
         data += bytes(
             d.SymbolMappingMsg(
                 publisher_id=1, instrument_id=iid, ts_event=T14 - 10**9,
-                stype_in=d.SType.PARENT, stype_in_symbol="ES.FUT",
+                stype_in=stype_in, stype_in_symbol=requested,
                 stype_out=d.SType.RAW_SYMBOL, stype_out_symbol=raw,
                 start_ts=T14 - 10**12, end_ts=T14 + 10**14,
             )
@@ -232,6 +239,48 @@ def test_dbn_symbols_of_a_parent_subscription_and_of_a_roll_at_midnight(tmp_path
     path.write_bytes(bytes(data))
     rows = pa.concat_tables(b.table for b in dbn.DbnSource(path).batches())
     assert rows.column("symbol").to_pylist() == ["ES.c.0", "ES.c.1"]
+
+
+def test_a_dbn_record_on_a_day_its_instrument_is_not_mapped_has_no_symbol(
+    tmp_path: Path,
+) -> None:
+    """An instrument mapped to one symbol for part of the file's range took that symbol on
+    every day (quant13: ESH6 mapped for 2025-12-16 only named a trade of 12-17 too); outside
+    its intervals a record has no symbol, so the load dead-letters it as an unknown
+    instrument, as docs/backfill.md says."""
+    import datetime as dt
+    from types import SimpleNamespace as NS
+
+    import databento_dbn as d
+
+    from tests.load_data import PX
+
+    day = dt.date(2025, 12, 16)
+    start = int(dt.datetime(2025, 12, 16, tzinfo=dt.UTC).timestamp()) * 10**9
+    day_ns = 86_400 * 10**9
+    meta = d.Metadata(
+        dataset="GLBX.MDP3", start=start, end=start + 2 * day_ns, stype_in=d.SType.RAW_SYMBOL,
+        stype_out=d.SType.INSTRUMENT_ID, schema=d.Schema.TRADES, symbols=["ESH6", "NQH6"],
+        mappings=[
+            NS(raw_symbol="ESH6",
+               intervals=[NS(start_date=day, end_date=day + dt.timedelta(days=1), symbol="10")]),
+            NS(raw_symbol="NQH6",
+               intervals=[NS(start_date=day, end_date=day + dt.timedelta(days=2), symbol="20")]),
+        ],
+    )  # fmt: skip
+    data = bytearray(meta.encode())
+    for k, (iid, ts) in enumerate([(10, start + 1), (10, start + day_ns + 1), (20, start + 2)]):
+        data += bytes(
+            d.TradeMsg(
+                publisher_id=1, instrument_id=iid, ts_event=ts, ts_recv=ts + 500,
+                price=6000 * PX, size=1, action=d.Action.TRADE, side=d.Side.BID, depth=0,
+                flags=d.F_LAST, sequence=k,
+            )
+        )  # fmt: skip
+    path = tmp_path / "partial-day.trades.dbn"
+    path.write_bytes(bytes(data))
+    rows = pa.concat_tables(b.table for b in dbn.DbnSource(path).batches())
+    assert rows.column("symbol").to_pylist() == ["ESH6", None, "NQH6"]
 
 
 def test_record_positions_within_events_do_not_depend_on_block_boundaries() -> None:

@@ -120,8 +120,13 @@ class _Symbology:
                     continue
                 self.ranged.setdefault(iid, []).append(_Interval(iid, start, end, symbol))
         self.shared = _shared_symbols(self.ranged)
+        days = _file_days(metadata)
         for iid, ivs in self.ranged.items():
-            if len({iv.symbol for iv in ivs}) == 1:
+            # One symbol for the whole file: no per-day lookup. Days outside its intervals
+            # stay unmapped (their records are dead-lettered as an unknown instrument;
+            # quant13: a record on a day the file does not map was stored under the symbol).
+            covered = {day for iv in ivs for day in range(iv.start_day, iv.end_day)}
+            if len({iv.symbol for iv in ivs}) == 1 and (days is None or days <= covered):
                 self.static[iid] = ivs[0].symbol
         self.ranged = {k: v for k, v in self.ranged.items() if k not in self.static}
 
@@ -228,12 +233,19 @@ def _shared_symbols(ranged: dict[int, list[_Interval]]) -> dict[str, set[int]]:
     return shared
 
 
-def _mapped_symbol(msg: Any, parent: bool) -> str:
+def _mapped_symbol(msg: Any, parent_file: bool) -> str:
     """The symbol a live `SymbolMappingMsg` gives its instrument: the requested symbol, as a
     historical file's metadata gives it (a live recording and a file of the same trades must
     agree, or Silver keeps both; review12), except under a parent subscription, where that is
     the parent (ES.FUT) for every contract: there the output symbol (ESH6; quant9), unless it
-    is an instrument id."""
+    is an instrument id.
+
+    Whether the instrument came from a parent subscription is the record's own `stype_in`: a
+    live recording's metadata has none (one session mixes subscriptions; review13), only DBN
+    v1 records lack it, and for those the file's `parent_file` decides.
+    """
+    stype_in = getattr(msg, "stype_in", None)
+    parent = parent_file if stype_in is None else stype_in == _dbn().SType.PARENT
     out = str(msg.stype_out_symbol)
     return out if parent and out and not out.isdigit() else str(msg.stype_in_symbol)
 
@@ -265,6 +277,16 @@ def _read_exactly(stream: Any, n: int) -> bytes:
         parts.append(block)
         n -= len(block)
     return b"".join(parts)
+
+
+def _file_days(metadata: Any) -> set[int] | None:
+    """The UTC days (since the epoch) a file's request spans, or None when it has no end or
+    spans more than ten years (a per-day lookup then decides)."""
+    start, end = metadata.start, metadata.end
+    if start is None or end is None or end <= start or end >= _dbn().UNDEF_TIMESTAMP:
+        return None
+    first, last = int(start) // _NS_PER_DAY, (int(end) - 1) // _NS_PER_DAY
+    return set(range(first, last + 1)) if last - first <= 3_660 else None
 
 
 def _day(value: Any) -> int:
@@ -410,7 +432,8 @@ class DbnSource:
         )
         # A header-less decoder for the records that are not data records.
         other = d.DBNDecoder(has_metadata=False, ts_out=self.ts_out, input_version=self.version)
-        parent = self.metadata.stype_in == d.SType.PARENT  # how mapping records name symbols
+        # How DBN v1 mapping records (no `stype_in` of their own) name symbols.
+        parent = self.metadata.stype_in == d.SType.PARENT
         buf = b""
         pos = 0
         # Records checked per view: all that are buffered, until a record that is not a data
