@@ -1,8 +1,9 @@
 """Settings: one frozen object read from `LAKE_*` environment variables and an optional `lake.toml`.
 
 Precedence: environment variable > `lake.toml` (path from `LAKE_CONFIG`, else `./lake.toml` if it
-exists) > default. Relative paths in the file (`data_dir`, the NATS credential and TLS files) are
-relative to the file's directory; in a variable, to the working directory. With nothing set the
+exists) > default. Relative paths in the file (`data_dir`, a plain `warehouse` path, the file of a
+`sqlite:///` catalog URI, the NATS credential and TLS files) are relative to the file's
+directory; in a variable, to the working directory. With nothing set the
 lake is embedded: data dir `./lake-data`, a SQLite catalog
 file and a `file://` warehouse inside it. Every invalid value raises `ConfigError` with one line
 that names the variable to fix.
@@ -261,16 +262,35 @@ def load_settings(
             values[f.name] = _coerce(f, env[name], name)
         elif f.name in file_values:
             value = _coerce(f, file_values[f.name], f"{f.name} in lake.toml")
-            if isinstance(value, Path) and file_path is not None and not value.is_absolute():
-                # A relative path in the file means beside the file, wherever the command
-                # runs (`LAKE_CONFIG=/etc/lake/lake.toml lake serve` from any directory).
-                value = file_path.absolute().parent / value
-            values[f.name] = value
+            values[f.name] = value if file_path is None else _beside(file_path, f.name, value)
     unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in setting_names())
     if unknown:
         known = ", ".join(setting_names())
         raise ConfigError(f"{unknown[0]} is not a known setting (known: {known})")
     return _validate(Settings(**values))
+
+
+def _beside(file_path: Path, name: str, value: Any) -> Any:
+    """A relative path of the config file made relative to the file's directory.
+
+    A relative path in the file means beside the file, wherever the command runs
+    (`LAKE_CONFIG=/etc/lake/lake.toml lake serve` from any directory): path settings, a plain
+    `warehouse` path and the file of a `sqlite:///` catalog URI alike (review13).
+    """
+    here = file_path.absolute().parent
+    if isinstance(value, Path):
+        return value if value.is_absolute() else here / value
+    if name == "warehouse" and value and not urlparse(value).scheme:
+        path = Path(value).expanduser()
+        return value if path.is_absolute() else str(here / path)
+    if name == "catalog_uri" and value.startswith("sqlite:///"):
+        database, query = value[len("sqlite:///") :], ""
+        if "?" in database:
+            database, query = database.split("?", 1)
+            query = "?" + query
+        if database and database != ":memory:" and not Path(database).is_absolute():
+            return f"sqlite:///{here / database}{query}"
+    return value
 
 
 def _read_config_file(

@@ -85,6 +85,13 @@ def test_ctrl_c_while_the_cli_loads_is_one_line_and_exit_130(tmp_path: Path) -> 
     done = _lake(["tables"], {"PYTHONPATH": pythonpath, "LAKE_DATA_DIR": str(tmp_path / "d")})
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip() == "interrupted", done.stderr
+    # Before that `try`, the console script imports only the two light packages (review13: the
+    # settings module loaded first, and a Ctrl-C in its ~30 ms was still a traceback).
+    probe = "import sys, iceberg_lake.cli; print(sorted(m for m in sys.modules if 'lake' in m))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.split() == ["['iceberg_lake',", "'iceberg_lake.cli']"], loaded.stdout
 
 
 def test_redact_url_and_text() -> None:

@@ -55,6 +55,13 @@ def test_a_relative_path_in_the_toml_file_is_relative_to_the_file(
     # ./lake.toml (found in the working directory) resolves the same way.
     monkeypatch.chdir(tmp_path / "etc")
     assert load_settings({}).data_dir == tmp_path / "etc" / "data"
+    # A plain warehouse path and a SQLite catalog file too (review13: they followed the
+    # working directory, so `lake init` put tables wherever it ran).
+    cfg.write_text('data_dir = "data"\nwarehouse = "wh"\ncatalog_uri = "sqlite:///cat.db"\n')
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    s = load_settings({"LAKE_CONFIG": str(cfg)})
+    assert s.warehouse == (tmp_path / "etc" / "wh").as_uri()
+    assert s.catalog_uri == f"sqlite:///{tmp_path / 'etc' / 'cat.db'}"
     # A variable is the operator's own: relative to where the command runs.
     monkeypatch.chdir(tmp_path / "elsewhere")
     env = {"LAKE_CONFIG": str(cfg), "LAKE_DATA_DIR": "mine"}
