@@ -1047,35 +1047,50 @@ def test_following_replay_does_not_report_a_purge_of_what_it_read(
         pub.close()
 
 
-def test_bounded_live_replay_hands_out_a_tail_larger_than_one_round(
+def test_bounded_live_replay_sorts_a_tail_that_arrives_over_several_polls(
     tmp_path: Path, nats: NatsServer
 ) -> None:
-    """A live replay without --follow whose tail arrives over several rounds delivers all of it:
-    it ends when every message up to its end was handed out, not when the follower received
-    the last one in the background (messages waiting for the next round were dropped).
+    """A live replay without --follow whose tail arrives over several polls delivers all of it
+    (it ends when every message up to its end was handed out, not when the follower received
+    the last one in the background), sorted by event time as one round, with the same hash
+    on every run (quant13: rounds cut by how messages were fetched went back in time, and
+    three runs over a tail at rest gave three hashes).
 
-    Budget: ~3 s (3,000 acked publishes)."""
+    Budget: ~4 s (3,000 acked publishes, two replays)."""
+    import random
+
     settings = settings_for(tmp_path, nats.url)
     LakeCatalog(settings).init()
     pub = Publisher(settings)
     now = time.time_ns()
+    stamps = list(range(3000))
+    random.Random(5).shuffle(stamps)  # published out of event-time order
     try:
 
         async def publish() -> None:
             for start in range(0, 3000, 500):
                 await asyncio.gather(
                     *(
-                        pub.js.publish(SUBJECT, encode(event(i, now + i)))
+                        pub.js.publish(SUBJECT, encode(event(i, now + stamps[i])))
                         for i in range(start, start + 500)
                     )
                 )
 
         pub.loop.run_until_complete(publish())
-        engine = ReplayEngine(settings, [TABLE], now - 10**9, now + 10**9, pin=False, live=True)
-        got = [e.as_dict()["seq"] for e in engine.all_events()]
-        assert sorted(got) == list(range(3000)), "each event once"
-        live = engine.manifest()["live"]
-        assert live["tail_events"] == 3000 and live["tables"][TABLE]["gaps"] == []
+        hashes = []
+        for _ in range(2):
+            engine = ReplayEngine(settings, [TABLE], now - 10**9, now + 10**9, pin=False, live=True)
+            events = list(engine.all_events())
+            got = [e.as_dict()["seq"] for e in events]
+            assert sorted(got) == list(range(3000)), "each event once"
+            times = [e.ts_event_ns for e in events]
+            assert times == sorted(times), "the tail in event-time order"
+            manifest = engine.manifest()
+            live = manifest["live"]
+            assert live["tail_events"] == 3000 and live["tables"][TABLE]["gaps"] == []
+            assert live["tail_rounds"] == 1 and "arrival rounds" not in live["order"]
+            hashes.append(manifest["sequence_hash"])
+        assert hashes[0] == hashes[1]
     finally:
         pub.close()
 

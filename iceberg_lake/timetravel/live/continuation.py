@@ -6,10 +6,14 @@ durable consumers. A live replay's followers buffer a bounded amount between rou
 (`nats_tail.BUFFER_MSGS`/`BUFFER_BYTES`), and a bounded read stops at its end however busy
 the subject is.
 
-Order of live replay events: the pinned history first, in replay order; then the tail in
-arrival rounds — each round (what arrived since the previous one) sorted by the replay key
-(`ts_event_ns`, table position, row order). An event that arrives after a later-stamped one was
-already delivered is delivered when it arrives (late), never dropped.
+Order of live replay events: the pinned history first, in replay order; then the tail. A bounded
+replay's tail is fixed when it starts, so it is read whole (up to `SORTED_TAIL_BYTES`) and
+sorted once by the replay key (`ts_event_ns`, table position, row order): the same order and
+hash on every run (quant13: rounds cut by how messages happened to be fetched went back in time
+and changed the hash). A following replay's tail, and a bounded one beyond that size, comes in
+arrival rounds, each (what arrived since the previous one) sorted by the replay key; an event
+that arrives after a later-stamped one was already delivered is delivered when it arrives
+(late), never dropped.
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ log = logging.getLogger(__name__)
 #: A live replay checks at most this often (seconds) whether the stream removed messages its
 #: followers had not received (`LiveTail._check_gaps`).
 REMOVAL_CHECK_SECONDS = 1.0
+#: A bounded live replay (no `--follow`) holds its whole tail, up to this many message bytes,
+#: and sorts it once: its order and hash are then the same on every run. A larger tail (writers
+#: down for hours) is handed out in arrival rounds like a following replay's.
+SORTED_TAIL_BYTES = 256 * 1024 * 1024
 
 
 class LiveTail:
@@ -103,6 +111,8 @@ class LiveTail:
         #: Last unmapped-subject sequence read for the inferred tails (None: none read).
         self.inferred_last_seq: int | None = None
         self.rounds = 0
+        #: The tail is sorted as one round (a bounded replay within `SORTED_TAIL_BYTES`).
+        self.tail_sorted = not follow
         #: Table → the runs of stream sequences of its range that the stream removed (limits,
         #: purges, deletes) before the tail received them, each sequence once, none received
         #: (`_check_gaps`; a run may hold only other subjects' messages: JetStream does not
@@ -130,8 +140,10 @@ class LiveTail:
                 "follow": self.follow,
                 "tail_events": self.tail_events,
                 "tail_rounds": self.rounds,
-                "order": "history in replay order, then the tail in arrival rounds, each "
-                "sorted by the replay key",
+                "order": "history in replay order, then the tail sorted by the replay key"
+                if self.tail_sorted
+                else "history in replay order, then the tail in arrival rounds, each sorted "
+                "by the replay key",
                 "tables": {
                     src.identifier: {
                         "stream": src.stream,
@@ -341,6 +353,8 @@ class LiveTail:
         engine = self.engine
         engine.set_complete(False)
         end_wall_ns = self.engine.end_ns + int(self.lateness_seconds * 1e9)
+        held: dict[str, list[TailMessage]] = {}  # the tail read so far, while `tail_sorted`
+        held_bytes = 0
         try:
             while True:
                 if self.follow and stop_at is None and time.time_ns() >= end_wall_ns:
@@ -353,12 +367,28 @@ class LiveTail:
                     followers[i].reached(stop_at.get(i, 0)) for i in followers
                 )
                 if done and (self._unmapped is None or self._unmapped.done()):
+                    if held:
+                        yield from self._round(held, stop_at)
+                        held = {}
                     # What was removed since the last check, up to the horizon.
                     self._check_gaps(followers, final=True)
                     engine.set_complete(True)
                     return
                 arrived = loop.run(poll(self.poll_seconds))
-                yield from self._round(arrived, stop_at)
+                if self.tail_sorted:
+                    for key, msgs in arrived.items():
+                        held.setdefault(key, []).extend(msgs)
+                        held_bytes += sum(len(m.data) for m in msgs)
+                    if held_bytes > SORTED_TAIL_BYTES:
+                        log.warning(
+                            "live replay: the tail holds more than %d MiB; it is handed out in "
+                            "arrival rounds (each sorted), not sorted whole",
+                            SORTED_TAIL_BYTES >> 20,
+                        )
+                        self.tail_sorted = False
+                        arrived, held = held, {}
+                if not self.tail_sorted:
+                    yield from self._round(arrived, stop_at)
                 if not self._checks or (
                     time.monotonic() - self._checked_at >= REMOVAL_CHECK_SECONDS
                 ):
