@@ -162,6 +162,13 @@ def load(
         + (f" ({total_stored / seconds:,.0f} rows/s)" if seconds and total_stored else ""),
         output,
     )
+    other = sum(r.rows_other_tables for r in results)
+    if table and other:
+        say(
+            f"{other:,} rows of other tables in the replay export were not loaded into "
+            f"{results[0].table} (load the file without --table to load each table's rows)",
+            output,
+        )
     for c in compactions:
         say(
             f"silver: {c.get('table')} {c.get('date')} {c.get('status')}, "

@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import queue as queue_module
+import re
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings
@@ -46,15 +49,17 @@ from iceberg_lake.load.mapping import (
     identity_mapping,
 )
 from iceberg_lake.load.sources import (
+    TABLE_COLUMN,
     Source,
     SourceBatch,
     detect_format,
+    export_tables,
     file_sha256,
     open_source,
 )
 from iceberg_lake.load.validate import Validator
 from iceberg_lake.process import end_with_parent
-from iceberg_lake.tables import BRONZE, DEAD_LETTERS_TABLE, TableDefinition
+from iceberg_lake.tables import BRONZE, DEAD_LETTERS_TABLE, TableDefinition, registry
 
 #: Default rows per commit: large enough that commit overhead is a few percent of the load time
 #: (see docs/backfill.md for the measurement), small enough to bound memory and lost work.
@@ -113,7 +118,9 @@ class LoadResult:
         rows_skipped: rows another run committed (stored or dead-lettered): before this run
             started, or meanwhile (a copy of the same content loading at once). For every
             status but `loading-elsewhere` and `rejected`: `rows_stored + dead_lettered +
-            rows_skipped` = the file's rows = `first_row + rows_read`.
+            rows_skipped + rows_other_tables` = the file's rows = `first_row + rows_read`.
+        rows_other_tables: rows of a replay export that its `table` column gives to another
+            table (loaded by that table's own run, never stored here).
         partitions: (symbol, hour start ISO) partitions this run wrote to.
         snapshots: snapshot ids this run made on the table.
         seconds: wall time.
@@ -135,6 +142,7 @@ class LoadResult:
     seconds: float = 0.0
     error: str = ""
     first_row: int = 0
+    rows_other_tables: int = 0
 
     @property
     def days(self) -> list[str]:
@@ -263,6 +271,80 @@ def _refuse_defaulted_columns(
         )
 
 
+def _table_name(identifier: str) -> str:
+    """`stocks_trades` of `bronze.stocks_trades` (an export of Silver reloads into Bronze)."""
+    return identifier.rsplit(".", 1)[-1]
+
+
+def _export_rows_of(path: Path, source: Source, table_id: str, sha: str, refuse: bool) -> str:
+    """The `table` value pattern of `table_id`'s rows in a replay export.
+
+    Raises:
+        LoadRejectedError: (`refuse`) the export holds no row of the table; nothing stored.
+    """
+    name = _table_name(table_id)
+    if refuse:
+        present = export_tables(source)
+        if not any(_table_name(t) == name for t in present):
+            raise LoadRejectedError(
+                f"{path.name} holds no rows of {table_id}: its {TABLE_COLUMN} column names "
+                f"{', '.join(present) or 'no table'}. Nothing stored: load it with --table one "
+                "of those, or without --table to load each table's rows into its own table",
+                file=str(path),
+                table=table_id,
+                sha256=sha,
+            )
+    return rf"^([^.]*\.)?{re.escape(name)}$"
+
+
+def _only_rows_of(
+    batch: SourceBatch, pattern: str
+) -> tuple[pa.Table, dict[int, str], np.ndarray | None]:
+    """The batch's rows whose `table` matches `pattern`, their reader problems renumbered,
+    and their row numbers in the batch (None: every row is the table's)."""
+    names = batch.table.column(TABLE_COLUMN)
+    if pa.types.is_dictionary(names.type):  # as `lake replay` writes it to Parquet
+        names = names.cast(names.type.value_type)
+    mask = pc.fill_null(pc.match_substring_regex(names.cast(pa.string()), pattern), False)
+    kept = np.flatnonzero(np.asarray(mask))
+    if len(kept) == batch.table.num_rows:
+        return batch.table, batch.problems, None
+    renumber = {int(old): new for new, old in enumerate(kept)}
+    problems = {renumber[r]: why for r, why in batch.problems.items() if r in renumber}
+    return batch.table.take(pa.array(kept)), problems, kept
+
+
+def route_exports(paths: Sequence[Path | str], options: LoadOptions) -> list[tuple[str, str]]:
+    """(file, table) loads for `paths`: a replay export loaded without `--table` or `--mapping`
+    goes to the Bronze table of each table its `table` column names (one load per table, each
+    with its own ledger entry); any other file to the table its options resolve (None here).
+
+    Raises:
+        LakeError: an export names a table `lake load` does not write.
+    """
+    out: list[tuple[str, str]] = []
+    for p in paths:
+        path = Path(p)
+        routed = False
+        if options.table is None and options.mapping is None:
+            fmt = options.format or _format_of(path, options)
+            if fmt != "dbn":
+                source = open_source(path, fmt)
+                for table in export_tables(source):
+                    target = f"{BRONZE}.{_table_name(table)}"
+                    if target not in registry() or target == DEAD_LETTERS_TABLE:
+                        raise LakeError(
+                            f"{path.name}: its {TABLE_COLUMN} column names {table}, which lake "
+                            "load cannot write (Bronze market tables only): load the other "
+                            "tables with --table"
+                        )
+                    out.append((str(path), target))
+                    routed = True
+        if not routed:
+            out.append((str(path), ""))
+    return out
+
+
 def _format_of(path: Path, options: LoadOptions) -> str:
     """The format from the file name, else the format the `--mapping` declares."""
     try:
@@ -361,6 +443,11 @@ def load_file(
     validator = Validator(table_id, committer.table.schema(), definition.partition_key)
     if not committed:  # a resumed load is never refused (its file was accepted before)
         _refuse_defaulted_columns(path, fmt, mapping, source.columns, validator, table_id, sha)
+    # A replay export names each row's table: only this table's rows are its (quant13: the
+    # other tables' rows were stored here, or dead-lettered as missing this table's fields).
+    mine = None
+    if TABLE_COLUMN in source.columns and TABLE_COLUMN not in definition.column_names:
+        mine = _export_rows_of(path, source, table_id, sha, refuse=not committed)
     # Precedence of `source` (docs/backfill.md): --source for every row; else the file's own
     # `source` column where it has a value; else the mapping's `source`; else `file`.
     source_name = options.source or ""
@@ -375,10 +462,11 @@ def load_file(
     chunk_first = committed
     position = committed
     first_bad: tuple[int, str] | None = None  # (file row, reason) of the first invalid row
+    chunk_other = 0  # rows of the chunk that belong to other tables (a replay export)
     wrote = False  # this run committed something (rows, letters or a ledger entry)
 
     def flush(end_row: int, last: bool) -> None:
-        nonlocal buffered_bytes, letters, chunk_first, wrote
+        nonlocal buffered_bytes, letters, chunk_first, wrote, chunk_other
         if chunk_first == 0 and not buffer and first_bad is not None:
             if not last and end_row < REJECT_SAMPLE_ROWS:
                 # Too few rows to judge the file by (a small --commit-rows): one bad leading
@@ -406,7 +494,8 @@ def load_file(
         )
         result.rows_stored += outcome.rows
         # The rest of the chunk another run committed (its rows, or letters stored before).
-        result.rows_skipped += end_row - chunk_first - outcome.rows - dead
+        result.rows_skipped += end_row - chunk_first - outcome.rows - dead - chunk_other
+        chunk_other = 0
         wrote = wrote or bool(dead) or not outcome.skipped
         partitions.update(outcome.partitions)
         if outcome.snapshot_id is not None:
@@ -419,14 +508,20 @@ def load_file(
     try:
         for whole in source.batches(skip_rows=committed):
             for batch in _pieces(whole, commit_rows - (position - chunk_first), commit_rows):
-                converted = convert(
-                    batch.table, mapping, target, source_name, batch.problems, default_source
-                )
+                rows_in, problems, kept = batch.table, batch.problems, None
+                if mine is not None:
+                    rows_in, problems, kept = _only_rows_of(batch, mine)
+                    other = batch.table.num_rows - rows_in.num_rows
+                    result.rows_other_tables += other
+                    chunk_other += other
+                converted = convert(rows_in, mapping, target, source_name, problems, default_source)
                 checked = validator.check(converted.table, converted.problems)
                 if checked.good.num_rows:
                     buffer.append(checked.good)
                     buffered_bytes += checked.good.nbytes
                 if checked.bad:
+                    if kept is not None:  # rows of this table: back to their batch rows
+                        checked.bad = [(int(kept[r]), reason) for r, reason in checked.bad]
                     if first_bad is None:
                         first_bad = (batch.first_row + checked.bad[0][0], checked.bad[0][1])
                     now = time.time_ns()
@@ -527,17 +622,22 @@ def load_files(
         progress: as for `load_file` (called in this process).
 
     Returns:
-        One result per file, in the order given; a file rejected for having no valid row in
-        its first commit has status `rejected` and the reason in `error` (the others load).
+        One result per file, in the order given (a replay export loaded without a table: one
+        per table it holds, `route_exports`); a file rejected for having no valid row in its
+        first commit has status `rejected` and the reason in `error` (the others load).
 
     Raises:
         LakeError: the first other failure (files already committed stay committed; re-run
             to resume).
     """
     options = options or LoadOptions()
-    if jobs <= 1 or len(paths) <= 1:
+    work = [
+        (path, replace(options, table=table) if table else options)
+        for path, table in route_exports(paths, options)
+    ]
+    if jobs <= 1 or len(work) <= 1:
         lake = LakeCatalog(settings)
-        return [_load_or_reject(lake, p, options, progress) for p in paths]
+        return [_load_or_reject(lake, p, o, progress) for p, o in work]
     ctx = multiprocessing.get_context("spawn")
     # A plain queue handed over at worker start-up (no manager process to outlive a kill).
     queue = ctx.Queue()
@@ -548,7 +648,7 @@ def load_files(
         initializer=_init_worker,
         initargs=(queue, logging.getLogger().getEffectiveLevel()),
     ) as pool:
-        futures = {pool.submit(_worker, settings, str(p), options): i for i, p in enumerate(paths)}
+        futures = {pool.submit(_worker, settings, p, o): i for i, (p, o) in enumerate(work)}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -556,7 +656,7 @@ def load_files(
             for fut in done:
                 results[futures[fut]] = fut.result()
         _drain(queue, progress)
-    return [results[i] for i in range(len(paths))]
+    return [results[i] for i in range(len(work))]
 
 
 def _drain(queue: Any, progress: ProgressFn | None) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
@@ -235,6 +236,26 @@ class CsvSource:
         finally:
             stream.close()
             raw.close()
+
+
+#: The column a replay export names each row's table in (`lake replay --format parquet|ndjson`;
+#: `timetravel.replay.arrow.TABLE_COLUMN`, checked equal by tests/test_load_exports.py).
+TABLE_COLUMN = "table"
+
+
+def export_tables(source: Source) -> list[str]:
+    """The tables a replay export's rows belong to (distinct `table` values, sorted; none when
+    the file has no such column). Reads that column through the whole file."""
+    if TABLE_COLUMN not in source.columns:
+        return []
+    if isinstance(source, ParquetSource):
+        column = pq.read_table(source.path, columns=[TABLE_COLUMN]).column(0)
+        return sorted(str(v) for v in pc.unique(column).to_pylist() if v is not None)
+    found: set[str] = set()
+    for batch in source.batches():
+        values = pc.unique(batch.table.column(TABLE_COLUMN)).to_pylist()
+        found.update(str(v) for v in values if v is not None)
+    return sorted(found)
 
 
 class ParquetSource:
