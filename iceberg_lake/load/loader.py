@@ -186,6 +186,12 @@ def resolve(source: Source, options: LoadOptions) -> tuple[Mapping, str]:
         return best, options.table or best.table
     if options.table:
         return identity_mapping(options.table), options.table
+    if TABLE_COLUMN in source.columns:
+        raise LakeError(
+            f"{source.path.name} is a replay export (its {TABLE_COLUMN} column names each row's "
+            "table): pass the table, or load it with load_files / lake load, which load each "
+            "table's rows into its own table"
+        )
     raise LakeError(
         f"cannot tell which table {source.path.name} belongs to: pass --table (columns named "
         "like the table's) or --mapping"
