@@ -227,6 +227,27 @@ def test_vwap_is_the_same_every_run(bars_data: dict) -> None:
     assert len(runs) == 1, runs
 
 
+def test_symbols_pick_the_series_of_one_bar_over_everything(
+    bars_data: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """quant13: a whole-session bar (`--by ''`) mixed every symbol of the table (ES with NQ),
+    and nothing could restrict it. `symbols` keeps only those symbols' rows."""
+    with Lake(bars_data["settings"]) as lk:
+        by_symbol = lk.bars(TRADES, "1h", as_of="bars").to_pandas()
+        spy = lk.bars(TRADES, "1h", by=None, as_of="bars", symbols=["SPY"]).to_pandas()
+        both = lk.bars(TRADES, "1h", as_of="bars", symbols=["SPY", "QQQ"]).to_pandas()
+        none = lk.bars(TRADES, "1h", as_of="bars", symbols=["IWM"])
+    want = by_symbol[by_symbol["symbol"] == "SPY"].drop(columns="symbol").reset_index(drop=True)
+    assert len(want) >= 1 and spy.to_dict("records") == want.to_dict("records")
+    assert both.to_dict("records") == by_symbol.to_dict("records")
+    assert none.num_rows == 0
+    monkeypatch.setenv("LAKE_DATA_DIR", str(bars_data["settings"].data_dir))
+    args = ["bars", TRADES, "--every", "1h", "--by", "", "--symbols", "SPY", "--as-of", "bars"]
+    res = CliRunner().invoke(app, [*args, "--start", "2025-12-16", "-o", "json"])
+    assert res.exit_code == 0, res.output
+    assert [r["trades"] for r in json.loads(res.stdout)] == spy["trades"].tolist()
+
+
 def test_pin_and_errors(bars_data: dict) -> None:
     with Lake(bars_data["settings"]) as lk:
         pinned = lk.bars(TRADES, "1h", by=None, as_of="bars")

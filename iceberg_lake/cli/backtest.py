@@ -18,6 +18,7 @@ from iceberg_lake.cli.common import (
     option,
     option_group,
     parse_time_ns,
+    split_names,
     window_options,
 )
 from iceberg_lake.cli.output import cell_text, output_file_errors, root_format
@@ -102,6 +103,13 @@ def bars(
     table: str = typer.Argument(..., help="Trades or quotes table, e.g. silver.stocks_trades."),
     every: str = typer.Option("1m", "--every", help="Bar width: 5s, 1m, 15m, 1h, 250ms, …"),
     by: str | None = typer.Option("symbol", "--by", help="Group column; '' for one series."),
+    symbols: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--symbols",
+            help="Only these symbols (comma-separated or repeated); default: every symbol.",
+        ),
+    ] = None,
     origin: str | None = typer.Option(
         None,
         "--origin",
@@ -137,6 +145,7 @@ def bars(
             by=by or None,
             as_of=parse_as_of(as_of),
             origin_ns=origin_ns,
+            symbols=split_names(symbols),
         )
     result.emit(series, f"{table} {every} bars")
 

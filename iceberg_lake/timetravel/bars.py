@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from iceberg_lake.engine.duck import quote_ident
+from iceberg_lake.engine.duck import quote_ident, quote_str
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.timetravel.order import order_by_sql, row_order, table_row_order
 from iceberg_lake.timetravel.snapshots import AsOfSpec
@@ -105,16 +105,20 @@ def bars_sql(
     by: str | None,
     order: list[str] | None = None,
     origin_ns: int = 0,
+    symbols: Sequence[str] | None = None,
 ) -> str:
     """The DuckDB SQL of `bars` over `relation` (a view or table expression).
 
     `order` is the table's replay row order (`timetravel.order.row_order`; None: that of an
     undeclared table with `columns`): open is the first event of a bar in it, close the last.
     Bars start at `origin_ns + k * every_ns` (default: multiples of `every_ns` since the epoch).
+    `symbols`: only rows of these symbols (None: all).
     """
     kind, a, b = bar_kind(columns)
     if by is not None and by not in columns:
         raise TimeTravelError(f"cannot group bars by {by!r}: no such column")
+    if symbols is not None and "symbol" not in columns:
+        raise TimeTravelError("cannot pick symbols: the table has no symbol column")
     key = order_by_sql(order if order is not None else row_order(None, columns))
     # Only the origin's offset within one width matters; kept in [0, every) so the grid is the
     # same for any origin on it and `ts - offset` stays non-negative for real event times.
@@ -164,6 +168,8 @@ def bars_sql(
         # neither is a price, and a mid or spread with it would be half the other side's.
         valid = f"{bid} IS NOT NULL AND {ask} IS NOT NULL AND {bid} <> 0 AND {ask} <> 0"
     where = [valid]
+    if symbols is not None:
+        where.append(f"symbol IN ({', '.join(quote_str(x) for x in symbols) or 'NULL'})")
     if start_ns is not None:
         where.append(f"ts_event_ns >= {int(start_ns)}")
     if end_ns is not None:
@@ -186,6 +192,7 @@ def bars(
     by: str | None = "symbol",
     as_of: AsOfSpec = None,
     origin_ns: int = 0,
+    symbols: Sequence[str] | None = None,
 ) -> pa.Table:
     """Time bars of `table` over `[start_ns, end_ns)` at its pinned snapshot.
 
@@ -201,6 +208,8 @@ def bars(
         as_of: pin (tag, snapshot id, time, or per-table mapping).
         origin_ns: a time on the bars' grid: bars start at `origin_ns + k * every` (default the
             epoch: 00:00 UTC for `1d`, Thursday 00:00 UTC for `7d`).
+        symbols: only these symbols (None: every symbol), e.g. one contract's session bar
+            with `by=None`.
 
     Returns:
         One row per (group, bar), ordered by group then bar start; columns as in the module doc.
@@ -219,7 +228,7 @@ def bars(
         relation = f"{ns}.{quote_ident(name)}"
         columns = [r[0] for r in con.execute(f"DESCRIBE {relation}").fetchall()]
         order = table_row_order(lake.catalog, table, columns)
-        sql = bars_sql(relation, columns, width, start_ns, end_ns, by, order, origin_ns)
+        sql = bars_sql(relation, columns, width, start_ns, end_ns, by, order, origin_ns, symbols)
         return con.execute(sql).arrow().read_all()
     finally:
         con.close()
