@@ -105,7 +105,7 @@ def load_mapping(path: Path) -> Mapping:
     """Read a mapping TOML file.
 
     Raises:
-        LakeError: the file is missing or malformed.
+        LakeError: the file is missing or malformed, or a `[scale]` factor is zero or not finite.
     """
     try:
         data = tomllib.loads(path.read_text())
@@ -114,6 +114,13 @@ def load_mapping(path: Path) -> Mapping:
     try:
         columns = {str(k): str(v) for k, v in dict(data.get("columns", {})).items()}
         scale = {str(k): float(v) for k, v in dict(data.get("scale", {})).items()}
+        for key, factor in scale.items():
+            if not math.isfinite(factor) or factor == 0:
+                # A zero factor ended the load in an internal ZeroDivisionError (review13).
+                raise LakeError(
+                    f"invalid mapping {path}: [scale] {key} = {factor:g} is not a finite, "
+                    "non-zero factor"
+                )
         return Mapping(
             name=str(data.get("name", path.stem)),
             table=str(data.get("table", "")),

@@ -1,0 +1,70 @@
+"""Number text in `lake load` is read the same way whichever path a batch takes (no catalog).
+
+A text column goes through Arrow's casts when every value is plain and value by value otherwise,
+so what one path accepts the other must accept, and with the same value (review13).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from iceberg_lake.cli.app import app
+from iceberg_lake.exceptions import LakeError
+from iceberg_lake.load.mapping import Converted, Mapping, convert, load_mapping
+from iceberg_lake.tables import registry
+from tests.load_data import TRADES_MAPPING, trades_table, write_parquet
+from tests.test_load import make_lake
+
+TABLE = "bronze.stocks_trades"
+UNDEFINED = (2**63 - 1, -(2**63), 2**64 - 1)
+TEXT = pa.string()
+
+
+def _convert(
+    column: str,
+    values: list[object],
+    scale: dict[str, float] | None = None,
+    of_type: pa.DataType = TEXT,
+) -> Converted:
+    """`values` as the file column feeding `column` of the trades table."""
+    n = len(values)
+    return convert(
+        pa.table({"v": pa.array(values, of_type), "symbol": ["SPY"] * n}),
+        Mapping(name="t", table=TABLE, columns={column: "v"}, scale=scale or {}),
+        registry().get(TABLE).arrow_schema(),
+        "s",
+    )
+
+
+@pytest.mark.parametrize("factor", ["0", "-0.0", "inf", "-inf", "nan"])
+def test_a_zero_or_non_finite_scale_factor_is_refused_with_the_mapping_and_key(
+    tmp_path: Path, factor: str
+) -> None:
+    """`[scale] price = 0` (or -0.0, inf, nan) was accepted and the load ended in 'internal
+    error: ZeroDivisionError' (review13): the mapping is refused with its file and key."""
+    path = tmp_path / "zero.toml"
+    path.write_text(f"{TRADES_MAPPING}[scale]\nprice = {factor}\n")
+    with pytest.raises(LakeError, match=r"zero\.toml: \[scale\] price = .* is not a finite"):
+        load_mapping(path)
+
+
+def test_a_zero_scale_factor_is_one_line_from_the_cli(tmp_path: Path) -> None:
+    """Through `lake load` the same mapping ended in 'internal error: ZeroDivisionError'
+    (review13); it is one line naming the file and key, exit 1."""
+    make_lake(tmp_path / "data")
+    data = write_parquet(tmp_path / "t.parquet", trades_table(10))
+    path = tmp_path / "zero.toml"
+    path.write_text(f"{TRADES_MAPPING}[scale]\nprice = 0\n")
+    out = CliRunner().invoke(
+        app,
+        ["load", str(data), "--mapping", str(path)],
+        env={"LAKE_DATA_DIR": str(tmp_path / "data")},
+    )
+    assert out.exit_code == 1, out.output
+    lines = [line for line in out.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "[scale] price = 0" in lines[0], out.output
+    assert "internal error" not in out.output
