@@ -40,6 +40,22 @@ def _convert(
     )
 
 
+@pytest.mark.parametrize("neighbour", [None, "1.5"])
+def test_integer_text_beyond_eighteen_digits_is_refused_not_wrapped_into_a_timestamp(
+    neighbour: str | None,
+) -> None:
+    """`_PLAIN_DECIMAL` let integer text of any length into Arrow's decimal cast, which wraps
+    silently: microseconds `728012686239904354656691780` with `ts_event_ns = 1000` were stored
+    as 2023-01-01T00:00:00Z (review13). Long values go value by value and are out of range."""
+    # Arrow's decimal cast wraps this one to 1672531200000000.000…: a 2023 timestamp in µs.
+    values = ["728012686239904354656691780"] + ([neighbour] if neighbour else [])
+    for factor in (1000, 1e9):
+        got = _convert("ts_event_ns", values, {"ts_event_ns": factor})
+        assert got.table["ts_event_ns"].to_pylist()[0] is None, factor
+        assert list(got.problems) == [0], factor
+        assert "out of range" in got.problems[0] or "invalid value" in got.problems[0]
+
+
 @pytest.mark.parametrize("factor", ["0", "-0.0", "inf", "-inf", "nan"])
 def test_a_zero_or_non_finite_scale_factor_is_refused_with_the_mapping_and_key(
     tmp_path: Path, factor: str

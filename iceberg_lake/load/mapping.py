@@ -511,8 +511,9 @@ def _scale_exactly(
 
 
 #: Decimal text without an exponent and at most 18 digits before the point: what
-#: `_shift_decimal_text` converts (Arrow's decimal cast wraps `1e30` around silently).
-_PLAIN_DECIMAL = r"^[+-]?(\d{1,18}\.?\d*|\.\d+)$"
+#: `_shift_decimal_text` converts (Arrow's decimal cast wraps `1e30` around silently, and wrapped
+#: 27-digit integer text, whose point was optional here, into a 2023 timestamp; review13).
+_PLAIN_DECIMAL = r"^[+-]?([0-9]{1,18}(\.[0-9]*)?|\.[0-9]+)$"
 
 
 def _power_of_ten(factor: float) -> int | None:
