@@ -40,6 +40,21 @@ def _convert(
     )
 
 
+@pytest.mark.parametrize("scale", [None, {"size": 1000}])
+def test_hex_integer_text_is_refused_whatever_else_the_batch_holds(
+    scale: dict[str, float] | None,
+) -> None:
+    """`0x64` was stored as size 100 when every other value of the batch was plain (Arrow's
+    cast reads hex) and dead-lettered when one was `5.0` (value by value it is refused), so the
+    same row's fate depended on its neighbours (review13)."""
+    factor = 1000 if scale else 1
+    for neighbour in ("5", "5.0", "5e0", "+5"):
+        got = _convert("size", ["0x64", neighbour], scale)
+        assert got.table["size"].to_pylist() == [None, 5 * factor], neighbour
+        assert list(got.problems) == [0], neighbour
+        assert "'0x64'" in got.problems[0]
+
+
 @pytest.mark.parametrize("neighbour", [None, "1.5"])
 def test_integer_text_beyond_eighteen_digits_is_refused_not_wrapped_into_a_timestamp(
     neighbour: str | None,

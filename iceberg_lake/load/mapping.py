@@ -327,9 +327,10 @@ def _parse_text(arr: pa.Array, target: pa.DataType, name: str, found: dict[int, 
         known = pc.and_(pc.invert(pc.is_null(lower)), ok)
         truth = pc.is_in(lower, pa.array(sorted(_TRUE)))
         return pc.if_else(known, truth, pa.scalar(None, pa.bool_()))
-    parse_as = pa.int64() if pa.types.is_integer(target) else pa.float64()
-    if not (pa.types.is_integer(target) or pa.types.is_floating(target)):
-        parse_as = target
+    if pa.types.is_integer(target):
+        integers = _integer_text(arr)
+        return _cast_per_value(arr, pa.int64(), name, found) if integers is None else integers
+    parse_as = pa.float64() if pa.types.is_floating(target) else target
     try:
         return arr.cast(parse_as)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -423,13 +424,23 @@ def _decimal_text(text: str) -> Decimal:
 
 
 def _whole_numbers(arr: pa.Array) -> pa.Array | None:
-    """A text column as int64 when every value is a whole number (empty: null), else None."""
+    """A text column as int64 when every value is integer text (empty: null), else None."""
     trimmed = pc.utf8_trim_whitespace(arr)
-    trimmed = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, trimmed.type), trimmed)
+    return _integer_text(pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, trimmed.type), trimmed))
+
+
+def _integer_text(text: pa.Array) -> pa.Array | None:
+    """Trimmed text (or null) as int64 when every value is ASCII digits after an optional `-`
+    and within int64, else None (then the values go value by value, with their reasons)."""
     try:
-        return trimmed.cast(pa.int64())
+        integers = text.cast(pa.int64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
+    # Arrow's cast also reads hex (`0x64` as 100), which value by value is refused: the same
+    # row was stored or dead-lettered by what else its batch held (review13). Checked after
+    # the cast, which refuses the rest, in a tenth of the time of a pattern.
+    digits = pc.fill_null(pc.ascii_is_decimal(pc.ascii_ltrim(text, "-")), True)
+    return integers if pc.all(digits, min_count=0).as_py() else None
 
 
 def _scale(
