@@ -71,6 +71,29 @@ def test_integer_text_beyond_eighteen_digits_is_refused_not_wrapped_into_a_times
         assert "out of range" in got.problems[0] or "invalid value" in got.problems[0]
 
 
+@pytest.mark.parametrize(
+    ("column", "scale"),
+    [
+        ("size", None),
+        ("size", {"size": 1000}),
+        ("price", None),
+        ("ts_event_ns", {"ts_event_ns": 1e9}),
+    ],
+)
+def test_unicode_digits_are_refused_like_other_invalid_text(
+    column: str, scale: dict[str, float] | None
+) -> None:
+    """Arabic-Indic `١٢٣.5` and full-width `１２３` were stored as 123.5 and 123: Arrow's casts
+    refuse them, and the batch went value by value, where Python's `\\d`, `int`, `float` and
+    `Decimal` take any script's digits (review13)."""
+    got = _convert(column, ["١٢٣.5", "١٢٣", "１２３", "2.0"], scale)
+    stored = got.table[column].to_pylist()
+    assert stored[:3] == [None, None, None], stored
+    assert stored[3] is not None
+    assert sorted(got.problems) == [0, 1, 2]
+    assert all("invalid value" in reason for reason in got.problems.values())
+
+
 @pytest.mark.parametrize("factor", ["0", "-0.0", "inf", "-inf", "nan"])
 def test_a_zero_or_non_finite_scale_factor_is_refused_with_the_mapping_and_key(
     tmp_path: Path, factor: str

@@ -362,8 +362,10 @@ def _convert_value(value: Any, target: pa.DataType) -> Any:
             raise OverflowError("out of range")
         return number
     if pa.types.is_floating(target):
-        if isinstance(value, str) and "_" in value:
-            raise ValueError("not a number")  # Python reads 1_000; no feed writes it
+        if isinstance(value, str) and ("_" in value or not value.isascii()):
+            # Python reads 1_000 and any script's digits (`١٢٣.5`); no feed writes them, and
+            # Arrow's cast refuses them (review13).
+            raise ValueError("not a number")
         return float(value)
     if pa.types.is_boolean(target):
         text = str(value).strip().lower()
@@ -379,8 +381,9 @@ def _convert_value(value: Any, target: pa.DataType) -> Any:
 _MAX_DIGITS = 19
 #: Fixed-point "undefined" sentinels (Databento's UNDEF_PRICE is int64's largest): no value.
 _UNDEFINED_INTEGERS = (2**63 - 1, -(2**63), 2**64 - 1)
-#: A number as text in plain or exponent notation (not Python's `1_000`, `0x1f`, `nan`).
-_NUMBER_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+#: A number as text in plain or exponent notation, in ASCII digits (not Python's `1_000`, `0x1f`,
+#: `nan`, or the other scripts' digits `\d` and `Decimal` take: `١٢٣.5`; review13).
+_NUMBER_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 def _whole_number(value: Any) -> int:
@@ -393,7 +396,7 @@ def _whole_number(value: Any) -> int:
     """
     if isinstance(value, str):
         text = value.strip()
-        if re.fullmatch(r"[+-]?\d+", text):
+        if re.fullmatch(r"[+-]?[0-9]+", text):
             return int(text)
         value = _decimal_text(text)
     if isinstance(value, float):
