@@ -71,6 +71,25 @@ def test_integer_text_beyond_eighteen_digits_is_refused_not_wrapped_into_a_times
         assert "out of range" in got.problems[0] or "invalid value" in got.problems[0]
 
 
+def test_a_scaled_long_decimal_is_rounded_once_from_the_exact_product() -> None:
+    """`1.0000000005000000000000000000001` seconds × 1e9 was 1000000000 ns: the product was
+    rounded to Decimal's 28 digits (…0005, a tie) and then half to even, where the exact
+    product …0005000000000000000000001 rounds up (review13)."""
+    values = [
+        "1.0000000005000000000000000000001",
+        "-1.0000000005000000000000000000001",
+        "1.0000000005000000000000000000001e0",
+        "1.0000000005",
+        "1.0000000015",
+        "1.49999999999999999999999999999999999e-9",
+    ]
+    got = _convert("ts_event_ns", values, {"ts_event_ns": 1e9})
+    assert got.table["ts_event_ns"].to_pylist() == [
+        1_000_000_001, -1_000_000_001, 1_000_000_001, 1_000_000_000, 1_000_000_002, 1,
+    ]  # fmt: skip
+    assert got.problems == {}
+
+
 @pytest.mark.parametrize(
     ("column", "scale"),
     [

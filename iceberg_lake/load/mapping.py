@@ -34,7 +34,7 @@ import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -577,7 +577,7 @@ def _scale_per_value(
                 number = Decimal(repr(value))
             else:
                 number = Decimal(value)
-            product = number * scale
+            product = _exact_product(number, scale)
             if not product.is_finite():
                 raise ValueError("not a number")
             if product and product.adjusted() > _MAX_DIGITS:
@@ -589,6 +589,16 @@ def _scale_per_value(
             continue
         out.append(result)
     return pa.array(out, type=target)
+
+
+def _exact_product(number: Decimal, scale: Decimal) -> Decimal:
+    """`number * scale` unrounded: in Decimal's default 28 digits the product was rounded before
+    it was rounded to an integer (`1.0000000005000000000000000000001` s × 1e9 gave 1000000000
+    ns; review13)."""
+    with localcontext() as context:
+        digits = len(number.as_tuple().digits) + len(scale.as_tuple().digits)
+        context.prec = max(context.prec, digits)
+        return number * scale
 
 
 def _report(arr: pa.Array, ok: pa.Array, name: str, found: dict[int, str], what: str) -> None:
