@@ -40,6 +40,25 @@ def _convert(
     )
 
 
+def test_an_undefined_sentinel_in_text_is_no_value_as_in_an_integer_column() -> None:
+    """Text `9223372036854775807` (Databento's UNDEF_PRICE) with `price = 1e-9` was stored as a
+    price of 9223372036.854776, where the same value in an int64 column (Parquet, DBN) is no
+    value (review13)."""
+    fixed = {"price": 1e-9}
+    texts = [str(v) for v in UNDEFINED] + ["600250000000", " 9223372036854775807 ", "+1"]
+    got = _convert("price", texts, fixed)
+    assert got.table["price"].to_pylist() == [None, None, None, 600.25, None, 1e-9]
+    assert got.problems == {}
+
+    signed = _convert("price", [2**63 - 1, -(2**63), 600250000000], fixed, pa.int64())
+    unsigned = _convert("price", [2**64 - 1, 2**63 - 1, 600250000000], fixed, pa.uint64())
+    as_text = _convert("price", [str(2**63 - 1), str(-(2**63)), "600250000000"], fixed)
+    for column in (signed, unsigned):
+        assert column.table["price"].to_pylist() == [None, None, 600.25]
+        assert column.problems == as_text.problems == {}
+    assert as_text.table["price"].to_pylist() == [None, None, 600.25]
+
+
 @pytest.mark.parametrize("scale", [None, {"size": 1000}])
 def test_hex_integer_text_is_refused_whatever_else_the_batch_holds(
     scale: dict[str, float] | None,

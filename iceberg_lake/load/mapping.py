@@ -285,6 +285,8 @@ def _convert_column(
             # each value as written (binary floats put 1710150000.123456 s at ...123456128 ns).
             return _scale_exactly(arr, factor, target, name, found)
         arr, text = integers, False
+    if text and factor is not None and pa.types.is_floating(target):
+        arr = _without_undefined(arr)
     if text:
         arr = _parse_text(arr, target, name, found)
     if pa.types.is_decimal(arr.type) and pa.types.is_floating(target):
@@ -444,6 +446,27 @@ def _integer_text(text: pa.Array) -> pa.Array | None:
     # the cast, which refuses the rest, in a tenth of the time of a pattern.
     digits = pc.fill_null(pc.ascii_is_decimal(pc.ascii_ltrim(text, "-")), True)
     return integers if pc.all(digits, min_count=0).as_py() else None
+
+
+def _without_undefined(text: pa.Array) -> pa.Array:
+    """`text` with null for the integer text of a fixed-point "undefined" sentinel, no value
+    without a reason, as `_scale` has them in an integer column (review13: text
+    `9223372036854775807` with `price = 1e-9` was a price of 9223372036.854776)."""
+    # Only text as long as a sentinel is looked at further: the price columns this path reads
+    # hold short values, and a pattern over every one would cost more than the parse.
+    long = pc.fill_null(pc.greater_equal(pc.utf8_length(text), 19), False)
+    if not pc.any(long).as_py():
+        return text
+    rows = np.flatnonzero(long.to_numpy(zero_copy_only=False))
+    candidates = pc.utf8_trim_whitespace(text.take(pa.array(rows)))
+    integers = pc.match_substring_regex(candidates, r"^[+-]?0*[0-9]{19,20}$")
+    rows = rows[integers.to_numpy(zero_copy_only=False)]
+    undefined = np.zeros(len(text), dtype=bool)
+    for row, value in zip(rows, candidates.filter(integers).to_pylist(), strict=True):
+        undefined[row] = int(value) in _UNDEFINED_INTEGERS
+    if not undefined.any():
+        return text
+    return pc.if_else(pa.array(undefined), pa.scalar(None, text.type), text)
 
 
 def _scale(
