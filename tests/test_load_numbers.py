@@ -59,6 +59,26 @@ def test_an_undefined_sentinel_in_text_is_no_value_as_in_an_integer_column() -> 
     assert as_text.table["price"].to_pylist() == [None, None, 600.25]
 
 
+def test_integer_text_beyond_2_53_scales_into_the_double_an_integer_column_gives() -> None:
+    """Fixed-point integer text beyond 2**53 with `price = 1e-9` was parsed as a double and
+    then divided, so a quarter of the prices came a double away from the same file's Parquet
+    copy (divided exactly), and Silver's dedup kept both (review13)."""
+    import random
+
+    rng = random.Random(13)
+    signed = [rng.randint(2**53, 2**62) for _ in range(2000)] + [2**53, 2**53 + 1, -(2**60) - 7]
+    unsigned = [2**63, 2**63 + 12_345, 2**64 - 2]
+    fixed = {"price": 1e-9}
+    for values, of_type in ((signed, pa.int64()), (unsigned, pa.uint64())):
+        column = _convert("price", values, fixed, of_type)
+        as_text = _convert("price", [f" {v} " for v in values] + ["600.25"], fixed)
+        assert as_text.table["price"].to_pylist() == [
+            *column.table["price"].to_pylist(),
+            600.25e-9,
+        ]
+        assert as_text.problems == column.problems == {}
+
+
 @pytest.mark.parametrize("scale", [None, {"size": 1000}])
 def test_hex_integer_text_is_refused_whatever_else_the_batch_holds(
     scale: dict[str, float] | None,

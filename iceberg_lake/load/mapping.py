@@ -285,8 +285,9 @@ def _convert_column(
             # each value as written (binary floats put 1710150000.123456 s at ...123456128 ns).
             return _scale_exactly(arr, factor, target, name, found)
         arr, text = integers, False
+    exact: tuple[np.ndarray, pa.Array] | None = None
     if text and factor is not None and pa.types.is_floating(target):
-        arr = _without_undefined(arr)
+        arr, exact = _integer_text_beyond_doubles(arr, factor, target, name)
     if text:
         arr = _parse_text(arr, target, name, found)
     if pa.types.is_decimal(arr.type) and pa.types.is_floating(target):
@@ -295,6 +296,8 @@ def _convert_column(
         arr = arr.cast(pa.string()).cast(pa.float64())
     if factor is not None:
         arr = _scale(arr, factor, target, name, found)
+    if exact is not None:
+        arr = pc.replace_with_mask(arr, pa.array(exact[0]), exact[1].cast(arr.type))
     if arr.type == target:
         return arr
     try:
@@ -448,25 +451,49 @@ def _integer_text(text: pa.Array) -> pa.Array | None:
     return integers if pc.all(digits, min_count=0).as_py() else None
 
 
-def _without_undefined(text: pa.Array) -> pa.Array:
-    """`text` with null for the integer text of a fixed-point "undefined" sentinel, no value
-    without a reason, as `_scale` has them in an integer column (review13: text
-    `9223372036854775807` with `price = 1e-9` was a price of 9223372036.854776)."""
-    # Only text as long as a sentinel is looked at further: the price columns this path reads
-    # hold short values, and a pattern over every one would cost more than the parse.
-    long = pc.fill_null(pc.greater_equal(pc.utf8_length(text), 19), False)
+def _integer_text_beyond_doubles(
+    text: pa.Array, factor: float, target: pa.DataType, name: str
+) -> tuple[pa.Array, tuple[np.ndarray, pa.Array] | None]:
+    """Integer text beyond 2**53 scaled into a float `target` as `_scale` has the same integers
+    in an int64 or uint64 column: exactly, and a fixed-point "undefined" sentinel as no value
+    without a reason (review13: text `9223372036854775807` with `price = 1e-9` was parsed as a
+    double first and stored as a price of 9223372036.854776, and a quarter of the integers
+    beyond 2**53 came a double away from the Parquet file's).
+
+    Returns:
+        `text` with those values null, and the mask of their rows with their scaled values
+        (None when there are none).
+    """
+    # Only text at least as long as 2**53 is looked at further: the columns this path reads
+    # hold short prices, and a pattern over every value would cost more than the parse.
+    long = pc.fill_null(pc.greater_equal(pc.utf8_length(text), 16), False)
     if not pc.any(long).as_py():
-        return text
+        return text, None
     rows = np.flatnonzero(long.to_numpy(zero_copy_only=False))
     candidates = pc.utf8_trim_whitespace(text.take(pa.array(rows)))
-    integers = pc.match_substring_regex(candidates, r"^[+-]?0*[0-9]{19,20}$")
-    rows = rows[integers.to_numpy(zero_copy_only=False)]
-    undefined = np.zeros(len(text), dtype=bool)
-    for row, value in zip(rows, candidates.filter(integers).to_pylist(), strict=True):
-        undefined[row] = int(value) in _UNDEFINED_INTEGERS
-    if not undefined.any():
-        return text
-    return pc.if_else(pa.array(undefined), pa.scalar(None, text.type), text)
+    integers = pc.match_substring_regex(candidates, r"^[+-]?0*[0-9]{16,20}$")
+    rows = rows[pc.fill_null(integers, False).to_numpy(zero_copy_only=False)]
+    values = [int(v) for v in candidates.filter(integers).to_pylist()]
+    exact = {
+        int(row): value
+        for row, value in zip(rows, values, strict=True)
+        if abs(value) > 2**53 and -(2**63) <= value < 2**64
+    }
+    if not exact:
+        return text, None
+    signed = [row for row, value in exact.items() if value < 2**63]
+    unsigned = [row for row, value in exact.items() if value >= 2**63]
+    scaled: dict[int, float | None] = {}
+    for group, of_type in ((signed, pa.int64()), (unsigned, pa.uint64())):
+        if group:
+            column = _scale(
+                pa.array([exact[row] for row in group], of_type), factor, target, name, {}
+            )
+            scaled.update(zip(group, column.to_pylist(), strict=True))
+    mask = np.zeros(len(text), dtype=bool)
+    mask[list(exact)] = True
+    values_in_order = pa.array([scaled[row] for row in sorted(exact)], pa.float64())
+    return pc.if_else(pa.array(mask), pa.scalar(None, text.type), text), (mask, values_in_order)
 
 
 def _scale(
