@@ -690,3 +690,112 @@ def test_two_compactions_racing_never_duplicate_rows(
     table = catalog.load_table(ident)
     assert table.current_snapshot().snapshot_id == raced[0]
     assert _seqs(table) == [k for first in (0, 100, 200) for k in range(first, first + 10)]
+
+
+def test_remove_orphans_on_s3_takes_a_metadata_file_deleted_between_head_and_get_as_gone(
+    tmp_path: Path, s3_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ops13: on S3, a writer's commit deletes its oldest metadata file; when that happens
+    between the object store's HEAD and GET of remove-orphans' read, S3 reports a plain
+    `OSError`, not `FileNotFoundError`, and the whole run failed (1 run in 27 during ingest).
+    The deletion is made at exactly that moment here (real SeaweedFS, real delete): the file
+    is gone, so it is no longer retained, and the run goes on. A file that exists but cannot be
+    read still stops the run."""
+    import uuid
+
+    s3_server.create_bucket("lake")
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
+    env |= s3_server.lake_env(f"s3://lake/{uuid.uuid4().hex[:8]}")
+    catalog = LakeCatalog(load_settings(env))
+    catalog.init()
+    ident = "bronze.stocks_trades"
+    table = catalog.load_table(ident)
+    for k in range(3):
+        table.append(make_rows(table, k * 10, 10))
+    victim = table.metadata.metadata_log[1].metadata_file
+    real = maintenance.read_table_metadata
+    raised: list[BaseException] = []
+
+    def deleted_meanwhile(t: Table, location: str) -> Any:
+        if location != victim or raised:
+            return real(t, location)
+        with t.io.new_input(location).open() as f:  # the HEAD
+            t.io.delete(location)  # a writer's commit, between the two requests
+            try:
+                f.read()  # the GET
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+        raise AssertionError("the object was read after its deletion")
+
+    monkeypatch.setattr(maintenance, "read_table_metadata", deleted_meanwhile)
+    results = maintenance.remove_orphans(catalog, [ident], timedelta(hours=1), force=True)
+
+    assert raised and not isinstance(raised[0], FileNotFoundError), raised  # S3's plain error
+    assert [r.table for r in results] == [ident]
+    assert catalog.load_table(ident).scan().to_arrow().num_rows == 30
+
+    # A metadata file that is there but unreadable (S3 refusing the GET) still stops the run.
+    def refused(t: Table, location: str) -> Any:
+        if location == table.metadata.metadata_log[0].metadata_file:
+            raise OSError("AWS Error ACCESS_DENIED during GetObject operation")
+        return real(t, location)
+
+    monkeypatch.setattr(maintenance, "read_table_metadata", refused)
+    with pytest.raises(LakeError, match="cannot read metadata file .*ACCESS_DENIED"):
+        maintenance.remove_orphans(catalog, [ident], timedelta(hours=1), force=True)
+
+
+def test_remove_orphans_on_s3_takes_a_snapshot_expired_while_it_is_read_as_unreachable(
+    tmp_path: Path, s3_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race for a snapshot's manifest list: an expiry removes the snapshot and deletes
+    the list between remove-orphans' HEAD and GET (S3's plain `OSError`). The snapshot is no
+    longer in the table's newest metadata, so nobody can read it: unreachable, as a missing
+    file is, and the run goes on; a snapshot the table still holds stops the run."""
+    import uuid
+
+    from iceberg_lake.engine.iceberg import expire_snapshot_ids
+
+    s3_server.create_bucket("lake")
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
+    env |= s3_server.lake_env(f"s3://lake/{uuid.uuid4().hex[:8]}")
+    catalog = LakeCatalog(load_settings(env))
+    catalog.init()
+    ident = "bronze.stocks_trades"
+    table = catalog.load_table(ident)
+    for k in range(3):
+        table.append(make_rows(table, k * 10, 10))
+    victim = table.metadata.snapshots[0]
+    real = maintenance._Reachability._manifests
+    raised: list[BaseException] = []
+
+    def expired_meanwhile(self: Any, snapshot: Any) -> Any:
+        if snapshot.snapshot_id != victim.snapshot_id or raised:
+            return real(self, snapshot)
+        with self.io.new_input(snapshot.manifest_list).open() as f:  # the HEAD
+            expire_snapshot_ids(catalog.load_table(ident), [snapshot.snapshot_id])
+            self.io.delete(snapshot.manifest_list)
+            try:
+                f.read()  # the GET
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+        raise AssertionError("the manifest list was read after its deletion")
+
+    monkeypatch.setattr(maintenance._Reachability, "_manifests", expired_meanwhile)
+    maintenance.remove_orphans(catalog, [ident], timedelta(hours=1), force=True)
+
+    assert raised and not isinstance(raised[0], FileNotFoundError), raised
+    assert catalog.load_table(ident).scan().to_arrow().num_rows == 30
+
+    held = catalog.load_table(ident).metadata.snapshots[0]
+
+    def refused(self: Any, snapshot: Any) -> Any:
+        if snapshot.snapshot_id == held.snapshot_id:
+            raise OSError("AWS Error SLOW_DOWN during GetObject operation")
+        return real(self, snapshot)
+
+    monkeypatch.setattr(maintenance._Reachability, "_manifests", refused)
+    with pytest.raises(LakeError, match="cannot read .*SLOW_DOWN"):
+        maintenance.remove_orphans(catalog, [ident], timedelta(hours=1), force=True)

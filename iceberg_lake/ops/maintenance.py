@@ -863,10 +863,24 @@ class _CatalogReferences:
                 self._metadata[location] = read_table_metadata(table, location)
             except FileNotFoundError:
                 self._metadata[location] = None  # no longer retained
-            except Exception as exc:  # unreadable or corrupt: delete nothing
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                raise LakeError(f"cannot read metadata file {location}: {reason}") from None
+            except Exception as exc:
+                if _gone(table, location):
+                    # Deleted by a writer's commit between the object store's HEAD and GET,
+                    # which S3 reports as a plain error (ops13: one run in 27 failed).
+                    self._metadata[location] = None
+                else:  # unreadable or corrupt: delete nothing
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                    raise LakeError(f"cannot read metadata file {location}: {reason}") from None
         return self._metadata[location]
+
+    def _expired_since(self, ident: str, snapshot_id: int) -> bool:
+        """Whether the table's newest metadata no longer holds the snapshot (expired while this
+        run read it: no reader can reach it, as if its files were already gone)."""
+        try:
+            fresh = self.catalog.load_table(ident)
+        except Exception:  # noqa: BLE001 - cannot tell: treat it as still held
+            return False
+        return all(s.snapshot_id != snapshot_id for s in fresh.metadata.snapshots)
 
     def _metadata_refs(
         self, ident: str, table: Table, reach: _Reachability, md: TableMetadata, *, current: bool
@@ -898,10 +912,26 @@ class _CatalogReferences:
                 # A snapshot whose manifest list or a manifest is gone can be read by no one;
                 # what only it reached is unreachable. Keep the manifest list path itself.
                 out.add(_norm(snap.manifest_list))
-            except Exception as exc:  # unreadable or corrupt: delete nothing
+            except Exception as exc:
+                if not (current and snap.snapshot_id == head) and self._expired_since(
+                    ident, snap.snapshot_id
+                ):
+                    # Expired (its files deleted) between the object store's HEAD and GET: as
+                    # a missing file above.
+                    out.add(_norm(snap.manifest_list))
+                    continue
+                # Unreadable or corrupt: delete nothing.
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                 raise LakeError(f"{ident}: cannot read {snap.manifest_list}: {reason}") from None
         return out
+
+
+def _gone(table: Table, location: str) -> bool:
+    """Whether `location` no longer exists (False when that cannot be told either)."""
+    try:
+        return not table.io.new_input(location).exists()
+    except Exception:  # noqa: BLE001 - the store is failing: not known to be gone
+        return False
 
 
 # ---- the expiry policy ---------------------------------------------------------------------------
