@@ -161,6 +161,39 @@ def test_lease_one_holder_release_and_takeover(tmp_path: Path, nats: NatsServer)
     asyncio.run(scenario())
 
 
+def test_a_lost_lease_says_whether_it_expired_or_who_took_it(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """ops13: a writer whose own lease ran out while NATS was down logged "lease taken by
+    another process", and the operator looked for a rogue writer that did not exist."""
+    from iceberg_lake.ingest.writer import _lost_lease
+
+    settings = settings_for(tmp_path, nats.url, LAKE_WRITER_LEASE_SECONDS="2")
+
+    async def scenario() -> None:
+        nc = await bus.connect(settings)
+        try:
+            bucket = await bus.lease_bucket(bus.jetstream(nc, settings), settings)
+            a = bus.Lease(bucket, "MARKET.e", bucket.ttl, "host:1:a")
+            b = bus.Lease(bucket, "MARKET.e", bucket.ttl, "host:2:b")
+            assert await a.try_acquire()
+            deadline = time.monotonic() + 20
+            while await a.current_holder() is not None:  # not renewed: the entry expires
+                assert time.monotonic() < deadline, "the lease entry never expired"
+                await asyncio.sleep(0.2)
+            stale = a.revision
+            assert not await a.renew()
+            assert (await _lost_lease(a)).startswith("lease expired (not renewed within its")
+            assert await b.try_acquire()
+            a.revision = stale
+            assert not await a.renew()
+            assert await _lost_lease(a) == "lease taken by host:2:b"
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())
+
+
 def _with_lease_seconds(tmp_path: Path, nats: NatsServer, *seconds: int) -> list[Settings]:
     """One lake's settings per process, each with its own `LAKE_WRITER_LEASE_SECONDS`."""
     return [settings_for(tmp_path, nats.url, LAKE_WRITER_LEASE_SECONDS=str(s)) for s in seconds]

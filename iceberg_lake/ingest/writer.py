@@ -111,6 +111,9 @@ DEFAULT_FETCH_MAX_BYTES = 8 * 1024 * 1024
 #: Backoff between failed commit attempts.
 BACKOFF_MIN_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 10.0
+#: A commit that lost a race with another commit is retried at INFO this many times, then at
+#: WARNING (a conflict that keeps coming back is worth an operator's look).
+CONFLICT_QUIET_ATTEMPTS = 3
 #: A writer that takes no lease (iceberg_lake 0.1) counts as active until its last commit for
 #: a consumer is this old; a leased writer stands by meanwhile (`_acquire`).
 LEASELESS_QUIET_SECONDS = 30.0
@@ -262,6 +265,22 @@ class _Rejected(Exception):
         super().__init__(str(error))
         self.table = table
         self.error = error
+
+
+async def _lost_lease(lease: Lease) -> str:
+    """Why a renewal found another revision: the lease's new holder, or its expiry (ops13: a
+    writer whose own lease ran out while NATS was down said another process took it, and the
+    operator looked for a rogue writer)."""
+    try:
+        holder = await lease.current_holder()
+    except Exception:  # noqa: BLE001 - unknown: say what is certain
+        holder = None
+    if holder is None or holder == lease.holder:
+        return (
+            f"lease expired (not renewed within its {lease.ttl:g} s while NATS was unreachable "
+            "or the process stalled); taking it again when it is free"
+        )
+    return f"lease taken by {holder}"
 
 
 class ConsumerWriter:
@@ -705,7 +724,7 @@ class ConsumerWriter:
             await asyncio.sleep(lease.ttl / 3)
             try:
                 if not await lease.renew():
-                    log.warning("writer %s: lease taken by another process", self.target)
+                    log.warning("writer %s: %s", self.target, await _lost_lease(lease))
                     return
             except Exception as exc:  # NATS unreachable: `held()` runs out on its own
                 log.warning("writer %s: lease renewal failed: %s", self.target, _one_line(exc))
@@ -1182,7 +1201,12 @@ class ConsumerWriter:
             attempt += 1
             delay = min(BACKOFF_MAX_SECONDS, BACKOFF_MIN_SECONDS * 2 ** min(attempt, 10))
             delay *= random.uniform(0.5, 1.0)
-            log.warning(
+            # A lost race with another commit (maintenance, Silver; pyiceberg's "Cannot find
+            # starting snapshot" when an expiry removed the one it started from) is routine
+            # and retried on the new state: not a warning unless it keeps happening (ops13).
+            conflict = isinstance(error, CommitConflictError) and attempt <= CONFLICT_QUIET_ATTEMPTS
+            log.log(
+                logging.INFO if conflict else logging.WARNING,
                 "writer %s: commit of seq %d..%d failed (attempt %d), retrying in %.1fs: %s",
                 self.target,
                 batch.first_seq,
