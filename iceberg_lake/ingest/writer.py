@@ -1490,6 +1490,8 @@ class ConsumerWriter:
 
         Raises:
             WriterFencedError: a watermark changed; re-read from it.
+            CorruptMetadataError: a table's current metadata file is gone for good.
+            CatalogUnavailableError: the catalog or the storage cannot be reached (retried).
         """
         untouched = [tid for tid in self.tables if tid not in committed]  # + the dead letters
         # One catalog query: a pointer this writer already knows to hold the watermark it saw
