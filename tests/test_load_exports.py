@@ -112,3 +112,25 @@ def test_a_lake_without_the_table_refuses_one_line(export: dict, tmp_path: Path)
     bad = runner.invoke(app, ["load", str(path), "--table", "bronze.options_trades"], env=env)
     assert bad.exit_code == 1
     assert "holds no rows of bronze.options_trades" in bad.output
+
+
+def test_an_ndjson_export_whose_first_lines_are_another_tables_loads_every_table(
+    export: dict, tmp_path: Path
+) -> None:
+    """newuser13: an NDJSON line holds only its own table's keys, and the columns of an NDJSON
+    file were taken from its first 100 lines, so an export whose first 100 lines were trades
+    had "no column" for the quotes' bid_px and its quotes were refused. The rows decide."""
+    path, manifest = export["ndjson"]
+    lines = path.read_text().splitlines()
+    futures = [line for line in lines if f'"{FUTURES}"' in line]
+    reordered = tmp_path / "futures-first.ndjson"
+    reordered.write_text("\n".join(futures + [x for x in lines if x not in futures]) + "\n")
+    assert len(futures) == 300  # more than the 100 lines the columns were read from
+    make_lake(tmp_path / "copy")
+    env = {"LAKE_DATA_DIR": str(tmp_path / "copy")}
+
+    loaded = runner.invoke(app, ["load", str(reordered), "-o", "json"], env=env)
+
+    assert loaded.exit_code == 0, loaded.output
+    stored = {r["table"]: r["rows_stored"] for r in json.loads(loaded.stdout)["results"]}
+    assert stored == {FUTURES: 300, QUOTES: 200}

@@ -221,3 +221,29 @@ def test_a_file_without_a_defaulted_required_column_is_refused(tmp_path: Path, d
 def _ledgers_of(lake: LakeCatalog, table: str) -> dict[str, str]:
     props = lake.load_table(table).properties
     return {k: v for k, v in props.items() if k.startswith("lake.load.")}
+
+
+def test_ndjson_decides_a_missing_defaulted_column_by_its_rows(tmp_path: Path, duck) -> None:
+    """newuser13: NDJSON writers leave out null keys, so 100 one-sided quotes (no ask keys)
+    before two-sided ones made the file look as if it had no ask columns, and it was refused.
+    The rows of the first commit decide: a key that no row has refuses the file."""
+    lake = make_lake(tmp_path / "data")
+    quotes = "bronze.stocks_quotes"
+    t0 = 1_765_893_600_000_000_000
+    one = {"symbol": "AMD", "bid_px": 1.0, "bid_sz": 5}
+    two = one | {"ask_px": 1.1, "ask_sz": 6}
+    mixed = tmp_path / "mixed.ndjson"
+    body = [json.dumps(one | {"ts_event_ns": t0 + i, "seq": i}) for i in range(100)]
+    body += [json.dumps(two | {"ts_event_ns": t0 + i, "seq": i}) for i in range(100, 1100)]
+    mixed.write_text("\n".join(body) + "\n")
+    result = load_file(lake, mixed, LoadOptions(table=quotes))
+    assert (result.status, result.rows_stored, result.dead_lettered) == ("loaded", 1100, 0)
+    got = rows(duck, lake, quotes, "SELECT count(*) FROM t WHERE ask_sz = 0")
+    assert got == [(100,)]  # the one-sided ones take the default
+
+    bid_only = tmp_path / "bid-only.ndjson"
+    lines = [json.dumps(one | {"ts_event_ns": t0 + i, "seq": i}) for i in range(50)]
+    bid_only.write_text("\n".join(lines) + "\n")
+    with pytest.raises(LoadRejectedError, match="no column for ask_px, ask_sz, required") as err:
+        load_file(lake, bid_only, LoadOptions(table=quotes))
+    assert "no value in any of the table's first 50 rows" in str(err.value)

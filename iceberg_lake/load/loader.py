@@ -241,40 +241,33 @@ def check_mapping_columns(mapping: Mapping, table_id: str, definition: TableDefi
         )
 
 
-def _refuse_defaulted_columns(
-    path: Path,
-    fmt: str,
-    mapping: Mapping,
-    columns: list[str],
-    validator: Validator,
-    table_id: str,
-    sha: str,
-) -> None:
+def _defaulted_required(validator: Validator) -> list[str]:
+    """Required columns the table fills with a default when a row has no value (the quote
+    columns of `stocks_quotes`; not `source` and `ts_recv_ns`, the load's own defaults)."""
+    return [
+        name
+        for name in validator.required
+        if name not in ("source", "ts_recv_ns") and validator.rules[name].default is not None
+    ]
+
+
+def _no_column_error(
+    path: Path, fmt: str, mapping: Mapping, absent: list[str], table_id: str, sha: str, seen: str
+) -> LoadRejectedError:
     """Refuse a file that lacks, altogether, a required column the table fills with a default.
 
     Defaults stand in for a value missing from one row (a one-sided quote's `bid_sz` = 0); a
     file without the column at all is a file for another table (trades loaded with `--table
     bronze.stocks_quotes` would be stored as 0/0 quotes) or a mapping that misses it.
-
-    Raises:
-        LoadRejectedError: one line naming the columns; nothing is stored.
     """
-    absent = [
-        name
-        for name in validator.required
-        if name not in ("source", "ts_recv_ns")  # the load's own defaults (docs/backfill.md)
-        and validator.rules[name].default is not None
-        and mapping.source_column(name, columns) is None
-    ]
-    if absent:
-        raise LoadRejectedError(
-            f"{path.name} has no column for {', '.join(absent)}, required in {table_id} "
-            f"(mapping '{mapping.name}', format {fmt}; its columns: {', '.join(columns)}): every "
-            "row would hold the default. Nothing stored: check --format/--mapping/--table",
-            file=str(path),
-            table=table_id,
-            sha256=sha,
-        )
+    return LoadRejectedError(
+        f"{path.name} has no column for {', '.join(absent)}, required in {table_id} "
+        f"(mapping '{mapping.name}', format {fmt}; {seen}): every row would hold the default. "
+        "Nothing stored: check --format/--mapping/--table",
+        file=str(path),
+        table=table_id,
+        sha256=sha,
+    )
 
 
 def _table_name(identifier: str) -> str:
@@ -447,8 +440,19 @@ def load_file(
     result.status = "resumed" if committed else "reloaded" if committer.reloading else "loaded"
     target = committer.arrow_schema()
     validator = Validator(table_id, committer.table.schema(), definition.partition_key)
-    if not committed:  # a resumed load is never refused (its file was accepted before)
-        _refuse_defaulted_columns(path, fmt, mapping, source.columns, validator, table_id, sha)
+    # A required column with a default that the file lacks altogether refuses it (quant13). A
+    # resumed load is never refused (its file was accepted before). The columns of CSV, Parquet
+    # and DBN are known up front; an NDJSON line holds only its own keys (a replay export's
+    # lines only their table's), so there the rows of the first commit decide (newuser13).
+    defaulted = _defaulted_required(validator) if not committed else []
+    if defaulted and fmt != "ndjson":
+        absent = [n for n in defaulted if mapping.source_column(n, source.columns) is None]
+        if absent:
+            seen = f"its columns: {', '.join(source.columns)}"
+            raise _no_column_error(path, fmt, mapping, absent, table_id, sha, seen)
+        defaulted = []
+    valued: set[str] = set()  # of `defaulted`: those some row of the first commit has
+    judged_rows = 0
     # A replay export names each row's table: only this table's rows are its (quant13: the
     # other tables' rows were stored here, or dead-lettered as missing this table's fields).
     mine = None
@@ -472,7 +476,13 @@ def load_file(
     wrote = False  # this run committed something (rows, letters or a ledger entry)
 
     def flush(end_row: int, last: bool) -> None:
-        nonlocal buffered_bytes, letters, chunk_first, wrote, chunk_other
+        nonlocal buffered_bytes, letters, chunk_first, wrote, chunk_other, defaulted
+        if defaulted and judged_rows:
+            absent = [n for n in defaulted if n not in valued]
+            if absent:
+                seen = f"no value in any of the table's first {judged_rows:,} rows"
+                raise _no_column_error(path, fmt, mapping, absent, table_id, sha, seen)
+            defaulted = []
         if chunk_first == 0 and not buffer and first_bad is not None:
             if not last and end_row < REJECT_SAMPLE_ROWS:
                 # Too few rows to judge the file by (a small --commit-rows): one bad leading
@@ -521,6 +531,11 @@ def load_file(
                     result.rows_other_tables += other
                     chunk_other += other
                 converted = convert(rows_in, mapping, target, source_name, problems, default_source)
+                if defaulted and converted.table.num_rows:
+                    judged_rows += converted.table.num_rows
+                    for name in defaulted:
+                        if converted.table.column(name).null_count < converted.table.num_rows:
+                            valued.add(name)
                 checked = validator.check(converted.table, converted.problems)
                 if checked.good.num_rows:
                     buffer.append(checked.good)
