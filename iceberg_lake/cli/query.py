@@ -536,19 +536,27 @@ def replay(
             live=live,
             follow=follow,
         )
-    interrupted = False
+    interrupted = stopped = False
+    written = {"events": 0}  # events in the output so far (kept up to date by the writers)
     try:
         if fmt == ReplayFormat.ndjson:
-            result = _run_with_progress(engine, to_nats, prefix, out, progress)
+            result = _run_with_progress(engine, to_nats, prefix, out, progress, written)
         else:
             assert out is not None
-            result = _write_batches(engine, fmt, out, verify)
+            result = _write_batches(engine, fmt, out, verify, written)
     except KeyboardInterrupt:
         # Ctrl-C ends a --follow replay: what was delivered is in the manifest (complete: false).
         # Any other replay it cuts short: the output is partial, and the exit code says so
-        # (newuser10: it exited 0 as "replayed 0 events … (--no-verify)").
+        # (newuser10: it exited 0 as "replayed 0 events … (--no-verify)"). One that came after
+        # the last event changes nothing (newuser13: it said partial of a complete output).
         result = engine.manifest()
-        interrupted = not follow
+        if not result.get("complete"):
+            # The manifest counts the windows handed out; the output holds what was written
+            # (published: the engine counts each event it published).
+            if to_nats:
+                written["events"] = result["event_count"]
+            result["events_written"] = written["events"]
+            interrupted, stopped = not follow, follow
     if manifest is None:
         # Every run leaves what reproduces it; identical replays share one file name.
         if result["sequence_hash"] is not None:
@@ -566,12 +574,20 @@ def replay(
     pinned = f", pinned as {result['pin_tag']}" if result.get("pin_tag") else ""
     if interrupted:
         err_console.print(
-            f"interrupted: the output holds part of the replay (complete: false, no sequence "
-            f"hash); manifest {manifest}; read {read}",
+            f"interrupted: the output holds the first {written['events']:,} events of the "
+            f"replay (complete: false, no sequence hash); manifest {manifest}; read {read}",
             highlight=False,
             soft_wrap=True,
         )
         raise typer.Exit(130)
+    if stopped:  # Ctrl-C is how a --follow replay ends before --end: exit 0
+        err_console.print(
+            f"stopped by Ctrl-C before --end: replayed {written['events']:,} events "
+            f"(complete: false, no sequence hash); manifest {manifest}; read {read}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
     no_hash = "no sequence hash" + (" (--no-verify)" if not verify else "")
     err_console.print(
         f"replayed {result['event_count']} events, "
@@ -596,8 +612,11 @@ def replay(
             raise TimeTravelError(f"replay does not match {from_manifest}: {mismatch}")
 
 
-def _write_batches(engine: Any, fmt: ReplayFormat, out: Path, verify: bool) -> dict[str, Any]:
-    """Stream `engine.batches()` to an Arrow IPC stream or a Parquet file."""
+def _write_batches(
+    engine: Any, fmt: ReplayFormat, out: Path, verify: bool, written: dict[str, int]
+) -> dict[str, Any]:
+    """Stream `engine.batches()` to an Arrow IPC stream or a Parquet file (`written["events"]`:
+    rows written so far)."""
     import pyarrow.ipc as ipc
     import pyarrow.parquet as pq
 
@@ -611,13 +630,19 @@ def _write_batches(engine: Any, fmt: ReplayFormat, out: Path, verify: bool) -> d
     try:
         for batch in engine.batches(verify=verify):
             writer.write_batch(batch)
+            written["events"] += batch.num_rows
     finally:
         writer.close()
     return engine.manifest()
 
 
 def _run_with_progress(
-    engine: Any, to_nats: bool, prefix: str | None, out: Path | None, show: bool
+    engine: Any,
+    to_nats: bool,
+    prefix: str | None,
+    out: Path | None,
+    show: bool,
+    written: dict[str, int],
 ) -> dict[str, Any]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -644,8 +669,8 @@ def _run_with_progress(
 
         if to_nats:
             return asyncio.run(engine.publish(prefix=prefix, progress=progress))
+        count = last = 0
         try:
-            count = 0
             heads: dict[str, bytes] = {}
             for event in engine.paced_events():
                 # `{"table": T, **row}` without decoding: the payload is the row's JSON with
@@ -657,8 +682,12 @@ def _run_with_progress(
                 count += 1
                 if count % 1_000 == 0:
                     progress(count, event.ts_event_ns)
-            progress(count, engine.end_ns)
+                last = event.ts_event_ns
+            last = engine.end_ns
         finally:
+            # Also after a Ctrl-C: the bar and `written` show what the output holds.
+            written["events"] = count
+            progress(count, last or engine.start_ns)
             if out:
                 stream.close()
             else:
