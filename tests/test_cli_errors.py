@@ -94,6 +94,25 @@ def test_ctrl_c_while_the_cli_loads_is_one_line_and_exit_130(tmp_path: Path) -> 
     assert loaded.stdout.split() == ["['iceberg_lake',", "'iceberg_lake.cli']"], loaded.stdout
 
 
+def test_a_ctrl_c_after_the_command_ended_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """newuser13: a Ctrl-C in the last few hundred milliseconds (the interpreter's shutdown,
+    after the command printed its result) ended the process by the signal, so a finished run
+    read as interrupted. Once the command has ended, SIGINT is ignored."""
+    import signal
+
+    from iceberg_lake.cli import main
+
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(sys, "argv", ["lake", "--version"])
+    try:
+        with pytest.raises(SystemExit) as done:
+            main()
+        assert done.value.code in (0, None)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_redact_url_and_text() -> None:
     assert redact_url(f"nats://lake:{SECRET}@h:4222") == "nats://lake:***@h:4222"
     assert redact_url(f"nats://{SECRET}@h:4222") == "nats://***@h:4222"

@@ -7,6 +7,7 @@ rather than a Python traceback. The Typer application is `iceberg_lake.cli.app.a
 
 from __future__ import annotations
 
+import signal
 import sys
 
 __all__ = ["main"]
@@ -19,4 +20,10 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    run()
+    try:
+        run()
+    finally:
+        # The command is over and has said so: a Ctrl-C while the interpreter shuts down
+        # (a few hundred ms after pyarrow and DuckDB) would kill it by the signal, and a
+        # scheduler would read a finished run as interrupted (newuser13).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
