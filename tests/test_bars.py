@@ -241,7 +241,15 @@ def test_symbols_pick_the_series_of_one_bar_over_everything(
     assert len(want) >= 1 and spy.to_dict("records") == want.to_dict("records")
     assert both.to_dict("records") == by_symbol.to_dict("records")
     assert none.num_rows == 0
+    with Lake(bars_data["settings"]) as lk:  # one symbol as a string, not its letters
+        text = lk.bars(TRADES, "1h", by=None, as_of="bars", symbols="SPY").to_pandas()
+    assert text.to_dict("records") == spy.to_dict("records")
     monkeypatch.setenv("LAKE_DATA_DIR", str(bars_data["settings"].data_dir))
+    # An empty list from a script is refused, not taken as every symbol (newuser13).
+    empty = CliRunner().invoke(app, ["bars", TRADES, "--symbols", "", "--start", "2025-12-16"])
+    assert (
+        empty.exit_code == 1 and "--symbols" in empty.output and "names no symbol" in empty.output
+    )
     args = ["bars", TRADES, "--every", "1h", "--by", "", "--symbols", "SPY", "--as-of", "bars"]
     res = CliRunner().invoke(app, [*args, "--start", "2025-12-16", "-o", "json"])
     assert res.exit_code == 0, res.output

@@ -145,7 +145,7 @@ def bars(
             by=by or None,
             as_of=parse_as_of(as_of),
             origin_ns=origin_ns,
-            symbols=split_names(symbols),
+            symbols=_symbols(symbols),
         )
     result.emit(series, f"{table} {every} bars")
 
@@ -191,3 +191,14 @@ def asof(
             as_of=parse_as_of(as_of),
         )
     result.emit(joined, f"{left} as of {right}")
+
+
+def _symbols(values: list[str] | None) -> list[str] | None:
+    """`--symbols`: None when not given; a value that names no symbol (`--symbols ''` from an
+    empty list in a script) is refused rather than taken as every symbol (newuser13)."""
+    if values is None:
+        return None
+    names = split_names(values)
+    if not names:
+        raise typer.BadParameter("names no symbol", param_hint="--symbols")
+    return names

@@ -116,7 +116,9 @@ def bars_sql(
     """
     kind, a, b = bar_kind(columns)
     if by is not None and by not in columns:
-        raise TimeTravelError(f"cannot group bars by {by!r}: no such column")
+        groups = [c for c in ("symbol", "underlying", "option_symbol") if c in columns]
+        hint = f" (this table groups by {', '.join(groups)})" if groups else ""
+        raise TimeTravelError(f"cannot group bars by {by!r}: no such column{hint}")
     if symbols is not None and "symbol" not in columns:
         raise TimeTravelError("cannot pick symbols: the table has no symbol column")
     key = order_by_sql(order if order is not None else row_order(None, columns))
@@ -208,8 +210,8 @@ def bars(
         as_of: pin (tag, snapshot id, time, or per-table mapping).
         origin_ns: a time on the bars' grid: bars start at `origin_ns + k * every` (default the
             epoch: 00:00 UTC for `1d`, Thursday 00:00 UTC for `7d`).
-        symbols: only these symbols (None: every symbol), e.g. one contract's session bar
-            with `by=None`.
+        symbols: only these symbols (a list, or one symbol as a string; None: every
+            symbol), e.g. one contract's session bar with `by=None`.
 
     Returns:
         One row per (group, bar), ordered by group then bar start; columns as in the module doc.
@@ -220,6 +222,8 @@ def bars(
         UnknownTableError: no such table.
     """
     width = parse_every(every)
+    if isinstance(symbols, str):  # `symbols="AAPL"` is one symbol, not four letters
+        symbols = [symbols]
     if start_ns is not None and end_ns is not None and start_ns >= end_ns:
         raise TimeTravelError(f"bars start ({start_ns}) must be before end ({end_ns})")
     con = lake.duckdb(as_of=as_of, tables=[table])
