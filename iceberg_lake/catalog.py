@@ -133,10 +133,13 @@ class LakeCatalog:
                         f"no lake at {db_path}: run `lake init`, or point LAKE_DATA_DIR "
                         "(or LAKE_CONFIG) at an existing lake"
                     )
-            else:
-                _make_dir(settings.data_dir, "LAKE_DATA_DIR")
-                if local:
-                    _make_dir(Path(db_path).parent, "LAKE_CATALOG_URI")
+            elif local:
+                # The catalog file's own directory only: the data directory holds nothing
+                # else, and one made for a lake whose files are elsewhere (a lake.toml naming
+                # the catalog and the warehouse) was an empty ./lake-data (newuser13).
+                folder = Path(db_path).parent
+                chosen_by = "LAKE_DATA_DIR" if folder == settings.data_dir else "LAKE_CATALOG_URI"
+                _make_dir(folder, chosen_by)
         with catalog_errors("opening the catalog"):
             self.catalog = SqlCatalog(settings.catalog_name, **settings.catalog_properties())
         if settings.catalog_uri.startswith("sqlite"):

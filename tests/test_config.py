@@ -190,3 +190,21 @@ def test_an_at_sign_after_the_host_is_not_user_info() -> None:
     """`@` in a path or query of a URL without (or with well-formed) credentials is legal."""
     for url in ("postgresql://h:5432/db?x=a@b", "postgresql://u:p@h/db?options=a@b"):
         assert load_settings({"LAKE_CATALOG_URI": url}).catalog_uri.endswith("a@b")
+
+
+def test_a_lake_whose_files_are_elsewhere_leaves_no_data_dir_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """newuser13: `lake init` with the catalog and the warehouse named in lake.toml put the
+    lake there, and an empty ./lake-data wherever it ran."""
+    from iceberg_lake.catalog import LakeCatalog
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "run").mkdir()
+    cfg = tmp_path / "etc" / "lake.toml"
+    cfg.write_text('catalog_uri = "sqlite:///cat/catalog.db"\nwarehouse = "wh"\n')
+    monkeypatch.chdir(tmp_path / "run")
+    LakeCatalog(load_settings({"LAKE_CONFIG": str(cfg)})).init()
+    assert (tmp_path / "etc" / "cat" / "catalog.db").is_file()
+    assert (tmp_path / "etc" / "wh").is_dir()
+    assert list((tmp_path / "run").iterdir()) == []
