@@ -151,7 +151,12 @@ def load(
         if r.status == "resumed":  # an earlier run had committed the first rows
             d["status"] = f"resumed at row {r.first_row:,}"
         rows.append({label: d.get(key) for label, key in TEXT_COLUMNS.items()})
-    emit(rows, output, title="lake load", columns=list(TEXT_COLUMNS))
+    columns = list(TEXT_COLUMNS)
+    if any(r.rows_other_tables for r in results):  # a replay export: the other tables' rows
+        columns.insert(columns.index("skipped") + 1, "other")
+        for row, r in zip(rows, results, strict=True):
+            row["other"] = f"{r.rows_other_tables:,}"
+    emit(rows, output, title="lake load", columns=columns)
     total_stored = sum(r.rows_stored for r in results)
     total_dead = sum(r.dead_lettered for r in results)
     seconds = max(r.seconds for r in results) if results else 0.0

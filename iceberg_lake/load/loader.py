@@ -332,10 +332,12 @@ def route_exports(paths: Sequence[Path | str], options: LoadOptions) -> list[tup
                 for table in export_tables(source):
                     target = f"{BRONZE}.{_table_name(table)}"
                     if target not in registry() or target == DEAD_LETTERS_TABLE:
+                        others = [t for t in export_tables(source) if t != table]
                         raise LakeError(
                             f"{path.name}: its {TABLE_COLUMN} column names {table}, which lake "
-                            "load cannot write (Bronze market tables only): load the other "
-                            "tables with --table"
+                            "load cannot write (it writes Bronze market tables; Gold comes "
+                            "from its stream)"
+                            + (f": load {', '.join(others)} with --table" if others else "")
                         )
                     out.append((str(path), target))
                     routed = True
