@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,10 @@ def _append(table: Table, rows: list[dict[str, Any]]) -> None:
     table.append(pa.Table.from_pylist(rows, schema=schema))
 
 
+def _micros(ns: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1_000)
+
+
 def _quotes(table: Table) -> list[dict[str, Any]]:
     """Source `a` seq 1..20 and source `b` seq 1..5, with planted defects."""
     rows = []
@@ -40,6 +45,7 @@ def _quotes(table: Table) -> list[dict[str, Any]]:
         for k, row in enumerate(base, start=1):
             row.update(source=source, seq=k, bid_px=100.0, ask_px=100.5, bid_sz=1, ask_sz=1)
             row["ts_event_ns"] += k * MS if source == "b" else 0
+            row["ts_event"] = _micros(row["ts_event_ns"])  # as the writers derive it
             row["ts_recv_ns"] = row["ts_event_ns"] + 5
             rows.append(row)
     a = rows[:20]
@@ -58,6 +64,9 @@ def _quotes(table: Table) -> list[dict[str, Any]]:
     a[8]["bid_sz"] = -1
     a[9]["ask_px"] = math.nan
     a[13]["bid_exch"] = 40_000
+    # ts_event not ts_event_ns (an engine's write; spark13): 2 rows, a day and a microsecond off
+    a[18]["ts_event"] = _micros(a[18]["ts_event_ns"] + 86_400 * 10**9)
+    a[16]["ts_event"] = _micros(a[16]["ts_event_ns"] + 1_000)
     # duplicates: a[10] stored 3 times (2 extra), a[12] again with another receive time (1 extra)
     rows += [dict(a[10]), dict(a[10]), dict(a[12], ts_recv_ns=a[12]["ts_recv_ns"] + 7)]
     return rows
@@ -110,6 +119,7 @@ def test_check_counts_planted_defects_exactly(lake_dir: Path) -> None:
         q = "bronze.stocks_quotes"
         assert report.count(q, "seq_gap") == 4
         assert report.count(q, "recv_before_event") == 2
+        assert report.count(q, "ts_event_mismatch") == 2
         assert report.count(q, "crossed_book") == 3
         assert report.count(q, "out_of_range") == 3
         assert report.count(q, "duplicates") == 3
@@ -117,7 +127,7 @@ def test_check_counts_planted_defects_exactly(lake_dir: Path) -> None:
         assert report.count(f, "out_of_range") == 3
         assert report.count(f, "seq_gap") == 0 and report.count(f, "recv_before_event") == 0
         assert report.count("bronze.futures_mbp10", "crossed_book") == 1
-        assert report.issues == 4 + 2 + 3 + 3 + 3 + 3 + 1
+        assert report.issues == 4 + 2 + 2 + 3 + 3 + 3 + 3 + 1
         detail = {(r.table, r.check): r.detail for r in report.rows}
         assert detail[(f, "out_of_range")] == "price: 1, size: 1, aggressor: 2"
         assert detail[(q, "seq_gap")] == "3 gap(s), largest 2, source(s): a, b"
@@ -154,7 +164,7 @@ def test_cli_check_json_text_and_strict(lake_dir: Path) -> None:
     assert counts[("bronze.stocks_quotes", "duplicates")] == 3
     assert counts[("bronze.futures_trades", "out_of_range")] == 3
     assert {t for t, _ in counts} == {"bronze.stocks_quotes", "bronze.futures_trades"}
-    assert data["issues"] == 18 and data["until_ns"] == LATE_NS
+    assert data["issues"] == 20 and data["until_ns"] == LATE_NS
 
     text = runner.invoke(app, ["check", "--table", "bronze.futures_mbp10"], env=env)
     assert text.exit_code == 0, text.output

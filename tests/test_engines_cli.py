@@ -121,12 +121,36 @@ def test_a_unix_socket_catalog_is_one_clear_error() -> None:
     [
         ("postgresql://u@h/db?sslmode=require", "jdbc:postgresql://h:5432/db?sslmode=require"),
         ("postgres://u:p@h:1/db", "jdbc:postgresql://h:1/db"),
+        # spark13: every libpq parameter in its JDBC name, none dropped.
+        (
+            "postgresql://u@h/db?options=-csearch_path%3Ddesk2&connect_timeout=5"
+            "&target_session_attrs=read-write&application_name=lake",
+            "jdbc:postgresql://h:5432/db?options=-csearch_path%3Ddesk2&connectTimeout=5"
+            "&targetServerType=primary&ApplicationName=lake",
+        ),
     ],
 )
 def test_jdbc_urls(uri: str, url: str) -> None:
     settings = load_settings({"LAKE_CATALOG_URI": uri})
     assert jdbc_catalog(settings).url == url
     assert spark_catalog_conf(settings)["spark.sql.catalog.lake.uri"] == url
+
+
+def test_a_catalog_parameter_jdbc_cannot_take_is_one_line_not_dropped() -> None:
+    env = {"LAKE_CATALOG_URI": "postgresql://u:secret@h/db?keepalives=1"}
+    code, out, err = _run(["engines", "spark"], env)
+    assert code == 1 and out == "" and err.count("\n") == 1, err
+    assert "keepalives=1 has no JDBC equivalent" in err and "secret" not in err
+
+
+def test_a_relative_sqlite_catalog_is_printed_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """spark13: `jdbc:sqlite:demo/catalog.db` opened another, empty catalog from any other
+    directory."""
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings({"LAKE_CATALOG_URI": "sqlite:///demo/catalog.db"})
+    assert jdbc_catalog(settings).url == f"jdbc:sqlite:{tmp_path / 'demo' / 'catalog.db'}"
 
 
 def test_compact_engine_spark_refuses_incremental(tmp_path: Path) -> None:

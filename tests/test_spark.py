@@ -29,7 +29,7 @@ from timetravel_data import HOUR_NS, T14, append, futures, to_arrow, trades
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings, load_settings
-from iceberg_lake.engine.spark import aws_sdk_jar_names
+from iceberg_lake.engine.spark import aws_sdk_jar_names, jdbc_catalog
 from iceberg_lake.exceptions import CompactionError
 from iceberg_lake.properties import SILVER_INCREMENTAL_SOURCE
 from iceberg_lake.schema.evolve import AddColumn, RenameColumn, WidenColumn, evolve_table
@@ -815,3 +815,33 @@ def _one_overwrite(silver: Any, before: set[int], snapshot_id: int, pinned: int)
     props = added[0].summary.additional_properties
     assert props["lake.source-snapshot-id"] == str(pinned)
     return props
+
+
+def test_a_postgresql_lake_in_a_schema_of_its_own_is_the_lake_spark_reads(
+    spark: Any, pg_proxy: TcpToUnixProxy, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """spark13: two lakes in one PostgreSQL database, one in its own schema
+    (`?options=-csearch_path%3Ddesk13`); the Spark settings kept only `sslmode` of the URI, so
+    Spark, configured from that lake's own settings, read the other lake's table (1,669 rows
+    for 3,338), with no error: its inserts and expiries would have hit the other lake too."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(postgres_server.uri)
+    with engine.begin() as con:
+        con.execute(sqlalchemy.text("CREATE SCHEMA IF NOT EXISTS desk13"))
+    engine.dispose()
+    base = f"postgresql://postgres@127.0.0.1:{pg_proxy.port}/postgres"
+    counts = {}
+    for name, uri, n in (
+        ("public", base, 3),
+        ("desk13", base + "?options=-csearch_path%3Ddesk13", 7),
+    ):
+        env = {"LAKE_DATA_DIR": str(tmp_path / name), "LAKE_CATALOG_URI": uri}
+        settings = load_settings(env | {"LAKE_CATALOG_NAME": "lake_schemas"})
+        catalog = LakeCatalog(settings)
+        catalog.init()
+        append(catalog.load_table(TRADES), trades("SPY", T14, n, 10**9))
+        counts[name] = settings
+    name = attach_catalog(spark, counts["desk13"])
+    assert _spark_count(spark, name, TRADES) == 7  # not the public schema's 3
+    assert jdbc_catalog(counts["desk13"]).url.endswith("?options=-csearch_path%3Ddesk13")

@@ -28,7 +28,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from pyiceberg.types import (
     BinaryType,
@@ -105,7 +105,9 @@ def jdbc_catalog(settings: Settings) -> JdbcCatalog:
         path = uri.split(":///", 1)[1] if ":///" in uri else ""
         if not path or path == ":memory:":
             raise ConfigError("LAKE_CATALOG_URI: an in-memory SQLite catalog cannot be shared")
-        return JdbcCatalog(url=f"jdbc:sqlite:{path}", driver="org.sqlite.JDBC")
+        # Absolute: an engine started in another directory would open (and create) another,
+        # empty catalog file (spark13).
+        return JdbcCatalog(url=f"jdbc:sqlite:{os.path.abspath(path)}", driver="org.sqlite.JDBC")
     parsed = urlparse(uri)
     query = parse_qs(parsed.query)
     host = parsed.hostname or ""
@@ -118,14 +120,62 @@ def jdbc_catalog(settings: Settings) -> JdbcCatalog:
     if not database:
         raise ConfigError("LAKE_CATALOG_URI: name the database, postgresql://…/DATABASE")
     port = parsed.port or 5432
-    params = {k: v[-1] for k, v in query.items() if k in ("sslmode",)}
-    suffix = ("?" + "&".join(f"{k}={v}" for k, v in params.items())) if params else ""
+    params = _jdbc_params(query)
+    suffix = (
+        ("?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())) if params else ""
+    )
     return JdbcCatalog(
         url=f"jdbc:postgresql://{host}:{port}/{database}{suffix}",
         driver="org.postgresql.Driver",
         user=unquote(parsed.username) if parsed.username else None,
         password=unquote(parsed.password) if parsed.password else None,
     )
+
+
+#: libpq parameters of a PostgreSQL catalog URI → PgJDBC's names for them. Any other parameter
+#: is refused: dropped, it could point the engine at another lake (spark13: `options=-csearch_path
+#: =desk2` selects the lake's schema; without it Spark read the public schema's lake, silently).
+_LIBPQ_TO_JDBC = {
+    "sslmode": "sslmode",
+    "sslrootcert": "sslrootcert",
+    "sslcert": "sslcert",
+    "sslkey": "sslkey",
+    "options": "options",
+    "connect_timeout": "connectTimeout",
+    "application_name": "ApplicationName",
+    "target_session_attrs": "targetServerType",
+}
+#: libpq's `target_session_attrs` values in PgJDBC's `targetServerType` words.
+_TARGET_SERVER_TYPES = {
+    "any": "any",
+    "read-write": "primary",
+    "primary": "primary",
+    "read-only": "secondary",
+    "standby": "secondary",
+    "prefer-standby": "preferSecondary",
+}
+
+
+def _jdbc_params(query: dict[str, list[str]]) -> dict[str, str]:
+    """The URI's libpq parameters as PgJDBC URL parameters.
+
+    Raises:
+        ConfigError: a parameter (or a `target_session_attrs` value) with no JDBC equivalent.
+    """
+    params: dict[str, str] = {}
+    for key, values in query.items():
+        name = _LIBPQ_TO_JDBC.get(key)
+        value = values[-1]
+        if key == "target_session_attrs":
+            value = _TARGET_SERVER_TYPES.get(value, "")
+        if name is None or not value:
+            raise ConfigError(
+                f"LAKE_CATALOG_URI: {key}={values[-1]} has no JDBC equivalent, and Spark or "
+                "Trino connected without it could reach another database or schema; JDBC "
+                f"takes {', '.join(_LIBPQ_TO_JDBC)}"
+            )
+        params[name] = value
+    return params
 
 
 def spark_catalog_conf(settings: Settings, *, show_secrets: bool = False) -> dict[str, str]:

@@ -10,6 +10,9 @@ Checks:
 - `seq_gap`: sequence numbers missing between consecutive distinct `seq` values of one `source`
   (3 → 4 → 8 counts 3). The window's edges are not gaps.
 - `recv_before_event`: rows with `ts_recv_ns < ts_event_ns` (received before they happened).
+- `ts_event_mismatch`: rows whose partition column `ts_event` is not `ts_event_ns` in
+  microseconds. The lake's writers derive it; an engine's write (a Spark `INSERT`) may not, and
+  such a row is counted by queries but missed by every replay window, which reads both.
 - `crossed_book`: quotes with `bid_px > ask_px`, MBP-10 with `bid_px_1 > ask_px_1`, both sides
   present (> 0). A locked book (equal) is not counted.
 - `out_of_range`: rows with any value outside its domain; `detail` per column. A column's domain
@@ -47,7 +50,14 @@ from iceberg_lake.timetravel.snapshots import AsOfSpec
 __all__ = ["CHECKS", "OUT_OF_RANGE", "CheckReport", "CheckRow", "check_tables"]
 
 #: Every check, in report order.
-CHECKS = ("seq_gap", "recv_before_event", "crossed_book", "out_of_range", "duplicates")
+CHECKS = (
+    "seq_gap",
+    "recv_before_event",
+    "ts_event_mismatch",
+    "crossed_book",
+    "out_of_range",
+    "duplicates",
+)
 
 _PRICE = "({c} <= 0 OR NOT isfinite({c}))"
 _NON_NEGATIVE_FLOAT = "({c} < 0 OR NOT isfinite({c}))"
@@ -209,6 +219,10 @@ def _check_table(
     if {"ts_recv_ns", "ts_event_ns"} <= fields.keys():
         aggregates.append("count(*) FILTER (WHERE ts_recv_ns < ts_event_ns)")
         labels.append("recv_before_event")
+    if "ts_event" in fields:
+        # spark13: a Spark INSERT with another ts_event was in Silver and in no replay.
+        aggregates.append("count(*) FILTER (WHERE epoch_us(ts_event) <> ts_event_ns // 1000)")
+        labels.append("ts_event_mismatch")
     sides = [(b, a) for b, a in _BOOK_SIDES if {b, a} <= fields.keys()]
     if sides:
         bid, ask = (quote_ident(c) for c in sides[0])
