@@ -692,6 +692,21 @@ def test_two_compactions_racing_never_duplicate_rows(
     assert _seqs(table) == [k for first in (0, 100, 200) for k in range(first, first + 10)]
 
 
+def _s3_lake_of_three_appends(tmp_path: Path, s3_server: Any) -> tuple[LakeCatalog, Table]:
+    """A lake on SeaweedFS whose `bronze.stocks_trades` has three appends (a metadata log)."""
+    import uuid
+
+    s3_server.create_bucket("lake")
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
+    env |= s3_server.lake_env(f"s3://lake/{uuid.uuid4().hex[:8]}")
+    catalog = LakeCatalog(load_settings(env))
+    catalog.init()
+    table = catalog.load_table("bronze.stocks_trades")
+    for k in range(3):
+        table.append(make_rows(table, k * 10, 10))
+    return catalog, table
+
+
 def test_remove_orphans_on_s3_takes_a_metadata_file_deleted_between_head_and_get_as_gone(
     tmp_path: Path, s3_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -701,17 +716,8 @@ def test_remove_orphans_on_s3_takes_a_metadata_file_deleted_between_head_and_get
     The deletion is made at exactly that moment here (real SeaweedFS, real delete): the file
     is gone, so it is no longer retained, and the run goes on. A file that exists but cannot be
     read still stops the run."""
-    import uuid
-
-    s3_server.create_bucket("lake")
-    env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
-    env |= s3_server.lake_env(f"s3://lake/{uuid.uuid4().hex[:8]}")
-    catalog = LakeCatalog(load_settings(env))
-    catalog.init()
+    catalog, table = _s3_lake_of_three_appends(tmp_path, s3_server)
     ident = "bronze.stocks_trades"
-    table = catalog.load_table(ident)
-    for k in range(3):
-        table.append(make_rows(table, k * 10, 10))
     victim = table.metadata.metadata_log[1].metadata_file
     real = maintenance.read_table_metadata
     raised: list[BaseException] = []
@@ -753,19 +759,10 @@ def test_remove_orphans_on_s3_takes_a_snapshot_expired_while_it_is_read_as_unrea
     the list between remove-orphans' HEAD and GET (S3's plain `OSError`). The snapshot is no
     longer in the table's newest metadata, so nobody can read it: unreachable, as a missing
     file is, and the run goes on; a snapshot the table still holds stops the run."""
-    import uuid
-
     from iceberg_lake.engine.iceberg import expire_snapshot_ids
 
-    s3_server.create_bucket("lake")
-    env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
-    env |= s3_server.lake_env(f"s3://lake/{uuid.uuid4().hex[:8]}")
-    catalog = LakeCatalog(load_settings(env))
-    catalog.init()
+    catalog, table = _s3_lake_of_three_appends(tmp_path, s3_server)
     ident = "bronze.stocks_trades"
-    table = catalog.load_table(ident)
-    for k in range(3):
-        table.append(make_rows(table, k * 10, 10))
     victim = table.metadata.snapshots[0]
     real = maintenance._Reachability._manifests
     raised: list[BaseException] = []
