@@ -100,6 +100,14 @@ def _timed(fn: Any, repeat: int) -> float:
     return statistics.median(times)
 
 
+def _own_catalog(settings: Any, **overrides: Any) -> Any:
+    """Settings of a fresh lake in the same catalog database: a catalog name of its own and a
+    warehouse of its own (the lake refuses two catalogs' tables in one location)."""
+    name = f"c{uuid.uuid4().hex[:8]}"
+    warehouse = (settings.data_dir / name / "warehouse").as_uri()
+    return settings.with_overrides(catalog_name=name, warehouse=warehouse, **overrides)
+
+
 def bench_tail(settings: Any, sizes: list[int], repeat: int) -> list[dict[str, Any]]:
     """Live query latency per tail size, beside the same rows read committed."""
     from iceberg_lake.catalog import LakeCatalog
@@ -110,7 +118,7 @@ def bench_tail(settings: Any, sizes: list[int], repeat: int) -> list[dict[str, A
     for size in sizes:
         # A fresh catalog per size: its table has no watermark, so the tail is the whole
         # subject; stream sequences keep counting, so purge is not needed.
-        s = settings.with_overrides(catalog_name=f"c{uuid.uuid4().hex[:8]}")
+        s = _own_catalog(settings)
         LakeCatalog(s).init()
         asyncio.run(_publish(s, published, size - published if size > published else 0))
         published = max(published, size)
@@ -146,7 +154,7 @@ def bench_tail(settings: Any, sizes: list[int], repeat: int) -> list[dict[str, A
 
     from iceberg_lake.catalog import LakeCatalog as _LC
 
-    s = settings.with_overrides(catalog_name=f"c{uuid.uuid4().hex[:8]}")
+    s = _own_catalog(settings)
     cat = _LC(s)
     cat.init()
     table = cat.load_table(TABLE)
@@ -195,8 +203,8 @@ def bench_files(settings: Any, seconds: float, rate: float) -> dict[str, Any]:
     from iceberg_lake.catalog import LakeCatalog
     from iceberg_lake.ingest.service import LakeService
 
-    s = settings.with_overrides(
-        catalog_name=f"c{uuid.uuid4().hex[:8]}",
+    s = _own_catalog(
+        settings,
         bronze_batch_seconds=2.0,
         bronze_batch_size=1_000_000,
         max_buffered_events=1_000_000,
@@ -306,7 +314,7 @@ def bench_interval(settings: Any, interval: float, seconds: float, rate: float) 
     from iceberg_lake.engine import nats as bus
     from iceberg_lake.timetravel.query import Lake
 
-    s = settings.with_overrides(catalog_name=f"c{uuid.uuid4().hex[:8]}")
+    s = _own_catalog(settings)
     LakeCatalog(s).init()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
     env.update(
