@@ -134,3 +134,29 @@ def test_an_ndjson_export_whose_first_lines_are_another_tables_loads_every_table
     assert loaded.exit_code == 0, loaded.output
     stored = {r["table"]: r["rows_stored"] for r in json.loads(loaded.stdout)["results"]}
     assert stored == {FUTURES: 300, QUOTES: 200}
+
+
+def test_an_export_of_a_bronze_table_and_its_silver_loads_the_bronze_rows_once(
+    tmp_path: Path, duck
+) -> None:
+    """review13b: an export holding bronze.X and silver.X (the same events) was routed to
+    bronze.X twice and both copies stored there. bronze.X's own rows are its rows."""
+    lake = make_lake(tmp_path / "copy")
+    t0 = T14
+    row = {"symbol": "ES", "price": 6000.0, "size": 1, "source": "cme"}
+    lines = [
+        json.dumps(row | {"table": table, "ts_event_ns": t0 + i, "seq": i})
+        for table in (FUTURES, "silver.futures_trades")
+        for i in range(4)
+    ]
+    path = tmp_path / "both.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+    env = {"LAKE_DATA_DIR": str(tmp_path / "copy")}
+
+    loaded = runner.invoke(app, ["load", str(path), "-o", "json"], env=env)
+
+    assert loaded.exit_code == 0, loaded.output
+    results = json.loads(loaded.stdout)["results"]
+    got = [(r["table"], r["rows_stored"], r["rows_other_tables"]) for r in results]
+    assert got == [(FUTURES, 4, 4)]
+    assert rows(duck, lake, FUTURES, "SELECT count(*) FROM t") == [(4,)]

@@ -246,4 +246,40 @@ def test_ndjson_decides_a_missing_defaulted_column_by_its_rows(tmp_path: Path, d
     bid_only.write_text("\n".join(lines) + "\n")
     with pytest.raises(LoadRejectedError, match="no column for ask_px, ask_sz, required") as err:
         load_file(lake, bid_only, LoadOptions(table=quotes))
-    assert "no value in any of the table's first 50 rows" in str(err.value)
+    assert "no key for it in the table's first 50 rows" in str(err.value)
+
+    # review13b: a one-sided quote written with `"bid_px": null` has the key; a small
+    # --commit-rows still judges at least the first 1,000 rows (or the file).
+    nulls = tmp_path / "nulls.ndjson"
+    ask = {"symbol": "AMD", "bid_px": None, "bid_sz": None, "ask_px": 1.1, "ask_sz": 6}
+    lines = [json.dumps(ask | {"ts_event_ns": t0 + i, "seq": i}) for i in range(3)]
+    lines += [json.dumps(two | {"ts_event_ns": t0 + i, "seq": i}) for i in range(3, 6)]
+    nulls.write_text("\n".join(lines) + "\n")
+    loaded = load_file(lake, nulls, LoadOptions(table=quotes, commit_rows=3))
+    assert (loaded.status, loaded.rows_stored) == ("loaded", 6)
+
+
+def test_a_refused_ndjson_export_commits_no_ledger_entry_so_a_rerun_is_refused_too(
+    tmp_path: Path, duck
+) -> None:
+    """review13b: an export whose first commit held only another table's rows committed a
+    ledger entry before its quotes were judged; the refusal came one commit later, and the
+    re-run then resumed (a resumed load is never refused) and stored trades as 0/0 quotes."""
+    lake = make_lake(tmp_path / "data")
+    quotes = "bronze.stocks_quotes"
+    t0 = 1_765_893_600_000_000_000
+    trade = {"symbol": "AMD", "price": 150.0, "size": 1}
+    lines = [
+        json.dumps(trade | {"table": "bronze.stocks_trades", "ts_event_ns": t0 + i, "seq": i})
+        for i in range(3)
+    ]
+    lines += [
+        json.dumps(trade | {"table": quotes, "ts_event_ns": t0 + i, "seq": i}) for i in range(3, 6)
+    ]
+    export = tmp_path / "export.ndjson"
+    export.write_text("\n".join(lines) + "\n")
+    for _ in range(2):
+        with pytest.raises(LoadRejectedError, match="no column for bid_px, ask_px, bid_sz, ask_sz"):
+            load_file(lake, export, LoadOptions(table=quotes, commit_rows=3))
+        assert _ledgers_of(lake, quotes) == {}
+    assert lake.load_table(quotes).current_snapshot() is None

@@ -796,3 +796,46 @@ def test_remove_orphans_on_s3_takes_a_snapshot_expired_while_it_is_read_as_unrea
     monkeypatch.setattr(maintenance._Reachability, "_manifests", refused)
     with pytest.raises(LakeError, match="cannot read .*SLOW_DOWN"):
         maintenance.remove_orphans(catalog, [ident], timedelta(hours=1), force=True)
+
+
+def test_a_manifest_an_expired_snapshot_failed_to_read_is_read_again_for_the_live_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review13b: the references marked a manifest as counted before reading it; when the read
+    failed for a snapshot expired meanwhile (tolerated), the live snapshot sharing that
+    manifest skipped it, and its live data files were missing from the references (orphans
+    to the run). The failing read is forced here on the expired snapshot's turn only."""
+    catalog = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(tmp_path / "data")}))
+    catalog.init()
+    ident = "bronze.stocks_trades"
+    table = catalog.load_table(ident)
+    for k in range(2):
+        table.append(make_rows(table, k * 10, 10))
+    first, head = table.metadata.snapshots[0], table.current_snapshot()
+    assert head is not None
+    shared = {m.manifest_path for m in first.manifests(table.io)}
+    assert shared & {m.manifest_path for m in head.manifests(table.io)}  # fast appends share
+    turn: dict[str, Any] = {}
+    real_manifests = maintenance._Reachability._manifests
+    real_entries = maintenance._Reachability._entries
+
+    def manifests(self: Any, snapshot: Any) -> Any:
+        turn["snapshot"] = snapshot.snapshot_id
+        return real_manifests(self, snapshot)
+
+    def entries(self: Any, manifest: Any, live_only: bool) -> Any:
+        if turn["snapshot"] == first.snapshot_id and not turn.get("failed"):
+            turn["failed"] = True
+            raise OSError("AWS Error SLOW_DOWN during GetObject operation (503)")
+        return real_entries(self, manifest, live_only)
+
+    monkeypatch.setattr(maintenance._Reachability, "_manifests", manifests)
+    monkeypatch.setattr(maintenance._Reachability, "_entries", entries)
+    monkeypatch.setattr(maintenance._CatalogReferences, "_expired_since", lambda *a: True)
+    referenced, _ = maintenance._CatalogReferences(catalog).collect()
+
+    assert turn.get("failed")
+    live = {
+        urlparse(task.file.file_path).path for task in catalog.load_table(ident).scan().plan_files()
+    }
+    assert live and live <= {urlparse(p).path for p in referenced}

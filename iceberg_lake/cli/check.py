@@ -50,7 +50,8 @@ def check(
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when any count is not zero."),
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
-    """Count sequence gaps, ts_recv < ts_event, crossed books, out-of-range values, duplicates.
+    """Count sequence gaps, ts_recv < ts_event, ts_event not ts_event_ns (an engine's write),
+    crossed books, out-of-range values, duplicates.
 
     Reads one snapshot per table (sandboxed DuckDB); writes nothing.
     """

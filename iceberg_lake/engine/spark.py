@@ -127,8 +127,11 @@ def jdbc_catalog(settings: Settings) -> JdbcCatalog:
     return JdbcCatalog(
         url=f"jdbc:postgresql://{host}:{port}/{database}{suffix}",
         driver="org.postgresql.Driver",
-        user=unquote(parsed.username) if parsed.username else None,
-        password=unquote(parsed.password) if parsed.password else None,
+        # libpq also takes them as parameters (`?user=…&password=…`).
+        user=unquote(parsed.username) if parsed.username else query.get("user", [None])[-1],
+        password=(
+            unquote(parsed.password) if parsed.password else query.get("password", [None])[-1]
+        ),
     )
 
 
@@ -164,14 +167,17 @@ def _jdbc_params(query: dict[str, list[str]]) -> dict[str, str]:
     """
     params: dict[str, str] = {}
     for key, values in query.items():
+        if key in ("user", "password"):
+            continue  # the JDBC catalog's own credentials (`jdbc_catalog`)
         name = _LIBPQ_TO_JDBC.get(key)
         value = values[-1]
         if key == "target_session_attrs":
             value = _TARGET_SERVER_TYPES.get(value, "")
         if name is None or not value:
+            # The key only: a value may be a secret (`sslpassword=…`; review13b).
             raise ConfigError(
-                f"LAKE_CATALOG_URI: {key}={values[-1]} has no JDBC equivalent, and Spark or "
-                "Trino connected without it could reach another database or schema; JDBC "
+                f"LAKE_CATALOG_URI: its parameter {key} has no JDBC equivalent here, and Spark "
+                "or Trino connected without it could reach another database or schema; JDBC "
                 f"takes {', '.join(_LIBPQ_TO_JDBC)}"
             )
         params[name] = value

@@ -898,9 +898,13 @@ class _CatalogReferences:
                 out.add(_norm(snap.manifest_list))
                 for manifest in reach._manifests(snap):
                     if manifest.manifest_path not in self._seen:
+                        entries = reach._entries(manifest, live_only=False)
+                        # Seen once read: a manifest an expired snapshot shares with a live one
+                        # that fails to read here is read again for the live one (review13b:
+                        # marked first, its live data files were left out of the references).
                         self._seen.add(manifest.manifest_path)
                         out.add(_norm(manifest.manifest_path))
-                        out |= reach._entries(manifest, live_only=False)
+                        out |= entries
             except FileNotFoundError as exc:
                 if current and snap.snapshot_id == head:
                     # Its data files would all look like orphans: delete nothing.
