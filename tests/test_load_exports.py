@@ -160,3 +160,37 @@ def test_an_export_of_a_bronze_table_and_its_silver_loads_the_bronze_rows_once(
     got = [(r["table"], r["rows_stored"], r["rows_other_tables"]) for r in results]
     assert got == [(FUTURES, 4, 4)]
     assert rows(duck, lake, FUTURES, "SELECT count(*) FROM t") == [(4,)]
+
+
+def test_an_export_load_killed_between_commits_resumes_to_each_row_once(
+    export: dict, tmp_path: Path, duck, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between two commits of an export's load (as kill -9 would leave it): the re-run
+    resumes from the ledger and stores every row of the table once, the other tables' rows
+    none."""
+    from iceberg_lake.load.commit import FileCommitter
+
+    path, _ = export["parquet"]
+    lake = make_lake(tmp_path / "copy")
+    real = FileCommitter.commit_rows
+    calls = {"n": 0}
+
+    def crash_on_third(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed between commits")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FileCommitter, "commit_rows", crash_on_third)
+    with pytest.raises(RuntimeError):
+        load_file(lake, path, LoadOptions(table=FUTURES, commit_rows=100))
+    monkeypatch.setattr(FileCommitter, "commit_rows", real)
+    stored_before = rows(duck, lake, FUTURES, "SELECT count(*) FROM t")[0][0]
+    assert 0 < stored_before < 300
+
+    resumed = load_file(lake, path, LoadOptions(table=FUTURES, commit_rows=100))
+
+    assert resumed.status == "resumed"
+    got = rows(duck, lake, FUTURES, "SELECT count(*), count(DISTINCT (symbol, seq)) FROM t")
+    assert got == [(300, 300)]
+    assert lake.load_table(QUOTES).current_snapshot() is None

@@ -15,12 +15,12 @@ file again although the ledger says it is in (a new generation of its ledger ent
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import multiprocessing
 import os
 import queue as queue_module
-import re
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -270,13 +270,28 @@ def _no_column_error(
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _tables_of(path: str, fmt: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """`export_tables` of a file, read once per process and file version (the routing and
+    each table's load ask for it; an NDJSON or CSV export is read whole to answer)."""
+    return tuple(export_tables(open_source(Path(path), fmt)))
+
+
+def _export_tables_of(source: Source) -> list[str]:
+    """The tables a replay export holds (`export_tables`, cached per file version)."""
+    if TABLE_COLUMN not in source.columns:
+        return []
+    stat = source.path.stat()
+    return list(_tables_of(str(source.path), source.format, stat.st_mtime_ns, stat.st_size))
+
+
 def _table_name(identifier: str) -> str:
     """`stocks_trades` of `bronze.stocks_trades` (an export of Silver reloads into Bronze)."""
     return identifier.rsplit(".", 1)[-1]
 
 
 def _export_rows_of(path: Path, source: Source, table_id: str, sha: str, refuse: bool) -> str:
-    """The `table` value pattern of `table_id`'s rows in a replay export: the table itself when
+    """The `table` value of `table_id`'s rows in a replay export: the table itself when
     the export holds it, else the one table of the same name it holds (an export of
     `silver.stocks_trades` reloads into `bronze.stocks_trades`).
 
@@ -284,14 +299,14 @@ def _export_rows_of(path: Path, source: Source, table_id: str, sha: str, refuse:
         LoadRejectedError: (`refuse`) the export holds no row of the table, or several tables
             of its name but not the table itself; nothing stored.
     """
-    present = export_tables(source)
+    present = _export_tables_of(source)
     candidates = [t for t in present if _table_name(t) == _table_name(table_id)]
     if table_id in candidates:
         # review13b: an export of bronze.X and silver.X loaded both into bronze.X (each event
         # twice); the table's own rows are its rows.
-        return rf"^{re.escape(table_id)}$"
+        return table_id
     if len(candidates) == 1 or (candidates and not refuse):
-        return rf"^{re.escape(candidates[0])}$"
+        return candidates[0]
     what = "no rows of" if not candidates else f"{' and '.join(candidates)}, not"
     raise LoadRejectedError(
         f"{path.name} holds {what} {table_id}: its {TABLE_COLUMN} column names "
@@ -304,14 +319,14 @@ def _export_rows_of(path: Path, source: Source, table_id: str, sha: str, refuse:
 
 
 def _only_rows_of(
-    batch: SourceBatch, pattern: str
+    batch: SourceBatch, table: str
 ) -> tuple[pa.Table, dict[int, str], np.ndarray | None]:
-    """The batch's rows whose `table` matches `pattern`, their reader problems renumbered,
-    and their row numbers in the batch (None: every row is the table's)."""
+    """The batch's rows whose `table` is `table`, their reader problems renumbered, and their
+    row numbers in the batch (None: every row is the table's)."""
     names = batch.table.column(TABLE_COLUMN)
     if pa.types.is_dictionary(names.type):  # as `lake replay` writes it to Parquet
         names = names.cast(names.type.value_type)
-    mask = pc.fill_null(pc.match_substring_regex(names.cast(pa.string()), pattern), False)
+    mask = pc.fill_null(pc.equal(names.cast(pa.string()), table), False)
     kept = np.flatnonzero(np.asarray(mask))
     if len(kept) == batch.table.num_rows:
         return batch.table, batch.problems, None
@@ -336,7 +351,7 @@ def route_exports(paths: Sequence[Path | str], options: LoadOptions) -> list[tup
             fmt = options.format or _format_of(path, options)
             if fmt != "dbn":
                 source = open_source(path, fmt)
-                tables = export_tables(source)
+                tables = _export_tables_of(source)
                 for table in tables:
                     target = f"{BRONZE}.{_table_name(table)}"
                     if (str(path), target) in out:
