@@ -27,7 +27,7 @@ _decoder = msgspec.json.Decoder()
 Progress = Callable[[int, int], None]
 
 
-class ReplayEvent(msgspec.Struct, frozen=True):
+class ReplayEvent(msgspec.Struct, frozen=True, gc=False):
     """One replayed event: its table, subject, canonical encoding and event time.
 
     `row` decodes the payload (the canonical JSON of the row) on each access: read it once. A
