@@ -336,3 +336,30 @@ def test_no_pin_replay_creates_no_replay_tag(tmp_path: Path) -> None:
     _cli(env, "replay", "--tables", TRADES, *window, "--no-progress", "--out", str(tmp_path / "f"))
     tags = [r for r in catalog.load_table(TRADES).metadata.refs if r.startswith("replay-")]
     assert len(tags) == 1
+
+
+def test_expire_snapshots_reports_a_run_that_only_tagged_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that expires nothing but tags a closed hour's checkpoint says so (it used to print
+    "nothing to do"; spark13); the next run has nothing left to do."""
+    catalog, env = _lake(tmp_path)
+    hour = 3_600_000
+    h0 = (int(time.time() * 1000) // hour - 3) * hour
+    monkeypatch.setattr(pyiceberg_snapshots, "time", _Clock(h0 + 10 * 60_000))
+    only = append(catalog.load_table(TRADES), trades("SPY", T14, 10, 10**6))
+    monkeypatch.undo()
+
+    dry = json.loads(
+        _cli(env, "maintain", "expire-snapshots", "-t", TRADES, "--dry-run", "-o", "json")
+    )
+    assert dry[0]["checkpoints_tagged"] == 1 and dry[0]["expired_snapshots"] == 0
+    assert snapshots.checkpoint_tag(TRADES, h0) not in catalog.load_table(TRADES).metadata.refs
+
+    out = _cli({**env, "COLUMNS": "200"}, "maintain", "expire-snapshots", "-t", TRADES)
+    assert "nothing to do" not in out and "checkpoints_tagged" in out and TRADES in out
+    refs = catalog.load_table(TRADES).metadata.refs
+    assert refs[snapshots.checkpoint_tag(TRADES, h0)].snapshot_id == only
+    assert "expire-snapshots: nothing to do in 1 table(s)" in _cli(
+        env, "maintain", "expire-snapshots", "-t", TRADES
+    )

@@ -110,7 +110,8 @@ def expire_snapshots(
             if dry_run:
                 for f in files:
                     console.print(f"would delete {f}", highlight=False)
-    _emit(rows, output, "expire-snapshots", lambda r: r["expired_snapshots"] > 0)
+    changed = ("expired_snapshots", "checkpoints_tagged", "tags_dropped")
+    _emit(rows, output, "expire-snapshots", lambda r: any(r[k] > 0 for k in changed))
     _raise_conflicts(conflicts)
 
 

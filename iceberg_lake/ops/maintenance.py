@@ -173,6 +173,9 @@ class ExpiryResult:
     protected: list[int]
     deleted_files: list[str]
     dry_run: bool = False
+    #: Refs updated first (`snapshots.maintain_refs`; in a dry run, checkpoints that would be):
+    #: `checkpoints` tagged, aged-out tags `dropped`, Silver-source tags added and removed.
+    refs: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -181,6 +184,8 @@ class ExpiryResult:
             "expired_snapshots": len(self.expired),
             "protected_snapshots": len(self.protected),
             "deleted_files": len(self.deleted_files),
+            "checkpoints_tagged": self.refs.get("checkpoints", 0),
+            "tags_dropped": self.refs.get("dropped", 0),
             "dry_run": self.dry_run,
             "expired": self.expired,
             "files": self.deleted_files,
@@ -503,18 +508,21 @@ class TableMaintenance:
         moment = now or datetime.now(UTC)
         sources = self._silver_sources()
         extra = set(sources or ())
+        refs: dict[str, int] = {}
         if dry_run:
-            extra |= policy.refs_due(table, self.table_id, moment)
+            due = policy.refs_due(table, self.table_id, moment)
+            extra |= due
+            refs["checkpoints"] = len(due)
         else:
             with catalog_errors(f"updating refs of {self.table_id}"):
                 try:
-                    policy.maintain_refs(table, self.table_id, sources, moment)
+                    refs = policy.maintain_refs(table, self.table_id, sources, moment)
                 except CommitFailedException as exc:
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else "conflict"
                     raise CommitConflictError(f"updating refs: {first}") from None
         expired, kept_old = policy.select(table, extra, moment)
         if not expired:
-            return ExpiryResult(self.table_id, [], kept_old, [], dry_run)
+            return ExpiryResult(self.table_id, [], kept_old, [], dry_run, refs)
         reach = _Reachability(table)
         expired_set = set(expired)
         expired_files = reach.files_of(
@@ -527,7 +535,7 @@ class TableMaintenance:
                 table, {s.snapshot_id for s in remaining}
             )
             doomed = sorted(expired_files - still)
-            return ExpiryResult(self.table_id, sorted(expired), kept_old, doomed, True)
+            return ExpiryResult(self.table_id, sorted(expired), kept_old, doomed, True, refs)
 
         with catalog_errors(f"expiring snapshots of {self.table_id}"):
             try:
@@ -548,7 +556,7 @@ class TableMaintenance:
         log.info(
             "expire-snapshots %s: %d snapshots, %d files", self.table_id, len(expired), len(doomed)
         )
-        return ExpiryResult(self.table_id, sorted(expired), kept_old, doomed)
+        return ExpiryResult(self.table_id, sorted(expired), kept_old, doomed, refs=refs)
 
     def _silver_sources(self) -> set[int] | None:
         """Snapshots Silver names as sources (Bronze tables only; None for others)."""
