@@ -254,6 +254,15 @@ def test_symbols_pick_the_series_of_one_bar_over_everything(
     res = CliRunner().invoke(app, [*args, "--start", "2025-12-16", "-o", "json"])
     assert res.exit_code == 0, res.output
     assert [r["trades"] for r in json.loads(res.stdout)] == spy["trades"].tolist()
+    assert "no rows for" not in res.stderr
+    # A symbol with no rows (a typo, or absent from the window) is named on stderr, not
+    # left for the user to take an empty series for a quiet market.
+    args = ["bars", TRADES, "--every", "1h", "--symbols", "SPY,SPX", "--as-of", "bars"]
+    res = CliRunner().invoke(app, [*args, "--start", "2025-12-16", "-o", "json"])
+    assert res.exit_code == 0, res.output
+    assert {r["symbol"] for r in json.loads(res.stdout)} == {"SPY"}
+    assert "no rows for --symbols SPX in bronze.stocks_trades" in res.stderr
+    assert "SPY" not in res.stderr.split("no rows for")[1]
 
 
 def test_pin_and_errors(bars_data: dict) -> None:

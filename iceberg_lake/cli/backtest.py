@@ -136,6 +136,7 @@ def bars(
         origin_ns = start_ns
     else:
         origin_ns = parse_time_ns(origin, "--origin", plausible=False)
+    wanted = _symbols(symbols)
     with Lake(open_catalog(read_only=True)) as lake:
         series = lake.bars(
             table,
@@ -145,9 +146,16 @@ def bars(
             by=by or None,
             as_of=parse_as_of(as_of),
             origin_ns=origin_ns,
-            symbols=_symbols(symbols),
+            symbols=wanted,
         )
     result.emit(series, f"{table} {every} bars")
+    if wanted and (missing := _symbols_without_rows(series, wanted)):
+        # A typo (`SPX` for `SPY`) or a symbol the window lacks: say so rather than an empty
+        # series the user may take for a quiet market.
+        err_console.print(
+            f"no rows for --symbols {', '.join(missing)} in {table} in the window",
+            highlight=False,
+        )
 
 
 @window_options()
@@ -191,6 +199,17 @@ def asof(
             as_of=parse_as_of(as_of),
         )
     result.emit(joined, f"{left} as of {right}")
+
+
+def _symbols_without_rows(series: pa.Table, symbols: list[str]) -> list[str]:
+    """The requested symbols with no bar in `series` (all of them when it is empty; none can
+    be told apart when the bars are not grouped by symbol)."""
+    if series.num_rows == 0:
+        return symbols
+    if "symbol" not in series.column_names:
+        return []
+    present = set(series.column("symbol").to_pylist())
+    return [s for s in symbols if s not in present]
 
 
 def _symbols(values: list[str] | None) -> list[str] | None:
