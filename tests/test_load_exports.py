@@ -194,3 +194,32 @@ def test_an_export_load_killed_between_commits_resumes_to_each_row_once(
     got = rows(duck, lake, FUTURES, "SELECT count(*), count(DISTINCT (symbol, seq)) FROM t")
     assert got == [(300, 300)]
     assert lake.load_table(QUOTES).current_snapshot() is None
+
+
+def test_an_export_row_without_a_table_is_dead_lettered_once(tmp_path: Path, duck) -> None:
+    """A row of an export with a null `table` belonged to no table's load and was skipped by
+    every one without a word. The load of the export's first table dead-letters it once."""
+    lake = make_lake(tmp_path / "copy")
+    row = {"symbol": "ES", "price": 6000.0, "size": 1, "source": "cme"}
+    quote = {"symbol": "AAPL", "bid_px": 1.0, "ask_px": 1.1, "bid_sz": 1, "ask_sz": 1}
+    lines = [
+        json.dumps(row | {"table": FUTURES, "ts_event_ns": T14 + i, "seq": i}) for i in range(4)
+    ]
+    lines += [json.dumps(quote | {"table": QUOTES, "ts_event_ns": T14 + i}) for i in range(3)]
+    lines.insert(2, json.dumps(row | {"table": None, "ts_event_ns": T14 + 9, "seq": 9}))
+    path = tmp_path / "unnamed.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+    env = {"LAKE_DATA_DIR": str(tmp_path / "copy")}
+
+    loaded = runner.invoke(app, ["load", str(path), "-o", "json"], env=env)
+
+    assert loaded.exit_code == 0, loaded.output
+    results = json.loads(loaded.stdout)["results"]
+    got = [(r["table"], r["rows_stored"], r["dead_lettered"]) for r in results]
+    assert got == [(FUTURES, 4, 1), (QUOTES, 3, 0)]
+    letters = rows(duck, lake, "bronze.dead_letters", "SELECT reason, raw FROM t")
+    assert len(letters) == 1 and "no table value" in letters[0][0], letters
+    assert b'"seq": 9' in letters[0][1] or b'"seq":9' in letters[0][1], letters
+    again = runner.invoke(app, ["load", str(path), "-o", "json"], env=env)  # exactly once
+    assert again.exit_code == 0, again.output
+    assert rows(duck, lake, "bronze.dead_letters", "SELECT count(*) FROM t") == [(1,)]

@@ -319,19 +319,25 @@ def _export_rows_of(path: Path, source: Source, table_id: str, sha: str, refuse:
 
 
 def _only_rows_of(
-    batch: SourceBatch, table: str
+    batch: SourceBatch, table: str, unnamed: bool = False
 ) -> tuple[pa.Table, dict[int, str], np.ndarray | None]:
-    """The batch's rows whose `table` is `table`, their reader problems renumbered, and their
-    row numbers in the batch (None: every row is the table's)."""
+    """The batch's rows whose `table` is `table` (with `unnamed`, also those without a `table`
+    value, as problems to dead-letter), their reader problems renumbered, and their row numbers
+    in the batch (None: every row is the table's)."""
     names = batch.table.column(TABLE_COLUMN)
     if pa.types.is_dictionary(names.type):  # as `lake replay` writes it to Parquet
         names = names.cast(names.type.value_type)
-    mask = pc.fill_null(pc.equal(names.cast(pa.string()), table), False)
+    names = names.cast(pa.string())
+    mask = pc.fill_null(pc.equal(names, table), unnamed)
     kept = np.flatnonzero(np.asarray(mask))
+    problems = dict(batch.problems)
+    if unnamed and names.null_count:
+        for row in np.flatnonzero(np.asarray(pc.is_null(names))):
+            problems.setdefault(int(row), f"no {TABLE_COLUMN} value: a row of no table")
     if len(kept) == batch.table.num_rows:
-        return batch.table, batch.problems, None
+        return batch.table, problems, None
     renumber = {int(old): new for new, old in enumerate(kept)}
-    problems = {renumber[r]: why for r, why in batch.problems.items() if r in renumber}
+    problems = {renumber[r]: why for r, why in problems.items() if r in renumber}
     return batch.table.take(pa.array(kept)), problems, kept
 
 
@@ -482,9 +488,12 @@ def load_file(
     judged_rows = 0
     # A replay export names each row's table: only this table's rows are its (quant13: the
     # other tables' rows were stored here, or dead-lettered as missing this table's fields).
-    mine = None
+    mine, owns_unnamed = None, False
     if TABLE_COLUMN in source.columns and TABLE_COLUMN not in definition.column_names:
         mine = _export_rows_of(path, source, table_id, sha, refuse=not committed)
+        # A row without a `table` value belongs to no table's load: the load of the export's
+        # first table dead-letters it (once, with its reason), rather than every load skip it.
+        owns_unnamed = mine == _export_tables_of(source)[0]
     # Precedence of `source` (docs/backfill.md): --source for every row; else the file's own
     # `source` column where it has a value; else the mapping's `source`; else `file`.
     source_name = options.source or ""
@@ -563,7 +572,7 @@ def load_file(
             for batch in _pieces(whole, commit_rows - (position - chunk_first), commit_rows):
                 rows_in, problems, kept = batch.table, batch.problems, None
                 if mine is not None:
-                    rows_in, problems, kept = _only_rows_of(batch, mine)
+                    rows_in, problems, kept = _only_rows_of(batch, mine, owns_unnamed)
                     other = batch.table.num_rows - rows_in.num_rows
                     result.rows_other_tables += other
                     chunk_other += other
