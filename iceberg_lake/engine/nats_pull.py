@@ -15,6 +15,13 @@ with a 404/408/409 status); only when nothing was available does round 2 long-po
 `expires` until the first message or the timeout. Deliveries that arrive after a fetch returned
 stay buffered, in order, for the next fetch.
 
+Server limits: a request beyond the server's (or the consumer's) pull limits is refused with
+`409 Exceeded MaxRequestBatch of N` (also `MaxRequestMaxBytes`, `MaxRequestExpires`). The puller
+then caps its requests at N for good (`batch_limit`, logged once) and asks again in the same
+fetch: treated as an ordinary end of request, the refusal looked like an empty stream and the
+writer stalled without a word (review14). A 409 this module does not know ends the fetch with a
+`BusUnavailableError`, so the writer resets with a visible line instead of polling forever.
+
 Errors: a failure of NATS itself (connection closed, a timeout, ...) comes out of `fetch` as a
 `BusUnavailableError` (`engine.nats.bus_errors`), and so does a consumer that no longer exists
 (the server ends the open request with `409 Consumer Deleted` and answers later ones with `503`
@@ -31,6 +38,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -44,8 +53,24 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
+log = logging.getLogger(__name__)
+
 #: Status codes that end a pull request (no messages, expired, max bytes/batch reached).
 _END_OF_REQUEST = {"404", "408", "409"}
+#: 409 descriptions that end a request without a problem of ours (a later request may deliver).
+_ORDINARY_409 = (
+    "Message Size Exceeds MaxBytes",
+    "Batch Completed",
+    "Exceeded MaxWaiting",
+    "Exceeded MaxAckPending",
+    "Leadership Change",
+    "Server Shutdown",
+)
+#: A pull request beyond a server or consumer limit: `Exceeded MaxRequest<what> of <limit>`.
+_LIMIT_409 = re.compile(r"Exceeded MaxRequest(Batch|MaxBytes|Expires) of (\S+)")
+#: Go's duration text (`1s`, `500ms`, `1m30s`) as the server writes MaxRequestExpires.
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
+_GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 #: The status a request to a subject nobody serves gets (the consumer is gone).
 _NO_RESPONDERS = "503"
 #: Inbox subscription limits: the callback drains it at once, so these are only a safety net.
@@ -75,6 +100,15 @@ class BatchPuller:
         self._open_until = 0.0
         #: Why the consumer cannot deliver any more (it was deleted), once the server said so.
         self._gone: str | None = None
+        #: The server's limits on one pull request, once it refused a request beyond them.
+        self.batch_limit: int | None = None
+        self.bytes_limit: int | None = None
+        self.expires_limit: float | None = None
+        #: A request refused for a limit (asked again, capped, in the same fetch).
+        self._refused = False
+        #: A 409 this module does not know (ends the fetch with an error).
+        self._unknown: str | None = None
+        self._consumer = f"{consumer} of {stream}"
         self._what = f"fetching from consumer {consumer} of {stream}"
 
     async def start(self) -> None:
@@ -108,18 +142,58 @@ class BatchPuller:
                 self._open_count = 0
             if status == _NO_RESPONDERS:
                 self._gone = "no responders (the consumer no longer exists)"
-            elif status == "409" and headers.get(Header.DESCRIPTION) == "Consumer Deleted":
-                self._gone = "the consumer was deleted"
+            elif status == "409":
+                self._on_conflict(str(headers.get(Header.DESCRIPTION, "")))
             self._arrived.set()
             return  # heartbeats and other status messages
         self._buffer.append(msg)
         self._open_count -= 1
         self._arrived.set()
 
+    def _on_conflict(self, description: str) -> None:
+        """A 409 that ended the open request: a deleted consumer, a limit, or another reason."""
+        if description == "Consumer Deleted":
+            self._gone = "the consumer was deleted"
+        elif (limit := _LIMIT_409.search(description)) is not None:
+            self._learn_limit(limit.group(1), limit.group(2), description)
+        elif not description.startswith(_ORDINARY_409):
+            self._unknown = description or "409 without a description"
+
+    def _learn_limit(self, what: str, value: str, description: str) -> None:
+        try:
+            if what == "Expires":
+                parts = _GO_DURATION.findall(value)
+                seconds = sum(float(n) * _GO_UNITS[u] for n, u in parts)
+                if not parts or seconds <= 0:
+                    raise ValueError(value)
+                self.expires_limit = seconds
+            elif what == "Batch":
+                self.batch_limit = max(1, int(value))
+            else:
+                self.bytes_limit = max(1, int(value))
+        except ValueError:
+            self._unknown = description
+            return
+        self._refused = True
+        log.warning(
+            "consumer %s: the server refused a pull request (%s); later requests ask for at "
+            "most that (raise the server's or consumer's limit for larger batches)",
+            self._consumer,
+            description,
+        )
+
     def _is_open(self) -> bool:
         return self._open_count > 0 and time.monotonic() < self._open_until
 
     async def _request(self, batch: int, max_bytes: int, expires: float | None) -> None:
+        if self.batch_limit is not None:
+            batch = min(batch, self.batch_limit)
+        if self.bytes_limit is not None:
+            max_bytes = min(max_bytes, self.bytes_limit)
+        if expires is not None and self.expires_limit is not None:
+            # Under the limit: the server compares the nanoseconds asked with its own.
+            expires = min(expires, self.expires_limit * 0.9)
+        self._refused = False
         req: dict[str, Any] = {"batch": batch, "max_bytes": max_bytes}
         if expires is None:
             req["no_wait"] = True
@@ -166,24 +240,41 @@ class BatchPuller:
             msgs = await self._fetch(batch, timeout, max_bytes)
         if not msgs and self._gone is not None:
             raise BusUnavailableError(f"{self._what}: {self._gone}")
+        if not msgs and self._unknown is not None:
+            why, self._unknown = self._unknown, None
+            raise BusUnavailableError(f"{self._what}: the server ended the pull request: {why}")
         return msgs
 
     async def _fetch(self, batch: int, timeout: float, max_bytes: int) -> list[Msg]:
         if self._gone is not None:
             return self._take(batch)
         deadline = time.monotonic() + max(timeout, 0.05)
-        if not self._buffer and not self._is_open():
+        # A request refused for a limit is asked again at once, capped (each limit is learnt
+        # once, so three rounds cover batch, bytes and expires).
+        for _ in range(3):
+            if self._buffer or self._is_open():
+                break
             # Round 1: whatever is available now, up to `batch` messages / `max_bytes`.
             await self._request(batch, max_bytes, None)
             while self._is_open() and len(self._buffer) < batch:
                 if not await self._wait(deadline):
                     break
-        if not self._buffer and not self._is_open():
+            if not self._refused:
+                break
+        for _ in range(3):
+            if self._buffer or self._is_open() or self._unknown is not None:
+                break
             # Round 2: nothing was available; long-poll until the first message or the timeout.
             remaining = deadline - time.monotonic()
-            if remaining > 0.01:
-                await self._request(batch, max_bytes, remaining)
-        while not self._buffer and self._is_open():
+            if remaining <= 0.01:
+                break
+            await self._request(batch, max_bytes, remaining)
+            while not self._buffer and self._is_open():
+                if not await self._wait(deadline):
+                    break
+            if not self._refused:
+                break
+        while not self._buffer and self._is_open():  # a request still open from before
             if not await self._wait(deadline):
                 break
         if self._buffer and self._is_open():

@@ -921,7 +921,12 @@ class ConsumerWriter:
         if self.events_per_message is None:
             return 1
         free_events = max(1, limit - self.batch.events)
-        return max(1, min(FETCH_BATCH, int(free_events / self.events_per_message)))
+        # The server's limit on one pull request, once it refused a larger one: asking for
+        # more would make every fetch short, and a short fetch reads as drained.
+        most = FETCH_BATCH
+        if self.psub is not None and self.psub.batch_limit is not None:
+            most = min(most, self.psub.batch_limit)
+        return max(1, min(most, int(free_events / self.events_per_message)))
 
     def idle(self) -> bool:
         """True when nothing is buffered or committing and the last fetch found nothing
