@@ -52,6 +52,16 @@ class ForeignWriterError(LakeError):
     """
 
 
+class OtherLakeError(LakeError):
+    """A consumer's lease is held by a writer of another lake on the same NATS account.
+
+    Consumer names and leases depend only on the table, so two lakes (their own catalogs and
+    warehouses, e.g. production and staging) on one NATS account share them: the one that
+    holds a lease keeps the other standing by for good. Not retryable: `lake serve` ends with
+    one line naming the other lake's writer; each lake needs its own NATS account (review14).
+    """
+
+
 class StreamMismatchError(LakeError):
     """The JetStream stream is not the one a table's committed watermark counts in: it was
     deleted and created again, or the NATS server lost its storage (its sequences start over).

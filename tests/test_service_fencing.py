@@ -11,9 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
-from ingest_support import encode, make_event, publish, scan_sql, settings_for, wait_stream
+from ingest_support import (
+    encode,
+    make_event,
+    publish,
+    scan_sql,
+    serving,
+    settings_for,
+    wait_stream,
+)
 from test_service_process import start_serve, wait_for, watermark
 
+from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.testing import NatsServer
 
 pytestmark = pytest.mark.integration
@@ -74,3 +83,25 @@ def test_two_serve_processes_one_killed_every_event_once(
         f"SELECT count(*), count(DISTINCT (source, seq)) FROM {scan_sql(settings, TABLE)}"
     ).fetchone()
     assert (count, distinct) == (n, n)
+
+
+def test_a_writer_of_another_lake_holding_the_lease_ends_serve_with_one_line(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """review14: consumer names and leases depend only on the table, so a staging lake on the
+    production NATS account took production's lease, and production stood by for good with an
+    INFO line. A lease held by another lake's writer now ends `lake serve` with one line; a
+    second process of the same lake still stands by (the test above)."""
+    prod = settings_for(tmp_path / "prod", nats.url, LAKE_WRITER_LEASE_SECONDS="2")
+    staging = settings_for(tmp_path / "staging", nats.url, LAKE_WRITER_LEASE_SECONDS="2")
+    for settings in (prod, staging):
+        LakeCatalog(settings).init()
+    log_prod, log_staging = tmp_path / "prod.log", tmp_path / "staging.log"
+    with serving(prod, log_prod, "--tables", "stocks_trades") as a:
+        wait_for(lambda: "active on consumer" in log_prod.read_text(), 60, "prod active", a)
+        with serving(staging, log_staging, "--tables", "stocks_trades") as b:
+            assert b.wait(timeout=60) != 0
+        out = log_staging.read_text()
+        assert "a writer of another lake" in out and "own NATS account" in out, out
+        assert "Traceback" not in out and "active on consumer" not in out
+        assert a.poll() is None  # production keeps its lease and runs on

@@ -74,6 +74,7 @@ from iceberg_lake.exceptions import (
     DataRejectedError,
     ForeignWriterError,
     LakeError,
+    OtherLakeError,
     ShutdownTimeoutError,
     StreamMismatchError,
     TransientError,
@@ -106,6 +107,8 @@ log = logging.getLogger(__name__)
 #: Most messages asked for per fetch; a fetch is sized in events (free buffer space divided by
 #: the events per message seen so far) and bounded in bytes as well.
 FETCH_BATCH = 5000
+#: Between a lease holder's process name and its lake's identity (`_lake_identity`).
+LAKE_MARK = " lake="
 #: Bytes one fetch may ask for when the service does not set a share of its budget.
 DEFAULT_FETCH_MAX_BYTES = 8 * 1024 * 1024
 #: Backoff between failed commit attempts.
@@ -328,6 +331,8 @@ class ConsumerWriter:
             else None
         )
         self.fetch_max_bytes = fetch_max_bytes
+        #: This lake's identity in its lease records (`_lake_identity`), once read.
+        self._lake: str | None = None
         gold = target.startswith(GOLD + ".")
         self.batch_size = settings.gold_batch_size if gold else settings.bronze_batch_size
         self.batch_seconds = settings.gold_batch_seconds if gold else settings.bronze_batch_seconds
@@ -660,6 +665,9 @@ class ConsumerWriter:
         logged = warned = False
         while not stop.is_set():
             try:
+                if self._lake is None:
+                    self._lake = await in_daemon_thread(self._lake_identity)
+                    lease.holder = f"{lease.holder}{LAKE_MARK}{self._lake}"
                 acquired = await _unless_stopped(lease.try_acquire(), stop)
                 if acquired is None:
                     break
@@ -676,8 +684,9 @@ class ConsumerWriter:
                         warned = True
                     with contextlib.suppress(Exception):
                         await lease.release()
+                holder = await lease.current_holder()
+                self._refuse_other_lake(holder)
                 if not logged:
-                    holder = await lease.current_holder()
                     log.info(
                         "writer %s: standby, consumer %s is held by %s",
                         self.target,
@@ -691,6 +700,25 @@ class ConsumerWriter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.2, lease.ttl / 5))
         return False
+
+    def _lake_identity(self) -> str:
+        """This lake's identity in lease records: the table UUID of its quarantine table
+        (every lake has one; two lakes never share it, however their catalog is addressed)."""
+        return str(self.catalog.load_table(DEAD_LETTERS_TABLE).metadata.table_uuid)
+
+    def _refuse_other_lake(self, holder: str | None) -> None:
+        """Raise `OtherLakeError` when `holder` is a writer of another lake (holders written
+        before lake identities were recorded are taken as this lake's)."""
+        if holder is None or LAKE_MARK not in holder or self._lake is None:
+            return
+        process, other = holder.rsplit(LAKE_MARK, 1)
+        if other != self._lake:
+            raise OtherLakeError(
+                f"writer {self.target}: consumer {self.consumer} of {self.stream} is held by "
+                f"{process}, a writer of another lake (its quarantine table {other}, this "
+                f"lake's {self._lake}): two lakes on one NATS account share consumers and "
+                "leases, so one would stand by for good; give each lake its own NATS account"
+            )
 
     def _leaseless_writer(self) -> str | None:
         """One line when a writer that takes no lease (iceberg_lake 0.1) committed for this
