@@ -861,6 +861,10 @@ class ConsumerWriter:
                 # commit frees the buffer.
                 if self.commit_task is not None:
                     await self._wait_commit()
+                    if self.reset_needed:
+                        # Fenced (or the connection lost): the buffer is re-read from the new
+                        # watermark; committing it against the old one would be fenced again.
+                        continue
                 self._maybe_flush(force=True)
                 await asyncio.sleep(0)
                 continue
