@@ -2113,3 +2113,38 @@ def delete_file(io: FileIO, location: str) -> None:
         pass
     except OSError as exc:
         raise LakeError(f"cannot delete {location}: {exc}") from exc
+
+
+# ---- a table that reads but never commits (dry runs) --------------------------------------------
+
+
+class CommitRefusedError(Exception):
+    """A commit (or a transaction) on a `read_only_table`."""
+
+
+def read_only_table(table: Table, why: str) -> Table:
+    """`table` as of now, for reading only: starting a transaction or committing raises
+    `CommitRefusedError(why)`, before any data file is written.
+
+    pyiceberg's own `StaticTable` (a table without a catalog) with its `transaction()` refused
+    too, since `append`/`overwrite` write their data files inside the transaction before the
+    catalog sees the commit. Guard: `tests/engine/test_iceberg_read_only_guard.py`.
+    """
+    from pyiceberg.catalog.noop import NoopCatalog
+    from pyiceberg.table import StaticTable
+
+    class _RefusingCatalog(NoopCatalog):
+        def commit_table(self, *args: Any, **kwargs: Any) -> Any:
+            raise CommitRefusedError(why)
+
+    class _ReadOnlyTable(StaticTable):
+        def transaction(self) -> Transaction:
+            raise CommitRefusedError(why)
+
+    return _ReadOnlyTable(
+        identifier=table.name(),
+        metadata_location=table.metadata_location,
+        metadata=table.metadata,
+        io=table.io,
+        catalog=_RefusingCatalog("read-only"),
+    )

@@ -51,6 +51,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.schema import CreateTable
 
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
+from iceberg_lake.engine.iceberg import CommitRefusedError, read_only_table
 from iceberg_lake.exceptions import LakeError, MigrationError, TransientError, UnknownTableError
 from iceberg_lake.schema.evolve import (
     AddColumn,
@@ -112,6 +113,10 @@ lock_table = sa.Table(
     sa.Column("holder", sa.String(255), nullable=True),
     sa.Column("acquired_at", sa.Float, nullable=True),
 )
+
+
+#: Why a dry run's table refuses to commit (`MigrationContext.load_table`).
+DRY_RUN_DATA_STEP = "a dry run commits nothing, so the step was not run past its first commit"
 
 
 def migrations_dir() -> Path:
@@ -278,8 +283,17 @@ class MigrationContext:
         ]
 
     def load_table(self, identifier: str) -> Table:
-        """The live pyiceberg table, for steps that must read or rewrite data themselves."""
-        return self.catalog.load_table(identifier)
+        """The live pyiceberg table, for steps that must read or rewrite data themselves.
+
+        In a dry run (`lake migrate up --dry-run`, and the planning `lake status` and `lake
+        serve` do) the table reads but refuses a transaction or commit: the step stops there
+        and its output says it would run a data step. A data step must be idempotent: a step
+        that failed half-way is run again whole.
+        """
+        table = self.catalog.load_table(identifier)
+        if self.dry_run:
+            return read_only_table(table, DRY_RUN_DATA_STEP)
+        return table
 
     def log(self, message: str) -> None:
         """Report something in the step's output."""
@@ -650,6 +664,8 @@ class StepResult:
     messages: list[str] = field(default_factory=list)
     duration_ms: int = 0
     recorded: bool = False
+    #: A dry run stopped the step at a data step's first commit (`MigrationContext.load_table`).
+    data_step: bool = False
 
     def lines(self) -> list[str]:
         """Every change of the step, `table: change`."""
@@ -769,9 +785,19 @@ class MigrationRunner:
     ) -> StepResult:
         started = time.monotonic()
         ctx = MigrationContext(self.catalog, migration, dry_run=dry_run, simulated=simulated)
+        data_step = False
         try:
             upgrade = migration.load()
-            upgrade(ctx)
+            try:
+                upgrade(ctx)
+            except CommitRefusedError:
+                if not dry_run:
+                    raise
+                # A dry run stops a data step at its first commit (review: it committed on
+                # every dry run, `lake status` and `lake serve` start); what it declared before
+                # is still planned.
+                data_step = True
+                ctx.log(f"would run a data step: {DRY_RUN_DATA_STEP}")
             tables = ctx.apply()
         except MigrationError:
             raise
@@ -785,7 +811,7 @@ class MigrationRunner:
                 f"migration {migration.id} failed: {type(exc).__name__}: {exc} (not recorded"
                 " as applied; later migrations not run)"
             ) from exc
-        result = StepResult(migration, tables, ctx.messages)
+        result = StepResult(migration, tables, ctx.messages, data_step=data_step)
         result.duration_ms = int((time.monotonic() - started) * 1000)
         if not dry_run:
             self.ledger.record(migration, result.duration_ms, "\n".join(result.lines()))
@@ -854,7 +880,7 @@ def pending_warning(catalog: LakeCatalog) -> str | None:
     changing = [
         r.migration.id
         for r in steps
-        if any(t.plan is not None and not t.plan.is_noop for t in r.tables)
+        if r.data_step or any(t.plan is not None and not t.plan.is_noop for t in r.tables)
     ]
     if not changing:
         return None

@@ -329,3 +329,48 @@ def test_a_catalog_database_that_cannot_be_reached_is_named_as_such(tmp_path: Pa
         ledger.close()
     # Not "creating the migration ledger" after retries: nothing says the ledger is missing.
     assert str(err.value).startswith("reading the migration ledger: catalog database unavailable")
+
+
+STEP_DATA = """
+from iceberg_lake.schema.migrations import MigrationContext
+
+
+def upgrade(ctx: MigrationContext) -> None:
+    ctx.add_column("bronze.stocks_trades", "venue", "string")
+    table = ctx.load_table("bronze.stocks_trades")
+    runs = int(table.properties.get("test.data-step-runs", "0")) + 1
+    with table.transaction() as tx:
+        tx.set_properties({"test.data-step-runs": str(runs)})
+    ctx.log(f"data step run {runs}")
+"""
+
+
+def test_a_data_step_commits_only_when_the_step_is_applied(
+    one_table: LakeCatalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evolve14: a step's data step (`ctx.load_table` and a commit of its own) ran and
+    committed on every `--dry-run`, and on every `lake status` and `lake serve` start (their
+    pending-migration warning is a dry run): one applied step ran five times."""
+    from iceberg_lake.schema import migrations
+
+    d = tmp_path / "mig"
+    _write(d, "0001_data_step.py", STEP_DATA)
+
+    def runs() -> str | None:
+        return one_table.load_table("bronze.stocks_trades").properties.get("test.data-step-runs")
+
+    dry = _lake(tmp_path, "migrate", "up", "--dry-run", "--dir", str(d))
+    assert dry.exit_code == 0, dry.output
+    assert "would run a data step" in dry.output and "add column venue" in dry.output
+    monkeypatch.setattr(migrations, "migrations_dir", lambda: d)
+    for _ in range(2):  # what `lake status` and `lake serve` plan at their start
+        warning = migrations.pending_warning(one_table)
+        assert warning is not None and "0001_data_step" in warning
+    assert runs() is None
+    assert "venue" not in one_table.load_table("bronze.stocks_trades").schema().column_names
+
+    applied = _lake(tmp_path, "migrate", "up", "--dir", str(d))
+    assert applied.exit_code == 0, applied.output
+    assert "data step run 1" in applied.output and runs() == "1"
+    assert "venue" in one_table.load_table("bronze.stocks_trades").schema().column_names
+    assert migrations.pending_warning(one_table) is None and runs() == "1"
