@@ -129,3 +129,41 @@ def test_cli_replay_session_to_parquet_arrow_and_ndjson(
     )
     assert bars.exit_code == 0, bars.output
     assert [b["trades"] for b in json.loads(bars.stdout)] == [6] * 23
+
+
+def test_calendar_names_edges_and_the_futures_default(
+    session_data: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """desk14: `CME_Equity` (the pit calendar) closes ES half days at 12:00 Chicago, Globex at
+    12:15, so the documented calendar dropped the session's last minutes; a `--session` on a
+    futures table used NYSE's hours without a word; `XNAS` was advertised and unknown; a date
+    past 2262 was an internal error."""
+    from iceberg_lake.timetravel.sessions import FUTURES_CALENDAR, calendar_for
+
+    half = session_window("2024-11-29", "cme globex equity")  # names fold case and spaces
+    assert half.calendar == FUTURES_CALENDAR
+    assert half.close_ns == _ns(2024, 11, 29, 18, 15)  # 12:15 Chicago
+    assert session_window("2024-11-29", "CME_Equity").close_ns == _ns(2024, 11, 29, 18)
+    assert session_window("2024-05-13", "XNAS").calendar == "NASDAQ"
+    assert calendar_for([FUT, "silver.futures_mbp10"]) == FUTURES_CALENDAR
+    assert calendar_for([FUT, "silver.stocks_trades"]) == "XNYS"
+    with pytest.raises(TimeTravelError, match="cannot be expressed in Unix nanoseconds"):
+        session_window("2300-01-02")
+
+    monkeypatch.setenv("LAKE_DATA_DIR", str(session_data["settings"].data_dir))
+    args = ["bars", FUT, "--every", "1d", "--by", "", "--session", "2024-05-13"]
+    res = CliRunner().invoke(app, [*args, "--origin", "session", "-o", "json"])
+    assert res.exit_code == 0, res.output
+    assert [b["trades"] for b in json.loads(res.stdout)] == [138]  # the Globex session, not NYSE's
+    assert "session 2024-05-13 on CME Globex Equity: [2024-05-12T22:00:00Z" in res.stderr
+
+
+def test_a_date_with_a_utc_offset_is_refused_not_read_as_a_time(session_data: dict) -> None:
+    """desk14: Python's fromisoformat read `2024-03-11+05:30` as 05:30 UTC (11 h late)."""
+    res = CliRunner().invoke(
+        app,
+        ["replay", "--tables", FUT, "--start", "2024-05-13+05:30", "--end", "2024-05-14"],
+        env={"LAKE_DATA_DIR": str(session_data["settings"].data_dir)},
+    )
+    assert res.exit_code == 1 and "needs a time, e.g. 2024-05-13T00:00+05:30" in res.output
+    assert "Traceback" not in res.output

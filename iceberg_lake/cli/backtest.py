@@ -127,7 +127,7 @@ def bars(
     """Time bars: OHLCV, VWAP and trade count from trades; mid/spread OHLC from quotes."""
     from iceberg_lake.timetravel.query import Lake
 
-    start_ns, end_ns = window.ns()
+    start_ns, end_ns = window.ns([table])
     if origin is None:
         origin_ns = 0
     elif origin.strip() == "session":
@@ -184,7 +184,7 @@ def asof(
     """Each trade with the quote prevailing at its event time (DuckDB ASOF JOIN)."""
     from iceberg_lake.timetravel.query import Lake
 
-    start_ns, end_ns = window.ns()
+    start_ns, end_ns = window.ns([left, right])
     quote_columns = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     with Lake(open_catalog(read_only=True)) as lake:
         joined = lake.asof_join(

@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -155,16 +156,22 @@ class Window:
     start: str | None
     end: str | None
     session: str | None
-    calendar: str
+    calendar: str | None
 
     @property
     def given(self) -> bool:
         """Whether a window was asked for (`--start` or `--session`)."""
         return self.start is not None or self.session is not None
 
-    def ns(self) -> tuple[int, int]:
-        """The `[start_ns, end_ns)` window (see `parse_window`)."""
-        return parse_window(self.start, self.end, self.session, self.calendar)
+    def ns(self, tables: Sequence[str] = ()) -> tuple[int, int]:
+        """The `[start_ns, end_ns)` window (see `parse_window`); without `--calendar`, a
+        session's calendar follows `tables` (`sessions.calendar_for`)."""
+        calendar = self.calendar
+        if calendar is None and self.session is not None:
+            from iceberg_lake.timetravel.sessions import calendar_for
+
+            calendar = calendar_for(tables)
+        return parse_window(self.start, self.end, self.session, calendar or "XNYS")
 
 
 def window_options(
@@ -197,10 +204,13 @@ def window_options(
             ),
             option(
                 "calendar",
-                str,
-                "XNYS",
+                str | None,
+                None,
                 "--calendar",
-                text="Calendar of --session: XNYS, CME_Equity, XNAS, …",
+                text=(
+                    "Calendar of --session: XNYS, NASDAQ, 'CME Globex Equity', … (default: "
+                    "CME Globex Equity for futures tables, else XNYS)."
+                ),
             ),
         ],
     )
@@ -257,6 +267,10 @@ def parse_since_ns(text: str, option: str = "--since") -> int:
     return time.time_ns() - int(age.total_seconds() * 1e9)
 
 
+def _utc(ns: int) -> str:
+    return datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def parse_window(
     start: str | None, end: str | None, session: str | None, calendar: str
 ) -> tuple[int, int]:
@@ -267,6 +281,13 @@ def parse_window(
         from iceberg_lake.timetravel.sessions import session_window
 
         window = session_window(session, calendar)
+        # Which calendar and hours the session took (a default that followed the tables, an
+        # early close): one line beside the output, never in it.
+        err_console.print(
+            f"session {window.day.isoformat()} on {window.calendar}: "
+            f"[{_utc(window.open_ns)}, {_utc(window.close_ns)})",
+            highlight=False,
+        )
         return window.open_ns, window.close_ns
     if start is None:
         raise typer.BadParameter("--start (or --session) is required", param_hint="--start")

@@ -524,7 +524,7 @@ def replay(
                 )
             start_ns, end_ns = held
         else:
-            start_ns, end_ns = window.ns()
+            start_ns, end_ns = window.ns(names)
         engine = ReplayEngine(
             catalog,
             names,

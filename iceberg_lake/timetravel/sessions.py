@@ -9,17 +9,25 @@ closes at 16:00 Chicago. In UTC the hours move with daylight saving: NYSE's `202
 pair, so an ES session that spans two UTC days is one window.
 
 Calendars come from `pandas-market-calendars` (which builds on `exchange-calendars`): exchange
-codes such as `XNYS`, `XNAS`, `XLON`, or the CME products `CME_Equity`, `CME_Rate`, `CMEGlobex_ES`
-…; holidays, early closes and daylight-saving changes are theirs.
+codes such as `XNYS`, `NASDAQ`, `XLON`, or the CME products `CME Globex Equity` (ES, NQ: the
+default for futures tables), `CME_Rate`, `CMEGlobex_Energy` …; holidays, early closes and
+daylight-saving changes are theirs. Names match regardless of case, spaces and underscores.
+`CME_Equity` is pandas-market-calendars' CME *pit* equity calendar: it closes equity-index half
+days (2024-07-03, 11-29, 12-24) at 12:00 Chicago, 15 minutes before Globex, so the events of
+those last minutes fall in no session (desk14); use `CME Globex Equity` for Globex data.
+
+A session is `[open, close)`: a print stamped at the close (NYSE's closing cross, 16:00:00.000
+New York or later) is not in it.
 
 Example::
 
-    window = session_window("2024-05-13", "CME_Equity")   # Session(open_ns=…, close_ns=…)
+    window = session_window("2024-05-13", "CME Globex Equity")   # Session(open_ns=…, close_ns=…)
     ReplayEngine(settings, ["silver.futures_trades"], window.open_ns, window.close_ns)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
@@ -28,10 +36,29 @@ from typing import Any
 from iceberg_lake.dates import utc_date
 from iceberg_lake.exceptions import TimeTravelError
 
-__all__ = ["DEFAULT_CALENDAR", "Session", "calendar_names", "session_window"]
+__all__ = [
+    "DEFAULT_CALENDAR",
+    "FUTURES_CALENDAR",
+    "Session",
+    "calendar_for",
+    "calendar_names",
+    "session_window",
+]
 
 DEFAULT_CALENDAR = "XNYS"
+#: The calendar of `--session` when every table is a futures table (CME Globex equity index).
+FUTURES_CALENDAR = "CME Globex Equity"
 _NS = 1_000_000_000
+#: Names people use that the calendar package spells otherwise.
+_ALIASES = {"xnas": "NASDAQ", "cmeglobexes": FUTURES_CALENDAR, "cmeglobexequity": FUTURES_CALENDAR}
+
+
+def calendar_for(tables: Sequence[str]) -> str:
+    """The default calendar of a session over `tables`: `FUTURES_CALENDAR` when every one is a
+    futures table (`*.futures_*`), else `DEFAULT_CALENDAR` (NYSE)."""
+    if tables and all(t.rsplit(".", 1)[-1].startswith("futures_") for t in tables):
+        return FUTURES_CALENDAR
+    return DEFAULT_CALENDAR
 
 
 @dataclass(frozen=True)
@@ -57,14 +84,34 @@ def calendar_names() -> tuple[str, ...]:
     return tuple(sorted(mcal.get_calendar_names()))
 
 
+def _folded(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+def resolve_calendar(name: str) -> str:
+    """The calendar package's spelling of `name` (case, spaces and underscores aside).
+
+    Raises:
+        TimeTravelError: no such calendar (one line with similar names).
+    """
+    names = calendar_names()
+    if name in names:
+        return name
+    key = _folded(name)
+    if key in _ALIASES:
+        return _ALIASES[key]
+    matches = [n for n in names if _folded(n) == key]
+    if matches:
+        return matches[0]
+    close = [n for n in names if key[:3] and key[:3] in _folded(n)][:6]
+    hint = f" (similar: {', '.join(close)})" if close else ""
+    raise TimeTravelError(f"unknown trading calendar {name!r}{hint}")
+
+
 @lru_cache(maxsize=16)
 def _calendar(name: str) -> Any:
     import pandas_market_calendars as mcal
 
-    if name not in calendar_names():
-        close = [n for n in calendar_names() if n.lower().startswith(name[:3].lower())][:6]
-        hint = f" (similar: {', '.join(close)})" if close else ""
-        raise TimeTravelError(f"unknown trading calendar {name!r}{hint}")
     return mcal.get_calendar(name)
 
 
@@ -79,7 +126,7 @@ def session_window(day: str | date, calendar: str = DEFAULT_CALENDAR) -> Session
         day: the trading day (`YYYY-MM-DD` or a date; an aware datetime names the calendar's
             local day); for overnight markets the session that *closes* on that day (CME's
             convention).
-        calendar: a `pandas-market-calendars` name, e.g. `XNYS` or `CME_Equity`.
+        calendar: a `pandas-market-calendars` name, e.g. `XNYS` or `CME Globex Equity`.
 
     Returns:
         The session; `open_ns` inclusive, `close_ns` exclusive.
@@ -87,12 +134,18 @@ def session_window(day: str | date, calendar: str = DEFAULT_CALENDAR) -> Session
     Raises:
         TimeTravelError: unknown calendar, bad date, or no session that day (weekend, holiday).
     """
+    calendar = resolve_calendar(calendar)
     cal = _calendar(calendar)
     if isinstance(day, datetime) and day.tzinfo is not None:
         # A session is labelled by the exchange's local day, not a UTC partition day: 20:00 in
         # New York on the 16th is the 16th's session even though it is the 17th in UTC.
         day = day.astimezone(cal.tz).date()
     label = utc_date(day, TimeTravelError, "session date")
+    if not date(1678, 1, 1) <= label <= date(2262, 4, 10):
+        raise TimeTravelError(
+            f"session {label.isoformat()} cannot be expressed in Unix nanoseconds "
+            "(1678-01-01 to 2262-04-10)"
+        )
     schedule = cal.schedule(start_date=label.isoformat(), end_date=label.isoformat())
     if schedule.empty:
         raise TimeTravelError(f"{calendar} has no trading session on {label.isoformat()}")

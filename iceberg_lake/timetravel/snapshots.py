@@ -123,6 +123,12 @@ def parse_timestamp(text: str | datetime | date) -> datetime | None:
         raw = text.strip()
         if not re.match(r"^\d{4}-\d{2}-\d{2}", raw):
             return None
+        if re.match(r"^[+-]\d{2}(:?\d{2})?$", raw[10:]):
+            # Python's fromisoformat takes any character between the date and a time, so
+            # `2024-03-11+05:30` read as 05:30 UTC (desk14): a date with an offset is refused.
+            raise TimeTravelError(
+                f"{text!r}: a date with a UTC offset needs a time, e.g. {raw[:10]}T00:00{raw[10:]}"
+            )
         try:
             value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         except ValueError:
