@@ -43,8 +43,14 @@ if TYPE_CHECKING:
 __all__ = ["Lake", "duckdb_path", "scan_sql"]
 
 
-def scan_sql(table: Table, snapshot_id: int | None) -> str:
-    """SQL for the rows of `table` at `snapshot_id` (None: an empty relation, same columns)."""
+def scan_sql(table: Table, snapshot_id: int | None, pinned: bool = False) -> str:
+    """SQL for the rows of `table` at `snapshot_id` (None: an empty relation, same columns).
+
+    Unpinned (the current state), a current snapshot written before a schema change shows in
+    the current schema (`_current_shape`); a snapshot asked for by a pin (`pinned`) always
+    shows the schema it was written with, as replay does, whether or not anyone has written
+    since (evolve14: a query pinned to a tag changed its columns with unrelated writes).
+    """
     if snapshot_id is None:
         cols = ", ".join(
             f"CAST(NULL AS {duck_type(f.field_type)}) AS {quote_ident(f.name)}"
@@ -53,7 +59,7 @@ def scan_sql(table: Table, snapshot_id: int | None) -> str:
         return f"SELECT {cols} WHERE false"
     location = quote_str(duckdb_path(table.metadata_location))
     scan = f"iceberg_scan({location}, snapshot_from_id={snapshot_id})"
-    columns = _current_shape(table, snapshot_id)
+    columns = None if pinned else _current_shape(table, snapshot_id)
     return f"SELECT {columns or '*'} FROM {scan}"
 
 
@@ -203,7 +209,7 @@ class Lake:
                 try:
                     con.execute(
                         f"CREATE OR REPLACE VIEW {ns}.{quote_ident(name)} AS "
-                        f"{scan_sql(table, pins[ident])}"
+                        f"{scan_sql(table, pins[ident], pin_for(as_of, ident) is not None)}"
                     )
                 except duckdb.Error as exc:
                     # e.g. a manifest list or metadata file deleted from the warehouse

@@ -329,3 +329,28 @@ def test_a_commit_race_is_replanned_and_retried(
     table = catalog.load_table(TRADES)
     assert {"venue", "other"} <= set(table.schema().column_names)
     assert table.properties[SCHEMA_VERSION_PROPERTY] == "4"
+
+
+def test_a_pinned_query_keeps_the_written_shape_whether_or_not_the_pin_is_current(
+    catalog: LakeCatalog,
+) -> None:
+    """evolve14: after a rename, `lake query --as-of TAG` showed the new name while TAG was
+    the current snapshot and the old one once anybody had written since; replay of the same
+    pin always shows the written shape. A pin now always reads the shape it was written with;
+    without a pin the current snapshot shows in the current schema."""
+    from iceberg_lake.timetravel import snapshots
+    from iceberg_lake.timetravel.query import Lake
+
+    table = catalog.load_table(TRADES)
+    tagged = _append(table, [{"size": 5, "seq": 7}])
+    snapshots.create_tag(catalog, "bt-evolve", [TRADES])
+    evolve_table(table, TRADES, [RenameColumn("seq", "sequence")])
+    sql_old, sql_new = f"SELECT seq FROM {TRADES}", f"SELECT sequence FROM {TRADES}"
+    with Lake(catalog) as lake:
+        assert lake.query(sql_new).column(0).to_pylist() == [7]  # current, current schema
+        for pin in ("bt-evolve", str(tagged)):
+            assert lake.query(sql_old, as_of=pin).column(0).to_pylist() == [7]
+    _append(catalog.load_table(TRADES), [{"size": 6, "sequence": 8}])
+    with Lake(catalog) as lake:
+        assert lake.query(sql_old, as_of="bt-evolve").column(0).to_pylist() == [7]
+        assert sorted(lake.query(sql_new).column(0).to_pylist()) == [7, 8]
