@@ -492,3 +492,38 @@ def test_dead_letters_replay_leaves_rows_of_loaded_files_alone(
     assert "lake load" in report.outcomes[0].reason
     got = rows(duck, lake, "bronze.stocks_trades", "SELECT seq, price FROM t ORDER BY seq")
     assert got == [(0, 544.99), (2, 544.99)]
+
+
+def test_a_renamed_columns_old_name_is_loaded_and_an_unknown_column_is_named(
+    lake: LakeCatalog, duck, tmp_path: Path
+) -> None:
+    """evolve14: after `lake table evolve --rename`, a file with the column's old name loaded
+    its rows with the renamed column empty, and a column the table does not have vanished;
+    the live writers fill the renamed column and count unknown fields. The load reads a
+    column under its former names and names the columns it could not store."""
+    from iceberg_lake.schema.evolve import RenameColumn, evolve_table
+
+    table = lake.load_table("bronze.stocks_trades")
+    evolve_table(table, "bronze.stocks_trades", [RenameColumn("conditions", "conds")])
+    lines = [
+        json.dumps(
+            {"ts_event_ns": T14 + i, "symbol": "SPY", "price": 600.0, "size": 5, "seq": i}
+            | {"conditions": "@", "venue": "XNAS"}
+        )
+        for i in range(10)
+    ]
+    path = tmp_path / "old-names.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+
+    res = runner.invoke(
+        app,
+        ["load", str(path), "--table", "bronze.stocks_trades"],
+        env={"LAKE_DATA_DIR": str(lake.settings.data_dir), "COLUMNS": "200"},
+    )
+
+    assert res.exit_code == 0, res.output
+    got = rows(duck, lake, "bronze.stocks_trades", "SELECT count(*), count(conds) FROM t")
+    assert got == [(10, 10)]
+    assert "bronze.stocks_trades has no column venue: not stored" in res.output
+    again = load_file(lake, path, LoadOptions(table="bronze.stocks_trades", reload=True))
+    assert again.unknown_columns == ["venue"] and again.rows_stored == 10

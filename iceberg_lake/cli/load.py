@@ -167,6 +167,14 @@ def load(
         + (f" ({total_stored / seconds:,.0f} rows/s)" if seconds and total_stored else ""),
         output,
     )
+    for r in results:
+        if r.unknown_columns:
+            say(
+                f"{Path(r.file).name}: {r.table} has no column "
+                f"{', '.join(r.unknown_columns)}: not stored (add it with `lake table evolve`, "
+                "then load with --reload; or name the columns with --mapping)",
+                output,
+            )
     other = sum(r.rows_other_tables for r in results)
     if table and other:
         say(

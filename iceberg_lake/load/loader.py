@@ -47,6 +47,8 @@ from iceberg_lake.load.mapping import (
     declared_mappings,
     find_mapping,
     identity_mapping,
+    unused_columns,
+    with_former_names,
 )
 from iceberg_lake.load.sources import (
     TABLE_COLUMN,
@@ -121,6 +123,8 @@ class LoadResult:
             rows_skipped + rows_other_tables` = the file's rows = `first_row + rows_read`.
         rows_other_tables: rows of a replay export that its `table` column gives to another
             table (loaded by that table's own run, never stored here).
+        unknown_columns: columns of the file the table has no column for (without a mapping:
+            their values are not stored).
         partitions: (symbol, hour start ISO) partitions this run wrote to.
         snapshots: snapshot ids this run made on the table.
         seconds: wall time.
@@ -143,6 +147,7 @@ class LoadResult:
     error: str = ""
     first_row: int = 0
     rows_other_tables: int = 0
+    unknown_columns: list[str] = field(default_factory=list)
 
     @property
     def days(self) -> list[str]:
@@ -472,6 +477,11 @@ def load_file(
         return result
     result.status = "resumed" if committed else "reloaded" if committer.reloading else "loaded"
     target = committer.arrow_schema()
+    # A column renamed since the file was written is read under its old name too (evolve14:
+    # the writers' codec did so, `lake load` dropped the column's values without a word).
+    mapping = with_former_names(
+        mapping, committer.table.schemas().values(), committer.table.schema()
+    )
     validator = Validator(table_id, committer.table.schema(), definition.partition_key)
     # A required column with a default that the file lacks altogether refuses it (quant13). A
     # resumed load is never refused (its file was accepted before). The columns of CSV, Parquet
@@ -509,6 +519,7 @@ def load_file(
     position = committed
     first_bad: tuple[int, str] | None = None  # (file row, reason) of the first invalid row
     chunk_other = 0  # rows of the chunk that belong to other tables (a replay export)
+    unknown: set[str] = set()  # file columns the table has no column for (identity mapping)
     wrote = False  # this run committed something (rows, letters or a ledger entry)
 
     def flush(end_row: int, last: bool) -> None:
@@ -576,6 +587,11 @@ def load_file(
                     other = batch.table.num_rows - rows_in.num_rows
                     result.rows_other_tables += other
                     chunk_other += other
+                if mapping.name == "identity":
+                    # Columns the table does not have (dropped, or never there): not stored,
+                    # and said so in the result (evolve14: they vanished without a word).
+                    unknown.update(unused_columns(mapping, target, rows_in.column_names))
+                    unknown.discard(TABLE_COLUMN if mine is not None else "")
                 converted = convert(rows_in, mapping, target, source_name, problems, default_source)
                 if defaulted and converted.table.num_rows:
                     # A key some line has, null or not (JSON writers may write `"bid_px": null`
@@ -620,6 +636,7 @@ def load_file(
         (sym, datetime.fromtimestamp(hour * HOUR_NS / 1e9, tz=UTC).strftime("%Y-%m-%dT%H"))
         for sym, hour in partitions
     )
+    result.unknown_columns = sorted(unknown)
     result.seconds = round(time.perf_counter() - t0, 3)
     if progress is not None:
         progress(path.name, result.rows_read, 1.0, time.perf_counter() - t0)

@@ -33,7 +33,7 @@ import math
 import re
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from fractions import Fraction
 from pathlib import Path
@@ -42,9 +42,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyiceberg.schema import Schema
 
 from iceberg_lake.exceptions import LakeError
 from iceberg_lake.ingest.decode import DERIVED_TS
+from iceberg_lake.schema.names import NameHistory
 from iceberg_lake.tables import declared_dir
 
 #: Sub-folder of the declared catalog holding the shipped mappings (not table definitions: the
@@ -88,12 +90,18 @@ class Mapping:
     detect: tuple[str, ...] = ()
     dbn_schemas: tuple[str, ...] = ()
     path: str = ""
+    #: Target column → the names it had before a rename, newest first (`with_former_names`):
+    #: a file written before the rename still feeds it, as the live writers' codec does.
+    former: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def source_column(self, target: str, available: Iterable[str]) -> str | None:
         """The source column feeding `target`, or None."""
         if target in self.columns:
             return self.columns[target]
-        return target if target in set(available) else None
+        have = set(available)
+        if target in have:
+            return target
+        return next((old for old in self.former.get(target, ()) if old in have), None)
 
     def matches(self, columns: Iterable[str]) -> bool:
         """True when the mapping declares detection columns and all are present."""
@@ -170,6 +178,30 @@ def find_mapping(name_or_path: str) -> Mapping:
 def identity_mapping(table: str) -> Mapping:
     """The mapping of a file whose columns are named like the table's."""
     return Mapping(name="identity", table=table)
+
+
+def with_former_names(mapping: Mapping, schemas: Iterable[Schema], current: Schema) -> Mapping:
+    """`mapping` that also reads each column under the names it had before a rename (a name
+    that now denotes another column is not one of them)."""
+    history = NameHistory(schemas)
+    former: dict[str, tuple[str, ...]] = {}
+    for f in current.fields:
+        older = [
+            n
+            for n in history.names(f.field_id)
+            if n != f.name and history.field_id(n) == f.field_id
+        ]
+        if older:
+            former[f.name] = tuple(older)
+    return replace(mapping, former=former) if former else mapping
+
+
+def unused_columns(mapping: Mapping, target: pa.Schema, columns: Iterable[str]) -> list[str]:
+    """File columns no target column reads (with the identity mapping: columns the table does
+    not have, e.g. dropped ones, so their values are not stored)."""
+    names = list(columns)
+    used = {mapping.source_column(f.name, names) for f in target}
+    return [c for c in names if c not in used]
 
 
 # ---- conversion ---------------------------------------------------------------------------------
