@@ -8,7 +8,7 @@ import re
 import pytest
 from ingest_support import gold_payload, make_event
 from pyiceberg.schema import Schema
-from pyiceberg.types import NestedField, StringType
+from pyiceberg.types import DoubleType, NestedField, StringType
 
 from iceberg_lake.ingest import flatten_level_signals
 from iceberg_lake.ingest.decode import TableCodec
@@ -154,6 +154,36 @@ def test_gold_decoder_validates_rows_against_the_live_schema() -> None:
     assert out.tables["gold.levels_signals"].table.num_rows == 3
     reasons = {i: r for i, _, r in out.rejected}
     assert "barrier_added" in reasons[1] and "levels" in reasons[2]
+
+
+def test_gold_stores_payload_and_context_fields_once_a_migration_adds_their_columns() -> None:
+    """evolve14: a new top-level payload field (`regime`) or market-context field (`spy.vwap`)
+    never reached the codec, so Gold stored NULL after a migration added the column and did not
+    count the field as unknown before."""
+    payload = gold_payload(0, levels=2)
+    payload["regime"] = "trend"
+    payload["spy"]["vwap"] = 529.5
+    base = registry().get("gold.levels_signals").iceberg_schema()
+    top = max(f.field_id for f in base.fields)
+    evolved = Schema(
+        *base.fields,
+        NestedField(top + 1, "regime", StringType(), required=False),
+        NestedField(top + 2, "vwap", DoubleType(), required=False),
+    )
+    stored = GoldDecoder(codec("gold.levels_signals", evolved)).decode(
+        [enc(payload)], ["levels.signals"], 1
+    )
+    rows = stored.tables["gold.levels_signals"].table
+    assert rows.column("regime").to_pylist() == ["trend", "trend"]
+    assert rows.column("vwap").to_pylist() == [529.5, 529.5]
+    assert rows.column("spot").to_pylist() == [545.42, 545.42]
+    counted = GoldDecoder(codec("gold.levels_signals")).decode(
+        [enc(payload)], ["levels.signals"], 1
+    )
+    assert counted.unknown_fields == {
+        ("gold.levels_signals", "regime"): 2,
+        ("gold.levels_signals", "vwap"): 2,
+    }
 
 
 @pytest.mark.parametrize(

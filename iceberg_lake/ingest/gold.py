@@ -12,8 +12,12 @@ Rules (the spec's "Flattening Logic"):
   `distance`, `break_score_raw`, `break_score_smooth`, `signal`, `confidence`, `note`; nested
   objects are flattened with `_` (`barrier.delta_liq` → `barrier_delta_liq`,
   `tape.sweep.detected` → `tape_sweep_detected`, `runway.next_level.id` →
-  `runway_next_level_id`). Anything else is kept under its own name, so the writer can count it
-  as a field the table does not know.
+  `runway_next_level_id`). Anything else is kept under its own name, so the writer stores it
+  when the table has the column (a migration added it) or counts it as a field it does not know.
+* the payload's other top-level fields (`"regime": "trend"`; objects flattened with `_`) and the
+  market-context object's fields other than `spot`/`bid`/`ask` (`"spy": {"vwap": …}` → `vwap`)
+  go into every level's row under their own names, the same way (a level's own field of the
+  same name wins); evolve14: they were dropped before the writer saw them.
 * an envelope (`{"schema_name": "levels.signals.v1", "payload": {...}}`) is unwrapped; its
   `ts_event_ns` and `key` fill a payload without `ts` / `underlying`.
 """
@@ -29,6 +33,8 @@ MIN_TS_MS = 946_684_800_000
 MAX_TS_MS = 4_102_444_800_000
 _LEVEL_RENAMES = {"id": "level_id", "kind": "level_kind", "price": "level_price"}
 _CONTEXT = ("spot", "bid", "ask")
+#: Top-level keys the flattening reads itself (not carried into the level rows).
+_PAYLOAD_KEYS = ("levels", "payload", "ts", "ts_event_ns", "underlying", "symbol")
 
 
 def _ts_ms_to_ns(ts: Any) -> int:
@@ -110,11 +116,22 @@ def flatten_level_signals(payload: dict[str, Any], underlying: str | None = None
         if found is None and key is not None:
             found = key.upper()
         underlying = found
-    base = {
-        "ts_event_ns": ts_event_ns,
-        "underlying": underlying,
-        **{c: context.get(c) for c in _CONTEXT},
-    }
+    base: dict[str, Any] = {}
+    if key is not None:
+        _flatten("", {k: v for k, v in context.items() if k not in _CONTEXT}, base)
+        _flatten(
+            "", {k: v for k, v in payload.items() if k not in _PAYLOAD_KEYS and k != key}, base
+        )
+    else:
+        # No context object: top-level spot/bid/ask are the context.
+        _flatten("", {k: v for k, v in payload.items() if k not in _PAYLOAD_KEYS + _CONTEXT}, base)
+    base.update(
+        {
+            "ts_event_ns": ts_event_ns,
+            "underlying": underlying,
+            **{c: context.get(c) for c in _CONTEXT},
+        }
+    )
     rows: list[dict[str, Any]] = []
     for level in levels:
         if not isinstance(level, dict):
