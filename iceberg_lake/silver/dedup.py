@@ -23,6 +23,7 @@ out. Measured here on 2M trades this is ~1.8x faster than a hash `GROUP BY` with
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -48,8 +49,12 @@ from iceberg_lake.engine.duck import quote_ident
 from iceberg_lake.exceptions import CompactionError
 from iceberg_lake.schema.names import NameHistory
 
+log = logging.getLogger(__name__)
+
 RECEIVE_TIME = "ts_recv_ns"
 EVENT_TIME = "ts_event_ns"
+#: (Bronze table, column) already warned about as dropped in Bronze (once per process).
+_WARNED_DROPPED: set[tuple[str, str]] = set()
 
 
 def duck_type(t: IcebergType) -> str:
@@ -183,7 +188,21 @@ def source_columns(
                     break
         if found is not None:
             out[f.name] = found
-        elif f.name in dedup_columns or f.required:
+        elif bronze_history.field_id(f.name) is not None:
+            # Bronze had the column and dropped it: the partitions this run replaces get NULL
+            # where Silver held values (evolve14: 1,006 values erased without a word).
+            if (bronze_name, f.name) not in _WARNED_DROPPED:
+                _WARNED_DROPPED.add((bronze_name, f.name))
+                log.warning(
+                    "%s no longer has column '%s' (dropped): Silver's '%s' is written as NULL "
+                    "in the partitions compacted now; drop it from Silver too, or add it back "
+                    "to %s",
+                    bronze_name,
+                    f.name,
+                    f.name,
+                    bronze_name,
+                )
+        if found is None and (f.name in dedup_columns or f.required):
             what = "a dedup key" if f.name in dedup_columns else "a required column"
             raise CompactionError(
                 f"{bronze_name} has no column for Silver's '{f.name}' ({what}): filling it "

@@ -232,3 +232,24 @@ def test_bronze_only_rename_is_followed_by_field_id(lake: LakeCatalog) -> None:
     assert res.exit_code == 0, res.output
     got = lake.load_table(SILVER).scan().to_arrow()
     assert sorted(got.column("seq").to_pylist()) == [0, 1, 2, 5, 6, 9]
+
+
+def test_a_column_dropped_in_bronze_is_named_when_silver_compaction_nulls_it(
+    lake: LakeCatalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """evolve14: after `--drop-column --force` on Bronze, the next compaction wrote Silver's
+    column of that name as NULL over the whole day without a word. It still does (Silver's
+    column has no source), but says so."""
+    append(lake.load_table(BRONZE), [trade(T0 + i, seq=i, conditions=f"c{i}") for i in range(3)])
+    assert _cli(lake, "compact", "--incremental", "--table", TRADES).exit_code == 0
+    res = _cli(lake, "table", "evolve", BRONZE, "--drop-column", "conditions", "--force")
+    assert res.exit_code == 0, res.output
+    append(lake.load_table(BRONZE), [trade(T0 + 5, seq=5)])
+
+    with caplog.at_level("WARNING"), SilverCompactor(lake) as compactor:
+        result = compactor.compact_date(DAY, TRADES)
+
+    assert result.status == "success", result
+    assert lake.load_table(SILVER).scan().to_arrow().column("conditions").null_count == 4
+    warned = [r.getMessage() for r in caplog.records if "no longer has column" in r.getMessage()]
+    assert warned and "'conditions'" in warned[0] and BRONZE in warned[0]
