@@ -31,7 +31,10 @@ table_app = typer.Typer(
 )
 
 DIR_OPTION = typer.Option(
-    None, "--dir", help="Migrations folder (default: the shipped migrations/).", show_default=False
+    None,
+    "--dir",
+    help="Migrations folder (default: LAKE_MIGRATIONS_DIR, else the shipped migrations/).",
+    show_default=False,
 )
 
 

@@ -679,7 +679,8 @@ class MigrationRunner:
 
     Args:
         catalog: the lake's catalog.
-        directory: the migrations folder (default: the shipped `migrations/`).
+        directory: the migrations folder (default: `LAKE_MIGRATIONS_DIR`, else the shipped
+            `migrations/`).
         lock_timeout: how long `up` waits for another `up` to finish.
     """
 
@@ -691,7 +692,8 @@ class MigrationRunner:
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
         self.catalog = catalog
-        self.directory = directory or migrations_dir()
+        # `--dir`, else the lake's own folder (LAKE_MIGRATIONS_DIR), else the shipped one.
+        self.directory = directory or catalog.settings.migrations_dir or migrations_dir()
         self.lock_timeout = lock_timeout
         self.ledger = MigrationLedger(catalog.settings.catalog_uri, catalog.settings.catalog_name)
 
@@ -840,10 +842,11 @@ class MigrationRunner:
 def pending_warning(catalog: LakeCatalog) -> str | None:
     """One line for `lake serve` / `lake status` when the lake needs `lake migrate up`.
 
-    That is: a pending shipped migration would change a table (an upgraded lake, whose writers
-    now run with today's code against yesterday's tables, e.g. without
-    `bronze.dead_letters.event_index`), or an applied one was edited or is missing (`up`
-    refuses to run then). Pending steps that are no-ops here (every table already in the
+    That is: a pending migration (of `LAKE_MIGRATIONS_DIR`, else the shipped ones) would change
+    a table (an upgraded lake, whose writers now run with today's code against yesterday's
+    tables, e.g. without `bronze.dead_letters.event_index`), or an applied one was edited (`up`
+    refuses to run then) or is missing from the folder (applied from another folder: set
+    `LAKE_MIGRATIONS_DIR` to it). Pending steps that are no-ops here (every table already in the
     newest shape, as on a lake `lake init` made) are not worth a warning. Planning is a dry run:
     nothing is committed or recorded, no lock is taken.
 
@@ -861,9 +864,15 @@ def pending_warning(catalog: LakeCatalog) -> str | None:
             for s in states
             if s.state in ("edited", "missing")
         ]
-        if odd:  # `up` refuses to run: say so rather than advise it
+        if odd:  # `up` refuses to run (edited), or the lake's folder is another (missing)
+            hint = (
+                " (applied from another folder? set LAKE_MIGRATIONS_DIR to it)"
+                if any(s.state == "missing" for s in states)
+                else ""
+            )
             return (
-                f"migrations {', '.join(odd)}: see `lake migrate status` before `lake migrate up`"
+                f"migrations {', '.join(odd)}{hint}: see `lake migrate status` before "
+                "`lake migrate up`"
             )
         if not any(s.state == "pending" for s in states):
             return None

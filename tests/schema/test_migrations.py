@@ -374,3 +374,24 @@ def test_a_data_step_commits_only_when_the_step_is_applied(
     assert "data step run 1" in applied.output and runs() == "1"
     assert "venue" in one_table.load_table("bronze.stocks_trades").schema().column_names
     assert migrations.pending_warning(one_table) is None and runs() == "1"
+
+
+def test_the_lakes_own_migrations_folder_is_a_setting(
+    one_table: LakeCatalog, tmp_path: Path
+) -> None:
+    """evolve14: a lake migrated with `--dir` had every step reported `missing` by `lake
+    status` and `lake serve`, forever, with no way to name its folder."""
+    from iceberg_lake.schema import migrations
+
+    d = tmp_path / "mig"
+    _write(d, "0042_add_venue.py", STEP_ADD)
+    assert _lake(tmp_path, "migrate", "up", "--dir", str(d)).exit_code == 0
+    warning = migrations.pending_warning(one_table)
+    assert warning is not None and "missing" in warning and "LAKE_MIGRATIONS_DIR" in warning
+
+    env = {"LAKE_DATA_DIR": str(tmp_path / "lake"), "LAKE_MIGRATIONS_DIR": str(d)}
+    own = LakeCatalog(load_settings(env))
+    assert migrations.pending_warning(own) is None
+    status = CliRunner().invoke(app, ["migrate", "status", "-o", "json"], env=env)
+    assert status.exit_code == 0 and '"applied"' in status.output
+    assert "missing" not in status.output and "pending" not in status.output
