@@ -217,8 +217,9 @@ def bars(
         One row per (group, bar), ordered by group then bar start; columns as in the module doc.
 
     Raises:
-        TimeTravelError: bad width, an empty window, a table without trades/quotes columns,
-            unknown group column.
+        TimeTravelError: bad width, a window whose start is not before its end, a table
+            without trades/quotes columns, unknown group column. A window without events gives
+            no rows (the result's schema stays).
         UnknownTableError: no such table.
     """
     width = parse_every(every)
