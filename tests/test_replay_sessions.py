@@ -93,6 +93,9 @@ def test_cli_replay_session_to_parquet_arrow_and_ndjson(
         assert res.exit_code == 0, res.output
         saved = read_manifest(manifest)
         assert (saved["start_ns"], saved["end_ns"], saved["event_count"]) == (OPEN, CLOSE, 138)
+        # How the window was chosen (desk14: a calendar package's hours may change).
+        assert (saved["session"], saved["calendar"]) == ("2024-05-13", "CME_Equity")
+        assert saved["calendars"].startswith("pandas-market-calendars ")
         hashes[fmt] = saved["sequence_hash"]
         if fmt == "parquet":
             table = pq.read_table(out)

@@ -163,6 +163,23 @@ class Window:
         """Whether a window was asked for (`--start` or `--session`)."""
         return self.start is not None or self.session is not None
 
+    def origin(self, tables: Sequence[str] = ()) -> dict[str, Any]:
+        """How a `--session` window was chosen, for a replay manifest (empty otherwise): the
+        session, the calendar and the calendar package's version (its hours may change)."""
+        if self.session is None:
+            return {}
+        from importlib.metadata import version
+
+        from iceberg_lake.timetravel.sessions import calendar_for, resolve_calendar
+
+        calendar = resolve_calendar(self.calendar or calendar_for(tables))
+        package = "pandas-market-calendars"
+        return {
+            "session": self.session,
+            "calendar": calendar,
+            "calendars": f"{package} {version(package)}",
+        }
+
     def ns(self, tables: Sequence[str] = ()) -> tuple[int, int]:
         """The `[start_ns, end_ns)` window (see `parse_window`); without `--calendar`, a
         session's calendar follows `tables` (`sessions.calendar_for`)."""

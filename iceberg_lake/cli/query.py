@@ -509,6 +509,9 @@ def replay(
             engine = ReplayEngine.from_manifest(catalog, recorded, speed=speed, pin=pin)
         except TimeTravelError as exc:  # a live manifest: name the file
             raise TimeTravelError(f"{from_manifest}: {exc}") from None
+        engine.window_origin = {
+            k: recorded[k] for k in ("session", "calendar", "calendars") if k in recorded
+        }
     else:
         names = split_names(tables)
         if not names:
@@ -536,6 +539,7 @@ def replay(
             live=live,
             follow=follow,
         )
+        engine.window_origin = window.origin(names)
     interrupted = stopped = False
     written = {"events": 0}  # events in the output so far (kept up to date by the writers)
     try:

@@ -185,6 +185,9 @@ class ReplayEngine:
             self._live = LiveTail(self, follow=follow, inference=inference)
         #: The tag protecting the snapshots read (None: `pin=False`); see `_pin`.
         self.pin_tag: str | None = None
+        #: Recorded in the manifest as they are (how the window was chosen, e.g. the trading
+        #: session and calendar version `lake replay --session` took); never read back.
+        self.window_origin: dict[str, Any] = {}
         if pin:
             self._pin()
         self._schema: pa.Schema | None = None
@@ -504,6 +507,7 @@ class ReplayEngine:
         delivered.
         """
         extra = self._live.manifest_extra() if self._live is not None else {}
+        extra = extra | self.window_origin
         pipeline = self._pipeline
         return extra | {
             "format": MANIFEST_FORMAT,
