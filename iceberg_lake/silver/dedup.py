@@ -188,7 +188,11 @@ def source_columns(
                     break
         if found is not None:
             out[f.name] = found
-        elif bronze_history.field_id(f.name) is not None:
+        elif (
+            bronze_history.field_id(f.name) is not None
+            and f.name not in dedup_columns
+            and not f.required
+        ):
             # Bronze had the column and dropped it: the partitions this run replaces get NULL
             # where Silver held values (evolve14: 1,006 values erased without a word).
             if (bronze_name, f.name) not in _WARNED_DROPPED:
