@@ -33,7 +33,7 @@ table_app = typer.Typer(
 DIR_OPTION = typer.Option(
     None,
     "--dir",
-    help="Migrations folder (default: LAKE_MIGRATIONS_DIR, else the shipped migrations/).",
+    help="Migrations folder (default: the shipped migrations/ and LAKE_MIGRATIONS_DIR).",
     show_default=False,
 )
 

@@ -679,8 +679,8 @@ class MigrationRunner:
 
     Args:
         catalog: the lake's catalog.
-        directory: the migrations folder (default: `LAKE_MIGRATIONS_DIR`, else the shipped
-            `migrations/`).
+        directory: the migrations folder (default: the shipped `migrations/` and the lake's
+            own `LAKE_MIGRATIONS_DIR`, merged by version).
         lock_timeout: how long `up` waits for another `up` to finish.
     """
 
@@ -692,8 +692,14 @@ class MigrationRunner:
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
         self.catalog = catalog
-        # `--dir`, else the lake's own folder (LAKE_MIGRATIONS_DIR), else the shipped one.
-        self.directory = directory or catalog.settings.migrations_dir or migrations_dir()
+        own = catalog.settings.migrations_dir
+        #: `--dir` alone; else the shipped folder plus the lake's own (LAKE_MIGRATIONS_DIR),
+        #: merged by version (review14b: the own folder alone hid the shipped steps).
+        self.folders: list[Path] = (
+            [directory] if directory else [migrations_dir(), *([own] if own else [])]
+        )
+        #: Where `new` writes: `--dir`, else the lake's own folder, else the shipped one.
+        self.directory = self.folders[-1]
         self.lock_timeout = lock_timeout
         self.ledger = MigrationLedger(catalog.settings.catalog_uri, catalog.settings.catalog_name)
 
@@ -703,7 +709,19 @@ class MigrationRunner:
 
     def migrations(self) -> list[Migration]:
         """The migration files, ordered."""
-        return discover(self.directory)
+        if len(self.folders) == 1:
+            return discover(self.folders[0])
+        merged: dict[int, Migration] = {}
+        for folder in self.folders:
+            for m in discover(folder):
+                if m.version in merged:
+                    raise MigrationError(
+                        f"migrations {merged[m.version].path} and {m.path} share version "
+                        f"{m.version}: number the lake's own migrations (LAKE_MIGRATIONS_DIR) "
+                        "after the shipped ones"
+                    )
+                merged[m.version] = m
+        return [merged[v] for v in sorted(merged)]
 
     def status(self) -> list[MigrationStatus]:
         """Every migration, applied or pending, plus applied ones whose file is gone."""
@@ -842,7 +860,7 @@ class MigrationRunner:
 def pending_warning(catalog: LakeCatalog) -> str | None:
     """One line for `lake serve` / `lake status` when the lake needs `lake migrate up`.
 
-    That is: a pending migration (of `LAKE_MIGRATIONS_DIR`, else the shipped ones) would change
+    That is: a pending migration (shipped, or of `LAKE_MIGRATIONS_DIR`) would change
     a table (an upgraded lake, whose writers now run with today's code against yesterday's
     tables, e.g. without `bronze.dead_letters.event_index`), or an applied one was edited (`up`
     refuses to run then) or is missing from the folder (applied from another folder: set
@@ -868,6 +886,7 @@ def pending_warning(catalog: LakeCatalog) -> str | None:
             hint = (
                 " (applied from another folder? set LAKE_MIGRATIONS_DIR to it)"
                 if any(s.state == "missing" for s in states)
+                and catalog.settings.migrations_dir is None
                 else ""
             )
             return (

@@ -376,22 +376,40 @@ def test_a_data_step_commits_only_when_the_step_is_applied(
     assert migrations.pending_warning(one_table) is None and runs() == "1"
 
 
-def test_the_lakes_own_migrations_folder_is_a_setting(
-    one_table: LakeCatalog, tmp_path: Path
+def test_the_lakes_own_migrations_folder_is_planned_with_the_shipped_one(
+    tmp_path: Path,
 ) -> None:
     """evolve14: a lake migrated with `--dir` had every step reported `missing` by `lake
-    status` and `lake serve`, forever, with no way to name its folder."""
+    status` and `lake serve`, forever. LAKE_MIGRATIONS_DIR names the lake's own folder, planned
+    together with the shipped one (review14b: alone, it hid the shipped steps from an upgraded
+    lake, which then never got them)."""
     from iceberg_lake.schema import migrations
 
     d = tmp_path / "mig"
     _write(d, "0042_add_venue.py", STEP_ADD)
-    assert _lake(tmp_path, "migrate", "up", "--dir", str(d)).exit_code == 0
-    warning = migrations.pending_warning(one_table)
-    assert warning is not None and "missing" in warning and "LAKE_MIGRATIONS_DIR" in warning
-
     env = {"LAKE_DATA_DIR": str(tmp_path / "lake"), "LAKE_MIGRATIONS_DIR": str(d)}
-    own = LakeCatalog(load_settings(env))
-    assert migrations.pending_warning(own) is None
+    old = _old_lake(load_settings(env))  # before the shipped 0001 (no `conditions`)
+    warning = migrations.pending_warning(LakeCatalog(load_settings(env)))
+    assert warning is not None and "0001_trades_conditions" in warning
+    up = CliRunner().invoke(app, ["migrate", "up"], env=env)
+    assert up.exit_code == 0, up.output
+    assert "applied 0001_trades_conditions" in up.output and "applied 0042_add_venue" in up.output
+    trades = old.load_table("bronze.stocks_trades").schema().column_names
+    assert "conditions" in trades and "venue" in trades
+    assert migrations.pending_warning(LakeCatalog(load_settings(env))) is None
     status = CliRunner().invoke(app, ["migrate", "status", "-o", "json"], env=env)
-    assert status.exit_code == 0 and '"applied"' in status.output
-    assert "missing" not in status.output and "pending" not in status.output
+    assert status.exit_code == 0 and "missing" not in status.output
+    assert "pending" not in status.output
+
+    # Applied with --dir alone, the lake's own step is missing from the shipped folder: the
+    # warning points at the setting.
+    shipped_only = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")}))
+    warning = migrations.pending_warning(shipped_only)
+    assert warning is not None and "0042_add_venue missing" in warning
+    assert "LAKE_MIGRATIONS_DIR" in warning
+    clash = tmp_path / "clash"
+    _write(clash, "0001_mine.py", STEP_ADD)
+    res = CliRunner().invoke(
+        app, ["migrate", "status"], env={**env, "LAKE_MIGRATIONS_DIR": str(clash)}
+    )
+    assert res.exit_code == 1 and "share version 1" in res.output
