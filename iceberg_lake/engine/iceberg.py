@@ -2123,15 +2123,35 @@ class CommitRefusedError(Exception):
 
 
 def read_only_table(table: Table, why: str) -> Table:
-    """`table` as of now, for reading only: starting a transaction or committing raises
-    `CommitRefusedError(why)`, before any data file is written.
+    """`table` as of now, for reading only: writing a file through its `io`, starting a
+    transaction or committing raises `CommitRefusedError(why)`, before anything is written.
 
-    pyiceberg's own `StaticTable` (a table without a catalog) with its `transaction()` refused
-    too, since `append`/`overwrite` write their data files inside the transaction before the
-    catalog sees the commit. Guard: `tests/engine/test_iceberg_read_only_guard.py`.
+    pyiceberg's own `StaticTable` (a table without a catalog) with its `transaction()` refused,
+    and an `io` that reads but never writes or deletes: every writer (pyiceberg's `append`,
+    the lake's own `watermarked_append`, manifests) opens its files through `table.io`
+    (review14b: the lake's append wrote its data files before the refused commit). Guard:
+    `tests/engine/test_iceberg_read_only_guard.py`.
     """
     from pyiceberg.catalog.noop import NoopCatalog
+    from pyiceberg.io import FileIO, InputFile
     from pyiceberg.table import StaticTable
+
+    class _ReadOnlyIO(FileIO):
+        def __init__(self, io: FileIO) -> None:
+            super().__init__(io.properties)
+            self._io = io
+
+        def new_input(self, location: str) -> InputFile:
+            return self._io.new_input(location)
+
+        def new_output(self, location: str) -> OutputFile:
+            raise CommitRefusedError(why)
+
+        def delete(self, location: str | InputFile | OutputFile) -> None:
+            raise CommitRefusedError(why)
+
+        def __getattr__(self, name: str) -> Any:  # reading helpers of the wrapped io
+            return getattr(self._io, name)
 
     class _RefusingCatalog(NoopCatalog):
         def commit_table(self, *args: Any, **kwargs: Any) -> Any:
@@ -2145,6 +2165,6 @@ def read_only_table(table: Table, why: str) -> Table:
         identifier=table.name(),
         metadata_location=table.metadata_location,
         metadata=table.metadata,
-        io=table.io,
+        io=_ReadOnlyIO(table.io),
         catalog=_RefusingCatalog("read-only"),
     )

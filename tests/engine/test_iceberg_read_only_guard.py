@@ -12,7 +12,7 @@ from pyiceberg.types import StringType
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import load_settings
-from iceberg_lake.engine.iceberg import CommitRefusedError, read_only_table
+from iceberg_lake.engine.iceberg import CommitRefusedError, read_only_table, watermarked_append
 
 
 def test_a_read_only_table_reads_and_refuses_every_commit(tmp_path: Path) -> None:
@@ -24,7 +24,28 @@ def test_a_read_only_table_reads_and_refuses_every_commit(tmp_path: Path) -> Non
     assert view.scan().to_arrow().num_rows == 0
     empty = pa.Table.from_pylist([], schema=view.scan().to_arrow().schema)
     files_before = sorted(p for p in (tmp_path / "lake").rglob("*") if p.is_file())
+    one = pa.Table.from_pylist(
+        [
+            {
+                "ts_event_ns": 1_765_000_000_000_000_000,
+                "ts_recv_ns": 1_765_000_000_000_000_000,
+                "source": "t",
+                "symbol": "SPY",
+                "price": 1.0,
+                "size": 1,
+                "ts_event": 1_765_000_000_000_000,
+            }
+        ],
+        schema=empty.schema,
+    )
+
+    def lakes_own_append() -> None:
+        with watermarked_append(view, watermark={}) as append:
+            append.append(one)
+
     attempts = [
+        lakes_own_append,
+        lambda: view.append(one),
         lambda: view.append(empty),
         lambda: view.overwrite(empty),
         lambda: view.transaction(),
