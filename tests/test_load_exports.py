@@ -71,6 +71,9 @@ def test_an_export_loaded_without_a_table_fills_each_table_and_replays_the_same(
         r["table"]: (r["rows_stored"], r["dead_lettered"], r["rows_other_tables"]) for r in results
     }
     assert got == {FUTURES: (300, 0, 200), QUOTES: (200, 0, 300)}
+    # The other tables' columns are not this table's unknown columns (review14b).
+    assert [r["unknown_columns"] for r in results] == [[], []]
+    assert "has no column" not in loaded.stderr
     # The same events, the same sequence hash as the lake they were exported from.
     again = tmp_path / "again.json"
     args = ["replay", "--tables", f"{FUTURES},{QUOTES}", *WINDOW, "--out", str(tmp_path / "a")]

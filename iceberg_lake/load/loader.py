@@ -590,7 +590,13 @@ def load_file(
                 if mapping.name == "identity":
                     # Columns the table does not have (dropped, or never there): not stored,
                     # and said so in the result (evolve14: they vanished without a word).
-                    unknown.update(unused_columns(mapping, target, rows_in.column_names))
+                    # Only columns with values: a replay export's rows of this table are null
+                    # in the other tables' columns (review14b: each load named them all).
+                    unknown.update(
+                        c
+                        for c in unused_columns(mapping, target, rows_in.column_names)
+                        if rows_in.column(c).null_count < rows_in.num_rows
+                    )
                     unknown.discard(TABLE_COLUMN if mine is not None else "")
                 converted = convert(rows_in, mapping, target, source_name, problems, default_source)
                 if defaulted and converted.table.num_rows:
