@@ -16,8 +16,11 @@ Rules (the spec's "Flattening Logic"):
   when the table has the column (a migration added it) or counts it as a field it does not know.
 * the payload's other top-level fields (`"regime": "trend"`; objects flattened with `_`) and the
   market-context object's fields other than `spot`/`bid`/`ask` (`"spy": {"vwap": …}` → `vwap`)
-  go into every level's row under their own names, the same way (a level's own field of the
-  same name wins); evolve14: they were dropped before the writer saw them.
+  go into every level's row under their own names, the same way; evolve14: they were dropped
+  before the writer saw them. A name that is a declared level column (`direction`, `signal`,
+  `note`, …) is the level's, never the payload's: such a field goes under `payload_<name>` (a
+  context field under `<context key>_<name>`), which the writer stores if a migration added
+  it, else counts (review14b: the context's `direction` filled every level's).
 * an envelope (`{"schema_name": "levels.signals.v1", "payload": {...}}`) is unwrapped; its
   `ts_event_ns` and `key` fill a payload without `ts` / `underlying`.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import math
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import lru_cache
 from typing import Any
 
 #: Plausible `ts` values (Unix ms): 2000-01-01 .. 2100-01-01, as for `ts_event_ns`.
@@ -61,6 +65,26 @@ def _flatten(prefix: str, obj: dict[str, Any], out: dict[str, Any]) -> None:
             _flatten(name, value, out)
         else:
             out[name] = value
+
+
+@lru_cache(maxsize=1)
+def _level_columns() -> frozenset[str]:
+    """The declared Gold columns a level's fields fill (not the payload's or context's)."""
+    from iceberg_lake.tables import registry
+
+    payload_level = {"ts_event_ns", "ts_event", "underlying", *_CONTEXT}
+    columns = registry().get("gold.levels_signals").column_names
+    return frozenset(c for c in columns if c not in payload_level)
+
+
+def _carry(prefix: str, fields: dict[str, Any], out: dict[str, Any]) -> None:
+    """`fields` (flattened) into `out` under their own names, or `<prefix>_<name>` where the
+    name is a level column."""
+    flat: dict[str, Any] = {}
+    _flatten("", fields, flat)
+    levels = _level_columns()
+    for name, value in flat.items():
+        out[f"{prefix}_{name}" if name in levels else name] = value
 
 
 def _context(payload: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
@@ -118,13 +142,12 @@ def flatten_level_signals(payload: dict[str, Any], underlying: str | None = None
         underlying = found
     base: dict[str, Any] = {}
     if key is not None:
-        _flatten("", {k: v for k, v in context.items() if k not in _CONTEXT}, base)
-        _flatten(
-            "", {k: v for k, v in payload.items() if k not in _PAYLOAD_KEYS and k != key}, base
-        )
+        _carry(key, {k: v for k, v in context.items() if k not in _CONTEXT}, base)
+        top = {k: v for k, v in payload.items() if k not in _PAYLOAD_KEYS and k != key}
     else:
         # No context object: top-level spot/bid/ask are the context.
-        _flatten("", {k: v for k, v in payload.items() if k not in _PAYLOAD_KEYS + _CONTEXT}, base)
+        top = {k: v for k, v in payload.items() if k not in _PAYLOAD_KEYS + _CONTEXT}
+    _carry("payload", top, base)
     base.update(
         {
             "ts_event_ns": ts_event_ns,
