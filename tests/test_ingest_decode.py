@@ -184,6 +184,15 @@ def test_gold_stores_payload_and_context_fields_once_a_migration_adds_their_colu
         ("gold.levels_signals", "regime"): 2,
         ("gold.levels_signals", "vwap"): 2,
     }
+    # A payload or context field named like a level column never fills the level's column
+    # (review14b: the context's `direction` became every level's direction).
+    payload["spy"]["direction"] = "UP"
+    payload["note"] = "halt"
+    del payload["levels"][1]["note"]
+    rows = flatten_level_signals(payload)
+    assert [r.get("direction") for r in rows] == ["SUPPORT", "SUPPORT"]
+    assert [r.get("note") for r in rows] == ["test", None]
+    assert rows[1]["spy_direction"] == "UP" and rows[1]["payload_note"] == "halt"
 
 
 @pytest.mark.parametrize(
