@@ -363,3 +363,21 @@ def test_expire_snapshots_reports_a_run_that_only_tagged_a_checkpoint(
     assert "expire-snapshots: nothing to do in 1 table(s)" in _cli(
         env, "maintain", "expire-snapshots", "-t", TRADES
     )
+
+
+def test_a_dry_run_of_expire_snapshots_counts_the_tags_it_would_drop(tmp_path: Path) -> None:
+    """review14b: `--dry-run` said "nothing to do" where the real run dropped a tag whose
+    max-ref-age had run out."""
+    catalog, env = _lake(tmp_path)
+    table = catalog.load_table(TRADES)
+    sid = append(table, trades("SPY", T14, 10, 10**6))
+    table.manage_snapshots().create_tag(sid, "short-lived", max_ref_age_ms=1).commit()
+
+    dry = json.loads(
+        _cli(env, "maintain", "expire-snapshots", "-t", TRADES, "--dry-run", "-o", "json")
+    )
+    assert dry[0]["tags_dropped"] == 1
+    assert "short-lived" in catalog.load_table(TRADES).metadata.refs
+    real = json.loads(_cli(env, "maintain", "expire-snapshots", "-t", TRADES, "-o", "json"))
+    assert real[0]["tags_dropped"] == 1
+    assert "short-lived" not in catalog.load_table(TRADES).metadata.refs

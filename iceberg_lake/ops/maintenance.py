@@ -513,6 +513,7 @@ class TableMaintenance:
             due = policy.refs_due(table, self.table_id, moment)
             extra |= due
             refs["checkpoints"] = len(due)
+            refs["dropped"] = len(policy.refs_aged_out(table, moment))
         else:
             with catalog_errors(f"updating refs of {self.table_id}"):
                 try:
@@ -1002,6 +1003,19 @@ class ExpiryPolicy:
             silver_sources=silver,
             now_ms=int(now.timestamp() * 1000),
         )
+
+    def refs_aged_out(self, table: Table, now: datetime) -> list[str]:
+        """Tags whose max-ref-age ran out: `maintain_refs` drops them (for dry runs)."""
+        from iceberg_lake.timetravel.snapshots import ref_expires_ms
+
+        now_ms = int(now.timestamp() * 1000)
+        return [
+            name
+            for name, ref in table.metadata.refs.items()
+            if ref.snapshot_ref_type == SnapshotRefType.TAG
+            and (expires := ref_expires_ms(table, name)) is not None
+            and expires < now_ms
+        ]
 
     def refs_due(self, table: Table, table_id: str, now: datetime) -> set[int]:
         """Snapshots `maintain_refs` would tag as checkpoints now (for dry runs)."""
