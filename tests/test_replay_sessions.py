@@ -22,6 +22,7 @@ from iceberg_lake.cli.app import app
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.timetravel.replay import ReplayEngine, read_manifest
 from iceberg_lake.timetravel.sessions import session_window
+from iceberg_lake.timetravel.snapshots import parse_timestamp
 
 FUT = "bronze.futures_trades"
 SEC = 10**9
@@ -159,6 +160,9 @@ def test_calendar_names_edges_and_the_futures_default(
     assert res.exit_code == 0, res.output
     assert [b["trades"] for b in json.loads(res.stdout)] == [138]  # the Globex session, not NYSE's
     assert "session 2024-05-13 on CME Globex Equity: [2024-05-12T22:00:00Z" in res.stderr
+    pit = CliRunner().invoke(app, [*args, "--calendar", "CME Equity", "-o", "json"])
+    assert pit.exit_code == 0 and "on CME_Equity" in pit.stderr
+    assert "the pit calendar" in pit.stderr  # review14b: the folded name reached it silently
 
 
 def test_a_date_with_a_utc_offset_is_refused_not_read_as_a_time(session_data: dict) -> None:
@@ -169,4 +173,6 @@ def test_a_date_with_a_utc_offset_is_refused_not_read_as_a_time(session_data: di
         env={"LAKE_DATA_DIR": str(session_data["settings"].data_dir)},
     )
     assert res.exit_code == 1 and "needs a time, e.g. 2024-05-13T00:00+05:30" in res.output
+    with pytest.raises(TimeTravelError, match="needs a time"):  # review14b: with seconds too
+        parse_timestamp("2024-03-11+05:30:00")
     assert "Traceback" not in res.output

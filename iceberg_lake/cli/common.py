@@ -300,9 +300,15 @@ def parse_window(
         window = session_window(session, calendar)
         # Which calendar and hours the session took (a default that followed the tables, an
         # early close): one line beside the output, never in it.
+        pit = (
+            " (the pit calendar: half days close at 12:00 Chicago; Globex data: "
+            "--calendar 'CME Globex Equity')"
+            if window.calendar == "CME_Equity"
+            else ""
+        )
         err_console.print(
             f"session {window.day.isoformat()} on {window.calendar}: "
-            f"[{_utc(window.open_ns)}, {_utc(window.close_ns)})",
+            f"[{_utc(window.open_ns)}, {_utc(window.close_ns)}){pit}",
             highlight=False,
         )
         return window.open_ns, window.close_ns

@@ -333,6 +333,8 @@ class ConsumerWriter:
         self.fetch_max_bytes = fetch_max_bytes
         #: This lake's identity in its lease records (`_lake_identity`), once read.
         self._lake: str | None = None
+        #: The server's pull request limits the last puller learnt (kept across resets).
+        self._pull_limits: tuple[int | None, int | None, float | None] | None = None
         gold = target.startswith(GOLD + ".")
         self.batch_size = settings.gold_batch_size if gold else settings.bronze_batch_size
         self.batch_seconds = settings.gold_batch_seconds if gold else settings.bronze_batch_seconds
@@ -524,14 +526,19 @@ class ConsumerWriter:
 
     async def _resubscribe(self) -> None:
         if self.psub is not None:
+            old = self.psub
+            self._pull_limits = (old.batch_limit, old.bytes_limit, old.expires_limit)
             with contextlib.suppress(Exception):
-                await self.psub.close()
+                await old.close()
             self.psub = None
         await self.check_stream(start=True)
         await reset_consumer(self.js, self.target, self.position + 1)
         if self.nc is None:
             raise RuntimeError("ConsumerWriter needs a connection (nc=) to consume")
         puller = BatchPuller(self.nc, api_prefix(self.settings), self.stream, self.consumer)
+        if self._pull_limits is not None:
+            # The server's pull limits, learnt once (not again, with a warning, per reset).
+            puller.batch_limit, puller.bytes_limit, puller.expires_limit = self._pull_limits
         await puller.start()
         self.psub = puller
         self.max_sseq = self.position
@@ -704,7 +711,8 @@ class ConsumerWriter:
     def _lake_identity(self) -> str:
         """This lake's identity in lease records: the table UUID of its quarantine table
         (every lake has one; two lakes never share it, however their catalog is addressed)."""
-        return str(self.catalog.load_table(DEAD_LETTERS_TABLE).metadata.table_uuid)
+        with catalog_errors("reading the lake's identity"):  # an outage is waited out
+            return str(self.catalog.load_table(DEAD_LETTERS_TABLE).metadata.table_uuid)
 
     def _refuse_other_lake(self, holder: str | None) -> None:
         """Raise `OtherLakeError` when `holder` is a writer of another lake (holders written

@@ -123,7 +123,7 @@ def parse_timestamp(text: str | datetime | date) -> datetime | None:
         raw = text.strip()
         if not re.match(r"^\d{4}-\d{2}-\d{2}", raw):
             return None
-        if re.match(r"^[+-]\d{2}(:?\d{2})?$", raw[10:]):
+        if re.match(r"^[+-]\d{2}(:?\d{2}){0,2}(\.\d+)?$", raw[10:]):
             # Python's fromisoformat takes any character between the date and a time, so
             # `2024-03-11+05:30` read as 05:30 UTC (desk14): a date with an offset is refused.
             raise TimeTravelError(
