@@ -381,3 +381,116 @@ def test_a_dry_run_of_expire_snapshots_counts_the_tags_it_would_drop(tmp_path: P
     real = json.loads(_cli(env, "maintain", "expire-snapshots", "-t", TRADES, "-o", "json"))
     assert real[0]["tags_dropped"] == 1
     assert "short-lived" not in catalog.load_table(TRADES).metadata.refs
+
+
+HOUR_MS = 3_600_000
+
+
+def _commits_at(
+    catalog: LakeCatalog, monkeypatch: pytest.MonkeyPatch, minutes: list[int], h0: int
+) -> list[int]:
+    """One main commit per entry of `minutes` (after hour start `h0`, epoch ms)."""
+    clock = _Clock(h0)
+    monkeypatch.setattr(pyiceberg_snapshots, "time", clock)
+    ids = []
+    for i, minute in enumerate(minutes):
+        clock.ms = h0 + minute * 60_000
+        ids.append(append(catalog.load_table(TRADES), trades("SPY", T14 + i * 10**9, 2, 10**6)))
+    monkeypatch.undo()
+    return ids
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def test_a_branch_commit_or_a_rollback_leaves_as_of_exact_and_the_hour_checkpointed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """timetravel14: a commit on another branch (write-audit-publish) takes a table-wide
+    sequence number, and `--as-of` read the gap as an expired commit ("a commit after that was
+    expired") although every snapshot existed; the hour got no checkpoint either, so its state
+    was lost once the window passed. So did a rollback of main."""
+    catalog, _ = _lake(tmp_path)
+    h0 = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS
+    (s1,) = _commits_at(catalog, monkeypatch, [10], h0)
+    table = catalog.load_table(TRADES)
+    clock = _Clock(h0 + 20 * 60_000)
+    monkeypatch.setattr(pyiceberg_snapshots, "time", clock)
+    table.manage_snapshots().create_branch(s1, "wap").commit()
+    table.append(to_arrow(table, trades("SPY", T14, 3, 10**6)), branch="wap")
+    clock.ms = h0 + 40 * 60_000
+    s2 = append(catalog.load_table(TRADES), trades("SPY", T14 + 10**10, 2, 10**6))
+    monkeypatch.undo()
+
+    table = catalog.load_table(TRADES)
+    assert snapshots.resolve_as_of(table, _at(h0 + 30 * 60_000)) == s1
+    assert snapshots.resolve_as_of(table, _at(h0 + 50 * 60_000)) == s2
+    snapshots.maintain_refs(table, TRADES, checkpoint_max_age_ms=30 * 86_400_000)
+    refs = catalog.load_table(TRADES).metadata.refs
+    assert refs[snapshots.checkpoint_tag(TRADES, h0)].snapshot_id == s2
+
+    # A rollback of main: the state before it is still exactly the rolled-back snapshot.
+    table = catalog.load_table(TRADES)
+    s3 = append(table, trades("SPY", T14 + 10**11, 2, 10**6))
+    before_rollback = table.current_snapshot().timestamp_ms + 1
+    wait_until(lambda: time.time() * 1000 > before_rollback + 5, 5, "the clock to move on")
+    catalog.load_table(TRADES).manage_snapshots().set_current_snapshot(s2).commit()
+    table = catalog.load_table(TRADES)
+    assert snapshots.resolve_as_of(table, _at(before_rollback)) == s3
+
+
+def test_as_of_a_future_time_is_refused(tmp_path: Path) -> None:
+    """timetravel14: a time after now (a mistyped year) read whatever was current, a different
+    answer on every run, exit 0."""
+    catalog, env = _lake(tmp_path)
+    append(catalog.load_table(TRADES), trades("SPY", T14, 2, 10**6))
+    res = runner.invoke(app, ["query", f"SELECT 1 FROM {TRADES}", "--as-of", "2062-11-30"], env=env)
+    assert res.exit_code == 1 and "is in the future" in res.output
+    assert "\n" not in res.output.strip()
+
+
+def test_a_checkpoint_answers_as_of_after_javas_expiry_cut_the_snapshot_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """timetravel14: Spark's and Trino's expire_snapshots drop every snapshot-log entry before
+    the last snapshot they expire, checkpoints' included, and `--as-of` read only the log, so a
+    time its surviving checkpoint covers was refused."""
+    catalog, _ = _lake(tmp_path)
+    h0 = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS
+    s1, s2, s3, s4 = _commits_at(catalog, monkeypatch, [10, 50, 70, 100], h0)
+    table = catalog.load_table(TRADES)
+    snapshots.maintain_refs(table, TRADES, checkpoint_max_age_ms=30 * 86_400_000)
+    table = catalog.load_table(TRADES)
+    assert table.metadata.refs[snapshots.checkpoint_tag(TRADES, h0)].snapshot_id == s2
+    # The log as Java leaves it after expiring s3: nothing before s4.
+    whole = table.history
+    monkeypatch.setattr(table, "history", lambda: [e for e in whole() if e.snapshot_id == s4])
+    assert snapshots.resolve_as_of(table, _at(h0 + 55 * 60_000)) == s2
+    with pytest.raises(snapshots.TimeTravelError, match="cannot tell|expired"):
+        snapshots.resolve_as_of(table, _at(h0 + 30 * 60_000))  # s1's time: not the checkpoint
+    assert s1 and s3
+
+
+def test_quiet_hours_get_checkpoints_and_a_changed_max_age_applies_to_existing_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """timetravel14: hours without commits (nights, weekends) got no checkpoint, so their
+    unchanged state could not be pinned by time once the window passed; and raising
+    LAKE_CHECKPOINT_MAX_AGE_DAYS left existing checkpoints at the old age."""
+    catalog, _ = _lake(tmp_path)
+    h0 = (int(time.time() * 1000) // HOUR_MS - 4) * HOUR_MS
+    (s1,) = _commits_at(catalog, monkeypatch, [10], h0)
+    month, year = 30 * 86_400_000, 365 * 86_400_000
+    snapshots.maintain_refs(catalog.load_table(TRADES), TRADES, checkpoint_max_age_ms=month)
+    table = catalog.load_table(TRADES)
+    quiet = [snapshots.checkpoint_tag(TRADES, h0 + k * HOUR_MS) for k in range(4)]
+    assert [table.metadata.refs[n].snapshot_id for n in quiet] == [s1] * 4
+    last = quiet[-1]
+    assert snapshots.ref_expires_ms(table, last) == h0 + 4 * HOUR_MS + month
+
+    counts = snapshots.maintain_refs(table, TRADES, checkpoint_max_age_ms=year)
+    table = catalog.load_table(TRADES)
+    assert counts["checkpoints"] == 4
+    assert snapshots.ref_expires_ms(table, last) == h0 + 4 * HOUR_MS + year
+    assert table.metadata.refs[last].snapshot_id == s1

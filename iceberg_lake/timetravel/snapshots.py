@@ -277,6 +277,39 @@ def _existing_snapshot(table: Table, snapshot_id: int, name: str) -> int:
     return snapshot_id
 
 
+class _MainLog:
+    """The table's snapshot log (main's history) with what tells whether a stretch of it is
+    whole: no snapshot that was current on main between two kept entries was expired."""
+
+    def __init__(self, table: Table) -> None:
+        snaps = table.metadata.snapshots
+        self.by_id = {s.snapshot_id: s for s in snaps}
+        self.seq = {s.snapshot_id: s.sequence_number for s in snaps}
+        self.log = [e for e in table.history() if e.snapshot_id in self.by_id]
+        self._present = {s.sequence_number for s in snaps if s.sequence_number is not None}
+        self._created = sorted(
+            (s.timestamp_ms, s.sequence_number) for s in snaps if s.sequence_number is not None
+        )
+
+    def follows(self, prev: Any, nxt: Any) -> bool:
+        """True when `prev` stayed current on main until `nxt`'s entry (nothing expired between).
+
+        The next sequence number; or `nxt` committed on top of `prev` (a commit on another
+        branch in between took a sequence number: timetravel14); or, for a rollback or any
+        other entry, every sequence number committed after `prev` up to `nxt`'s entry still
+        exists (an expired snapshot leaves a gap; one of another branch makes the answer a
+        cautious no).
+        """
+        a, b = self.seq.get(prev.snapshot_id), self.seq.get(nxt.snapshot_id)
+        if a is None or b is None or b == a + 1:
+            return True
+        snap = self.by_id[nxt.snapshot_id]
+        if snap.parent_snapshot_id == prev.snapshot_id and snap.timestamp_ms == nxt.timestamp_ms:
+            return True
+        upto = max((q for t, q in self._created if t <= nxt.timestamp_ms), default=a)
+        return all(n in self._present for n in range(a + 1, upto + 1))
+
+
 def _snapshot_at(table: Table, when: datetime, name: str) -> int | None:
     """The snapshot current at `when`, exactly, or a one-line error naming the nearest pins.
 
@@ -289,10 +322,22 @@ def _snapshot_at(table: Table, when: datetime, name: str) -> int | None:
     """
     aware = when if when.tzinfo else when.replace(tzinfo=UTC)
     ms = int(aware.timestamp() * 1000)
-    log = [e for e in table.history() if table.snapshot_by_id(e.snapshot_id) is not None]
-    seq = {s.snapshot_id: s.sequence_number for s in table.metadata.snapshots}
+    now_ms = int(time.time() * 1000)
+    if ms > now_ms:
+        # The state at a later time is not known yet: the current snapshot would be a moving
+        # answer, different on every run (timetravel14: a mistyped year read whatever was
+        # current, exit 0).
+        raise TimeTravelError(
+            f"{name}: --as-of {aware.isoformat()} is in the future (now {_fmt_ms(now_ms)}): "
+            "the state then is not known yet; read the current snapshot (no --as-of) or a tag"
+        )
+    main = _MainLog(table)
+    log, seq = main.log, main.seq
     idx = next((i for i in range(len(log) - 1, -1, -1) if log[i].timestamp_ms <= ms), None)
     if idx is None:
+        covered = _checkpoint_covering(table, name, ms)
+        if covered is not None:
+            return covered
         first = log[0] if log else None
         if first is None or seq.get(first.snapshot_id) in (None, 0, 1):
             return None  # before the table's first snapshot: empty
@@ -302,13 +347,26 @@ def _snapshot_at(table: Table, when: datetime, name: str) -> int | None:
     current = table.current_snapshot()
     if nxt is None and current is not None and current.snapshot_id == entry.snapshot_id:
         return entry.snapshot_id
-    if nxt is not None:
-        a, b = seq.get(entry.snapshot_id), seq.get(nxt.snapshot_id)
-        if a is None or b is None or b == a + 1:
-            return entry.snapshot_id
+    if nxt is not None and main.follows(entry, nxt):
+        return entry.snapshot_id
     if any(end_ms > ms for end_ms in _checkpoint_ends(table, entry.snapshot_id)):
         return entry.snapshot_id
+    covered = _checkpoint_covering(table, name, ms)
+    if covered is not None:
+        return covered
     raise TimeTravelError(_expired_message(table, name, aware, ms, entry.timestamp_ms))
+
+
+def _checkpoint_covering(table: Table, identifier: str, ms: int) -> int | None:
+    """The checkpoint of the hour holding `ms` when its snapshot was committed at or before
+    `ms`: the hour's last commit, so nothing changed between it and `ms`. Read from the tag
+    itself, not the snapshot log: Java's expiry (Spark, Trino) drops every log entry before
+    the last snapshot it expires, checkpoints' included (timetravel14)."""
+    ref = table.metadata.refs.get(checkpoint_tag(identifier, ms - ms % _HOUR_MS))
+    snap = table.snapshot_by_id(ref.snapshot_id) if ref is not None else None
+    if snap is None or snap.timestamp_ms > ms:
+        return None
+    return snap.snapshot_id
 
 
 def _checkpoint_ends(table: Table, snapshot_id: int) -> list[int]:
@@ -361,14 +419,13 @@ def _expired_message(
 
 def contiguous_since(table: Table) -> int | None:
     """Epoch ms from which every snapshot of the table is still kept (the retention window)."""
-    seq = {s.snapshot_id: s.sequence_number for s in table.metadata.snapshots}
-    log = [e for e in table.history() if e.snapshot_id in seq]
+    main = _MainLog(table)
+    log = main.log
     if not log:
         return None
     start = log[-1].timestamp_ms
     for prev, nxt in zip(reversed(log[:-1]), reversed(log[1:]), strict=True):
-        a, b = seq.get(prev.snapshot_id), seq.get(nxt.snapshot_id)
-        if a is not None and b is not None and b != a + 1:
+        if not main.follows(prev, nxt):
             break
         start = prev.timestamp_ms
     return start
@@ -640,9 +697,13 @@ def checkpoints_due(
 ) -> dict[str, tuple[int, int]]:
     """Checkpoint tags `maintain_refs` would create now (also for dry runs).
 
-    The checkpoint of a closed hour is the last snapshot committed in it, made a tag only when
-    that is certain (its successor is the next sequence number, or it is still current). Hours
-    closed longer ago than `max_age_ms`, and tags that already exist, are left out.
+    The checkpoint of a closed hour is the snapshot current at its end: the last one committed in
+    it, or for an hour without commits the one before (timetravel14: quiet nights and weekends
+    had none, so their unchanged state could not be pinned by time once the window passed). A
+    tag is made only when that is certain (the snapshot stayed current until its successor on
+    main, `_MainLog.follows`, or is still current). Hours closed longer ago than `max_age_ms`
+    are left out; an existing checkpoint tag whose max-ref-age is not what `max_age_ms` gives
+    now is made again on its snapshot (the setting was changed).
 
     Args:
         table: the table whose history is read.
@@ -653,28 +714,46 @@ def checkpoints_due(
     Returns:
         Tag name -> (snapshot id, the tag's max-ref-age in ms).
     """
-    seq = {s.snapshot_id: s.sequence_number for s in table.metadata.snapshots}
-    log = [e for e in table.history() if e.snapshot_id in seq]
+    main = _MainLog(table)
+    log = main.log
     current = table.current_snapshot()
     refs = table.metadata.refs
     due: dict[str, tuple[int, int]] = {}
     for i, entry in enumerate(log):
-        hour_start = entry.timestamp_ms - entry.timestamp_ms % _HOUR_MS
-        hour_end = hour_start + _HOUR_MS
-        if hour_end > now_ms or hour_end + max_age_ms <= now_ms:
-            continue
         nxt = log[i + 1] if i + 1 < len(log) else None
-        if nxt is not None and nxt.timestamp_ms < hour_end:
-            continue  # not the hour's last commit
         if nxt is None:
             certain = current is not None and current.snapshot_id == entry.snapshot_id
+            until = now_ms  # still current: every hour closed since is its
         else:
-            a, b = seq.get(entry.snapshot_id), seq.get(nxt.snapshot_id)
-            certain = a is not None and b is not None and b == a + 1
-        name = checkpoint_tag(identifier, hour_start)
-        if certain and name not in refs:
-            due[name] = (entry.snapshot_id, hour_end + max_age_ms - entry.timestamp_ms)
+            certain = main.follows(entry, nxt)
+            until = nxt.timestamp_ms
+        if not certain:
+            continue
+        committed = main.by_id[entry.snapshot_id].timestamp_ms
+        hour_start = entry.timestamp_ms - entry.timestamp_ms % _HOUR_MS
+        # Every hour from the entry's own that closed before the next entry (and by now).
+        first = max(hour_start, (now_ms - max_age_ms) - (now_ms - max_age_ms) % _HOUR_MS)
+        for start in range(first, min(until, now_ms) - _HOUR_MS + 1, _HOUR_MS):
+            hour_end = start + _HOUR_MS
+            if hour_end + max_age_ms <= now_ms:
+                continue
+            name = checkpoint_tag(identifier, start)
+            age = hour_end + max_age_ms - committed
+            ref = refs.get(name)
+            if ref is None:
+                due[name] = (entry.snapshot_id, age)
+            elif ref.max_ref_age_ms != hour_end + max_age_ms - _commit_ms(table, ref.snapshot_id):
+                # The setting changed: the same snapshot, the age it gives now (timetravel14).
+                due[name] = (
+                    ref.snapshot_id,
+                    hour_end + max_age_ms - _commit_ms(table, ref.snapshot_id),
+                )
     return due
+
+
+def _commit_ms(table: Table, snapshot_id: int) -> int:
+    snap = table.snapshot_by_id(snapshot_id)
+    return snap.timestamp_ms if snap is not None else 0
 
 
 def maintain_refs(
@@ -727,7 +806,8 @@ def maintain_refs(
         # An expiry since the read (of a checkpoint's snapshot) fails the commit, not a ValueError.
         require_snapshots(tx, [*(sid for sid, _ in due.values()), *add_silver])
         ms = ManageSnapshots(tx)
-        for name in [*drop, *remove_silver]:
+        retag = [n for n in due if n in refs and n not in drop]
+        for name in [*drop, *remove_silver, *retag]:
             ms = ms.remove_tag(name)
         for name, (sid, age) in due.items():
             ms = ms.create_tag(sid, name, max_ref_age_ms=age)
