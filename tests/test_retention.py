@@ -426,6 +426,10 @@ def test_a_branch_commit_or_a_rollback_leaves_as_of_exact_and_the_hour_checkpoin
     table = catalog.load_table(TRADES)
     assert snapshots.resolve_as_of(table, _at(h0 + 30 * 60_000)) == s1
     assert snapshots.resolve_as_of(table, _at(h0 + 50 * 60_000)) == s2
+    # A refusal names the nearest pins: never a staging branch's head, not main's state.
+    when = _at(h0 + 30 * 60_000)
+    message = snapshots._expired_message(table, TRADES, when, h0 + 30 * 60_000)
+    assert "wap" not in message
     snapshots.maintain_refs(table, TRADES, checkpoint_max_age_ms=30 * 86_400_000)
     refs = catalog.load_table(TRADES).metadata.refs
     assert refs[snapshots.checkpoint_tag(TRADES, h0)].snapshot_id == s2
@@ -448,6 +452,9 @@ def test_as_of_a_future_time_is_refused(tmp_path: Path) -> None:
     res = runner.invoke(app, ["query", f"SELECT 1 FROM {TRADES}", "--as-of", "2062-11-30"], env=env)
     assert res.exit_code == 1 and "is in the future" in res.output
     assert "\n" not in res.output.strip()
+    # Unix nanoseconds read as a snapshot id: the error says how to give a time.
+    ns = runner.invoke(app, ["query", f"SELECT 1 FROM {TRADES}", "--as-of", str(T14)], env=env)
+    assert ns.exit_code == 1 and "has no snapshot" in ns.output and "give it as ISO" in ns.output
 
 
 def test_a_checkpoint_answers_as_of_after_javas_expiry_cut_the_snapshot_log(

@@ -273,7 +273,13 @@ def resolve_as_of(table: Table, as_of: AsOf) -> int | None:
 
 def _existing_snapshot(table: Table, snapshot_id: int, name: str) -> int:
     if table.snapshot_by_id(snapshot_id) is None:
-        raise TimeTravelError(f"{name} has no snapshot {snapshot_id} (expired or never existed)")
+        hint = ""
+        if 10**18 <= snapshot_id < 41 * 10**17:  # 2001..2100 as Unix nanoseconds
+            when = datetime.fromtimestamp(snapshot_id // 10**9, UTC)
+            hint = f"; if {snapshot_id} is a time, give it as ISO ({when:%Y-%m-%dT%H:%M:%S}Z)"
+        raise TimeTravelError(
+            f"{name} has no snapshot {snapshot_id} (expired or never existed){hint}"
+        )
     return snapshot_id
 
 
@@ -392,20 +398,27 @@ def _expired_message(
     pins = []
     for ref_name, ref in table.metadata.refs.items():
         snap = table.snapshot_by_id(ref.snapshot_id)
-        if snap is None or ref_name == "main":
-            continue
+        if snap is None or ref.snapshot_ref_type != SnapshotRefType.TAG:
+            continue  # main, and other branches' heads: never main's state (timetravel14)
         hour = _checkpoint_hour(ref_name)
         at = int(hour.timestamp() * 1000) + _HOUR_MS if hour is not None else snap.timestamp_ms
         pins.append((at, ref_name))
     window_start = contiguous_since(table)
     before = max((p for p in pins if p[0] <= ms), default=None)
     after = min((p for p in pins if p[0] > ms), default=None)
+
+    def state(pin: tuple[int, str]) -> str:
+        # A checkpoint is the state up to its hour's end, exclusive (a commit stamped on the
+        # hour belongs to the next one); another tag, the state at its commit.
+        word = "before" if pin[1].startswith(CHECKPOINT_PREFIX) else "at"
+        return f"{pin[1]} (state {word} {_fmt_ms(pin[0])})"
+
     parts = []
     if before is not None:
-        parts.append(f"{before[1]} (state at {_fmt_ms(before[0])})")
+        parts.append(state(before))
     if after is not None:
         label = "oldest pin " if before is None else ""
-        parts.append(f"{label}{after[1]} (state at {_fmt_ms(after[0])})")
+        parts.append(f"{label}{state(after)}")
     kept = f"; every snapshot kept since {_fmt_ms(window_start)}" if window_start else ""
     nearest = "; nearest retained pins: " + ", ".join(parts) if parts else "; no pins retained"
     if kept_before_ms is not None:
