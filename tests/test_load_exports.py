@@ -152,17 +152,23 @@ def test_an_export_of_a_bronze_table_and_its_silver_loads_the_bronze_rows_once(
         for table in (FUTURES, "silver.futures_trades")
         for i in range(4)
     ]
-    path = tmp_path / "both.ndjson"
-    path.write_text("\n".join(lines) + "\n")
-    env = {"LAKE_DATA_DIR": str(tmp_path / "copy")}
+    results = _load_lines(tmp_path, "both.ndjson", lines)
 
-    loaded = runner.invoke(app, ["load", str(path), "-o", "json"], env=env)
-
-    assert loaded.exit_code == 0, loaded.output
-    results = json.loads(loaded.stdout)["results"]
     got = [(r["table"], r["rows_stored"], r["rows_other_tables"]) for r in results]
     assert got == [(FUTURES, 4, 4)]
     assert rows(duck, lake, FUTURES, "SELECT count(*) FROM t") == [(4,)]
+
+
+def _load_lines(tmp_path: Path, name: str, lines: list[str]) -> list[dict]:
+    """`lake load` of an NDJSON file of `lines` into the lake at tmp_path/copy: the results."""
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    loaded = runner.invoke(
+        app, ["load", str(path), "-o", "json"], env={"LAKE_DATA_DIR": str(tmp_path / "copy")}
+    )
+    assert loaded.exit_code == 0, loaded.output
+    results: list[dict] = json.loads(loaded.stdout)["results"]
+    return results
 
 
 def test_an_export_load_killed_between_commits_resumes_to_each_row_once(
@@ -210,19 +216,12 @@ def test_an_export_row_without_a_table_is_dead_lettered_once(tmp_path: Path, duc
     ]
     lines += [json.dumps(quote | {"table": QUOTES, "ts_event_ns": T14 + i}) for i in range(3)]
     lines.insert(2, json.dumps(row | {"table": None, "ts_event_ns": T14 + 9, "seq": 9}))
-    path = tmp_path / "unnamed.ndjson"
-    path.write_text("\n".join(lines) + "\n")
-    env = {"LAKE_DATA_DIR": str(tmp_path / "copy")}
+    results = _load_lines(tmp_path, "unnamed.ndjson", lines)
 
-    loaded = runner.invoke(app, ["load", str(path), "-o", "json"], env=env)
-
-    assert loaded.exit_code == 0, loaded.output
-    results = json.loads(loaded.stdout)["results"]
     got = [(r["table"], r["rows_stored"], r["dead_lettered"]) for r in results]
     assert got == [(FUTURES, 4, 1), (QUOTES, 3, 0)]
     letters = rows(duck, lake, "bronze.dead_letters", "SELECT reason, raw FROM t")
     assert len(letters) == 1 and "no table value" in letters[0][0], letters
     assert b'"seq": 9' in letters[0][1] or b'"seq":9' in letters[0][1], letters
-    again = runner.invoke(app, ["load", str(path), "-o", "json"], env=env)  # exactly once
-    assert again.exit_code == 0, again.output
+    _load_lines(tmp_path, "unnamed.ndjson", lines)  # exactly once
     assert rows(duck, lake, "bronze.dead_letters", "SELECT count(*) FROM t") == [(1,)]
