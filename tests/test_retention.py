@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyiceberg.table.snapshots as pyiceberg_snapshots
+import pyiceberg.table.update as pyiceberg_update
 import pytest
 from support.wait import wait_until
 from timetravel_data import HOUR_NS, T14, append, to_arrow, trades
@@ -386,109 +387,189 @@ def test_a_dry_run_of_expire_snapshots_counts_the_tags_it_would_drop(tmp_path: P
 HOUR_MS = 3_600_000
 
 
-def _commits_at(
-    catalog: LakeCatalog, monkeypatch: pytest.MonkeyPatch, minutes: list[int], h0: int
-) -> list[int]:
-    """One main commit per entry of `minutes` (after hour start `h0`, epoch ms)."""
-    clock = _Clock(h0)
-    monkeypatch.setattr(pyiceberg_snapshots, "time", clock)
-    ids = []
-    for i, minute in enumerate(minutes):
-        clock.ms = h0 + minute * 60_000
-        ids.append(append(catalog.load_table(TRADES), trades("SPY", T14 + i * 10**9, 2, 10**6)))
-    monkeypatch.undo()
-    return ids
+class _Now:
+    """Commit times for pyiceberg's snapshots and for its ref moves' snapshot-log entries (a
+    rollback or publish takes its log time from `datetime.now`)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, ms: int) -> None:
+        self.ms = ms
+        clock = self
+
+        class _Moment(datetime):
+            @classmethod
+            def now(cls, tz=None):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN206
+                return datetime.fromtimestamp(clock.ms / 1000, tz or UTC)
+
+        monkeypatch.setattr(pyiceberg_snapshots, "time", self)
+        monkeypatch.setattr(pyiceberg_update, "datetime", _Moment)
+
+    def time(self) -> float:
+        return self.ms / 1000
 
 
 def _at(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def test_a_branch_commit_or_a_rollback_leaves_as_of_exact_and_the_hour_checkpointed(
+def _commit(catalog: LakeCatalog, i: int) -> int:
+    return append(catalog.load_table(TRADES), trades("SPY", T14 + i * 10**10, 2, 10**6))
+
+
+def test_a_branch_commit_leaves_as_of_exact_and_the_hour_checkpointed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """timetravel14: a commit on another branch (write-audit-publish) takes a table-wide
-    sequence number, and `--as-of` read the gap as an expired commit ("a commit after that was
-    expired") although every snapshot existed; the hour got no checkpoint either, so its state
-    was lost once the window passed. So did a rollback of main."""
+    sequence number, and `--as-of` read the gap as an expired commit although every snapshot
+    existed; the hour got no checkpoint either, so its state was lost once the window passed."""
     catalog, _ = _lake(tmp_path)
     h0 = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS
-    (s1,) = _commits_at(catalog, monkeypatch, [10], h0)
+    now = _Now(monkeypatch, h0 + 10 * 60_000)
+    s1 = _commit(catalog, 0)
+    now.ms = h0 + 20 * 60_000
     table = catalog.load_table(TRADES)
-    clock = _Clock(h0 + 20 * 60_000)
-    monkeypatch.setattr(pyiceberg_snapshots, "time", clock)
     table.manage_snapshots().create_branch(s1, "wap").commit()
     table.append(to_arrow(table, trades("SPY", T14, 3, 10**6)), branch="wap")
-    clock.ms = h0 + 40 * 60_000
-    s2 = append(catalog.load_table(TRADES), trades("SPY", T14 + 10**10, 2, 10**6))
+    now.ms = h0 + 40 * 60_000
+    s2 = _commit(catalog, 1)
     monkeypatch.undo()
 
     table = catalog.load_table(TRADES)
     assert snapshots.resolve_as_of(table, _at(h0 + 30 * 60_000)) == s1
     assert snapshots.resolve_as_of(table, _at(h0 + 50 * 60_000)) == s2
-    # A refusal names the nearest pins: never a staging branch's head, not main's state.
-    when = _at(h0 + 30 * 60_000)
-    message = snapshots._expired_message(table, TRADES, when, h0 + 30 * 60_000)
-    assert "wap" not in message
+    # A refusal names the nearest pins: never a staging branch's head, which is no main state.
+    assert "wap" not in snapshots._expired_message(table, TRADES, _at(h0), h0)
     snapshots.maintain_refs(table, TRADES, checkpoint_max_age_ms=30 * 86_400_000)
     refs = catalog.load_table(TRADES).metadata.refs
     assert refs[snapshots.checkpoint_tag(TRADES, h0)].snapshot_id == s2
 
-    # A rollback of main: the state before it is still exactly the rolled-back snapshot.
-    table = catalog.load_table(TRADES)
-    s3 = append(table, trades("SPY", T14 + 10**11, 2, 10**6))
-    before_rollback = table.current_snapshot().timestamp_ms + 1
-    wait_until(lambda: time.time() * 1000 > before_rollback + 5, 5, "the clock to move on")
-    catalog.load_table(TRADES).manage_snapshots().set_current_snapshot(s2).commit()
-    table = catalog.load_table(TRADES)
-    assert snapshots.resolve_as_of(table, _at(before_rollback)) == s3
+
+def _expire_unprotected(catalog: LakeCatalog, now_ms: int) -> None:
+    TableMaintenance(catalog, TRADES).expire_snapshots(timedelta(minutes=30), now=_at(now_ms))
 
 
-def test_as_of_a_future_time_is_refused(tmp_path: Path) -> None:
+def test_rollbacks_and_publishes_then_expiry_never_answer_with_another_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review14c: a rule that took the first version of the branch fix too far let `--as-of`
+    name a snapshot that was not current: after a rollback and the expiry of the rolled-back
+    load, the snapshot before it; after a staged snapshot's publish and the expiry of the head
+    before it, the unpublished snapshot; and a wrong checkpoint. Exact or refused, never
+    another snapshot."""
+    # A rollback inside an hour, then the lake's expiry of the bad load B.
+    catalog, _ = _lake(tmp_path / "rollback")
+    h0 = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS
+    now = _Now(monkeypatch, h0 + 10 * 60_000)
+    a = _commit(catalog, 0)
+    now.ms = h0 + 20 * 60_000
+    b = _commit(catalog, 1)
+    now.ms = h0 + 30 * 60_000
+    catalog.load_table(TRADES).manage_snapshots().set_current_snapshot(a).commit()
+    monkeypatch.undo()
+    t = _at(h0 + 25 * 60_000)
+    assert snapshots.resolve_as_of(catalog.load_table(TRADES), t) == b  # exact in the window
+    _expire_unprotected(catalog, h0 + 150 * 60_000)
+    assert catalog.load_table(TRADES).snapshot_by_id(b) is None
+    with pytest.raises(snapshots.TimeTravelError, match="cannot tell"):
+        snapshots.resolve_as_of(catalog.load_table(TRADES), t)
+
+    # A staged snapshot S published (set current) after P, then P expired.
+    catalog, _ = _lake(tmp_path / "publish")
+    h0 = (int(time.time() * 1000) // HOUR_MS - 4) * HOUR_MS
+    now = _Now(monkeypatch, h0 + 10 * 60_000)
+    _commit(catalog, 0)
+    now.ms = h0 + HOUR_MS + 60_000
+    p = _commit(catalog, 1)
+    now.ms = h0 + HOUR_MS + 5 * 60_000
+    table = catalog.load_table(TRADES)
+    table.manage_snapshots().create_branch(p, "wap").commit()
+    table.append(to_arrow(table, trades("SPY", T14 + 10**11, 7, 10**6)), branch="wap")
+    staged = catalog.load_table(TRADES).metadata.refs["wap"].snapshot_id
+    now.ms = h0 + HOUR_MS + 50 * 60_000
+    catalog.load_table(TRADES).manage_snapshots().set_current_snapshot(staged).commit()
+    monkeypatch.undo()
+    t = _at(h0 + HOUR_MS + 30 * 60_000)
+    assert snapshots.resolve_as_of(catalog.load_table(TRADES), t) == p
+    _expire_unprotected(catalog, h0 + 3 * HOUR_MS + 30 * 60_000)
+    try:
+        got = snapshots.resolve_as_of(catalog.load_table(TRADES), t)
+    except snapshots.TimeTravelError:
+        got = None
+    assert got in (p, None) and got != staged
+
+    # A rollback across an hour, the bad load expired by pyiceberg: no checkpoint names A for
+    # the hour B closed, and its end is not read as A.
+    catalog, _ = _lake(tmp_path / "across")
+    h0 = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS
+    now = _Now(monkeypatch, h0 + 10 * 60_000)
+    a = _commit(catalog, 0)
+    now.ms = h0 + 50 * 60_000
+    b = _commit(catalog, 1)
+    now.ms = h0 + 70 * 60_000
+    catalog.load_table(TRADES).manage_snapshots().set_current_snapshot(a).commit()
+    monkeypatch.undo()
+    catalog.load_table(TRADES).maintenance.expire_snapshots().by_id(b).commit()
+    snapshots.maintain_refs(
+        catalog.load_table(TRADES), TRADES, checkpoint_max_age_ms=30 * 86_400_000
+    )
+    table = catalog.load_table(TRADES)
+    assert snapshots.checkpoint_tag(TRADES, h0) not in table.metadata.refs
+    with pytest.raises(snapshots.TimeTravelError):
+        snapshots.resolve_as_of(table, _at(h0 + 59 * 60_000))
+
+    # Java's expiry cuts the log before the last snapshot it expires: after a rollback to the
+    # first snapshot, a time before the cut is not "before the table existed" (empty).
+    catalog, _ = _lake(tmp_path / "java")
+    h0 = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS
+    now = _Now(monkeypatch, h0 + 10 * 60_000)
+    a = _commit(catalog, 0)
+    now.ms = h0 + 20 * 60_000
+    b = _commit(catalog, 1)
+    now.ms = h0 + 30 * 60_000
+    catalog.load_table(TRADES).manage_snapshots().set_current_snapshot(a).commit()
+    now.ms = h0 + 70 * 60_000
+    _commit(catalog, 2)
+    monkeypatch.undo()
+    catalog.load_table(TRADES).maintenance.expire_snapshots().by_id(b).commit()
+    table = catalog.load_table(TRADES)
+    whole = table.history
+    cut = [e for e in whole() if e.timestamp_ms >= h0 + 30 * 60_000]
+    monkeypatch.setattr(table, "history", lambda: cut)
+    for minute in (15, 25):
+        with pytest.raises(snapshots.TimeTravelError):
+            snapshots.resolve_as_of(table, _at(h0 + minute * 60_000))
+
+
+def test_as_of_a_future_or_unsettled_time_is_refused(tmp_path: Path) -> None:
     """timetravel14: a time after now (a mistyped year) read whatever was current, a different
-    answer on every run, exit 0."""
+    answer on every run, exit 0; review14c: so did a time a moment ago, before a commit stamped
+    earlier landed."""
     catalog, env = _lake(tmp_path)
     append(catalog.load_table(TRADES), trades("SPY", T14, 2, 10**6))
     res = runner.invoke(app, ["query", f"SELECT 1 FROM {TRADES}", "--as-of", "2062-11-30"], env=env)
-    assert res.exit_code == 1 and "is in the future" in res.output
+    assert res.exit_code == 1 and "is not settled yet" in res.output
     assert "\n" not in res.output.strip()
+    moment_ago = _at(int(time.time() * 1000) - 300)
+    with pytest.raises(snapshots.TimeTravelError, match="not settled yet"):
+        snapshots.resolve_as_of(catalog.load_table(TRADES), moment_ago)
     # Unix nanoseconds read as a snapshot id: the error says how to give a time.
     ns = runner.invoke(app, ["query", f"SELECT 1 FROM {TRADES}", "--as-of", str(T14)], env=env)
     assert ns.exit_code == 1 and "has no snapshot" in ns.output and "give it as ISO" in ns.output
 
 
-def test_a_checkpoint_answers_as_of_after_javas_expiry_cut_the_snapshot_log(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """timetravel14: Spark's and Trino's expire_snapshots drop every snapshot-log entry before
-    the last snapshot they expire, checkpoints' included, and `--as-of` read only the log, so a
-    time its surviving checkpoint covers was refused."""
-    catalog, _ = _lake(tmp_path)
-    h0 = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS
-    s1, s2, s3, s4 = _commits_at(catalog, monkeypatch, [10, 50, 70, 100], h0)
-    table = catalog.load_table(TRADES)
-    snapshots.maintain_refs(table, TRADES, checkpoint_max_age_ms=30 * 86_400_000)
-    table = catalog.load_table(TRADES)
-    assert table.metadata.refs[snapshots.checkpoint_tag(TRADES, h0)].snapshot_id == s2
-    # The log as Java leaves it after expiring s3: nothing before s4.
-    whole = table.history
-    monkeypatch.setattr(table, "history", lambda: [e for e in whole() if e.snapshot_id == s4])
-    assert snapshots.resolve_as_of(table, _at(h0 + 55 * 60_000)) == s2
-    with pytest.raises(snapshots.TimeTravelError, match="cannot tell|expired"):
-        snapshots.resolve_as_of(table, _at(h0 + 30 * 60_000))  # s1's time: not the checkpoint
-    assert s1 and s3
-
-
-def test_quiet_hours_get_checkpoints_and_a_changed_max_age_applies_to_existing_ones(
+def test_quiet_hours_get_checkpoints_and_lake_maintain_applies_a_changed_max_age(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """timetravel14: hours without commits (nights, weekends) got no checkpoint, so their
-    unchanged state could not be pinned by time once the window passed; and raising
-    LAKE_CHECKPOINT_MAX_AGE_DAYS left existing checkpoints at the old age."""
+    unchanged state could not be pinned by time once the window passed; a changed
+    LAKE_CHECKPOINT_MAX_AGE_DAYS left existing checkpoints at the old age. `lake maintain`
+    re-tags them (the writers' in-line runs do not: review14c measured 35 s for 8,760 tags)
+    and drops those a lowered age leaves out."""
     catalog, _ = _lake(tmp_path)
     h0 = (int(time.time() * 1000) // HOUR_MS - 4) * HOUR_MS
-    (s1,) = _commits_at(catalog, monkeypatch, [10], h0)
-    month, year = 30 * 86_400_000, 365 * 86_400_000
+    _Now(monkeypatch, h0 + 10 * 60_000)
+    s1 = _commit(catalog, 0)
+    monkeypatch.undo()
+    month, year, hour = 30 * 86_400_000, 365 * 86_400_000, HOUR_MS
     snapshots.maintain_refs(catalog.load_table(TRADES), TRADES, checkpoint_max_age_ms=month)
     table = catalog.load_table(TRADES)
     quiet = [snapshots.checkpoint_tag(TRADES, h0 + k * HOUR_MS) for k in range(4)]
@@ -496,8 +577,14 @@ def test_quiet_hours_get_checkpoints_and_a_changed_max_age_applies_to_existing_o
     last = quiet[-1]
     assert snapshots.ref_expires_ms(table, last) == h0 + 4 * HOUR_MS + month
 
-    counts = snapshots.maintain_refs(table, TRADES, checkpoint_max_age_ms=year)
+    inline = snapshots.maintain_refs(table, TRADES, checkpoint_max_age_ms=year)
+    assert inline["checkpoints"] == 0  # the writers' runs leave existing tags alone
+    counts = snapshots.maintain_refs(table, TRADES, checkpoint_max_age_ms=year, retag=True)
     table = catalog.load_table(TRADES)
     assert counts["checkpoints"] == 4
     assert snapshots.ref_expires_ms(table, last) == h0 + 4 * HOUR_MS + year
     assert table.metadata.refs[last].snapshot_id == s1
+    lowered = snapshots.maintain_refs(table, TRADES, checkpoint_max_age_ms=2 * hour, retag=True)
+    table = catalog.load_table(TRADES)
+    assert lowered["dropped"] >= 2
+    assert [n for n in quiet if n in table.metadata.refs] == quiet[2:]

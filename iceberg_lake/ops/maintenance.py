@@ -517,7 +517,9 @@ class TableMaintenance:
         else:
             with catalog_errors(f"updating refs of {self.table_id}"):
                 try:
-                    refs = policy.maintain_refs(table, self.table_id, sources, moment)
+                    # `lake maintain` also re-tags checkpoints for a changed max age (one
+                    # long commit for thousands of tags: never in the writers' in-line runs).
+                    refs = policy.maintain_refs(table, self.table_id, sources, moment, retag=True)
                 except CommitFailedException as exc:
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else "conflict"
                     raise CommitConflictError(f"updating refs: {first}") from None
@@ -991,7 +993,12 @@ class ExpiryPolicy:
         )
 
     def maintain_refs(
-        self, table: Table, table_id: str, silver: set[int] | None, now: datetime
+        self,
+        table: Table,
+        table_id: str,
+        silver: set[int] | None,
+        now: datetime,
+        retag: bool = False,
     ) -> dict[str, int]:
         """Update the table's lake refs (`snapshots.maintain_refs`) before expiring."""
         from iceberg_lake.timetravel import snapshots
@@ -1002,6 +1009,7 @@ class ExpiryPolicy:
             checkpoint_max_age_ms=int(self.checkpoint_max_age.total_seconds() * 1000),
             silver_sources=silver,
             now_ms=int(now.timestamp() * 1000),
+            retag=retag,
         )
 
     def refs_aged_out(self, table: Table, now: datetime) -> list[str]:

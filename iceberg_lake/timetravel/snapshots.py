@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import re
@@ -90,6 +91,8 @@ SILVER_SOURCE_PREFIX = "silver-source-"
 _LAKE_TAG_PREFIXES = (CHECKPOINT_PREFIX, REPLAY_PIN_PREFIX, SILVER_SOURCE_PREFIX)
 _HOUR_MS = 3_600_000
 _DAY_MS = 86_400_000
+#: `--as-of` a time at most this long ago is refused: a commit stamped before it may still land.
+SETTLE_MS = 5_000
 
 _TAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}$")
 _RESERVED_REFS = ("main",)
@@ -292,28 +295,44 @@ class _MainLog:
         self.by_id = {s.snapshot_id: s for s in snaps}
         self.seq = {s.snapshot_id: s.sequence_number for s in snaps}
         self.log = [e for e in table.history() if e.snapshot_id in self.by_id]
-        self._present = {s.sequence_number for s in snaps if s.sequence_number is not None}
-        self._created = sorted(
-            (s.timestamp_ms, s.sequence_number) for s in snaps if s.sequence_number is not None
-        )
+        self._last_seq = int(getattr(table.metadata, "last_sequence_number", 0) or 0)
+        self._present = sorted(s.sequence_number for s in snaps if s.sequence_number is not None)
+        # Snapshots by creation time, with the smallest sequence number created at or after each.
+        made = sorted((s.timestamp_ms, s.sequence_number or 0) for s in snaps)
+        self._made_ms = [t for t, _ in made]
+        self._min_seq_from: list[int] = []
+        low = self._last_seq + 1
+        for _, q in reversed(made):
+            low = min(low, q)
+            self._min_seq_from.append(low)
+        self._min_seq_from.reverse()
 
     def follows(self, prev: Any, nxt: Any) -> bool:
         """True when `prev` stayed current on main until `nxt`'s entry (nothing expired between).
 
-        The next sequence number; or `nxt` committed on top of `prev` (a commit on another
-        branch in between took a sequence number: timetravel14); or, for a rollback or any
-        other entry, every sequence number committed after `prev` up to `nxt`'s entry still
-        exists (an expired snapshot leaves a gap; one of another branch makes the answer a
-        cautious no).
+        For `nxt` a commit (its entry is its snapshot's creation): the next sequence number, or
+        committed on top of `prev` (a commit on another branch in between took a sequence
+        number: timetravel14). Otherwise, and for a ref move (a rollback, a publish, a
+        cherry-pick fast-forward: `nxt` existed before its entry), no sequence number assigned
+        after `prev` up to `nxt`'s entry is missing (an expired snapshot leaves a gap; the
+        upper bound is the last number assigned before the first snapshot created after the
+        entry, so an expired one is seen even when every kept snapshot is older: review14c).
+        A snapshot of another branch that was expired makes the answer a cautious no.
         """
         a, b = self.seq.get(prev.snapshot_id), self.seq.get(nxt.snapshot_id)
-        if a is None or b is None or b == a + 1:
-            return True
+        if a is None or b is None:
+            return True  # format v1: no sequence numbers, as before
         snap = self.by_id[nxt.snapshot_id]
-        if snap.parent_snapshot_id == prev.snapshot_id and snap.timestamp_ms == nxt.timestamp_ms:
+        if snap.timestamp_ms == nxt.timestamp_ms and (
+            b == a + 1 or snap.parent_snapshot_id == prev.snapshot_id
+        ):
             return True
-        upto = max((q for t, q in self._created if t <= nxt.timestamp_ms), default=a)
-        return all(n in self._present for n in range(a + 1, upto + 1))
+        after = bisect.bisect_right(self._made_ms, nxt.timestamp_ms)
+        upto = (self._min_seq_from[after] if after < len(self._made_ms) else self._last_seq + 1) - 1
+        if upto <= a:
+            return True
+        present = bisect.bisect_right(self._present, upto) - bisect.bisect_right(self._present, a)
+        return present == upto - a
 
 
 def _snapshot_at(table: Table, when: datetime, name: str) -> int | None:
@@ -329,23 +348,30 @@ def _snapshot_at(table: Table, when: datetime, name: str) -> int | None:
     aware = when if when.tzinfo else when.replace(tzinfo=UTC)
     ms = int(aware.timestamp() * 1000)
     now_ms = int(time.time() * 1000)
-    if ms > now_ms:
+    if ms > now_ms - SETTLE_MS:
         # The state at a later time is not known yet: the current snapshot would be a moving
         # answer, different on every run (timetravel14: a mistyped year read whatever was
-        # current, exit 0).
+        # current, exit 0); nor is it for the last seconds, when a commit stamped before them
+        # may still land (a snapshot's time is taken before its files and catalog commit).
         raise TimeTravelError(
-            f"{name}: --as-of {aware.isoformat()} is in the future (now {_fmt_ms(now_ms)}): "
-            "the state then is not known yet; read the current snapshot (no --as-of) or a tag"
+            f"{name}: --as-of {aware.isoformat()} is not settled yet (now {_fmt_ms(now_ms)}; "
+            f"the last {SETTLE_MS // 1000} s are not): read the current snapshot (no --as-of) "
+            "or a tag"
         )
     main = _MainLog(table)
     log, seq = main.log, main.seq
     idx = next((i for i in range(len(log) - 1, -1, -1) if log[i].timestamp_ms <= ms), None)
     if idx is None:
-        covered = _checkpoint_covering(table, name, ms)
-        if covered is not None:
-            return covered
         first = log[0] if log else None
-        if first is None or seq.get(first.snapshot_id) in (None, 0, 1):
+        if first is None:
+            return None
+        snap = main.by_id[first.snapshot_id]
+        if (
+            seq.get(first.snapshot_id) in (None, 0, 1)
+            and snap.parent_snapshot_id is None
+            and snap.timestamp_ms == first.timestamp_ms
+            and ms < snap.timestamp_ms
+        ):
             return None  # before the table's first snapshot: empty
         raise TimeTravelError(_expired_message(table, name, aware, ms))
     entry = log[idx]
@@ -355,24 +381,15 @@ def _snapshot_at(table: Table, when: datetime, name: str) -> int | None:
         return entry.snapshot_id
     if nxt is not None and main.follows(entry, nxt):
         return entry.snapshot_id
-    if any(end_ms > ms for end_ms in _checkpoint_ends(table, entry.snapshot_id)):
+    # A checkpoint of the entry's snapshot whose hour ends after T vouches for T, unless the
+    # next kept entry comes before that hour's end: the checkpoint may then be of a later
+    # stint of the same snapshot (a rollback to it), with an expired commit in between.
+    if any(
+        ms < end_ms and (nxt is None or nxt.timestamp_ms >= end_ms)
+        for end_ms in _checkpoint_ends(table, entry.snapshot_id)
+    ):
         return entry.snapshot_id
-    covered = _checkpoint_covering(table, name, ms)
-    if covered is not None:
-        return covered
     raise TimeTravelError(_expired_message(table, name, aware, ms, entry.timestamp_ms))
-
-
-def _checkpoint_covering(table: Table, identifier: str, ms: int) -> int | None:
-    """The checkpoint of the hour holding `ms` when its snapshot was committed at or before
-    `ms`: the hour's last commit, so nothing changed between it and `ms`. Read from the tag
-    itself, not the snapshot log: Java's expiry (Spark, Trino) drops every log entry before
-    the last snapshot it expires, checkpoints' included (timetravel14)."""
-    ref = table.metadata.refs.get(checkpoint_tag(identifier, ms - ms % _HOUR_MS))
-    snap = table.snapshot_by_id(ref.snapshot_id) if ref is not None else None
-    if snap is None or snap.timestamp_ms > ms:
-        return None
-    return snap.snapshot_id
 
 
 def _checkpoint_ends(table: Table, snapshot_id: int) -> list[int]:
@@ -706,7 +723,7 @@ def list_refs(table: Table) -> list[dict[str, Any]]:
 
 
 def checkpoints_due(
-    table: Table, identifier: str, max_age_ms: int, now_ms: int
+    table: Table, identifier: str, max_age_ms: int, now_ms: int, retag: bool = False
 ) -> dict[str, tuple[int, int]]:
     """Checkpoint tags `maintain_refs` would create now (also for dry runs).
 
@@ -715,8 +732,9 @@ def checkpoints_due(
     had none, so their unchanged state could not be pinned by time once the window passed). A
     tag is made only when that is certain (the snapshot stayed current until its successor on
     main, `_MainLog.follows`, or is still current). Hours closed longer ago than `max_age_ms`
-    are left out; an existing checkpoint tag whose max-ref-age is not what `max_age_ms` gives
-    now is made again on its snapshot (the setting was changed).
+    are left out. With `retag` (`lake maintain`, never the writers' in-line policy: thousands of
+    tags are one long commit), an existing checkpoint tag whose max-ref-age is not what
+    `max_age_ms` gives now is made again on its snapshot (the setting was changed).
 
     Args:
         table: the table whose history is read.
@@ -755,6 +773,8 @@ def checkpoints_due(
             ref = refs.get(name)
             if ref is None:
                 due[name] = (entry.snapshot_id, age)
+            elif not retag:
+                continue
             elif ref.max_ref_age_ms != hour_end + max_age_ms - _commit_ms(table, ref.snapshot_id):
                 # The setting changed: the same snapshot, the age it gives now (timetravel14).
                 due[name] = (
@@ -776,6 +796,7 @@ def maintain_refs(
     checkpoint_max_age_ms: int,
     silver_sources: set[int] | None = None,
     now_ms: int | None = None,
+    retag: bool = False,
 ) -> dict[str, int]:
     """Bring the lake's refs of one table up to date, in one metadata commit (or none).
 
@@ -799,7 +820,16 @@ def maintain_refs(
         and (expires := ref_expires_ms(table, name)) is not None
         and expires < now
     ]
-    due = checkpoints_due(table, identifier, checkpoint_max_age_ms, now)
+    due = checkpoints_due(table, identifier, checkpoint_max_age_ms, now, retag)
+    if retag:
+        # A lowered max age: the checkpoints of hours now outside it go too.
+        prefix = f"{CHECKPOINT_PREFIX}{identifier}-"
+        for name in refs:
+            hour = _checkpoint_hour(name) if name.startswith(prefix) else None
+            if hour is None or name in drop:
+                continue
+            if int(hour.timestamp() * 1000) + _HOUR_MS + checkpoint_max_age_ms <= now:
+                drop.append(name)
     add_silver: list[int] = []
     remove_silver: list[str] = []
     if silver_sources is not None:
@@ -819,8 +849,8 @@ def maintain_refs(
         # An expiry since the read (of a checkpoint's snapshot) fails the commit, not a ValueError.
         require_snapshots(tx, [*(sid for sid, _ in due.values()), *add_silver])
         ms = ManageSnapshots(tx)
-        retag = [n for n in due if n in refs and n not in drop]
-        for name in [*drop, *remove_silver, *retag]:
+        again = [n for n in due if n in refs and n not in drop]
+        for name in [*drop, *remove_silver, *again]:
             ms = ms.remove_tag(name)
         for name, (sid, age) in due.items():
             ms = ms.create_tag(sid, name, max_ref_age_ms=age)
