@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ import pytest
 from ingest_support import run_until_idle
 from pyiceberg.schema import Schema
 from pyiceberg.types import BinaryType, TimestampType, TimestamptzType
+from support.wait import wait_until
 from table_rows import make_rows
 from timetravel_data import HOUR_NS, T14, append, futures, to_arrow, trades
 
@@ -605,6 +607,9 @@ def test_lake_compact_engine_spark_equals_duckdb_silver_row_for_row(
     pinned_at = datetime.fromtimestamp(stamps[pinned] / 1000, UTC).isoformat(
         timespec="milliseconds"
     )
+    # `--as-of` refuses the last seconds (a commit stamped before them may still land).
+    settled = stamps[pinned] + snapshots.SETTLE_MS
+    wait_until(lambda: time.time() * 1000 > settled, 30, "the pinned time to settle")
 
     with SilverCompactor(catalog) as compactor:
         # Silver first holds an earlier state, so both runs below replace partitions.

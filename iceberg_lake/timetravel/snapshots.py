@@ -310,29 +310,27 @@ class _MainLog:
     def follows(self, prev: Any, nxt: Any) -> bool:
         """True when `prev` stayed current on main until `nxt`'s entry (nothing expired between).
 
-        For `nxt` a commit (its entry is its snapshot's creation): the next sequence number, or
-        committed on top of `prev` (a commit on another branch in between took a sequence
-        number: timetravel14). Otherwise, and for a ref move (a rollback, a publish, a
-        cherry-pick fast-forward: `nxt` existed before its entry), no sequence number assigned
-        after `prev` up to `nxt`'s entry is missing (an expired snapshot leaves a gap; the
-        upper bound is the last number assigned before the first snapshot created after the
-        entry, so an expired one is seen even when every kept snapshot is older: review14c).
-        A snapshot of another branch that was expired makes the answer a cautious no.
+        For `nxt` a commit (its entry is its snapshot's creation): committed on top of `prev` (a
+        commit on another branch in between takes a sequence number and changes nothing:
+        timetravel14). For a ref move (a rollback, a publish, a cherry-pick fast-forward: `nxt`
+        existed before its entry): no sequence number assigned up to the move is missing, the
+        bound being the last number assigned before the first snapshot created after the move
+        (an expired snapshot, newer or older than `prev`, leaves a gap: review14c, review14d).
+        Any expired snapshot before a move makes the answer a cautious no.
         """
         a, b = self.seq.get(prev.snapshot_id), self.seq.get(nxt.snapshot_id)
         if a is None or b is None:
             return True  # format v1: no sequence numbers, as before
         snap = self.by_id[nxt.snapshot_id]
-        if snap.timestamp_ms == nxt.timestamp_ms and (
-            b == a + 1 or snap.parent_snapshot_id == prev.snapshot_id
-        ):
-            return True
+        if snap.timestamp_ms == nxt.timestamp_ms:
+            # A commit follows only what it was committed on (review14d: "the next sequence
+            # number" also fit a commit on a rolled-back-to snapshot that was then expired).
+            return snap.parent_snapshot_id == prev.snapshot_id
+        # A ref move may go to an older snapshot, whose expiry leaves no gap above `prev`:
+        # every sequence number assigned up to the move must still exist (review14d).
         after = bisect.bisect_right(self._made_ms, nxt.timestamp_ms)
         upto = (self._min_seq_from[after] if after < len(self._made_ms) else self._last_seq + 1) - 1
-        if upto <= a:
-            return True
-        present = bisect.bisect_right(self._present, upto) - bisect.bisect_right(self._present, a)
-        return present == upto - a
+        return bisect.bisect_right(self._present, upto) == upto
 
 
 def _snapshot_at(table: Table, when: datetime, name: str) -> int | None:
@@ -360,6 +358,18 @@ def _snapshot_at(table: Table, when: datetime, name: str) -> int | None:
         )
     main = _MainLog(table)
     log, seq = main.log, main.seq
+    for earlier, later in zip(log, log[1:], strict=False):
+        if later.timestamp_ms <= ms <= earlier.timestamp_ms and later.timestamp_ms < (
+            earlier.timestamp_ms
+        ):
+            # The log goes back in time here (a writer's clock behind another's; pyiceberg
+            # accepts it): which snapshot was current at T cannot be told (review14d).
+            raise TimeTravelError(
+                f"{name}: cannot tell which snapshot was current at {aware.isoformat()}: the "
+                f"snapshot log goes back from {_fmt_ms(earlier.timestamp_ms)} to "
+                f"{_fmt_ms(later.timestamp_ms)} there (writers' clocks differ); pin a snapshot "
+                "id or a tag"
+            )
     idx = next((i for i in range(len(log) - 1, -1, -1) if log[i].timestamp_ms <= ms), None)
     if idx is None:
         first = log[0] if log else None
