@@ -447,6 +447,37 @@ def _expire_unprotected(catalog: LakeCatalog, now_ms: int) -> None:
     TableMaintenance(catalog, TRADES).expire_snapshots(timedelta(minutes=30), now=_at(now_ms))
 
 
+def _play(
+    catalog: LakeCatalog, monkeypatch: pytest.MonkeyPatch, steps: list[tuple[int, str]]
+) -> tuple[int, dict[str, int]]:
+    """Main's history at minutes after an hour start 3 h ago: `(minute, "x")` commits a
+    snapshot named x, `(minute, "->x")` sets main back (or forth) to x. Returns the hour start
+    and the snapshot ids by name."""
+    h0 = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS
+    now = _Now(monkeypatch, h0)
+    ids: dict[str, int] = {}
+    for i, (minute, step) in enumerate(steps):
+        now.ms = h0 + minute * 60_000
+        if step.startswith("->"):
+            table = catalog.load_table(TRADES)
+            table.manage_snapshots().set_current_snapshot(ids[step[2:]]).commit()
+        else:
+            ids[step] = _commit(catalog, i)
+    monkeypatch.undo()
+    return h0, ids
+
+
+def _resolve(catalog: LakeCatalog, t: datetime) -> int | None:
+    try:
+        return snapshots.resolve_as_of(catalog.load_table(TRADES), t)
+    except snapshots.TimeTravelError:
+        return None
+
+
+def _expire(catalog: LakeCatalog, snapshot_id: int) -> None:
+    catalog.load_table(TRADES).maintenance.expire_snapshots().by_id(snapshot_id).commit()
+
+
 def test_rollbacks_and_publishes_then_expiry_never_answer_with_another_snapshot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -455,20 +486,13 @@ def test_rollbacks_and_publishes_then_expiry_never_answer_with_another_snapshot(
     load, the snapshot before it; after a staged snapshot's publish and the expiry of the head
     before it, the unpublished snapshot; and a wrong checkpoint. Exact or refused, never
     another snapshot."""
-    # A rollback inside an hour, then the lake's expiry of the bad load B.
+    # A rollback inside an hour, then the lake's expiry of the bad load b.
     catalog, _ = _lake(tmp_path / "rollback")
-    h0 = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS
-    now = _Now(monkeypatch, h0 + 10 * 60_000)
-    a = _commit(catalog, 0)
-    now.ms = h0 + 20 * 60_000
-    b = _commit(catalog, 1)
-    now.ms = h0 + 30 * 60_000
-    catalog.load_table(TRADES).manage_snapshots().set_current_snapshot(a).commit()
-    monkeypatch.undo()
+    h0, ids = _play(catalog, monkeypatch, [(10, "a"), (20, "b"), (30, "->a")])
     t = _at(h0 + 25 * 60_000)
-    assert snapshots.resolve_as_of(catalog.load_table(TRADES), t) == b  # exact in the window
+    assert _resolve(catalog, t) == ids["b"]  # exact in the window
     _expire_unprotected(catalog, h0 + 150 * 60_000)
-    assert catalog.load_table(TRADES).snapshot_by_id(b) is None
+    assert catalog.load_table(TRADES).snapshot_by_id(ids["b"]) is None
     with pytest.raises(snapshots.TimeTravelError, match="cannot tell"):
         snapshots.resolve_as_of(catalog.load_table(TRADES), t)
 
@@ -496,40 +520,22 @@ def test_rollbacks_and_publishes_then_expiry_never_answer_with_another_snapshot(
         got = None
     assert got in (p, None) and got != staged
 
-    # A rollback across an hour, the bad load expired by pyiceberg: no checkpoint names A for
-    # the hour B closed, and its end is not read as A.
+    # A rollback across an hour, the bad load expired by pyiceberg: no checkpoint names a for
+    # the hour b closed, and its end is not read as a.
     catalog, _ = _lake(tmp_path / "across")
-    h0 = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS
-    now = _Now(monkeypatch, h0 + 10 * 60_000)
-    a = _commit(catalog, 0)
-    now.ms = h0 + 50 * 60_000
-    b = _commit(catalog, 1)
-    now.ms = h0 + 70 * 60_000
-    catalog.load_table(TRADES).manage_snapshots().set_current_snapshot(a).commit()
-    monkeypatch.undo()
-    catalog.load_table(TRADES).maintenance.expire_snapshots().by_id(b).commit()
+    h0, ids = _play(catalog, monkeypatch, [(10, "a"), (50, "b"), (70, "->a")])
+    _expire(catalog, ids["b"])
     snapshots.maintain_refs(
         catalog.load_table(TRADES), TRADES, checkpoint_max_age_ms=30 * 86_400_000
     )
-    table = catalog.load_table(TRADES)
-    assert snapshots.checkpoint_tag(TRADES, h0) not in table.metadata.refs
-    with pytest.raises(snapshots.TimeTravelError):
-        snapshots.resolve_as_of(table, _at(h0 + 59 * 60_000))
+    assert snapshots.checkpoint_tag(TRADES, h0) not in catalog.load_table(TRADES).metadata.refs
+    assert _resolve(catalog, _at(h0 + 59 * 60_000)) is None
 
     # Java's expiry cuts the log before the last snapshot it expires: after a rollback to the
     # first snapshot, a time before the cut is not "before the table existed" (empty).
     catalog, _ = _lake(tmp_path / "java")
-    h0 = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS
-    now = _Now(monkeypatch, h0 + 10 * 60_000)
-    a = _commit(catalog, 0)
-    now.ms = h0 + 20 * 60_000
-    b = _commit(catalog, 1)
-    now.ms = h0 + 30 * 60_000
-    catalog.load_table(TRADES).manage_snapshots().set_current_snapshot(a).commit()
-    now.ms = h0 + 70 * 60_000
-    _commit(catalog, 2)
-    monkeypatch.undo()
-    catalog.load_table(TRADES).maintenance.expire_snapshots().by_id(b).commit()
+    h0, ids = _play(catalog, monkeypatch, [(10, "a"), (20, "b"), (30, "->a"), (70, "c")])
+    _expire(catalog, ids["b"])
     table = catalog.load_table(TRADES)
     whole = table.history
     cut = [e for e in whole() if e.timestamp_ms >= h0 + 30 * 60_000]

@@ -11,117 +11,80 @@ import time
 from pathlib import Path
 
 import pytest
-from test_retention import HOUR_MS, TRADES, _at, _commit, _expire_unprotected, _lake, _Now
+from test_retention import (
+    HOUR_MS,
+    TRADES,
+    _at,
+    _commit,
+    _expire,
+    _expire_unprotected,
+    _lake,
+    _Now,
+    _play,
+    _resolve,
+)
 
 from iceberg_lake.timetravel import snapshots
 
+ROLLED_BACK = [(5, "x"), (10, "a"), (20, "->x"), (30, "b")]  # a: a bad load, rolled back
 
-def test_rollback_to_older_snapshot_then_its_expiry_reads_the_rolled_back_one(
+
+def test_a_rolled_back_to_snapshot_expired_by_pyiceberg_is_not_read_as_the_bad_load(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """X, A, rollback to X, B (parent X, seq = A's + 1); pyiceberg expires X.
-    Between the rollback and B, X was current -- resolve_as_of must not say A."""
+    """Between the rollback and b, x was current: after x's expiry, never a."""
     catalog, _ = _lake(tmp_path)
-    h0 = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS
-    now = _Now(monkeypatch, h0 + 5 * 60_000)
-    x = _commit(catalog, 0)
-    now.ms = h0 + 10 * 60_000
-    a = _commit(catalog, 1)
-    now.ms = h0 + 20 * 60_000
-    catalog.load_table(TRADES).manage_snapshots().set_current_snapshot(x).commit()
-    now.ms = h0 + 30 * 60_000
-    b = _commit(catalog, 2)
-    monkeypatch.undo()
+    h0, ids = _play(catalog, monkeypatch, ROLLED_BACK)
     t = _at(h0 + 25 * 60_000)
-    assert snapshots.resolve_as_of(catalog.load_table(TRADES), t) == x  # exact before expiry
-    catalog.load_table(TRADES).maintenance.expire_snapshots().by_id(x).commit()
-    table = catalog.load_table(TRADES)
-    assert table.snapshot_by_id(x) is None and table.snapshot_by_id(a) is not None
-    try:
-        got = snapshots.resolve_as_of(table, t)
-    except snapshots.TimeTravelError:
-        got = None
-    assert got != a, f"as-of {t} answered A ({a}); X ({x}) was current then (B={b})"
+    assert _resolve(catalog, t) == ids["x"]  # exact before expiry
+    _expire(catalog, ids["x"])
+    assert _resolve(catalog, t) != ids["a"]
 
 
-def _resolve(catalog, t):  # noqa: ANN001, ANN202
-    try:
-        return snapshots.resolve_as_of(catalog.load_table(TRADES), t)
-    except snapshots.TimeTravelError:
-        return None
-
-
-def test_lake_expiry_of_the_rolled_back_to_snapshot_answers_with_the_bad_load(
+def test_a_rolled_back_to_snapshot_expired_by_the_lake_is_not_read_as_the_bad_load(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Good X, bad load A, rollback to X, B; the lake's own expiry (30 min window) drops X
-    (older than the cut) and keeps A: as-of between the rollback and B reads the bad load."""
+    """The lake's own expiry (30 min window, cut at +8 min) drops x and keeps a; with a user tag
+    on a (kept for the incident) and a later expiry, the same (a wrong answer would last)."""
+    for cut, tag in ((38, False), (150, True)):
+        catalog, _ = _lake(tmp_path / f"{cut}")
+        h0, ids = _play(catalog, monkeypatch, ROLLED_BACK)
+        if tag:
+            catalog.load_table(TRADES).manage_snapshots().create_tag(ids["a"], "incident").commit()
+        t = _at(h0 + 25 * 60_000)
+        assert _resolve(catalog, t) == ids["x"]
+        _expire_unprotected(catalog, h0 + cut * 60_000)
+        table = catalog.load_table(TRADES)
+        assert table.snapshot_by_id(ids["x"]) is None and table.snapshot_by_id(ids["a"])
+        assert _resolve(catalog, t) != ids["a"]
+
+
+def test_a_rollback_away_and_back_then_expiry_is_not_read_through_the_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """x, a, back to x, forth to a, c; x expired: while x was current, never a."""
     catalog, _ = _lake(tmp_path)
-    h0 = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS
-    now = _Now(monkeypatch, h0 + 5 * 60_000)
-    x = _commit(catalog, 0)
-    now.ms = h0 + 10 * 60_000
-    a = _commit(catalog, 1)
-    now.ms = h0 + 20 * 60_000
-    catalog.load_table(TRADES).manage_snapshots().set_current_snapshot(x).commit()
-    now.ms = h0 + 30 * 60_000
-    _commit(catalog, 2)
-    monkeypatch.undo()
+    steps = [(5, "x"), (10, "a"), (20, "->x"), (30, "->a"), (40, "c")]
+    h0, ids = _play(catalog, monkeypatch, steps)
     t = _at(h0 + 25 * 60_000)
-    assert _resolve(catalog, t) == x
-    _expire_unprotected(catalog, h0 + 38 * 60_000)  # cut at h0+8 min: X goes, A stays
-    table = catalog.load_table(TRADES)
-    assert table.snapshot_by_id(x) is None and table.snapshot_by_id(a) is not None
-    assert _resolve(catalog, t) != a, "as-of answered the rolled-back bad load A"
+    assert _resolve(catalog, t) == ids["x"]
+    _expire(catalog, ids["x"])
+    assert _resolve(catalog, t) != ids["a"]
 
 
-def test_rollback_to_older_and_back_then_expiry_answers_a_through_the_gap(
+def test_no_checkpoint_names_a_snapshot_not_current_at_its_hours_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """X, A, rollback to X, rollback to A, C; X expired: the A->A ref move passes the gap check
-    (X's sequence number is below A's), so as-of while X was current answers A."""
+    """x, a, back to x, b in the next hour; x expired before the lake tags the hour: hour h0's
+    checkpoint must not name a (x was current at its end)."""
     catalog, _ = _lake(tmp_path)
-    h0 = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS
-    now = _Now(monkeypatch, h0 + 5 * 60_000)
-    x = _commit(catalog, 0)
-    now.ms = h0 + 10 * 60_000
-    a = _commit(catalog, 1)
-    now.ms = h0 + 20 * 60_000
-    catalog.load_table(TRADES).manage_snapshots().set_current_snapshot(x).commit()
-    now.ms = h0 + 30 * 60_000
-    catalog.load_table(TRADES).manage_snapshots().set_current_snapshot(a).commit()
-    now.ms = h0 + 40 * 60_000
-    _commit(catalog, 2)
-    monkeypatch.undo()
-    t = _at(h0 + 25 * 60_000)
-    assert _resolve(catalog, t) == x
-    catalog.load_table(TRADES).maintenance.expire_snapshots().by_id(x).commit()
-    assert _resolve(catalog, t) != a, "as-of answered A; X was current"
-
-
-def test_checkpoint_of_the_hour_tagged_on_a_snapshot_not_current_at_its_end(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """X, A, rollback to X, then B in the next hour; X expired by pyiceberg before the lake
-    tags the hour: maintain_refs tags hour h0 on A (X was current at its end)."""
-    catalog, _ = _lake(tmp_path)
-    h0 = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS
-    now = _Now(monkeypatch, h0 + 5 * 60_000)
-    x = _commit(catalog, 0)
-    now.ms = h0 + 10 * 60_000
-    a = _commit(catalog, 1)
-    now.ms = h0 + 20 * 60_000
-    catalog.load_table(TRADES).manage_snapshots().set_current_snapshot(x).commit()
-    now.ms = h0 + 90 * 60_000
-    _commit(catalog, 2)
-    monkeypatch.undo()
-    catalog.load_table(TRADES).maintenance.expire_snapshots().by_id(x).commit()
+    h0, ids = _play(catalog, monkeypatch, [(5, "x"), (10, "a"), (20, "->x"), (90, "b")])
+    _expire(catalog, ids["x"])
     snapshots.maintain_refs(
         catalog.load_table(TRADES), TRADES, checkpoint_max_age_ms=30 * 86_400_000
     )
-    refs = catalog.load_table(TRADES).metadata.refs
-    tag = refs.get(snapshots.checkpoint_tag(TRADES, h0))
-    assert tag is None or tag.snapshot_id != a, "hour h0's checkpoint names A; X was current"
+    tag = catalog.load_table(TRADES).metadata.refs.get(snapshots.checkpoint_tag(TRADES, h0))
+    assert tag is None or tag.snapshot_id != ids["a"]
 
 
 def test_publish_of_an_older_staged_snapshot_then_its_expiry_answers_the_head_before(
@@ -154,47 +117,15 @@ def test_publish_of_an_older_staged_snapshot_then_its_expiry_answers_the_head_be
     assert _resolve(catalog, t) != a, "as-of answered A; the published S was current"
 
 
-def test_a_tagged_bad_load_makes_the_wrong_answer_permanent_under_the_lakes_expiry(
+def test_a_log_that_goes_back_in_time_is_refused_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As above, but the bad load A carries a user tag (kept for the incident) and the lake's
-    expiry runs hours later: X goes, A stays, and as-of between rollback and B reads A forever."""
-    catalog, _ = _lake(tmp_path)
-    h0 = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS
-    now = _Now(monkeypatch, h0 + 5 * 60_000)
-    x = _commit(catalog, 0)
-    now.ms = h0 + 10 * 60_000
-    a = _commit(catalog, 1)
-    now.ms = h0 + 20 * 60_000
-    catalog.load_table(TRADES).manage_snapshots().set_current_snapshot(x).commit()
-    catalog.load_table(TRADES).manage_snapshots().create_tag(a, "incident-bad-load").commit()
-    now.ms = h0 + 30 * 60_000
-    _commit(catalog, 2)
-    monkeypatch.undo()
-    t = _at(h0 + 25 * 60_000)
-    assert _resolve(catalog, t) == x
-    _expire_unprotected(catalog, h0 + 150 * 60_000)
-    table = catalog.load_table(TRADES)
-    assert table.snapshot_by_id(x) is None and table.snapshot_by_id(a) is not None
-    assert _resolve(catalog, t) != a, "as-of answered the rolled-back bad load A"
-
-
-def test_skewed_writer_clock_hides_a_snapshot_from_every_as_of(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Writer 2's clock is 3 min behind writer 1's: B (parent A) is stamped before A, and
+    """Writer 2's clock is 3 min behind writer 1's: b (parent a) is stamped before a, and
     pyiceberg keeps the log out of order. Inside that stretch which snapshot was current cannot
-    be told: refused (it answered B, whose parent A had not even been committed by its stamp)."""
+    be told: refused (it answered b, whose parent a had not even been committed by its stamp)."""
     catalog, _ = _lake(tmp_path)
-    h0 = (int(time.time() * 1000) // HOUR_MS - 3) * HOUR_MS
-    now = _Now(monkeypatch, h0 + 5 * 60_000)
-    x = _commit(catalog, 0)
-    now.ms = h0 + 10 * 60_000
-    a = _commit(catalog, 1)
-    now.ms = h0 + 8 * 60_000  # skewed host, really committed at ~h0+11
-    b = _commit(catalog, 2)
-    monkeypatch.undo()
+    h0, ids = _play(catalog, monkeypatch, [(5, "x"), (10, "a"), (8, "b")])
     table = catalog.load_table(TRADES)
     assert [e.timestamp_ms - h0 for e in table.history()] == [300_000, 600_000, 480_000]
     got = {m: _resolve(catalog, _at(h0 + m * 60_000)) for m in (6, 9, 10)}
-    assert got == {6: x, 9: None, 10: None}, (got, a, b)
+    assert got == {6: ids["x"], 9: None, 10: None}, got
