@@ -359,9 +359,9 @@ def _snapshot_at(table: Table, when: datetime, name: str) -> int | None:
     main = _MainLog(table)
     log, seq = main.log, main.seq
     for earlier, later in zip(log, log[1:], strict=False):
-        if later.timestamp_ms <= ms <= earlier.timestamp_ms and later.timestamp_ms < (
-            earlier.timestamp_ms
-        ):
+        skew = earlier.timestamp_ms - later.timestamp_ms
+        # The later entry may have landed up to the skew after the earlier one's stamp too.
+        if skew > 0 and later.timestamp_ms <= ms <= earlier.timestamp_ms + skew:
             # The log goes back in time here (a writer's clock behind another's; pyiceberg
             # accepts it): which snapshot was current at T cannot be told (review14d).
             raise TimeTravelError(
@@ -376,13 +376,19 @@ def _snapshot_at(table: Table, when: datetime, name: str) -> int | None:
         if first is None:
             return None
         snap = main.by_id[first.snapshot_id]
+        summary = snap.summary.additional_properties if snap.summary else {}
         if (
-            seq.get(first.snapshot_id) in (None, 0, 1)
+            seq.get(first.snapshot_id) == 1
+            and table.metadata.format_version >= 2
             and snap.parent_snapshot_id is None
             and snap.timestamp_ms == first.timestamp_ms
+            and summary.get("total-records") == summary.get("added-records")
             and ms < snap.timestamp_ms
         ):
-            return None  # before the table's first snapshot: empty
+            # Before the table's first snapshot: empty. Only a v2 table's first commit (sequence
+            # number 1, nothing before its rows) is known to be one: a v1 table's are all 0, and
+            # an expiry blanks the parent of the snapshot after the one it removes (review14e).
+            return None
         raise TimeTravelError(_expired_message(table, name, aware, ms))
     entry = log[idx]
     nxt = log[idx + 1] if idx + 1 < len(log) else None
@@ -403,13 +409,19 @@ def _snapshot_at(table: Table, when: datetime, name: str) -> int | None:
 
 
 def _checkpoint_ends(table: Table, snapshot_id: int) -> list[int]:
-    """End (epoch ms) of each checkpoint hour whose tag points at `snapshot_id`."""
+    """End (epoch ms) of each checkpoint hour whose tag points at `snapshot_id`: only tags as
+    the lake makes them (this table's name, a max-ref-age), not a user's tag named like one
+    (review14e)."""
     out = []
+    identifier = _table_name(table)
     for ref_name, ref in table.metadata.refs.items():
-        if ref.snapshot_id == snapshot_id and ref_name.startswith(CHECKPOINT_PREFIX):
-            hour = _checkpoint_hour(ref_name)
-            if hour is not None:
-                out.append(int(hour.timestamp() * 1000) + _HOUR_MS)
+        if ref.snapshot_id != snapshot_id or ref.max_ref_age_ms is None:
+            continue
+        hour = _checkpoint_hour(ref_name)
+        if hour is not None:
+            start = int(hour.timestamp() * 1000)
+            if ref_name == checkpoint_tag(identifier, start):
+                out.append(start + _HOUR_MS)
     return out
 
 
@@ -545,6 +557,12 @@ def _check_tag_name(name: str) -> None:
         )
     if parse_timestamp(name) is not None:
         raise TimeTravelError(f"invalid tag name {name!r}: it reads as a timestamp")
+    if is_lake_ref(name):
+        # The lake's own refs mean something (a checkpoint vouches for its hour): review14e.
+        raise TimeTravelError(
+            f"invalid tag name {name!r}: names starting with {', '.join(_LAKE_TAG_PREFIXES)} "
+            "are the lake's own refs"
+        )
 
 
 def create_tag(
