@@ -148,8 +148,8 @@ class Settings:
     nats_tls_key: Path | None = None
     #: JetStream domain of the streams (leaf-node set-ups); empty = the server's own JetStream.
     nats_domain: str | None = None
-    #: The lake's migrations folder, when not the shipped one (`lake migrate --dir` default,
-    #: and what `lake status`/`lake serve` check pending and applied steps against).
+    #: The lake's own migrations folder, planned with the shipped one (`lake migrate`, and the
+    #: pending-migration checks of `lake status`/`lake serve`).
     migrations_dir: Path | None = None
     # Micro-batches: large batches (commit CPU per row falls from 24 us at 1k rows to 1.2 us at
     # 50k: docs/ingest.md, "Throughput") and long intervals (few, large files; docs/live.md).

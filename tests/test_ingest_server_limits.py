@@ -108,7 +108,7 @@ def test_the_puller_learns_a_consumers_byte_and_expiry_limits_and_names_other_re
             except BusUnavailableError as exc:
                 refusal = str(exc)
             await puller.close()
-            return len(got), puller.bytes_limit, puller.expires_limit, len(empty), refusal
+            return len(got), puller.limits.max_bytes, puller.limits.expires, len(empty), refusal
         finally:
             await nc.close()
 

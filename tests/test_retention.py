@@ -354,13 +354,15 @@ def test_expire_snapshots_reports_a_run_that_only_tagged_a_checkpoint(
     dry = json.loads(
         _cli(env, "maintain", "expire-snapshots", "-t", TRADES, "--dry-run", "-o", "json")
     )
-    assert dry[0]["checkpoints_tagged"] == 1 and dry[0]["expired_snapshots"] == 0
+    # The three closed hours since the commit (its own and two quiet ones), as the run tags.
+    assert dry[0]["checkpoints_tagged"] == 3 and dry[0]["expired_snapshots"] == 0
     assert snapshots.checkpoint_tag(TRADES, h0) not in catalog.load_table(TRADES).metadata.refs
 
     out = _cli({**env, "COLUMNS": "200"}, "maintain", "expire-snapshots", "-t", TRADES)
     assert "nothing to do" not in out and "checkpoints_tagged" in out and TRADES in out
     refs = catalog.load_table(TRADES).metadata.refs
-    assert refs[snapshots.checkpoint_tag(TRADES, h0)].snapshot_id == only
+    hours = [snapshots.checkpoint_tag(TRADES, h0 + k * hour) for k in range(3)]
+    assert [refs[n].snapshot_id for n in hours] == [only] * 3
     assert "expire-snapshots: nothing to do in 1 table(s)" in _cli(
         env, "maintain", "expire-snapshots", "-t", TRADES
     )

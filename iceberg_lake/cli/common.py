@@ -163,6 +163,12 @@ class Window:
         """Whether a window was asked for (`--start` or `--session`)."""
         return self.start is not None or self.session is not None
 
+    def calendar_of(self, tables: Sequence[str]) -> str:
+        """`--calendar`, else the default for `tables` (`sessions.calendar_for`)."""
+        from iceberg_lake.timetravel.sessions import calendar_for
+
+        return self.calendar or calendar_for(tables)
+
     def origin(self, tables: Sequence[str] = ()) -> dict[str, Any]:
         """How a `--session` window was chosen, for a replay manifest (empty otherwise): the
         session, the calendar and the calendar package's version (its hours may change)."""
@@ -170,25 +176,19 @@ class Window:
             return {}
         from importlib.metadata import version
 
-        from iceberg_lake.timetravel.sessions import calendar_for, resolve_calendar
+        from iceberg_lake.timetravel.sessions import resolve_calendar
 
-        calendar = resolve_calendar(self.calendar or calendar_for(tables))
         package = "pandas-market-calendars"
         return {
             "session": self.session,
-            "calendar": calendar,
+            "calendar": resolve_calendar(self.calendar_of(tables)),
             "calendars": f"{package} {version(package)}",
         }
 
     def ns(self, tables: Sequence[str] = ()) -> tuple[int, int]:
         """The `[start_ns, end_ns)` window (see `parse_window`); without `--calendar`, a
         session's calendar follows `tables` (`sessions.calendar_for`)."""
-        calendar = self.calendar
-        if calendar is None and self.session is not None:
-            from iceberg_lake.timetravel.sessions import calendar_for
-
-            calendar = calendar_for(tables)
-        return parse_window(self.start, self.end, self.session, calendar or "XNYS")
+        return parse_window(self.start, self.end, self.session, self.calendar_of(tables))
 
 
 def window_options(

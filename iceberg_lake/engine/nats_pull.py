@@ -17,7 +17,7 @@ stay buffered, in order, for the next fetch.
 
 Server limits: a request beyond the server's (or the consumer's) pull limits is refused with
 `409 Exceeded MaxRequestBatch of N` (also `MaxRequestMaxBytes`, `MaxRequestExpires`). The puller
-then caps its requests at N for good (`batch_limit`, logged once) and asks again in the same
+then caps its requests at N for good (`PullLimits`, logged once) and asks again in the same
 fetch: treated as an ordinary end of request, the refusal looked like an empty stream and the
 writer stalled without a word (review14). A 409 this module does not know ends the fetch with a
 `BusUnavailableError`, so the writer resets with a visible line instead of polling forever.
@@ -42,6 +42,7 @@ import logging
 import re
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nats.js.api import Header
@@ -78,6 +79,17 @@ _PENDING_MSGS = 1_000_000
 _PENDING_BYTES = 1024 * 1024 * 1024
 
 
+@dataclass
+class PullLimits:
+    """The server's (or consumer's) limits on one pull request, learnt from its refusals. One
+    object outlives the pullers of a writer's consumer resets (a limit is learnt, and logged,
+    once)."""
+
+    batch: int | None = None
+    max_bytes: int | None = None
+    expires: float | None = None
+
+
 class BatchPuller:
     """Pull messages from a durable consumer in large, byte-bounded batches.
 
@@ -88,7 +100,9 @@ class BatchPuller:
         consumer: durable consumer name.
     """
 
-    def __init__(self, nc: Client, prefix: str, stream: str, consumer: str) -> None:
+    def __init__(
+        self, nc: Client, prefix: str, stream: str, consumer: str, limits: PullLimits | None = None
+    ) -> None:
         self.nc = nc
         self.subject = f"{prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self.inbox = nc.new_inbox()
@@ -101,9 +115,7 @@ class BatchPuller:
         #: Why the consumer cannot deliver any more (it was deleted), once the server said so.
         self._gone: str | None = None
         #: The server's limits on one pull request, once it refused a request beyond them.
-        self.batch_limit: int | None = None
-        self.bytes_limit: int | None = None
-        self.expires_limit: float | None = None
+        self.limits = limits if limits is not None else PullLimits()
         #: A request refused for a limit (asked again, capped, in the same fetch).
         self._refused = False
         #: A 409 this module does not know (ends the fetch with an error).
@@ -166,11 +178,11 @@ class BatchPuller:
                 seconds = sum(float(n) * _GO_UNITS[u] for n, u in parts)
                 if not parts or seconds <= 0:
                     raise ValueError(value)
-                self.expires_limit = seconds
+                self.limits.expires = seconds
             elif what == "Batch":
-                self.batch_limit = max(1, int(value))
+                self.limits.batch = max(1, int(value))
             else:
-                self.bytes_limit = max(1, int(value))
+                self.limits.max_bytes = max(1, int(value))
         except ValueError:
             self._unknown = description
             return
@@ -186,13 +198,14 @@ class BatchPuller:
         return self._open_count > 0 and time.monotonic() < self._open_until
 
     async def _request(self, batch: int, max_bytes: int, expires: float | None) -> None:
-        if self.batch_limit is not None:
-            batch = min(batch, self.batch_limit)
-        if self.bytes_limit is not None:
-            max_bytes = min(max_bytes, self.bytes_limit)
-        if expires is not None and self.expires_limit is not None:
+        limits = self.limits
+        if limits.batch is not None:
+            batch = min(batch, limits.batch)
+        if limits.max_bytes is not None:
+            max_bytes = min(max_bytes, limits.max_bytes)
+        if expires is not None and limits.expires is not None:
             # Under the limit: the server compares the nanoseconds asked with its own.
-            expires = min(expires, self.expires_limit * 0.9)
+            expires = min(expires, limits.expires * 0.9)
         self._refused = False
         req: dict[str, Any] = {"batch": batch, "max_bytes": max_bytes}
         if expires is None:

@@ -66,7 +66,7 @@ from iceberg_lake.engine.nats import (
     reset_consumer,
     stream_identity,
 )
-from iceberg_lake.engine.nats_pull import BatchPuller
+from iceberg_lake.engine.nats_pull import BatchPuller, PullLimits
 from iceberg_lake.exceptions import (
     CatalogUnavailableError,
     CommitConflictError,
@@ -336,8 +336,8 @@ class ConsumerWriter:
         self.fetch_max_bytes = fetch_max_bytes
         #: This lake's identity in its lease records (`_lake_identity`), once read.
         self._lake: str | None = None
-        #: The server's pull request limits the last puller learnt (kept across resets).
-        self._pull_limits: tuple[int | None, int | None, float | None] | None = None
+        #: The server's pull request limits, shared by the pullers of every consumer reset.
+        self._pull_limits = PullLimits()
         gold = target.startswith(GOLD + ".")
         self.batch_size = settings.gold_batch_size if gold else settings.bronze_batch_size
         self.batch_seconds = settings.gold_batch_seconds if gold else settings.bronze_batch_seconds
@@ -532,19 +532,16 @@ class ConsumerWriter:
 
     async def _resubscribe(self) -> None:
         if self.psub is not None:
-            old = self.psub
-            self._pull_limits = (old.batch_limit, old.bytes_limit, old.expires_limit)
             with contextlib.suppress(Exception):
-                await old.close()
+                await self.psub.close()
             self.psub = None
         await self.check_stream(start=True)
         await reset_consumer(self.js, self.target, self.position + 1)
         if self.nc is None:
             raise RuntimeError("ConsumerWriter needs a connection (nc=) to consume")
-        puller = BatchPuller(self.nc, api_prefix(self.settings), self.stream, self.consumer)
-        if self._pull_limits is not None:
-            # The server's pull limits, learnt once (not again, with a warning, per reset).
-            puller.batch_limit, puller.bytes_limit, puller.expires_limit = self._pull_limits
+        puller = BatchPuller(
+            self.nc, api_prefix(self.settings), self.stream, self.consumer, self._pull_limits
+        )
         await puller.start()
         self.psub = puller
         self.max_sseq = self.position
@@ -969,9 +966,7 @@ class ConsumerWriter:
         free_events = max(1, limit - self.batch.events)
         # The server's limit on one pull request, once it refused a larger one: asking for
         # more would make every fetch short, and a short fetch reads as drained.
-        most = FETCH_BATCH
-        if self.psub is not None and self.psub.batch_limit is not None:
-            most = min(most, self.psub.batch_limit)
+        most = min(FETCH_BATCH, self._pull_limits.batch or FETCH_BATCH)
         return max(1, min(most, int(free_events / self.events_per_message)))
 
     def idle(self) -> bool:

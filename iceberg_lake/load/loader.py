@@ -596,8 +596,8 @@ def load_file(
                         c
                         for c in unused_columns(mapping, target, rows_in.column_names)
                         if rows_in.column(c).null_count < rows_in.num_rows
+                        and not (mine is not None and c == TABLE_COLUMN)
                     )
-                    unknown.discard(TABLE_COLUMN if mine is not None else "")
                 converted = convert(rows_in, mapping, target, source_name, problems, default_source)
                 if defaulted and converted.table.num_rows:
                     # A key some line has, null or not (JSON writers may write `"bid_px": null`

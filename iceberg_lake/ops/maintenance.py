@@ -510,10 +510,11 @@ class TableMaintenance:
         extra = set(sources or ())
         refs: dict[str, int] = {}
         if dry_run:
+            # What the real run below would do (`lake maintain` re-tags: retag=True).
             due = policy.refs_due(table, self.table_id, moment)
-            extra |= due
+            extra |= {sid for sid, _age in due.values()}
             refs["checkpoints"] = len(due)
-            refs["dropped"] = len(policy.refs_aged_out(table, moment))
+            refs["dropped"] = len(policy.tags_to_drop(table, self.table_id, moment))
         else:
             with catalog_errors(f"updating refs of {self.table_id}"):
                 try:
@@ -1012,30 +1013,30 @@ class ExpiryPolicy:
             retag=retag,
         )
 
-    def refs_aged_out(self, table: Table, now: datetime) -> list[str]:
-        """Tags whose max-ref-age ran out: `maintain_refs` drops them (for dry runs)."""
-        from iceberg_lake.timetravel.snapshots import ref_expires_ms
-
-        now_ms = int(now.timestamp() * 1000)
-        return [
-            name
-            for name, ref in table.metadata.refs.items()
-            if ref.snapshot_ref_type == SnapshotRefType.TAG
-            and (expires := ref_expires_ms(table, name)) is not None
-            and expires < now_ms
-        ]
-
-    def refs_due(self, table: Table, table_id: str, now: datetime) -> set[int]:
-        """Snapshots `maintain_refs` would tag as checkpoints now (for dry runs)."""
+    def tags_to_drop(self, table: Table, table_id: str, now: datetime) -> list[str]:
+        """Tags `lake maintain`'s `maintain_refs` would drop now (for dry runs)."""
         from iceberg_lake.timetravel import snapshots
 
-        due = snapshots.checkpoints_due(
+        return snapshots.tags_to_drop(
             table,
             table_id,
             int(self.checkpoint_max_age.total_seconds() * 1000),
             int(now.timestamp() * 1000),
+            retag=True,
         )
-        return {sid for sid, _age in due.values()}
+
+    def refs_due(self, table: Table, table_id: str, now: datetime) -> dict[str, tuple[int, int]]:
+        """Checkpoint tags `lake maintain`'s `maintain_refs` would make now, new or re-made
+        (for dry runs): tag name → (snapshot id, max-ref-age ms)."""
+        from iceberg_lake.timetravel import snapshots
+
+        return snapshots.checkpoints_due(
+            table,
+            table_id,
+            int(self.checkpoint_max_age.total_seconds() * 1000),
+            int(now.timestamp() * 1000),
+            retag=True,
+        )
 
     def select(
         self, table: Table, protected: set[int], now: datetime

@@ -709,8 +709,6 @@ class MigrationRunner:
 
     def migrations(self) -> list[Migration]:
         """The migration files, ordered."""
-        if len(self.folders) == 1:
-            return discover(self.folders[0])
         merged: dict[int, Migration] = {}
         for folder in self.folders:
             for m in discover(folder):

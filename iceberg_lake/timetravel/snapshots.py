@@ -801,15 +801,32 @@ def checkpoints_due(
             ref = refs.get(name)
             if ref is None:
                 due[name] = (entry.snapshot_id, age)
-            elif not retag:
-                continue
-            elif ref.max_ref_age_ms != hour_end + max_age_ms - _commit_ms(table, ref.snapshot_id):
+            elif retag:
                 # The setting changed: the same snapshot, the age it gives now (timetravel14).
-                due[name] = (
-                    ref.snapshot_id,
-                    hour_end + max_age_ms - _commit_ms(table, ref.snapshot_id),
-                )
+                wanted = hour_end + max_age_ms - _commit_ms(table, ref.snapshot_id)
+                if ref.max_ref_age_ms != wanted:
+                    due[name] = (ref.snapshot_id, wanted)
     return due
+
+
+def tags_to_drop(
+    table: Table, identifier: str, max_age_ms: int, now_ms: int, retag: bool = False
+) -> list[str]:
+    """Tags `maintain_refs` drops now (also for dry runs): those whose max-ref-age ran out (as
+    Spark's and Trino's expiry do; pyiceberg's doesn't), and with `retag` the checkpoints of
+    hours a lowered `max_age_ms` leaves out."""
+    prefix = f"{CHECKPOINT_PREFIX}{identifier}-"
+    drop = []
+    for name, ref in table.metadata.refs.items():
+        if ref.snapshot_ref_type != SnapshotRefType.TAG:
+            continue
+        expires = ref_expires_ms(table, name)
+        hour = _checkpoint_hour(name) if retag and name.startswith(prefix) else None
+        if (expires is not None and expires < now_ms) or (
+            hour is not None and int(hour.timestamp() * 1000) + _HOUR_MS + max_age_ms <= now_ms
+        ):
+            drop.append(name)
+    return drop
 
 
 def _commit_ms(table: Table, snapshot_id: int) -> int:
@@ -841,23 +858,8 @@ def maintain_refs(
     """
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     refs = table.metadata.refs
-    drop = [
-        name
-        for name, ref in refs.items()
-        if ref.snapshot_ref_type == SnapshotRefType.TAG
-        and (expires := ref_expires_ms(table, name)) is not None
-        and expires < now
-    ]
+    drop = tags_to_drop(table, identifier, checkpoint_max_age_ms, now, retag)
     due = checkpoints_due(table, identifier, checkpoint_max_age_ms, now, retag)
-    if retag:
-        # A lowered max age: the checkpoints of hours now outside it go too.
-        prefix = f"{CHECKPOINT_PREFIX}{identifier}-"
-        for name in refs:
-            hour = _checkpoint_hour(name) if name.startswith(prefix) else None
-            if hour is None or name in drop:
-                continue
-            if int(hour.timestamp() * 1000) + _HOUR_MS + checkpoint_max_age_ms <= now:
-                drop.append(name)
     add_silver: list[int] = []
     remove_silver: list[str] = []
     if silver_sources is not None:
