@@ -176,3 +176,51 @@ def test_a_date_with_a_utc_offset_is_refused_not_read_as_a_time(session_data: di
     with pytest.raises(TimeTravelError, match="needs a time"):  # review14b: with seconds too
         parse_timestamp("2024-03-11+05:30:00")
     assert "Traceback" not in res.output
+
+
+def test_events_next_to_the_session_are_named_not_dropped_silently(
+    session_data: dict, lake: LakeCatalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """desk14: a `--session` window leaves out what lies between sessions (a pit calendar's
+    half day closed 15 minutes before Globex, a closing cross stamped at the close, pre- and
+    post-market prints) and said nothing. Each command reading a session names them on
+    stderr: how many on each side, the nearest one, at the pins it read."""
+    from iceberg_lake.timetravel.query import Lake
+    from iceberg_lake.timetravel.sessions import events_outside, neighbours
+
+    window = session_window("2024-05-13", "CME Globex Equity")
+    # Friday 16:00 Chicago, and 17:00 the same evening (CME's daily break).
+    assert neighbours(window) == (_ns(2024, 5, 10, 21), _ns(2024, 5, 13, 22))
+    monkeypatch.setenv("LAKE_DATA_DIR", str(session_data["settings"].data_dir))
+    # The fixture's trades every 10 minutes from Sunday 20:00 UTC: 12 before the 22:00 open
+    # (the last at 21:50), 6 between the 21:00 close and the 22:00 open, the rest in sessions.
+    said = (
+        "not in session 2024-05-13, left out: bronze.futures_trades has 12 events since the "
+        "previous close (the last at 2024-05-12T21:50:00.000Z) and 6 events from the close to "
+        "the next open (the first at 2024-05-13T21:00:00.000Z); --start/--end takes them"
+    )
+    runner = CliRunner()
+    out = tmp_path / "e.ndjson"
+    replay = runner.invoke(
+        app, ["replay", "--tables", FUT, "--session", "2024-05-13", "--out", str(out)]
+    )
+    assert replay.exit_code == 0, replay.output
+    assert said in replay.stderr and len(out.read_text().splitlines()) == 138
+    bars = runner.invoke(app, ["bars", FUT, "--every", "1h", "--session", "2024-05-13"])
+    assert bars.exit_code == 0 and said in bars.stderr
+    # Only the symbols asked for; a window of dates says nothing.
+    other = runner.invoke(app, ["bars", FUT, "--session", "2024-05-13", "--symbols", "NQ"])
+    assert other.exit_code == 0 and "not in session" not in other.stderr
+    dates = runner.invoke(app, ["bars", FUT, "--start", "2024-05-13"])
+    assert dates.exit_code == 0 and "not in session" not in dates.stderr
+
+    # At the pins read: rows committed after a pin are not counted for it.
+    table = lake.load_table(FUT)
+    append(table, futures("ES", _ns(2024, 5, 13, 21, 30), 1, SEC))
+    pin = table.refresh().current_snapshot().snapshot_id
+    append(table, futures("ES", _ns(2024, 5, 13, 21, 5), 2, SEC))
+    with Lake(lake) as reader:
+        (then,) = events_outside(reader, [FUT], window, pin)
+        (now,) = events_outside(reader, [FUT], window)
+    assert (then.before, then.after, then.first_after_ns) == (0, 1, _ns(2024, 5, 13, 21, 30))
+    assert (now.after, now.first_after_ns) == (3, _ns(2024, 5, 13, 21, 5))

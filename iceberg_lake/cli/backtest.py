@@ -148,6 +148,7 @@ def bars(
             origin_ns=origin_ns,
             symbols=wanted,
         )
+        window.note_outside(lake, [table], parse_as_of(as_of), wanted)
     result.emit(series, f"{table} {every} bars")
     if wanted and (missing := _symbols_without_rows(series, wanted)):
         # A typo (`SPX` for `SPY`) or a symbol the window lacks: say so rather than an empty
@@ -198,6 +199,8 @@ def asof(
             lookback_ns=int(lookback * 1e9),
             as_of=parse_as_of(as_of),
         )
+        # The trades are the rows out; quotes before the open are what prevails at it.
+        window.note_outside(lake, [left], parse_as_of(as_of))
     result.emit(joined, f"{left} as of {right}")
 
 

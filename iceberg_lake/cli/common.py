@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -25,6 +25,9 @@ from iceberg_lake.cli.output import (
 from iceberg_lake.config import Settings, load_settings
 from iceberg_lake.exceptions import LakeError
 from iceberg_lake.timetravel import snapshots
+
+if TYPE_CHECKING:
+    from iceberg_lake.timetravel.query import Lake
 
 __all__ = [
     "AS_OF_OPTION",
@@ -190,6 +193,49 @@ class Window:
         session's calendar follows `tables` (`sessions.calendar_for`)."""
         return parse_window(self.start, self.end, self.session, self.calendar_of(tables))
 
+    def note_outside(
+        self,
+        lake: Lake,
+        tables: Sequence[str],
+        as_of: snapshots.AsOfSpec = None,
+        symbols: Sequence[str] | None = None,
+    ) -> None:
+        """After a `--session` read: one stderr line for each of `tables` holding events
+        between the session and its neighbours, which the window leaves out (desk14: the last
+        minutes of a half day on the pit calendar, a closing cross stamped at the close, pre-
+        and post-market prints were left out without a word). `lake` is the `Lake` the
+        command reads with, `as_of` its pins, `symbols` its symbols (None: all)."""
+        if self.session is None:
+            return
+        from iceberg_lake.timetravel.sessions import events_outside, session_window
+
+        session = session_window(self.session, self.calendar_of(tables))
+        try:
+            found = events_outside(lake, tables, session, as_of, symbols)
+        except LakeError:
+            return  # the command's own read has said what is wrong with a table
+        for outside in found:
+            sides = []
+            if outside.before:
+                assert outside.last_before_ns is not None
+                sides.append(
+                    f"{outside.before:,} events since the previous close (the last at "
+                    f"{_utc_ms(outside.last_before_ns)})"
+                )
+            if outside.after:
+                assert outside.first_after_ns is not None
+                sides.append(
+                    f"{outside.after:,} events from the close to the next open (the first at "
+                    f"{_utc_ms(outside.first_after_ns)})"
+                )
+            if sides:
+                err_console.print(
+                    f"not in session {session.day.isoformat()}, left out: {outside.table} has "
+                    f"{' and '.join(sides)}; --start/--end takes them",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+
 
 def window_options(
     *, start_help: str = "Unix ns (not s/ms) or ISO time/date (UTC).", end_help: str | None = None
@@ -286,6 +332,11 @@ def parse_since_ns(text: str, option: str = "--since") -> int:
 
 def _utc(ns: int) -> str:
     return datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _utc_ms(ns: int) -> str:
+    when = datetime.fromtimestamp(ns // 1_000_000_000, UTC)
+    return f"{when:%Y-%m-%dT%H:%M:%S}.{ns % 1_000_000_000 // 1_000_000:03d}Z"
 
 
 def parse_window(

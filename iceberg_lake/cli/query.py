@@ -540,6 +540,14 @@ def replay(
             follow=follow,
         )
         engine.window_origin = window.origin(names)
+        if window.session is not None and not live:
+            from iceberg_lake.timetravel.query import Lake
+
+            snapshot_ids: dict[str, AsOf] = {
+                t: sid for t, sid in engine.pins.items() if sid is not None
+            }
+            with Lake(catalog) as lake:
+                window.note_outside(lake, list(snapshot_ids), snapshot_ids)
     interrupted = stopped = False
     written = {"events": 0}  # events in the output so far (kept up to date by the writers)
     try:

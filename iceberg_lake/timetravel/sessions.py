@@ -17,7 +17,8 @@ days (2024-07-03, 11-29, 12-24) at 12:00 Chicago, 15 minutes before Globex, so t
 those last minutes fall in no session (desk14); use `CME Globex Equity` for Globex data.
 
 A session is `[open, close)`: a print stamped at the close (NYSE's closing cross, 16:00:00.000
-New York or later) is not in it.
+New York or later) is not in it. `events_outside` counts what a session leaves out next to it
+(between the previous close and the open, the close and the next open; `neighbours`).
 
 Example::
 
@@ -29,19 +30,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iceberg_lake.dates import utc_date
+from iceberg_lake.engine.duck import quote_ident, quote_str
 from iceberg_lake.exceptions import TimeTravelError
+from iceberg_lake.timetravel.snapshots import AsOfSpec
+
+if TYPE_CHECKING:
+    from iceberg_lake.timetravel.query import Lake
 
 __all__ = [
     "DEFAULT_CALENDAR",
     "FUTURES_CALENDAR",
+    "Outside",
     "Session",
     "calendar_for",
     "calendar_names",
+    "events_outside",
+    "neighbours",
     "session_window",
 ]
 
@@ -151,3 +160,73 @@ def session_window(day: str | date, calendar: str = DEFAULT_CALENDAR) -> Session
         raise TimeTravelError(f"{calendar} has no trading session on {label.isoformat()}")
     row = schedule.iloc[0]
     return Session(label, calendar, _to_ns(row["market_open"]), _to_ns(row["market_close"]))
+
+
+#: How far `neighbours` looks for the previous and next sessions (holidays, long weekends).
+_NEIGHBOUR_DAYS = 14
+
+
+def neighbours(session: Session) -> tuple[int, int]:
+    """`(previous close, next open)` of `session` on its calendar, in Unix ns: the gaps
+    `[previous close, open)` and `[close, next open)` belong to no session (nights, weekends,
+    CME's daily break, the minutes a pit calendar's half day leaves out). A neighbour more
+    than two weeks away is taken as two weeks away."""
+    cal = _calendar(session.calendar)
+    reach = timedelta(days=_NEIGHBOUR_DAYS)
+    schedule = cal.schedule(
+        start_date=(session.day - reach).isoformat(), end_date=(session.day + reach).isoformat()
+    )
+    closes = [_to_ns(t) for t in schedule["market_close"] if _to_ns(t) <= session.open_ns]
+    opens = [_to_ns(t) for t in schedule["market_open"] if _to_ns(t) >= session.close_ns]
+    span = _NEIGHBOUR_DAYS * 86_400 * _NS
+    return (
+        max(closes, default=session.open_ns - span),
+        min(opens, default=session.close_ns + span),
+    )
+
+
+@dataclass(frozen=True)
+class Outside:
+    """One table's events next to a session but in no session (`events_outside`)."""
+
+    table: str
+    #: Events in `[previous close, open)`, and the time of the last of them.
+    before: int
+    last_before_ns: int | None
+    #: Events in `[close, next open)`, and the time of the first of them.
+    after: int
+    first_after_ns: int | None
+
+
+def events_outside(
+    lake: Lake,
+    tables: Sequence[str],
+    session: Session,
+    as_of: AsOfSpec = None,
+    symbols: Sequence[str] | None = None,
+) -> list[Outside]:
+    """The events of `tables` between `session` and its neighbours (`neighbours`), at the
+    same pins as the read they accompany: what a `--session` window leaves out next to it
+    (pre- and post-market prints, a closing cross stamped at the close, a pit calendar's
+    half day that closes before the market; desk14). `symbols`: only these symbols' events.
+
+    Raises:
+        LakeError: a table cannot be read (unknown table, no `ts_event_ns`, bad pin).
+    """
+    previous_close, next_open = neighbours(session)
+    opens, closes = session.open_ns, session.close_ns
+    only = f" AND symbol IN ({', '.join(quote_str(s) for s in symbols)})" if symbols else ""
+    found = []
+    for table in tables:
+        name = ".".join(quote_ident(part) for part in table.split("."))
+        sql = (
+            f"SELECT count(*) FILTER (WHERE ts_event_ns < {opens}), "
+            f"max(ts_event_ns) FILTER (WHERE ts_event_ns < {opens}), "
+            f"count(*) FILTER (WHERE ts_event_ns >= {closes}), "
+            f"min(ts_event_ns) FILTER (WHERE ts_event_ns >= {closes}) FROM {name} "
+            f"WHERE ((ts_event_ns >= {previous_close} AND ts_event_ns < {opens}) "
+            f"OR (ts_event_ns >= {closes} AND ts_event_ns < {next_open})){only}"
+        )
+        before, last, after, first = lake.query(sql, as_of).to_pylist()[0].values()
+        found.append(Outside(table, int(before), last, int(after), first))
+    return found
