@@ -224,3 +224,28 @@ def test_events_next_to_the_session_are_named_not_dropped_silently(
         (now,) = events_outside(reader, [FUT], window)
     assert (then.before, then.after, then.first_after_ns) == (0, 1, _ns(2024, 5, 13, 21, 30))
     assert (now.after, now.first_after_ns) == (3, _ns(2024, 5, 13, 21, 5))
+
+
+def test_the_session_containing_an_instant() -> None:
+    """desk14: `session_window` of a CME evening's local day is the session that closed at
+    16:00 (or none on a Sunday); `session_containing` gives the one trading then."""
+    from iceberg_lake.timetravel.sessions import session_containing
+
+    chicago = ZoneInfo("America/Chicago")
+    tuesday_evening = datetime(2024, 3, 12, 18, tzinfo=chicago)
+    wednesday = session_window("2024-03-13", "CME Globex Equity")
+    assert session_containing(tuesday_evening, "CME Globex Equity") == wednesday
+    assert session_window(tuesday_evening, "CME Globex Equity").day.isoformat() == "2024-03-12"
+    sunday_evening = datetime(2024, 3, 10, 18, tzinfo=chicago)
+    monday = session_containing(sunday_evening, "CME Globex Equity")
+    assert monday is not None and monday.day.isoformat() == "2024-03-11"
+    # The daily break and the weekend are in no session; the close is not in its session.
+    assert (
+        session_containing(datetime(2024, 3, 12, 16, 30, tzinfo=chicago), "CME Globex Equity")
+        is None
+    )
+    assert session_containing(wednesday.close_ns, "CME Globex Equity") is None
+    assert session_containing(wednesday.close_ns - 1, "CME Globex Equity") == wednesday
+    assert session_containing(datetime(2024, 3, 9, 12, tzinfo=chicago), "XNYS") is None
+    with pytest.raises(TimeTravelError, match="no time zone"):
+        session_containing(datetime(2024, 3, 12, 18))

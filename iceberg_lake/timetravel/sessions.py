@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,7 @@ __all__ = [
     "calendar_names",
     "events_outside",
     "neighbours",
+    "session_containing",
     "session_window",
 ]
 
@@ -133,8 +134,9 @@ def session_window(day: str | date, calendar: str = DEFAULT_CALENDAR) -> Session
 
     Args:
         day: the trading day (`YYYY-MM-DD` or a date; an aware datetime names the calendar's
-            local day); for overnight markets the session that *closes* on that day (CME's
-            convention).
+            local day, which for CME after 16:00 Chicago is not the session trading then: use
+            `session_containing` for an instant); for overnight markets the session that
+            *closes* on that day (CME's convention).
         calendar: a `pandas-market-calendars` name, e.g. `XNYS` or `CME Globex Equity`.
 
     Returns:
@@ -160,6 +162,35 @@ def session_window(day: str | date, calendar: str = DEFAULT_CALENDAR) -> Session
         raise TimeTravelError(f"{calendar} has no trading session on {label.isoformat()}")
     row = schedule.iloc[0]
     return Session(label, calendar, _to_ns(row["market_open"]), _to_ns(row["market_close"]))
+
+
+def session_containing(when: datetime | int, calendar: str = DEFAULT_CALENDAR) -> Session | None:
+    """The session trading at `when` (an aware datetime or Unix ns), None between sessions.
+
+    CME's evening belongs to the next day's session: 2024-03-12 18:00 Chicago is in the
+    2024-03-13 session, Sunday 2024-03-10 18:00 in Monday's (desk14: `session_window` of the
+    local day gave a session that had closed, or none).
+
+    Raises:
+        TimeTravelError: unknown calendar, or a naive datetime (its zone is unknown).
+    """
+    if isinstance(when, datetime):
+        if when.tzinfo is None:
+            raise TimeTravelError(f"{when.isoformat()} has no time zone: give an aware datetime")
+        when_ns = (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1_000
+    else:
+        when_ns = int(when)
+    calendar = resolve_calendar(calendar)
+    day = datetime.fromtimestamp(when_ns // _NS, tz=UTC).date()
+    schedule = _calendar(calendar).schedule(
+        start_date=(day - timedelta(days=3)).isoformat(),
+        end_date=(day + timedelta(days=3)).isoformat(),
+    )
+    for label, row in schedule.iterrows():
+        open_ns, close_ns = _to_ns(row["market_open"]), _to_ns(row["market_close"])
+        if open_ns <= when_ns < close_ns:
+            return Session(label.date(), calendar, open_ns, close_ns)
+    return None
 
 
 #: How far `neighbours` looks for the previous and next sessions (holidays, long weekends).
