@@ -285,3 +285,45 @@ def test_running_writer_follows_a_new_optional_column(
     asyncio.run(scenario())
     got = LakeCatalog(settings).load_table(table).scan().to_arrow().sort_by("seq")
     assert got.column("venue_x").to_pylist() == [None, "LIT"]
+
+
+def test_a_field_the_table_lacks_costs_no_table_load_per_commit(
+    tmp_path: Path, nats: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Producers that keep sending a field the table does not store (a vendor's extra field):
+    the writer looks at the catalog pointers every 50 ms for a migration, and its own commits
+    moved the pointer, so it loaded its table's whole metadata again after every commit."""
+    from ingest_support import publish_async
+
+    from iceberg_lake.ingest.service import LakeService
+
+    settings = settings_for(tmp_path, nats.url, LAKE_BRONZE_BATCH_SECONDS="0.05")
+    table = "bronze.stocks_trades"
+    loads: list[str] = []
+    load_table = LakeCatalog.load_table
+
+    def counted(self: LakeCatalog, identifier: str) -> object:
+        loads.append(identifier)
+        return load_table(self, identifier)
+
+    async def scenario() -> None:
+        service = LakeService(settings, [table])
+        runner = asyncio.create_task(service.run())
+        try:
+            for i in range(12):
+                event = {**make_event(table, i), "venue_x": "DARK"}
+                await publish_async(settings, [("market.stocks.trades", encode(event), None)])
+                await await_until(
+                    lambda i=i: service.committed_events > i, 60, f"commit {i}", alive=runner
+                )
+                if i == 1:  # the writer is loaded and has seen the field: count from here
+                    monkeypatch.setattr(LakeCatalog, "load_table", counted)
+                await asyncio.sleep(0.06)  # past the 50 ms pointer check
+        finally:
+            await service.stop()
+            await asyncio.wait_for(runner, 60)
+
+    asyncio.run(scenario())
+    reloads = loads.count(table)  # 10 before: one per commit
+    assert load_table(LakeCatalog(settings), table).scan().to_arrow().num_rows == 12
+    assert reloads == 0, loads

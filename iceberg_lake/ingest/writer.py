@@ -1521,8 +1521,10 @@ class ConsumerWriter:
                 self.committed_events += rows.num_rows
                 self.commit_latencies.append(elapsed)
                 # The commit's response is the table's fresh metadata: a schema change made
-                # meanwhile (a rename) shows here first.
+                # meanwhile (a rename) shows here first. Its pointer is then known, so the
+                # check for a migration does not load the table again for this commit.
                 self._follow_schema(tid, table)
+                self._schema_pointers[tid] = table.metadata_location
             snapshot = table.current_snapshot()
             log.info(
                 "flush %s: %d rows, snapshot %s, seq %d..%d, %.0f ms",
