@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ingest_support import count_rows, encode, make_event, publish, settings_for
+from ingest_support import count_rows, encode, make_event, publish, publish_async, settings_for
 from nats.js.api import ConsumerConfig
+from support.wait import await_until
 from test_ingest_domain import _serve, _wait_port
 
+from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.engine import nats as bus
 from iceberg_lake.engine.nats_pull import BatchPuller
 from iceberg_lake.exceptions import BusUnavailableError
@@ -115,3 +117,54 @@ def test_the_puller_learns_a_consumers_byte_and_expiry_limits_and_names_other_re
     got, bytes_limit, expires_limit, empty, refusal = asyncio.run(pull())
     assert got == 50 and bytes_limit == 64 * 1024 and expires_limit == 0.5 and empty == 0
     assert "push based" in refusal
+
+
+def test_the_learnt_limit_outlives_a_server_restart_mid_drain(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The limited server restarted (same store) while a writer drains a backlog: the writer
+    re-reads from its committed position on a new puller, which keeps the limit learnt by the
+    first (one `PullLimits` per writer; a copy per puller asked for 5,000 again and was refused
+    again after every reset). Everything is stored once."""
+    (port,) = free_ports(1)
+    config = (
+        f"listen: 127.0.0.1:{port}\n"
+        f'jetstream {{ store_dir: "{tmp_path / "js"}", limits {{ max_request_batch: 100 }} }}\n'
+    )
+    server = _serve(tmp_path, "limited", config)
+    _wait_port(server, port)
+    settings = settings_for(tmp_path, f"nats://127.0.0.1:{port}")
+    n = 4_000
+    events = [("market.stocks.trades", encode(make_event(TABLE, i)), None) for i in range(n)]
+    publish(settings, events[: n // 2], acked=True)
+    service = LakeService(settings, [TABLE])
+
+    async def drain() -> None:
+        nonlocal server
+        runner = asyncio.create_task(service.run())
+        try:
+            await await_until(lambda: service.committed_events > 0, 60, "a first commit")
+            server.stop()
+            server = _serve(tmp_path, "limited-again", config)
+            await asyncio.to_thread(_wait_port, server, port)
+            await publish_async(settings, events[n // 2 :], acked=True)
+            await await_until(
+                lambda: service.committed_events >= n, 90, "every event", alive=runner
+            )
+        finally:
+            await service.stop()
+            await asyncio.wait_for(runner, 60)
+
+    try:
+        with caplog.at_level(logging.INFO):
+            asyncio.run(drain())
+        (writer,) = [w for w in service.writers if w.target == TABLE]
+    finally:
+        server.stop()
+    assert service.committed_events == n
+    rows = LakeCatalog(settings).load_table(TABLE).scan().to_arrow()
+    assert rows.num_rows == n and len(set(rows.column("seq").to_pylist())) == n
+    resets = [r for r in caplog.records if "re-reading from the committed position" in r.message]
+    refused = [r for r in caplog.records if "Exceeded MaxRequestBatch of 100" in r.getMessage()]
+    assert resets and len(refused) == 1, [r.getMessage() for r in refused]
+    assert writer._pull_limits.batch == 100
