@@ -441,3 +441,55 @@ def test_a_committed_tables_metadata_gone_for_good_stops_the_commit_with_its_lin
 
     with pytest.raises(CorruptMetadataError, match="does not exist"):
         asyncio.run(commit())
+
+
+def test_a_stale_schema_check_racing_a_commit_is_corrected_at_the_next_check(
+    tmp_path: Path,
+) -> None:
+    """review15: the migration check (thread A) loads the table, someone else's commit and a
+    migration land, the writer's own commit (thread B) follows the migration from its
+    response and records its pointer, then A follows the older metadata it loaded: the codec
+    went back to the old schema with the catalog's current pointer recorded, so no check
+    loaded again until the next commit (up to the flush interval, 30 s by default). The pointer
+    is now recorded with the schema followed, so the next check corrects it."""
+    from pyiceberg.types import StringType
+
+    settings, writer, _ = _two_writers(tmp_path)
+    writer._reload_schemas()
+    other = LakeCatalog(settings)
+    with other.load_table(TABLE).transaction() as tx:  # e.g. maintenance: same schema
+        tx.set_properties({"review15": "x"})
+    old_id = writer.codecs[TABLE].schema_id
+    follow = writer._follow_schema
+    raced: list[int] = []
+
+    def racing_follow(tid: str, table: Any) -> bool:
+        if not raced and table.schema().schema_id == old_id:
+            # A has loaded (before the migration); B commits after it, in between.
+            with other.load_table(TABLE).update_schema() as update:
+                update.add_column("venue_x", StringType())
+            asyncio.run(asyncio.wait_for(writer._commit(_batch(1, 1)), 60))
+            raced.append(writer.codecs[TABLE].schema_id)
+        return follow(tid, table)
+
+    writer._follow_schema = racing_follow  # type: ignore[method-assign]
+    writer._reload_schemas()  # A
+    new_id = other.load_table(TABLE).schema().schema_id
+    assert raced == [new_id] and writer.codecs[TABLE].schema_id == old_id  # the race
+    writer._last_schema_check = 0.0
+    assert writer._reload_schemas()  # the next check loads again and follows the migration
+    assert writer.codecs[TABLE].schema_id == new_id
+
+    # The other order: the check follows the migration, then a commit's older response is
+    # followed late (it landed before the migration). Corrected at the next check too (before
+    # this change it was not: the check's pointer stayed recorded with the older schema).
+    older = other.load_table(TABLE)
+    with other.load_table(TABLE).update_schema() as update:
+        update.add_column("venue_y", StringType())
+    writer._last_schema_check = 0.0
+    assert writer._reload_schemas()
+    newest = other.load_table(TABLE).schema().schema_id
+    writer._follow_schema(TABLE, older)  # the late response
+    assert writer.codecs[TABLE].schema_id == new_id
+    writer._last_schema_check = 0.0
+    assert writer._reload_schemas() and writer.codecs[TABLE].schema_id == newest

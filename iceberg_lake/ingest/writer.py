@@ -399,7 +399,7 @@ class ConsumerWriter:
         self._last_expire: dict[str, float] = {}
         self._commits_since_policy: dict[str, int] = {}
         self._last_schema_check = 0.0
-        #: The catalog pointer of each table when its schema was last looked at.
+        #: The metadata pointer of each table whose schema its codec follows (`_follow_schema`).
         self._schema_pointers: dict[str, str] = {}
         self._last_full_schema_check = 0.0
         self._unknown_logged: set[tuple[str, str]] = set()
@@ -479,18 +479,21 @@ class ConsumerWriter:
             self._rebuild_decoder()
 
     def _follow_schema(self, tid: str, table: Table) -> bool:
-        """Rebuild `tid`'s codec and the decoder if `table`'s schema is not the codec's.
+        """Rebuild `tid`'s codec and the decoder if `table`'s schema is not the codec's, and
+        record `table`'s metadata pointer as the one followed.
 
         Called whenever the writer sees fresh metadata of its table (a reload, a refresh, a
         commit's response): after `lake table evolve --rename` the messages still carry the old
         name, which the new codec reads as the renamed column. Rows already decoded keep their
         field ids and are placed by them (`_align`). True if the schema changed.
         """
-        codec = self.codecs.get(tid)
         schema = table.schema()
-        if codec is None or codec.schema_id == schema.schema_id:
-            return False
         with self._codec_lock:
+            # Recorded with the schema it carries, in one step: the check for a migration loads
+            # the table again when the catalog's pointer is not this one, so metadata older
+            # than another thread's, followed last (a check's load racing a commit's
+            # response), is corrected at the next check (review15).
+            self._schema_pointers[tid] = table.metadata_location
             codec = self.codecs.get(tid)
             if codec is None or codec.schema_id == schema.schema_id:
                 return False
@@ -1097,7 +1100,6 @@ class ConsumerWriter:
             if pointer is not None and pointer == self._schema_pointers.get(tid):
                 continue  # nothing committed since the last look: the same schema
             table = self.catalog.load_table(tid)
-            self._schema_pointers[tid] = table.metadata_location
             if self._follow_schema(tid, table):
                 changed = True
         if changed:
@@ -1521,10 +1523,9 @@ class ConsumerWriter:
                 self.committed_events += rows.num_rows
                 self.commit_latencies.append(elapsed)
                 # The commit's response is the table's fresh metadata: a schema change made
-                # meanwhile (a rename) shows here first. Its pointer is then known, so the
-                # check for a migration does not load the table again for this commit.
+                # meanwhile (a rename) shows here first. Following it records its pointer, so
+                # the check for a migration does not load the table again for this commit.
                 self._follow_schema(tid, table)
-                self._schema_pointers[tid] = table.metadata_location
             snapshot = table.current_snapshot()
             log.info(
                 "flush %s: %d rows, snapshot %s, seq %d..%d, %.0f ms",
