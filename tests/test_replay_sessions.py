@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pyarrow.ipc as ipc
@@ -195,9 +196,10 @@ def test_events_next_to_the_session_are_named_not_dropped_silently(
     # The fixture's trades every 10 minutes from Sunday 20:00 UTC: 12 before the 22:00 open
     # (the last at 21:50), 6 between the 21:00 close and the 22:00 open, the rest in sessions.
     said = (
-        "not in session 2024-05-13, left out: bronze.futures_trades has 12 events since the "
-        "previous close (the last at 2024-05-12T21:50:00.000Z) and 6 events from the close to "
-        "the next open (the first at 2024-05-13T21:00:00.000Z); --start/--end takes them"
+        "not in session 2024-05-13 (CME Globex Equity), left out: bronze.futures_trades has "
+        "12 events between the previous close and the open (the last at "
+        "2024-05-12T21:50:00.000Z) and 6 events between the close and the next open (the first "
+        "at 2024-05-13T21:00:00.000Z); --start/--end takes them"
     )
     runner = CliRunner()
     out = tmp_path / "e.ndjson"
@@ -213,6 +215,26 @@ def test_events_next_to_the_session_are_named_not_dropped_silently(
     assert other.exit_code == 0 and "not in session" not in other.stderr
     dates = runner.invoke(app, ["bars", FUT, "--start", "2024-05-13"])
     assert dates.exit_code == 0 and "not in session" not in dates.stderr
+    # A replay of the manifest names them too (its recorded session and bounds).
+    (manifest,) = Path.cwd().glob("replay-*.json")
+    again = runner.invoke(app, ["replay", "--from-manifest", str(manifest), "--out", str(out)])
+    assert again.exit_code == 0 and said in again.stderr
+    # review15: on the calendar the read took. With a stocks table (empty) beside the
+    # futures, that is XNYS (13:30-20:00 UTC): 105 trades before its open, 19 after.
+    mixed = runner.invoke(
+        app,
+        ["replay", "--tables", f"{FUT},bronze.stocks_trades", "--session", "2024-05-13"]
+        + ["--out", str(out)],
+    )
+    assert mixed.exit_code == 0 and len(out.read_text().splitlines()) == 39
+    assert "(XNYS), left out: bronze.futures_trades has 105 events" in mixed.stderr
+    assert "and 19 events between the close" in mixed.stderr
+    asof = runner.invoke(app, ["asof", FUT, "bronze.stocks_quotes", "--session", "2024-05-13"])
+    assert asof.exit_code == 0 and "(XNYS), left out: bronze.futures_trades has 105" in asof.stderr
+
+    # The last two weeks of pandas' range: no neighbours past it, the bars are printed.
+    edge = runner.invoke(app, ["bars", FUT, "--session", "2262-04-04", "-o", "json"])
+    assert edge.exit_code == 0 and edge.stdout.strip() == "[]", edge.output
 
     # At the pins read: rows committed after a pin are not counted for it.
     table = lake.load_table(FUT)
@@ -224,6 +246,21 @@ def test_events_next_to_the_session_are_named_not_dropped_silently(
         (now,) = events_outside(reader, [FUT], window)
     assert (then.before, then.after, then.first_after_ns) == (0, 1, _ns(2024, 5, 13, 21, 30))
     assert (now.after, now.first_after_ns) == (3, _ns(2024, 5, 13, 21, 5))
+
+    # review15: at the snapshot the command read, not one committed after it (without
+    # --as-of bars read the current snapshot, and the note loaded "current" again).
+    monkeypatch.setenv("LAKE_DATA_DIR", str(lake.settings.data_dir))
+    real_bars = Lake.bars
+
+    def bars_then_a_commit(self: Lake, *args: Any, **kwargs: Any) -> Any:
+        computed = real_bars(self, *args, **kwargs)
+        append(table, futures("ES", _ns(2024, 5, 13, 21, 1), 5, SEC, seq0=10))
+        return computed
+
+    monkeypatch.setattr(Lake, "bars", bars_then_a_commit)
+    raced = runner.invoke(app, ["bars", FUT, "--every", "1h", "--session", "2024-05-13"])
+    assert raced.exit_code == 0, raced.output
+    assert "has 3 events between the close and the next open" in raced.stderr
 
 
 def test_the_session_containing_an_instant() -> None:

@@ -14,6 +14,7 @@ from iceberg_lake.cli.common import (
     Window,
     console,
     err_console,
+    note_outside,
     open_catalog,
     option,
     option_group,
@@ -148,8 +149,9 @@ def bars(
             origin_ns=origin_ns,
             symbols=wanted,
         )
-        window.note_outside(lake, [table], parse_as_of(as_of), wanted)
-    result.emit(series, f"{table} {every} bars")
+        read = dict(lake.last_pins)  # the snapshots the bars were computed from
+        result.emit(series, f"{table} {every} bars")
+        note_outside(lake, window.session_of([table]), read, wanted)
     if wanted and (missing := _symbols_without_rows(series, wanted)):
         # A typo (`SPX` for `SPY`) or a symbol the window lacks: say so rather than an empty
         # series the user may take for a quiet market.
@@ -200,8 +202,9 @@ def asof(
             as_of=parse_as_of(as_of),
         )
         # The trades are the rows out; quotes before the open are what prevails at it.
-        window.note_outside(lake, [left], parse_as_of(as_of))
-    result.emit(joined, f"{left} as of {right}")
+        read = {left: lake.last_pins.get(left)}
+        result.emit(joined, f"{left} as of {right}")
+        note_outside(lake, window.session_of([left, right]), read)
 
 
 def _symbols_without_rows(series: pa.Table, symbols: list[str]) -> list[str]:

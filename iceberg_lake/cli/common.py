@@ -28,6 +28,7 @@ from iceberg_lake.timetravel import snapshots
 
 if TYPE_CHECKING:
     from iceberg_lake.timetravel.query import Lake
+    from iceberg_lake.timetravel.sessions import Session
 
 __all__ = [
     "AS_OF_OPTION",
@@ -193,48 +194,71 @@ class Window:
         session's calendar follows `tables` (`sessions.calendar_for`)."""
         return parse_window(self.start, self.end, self.session, self.calendar_of(tables))
 
-    def note_outside(
-        self,
-        lake: Lake,
-        tables: Sequence[str],
-        as_of: snapshots.AsOfSpec = None,
-        symbols: Sequence[str] | None = None,
-    ) -> None:
-        """After a `--session` read: one stderr line for each of `tables` holding events
-        between the session and its neighbours, which the window leaves out (desk14: the last
-        minutes of a half day on the pit calendar, a closing cross stamped at the close, pre-
-        and post-market prints were left out without a word). `lake` is the `Lake` the
-        command reads with, `as_of` its pins, `symbols` its symbols (None: all)."""
+    def session_of(self, tables: Sequence[str]) -> Session | None:
+        """The `--session` window as `ns(tables)` takes it (None without `--session`)."""
         if self.session is None:
-            return
-        from iceberg_lake.timetravel.sessions import events_outside, session_window
+            return None
+        from iceberg_lake.timetravel.sessions import session_window
 
-        session = session_window(self.session, self.calendar_of(tables))
-        try:
-            found = events_outside(lake, tables, session, as_of, symbols)
-        except LakeError:
-            return  # the command's own read has said what is wrong with a table
-        for outside in found:
-            sides = []
-            if outside.before:
-                assert outside.last_before_ns is not None
-                sides.append(
-                    f"{outside.before:,} events since the previous close (the last at "
-                    f"{_utc_ms(outside.last_before_ns)})"
-                )
-            if outside.after:
-                assert outside.first_after_ns is not None
-                sides.append(
-                    f"{outside.after:,} events from the close to the next open (the first at "
-                    f"{_utc_ms(outside.first_after_ns)})"
-                )
-            if sides:
-                err_console.print(
-                    f"not in session {session.day.isoformat()}, left out: {outside.table} has "
-                    f"{' and '.join(sides)}; --start/--end takes them",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+        return session_window(self.session, self.calendar_of(tables))
+
+
+def note_outside(
+    lake: Lake,
+    session: Session | None,
+    pins: Mapping[str, int | None],
+    symbols: Sequence[str] | None = None,
+) -> None:
+    """After a `--session` read: one stderr line for each table of `pins` (table → the snapshot
+    id the read used) holding events between `session` and its neighbours, which the window
+    leaves out (desk14: the last minutes of a half day on the pit calendar, a closing cross
+    stamped at the close, pre- and post-market prints were left out without a word).
+    Best effort: a count that fails says so in one line and never fails the command."""
+    if session is None:
+        return
+    from iceberg_lake.timetravel.sessions import events_outside
+
+    read = {t: sid for t, sid in pins.items() if sid is not None}  # empty at its pin: nothing
+    try:
+        found = events_outside(lake, list(read), session, dict(read), symbols)
+    except Exception as exc:  # an advisory line must not cost the command its result
+        err_console.print(
+            f"could not count what session {session.day.isoformat()} leaves out: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    where = f"session {session.day.isoformat()} ({session.calendar})"
+    for outside in found:
+        sides = []
+        if outside.before:
+            assert outside.last_before_ns is not None
+            since = (
+                "between the previous close and the open"
+                if outside.previous_close
+                else "in the 14 days before the open"
+            )
+            sides.append(
+                f"{outside.before:,} events {since} (the last at {_utc_ms(outside.last_before_ns)})"
+            )
+        if outside.after:
+            assert outside.first_after_ns is not None
+            until = (
+                "between the close and the next open"
+                if outside.next_open
+                else "in the 14 days after the close"
+            )
+            sides.append(
+                f"{outside.after:,} events {until} (the first at {_utc_ms(outside.first_after_ns)})"
+            )
+        if sides:
+            err_console.print(
+                f"not in {where}, left out: {outside.table} has {' and '.join(sides)}; "
+                "--start/--end takes them",
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 def window_options(

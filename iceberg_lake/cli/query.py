@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import pyarrow as pa
@@ -23,6 +24,7 @@ from iceberg_lake.cli.common import (
     emit,
     err_console,
     format_ms,
+    note_outside,
     open_catalog,
     split_names,
     window_options,
@@ -37,6 +39,9 @@ from iceberg_lake.cli.output import (
 from iceberg_lake.exceptions import LakeError, TimeTravelError
 from iceberg_lake.timetravel import snapshots
 from iceberg_lake.timetravel.snapshots import AsOf, AsOfSpec
+
+if TYPE_CHECKING:
+    from iceberg_lake.timetravel.sessions import Session
 
 snapshot_app = typer.Typer(help="Snapshots and tags: what a backtest cites.", no_args_is_help=True)
 
@@ -85,6 +90,18 @@ def parse_as_of(values: list[str] | None) -> AsOfSpec:
             "use either one pin for all tables or TABLE=PIN pairs", param_hint="--as-of"
         )
     return per_table or global_pin
+
+
+def _recorded_session(recorded: dict[str, Any]) -> Session | None:
+    """The session a manifest's window was chosen as (`--session`), with the manifest's own
+    bounds (the calendar package's hours may have changed since); None if it was not one."""
+    from iceberg_lake.timetravel.sessions import Session
+
+    try:
+        day = date.fromisoformat(str(recorded["session"]))
+        return Session(day, str(recorded["calendar"]), recorded["start_ns"], recorded["end_ns"])
+    except (KeyError, ValueError):
+        return None
 
 
 def _pin(text: str) -> AsOf:
@@ -503,6 +520,7 @@ def replay(
     # A replay reads an existing lake (its pins may tag it): it never creates one.
     catalog = open_catalog(read_only=True)
     recorded: dict[str, Any] | None = None
+    session: Session | None = None  # a session window: what it leaves out is named
     if from_manifest is not None:
         recorded = read_manifest(from_manifest)
         try:
@@ -512,6 +530,7 @@ def replay(
         engine.window_origin = {
             k: recorded[k] for k in ("session", "calendar", "calendars") if k in recorded
         }
+        session = _recorded_session(recorded)
     else:
         names = split_names(tables)
         if not names:
@@ -540,14 +559,13 @@ def replay(
             follow=follow,
         )
         engine.window_origin = window.origin(names)
-        if window.session is not None and not live:
-            from iceberg_lake.timetravel.query import Lake
+        if not live:
+            session = window.session_of(names)
+    if session is not None:
+        from iceberg_lake.timetravel.query import Lake
 
-            snapshot_ids: dict[str, AsOf] = {
-                t: sid for t, sid in engine.pins.items() if sid is not None
-            }
-            with Lake(catalog) as lake:
-                window.note_outside(lake, list(snapshot_ids), snapshot_ids)
+        with Lake(catalog) as lake:
+            note_outside(lake, session, engine.pins)
     interrupted = stopped = False
     written = {"events": 0}  # events in the output so far (kept up to date by the writers)
     try:

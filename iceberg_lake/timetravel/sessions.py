@@ -169,7 +169,8 @@ def session_containing(when: datetime | int, calendar: str = DEFAULT_CALENDAR) -
 
     CME's evening belongs to the next day's session: 2024-03-12 18:00 Chicago is in the
     2024-03-13 session, Sunday 2024-03-10 18:00 in Monday's (desk14: `session_window` of the
-    local day gave a session that had closed, or none).
+    local day gave a session that had closed, or none). A session is `[open, close)` as in
+    `session_window`: a lunch break inside it (XHKG) is in it.
 
     Raises:
         TimeTravelError: unknown calendar, or a naive datetime (its zone is unknown).
@@ -182,10 +183,9 @@ def session_containing(when: datetime | int, calendar: str = DEFAULT_CALENDAR) -
         when_ns = int(when)
     calendar = resolve_calendar(calendar)
     day = datetime.fromtimestamp(when_ns // _NS, tz=UTC).date()
-    schedule = _calendar(calendar).schedule(
-        start_date=(day - timedelta(days=3)).isoformat(),
-        end_date=(day + timedelta(days=3)).isoformat(),
-    )
+    if not _FIRST_DAY <= day <= _LAST_DAY:
+        return None
+    schedule = _schedule(calendar, day - timedelta(days=3), day + timedelta(days=3))
     for label, row in schedule.iterrows():
         open_ns, close_ns = _to_ns(row["market_open"]), _to_ns(row["market_close"])
         if open_ns <= when_ns < close_ns:
@@ -195,25 +195,27 @@ def session_containing(when: datetime | int, calendar: str = DEFAULT_CALENDAR) -
 
 #: How far `neighbours` looks for the previous and next sessions (holidays, long weekends).
 _NEIGHBOUR_DAYS = 14
+#: The days pandas' nanosecond timestamps can hold (calendar schedules are pandas).
+_FIRST_DAY, _LAST_DAY = date(1677, 9, 22), date(2262, 4, 10)
 
 
-def neighbours(session: Session) -> tuple[int, int]:
+def _schedule(calendar: str, first: date, last: date) -> Any:
+    """`calendar`'s sessions labelled `first`..`last`, kept inside pandas' range."""
+    return _calendar(calendar).schedule(
+        start_date=max(first, _FIRST_DAY).isoformat(), end_date=min(last, _LAST_DAY).isoformat()
+    )
+
+
+def neighbours(session: Session) -> tuple[int | None, int | None]:
     """`(previous close, next open)` of `session` on its calendar, in Unix ns: the gaps
     `[previous close, open)` and `[close, next open)` belong to no session (nights, weekends,
-    CME's daily break, the minutes a pit calendar's half day leaves out). A neighbour more
-    than two weeks away is taken as two weeks away."""
-    cal = _calendar(session.calendar)
+    CME's daily break, the minutes a pit calendar's half day leaves out). None: no such session
+    within two weeks."""
     reach = timedelta(days=_NEIGHBOUR_DAYS)
-    schedule = cal.schedule(
-        start_date=(session.day - reach).isoformat(), end_date=(session.day + reach).isoformat()
-    )
+    schedule = _schedule(session.calendar, session.day - reach, session.day + reach)
     closes = [_to_ns(t) for t in schedule["market_close"] if _to_ns(t) <= session.open_ns]
     opens = [_to_ns(t) for t in schedule["market_open"] if _to_ns(t) >= session.close_ns]
-    span = _NEIGHBOUR_DAYS * 86_400 * _NS
-    return (
-        max(closes, default=session.open_ns - span),
-        min(opens, default=session.close_ns + span),
-    )
+    return max(closes, default=None), min(opens, default=None)
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,10 @@ class Outside:
     #: Events in `[close, next open)`, and the time of the first of them.
     after: int
     first_after_ns: int | None
+    #: False: no session closed in the two weeks before (`before` counts those two weeks).
+    previous_close: bool = True
+    #: False: no session opens in the two weeks after (`after` counts those two weeks).
+    next_open: bool = True
 
 
 def events_outside(
@@ -244,8 +250,11 @@ def events_outside(
     Raises:
         LakeError: a table cannot be read (unknown table, no `ts_event_ns`, bad pin).
     """
-    previous_close, next_open = neighbours(session)
+    found_close, found_open = neighbours(session)
     opens, closes = session.open_ns, session.close_ns
+    span = _NEIGHBOUR_DAYS * 86_400 * _NS
+    previous_close = found_close if found_close is not None else max(opens - span, -(2**63))
+    next_open = found_open if found_open is not None else min(closes + span, 2**63 - 1)
     only = f" AND symbol IN ({', '.join(quote_str(s) for s in symbols)})" if symbols else ""
     found = []
     for table in tables:
@@ -259,5 +268,15 @@ def events_outside(
             f"OR (ts_event_ns >= {closes} AND ts_event_ns < {next_open})){only}"
         )
         before, last, after, first = lake.query(sql, as_of).to_pylist()[0].values()
-        found.append(Outside(table, int(before), last, int(after), first))
+        found.append(
+            Outside(
+                table,
+                int(before),
+                last,
+                int(after),
+                first,
+                previous_close=found_close is not None,
+                next_open=found_open is not None,
+            )
+        )
     return found
