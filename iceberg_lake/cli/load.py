@@ -77,6 +77,7 @@ def load(
     file with no valid row in its first commit is refused whole (exit 1, nothing stored).
     """
     from iceberg_lake.load import DEFAULT_COMMIT_ROWS, LoadOptions, compact_loaded, load_files
+    from iceberg_lake.load.loader import EARLIER_RUN
     from iceberg_lake.load.sources import FORMATS
 
     if fmt is not None and fmt not in FORMATS:
@@ -84,12 +85,22 @@ def load(
             f"--format {fmt}: not a format lake load reads (one of {', '.join(FORMATS)})"
         )
     files: list[Path] = []
+    skipped: list[Path] = []
     for p in paths:
-        if p.is_dir():  # every file of a folder, in name order (a month of daily files)
-            found = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
-            if not found:
+        if p.is_dir():
+            # Every file below a folder, in path order (a vendor's YYYY/MM/ layout of daily
+            # files, backfill15), but hidden ones and, without --format, files of no format
+            # lake load reads (a README.md).
+            found = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+            data = [f for f in found if fmt is not None or _has_format(f)]
+            skipped.extend(f for f in found if f not in data)
+            if not data:
                 raise LakeError(f"no files to load in folder {p}")
-            files.extend(found)
+            files.extend(data)
         elif p.is_file():
             files.append(p)
         else:
@@ -126,7 +137,7 @@ def load(
 
         results = load_files(lake_settings, paths, options, jobs=jobs, progress=progress)
     compactions = compact_loaded(lake_settings, results) if compact else []
-    rejected = [r for r in results if r.status == "rejected"]
+    rejected = [r for r in results if r.status in ("rejected", "failed")]
 
     if output == OutputFormat.json:
         keys = ("table", "date", "status", "rows_written", "partitions")
@@ -157,6 +168,9 @@ def load(
         for row, r in zip(rows, results, strict=True):
             row["other"] = f"{r.rows_other_tables:,}"
     emit(rows, output, title="lake load", columns=columns)
+    if skipped:
+        names = ", ".join(str(f) for f in skipped[:5]) + (" …" if len(skipped) > 5 else "")
+        say(f"skipped {len(skipped)} files of no format lake load reads: {names}", output)
     total_stored = sum(r.rows_stored for r in results)
     total_dead = sum(r.dead_lettered for r in results)
     seconds = max(r.seconds for r in results) if results else 0.0
@@ -188,7 +202,15 @@ def load(
             f"{c.get('rows_written') or 0:,} rows, {c.get('partitions') or 0} partitions",
             output,
         )
-    if not compact and total_stored:
+    if not compact and any(r.status in EARLIER_RUN for r in results):
+        # An earlier run loaded (part of) these files: its days are not this run's.
+        say(
+            "next: lake compact --incremental (compacts what Silver has not seen of every day "
+            "loaded, an earlier run's too; nothing to do if it is current; or lake load ... "
+            "--compact)",
+            output,
+        )
+    elif not compact and total_stored:
         hint = compact_hint(sorted({d for r in results for d in r.days}))
         if hint:
             say(hint, output)
@@ -221,8 +243,20 @@ def compact_hint(days: list[str]) -> str | None:
     )
 
 
+def _has_format(path: Path) -> bool:
+    """Whether `path`'s name says a format lake load reads."""
+    from iceberg_lake.load.sources import detect_format
+
+    try:
+        detect_format(path)
+    except LakeError:
+        return False
+    return True
+
+
 def _fail_if_rejected(rejected: list[Any]) -> None:
-    """One line per rejected file on stderr, exit 1 (the other files' results stand)."""
+    """One line per rejected or failed file on stderr, exit 1 (the other files' results
+    stand)."""
     if not rejected:
         return
     for r in rejected:

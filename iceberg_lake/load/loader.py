@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyiceberg.types import DecimalType, DoubleType, FloatType, IntegerType, LongType
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings
-from iceberg_lake.exceptions import LakeError, LoadRejectedError
+from iceberg_lake.exceptions import LakeError, LoadRejectedError, TransientError
 from iceberg_lake.ingest.dead_letters import DeadLetter
 from iceberg_lake.ingest.decode import DERIVED_TS
 from iceberg_lake.load.commit import HOUR_NS, ConcurrentLoadError, FileCommitter
@@ -51,6 +52,7 @@ from iceberg_lake.load.mapping import (
     with_former_names,
 )
 from iceberg_lake.load.sources import (
+    RAW_LINE_COLUMN,
     TABLE_COLUMN,
     Source,
     SourceBatch,
@@ -228,6 +230,10 @@ def _take_all(tables: list[pa.Table]) -> pa.Table:
     return rows
 
 
+#: Column types a `[scale]` factor applies to.
+_NUMBERS = (IntegerType, LongType, FloatType, DoubleType, DecimalType)
+
+
 def check_mapping_columns(mapping: Mapping, table_id: str, definition: TableDefinition) -> None:
     """Refuse a mapping that names a column the target table does not have (a typo would
     otherwise be ignored and the column left empty).
@@ -243,6 +249,16 @@ def check_mapping_columns(mapping: Mapping, table_id: str, definition: TableDefi
             f"mapping '{mapping.name}'{where}: {', '.join(unknown)} "
             f"{'is not a column' if len(unknown) == 1 else 'are not columns'} of {table_id} "
             f"(columns: {', '.join(valid)})"
+        )
+    schema = definition.iceberg_schema()
+    text = sorted(
+        c for c in mapping.scale if not isinstance(schema.find_field(c).field_type, _NUMBERS)
+    )
+    if text:
+        where = f" ({mapping.path})" if mapping.path else ""
+        raise LakeError(
+            f"mapping '{mapping.name}'{where}: [scale] {', '.join(text)}: not a numeric column "
+            f"of {table_id} (a factor scales numbers)"
         )
 
 
@@ -352,34 +368,61 @@ def route_exports(paths: Sequence[Path | str], options: LoadOptions) -> list[tup
     with its own ledger entry); any other file to the table its options resolve (None here).
 
     Raises:
-        LakeError: an export names a table `lake load` does not write.
+        LakeError: an export names a table `lake load` does not write, or a file cannot be read.
     """
-    out: list[tuple[str, str]] = []
+    out = []
+    for path, table, error in _route(paths, options):
+        if error:
+            raise LakeError(error)
+        out.append((path, table))
+    return out
+
+
+def _route(paths: Sequence[Path | str], options: LoadOptions) -> list[tuple[str, str, str]]:
+    """`route_exports` as `(file, table, error)`: a file that cannot be routed has its reason in
+    `error` instead of ending the others' loads."""
+    out: list[tuple[str, str, str]] = []
     for p in paths:
         path = Path(p)
-        routed = False
-        if options.table is None and options.mapping is None:
-            fmt = options.format or _format_of(path, options)
-            if fmt != "dbn":
-                source = open_source(path, fmt)
-                tables = _export_tables_of(source)
-                for table in tables:
-                    target = f"{BRONZE}.{_table_name(table)}"
-                    if (str(path), target) in out:
-                        continue  # bronze.X and silver.X: one load of bronze.X (its own rows)
-                    if target not in registry() or target == DEAD_LETTERS_TABLE:
-                        others = [t for t in tables if t != table]
-                        raise LakeError(
-                            f"{path.name}: its {TABLE_COLUMN} column names {table}, which lake "
-                            "load cannot write (it writes Bronze market tables; Gold comes "
-                            "from its stream)"
-                            + (f": load {', '.join(others)} with --table" if others else "")
-                        )
-                    out.append((str(path), target))
-                    routed = True
-        if not routed:
-            out.append((str(path), ""))
+        try:
+            routes = _routes_of(path, options)
+        except TransientError:
+            raise
+        except LakeError as exc:
+            out.append((str(path), options.table or "", _naming(path, exc)))
+            continue
+        out.extend((str(path), table, "") for table in routes)
     return out
+
+
+def _naming(path: Path | str, exc: Exception) -> str:
+    """`exc`'s message, led by the file's name unless it names the file already."""
+    name, text = Path(path).name, str(exc)
+    return text if name in text else f"{name}: {text}"
+
+
+def _routes_of(path: Path, options: LoadOptions) -> list[str]:
+    """The tables a replay export `path` is loaded into ([""]: its options resolve the one)."""
+    routes: list[str] = []
+    if options.table is None and options.mapping is None:
+        fmt = options.format or _format_of(path, options)
+        if fmt != "dbn":
+            source = open_source(path, fmt)
+            tables = _export_tables_of(source)
+            for table in tables:
+                target = f"{BRONZE}.{_table_name(table)}"
+                if target in routes:
+                    continue  # bronze.X and silver.X: one load of bronze.X (its own rows)
+                if target not in registry() or target == DEAD_LETTERS_TABLE:
+                    others = [t for t in tables if t != table]
+                    raise LakeError(
+                        f"{path.name}: its {TABLE_COLUMN} column names {table}, which lake "
+                        "load cannot write (it writes Bronze market tables; Gold comes "
+                        "from its stream)"
+                        + (f": load {', '.join(others)} with --table" if others else "")
+                    )
+                routes.append(target)
+    return routes or [""]
 
 
 def _format_of(path: Path, options: LoadOptions) -> str:
@@ -549,10 +592,16 @@ def load_file(
             # not the data. Commit nothing (no dead letters, no ledger entry) so the file can
             # be loaded again with the right options.
             row, reason = first_bad
+            advice = (
+                # Options cannot help a DBN file without symbols (backfill15).
+                "request the data with symbols (stype_in raw_symbol or parent), not instrument ids"
+                if "no symbol mapping in the file" in reason
+                else "check --format/--mapping/--table"
+            )
             raise LoadRejectedError(
                 f"{path.name}: none of its first {end_row:,} rows is valid for {table_id} "
                 f"(mapping '{mapping.name}', format {fmt}); first: row {row}: {reason}. "
-                "Nothing stored: check --format/--mapping/--table",
+                f"Nothing stored: {advice}",
                 file=str(path),
                 table=table_id,
                 sha256=sha,
@@ -597,6 +646,7 @@ def load_file(
                         for c in unused_columns(mapping, target, rows_in.column_names)
                         if rows_in.column(c).null_count < rows_in.num_rows
                         and not (mine is not None and c == TABLE_COLUMN)
+                        and c != RAW_LINE_COLUMN
                     )
                 converted = convert(rows_in, mapping, target, source_name, problems, default_source)
                 if defaulted and converted.table.num_rows:
@@ -689,11 +739,18 @@ def _load_or_reject(
     options: LoadOptions,
     progress: ProgressFn | None,
 ) -> LoadResult:
-    """`load_file`, with a rejected file as a `rejected` result (the other files still load)."""
+    """`load_file`, with a rejected file as a `rejected` result and a file that cannot be
+    loaded (unreadable, truncated, no table for it) as a `failed` one: the other files still
+    load (backfill15: one bad download stopped a folder's queue and lost the summary). The
+    catalog or object store being down (`TransientError`) still ends the run."""
     try:
         return load_file(lake, path, options, progress)
     except LoadRejectedError as exc:
         return LoadResult(str(path), exc.sha256, exc.table, "rejected", rows_read=0, error=str(exc))
+    except TransientError:
+        raise
+    except LakeError as exc:
+        return LoadResult(str(path), "", options.table or "", "failed", error=_naming(path, exc))
 
 
 def load_files(
@@ -716,20 +773,26 @@ def load_files(
     Returns:
         One result per file, in the order given (a replay export loaded without a table: one
         per table it holds, `route_exports`); a file rejected for having no valid row in its
-        first commit has status `rejected` and the reason in `error` (the others load).
+        first commit has status `rejected`, a file that cannot be loaded (unreadable,
+        truncated, no table for it) status `failed`, each with the reason in `error` (the
+        others load).
 
     Raises:
-        LakeError: the first other failure (files already committed stay committed; re-run
-            to resume).
+        TransientError: the catalog or object store is unreachable (files already committed
+            stay committed; re-run to resume).
     """
     options = options or LoadOptions()
+    routed = _route(paths, options)
+    failed = {i: LoadResult(p, "", t, "failed", error=e) for i, (p, t, e) in enumerate(routed) if e}
     work = [
         (path, replace(options, table=table) if table else options)
-        for path, table in route_exports(paths, options)
+        for path, table, error in routed
+        if not error
     ]
     if jobs <= 1 or len(work) <= 1:
         lake = LakeCatalog(settings)
-        return [_load_or_reject(lake, p, o, progress) for p, o in work]
+        loaded = iter([_load_or_reject(lake, p, o, progress) for p, o in work])
+        return [failed[i] if i in failed else next(loaded) for i in range(len(routed))]
     ctx = multiprocessing.get_context("spawn")
     # A plain queue handed over at worker start-up (no manager process to outlive a kill).
     queue = ctx.Queue()
@@ -748,7 +811,8 @@ def load_files(
             for fut in done:
                 results[futures[fut]] = fut.result()
         _drain(queue, progress)
-    return [results[i] for i in range(len(work))]
+    loaded = iter([results[i] for i in range(len(work))])
+    return [failed[i] if i in failed else next(loaded) for i in range(len(routed))]
 
 
 def _drain(queue: Any, progress: ProgressFn | None) -> None:
@@ -761,16 +825,29 @@ def _drain(queue: Any, progress: ProgressFn | None) -> None:
             progress(*item)
 
 
-def compact_loaded(settings: Settings | LakeCatalog, results: Sequence[LoadResult]) -> list[dict]:
-    """Run Silver compaction on every (table, day) the loads touched.
+#: Statuses of a file an earlier run loaded all or part of (its days are not in `days`).
+EARLIER_RUN = ("already-loaded", "resumed", "loading-elsewhere")
 
-    Idempotent (the compactor skips unchanged partitions). One Silver snapshot per table and day.
+
+def compact_loaded(settings: Settings | LakeCatalog, results: Sequence[LoadResult]) -> list[dict]:
+    """Run Silver compaction on every (table, day) the loads touched, and on every day an
+    earlier run of the same files loaded.
+
+    A table with a file an earlier run loaded all or part of (a killed run re-run, a copy
+    loaded before: `EARLIER_RUN`) gets its incremental compaction, which compacts every
+    partition Bronze changed since Silver last saw it: the days the earlier run committed are
+    not this run's `days` (backfill15: a re-run after a kill compacted only the day it
+    resumed, and the day the killed run had loaded whole never reached Silver). Other tables:
+    one compaction per touched day. Idempotent (the compactor skips unchanged partitions).
     """
     from iceberg_lake.silver import SilverCompactor
 
-    work = sorted({(r.table, day) for r in results for day in r.days})
+    earlier = sorted({r.table for r in results if r.status in EARLIER_RUN and r.table})
+    work = sorted({(r.table, day) for r in results if r.table not in earlier for day in r.days})
     out: list[dict] = []
     with SilverCompactor(settings) as compactor:
         for table, day in work:
             out.append(compactor.compact_date(day, table).as_dict())
+        for table in earlier:
+            out.extend(c.as_dict() for c in compactor.compact_incremental([table]))
     return out

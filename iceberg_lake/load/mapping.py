@@ -29,6 +29,7 @@ reported per row, so the validator dead-letters exactly those rows.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import tomllib
@@ -109,6 +110,12 @@ class Mapping:
         return bool(self.detect) and all(c in have for c in self.detect)
 
 
+#: The keys a mapping file may have.
+_MAPPING_KEYS = frozenset(
+    {"name", "doc", "table", "format", "source", "columns", "scale", "detect", "dbn_schemas"}
+)
+
+
 def load_mapping(path: Path) -> Mapping:
     """Read a mapping TOML file.
 
@@ -116,12 +123,31 @@ def load_mapping(path: Path) -> Mapping:
         LakeError: the file is missing or malformed, or a `[scale]` factor is zero or not finite.
     """
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        # utf-8-sig: a file saved by Notepad starts with a byte-order mark (backfill15).
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise LakeError(f"cannot read mapping {path}: {exc}") from None
+    unknown = sorted(set(data) - _MAPPING_KEYS)
+    if unknown:
+        # A misspelt section (`[column]`) was ignored, and the rows blamed for it (backfill15).
+        hints = [
+            f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+            for k in unknown
+            for close in [difflib.get_close_matches(k, sorted(_MAPPING_KEYS), n=1)]
+        ]
+        raise LakeError(
+            f"invalid mapping {path}: unknown key {', '.join(hints)} (keys: "
+            f"{', '.join(sorted(_MAPPING_KEYS))}; a key after [columns] belongs to it)"
+        )
     try:
         columns = {str(k): str(v) for k, v in dict(data.get("columns", {})).items()}
-        scale = {str(k): float(v) for k, v in dict(data.get("scale", {})).items()}
+        scale = {}
+        for key, factor in dict(data.get("scale", {})).items():
+            if isinstance(factor, bool) or not isinstance(factor, int | float):
+                raise LakeError(
+                    f"invalid mapping {path}: [scale] {key} = {factor!r} is not a number"
+                )
+            scale[str(key)] = float(factor)
         for key, factor in scale.items():
             if not math.isfinite(factor) or factor == 0:
                 # A zero factor ended the load in an internal ZeroDivisionError (review13).
@@ -306,6 +332,10 @@ def _convert_column(
     if pa.types.is_string(target) or pa.types.is_large_string(target):
         if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
             return pc.binary_join(arr.cast(pa.list_(pa.string())), ",").cast(target)
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            # Text without the padding of fixed-width exports, as numbers are read (backfill15:
+            # `"AAPL "` was a second symbol beside `AAPL` in Bronze and in Silver).
+            arr = pc.utf8_trim_whitespace(arr)
         return arr.cast(target)
     if factor == 1:
         factor = None

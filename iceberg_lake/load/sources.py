@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,7 +37,8 @@ BATCH_ROWS = 131_072
 BLOCK_BYTES = 8 << 20
 #: Formats `lake load --format` accepts.
 FORMATS = ("dbn", "csv", "parquet", "ndjson")
-_RAW = "__raw_line"
+#: The text of a malformed NDJSON line (in its dead letter; never a table column).
+RAW_LINE_COLUMN = "__raw_line"
 
 
 @dataclass
@@ -195,14 +196,22 @@ class CsvSource:
         finally:
             stream.close()
             raw.close()
-        text = head.decode("utf-8", errors="replace")
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which pyarrow's reader
+        # drops; read with it, the first column was `\ufeffticker` (backfill15).
+        text = head.decode("utf-8-sig", errors="replace")
         delimiter = "\t" if self.path.name.lower().split(".")[-1] == "tsv" else ","
         first = next(
             csv.reader(io.StringIO(text.splitlines()[0] if text else ""), delimiter=delimiter), []
         )
         if not first:
             raise LakeError(f"{self.path.name} has no header line")
-        return [c.strip() for c in first]
+        names = [c.strip() for c in first]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise LakeError(
+                f"{self.path.name}: column {', '.join(twice)} appears twice in the header line"
+            )
+        return names
 
     @property
     def columns(self) -> list[str]:
@@ -231,7 +240,7 @@ class CsvSource:
                 if kept is None:
                     continue
                 yield SourceBatch(kept[0], kept[1], progress=raw.fraction)
-        except pa.ArrowInvalid as exc:
+        except (pa.ArrowInvalid, OSError) as exc:  # OSError: truncated or corrupt compression
             raise LakeError(f"{self.path.name}: unreadable CSV ({exc})") from None
         finally:
             stream.close()
@@ -291,7 +300,7 @@ class ParquetSource:
             return
         total = max(1, self.num_rows)
         row = first
-        for batch in self._file.iter_batches(batch_size=BATCH_ROWS, row_groups=groups):
+        for batch in _parquet_batches(self.path, self._file, groups):
             table = pa.Table.from_batches([batch])
             start = row
             row += table.num_rows
@@ -299,6 +308,16 @@ class ParquetSource:
             if kept is None:
                 continue
             yield SourceBatch(kept[0], kept[1], progress=row / total)
+
+
+def _parquet_batches(
+    path: Path, file: pq.ParquetFile, groups: list[int]
+) -> Iterator[pa.RecordBatch]:
+    """`file`'s row groups `groups` as batches; a corrupt page is one line naming the file."""
+    try:
+        yield from file.iter_batches(batch_size=BATCH_ROWS, row_groups=groups)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise LakeError(f"{path.name}: unreadable Parquet ({exc})") from None
 
 
 class NdjsonSource:
@@ -332,7 +351,10 @@ class NdjsonSource:
         try:
             rest = b""
             while True:
-                chunk = stream.read(BLOCK_BYTES)
+                try:
+                    chunk = stream.read(BLOCK_BYTES)
+                except OSError as exc:  # truncated or corrupt compression
+                    raise LakeError(f"{self.path.name}: unreadable ({exc})") from None
                 if not chunk:
                     break
                 data = rest + chunk
@@ -373,8 +395,7 @@ class NdjsonSource:
                 return table, {}
         except pa.ArrowInvalid:
             pass
-        # Slow path for this block only: every value as text, the mapping converts it.
-        rows: list[dict[str, str | None]] = []
+        objects: list[Any] = []
         problems: dict[int, str] = {}
         for i, line in enumerate(lines):
             try:
@@ -383,7 +404,35 @@ class NdjsonSource:
                     raise ValueError("not a JSON object")
             except ValueError as exc:
                 problems[i] = f"malformed JSON line: {exc}"
-                rows.append({_RAW: line.decode("utf-8", errors="replace")})
+                obj = None
+            objects.append(obj)
+        good = [i for i, obj in enumerate(objects) if obj is not None]
+        if problems and good:
+            # The block's good lines read by the same reader as a clean block, so their values
+            # are typed alike (backfill15: the text path below turned ISO times into dead
+            # letters and lists into JSON text for the whole 8 MB block around one bad line).
+            try:
+                table = pajson.read_json(io.BytesIO(b"\n".join(lines[i] for i in good) + b"\n"))
+            except pa.ArrowInvalid:
+                pass
+            else:
+                if table.num_rows == len(good):
+                    at: list[int | None] = [None] * len(lines)
+                    for k, i in enumerate(good):
+                        at[i] = k
+                    table = table.take(pa.array(at, pa.int64()))
+                    raw = [
+                        lines[i].decode("utf-8", errors="replace") if i in problems else None
+                        for i in range(len(lines))
+                    ]
+                    text = pa.array(raw, pa.string())
+                    return table.append_column(RAW_LINE_COLUMN, text), problems
+        # Values the reader cannot type alike in one block: every value as text, the mapping
+        # converts it (this block only).
+        rows: list[dict[str, str | None]] = []
+        for line, obj in zip(lines, objects, strict=True):
+            if obj is None:
+                rows.append({RAW_LINE_COLUMN: line.decode("utf-8", errors="replace")})
                 continue
             rows.append(
                 {

@@ -1,0 +1,200 @@
+"""`lake load` of many files as a desk runs it (backfill15, budget ~15 s): an unreadable file
+among them fails alone (the others load and are reported, exit 1); a folder is read with its
+subfolders and without its README; `--compact` after an earlier run of the same files compacts
+the days that run loaded too; one malformed NDJSON line leaves its block's other rows read as
+a clean block's; padded text, a byte-order mark and mapping typos."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.cli.app import app
+from iceberg_lake.config import load_settings
+from iceberg_lake.load import LoadOptions, load_file
+from iceberg_lake.load.sources import RAW_LINE_COLUMN, open_source
+from tests.load_data import T14, polygon_trades, write_csv_gz
+from tests.test_load import rows
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+DAY = 86_400 * 10**9
+TABLE = "bronze.stocks_trades"
+
+
+def _day(path: Path, n: int, day: int) -> Path:
+    """A Polygon trades file of `n` rows on day `day` after T14's."""
+    columns = polygon_trades(n)
+    for key in ("sip_timestamp", "participant_timestamp"):
+        columns[key] = [str(int(v) + day * DAY) for v in columns[key]]
+    columns["sequence_number"] = [str(int(v) + day * 1_000_000) for v in columns["sequence_number"]]
+    return write_csv_gz(path, columns)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
+    assert runner.invoke(app, ["init"], env=env).exit_code == 0
+    return env
+
+
+def _count_by_day(duck, env: dict[str, str], table: str) -> dict[int, int]:
+    lake = LakeCatalog(load_settings(env))
+    found = rows(duck, lake, table, f"SELECT ts_event_ns // {DAY}, count(*) FROM t GROUP BY 1")
+    return {int(d) - T14 // DAY: int(n) for d, n in found}
+
+
+def test_an_unreadable_file_fails_alone_and_the_others_are_reported(
+    tmp_path: Path, env: dict[str, str], duck
+) -> None:
+    first = _day(tmp_path / "d1.csv.gz", 500, 1)
+    whole = _day(tmp_path / "whole.csv.gz", 3000, 2).read_bytes()
+    truncated = tmp_path / "truncated.csv.gz"
+    truncated.write_bytes(whole[: len(whole) * 6 // 10])  # a download cut short
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    twice = tmp_path / "twice.csv"
+    twice.write_text("ticker,price,price\nAAPL,1,2\n")
+    last = _day(tmp_path / "d3.csv.gz", 500, 3)
+
+    out = runner.invoke(
+        app,
+        ["-o", "json", "load", *map(str, (first, truncated, empty, twice, last))],
+        env=env,
+    )
+
+    assert out.exit_code == 1, out.output
+    report = json.loads(out.stdout)
+    assert [r["status"] for r in report["results"]] == [
+        "loaded",
+        "failed",
+        "failed",
+        "failed",
+        "loaded",
+    ]
+    errors = [r["error"] for r in report["results"]]
+    assert errors[1].startswith("truncated.csv.gz: unreadable CSV")
+    assert errors[2] == "empty.csv has no header line"
+    assert errors[3] == "twice.csv: column price appears twice in the header line"
+    assert "internal error" not in out.output and "Traceback" not in out.output
+    assert all(e in out.stderr for e in errors[1:4])
+    assert _count_by_day(duck, env, TABLE) == {1: 500, 3: 500}
+
+    # A folder: its subfolders (a vendor's YYYY/MM layout) and not its README.
+    tree = tmp_path / "tree"
+    (tree / "2025" / "12").mkdir(parents=True)
+    (tree / "README.md").write_text("daily trades\n")
+    (tree / ".sync").write_text("")
+    _day(tree / "2025" / "12" / "d4.csv.gz", 200, 4)
+    _day(tree / "2025" / "12" / "d5.csv.gz", 200, 5)
+    res = runner.invoke(app, ["load", str(tree)], env=env)
+    assert res.exit_code == 0, res.output
+    assert "skipped 1 files of no format lake load reads:" in res.output
+    assert "README.md" in res.output
+    assert _count_by_day(duck, env, TABLE) == {1: 500, 3: 500, 4: 200, 5: 200}
+
+
+def test_compact_after_an_earlier_run_reaches_the_days_that_run_loaded(
+    tmp_path: Path, env: dict[str, str], duck
+) -> None:
+    """An earlier run loaded day 1 (killed before its compaction, or run without it); the
+    re-run with `--compact` finds day 1 already loaded and loads day 2: both days reach
+    Silver (only day 2 did)."""
+    one, two = _day(tmp_path / "d1.csv.gz", 400, 1), _day(tmp_path / "d2.csv.gz", 300, 2)
+    assert runner.invoke(app, ["load", str(one)], env=env).exit_code == 0
+
+    out = runner.invoke(app, ["-o", "json", "load", str(one), str(two), "--compact"], env=env)
+
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    assert [r["status"] for r in report["results"]] == ["already-loaded", "loaded"]
+    assert _count_by_day(duck, env, "silver.stocks_trades") == {1: 400, 2: 300}
+    # Without --compact the hint covers the earlier run's days too.
+    again = runner.invoke(app, ["load", str(one), str(two)], env=env)
+    assert again.exit_code == 0 and "next: lake compact --incremental" in again.output
+
+
+def test_one_malformed_ndjson_line_leaves_the_block_read_as_a_clean_one(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    def line(i: int) -> str:
+        return json.dumps(
+            {
+                "symbol": "AAPL",
+                "ts_event_ns": "2025-12-16 14:30:00",  # read as a time by the JSON reader
+                "price": 150.25,
+                "size": 1 + i,
+                "seq": i,
+                "conditions": [12, 37],
+            }
+        )
+
+    clean = tmp_path / "clean.ndjson"
+    clean.write_text("".join(line(i) + "\n" for i in range(3_000)))
+    text = [line(i) for i in range(3_000)]
+    text[1_500] = text[1_500][:30]  # one line cut short
+    broken = tmp_path / "broken.ndjson"
+    broken.write_text("\n".join(text) + "\n")
+
+    (good,) = list(open_source(clean, "ndjson").batches())
+    (read,) = list(open_source(broken, "ndjson").batches())
+    assert list(read.problems) == [1_500] and "malformed JSON line" in read.problems[1_500]
+    kept = [i for i in range(3_000) if i != 1_500]
+    assert read.table.drop_columns([RAW_LINE_COLUMN]).take(kept).equals(good.table.take(kept))
+    assert read.table.column(RAW_LINE_COLUMN).to_pylist()[1_500] == text[1_500]
+
+    lake = LakeCatalog(load_settings(env))
+    result = load_file(lake, broken, LoadOptions(table=TABLE))
+    assert (result.rows_stored, result.dead_lettered, result.unknown_columns) == (2_999, 1, [])
+    stored = lake.load_table(TABLE).scan(selected_fields=("conditions",)).to_arrow()
+    assert set(stored.column("conditions").to_pylist()) == {"12,37"}
+
+
+def test_padded_text_a_byte_order_mark_and_mapping_typos(
+    tmp_path: Path, env: dict[str, str], duck
+) -> None:
+    columns = polygon_trades(100)
+    columns["ticker"] = [f"{t} " for t in columns["ticker"]]  # fixed-width export
+    padded = write_csv_gz(tmp_path / "padded.csv.gz", columns)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(
+        b"\xef\xbb\xbf" + gzip.decompress(_day(tmp_path / "x.csv.gz", 50, 2).read_bytes())
+    )
+    out = runner.invoke(app, ["-o", "json", "load", str(padded), str(bom)], env=env)
+    assert out.exit_code == 0, out.output
+    lake = LakeCatalog(load_settings(env))
+    symbols = rows(duck, lake, TABLE, "SELECT DISTINCT symbol FROM t ORDER BY 1")
+    assert symbols == [("AAPL",), ("MSFT",)]
+    assert [r["status"] for r in json.loads(out.stdout)["results"]] == ["loaded", "loaded"]
+
+    parquet = tmp_path / "v.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.table({"sym": ["A"], "t": [T14], "px": [1.0], "qty": [1], "id": [1]}), parquet
+    )
+    for body, said in (
+        (
+            'table = "bronze.stocks_trades"\n[column]\nsymbol = "sym"\n',
+            "unknown key 'column' (did you mean 'columns'?)",
+        ),
+        (
+            'table = "bronze.stocks_trades"\n[scale]\nsymbol = 2\n',
+            "[scale] symbol: not a numeric column",
+        ),
+        (
+            'table = "bronze.stocks_trades"\n[scale]\nts_event_ns = true\n',
+            "[scale] ts_event_ns = True is not a number",
+        ),
+    ):
+        mapping = tmp_path / "m.toml"
+        mapping.write_text(body)
+        res = runner.invoke(app, ["load", str(parquet), "--mapping", str(mapping)], env=env)
+        assert res.exit_code == 1 and said in res.output, res.output
+        assert "Traceback" not in res.output
