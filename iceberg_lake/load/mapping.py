@@ -332,10 +332,6 @@ def _convert_column(
     if pa.types.is_string(target) or pa.types.is_large_string(target):
         if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
             return pc.binary_join(arr.cast(pa.list_(pa.string())), ",").cast(target)
-        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-            # Text without the padding of fixed-width exports, as numbers are read (backfill15:
-            # `"AAPL "` was a second symbol beside `AAPL` in Bronze and in Silver).
-            arr = pc.utf8_trim_whitespace(arr)
         return arr.cast(target)
     if factor == 1:
         factor = None

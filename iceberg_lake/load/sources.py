@@ -233,7 +233,13 @@ class CsvSource:
             )
             row = 0
             for batch in reader:
-                table = pa.Table.from_batches([batch])
+                # Cells without the padding of fixed-width exports, as numbers are read anyway
+                # (backfill15: `"AAPL "` was a second symbol beside `AAPL`). CSV only: Parquet
+                # and JSON values are typed, their text is data (a replay export loads back
+                # as it was written).
+                table = pa.Table.from_arrays(
+                    [pc.utf8_trim_whitespace(c) for c in batch.columns], names=batch.schema.names
+                )
                 start = row
                 row += table.num_rows
                 kept = _skip(table, start, skip_rows)
