@@ -363,6 +363,9 @@ class ConsumerWriter:
         self.stream_created = ""
         #: Last stream sequence reported as removed before it was committed.
         self.removed_reported = 0
+        #: The highest stream sequence read at the previous stream check (`check_stream`;
+        #: None before the first).
+        self._read_at_check: int | None = None
         self._stream_missing = False
         self._stream_missing_since = 0.0
         self.tables: dict[str, Table] = {}
@@ -555,7 +558,11 @@ class ConsumerWriter:
 
         At a (re)start, also report the messages the stream removed (its limits) after the
         committed position before this writer read them: a WARNING with the range and
-        `metrics.REMOVED_BEFORE_COMMIT`.
+        `metrics.REMOVED_BEFORE_COMMIT`. While it runs (the service checks every 2 s), the
+        messages it removed after what this writer had read at the previous check: every
+        message of this writer's subjects up to that point was delivered (in order), so one
+        removed unread lies above it (ops15: a burst that overran a full stream lost 47,400
+        events with no word, and the restart had committed past the hole).
 
         Raises:
             StreamMismatchError: the stream was deleted and created again, or NATS lost its
@@ -604,6 +611,26 @@ class ConsumerWriter:
         lo, hi = max(self.position, self.removed_reported) + 1, live.first_seq - 1
         # Exported from the start at 0, so "no loss" is a value, not a missing series.
         removed = metrics.REMOVED_BEFORE_COMMIT.labels(self.consumer)
+        # A (re)start reads again from the committed position.
+        read, self._read_at_check = self._read_at_check, self.position if start else self.max_sseq
+        if not start and read is not None:
+            lo = max(read, self.removed_reported) + 1
+            if hi >= lo:
+                self.removed_reported = hi
+                removed.inc(hi - lo + 1)
+                log.warning(
+                    "writer %s: stream %s removed seq %d..%d (%d sequences, by its limits or a "
+                    "purge) past what this writer had read seconds before: any %s messages "
+                    "among them it had not read are lost (the stream fills faster than the "
+                    "lake reads it: raise its limits)",
+                    self.target,
+                    self.stream,
+                    lo,
+                    hi,
+                    hi - lo + 1,
+                    self.filter_subject,
+                )
+            return
         if start and hi >= lo:
             hint = ""
             if self.target == INFERRED_TARGET:
@@ -624,7 +651,8 @@ class ConsumerWriter:
             log.warning(
                 "writer %s: stream %s no longer holds seq %d..%d (%d sequences, removed by its "
                 "limits or a purge before this table committed them): any %s messages among "
-                "them are lost%s",
+                "them are lost (the range is an upper bound: after a quiet spell of this "
+                "subject it holds only other subjects' messages)%s",
                 self.target,
                 self.stream,
                 lo,
@@ -1183,7 +1211,7 @@ class ConsumerWriter:
 
     def _shutdown_timeout(self) -> ShutdownTimeoutError:
         return ShutdownTimeoutError(
-            f"writer {self.target}: commit still failing after the "
+            f"writer {self.target}: commit still running or failing after the "
             f"{self.settings.shutdown_grace_seconds:g} s shutdown grace period; "
             "exiting without acking (the messages stay in the stream)"
         )
