@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
 from ingest_support import (
+    BASE_NS,
     SUBJECTS,
     count_rows,
     data_files_sorted,
@@ -327,3 +329,45 @@ def test_a_field_the_table_lacks_costs_no_table_load_per_commit(
     reloads = loads.count(table)  # 10 before: one per commit
     assert load_table(LakeCatalog(settings), table).scan().to_arrow().num_rows == 12
     assert reloads == 0, loads
+
+
+def test_events_stamped_far_ahead_are_dead_lettered_and_a_wide_commit_is_warned_of(
+    tmp_path: Path, nats: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ops15: any event time in 2000-2100 was taken, so a feed with garbage times (ids, a wrong
+    clock) made one partition and one file per event: a 100k-event commit took 131 s and good
+    events of the subject fell behind for good. Events stamped more than a day after the lake
+    received them are dead letters now; a commit over more than `MANY_PARTITIONS` partitions
+    (times spread over the past) is warned of once a minute."""
+    import logging
+    import random
+
+    from iceberg_lake.ingest import writer
+
+    settings = settings_for(tmp_path, nats.url)
+    table = "bronze.stocks_trades"
+    rng = random.Random(15)
+    year = 365 * 86_400 * 10**9
+    events = [make_event(table, i) for i in range(40)]
+    for e in events[:10]:  # years ahead of now (2027-2099): not stored
+        e["ts_event_ns"] = BASE_NS + rng.randrange(2, 70) * year + rng.randrange(year)
+    for e in events[10:20]:  # ahead of the publisher's clock by under a day: stored
+        e["ts_event_ns"] = time.time_ns() + rng.randrange(3_600 * 10**9)
+    publish(settings, [("market.stocks.trades", encode(e), None) for e in events])
+
+    old = writer.MANY_PARTITIONS
+    writer.MANY_PARTITIONS = 5  # the 30 stored events span a few dozen (symbol, hour)s
+    try:
+        with caplog.at_level(logging.WARNING, logger="iceberg_lake.ingest.writer"):
+            run_until_idle(settings, [table])
+    finally:
+        writer.MANY_PARTITIONS = old
+    stored = LakeCatalog(settings).load_table(table).scan().to_arrow()
+    assert sorted(stored.column("seq").to_pylist()) == list(range(10, 40))
+    letters = LakeCatalog(settings).load_table("bronze.dead_letters").scan().to_arrow()
+    reasons = letters.column("reason").to_pylist()
+    assert len(reasons) == 10 and all(
+        "days after the lake received the event" in r for r in reasons
+    )
+    wide = [r.getMessage() for r in caplog.records if "partitions (a file each" in r.getMessage()]
+    assert len(wide) == 1 and "30 rows in" in wide[0], wide

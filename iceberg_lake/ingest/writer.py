@@ -34,6 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -127,6 +128,8 @@ MAX_PROBES = 64
 #: messages decoded without a field a migration just added span about this long (evolve14
 #: measured 76 such messages at 150 msg/s with 1 s).
 SCHEMA_CHECK_SECONDS = 0.05
+#: A commit writing more partitions (files) than this is warned of (`_note_partitions`).
+MANY_PARTITIONS = 1_000
 #: The inference writer skips every mapped subject; while only those flow, it records its
 #: position (a property-only commit on the dead letters, no snapshot) at most this often, and
 #: when it stops or drains (`--until-idle`), so a restart re-reads at most this much.
@@ -172,6 +175,10 @@ def classify(exc: BaseException, what: str) -> Exception:
         return DataRejectedError(f"{what}: {type(exc).__name__}: {exc}")
     # Anything else is unknown: retried (never dropped), like an outage.
     return TransientError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _iso_ns(ns: int) -> str:
+    return datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -363,6 +370,8 @@ class ConsumerWriter:
         self.stream_created = ""
         #: Last stream sequence reported as removed before it was committed.
         self.removed_reported = 0
+        #: When a commit of many partitions was last warned of, per table (`_note_partitions`).
+        self._partitions_noted: dict[str, float] = {}
         #: The highest stream sequence read at the previous stream check (`check_stream`;
         #: None before the first).
         self._read_at_check: int | None = None
@@ -1564,11 +1573,38 @@ class ConsumerWriter:
                 seq,
                 elapsed * 1000,
             )
+            self._note_partitions(tid, rows, snapshot)
             self._maybe_expire(tid, table)
         if work:
             self.position = seq
             self._recorded_position = max(self._recorded_position, seq)
             self._position_recorded_at = time.monotonic()
+
+    def _note_partitions(self, tid: str, rows: pa.Table, snapshot: Any) -> None:
+        """WARNING (at most once a minute per table) for a commit that wrote more partitions
+        than `MANY_PARTITIONS`: each is a file, so event times spread over years (a feed's
+        wrong clock, ids sent as times) make a file per event and slow every commit until the
+        writer falls behind (ops15: 335-760 rows/s)."""
+        summary = snapshot.summary if snapshot is not None else None
+        parts = int(summary.get("changed-partition-count") or 0) if summary is not None else 0
+        now = time.monotonic()
+        if parts <= MANY_PARTITIONS or now - self._partitions_noted.get(tid, -1e9) < 60:
+            return
+        self._partitions_noted[tid] = now
+        ts = rows.column("ts_event_ns") if "ts_event_ns" in rows.column_names else None
+        span = ""
+        if ts is not None and len(ts):
+            low, high = pc.min_max(ts).values()
+            span = f", event times {_iso_ns(low.as_py())} .. {_iso_ns(high.as_py())}"
+        log.warning(
+            "flush %s: %d rows in %d partitions (a file each%s): events stamped over a wide "
+            "span of time (a wrong clock, ids sent as times) slow every commit; check the "
+            "producers' ts_event_ns",
+            tid,
+            rows.num_rows,
+            parts,
+            span,
+        )
 
     def _check_targets_unchanged(self, committed: set[str]) -> None:
         """Before a flush records the position: every table of this consumer that the flush
