@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -88,16 +89,11 @@ def load(
     skipped: list[Path] = []
     for p in paths:
         if p.is_dir():
-            # Every file below a folder, in path order (a vendor's YYYY/MM/ layout of daily
-            # files, backfill15), but hidden ones and, without --format, files of no format
-            # lake load reads (a README.md).
-            found = sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
-            data = [f for f in found if fmt is not None or _has_format(f)]
-            skipped.extend(f for f in found if f not in data)
+            # Every file below a folder (a vendor's YYYY/MM/ layout of daily files, backfill15),
+            # but, without --format, files of no format lake load reads (a README.md).
+            data: list[Path] = []
+            for f in _files_below(p):
+                (data if fmt is not None or _has_format(f) else skipped).append(f)
             if not data:
                 raise LakeError(f"no files to load in folder {p}")
             files.extend(data)
@@ -114,6 +110,10 @@ def load(
         commit_rows=commit_rows or DEFAULT_COMMIT_ROWS,
         reload=reload,
     )
+    if mapping:
+        from iceberg_lake.load.mapping import find_mapping
+
+        find_mapping(mapping)  # a bad mapping is a bad command: one line, not one per file
     lake_settings = settings()
     show_progress = output == OutputFormat.text and err_console.is_terminal
     with Progress(
@@ -139,17 +139,25 @@ def load(
     compactions = compact_loaded(lake_settings, results) if compact else []
     rejected = [r for r in results if r.status in ("rejected", "failed")]
 
+    # A compaction that failed is said with its reason and fails the command (review15b: the
+    # incremental path's error was a status only, exit 0).
+    compaction_errors = [
+        f"silver compaction of {c.get('table')}: {c.get('error') or 'failed'}"
+        for c in compactions
+        if c.get("status") == "error"
+    ]
     if output == OutputFormat.json:
-        keys = ("table", "date", "status", "rows_written", "partitions")
+        keys = ("table", "date", "status", "rows_written", "partitions", "error")
         payload = {
             "results": [r.as_dict() for r in results],
             "compactions": [{k: c.get(k) for k in keys} for c in compactions],
+            "skipped": [str(f) for f in skipped],
         }
         typer.echo(to_json(payload))
-        _fail_if_rejected(rejected)
+        _fail_if_rejected(rejected, compaction_errors)
         return
     if len(rejected) == len(results):
-        _fail_if_rejected(rejected)  # nothing else to show: one line per file
+        _fail_if_rejected(rejected, compaction_errors)  # nothing else to show: one line each
     rows = []
     for r in results:
         d = r.as_dict()
@@ -198,7 +206,7 @@ def load(
         )
     for c in compactions:
         say(
-            f"silver: {c.get('table')} {c.get('date')} {c.get('status')}, "
+            f"silver: {c.get('table')} {c.get('date') or '(incremental)'} {c.get('status')}, "
             f"{c.get('rows_written') or 0:,} rows, {c.get('partitions') or 0} partitions",
             output,
         )
@@ -214,7 +222,7 @@ def load(
         hint = compact_hint(sorted({d for r in results for d in r.days}))
         if hint:
             say(hint, output)
-    _fail_if_rejected(rejected)
+    _fail_if_rejected(rejected, compaction_errors)
 
 
 #: `compact_hint` names each touched day up to this many; more are shown as a range.
@@ -243,6 +251,22 @@ def compact_hint(days: list[str]) -> str | None:
     )
 
 
+def _files_below(folder: Path) -> list[Path]:
+    """The files below `folder`, in path order, through symlinked folders (a year on a NAS
+    mount; each real folder once), without hidden files and folders."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(root) / n for n in names if not n.startswith("."))
+    return sorted(f for f in found if f.is_file())
+
+
 def _has_format(path: Path) -> bool:
     """Whether `path`'s name says a format lake load reads."""
     from iceberg_lake.load.sources import detect_format
@@ -254,14 +278,15 @@ def _has_format(path: Path) -> bool:
     return True
 
 
-def _fail_if_rejected(rejected: list[Any]) -> None:
-    """One line per rejected or failed file on stderr, exit 1 (the other files' results
-    stand)."""
-    if not rejected:
+def _fail_if_rejected(rejected: list[Any], errors: list[str] | None = None) -> None:
+    """One line per rejected or failed file (and per failed compaction, `errors`) on stderr,
+    exit 1 (the other files' results stand)."""
+    lines = [r.error for r in rejected] + (errors or [])
+    if not lines:
         return
-    for r in rejected:
+    for line in lines:
         err_console.print(
-            f"[red]error:[/red] {escape(r.error)}", markup=True, highlight=False, soft_wrap=True
+            f"[red]error:[/red] {escape(line)}", markup=True, highlight=False, soft_wrap=True
         )
     raise typer.Exit(1)
 

@@ -65,6 +65,8 @@ from iceberg_lake.load.validate import Validator
 from iceberg_lake.process import end_with_parent
 from iceberg_lake.tables import BRONZE, DEAD_LETTERS_TABLE, TableDefinition, registry
 
+log = logging.getLogger(__name__)
+
 #: Default rows per commit: large enough that commit overhead is a few percent of the load time
 #: (see docs/backfill.md for the measurement), small enough to bound memory and lost work.
 DEFAULT_COMMIT_ROWS = 500_000
@@ -509,6 +511,14 @@ def load_file(
         raise LakeError(f"lake load writes Bronze market tables, not {table_id}")
     definition = lake.definition(table_id)
     check_mapping_columns(mapping, table_id, definition)
+    twice: frozenset[str] = getattr(source, "duplicated", frozenset())
+    if twice:
+        read = {mapping.source_column(n, source.columns) for n in definition.column_names}
+        if ambiguous := sorted(twice & read):
+            raise LakeError(
+                f"{path.name}: column {', '.join(ambiguous)} appears more than once in the "
+                "header line: which one to load? (rename it in the file, or map another)"
+            )
     sha = file_sha256(path)
     committer = FileCommitter(lake, table_id, sha, path.name, reload=options.reload)
     committed, done, dl_committed = committer.state()
@@ -683,20 +693,48 @@ def load_file(
     except ConcurrentLoadError:
         # A copy of this file (same SHA-256) is loading in another process right now.
         result.status = "loading-elsewhere"
+    except (TransientError, LoadRejectedError):
+        raise
+    except LakeError as exc:
+        if not result.snapshots:
+            raise
+        # Chunks committed before the error (a download cut short) stay in Bronze: said so,
+        # with their counts and partitions (review15b: reported as 0 rows stored).
+        result.status = "failed"
+        result.error = (
+            f"{_naming(path, exc)} ({result.rows_stored:,} rows and {result.dead_lettered:,} "
+            "dead letters committed before it stay in Bronze; a re-run resumes after them)"
+        )
+        _finish(result, partitions, unknown, t0)
+        raise LoadFailedError(result) from None
     else:
         if not wrote and result.rows_read:
             # Another run of the same content committed every chunk first, the last one
             # with the done entry (a skipped last chunk means the ledger said done).
             result.status = "already-loaded"
+    _finish(result, partitions, unknown, t0)
+    if progress is not None:
+        progress(path.name, result.rows_read, 1.0, time.perf_counter() - t0)
+    return result
+
+
+class LoadFailedError(LakeError):
+    """A file that failed after some of its chunks were committed; `result` says what was."""
+
+    def __init__(self, result: LoadResult) -> None:
+        super().__init__(result.error)
+        self.result = result
+
+
+def _finish(
+    result: LoadResult, partitions: set[tuple[str, int]], unknown: set[str], t0: float
+) -> None:
     result.partitions = sorted(
         (sym, datetime.fromtimestamp(hour * HOUR_NS / 1e9, tz=UTC).strftime("%Y-%m-%dT%H"))
         for sym, hour in partitions
     )
     result.unknown_columns = sorted(unknown)
     result.seconds = round(time.perf_counter() - t0, 3)
-    if progress is not None:
-        progress(path.name, result.rows_read, 1.0, time.perf_counter() - t0)
-    return result
 
 
 # ---- several files ----------------------------------------------------------------------------
@@ -747,10 +785,21 @@ def _load_or_reject(
         return load_file(lake, path, options, progress)
     except LoadRejectedError as exc:
         return LoadResult(str(path), exc.sha256, exc.table, "rejected", rows_read=0, error=str(exc))
+    except LoadFailedError as exc:
+        return exc.result
     except TransientError:
         raise
     except LakeError as exc:
         return LoadResult(str(path), "", options.table or "", "failed", error=_naming(path, exc))
+    except Exception as exc:  # a defect: this file fails, the queue goes on (review15b)
+        log.debug("loading %s", path, exc_info=True)
+        return LoadResult(
+            str(path),
+            "",
+            options.table or "",
+            "failed",
+            error=f"{Path(path).name}: internal error: {type(exc).__name__}: {exc}",
+        )
 
 
 def load_files(

@@ -206,12 +206,11 @@ class CsvSource:
         if not first:
             raise LakeError(f"{self.path.name} has no header line")
         names = [c.strip() for c in first]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise LakeError(
-                f"{self.path.name}: column {', '.join(twice)} appears twice in the header line"
-            )
-        return names
+        #: Named columns the header has more than once: a mapping may not read them (the
+        #: loader refuses that); the later ones read as `name.2`, … (Excel's trailing commas
+        #: give several empty names).
+        self.duplicated = frozenset(n for n in names if n and names.count(n) > 1)
+        return _unique(names)
 
     @property
     def columns(self) -> list[str]:
@@ -223,7 +222,10 @@ class CsvSource:
         try:
             reader = pacsv.open_csv(
                 stream,
-                read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
+                # The header's names as read here (stripped, repeats renamed), all as text.
+                read_options=pacsv.ReadOptions(
+                    block_size=BLOCK_BYTES, column_names=self._columns, skip_rows=1
+                ),
                 parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=False),
                 convert_options=pacsv.ConvertOptions(
                     column_types={c: pa.string() for c in self._columns},
@@ -238,7 +240,7 @@ class CsvSource:
                 # and JSON values are typed, their text is data (a replay export loads back
                 # as it was written).
                 table = pa.Table.from_arrays(
-                    [pc.utf8_trim_whitespace(c) for c in batch.columns], names=batch.schema.names
+                    [pc.utf8_trim_whitespace(c) for c in batch.columns], names=self._columns
                 )
                 start = row
                 row += table.num_rows
@@ -326,6 +328,34 @@ def _parquet_batches(
         raise LakeError(f"{path.name}: unreadable Parquet ({exc})") from None
 
 
+def _unique(names: list[str]) -> list[str]:
+    """`names` with each repeat renamed `name.2`, `name.3`, … (the first keeps its name)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}.{seen[name]}")
+    return out
+
+
+def _read_json(data: bytes) -> pa.Table | None:
+    """`data` (whole lines) read by pyarrow's JSON reader, typed by it; None when it cannot
+    (a malformed line, a value whose type changes, invalid UTF-8 in a text value)."""
+    for options in (None, pajson.ReadOptions(block_size=len(data) + 1)):
+        try:
+            table = pajson.read_json(io.BytesIO(data), read_options=options)
+            # The reader does not check text is UTF-8 (review15b: a stray byte ended the
+            # whole run at the Parquet writer): a block with such a value goes line by line,
+            # where the line is a dead letter.
+            table.validate(full=True)
+            return table
+        except pa.ArrowInvalid as exc:
+            # A line longer than the reader's block (1 MB): once more as one block.
+            if options is not None or "straddl" not in str(exc):
+                return None
+    return None
+
+
 class NdjsonSource:
     """Newline-delimited JSON (one object per line), optionally compressed."""
 
@@ -395,12 +425,9 @@ class NdjsonSource:
             yield SourceBatch(kept[0], kept[1], problems, progress=self._raw.fraction)
 
     def _parse(self, block: bytes, lines: list[bytes]) -> tuple[pa.Table, dict[int, str]]:
-        try:
-            table = pajson.read_json(io.BytesIO(block))
-            if table.num_rows == len(lines):
-                return table, {}
-        except pa.ArrowInvalid:
-            pass
+        table = _read_json(block)
+        if table is not None and table.num_rows == len(lines):
+            return table, {}
         objects: list[Any] = []
         problems: dict[int, str] = {}
         for i, line in enumerate(lines):
@@ -417,11 +444,8 @@ class NdjsonSource:
             # The block's good lines read by the same reader as a clean block, so their values
             # are typed alike (backfill15: the text path below turned ISO times into dead
             # letters and lists into JSON text for the whole 8 MB block around one bad line).
-            try:
-                table = pajson.read_json(io.BytesIO(b"\n".join(lines[i] for i in good) + b"\n"))
-            except pa.ArrowInvalid:
-                pass
-            else:
+            table = _read_json(b"\n".join(lines[i] for i in good) + b"\n")
+            if table is not None:
                 if table.num_rows == len(good):
                     at: list[int | None] = [None] * len(lines)
                     for k, i in enumerate(good):
