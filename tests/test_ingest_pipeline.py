@@ -337,8 +337,9 @@ def test_events_stamped_far_ahead_are_dead_lettered_and_a_wide_commit_is_warned_
     """ops15: any event time in 2000-2100 was taken, so a feed with garbage times (ids, a wrong
     clock) made one partition and one file per event: a 100k-event commit took 131 s and good
     events of the subject fell behind for good. Events stamped more than a day after the lake
-    received them are dead letters now; a commit over more than `MANY_PARTITIONS` partitions
-    (times spread over the past) is warned of once a minute."""
+    received them are dead letters now; a commit whose events span more than `MANY_HOURS`
+    distinct hours (times spread over the past) is warned of once a minute, and one of many
+    symbols in one hour is not (review15c: the warning counted partitions)."""
     import logging
     import random
 
@@ -355,13 +356,13 @@ def test_events_stamped_far_ahead_are_dead_lettered_and_a_wide_commit_is_warned_
         e["ts_event_ns"] = time.time_ns() + rng.randrange(3_600 * 10**9)
     publish(settings, [("market.stocks.trades", encode(e), None) for e in events])
 
-    old = writer.MANY_PARTITIONS
-    writer.MANY_PARTITIONS = 5  # the 30 stored events span a few dozen (symbol, hour)s
+    old = writer.MANY_HOURS
+    writer.MANY_HOURS = 2  # the 30 stored events span 4-6 hours
     try:
         with caplog.at_level(logging.WARNING, logger="iceberg_lake.ingest.writer"):
             run_until_idle(settings, [table])
     finally:
-        writer.MANY_PARTITIONS = old
+        writer.MANY_HOURS = old
     stored = LakeCatalog(settings).load_table(table).scan().to_arrow()
     assert sorted(stored.column("seq").to_pylist()) == list(range(10, 40))
     letters = LakeCatalog(settings).load_table("bronze.dead_letters").scan().to_arrow()
@@ -369,5 +370,20 @@ def test_events_stamped_far_ahead_are_dead_lettered_and_a_wide_commit_is_warned_
     assert len(reasons) == 10 and all(
         "days after the lake received the event" in r for r in reasons
     )
-    wide = [r.getMessage() for r in caplog.records if "partitions (a file each" in r.getMessage()]
-    assert len(wide) == 1 and "30 rows in" in wide[0], wide
+    wide = [r.getMessage() for r in caplog.records if "distinct hours" in r.getMessage()]
+    assert len(wide) == 1 and "30 rows over" in wide[0], wide
+
+    # Many symbols in one hour: many partitions, no warning.
+    caplog.clear()
+    now = time.time_ns()
+    symbols = [
+        {**make_event(table, 100 + i, symbol=f"S{i:04d}"), "ts_event_ns": now} for i in range(8)
+    ]
+    publish(settings, [("market.stocks.trades", encode(e), None) for e in symbols])
+    writer.MANY_HOURS = 2
+    try:
+        with caplog.at_level(logging.WARNING, logger="iceberg_lake.ingest.writer"):
+            run_until_idle(settings, [table])
+    finally:
+        writer.MANY_HOURS = old
+    assert not [r for r in caplog.records if "distinct hours" in r.getMessage()]

@@ -315,6 +315,49 @@ def test_messages_removed_ahead_of_a_running_writer_are_logged_and_counted(
     assert set(range(200)) - set(stored) == set(range(100, 150))  # stream seq 101..150
 
 
+def test_a_quiet_subjects_writer_does_not_report_other_subjects_removed(
+    tmp_path: Path, nats: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review15c: a writer whose subject is silent (no futures published) measured removals
+    from the last message of its own subject, so every sequence a limit removed from the
+    stream (stocks, all stored) was reported as its loss, every 2 s. With nothing pending on
+    its consumer it is read up to the stream's last sequence."""
+    from support.wait import await_until
+
+    from iceberg_lake.ingest.service import LakeService
+
+    settings = settings_for(tmp_path, nats.url, LAKE_BRONZE_BATCH_SECONDS="0.1")
+    futures_consumer = "lake_bronze_futures_trades"
+
+    async def scenario() -> None:
+        service = LakeService(settings, [TABLE, "bronze.futures_trades"])
+        runner = asyncio.create_task(service.run())
+        try:
+            await await_until(lambda: all(w.active for w in service.writers), 30, "writers")
+            from ingest_support import publish_async
+
+            await publish_async(settings, trades(0, 100))
+            await await_until(lambda: service.committed_events == 100, 30, "stocks", alive=runner)
+            (quiet,) = [w for w in service.writers if w.consumer == futures_consumer]
+            (busy,) = [w for w in service.writers if w.consumer == CONSUMER]
+            for writer in (quiet, busy):  # a check (every 2 s) while the stream holds 1..100
+                await writer.check_stream()
+            nc = await bus.connect(settings)
+            try:  # the limit removes stocks messages, all of them stored
+                await bus.jetstream(nc, settings).purge_stream(bus.MARKET_STREAM, seq=101)
+            finally:
+                await nc.close()
+            for writer in (quiet, busy):
+                await writer.check_stream()
+        finally:
+            await service.stop()
+            await asyncio.wait_for(runner, 60)
+
+    with caplog.at_level(logging.WARNING, logger="iceberg_lake.ingest.writer"):
+        asyncio.run(scenario())
+    assert not [r.getMessage() for r in caplog.records if "removed seq" in r.getMessage()]
+
+
 async def _waiting_pulls(settings: Settings) -> int:
     nc = await bus.connect(settings)
     try:

@@ -128,8 +128,8 @@ MAX_PROBES = 64
 #: messages decoded without a field a migration just added span about this long (evolve14
 #: measured 76 such messages at 150 msg/s with 1 s).
 SCHEMA_CHECK_SECONDS = 0.05
-#: A commit writing more partitions (files) than this is warned of (`_note_partitions`).
-MANY_PARTITIONS = 1_000
+#: A commit whose events span more distinct hours than this is warned of (`_note_partitions`).
+MANY_HOURS = 100
 #: The inference writer skips every mapped subject; while only those flow, it records its
 #: position (a property-only commit on the dead letters, no snapshot) at most this often, and
 #: when it stops or drains (`--until-idle`), so a restart re-reads at most this much.
@@ -622,6 +622,14 @@ class ConsumerWriter:
         removed = metrics.REMOVED_BEFORE_COMMIT.labels(self.consumer)
         # A (re)start reads again from the committed position.
         read, self._read_at_check = self._read_at_check, self.position if start else self.max_sseq
+        if not start:
+            # Nothing pending on the consumer (asked after the stream): every message of its
+            # subjects up to the stream's last was delivered, so a quiet subject's writer is
+            # read up to there (review15c: a writer whose subject was silent warned of every
+            # sequence the limit removed, every 2 s).
+            state = await consumer_state(self.js, self.stream, self.consumer)
+            if state is not None and state[0] == 0:
+                self._read_at_check = max(self.max_sseq, live.last_seq)
         if not start and read is not None:
             lo = max(read, self.removed_reported) + 1
             if hi >= lo:
@@ -1581,29 +1589,35 @@ class ConsumerWriter:
             self._position_recorded_at = time.monotonic()
 
     def _note_partitions(self, tid: str, rows: pa.Table, snapshot: Any) -> None:
-        """WARNING (at most once a minute per table) for a commit that wrote more partitions
-        than `MANY_PARTITIONS`: each is a file, so event times spread over years (a feed's
-        wrong clock, ids sent as times) make a file per event and slow every commit until the
-        writer falls behind (ops15: 335-760 rows/s)."""
+        """WARNING (at most once a minute per table) for a commit whose events span more than
+        `MANY_HOURS` distinct hours: each (symbol, hour) is a partition and a file, so event
+        times spread over years (a feed's wrong clock, ids sent as times) make a file per event
+        and slow every commit until the writer falls behind (ops15: 335-760 rows/s). Hours,
+        not partitions: a feed of thousands of symbols is a commit of thousands of
+        partitions in one hour (review15c)."""
         summary = snapshot.summary if snapshot is not None else None
         parts = int(summary.get("changed-partition-count") or 0) if summary is not None else 0
         now = time.monotonic()
-        if parts <= MANY_PARTITIONS or now - self._partitions_noted.get(tid, -1e9) < 60:
+        if parts <= MANY_HOURS or now - self._partitions_noted.get(tid, -1e9) < 60:
+            return
+        if "ts_event_ns" not in rows.column_names or not rows.num_rows:
+            return
+        ts = rows.column("ts_event_ns")
+        hours = len(pc.unique(pc.divide(ts, pa.scalar(3_600_000_000_000, ts.type))))
+        if hours <= MANY_HOURS:
             return
         self._partitions_noted[tid] = now
-        ts = rows.column("ts_event_ns") if "ts_event_ns" in rows.column_names else None
-        span = ""
-        if ts is not None and len(ts):
-            low, high = pc.min_max(ts).values()
-            span = f", event times {_iso_ns(low.as_py())} .. {_iso_ns(high.as_py())}"
+        low, high = pc.min_max(ts).values()
         log.warning(
-            "flush %s: %d rows in %d partitions (a file each%s): events stamped over a wide "
-            "span of time (a wrong clock, ids sent as times) slow every commit; check the "
-            "producers' ts_event_ns",
+            "flush %s: %d rows over %d distinct hours, %d partitions (a file each; event times "
+            "%s .. %s): events stamped over a wide span of time (a wrong clock, ids sent as "
+            "times) slow every commit; check the producers' ts_event_ns",
             tid,
             rows.num_rows,
+            hours,
             parts,
-            span,
+            _iso_ns(low.as_py()),
+            _iso_ns(high.as_py()),
         )
 
     def _check_targets_unchanged(self, committed: set[str]) -> None:
