@@ -263,3 +263,43 @@ def test_review15b_partial_failures_compaction_errors_and_odd_ndjson(
     report = json.loads(res.stdout)
     assert [Path(r["file"]).name for r in report["results"]] == ["d7.csv.gz"]
     assert report["skipped"] == [str(tree / "d8.csv.gz.part")]
+
+
+def test_review15c_impossible_times_wide_headers_and_tsv_gz(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """review15c: one impossible ISO time (24:00, Feb 30) dead-lettered every time of its
+    block; a header past 64 KiB was cut short; `.tsv.gz` was read as comma-separated; a
+    renamed repeat could collide with a column of the header."""
+    header = "symbol,ts_event_ns,price,size,seq"
+    body = [f"AAPL,2025-12-16T14:{i % 60:02d}:00Z,150.5,1,{i}" for i in range(2_000)]
+    body[1_000] = "AAPL,2025-12-16T24:00:00Z,150.5,1,1000"
+    body[1_500] = "AAPL,2025-02-30 10:00:00,150.5,1,1500"
+    times = tmp_path / "times.csv"
+    times.write_text("\n".join([header, *body]) + "\n")
+    lake = LakeCatalog(load_settings(env))
+    result = load_file(lake, times, LoadOptions(table=TABLE))
+    assert (result.rows_stored, result.dead_lettered) == (1_998, 2)
+    letters = lake.load_table("bronze.dead_letters").scan().to_arrow().column("reason")
+    assert sorted(letters.to_pylist()) == [
+        "ts_event_ns: invalid value '2025-02-30 10:00:00' for type int64",
+        "ts_event_ns: invalid value '2025-12-16T24:00:00Z' for type int64",
+    ]
+
+    wide = tmp_path / "wide.csv"  # 5,000 more columns: a header of ~70 KiB
+    extra = ",".join(f"unused_column_{i:05d}" for i in range(5_000))
+    row = ",".join("" for _ in range(5_000))
+    wide.write_text(f"{header},{extra}\nMSFT,2025-12-16T15:00:00Z,400.5,2,7,{row}\n")
+    assert load_file(lake, wide, LoadOptions(table=TABLE)).rows_stored == 1
+
+    tsv = tmp_path / "t.tsv.gz"
+    tsv.write_bytes(
+        gzip.compress(
+            f"{header}\nNVDA\t2025-12-16T16:00:00Z\t90.5\t3\t8\n".replace(",", "\t").encode()
+        )
+    )
+    assert load_file(lake, tsv, LoadOptions(table=TABLE)).rows_stored == 1
+
+    from iceberg_lake.load.sources import _unique
+
+    assert _unique(["x", "x", "x.2", "", ""]) == ["x", "x.3", "x.2", "", ".2"]

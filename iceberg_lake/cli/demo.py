@@ -63,7 +63,10 @@ def simulate(
     ),
     batch: int = typer.Option(1, "--batch", help="Events per message (>1: a JSON array)."),
     start: str = typer.Option(
-        "2024-05-13T13:30:00Z", "--start", help="Event time of the session start, or 'now'."
+        "2024-05-13T13:30:00Z",
+        "--start",
+        help="Event time of the session start, or 'now' (the writers dead-letter events "
+        "stamped more than a day ahead of their receipt).",
     ),
     speed: float = typer.Option(
         1.0, "--speed", help="Session seconds per wall second; 0 publishes as fast as possible."

@@ -953,7 +953,8 @@ class TableCodec:
                 arr = _array_isolating(name, values, target, bad)
             arrays[name] = arr
         ts = arrays.get("ts_event_ns")
-        if ts is not None and pa.types.is_integer(ts.type):
+        # Only against a receive time that is a time (unit tests and tools decode with 0 or 1).
+        if ts is not None and pa.types.is_integer(ts.type) and recv_ns >= MIN_TS_NS:
             ahead = pc.fill_null(pc.greater(ts, recv_ns + MAX_EVENT_LEAD_NS), False)
             for row in np.flatnonzero(ahead.to_numpy(zero_copy_only=False)):
                 lead = (ts[int(row)].as_py() - recv_ns) / 86_400e9

@@ -337,12 +337,27 @@ def _iso_times_as_ns(arr: pa.Array) -> pa.Array:
         if not pc.any(mask).as_py():
             continue
         picked = pc.if_else(mask, trimmed, pa.scalar(None, pa.string()))
+        to = kind or pa.timestamp("ns", tz="UTC")
         try:
-            ns = picked.cast(kind or pa.timestamp("ns", tz="UTC")).cast(pa.int64())
+            ns = picked.cast(to).cast(pa.int64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            continue  # left as text: the integer conversion names the value
+            # One impossible time (Feb 30, 24:00, a 9999-12-31 placeholder) fails the cast of
+            # all: each on its own then, the impossible ones left as text for the integer
+            # conversion to name (review15c: a block's every time was dead-lettered).
+            ns = pa.array([_cast_one(v, to) for v in picked.to_pylist()], pa.int64())
+            mask = pc.and_(mask, ns.is_valid())
         out = pc.if_else(mask, ns.cast(pa.string()), out)
     return out
+
+
+def _cast_one(value: str | None, to: pa.DataType) -> int | None:
+    """`value` as Unix nanoseconds of type `to`, None if it is None or not such a time."""
+    if value is None:
+        return None
+    try:
+        return int(pa.scalar(value).cast(to).cast(pa.int64()).as_py())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError):
+        return None
 
 
 def _convert_column(

@@ -190,7 +190,13 @@ class CsvSource:
     def _read_header(self) -> list[str]:
         raw, stream = self._stream()
         try:
+            # Up to the header line's end (review15c: a header past 64 KiB was cut short).
             head = stream.read(1 << 16)
+            while b"\n" not in head and len(head) < (64 << 20):
+                more = stream.read(1 << 20)
+                if not more:
+                    break
+                head += more
         except (OSError, pa.ArrowInvalid) as exc:
             raise LakeError(f"cannot read {self.path.name}: {exc}") from None
         finally:
@@ -199,7 +205,7 @@ class CsvSource:
         # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which pyarrow's reader
         # drops; read with it, the first column was `\ufeffticker` (backfill15).
         text = head.decode("utf-8-sig", errors="replace")
-        delimiter = "\t" if self.path.name.lower().split(".")[-1] == "tsv" else ","
+        delimiter = _delimiter(self.path)
         first = next(
             csv.reader(io.StringIO(text.splitlines()[0] if text else ""), delimiter=delimiter), []
         )
@@ -218,7 +224,7 @@ class CsvSource:
 
     def batches(self, skip_rows: int = 0) -> Iterator[SourceBatch]:
         raw, stream = self._stream()
-        delimiter = "\t" if self.path.name.lower().split(".")[-1] == "tsv" else ","
+        delimiter = _delimiter(self.path)
         try:
             reader = pacsv.open_csv(
                 stream,
@@ -329,13 +335,27 @@ def _parquet_batches(
 
 
 def _unique(names: list[str]) -> list[str]:
-    """`names` with each repeat renamed `name.2`, `name.3`, … (the first keeps its name)."""
-    seen: dict[str, int] = {}
-    out = []
+    """`names` with each repeat renamed `name.2`, `name.3`, … (the first keeps its name; a
+    suffix the header has already is skipped)."""
+    taken = set(names)
+    out: list[str] = []
     for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name}.{seen[name]}")
+        if name not in out:
+            out.append(name)
+            continue
+        k = 2
+        while f"{name}.{k}" in taken or f"{name}.{k}" in out:
+            k += 1
+        out.append(f"{name}.{k}")
     return out
+
+
+def _delimiter(path: Path) -> str:
+    """Tab for a `.tsv` file (compressed too: `.tsv.gz`), else comma."""
+    name = path.name.lower()
+    for suffix in (".gz", ".zst", ".zstd", ".bz2"):
+        name = name.removesuffix(suffix)
+    return "\t" if name.endswith(".tsv") else ","
 
 
 def _read_json(data: bytes) -> pa.Table | None:
