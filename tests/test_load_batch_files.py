@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
 from iceberg_lake.config import load_settings
+from iceberg_lake.exceptions import LakeError
 from iceberg_lake.load import LoadOptions, load_file
 from iceberg_lake.load.sources import RAW_LINE_COLUMN, open_source
 from tests.load_data import T14, polygon_trades, write_csv_gz
@@ -300,6 +301,18 @@ def test_review15c_impossible_times_wide_headers_and_tsv_gz(
     )
     assert load_file(lake, tsv, LoadOptions(table=TABLE)).rows_stored == 1
 
-    from iceberg_lake.load.sources import _unique
+    from iceberg_lake.load.sources import CsvSource, _unique
 
     assert _unique(["x", "x", "x.2", "", ""]) == ["x", "x.3", "x.2", "", ".2"]
+    many = _unique([""] * 16_384)  # Excel's trailing commas (review15d: cubic before)
+    assert len(set(many)) == 16_384 and many[:3] == ["", ".2", ".3"]
+
+    # review15d: a header cell past the csv module's limit is one line; \r line endings end
+    # the header line.
+    huge = tmp_path / "huge.csv"
+    huge.write_text("a" * 200_000 + ",b\n1,2\n")
+    with pytest.raises(LakeError, match="huge.csv: unreadable header line"):
+        CsvSource(huge)
+    old_mac = tmp_path / "cr.csv"
+    old_mac.write_bytes(header.encode() + b"\r" + b"AMD,2025-12-16T17:00:00Z,100.5,4,9\r")
+    assert CsvSource(old_mac).columns == header.split(",")

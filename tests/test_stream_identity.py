@@ -24,6 +24,7 @@ from ingest_support import (
     encode,
     make_event,
     publish,
+    publish_async,
     run_until_idle,
     settings_env,
     settings_for,
@@ -505,3 +506,84 @@ def test_streams_lost_under_a_running_serve_stop_it_with_one_line(
                 await asyncio.wait_for(runner, 60)
 
     asyncio.run(scenario())
+
+
+def test_a_reset_during_the_stream_check_keeps_its_removals_reported(
+    tmp_path: Path,
+    nats: NatsServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """review15d: the stream check's "nothing pending" shortcut (a quiet subject's writer is read
+    up to the stream's last sequence) took effect after a reset made while it waited for the
+    consumer's state: the reset re-read from the committed position, a limit removed 101..150
+    meanwhile, and nothing was reported. With messages ack-pending (uncommitted) there is no
+    shortcut. The timing is forced by wrapping the writer's consumer-state and consumer-reset
+    calls (real NATS, real purge)."""
+    import inspect
+
+    from support.wait import await_until
+
+    from iceberg_lake.ingest import service as service_mod
+    from iceberg_lake.ingest import writer as writer_mod
+    from iceberg_lake.ingest.service import LakeService
+
+    monkeypatch.setattr(service_mod, "STREAM_CHECK_SECONDS", 3600)  # only our checks
+    settings = settings_for(tmp_path, nats.url, LAKE_BRONZE_BATCH_SECONDS="0.1")
+    real_state, real_reset = writer_mod.consumer_state, writer_mod.reset_consumer
+    armed: dict[str, Any] = {}
+
+    async def purge(seq: int) -> None:
+        nc = await bus.connect(settings)
+        try:
+            await bus.jetstream(nc, settings).purge_stream(bus.MARKET_STREAM, seq=seq)
+        finally:
+            await nc.close()
+
+    async def reset_consumer(js, target, start):  # noqa: ANN001
+        if armed.pop("purge", False):
+            await purge(151)  # the limit removes 101..150 while the consumer is recreated
+        await real_reset(js, target, start)
+        if "reset_done" in armed:
+            armed["reset_done"].set()
+
+    async def consumer_state(js, stream, consumer):  # noqa: ANN001
+        state = await real_state(js, stream, consumer)
+        if armed.pop("race", False) and inspect.stack()[1].function == "check_stream":
+            # While this answer travels, the writer resets (a lost connection): its start check
+            # records the committed position, then the consumer is recreated there.
+            armed["purge"] = True
+            armed["writer"].reset_needed = True  # what `_ingest` does on a delivery gap
+            await armed["reset_done"].wait()
+        return state
+
+    monkeypatch.setattr(writer_mod, "consumer_state", consumer_state)
+    monkeypatch.setattr(writer_mod, "reset_consumer", reset_consumer)
+
+    async def scenario() -> None:
+        service = LakeService(settings, [TABLE])
+        runner = asyncio.create_task(service.run())
+        try:
+            await await_until(
+                lambda: service.writers and all(w.active for w in service.writers), 30, "writers"
+            )
+            (w,) = [x for x in service.writers if x.consumer == CONSUMER]
+            await publish_async(settings, trades(0, 100))
+            await await_until(lambda: service.committed_events == 100, 30, "first", alive=runner)
+            w.batch_seconds = 3600  # 101..200 stay buffered, uncommitted
+            await publish_async(settings, trades(100, 200))
+            await await_until(lambda: w.max_sseq == 200, 30, "buffered", alive=runner)
+            armed.update(race=True, writer=w, reset_done=asyncio.Event())
+            await w.check_stream()
+            w.batch_seconds = 0.1
+            await await_until(lambda: w.position == 200, 30, "rest", alive=runner)
+            await w.check_stream()
+        finally:
+            await service.stop()
+            await asyncio.wait_for(runner, 60)
+
+    with caplog.at_level(logging.WARNING, logger="iceberg_lake.ingest.writer"):
+        asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records if "seq" in r.getMessage()]
+    assert any("101..150" in x for x in lines), lines
+    assert sorted(stored_seqs(settings)) == list(range(100)) + list(range(150, 200))

@@ -627,8 +627,12 @@ class ConsumerWriter:
             # subjects up to the stream's last was delivered, so a quiet subject's writer is
             # read up to there (review15c: a writer whose subject was silent warned of every
             # sequence the limit removed, every 2 s).
+            # Nothing acked-pending either: every such message was committed, so a reset
+            # that re-reads (even one made while this request waited) loses none of them
+            # (review15d: with messages ack-pending, a reset during the wait had them removed
+            # before they were read again, unreported).
             state = await consumer_state(self.js, self.stream, self.consumer)
-            if state is not None and state[0] == 0:
+            if state == (0, 0):
                 self._read_at_check = max(self.max_sseq, live.last_seq)
         if not start and read is not None:
             lo = max(read, self.removed_reported) + 1

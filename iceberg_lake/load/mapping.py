@@ -344,20 +344,25 @@ def _iso_times_as_ns(arr: pa.Array) -> pa.Array:
             # One impossible time (Feb 30, 24:00, a 9999-12-31 placeholder) fails the cast of
             # all: each on its own then, the impossible ones left as text for the integer
             # conversion to name (review15c: a block's every time was dead-lettered).
-            ns = pa.array([_cast_one(v, to) for v in picked.to_pylist()], pa.int64())
+            ns = _cast_isolating(picked, to)
             mask = pc.and_(mask, ns.is_valid())
         out = pc.if_else(mask, ns.cast(pa.string()), out)
     return out
 
 
-def _cast_one(value: str | None, to: pa.DataType) -> int | None:
-    """`value` as Unix nanoseconds of type `to`, None if it is None or not such a time."""
-    if value is None:
-        return None
+def _cast_isolating(text: pa.Array, to: pa.DataType) -> pa.Array:
+    """`text` cast to `to` as int64 nanoseconds, null where a value does not cast: halves are
+    cast until the failing values are alone (review15d: value by value, ten bad cells in a
+    500k-row file took the load from 2.4 s to 15.2 s)."""
     try:
-        return int(pa.scalar(value).cast(to).cast(pa.int64()).as_py())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError):
-        return None
+        return text.cast(to).cast(pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        if len(text) <= 1:
+            return pa.nulls(len(text), pa.int64())
+    half = len(text) // 2
+    return pa.concat_arrays(
+        [_cast_isolating(text.slice(0, half), to), _cast_isolating(text.slice(half), to)]
+    )
 
 
 def _convert_column(

@@ -192,7 +192,7 @@ class CsvSource:
         try:
             # Up to the header line's end (review15c: a header past 64 KiB was cut short).
             head = stream.read(1 << 16)
-            while b"\n" not in head and len(head) < (64 << 20):
+            while b"\n" not in head and b"\r" not in head and len(head) < (64 << 20):
                 more = stream.read(1 << 20)
                 if not more:
                     break
@@ -206,9 +206,13 @@ class CsvSource:
         # drops; read with it, the first column was `\ufeffticker` (backfill15).
         text = head.decode("utf-8-sig", errors="replace")
         delimiter = _delimiter(self.path)
-        first = next(
-            csv.reader(io.StringIO(text.splitlines()[0] if text else ""), delimiter=delimiter), []
-        )
+        try:
+            first = next(
+                csv.reader(io.StringIO(text.splitlines()[0] if text else ""), delimiter=delimiter),
+                [],
+            )
+        except csv.Error as exc:  # a header cell past the csv module's 128 KiB field limit
+            raise LakeError(f"{self.path.name}: unreadable header line ({exc})") from None
         if not first:
             raise LakeError(f"{self.path.name} has no header line")
         names = [c.strip() for c in first]
@@ -338,14 +342,19 @@ def _unique(names: list[str]) -> list[str]:
     """`names` with each repeat renamed `name.2`, `name.3`, … (the first keeps its name; a
     suffix the header has already is skipped)."""
     taken = set(names)
+    used: set[str] = set()
+    suffix: dict[str, int] = {}
     out: list[str] = []
     for name in names:
-        if name not in out:
+        if name not in used:
+            used.add(name)
             out.append(name)
             continue
-        k = 2
-        while f"{name}.{k}" in taken or f"{name}.{k}" in out:
+        k = suffix.get(name, 2)
+        while f"{name}.{k}" in taken or f"{name}.{k}" in used:
             k += 1
+        suffix[name] = k + 1
+        used.add(f"{name}.{k}")
         out.append(f"{name}.{k}")
     return out
 
