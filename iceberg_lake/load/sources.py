@@ -30,6 +30,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from iceberg_lake.exceptions import LakeError
+from iceberg_lake.load.mapping import PADDED_TEXT_KEY
 
 #: Rows per batch handed to conversion (bounded memory, amortised per-batch overhead).
 BATCH_ROWS = 131_072
@@ -245,12 +246,11 @@ class CsvSource:
             )
             row = 0
             for batch in reader:
-                # Cells without the padding of fixed-width exports, as numbers are read anyway
-                # (backfill15: `"AAPL "` was a second symbol beside `AAPL`). CSV only: Parquet
-                # and JSON values are typed, their text is data (a replay export loads back
-                # as it was written).
-                table = pa.Table.from_arrays(
-                    [pc.utf8_trim_whitespace(c) for c in batch.columns], names=self._columns
+                # Text the loader trims (`mapping.PADDED_TEXT_KEY`): CSV only, Parquet and JSON
+                # values are typed and their text is data (a replay export loads back as it
+                # was written).
+                table = pa.Table.from_batches([batch]).replace_schema_metadata(
+                    {PADDED_TEXT_KEY: b"1"}
                 )
                 start = row
                 row += table.num_rows
