@@ -73,6 +73,19 @@ def stored_seqs(settings: Settings) -> collections.Counter[int]:
     return out
 
 
+def purge_below(settings: Settings, seq: int) -> None:
+    """Remove the stream's messages below `seq`: what max_age/max_bytes (or a purge) do."""
+
+    async def purge() -> None:
+        nc = await bus.connect(settings)
+        try:
+            await bus.jetstream(nc, settings).purge_stream(bus.MARKET_STREAM, seq=seq)
+        finally:
+            await nc.close()
+
+    asyncio.run(purge())
+
+
 def props(settings: Settings) -> dict[str, str]:
     """The table's properties ({} until `lake serve` created it)."""
     catalog = LakeCatalog(settings)
@@ -238,14 +251,7 @@ def test_removed_before_commit_is_logged_and_counted(
     publish(settings, trades(100, 200))  # seq 101..200
     wait_stream(settings, "MARKET", 200)
 
-    async def purge() -> None:  # what max_age/max_bytes do while no writer runs
-        nc = await bus.connect(settings)
-        try:
-            await bus.jetstream(nc, settings).purge_stream(bus.MARKET_STREAM, seq=151)
-        finally:
-            await nc.close()
-
-    asyncio.run(purge())
+    purge_below(settings, 151)  # what max_age/max_bytes do while no writer runs
 
     def removed() -> float:
         labels = {"consumer": CONSUMER}
@@ -287,14 +293,7 @@ def test_messages_removed_ahead_of_a_running_writer_are_logged_and_counted(
         publish(settings, trades(100, 200))  # stream seq 101..200
         wait_stream(settings, "MARKET", 200)
 
-        async def purge() -> None:  # what max_bytes does to a stream that fills up
-            nc = await bus.connect(settings)
-            try:
-                await bus.jetstream(nc, settings).purge_stream(bus.MARKET_STREAM, seq=151)
-            finally:
-                await nc.close()
-
-        asyncio.run(purge())
+        purge_below(settings, 151)  # what max_bytes does to a stream that fills up
         proc.send_signal(signal.SIGCONT)
         wait_until(
             lambda: "removed seq" in log.read_text(),

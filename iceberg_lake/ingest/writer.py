@@ -619,7 +619,7 @@ class ConsumerWriter:
         self.stream_created = live.created
         lo, hi = max(self.position, self.removed_reported) + 1, live.first_seq - 1
         # Exported from the start at 0, so "no loss" is a value, not a missing series.
-        removed = metrics.REMOVED_BEFORE_COMMIT.labels(self.consumer)
+        metrics.REMOVED_BEFORE_COMMIT.labels(self.consumer)
         # A (re)start reads again from the committed position.
         read, self._read_at_check = self._read_at_check, self.position if start else self.max_sseq
         if not start:
@@ -637,19 +637,13 @@ class ConsumerWriter:
         if not start and read is not None:
             lo = max(read, self.removed_reported) + 1
             if hi >= lo:
-                self.removed_reported = hi
-                removed.inc(hi - lo + 1)
-                log.warning(
-                    "writer %s: stream %s removed seq %d..%d (%d sequences, by its limits or a "
-                    "purge) past what this writer had read seconds before: any %s messages "
-                    "among them it had not read are lost (the stream fills faster than the "
-                    "lake reads it: raise its limits)",
-                    self.target,
-                    self.stream,
+                self._report_removed(
                     lo,
                     hi,
-                    hi - lo + 1,
-                    self.filter_subject,
+                    "removed seq %d..%d (%d sequences, by its limits or a purge) past what this "
+                    "writer had read seconds before: any %s messages among them it had not "
+                    "read are lost (the stream fills faster than the lake reads it: raise its "
+                    "limits)",
                 )
             return
         if start and hi >= lo:
@@ -667,21 +661,30 @@ class ConsumerWriter:
                         "catalog was restored from a backup, those were handled before the "
                         "last stop and are not lost"
                     )
-            self.removed_reported = hi
-            removed.inc(hi - lo + 1)
-            log.warning(
-                "writer %s: stream %s no longer holds seq %d..%d (%d sequences, removed by its "
-                "limits or a purge before this table committed them): any %s messages among "
-                "them are lost (the range is an upper bound: after a quiet spell of this "
-                "subject it holds only other subjects' messages)%s",
-                self.target,
-                self.stream,
+            self._report_removed(
                 lo,
                 hi,
-                hi - lo + 1,
-                self.filter_subject,
-                hint,
+                "no longer holds seq %d..%d (%d sequences, removed by its limits or a purge "
+                "before this table committed them): any %s messages among them are lost (the "
+                "range is an upper bound: after a quiet spell of this subject it holds only "
+                "other subjects' messages)" + hint.replace("%", "%%"),
             )
+
+    def _report_removed(self, lo: int, hi: int, what: str) -> None:
+        """Count stream sequences `lo..hi` as removed before this writer committed them
+        (`metrics.REMOVED_BEFORE_COMMIT`) and log `what` (its %-arguments: lo, hi, the count,
+        the filter subject) as a WARNING."""
+        self.removed_reported = hi
+        metrics.REMOVED_BEFORE_COMMIT.labels(self.consumer).inc(hi - lo + 1)
+        log.warning(
+            "writer %s: stream %s " + what,
+            self.target,
+            self.stream,
+            lo,
+            hi,
+            hi - lo + 1,
+            self.filter_subject,
+        )
 
     async def close(self, timeout: float | None = None) -> None:
         """Unsubscribe the pull subscription (the consumer stays) and release the lease.
