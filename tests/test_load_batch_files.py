@@ -316,3 +316,39 @@ def test_review15c_impossible_times_wide_headers_and_tsv_gz(
     old_mac = tmp_path / "cr.csv"
     old_mac.write_bytes(header.encode() + b"\r" + b"AMD,2025-12-16T17:00:00Z,100.5,4,9\r")
     assert CsvSource(old_mac).columns == header.split(",")
+
+
+def test_review15e_padded_export_rows_dictionary_times_and_parquet_text(
+    tmp_path: Path, env: dict[str, str], duck
+) -> None:
+    """review15e: a CSV replay export's padded `table` value was counted as another table's
+    row (not stored, not dead-lettered); ISO times in a dictionary-encoded Parquet column were
+    dead-lettered; Parquet text is stored as written (only CSV cells are trimmed)."""
+    import pyarrow.parquet as pq
+
+    export = tmp_path / "export.csv"
+    export.write_text(
+        "table,symbol,ts_event_ns,price,size,seq\n"
+        "bronze.stocks_trades ,MSFT,1765895400000000000,400.5,1,1\n"
+        "bronze.stocks_trades,MSFT,1765895400000000001,400.5,1,2\n"
+    )
+    lake = LakeCatalog(load_settings(env))
+    result = load_file(lake, export, LoadOptions(table=TABLE))
+    assert (result.rows_stored, result.rows_other_tables) == (2, 0)
+
+    times = pa.array(["2025-12-16T14:30:00Z", "2025-12-16 14:31:00"] * 50).dictionary_encode()
+    table = pa.table(
+        {
+            "symbol": [" PAD "] * 100,
+            "ts_event_ns": times,
+            "price": [1.5] * 100,
+            "size": [1] * 100,
+            "seq": list(range(10, 110)),
+        }
+    )
+    parquet = tmp_path / "dict.parquet"
+    pq.write_table(table, parquet)
+    loaded = load_file(lake, parquet, LoadOptions(table=TABLE))
+    assert (loaded.rows_stored, loaded.dead_lettered) == (100, 0)
+    got = rows(duck, lake, TABLE, "SELECT DISTINCT symbol FROM t WHERE seq >= 10 ORDER BY 1")
+    assert got == [(" PAD ",)]

@@ -453,6 +453,7 @@ def _pieces(batch: SourceBatch, first: int, size: int) -> list[SourceBatch]:
                 batch.first_row + start,
                 problems,
                 batch.progress,
+                batch.padded_text,
             )
         )
         start, take = end, size
@@ -658,7 +659,15 @@ def load_file(
                         and not (mine is not None and c == TABLE_COLUMN)
                         and c != RAW_LINE_COLUMN
                     )
-                converted = convert(rows_in, mapping, target, source_name, problems, default_source)
+                converted = convert(
+                    rows_in,
+                    mapping,
+                    target,
+                    source_name,
+                    problems,
+                    default_source,
+                    trim_text=batch.padded_text,
+                )
                 if defaulted and converted.table.num_rows:
                     # A key some line has, null or not (JSON writers may write `"bid_px": null`
                     # for a one-sided quote, or leave the key out).

@@ -246,10 +246,6 @@ class Converted:
     problems: dict[int, str]
 
 
-#: Schema metadata of a batch whose text may carry padding to trim (a CSV source's).
-PADDED_TEXT_KEY = b"lake.padded-text"
-
-
 def convert(
     batch: pa.Table,
     mapping: Mapping,
@@ -257,6 +253,8 @@ def convert(
     source: str,
     problems: dict[int, str] | None = None,
     default_source: str = DEFAULT_SOURCE,
+    *,
+    trim_text: bool = False,
 ) -> Converted:
     """Convert a batch of source columns into the target table's columns.
 
@@ -269,6 +267,7 @@ def convert(
             null or blank (or a file without one) get `default_source`.
         problems: row → reason already found by the reader (kept, first reason wins).
         default_source: the mapping's `source`, else `file`.
+        trim_text: store text columns without leading and trailing blanks (a CSV's cells).
 
     Returns:
         The converted columns and every row that had a conversion problem.
@@ -276,7 +275,6 @@ def convert(
     n = batch.num_rows
     found: dict[int, str] = dict(problems or {})
     names = batch.column_names
-    padded = (batch.schema.metadata or {}).get(PADDED_TEXT_KEY) == b"1"
     arrays: dict[str, pa.Array] = {}
     for f in target:
         if f.name == DERIVED_TS:
@@ -295,7 +293,9 @@ def convert(
             )
         column = batch.column(src)
         arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        if padded and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)):
+        if pa.types.is_dictionary(arr.type):  # a Parquet dictionary column (review15e)
+            arr = arr.dictionary_decode()
+        if trim_text and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)):
             # CSV text without the padding of fixed-width exports, as its numbers are read
             # (backfill15: `"AAPL "` was a second symbol beside `AAPL`): the columns loaded
             # only (trimming every column of a file cost ~10% of a CSV load).
@@ -303,13 +303,16 @@ def convert(
                 arr = pc.utf8_trim_whitespace(arr)
         factor = mapping.scale.get(f.name)
         mine: dict[int, str] = {}
+        times = _times_column(arr, f, factor)
+        if times and _looks_iso(arr):  # a column of ISO times: read as times at once
+            arr, times = _iso_times_as_ns(arr), False
         converted = _convert_column(arr, f.type, f.name, factor, mine)
-        if mine and _times_column(arr, f, factor):
-            # Values that are not integers: ISO 8601 times, read as the JSON reader reads them
-            # when it types a block itself (review15b); tried only then, so an integer column
-            # costs nothing more (review15d measured the check at ~10% of a CSV load).
+        if mine and times and (iso := _iso_times_as_ns(arr)) is not arr:
+            # Some values are not integers, ISO 8601 times among them: read as the JSON reader
+            # reads them when it types a block itself (review15b). Tried only then, so an
+            # integer column costs nothing more (the check cost ~10% of a CSV load).
             mine = {}
-            converted = _convert_column(_iso_times_as_ns(arr), f.type, f.name, factor, mine)
+            converted = _convert_column(iso, f.type, f.name, factor, mine)
         for row, why in mine.items():
             found.setdefault(row, why)
         arrays[f.name] = converted
@@ -353,6 +356,12 @@ def _times_column(arr: pa.Array, target: pa.Field, factor: float | None) -> bool
         and target.name.endswith("_ns")
         and factor in (None, 1)
     )
+
+
+def _looks_iso(arr: pa.Array) -> bool:
+    """Whether the first values of `arr` (text) hold ISO dates (a `-` among digits)."""
+    head = arr.slice(0, 64)
+    return bool(pc.any(pc.fill_null(pc.match_substring(head, "-"), False)).as_py())
 
 
 def _iso_times_as_ns(arr: pa.Array) -> pa.Array:

@@ -30,7 +30,6 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from iceberg_lake.exceptions import LakeError
-from iceberg_lake.load.mapping import PADDED_TEXT_KEY
 
 #: Rows per batch handed to conversion (bounded memory, amortised per-batch overhead).
 BATCH_ROWS = 131_072
@@ -57,6 +56,8 @@ class SourceBatch:
     first_row: int
     problems: dict[int, str] = field(default_factory=dict)
     progress: float = 0.0
+    #: Text to trim before it is stored (a CSV's: fixed-width exports pad their cells).
+    padded_text: bool = False
 
 
 class Source(Protocol):
@@ -246,18 +247,21 @@ class CsvSource:
             )
             row = 0
             for batch in reader:
-                # Text the loader trims (`mapping.PADDED_TEXT_KEY`): CSV only, Parquet and JSON
-                # values are typed and their text is data (a replay export loads back as it
-                # was written).
-                table = pa.Table.from_batches([batch]).replace_schema_metadata(
-                    {PADDED_TEXT_KEY: b"1"}
-                )
+                # The loader trims the text it loads (`SourceBatch.padded_text`): CSV only,
+                # Parquet and JSON values are typed and their text is data (a replay export
+                # loads back as it was written). The routing column of a replay export is
+                # trimmed here, where rows are told apart by it (review15e).
+                table = pa.Table.from_batches([batch])
+                if TABLE_COLUMN in table.column_names:
+                    at = table.column_names.index(TABLE_COLUMN)
+                    trimmed = pc.utf8_trim_whitespace(table.column(at))
+                    table = table.set_column(at, TABLE_COLUMN, trimmed)
                 start = row
                 row += table.num_rows
                 kept = _skip(table, start, skip_rows)
                 if kept is None:
                     continue
-                yield SourceBatch(kept[0], kept[1], progress=raw.fraction)
+                yield SourceBatch(kept[0], kept[1], progress=raw.fraction, padded_text=True)
         except (pa.ArrowInvalid, OSError) as exc:  # OSError: truncated or corrupt compression
             raise LakeError(f"{self.path.name}: unreadable CSV ({exc})") from None
         finally:
