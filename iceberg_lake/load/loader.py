@@ -364,25 +364,12 @@ def _only_rows_of(
     return batch.table.take(pa.array(kept)), problems, kept
 
 
-def route_exports(paths: Sequence[Path | str], options: LoadOptions) -> list[tuple[str, str]]:
-    """(file, table) loads for `paths`: a replay export loaded without `--table` or `--mapping`
-    goes to the Bronze table of each table its `table` column names (one load per table, each
-    with its own ledger entry); any other file to the table its options resolve (None here).
-
-    Raises:
-        LakeError: an export names a table `lake load` does not write, or a file cannot be read.
-    """
-    out = []
-    for path, table, error in _route(paths, options):
-        if error:
-            raise LakeError(error)
-        out.append((path, table))
-    return out
-
-
 def _route(paths: Sequence[Path | str], options: LoadOptions) -> list[tuple[str, str, str]]:
-    """`route_exports` as `(file, table, error)`: a file that cannot be routed has its reason in
-    `error` instead of ending the others' loads."""
+    """(file, table, error) loads for `paths`: a replay export loaded without `--table` or
+    `--mapping` goes to the Bronze table of each table its `table` column names (one load per
+    table, each with its own ledger entry); any other file to the table its options resolve
+    ("" here). A file that cannot be routed (unreadable, an export naming a table `lake load`
+    does not write) has its reason in `error` instead of ending the others' loads."""
     out: list[tuple[str, str, str]] = []
     for p in paths:
         path = Path(p)
@@ -830,7 +817,7 @@ def load_files(
 
     Returns:
         One result per file, in the order given (a replay export loaded without a table: one
-        per table it holds, `route_exports`); a file rejected for having no valid row in its
+        per table it holds, `_route`); a file rejected for having no valid row in its
         first commit has status `rejected`, a file that cannot be loaded (unreadable,
         truncated, no table for it) status `failed`, each with the reason in `error` (the
         others load).

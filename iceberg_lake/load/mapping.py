@@ -293,7 +293,7 @@ def convert(
             )
         column = batch.column(src)
         arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        if pa.types.is_dictionary(arr.type):  # a Parquet dictionary column (review15e)
+        if pa.types.is_dictionary(arr.type):  # a Parquet dictionary column: as its values
             arr = arr.dictionary_decode()
         if trim_text and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)):
             # CSV text without the padding of fixed-width exports, as its numbers are read
@@ -410,9 +410,8 @@ def _cast_isolating(text: pa.Array, to: pa.DataType) -> pa.Array:
 def _convert_column(
     arr: pa.Array, target: pa.DataType, name: str, factor: float | None, found: dict[int, str]
 ) -> pa.Array:
-    """One source column as `target` (null where a value is invalid; reasons into `found`)."""
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_decode()
+    """One source column as `target` (null where a value is invalid; reasons into `found`);
+    `arr` is not dictionary-encoded (`convert` decodes it)."""
     if pa.types.is_timestamp(arr.type) and pa.types.is_integer(target):
         # A timestamp column feeding an *_ns column: nanoseconds since the epoch.
         try:

@@ -91,11 +91,7 @@ def detect_format(path: Path) -> str:
     Raises:
         LakeError: the extension is not one the loader reads (then pass `--format`).
     """
-    name = path.name.lower()
-    for suffix in (".gz", ".zst", ".zstd", ".bz2"):
-        if name.endswith(suffix) and not name.endswith(".dbn" + suffix):
-            name = name.removesuffix(suffix)
-    name = name.removesuffix(".zst").removesuffix(".zstd")
+    name = _uncompressed_name(path)
     if name.endswith(".dbn"):
         return "dbn"
     if name.endswith((".parquet", ".pq")):
@@ -363,12 +359,17 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def _delimiter(path: Path) -> str:
-    """Tab for a `.tsv` file (compressed too: `.tsv.gz`), else comma."""
+def _uncompressed_name(path: Path) -> str:
+    """`path`'s name in lower case without a compression suffix (`a.tsv.gz` → `a.tsv`)."""
     name = path.name.lower()
     for suffix in (".gz", ".zst", ".zstd", ".bz2"):
         name = name.removesuffix(suffix)
-    return "\t" if name.endswith(".tsv") else ","
+    return name
+
+
+def _delimiter(path: Path) -> str:
+    """Tab for a `.tsv` file (compressed too: `.tsv.gz`), else comma."""
+    return "\t" if _uncompressed_name(path).endswith(".tsv") else ","
 
 
 def _read_json(data: bytes) -> pa.Table | None:

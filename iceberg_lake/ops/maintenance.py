@@ -993,6 +993,11 @@ class ExpiryPolicy:
             retain_last=max(1, retain_last),
         )
 
+    @property
+    def checkpoint_max_age_ms(self) -> int:
+        """`checkpoint_max_age` in milliseconds (what the snapshot refs record)."""
+        return int(self.checkpoint_max_age.total_seconds() * 1000)
+
     def maintain_refs(
         self,
         table: Table,
@@ -1007,7 +1012,7 @@ class ExpiryPolicy:
         return snapshots.maintain_refs(
             table,
             table_id,
-            checkpoint_max_age_ms=int(self.checkpoint_max_age.total_seconds() * 1000),
+            checkpoint_max_age_ms=self.checkpoint_max_age_ms,
             silver_sources=silver,
             now_ms=int(now.timestamp() * 1000),
             retag=retag,
@@ -1020,7 +1025,7 @@ class ExpiryPolicy:
         return snapshots.tags_to_drop(
             table,
             table_id,
-            int(self.checkpoint_max_age.total_seconds() * 1000),
+            self.checkpoint_max_age_ms,
             int(now.timestamp() * 1000),
             retag=True,
         )
@@ -1033,7 +1038,7 @@ class ExpiryPolicy:
         return snapshots.checkpoints_due(
             table,
             table_id,
-            int(self.checkpoint_max_age.total_seconds() * 1000),
+            self.checkpoint_max_age_ms,
             int(now.timestamp() * 1000),
             retag=True,
         )
