@@ -40,6 +40,12 @@ def end_with_parent(
     a handler), SIGKILL ends it at once. If the parent has already ended (it died before this
     was called), the signal is sent at once.
 
+    The signal may come more than once: the kernel sends it each time the thread that is this
+    process's parent ends, and a dying multi-threaded parent hands its children on to another
+    of its threads first (measured: twice when the parent runs threads, under a millisecond
+    apart when idle, later under load). A handler must stay in place until the process has
+    finished its shutdown.
+
     Args:
         parent_pid: the PID of this process's parent, as the parent knows itself (passed down
             by it): comparing it with `os.getppid()` closes the window in which the parent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import signal
@@ -204,6 +205,46 @@ def test_metrics_while_serving_and_sigterm_flushes_the_buffer(
             proc.wait()
     assert count_rows(duck, settings, table) == 1500
     assert count_rows(duck, settings, "bronze.dead_letters") == 1
+
+
+def test_sigterm_repeated_through_the_shutdown_still_flushes_and_exits_0(
+    tmp_path: Path, nats: NatsServer, duck
+) -> None:
+    # A parent-death signal comes once per ending parent thread (`end_with_parent`): a second
+    # SIGTERM while the service releases its leases and flushes its acks used to end the
+    # process there, unlogged and with the signal's status (CI: a worker killed with SIGKILL's
+    # parent, its "stopped" line missing).
+    settings = settings_for(
+        tmp_path, nats.url, LAKE_BRONZE_BATCH_SIZE="1000", LAKE_BRONZE_BATCH_SECONDS="300"
+    )
+    table = "bronze.stocks_trades"
+    publish(settings, [("market.stocks.trades", encode(make_event(table, i)), None)
+                       for i in range(500)])  # fmt: skip
+    log, port = tmp_path / "serve.log", free_port()
+    proc = start_serve(settings, log, "--tables", "stocks_trades", "--metrics-port", str(port))
+    try:
+
+        def buffered() -> bool:
+            try:
+                metric = _value(_metrics(port), "lake_ingest_buffer_events", "stocks_trades")
+            except OSError:
+                return False
+            return metric == 500
+
+        wait_for(buffered, 60, "500 buffered events", proc)
+        # SIGTERMs every 2 ms until the process has ended: the first stops it, every other one
+        # lands somewhere in the flush, the commit, the lease release or the exit.
+        while proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            time.sleep(0.002)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "lake serve stopped: 500 events committed" in log.read_text()
+    assert count_rows(duck, settings, table) == 500
 
 
 def test_workers_split_the_tables_over_processes(tmp_path: Path, nats: NatsServer, duck) -> None:

@@ -125,6 +125,7 @@ class LakeService:
                 loop.add_signal_handler(sig, self._stop.set)
                 installed.append(sig)
         deadline: float | None = None
+        stopped = False
         try:
             with bus.bus_errors("setting up the JetStream streams and the lease bucket"):
                 await bus.ensure_streams(js, self.settings)
@@ -190,14 +191,21 @@ class LakeService:
                     errors.append(exc)
             if errors:
                 raise errors[0]
+            stopped = True
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
             self._closing = True
-            await self._disconnect(nc, deadline)
-        log.info(
-            "lake serve stopped: %d events committed", sum(w.committed_events for w in self.writers)
-        )
+            try:
+                await self._disconnect(nc, deadline)
+                if stopped:
+                    log.info(
+                        "lake serve stopped: %d events committed",
+                        sum(w.committed_events for w in self.writers),
+                    )
+            finally:
+                # Only now: a SIGTERM repeated during the shutdown (a dying parent's threads
+                # each send its parent-death signal) must not end the process half-way.
+                for sig in installed:
+                    loop.remove_signal_handler(sig)
 
     async def _disconnect(self, nc: Client, deadline: float | None) -> None:
         """Release the leases, flush the acks and close, within the shutdown deadline.
