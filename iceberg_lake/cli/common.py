@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ __all__ = [
     "emit",
     "err_console",
     "format_ms",
+    "interrupt_on_sigterm",
     "open_catalog",
     "option",
     "option_group",
@@ -54,6 +56,43 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: `--as-of` of the read commands (`Annotated[list[str] | None, AS_OF_OPTION]`, parsed by
 #: `cli.query.parse_as_of`): one pin for every table, or TABLE=PIN per table.
 AS_OF_OPTION = typer.Option("--as-of", help="Tag, snapshot id or ISO time, or TABLE=PIN (repeat).")
+
+
+class SigtermInterrupt:
+    """SIGTERM raising `KeyboardInterrupt` until `restore()` (see `interrupt_on_sigterm`).
+
+    Attributes:
+        received: a SIGTERM arrived (the interrupt was this signal, not Ctrl-C).
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        except ValueError:  # not the main thread: SIGTERM keeps its handler
+            self._previous = None
+
+    def _on_sigterm(self, _signum: int, _frame: Any) -> None:
+        if self.received:
+            return  # once: a repeated SIGTERM must not interrupt the clean-up it started
+        self.received = True
+        raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        """Give SIGTERM back its previous handler."""
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def interrupt_on_sigterm() -> SigtermInterrupt:
+    """Make SIGTERM (docker stop, systemd, `kill`) end a long command as Ctrl-C does.
+
+    The command's `except KeyboardInterrupt` path runs (output flushed and closed, manifest
+    written) instead of the process ending where it stands. Call `restore()` when done.
+    """
+    return SigtermInterrupt()
 
 
 def settings() -> Settings:

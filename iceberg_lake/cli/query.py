@@ -24,6 +24,7 @@ from iceberg_lake.cli.common import (
     emit,
     err_console,
     format_ms,
+    interrupt_on_sigterm,
     note_outside,
     open_catalog,
     split_names,
@@ -473,6 +474,13 @@ def replay(
     follow: bool = typer.Option(
         False, "--follow", help="With --live: keep going as events arrive until --end passes."
     ),
+    lateness: float | None = typer.Option(
+        None,
+        "--lateness",
+        help="With --follow: seconds after --end (wall clock) to still wait for events stamped "
+        "inside the window, your feed's publish lag (default 5). Later ones are not in this "
+        "replay (a replay of the committed window has them).",
+    ),
     verify: bool = typer.Option(
         True,
         "--verify/--no-verify",
@@ -494,6 +502,8 @@ def replay(
         )
     if follow and not live:
         raise typer.BadParameter("--follow needs --live", param_hint="--follow")
+    if lateness is not None and not follow:
+        raise typer.BadParameter("--lateness needs --live --follow", param_hint="--lateness")
     if live and (from_manifest is not None or as_of):
         raise typer.BadParameter(
             "--live starts at the current snapshots (no --as-of/--from-manifest)",
@@ -557,6 +567,7 @@ def replay(
             pin=pin,
             live=live,
             follow=follow,
+            lateness_seconds=lateness,
         )
         engine.window_origin = window.origin(names)
         if not live:
@@ -568,6 +579,9 @@ def replay(
             note_outside(lake, session, engine.pins)
     interrupted = stopped = False
     written = {"events": 0}  # events in the output so far (kept up to date by the writers)
+    # docker stop, systemd and kill send SIGTERM: the replay ends as with Ctrl-C (its output
+    # flushed, its manifest written), not cut off with what was buffered.
+    signals = interrupt_on_sigterm()
     try:
         if fmt == ReplayFormat.ndjson:
             result = _run_with_progress(engine, to_nats, prefix, out, progress, written)
@@ -587,6 +601,9 @@ def replay(
                 written["events"] = result["event_count"]
             result["events_written"] = written["events"]
             interrupted, stopped = not follow, follow
+    finally:
+        signals.restore()
+    how = "SIGTERM" if signals.received else "Ctrl-C"
     if manifest is None:
         # Every run leaves what reproduces it; identical replays share one file name.
         if result["sequence_hash"] is not None:
@@ -604,16 +621,17 @@ def replay(
     pinned = f", pinned as {result['pin_tag']}" if result.get("pin_tag") else ""
     if interrupted:
         err_console.print(
-            f"interrupted: the output holds the first {written['events']:,} events of the "
+            f"interrupted ({how}): the output holds the first {written['events']:,} events of the "
             f"replay (complete: false, no sequence hash); manifest {manifest}; read {read}",
             highlight=False,
             soft_wrap=True,
         )
-        raise typer.Exit(130)
-    if stopped:  # Ctrl-C is how a --follow replay ends before --end: exit 0
+        raise typer.Exit(143 if signals.received else 130)
+    if stopped:  # Ctrl-C (or SIGTERM) is how a --follow replay ends before --end: exit 0
+        hashed = result["sequence_hash"] or "no sequence hash"
         err_console.print(
-            f"stopped by Ctrl-C before --end: replayed {written['events']:,} events "
-            f"(complete: false, no sequence hash); manifest {manifest}; read {read}",
+            f"stopped by {how} before --end: replayed {written['events']:,} events "
+            f"(complete: false, {hashed} of those events); manifest {manifest}; read {read}",
             highlight=False,
             soft_wrap=True,
         )
@@ -700,6 +718,7 @@ def _run_with_progress(
         if to_nats:
             return asyncio.run(engine.publish(prefix=prefix, progress=progress))
         count = last = 0
+        engine.before_wait = stream.flush
         try:
             heads: dict[str, bytes] = {}
             for event in engine.paced_events():

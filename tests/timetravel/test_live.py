@@ -33,6 +33,7 @@ from iceberg_lake import properties
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings
 from iceberg_lake.engine import nats as bus
+from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.ops import metrics
 from iceberg_lake.ops.status import collect_status
 from iceberg_lake.testing import NatsServer, run_nats_server
@@ -580,6 +581,10 @@ def test_guard_ack_subject_fields_match_nats_py_metadata(nats_server: NatsServer
     ("args", "message"),
     [
         (["replay", "--tables", TABLE, "--start", "1", "--end", "2", "--follow"], "--follow needs"),
+        (
+            ["replay", "--tables", TABLE, "--start", "1", "--end", "2", "--lateness", "3"],
+            "--lateness needs --live --follow",
+        ),
         (
             ["replay", "--tables", TABLE, "--start", "1", "--end", "2", "--live", "--as-of", "x"],
             "live",
@@ -1646,3 +1651,76 @@ def test_live_freshness_is_measured_after_its_reads_never_negative(
         stop.set()
         publisher.join()
     assert all(age is not None and age >= 0 for age in ages), ages
+
+
+@pytest.mark.parametrize("out_file", [False, True], ids=["pipe", "file"])
+def test_follow_output_is_readable_as_it_arrives_and_sigterm_ends_it_cleanly(
+    tmp_path: Path, nats: NatsServer, out_file: bool
+) -> None:
+    """A paper-trading reader of `lake replay --live --follow` got tail events only once 8 KB
+    had piled up, or at exit; and SIGTERM (docker stop, systemd) killed the replay with its
+    buffer and without a manifest (live16). Each event is readable while the replay waits for
+    the next; SIGTERM ends it as Ctrl-C does: exit 0, everything delivered in the output and
+    counted in the manifest."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    out, manifest = tmp_path / "follow.ndjson", tmp_path / "m.json"
+    now = time.time_ns()
+    args = ["replay", "--tables", TABLE, "--start", str(now - 60 * 10**9)]
+    args += ["--end", str(now + 600 * 10**9), "--live", "--follow", "--no-progress"]
+    args += ["--manifest", str(manifest), *(["--out", str(out)] if out_file else [])]
+    env = {k: v for k, v in lake_env(settings).items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen([LAKE, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines: list[bytes] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, b"")))
+    reader.start()
+
+    def delivered() -> int:
+        return len(out.read_bytes().splitlines()) if out_file and out.exists() else len(lines)
+
+    try:
+        for i in range(3):
+            pub.publish([event(i, time.time_ns())])
+            # Readable while the replay waits for the next event (not at 8 KB, not at exit).
+            wait_until(lambda n=i + 1: delivered() == n, 20, f"event {i} in the output")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=10)
+        pub.close()
+    stderr = err.decode()
+    assert proc.returncode == 0, stderr
+    assert "stopped by SIGTERM before --end: replayed 3 events" in stderr, stderr
+    recorded = json.loads(manifest.read_text())
+    assert recorded["complete"] is False and recorded["events_written"] == 3 == delivered()
+    assert recorded["sequence_hash"] in stderr and recorded["live"]["lateness_seconds"] == 5.0
+
+
+def test_follow_waits_lateness_seconds_past_the_end_for_in_window_events(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """A feed with 3 s of publish lag lost its last in-window event to the fixed 1 s wait,
+    and the manifest said complete (live16). The wait is `lateness_seconds` (default 5 s,
+    `--lateness`), recorded in the manifest."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    try:
+        end = time.time_ns() + 2 * 10**9
+        engine = ReplayEngine(settings, [TABLE], end - 60 * 10**9, end, live=True, follow=True)
+        assert engine.manifest()["live"]["lateness_seconds"] == 5.0
+        follow, got = _follow_on_thread(engine, pick=lambda row: row["seq"])
+        wait_until(lambda: time.time_ns() > end + 2 * 10**9, 10, "2 s past the end")
+        pub.publish([event(7, end - 1_000_000)])  # stamped 1 ms before the end, 2 s late
+        follow.join(timeout=30)
+        assert not follow.is_alive() and got == [7]
+        assert engine.manifest()["complete"] is True
+    finally:
+        pub.close()
+    with pytest.raises(TimeTravelError, match="lateness must be 0-3600 seconds"):
+        ReplayEngine(settings, [TABLE], 1, 2, lateness_seconds=-1, pin=False)

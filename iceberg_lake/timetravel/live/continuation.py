@@ -86,7 +86,7 @@ class LiveTail:
         engine: ReplayEngine,
         *,
         follow: bool = False,
-        lateness_seconds: float = 1.0,
+        lateness_seconds: float = 5.0,
         poll_seconds: float = 0.2,
         inference: InferenceStart | None = None,
     ) -> None:
@@ -140,6 +140,9 @@ class LiveTail:
         return {
             "live": {
                 "follow": self.follow,
+                # Events stamped inside the window that arrive later than this after its end
+                # are not in a following replay (a replay of the committed window has them).
+                "lateness_seconds": self.lateness_seconds if self.follow else None,
                 "tail_events": self.tail_events,
                 "tail_rounds": self.rounds,
                 "order": "history in replay order, then the tail sorted by the replay key"
@@ -171,8 +174,16 @@ class LiveTail:
 
     def warnings(self) -> list[str]:
         """One line per table whose tail the stream removed sequences of before they were
-        received (naming up to `WARNING_RUNS` runs, counting the rest)."""
+        received (naming up to `WARNING_RUNS` runs, counting the rest); and one when a bounded
+        replay's tail was too large to sort whole (its order is then that of arrival rounds)."""
         out = []
+        if not self.follow and not self.tail_sorted:
+            out.append(
+                f"the tail held more than {SORTED_TAIL_BYTES >> 20} MiB: it was handed out in "
+                f"{self.rounds} arrival rounds, each sorted, not sorted whole (another run over "
+                "the same tail may order it differently; replay the committed window for a "
+                "reproducible order)"
+            )
         for _, src, _ in self.sources:
             log = self.gaps.get(src.identifier)
             if log and (envelope := log.envelope) is not None:
@@ -376,6 +387,8 @@ class LiveTail:
                     self._check_gaps(followers, final=True)
                     engine.set_complete(True)
                     return
+                # What was handed out is readable while this waits (a pipe, a file).
+                engine.waiting()
                 arrived = loop.run(poll(self.poll_seconds))
                 if self.tail_sorted:
                     for key, msgs in arrived.items():

@@ -51,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,6 +92,12 @@ if TYPE_CHECKING:
 
 __all__ = ["ReplayEngine"]
 
+#: How long (wall clock) after the window's end a following live replay still waits for events
+#: stamped inside the window: a feed's publish lag (batching publishers, a reconnect). Events
+#: that arrive later are not in that replay (a replay of the committed window holds them).
+DEFAULT_LATENESS_SECONDS = 5.0
+MAX_LATENESS_SECONDS = 3600.0
+
 
 class ReplayEngine:
     """Snapshot-pinned, deterministic replay of several tables merged by event time.
@@ -115,7 +121,9 @@ class ReplayEngine:
         pin: tag the snapshots read (`replay-<hash>`) so they survive expiry (`_pin`).
         live: continue past the pinned (current) snapshots into the JetStream tail after their
             watermarks (`iceberg_lake.timetravel.live.LiveTail`); `follow` keeps reading as
-            events arrive until the window's end has passed.
+            events arrive until the window's end has passed, plus `lateness_seconds` (wall
+            clock; None: `DEFAULT_LATENESS_SECONDS`) for events stamped inside the window that
+            arrive after it.
         tie_break: the tie-break rule (`order.TIE_BREAKS`); `from_manifest` sets the one its
             manifest was recorded with.
 
@@ -139,6 +147,7 @@ class ReplayEngine:
         pin: bool = True,
         live: bool = False,
         follow: bool = False,
+        lateness_seconds: float | None = None,
         tie_break: int = TIE_BREAK_RULE,
     ) -> None:
         self.catalog = as_catalog(settings)
@@ -154,6 +163,12 @@ class ReplayEngine:
             raise TimeTravelError(f"replay start ({start_ns}) must be before end ({end_ns})")
         if speed is not None and speed < 0:
             raise TimeTravelError(f"speed must be positive, got {speed}")
+        if lateness_seconds is None:
+            lateness_seconds = DEFAULT_LATENESS_SECONDS
+        if not 0 <= lateness_seconds <= MAX_LATENESS_SECONDS:
+            raise TimeTravelError(
+                f"lateness must be 0-{MAX_LATENESS_SECONDS:g} seconds, got {lateness_seconds:g}"
+            )
         self.tables = tables
         self.start_ns, self.end_ns = int(start_ns), int(end_ns)
         self.as_of = as_of
@@ -182,7 +197,13 @@ class ReplayEngine:
         if live:
             from iceberg_lake.timetravel.live.continuation import LiveTail
 
-            self._live = LiveTail(self, follow=follow, inference=inference)
+            self._live = LiveTail(
+                self, follow=follow, lateness_seconds=lateness_seconds, inference=inference
+            )
+        #: Called before the replay waits (pacing by `speed`, or the live tail waiting for
+        #: arrivals): a consumer that buffers its output flushes it here, so what was
+        #: delivered is readable while the replay waits (`lake replay` to a pipe or a file).
+        self.before_wait: Callable[[], None] | None = None
         #: The tag protecting the snapshots read (None: `pin=False`); see `_pin`.
         self.pin_tag: str | None = None
         #: Recorded in the manifest as they are (how the window was chosen, e.g. the trading
@@ -380,8 +401,15 @@ class ReplayEngine:
         for event in self.all_events():
             delay = pacer.delay(event.ts_event_ns)
             if delay > 0:
+                self.waiting()
                 time.sleep(delay)
             yield event
+
+    def waiting(self) -> None:
+        """Call `before_wait` (the replay is about to wait for time to pass or events to
+        arrive)."""
+        if self.before_wait is not None:
+            self.before_wait()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Events as dicts (`table` plus the row's columns), paced by `speed`."""
