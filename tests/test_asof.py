@@ -196,6 +196,34 @@ def test_errors_and_cli(asof_data: dict, monkeypatch: pytest.MonkeyPatch) -> Non
     assert '"quote_bid_px_2": 5999.75' in res.stdout
 
 
+def test_a_pin_for_a_table_not_read_is_refused_not_dropped(
+    asof_data: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--as-of bronze.stocks_trade=TAG` (a typo, another layer, another case) pinned nothing:
+    the table meant was read at its current snapshot, rows committed after the tag included,
+    exit 0 (quant16). Every pinned read refuses a per-table pin for a table it does not read."""
+    settings = asof_data["settings"]
+    typo = {"bronze.stocks_trade": "aj"}
+    window = {"start_ns": T14, "end_ns": T14 + SEC}
+    with Lake(settings) as lk:
+        with pytest.raises(TimeTravelError, match="a pin names bronze.stocks_trade, which"):
+            lk.asof_join(TRADES, QUOTES, as_of={**typo, QUOTES: "aj"}, **window)
+    with pytest.raises(TimeTravelError, match=r"it reads bronze.stocks_trades\)"):
+        ReplayEngine(settings, [TRADES], T14, T14 + SEC, as_of=typo, pin=False)
+    monkeypatch.setenv("LAKE_DATA_DIR", str(settings.data_dir))
+    span = ["--start", str(T14), "--end", str(T14 + SEC)]
+    for args in (
+        ["replay", "--tables", TRADES, *span, "--as-of", "Bronze.Stocks_Trades=aj"],
+        ["asof", TRADES, QUOTES, *span, "--as-of", "silver.stocks_trades=aj"],
+        # Another table that exists: the pin was meant for the one read.
+        ["bars", TRADES, "--every", "1m", *span, "--as-of", f"{QUOTES}=aj"],
+    ):
+        res = CliRunner().invoke(app, [*args, "--no-progress"] if args[0] == "replay" else args)
+        assert res.exit_code == 1, res.output
+        assert "a pin names" in res.output and "read unpinned" in res.output, res.output
+        assert "Traceback" not in res.output
+
+
 def test_asking_for_ts_event_ns_or_a_column_twice_gives_one_column(
     asof_data: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -39,7 +39,7 @@ import pyarrow as pa
 from iceberg_lake.engine.duck import quote_ident
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.timetravel.order import order_by_sql, row_order, table_row_order
-from iceberg_lake.timetravel.snapshots import AsOfSpec, pin_for
+from iceberg_lake.timetravel.snapshots import AsOfSpec, check_pinned_tables, pin_for
 
 if TYPE_CHECKING:
     from iceberg_lake.timetravel.query import Lake
@@ -176,6 +176,7 @@ def asof_join(
         raise TimeTravelError(f"as-of join start ({start_ns}) must be before end ({end_ns})")
     if lookback_ns is not None and lookback_ns < 0:
         raise TimeTravelError(f"the as-of lookback ({lookback_ns} ns) must not be negative")
+    check_pinned_tables(as_of, [left, right])
     pins = {left: pin_for(as_of, left), right: pin_for(as_of, right)}
     con = lake.duckdb(as_of=pins, tables=[left, right])
     try:

@@ -43,7 +43,7 @@ import pyarrow as pa
 from iceberg_lake.engine.duck import quote_ident, quote_str
 from iceberg_lake.exceptions import TimeTravelError
 from iceberg_lake.timetravel.order import order_by_sql, row_order, table_row_order
-from iceberg_lake.timetravel.snapshots import AsOfSpec
+from iceberg_lake.timetravel.snapshots import AsOfSpec, check_pinned_tables
 
 if TYPE_CHECKING:
     from iceberg_lake.timetravel.query import Lake
@@ -227,6 +227,7 @@ def bars(
         symbols = [symbols]
     if start_ns is not None and end_ns is not None and start_ns >= end_ns:
         raise TimeTravelError(f"bars start ({start_ns}) must be before end ({end_ns})")
+    check_pinned_tables(as_of, [table])
     con = lake.duckdb(as_of=as_of, tables=[table])
     try:
         ns, name = table.split(".", 1)

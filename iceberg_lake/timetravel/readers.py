@@ -40,7 +40,13 @@ from iceberg_lake.engine.filters import eq, ge, lt
 from iceberg_lake.engine.iceberg import column_bounds, read_scan_tasks
 from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
 from iceberg_lake.tables import BRONZE, GOLD, SILVER, TableDefinition
-from iceberg_lake.timetravel.snapshots import AsOf, AsOfSpec, pin_for, resolve_as_of
+from iceberg_lake.timetravel.snapshots import (
+    AsOf,
+    AsOfSpec,
+    check_pinned_tables,
+    pin_for,
+    resolve_as_of,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -298,6 +304,7 @@ def event_time_range(
         TimeTravelError: a pin names no snapshot or tag; UnknownTableError: no such table.
     """
     cat = as_catalog(catalog)
+    check_pinned_tables(as_of, tables)
     lo: int | None = None
     hi: int | None = None
     for identifier in tables:

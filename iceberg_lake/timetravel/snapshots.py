@@ -34,7 +34,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeAlias
 
@@ -70,6 +70,7 @@ __all__ = [
     "parse_timestamp",
     "parse_timestamp_ns",
     "check_unix_ns",
+    "check_pinned_tables",
     "pin_for",
     "remove_tag",
     "resolve_as_of",
@@ -211,6 +212,25 @@ def check_unix_ns(value: int) -> int:
         f"{value} looks like Unix {unit}; give nanoseconds ({ns}) or an ISO time "
         f"({when:%Y-%m-%dT%H:%M:%S}Z)"
     )
+
+
+def check_pinned_tables(as_of: AsOfSpec, tables: Sequence[str]) -> None:
+    """Refuse a per-table pin for a table the read does not include.
+
+    Such a pin pins nothing: the table it was meant for (misspelt, another layer, another case)
+    would be read at its current snapshot, data committed after the pin included.
+
+    Raises:
+        TimeTravelError: a mapping key is not one of `tables`.
+    """
+    if not isinstance(as_of, Mapping):
+        return
+    stray = [name for name in as_of if name not in tables]
+    if stray:
+        raise TimeTravelError(
+            f"a pin names {', '.join(map(str, stray))}, which this read does not include "
+            f"(it reads {', '.join(tables)}): the table meant would be read unpinned"
+        )
 
 
 def pin_for(as_of: AsOfSpec, identifier: str) -> AsOf:

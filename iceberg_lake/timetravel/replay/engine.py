@@ -81,6 +81,7 @@ from iceberg_lake.timetravel.replay.source import PinnedSource
 from iceberg_lake.timetravel.replay.window import WindowPipeline
 from iceberg_lake.timetravel.snapshots import (
     AsOfSpec,
+    check_pinned_tables,
     pin_for,
     pin_snapshots,
     replay_pin_name,
@@ -245,6 +246,7 @@ class ReplayEngine:
     def _resolve_pins(self) -> list[PinnedSource]:
         """The one place pins are resolved: one `PinnedSource` (table + snapshot id) per
         table."""
+        check_pinned_tables(self.as_of, self.tables)
         sources = []
         for ident in self.tables:
             definition = self.catalog.definition(ident)
