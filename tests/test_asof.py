@@ -196,6 +196,37 @@ def test_errors_and_cli(asof_data: dict, monkeypatch: pytest.MonkeyPatch) -> Non
     assert '"quote_bid_px_2": 5999.75' in res.stdout
 
 
+def test_max_age_bounds_the_prevailing_quote_per_trade(
+    asof_data: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lookback counts from the window's start, so a trade late in a window was paired
+    with a quote of any age, and the same trade got another quote in another window (quant16).
+    `max_age_ns` / `--max-quote-age` bound it per trade; `--lookback inf` is one line."""
+    start, end, age = T14 + 100 * SEC, T14 + 500 * SEC, SEC // 5
+    cols = ["ts_event_ns", "bid_px", "ask_px", "bid_sz", "ask_sz"]
+    with Lake(asof_data["settings"]) as lk:
+        plain = lk.asof_join(TRADES, QUOTES, start_ns=start, end_ns=end, as_of="aj")
+        aged = lk.asof_join(TRADES, QUOTES, start_ns=start, end_ns=end, as_of="aj", max_age_ns=age)
+    assert aged.column("seq").to_pylist() == plain.column("seq").to_pylist()
+    trade_ts = plain.column("ts_event_ns").to_pylist()
+    rows = zip(*(plain.column("quote_" + c).to_pylist() for c in cols), strict=True)
+    # The unbounded join's quote where it is at most `age` old, else none.
+    want = [r if r[0] is not None and r[0] >= ts - age else (None,) * len(cols)
+            for ts, r in zip(trade_ts, rows, strict=True)]  # fmt: skip
+    have = list(zip(*(aged.column("quote_" + c).to_pylist() for c in cols), strict=True))
+    assert have == want
+    before = plain.column("quote_bid_px").to_pylist()
+    dropped = sum(w[0] is None and b is not None for w, b in zip(want, before, strict=True))
+    assert dropped > 300 and sum(w[0] is not None for w in want) > 300
+    monkeypatch.setenv("LAKE_DATA_DIR", str(asof_data["settings"].data_dir))
+    for flag in ("--lookback", "--max-quote-age"):
+        res = CliRunner().invoke(
+            app, ["asof", TRADES, QUOTES, "--start", str(start), "--end", str(end), flag, "inf"]
+        )
+        assert res.exit_code == 1 and "must be 0-315,360,000 seconds, got inf" in res.output
+        assert "Traceback" not in res.output
+
+
 def test_a_pin_for_a_table_not_read_is_refused_not_dropped(
     asof_data: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -25,6 +26,10 @@ from iceberg_lake.cli.common import (
 from iceberg_lake.cli.output import cell_text, output_file_errors, root_format
 from iceberg_lake.cli.query import QueryOutput as TableOutput  # the same outputs as `lake query`
 from iceberg_lake.cli.query import parse_as_of, write_result
+
+#: The largest --lookback / --max-quote-age: ten years, no limit in practice (`inf` has no
+#: nanosecond count).
+MAX_SECONDS = 10 * 365 * 86_400
 
 
 def register(app: typer.Typer) -> None:
@@ -177,7 +182,15 @@ def asof(
     ),
     strict: bool = typer.Option(False, "--strict", help="Only quotes strictly before a trade."),
     lookback: float = typer.Option(
-        3600.0, "--lookback", help="Seconds before the window a prevailing quote may lie."
+        3600.0,
+        "--lookback",
+        help="Seconds before the window's start a prevailing quote may lie (from the start, "
+        "not from each trade: see --max-quote-age).",
+    ),
+    max_quote_age: float | None = typer.Option(
+        None,
+        "--max-quote-age",
+        help="Seconds: a prevailing quote older than this before its trade counts as none.",
     ),
     *,
     window: Window,
@@ -187,6 +200,11 @@ def asof(
     """Each trade with the quote prevailing at its event time (DuckDB ASOF JOIN)."""
     from iceberg_lake.timetravel.query import Lake
 
+    for value, flag in ((lookback, "--lookback"), (max_quote_age, "--max-quote-age")):
+        if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_SECONDS):
+            raise typer.BadParameter(
+                f"must be 0-{MAX_SECONDS:,} seconds, got {value:g}", param_hint=flag
+            )
     start_ns, end_ns = window.ns([left, right])
     quote_columns = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     with Lake(open_catalog(read_only=True)) as lake:
@@ -199,6 +217,7 @@ def asof(
             quote_columns=quote_columns,
             strict=strict,
             lookback_ns=int(lookback * 1e9),
+            max_age_ns=None if max_quote_age is None else int(max_quote_age * 1e9),
             as_of=parse_as_of(as_of),
         )
         # The trades are the rows out; quotes before the open are what prevails at it.

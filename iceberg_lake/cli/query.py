@@ -519,6 +519,12 @@ def replay(
             "canonical encoding the hash is made of)",
             param_hint="--no-verify",
         )
+    if speed and fmt != ReplayFormat.ndjson:
+        raise typer.BadParameter(
+            f"--format {fmt.value} writes a file as fast as it can: --speed paces NDJSON and "
+            "--to-nats replays",
+            param_hint="--speed",
+        )
     if fmt != ReplayFormat.ndjson and (to_nats or out is None):
         raise typer.BadParameter(
             f"--format {fmt.value} writes a file: give --out (and no --to-nats)",

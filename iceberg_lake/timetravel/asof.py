@@ -3,7 +3,11 @@
 `asof_join(lake, left, right)` pairs every row of `left` (trades) in `[start_ns, end_ns)` with the
 quote of `right` of the same `by` value (symbol) prevailing at the trade's `ts_event_ns`, both
 read from their pinned snapshots through the `Lake` query layer. Trades with no earlier quote
-(within `lookback_ns`) keep null quote columns: it is a left join.
+keep null quote columns: it is a left join. Which quotes are read is bounded by `lookback_ns`,
+counted from the window's *start* (quotes at or after `start_ns - lookback_ns`), not from each
+trade: a trade late in a long window may be paired with a quote hours old, and the same trade
+may get another quote (or none) in a window that starts elsewhere. `max_age_ns` bounds it per
+trade: a prevailing quote older than that before the trade counts as none (null columns).
 
 "Prevailing" is what a consumer of a replay of the same pins (`ReplayEngine`) holds when the
 trade arrives: the last quote delivered before it. A replay orders events by `ts_event_ns`, then
@@ -85,6 +89,7 @@ def asof_sql(
     strict: bool,
     left_order: Sequence[str] | None = None,
     right_order: Sequence[str] | None = None,
+    max_age_ns: int | None = None,
 ) -> str:
     """The DuckDB SQL of `asof_join` over two relations.
 
@@ -121,12 +126,20 @@ def asof_sql(
         f"WHERE ts_event_ns >= {int(start_ns)} AND ts_event_ns < {int(end_ns)}"
     )
     op = ">" if strict else ">="
+
+    def pick(column: str) -> str:
+        if max_age_ns is None:
+            return f"q.{quote_ident(column)}"
+        # A quote older than that before the trade is none (ASOF JOIN takes one inequality).
+        fresh = f"q.ts_event_ns >= t.ts_event_ns - {int(max_age_ns)}"
+        return f"CASE WHEN {fresh} THEN q.{quote_ident(column)} END"
+
     picked = "".join(
-        f", q.{quote_ident(c)} AS {quote_ident(QUOTE_PREFIX + c)}" for c in quote_columns
+        f", {pick(c)} AS {quote_ident(QUOTE_PREFIX + c)}" for c in ["ts_event_ns", *quote_columns]
     )
     out_order = [c for c in left_order if c in keep]
     return (
-        f"SELECT t.*, q.ts_event_ns AS {quote_ident(QUOTE_PREFIX + 'ts_event_ns')}{picked} "
+        f"SELECT t.*{picked} "
         f"FROM ({trades}) t ASOF LEFT JOIN ({quotes}) q "
         f"ON t.{quote_ident(by)} = q.{quote_ident(by)} AND t.ts_event_ns {op} q.ts_event_ns "
         f"ORDER BY {order_by_sql(out_order, alias='t')}"
@@ -145,6 +158,7 @@ def asof_join(
     lookback_ns: int | None = DEFAULT_LOOKBACK_NS,
     strict: bool = False,
     as_of: AsOfSpec = None,
+    max_age_ns: int | None = None,
 ) -> pa.Table:
     """Every `left` row of `[start_ns, end_ns)` with the `right` row prevailing at its time.
 
@@ -159,10 +173,13 @@ def asof_join(
         by: the column both tables are matched on.
         quote_columns: right-hand columns to attach (default: see `default_quote_columns`);
             `ts_event_ns` and repeated names are dropped (`quote_ts_event_ns` is always there).
-        lookback_ns: how far before `start_ns` a prevailing quote may be (None: unbounded).
+        lookback_ns: how far before `start_ns` (the window's start, not each trade) a
+            prevailing quote may be (None: unbounded).
         strict: only quotes strictly before the trade's nanosecond (a replay listing the
             trades first); default: quotes of that nanosecond count too (quotes listed first).
         as_of: pin for both tables, or a mapping per table.
+        max_age_ns: the oldest a prevailing quote may be before each trade; an older one
+            counts as none (None: no limit beyond `lookback_ns`).
 
     Returns:
         The left rows (without the derived `ts_event`) in replay order, plus
@@ -176,6 +193,8 @@ def asof_join(
         raise TimeTravelError(f"as-of join start ({start_ns}) must be before end ({end_ns})")
     if lookback_ns is not None and lookback_ns < 0:
         raise TimeTravelError(f"the as-of lookback ({lookback_ns} ns) must not be negative")
+    if max_age_ns is not None and max_age_ns < 0:
+        raise TimeTravelError(f"the quote age limit ({max_age_ns} ns) must not be negative")
     check_pinned_tables(as_of, [left, right])
     pins = {left: pin_for(as_of, left), right: pin_for(as_of, right)}
     con = lake.duckdb(as_of=pins, tables=[left, right])
@@ -198,6 +217,7 @@ def asof_join(
             strict=strict,
             left_order=table_row_order(lake.catalog, left, describe[left]),
             right_order=table_row_order(lake.catalog, right, describe[right]),
+            max_age_ns=max_age_ns,
         )
         return con.execute(sql).arrow().read_all()
     finally:

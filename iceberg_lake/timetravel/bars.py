@@ -8,7 +8,9 @@ alignment is UTC and knows no calendar: `7d` bars start on Thursdays 00:00 UTC (
 Thursday), and `1d` bars cut at 00:00 UTC, which splits a CME Globex session (17:00 Chicago to
 16:00 Chicago the next day) in two. `origin_ns` moves the grid: bars then start at
 `origin_ns + k * every` (a Monday 00:00 UTC for weeks; a session's open for one `1d` bar per
-session). `bar_start` is the same instant as a UTC `TIMESTAMPTZ`.
+session). `bar_start` is the same instant as a UTC `TIMESTAMPTZ`, to the microsecond (DuckDB's
+precision): for bars narrower than 1 µs (or off a whole microsecond) several bars share a
+`bar_start`; `bar_start_ns` is the exact key.
 
 Which bars a table gets is read from its columns:
 
