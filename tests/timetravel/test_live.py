@@ -1724,3 +1724,29 @@ def test_follow_waits_lateness_seconds_past_the_end_for_in_window_events(
         pub.close()
     with pytest.raises(TimeTravelError, match="lateness must be 0-3600 seconds"):
         ReplayEngine(settings, [TABLE], 1, 2, lateness_seconds=-1, pin=False)
+
+
+def test_live_freshness_is_the_newest_event_of_the_recent_tail_not_its_last_message(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """`lake status` decoded only the newest message: a rejected one made the live figure the
+    committed one (619 s where a live query said 28 s), a late one made it its own age (live16).
+    It is the newest event among the tail's most recent messages."""
+    settings = settings_for(tmp_path, nats.url)
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    pub = Publisher(settings)
+    try:
+        now = time.time_ns()
+        on_time = now - 5 * 10**9
+        pub.publish([event(i, on_time - i) for i in range(10)])
+        for last, label in (
+            (b'{"not": "a trade"}', "rejected"),
+            (event(99, now - 300 * 10**9), "late"),
+        ):
+            pub.publish([last])
+            fresh = freshness(catalog, [TABLE], live=True, now_ns=now)[TABLE]
+            assert fresh.live_newest_ns == on_time, label
+            assert fresh.live_seconds == 5.0, label
+    finally:
+        pub.close()

@@ -15,7 +15,7 @@ from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine import filters
 from iceberg_lake.engine.iceberg import column_bounds, partition_field_bounds
 from iceberg_lake.engine.nats import INFERRED_TARGET, consumer_target, stream_identity
-from iceberg_lake.engine.nats_tail import TailMessage, last_subject_msg, removed_range
+from iceberg_lake.engine.nats_tail import TailMessage, last_subject_msg, read_tail, removed_range
 from iceberg_lake.timetravel.live.gaps import merge_envelopes, removed_warning
 from iceberg_lake.timetravel.live.inferred import (
     InferenceStart,
@@ -104,15 +104,36 @@ def committed_newest_ns(table: Table) -> int | None:
     return best
 
 
+#: The live freshness reads the tail's most recent messages, the last this many stream
+#: sequences of it (more, tenfold each time, while none of them decodes to an event): one
+#: rejected or late message at the end does not stand for the tail (live16), and a tail of
+#: hours (a writer down) is not read whole by a status.
+RECENT_SEQUENCES = 1_000
+MAX_RECENT_SEQUENCES = 100_000
+
+
+async def _recent_newest(js: Any, src: TailSource, last: TailMessage) -> int | None:
+    """Newest event time among the tail's most recent messages, up to `last`, decoded with the
+    writer's codec (None: none of them is an event the writer would store)."""
+    span = RECENT_SEQUENCES
+    while True:
+        after = max(src.watermark, last.seq - span)
+        msgs = await read_tail(js, src.stream, src.subject, after, last.seq) or [last]
+        newest = newest_event_ns(src.decode(msgs))
+        if newest is not None or after == src.watermark or span >= MAX_RECENT_SEQUENCES:
+            return newest
+        span *= 10
+
+
 async def _tail_newest(
     loop: NatsLoop,
     src: TailSource,
     inferred_after: int | None = None,
     unmapped_last: Sequence[TailMessage] = (),
 ) -> tuple[int | None, str | None]:
-    """Newest event time of the tail: the newest message on the subject, if beyond the
-    watermark (decoded with the writer's codec; None when it is rejected or there is none);
-    and the warning when the stream removed messages after the watermark.
+    """Newest event time of the tail: of its most recent messages (`RECENT_SEQUENCES`), decoded
+    with the writer's codec (None when none is an event or the tail is empty); and the warning
+    when the stream removed messages after the watermark.
 
     With `inferred_after` (the table has an inferred tail), also the newest message of each
     unmapped subject beyond it (`unmapped_last`), decoded by the writer's `InferredDecoder`.
@@ -128,7 +149,7 @@ async def _tail_newest(
     removed = removed_range(src.watermark, first)
     newest: list[int] = []
     if msg is not None and msg.seq > src.watermark:
-        own = newest_event_ns(src.decode([msg]))
+        own = await _recent_newest(js, src, msg)
         if own is not None:
             newest.append(own)
     if inferred_after is not None:
