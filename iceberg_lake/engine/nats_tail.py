@@ -35,7 +35,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -235,15 +235,16 @@ class StreamState:
         return out
 
 
-def skipped_runs(after: int, seqs: Sequence[int], upto: int) -> list[tuple[int, int]]:
+def skipped_runs(after: int, seqs: Sequence[int] | np.ndarray, upto: int) -> list[tuple[int, int]]:
     """The runs of sequences in `after+1..upto` not in `seqs` (ascending, all in that range)."""
-    out: list[tuple[int, int]] = []
-    prev = after
-    for seq in [*seqs, upto + 1]:
-        if seq > prev + 1:
-            out.append((prev + 1, min(seq, upto + 1) - 1))
-        prev = max(prev, seq)
-    return [(lo, hi) for lo, hi in out if lo <= hi]
+    points = np.concatenate(
+        [np.array([after], dtype=np.int64), np.asarray(seqs, dtype=np.int64), [upto + 1]]
+    )
+    prev = np.maximum.accumulate(points)[:-1]  # the highest sequence seen before each point
+    nxt = points[1:]
+    gap = nxt > prev + 1
+    lo, hi = prev[gap] + 1, np.minimum(nxt[gap], upto + 1) - 1
+    return [(int(a), int(b)) for a, b in zip(lo, hi, strict=True) if a <= b]
 
 
 async def _stream_info(js: JetStreamContext, stream: str, details: bool) -> dict[str, Any]:
@@ -377,7 +378,14 @@ async def _subscribe(
 
 
 async def read_tail(
-    js: JetStreamContext, stream: str, subject: str, after_seq: int, upto_seq: int
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    after_seq: int,
+    upto_seq: int,
+    *,
+    on_chunk: Callable[[list[TailMessage]], None] | None = None,
+    chunk: int = 20_000,
 ) -> list[TailMessage]:
     """Messages on `subject` with `after_seq < seq <= upto_seq`, in stream order.
 
@@ -387,9 +395,13 @@ async def read_tail(
         subject: the subject (filter of the ephemeral consumer).
         after_seq: the last sequence the caller already has (a table's watermark).
         upto_seq: the last sequence to read (from `last_subject_seq`, taken before).
+        on_chunk: hand the messages over `chunk` at a time, in order, instead of returning
+            them: a long tail is then never held whole (its decoded rows are much smaller).
+        chunk: messages per `on_chunk` call.
 
     Returns:
-        The messages. Fewer than stored if the stream's limits removed older ones.
+        The messages (none with `on_chunk`). Fewer than stored if the stream's limits removed
+        older ones.
 
     Raises:
         TransientError: the range stalled (no message for `STALL_SECONDS`), or nats-py dropped
@@ -405,6 +417,8 @@ async def read_tail(
 
     dropped = [False]
     dseq = [0]
+    last = [after_seq]  # the last sequence handed to `on_chunk`
+    full = asyncio.Event()  # `chunk` messages wait for `on_chunk`
 
     async def on_message(msg: Any) -> None:
         if done.is_set():
@@ -422,18 +436,34 @@ async def read_tail(
             return
         if m.seq > after_seq:
             out.append(m)
+            if on_chunk is not None and len(out) >= chunk:
+                full.set()
         if m.seq >= upto_seq or pending == 0:
             done.set()
+
+    def hand_over() -> None:
+        # Here, not in the callback: an error of `on_chunk` must end the read (nats-py would
+        # only log one raised in a callback).
+        assert on_chunk is not None
+        taken = out[:]
+        out.clear()
+        full.clear()
+        last[0] = taken[-1].seq
+        on_chunk(taken)
 
     sub = await _subscribe(js, stream, subject, after_seq + 1, on_message)
     try:
         while not done.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), 1.0)
+                await asyncio.wait_for(_either(done, full), 1.0)
+            if full.is_set() and not done.is_set():
+                hand_over()
+                progress[0] = time.monotonic()
+                continue
             if not done.is_set() and time.monotonic() - progress[0] > STALL_SECONDS:
                 raise TransientError(
                     f"reading {subject} from {stream} stalled after seq "
-                    f"{out[-1].seq if out else after_seq} (wanted up to {upto_seq})"
+                    f"{out[-1].seq if out else last[0]} (wanted up to {upto_seq})"
                 )
     finally:
         with contextlib.suppress(Exception):
@@ -442,7 +472,21 @@ async def read_tail(
         raise TransientError(
             f"reading {subject} from {stream}: the client dropped messages (slow consumer)"
         )
+    if on_chunk is not None:
+        if out:
+            hand_over()
+        return []
     return out
+
+
+async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
+    """Until `a` or `b` is set."""
+    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 class TailFollower:
