@@ -418,7 +418,7 @@ async def read_tail(
     dropped = [False]
     dseq = [0]
     last = [after_seq]  # the last sequence handed to `on_chunk`
-    full = asyncio.Event()  # `chunk` messages wait for `on_chunk`
+    failed: list[Exception] = []  # what `on_chunk` raised
 
     async def on_message(msg: Any) -> None:
         if done.is_set():
@@ -437,29 +437,29 @@ async def read_tail(
         if m.seq > after_seq:
             out.append(m)
             if on_chunk is not None and len(out) >= chunk:
-                full.set()
+                try:
+                    hand_over()
+                except Exception as exc:  # noqa: BLE001 - raised by `read_tail`, below
+                    # nats-py would only log an error raised in its callback: the read ends.
+                    failed.append(exc)
+                    done.set()
+                    return
         if m.seq >= upto_seq or pending == 0:
             done.set()
 
     def hand_over() -> None:
-        # Here, not in the callback: an error of `on_chunk` must end the read (nats-py would
-        # only log one raised in a callback).
         assert on_chunk is not None
         taken = out[:]
         out.clear()
-        full.clear()
         last[0] = taken[-1].seq
         on_chunk(taken)
+        progress[0] = time.monotonic()  # a long decode is not a stalled read
 
     sub = await _subscribe(js, stream, subject, after_seq + 1, on_message)
     try:
         while not done.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_either(done, full), 1.0)
-            if full.is_set() and not done.is_set():
-                hand_over()
-                progress[0] = time.monotonic()
-                continue
+                await asyncio.wait_for(done.wait(), 1.0)
             if not done.is_set() and time.monotonic() - progress[0] > STALL_SECONDS:
                 raise TransientError(
                     f"reading {subject} from {stream} stalled after seq "
@@ -468,6 +468,8 @@ async def read_tail(
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+    if failed:
+        raise failed[0]
     if dropped[0]:
         raise TransientError(
             f"reading {subject} from {stream}: the client dropped messages (slow consumer)"
@@ -477,16 +479,6 @@ async def read_tail(
             hand_over()
         return []
     return out
-
-
-async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
-    """Until `a` or `b` is set."""
-    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
 
 
 class TailFollower:
