@@ -285,6 +285,40 @@ def test_status_text_never_cuts_table_names_or_freshness() -> None:
         assert ("fresh (committed)" in text) == (width == 200), text
 
 
+def test_status_groups_the_removal_warnings_of_tables_nothing_ever_fed() -> None:
+    """Once the stream removed anything, `lake status` warned once per never-used table, on
+    every run: a stocks-only desk got five lines to learn to skip beside the one that matters
+    (live16). Tables with no commit, no writer and no message share one line; a fed table
+    keeps its own. No servers."""
+    from rich.console import Console
+
+    from iceberg_lake.cli.output import print_status
+    from iceberg_lake.ops.status import ConsumerStatus, LakeStatus, TableStatus
+
+    def table(name: str, snapshots: int, live: float | None) -> TableStatus:
+        warning = f"{name}: stream MARKET no longer holds seq 1..18 (…)"
+        return TableStatus(name, 0, 0, 0, snapshots, None, None, live_freshness_seconds=live,
+                           live_warning=warning)  # fmt: skip
+
+    unfed = ["bronze.futures_mbp10", "bronze.futures_trades", "bronze.options_trades"]
+    report = LakeStatus(
+        tables=[
+            table("bronze.stocks_trades", 3, 1.0),  # fed: committed, its own line
+            table("bronze.stocks_quotes", 0, None),  # its writer runs: its own line
+            *(table(name, 0, None) for name in unfed),
+        ],
+        consumers=[ConsumerStatus("bronze.stocks_quotes", "MARKET", "lake_x", exists=True)],
+        nats="unreachable",
+    )
+    console = Console(width=300, record=True, force_terminal=False)
+    print_status(report, console)
+    lines = [line for line in console.export_text().splitlines() if "warning" in line]
+    assert len(lines) == 3, lines
+    assert "bronze.stocks_trades: stream MARKET" in lines[1] and "stocks_quotes: str" in lines[2]
+    assert lines[0].startswith("warning 3 tables have no commit, no writer and no message")
+    assert lines[0].endswith(", ".join(unfed)), lines[0]
+
+
 def test_status_consumer_names_are_whole_at_80_columns() -> None:
     """The consumers table at 80 columns (the compose log, cron): names were cut to
     `bronze.fu…` and `lake_bron…`, so the lagging consumer could not be told (newuser5)."""

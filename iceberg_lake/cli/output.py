@@ -450,8 +450,29 @@ def print_status(report: LakeStatus, out: Console | Output | None = None) -> Non
         target.print("tables", style="italic")
         for line in lines:
             target.print(line, highlight=False, soft_wrap=True)
+    # Tables nothing ever fed (no commit, no writer's consumer, no message stored) share the
+    # stream's removals: one line for all, not one each that a stocks-only desk learns to skip.
+    fed = {c.table for c in report.consumers if c.exists}
+    unfed = [
+        t.table
+        for t in report.tables
+        if t.live_warning
+        and t.snapshots == 0
+        and t.table not in fed
+        and t.live_freshness_seconds is None
+        and t.events_ahead_seconds is None
+    ]
+    if len(unfed) > 1:
+        target.print(
+            f"[yellow]warning[/yellow] {len(unfed)} tables have no commit, no writer and no "
+            f"message in the stream, which removed messages before any was stored (if some "
+            f"were theirs, they are gone; start their writers if they are meant to be fed): "
+            f"{escape(', '.join(unfed))}",
+            markup=True,
+            highlight=False,
+        )
     for t in report.tables:
-        if t.live_warning:
+        if t.live_warning and (len(unfed) < 2 or t.table not in unfed):
             target.print(
                 f"[yellow]warning[/yellow] {escape(t.live_warning)}", markup=True, highlight=False
             )
