@@ -644,6 +644,7 @@ def test_live_replay_without_follow_publishes_history_and_tail_to_nats(
                 got.append(json.loads(msg.data)["seq"])
 
             sub = await nc.subscribe(f"replay.{SUBJECT}", cb=on_msg)
+            await nc.flush()  # the server has the subscription before the replay's connection sends
             manifest = await engine.publish(prefix="replay")
             await nc.flush()
             await await_until(lambda: len(got) >= 12, 5, "12 replayed events")
@@ -834,7 +835,9 @@ def test_live_replay_and_freshness_include_rows_routed_by_schema_inference(
         follow, got = _follow_on_thread(engine, None)
         wait_for(lambda: engine._live.tail_events >= 4, 10, "the tail at the pin")
         # While it follows: one on the table's subject, one on a subject that did not exist.
-        newest = time.time_ns()
+        # Stamped inside the window whenever they are sent (flaky16: stamped "now" after the
+        # in-process inference run, they fell past the end on a loaded machine).
+        newest = end_ns - 10**9
         pub.publish([event(2, newest - 10**9)])
         publish_on("market.misc.late", [at(105, newest)])
         follow.join(timeout=20)
