@@ -343,10 +343,15 @@ def test_an_interrupted_replay_has_no_hash_in_its_manifest(merged) -> None:
     assert manifest["sequence_hash"].startswith("sha256:")
 
 
-def test_ctrl_c_of_a_replay_says_interrupted_and_exits_130(merged, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("how", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_of_a_replay_says_interrupted_and_exits_130(
+    merged, tmp_path: Path, how: str, code: int
+) -> None:
     """Ctrl-C cut a paced replay short, yet the CLI printed `replayed 0 events, no sequence
     hash (--no-verify)` and exited 0, so `lake replay … && backtest` went on with a partial
-    file (newuser10). It says interrupted and exits 130; the manifest says complete: false."""
+    file (newuser10). It says interrupted and exits 130; the manifest says complete: false.
+    SIGTERM (docker stop, systemd) the same, exit 143 (live16: it died with its buffer and
+    without a manifest)."""
     import os
     import shutil
     import signal
@@ -369,12 +374,13 @@ def test_ctrl_c_of_a_replay_says_interrupted_and_exits_130(merged, tmp_path: Pat
     try:
         wait_until(lambda: out.exists() or proc.poll() is not None, 60, "the replay to start")
         assert proc.poll() is None, proc.communicate()[1]
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, how))
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr and "--no-verify" not in stderr, stderr
+    assert proc.returncode == code, stderr
+    name = "Ctrl-C" if how == "SIGINT" else how
+    assert f"interrupted ({name})" in stderr and "--no-verify" not in stderr, stderr
     # The line and the manifest say what the output holds (newuser13: the manifest counted 0
     # events beside a file of 4,122 lines).
     lines = len(out.read_text().splitlines())
