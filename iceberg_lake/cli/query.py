@@ -604,7 +604,7 @@ def replay(
             # The manifest counts the windows handed out; the output holds what was written
             # (published: the engine counts each event it published).
             if to_nats:
-                written["events"] = result["event_count"]
+                written["events"] = engine.published
             result["events_written"] = written["events"]
             interrupted, stopped = not follow, follow
     finally:

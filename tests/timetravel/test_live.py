@@ -1789,3 +1789,113 @@ def test_read_tail_hands_a_long_tail_over_in_order_chunks(tmp_path: Path, nats: 
             )
     finally:
         pub.close()
+
+
+def test_sigterm_ends_a_following_replay_to_nats_at_once_and_counts_what_it_sent(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """`lake replay --live --follow --to-nats` ignored SIGTERM and Ctrl-C until --end: the
+    runner waited for the thread whose tail waited for arrivals, then the close failed
+    ("generator already executing") and the run said complete, exit 0; an interrupted replay
+    to NATS said it had sent 0 events (review16). It stops within a poll, exit 0, and counts
+    the events its subscriber received."""
+    import nats as nats_py
+
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    received: list[bytes] = []
+
+    async def on_msg(msg: Any) -> None:
+        received.append(msg.data)
+
+    nc = pub.loop.run_until_complete(nats_py.connect(nats.url))
+    pub.loop.run_until_complete(nc.subscribe("replay.>", cb=on_msg))
+    pub.loop.run_until_complete(nc.flush())
+    manifest = tmp_path / "m.json"
+    now = time.time_ns()
+    args = ["replay", "--tables", TABLE, "--start", str(now - 60 * 10**9)]
+    args += ["--end", str(now + 600 * 10**9), "--live", "--follow", "--no-progress"]
+    args += ["--to-nats", "--prefix", "replay", "--manifest", str(manifest)]
+    proc = subprocess.Popen(
+        [LAKE, *args], env=lake_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        for i in range(3):
+            pub.publish([event(i, time.time_ns())])
+
+        def heard(n: int) -> bool:
+            pub.loop.run_until_complete(asyncio.sleep(0.05))  # lets the subscription deliver
+            return len(received) == n
+
+        wait_until(lambda: heard(3), 30, "3 events replayed to NATS")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        began = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        pub.loop.run_until_complete(nc.close())
+        pub.close()
+    stderr = err.decode()
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    assert took < 15, took  # not at --end, ten minutes away
+    assert "stopped by SIGTERM before --end: replayed 3 events" in stderr, stderr
+    recorded = json.loads(manifest.read_text())
+    assert recorded["complete"] is False and recorded["events_written"] == 3
+
+
+def test_an_interrupted_replay_to_nats_counts_the_events_it_published(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """A paced replay to NATS stopped by SIGTERM said "the output holds the first 0 events"
+    while its subscriber had received 87 (review16): the count was of whole windows. It is the
+    events published, so a desk resuming after them sends none twice."""
+    import nats as nats_py
+
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    t0 = time.time_ns() - 3600 * 10**9
+    pub.publish([event(i, t0 + i * 20_000_000) for i in range(500)])  # 10 s of event time
+    run_until_idle(settings, [TABLE])
+    received: list[bytes] = []
+
+    async def on_msg(msg: Any) -> None:
+        received.append(msg.data)
+
+    nc = pub.loop.run_until_complete(nats_py.connect(nats.url))
+    pub.loop.run_until_complete(nc.subscribe("replay.>", cb=on_msg))
+    pub.loop.run_until_complete(nc.flush())
+    manifest = tmp_path / "m.json"
+    args = ["replay", "--tables", TABLE, "--to-nats", "--prefix", "replay", "--speed", "1"]
+    proc = subprocess.Popen(
+        [LAKE, *args, "--no-progress", "--no-pin", "--manifest", str(manifest)],
+        env=lake_env(settings),
+        stderr=subprocess.PIPE,
+    )
+
+    def heard(n: int) -> bool:
+        pub.loop.run_until_complete(asyncio.sleep(0.05))  # lets the subscription deliver
+        return len(received) >= n
+
+    try:
+        wait_until(lambda: heard(20), 60, "20 events replayed to NATS")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        recorded = json.loads(manifest.read_text())
+        sent = recorded["events_written"]
+        wait_until(lambda: heard(sent), 10, f"the {sent} events published")
+        assert heard(sent) and len(received) == sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        pub.loop.run_until_complete(nc.close())
+        pub.close()
+    assert proc.returncode == 143, err.decode()
+    assert 20 <= sent < 500 and recorded["complete"] is False
+    assert f"the output holds the first {sent:,} events" in err.decode()

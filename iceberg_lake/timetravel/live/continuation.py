@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -124,6 +125,8 @@ class LiveTail:
         #: fixed, following): later sequences are not the replay's.
         self._horizon: dict[str, int] | None = None
         self._checks = 0
+        #: Set by `stop()` (any thread): the tail ends at its next round, incomplete.
+        self._stopped = threading.Event()
         self._checked_at = 0.0
         self._loop: NatsLoop | None = None
         self._unmapped: UnmappedFollower | None = None
@@ -269,6 +272,11 @@ class LiveTail:
             self._checks += 1
             self._checked_at = time.monotonic()
 
+    def stop(self) -> None:
+        """End the tail at its next round (within `poll_seconds`), from any thread: a replay
+        interrupted while the tail waits for arrivals on another thread (`aevents`)."""
+        self._stopped.set()
+
     def events(self, history: Iterator[ReplayEvent]) -> Iterator[ReplayEvent]:
         """`history` (the engine's events), then the tail events of the window.
 
@@ -278,6 +286,7 @@ class LiveTail:
         Yields:
             History events, then tail events (see the module docstring for their order).
         """
+        self._stopped.clear()
         yield from history
         if not self.sources:
             return
@@ -369,7 +378,7 @@ class LiveTail:
         held: dict[str, list[TailMessage]] = {}  # the tail read so far, while `tail_sorted`
         held_bytes = 0
         try:
-            while True:
+            while not self._stopped.is_set():
                 if self.follow and stop_at is None and time.time_ns() >= end_wall_ns:
                     # The window is over: take what is stored now, then stop.
                     stop_at = loop.run(ends_now())

@@ -49,6 +49,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
@@ -205,6 +206,8 @@ class ReplayEngine:
         #: arrivals): a consumer that buffers its output flushes it here, so what was
         #: delivered is readable while the replay waits (`lake replay` to a pipe or a file).
         self.before_wait: Callable[[], None] | None = None
+        #: Events handed to NATS by the last `publish()` so far (an interrupted one included).
+        self.published = 0
         #: The tag protecting the snapshots read (None: `pin=False`); see `_pin`.
         self.pin_tag: str | None = None
         #: Recorded in the manifest as they are (how the window was chosen, e.g. the trading
@@ -435,13 +438,30 @@ class ReplayEngine:
             # Live: history and tail from one iterator on a worker thread (the tail waits for
             # arrivals), one event at a time so nothing that arrived waits for a chunk to fill.
             source, done = self.all_events(), object()
+            pending: asyncio.Future[Any] | None = None
+            loop = asyncio.get_running_loop()
             try:
-                while (event := await asyncio.to_thread(next, source, done)) is not done:
+                while True:
+                    # A future, not a task (a runner shutting down cancels every task), and
+                    # shielded: cancelled here, the thread still runs `next` (see below).
+                    pending = loop.run_in_executor(None, next, source, done)
+                    event = await asyncio.shield(pending)
+                    pending = None
+                    if event is done:
+                        break
                     assert isinstance(event, ReplayEvent)
                     if self.speed and (delay := pacer.delay(event.ts_event_ns)) > 0:
                         await asyncio.sleep(delay)
                     yield event
             finally:
+                # Interrupted (a signal, a cancelled task): the tail may be waiting for
+                # arrivals until the window's end; it stops at its next round, the thread's
+                # `next` returns, and the generator can be closed (review16: the runner waited
+                # for that thread until --end, then the close failed, "already executing").
+                self._live.stop()
+                if pending is not None:
+                    with contextlib.suppress(BaseException):
+                        await pending
                 close = getattr(source, "close", None)  # a generator: stop it
                 if close is not None:
                     await asyncio.to_thread(close)
@@ -463,6 +483,7 @@ class ReplayEngine:
             async for event in self.aevents():
                 await sink.send(event)
                 sent += 1
+                self.published = sent
                 if progress is not None and sent % 1_000 == 0:
                     progress(sent, event.ts_event_ns)
         finally:
@@ -499,6 +520,13 @@ class ReplayEngine:
         check_publishable(self._sources, prefix)
         from iceberg_lake.engine import nats as bus
 
+        self.published = 0
+
+        def counted(sent: int, ts_ns: int) -> None:
+            self.published = sent
+            if progress is not None:
+                progress(sent, ts_ns)
+
         if self._live is not None:
             # The tail arrives event by event: the generic sink path (one publish each).
             own = nc is None
@@ -516,7 +544,7 @@ class ReplayEngine:
                 headers,
                 speed=self.speed,
                 batch=batch,
-                progress=progress,
+                progress=counted,
             )
         finally:
             if own:
