@@ -266,3 +266,33 @@ def test_a_task_that_swallows_a_cancellation_is_cancelled_until_it_ends() -> Non
         return task.done(), cleanup.cancelled()
 
     assert asyncio.run(caller_cancelled_meanwhile()) == (True, True)
+
+
+def test_ctrl_c_cuts_short_a_shutdown_stuck_on_a_frozen_nats(tmp_path: Path) -> None:
+    """A shutdown waiting on a NATS that stopped answering (frozen: the connection looks up)
+    is bounded by the grace period; a second Ctrl-C ends it at once, as before SIGTERM was
+    kept handled to the end (review16).
+    Budget: ~5 s."""
+    with run_nats_server(tmp_path / "nats") as server:
+        settings = settings_for(tmp_path, server.url, LAKE_SHUTDOWN_GRACE_SECONDS="30")
+        log = tmp_path / "serve.log"
+        publish(settings, [("market.stocks.trades", encode(make_event(TABLE, 0)), None)])
+        proc = start_serve(settings, log, "--tables", "stocks_trades")
+        nats_pid = server.process.pid
+        try:
+            wait_for(lambda: "active on consumer" in log.read_text(), 30, "the writer", proc)
+            os.kill(nats_pid, signal.SIGSTOP)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(1.0)  # the shutdown is under way, waiting on the frozen server
+            assert proc.poll() is None, log.read_text()[-2000:]
+            began = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=20)
+            took = time.monotonic() - began
+        finally:
+            os.kill(nats_pid, signal.SIGCONT)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert code == 130 and took < 5, (code, took, log.read_text()[-2000:])
+    assert "Traceback" not in log.read_text()

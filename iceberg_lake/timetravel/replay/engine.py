@@ -481,9 +481,11 @@ class ReplayEngine:
         sent = 0
         try:
             async for event in self.aevents():
-                await sink.send(event)
+                # Counted first: a sink queues the event before its first await (see
+                # `publish_windows`), where an interrupt lands.
                 sent += 1
                 self.published = sent
+                await sink.send(event)
                 if progress is not None and sent % 1_000 == 0:
                     progress(sent, event.ts_event_ns)
         finally:

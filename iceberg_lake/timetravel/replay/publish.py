@@ -120,10 +120,13 @@ async def publish_windows(
             if speed:
                 hi = await paced_cut(pacer, ts, i, hi)
             chunk = bytes(data[int(offsets[i]) : int(offsets[hi])])
-            await bus.publish_frames(nc, chunk, hi - i, int(size_offsets[hi] - size_offsets[i]))
+            # Counted before the call: it queues the frames before its first await, and the
+            # flush it then waits for is where an interrupt (a cancel) lands; the queued frames
+            # still go out (drain). Counted after, they went out uncounted (review16).
             sent += hi - i
             if progress is not None:
                 progress(sent, int(ts[hi - 1]))
+            await bus.publish_frames(nc, chunk, hi - i, int(size_offsets[hi] - size_offsets[i]))
             i = hi
     return sent
 
