@@ -1791,6 +1791,27 @@ def test_read_tail_hands_a_long_tail_over_in_order_chunks(tmp_path: Path, nats: 
         pub.close()
 
 
+def _replay_listener(pub: Publisher, url: str) -> tuple[Any, list[bytes], Any]:
+    """A second connection, on the publisher's loop, subscribed to `replay.>`: (the connection,
+    the bodies received, `heard(n)`: at least `n` received, after letting it deliver)."""
+    import nats as nats_py
+
+    received: list[bytes] = []
+
+    async def on_msg(msg: Any) -> None:
+        received.append(msg.data)
+
+    nc = pub.loop.run_until_complete(nats_py.connect(url))
+    pub.loop.run_until_complete(nc.subscribe("replay.>", cb=on_msg))
+    pub.loop.run_until_complete(nc.flush())
+
+    def heard(n: int) -> bool:
+        pub.loop.run_until_complete(asyncio.sleep(0.05))
+        return len(received) >= n
+
+    return nc, received, heard
+
+
 def test_sigterm_ends_a_following_replay_to_nats_at_once_and_counts_what_it_sent(
     tmp_path: Path, nats: NatsServer
 ) -> None:
@@ -1799,19 +1820,10 @@ def test_sigterm_ends_a_following_replay_to_nats_at_once_and_counts_what_it_sent
     ("generator already executing") and the run said complete, exit 0; an interrupted replay
     to NATS said it had sent 0 events (review16). It stops within a poll, exit 0, and counts
     the events its subscriber received."""
-    import nats as nats_py
-
     settings = settings_for(tmp_path, nats.url)
     LakeCatalog(settings).init()
     pub = Publisher(settings)
-    received: list[bytes] = []
-
-    async def on_msg(msg: Any) -> None:
-        received.append(msg.data)
-
-    nc = pub.loop.run_until_complete(nats_py.connect(nats.url))
-    pub.loop.run_until_complete(nc.subscribe("replay.>", cb=on_msg))
-    pub.loop.run_until_complete(nc.flush())
+    nc, received, heard = _replay_listener(pub, nats.url)
     manifest = tmp_path / "m.json"
     now = time.time_ns()
     args = ["replay", "--tables", TABLE, "--start", str(now - 60 * 10**9)]
@@ -1823,12 +1835,8 @@ def test_sigterm_ends_a_following_replay_to_nats_at_once_and_counts_what_it_sent
     try:
         for i in range(3):
             pub.publish([event(i, time.time_ns())])
-
-        def heard(n: int) -> bool:
-            pub.loop.run_until_complete(asyncio.sleep(0.05))  # lets the subscription deliver
-            return len(received) == n
-
         wait_until(lambda: heard(3), 30, "3 events replayed to NATS")
+        assert len(received) == 3
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         began = time.monotonic()
@@ -1854,7 +1862,6 @@ def test_an_interrupted_replay_to_nats_counts_the_events_it_published(
     """A paced replay to NATS stopped by SIGTERM said "the output holds the first 0 events"
     while its subscriber had received 87 (review16): the count was of whole windows. It is the
     events published, so a desk resuming after them sends none twice."""
-    import nats as nats_py
 
     settings = settings_for(tmp_path, nats.url)
     LakeCatalog(settings).init()
@@ -1862,14 +1869,7 @@ def test_an_interrupted_replay_to_nats_counts_the_events_it_published(
     t0 = time.time_ns() - 3600 * 10**9
     pub.publish([event(i, t0 + i * 20_000_000) for i in range(500)])  # 10 s of event time
     run_until_idle(settings, [TABLE])
-    received: list[bytes] = []
-
-    async def on_msg(msg: Any) -> None:
-        received.append(msg.data)
-
-    nc = pub.loop.run_until_complete(nats_py.connect(nats.url))
-    pub.loop.run_until_complete(nc.subscribe("replay.>", cb=on_msg))
-    pub.loop.run_until_complete(nc.flush())
+    nc, received, heard = _replay_listener(pub, nats.url)
     manifest = tmp_path / "m.json"
     args = ["replay", "--tables", TABLE, "--to-nats", "--prefix", "replay", "--speed", "1"]
     proc = subprocess.Popen(
@@ -1877,11 +1877,6 @@ def test_an_interrupted_replay_to_nats_counts_the_events_it_published(
         env=lake_env(settings),
         stderr=subprocess.PIPE,
     )
-
-    def heard(n: int) -> bool:
-        pub.loop.run_until_complete(asyncio.sleep(0.05))  # lets the subscription deliver
-        return len(received) >= n
-
     try:
         wait_until(lambda: heard(20), 60, "20 events replayed to NATS")
         proc.send_signal(signal.SIGTERM)
