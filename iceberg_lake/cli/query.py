@@ -588,82 +588,87 @@ def replay(
     # docker stop, systemd and kill send SIGTERM: the replay ends as with Ctrl-C (its output
     # flushed, its manifest written), not cut off with what was buffered.
     signals = interrupt_on_sigterm()
-    try:
-        if fmt == ReplayFormat.ndjson:
-            result = _run_with_progress(engine, to_nats, prefix, out, progress, written)
-        else:
-            assert out is not None
-            result = _write_batches(engine, fmt, out, verify, written)
-    except KeyboardInterrupt:
-        # Ctrl-C ends a --follow replay: what was delivered is in the manifest (complete: false).
-        # Any other replay it cuts short: the output is partial, and the exit code says so
-        # (newuser10: it exited 0 as "replayed 0 events … (--no-verify)"). One that came after
-        # the last event changes nothing (newuser13: it said partial of a complete output).
-        result = engine.manifest()
-        if not result.get("complete"):
-            # The manifest counts the windows handed out; the output holds what was written
-            # (published: the engine counts each event it published).
-            if to_nats:
-                written["events"] = engine.published
-            result["events_written"] = written["events"]
-            interrupted, stopped = not follow, follow
-    finally:
-        signals.restore()
-    how = "SIGTERM" if signals.received else "Ctrl-C"
-    if manifest is None:
-        # Every run leaves what reproduces it; identical replays share one file name.
-        if result["sequence_hash"] is not None:
-            manifest = Path(f"replay-{result['sequence_hash'].removeprefix('sha256:')[:12]}.json")
-        else:  # --no-verify: named after what it read
-            from iceberg_lake.timetravel.snapshots import replay_pin_name
+    try:  # restored only once the manifest is written: a second SIGTERM must not cut that
+        try:
+            if fmt == ReplayFormat.ndjson:
+                result = _run_with_progress(engine, to_nats, prefix, out, progress, written)
+            else:
+                assert out is not None
+                result = _write_batches(engine, fmt, out, verify, written)
+        except KeyboardInterrupt:
+            # Ctrl-C ends a --follow replay: what was delivered is in the manifest
+            # (complete: false).
+            # Any other replay it cuts short: the output is partial, and the exit code says so
+            # (newuser10: it exited 0 as "replayed 0 events … (--no-verify)"). One that came after
+            # the last event changes nothing (newuser13: it said partial of a complete output).
+            result = engine.manifest()
+            if not result.get("complete"):
+                # The manifest counts the windows handed out; the output holds what was written
+                # (published: the engine counts each event it published).
+                if to_nats:
+                    written["events"] = engine.published
+                result["events_written"] = written["events"]
+                interrupted, stopped = not follow, follow
+        how = "SIGTERM" if signals.received else "Ctrl-C"
+        if manifest is None:
+            # Every run leaves what reproduces it; identical replays share one file name.
+            if result["sequence_hash"] is not None:
+                manifest = Path(
+                    f"replay-{result['sequence_hash'].removeprefix('sha256:')[:12]}.json"
+                )
+            else:  # --no-verify: named after what it read
+                from iceberg_lake.timetravel.snapshots import replay_pin_name
 
-            name = replay_pin_name(engine.tables, engine.pins, engine.start_ns, engine.end_ns)
-            manifest = Path(f"{name}.json")
-    with output_file_errors(manifest, "--manifest"):
-        manifest.write_text(json.dumps(result, indent=2) + "\n")
-    read = ", ".join(
-        f"{t}@{sid if sid is not None else 'empty'}" for t, sid in result["snapshots"].items()
-    )
-    pinned = f", pinned as {result['pin_tag']}" if result.get("pin_tag") else ""
-    if interrupted:
-        err_console.print(
-            f"interrupted ({how}): the output holds the first {written['events']:,} events of the "
-            f"replay (complete: false, no sequence hash); manifest {manifest}; read {read}",
-            highlight=False,
-            soft_wrap=True,
+                name = replay_pin_name(engine.tables, engine.pins, engine.start_ns, engine.end_ns)
+                manifest = Path(f"{name}.json")
+        with output_file_errors(manifest, "--manifest"):
+            manifest.write_text(json.dumps(result, indent=2) + "\n")
+        read = ", ".join(
+            f"{t}@{sid if sid is not None else 'empty'}" for t, sid in result["snapshots"].items()
         )
-        raise typer.Exit(143 if signals.received else 130)
-    if stopped:  # Ctrl-C (or SIGTERM) is how a --follow replay ends before --end: exit 0
-        hashed = result["sequence_hash"] or "no sequence hash"
-        err_console.print(
-            f"stopped by {how} before --end: replayed {written['events']:,} events "
-            f"(complete: false, {hashed} of those events); manifest {manifest}; read {read}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        return
-    no_hash = "no sequence hash" + (" (--no-verify)" if not verify else "")
-    err_console.print(
-        f"replayed {result['event_count']} events, "
-        f"{result['sequence_hash'] or no_hash}; manifest {manifest}"
-        f"; read {read}{pinned}",
-        highlight=False,
-        soft_wrap=True,
-    )
-    for warning in (result.get("live") or {}).get("warnings", []):
-        err_console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
-    if recorded is not None:
-        # The point of --from-manifest: the same sequence again. Exit 1 when it is not.
-        if not recorded.get("complete", True):
+        pinned = f", pinned as {result['pin_tag']}" if result.get("pin_tag") else ""
+        if interrupted:
             err_console.print(
-                f"warning: {from_manifest} is from an interrupted run (complete: false): its "
-                "event count and hash were not compared",
+                f"interrupted ({how}): the output holds the first {written['events']:,} events "
+                f"of the replay (complete: false, no sequence hash); manifest {manifest}; "
+                f"read {read}",
                 highlight=False,
                 soft_wrap=True,
             )
-        mismatch = compare_manifests(recorded, result)
-        if mismatch is not None:
-            raise TimeTravelError(f"replay does not match {from_manifest}: {mismatch}")
+            raise typer.Exit(143 if signals.received else 130)
+        if stopped:  # Ctrl-C (or SIGTERM) is how a --follow replay ends before --end: exit 0
+            hashed = result["sequence_hash"] or "no sequence hash"
+            err_console.print(
+                f"stopped by {how} before --end: replayed {written['events']:,} events "
+                f"(complete: false, {hashed} of those events); manifest {manifest}; read {read}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            return
+        no_hash = "no sequence hash" + (" (--no-verify)" if not verify else "")
+        err_console.print(
+            f"replayed {result['event_count']} events, "
+            f"{result['sequence_hash'] or no_hash}; manifest {manifest}"
+            f"; read {read}{pinned}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for warning in (result.get("live") or {}).get("warnings", []):
+            err_console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+        if recorded is not None:
+            # The point of --from-manifest: the same sequence again. Exit 1 when it is not.
+            if not recorded.get("complete", True):
+                err_console.print(
+                    f"warning: {from_manifest} is from an interrupted run (complete: false): its "
+                    "event count and hash were not compared",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            mismatch = compare_manifests(recorded, result)
+            if mismatch is not None:
+                raise TimeTravelError(f"replay does not match {from_manifest}: {mismatch}")
+    finally:
+        signals.restore()
 
 
 def _write_batches(

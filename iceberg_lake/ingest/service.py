@@ -239,8 +239,8 @@ class LakeService:
                 await nc.flush(timeout=max(1, min(5, int(end - time.monotonic()))))
             except Exception as exc:  # noqa: BLE001 - reported, the close goes on
                 log.warning(
-                    "lake serve: NATS did not confirm the last acks at shutdown (%s): their "
-                    "messages are delivered again and skipped by the watermark",
+                    "lake serve: NATS did not answer the final flush at shutdown (%s): acks it "
+                    "did not get are delivered again and skipped by the watermark",
                     type(exc).__name__,
                 )
         with contextlib.suppress(Exception):

@@ -1894,3 +1894,44 @@ def test_an_interrupted_replay_to_nats_counts_the_events_it_published(
     assert proc.returncode == 143, err.decode()
     assert 20 <= sent < 500 and recorded["complete"] is False
     assert f"the output holds the first {sent:,} events" in err.decode()
+
+
+def test_a_following_replay_cancelled_before_its_worker_starts_ends_at_once(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """`aevents` of a following replay, cancelled before its worker thread had started `next`
+    (the executor busy with an app's other work): the stop was cleared by the worker's first
+    step and the replay ran to its end (review16b). It ends within a poll, cancelled."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    now = time.time_ns()
+    engine = ReplayEngine(
+        settings, [TABLE], now, now + 15 * 10**9, live=True, follow=True, pin=False
+    )
+
+    async def main() -> float:
+        from concurrent.futures import ThreadPoolExecutor
+
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(1))
+
+        async def consume() -> None:
+            async for _ in engine.aevents():
+                pass
+
+        # The default executor's thread busy for a second (an app's other work): the worker's
+        # `next` waits behind it.
+        busy = [loop.run_in_executor(None, time.sleep, 1.0)]
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.1)
+        began = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        took = time.monotonic() - began
+        await asyncio.gather(*busy)
+        return took
+
+    took = asyncio.run(main())
+    assert took < 8, took  # not at the window's end, 15 s away (+ 5 s lateness)
+    assert engine.manifest()["complete"] is False

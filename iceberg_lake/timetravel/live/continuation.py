@@ -278,15 +278,20 @@ class LiveTail:
         self._stopped.set()
 
     def events(self, history: Iterator[ReplayEvent]) -> Iterator[ReplayEvent]:
-        """`history` (the engine's events), then the tail events of the window.
+        """`history` (the engine's events), then the tail events of the window; a `stop()`
+        from now on ends it (cleared here, not at the generator's first step: a stop that came
+        before that step was lost, review16b).
 
         Args:
             history: the engine's pinned event stream (counted and hashed by the engine).
 
-        Yields:
+        Returns:
             History events, then tail events (see the module docstring for their order).
         """
         self._stopped.clear()
+        return self._events(history)
+
+    def _events(self, history: Iterator[ReplayEvent]) -> Iterator[ReplayEvent]:
         yield from history
         if not self.sources:
             return

@@ -206,7 +206,8 @@ class ReplayEngine:
         #: arrivals): a consumer that buffers its output flushes it here, so what was
         #: delivered is readable while the replay waits (`lake replay` to a pipe or a file).
         self.before_wait: Callable[[], None] | None = None
-        #: Events handed to NATS by the last `publish()` so far (an interrupted one included).
+        #: Events handed to NATS by the last `publish()` so far (an interrupted one included;
+        #: counted when queued, so a batch the lost connection refused counts too).
         self.published = 0
         #: The tag protecting the snapshots read (None: `pin=False`); see `_pin`.
         self.pin_tag: str | None = None
@@ -460,11 +461,10 @@ class ReplayEngine:
                 # for that thread until --end, then the close failed, "already executing").
                 self._live.stop()
                 if pending is not None:
-                    with contextlib.suppress(BaseException):
-                        await pending
+                    await _finish(pending)
                 close = getattr(source, "close", None)  # a generator: stop it
                 if close is not None:
-                    await asyncio.to_thread(close)
+                    await _finish(loop.run_in_executor(None, close))
             return
         async for window in self._pipeline.awindows():
             for event in window_events(window, self._sources):
@@ -593,3 +593,14 @@ class ReplayEngine:
         manifest = self.manifest()
         Path(path).write_text(json.dumps(manifest, indent=2) + "\n")
         return manifest
+
+
+async def _finish(future: asyncio.Future[Any]) -> None:
+    """Wait until `future` (a worker thread's call) is done, through any further cancellation
+    of the waiting task (a second Ctrl-C): the thread runs on regardless, and what comes next
+    (closing the generator it runs) must not start before it ends. Its result is dropped."""
+    while not future.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({future})
+    if not future.cancelled():
+        future.exception()  # retrieved: not logged as never retrieved
