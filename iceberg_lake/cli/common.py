@@ -77,13 +77,18 @@ class SigtermInterrupt:
         if self.received:
             return  # once: a repeated SIGTERM must not interrupt the clean-up it started
         self.received = True
+        # Nor a Ctrl-C right after it (an asyncio run's teardown, cut by it, left a task
+        # destroyed pending and a traceback: review16b); `restore` gives it back.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     def restore(self) -> None:
-        """Give SIGTERM back its previous handler."""
+        """Give SIGTERM back its previous handler (and Ctrl-C its default, if a SIGTERM came)."""
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+            if self.received:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def interrupt_on_sigterm() -> SigtermInterrupt:
