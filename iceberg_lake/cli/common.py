@@ -40,7 +40,7 @@ __all__ = [
     "emit",
     "err_console",
     "format_ms",
-    "interrupt_on_sigterm",
+    "SigtermInterrupt",
     "open_catalog",
     "option",
     "option_group",
@@ -59,7 +59,10 @@ AS_OF_OPTION = typer.Option("--as-of", help="Tag, snapshot id or ISO time, or TA
 
 
 class SigtermInterrupt:
-    """SIGTERM raising `KeyboardInterrupt` until `restore()` (see `interrupt_on_sigterm`).
+    """From its creation until `restore()`, SIGTERM (docker stop, systemd, `kill`) ends a long
+    command as Ctrl-C does: it raises `KeyboardInterrupt`, so the command's `except
+    KeyboardInterrupt` path runs (output flushed and closed, manifest written) instead of the
+    process ending where it stands.
 
     Attributes:
         received: a SIGTERM arrived (the interrupt was this signal, not Ctrl-C).
@@ -89,15 +92,6 @@ class SigtermInterrupt:
             self._previous = None
             if self.received:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def interrupt_on_sigterm() -> SigtermInterrupt:
-    """Make SIGTERM (docker stop, systemd, `kill`) end a long command as Ctrl-C does.
-
-    The command's `except KeyboardInterrupt` path runs (output flushed and closed, manifest
-    written) instead of the process ending where it stands. Call `restore()` when done.
-    """
-    return SigtermInterrupt()
 
 
 def settings() -> Settings:

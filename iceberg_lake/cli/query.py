@@ -19,12 +19,12 @@ from iceberg_lake.cli.common import (
     AS_OF_OPTION,
     OUTPUT_OPTION,
     OutputFormat,
+    SigtermInterrupt,
     Window,
     console,
     emit,
     err_console,
     format_ms,
-    interrupt_on_sigterm,
     note_outside,
     open_catalog,
     split_names,
@@ -587,7 +587,7 @@ def replay(
     written = {"events": 0}  # events in the output so far (kept up to date by the writers)
     # docker stop, systemd and kill send SIGTERM: the replay ends as with Ctrl-C (its output
     # flushed, its manifest written), not cut off with what was buffered.
-    signals = interrupt_on_sigterm()
+    signals = SigtermInterrupt()
     try:  # restored only once the manifest is written: a second SIGTERM must not cut that
         try:
             if fmt == ReplayFormat.ndjson:

@@ -87,7 +87,7 @@ class LiveTail:
         engine: ReplayEngine,
         *,
         follow: bool = False,
-        lateness_seconds: float = 5.0,
+        lateness_seconds: float,
         poll_seconds: float = 0.2,
         inference: InferenceStart | None = None,
     ) -> None:
