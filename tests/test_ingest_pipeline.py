@@ -288,6 +288,68 @@ def test_running_writer_follows_a_new_optional_column(
     assert got.column("venue_x").to_pylist() == [None, "LIT"]
 
 
+@pytest.mark.parametrize(
+    "sixth_carries_it", [True, False], ids=["a-fetch-sees-it", "the-commit-sees-it"]
+)
+def test_events_buffered_before_a_migration_are_stored_with_its_new_field(
+    tmp_path: Path, nats: NatsServer, sixth_carries_it: bool
+) -> None:
+    """evolve14/live16: events the writer had decoded and buffered (not yet committed) when a
+    migration added a field they carry were stored without it, while `lake query --live`
+    showed it. Now the buffered messages are read again with the new schema, whether the
+    change is seen by a later fetch carrying the field or by the check before the commit."""
+    from ingest_support import publish_async
+    from pyiceberg.types import StringType
+
+    from iceberg_lake.ingest.service import LakeService
+    from iceberg_lake.ops import metrics
+
+    # Six events make a batch; the interval is long enough that only the sixth flushes it.
+    settings = settings_for(
+        tmp_path, nats.url, LAKE_BRONZE_BATCH_SIZE="6", LAKE_BRONZE_BATCH_SECONDS="120"
+    )
+    table = "bronze.stocks_trades"
+    unknown = metrics.UNKNOWN_FIELDS.labels(table, "venue_y")
+    before = unknown._value.get()
+
+    async def scenario() -> None:
+        service = LakeService(settings, [table])
+        runner = asyncio.create_task(service.run())
+        try:
+            first = [
+                ("market.stocks.trades", encode({**make_event(table, i), "venue_y": f"V{i}"}), None)
+                for i in range(1, 6)
+            ]
+            await publish_async(settings, first)
+            await await_until(
+                lambda: unknown._value.get() - before >= 5, 60, "five buffered", alive=runner
+            )
+            assert service.committed_events == 0
+            t = LakeCatalog(settings).load_table(table)
+            with t.update_schema() as update:  # what a migration does
+                update.add_column("venue_y", StringType())
+            sixth = make_event(table, 6)
+            if sixth_carries_it:
+                sixth["venue_y"] = "V6"
+            await publish_async(settings, [("market.stocks.trades", encode(sixth), None)])
+            await await_until(lambda: service.committed_events >= 6, 60, "the commit", alive=runner)
+        finally:
+            await service.stop()
+            await asyncio.wait_for(runner, 60)
+
+    asyncio.run(scenario())
+    got = LakeCatalog(settings).load_table(table).scan().to_arrow().sort_by("seq")
+    assert got.column("seq").to_pylist() == [1, 2, 3, 4, 5, 6]
+    assert got.column("venue_y").to_pylist() == [
+        "V1",
+        "V2",
+        "V3",
+        "V4",
+        "V5",
+        "V6" if sixth_carries_it else None,
+    ]
+
+
 def test_a_field_the_table_lacks_costs_no_table_load_per_commit(
     tmp_path: Path, nats: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,6 +27,8 @@ class MicroBatch:
         events: rows buffered.
         messages: messages fetched (stored, rejected or skipped).
         started: monotonic time of the first message.
+        dropped_fields: (table, schema id) of rows decoded with fields that schema lacked
+            (dropped): a schema change before the commit has the batch re-read.
     """
 
     tables: dict[str, list[pa.Table]] = field(default_factory=dict)
@@ -38,6 +40,7 @@ class MicroBatch:
     events: int = 0
     messages: int = 0
     started: float = 0.0
+    dropped_fields: set[tuple[str, int]] = field(default_factory=set)
 
     def add_messages(self, count: int, first_seq: int, last_seq: int, last_msg: Any) -> None:
         """Record `count` fetched messages spanning `first_seq..last_seq`."""

@@ -271,6 +271,15 @@ class _LeaseLost(Exception):
     """Internal: this writer is no longer the active one; go back to standby."""
 
 
+class _Reread(Exception):
+    """Internal: a schema changed under the batch about to be committed (`events` rows):
+    read it again."""
+
+    def __init__(self, events: int) -> None:
+        super().__init__(f"schema changed under {events} events")
+        self.events = events
+
+
 class _Rejected(Exception):
     """Internal: the commit of `table` failed deterministically (`error`)."""
 
@@ -397,6 +406,7 @@ class ConsumerWriter:
         self.reload_needed = False
         #: The pending reset is a lost connection's: commit the batch before re-reading.
         self._commit_before_reset = False
+        self._reread_logged = False
         self.drained = False
         self.active = False
         self.committed_events = 0
@@ -902,8 +912,9 @@ class ConsumerWriter:
                 if keep and self.batch.messages:
                     self._maybe_flush(force=True)
                     await self._wait_commit()
-                if not self._resubscribe_log.failures:
+                if not self._resubscribe_log.failures and not self._reread_logged:
                     log.warning("writer %s: re-reading from the committed position", self.target)
+                self._reread_logged = False
                 self.batch = MicroBatch()
                 self.reset_needed = False
                 try:
@@ -1086,11 +1097,18 @@ class ConsumerWriter:
                 return
         bodies = [m.data for m in keep]
         subjects = [m.subject for m in keep]
-        assert self.decoder is not None
-        routed: RoutedBatch = decode_chunked(self.decoder, bodies, subjects, recv_ns)
+        decoder, schema_ids = self._decoder()
+        routed: RoutedBatch = decode_chunked(decoder, bodies, subjects, recv_ns)
         if routed.unknown_fields and await self._schema_changed():
             # A migration added the fields: decode the same messages again with the new schema.
-            routed = decode_chunked(self.decoder, bodies, subjects, recv_ns)
+            decoder, schema_ids = self._decoder()
+            routed = decode_chunked(decoder, bodies, subjects, recv_ns)
+        if self._decoded_before_change(self.batch):
+            # Rows already buffered dropped fields a migration may just have added: re-read
+            # them from the committed position rather than store them without (the live view
+            # decodes the whole tail with the new schema: evolve14).
+            self._reread(self.batch.events)
+            return
         seq_arr = np.asarray(seqs, dtype=np.int64)
         events = len(routed.rejected)
         for tid, decoded in routed.tables.items():
@@ -1117,17 +1135,48 @@ class ConsumerWriter:
             self.batch.dead.append(d)
             metrics.EVENTS_CONSUMED.labels(d.target_table).inc()
         for (tid, name), count in routed.unknown_fields.items():
+            self.batch.dropped_fields.add((tid, schema_ids[tid]))
             metrics.UNKNOWN_FIELDS.labels(tid, name).inc(count)
             if (tid, name) not in self._unknown_logged:
                 self._unknown_logged.add((tid, name))
                 log.warning("%s has no column '%s': the field is dropped from its rows", tid, name)
 
-    async def _schema_changed(self) -> bool:
+    def _decoder(self) -> tuple[Decoder, dict[str, int]]:
+        """The decoder and the schema id of each table it decodes for, taken together (a
+        schema check in another thread may replace both)."""
+        with self._codec_lock:
+            assert self.decoder is not None
+            return self.decoder, {tid: codec.schema_id for tid, codec in self.codecs.items()}
+
+    def _decoded_before_change(self, batch: MicroBatch) -> bool:
+        """True if rows of `batch` dropped fields of a table whose schema changed since they
+        were decoded, however the writer learned of the change (a check, a commit's response)."""
+        with self._codec_lock:
+            return any(self.codecs[tid].schema_id != sid for tid, sid in batch.dropped_fields)
+
+    def _reread(self, events: int) -> None:
+        """Drop the buffered (uncommitted, unacked) messages and read them again from the
+        committed position, decoded with the schema that changed under them."""
+        log.info(
+            "writer %s: a schema changed under %d buffered events decoded with fields it "
+            "lacked then: re-reading them from seq %d",
+            self.target,
+            events,
+            self.position + 1,
+        )
+        # Dropped at once: after a batch refused this way, the buffer holds the messages that
+        # follow it, and committing them (a stop's final flush) would skip the refused ones.
+        self.batch = MicroBatch()
+        self._commit_before_reset = False
+        self.reset_needed = True
+        self._reread_logged = True  # said above: the reset's warning would only alarm
+
+    async def _schema_changed(self, force: bool = False) -> bool:
         """Messages carried fields the table lacks: reload the schemas of tables whose catalog
-        pointer moved (at most every `SCHEMA_CHECK_SECONDS`), since a migration may just have
-        added them. True if a schema changed."""
+        pointer moved (at most every `SCHEMA_CHECK_SECONDS` unless `force`), since a migration
+        may just have added them. True if a schema changed."""
         now = time.monotonic()
-        if now - self._last_schema_check < SCHEMA_CHECK_SECONDS:
+        if not force and now - self._last_schema_check < SCHEMA_CHECK_SECONDS:
             return False
         self._last_schema_check = now
         try:
@@ -1191,6 +1240,9 @@ class ConsumerWriter:
         task, self.commit_task = self.commit_task, None
         try:
             await task
+        except _Reread as reread:
+            self._reread(reread.events + self.batch.events)
+            return
         except WriterFencedError as exc:
             if not self._holds_lease():
                 raise _LeaseLost() from exc
@@ -1279,6 +1331,13 @@ class ConsumerWriter:
             WriterFencedError: another writer moved the watermark, or the lease ran out.
             ShutdownTimeoutError: stopped while the commit kept failing.
         """
+        if batch.dropped_fields:
+            # Checked once more just before the commit (a flush cuts the batch up to a batch
+            # interval after its first rows were decoded): a migration that landed since has
+            # the batch re-read with its new fields rather than stored without them.
+            await self._schema_changed(force=True)
+            if self._decoded_before_change(batch):
+                raise _Reread(batch.events)
         if batch.dead:
             await self._publish_dead_letters(batch.dead)
         attempt = 0
@@ -1346,6 +1405,8 @@ class ConsumerWriter:
                 raise
             except Exception:  # noqa: BLE001, S110 - an outage: the next attempt tells
                 pass
+            if self._decoded_before_change(batch):  # a migration landed while retrying
+                raise _Reread(batch.events)
         self._handled_through = max(self._handled_through, batch.last_seq)
         if batch.last_msg is not None:
             try:
