@@ -42,6 +42,8 @@ def test_spark_defaults_for_the_embedded_lake(tmp_path: Path) -> None:
     assert lines["spark.sql.catalog.lake.warehouse"] == f"file://{tmp_path / 'd' / 'warehouse'}"
     assert lines["spark.sql.catalog.lake.jdbc.init-catalog-tables"] == "false"
     assert "org.xerial:sqlite-jdbc" in lines["spark.jars.packages"]
+    # The lake's times are UTC; pasted into a session in local time, every literal shifted.
+    assert lines["spark.sql.session.timeZone"] == "UTC"
 
 
 def test_jars_local_prints_the_jar_files_the_test_harness_runs_with(

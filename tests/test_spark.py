@@ -794,6 +794,99 @@ def test_an_incompatible_write_without_a_schema_change_fails_at_once(
     assert len(catalog.load_table(SILVER_TRADES).snapshots()) == 0
 
 
+def test_a_duckdb_compaction_landing_during_a_spark_run_is_not_overwritten(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More Bronze rows and a DuckDB compaction of them land between Spark's read and its
+    write: Spark's commit replaced Silver's newer rows with its older ones (8 -> 5 rows,
+    `success`: spark17). Now the write is validated against Silver's snapshot at planning,
+    fails without writing, and the run plans again on the new state. Budget: ~8 s."""
+    from iceberg_lake.silver import spark as silver_spark
+
+    settings, catalog = _five_trades_lake(spark, tmp_path, "lake_racing")
+    real, writes = silver_spark.replace_partitions, []
+
+    def compacted_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        if not writes:
+            append(catalog.load_table(TRADES), trades("SPY", T14 + 10**8, 3, 10**9, seq0=100))
+            with SilverCompactor(catalog) as compactor:
+                assert compactor.compact_date(DAY, "stocks.trades")["rows_written"] == 8
+        writes.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(silver_spark, "replace_partitions", compacted_meanwhile)
+    done = SparkSilverCompactor(spark, catalog).compact_date(DAY, TRADES)
+    assert len(writes) == 2, "the conflicting write was not planned again"
+    assert done["status"] == "success" and done["rows_written"] == 8, done
+    assert len(SilverReader(settings).read_stock_trades("SPY", DAY)) == 8
+
+
+def test_partitions_purged_from_bronze_are_emptied_by_spark_as_by_duckdb(
+    spark: Any, tmp_path: Path
+) -> None:
+    """A feed purged from Bronze by Spark `DELETE`s (merge-on-read: position deletes leave its
+    data file), then the whole day: the Spark engine kept the purged rows in Silver, and named
+    the emptied partition as replaced (spark17). Now they are emptied, as the DuckDB engine
+    empties them. Budget: ~15 s."""
+    settings, catalog = _five_trades_lake(spark, tmp_path, "lake_purged")
+    append(catalog.load_table(TRADES), trades("QQQ", T14, 2, 10**9, seq0=50))
+    with SilverCompactor(catalog) as compactor:
+        assert compactor.compact_date(DAY, "stocks.trades")["partitions"] == 2
+    bronze = f"{settings.catalog_name}.{TRADES}"
+    spark.sql(f"ALTER TABLE {bronze} SET TBLPROPERTIES ('write.delete.mode'='merge-on-read')")
+    for seq in (50, 51):  # row by row: position deletes, the data file stays
+        spark.sql(f"DELETE FROM {bronze} WHERE symbol = 'QQQ' AND seq = {seq}")
+    files = catalog.load_table(TRADES).scan(row_filter="symbol == 'QQQ'").plan_files()
+    assert any(task.delete_files for task in files), "expected position deletes"
+
+    compactor = SparkSilverCompactor(spark, catalog)
+    done = compactor.compact_date(DAY, TRADES)
+    assert done["status"] == "success" and done["rows_written"] == 5, done
+    assert [label[0] for label in done["replaced_partitions"]] == ["QQQ", "SPY"]
+    symbols = catalog.load_table(SILVER_TRADES).scan().to_arrow().column("symbol").to_pylist()
+    assert symbols == ["SPY"] * 5
+
+    spark.sql(f"DELETE FROM {bronze} WHERE symbol = 'SPY'")
+    done = compactor.compact_date(DAY, TRADES)
+    assert done["status"] == "success" and done["rows_read"] == 0, done
+    assert len(catalog.load_table(SILVER_TRADES).scan().to_arrow()) == 0
+
+
+def test_negative_zero_is_stored_alike_by_both_engines(spark: Any, tmp_path: Path) -> None:
+    """A `-0.0` in a float column outside the dedup key: DuckDB's sort stored `0.0`, Spark
+    `-0.0`, so the engines' Silver differed bit-wise (spark17). Both store `0.0` now."""
+    import math
+
+    settings = load_settings(
+        {"LAKE_DATA_DIR": str(tmp_path / "lake"), "LAKE_CATALOG_NAME": "lake_zero"}
+    )
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    rows = [
+        {
+            "ts_event_ns": T14 + i,
+            "ts_recv_ns": T14 + i + 5,
+            "source": "t",
+            "symbol": "ESZ5",
+            "seq": i,
+            "bid_px_1": -0.0 if i == 0 else 1.5,
+        }
+        for i in range(3)
+    ]
+    append(catalog.load_table("bronze.futures_mbp10"), rows)
+    attach_catalog(spark, settings)
+    signs = {}
+    for engine in ("duckdb", "spark"):
+        if engine == "duckdb":
+            with SilverCompactor(catalog) as compactor:
+                compactor.compact_date(DAY, "futures.mbp10")
+        else:
+            SparkSilverCompactor(spark, catalog).compact_date(DAY, "futures.mbp10")
+        got = catalog.load_table("silver.futures_mbp10").scan().to_arrow().sort_by("seq")
+        signs[engine] = [math.copysign(1.0, v) for v in got.column("bid_px_1").to_pylist()]
+    assert signs == {"duckdb": [1.0, 1.0, 1.0], "spark": [1.0, 1.0, 1.0]}
+
+
 def test_guard_pyspark_keeps_the_jvm_launcher_where_stop_spark_looks(spark: Any) -> None:
     """`stop_spark` ends the JVM through `SparkContext._gateway.proc` (pyspark internals)."""
     from pyspark import SparkContext

@@ -14,6 +14,10 @@ the smallest non-dedup tuple wins.
 Output order: `ts_event_ns`, then the other dedup columns in declaration order (NULLs last): a
 total order, because the dedup columns are unique after deduplication.
 
+Values are Bronze's but one: `-0.0` in a float column that is not a dedup column comes out as
+`0.0`, since DuckDB's sort (by every column, below) normalises its keys; the Spark engine does
+the same explicitly, so both store identical bits.
+
 How: DuckDB sorts by `(partition key, ts_event_ns, other dedup columns, ts_recv_ns, non-dedup
 columns)`, which puts every duplicate group together with its survivor first and is already the
 output order; `AdjacentDedup` then keeps the first row of each group while the batches stream

@@ -8,6 +8,7 @@ partition, are identical to the DuckDB engine's:
 
 - event identity: all dedup columns equal, NULL = NULL, float dedup columns canonical
   (`-0.0` → `0.0`, every NaN → NaN) — Spark groups window partitions null-safe and NaN-safe;
+  other float columns keep their value but `-0.0` (stored `0.0`, as DuckDB's sort stores it);
 - survivor: smallest `(ts_recv_ns, every other non-dedup column in declaration order)`, NULLs
   last (`row_number()` over that order);
 - order: partition key, `ts_event_ns`, the other dedup columns in declaration order (NULLs last),
@@ -15,10 +16,12 @@ partition, are identical to the DuckDB engine's:
 
 Differences from the DuckDB engine: no change detection (every partition of the day with Bronze
 rows is recompacted; the DuckDB engine recompacts Spark-written partitions once, since their
-file names carry no state), a Silver partition whose Bronze rows all vanished is left as it is,
-and partitions of one call go into one snapshot (no `partitions_per_commit`) — with
-`compact_all_dates` that is every day of the table in one snapshot, where the DuckDB engine
-commits one per day.
+file names carry no state), and partitions of one call go into one snapshot (no
+`partitions_per_commit`) — with `compact_all_dates` that is every day of the table in one
+snapshot, where the DuckDB engine commits one per day. A Silver partition whose Bronze rows all
+vanished is emptied when Bronze is read at its current snapshot (a static overwrite of the
+window), as on DuckDB; the write is validated against commits made to Silver since it was
+planned and planned again if one replaced its partitions.
 
 Example (the session must have the lake's catalog, see `lake engines spark`)::
 
@@ -47,12 +50,13 @@ from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.config import Settings
 from iceberg_lake.engine.filters import eq, ge, lt
-from iceberg_lake.engine.spark import replace_partitions, spark_sql_type
+from iceberg_lake.engine.spark import is_write_conflict, replace_partitions, spark_sql_type
 from iceberg_lake.exceptions import CompactionError, LakeError, TimeTravelError
 from iceberg_lake.schema.names import NameHistory
 from iceberg_lake.silver.commit import follow_bronze_types, lower_mark
 from iceberg_lake.silver.dedup import sort_columns, source_columns
 from iceberg_lake.silver.plan import (
+    Layout,
     PartitionMap,
     layout_of,
     parse_date,
@@ -71,8 +75,9 @@ __all__ = ["SparkSilverCompactor"]
 
 _BUCKET_NS = {"hour": 3_600 * 10**9, "day": 86_400 * 10**9}
 _BUCKET = "_lake_bucket"
-#: Runs of one compaction when Silver's schema keeps changing under it (each failure wrote
-#: nothing; the next run reads the new schema).
+#: Runs of one compaction when Silver's schema keeps changing under it, or another commit
+#: keeps replacing the partitions it writes (each failure wrote nothing; the next run plans
+#: on the new state).
 SCHEMA_CHANGE_ATTEMPTS = 3
 
 
@@ -187,6 +192,22 @@ class SparkSilverCompactor:
                     # evolve` while compacting): nothing was written; plan again on it.
                     log.warning("Silver's schema changed during the Spark run, again: %s", first)
                     continue
+                if is_write_conflict(exc):
+                    # Another compaction replaced these partitions while Spark ran (spark17:
+                    # the write replaced its newer rows with older ones): plan again on it,
+                    # as the DuckDB engine does.
+                    if attempt < SCHEMA_CHANGE_ATTEMPTS:
+                        log.warning(
+                            "%s: another commit replaced its partitions during the Spark run, "
+                            "planning again (attempt %d)",
+                            schema,
+                            attempt,
+                        )
+                        continue
+                    raise CompactionError(
+                        f"{schema}: other commits kept replacing its Silver partitions during "
+                        f"{attempt} Spark runs; nothing was written by them, run it again"
+                    ) from None
                 raise CompactionError(f"Spark: {first}") from exc
         raise AssertionError("unreachable")
 
@@ -262,13 +283,6 @@ class SparkSilverCompactor:
             if label not in labels:
                 labels.append(label)
                 days.add(layout.bounds(record)[1].date().isoformat())
-        if any(t.delete_files for t in tasks):
-            rows_read = source.count()
-        else:
-            rows_read = sum(t.file.record_count for t in tasks)
-        if rows_read == 0:
-            return result
-
         fed = source_columns(
             silver.schema(),
             NameHistory(silver.schemas().values()),
@@ -277,12 +291,45 @@ class SparkSilverCompactor:
             definition.dedup_columns,
             definition.identifier,
         )
+        if any(t.delete_files for t in tasks):
+            # Delete files may empty a partition whose data files remain: only partitions
+            # with rows left are written (and named).
+            with_rows = _labels_with_rows(source, layout, fed)
+            rows_read = sum(with_rows.values())
+            labels = [label for label in labels if tuple(label) in with_rows]
+        else:
+            rows_read = sum(t.file.record_count for t in tasks)
+        # Read at Bronze's current snapshot, every Silver partition of the window is replaced
+        # (a static overwrite of the window), so one whose Bronze rows all went (a feed purged
+        # from Bronze) is emptied, as the DuckDB engine does (spark17); an older pin replaces
+        # only the partitions it has rows for, as there too.
+        window = None
+        emptied: list[list[Any]] = []
+        if snap.snapshot_id == _current_id(bronze):
+            window = _window(layout.key_column, day, partition_value)
+            if silver.current_snapshot() is not None:
+                with catalog_errors(f"planning {spark_silver}"):
+                    silver_tasks = list(silver.scan(row_filter=row_filter).plan_files())
+                for task in silver_tasks:
+                    if task.file.spec_id != silver.spec().spec_id:
+                        raise CompactionError(
+                            f"{spark_silver} has files of an older partition spec "
+                            f"({task.file.spec_id}); Silver compaction supports one Silver spec"
+                        )
+                    label = layout.label(task.file.partition)
+                    if label not in labels and label not in emptied:
+                        emptied.append(label)
+                        days.add(layout.bounds(task.file.partition)[1].date().isoformat())
+        if rows_read == 0 and not emptied:
+            return result
+
         deduped = self._dedup(source, silver, definition, layout.key_column, layout.time_unit, fed)
+        replaced = sorted(labels + emptied, key=str)
         props = {
             P.LAKE_OPERATION: P.SILVER_COMPACTION,
             P.SOURCE_TABLE: definition.identifier,
             P.SOURCE_SNAPSHOT_ID: str(snap.snapshot_id),
-            P.REPLACED_PARTITIONS: json.dumps(sorted(labels, key=str), default=str),
+            P.REPLACED_PARTITIONS: json.dumps(replaced, default=str),
         }
         before = _current_id(silver)
         # Tag the source before Silver names it, as the pyiceberg path does (silver.commit).
@@ -294,7 +341,9 @@ class SparkSilverCompactor:
         # A pin older than Silver's incremental mark: Spark's commit cannot carry the lowered
         # mark, so it is lowered just before (and again after, see `lower_mark`).
         lower_mark(bronze, silver, snap)
-        replace_partitions(deduped.drop(_BUCKET), spark_silver, props)
+        replace_partitions(
+            deduped.drop(_BUCKET), spark_silver, props, planned_at=before, rows_in=window
+        )
         silver = self.lake.load_table(f"{SILVER}.{definition.name}")
         lower_mark(bronze, silver, snap)
         new = silver.current_snapshot()
@@ -308,8 +357,8 @@ class SparkSilverCompactor:
             rows_written=written,
             duplicates_removed=rows_read - written,
             silver_snapshot_id=new.snapshot_id,
-            partitions=len(labels),
-            replaced_partitions=sorted(labels, key=str),
+            partitions=len(replaced),
+            replaced_partitions=replaced,
             seconds=round(time.perf_counter() - started, 3),
         )
         if day is None:
@@ -397,6 +446,10 @@ class SparkSilverCompactor:
                     f"CASE WHEN isnan({src}) THEN CAST('NaN' AS {kind}) "
                     f"WHEN {src} = 0 THEN CAST(0 AS {kind}) ELSE {src} END"
                 )
+            elif isinstance(f.field_type, (FloatType, DoubleType)):
+                # -0.0 stored as 0.0, as DuckDB's sort (by every column) stores it (spark17).
+                kind = spark_sql_type(f.field_type)
+                expr = f"CASE WHEN {src} = 0 THEN CAST(0 AS {kind}) ELSE {src} END"
             else:
                 expr = src
             select.append(f"{expr} AS {col}")
@@ -428,6 +481,43 @@ def _col(name: str) -> Column:
     from pyspark.sql import functions as F  # noqa: N812
 
     return F.col(_ident(name))
+
+
+def _window(key_column: str | None, day: date | None, partition_value: str | None) -> Column:
+    """The rows of one day (all days: None) and one partition value (all: None), as a Spark
+    filter Iceberg turns into its own (UTC datetime literals: no session time zone)."""
+    from pyspark.sql import functions as F  # noqa: N812
+
+    cond = F.lit(True)
+    if day is not None:
+        lo = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        cond = (_col("ts_event") >= F.lit(lo)) & (_col("ts_event") < F.lit(lo + timedelta(days=1)))
+    if partition_value is not None and key_column is not None:
+        cond = cond & (_col(key_column) == F.lit(partition_value))
+    return cond
+
+
+def _labels_with_rows(
+    source: DataFrame, layout: Layout, fed: dict[str, str]
+) -> dict[tuple[Any, ...], int]:
+    """Rows per Silver partition (as `Layout.label` names it) that `source` has rows in: a
+    Spark count grouped by the partition key and the time bucket of `ts_event`."""
+    from pyspark.sql import functions as F  # noqa: N812
+
+    bucket_us = _BUCKET_NS[layout.time_unit] // 1000
+    key = fed.get(layout.key_column) if layout.key_column is not None else None
+    grouped = source.groupBy(
+        (_col(key) if key is not None else F.lit(None)).alias("k"),
+        F.expr(f"floor(unix_micros(ts_event) / {bucket_us})").alias("b"),
+    ).count()
+    out: dict[tuple[Any, ...], int] = {}
+    for row in grouped.collect():
+        values: list[Any] = [None] * (1 + (layout.key_pos is not None))
+        values[layout.time_pos] = int(row["b"])
+        if layout.key_pos is not None:
+            values[layout.key_pos] = row["k"]
+        out[tuple(layout.label(Record(*values)))] = int(row["count"])
+    return out
 
 
 def _current_id(table: Table) -> int | None:
