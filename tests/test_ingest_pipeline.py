@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ingest_support import (
@@ -289,18 +290,23 @@ def test_running_writer_follows_a_new_optional_column(
 
 
 @pytest.mark.parametrize(
-    "sixth_carries_it", [True, False], ids=["a-fetch-sees-it", "the-commit-sees-it"]
+    "when", ["a-fetch-sees-it", "the-commit-sees-it", "during-the-commit", "stream-removed-them"]
 )
 def test_events_buffered_before_a_migration_are_stored_with_its_new_field(
-    tmp_path: Path, nats: NatsServer, sixth_carries_it: bool
+    tmp_path: Path, nats: NatsServer, monkeypatch: pytest.MonkeyPatch, when: str
 ) -> None:
     """evolve14/live16: events the writer had decoded and buffered (not yet committed) when a
     migration added a field they carry were stored without it, while `lake query --live`
-    showed it. Now the buffered messages are read again with the new schema, whether the
-    change is seen by a later fetch carrying the field or by the check before the commit."""
+    showed it. Now they are decoded again, from memory, with the new schema: whether the change
+    is seen by a later fetch carrying the field, by the check before the commit, or by the
+    commit itself (the migration landing between that check and the catalog update: review17,
+    a whole batch stored without the field), and even when the stream's limits removed the
+    messages meanwhile (review17: a re-read from the stream lost them)."""
     from ingest_support import publish_async
     from pyiceberg.types import StringType
 
+    from iceberg_lake.engine import nats as bus
+    from iceberg_lake.ingest import writer
     from iceberg_lake.ingest.service import LakeService
     from iceberg_lake.ops import metrics
 
@@ -309,8 +315,24 @@ def test_events_buffered_before_a_migration_are_stored_with_its_new_field(
         tmp_path, nats.url, LAKE_BRONZE_BATCH_SIZE="6", LAKE_BRONZE_BATCH_SECONDS="120"
     )
     table = "bronze.stocks_trades"
-    unknown = metrics.UNKNOWN_FIELDS.labels(table, "venue_y")
-    before = unknown._value.get()
+    consumed = metrics.EVENTS_CONSUMED.labels(table)
+    before = consumed._value.get()
+
+    def migrate() -> None:
+        t = LakeCatalog(settings).load_table(table)
+        with t.update_schema() as update:  # what a migration does
+            update.add_column("venue_y", StringType())
+
+    if when == "during-the-commit":
+        real, calls = writer.watermarked_append, []
+
+        def migrated_first(t: Any, **kwargs: Any) -> Any:
+            if t.name()[-1] == "stocks_trades" and not calls:
+                migrate()  # after the pre-commit check, before the catalog update
+            calls.append(kwargs.get("schema_id"))
+            return real(t, **kwargs)
+
+        monkeypatch.setattr(writer, "watermarked_append", migrated_first)
 
     async def scenario() -> None:
         service = LakeService(settings, [table])
@@ -318,18 +340,27 @@ def test_events_buffered_before_a_migration_are_stored_with_its_new_field(
         try:
             first = [
                 ("market.stocks.trades", encode({**make_event(table, i), "venue_y": f"V{i}"}), None)
-                for i in range(1, 6)
+                for i in range(1, 6 if when != "during-the-commit" else 7)
             ]
             await publish_async(settings, first)
+            if when == "during-the-commit":
+                await await_until(
+                    lambda: service.committed_events >= 6, 60, "the commit", alive=runner
+                )
+                return
             await await_until(
-                lambda: unknown._value.get() - before >= 5, 60, "five buffered", alive=runner
+                lambda: consumed._value.get() - before >= 5, 60, "five buffered", alive=runner
             )
             assert service.committed_events == 0
-            t = LakeCatalog(settings).load_table(table)
-            with t.update_schema() as update:  # what a migration does
-                update.add_column("venue_y", StringType())
+            if when == "stream-removed-them":
+                nc = await bus.connect(settings)
+                try:
+                    await bus.jetstream(nc, settings).purge_stream(bus.MARKET_STREAM)
+                finally:
+                    await nc.close()
+            migrate()
             sixth = make_event(table, 6)
-            if sixth_carries_it:
+            if when != "the-commit-sees-it":
                 sixth["venue_y"] = "V6"
             await publish_async(settings, [("market.stocks.trades", encode(sixth), None)])
             await await_until(lambda: service.committed_events >= 6, 60, "the commit", alive=runner)
@@ -346,7 +377,7 @@ def test_events_buffered_before_a_migration_are_stored_with_its_new_field(
         "V3",
         "V4",
         "V5",
-        "V6" if sixth_carries_it else None,
+        None if when == "the-commit-sees-it" else "V6",
     ]
 
 

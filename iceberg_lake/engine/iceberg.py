@@ -40,6 +40,7 @@ from pyiceberg.table.metadata import TableMetadata, TableMetadataUtil
 from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Operation
 from pyiceberg.table.update import (
+    AssertCurrentSchemaId,
     AssertTableUUID,
     RemoveSnapshotsUpdate,
     ValidatableTableRequirement,
@@ -1534,11 +1535,13 @@ class WatermarkedAppend:
         watermark: Mapping[str, str],
         snapshot_properties: Mapping[str, str] | None = None,
         expected: Mapping[str, str | None] | None = None,
+        schema_id: int | None = None,
     ) -> None:
         self.table = table
         self.watermark = dict(watermark)
         self.snapshot_properties = dict(snapshot_properties or {})
         self.expected = dict(expected) if expected is not None else None
+        self.schema_id = schema_id
         self._chunks: list[pa.Table] = []
         self._parts: list[pa.Table] = []
 
@@ -1580,6 +1583,8 @@ class WatermarkedAppend:
             tx = _FastAppendTransaction(self.table)
             if self.expected is not None:  # fencing: see `require_properties`
                 require_properties(tx, self.expected)
+            if self.schema_id is not None:
+                require_schema(tx, self.schema_id)
             if self.watermark:
                 tx.set_properties(self.watermark)
             if fast:  # (an empty append still makes a snapshot, as pyiceberg's does)
@@ -1615,12 +1620,15 @@ def watermarked_append(
     watermark: Mapping[str, str],
     snapshot_properties: Mapping[str, str] | None = None,
     expected: Mapping[str, str | None] | None = None,
+    schema_id: int | None = None,
 ) -> WatermarkedAppend:
     """Append rows and set `watermark` properties in one fast-append commit.
 
     `expected` (optional): property values the table must still have at commit time (None =
     absent), a compare-and-swap that fences a stale writer (`require_properties`); a mismatch
-    raises `ValidationException` and nothing is committed.
+    raises `ValidationException` and nothing is committed. `schema_id` (optional): the table's
+    current schema id must still be this one at commit time (`require_schema`), else
+    `CommitFailedException` and nothing is committed.
 
     Usage::
 
@@ -1631,7 +1639,7 @@ def watermarked_append(
     metadata updates; no manifest merge). Raises what pyiceberg raises on commit
     (`CommitFailedException` on a conflict): the caller retries on a refreshed table.
     """
-    return WatermarkedAppend(table, watermark, snapshot_properties, expected)
+    return WatermarkedAppend(table, watermark, snapshot_properties, expected, schema_id)
 
 
 def rewrite_manifests(table: Table, snapshot_properties: Mapping[str, str]) -> int | None:
@@ -1912,6 +1920,14 @@ def require_properties(tx: Transaction, expected: dict[str, str | None]) -> None
     the commit. Uses the transaction's private `_stage` (the only way to add a requirement).
     """
     tx._stage((), (AssertProperties(expected=expected),))  # type: ignore[arg-type]
+
+
+def require_schema(tx: Transaction, schema_id: int) -> None:
+    """Make the commit of `tx` fail unless the table's current schema id is `schema_id` at
+    commit time (Iceberg's `assert-current-schema-id`). Raises `CommitFailedException` at once
+    if it already differs, or from the commit. Uses `_stage`, as `require_properties` does.
+    """
+    tx._stage((), (AssertCurrentSchemaId(current_schema_id=schema_id),))
 
 
 def plan_data_files(

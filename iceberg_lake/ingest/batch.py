@@ -13,6 +13,42 @@ from iceberg_lake.ingest.dead_letters import DeadLetter
 
 
 @dataclass
+class Fetched:
+    """The raw messages of one fetch, kept while its rows dropped fields a table lacked, so
+    the rows can be decoded again if a migration adds them before the commit.
+
+    Attributes:
+        msgs: the messages (`.data`, `.subject`), in stream order.
+        seqs: their stream sequences.
+        recv_ns: when the fetch was received.
+        schema_ids: table -> the schema id its rows were decoded with (the tables whose
+            fields were dropped).
+    """
+
+    msgs: list[Any]
+    seqs: list[int]
+    recv_ns: int
+    schema_ids: dict[str, int]
+
+
+@dataclass
+class Part:
+    """One fetch's share of a batch: rows per table, their stream sequences, dead letters.
+
+    Attributes:
+        tables: table -> (rows, stream sequence of each row's message).
+        dead: rejected messages and events.
+        fetched: the raw messages, when rows dropped fields (else None: nothing kept).
+        unknown: (table, field) -> events whose field was dropped (counted once committed).
+    """
+
+    tables: dict[str, tuple[pa.Table, np.ndarray]] = field(default_factory=dict)
+    dead: list[DeadLetter] = field(default_factory=list)
+    fetched: Fetched | None = None
+    unknown: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+@dataclass
 class MicroBatch:
     """Rows per table, dead letters and the stream position of everything fetched since a flush.
 
@@ -21,26 +57,26 @@ class MicroBatch:
         seqs: table → the stream sequence of each row's message, chunk by chunk (used to
             dead-letter rows the store refuses).
         dead: rejected messages.
+        parts: what each fetch added (`tables`, `seqs` and `dead` are their concatenation
+            until a commit isolates refused rows).
         first_seq: first stream sequence in the batch (0 if none).
         last_seq: highest stream sequence in the batch (the flush's watermark).
         last_msg: the message carrying `last_seq`; acking it acks the batch (AckAll consumer).
         events: rows buffered.
         messages: messages fetched (stored, rejected or skipped).
         started: monotonic time of the first message.
-        dropped_fields: (table, schema id) of rows decoded with fields that schema lacked
-            (dropped): a schema change before the commit has the batch re-read.
     """
 
     tables: dict[str, list[pa.Table]] = field(default_factory=dict)
     seqs: dict[str, list[np.ndarray]] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
+    parts: list[Part] = field(default_factory=list)
     first_seq: int = 0
     last_seq: int = 0
     last_msg: Any = None
     events: int = 0
     messages: int = 0
     started: float = 0.0
-    dropped_fields: set[tuple[str, int]] = field(default_factory=set)
 
     def add_messages(self, count: int, first_seq: int, last_seq: int, last_msg: Any) -> None:
         """Record `count` fetched messages spanning `first_seq..last_seq`."""
@@ -52,14 +88,42 @@ class MicroBatch:
             self.last_seq = last_seq
             self.last_msg = last_msg
 
+    def add_part(self, part: Part) -> None:
+        """Buffer one fetch's rows and dead letters."""
+        self.parts.append(part)
+        self._take(part)
+
     def add_rows(self, table: str, rows: pa.Table, seqs: np.ndarray | None = None) -> None:
-        """Buffer validated rows for `table` (`seqs`: stream sequence per row, optional)."""
-        if rows.num_rows:
-            self.tables.setdefault(table, []).append(rows)
-            if seqs is None:
-                seqs = np.full(rows.num_rows, self.last_seq, dtype=np.int64)
-            self.seqs.setdefault(table, []).append(seqs)
-            self.events += rows.num_rows
+        """Buffer validated rows for `table` as a part of their own (`seqs`: the stream
+        sequence of each row's message; default: the batch's last)."""
+        if seqs is None:
+            seqs = np.full(rows.num_rows, self.last_seq, dtype=np.int64)
+        self.add_part(Part(tables={table: (rows, seqs)}))
+
+    def replace_parts(self, parts: list[Part]) -> None:
+        """Buffer `parts` instead of the parts held (the same fetches, decoded again)."""
+        self.tables, self.seqs, self.dead, self.events = {}, {}, [], 0
+        self.parts = list(parts)
+        for part in self.parts:
+            self._take(part)
+
+    @property
+    def dropped_fields(self) -> set[tuple[str, int]]:
+        """(table, schema id) of rows decoded with fields that schema lacked (dropped)."""
+        return {
+            (tid, sid)
+            for part in self.parts
+            if part.fetched is not None
+            for tid, sid in part.fetched.schema_ids.items()
+        }
+
+    def _take(self, part: Part) -> None:
+        for tid, (rows, seqs) in part.tables.items():
+            if rows.num_rows:
+                self.tables.setdefault(tid, []).append(rows)
+                self.seqs.setdefault(tid, []).append(seqs)
+                self.events += rows.num_rows
+        self.dead.extend(part.dead)
 
     def age(self) -> float:
         """Seconds since the first message of the batch (0 when empty)."""

@@ -82,7 +82,7 @@ from iceberg_lake.exceptions import (
     WriterFencedError,
 )
 from iceberg_lake.ingest import dead_letters, position
-from iceberg_lake.ingest.batch import MicroBatch
+from iceberg_lake.ingest.batch import Fetched, MicroBatch, Part
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
 from iceberg_lake.ingest.decode import TableCodec, codec_for
 from iceberg_lake.ingest.retry_log import RetryLog
@@ -271,15 +271,6 @@ class _LeaseLost(Exception):
     """Internal: this writer is no longer the active one; go back to standby."""
 
 
-class _Reread(Exception):
-    """Internal: a schema changed under the batch about to be committed (`events` rows):
-    read it again."""
-
-    def __init__(self, events: int) -> None:
-        super().__init__(f"schema changed under {events} events")
-        self.events = events
-
-
 class _Rejected(Exception):
     """Internal: the commit of `table` failed deterministically (`error`)."""
 
@@ -406,7 +397,6 @@ class ConsumerWriter:
         self.reload_needed = False
         #: The pending reset is a lost connection's: commit the batch before re-reading.
         self._commit_before_reset = False
-        self._reread_logged = False
         self.drained = False
         self.active = False
         self.committed_events = 0
@@ -912,9 +902,8 @@ class ConsumerWriter:
                 if keep and self.batch.messages:
                     self._maybe_flush(force=True)
                     await self._wait_commit()
-                if not self._resubscribe_log.failures and not self._reread_logged:
+                if not self._resubscribe_log.failures:
                     log.warning("writer %s: re-reading from the committed position", self.target)
-                self._reread_logged = False
                 self.batch = MicroBatch()
                 self.reset_needed = False
                 try:
@@ -1104,42 +1093,85 @@ class ConsumerWriter:
             decoder, schema_ids = self._decoder()
             routed = decode_chunked(decoder, bodies, subjects, recv_ns)
         if self._decoded_before_change(self.batch):
-            # Rows already buffered dropped fields a migration may just have added: re-read
-            # them from the committed position rather than store them without (the live view
-            # decodes the whole tail with the new schema: evolve14).
-            self._reread(self.batch.events)
-            return
+            self._redecode(self.batch)
+        part = self._part(keep, seqs, recv_ns, routed, schema_ids)
+        self.batch.add_part(part)
+        for tid, (rows, _) in part.tables.items():
+            metrics.EVENTS_CONSUMED.labels(tid).inc(rows.num_rows)
+            metrics.note_events(tid, "live", rows)
+        for d in part.dead:
+            metrics.EVENTS_CONSUMED.labels(d.target_table).inc()
+        # Events per message, for the next fetch's size: it follows a rise at once (a fetch
+        # sized by a lower figure would overshoot the buffer limit) and a fall gradually.
+        events = len(routed.rejected) + sum(d.table.num_rows for d in routed.tables.values())
+        observed = max(1.0, events / len(keep))
+        epm = self.events_per_message
+        self.events_per_message = (
+            observed if epm is None else max(observed, 0.7 * epm + 0.3 * observed)
+        )
+        for tid, name in routed.unknown_fields:
+            if (tid, name) not in self._unknown_logged:
+                self._unknown_logged.add((tid, name))
+                log.warning("%s has no column '%s': the field is dropped from its rows", tid, name)
+
+    def _part(
+        self,
+        msgs: list[Any],
+        seqs: list[int],
+        recv_ns: int,
+        routed: RoutedBatch,
+        schema_ids: dict[str, int],
+    ) -> Part:
+        """A decoded fetch as a part of the batch: rows past each table's watermark, dead
+        letters past the quarantine's, and the messages themselves if rows dropped fields."""
         seq_arr = np.asarray(seqs, dtype=np.int64)
-        events = len(routed.rejected)
+        part = Part(unknown=dict(routed.unknown_fields))
         for tid, decoded in routed.tables.items():
             rows = decoded.table
-            events += rows.num_rows
             row_seqs = seq_arr[np.asarray(decoded.row_message, dtype=np.int64)]
             wm = self.watermarks.get(tid, 0)
             if rows.num_rows and wm >= seqs[0]:
                 mask = row_seqs > wm
                 rows = rows.filter(pa.array(mask))
                 row_seqs = row_seqs[mask]
-            metrics.EVENTS_CONSUMED.labels(tid).inc(rows.num_rows)
-            metrics.note_events(tid, "live", rows)
-            self.batch.add_rows(tid, rows, row_seqs)
-        # Events per message, for the next fetch's size: it follows a rise at once (a fetch
-        # sized by a lower figure would overshoot the buffer limit) and a fall gradually.
-        observed = max(1.0, events / len(keep))
-        epm = self.events_per_message
-        self.events_per_message = (
-            observed if epm is None else max(observed, 0.7 * epm + 0.3 * observed)
-        )
+            part.tables[tid] = (rows, row_seqs)
         dl_wm = self.watermarks.get(DEAD_LETTERS_TABLE, 0)
-        for d in dead_letters.from_routed(routed, keep, seqs, self.stream, recv_ns, dl_wm):
-            self.batch.dead.append(d)
-            metrics.EVENTS_CONSUMED.labels(d.target_table).inc()
-        for (tid, name), count in routed.unknown_fields.items():
-            self.batch.dropped_fields.add((tid, schema_ids[tid]))
-            metrics.UNKNOWN_FIELDS.labels(tid, name).inc(count)
-            if (tid, name) not in self._unknown_logged:
-                self._unknown_logged.add((tid, name))
-                log.warning("%s has no column '%s': the field is dropped from its rows", tid, name)
+        part.dead = dead_letters.from_routed(routed, msgs, seqs, self.stream, recv_ns, dl_wm)
+        dropped = {tid: schema_ids[tid] for tid, _ in routed.unknown_fields}
+        if dropped:
+            # Kept until the commit (bodies only of fetches that dropped fields): a migration
+            # that adds them meanwhile has these rows decoded again (`_redecode`).
+            part.fetched = Fetched(list(msgs), list(seqs), recv_ns, dropped)
+        return part
+
+    def _redecode(self, batch: MicroBatch) -> None:
+        """Decode again, with the schemas followed now, the buffered fetches whose rows dropped
+        fields of a table whose schema changed since: a migration that adds a field producers
+        already send has it stored for every uncommitted message, as the live view shows it
+        (evolve14). The messages are still in memory: nothing is fetched again, so a stream
+        limit that removed them meanwhile loses nothing (review17)."""
+        decoder, schema_ids = self._decoder()
+        parts: list[Part] = []
+        again = 0
+        for part in batch.parts:
+            f = part.fetched
+            if f is None or all(schema_ids[t] == sid for t, sid in f.schema_ids.items()):
+                parts.append(part)
+                continue
+            bodies = [m.data for m in f.msgs]
+            subjects = [m.subject for m in f.msgs]
+            routed = decode_chunked(decoder, bodies, subjects, f.recv_ns)
+            parts.append(self._part(f.msgs, f.seqs, f.recv_ns, routed, schema_ids))
+            again += len(f.msgs)
+        batch.replace_parts(parts)
+        log.info(
+            "writer %s: a schema changed under %d buffered messages (seq %d..%d) decoded with "
+            "fields it lacked then: decoded again with it",
+            self.target,
+            again,
+            batch.first_seq,
+            batch.last_seq,
+        )
 
     def _decoder(self) -> tuple[Decoder, dict[str, int]]:
         """The decoder and the schema id of each table it decodes for, taken together (a
@@ -1153,23 +1185,6 @@ class ConsumerWriter:
         were decoded, however the writer learned of the change (a check, a commit's response)."""
         with self._codec_lock:
             return any(self.codecs[tid].schema_id != sid for tid, sid in batch.dropped_fields)
-
-    def _reread(self, events: int) -> None:
-        """Drop the buffered (uncommitted, unacked) messages and read them again from the
-        committed position, decoded with the schema that changed under them."""
-        log.info(
-            "writer %s: a schema changed under %d buffered events decoded with fields it "
-            "lacked then: re-reading them from seq %d",
-            self.target,
-            events,
-            self.position + 1,
-        )
-        # Dropped at once: after a batch refused this way, the buffer holds the messages that
-        # follow it, and committing them (a stop's final flush) would skip the refused ones.
-        self.batch = MicroBatch()
-        self._commit_before_reset = False
-        self.reset_needed = True
-        self._reread_logged = True  # said above: the reset's warning would only alarm
 
     async def _schema_changed(self, force: bool = False) -> bool:
         """Messages carried fields the table lacks: reload the schemas of tables whose catalog
@@ -1240,9 +1255,6 @@ class ConsumerWriter:
         task, self.commit_task = self.commit_task, None
         try:
             await task
-        except _Reread as reread:
-            self._reread(reread.events + self.batch.events)
-            return
         except WriterFencedError as exc:
             if not self._holds_lease():
                 raise _LeaseLost() from exc
@@ -1334,10 +1346,10 @@ class ConsumerWriter:
         if batch.dropped_fields:
             # Checked once more just before the commit (a flush cuts the batch up to a batch
             # interval after its first rows were decoded): a migration that landed since has
-            # the batch re-read with its new fields rather than stored without them.
+            # the rows decoded again with its new fields rather than stored without them.
             await self._schema_changed(force=True)
             if self._decoded_before_change(batch):
-                raise _Reread(batch.events)
+                self._redecode(batch)
         if batch.dead:
             await self._publish_dead_letters(batch.dead)
         attempt = 0
@@ -1405,8 +1417,8 @@ class ConsumerWriter:
                 raise
             except Exception:  # noqa: BLE001, S110 - an outage: the next attempt tells
                 pass
-            if self._decoded_before_change(batch):  # a migration landed while retrying
-                raise _Reread(batch.events)
+            if self._decoded_before_change(batch):  # a migration landed: see above
+                self._redecode(batch)
         self._handled_through = max(self._handled_through, batch.last_seq)
         if batch.last_msg is not None:
             try:
@@ -1608,6 +1620,11 @@ class ConsumerWriter:
                         snapshot_properties=summary,
                         # Fencing: compare-and-swap of the watermark, checked at commit time.
                         expected={self.wm_key: self.seen.get(tid)},
+                        # Rows that dropped fields: a migration landing during the commit
+                        # fails it (review17), and the retry decodes them again with it.
+                        schema_id=min(
+                            (sid for t, sid in batch.dropped_fields if t == tid), default=None
+                        ),
                     ) as app:
                         if rows.num_rows:  # none: the position alone, no snapshot
                             app.append(rows)
@@ -1633,6 +1650,11 @@ class ConsumerWriter:
             else:
                 metrics.EVENTS_COMMITTED.labels(tid).inc(rows.num_rows)
                 metrics.note_events(tid, "committed", rows)
+                # Counted as stored: rows decoded again with a field a migration added are not.
+                for part in batch.parts:
+                    for (t, name), count in part.unknown.items():
+                        if t == tid:
+                            metrics.UNKNOWN_FIELDS.labels(tid, name).inc(count)
                 self.committed_events += rows.num_rows
                 self.commit_latencies.append(elapsed)
                 # The commit's response is the table's fresh metadata: a schema change made
