@@ -825,9 +825,10 @@ def test_partitions_purged_from_bronze_are_emptied_by_spark_as_by_duckdb(
     spark: Any, tmp_path: Path
 ) -> None:
     """A feed purged from Bronze by Spark `DELETE`s (merge-on-read: position deletes leave its
-    data file), then the whole day: the Spark engine kept the purged rows in Silver, and named
-    the emptied partition as replaced (spark17). Now they are emptied, as the DuckDB engine
-    empties them. Budget: ~15 s."""
+    data file), compacted at an older pin and then at the current snapshot, then the whole day
+    deleted: the Spark engine kept the purged rows in Silver and named the emptied partition as
+    replaced (spark17, review17b). Now they are emptied, as the DuckDB engine empties them.
+    Budget: ~20 s."""
     settings, catalog = _five_trades_lake(spark, tmp_path, "lake_purged")
     append(catalog.load_table(TRADES), trades("QQQ", T14, 2, 10**9, seq0=50))
     with SilverCompactor(catalog) as compactor:
@@ -838,18 +839,27 @@ def test_partitions_purged_from_bronze_are_emptied_by_spark_as_by_duckdb(
         spark.sql(f"DELETE FROM {bronze} WHERE symbol = 'QQQ' AND seq = {seq}")
     files = catalog.load_table(TRADES).scan(row_filter="symbol == 'QQQ'").plan_files()
     assert any(task.delete_files for task in files), "expected position deletes"
+    pin = catalog.load_table(TRADES).current_snapshot().snapshot_id
+    append(catalog.load_table(TRADES), trades("SPY", T14 + 10**8, 1, 10**9, seq0=90))
+
+    def silver_symbols() -> list[str]:
+        rows = catalog.load_table(SILVER_TRADES).scan().to_arrow()
+        return sorted(rows.column("symbol").to_pylist())
 
     compactor = SparkSilverCompactor(spark, catalog)
-    done = compactor.compact_date(DAY, TRADES)
+    done = compactor.compact_date(DAY, TRADES, snapshot_id=pin)  # an older pin
     assert done["status"] == "success" and done["rows_written"] == 5, done
     assert [label[0] for label in done["replaced_partitions"]] == ["QQQ", "SPY"]
-    symbols = catalog.load_table(SILVER_TRADES).scan().to_arrow().column("symbol").to_pylist()
-    assert symbols == ["SPY"] * 5
+    assert silver_symbols() == ["SPY"] * 5
+
+    done = compactor.compact_date(DAY, TRADES)  # the current snapshot
+    assert done["status"] == "success" and done["rows_written"] == 6, done
+    assert silver_symbols() == ["SPY"] * 6
 
     spark.sql(f"DELETE FROM {bronze} WHERE symbol = 'SPY'")
     done = compactor.compact_date(DAY, TRADES)
     assert done["status"] == "success" and done["rows_read"] == 0, done
-    assert len(catalog.load_table(SILVER_TRADES).scan().to_arrow()) == 0
+    assert silver_symbols() == []
 
 
 def test_negative_zero_is_stored_alike_by_both_engines(spark: Any, tmp_path: Path) -> None:

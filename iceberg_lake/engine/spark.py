@@ -960,6 +960,26 @@ def replace_partitions(
 
 def is_write_conflict(exc: BaseException) -> bool:
     """True if `exc` (from a Spark write) is Iceberg's validation failure of a commit that
-    conflicts with one made since it was planned (`replace_partitions`)."""
+    conflicts with one made since it was planned (`replace_partitions`): files of the replaced
+    partitions added or removed since, or the planned snapshot no longer in the table's
+    history (a rollback meanwhile)."""
     text = str(exc)
-    return "ValidationException" in text and "conflicting" in text.lower()
+    return "ValidationException" in text and (
+        "conflicting" in text.lower() or "Cannot determine history" in text
+    )
+
+
+def spark_error_line(exc: BaseException) -> str:
+    """The line of a pyspark/py4j error that says what went wrong: py4j's first line only
+    names the JVM call ("An error occurred while calling o136.overwrite."), the cause is the
+    first Java exception line after it."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("An error occurred while calling"):
+        for line in lines[1:]:
+            cause = line.lstrip(": ")
+            if "Exception: " in cause or "Error: " in cause:
+                name, _, message = cause.partition(": ")
+                return f"{name.rsplit('.', 1)[-1]}: {message}"
+    return lines[0]

@@ -18,10 +18,12 @@ Differences from the DuckDB engine: no change detection (every partition of the 
 rows is recompacted; the DuckDB engine recompacts Spark-written partitions once, since their
 file names carry no state), and partitions of one call go into one snapshot (no
 `partitions_per_commit`) — with `compact_all_dates` that is every day of the table in one
-snapshot, where the DuckDB engine commits one per day. A Silver partition whose Bronze rows all
-vanished is emptied when Bronze is read at its current snapshot (a static overwrite of the
-window), as on DuckDB; the write is validated against commits made to Silver since it was
-planned and planned again if one replaced its partitions.
+snapshot, where the DuckDB engine commits one per day. Partitions are replaced as on DuckDB:
+read at Bronze's current snapshot, every Silver partition of the window (a static overwrite of
+it, so one whose Bronze rows were all deleted is emptied); at an older pin, those Bronze has
+data files in (one whose rows position deletes removed is emptied too). The write is validated
+against commits made to Silver since it was planned, and planned again if one replaced its
+partitions.
 
 Example (the session must have the lake's catalog, see `lake engines spark`)::
 
@@ -50,7 +52,12 @@ from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.config import Settings
 from iceberg_lake.engine.filters import eq, ge, lt
-from iceberg_lake.engine.spark import is_write_conflict, replace_partitions, spark_sql_type
+from iceberg_lake.engine.spark import (
+    is_write_conflict,
+    replace_partitions,
+    spark_error_line,
+    spark_sql_type,
+)
 from iceberg_lake.exceptions import CompactionError, LakeError, TimeTravelError
 from iceberg_lake.schema.names import NameHistory
 from iceberg_lake.silver.commit import follow_bronze_types, lower_mark
@@ -182,7 +189,7 @@ class SparkSilverCompactor:
                 if not type(exc).__module__.startswith(("pyspark", "py4j")):
                     raise
                 # Spark's own errors (analysis, JVM) as one line, like every lake error.
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = spark_error_line(exc)
                 if (
                     "INCOMPATIBLE_DATA_FOR_TABLE" in first
                     and attempt < SCHEMA_CHANGE_ATTEMPTS
@@ -206,7 +213,8 @@ class SparkSilverCompactor:
                         continue
                     raise CompactionError(
                         f"{schema}: other commits kept replacing its Silver partitions during "
-                        f"{attempt} Spark runs; nothing was written by them, run it again"
+                        f"{attempt} Spark runs (nothing was written by them): run it when no "
+                        "other compaction of the same days is running"
                     ) from None
                 raise CompactionError(f"Spark: {first}") from exc
         raise AssertionError("unreachable")
@@ -275,6 +283,7 @@ class SparkSilverCompactor:
                 bronze.scan(snapshot_id=snap.snapshot_id, row_filter=row_filter).plan_files()
             )
         labels: list[list[Any]] = []
+        records: list[Record] = []
         days: set[str] = set()
         to_silver = PartitionMap(bronze, layout)  # Bronze's spec may be finer than Silver's
         for task in tasks:
@@ -282,6 +291,7 @@ class SparkSilverCompactor:
             label = layout.label(record)
             if label not in labels:
                 labels.append(label)
+                records.append(record)
                 days.add(layout.bounds(record)[1].date().isoformat())
         fed = source_columns(
             silver.schema(),
@@ -291,20 +301,28 @@ class SparkSilverCompactor:
             definition.dedup_columns,
             definition.identifier,
         )
+        # Which Silver partitions the write replaces, as the DuckDB engine replaces them: read
+        # at Bronze's current snapshot, every partition of the window (a static overwrite of
+        # it), so one whose Bronze rows all went (a feed purged from Bronze) is emptied
+        # (spark17); at an older pin, every partition Bronze has data files in at the pin, so
+        # one whose rows position deletes removed is emptied too (review17b), and one only
+        # Silver has is kept.
+        window: Column | None = None
+        emptied: list[list[Any]] = []
         if any(t.delete_files for t in tasks):
-            # Delete files may empty a partition whose data files remain: only partitions
-            # with rows left are written (and named).
             with_rows = _labels_with_rows(source, layout, fed)
             rows_read = sum(with_rows.values())
-            labels = [label for label in labels if tuple(label) in with_rows]
+            gone = [
+                r for r, label in zip(records, labels, strict=True) if tuple(label) not in with_rows
+            ]
+            if gone:
+                # Named as emptied below; at an older pin only a filter naming the partitions
+                # empties them (the dynamic overwrite replaces those the rows are in).
+                window = _partitions(layout, records)
+                emptied = [layout.label(r) for r in gone]
+                labels = [label for label in labels if tuple(label) in with_rows]
         else:
             rows_read = sum(t.file.record_count for t in tasks)
-        # Read at Bronze's current snapshot, every Silver partition of the window is replaced
-        # (a static overwrite of the window), so one whose Bronze rows all went (a feed purged
-        # from Bronze) is emptied, as the DuckDB engine does (spark17); an older pin replaces
-        # only the partitions it has rows for, as there too.
-        window = None
-        emptied: list[list[Any]] = []
         if snap.snapshot_id == _current_id(bronze):
             window = _window(layout.key_column, day, partition_value)
             if silver.current_snapshot() is not None:
@@ -363,7 +381,7 @@ class SparkSilverCompactor:
         )
         if day is None:
             result["dates"] = sorted(days)
-        log.info("%s: Spark replaced %d partitions", spark_silver, len(labels))
+        log.info("%s: Spark replaced %d partitions", spark_silver, len(replaced))
         return result
 
     def compact_all_schemas(
@@ -495,6 +513,25 @@ def _window(key_column: str | None, day: date | None, partition_value: str | Non
     if partition_value is not None and key_column is not None:
         cond = cond & (_col(key_column) == F.lit(partition_value))
     return cond
+
+
+def _partitions(layout: Layout, records: list[Record]) -> Column:
+    """The rows of exactly these Silver partitions, as a Spark filter Iceberg turns into its
+    own (a balanced OR, so a long list does not nest deeply)."""
+    from pyspark.sql import functions as F  # noqa: N812
+
+    conds = []
+    for record in records:
+        value, lo, hi = layout.bounds(record)
+        cond = (_col("ts_event") >= F.lit(lo)) & (_col("ts_event") < F.lit(hi))
+        if layout.key_column is not None:
+            cond = (_col(layout.key_column) == F.lit(value)) & cond
+        conds.append(cond)
+    while len(conds) > 1:
+        conds = [a | b for a, b in zip(conds[::2], conds[1::2], strict=False)] + (
+            [conds[-1]] if len(conds) % 2 else []
+        )
+    return conds[0]
 
 
 def _labels_with_rows(
