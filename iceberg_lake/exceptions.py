@@ -22,6 +22,12 @@ class BusUnavailableError(TransientError):
     consumer being read was deleted. Raised by `iceberg_lake.engine.nats` (`bus_errors`)."""
 
 
+class BusClosedError(LakeError):
+    """The NATS client closed its connection for good and will not reconnect (the server
+    refused something the client sent, e.g. a message over its `max_payload`): the process
+    must start again to read on."""
+
+
 class ConfigError(LakeError):
     """Invalid or incomplete configuration; the message names the variable to fix."""
 

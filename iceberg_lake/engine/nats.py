@@ -21,7 +21,7 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -162,6 +162,29 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
             str(settings.nats_tls_key) if settings.nats_tls_key else None,
         )
     return ctx
+
+
+def closed_for_good(nc: Client) -> str | None:
+    """Why `nc` will not reconnect, or None while it is connected or reconnecting.
+
+    nats-py closes a connection for good on some server errors instead of reconnecting: a
+    message over the server's `max_payload` once its headers are counted (the client checks
+    the body alone), an authorization violation (ingest17: `lake serve` then retried calls on
+    the dead client forever).
+    """
+    if not nc.is_closed:
+        return None
+    error = nc.last_error
+    return str(error).strip() or type(error).__name__ if error is not None else "closed"
+
+
+def header_bytes(headers: Mapping[str, str]) -> int:
+    """Bytes `headers` add to a message on the wire (`NATS/1.0` block), which the server
+    counts against its `max_payload` together with the body."""
+    size = len(b"NATS/1.0\r\n\r\n")
+    for key, value in headers.items():
+        size += len(key.encode()) + len(str(value).encode()) + 4  # ": " and CRLF
+    return size
 
 
 async def connect(

@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings, redact_url
 from iceberg_lake.engine import nats as bus
-from iceberg_lake.exceptions import LakeError, ShutdownTimeoutError, TransientError
+from iceberg_lake.exceptions import (
+    BusClosedError,
+    LakeError,
+    ShutdownTimeoutError,
+    TransientError,
+)
 from iceberg_lake.ingest.retry_log import RetryLog
 from iceberg_lake.ingest.writer import ConsumerWriter, cancel_until_done
 from iceberg_lake.tables import registry
@@ -256,11 +261,20 @@ class LakeService:
         Raises:
             StreamMismatchError: a stream was deleted and created again (or NATS lost its
                 storage) under a running writer: the service stops.
+            BusClosedError: the NATS client closed the connection for good.
         """
         idle_since: float | None = None
         retry = RetryLog(log, "lake serve: reading consumer lag")
         checked = time.monotonic()
         while not self._stop.is_set():
+            closed = bus.closed_for_good(self._nc) if self._nc is not None else None
+            if closed is not None:
+                # Every later call fails on a dead client (ingest17: serve retried forever,
+                # ingesting nothing): stop, so that the process is started again.
+                raise BusClosedError(
+                    f"NATS closed the connection for good ({closed}); lake serve stops so "
+                    "that it can be started again (nothing uncommitted was acked)"
+                )
             if time.monotonic() - checked >= STREAM_CHECK_SECONDS:
                 checked = time.monotonic()
                 for w in self.writers:

@@ -62,6 +62,7 @@ from iceberg_lake.engine.nats import (
     consumer_state,
     consumer_target,
     dead_letter_subject,
+    header_bytes,
     lease_key,
     message_sequences,
     reset_consumer,
@@ -1433,11 +1434,22 @@ class ConsumerWriter:
             # grace period needs for the commit (the quarantine table is the durable record).
             log.warning("dead letter publish to NATS skipped: NATS unreachable at shutdown")
             return
+        limit = int(self.nc.max_payload) if self.nc is not None else 0
         for d in letters:
             target = d.target_table if d.target_table != UNROUTED else UNROUTED
+            headers, body = d.headers(), d.raw
+            if limit and len(body) + header_bytes(headers) > limit:
+                # The server closes the connection for good over a message past its limit,
+                # headers included (ingest17: serve then stalled): the copy goes without the
+                # bytes, which the quarantine table holds.
+                headers["Lake-Body-Omitted"] = (
+                    f"{len(body)} bytes, over the server's max_payload with these headers; "
+                    f"in {DEAD_LETTERS_TABLE}"
+                )
+                body = b""
             try:
                 await self.js.publish(
-                    dead_letter_subject(target), d.raw, headers=d.headers(), timeout=5.0
+                    dead_letter_subject(target), body, headers=headers, timeout=5.0
                 )
             except Exception as exc:  # the quarantine table is the durable record
                 log.warning("dead letter publish to NATS failed: %s", exc)
