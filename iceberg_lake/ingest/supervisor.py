@@ -22,6 +22,7 @@ The parent is a process supervisor:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -38,6 +39,7 @@ from typing import Any
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings
+from iceberg_lake.engine import nats as bus
 from iceberg_lake.exceptions import LakeError
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,12 @@ def _times(n: int) -> str:
     return "once" if n == 1 else f"{n} times"
 
 
+async def _check_nats(settings: Settings) -> None:
+    """Connect to NATS once and close (raises `TransientError` with one line if it cannot)."""
+    nc = await bus.connect(settings, name="lake-serve-supervisor")
+    await nc.close()
+
+
 def run_worker_processes(
     settings: Settings,
     targets: list[str],
@@ -124,6 +132,9 @@ def run_worker_processes(
     """
     # Once, before the workers race to create tables; never the bucket (see IngestService.run).
     LakeCatalog(settings).init(create_bucket=False)
+    # NATS too, as the catalog and the store just were: a mistyped URL is one line now, not
+    # workers restarted until the limit, whose last line named the limit (prod17).
+    asyncio.run(_check_nats(settings))
     prefix = [sys.executable, "-c", "from iceberg_lake.cli import main; main()"]
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     if level in _LOG_LEVELS:

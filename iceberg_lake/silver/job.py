@@ -142,12 +142,15 @@ class CompactionJob:
         finally:
             con.close()
         outputs = []
-        for p in group:
-            writer = writers.get(p.pid)
-            files = writer.close() if writer else []
-            written = writer.rows if writer else 0
-            nbytes = sum(f.file_size_in_bytes for f in p.bronze)
-            outputs.append(PartitionOutput(p, files, counts[p.pid], written, nbytes))
+        # Closing a file completes its upload (S3 multipart): a storage outage here is one,
+        # not an internal error (prod17).
+        with catalog_errors(f"finishing the files of {table_name(self.silver)}"):
+            for p in group:
+                writer = writers.get(p.pid)
+                files = writer.close() if writer else []
+                written = writer.rows if writer else 0
+                nbytes = sum(f.file_size_in_bytes for f in p.bronze)
+                outputs.append(PartitionOutput(p, files, counts[p.pid], written, nbytes))
         return outputs
 
     def dedup_columns(self) -> list[str]:
