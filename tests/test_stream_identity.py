@@ -266,6 +266,41 @@ def test_removed_before_commit_is_logged_and_counted(
     assert sorted(stored_seqs(settings)) == list(range(100)) + list(range(150, 200))
 
 
+def test_messages_removed_from_the_middle_of_the_stream_are_logged_and_counted(
+    tmp_path: Path, nats: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ingest17: a purge of one subject (or a per-subject limit) while an older message of
+    another subject stays at the stream's head removed 60 unread trades with no word: only
+    the head was checked. Now the removed sequences above the committed position are logged
+    and counted (an upper bound, as for the head)."""
+    settings = settings_for(tmp_path, nats.url)
+    name = "lake_ingest_removed_before_commit_total"
+    publish(settings, [("market.stocks.quotes", b"{}", None)])  # another subject, at the head
+    publish(settings, trades(0, 100))  # seq 2..101
+    wait_stream(settings, "MARKET", 101)
+    run_until_idle(settings, [TABLE])
+    publish(settings, trades(100, 200))  # seq 102..201, no writer running
+
+    async def purge_trades_keeping_40() -> None:
+        nc = await bus.connect(settings)
+        try:
+            js = bus.jetstream(nc, settings)
+            await js.purge_stream(bus.MARKET_STREAM, subject="market.stocks.trades", keep=40)
+        finally:
+            await nc.close()
+
+    asyncio.run(purge_trades_keeping_40())
+    before = metrics.REGISTRY.get_sample_value(name, {"consumer": CONSUMER}) or 0.0
+    with caplog.at_level(logging.WARNING, logger="iceberg_lake.ingest.writer"):
+        run_until_idle(settings, [TABLE])
+    lines = [r.getMessage() for r in caplog.records if "from its middle" in r.getMessage()]
+    assert len(lines) == 1 and "removed 60 sequences" in lines[0], lines
+    assert "between seq 102 and 161" in lines[0], lines
+    after = metrics.REGISTRY.get_sample_value(name, {"consumer": CONSUMER}) or 0.0
+    assert after - before == 60
+    assert sorted(stored_seqs(settings)) == list(range(100)) + list(range(160, 200))
+
+
 def test_messages_removed_ahead_of_a_running_writer_are_logged_and_counted(
     tmp_path: Path, nats: NatsServer
 ) -> None:

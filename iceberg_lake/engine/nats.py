@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -365,12 +366,15 @@ class StreamIdentity:
             new one and numbers its messages from 1 again.
         first_seq: its first stored sequence (everything below was removed: limits, purges).
         last_seq: its last sequence (the newest message ever stored; 0: none).
+        deleted: how many sequences between those two were removed (a per-subject limit, a
+            purge of one subject, a deleted message): gaps in the middle, unlike `first_seq`.
     """
 
     name: str
     created: str
     first_seq: int
     last_seq: int
+    deleted: int = 0
 
 
 def created_id(value: datetime | str | None) -> str:
@@ -416,7 +420,30 @@ async def stream_identity(js: JetStreamContext, stream: str) -> StreamIdentity |
         created_id(info.created),
         int(state.first_seq or 0),
         int(state.last_seq or 0),
+        int(state.num_deleted or 0),
     )
+
+
+async def deleted_sequences(nc: Client, prefix: str, stream: str, above: int) -> list[int]:
+    """The sequences above `above` removed from the middle of `stream` (see
+    `StreamIdentity.deleted`), from JetStream's stream info with `deleted_details` (nats-py's
+    `stream_info` cannot ask for them).
+
+    Raises:
+        BusUnavailableError: NATS did not answer, or the request failed.
+    """
+    with bus_errors(f"reading the deleted sequences of stream {stream}"):
+        msg = await nc.request(
+            f"{prefix}.STREAM.INFO.{stream}",
+            json.dumps({"deleted_details": True}).encode(),
+            timeout=10.0,
+        )
+    info = json.loads(msg.data or b"{}")
+    if "error" in info:
+        raise BusUnavailableError(
+            f"reading the deleted sequences of stream {stream}: {info['error']}"
+        )
+    return [int(seq) for seq in (info.get("state", {}).get("deleted") or []) if int(seq) > above]
 
 
 def _consumer_config(durable: str, filter_subject: str, start_seq: int | None) -> ConsumerConfig:
