@@ -224,6 +224,7 @@ class LakeCatalog:
         Returns:
             What was created: namespaces as `namespace/`, then table identifiers.
         """
+        self.refuse_other_warehouse()
         self.ensure_warehouse(create_bucket=create_bucket)
         created = [f"{ns}/" for ns in self.ensure_namespaces()]
         existing = set(self.existing_tables())
@@ -234,6 +235,29 @@ class LakeCatalog:
             if self.create_table(definition):
                 created.append(definition.identifier)
         return created
+
+    def refuse_other_warehouse(self) -> None:
+        """Raise `ConfigError` when this catalog already holds tables and none of them is in
+        `LAKE_WAREHOUSE`: a mistyped warehouse (prod17: serve said to run `lake init`, which
+        created the stray bucket and exited 0; the tables stayed in the real one, and a table
+        created later would have gone to the stray one, splitting the lake).
+        """
+        tables = self.existing_tables()  # none: a new lake, nothing to compare with
+        pointers = self.metadata_pointers(tables) if tables else None
+        if not pointers:
+            return
+        prefix = self.settings.warehouse.rstrip("/") + "/"
+        located = {t: p for t, p in pointers.items() if p}
+        if not located or any(p.startswith(prefix) for p in located.values()):
+            return
+        table, pointer = sorted(located.items())[0]
+        where = pointer.split(f"/{table.split('.')[0]}/", 1)[0]
+        raise ConfigError(
+            f"LAKE_WAREHOUSE is {redact_url(self.settings.warehouse)}, but the {len(located)} "
+            f"tables of catalog '{self.settings.catalog_name}' are in {redact_url(where)} "
+            f"({table}): check LAKE_WAREHOUSE (a lake in another warehouse needs its own "
+            "LAKE_CATALOG_NAME)"
+        )
 
     def refuse_shared_location(self, locations: Iterable[str], doing: str) -> None:
         """Raise `ConfigError` when another catalog of this database keeps a table under one of

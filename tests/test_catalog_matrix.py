@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,3 +105,30 @@ def test_one_row_written_by_pyiceberg_reads_back_through_duckdb(
     assert got == [("SPY", 545.42, 100, ts_ns)]
     paths = [f.file.file_path for f in table.scan().plan_files()]
     assert len(paths) == 1 and "symbol=SPY" in paths[0]
+
+
+def test_a_mistyped_warehouse_of_an_existing_lake_is_refused_not_created(
+    matrix_settings: Settings,
+) -> None:
+    """prod17: `lake serve` with a typo'd bucket said to run `lake init`, which created the
+    stray bucket and exited 0; the tables stayed in the real one. Now init (and serve, which
+    calls it) refuses in one line, creating nothing."""
+    from iceberg_lake.catalog import ensure_bucket
+    from iceberg_lake.exceptions import ConfigError
+
+    LakeCatalog(matrix_settings).init()
+    good = matrix_settings.warehouse
+    typo = (
+        good.replace("/warehouse", "-typo/warehouse")
+        if good.startswith("s3://")
+        else (good.rstrip("/") + "-typo")
+    )
+    wrong = dataclasses.replace(matrix_settings, warehouse=typo)
+    with pytest.raises(ConfigError, match="tables of catalog .* are in") as refused:
+        LakeCatalog(wrong).init()
+    assert "check LAKE_WAREHOUSE" in str(refused.value) and "\n" not in str(refused.value)
+    if typo.startswith("s3://"):
+        with pytest.raises(ConfigError, match="does not exist"):
+            ensure_bucket(wrong, typo[len("s3://") :].split("/")[0], create=False)
+    else:
+        assert not Path(typo[len("file://") :]).exists()
