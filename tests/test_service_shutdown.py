@@ -94,7 +94,7 @@ async def _ack_pending(settings: Settings) -> int:
     try:
         stream, durable, _ = bus.consumer_target(TABLE)
         state = await bus.consumer_state(bus.jetstream(nc, settings), stream, durable)
-        return 0 if state is None else state[1]
+        return 0 if state is None else state.ack_pending
     finally:
         await nc.close()
 

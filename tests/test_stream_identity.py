@@ -581,8 +581,8 @@ def test_a_reset_during_the_stream_check_keeps_its_removals_reported(
         if "reset_done" in armed:
             armed["reset_done"].set()
 
-    async def consumer_state(js, stream, consumer):  # noqa: ANN001
-        state = await real_state(js, stream, consumer)
+    async def consumer_state(js, stream, consumer, *args):  # noqa: ANN001, ANN002
+        state = await real_state(js, stream, consumer, *args)
         if armed.pop("race", False) and inspect.stack()[1].function == "check_stream":
             # While this answer travels, the writer resets (a lost connection): its start check
             # records the committed position, then the consumer is recreated there.
@@ -621,3 +621,47 @@ def test_a_reset_during_the_stream_check_keeps_its_removals_reported(
     lines = [r.getMessage() for r in caplog.records if "seq" in r.getMessage()]
     assert any("101..150" in x for x in lines), lines
     assert sorted(stored_seqs(settings)) == list(range(100)) + list(range(150, 200))
+
+
+def test_a_consumer_changed_by_hand_under_a_running_writer_is_warned_of(
+    tmp_path: Path, nats: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ingest17: `ack_wait 1`, `max_ack_pending 50` set on a running writer's consumer cut it
+    to ~25 messages/s with no word. Now the writer warns once, naming what changed; a consumer
+    as the lake made it is not warned of."""
+    from support.wait import await_until
+
+    from iceberg_lake.ingest.service import LakeService
+
+    settings = settings_for(tmp_path, nats.url)
+
+    async def scenario() -> None:
+        service = LakeService(settings, [TABLE])
+        runner = asyncio.create_task(service.run())
+        try:
+            await await_until(
+                lambda: service.writers and service.writers[0].active, 30, "the writer"
+            )
+            (writer,) = service.writers
+            await writer.consumer_state()
+            assert writer._consumer_changed == ()  # as the lake made it: nothing to say
+            nc = await bus.connect(settings)
+            try:
+                js = bus.jetstream(nc, settings)
+                info = await js.consumer_info(bus.MARKET_STREAM, CONSUMER)
+                config = info.config
+                config.ack_wait, config.max_ack_pending = 1.0, 50
+                await js.add_consumer(bus.MARKET_STREAM, config)  # an update, as `nats` does
+            finally:
+                await nc.close()
+            await await_until(lambda: writer._consumer_changed != (), 30, "the warning")
+        finally:
+            await service.stop()
+            await asyncio.wait_for(runner, 60)
+
+    with caplog.at_level(logging.WARNING, logger="iceberg_lake.ingest.writer"):
+        asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records if "was changed under it" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "ack_wait 1 (the lake sets 120)" in lines[0]
+    assert "max_ack_pending 50 (the lake sets -1)" in lines[0]

@@ -547,8 +547,48 @@ async def _consumer_info(js: JetStreamContext, stream: str, durable: str, what: 
             return None
 
 
-async def consumer_state(js: JetStreamContext, stream: str, durable: str) -> tuple[int, int] | None:
-    """(num_pending, num_ack_pending) of a durable consumer.
+@dataclass(frozen=True)
+class ConsumerState:
+    """A durable consumer's counts, and how its settings differ from the lake's.
+
+    Attributes:
+        pending: messages not yet delivered.
+        ack_pending: messages delivered, not yet acked.
+        changed: `setting value (the lake sets X)` for each setting someone changed since the
+            lake created the consumer (empty: none).
+    """
+
+    pending: int
+    ack_pending: int
+    changed: tuple[str, ...] = ()
+
+
+def _shown(value: Any) -> str:
+    value = getattr(value, "value", value)  # an enum: its wire value
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _changed_settings(config: Any, filter_subject: str) -> tuple[str, ...]:
+    """The settings of a consumer's `config` that are not the ones `_consumer_config` sets."""
+    expected = _consumer_config("x", filter_subject, None)
+    out = []
+    for name in ("ack_policy", "ack_wait", "max_ack_pending", "max_waiting", "filter_subject"):
+        want, got = getattr(expected, name), getattr(config, name, None)
+        if got is not None and got != want:
+            out.append(f"{name} {_shown(got)} (the lake sets {_shown(want)})")
+    for name in ("max_deliver", "rate_limit_bps"):
+        got = getattr(config, name, None)
+        if got not in (None, -1, 0):
+            out.append(f"{name} {got} (the lake sets none)")
+    return tuple(out)
+
+
+async def consumer_state(
+    js: JetStreamContext, stream: str, durable: str, filter_subject: str | None = None
+) -> ConsumerState | None:
+    """The counts of a durable consumer, and (given its `filter_subject`) which of its
+    settings were changed by hand (ingest17: `ack_wait 1`, `max_ack_pending 50` cut a writer
+    to 25 messages/s with no word).
 
     Returns:
         None while the consumer does not exist (not created yet, or between the delete and the
@@ -560,7 +600,8 @@ async def consumer_state(js: JetStreamContext, stream: str, durable: str) -> tup
     info = await _consumer_info(js, stream, durable, "reading the state")
     if info is None:
         return None
-    return int(info.num_pending or 0), int(info.num_ack_pending or 0)
+    changed = _changed_settings(info.config, filter_subject) if filter_subject else ()
+    return ConsumerState(int(info.num_pending or 0), int(info.num_ack_pending or 0), changed)
 
 
 async def consumer_ack_floor(js: JetStreamContext, stream: str, durable: str) -> int | None:

@@ -377,6 +377,8 @@ class ConsumerWriter:
         #: those above what was read that were reported (`_check_deleted`).
         self._deleted_count: int | None = None
         self._deleted_reported: set[int] = set()
+        #: The consumer settings found changed by hand, last warned of (`consumer_state`).
+        self._consumer_changed: tuple[str, ...] = ()
         #: When a commit of many partitions was last warned of, per table (`_note_partitions`).
         self._partitions_noted: dict[str, float] = {}
         #: The highest stream sequence read at the previous stream check (`check_stream`;
@@ -640,7 +642,7 @@ class ConsumerWriter:
             # (review15d: with messages ack-pending, a reset during the wait had them removed
             # before they were read again, unreported).
             state = await consumer_state(self.js, self.stream, self.consumer)
-            if state == (0, 0):
+            if state is not None and (state.pending, state.ack_pending) == (0, 0):
                 self._read_at_check = max(self.max_sseq, live.last_seq)
         if not start and read is not None:
             lo = max(read, self.removed_reported) + 1
@@ -1079,7 +1081,9 @@ class ConsumerWriter:
         )
 
     async def consumer_state(self) -> tuple[int, int] | None:
-        """(num_pending, num_ack_pending) of the consumer; also updates the lag metric.
+        """(num_pending, num_ack_pending) of the consumer; also updates the lag metric, and
+        warns (once per change) when the consumer's settings were changed by hand under this
+        writer, which a restart of the writer sets back.
 
         Returns:
             None while the consumer does not exist (not created yet, or being recreated).
@@ -1087,10 +1091,21 @@ class ConsumerWriter:
         Raises:
             BusUnavailableError: NATS did not answer.
         """
-        state = await consumer_state(self.js, self.stream, self.consumer)
-        if state is not None:
-            metrics.CONSUMER_LAG.labels(self.consumer).set(state[0])
-        return state
+        state = await consumer_state(self.js, self.stream, self.consumer, self.filter_subject)
+        if state is None:
+            return None
+        metrics.CONSUMER_LAG.labels(self.consumer).set(state.pending)
+        if state.changed != self._consumer_changed and self.active:
+            self._consumer_changed = state.changed
+            if state.changed:
+                log.warning(
+                    "writer %s: consumer %s was changed under it: %s; ingest may slow or stall "
+                    "(restarting lake serve sets the lake's settings again)",
+                    self.target,
+                    self.consumer,
+                    ", ".join(state.changed),
+                )
+        return state.pending, state.ack_pending
 
     # ---- ingest ---------------------------------------------------------------------------------
 
