@@ -796,12 +796,22 @@ class ConsumerWriter:
                 holder = await lease.current_holder()
                 self._refuse_other_lake(holder)
                 if not logged:
-                    log.info(
-                        "writer %s: standby, consumer %s is held by %s",
-                        self.target,
-                        self.consumer,
-                        holder or "another process",
-                    )
+                    if holder is not None and holder == lease.holder:
+                        # Its own entry, left by a renewal that came late (prod17: under load,
+                        # this read as a second writer): taken again once it lapses.
+                        log.info(
+                            "writer %s: standby until its own lapsed lease of consumer %s "
+                            "expires (a renewal came late: the process stalled)",
+                            self.target,
+                            self.consumer,
+                        )
+                    else:
+                        log.info(
+                            "writer %s: standby, consumer %s is held by %s",
+                            self.target,
+                            self.consumer,
+                            holder or "another process",
+                        )
                     logged = True
                 self._lease_log.succeeded()
             except TransientError as exc:  # NATS unreachable or restarting: keep waiting
@@ -894,7 +904,8 @@ class ConsumerWriter:
                 except _LeaseLost:
                     log.warning(
                         "writer %s: no longer the active writer of %s; uncommitted messages "
-                        "are left to the new one",
+                        "are left to whichever writer takes the lease next (this one too, once "
+                        "it is free)",
                         self.target,
                         self.consumer,
                     )
