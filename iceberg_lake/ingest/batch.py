@@ -59,6 +59,8 @@ class MicroBatch:
         dead: rejected messages.
         parts: what each fetch added (`tables`, `seqs` and `dead` are their concatenation
             until a commit isolates refused rows).
+        dropped_fields: (table, schema id) of rows decoded with fields that schema lacked
+            (dropped), over the parts (kept as they are added: checked at every fetch).
         first_seq: first stream sequence in the batch (0 if none).
         last_seq: highest stream sequence in the batch (the flush's watermark).
         last_msg: the message carrying `last_seq`; acking it acks the batch (AckAll consumer).
@@ -71,6 +73,7 @@ class MicroBatch:
     seqs: dict[str, list[np.ndarray]] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
     parts: list[Part] = field(default_factory=list)
+    dropped_fields: set[tuple[str, int]] = field(default_factory=set)
     first_seq: int = 0
     last_seq: int = 0
     last_msg: Any = None
@@ -103,21 +106,14 @@ class MicroBatch:
     def replace_parts(self, parts: list[Part]) -> None:
         """Buffer `parts` instead of the parts held (the same fetches, decoded again)."""
         self.tables, self.seqs, self.dead, self.events = {}, {}, [], 0
+        self.dropped_fields = set()
         self.parts = list(parts)
         for part in self.parts:
             self._take(part)
 
-    @property
-    def dropped_fields(self) -> set[tuple[str, int]]:
-        """(table, schema id) of rows decoded with fields that schema lacked (dropped)."""
-        return {
-            (tid, sid)
-            for part in self.parts
-            if part.fetched is not None
-            for tid, sid in part.fetched.schema_ids.items()
-        }
-
     def _take(self, part: Part) -> None:
+        if part.fetched is not None:
+            self.dropped_fields.update(part.fetched.schema_ids.items())
         for tid, (rows, seqs) in part.tables.items():
             if rows.num_rows:
                 self.tables.setdefault(tid, []).append(rows)
