@@ -40,7 +40,6 @@ from pyiceberg.table.metadata import TableMetadata, TableMetadataUtil
 from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Operation
 from pyiceberg.table.update import (
-    AssertCurrentSchemaId,
     AssertTableUUID,
     RemoveSnapshotsUpdate,
     ValidatableTableRequirement,
@@ -1922,12 +1921,34 @@ def require_properties(tx: Transaction, expected: dict[str, str | None]) -> None
     tx._stage((), (AssertProperties(expected=expected),))  # type: ignore[arg-type]
 
 
+class AssertSchemaId(ValidatableTableRequirement):
+    """Commit requirement: the table's current schema is still the one the rows were decoded
+    with. Iceberg's own `assert-current-schema-id` raises `CommitFailedException`, which
+    pyiceberg's conflict loop retries ten times (~12 s, review17c) though it can never pass;
+    this one raises `ValidationException`, as `AssertProperties` does, so the writer learns at
+    once. Guard test: `tests/test_ingest_pipeline.py` (`during-the-commit`).
+    """
+
+    type: Literal["lake-assert-schema-id"] = Field(default="lake-assert-schema-id")
+    schema_id: int
+
+    def validate(self, base_metadata: TableMetadata | None) -> None:  # type: ignore[override]
+        """Raise `ValidationException` unless the current schema id is `schema_id`."""
+        if base_metadata is None:
+            raise ValidationException("table metadata is missing")
+        if base_metadata.current_schema_id != self.schema_id:
+            raise ValidationException(
+                f"schema changed: the rows were decoded with schema {self.schema_id}, the table "
+                f"is at schema {base_metadata.current_schema_id}"
+            )
+
+
 def require_schema(tx: Transaction, schema_id: int) -> None:
     """Make the commit of `tx` fail unless the table's current schema id is `schema_id` at
-    commit time (Iceberg's `assert-current-schema-id`). Raises `CommitFailedException` at once
-    if it already differs, or from the commit. Uses `_stage`, as `require_properties` does.
+    commit time (`AssertSchemaId`). Raises `ValidationException` at once if it already
+    differs, or from the commit. Uses `_stage`, as `require_properties` does.
     """
-    tx._stage((), (AssertCurrentSchemaId(current_schema_id=schema_id),))
+    tx._stage((), (AssertSchemaId(schema_id=schema_id),))  # type: ignore[arg-type]
 
 
 def plan_data_files(

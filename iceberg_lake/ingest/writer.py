@@ -1209,7 +1209,7 @@ class ConsumerWriter:
         if dropped:
             # Kept until the commit (bodies only of fetches that dropped fields): a migration
             # that adds them meanwhile has these rows decoded again (`_redecode`).
-            part.fetched = Fetched(list(msgs), list(seqs), recv_ns, dropped)
+            part.fetched = Fetched.of(msgs, seqs, recv_ns, dropped)
         return part
 
     def _redecode(self, batch: MicroBatch) -> None:
@@ -1226,11 +1226,11 @@ class ConsumerWriter:
             if f is None or all(schema_ids[t] == sid for t, sid in f.schema_ids.items()):
                 parts.append(part)
                 continue
-            bodies = [m.data for m in f.msgs]
-            subjects = [m.subject for m in f.msgs]
-            routed = decode_chunked(decoder, bodies, subjects, f.recv_ns)
-            parts.append(self._part(f.msgs, f.seqs, f.recv_ns, routed, schema_ids))
-            again += len(f.msgs)
+            msgs = f.messages()
+            bodies = [m.data for m in msgs]
+            routed = decode_chunked(decoder, bodies, f.subjects, f.recv_ns)
+            parts.append(self._part(msgs, f.seqs, f.recv_ns, routed, schema_ids))
+            again += len(msgs)
         batch.replace_parts(parts)
         log.info(
             "writer %s: a schema changed under %d buffered messages (seq %d..%d) decoded with "
@@ -1487,6 +1487,8 @@ class ConsumerWriter:
                 pass
             if self._decoded_before_change(batch):  # a migration landed: see above
                 self._redecode(batch)
+                if batch.dead:  # verdicts may have changed (copies deduplicated by id)
+                    await self._publish_dead_letters(batch.dead)
         self._handled_through = max(self._handled_through, batch.last_seq)
         if batch.last_msg is not None:
             try:
