@@ -180,16 +180,24 @@ def test_restart_limit_stops_every_worker_with_one_line(tmp_path: Path, nats: Na
     assert not [p for _, _, p in started(log) if alive(p)]
 
 
+@pytest.mark.parametrize("mistake", ["url", "domain"])
 def test_workers_with_an_unreachable_nats_fail_in_the_parent_with_one_line(
-    tmp_path: Path,
+    tmp_path: Path, request: pytest.FixtureRequest, mistake: str
 ) -> None:
     """prod17: a mistyped LAKE_NATS_URL under `--workers 2` started workers that failed and
-    were restarted until the limit, 49 lines over 50 s, the last naming the limit. Now the
-    parent connects first, as it opens the catalog first: one line, exit 1, no worker."""
+    were restarted until the limit, 49 lines over 50 s, the last naming the limit; review17c:
+    the same with a wrong LAKE_NATS_DOMAIN once the parent only connected. Now the parent sets
+    up NATS as a worker would, first: one line, exit 1, no worker."""
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]  # bound, never listening: connections are refused
-        settings = settings_for(tmp_path, f"nats://127.0.0.1:{port}")
+        if mistake == "url":
+            settings = settings_for(tmp_path, f"nats://127.0.0.1:{port}")
+            cause = "cannot connect to NATS"
+        else:
+            nats: NatsServer = request.getfixturevalue("nats")
+            settings = settings_for(tmp_path, nats.url, LAKE_NATS_DOMAIN="nope")
+            cause = "JetStream"
         log = tmp_path / "serve.log"
         proc = start_serve(settings, log, "--workers", "2", *TABLES)
         try:
@@ -201,5 +209,5 @@ def test_workers_with_an_unreachable_nats_fail_in_the_parent_with_one_line(
     text = log.read_text()
     assert started(log) == [], text[-3000:]
     errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert errors == [errors[0]] and "cannot connect to NATS" in errors[0], text[-3000:]
+    assert errors == [errors[0]] and cause in errors[0], text[-3000:]
     assert "Traceback" not in text

@@ -301,6 +301,56 @@ def test_messages_removed_from_the_middle_of_the_stream_are_logged_and_counted(
     assert sorted(stored_seqs(settings)) == list(range(100)) + list(range(160, 200))
 
 
+def test_a_quiet_tables_writer_does_not_report_other_subjects_middle_removals(
+    tmp_path: Path, nats: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review17c: deleting futures messages already stored made the stocks writer (whose
+    subject was quiet) report them as its possible losses, while running and again at every
+    restart. A consumer with nothing pending had read everything of its subject."""
+    from support.wait import await_until
+
+    from iceberg_lake.ingest.service import LakeService
+
+    settings = settings_for(tmp_path, nats.url)
+    futures = "bronze.futures_trades"
+    publish(settings, trades(0, 1))  # seq 1
+    publish(
+        settings,
+        [("market.futures.trades", encode(make_event(futures, i)), None) for i in range(20)],
+    )  # seq 2..21
+    wait_stream(settings, "MARKET", 21)
+    name = "lake_ingest_removed_before_commit_total"
+
+    def removed() -> float:
+        return metrics.REGISTRY.get_sample_value(name, {"consumer": CONSUMER}) or 0.0
+
+    before = removed()
+
+    async def scenario() -> None:
+        service = LakeService(settings, [TABLE, futures])
+        runner = asyncio.create_task(service.run())
+        try:
+            await await_until(lambda: service.committed_events == 21, 30, "all", alive=runner)
+            nc = await bus.connect(settings)
+            try:
+                js = bus.jetstream(nc, settings)
+                for seq in range(5, 10):  # futures, all stored
+                    await js.delete_msg(bus.MARKET_STREAM, seq)
+            finally:
+                await nc.close()
+            for writer in service.writers:
+                await writer.check_stream()
+        finally:
+            await service.stop()
+            await asyncio.wait_for(runner, 60)
+
+    with caplog.at_level(logging.WARNING, logger="iceberg_lake.ingest.writer"):
+        asyncio.run(scenario())
+        run_until_idle(settings, [TABLE, futures])  # a restart
+    assert not [r.getMessage() for r in caplog.records if "from its middle" in r.getMessage()]
+    assert removed() == before
+
+
 def test_messages_removed_ahead_of_a_running_writer_are_logged_and_counted(
     tmp_path: Path, nats: NatsServer
 ) -> None:

@@ -88,9 +88,17 @@ def _times(n: int) -> str:
 
 
 async def _check_nats(settings: Settings) -> None:
-    """Connect to NATS once and close (raises `TransientError` with one line if it cannot)."""
+    """Connect to NATS and set up the streams and the lease bucket as every worker does
+    (idempotent), so a wrong URL or JetStream domain is one line here (raises `LakeError`):
+    review17c found a wrong `LAKE_NATS_DOMAIN` still restarting workers to the limit."""
     nc = await bus.connect(settings, name="lake-serve-supervisor")
-    await nc.close()
+    try:
+        js = bus.jetstream(nc, settings)
+        with bus.bus_errors("setting up the JetStream streams and the lease bucket"):
+            await bus.ensure_streams(js, settings)
+            await bus.lease_bucket(js, settings)
+    finally:
+        await nc.close()
 
 
 def run_worker_processes(

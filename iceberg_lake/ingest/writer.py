@@ -131,6 +131,9 @@ MAX_PROBES = 64
 #: messages decoded without a field a migration just added span about this long (evolve14
 #: measured 76 such messages at 150 msg/s with 1 s).
 SCHEMA_CHECK_SECONDS = 0.05
+#: A stream with more gaps in its middle than this is not asked to list them at each check
+#: (~8 bytes of JSON each: 6 MB at 760k, review17c); their count's growth is reported instead.
+DELETED_LIST_MAX = 100_000
 #: A commit whose events span more distinct hours than this is warned of (`_note_partitions`).
 MANY_HOURS = 100
 #: The inference writer skips every mapped subject; while only those flow, it records its
@@ -373,10 +376,13 @@ class ConsumerWriter:
         self.stream_created = ""
         #: Last stream sequence reported as removed before it was committed.
         self.removed_reported = 0
-        #: The stream's count of sequences removed from its middle at the last check, and
-        #: those above what was read that were reported (`_check_deleted`).
-        self._deleted_count: int | None = None
+        #: The stream's (count of sequences removed from its middle, first sequence) at the
+        #: last check, and those above what was read that were reported (`_check_deleted`).
+        self._deleted_key: tuple[int, int] | None = None
         self._deleted_reported: set[int] = set()
+        #: Past `DELETED_LIST_MAX` gaps: the count at the last check (reported by growth).
+        self._deleted_counted = 0
+        self._deleted_counted_once = False
         #: The consumer settings found changed by hand, last warned of (`consumer_state`).
         self._consumer_changed: tuple[str, ...] = ()
         #: When a commit of many partitions was last warned of, per table (`_note_partitions`).
@@ -686,14 +692,42 @@ class ConsumerWriter:
         subjects' messages among them are lost. The head check below cannot see them, as the
         stream's first sequence stays (ingest17: 800 of 1,100 events lost with no word).
 
-        An upper bound, as the head's range is: the stream does not say whose they were.
+        An upper bound, as the head's range is: the stream does not say whose they were. A
+        consumer with nothing pending and nothing ack-pending had every message of its
+        subjects up to the stream's last delivered and committed, so a removal up to there lost
+        none of them, as in the head check (review17c: a quiet table's writer reported other
+        subjects' deletions, again at every restart). Hence also not seen: a purge that removed
+        every unread message of a subject (its consumer then has nothing pending).
         """
-        if live.deleted == self._deleted_count:
+        key = (live.deleted, live.first_seq)
+        if self.nc is None or not live.deleted or key == self._deleted_key:
             return
-        self._deleted_count = live.deleted
+        self._deleted_key = key
         # Everything up to what was delivered (in order) was read: a removal there lost none.
         floor = self.position if start else max(self.position, self.max_sseq)
-        if self.nc is None or not live.deleted or live.last_seq <= floor:
+        if live.last_seq > floor:
+            state = await consumer_state(self.js, self.stream, self.consumer)
+            if state is not None and (state.pending, state.ack_pending) == (0, 0):
+                floor = live.last_seq
+        if live.last_seq <= floor:
+            return
+        if live.deleted > DELETED_LIST_MAX:
+            # Listing them costs ~8 bytes of JSON each, every check: count them instead.
+            grown = live.deleted - self._deleted_counted
+            self._deleted_counted = live.deleted
+            if grown > 0 and self._deleted_counted_once:
+                metrics.REMOVED_BEFORE_COMMIT.labels(self.consumer).inc(grown)
+                log.warning(
+                    "writer %s: stream %s removed %d more sequences from its middle (it has %d "
+                    "such gaps, too many to list): any %s messages among them that this writer "
+                    "had not read are lost (an upper bound)",
+                    self.target,
+                    self.stream,
+                    grown,
+                    live.deleted,
+                    self.filter_subject,
+                )
+            self._deleted_counted_once = True
             return
         found = await deleted_sequences(self.nc, api_prefix(self.settings), self.stream, floor)
         fresh = sorted(set(found) - self._deleted_reported)
