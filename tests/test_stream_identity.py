@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,16 @@ def stored_seqs(settings: Settings) -> collections.Counter[int]:
         with table.io.new_input(task.file.file_path).open() as f:
             out.update(pq.read_table(f, columns=["seq"]).column("seq").to_pylist())
     return out
+
+
+@contextlib.asynccontextmanager
+async def jetstream_of(settings: Settings) -> AsyncIterator[Any]:
+    """A JetStream context on a connection of its own, closed on exit."""
+    nc = await bus.connect(settings)
+    try:
+        yield bus.jetstream(nc, settings)
+    finally:
+        await nc.close()
 
 
 def purge_below(settings: Settings, seq: int) -> None:
@@ -282,12 +293,8 @@ def test_messages_removed_from_the_middle_of_the_stream_are_logged_and_counted(
     publish(settings, trades(100, 200))  # seq 102..201, no writer running
 
     async def purge_trades_keeping_40() -> None:
-        nc = await bus.connect(settings)
-        try:
-            js = bus.jetstream(nc, settings)
+        async with jetstream_of(settings) as js:
             await js.purge_stream(bus.MARKET_STREAM, subject="market.stocks.trades", keep=40)
-        finally:
-            await nc.close()
 
     asyncio.run(purge_trades_keeping_40())
     before = metrics.REGISTRY.get_sample_value(name, {"consumer": CONSUMER}) or 0.0
@@ -331,13 +338,9 @@ def test_a_quiet_tables_writer_does_not_report_other_subjects_middle_removals(
         runner = asyncio.create_task(service.run())
         try:
             await await_until(lambda: service.committed_events == 21, 30, "all", alive=runner)
-            nc = await bus.connect(settings)
-            try:
-                js = bus.jetstream(nc, settings)
+            async with jetstream_of(settings) as js:
                 for seq in range(5, 10):  # futures, all stored
                     await js.delete_msg(bus.MARKET_STREAM, seq)
-            finally:
-                await nc.close()
             for writer in service.writers:
                 await writer.check_stream()
         finally:
@@ -633,7 +636,10 @@ def test_a_reset_during_the_stream_check_keeps_its_removals_reported(
 
     async def consumer_state(js, stream, consumer, *args):  # noqa: ANN001, ANN002
         state = await real_state(js, stream, consumer, *args)
-        if armed.pop("race", False) and inspect.stack()[1].function == "check_stream":
+        # Only the check's own call takes the race: the service's lag poll calls this too,
+        # and taking it there left the check without its race (a flaky run, 1 in ~10).
+        if armed.get("race") and inspect.stack()[1].function == "check_stream":
+            del armed["race"]
             # While this answer travels, the writer resets (a lost connection): its start check
             # records the committed position, then the consumer is recreated there.
             armed["purge"] = True
@@ -695,15 +701,11 @@ def test_a_consumer_changed_by_hand_under_a_running_writer_is_warned_of(
             (writer,) = service.writers
             await writer.consumer_state()
             assert writer._consumer_changed == ()  # as the lake made it: nothing to say
-            nc = await bus.connect(settings)
-            try:
-                js = bus.jetstream(nc, settings)
+            async with jetstream_of(settings) as js:
                 info = await js.consumer_info(bus.MARKET_STREAM, CONSUMER)
                 config = info.config
                 config.ack_wait, config.max_ack_pending = 1.0, 50
                 await js.add_consumer(bus.MARKET_STREAM, config)  # an update, as `nats` does
-            finally:
-                await nc.close()
             await await_until(lambda: writer._consumer_changed != (), 30, "the warning")
         finally:
             await service.stop()

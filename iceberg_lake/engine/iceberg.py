@@ -1627,7 +1627,7 @@ def watermarked_append(
     absent), a compare-and-swap that fences a stale writer (`require_properties`); a mismatch
     raises `ValidationException` and nothing is committed. `schema_id` (optional): the table's
     current schema id must still be this one at commit time (`require_schema`), else
-    `CommitFailedException` and nothing is committed.
+    `ValidationException` and nothing is committed.
 
     Usage::
 

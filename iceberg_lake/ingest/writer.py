@@ -131,8 +131,8 @@ MAX_PROBES = 64
 #: messages decoded without a field a migration just added span about this long (evolve14
 #: measured 76 such messages at 150 msg/s with 1 s).
 SCHEMA_CHECK_SECONDS = 0.05
-#: A stream with more gaps in its middle than this is not asked to list them at each check
-#: (~8 bytes of JSON each: 6 MB at 760k, review17c); their count's growth is reported instead.
+#: A stream with more gaps in its middle than this is not asked to list them at a start (~8
+#: bytes of JSON each: 6 MB at 760k, review17c): they are warned of, not counted.
 DELETED_LIST_MAX = 100_000
 #: A commit whose events span more distinct hours than this is warned of (`_note_partitions`).
 MANY_HOURS = 100
@@ -376,13 +376,9 @@ class ConsumerWriter:
         self.stream_created = ""
         #: Last stream sequence reported as removed before it was committed.
         self.removed_reported = 0
-        #: The stream's (count of sequences removed from its middle, first sequence) at the
-        #: last check, and those above what was read that were reported (`_check_deleted`).
-        self._deleted_key: tuple[int, int] | None = None
+        #: Sequences removed from the stream's middle already reported (`_check_deleted`);
+        #: the head check does not count them again when the head passes them.
         self._deleted_reported: set[int] = set()
-        #: Past `DELETED_LIST_MAX` gaps: the count at the last check (reported by growth).
-        self._deleted_counted = 0
-        self._deleted_counted_once = False
         #: The consumer settings found changed by hand, last warned of (`consumer_state`).
         self._consumer_changed: tuple[str, ...] = ()
         #: When a commit of many partitions was last warned of, per table (`_note_partitions`).
@@ -687,57 +683,48 @@ class ConsumerWriter:
             )
 
     async def _check_deleted(self, live: StreamIdentity, start: bool) -> None:
-        """Report the sequences the stream removed from its middle (a per-subject limit, a
-        purge of one subject, deleted messages) above what this writer had read: any of its
-        subjects' messages among them are lost. The head check below cannot see them, as the
-        stream's first sequence stays (ingest17: 800 of 1,100 events lost with no word).
+        """At a (re)start, report the sequences the stream removed from its middle (a
+        per-subject limit, a purge of one subject, deleted messages) above the committed
+        position: any of its subjects' messages among them are lost. The head check below
+        cannot see them, as the stream's first sequence stays (ingest17: 800 of 1,100 events
+        lost with no word while the writer was down).
 
         An upper bound, as the head's range is: the stream does not say whose they were. A
         consumer with nothing pending and nothing ack-pending had every message of its
-        subjects up to the stream's last delivered and committed, so a removal up to there lost
-        none of them, as in the head check (review17c: a quiet table's writer reported other
-        subjects' deletions, again at every restart). Hence also not seen: a purge that removed
-        every unread message of a subject (its consumer then has nothing pending).
+        subjects delivered and committed before the stop: nothing to report (review17c: a quiet
+        table's writer reported other subjects' deletions). Only at a start: a running writer
+        cannot tell a removal of its own unread message from one of another subject's once it
+        has caught up (review17d), so removals while it runs are seen only at the head.
         """
-        key = (live.deleted, live.first_seq)
-        if self.nc is None or not live.deleted or key == self._deleted_key:
+        if not start or self.nc is None or not live.deleted or live.last_seq <= self.position:
             return
-        self._deleted_key = key
-        # Everything up to what was delivered (in order) was read: a removal there lost none.
-        floor = self.position if start else max(self.position, self.max_sseq)
-        if live.last_seq > floor:
-            state = await consumer_state(self.js, self.stream, self.consumer)
-            if state is not None and (state.pending, state.ack_pending) == (0, 0):
-                floor = live.last_seq
-        if live.last_seq <= floor:
+        state = await consumer_state(self.js, self.stream, self.consumer)
+        if state is not None and state.pending == 0 and state.ack_pending == 0:
             return
         if live.deleted > DELETED_LIST_MAX:
-            # Listing them costs ~8 bytes of JSON each, every check: count them instead.
-            grown = live.deleted - self._deleted_counted
-            self._deleted_counted = live.deleted
-            if grown > 0 and self._deleted_counted_once:
-                metrics.REMOVED_BEFORE_COMMIT.labels(self.consumer).inc(grown)
-                log.warning(
-                    "writer %s: stream %s removed %d more sequences from its middle (it has %d "
-                    "such gaps, too many to list): any %s messages among them that this writer "
-                    "had not read are lost (an upper bound)",
-                    self.target,
-                    self.stream,
-                    grown,
-                    live.deleted,
-                    self.filter_subject,
-                )
-            self._deleted_counted_once = True
+            # Listing them costs ~8 bytes of JSON each (6 MB at 760k, review17c).
+            log.warning(
+                "writer %s: stream %s has %d sequences removed from its middle (a per-subject "
+                "limit, a purge of one subject or deleted messages), too many to list: any %s "
+                "messages among those above the committed position %d are lost (not counted)",
+                self.target,
+                self.stream,
+                live.deleted,
+                self.filter_subject,
+                self.position,
+            )
             return
-        found = await deleted_sequences(self.nc, api_prefix(self.settings), self.stream, floor)
+        found = await deleted_sequences(
+            self.nc, api_prefix(self.settings), self.stream, self.position
+        )
         fresh = sorted(set(found) - self._deleted_reported)
-        self._deleted_reported = {q for q in self._deleted_reported if q > floor} | set(fresh)
         if not fresh:
             return
+        self._deleted_reported.update(fresh)
         metrics.REMOVED_BEFORE_COMMIT.labels(self.consumer).inc(len(fresh))
         log.warning(
             "writer %s: stream %s removed %d sequences from its middle (between seq %d and %d) "
-            "above what this writer had read (a per-subject limit, a purge of one subject or "
+            "above the committed position (a per-subject limit, a purge of one subject or "
             "deleted messages): any %s messages among them are lost (an upper bound: the "
             "stream does not say whose they were)",
             self.target,
@@ -751,9 +738,12 @@ class ConsumerWriter:
     def _report_removed(self, lo: int, hi: int, what: str) -> None:
         """Count stream sequences `lo..hi` as removed before this writer committed them
         (`metrics.REMOVED_BEFORE_COMMIT`) and log `what` (its %-arguments: lo, hi, the count,
-        the filter subject) as a WARNING."""
+        the filter subject) as a WARNING. Those reported before as removed from the middle are
+        not counted again (review17d: 60 removed sequences counted 120)."""
         self.removed_reported = hi
-        metrics.REMOVED_BEFORE_COMMIT.labels(self.consumer).inc(hi - lo + 1)
+        counted = {q for q in self._deleted_reported if lo <= q <= hi}
+        self._deleted_reported -= {q for q in self._deleted_reported if q <= hi}
+        metrics.REMOVED_BEFORE_COMMIT.labels(self.consumer).inc(hi - lo + 1 - len(counted))
         log.warning(
             "writer %s: stream %s " + what,
             self.target,
