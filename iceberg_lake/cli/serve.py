@@ -123,16 +123,14 @@ def register(app: typer.Typer) -> None:
                 raise LakeError(f"cannot serve metrics on port {metrics_port}: {exc}") from None
             err_console.print(f"metrics on http://0.0.0.0:{metrics_port}/metrics", highlight=False)
 
-        async def serve_once() -> None:
-            try:
-                await service.run(stop_when_idle=until_idle, idle_seconds=idle_seconds)
-            finally:
-                # Stopped: a SIGTERM that arrives now (repeated by an operator, or by the
-                # kernel's parent-death signal) has nothing left to stop and must not change
-                # how the process ends.
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-        asyncio.run(serve_once())
+        # Stopped, a SIGTERM that arrives (repeated by an operator, or by the kernel's
+        # parent-death signal) has nothing left to stop and must not change how the process
+        # ends: the service leaves it ignored.
+        asyncio.run(
+            service.run(
+                stop_when_idle=until_idle, idle_seconds=idle_seconds, ignore_sigterm_after=True
+            )
+        )
 
 
 def _warn_pending_migrations(is_worker: bool) -> None:

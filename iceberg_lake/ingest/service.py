@@ -16,7 +16,8 @@ import contextlib
 import logging
 import signal
 import time
-from typing import TYPE_CHECKING
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import Settings, redact_url
@@ -105,13 +106,26 @@ class LakeService:
         for w in self.writers:
             w.request_reset()
 
-    async def run(self, stop_when_idle: bool = False, idle_seconds: float = 1.0) -> None:
+    async def run(
+        self,
+        stop_when_idle: bool = False,
+        idle_seconds: float = 1.0,
+        *,
+        ignore_sigterm_after: bool = False,
+    ) -> None:
         """Run the writers.
+
+        SIGTERM and SIGINT (in the main thread) stop the service as `stop` does. SIGTERM stays
+        handled through the whole shutdown, and its handler is then swapped in one step for
+        the one before, or for "ignore" (`ignore_sigterm_after`: `lake serve`, which has
+        nothing left to stop): never the default action in between, which a SIGTERM repeated
+        every 2 ms hit (CI, `test_sigterm_repeated_through_the_shutdown_still_flushes_and_exits_0`).
 
         Args:
             stop_when_idle: return once every consumer has no pending messages, nothing is
                 buffered and everything is committed, for `idle_seconds` in a row.
             idle_seconds: how long the idle state must last.
+            ignore_sigterm_after: leave SIGTERM ignored when the service has stopped.
 
         Raises:
             LakeError: NATS or the catalog cannot be reached at start.
@@ -125,10 +139,21 @@ class LakeService:
         js = bus.jetstream(nc, self.settings)
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self._stop.set)
-                installed.append(sig)
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGINT, self._stop.set)
+            installed.append(signal.SIGINT)
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nothing left to stop
+                loop.call_soon_threadsafe(self._stop.set)
+
+        # Not the loop's own handler for SIGTERM: removing that one restores the default
+        # action first, and a SIGTERM in between killed the process after its last line.
+        previous_sigterm: Any = None
+        sigterm_handled = False
+        with contextlib.suppress(ValueError):  # not the main thread: no signal handling
+            previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+            sigterm_handled = True
         deadline: float | None = None
         stopped = False
         try:
@@ -214,6 +239,11 @@ class LakeService:
             finally:
                 # Only now: a SIGTERM repeated during the shutdown (a dying parent's threads
                 # each send its parent-death signal) must not end the process half-way.
+                if sigterm_handled:
+                    before = signal.SIG_DFL if previous_sigterm is None else previous_sigterm
+                    signal.signal(
+                        signal.SIGTERM, signal.SIG_IGN if ignore_sigterm_after else before
+                    )
                 for sig in installed:
                     loop.remove_signal_handler(sig)
 
