@@ -8,8 +8,8 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +307,21 @@ def wait_stream(settings: Settings, stream: str, count: int, timeout: float = 20
         timeout,
         f"stream {stream} to hold {count} messages",
     )
+
+
+@asynccontextmanager
+async def service_running(
+    settings: Settings, tables: list[str] | None = None
+) -> AsyncIterator[tuple[LakeService, asyncio.Task[None]]]:
+    """A `LakeService` running in this loop (and its task, for `await_until(alive=...)`):
+    stopped on exit, its flush and shutdown awaited (60 s bound)."""
+    service = LakeService(settings, tables)
+    runner = asyncio.create_task(service.run())
+    try:
+        yield service, runner
+    finally:
+        await service.stop()
+        await asyncio.wait_for(runner, 60)
 
 
 def run_until_idle(settings: Settings, tables: list[str] | None = None) -> LakeService:

@@ -307,12 +307,11 @@ def test_events_buffered_before_a_migration_are_stored_with_its_new_field(
     commit itself (the migration landing between that check and the catalog update: review17,
     a whole batch stored without the field), and even when the stream's limits removed the
     messages meanwhile (review17: a re-read from the stream lost them)."""
-    from ingest_support import publish_async
+    from ingest_support import publish_async, service_running
     from pyiceberg.types import StringType
 
     from iceberg_lake.engine import nats as bus
     from iceberg_lake.ingest import writer
-    from iceberg_lake.ingest.service import LakeService
     from iceberg_lake.ops import metrics
 
     # Six events make a batch; the interval is long enough that only the sixth flushes it.
@@ -340,9 +339,7 @@ def test_events_buffered_before_a_migration_are_stored_with_its_new_field(
         monkeypatch.setattr(writer, "watermarked_append", migrated_first)
 
     async def scenario() -> None:
-        service = LakeService(settings, [table])
-        runner = asyncio.create_task(service.run())
-        try:
+        async with service_running(settings, [table]) as (service, runner):
             first = [
                 ("market.stocks.trades", encode({**make_event(table, i), "venue_y": f"V{i}"}), None)
                 for i in range(1, 6 if when != "during-the-commit" else 7)
@@ -369,9 +366,6 @@ def test_events_buffered_before_a_migration_are_stored_with_its_new_field(
                 sixth["venue_y"] = "V6"
             await publish_async(settings, [("market.stocks.trades", encode(sixth), None)])
             await await_until(lambda: service.committed_events >= 6, 60, "the commit", alive=runner)
-        finally:
-            await service.stop()
-            await asyncio.wait_for(runner, 60)
 
     with caplog.at_level(logging.INFO, logger="pyiceberg"):
         asyncio.run(scenario())

@@ -27,6 +27,7 @@ from ingest_support import (
     publish,
     publish_async,
     run_until_idle,
+    service_running,
     settings_env,
     settings_for,
     start_serve,
@@ -316,8 +317,6 @@ def test_a_quiet_tables_writer_does_not_report_other_subjects_middle_removals(
     restart. A consumer with nothing pending had read everything of its subject."""
     from support.wait import await_until
 
-    from iceberg_lake.ingest.service import LakeService
-
     settings = settings_for(tmp_path, nats.url)
     futures = "bronze.futures_trades"
     publish(settings, trades(0, 1))  # seq 1
@@ -334,18 +333,13 @@ def test_a_quiet_tables_writer_does_not_report_other_subjects_middle_removals(
     before = removed()
 
     async def scenario() -> None:
-        service = LakeService(settings, [TABLE, futures])
-        runner = asyncio.create_task(service.run())
-        try:
+        async with service_running(settings, [TABLE, futures]) as (service, runner):
             await await_until(lambda: service.committed_events == 21, 30, "all", alive=runner)
             async with jetstream_of(settings) as js:
                 for seq in range(5, 10):  # futures, all stored
                     await js.delete_msg(bus.MARKET_STREAM, seq)
             for writer in service.writers:
                 await writer.check_stream()
-        finally:
-            await service.stop()
-            await asyncio.wait_for(runner, 60)
 
     with caplog.at_level(logging.WARNING, logger="iceberg_lake.ingest.writer"):
         asyncio.run(scenario())
@@ -687,14 +681,10 @@ def test_a_consumer_changed_by_hand_under_a_running_writer_is_warned_of(
     as the lake made it is not warned of."""
     from support.wait import await_until
 
-    from iceberg_lake.ingest.service import LakeService
-
     settings = settings_for(tmp_path, nats.url)
 
     async def scenario() -> None:
-        service = LakeService(settings, [TABLE])
-        runner = asyncio.create_task(service.run())
-        try:
+        async with service_running(settings, [TABLE]) as (service, _):
             await await_until(
                 lambda: service.writers and service.writers[0].active, 30, "the writer"
             )
@@ -707,9 +697,6 @@ def test_a_consumer_changed_by_hand_under_a_running_writer_is_warned_of(
                 config.ack_wait, config.max_ack_pending = 1.0, 50
                 await js.add_consumer(bus.MARKET_STREAM, config)  # an update, as `nats` does
             await await_until(lambda: writer._consumer_changed != (), 30, "the warning")
-        finally:
-            await service.stop()
-            await asyncio.wait_for(runner, 60)
 
     with caplog.at_level(logging.WARNING, logger="iceberg_lake.ingest.writer"):
         asyncio.run(scenario())

@@ -1812,6 +1812,15 @@ def _replay_listener(pub: Publisher, url: str) -> tuple[Any, list[bytes], Any]:
     return nc, received, heard
 
 
+def _end(proc: subprocess.Popen[bytes], pub: Publisher, nc: Any) -> None:
+    """Kill the replay if it still runs, close the listener and the publisher."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    pub.loop.run_until_complete(nc.close())
+    pub.close()
+
+
 def test_sigterm_ends_a_following_replay_to_nats_at_once_and_counts_what_it_sent(
     tmp_path: Path, nats: NatsServer
 ) -> None:
@@ -1843,11 +1852,7 @@ def test_sigterm_ends_a_following_replay_to_nats_at_once_and_counts_what_it_sent
         _, err = proc.communicate(timeout=30)
         took = time.monotonic() - began
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        pub.loop.run_until_complete(nc.close())
-        pub.close()
+        _end(proc, pub, nc)
     stderr = err.decode()
     assert proc.returncode == 0 and "Traceback" not in stderr, stderr
     assert took < 15, took  # not at --end, ten minutes away
@@ -1886,11 +1891,7 @@ def test_an_interrupted_replay_to_nats_counts_the_events_it_published(
         wait_until(lambda: heard(sent), 10, f"the {sent} events published")
         assert heard(sent) and len(received) == sent
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        pub.loop.run_until_complete(nc.close())
-        pub.close()
+        _end(proc, pub, nc)
     assert proc.returncode == 143, err.decode()
     assert 20 <= sent < 500 and recorded["complete"] is False
     assert f"the output holds the first {sent:,} events" in err.decode()
