@@ -20,7 +20,7 @@ import operator
 import queue
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -1509,6 +1509,49 @@ class PartitionFileWriter:
             _footer_data_file(self._metadata, self._plan, self._path, self._partition, size, footer)
         )
         self._writer = None
+
+
+#: Threads finishing streamed files at once. Closing a file is a round trip to the object store
+#: (an S3 multipart upload's completion): closed one after the other, a stalled store cost one
+#: client timeout (~12 s) per open file, 240 s for 20 partitions (prod17).
+CLOSE_THREADS = 16
+
+_CLOSE_POOL = _DaemonPool(CLOSE_THREADS)
+
+
+def close_writers(writers: Sequence[PartitionFileWriter]) -> list[list[DataFile]]:
+    """Finish every writer at once (`PartitionFileWriter.close`); their data files, in order.
+
+    Every writer has finished or failed when this returns, so none is left for a destructor to
+    finish later. On a failure the first error is raised; the files the others wrote stay
+    (uncommitted: `lake maintain remove-orphans` collects them).
+    """
+    if len(writers) <= 1:
+        return [w.close() for w in writers]
+    futures = [_CLOSE_POOL.submit(w.close) for w in writers]
+    results: list[list[DataFile]] = []
+    error: BaseException | None = None
+    for fut in futures:
+        try:
+            results.append(fut.result())
+        except BaseException as exc:  # noqa: BLE001 - wait for the others, then re-raise
+            error = error or exc
+    if error is not None:
+        raise error
+    return results
+
+
+def abandon_writers(table: Table, writers: Sequence[PartitionFileWriter]) -> None:
+    """Finish writers whose rows will not be committed (a failed run) and delete their files.
+
+    Errors are ignored: the run already failed with its own. The closes run at once (see
+    `close_writers`); when the store cannot finish them, deleting is not tried.
+    """
+    try:
+        done = close_writers(writers)
+    except Exception:  # noqa: BLE001 - the caller raises the run's own error
+        return
+    _delete_quietly(table, [f for files in done for f in files])
 
 
 def _delete_quietly(table: Table, files: list[DataFile]) -> None:

@@ -504,8 +504,9 @@ class SilverCompactor:
             with SilverCommit(
                 silver, definition, snap, layout, marks, bronze, expected_properties=expected
             ) as commit:
-                with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                    for outputs in pool.map(job.compact_group, groups):
+                pool = ThreadPoolExecutor(max_workers=self.workers)
+                try:
+                    for outputs in pool.map(job.compact_group_unless_failed, groups):
                         for out in outputs:
                             commit.add(out)
                             rows_read += out.rows_read
@@ -514,6 +515,8 @@ class SilverCompactor:
                             replaced.append(layout.label(out.part.record))
                         done += len(outputs)
                         self._report(silver, done, total)
+                finally:
+                    pool.shutdown(wait=True, cancel_futures=True)
             if commit.snapshot_id is not None:
                 snapshot_ids.append(commit.snapshot_id)
                 if expected is not None:  # this run's own commit moved them

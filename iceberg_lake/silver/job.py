@@ -7,8 +7,9 @@ them is `iceberg_lake.silver.commit`'s job.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -22,7 +23,7 @@ from pyiceberg.table.snapshots import Snapshot
 
 from iceberg_lake.catalog import catalog_errors
 from iceberg_lake.engine.duck import DuckSession, duckdb_path, quote_str
-from iceberg_lake.engine.iceberg import PartitionFileWriter
+from iceberg_lake.engine.iceberg import PartitionFileWriter, abandon_writers, close_writers
 from iceberg_lake.exceptions import CompactionError
 from iceberg_lake.schema.names import NameHistory
 from iceberg_lake.silver.dedup import (
@@ -63,6 +64,21 @@ class CompactionJob:
     layout: Layout
     write_id: str
     batch_rows: int
+    failed: threading.Event = field(default_factory=threading.Event)
+
+    def compact_group_unless_failed(self, group: list[Partition]) -> list[PartitionOutput]:
+        """`compact_group`, unless a query of this run already failed (the run fails with it).
+
+        A query not started after a failure is not run: on a stalled store each would wait out
+        its own timeouts first (a Silver run took 4 minutes to fail, prod17).
+        """
+        if self.failed.is_set():
+            raise CompactionError("not run: an earlier query of this run failed")
+        try:
+            return self.compact_group(group)
+        except BaseException:
+            self.failed.set()
+            raise
 
     def compact_group(self, group: list[Partition]) -> list[PartitionOutput]:
         """Dedup + sort the partitions of `group` with one query; stream them into new files."""
@@ -139,18 +155,24 @@ class CompactionJob:
                     raise CompactionError(
                         f"{what}: rows do not fit {table_name(self.silver)}'s schema: {exc}"
                     ) from exc
+        except BaseException:
+            # Left open, each file would be finished by its destructor, one after the other.
+            abandon_writers(self.silver, list(writers.values()))
+            raise
         finally:
             con.close()
-        outputs = []
         # Closing a file completes its upload (S3 multipart): a storage outage here is one,
         # not an internal error (prod17).
         with catalog_errors(f"finishing the files of {table_name(self.silver)}"):
-            for p in group:
-                writer = writers.get(p.pid)
-                files = writer.close() if writer else []
-                written = writer.rows if writer else 0
-                nbytes = sum(f.file_size_in_bytes for f in p.bronze)
-                outputs.append(PartitionOutput(p, files, counts[p.pid], written, nbytes))
+            closed = dict(zip(writers, close_writers(list(writers.values())), strict=True))
+        outputs = []
+        for p in group:
+            writer = writers.get(p.pid)
+            written = writer.rows if writer else 0
+            nbytes = sum(f.file_size_in_bytes for f in p.bronze)
+            outputs.append(
+                PartitionOutput(p, closed.get(p.pid, []), counts[p.pid], written, nbytes)
+            )
         return outputs
 
     def dedup_columns(self) -> list[str]:

@@ -9,11 +9,12 @@ that step takes minutes of timeouts).
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_silver import BRONZE, DAY, _make_lake, append, base_rows
+from test_silver import BRONZE, DAY, T0, _make_lake, append, base_rows, trade
 
 from iceberg_lake.config import load_settings
 from iceberg_lake.exceptions import CatalogUnavailableError
@@ -43,3 +44,105 @@ def test_a_storage_failure_at_file_close_is_storage_unavailable(
         compactor.compact_date(DAY, "futures.trades")
     assert "storage unavailable" in str(failed.value)
     assert "internal error" not in str(failed.value)
+
+
+def _many_partitions(catalog: Any, symbols: int) -> None:
+    rows = [trade(T0 + i * 10**6, sym=f"S{i % symbols:02d}", seq=i) for i in range(symbols * 20)]
+    append(catalog.load_table(BRONZE), rows)
+
+
+def _silver_files(settings: Any) -> list[Path]:
+    return sorted(Path(settings.data_dir).rglob("silver/futures_trades/data/**/*.parquet"))
+
+
+def test_after_a_failed_query_the_queries_not_started_are_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a stalled store every query started after the run had failed waited out its own
+    timeouts: a Silver run took 4 minutes to give up on 20 partitions (prod17's stall,
+    reproduced). Here the second query fails at once while the first still runs; the worker
+    it freed must not start a third."""
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
+    catalog = _make_lake(settings)
+    _many_partitions(catalog, 8)
+    started: list[int] = []
+    lock = threading.Lock()
+    third = threading.Event()
+    real = job.CompactionJob.compact_group
+
+    def second_fails(self: job.CompactionJob, group: list[Any]) -> Any:
+        with lock:
+            started.append(len(started))
+            n = started[-1]
+        if n == 1:
+            raise CatalogUnavailableError("compacting: storage unavailable (injected)")
+        if n == 2:
+            third.set()
+        if n == 0:  # the first waits until a third has started (or 3 s), then finishes
+            third.wait(3)
+        return real(self, group)
+
+    monkeypatch.setattr(job.CompactionJob, "compact_group", second_fails)
+    # One partition per query (8 queries), two at a time.
+    compactor = SilverCompactor(catalog, rows_per_query=1, workers=2)
+    with compactor, pytest.raises(CatalogUnavailableError, match="injected"):
+        compactor.compact_date(DAY, "futures.trades")
+    assert started == [0, 1]
+
+
+def test_files_are_finished_at_once_and_all_of_them_when_one_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing a file is a round trip to the store; closed one after the other, a stalled
+    store cost one timeout per file. Each close here waits for all the others to be
+    closing (a barrier): closed in turn, the first would wait in vain."""
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
+    catalog = _make_lake(settings)
+    _many_partitions(catalog, 6)
+    barrier = threading.Barrier(3, timeout=20)
+    closed: list[str] = []
+    real = job.partition_file_writer
+
+    def closing_together(*args: Any, **kwargs: Any) -> Any:
+        writer = real(*args, **kwargs)
+        own_close = writer.close
+
+        def close() -> Any:
+            barrier.wait()
+            closed.append(writer._prefix)
+            if len(closed) == 1:
+                raise OSError("AWS Error NETWORK_CONNECTION during CompleteMultipartUpload")
+            return own_close()
+
+        writer.close = close
+        return writer
+
+    monkeypatch.setattr(job, "partition_file_writer", closing_together)
+    # Two queries of three partitions (two per worker): three files open at once.
+    compactor = SilverCompactor(catalog, workers=1)
+    with compactor, pytest.raises(CatalogUnavailableError, match="storage unavailable"):
+        compactor.compact_date(DAY, "futures.trades")
+    assert len(closed) == 3
+
+
+def test_a_failed_query_finishes_and_deletes_the_files_it_had_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left open, the files of a failed query were finished by their destructors one after
+    the other (each a round trip to the store) and stayed behind as orphans."""
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
+    catalog = _make_lake(settings)
+    _many_partitions(catalog, 6)
+    real = job.segments
+
+    def fails_after_two(rows: Any, key_column: Any) -> Any:
+        for n, segment in enumerate(real(rows, key_column)):
+            if n == 2:
+                raise CatalogUnavailableError("compacting: storage unavailable (injected)")
+            yield segment
+
+    monkeypatch.setattr(job, "segments", fails_after_two)
+    compactor = SilverCompactor(catalog, workers=1)
+    with compactor, pytest.raises(CatalogUnavailableError, match="injected"):
+        compactor.compact_date(DAY, "futures.trades")
+    assert _silver_files(settings) == []
