@@ -130,7 +130,9 @@ class CompactionJob:
             with catalog_errors(what):
                 try:
                     reader = con.execute(sql).to_arrow_reader(self.batch_rows)
-                    dedup = AdjacentDedup(silver_schema, keys)
+                    dedup = AdjacentDedup(
+                        silver_schema, keys, [c for c in (layout.key_column, BUCKET_COLUMN) if c]
+                    )
                     for batch in reader:
                         for bucket_key, rows in segments(dedup.apply(batch), layout.key_column):
                             part = by_bucket.get(bucket_key)
