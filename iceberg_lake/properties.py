@@ -68,6 +68,10 @@ COMPACT_FILES = "compact-files"
 #: Silver table property: the Bronze snapshot id up to which `lake compact --incremental` has
 #: compacted every changed partition (the start of the next incremental run's change scan).
 SILVER_INCREMENTAL_SOURCE = "lake.silver.incremental-source-snapshot-id"
+#: Silver table property: the Silver snapshot the incremental mark was set on (the snapshot its
+#: commit made, or the current one). The mark holds only while that snapshot is Silver's current
+#: snapshot or an ancestor of it: a rollback leaves the property as it was (silver18).
+SILVER_INCREMENTAL_SILVER_SNAPSHOT = "lake.silver.incremental-silver-snapshot-id"
 
 # ---- backfill (`lake load`) -------------------------------------------------------------------
 #: `lake.operation` value of snapshots made by `lake load`.
@@ -112,6 +116,7 @@ __all__ = [
     "SCHEMA_NAME_PROPERTY",
     "SCHEMA_VERSION_PROPERTY",
     "SILVER_COMPACTION",
+    "SILVER_INCREMENTAL_SILVER_SNAPSHOT",
     "SILVER_INCREMENTAL_SOURCE",
     "SOURCE_SNAPSHOT_ID",
     "SOURCE_TABLE",

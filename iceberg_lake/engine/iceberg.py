@@ -251,6 +251,8 @@ class PartitionReplacement:
     expected_properties: dict[str, str | None] | None = None
     #: What a concurrent commit must not have done for this one to land (see the class doc).
     validation: Literal["predicate", "files"] = "predicate"
+    #: A table property set to the new snapshot's id in the same commit (None: none).
+    snapshot_id_property: str | None = None
     #: Set once the commit was sent and not refused: the new files are (or may be) the table's,
     #: so `discard_new_files` leaves them alone.
     _sent: bool = field(default=False, repr=False)
@@ -347,6 +349,12 @@ class PartitionReplacement:
                     producer.delete_data_file(f)
                 for f in self.new_files:
                     producer.append_data_file(f)
+            if self.snapshot_id_property:
+                # The staged metadata's main branch is the new snapshot (its id is fixed when
+                # the producer is made, so pyiceberg's own retries keep it).
+                staged = tx.table_metadata.snapshot_by_name(MAIN_BRANCH)
+                assert staged is not None
+                tx.set_properties({self.snapshot_id_property: str(staged.snapshot_id)})
             try:
                 tx.commit_transaction()
             except BaseException as exc:

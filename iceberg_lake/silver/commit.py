@@ -41,7 +41,14 @@ from iceberg_lake.timetravel.snapshots import protect_silver_source
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SilverCommit", "advance_mark", "follow_bronze_types", "lower_mark", "mark_for_pin"]
+__all__ = [
+    "SilverCommit",
+    "advance_mark",
+    "follow_bronze_types",
+    "lower_mark",
+    "mark_for_pin",
+    "usable_mark",
+]
 
 
 class SilverCommit:
@@ -137,6 +144,8 @@ class SilverCommit:
             P.REPLACED_PARTITIONS: json.dumps(sorted(labels, key=str), default=str),
         }
         rep.table_properties = self.table_properties
+        if self.table_properties.get(P.SILVER_INCREMENTAL_SOURCE):
+            rep.snapshot_id_property = P.SILVER_INCREMENTAL_SILVER_SNAPSHOT
         try:
             if self.bronze is not None:
                 # Before the Silver commit: once Silver names the source, a ref protects it.
@@ -177,7 +186,7 @@ def advance_mark(
             with silver.transaction() as tx:
                 if expected is not None:
                     require_properties(tx, expected)
-                tx.set_properties(marks)
+                tx.set_properties({**marks, **_marked_on(silver)})
     except ValidationException as exc:
         silver.refresh()
         raise CommitConflictError(
@@ -185,6 +194,45 @@ def advance_mark(
         ) from exc
     except CommitFailedException:
         silver.refresh()
+
+
+def _marked_on(silver: Table) -> dict[str, str]:
+    """The property naming the Silver snapshot a mark set without a snapshot is set on."""
+    current = silver.current_snapshot()
+    return {P.SILVER_INCREMENTAL_SILVER_SNAPSHOT: str(current.snapshot_id) if current else ""}
+
+
+def usable_mark(silver: Table) -> str | None:
+    """The incremental mark, unless Silver's current snapshot does not descend from the
+    snapshot it was set on (a rollback, or that snapshot expired): then None, and the run
+    checks every partition from metadata (and sets the mark anew).
+
+    A rollback moves Silver back to older content and leaves table properties as they were, so
+    the mark went on claiming the rolled-back compactions and every incremental run answered
+    `unchanged` (silver18).
+    """
+    mark = silver.properties.get(P.SILVER_INCREMENTAL_SOURCE)
+    if not mark:
+        return mark
+    marked_on = silver.properties.get(P.SILVER_INCREMENTAL_SILVER_SNAPSHOT)
+    current = silver.current_snapshot()
+    if marked_on is None:  # a mark set before this property existed
+        return None
+    if current is None:
+        return mark if marked_on == "" else None
+    if marked_on.isdigit() and (
+        int(marked_on) == current.snapshot_id
+        or is_ancestor(silver, int(marked_on), current.snapshot_id)
+    ):
+        return mark
+    log.warning(
+        "%s: the incremental mark was set on snapshot %s, which the current snapshot %d does "
+        "not descend from (rolled back?): checking every partition",
+        table_name(silver),
+        marked_on or "(none)",
+        current.snapshot_id,
+    )
+    return None
 
 
 def follow_bronze_types(
@@ -288,7 +336,7 @@ def lower_mark(bronze: Table, silver: Table, snap: Snapshot, attempts: int = 4) 
             with catalog_errors(f"updating {table_name(silver)}"):
                 with silver.transaction() as tx:
                     require_properties(tx, {P.SILVER_INCREMENTAL_SOURCE: read})
-                    tx.set_properties(marks)
+                    tx.set_properties({**marks, **_marked_on(silver)})
             return
         except (CommitFailedException, ValidationException):
             silver.refresh()

@@ -48,6 +48,7 @@ from iceberg_lake.silver.commit import (
     advance_mark,
     follow_bronze_types,
     mark_for_pin,
+    usable_mark,
 )
 from iceberg_lake.silver.job import CompactionJob, DuckSession
 from iceberg_lake.silver.plan import (
@@ -398,11 +399,13 @@ class SilverCompactor:
             snap = bronze.current_snapshot()
             if snap is None:
                 return _empty(definition, None)
-            mark = silver.properties.get(P.SILVER_INCREMENTAL_SOURCE)
             marks = {P.SILVER_INCREMENTAL_SOURCE: str(snap.snapshot_id)}
             # The mark is raised only if it is still the one read (compare-and-swap): a pinned
             # run (`mark_for_pin`) may lower it while this run plans, and must not be undone.
-            read: dict[str, str | None] = {P.SILVER_INCREMENTAL_SOURCE: mark}
+            read: dict[str, str | None] = {
+                P.SILVER_INCREMENTAL_SOURCE: silver.properties.get(P.SILVER_INCREMENTAL_SOURCE)
+            }
+            mark = usable_mark(silver)
             if mark == str(snap.snapshot_id):
                 return _unchanged(definition, snap)
             layout = layout_of(bronze, silver)

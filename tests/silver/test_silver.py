@@ -654,3 +654,33 @@ def test_a_day_of_480_partitions_in_one_commit(lake: LakeCatalog) -> None:
     assert len(json.loads(props[P.REPLACED_PARTITIONS])) == 480
     assert compactor.compact_date(DAY, "futures.trades")["partitions_unchanged"] == 480
     compactor.close()
+
+
+def test_an_incremental_run_after_a_silver_rollback_catches_up(
+    lake: LakeCatalog, duck, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rollback of Silver (undoing a bad write, any engine) moves it back to older content and
+    leaves the table properties as they were: the incremental mark went on claiming the
+    rolled-back compaction, and every incremental run answered `unchanged` (silver18)."""
+    bronze = lake.load_table(BRONZE)
+    rows = base_rows()
+    append(bronze, rows[:10])
+    compactor = SilverCompactor(lake)
+    assert compactor.compact_incremental(["futures.trades"])[0]["status"] == "success"
+    first = lake.load_table(SILVER).current_snapshot()
+    assert first is not None
+    append(bronze, rows[10:])
+    assert compactor.compact_incremental(["futures.trades"])[0]["status"] == "success"
+    silver = lake.load_table(SILVER)
+    silver.manage_snapshots().rollback_to_snapshot(first.snapshot_id).commit()
+
+    caught_up = compactor.compact_incremental(["futures.trades"])[0]
+    assert caught_up["status"] == "success"
+    assert "not descend from" in caplog.text
+    got = silver_via_iceberg_scan(duck, lake.load_table(SILVER))
+    assert sorted(_norm(got), key=str) == sorted(_norm(expected_silver(rows)), key=str)
+    # The mark is set anew on the new snapshot: the next run is a cheap `unchanged` again.
+    caplog.clear()
+    assert compactor.compact_incremental(["futures.trades"])[0]["status"] == "unchanged"
+    assert "not descend from" not in caplog.text
+    compactor.close()
