@@ -28,6 +28,7 @@ class NameHistory:
     def __init__(self, schemas: Iterable[Schema]) -> None:
         self._ids: dict[str, int] = {}
         self._names: dict[int, list[str]] = {}
+        self._all_ids: dict[str, list[int]] = {}
         for schema in sorted(schemas, key=lambda s: s.schema_id, reverse=True):
             for f in schema.fields:
                 # Newest first: a name reused by another field later means that later field.
@@ -35,10 +36,18 @@ class NameHistory:
                 names = self._names.setdefault(f.field_id, [])
                 if f.name not in names:
                     names.append(f.name)
+                ids = self._all_ids.setdefault(f.name, [])
+                if f.field_id not in ids:
+                    ids.append(f.field_id)
 
     def field_id(self, name: str) -> int | None:
         """The field id `name` most recently denoted (None: the table never had that name)."""
         return self._ids.get(name)
+
+    def field_ids(self, name: str) -> list[int]:
+        """Every field `name` has denoted, newest first (two or more: the name was reused by a
+        new column after a rename or a drop)."""
+        return list(self._all_ids.get(name, []))
 
     def names(self, field_id: int) -> list[str]:
         """Every name field `field_id` has had, newest first."""

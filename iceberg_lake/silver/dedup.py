@@ -190,6 +190,8 @@ def source_columns(
                 found = bronze_history.resolve(old, source)
                 if found is not None:
                     break
+        if found is not None and (f.name in dedup_columns or f.required):
+            _refuse_reused_name(f.name, found, source, bronze_history, bronze_name)
         if found is not None:
             out[f.name] = found
         elif (
@@ -218,6 +220,30 @@ def source_columns(
                 "check` shows the difference) and compact again"
             )
     return out
+
+
+def _refuse_reused_name(
+    silver_name: str, found: str, source: Schema, history: NameHistory, bronze_name: str
+) -> None:
+    """Refuse a key fed by a newer Bronze column than another that carried its name first.
+
+    `lake table evolve` refuses adding a column under a renamed column's old name; another
+    engine does not (`ALTER TABLE … ADD COLUMN seq` after `seq` was renamed `vendor_seq`).
+    Silver's `seq` then took the new, mostly NULL column by name and merged distinct trades
+    without a word (silver18). Field ids grow with every added column: of the Bronze columns
+    that ever carried the key's name, the oldest is the one Silver was fed from.
+    """
+    by_id = {f.field_id: f.name for f in source.fields}
+    carried = sorted(i for i in history.field_ids(silver_name) if i in by_id)
+    if len(carried) < 2 or by_id[carried[0]] == found:
+        return
+    raise CompactionError(
+        f"{bronze_name}'s column '{found}' feeding Silver's key '{silver_name}' is newer than "
+        f"'{by_id[carried[0]]}', which carried that name first (a column added under a renamed "
+        f"column's old name?). If '{found}' is meant, drop '{by_id[carried[0]]}'; if not, "
+        f"drop or rename '{found}' and rename '{by_id[carried[0]]}' back to '{silver_name}' "
+        "(`lake table evolve`); then compact again"
+    )
 
 
 def key_expression(name: str, t: IcebergType) -> str:

@@ -253,3 +253,37 @@ def test_a_column_dropped_in_bronze_is_named_when_silver_compaction_nulls_it(
     assert lake.load_table(SILVER).scan().to_arrow().column("conditions").null_count == 4
     warned = [r.getMessage() for r in caplog.records if "no longer has column" in r.getMessage()]
     assert warned and "'conditions'" in warned[0] and BRONZE in warned[0]
+
+
+def test_a_column_added_under_a_renamed_keys_old_name_is_refused_not_used(
+    lake: LakeCatalog,
+) -> None:
+    """`lake table evolve` refuses adding `seq` after `seq` was renamed `vendor_seq`; another
+    engine does not. Silver's key `seq` was then fed by the new, mostly NULL column: three
+    fills of one sweep (same time, price and size) merged into one row, `success`, no word
+    (silver18). Compaction refuses instead, and follows the columns again once the names agree."""
+    fills = [trade(T0, seq=s) for s in (11, 12, 13)]
+    append(lake.load_table(BRONZE), fills)
+    res = _cli(lake, "table", "evolve", BRONZE, "--rename", "seq:vendor_seq", "--force")
+    assert res.exit_code == 0, res.output
+    bronze = lake.load_table(BRONZE)
+    with bronze.update_schema() as update:  # as Spark's ALTER TABLE … ADD COLUMN seq would
+        update.add_column("seq", LongType())
+    bronze = lake.load_table(BRONZE)
+    late = {**trade(T0 + 5, seq=2), "vendor_seq": 14}
+    append(bronze, [late])
+
+    res = _cli(lake, "compact", "--date", DAY.isoformat(), "--table", TRADES)
+    assert res.exit_code == 1
+    assert "is newer than 'vendor_seq'" in res.output and "Traceback" not in res.output
+    assert lake.load_table(SILVER).current_snapshot() is None
+
+    # The way out the message gives: the newer column dropped, the old one renamed back.
+    with bronze.update_schema() as update:
+        update.delete_column("seq")
+    with lake.load_table(BRONZE).update_schema() as update:
+        update.rename_column("vendor_seq", "seq")
+    res = _cli(lake, "compact", "--date", DAY.isoformat(), "--table", TRADES)
+    assert res.exit_code == 0, res.output
+    got = lake.load_table(SILVER).scan().to_arrow()
+    assert sorted(got.column("seq").to_pylist()) == [11, 12, 13, 14]
