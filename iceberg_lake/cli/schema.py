@@ -19,6 +19,7 @@ from iceberg_lake.schema.evolve import (
     RenameColumn,
     WidenColumn,
     check_declared_renames,
+    check_partition_source_renames,
     evolve_table,
 )
 from iceberg_lake.schema.migrations import DEFAULT_LOCK_TIMEOUT, MigrationRunner
@@ -261,7 +262,9 @@ def table_evolve(
     if not force:
         declared = catalog.registry.get(name) if name in catalog.registry else None
         check_declared_renames(declared, changes)
-    result = evolve_table(catalog.load_table(name), name, changes, dry_run=dry_run, fresh=True)
+    table = catalog.load_table(name)
+    check_partition_source_renames(table, name, changes)
+    result = evolve_table(table, name, changes, dry_run=dry_run, fresh=True)
     lines = result.plan.describe()
     if output != OutputFormat.text:
         emit(

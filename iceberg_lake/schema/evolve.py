@@ -209,6 +209,33 @@ class Plan:
         return lines
 
 
+def check_partition_source_renames(
+    table: Table, identifier: str, changes: list[Change] | tuple[Change, ...]
+) -> None:
+    """Refuse renaming a partition source column of one Bronze or Silver table alone.
+
+    Iceberg keeps the partition field (it names its source by field id), but Silver compaction
+    pairs a Bronze table's partition fields with Silver's by column name: a Bronze-only rename
+    of `symbol` stopped every compaction of the table, with a message claiming the spec lacked
+    `identity(symbol)` (silver18). Not even with `--force`: the pair must change together.
+
+    Raises:
+        SchemaChangeError: a rename of a column the table's current partition spec uses.
+    """
+    namespace = identifier.split(".", 1)[0]
+    if namespace not in ("bronze", "silver"):
+        return
+    schema = table.schema()
+    sources = {schema.find_column_name(f.source_id) for f in table.spec().fields}
+    for change in changes:
+        if isinstance(change, RenameColumn) and change.old in sources:
+            raise SchemaChangeError(
+                f"{identifier}: cannot rename '{change.old}': it is a partition source, and "
+                "Silver compaction pairs Bronze's and Silver's partitions by column name; a "
+                "rename of one table alone would stop compaction of the pair"
+            )
+
+
 def check_declared_renames(
     definition: TableDefinition | None, changes: list[Change] | tuple[Change, ...]
 ) -> None:

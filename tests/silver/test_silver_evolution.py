@@ -287,3 +287,20 @@ def test_a_column_added_under_a_renamed_keys_old_name_is_refused_not_used(
     assert res.exit_code == 0, res.output
     got = lake.load_table(SILVER).scan().to_arrow()
     assert sorted(got.column("seq").to_pylist()) == [11, 12, 13, 14]
+
+
+@pytest.mark.parametrize("table", [BRONZE, SILVER])
+@pytest.mark.parametrize("column", ["symbol", "ts_event"])
+def test_renaming_one_tables_partition_source_is_refused_even_with_force(
+    lake: LakeCatalog, table: str, column: str
+) -> None:
+    """A Bronze-only rename of `symbol` (accepted with --force) stopped every compaction of the
+    table, with a message claiming Bronze's spec lacked identity(symbol) (silver18)."""
+    before = lake.load_table(table).schema().schema_id
+    res = _cli(lake, "table", "evolve", table, "--rename", f"{column}:renamed", "--force")
+    assert res.exit_code == 1
+    assert f"cannot rename '{column}': it is a partition source" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert lake.load_table(table).schema().schema_id == before
+    append(lake.load_table(BRONZE), [trade(T0, seq=1)])
+    assert _cli(lake, "compact", "--incremental", "--table", TRADES).exit_code == 0
