@@ -80,7 +80,9 @@ def compact(
     ),
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
-    """Deduplicate and sort Bronze into Silver; one atomic snapshot per table. Idempotent.
+    """Deduplicate and sort Bronze into Silver; one atomic snapshot per table and 500 partitions.
+
+    Idempotent.
 
     `--engine spark` runs the same rule on Spark (for a day that outgrows one machine): with
     --date, or --all-dates (every day in one snapshot); every partition of those days is

@@ -250,6 +250,10 @@ class DuckSession:
         with self._lock:
             if self._con is None:
                 self._con = connect_lake(self._settings)
+                # A run reads each Bronze file once: DuckDB's cache of file blocks only held
+                # memory, growing with every file (+78 MB per 1,000; 1.9 GB RSS over 14,000
+                # partitions of 20 rows, silver18).
+                self._con.execute("SET enable_external_file_cache = false")
             if iceberg and not self._iceberg_loaded:
                 extra = connect(extensions=("avro", "iceberg"))  # installs from the wheels
                 extra.close()

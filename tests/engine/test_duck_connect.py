@@ -50,6 +50,8 @@ def test_object_store_gets_httpfs_and_the_s3_secret(tmp_path: Path) -> None:
         for part in ("endpoint=127.0.0.1:8333", "region=eu-west-1", "url_style=path"):
             assert part in secret
         assert "use_ssl=false" in secret or "use_ssl=0" in secret
+        # A stalled store gives up in ~22 s, not DuckDB's 2 minutes (30 s over 4 tries).
+        assert con.sql("SELECT current_setting('http_timeout')").fetchone() == (5,)
     finally:
         con.close()
 
@@ -70,6 +72,10 @@ def test_time_zone_and_the_shared_session_set_up_in_the_engine(tmp_path: Path) -
         plain.close()
         cur = session.cursor(iceberg=True, utc=True)
         assert "iceberg" in _loaded(cur)
+        # Silver reads each Bronze file once: no cache of file blocks growing with the run.
+        assert cur.sql("SELECT current_setting('enable_external_file_cache')").fetchone() == (
+            False,
+        )
         assert cur.sql("SELECT current_setting('TimeZone')").fetchone() == ("UTC",)
         cur.close()
     finally:
