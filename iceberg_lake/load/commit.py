@@ -35,14 +35,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.engine.iceberg import watermarked_append
+from iceberg_lake.engine.iceberg import (
+    identity_partition_column,
+    partition_codes,
+    watermarked_append,
+)
 from iceberg_lake.exceptions import CommitConflictError
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
 from iceberg_lake.tables import DEAD_LETTERS_TABLE
@@ -134,8 +137,12 @@ class FileCommitter:
         self.generation = 0
         self._replaces: str | None = None
         self.dl_key = dead_letter_key(table_id, sha256)
-        definition = lake.definition(table_id)
-        self.partition_key = definition.partition_key
+
+    @property
+    def partition_key(self) -> str | None:
+        """The identity-partitioned column (`symbol`) as the live table names it now (load18: a
+        renamed partition column failed every load with `KeyError`)."""
+        return identity_partition_column(self.table)
 
     # ---- ledger ---------------------------------------------------------------------------------
 
@@ -230,12 +237,17 @@ class FileCommitter:
             Rows stored, the snapshot id (None for a ledger-only commit), the partitions, and
             whether the chunk was skipped.
         """
-        schema = self.arrow_schema()
-        prepared = self._sort(rows.cast(schema)) if rows.num_rows else rows
-        del rows  # the unsorted copy is not needed any more
-        partitions = self._partitions(prepared)
-        parts = [prepared.slice(o, n) for o, n in self._bounds(prepared)]
+        prepared = rows.cast(self.arrow_schema()) if rows.num_rows else rows
+        del rows  # the uncast copy is not needed any more
+        spec_id: int | None = None
+        parts: list[pa.Table] = []
+        partitions: set[tuple[str, int]] = set()
         for attempt in range(MAX_ATTEMPTS):
+            if self.table.metadata.default_spec_id != spec_id:  # first, or the spec changed
+                spec_id = self.table.metadata.default_spec_id
+                prepared, bounds = self._layout(prepared)
+                partitions = self._partitions(prepared, bounds)
+                parts = [prepared.slice(o, n) for o, n in bounds]
             value = self.table.properties.get(self.key)
             committed, was_done = parse_ledger(value)
             if value is not None and value == self._replaces:
@@ -293,53 +305,52 @@ class FileCommitter:
 
     # ---- layout ---------------------------------------------------------------------------------
 
-    def _sort(self, rows: pa.Table) -> pa.Table:
-        """Rows grouped by partition key, by event time within each key.
+    def _layout(self, rows: pa.Table) -> tuple[pa.Table, list[tuple[int, int]]]:
+        """The rows grouped by partition of the table's current spec, by event time within each,
+        and (offset, length) of each run in one partition and one hour.
 
-        Vendor files are usually in time order already: a stable sort on the key's dictionary
-        codes then keeps time order inside each key and is much cheaper than a two-key sort.
+        Every field of the spec counts, with its transform, as the live writers cut
+        (`sort_and_slice`): load18: a field added to Bronze (`source:identity`) was ignored and
+        each file labelled with its first row's value. Vendor files are usually in time order
+        already: a stable sort on the partition codes then keeps time order inside each
+        partition and is much cheaper than a two-key sort.
         """
-        ts = rows.column("ts_event_ns").combine_chunks().to_numpy(zero_copy_only=False)
-        if not self.partition_key:
-            if np.all(ts[1:] >= ts[:-1]):
-                return rows
-            return rows.take(pa.array(np.argsort(ts, kind="stable")))
-        codes = rows.column(self.partition_key).combine_chunks().dictionary_encode()
-        idx = codes.indices.to_numpy(zero_copy_only=False)
-        order = np.argsort(idx, kind="stable")
-        ts_sorted = ts[order]
-        idx_sorted = idx[order]
-        same_key = idx_sorted[1:] == idx_sorted[:-1]
-        if np.any(same_key & (ts_sorted[1:] < ts_sorted[:-1])):
-            order = np.lexsort((ts, idx))
-        if np.all(order[1:] > order[:-1]):
-            return rows
-        return rows.take(pa.array(order))
-
-    def _bounds(self, rows: pa.Table) -> list[tuple[int, int]]:
-        """(offset, length) of each (partition key, hour) run of the sorted rows."""
         n = rows.num_rows
         if n == 0:
-            return []
-        hours = pc.divide(rows.column("ts_event_ns"), HOUR_NS).to_numpy()
+            return rows, []
+        ts = rows.column("ts_event_ns").combine_chunks().to_numpy(zero_copy_only=False)
+        codes = partition_codes(self.table, rows)
+        if codes is None:
+            if not np.all(ts[1:] >= ts[:-1]):
+                order = np.argsort(ts, kind="stable")
+                rows, ts = rows.take(pa.array(order)), ts[order]
+        else:
+            order = np.argsort(codes, kind="stable")
+            ts_sorted, codes_sorted = ts[order], codes[order]
+            same_key = codes_sorted[1:] == codes_sorted[:-1]
+            if np.any(same_key & (ts_sorted[1:] < ts_sorted[:-1])):
+                order = np.lexsort((ts, codes))
+                ts_sorted, codes_sorted = ts[order], codes[order]
+            if not np.all(order[1:] > order[:-1]):
+                rows = rows.take(pa.array(order))
+            ts, codes = ts_sorted, codes_sorted
+        hours = ts // HOUR_NS
         change = np.zeros(n, dtype=bool)
         change[0] = True
         change[1:] = hours[1:] != hours[:-1]
-        if self.partition_key:
-            codes = rows.column(self.partition_key).combine_chunks().dictionary_encode()
-            idx = codes.indices.to_numpy(zero_copy_only=False)
-            change[1:] |= idx[1:] != idx[:-1]
+        if codes is not None:
+            change[1:] |= codes[1:] != codes[:-1]
         starts = np.flatnonzero(change)
         ends = np.append(starts[1:], n)
-        return [(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]
+        return rows, [(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]
 
-    def _partitions(self, rows: pa.Table) -> set[tuple[str, int]]:
+    def _partitions(self, rows: pa.Table, bounds: list[tuple[int, int]]) -> set[tuple[str, int]]:
+        """The (partition key value, hour) pairs of the runs `bounds` (what the load reports)."""
         out: set[tuple[str, int]] = set()
-        if rows.num_rows == 0:
-            return out
         ts = rows.column("ts_event_ns")
-        keys = rows.column(self.partition_key) if self.partition_key else None
-        for offset, _length in self._bounds(rows):
+        key = self.partition_key
+        keys = rows.column(key) if key else None
+        for offset, _length in bounds:
             hour = int(ts[offset].as_py()) // HOUR_NS
             out.add((str(keys[offset].as_py()) if keys is not None else "", hour))
         return out

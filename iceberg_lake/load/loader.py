@@ -523,7 +523,7 @@ def load_file(
     mapping = with_former_names(
         mapping, committer.table.schemas().values(), committer.table.schema()
     )
-    validator = Validator(table_id, committer.table.schema(), definition.partition_key)
+    validator = Validator(table_id, committer.table.schema(), committer.partition_key)
     # A required column with a default that the file lacks altogether refuses it (quant13). A
     # resumed load is never refused (its file was accepted before). The columns of CSV, Parquet
     # and DBN are known up front; an NDJSON line holds only its own keys (a replay export's
