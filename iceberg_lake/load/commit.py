@@ -13,6 +13,13 @@ compare-and-swap (a reload killed before it leaves the old entry: nothing of it 
 then on it is an ordinary load of generation g (a kill -9 resumes it, with or without
 `--reload`); its dead letters have their own entry (`...@<g>`), so they are recorded again.
 
+The entry also carries a fingerprint of what decides the stored rows (`;m=<mapping>,s=<source>,
+f=<format>`: hashes of the mapping's content and of `--source`, and the format; the table is the
+one holding the entry), and the load snapshots say them in words (`lake.load-mapping`, ...). A
+resume under other options would store the file half under each (load18: a fixed `[scale]`
+gave 40,000 trades at 100x price), so it is refused. An entry written before (no fingerprint)
+resumes as before.
+
 Dead letters of a commit go first, to `bronze.dead_letters`, with their own entry
 (`lake.load.<table>.<sha256>`); the target table's commit follows. A re-run after a kill between
 the two skips the bad rows the quarantine already holds.
@@ -28,10 +35,13 @@ ledger so a commit whose response was lost is never repeated.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -46,8 +56,9 @@ from iceberg_lake.engine.iceberg import (
     partition_codes,
     watermarked_append,
 )
-from iceberg_lake.exceptions import CommitConflictError
+from iceberg_lake.exceptions import CommitConflictError, LakeError
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
+from iceberg_lake.load.mapping import Mapping
 from iceberg_lake.tables import DEAD_LETTERS_TABLE
 
 log = logging.getLogger(__name__)
@@ -73,25 +84,102 @@ def dead_letter_key(table: str, sha256: str, generation: int = 0) -> str:
     return f"{key}@{generation}" if generation else key
 
 
+class OptionsChangedError(LakeError):
+    """A resume (or a concurrent load of the same content) under options other than those the
+    file's stored rows were loaded with: it would store the file half under each."""
+
+
+#: Separates a ledger value's fingerprint of the load options (`<rows>[:done][@<g>];<options>`).
+OPTIONS_SEP = ";"
+
+
+@dataclass(frozen=True)
+class LoadFingerprint:
+    """What decides the rows a load stores from a file, beside the file and the table.
+
+    Attributes:
+        mapping: hash of the mapping's content (`[columns]`, `[scale]`, its `source`), 10 hex.
+        source: hash of `--source` (empty without it), 8 hex.
+        format: the format the file is read as.
+        mapping_label: the mapping in words (`my_vendor (v1.toml)`), for summaries and messages.
+        source_value: `--source` as given.
+    """
+
+    mapping: str
+    source: str
+    format: str
+    mapping_label: str = ""
+    source_value: str = ""
+
+    @classmethod
+    def of(cls, mapping: Mapping, source: str | None, fmt: str) -> LoadFingerprint:
+        """The fingerprint of loading with `mapping`, `--source` `source` and format `fmt`."""
+        content = json.dumps(
+            {"columns": mapping.columns, "scale": mapping.scale, "source": mapping.source},
+            sort_keys=True,
+        )
+        return cls(
+            mapping=hashlib.sha256(content.encode()).hexdigest()[:10],
+            source=hashlib.sha256(source.encode()).hexdigest()[:8] if source else "",
+            format=fmt,
+            mapping_label=f"{mapping.name} ({mapping.path})" if mapping.path else mapping.name,
+            source_value=source or "",
+        )
+
+    def encode(self) -> str:
+        """The ledger form: `m=<mapping>,s=<source>,f=<format>`."""
+        return f"m={self.mapping},s={self.source},f={self.format}"
+
+    def differences(self, stored: str) -> list[str]:
+        """What differs from a stored `encode()` (empty when it matches or holds nothing)."""
+        if not stored:
+            return []  # a ledger entry from before fingerprints: nothing to compare
+        theirs = dict(part.partition("=")[::2] for part in stored.split(","))
+        out = []
+        if theirs.get("m", self.mapping) != self.mapping:
+            out.append("the mapping")
+        if theirs.get("s", self.source) != self.source:
+            out.append("--source")
+        if theirs.get("f", self.format) != self.format:
+            out.append(f"the format (was {theirs['f']}, now {self.format})")
+        return out
+
+    def summary(self) -> dict[str, str]:
+        """The load snapshot's summary entries, in words."""
+        return {
+            P.LOAD_MAPPING: self.mapping_label,
+            P.LOAD_SOURCE: self.source_value,
+            P.LOAD_FORMAT: self.format,
+        }
+
+
 def parse_ledger(value: str | None) -> tuple[int, bool]:
     """(rows committed, whole file done) from a ledger property value."""
     if not value:
         return 0, False
-    rows, _, state = value.partition("@")[0].partition(":")
+    rows, _, state = value.partition(OPTIONS_SEP)[0].partition("@")[0].partition(":")
     return int(rows), state == DONE
 
 
 def ledger_generation(value: str | None) -> int:
     """The load generation of a ledger value (0 until the file is loaded again with --reload)."""
-    if not value or "@" not in value:
+    body = (value or "").partition(OPTIONS_SEP)[0]
+    if "@" not in body:
         return 0
-    return int(value.partition("@")[2])
+    return int(body.partition("@")[2])
 
 
-def ledger_value(rows: int, done: bool, generation: int = 0) -> str:
-    """The ledger property value for `rows` committed (and `done`) in `generation`."""
+def ledger_options(value: str | None) -> str:
+    """The options fingerprint of a ledger value ("" for entries written before load18)."""
+    return (value or "").partition(OPTIONS_SEP)[2]
+
+
+def ledger_value(rows: int, done: bool, generation: int = 0, options: str = "") -> str:
+    """The ledger property value for `rows` committed (and `done`) in `generation`, loaded
+    with the options fingerprint `options` (`LoadFingerprint.encode`)."""
     value = f"{rows}:{DONE}" if done else str(rows)
-    return f"{value}@{generation}" if generation else value
+    value = f"{value}@{generation}" if generation else value
+    return f"{value}{OPTIONS_SEP}{options}" if options else value
 
 
 @dataclass
@@ -115,6 +203,7 @@ class FileCommitter:
         sha256: the file's content hash.
         file_name: for snapshot summaries and dead letters.
         reload: load the file again if its ledger says done (a new generation, see above).
+        fingerprint: the options of this load (None: not recorded, not checked).
     """
 
     def __init__(
@@ -124,8 +213,11 @@ class FileCommitter:
         sha256: str,
         file_name: str,
         reload: bool = False,
+        fingerprint: LoadFingerprint | None = None,
     ) -> None:
         self.lake = lake
+        self.fingerprint = fingerprint
+        self.options = fingerprint.encode() if fingerprint else ""
         self.table_id = table_id
         self.sha256 = sha256
         self.file_name = file_name
@@ -175,12 +267,51 @@ class FileCommitter:
                 self._replaces = value
                 self.generation += 1
                 rows, done = 0, False
+            if rows and not done:
+                self.check_options(value, rows)
             self.dl_key = dead_letter_key(self.table_id, self.sha256, self.generation)
             dl_rows = 0
             if not done:
                 self._dl_table = self.lake.load_table(DEAD_LETTERS_TABLE)
                 dl_rows, _ = parse_ledger(self._dl_table.properties.get(self.dl_key))
         return rows, done, dl_rows
+
+    def check_options(self, value: str | None, rows: int) -> None:
+        """Refuse to add rows to a file's load started under other options (`value`: its ledger
+        entry, `rows` of the file committed).
+
+        Raises:
+            OptionsChangedError: the fingerprint differs (one line: what differs, what it was
+                started with where the load snapshots still say, and how to go on).
+        """
+        if self.fingerprint is None:
+            return
+        stored = ledger_options(value)
+        differs = self.fingerprint.differences(stored)
+        if not differs:
+            return
+        started = self._started_with()
+        what = " and ".join(differs) + (" differs" if len(differs) == 1 else " differ")
+        raise OptionsChangedError(
+            f"{self.file_name}: {rows:,} of its rows are in {self.table_id}, loaded with other "
+            f"options than this run's ({what}{'; started with ' + started if started else ''}): "
+            "resuming would store the file "
+            "half under each. Re-run with the options it was started with to finish it; then "
+            "`--reload` with the new ones loads it again beside it (Bronze keeps both copies)"
+        )
+
+    def _started_with(self) -> str:
+        """The options of the file's latest load snapshot in words ("" once expired)."""
+        for snap in reversed(self.table.snapshots()):
+            summary: Any = snap.summary or {}
+            if summary.get(P.LOAD_SHA256) == self.sha256 and P.LOAD_MAPPING in summary:
+                source = summary.get(P.LOAD_SOURCE, "")
+                return (
+                    f"mapping {summary[P.LOAD_MAPPING]}, "
+                    f"{'--source ' + source if source else 'no --source'}, "
+                    f"format {summary.get(P.LOAD_FORMAT, '?')}"
+                )
+        return ""
 
     def arrow_schema(self) -> pa.Schema:
         """The live Arrow schema of the target table."""
@@ -259,6 +390,9 @@ class FileCommitter:
                 )
             if was_done or committed >= end_row and not done:
                 return CommitOutcome(0, 0, None, set(), skipped=True)
+            if committed and value != self._replaces:
+                # A run of the same content under other options got there first.
+                self.check_options(value, committed)
             if committed > first_row:
                 # Another process loading the same file got further: never store rows twice.
                 raise ConcurrentLoadError(
@@ -270,7 +404,9 @@ class FileCommitter:
                     snapshot_id = (
                         watermarked_append(
                             self.table,
-                            watermark={self.key: ledger_value(end_row, done, self.generation)},
+                            watermark={
+                                self.key: ledger_value(end_row, done, self.generation, self.options)
+                            },
                             snapshot_properties=summary,
                             expected={self.key: self.table.properties.get(self.key)},
                         )
@@ -301,6 +437,8 @@ class FileCommitter:
         }
         if first_row is not None:
             summary[P.LOAD_FIRST_ROW] = str(first_row)
+            if self.fingerprint is not None:
+                summary.update(self.fingerprint.summary())
         return summary
 
     # ---- layout ---------------------------------------------------------------------------------
