@@ -89,6 +89,11 @@ class OptionsChangedError(LakeError):
     file's stored rows were loaded with: it would store the file half under each."""
 
 
+class SchemaChangedError(LakeError):
+    """The target table's schema changed while a file was loading (a migration, `lake table
+    evolve`): the rows read so far were converted to the old one. A re-run resumes."""
+
+
 #: Separates a ledger value's fingerprint of the load options (`<rows>[:done][@<g>];<options>`).
 OPTIONS_SEP = ";"
 
@@ -228,6 +233,8 @@ class FileCommitter:
         #: The generation this run writes, and (reload) the done entry its first commit replaces.
         self.generation = 0
         self._replaces: str | None = None
+        #: The schema the load converts rows to (set by `state`); commits require it.
+        self.schema_id: int | None = None
         self.dl_key = dead_letter_key(table_id, sha256)
 
     @property
@@ -260,6 +267,7 @@ class FileCommitter:
         """
         with catalog_errors(f"reading the load ledger of {self.table_id}"):
             self.table = self.lake.load_table(self.table_id)
+            self.schema_id = self.table.schema().schema_id
             value = self.table.properties.get(self.key)
             rows, done = parse_ledger(value)
             self.generation = ledger_generation(value)
@@ -368,12 +376,14 @@ class FileCommitter:
             Rows stored, the snapshot id (None for a ledger-only commit), the partitions, and
             whether the chunk was skipped.
         """
+        self._check_schema()
         prepared = rows.cast(self.arrow_schema()) if rows.num_rows else rows
         del rows  # the uncast copy is not needed any more
         spec_id: int | None = None
         parts: list[pa.Table] = []
         partitions: set[tuple[str, int]] = set()
         for attempt in range(MAX_ATTEMPTS):
+            self._check_schema()  # after a lost commit: the refreshed table's
             if self.table.metadata.default_spec_id != spec_id:  # first, or the spec changed
                 spec_id = self.table.metadata.default_spec_id
                 prepared, bounds = self._layout(prepared)
@@ -409,6 +419,9 @@ class FileCommitter:
                             },
                             snapshot_properties=summary,
                             expected={self.key: self.table.properties.get(self.key)},
+                            # A migration landing meanwhile fails the commit: the rows are in
+                            # the schema read at the start.
+                            schema_id=self.schema_id,
                         )
                         .append_partitions(parts)
                         .commit()
@@ -421,6 +434,18 @@ class FileCommitter:
                 with catalog_errors(f"refreshing {self.table_id}"):
                     self.table = self.lake.load_table(self.table_id)
         raise CommitConflictError(f"{self.table_id}: gave up after {MAX_ATTEMPTS} conflicts")
+
+    def _check_schema(self) -> None:
+        """Raise `SchemaChangedError` when the table's schema is not the one the load converts
+        rows to (load18: a migration during a load ended it with `internal error: ValueError:
+        Target schema's field names are not matching…`)."""
+        current = self.table.schema().schema_id
+        if self.schema_id is not None and current != self.schema_id:
+            raise SchemaChangedError(
+                f"{self.table_id} changed schema during the load (schema {self.schema_id} → "
+                f"{current}: a migration or `lake table evolve`); re-run to load the rest "
+                "with the new schema"
+            )
 
     def _backoff(self, attempt: int, exc: Exception) -> None:
         delay = min(5.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
