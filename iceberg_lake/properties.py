@@ -77,7 +77,8 @@ SILVER_INCREMENTAL_SILVER_SNAPSHOT = "lake.silver.incremental-silver-snapshot-id
 #: `lake.operation` value of snapshots made by `lake load`.
 LOAD = "load"
 #: Table property prefix of the exactly-once ledger of loaded files: `lake.load.<sha256>` = the
-#: number of the file's rows committed so far, `<n>:done` once the whole file is in. On
+#: number of the file's rows committed so far, `<n>:done` once the whole file is in (then
+#: `@<generation>` after a reload, and `;<options fingerprint>` since load18). On
 #: `bronze.dead_letters` the key is `lake.load.<target table>.<sha256>`. Written in the same
 #: transaction as each append, like the writers' watermark.
 LOAD_PREFIX = "lake.load."
@@ -86,6 +87,10 @@ LOAD_SHA256 = "lake.load-sha256"
 LOAD_FILE = "lake.load-file"
 LOAD_FIRST_ROW = "lake.load-first-row"
 LOAD_END_ROW = "lake.load-end-row"
+#: ... and what decided its rows (load18): the mapping (`name (path)`), `--source`, the format.
+LOAD_MAPPING = "lake.load-mapping"
+LOAD_SOURCE = "lake.load-source"
+LOAD_FORMAT = "lake.load-format"
 
 # ---- time travel -------------------------------------------------------------------------------
 #: Table property prefix recording that tag `<name>` was made while the table had no snapshot:
@@ -108,8 +113,11 @@ __all__ = [
     "LOAD_END_ROW",
     "LOAD_FILE",
     "LOAD_FIRST_ROW",
+    "LOAD_FORMAT",
+    "LOAD_MAPPING",
     "LOAD_PREFIX",
     "LOAD_SHA256",
+    "LOAD_SOURCE",
     "POSITION_MARKS_PREFIX",
     "POSITION_PREFIX",
     "REPLACED_PARTITIONS",

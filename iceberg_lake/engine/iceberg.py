@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 from pydantic import Field
 from pyiceberg.exceptions import CommitFailedException, ValidationException
@@ -124,11 +125,13 @@ def write_partition_files(
     Each table in `partitions` must hold rows of ONE partition of the table's current spec (the
     caller sorted and sliced them). pyiceberg's `_dataframe_to_data_files` would find the
     partitions again by filtering the whole input once per partition; here the partition key is
-    read from each part's first row and every part goes straight to pyiceberg's `write_file`
-    (which writes the parts in its thread pool). Uses pyiceberg internals (`WriteTask`,
+    read from each part (checked to hold one value of every field: `ValueError` otherwise) and
+    every part goes straight to pyiceberg's `write_file` (which writes the parts in its thread
+    pool). Uses pyiceberg internals (`WriteTask`,
     `write_file`, `bin_pack_arrow_table`, `pyarrow_to_schema`, `PartitionKey`): guarded by
     `tests/engine/test_partition_files_guard.py`, which compares the result with `write_data_files`.
     """
+    import pyarrow.compute as pc
     from pyiceberg.io.pyarrow import bin_pack_arrow_table, pyarrow_to_schema, write_file
     from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
     from pyiceberg.table import TableProperties, WriteTask
@@ -159,9 +162,17 @@ def write_partition_files(
         for f in spec.fields:
             source = schema.find_field(f.source_id)
             name = schema.find_column_name(f.source_id)
-            first = part.column(name).slice(0, 1).combine_chunks()
-            value = f.transform.pyarrow_transform(source.field_type)(first)[0].as_py()
-            values.append(PartitionFieldValue(field=f, value=value))
+            keys = f.transform.pyarrow_transform(source.field_type)(part.column(name))
+            # The file is labelled with this one value and readers prune by it: a part holding
+            # several (load18: cut by symbol and hour only, after a field was added to the
+            # spec) would hide its other rows from every filter on the field.
+            low, high = pc.min_max(keys).values()
+            nulls = keys.null_count
+            if low != high or 0 < nulls < len(keys):
+                raise ValueError(
+                    f"{table.name()}: a part holds several values of partition field {f.name}"
+                )
+            values.append(PartitionFieldValue(field=f, value=low.as_py()))
         return PartitionKey(field_values=values, partition_spec=spec, schema=schema)
 
     tasks = (
@@ -1121,6 +1132,47 @@ class _DaemonPool:
 
 
 _WRITE_POOL = _DaemonPool(WRITE_THREADS)
+
+
+def identity_partition_column(table: Table) -> str | None:
+    """The current name of the column of the first identity field of `table`'s current spec.
+
+    Taken from the live table, not a declared definition: a partition column renamed since
+    (`lake table evolve --rename symbol:ticker`) is named as the table names it now.
+    """
+    from pyiceberg.transforms import IdentityTransform
+
+    meta = table.metadata
+    schema = meta.schema()
+    for f in meta.spec().fields:
+        if isinstance(f.transform, IdentityTransform):
+            return schema.find_column_name(f.source_id)
+    return None
+
+
+def partition_codes(table: Table, rows: pa.Table) -> np.ndarray | None:
+    """One int64 per row, equal for two rows iff they fall in the same partition of `table`'s
+    current spec (every field, with its transform, as `sort_and_slice` cuts); None when the
+    table is unpartitioned. Codes number the partitions in order of first appearance."""
+    import pyarrow.compute as pc
+
+    meta = table.metadata
+    schema = meta.schema()
+    codes: np.ndarray | None = None
+    for f in meta.spec().fields:
+        source = schema.find_field(f.source_id)
+        column = rows.column(schema.find_column_name(f.source_id)).combine_chunks()
+        keys = f.transform.pyarrow_transform(source.field_type)(column)
+        encoded = pc.dictionary_encode(keys, null_encoding="encode")
+        idx = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        width = max(1, len(encoded.dictionary))
+        if codes is None:
+            codes = idx
+            continue
+        codes = codes * width + idx
+        if int(codes.max(initial=0)) > 1 << 40:  # keep the product of the widths small
+            codes = np.unique(codes, return_inverse=True)[1].astype(np.int64).reshape(-1)
+    return codes
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,13 @@ compare-and-swap (a reload killed before it leaves the old entry: nothing of it 
 then on it is an ordinary load of generation g (a kill -9 resumes it, with or without
 `--reload`); its dead letters have their own entry (`...@<g>`), so they are recorded again.
 
+The entry also carries a fingerprint of what decides the stored rows (`;m=<mapping>,s=<source>,
+f=<format>`: hashes of the mapping's content and of `--source`, and the format; the table is the
+one holding the entry), and the load snapshots say them in words (`lake.load-mapping`, ...). A
+resume under other options would store the file half under each (load18: a fixed `[scale]`
+gave 40,000 trades at 100x price), so it is refused. An entry written before (no fingerprint)
+resumes as before.
+
 Dead letters of a commit go first, to `bronze.dead_letters`, with their own entry
 (`lake.load.<table>.<sha256>`); the target table's commit follows. A re-run after a kill between
 the two skips the bad rows the quarantine already holds.
@@ -28,23 +35,30 @@ ledger so a commit whose response was lost is never repeated.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
-from iceberg_lake.engine.iceberg import watermarked_append
-from iceberg_lake.exceptions import CommitConflictError
+from iceberg_lake.engine.iceberg import (
+    identity_partition_column,
+    partition_codes,
+    watermarked_append,
+)
+from iceberg_lake.exceptions import CommitConflictError, LakeError
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
+from iceberg_lake.load.mapping import Mapping
 from iceberg_lake.tables import DEAD_LETTERS_TABLE
 
 log = logging.getLogger(__name__)
@@ -70,25 +84,107 @@ def dead_letter_key(table: str, sha256: str, generation: int = 0) -> str:
     return f"{key}@{generation}" if generation else key
 
 
+class OptionsChangedError(LakeError):
+    """A resume (or a concurrent load of the same content) under options other than those the
+    file's stored rows were loaded with: it would store the file half under each."""
+
+
+class SchemaChangedError(LakeError):
+    """The target table's schema changed while a file was loading (a migration, `lake table
+    evolve`): the rows read so far were converted to the old one. A re-run resumes."""
+
+
+#: Separates a ledger value's fingerprint of the load options (`<rows>[:done][@<g>];<options>`).
+OPTIONS_SEP = ";"
+
+
+@dataclass(frozen=True)
+class LoadFingerprint:
+    """What decides the rows a load stores from a file, beside the file and the table.
+
+    Attributes:
+        mapping: hash of the mapping's content (`[columns]`, `[scale]`, its `source`), 10 hex.
+        source: hash of `--source` (empty without it), 8 hex.
+        format: the format the file is read as.
+        mapping_label: the mapping in words (`my_vendor (v1.toml)`), for summaries and messages.
+        source_value: `--source` as given.
+    """
+
+    mapping: str
+    source: str
+    format: str
+    mapping_label: str = ""
+    source_value: str = ""
+
+    @classmethod
+    def of(cls, mapping: Mapping, source: str | None, fmt: str) -> LoadFingerprint:
+        """The fingerprint of loading with `mapping`, `--source` `source` and format `fmt`."""
+        content = json.dumps(
+            {"columns": mapping.columns, "scale": mapping.scale, "source": mapping.source},
+            sort_keys=True,
+        )
+        return cls(
+            mapping=hashlib.sha256(content.encode()).hexdigest()[:10],
+            source=hashlib.sha256(source.encode()).hexdigest()[:8] if source else "",
+            format=fmt,
+            mapping_label=f"{mapping.name} ({mapping.path})" if mapping.path else mapping.name,
+            source_value=source or "",
+        )
+
+    def encode(self) -> str:
+        """The ledger form: `m=<mapping>,s=<source>,f=<format>`."""
+        return f"m={self.mapping},s={self.source},f={self.format}"
+
+    def differences(self, stored: str) -> list[str]:
+        """What differs from a stored `encode()` (empty when it matches or holds nothing)."""
+        if not stored:
+            return []  # a ledger entry from before fingerprints: nothing to compare
+        theirs = dict(part.partition("=")[::2] for part in stored.split(","))
+        out = []
+        if theirs.get("m", self.mapping) != self.mapping:
+            out.append("the mapping")
+        if theirs.get("s", self.source) != self.source:
+            out.append("--source")
+        if theirs.get("f", self.format) != self.format:
+            out.append(f"the format (was {theirs['f']}, now {self.format})")
+        return out
+
+    def summary(self) -> dict[str, str]:
+        """The load snapshot's summary entries, in words."""
+        return {
+            P.LOAD_MAPPING: self.mapping_label,
+            P.LOAD_SOURCE: self.source_value,
+            P.LOAD_FORMAT: self.format,
+        }
+
+
 def parse_ledger(value: str | None) -> tuple[int, bool]:
     """(rows committed, whole file done) from a ledger property value."""
     if not value:
         return 0, False
-    rows, _, state = value.partition("@")[0].partition(":")
+    rows, _, state = value.partition(OPTIONS_SEP)[0].partition("@")[0].partition(":")
     return int(rows), state == DONE
 
 
 def ledger_generation(value: str | None) -> int:
     """The load generation of a ledger value (0 until the file is loaded again with --reload)."""
-    if not value or "@" not in value:
+    body = (value or "").partition(OPTIONS_SEP)[0]
+    if "@" not in body:
         return 0
-    return int(value.partition("@")[2])
+    return int(body.partition("@")[2])
 
 
-def ledger_value(rows: int, done: bool, generation: int = 0) -> str:
-    """The ledger property value for `rows` committed (and `done`) in `generation`."""
+def ledger_options(value: str | None) -> str:
+    """The options fingerprint of a ledger value ("" for entries written before load18)."""
+    return (value or "").partition(OPTIONS_SEP)[2]
+
+
+def ledger_value(rows: int, done: bool, generation: int = 0, options: str = "") -> str:
+    """The ledger property value for `rows` committed (and `done`) in `generation`, loaded
+    with the options fingerprint `options` (`LoadFingerprint.encode`)."""
     value = f"{rows}:{DONE}" if done else str(rows)
-    return f"{value}@{generation}" if generation else value
+    value = f"{value}@{generation}" if generation else value
+    return f"{value}{OPTIONS_SEP}{options}" if options else value
 
 
 @dataclass
@@ -112,6 +208,7 @@ class FileCommitter:
         sha256: the file's content hash.
         file_name: for snapshot summaries and dead letters.
         reload: load the file again if its ledger says done (a new generation, see above).
+        fingerprint: the options of this load (None: not recorded, not checked).
     """
 
     def __init__(
@@ -121,8 +218,11 @@ class FileCommitter:
         sha256: str,
         file_name: str,
         reload: bool = False,
+        fingerprint: LoadFingerprint | None = None,
     ) -> None:
         self.lake = lake
+        self.fingerprint = fingerprint
+        self.options = fingerprint.encode() if fingerprint else ""
         self.table_id = table_id
         self.sha256 = sha256
         self.file_name = file_name
@@ -133,9 +233,15 @@ class FileCommitter:
         #: The generation this run writes, and (reload) the done entry its first commit replaces.
         self.generation = 0
         self._replaces: str | None = None
+        #: The schema the load converts rows to (set by `state`); commits require it.
+        self.schema_id: int | None = None
         self.dl_key = dead_letter_key(table_id, sha256)
-        definition = lake.definition(table_id)
-        self.partition_key = definition.partition_key
+
+    @property
+    def partition_key(self) -> str | None:
+        """The identity-partitioned column (`symbol`) as the live table names it now (load18: a
+        renamed partition column failed every load with `KeyError`)."""
+        return identity_partition_column(self.table)
 
     # ---- ledger ---------------------------------------------------------------------------------
 
@@ -161,6 +267,7 @@ class FileCommitter:
         """
         with catalog_errors(f"reading the load ledger of {self.table_id}"):
             self.table = self.lake.load_table(self.table_id)
+            self.schema_id = self.table.schema().schema_id
             value = self.table.properties.get(self.key)
             rows, done = parse_ledger(value)
             self.generation = ledger_generation(value)
@@ -168,12 +275,51 @@ class FileCommitter:
                 self._replaces = value
                 self.generation += 1
                 rows, done = 0, False
+            if rows and not done:
+                self.check_options(value, rows)
             self.dl_key = dead_letter_key(self.table_id, self.sha256, self.generation)
             dl_rows = 0
             if not done:
                 self._dl_table = self.lake.load_table(DEAD_LETTERS_TABLE)
                 dl_rows, _ = parse_ledger(self._dl_table.properties.get(self.dl_key))
         return rows, done, dl_rows
+
+    def check_options(self, value: str | None, rows: int) -> None:
+        """Refuse to add rows to a file's load started under other options (`value`: its ledger
+        entry, `rows` of the file committed).
+
+        Raises:
+            OptionsChangedError: the fingerprint differs (one line: what differs, what it was
+                started with where the load snapshots still say, and how to go on).
+        """
+        if self.fingerprint is None:
+            return
+        stored = ledger_options(value)
+        differs = self.fingerprint.differences(stored)
+        if not differs:
+            return
+        started = self._started_with()
+        what = " and ".join(differs) + (" differs" if len(differs) == 1 else " differ")
+        raise OptionsChangedError(
+            f"{self.file_name}: {rows:,} of its rows are in {self.table_id}, loaded with other "
+            f"options than this run's ({what}{'; started with ' + started if started else ''}): "
+            "resuming would store the file "
+            "half under each. Re-run with the options it was started with to finish it; then "
+            "`--reload` with the new ones loads it again beside it (Bronze keeps both copies)"
+        )
+
+    def _started_with(self) -> str:
+        """The options of the file's latest load snapshot in words ("" once expired)."""
+        for snap in reversed(self.table.snapshots()):
+            summary: Any = snap.summary or {}
+            if summary.get(P.LOAD_SHA256) == self.sha256 and P.LOAD_MAPPING in summary:
+                source = summary.get(P.LOAD_SOURCE, "")
+                return (
+                    f"mapping {summary[P.LOAD_MAPPING]}, "
+                    f"{'--source ' + source if source else 'no --source'}, "
+                    f"format {summary.get(P.LOAD_FORMAT, '?')}"
+                )
+        return ""
 
     def arrow_schema(self) -> pa.Schema:
         """The live Arrow schema of the target table."""
@@ -230,12 +376,19 @@ class FileCommitter:
             Rows stored, the snapshot id (None for a ledger-only commit), the partitions, and
             whether the chunk was skipped.
         """
-        schema = self.arrow_schema()
-        prepared = self._sort(rows.cast(schema)) if rows.num_rows else rows
-        del rows  # the unsorted copy is not needed any more
-        partitions = self._partitions(prepared)
-        parts = [prepared.slice(o, n) for o, n in self._bounds(prepared)]
+        self._check_schema()
+        prepared = rows.cast(self.arrow_schema()) if rows.num_rows else rows
+        del rows  # the uncast copy is not needed any more
+        spec_id: int | None = None
+        parts: list[pa.Table] = []
+        partitions: set[tuple[str, int]] = set()
         for attempt in range(MAX_ATTEMPTS):
+            self._check_schema()  # after a lost commit: the refreshed table's
+            if self.table.metadata.default_spec_id != spec_id:  # first, or the spec changed
+                spec_id = self.table.metadata.default_spec_id
+                prepared, bounds = self._layout(prepared)
+                partitions = self._partitions(prepared, bounds)
+                parts = [prepared.slice(o, n) for o, n in bounds]
             value = self.table.properties.get(self.key)
             committed, was_done = parse_ledger(value)
             if value is not None and value == self._replaces:
@@ -247,6 +400,9 @@ class FileCommitter:
                 )
             if was_done or committed >= end_row and not done:
                 return CommitOutcome(0, 0, None, set(), skipped=True)
+            if committed and value != self._replaces:
+                # A run of the same content under other options got there first.
+                self.check_options(value, committed)
             if committed > first_row:
                 # Another process loading the same file got further: never store rows twice.
                 raise ConcurrentLoadError(
@@ -258,9 +414,14 @@ class FileCommitter:
                     snapshot_id = (
                         watermarked_append(
                             self.table,
-                            watermark={self.key: ledger_value(end_row, done, self.generation)},
+                            watermark={
+                                self.key: ledger_value(end_row, done, self.generation, self.options)
+                            },
                             snapshot_properties=summary,
                             expected={self.key: self.table.properties.get(self.key)},
+                            # A migration landing meanwhile fails the commit: the rows are in
+                            # the schema read at the start.
+                            schema_id=self.schema_id,
                         )
                         .append_partitions(parts)
                         .commit()
@@ -273,6 +434,18 @@ class FileCommitter:
                 with catalog_errors(f"refreshing {self.table_id}"):
                     self.table = self.lake.load_table(self.table_id)
         raise CommitConflictError(f"{self.table_id}: gave up after {MAX_ATTEMPTS} conflicts")
+
+    def _check_schema(self) -> None:
+        """Raise `SchemaChangedError` when the table's schema is not the one the load converts
+        rows to (load18: a migration during a load ended it with `internal error: ValueError:
+        Target schema's field names are not matching…`)."""
+        current = self.table.schema().schema_id
+        if self.schema_id is not None and current != self.schema_id:
+            raise SchemaChangedError(
+                f"{self.table_id} changed schema during the load (schema {self.schema_id} → "
+                f"{current}: a migration or `lake table evolve`); re-run to load the rest "
+                "with the new schema"
+            )
 
     def _backoff(self, attempt: int, exc: Exception) -> None:
         delay = min(5.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
@@ -289,57 +462,58 @@ class FileCommitter:
         }
         if first_row is not None:
             summary[P.LOAD_FIRST_ROW] = str(first_row)
+            if self.fingerprint is not None:
+                summary.update(self.fingerprint.summary())
         return summary
 
     # ---- layout ---------------------------------------------------------------------------------
 
-    def _sort(self, rows: pa.Table) -> pa.Table:
-        """Rows grouped by partition key, by event time within each key.
+    def _layout(self, rows: pa.Table) -> tuple[pa.Table, list[tuple[int, int]]]:
+        """The rows grouped by partition of the table's current spec, by event time within each,
+        and (offset, length) of each run in one partition and one hour.
 
-        Vendor files are usually in time order already: a stable sort on the key's dictionary
-        codes then keeps time order inside each key and is much cheaper than a two-key sort.
+        Every field of the spec counts, with its transform, as the live writers cut
+        (`sort_and_slice`): load18: a field added to Bronze (`source:identity`) was ignored and
+        each file labelled with its first row's value. Vendor files are usually in time order
+        already: a stable sort on the partition codes then keeps time order inside each
+        partition and is much cheaper than a two-key sort.
         """
-        ts = rows.column("ts_event_ns").combine_chunks().to_numpy(zero_copy_only=False)
-        if not self.partition_key:
-            if np.all(ts[1:] >= ts[:-1]):
-                return rows
-            return rows.take(pa.array(np.argsort(ts, kind="stable")))
-        codes = rows.column(self.partition_key).combine_chunks().dictionary_encode()
-        idx = codes.indices.to_numpy(zero_copy_only=False)
-        order = np.argsort(idx, kind="stable")
-        ts_sorted = ts[order]
-        idx_sorted = idx[order]
-        same_key = idx_sorted[1:] == idx_sorted[:-1]
-        if np.any(same_key & (ts_sorted[1:] < ts_sorted[:-1])):
-            order = np.lexsort((ts, idx))
-        if np.all(order[1:] > order[:-1]):
-            return rows
-        return rows.take(pa.array(order))
-
-    def _bounds(self, rows: pa.Table) -> list[tuple[int, int]]:
-        """(offset, length) of each (partition key, hour) run of the sorted rows."""
         n = rows.num_rows
         if n == 0:
-            return []
-        hours = pc.divide(rows.column("ts_event_ns"), HOUR_NS).to_numpy()
+            return rows, []
+        ts = rows.column("ts_event_ns").combine_chunks().to_numpy(zero_copy_only=False)
+        codes = partition_codes(self.table, rows)
+        if codes is None:
+            if not np.all(ts[1:] >= ts[:-1]):
+                order = np.argsort(ts, kind="stable")
+                rows, ts = rows.take(pa.array(order)), ts[order]
+        else:
+            order = np.argsort(codes, kind="stable")
+            ts_sorted, codes_sorted = ts[order], codes[order]
+            same_key = codes_sorted[1:] == codes_sorted[:-1]
+            if np.any(same_key & (ts_sorted[1:] < ts_sorted[:-1])):
+                order = np.lexsort((ts, codes))
+                ts_sorted, codes_sorted = ts[order], codes[order]
+            if not np.all(order[1:] > order[:-1]):
+                rows = rows.take(pa.array(order))
+            ts, codes = ts_sorted, codes_sorted
+        hours = ts // HOUR_NS
         change = np.zeros(n, dtype=bool)
         change[0] = True
         change[1:] = hours[1:] != hours[:-1]
-        if self.partition_key:
-            codes = rows.column(self.partition_key).combine_chunks().dictionary_encode()
-            idx = codes.indices.to_numpy(zero_copy_only=False)
-            change[1:] |= idx[1:] != idx[:-1]
+        if codes is not None:
+            change[1:] |= codes[1:] != codes[:-1]
         starts = np.flatnonzero(change)
         ends = np.append(starts[1:], n)
-        return [(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]
+        return rows, [(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]
 
-    def _partitions(self, rows: pa.Table) -> set[tuple[str, int]]:
+    def _partitions(self, rows: pa.Table, bounds: list[tuple[int, int]]) -> set[tuple[str, int]]:
+        """The (partition key value, hour) pairs of the runs `bounds` (what the load reports)."""
         out: set[tuple[str, int]] = set()
-        if rows.num_rows == 0:
-            return out
         ts = rows.column("ts_event_ns")
-        keys = rows.column(self.partition_key) if self.partition_key else None
-        for offset, _length in self._bounds(rows):
+        key = self.partition_key
+        keys = rows.column(key) if key else None
+        for offset, _length in bounds:
             hour = int(ts[offset].as_py()) // HOUR_NS
             out.add((str(keys[offset].as_py()) if keys is not None else "", hour))
         return out

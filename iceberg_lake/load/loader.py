@@ -40,7 +40,12 @@ from iceberg_lake.config import Settings
 from iceberg_lake.exceptions import LakeError, LoadRejectedError, TransientError
 from iceberg_lake.ingest.dead_letters import DeadLetter
 from iceberg_lake.ingest.decode import DERIVED_TS
-from iceberg_lake.load.commit import HOUR_NS, ConcurrentLoadError, FileCommitter
+from iceberg_lake.load.commit import (
+    HOUR_NS,
+    ConcurrentLoadError,
+    FileCommitter,
+    LoadFingerprint,
+)
 from iceberg_lake.load.mapping import (
     DEFAULT_SOURCE,
     Mapping,
@@ -508,7 +513,12 @@ def load_file(
                 "header line: which one to load? (rename it in the file, or map another)"
             )
     sha = file_sha256(path)
-    committer = FileCommitter(lake, table_id, sha, path.name, reload=options.reload)
+    # What decides the stored rows, kept with the ledger entry: a resume under other options
+    # is refused (load18: a fixed mapping resumed a file half loaded with the wrong one).
+    fingerprint = LoadFingerprint.of(mapping, options.source, fmt)
+    committer = FileCommitter(
+        lake, table_id, sha, path.name, reload=options.reload, fingerprint=fingerprint
+    )
     committed, done, dl_committed = committer.state()
     result = LoadResult(
         str(path), sha, table_id, "already-loaded", rows_skipped=committed, first_row=committed
@@ -523,7 +533,7 @@ def load_file(
     mapping = with_former_names(
         mapping, committer.table.schemas().values(), committer.table.schema()
     )
-    validator = Validator(table_id, committer.table.schema(), definition.partition_key)
+    validator = Validator(table_id, committer.table.schema(), committer.partition_key)
     # A required column with a default that the file lacks altogether refuses it (quant13). A
     # resumed load is never refused (its file was accepted before). The columns of CSV, Parquet
     # and DBN are known up front; an NDJSON line holds only its own keys (a replay export's
