@@ -411,6 +411,18 @@ def _plan_one(state: TableState, change: Change) -> tuple[str | None, TableState
             )
         if (change.source, str(transform)) in state.partition:
             return "partition field already exists", state
+        time = next(
+            (t for src, t in state.partition if src == change.source and t in _TIME_TRANSFORMS),
+            None,
+        )
+        if time is not None and str(transform) in _TIME_TRANSFORMS:
+            # Iceberg refuses two time partitions of one column at every write: accepted here,
+            # every later commit failed with "Cannot have redundant partitions" (history18).
+            raise SchemaChangeError(
+                f"{where}: cannot add partition field {transform}({change.source}): the table"
+                f" is partitioned by {time}({change.source}) already, and Iceberg allows one"
+                " time partition per column"
+            )
         if where.startswith(f"{SILVER}."):
             # Silver compaction replaces whole [key,] hour/day(ts_event) partitions; a finer
             # Silver spec would split them by row content it does not route. Bronze may be
@@ -422,6 +434,10 @@ def _plan_one(state: TableState, change: Change) -> tuple[str | None, TableState
             )
         return None, replace(state, partition=(*state.partition, (change.source, str(transform))))
     raise SchemaChangeError(f"{where}: unsupported change {change!r}")  # pragma: no cover
+
+
+#: Iceberg's time transforms: a column takes at most one of them in a spec.
+_TIME_TRANSFORMS = frozenset({"year", "month", "day", "hour"})
 
 
 def _type(text: str, where: str) -> IcebergType:

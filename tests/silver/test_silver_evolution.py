@@ -304,3 +304,20 @@ def test_renaming_one_tables_partition_source_is_refused_even_with_force(
     assert lake.load_table(table).schema().schema_id == before
     append(lake.load_table(BRONZE), [trade(T0, seq=1)])
     assert _cli(lake, "compact", "--incremental", "--table", TRADES).exit_code == 0
+
+
+def test_a_second_time_partition_of_one_column_is_refused_and_writes_go_on(
+    lake: LakeCatalog,
+) -> None:
+    """`--add-partition-field ts_event:day` on an hour-partitioned table was accepted (dry run
+    too); every later commit then failed with "Cannot have redundant partitions", and no
+    `lake` command removes a partition field (history18)."""
+    for args in (["--dry-run"], []):
+        res = _cli(lake, "table", "evolve", BRONZE, "--add-partition-field", "ts_event:day", *args)
+        assert res.exit_code == 1
+        assert "partitioned by hour(ts_event) already" in res.output
+        assert "Traceback" not in res.output
+    assert len(lake.load_table(BRONZE).spec().fields) == 2
+    append(lake.load_table(BRONZE), [trade(T0, seq=1)])
+    res = _cli(lake, "table", "evolve", BRONZE, "--add-partition-field", "source:identity")
+    assert res.exit_code == 0, res.output  # another column: allowed as before
