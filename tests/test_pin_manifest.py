@@ -86,3 +86,55 @@ def test_pin_manifest_keeps_an_untagged_manifest_reproducible_after_expiry(
     assert f"{pinned}: pinned as {tag}" in late.output
     assert late.output.splitlines()[-1].startswith(f"error: {unpinned}: ")
     assert f"no snapshot {s2}" in late.output
+
+
+def test_a_rerun_never_shortens_a_pin_and_an_expired_pin_reads_as_one(tmp_path: Path) -> None:
+    """A 365-day pin rerun with the default setting (a nightly "does it still reproduce" job)
+    was cut back to 90 days, and the snapshot expired before the backtest was needed again;
+    the refusal then asked whether the recorded snapshot id was a time (history18)."""
+    env = {"LAKE_DATA_DIR": str(tmp_path / "lake")}
+    catalog = LakeCatalog(load_settings(env))
+    catalog.init()
+    table = catalog.load_table(TRADES)
+    s1 = append(table, trades("SPY", T14, 5, 10**6))
+    s2 = append(table, trades("SPY", T14 + 10**9, 5, 10**6, seq0=5))
+    append(table, trades("SPY", T14 + 2 * 10**9, 5, 10**6, seq0=10))
+    manifest, unpinned = tmp_path / "keep.json", tmp_path / "gone.json"
+    _v1_manifest(catalog, s1, manifest)
+    _v1_manifest(catalog, s2, unpinned)
+    tag = replay_pin_name([TRADES], {TRADES: s1}, T14, T14 + HOUR_NS)
+
+    def age_days() -> float:
+        ref = catalog.load_table(TRADES).metadata.refs[tag]
+        assert ref.max_ref_age_ms is not None
+        return ref.max_ref_age_ms / 86_400_000
+
+    long = {**env, "LAKE_REPLAY_PIN_MAX_AGE_DAYS": "365"}
+    assert runner.invoke(app, ["snapshot", "pin-manifest", str(manifest)], env=long).exit_code == 0
+    assert 365 <= age_days() < 366
+    snapshots = len(catalog.load_table(TRADES).metadata.snapshots)
+    rerun = runner.invoke(
+        app,
+        ["replay", "--from-manifest", str(manifest), "--out", str(tmp_path / "e.ndjson"),
+         "--no-progress"],
+        env=env,
+    )  # fmt: skip
+    assert rerun.exit_code == 0, rerun.output
+    assert 365 <= age_days() < 366  # kept, not cut to the rerunner's 90 days
+    assert len(catalog.load_table(TRADES).metadata.snapshots) == snapshots
+    ninety = {**env, "LAKE_REPLAY_PIN_MAX_AGE_DAYS": "400"}
+    assert (
+        runner.invoke(app, ["snapshot", "pin-manifest", str(manifest)], env=ninety).exit_code == 0
+    )
+    assert 400 <= age_days() < 401  # a longer setting extends it
+
+    expired = runner.invoke(app, ["maintain", "expire-snapshots", "--older-than", "0s"], env=env)
+    assert expired.exit_code == 0, expired.output
+    late = runner.invoke(
+        app,
+        ["replay", "--from-manifest", str(unpinned), "--out", str(tmp_path / "x.ndjson"),
+         "--no-progress"],
+        env=env,
+    )  # fmt: skip
+    assert late.exit_code == 1
+    assert f"no snapshot {s2} (expired" in late.output and "is a time" not in late.output

@@ -53,6 +53,7 @@ __all__ = [
     "REPLAY_PIN_PREFIX",
     "SILVER_SOURCE_PREFIX",
     "AsOf",
+    "RecordedSnapshotId",
     "checkpoints_due",
     "contiguous_since",
     "list_refs",
@@ -294,8 +295,17 @@ def resolve_as_of(table: Table, as_of: AsOf) -> int | None:
     raise TimeTravelError(f"{name} has no tag or snapshot '{text}' (tags: {tags or 'none'}{more})")
 
 
+class RecordedSnapshotId(int):
+    """A snapshot id read from a record (a replay manifest), never a time a user typed."""
+
+
 def _existing_snapshot(table: Table, snapshot_id: int, name: str) -> int:
     if table.snapshot_by_id(snapshot_id) is None:
+        if isinstance(snapshot_id, RecordedSnapshotId):
+            raise TimeTravelError(
+                f"{name} has no snapshot {snapshot_id} (expired: the replay's pin tag no longer "
+                f"kept it, see lake snapshot list {name})"
+            )
         hint = ""
         if 10**18 <= snapshot_id < 41 * 10**17:  # 2001..2100 as Unix nanoseconds
             when = datetime.fromtimestamp(snapshot_id // 10**9, UTC)
@@ -303,7 +313,7 @@ def _existing_snapshot(table: Table, snapshot_id: int, name: str) -> int:
         raise TimeTravelError(
             f"{name} has no snapshot {snapshot_id} (expired or never existed){hint}"
         )
-    return snapshot_id
+    return int(snapshot_id)
 
 
 class _MainLog:
@@ -1011,7 +1021,8 @@ def pin_snapshots(
 ) -> dict[str, int]:
     """Tag each pinned snapshot as `name`, kept `max_age_days` from now (max-ref-age).
 
-    Idempotent: an existing tag of that name is moved/refreshed. Tables pinned to None (empty)
+    Idempotent: an existing tag of that name is moved, or refreshed when that keeps the
+    snapshot longer; a pin is never shortened (no commit then). Tables pinned to None (empty)
     need no tag.
 
     Returns:
@@ -1033,6 +1044,13 @@ def pin_snapshots(
             if snap is None:
                 raise TimeTravelError(f"{ident} has no snapshot {sid} to pin (expired)")
             age = max(1, now - snap.timestamp_ms + int(max_age_days * _DAY_MS))
+            existing = table.metadata.refs.get(name)
+            if existing is not None and existing.snapshot_id == sid:
+                # A rerun never shortens a pin: one made with a longer max age (another
+                # process's setting) was cut back to the rerunner's, and the snapshot expired
+                # before the backtest was needed again (history18).
+                if existing.max_ref_age_ms is None or existing.max_ref_age_ms >= age:
+                    break
             try:
                 with catalog_errors(f"pinning {ident}"), table.transaction() as tx:
                     # Expired since the read: the commit fails and the next attempt reports it.

@@ -82,6 +82,7 @@ from iceberg_lake.timetravel.replay.source import PinnedSource
 from iceberg_lake.timetravel.replay.window import WindowPipeline
 from iceberg_lake.timetravel.snapshots import (
     AsOfSpec,
+    RecordedSnapshotId,
     check_pinned_tables,
     pin_for,
     pin_snapshots,
@@ -296,7 +297,7 @@ class ReplayEngine:
             list(manifest["tables"]),
             int(manifest["start_ns"]),
             int(manifest["end_ns"]),
-            as_of={t: sid for t, sid in snapshots.items() if sid is not None},
+            as_of={t: RecordedSnapshotId(sid) for t, sid in snapshots.items() if sid is not None},
             pin=False,
             tie_break=rule_of(manifest.get("tie_break", TIE_BREAKS[1])),
             **kwargs,
