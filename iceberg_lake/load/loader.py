@@ -64,6 +64,7 @@ from iceberg_lake.load.sources import (
     detect_format,
     export_tables,
     file_sha256,
+    magic_compression,
     open_source,
 )
 from iceberg_lake.load.validate import Validator
@@ -313,6 +314,37 @@ def _export_tables_of(source: Source) -> list[str]:
     return list(_tables_of(str(source.path), source.format, stat.st_mtime_ns, stat.st_size))
 
 
+def _version(path: Path) -> tuple[int, int]:
+    """(size, modification time) of a file: what changes while it is still being written."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _check_unchanged(path: Path, version: tuple[int, int]) -> None:
+    """Refuse to go on with a file that changed since its hash was taken (load18: a download
+    still in progress was loaded as it stood, its last row cut short).
+
+    Raises:
+        LakeError: the file's size or modification time moved; the commits made stay (they
+            hold rows read before the change, under the hash of that version).
+    """
+    if _version(path) != version:
+        raise LakeError(
+            f"{path.name} changed while it was being loaded (still being written?): load it "
+            "again once it is complete (a complete file is a new version with its own hash)"
+        )
+
+
+def _ends_without_line_end(path: Path) -> bool:
+    """Whether an uncompressed text file's last byte is not a line end (a file cut short)."""
+    size = path.stat().st_size
+    if size == 0 or magic_compression(path) is not None:
+        return False
+    with path.open("rb") as f:
+        f.seek(size - 1)
+        return f.read(1) not in (b"\n", b"\r")
+
+
 def _table_name(identifier: str) -> str:
     """`stocks_trades` of `bronze.stocks_trades` (an export of Silver reloads into Bronze)."""
     return identifier.rsplit(".", 1)[-1]
@@ -512,7 +544,15 @@ def load_file(
                 f"{path.name}: column {', '.join(ambiguous)} appears more than once in the "
                 "header line: which one to load? (rename it in the file, or map another)"
             )
+    version = _version(path)
     sha = file_sha256(path)
+    _check_unchanged(path, version)
+    if fmt in ("csv", "ndjson") and _ends_without_line_end(path):
+        log.warning(
+            "%s ends without a line end: cut short (a download in progress)? Its last row is "
+            "loaded as it is",
+            path.name,
+        )
     # What decides the stored rows, kept with the ledger entry: a resume under other options
     # is refused (load18: a fixed mapping resumed a file half loaded with the wrong one).
     fingerprint = LoadFingerprint.of(mapping, options.source, fmt)
@@ -614,6 +654,7 @@ def load_file(
                 table=table_id,
                 sha256=sha,
             )
+        _check_unchanged(path, version)
         # Only what this run commits is its own: a copy of the same content loading at once
         # may have committed the chunk's letters or rows first (its ledger says so).
         dead = committer.commit_dead_letters(letters, end_row)

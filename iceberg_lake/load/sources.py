@@ -100,7 +100,7 @@ def file_sha256(path: Path, chunk: int = 4 << 20, verify: bool = True) -> str:
     Raises:
         CorruptFileError: the file does not decompress, or fails its checksum.
     """
-    compression = _magic_compression(path) if verify else None
+    compression = magic_compression(path) if verify else None
     failure: list[str] = []
     checker = None
     if compression:
@@ -124,7 +124,7 @@ def file_sha256(path: Path, chunk: int = 4 << 20, verify: bool = True) -> str:
     return h.hexdigest()
 
 
-def _magic_compression(path: Path) -> str | None:
+def magic_compression(path: Path) -> str | None:
     """`gzip` or `zstd` when the file starts with that format's magic bytes, else None."""
     with path.open("rb") as f:
         head = f.read(4)
