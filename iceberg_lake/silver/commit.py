@@ -202,7 +202,7 @@ def _marked_on(silver: Table) -> dict[str, str]:
     return {P.SILVER_INCREMENTAL_SILVER_SNAPSHOT: str(current.snapshot_id) if current else ""}
 
 
-def usable_mark(silver: Table) -> str | None:
+def usable_mark(silver: Table, *, quiet: bool = False) -> str | None:
     """The incremental mark, unless Silver's current snapshot does not descend from the
     snapshot it was set on (a rollback, or that snapshot expired): then None, and the run
     checks every partition from metadata (and sets the mark anew).
@@ -225,9 +225,11 @@ def usable_mark(silver: Table) -> str | None:
         or is_ancestor(silver, int(marked_on), current.snapshot_id)
     ):
         return mark
+    if quiet:
+        return None
     log.warning(
         "%s: the incremental mark was set on snapshot %s, which the current snapshot %d does "
-        "not descend from (rolled back?): checking every partition",
+        "not descend from (rolled back, or that snapshot expired): checking every partition",
         table_name(silver),
         marked_on or "(none)",
         current.snapshot_id,
@@ -306,6 +308,11 @@ def mark_for_pin(bronze: Table, silver: Table, snap: Snapshot) -> dict[str, str]
     mark = silver.properties.get(P.SILVER_INCREMENTAL_SOURCE)
     if not mark or not mark.isdigit():
         return {}  # no usable mark: the next incremental run checks every partition anyway
+    if usable_mark(silver, quiet=True) is None:
+        # Set on content Silver no longer holds (a rollback): lowered, it would name this
+        # run's commit as its snapshot and count as usable again, and the days a rollback
+        # undid outside this run would never be recompacted (review18).
+        return {P.SILVER_INCREMENTAL_SOURCE: ""}
     marked, pinned = int(mark), snap.snapshot_id
     if marked == pinned or is_ancestor(bronze, marked, pinned):
         return {}

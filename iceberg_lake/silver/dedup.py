@@ -109,8 +109,8 @@ def dedup_query(
             filled with typed NULLs; a dedup key without one is refused.
         partitioned_by: `(key column or None, "hour" | "day")` when the source spans several
             partitions: the output then gets a last column `_lake_bucket` (hours or days since
-            the epoch of `ts_event`) and is ordered by the key first, so each partition's rows
-            are contiguous (the bucket is a function of `ts_event_ns`, the next sort column).
+            the epoch of `ts_event`) and is ordered by the key and the bucket first, so each
+            partition's rows are contiguous.
 
     Returns:
         The SQL text.
@@ -145,8 +145,11 @@ def dedup_query(
             f"epoch_us({quote_ident('ts_event')}) // {_BUCKET_MICROS[unit]} "
             f"AS {quote_ident(BUCKET_COLUMN)}"
         )
-        if key:
-            order = [key, *[c for c in order if c != key]]
+        # Key and bucket first: a row whose `ts_event` disagrees with its `ts_event_ns` belongs
+        # to another partition than its event time says, and sorted by event time alone it
+        # split a partition's run of duplicates (review18).
+        first = [key, BUCKET_COLUMN] if key else [BUCKET_COLUMN]
+        order = [*first, *[c for c in order if c not in first]]
     order_sql = ", ".join(f"{quote_ident(c)} ASC NULLS LAST" for c in order)
     return f"SELECT {', '.join(select)} FROM {source_sql} ORDER BY {order_sql}"
 

@@ -684,3 +684,37 @@ def test_an_incremental_run_after_a_silver_rollback_catches_up(
     assert compactor.compact_incremental(["futures.trades"])[0]["status"] == "unchanged"
     assert "not descend from" not in caplog.text
     compactor.close()
+
+
+def test_a_pinned_run_after_a_rollback_clears_the_mark_rather_than_lowering_it(
+    lake: LakeCatalog, duck
+) -> None:
+    """After a rollback, a `--date D1 --as-of <older>` run lowered the stale mark and named its
+    own commit as the mark's snapshot: the mark counted as usable again, and the next day, whose
+    compaction the rollback undid, stayed short for good (review18)."""
+    bronze = lake.load_table(BRONZE)
+    day = 24 * HOUR_NS
+    compactor = SilverCompactor(lake)
+
+    def incremental() -> str:
+        return compactor.compact_incremental(["futures.trades"])[0]["status"]
+
+    rows = [trade(T0, seq=1), trade(T0 + day, seq=1)]
+    append(bronze, rows)
+    assert incremental() == "success"
+    first = lake.load_table(SILVER).current_snapshot()
+    assert first is not None
+    later = [trade(T0 + 10, seq=2), trade(T0 + day + 10, seq=2)]
+    older = append(bronze, later)
+    assert incremental() == "success"
+    append(bronze, [trade(T0 + 20, seq=3)])
+    rows += later + [trade(T0 + 20, seq=3)]
+    assert incremental() == "success"
+    lake.load_table(SILVER).manage_snapshots().rollback_to_snapshot(first.snapshot_id).commit()
+
+    assert compactor.compact_date(DAY, "futures.trades", as_of=older)["status"] == "success"
+    assert lake.load_table(SILVER).properties[P.SILVER_INCREMENTAL_SOURCE] == ""
+    assert incremental() == "success"
+    got = silver_via_iceberg_scan(duck, lake.load_table(SILVER))
+    assert sorted(_norm(got), key=str) == sorted(_norm(expected_silver(rows)), key=str)
+    compactor.close()

@@ -74,3 +74,31 @@ def test_an_event_in_two_partitions_is_kept_in_each_whatever_the_query_grouping(
     assert ("SPX", 10, 10) in whole_day and ("SPXW", 10, 10) in whole_day
     assert whole_day == per_partition
     assert len(whole_day) == len(ROWS)
+
+
+def test_a_row_filed_in_another_hour_does_not_split_a_partitions_duplicates(
+    tmp_path: Path,
+) -> None:
+    """A row whose `ts_event` (the partition) disagrees with its `ts_event_ns` sorted between
+    two copies of an event in its partition by event time: the copies were no longer adjacent,
+    and one query kept both where a query per partition kept one (review18)."""
+    from test_silver import T0, _make_lake, trade
+
+    def silver(name: str, rows_per_query: int) -> list[tuple]:
+        lake = _make_lake(load_settings({"LAKE_DATA_DIR": str(tmp_path / name)}))
+        bronze = lake.load_table("bronze.futures_trades")
+        x = T0 + 5 * 10**9
+        moved = trade(x, recv=x + 2, seq=1)
+        moved["ts_event"] = x // 1000 + 3600 * 10**6  # filed an hour later
+        rows = [trade(x, recv=x + 1, seq=1), moved, trade(x, recv=x + 3, seq=1)]
+        rows += [trade(x + 3600 * 10**9, seq=2)] + [trade(x + i, sym="NQ", seq=9) for i in range(5)]
+        schema = schema_to_pyarrow(bronze.schema(), include_field_ids=False)
+        bronze.append(pa.Table.from_pylist(rows, schema=schema))
+        with SilverCompactor(lake, rows_per_query=rows_per_query, workers=1) as compactor:
+            compactor.compact_date(DAY, "futures.trades")
+        got = lake.load_table("silver.futures_trades").scan().to_arrow().to_pylist()
+        return sorted((r["symbol"], r["ts_event"], r["ts_recv_ns"]) for r in got)
+
+    one_query, per_partition = silver("one", 10**6), silver("each", 1)
+    assert one_query == per_partition
+    assert len(one_query) == 8  # ES: the event in each of its two hours, the other trade; NQ: 5
