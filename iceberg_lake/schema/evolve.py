@@ -210,29 +210,31 @@ class Plan:
 
 
 def check_partition_source_renames(
-    table: Table, identifier: str, changes: list[Change] | tuple[Change, ...]
+    identifier: str, changes: list[Change] | tuple[Change, ...], sources: set[str]
 ) -> None:
-    """Refuse renaming a partition source column of one Bronze or Silver table alone.
+    """Refuse renaming, in one table alone, a column Silver compaction pairs partitions by.
 
     Iceberg keeps the partition field (it names its source by field id), but Silver compaction
     pairs a Bronze table's partition fields with Silver's by column name: a Bronze-only rename
     of `symbol` stopped every compaction of the table, with a message claiming the spec lacked
-    `identity(symbol)` (silver18). Not even with `--force`: the pair must change together.
+    `identity(symbol)` (silver18). Not even with `--force`: both tables change together, in a
+    migration. A rename back to such a name (a repair) and other partition columns are free.
+
+    Args:
+        identifier: the table (`bronze.x` or `silver.x`).
+        changes: the requested changes.
+        sources: the columns Silver's declared partition spec is computed from (`symbol` or
+            `underlying`, `ts_event`); empty for a table without a Silver pair.
 
     Raises:
-        SchemaChangeError: a rename of a column the table's current partition spec uses.
+        SchemaChangeError: a rename of one of `sources`.
     """
-    namespace = identifier.split(".", 1)[0]
-    if namespace not in ("bronze", "silver"):
-        return
-    schema = table.schema()
-    sources = {schema.find_column_name(f.source_id) for f in table.spec().fields}
     for change in changes:
         if isinstance(change, RenameColumn) and change.old in sources:
             raise SchemaChangeError(
-                f"{identifier}: cannot rename '{change.old}': it is a partition source, and "
-                "Silver compaction pairs Bronze's and Silver's partitions by column name; a "
-                "rename of one table alone would stop compaction of the pair"
+                f"{identifier}: cannot rename '{change.old}' in this table alone: Silver "
+                "compaction pairs the Bronze and Silver partitions by that name; rename it in "
+                "both tables with a migration (`lake migrate`, docs/schema-evolution.md)"
             )
 
 

@@ -508,8 +508,12 @@ class SilverCompactor:
                 silver, definition, snap, layout, marks, bronze, expected_properties=expected
             ) as commit:
                 pool = ThreadPoolExecutor(max_workers=self.workers)
+                futures = [pool.submit(job.compact_group_unless_failed, g) for g in groups]
+                consumed = 0
                 try:
-                    for outputs in pool.map(job.compact_group_unless_failed, groups):
+                    for future in futures:
+                        outputs = future.result()
+                        consumed += 1
                         for out in outputs:
                             commit.add(out)
                             rows_read += out.rows_read
@@ -518,6 +522,15 @@ class SilverCompactor:
                             replaced.append(layout.label(out.part.record))
                         done += len(outputs)
                         self._report(silver, done, total)
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    # The files of queries that finished meanwhile go to the commit too, which
+                    # deletes every file it was given as the failure leaves its block.
+                    for future in futures[consumed:]:
+                        if not future.cancelled() and future.exception() is None:
+                            for out in future.result():
+                                commit.add(out)
+                    raise
                 finally:
                     pool.shutdown(wait=True, cancel_futures=True)
             if commit.snapshot_id is not None:

@@ -241,11 +241,11 @@ def _refuse_reused_name(
     if len(carried) < 2 or by_id[carried[0]] == found:
         return
     raise CompactionError(
-        f"{bronze_name}'s column '{found}' feeding Silver's key '{silver_name}' is newer than "
-        f"'{by_id[carried[0]]}', which carried that name first (a column added under a renamed "
-        f"column's old name?). If '{found}' is meant, drop '{by_id[carried[0]]}'; if not, "
-        f"drop or rename '{found}' and rename '{by_id[carried[0]]}' back to '{silver_name}' "
-        "(`lake table evolve`); then compact again"
+        f"{bronze_name}'s column '{found}' now carries the name of Silver's key "
+        f"'{silver_name}', which its column '{by_id[carried[0]]}' carried first (a column "
+        "added, or names swapped, after a rename?): Silver's key would change its source "
+        f"column; rename the columns so that '{silver_name}' names '{by_id[carried[0]]}' "
+        "again (`lake table evolve --rename`), then compact again"
     )
 
 

@@ -146,3 +146,36 @@ def test_a_failed_query_finishes_and_deletes_the_files_it_had_open(
     with compactor, pytest.raises(CatalogUnavailableError, match="injected"):
         compactor.compact_date(DAY, "futures.trades")
     assert _silver_files(settings) == []
+
+
+def test_the_files_of_queries_finishing_after_a_failure_are_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query still running when another failed finished its files, and nothing deleted them
+    (review18: 6 of 8 files left on a healthy store)."""
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
+    catalog = _make_lake(settings)
+    _many_partitions(catalog, 4)
+    failed, second = threading.Event(), threading.Event()
+    started: list[int] = []
+    lock = threading.Lock()
+    real = job.CompactionJob.compact_group
+
+    def first_fails(self: job.CompactionJob, group: list[Any]) -> Any:
+        with lock:
+            started.append(len(started))
+            n = started[-1]
+        if n == 0:  # fails while the second runs
+            second.wait(10)
+            failed.set()
+            raise CatalogUnavailableError("compacting: storage unavailable (injected)")
+        second.set()
+        failed.wait(10)  # the second finishes its files after the failure
+        return real(self, group)
+
+    monkeypatch.setattr(job.CompactionJob, "compact_group", first_fails)
+    compactor = SilverCompactor(catalog, rows_per_query=1, workers=2)
+    with compactor, pytest.raises(CatalogUnavailableError, match="injected"):
+        compactor.compact_date(DAY, "futures.trades")
+    assert started == [0, 1]
+    assert _silver_files(settings) == []
