@@ -138,6 +138,10 @@ class Settings:
     s3_access_key: str | None = field(default=None, repr=False)
     s3_secret_key: str | None = field(default=None, repr=False)
     s3_region: str = "us-east-1"
+    #: DuckDB's reads of the object store (Silver, `lake query`, replay): seconds without
+    #: progress before a try fails, over 4 tries. DuckDB's own 30 s kept a Silver run waiting
+    #: 2 minutes on a stalled store (prod17); raise it for a store slow to answer.
+    s3_read_timeout_seconds: float = 5.0
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str | None = None
     nats_password: str | None = field(default=None, repr=False)
@@ -357,6 +361,7 @@ def _validate(s: Settings) -> Settings:
         "stream_duplicate_window_seconds",
         "writer_lease_seconds",
         "fetch_max_bytes",
+        "s3_read_timeout_seconds",
     ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{env_var(name)} must be positive, got {getattr(s, name)!r}")

@@ -173,12 +173,6 @@ def uses_object_store(settings: Settings) -> bool:
     return settings.is_s3 or bool(settings.s3_endpoint)
 
 
-#: DuckDB's HTTP timeout (seconds without progress) for the warehouse's object store. DuckDB's
-#: default, 30 s over 4 tries, kept a Silver run waiting ~2 minutes on a stalled store where
-#: pyiceberg's reads give up in ~12 s (prod17); 5 s over 4 tries is ~22 s.
-HTTP_TIMEOUT_SECONDS = 5
-
-
 def connect_lake(
     settings: Settings, *, extensions: tuple[str, ...] = (), time_zone: str | None = None
 ) -> duckdb.DuckDBPyConnection:
@@ -214,7 +208,9 @@ def connect_lake(
                 settings.s3_secret_key or "",
                 settings.s3_region,
             )
-            con.execute(f"SET http_timeout = {HTTP_TIMEOUT_SECONDS}")
+            # DuckDB takes whole seconds.
+            seconds = max(1, round(settings.s3_read_timeout_seconds))
+            con.execute(f"SET http_timeout = {seconds}")
         if time_zone is not None:
             con.execute(f"SET TimeZone = {quote_str(time_zone)}")
     except BaseException:

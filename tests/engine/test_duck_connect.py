@@ -29,16 +29,15 @@ def test_local_warehouse_loads_no_httpfs_and_creates_no_secret(tmp_path: Path) -
 
 
 def test_object_store_gets_httpfs_and_the_s3_secret(tmp_path: Path) -> None:
-    settings = load_settings(
-        {
-            "LAKE_DATA_DIR": str(tmp_path / "data"),
-            "LAKE_WAREHOUSE": "s3://bucket/warehouse",
-            "LAKE_S3_ENDPOINT": "http://127.0.0.1:8333",
-            "LAKE_S3_ACCESS_KEY": "AK",
-            "LAKE_S3_SECRET_KEY": "SK",
-            "LAKE_S3_REGION": "eu-west-1",
-        }
-    )
+    env = {
+        "LAKE_DATA_DIR": str(tmp_path / "data"),
+        "LAKE_WAREHOUSE": "s3://bucket/warehouse",
+        "LAKE_S3_ENDPOINT": "http://127.0.0.1:8333",
+        "LAKE_S3_ACCESS_KEY": "AK",
+        "LAKE_S3_SECRET_KEY": "SK",
+        "LAKE_S3_REGION": "eu-west-1",
+    }
+    settings = load_settings(env)
     assert duck.uses_object_store(settings)
     con = duck.connect_lake(settings)
     try:
@@ -52,6 +51,12 @@ def test_object_store_gets_httpfs_and_the_s3_secret(tmp_path: Path) -> None:
         assert "use_ssl=false" in secret or "use_ssl=0" in secret
         # A stalled store gives up in ~22 s, not DuckDB's 2 minutes (30 s over 4 tries).
         assert con.sql("SELECT current_setting('http_timeout')").fetchone() == (5,)
+    finally:
+        con.close()
+    slow = load_settings({**env, "LAKE_S3_READ_TIMEOUT_SECONDS": "12"})
+    con = duck.connect_lake(slow)
+    try:
+        assert con.sql("SELECT current_setting('http_timeout')").fetchone() == (12,)
     finally:
         con.close()
 
