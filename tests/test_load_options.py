@@ -77,13 +77,36 @@ def test_a_resume_with_another_mapping_is_refused(
     assert "1,000 of its rows are in bronze.futures_trades" in message
     assert "(the mapping differs; started with mapping vendor_futures (" in message
     assert "v1.toml), no --source, format parquet)" in message
-    assert "Re-run with the options it was started with" in message
+    assert "`--reload` with this run's options loads the whole file again" in message
+    assert "beside those 1,000 rows" in message
     assert rows(duck, lake, TABLE, "SELECT count(*) FROM t") == [(1_000,)]
     # With the options it was started with, it finishes: every row once, one price scale.
     done = load_file(lake, path, LoadOptions(mapping=str(v1), commit_rows=1_000))
     assert (done.status, done.rows_stored) == ("resumed", N - 1_000)
     got = rows(duck, lake, TABLE, "SELECT count(*), count(DISTINCT seq), min(price) FROM t")
     assert got == [(N, N, 6000.0)]
+
+
+def test_reload_of_a_half_load_under_other_options_loads_the_file_under_them(
+    lake: LakeCatalog, duck, files: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The way out the refusal gives: finishing under the wrong mapping first, as it advised
+    before, then `--reload`, put the whole file into Silver at 100x price beside the good rows
+    (review18b); `--reload` of the half load was refused. Now it starts the next generation
+    under the new mapping: the file once at the right price, the first commit's rows beside."""
+    path, v1, v2 = files
+    _killed_after_first_commit(
+        lake, path, LoadOptions(mapping=str(v1), commit_rows=1_000), monkeypatch
+    )
+
+    again = load_file(lake, path, LoadOptions(mapping=str(v2), commit_rows=1_000, reload=True))
+
+    assert (again.status, again.rows_stored) == ("reloaded", N)
+    got = rows(duck, lake, TABLE, "SELECT price < 1000, count(*) FROM t GROUP BY 1 ORDER BY 1")
+    assert got == [(False, 1_000), (True, N)]  # the old mapping's first commit stays (no undo)
+    assert lake.load_table(TABLE).properties[ledger_key(_sha(path))].startswith(f"{N}:done@1;")
+    # Done: a plain re-run under either mapping is `already-loaded`.
+    assert load_file(lake, path, LoadOptions(mapping=str(v2))).status == "already-loaded"
 
 
 def test_a_resume_with_another_source_is_one_error_line(

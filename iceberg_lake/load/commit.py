@@ -275,6 +275,14 @@ class FileCommitter:
                 self._replaces = value
                 self.generation += 1
                 rows, done = 0, False
+            elif rows and not done and self.reload and self._options_differ(value):
+                # The way out of a half load under wrong options (review18b: finishing it under
+                # them first, as advised, put the whole file into Silver at 100x price): the
+                # whole file again under this run's options, as the next generation; the rows
+                # stored under the old ones stay (there is no undo of a load).
+                self._replaces = value
+                self.generation += 1
+                rows = 0
             if rows and not done:
                 self.check_options(value, rows)
             self.dl_key = dead_letter_key(self.table_id, self.sha256, self.generation)
@@ -283,6 +291,11 @@ class FileCommitter:
                 self._dl_table = self.lake.load_table(DEAD_LETTERS_TABLE)
                 dl_rows, _ = parse_ledger(self._dl_table.properties.get(self.dl_key))
         return rows, done, dl_rows
+
+    def _options_differ(self, value: str | None) -> bool:
+        return self.fingerprint is not None and bool(
+            self.fingerprint.differences(ledger_options(value))
+        )
 
     def check_options(self, value: str | None, rows: int) -> None:
         """Refuse to add rows to a file's load started under other options (`value`: its ledger
@@ -303,9 +316,10 @@ class FileCommitter:
         raise OptionsChangedError(
             f"{self.file_name}: {rows:,} of its rows are in {self.table_id}, loaded with other "
             f"options than this run's ({what}{'; started with ' + started if started else ''}): "
-            "resuming would store the file "
-            "half under each. Re-run with the options it was started with to finish it; then "
-            "`--reload` with the new ones loads it again beside it (Bronze keeps both copies)"
+            "resuming would store the file half under each. `--reload` with this run's options "
+            f"loads the whole file again under them, beside those {rows:,} rows (there is no "
+            "undo: they stay in Bronze, and in Silver where their dedup key differs); re-run "
+            "with the options it was started with to finish it as it began"
         )
 
     def _started_with(self) -> str:

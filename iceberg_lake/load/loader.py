@@ -331,7 +331,8 @@ def _check_unchanged(path: Path, version: tuple[int, int]) -> None:
     if _version(path) != version:
         raise LakeError(
             f"{path.name} changed while it was being loaded (still being written?): load it "
-            "again once it is complete (a complete file is a new version with its own hash)"
+            "again once it is complete (new content is a new version with its own hash; the "
+            "same content, only touched, resumes)"
         )
 
 
@@ -549,8 +550,8 @@ def load_file(
     _check_unchanged(path, version)
     if fmt in ("csv", "ndjson") and _ends_without_line_end(path):
         log.warning(
-            "%s ends without a line end: cut short (a download in progress)? Its last row is "
-            "loaded as it is",
+            "%s ends without a line end: cut short (a download that stopped)? Its last row is "
+            "read as it stands",
             path.name,
         )
     # What decides the stored rows, kept with the ledger entry: a resume under other options
