@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import io
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -221,3 +222,39 @@ price = "px"
 size = "qty"
 seq = "trade_id"
 """
+
+
+def killed_at_commit(monkeypatch: Any, n: int, load: Any, what: str = "killed") -> None:
+    """Run `load()` and stop it at its `n`-th commit of rows, the ones before in (a kill -9
+    between commits: `FileCommitter.commit_rows` raises); the commit path is restored after."""
+    import pytest
+
+    from iceberg_lake.load.commit import FileCommitter
+
+    real = FileCommitter.commit_rows
+
+    def kill() -> None:
+        raise RuntimeError(what)
+
+    at_commit(monkeypatch, n, kill)
+    try:
+        with pytest.raises(RuntimeError, match=re.escape(what)):
+            load()
+    finally:
+        monkeypatch.setattr(FileCommitter, "commit_rows", real)
+
+
+def at_commit(monkeypatch: Any, n: int, action: Any) -> None:
+    """Run `action()` just before the `n`-th commit of rows (`FileCommitter.commit_rows`)."""
+    from iceberg_lake.load.commit import FileCommitter
+
+    real = FileCommitter.commit_rows
+    calls = {"n": 0}
+
+    def commit_rows(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == n:
+            action()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FileCommitter, "commit_rows", commit_rows)

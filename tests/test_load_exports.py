@@ -19,7 +19,7 @@ from iceberg_lake.cli.app import app
 from iceberg_lake.load import LoadOptions, load_file
 from iceberg_lake.load.sources import TABLE_COLUMN
 from iceberg_lake.timetravel.replay.arrow import TABLE_COLUMN as REPLAY_TABLE_COLUMN
-from tests.load_data import T14, write_dbn
+from tests.load_data import T14, killed_at_commit, write_dbn
 from tests.test_load import make_lake, rows
 
 pytestmark = pytest.mark.integration
@@ -177,23 +177,11 @@ def test_an_export_load_killed_between_commits_resumes_to_each_row_once(
     """A crash between two commits of an export's load (as kill -9 would leave it): the re-run
     resumes from the ledger and stores every row of the table once, the other tables' rows
     none."""
-    from iceberg_lake.load.commit import FileCommitter
 
     path, _ = export["parquet"]
     lake = make_lake(tmp_path / "copy")
-    real = FileCommitter.commit_rows
-    calls = {"n": 0}
-
-    def crash_on_third(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("killed between commits")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(FileCommitter, "commit_rows", crash_on_third)
-    with pytest.raises(RuntimeError):
-        load_file(lake, path, LoadOptions(table=FUTURES, commit_rows=100))
-    monkeypatch.setattr(FileCommitter, "commit_rows", real)
+    options = LoadOptions(table=FUTURES, commit_rows=100)
+    killed_at_commit(monkeypatch, 3, lambda: load_file(lake, path, options))
     stored_before = rows(duck, lake, FUTURES, "SELECT count(*) FROM t")[0][0]
     assert 0 < stored_before < 300
 

@@ -14,10 +14,9 @@ import pytest
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.load import LoadOptions, load_file
-from iceberg_lake.load.commit import FileCommitter
 from iceberg_lake.load.loader import LoadFailedError
 from iceberg_lake.schema.evolve import AddColumn, Change, RenameColumn, evolve_table
-from tests.load_data import TRADES_MAPPING, trades_table, write_parquet
+from tests.load_data import TRADES_MAPPING, at_commit, trades_table, write_parquet
 from tests.test_load import make_lake, rows
 
 pytestmark = pytest.mark.integration
@@ -48,19 +47,10 @@ def test_a_migration_during_a_load_stops_it_with_one_line_and_the_rerun_resumes(
     mapping = tmp_path / "m.toml"
     mapping.write_text(TRADES_MAPPING)
     options = LoadOptions(mapping=str(mapping), commit_rows=1_000)
-    real = FileCommitter.commit_rows
-    calls = {"n": 0}
-
-    def migrate_before_the_second(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 2:  # the rows are converted; the migration lands before the commit
-            evolve_table(lake.load_table(TABLE), TABLE, [change])
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(FileCommitter, "commit_rows", migrate_before_the_second)
+    # The rows are converted; the migration lands before the second commit.
+    at_commit(monkeypatch, 2, lambda: evolve_table(lake.load_table(TABLE), TABLE, [change]))
     with pytest.raises(LoadFailedError) as stopped:
         load_file(lake, path, options)
-    monkeypatch.setattr(FileCommitter, "commit_rows", real)
 
     error = stopped.value.result.error or ""
     assert "t.parquet: bronze.futures_trades changed schema during the load" in error

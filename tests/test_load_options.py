@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
 from iceberg_lake.load import LoadOptions, load_file
-from iceberg_lake.load.commit import FileCommitter, OptionsChangedError, ledger_key
-from tests.load_data import TRADES_MAPPING, trades_table, write_parquet
+from iceberg_lake.load.commit import OptionsChangedError, ledger_key
+from tests.load_data import TRADES_MAPPING, killed_at_commit, trades_table, write_parquet
 from tests.test_load import make_lake, rows
 
 pytestmark = pytest.mark.integration
@@ -36,19 +36,7 @@ def _killed_after_first_commit(
     lake: LakeCatalog, path: Path, options: LoadOptions, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Load `path` and stop at its second commit (the first is in), like a kill -9."""
-    real = FileCommitter.commit_rows
-    calls = {"n": 0}
-
-    def crash_on_second(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("killed")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(FileCommitter, "commit_rows", crash_on_second)
-    with pytest.raises(RuntimeError):
-        load_file(lake, path, options)
-    monkeypatch.setattr(FileCommitter, "commit_rows", real)
+    killed_at_commit(monkeypatch, 2, lambda: load_file(lake, path, options))
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
 from iceberg_lake.exceptions import LakeError, LoadRejectedError
 from iceberg_lake.load import LoadOptions, load_file
-from iceberg_lake.load.commit import FileCommitter, ledger_key, parse_ledger
-from tests.load_data import TRADES_MAPPING, trades_table, write_parquet
+from iceberg_lake.load.commit import ledger_key, parse_ledger
+from tests.load_data import TRADES_MAPPING, killed_at_commit, trades_table, write_parquet
 from tests.test_load import make_lake, rows
 
 pytestmark = pytest.mark.integration
@@ -101,19 +101,7 @@ def test_reload_loads_again_as_a_new_generation_and_resumes_after_a_crash(
     key = ledger_key(first.sha256)
 
     reload = LoadOptions(mapping=str(mapping), commit_rows=1_000, reload=True)
-    real = FileCommitter.commit_rows
-    calls = {"n": 0}
-
-    def crash_on_third(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("killed after two commits of the reload")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(FileCommitter, "commit_rows", crash_on_third)
-    with pytest.raises(RuntimeError):
-        load_file(lake, path, reload)
-    monkeypatch.setattr(FileCommitter, "commit_rows", real)
+    killed_at_commit(monkeypatch, 3, lambda: load_file(lake, path, reload))
     assert lake.load_table(TABLE).properties[key].startswith("2000@1;m=")  # + the options
 
     resumed = load_file(lake, path, options)  # no --reload needed to finish it

@@ -25,6 +25,7 @@ from iceberg_lake.load import LoadOptions, load_file
 from iceberg_lake.load.commit import FileCommitter, ledger_key, parse_ledger
 from tests.load_data import (
     TRADES_MAPPING,
+    killed_at_commit,
     polygon_trades,
     trades_table,
     write_csv_gz,
@@ -129,19 +130,12 @@ def test_crash_between_dead_letters_and_rows_does_not_repeat_dead_letters(
     mapping = tmp_path / "m.toml"
     mapping.write_text(TRADES_MAPPING)
     options = LoadOptions(mapping=str(mapping), commit_rows=1_000)
-    real = FileCommitter.commit_rows
-    calls = {"n": 0}
-
-    def crash_on_second(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("killed after the dead letters of rows 1000..2000 committed")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(FileCommitter, "commit_rows", crash_on_second)
-    with pytest.raises(RuntimeError):
-        load_file(lake, path, options)
-    monkeypatch.setattr(FileCommitter, "commit_rows", real)
+    killed_at_commit(
+        monkeypatch,
+        2,
+        lambda: load_file(lake, path, options),
+        "killed after the dead letters of rows 1000..2000 committed",
+    )
 
     result = load_file(lake, path, options)
 

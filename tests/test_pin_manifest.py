@@ -40,9 +40,14 @@ def _v1_manifest(catalog: LakeCatalog, snapshot_id: int, path: Path) -> dict:
     return manifest
 
 
-def test_pin_manifest_keeps_an_untagged_manifest_reproducible_after_expiry(
-    tmp_path: Path,
-) -> None:
+def _replay(manifest: Path, out: Path, env: dict[str, str]):  # noqa: ANN202
+    """`lake replay --from-manifest` (a CLI result)."""
+    args = ["replay", "--from-manifest", str(manifest), "--out", str(out), "--no-progress"]
+    return runner.invoke(app, args, env=env)
+
+
+def _three_snapshots(tmp_path: Path) -> tuple[dict[str, str], LakeCatalog, int, int]:
+    """A fresh lake whose trades table has three snapshots: (env, catalog, first, second)."""
     env = {"LAKE_DATA_DIR": str(tmp_path / "lake")}
     catalog = LakeCatalog(load_settings(env))
     catalog.init()
@@ -50,6 +55,13 @@ def test_pin_manifest_keeps_an_untagged_manifest_reproducible_after_expiry(
     s1 = append(table, trades("SPY", T14, 5, 10**6))
     s2 = append(table, trades("SPY", T14 + 10**9, 5, 10**6, seq0=5))
     append(table, trades("SPY", T14 + 2 * 10**9, 5, 10**6, seq0=10))
+    return env, catalog, s1, s2
+
+
+def test_pin_manifest_keeps_an_untagged_manifest_reproducible_after_expiry(
+    tmp_path: Path,
+) -> None:
+    env, catalog, s1, s2 = _three_snapshots(tmp_path)
     pinned, unpinned = tmp_path / "v1-a.json", tmp_path / "v1-b.json"
     recorded = _v1_manifest(catalog, s1, pinned)
     _v1_manifest(catalog, s2, unpinned)
@@ -92,13 +104,7 @@ def test_a_rerun_never_shortens_a_pin_and_an_expired_pin_reads_as_one(tmp_path: 
     """A 365-day pin rerun with the default setting (a nightly "does it still reproduce" job)
     was cut back to 90 days, and the snapshot expired before the backtest was needed again;
     the refusal then asked whether the recorded snapshot id was a time (history18)."""
-    env = {"LAKE_DATA_DIR": str(tmp_path / "lake")}
-    catalog = LakeCatalog(load_settings(env))
-    catalog.init()
-    table = catalog.load_table(TRADES)
-    s1 = append(table, trades("SPY", T14, 5, 10**6))
-    s2 = append(table, trades("SPY", T14 + 10**9, 5, 10**6, seq0=5))
-    append(table, trades("SPY", T14 + 2 * 10**9, 5, 10**6, seq0=10))
+    env, catalog, s1, s2 = _three_snapshots(tmp_path)
     manifest, unpinned = tmp_path / "keep.json", tmp_path / "gone.json"
     _v1_manifest(catalog, s1, manifest)
     _v1_manifest(catalog, s2, unpinned)
@@ -113,28 +119,18 @@ def test_a_rerun_never_shortens_a_pin_and_an_expired_pin_reads_as_one(tmp_path: 
     assert runner.invoke(app, ["snapshot", "pin-manifest", str(manifest)], env=long).exit_code == 0
     assert 365 <= age_days() < 366
     snapshots = len(catalog.load_table(TRADES).metadata.snapshots)
-    rerun = runner.invoke(
-        app,
-        ["replay", "--from-manifest", str(manifest), "--out", str(tmp_path / "e.ndjson"),
-         "--no-progress"],
-        env=env,
-    )  # fmt: skip
+    rerun = _replay(manifest, tmp_path / "e.ndjson", env)
     assert rerun.exit_code == 0, rerun.output
     assert 365 <= age_days() < 366  # kept, not cut to the rerunner's 90 days
     assert len(catalog.load_table(TRADES).metadata.snapshots) == snapshots
-    ninety = {**env, "LAKE_REPLAY_PIN_MAX_AGE_DAYS": "400"}
+    longer = {**env, "LAKE_REPLAY_PIN_MAX_AGE_DAYS": "400"}
     assert (
-        runner.invoke(app, ["snapshot", "pin-manifest", str(manifest)], env=ninety).exit_code == 0
+        runner.invoke(app, ["snapshot", "pin-manifest", str(manifest)], env=longer).exit_code == 0
     )
     assert 400 <= age_days() < 401  # a longer setting extends it
 
     expired = runner.invoke(app, ["maintain", "expire-snapshots", "--older-than", "0s"], env=env)
     assert expired.exit_code == 0, expired.output
-    late = runner.invoke(
-        app,
-        ["replay", "--from-manifest", str(unpinned), "--out", str(tmp_path / "x.ndjson"),
-         "--no-progress"],
-        env=env,
-    )  # fmt: skip
+    late = _replay(unpinned, tmp_path / "x.ndjson", env)
     assert late.exit_code == 1
     assert f"no snapshot {s2} (expired" in late.output and "is a time" not in late.output

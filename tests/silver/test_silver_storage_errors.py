@@ -55,6 +55,37 @@ def _silver_files(settings: Any) -> list[Path]:
     return sorted(Path(settings.data_dir).rglob("silver/futures_trades/data/**/*.parquet"))
 
 
+def _failing_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, partitions: int, before_query: Any
+) -> tuple[Any, list[int]]:
+    """A run of one partition per query, two queries at a time, each query calling
+    `before_query(n)` first (`n`: the order it started in); one of them raises the injected
+    error, which the run must fail with. Returns the settings and the queries started."""
+    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
+    catalog = _make_lake(settings)
+    _many_partitions(catalog, partitions)
+    started: list[int] = []
+    lock = threading.Lock()
+    real = job.CompactionJob.compact_group
+
+    def compact_group(self: job.CompactionJob, group: list[Any]) -> Any:
+        with lock:
+            n = len(started)
+            started.append(n)
+        before_query(n)
+        return real(self, group)
+
+    monkeypatch.setattr(job.CompactionJob, "compact_group", compact_group)
+    compactor = SilverCompactor(catalog, rows_per_query=1, workers=2)
+    with compactor, pytest.raises(CatalogUnavailableError, match="injected"):
+        compactor.compact_date(DAY, "futures.trades")
+    return settings, started
+
+
+def _injected() -> CatalogUnavailableError:
+    return CatalogUnavailableError("compacting: storage unavailable (injected)")
+
+
 def test_after_a_failed_query_the_queries_not_started_are_not_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -62,31 +93,17 @@ def test_after_a_failed_query_the_queries_not_started_are_not_run(
     timeouts: a Silver run took 4 minutes to give up on 20 partitions (prod17's stall,
     reproduced). Here the second query fails at once while the first still runs; the worker
     it freed must not start a third."""
-    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
-    catalog = _make_lake(settings)
-    _many_partitions(catalog, 8)
-    started: list[int] = []
-    lock = threading.Lock()
     third = threading.Event()
-    real = job.CompactionJob.compact_group
 
-    def second_fails(self: job.CompactionJob, group: list[Any]) -> Any:
-        with lock:
-            started.append(len(started))
-            n = started[-1]
+    def second_fails(n: int) -> None:
         if n == 1:
-            raise CatalogUnavailableError("compacting: storage unavailable (injected)")
+            raise _injected()
         if n == 2:
             third.set()
         if n == 0:  # the first waits until a third has started (or 3 s), then finishes
             third.wait(3)
-        return real(self, group)
 
-    monkeypatch.setattr(job.CompactionJob, "compact_group", second_fails)
-    # One partition per query (8 queries), two at a time.
-    compactor = SilverCompactor(catalog, rows_per_query=1, workers=2)
-    with compactor, pytest.raises(CatalogUnavailableError, match="injected"):
-        compactor.compact_date(DAY, "futures.trades")
+    _, started = _failing_run(tmp_path, monkeypatch, 8, second_fails)
     assert started == [0, 1]
 
 
@@ -153,29 +170,16 @@ def test_the_files_of_queries_finishing_after_a_failure_are_deleted(
 ) -> None:
     """A query still running when another failed finished its files, and nothing deleted them
     (review18: 6 of 8 files left on a healthy store)."""
-    settings = load_settings({"LAKE_DATA_DIR": str(tmp_path / "lake")})
-    catalog = _make_lake(settings)
-    _many_partitions(catalog, 4)
     failed, second = threading.Event(), threading.Event()
-    started: list[int] = []
-    lock = threading.Lock()
-    real = job.CompactionJob.compact_group
 
-    def first_fails(self: job.CompactionJob, group: list[Any]) -> Any:
-        with lock:
-            started.append(len(started))
-            n = started[-1]
+    def first_fails(n: int) -> None:
         if n == 0:  # fails while the second runs
             second.wait(10)
             failed.set()
-            raise CatalogUnavailableError("compacting: storage unavailable (injected)")
+            raise _injected()
         second.set()
         failed.wait(10)  # the second finishes its files after the failure
-        return real(self, group)
 
-    monkeypatch.setattr(job.CompactionJob, "compact_group", first_fails)
-    compactor = SilverCompactor(catalog, rows_per_query=1, workers=2)
-    with compactor, pytest.raises(CatalogUnavailableError, match="injected"):
-        compactor.compact_date(DAY, "futures.trades")
+    settings, started = _failing_run(tmp_path, monkeypatch, 4, first_fails)
     assert started == [0, 1]
     assert _silver_files(settings) == []
