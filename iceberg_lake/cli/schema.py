@@ -263,10 +263,7 @@ def table_evolve(
         declared = catalog.registry.get(name) if name in catalog.registry else None
         check_declared_renames(declared, changes)
     table = catalog.load_table(name)
-    pair = f"silver.{name.split('.', 1)[-1]}"
-    if name.startswith(("bronze.", "silver.")) and pair in catalog.registry:
-        sources = {p.source for p in catalog.registry.get(pair).partition}
-        check_partition_source_renames(name, changes, sources)
+    check_partition_source_renames(name, changes, catalog.registry)
     result = evolve_table(table, name, changes, dry_run=dry_run, fresh=True)
     lines = result.plan.describe()
     if output != OutputFormat.text:

@@ -41,7 +41,7 @@ from iceberg_lake.catalog import catalog_errors
 from iceberg_lake.exceptions import CommitConflictError, LakeError, SchemaChangeError
 from iceberg_lake.properties import SCHEMA_VERSION_PROPERTY
 from iceberg_lake.schema.names import NameHistory
-from iceberg_lake.tables import SILVER, TableDefinition, parse_type
+from iceberg_lake.tables import BRONZE, SILVER, TableDefinition, TableRegistry, parse_type
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class Plan:
 
 
 def check_partition_source_renames(
-    identifier: str, changes: list[Change] | tuple[Change, ...], sources: set[str]
+    identifier: str, changes: list[Change] | tuple[Change, ...], registry: TableRegistry
 ) -> None:
     """Refuse renaming, in one table alone, a column Silver compaction pairs partitions by.
 
@@ -221,14 +221,19 @@ def check_partition_source_renames(
     migration. A rename back to such a name (a repair) and other partition columns are free.
 
     Args:
-        identifier: the table (`bronze.x` or `silver.x`).
+        identifier: the table (`bronze.x` or `silver.x`; other tables have no pair).
         changes: the requested changes.
-        sources: the columns Silver's declared partition spec is computed from (`symbol` or
-            `underlying`, `ts_event`); empty for a table without a Silver pair.
+        registry: the declared tables: the columns Silver's declared partition spec is computed
+            from (`symbol` or `underlying`, `ts_event`) are the refused ones.
 
     Raises:
-        SchemaChangeError: a rename of one of `sources`.
+        SchemaChangeError: a rename of one of those columns.
     """
+    namespace, _, name = identifier.partition(".")
+    pair = f"{SILVER}.{name}"
+    if namespace not in (BRONZE, SILVER) or pair not in registry:
+        return
+    sources = {p.source for p in registry.get(pair).partition}
     for change in changes:
         if isinstance(change, RenameColumn) and change.old in sources:
             raise SchemaChangeError(
