@@ -142,6 +142,12 @@ class Settings:
     #: progress before a try fails, over 4 tries. DuckDB's own 30 s kept a Silver run waiting
     #: 2 minutes on a stalled store (prod17); raise it for a store slow to answer.
     s3_read_timeout_seconds: float = 5.0
+    #: DuckDB's memory limit for Silver, `lake query` and replay (e.g. ``4GB``, ``512MiB``);
+    #: empty = DuckDB's own, 80% of RAM. Sorts beyond it spill to `duckdb_temp_directory`.
+    duckdb_memory_limit: str = ""
+    #: Where DuckDB spills (empty = DuckDB's own, ``.tmp`` under the working directory, which a
+    #: read-only or small working directory cannot hold).
+    duckdb_temp_directory: Path | None = None
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str | None = None
     nats_password: str | None = field(default=None, repr=False)
@@ -277,6 +283,28 @@ def load_settings(
     return _validate(Settings(**values))
 
 
+_MEMORY = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)\s*", re.IGNORECASE)
+_MEMORY_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_MEMORY_UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+#: Below this DuckDB fails plain queries with "Out of Memory" rather than spilling.
+_MIN_MEMORY_LIMIT = 64 * 2**20
+
+
+def _memory_limit(text: str) -> str:
+    """`text` checked as a DuckDB memory size (``4GB``, ``512 MiB``), written as DuckDB takes it."""
+    name = env_var("duckdb_memory_limit")
+    match = _MEMORY.fullmatch(text)
+    if match is None:
+        raise ConfigError(
+            f"{name} must be a size such as 4GB or 512MiB (units B, KB, MB, GB, TB, KiB, MiB, "
+            f"GiB, TiB), got {text!r}"
+        )
+    number, unit = match.groups()
+    if float(number) * _MEMORY_UNITS[unit.upper()] < _MIN_MEMORY_LIMIT:
+        raise ConfigError(f"{name} must be at least 64MiB, got {text!r}")
+    return f"{number}{unit.upper().replace('I', 'i')}"
+
+
 def _beside(file_path: Path, name: str, value: Any) -> Any:
     """A relative path of the config file made relative to the file's directory.
 
@@ -377,6 +405,10 @@ def _validate(s: Settings) -> Settings:
             "): JetStream refuses a duplicate window longer than max age; set a shorter window "
             "or a longer max age"
         )
+    if s.duckdb_memory_limit:
+        changes["duckdb_memory_limit"] = _memory_limit(s.duckdb_memory_limit)
+    if s.duckdb_temp_directory is not None:
+        changes["duckdb_temp_directory"] = s.duckdb_temp_directory.absolute()
     if s.max_buffered_events < max(s.bronze_batch_size, s.gold_batch_size):
         raise ConfigError(
             f"{env_var('max_buffered_events')} must be at least the largest batch size"

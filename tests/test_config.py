@@ -149,6 +149,9 @@ def test_a_plain_warehouse_path_is_normalised(tmp_path: Path) -> None:
         ({"LAKE_NATS_URL": "http://x:4222"}, "LAKE_NATS_URL"),
         ({"LAKE_NATS_CREDS": "/nonexistent/x.creds"}, "LAKE_NATS_CREDS"),
         ({"LAKE_BATCH_SIZ": "5"}, "LAKE_BATCH_SIZ"),
+        ({"LAKE_DUCKDB_MEMORY_LIMIT": "80%"}, "LAKE_DUCKDB_MEMORY_LIMIT"),
+        ({"LAKE_DUCKDB_MEMORY_LIMIT": "4096"}, "LAKE_DUCKDB_MEMORY_LIMIT"),
+        ({"LAKE_DUCKDB_MEMORY_LIMIT": "10MB"}, "LAKE_DUCKDB_MEMORY_LIMIT"),
     ],
 )
 def test_invalid_settings_name_the_variable(environ: dict[str, str], variable: str) -> None:

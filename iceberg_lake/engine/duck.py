@@ -26,6 +26,8 @@ from urllib.parse import urlparse, urlsplit
 
 import duckdb
 
+from iceberg_lake.exceptions import ConfigError
+
 if TYPE_CHECKING:
     from iceberg_lake.config import Settings
 
@@ -46,6 +48,7 @@ __all__ = [
     "quote_str",
     "referenced_tables",
     "sandbox",
+    "set_resources",
     "uses_object_store",
     "timestamptz_literal",
 ]
@@ -211,12 +214,35 @@ def connect_lake(
             # DuckDB takes whole seconds.
             seconds = max(1, round(settings.s3_read_timeout_seconds))
             con.execute(f"SET http_timeout = {seconds}")
+        set_resources(con, settings)
         if time_zone is not None:
             con.execute(f"SET TimeZone = {quote_str(time_zone)}")
     except BaseException:
         con.close()
         raise
     return con
+
+
+def set_resources(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """Apply ``LAKE_DUCKDB_MEMORY_LIMIT`` and ``LAKE_DUCKDB_TEMP_DIRECTORY`` to `con`.
+
+    The spill directory is created here, so a path that cannot be one fails before any read
+    rather than in the middle of a sort that spills.
+
+    Raises:
+        ConfigError: the spill directory cannot be created.
+    """
+    if settings.duckdb_memory_limit:
+        con.execute(f"SET memory_limit = {quote_str(settings.duckdb_memory_limit)}")
+    directory = settings.duckdb_temp_directory
+    if directory is not None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"LAKE_DUCKDB_TEMP_DIRECTORY {directory} cannot be created: {exc.strerror or exc}"
+            ) from None
+        con.execute(f"SET temp_directory = {quote_str(str(directory))}")
 
 
 class DuckSession:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from iceberg_lake.config import load_settings
 from iceberg_lake.engine import duck
+from iceberg_lake.exceptions import ConfigError
 
 
 def _loaded(con) -> set[str]:  # noqa: ANN001
@@ -59,6 +62,51 @@ def test_object_store_gets_httpfs_and_the_s3_secret(tmp_path: Path) -> None:
         assert con.sql("SELECT current_setting('http_timeout')").fetchone() == (12,)
     finally:
         con.close()
+
+
+def test_memory_limit_and_spill_directory_from_the_settings(tmp_path: Path) -> None:
+    """`LAKE_DUCKDB_MEMORY_LIMIT` / `LAKE_DUCKDB_TEMP_DIRECTORY` reach every lake connection,
+    and a sort larger than the limit spills into the directory instead of failing."""
+    default = duck.connect_lake(load_settings({"LAKE_DATA_DIR": str(tmp_path / "data")}))
+    try:  # unset: DuckDB's own (spilling into `.tmp` under the working directory)
+        assert default.sql("SELECT current_setting('temp_directory')").fetchone() == (".tmp",)
+    finally:
+        default.close()
+    spill = tmp_path / "spill" / "duckdb"
+    settings = load_settings(
+        {
+            "LAKE_DATA_DIR": str(tmp_path / "data"),
+            "LAKE_DUCKDB_MEMORY_LIMIT": "100 mib",
+            "LAKE_DUCKDB_TEMP_DIRECTORY": str(spill),
+        }
+    )
+    assert settings.duckdb_memory_limit == "100MiB"
+    session = duck.DuckSession(settings)
+    try:
+        cur = session.cursor()
+        assert cur.sql("SELECT current_setting('memory_limit')").fetchone() == ("100.0 MiB",)
+        assert cur.sql("SELECT current_setting('temp_directory')").fetchone() == (str(spill),)
+        # ~320 MB of rows sorted under a 100 MiB limit: only possible by spilling.
+        rows = cur.sql(
+            "SELECT count(*), count(DISTINCT k) FROM (SELECT hash(i) AS k, repeat('x', 24) AS pad"
+            " FROM range(8000000) t(i) ORDER BY k)"
+        ).fetchone()
+        assert rows == (8_000_000, 8_000_000)
+        cur.close()
+    finally:
+        session.close()
+
+
+def test_a_spill_directory_that_cannot_be_made_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    settings = load_settings(
+        {
+            "LAKE_DATA_DIR": str(tmp_path / "data"),
+            "LAKE_DUCKDB_TEMP_DIRECTORY": str(tmp_path / "file" / "spill"),
+        }
+    )
+    with pytest.raises(ConfigError, match="LAKE_DUCKDB_TEMP_DIRECTORY .*file/spill cannot be"):
+        duck.connect_lake(settings)
 
 
 def test_time_zone_and_the_shared_session_set_up_in_the_engine(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine.duck import connect as duck_connect
+from iceberg_lake.engine.duck import set_resources
 from iceberg_lake.timetravel.canonical import Scratch, encode_rows_raw, frame_rows, warm_up
 from iceberg_lake.timetravel.query import Lake
 from iceberg_lake.timetravel.replay.source import NS_PER_DAY, NS_PER_HOUR, PinnedSource
@@ -355,6 +356,7 @@ class WindowPipeline:
         windows, buckets = self._plan()
         pinned = [s for s in self.sources if s.snapshot_id is not None]
         con = duck_connect(extensions=())
+        set_resources(con, self.catalog.settings)
         for source in pinned:
             if source.files is not None and source.arrow_schema is None:
                 source.arrow_schema = source.simple_arrow_schema(con)
