@@ -190,6 +190,8 @@ def load(
         output,
     )
     for r in results:
+        for warning in r.warnings:
+            say(f"warning: {warning}", output)
         if r.unknown_columns:
             say(
                 f"{Path(r.file).name}: {r.table} has no column "

@@ -86,7 +86,9 @@ class CorruptFileError(LakeError):
     """A compressed file whose data does not decompress or match its checksum."""
 
 
-def file_sha256(path: Path, chunk: int = 4 << 20, verify: bool = True) -> str:
+def file_sha256(
+    path: Path, chunk: int = 4 << 20, verify: bool = True, tail: list[bytes] | None = None
+) -> str:
     """The SHA-256 of the file's bytes (the identity of a file for exactly-once loading).
 
     With `verify`, a gzip or zstd file (told by its first bytes) is also decompressed whole, in a
@@ -97,22 +99,31 @@ def file_sha256(path: Path, chunk: int = 4 << 20, verify: bool = True) -> str:
     zstd where the frame has its content checksum (the `zstd` tool writes one, some libraries
     do not) or where the damage breaks the compressed structure.
 
+    Args:
+        tail: if given, receives the file's last byte of content (decompressed, for a gzip or
+            zstd file read with `verify`), none for an empty file.
+
     Raises:
         CorruptFileError: the file does not decompress, or fails its checksum.
     """
     compression = magic_compression(path) if verify else None
     failure: list[str] = []
+    content_tail: list[bytes] = []
     checker = None
     if compression:
         checker = threading.Thread(
-            target=_decompress_all, args=(path, compression, failure), daemon=True
+            target=_decompress_all,
+            args=(path, compression, failure, content_tail),
+            daemon=True,
         )
         checker.start()
     h = hashlib.sha256()
+    last = b""
     try:
         with path.open("rb") as f:
             while block := f.read(chunk):
                 h.update(block)
+                last = block[-1:]
     finally:
         if checker is not None:
             checker.join()
@@ -121,6 +132,8 @@ def file_sha256(path: Path, chunk: int = 4 << 20, verify: bool = True) -> str:
             f"{path.name}: corrupt {compression} data ({failure[0]}): nothing stored; "
             "download the file again"
         )
+    if tail is not None:
+        tail[:] = content_tail if compression else [last] if last else []
     return h.hexdigest()
 
 
@@ -131,13 +144,13 @@ def magic_compression(path: Path) -> str | None:
     return next((c for magic, c in COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
 
 
-def _decompress_all(path: Path, compression: str, failure: list[str]) -> None:
+def _decompress_all(path: Path, compression: str, failure: list[str], tail: list[bytes]) -> None:
     """Decompress `path` to nowhere (pyarrow's codecs, as the readers use); an error into
-    `failure`."""
+    `failure`, the last byte of content into `tail`."""
     try:
         with pa.input_stream(str(path), compression=compression) as stream:
-            while stream.read(BLOCK_BYTES):
-                pass
+            while block := stream.read(BLOCK_BYTES):
+                tail[:] = [block[-1:]]
     except (OSError, pa.ArrowInvalid) as exc:
         failure.append(str(exc))
 
