@@ -91,6 +91,9 @@ LOAD_END_ROW = "lake.load-end-row"
 LOAD_MAPPING = "lake.load-mapping"
 LOAD_SOURCE = "lake.load-source"
 LOAD_FORMAT = "lake.load-format"
+#: `lake.operation` value of a `lake load --undo` snapshot (it removes a file's rows; the
+#: summary names the file with `LOAD_SHA256` and `LOAD_FILE`).
+LOAD_UNDO = "load-undo"
 
 # ---- time travel -------------------------------------------------------------------------------
 #: Table property prefix recording that tag `<name>` was made while the table had no snapshot:
@@ -118,6 +121,7 @@ __all__ = [
     "LOAD_PREFIX",
     "LOAD_SHA256",
     "LOAD_SOURCE",
+    "LOAD_UNDO",
     "POSITION_MARKS_PREFIX",
     "POSITION_PREFIX",
     "REPLACED_PARTITIONS",

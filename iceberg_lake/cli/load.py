@@ -69,6 +69,14 @@ def load(
         "--reload",
         help="Load files again although already loaded (Bronze keeps both copies; Silver one).",
     ),
+    undo: bool = typer.Option(
+        False,
+        "--undo",
+        help=(
+            "Take back out of Bronze every row the loads of these files stored (and their "
+            "dead letters); Silver follows on its next compaction of those days (--compact)."
+        ),
+    ),
     output: OutputFormat = OUTPUT_OPTION,
 ) -> None:
     """Load vendor files into Bronze: same validation as the writers, exactly once per file.
@@ -76,11 +84,33 @@ def load(
     Loading a file again stores nothing (unless --reload); a load interrupted at any point
     resumes where its last commit ended. Bad rows go to bronze.dead_letters with the reason; a
     file with no valid row in its first commit is refused whole (exit 1, nothing stored).
+    --undo removes what the loads of a file stored (a load under the wrong options), so it can
+    be loaded again.
     """
     from iceberg_lake.load import DEFAULT_COMMIT_ROWS, LoadOptions, compact_loaded, load_files
     from iceberg_lake.load.loader import EARLIER_RUN
     from iceberg_lake.load.sources import FORMATS
 
+    if undo:
+        given = [
+            flag
+            for flag, value in (
+                ("--format", fmt),
+                ("--mapping", mapping),
+                ("--source", source),
+                ("--commit-rows", commit_rows),
+                ("--reload", reload or None),
+                ("--jobs", jobs if jobs != 1 else None),
+            )
+            if value is not None
+        ]
+        if given:
+            raise LakeError(
+                f"--undo takes files, --table, --compact and -o only, not {', '.join(given)} "
+                "(a file's loads are found by its content, whatever options loaded it)"
+            )
+        _undo(paths, table, compact, output)
+        return
     if fmt is not None and fmt not in FORMATS:
         raise LakeError(
             f"--format {fmt}: not a format lake load reads (one of {', '.join(FORMATS)})"
@@ -225,6 +255,93 @@ def load(
         if hint:
             say(hint, output)
     _fail_if_rejected(rejected, compaction_errors)
+
+
+#: Text output of `--undo`: column title → result key.
+UNDO_COLUMNS = {
+    "file": "file",
+    "table": "table",
+    "status": "status",
+    "removed": "rows_removed",
+    "dead": "dead_letters_removed",
+    "files": "files_removed",
+    "days": "days",
+}
+
+
+def _undo(paths: list[Path], table: str | None, compact: bool, output: OutputFormat) -> None:
+    """`lake load --undo`: one result per (file, table); a file that cannot be undone is
+    said with its reason (exit 1) and the others are undone."""
+    from iceberg_lake.catalog import LakeCatalog
+    from iceberg_lake.load.undo import UndoResult, undo_file
+    from iceberg_lake.silver import SilverCompactor
+
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files.extend(f for f in _files_below(p) if _has_format(f))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise LakeError(f"no such file or folder: {p}")
+    lake = LakeCatalog(settings())
+    results: list[UndoResult] = []
+    errors: list[str] = []
+    for f in files:
+        try:
+            results.extend(undo_file(lake, f, table))
+        except LakeError as exc:
+            if not str(exc).startswith(f.name):
+                exc = LakeError(f"{f.name}: {exc}")
+            errors.append(str(exc))
+    compactions: list[dict[str, Any]] = []
+    if compact:
+        work = sorted({(r.table, d) for r in results if r.status == "undone" for d in r.days})
+        with SilverCompactor(lake) as compactor:
+            compactions = [compactor.compact_date(d, t).as_dict() for t, d in work]
+    errors += [
+        f"silver compaction of {c.get('table')}: {c.get('error') or 'failed'}"
+        for c in compactions
+        if c.get("status") == "error"
+    ]
+    if output == OutputFormat.json:
+        keys = ("table", "date", "status", "rows_written", "partitions", "error")
+        payload = {
+            "results": [r.as_dict() for r in results],
+            "compactions": [{k: c.get(k) for k in keys} for c in compactions],
+            "errors": errors,
+        }
+        typer.echo(to_json(payload))
+    else:
+        rows = []
+        for r in results:
+            d = r.as_dict()
+            d["file"] = Path(r.file).name
+            d["table"] = r.table.removeprefix("bronze.")
+            d["days"] = ", ".join(r.days)
+            rows.append({label: d.get(key) for label, key in UNDO_COLUMNS.items()})
+        if rows:
+            emit(rows, output, title="lake load --undo", columns=list(UNDO_COLUMNS))
+        for c in compactions:
+            say(
+                f"silver: {c.get('table')} {c.get('date')} {c.get('status')}, "
+                f"{c.get('rows_written') or 0:,} rows, {c.get('partitions') or 0} partitions",
+                output,
+            )
+        days = sorted({d for r in results if r.status == "undone" for d in r.days})
+        if not compact and days:
+            hint = compact_hint(days)
+            if hint:
+                say(
+                    hint.replace("lake load ... --compact", "lake load --undo ... --compact"),
+                    output,
+                )
+    if errors:
+        for line in errors:
+            err_console.print(
+                f"[red]error:[/red] {escape(line)}", markup=True, highlight=False, soft_wrap=True
+            )
+        raise typer.Exit(1)
 
 
 #: `compact_hint` names each touched day up to this many; more are shown as a range.

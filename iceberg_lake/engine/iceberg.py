@@ -17,7 +17,9 @@ import functools
 import itertools
 import logging
 import operator
+import os
 import queue
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -1644,8 +1646,10 @@ class WatermarkedAppend:
         snapshot_properties: Mapping[str, str] | None = None,
         expected: Mapping[str, str | None] | None = None,
         schema_id: int | None = None,
+        write_uuid: uuid.UUID | None = None,
     ) -> None:
         self.table = table
+        self.write_uuid = write_uuid
         self.watermark = dict(watermark)
         self.snapshot_properties = dict(snapshot_properties or {})
         self.expected = dict(expected) if expected is not None else None
@@ -1675,7 +1679,7 @@ class WatermarkedAppend:
         files: list[DataFile] = []
         stock: list[pa.Table] = []
         fast = 0
-        commit_uuid = uuid.uuid4()
+        commit_uuid = self.write_uuid or uuid.uuid4()
         counter = itertools.count()
         sent = False
         try:
@@ -1729,6 +1733,7 @@ def watermarked_append(
     snapshot_properties: Mapping[str, str] | None = None,
     expected: Mapping[str, str | None] | None = None,
     schema_id: int | None = None,
+    write_uuid: uuid.UUID | None = None,
 ) -> WatermarkedAppend:
     """Append rows and set `watermark` properties in one fast-append commit.
 
@@ -1736,7 +1741,8 @@ def watermarked_append(
     absent), a compare-and-swap that fences a stale writer (`require_properties`); a mismatch
     raises `ValidationException` and nothing is committed. `schema_id` (optional): the table's
     current schema id must still be this one at commit time (`require_schema`), else
-    `ValidationException` and nothing is committed.
+    `ValidationException` and nothing is committed. `write_uuid` (optional): the id in the data
+    files' names (`tagged_write_uuid`: their provenance); one per commit, never reused.
 
     Usage::
 
@@ -1747,7 +1753,67 @@ def watermarked_append(
     metadata updates; no manifest merge). Raises what pyiceberg raises on commit
     (`CommitFailedException` on a conflict): the caller retries on a refreshed table.
     """
-    return WatermarkedAppend(table, watermark, snapshot_properties, expected, schema_id)
+    return WatermarkedAppend(table, watermark, snapshot_properties, expected, schema_id, write_uuid)
+
+
+# ---- provenance of data files, in their names ---------------------------------------------------
+
+#: pyiceberg's data file names (`write_data_files`, `write_partition_files`, the writers' own
+#: path): `<5 digits>-<task>-<write uuid>.parquet`.
+_DATA_FILE_NAME = re.compile(
+    r"(?:^|/)\d{5}-\d+-([0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3})-[0-9a-f-]+\.parquet$"
+)
+
+
+def file_tag_of(digest_hex: str) -> str:
+    """The 16-hex-digit tag that files written for `digest_hex` (e.g. a loaded file's SHA-256)
+    carry in their names: its first 16 digits with the 13th set to the UUID version 8
+    ("custom"), which random (version 4) write ids never have."""
+    tag = digest_hex[:16].lower()
+    return f"{tag[:12]}8{tag[13:16]}"
+
+
+def tagged_write_uuid(tag: str) -> uuid.UUID:
+    """A fresh write id (random in its last 64 bits) whose data files carry `tag`
+    (`file_tag_of`) in their names, for `file_tag` to find them again."""
+    raw = bytearray(bytes.fromhex(tag) + os.urandom(8))
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant, as a UUID must have
+    return uuid.UUID(bytes=bytes(raw))
+
+
+def file_tag(path: str) -> str | None:
+    """The tag in a data file's name (`tagged_write_uuid`); None for any other file (random
+    write ids, other engines' names)."""
+    match = _DATA_FILE_NAME.search(path)
+    return match.group(1).replace("-", "") if match else None
+
+
+def current_data_files(table: Table) -> list[DataFile]:
+    """Every data file of the table's current snapshot (no pruning)."""
+    from pyiceberg.expressions import AlwaysTrue
+
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return []
+    return plan_data_files(table, snapshot.snapshot_id, AlwaysTrue())[0]
+
+
+def delete_rows(
+    table: Table,
+    row_filter: BooleanExpression,
+    *,
+    remove_properties: Iterable[str] = (),
+    snapshot_properties: Mapping[str, str] | None = None,
+) -> None:
+    """Delete the rows matching `row_filter` (copy-on-write: pyiceberg rewrites the files that
+    hold them) and remove `remove_properties`, in one commit. A filter matching no row still
+    removes the properties."""
+    tx = table.transaction()
+    tx.delete(row_filter, snapshot_properties=dict(snapshot_properties or {}))
+    keys = [k for k in remove_properties if k in table.properties]
+    if keys:
+        tx.remove_properties(*keys)
+    tx.commit_transaction()
 
 
 def rewrite_manifests(table: Table, snapshot_properties: Mapping[str, str]) -> int | None:
@@ -2028,6 +2094,17 @@ def require_properties(tx: Transaction, expected: dict[str, str | None]) -> None
     the commit. Uses the transaction's private `_stage` (the only way to add a requirement).
     """
     tx._stage((), (AssertProperties(expected=expected),))  # type: ignore[arg-type]
+
+
+def set_properties_if(
+    table: Table, expected: dict[str, str | None], properties: Mapping[str, str]
+) -> None:
+    """Set `properties` in a metadata-only commit, if the table's properties still equal
+    `expected` (`require_properties`; else `ValidationException`, nothing changed)."""
+    tx = table.transaction()
+    require_properties(tx, expected)
+    tx.set_properties(dict(properties))
+    tx.commit_transaction()
 
 
 class AssertSchemaId(ValidatableTableRequirement):

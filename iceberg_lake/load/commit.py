@@ -52,8 +52,10 @@ from pyiceberg.table import Table
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine.iceberg import (
+    file_tag_of,
     identity_partition_column,
     partition_codes,
+    tagged_write_uuid,
     watermarked_append,
 )
 from iceberg_lake.exceptions import CommitConflictError, LakeError
@@ -65,6 +67,10 @@ log = logging.getLogger(__name__)
 
 HOUR_NS = 3600 * 10**9
 DONE = "done"
+#: The state of a ledger entry after `lake load --undo` (`0:undone@<next generation>`).
+UNDONE = "undone"
+#: The ledger's count of rows stored by all loads of the file (`…;<options>,k=<n>`).
+STORED = "k"
 #: Attempts at one commit before giving up (each on a refreshed table, with backoff).
 MAX_ATTEMPTS = 12
 
@@ -82,6 +88,11 @@ def dead_letter_key(table: str, sha256: str, generation: int = 0) -> str:
     """The quarantine table's ledger property of a file loaded into `table` (per generation)."""
     key = f"{P.LOAD_PREFIX}{table}.{sha256}"
     return f"{key}@{generation}" if generation else key
+
+
+class LoadUndoneError(LakeError):
+    """The file's load was undone (`lake load --undo`) while this run was loading it: the run
+    stopped, nothing of it is in the table."""
 
 
 class OptionsChangedError(LakeError):
@@ -159,11 +170,30 @@ class LoadFingerprint:
 
 
 def parse_ledger(value: str | None) -> tuple[int, bool]:
-    """(rows committed, whole file done) from a ledger property value."""
+    """(rows committed, whole file done) from a ledger property value (an undone file's
+    entry: no rows, not done)."""
     if not value:
         return 0, False
     rows, _, state = value.partition(OPTIONS_SEP)[0].partition("@")[0].partition(":")
     return int(rows), state == DONE
+
+
+def is_undone(value: str | None) -> bool:
+    """Whether a ledger value is the mark `lake load --undo` leaves (`0:undone@<g>`)."""
+    return value is not None and value.partition(OPTIONS_SEP)[0].partition("@")[0] == f"0:{UNDONE}"
+
+
+def ledger_stored(value: str | None) -> int | None:
+    """Rows stored in the table by every load of the file so far (all generations; dead
+    letters not counted), from a ledger value: 0 for no entry or an undone one, None when an
+    entry predates the count (`lake load --undo` then cannot check it found every row)."""
+    if not value or is_undone(value):
+        return 0
+    for part in ledger_options(value).split(","):
+        name, _, count = part.partition("=")
+        if name == STORED:
+            return int(count)
+    return None
 
 
 def ledger_generation(value: str | None) -> int:
@@ -179,12 +209,22 @@ def ledger_options(value: str | None) -> str:
     return (value or "").partition(OPTIONS_SEP)[2]
 
 
-def ledger_value(rows: int, done: bool, generation: int = 0, options: str = "") -> str:
+def ledger_value(
+    rows: int, done: bool, generation: int = 0, options: str = "", stored: int | None = None
+) -> str:
     """The ledger property value for `rows` committed (and `done`) in `generation`, loaded
-    with the options fingerprint `options` (`LoadFingerprint.encode`)."""
+    with the options fingerprint `options` (`LoadFingerprint.encode`), `stored` rows in the
+    table from all generations (None: not counted)."""
     value = f"{rows}:{DONE}" if done else str(rows)
     value = f"{value}@{generation}" if generation else value
+    if stored is not None:
+        options = f"{options},{STORED}={stored}" if options else f"{STORED}={stored}"
     return f"{value}{OPTIONS_SEP}{options}" if options else value
+
+
+def undone_value(generation: int) -> str:
+    """The ledger value `lake load --undo` leaves: nothing loaded, next load in `generation`."""
+    return f"0:{UNDONE}@{generation}"
 
 
 @dataclass
@@ -279,7 +319,7 @@ class FileCommitter:
                 # The way out of a half load under wrong options (review18b: finishing it under
                 # them first, as advised, put the whole file into Silver at 100x price): the
                 # whole file again under this run's options, as the next generation; the rows
-                # stored under the old ones stay (there is no undo of a load).
+                # stored under the old ones stay (`lake load --undo` takes them out).
                 self._replaces = value
                 self.generation += 1
                 rows = 0
@@ -316,9 +356,10 @@ class FileCommitter:
         raise OptionsChangedError(
             f"{self.file_name}: {rows:,} of its rows are in {self.table_id}, loaded with other "
             f"options than this run's ({what}{'; started with ' + started if started else ''}): "
-            "resuming would store the file half under each. `--reload` with this run's options "
-            f"loads the whole file again under them, beside those {rows:,} rows (there is no "
-            "undo: they stay in Bronze, and in Silver where their dedup key differs); re-run "
+            "resuming would store the file half under each. `lake load --undo` takes those "
+            f"{rows:,} rows out, then load it with this run's options; `--reload` with this "
+            f"run's options loads the whole file again under them, beside those {rows:,} rows "
+            "(they stay in Bronze, and in Silver where their dedup key differs); or re-run "
             "with the options it was started with to finish it as it began"
         )
 
@@ -407,6 +448,12 @@ class FileCommitter:
             committed, was_done = parse_ledger(value)
             if value is not None and value == self._replaces:
                 committed, was_done = 0, False  # the done entry this reload replaces
+            elif ledger_generation(value) > self.generation and is_undone(value):
+                raise LoadUndoneError(
+                    f"{self.file_name}: its load into {self.table_id} was undone (`lake load "
+                    "--undo`) while this run was loading it; nothing more was stored: load it "
+                    "again to load it whole"
+                )
             elif ledger_generation(value) > self.generation:
                 # Another run reloaded the file meanwhile: its rows are its own.
                 raise ConcurrentLoadError(
@@ -422,6 +469,17 @@ class FileCommitter:
                 raise ConcurrentLoadError(
                     f"{self.file_name} is being loaded into {self.table_id} by another process"
                 )
+            if first_row and not committed and value != self._replaces:
+                # The rows before this chunk are gone from the ledger (removed by hand):
+                # storing the rest would leave half a file.
+                raise LoadUndoneError(
+                    f"{self.file_name}: the ledger entry of its load into {self.table_id} was "
+                    "removed while this run was loading it; nothing more was stored"
+                )
+            # Every load's rows, counted in the ledger (all generations), so `lake load
+            # --undo` can tell it found them all by the tag in their files' names.
+            stored = ledger_stored(value)
+            stored_after = None if stored is None else stored + prepared.num_rows
             try:
                 with catalog_errors(f"committing {self.file_name} to {self.table_id}"):
                     summary = self._summary(prepared.num_rows, end_row, first_row)
@@ -429,13 +487,18 @@ class FileCommitter:
                         watermarked_append(
                             self.table,
                             watermark={
-                                self.key: ledger_value(end_row, done, self.generation, self.options)
+                                self.key: ledger_value(
+                                    end_row, done, self.generation, self.options, stored_after
+                                )
                             },
                             snapshot_properties=summary,
                             expected={self.key: self.table.properties.get(self.key)},
                             # A migration landing meanwhile fails the commit: the rows are in
                             # the schema read at the start.
                             schema_id=self.schema_id,
+                            # The file's tag in the data files' names: `lake load --undo`
+                            # finds its rows by it.
+                            write_uuid=tagged_write_uuid(file_tag_of(self.sha256)),
                         )
                         .append_partitions(parts)
                         .commit()

@@ -45,6 +45,7 @@ from iceberg_lake.load.commit import (
     ConcurrentLoadError,
     FileCommitter,
     LoadFingerprint,
+    LoadUndoneError,
 )
 from iceberg_lake.load.mapping import (
     DEFAULT_SOURCE,
@@ -742,6 +743,13 @@ def load_file(
     except ConcurrentLoadError:
         # A copy of this file (same SHA-256) is loading in another process right now.
         result.status = "loading-elsewhere"
+    except LoadUndoneError as exc:
+        # What this run committed was taken out again with the rest of the file's loads.
+        result.status = "failed"
+        result.error = str(exc)
+        result.rows_stored = result.dead_lettered = 0
+        _finish(result, partitions, unknown, t0)
+        raise LoadFailedError(result) from None
     except (TransientError, LoadRejectedError):
         raise
     except LakeError as exc:

@@ -55,6 +55,7 @@ from iceberg_lake.engine.iceberg import (
     PartitionReplacement,
     delete_file,
     expire_snapshot_ids,
+    file_tag,
     fold_small_manifests,
     list_files,
     listing_io,
@@ -63,6 +64,7 @@ from iceberg_lake.engine.iceberg import (
     read_table_metadata,
     rewrite_manifests,
     store_clock_offset,
+    tagged_write_uuid,
     write_data_files,
 )
 from iceberg_lake.exceptions import CommitConflictError, LakeError
@@ -356,14 +358,14 @@ class TableMaintenance:
         table = self._refresh()
         cutoff_us = _to_us(now or datetime.now(UTC)) - int(older_than.total_seconds() * 1e6)
         groups = self._closed_partition_groups(table, cutoff_us, target_size)
-        files_before = sum(len(tasks) for _, _, tasks in groups)
-        bytes_before = sum(t.file.file_size_in_bytes for _, _, ts in groups for t in ts)
-        rows = sum(t.file.record_count for _, _, ts in groups for t in ts)
-        labels = [label for label, _, _ in groups]
+        files_before = sum(len(tasks) for _, _, tasks, _ in groups)
+        bytes_before = sum(t.file.file_size_in_bytes for _, _, ts, _ in groups for t in ts)
+        rows = sum(t.file.record_count for _, _, ts, _ in groups for t in ts)
+        labels = list(dict.fromkeys(label for label, _, _, _ in groups))
         if dry_run or not groups:
             estimate = sum(
                 max(1, math.ceil(sum(t.file.file_size_in_bytes for t in ts) / target_size))
-                for _, _, ts in groups
+                for _, _, ts, _ in groups
             )
             return CompactionResult(
                 self.table_id, None, labels, files_before, estimate, rows, bytes_before, dry_run
@@ -377,7 +379,7 @@ class TableMaintenance:
         out_schema = schema_to_pyarrow(table.schema(), include_field_ids=False)
         sort_keys = _sort_columns(table)
         files_after = 0
-        for label, predicate, tasks in groups:
+        for label, predicate, tasks, tag in groups:
             data = read_scan_tasks(table, tasks)
             data = data.select(out_schema.names).cast(out_schema)
             if sort_keys:
@@ -387,16 +389,15 @@ class TableMaintenance:
             per_file = max(1, math.ceil(data.num_rows / n_files))
             old = [t.file for t in tasks]
             before = len(rep.new_files)
-            for i, start in enumerate(range(0, max(data.num_rows, 1), per_file)):
+            written = []
+            for start in range(0, max(data.num_rows, 1), per_file):
                 # A copy, not a zero-copy slice: pyiceberg's partitioning of a sliced table
                 # reads the wrong rows (it ignores the slice offset).
                 chunk = data.take(pa.array(range(start, min(start + per_file, data.num_rows))))
-                if i == 0:
-                    rep.replace(_event_window(predicate, data), chunk, old)
-                else:
-                    # A fresh write id per extra file of the same partition: the replacement's
-                    # own id would give every file of that partition the same name.
-                    rep.new_files.extend(write_data_files(table, chunk, uuid.uuid4()))
+                # A fresh write id per file (names would collide), with the inputs' tag.
+                write_id = tagged_write_uuid(tag) if tag else uuid.uuid4()
+                written.extend(write_data_files(table, chunk, write_id))
+            rep.replace_files(_event_window(predicate, data), written, old)
             files_after += len(rep.new_files) - before
             log.info(
                 "compact-files %s %s: %d files -> %d", self.table_id, label, len(tasks), n_files
@@ -413,21 +414,30 @@ class TableMaintenance:
 
     def _closed_partition_groups(
         self, table: Table, cutoff_us: int, target_size: int
-    ) -> list[tuple[str, BooleanExpression, list[FileScanTask]]]:
-        """Closed partitions with at least two small files: (label, predicate, tasks)."""
+    ) -> list[tuple[str, BooleanExpression, list[FileScanTask], str | None]]:
+        """Closed partitions with at least two small files of one tag: (label, predicate,
+        tasks, the tag in their names: `engine.iceberg.file_tag`)."""
         if table.current_snapshot() is None:
             return []
         with catalog_errors(f"planning {self.table_id}"):
             tasks = list(table.scan().plan_files())
-        by_partition: dict[tuple[int, tuple[Any, ...]], list[FileScanTask]] = {}
+        by_partition: dict[tuple[int, tuple[Any, ...], str | None], list[FileScanTask]] = {}
         for task in tasks:
             if task.file.file_size_in_bytes >= target_size * MIN_INPUT_FRACTION:
                 continue
-            key = (task.file.spec_id, partition_values(task.file.partition))
+            # Files of one loaded file (tagged in their names) are merged only with each other,
+            # and the result keeps the tag: `lake load --undo` finds a file's rows by it.
+            key = (
+                task.file.spec_id,
+                partition_values(task.file.partition),
+                file_tag(task.file.file_path),
+            )
             by_partition.setdefault(key, []).append(task)
         schema = table.schema()
         groups = []
-        for (spec_id, values), group in sorted(by_partition.items(), key=lambda kv: str(kv[0])):
+        for (spec_id, values, tag), group in sorted(
+            by_partition.items(), key=lambda kv: str(kv[0])
+        ):
             if len(group) < 2:
                 continue
             bounds = _partition_bounds(table.specs()[spec_id], schema, values)
@@ -436,7 +446,7 @@ class TableMaintenance:
             label, predicate, end_us = bounds
             if end_us is None or end_us > cutoff_us:
                 continue
-            groups.append((label, predicate, group))
+            groups.append((label, predicate, group, tag))
         return groups
 
     # ---- expire-snapshots -------------------------------------------------------------------

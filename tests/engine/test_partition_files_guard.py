@@ -16,7 +16,13 @@ import pyarrow as pa
 
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.config import load_settings
-from iceberg_lake.engine.iceberg import write_data_files, write_partition_files
+from iceberg_lake.engine.iceberg import (
+    file_tag,
+    file_tag_of,
+    tagged_write_uuid,
+    write_data_files,
+    write_partition_files,
+)
 
 HOUR_NS = 3600 * 10**9
 T14 = 1_765_893_600 * 10**9  # 2025-12-16 14:00 UTC
@@ -56,7 +62,8 @@ def test_partition_files_match_pyicebergs_own_partitioned_write(tmp_path: Path) 
         for hour in (T14 // HOUR_NS, T14 // HOUR_NS + 1, T14 // HOUR_NS + 2)
     ]
 
-    ours = write_partition_files(table, parts, uuid.uuid4(), itertools.count())
+    tag = file_tag_of("ab12" * 16)
+    ours = write_partition_files(table, parts, tagged_write_uuid(tag), itertools.count())
     theirs = write_data_files(table, rows, uuid.uuid4(), itertools.count())
 
     def key(f):  # type: ignore[no-untyped-def]
@@ -64,6 +71,10 @@ def test_partition_files_match_pyicebergs_own_partitioned_write(tmp_path: Path) 
 
     assert len(ours) == 6
     assert sorted(map(key, ours)) == sorted(map(key, theirs))
+    # The write id is in pyiceberg's file names: a tagged one is found again (`lake load
+    # --undo`), a random one carries no tag.
+    assert {file_tag(f.file_path) for f in ours} == {tag}
+    assert {file_tag(f.file_path) for f in theirs} == {None}
     with table.transaction() as tx, tx.update_snapshot().fast_append() as append:
         for f in ours:
             append.append_data_file(f)
