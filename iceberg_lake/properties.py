@@ -78,7 +78,8 @@ SILVER_INCREMENTAL_SILVER_SNAPSHOT = "lake.silver.incremental-silver-snapshot-id
 LOAD = "load"
 #: Table property prefix of the exactly-once ledger of loaded files: `lake.load.<sha256>` = the
 #: number of the file's rows committed so far, `<n>:done` once the whole file is in (then
-#: `@<generation>` after a reload, and `;<options fingerprint>` since load18). On
+#: `@<generation>` after a reload, `;<options fingerprint>` since load18, `,k=<rows stored by all
+#: generations>` since 2026-11-30; `0:undone@<g>` after `lake load --undo`). On
 #: `bronze.dead_letters` the key is `lake.load.<target table>.<sha256>`. Written in the same
 #: transaction as each append, like the writers' watermark.
 LOAD_PREFIX = "lake.load."
