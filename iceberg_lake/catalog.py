@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,11 +31,27 @@ from iceberg_lake.exceptions import (
     CatalogUnavailableError,
     ConfigError,
     CorruptMetadataError,
+    LakeError,
+    OrphanedTableError,
     UnknownTableError,
 )
-from iceberg_lake.tables import NAMESPACES, TableDefinition, TableRegistry, registry
+from iceberg_lake.tables import (
+    NAMESPACES,
+    SCHEMA_NAME_PROPERTY,
+    TableDefinition,
+    TableRegistry,
+    registry,
+)
 
 log = logging.getLogger(__name__)
+
+
+def _metadata_version(uri: str) -> tuple[int, str]:
+    """Sort key of a metadata file: its version number (`00042-<uuid>.metadata.json`), then
+    its name."""
+    name = uri.rsplit("/", 1)[-1]
+    match = re.match(r"(\d+)-", name)
+    return (int(match.group(1)) if match else -1, name)
 
 
 def _metadata_parse_error(exc: BaseException) -> PydanticValidationError | None:
@@ -194,11 +211,17 @@ class LakeCatalog:
         return created
 
     def create_table(self, definition: TableDefinition) -> bool:
-        """Create one declared table if it does not exist. Returns True if created."""
+        """Create one declared table if it does not exist. Returns True if created.
+
+        Raises:
+            OrphanedTableError: the catalog has no such table, but its location already holds
+                metadata files (see `refuse_orphaned`).
+        """
         schema = definition.iceberg_schema()
         with catalog_errors(f"creating {definition.identifier}"):
             if self.catalog.table_exists(definition.identifier):
                 return False
+            self.refuse_orphaned([definition.identifier])
             try:
                 self.catalog.create_table(
                     definition.identifier,
@@ -231,6 +254,10 @@ class LakeCatalog:
         missing = [d for d in self.registry if d.identifier not in existing]
         if missing:
             self.refuse_shared_location([self.settings.warehouse], "creating tables")
+            # Before creating any: a restored catalog missing one table is a lake to repair,
+            # not one to complete.
+            with catalog_errors("checking the locations of the missing tables"):
+                self.refuse_orphaned([d.identifier for d in missing])
         for definition in missing:
             if self.create_table(definition):
                 created.append(definition.identifier)
@@ -258,6 +285,73 @@ class LakeCatalog:
             f"({table}): check LAKE_WAREHOUSE (a lake in another warehouse needs its own "
             "LAKE_CATALOG_NAME)"
         )
+
+    def orphaned_metadata(self, identifier: str) -> tuple[str, list[str]]:
+        """(the location a new table `identifier` would get, the metadata files it already
+        holds, oldest first by version)."""
+        from iceberg_lake.engine.iceberg import default_table_location, metadata_files_at
+
+        location = default_table_location(self.catalog, identifier)
+        files = [uri for uri, _, _ in metadata_files_at(self.catalog, location)]
+        return location, sorted(files, key=_metadata_version)
+
+    def refuse_orphaned(self, identifiers: list[str]) -> None:
+        """Raise `OrphanedTableError` when the location of one of these tables (none in the
+        catalog) already holds metadata files: a catalog restored or failed over without the
+        table. Creating it there would start an empty table over the old one's files: the
+        writers would re-read only what the stream still holds, Silver would follow, and
+        `remove-orphans` would delete the rest (ops19: 2,732 of 3,937 rows lost). The way back is
+        `lake table register` with the newest metadata file."""
+        for identifier in identifiers:
+            location, files = self.orphaned_metadata(identifier)
+            if not files:
+                continue
+            others = len(identifiers) - identifiers.index(identifier) - 1
+            raise OrphanedTableError(
+                f"{identifier} is not in the catalog, but its location {redact_url(location)} "
+                f"already holds {len(files)} metadata files (newest {files[-1].rsplit('/', 1)[-1]})"
+                ": a catalog restored or failed over without it? Creating it there would hide "
+                f"that data. Register it back: lake table register {identifier} {files[-1]} "
+                "(or move the location away to start the table empty)"
+                + (f"; {others} more tables to check after it" if others else "")
+            )
+
+    def register_existing(self, identifier: str, metadata_location: str) -> Table:
+        """Put a declared table whose catalog row is missing back into the catalog, pointing at
+        `metadata_location` (a `metadata.json` under the table's own location, written for that
+        table), with its snapshots, properties and writers' watermarks as they were.
+
+        Raises:
+            LakeError: the table exists, is not declared, or the file is not one of its
+                metadata files.
+        """
+        from iceberg_lake.engine.iceberg import read_metadata_file
+
+        definition = self.definition(identifier)
+        with catalog_errors(f"registering {identifier}"):
+            if self.catalog.table_exists(identifier):
+                raise LakeError(f"{identifier} is in the catalog already: nothing to register")
+            location, files = self.orphaned_metadata(identifier)
+            if metadata_location not in files:
+                newest = f" (newest: {files[-1]})" if files else " (it holds none)"
+                raise LakeError(
+                    f"{metadata_location} is not a metadata file of {identifier}'s location "
+                    f"{redact_url(location)}{newest}"
+                )
+            try:
+                metadata = read_metadata_file(self.catalog, metadata_location)
+            except Exception as exc:
+                raise LakeError(f"cannot read {metadata_location}: {exc}") from None
+            declared = definition.properties().get(SCHEMA_NAME_PROPERTY)
+            if metadata.properties.get(SCHEMA_NAME_PROPERTY) != declared:
+                raise LakeError(
+                    f"{metadata_location} is a table of schema "
+                    f"{metadata.properties.get(SCHEMA_NAME_PROPERTY)!r}, not {declared!r}"
+                )
+            self.catalog.register_table(identifier, metadata_location)
+            table = self.catalog.load_table(identifier)
+        log.info("registered %s at %s", identifier, metadata_location)
+        return table
 
     def refuse_shared_location(self, locations: Iterable[str], doing: str) -> None:
         """Raise `ConfigError` when another catalog of this database keeps a table under one of

@@ -28,6 +28,11 @@ class BusClosedError(LakeError):
     must start again to read on."""
 
 
+class OrphanedTableError(LakeError):
+    """A declared table missing from the catalog whose location still holds its metadata files
+    (a catalog restored or failed over without it): it must be registered back, not created."""
+
+
 class ConfigError(LakeError):
     """Invalid or incomplete configuration; the message names the variable to fix."""
 

@@ -1,4 +1,4 @@
-"""`lake migrate status|up|new|check` and `lake table create|evolve`: schema evolution."""
+"""`lake migrate status|up|new|check` and `lake table create|register|evolve`: schema evolution."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, console, emit
 from iceberg_lake.cli.common import open_catalog as _open_catalog
+from iceberg_lake.cli.output import format_ms
 from iceberg_lake.exceptions import LakeError, SchemaChangeError
 from iceberg_lake.schema.drift import ERROR, find_drift
 from iceberg_lake.schema.evolve import (
@@ -191,6 +192,37 @@ def table_create(
         console.print(f"created {name} (schema {version})")
     else:
         console.print(f"{name} already exists")
+
+
+@table_app.command("register")
+def table_register(
+    name: str = typer.Argument(..., help="Declared table missing from the catalog."),
+    metadata: str = typer.Argument(
+        ..., help="Its metadata file to register (the newest: `lake init` names it)."
+    ),
+    output: OutputFormat = OUTPUT_OPTION,
+) -> None:
+    """Put a table missing from the catalog (a restored or failed-over catalog) back, at one
+    of the metadata files its location still holds: snapshots, properties and the writers'
+    watermarks come back as they were, so ingestion resumes exactly once."""
+    catalog = _open_catalog()
+    table = catalog.register_existing(name, metadata)
+    snapshot = table.current_snapshot()
+    row = {
+        "table": name,
+        "metadata": metadata,
+        "snapshots": len(table.snapshots()),
+        "current_snapshot": snapshot.snapshot_id if snapshot else None,
+        "last_commit": format_ms(snapshot.timestamp_ms) if snapshot else None,
+    }
+    if output != OutputFormat.text:
+        emit([row], output)
+        return
+    console.print(
+        f"registered {name}: {row['snapshots']} snapshots, current "
+        f"{row['current_snapshot'] or '(none)'} of {row['last_commit'] or '-'}; check it with "
+        f"lake describe {name} before starting the writers"
+    )
 
 
 ADD_COLUMN_OPTION = typer.Option(

@@ -2211,6 +2211,43 @@ def read_table_metadata(table: Table, location: str) -> TableMetadata:
     return FromInputFile.table_metadata(table.io.new_input(location))
 
 
+def default_table_location(catalog: Any, identifier: str) -> str:
+    """Where `catalog` (a pyiceberg catalog) puts a new table `identifier` created without a
+    location: pyiceberg's private `_resolve_table_location` (guard:
+    `tests/engine/test_table_location_guard.py`)."""
+    namespace, name = identifier.rsplit(".", 1)
+    return str(catalog._resolve_table_location(None, namespace, name))
+
+
+def metadata_files_at(catalog: Any, location: str) -> list[tuple[str, datetime | None, int]]:
+    """The `*.metadata.json` files under a table location's `metadata/` (URI, modification
+    time, size), read with a FileIO made from the catalog's properties; empty when there is no
+    such directory.
+
+    Raises:
+        LakeError: the location cannot be listed.
+    """
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    io = PyArrowFileIO(dict(catalog.properties))
+    found = list_files(io, f"{location.rstrip('/')}/metadata")
+    return sorted(f for f in found if f[0].endswith(".metadata.json"))
+
+
+def read_metadata_file(catalog: Any, location: str) -> TableMetadata:
+    """A `metadata.json` parsed from `location`, read with a FileIO made from the catalog's
+    properties (no table needed).
+
+    Raises:
+        FileNotFoundError: no such file (any other error: unreadable or corrupt).
+    """
+    from pyiceberg.io import load_file_io
+    from pyiceberg.serializers import FromInputFile
+
+    io = load_file_io(dict(catalog.properties), location)
+    return FromInputFile.table_metadata(io.new_input(location))
+
+
 def listing_io(table: Table) -> FileIO:
     """A pyarrow FileIO with the table's properties (listing needs a pyarrow filesystem)."""
     from pyiceberg.io.pyarrow import PyArrowFileIO
