@@ -153,3 +153,23 @@ def test_cli_snapshot_tag_list_and_errors(lake, monkeypatch: pytest.MonkeyPatch)
     assert again.exit_code == 1
     assert "already exists" in again.stderr and "Traceback" not in again.output
     assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_untag_and_tag_refuse_a_branch_and_leave_it(lake) -> None:
+    """docs19: `lake snapshot untag main` removed the main branch of every table, exit 0."""
+    settings, catalog = lake.settings, lake
+    first = append(catalog.load_table(TRADES), trades("SPY", T14, 5, 10**9))
+    catalog.load_table(TRADES).manage_snapshots().create_branch(first, "staging").commit()
+    for name in ("main", "staging"):
+        with pytest.raises(TimeTravelError, match=f"'{name}' is a branch of {TRADES}, not a tag"):
+            snapshots.remove_tag(settings, name)
+    with pytest.raises(TimeTravelError, match="'staging' is a branch"):
+        snapshots.create_tag(settings, "staging", [TRADES], replace=True)
+    table = catalog.load_table(TRADES)
+    assert table.current_snapshot().snapshot_id == first
+    assert table.metadata.refs["staging"].snapshot_id == first
+    out = CliRunner().invoke(
+        app, ["snapshot", "untag", "main"], env={"LAKE_DATA_DIR": str(settings.data_dir)}
+    )
+    assert out.exit_code == 1 and "'main' is a branch" in out.output
+    assert catalog.load_table(TRADES).scan().count() == 5

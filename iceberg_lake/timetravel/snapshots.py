@@ -630,6 +630,7 @@ def create_tag(
     catalog = _open(source)
     identifiers = list(tables) if tables is not None else catalog.existing_tables()
     loaded = {ident: catalog.load_table(ident) for ident in identifiers}
+    _refuse_branches(loaded, name)
     if not replace:
         taken = [i for i, t in loaded.items() if name in list_tags(t)]
         if taken:
@@ -698,6 +699,23 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _refuse_branches(tables: dict[str, Table], name: str) -> None:
+    """Raise `TimeTravelError` when `name` is a branch (`main`, a user's) of one of `tables`:
+    tag commands never touch branches."""
+    branches = [
+        ident
+        for ident, table in tables.items()
+        if (ref := table.metadata.refs.get(name)) is not None
+        and ref.snapshot_ref_type == SnapshotRefType.BRANCH
+    ]
+    if branches:
+        more = f" and {len(branches) - 1} more tables" if len(branches) > 1 else ""
+        raise TimeTravelError(
+            f"'{name}' is a branch of {branches[0]}{more}, not a tag: the snapshot tag commands "
+            "leave branches alone"
+        )
+
+
 def remove_tag(source: CatalogSource, name: str, tables: Iterable[str] | None = None) -> list[str]:
     """Remove tag `name` from the tables that have it (default: every table).
 
@@ -708,9 +726,13 @@ def remove_tag(source: CatalogSource, name: str, tables: Iterable[str] | None = 
     """
     catalog = _open(source)
     identifiers = list(tables) if tables is not None else catalog.existing_tables()
+    loaded = {ident: catalog.load_table(ident) for ident in identifiers}
+    # Before any is changed: pyiceberg's `remove_tag` removes any ref of the name (docs19:
+    # `lake snapshot untag main` removed the main branch of every table, exit 0: every table
+    # read empty and the next commit started a new history from nothing).
+    _refuse_branches(loaded, name)
     removed: list[str] = []
-    for ident in identifiers:
-        table = catalog.load_table(ident)
+    for ident, table in loaded.items():
         empty_key = P.EMPTY_TAG_PREFIX + name
         has_ref = name in table.metadata.refs
         if not has_ref and empty_key not in table.metadata.properties:
