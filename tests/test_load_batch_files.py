@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -354,3 +355,32 @@ def test_review15e_padded_export_rows_dictionary_times_and_parquet_text(
     assert (loaded.rows_stored, loaded.dead_lettered) == (100, 0)
     got = rows(duck, lake, TABLE, "SELECT DISTINCT symbol FROM t WHERE seq >= 10 ORDER BY 1")
     assert got == [(" PAD ",)]
+
+
+def test_a_folder_holding_the_lake_itself_loads_only_the_vendor_files(tmp_path: Path) -> None:
+    """docs19: `lake load .` beside the default `./lake-data` loaded the lake's own Parquet
+    files (and tried its metadata as NDJSON): every re-run doubled Bronze. The lake's folders,
+    and any Iceberg table's, are left out; a device is not a file."""
+    env = {"LAKE_DATA_DIR": str(tmp_path / "lake-data")}
+    assert runner.invoke(app, ["init"], env=env).exit_code == 0
+    (tmp_path / "downloads").mkdir()
+    _day(tmp_path / "downloads" / "d0.csv.gz", 300, 0)
+    for _ in range(2):
+        out = runner.invoke(app, ["-o", "json", "load", str(tmp_path), "--table", TABLE], env=env)
+        assert out.exit_code == 0, out.output
+        payload = json.loads(out.stdout)
+        assert [Path(r["file"]).name for r in payload["results"]] == ["d0.csv.gz"]
+        assert payload["skipped_lake_folders"] == [str(tmp_path / "lake-data")]
+    assert LakeCatalog(load_settings(env)).load_table(TABLE).scan().count() == 300
+    # Another lake's table folder copied in among the downloads is not read either.
+    table_dir = Path(
+        LakeCatalog(load_settings(env)).load_table(TABLE).location().removeprefix("file://")
+    )
+    shutil.copytree(table_dir, tmp_path / "downloads" / "copy_of_a_table")
+    out = runner.invoke(app, ["-o", "json", "load", str(tmp_path / "downloads")], env=env)
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["skipped_lake_folders"] == [
+        str(tmp_path / "downloads" / "copy_of_a_table")
+    ]
+    device = runner.invoke(app, ["load", "/dev/null"], env=env)
+    assert device.exit_code == 1 and "/dev/null is not a regular file" in device.output

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import typer
 from rich.markup import escape
@@ -117,20 +119,22 @@ def load(
         )
     files: list[Path] = []
     skipped: list[Path] = []
+    lake_folders: list[Path] = []
+    lake_settings = settings()
     for p in paths:
         if p.is_dir():
             # Every file below a folder (a vendor's YYYY/MM/ layout of daily files, backfill15),
             # but, without --format, files of no format lake load reads (a README.md).
             data: list[Path] = []
-            for f in _files_below(p):
+            found, lake_own = _files_below(p, _own_folders(lake_settings))
+            lake_folders.extend(lake_own)
+            for f in found:
                 (data if fmt is not None or _has_format(f) else skipped).append(f)
             if not data:
                 raise LakeError(f"no files to load in folder {p}")
             files.extend(data)
-        elif p.is_file():
-            files.append(p)
         else:
-            raise LakeError(f"no such file or folder: {p}")
+            files.append(_regular_file(p))
     paths = files
     options = LoadOptions(
         table=table,
@@ -144,7 +148,6 @@ def load(
         from iceberg_lake.load.mapping import find_mapping
 
         find_mapping(mapping)  # a bad mapping is a bad command: one line, not one per file
-    lake_settings = settings()
     show_progress = output == OutputFormat.text and err_console.is_terminal
     with Progress(
         TextColumn("{task.description}", markup=False),  # a file or table name, not markup
@@ -182,6 +185,7 @@ def load(
             "results": [r.as_dict() for r in results],
             "compactions": [{k: c.get(k) for k in keys} for c in compactions],
             "skipped": [str(f) for f in skipped],
+            "skipped_lake_folders": [str(f) for f in lake_folders],
         }
         typer.echo(to_json(payload))
         _fail_if_rejected(rejected, compaction_errors)
@@ -206,6 +210,11 @@ def load(
         for row, r in zip(rows, results, strict=True):
             row["other"] = f"{r.rows_other_tables:,}"
     emit(rows, output, title="lake load", columns=columns)
+    if lake_folders:
+        names = ", ".join(str(f) for f in lake_folders[:3]) + (
+            " …" if len(lake_folders) > 3 else ""
+        )
+        say(f"skipped {len(lake_folders)} folders of the lake itself: {names}", output)
     if skipped:
         names = ", ".join(str(f) for f in skipped[:5]) + (" …" if len(skipped) > 5 else "")
         say(f"skipped {len(skipped)} files of no format lake load reads: {names}", output)
@@ -277,14 +286,14 @@ def _undo(paths: list[Path], table: str | None, compact: bool, output: OutputFor
     from iceberg_lake.silver import SilverCompactor
 
     files: list[Path] = []
+    lake_settings = settings()
     for p in paths:
         if p.is_dir():
-            files.extend(f for f in _files_below(p) if _has_format(f))
-        elif p.is_file():
-            files.append(p)
+            found, _ = _files_below(p, _own_folders(lake_settings))
+            files.extend(f for f in found if _has_format(f))
         else:
-            raise LakeError(f"no such file or folder: {p}")
-    lake = LakeCatalog(settings())
+            files.append(_regular_file(p))
+    lake = LakeCatalog(lake_settings)
     results: list[UndoResult] = []
     errors: list[str] = []
     for f in files:
@@ -370,10 +379,42 @@ def compact_hint(days: list[str]) -> str | None:
     )
 
 
-def _files_below(folder: Path) -> list[Path]:
+def _regular_file(path: Path) -> Path:
+    """`path` if it is a regular file; one line otherwise."""
+    if path.is_file():
+        return path
+    if path.exists():
+        raise LakeError(f"{path} is not a regular file (a device or a pipe cannot be loaded)")
+    raise LakeError(f"no such file or folder: {path}")
+
+
+def _own_folders(lake_settings: Any) -> set[str]:
+    """Real paths of the lake's own local folders: its data directory and a local warehouse."""
+    own = {os.path.realpath(lake_settings.data_dir)}
+    parsed = urlparse(lake_settings.warehouse)
+    if parsed.scheme == "file":
+        own.add(os.path.realpath(unquote(parsed.path)))
+    return own
+
+
+def _is_table_folder(root: str, dirs: list[str]) -> bool:
+    """Whether `root` is an Iceberg table's folder (a `metadata/` holding metadata files)."""
+    if "metadata" not in dirs:
+        return False
+    try:
+        return any(n.endswith(".metadata.json") for n in os.listdir(Path(root) / "metadata"))
+    except OSError:
+        return False
+
+
+def _files_below(folder: Path, own: Collection[str] = ()) -> tuple[list[Path], list[Path]]:
     """The files below `folder`, in path order, through symlinked folders (a year on a NAS
-    mount; each real folder once), without hidden files and folders."""
+    mount; each real folder once), without hidden files and folders; and the folders left out
+    because they are the lake's own (`own`: its data directory or warehouse) or any Iceberg
+    table's (docs19: `lake load .` beside the default `./lake-data` loaded the lake's own
+    Parquet files, doubling Bronze on every re-run)."""
     found: list[Path] = []
+    lake_folders: list[Path] = []
     seen: set[str] = set()
     for root, dirs, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
@@ -381,9 +422,13 @@ def _files_below(folder: Path) -> list[Path]:
             dirs.clear()
             continue
         seen.add(real)
+        if real in own or _is_table_folder(root, dirs):
+            lake_folders.append(Path(root))
+            dirs.clear()
+            continue
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found.extend(Path(root) / n for n in names if not n.startswith("."))
-    return sorted(f for f in found if f.is_file())
+    return sorted(f for f in found if f.is_file()), lake_folders
 
 
 def _has_format(path: Path) -> bool:
