@@ -90,3 +90,24 @@ def test_the_command_reports_the_corrupt_file_failed_with_nothing_stored(
     assert "re-run resumes" not in res.output
     scan = lake.load_table(TABLE).scan().to_arrow()
     assert scan.num_rows == 1_000  # the good file only
+
+
+def test_a_zstd_dictionary_frame_and_a_header_matching_nothing_are_one_line(
+    lake: LakeCatalog, tmp_path: Path
+) -> None:
+    """docs19: a `.dbn.zst` whose frame asks for a dictionary was `internal error:
+    RuntimeError`; a header-only CSV whose columns match nothing was `loaded`, exit 0 (and
+    marked loaded in the ledger)."""
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
+    fake = tmp_path / "fake.dbn.zst"
+    fake.write_bytes(b"\x28\xb5\x2f\xfdgarbage")
+    out = runner.invoke(app, ["load", str(fake)], env=env)
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert "fake.dbn.zst: not a readable DBN file (Dictionary mismatch)" in out.output
+    header = tmp_path / "hdr.csv"
+    header.write_text("a,b\n")
+    out = runner.invoke(app, ["load", str(header), "--table", TABLE], env=env)
+    assert out.exit_code == 1
+    assert f"hdr.csv: none of its columns (a, b) is a column of {TABLE}" in out.output
+    table = lake.load_table(TABLE)
+    assert not [k for k in table.properties if k.startswith("lake.load.")]

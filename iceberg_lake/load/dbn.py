@@ -363,7 +363,9 @@ class DbnSource:
                         if isinstance(first, d.Metadata):
                             return first
                         break
-        except d.DBNError as exc:
+        except (d.DBNError, RuntimeError) as exc:
+            # RuntimeError: the decoder's zstd stream (docs19: a frame asking for a dictionary
+            # gave `internal error: RuntimeError: Dictionary mismatch`).
             raise LakeError(f"{self.path.name}: not a readable DBN file ({exc})") from None
         except BaseException as exc:
             if not is_decoder_panic(exc):

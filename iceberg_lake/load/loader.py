@@ -581,6 +581,24 @@ def load_file(
     # resumed load is never refused (its file was accepted before). The columns of CSV, Parquet
     # and DBN are known up front; an NDJSON line holds only its own keys (a replay export's
     # lines only their table's), so there the rows of the first commit decide (newuser13).
+    if (
+        not committed
+        and fmt != "ndjson"
+        and not any(
+            mapping.source_column(n, source.columns) is not None for n in definition.column_names
+        )
+    ):
+        # Not one column the table knows: a file for another table or mapping. Said here, not
+        # by the first commit's rows: a header-only file has none, and was marked loaded
+        # (docs19).
+        raise LoadRejectedError(
+            f"{path.name}: none of its columns ({', '.join(source.columns) or 'none'}) is a "
+            f"column of {table_id} (mapping '{mapping.name}', format {fmt}). Nothing stored: "
+            "check --format/--mapping/--table",
+            file=str(path),
+            table=table_id,
+            sha256=sha,
+        )
     defaulted = _defaulted_required(validator) if not committed else []
     if defaulted and fmt != "ndjson":
         absent = [n for n in defaulted if mapping.source_column(n, source.columns) is None]
