@@ -608,3 +608,32 @@ def test_csv_output_is_data_only_or_refused(filled_lake: Path) -> None:
     header = migrate.stdout.splitlines()[0]
     assert header == "version,name,dry_run,recorded,duration_ms,changes", migrate.stdout
     assert "nothing to apply" not in migrate.stdout and "dry run" not in migrate.stdout
+
+
+def test_docs19_odd_inputs_are_one_line_and_change_nothing(tmp_path: Path) -> None:
+    """docs19: a bad LAKE_LOG_LEVEL was named as the flag; a refused `lake init` had made the
+    warehouse directory; `--prefix 'a.>'` was accepted; `lake compact --as-of nosuch` said one
+    thing six times; `lake load` in a fresh directory left an empty catalog behind."""
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data")}
+    fresh = runner.invoke(app, ["load", str(tmp_path / "x.csv")], env=env)
+    assert fresh.exit_code == 1 and "no lake at" in fresh.output
+    assert not (tmp_path / "data").exists()
+    assert runner.invoke(app, ["init"], env=env).exit_code == 0
+
+    level = runner.invoke(app, ["tables"], env={**env, "LAKE_LOG_LEVEL": "verbose"})
+    assert level.exit_code == 1 and "LAKE_LOG_LEVEL" in level.output
+    other = tmp_path / "w h"
+    init = runner.invoke(app, ["init"], env={**env, "LAKE_WAREHOUSE": other.as_uri()})
+    assert init.exit_code == 1 and "LAKE_WAREHOUSE is" in init.output
+    assert not other.exists()
+    replay = runner.invoke(
+        app,
+        ["replay", "--tables", "bronze.stocks_trades", "--start", "2025-12-16T14:00Z",
+         "--end", "2025-12-16T15:00Z", "--to-nats", "--prefix", "a.>"],
+        env={**env, "LAKE_NATS_URL": "nats://127.0.0.1:1"},
+    )  # fmt: skip
+    assert replay.exit_code == 1 and "invalid NATS subject 'a.>." in replay.output
+    compact = runner.invoke(app, ["compact", "--as-of", "nosuch", "--date", "2025-12-16"], env=env)
+    errors = [line for line in compact.output.splitlines() if line.startswith("error:")]
+    assert compact.exit_code == 1
+    assert errors == ["error: no Bronze table has a tag or snapshot 'nosuch' (lake snapshot list)"]

@@ -252,7 +252,10 @@ def _root(
     """iceberg_lake: market data from NATS JetStream into Bronze/Silver/Gold Iceberg tables."""
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
-        raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
+        # Both spellings (docs19: a bad LAKE_LOG_LEVEL was named as the flag never typed).
+        raise typer.BadParameter(
+            f"unknown log level {log_level!r}", param_hint="--log-level / LAKE_LOG_LEVEL"
+        )
     _configure_logging(level)
     set_root_format(output)
 

@@ -105,7 +105,7 @@ def open_catalog(*, read_only: bool = False) -> LakeCatalog:
     Args:
         read_only: open an existing lake only and create nothing (no `./lake-data`): a missing
             local catalog is a `ConfigError`. Every command that reads or changes an existing
-            lake's tables passes True; only `init`, `serve`, `load`, `compact`, `demo`,
+            lake's tables passes True; only `init`, `serve`, `compact`, `demo`,
             `table create` and `migrate up|new` may make a lake.
     """
     return LakeCatalog(settings(), create=not read_only)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any
@@ -176,6 +177,22 @@ def _fail_on_errors(results: Sequence[Mapping[str, Any]]) -> None:
     failed = [r for r in results if r.get("status") == "error"]
     if not failed:
         return
+    missing = {
+        m.group(1)
+        for r in failed
+        if (m := re.search(r"has no tag or snapshot ('[^']*')", str(r.get("error"))))
+    }
+    if len(failed) > 1 and len(failed) == len(results) and len(missing) == 1:
+        # The same --as-of on every table (docs19: six lines saying one thing).
+        err_console.print(
+            Text.assemble(
+                ("error:", "red"),
+                f" no Bronze table has a tag or snapshot {missing.pop()} (lake snapshot list)",
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
     for r in failed:
         table, error = str(r.get("table")), str(r.get("error"))
         # Most reasons name their table already ("committing silver.x: …"): not twice.

@@ -18,6 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.common import OUTPUT_OPTION, OutputFormat, emit, err_console, say, settings
 from iceberg_lake.cli.output import to_json
 from iceberg_lake.exceptions import LakeError
@@ -121,6 +122,9 @@ def load(
     skipped: list[Path] = []
     lake_folders: list[Path] = []
     lake_settings = settings()
+    # An existing lake only (docs19: a load in a fresh directory left an empty catalog behind,
+    # and every later command then blamed LAKE_CATALOG_NAME): `no lake at …: run lake init`.
+    LakeCatalog(lake_settings, create=False)
     for p in paths:
         if p.is_dir():
             # Every file below a folder (a vendor's YYYY/MM/ layout of daily files, backfill15),
@@ -281,7 +285,6 @@ UNDO_COLUMNS = {
 def _undo(paths: list[Path], table: str | None, compact: bool, output: OutputFormat) -> None:
     """`lake load --undo`: one result per (file, table); a file that cannot be undone is
     said with its reason (exit 1) and the others are undone."""
-    from iceberg_lake.catalog import LakeCatalog
     from iceberg_lake.load.undo import UndoResult, undo_file
     from iceberg_lake.silver import SilverCompactor
 
@@ -293,7 +296,7 @@ def _undo(paths: list[Path], table: str | None, compact: bool, output: OutputFor
             files.extend(f for f in found if _has_format(f))
         else:
             files.append(_regular_file(p))
-    lake = LakeCatalog(lake_settings)
+    lake = LakeCatalog(lake_settings, create=False)
     results: list[UndoResult] = []
     errors: list[str] = []
     for f in files:

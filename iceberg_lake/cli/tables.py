@@ -27,6 +27,8 @@ def init(output: OutputFormat = OUTPUT_OPTION) -> None:
     Idempotent: a second run creates nothing.
     """
     catalog = _open_catalog()
+    # Before anything is created (docs19: a refused LAKE_WAREHOUSE had its directory made).
+    catalog.refuse_other_warehouse()
     # Only `lake init` creates the S3 bucket, and says so: a mistyped LAKE_WAREHOUSE shows up
     # here as a new bucket instead of passing silently.
     new_bucket = catalog.ensure_warehouse() and catalog.settings.warehouse.startswith("s3")

@@ -625,10 +625,15 @@ def pub_frame_header(subject: str) -> bytes:
     A frame is `PUB <subject> <size>\\r\\n<payload>\\r\\n`; `publish_frames` sends many at once.
 
     Raises:
-        LakeError: `subject` is empty or has whitespace (the server would reject the frame).
+        LakeError: `subject` is empty, has whitespace (the server would reject the frame), an
+            empty token or a wildcard token (`*`, `>`: not a subject one can publish on; docs19:
+            `--prefix 'a.>'` was accepted).
     """
-    if not subject or any(c.isspace() for c in subject):
-        raise LakeError(f"invalid NATS subject {subject!r}")
+    tokens = subject.split(".")
+    if not subject or any(c.isspace() for c in subject) or any(t in ("", "*", ">") for t in tokens):
+        raise LakeError(
+            f"invalid NATS subject {subject!r} (no spaces, empty tokens or wildcards * >)"
+        )
     return b"PUB " + subject.encode() + b" "
 
 
