@@ -329,3 +329,31 @@ def test_quote_age_and_lookback_in_seconds_are_exact_to_the_nanosecond(
             lk.bars(TRADES, "1m", start_ns=T14, end_ns=float(T14 + SEC))
     with pytest.raises(TypeError, match="start_ns must be"):
         ReplayEngine(settings, [TRADES], float(meant), ta + 1, pin=False)
+
+
+def test_trades_without_any_prevailing_quote_are_named_on_stderr(
+    asof_data: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A join where no trade found a quote (the wrong quotes table, `ES.c.0` against `ESH4`)
+    printed only its row count, every quote column null; symbols without any quote were as
+    silent (quant19 #3). One line on stderr names them; stdout keeps its shape, exit 0."""
+    monkeypatch.setenv("LAKE_DATA_DIR", str(asof_data["settings"].data_dir))
+    window = ["--start", str(T14), "--end", str(T14 + 600 * SEC), "--as-of", "aj"]
+    res = CliRunner().invoke(app, ["-o", "json", "asof", FUT, QUOTES, *window])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert rows and all(r["quote_ts_event_ns"] is None for r in rows)
+    assert (
+        f"no trade found a prevailing quote in {QUOTES} (all {len(rows):,} have null quote "
+        "columns)" in res.stderr
+    ), res.stderr
+    # IWM has trades but no quote at all; SPY and QQQ have quotes.
+    res = CliRunner().invoke(app, ["-o", "json", "asof", TRADES, QUOTES, *window])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    unquoted = sum(r["quote_ts_event_ns"] is None for r in rows)
+    line = f"no prevailing quote in {QUOTES} for symbol IWM ({unquoted:,} of {len(rows):,} trades"
+    assert line in res.stderr, res.stderr
+    # Every symbol quoted: nothing said.
+    res = CliRunner().invoke(app, ["-o", "json", "asof", FUT, MBP, *window])
+    assert res.exit_code == 0 and "prevailing quote" not in res.stderr, res.output

@@ -226,6 +226,8 @@ def asof(
         read = {left: lake.last_pins.get(left)}
         result.emit(joined, f"{left} as of {right}")
         note_outside(lake, window.session_of([left, right]), read)
+    if (note := _unquoted_note(joined, by, right)) is not None:
+        err_console.print(note, highlight=False, soft_wrap=True)
 
 
 def _seconds_ns(text: str, flag: str) -> int:
@@ -245,6 +247,40 @@ def _seconds_ns(text: str, flag: str) -> int:
         return seconds_ns(exact)
     except TimeTravelError as exc:
         raise typer.BadParameter(str(exc), param_hint=flag) from None
+
+
+#: How many `--by` values without a quote the note names before `and N more`.
+_NAMED = 10
+
+
+def _unquoted_note(joined: pa.Table, by: str, right: str) -> str | None:
+    """One line when trades of the join found no prevailing quote at all, or some `by` values
+    (symbols) found none: a wrong quotes table, or symbols spelt differently (a contract `ESH4`
+    against a continuous `ES.c.0`), which otherwise shows only as null columns (quant19).
+    None when every symbol has a quote for some trade."""
+    if joined.num_rows == 0:
+        return None
+    counts = joined.group_by(by).aggregate([("quote_ts_event_ns", "count")])
+    keys = counts.column(by).to_pylist()
+    quoted = counts.column("quote_ts_event_ns_count").to_pylist()
+    without = sorted((str(k) for k, n in zip(keys, quoted, strict=True) if n == 0))
+    if not without:
+        return None
+    trades = joined.num_rows
+    missing = joined.column("quote_ts_event_ns").null_count
+    if len(without) == len(keys):
+        return (
+            f"no trade found a prevailing quote in {right} (all {trades:,} have null quote "
+            f"columns): check the quotes table and that both name the {by} alike (a contract "
+            "ESH4 against a continuous ES.c.0, a case)"
+        )
+    named = ", ".join(without[:_NAMED]) + (
+        f" and {len(without) - _NAMED} more" if len(without) > _NAMED else ""
+    )
+    return (
+        f"no prevailing quote in {right} for {by} {named} ({missing:,} of {trades:,} trades "
+        "have null quote columns)"
+    )
 
 
 def _symbols_without_rows(series: pa.Table, symbols: list[str]) -> list[str]:
