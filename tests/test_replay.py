@@ -424,3 +424,26 @@ def test_the_manifests_readable_window_replays_the_same_events(
     # Open-ended: the first event's own nanosecond, not the second it rounds to.
     held = replay()
     assert held["start"] == "2025-12-16T13:59:59.999999950+00:00", held
+
+
+def test_a_speed_that_is_not_a_finite_number_is_refused(
+    merged, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--speed nan` passed the `speed < 0` check, replayed unpaced and wrote `"speed": NaN`
+    into the manifest, which JSON parsers refuse (`--speed inf`: `Infinity`) (quant19 #4)."""
+    settings = merged["settings"]
+    for speed in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(TimeTravelError, match="speed must be a finite number >= 0"):
+            ReplayEngine(settings, [STOCKS], T14, T14 + SEC, speed=speed, pin=False)
+    monkeypatch.setenv("LAKE_DATA_DIR", str(settings.data_dir))
+    manifest = tmp_path / "m.json"
+    for text in ("nan", "inf", "-inf"):
+        res = CliRunner().invoke(
+            app,
+            ["replay", "--tables", STOCKS, "--start", str(T14), "--end", str(T14 + SEC)]
+            + ["--speed", text, "--no-pin", "--no-progress", "--out", str(tmp_path / "o")]
+            + ["--manifest", str(manifest)],
+        )
+        assert res.exit_code == 1, res.output
+        assert "speed must be a finite number >= 0" in res.output, res.output
+        assert "Traceback" not in res.output and not manifest.exists()

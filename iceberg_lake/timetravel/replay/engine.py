@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -168,8 +169,11 @@ class ReplayEngine:
         require_int_ns(end_ns, "end_ns")
         if start_ns >= end_ns:
             raise TimeTravelError(f"replay start ({start_ns}) must be before end ({end_ns})")
-        if speed is not None and speed < 0:
-            raise TimeTravelError(f"speed must be positive, got {speed}")
+        # NaN passed `speed < 0`, replayed unpaced and wrote `"speed": NaN`, which is not JSON.
+        if speed is not None and not (math.isfinite(speed) and speed >= 0):
+            raise TimeTravelError(
+                f"speed must be a finite number >= 0 (0: as fast as possible), got {speed}"
+            )
         if lateness_seconds is None:
             lateness_seconds = DEFAULT_LATENESS_SECONDS
         if not 0 <= lateness_seconds <= MAX_LATENESS_SECONDS:
