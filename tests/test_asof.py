@@ -11,6 +11,7 @@ quotes first (`strict=False`) or trades first (`strict=True`). Budget: ~7 s.
 from __future__ import annotations
 
 import bisect
+import json
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from timetravel_data import T14, append, futures
+from timetravel_data import T14, append, futures, trade
 from typer.testing import CliRunner
 
 from iceberg_lake.catalog import LakeCatalog
@@ -277,3 +278,82 @@ def test_asking_for_ts_event_ns_or_a_column_twice_gives_one_column(
             TRADES, QUOTES, start_ns=T14, end_ns=T14 + 60 * SEC, quote_columns=["ts_event_ns"]
         )
     assert [c for c in only_ts.column_names if c.startswith("quote_")] == ["quote_ts_event_ns"]
+
+
+def test_quote_age_and_lookback_in_seconds_are_exact_to_the_nanosecond(
+    lake: LakeCatalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--max-quote-age 8.2` was `int(8.2 * 1e9)` = 8_199_999_999 ns, so a quote exactly 8.2 s
+    before its trade counted as none; `--lookback 8.2` likewise (quant19 #1). A float `*_ns`
+    in Python was truncated the same way: it is a TypeError now."""
+    settings = lake.settings
+    qa, qb = T14 + 100 * SEC, T14 + 200 * SEC
+    ta, tb = qa + 8_200_000_000, qb + 4_100_000_000  # exactly 8.2 s and 4.1 s after
+    append(lake.load_table(TRADES), [trade(ta, "MQA"), trade(tb, "MQB", seq=1)])
+    quotes = [
+        {"ts_event_ns": ts, "ts_recv_ns": ts, "source": "test", "symbol": sym, "seq": 0}
+        | {"bid_px": 19.9, "ask_px": 20.1, "bid_sz": 1, "ask_sz": 1}
+        for ts, sym in ((qa, "MQA"), (qb, "MQB"))
+    ]
+    append(lake.load_table(QUOTES), quotes)
+    monkeypatch.setenv("LAKE_DATA_DIR", str(settings.data_dir))
+
+    def quote_ts(*args: str) -> dict[str, str]:
+        res = CliRunner().invoke(app, ["-o", "json", "asof", TRADES, QUOTES, *args])
+        assert res.exit_code == 0, res.output
+        rows = json.loads(res.stdout)
+        return {r["symbol"]: r["quote_ts_event_ns"] for r in rows}
+
+    window = ["--start", str(T14), "--end", str(T14 + 300 * SEC)]
+    assert quote_ts(*window, "--max-quote-age", "8.2") == {"MQA": qa, "MQB": qb}
+    assert quote_ts(*window, "--max-quote-age", "4.1") == {"MQA": None, "MQB": qb}
+    assert quote_ts(*window, "--max-quote-age", "4.099999999") == {"MQA": None, "MQB": None}
+    # The lookback counts from the window's start: the trade itself starts it.
+    at_a = ["--start", str(ta), "--end", str(ta + 1)]
+    assert quote_ts(*at_a, "--lookback", "8.2") == {"MQA": qa}
+    assert quote_ts(*at_a, "--lookback", "8.199999999") == {"MQA": None}
+    res = CliRunner().invoke(app, ["asof", TRADES, QUOTES, *window, "--max-quote-age", "1e-10"])
+    assert res.exit_code == 1 and "not a whole number of nanoseconds" in res.output, res.output
+    assert "Traceback" not in res.output
+
+    meant = T14 + 1  # 1 ns after T14: a float cannot say it
+    with Lake(settings) as lk:
+        for kwargs in (
+            {"start_ns": float(meant), "end_ns": ta + 1},
+            {"start_ns": T14, "end_ns": ta + 1, "max_age_ns": 8.2e9},
+            {"start_ns": T14, "end_ns": ta + 1, "lookback_ns": 3.6e12},
+        ):
+            with pytest.raises(TypeError, match=r"_ns must be Unix nanoseconds as an int"):
+                lk.asof_join(TRADES, QUOTES, **kwargs)
+        with pytest.raises(TypeError, match="end_ns must be"):
+            lk.bars(TRADES, "1m", start_ns=T14, end_ns=float(T14 + SEC))
+    with pytest.raises(TypeError, match="start_ns must be"):
+        ReplayEngine(settings, [TRADES], float(meant), ta + 1, pin=False)
+
+
+def test_trades_without_any_prevailing_quote_are_named_on_stderr(
+    asof_data: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A join where no trade found a quote (the wrong quotes table, `ES.c.0` against `ESH4`)
+    printed only its row count, every quote column null; symbols without any quote were as
+    silent (quant19 #3). One line on stderr names them; stdout keeps its shape, exit 0."""
+    monkeypatch.setenv("LAKE_DATA_DIR", str(asof_data["settings"].data_dir))
+    window = ["--start", str(T14), "--end", str(T14 + 600 * SEC), "--as-of", "aj"]
+    res = CliRunner().invoke(app, ["-o", "json", "asof", FUT, QUOTES, *window])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert rows and all(r["quote_ts_event_ns"] is None for r in rows)
+    assert (
+        f"no trade found a prevailing quote in {QUOTES} (all {len(rows):,} have null quote "
+        "columns)" in res.stderr
+    ), res.stderr
+    # IWM has trades but no quote at all; SPY and QQQ have quotes.
+    res = CliRunner().invoke(app, ["-o", "json", "asof", TRADES, QUOTES, *window])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    unquoted = sum(r["quote_ts_event_ns"] is None for r in rows)
+    line = f"no prevailing quote in {QUOTES} for symbol IWM ({unquoted:,} of {len(rows):,} trades"
+    assert line in res.stderr, res.stderr
+    # Every symbol quoted: nothing said.
+    res = CliRunner().invoke(app, ["-o", "json", "asof", FUT, MBP, *window])
+    assert res.exit_code == 0 and "prevailing quote" not in res.stderr, res.output

@@ -387,3 +387,63 @@ def test_ctrl_c_of_a_replay_says_interrupted_and_exits_130(
     recorded = read_manifest(manifest)
     assert recorded["complete"] is False and recorded["events_written"] == lines
     assert f"the output holds the first {lines:,} events of the replay" in stderr, stderr
+
+
+def test_the_manifests_readable_window_replays_the_same_events(
+    lake: LakeCatalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest's `start`/`end` went through `ns / 1e9`: a window of 13:59:59.9999999 to
+    14:00:01.000000001 was written as 14:00:00 to 14:00:01, and a replay of those times held 0
+    events instead of 2 (quant19 #2). They are exact now, in a form `--start/--end` read back."""
+    start, end = T14 - 100, T14 + SEC + 1
+    append(
+        lake.load_table(STOCKS), [*trades("INFX", T14 - 50, 1, 1), *trades("NANX", T14 + SEC, 1, 1)]
+    )
+    monkeypatch.setenv("LAKE_DATA_DIR", str(lake.settings.data_dir))
+    runner = CliRunner()
+
+    def replay(*window: str) -> dict:
+        manifest = tmp_path / "m.json"
+        res = runner.invoke(
+            app,
+            ["replay", "--tables", STOCKS, *window, "--no-pin", "--no-progress"]
+            + ["--out", str(tmp_path / "out.ndjson"), "--manifest", str(manifest)],
+        )
+        assert res.exit_code == 0, res.output
+        return read_manifest(manifest)
+
+    first = replay("--start", str(start), "--end", str(end))
+    assert first["event_count"] == 2
+    assert (first["start"], first["end"]) == (
+        "2025-12-16T13:59:59.999999900+00:00",
+        "2025-12-16T14:00:01.000000001+00:00",
+    )
+    again = replay("--start", first["start"], "--end", first["end"])
+    assert (again["start_ns"], again["end_ns"]) == (start, end)
+    assert again["sequence_hash"] == first["sequence_hash"] and again["event_count"] == 2
+    # Open-ended: the first event's own nanosecond, not the second it rounds to.
+    held = replay()
+    assert held["start"] == "2025-12-16T13:59:59.999999950+00:00", held
+
+
+def test_a_speed_that_is_not_a_finite_number_is_refused(
+    merged, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--speed nan` passed the `speed < 0` check, replayed unpaced and wrote `"speed": NaN`
+    into the manifest, which JSON parsers refuse (`--speed inf`: `Infinity`) (quant19 #4)."""
+    settings = merged["settings"]
+    for speed in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(TimeTravelError, match="speed must be a finite number >= 0"):
+            ReplayEngine(settings, [STOCKS], T14, T14 + SEC, speed=speed, pin=False)
+    monkeypatch.setenv("LAKE_DATA_DIR", str(settings.data_dir))
+    manifest = tmp_path / "m.json"
+    for text in ("nan", "inf", "-inf"):
+        res = CliRunner().invoke(
+            app,
+            ["replay", "--tables", STOCKS, "--start", str(T14), "--end", str(T14 + SEC)]
+            + ["--speed", text, "--no-pin", "--no-progress", "--out", str(tmp_path / "o")]
+            + ["--manifest", str(manifest)],
+        )
+        assert res.exit_code == 1, res.output
+        assert "speed must be a finite number >= 0" in res.output, res.output
+        assert "Traceback" not in res.output and not manifest.exists()

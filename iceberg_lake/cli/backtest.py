@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +26,8 @@ from iceberg_lake.cli.common import (
 from iceberg_lake.cli.output import cell_text, output_file_errors, root_format
 from iceberg_lake.cli.query import QueryOutput as TableOutput  # the same outputs as `lake query`
 from iceberg_lake.cli.query import parse_as_of, write_result
+from iceberg_lake.exceptions import TimeTravelError
+from iceberg_lake.timetravel.nanos import seconds_ns
 
 #: The largest --lookback / --max-quote-age: ten years, no limit in practice (`inf` has no
 #: nanosecond count).
@@ -181,16 +183,19 @@ def asof(
         ),
     ),
     strict: bool = typer.Option(False, "--strict", help="Only quotes strictly before a trade."),
-    lookback: float = typer.Option(
-        3600.0,
+    lookback: str = typer.Option(
+        "3600",
         "--lookback",
+        metavar="SECONDS",
         help="Seconds before the window's start a prevailing quote may lie (from the start, "
-        "not from each trade: see --max-quote-age).",
+        "not from each trade: see --max-quote-age); exact to the nanosecond.",
     ),
-    max_quote_age: float | None = typer.Option(
+    max_quote_age: str | None = typer.Option(
         None,
         "--max-quote-age",
-        help="Seconds: a prevailing quote older than this before its trade counts as none.",
+        metavar="SECONDS",
+        help="Seconds: a prevailing quote older than this before its trade counts as none "
+        "(one exactly this old counts); exact to the nanosecond.",
     ),
     *,
     window: Window,
@@ -200,11 +205,8 @@ def asof(
     """Each trade with the quote prevailing at its event time (DuckDB ASOF JOIN)."""
     from iceberg_lake.timetravel.query import Lake
 
-    for value, flag in ((lookback, "--lookback"), (max_quote_age, "--max-quote-age")):
-        if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_SECONDS):
-            raise typer.BadParameter(
-                f"must be 0-{MAX_SECONDS:,} seconds, got {value:g}", param_hint=flag
-            )
+    lookback_ns = _seconds_ns(lookback, "--lookback")
+    max_age_ns = None if max_quote_age is None else _seconds_ns(max_quote_age, "--max-quote-age")
     start_ns, end_ns = window.ns([left, right])
     quote_columns = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     with Lake(open_catalog(read_only=True)) as lake:
@@ -216,14 +218,69 @@ def asof(
             by=by,
             quote_columns=quote_columns,
             strict=strict,
-            lookback_ns=int(lookback * 1e9),
-            max_age_ns=None if max_quote_age is None else int(max_quote_age * 1e9),
+            lookback_ns=lookback_ns,
+            max_age_ns=max_age_ns,
             as_of=parse_as_of(as_of),
         )
         # The trades are the rows out; quotes before the open are what prevails at it.
         read = {left: lake.last_pins.get(left)}
         result.emit(joined, f"{left} as of {right}")
         note_outside(lake, window.session_of([left, right]), read)
+    if (note := _unquoted_note(joined, by, right)) is not None:
+        err_console.print(note, highlight=False, soft_wrap=True)
+
+
+def _seconds_ns(text: str, flag: str) -> int:
+    """`--lookback` / `--max-quote-age`: seconds from their decimal text, exact to the ns.
+
+    `int(8.2 * 1e9)` was 8_199_999_999, so a quote exactly 8.2 s old counted as none (quant19).
+    """
+    try:
+        exact = Decimal(text.strip())
+    except InvalidOperation:
+        raise typer.BadParameter(f"{text!r} is not a number of seconds", param_hint=flag) from None
+    if not (exact.is_finite() and 0 <= exact <= MAX_SECONDS):
+        raise typer.BadParameter(
+            f"must be 0-{MAX_SECONDS:,} seconds, got {text.strip()}", param_hint=flag
+        )
+    try:
+        return seconds_ns(exact)
+    except TimeTravelError as exc:
+        raise typer.BadParameter(str(exc), param_hint=flag) from None
+
+
+#: How many `--by` values without a quote the note names before `and N more`.
+_NAMED = 10
+
+
+def _unquoted_note(joined: pa.Table, by: str, right: str) -> str | None:
+    """One line when trades of the join found no prevailing quote at all, or some `by` values
+    (symbols) found none: a wrong quotes table, or symbols spelt differently (a contract `ESH4`
+    against a continuous `ES.c.0`), which otherwise shows only as null columns (quant19).
+    None when every symbol has a quote for some trade."""
+    if joined.num_rows == 0:
+        return None
+    counts = joined.group_by(by).aggregate([("quote_ts_event_ns", "count")])
+    keys = counts.column(by).to_pylist()
+    quoted = counts.column("quote_ts_event_ns_count").to_pylist()
+    without = sorted((str(k) for k, n in zip(keys, quoted, strict=True) if n == 0))
+    if not without:
+        return None
+    trades = joined.num_rows
+    missing = joined.column("quote_ts_event_ns").null_count
+    if len(without) == len(keys):
+        return (
+            f"no trade found a prevailing quote in {right} (all {trades:,} have null quote "
+            f"columns): check the quotes table and that both name the {by} alike (a contract "
+            "ESH4 against a continuous ES.c.0, a case)"
+        )
+    named = ", ".join(without[:_NAMED]) + (
+        f" and {len(without) - _NAMED} more" if len(without) > _NAMED else ""
+    )
+    return (
+        f"no prevailing quote in {right} for {by} {named} ({missing:,} of {trades:,} trades "
+        "have null quote columns)"
+    )
 
 
 def _symbols_without_rows(series: pa.Table, symbols: list[str]) -> list[str]:

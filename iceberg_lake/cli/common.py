@@ -9,7 +9,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -389,7 +389,8 @@ def parse_since_ns(text: str, option: str = "--since") -> int:
             f"invalid --since {text!r} (use Unix nanoseconds, an ISO time or an age like 2h, 7d)",
             param_hint=option,
         ) from None
-    return time.time_ns() - int(age.total_seconds() * 1e9)
+    # Whole microseconds (a timedelta's resolution) as integers: no float seconds in between.
+    return time.time_ns() - age // timedelta(microseconds=1) * 1_000
 
 
 def _utc(ns: int) -> str:

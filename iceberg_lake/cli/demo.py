@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,8 @@ def simulate(
         out_of_order=out_of_order,
         batch=batch,
     )
-    if speed < 0:
-        raise LakeError("--speed must be >= 0")
+    if not (math.isfinite(speed) and speed >= 0):
+        raise LakeError(f"--speed must be a finite number >= 0, got {speed}")
     lake_settings = settings()
     if output == OutputFormat.text:
         from rich.progress import Progress

@@ -42,6 +42,7 @@ import pyarrow as pa
 
 from iceberg_lake.engine.duck import quote_ident
 from iceberg_lake.exceptions import TimeTravelError
+from iceberg_lake.timetravel.nanos import require_int_ns
 from iceberg_lake.timetravel.order import order_by_sql, row_order, table_row_order
 from iceberg_lake.timetravel.snapshots import AsOfSpec, check_pinned_tables, pin_for
 
@@ -187,8 +188,16 @@ def asof_join(
 
     Raises:
         TimeTravelError: missing key or quote columns, bad window.
+        TypeError: a `*_ns` argument that is not an int (a float would lose nanoseconds).
         UnknownTableError: no such table.
     """
+    for value, name in (
+        (start_ns, "start_ns"),
+        (end_ns, "end_ns"),
+        (lookback_ns, "lookback_ns"),
+        (max_age_ns, "max_age_ns"),
+    ):
+        require_int_ns(value, name)
     if start_ns >= end_ns:
         raise TimeTravelError(f"as-of join start ({start_ns}) must be before end ({end_ns})")
     if lookback_ns is not None and lookback_ns < 0:

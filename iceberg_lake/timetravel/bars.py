@@ -44,6 +44,7 @@ import pyarrow as pa
 
 from iceberg_lake.engine.duck import quote_ident, quote_str
 from iceberg_lake.exceptions import TimeTravelError
+from iceberg_lake.timetravel.nanos import require_int_ns
 from iceberg_lake.timetravel.order import order_by_sql, row_order, table_row_order
 from iceberg_lake.timetravel.snapshots import AsOfSpec, check_pinned_tables
 
@@ -222,8 +223,11 @@ def bars(
         TimeTravelError: bad width, a window whose start is not before its end, a table
             without trades/quotes columns, unknown group column. A window without events gives
             no rows (the result's schema stays).
+        TypeError: a `*_ns` argument that is not an int (a float would lose nanoseconds).
         UnknownTableError: no such table.
     """
+    for value, name in ((start_ns, "start_ns"), (end_ns, "end_ns"), (origin_ns, "origin_ns")):
+        require_int_ns(value, name)
     width = parse_every(every)
     if isinstance(symbols, str):  # `symbols="AAPL"` is one symbol, not four letters
         symbols = [symbols]

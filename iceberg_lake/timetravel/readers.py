@@ -40,6 +40,7 @@ from iceberg_lake.engine.filters import eq, ge, lt
 from iceberg_lake.engine.iceberg import column_bounds, read_scan_tasks
 from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
 from iceberg_lake.tables import BRONZE, GOLD, SILVER, TableDefinition
+from iceberg_lake.timetravel.nanos import require_int_ns
 from iceberg_lake.timetravel.snapshots import (
     AsOf,
     AsOfSpec,
@@ -87,11 +88,14 @@ def time_window(
 
     Raises:
         TimeTravelError: an invalid date, or `start_ns >= end_ns`.
+        TypeError: `start_ns` or `end_ns` is not an int (a float would lose nanoseconds).
 
     A range that does not overlap the day reads nothing, as the spec's readers always did (its
     own example pairs 2025-12-16 with a 2024 range); it is logged as a WARNING naming both, so
     a typo in the date or the range does not pass silently.
     """
+    require_int_ns(start_ns, "start_ns")
+    require_int_ns(end_ns, "end_ns")
     if start_ns is not None and end_ns is not None and start_ns >= end_ns:
         raise TimeTravelError(f"start_ns ({start_ns}) must be before end_ns ({end_ns})")
     lo, hi = start_ns, end_ns

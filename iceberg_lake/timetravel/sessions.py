@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from iceberg_lake.dates import utc_date
 from iceberg_lake.engine.duck import quote_ident, quote_str
 from iceberg_lake.exceptions import TimeTravelError
+from iceberg_lake.timetravel.nanos import require_int_ns
 from iceberg_lake.timetravel.snapshots import AsOfSpec
 
 if TYPE_CHECKING:
@@ -174,12 +175,14 @@ def session_containing(when: datetime | int, calendar: str = DEFAULT_CALENDAR) -
 
     Raises:
         TimeTravelError: unknown calendar, or a naive datetime (its zone is unknown).
+        TypeError: `when` is neither a datetime nor an int (a float would lose nanoseconds).
     """
     if isinstance(when, datetime):
         if when.tzinfo is None:
             raise TimeTravelError(f"{when.isoformat()} has no time zone: give an aware datetime")
         when_ns = (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1_000
     else:
+        require_int_ns(when, "when")
         when_ns = int(when)
     calendar = resolve_calendar(calendar)
     day = datetime.fromtimestamp(when_ns // _NS, tz=UTC).date()

@@ -41,6 +41,7 @@ from iceberg_lake.timetravel.live.gaps import GapLog, merge_runs, removed_warnin
 from iceberg_lake.timetravel.live.inferred import INFERRED_KEY, InferenceStart, UnmappedFollower
 from iceberg_lake.timetravel.live.loop import NatsLoop
 from iceberg_lake.timetravel.live.source import TailSource, is_live_table
+from iceberg_lake.timetravel.nanos import seconds_ns
 
 if TYPE_CHECKING:
     from iceberg_lake.timetravel.replay.engine import ReplayEngine
@@ -379,7 +380,7 @@ class LiveTail:
         stop_at = loop.run(setup())
         engine = self.engine
         engine.set_complete(False)
-        end_wall_ns = self.engine.end_ns + int(self.lateness_seconds * 1e9)
+        end_wall_ns = self.engine.end_ns + seconds_ns(self.lateness_seconds)
         held: dict[str, list[TailMessage]] = {}  # the tail read so far, while `tail_sorted`
         held_bytes = 0
         try:

@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -61,6 +62,7 @@ import pyarrow as pa
 
 from iceberg_lake.catalog import CatalogSource, as_catalog
 from iceberg_lake.exceptions import TimeTravelError
+from iceberg_lake.timetravel.nanos import require_int_ns, seconds_ns
 from iceberg_lake.timetravel.order import TIE_BREAK_RULE, TIE_BREAKS, rule_of
 from iceberg_lake.timetravel.replay.arrow import merged_batches, table_batches, union_schema
 from iceberg_lake.timetravel.replay.events import (
@@ -132,6 +134,7 @@ class ReplayEngine:
 
     Raises:
         TimeTravelError: empty table list, bad window, unknown pin, table without event time.
+        TypeError: `start_ns` or `end_ns` is not an int (a float would lose nanoseconds).
         UnknownTableError: a table does not exist.
     """
 
@@ -162,16 +165,22 @@ class ReplayEngine:
             raise TimeTravelError("replay needs at least one table")
         if len(set(tables)) != len(tables):
             raise TimeTravelError(f"a table is listed twice: {', '.join(tables)}")
+        require_int_ns(start_ns, "start_ns")
+        require_int_ns(end_ns, "end_ns")
         if start_ns >= end_ns:
             raise TimeTravelError(f"replay start ({start_ns}) must be before end ({end_ns})")
-        if speed is not None and speed < 0:
-            raise TimeTravelError(f"speed must be positive, got {speed}")
+        # NaN passed `speed < 0`, replayed unpaced and wrote `"speed": NaN`, which is not JSON.
+        if speed is not None and not (math.isfinite(speed) and speed >= 0):
+            raise TimeTravelError(
+                f"speed must be a finite number >= 0 (0: as fast as possible), got {speed}"
+            )
         if lateness_seconds is None:
             lateness_seconds = DEFAULT_LATENESS_SECONDS
         if not 0 <= lateness_seconds <= MAX_LATENESS_SECONDS:
             raise TimeTravelError(
                 f"lateness must be 0-{MAX_LATENESS_SECONDS:g} seconds, got {lateness_seconds:g}"
             )
+        seconds_ns(lateness_seconds)  # finer than a nanosecond: refused here, not mid-replay
         self.tables = tables
         self.start_ns, self.end_ns = int(start_ns), int(end_ns)
         self.as_of = as_of
