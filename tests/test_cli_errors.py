@@ -461,7 +461,7 @@ def test_bad_values_and_usage_are_one_line_exit_1_in_every_command(
         ),
         (
             ["bars", "bronze.stocks_trades", "--start", "2024-03-12", "--end", "2024-03-11"],
-            "must be before end",
+            "bars start (2024-03-12T00:00:00+00:00) must be before end (2024-03-11T00:00:00+00:00)",
         ),
     ],
     ids=["seconds", "ms", "us", "date-without-dashes", "negative-lookback", "end-before-start"],

@@ -42,7 +42,7 @@ import pyarrow as pa
 
 from iceberg_lake.engine.duck import quote_ident
 from iceberg_lake.exceptions import TimeTravelError
-from iceberg_lake.timetravel.nanos import require_int_ns
+from iceberg_lake.timetravel.nanos import iso_utc, require_int_ns
 from iceberg_lake.timetravel.order import order_by_sql, row_order, table_row_order
 from iceberg_lake.timetravel.snapshots import AsOfSpec, check_pinned_tables, pin_for
 
@@ -199,7 +199,9 @@ def asof_join(
     ):
         require_int_ns(value, name)
     if start_ns >= end_ns:
-        raise TimeTravelError(f"as-of join start ({start_ns}) must be before end ({end_ns})")
+        raise TimeTravelError(
+            f"as-of join start ({iso_utc(start_ns)}) must be before end ({iso_utc(end_ns)})"
+        )
     if lookback_ns is not None and lookback_ns < 0:
         raise TimeTravelError(f"the as-of lookback ({lookback_ns} ns) must not be negative")
     if max_age_ns is not None and max_age_ns < 0:

@@ -44,7 +44,7 @@ import pyarrow as pa
 
 from iceberg_lake.engine.duck import quote_ident, quote_str
 from iceberg_lake.exceptions import TimeTravelError
-from iceberg_lake.timetravel.nanos import require_int_ns
+from iceberg_lake.timetravel.nanos import iso_utc, require_int_ns
 from iceberg_lake.timetravel.order import order_by_sql, row_order, table_row_order
 from iceberg_lake.timetravel.snapshots import AsOfSpec, check_pinned_tables
 
@@ -232,7 +232,9 @@ def bars(
     if isinstance(symbols, str):  # `symbols="AAPL"` is one symbol, not four letters
         symbols = [symbols]
     if start_ns is not None and end_ns is not None and start_ns >= end_ns:
-        raise TimeTravelError(f"bars start ({start_ns}) must be before end ({end_ns})")
+        raise TimeTravelError(
+            f"bars start ({iso_utc(start_ns)}) must be before end ({iso_utc(end_ns)})"
+        )
     check_pinned_tables(as_of, [table])
     con = lake.duckdb(as_of=as_of, tables=[table])
     try:

@@ -8,11 +8,12 @@ are converted from their decimal text, and the toolkit takes ns only as integers
 from __future__ import annotations
 
 import numbers
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 from iceberg_lake.exceptions import TimeTravelError
 
-__all__ = ["NS_PER_SECOND", "require_int_ns", "seconds_ns"]
+__all__ = ["NS_PER_SECOND", "iso_utc", "require_int_ns", "seconds_ns"]
 
 NS_PER_SECOND = 1_000_000_000
 
@@ -67,3 +68,17 @@ def require_int_ns(value: object, name: str) -> None:
         "(a float cannot hold every nanosecond: build it from integers, e.g. "
         "seconds * 1_000_000_000 + nanos, or pandas.Timestamp(...).value)"
     )
+
+
+def iso_utc(ns: int) -> str:
+    """Unix nanoseconds as an ISO 8601 UTC timestamp, exact (the manifest's `start`/`end`).
+
+    Whole seconds as `2024-03-11T14:00:00+00:00`, others with nine fractional digits
+    (`2024-03-11T13:59:59.999999900+00:00`): `lake replay --start/--end` read either back as
+    the same nanosecond. (`ns / 1e9` through a float gave 14:00:00 for 13:59:59.9999999, so a
+    replay of the printed window was another window, quant19.)
+    """
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+    digits = f".{fraction:09d}" if fraction else ""
+    return f"{when:%Y-%m-%dT%H:%M:%S}{digits}+00:00"

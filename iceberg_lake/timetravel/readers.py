@@ -40,7 +40,7 @@ from iceberg_lake.engine.filters import eq, ge, lt
 from iceberg_lake.engine.iceberg import column_bounds, read_scan_tasks
 from iceberg_lake.exceptions import TimeTravelError, UnknownTableError
 from iceberg_lake.tables import BRONZE, GOLD, SILVER, TableDefinition
-from iceberg_lake.timetravel.nanos import require_int_ns
+from iceberg_lake.timetravel.nanos import iso_utc, require_int_ns
 from iceberg_lake.timetravel.snapshots import (
     AsOf,
     AsOfSpec,
@@ -97,7 +97,7 @@ def time_window(
     require_int_ns(start_ns, "start_ns")
     require_int_ns(end_ns, "end_ns")
     if start_ns is not None and end_ns is not None and start_ns >= end_ns:
-        raise TimeTravelError(f"start_ns ({start_ns}) must be before end_ns ({end_ns})")
+        raise TimeTravelError(f"start ({iso_utc(start_ns)}) must be before end ({iso_utc(end_ns)})")
     lo, hi = start_ns, end_ns
     if day is not None:
         d = utc_date(day, TimeTravelError)

@@ -168,7 +168,9 @@ class ReplayEngine:
         require_int_ns(start_ns, "start_ns")
         require_int_ns(end_ns, "end_ns")
         if start_ns >= end_ns:
-            raise TimeTravelError(f"replay start ({start_ns}) must be before end ({end_ns})")
+            raise TimeTravelError(
+                f"replay start ({iso_utc(start_ns)}) must be before end ({iso_utc(end_ns)})"
+            )
         # NaN passed `speed < 0`, replayed unpaced and wrote `"speed": NaN`, which is not JSON.
         if speed is not None and not (math.isfinite(speed) and speed >= 0):
             raise TimeTravelError(

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from iceberg_lake.exceptions import TimeTravelError
+from iceberg_lake.timetravel.nanos import iso_utc
 from iceberg_lake.timetravel.order import TIE_BREAK_RULE, TIE_BREAKS
 from iceberg_lake.timetravel.snapshots import AsOfSpec
 
@@ -74,20 +75,6 @@ def compare_manifests(recorded: Mapping[str, Any], replayed: Mapping[str, Any]) 
         f"{count} events, {_short(got_hash)} where the manifest recorded {want_count} events, "
         f"{_short(want_hash)}"
     )
-
-
-def iso_utc(ns: int) -> str:
-    """Unix nanoseconds as an ISO 8601 UTC timestamp, exact (the manifest's `start`/`end`).
-
-    Whole seconds as `2024-03-11T14:00:00+00:00`, others with nine fractional digits
-    (`2024-03-11T13:59:59.999999900+00:00`): `lake replay --start/--end` read either back as
-    the same nanosecond. (`ns / 1e9` through a float gave 14:00:00 for 13:59:59.9999999, so a
-    replay of the printed window was another window, quant19.)
-    """
-    seconds, fraction = divmod(ns, 1_000_000_000)
-    when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
-    digits = f".{fraction:09d}" if fraction else ""
-    return f"{when:%Y-%m-%dT%H:%M:%S}{digits}+00:00"
 
 
 def describe_as_of(as_of: AsOfSpec) -> Any:
