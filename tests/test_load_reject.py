@@ -59,7 +59,7 @@ def test_wrong_mapping_is_refused_whole_then_the_right_one_loads(tmp_path: Path,
     assert out.exit_code == 1
     line = _one_error_line(out.output)
     assert "vendor.parquet" in line and "check --format/--mapping" in line
-    assert "row 0: missing required field" in line
+    assert "none of its columns (instrument, t_ns, px, qty, trade_id) is a column of" in line
     assert _ledgers(lake) == {}  # not marked loaded, no dead-letter entry
     assert lake.load_table(TABLE).current_snapshot() is None
     assert rows(duck, lake, "bronze.dead_letters", "SELECT count(*) FROM t") == []
