@@ -95,6 +95,9 @@ LOAD_FORMAT = "lake.load-format"
 #: `lake.operation` value of a `lake load --undo` snapshot (it removes a file's rows; the
 #: summary names the file with `LOAD_SHA256` and `LOAD_FILE`).
 LOAD_UNDO = "load-undo"
+#: Table property prefix: `lake.load-undo.<sha256>` = `<snapshot id>:<sequence number>` of the
+#: file's last undo (a rollback past it brings the rows back; review19).
+LOAD_UNDO_PREFIX = "lake.load-undo."
 
 # ---- time travel -------------------------------------------------------------------------------
 #: Table property prefix recording that tag `<name>` was made while the table had no snapshot:
@@ -123,6 +126,7 @@ __all__ = [
     "LOAD_SHA256",
     "LOAD_SOURCE",
     "LOAD_UNDO",
+    "LOAD_UNDO_PREFIX",
     "POSITION_MARKS_PREFIX",
     "POSITION_PREFIX",
     "REPLACED_PARTITIONS",

@@ -264,8 +264,11 @@ class PartitionReplacement:
     expected_properties: dict[str, str | None] | None = None
     #: What a concurrent commit must not have done for this one to land (see the class doc).
     validation: Literal["predicate", "files"] = "predicate"
-    #: A table property set to the new snapshot's id in the same commit (None: none).
+    #: A table property set to the new snapshot's id in the same commit (None: none); with
+    #: `snapshot_sequence`, `<id>:<sequence number>` (the number staged: a retry of pyiceberg's
+    #: own may commit it higher, never lower).
     snapshot_id_property: str | None = None
+    snapshot_sequence: bool = False
     #: Set once the commit was sent and not refused: the new files are (or may be) the table's,
     #: so `discard_new_files` leaves them alone.
     _sent: bool = field(default=False, repr=False)
@@ -363,7 +366,10 @@ class PartitionReplacement:
                 # the producer is made, so pyiceberg's own retries keep it).
                 staged = tx.table_metadata.snapshot_by_name(MAIN_BRANCH)
                 assert staged is not None
-                tx.set_properties({self.snapshot_id_property: str(staged.snapshot_id)})
+                value = str(staged.snapshot_id)
+                if self.snapshot_sequence:
+                    value = f"{value}:{staged.sequence_number or 0}"
+                tx.set_properties({self.snapshot_id_property: value})
             try:
                 tx.commit_transaction()
             except BaseException as exc:

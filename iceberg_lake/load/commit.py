@@ -48,6 +48,7 @@ import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import ancestors_of
 
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
@@ -67,8 +68,11 @@ log = logging.getLogger(__name__)
 
 HOUR_NS = 3600 * 10**9
 DONE = "done"
-#: The state of a ledger entry after `lake load --undo` (`0:undone@<next generation>`).
+#: The state of a ledger entry after `lake load --undo` (`0:undone@<next generation>;k=<rows
+#: it removed>`), and while it runs (`0:undoing@<next generation>;k=<rows stored>`: set first,
+#: so a load of the file running meanwhile fails its next commit).
 UNDONE = "undone"
+UNDOING = "undoing"
 #: The ledger's count of rows stored by all loads of the file (`…;<options>,k=<n>`).
 STORED = "k"
 #: Attempts at one commit before giving up (each on a refreshed table, with backoff).
@@ -178,9 +182,28 @@ def parse_ledger(value: str | None) -> tuple[int, bool]:
     return int(rows), state == DONE
 
 
+def _state_of(value: str | None) -> str:
+    """The `<rows>[:<state>]` part of a ledger value ("" for none)."""
+    return (value or "").partition(OPTIONS_SEP)[0].partition("@")[0]
+
+
 def is_undone(value: str | None) -> bool:
     """Whether a ledger value is the mark `lake load --undo` leaves (`0:undone@<g>`)."""
-    return value is not None and value.partition(OPTIONS_SEP)[0].partition("@")[0] == f"0:{UNDONE}"
+    return _state_of(value) == f"0:{UNDONE}"
+
+
+def is_undoing(value: str | None) -> bool:
+    """Whether a ledger value is the mark of an undo running or interrupted (`0:undoing@<g>`)."""
+    return _state_of(value) == f"0:{UNDOING}"
+
+
+def _counted(value: str | None) -> int | None:
+    """The `k=` count of a ledger value's options part (None: none)."""
+    for part in ledger_options(value).split(","):
+        name, _, count = part.partition("=")
+        if name == STORED:
+            return int(count)
+    return None
 
 
 def ledger_stored(value: str | None) -> int | None:
@@ -189,11 +212,12 @@ def ledger_stored(value: str | None) -> int | None:
     entry predates the count (`lake load --undo` then cannot check it found every row)."""
     if not value or is_undone(value):
         return 0
-    for part in ledger_options(value).split(","):
-        name, _, count = part.partition("=")
-        if name == STORED:
-            return int(count)
-    return None
+    return _counted(value)
+
+
+def undone_rows(value: str | None) -> int:
+    """The rows an undone (or undoing) entry's undo removes: its `k=`."""
+    return _counted(value) or 0
 
 
 def ledger_generation(value: str | None) -> int:
@@ -222,9 +246,22 @@ def ledger_value(
     return f"{value}{OPTIONS_SEP}{options}" if options else value
 
 
-def undone_value(generation: int) -> str:
-    """The ledger value `lake load --undo` leaves: nothing loaded, next load in `generation`."""
-    return f"0:{UNDONE}@{generation}"
+def undone_value(generation: int, rows: int) -> str:
+    """The ledger value `lake load --undo` leaves: nothing loaded, next load in `generation`,
+    `rows` removed (what a rollback past the undo brings back)."""
+    return f"0:{UNDONE}@{generation}{OPTIONS_SEP}{STORED}={rows}"
+
+
+def undoing_value(generation: int, rows: int) -> str:
+    """The ledger value an undo sets first: the `rows` stored are still there, every load of
+    the file is fenced (generation `generation`)."""
+    return f"0:{UNDOING}@{generation}{OPTIONS_SEP}{STORED}={rows}"
+
+
+def undo_snapshot_key(sha256: str) -> str:
+    """The target table's property naming the snapshot of a file's last undo
+    (`<snapshot id>:<sequence number>`): a rollback past it brings the rows back."""
+    return f"{P.LOAD_UNDO_PREFIX}{sha256}"
 
 
 @dataclass
@@ -309,6 +346,17 @@ class FileCommitter:
             self.table = self.lake.load_table(self.table_id)
             self.schema_id = self.table.schema().schema_id
             value = self.table.properties.get(self.key)
+            if is_undoing(value):
+                raise LakeError(
+                    f"{self.file_name}: an undo of its load into {self.table_id} is running or "
+                    f"was interrupted: run `lake load --undo {self.file_name}` (again) first"
+                )
+            if is_undone(value) and rows_back_after_undo(self.table, self.sha256, value):
+                raise LakeError(
+                    f"{self.file_name}: {self.table_id} was rolled back past the undo of its "
+                    f"load, and the load's rows are back: run `lake load --undo "
+                    f"{self.file_name}` again before loading it"
+                )
             rows, done = parse_ledger(value)
             self.generation = ledger_generation(value)
             if done and self.reload:
@@ -394,6 +442,7 @@ class FileCommitter:
         """
         if not letters:
             return 0
+        self._check_not_undone()
         for attempt in range(MAX_ATTEMPTS):
             table = self.dl_table
             done_rows, _ = parse_ledger(table.properties.get(self.dl_key))
@@ -448,7 +497,9 @@ class FileCommitter:
             committed, was_done = parse_ledger(value)
             if value is not None and value == self._replaces:
                 committed, was_done = 0, False  # the done entry this reload replaces
-            elif ledger_generation(value) > self.generation and is_undone(value):
+            elif ledger_generation(value) > self.generation and (
+                is_undone(value) or is_undoing(value)
+            ):
                 raise LoadUndoneError(
                     f"{self.file_name}: its load into {self.table_id} was undone (`lake load "
                     "--undo`) while this run was loading it; nothing more was stored: load it "
@@ -511,6 +562,21 @@ class FileCommitter:
                 with catalog_errors(f"refreshing {self.table_id}"):
                     self.table = self.lake.load_table(self.table_id)
         raise CommitConflictError(f"{self.table_id}: gave up after {MAX_ATTEMPTS} conflicts")
+
+    def _check_not_undone(self) -> None:
+        """Raise `LoadUndoneError` when an undo of the file fenced this load (its mark in the
+        target table's ledger): checked before dead letters are committed, which go to another
+        table than the ledger (review19: a chunk's letters committed after the undo removed the
+        file's were left behind, and duplicated by the next load)."""
+        with catalog_errors(f"reading the load ledger of {self.table_id}"):
+            self.table = self.lake.load_table(self.table_id)
+        value = self.table.properties.get(self.key)
+        if ledger_generation(value) > self.generation and (is_undone(value) or is_undoing(value)):
+            raise LoadUndoneError(
+                f"{self.file_name}: its load into {self.table_id} was undone (`lake load "
+                "--undo`) while this run was loading it; nothing more was stored: load it "
+                "again to load it whole"
+            )
 
     def _check_schema(self) -> None:
         """Raise `SchemaChangedError` when the table's schema is not the one the load converts
@@ -594,3 +660,30 @@ class FileCommitter:
             hour = int(ts[offset].as_py()) // HOUR_NS
             out.add((str(keys[offset].as_py()) if keys is not None else "", hour))
         return out
+
+
+def rows_back_after_undo(table: Table, sha256: str, value: str | None) -> bool:
+    """Whether the table was rolled back past the undo an undone entry `value` records, so the
+    rows it removed are back (review19: a rollback restored 995 wrong rows while the ledger still
+    said undone; the undo then answered `not-loaded` and a load stored the file beside them).
+
+    Table properties are not rolled back with the data: the undo's snapshot (`undo_snapshot_key`)
+    tells. The current snapshot descends from it: not rolled back. An ancestor older than it
+    (by sequence number) is reached first: rolled back. History expired before either: taken as
+    not rolled back.
+    """
+    if not is_undone(value) or not undone_rows(value):
+        return False
+    recorded = table.properties.get(undo_snapshot_key(sha256), "")
+    snapshot_id, _, sequence = recorded.partition(":")
+    if not snapshot_id.isdigit() or not sequence.isdigit():
+        return False
+    current = table.current_snapshot()
+    if current is None:
+        return True
+    for ancestor in ancestors_of(current, table.metadata):
+        if ancestor.snapshot_id == int(snapshot_id):
+            return False
+        if (ancestor.sequence_number or 0) < int(sequence):
+            return True
+    return False

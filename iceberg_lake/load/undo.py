@@ -11,14 +11,19 @@ The undo removes them, whatever generations (`--reload`s) stored them:
   the files found must hold exactly that many, else the undo is refused with nothing changed
   (rows rewritten into other files by another engine's compaction; a load made before the
   count existed).
-* **Dead letters first.** The file's dead letters (`stream = file:<sha256>` for this table)
-  and their ledger entries go in one commit on `bronze.dead_letters`; a crash before the next
-  step leaves the rows and the ledger as they were, and a second undo finishes.
+* **A fence first.** The ledger entry becomes `0:undoing@<next generation>;k=<n>` (compare-and-
+  swap on the entry read): a load of the same file running meanwhile fails its next commit of
+  rows or dead letters (`LoadUndoneError`), so the file's dead letters stop changing; a load
+  started later is refused until the undo finished (a crash leaves the fence: run it again).
+* **Then the dead letters** (`stream = file:<sha256>` for this table) and their ledger entries,
+  in one commit on `bronze.dead_letters`.
 * **Then the rows, in one commit** that deletes those data files by name (a concurrent
-  compaction of them conflicts; appends of other files never do) and replaces the ledger entry
-  with `0:undone@<next generation>`, compare-and-swap on the entry read. A load of the same
-  file running meanwhile fails its next commit and stops (`was undone`); loading the file again
-  afterwards is an ordinary load (a new generation, its own dead letters).
+  compaction of them conflicts; appends of other files never do), sets the entry to
+  `0:undone@<next generation>;k=<n>` (compare-and-swap on the fence) and records its snapshot
+  (`<id>:<sequence number>`): a rollback past it brings the rows back, which
+  `rows_back_after_undo` tells, so the undo runs again and a plain load is refused. Last, the
+  letters of a fenced load's last chunk are swept. Loading the file afterwards is an ordinary
+  load (a new generation, its own dead letters).
 * **History stays.** Snapshots before the undo still hold the rows: a replay pinned before it
   reads them as it did. Silver changes only when the affected partitions are compacted again
   (`lake compact --date D` or `--incremental`; `--compact` does it for the undone days): their
@@ -54,10 +59,15 @@ from iceberg_lake.exceptions import CommitConflictError, LakeError
 from iceberg_lake.load.commit import (
     MAX_ATTEMPTS,
     dead_letter_key,
+    is_undoing,
     is_undone,
     ledger_generation,
     ledger_key,
     ledger_stored,
+    rows_back_after_undo,
+    undo_snapshot_key,
+    undoing_value,
+    undone_rows,
     undone_value,
 )
 from iceberg_lake.load.sources import file_sha256
@@ -157,13 +167,17 @@ def _undo_in(
     """Undo the file's loads in one table; None (when `quiet`) if its ledger lacks the file."""
     key = ledger_key(sha256)
     tag = file_tag_of(sha256)
+    letters = 0  # removed over all attempts (review19: only the last attempt's were counted)
     for attempt in range(MAX_ATTEMPTS):
         with catalog_errors(f"reading {table_id}"):
             table = lake.load_table(table_id)
             value = table.properties.get(key)
-            if value is None or is_undone(value):
+            rolled_back = rows_back_after_undo(table, sha256, value)
+            if value is None or is_undone(value) and not rolled_back:
                 return None if quiet else UndoResult(name, sha256, table_id, "not-loaded")
-            stored = ledger_stored(value)
+            stored = undone_rows(value) if is_undone(value) or is_undoing(value) else None
+            if stored is None:
+                stored = ledger_stored(value)
             if stored is None:
                 raise UndoRefusedError(
                     f"{name}: its load into {table_id} was made by a version of lake load that "
@@ -173,51 +187,67 @@ def _undo_in(
             files = [f for f in current_data_files(table) if file_tag(f.file_path) == tag]
         found = sum(f.record_count for f in files)
         if found != stored:
-            raise UndoRefusedError(
-                f"{name}: {table_id} holds {found:,} rows in data files of its loads, their "
-                f"ledger counts {stored:,}: the others were rewritten into files of other rows "
-                "(another engine's compaction?) and cannot be told apart; nothing was removed"
+            why = (
+                f"{table_id} was rolled back past its undo, and holds {found:,} of the "
+                f"{stored:,} rows that undo removed"
+                if rolled_back
+                else f"{table_id} holds {found:,} rows in data files of its loads, their ledger "
+                f"counts {stored:,}: the others were rewritten into files of other rows (another "
+                "engine's compaction, or a rollback to before a load?)"
             )
-        generation = ledger_generation(value)
-        letters = _remove_dead_letters(lake, table_id, sha256, name, generation)
-        result = UndoResult(
-            name,
-            sha256,
-            table_id,
-            "undone",
-            rows_removed=found,
-            dead_letters_removed=letters,
-            files_removed=len(files),
-            days=_days(table, files),
-        )
-        rep = PartitionReplacement(
-            table,
-            {
-                P.LAKE_OPERATION: P.LOAD_UNDO,
-                P.LOAD_SHA256: sha256,
-                P.LOAD_FILE: name,
-                P.EVENT_COUNT: str(found),
-            },
-            validation="files",
-            table_properties={key: undone_value(generation + 1)},
-            expected_properties={key: value},
-        )
-        rep.replace_files(AlwaysFalse(), [], files)
+            raise UndoRefusedError(f"{name}: {why}; they cannot be told apart, nothing was removed")
+        generation = ledger_generation(value) if is_undoing(value) else ledger_generation(value) + 1
+        fence = undoing_value(generation, stored)
         try:
             with catalog_errors(f"undoing {name} in {table_id}"):
+                if value != fence:
+                    # First the fence: a load of the file running meanwhile fails its next
+                    # commit (rows or dead letters), so the dead letters below stop changing
+                    # (review19: they kept conflicting, and the load finished).
+                    set_properties_if(table, {key: value}, {key: fence})
+                letters += _remove_dead_letters(lake, table_id, sha256, name, generation - 1)
+                table = lake.load_table(table_id)
+                result = UndoResult(
+                    name,
+                    sha256,
+                    table_id,
+                    "undone",
+                    rows_removed=found,
+                    files_removed=len(files),
+                    days=_days(table, files),
+                )
+                done = {key: undone_value(generation, stored)}
                 if files:
+                    rep = PartitionReplacement(
+                        table,
+                        {
+                            P.LAKE_OPERATION: P.LOAD_UNDO,
+                            P.LOAD_SHA256: sha256,
+                            P.LOAD_FILE: name,
+                            P.EVENT_COUNT: str(found),
+                        },
+                        validation="files",
+                        table_properties=done,
+                        expected_properties={key: fence},
+                        # What tells a later rollback past this undo (`rows_back_after_undo`).
+                        snapshot_id_property=undo_snapshot_key(sha256),
+                        snapshot_sequence=True,
+                    )
+                    rep.replace_files(AlwaysFalse(), [], files)
                     result.snapshot_id = rep.commit()
                 else:  # every row of it was dead-lettered: only the ledger changes
-                    set_properties_if(table, {key: value}, {key: undone_value(generation + 1)})
+                    set_properties_if(table, {key: fence}, done)
+                # A dead-letter commit of a fenced load that was already under way.
+                letters += _remove_dead_letters(lake, table_id, sha256, name, generation - 1)
+            result.dead_letters_removed = letters
             return result
         except (CommitConflictError, CommitFailedException, ValidationException) as exc:
-            # A load of the file committed meanwhile, or a compaction rewrote its files: plan
-            # again on the new snapshot (its dead letters are gone already; a new one a
-            # running load adds meanwhile is removed on the next attempt).
+            # A load of the file committed before the fence, or a compaction rewrote its files:
+            # plan again on the new snapshot (the fence, once set, stays).
             log.info("undo of %s in %s conflicted (attempt %d): %s", name, table_id, attempt, exc)
     raise CommitConflictError(
         f"{name}: the undo in {table_id} kept conflicting with other commits ({MAX_ATTEMPTS} "
-        "attempts; a load of the same file still running?); run it again"
+        "attempts); run it again"
     )
 
 
