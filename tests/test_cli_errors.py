@@ -637,3 +637,51 @@ def test_docs19_odd_inputs_are_one_line_and_change_nothing(tmp_path: Path) -> No
     errors = [line for line in compact.output.splitlines() if line.startswith("error:")]
     assert compact.exit_code == 1
     assert errors == ["error: no Bronze table has a tag or snapshot 'nosuch' (lake snapshot list)"]
+
+
+def test_after_a_catalog_restore_missing_old_metadata_files_are_one_line_per_table(
+    tmp_path: Path,
+) -> None:
+    """ops19 #5: the catalog row of two tables set back to a version 8 commits old (a catalog
+    backup restored): each of the next commits tries to delete one metadata file of its log
+    that the newer timeline already deleted, and pyiceberg warns each time. At `--log-level
+    info` (compose's level) one process says so once per table; at `debug` every time."""
+    import sqlite3
+
+    env = {"LAKE_DATA_DIR": str(tmp_path / "data"), "LAKE_LOG_LEVEL": "INFO"}
+    lake = LakeCatalog(load_settings(env))
+    lake.init()
+    tables = ("bronze.stocks_trades", "bronze.stocks_quotes")
+    restored = {}
+    for ident in tables:
+        table = lake.load_table(ident)
+        for k in range(30):  # past the 20 metadata versions each table keeps
+            table.append(make_rows(table, 10 * k, 2))
+            if k == 21:
+                restored[ident] = table.metadata_location
+    with sqlite3.connect(tmp_path / "data" / "catalog.db") as con:
+        for ident, location in restored.items():
+            con.execute(
+                "UPDATE iceberg_tables SET metadata_location = ? WHERE table_name = ?",
+                (location, ident.split(".")[1]),
+            )
+
+    notes = []
+    for k in range(4):  # four commits to each table, in one process
+        tag = runner.invoke(
+            app, ["snapshot", "tag", f"t{k}", "--tables", ",".join(tables)], env=env
+        )
+        assert tag.exit_code == 0, tag.output
+        notes += [x for x in tag.stderr.splitlines() if "Failed to delete metadata file" in x]
+    assert len(notes) == 2 and {n.split("/metadata/")[0].rsplit("/", 1)[1] for n in notes} == {
+        "stocks_trades",
+        "stocks_quotes",
+    }, notes
+
+    debug = runner.invoke(
+        app,
+        ["snapshot", "tag", "t9", "--tables", ",".join(tables)],
+        env=env | {"LAKE_LOG_LEVEL": "DEBUG"},
+    )
+    assert debug.exit_code == 0, debug.output
+    assert debug.stderr.count("Failed to delete metadata file") == 2, debug.stderr

@@ -161,3 +161,18 @@ def test_stop_grace_period_outlasts_the_writers_shutdown_grace(compose: dict[str
         {k: v for k, v in _env(lake).items() if k == "LAKE_SHUTDOWN_GRACE_SECONDS"}
     ).shutdown_grace_seconds
     assert _seconds(str(lake.get("stop_grace_period", "10s"))) >= grace + 10
+
+
+def test_production_md_sizes_the_catalog_connections_of_lake_serve() -> None:
+    """ops19 #6: the PostgreSQL notes say how many catalog connections `lake serve` holds (one
+    per writer, each writer opens its own catalog) and what the other commands need, so
+    `max_connections` can be sized; the number follows the writers `lake serve` starts."""
+    from iceberg_lake.ingest.service import resolve_targets
+
+    doc = (ROOT / "docs" / "production.md").read_text()
+    section = doc.split("## PostgreSQL catalog", 1)[1].split("\n## ", 1)[0]
+    sizing = section.split("**Catalog connections", 1)[1].split("\n\n", 1)[0]
+    writers = len(resolve_targets(None))
+    assert f"**{writers}** for every table" in sizing, sizing
+    assert "**one connection per writer**" in sizing and "max_connections" in sizing
+    assert "--workers" in sizing and "lake status" in sizing

@@ -167,6 +167,41 @@ def test_a_writer_without_a_lease_moving_the_watermark_forward_stops_the_writer(
     assert count_rows(duck, settings, TABLE) == 10
 
 
+def test_a_commit_fenced_while_the_writer_fetched_is_handled_not_dropped(
+    tmp_path: Path, duck, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ops19 #5: the running commit is fenced (the watermark set back under the writer) while
+    the writer fetches; the next flush comes due before the loop looked at the commit. The
+    flush waits: the fence is handled by `_wait_commit` (re-read from the new watermark), and
+    asyncio never logs "Task exception was never retrieved" for the fenced commit (the flush
+    replaced it unawaited, and `lake serve`'s log showed the error and a traceback)."""
+    import gc
+    import logging
+
+    settings, mine, _other = _two_writers(tmp_path)
+    mine._commit_sync(_batch(1, 10))
+    table = LakeCatalog(settings).load_table(TABLE)
+    with table.transaction() as tx:
+        tx.set_properties({mine.wm_key: "0"})  # an operator's reset-position
+
+    async def fenced_during_a_fetch() -> None:
+        mine.commit_task = asyncio.ensure_future(mine._commit(_batch(11, 5)))
+        await asyncio.wait([mine.commit_task], timeout=60)  # the fetch: nothing retrieved
+        mine.batch = _batch(16, 5)
+        mine._maybe_flush(force=True)
+        await asyncio.wait_for(mine._wait_commit(), 60)
+
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    asyncio.run(fenced_during_a_fetch())
+    gc.collect()
+
+    assert "never retrieved" not in caplog.text, caplog.text
+    assert mine.reset_needed and mine.reload_needed
+    assert mine.batch.messages == 5, "no commit of the next batch against the stale watermark"
+    assert LakeCatalog(settings).load_table(TABLE).properties[mine.wm_key] == "0"
+    assert count_rows(duck, settings, TABLE) == 10
+
+
 def test_a_writers_own_commit_landed_with_its_answer_lost_is_not_a_foreign_writer(
     tmp_path: Path, duck, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -260,6 +260,41 @@ def test_status_text_says_nats_is_unreachable(tmp_path: Path) -> None:
     assert "NATS unreachable" in text.output and "stocks_trades" in text.output
 
 
+def test_status_lists_a_declared_table_missing_from_the_catalog_as_an_error(
+    tmp_path: Path,
+) -> None:
+    """ops19 #3: a declared table whose catalog row is gone (a restore or failover without it)
+    is listed, marked `missing` in JSON and named in an error line, not left out. No servers
+    (NATS unreachable); the exit code stays 0 as for every other problem status reports."""
+    url = f"nats://127.0.0.1:{free_port()}"
+    lake = LakeCatalog(load_settings(_env(tmp_path, url)))
+    lake.init()
+    lake.catalog.drop_table("bronze.options_trades")  # the row only: its files stay
+
+    as_json = runner.invoke(
+        app, ["status", "-o", "json", "--nats-timeout", "1"], env=_env(tmp_path, url)
+    )
+    assert as_json.exit_code == 0, as_json.output
+    tables = {t["table"]: t for t in json.loads(as_json.stdout)["tables"]}
+    assert set(tables) == set(lake.registry.identifiers)
+    assert tables["bronze.options_trades"]["missing"] is True
+    assert "declared but not in the catalog" in tables["bronze.options_trades"]["error"]
+    assert [t for t, v in tables.items() if v["missing"]] == ["bronze.options_trades"]
+
+    wide = {**_env(tmp_path, url), "COLUMNS": "200"}
+    text = runner.invoke(app, ["status", "--nats-timeout", "1"], env=wide)
+    assert text.exit_code == 0, text.output
+    errors = [line for line in text.output.splitlines() if line.startswith("error")]
+    assert errors == [
+        "error bronze.options_trades: declared but not in the catalog: run `lake init`; if "
+        'its location already holds metadata files, see docs/production.md ("A table missing '
+        'from the catalog")'
+    ], text.output
+    assert "not in the catalog" in next(
+        line for line in text.output.splitlines() if "bronze.options_trades" in line
+    )
+
+
 def test_status_text_never_cuts_table_names_or_freshness() -> None:
     """At 80 columns (a terminal, or any pipe) the tables table does not fit: one line per
     table instead, names and figures whole; a wide console keeps the table. No servers."""

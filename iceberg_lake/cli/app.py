@@ -209,12 +209,18 @@ def _not_retry_chatter(record: logging.LogRecord) -> bool:
 
     pyiceberg says at WARNING that it retries a lost commit or could not delete an old metadata
     file (`engine.iceberg.is_retry_chatter`); neither is a problem of the command, which lands
-    or fails with its own error line. They show at `--log-level info` or `debug`.
+    or fails with its own error line. They show at `--log-level info` or `debug`; at `info`,
+    the missing metadata files only once per table (after a catalog restore each of the next
+    20 commits names one), all of them at `debug`.
     """
-    if logging.getLogger().getEffectiveLevel() <= logging.INFO:
+    level = logging.getLogger().getEffectiveLevel()
+    if level <= logging.DEBUG:
         return True
-    from iceberg_lake.engine.iceberg import is_retry_chatter  # (not needed to start the CLI)
+    # (not needed to start the CLI)
+    from iceberg_lake.engine.iceberg import is_repeated_metadata_delete_note, is_retry_chatter
 
+    if level <= logging.INFO:
+        return not is_repeated_metadata_delete_note(record)
     return not is_retry_chatter(record)
 
 

@@ -130,14 +130,20 @@ def rewrite_manifests(
 ) -> None:
     """Merge each table's manifests into few large ones (writers fast-append one per commit).
 
-    One snapshot per table that adds no rows; readers see the same data.
+    One snapshot per table that adds no rows; readers see the same data. A concurrent commit
+    makes it merge again from the new snapshot (a few times, then it says so in one line).
     """
     catalog = open_catalog(read_only=True)  # maintains tables: never makes a lake
-    rows = [
-        TableMaintenance(catalog, t).rewrite_manifests(dry_run=dry_run)
-        for t in maintained_tables(catalog, table)
-    ]
-    _emit(rows, output, "rewrite-manifests", lambda r: r["manifests_before"] > 1)
+    rows, conflicts = [], []
+    for t in maintained_tables(catalog, table):
+        try:
+            rows.append(TableMaintenance(catalog, t).rewrite_manifests(dry_run=dry_run))
+        except CommitConflictError as exc:
+            # Other tables still get rewritten; the conflict is reported once at the end.
+            conflicts.append(str(exc))
+    if rows or not conflicts:
+        _emit(rows, output, "rewrite-manifests", lambda r: r["manifests_before"] > 1)
+    _raise_conflicts(conflicts)
 
 
 @maintain_app.command("remove-orphans")

@@ -414,6 +414,8 @@ def _freshness(seconds: float | None) -> str:
 
 def print_status(report: LakeStatus, out: Console | Output | None = None) -> None:
     """Render `lake status` for people: tables, consumers and dead letters as rich tables."""
+    from iceberg_lake.ops.status import missing_table_errors
+
     target = out if isinstance(out, Console) else console
     if report.migrations_warning:
         target.print(
@@ -428,6 +430,11 @@ def print_status(report: LakeStatus, out: Console | Output | None = None) -> Non
         tables.add_column(col, justify="left" if col == "table" else "right")
     lines = []
     for t in report.tables:
+        if t.missing:
+            gone = ("-", "-", "-", "-", "not in the catalog", "-", "-")
+            tables.add_row(t.table, *gone)
+            lines.append(f"{t.table}: not in the catalog")
+            continue
         cells = (
             f"{t.rows:,}",
             f"{t.data_files:,}",
@@ -450,6 +457,8 @@ def print_status(report: LakeStatus, out: Console | Output | None = None) -> Non
         target.print("tables", style="italic")
         for line in lines:
             target.print(line, highlight=False, soft_wrap=True)
+    for line in missing_table_errors(report.tables):
+        target.print(f"[red]error[/red] {escape(line)}", markup=True, highlight=False)
     # Tables nothing ever fed (no commit, no writer's consumer, no message stored) share the
     # stream's removals: one line for all, not one each that a stocks-only desk learns to skip.
     fed = {c.table for c in report.consumers if c.exists}

@@ -47,31 +47,39 @@ def init(output: OutputFormat = OUTPUT_OPTION) -> None:
 
 
 def tables(output: OutputFormat = OUTPUT_OPTION) -> None:
-    """List the lake's tables: rows, data files, snapshots and last commit. Read-only."""
+    """List the lake's tables: rows, data files, snapshots and last commit. Read-only.
+
+    Every declared table is listed; one the catalog has no row for is marked (`missing` in
+    JSON and CSV) and named in an error line on stderr.
+    """
     from datetime import UTC, datetime
 
-    from iceberg_lake.ops.status import table_status
+    from iceberg_lake.ops.status import lake_table_status, missing_table_errors
 
     catalog = _open_catalog(read_only=True)
-    now = datetime.now(UTC)
-    rows = []
-    for identifier in catalog.existing_tables():
-        t = table_status(catalog, identifier, now)
-        rows.append(
-            {
-                "table": t.table,
-                "rows": t.rows,
-                "data_files": t.data_files,
-                "bytes": t.bytes,
-                "snapshots": t.snapshots,
-                "last_commit": t.last_commit or "-",
-            }
-        )
     out = get_output(output)
-    if not rows and out.for_people:
+    statuses = lake_table_status(catalog, datetime.now(UTC))
+    if all(t.missing for t in statuses) and out.for_people:
         out.message("no tables yet: run `lake init`")
         return
+    rows = []
+    for t in statuses:
+        row: dict[str, Any] = {
+            "table": t.table,
+            "rows": t.rows,
+            "data_files": t.data_files,
+            "bytes": t.bytes,
+            "snapshots": t.snapshots,
+            "last_commit": t.last_commit or "-",
+        }
+        if not out.for_people:
+            row["missing"] = t.missing
+        elif t.missing:
+            row = dict.fromkeys(row, "-") | {"table": t.table, "last_commit": "not in the catalog"}
+        rows.append(row)
     out.rows(rows, title="tables")
+    for line in missing_table_errors(statuses):
+        out.error(line)
 
 
 def describe(

@@ -1947,6 +1947,34 @@ def is_retry_chatter(record: logging.LogRecord) -> bool:
     return message.startswith(RETRY_CHATTER_PREFIXES)
 
 
+#: How pyiceberg's note begins that an old metadata file it deletes after a commit was not
+#: there (`write.metadata.delete-after-commit.enabled`). After a catalog restore every commit of
+#: the next 20 names one file the newer timeline already deleted (ops19: 97 lines in a minute).
+METADATA_DELETE_NOTE = "Failed to delete metadata file "
+_METADATA_NOTED: set[str] = set()
+_METADATA_NOTED_LOCK = threading.Lock()
+
+
+def is_repeated_metadata_delete_note(record: logging.LogRecord) -> bool:
+    """True for pyiceberg's "Failed to delete metadata file" WARNING about a table this process
+    already logged one for (the first per table location is False).
+
+    Errors are never repeated notes. The table is the file's path up to its `/metadata/`.
+    """
+    if record.levelno >= logging.ERROR or not record.name.startswith("pyiceberg"):
+        return False
+    message = record.msg if isinstance(record.msg, str) else str(record.msg)
+    if not message.startswith(METADATA_DELETE_NOTE):
+        return False
+    path = message[len(METADATA_DELETE_NOTE) :]
+    table = path.rsplit("/metadata/", 1)[0]
+    with _METADATA_NOTED_LOCK:
+        if table in _METADATA_NOTED:
+            return True
+        _METADATA_NOTED.add(table)
+    return False
+
+
 # ---- snapshot expiry with a precondition ------------------------------------------------------
 
 

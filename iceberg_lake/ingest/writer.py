@@ -1334,7 +1334,14 @@ class ConsumerWriter:
         if batch.messages == 0:
             return
         due = force or batch.events >= self.batch_size or batch.age() >= self.batch_seconds
-        if not due or (self.commit_task is not None and not self.commit_task.done()):
+        running = self.commit_task
+        if not due or (running is not None and not running.done()):
+            return
+        if running is not None and (running.cancelled() or running.exception() is not None):
+            # A commit that failed while this writer fetched (a fence, a shutdown timeout) is
+            # handled by `_wait_commit` first: replacing it here dropped its error unhandled
+            # (asyncio: "Task exception was never retrieved", ops19 #5), and the next commit,
+            # made against the same stale watermark, would only be fenced again.
             return
         self.batch = MicroBatch()
         self.commit_task = asyncio.create_task(self._commit(batch))

@@ -84,6 +84,9 @@ SILVER_PREFIX = "silver."
 EXPIRE_ATTEMPTS = 5
 #: `compact_files` plans and commits at most this often when concurrent commits conflict.
 COMPACT_ATTEMPTS = 5
+#: `rewrite_manifests` re-reads the manifests and merges them at most this often when concurrent
+#: commits win.
+REWRITE_MANIFESTS_ATTEMPTS = 5
 #: The first attempts of `compact_files` that also conflict with late rows inside the rewritten
 #: event-time range (and re-plan to fold them in); later attempts, and always the last one, only
 #: require the planned files to still exist, so a steady stream of late rows cannot stall it.
@@ -618,21 +621,48 @@ class TableMaintenance:
         this merges them all (`engine.iceberg.rewrite_manifests`)
         so planning reads few manifests. One `append` snapshot that adds no rows
         (`lake.operation` = `rewrite-manifests`), or none with fewer than 2 manifests.
+        Idempotent: a second run finds at most one manifest per spec.
+
+        A concurrent commit (a writer's append, a compaction) makes the commit lose; the
+        manifests are then read again from the new snapshot and merged again, after a short
+        backoff, at most `REWRITE_MANIFESTS_ATTEMPTS` times.
 
         Returns:
-            `{"table", "manifests_before", "manifests_after", "snapshot_id", "dry_run"}`.
+            `{"table", "manifests_before", "manifests_after", "snapshot_id", "dry_run",
+            "attempts"}`.
 
         Raises:
-            CommitConflictError: a concurrent commit won; retry.
+            CommitConflictError: concurrent commits won every attempt; nothing was changed.
         """
+        last: CommitConflictError | None = None
+        for attempt in range(REWRITE_MANIFESTS_ATTEMPTS):
+            if attempt:
+                # Back off with jitter: writers commit in bursts every few seconds.
+                time.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))
+            try:
+                with catalog_errors(f"rewriting manifests of {self.table_id}"):
+                    result = self._rewrite_manifests_once(dry_run)
+            except CommitConflictError as exc:
+                last = exc
+                log.info("rewrite-manifests %s: %s; retrying", self.table_id, _first_line(exc))
+                continue
+            return result | {"attempts": attempt + 1}
+        cause = last.__cause__ if last is not None and last.__cause__ is not None else last
+        raise CommitConflictError(
+            f"{self.table_id}: concurrent commits kept winning over the manifest rewrite "
+            f"({REWRITE_MANIFESTS_ATTEMPTS} attempts, last: {_first_line(cause)}); nothing was "
+            "changed, run it again"
+        )
+
+    def _rewrite_manifests_once(self, dry_run: bool) -> dict[str, Any]:
+        """One attempt of `rewrite_manifests` on freshly refreshed metadata."""
         table = self._refresh()
         current = table.current_snapshot()
         before = len(current.manifests(table.io)) if current is not None else 0
         snapshot_id = None
         after = before
         if not dry_run and before >= 2:
-            with catalog_errors(f"rewriting manifests of {self.table_id}"):
-                snapshot_id = rewrite_manifests(table, {P.LAKE_OPERATION: "rewrite-manifests"})
+            snapshot_id = rewrite_manifests(table, {P.LAKE_OPERATION: "rewrite-manifests"})
             current = table.current_snapshot()
             after = len(current.manifests(table.io)) if current is not None else 0
         return {

@@ -66,6 +66,57 @@ class TableStatus:
     #: it is not. Above zero, a publisher's clock or a feed's `ts_event` is wrong (or this
     #: machine's clock is behind).
     events_ahead_seconds: float | None = None
+    #: A declared table the catalog has no row for (never created, or lost by a restore or a
+    #: failover): its counts are 0 and `error` says what to do.
+    missing: bool = False
+    error: str | None = None
+
+
+def missing_table_error(identifier: str) -> str:
+    """The line `lake status` and `lake tables` print for a declared table the catalog lacks."""
+    return (
+        f"{identifier}: declared but not in the catalog: run `lake init`; if its location "
+        'already holds metadata files, see docs/production.md ("A table missing from the '
+        'catalog")'
+    )
+
+
+def missing_table_status(identifier: str) -> TableStatus:
+    """The report of a declared table the catalog has no row for."""
+    return TableStatus(
+        table=identifier,
+        rows=0,
+        data_files=0,
+        mean_file_bytes=0,
+        snapshots=0,
+        last_commit=None,
+        last_commit_age_seconds=None,
+        missing=True,
+        error=missing_table_error(identifier),
+    )
+
+
+def missing_table_errors(tables: list[TableStatus]) -> list[str]:
+    """The error lines for the missing tables of a report: one per table, or one for all when
+    no table is in the catalog yet (a lake before `lake init`)."""
+    missing = [t for t in tables if t.missing]
+    if len(missing) > 1 and len(missing) == len(tables):
+        return [f"none of the {len(missing)} declared tables is in the catalog: run `lake init`"]
+    return [t.error for t in missing if t.error]
+
+
+def lake_table_status(catalog: LakeCatalog, now: datetime) -> list[TableStatus]:
+    """Every table of the catalog's lake namespaces and every declared one, sorted by name.
+
+    A declared table without a catalog row is listed as missing (`missing_table_status`) rather
+    than left out, so a lost row shows in the report meant to show problems.
+    """
+    existing = catalog.existing_tables()
+    declared = set(catalog.registry.identifiers)
+    return [
+        table_status(catalog, t, now) if t in existing else missing_table_status(t)
+        for t in sorted(declared | set(existing))
+    ]
 
 
 @dataclass(frozen=True)
@@ -360,7 +411,7 @@ def collect_status(
     """
     fixed_now = now is not None
     now = now or datetime.now(UTC)
-    tables = [table_status(catalog, t, now) for t in catalog.existing_tables()]
+    tables = lake_table_status(catalog, now)
     # The schema-inference consumer too: its unmapped messages are as mortal under a stream
     # limit as any table's (ops5: no warning before 2,414 of them were discarded).
     fed = [*fed_tables(catalog), INFERRED_TARGET]
@@ -395,7 +446,7 @@ def _with_freshness(
 
     from iceberg_lake.timetravel.live import freshness
 
-    names = [t.table for t in tables if t.table != DEAD_LETTERS_TABLE]
+    names = [t.table for t in tables if t.table != DEAD_LETTERS_TABLE and not t.missing]
     now_ns = None if now is None else int(now.timestamp() * 1e9)
     try:
         fresh = freshness(catalog, names, live=live, now_ns=now_ns, timeout=timeout)

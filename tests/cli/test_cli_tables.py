@@ -42,6 +42,32 @@ def test_tables_lists_every_table_as_json(tmp_path: Path) -> None:
     assert len(rows) >= 13
 
 
+def test_tables_lists_a_declared_table_missing_from_the_catalog(tmp_path: Path) -> None:
+    """ops19 #3: a declared table without a catalog row is listed (`missing` in JSON, "not in
+    the catalog" for people) with an error line on stderr, not left out."""
+    from iceberg_lake.catalog import LakeCatalog
+    from iceberg_lake.config import load_settings
+
+    runner.invoke(app, ["init"], env=_env(tmp_path))
+    lake = LakeCatalog(load_settings(_env(tmp_path)))
+    lake.catalog.drop_table("bronze.options_trades")  # the row only: its files stay
+
+    result = runner.invoke(app, ["tables", "-o", "json"], env=_env(tmp_path))
+    assert result.exit_code == 0, result.output
+    rows = {r["table"]: r for r in json.loads(result.stdout)}
+    assert set(rows) == set(lake.registry.identifiers)
+    assert rows["bronze.options_trades"]["missing"] is True
+    assert not rows["bronze.stocks_trades"]["missing"]
+    assert "bronze.options_trades: declared but not in the catalog" in result.stderr
+
+    wide = {**_env(tmp_path), "COLUMNS": "200"}
+    text = runner.invoke(app, ["tables"], env=wide)
+    assert text.exit_code == 0, text.output
+    (line,) = [x for x in text.stdout.splitlines() if "bronze.options_trades" in x]
+    assert "not in the catalog" in line
+    assert "error: bronze.options_trades: declared but not in the catalog" in text.stderr
+
+
 def test_describe_shows_schema_and_hidden_partitioning(tmp_path: Path) -> None:
     runner.invoke(app, ["init"], env=_env(tmp_path))
     result = runner.invoke(

@@ -36,3 +36,20 @@ def test_only_pyiceberg_warnings_about_retries_and_cleanups_are_chatter() -> Non
     assert not is_retry_chatter(_record("pyiceberg.table", logging.ERROR, retry))  # an error
     assert not is_retry_chatter(_record("iceberg_lake.load", logging.WARNING, retry))
     assert not is_retry_chatter(_record("pyiceberg.io", logging.WARNING, "Could not read x"))
+
+
+def test_a_missing_metadata_file_is_noted_once_per_table_location() -> None:
+    from iceberg_lake.engine.iceberg import is_repeated_metadata_delete_note
+
+    def note(path: str, level: int = logging.WARNING) -> logging.LogRecord:
+        return _record("pyiceberg.catalog", level, f"Failed to delete metadata file {path}")
+
+    a, b = "s3://guard-bucket/w/bronze/a/metadata", "s3://guard-bucket/w/bronze/b/metadata"
+    assert not is_repeated_metadata_delete_note(note(f"{a}/00001-x.metadata.json"))
+    assert is_repeated_metadata_delete_note(note(f"{a}/00002-y.metadata.json"))
+    assert not is_repeated_metadata_delete_note(note(f"{b}/00001-x.metadata.json"))
+    assert not is_repeated_metadata_delete_note(note(f"{a}/00003-z.metadata.json", logging.ERROR))
+    data = _record(
+        "pyiceberg.catalog", logging.WARNING, f"Failed to delete data file {a}/d.parquet"
+    )
+    assert not is_repeated_metadata_delete_note(data) and not is_repeated_metadata_delete_note(data)
