@@ -1170,6 +1170,48 @@ def test_live_query_reports_deleted_messages_exactly(tmp_path: Path, nats: NatsS
         pub.close()
 
 
+def test_a_warm_lake_keeps_the_rows_it_read_once_the_subjects_newest_message_is_removed(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """A long-lived `Lake` (a dashboard) keeps the tail rows it read when the subject's newest
+    message is removed, and its range still says what it read: the count never drops without
+    a warning and never comes back up (live19 #3: 3 → 2 silently, then 4 with the next
+    message). A message removed before the `Lake` read it is reported as a gap.
+
+    Budget: ~1 s."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    warm = Lake(settings)
+    now = time.time_ns()
+
+    def count(lake: Lake) -> int:
+        return int(lake.query(COUNT_SQL, live=True).column("n")[0].as_py())
+
+    try:
+        pub.publish([event(i, now + i) for i in range(3)])  # seq 1..3
+        assert count(warm) == 3
+        pub.loop.run_until_complete(pub.js.delete_msg("MARKET", 3))  # the subject's newest
+        assert count(warm) == 3
+        got = warm.last_live[TABLE]
+        assert (got.last_seq, got.tail_rows, got.gaps, got.warning) == (3, 3, (), None)
+        cold = Lake(settings)
+        try:
+            assert count(cold) == 2 and cold.last_live[TABLE].gaps == ((3, 3),)
+        finally:
+            cold.close()
+
+        pub.publish([event(i, now + i) for i in range(3, 5)])  # seq 4, 5
+        pub.loop.run_until_complete(pub.js.delete_msg("MARKET", 4))  # never read: a gap
+        assert count(warm) == 4
+        got = warm.last_live[TABLE]
+        assert (got.last_seq, got.tail_rows, got.gaps) == (5, 4, ((4, 4),))
+        assert got.warning is not None and "seq 4..4 " in got.warning
+    finally:
+        warm.close()
+        pub.close()
+
+
 def test_live_views_take_any_spelling_and_never_serve_a_later_plain_query(
     tmp_path: Path, nats: NatsServer
 ) -> None:

@@ -146,14 +146,17 @@ async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, in
     js = await loop.js()
 
     async def one(src: TailSource) -> int:
-        # The end of the range is fixed before reading: later messages are the next query's.
-        upto = max(await last_subject_seq(js, src.stream, src.subject), src.watermark)
         cache = loop.tails.get(src.identifier)
         if cache is None or cache.schema_id != src.schema_id or cache.after > src.watermark:
             cache = TailCache(src.watermark, src.schema_id, src.arrow_schema)
             loop.tails[src.identifier] = cache
         cache.advance(src.watermark)
         before = cache.last_seq
+        # The end of the range is fixed before reading: later messages are the next query's.
+        # Never below what the cache read: once the subject's newest message is removed (its
+        # limits, a delete) the rows read before stay in the view, as documented, rather than
+        # vanishing without a warning and coming back with the next message (live19 #3).
+        upto = max(await last_subject_seq(js, src.stream, src.subject), src.watermark, before)
         read: list[np.ndarray] = []  # the sequences read (their messages are not kept)
 
         filling: TailCache = cache
