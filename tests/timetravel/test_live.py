@@ -916,6 +916,73 @@ def test_following_replay_warns_when_the_stream_removes_messages_it_has_not_read
         pub.close()
 
 
+def test_following_replay_follows_a_widen_and_names_what_it_rejected_before_it(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """live19 #2: a `--follow` replay across `lake table evolve --widen exchange:long` kept the
+    decoder of the schema it pinned and silently dropped every wider value the writer stored,
+    with `complete: true` and no warning. Now its decoder follows the table's schema: values
+    sent after the widen are delivered, and a wide message it had rejected before the widen
+    (which the writer, deciding it after the widen, stores) is named in a warning, counted in
+    the manifest, and the replay is not complete. What it delivered plus what it names is what
+    the writer commits.
+
+    Budget: ~10 s (a 6 s window, one in-process writer run)."""
+    from ingest_support import run_until_idle
+
+    from iceberg_lake.schema.evolve import WidenColumn, evolve_table
+
+    settings = settings_for(tmp_path, nats.url)
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    pub = Publisher(settings)
+    now = time.time_ns()
+
+    def wide(i: int) -> dict:
+        return {**event(i, time.time_ns()), "exchange": 70_000}
+
+    try:
+        pub.publish([event(i, now + i) for i in range(3)])  # seq 1..3
+        engine = ReplayEngine(
+            settings,
+            [TABLE],
+            now - 10**9,
+            time.time_ns() + 6 * 10**9,
+            pin=False,
+            live=True,
+            follow=True,
+            lateness_seconds=0.5,
+        )
+        follow, got = _follow_on_thread(engine, lambda row: (row["seq"], row["exchange"]))
+        live = engine._live
+        assert live is not None
+        wait_for(lambda: live.tail_events >= 3, 10, "the tail's first round")
+        pub.publish([wide(3)])  # seq 4: rejected by the pinned schema's decoder
+        wait_for(lambda: live.tail_ranges[TABLE][1] >= 4, 10, "the wide message's round")
+        # What `lake table evolve bronze.stocks_trades --widen exchange:long` runs.
+        table = catalog.load_table(TABLE)
+        assert evolve_table(table, TABLE, [WidenColumn("exchange", "long")], fresh=True).committed
+        pub.publish([wide(i) for i in range(4, 7)])  # seq 5..7
+        follow.join(timeout=30)
+        assert not follow.is_alive()
+
+        assert sorted(got) == [(0, 4), (1, 4), (2, 4), (4, 70_000), (5, 70_000), (6, 70_000)]
+        manifest = engine.manifest()
+        assert not manifest["complete"]
+        assert manifest["live"]["tables"][TABLE]["schema_misses"] == 1
+        (warning,) = manifest["live"]["warnings"]
+        assert f"{TABLE}: 1 tail messages (seq 4..4)" in warning and "schema 1" in warning
+
+        run_until_idle(settings, [TABLE])  # the writer decides every message after the widen
+        rows = catalog.load_table(TABLE).scan().to_arrow()
+        stored = sorted(
+            zip(*(rows.column(c).to_pylist() for c in ("seq", "exchange")), strict=True)
+        )
+        assert stored == sorted([*got, (3, 70_000)])
+    finally:
+        pub.close()
+
+
 def _cap_market(pub: Publisher, max_msgs: int) -> None:
     """Limit the MARKET stream to `max_msgs` messages (it then removes the oldest)."""
     from nats.js.api import StreamConfig
