@@ -1279,6 +1279,52 @@ def test_a_warm_lake_keeps_the_rows_it_read_once_the_subjects_newest_message_is_
         pub.close()
 
 
+def test_a_live_query_says_the_dead_letters_have_no_live_tail(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """live19 #4: `bronze.dead_letters` in a live query is its snapshot only (the tails' rejects
+    are dead letters once a writer commits them), and nothing said so: a desk reconciling
+    `published = stored + dead letters` live came up short. The read line and the result's
+    `lake.live.no_tail` say it; a bus-fed table's range is unchanged.
+
+    Budget: ~2 s."""
+    from typer.testing import CliRunner
+
+    from iceberg_lake.cli.app import app
+
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    sql = (
+        f"SELECT (SELECT count(*) FROM {TABLE}) AS stored, "
+        "(SELECT count(*) FROM bronze.dead_letters) AS dead"
+    )
+    try:
+        pub.publish([event(0), b"not json"])  # seq 1, 2: the writer is down
+        lake = Lake(settings)
+        try:
+            result = lake.query(sql, live=True)
+            assert result.to_pylist() == [{"stored": 1, "dead": 0}]
+            notes = json.loads(result.schema.metadata[b"lake.live.no_tail"])
+            assert list(notes) == ["bronze.dead_letters"]
+            assert notes["bronze.dead_letters"].startswith("no live tail")
+        finally:
+            lake.close()
+
+        env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("LAKE_")}
+        env.update(settings_env(settings))
+        out = CliRunner().invoke(app, ["query", "--live", "-o", "json", sql], env=env)
+        assert out.exit_code == 0, out.output
+        read = next(line for line in out.stderr.splitlines() if line.startswith("read "))
+        assert (
+            "bronze.dead_letters@empty (no live tail: the tails' rejects are dead letters once "
+            "a writer commits)" in read
+        ), read
+        assert f"{TABLE}@empty + MARKET seq 1..2 (1 rows)" in read, read
+    finally:
+        pub.close()
+
+
 def test_live_views_take_any_spelling_and_never_serve_a_later_plain_query(
     tmp_path: Path, nats: NatsServer
 ) -> None:
