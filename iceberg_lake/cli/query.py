@@ -596,6 +596,7 @@ def replay(
     signals = SigtermInterrupt()
     try:  # restored only once the manifest is written: a second SIGTERM must not cut that
         try:
+            signals.raise_if_received()  # one that came while the CLI loaded
             if fmt == ReplayFormat.ndjson:
                 result = _run_with_progress(engine, to_nats, prefix, out, progress, written)
             else:

@@ -1859,6 +1859,47 @@ def test_follow_output_is_readable_as_it_arrives_and_sigterm_ends_it_cleanly(
     assert recorded["sequence_hash"] in stderr and recorded["live"]["lateness_seconds"] == 5.0
 
 
+def test_sigterm_while_a_follower_loads_ends_it_with_a_manifest(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """live19 #5: SIGTERM in a follower's first seconds, while the CLI was still loading (its
+    handler came only once the replay started), killed it by the signal (rc -15) with no
+    manifest. Now `lake replay --follow` holds SIGTERM from its entry point: one sent before
+    pyarrow is even loaded ends the replay as a later one does (exit 0, a manifest saying
+    complete: false with nothing delivered)."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    manifest = tmp_path / "m.json"
+    now = time.time_ns()
+    args = ["replay", "--tables", TABLE, "--start", str(now - 60 * 10**9)]
+    args += ["--end", str(now + 600 * 10**9), "--live", "--follow", "--no-progress"]
+    args += ["--manifest", str(manifest), "--out", str(tmp_path / "follow.ndjson")]
+    proc = subprocess.Popen(
+        [LAKE, *args], env=lake_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    status, maps = Path(f"/proc/{proc.pid}/status"), Path(f"/proc/{proc.pid}/maps")
+
+    def catches_sigterm() -> bool:
+        caught = next(x for x in status.read_text().splitlines() if x.startswith("SigCgt:"))
+        return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+
+    try:
+        wait_until(catches_sigterm, 60, "a SIGTERM handler", interval=0.001)
+        loading = "pyarrow" not in maps.read_text()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = err.decode()
+    assert loading, "the handler is installed while the CLI loads, not once the replay runs"
+    assert proc.returncode == 0, stderr
+    assert "stopped by SIGTERM before --end: replayed 0 events" in stderr, stderr
+    recorded = json.loads(manifest.read_text())
+    assert recorded["complete"] is False and recorded["events_written"] == 0
+
+
 def test_follow_waits_lateness_seconds_past_the_end_for_in_window_events(
     tmp_path: Path, nats: NatsServer
 ) -> None:
