@@ -385,6 +385,90 @@ def test_events_buffered_before_a_migration_are_stored_with_its_new_field(
     ]
 
 
+@pytest.mark.parametrize("when", ["published-after-the-widen", "buffered-before-the-widen"])
+def test_values_a_widen_accepts_are_stored_by_the_running_writer_not_dead_lettered(
+    tmp_path: Path, nats: NatsServer, when: str
+) -> None:
+    """live19 #1: after `lake table evolve --widen exchange:long`, a running writer kept the
+    codec it started with and dead-lettered every `exchange` above the old type's range until
+    its own next commit (for good when every message was wide), while the live view and a
+    restarted writer stored them. Now the messages it rejects make it look at the catalog
+    pointer, and are decoded again with the widened schema before the flush: stored, as the
+    live view showed them, whether they came after the widen or were buffered before it."""
+    from ingest_support import publish_async, service_running
+
+    from iceberg_lake.ops import metrics
+    from iceberg_lake.schema.evolve import WidenColumn, evolve_table
+    from iceberg_lake.timetravel.query import Lake
+
+    # One event flushes a batch; rejected messages alone wait for the interval.
+    settings = settings_for(
+        tmp_path,
+        nats.url,
+        LAKE_BRONZE_BATCH_SIZE="1",
+        LAKE_BRONZE_BATCH_SECONDS="1" if when == "published-after-the-widen" else "120",
+    )
+    table = "bronze.stocks_trades"
+    catalog = LakeCatalog(settings)
+    consumed = metrics.EVENTS_CONSUMED.labels(table)
+    wide = [
+        ("market.stocks.trades", encode({**make_event(table, i), "exchange": 70_000}), None)
+        for i in range(2, 5)
+    ]
+    live: list[tuple[int, int]] = []
+
+    def widen() -> None:  # what `lake table evolve bronze.stocks_trades --widen exchange:long` runs
+        result = evolve_table(
+            catalog.load_table(table), table, [WidenColumn("exchange", "long")], fresh=True
+        )
+        assert result.committed
+
+    def pairs(rows: Any) -> list[tuple[int, int]]:
+        cols = (rows.column("seq").to_pylist(), rows.column("exchange").to_pylist())
+        return list(zip(*cols, strict=True))
+
+    def live_rows() -> list[tuple[int, int]]:
+        lake = Lake(settings)
+        try:
+            return pairs(lake.query(f"SELECT seq, exchange FROM {table} ORDER BY seq", live=True))
+        finally:
+            lake.close()
+
+    async def scenario() -> None:
+        async with service_running(settings, [table]) as (service, runner):
+            first = [("market.stocks.trades", encode(make_event(table, 1)), None)]
+            await publish_async(settings, first)
+            await await_until(
+                lambda: service.committed_events >= 1, 60, "the first commit", alive=runner
+            )
+            if when == "published-after-the-widen":
+                widen()
+                await publish_async(settings, wide)  # every message wide: none commits alone
+            else:
+                before = consumed._value.get()
+                await publish_async(settings, wide)
+                await await_until(
+                    lambda: consumed._value.get() - before >= 3, 60, "three buffered", alive=runner
+                )
+                assert service.committed_events == 1
+                widen()
+                live.extend(await asyncio.to_thread(live_rows))
+                last = [("market.stocks.trades", encode(make_event(table, 5)), None)]
+                await publish_async(settings, last)  # flushes the batch
+            done = 4 if when == "published-after-the-widen" else 5
+            await await_until(
+                lambda: service.committed_events >= done, 60, "the wide values", alive=runner
+            )
+
+    asyncio.run(scenario())
+    stored = pairs(catalog.load_table(table).scan().to_arrow().sort_by("seq"))
+    wide_rows = [(2, 70_000), (3, 70_000), (4, 70_000)]
+    assert stored[:4] == [(1, 4), *wide_rows]
+    assert catalog.load_table("bronze.dead_letters").scan().to_arrow().num_rows == 0
+    if live:  # the live view before the flush showed what the writer then stored
+        assert live == [(1, 4), *wide_rows]
+
+
 def test_a_field_the_table_lacks_costs_no_table_load_per_commit(
     tmp_path: Path, nats: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

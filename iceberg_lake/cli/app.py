@@ -29,6 +29,7 @@ from iceberg_lake.cli import (
     load,
     maintain,
     query,
+    release_sigterm,
     schema,
     serve,
     tables,
@@ -244,6 +245,7 @@ _ROOT_OUTPUT = typer.Option(
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
@@ -256,6 +258,8 @@ def _root(
     ),
 ) -> None:
     """iceberg_lake: market data from NATS JetStream into Bronze/Silver/Gold Iceberg tables."""
+    if ctx.invoked_subcommand != "replay":
+        release_sigterm()  # held only for `lake replay --follow` (`hold_sigterm`)
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         # Both spellings (docs19: a bad LAKE_LOG_LEVEL was named as the flag never typed).

@@ -69,12 +69,27 @@ class SigtermInterrupt:
     """
 
     def __init__(self) -> None:
+        from iceberg_lake.cli import holds_sigterm, take_held_sigterm
+
         self.received = False
         self._previous: Any = None
         try:
             self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         except ValueError:  # not the main thread: SIGTERM keeps its handler
             self._previous = None
+        if holds_sigterm(self._previous):
+            # It was held while the command started (`cli.hold_sigterm`): the default after
+            # `restore`; one that came meanwhile ends the command at `raise_if_received`.
+            self._previous = signal.SIG_DFL
+            if take_held_sigterm():
+                self.received = True
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def raise_if_received(self) -> None:
+        """Raise `KeyboardInterrupt` if a SIGTERM came before this handler was installed
+        (held while the command started): the command ends at once, as on a later one."""
+        if self.received:
+            raise KeyboardInterrupt
 
     def _on_sigterm(self, _signum: int, _frame: Any) -> None:
         if self.received:

@@ -172,10 +172,16 @@ def query(
         write_result(result, output, file)
     # Every result says which snapshots (and, live, which stream range) it read (stderr, so
     # stdout stays the data).
+    notes: dict[str, str] = {}
+    if live:
+        from iceberg_lake.timetravel.live import no_tail_notes
+
+        notes = no_tail_notes(lake.last_pins, lake.last_live)
     parts = []
     for t, sid in sorted(lake.last_pins.items()):
         rng = lake.last_live.get(t)
-        parts.append(rng.describe() if rng else f"{t}@{sid if sid is not None else 'empty'}")
+        part = rng.describe() if rng else f"{t}@{sid if sid is not None else 'empty'}"
+        parts.append(f"{part} ({notes[t]})" if t in notes else part)
     err_console.print(f"read {', '.join(parts)}", highlight=False, soft_wrap=True)
     if live:
         from iceberg_lake.timetravel.live import live_warnings
@@ -590,6 +596,7 @@ def replay(
     signals = SigtermInterrupt()
     try:  # restored only once the manifest is written: a second SIGTERM must not cut that
         try:
+            signals.raise_if_received()  # one that came while the CLI loaded
             if fmt == ReplayFormat.ndjson:
                 result = _run_with_progress(engine, to_nats, prefix, out, progress, written)
             else:

@@ -22,8 +22,9 @@ class RawMessage(NamedTuple):
 
 @dataclass
 class Fetched:
-    """The raw messages of one fetch, kept while its rows dropped fields a table lacked, so
-    the rows can be decoded again if a migration adds them before the commit.
+    """Raw messages of one fetch, kept until the commit while a schema change could decode
+    them differently: all of them when rows dropped fields a table lacked (a migration may add
+    them), or only the messages rejected for a table (a widen may accept their values).
 
     Kept compact (review17c: the client's message objects took ~5x the bodies' memory): the
     bodies joined in one buffer, their end offsets, the subjects (interned).
@@ -35,7 +36,7 @@ class Fetched:
         seqs: their stream sequences.
         recv_ns: when the fetch was received.
         schema_ids: table -> the schema id its rows were decoded with (the tables whose
-            fields were dropped).
+            fields were dropped, or which rejected messages).
     """
 
     data: bytes
@@ -72,12 +73,15 @@ class Part:
         tables: table -> (rows, stream sequence of each row's message).
         dead: rejected messages and events.
         fetched: the raw messages, when rows dropped fields (else None: nothing kept).
+        rejects: without `fetched`, the messages rejected (whole or some of their events) for
+            a table the writer decodes for (else None).
         unknown: (table, field) -> events whose field was dropped (counted once committed).
     """
 
     tables: dict[str, tuple[pa.Table, np.ndarray]] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
     fetched: Fetched | None = None
+    rejects: Fetched | None = None
     unknown: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
@@ -93,7 +97,10 @@ class MicroBatch:
         parts: what each fetch added (`tables`, `seqs` and `dead` are their concatenation
             until a commit isolates refused rows).
         dropped_fields: (table, schema id) of rows decoded with fields that schema lacked
-            (dropped), over the parts (kept as they are added: checked at every fetch).
+            (dropped), and of messages rejected in the same fetches, over the parts with
+            `fetched` (kept as they are added: checked at every fetch).
+        rejected_under: (table, schema id) of messages rejected for that table when decoded
+            with that schema, over the parts (`Part.rejects`).
         first_seq: first stream sequence in the batch (0 if none).
         last_seq: highest stream sequence in the batch (the flush's watermark).
         last_msg: the message carrying `last_seq`; acking it acks the batch (AckAll consumer).
@@ -107,6 +114,7 @@ class MicroBatch:
     dead: list[DeadLetter] = field(default_factory=list)
     parts: list[Part] = field(default_factory=list)
     dropped_fields: set[tuple[str, int]] = field(default_factory=set)
+    rejected_under: set[tuple[str, int]] = field(default_factory=set)
     first_seq: int = 0
     last_seq: int = 0
     last_msg: Any = None
@@ -139,7 +147,7 @@ class MicroBatch:
     def replace_parts(self, parts: list[Part]) -> None:
         """Buffer `parts` instead of the parts held (the same fetches, decoded again)."""
         self.tables, self.seqs, self.dead, self.events = {}, {}, [], 0
-        self.dropped_fields = set()
+        self.dropped_fields, self.rejected_under = set(), set()
         self.parts = list(parts)
         for part in self.parts:
             self._take(part)
@@ -147,12 +155,20 @@ class MicroBatch:
     def _take(self, part: Part) -> None:
         if part.fetched is not None:
             self.dropped_fields.update(part.fetched.schema_ids.items())
+        if part.rejects is not None:
+            self.rejected_under.update(part.rejects.schema_ids.items())
         for tid, (rows, seqs) in part.tables.items():
             if rows.num_rows:
                 self.tables.setdefault(tid, []).append(rows)
                 self.seqs.setdefault(tid, []).append(seqs)
                 self.events += rows.num_rows
         self.dead.extend(part.dead)
+
+    @property
+    def schema_bound(self) -> set[tuple[str, int]]:
+        """(table, schema id) of what a change of that table's schema may decode differently:
+        rows that dropped fields, messages rejected."""
+        return self.dropped_fields | self.rejected_under
 
     def age(self) -> float:
         """Seconds since the first message of the batch (0 when empty)."""

@@ -1180,8 +1180,11 @@ class ConsumerWriter:
         subjects = [m.subject for m in keep]
         decoder, schema_ids = self._decoder()
         routed: RoutedBatch = decode_chunked(decoder, bodies, subjects, recv_ns)
-        if routed.unknown_fields and await self._schema_changed():
-            # A migration added the fields: decode the same messages again with the new schema.
+        if (routed.unknown_fields or _rejected_for(routed, schema_ids)) and (
+            await self._schema_changed()
+        ):
+            # A migration added the fields, or widened a column whose values were refused
+            # (live19): decode the same messages again with the new schema.
             decoder, schema_ids = self._decoder()
             routed = decode_chunked(decoder, bodies, subjects, recv_ns)
         if self._decoded_before_change(self.batch):
@@ -1215,7 +1218,8 @@ class ConsumerWriter:
         schema_ids: dict[str, int],
     ) -> Part:
         """A decoded fetch as a part of the batch: rows past each table's watermark, dead
-        letters past the quarantine's, and the messages themselves if rows dropped fields."""
+        letters past the quarantine's, and the messages themselves if rows dropped fields (else
+        the messages rejected for a table, if any)."""
         seq_arr = np.asarray(seqs, dtype=np.int64)
         part = Part(unknown=dict(routed.unknown_fields))
         for tid, decoded in routed.tables.items():
@@ -1230,39 +1234,63 @@ class ConsumerWriter:
         dl_wm = self.watermarks.get(DEAD_LETTERS_TABLE, 0)
         part.dead = dead_letters.from_routed(routed, msgs, seqs, self.stream, recv_ns, dl_wm)
         dropped = {tid: schema_ids[tid] for tid, _ in routed.unknown_fields}
+        rejected = _rejected_for(routed, schema_ids)
         if dropped:
             # Kept until the commit (bodies only of fetches that dropped fields): a migration
             # that adds them meanwhile has these rows decoded again (`_redecode`).
-            part.fetched = Fetched.of(msgs, seqs, recv_ns, dropped)
+            refused = {tid: schema_ids[tid] for tid in rejected.values()}
+            part.fetched = Fetched.of(msgs, seqs, recv_ns, {**refused, **dropped})
+        elif rejected:
+            # The rejected messages only (the dead letters hold their bodies anyway): a widen
+            # committed before the flush has them decoded again rather than dead-lettered, as
+            # the live view and a restarted writer decode them (live19).
+            idx = sorted(rejected)
+            part.rejects = Fetched.of(
+                [msgs[i] for i in idx],
+                [seqs[i] for i in idx],
+                recv_ns,
+                {tid: schema_ids[tid] for tid in rejected.values()},
+            )
         return part
 
     def _redecode(self, batch: MicroBatch) -> None:
         """Decode again, with the schemas followed now, the buffered fetches whose rows dropped
-        fields of a table whose schema changed since: a migration that adds a field producers
-        already send has it stored for every uncommitted message, as the live view shows it
-        (evolve14). The messages are still in memory: nothing is fetched again, so a stream
-        limit that removed them meanwhile loses nothing (review17)."""
+        fields of a table whose schema changed since, and the buffered messages that table
+        rejected: a migration that adds a field producers already send has it stored for every
+        uncommitted message, as the live view shows it (evolve14), and a widen has the values
+        the old type refused stored rather than dead-lettered (live19). The messages are still
+        in memory: nothing is fetched again, so a stream limit that removed them meanwhile
+        loses nothing (review17)."""
         decoder, schema_ids = self._decoder()
         parts: list[Part] = []
-        again = 0
+        again = refused = 0
         for part in batch.parts:
-            f = part.fetched
+            f = part.fetched if part.fetched is not None else part.rejects
             if f is None or all(schema_ids[t] == sid for t, sid in f.schema_ids.items()):
                 parts.append(part)
                 continue
             msgs = f.messages()
             bodies = [m.data for m in msgs]
             routed = decode_chunked(decoder, bodies, f.subjects, f.recv_ns)
-            parts.append(self._part(msgs, f.seqs, f.recv_ns, routed, schema_ids))
-            again += len(msgs)
+            redone = self._part(msgs, f.seqs, f.recv_ns, routed, schema_ids)
+            if part.fetched is None:
+                # Only its rejected messages: what the part kept of them (the other events
+                # of a batched message) is replaced by their new decoding, a part of its own.
+                parts.append(_without_messages(part, f.seqs))
+                refused += len(msgs)
+            else:
+                again += len(msgs)
+            parts.append(redone)
         batch.replace_parts(parts)
         log.info(
-            "writer %s: a schema changed under %d buffered messages (seq %d..%d) decoded with "
-            "fields it lacked then: decoded again with it",
+            "writer %s: a schema changed under %d buffered messages (seq %d..%d) decoded before "
+            "it (%d with fields it lacked, %d rejected): decoded again with it",
             self.target,
-            again,
+            again + refused,
             batch.first_seq,
             batch.last_seq,
+            again,
+            refused,
         )
 
     def _decoder(self) -> tuple[Decoder, dict[str, int]]:
@@ -1273,10 +1301,11 @@ class ConsumerWriter:
             return self.decoder, {tid: codec.schema_id for tid, codec in self.codecs.items()}
 
     def _decoded_before_change(self, batch: MicroBatch) -> bool:
-        """True if rows of `batch` dropped fields of a table whose schema changed since they
-        were decoded, however the writer learned of the change (a check, a commit's response)."""
+        """True if rows of `batch` dropped fields of a table, or messages of it were rejected
+        for a table, whose schema changed since they were decoded, however the writer learned
+        of the change (a check, a commit's response)."""
         with self._codec_lock:
-            return any(self.codecs[tid].schema_id != sid for tid, sid in batch.dropped_fields)
+            return any(self.codecs[tid].schema_id != sid for tid, sid in batch.schema_bound)
 
     async def _schema_changed(self, force: bool = False) -> bool:
         """Messages carried fields the table lacks: reload the schemas of tables whose catalog
@@ -1442,10 +1471,12 @@ class ConsumerWriter:
             WriterFencedError: another writer moved the watermark, or the lease ran out.
             ShutdownTimeoutError: stopped while the commit kept failing.
         """
-        if batch.dropped_fields:
+        if batch.schema_bound:
             # Checked once more just before the commit (a flush cuts the batch up to a batch
             # interval after its first rows were decoded): a migration that landed since has
-            # the rows decoded again with its new fields rather than stored without them.
+            # the rows decoded again with its new fields rather than stored without them, and
+            # the values a widen accepts stored rather than dead-lettered (live19: a writer
+            # whose every message was wide never committed, so never followed the widen).
             await self._schema_changed(force=True)
             if self._decoded_before_change(batch):
                 self._redecode(batch)
@@ -1732,10 +1763,11 @@ class ConsumerWriter:
                         snapshot_properties=summary,
                         # Fencing: compare-and-swap of the watermark, checked at commit time.
                         expected={self.wm_key: self.seen.get(tid)},
-                        # Rows that dropped fields: a migration landing during the commit
-                        # fails it (review17), and the retry decodes them again with it.
+                        # Rows that dropped fields, or messages rejected: a migration
+                        # landing during the commit fails it (review17), and the retry
+                        # decodes them again with it.
                         schema_id=min(
-                            (sid for t, sid in batch.dropped_fields if t == tid), default=None
+                            (sid for t, sid in batch.schema_bound if t == tid), default=None
                         ),
                     ) as app:
                         if rows.num_rows:  # none: the position alone, no snapshot
@@ -2000,6 +2032,29 @@ class ConsumerWriter:
             log.debug("expiring snapshots of %s failed: %s", tid, exc)
             with contextlib.suppress(Exception):
                 self.tables[tid] = self.catalog.load_table(tid)
+
+
+def _rejected_for(routed: RoutedBatch, schema_ids: dict[str, int]) -> dict[int, str]:
+    """Message index -> table, of the messages (or events of them) `routed` rejected for a
+    table the writer decodes for (`schema_ids`): a change of its schema may accept them."""
+    out = {i: t for i, t, _ in routed.rejected if t in schema_ids}
+    out.update((i, t) for i, _, t, _, _ in routed.rejected_events if t in schema_ids)
+    return out
+
+
+def _without_messages(part: Part, seqs: list[int]) -> Part:
+    """`part` without the rows and dead letters of the messages at `seqs` (decoded again)."""
+    gone = np.asarray(seqs, dtype=np.int64)
+    tables: dict[str, tuple[pa.Table, np.ndarray]] = {}
+    for tid, (rows, row_seqs) in part.tables.items():
+        keep = ~np.isin(row_seqs, gone)
+        if keep.all():
+            tables[tid] = (rows, row_seqs)
+        else:
+            tables[tid] = (rows.filter(pa.array(keep)), row_seqs[keep])
+    redone = set(seqs)
+    dead = [d for d in part.dead if d.stream_seq not in redone]
+    return Part(tables=tables, dead=dead, unknown=part.unknown)
 
 
 def _ingest_snapshots(table: Table, consumer: str) -> list[tuple[int, dict[str, str]]]:

@@ -233,7 +233,9 @@ class Lake:
         the JetStream messages after that snapshot's watermark (`iceberg_lake.timetravel.live`);
         `last_live` then says which snapshot and stream range each view covers, and the
         result's schema metadata carries `lake.live.warnings` (a JSON list of one-line
-        warnings, e.g. stream messages removed by its limits before they were committed).
+        warnings, e.g. stream messages removed by its limits before they were committed) and
+        `lake.live.no_tail` (a JSON object: each table read without a tail, Silver and the
+        dead letters, and why).
 
         Raises:
             LakeError: the SQL is invalid or names an unknown table (one-line message).
@@ -278,10 +280,12 @@ class Lake:
             # A statement without a result set (SET, CREATE, ...) has nothing to return.
             table = pa.table({}) if result is None else result.read_all()
             if live:
-                from iceberg_lake.timetravel.live import live_warnings
+                from iceberg_lake.timetravel.live import live_warnings, no_tail_notes
 
                 meta = dict(table.schema.metadata or {})
                 meta[b"lake.live.warnings"] = json.dumps(live_warnings(self.last_live)).encode()
+                notes = no_tail_notes(self.last_pins, self.last_live)
+                meta[b"lake.live.no_tail"] = json.dumps(notes).encode()
                 table = table.replace_schema_metadata(meta)
             return table
         except duck.SandboxError as exc:

@@ -916,6 +916,73 @@ def test_following_replay_warns_when_the_stream_removes_messages_it_has_not_read
         pub.close()
 
 
+def test_following_replay_follows_a_widen_and_names_what_it_rejected_before_it(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """live19 #2: a `--follow` replay across `lake table evolve --widen exchange:long` kept the
+    decoder of the schema it pinned and silently dropped every wider value the writer stored,
+    with `complete: true` and no warning. Now its decoder follows the table's schema: values
+    sent after the widen are delivered, and a wide message it had rejected before the widen
+    (which the writer, deciding it after the widen, stores) is named in a warning, counted in
+    the manifest, and the replay is not complete. What it delivered plus what it names is what
+    the writer commits.
+
+    Budget: ~10 s (a 6 s window, one in-process writer run)."""
+    from ingest_support import run_until_idle
+
+    from iceberg_lake.schema.evolve import WidenColumn, evolve_table
+
+    settings = settings_for(tmp_path, nats.url)
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    pub = Publisher(settings)
+    now = time.time_ns()
+
+    def wide(i: int) -> dict:
+        return {**event(i, time.time_ns()), "exchange": 70_000}
+
+    try:
+        pub.publish([event(i, now + i) for i in range(3)])  # seq 1..3
+        engine = ReplayEngine(
+            settings,
+            [TABLE],
+            now - 10**9,
+            time.time_ns() + 6 * 10**9,
+            pin=False,
+            live=True,
+            follow=True,
+            lateness_seconds=0.5,
+        )
+        follow, got = _follow_on_thread(engine, lambda row: (row["seq"], row["exchange"]))
+        live = engine._live
+        assert live is not None
+        wait_for(lambda: live.tail_events >= 3, 10, "the tail's first round")
+        pub.publish([wide(3)])  # seq 4: rejected by the pinned schema's decoder
+        wait_for(lambda: live.tail_ranges[TABLE][1] >= 4, 10, "the wide message's round")
+        # What `lake table evolve bronze.stocks_trades --widen exchange:long` runs.
+        table = catalog.load_table(TABLE)
+        assert evolve_table(table, TABLE, [WidenColumn("exchange", "long")], fresh=True).committed
+        pub.publish([wide(i) for i in range(4, 7)])  # seq 5..7
+        follow.join(timeout=30)
+        assert not follow.is_alive()
+
+        assert sorted(got) == [(0, 4), (1, 4), (2, 4), (4, 70_000), (5, 70_000), (6, 70_000)]
+        manifest = engine.manifest()
+        assert not manifest["complete"]
+        assert manifest["live"]["tables"][TABLE]["schema_misses"] == 1
+        (warning,) = manifest["live"]["warnings"]
+        assert f"{TABLE}: 1 tail messages (seq 4..4)" in warning and "schema 1" in warning
+
+        run_until_idle(settings, [TABLE])  # the writer decides every message after the widen
+        rows = catalog.load_table(TABLE).scan().to_arrow()
+        stored = sorted(
+            zip(*(rows.column(c).to_pylist() for c in ("seq", "exchange")), strict=True)
+        )
+        assert stored == sorted([*got, (3, 70_000)])
+    finally:
+        pub.close()
+
+
 def _cap_market(pub: Publisher, max_msgs: int) -> None:
     """Limit the MARKET stream to `max_msgs` messages (it then removes the oldest)."""
     from nats.js.api import StreamConfig
@@ -1167,6 +1234,94 @@ def test_live_query_reports_deleted_messages_exactly(tmp_path: Path, nats: NatsS
         assert lake.last_live[TABLE].gaps == ((3, 3), (5, 5))
     finally:
         lake.close()
+        pub.close()
+
+
+def test_a_warm_lake_keeps_the_rows_it_read_once_the_subjects_newest_message_is_removed(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """A long-lived `Lake` (a dashboard) keeps the tail rows it read when the subject's newest
+    message is removed, and its range still says what it read: the count never drops without
+    a warning and never comes back up (live19 #3: 3 → 2 silently, then 4 with the next
+    message). A message removed before the `Lake` read it is reported as a gap.
+
+    Budget: ~1 s."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    warm = Lake(settings)
+    now = time.time_ns()
+
+    def count(lake: Lake) -> int:
+        return int(lake.query(COUNT_SQL, live=True).column("n")[0].as_py())
+
+    try:
+        pub.publish([event(i, now + i) for i in range(3)])  # seq 1..3
+        assert count(warm) == 3
+        pub.loop.run_until_complete(pub.js.delete_msg("MARKET", 3))  # the subject's newest
+        assert count(warm) == 3
+        got = warm.last_live[TABLE]
+        assert (got.last_seq, got.tail_rows, got.gaps, got.warning) == (3, 3, (), None)
+        cold = Lake(settings)
+        try:
+            assert count(cold) == 2 and cold.last_live[TABLE].gaps == ((3, 3),)
+        finally:
+            cold.close()
+
+        pub.publish([event(i, now + i) for i in range(3, 5)])  # seq 4, 5
+        pub.loop.run_until_complete(pub.js.delete_msg("MARKET", 4))  # never read: a gap
+        assert count(warm) == 4
+        got = warm.last_live[TABLE]
+        assert (got.last_seq, got.tail_rows, got.gaps) == (5, 4, ((4, 4),))
+        assert got.warning is not None and "seq 4..4 " in got.warning
+    finally:
+        warm.close()
+        pub.close()
+
+
+def test_a_live_query_says_the_dead_letters_have_no_live_tail(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """live19 #4: `bronze.dead_letters` in a live query is its snapshot only (the tails' rejects
+    are dead letters once a writer commits them), and nothing said so: a desk reconciling
+    `published = stored + dead letters` live came up short. The read line and the result's
+    `lake.live.no_tail` say it; a bus-fed table's range is unchanged.
+
+    Budget: ~2 s."""
+    from typer.testing import CliRunner
+
+    from iceberg_lake.cli.app import app
+
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    pub = Publisher(settings)
+    sql = (
+        f"SELECT (SELECT count(*) FROM {TABLE}) AS stored, "
+        "(SELECT count(*) FROM bronze.dead_letters) AS dead"
+    )
+    try:
+        pub.publish([event(0), b"not json"])  # seq 1, 2: the writer is down
+        lake = Lake(settings)
+        try:
+            result = lake.query(sql, live=True)
+            assert result.to_pylist() == [{"stored": 1, "dead": 0}]
+            notes = json.loads(result.schema.metadata[b"lake.live.no_tail"])
+            assert list(notes) == ["bronze.dead_letters"]
+            assert notes["bronze.dead_letters"].startswith("no live tail")
+        finally:
+            lake.close()
+
+        env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("LAKE_")}
+        env.update(settings_env(settings))
+        out = CliRunner().invoke(app, ["query", "--live", "-o", "json", sql], env=env)
+        assert out.exit_code == 0, out.output
+        read = next(line for line in out.stderr.splitlines() if line.startswith("read "))
+        assert (
+            "bronze.dead_letters@empty (no live tail: the tails' rejects are dead letters once "
+            "a writer commits)" in read
+        ), read
+        assert f"{TABLE}@empty + MARKET seq 1..2 (1 rows)" in read, read
+    finally:
         pub.close()
 
 
@@ -1702,6 +1857,47 @@ def test_follow_output_is_readable_as_it_arrives_and_sigterm_ends_it_cleanly(
     recorded = json.loads(manifest.read_text())
     assert recorded["complete"] is False and recorded["events_written"] == 3 == delivered()
     assert recorded["sequence_hash"] in stderr and recorded["live"]["lateness_seconds"] == 5.0
+
+
+def test_sigterm_while_a_follower_loads_ends_it_with_a_manifest(
+    tmp_path: Path, nats: NatsServer
+) -> None:
+    """live19 #5: SIGTERM in a follower's first seconds, while the CLI was still loading (its
+    handler came only once the replay started), killed it by the signal (rc -15) with no
+    manifest. Now `lake replay --follow` holds SIGTERM from its entry point: one sent before
+    pyarrow is even loaded ends the replay as a later one does (exit 0, a manifest saying
+    complete: false with nothing delivered)."""
+    settings = settings_for(tmp_path, nats.url)
+    LakeCatalog(settings).init()
+    manifest = tmp_path / "m.json"
+    now = time.time_ns()
+    args = ["replay", "--tables", TABLE, "--start", str(now - 60 * 10**9)]
+    args += ["--end", str(now + 600 * 10**9), "--live", "--follow", "--no-progress"]
+    args += ["--manifest", str(manifest), "--out", str(tmp_path / "follow.ndjson")]
+    proc = subprocess.Popen(
+        [LAKE, *args], env=lake_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    status, maps = Path(f"/proc/{proc.pid}/status"), Path(f"/proc/{proc.pid}/maps")
+
+    def catches_sigterm() -> bool:
+        caught = next(x for x in status.read_text().splitlines() if x.startswith("SigCgt:"))
+        return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+
+    try:
+        wait_until(catches_sigterm, 60, "a SIGTERM handler", interval=0.001)
+        loading = "pyarrow" not in maps.read_text()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = err.decode()
+    assert loading, "the handler is installed while the CLI loads, not once the replay runs"
+    assert proc.returncode == 0, stderr
+    assert "stopped by SIGTERM before --end: replayed 0 events" in stderr, stderr
+    recorded = json.loads(manifest.read_text())
+    assert recorded["complete"] is False and recorded["events_written"] == 0
 
 
 def test_follow_waits_lateness_seconds_past_the_end_for_in_window_events(

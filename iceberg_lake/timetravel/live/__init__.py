@@ -45,7 +45,12 @@ from iceberg_lake.timetravel.live.inferred import (
 )
 from iceberg_lake.timetravel.live.loop import NatsLoop
 from iceberg_lake.timetravel.live.source import TailSource, is_live_table, require_tails
-from iceberg_lake.timetravel.live.views import LiveRange, create_live_views, live_warnings
+from iceberg_lake.timetravel.live.views import (
+    LiveRange,
+    create_live_views,
+    live_warnings,
+    no_tail_notes,
+)
 
 __all__ = [
     "MAX_LISTED_GAPS",
@@ -66,6 +71,7 @@ __all__ = [
     "inferred_mapped_subjects",
     "is_live_table",
     "live_warnings",
+    "no_tail_notes",
     "removed_warning",
     "require_tails",
 ]

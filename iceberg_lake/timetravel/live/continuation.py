@@ -35,7 +35,7 @@ from iceberg_lake.engine.nats_tail import (
     check_followers,
     last_subject_seq,
 )
-from iceberg_lake.exceptions import TimeTravelError
+from iceberg_lake.exceptions import LakeError, TimeTravelError
 from iceberg_lake.timetravel.canonical import encode_rows
 from iceberg_lake.timetravel.live.gaps import GapLog, merge_runs, removed_warning
 from iceberg_lake.timetravel.live.inferred import INFERRED_KEY, InferenceStart, UnmappedFollower
@@ -52,8 +52,11 @@ __all__ = ["REMOVAL_CHECK_SECONDS", "LiveTail"]
 log = logging.getLogger(__name__)
 
 #: A live replay checks at most this often (seconds) whether the stream removed messages its
-#: followers had not received (`LiveTail._check_gaps`).
+#: followers had not received (`LiveTail._check_gaps`), and whether a table's schema changed.
 REMOVAL_CHECK_SECONDS = 1.0
+#: Rejected tail messages kept per table, decoded again when the table's schema changes (a
+#: later schema may accept them: `LiveTail.schema_misses`); beyond, they are only counted.
+MAX_KEPT_REJECTS = 100_000
 #: A bounded live replay (no `--follow`) holds its whole tail, up to this many message bytes,
 #: and sorts it once: its order and hash are then the same on every run. A larger tail (writers
 #: down for hours) is handed out in arrival rounds like a following replay's. Held, the messages
@@ -133,6 +136,18 @@ class LiveTail:
         self._unmapped: UnmappedFollower | None = None
         #: Stream states of the removal checks (the removed list is fetched when it changed).
         self._states = StreamStates()
+        #: Table → the metadata file whose schema its tail decoder follows (`_follow_schemas`).
+        self._pointers = {src.identifier: src.table.metadata_location for _, src, _ in self.sources}
+        #: Table → tail messages its decoder rejected (up to `MAX_KEPT_REJECTS`), and
+        #: `(count, first seq, last seq)` of those beyond, not kept.
+        self._rejects: dict[str, list[TailMessage]] = {}
+        self._unkept_rejects: dict[str, tuple[int, int, int]] = {}
+        #: Table → `[messages, first seq, last seq, schema id before, after]`: tail messages
+        #: its decoder rejected that a later schema of the table accepts (their events in the
+        #: window), found when the replay followed the change: the writer, deciding them after
+        #: the change, stores them; this replay has not delivered them (a warning, and the
+        #: replay is not complete).
+        self.schema_misses: dict[str, list[int]] = {}
 
     @property
     def removed(self) -> dict[str, tuple[int, int]]:
@@ -165,6 +180,8 @@ class LiveTail:
                         "gaps": [list(g) for g in self._log(src.identifier).runs],
                         "unlisted_gaps": self._log(src.identifier).more_runs,
                         "unlisted_removed": self._log(src.identifier).more_seqs,
+                        "schema_id": src.schema_id,
+                        "schema_misses": self.schema_misses.get(src.identifier, [0])[0],
                     }
                     for _, src, _ in self.sources
                 },
@@ -189,6 +206,9 @@ class LiveTail:
                 "reproducible order)"
             )
         for _, src, _ in self.sources:
+            miss = self.schema_misses.get(src.identifier)
+            if miss is not None:
+                out.append(_miss_warning(src.identifier, miss))
             log = self.gaps.get(src.identifier)
             if log and (envelope := log.envelope) is not None:
                 out.append(
@@ -272,6 +292,87 @@ class LiveTail:
         if not skips_only:
             self._checks += 1
             self._checked_at = time.monotonic()
+
+    def _follow_schemas(self, only: TailSource | None = None) -> list[TailSource]:
+        """Have each table's tail decoder (or `only`'s) follow the table's current schema, as
+        its writer does once it sees fresh metadata (live19: a replay across `lake table
+        evolve --widen` kept the decoder it pinned and silently dropped the wider values the
+        writer stored). One catalog query for the pointers; a table is loaded only when its
+        pointer moved. Rejected messages kept from before are decoded again with the new
+        schema: the ones it accepts are `schema_misses`.
+
+        Returns:
+            The sources whose schema changed.
+        """
+        sources = [src for _, src, _ in self.sources if only is None or src is only]
+        catalog = self.engine.catalog
+        try:
+            pointers = catalog.metadata_pointers([src.identifier for src in sources])
+            changed: list[TailSource] = []
+            for src in sources:
+                ident = src.identifier
+                pointer = (pointers or {}).get(ident)
+                if pointer is not None and pointer == self._pointers.get(ident):
+                    continue
+                table = catalog.load_table(ident)
+                self._pointers[ident] = table.metadata_location
+                before = src.schema_id
+                if src.follow_schema(table):
+                    log.info(
+                        "live replay: %s schema changed (id %d -> %d): the tail is decoded with it",
+                        ident,
+                        before,
+                        src.schema_id,
+                    )
+                    self._recheck_rejects(src, before)
+                    changed.append(src)
+        except LakeError as exc:  # the catalog is down: the next check looks again
+            log.warning("live replay: checking the tables' schemas: %s", exc)
+            return []
+        return changed
+
+    def _keep_rejects(self, src: TailSource, msgs: list[TailMessage]) -> None:
+        kept = self._rejects.setdefault(src.identifier, [])
+        room = max(0, MAX_KEPT_REJECTS - len(kept))
+        kept.extend(msgs[:room])
+        if len(msgs) > room:
+            rest = msgs[room:]
+            count, lo, hi = self._unkept_rejects.get(src.identifier, (0, rest[0].seq, 0))
+            self._unkept_rejects[src.identifier] = (count + len(rest), lo, rest[-1].seq)
+
+    def _recheck_rejects(self, src: TailSource, before: int) -> None:
+        """Decode the kept rejected messages of `src` again with its new schema; count those
+        whose events in the window it accepts, and the ones not kept (not decoded again), as
+        `schema_misses`."""
+        import pyarrow.compute as pc
+
+        ident = src.identifier
+        kept = self._rejects.pop(ident, [])
+        unkept = self._unkept_rejects.pop(ident, None)
+        again: list[int] = []
+        rows, seqs = src.decode_with_seqs(kept, rejected=again)
+        self._rejects[ident] = [kept[i] for i in again]
+        if rows.num_rows:
+            ts = rows.column("ts_event_ns")
+            inside = pc.and_(
+                pc.greater_equal(ts, self.engine.start_ns), pc.less(ts, self.engine.end_ns)
+            )
+            seqs = seqs[inside.fill_null(False).to_numpy(zero_copy_only=False)]
+        accepted = sorted(set(seqs.tolist()))
+        count = len(accepted)
+        if unkept is not None:
+            count += unkept[0]
+            accepted += [unkept[1], unkept[2]]
+        if not count:
+            return
+        lo, hi = min(accepted), max(accepted)
+        miss = self.schema_misses.get(ident)
+        if miss is None:
+            miss = self.schema_misses[ident] = [count, lo, hi, before, src.schema_id]
+        else:
+            miss[0] += count
+            miss[1], miss[2], miss[4] = min(miss[1], lo), max(miss[2], hi), src.schema_id
+        log.warning("%s", _miss_warning(ident, miss))
 
     def stop(self) -> None:
         """End the tail at its next round (within `poll_seconds`), from any thread: a replay
@@ -395,12 +496,14 @@ class LiveTail:
                     followers[i].reached(stop_at.get(i, 0)) for i in followers
                 )
                 if done and (self._unmapped is None or self._unmapped.done()):
+                    self._follow_schemas()  # the last round's decoders are the tables' own
                     if held:
                         yield from self._round(held, stop_at)
                         held = {}
                     # What was removed since the last check, up to the horizon.
                     self._check_gaps(followers, final=True)
-                    engine.set_complete(True)
+                    # Events a schema change accepts that this replay rejected are missing.
+                    engine.set_complete(not self.schema_misses)
                     return
                 # What was handed out is readable while this waits (a pipe, a file).
                 engine.waiting()
@@ -423,6 +526,8 @@ class LiveTail:
                     time.monotonic() - self._checked_at >= REMOVAL_CHECK_SECONDS
                 ):
                     self._check_gaps(followers)
+                    if self.follow:
+                        self._follow_schemas()
                 elif any(f.skips for f in followers.values()) or (
                     self._unmapped is not None and self._unmapped.has_skips()
                 ):
@@ -456,7 +561,15 @@ class LiveTail:
             if msgs:
                 rng = self.tail_ranges.setdefault(src.identifier, [msgs[0].seq, msgs[-1].seq])
                 rng[1] = msgs[-1].seq
-                parts.append(src.decode(msgs))
+                rejected: list[int] = []
+                rows = src.decode_with_seqs(msgs, rejected=rejected)[0]
+                if rejected and self._follow_schemas(src):
+                    # The table's schema changed (a widen): its writer decodes these with it.
+                    rejected = []
+                    rows = src.decode_with_seqs(msgs, rejected=rejected)[0]
+                if rejected:
+                    self._keep_rejects(src, [msgs[i] for i in rejected])
+                parts.append(rows)
             after = self.inferred_after.get(src.identifier)
             if after is not None and unmapped:
                 mine = [m for m in unmapped if m.seq > after]
@@ -491,3 +604,14 @@ class LiveTail:
             # The engine's manifest counts and hashes the tail like the history.
             engine.record_event(event)
             yield event
+
+
+def _miss_warning(table: str, miss: list[int]) -> str:
+    """The warning line of `LiveTail.schema_misses[table]`."""
+    count, lo, hi, before, after = miss
+    return (
+        f"{table}: {count:,} tail messages (seq {lo}..{hi}) that this replay decoded with "
+        f"schema {before} and rejected are accepted by schema {after}, which the table got "
+        "during the replay: the writer stores their events if it decided them after the "
+        "change, and this replay does not have them (replay the committed window for them)"
+    )

@@ -108,6 +108,10 @@ class TailSource:
         )
         arrow = schema_to_pyarrow(schema, include_field_ids=False)
         self.arrow_schema = pa.schema([f.with_nullable(True) for f in arrow])
+        #: Column of `arrow_schema` -> the decoded column its values come from, once the
+        #: decoder follows a later schema (`follow_schema`; None: a column it dropped).
+        self._source_columns: dict[str, str | None] = {}
+        self._mapped_subjects = mapped_subjects
         #: Rows the schema-inference consumer routes here: its decoder (the writer's entry
         #: point, with only this table's codec: messages inferred elsewhere yield no rows
         #: here) and its watermark in this table's metadata.
@@ -120,6 +124,38 @@ class TailSource:
             self.inferred_committed = inf_key in table.properties
             self.inferred_watermark = int(table.properties.get(inf_key, 0))
             self.inferred = InferredDecoder({definition.schema_name: codec}, set(mapped_subjects))
+
+    def follow_schema(self, table: Table) -> bool:
+        """Decode with `table`'s schema (the same table, loaded later) from now on, as its writer
+        does once it sees the change; rows keep this source's columns, matched by field id (a
+        renamed column under its pinned name, a widened one with its wider type, an added one
+        left out, a dropped one null). The snapshot and watermark stay the pinned ones.
+
+        Returns:
+            True if the schema changed (the decoder was rebuilt).
+        """
+        schema = table.schema()
+        if schema.schema_id == self.schema_id:
+            return False
+        definition = self.definition
+        codec = codec_for(self.identifier, table, definition.partition_key)
+        self.decoder = GoldDecoder(codec) if definition.namespace == GOLD else BronzeDecoder(codec)
+        if self.inferred is not None and self._mapped_subjects is not None:
+            self.inferred = InferredDecoder(
+                {definition.schema_name: codec}, set(self._mapped_subjects)
+            )
+        pinned = self.table.schema()
+        by_id = {f.field_id: f.name for f in schema.fields}
+        wider = schema_to_pyarrow(schema, include_field_ids=False)
+        fields: list[pa.Field] = []
+        for f in self.arrow_schema:
+            source = by_id.get(pinned.find_field(f.name).field_id)
+            self._source_columns[f.name] = source
+            kind = wider.field(source).type if source is not None else f.type
+            fields.append(pa.field(f.name, kind, nullable=True))
+        self.arrow_schema = pa.schema(fields)
+        self.schema_id = schema.schema_id
+        return True
 
     def stream_mismatch(self, created: str, first_seq: int, last_seq: int) -> str | None:
         """Why the stream (its creation time and sequences now) is not the one the watermark
@@ -142,21 +178,31 @@ class TailSource:
         messages: Sequence[TailMessage],
         recv_ns: int | None = None,
         decoder: Decoder | None = None,
+        rejected: list[int] | None = None,
     ) -> tuple[pa.Table, np.ndarray]:
-        """`decode` (with `decoder`, default the table's own), plus each row's stream sequence."""
+        """`decode` (with `decoder`, default the table's own), plus each row's stream sequence.
+
+        `rejected`, when given, gets the index of each message rejected for this table, whole
+        or some of its events (what the writer dead-letters).
+        """
         empty = (self.arrow_schema.empty_table(), np.zeros(0, dtype=np.int64))
         if not messages:
             return empty
         recv = time.time_ns() if recv_ns is None else recv_ns
         bodies = [m.data for m in messages]
         routed = (decoder or self.decoder).decode(bodies, [m.subject for m in messages], recv)
+        if rejected is not None:
+            mine = {i for i, t, _ in routed.rejected if t == self.identifier}
+            mine.update(i for i, _, t, _, _ in routed.rejected_events if t == self.identifier)
+            rejected.extend(sorted(mine))
         decoded = routed.tables.get(self.identifier)
         if decoded is None or decoded.table.num_rows == 0:
             return empty
         rows = decoded.table
+        names = self._source_columns
         arrays = [
-            rows.column(f.name).cast(f.type)
-            if f.name in rows.column_names
+            rows.column(name).cast(f.type)
+            if (name := names.get(f.name, f.name)) is not None and name in rows.column_names
             else pa.nulls(rows.num_rows, f.type)
             for f in self.arrow_schema
         ]

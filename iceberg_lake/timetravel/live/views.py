@@ -27,6 +27,7 @@ from pyiceberg.table import Table
 from iceberg_lake.catalog import catalog_errors
 from iceberg_lake.engine.nats_tail import TailMessage, last_subject_seq, read_tail, skipped_runs
 from iceberg_lake.silver.dedup import quote_ident
+from iceberg_lake.tables import DEAD_LETTERS_TABLE
 from iceberg_lake.timetravel.live.gaps import merge_envelopes, merge_runs, removed_warning
 from iceberg_lake.timetravel.live.inferred import (
     INFERRED_KEY,
@@ -45,12 +46,31 @@ from iceberg_lake.timetravel.live.source import (
 if TYPE_CHECKING:
     from iceberg_lake.timetravel.query import Lake
 
-__all__ = ["LiveRange", "create_live_views", "live_warnings"]
+__all__ = ["LiveRange", "create_live_views", "live_warnings", "no_tail_notes"]
 
 
 def live_warnings(ranges: dict[str, LiveRange]) -> list[str]:
     """The warnings of a live query's ranges (`Lake.last_live`), one line each."""
     return [w for r in ranges.values() if (w := r.warning) is not None]
+
+
+def no_tail_notes(pins: dict[str, int | None], ranges: dict[str, LiveRange]) -> dict[str, str]:
+    """Table → why a live query read only its snapshot, for each table read without a tail
+    (`Lake.last_pins` without a `Lake.last_live` range): Silver tables, the dead letters.
+
+    The dead letters are said apart: what the tails leave out (rejected messages) is in
+    `bronze.dead_letters` only once a writer commits it, so `published = stored + dead letters`
+    taken live comes up short by the tails' rejects (live19).
+    """
+    notes = {}
+    for table in sorted(pins):
+        if table in ranges:
+            continue
+        if table == DEAD_LETTERS_TABLE:
+            notes[table] = "no live tail: the tails' rejects are dead letters once a writer commits"
+        else:
+            notes[table] = "no live tail: its current snapshot"
+    return notes
 
 
 @dataclass(frozen=True)
@@ -146,14 +166,17 @@ async def _read_tails(loop: NatsLoop, sources: list[TailSource]) -> dict[str, in
     js = await loop.js()
 
     async def one(src: TailSource) -> int:
-        # The end of the range is fixed before reading: later messages are the next query's.
-        upto = max(await last_subject_seq(js, src.stream, src.subject), src.watermark)
         cache = loop.tails.get(src.identifier)
         if cache is None or cache.schema_id != src.schema_id or cache.after > src.watermark:
             cache = TailCache(src.watermark, src.schema_id, src.arrow_schema)
             loop.tails[src.identifier] = cache
         cache.advance(src.watermark)
         before = cache.last_seq
+        # The end of the range is fixed before reading: later messages are the next query's.
+        # Never below what the cache read: once the subject's newest message is removed (its
+        # limits, a delete) the rows read before stay in the view, as documented, rather than
+        # vanishing without a warning and coming back with the next message (live19 #3).
+        upto = max(await last_subject_seq(js, src.stream, src.subject), src.watermark, before)
         read: list[np.ndarray] = []  # the sequences read (their messages are not kept)
 
         filling: TailCache = cache
