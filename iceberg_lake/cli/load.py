@@ -178,16 +178,11 @@ def load(
 
     # A compaction that failed is said with its reason and fails the command (review15b: the
     # incremental path's error was a status only, exit 0).
-    compaction_errors = [
-        f"silver compaction of {c.get('table')}: {c.get('error') or 'failed'}"
-        for c in compactions
-        if c.get("status") == "error"
-    ]
+    compaction_errors = _compaction_errors(compactions)
     if output == OutputFormat.json:
-        keys = ("table", "date", "status", "rows_written", "partitions", "error")
         payload = {
             "results": [r.as_dict() for r in results],
-            "compactions": [{k: c.get(k) for k in keys} for c in compactions],
+            "compactions": _compaction_rows(compactions),
             "skipped": [str(f) for f in skipped],
             "skipped_lake_folders": [str(f) for f in lake_folders],
         }
@@ -270,6 +265,21 @@ def load(
     _fail_if_rejected(rejected, compaction_errors)
 
 
+def _compaction_errors(compactions: list[dict[str, Any]]) -> list[str]:
+    """One line per Silver compaction that failed (review15b: it was a status only, exit 0)."""
+    return [
+        f"silver compaction of {c.get('table')}: {c.get('error') or 'failed'}"
+        for c in compactions
+        if c.get("status") == "error"
+    ]
+
+
+def _compaction_rows(compactions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The compactions as `-o json` gives them."""
+    keys = ("table", "date", "status", "rows_written", "partitions", "error")
+    return [{k: c.get(k) for k in keys} for c in compactions]
+
+
 #: Text output of `--undo`: column title → result key.
 UNDO_COLUMNS = {
     "file": "file",
@@ -311,16 +321,11 @@ def _undo(paths: list[Path], table: str | None, compact: bool, output: OutputFor
         work = sorted({(r.table, d) for r in results if r.status == "undone" for d in r.days})
         with SilverCompactor(lake) as compactor:
             compactions = [compactor.compact_date(d, t).as_dict() for t, d in work]
-    errors += [
-        f"silver compaction of {c.get('table')}: {c.get('error') or 'failed'}"
-        for c in compactions
-        if c.get("status") == "error"
-    ]
+    errors += _compaction_errors(compactions)
     if output == OutputFormat.json:
-        keys = ("table", "date", "status", "rows_written", "partitions", "error")
         payload = {
             "results": [r.as_dict() for r in results],
-            "compactions": [{k: c.get(k) for k in keys} for c in compactions],
+            "compactions": _compaction_rows(compactions),
             "errors": errors,
         }
         typer.echo(to_json(payload))
