@@ -28,8 +28,11 @@ that need deltalake (`pip install -e '.[bench]'`) read "n/a" without it.
   (one process each, subject filter per shard, own lease/watermark) beside one process on the
   table's one subject (what `--workers 1` and `--workers 2` both run for a single table).
 
-Usage: `python scripts/bench_ingest.py [--quick] [--json] [--scaling]` (`--scaling`: only the
-scaling rows).
+* `ingest-1-event-msgs-1pct-rejects`: the single-event drain with 1 message in 100 rejected
+  (dead-lettered) beside the same backlog without, same run.
+
+Usage: `python scripts/bench_ingest.py [--quick] [--json] [--scaling] [--rejects]` (`--scaling`,
+`--rejects`: only those rows).
 """
 
 from __future__ import annotations
@@ -296,12 +299,16 @@ async def _started_service(settings: Any, **run: Any) -> tuple[Any, asyncio.Task
     return service, task
 
 
-async def _drain(settings: Any, events: int) -> tuple[float, list[float], int]:
+async def _drain(
+    settings: Any, events: int, stored: int | None = None
+) -> tuple[float, list[float], int]:
     """Run one LakeService over the backlog; (events/s, commit latencies, rows committed).
 
     The clock runs from the writer's subscription until the consumer's ack floor reaches the
-    stream's last message: published → committed → acked.
+    stream's last message: published → committed → acked. `stored`: the rows to wait for
+    (default `events`; fewer when some are dead-lettered).
     """
+    stored = events if stored is None else stored
     from iceberg_lake.engine import nats as bus
 
     nc = await bus.connect(settings, name="bench-acks")
@@ -324,7 +331,7 @@ async def _drain(settings: Any, events: int) -> tuple[float, list[float], int]:
                 f"{deadline - t0:.0f} s ({service.committed_events:,} committed)"
             )
 
-    while service.committed_events < events:
+    while service.committed_events < stored:
         check()
         await asyncio.sleep(0.005)
     while await _ack_floor(js) < last_seq:
@@ -428,6 +435,44 @@ def _ingest_runs(workdir: Path, quick: bool) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _reject_drain(workdir: Path, quick: bool) -> dict[str, Any]:
+    """`ingest-1-event-msgs-1pct-rejects`: the single-event backlog with every 100th message
+    rejected (price -1: dead-lettered with its reason) beside the same backlog without, same
+    run. A batch with rejects makes the writer read the catalog pointers before its commit (it
+    follows a schema change before it dead-letters, live19), which this row prices."""
+    from iceberg_lake.catalog import LakeCatalog
+    from iceberg_lake.config import load_settings
+    from iceberg_lake.testing import run_nats_server
+
+    events = 20_000 if quick else 200_000
+    rates: dict[int, float] = {}
+    for every in (0, 100):
+        run_dir = workdir / f"rejects-{every}"
+        with run_nats_server(run_dir / "nats") as nats:
+            settings = load_settings(
+                {"LAKE_DATA_DIR": str(run_dir / "lake"), "LAKE_NATS_URL": nats.url}
+            )
+            LakeCatalog(settings).init()
+            bodies = _bodies(events, 1)
+            bad = 0
+            if every:
+                for i in range(0, events, every):
+                    bodies[i] = json.dumps({**_event(i), "price": -1}).encode()
+                    bad += 1
+            asyncio.run(_publish(settings, bodies))
+            rate, _lat, committed = asyncio.run(_drain(settings, events, events - bad))
+            assert committed == events - bad, (committed, events - bad)
+            rates[every] = rate
+    return {
+        "benchmark": "ingest-1-event-msgs-1pct-rejects",
+        "metric": f"events/s ({events:,} events, 1 message in 100 dead-lettered)",
+        "value": round(rates[100]),
+        "unit": "events/s",
+        "baseline": "the same backlog without rejects, same run",
+        "baseline_value": round(rates[0]),
+    }
 
 
 def _append_latency(workdir: Path, quick: bool) -> dict[str, Any]:
@@ -1142,6 +1187,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         workdir = Path(tmp)
         rows = _ingest_runs(workdir, quick)
+        rows.append(_reject_drain(workdir, quick))
         rows += _steady_single(workdir, quick)
         rows += _commit_alone(workdir, quick)
         rows += _commit_under_load(workdir, quick)
@@ -1160,8 +1206,18 @@ def main() -> None:
     parser.add_argument(
         "--scaling", action="store_true", help="only the scaling rows (workers, shards)"
     )
+    parser.add_argument(
+        "--rejects", action="store_true", help="only the row with 1%% rejected messages"
+    )
     args = parser.parse_args()
-    rows = run_scaling(quick=args.quick) if args.scaling else run(quick=args.quick)
+    if args.rejects:
+        import logging
+
+        logging.getLogger("iceberg_lake").setLevel(logging.WARNING)
+        with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+            rows = [_reject_drain(Path(tmp), args.quick)]
+    else:
+        rows = run_scaling(quick=args.quick) if args.scaling else run(quick=args.quick)
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()
