@@ -636,7 +636,7 @@ def test_docs19_odd_inputs_are_one_line_and_change_nothing(tmp_path: Path) -> No
     compact = runner.invoke(app, ["compact", "--as-of", "nosuch", "--date", "2025-12-16"], env=env)
     errors = [line for line in compact.output.splitlines() if line.startswith("error:")]
     assert compact.exit_code == 1
-    assert errors == ["error: no Bronze table has a tag or snapshot 'nosuch' (lake snapshot list)"]
+    assert errors == ["error: no tag or snapshot 'nosuch' in any Bronze table (lake snapshot list)"]
 
 
 def test_after_a_catalog_restore_missing_old_metadata_files_are_one_line_per_table(

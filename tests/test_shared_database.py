@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from iceberg_lake.catalog import LakeCatalog
 from iceberg_lake.cli.app import app
 from iceberg_lake.config import Settings, load_settings
-from iceberg_lake.exceptions import ConfigError
+from iceberg_lake.exceptions import ConfigError, OrphanedTableError
 from iceberg_lake.ops.maintenance import remove_orphans
 
 TRADES = "bronze.stocks_trades"
@@ -47,10 +47,17 @@ def test_a_second_catalog_on_the_same_warehouse_is_refused_and_cannot_delete_the
     assert res.exit_code != 0 and "give each LAKE_CATALOG_NAME its own LAKE_WAREHOUSE" in res.output
     assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
 
-    # A lake that got there before this check (its tables created at the first lake's
-    # locations) cannot run remove-orphans over them.
+    # Nor one table of it: the location holds desk_a's table (ops19's check).
     second.ensure_namespaces()
-    second.create_table(second.definition(TRADES))
+    with pytest.raises(OrphanedTableError, match="is not in the catalog, but its location"):
+        second.create_table(second.definition(TRADES))
+    # A lake that got there before these checks (its tables created at the first lake's
+    # locations, here through pyiceberg itself) cannot run remove-orphans over them.
+    definition = second.definition(TRADES)
+    schema = definition.iceberg_schema()
+    second.catalog.create_table(
+        TRADES, schema=schema, partition_spec=definition.partition_spec(schema)
+    )
     with pytest.raises(ConfigError, match="remove-orphans: .* holds table bronze.stocks_trades"):
         remove_orphans(second, [TRADES], older_than=timedelta(0), force=True)
     assert first.load_table(TRADES).scan().to_arrow().num_rows == 20

@@ -187,7 +187,7 @@ def _fail_on_errors(results: Sequence[Mapping[str, Any]]) -> None:
         err_console.print(
             Text.assemble(
                 ("error:", "red"),
-                f" no Bronze table has a tag or snapshot {missing.pop()} (lake snapshot list)",
+                f" no tag or snapshot {missing.pop()} in any Bronze table (lake snapshot list)",
             ),
             highlight=False,
             soft_wrap=True,

@@ -65,6 +65,9 @@ on, in `tests/engine/test_iceberg_replace_guard.py`.
 `Transaction._stage` (`iceberg.require_properties`, the fencing compare-and-swap of the writers'
 watermark and of Silver's incremental mark: the only way to add a commit requirement): source
 hashed in the same file, behaviour in `tests/test_engine_fencing.py`.
+`MetastoreCatalog._resolve_table_location` (`iceberg.default_table_location`: where a new table
+would go, so `lake init` can refuse one whose location already holds a table's metadata), guarded
+by `tests/engine/test_table_location_guard.py`.
 
 nats-py (version checked in `tests/engine/test_nats_guard.py`): `Client._send_command`
 (`nats.publish_frames`, one write for a batch of publish frames while replaying to NATS), guarded

@@ -536,7 +536,9 @@ class TableMaintenance:
                     -self._store_offset.total_seconds(),
                     table.location(),
                 )
-        return local + min(self._store_offset, timedelta(0))
+        # Within CLOCK_WARNING the two clocks agree (the probe under-estimates by up to a second:
+        # S3 truncates to it); beyond, the store's "now" is taken.
+        return local + self._store_offset if self._store_offset < -CLOCK_WARNING else local
 
     def _expire_snapshots_once(
         self, older_than: timedelta | None, retain_last: int, now: datetime | None, dry_run: bool
