@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -304,7 +305,7 @@ class LakeCatalog:
         `lake table register` with the newest metadata file."""
         for identifier in identifiers:
             location, files = self.orphaned_metadata(identifier)
-            if not files:
+            if not files or self._created_meanwhile(identifier):
                 continue
             others = len(identifiers) - identifiers.index(identifier) - 1
             raise OrphanedTableError(
@@ -315,6 +316,19 @@ class LakeCatalog:
                 "(or move the location away to start the table empty)"
                 + (f"; {others} more tables to check after it" if others else "")
             )
+
+    def _created_meanwhile(self, identifier: str, wait: float = 3.0) -> bool:
+        """Whether another process is creating `identifier` right now: pyiceberg writes the
+        first metadata file, then the catalog row, so a table seen with metadata and no row may
+        get its row a moment later (review19b: two `lake init`, or an active and a standby
+        `lake serve` starting on a new lake, failed one of them as "restored without it")."""
+        deadline = time.monotonic() + wait
+        while True:
+            if self.catalog.table_exists(identifier):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
 
     def register_existing(self, identifier: str, metadata_location: str) -> Table:
         """Put a declared table whose catalog row is missing back into the catalog, pointing at
@@ -332,6 +346,8 @@ class LakeCatalog:
             if self.catalog.table_exists(identifier):
                 raise LakeError(f"{identifier} is in the catalog already: nothing to register")
             location, files = self.orphaned_metadata(identifier)
+            if metadata_location.startswith("/"):  # a plain path of a local warehouse
+                metadata_location = Path(metadata_location).as_uri()
             if metadata_location not in files:
                 newest = f" (newest: {files[-1]})" if files else " (it holds none)"
                 raise LakeError(

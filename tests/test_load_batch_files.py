@@ -382,5 +382,11 @@ def test_a_folder_holding_the_lake_itself_loads_only_the_vendor_files(tmp_path: 
     assert json.loads(out.stdout)["skipped_lake_folders"] == [
         str(tmp_path / "downloads" / "copy_of_a_table")
     ]
+    # Nor a folder inside the lake (review19b: a table's data folder loaded back, 300 → 600).
+    inside = runner.invoke(app, ["load", str(table_dir / "data"), "--table", TABLE], env=env)
+    assert inside.exit_code == 1 and "is inside the lake's own folder" in inside.output
+    own = runner.invoke(app, ["load", str(tmp_path / "lake-data"), "--table", TABLE], env=env)
+    assert own.exit_code == 1 and "lake-data is the lake's own folder" in own.output
+    assert LakeCatalog(load_settings(env)).load_table(TABLE).scan().count() == 300
     device = runner.invoke(app, ["load", "/dev/null"], env=env)
     assert device.exit_code == 1 and "/dev/null is not a regular file" in device.output

@@ -259,3 +259,31 @@ def test_an_undo_killed_between_its_two_commits_is_finished_by_running_it_again(
     assert _rows(lake, TABLE).num_rows == 0
     again = load_file(lake, path, LoadOptions(table=TABLE))
     assert (again.rows_stored, again.dead_lettered) == (296, 4)
+
+
+def test_a_rollback_to_before_the_load_after_an_undo_leaves_the_file_loadable(
+    lake: LakeCatalog, tmp_path: Path
+) -> None:
+    """review19b: rolled back to before the load (nothing of it back), the undo was refused (0
+    of 300 rows) and a load refused as "rows are back": the file could go neither way. Rolled
+    back to between two generations, the rows present are taken out."""
+    good = _trades(tmp_path / "good.csv.gz", 100, first_id=10_000)
+    wrong = _trades(tmp_path / "wrong.csv.gz", 300)
+    load_file(lake, good, LoadOptions(table=TABLE))
+    before = lake.load_table(TABLE).current_snapshot()
+    load_file(lake, wrong, LoadOptions(table=TABLE, source="wrong"))
+    first = lake.load_table(TABLE).current_snapshot()
+    load_file(lake, wrong, LoadOptions(table=TABLE, source="wrong2", reload=True))
+    assert before is not None and first is not None
+    assert undo_file(lake, wrong)[0].rows_removed == 600
+
+    lake.load_table(TABLE).manage_snapshots().rollback_to_snapshot(first.snapshot_id).commit()
+    (again,) = undo_file(lake, wrong)  # the first generation is back: it goes
+    assert (again.status, again.rows_removed) == ("undone", 300)
+    assert _rows(lake, TABLE).num_rows == 100
+
+    lake.load_table(TABLE).manage_snapshots().rollback_to_snapshot(before.snapshot_id).commit()
+    assert [r.status for r in undo_file(lake, wrong)] == ["not-loaded"]
+    right = load_file(lake, wrong, LoadOptions(table=TABLE, source="sip"))
+    assert (right.status, right.rows_stored) == ("loaded", 300)
+    assert _rows(lake, TABLE).num_rows == 400

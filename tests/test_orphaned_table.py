@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,30 @@ def test_a_missing_table_with_an_empty_location_is_created(tmp_path: Path) -> No
         f.unlink() if f.is_file() else f.rmdir()
     created = runner.invoke(app, ["init"], env=env)
     assert created.exit_code == 0 and f"created {TABLE}" in created.output
+
+
+def test_a_table_whose_row_arrives_while_init_looks_is_not_refused(tmp_path: Path) -> None:
+    """review19b: two `lake init` (an active and a standby `lake serve`) starting on a new lake:
+    pyiceberg writes a table's first metadata file, then its catalog row, and the other process
+    saw the file without the row and refused ("restored without it?"). The row that arrives
+    within a few seconds makes it a table being created, not an orphan."""
+    data = tmp_path / "data"
+    env = {"LAKE_DATA_DIR": str(data)}
+    assert runner.invoke(app, ["init"], env=env).exit_code == 0
+    lake = LakeCatalog(load_settings(env))
+    metadata = lake.load_table(TABLE).metadata_location
+    _drop_row(data, TABLE)
+    other = LakeCatalog(load_settings(env))
+    creator = threading.Timer(0.5, lambda: other.catalog.register_table(TABLE, metadata))
+    creator.start()
+    try:
+        assert lake.create_table(lake.definition(TABLE)) is False  # it exists by then
+    finally:
+        creator.join()
+    assert lake.load_table(TABLE).metadata_location == metadata
+    # A plain path of a local warehouse is taken as its file:// URI.
+    _drop_row(data, TABLE)
+    back = runner.invoke(
+        app, ["table", "register", TABLE, metadata.removeprefix("file://")], env=env
+    )
+    assert back.exit_code == 0, back.output

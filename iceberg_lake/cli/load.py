@@ -125,12 +125,14 @@ def load(
     # An existing lake only (docs19: a load in a fresh directory left an empty catalog behind,
     # and every later command then blamed LAKE_CATALOG_NAME): `no lake at …: run lake init`.
     LakeCatalog(lake_settings, create=False)
+    own = _own_folders(lake_settings)
     for p in paths:
+        _refuse_inside_lake(p, own)
         if p.is_dir():
             # Every file below a folder (a vendor's YYYY/MM/ layout of daily files, backfill15),
             # but, without --format, files of no format lake load reads (a README.md).
             data: list[Path] = []
-            found, lake_own = _files_below(p, _own_folders(lake_settings))
+            found, lake_own = _files_below(p, own)
             lake_folders.extend(lake_own)
             for f in found:
                 (data if fmt is not None or _has_format(f) else skipped).append(f)
@@ -403,6 +405,20 @@ def _own_folders(lake_settings: Any) -> set[str]:
     if parsed.scheme == "file":
         own.add(os.path.realpath(unquote(parsed.path)))
     return own
+
+
+def _refuse_inside_lake(path: Path, own: Collection[str]) -> None:
+    """One line when `path` is in the lake's own folders or in an Iceberg table's folder
+    (review19b: `lake load <a table's data folder>` loaded the lake's own Parquet files back
+    into Bronze, 300 rows became 600)."""
+    real = Path(os.path.realpath(path))
+    for folder in (real, *real.parents):
+        if str(folder) in own or _is_table_folder(str(folder), ["metadata"]):
+            raise LakeError(
+                f"{path} is {'' if folder == real else 'inside '}the lake's own folder "
+                f"{folder}: lake load reads vendor files, not the lake's (its tables' files are "
+                "in Bronze already)"
+            )
 
 
 def _is_table_folder(root: str, dirs: list[str]) -> bool:

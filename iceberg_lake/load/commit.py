@@ -53,6 +53,8 @@ from pyiceberg.table.snapshots import ancestors_of
 from iceberg_lake import properties as P
 from iceberg_lake.catalog import LakeCatalog, catalog_errors
 from iceberg_lake.engine.iceberg import (
+    current_data_files,
+    file_tag,
     file_tag_of,
     identity_partition_column,
     partition_codes,
@@ -663,17 +665,26 @@ class FileCommitter:
 
 
 def rows_back_after_undo(table: Table, sha256: str, value: str | None) -> bool:
-    """Whether the table was rolled back past the undo an undone entry `value` records, so the
-    rows it removed are back (review19: a rollback restored 995 wrong rows while the ledger still
-    said undone; the undo then answered `not-loaded` and a load stored the file beside them).
+    """Whether the table was rolled back past the undo an undone entry `value` records and rows
+    of the file's loads are back (review19: a rollback restored 995 wrong rows while the ledger
+    still said undone; the undo then answered `not-loaded` and a load stored the file beside
+    them). A rollback to before the load brings none back (review19b: that was taken as rows
+    back, and neither the undo nor a load could go on).
 
     Table properties are not rolled back with the data: the undo's snapshot (`undo_snapshot_key`)
     tells. The current snapshot descends from it: not rolled back. An ancestor older than it
-    (by sequence number) is reached first: rolled back. History expired before either: taken as
-    not rolled back.
+    (by sequence number) is reached first: rolled back, and then the current snapshot's files
+    tagged with the file's SHA-256 say whether rows are back. History expired before either:
+    taken as not rolled back.
     """
-    if not is_undone(value) or not undone_rows(value):
+    if not is_undone(value) or not undone_rows(value) or not _rolled_back(table, sha256):
         return False
+    tag = file_tag_of(sha256)
+    return any(file_tag(f.file_path) == tag for f in current_data_files(table))
+
+
+def _rolled_back(table: Table, sha256: str) -> bool:
+    """Whether the current snapshot does not descend from the file's recorded undo snapshot."""
     recorded = table.properties.get(undo_snapshot_key(sha256), "")
     snapshot_id, _, sequence = recorded.partition(":")
     if not snapshot_id.isdigit() or not sequence.isdigit():

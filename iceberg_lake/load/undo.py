@@ -186,16 +186,17 @@ def _undo_in(
                 )
             files = [f for f in current_data_files(table) if file_tag(f.file_path) == tag]
         found = sum(f.record_count for f in files)
+        if rolled_back:
+            # Rolled back to some point after the load: whatever of its rows that snapshot
+            # held is back (a generation or all of them), every row of them the file's.
+            stored = found
         if found != stored:
-            why = (
-                f"{table_id} was rolled back past its undo, and holds {found:,} of the "
-                f"{stored:,} rows that undo removed"
-                if rolled_back
-                else f"{table_id} holds {found:,} rows in data files of its loads, their ledger "
-                f"counts {stored:,}: the others were rewritten into files of other rows (another "
-                "engine's compaction, or a rollback to before a load?)"
+            raise UndoRefusedError(
+                f"{name}: {table_id} holds {found:,} rows in data files of its loads, their "
+                f"ledger counts {stored:,}: the others were rewritten into files of other rows "
+                "(another engine's compaction, or a rollback to before a load?) and cannot be "
+                "told apart; nothing was removed"
             )
-            raise UndoRefusedError(f"{name}: {why}; they cannot be told apart, nothing was removed")
         generation = ledger_generation(value) if is_undoing(value) else ledger_generation(value) + 1
         fence = undoing_value(generation, stored)
         try:
