@@ -567,3 +567,60 @@ def test_events_stamped_far_ahead_are_dead_lettered_and_a_wide_commit_is_warned_
     finally:
         writer.MANY_HOURS = old
     assert not [r for r in caplog.records if "distinct hours" in r.getMessage()]
+
+
+def test_a_flush_retried_after_its_first_table_committed_is_not_decoded_again(
+    tmp_path: Path, nats: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review19c: the target table committed, the dead letters' commit hit a catalog blip, and
+    a widen landed before the retry: the retry decoded the batch again, committed the table's
+    row a second time and lost the message the widen accepted (in neither table). A flush that
+    partly committed keeps its verdicts: one row, one dead letter."""
+    from ingest_support import publish_async, service_running
+
+    from iceberg_lake.ingest import writer as writer_module
+    from iceberg_lake.schema.evolve import WidenColumn, evolve_table
+
+    settings = settings_for(
+        tmp_path, nats.url, LAKE_BRONZE_BATCH_SIZE="1000", LAKE_BRONZE_BATCH_SECONDS="2"
+    )
+    table = "bronze.stocks_trades"
+    catalog = LakeCatalog(settings)
+    real = writer_module.dead_letter_table
+    blips: list[int] = []
+
+    def blip_after_a_widen(payload: Any, schema: Any) -> Any:
+        if not blips and payload:
+            blips.append(1)
+            widened = evolve_table(
+                catalog.load_table(table), table, [WidenColumn("exchange", "long")], fresh=True
+            )
+            assert widened.committed
+            raise ConnectionError("catalog blip while writing the dead letters")
+        return real(payload, schema)
+
+    monkeypatch.setattr(writer_module, "dead_letter_table", blip_after_a_widen)
+    messages = [
+        ("market.stocks.trades", encode(make_event(table, 1)), None),
+        ("market.stocks.trades", encode({**make_event(table, 2), "exchange": 70_000}), None),
+    ]
+
+    async def scenario() -> None:
+        async with service_running(settings, [table]) as (service, runner):
+            await publish_async(settings, messages)
+            await await_until(lambda: bool(blips), 60, "the blip", alive=runner)
+            await await_until(
+                lambda: _rows_of(settings, "bronze.dead_letters") >= 1,
+                60,
+                "the dead letter after the retry",
+                alive=runner,
+            )
+
+    asyncio.run(scenario())
+    stored = catalog.load_table(table).scan().to_arrow()
+    assert stored.column("seq").to_pylist() == [1]
+    assert _rows_of(settings, "bronze.dead_letters") == 1
+
+
+def _rows_of(settings: Any, table: str) -> int:
+    return LakeCatalog(settings).load_table(table).scan(selected_fields=("stream_seq",)).count()

@@ -1308,6 +1308,17 @@ class ConsumerWriter:
             assert self.decoder is not None
             return self.decoder, {tid: codec.schema_id for tid, codec in self.codecs.items()}
 
+    def _partly_committed(self, batch: MicroBatch) -> bool:
+        """Whether a table already holds part of `batch` (this writer saw its commit land, or
+        the table's refreshed watermark reached the batch: a commit whose response was lost)."""
+        for tid in (*self.target_ids, DEAD_LETTERS_TABLE):
+            if self.watermarks.get(tid, 0) >= batch.first_seq:
+                return True
+            table = self.tables.get(tid)
+            if table is not None and int(table.properties.get(self.wm_key, 0)) >= batch.first_seq:
+                return True
+        return False
+
     def _decoded_before_change(self, batch: MicroBatch) -> bool:
         """True if rows of `batch` dropped fields of a table, or messages of it were rejected
         for a table, whose schema changed since they were decoded, however the writer learned
@@ -1557,7 +1568,11 @@ class ConsumerWriter:
                 raise
             except Exception:  # noqa: BLE001, S110 - an outage: the next attempt tells
                 pass
-            if self._decoded_before_change(batch):  # a migration landed: see above
+            # A migration landed: see above. Never once part of the flush committed: its
+            # verdicts are final (review19c: re-decoded after the target table committed, the
+            # table's rows were committed a second time and the message a widen now accepted
+            # was in neither table).
+            if not self._partly_committed(batch) and self._decoded_before_change(batch):
                 self._redecode(batch)
                 if batch.dead:  # verdicts may have changed (copies deduplicated by id)
                     await self._publish_dead_letters(batch.dead)
