@@ -279,6 +279,7 @@ def test_status_lists_a_declared_table_missing_from_the_catalog_as_an_error(
     assert set(tables) == set(lake.registry.identifiers)
     assert tables["bronze.options_trades"]["missing"] is True
     assert "declared but not in the catalog" in tables["bronze.options_trades"]["error"]
+    assert tables["bronze.options_trades"]["rows"] is None  # no counts, not 0 (review19c)
     assert [t for t, v in tables.items() if v["missing"]] == ["bronze.options_trades"]
 
     wide = {**_env(tmp_path, url), "COLUMNS": "200"}

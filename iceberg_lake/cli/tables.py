@@ -74,6 +74,9 @@ def tables(output: OutputFormat = OUTPUT_OPTION) -> None:
         }
         if not out.for_people:
             row["missing"] = t.missing
+            if t.missing:  # no counts, and why (review19c: 0s and no `error`)
+                row |= dict.fromkeys(("rows", "data_files", "bytes", "snapshots"))
+                row |= {"last_commit": None, "error": t.error}
         elif t.missing:
             row = dict.fromkeys(row, "-") | {"table": t.table, "last_commit": "not in the catalog"}
         rows.append(row)

@@ -96,6 +96,18 @@ def missing_table_status(identifier: str) -> TableStatus:
     )
 
 
+#: The counts a missing table has none of (null in JSON, not 0: review19c).
+_COUNTS = ("rows", "data_files", "mean_file_bytes", "snapshots", "bytes")
+
+
+def _table_json(status: TableStatus) -> dict[str, Any]:
+    """A table's report as JSON: a missing table's counts are null."""
+    out = asdict(status)
+    if status.missing:
+        out.update(dict.fromkeys(_COUNTS))
+    return out
+
+
 def missing_table_errors(tables: list[TableStatus]) -> list[str]:
     """The error lines for the missing tables of a report: one per table, or one for all when
     no table is in the catalog yet (a lake before `lake init`)."""
@@ -164,7 +176,7 @@ class LakeStatus:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (consumers carry their `lag`)."""
         return {
-            "tables": [asdict(t) for t in self.tables],
+            "tables": [_table_json(t) for t in self.tables],
             "consumers": [{**asdict(c), "lag": c.lag} for c in self.consumers],
             "dead_letters": dict(sorted(self.dead_letters.items())),
             "nats": self.nats,

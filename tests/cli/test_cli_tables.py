@@ -57,7 +57,12 @@ def test_tables_lists_a_declared_table_missing_from_the_catalog(tmp_path: Path) 
     rows = {r["table"]: r for r in json.loads(result.stdout)}
     assert set(rows) == set(lake.registry.identifiers)
     assert rows["bronze.options_trades"]["missing"] is True
+    # No counts (null, not 0) and why (review19c).
+    assert rows["bronze.options_trades"]["rows"] is None
+    assert "declared but not in the catalog" in rows["bronze.options_trades"]["error"]
     assert not rows["bronze.stocks_trades"]["missing"]
+    as_csv = runner.invoke(app, ["tables", "-o", "csv"], env=_env(tmp_path))
+    assert as_csv.exit_code == 0, as_csv.output
     assert "bronze.options_trades: declared but not in the catalog" in result.stderr
 
     wide = {**_env(tmp_path), "COLUMNS": "200"}
