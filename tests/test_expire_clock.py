@@ -50,3 +50,20 @@ def test_a_fast_local_clock_does_not_expire_snapshots_inside_the_window(
     later = datetime.now(UTC) + timedelta(hours=7)
     dry = TableMaintenance(lake, TABLE).expire_snapshots(now=later, dry_run=True)
     assert len(dry.expired) == snapshots - 1
+
+
+def test_a_writer_on_a_fast_host_does_not_expire_snapshots_inside_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review19b: the writers' in-line expiry (`lake serve`) still took this machine's clock: a
+    host 7 h fast dropped 5 of 6 snapshots inside the 6 h window."""
+    lake: LakeCatalog = make_lake(tmp_path / "data")
+    for i in range(3):
+        path = write_csv_gz(tmp_path / f"f{i}.csv.gz", polygon_trades(10 + i))
+        load_file(lake, path, LoadOptions(table=TABLE))
+    monkeypatch.setattr(maintenance, "_INLINE_OFFSETS", {}, raising=False)  # its probe only
+    monkeypatch.setattr(maintenance, "datetime", _SevenHoursFast)
+    with caplog.at_level(logging.WARNING, logger=maintenance.log.name):
+        expired = maintenance.expire_inline(lake, lake.load_table(TABLE), TABLE)
+    assert expired == 0 and len(lake.load_table(TABLE).snapshots()) == 3
+    assert "in-line expiry: this machine's clock is 2520" in caplog.text

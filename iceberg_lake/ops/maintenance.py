@@ -1170,6 +1170,40 @@ POLICY_EVERY_COMMITS = FOLD_MIN_MANIFESTS
 FOLD_MANIFESTS_OPERATION = "fold-manifests"
 
 
+#: Seconds a store clock probe of the writers' in-line expiry is reused for (per store).
+INLINE_CLOCK_PROBE_SECONDS = 600.0
+_INLINE_OFFSETS: dict[tuple[str, str], tuple[float, timedelta]] = {}
+
+
+def _inline_now(table: Table) -> datetime:
+    """The time a writer's in-line expiry measures the window to: this machine's clock, or the
+    store's when this one is more than `CLOCK_WARNING` ahead of it (review19b: a writer host 7 h
+    fast dropped 5 of 6 snapshots inside the window). The store is probed at most every
+    `INLINE_CLOCK_PROBE_SECONDS`; a probe that fails leaves this machine's clock (a writer never
+    stops for it)."""
+    import time as _time
+
+    local = _local_now()
+    store = urlparse(table.location())[:2]
+    cached = _INLINE_OFFSETS.get(store)
+    if cached is None or _time.monotonic() - cached[0] > INLINE_CLOCK_PROBE_SECONDS:
+        try:
+            offset = store_clock_offset(listing_io(table), table.location(), _local_now)
+        except LakeError as exc:
+            log.debug("in-line expiry: %s; the window uses this machine's clock", exc)
+            offset = None
+        cached = (_time.monotonic(), offset if offset is not None else timedelta(0))
+        _INLINE_OFFSETS[store] = cached
+        if cached[1] < -CLOCK_WARNING:
+            log.warning(
+                "in-line expiry: this machine's clock is %.0f s ahead of the store's (%s); the "
+                "retention window is measured on the store's clock",
+                -cached[1].total_seconds(),
+                "://".join(store),
+            )
+    return local + cached[1] if cached[1] < -CLOCK_WARNING else local
+
+
 def expire_inline(catalog: LakeCatalog, table: Table, table_id: str) -> int:
     """A writer's in-line policy run: the same `ExpiryPolicy`, without deleting files.
 
@@ -1191,7 +1225,7 @@ def expire_inline(catalog: LakeCatalog, table: Table, table_id: str) -> int:
     import time as _time
 
     policy = ExpiryPolicy.for_table(catalog.settings, table_id)
-    now = datetime.now(UTC)
+    now = _inline_now(table)
     silver: set[int] | None = None
     if table_id.startswith("bronze."):
         cached = _SILVER_CACHE.get(id(catalog))
