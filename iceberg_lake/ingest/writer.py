@@ -1270,17 +1270,31 @@ class ConsumerWriter:
         in memory: nothing is fetched again, so a stream limit that removed them meanwhile
         loses nothing (review17)."""
         decoder, schema_ids = self._decoder()
+        # A flush retried after some of its tables committed: their rows and their messages'
+        # verdicts are final; only the rest is decoded again (review19c: the table's row was
+        # committed twice and the message a widen accepted was in neither table; review19d:
+        # keeping the whole flush as it was made a migration's schema check fail every retry).
+        committed = self._committed_tables(batch)
         parts: list[Part] = []
         again = refused = 0
         for part in batch.parts:
             f = part.fetched if part.fetched is not None else part.rejects
-            if f is None or all(schema_ids[t] == sid for t, sid in f.schema_ids.items()):
+            if f is None or all(
+                schema_ids[t] == sid or t in committed for t, sid in f.schema_ids.items()
+            ):
                 parts.append(part)
                 continue
             msgs = f.messages()
             bodies = [m.data for m in msgs]
             routed = decode_chunked(decoder, bodies, f.subjects, f.recv_ns)
             redone = self._part(msgs, f.seqs, f.recv_ns, routed, schema_ids)
+            if committed:
+                redecoded = set(f.seqs)
+                redone.dead = [d for d in redone.dead if d.target_table not in committed] + [
+                    d
+                    for d in part.dead
+                    if d.target_table in committed and d.stream_seq in redecoded
+                ]
             if part.fetched is None:
                 # Only its rejected messages: what the part kept of them (the other events
                 # of a batched message) is replaced by their new decoding, a part of its own.
@@ -1289,6 +1303,9 @@ class ConsumerWriter:
             else:
                 again += len(msgs)
             parts.append(redone)
+        for part in parts:  # committed: not in this flush's commits any more
+            for tid in committed & part.tables.keys():
+                del part.tables[tid]
         batch.replace_parts(parts)
         log.info(
             "writer %s: a schema changed under %d buffered messages (seq %d..%d) decoded before "
@@ -1308,16 +1325,19 @@ class ConsumerWriter:
             assert self.decoder is not None
             return self.decoder, {tid: codec.schema_id for tid, codec in self.codecs.items()}
 
-    def _partly_committed(self, batch: MicroBatch) -> bool:
-        """Whether a table already holds part of `batch` (this writer saw its commit land, or
-        the table's refreshed watermark reached the batch: a commit whose response was lost)."""
+    def _committed_tables(self, batch: MicroBatch) -> set[str]:
+        """The tables that hold all of `batch` already: a flush retried after part of it
+        committed (this writer saw the commit land, or the table's refreshed watermark reached
+        the batch: a commit whose response was lost)."""
+        done = set()
         for tid in (*self.target_ids, DEAD_LETTERS_TABLE):
-            if self.watermarks.get(tid, 0) >= batch.first_seq:
-                return True
             table = self.tables.get(tid)
-            if table is not None and int(table.properties.get(self.wm_key, 0)) >= batch.first_seq:
-                return True
-        return False
+            marks = [self.watermarks.get(tid, 0)]
+            if table is not None:
+                marks.append(int(table.properties.get(self.wm_key, 0)))
+            if max(marks) >= batch.last_seq:
+                done.add(tid)
+        return done
 
     def _decoded_before_change(self, batch: MicroBatch) -> bool:
         """True if rows of `batch` dropped fields of a table, or messages of it were rejected
@@ -1568,11 +1588,7 @@ class ConsumerWriter:
                 raise
             except Exception:  # noqa: BLE001, S110 - an outage: the next attempt tells
                 pass
-            # A migration landed: see above. Never once part of the flush committed: its
-            # verdicts are final (review19c: re-decoded after the target table committed, the
-            # table's rows were committed a second time and the message a widen now accepted
-            # was in neither table).
-            if not self._partly_committed(batch) and self._decoded_before_change(batch):
+            if self._decoded_before_change(batch):  # a migration landed: see above
                 self._redecode(batch)
                 if batch.dead:  # verdicts may have changed (copies deduplicated by id)
                     await self._publish_dead_letters(batch.dead)
