@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from iceberg_lake.catalog import LakeCatalog
+from iceberg_lake.exceptions import LakeError
 from iceberg_lake.load import LoadOptions, load_file
 from iceberg_lake.ops import maintenance
 from iceberg_lake.ops.maintenance import TableMaintenance
@@ -67,3 +68,32 @@ def test_a_writer_on_a_fast_host_does_not_expire_snapshots_inside_the_window(
         expired = maintenance.expire_inline(lake, lake.load_table(TABLE), TABLE)
     assert expired == 0 and len(lake.load_table(TABLE).snapshots()) == 3
     assert "in-line expiry: this machine's clock is 2520" in caplog.text
+
+
+def test_a_clock_step_is_seen_and_an_unchecked_clock_expires_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review19d: a host clock that jumped ahead after a good probe was trusted for up to 10
+    minutes, and a probe that failed (an S3 503, a bucket policy) left the host's clock, said
+    at DEBUG: 2 of 3 snapshots inside the window were dropped each way."""
+    lake: LakeCatalog = make_lake(tmp_path / "data")
+    for i in range(3):
+        path = write_csv_gz(tmp_path / f"f{i}.csv.gz", polygon_trades(10 + i))
+        load_file(lake, path, LoadOptions(table=TABLE))
+    monkeypatch.setattr(maintenance, "_INLINE_OFFSETS", {}, raising=False)
+    assert maintenance.expire_inline(lake, lake.load_table(TABLE), TABLE) == 0  # probed: agree
+    monkeypatch.setattr(maintenance, "datetime", _SevenHoursFast)  # the host's clock steps
+    with caplog.at_level(logging.WARNING, logger=maintenance.log.name):
+        assert maintenance.expire_inline(lake, lake.load_table(TABLE), TABLE) == 0
+    assert "this machine's clock is 2520" in caplog.text
+
+    def unreachable(*args: object) -> None:
+        raise LakeError("cannot write a clock probe under the table: 503 SlowDown")
+
+    monkeypatch.setattr(maintenance, "_INLINE_OFFSETS", {}, raising=False)
+    monkeypatch.setattr(maintenance, "store_clock_offset", unreachable)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=maintenance.log.name):
+        assert maintenance.expire_inline(lake, lake.load_table(TABLE), TABLE) == 0
+    assert "in-line expiry of" in caplog.text and "skipped" in caplog.text
+    assert len(lake.load_table(TABLE).snapshots()) == 3

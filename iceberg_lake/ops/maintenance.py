@@ -1170,38 +1170,62 @@ POLICY_EVERY_COMMITS = FOLD_MIN_MANIFESTS
 FOLD_MANIFESTS_OPERATION = "fold-manifests"
 
 
-#: Seconds a store clock probe of the writers' in-line expiry is reused for (per store).
+#: Seconds a store clock probe of the writers' in-line expiry is reused for (per store), and
+#: after a failed probe, before the next try.
 INLINE_CLOCK_PROBE_SECONDS = 600.0
-_INLINE_OFFSETS: dict[tuple[str, str], tuple[float, timedelta]] = {}
+INLINE_CLOCK_RETRY_SECONDS = 60.0
+#: store → (monotonic time, this machine's time, offset; None: the probe failed).
+_INLINE_OFFSETS: dict[tuple[str, str], tuple[float, datetime, timedelta | None]] = {}
 
 
-def _inline_now(table: Table) -> datetime:
+def _inline_now(table: Table) -> datetime | None:
     """The time a writer's in-line expiry measures the window to: this machine's clock, or the
     store's when this one is more than `CLOCK_WARNING` ahead of it (review19b: a writer host 7 h
     fast dropped 5 of 6 snapshots inside the window). The store is probed at most every
-    `INLINE_CLOCK_PROBE_SECONDS`; a probe that fails leaves this machine's clock (a writer never
-    stops for it)."""
+    `INLINE_CLOCK_PROBE_SECONDS`, and again at once when this machine's clock moved otherwise
+    than the monotonic one since (a step). None when the probe failed: the run expires
+    nothing (a warning; it tries again a minute later), since a host clock it cannot check
+    could expire inside the window (review19d)."""
     import time as _time
 
     local = _local_now()
+    mono = _time.monotonic()
     store = urlparse(table.location())[:2]
     cached = _INLINE_OFFSETS.get(store)
-    if cached is None or _time.monotonic() - cached[0] > INLINE_CLOCK_PROBE_SECONDS:
+    stale = cached is None or mono - cached[0] > (
+        INLINE_CLOCK_PROBE_SECONDS if cached[2] is not None else INLINE_CLOCK_RETRY_SECONDS
+    )
+    if cached is not None and not stale:
+        stepped = (local - cached[1]).total_seconds() - (mono - cached[0])
+        stale = abs(stepped) > CLOCK_WARNING.total_seconds()
+    if stale:
+        offset: timedelta | None
         try:
             offset = store_clock_offset(listing_io(table), table.location(), _local_now)
+            offset = offset if offset is not None else timedelta(0)
         except LakeError as exc:
-            log.debug("in-line expiry: %s; the window uses this machine's clock", exc)
+            log.warning(
+                "in-line expiry of %s skipped: %s (the host's clock cannot be checked against "
+                "the store's; trying again in %.0f s)",
+                table.name(),
+                exc,
+                INLINE_CLOCK_RETRY_SECONDS,
+            )
             offset = None
-        cached = (_time.monotonic(), offset if offset is not None else timedelta(0))
+        cached = (mono, local, offset)
         _INLINE_OFFSETS[store] = cached
-        if cached[1] < -CLOCK_WARNING:
+        if offset is not None and offset < -CLOCK_WARNING:
             log.warning(
                 "in-line expiry: this machine's clock is %.0f s ahead of the store's (%s); the "
                 "retention window is measured on the store's clock",
-                -cached[1].total_seconds(),
+                -offset.total_seconds(),
                 "://".join(store),
             )
-    return local + cached[1] if cached[1] < -CLOCK_WARNING else local
+    assert cached is not None
+    offset = cached[2]
+    if offset is None:
+        return None
+    return local + offset if offset < -CLOCK_WARNING else local
 
 
 def expire_inline(catalog: LakeCatalog, table: Table, table_id: str) -> int:
@@ -1225,7 +1249,8 @@ def expire_inline(catalog: LakeCatalog, table: Table, table_id: str) -> int:
     import time as _time
 
     policy = ExpiryPolicy.for_table(catalog.settings, table_id)
-    now = _inline_now(table)
+    checked = _inline_now(table)
+    now = checked or _local_now()
     silver: set[int] | None = None
     if table_id.startswith("bronze."):
         cached = _SILVER_CACHE.get(id(catalog))
@@ -1239,6 +1264,9 @@ def expire_inline(catalog: LakeCatalog, table: Table, table_id: str) -> int:
             _SILVER_CACHE[id(catalog)] = cached
             silver = cached[1].get(table_id, set())
     policy.maintain_refs(table, table_id, silver, now)
+    if checked is None:  # the clock could not be checked: keep every snapshot this time
+        fold_inline(table)
+        return 0
     expired, _ = policy.select(table, silver or set(), now)
     if expired:
         # With a precondition: a tag created meanwhile on one of them is never dropped.
