@@ -370,7 +370,7 @@ def test_a_folder_holding_the_lake_itself_loads_only_the_vendor_files(tmp_path: 
         assert out.exit_code == 0, out.output
         payload = json.loads(out.stdout)
         assert [Path(r["file"]).name for r in payload["results"]] == ["d0.csv.gz"]
-        assert payload["skipped_lake_folders"] == [str(tmp_path / "lake-data")]
+        assert payload["skipped_lake_folders"] == [str(tmp_path / "lake-data" / "warehouse")]
     assert LakeCatalog(load_settings(env)).load_table(TABLE).scan().count() == 300
     # Another lake's table folder copied in among the downloads is not read either.
     table_dir = Path(
@@ -385,8 +385,10 @@ def test_a_folder_holding_the_lake_itself_loads_only_the_vendor_files(tmp_path: 
     # Nor a folder inside the lake (review19b: a table's data folder loaded back, 300 → 600).
     inside = runner.invoke(app, ["load", str(table_dir / "data"), "--table", TABLE], env=env)
     assert inside.exit_code == 1 and "is inside the lake's own folder" in inside.output
-    own = runner.invoke(app, ["load", str(tmp_path / "lake-data"), "--table", TABLE], env=env)
-    assert own.exit_code == 1 and "lake-data is the lake's own folder" in own.output
+    own = runner.invoke(
+        app, ["load", str(tmp_path / "lake-data" / "warehouse"), "--table", TABLE], env=env
+    )
+    assert own.exit_code == 1 and "warehouse is the lake's own folder" in own.output
     assert LakeCatalog(load_settings(env)).load_table(TABLE).scan().count() == 300
     device = runner.invoke(app, ["load", "/dev/null"], env=env)
     assert device.exit_code == 1 and "/dev/null is not a regular file" in device.output

@@ -399,12 +399,12 @@ def _regular_file(path: Path) -> Path:
 
 
 def _own_folders(lake_settings: Any) -> set[str]:
-    """Real paths of the lake's own local folders: its data directory and a local warehouse."""
-    own = {os.path.realpath(lake_settings.data_dir)}
+    """Real path of the lake's own local folder: a local warehouse (not all of `LAKE_DATA_DIR`:
+    an `incoming/` kept beside the catalog is the user's, review19d)."""
     parsed = urlparse(lake_settings.warehouse)
     if parsed.scheme == "file":
-        own.add(os.path.realpath(unquote(parsed.path)))
-    return own
+        return {os.path.realpath(unquote(parsed.path))}
+    return set()
 
 
 def _refuse_inside_lake(path: Path, own: Collection[str]) -> None:
