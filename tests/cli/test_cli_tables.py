@@ -63,6 +63,11 @@ def test_tables_lists_a_declared_table_missing_from_the_catalog(tmp_path: Path) 
     assert not rows["bronze.stocks_trades"]["missing"]
     as_csv = runner.invoke(app, ["tables", "-o", "csv"], env=_env(tmp_path))
     assert as_csv.exit_code == 0, as_csv.output
+    # `lake check` says it did not check it (review19d: skipped without a word, exit 0).
+    checked = runner.invoke(app, ["check", "--strict"], env=_env(tmp_path))
+    assert checked.exit_code == 1
+    assert "bronze.options_trades: declared but not in the catalog" in checked.stderr
+    assert "(not checked)" in checked.stderr
     assert "bronze.options_trades: declared but not in the catalog" in result.stderr
 
     wide = {**_env(tmp_path), "COLUMNS": "200"}
