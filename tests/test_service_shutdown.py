@@ -23,10 +23,11 @@ from ingest_support import (
     scan_sql,
     settings_for,
 )
-from test_service_process import start_serve, wait_for, watermark
+from test_service_process import _metrics, _value, start_serve, wait_for, watermark
 
 from iceberg_lake.config import Settings
 from iceberg_lake.engine import nats as bus
+from iceberg_lake.runtime import free_port
 from iceberg_lake.testing import NatsServer, S3Server, run_nats_server
 
 pytestmark = pytest.mark.integration
@@ -99,6 +100,13 @@ async def _ack_pending(settings: Settings) -> int:
         await nc.close()
 
 
+def _buffered(port: int) -> float:
+    try:
+        return _value(_metrics(port), "lake_ingest_buffer_events", "stocks_trades")
+    except OSError:
+        return -1.0
+
+
 def _kill_nats(server: NatsServer) -> None:
     """SIGKILL by PID (no lame-duck goodbye to the clients), reaped."""
     assert server.process.pid is not None
@@ -138,13 +146,17 @@ def test_sigterm_with_nats_down_exits_within_grace_and_loses_nothing(tmp_path: P
         )
         items = [("market.stocks.trades", encode(make_event(TABLE, i)), None) for i in range(400)]
         items[250] = ("market.stocks.trades", b"{not json", None)  # a dead letter in the buffer
-        log = tmp_path / "serve.log"
+        log, port = tmp_path / "serve.log", free_port()
         publish(settings, items[:200], acked=True)
-        proc = start_serve(settings, log, "--tables", "stocks_trades")
+        proc = start_serve(settings, log, "--tables", "stocks_trades", "--metrics-port", str(port))
         try:
             wait_for(lambda: watermark(settings, TABLE) == 200, 30, "the first batch", proc)
             publish(settings, items[200:300], acked=True)
-            wait_for(lambda: asyncio.run(_ack_pending(settings)) == 100, 10, "a buffer", proc)
+            wait_for(lambda: asyncio.run(_ack_pending(settings)) == 100, 10, "a delivery", proc)
+            # Delivered is not yet buffered: on a loaded machine the writer may still be reading
+            # them from the socket, and what it has not read is lost with the connection (to be
+            # read again later). The 99 events of the 100 messages (one is the dead letter):
+            wait_for(lambda: _buffered(port) == 99, 10, "a buffer of 99 events", proc)
             # Frozen, the process sees the lost connection and the SIGTERM together: NATS goes
             # down as the buffer is flushed.
             proc.send_signal(signal.SIGSTOP)
