@@ -675,3 +675,75 @@ def test_a_migration_between_two_tables_of_a_flush_is_followed_not_retried_for_e
     stored = catalog.load_table(trades).scan().to_arrow()
     assert stored.select(["seq", "venue_x"]).to_pylist() == [{"seq": 2, "venue_x": "DARK"}]
     assert _rows_of(settings, quotes) == 1
+
+
+def test_a_lost_commit_response_then_a_widen_keeps_the_message_once(
+    tmp_path: Path, nats: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review19e: the target table's commit landed, its response was lost, a widen landed and
+    the table refresh failed once: the retry took the committed table out of the flush without
+    recording its watermark, and the message the widen accepted was in neither table. It is
+    stored once or dead-lettered once, and no row twice."""
+    import contextlib
+
+    from ingest_support import publish_async, service_running
+
+    from iceberg_lake.ingest import writer as writer_module
+    from iceberg_lake.schema.evolve import WidenColumn, evolve_table
+
+    settings = settings_for(
+        tmp_path, nats.url, LAKE_BRONZE_BATCH_SIZE="1000", LAKE_BRONZE_BATCH_SECONDS="2"
+    )
+    table = "bronze.stocks_trades"
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    real_append = writer_module.watermarked_append
+    real_refresh = writer_module.ConsumerWriter._refresh_tables
+    state = {"lost": False, "refresh_fails": False}
+
+    @contextlib.contextmanager
+    def response_lost(target: Any, **kwargs: Any) -> Any:
+        with real_append(target, **kwargs) as app:
+            yield app
+        if not state["lost"] and target.name()[-1] == "stocks_trades":
+            state["lost"] = state["refresh_fails"] = True
+            widened = evolve_table(
+                catalog.load_table(table), table, [WidenColumn("exchange", "long")], fresh=True
+            )
+            assert widened.committed
+            raise ConnectionError("response lost")
+
+    def refresh_fails_once(self: Any) -> None:
+        if state["refresh_fails"]:
+            state["refresh_fails"] = False
+            self._reload_schemas()  # the writer's schema check got through meanwhile
+            raise ConnectionError("catalog blip on refresh")
+        real_refresh(self)
+
+    monkeypatch.setattr(writer_module, "watermarked_append", response_lost)
+    monkeypatch.setattr(writer_module.ConsumerWriter, "_refresh_tables", refresh_fails_once)
+    messages = [
+        ("market.stocks.trades", encode(make_event(table, 1)), None),
+        ("market.stocks.trades", encode({**make_event(table, 2), "exchange": 70_000}), None),
+    ]
+
+    def settled() -> bool:
+        stored = _seqs(settings, table)
+        return 1 in stored and (2 in stored or 2 in _seqs(settings, "bronze.dead_letters"))
+
+    async def scenario() -> None:
+        async with service_running(settings, [table]) as (service, runner):
+            await publish_async(settings, messages)
+            await await_until(settled, 60, "seq 1 stored and seq 2 kept", alive=runner)
+
+    asyncio.run(scenario())
+    stored = _seqs(settings, table)
+    letters = _seqs(settings, "bronze.dead_letters")
+    assert sorted(stored) == sorted(set(stored)) and 1 in stored
+    assert (2 in stored) != (2 in letters)
+
+
+def _seqs(settings: Any, table: str) -> list[int]:
+    rows = LakeCatalog(settings).load_table(table).scan().to_arrow()
+    column = "stream_seq" if table == "bronze.dead_letters" else "seq"
+    return rows.column(column).to_pylist()

@@ -1331,11 +1331,17 @@ class ConsumerWriter:
         the batch: a commit whose response was lost)."""
         done = set()
         for tid in (*self.target_ids, DEAD_LETTERS_TABLE):
+            if self.watermarks.get(tid, 0) >= batch.last_seq:
+                done.add(tid)
+                continue
             table = self.tables.get(tid)
-            marks = [self.watermarks.get(tid, 0)]
-            if table is not None:
-                marks.append(int(table.properties.get(self.wm_key, 0)))
-            if max(marks) >= batch.last_seq:
+            if table is not None and table.properties.get(self.wm_key) == str(batch.last_seq):
+                # Its commit landed, the response was lost: recorded as the commit path's
+                # "landed before" does, or the next commit takes its own watermark for another
+                # writer's (review19e: the message a widen accepted then was in neither table).
+                # A watermark past the batch is another writer's: the commit path fences.
+                self.watermarks[tid] = batch.last_seq
+                self.seen[tid] = table.properties.get(self.wm_key)
                 done.add(tid)
         return done
 
