@@ -97,3 +97,29 @@ def test_a_clock_step_is_seen_and_an_unchecked_clock_expires_nothing(
         assert maintenance.expire_inline(lake, lake.load_table(TABLE), TABLE) == 0
     assert "in-line expiry of" in caplog.text and "skipped" in caplog.text
     assert len(lake.load_table(TABLE).snapshots()) == 3
+
+
+@pytest.mark.parametrize("probe", ["fails", "works"])
+def test_a_fast_host_keeps_a_desks_tag_whether_or_not_the_probe_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probe: str
+) -> None:
+    """review19e: with the probe failing, expiry was skipped but the tag upkeep still ran on the
+    host's clock 7 h fast: a desk's 3-hour tag was dropped 7 h early and checkpoint tags made
+    for hours still to come."""
+    lake: LakeCatalog = make_lake(tmp_path / "data")
+    for i in range(3):
+        path = write_csv_gz(tmp_path / f"f{i}.csv.gz", polygon_trades(10 + i))
+        load_file(lake, path, LoadOptions(table=TABLE))
+    table = lake.load_table(TABLE)
+    first = table.snapshots()[0].snapshot_id
+    table.manage_snapshots().create_tag(first, "eod-keep", max_ref_age_ms=3 * 3600 * 1000).commit()
+    monkeypatch.setattr(maintenance, "_INLINE_OFFSETS", {}, raising=False)
+    monkeypatch.setattr(maintenance, "datetime", _SevenHoursFast)
+    if probe == "fails":
+
+        def unreachable(*args: object) -> None:
+            raise LakeError("cannot write a clock probe under the table: 503 SlowDown")
+
+        monkeypatch.setattr(maintenance, "store_clock_offset", unreachable)
+    maintenance.expire_inline(lake, lake.load_table(TABLE), TABLE)
+    assert "eod-keep" in lake.load_table(TABLE).metadata.refs
