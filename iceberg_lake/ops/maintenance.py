@@ -1249,8 +1249,12 @@ def expire_inline(catalog: LakeCatalog, table: Table, table_id: str) -> int:
     import time as _time
 
     policy = ExpiryPolicy.for_table(catalog.settings, table_id)
-    checked = _inline_now(table)
-    now = checked or _local_now()  # unused when unchecked: nothing below runs then
+    now = _inline_now(table)
+    if now is None:
+        # The clock could not be checked: no expiry and no tag upkeep this time (review19e: the
+        # upkeep on a 7 h fast clock dropped a 3-hour tag 7 h early and tagged future hours).
+        fold_inline(table)
+        return 0
     silver: set[int] | None = None
     if table_id.startswith("bronze."):
         cached = _SILVER_CACHE.get(id(catalog))
@@ -1263,11 +1267,6 @@ def expire_inline(catalog: LakeCatalog, table: Table, table_id: str) -> int:
             cached = (_time.monotonic(), silver_sources(catalog))
             _SILVER_CACHE[id(catalog)] = cached
             silver = cached[1].get(table_id, set())
-    if checked is None:
-        # The clock could not be checked: no expiry and no tag upkeep this time (review19e: the
-        # upkeep on a 7 h fast clock dropped a 3-hour tag 7 h early and tagged future hours).
-        fold_inline(table)
-        return 0
     policy.maintain_refs(table, table_id, silver, now)
     expired, _ = policy.select(table, silver or set(), now)
     if expired:
