@@ -1,4 +1,5 @@
-"""As-of joins (`timetravel.asof`, `Lake.asof_join`, `lake asof`) against a brute-force search.
+"""As-of joins (`timetravel.asof`, `Lake.asof_join`, `lake asof`) against a brute-force search
+and pandas' `merge_asof`.
 
 Stock trades with the prevailing NBBO quote and ES futures trades with the prevailing MBP-10 top
 of book, on generated data with equal timestamps (quotes stamped in the same nanosecond as a
@@ -136,6 +137,52 @@ def _replay_consumer(settings, tables: list[str], start: int, end: int, cols: li
 
 
 LOOKBACK = 60 * SEC
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_trades_with_prevailing_nbbo_match_pandas_merge_asof(asof_data: dict, strict: bool) -> None:
+    """The same join computed by pandas' `merge_asof` from the generated rows (not from the lake):
+    quotes in replay order (time, then receive time, then the feed's sequence), the last one at
+    or before the trade's nanosecond prevails (before it with `strict`), none older than the
+    lookback's start."""
+    import pandas as pd
+
+    start, end = T14 + 100 * SEC, T14 + 500 * SEC
+    with Lake(asof_data["settings"]) as lk:
+        got = lk.asof_join(
+            TRADES, QUOTES, start_ns=start, end_ns=end, as_of="aj", strict=strict,
+            lookback_ns=LOOKBACK,
+        )  # fmt: skip
+    cols = ["ts_event_ns", "bid_px", "ask_px", "bid_sz", "ask_sz"]
+    trades = pd.DataFrame(asof_data["trades"])
+    trades = trades[(trades.ts_event_ns >= start) & (trades.ts_event_ns < end)]
+    quotes = pd.DataFrame(asof_data["quotes"])
+    quotes["row"] = range(len(quotes))  # the prevailing quote's row, looked up below
+    quotes = quotes[(quotes.ts_event_ns >= start - LOOKBACK) & (quotes.ts_event_ns < end)]
+    quotes = quotes.sort_values(["ts_event_ns", "ts_recv_ns", "seq"], kind="stable")
+    joined = pd.merge_asof(
+        trades.sort_values("ts_event_ns", kind="stable"),
+        quotes[["ts_event_ns", "symbol", "row"]],
+        on="ts_event_ns",
+        by="symbol",
+        allow_exact_matches=not strict,
+    )
+    rows = asof_data["quotes"]
+    expected = {
+        int(seq): None if pd.isna(row) else tuple(rows[int(row)][c] for c in cols)
+        for seq, row in zip(joined["seq"], joined["row"], strict=True)
+    }
+    have = {
+        seq: None if quote[0] is None else tuple(quote)
+        for seq, *quote in zip(
+            got.column("seq").to_pylist(),
+            *(got.column("quote_" + c).to_pylist() for c in cols),
+            strict=True,
+        )
+    }
+    assert len(have) == len(expected) == got.num_rows > 1000
+    assert have == expected
+    assert sum(q is None for q in expected.values()) > 100  # IWM has no quotes
 
 
 @pytest.mark.parametrize("strict", [False, True])
