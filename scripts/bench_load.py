@@ -16,7 +16,11 @@ file to Arrow (zstd stream, NumPy view of the records, prices scaled) and a pyar
 of it with the table's codec (zstd level 3), one file, no validation, sort, partitioning or ledger.
 With `--csv N` it loads a Polygon trades CSV.gz of N rows (no baseline).
 With `--sweep` it loads the Parquet file at several `--commit-rows` values (how the default was
-chosen). Each load runs once (the machine is shared: see the load average printed).
+chosen). With `--kill`, each DBN and CSV.gz file is also loaded into a fresh lake by a `lake load`
+that is killed with SIGKILL once half of its rows are committed, then loaded again by a second
+`lake load`: the table must then hold every row of the file once (not a timing: a check at the
+file sizes the issue names, beside the test suite's smaller files). Each load runs once (the
+machine is shared: see the load average printed).
 
 Every load's table is then read back (a pyiceberg scan of `seq`, outside the load code): rows
 stored and DISTINCT `seq` (each file row has its own) must both equal the file's rows, so a
@@ -28,7 +32,7 @@ files use both cores (`--no-jobs` skips it).
 Usage::
 
     python scripts/bench_load.py [--rows 1000000] [--dbn-mbp10 N] [--csv N] [--sweep] [--no-jobs]
-        [--json]
+        [--kill] [--json]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -205,8 +210,49 @@ def _lake_load(args: list[str], data_dir: Path) -> dict[str, Any]:
     return _measure([*cmd, "-o", "json"], _env(data_dir))
 
 
+def _killed_then_rerun(path: Path, table: str, rows: int, data_dir: Path) -> dict[str, Any]:
+    """`lake load path` (a commit every 100,000 rows) killed with SIGKILL once half of the
+    file's rows are committed, then `lake load path` again: rows committed at the kill, rows the
+    re-run stored, and the table's rows and distinct `seq` after it."""
+    from iceberg_lake.catalog import LakeCatalog
+    from iceberg_lake.config import load_settings
+
+    _init(data_dir)
+    lake = LakeCatalog(load_settings({"LAKE_DATA_DIR": str(data_dir)}))
+    cmd = [sys.executable, "-c", "from iceberg_lake.cli import main; main()", "load", str(path)]
+    proc = subprocess.Popen(
+        [*cmd, "--commit-rows", "100000"],
+        env=_env(data_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def committed() -> int:
+        snapshot = lake.load_table(table).current_snapshot()
+        summary = snapshot.summary if snapshot is not None else None
+        return int(summary.get("total-records") or 0) if summary is not None else 0
+
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and committed() < rows // 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        raise SystemExit(f"lake load {path.name} ended before half of it was committed")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    at_kill = committed()
+    again = _measure_again([str(path)], data_dir)
+    counts = _distinct(data_dir, table)
+    _check_once(counts, rows, f"lake load {path.name} killed half-way, then again")
+    return {"rows_at_kill": at_kill, "stored_by_rerun": again["stored"], **counts}
+
+
 def measure(
-    rows: int, dbn_mbp10: int = 0, csv: int = 0, sweep: bool = False, jobs: bool = True
+    rows: int,
+    dbn_mbp10: int = 0,
+    csv: int = 0,
+    sweep: bool = False,
+    jobs: bool = True,
+    kill: bool = False,
 ) -> dict[str, Any]:
     """Run the measurements; a JSON-friendly report."""
     opts = argparse.Namespace(rows=rows, dbn_mbp10=dbn_mbp10, csv=csv, sweep=sweep, jobs=jobs)
@@ -300,6 +346,10 @@ def measure(
                 "baseline_peak_rss_mb": round(base["rss_mb"]),
                 "vs_baseline": round(base["inner_s"] / r["inner_s"], 2),
             }
+            if kill:
+                report["dbn_mbp10"]["killed_then_rerun"] = _killed_then_rerun(
+                    dbn_path, "bronze.futures_mbp10", opts.dbn_mbp10, root / "dbn_kill"
+                )
         if opts.csv:
             from tests.load_data import polygon_trades, write_csv_gz
 
@@ -317,6 +367,10 @@ def measure(
                 "rows_per_s": round(opts.csv / r["inner_s"]),
                 "peak_rss_mb": round(r["rss_mb"]),
             }
+            if kill:
+                report["polygon_csv_gz"]["killed_then_rerun"] = _killed_then_rerun(
+                    csv_path, "bronze.stocks_trades", opts.csv, root / "csv_kill"
+                )
 
     return report
 
@@ -363,9 +417,16 @@ def main() -> None:
     parser.add_argument(
         "--no-jobs", action="store_true", help="skip the two-file --jobs 1 / --jobs 2 run"
     )
+    parser.add_argument(
+        "--kill",
+        action="store_true",
+        help="also kill a load of the DBN / CSV.gz file half-way and load it again",
+    )
     parser.add_argument("--json", action="store_true")
     opts = parser.parse_args()
-    report = measure(opts.rows, opts.dbn_mbp10, opts.csv, opts.sweep, jobs=not opts.no_jobs)
+    report = measure(
+        opts.rows, opts.dbn_mbp10, opts.csv, opts.sweep, jobs=not opts.no_jobs, kill=opts.kill
+    )
     if opts.json:
         print(json.dumps(report, indent=2))
         return
@@ -412,6 +473,14 @@ def main() -> None:
             f"{r['rows_per_s']:,} rows/s  peak RSS {r['peak_rss_mb']} MB, "
             f"stored {r['stored']:,}, loaded again: {r['stored_again']:,} stored"
         )
+    for name in ("dbn_mbp10", "polygon_csv_gz"):
+        k = report.get(name, {}).get("killed_then_rerun")
+        if k:
+            print(
+                f"  {name} killed with {k['rows_at_kill']:,} rows committed, loaded again: "
+                f"{k['stored_by_rerun']:,} stored; the table holds {k['rows']:,} rows, "
+                f"{k['distinct_seq']:,} distinct (each row once)"
+            )
     for n, r in report.get("commit_rows_sweep", {}).items():
         print(
             f"  --commit-rows {n:>9,}: {r['rows_per_s']:>10,} rows/s, "
