@@ -42,6 +42,14 @@ POSITION_MARKS_PREFIX = "lake.position-marks."
 #: server that lost its storage) numbers its messages from 1 again under a new creation time: a
 #: writer that finds another one refuses to start (`iceberg_lake.ingest.position`).
 STREAM_CREATED_PREFIX = "lake.stream-created."
+#: Table property prefix for the messages a flush rejected for the table:
+#: `lake.rejected.<stream>.<consumer>` = `<watermark>:<ids>` (`12-15,20,31.0`, as
+#: `REDRIVEN_PREFIX`; `~<first>-<last>` when there were too many to list), set in the same
+#: transaction as the watermark by a flush that dead-lettered messages for the table, and
+#: emptied by the next one. A writer stopped after the table's commit but before the dead
+#: letters' re-reads those messages: their letters are made again even if a widen made since
+#: would accept them (review19e #2), as the table's watermark skips their rows.
+REJECTED_PREFIX = "lake.rejected."
 
 # ---- snapshot summary: Silver compaction / file rewrites ---------------------------------------
 SOURCE_TABLE = "lake.source-table"
@@ -129,6 +137,7 @@ __all__ = [
     "LOAD_UNDO_PREFIX",
     "POSITION_MARKS_PREFIX",
     "POSITION_PREFIX",
+    "REJECTED_PREFIX",
     "REPLACED_PARTITIONS",
     "SCHEMA_NAME_PROPERTY",
     "SCHEMA_VERSION_PROPERTY",

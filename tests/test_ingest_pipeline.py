@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from pathlib import Path
@@ -747,3 +748,99 @@ def _seqs(settings: Any, table: str) -> list[int]:
     rows = LakeCatalog(settings).load_table(table).scan().to_arrow()
     column = "stream_seq" if table == "bronze.dead_letters" else "seq"
     return rows.column(column).to_pylist()
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["message", "event"])
+def test_a_stop_between_a_tables_commit_and_its_dead_letters_then_a_widen_keeps_the_letter(
+    tmp_path: Path, nats: NatsServer, monkeypatch: pytest.MonkeyPatch, batched: bool
+) -> None:
+    """review19e #2: the target table committed a flush whose message was rejected (a value
+        its column could not hold), the dead letters' commit failed until the stop (as a kill
+        between the two commits), and a widen landed before the restart. The restart read the
+        message again: the widened schema accepted it, the table's watermark skipped its row, and
+        no dead letter was made, so it was in neither table. It keeps its first verdict, a rejected
+    event of a batched message too (the message's other events stored once)."""
+    from ingest_support import publish_async, service_running
+
+    from iceberg_lake.engine.nats import consumer_target
+    from iceberg_lake.exceptions import ShutdownTimeoutError
+    from iceberg_lake.ingest import writer as writer_module
+    from iceberg_lake.schema.evolve import WidenColumn, evolve_table
+
+    settings = settings_for(
+        tmp_path,
+        nats.url,
+        LAKE_BRONZE_BATCH_SIZE="1000",
+        LAKE_BRONZE_BATCH_SECONDS="1",
+        LAKE_SHUTDOWN_GRACE_SECONDS="2",
+    )
+    table = "bronze.stocks_trades"
+    catalog = LakeCatalog(settings)
+    catalog.init()
+    real = writer_module.dead_letter_table
+    state = {"down": True}
+
+    def down_until_the_restart(payload: Any, schema: Any) -> Any:
+        if state["down"] and payload:
+            raise ConnectionError("catalog down while writing the dead letters")
+        return real(payload, schema)
+
+    monkeypatch.setattr(writer_module, "dead_letter_table", down_until_the_restart)
+    wide = {**make_event(table, 2), "exchange": 70_000}
+    second = encode([make_event(table, 4), wide]) if batched else encode(wide)
+
+    async def first_run() -> None:
+        with pytest.raises(ShutdownTimeoutError):
+            async with service_running(settings, [table]) as (service, runner):
+                await publish_async(
+                    settings,
+                    [
+                        ("market.stocks.trades", encode(make_event(table, 1)), None),
+                        ("market.stocks.trades", second, None),
+                    ],
+                )
+                await await_until(
+                    lambda: _rows_of(settings, table) >= 1, 60, "seq 1 committed", alive=runner
+                )
+
+    async def restart() -> None:
+        async with service_running(settings, [table]) as (service, runner):
+            await publish_async(
+                settings, [("market.stocks.trades", encode(make_event(table, 3)), None)]
+            )
+            await await_until(
+                lambda: 3 in _seqs(settings, table) and 2 in _seqs(settings, "bronze.dead_letters"),
+                60,
+                "seq 3 stored and seq 2 dead-lettered",
+                alive=runner,
+            )
+            await publish_async(
+                settings, [("market.stocks.trades", encode(make_event(table, 5)), None)]
+            )
+            await await_until(lambda: 5 in _seqs(settings, table), 60, "seq 5", alive=runner)
+
+    asyncio.run(first_run())
+    stored = [1, 4] if batched else [1]
+    assert sorted(_seqs(settings, table)) == stored
+    assert _seqs(settings, "bronze.dead_letters") == []
+    stream, consumer, _ = consumer_target(table)
+    key = f"lake.rejected.{stream}.{consumer}"
+    recorded = catalog.load_table(table).properties.get(key)
+    widened = evolve_table(
+        catalog.load_table(table), table, [WidenColumn("exchange", "long")], fresh=True
+    )
+    assert widened.committed
+    state["down"] = False
+    asyncio.run(restart())
+    assert sorted(_seqs(settings, table)) == sorted([*stored, 3, 5])
+    letters = catalog.load_table("bronze.dead_letters").scan().to_arrow().to_pylist()
+    event = 1 if batched else None
+    assert [(d["stream_seq"], d["event_index"], d["target_table"]) for d in letters] == [
+        (2, event, table)
+    ]
+    assert "first read" in letters[0]["reason"]
+    assert json.loads(letters[0]["raw"]) == wide
+    # Recorded with the watermark, in the table's commit: message 2 (its event 1) was rejected;
+    # emptied by the next flush without rejects (message 4, seq 5), so it never applies again.
+    assert recorded == ("2:2.1" if batched else "2:2")
+    assert catalog.load_table(table).properties.get(key) == "4:"

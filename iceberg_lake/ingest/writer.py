@@ -87,7 +87,8 @@ from iceberg_lake.exceptions import (
 from iceberg_lake.ingest import dead_letters, position
 from iceberg_lake.ingest.batch import Fetched, MicroBatch, Part
 from iceberg_lake.ingest.dead_letters import DeadLetter, dead_letter_table
-from iceberg_lake.ingest.decode import TableCodec, codec_for
+from iceberg_lake.ingest.decode import EventBytes, TableCodec, codec_for
+from iceberg_lake.ingest.redrive import decode_ids, encode_ids
 from iceberg_lake.ingest.retry_log import RetryLog
 from iceberg_lake.ingest.routing import (
     UNROUTED,
@@ -148,6 +149,9 @@ INFERRED_POSITION_SECONDS = 60.0
 #: How long a writer's stream may be missing while it runs before it stops (deleted, or NATS
 #: lost its storage); a NATS restart answers "unavailable" meanwhile, not "no such stream".
 STREAM_GONE_SECONDS = 30.0
+#: Longest list of a flush's rejected messages recorded with a table's watermark
+#: (`properties.REJECTED_PREFIX`, ~7 bytes a message); past it only their first and last seq.
+REJECTED_TEXT_MAX = 64 * 1024
 
 
 _T = TypeVar("_T")
@@ -375,6 +379,9 @@ class ConsumerWriter:
         self.pos_key = f"{properties.POSITION_PREFIX}{self.stream}.{self.consumer}"
         self.marks_key = f"{properties.POSITION_MARKS_PREFIX}{self.stream}.{self.consumer}"
         self.created_key = f"{properties.STREAM_CREATED_PREFIX}{self.stream}.{self.consumer}"
+        self.rejected_key = f"{properties.REJECTED_PREFIX}{self.stream}.{self.consumer}"
+        #: The rejected-messages property last parsed, per table (`_recorded_rejects`).
+        self._rejected_parsed: dict[str, tuple[str, _Rejects | None]] = {}
         #: The stream the committed position counts in (`ingest.position`): what the tables
         #: recorded at `_load`, and the live stream's creation time once checked against it.
         self.committed_stream = position.Committed(0, frozenset())
@@ -1241,6 +1248,13 @@ class ConsumerWriter:
             part.tables[tid] = (rows, row_seqs)
         dl_wm = self.watermarks.get(DEAD_LETTERS_TABLE, 0)
         part.dead = dead_letters.from_routed(routed, msgs, seqs, self.stream, recv_ns, dl_wm)
+        if seqs[-1] > dl_wm:
+            again = self._letters_not_committed(routed, msgs, seqs, recv_ns, part.dead, dl_wm)
+            if again:
+                part.dead.extend(again)
+                part.dead.sort(
+                    key=lambda d: (d.stream_seq, -1 if d.event_index is None else d.event_index)
+                )
         dropped = {tid: schema_ids[tid] for tid, _ in routed.unknown_fields}
         rejected = _rejected_for(routed, schema_ids)
         if dropped:
@@ -1260,6 +1274,93 @@ class ConsumerWriter:
                 {tid: schema_ids[tid] for tid in rejected.values()},
             )
         return part
+
+    def _letters_not_committed(
+        self,
+        routed: RoutedBatch,
+        msgs: list[Any],
+        seqs: list[int],
+        recv_ns: int,
+        made: list[DeadLetter],
+        dl_wm: int,
+    ) -> list[DeadLetter]:
+        """The dead letters of messages re-read above the quarantine's watermark that a
+        table's committed flush rejected (`properties.REJECTED_PREFIX`) and that are not
+        rejected now (`made`: the letters of this decoding).
+
+        The writer stopped after that table's commit and before the dead letters': a widen
+        made meanwhile accepts the messages now, but the table's watermark skips their rows,
+        so without their letters they were in neither table (review19e #2). They keep the
+        verdict of the flush the table committed.
+        """
+        out: list[DeadLetter] = []
+        have: set[tuple[str, int, int | None]] | None = None
+        for tid in self.target_ids:
+            wm = self.watermarks.get(tid, 0)
+            if wm <= dl_wm or seqs[0] > wm:
+                continue  # no message of the fetch between the two watermarks
+            recorded = self._recorded_rejects(tid, wm)
+            if recorded is None:
+                continue
+            ids, span = recorded
+            index = {s: i for i, s in enumerate(seqs) if dl_wm < s <= wm}
+            if span is not None:
+                # Too many to list: every message of the span decoded for the table now, as
+                # the table's committed rows cannot tell which of them it stored.
+                decoded = routed.tables.get(tid)
+                mine = set(decoded.row_message) if decoded is not None else set()
+                ids = {(s, None) for s, i in index.items() if span[0] <= s <= span[1] and i in mine}
+            if have is None:
+                have = {(d.target_table, d.stream_seq, d.event_index) for d in made}
+            before = len(out)
+            for s, event in sorted(ids, key=lambda x: (x[0], -1 if x[1] is None else x[1])):
+                i = index.get(s)
+                if i is None or (tid, s, event) in have or (tid, s, None) in have:
+                    continue
+                m = msgs[i]
+                raw = m.data if event is None else EventBytes([m.data])(0, event)
+                if span is None:
+                    reason = (
+                        f"rejected for {tid} at its first read, under an older schema; {tid} "
+                        f"committed that flush (watermark {wm}) but this dead letter was not "
+                        "committed before the writer stopped, and the schema now accepts it"
+                    )
+                else:
+                    reason = (
+                        f"{tid} committed a flush (watermark {wm}) that rejected more messages "
+                        f"of seq {span[0]}..{span[1]} than it lists, and their dead letters "
+                        "were not committed before the writer stopped: this one may be stored "
+                        f"in {tid} as well (check before re-driving it)"
+                    )
+                out.append(DeadLetter(recv_ns, tid, m.subject, self.stream, s, reason, raw, event))
+            if len(out) > before:
+                log.warning(
+                    "writer %s: %d messages rejected for %s when first read, whose flush it "
+                    "committed without their dead letters (stopped in between): dead-lettered "
+                    "again",
+                    self.target,
+                    len(out) - before,
+                    tid,
+                )
+        return out
+
+    def _recorded_rejects(
+        self, tid: str, wm: int
+    ) -> tuple[set[tuple[int, int | None]], tuple[int, int] | None] | None:
+        """The messages `tid`'s flush that set its watermark `wm` rejected for it, as ids (or
+        a span of seqs, when too many to list); None if it recorded none."""
+        table = self.tables.get(tid)
+        value = table.properties.get(self.rejected_key) if table is not None else None
+        if not value:
+            return None
+        parsed = self._rejected_parsed.get(tid)
+        if parsed is None or parsed[0] != value:
+            parsed = (value, _parse_rejects(value))
+            self._rejected_parsed[tid] = parsed
+        rejects = parsed[1]
+        if rejects is None or rejects[0] != wm:
+            return None  # another flush's (a stale value is never applied)
+        return rejects[1], rejects[2]
 
     def _redecode(self, batch: MicroBatch) -> None:
         """Decode again, with the schemas followed now, the buffered fetches whose rows dropped
@@ -1784,6 +1885,15 @@ class ConsumerWriter:
                 else:
                     rows = self._prepare(tid, table, payload)
                 updates = {self.wm_key: str(seq)}
+                if tid != DEAD_LETTERS_TABLE:
+                    # The messages this flush rejected for the table, with its watermark: a
+                    # stop before the dead letters' commit has them made again on the re-read
+                    # (`_letters_not_committed`). Emptied (`<seq>:`) by the next flush, once.
+                    ids = {
+                        (d.stream_seq, d.event_index) for d in batch.dead if d.target_table == tid
+                    }
+                    if ids or not props.get(self.rejected_key, ":").endswith(":"):
+                        updates[self.rejected_key] = _rejects_value(seq, ids)
                 if self.stream_created:  # the stream `seq` counts in (`ingest.position`)
                     updates[self.created_key] = self.stream_created
                 if last:
@@ -2087,6 +2197,30 @@ def _rejected_for(routed: RoutedBatch, schema_ids: dict[str, int]) -> dict[int, 
     out = {i: t for i, t, _ in routed.rejected if t in schema_ids}
     out.update((i, t) for i, _, t, _, _ in routed.rejected_events if t in schema_ids)
     return out
+
+
+#: (watermark, ids, span of seqs when too many to list) of `properties.REJECTED_PREFIX`.
+_Rejects = tuple[int, set[tuple[int, int | None]], tuple[int, int] | None]
+
+
+def _rejects_value(seq: int, ids: set[tuple[int, int | None]]) -> str:
+    """The `properties.REJECTED_PREFIX` value of a flush to `seq` that rejected `ids`."""
+    text = encode_ids(ids) if ids else ""
+    if len(text) > REJECTED_TEXT_MAX:
+        text = f"~{min(s for s, _ in ids)}-{max(s for s, _ in ids)}"
+    return f"{seq}:{text}"
+
+
+def _parse_rejects(value: str) -> _Rejects | None:
+    """`_rejects_value` read back; None if unreadable."""
+    wm, _, text = value.partition(":")
+    try:
+        if text.startswith("~"):
+            first, _, last = text[1:].partition("-")
+            return int(wm), set(), (int(first), int(last))
+        return int(wm), decode_ids(text), None
+    except ValueError:
+        return None
 
 
 def _without_messages(part: Part, seqs: list[int]) -> Part:
