@@ -754,12 +754,12 @@ def _seqs(settings: Any, table: str) -> list[int]:
 def test_a_stop_between_a_tables_commit_and_its_dead_letters_then_a_widen_keeps_the_letter(
     tmp_path: Path, nats: NatsServer, monkeypatch: pytest.MonkeyPatch, batched: bool
 ) -> None:
-    """review19e #2: the target table committed a flush whose message was rejected (a value
-        its column could not hold), the dead letters' commit failed until the stop (as a kill
-        between the two commits), and a widen landed before the restart. The restart read the
-        message again: the widened schema accepted it, the table's watermark skipped its row, and
-        no dead letter was made, so it was in neither table. It keeps its first verdict, a rejected
-    event of a batched message too (the message's other events stored once)."""
+    """review19e #2: the target table committed a flush whose message was rejected (a value its
+    column could not hold), the dead letters' commit failed until the stop (as a kill between the
+    two commits), and a widen landed before the restart. The restart read the message again: the
+    widened schema accepted it, the table's watermark skipped its row, and no dead letter was
+    made, so it was in neither table. It keeps its first verdict, a rejected event of a batched
+    message too (the message's other events stored once)."""
     from ingest_support import publish_async, service_running
 
     from iceberg_lake.engine.nats import consumer_target
