@@ -65,36 +65,43 @@ def test_one_transaction_one_snapshot_and_conflict_retry_keeps_both(
     assert fresh.scan().to_arrow().num_rows == 5
 
 
-def test_the_rejects_recorded_with_a_watermark_read_back_and_stay_bounded() -> None:
+def test_the_rejects_recorded_with_a_watermark_read_back_exactly_and_compact() -> None:
     """review19e #2: the messages a flush rejected for a table ride with its watermark
-    (`properties.REJECTED_PREFIX`): listed exactly (ranges, `<seq>.<event>`), or only their
-    span once the list would pass `REJECTED_TEXT_MAX`; an empty list reads back as none."""
-    from iceberg_lake.ingest.writer import REJECTED_TEXT_MAX, _parse_rejects, _rejects_value
+    (`properties.REJECTED_PREFIX`): listed (ranges, `<seq>.<event>`), or past
+    `REJECTED_TEXT_PLAIN_MAX` compressed, never shortened (review20: a span standing for a long
+    list dead-lettered stored messages); an empty list reads back as none."""
+    import random
+
+    from iceberg_lake.ingest.writer import REJECTED_TEXT_PLAIN_MAX, _parse_rejects, _rejects_value
 
     ids: set[tuple[int, int | None]] = {(5, None), (6, None), (7, None), (9, 2)}
     assert _rejects_value(9, ids) == "9:5-7,9.2"
-    assert _parse_rejects("9:5-7,9.2") == (9, ids, None)
-    assert _parse_rejects(_rejects_value(12, set())) == (12, set(), None)
-    many: set[tuple[int, int | None]] = {(s, None) for s in range(100, 200_000, 2)}
-    value = _rejects_value(200_000, many)
-    assert len(value) <= REJECTED_TEXT_MAX and value == "200000:~100-199998"
-    assert _parse_rejects(value) == (200_000, set(), (100, 199_998))
+    assert _parse_rejects("9:5-7,9.2") == (9, ids)
+    assert _parse_rejects(_rejects_value(12, set())) == (12, set())
+    rng = random.Random(20)
+    base = 10**9  # a long-lived stream's sequence numbers
+    many: set[tuple[int, int | None]] = {
+        (s, None if rng.random() < 0.8 else rng.randrange(100))
+        for s in range(base, base + 50_000)
+        if rng.random() < 0.5
+    }
+    value = _rejects_value(base + 50_000, many)
+    assert value.startswith(f"{base + 50_000}:z")
+    assert REJECTED_TEXT_PLAIN_MAX < len(value) < 40_000  # ~25,000 scattered ids
+    assert _parse_rejects(value) == (base + 50_000, many)
     assert _parse_rejects("garbage") is None
+    assert _parse_rejects("5:z!!") is None
 
 
 def test_a_reread_dead_letters_again_what_the_committed_flush_rejected() -> None:
     """review19e #2: messages re-read between the quarantine's watermark and a table's get
     the letters that table's committed flush recorded for it, unless made again anyway; a
-    value recorded with another watermark (a later flush's table) is never applied, and a span
-    (too many to list) covers only the messages decoded for that table now."""
+    value recorded with another watermark (a later flush's table) is never applied, nor does a
+    compressed list stand for more than it names."""
     from types import SimpleNamespace
 
-    import numpy as np
-
     from iceberg_lake.ingest.dead_letters import DeadLetter
-    from iceberg_lake.ingest.decode import DecodedBatch
-    from iceberg_lake.ingest.routing import RoutedBatch
-    from iceberg_lake.ingest.writer import ConsumerWriter
+    from iceberg_lake.ingest.writer import ConsumerWriter, _rejects_value
 
     other = "bronze.stocks_quotes"
     key = "lake.rejected.MARKET.lake_inferred"
@@ -111,9 +118,7 @@ def test_a_reread_dead_letters_again_what_the_committed_flush_rejected() -> None
             SimpleNamespace(subject="s", data=f'[{{"n": {s}}}, {{"n": -{s}}}]'.encode())
             for s in range(1, 9)
         ]
-        routed = RoutedBatch()
-        routed.add_table(TABLE, DecodedBatch(pa.table({"x": [1, 2]}), np.array([3, 4])))
-        letters = w._letters_not_committed(routed, msgs, list(range(1, 9)), 7, made, dl_wm)
+        letters = w._letters_not_committed(msgs, list(range(1, 9)), 7, made, dl_wm)
         return [(d.target_table, d.stream_seq, d.event_index, d.raw) for d in letters]
 
     made = [DeadLetter(7, TABLE, "s", "MARKET", 5, "still too wide", b"", None)]
@@ -122,5 +127,8 @@ def test_a_reread_dead_letters_again_what_the_committed_flush_rejected() -> None
         (other, 3, None, b'[{"n": 3}, {"n": -3}]'),
     ]
     assert reread({TABLE: "5:4", other: "2:3"}, 2, []) == []  # recorded by other flushes
-    # A span: the messages decoded for the table now (seqs 4, 5) between the two watermarks.
-    assert [r[:3] for r in reread({TABLE: "6:~1-8"}, 3, [])] == [(TABLE, 4, None), (TABLE, 5, None)]
+    # Compressed (a long list): exactly the messages it names, here seq 4 of 4..5.
+    padded = {(4, None), *((s, None) for s in range(10**9, 10**9 + 2000, 2))}
+    value = _rejects_value(6, padded)
+    assert value.startswith("6:z")
+    assert [r[:3] for r in reread({TABLE: value}, 3, [])] == [(TABLE, 4, None)]
