@@ -137,6 +137,18 @@ def _replay_consumer(settings, tables: list[str], start: int, end: int, cols: li
 
 
 LOOKBACK = 60 * SEC
+NBBO_WINDOW = (T14 + 100 * SEC, T14 + 500 * SEC)
+NBBO_COLUMNS = ["ts_event_ns", "bid_px", "ask_px", "bid_sz", "ask_sz"]
+
+
+def _nbbo_join(asof_data: dict, strict: bool) -> pa.Table:
+    """`Lake.asof_join` of the trades with the prevailing quote over `NBBO_WINDOW` at the tag."""
+    start, end = NBBO_WINDOW
+    with Lake(asof_data["settings"]) as lk:
+        return lk.asof_join(
+            TRADES, QUOTES, start_ns=start, end_ns=end, as_of="aj", strict=strict,
+            lookback_ns=LOOKBACK,
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize("strict", [False, True])
@@ -147,13 +159,9 @@ def test_trades_with_prevailing_nbbo_match_pandas_merge_asof(asof_data: dict, st
     lookback's start."""
     import pandas as pd
 
-    start, end = T14 + 100 * SEC, T14 + 500 * SEC
-    with Lake(asof_data["settings"]) as lk:
-        got = lk.asof_join(
-            TRADES, QUOTES, start_ns=start, end_ns=end, as_of="aj", strict=strict,
-            lookback_ns=LOOKBACK,
-        )  # fmt: skip
-    cols = ["ts_event_ns", "bid_px", "ask_px", "bid_sz", "ask_sz"]
+    start, end = NBBO_WINDOW
+    got = _nbbo_join(asof_data, strict)
+    cols = NBBO_COLUMNS
     trades = pd.DataFrame(asof_data["trades"])
     trades = trades[(trades.ts_event_ns >= start) & (trades.ts_event_ns < end)]
     quotes = pd.DataFrame(asof_data["quotes"])
@@ -187,13 +195,9 @@ def test_trades_with_prevailing_nbbo_match_pandas_merge_asof(asof_data: dict, st
 
 @pytest.mark.parametrize("strict", [False, True])
 def test_trades_with_prevailing_nbbo_match_a_replay(asof_data: dict, strict: bool) -> None:
-    start, end = T14 + 100 * SEC, T14 + 500 * SEC
-    with Lake(asof_data["settings"]) as lk:
-        got = lk.asof_join(
-            TRADES, QUOTES, start_ns=start, end_ns=end, as_of="aj", strict=strict,
-            lookback_ns=LOOKBACK,
-        )  # fmt: skip
-    cols = ["ts_event_ns", "bid_px", "ask_px", "bid_sz", "ask_sz"]
+    start, end = NBBO_WINDOW
+    got = _nbbo_join(asof_data, strict)
+    cols = NBBO_COLUMNS
     # strict=False: quotes of the trade's nanosecond arrive before it (quotes listed first).
     order = [TRADES, QUOTES] if strict else [QUOTES, TRADES]
     seqs, want = _replay_consumer(asof_data["settings"], order, start - LOOKBACK, end, cols)
