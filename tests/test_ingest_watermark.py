@@ -93,15 +93,20 @@ def test_the_rejects_recorded_with_a_watermark_read_back_exactly_and_compact() -
     assert _parse_rejects("5:z!!") is None
 
 
-def test_a_reread_dead_letters_again_what_the_committed_flush_rejected() -> None:
+def test_a_reread_dead_letters_again_what_the_committed_flush_rejected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """review19e #2: messages re-read between the quarantine's watermark and a table's get
     the letters that table's committed flush recorded for it, unless made again anyway; a
-    value recorded with another watermark (a later flush's table) is never applied, nor does a
-    compressed list stand for more than it names."""
+    value recorded with another watermark (a later flush's table) is never applied, nor one
+    naming a message past its watermark (not a writer's); a compressed list names exactly what
+    it listed; a whole-message id of a batch (a row the store refused) is not made a letter of
+    the whole batch, whose other events are stored (review20b)."""
     from types import SimpleNamespace
 
+    from iceberg_lake.ingest import writer as writer_module
     from iceberg_lake.ingest.dead_letters import DeadLetter
-    from iceberg_lake.ingest.writer import ConsumerWriter, _rejects_value
+    from iceberg_lake.ingest.writer import ConsumerWriter
 
     other = "bronze.stocks_quotes"
     key = "lake.rejected.MARKET.lake_inferred"
@@ -114,21 +119,50 @@ def test_a_reread_dead_letters_again_what_the_committed_flush_rejected() -> None
         w.target_ids = [TABLE, other]
         w.watermarks = {TABLE: 6, other: 3, "bronze.dead_letters": dl_wm}
         w.tables = {t: SimpleNamespace(properties={key: v}) for t, v in values.items()}
-        msgs = [
-            SimpleNamespace(subject="s", data=f'[{{"n": {s}}}, {{"n": -{s}}}]'.encode())
+        msgs = [  # message 3 holds one event, the others are batches of two
+            SimpleNamespace(
+                subject="s",
+                data=b'{"n": 3}' if s == 3 else f'[{{"n": {s}}}, {{"n": -{s}}}]'.encode(),
+            )
             for s in range(1, 9)
         ]
         letters = w._letters_not_committed(msgs, list(range(1, 9)), 7, made, dl_wm)
         return [(d.target_table, d.stream_seq, d.event_index, d.raw) for d in letters]
 
     made = [DeadLetter(7, TABLE, "s", "MARKET", 5, "still too wide", b"", None)]
-    assert reread({TABLE: "6:2,4.1,5,7", other: "3:3"}, 2, made) == [
-        (TABLE, 4, 1, b'{"n":-4}'),  # 2: under the quarantine's watermark; 7: past the table's
-        (other, 3, None, b'[{"n": 3}, {"n": -3}]'),
+    assert reread({TABLE: "6:2,5-6,4.1", other: "3:3"}, 2, made) == [
+        (TABLE, 4, 1, b'{"n":-4}'),  # 2: under the quarantine's watermark; 5: made again
+        (other, 3, None, b'{"n": 3}'),  # 6: a whole batch, stored but for its refused row
     ]
     assert reread({TABLE: "5:4", other: "2:3"}, 2, []) == []  # recorded by other flushes
-    # Compressed (a long list): exactly the messages it names, here seq 4 of 4..5.
-    padded = {(4, None), *((s, None) for s in range(10**9, 10**9 + 2000, 2))}
-    value = _rejects_value(6, padded)
+    assert reread({TABLE: "6:4,9"}, 2, []) == []  # names seq 9, past the watermark: ignored
+    monkeypatch.setattr(writer_module, "REJECTED_TEXT_PLAIN_MAX", 0)
+    value = writer_module._rejects_value(6, {(4, 1)})
     assert value.startswith("6:z")
-    assert [r[:3] for r in reread({TABLE: value}, 3, [])] == [(TABLE, 4, None)]
+    assert [r[:3] for r in reread({TABLE: value}, 3, [])] == [(TABLE, 4, 1)]
+
+
+def test_a_damaged_or_hand_edited_rejects_value_is_ignored_whole() -> None:
+    """review20b: a value no writer writes is ignored, not applied in part (a cut list named
+    seq 1), and cannot make the writer build millions of ids (`1-20000000`: 2.5 GB)."""
+    import base64
+    import zlib
+
+    from iceberg_lake.ingest.writer import _parse_rejects
+
+    bomb = base64.b64encode(zlib.compress(b"1," * 20_000_000 + b"1")).decode()
+    for value in (
+        "100:2,4,6,8,1",  # "…8,10" cut short
+        "100:2,x,6",
+        "100:1-20000000",
+        "100:1-9999999999",
+        "100:-5",
+        "100:9.2,5-7",
+        "100:5.1,5.0",
+        "5:9",  # past its watermark
+        "x:1",
+        "5:z!!",
+        f"100:z{bomb}",
+    ):
+        assert _parse_rejects(value) is None, value
+    assert _parse_rejects("9:5-7,9.2,9.3") == (9, {(5, None), (6, None), (7, None), (9, 2), (9, 3)})
