@@ -2231,13 +2231,14 @@ def _rejects_value(seq: int, ids: set[tuple[int, int | None]]) -> str:
     """The `properties.REJECTED_PREFIX` value of a flush to `seq` that rejected `ids`: the
     re-drive id list, or past `REJECTED_TEXT_PLAIN_MAX` `z` + base64 of the zlib-compressed
     gaps between the ids (`5,1.0,2`: seq +5, then seq +1 event 0, then seq +2), exact."""
-    text = encode_ids(ids) if ids else ""
-    if len(text) > REJECTED_TEXT_PLAIN_MAX:
+    # More ids than fit the plain form anyway (at least 8 bytes each) skip building it.
+    text = encode_ids(ids) if 0 < len(ids) <= REJECTED_TEXT_PLAIN_MAX // 8 else ""
+    if len(ids) > REJECTED_TEXT_PLAIN_MAX // 8 or len(text) > REJECTED_TEXT_PLAIN_MAX:
         tokens, prev = [], 0
         for s, event in sorted(ids, key=_id_order):
             tokens.append(f"{s - prev}" if event is None else f"{s - prev}.{event}")
             prev = s
-        packed = zlib.compress(",".join(tokens).encode(), 9)
+        packed = zlib.compress(",".join(tokens).encode(), 6)
         text = "z" + base64.b64encode(packed).decode("ascii")
     return f"{seq}:{text}"
 
