@@ -94,7 +94,7 @@ def test_the_rejects_recorded_with_a_watermark_read_back_exactly_and_compact() -
 
 
 def test_a_reread_dead_letters_again_what_the_committed_flush_rejected(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """review19e #2: messages re-read between the quarantine's watermark and a table's get
     the letters that table's committed flush recorded for it, unless made again anyway; a
@@ -136,6 +136,7 @@ def test_a_reread_dead_letters_again_what_the_committed_flush_rejected(
     ]
     assert reread({TABLE: "5:4", other: "2:3"}, 2, []) == []  # recorded by other flushes
     assert reread({TABLE: "6:4,9"}, 2, []) == []  # names seq 9, past the watermark: ignored
+    assert "is not a list this writer can read" in caplog.text  # and said
     monkeypatch.setattr(writer_module, "REJECTED_TEXT_PLAIN_MAX", 0)
     value = writer_module._rejects_value(6, {(4, 1)})
     assert value.startswith("6:z")

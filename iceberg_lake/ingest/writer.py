@@ -1369,6 +1369,16 @@ class ConsumerWriter:
         if parsed is None or parsed[0] != value:
             parsed = (value, _parse_rejects(value))
             self._rejected_parsed[tid] = parsed
+            if parsed[1] is None:  # once per value: no writer writes it (edited or damaged)
+                log.warning(
+                    "writer %s: %s of %s is not a list this writer can read (%d characters, "
+                    "edited or damaged?): ignored, so messages its flush dead-lettered are not "
+                    "dead-lettered again if that flush's dead letters were never committed",
+                    self.target,
+                    self.rejected_key,
+                    tid,
+                    len(value),
+                )
         rejects = parsed[1]
         if rejects is None or rejects[0] != wm:
             return None  # another flush's (a stale value is never applied)
