@@ -119,10 +119,10 @@ def test_a_reread_dead_letters_again_what_the_committed_flush_rejected(
         w.target_ids = [TABLE, other]
         w.watermarks = {TABLE: 6, other: 3, "bronze.dead_letters": dl_wm}
         w.tables = {t: SimpleNamespace(properties={key: v}) for t, v in values.items()}
-        msgs = [  # message 3 holds one event, the others are batches of two
+        bodies = {2: b'[{"n": 2}]', 3: b'{"n": 3}'}  # a batch of one event; one event
+        msgs = [  # the others are batches of two
             SimpleNamespace(
-                subject="s",
-                data=b'{"n": 3}' if s == 3 else f'[{{"n": {s}}}, {{"n": -{s}}}]'.encode(),
+                subject="s", data=bodies.get(s, f'[{{"n": {s}}}, {{"n": -{s}}}]'.encode())
             )
             for s in range(1, 9)
         ]
@@ -135,6 +135,8 @@ def test_a_reread_dead_letters_again_what_the_committed_flush_rejected(
         (other, 3, None, b'{"n": 3}'),  # 6: a whole batch, stored but for its refused row
     ]
     assert reread({TABLE: "5:4", other: "2:3"}, 2, []) == []  # recorded by other flushes
+    # A whole-message id of a batch of one event: that event (review20c: it was lost).
+    assert reread({TABLE: "6:2"}, 1, []) == [(TABLE, 2, 0, b'{"n":2}')]
     assert reread({TABLE: "6:4,9"}, 2, []) == []  # names seq 9, past the watermark: ignored
     assert "is not a list this writer can read" in caplog.text  # and said
     monkeypatch.setattr(writer_module, "REJECTED_TEXT_PLAIN_MAX", 0)

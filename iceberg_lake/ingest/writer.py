@@ -163,7 +163,8 @@ STREAM_GONE_SECONDS = 30.0
 #: rejects of 50,000 messages take ~12 KB compressed.
 REJECTED_TEXT_PLAIN_MAX = 2048
 #: More ids than a flush can reject (a batch holds at most `LAKE_MAX_BUFFERED_EVENTS`, 200,000
-#: by default): a value naming more is not one a writer wrote, and is ignored.
+#: by default): a value naming more (or unpacking to more than 64 MiB) is not one a writer
+#: wrote, and is ignored with a WARNING.
 REJECTED_IDS_MAX = 10_000_000
 
 
@@ -1324,21 +1325,25 @@ class ConsumerWriter:
                 if i is None or (tid, s, event) in have or (tid, s, None) in have:
                     continue
                 m = msgs[i]
-                if event is None and _is_batch(m.data):
+                events = _batch_size(m.data) if event is None else 0
+                if events > 1:
                     # A whole-message id of a batch that decodes now is a row the store refused
-                    # (its letter held that row, not an event index): the message's other events
-                    # are stored, so a letter of the whole message would store them twice when
+                    # (its letter held that row, not its event): which event is not recorded,
+                    # and a letter of the whole batch would store its stored events twice when
                     # re-driven (review20b). Named, not dead-lettered again.
                     log.warning(
-                        "writer %s: a row of message %d (a batch) that the store refused for %s "
-                        "was not dead-lettered before the writer stopped; its other events are "
-                        "stored, so it is not dead-lettered again: the NATS dead-letter copy "
-                        "holds it",
+                        "writer %s: a row of message %d (a batch of %d events) that the store "
+                        "refused for %s was not dead-lettered before the writer stopped; which "
+                        "event it was is not recorded, so none is dead-lettered again (the "
+                        "NATS dead-letter copy holds it if it was published)",
                         self.target,
                         s,
+                        events,
                         tid,
                     )
                     continue
+                if events == 1:
+                    event = 0  # a batch of one event: that event (review20c)
                 raw = m.data if event is None else EventBytes([m.data])(0, event)
                 reason = (
                     f"dead-lettered for {tid} when first read; {tid} committed that flush "
@@ -2225,12 +2230,14 @@ def _rejected_for(routed: RoutedBatch, schema_ids: dict[str, int]) -> dict[int, 
 _Rejects = tuple[int, set[tuple[int, int | None]]]
 
 
-def _is_batch(data: bytes) -> bool:
-    """Whether a message body is a batch of events (an array or NDJSON)."""
+def _batch_size(data: bytes) -> int:
+    """The number of events of a batched message body (an array or NDJSON); 0 if it is not a
+    batch."""
     try:
-        return split_message(data).batch
+        split = split_message(data)
     except MessageError:
-        return False
+        return 0
+    return len(split.items) if split.batch else 0
 
 
 def _id_order(ident: tuple[int, int | None]) -> tuple[int, int]:
@@ -2263,7 +2270,7 @@ def _parse_rejects(value: str) -> _Rejects | None:
         if text.startswith("z"):
             # Bounded: a crafted value cannot make the writer inflate gigabytes.
             inflate = zlib.decompressobj()
-            plain = inflate.decompress(base64.b64decode(text[1:], validate=True), 16 << 20)
+            plain = inflate.decompress(base64.b64decode(text[1:], validate=True), 64 << 20)
             if inflate.unconsumed_tail or not inflate.eof:
                 return None
             prev = 0
