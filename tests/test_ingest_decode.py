@@ -246,3 +246,20 @@ def test_a_column_whose_name_is_not_a_python_identifier_decodes(name: str) -> No
     assert batch.rejected == [] and batch.table.num_rows == 2
     assert batch.table.column(name).to_pylist() == ["DARK", "LIT"]
     assert batch.unknown_fields == {}
+
+
+def test_a_message_that_is_not_one_event_a_line_is_not_read_as_ndjson() -> None:
+    """review20c: a newline inside a JSON string, or a line break where a comma is missing,
+    made an invalid message that the NDJSON join turned into one valid event, stored (`source`
+    came out as "te,st"). Such a message is rejected; real NDJSON still gives one row a line."""
+    c = codec("bronze.stocks_trades")
+    good = enc(make_event("bronze.stocks_trades", 1))
+    newline_in_string = good.replace(b'"source": "', b'"source": "te\nst', 1)
+    missing_comma = good.replace(b', "symbol"', b'\n"symbol"', 1)
+    for body in (newline_in_string, missing_comma):
+        assert b"\n" in body
+        batch = c.decode([body], recv_ns=1)
+        assert batch.table.num_rows == 0
+        assert batch.rejected or batch.rejected_events
+    ndjson = c.decode([good + b"\n" + good + b"\n"], recv_ns=1)
+    assert ndjson.table.num_rows == 2 and ndjson.table.column("source").to_pylist() == ["test"] * 2

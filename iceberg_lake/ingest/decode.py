@@ -701,9 +701,16 @@ class TableCodec:
         """Decode one message body into `pending` (rows, or rejections of it or its events)."""
         try:
             body = data.strip()
+            lines = 0
             if body[:1] == b"{" and b"\n" in body:
-                body = b"[" + b",".join(x for x in body.split(b"\n") if x.strip()) + b"]"
+                parts = [x for x in body.split(b"\n") if x.strip()]
+                lines, body = len(parts), b"[" + b",".join(parts) + b"]"
             decoded = self._one.decode(body)
+            if lines and len(decoded) != lines:
+                # Not NDJSON (one event a line): a newline inside a string, or a line break
+                # where a comma is missing, which the join had turned into one valid event
+                # (review20c: `"te<newline>st"` was stored as "te,st").
+                raise MessageError("not one JSON event per line")
         except Exception:
             self._decode_slow(data, message, pending)
             return
