@@ -44,7 +44,8 @@ POSITION_MARKS_PREFIX = "lake.position-marks."
 STREAM_CREATED_PREFIX = "lake.stream-created."
 #: Table property prefix for the messages a flush rejected for the table:
 #: `lake.rejected.<stream>.<consumer>` = `<watermark>:<ids>` (`12-15,20,31.0`, as
-#: `REDRIVEN_PREFIX`; `~<first>-<last>` when there were too many to list), set in the same
+#: `REDRIVEN_PREFIX`; `z` + base64 of the zlib-compressed gaps between the ids past 2 KiB,
+#: `ingest.writer._rejects_value`), set in the same
 #: transaction as the watermark by a flush that dead-lettered messages for the table, and
 #: emptied by the next one. A writer stopped after the table's commit but before the dead
 #: letters' re-reads those messages: their letters are made again even if a widen made since

@@ -1266,9 +1266,7 @@ class ConsumerWriter:
             again = self._letters_not_committed(msgs, seqs, recv_ns, part.dead, dl_wm)
             if again:
                 part.dead.extend(again)
-                part.dead.sort(
-                    key=lambda d: (d.stream_seq, -1 if d.event_index is None else d.event_index)
-                )
+                part.dead.sort(key=lambda d: _id_order((d.stream_seq, d.event_index)))
         dropped = {tid: schema_ids[tid] for tid, _ in routed.unknown_fields}
         rejected = _rejected_for(routed, schema_ids)
         if dropped:
@@ -2262,7 +2260,8 @@ def _rejects_value(seq: int, ids: set[tuple[int, int | None]]) -> str:
 
 def _parse_rejects(value: str) -> _Rejects | None:
     """`_rejects_value` read back; None if unreadable or not what a writer writes (a hand-edited
-    or damaged value is ignored whole, never applied in part: review20b)."""
+    or damaged value is ignored whole, never applied in part: review20b). Stricter than
+    `redrive.decode_ids`, which skips the tokens it cannot read and expands any range."""
     wm_text, _, text = value.partition(":")
     try:
         wm = int(wm_text)
